@@ -1,0 +1,21 @@
+# Two entry points on a fresh machine: `make serve` and `make test` (both install what they need).
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: setup serve test test-fast bench-gpu
+
+setup:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test]"
+
+serve: setup
+	RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 serve run configs/serve/local.yaml
+
+test: setup
+	$(PYTHON) -m pytest -q
+
+test-fast: setup
+	$(PYTHON) -m pytest -q -m "not ray"
+
+bench-gpu:
+	$(PYTHON) benchmarks/bench_engine.py

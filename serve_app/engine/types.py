@@ -1,0 +1,114 @@
+"""Plain data types shared by the engine, the API layer and the Ray deployments.
+
+They hold numpy arrays (not tensors) so they cross process boundaries (Ray, pickling) cheaply and
+never pin GPU memory outside the engine.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+SAMPLE_RATE = 24_000
+"""Mimi's output sample rate (Hz)."""
+FRAME_SAMPLES = 1_920
+"""Samples in one Mimi frame (80 ms at 24 kHz)."""
+FRAME_MS = 80
+NUM_CODEBOOKS = 32
+MAX_POSITIONS = 2_048
+
+
+class FinishReason(str, enum.Enum):
+    """Why an utterance ended."""
+
+    END_OF_AUDIO = "end_of_audio"  # the model emitted the all-zero frame
+    LENGTH = "length"  # the frame limit from max_audio_length_ms was reached
+    SILENCE = "silence"  # the runaway guard saw a long silent tail
+    CANCELLED = "cancelled"  # the caller closed the stream
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling settings; `top_k=1` is greedy decoding."""
+
+    temperature: float = 0.9
+    top_k: int = 50
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        if self.top_k < 1:
+            raise ValueError("top_k must be >= 1")
+
+
+@dataclass
+class Segment:
+    """One conversation turn used as context.
+
+    Exactly one of `audio` (mono float32 at 24 kHz) or `codes` (int array of shape (frames, 32),
+    Mimi codes without the trailing all-zero frame) is normally set; the engine turns audio into
+    codes once, and sessions and saved voices keep codes.
+    """
+
+    text: str
+    speaker: int
+    audio: Optional[np.ndarray] = None
+    codes: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        if self.audio is None and self.codes is None:
+            raise ValueError("a context segment needs audio or codes")
+
+
+@dataclass
+class GenerationRequest:
+    """Everything that determines one utterance."""
+
+    text: str
+    speaker: int = 0
+    context: list[Segment] = field(default_factory=list)
+    max_audio_length_ms: int = 10_000
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    request_id: Optional[str] = None
+
+    @property
+    def max_frames(self) -> int:
+        return max(1, self.max_audio_length_ms // FRAME_MS)
+
+
+@dataclass
+class AudioChunk:
+    """A piece of a streamed utterance: PCM for `frames` new Mimi frames."""
+
+    pcm: np.ndarray  # float32, mono, 24 kHz
+    codes: np.ndarray  # int64 (frames, 32)
+    frames: int
+    is_last: bool = False
+    finish_reason: Optional[FinishReason] = None
+    dropped_context_turns: int = 0
+
+
+@dataclass
+class Audio:
+    """A whole generated utterance."""
+
+    pcm: np.ndarray  # float32, mono, 24 kHz
+    codes: np.ndarray  # int64 (frames, 32), without the end-of-audio frame
+    finish_reason: FinishReason
+    dropped_context_turns: int = 0
+    sample_rate: int = SAMPLE_RATE
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.pcm) / self.sample_rate
+
+
+class PromptTooLongError(ValueError):
+    """The text alone cannot fit the model's positions together with the requested length."""
+
+
+class EngineOverloadedError(RuntimeError):
+    """No free slot or GPU memory: the caller should retry later (HTTP 503)."""
