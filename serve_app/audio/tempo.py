@@ -1,0 +1,79 @@
+"""Speed changes without pitch change, with FFmpeg's `atempo` filter (WSOLA) through PyAV.
+
+Used for OpenAI's `speed` (0.25–4.0). `atempo` takes 0.5–100 per instance, so slower speeds chain
+two instances. The filter keeps state between chunks, so a stream is stretched as one signal
+(no clicks at chunk boundaries).
+"""
+from __future__ import annotations
+
+import av
+import av.filter
+import numpy as np
+
+from serve_app.engine.types import SAMPLE_RATE
+
+__all__ = ["TempoStretcher", "change_speed", "MIN_SPEED", "MAX_SPEED"]
+
+MIN_SPEED = 0.25
+MAX_SPEED = 4.0
+
+
+def _atempo_factors(speed: float) -> list[float]:
+    factors = []
+    while speed < 0.5:
+        factors.append(0.5)
+        speed /= 0.5
+    return factors + [speed]
+
+
+class TempoStretcher:
+    """Streaming time-stretch: `process(chunk)` returns what is ready, `flush()` the rest."""
+
+    def __init__(self, speed: float, sample_rate: int = SAMPLE_RATE) -> None:
+        if not MIN_SPEED <= speed <= MAX_SPEED:
+            raise ValueError(f"speed must be within {MIN_SPEED}..{MAX_SPEED}, got {speed}")
+        self._rate = sample_rate
+        self._pts = 0
+        self._graph = av.filter.Graph()
+        node = self._graph.add_abuffer(
+            format="flt", sample_rate=sample_rate, layout="mono", time_base=f"1/{sample_rate}"
+        )
+        for factor in _atempo_factors(speed):
+            stage = self._graph.add("atempo", f"{factor:.6f}")
+            node.link_to(stage)
+            node = stage
+        node.link_to(self._graph.add("abuffersink"))
+        self._graph.configure()
+
+    def process(self, pcm: np.ndarray) -> np.ndarray:
+        if len(pcm) == 0:
+            return np.zeros(0, np.float32)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(pcm, dtype=np.float32)[None, :], format="flt", layout="mono"
+        )
+        frame.sample_rate = self._rate
+        frame.pts = self._pts
+        self._pts += frame.samples
+        self._graph.push(frame)
+        return self._pull()
+
+    def flush(self) -> np.ndarray:
+        self._graph.push(None)
+        return self._pull()
+
+    def _pull(self) -> np.ndarray:
+        out: list[np.ndarray] = []
+        while True:
+            try:
+                out.append(self._graph.pull().to_ndarray().reshape(-1))
+            except (BlockingIOError, av.EOFError):
+                break
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def change_speed(pcm: np.ndarray, speed: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Whole-signal time-stretch; speed 1.0 returns the input unchanged."""
+    if speed == 1.0:
+        return pcm
+    stretcher = TempoStretcher(speed, sample_rate)
+    return np.concatenate([stretcher.process(pcm), stretcher.flush()])

@@ -1,0 +1,124 @@
+"""Decoding users' base64 audio: formats, downmix, resampling, and every way it can be wrong."""
+import base64
+import io
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from serve_app.audio.decode import (
+    AudioInputError,
+    AudioLimits,
+    AudioTooLargeError,
+    decode_base64,
+    load_audio_b64,
+)
+from serve_app.engine.types import SAMPLE_RATE
+
+LIMITS = AudioLimits(max_bytes=2_000_000, max_seconds=5.0)
+
+
+def _tone(rate: int, seconds: float, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    left = 0.5 * np.sin(2 * np.pi * 440 * t)
+    if channels == 1:
+        return left.astype(np.float32)
+    return np.stack([left, np.zeros_like(left)], axis=1).astype(np.float32)
+
+
+def _file(data: np.ndarray, rate: int, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, data, rate, format=fmt)
+    return buf.getvalue()
+
+
+def _m4a(data: np.ndarray, rate: int) -> bytes:
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(data[None, :].copy(), format="fltp", layout="mono")
+        frame.sample_rate = rate
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC", "OGG", "MP3"])
+def test_formats_decode_to_24k_mono_with_the_right_duration(fmt: str) -> None:
+    pcm = load_audio_b64(_b64(_file(_tone(44_100, 1.0, channels=2), 44_100, fmt)), LIMITS)
+    assert pcm.dtype == np.float32 and pcm.ndim == 1
+    # lossy codecs add encoder delay/padding: allow 100 ms
+    assert abs(len(pcm) / SAMPLE_RATE - 1.0) < 0.1
+
+
+def test_stereo_is_averaged_and_resampled_preserving_the_signal() -> None:
+    stereo = _tone(16_000, 1.0, channels=2)  # right channel silent
+    pcm = load_audio_b64(_b64(_file(stereo, 16_000, "WAV")), LIMITS)
+    assert len(pcm) == SAMPLE_RATE
+    # mean of (0.5 sine, 0) → 0.25 peak; HQ resampling keeps the amplitude
+    assert 0.24 < np.abs(pcm[1000:-1000]).max() < 0.26
+    spectrum = np.abs(np.fft.rfft(pcm))
+    assert abs(np.argmax(spectrum) * SAMPLE_RATE / len(pcm) - 440) < 2
+
+
+def test_aac_in_mp4_falls_back_to_ffmpeg() -> None:
+    pcm = load_audio_b64(_b64(_m4a(_tone(48_000, 1.0), 48_000)), LIMITS)
+    assert abs(len(pcm) / SAMPLE_RATE - 1.0) < 0.1
+    assert np.abs(pcm).max() > 0.3
+
+
+def test_data_uri_and_line_breaks_are_accepted() -> None:
+    text = _b64(_file(_tone(SAMPLE_RATE, 0.5), SAMPLE_RATE, "WAV"))
+    wrapped = "data:audio/wav;base64," + "\n".join(text[i : i + 76] for i in range(0, len(text), 76))
+    assert len(load_audio_b64(wrapped, LIMITS)) == SAMPLE_RATE // 2
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ("not base64 at all!", "not valid base64"),
+        ("abc", "not valid base64"),  # bad padding
+        ("", "is empty"),
+        (_b64(b"hello, these bytes are plain text and not audio" * 20), "not audio in a supported format"),
+        (_b64(_file(np.zeros(0, np.float32), SAMPLE_RATE, "WAV")), "no samples"),
+    ],
+)
+def test_unusable_input_is_a_clear_input_error(payload: str, message: str) -> None:
+    with pytest.raises(AudioInputError, match=message) as info:
+        load_audio_b64(payload, LIMITS, field="context[0].audio_b64")
+    assert not isinstance(info.value, AudioTooLargeError)
+    assert "context[0].audio_b64" in str(info.value)
+
+
+def test_truncated_file_is_an_input_error() -> None:
+    raw = _file(_tone(SAMPLE_RATE, 1.0), SAMPLE_RATE, "FLAC")
+    with pytest.raises(AudioInputError):
+        load_audio_b64(_b64(raw[:200]), LIMITS)
+
+
+def test_byte_cap_is_checked_before_decoding_base64() -> None:
+    huge = "A" * 4_000_000  # ~3 MB decoded, over the 2 MB cap
+    with pytest.raises(AudioTooLargeError, match="byte limit"):
+        decode_base64(huge, LIMITS.max_bytes)
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "M4A"])
+def test_duration_cap_is_enforced(fmt: str) -> None:
+    tone = _tone(8_000, 6.0)  # 6 s, over the 5 s cap, small in bytes
+    raw = _m4a(tone, 8_000) if fmt == "M4A" else _file(tone, 8_000, "WAV")
+    with pytest.raises(AudioTooLargeError, match="over the 5 s limit"):
+        load_audio_b64(_b64(raw), LIMITS)
+
+
+def test_non_finite_float_samples_are_rejected() -> None:
+    data = _tone(SAMPLE_RATE, 0.1)
+    data[10] = np.nan
+    buf = io.BytesIO()
+    sf.write(buf, data, SAMPLE_RATE, format="WAV", subtype="FLOAT")
+    with pytest.raises(AudioInputError, match="NaN"):
+        load_audio_b64(_b64(buf.getvalue()), LIMITS)
