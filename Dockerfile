@@ -1,0 +1,49 @@
+# syntax=docker/dockerfile:1
+# csm-serve: CUDA runtime + Python + the installed package.
+#
+#   docker build -t csm-serve:0.1.0 .
+#   docker run --gpus all -p 8000:8000 -e HF_TOKEN csm-serve:0.1.0           # serve run serve_config.yaml
+#   docker run -p 8000:8000 csm-serve:0.1.0 serve run configs/serve/local.yaml # CPU, tiny model
+#
+# As a KubeRay image the operator replaces the command with `ray start ...`: `ray` and `serve` are on
+# PATH, `wget` is present for KubeRay's probes, and the user is non-root uid 1000 like Ray's images.
+# The torch wheel comes from the CUDA index matching the base image; keep the two in step.
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
+FROM ${CUDA_IMAGE}
+
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    HF_HOME=/home/ray/.cache/huggingface \
+    RAY_USAGE_STATS_ENABLED=0 \
+    TOKENIZERS_PARALLELISM=false
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates wget \
+    && rm -rf /var/lib/apt/lists/* \
+    && (userdel --remove ubuntu 2>/dev/null || true) \
+    && useradd --create-home --uid 1000 --shell /bin/bash ray \
+    && python3 -m venv "$VIRTUAL_ENV" \
+    && chown -R ray:ray "$VIRTUAL_ENV"
+
+USER ray
+WORKDIR /home/ray/app
+
+# The large, rarely changing layer first: CUDA torch, before any project file is copied.
+RUN pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"
+
+COPY --chown=ray:ray pyproject.toml README.md ./
+COPY --chown=ray:ray serve_app ./serve_app
+RUN pip install . && mkdir -p "$HF_HOME"
+
+COPY --chown=ray:ray serve_config.yaml ./
+COPY --chown=ray:ray configs ./configs
+
+EXPOSE 8000 8265 6379 10001
+CMD ["serve", "run", "serve_config.yaml"]

@@ -1,0 +1,42 @@
+"""Arguments of the Serve application builder (`args:` in a Serve config, `key=value` on `serve run`).
+
+Validated here, at build time on the controller, so a typo in a config fails the deployment with a
+clear message instead of surfacing later inside a replica.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class BuildArgs(BaseModel):
+    """What the application is built from; deployment sizing lives in the config's `deployments:`."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field("tiny-random", min_length=1, description="Engine preset, e.g. csm-1b or tiny-random.")
+    device: Optional[str] = Field(None, description="cuda, cpu, ...; None lets the engine choose.")
+    max_batch_size: Optional[int] = Field(
+        None, ge=1, le=1024, description="Engine slots: streams decoded together in one batch."
+    )
+    engine: dict[str, Any] = Field(default_factory=dict, description="Extra Engine.from_preset options.")
+    api: dict[str, Any] = Field(default_factory=dict, description="ApiSettings fields for the ingress.")
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `Engine.from_preset` besides the preset name."""
+        kwargs = dict(self.engine)
+        if self.max_batch_size is not None:
+            kwargs["max_batch_size"] = self.max_batch_size
+        if self.device is not None:
+            kwargs["device"] = self.device
+        return kwargs
+
+    def model_max_ongoing_requests(self) -> Optional[int]:
+        """Requests Ray may route to one model replica at once: every slot busy plus a quarter more
+        waiting in the engine, so a freed slot is refilled at the next frame without a Ray round
+        trip. The rest wait in Ray's queue, where any replica (or a new one) can take them."""
+        if self.max_batch_size is None:
+            return None
+        return self.max_batch_size + math.ceil(self.max_batch_size / 4)

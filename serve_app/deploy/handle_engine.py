@@ -1,0 +1,103 @@
+"""A `SpeechEngine` backed by a Ray Serve deployment handle.
+
+The API layer only knows `SpeechEngine`; this adapter lets the very same FastAPI app run on the
+ingress replica and reach the model replicas through Ray. It also turns Ray's transport failures
+(backpressure, a dead or missing replica) into `EngineOverloadedError`, which the API answers with a
+503 and Retry-After, so a full queue or a crashed GPU replica never shows up as a 500 or a hang.
+Errors raised by the engine itself (bad prompt, engine overload) cross Ray as instances of their
+own class and pass through unchanged.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, AsyncIterator, Awaitable, NoReturn, Optional, TypeVar
+
+import numpy as np
+from ray.exceptions import RayActorError, WorkerCrashedError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.engine.types import Audio, AudioChunk, EngineOverloadedError, GenerationRequest
+
+T = TypeVar("T")
+
+DEFAULT_RETRY_AFTER_S = 1.0
+"""Retry-After hint used when Ray does not give one (a replica died, none available)."""
+
+
+class ReplicaUnavailableError(EngineOverloadedError):
+    """The model replicas cannot take the request now; retrying later may succeed (HTTP 503)."""
+
+    def __init__(self, message: str, retry_after_s: Optional[float] = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = DEFAULT_RETRY_AFTER_S if retry_after_s is None else retry_after_s
+
+
+_REPLICA_LOST = (RayActorError, WorkerCrashedError)  # RayActorError covers died and unavailable
+
+
+def _raise_mapped(exc: BaseException) -> NoReturn:
+    """Re-raise a Ray transport error as `ReplicaUnavailableError`; anything else unchanged."""
+    if isinstance(exc, BackPressureError):
+        raise ReplicaUnavailableError(exc.message, exc.retry_after_s) from exc
+    if isinstance(exc, DeploymentUnavailableError):
+        raise ReplicaUnavailableError(f"speech model unavailable: {exc.message}") from exc
+    if isinstance(exc, _REPLICA_LOST):
+        raise ReplicaUnavailableError("speech model replica failed while serving the request") from exc
+    raise exc
+
+
+class HandleEngine:
+    """`SpeechEngine` over a `DeploymentHandle` to the `TTSModel` deployment."""
+
+    def __init__(self, handle: DeploymentHandle, *, health_timeout_s: float = 10.0) -> None:
+        self._handle = handle
+        self._health_timeout_s = health_timeout_s
+
+    async def _call(self, method: str, *args: Any, timeout_s: Optional[float] = None) -> Any:
+        response = getattr(self._handle, method).remote(*args)
+        try:
+            if timeout_s is None:
+                return await response
+            return await asyncio.wait_for(_awaited(response), timeout_s)
+        except asyncio.TimeoutError:
+            response.cancel()
+            raise ReplicaUnavailableError(f"speech model did not answer {method} in {timeout_s:g} s")
+        except Exception as exc:  # noqa: BLE001 - mapped or re-raised unchanged
+            _raise_mapped(exc)
+
+    async def generate(self, request: GenerationRequest) -> Audio:
+        return await self._call("generate", request)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[AudioChunk]:
+        """Relay the replica's chunks; closing this iterator cancels generation on the replica."""
+        response = self._handle.options(stream=True).stream.remote(request)
+        finished = False
+        try:
+            async for chunk in response:
+                yield chunk
+            finished = True
+        except Exception as exc:  # noqa: BLE001 - mapped or re-raised unchanged
+            finished = True
+            _raise_mapped(exc)
+        finally:
+            if not finished:
+                # The caller went away (client disconnect, aclose): free the engine slot.
+                with contextlib.suppress(Exception):
+                    response.cancel()
+
+    async def encode_audio(self, pcm: np.ndarray) -> np.ndarray:
+        return await self._call("encode_audio", pcm)
+
+    async def info(self) -> dict[str, Any]:
+        return await self._call("info", timeout_s=self._health_timeout_s)
+
+    async def check_health(self) -> None:
+        await self._call("check_health", timeout_s=self._health_timeout_s)
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    """Wrap an awaitable object (e.g. `DeploymentResponse`) in a coroutine for `asyncio.wait_for`."""
+    return await awaitable
+
