@@ -1,0 +1,122 @@
+"""Exact streaming Mimi decoding for many streams at once.
+
+`MimiModel.decode` turns a whole code sequence into audio. To play the first words while the rest is
+generated, `MimiStreamDecoder` decodes a few new frames per call and keeps, per stream, exactly the
+state the full decode would carry across the chunk boundary: the upsampler's and SEANet's
+transposed-conv tails, the causal convs' left context, and the decoder transformer's sliding-window
+KV cache. Concatenating a stream's chunks gives the full decode of all its frames (up to float
+rounding), whatever the chunking.
+
+Streams live in slots of preallocated state tensors, so a GPU engine decodes the new frames of all
+its active requests in one call. Lifecycle per stream: `reset(slot)` (or `acquire()`), any number of
+`decode(...)` calls, then `free(slot)`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import MimiModel
+
+from serve_app.model.mimi_stream_seanet import StreamingStack
+from serve_app.model.mimi_stream_transformer import StreamingTransformer
+
+
+class MimiStreamDecoder:
+    """Batched, slot-based streaming decoder over the weights of a transformers `MimiModel`.
+
+    The model is used as is (same parameters, same device and dtype); state buffers follow the
+    model's device and dtype. Output is float32.
+    """
+
+    def __init__(self, mimi: MimiModel, max_streams: int):
+        if max_streams < 1:
+            raise ValueError("max_streams must be >= 1")
+        config = mimi.config
+        if config.audio_channels != 1:
+            raise ValueError("streaming decode supports mono Mimi models only")
+        param = next(mimi.parameters())
+        device, dtype = param.device, param.dtype
+        self.mimi = mimi
+        self.max_streams = max_streams
+        self.num_codebooks = config.num_quantizers
+        self.codebook_size = config.codebook_size
+        self.device = device
+        upsample = [mimi.upsample] if mimi.upsample is not None else []
+        self._upsample = StreamingStack(upsample, max_streams, device, dtype)
+        self._transformer = StreamingTransformer(mimi.decoder_transformer, max_streams, device, dtype)
+        self._seanet = StreamingStack(list(mimi.decoder.layers), max_streams, device, dtype)
+        self.tokens_per_frame = mimi.upsample.conv.stride[0] if mimi.upsample is not None else 1
+        self.frame_samples = self.tokens_per_frame * math.prod(config.upsampling_ratios)
+        """PCM samples produced per code frame (1920 for the real Mimi)."""
+        self._seen = torch.zeros(max_streams, dtype=torch.long, device=device)
+        self._active = [False] * max_streams
+
+    @property
+    def free_slots(self) -> list[int]:
+        return [slot for slot, active in enumerate(self._active) if not active]
+
+    def acquire(self) -> int:
+        """Reset and return a free slot; raises RuntimeError when all slots are taken."""
+        free = self.free_slots
+        if not free:
+            raise RuntimeError(f"all {self.max_streams} Mimi stream slots are in use")
+        self.reset(free[0])
+        return free[0]
+
+    def reset(self, slot: int) -> None:
+        """Start a new stream in `slot`, forgetting whatever it decoded before."""
+        self._check_slot(slot)
+        self._upsample.reset(slot)
+        self._transformer.reset(slot)
+        self._seanet.reset(slot)
+        self._seen[slot] = 0
+        self._active[slot] = True
+
+    def free(self, slot: int) -> None:
+        """Release `slot`; it must be reset before it decodes again."""
+        self._check_slot(slot)
+        self._active[slot] = False
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor, slots: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+        """Decode the next `n` frames of each stream in `slots`.
+
+        codes: (B, num_codebooks, n) long; every stream in one call decodes the same `n >= 1` frames
+        (group streams by `n`, or call once per group). slots: (B,) long, distinct, each reset.
+        Returns (B, n * frame_samples) float32 PCM, the next samples of each stream.
+        `check=False` skips the validation (which syncs with the device) for a trusted caller.
+        """
+        if check:
+            self._validate(codes, slots)
+        codes = codes.to(self.device)
+        slots = slots.to(self.device)
+        seen = self._seen[slots]
+        fresh = seen == 0
+        embeddings = self.mimi.quantizer.decode(codes)
+        embeddings = self._upsample(embeddings, slots, fresh)
+        hidden = self._transformer(embeddings.transpose(1, 2), slots, seen)
+        pcm = self._seanet(hidden.transpose(1, 2), slots, fresh)
+        self._seen[slots] = seen + embeddings.shape[-1]
+        return pcm[:, 0].float()
+
+    def _check_slot(self, slot: int) -> None:
+        if not 0 <= slot < self.max_streams:
+            raise ValueError(f"slot {slot} out of range [0, {self.max_streams})")
+
+    def _validate(self, codes: torch.Tensor, slots: torch.Tensor) -> None:
+        if codes.dim() != 3 or codes.shape[1] != self.num_codebooks or codes.shape[2] < 1:
+            raise ValueError(f"codes must be (B, {self.num_codebooks}, n>=1), got {tuple(codes.shape)}")
+        if codes.dtype != torch.long:
+            raise ValueError(f"codes must be int64, got {codes.dtype}")
+        if slots.dim() != 1 or slots.shape[0] != codes.shape[0]:
+            raise ValueError(f"slots must be ({codes.shape[0]},), got {tuple(slots.shape)}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise ValueError(f"codes must lie in [0, {self.codebook_size})")
+        slot_list = slots.tolist()
+        if len(set(slot_list)) != len(slot_list):
+            raise ValueError("slots in one decode call must be distinct")
+        for slot in slot_list:
+            self._check_slot(slot)
+            if not self._active[slot]:
+                raise ValueError(f"slot {slot} is not active: reset it before decoding")

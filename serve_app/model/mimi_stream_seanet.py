@@ -1,0 +1,153 @@
+"""Streaming versions of Mimi's convolution layers, with per-slot state.
+
+transformers' `MimiConv1d` / `MimiConvTranspose1d` only see whole sequences. Decoding chunk by chunk
+gives the same samples when each causal conv remembers the last `padding_total` inputs it saw (its
+left context) and each transposed conv remembers the `kernel - stride` output samples that the next
+input frame still adds to (its overlapping tail). Every op keeps that state for `max_streams` streams
+in one preallocated tensor; a call gathers the rows of the streams it decodes and writes them back.
+
+All ops call the wrapped module's own `nn.Conv1d` / weights, so no parameter is copied.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.mimi.modeling_mimi import MimiConv1d, MimiConvTranspose1d, MimiResnetBlock
+
+_STATELESS = (nn.ELU, nn.Identity)
+"""Pointwise modules that need no state and run unchanged."""
+
+
+class StreamOp(Protocol):
+    """One layer of a streaming stack: `(x, slots, fresh) -> y` with y as long as x times its upsampling."""
+
+    def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor: ...
+
+
+class StreamingConv1d:
+    """Causal stride-1 `MimiConv1d` that keeps its left context per slot.
+
+    In the full decode the first chunk is left-padded with zeros (`pad_mode="constant"`) or with its
+    first sample (`"replicate"`); a reset slot starts from the same padding. Other pad modes (reflect)
+    look at future samples and cannot stream exactly, so they are refused.
+    """
+
+    def __init__(self, layer: MimiConv1d, max_streams: int, device: torch.device, dtype: torch.dtype):
+        if not layer.causal:
+            raise ValueError("streaming needs causal convolutions (config.use_causal_conv=True)")
+        if layer.conv.stride[0] != 1:
+            raise ValueError("streaming decode supports only stride-1 MimiConv1d layers")
+        if layer.pad_mode not in ("constant", "replicate"):
+            raise ValueError(f"pad_mode {layer.pad_mode!r} cannot be streamed exactly")
+        self.layer = layer
+        self.replicate = layer.pad_mode == "replicate"
+        self.context = int(layer.padding_total)
+        self.state = torch.zeros(max_streams, layer.in_channels, self.context, device=device, dtype=dtype)
+
+    def reset(self, slot: int) -> None:
+        self.state[slot].zero_()
+
+    def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+        if self.context == 0:
+            return self.layer.conv(x)
+        prev = self.state[slots]
+        if self.replicate:
+            prev = torch.where(fresh[:, None, None], x[..., :1].expand_as(prev), prev)
+        padded = torch.cat([prev, x], dim=-1)
+        self.state[slots] = padded[..., -self.context :]
+        return self.layer.conv(padded)
+
+
+class StreamingConvTranspose1d:
+    """Causal `MimiConvTranspose1d` that emits only finished samples.
+
+    With `trim_right_ratio == 1` the full decode keeps the first `T * stride` samples of T inputs,
+    and exactly those are final once the T-th input is in: the last `kernel - stride` samples still
+    receive contributions from the next input, so they are kept (without bias) and added to the next
+    chunk's head. Other trim ratios drop samples at the start and would shift every chunk boundary.
+    """
+
+    def __init__(
+        self, layer: MimiConvTranspose1d, max_streams: int, device: torch.device, dtype: torch.dtype
+    ):
+        conv = layer.conv
+        if not layer.causal or layer.padding_left != 0:
+            raise ValueError("streaming needs causal transposed convs with trim_right_ratio=1.0")
+        if conv.padding[0] != 0 or conv.output_padding[0] != 0 or conv.dilation[0] != 1:
+            raise ValueError("unexpected padding/dilation on a MimiConvTranspose1d")
+        self.conv = conv
+        self.stride = conv.stride[0]
+        self.overlap = conv.kernel_size[0] - self.stride
+        if self.overlap < 0:
+            raise ValueError("kernel_size smaller than stride is not supported")
+        self.state = torch.zeros(max_streams, conv.out_channels, self.overlap, device=device, dtype=dtype)
+
+    def reset(self, slot: int) -> None:
+        self.state[slot].zero_()
+
+    def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+        y = F.conv_transpose1d(x, self.conv.weight, None, self.stride, groups=self.conv.groups)
+        if self.overlap:
+            y[..., : self.overlap] += self.state[slots]
+        done = x.shape[-1] * self.stride
+        self.state[slots] = y[..., done:]
+        out = y[..., :done]
+        if self.conv.bias is not None:
+            out = out + self.conv.bias[:, None]
+        return out
+
+
+class StreamingResnetBlock:
+    """`MimiResnetBlock`: streaming branch plus (identity or 1x1 conv) shortcut."""
+
+    def __init__(self, block: list[StreamOp], shortcut: StreamOp):
+        self.block = block
+        self.shortcut = shortcut
+
+    def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+        h = x
+        for op in self.block:
+            h = op(h, slots, fresh)
+        return self.shortcut(x, slots, fresh) + h
+
+
+def _stateless(module: nn.Module) -> StreamOp:
+    return lambda x, slots, fresh: module(x)
+
+
+class StreamingStack:
+    """A sequence of Mimi conv layers (the SEANet decoder, or the frame-rate upsample) made streaming.
+
+    `stateful` lists every op with per-slot state so `reset(slot)` can clear them all.
+    """
+
+    def __init__(self, layers: list[nn.Module], max_streams: int, device: torch.device, dtype: torch.dtype):
+        self._args = (max_streams, device, dtype)
+        self.stateful: list[StreamingConv1d | StreamingConvTranspose1d] = []
+        self.ops = [self._wrap(layer) for layer in layers]
+
+    def _wrap(self, layer: nn.Module) -> StreamOp:
+        if isinstance(layer, MimiConv1d):
+            op: StreamingConv1d | StreamingConvTranspose1d = StreamingConv1d(layer, *self._args)
+        elif isinstance(layer, MimiConvTranspose1d):
+            op = StreamingConvTranspose1d(layer, *self._args)
+        elif isinstance(layer, MimiResnetBlock):
+            return StreamingResnetBlock([self._wrap(m) for m in layer.block], self._wrap(layer.shortcut))
+        elif isinstance(layer, _STATELESS):
+            return _stateless(layer)
+        else:
+            raise TypeError(f"no streaming rule for layer {type(layer).__name__}")
+        self.stateful.append(op)
+        return op
+
+    def reset(self, slot: int) -> None:
+        for op in self.stateful:
+            op.reset(slot)
+
+    def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+        for op in self.ops:
+            x = op(x, slots, fresh)
+        return x
