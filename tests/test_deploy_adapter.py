@@ -1,0 +1,235 @@
+"""HandleEngine (deployment handle → SpeechEngine) and TTSModel's pass-through, without Ray running.
+
+The fakes mimic what a `DeploymentHandle` returns (awaitable responses and async response
+generators with `.cancel()`); Ray's real behaviour is covered by tests/test_e2e_ray.py.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator, Callable, Optional
+
+import numpy as np
+import pytest
+from ray.exceptions import ActorDiedError
+from ray.serve.exceptions import BackPressureError
+
+from serve_app.deploy.handle_engine import HandleEngine, ReplicaUnavailableError
+from serve_app.deployments import TTSModel
+from serve_app.engine.interface import SpeechEngine
+from serve_app.engine.types import (
+    AudioChunk,
+    EngineOverloadedError,
+    FinishReason,
+    GenerationRequest,
+    PromptTooLongError,
+)
+
+
+def _chunk(i: int, last: bool = False) -> AudioChunk:
+    return AudioChunk(
+        pcm=np.full(1920, i, np.float32),
+        codes=np.full((1, 32), i, np.int64),
+        frames=1,
+        is_last=last,
+        finish_reason=FinishReason.LENGTH if last else None,
+    )
+
+
+class FakeResponse:
+    def __init__(self, result: Callable[[], Any]) -> None:
+        self._result = result
+        self.cancelled = False
+
+    def __await__(self):
+        async def run() -> Any:
+            return await self._result()
+
+        return run().__await__()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeStream:
+    def __init__(self, chunks: list[AudioChunk], error: Optional[BaseException]) -> None:
+        self._chunks = chunks
+        self._error = error
+        self.cancelled = False
+
+    def __aiter__(self) -> AsyncIterator[AudioChunk]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[AudioChunk]:
+        for chunk in self._chunks:
+            yield chunk
+        if self._error is not None:
+            raise self._error
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeHandle:
+    """Answers every method with `outcome` (a value, an exception, or `...` for never)."""
+
+    def __init__(self, outcome: Any = None, chunks: int = 3, stream_error: Optional[BaseException] = None):
+        self.outcome = outcome
+        self.chunks = [_chunk(i, last=i == chunks - 1) for i in range(chunks)]
+        self.stream_error = stream_error
+        self.responses: list[Any] = []
+        self.calls: list[tuple[str, tuple]] = []
+
+    def options(self, *, stream: bool = False) -> "FakeHandle":
+        assert stream
+        return self
+
+    def __getattr__(self, method: str) -> Any:
+        handle = self
+
+        class Method:
+            def remote(self, *args: Any) -> Any:
+                handle.calls.append((method, args))
+                if method == "stream":
+                    response: Any = FakeStream(handle.chunks, handle.stream_error)
+                else:
+                    response = FakeResponse(handle._answer)
+                handle.responses.append(response)
+                return response
+
+        return Method()
+
+    async def _answer(self) -> Any:
+        if self.outcome is ...:
+            await asyncio.Event().wait()
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+
+def _engine(handle: FakeHandle, **kw: Any) -> HandleEngine:
+    return HandleEngine(handle, **kw)  # type: ignore[arg-type]
+
+
+def test_adapter_satisfies_the_api_protocol() -> None:
+    assert isinstance(_engine(FakeHandle()), SpeechEngine)
+
+
+def test_backpressure_becomes_overload_with_retry_after() -> None:
+    async def scenario() -> None:
+        engine = _engine(FakeHandle(BackPressureError(num_queued_requests=4, max_queued_requests=4, retry_after_s=3)))
+        with pytest.raises(ReplicaUnavailableError) as info:
+            await engine.generate(GenerationRequest(text="hi"))
+        assert isinstance(info.value, EngineOverloadedError)  # the API answers these with 503
+        assert info.value.retry_after_s == 3
+        assert "backpressure" in str(info.value)
+
+    asyncio.run(scenario())
+
+
+def test_dead_replica_becomes_overload() -> None:
+    async def scenario() -> None:
+        engine = _engine(FakeHandle(ActorDiedError()))
+        with pytest.raises(ReplicaUnavailableError, match="replica failed"):
+            await engine.encode_audio(np.zeros(1920, np.float32))
+
+    asyncio.run(scenario())
+
+
+def test_engine_errors_pass_through_unchanged() -> None:
+    async def scenario() -> None:
+        error = PromptTooLongError("text does not fit")
+        with pytest.raises(PromptTooLongError) as info:
+            await _engine(FakeHandle(error)).generate(GenerationRequest(text="x" * 10))
+        assert info.value is error
+
+    asyncio.run(scenario())
+
+
+def test_health_check_times_out_instead_of_hanging() -> None:
+    async def scenario() -> None:
+        handle = FakeHandle(...)
+        engine = _engine(handle, health_timeout_s=0.05)
+        with pytest.raises(ReplicaUnavailableError, match="check_health"):
+            await asyncio.wait_for(engine.check_health(), 2)
+        assert handle.responses[-1].cancelled
+
+    asyncio.run(scenario())
+
+
+def test_stream_relays_chunks_in_order_without_cancelling() -> None:
+    async def scenario() -> None:
+        handle = FakeHandle(chunks=4)
+        request = GenerationRequest(text="hello")
+        got = [chunk async for chunk in _engine(handle).stream(request)]
+        assert [int(c.codes[0, 0]) for c in got] == [0, 1, 2, 3]
+        assert got[-1].is_last
+        assert handle.calls == [("stream", (request,))]
+        assert not handle.responses[0].cancelled
+
+    asyncio.run(scenario())
+
+
+def test_closing_the_stream_cancels_the_replica_call() -> None:
+    async def scenario() -> None:
+        handle = FakeHandle(chunks=5)
+        stream = _engine(handle).stream(GenerationRequest(text="hello"))
+        assert int((await stream.__anext__()).codes[0, 0]) == 0
+        await stream.aclose()
+        assert handle.responses[0].cancelled
+
+    asyncio.run(scenario())
+
+
+def test_stream_failure_mid_way_is_mapped() -> None:
+    async def scenario() -> None:
+        handle = FakeHandle(chunks=2, stream_error=ActorDiedError())
+        stream = _engine(handle).stream(GenerationRequest(text="hello"))
+        got = []
+        with pytest.raises(ReplicaUnavailableError):
+            async for chunk in stream:
+                got.append(chunk)
+        assert len(got) == 2
+
+    asyncio.run(scenario())
+
+
+class BrokenEngine:
+    def __init__(self) -> None:
+        self.closed_streams = 0
+
+    async def check_health(self) -> None:
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[AudioChunk]:
+        try:
+            for i in range(100):
+                yield _chunk(i)
+        finally:
+            self.closed_streams += 1
+
+
+def _model_with(engine: Any) -> Any:
+    cls = TTSModel.func_or_class
+    model = cls.__new__(cls)
+    model._engine = engine
+    return model
+
+
+def test_model_health_check_fails_with_a_broken_engine() -> None:
+    async def scenario() -> None:
+        with pytest.raises(RuntimeError, match="device-side assert"):
+            await _model_with(BrokenEngine()).check_health()
+
+    asyncio.run(scenario())
+
+
+def test_model_stream_closes_the_engine_stream_when_cancelled() -> None:
+    async def scenario() -> None:
+        engine = BrokenEngine()
+        stream = _model_with(engine).stream(GenerationRequest(text="hi"))
+        await stream.__anext__()
+        await stream.aclose()
+        assert engine.closed_streams == 1
+
+
+    asyncio.run(scenario())

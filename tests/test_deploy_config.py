@@ -1,0 +1,163 @@
+"""Serve configs, KubeRay manifest and Dockerfile: validated without starting Ray."""
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+from pydantic import ValidationError
+from ray.serve import Application
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app import deployments
+from serve_app.deploy.args import BuildArgs
+
+ROOT = Path(__file__).resolve().parents[1]
+PROD = ROOT / "serve_config.yaml"
+LOCAL = ROOT / "configs/serve/local.yaml"
+KUBERAY = ROOT / "configs/kuberay/rayservice.yaml"
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def _app(config: dict[str, Any]) -> dict[str, Any]:
+    (app,) = config["applications"]
+    return app
+
+
+def _deployment(config: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(d for d in _app(config)["deployments"] if d["name"] == name)
+
+
+@pytest.mark.parametrize("path", [PROD, LOCAL], ids=["production", "local"])
+def test_config_validates_and_builds(path: Path) -> None:
+    config = _load(path)
+    schema = ServeDeploySchema.model_validate(config)
+    app = schema.applications[0]
+    module_name, attr = app.import_path.split(":")
+    builder = getattr(importlib.import_module(module_name), attr)
+    assert builder is deployments.build_app
+    assert isinstance(builder(app.args), Application)
+    # Every `deployments:` entry must name a deployment of the graph, or Ray rejects the config.
+    assert {d.name for d in app.deployments} == {deployments.TTSModel.name, deployments.APIIngress.name}
+
+
+@pytest.mark.parametrize("path", [PROD, LOCAL], ids=["production", "local"])
+def test_model_deployment_passes_engine_slots_through(path: Path) -> None:
+    config = _load(path)
+    args = BuildArgs.model_validate(_app(config)["args"])
+    model = _deployment(config, deployments.MODEL_DEPLOYMENT)
+    assert args.max_batch_size is not None
+    # The engine batches itself: Ray must let at least a full batch reach one replica at once.
+    assert model["max_ongoing_requests"] >= args.max_batch_size
+    # A bounded queue is what turns overload into 503 instead of unbounded waiting.
+    assert model["max_queued_requests"] > 0
+    assert model["backpressure_config"]["retry_after_s"] > 0
+    assert model["health_check_timeout_s"] >= model["health_check_period_s"] > 0
+    assert model["graceful_shutdown_timeout_s"] > 0
+
+
+def test_production_config_shape() -> None:
+    config = _load(PROD)
+    app = _app(config)
+    assert app["args"]["model"] == "csm-1b"
+    model = _deployment(config, deployments.MODEL_DEPLOYMENT)
+    assert model["ray_actor_options"]["num_gpus"] == 1
+    scaling = model["autoscaling_config"]
+    assert "num_replicas" not in model  # Ray rejects num_replicas together with autoscaling
+    assert 1 <= scaling["min_replicas"] <= scaling["initial_replicas"] <= scaling["max_replicas"]
+    assert scaling["max_replicas"] > scaling["min_replicas"]
+    assert 0 < scaling["target_ongoing_requests"] < model["max_ongoing_requests"]
+    ingress = _deployment(config, deployments.INGRESS_DEPLOYMENT)
+    assert ingress["ray_actor_options"]["num_gpus"] == 0
+    assert ingress["num_replicas"] >= 2
+    assert ingress["max_ongoing_requests"] >= model["max_ongoing_requests"]
+
+
+def test_local_config_runs_without_gpu_or_weights() -> None:
+    config = _load(LOCAL)
+    assert config["http_options"]["host"] == "127.0.0.1"
+    assert config["http_options"]["port"] == 8000
+    app = _app(config)
+    assert app["route_prefix"] == "/"
+    assert app["args"]["model"] == "tiny-random"
+    assert app["args"]["device"] == "cpu"
+    for deployment in app["deployments"]:
+        # num_gpus > 0 on a machine without a GPU leaves the replica pending forever.
+        assert deployment["ray_actor_options"]["num_gpus"] == 0, deployment["name"]
+    assert sum(d["ray_actor_options"]["num_cpus"] for d in app["deployments"]) <= 2
+
+
+def test_build_args_reject_typos_and_bad_values() -> None:
+    with pytest.raises(ValidationError, match="modle"):
+        deployments.build_app({"modle": "csm-1b"})
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        deployments.build_app({"max_batch_size": 0})
+    # `serve run ... max_batch_size=8` passes strings: they are coerced.
+    args = BuildArgs.model_validate({"model": "tiny-random", "max_batch_size": "8", "device": "cpu"})
+    assert args.engine_kwargs() == {"max_batch_size": 8, "device": "cpu"}
+    assert args.model_max_ongoing_requests() == 10
+
+
+def test_rayservice_matches_serve_config() -> None:
+    manifest = _load(KUBERAY)
+    assert manifest["apiVersion"] == "ray.io/v1"
+    assert manifest["kind"] == "RayService"
+    spec = manifest["spec"]
+    assert yaml.safe_load(spec["serveConfigV2"]) == _load(PROD)
+
+    cluster = spec["rayClusterConfig"]
+    assert cluster["rayVersion"] == ray.__version__  # image and cluster must run the same Ray
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert any(p["containerPort"] == 8000 for p in head["ports"])
+    (gpu_group,) = [
+        g
+        for g in cluster["workerGroupSpecs"]
+        if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu") == "1"
+    ]
+    assert gpu_group["minReplicas"] <= gpu_group["replicas"] <= gpu_group["maxReplicas"]
+    scaling = _deployment(_load(PROD), deployments.MODEL_DEPLOYMENT)["autoscaling_config"]
+    assert gpu_group["maxReplicas"] >= scaling["max_replicas"], "GPU workers cap the model replicas"
+    assert cluster["enableInTreeAutoscaling"] is True
+    images = {c["image"] for g in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+              for c in g["template"]["spec"]["containers"]}
+    assert len(images) == 1
+
+
+def _dockerignored(path: str, patterns: list[str]) -> bool:
+    parts = Path(path).parts
+    return any(
+        fnmatch.fnmatch(path, p) or fnmatch.fnmatch(parts[0], p) or fnmatch.fnmatch(path, p.removeprefix("**/"))
+        for p in patterns
+    )
+
+
+def test_dockerfile_copies_what_the_image_needs() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    ignore = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    sources = [
+        src
+        for line in re.findall(r"^COPY (?:--\S+ )*(.+)$", dockerfile, flags=re.M)
+        for src in line.split()[:-1]
+    ]
+    assert {"pyproject.toml", "serve_app", "serve_config.yaml", "configs"} <= set(sources)
+    for src in sources:
+        assert (ROOT / src).exists(), src
+        assert not _dockerignored(src, ignore), f"{src} is excluded by .dockerignore"
+    users = re.findall(r"^USER (\S+)", dockerfile, flags=re.M)
+    assert users and users[-1] not in {"root", "0"}
+    cmd = re.search(r"^CMD (.+)$", dockerfile, flags=re.M)
+    assert cmd is not None and '"serve", "run", "serve_config.yaml"' in cmd.group(1)
+    assert re.search(r"^FROM \$\{CUDA_IMAGE\}", dockerfile, flags=re.M)
+    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+-runtime-", dockerfile, flags=re.M)
