@@ -1,0 +1,38 @@
+"""Serves the playground page at `/` and `/playground`, and its two assets.
+
+The page uses only relative URLs, so it works wherever the app is mounted (Ray Serve route prefix,
+a reverse proxy path) without configuration.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib.resources import files
+
+from fastapi import APIRouter, HTTPException, Response
+from fastapi.responses import HTMLResponse
+
+router = APIRouter(include_in_schema=False)
+
+ASSETS = {
+    "playground.js": "text/javascript; charset=utf-8",
+    "playground.css": "text/css; charset=utf-8",
+}
+_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+
+
+@lru_cache(maxsize=None)
+def _read(name: str) -> str:
+    return files("serve_app.web").joinpath(name).read_text(encoding="utf-8")
+
+
+@router.get("/", response_class=HTMLResponse)
+@router.get("/playground", response_class=HTMLResponse)
+def playground_page() -> HTMLResponse:
+    return HTMLResponse(_read("index.html"), headers=_HEADERS)
+
+
+@router.get("/playground/{name}")
+def playground_asset(name: str) -> Response:
+    if name not in ASSETS:
+        raise HTTPException(status_code=404, detail=f"no playground asset named {name!r}")
+    return Response(_read(name), media_type=ASSETS[name], headers=_HEADERS)

@@ -1,0 +1,161 @@
+"""Metrics: after real HTTP requests, `/metrics` shows the counters moved; request ids reach the JSON logs."""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from serve_app import metrics
+from serve_app.engine.types import GenerationRequest
+from tests.support_tools import ToneEngine, serve_http, standin_app
+
+
+def scrape(http: httpx.Client) -> dict[tuple[str, frozenset], float]:
+    response = http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+@pytest.fixture(scope="module")
+def http() -> httpx.Client:
+    with serve_http(standin_app(metrics.MeteredEngine(ToneEngine()))) as url:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            yield client
+
+
+def test_a_speak_request_moves_request_frame_audio_and_latency_metrics(http: httpx.Client) -> None:
+    before = scrape(http)
+    text = "Twelve chars"  # the tone engine makes 2 + len // 4 = 5 frames
+    assert http.post("/speak", json={"text": text, "speaker": 0}).status_code == 200
+    after = scrape(http)
+    ok = {"method": "POST", "endpoint": "/speak", "status": "200"}
+    assert value(after, "csm_http_requests_total", **ok) == value(before, "csm_http_requests_total", **ok) + 1
+    assert value(after, "csm_frames_generated_total") == value(before, "csm_frames_generated_total") + 5
+    assert value(after, "csm_audio_generated_seconds_total") == pytest.approx(
+        value(before, "csm_audio_generated_seconds_total") + 0.4
+    )
+    for name, labels in [
+        ("csm_time_to_first_audio_seconds_count", {"endpoint": "/speak"}),
+        ("csm_real_time_factor_count", {}),
+        ("csm_http_request_duration_seconds_count", {"method": "POST", "endpoint": "/speak"}),
+    ]:
+        assert value(after, name, **labels) == value(before, name, **labels) + 1, name
+    assert value(after, "csm_generations_in_progress") == 0
+
+
+def test_streamed_audio_records_time_to_first_audio(http: httpx.Client) -> None:
+    before = scrape(http)
+    with http.stream("POST", "/speak", json={"text": "Streaming this one.", "stream": True}) as r:
+        assert r.status_code == 200 and len(r.read()) > 44
+    after = scrape(http)
+    name = "csm_time_to_first_audio_seconds_count"
+    assert value(after, name, endpoint="/speak") == value(before, name, endpoint="/speak") + 1
+
+
+def test_errors_are_counted_by_route_template_and_status(http: httpx.Client) -> None:
+    before = scrape(http)
+    assert http.post("/speak", json={"text": "x", "speaker": 2}).status_code == 422
+    assert http.post("/speak", json={"text": "x" * 1000}).status_code == 413
+    assert http.post("/speak", json={"text": "overload"}).status_code == 503
+    assert http.delete("/v1/voices/nope").status_code == 404
+    assert http.get("/no/such/route").status_code == 404
+    after = scrape(http)
+    for endpoint, status in [("/speak", "422"), ("/speak", "413"), ("/speak", "503"),
+                             ("/v1/voices/{voice_id}", "404"), ("unmatched", "404")]:
+        labels = {"endpoint": endpoint, "status": status}
+        assert value(after, "csm_http_errors_total", **labels) == value(
+            before, "csm_http_errors_total", **labels) + 1, labels
+    # A refused request is not audio: no time-to-first-audio sample for it.
+    name = "csm_time_to_first_audio_seconds_count"
+    assert value(after, name, endpoint="/speak") == value(before, name, endpoint="/speak")
+
+
+def test_cache_hits_and_misses_come_from_the_x_cache_header(http: httpx.Client) -> None:
+    before = scrape(http)
+    body = {"text": "Cache me.", "seed": 11}
+    assert http.post("/speak", json=body).headers["x-cache"] == "miss"
+    assert http.post("/speak", json=body).headers["x-cache"] == "hit"
+    after = scrape(http)
+    assert value(after, "csm_cache_hits_total", cache="response") == value(
+        before, "csm_cache_hits_total", cache="response") + 1
+    assert value(after, "csm_cache_misses_total", cache="response") == value(
+        before, "csm_cache_misses_total", cache="response") + 1
+
+
+def test_queue_and_batch_gauges_are_exposed(http: httpx.Client) -> None:
+    metrics.set_queue_depth(3)
+    metrics.set_batch_size(7)
+    samples = scrape(http)
+    assert value(samples, "csm_queue_depth") == 3 and value(samples, "csm_batch_size") == 7
+    metrics.set_queue_depth(0)
+    assert value(scrape(http), "csm_queue_depth") == 0
+
+
+def test_request_ids_are_echoed_or_made_and_reach_the_json_log(http: httpx.Client) -> None:
+    stream = io.StringIO()
+    handler = metrics.configure_logging("INFO", stream)
+    try:
+        given = http.get("/info", headers={"X-Request-ID": "req-42"})
+        made = http.get("/info")
+        unsafe = http.get("/info", headers={"X-Request-ID": "bad id\twith spaces"})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert given.headers["x-request-id"] == "req-42"
+    assert len(made.headers["x-request-id"]) == 32
+    assert unsafe.headers["x-request-id"] not in ("", "bad id\twith spaces")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    access = [l for l in lines if l["logger"] == "csm_serve.access"]
+    assert [l["request_id"] for l in access] == [
+        "req-42", made.headers["x-request-id"], unsafe.headers["x-request-id"]]
+    assert all(l["status"] == 200 and l["endpoint"] == "/info" and l["duration_ms"] >= 0 for l in access)
+
+
+def test_json_formatter_includes_extras_and_the_current_request_id() -> None:
+    record = logging.makeLogRecord({"name": "x", "levelname": "WARNING", "msg": "slot %d busy", "args": (3,),
+                                    "slot": 3})
+    token = metrics.request_id_var.set("rid-1")
+    try:
+        entry = json.loads(metrics.JsonFormatter().format(record))
+    finally:
+        metrics.request_id_var.reset(token)
+    assert entry["message"] == "slot 3 busy" and entry["slot"] == 3 and entry["request_id"] == "rid-1"
+
+
+def test_metered_stream_closed_early_closes_the_engine_stream_and_counts_what_was_made() -> None:
+    closed = []
+
+    class Engine(ToneEngine):
+        async def stream(self, request):  # type: ignore[override]
+            try:
+                async for chunk in super().stream(request):
+                    yield chunk
+            finally:
+                closed.append(True)
+
+    async def run() -> None:
+        engine = metrics.MeteredEngine(Engine())
+        chunks = engine.stream(GenerationRequest(text="a long enough text for many frames"))
+        await chunks.__anext__()
+        await chunks.__anext__()
+        assert metrics.GENERATIONS_IN_PROGRESS._value.get() == 1
+        await chunks.aclose()
+
+    frames_before = metrics.FRAMES_GENERATED._value.get()
+    asyncio.run(run())
+    assert closed == [True]
+    assert metrics.FRAMES_GENERATED._value.get() == frames_before + 2
+    assert metrics.GENERATIONS_IN_PROGRESS._value.get() == 0
