@@ -1,0 +1,42 @@
+"""`create_app(engine)`: the HTTP API over any `SpeechEngine` (in-process engine or Ray handle adapter)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from fastapi import FastAPI
+
+import serve_app
+from serve_app.api import openai_compat, routes_dialogue, routes_speech, routes_system, routes_voices
+from serve_app.api.cache import ResponseCache
+from serve_app.api.deps import Services
+from serve_app.api.errors import install_error_handlers
+from serve_app.api.middleware import RequestIdMiddleware
+from serve_app.api.sessions import SessionStore
+from serve_app.api.settings import ApiSettings
+from serve_app.api.synthesis import Synthesizer
+from serve_app.api.voices import VoiceStore
+from serve_app.engine.interface import SpeechEngine
+
+__all__ = ["create_app"]
+
+
+def create_app(engine: SpeechEngine, settings: Optional[ApiSettings] = None) -> FastAPI:
+    """Build the app; `settings` defaults to `ApiSettings()` (environment variables `CSM_*`)."""
+    settings = settings or ApiSettings()
+    app = FastAPI(
+        title="csm-serve",
+        version=serve_app.__version__,
+        description="Text-to-speech with Sesame's CSM-1B.",
+        max_body_size=settings.max_body_bytes,
+    )
+    app.state.services = Services(
+        settings=settings,
+        synth=Synthesizer(engine, settings, VoiceStore(settings.voices_dir)),
+        cache=ResponseCache(settings.cache_max_bytes),
+        sessions=SessionStore(settings.max_sessions, settings.session_ttl_s, settings.session_context_turns),
+    )
+    install_error_handlers(app, settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    for module in (routes_speech, routes_dialogue, routes_voices, openai_compat, routes_system):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,111 @@
+"""One error shape for every failure: `{"detail": ...}` with the right 4xx/503, never a 500 for bad input.
+
+Routes raise `ApiError` (or let audio errors through); the handlers here turn them into JSON.
+Paths under `/v1/` also carry OpenAI's `{"error": {"message", "type", "code"}}` object so OpenAI SDKs
+show the message. Engine calls go through `engine_errors()`, which maps overload-like failures
+(EngineOverloadedError, CUDA OOM, Ray backpressure) to 503 with Retry-After.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from typing import Any, AsyncIterator, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve_app.audio.decode import AudioInputError, AudioTooLargeError
+from serve_app.engine.types import EngineOverloadedError, PromptTooLongError
+
+__all__ = ["ApiError", "engine_errors", "install_error_handlers", "request_id_of"]
+
+logger = logging.getLogger("serve_app.api")
+
+_OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error",
+                 422: "invalid_request_error", 503: "server_error"}
+
+
+class ApiError(Exception):
+    """An HTTP error with a message for the user."""
+
+    def __init__(self, status_code: int, detail: Any, headers: Optional[dict[str, str]] = None) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def request_id_of(request: Request) -> str:
+    return getattr(request.state, "request_id", "")
+
+
+def _overload_types() -> tuple[type[BaseException], ...]:
+    """Failures that mean "try again later"; torch and Ray are consulted only if already loaded
+    (an error of theirs cannot exist otherwise, and the API never imports them itself)."""
+    types: list[type[BaseException]] = [EngineOverloadedError, MemoryError]
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        types.append(torch.cuda.OutOfMemoryError)
+    ray_exceptions = sys.modules.get("ray.serve.exceptions")
+    if ray_exceptions is not None:
+        types.append(ray_exceptions.BackPressureError)
+    return tuple(types)
+
+
+@contextlib.asynccontextmanager
+async def engine_errors(retry_after_s: int) -> AsyncIterator[None]:
+    """Map the engine's expected failures to API errors around an engine call."""
+    try:
+        yield
+    except PromptTooLongError as exc:
+        raise ApiError(413, f"text too long for the model: {exc}") from exc
+    except _overload_types() as exc:
+        retry = getattr(exc, "retry_after_s", None)
+        retry = retry_after_s if retry is None else retry
+        raise ApiError(
+            503, f"the speech engine is overloaded, retry later ({exc})", {"Retry-After": str(max(0, round(retry)))}
+        ) from exc
+
+
+def _error_response(request: Request, status: int, detail: Any, headers: Optional[dict[str, str]] = None) -> JSONResponse:
+    body: dict[str, Any] = {"detail": jsonable_encoder(detail)}
+    if request.url.path.startswith("/v1/"):
+        message = detail if isinstance(detail, str) else "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in detail
+        )
+        body["error"] = {"message": message, "type": _OPENAI_TYPES.get(status, "api_error"),
+                         "param": None, "code": None}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
+    """Register the handlers on `app`."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(request, exc.status_code, exc.detail, exc.headers)
+
+    @app.exception_handler(AudioInputError)
+    async def _audio_error(request: Request, exc: AudioInputError) -> JSONResponse:
+        return _error_response(request, 413 if isinstance(exc, AudioTooLargeError) else 400, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error_response(request, 422, exc.errors())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 413:  # FastAPI's body limit says only "Content Too Large"
+            detail = f"request body is larger than the {max_body_bytes}-byte limit"
+        return _error_response(request, exc.status_code, detail, dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error in %s %s (request %s)", request.method, request.url.path,
+                         request_id_of(request))
+        return _error_response(request, 500, f"internal error (request id {request_id_of(request)})")

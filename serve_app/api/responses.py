@@ -1,0 +1,105 @@
+"""Audio responses: whole files (optionally cached), chunked streams, and OpenAI's SSE events."""
+from __future__ import annotations
+
+import base64
+import json
+from typing import AsyncIterator, Awaitable, Callable, Optional
+
+import numpy as np
+from fastapi import Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from serve_app.api.cache import CachedResponse, ResponseCache
+from serve_app.api.synthesis import AudioStream
+from serve_app.audio.encode import CONTENT_TYPES, AudioFormat, encode_audio, open_stream_encoder
+from serve_app.audio.tempo import TempoStretcher, change_speed
+from serve_app.engine.types import Audio
+
+__all__ = [
+    "audio_headers",
+    "cached_response",
+    "encode_response",
+    "sse_response",
+    "streaming_response",
+]
+
+AUDIO_RESPONSES: dict[int | str, dict] = {
+    200: {"content": {ct: {"schema": {"type": "string", "format": "binary"}} for ct in CONTENT_TYPES.values()},
+          "description": "Audio in the requested format."}
+}
+
+
+def audio_headers(audio: Audio, attachment: Optional[str] = None) -> dict[str, str]:
+    headers = {
+        "X-Finish-Reason": audio.finish_reason.value,
+        "X-Context-Dropped-Turns": str(audio.dropped_context_turns),
+    }
+    if attachment:
+        headers["Content-Disposition"] = f'attachment; filename="{attachment}"'
+    return headers
+
+
+async def encode_response(pcm: np.ndarray, fmt: AudioFormat, headers: dict[str, str], speed: float = 1.0) -> CachedResponse:
+    """Encode a whole utterance (in the thread pool: mp3/aac encoding is CPU work)."""
+
+    def work() -> bytes:
+        return encode_audio(change_speed(pcm, speed), fmt)
+
+    return CachedResponse(await run_in_threadpool(work), CONTENT_TYPES[fmt], headers)
+
+
+async def cached_response(
+    cache: ResponseCache, key: Optional[str], produce: Callable[[], Awaitable[CachedResponse]]
+) -> Response:
+    """Serve from the cache when `key` is given and present; otherwise produce (and store if keyed)."""
+    if key is None:
+        entry, state = await produce(), "bypass"
+    elif (hit := cache.get(key)) is not None:
+        entry, state = hit, "hit"
+    else:
+        entry, state = await produce(), "miss"
+        cache.put(key, entry)
+    return Response(entry.body, media_type=entry.media_type, headers={**entry.headers, "X-Cache": state})
+
+
+async def _encoded_chunks(stream: AudioStream, fmt: AudioFormat, speed: float) -> AsyncIterator[bytes]:
+    encoder = open_stream_encoder(fmt)
+    stretcher = TempoStretcher(speed) if speed != 1.0 else None
+    async for chunk in stream.chunks():
+        pcm = stretcher.process(chunk.pcm) if stretcher else chunk.pcm
+        data = encoder.write(pcm)
+        if data:
+            yield data
+    tail = encoder.write(stretcher.flush()) if stretcher else b""
+    tail += encoder.close()
+    if tail:
+        yield tail
+
+
+def streaming_response(
+    stream: AudioStream, fmt: AudioFormat, headers: dict[str, str], speed: float = 1.0
+) -> StreamingResponse:
+    """Chunked audio: the first chunk is already there, so bytes leave at once."""
+    return StreamingResponse(
+        _encoded_chunks(stream, fmt, speed), media_type=CONTENT_TYPES[fmt], headers={**headers, "X-Cache": "bypass"}
+    )
+
+
+def _sse(event: dict) -> bytes:
+    return f"data: {json.dumps(event)}\n\n".encode()
+
+
+async def _sse_events(stream: AudioStream, fmt: AudioFormat, speed: float) -> AsyncIterator[bytes]:
+    async for data in _encoded_chunks(stream, fmt, speed):
+        yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+    yield _sse({"type": "speech.audio.done"})
+
+
+def sse_response(stream: AudioStream, fmt: AudioFormat, speed: float = 1.0) -> StreamingResponse:
+    """OpenAI's `stream_format: "sse"`: base64 audio deltas, then a done event."""
+    return StreamingResponse(
+        _sse_events(stream, fmt, speed),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Cache": "bypass"},
+    )

@@ -1,0 +1,86 @@
+"""Multi-turn speech: /conversation (one request, many turns) and /contextual_speak (server-side sessions).
+
+Earlier turns become context as their text plus the codes the engine generated for them: generated
+audio is never decoded and re-encoded to be used as context.
+"""
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Path, Request, Response
+
+from serve_app.api.deps import ServicesDep
+from serve_app.api.errors import ApiError, request_id_of
+from serve_app.api.responses import AUDIO_RESPONSES, audio_headers, cached_response, encode_response
+from serve_app.api.schemas import ContextualSpeakRequest, ConversationRequest
+from serve_app.engine.types import FRAME_MS, SAMPLE_RATE, GenerationRequest, Segment
+
+router = APIRouter(tags=["dialogue"])
+
+
+@router.post("/conversation", responses=AUDIO_RESPONSES, response_class=Response)
+async def conversation(body: ConversationRequest, request: Request, svc: ServicesDep) -> Response:
+    """All turns in one file; each turn is generated with the earlier turns as context.
+
+    The speech budget (`max_total_duration_ms` minus the pauses) is shared out as it is used: each
+    turn may take the remaining budget divided by the turns still to come, so short turns leave
+    more to later ones.
+    """
+    synth = svc.synth
+    limit = svc.settings.max_conversation_turns
+    if len(body.turns) > limit:
+        raise ApiError(413, f"turns has {len(body.turns)} items, over the {limit}-turn limit")
+    texts = [synth.text(t.text, body.normalize, f"turns[{i}].text") for i, t in enumerate(body.turns)]
+    pauses = [t.pause_ms if i < len(body.turns) - 1 else 0 for i, t in enumerate(body.turns)]
+    budget_ms = body.max_total_duration_ms - sum(pauses)
+    if budget_ms < FRAME_MS * len(body.turns):
+        raise ApiError(422, f"the pauses ({sum(pauses)} ms) leave no time for speech within "
+                            f"max_total_duration_ms={body.max_total_duration_ms}")
+
+    context: list[Segment] = []
+    pieces: list[np.ndarray] = []
+    dropped = 0
+    for i, (turn, text) in enumerate(zip(body.turns, texts)):
+        turn_ms = max(FRAME_MS, budget_ms // (len(body.turns) - i))
+        audio = await synth.generate(GenerationRequest(
+            text=text, speaker=turn.speaker, context=list(context), max_audio_length_ms=turn_ms,
+            sampling=synth.sampling(body.temperature, body.top_k, None if body.seed is None else body.seed + i),
+            request_id=f"{request_id_of(request)}-{i}",
+        ))
+        budget_ms -= len(audio.pcm) * 1000 // SAMPLE_RATE
+        dropped = max(dropped, audio.dropped_context_turns)
+        pieces += [audio.pcm, np.zeros(pauses[i] * SAMPLE_RATE // 1000, np.float32)]
+        context.append(Segment(text=text, speaker=turn.speaker, codes=audio.codes))
+
+    headers = {"Content-Disposition": f'attachment; filename="conversation.{body.response_format}"',
+               "X-Context-Dropped-Turns": str(dropped)}
+    return await cached_response(svc.cache, None,
+                                 lambda: encode_response(np.concatenate(pieces), body.response_format, headers))
+
+
+@router.post("/contextual_speak", responses=AUDIO_RESPONSES, response_class=Response)
+async def contextual_speak(body: ContextualSpeakRequest, request: Request, svc: ServicesDep) -> Response:
+    """Speech that continues a session: its last N turns (text + codes) are the context.
+
+    Sessions are kept in this ingress process; with several ingress replicas they are per replica.
+    Requests to one session are served one at a time, in arrival order.
+    """
+    synth = svc.synth
+    text = synth.text(body.text, body.normalize)
+    session = svc.sessions.open(body.session_id)
+    async with session.lock:
+        audio = await synth.generate(GenerationRequest(
+            text=text, speaker=body.speaker, context=list(session.turns), max_audio_length_ms=body.max_duration_ms,
+            sampling=synth.sampling(body.temperature, body.top_k, body.seed), request_id=request_id_of(request),
+        ))
+        session.turns.append(Segment(text=text, speaker=body.speaker, codes=audio.codes))
+    headers = {**audio_headers(audio, f"speech.{body.response_format}"), "X-Session-Turns": str(len(session.turns))}
+    return await cached_response(svc.cache, None, lambda: encode_response(audio.pcm, body.response_format, headers))
+
+
+@router.delete("/sessions/{session_id}", status_code=204, response_class=Response)
+async def reset_session(session_id: Annotated[str, Path(max_length=128)], svc: ServicesDep) -> Response:
+    """Forget a session's turns (idempotent: an unknown session is already reset)."""
+    svc.sessions.reset(session_id)
+    return Response(status_code=204)

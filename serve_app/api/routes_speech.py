@@ -1,0 +1,117 @@
+"""The original design's single-utterance endpoints: /speak, /clone_voice, /batch_speak."""
+from __future__ import annotations
+
+import asyncio
+import base64
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from serve_app.api.cache import cache_key, digest
+from serve_app.api.deps import Services, ServicesDep
+from serve_app.api.errors import ApiError, request_id_of
+from serve_app.api.responses import AUDIO_RESPONSES, audio_headers, cached_response, encode_response, streaming_response
+from serve_app.api.schemas import BatchSpeakRequest, CloneVoiceRequest, SpeakRequest, SynthesisOptions
+from serve_app.audio.encode import encode_audio
+from serve_app.engine.types import GenerationRequest
+
+router = APIRouter(tags=["speech"])
+
+
+async def _cache_key(svc: Services, endpoint: str, opts: SynthesisOptions, **parts: object) -> str | None:
+    """A key only for cacheable requests: a seed makes them deterministic, `cache` opts in."""
+    if not svc.cache.enabled or (opts.seed is None and not opts.cache):
+        return None
+    model = await svc.synth.model()
+    return cache_key(endpoint, model=model, seed=opts.seed, temperature=opts.temperature, top_k=opts.top_k,
+                     format=opts.response_format, **parts)
+
+
+@router.post("/speak", responses=AUDIO_RESPONSES, response_class=Response)
+async def speak(body: SpeakRequest, request: Request, svc: ServicesDep) -> Response:
+    """Speech for `text`, optionally continuing `context` turns or a saved `voice`."""
+    synth = svc.synth
+    text = synth.text(body.text, body.normalize)
+    voice = await synth.voice(body.voice) if body.voice else None
+    speaker = voice.info.speaker if voice else body.speaker
+    filename = f"speech.{body.response_format}"
+
+    async def generation() -> GenerationRequest:
+        context = await synth.context(body.context, body.normalize)
+        if voice:
+            context.append(synth.voice_reference(voice, body.normalize))
+        return GenerationRequest(text=text, speaker=speaker, context=context, max_audio_length_ms=body.max_duration_ms,
+                                 sampling=synth.sampling(body.temperature, body.top_k, body.seed),
+                                 request_id=request_id_of(request))
+
+    if body.stream:
+        stream = await synth.stream(await generation())
+        return streaming_response(stream, body.response_format, {"Content-Disposition": f'attachment; filename="{filename}"'})
+
+    async def produce():
+        audio = await synth.generate(await generation(), quality_check=body.quality_check)
+        return await encode_response(audio.pcm, body.response_format, audio_headers(audio, filename))
+
+    key = await _cache_key(
+        svc, "speak", body, text=text, speaker=speaker, max_ms=body.max_duration_ms, quality=body.quality_check,
+        context=digest([(c.text, c.speaker, c.audio_b64) for c in body.context]) if body.context else None,
+        voice=voice.info.model_dump() if voice else None,
+    )
+    return await cached_response(svc.cache, key, produce)
+
+
+@router.post("/clone_voice", responses=AUDIO_RESPONSES, response_class=Response)
+async def clone_voice(body: CloneVoiceRequest, request: Request, svc: ServicesDep) -> Response:
+    """Speech for `text` in the voice of a reference recording (inline or a saved voice)."""
+    synth = svc.synth
+    text = synth.text(body.text, body.normalize)
+    voice = await synth.voice(body.voice) if body.voice else None
+    filename = f"cloned_voice.{body.response_format}"
+
+    async def produce():
+        if voice:
+            reference = synth.voice_reference(voice, body.normalize)
+        else:  # speaker 0 as in the original design
+            reference = await synth.segment(body.reference_text, 0, body.reference_audio_b64, body.normalize,
+                                            "reference_text", "reference_audio_b64")
+        request_ = GenerationRequest(text=text, speaker=reference.speaker, context=[reference],
+                                     max_audio_length_ms=body.max_duration_ms,
+                                     sampling=synth.sampling(body.temperature, body.top_k, body.seed),
+                                     request_id=request_id_of(request))
+        audio = await synth.generate(request_)
+        return await encode_response(audio.pcm, body.response_format, audio_headers(audio, filename))
+
+    key = await _cache_key(
+        svc, "clone_voice", body, text=text, max_ms=body.max_duration_ms,
+        reference=digest(body.reference_text, body.reference_audio_b64) if not voice else None,
+        voice=voice.info.model_dump() if voice else None,
+    )
+    return await cached_response(svc.cache, key, produce)
+
+
+@router.post("/batch_speak", response_model=list[str])
+async def batch_speak(body: BatchSpeakRequest, request: Request, svc: ServicesDep) -> list[str]:
+    """Base64 WAVs in input order; all texts go to the engine at once so it can batch them."""
+    synth = svc.synth
+    limit = svc.settings.max_batch_texts
+    if len(body.texts) > limit:
+        raise ApiError(413, f"texts has {len(body.texts)} items, over the {limit}-item limit")
+    requests = [
+        GenerationRequest(text=synth.text(t, body.normalize, f"texts[{i}]"), speaker=body.speaker,
+                          max_audio_length_ms=body.max_duration_per_text_ms,
+                          sampling=synth.sampling(body.temperature, body.top_k, body.seed),
+                          request_id=f"{request_id_of(request)}-{i}")
+        for i, t in enumerate(body.texts)
+    ]
+    tasks = [asyncio.ensure_future(synth.generate(r)) for r in requests]
+    try:
+        audios = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:  # one failed: do not leave the others generating for nobody
+            task.cancel()
+        raise
+
+    def encode_all() -> list[str]:
+        return [base64.b64encode(encode_audio(a.pcm, "wav")).decode() for a in audios]
+
+    return await run_in_threadpool(encode_all)

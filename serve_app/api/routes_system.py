@@ -1,0 +1,43 @@
+"""Operational endpoints: /health for load balancers and Ray, /info for clients."""
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from serve_app.api.deps import ServicesDep
+from serve_app.api.errors import engine_errors
+from serve_app.engine.types import FRAME_MS, NUM_CODEBOOKS, SAMPLE_RATE
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/health")
+async def health(svc: ServicesDep) -> JSONResponse:
+    """200 once the engine's own health check passes, 503 (with Retry-After) until then."""
+    try:
+        await asyncio.wait_for(svc.synth.engine.check_health(), svc.settings.health_timeout_s)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"; the reason is reported
+        reason = str(exc) or type(exc).__name__
+        return JSONResponse({"status": "unavailable", "detail": f"engine not ready: {reason}"}, status_code=503,
+                            headers={"Retry-After": str(svc.settings.retry_after_s)})
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/info")
+async def info(svc: ServicesDep) -> dict:
+    """Model, revision, audio format and the request limits of this deployment."""
+    model = await svc.synth.model()
+    async with engine_errors(svc.settings.retry_after_s):
+        engine_info = await svc.synth.engine.info()
+    return {
+        "model": model["name"],
+        "revision": model["revision"],
+        "sample_rate": SAMPLE_RATE,
+        "frame_ms": FRAME_MS,
+        "num_codebooks": NUM_CODEBOOKS,
+        "speakers": [0, 1],
+        "limits": svc.settings.limits(),
+        "engine": engine_info,
+    }

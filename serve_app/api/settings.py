@@ -1,0 +1,60 @@
+"""API limits and stores, configurable from the environment with the `CSM_` prefix.
+
+Example: `CSM_MAX_TEXT_CHARS=2000 CSM_VOICES_DIR=/data/voices`. Ray Serve passes the same fields
+through the application builder's `api:` args.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ApiSettings"]
+
+
+def _default_voices_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "csm-serve" / "voices"
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CSM_", extra="ignore", frozen=True)
+
+    # Request limits (413 when exceeded).
+    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Whole request body.")
+    max_text_chars: int = Field(4096, gt=0, description="Any one text field, before normalization.")
+    max_context_turns: int = Field(16, ge=0, description="Context segments in one request.")
+    max_audio_bytes: int = Field(10 * 1024 * 1024, gt=0, description="One decoded audio file.")
+    max_audio_seconds: float = Field(60.0, gt=0, description="Duration of one input audio.")
+    max_batch_texts: int = Field(10, ge=1, le=10, description="Texts in one /batch_speak (schema cap 10).")
+    max_conversation_turns: int = Field(32, ge=1, description="Turns in one /conversation.")
+
+    # Response cache (bounded LRU by bytes).
+    cache_max_bytes: int = Field(256 * 1024 * 1024, ge=0, description="0 disables the cache.")
+
+    # /contextual_speak sessions: per ingress process, LRU + idle TTL.
+    max_sessions: int = Field(1024, ge=1)
+    session_ttl_s: float = Field(3600.0, gt=0)
+    session_context_turns: int = Field(4, ge=1, description="Last N turns used as context.")
+
+    # Saved voices: npz (codes) + json (metadata) per voice.
+    voices_dir: Path = Field(default_factory=_default_voices_dir)
+
+    quality_attempts: int = Field(3, ge=1, le=10, description="Generations tried with quality_check.")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After on 503 when the engine gives none.")
+    health_timeout_s: float = Field(10.0, gt=0)
+
+    def limits(self) -> dict[str, float | int]:
+        """The limits a client may want to know (GET /info)."""
+        return {
+            "max_body_bytes": self.max_body_bytes,
+            "max_text_chars": self.max_text_chars,
+            "max_context_turns": self.max_context_turns,
+            "max_audio_bytes": self.max_audio_bytes,
+            "max_audio_seconds": self.max_audio_seconds,
+            "max_batch_texts": self.max_batch_texts,
+            "max_conversation_turns": self.max_conversation_turns,
+            "session_context_turns": self.session_context_turns,
+        }

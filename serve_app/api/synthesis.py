@@ -1,0 +1,160 @@
+"""From validated request fields to engine calls: text checks, context, voices, sampling, retries.
+
+Everything between the HTTP schemas and the `SpeechEngine` protocol that more than one route needs
+lives here, so routes stay a few lines each. CPU-heavy work (decoding audio, file I/O) runs in the
+thread pool so the event loop keeps streaming other responses.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, AsyncIterator, Optional, Sequence
+
+from starlette.concurrency import run_in_threadpool
+
+from serve_app.api.errors import ApiError, engine_errors
+from serve_app.api.schemas import ContextSegment
+from serve_app.api.settings import ApiSettings
+from serve_app.api.voices import SavedVoice, VoiceStore
+from serve_app.audio.decode import AudioLimits, load_audio_b64
+from serve_app.audio.quality import MIN_SECONDS, check_quality
+from serve_app.engine.interface import SpeechEngine
+from serve_app.engine.types import Audio, AudioChunk, GenerationRequest, SamplingParams, Segment
+from serve_app.text.normalize import normalize_text
+
+__all__ = ["AudioStream", "Synthesizer"]
+
+_DEFAULT_SAMPLING = SamplingParams()
+
+
+class AudioStream:
+    """An engine stream whose first chunk has already arrived (so start-up errors got their status)."""
+
+    def __init__(self, first: Optional[AudioChunk], rest: AsyncIterator[AudioChunk]) -> None:
+        self._first = first
+        self._rest = rest
+
+    async def chunks(self) -> AsyncIterator[AudioChunk]:
+        """Yield every chunk; leaving early (client gone) closes the engine stream, freeing its slot."""
+        try:
+            if self._first is None:
+                return
+            yield self._first
+            async for chunk in self._rest:
+                yield chunk
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class Synthesizer:
+    def __init__(self, engine: SpeechEngine, settings: ApiSettings, voices: VoiceStore) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.voices = voices
+        self._audio_limits = AudioLimits(settings.max_audio_bytes, settings.max_audio_seconds)
+        self._model: Optional[dict[str, str]] = None
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def text(self, text: str, normalize: bool, field: str = "text") -> str:
+        """Length-checked (413) and, unless opted out, normalized text."""
+        limit = self.settings.max_text_chars
+        if len(text) > limit:
+            raise ApiError(413, f"{field} has {len(text)} characters, over the {limit}-character limit")
+        return normalize_text(text) if normalize else text.strip()
+
+    async def decode_audio(self, audio_b64: str, field: str):  # -> np.ndarray
+        return await run_in_threadpool(load_audio_b64, audio_b64, self._audio_limits, field)
+
+    async def segment(self, text: str, speaker: int, audio_b64: str, normalize: bool,
+                      text_field: str, audio_field: str) -> Segment:
+        """One user-supplied turn: checked text and decoded audio (the engine encodes it once)."""
+        checked = self.text(text, normalize, text_field)
+        return Segment(text=checked, speaker=speaker, audio=await self.decode_audio(audio_b64, audio_field))
+
+    async def context(self, segments: Sequence[ContextSegment], normalize: bool) -> list[Segment]:
+        limit = self.settings.max_context_turns
+        if len(segments) > limit:
+            raise ApiError(413, f"context has {len(segments)} turns, over the {limit}-turn limit")
+        return [
+            await self.segment(seg.text, seg.speaker, seg.audio_b64, normalize,
+                               f"context[{i}].text", f"context[{i}].audio_b64")
+            for i, seg in enumerate(segments)
+        ]
+
+    async def voice(self, voice_id: str) -> SavedVoice:
+        voice = await run_in_threadpool(self.voices.get, voice_id)
+        if voice is None:
+            raise ApiError(404, f"voice {voice_id!r} not found")
+        return voice
+
+    def voice_reference(self, voice: SavedVoice, normalize: bool) -> Segment:
+        """A saved voice as a context turn (its transcript treated like any user text)."""
+        return voice.segment(self.text(voice.info.transcript, normalize, "voice transcript"))
+
+    @staticmethod
+    def sampling(temperature: Optional[float], top_k: Optional[int], seed: Optional[int]) -> SamplingParams:
+        return SamplingParams(
+            temperature=_DEFAULT_SAMPLING.temperature if temperature is None else temperature,
+            top_k=_DEFAULT_SAMPLING.top_k if top_k is None else top_k,
+            seed=seed,
+        )
+
+    # -- engine calls ---------------------------------------------------------------------------
+    async def generate(self, request: GenerationRequest, quality_check: bool = False) -> Audio:
+        """One utterance; with `quality_check`, bad audio is regenerated with new seeds (seed+1, ...)."""
+        attempts = self.settings.quality_attempts if quality_check else 1
+        min_seconds = min(MIN_SECONDS, request.max_audio_length_ms / 2000)
+        failures = []
+        for attempt in range(attempts):
+            seed = request.sampling.seed
+            attempt_request = request if attempt == 0 else dataclasses.replace(
+                request, sampling=dataclasses.replace(request.sampling, seed=None if seed is None else seed + attempt)
+            )
+            async with engine_errors(self.settings.retry_after_s):
+                audio = await self.engine.generate(attempt_request)
+            if not quality_check:
+                return audio
+            report = check_quality(audio.pcm, audio.sample_rate, min_seconds)
+            if report.ok:
+                return audio
+            failures.append(f"attempt {attempt + 1}: {report.describe()}")
+        raise ApiError(
+            422,
+            f"the generated audio failed quality checks in {attempts} attempts ({'; '.join(failures)}); "
+            "try a different text, speaker or seed",
+        )
+
+    async def stream(self, request: GenerationRequest) -> AudioStream:
+        """Start streaming; waits for the first chunk so failures to start are proper HTTP errors."""
+        chunks = aiter(self.engine.stream(request))
+        async with engine_errors(self.settings.retry_after_s):
+            try:
+                first = await anext(chunks)
+            except StopAsyncIteration:
+                first = None
+            except BaseException:
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+                raise
+        return AudioStream(first, chunks)
+
+    async def encode_reference(self, audio_b64: str, field: str):  # -> np.ndarray of codes
+        pcm = await self.decode_audio(audio_b64, field)
+        async with engine_errors(self.settings.retry_after_s):
+            return await self.engine.encode_audio(pcm)
+
+    async def model(self) -> dict[str, str]:
+        """Model name and revision from the engine (asked once; part of every cache key)."""
+        if self._model is None:
+            async with engine_errors(self.settings.retry_after_s):
+                info: dict[str, Any] = await self.engine.info()
+            self._model = {
+                "name": str(info.get("model") or info.get("name") or "csm-1b"),
+                "revision": str(info.get("revision") or info.get("model_revision") or ""),
+            }
+        return self._model

@@ -1,0 +1,102 @@
+"""Saved voices on disk: a reference turn kept as Mimi codes, usable by id from every endpoint.
+
+Each voice is `<id>.npz` (codes) plus `<id>.json` (metadata), both written atomically (temp file in
+the same directory, then rename); the json is written last, so a voice exists once its json does.
+Nothing is held in memory, so replicas sharing the directory see each other's voices and a restart
+loses nothing. Calls do blocking file I/O: run them in a thread from async code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, IO, Optional
+
+import numpy as np
+
+from serve_app.api.schemas import VoiceInfo
+from serve_app.engine.types import FRAME_MS, Segment
+
+__all__ = ["VoiceStore", "SavedVoice"]
+
+_ID_RE = re.compile(r"^voice_[0-9a-f]{16}$")
+
+
+class SavedVoice:
+    def __init__(self, info: VoiceInfo, codes: np.ndarray) -> None:
+        self.info = info
+        self.codes = codes
+
+    def segment(self, text: str) -> Segment:
+        return Segment(text=text, speaker=self.info.speaker, codes=self.codes)
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class VoiceStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def create(self, name: str, transcript: str, speaker: int, codes: np.ndarray) -> VoiceInfo:
+        voice_id = f"voice_{uuid.uuid4().hex[:16]}"
+        info = VoiceInfo(id=voice_id, name=name, transcript=transcript, speaker=speaker, frames=len(codes),
+                         duration_ms=len(codes) * FRAME_MS, created_at=time.time())
+        _atomic_write(self._codes_path(voice_id), lambda f: np.savez(f, codes=np.asarray(codes, dtype=np.int64)))
+        _atomic_write(self._info_path(voice_id), lambda f: f.write(info.model_dump_json().encode()))
+        return info
+
+    def get(self, voice_id: str) -> Optional[SavedVoice]:
+        info = self.info(voice_id)
+        if info is None:
+            return None
+        try:
+            with np.load(self._codes_path(voice_id), allow_pickle=False) as archive:
+                codes = archive["codes"]
+        except FileNotFoundError:
+            return None
+        return SavedVoice(info, codes)
+
+    def info(self, voice_id: str) -> Optional[VoiceInfo]:
+        if not _ID_RE.match(voice_id):
+            return None
+        try:
+            return VoiceInfo.model_validate_json(self._info_path(voice_id).read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def list(self) -> list[VoiceInfo]:
+        voices = []
+        for path in self.directory.glob("voice_*.json"):
+            info = self.info(path.stem)
+            if info is not None:
+                voices.append(info)
+        return sorted(voices, key=lambda v: v.created_at)
+
+    def delete(self, voice_id: str) -> bool:
+        if self.info(voice_id) is None:
+            return False
+        self._info_path(voice_id).unlink(missing_ok=True)  # json first: the voice is gone at once
+        self._codes_path(voice_id).unlink(missing_ok=True)
+        return True
+
+    def _codes_path(self, voice_id: str) -> Path:
+        return self.directory / f"{voice_id}.npz"
+
+    def _info_path(self, voice_id: str) -> Path:
+        return self.directory / f"{voice_id}.json"
