@@ -59,6 +59,7 @@ class FakeEngine:
         self.max_prompt_chars = max_prompt_chars
         self.delay_s = delay_s
         self.requests: list[GenerationRequest] = []
+        self.results: list[Audio] = []  # what generate() returned, in order
         self.encoded: list[np.ndarray] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -109,7 +110,8 @@ class FakeEngine:
         finally:
             self.in_flight -= 1
         reason = FinishReason.LENGTH if len(codes) == request.max_frames else FinishReason.END_OF_AUDIO
-        return Audio(pcm=pcm, codes=codes, finish_reason=reason)
+        self.results.append(Audio(pcm=pcm, codes=codes, finish_reason=reason))
+        return self.results[-1]
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[AudioChunk]:
         await self._admit(request)
