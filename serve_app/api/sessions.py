@@ -7,8 +7,10 @@ the same replica (one ingress replica, or sticky routing in front of Ray Serve).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from cachetools import TTLCache
 
@@ -24,8 +26,9 @@ class Session:
 
 
 class SessionStore:
-    def __init__(self, max_sessions: int, ttl_s: float, context_turns: int) -> None:
-        self._sessions: TTLCache[str, Session] = TTLCache(maxsize=max_sessions, ttl=ttl_s)
+    def __init__(self, max_sessions: int, ttl_s: float, context_turns: int,
+                 timer: Callable[[], float] = time.monotonic) -> None:
+        self._sessions: TTLCache[str, Session] = TTLCache(maxsize=max_sessions, ttl=ttl_s, timer=timer)
         self._context_turns = context_turns
 
     def open(self, session_id: str) -> Session:

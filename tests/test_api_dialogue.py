@@ -1,0 +1,115 @@
+"""/conversation and /contextual_speak: earlier turns become context as text + generated codes."""
+import numpy as np
+import pytest
+
+from serve_app.api.sessions import SessionStore
+from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE, Segment
+from tests.support_api import FakeEngine, make_client, read_wav
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def client(tmp_path, engine):
+    return make_client(tmp_path, engine, session_context_turns=2)
+
+
+TURNS = [
+    {"speaker": 0, "text": "Hello, how are you today?", "pause_ms": 1000},
+    {"speaker": 1, "text": "I'm doing great, thanks for asking!", "pause_ms": 800},
+    {"speaker": 0, "text": "That's wonderful to hear.", "pause_ms": 500},
+]
+
+
+def test_conversation_passes_generated_codes_as_context(client, engine) -> None:
+    r = client.post("/conversation", json={"turns": TURNS, "max_total_duration_ms": 30_000})
+    assert r.status_code == 200
+    assert len(engine.requests) == 3
+    for i, request in enumerate(engine.requests):
+        assert [s.speaker for s in request.context] == [t["speaker"] for t in TURNS[:i]]
+        for segment, earlier in zip(request.context, engine.results[:i]):
+            assert segment.audio is None  # never re-encoded audio
+            np.testing.assert_array_equal(segment.codes, earlier.codes)
+        assert [s.text for s in request.context] == [q.text for q in engine.requests[:i]]
+
+
+def test_conversation_audio_is_turns_with_pauses_between(client, engine) -> None:
+    r = client.post("/conversation", json={"turns": TURNS})
+    pcm, rate, channels = read_wav(r.content)
+    assert (rate, channels) == (SAMPLE_RATE, 1)
+    speech = [len(a.pcm) for a in engine.results]
+    pauses = [1000 * SAMPLE_RATE // 1000, 800 * SAMPLE_RATE // 1000]  # none after the last turn
+    assert len(pcm) == sum(speech) + sum(pauses)
+    first_pause = pcm[speech[0] : speech[0] + pauses[0]]
+    assert np.all(first_pause == 0)
+
+
+def test_conversation_stays_within_total_duration(client, engine) -> None:
+    turns = [{"speaker": i % 2, "text": "word " * 40, "pause_ms": 500} for i in range(4)]
+    r = client.post("/conversation", json={"turns": turns, "max_total_duration_ms": 5000})
+    pcm, rate, _ = read_wav(r.content)
+    assert len(pcm) / rate <= 5.0
+    assert all(q.max_audio_length_ms <= 5000 - 3 * 500 for q in engine.requests)
+
+
+def test_conversation_pauses_must_leave_room_for_speech(client) -> None:
+    turns = [{"speaker": 0, "text": "hi", "pause_ms": 2000}] * 4
+    r = client.post("/conversation", json={"turns": turns, "max_total_duration_ms": 5000})
+    assert r.status_code == 422 and "pauses" in r.json()["detail"]
+
+
+def test_conversation_turn_limit(tmp_path) -> None:
+    client = make_client(tmp_path, max_conversation_turns=2)
+    r = client.post("/conversation", json={"turns": TURNS})
+    assert r.status_code == 413 and "turns" in r.json()["detail"]
+
+
+def _say(client, session: str, text: str, speaker: int = 0):
+    r = client.post("/contextual_speak", json={"text": text, "speaker": speaker, "session_id": session})
+    assert r.status_code == 200, r.text
+    return r
+
+
+def test_sessions_keep_last_turns_as_codes(client, engine) -> None:
+    for i, text in enumerate(["first", "second", "third", "fourth"]):
+        _say(client, "alpha", text, speaker=i % 2)
+    contexts = [[s.text for s in q.context] for q in engine.requests]
+    assert contexts == [[], ["first"], ["first", "second"], ["second", "third"]]  # last N = 2
+    np.testing.assert_array_equal(engine.requests[3].context[1].codes, engine.results[2].codes)
+    assert [s.speaker for s in engine.requests[3].context] == [1, 0]
+
+
+def test_sessions_are_isolated_and_resettable(client, engine) -> None:
+    _say(client, "alpha", "alpha one")
+    _say(client, "beta", "beta one")
+    _say(client, "alpha", "alpha two")
+    assert [s.text for s in engine.requests[1].context] == []
+    assert [s.text for s in engine.requests[2].context] == ["alpha one"]
+
+    assert client.delete("/sessions/alpha").status_code == 204
+    assert client.delete("/sessions/never-used").status_code == 204  # idempotent
+    _say(client, "alpha", "alpha again")
+    _say(client, "beta", "beta two")
+    assert [s.text for s in engine.requests[3].context] == []
+    assert [s.text for s in engine.requests[4].context] == ["beta one"]
+
+
+def test_session_id_is_validated(client) -> None:
+    r = client.post("/contextual_speak", json={"text": "hi", "session_id": "../etc/passwd"})
+    assert r.status_code == 422
+
+
+def test_session_store_is_bounded_lru_with_ttl() -> None:
+    now = [0.0]
+    store = SessionStore(max_sessions=2, ttl_s=10, context_turns=3, timer=lambda: now[0])
+    store.open("a").turns.append(Segment("x", 0, codes=np.zeros((1, 32), np.int64)))
+    store.open("b")
+    store.open("a")  # touch a: b is now least recently used
+    store.open("c")
+    assert "a" in store and "c" in store and "b" not in store
+    now[0] = 11.0
+    assert "a" not in store and len(store) == 0
+    assert len(store.open("a").turns) == 0  # expired sessions come back empty
