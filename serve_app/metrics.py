@@ -265,7 +265,10 @@ def metrics() -> Response:
 
 
 def instrument_app(app: FastAPI) -> FastAPI:
-    """Add the middleware and `GET /metrics` to an app; call once, before the app starts."""
+    """Add the middleware and `GET /metrics` to an app before it starts; a second call does nothing."""
+    if getattr(app.state, "csm_metrics", False):
+        return app
+    app.state.csm_metrics = True
     app.add_middleware(MetricsMiddleware)
     app.include_router(router)
     return app
@@ -274,6 +277,11 @@ def instrument_app(app: FastAPI) -> FastAPI:
 # ---------------------------------------------------------------------------------------------------
 # Engine wrapper
 # ---------------------------------------------------------------------------------------------------
+def metered(engine: Any) -> "MeteredEngine":
+    """`engine` wrapped in `MeteredEngine`, unless it already is (so nothing is counted twice)."""
+    return engine if isinstance(engine, MeteredEngine) else MeteredEngine(engine)
+
+
 class MeteredEngine:
     """A `SpeechEngine` that records what another one produces; everything else is delegated."""
 

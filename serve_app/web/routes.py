@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib.resources import files
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Response
 from fastapi.responses import HTMLResponse
 
 router = APIRouter(include_in_schema=False)
@@ -36,3 +36,10 @@ def playground_asset(name: str) -> Response:
     if name not in ASSETS:
         raise HTTPException(status_code=404, detail=f"no playground asset named {name!r}")
     return Response(_read(name), media_type=ASSETS[name], headers=_HEADERS)
+
+
+def install_playground(app: FastAPI) -> FastAPI:
+    """Include `router` in `app` unless the page is already served there."""
+    if not any(getattr(route, "path", None) == "/playground" for route in app.routes):
+        app.include_router(router)
+    return app

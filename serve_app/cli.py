@@ -1,0 +1,300 @@
+"""`csm-serve`: start the service, speak, batch-synthesize files, manage saved voices.
+
+    csm-serve serve --preset tiny-random               # in-process uvicorn, for development
+    csm-serve serve --config configs/serve/local.yaml  # Ray Serve, like `serve run`
+    csm-serve speak "Hello there." -o hello.wav --stream
+    csm-serve batch lines.txt -o out/
+    csm-serve voices add narrator ref.wav --transcript "What the recording says."
+
+Client commands talk to `--url` (or $CSM_SERVE_URL); server errors print the server's message and
+exit with status 1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any, BinaryIO, Iterable, Optional
+
+import click
+
+from serve_app.client import DEFAULT_URL, TTSClient, TTSError
+
+RETRIES = 3
+"""Overloaded (503) and rate-limited (429) answers are retried this many times after Retry-After."""
+
+
+class _Group(click.Group):
+    """Turns the client's typed errors into one clean line on stderr instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TTSError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Group)
+@click.option("--url", envvar="CSM_SERVE_URL", default=DEFAULT_URL, show_default=True,
+              help="Base URL of the service (env CSM_SERVE_URL).")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for one answer.")
+@click.pass_context
+def cli(ctx: click.Context, url: str, timeout: float) -> None:
+    """Sesame CSM-1B text-to-speech service and its client."""
+    ctx.obj = {"url": url, "timeout": timeout}
+
+
+def _client(ctx: click.Context, retries: int = RETRIES) -> TTSClient:
+    client = TTSClient(ctx.obj["url"], timeout=ctx.obj["timeout"], max_retries=retries)
+    ctx.call_on_close(client.close)
+    return client
+
+
+# ---------------------------------------------------------------------------------------------------
+# serve
+# ---------------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="Ray Serve config to run (as `serve run CONFIG`).")
+@click.option("--preset", help="Engine preset to serve in-process with uvicorn (e.g. tiny-random).")
+@click.option("--device", help="Engine device for --preset (cpu, cuda); the engine chooses by default.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address for --preset.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port for --preset.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(config_path: Optional[str], preset: Optional[str], device: Optional[str], host: str, port: int,
+          log_level: str) -> None:
+    """Start the service: Ray Serve from --config, or one process with --preset."""
+    if bool(config_path) == bool(preset):
+        raise click.UsageError("give exactly one of --config or --preset")
+    if config_path:
+        run_serve_config(config_path)
+    else:
+        run_preset(preset, device=device, host=host, port=port, log_level=log_level)
+
+
+def run_serve_config(config_path: str) -> None:
+    """`serve run CONFIG` in this process, with the package importable by Ray's workers."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    package_root = str(Path(__file__).resolve().parent.parent)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if package_root not in paths:
+        # Ray workers import `serve_app` by name; a source checkout is not on their path otherwise.
+        os.environ["PYTHONPATH"] = os.pathsep.join([package_root, *paths])
+    from ray.serve.scripts import cli as ray_serve_cli
+
+    ray_serve_cli.main(["run", config_path], prog_name="serve")
+
+
+def build_preset_app(preset: str, device: Optional[str] = None) -> Any:
+    """The API app over an in-process engine, with metrics and the playground in place."""
+    from serve_app.api.app import create_app
+    from serve_app.engine.engine import Engine
+    from serve_app.metrics import instrument_app, metered
+    from serve_app.web.routes import install_playground
+
+    engine = Engine.from_preset(preset, **({"device": device} if device else {}))
+    return install_playground(instrument_app(create_app(metered(engine))))
+
+
+def run_preset(preset: str, *, device: Optional[str], host: str, port: int, log_level: str) -> None:
+    import uvicorn
+
+    from serve_app.metrics import configure_logging
+
+    configure_logging(log_level.upper())
+    uvicorn.run(build_preset_app(preset, device), host=host, port=port, log_level=log_level,
+                log_config=None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# speak
+# ---------------------------------------------------------------------------------------------------
+def finish_streamed_wav(path: Path) -> None:
+    """Write the real sizes into a streamed WAV's header (sent as 0xFFFFFFFF while the length was unknown)."""
+    with path.open("r+b") as f:
+        head = f.read(4096)
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return
+        size = f.seek(0, os.SEEK_END)
+        pos = 12
+        while pos + 8 <= len(head):
+            chunk_id = head[pos : pos + 4]
+            (chunk_size,) = struct.unpack_from("<I", head, pos + 4)
+            if chunk_id == b"data":
+                f.seek(4)
+                f.write(struct.pack("<I", size - 8))
+                f.seek(pos + 4)
+                f.write(struct.pack("<I", size - pos - 8))
+                return
+            pos += 8 + chunk_size + (chunk_size % 2)
+
+
+def _write(chunks: Iterable[bytes], out: BinaryIO) -> tuple[int, Optional[float]]:
+    """Copy chunks to `out` as they come; returns bytes written and seconds to the first byte."""
+    start = time.perf_counter()
+    first: Optional[float] = None
+    total = 0
+    for chunk in chunks:
+        if first is None and chunk:
+            first = time.perf_counter() - start
+        out.write(chunk)
+        out.flush()
+        total += len(chunk)
+    return total, first
+
+
+@cli.command()
+@click.argument("text")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="Where to write the audio ('-' for stdout).")
+@click.option("--speaker", type=click.IntRange(0, 1), default=0, show_default=True)
+@click.option("--voice", help="Saved voice id (see `voices list`) instead of a speaker.")
+@click.option("--stream/--no-stream", default=False, help="Write audio as it is generated.")
+@click.option("--max-duration-ms", type=int, default=10000, show_default=True)
+@click.option("--seed", type=int, help="Seed for reproducible audio.")
+@click.option("--format", "response_format", default="wav", show_default=True,
+              help="wav, pcm, flac, mp3, opus or aac (as the server offers).")
+@click.option("--context-audio", type=click.Path(exists=True, dir_okay=False),
+              help="A recording to continue from (with --context-text).")
+@click.option("--context-text", default="", help="What --context-audio says.")
+@click.option("--context-speaker", type=click.IntRange(0, 1), default=0, show_default=True)
+@click.pass_context
+def speak(ctx: click.Context, text: str, output: str, speaker: int, voice: Optional[str], stream: bool,
+          max_duration_ms: int, seed: Optional[int], response_format: str, context_audio: Optional[str],
+          context_text: str, context_speaker: int) -> None:
+    """Synthesize TEXT ('-' reads it from stdin) into an audio file."""
+    if text == "-":
+        text = sys.stdin.read().strip()
+    context = ([{"text": context_text, "speaker": context_speaker, "audio": context_audio}]
+               if context_audio else None)
+    options = dict(context=context, seed=seed, voice=voice, response_format=response_format)
+    client = _client(ctx)
+    chunks = (client.stream_speak(text, speaker, max_duration_ms, **options) if stream
+              else iter([client.speak(text, speaker, max_duration_ms, **options)]))
+    if output == "-":
+        _write(chunks, sys.stdout.buffer)
+        return
+    path = Path(output)
+    tmp = path.with_name(path.name + ".part")
+    try:
+        with tmp.open("wb") as f:
+            size, first = _write(chunks, f)
+        if stream:
+            finish_streamed_wav(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    latency = f", first audio after {first:.2f} s" if stream and first is not None else ""
+    click.echo(f"wrote {path} ({size} bytes{latency})", err=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# batch
+# ---------------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("lines_file", type=click.File("r", encoding="utf-8"))
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for 0001.wav, 0002.wav, ... and manifest.jsonl.")
+@click.option("--speaker", type=click.IntRange(0, 1), default=0, show_default=True)
+@click.option("--max-duration-per-text-ms", type=int, default=10000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 10), default=10, show_default=True,
+              help="Texts per /batch_speak request (the server takes at most 10).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
+@click.pass_context
+def batch(ctx: click.Context, lines_file: Any, output_dir: str, speaker: int, max_duration_per_text_ms: int,
+          batch_size: int, progress: bool) -> None:
+    """Synthesize every non-empty line of LINES_FILE ('-' for stdin) into its own WAV."""
+    from tqdm import tqdm
+
+    texts = [line.strip() for line in lines_file if line.strip()]
+    if not texts:
+        raise click.UsageError("no text lines to synthesize")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    client = _client(ctx)
+    width = max(4, len(str(len(texts))))
+    with (out / "manifest.jsonl").open("w", encoding="utf-8") as manifest, \
+            tqdm(total=len(texts), unit="text", disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, len(texts), batch_size):
+            group = texts[start : start + batch_size]
+            for i, (text, wav) in enumerate(zip(group, client.batch_speak(group, speaker, max_duration_per_text_ms)),
+                                            start + 1):
+                name = f"{i:0{width}d}.wav"
+                (out / name).write_bytes(wav)
+                manifest.write(json.dumps({"file": name, "text": text}, ensure_ascii=False) + "\n")
+            bar.update(len(group))
+    click.echo(f"wrote {len(texts)} files to {out}", err=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# voices
+# ---------------------------------------------------------------------------------------------------
+@cli.group()
+def voices() -> None:
+    """Saved voices: a reference recording kept on the server and used by id."""
+
+
+@voices.command("add")
+@click.argument("name")
+@click.argument("audio", type=click.Path(exists=True, dir_okay=False))
+@click.option("--transcript", required=True, help="What the recording says.")
+@click.pass_context
+def voices_add(ctx: click.Context, name: str, audio: str, transcript: str) -> None:
+    """Save AUDIO as voice NAME; prints the new voice id."""
+    voice = _client(ctx).add_voice(name, audio, transcript)
+    click.echo(voice["id"])
+
+
+@voices.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON.")
+@click.pass_context
+def voices_list(ctx: click.Context, as_json: bool) -> None:
+    """List saved voices (id and name)."""
+    items = _client(ctx).list_voices()
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    for voice in items:
+        click.echo(f"{voice['id']}\t{voice.get('name', '')}")
+
+
+@voices.command("rm")
+@click.argument("voice_ids", nargs=-1, required=True)
+@click.pass_context
+def voices_rm(ctx: click.Context, voice_ids: tuple[str, ...]) -> None:
+    """Delete saved voices by id."""
+    client = _client(ctx)
+    for voice_id in voice_ids:
+        client.delete_voice(voice_id)
+        click.echo(f"deleted {voice_id}", err=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# status
+# ---------------------------------------------------------------------------------------------------
+@cli.command()
+@click.pass_context
+def health(ctx: click.Context) -> None:
+    """Print the service's health (exit 1 while it cannot serve)."""
+    click.echo(json.dumps(_client(ctx, retries=0).health()))
+
+
+@cli.command()
+@click.pass_context
+def info(ctx: click.Context) -> None:
+    """Print model, revision and limits."""
+    click.echo(json.dumps(_client(ctx).info(), indent=2))
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point of the `csm-serve` script."""
+    cli.main(args=argv, prog_name="csm-serve")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""`csm-serve` commands against a server on loopback: speak, batch, voices, errors, serve wiring."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from serve_app import cli as cli_module
+from serve_app.cli import cli, finish_streamed_wav
+from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE
+from tests.support_tools import ToneEngine, pcm16, read_wav, serve_http, standin_app, streaming_wav_header, tone, wav_bytes
+
+
+@pytest.fixture(scope="module")
+def url() -> str:
+    with serve_http(standin_app(ToneEngine())) as base:
+        yield base
+
+
+def run(url: str, *args: str, input: str | None = None):
+    result = CliRunner().invoke(cli, ["--url", url, *args], input=input, catch_exceptions=False)
+    return result
+
+
+def duration(path: Path) -> float:
+    pcm, rate = read_wav(path.read_bytes())
+    assert rate == SAMPLE_RATE
+    return len(pcm) / rate
+
+
+def test_speak_writes_a_wav(url: str, tmp_path: Path) -> None:
+    out = tmp_path / "hello.wav"
+    result = run(url, "speak", "Hello there, command line.", "-o", str(out), "--speaker", "1")
+    assert result.exit_code == 0, result.output
+    assert duration(out) == pytest.approx((2 + len("Hello there, command line.") // 4) * 0.08)
+    assert f"wrote {out}" in result.output
+
+
+def test_streamed_speak_writes_a_complete_wav(url: str, tmp_path: Path) -> None:
+    out = tmp_path / "streamed.wav"
+    result = run(url, "speak", "Streamed to a file as it is made.", "-o", str(out), "--stream",
+                 "--max-duration-ms", "400")
+    assert result.exit_code == 0, result.output
+    assert "first audio after" in result.output
+    assert duration(out) == pytest.approx(0.4)  # header sizes were filled in, so the file reads cleanly
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_speak_reads_stdin_writes_stdout_and_sends_context(url: str, tmp_path: Path) -> None:
+    ref = tmp_path / "ref.wav"
+    ref.write_bytes(wav_bytes(tone(0.2)))
+    result = CliRunner().invoke(
+        cli, ["--url", url, "speak", "-", "-o", "-", "--context-audio", str(ref), "--context-text", "hi"],
+        input="Text from standard input.\n",
+    )
+    assert result.exit_code == 0
+    assert result.stdout_bytes[:4] == b"RIFF"
+
+
+def test_speak_errors_print_the_server_message_and_exit_1(url: str, tmp_path: Path) -> None:
+    out = tmp_path / "never.wav"
+    result = run(url, "speak", "x" * 1000, "-o", str(out))
+    assert result.exit_code == 1
+    assert "HTTP 413" in result.output and "limit" in result.output
+    assert not out.exists() and not list(tmp_path.iterdir())
+    result = run(url, "speak", "Hi.", "-o", str(out), "--voice", "missing-voice")
+    assert result.exit_code == 1 and "missing-voice" in result.output
+
+
+def test_batch_writes_one_file_per_line_in_order(url: str, tmp_path: Path) -> None:
+    lines = tmp_path / "lines.txt"
+    texts = [f"Line number {i} " + "x" * (4 * i) for i in range(1, 13)]
+    lines.write_text("\n".join(texts[:5]) + "\n\n   \n" + "\n".join(texts[5:]) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = run(url, "batch", str(lines), "-o", str(out), "--batch-size", "5", "--speaker", "1")
+    assert result.exit_code == 0, result.output
+    files = sorted(out.glob("*.wav"))
+    assert [f.name for f in files] == [f"{i:04d}.wav" for i in range(1, 13)]
+    lengths = [duration(f) for f in files]
+    assert lengths == sorted(lengths) and len(set(lengths)) == 12  # each text got its own, in order
+    manifest = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [m["text"] for m in manifest] == texts and manifest[0]["file"] == "0001.wav"
+    assert "12/12" in result.output  # the progress bar reached the end
+
+
+def test_batch_rejects_an_empty_file(url: str, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    result = run(url, "batch", str(empty), "-o", str(tmp_path / "o"))
+    assert result.exit_code == 2 and "no text lines" in result.output
+
+
+def test_voices_add_list_rm(url: str, tmp_path: Path) -> None:
+    ref = tmp_path / "ref.wav"
+    ref.write_bytes(wav_bytes(tone(0.5)))
+    added = run(url, "voices", "add", "narrator", str(ref), "--transcript", "Some words.")
+    assert added.exit_code == 0, added.output
+    voice_id = added.stdout.strip()
+    listed = run(url, "voices", "list")
+    assert f"{voice_id}\tnarrator" in listed.stdout
+    as_json = json.loads(run(url, "voices", "list", "--json").stdout)
+    assert voice_id in [v["id"] for v in as_json]
+    out = tmp_path / "v.wav"
+    assert run(url, "speak", "In the saved voice.", "-o", str(out), "--voice", voice_id).exit_code == 0
+    removed = run(url, "voices", "rm", voice_id)
+    assert removed.exit_code == 0 and voice_id not in run(url, "voices", "list").stdout
+    again = run(url, "voices", "rm", voice_id)
+    assert again.exit_code == 1 and "HTTP 404" in again.output
+
+
+def test_health_info_and_url_from_the_environment(url: str) -> None:
+    result = CliRunner().invoke(cli, ["health"], env={"CSM_SERVE_URL": url})
+    assert result.exit_code == 0 and json.loads(result.stdout)["status"] == "ok"
+    assert json.loads(run(url, "info").stdout)["sample_rate"] == SAMPLE_RATE
+
+
+def test_unreachable_server_is_a_clean_error() -> None:
+    result = run("http://127.0.0.1:9", "health")
+    assert result.exit_code == 1 and "cannot reach" in result.output
+
+
+def test_serve_needs_exactly_one_source(tmp_path: Path) -> None:
+    assert CliRunner().invoke(cli, ["serve"]).exit_code == 2
+    config = tmp_path / "c.yaml"
+    config.write_text("applications: []\n")
+    both = CliRunner().invoke(cli, ["serve", "--config", str(config), "--preset", "tiny-random"])
+    assert both.exit_code == 2 and "exactly one" in both.output
+
+
+def test_serve_config_runs_ray_serve_run_with_the_package_importable(monkeypatch, tmp_path: Path) -> None:
+    import ray.serve.scripts
+
+    seen = {}
+
+    def fake_main(args, prog_name):
+        seen["args"] = args
+        seen["pythonpath"] = os.environ["PYTHONPATH"]
+
+    monkeypatch.setattr(ray.serve.scripts.cli, "main", fake_main)
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    config = tmp_path / "local.yaml"
+    config.write_text("applications: []\n")
+    result = CliRunner().invoke(cli, ["serve", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert seen["args"] == ["run", str(config)]
+    root = str(Path(cli_module.__file__).resolve().parent.parent)
+    assert seen["pythonpath"].split(os.pathsep) == [root, "/somewhere/else"]
+
+
+def test_finish_streamed_wav_fills_in_sizes(tmp_path: Path) -> None:
+    path = tmp_path / "s.wav"
+    path.write_bytes(streaming_wav_header() + pcm16(tone(3 * FRAME_SAMPLES / SAMPLE_RATE)))
+    finish_streamed_wav(path)
+    assert duration(path) == pytest.approx(0.24)
+
+
+def test_module_entry_point_prints_help() -> None:
+    result = subprocess.run([sys.executable, "-m", "serve_app.cli", "--help"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0
+    for command in ("serve", "speak", "batch", "voices"):
+        assert command in result.stdout
