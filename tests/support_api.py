@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import math
 import threading
+import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Iterator, Optional
 
 import numpy as np
 import soundfile as sf
+import uvicorn
 from fastapi.testclient import TestClient
 
 from serve_app.api.app import create_app
@@ -175,3 +178,22 @@ def read_wav(data: bytes) -> tuple[np.ndarray, int, int]:
 
 def not_audio_b64() -> str:
     return base64.b64encode(b"these bytes are a plain text note, not a recording " * 10).decode()
+
+
+@contextlib.contextmanager
+def serve_over_http(app: Any) -> Iterator[str]:
+    """Run `app` with uvicorn on a free loopback port in a thread; yields the base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -30,7 +30,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 OPENAI_VOICES: dict[str, int] = {
     "alloy": 0, "ash": 1, "ballad": 0, "coral": 1, "echo": 0, "fable": 1,
-    "onyx": 0, "nova": 1, "sage": 0, "shimmer": 1, "verse": 0,
+    "onyx": 0, "nova": 1, "sage": 0, "shimmer": 1, "verse": 0, "marin": 1, "cedar": 0,
 }
 MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 MAX_INPUT_CHARS = 4096  # OpenAI's own limit

@@ -1,0 +1,123 @@
+"""OpenAI-compatible speech: formats decoded by PyAV, voices, speed, SSE, and the official SDK."""
+import base64
+import io
+import json
+
+import av
+import openai
+import pytest
+
+from serve_app.api.app import create_app
+from serve_app.api.settings import ApiSettings
+from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE
+from tests.support_api import FakeEngine, make_client, serve_over_http
+
+TEXT = "The quick brown fox jumps over the lazy dog near the river bank."
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def client(tmp_path, engine):
+    return make_client(tmp_path, engine)
+
+
+def _speech(client, **body):
+    return client.post("/v1/audio/speech", json={"model": "tts-1", "input": TEXT, "voice": "alloy", **body})
+
+
+def _decode(data: bytes) -> tuple[int, int, float]:
+    """(sample rate, channels, seconds) as FFmpeg reads the bytes."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(stream))
+        return stream.codec_context.sample_rate, stream.codec_context.channels, samples / stream.codec_context.sample_rate
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content_type", "rate"),
+    [("mp3", "audio/mpeg", 24_000), ("opus", "audio/opus", 48_000), ("aac", "audio/aac", 24_000),
+     ("flac", "audio/flac", 24_000), ("wav", "audio/wav", 24_000)],
+)
+def test_formats_decode_with_pyav(client, engine, fmt, content_type, rate) -> None:
+    r = _speech(client, response_format=fmt)
+    assert r.status_code == 200 and r.headers["content-type"] == content_type
+    decoded_rate, channels, seconds = _decode(r.content)
+    assert (decoded_rate, channels) == (rate, 1)  # Opus always decodes at 48 kHz
+    expected = engine.frames_for(engine.requests[0]) * FRAME_SAMPLES / SAMPLE_RATE
+    assert abs(seconds - expected) < 0.1
+
+
+def test_default_format_is_mp3(client) -> None:
+    assert _speech(client).headers["content-type"] == "audio/mpeg"
+
+
+def test_pcm_is_24k_16_bit_mono(client, engine) -> None:
+    r = _speech(client, response_format="pcm")
+    assert r.headers["content-type"] == "audio/pcm"
+    assert len(r.content) == engine.frames_for(engine.requests[0]) * FRAME_SAMPLES * 2
+
+
+@pytest.mark.parametrize(("voice", "speaker"), [("alloy", 0), ("nova", 1), ("0", 0), ("1", 1), ("Shimmer", 1)])
+def test_voices_map_to_speakers(client, engine, voice, speaker) -> None:
+    assert _speech(client, voice=voice).status_code == 200
+    assert engine.requests[0].speaker == speaker
+
+
+@pytest.mark.parametrize("speed", [0.5, 2.0])
+def test_speed_changes_duration(client, engine, speed) -> None:
+    r = _speech(client, response_format="pcm", speed=speed)
+    natural = engine.frames_for(engine.requests[0]) * FRAME_SAMPLES
+    assert abs(len(r.content) / 2 / natural - 1 / speed) < 0.05
+
+
+def test_instructions_are_accepted(client) -> None:
+    assert _speech(client, instructions="Speak cheerfully.").status_code == 200
+
+
+def test_sse_stream_has_deltas_then_done(client, engine) -> None:
+    r = _speech(client, response_format="pcm", stream_format="sse")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[len("data: "):]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
+    assert events[-1]["type"] == "speech.audio.done"
+    assert len(events) - 1 >= 2
+    audio = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    assert len(audio) == engine.frames_for(engine.requests[0]) * FRAME_SAMPLES * 2
+
+
+def test_models_lists_served_model_and_aliases(client) -> None:
+    ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert ids[0] == "fake-csm" and "tts-1" in ids
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [({"voice": "nobody"}, 400), ({"speed": 5.0}, 422), ({"response_format": "ogg"}, 422),
+     ({"input": ""}, 422), ({"input": "x" * 4097}, 413)],
+)
+def test_bad_requests_carry_openai_error_objects(client, body, status) -> None:
+    r = _speech(client, **body)
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_official_sdk_round_trip(tmp_path) -> None:
+    """The openai package, unmodified, against the app over real HTTP."""
+    app = create_app(FakeEngine(), ApiSettings(voices_dir=tmp_path))
+    with serve_over_http(app) as base_url:
+        sdk = openai.OpenAI(api_key="unused", base_url=f"{base_url}/v1", max_retries=0)
+        audio = sdk.audio.speech.create(model="tts-1", voice="coral", input=TEXT, response_format="wav")
+        rate, channels, seconds = _decode(audio.content)
+        assert (rate, channels) == (SAMPLE_RATE, 1) and seconds > 0.5
+        with sdk.audio.speech.with_streaming_response.create(
+            model="tts-1", voice="echo", input=TEXT, response_format="pcm"
+        ) as streamed:
+            assert len(b"".join(streamed.iter_bytes())) > 0
+        assert "tts-1" in [m.id for m in sdk.models.list()]
+        with pytest.raises(openai.BadRequestError, match="unknown voice"):
+            sdk.audio.speech.create(model="tts-1", voice="nobody", input=TEXT)
