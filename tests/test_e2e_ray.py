@@ -1,0 +1,213 @@
+"""End to end over real HTTP: the Ray Serve app of configs/serve/local.yaml (ingress → model replica).
+
+One Ray instance serves every test here (tests/support_ray.py). The last two tests change the
+deployment (tighter queue limits; a killed replica) and restore it, so they run last.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import signal
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from serve_app.deployments import MODEL_DEPLOYMENT
+from serve_app.engine.types import SAMPLE_RATE
+from tests.support_ray import ServeInstance, ray_serve  # noqa: F401 - the session fixture
+
+pytestmark = pytest.mark.ray
+
+TIMEOUT = httpx.Timeout(60.0)
+
+
+def _wav(data: bytes) -> tuple[np.ndarray, int, int]:
+    pcm, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return pcm[:, 0], rate, pcm.shape[1]
+
+
+def _assert_speech(data: bytes, max_ms: int) -> np.ndarray:
+    pcm, rate, channels = _wav(data)
+    assert (rate, channels) == (SAMPLE_RATE, 1)
+    assert 0 < len(pcm) <= max_ms * SAMPLE_RATE // 1000
+    return pcm
+
+
+def _tone_b64(seconds: float = 0.4, rate: int = 16_000) -> str:
+    t = np.arange(int(seconds * rate)) / rate
+    buf = io.BytesIO()
+    sf.write(buf, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate, format="WAV")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def http(ray_serve: ServeInstance) -> httpx.Client:  # noqa: F811
+    with httpx.Client(base_url=ray_serve.base_url, timeout=TIMEOUT) as client:
+        yield client
+
+
+def test_health_and_info(http: httpx.Client) -> None:
+    assert http.get("/health").json() == {"status": "ok"}
+    info = http.get("/info").json()
+    assert info["sample_rate"] == SAMPLE_RATE
+    assert info["engine"]["replica"]["pid"] > 0  # answered by a TTSModel replica through the handle
+
+
+def test_speak_returns_a_wav_within_the_duration_limit(http: httpx.Client) -> None:
+    response = http.post("/speak", json={"text": "Hello from the cluster.", "speaker": 0, "max_duration_ms": 1200})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "audio/wav"
+    assert response.headers["x-request-id"]
+    _assert_speech(response.content, 1200)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "max_ms"),
+    [
+        ("/conversation", {"turns": [{"speaker": 0, "text": "Hi there.", "pause_ms": 100},
+                                     {"speaker": 1, "text": "Hello!"}], "max_total_duration_ms": 5000}, 5000),
+        ("/clone_voice", {"text": "Same voice.", "reference_audio_b64": _tone_b64(),
+                          "reference_text": "A reference.", "max_duration_ms": 1000}, 1000),
+        ("/v1/audio/speech", {"model": "tts-1", "input": "OpenAI style.", "voice": "alloy",
+                              "response_format": "wav"}, 60_000),
+    ],
+    ids=["conversation", "clone_voice", "openai_speech"],
+)
+def test_generating_endpoints(http: httpx.Client, path: str, body: dict[str, Any], max_ms: int) -> None:
+    response = http.post(path, json=body)
+    assert response.status_code == 200, response.text
+    _assert_speech(response.content, max_ms)
+
+
+def test_batch_speak_keeps_input_order(http: httpx.Client) -> None:
+    texts = ["First one.", "The second text is a little longer.", "Third!"]
+    response = http.post("/batch_speak", json={"texts": texts, "speaker": 0, "seed": 7,
+                                               "max_duration_per_text_ms": 1000})
+    assert response.status_code == 200, response.text
+    batch = [_assert_speech(base64.b64decode(item), 1000) for item in response.json()]
+    assert len(batch) == len(texts)
+    for text, pcm in zip(texts, batch):
+        alone = http.post("/speak", json={"text": text, "speaker": 0, "seed": 7, "max_duration_ms": 1000})
+        solo = _assert_speech(alone.content, 1000)
+        assert len(solo) == len(pcm) and np.allclose(solo, pcm, atol=1e-3), text
+
+
+def test_sessions_are_isolated_and_resettable(http: httpx.Client) -> None:
+    def turn(session: str) -> int:
+        response = http.post("/contextual_speak", json={"text": "Go on.", "speaker": 0, "session_id": session,
+                                                        "max_duration_ms": 400})
+        assert response.status_code == 200, response.text
+        return int(response.headers["x-session-turns"])
+
+    assert [turn("e2e-a"), turn("e2e-a"), turn("e2e-b"), turn("e2e-a")] == [1, 2, 1, 3]
+    assert http.delete("/sessions/e2e-a").status_code == 204
+    assert turn("e2e-a") == 1
+    assert turn("e2e-b") == 2
+
+
+def test_seeded_request_is_cached_byte_identical(http: httpx.Client) -> None:
+    body = {"text": "Cache me.", "speaker": 1, "seed": 1234, "max_duration_ms": 800}
+    first = http.post("/speak", json=body)
+    second = http.post("/speak", json=body)
+    assert first.status_code == second.status_code == 200
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+    assert first.content == second.content
+
+
+def test_streaming_returns_several_chunks(http: httpx.Client) -> None:
+    body = {"text": "Streaming through Ray.", "speaker": 0, "stream": True, "response_format": "pcm",
+            "max_duration_ms": 2000}
+    with http.stream("POST", "/speak", json=body) as response:
+        assert response.status_code == 200
+        chunks = [chunk for chunk in response.iter_raw() if chunk]
+    pcm = np.frombuffer(b"".join(chunks), dtype="<i2")
+    assert len(chunks) >= 2
+    assert 0 < len(pcm) <= 2 * SAMPLE_RATE
+
+
+def test_voices_lifecycle(http: httpx.Client) -> None:
+    created = http.post("/v1/voices", json={"name": "e2e", "audio_b64": _tone_b64(1.0), "transcript": "Hello."})
+    assert created.status_code == 201, created.text
+    voice = created.json()
+    assert voice["frames"] == int(np.ceil(SAMPLE_RATE * 1.0 / 1920))
+    assert voice["id"] in {v["id"] for v in http.get("/v1/voices").json()["data"]}
+    spoken = http.post("/speak", json={"text": "In the saved voice.", "voice": voice["id"], "max_duration_ms": 800})
+    assert spoken.status_code == 200, spoken.text
+    assert http.delete(f"/v1/voices/{voice['id']}").status_code == 204
+    assert http.get(f"/v1/voices/{voice['id']}").status_code == 404
+    assert http.get("/v1/models").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/speak", {"text": "x", "context": [{"text": "c", "speaker": 0, "audio_b64": "***not base64***"}]}, 400),
+        ("/speak", {"text": "x", "context": [{"text": "c", "speaker": 0,
+                                              "audio_b64": base64.b64encode(b"plain text " * 40).decode()}]}, 400),
+        ("/speak", {"text": "", "speaker": 0}, 422),
+        ("/speak", {"text": "x", "speaker": 2}, 422),
+        ("/batch_speak", {"texts": ["x"] * 11}, 422),
+        ("/speak", {"text": "x" * 100_000}, 413),
+    ],
+    ids=["bad-base64", "not-audio", "empty-text", "speaker-2", "eleven-texts", "text-too-long"],
+)
+def test_bad_input_is_a_4xx_and_the_service_still_answers(
+    http: httpx.Client, path: str, body: dict[str, Any], status: int
+) -> None:
+    response = http.post(path, json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["detail"]
+    assert http.post("/speak", json={"text": "Still here.", "max_duration_ms": 400}).status_code == 200
+
+
+async def _burst(base_url: str, n: int, body: dict[str, Any]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT,
+                                 limits=httpx.Limits(max_connections=n)) as client:
+        return await asyncio.gather(*(client.post("/speak", json=body) for _ in range(n)))
+
+
+def test_overload_answers_503_with_retry_after(ray_serve: ServeInstance) -> None:  # noqa: F811
+    # One request in the replica and one queued: a burst of 12 must overflow.
+    with ray_serve.deployment_options(MODEL_DEPLOYMENT, max_ongoing_requests=1, max_queued_requests=1):
+        responses = asyncio.run(_burst(ray_serve.base_url, 12, {"text": "Busy.", "max_duration_ms": 1600}))
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) == {200, 503}, statuses
+    for response in responses:
+        if response.status_code == 503:
+            assert int(response.headers["retry-after"]) >= 1
+            assert "overloaded" in response.json()["detail"]
+    with httpx.Client(base_url=ray_serve.base_url, timeout=TIMEOUT) as http:
+        assert http.post("/speak", json={"text": "Calm again.", "max_duration_ms": 400}).status_code == 200
+
+
+def test_killed_model_replica_fails_fast_and_is_replaced(ray_serve: ServeInstance) -> None:  # noqa: F811
+    old_pid = ray_serve.model_info()["replica"]["pid"]
+
+    async def scenario() -> list[Any]:
+        async with httpx.AsyncClient(base_url=ray_serve.base_url, timeout=httpx.Timeout(20.0)) as client:
+            body = {"text": "This one is interrupted.", "max_duration_ms": 20_000}
+            in_flight = [asyncio.ensure_future(client.post("/speak", json=body)) for _ in range(3)]
+            await asyncio.sleep(0.3)
+            started = time.monotonic()
+            os.kill(old_pid, signal.SIGKILL)
+            results = await asyncio.gather(*in_flight, return_exceptions=True)
+            return [time.monotonic() - started, *results]
+
+    elapsed, *results = asyncio.run(scenario())
+    assert elapsed < 15, "in-flight requests hung after the replica died"
+    for result in results:
+        # Either a clean 503 from the ingress, or the connection cut: never a hang or a 200.
+        assert isinstance(result, httpx.TransportError) or result.status_code == 503, result
+
+    ray_serve.wait_healthy(timeout_s=120)  # Ray starts a new replica
+    with httpx.Client(base_url=ray_serve.base_url, timeout=TIMEOUT) as http:
+        response = http.post("/speak", json={"text": "Back again.", "max_duration_ms": 400})
+        assert response.status_code == 200, response.text
+    assert ray_serve.model_info()["replica"]["pid"] != old_pid
