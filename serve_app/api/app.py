@@ -10,7 +10,7 @@ from serve_app.api import openai_compat, routes_dialogue, routes_speech, routes_
 from serve_app.api.cache import ResponseCache
 from serve_app.api.deps import Services
 from serve_app.api.errors import install_error_handlers
-from serve_app.api.middleware import RequestIdMiddleware
+from serve_app.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from serve_app.api.sessions import SessionStore
 from serve_app.api.settings import ApiSettings
 from serve_app.api.synthesis import Synthesizer
@@ -27,7 +27,6 @@ def create_app(engine: SpeechEngine, settings: Optional[ApiSettings] = None) -> 
         title="csm-serve",
         version=serve_app.__version__,
         description="Text-to-speech with Sesame's CSM-1B.",
-        max_body_size=settings.max_body_bytes,
     )
     app.state.services = Services(
         settings=settings,
@@ -35,8 +34,9 @@ def create_app(engine: SpeechEngine, settings: Optional[ApiSettings] = None) -> 
         cache=ResponseCache(settings.cache_max_bytes),
         sessions=SessionStore(settings.max_sessions, settings.session_ttl_s, settings.session_context_turns),
     )
-    install_error_handlers(app, settings.max_body_bytes)
-    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)  # added last = outermost: the 413 above carries an id too
     for module in (routes_speech, routes_dialogue, routes_voices, openai_compat, routes_system):
         app.include_router(module.router)
     return app

@@ -82,7 +82,7 @@ def _error_response(request: Request, status: int, detail: Any, headers: Optiona
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def install_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
+def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers on `app`."""
 
     @app.exception_handler(ApiError)
@@ -99,10 +99,7 @@ def install_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = exc.detail
-        if exc.status_code == 413:  # FastAPI's body limit says only "Content Too Large"
-            detail = f"request body is larger than the {max_body_bytes}-byte limit"
-        return _error_response(request, exc.status_code, detail, dict(exc.headers or {}))
+        return _error_response(request, exc.status_code, exc.detail, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,0 +1,98 @@
+"""Response cache: deterministic or opted-in requests only, keyed by everything that changes the audio."""
+import pytest
+
+from serve_app.api.cache import CachedResponse, ResponseCache
+from tests.support_api import FakeEngine, make_client, wav_b64
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def client(tmp_path, engine):
+    return make_client(tmp_path, engine)
+
+
+def test_seeded_speak_hit_is_byte_identical(client, engine) -> None:
+    body = {"text": "Cache me if you can.", "seed": 42}
+    miss = client.post("/speak", json=body)
+    hit = client.post("/speak", json=body)
+    assert (miss.headers["x-cache"], hit.headers["x-cache"]) == ("miss", "hit")
+    assert hit.content == miss.content
+    assert hit.headers["content-type"] == miss.headers["content-type"]
+    assert hit.headers["content-disposition"] == miss.headers["content-disposition"]
+    assert len(engine.requests) == 1
+
+
+def test_unseeded_requests_bypass_unless_opted_in(client, engine) -> None:
+    assert client.post("/speak", json={"text": "Fresh"}).headers["x-cache"] == "bypass"
+    assert client.post("/speak", json={"text": "Fresh"}).headers["x-cache"] == "bypass"
+    assert client.post("/speak", json={"text": "Fresh", "cache": True}).headers["x-cache"] == "miss"
+    assert client.post("/speak", json={"text": "Fresh", "cache": True}).headers["x-cache"] == "hit"
+    assert len(engine.requests) == 3
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"seed": 43}, {"speaker": 0}, {"text": "Cache me if you can!"}, {"temperature": 0.5}, {"top_k": 5},
+     {"max_duration_ms": 5000}, {"response_format": "flac"}, {"quality_check": True},
+     {"context": [{"text": "ctx", "speaker": 0, "audio_b64": wav_b64(0.2)}]}],
+)
+def test_anything_that_changes_audio_changes_the_key(client, change) -> None:
+    base = {"text": "Cache me if you can.", "seed": 42}
+    client.post("/speak", json=base)
+    assert client.post("/speak", json={**base, **change}).headers["x-cache"] == "miss"
+
+
+def test_normalized_text_is_the_key(client) -> None:
+    client.post("/speak", json={"text": "Pay $5 now", "seed": 1})
+    assert client.post("/speak", json={"text": "Pay  $5   now", "seed": 1}).headers["x-cache"] == "hit"
+
+
+def test_model_revision_is_part_of_the_key(tmp_path) -> None:
+    class Revised(FakeEngine):
+        async def info(self):
+            return {**await super().info(), "revision": "rev-2"}
+
+    body = {"text": "Same words", "seed": 5}
+    first = make_client(tmp_path, FakeEngine())
+    first.post("/speak", json=body)
+    cache = first.app.state.services.cache
+    second = make_client(tmp_path, Revised())
+    second.app.state.services.cache = cache  # shared cache, new model revision
+    assert second.post("/speak", json=body).headers["x-cache"] == "miss"
+
+
+def test_streams_and_sessions_are_never_cached(client) -> None:
+    assert client.post("/speak", json={"text": "Hi", "seed": 1, "stream": True}).headers["x-cache"] == "bypass"
+    r = client.post("/contextual_speak", json={"text": "Hi", "seed": 1, "session_id": "s"})
+    assert r.headers["x-cache"] == "bypass"
+
+
+def test_openai_and_clone_cache_seeded_requests(client) -> None:
+    speech = {"model": "tts-1", "input": "Hello", "voice": "nova", "seed": 3}
+    assert client.post("/v1/audio/speech", json=speech).headers["x-cache"] == "miss"
+    assert client.post("/v1/audio/speech", json=speech).headers["x-cache"] == "hit"
+    assert client.post("/v1/audio/speech", json={**speech, "speed": 1.5}).headers["x-cache"] == "miss"
+    clone = {"text": "Hi", "reference_audio_b64": wav_b64(0.5), "reference_text": "ref", "seed": 3}
+    assert client.post("/clone_voice", json=clone).headers["x-cache"] == "miss"
+    assert client.post("/clone_voice", json=clone).headers["x-cache"] == "hit"
+
+
+def test_cache_is_bounded_by_bytes_lru() -> None:
+    cache = ResponseCache(max_bytes=250)
+    for key in "abc":
+        cache.put(key, CachedResponse(b"x" * 100, "audio/wav"))
+    assert cache.get("a") is None and cache.get("b") and cache.get("c")
+    cache.get("b")  # b most recently used → c is evicted next
+    cache.put("d", CachedResponse(b"y" * 100, "audio/wav"))
+    assert cache.get("c") is None and cache.get("b") and cache.get("d")
+    cache.put("huge", CachedResponse(b"z" * 1000, "audio/wav"))  # over the bound: not stored
+    assert cache.get("huge") is None and len(cache) == 2
+
+
+def test_disabled_cache_bypasses(tmp_path) -> None:
+    client = make_client(tmp_path, cache_max_bytes=0)
+    assert client.post("/speak", json={"text": "Hi", "seed": 1}).headers["x-cache"] == "bypass"
