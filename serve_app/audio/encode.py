@@ -73,7 +73,9 @@ def encode_audio(pcm: np.ndarray, fmt: AudioFormat, sample_rate: int = SAMPLE_RA
         return to_pcm16(pcm)
     if fmt in ("wav", "flac"):
         buf = io.BytesIO()
-        sf.write(buf, np.clip(pcm, -1.0, 1.0), sample_rate, format=fmt.upper(), subtype="PCM_16")
+        # the same integer samples as the streamed formats, so a stream and a file agree bit for bit
+        samples = np.frombuffer(to_pcm16(pcm), dtype="<i2")
+        sf.write(buf, samples, sample_rate, format=fmt.upper(), subtype="PCM_16")
         return buf.getvalue()
     encoder = open_stream_encoder(fmt, sample_rate)
     return encoder.write(pcm) + encoder.close()
