@@ -9,8 +9,10 @@ Three ways in, so no layer has to know about the others:
 - plain functions (`set_queue_depth`, `set_batch_size`, `record_cache`, ...) for code that knows more,
   such as the scheduler.
 
-Metrics live in the process that records them: under Ray Serve each ingress replica serves its own
-`/metrics`, and gauges set inside the TTS replicas show up in those replicas' processes only.
+Every metric is kept by prometheus_client in the recording process (served at `/metrics`) and, inside a
+Ray worker, mirrored into Ray's metrics (exported as `ray_csm_*` by Ray's metrics agent on every node).
+Under Ray Serve, scrape Ray's metrics (as Ray's own Prometheus setup does), not `/metrics` through the
+proxy: that reaches one replica at a time. The dashboard accepts both name forms.
 """
 from __future__ import annotations
 
@@ -20,48 +22,104 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 import uuid
 from typing import Any, AsyncIterator, Optional, TextIO
 
 import numpy as np
 from fastapi import APIRouter, FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.engine.types import SAMPLE_RATE, Audio, AudioChunk, GenerationRequest
 
 # ---------------------------------------------------------------------------------------------------
-# Metric definitions (names are the dashboard's contract: configs/grafana/csm-serve.json)
+# Metrics: prometheus_client in this process, mirrored into Ray's metrics inside a Ray worker
 # ---------------------------------------------------------------------------------------------------
-HTTP_REQUESTS = Counter(
-    "csm_http_requests", "HTTP requests answered, by route template and status.", ["method", "endpoint", "status"]
-)
-HTTP_LATENCY = Histogram(
-    "csm_http_request_duration_seconds",
-    "Time from request start to the last response byte.",
-    ["method", "endpoint"],
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120),
-)
-HTTP_ERRORS = Counter("csm_http_errors", "Responses with status >= 400.", ["endpoint", "status"])
-TIME_TO_FIRST_AUDIO = Histogram(
-    "csm_time_to_first_audio_seconds",
+class Metric:
+    """One metric with two sinks: this process's prometheus_client registry (served at `/metrics`) and,
+    once Ray is initialized here (a Serve replica), a `ray.util.metrics` twin that Ray's metrics agent
+    exports with the prefix `ray_` (`ray_csm_frames_generated_total`). Each replica's engine-side
+    numbers (queue depth, batch size) are then visible cluster-wide without scraping replicas one by one.
+    """
+
+    def __init__(self, kind: str, name: str, doc: str, labels: tuple[str, ...] = (),
+                 buckets: Optional[tuple[float, ...]] = None, registry: CollectorRegistry = REGISTRY) -> None:
+        self.kind, self.name, self.doc, self.labels, self.buckets = kind, name, doc, labels, buckets
+        extra = {"buckets": buckets} if buckets else {}
+        self.prom = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}[kind](
+            name, doc, labels, registry=registry, **extra)
+        self._ray: Any = None
+
+    def _child(self, labels: dict[str, str]) -> Any:
+        return self.prom.labels(**labels) if self.labels else self.prom
+
+    def _ray_twin(self) -> Any:
+        if self._ray is None:
+            ray = sys.modules.get("ray")  # never import Ray just for metrics
+            if ray is None or not ray.is_initialized():
+                return None
+            from ray.util import metrics as ray_metrics
+
+            tags = {"tag_keys": self.labels} if self.labels else {}
+            if self.kind == "counter":
+                self._ray = ray_metrics.Counter(self.name, self.doc, **tags)
+            elif self.kind == "gauge":
+                self._ray = ray_metrics.Gauge(self.name, self.doc, **tags)
+            else:
+                self._ray = ray_metrics.Histogram(self.name, self.doc, boundaries=list(self.buckets or ()), **tags)
+        return self._ray
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        self._child(labels).inc(amount)
+        twin = self._ray_twin()
+        if twin is not None:
+            twin.inc(float(amount), tags=labels or None)
+
+    def set(self, value: float, **labels: str) -> None:
+        self._child(labels).set(value)
+        twin = self._ray_twin()
+        if twin is not None:
+            twin.set(float(value), tags=labels or None)
+
+    def observe(self, value: float, **labels: str) -> None:
+        self._child(labels).observe(value)
+        twin = self._ray_twin()
+        if twin is not None:
+            twin.observe(float(value), tags=labels or None)
+
+
+# Names are the dashboard's contract (configs/grafana/csm-serve.json).
+HTTP_REQUESTS = Metric("counter", "csm_http_requests", "HTTP requests answered, by route template and status.",
+                       ("method", "endpoint", "status"))
+HTTP_LATENCY = Metric(
+    "histogram", "csm_http_request_duration_seconds", "Time from request start to the last response byte.",
+    ("method", "endpoint"), (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120))
+HTTP_ERRORS = Metric("counter", "csm_http_errors", "Responses with status >= 400.", ("endpoint", "status"))
+TIME_TO_FIRST_AUDIO = Metric(
+    "histogram", "csm_time_to_first_audio_seconds",
     "Time from request start to the first audio byte sent (the latency a listener hears).",
-    ["endpoint"],
-    buckets=(0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30),
-)
-REAL_TIME_FACTOR = Histogram(
-    "csm_real_time_factor",
+    ("endpoint",), (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30))
+REAL_TIME_FACTOR = Metric(
+    "histogram", "csm_real_time_factor",
     "Generation wall time divided by audio duration; below 1 is faster than real time.",
-    buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1, 1.5, 2, 3, 5, 10, 30),
-)
-FRAMES_GENERATED = Counter("csm_frames_generated", "Mimi frames generated (80 ms of audio each).")
-AUDIO_SECONDS = Counter("csm_audio_generated_seconds", "Seconds of audio generated.")
-CACHE_HITS = Counter("csm_cache_hits", "Requests answered from a cache.", ["cache"])
-CACHE_MISSES = Counter("csm_cache_misses", "Cacheable requests that had to be generated.", ["cache"])
-QUEUE_DEPTH = Gauge("csm_queue_depth", "Requests waiting for an engine slot.")
-BATCH_SIZE = Gauge("csm_batch_size", "Sequences in the engine's latest batched step.")
-GENERATIONS_IN_PROGRESS = Gauge("csm_generations_in_progress", "Utterances being generated now.")
+    (), (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1, 1.5, 2, 3, 5, 10, 30))
+FRAMES_GENERATED = Metric("counter", "csm_frames_generated", "Mimi frames generated (80 ms of audio each).")
+AUDIO_SECONDS = Metric("counter", "csm_audio_generated_seconds", "Seconds of audio generated.")
+CACHE_HITS = Metric("counter", "csm_cache_hits", "Requests answered from a cache.", ("cache",))
+CACHE_MISSES = Metric("counter", "csm_cache_misses", "Cacheable requests that had to be generated.", ("cache",))
+QUEUE_DEPTH = Metric("gauge", "csm_queue_depth", "Requests waiting for an engine slot.")
+BATCH_SIZE = Metric("gauge", "csm_batch_size", "Sequences in the engine's latest batched step.")
+GENERATIONS_IN_PROGRESS = Metric("gauge", "csm_generations_in_progress", "Utterances being generated now.")
 
 AUDIO_CONTENT_TYPES = ("audio/", "text/event-stream")
 """Responses whose first body byte counts as 'first audio' (WAV/PCM/MP3..., and OpenAI SSE events)."""
@@ -71,7 +129,7 @@ AUDIO_CONTENT_TYPES = ("audio/", "text/event-stream")
 # Functions other layers call
 # ---------------------------------------------------------------------------------------------------
 def observe_time_to_first_audio(seconds: float, endpoint: str) -> None:
-    TIME_TO_FIRST_AUDIO.labels(endpoint=endpoint).observe(seconds)
+    TIME_TO_FIRST_AUDIO.observe(seconds, endpoint=endpoint)
 
 
 def observe_generation(frames: int, audio_seconds: float, wall_seconds: float) -> None:
@@ -84,11 +142,11 @@ def observe_generation(frames: int, audio_seconds: float, wall_seconds: float) -
 
 
 def record_cache(hit: bool, cache: str = "response") -> None:
-    (CACHE_HITS if hit else CACHE_MISSES).labels(cache=cache).inc()
+    (CACHE_HITS if hit else CACHE_MISSES).inc(cache=cache)
 
 
 def record_error(status: int, endpoint: str) -> None:
-    HTTP_ERRORS.labels(endpoint=endpoint, status=str(status)).inc()
+    HTTP_ERRORS.inc(endpoint=endpoint, status=str(status))
 
 
 def set_queue_depth(depth: int) -> None:
@@ -97,6 +155,17 @@ def set_queue_depth(depth: int) -> None:
 
 def set_batch_size(size: int) -> None:
     BATCH_SIZE.set(size)
+
+
+_in_progress = 0
+_in_progress_lock = threading.Lock()
+
+
+def _generations_in_progress(delta: int) -> None:
+    global _in_progress
+    with _in_progress_lock:
+        _in_progress += delta
+        GENERATIONS_IN_PROGRESS.set(_in_progress)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -215,8 +284,8 @@ class MetricsMiddleware:
     @staticmethod
     def _record(scope: Scope, state: dict[str, Any], request_id: str, elapsed: float) -> None:
         method, endpoint, status = scope["method"], _endpoint(scope), state["status"]
-        HTTP_REQUESTS.labels(method=method, endpoint=endpoint, status=str(status)).inc()
-        HTTP_LATENCY.labels(method=method, endpoint=endpoint).observe(elapsed)
+        HTTP_REQUESTS.inc(method=method, endpoint=endpoint, status=str(status))
+        HTTP_LATENCY.observe(elapsed, method=method, endpoint=endpoint)
         if status >= 400:
             record_error(status, endpoint)
         if state["first_audio"] is not None and status < 400:
@@ -293,11 +362,11 @@ class MeteredEngine:
 
     async def generate(self, request: GenerationRequest) -> Audio:
         start = time.perf_counter()
-        GENERATIONS_IN_PROGRESS.inc()
+        _generations_in_progress(+1)
         try:
             audio = await self._engine.generate(request)
         finally:
-            GENERATIONS_IN_PROGRESS.dec()
+            _generations_in_progress(-1)
         observe_generation(len(audio.codes), audio.duration_s, time.perf_counter() - start)
         return audio
 
@@ -305,14 +374,14 @@ class MeteredEngine:
         start = time.perf_counter()
         frames = samples = 0
         chunks = self._engine.stream(request)
-        GENERATIONS_IN_PROGRESS.inc()
+        _generations_in_progress(+1)
         try:
             async for chunk in chunks:
                 frames += chunk.frames
                 samples += int(np.asarray(chunk.pcm).shape[-1])
                 yield chunk
         finally:
-            GENERATIONS_IN_PROGRESS.dec()
+            _generations_in_progress(-1)
             closer = getattr(chunks, "aclose", None)
             if closer is not None:
                 await closer()  # cancel the engine's generation promptly when our caller stops early

@@ -7,7 +7,9 @@ import json
 import logging
 
 import httpx
+import numpy as np
 import pytest
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve_app import metrics
@@ -151,11 +153,53 @@ def test_metered_stream_closed_early_closes_the_engine_stream_and_counts_what_wa
         chunks = engine.stream(GenerationRequest(text="a long enough text for many frames"))
         await chunks.__anext__()
         await chunks.__anext__()
-        assert metrics.GENERATIONS_IN_PROGRESS._value.get() == 1
+        assert sample("csm_generations_in_progress") == 1
         await chunks.aclose()
 
-    frames_before = metrics.FRAMES_GENERATED._value.get()
+    frames_before = sample("csm_frames_generated_total")
     asyncio.run(run())
     assert closed == [True]
-    assert metrics.FRAMES_GENERATED._value.get() == frames_before + 2
-    assert metrics.GENERATIONS_IN_PROGRESS._value.get() == 0
+    assert sample("csm_frames_generated_total") == frames_before + 2
+    assert sample("csm_generations_in_progress") == 0
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_inside_ray_every_update_is_mirrored_into_ray_metrics(monkeypatch) -> None:
+    """With Ray initialized, each metric gets a ray.util.metrics twin that receives the same updates."""
+    ray = pytest.importorskip("ray")
+    from ray.util import metrics as ray_metrics
+
+    recorded: list[tuple[str, str, float, dict]] = []
+
+    def spy(cls: type) -> type:
+        class Spy(cls):  # the real class validates names, tag keys and boundaries
+            def _record(self, value, tags=None):  # type: ignore[override]
+                self._validate_tags(self._get_final_tags(tags))
+                recorded.append((type(self).__mro__[1].__name__, self._name, value, dict(tags or {})))
+
+        return Spy
+
+    for name in ("Counter", "Gauge", "Histogram"):
+        monkeypatch.setattr(ray_metrics, name, spy(getattr(ray_metrics, name)))
+    registry = CollectorRegistry()
+    twins = [metrics.Metric(m.kind, m.name, m.doc, m.labels, m.buckets, registry=registry) for m in (
+        metrics.HTTP_REQUESTS, metrics.TIME_TO_FIRST_AUDIO, metrics.QUEUE_DEPTH)]
+    requests, ttfa, queue = twins
+
+    requests.inc(method="POST", endpoint="/speak", status="200")  # Ray not initialized: local only
+    assert recorded == []
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    requests.inc(method="POST", endpoint="/speak", status="200")
+    ttfa.observe(0.25, endpoint="/speak")
+    queue.set(np.int64(4))  # numpy numbers from the engine are fine too
+    assert recorded == [
+        ("Counter", "csm_http_requests", 1.0, {"method": "POST", "endpoint": "/speak", "status": "200"}),
+        ("Histogram", "csm_time_to_first_audio_seconds", 0.25, {"endpoint": "/speak"}),
+        ("Gauge", "csm_queue_depth", 4.0, {}),
+    ]
+    assert registry.get_sample_value("csm_http_requests_total",
+                                     {"method": "POST", "endpoint": "/speak", "status": "200"}) == 2
+    assert ttfa._ray.info["boundaries"] == list(metrics.TIME_TO_FIRST_AUDIO.buckets)
