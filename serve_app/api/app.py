@@ -1,4 +1,8 @@
-"""`create_app(engine)`: the HTTP API over any `SpeechEngine` (in-process engine or Ray handle adapter)."""
+"""`create_app(engine)`: the HTTP API over any `SpeechEngine` (in-process engine or Ray handle adapter).
+
+Besides the API routes it carries the project's Prometheus metrics (`GET /metrics`, request metrics
+middleware, engine metrics through `metered`) and the browser playground (`GET /`).
+"""
 from __future__ import annotations
 
 from typing import Optional
@@ -16,6 +20,8 @@ from serve_app.api.settings import ApiSettings
 from serve_app.api.synthesis import Synthesizer
 from serve_app.api.voices import VoiceStore
 from serve_app.engine.interface import SpeechEngine
+from serve_app.metrics import instrument_app, metered
+from serve_app.web.routes import install_playground
 
 __all__ = ["create_app"]
 
@@ -30,13 +36,15 @@ def create_app(engine: SpeechEngine, settings: Optional[ApiSettings] = None) -> 
     )
     app.state.services = Services(
         settings=settings,
-        synth=Synthesizer(engine, settings, VoiceStore(settings.voices_dir)),
+        synth=Synthesizer(metered(engine), settings, VoiceStore(settings.voices_dir)),
         cache=ResponseCache(settings.cache_max_bytes),
         sessions=SessionStore(settings.max_sessions, settings.session_ttl_s, settings.session_context_turns),
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestIdMiddleware)  # added last = outermost: the 413 above carries an id too
+    app.add_middleware(RequestIdMiddleware)  # after the body limit = outside it: a 413 carries an id too
     for module in (routes_speech, routes_dialogue, routes_voices, openai_compat, routes_system):
         app.include_router(module.router)
+    instrument_app(app)  # outermost: Prometheus metrics, access log, GET /metrics
+    install_playground(app)  # GET / and /playground
     return app
