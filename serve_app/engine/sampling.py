@@ -49,18 +49,21 @@ def uniform_noise(seeds: torch.Tensor, counters: torch.Tensor, n: int) -> torch.
 
 
 def sample_top_k(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, seeds: torch.Tensor,
-                 counters: torch.Tensor, vocab_limit: Optional[int] = None) -> torch.Tensor:
+                 counters: torch.Tensor, vocab_limit: Optional[int] = None,
+                 max_top_k: Optional[int] = None) -> torch.Tensor:
     """Sample one id per row of `logits` (B, V).
 
     temperature (B,) float > 0, top_k (B,) long (1 = greedy), seeds/counters (B,) long: the
     random stream of a row is selected by its seed, the draw within it by its counter.
-    `vocab_limit` keeps only the first ids (e.g. the codec's 2048 decodable codes)."""
+    `vocab_limit` keeps only the first ids (e.g. the codec's 2048 decodable codes);
+    `max_top_k` (a static bound on `top_k`, known without reading it back) avoids a full sort."""
     if vocab_limit is not None:
         logits = logits[:, :vocab_limit]
     scores = logits.float() / temperature.float().unsqueeze(1)
     v = scores.shape[1]
-    ranked = torch.sort(scores, dim=-1, descending=True).values
-    kth = ranked.gather(1, (top_k.clamp(1, v) - 1).unsqueeze(1))
+    k_bound = v if max_top_k is None else min(max_top_k, v)
+    ranked = torch.topk(scores, k_bound, dim=-1).values
+    kth = ranked.gather(1, (top_k.clamp(1, k_bound) - 1).unsqueeze(1))
     scores = scores.masked_fill(scores < kth, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     race = -torch.log(uniform_noise(seeds, counters, v))
@@ -86,6 +89,7 @@ class BatchSampler:
     seeds: torch.Tensor
     frame: torch.Tensor
     vocab_limit: Optional[int] = None
+    max_top_k: Optional[int] = None
 
     @classmethod
     def from_params(cls, params: Sequence[SamplingParams], device: torch.device | str,
@@ -97,8 +101,10 @@ class BatchSampler:
             seeds=torch.tensor(seeds, dtype=torch.long, device=device),
             frame=torch.zeros(len(params), dtype=torch.long, device=device),
             vocab_limit=vocab_limit,
+            max_top_k=max(p.top_k for p in params),
         )
 
     def __call__(self, logits: torch.Tensor, codebook: int) -> torch.Tensor:
         counters = self.frame * NUM_CODEBOOKS + codebook
-        return sample_top_k(logits, self.temperature, self.top_k, self.seeds, counters, self.vocab_limit)
+        return sample_top_k(logits, self.temperature, self.top_k, self.seeds, counters, self.vocab_limit,
+                            self.max_top_k)
