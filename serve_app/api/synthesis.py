@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, AsyncIterator, Optional, Sequence
 
+import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from serve_app.api.errors import ApiError, engine_errors
@@ -45,9 +46,14 @@ class AudioStream:
             await self.aclose()
 
     async def aclose(self) -> None:
-        aclose = getattr(self._rest, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await _aclose(self._rest)
+
+
+async def _aclose(chunks: AsyncIterator[AudioChunk]) -> None:
+    """Close an engine stream early (async generators and adapters that support it)."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 class Synthesizer:
@@ -66,7 +72,7 @@ class Synthesizer:
             raise ApiError(413, f"{field} has {len(text)} characters, over the {limit}-character limit")
         return normalize_text(text) if normalize else text.strip()
 
-    async def decode_audio(self, audio_b64: str, field: str):  # -> np.ndarray
+    async def decode_audio(self, audio_b64: str, field: str) -> np.ndarray:
         return await run_in_threadpool(load_audio_b64, audio_b64, self._audio_limits, field)
 
     async def segment(self, text: str, speaker: int, audio_b64: str, normalize: bool,
@@ -137,13 +143,12 @@ class Synthesizer:
             except StopAsyncIteration:
                 first = None
             except BaseException:
-                aclose = getattr(chunks, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+                await _aclose(chunks)
                 raise
         return AudioStream(first, chunks)
 
-    async def encode_reference(self, audio_b64: str, field: str):  # -> np.ndarray of codes
+    async def encode_reference(self, audio_b64: str, field: str) -> np.ndarray:
+        """User audio → Mimi codes (frames, 32), for saved voices."""
         pcm = await self.decode_audio(audio_b64, field)
         async with engine_errors(self.settings.retry_after_s):
             return await self.engine.encode_audio(pcm)
