@@ -172,7 +172,7 @@ def _generations_in_progress(delta: int) -> None:
 # Request ids and JSON logs
 # ---------------------------------------------------------------------------------------------------
 request_id_var: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("csm_request_id", default=None)
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_SAFE_REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")  # the API echoes the same set
 
 
 def current_request_id() -> Optional[str]:

@@ -1,30 +1,24 @@
-"""Test support for the users' tools: a loopback uvicorn server, a tone engine and an app to serve.
+"""Test support for the users' tools: a loopback uvicorn server, a tone engine, the app to serve.
 
-`tools_app()` is the real `create_app(Engine.from_preset("tiny-random"))` once both exist, and until then
-a small stand-in that follows the endpoint contract (same paths, bodies, errors). Either way the tools
-are exercised over real HTTP on 127.0.0.1.
+The tools are exercised over real HTTP on 127.0.0.1 against the real API app; behind it, either a
+deterministic tone engine (lengths known from the text, overload on demand) or the real tiny engine.
 """
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import io
 import socket
 import struct
 import threading
 import time
-import uuid
-from typing import Any, AsyncIterator, Iterator, Optional
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
 
 import numpy as np
 import soundfile as sf
 import uvicorn
-from fastapi import FastAPI, HTTPException, Response
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
 
-from serve_app import metrics
 from serve_app.engine.types import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
@@ -34,7 +28,6 @@ from serve_app.engine.types import (
     FinishReason,
     GenerationRequest,
 )
-from serve_app.web.routes import router as web_router
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -146,204 +139,23 @@ class ToneEngine:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Stand-in app following the endpoint contract
+# The app under test
 # ---------------------------------------------------------------------------------------------------
 MAX_TEXT_CHARS = 400
+"""A low text limit, so 413s are cheap to provoke."""
 
 
-class ContextIn(BaseModel):
-    text: str
-    speaker: int = Field(0, ge=0, le=1)
-    audio_b64: str
+def api_app(engine: Any, voices_dir: Path) -> Any:
+    """The real API app (`create_app`, with its metrics and playground) over `engine`."""
+    from serve_app.api.app import create_app
+    from serve_app.api.settings import ApiSettings
+
+    return create_app(engine, ApiSettings(voices_dir=voices_dir, max_text_chars=MAX_TEXT_CHARS))
 
 
-class SpeakIn(BaseModel):
-    text: str = Field(min_length=1)
-    speaker: int = Field(1, ge=0, le=1)
-    context: list[ContextIn] = []
-    max_duration_ms: int = Field(10000, ge=80, le=60000)
-    seed: Optional[int] = None
-    voice: Optional[str] = None
-    stream: bool = False
-    response_format: str = "wav"
+def tiny_engine() -> Any:
+    """The real engine with the tiny random model, or a skip when that layer is not there yet."""
+    import pytest
 
-
-class TurnIn(BaseModel):
-    speaker: int = Field(ge=0, le=1)
-    text: str = Field(min_length=1)
-    pause_ms: int = Field(500, ge=0, le=2000)
-
-
-class ConversationIn(BaseModel):
-    turns: list[TurnIn] = Field(min_length=1)
-    max_total_duration_ms: int = Field(30000, ge=5000, le=60000)
-
-
-class CloneIn(BaseModel):
-    text: str = Field(min_length=1)
-    reference_audio_b64: str
-    reference_text: str
-    max_duration_ms: int = Field(15000, ge=1000, le=30000)
-
-
-class BatchIn(BaseModel):
-    texts: list[str] = Field(min_length=1, max_length=10)
-    speaker: int = Field(0, ge=0, le=1)
-    max_duration_per_text_ms: int = Field(10000, ge=1000, le=20000)
-
-
-class ContextualIn(BaseModel):
-    text: str = Field(min_length=1)
-    speaker: int = Field(0, ge=0, le=1)
-    session_id: str = Field(min_length=1)
-    max_duration_ms: int = Field(10000, ge=80, le=60000)
-
-
-class VoiceIn(BaseModel):
-    name: str = Field(min_length=1)
-    audio_b64: str
-    transcript: str
-
-
-def _decode_audio(b64: str) -> np.ndarray:
-    try:
-        data = base64.b64decode(b64, validate=True)
-    except ValueError as exc:
-        raise HTTPException(400, f"audio is not valid base64: {exc}") from exc
-    try:
-        pcm, _ = sf.read(io.BytesIO(data), dtype="float32")
-    except Exception as exc:  # soundfile raises its own LibsndfileError
-        raise HTTPException(400, f"audio could not be decoded: {exc}") from exc
-    return pcm if pcm.ndim == 1 else pcm.mean(axis=1)
-
-
-def standin_app(engine: Optional[Any] = None) -> FastAPI:
-    """The endpoint contract over `engine` (a ToneEngine by default), wired with metrics and the page."""
-    engine = engine or ToneEngine()
-    app = FastAPI()
-    voices: dict[str, dict[str, Any]] = {}
-    sessions: dict[str, list[str]] = {}
-    cache: dict[tuple, bytes] = {}
-
-    @app.exception_handler(EngineOverloadedError)
-    async def overloaded(_: Any, exc: EngineOverloadedError) -> JSONResponse:
-        return JSONResponse({"detail": f"engine overloaded: {exc}"}, status_code=503, headers={"Retry-After": "1"})
-
-    def check_text(text: str) -> None:
-        if len(text) > MAX_TEXT_CHARS:
-            raise HTTPException(413, f"text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
-
-    async def generate(text: str, speaker: int, max_ms: int) -> np.ndarray:
-        check_text(text)
-        audio = await engine.generate(GenerationRequest(text=text, speaker=speaker, max_audio_length_ms=max_ms))
-        return audio.pcm
-
-    def wav_response(pcm: np.ndarray, headers: Optional[dict[str, str]] = None) -> Response:
-        return Response(wav_bytes(pcm), media_type="audio/wav", headers=headers)
-
-    @app.post("/speak")
-    async def speak(body: SpeakIn) -> Response:
-        check_text(body.text)
-        for turn in body.context:
-            _decode_audio(turn.audio_b64)
-        if body.voice is not None and body.voice not in voices:
-            raise HTTPException(404, f"no saved voice with id {body.voice!r}")
-        request = GenerationRequest(text=body.text, speaker=body.speaker, max_audio_length_ms=body.max_duration_ms)
-        if body.stream:
-            chunks = engine.stream(request)
-            first = await chunks.__anext__()  # errors become status codes before the body starts
-
-            async def body_iter() -> AsyncIterator[bytes]:
-                yield streaming_wav_header() + pcm16(first.pcm)
-                async for chunk in chunks:
-                    yield pcm16(chunk.pcm)
-
-            return StreamingResponse(body_iter(), media_type="audio/wav")
-        key = (body.text, body.speaker, body.max_duration_ms, body.seed)
-        if body.seed is not None and key in cache:
-            return Response(cache[key], media_type="audio/wav", headers={"X-Cache": "hit"})
-        audio = await engine.generate(request)
-        data = wav_bytes(audio.pcm)
-        headers = {}
-        if body.seed is not None:
-            cache[key] = data
-            headers["X-Cache"] = "miss"
-        return Response(data, media_type="audio/wav", headers=headers)
-
-    @app.post("/conversation")
-    async def conversation(body: ConversationIn) -> Response:
-        parts = []
-        for turn in body.turns:
-            parts.append(await generate(turn.text, turn.speaker, body.max_total_duration_ms // len(body.turns)))
-            parts.append(np.zeros(turn.pause_ms * SAMPLE_RATE // 1000, dtype=np.float32))
-        return wav_response(np.concatenate(parts))
-
-    @app.post("/clone_voice")
-    async def clone_voice(body: CloneIn) -> Response:
-        _decode_audio(body.reference_audio_b64)
-        return wav_response(await generate(body.text, 0, body.max_duration_ms))
-
-    @app.post("/batch_speak")
-    async def batch_speak(body: BatchIn) -> list[str]:
-        pcms = await asyncio.gather(*(generate(t, body.speaker, body.max_duration_per_text_ms) for t in body.texts))
-        return [base64.b64encode(wav_bytes(p)).decode() for p in pcms]
-
-    @app.post("/contextual_speak")
-    async def contextual_speak(body: ContextualIn) -> Response:
-        history = sessions.setdefault(body.session_id, [])
-        pcm = await generate(body.text, body.speaker, body.max_duration_ms)
-        history.append(body.text)
-        return wav_response(pcm, {"X-Context-Turns": str(len(history) - 1)})
-
-    @app.delete("/sessions/{session_id}")
-    async def reset_session(session_id: str) -> dict[str, Any]:
-        existed = sessions.pop(session_id, None) is not None
-        return {"session_id": session_id, "deleted": existed}
-
-    @app.post("/v1/voices", status_code=201)
-    async def add_voice(body: VoiceIn) -> dict[str, Any]:
-        pcm = _decode_audio(body.audio_b64)
-        voice_id = "voice_" + uuid.uuid4().hex[:12]
-        voices[voice_id] = {"id": voice_id, "name": body.name, "transcript": body.transcript,
-                            "frames": int((await engine.encode_audio(pcm)).shape[0])}
-        return voices[voice_id]
-
-    @app.get("/v1/voices")
-    async def list_voices() -> dict[str, Any]:
-        return {"object": "list", "data": list(voices.values())}
-
-    @app.delete("/v1/voices/{voice_id}")
-    async def delete_voice(voice_id: str) -> dict[str, Any]:
-        if voices.pop(voice_id, None) is None:
-            raise HTTPException(404, f"no saved voice with id {voice_id!r}")
-        return {"id": voice_id, "deleted": True}
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        await engine.check_health()
-        return {"status": "ok"}
-
-    @app.get("/info")
-    async def info() -> dict[str, Any]:
-        return {**(await engine.info()), "sample_rate": SAMPLE_RATE}
-
-    metrics.instrument_app(app)
-    app.include_router(web_router)
-    return app
-
-
-def real_app_factory() -> Optional[Any]:
-    """`create_app(MeteredEngine(Engine.from_preset("tiny-random")))` when both layers exist, else None."""
-    try:
-        from serve_app.api.app import create_app  # noqa: F401
-        from serve_app.engine.engine import Engine  # noqa: F401
-    except ImportError:
-        return None
-
-    def build() -> Any:
-        from serve_app.api.app import create_app
-        from serve_app.engine.engine import Engine
-
-        return create_app(metrics.MeteredEngine(Engine.from_preset("tiny-random")))
-
-    return build
+    engine_module = pytest.importorskip("serve_app.engine.engine", reason="the engine has not landed yet")
+    return engine_module.Engine.from_preset("tiny-random")

@@ -22,12 +22,12 @@ from serve_app.client import (
 )
 from serve_app.client.errors import parse_retry_after
 from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE
-from tests.support_tools import ToneEngine, read_wav, serve_http, standin_app, tone, wav_bytes
+from tests.support_tools import MAX_TEXT_CHARS, ToneEngine, api_app, read_wav, serve_http, tone, wav_bytes
 
 
 @pytest.fixture(scope="module")
-def url() -> str:
-    with serve_http(standin_app(ToneEngine())) as base:
+def url(tmp_path_factory) -> str:
+    with serve_http(api_app(ToneEngine(), tmp_path_factory.mktemp("voices"))) as base:
         yield base
 
 
@@ -69,12 +69,19 @@ def test_speak_sends_context_from_paths_and_bytes(client: TTSClient, ref_wav: st
     assert seconds(wav) > 0
 
 
-def test_bad_context_audio_is_a_bad_request_with_the_servers_message(client: TTSClient) -> None:
+def server_detail(url: str, path: str, body: dict) -> object:
+    """What the server itself answers, read without the client."""
+    return httpx.post(url + path, json=body, timeout=30).json()["detail"]
+
+
+def test_bad_context_audio_is_a_bad_request_with_the_servers_message(client: TTSClient, url: str) -> None:
+    bad = {"text": "x", "speaker": 0, "audio_b64": "not base64!"}
     with pytest.raises(BadRequestError) as err:
-        client.speak("Hi.", context=[{"text": "x", "speaker": 0, "audio_b64": "not base64!"}])
-    assert err.value.status_code == 400
-    assert "base64" in err.value.message
-    with pytest.raises(BadRequestError, match="could not be decoded"):
+        client.speak("Hi.", context=[bad])
+    assert err.value.status_code == 400 and "base64" in err.value.message
+    assert err.value.message == server_detail(url, "/speak", {"text": "Hi.", "speaker": 0, "context": [bad]})
+    assert err.value.request_id  # the server's X-Request-ID, for support tickets
+    with pytest.raises(BadRequestError, match="not audio"):
         client.speak("Hi.", context=[{"text": "x", "speaker": 0, "audio": b"plain text, not audio"}])
 
 
@@ -82,16 +89,18 @@ def test_schema_errors_are_unprocessable_and_name_the_field(client: TTSClient) -
     with pytest.raises(UnprocessableEntityError) as err:
         client.speak("Hi.", speaker=2)
     assert err.value.status_code == 422 and "speaker" in err.value.message
+    assert isinstance(err.value.detail, list)  # pydantic's error list is kept as sent
     with pytest.raises(UnprocessableEntityError, match="text"):
         client.speak("")
     with pytest.raises(UnprocessableEntityError, match="texts"):
         client.batch_speak([f"t{i}" for i in range(11)])
 
 
-def test_too_long_text_is_too_large(client: TTSClient) -> None:
+def test_too_long_text_is_too_large(client: TTSClient, url: str) -> None:
     with pytest.raises(TooLargeError) as err:
-        client.speak("x" * 1000)
-    assert err.value.status_code == 413 and "limit" in err.value.message
+        client.speak("x" * (MAX_TEXT_CHARS + 1))
+    assert err.value.status_code == 413 and str(MAX_TEXT_CHARS) in err.value.message
+    assert err.value.message == server_detail(url, "/speak", {"text": "x" * (MAX_TEXT_CHARS + 1), "speaker": 0})
 
 
 def test_overload_carries_retry_after(client: TTSClient) -> None:
@@ -135,7 +144,7 @@ def test_contextual_speak_and_reset_session(client: TTSClient) -> None:
     assert seconds(client.contextual_speak("First turn.", "s-1", speaker=0)) > 0
     assert seconds(client.contextual_speak("Second turn.", "s-1", speaker=1)) > 0
     client.reset_session("s-1")
-    client.reset_session("never used")  # ids are escaped into the path
+    client.reset_session("never-used")  # resetting an unknown session is fine
 
 
 def test_voices_add_list_use_delete(client: TTSClient, ref_wav: str) -> None:

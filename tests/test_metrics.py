@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serve_app import metrics
 from serve_app.engine.types import GenerationRequest
-from tests.support_tools import ToneEngine, serve_http, standin_app
+from tests.support_tools import ToneEngine, serve_http, api_app
 
 
 def scrape(http: httpx.Client) -> dict[tuple[str, frozenset], float]:
@@ -33,8 +33,8 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def http() -> httpx.Client:
-    with serve_http(standin_app(metrics.MeteredEngine(ToneEngine()))) as url:
+def http(tmp_path_factory) -> httpx.Client:
+    with serve_http(api_app(ToneEngine(), tmp_path_factory.mktemp("voices"))) as url:
         with httpx.Client(base_url=url, timeout=30) as client:
             yield client
 

@@ -14,7 +14,7 @@ import pytest
 
 from serve_app.engine.types import SAMPLE_RATE
 from serve_app.web.routes import ASSETS
-from tests.support_tools import ToneEngine, read_wav, serve_http, standin_app, tone, wav_bytes
+from tests.support_tools import ToneEngine, read_wav, serve_http, api_app, tone, wav_bytes
 
 CHROMIUM = os.environ.get("CSM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -24,9 +24,9 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def url() -> str:
+def url(tmp_path_factory) -> str:
     # Frames trickle out (40 ms each) so streamed playback starts before generation ends.
-    with serve_http(standin_app(ToneEngine(frame_delay_s=0.04))) as base:
+    with serve_http(api_app(ToneEngine(frame_delay_s=0.04), tmp_path_factory.mktemp("voices"))) as base:
         yield base
 
 
