@@ -18,7 +18,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", _app())
 
 
 @schema.parametrize()
-@settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=5, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_no_input_causes_a_server_error(case) -> None:
     response = case.call()
     assert response.status_code < 500, (case.method, case.path, case.body, response.text[:300])
