@@ -222,8 +222,8 @@ def batch(ctx: click.Context, lines_file: Any, output_dir: str, speaker: int, ma
             tqdm(total=len(texts), unit="text", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(texts), batch_size):
             group = texts[start : start + batch_size]
-            for i, (text, wav) in enumerate(zip(group, client.batch_speak(group, speaker, max_duration_per_text_ms)),
-                                            start + 1):
+            wavs = client.batch_speak(group, speaker, max_duration_per_text_ms)
+            for i, (text, wav) in enumerate(zip(group, wavs), start + 1):
                 name = f"{i:0{width}d}.wav"
                 (out / name).write_bytes(wav)
                 manifest.write(json.dumps({"file": name, "text": text}, ensure_ascii=False) + "\n")

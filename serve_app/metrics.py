@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.engine.types import SAMPLE_RATE, Audio, AudioChunk, GenerationRequest
 
+
 # ---------------------------------------------------------------------------------------------------
 # Metrics: prometheus_client in this process, mirrored into Ray's metrics inside a Ray worker
 # ---------------------------------------------------------------------------------------------------
@@ -76,7 +77,8 @@ class Metric:
             elif self.kind == "gauge":
                 self._ray = ray_metrics.Gauge(self.name, self.doc, **tags)
             else:
-                self._ray = ray_metrics.Histogram(self.name, self.doc, boundaries=list(self.buckets or ()), **tags)
+                boundaries = list(self.buckets or ())
+                self._ray = ray_metrics.Histogram(self.name, self.doc, boundaries=boundaries, **tags)
         return self._ray
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
@@ -99,7 +101,7 @@ class Metric:
 
 
 # Names are the dashboard's contract (configs/grafana/csm-serve.json).
-HTTP_REQUESTS = Metric("counter", "csm_http_requests", "HTTP requests answered, by route template and status.",
+HTTP_REQUESTS = Metric("counter", "csm_http_requests", "HTTP requests answered, by route and status.",
                        ("method", "endpoint", "status"))
 HTTP_LATENCY = Metric(
     "histogram", "csm_http_request_duration_seconds", "Time from request start to the last response byte.",
@@ -116,7 +118,7 @@ REAL_TIME_FACTOR = Metric(
 FRAMES_GENERATED = Metric("counter", "csm_frames_generated", "Mimi frames generated (80 ms of audio each).")
 AUDIO_SECONDS = Metric("counter", "csm_audio_generated_seconds", "Seconds of audio generated.")
 CACHE_HITS = Metric("counter", "csm_cache_hits", "Requests answered from a cache.", ("cache",))
-CACHE_MISSES = Metric("counter", "csm_cache_misses", "Cacheable requests that had to be generated.", ("cache",))
+CACHE_MISSES = Metric("counter", "csm_cache_misses", "Cacheable requests that were generated.", ("cache",))
 QUEUE_DEPTH = Metric("gauge", "csm_queue_depth", "Requests waiting for an engine slot.")
 BATCH_SIZE = Metric("gauge", "csm_batch_size", "Sequences in the engine's latest batched step.")
 GENERATIONS_IN_PROGRESS = Metric("gauge", "csm_generations_in_progress", "Utterances being generated now.")
@@ -187,6 +189,7 @@ def clean_request_id(value: Optional[str]) -> str:
     return uuid.uuid4().hex
 
 
+_UTC = _dt.timezone.utc
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
@@ -195,7 +198,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": _dt.datetime.fromtimestamp(record.created, _dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": _dt.datetime.fromtimestamp(record.created, _UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
+import shutil
 import socket
 import struct
 import threading
@@ -136,6 +138,32 @@ class ToneEngine:
 
     async def check_health(self) -> None:
         return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Headless Chromium (Debian's package, driven by Playwright; never `playwright install`)
+# ---------------------------------------------------------------------------------------------------
+CHROMIUM = os.environ.get("CSM_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    """A Playwright browser on Debian's chromium; skips the test when either is missing."""
+    import pytest
+
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        pytest.skip(f"chromium not found at {CHROMIUM} (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 # ---------------------------------------------------------------------------------------------------

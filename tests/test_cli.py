@@ -13,7 +13,16 @@ from click.testing import CliRunner
 from serve_app import cli as cli_module
 from serve_app.cli import cli, finish_streamed_wav
 from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE
-from tests.support_tools import ToneEngine, pcm16, read_wav, serve_http, api_app, streaming_wav_header, tone, wav_bytes
+from tests.support_tools import (
+    ToneEngine,
+    api_app,
+    pcm16,
+    read_wav,
+    serve_http,
+    streaming_wav_header,
+    tone,
+    wav_bytes,
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +92,7 @@ def test_batch_writes_one_file_per_line_in_order(url: str, tmp_path: Path) -> No
     assert [f.name for f in files] == [f"{i:04d}.wav" for i in range(1, 13)]
     lengths = [duration(f) for f in files]
     assert lengths == sorted(lengths) and len(set(lengths)) == 12  # each text got its own, in order
-    manifest = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()]
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [m["text"] for m in manifest] == texts and manifest[0]["file"] == "0001.wav"
     assert "12/12" in result.output  # the progress bar reached the end
 

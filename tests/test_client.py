@@ -1,4 +1,4 @@
-"""TTSClient / AsyncTTSClient over real HTTP on loopback: every call, and errors mapped to typed exceptions."""
+"""TTSClient / AsyncTTSClient over real HTTP on loopback: every call, errors mapped to typed exceptions."""
 from __future__ import annotations
 
 import asyncio
@@ -100,7 +100,8 @@ def test_too_long_text_is_too_large(client: TTSClient, url: str) -> None:
     with pytest.raises(TooLargeError) as err:
         client.speak("x" * (MAX_TEXT_CHARS + 1))
     assert err.value.status_code == 413 and str(MAX_TEXT_CHARS) in err.value.message
-    assert err.value.message == server_detail(url, "/speak", {"text": "x" * (MAX_TEXT_CHARS + 1), "speaker": 0})
+    too_long = {"text": "x" * (MAX_TEXT_CHARS + 1), "speaker": 0}
+    assert err.value.message == server_detail(url, "/speak", too_long)
 
 
 def test_overload_carries_retry_after(client: TTSClient) -> None:
@@ -164,7 +165,8 @@ def test_health_and_info(client: TTSClient) -> None:
 
 
 def test_unreachable_server_is_a_connection_error() -> None:
-    with TTSClient("http://127.0.0.1:9", timeout=2) as c, pytest.raises(TTSConnectionError, match="cannot reach"):
+    with TTSClient("http://127.0.0.1:9", timeout=2) as c, \
+            pytest.raises(TTSConnectionError, match="cannot reach"):
         c.health()
 
 
@@ -232,7 +234,8 @@ def test_unknown_status_is_a_generic_error_with_request_id() -> None:
     with TTSClient("http://tts.test", transport=transport) as c, pytest.raises(TTSError) as err:
         c.add_voice("n", b"RIFF", "t")
     assert type(err.value) is TTSError
-    assert (err.value.status_code, err.value.message, err.value.request_id) == (409, "voice name taken", "abc")
+    assert err.value.status_code == 409 and err.value.message == "voice name taken"
+    assert err.value.request_id == "abc"
 
 
 def test_wire_bodies_follow_the_contract() -> None:

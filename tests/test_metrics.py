@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serve_app import metrics
 from serve_app.engine.types import GenerationRequest
-from tests.support_tools import ToneEngine, serve_http, api_app
+from tests.support_tools import ToneEngine, api_app, serve_http
 
 
 def scrape(http: httpx.Client) -> dict[tuple[str, frozenset], float]:
@@ -120,10 +120,10 @@ def test_request_ids_are_echoed_or_made_and_reach_the_json_log(http: httpx.Clien
     assert len(made.headers["x-request-id"]) == 32
     assert unsafe.headers["x-request-id"] not in ("", "bad id\twith spaces")
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    access = [l for l in lines if l["logger"] == "csm_serve.access"]
-    assert [l["request_id"] for l in access] == [
+    access = [entry for entry in lines if entry["logger"] == "csm_serve.access"]
+    assert [entry["request_id"] for entry in access] == [
         "req-42", made.headers["x-request-id"], unsafe.headers["x-request-id"]]
-    assert all(l["status"] == 200 and l["endpoint"] == "/info" and l["duration_ms"] >= 0 for l in access)
+    assert all(e["status"] == 200 and e["endpoint"] == "/info" and e["duration_ms"] >= 0 for e in access)
 
 
 def test_json_formatter_includes_extras_and_the_current_request_id() -> None:

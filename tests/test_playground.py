@@ -5,8 +5,6 @@ Needs Debian's chromium and Playwright's Python package (never `playwright insta
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import httpx
@@ -14,13 +12,7 @@ import pytest
 
 from serve_app.engine.types import SAMPLE_RATE
 from serve_app.web.routes import ASSETS
-from tests.support_tools import ToneEngine, read_wav, serve_http, api_app, tone, wav_bytes
-
-CHROMIUM = os.environ.get("CSM_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
+from tests.support_tools import ToneEngine, api_app, chromium, read_wav, serve_http, tone, wav_bytes
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +24,8 @@ def url(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.skip(f"chromium not found at {CHROMIUM} (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture()

@@ -97,7 +97,8 @@ class AsyncTTSClient:
     async def clone_voice(
         self, text: str, reference_audio_path: AudioSource, reference_text: str, max_duration_ms: int = 20000
     ) -> bytes:
-        return await self._send(calls.clone_voice(text, reference_audio_path, reference_text, max_duration_ms))
+        call = calls.clone_voice(text, reference_audio_path, reference_text, max_duration_ms)
+        return await self._send(call)
 
     async def generate_conversation(
         self, turns: Sequence[Mapping[str, Any]], max_total_duration_ms: int = 30000

@@ -231,7 +231,7 @@ async function playStreamed(response, startedAt) {
   const heard = () => (liveStart === null ? 0 : Math.max(0, ctx.currentTime - liveStart));
   const stopLive = () => sources.forEach((s) => { try { s.stop(); } catch (_) { /* already ended */ } });
   const remaining = total - heard();
-  showResult(wav.toBlob(), { play: remaining > 0.25, position: () => heard() + 0.02, handover: stopLive });
+  showResult(wav.toBlob(), { play: remaining > 0.05, position: () => heard() + 0.02, handover: stopLive });
   return total;
 }
 
