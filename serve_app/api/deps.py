@@ -2,16 +2,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Optional, Protocol
 
 from fastapi import Depends, Request
 
-from serve_app.api.cache import ResponseCache
+from serve_app.api.cache import ResponseCache, cache_key
 from serve_app.api.sessions import SessionStore
 from serve_app.api.settings import ApiSettings
 from serve_app.api.synthesis import Synthesizer
 
 __all__ = ["Services", "ServicesDep", "services"]
+
+
+class CacheableOptions(Protocol):
+    """The request fields that decide cacheability and enter every cache key."""
+
+    seed: Optional[int]
+    temperature: Optional[float]
+    top_k: Optional[int]
+    cache: bool
+    response_format: str
 
 
 @dataclass
@@ -20,6 +30,14 @@ class Services:
     synth: Synthesizer
     cache: ResponseCache
     sessions: SessionStore
+
+    async def cache_key(self, endpoint: str, opts: CacheableOptions, **parts: object) -> Optional[str]:
+        """A key only for cacheable requests (a seed makes them deterministic, `cache` opts in); it
+        covers the model and its revision, the sampling options, the format and the given `parts`."""
+        if not self.cache.enabled or (opts.seed is None and not opts.cache):
+            return None
+        return cache_key(endpoint, model=await self.synth.model(), seed=opts.seed, temperature=opts.temperature,
+                         top_k=opts.top_k, format=opts.response_format, **parts)
 
 
 def services(request: Request) -> Services:

@@ -11,7 +11,6 @@ from typing import Optional
 
 from fastapi import APIRouter, Request, Response
 
-from serve_app.api.cache import cache_key
 from serve_app.api.deps import ServicesDep
 from serve_app.api.errors import ApiError, request_id_of
 from serve_app.api.responses import (
@@ -68,11 +67,8 @@ async def create_speech(body: OpenAISpeechRequest, request: Request, svc: Servic
     if body.stream_format == "sse":
         return sse_response(await synth.stream(generation), fmt, body.speed)
 
-    key = None
-    if svc.cache.enabled and (body.seed is not None or body.cache):
-        key = cache_key("openai_speech", model=await synth.model(), text=text, speaker=speaker, format=fmt,
-                        voice=saved.info.model_dump() if saved else None, speed=body.speed, seed=body.seed,
-                        temperature=body.temperature, top_k=body.top_k)
+    key = await svc.cache_key("openai_speech", body, text=text, speaker=speaker, speed=body.speed,
+                              voice=saved.info.model_dump() if saved else None)
     if key is None:  # nothing to cache: stream, as OpenAI does
         return streaming_response(await synth.stream(generation), fmt, {}, body.speed)
 

@@ -7,24 +7,15 @@ import base64
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from serve_app.api.cache import cache_key, digest
-from serve_app.api.deps import Services, ServicesDep
+from serve_app.api.cache import digest
+from serve_app.api.deps import ServicesDep
 from serve_app.api.errors import ApiError, request_id_of
 from serve_app.api.responses import AUDIO_RESPONSES, audio_headers, cached_response, encode_response, streaming_response
-from serve_app.api.schemas import BatchSpeakRequest, CloneVoiceRequest, SpeakRequest, SynthesisOptions
+from serve_app.api.schemas import BatchSpeakRequest, CloneVoiceRequest, SpeakRequest
 from serve_app.audio.encode import encode_audio
 from serve_app.engine.types import GenerationRequest
 
 router = APIRouter(tags=["speech"])
-
-
-async def _cache_key(svc: Services, endpoint: str, opts: SynthesisOptions, **parts: object) -> str | None:
-    """A key only for cacheable requests: a seed makes them deterministic, `cache` opts in."""
-    if not svc.cache.enabled or (opts.seed is None and not opts.cache):
-        return None
-    model = await svc.synth.model()
-    return cache_key(endpoint, model=model, seed=opts.seed, temperature=opts.temperature, top_k=opts.top_k,
-                     format=opts.response_format, **parts)
 
 
 @router.post("/speak", responses=AUDIO_RESPONSES, response_class=Response)
@@ -52,8 +43,8 @@ async def speak(body: SpeakRequest, request: Request, svc: ServicesDep) -> Respo
         audio = await synth.generate(await generation(), quality_check=body.quality_check)
         return await encode_response(audio.pcm, body.response_format, audio_headers(audio, filename))
 
-    key = await _cache_key(
-        svc, "speak", body, text=text, speaker=speaker, max_ms=body.max_duration_ms, quality=body.quality_check,
+    key = await svc.cache_key(
+        "speak", body, text=text, speaker=speaker, max_ms=body.max_duration_ms, quality=body.quality_check,
         context=digest([(c.text, c.speaker, c.audio_b64) for c in body.context]) if body.context else None,
         voice=voice.info.model_dump() if voice else None,
     )
@@ -74,15 +65,14 @@ async def clone_voice(body: CloneVoiceRequest, request: Request, svc: ServicesDe
         else:  # speaker 0 as in the original design
             reference = await synth.segment(body.reference_text, 0, body.reference_audio_b64, body.normalize,
                                             "reference_text", "reference_audio_b64")
-        request_ = GenerationRequest(text=text, speaker=reference.speaker, context=[reference],
-                                     max_audio_length_ms=body.max_duration_ms,
-                                     sampling=synth.sampling(body.temperature, body.top_k, body.seed),
-                                     request_id=request_id_of(request))
-        audio = await synth.generate(request_)
+        audio = await synth.generate(GenerationRequest(
+            text=text, speaker=reference.speaker, context=[reference], max_audio_length_ms=body.max_duration_ms,
+            sampling=synth.sampling(body.temperature, body.top_k, body.seed), request_id=request_id_of(request),
+        ))
         return await encode_response(audio.pcm, body.response_format, audio_headers(audio, filename))
 
-    key = await _cache_key(
-        svc, "clone_voice", body, text=text, max_ms=body.max_duration_ms,
+    key = await svc.cache_key(
+        "clone_voice", body, text=text, max_ms=body.max_duration_ms,
         reference=digest(body.reference_text, body.reference_audio_b64) if not voice else None,
         voice=voice.info.model_dump() if voice else None,
     )
