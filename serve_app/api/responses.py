@@ -66,15 +66,16 @@ async def cached_response(
 async def _encoded_chunks(stream: AudioStream, fmt: AudioFormat, speed: float) -> AsyncIterator[bytes]:
     encoder = open_stream_encoder(fmt)
     stretcher = TempoStretcher(speed) if speed != 1.0 else None
-    async for chunk in stream.chunks():
-        pcm = stretcher.process(chunk.pcm) if stretcher else chunk.pcm
-        data = encoder.write(pcm)
-        if data:
-            yield data
-    tail = encoder.write(stretcher.flush()) if stretcher else b""
-    tail += encoder.close()
-    if tail:
-        yield tail
+    try:
+        async for chunk in stream.chunks():
+            data = encoder.write(stretcher.process(chunk.pcm) if stretcher else chunk.pcm)
+            if data:
+                yield data
+        tail = encoder.write(stretcher.flush()) if stretcher else b""
+        if tail := tail + encoder.close():
+            yield tail
+    finally:
+        encoder.close()  # idempotent; frees FFmpeg's muxer when the client leaves early
 
 
 def streaming_response(
