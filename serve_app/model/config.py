@@ -162,6 +162,9 @@ def from_hf_config(cfg: Any) -> CsmModelConfig:
 SESAME_FLAVORS: dict[str, TransformerConfig] = {
     "llama-1B": TransformerConfig(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, intermediate_size=8192),
     "llama-100M": TransformerConfig(dim=1024, n_layers=4, n_heads=8, n_kv_heads=2, intermediate_size=8192),
+    # The tiny-random preset's stacks, so tiny checkpoints can be written in the original layout too.
+    "tiny-64": TransformerConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=128),
+    "tiny-32": TransformerConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=64),
 }
 
 

@@ -148,7 +148,10 @@ def _load_sesame(path: Path, preset: ModelPreset, device: torch.device,
     if not codec_file.exists():
         codec_file = fetch_file(preset.codec_repo_id or "kyutai/moshiko-pytorch-bf16", codec_name,
                                 preset.codec_revision)
-    mimi_cfg = MimiConfig()
+    # Kyutai's file carries no config: the released Mimi geometry is transformers' default
+    # MimiConfig; a `mimi_config.json` next to the weights overrides it.
+    mimi_cfg_file = path / "mimi_config.json"
+    mimi_cfg = MimiConfig.from_json_file(str(mimi_cfg_file)) if mimi_cfg_file.exists() else MimiConfig()
     codec = MimiCodec.from_state_dict(mimi_cfg, moshi_to_hf_mimi(load_file(str(codec_file)), mimi_cfg), device)
 
     tok_dir = path

@@ -9,15 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from serve_app.model.config import CsmModelConfig, RopeConfig, TransformerConfig
+from serve_app.model.config import SESAME_FLAVORS, CsmModelConfig
 
 TINY_TEXT_VOCAB = 260  # the byte-level tiny tokenizer: 256 bytes + 4 special tokens
 
 TINY_CONFIG = CsmModelConfig(
-    backbone=TransformerConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=128,
-                               rope=RopeConfig()),
-    decoder=TransformerConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=64,
-                              rope=RopeConfig()),
+    backbone=SESAME_FLAVORS["tiny-64"],
+    decoder=SESAME_FLAVORS["tiny-32"],
     text_vocab_size=TINY_TEXT_VOCAB,
 )
 
