@@ -18,7 +18,7 @@ from transformers import MimiConfig, MimiModel
 def tiny_mimi_config(**overrides: Any) -> MimiConfig:
     params: dict[str, Any] = dict(
         hidden_size=32,
-        num_filters=4,
+        num_filters=2,
         num_hidden_layers=2,
         intermediate_size=64,
         num_attention_heads=4,
@@ -48,7 +48,7 @@ def random_mimi(config: MimiConfig, seed: int = 0) -> MimiModel:
             if isinstance(module, nn.Linear):
                 module.weight.normal_(0.0, module.in_features**-0.5)
         last = model.decoder.layers[-1].conv
-        scale = model.decode(random_codes(2, 8, config, seed=seed))[0].std()
+        scale = model.decode(random_codes(2, 4, config, seed=seed))[0].std()
         last.weight.div_(scale)
         last.bias.div_(scale)
     return model

@@ -5,11 +5,12 @@ import random
 
 import pytest
 import torch
+from transformers import MimiModel
 
 from serve_app.model.mimi_stream import MimiStreamDecoder
 from support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
 
-FRAMES = 16  # 32 transformer tokens, several times the tiny sliding window of 6
+FRAMES = 12  # 24 transformer tokens, four times the tiny sliding window of 6
 ATOL, RTOL = 1e-4, 1e-5
 
 
@@ -71,7 +72,7 @@ def test_chunked_stream_equals_full_decode(mimi, batch, schedule):
 
 def test_interleaved_slots_with_different_histories(mimi):
     """Streams start at different times, are decoded in varying groups and orders, and never mix."""
-    lengths = {4: 15, 0: 11, 2: 9}  # slot -> frames of its stream
+    lengths = {4: 10, 0: 8, 2: 6}  # slot -> frames of its stream
     codes = {slot: random_codes(1, n, mimi.config, seed=10 + slot) for slot, n in lengths.items()}
     decoder = MimiStreamDecoder(mimi, max_streams=5)
     done = {slot: 0 for slot in lengths}
@@ -134,8 +135,8 @@ def test_acquire_and_free_cycle_slots(mimi):
 )
 def test_config_variants_stream_exactly(overrides):
     model = random_mimi(tiny_mimi_config(**overrides), seed=3)
-    codes = random_codes(2, 10, model.config, seed=4)
-    streamed = stream_decode(MimiStreamDecoder(model, max_streams=2), codes, [1, 3, 2, 4])
+    codes = random_codes(2, 8, model.config, seed=4)
+    streamed = stream_decode(MimiStreamDecoder(model, max_streams=2), codes, [1, 3, 4])
     torch.testing.assert_close(streamed, full_decode(model, codes), atol=ATOL, rtol=RTOL)
 
 
@@ -151,6 +152,14 @@ def test_uses_the_models_own_weights(mimi):
     after = stream_decode(decoder, codes, [2, 4])
     assert not torch.allclose(before, after, atol=1e-3)
     torch.testing.assert_close(after, full_decode(model, codes), atol=ATOL, rtol=RTOL)
+
+
+def test_float64_stream_is_exact_after_moving_the_model():
+    """In float64 streaming and full decode agree to rounding; the model was decoded in float32 first."""
+    model = random_mimi(tiny_mimi_config(), seed=11).double()  # codebook tables cached in float32
+    codes = random_codes(2, 12, model.config, seed=12)
+    streamed = stream_decode(MimiStreamDecoder(model, max_streams=2), codes, [5, 1, 4, 2])
+    torch.testing.assert_close(streamed, full_decode(model, codes).float(), atol=1e-6, rtol=0)
 
 
 def test_real_shapes_one_frame_is_1920_samples(mimi):
@@ -180,21 +189,26 @@ def test_bad_input_is_rejected_before_touching_state(mimi, codes, slots, message
     assert int(decoder._seen[0]) == 0
 
 
-def test_unstreamable_models_are_refused():
-    with pytest.raises(ValueError, match="max_streams"):
-        MimiStreamDecoder(random_mimi(tiny_mimi_config()), max_streams=0)
-    with pytest.raises(ValueError, match="causal"):
-        MimiStreamDecoder(random_mimi(tiny_mimi_config(use_causal_conv=False)), max_streams=1)
-    with pytest.raises(ValueError, match="trim_right_ratio"):
-        MimiStreamDecoder(random_mimi(tiny_mimi_config(trim_right_ratio=0.5)), max_streams=1)
-    with pytest.raises(ValueError, match="reflect"):
-        MimiStreamDecoder(random_mimi(tiny_mimi_config(pad_mode="reflect")), max_streams=1)
+@pytest.mark.parametrize(
+    "overrides, max_streams, message",
+    [
+        ({}, 0, "max_streams"),
+        ({"use_causal_conv": False}, 1, "causal"),
+        ({"trim_right_ratio": 0.5}, 1, "trim_right_ratio"),
+        ({"pad_mode": "reflect"}, 1, "reflect"),
+        ({"sliding_window": 0}, 1, "sliding_window"),
+    ],
+)
+def test_unstreamable_models_are_refused(overrides, max_streams, message):
+    with pytest.raises(ValueError, match=message):
+        MimiStreamDecoder(MimiModel(tiny_mimi_config(**overrides)), max_streams=max_streams)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-3), (torch.bfloat16, None)])
 def test_cuda_stream_matches_full_decode(dtype, atol):
     model = random_mimi(tiny_mimi_config(), seed=8).to("cuda", dtype)
+    MimiStreamDecoder(model, max_streams=1)  # drops the float32 CPU codebook cache for full_decode too
     codes = random_codes(3, FRAMES, model.config, seed=9).cuda()
     streamed = stream_decode(MimiStreamDecoder(model, max_streams=3), codes, random_split(FRAMES, 3))
     ref = full_decode(model, codes).float()

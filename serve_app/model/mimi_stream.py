@@ -17,6 +17,7 @@ import math
 
 import torch
 from transformers import MimiModel
+from transformers.models.mimi.modeling_mimi import MimiEuclideanCodebook
 
 from serve_app.model.mimi_stream_seanet import StreamingStack
 from serve_app.model.mimi_stream_transformer import StreamingTransformer
@@ -37,6 +38,7 @@ class MimiStreamDecoder:
             raise ValueError("streaming decode supports mono Mimi models only")
         param = next(mimi.parameters())
         device, dtype = param.device, param.dtype
+        _drop_stale_codebooks(mimi)
         self.mimi = mimi
         self.max_streams = max_streams
         self.num_codebooks = config.num_quantizers
@@ -88,7 +90,7 @@ class MimiStreamDecoder:
         `check=False` skips the validation (which syncs with the device) for a trusted caller.
         """
         if check:
-            self._validate(codes, slots)
+            self.validate(codes, slots)
         codes = codes.to(self.device)
         slots = slots.to(self.device)
         seen = self._seen[slots]
@@ -104,7 +106,8 @@ class MimiStreamDecoder:
         if not 0 <= slot < self.max_streams:
             raise ValueError(f"slot {slot} out of range [0, {self.max_streams})")
 
-    def _validate(self, codes: torch.Tensor, slots: torch.Tensor) -> None:
+    def validate(self, codes: torch.Tensor, slots: torch.Tensor) -> None:
+        """Raise ValueError unless `decode(codes, slots)` is well-formed for the current slot states."""
         if codes.dim() != 3 or codes.shape[1] != self.num_codebooks or codes.shape[2] < 1:
             raise ValueError(f"codes must be (B, {self.num_codebooks}, n>=1), got {tuple(codes.shape)}")
         if codes.dtype != torch.long:
@@ -120,3 +123,16 @@ class MimiStreamDecoder:
             self._check_slot(slot)
             if not self._active[slot]:
                 raise ValueError(f"slot {slot} is not active: reset it before decoding")
+
+
+def _drop_stale_codebooks(mimi: MimiModel) -> None:
+    """Forget codebook tables cached before the model moved to another device or dtype.
+
+    `MimiEuclideanCodebook.embed` caches `embed_sum / cluster_usage` in a plain attribute that
+    `.to()` does not move, so a model decoded once on CPU fails (or runs in the old dtype) on GPU.
+    """
+    for module in mimi.quantizer.modules():
+        if isinstance(module, MimiEuclideanCodebook) and module._embed is not None:
+            cached, source = module._embed, module.embed_sum
+            if cached.device != source.device or cached.dtype != source.dtype:
+                module._embed = None
