@@ -1,0 +1,243 @@
+"""Device side of the engine: per-slot state, prefill, the decode step and streaming audio decode.
+
+All per-slot state lives in preallocated device tensors indexed by slot, so one decode step is a
+fixed set of kernels for a given (batch bucket, key-window bucket): on CUDA it is captured once
+per bucket as CUDA graphs (optionally over `torch.compile`d step functions) and replayed; on CPU
+the very same functions run eagerly. The step itself advances positions and frame counters on the
+device, so the host only writes a slot's state when a request joins or leaves.
+
+A decode step for batch rows 0..B-1 (row = slot):
+  hidden  = backbone(embeds, positions)                  backbone graph (B, key window)
+  codes   = depth frame(hidden) with per-row seeds        depth graph (B)
+  embeds  = embedding of codes (next step's input); history ring[slot, frame % R] = codes;
+  positions, frames += 1 for live rows
+New frames are decoded to audio from the history ring by `MimiStreamDecoder`, batched across slots.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Optional, Sequence as Seq
+
+import numpy as np
+import torch
+
+from serve_app.engine.sequence import Sequence
+from serve_app.model.csm import CsmModel
+from serve_app.model.fast_step import FastStep
+from serve_app.model.mimi_stream import MimiStreamDecoder
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KV_BUCKETS = (128, 256, 512, 1024, 2048)
+
+
+def buckets_up_to(n: int) -> tuple[int, ...]:
+    """Batch buckets 1, 2, 4, ... below n, then n itself."""
+    out = [1 << i for i in range(max(1, math.ceil(math.log2(max(n, 1)))) + 1) if (1 << i) < n]
+    return tuple(out + [n])
+
+
+def slot_bytes(model: CsmModel) -> int:
+    """Device bytes one slot needs: backbone and depth KV caches (the audio decoder's state is small)."""
+    dtype_bytes = model.codebook0_head.weight.element_size()
+    total = 0
+    for stack, positions in ((model.cfg.backbone, model.max_seq_len + 1), (model.cfg.decoder, model.cfg.decoder_seq_len + 1)):
+        total += stack.n_layers * 2 * stack.n_kv_heads * positions * stack.head_dim * dtype_bytes  # type: ignore[operator]
+    return total
+
+
+def slots_for_memory(model: CsmModel, cap: int, memory_fraction: float = 0.8) -> int:
+    """KV slots that fit `memory_fraction` of the free device memory, at most `cap` (and at least 1)."""
+    device = model.codebook0_head.weight.device
+    if device.type != "cuda":
+        return max(1, cap)
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(cap, int(free * memory_fraction) // slot_bytes(model)))
+
+
+class ModelRunner:
+    """Owns the model's caches and all device state; used by the engine loop thread only."""
+
+    def __init__(self, model: CsmModel, mimi: Any, n_slots: int, *, vocab_limit: Optional[int] = None,
+                 cuda_graphs: bool = False, compile: bool = False, compile_mode: Optional[str] = None,
+                 kv_buckets: Seq[int] = DEFAULT_KV_BUCKETS, history: int = 16) -> None:
+        self.model = model
+        self.device = model.codebook0_head.weight.device
+        self.dtype = model.codebook0_head.weight.dtype
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        self.n_slots = n_slots
+        model.setup_caches(n_slots)
+        self.fast = FastStep(model, vocab_limit)
+        if compile:
+            self.fast.compile(compile_mode)
+        self.compiled = compile
+        self.cuda_graphs = cuda_graphs
+        self.batch_buckets = buckets_up_to(n_slots)
+        limit = model.max_seq_len
+        self.kv_buckets = tuple(sorted({min(b, limit) for b in kv_buckets} | {limit}))
+        self.history_len = history
+        n, dev = model.cfg.num_codebooks, self.device
+        self.embeds = torch.zeros(n_slots, model.cfg.backbone.dim, dtype=self.dtype, device=dev)
+        self.hidden = torch.zeros_like(self.embeds)
+        self.positions = torch.full((n_slots,), -1, dtype=torch.long, device=dev)
+        self.frame = torch.zeros(n_slots, dtype=torch.long, device=dev)
+        self.seeds = torch.zeros(n_slots, dtype=torch.long, device=dev)
+        self.temperature = torch.ones(n_slots, dtype=torch.float32, device=dev)
+        self.top_k = torch.ones(n_slots, dtype=torch.long, device=dev)
+        self.codes = torch.zeros(n_slots, n, dtype=torch.long, device=dev)
+        self.history = torch.zeros(n_slots, history, n, dtype=torch.long, device=dev)
+        self._rows = torch.arange(n_slots, device=dev)
+        self._codebook_ids = [torch.tensor([i], device=dev) for i in range(n)]
+        self.decoder = MimiStreamDecoder(mimi, n_slots)
+        self.frame_samples = self.decoder.frame_samples
+        self._backbone_graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._depth_graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        if cuda_graphs:
+            self.capture()
+
+    # ---- buckets ------------------------------------------------------------------------------
+    def batch_bucket(self, rows: int) -> int:
+        return next(b for b in self.batch_buckets if b >= rows)
+
+    def kv_bucket(self, positions: int) -> int:
+        """Smallest key window holding positions 0..positions-1."""
+        if positions > self.kv_buckets[-1]:
+            raise ValueError(f"position {positions - 1} is beyond the cache ({self.kv_buckets[-1]})")
+        return next(b for b in self.kv_buckets if b >= positions)
+
+    # ---- host -> device -----------------------------------------------------------------------
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Copy without waiting for the device: pinned staging, so queued steps keep running."""
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
+
+    # ---- join / leave -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def start(self, seqs: Seq[Sequence]) -> None:
+        """Prefill joining sequences (every prompt row but the last, batched, right-padded) and arm
+        their slots: the last prompt row is the first decode step's input."""
+        if not seqs:
+            return
+        m = self.model
+        slots = self._to_device(torch.tensor([s.slot for s in seqs], dtype=torch.long))
+        body = [s for s in seqs if s.prompt_len > 1]
+        if body:
+            width = max(s.prompt_len - 1 for s in body)
+            tokens = torch.zeros(len(body), width, m.cfg.num_codebooks + 1, dtype=torch.long)
+            mask = torch.zeros(tokens.shape, dtype=torch.bool)
+            positions = torch.full((len(body), width), -1, dtype=torch.long)
+            for i, s in enumerate(body):
+                t = s.prompt_len - 1
+                tokens[i, :t], mask[i, :t] = s.tokens[:t], s.mask[:t]
+                positions[i, :t] = torch.arange(t)
+            kv_len = min(-(-width // 16) * 16, m.max_seq_len)
+            self.fast.prefill(self._to_device(tokens), self._to_device(mask), self._to_device(positions),
+                              self._to_device(torch.tensor([s.slot for s in body], dtype=torch.long)), kv_len)
+        last_tokens = torch.stack([s.tokens[-1] for s in seqs])[:, None]
+        last_mask = torch.stack([s.mask[-1] for s in seqs])[:, None]
+        self.embeds[slots] = m.embed_rows(self._to_device(last_tokens), self._to_device(last_mask))[:, 0]
+        self.positions[slots] = self._to_device(torch.tensor([s.prompt_len - 1 for s in seqs], dtype=torch.long))
+        self.frame[slots] = 0
+        self.seeds[slots] = self._to_device(torch.tensor([s.seed for s in seqs], dtype=torch.long))
+        params = [s.request.sampling for s in seqs]
+        self.temperature[slots] = self._to_device(torch.tensor([p.temperature for p in params], dtype=torch.float32))
+        self.top_k[slots] = self._to_device(torch.tensor([p.top_k for p in params], dtype=torch.long))
+        for s in seqs:
+            self.decoder.reset(s.slot)  # type: ignore[arg-type]
+
+    def release(self, slot: int) -> None:
+        """Stop stepping `slot` and free its audio decoder state."""
+        self.positions[slot] = -1
+        self.decoder.free(slot)
+
+    # ---- decode step --------------------------------------------------------------------------
+    def _backbone(self, rows: int, kv_len: int) -> None:
+        h = self.fast._backbone_step(self.embeds[:rows], self.positions[:rows], kv_len)
+        self.hidden[:rows].copy_(h)
+
+    def _depth(self, rows: int) -> None:
+        frame = self.frame[:rows]
+        codes = self.fast.depth_frame(self.hidden[:rows], self.temperature[:rows], self.top_k[:rows],
+                                      self.seeds[:rows], frame, self._codebook_ids)
+        self.codes[:rows].copy_(codes)
+        self.embeds[:rows].copy_(self.model.embed_frame(codes))
+        self.history[self._rows[:rows], frame % self.history_len] = codes
+        live = (self.positions[:rows] >= 0).long()
+        self.positions[:rows] += live
+        self.frame[:rows] += live
+
+    @torch.inference_mode()
+    def step(self, rows: int, positions: int) -> int:
+        """Launch one decode step for slots 0..rows-1 whose highest next position is < `positions`.
+
+        Returns the batch bucket used; results land in `codes` and the history ring."""
+        batch, kv_len = self.batch_bucket(rows), self.kv_bucket(positions)
+        if self.cuda_graphs:
+            self._backbone_graphs[(batch, kv_len)].replay()
+            self._depth_graphs[batch].replay()
+        else:
+            self._backbone(batch, kv_len)
+            self._depth(batch)
+        return batch
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        """Warm up (and compile) every bucket, then capture one graph per (batch, key window) for the
+        backbone and one per batch for the depth frame, sharing one memory pool."""
+        if self.positions.ge(0).any():
+            raise RuntimeError("capture CUDA graphs before any slot is live")
+        pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for batch in self.batch_buckets:
+                for kv_len in self.kv_buckets:
+                    self._backbone(batch, kv_len)
+                self._depth(batch)
+                self._depth(batch)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        torch.cuda.synchronize(self.device)
+        for batch in reversed(self.batch_buckets):
+            for kv_len in self.kv_buckets:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self._backbone(batch, kv_len)
+                self._backbone_graphs[(batch, kv_len)] = graph
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self._depth(batch)
+            self._depth_graphs[batch] = graph
+        torch.cuda.synchronize(self.device)
+        logger.info("captured %d CUDA graphs (batches %s, key windows %s)",
+                    len(self._backbone_graphs) + len(self._depth_graphs), self.batch_buckets, self.kv_buckets)
+
+    # ---- audio --------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def decode_audio(self, slots: Seq[int], first_frames: Seq[int], n: int) -> torch.Tensor:
+        """Decode frames first..first+n-1 of each slot from the history ring: (B, n * 1920) float32."""
+        if n > self.history_len:
+            raise ValueError(f"cannot decode {n} frames at once (history ring holds {self.history_len})")
+        idx = (torch.tensor(list(first_frames), dtype=torch.long)[:, None] + torch.arange(n)) % self.history_len
+        slot_t = self._to_device(torch.tensor(list(slots), dtype=torch.long))
+        codes = self.history[slot_t[:, None], self._to_device(idx)].transpose(1, 2)
+        return self.decoder.decode(codes.contiguous(), slot_t, check=False)
+
+    def fetch(self, tensors: Seq[torch.Tensor]) -> list[np.ndarray]:
+        """Bring device tensors to the host with a single wait for the device."""
+        if self.device.type == "cuda":
+            host = [t.to("cpu", non_blocking=True) for t in tensors]
+            torch.cuda.current_stream(self.device).synchronize()
+            return [h.numpy() for h in host]
+        return [t.cpu().numpy() for t in tensors]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "slots": self.n_slots,
+            "batch_buckets": list(self.batch_buckets),
+            "kv_buckets": list(self.kv_buckets),
+            "cuda_graphs": self.cuda_graphs,
+            "compiled": self.compiled,
+        }

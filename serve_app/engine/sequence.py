@@ -1,0 +1,111 @@
+"""One request's life inside the engine: its prompt, slot, generated frames and streaming progress.
+
+A `Sequence` is created by the engine front end, queued by the scheduler, stepped by the engine loop
+and finished exactly once. Everything here is host-side bookkeeping (no tensors on the device).
+"""
+from __future__ import annotations
+
+import enum
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+import numpy as np
+import torch
+
+from serve_app.engine.types import AudioChunk, FinishReason, GenerationRequest, NUM_CODEBOOKS
+
+ChunkSink = Callable[[Union[AudioChunk, BaseException]], None]
+"""Receives a sequence's chunks (the last one has `is_last=True`) or the error that ended it.
+Called on the engine loop thread: it must only hand the item over (e.g. to a queue)."""
+
+_ids = itertools.count()
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class ChunkPolicy:
+    """Frames per streamed chunk: a small first chunk for early audio, larger ones after it."""
+
+    first_frames: int = 1
+    frames: int = 8
+
+    def __post_init__(self) -> None:
+        if self.first_frames < 1 or self.frames < 1:
+            raise ValueError("chunk sizes must be >= 1 frame")
+
+    def target(self, chunks_sent: int) -> int:
+        return self.first_frames if chunks_sent == 0 else self.frames
+
+    @property
+    def largest(self) -> int:
+        return max(self.first_frames, self.frames)
+
+
+@dataclass(eq=False)
+class Sequence:
+    """A request being generated. `tokens`/`mask` are the prompt rows (T, 33) on the host."""
+
+    request: GenerationRequest
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    seed: int
+    sink: ChunkSink
+    max_frames: int
+    dropped_context_turns: int = 0
+    seq_id: int = field(default_factory=lambda: next(_ids))
+    status: SequenceStatus = SequenceStatus.WAITING
+    slot: Optional[int] = None
+    steps: int = 0  # decode steps launched (frames computed, the end-of-audio frame included)
+    frames: list[np.ndarray] = field(default_factory=list)  # kept frames (32,), without end-of-audio
+    decoded: int = 0  # frames handed to the audio decoder
+    chunks_sent: int = 0
+    silent_frames: int = 0  # trailing frames whose audio is below the silence threshold
+    finish_reason: Optional[FinishReason] = None
+    submitted_at: float = field(default_factory=time.perf_counter)
+    first_chunk_at: Optional[float] = None
+    _cancel: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        if self.tokens.ndim != 2 or self.tokens.shape != self.mask.shape or self.tokens.shape[1] != NUM_CODEBOOKS + 1:
+            raise ValueError(f"prompt rows must be (T, {NUM_CODEBOOKS + 1}), got {tuple(self.tokens.shape)}")
+        if self.max_frames < 1:
+            raise ValueError("max_frames must be >= 1")
+
+    @property
+    def prompt_len(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def next_position(self) -> int:
+        """Backbone position the next decode step writes: the last prompt row, then one per frame."""
+        return self.prompt_len - 1 + self.steps
+
+    @property
+    def finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """Ask the loop to stop this sequence at the next frame boundary (thread-safe)."""
+        self._cancel.set()
+
+    def pending(self) -> int:
+        """Frames computed but not yet handed to the audio decoder."""
+        return self.steps - self.decoded
+
+    def emit(self, chunk: AudioChunk) -> None:
+        if self.first_chunk_at is None:
+            self.first_chunk_at = time.perf_counter()
+        self.chunks_sent += 1
+        self.sink(chunk)

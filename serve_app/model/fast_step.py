@@ -1,0 +1,156 @@
+"""The serving engine's model math: batched prefill, one backbone row per cache slot, a frame's depth loop.
+
+Same weights and the same numerics as `CsmModel` (llama.py: fp32 RMSNorm, rotate-half RoPE, SDPA),
+arranged so the decode step can be compiled and captured in CUDA graphs:
+
+- In a decode step, batch row b *is* cache slot b, so each row's keys are read as a view of the
+  cache (no gather copy); rows whose position is < 0 are idle slots: they write to the scratch
+  column and attend key 0 only, so they stay finite and never touch a live slot.
+- Grouped-query attention runs as SDPA over queries laid out (B, kv_heads, group * T, head_dim)
+  against the un-expanded cache, so K/V are read once, never repeated per query head.
+- The attended key window `kv_len` is a static bucket (the engine picks the smallest bucket above
+  every live position); a per-row mask hides keys past each row's own position.
+- The depth loop takes the codebook index as a tensor, so one compiled step serves codebooks 2..31,
+  and sampling is the host-sync-free counter-based sampler of `serve_app.engine.sampling`.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from serve_app.engine.sampling import sample_top_k
+from serve_app.engine.types import NUM_CODEBOOKS
+from serve_app.model.csm import CsmModel
+from serve_app.model.llama import Block, Transformer, apply_rope
+
+
+def _attend(layer: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, write_pos: torch.Tensor,
+            mask: torch.Tensor, rows: Optional[torch.Tensor], kv_len: int) -> torch.Tensor:
+    """One block over x (B, T, D); keys/values written at (row, write_pos), attended over [0, kv_len)."""
+    attn = layer.attention
+    cache = attn.kv_cache
+    assert cache is not None, "KV caches are not set up: call model.setup_caches() first"
+    b, t, _ = x.shape
+    hkv, dh = attn.n_kv_heads, attn.head_dim
+    group = attn.n_heads // hkv
+    q, k, v = attn.wqkv(layer.attention_norm(x)).split(attn._split, dim=-1)
+    q = apply_rope(q.view(b, t, attn.n_heads, dh).transpose(1, 2), cos, sin)
+    k = apply_rope(k.view(b, t, hkv, dh).transpose(1, 2), cos, sin)
+    v = v.view(b, t, hkv, dh).transpose(1, 2)
+    idx = rows if rows is not None else torch.arange(b, device=x.device)
+    cache.k[idx[:, None], :, write_pos] = k.transpose(1, 2)
+    cache.v[idx[:, None], :, write_pos] = v.transpose(1, 2)
+    if rows is None:
+        keys, values = cache.k[:b, :, :kv_len], cache.v[:b, :, :kv_len]
+    else:
+        keys, values = cache.k[rows, :, :kv_len], cache.v[rows, :, :kv_len]
+    # Query head h uses kv head h // group (transformers' repeat_kv order): fold the group into T.
+    out = F.scaled_dot_product_attention(q.reshape(b, hkv, group * t, dh), keys, values, attn_mask=mask)
+    out = out.view(b, attn.n_heads, t, dh).transpose(1, 2).reshape(b, t, -1)
+    h = x + attn.wo(out)
+    return h + layer.feed_forward(layer.ffn_norm(h))
+
+
+def stack_forward(stack: Transformer, x: torch.Tensor, positions: torch.Tensor, kv_len: int,
+                  rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Run `stack` over x (B, T, D) at `positions` (B, T) (< 0: padding or idle row).
+
+    `rows` (B,) are the cache slots of the batch rows (prefill); None means rows 0..B-1 (decode).
+    Every valid position must be < kv_len. Returns the final-normed hidden states (B, T, D)."""
+    b, t, _ = x.shape
+    hkv = stack.layers[0].attention.n_kv_heads
+    group = stack.layers[0].attention.n_heads // hkv
+    valid = positions >= 0
+    write_pos = torch.where(valid, positions, stack.max_seq_len)
+    query_pos = positions.clamp(min=0)
+    cos = stack.rope_cos[query_pos].to(x.dtype)
+    sin = stack.rope_sin[query_pos].to(x.dtype)
+    keys = torch.arange(kv_len, device=x.device)
+    mask = keys.view(1, 1, -1) <= query_pos.unsqueeze(-1)  # (B, T, L)
+    mask = mask.unsqueeze(1).expand(b, group, t, kv_len).reshape(b, 1, group * t, kv_len)
+    for layer in stack.layers:
+        x = _attend(layer, x, cos, sin, write_pos, mask, rows, kv_len)
+    return stack.norm(x)
+
+
+class FastStep:
+    """Prefill, backbone decode step and depth frame over one `CsmModel`'s weights and caches.
+
+    Plain PyTorch callables; the runner may wrap `backbone_step`, `frame_start` and `depth_step` in
+    `torch.compile` (see `compile`) and capture them in CUDA graphs."""
+
+    def __init__(self, model: CsmModel, vocab_limit: Optional[int] = None) -> None:
+        self.model = model
+        self.vocab_limit = vocab_limit
+        self.num_codebooks = model.cfg.num_codebooks
+        self.vocab = model.cfg.audio_vocab_size
+        self._backbone_step: Callable[..., torch.Tensor] = self.backbone_step
+        self._frame_start: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self.frame_start
+        self._depth_step: Callable[..., torch.Tensor] = self.depth_step
+
+    def compile(self, mode: Optional[str] = None) -> None:
+        """Compile the three step functions (dynamic batch and key window: two compiles each)."""
+        options = dict(dynamic=True, fullgraph=True, mode=mode)
+        self._backbone_step = torch.compile(self.backbone_step, **options)  # type: ignore[arg-type]
+        self._frame_start = torch.compile(self.frame_start, **options)  # type: ignore[arg-type]
+        self._depth_step = torch.compile(self.depth_step, **options)  # type: ignore[arg-type]
+
+    # ---- prefill ------------------------------------------------------------------------------
+    def prefill(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                kv_len: int) -> torch.Tensor:
+        """Write the KV of right-padded prompt rows (B, T, 33) into cache `slots`; returns hidden (B, T, D)."""
+        m = self.model
+        return stack_forward(m.backbone, m.embed_rows(tokens, mask), positions, kv_len, rows=slots)
+
+    # ---- decode step --------------------------------------------------------------------------
+    def backbone_step(self, embeds: torch.Tensor, positions: torch.Tensor, kv_len: int) -> torch.Tensor:
+        """embeds (B, D) at positions (B,) of slots 0..B-1 → last hidden state (B, D)."""
+        h = stack_forward(self.model.backbone, embeds.unsqueeze(1), positions.unsqueeze(1), kv_len)
+        return h[:, 0]
+
+    def _sample(self, logits: torch.Tensor, codebook: torch.Tensor | int, temperature: torch.Tensor,
+                top_k: torch.Tensor, seeds: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+        counters = frame * NUM_CODEBOOKS + codebook
+        return sample_top_k(logits, temperature, top_k, seeds, counters, self.vocab_limit)
+
+    def _depth(self, x: torch.Tensor, start: torch.Tensor | int) -> torch.Tensor:
+        """Depth decoder over x (B, T, backbone dim) at positions start.. (same for all rows)."""
+        m = self.model
+        b, t, _ = x.shape
+        positions = (torch.arange(t, device=x.device) + start).expand(b, t)
+        return stack_forward(m.decoder, m.projection(x), positions, m.cfg.decoder_seq_len)
+
+    def frame_start(self, h: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, seeds: torch.Tensor,
+                    frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codebook 0 from the backbone state h (B, D), then codebook 1 on a fresh depth cache."""
+        m = self.model
+        c0 = self._sample(m.codebook0_logits(h), 0, temperature, top_k, seeds, frame)
+        x = torch.stack([h, m.decoder_embeddings(c0)], dim=1)
+        out = self._depth(x, 0)[:, -1]
+        c1 = self._sample(torch.matmul(out, m.audio_head[0]), 1, temperature, top_k, seeds, frame)
+        return c0, c1
+
+    def depth_step(self, prev: torch.Tensor, codebook: torch.Tensor, temperature: torch.Tensor,
+                   top_k: torch.Tensor, seeds: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+        """Feed codebook `codebook - 1`'s id `prev` (B,) at depth position `codebook` (a 1-element
+        long tensor, 2..31) and sample codebook `codebook`."""
+        m = self.model
+        x = m.decoder_embeddings(prev + (codebook - 1) * self.vocab).unsqueeze(1)
+        out = self._depth(x, codebook)[:, 0]
+        head = m.audio_head.index_select(0, codebook - 1).squeeze(0)
+        return self._sample(torch.matmul(out, head), codebook, temperature, top_k, seeds, frame)
+
+    def depth_frame(self, h: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, seeds: torch.Tensor,
+                    frame: torch.Tensor, codebooks: list[torch.Tensor]) -> torch.Tensor:
+        """A whole frame from backbone states h (B, D): codes (B, 32).
+
+        `codebooks[i]` is a device tensor holding i (kept by the caller so graph capture sees
+        fixed inputs)."""
+        c0, c = self._frame_start(h, temperature, top_k, seeds, frame)
+        codes = [c0, c]
+        for i in range(2, self.num_codebooks):
+            c = self._depth_step(c, codebooks[i], temperature, top_k, seeds, frame)
+            codes.append(c)
+        return torch.stack(codes, dim=1)
