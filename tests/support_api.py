@@ -5,6 +5,7 @@ streamed chunks, `encode_audio` giving ceil(len / 1920) frames. Same text + spea
 same audio; no seed gives a random one. It records what it was asked, so tests can assert on the
 context the API built.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,8 +16,9 @@ import io
 import math
 import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, Optional
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -79,8 +81,11 @@ class FakeEngine:
         frames = self.frames_for(request)
         seed = request.sampling.seed
         rng = np.random.default_rng(
-            _seed_of(request.text, request.speaker, seed, request.sampling.temperature, request.sampling.top_k)
-            if seed is not None else None
+            _seed_of(
+                request.text, request.speaker, seed, request.sampling.temperature, request.sampling.top_k
+            )
+            if seed is not None
+            else None
         )
         codes = rng.integers(1, 2048, size=(frames, NUM_CODEBOOKS), dtype=np.int64)
         freq = 150.0 + 100.0 * request.speaker + rng.uniform(0, 50)
@@ -127,8 +132,11 @@ class FakeEngine:
                 last = stop == frames
                 self.chunks_yielded += 1
                 yield AudioChunk(
-                    pcm=pcm[start * FRAME_SAMPLES : stop * FRAME_SAMPLES], codes=codes[start:stop], frames=stop - start,
-                    is_last=last, finish_reason=FinishReason.END_OF_AUDIO if last else None,
+                    pcm=pcm[start * FRAME_SAMPLES : stop * FRAME_SAMPLES],
+                    codes=codes[start:stop],
+                    frames=stop - start,
+                    is_last=last,
+                    finish_reason=FinishReason.END_OF_AUDIO if last else None,
                 )
                 while not self.release_stream.is_set():
                     await asyncio.sleep(0.005)
@@ -151,7 +159,7 @@ class FakeEngine:
             raise RuntimeError("engine still warming up")
 
 
-def make_client(tmp_path: Path, engine: Optional[Any] = None, **settings: Any) -> TestClient:
+def make_client(tmp_path: Path, engine: Any | None = None, **settings: Any) -> TestClient:
     """A TestClient over `create_app` with voices under `tmp_path` (server errors become 500s, not raises)."""
     app = create_app(engine or FakeEngine(), ApiSettings(voices_dir=tmp_path / "voices", **settings))
     return TestClient(app, raise_server_exceptions=False)
@@ -183,7 +191,9 @@ def not_audio_b64() -> str:
 @contextlib.contextmanager
 def serve_over_http(app: Any) -> Iterator[str]:
     """Run `app` with uvicorn on a free loopback port in a thread; yields the base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

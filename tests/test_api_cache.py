@@ -1,4 +1,5 @@
 """Response cache: deterministic or opted-in requests only, keyed by everything that changes the audio."""
+
 import pytest
 
 from serve_app.api.cache import CachedResponse, ResponseCache
@@ -36,9 +37,17 @@ def test_unseeded_requests_bypass_unless_opted_in(client, engine) -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"seed": 43}, {"speaker": 0}, {"text": "Cache me if you can!"}, {"temperature": 0.5}, {"top_k": 5},
-     {"max_duration_ms": 5000}, {"response_format": "flac"}, {"quality_check": True},
-     {"context": [{"text": "ctx", "speaker": 0, "audio_b64": wav_b64(0.2)}]}],
+    [
+        {"seed": 43},
+        {"speaker": 0},
+        {"text": "Cache me if you can!"},
+        {"temperature": 0.5},
+        {"top_k": 5},
+        {"max_duration_ms": 5000},
+        {"response_format": "flac"},
+        {"quality_check": True},
+        {"context": [{"text": "ctx", "speaker": 0, "audio_b64": wav_b64(0.2)}]},
+    ],
 )
 def test_anything_that_changes_audio_changes_the_key(client, change) -> None:
     base = {"text": "Cache me if you can.", "seed": 42}
@@ -66,7 +75,9 @@ def test_model_revision_is_part_of_the_key(tmp_path) -> None:
 
 
 def test_streams_and_sessions_are_never_cached(client) -> None:
-    assert client.post("/speak", json={"text": "Hi", "seed": 1, "stream": True}).headers["x-cache"] == "bypass"
+    assert (
+        client.post("/speak", json={"text": "Hi", "seed": 1, "stream": True}).headers["x-cache"] == "bypass"
+    )
     r = client.post("/contextual_speak", json={"text": "Hi", "seed": 1, "session_id": "s"})
     assert r.headers["x-cache"] == "bypass"
 

@@ -1,9 +1,10 @@
 """/conversation and /contextual_speak: earlier turns become context as text + generated codes."""
+
 import numpy as np
 import pytest
 
 from serve_app.api.sessions import SessionStore
-from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE, Segment
+from serve_app.engine.types import SAMPLE_RATE, Segment
 from tests.support_api import FakeEngine, make_client, read_wav
 
 

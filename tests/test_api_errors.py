@@ -1,4 +1,5 @@
 """Bad input on every endpoint gets the right 4xx with a message, and the app keeps serving."""
+
 import pytest
 
 from tests.support_api import FakeEngine, make_client, not_audio_b64, wav_b64
@@ -52,7 +53,12 @@ CASES = [
     ("/v1/voices", {**GOOD["/v1/voices"], "transcript": ""}, 422, "transcript"),
     # speaker 2
     ("/speak", {"text": "Hi", "speaker": 2}, 422, "speaker"),
-    ("/speak", {"text": "Hi", "context": [{"text": "c", "speaker": 2, "audio_b64": wav_b64(0.2)}]}, 422, "speaker"),
+    (
+        "/speak",
+        {"text": "Hi", "context": [{"text": "c", "speaker": 2, "audio_b64": wav_b64(0.2)}]},
+        422,
+        "speaker",
+    ),
     ("/conversation", {"turns": [{"speaker": 2, "text": "Hi"}]}, 422, "speaker"),
     ("/batch_speak", {"texts": ["Hi"], "speaker": 2}, 422, "speaker"),
     ("/contextual_speak", {"text": "Hi", "speaker": 2, "session_id": "s1"}, 422, "speaker"),
@@ -92,7 +98,9 @@ def test_bad_input_is_a_clear_4xx_and_the_app_still_serves(client, path, body, s
 
 def test_oversized_body_is_413(tmp_path) -> None:
     client = make_client(tmp_path, max_body_bytes=10_000)
-    r = client.post("/speak", json={"text": "Hi", "context": [{"text": "c", "speaker": 0, "audio_b64": "A" * 20_000}]})
+    r = client.post(
+        "/speak", json={"text": "Hi", "context": [{"text": "c", "speaker": 0, "audio_b64": "A" * 20_000}]}
+    )
     assert r.status_code == 413 and "10000-byte limit" in r.json()["detail"]
     assert client.post("/speak", json={"text": "Hi"}).status_code == 200
 
@@ -152,7 +160,9 @@ def test_unexpected_engine_failure_is_a_500_with_request_id(tmp_path) -> None:
         async def generate(self, request):
             raise RuntimeError("kernel exploded")
 
-    r = make_client(tmp_path, Broken()).post("/speak", json={"text": "Hi"}, headers={"X-Request-ID": "req-42"})
+    r = make_client(tmp_path, Broken()).post(
+        "/speak", json={"text": "Hi"}, headers={"X-Request-ID": "req-42"}
+    )
     assert r.status_code == 500
     assert "req-42" in r.json()["detail"] and "exploded" not in r.text  # no internals leak
 
@@ -162,7 +172,10 @@ def test_request_id_is_echoed_or_generated(tmp_path) -> None:
     assert client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
     generated = client.post("/speak", json={"text": ""}).headers["x-request-id"]
     assert len(generated) == 32
-    assert client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"}).headers["x-request-id"] != "bad id"
+    assert (
+        client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"}).headers["x-request-id"]
+        != "bad id"
+    )
 
 
 def test_unknown_route_and_method_are_json(tmp_path) -> None:

@@ -1,4 +1,5 @@
 """Schema-driven fuzzing: whatever a client sends, valid or not, the answer is never a 5xx."""
+
 import schemathesis
 from hypothesis import HealthCheck, settings
 

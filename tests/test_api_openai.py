@@ -1,4 +1,5 @@
 """OpenAI-compatible speech: formats decoded by PyAV, voices, speed, SSE, and the official SDK."""
+
 import base64
 import io
 import json
@@ -34,13 +35,22 @@ def _decode(data: bytes) -> tuple[int, int, float]:
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.audio[0]
         samples = sum(frame.samples for frame in container.decode(stream))
-        return stream.codec_context.sample_rate, stream.codec_context.channels, samples / stream.codec_context.sample_rate
+        return (
+            stream.codec_context.sample_rate,
+            stream.codec_context.channels,
+            samples / stream.codec_context.sample_rate,
+        )
 
 
 @pytest.mark.parametrize(
     ("fmt", "content_type", "rate"),
-    [("mp3", "audio/mpeg", 24_000), ("opus", "audio/opus", 48_000), ("aac", "audio/aac", 24_000),
-     ("flac", "audio/flac", 24_000), ("wav", "audio/wav", 24_000)],
+    [
+        ("mp3", "audio/mpeg", 24_000),
+        ("opus", "audio/opus", 48_000),
+        ("aac", "audio/aac", 24_000),
+        ("flac", "audio/flac", 24_000),
+        ("wav", "audio/wav", 24_000),
+    ],
 )
 def test_formats_decode_with_pyav(client, engine, fmt, content_type, rate) -> None:
     r = _speech(client, response_format=fmt)
@@ -61,7 +71,9 @@ def test_pcm_is_24k_16_bit_mono(client, engine) -> None:
     assert len(r.content) == engine.frames_for(engine.requests[0]) * FRAME_SAMPLES * 2
 
 
-@pytest.mark.parametrize(("voice", "speaker"), [("alloy", 0), ("nova", 1), ("0", 0), ("1", 1), ("Shimmer", 1)])
+@pytest.mark.parametrize(
+    ("voice", "speaker"), [("alloy", 0), ("nova", 1), ("0", 0), ("1", 1), ("Shimmer", 1)]
+)
 def test_voices_map_to_speakers(client, engine, voice, speaker) -> None:
     assert _speech(client, voice=voice).status_code == 200
     assert engine.requests[0].speaker == speaker
@@ -81,7 +93,7 @@ def test_instructions_are_accepted(client) -> None:
 def test_sse_stream_has_deltas_then_done(client, engine) -> None:
     r = _speech(client, response_format="pcm", stream_format="sse")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-    events = [json.loads(line[len("data: "):]) for line in r.text.splitlines() if line.startswith("data: ")]
+    events = [json.loads(line[len("data: ") :]) for line in r.text.splitlines() if line.startswith("data: ")]
     assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
     assert events[-1]["type"] == "speech.audio.done"
     assert len(events) - 1 >= 2
@@ -96,8 +108,13 @@ def test_models_lists_served_model_and_aliases(client) -> None:
 
 @pytest.mark.parametrize(
     ("body", "status"),
-    [({"voice": "nobody"}, 400), ({"speed": 5.0}, 422), ({"response_format": "ogg"}, 422),
-     ({"input": ""}, 422), ({"input": "x" * 4097}, 413)],
+    [
+        ({"voice": "nobody"}, 400),
+        ({"speed": 5.0}, 422),
+        ({"response_format": "ogg"}, 422),
+        ({"input": ""}, 422),
+        ({"input": "x" * 4097}, 413),
+    ],
 )
 def test_bad_requests_carry_openai_error_objects(client, body, status) -> None:
     r = _speech(client, **body)

@@ -1,4 +1,5 @@
 """/speak, /clone_voice and /batch_speak on the fake engine: what comes back and what the engine was asked."""
+
 import base64
 
 import numpy as np
@@ -63,7 +64,9 @@ def test_speak_other_formats(client, fmt) -> None:
 
 def test_quality_check_retries_with_new_seeds(tmp_path) -> None:
     engine = FakeEngine(bad_attempts=2)
-    r = make_client(tmp_path, engine).post("/speak", json={"text": "Hello there", "quality_check": True, "seed": 10})
+    r = make_client(tmp_path, engine).post(
+        "/speak", json={"text": "Hello there", "quality_check": True, "seed": 10}
+    )
     assert r.status_code == 200
     assert [q.sampling.seed for q in engine.requests] == [10, 11, 12]
     assert np.abs(read_wav(r.content)[0]).max() > 0.1  # the good third attempt, not a silent one
@@ -121,8 +124,15 @@ def test_stream_and_quality_check_conflict(client) -> None:
 
 
 def test_clone_voice_uses_reference_as_speaker_0_context(client, engine) -> None:
-    r = client.post("/clone_voice", json={"text": "New words", "reference_audio_b64": wav_b64(1.0),
-                                          "reference_text": "Old words", "max_duration_ms": 1000})
+    r = client.post(
+        "/clone_voice",
+        json={
+            "text": "New words",
+            "reference_audio_b64": wav_b64(1.0),
+            "reference_text": "Old words",
+            "max_duration_ms": 1000,
+        },
+    )
     assert r.status_code == 200
     pcm, rate, _ = read_wav(r.content)
     assert len(pcm) / rate <= 1.0

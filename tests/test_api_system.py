@@ -1,4 +1,5 @@
 """/health, /info, and what create_app mounts besides the API (metrics, playground, OpenAPI)."""
+
 from tests.support_api import FakeEngine, make_client
 
 

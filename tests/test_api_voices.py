@@ -1,4 +1,5 @@
 """Saved voices: stored as codes on disk, usable from every endpoint, surviving a restart."""
+
 import json
 
 import numpy as np
@@ -19,8 +20,15 @@ def client(tmp_path, engine):
 
 
 def _create(client, name="Narrator", seconds=1.0, speaker=0):
-    r = client.post("/v1/voices", json={"name": name, "audio_b64": wav_b64(seconds), "transcript": "The reference.",
-                                        "speaker": speaker})
+    r = client.post(
+        "/v1/voices",
+        json={
+            "name": name,
+            "audio_b64": wav_b64(seconds),
+            "transcript": "The reference.",
+            "speaker": speaker,
+        },
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -73,8 +81,12 @@ def test_voices_survive_recreating_the_app(tmp_path, engine) -> None:
 
 def test_unknown_voice_is_404_everywhere(client) -> None:
     assert client.post("/speak", json={"text": "Hi", "voice": "voice_0000000000000000"}).status_code == 404
-    assert client.post("/clone_voice", json={"text": "Hi", "voice": "voice_0000000000000000"}).status_code == 404
-    r = client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi", "voice": "voice_0000000000000000"})
+    assert (
+        client.post("/clone_voice", json={"text": "Hi", "voice": "voice_0000000000000000"}).status_code == 404
+    )
+    r = client.post(
+        "/v1/audio/speech", json={"model": "tts-1", "input": "Hi", "voice": "voice_0000000000000000"}
+    )
     assert r.status_code == 404 and "not found" in r.json()["error"]["message"]
     assert client.get("/v1/voices/..%2F..%2Fetc").status_code == 404
 

@@ -1,4 +1,5 @@
 """Decoding users' base64 audio: formats, downmix, resampling, and every way it can be wrong."""
+
 import base64
 import io
 

@@ -1,4 +1,5 @@
 """Every response format decodes with an independent decoder at 24 kHz mono with the right length."""
+
 import io
 
 import av
@@ -16,7 +17,9 @@ from serve_app.audio.encode import (
 from serve_app.engine.types import SAMPLE_RATE
 
 SECONDS = 1.0
-TONE = (0.4 * np.sin(2 * np.pi * 330 * np.arange(int(SAMPLE_RATE * SECONDS)) / SAMPLE_RATE)).astype(np.float32)
+TONE = (0.4 * np.sin(2 * np.pi * 330 * np.arange(int(SAMPLE_RATE * SECONDS)) / SAMPLE_RATE)).astype(
+    np.float32
+)
 
 
 def decode_with_pyav(data: bytes) -> tuple[np.ndarray, int, int]:
@@ -25,8 +28,10 @@ def decode_with_pyav(data: bytes) -> tuple[np.ndarray, int, int]:
         stream = container.streams.audio[0]
         frames = [f.to_ndarray() for f in container.decode(stream)]
         rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
-    pcm = np.concatenate([f.reshape(channels, -1) if f.shape[0] == channels else f.reshape(-1, channels).T
-                          for f in frames], axis=1)
+    pcm = np.concatenate(
+        [f.reshape(channels, -1) if f.shape[0] == channels else f.reshape(-1, channels).T for f in frames],
+        axis=1,
+    )
     return pcm, rate, channels
 
 
@@ -35,7 +40,9 @@ def decode_with_pyav(data: bytes) -> tuple[np.ndarray, int, int]:
 def test_format_decodes_with_right_rate_and_duration(fmt: str, streamed: bool) -> None:
     if streamed:
         encoder = open_stream_encoder(fmt)
-        data = b"".join(encoder.write(TONE[i : i + 1920]) for i in range(0, len(TONE), 1920)) + encoder.close()
+        data = (
+            b"".join(encoder.write(TONE[i : i + 1920]) for i in range(0, len(TONE), 1920)) + encoder.close()
+        )
     else:
         data = encode_audio(TONE, fmt)
     pcm, rate, channels = decode_with_pyav(data)

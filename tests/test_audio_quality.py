@@ -1,4 +1,5 @@
 """Quality checks and tempo changes on signals with known properties."""
+
 import numpy as np
 import pytest
 

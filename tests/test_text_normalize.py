@@ -1,4 +1,5 @@
 """Text normalization on sentences users actually send."""
+
 import pytest
 
 from serve_app.text.normalize import normalize_text
@@ -16,8 +17,10 @@ from serve_app.text.normalize import normalize_text
         ("The budget is $1.5 million.", "The budget is one point five million dollars."),
         ("£3 and €2.5", "three pounds and two euros and fifty cents"),
         ("In the 1990s, 50% agreed.", "In the nineteen nineties, fifty percent agreed."),
-        ("He was 21st of 2,000 runners in 2024.",
-         "He was twenty-first of two thousand runners in twenty twenty-four."),
+        (
+            "He was 21st of 2,000 runners in 2024.",
+            "He was twenty-first of two thousand runners in twenty twenty-four.",
+        ),
         ("Pi is 3.14 and -5 is negative.", "Pi is three point one four and minus five is negative."),
         ("No. 7 e.g. this & that", "number seven for example this and that"),
         ("Mrs. Jones vs. Mr. Brown", "Missus Jones versus Mister Brown"),
@@ -35,7 +38,10 @@ def test_title_abbreviation_at_sentence_end_is_left_alone() -> None:
 
 
 def test_non_year_numbers_read_as_cardinals() -> None:
-    assert normalize_text("555 and 12345") == "five hundred and fifty-five and twelve thousand three hundred and forty-five"
+    assert (
+        normalize_text("555 and 12345")
+        == "five hundred and fifty-five and twelve thousand three hundred and forty-five"
+    )
     assert normalize_text("1999%") == "one thousand nine hundred and ninety-nine percent"
 
 

@@ -3,9 +3,8 @@
 Besides the API routes it carries the project's Prometheus metrics (`GET /metrics`, request metrics
 middleware, engine metrics through `metered`) and the browser playground (`GET /`).
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 from fastapi import FastAPI
 
@@ -26,7 +25,7 @@ from serve_app.web.routes import install_playground
 __all__ = ["create_app"]
 
 
-def create_app(engine: SpeechEngine, settings: Optional[ApiSettings] = None) -> FastAPI:
+def create_app(engine: SpeechEngine, settings: ApiSettings | None = None) -> FastAPI:
     """Build the app; `settings` defaults to `ApiSettings()` (environment variables `CSM_*`)."""
     settings = settings or ApiSettings()
     app = FastAPI(

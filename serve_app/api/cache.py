@@ -4,12 +4,13 @@ Only deterministic requests (a seed given) or requests that opt in (`cache: true
 cache hit never hides the variety users expect from sampling. A hit returns the very bytes of the miss.
 Bounded by total bytes (LRU eviction).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from cachetools import LRUCache
 
@@ -34,7 +35,7 @@ def cache_key(endpoint: str, **parts: Any) -> str:
 
 class ResponseCache:
     def __init__(self, max_bytes: int) -> None:
-        self._entries: Optional[LRUCache[str, CachedResponse]] = (
+        self._entries: LRUCache[str, CachedResponse] | None = (
             LRUCache(maxsize=max_bytes, getsizeof=lambda entry: len(entry.body)) if max_bytes > 0 else None
         )
 
@@ -42,7 +43,7 @@ class ResponseCache:
     def enabled(self) -> bool:
         return self._entries is not None
 
-    def get(self, key: str) -> Optional[CachedResponse]:
+    def get(self, key: str) -> CachedResponse | None:
         return self._entries.get(key) if self._entries is not None else None
 
     def put(self, key: str, entry: CachedResponse) -> None:

@@ -1,8 +1,9 @@
 """What routes share, built once per app and reached through `Depends(services)`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Optional, Protocol
+from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
 
@@ -17,9 +18,9 @@ __all__ = ["Services", "ServicesDep", "services"]
 class CacheableOptions(Protocol):
     """The request fields that decide cacheability and enter every cache key."""
 
-    seed: Optional[int]
-    temperature: Optional[float]
-    top_k: Optional[int]
+    seed: int | None
+    temperature: float | None
+    top_k: int | None
     cache: bool
     response_format: str
 
@@ -31,13 +32,20 @@ class Services:
     cache: ResponseCache
     sessions: SessionStore
 
-    async def cache_key(self, endpoint: str, opts: CacheableOptions, **parts: object) -> Optional[str]:
+    async def cache_key(self, endpoint: str, opts: CacheableOptions, **parts: object) -> str | None:
         """A key only for cacheable requests (a seed makes them deterministic, `cache` opts in); it
         covers the model and its revision, the sampling options, the format and the given `parts`."""
         if not self.cache.enabled or (opts.seed is None and not opts.cache):
             return None
-        return cache_key(endpoint, model=await self.synth.model(), seed=opts.seed, temperature=opts.temperature,
-                         top_k=opts.top_k, format=opts.response_format, **parts)
+        return cache_key(
+            endpoint,
+            model=await self.synth.model(),
+            seed=opts.seed,
+            temperature=opts.temperature,
+            top_k=opts.top_k,
+            format=opts.response_format,
+            **parts,
+        )
 
 
 def services(request: Request) -> Services:

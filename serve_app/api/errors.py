@@ -5,12 +5,14 @@ Paths under `/v1/` also carry OpenAI's `{"error": {"message", "type", "code"}}` 
 show the message. Engine calls go through `engine_errors()`, which maps overload-like failures
 (EngineOverloadedError, CUDA OOM, Ray backpressure) to 503 with Retry-After.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import sys
-from typing import Any, AsyncIterator, Optional
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -25,14 +27,19 @@ __all__ = ["ApiError", "engine_errors", "install_error_handlers", "request_id_of
 
 logger = logging.getLogger("serve_app.api")
 
-_OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error",
-                 422: "invalid_request_error", 503: "server_error"}
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    503: "server_error",
+}
 
 
 class ApiError(Exception):
     """An HTTP error with a message for the user."""
 
-    def __init__(self, status_code: int, detail: Any, headers: Optional[dict[str, str]] = None) -> None:
+    def __init__(self, status_code: int, detail: Any, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status_code = status_code
         self.detail = detail
@@ -67,18 +74,28 @@ async def engine_errors(retry_after_s: int) -> AsyncIterator[None]:
         retry = getattr(exc, "retry_after_s", None)
         retry = retry_after_s if retry is None else retry
         raise ApiError(
-            503, f"the speech engine is overloaded, retry later ({exc})", {"Retry-After": str(max(0, round(retry)))}
+            503,
+            f"the speech engine is overloaded, retry later ({exc})",
+            {"Retry-After": str(max(0, round(retry)))},
         ) from exc
 
 
-def _error_response(request: Request, status: int, detail: Any, headers: Optional[dict[str, str]] = None) -> JSONResponse:
+def _error_response(
+    request: Request, status: int, detail: Any, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body: dict[str, Any] = {"detail": jsonable_encoder(detail)}
     if request.url.path.startswith("/v1/"):
-        message = detail if isinstance(detail, str) else "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in detail
+        message = (
+            detail
+            if isinstance(detail, str)
+            else "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in detail)
         )
-        body["error"] = {"message": message, "type": _OPENAI_TYPES.get(status, "api_error"),
-                         "param": None, "code": None}
+        body["error"] = {
+            "message": message,
+            "type": _OPENAI_TYPES.get(status, "api_error"),
+            "param": None,
+            "code": None,
+        }
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -103,6 +120,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error in %s %s (request %s)", request.method, request.url.path,
-                         request_id_of(request))
+        logger.exception(
+            "unhandled error in %s %s (request %s)", request.method, request.url.path, request_id_of(request)
+        )
         return _error_response(request, 500, f"internal error (request id {request_id_of(request)})")

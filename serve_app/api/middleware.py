@@ -1,4 +1,5 @@
 """ASGI middleware: request ids on every response, and early 413s for declared oversized bodies."""
+
 from __future__ import annotations
 
 import re
@@ -9,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimitMiddleware", "RequestIdMiddleware", "REQUEST_ID_HEADER"]
+__all__ = ["REQUEST_ID_HEADER", "BodyLimitMiddleware", "RequestIdMiddleware"]
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")  # no spaces or control characters to echo into logs/headers

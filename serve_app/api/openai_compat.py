@@ -5,9 +5,8 @@ but fixed); "0"/"1" pick a speaker directly and a saved voice id clones that voi
 applied after generation with FFmpeg's atempo (pitch kept). `instructions` is accepted for
 compatibility and ignored: CSM has no style prompt.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
@@ -28,15 +27,26 @@ from serve_app.engine.types import GenerationRequest
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 OPENAI_VOICES: dict[str, int] = {
-    "alloy": 0, "ash": 1, "ballad": 0, "coral": 1, "echo": 0, "fable": 1,
-    "onyx": 0, "nova": 1, "sage": 0, "shimmer": 1, "verse": 0, "marin": 1, "cedar": 0,
+    "alloy": 0,
+    "ash": 1,
+    "ballad": 0,
+    "coral": 1,
+    "echo": 0,
+    "fable": 1,
+    "onyx": 0,
+    "nova": 1,
+    "sage": 0,
+    "shimmer": 1,
+    "verse": 0,
+    "marin": 1,
+    "cedar": 0,
 }
 MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 MAX_INPUT_CHARS = 4096  # OpenAI's own limit
 DEFAULT_MAX_DURATION_MS = 60_000  # OpenAI has no length knob; bounded by the model's positions
 
 
-def _speaker_for(voice: str) -> Optional[int]:
+def _speaker_for(voice: str) -> int | None:
     name = voice.strip().lower()
     if name in ("0", "1"):
         return int(name)
@@ -47,28 +57,42 @@ def _speaker_for(voice: str) -> Optional[int]:
 async def create_speech(body: OpenAISpeechRequest, request: Request, svc: ServicesDep) -> Response:
     synth = svc.synth
     if len(body.input) > MAX_INPUT_CHARS:
-        raise ApiError(413, f"input has {len(body.input)} characters, over the {MAX_INPUT_CHARS}-character limit")
+        raise ApiError(
+            413, f"input has {len(body.input)} characters, over the {MAX_INPUT_CHARS}-character limit"
+        )
     text = synth.text(body.input, normalize=True, field="input")
     voice_name = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice
     speaker = None if isinstance(body.voice, VoiceRef) else _speaker_for(voice_name)
-    saved: Optional[SavedVoice] = None
+    saved: SavedVoice | None = None
     if speaker is None:
         if not voice_name.startswith("voice_"):
-            raise ApiError(400, f"unknown voice {voice_name!r}: use 0, 1, one of {', '.join(OPENAI_VOICES)}, "
-                                "or a saved voice id from GET /v1/voices")
+            raise ApiError(
+                400,
+                f"unknown voice {voice_name!r}: use 0, 1, one of {', '.join(OPENAI_VOICES)}, "
+                "or a saved voice id from GET /v1/voices",
+            )
         saved = await synth.voice(voice_name)
         speaker = saved.info.speaker
     generation = GenerationRequest(
-        text=text, speaker=speaker, context=[synth.voice_reference(saved, True)] if saved else [],
-        max_audio_length_ms=DEFAULT_MAX_DURATION_MS, sampling=synth.sampling(body.temperature, body.top_k, body.seed),
+        text=text,
+        speaker=speaker,
+        context=[synth.voice_reference(saved, True)] if saved else [],
+        max_audio_length_ms=DEFAULT_MAX_DURATION_MS,
+        sampling=synth.sampling(body.temperature, body.top_k, body.seed),
         request_id=request_id_of(request),
     )
     fmt = body.response_format
     if body.stream_format == "sse":
         return sse_response(await synth.stream(generation), fmt, body.speed)
 
-    key = await svc.cache_key("openai_speech", body, text=text, speaker=speaker, speed=body.speed,
-                              voice=saved.info.model_dump() if saved else None)
+    key = await svc.cache_key(
+        "openai_speech",
+        body,
+        text=text,
+        speaker=speaker,
+        speed=body.speed,
+        voice=saved.info.model_dump() if saved else None,
+    )
     if key is None:  # nothing to cache: stream, as OpenAI does
         return streaming_response(await synth.stream(generation), fmt, {}, body.speed)
 
@@ -83,4 +107,7 @@ async def create_speech(body: OpenAISpeechRequest, request: Request, svc: Servic
 async def list_models(svc: ServicesDep) -> dict:
     model = await svc.synth.model()
     ids = [model["name"], *(alias for alias in MODEL_ALIASES if alias != model["name"])]
-    return {"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": "sesame"} for i in ids]}
+    return {
+        "object": "list",
+        "data": [{"id": i, "object": "model", "created": 0, "owned_by": "sesame"} for i in ids],
+    }

@@ -1,9 +1,10 @@
 """Audio responses: whole files (optionally cached), chunked streams, and OpenAI's SSE events."""
+
 from __future__ import annotations
 
 import base64
 import json
-from typing import AsyncIterator, Awaitable, Callable, Optional
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import numpy as np
 from fastapi import Response
@@ -25,12 +26,14 @@ __all__ = [
 ]
 
 AUDIO_RESPONSES: dict[int | str, dict] = {
-    200: {"content": {ct: {"schema": {"type": "string", "format": "binary"}} for ct in CONTENT_TYPES.values()},
-          "description": "Audio in the requested format."}
+    200: {
+        "content": {ct: {"schema": {"type": "string", "format": "binary"}} for ct in CONTENT_TYPES.values()},
+        "description": "Audio in the requested format.",
+    }
 }
 
 
-def audio_headers(audio: Audio, attachment: Optional[str] = None) -> dict[str, str]:
+def audio_headers(audio: Audio, attachment: str | None = None) -> dict[str, str]:
     headers = {
         "X-Finish-Reason": audio.finish_reason.value,
         "X-Context-Dropped-Turns": str(audio.dropped_context_turns),
@@ -40,7 +43,9 @@ def audio_headers(audio: Audio, attachment: Optional[str] = None) -> dict[str, s
     return headers
 
 
-async def encode_response(pcm: np.ndarray, fmt: AudioFormat, headers: dict[str, str], speed: float = 1.0) -> CachedResponse:
+async def encode_response(
+    pcm: np.ndarray, fmt: AudioFormat, headers: dict[str, str], speed: float = 1.0
+) -> CachedResponse:
     """Encode a whole utterance (in the thread pool: mp3/aac encoding is CPU work)."""
 
     def work() -> bytes:
@@ -50,7 +55,7 @@ async def encode_response(pcm: np.ndarray, fmt: AudioFormat, headers: dict[str, 
 
 
 async def cached_response(
-    cache: ResponseCache, key: Optional[str], produce: Callable[[], Awaitable[CachedResponse]]
+    cache: ResponseCache, key: str | None, produce: Callable[[], Awaitable[CachedResponse]]
 ) -> Response:
     """Serve from the cache when `key` is given and present; otherwise produce (and store if keyed)."""
     if key is None:
@@ -83,7 +88,9 @@ def streaming_response(
 ) -> StreamingResponse:
     """Chunked audio: the first chunk is already there, so bytes leave at once."""
     return StreamingResponse(
-        _encoded_chunks(stream, fmt, speed), media_type=CONTENT_TYPES[fmt], headers={**headers, "X-Cache": "bypass"}
+        _encoded_chunks(stream, fmt, speed),
+        media_type=CONTENT_TYPES[fmt],
+        headers={**headers, "X-Cache": "bypass"},
     )
 
 

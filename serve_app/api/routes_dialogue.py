@@ -3,6 +3,7 @@
 Earlier turns become context as their text plus the codes the engine generated for them: generated
 audio is never decoded and re-encoded to be used as context.
 """
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -35,28 +36,41 @@ async def conversation(body: ConversationRequest, request: Request, svc: Service
     pauses = [t.pause_ms if i < len(body.turns) - 1 else 0 for i, t in enumerate(body.turns)]
     budget_ms = body.max_total_duration_ms - sum(pauses)
     if budget_ms < FRAME_MS * len(body.turns):
-        raise ApiError(422, f"the pauses ({sum(pauses)} ms) leave no time for speech within "
-                            f"max_total_duration_ms={body.max_total_duration_ms}")
+        raise ApiError(
+            422,
+            f"the pauses ({sum(pauses)} ms) leave no time for speech within "
+            f"max_total_duration_ms={body.max_total_duration_ms}",
+        )
 
     context: list[Segment] = []
     pieces: list[np.ndarray] = []
     dropped = 0
     for i, (turn, text) in enumerate(zip(body.turns, texts)):
         turn_ms = max(FRAME_MS, budget_ms // (len(body.turns) - i))
-        audio = await synth.generate(GenerationRequest(
-            text=text, speaker=turn.speaker, context=list(context), max_audio_length_ms=turn_ms,
-            sampling=synth.sampling(body.temperature, body.top_k, None if body.seed is None else body.seed + i),
-            request_id=f"{request_id_of(request)}-{i}",
-        ))
+        audio = await synth.generate(
+            GenerationRequest(
+                text=text,
+                speaker=turn.speaker,
+                context=list(context),
+                max_audio_length_ms=turn_ms,
+                sampling=synth.sampling(
+                    body.temperature, body.top_k, None if body.seed is None else body.seed + i
+                ),
+                request_id=f"{request_id_of(request)}-{i}",
+            )
+        )
         budget_ms -= len(audio.pcm) * 1000 // SAMPLE_RATE
         dropped = max(dropped, audio.dropped_context_turns)
         pieces += [audio.pcm, np.zeros(pauses[i] * SAMPLE_RATE // 1000, np.float32)]
         context.append(Segment(text=text, speaker=turn.speaker, codes=audio.codes))
 
-    headers = {"Content-Disposition": f'attachment; filename="conversation.{body.response_format}"',
-               "X-Context-Dropped-Turns": str(dropped)}
-    return await cached_response(svc.cache, None,
-                                 lambda: encode_response(np.concatenate(pieces), body.response_format, headers))
+    headers = {
+        "Content-Disposition": f'attachment; filename="conversation.{body.response_format}"',
+        "X-Context-Dropped-Turns": str(dropped),
+    }
+    return await cached_response(
+        svc.cache, None, lambda: encode_response(np.concatenate(pieces), body.response_format, headers)
+    )
 
 
 @router.post("/contextual_speak", responses=AUDIO_RESPONSES, response_class=Response)
@@ -70,13 +84,24 @@ async def contextual_speak(body: ContextualSpeakRequest, request: Request, svc: 
     text = synth.text(body.text, body.normalize)
     session = svc.sessions.open(body.session_id)
     async with session.lock:
-        audio = await synth.generate(GenerationRequest(
-            text=text, speaker=body.speaker, context=list(session.turns), max_audio_length_ms=body.max_duration_ms,
-            sampling=synth.sampling(body.temperature, body.top_k, body.seed), request_id=request_id_of(request),
-        ))
+        audio = await synth.generate(
+            GenerationRequest(
+                text=text,
+                speaker=body.speaker,
+                context=list(session.turns),
+                max_audio_length_ms=body.max_duration_ms,
+                sampling=synth.sampling(body.temperature, body.top_k, body.seed),
+                request_id=request_id_of(request),
+            )
+        )
         session.turns.append(Segment(text=text, speaker=body.speaker, codes=audio.codes))
-    headers = {**audio_headers(audio, f"speech.{body.response_format}"), "X-Session-Turns": str(len(session.turns))}
-    return await cached_response(svc.cache, None, lambda: encode_response(audio.pcm, body.response_format, headers))
+    headers = {
+        **audio_headers(audio, f"speech.{body.response_format}"),
+        "X-Session-Turns": str(len(session.turns)),
+    }
+    return await cached_response(
+        svc.cache, None, lambda: encode_response(audio.pcm, body.response_format, headers)
+    )
 
 
 @router.delete("/sessions/{session_id}", status_code=204, response_class=Response)

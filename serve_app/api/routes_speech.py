@@ -1,4 +1,5 @@
 """The original design's single-utterance endpoints: /speak, /clone_voice, /batch_speak."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,13 @@ from starlette.concurrency import run_in_threadpool
 from serve_app.api.cache import digest
 from serve_app.api.deps import ServicesDep
 from serve_app.api.errors import ApiError, request_id_of
-from serve_app.api.responses import AUDIO_RESPONSES, audio_headers, cached_response, encode_response, streaming_response
+from serve_app.api.responses import (
+    AUDIO_RESPONSES,
+    audio_headers,
+    cached_response,
+    encode_response,
+    streaming_response,
+)
 from serve_app.api.schemas import BatchSpeakRequest, CloneVoiceRequest, SpeakRequest
 from serve_app.audio.encode import encode_audio
 from serve_app.engine.types import GenerationRequest
@@ -31,20 +38,32 @@ async def speak(body: SpeakRequest, request: Request, svc: ServicesDep) -> Respo
         context = await synth.context(body.context, body.normalize)
         if voice:
             context.append(synth.voice_reference(voice, body.normalize))
-        return GenerationRequest(text=text, speaker=speaker, context=context, max_audio_length_ms=body.max_duration_ms,
-                                 sampling=synth.sampling(body.temperature, body.top_k, body.seed),
-                                 request_id=request_id_of(request))
+        return GenerationRequest(
+            text=text,
+            speaker=speaker,
+            context=context,
+            max_audio_length_ms=body.max_duration_ms,
+            sampling=synth.sampling(body.temperature, body.top_k, body.seed),
+            request_id=request_id_of(request),
+        )
 
     if body.stream:
         stream = await synth.stream(await generation())
-        return streaming_response(stream, body.response_format, {"Content-Disposition": f'attachment; filename="{filename}"'})
+        return streaming_response(
+            stream, body.response_format, {"Content-Disposition": f'attachment; filename="{filename}"'}
+        )
 
     async def produce():
         audio = await synth.generate(await generation(), quality_check=body.quality_check)
         return await encode_response(audio.pcm, body.response_format, audio_headers(audio, filename))
 
     key = await svc.cache_key(
-        "speak", body, text=text, speaker=speaker, max_ms=body.max_duration_ms, quality=body.quality_check,
+        "speak",
+        body,
+        text=text,
+        speaker=speaker,
+        max_ms=body.max_duration_ms,
+        quality=body.quality_check,
         context=digest([(c.text, c.speaker, c.audio_b64) for c in body.context]) if body.context else None,
         voice=voice.info.model_dump() if voice else None,
     )
@@ -63,16 +82,31 @@ async def clone_voice(body: CloneVoiceRequest, request: Request, svc: ServicesDe
         if voice:
             reference = synth.voice_reference(voice, body.normalize)
         else:  # speaker 0 as in the original design
-            reference = await synth.segment(body.reference_text, 0, body.reference_audio_b64, body.normalize,
-                                            "reference_text", "reference_audio_b64")
-        audio = await synth.generate(GenerationRequest(
-            text=text, speaker=reference.speaker, context=[reference], max_audio_length_ms=body.max_duration_ms,
-            sampling=synth.sampling(body.temperature, body.top_k, body.seed), request_id=request_id_of(request),
-        ))
+            reference = await synth.segment(
+                body.reference_text,
+                0,
+                body.reference_audio_b64,
+                body.normalize,
+                "reference_text",
+                "reference_audio_b64",
+            )
+        audio = await synth.generate(
+            GenerationRequest(
+                text=text,
+                speaker=reference.speaker,
+                context=[reference],
+                max_audio_length_ms=body.max_duration_ms,
+                sampling=synth.sampling(body.temperature, body.top_k, body.seed),
+                request_id=request_id_of(request),
+            )
+        )
         return await encode_response(audio.pcm, body.response_format, audio_headers(audio, filename))
 
     key = await svc.cache_key(
-        "clone_voice", body, text=text, max_ms=body.max_duration_ms,
+        "clone_voice",
+        body,
+        text=text,
+        max_ms=body.max_duration_ms,
         reference=digest(body.reference_text, body.reference_audio_b64) if not voice else None,
         voice=voice.info.model_dump() if voice else None,
     )
@@ -87,10 +121,13 @@ async def batch_speak(body: BatchSpeakRequest, request: Request, svc: ServicesDe
     if len(body.texts) > limit:
         raise ApiError(413, f"texts has {len(body.texts)} items, over the {limit}-item limit")
     requests = [
-        GenerationRequest(text=synth.text(t, body.normalize, f"texts[{i}]"), speaker=body.speaker,
-                          max_audio_length_ms=body.max_duration_per_text_ms,
-                          sampling=synth.sampling(body.temperature, body.top_k, body.seed),
-                          request_id=f"{request_id_of(request)}-{i}")
+        GenerationRequest(
+            text=synth.text(t, body.normalize, f"texts[{i}]"),
+            speaker=body.speaker,
+            max_audio_length_ms=body.max_duration_per_text_ms,
+            sampling=synth.sampling(body.temperature, body.top_k, body.seed),
+            request_id=f"{request_id_of(request)}-{i}",
+        )
         for i, t in enumerate(body.texts)
     ]
     tasks = [asyncio.ensure_future(synth.generate(r)) for r in requests]

@@ -1,4 +1,5 @@
 """Operational endpoints: /health for load balancers and Ray, /info for clients."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,8 +21,11 @@ async def health(svc: ServicesDep) -> JSONResponse:
         await asyncio.wait_for(svc.synth.engine.check_health(), svc.settings.health_timeout_s)
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready"; the reason is reported
         reason = str(exc) or type(exc).__name__
-        return JSONResponse({"status": "unavailable", "detail": f"engine not ready: {reason}"}, status_code=503,
-                            headers={"Retry-After": str(svc.settings.retry_after_s)})
+        return JSONResponse(
+            {"status": "unavailable", "detail": f"engine not ready: {reason}"},
+            status_code=503,
+            headers={"Retry-After": str(svc.settings.retry_after_s)},
+        )
     return JSONResponse({"status": "ok"})
 
 

@@ -1,4 +1,5 @@
 """Saved voices: a reference recording stored once as Mimi codes, then used by id."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Response

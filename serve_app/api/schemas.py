@@ -3,9 +3,10 @@
 Text length limits live in `ApiSettings` (checked in code, answered with 413), so they are described
 here but not enforced by the schema; everything else (ranges, list sizes, enums) is.
 """
+
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, Field, model_validator
 
@@ -35,11 +36,18 @@ def _not_blank(value: str) -> str:
     return value
 
 
-Text = Annotated[str, Field(min_length=1, description="Text to speak (limit: ApiSettings.max_text_chars)."),
-                 AfterValidator(_not_blank)]
+Text = Annotated[
+    str,
+    Field(min_length=1, description="Text to speak (limit: ApiSettings.max_text_chars)."),
+    AfterValidator(_not_blank),
+]
 Speaker = Annotated[int, Field(ge=0, le=1, description="CSM speaker id.")]
-Base64Audio = Annotated[str, Field(min_length=1, description="Base64 WAV/FLAC/OGG/MP3/M4A (data: URI allowed).")]
-VoiceId = Annotated[str, Field(min_length=1, max_length=64, description="A saved voice's id (POST /v1/voices).")]
+Base64Audio = Annotated[
+    str, Field(min_length=1, description="Base64 WAV/FLAC/OGG/MP3/M4A (data: URI allowed).")
+]
+VoiceId = Annotated[
+    str, Field(min_length=1, max_length=64, description="A saved voice's id (POST /v1/voices).")
+]
 SessionId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
@@ -47,9 +55,9 @@ class SynthesisOptions(BaseModel):
     """Options shared by the generating endpoints."""
 
     normalize: bool = Field(True, description="Spell out numbers, money, abbreviations before generation.")
-    seed: Optional[int] = Field(None, ge=0, le=2**32 - 1, description="Same seed, same audio; enables caching.")
-    temperature: Optional[float] = Field(None, gt=0, le=2.0, description="Sampling temperature (default 0.9).")
-    top_k: Optional[int] = Field(None, ge=1, le=2051, description="Top-k sampling (default 50; 1 = greedy).")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Same seed, same audio; enables caching.")
+    temperature: float | None = Field(None, gt=0, le=2.0, description="Sampling temperature (default 0.9).")
+    top_k: int | None = Field(None, ge=1, le=2051, description="Top-k sampling (default 50; 1 = greedy).")
     cache: bool = Field(False, description="Cache this response even without a seed.")
     response_format: AudioFormat = "wav"
 
@@ -66,12 +74,13 @@ class SpeakRequest(SynthesisOptions):
     context: list[ContextSegment] = Field(default_factory=list)
     max_duration_ms: int = Field(10_000, ge=FRAME_MS, le=60_000)
     quality_check: bool = Field(False, description="Retry silent/clipped/too short audio with new seeds.")
-    voice: Optional[VoiceId] = Field(None, description="Saved voice: its reference becomes the last context turn "
-                                                      "and its speaker is used.")
+    voice: VoiceId | None = Field(
+        None, description="Saved voice: its reference becomes the last context turn and its speaker is used."
+    )
     stream: bool = Field(False, description="Chunked response; first bytes leave with the first audio chunk.")
 
     @model_validator(mode="after")
-    def _stream_excludes_quality_check(self) -> "SpeakRequest":
+    def _stream_excludes_quality_check(self) -> SpeakRequest:
         if self.stream and self.quality_check:
             raise ValueError("quality_check needs the whole utterance and cannot be combined with stream")
         return self
@@ -84,19 +93,21 @@ class ConversationTurn(BaseModel):
 
 
 class ConversationRequest(SynthesisOptions):
-    turns: list[ConversationTurn] = Field(min_length=1, description="Limit: ApiSettings.max_conversation_turns.")
+    turns: list[ConversationTurn] = Field(
+        min_length=1, description="Limit: ApiSettings.max_conversation_turns."
+    )
     max_total_duration_ms: int = Field(30_000, ge=5_000, le=60_000, description="Speech plus pauses.")
 
 
 class CloneVoiceRequest(SynthesisOptions):
     text: Text
-    reference_audio_b64: Optional[Base64Audio] = None
-    reference_text: Optional[Text] = None
-    voice: Optional[VoiceId] = Field(None, description="A saved voice instead of reference audio and text.")
+    reference_audio_b64: Base64Audio | None = None
+    reference_text: Text | None = None
+    voice: VoiceId | None = Field(None, description="A saved voice instead of reference audio and text.")
     max_duration_ms: int = Field(15_000, ge=1_000, le=30_000)
 
     @model_validator(mode="after")
-    def _one_reference(self) -> "CloneVoiceRequest":
+    def _one_reference(self) -> CloneVoiceRequest:
         inline = self.reference_audio_b64 is not None or self.reference_text is not None
         if self.voice is not None and inline:
             raise ValueError("give either voice or reference_audio_b64 + reference_text, not both")
@@ -110,9 +121,9 @@ class BatchSpeakRequest(BaseModel):
     speaker: Speaker = 0
     max_duration_per_text_ms: int = Field(10_000, ge=1_000, le=20_000)
     normalize: bool = True
-    seed: Optional[int] = Field(None, ge=0, le=2**32 - 1, description="Used for every text.")
-    temperature: Optional[float] = Field(None, gt=0, le=2.0)
-    top_k: Optional[int] = Field(None, ge=1, le=2051)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Used for every text.")
+    temperature: float | None = Field(None, gt=0, le=2.0)
+    top_k: int | None = Field(None, ge=1, le=2051)
 
 
 class ContextualSpeakRequest(SynthesisOptions):
@@ -153,12 +164,12 @@ class OpenAISpeechRequest(BaseModel):
 
     model: str = Field(min_length=1, description="Any id from GET /v1/models; tts-1 etc. are accepted.")
     input: Text
-    voice: Union[str, VoiceRef] = Field(description="0, 1, an OpenAI voice name, or a saved voice id.")
+    voice: str | VoiceRef = Field(description="0, 1, an OpenAI voice name, or a saved voice id.")
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
-    instructions: Optional[str] = Field(None, max_length=4096, description="Accepted; CSM has no style prompt.")
+    instructions: str | None = Field(None, max_length=4096, description="Accepted; CSM has no style prompt.")
     stream_format: Literal["audio", "sse"] = "audio"
-    seed: Optional[int] = Field(None, ge=0, le=2**32 - 1)
-    temperature: Optional[float] = Field(None, gt=0, le=2.0)
-    top_k: Optional[int] = Field(None, ge=1, le=2051)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    temperature: float | None = Field(None, gt=0, le=2.0)
+    top_k: int | None = Field(None, ge=1, le=2051)
     cache: bool = False

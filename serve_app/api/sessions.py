@@ -4,13 +4,14 @@ Sessions live in the ingress process's memory (LRU over sessions, idle TTL). Wit
 replicas each replica has its own sessions, so a session is only continuous when its requests reach
 the same replica (one ingress replica, or sticky routing in front of Ray Serve).
 """
+
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from cachetools import TTLCache
 
@@ -26,8 +27,9 @@ class Session:
 
 
 class SessionStore:
-    def __init__(self, max_sessions: int, ttl_s: float, context_turns: int,
-                 timer: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, max_sessions: int, ttl_s: float, context_turns: int, timer: Callable[[], float] = time.monotonic
+    ) -> None:
         self._sessions: TTLCache[str, Session] = TTLCache(maxsize=max_sessions, ttl=ttl_s, timer=timer)
         self._context_turns = context_turns
 

@@ -3,6 +3,7 @@
 Example: `CSM_MAX_TEXT_CHARS=2000 CSM_VOICES_DIR=/data/voices`. Ray Serve passes the same fields
 through the application builder's `api:` args.
 """
+
 from __future__ import annotations
 
 import os

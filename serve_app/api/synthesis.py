@@ -4,10 +4,12 @@ Everything between the HTTP schemas and the `SpeechEngine` protocol that more th
 lives here, so routes stay a few lines each. CPU-heavy work (decoding audio, file I/O) runs in the
 thread pool so the event loop keeps streaming other responses.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, AsyncIterator, Optional, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -30,7 +32,7 @@ _DEFAULT_SAMPLING = SamplingParams()
 class AudioStream:
     """An engine stream whose first chunk has already arrived (so start-up errors got their status)."""
 
-    def __init__(self, first: Optional[AudioChunk], rest: AsyncIterator[AudioChunk]) -> None:
+    def __init__(self, first: AudioChunk | None, rest: AsyncIterator[AudioChunk]) -> None:
         self._first = first
         self._rest = rest
 
@@ -62,7 +64,7 @@ class Synthesizer:
         self.settings = settings
         self.voices = voices
         self._audio_limits = AudioLimits(settings.max_audio_bytes, settings.max_audio_seconds)
-        self._model: Optional[dict[str, str]] = None
+        self._model: dict[str, str] | None = None
 
     # -- inputs ---------------------------------------------------------------------------------
     def text(self, text: str, normalize: bool, field: str = "text") -> str:
@@ -75,8 +77,9 @@ class Synthesizer:
     async def decode_audio(self, audio_b64: str, field: str) -> np.ndarray:
         return await run_in_threadpool(load_audio_b64, audio_b64, self._audio_limits, field)
 
-    async def segment(self, text: str, speaker: int, audio_b64: str, normalize: bool,
-                      text_field: str, audio_field: str) -> Segment:
+    async def segment(
+        self, text: str, speaker: int, audio_b64: str, normalize: bool, text_field: str, audio_field: str
+    ) -> Segment:
         """One user-supplied turn: checked text and decoded audio (the engine encodes it once)."""
         checked = self.text(text, normalize, text_field)
         return Segment(text=checked, speaker=speaker, audio=await self.decode_audio(audio_b64, audio_field))
@@ -86,8 +89,14 @@ class Synthesizer:
         if len(segments) > limit:
             raise ApiError(413, f"context has {len(segments)} turns, over the {limit}-turn limit")
         return [
-            await self.segment(seg.text, seg.speaker, seg.audio_b64, normalize,
-                               f"context[{i}].text", f"context[{i}].audio_b64")
+            await self.segment(
+                seg.text,
+                seg.speaker,
+                seg.audio_b64,
+                normalize,
+                f"context[{i}].text",
+                f"context[{i}].audio_b64",
+            )
             for i, seg in enumerate(segments)
         ]
 
@@ -102,7 +111,7 @@ class Synthesizer:
         return voice.segment(self.text(voice.info.transcript, normalize, "voice transcript"))
 
     @staticmethod
-    def sampling(temperature: Optional[float], top_k: Optional[int], seed: Optional[int]) -> SamplingParams:
+    def sampling(temperature: float | None, top_k: int | None, seed: int | None) -> SamplingParams:
         return SamplingParams(
             temperature=_DEFAULT_SAMPLING.temperature if temperature is None else temperature,
             top_k=_DEFAULT_SAMPLING.top_k if top_k is None else top_k,
@@ -117,8 +126,15 @@ class Synthesizer:
         failures = []
         for attempt in range(attempts):
             seed = request.sampling.seed
-            attempt_request = request if attempt == 0 else dataclasses.replace(
-                request, sampling=dataclasses.replace(request.sampling, seed=None if seed is None else seed + attempt)
+            attempt_request = (
+                request
+                if attempt == 0
+                else dataclasses.replace(
+                    request,
+                    sampling=dataclasses.replace(
+                        request.sampling, seed=None if seed is None else seed + attempt
+                    ),
+                )
             )
             async with engine_errors(self.settings.retry_after_s):
                 audio = await self.engine.generate(attempt_request)

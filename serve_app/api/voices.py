@@ -5,23 +5,24 @@ the same directory, then rename); the json is written last, so a voice exists on
 Nothing is held in memory, so replicas sharing the directory see each other's voices and a restart
 loses nothing. Calls do blocking file I/O: run them in a thread from async code.
 """
+
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, IO, Optional
+from typing import IO
 
 import numpy as np
 
 from serve_app.api.schemas import VoiceInfo
 from serve_app.engine.types import FRAME_MS, Segment
 
-__all__ = ["VoiceStore", "SavedVoice"]
+__all__ = ["SavedVoice", "VoiceStore"]
 
 _ID_RE = re.compile(r"^voice_[0-9a-f]{16}$")
 
@@ -55,13 +56,22 @@ class VoiceStore:
 
     def create(self, name: str, transcript: str, speaker: int, codes: np.ndarray) -> VoiceInfo:
         voice_id = f"voice_{uuid.uuid4().hex[:16]}"
-        info = VoiceInfo(id=voice_id, name=name, transcript=transcript, speaker=speaker, frames=len(codes),
-                         duration_ms=len(codes) * FRAME_MS, created_at=time.time())
-        _atomic_write(self._codes_path(voice_id), lambda f: np.savez(f, codes=np.asarray(codes, dtype=np.int64)))
+        info = VoiceInfo(
+            id=voice_id,
+            name=name,
+            transcript=transcript,
+            speaker=speaker,
+            frames=len(codes),
+            duration_ms=len(codes) * FRAME_MS,
+            created_at=time.time(),
+        )
+        _atomic_write(
+            self._codes_path(voice_id), lambda f: np.savez(f, codes=np.asarray(codes, dtype=np.int64))
+        )
         _atomic_write(self._info_path(voice_id), lambda f: f.write(info.model_dump_json().encode()))
         return info
 
-    def get(self, voice_id: str) -> Optional[SavedVoice]:
+    def get(self, voice_id: str) -> SavedVoice | None:
         info = self.info(voice_id)
         if info is None:
             return None
@@ -72,7 +82,7 @@ class VoiceStore:
             return None
         return SavedVoice(info, codes)
 
-    def info(self, voice_id: str) -> Optional[VoiceInfo]:
+    def info(self, voice_id: str) -> VoiceInfo | None:
         if not _ID_RE.match(voice_id):
             return None
         try:

@@ -6,6 +6,7 @@ duration before decoding samples, and decoding stops at the cap in case a header
 WAV/FLAC/OGG/MP3 go through libsndfile (soundfile); anything else libsndfile rejects (AAC/M4A, WebM,
 ...) is tried with FFmpeg through PyAV.
 """
+
 from __future__ import annotations
 
 import base64
@@ -23,10 +24,10 @@ from serve_app.engine.types import SAMPLE_RATE
 
 __all__ = [
     "AudioInputError",
-    "AudioTooLargeError",
     "AudioLimits",
-    "decode_base64",
+    "AudioTooLargeError",
     "decode_audio",
+    "decode_base64",
     "load_audio_b64",
 ]
 
@@ -111,7 +112,9 @@ def _decode_soundfile(raw: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
 
 
 def _decode_pyav(raw: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
-    unsupported = AudioInputError("the data is not audio in a supported format (WAV, FLAC, OGG, MP3, AAC/M4A)")
+    unsupported = AudioInputError(
+        "the data is not audio in a supported format (WAV, FLAC, OGG, MP3, AAC/M4A)"
+    )
     try:
         container = av.open(io.BytesIO(raw), mode="r")
     except (av.FFmpegError, ValueError, OSError):

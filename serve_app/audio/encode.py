@@ -5,6 +5,7 @@ through FFmpeg's encoders via PyAV, muxed into a write-only sink so the bytes of
 leave as soon as they are encoded. Streamed WAV uses the "unknown length" header convention
 (RIFF and data sizes 0xFFFFFFFF) that players and soundfile accept.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,9 +19,9 @@ import soundfile as sf
 from serve_app.engine.types import SAMPLE_RATE
 
 __all__ = [
-    "AudioFormat",
     "AUDIO_FORMATS",
     "CONTENT_TYPES",
+    "AudioFormat",
     "StreamEncoder",
     "encode_audio",
     "open_stream_encoder",
@@ -61,9 +62,13 @@ def wav_stream_header(sample_rate: int = SAMPLE_RATE, channels: int = 1) -> byte
     unknown = 0xFFFFFFFF
     block = channels * 2
     return (
-        b"RIFF" + struct.pack("<I", unknown) + b"WAVE"
-        + b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block, block, 16)
-        + b"data" + struct.pack("<I", unknown)
+        b"RIFF"
+        + struct.pack("<I", unknown)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block, block, 16)
+        + b"data"
+        + struct.pack("<I", unknown)
     )
 
 
@@ -127,7 +132,9 @@ class _FFmpegEncoder:
         muxer, codec, options = _FFMPEG[fmt]
         self._rate = sample_rate
         self._sink = _Sink()
-        self._container = av.open(self._sink, mode="w", format=muxer, options=options, buffer_size=_AVIO_BUFFER)
+        self._container = av.open(
+            self._sink, mode="w", format=muxer, options=options, buffer_size=_AVIO_BUFFER
+        )
         self._stream = self._container.add_stream(codec, rate=sample_rate, layout="mono")
         self._closed = False
 

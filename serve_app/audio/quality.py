@@ -3,6 +3,7 @@
 The original design rejected any peak above 0.99; a real waveform may touch that once, so "clipped"
 here means a measurable fraction of samples sits at full scale.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,7 +39,9 @@ class QualityReport:
         )
 
 
-def check_quality(pcm: np.ndarray, sample_rate: int = SAMPLE_RATE, min_seconds: float = MIN_SECONDS) -> QualityReport:
+def check_quality(
+    pcm: np.ndarray, sample_rate: int = SAMPLE_RATE, min_seconds: float = MIN_SECONDS
+) -> QualityReport:
     """Measure `pcm` and list what is wrong with it ("silent", "clipped", "too short")."""
     samples = np.asarray(pcm, dtype=np.float32)
     duration = len(samples) / sample_rate

@@ -4,6 +4,7 @@ Used for OpenAI's `speed` (0.25–4.0). `atempo` takes 0.5–100 per instance, s
 two instances. The filter keeps state between chunks, so a stream is stretched as one signal
 (no clicks at chunk boundaries).
 """
+
 from __future__ import annotations
 
 import av
@@ -12,7 +13,7 @@ import numpy as np
 
 from serve_app.engine.types import SAMPLE_RATE
 
-__all__ = ["TempoStretcher", "change_speed", "MIN_SPEED", "MAX_SPEED"]
+__all__ = ["MAX_SPEED", "MIN_SPEED", "TempoStretcher", "change_speed"]
 
 MIN_SPEED = 0.25
 MAX_SPEED = 4.0

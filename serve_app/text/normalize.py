@@ -4,10 +4,11 @@ CSM reads raw text; "$3.50" or "5th" tokenize into pieces the model never learne
 API rewrites them into words before generation (`normalize: false` opts out). The rules are
 deliberately conservative English rules: anything they do not recognise is left untouched.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from num2words import num2words
 
@@ -51,9 +52,7 @@ _NUM = r"\d{1,3}(?:,\d{3})+|\d+"  # 1,234,567 or 1234567
 _TITLE_RE = re.compile(r"\b(" + "|".join(_TITLES) + r")\.\s+(?=[A-Z])")
 _ANYWHERE_RE = re.compile("|".join(r"(?<!\w)" + re.escape(k) for k in _ANYWHERE))
 _NO_RE = re.compile(r"\b(No|no)\.\s*(?=\d)")
-_MONEY_RE = re.compile(
-    r"([$€£¥])\s?(" + _NUM + r")(?:\.(\d+))?(?:\s+(" + "|".join(_SCALES) + r")\b)?"
-)
+_MONEY_RE = re.compile(r"([$€£¥])\s?(" + _NUM + r")(?:\.(\d+))?(?:\s+(" + "|".join(_SCALES) + r")\b)?")
 _ORDINAL_RE = re.compile(r"\b(" + _NUM + r")(st|nd|rd|th)\b", re.IGNORECASE)
 _DECADE_RE = re.compile(r"\b(1[1-9]|20)(\d)0'?s\b")
 _YEAR_RE = re.compile(r"(?<![\d,.$€£¥-])\b(1[1-9]\d\d|20\d\d)\b(?![\d,]|\.\d|\s*%)")
