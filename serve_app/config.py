@@ -29,6 +29,7 @@ class ModelPreset:
     codec_filename: Optional[str] = None
     tokenizer_repo_id: Optional[str] = None
     tokenizer_revision: Optional[str] = None
+    local_dir: Optional[str] = None  # a local copy of `repo_id` (e.g. a mounted volume): no download
     dtype: Optional[str] = None  # None: bfloat16 on CUDA, float32 elsewhere
     seed: int = 0  # random weights only
     description: str = ""

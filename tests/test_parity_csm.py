@@ -140,10 +140,10 @@ def test_parity_prompt_rows_equal_the_processor_sequence(ours: LoadedModel) -> N
     assert bool((prompt.tokens[ids == eos_id, :32] == 0).all())
 
 
-@pytest.mark.parametrize("batch", [[2], [0, 1, 2]], ids=["batch1", "batch3"])
-def test_parity_greedy_generation_yields_identical_codes(oracle: Any, ours: LoadedModel, batch: list[int]) -> None:
+def test_parity_greedy_generation_yields_identical_codes_batch3(oracle: Any, ours: LoadedModel) -> None:
+    """Three prompts of different lengths (the oracle left-pads, we right-pad), 20 frames each."""
     frames = 20
-    convs = [CONVERSATIONS[i] for i in batch]
+    convs = CONVERSATIONS
     inputs = tiny_processor().apply_chat_template([as_chat(c) for c in convs], tokenize=True, return_dict=True)
     with torch.no_grad():
         ref = oracle.generate(**inputs, do_sample=False, depth_decoder_do_sample=False, max_new_tokens=frames)

@@ -175,8 +175,8 @@ def load_model(preset_or_path: str, device: Optional[str | torch.device] = None,
                local_dir: Optional[str | Path] = None) -> LoadedModel:
     """Load a preset (name or YAML file) or a local checkpoint directory.
 
-    `revision` overrides the preset's; `local_dir` (or $CSM_MODEL_DIR) replaces the download of
-    the main repository with a local copy."""
+    `revision` overrides the preset's; `local_dir` (else $CSM_MODEL_DIR, else the preset's
+    `local_dir`) replaces the download of the main repository with a local copy."""
     dev = resolve_device(device)
     if Path(preset_or_path).is_dir():
         local_dir = Path(preset_or_path)
@@ -192,8 +192,8 @@ def load_model(preset_or_path: str, device: Optional[str | torch.device] = None,
         model, tokenizer, codec = _load_random(preset, dev, torch_dtype)
         source = None
     else:
-        env_dir = os.environ.get(LOCAL_DIR_ENV)
-        path = Path(local_dir or env_dir) if (local_dir or env_dir) else None
+        given = local_dir or os.environ.get(LOCAL_DIR_ENV) or preset.local_dir
+        path = Path(given) if given else None
         if path is None:
             patterns = HF_MODEL_FILES if preset.format == "hf" else SESAME_MODEL_FILES
             path = fetch_snapshot(preset.repo_id, rev, patterns)  # type: ignore[arg-type]
