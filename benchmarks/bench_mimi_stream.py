@@ -1,0 +1,139 @@
+"""Per-chunk latency of the streaming Mimi decoder.
+
+Times `decode` for 1- and 4-frame chunks at batch 1 and 16: the tiny test config on CPU (eager), and
+the full default `MimiConfig` (random weights, bf16 and fp32) on CUDA when available, both eager
+(`MimiStreamDecoder`) and replayed from CUDA graphs (`GraphedMimiStreamDecoder`).
+The decoder's cost per call does not depend on how far a stream is (fixed-size window cache), so
+streams are timed from their start after a short warm-up.
+
+    python benchmarks/bench_mimi_stream.py [--iters 30] [--threads 1] [--parts tiny-cpu,full-cuda]
+
+Writes JSON (with the command that made it) to $OUT if set, else to benchmarks/results/.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import MimiConfig, MimiModel
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from serve_app.model.mimi_stream import MimiStreamDecoder  # noqa: E402
+from serve_app.model.mimi_stream_graphs import GraphedMimiStreamDecoder  # noqa: E402
+from support_mimi_stream import random_mimi, tiny_mimi_config  # noqa: E402
+
+BATCHES = (1, 16)
+CHUNK_FRAMES = (1, 4)
+FRAME_MS = 80
+
+
+MODES = {"eager": MimiStreamDecoder, "cuda-graphs": GraphedMimiStreamDecoder}
+
+
+def time_case(mimi: MimiModel, mode: str, batch: int, frames: int, iters: int, warmup: int) -> dict:
+    """Latency of `iters` consecutive decode calls of `frames` frames for `batch` streams."""
+    device = next(mimi.parameters()).device
+    decoder = MODES[mode](mimi, max_streams=batch)
+    slots = torch.arange(batch)  # on the host, as an engine's scheduler holds them
+    for slot in range(batch):
+        decoder.reset(slot)
+    shape = (batch, mimi.config.num_quantizers, frames)
+    codes = torch.randint(0, mimi.config.codebook_size, shape, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for i in range(warmup + iters):
+        sync()
+        start = time.perf_counter()
+        decoder.decode(codes, slots, check=False)
+        sync()
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    median = statistics.median(times)
+    audio_ms = batch * frames * FRAME_MS
+    return {
+        "mode": mode,
+        "batch": batch,
+        "chunk_frames": frames,
+        "iters": iters,
+        "median_ms": round(median, 3),
+        "p90_ms": round(times[math.ceil(0.9 * len(times)) - 1], 3),
+        "mean_ms": round(statistics.fmean(times), 3),
+        "audio_ms_per_call": audio_ms,
+        "realtime_factor": round(audio_ms / median, 2),
+    }
+
+
+def config_summary(config: MimiConfig) -> dict:
+    keys = ("hidden_size", "num_filters", "num_hidden_layers", "num_attention_heads", "sliding_window")
+    return {key: getattr(config, key) for key in keys}
+
+
+def run_part(name: str, mimi: MimiModel, modes: list[str], iters: int, warmup: int) -> list[dict]:
+    dtype = str(next(mimi.parameters()).dtype).removeprefix("torch.")
+    rows = []
+    for mode in modes:
+        for batch in BATCHES:
+            for frames in CHUNK_FRAMES:
+                row = {"part": name, "dtype": dtype, "config": config_summary(mimi.config)}
+                row.update(time_case(mimi, mode, batch, frames, iters, warmup))
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    parser.add_argument("--parts", default="tiny-cpu,full-cuda", help="comma list: tiny-cpu, full-cuda")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    parts = set(args.parts.split(","))
+    cuda = torch.cuda.is_available()
+
+    results: list[dict] = []
+    with torch.inference_mode():
+        if "tiny-cpu" in parts:
+            results += run_part("tiny-cpu", random_mimi(tiny_mimi_config()), ["eager"], args.iters, args.warmup)
+        if "full-cuda" in parts and cuda:
+            full = MimiModel(MimiConfig()).eval()
+            for dtype in (torch.bfloat16, torch.float32):
+                modes = ["eager", "cuda-graphs"]
+                results += run_part("full-cuda", full.to("cuda", dtype), modes, args.iters, args.warmup)
+
+    device = "cuda" if cuda and "full-cuda" in parts else "cpu"
+    report = {
+        "benchmark": "mimi-stream-decode-latency",
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+        "results": results,
+    }
+    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "benchmarks" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{dt.date.today().isoformat()}-{device}-mimi-stream.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
