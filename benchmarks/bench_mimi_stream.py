@@ -10,6 +10,7 @@ streams are timed from their start after a short warm-up.
 
 Writes JSON (with the command that made it) to $OUT if set, else to benchmarks/results/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,10 @@ from transformers import MimiConfig, MimiModel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from serve_app.model.mimi_stream import MimiStreamDecoder  # noqa: E402
-from serve_app.model.mimi_stream_graphs import GraphedMimiStreamDecoder  # noqa: E402
-from support_mimi_stream import random_mimi, tiny_mimi_config  # noqa: E402
+from support_mimi_stream import random_mimi, tiny_mimi_config
+
+from serve_app.model.mimi_stream import MimiStreamDecoder
+from serve_app.model.mimi_stream_graphs import GraphedMimiStreamDecoder
 
 BATCHES = (1, 16)
 CHUNK_FRAMES = (1, 4)
@@ -109,7 +111,9 @@ def main() -> None:
     results: list[dict] = []
     with torch.inference_mode():
         if "tiny-cpu" in parts:
-            results += run_part("tiny-cpu", random_mimi(tiny_mimi_config()), ["eager"], args.iters, args.warmup)
+            results += run_part(
+                "tiny-cpu", random_mimi(tiny_mimi_config()), ["eager"], args.iters, args.warmup
+            )
         if "full-cuda" in parts and cuda:
             full = MimiModel(MimiConfig()).eval()
             for dtype in (torch.bfloat16, torch.float32):

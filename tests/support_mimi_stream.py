@@ -6,6 +6,7 @@ zero, linear layers with std 0.02 and layer scales to 0.01, which would make the
 invisible in a comparison, so all three are redrawn here, and the output is scaled to unit std like
 real audio so that absolute tolerances mean the same for every variant.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,19 +17,19 @@ from transformers import MimiConfig, MimiModel
 
 
 def tiny_mimi_config(**overrides: Any) -> MimiConfig:
-    params: dict[str, Any] = dict(
-        hidden_size=32,
-        num_filters=2,
-        num_hidden_layers=2,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        codebook_size=64,
-        codebook_dim=16,
-        vector_quantization_hidden_dimension=16,
-        upsample_groups=32,
-        sliding_window=6,
-    )
+    params: dict[str, Any] = {
+        "hidden_size": 32,
+        "num_filters": 2,
+        "num_hidden_layers": 2,
+        "intermediate_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "codebook_size": 64,
+        "codebook_dim": 16,
+        "vector_quantization_hidden_dimension": 16,
+        "upsample_groups": 32,
+        "sliding_window": 6,
+    }
     params.update(overrides)
     return MimiConfig(**params)
 

@@ -1,14 +1,15 @@
 """Streaming Mimi decode equals transformers' full `MimiModel.decode`, chunk by chunk, slot by slot."""
+
 from __future__ import annotations
 
 import random
 
 import pytest
 import torch
+from support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
 from transformers import MimiConfig, MimiModel
 
 from serve_app.model.mimi_stream import MimiStreamDecoder
-from support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
 
 FRAMES = 12  # 24 transformer tokens, four times the tiny sliding window of 6
 ATOL, RTOL = 1e-4, 1e-5
@@ -67,7 +68,9 @@ SCHEDULES = {
 def test_chunked_stream_equals_full_decode(mimi, batch, schedule):
     codes = random_codes(batch, FRAMES, mimi.config, seed=batch)
     decoder = MimiStreamDecoder(mimi, max_streams=3)
-    torch.testing.assert_close(stream_decode(decoder, codes, schedule), full_decode(mimi, codes), atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(
+        stream_decode(decoder, codes, schedule), full_decode(mimi, codes), atol=ATOL, rtol=RTOL
+    )
 
 
 def test_interleaved_slots_with_different_histories(mimi):

@@ -1,4 +1,5 @@
 """Bucketed (and, on CUDA, graph-replayed) streaming decode gives the eager decoder's output."""
+
 from __future__ import annotations
 
 import random

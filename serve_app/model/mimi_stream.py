@@ -11,6 +11,7 @@ Streams live in slots of preallocated state tensors, so a GPU engine decodes the
 its active requests in one call. Lifecycle per stream: `reset(slot)` (or `acquire()`), any number of
 `decode(...)` calls, then `free(slot)`.
 """
+
 from __future__ import annotations
 
 import math

@@ -9,6 +9,7 @@ To keep the number of graphs small, a batch is padded up to a bucket size (1, 2,
 rows decode into a scratch slot that no stream owns; they cost a little compute and change nothing
 else. Without CUDA (or with `use_graphs=False`) the same padded decode runs eagerly.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -8,6 +8,7 @@ in one preallocated tensor; a call gathers the rows of the streams it decodes an
 
 All ops call the wrapped module's own `nn.Conv1d` / weights, so no parameter is copied.
 """
+
 from __future__ import annotations
 
 from typing import Protocol

@@ -9,6 +9,7 @@ young stream has not filled yet. RoPE uses the same absolute positions as the fu
 The cache size is fixed, so a call costs the same at every point of a stream (and keeps shapes
 static for CUDA graphs). Layers are the wrapped model's own modules; no weight is copied.
 """
+
 from __future__ import annotations
 
 import torch
