@@ -16,7 +16,6 @@ with Retry-After.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import os
 from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Union
@@ -55,16 +54,11 @@ INGRESS_DEPLOYMENT = "APIIngress"
 class TTSModel:
     """One speech engine per replica (one GPU in production); a thin pass-through to it."""
 
-    def __init__(
-        self,
-        model: str = "tiny-random",
-        engine_kwargs: Optional[dict[str, Any]] = None,
-        engine_class: str = "serve_app.engine.engine:Engine",
-    ) -> None:
+    def __init__(self, model: str = "tiny-random", engine_kwargs: Optional[dict[str, Any]] = None) -> None:
         # Imported here, in the replica, so building the graph on the controller never needs torch.
-        module_name, class_name = engine_class.split(":")
-        engine_type = getattr(importlib.import_module(module_name), class_name)
-        self._engine: SpeechEngine = engine_type.from_preset(model, **(engine_kwargs or {}))
+        from serve_app.engine.engine import Engine
+
+        self._engine: SpeechEngine = Engine.from_preset(model, **(engine_kwargs or {}))
         self._model = model
         logger.info("TTSModel replica ready: preset=%s pid=%d", model, os.getpid())
 
@@ -136,7 +130,7 @@ def build_app(args: Union[dict[str, Any], BuildArgs, None] = None) -> Applicatio
     max_ongoing = parsed.model_max_ongoing_requests()
     if max_ongoing is not None:
         model = model.options(max_ongoing_requests=max_ongoing)
-    return APIIngress.bind(model.bind(parsed.model, parsed.engine_kwargs(), parsed.engine_class), parsed.api)
+    return APIIngress.bind(model.bind(parsed.model, parsed.engine_kwargs()), parsed.api)
 
 
 def _api_settings(values: dict[str, Any]) -> Any:

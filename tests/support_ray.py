@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import os
 import shutil
 import socket
@@ -26,8 +25,6 @@ from typing import Any, Iterator
 import httpx
 import pytest
 import yaml
-
-from tests.support_api import FakeEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_CONFIG = ROOT / "configs" / "serve" / "local.yaml"
@@ -47,18 +44,7 @@ def local_config(port: int, voices_dir: Path) -> dict[str, Any]:
     config["http_options"]["port"] = port
     (app,) = config["applications"]
     app["args"].setdefault("api", {})["voices_dir"] = str(voices_dir)
-    if importlib.util.find_spec("serve_app.engine.engine") is None:
-        app["args"]["engine_class"] = "tests.support_ray:StandInEngine"
     return config
-
-
-class StandInEngine(FakeEngine):
-    """Used only while `serve_app.engine.engine` is absent: the API tests' fake, slowed down so
-    requests overlap (overload) and stay in flight (replica kill)."""
-
-    @classmethod
-    def from_preset(cls, preset: str = "tiny-random", **_: Any) -> "StandInEngine":
-        return cls(delay_s=0.5, chunk_frames=2)
 
 
 def worker_env(tmp_dir: str) -> dict[str, str]:

@@ -22,11 +22,6 @@ class BuildArgs(BaseModel):
         None, ge=1, le=1024, description="Engine slots: streams decoded together in one batch."
     )
     engine: dict[str, Any] = Field(default_factory=dict, description="Extra Engine.from_preset options.")
-    engine_class: str = Field(
-        "serve_app.engine.engine:Engine",
-        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
-        description="module:Class of the SpeechEngine, constructed with Class.from_preset(model, **kwargs).",
-    )
     api: dict[str, Any] = Field(default_factory=dict, description="ApiSettings fields for the ingress.")
 
     def engine_kwargs(self) -> dict[str, Any]:
