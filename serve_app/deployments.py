@@ -13,12 +13,14 @@ model deployment passes every call straight through (no `@serve.batch`) and its
 in Ray's per-handle queue; beyond `max_queued_requests` Ray rejects them and the ingress answers 503
 with Retry-After.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Union
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray import serve
@@ -54,7 +56,7 @@ INGRESS_DEPLOYMENT = "APIIngress"
 class TTSModel:
     """One speech engine per replica (one GPU in production); a thin pass-through to it."""
 
-    def __init__(self, model: str = "tiny-random", engine_kwargs: Optional[dict[str, Any]] = None) -> None:
+    def __init__(self, model: str = "tiny-random", engine_kwargs: dict[str, Any] | None = None) -> None:
         # Imported here, in the replica, so building the graph on the controller never needs torch.
         from serve_app.engine.engine import Engine
 
@@ -111,18 +113,18 @@ class TTSModel:
 class APIIngress:
     """HTTP entry point: the API layer's FastAPI app, talking to `TTSModel` through a handle."""
 
-    def __init__(self, model: DeploymentHandle, api_settings: Optional[dict[str, Any]] = None) -> None:
+    def __init__(self, model: DeploymentHandle, api_settings: dict[str, Any] | None = None) -> None:
         self._engine = HandleEngine(model)
         self._api_settings = dict(api_settings or {})
 
-    def __serve_build_asgi_app__(self) -> "FastAPI":
+    def __serve_build_asgi_app__(self) -> FastAPI:
         """Built on the replica after `__init__`, so the app can hold the handle-backed engine."""
         from serve_app.api.app import create_app
 
         return create_app(self._engine, _api_settings(self._api_settings))
 
 
-def build_app(args: Union[dict[str, Any], BuildArgs, None] = None) -> Application:
+def build_app(args: dict[str, Any] | BuildArgs | None = None) -> Application:
     """Application builder: `args` as in a Serve config's `args:` (see `BuildArgs`)."""
     parsed = args if isinstance(args, BuildArgs) else BuildArgs.model_validate(args or {})
     _api_settings(parsed.api)  # fail at build time on bad API settings, not in every replica
@@ -142,7 +144,7 @@ def _api_settings(values: dict[str, Any]) -> Any:
     return ApiSettings(**values)
 
 
-def _replica_id() -> Optional[str]:
+def _replica_id() -> str | None:
     with contextlib.suppress(Exception):
         return serve.get_replica_context().replica_id.unique_id
     return None

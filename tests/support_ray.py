@@ -9,6 +9,7 @@ Use it from a test module with `from tests.support_ray import ray_serve  # noqa:
 re-export) and mark Ray tests `@pytest.mark.ray`. Starting Ray costs seconds: keep Ray tests few,
 in as few files as possible, all on this one fixture.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,9 +19,10 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest

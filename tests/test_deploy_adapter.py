@@ -3,10 +3,12 @@
 The fakes mimic what a `DeploymentHandle` returns (awaitable responses and async response
 generators with `.cancel()`); Ray's real behaviour is covered by tests/test_e2e_ray.py.
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Callable, Optional
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,7 +53,7 @@ class FakeResponse:
 
 
 class FakeStream:
-    def __init__(self, chunks: list[AudioChunk], error: Optional[BaseException]) -> None:
+    def __init__(self, chunks: list[AudioChunk], error: BaseException | None) -> None:
         self._chunks = chunks
         self._error = error
         self.cancelled = False
@@ -72,14 +74,14 @@ class FakeStream:
 class FakeHandle:
     """Answers every method with `outcome` (a value, an exception, or `...` for never)."""
 
-    def __init__(self, outcome: Any = None, chunks: int = 3, stream_error: Optional[BaseException] = None):
+    def __init__(self, outcome: Any = None, chunks: int = 3, stream_error: BaseException | None = None):
         self.outcome = outcome
         self.chunks = [_chunk(i, last=i == chunks - 1) for i in range(chunks)]
         self.stream_error = stream_error
         self.responses: list[Any] = []
         self.calls: list[tuple[str, tuple]] = []
 
-    def options(self, *, stream: bool = False) -> "FakeHandle":
+    def options(self, *, stream: bool = False) -> FakeHandle:
         assert stream
         return self
 
@@ -116,7 +118,9 @@ def test_adapter_satisfies_the_api_protocol() -> None:
 
 def test_backpressure_becomes_overload_with_retry_after() -> None:
     async def scenario() -> None:
-        engine = _engine(FakeHandle(BackPressureError(num_queued_requests=4, max_queued_requests=4, retry_after_s=3)))
+        engine = _engine(
+            FakeHandle(BackPressureError(num_queued_requests=4, max_queued_requests=4, retry_after_s=3))
+        )
         with pytest.raises(ReplicaUnavailableError) as info:
             await engine.generate(GenerationRequest(text="hi"))
         assert isinstance(info.value, EngineOverloadedError)  # the API answers these with 503
@@ -230,6 +234,5 @@ def test_model_stream_closes_the_engine_stream_when_cancelled() -> None:
         await stream.__anext__()
         await stream.aclose()
         assert engine.closed_streams == 1
-
 
     asyncio.run(scenario())

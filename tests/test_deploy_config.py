@@ -1,4 +1,5 @@
 """Serve configs, KubeRay manifest and Dockerfile: validated without starting Ray."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -126,15 +127,20 @@ def test_rayservice_matches_serve_config() -> None:
     scaling = _deployment(_load(PROD), deployments.MODEL_DEPLOYMENT)["autoscaling_config"]
     assert gpu_group["maxReplicas"] >= scaling["max_replicas"], "GPU workers cap the model replicas"
     assert cluster["enableInTreeAutoscaling"] is True
-    images = {c["image"] for g in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
-              for c in g["template"]["spec"]["containers"]}
+    images = {
+        c["image"]
+        for g in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+        for c in g["template"]["spec"]["containers"]
+    }
     assert len(images) == 1
 
 
 def _dockerignored(path: str, patterns: list[str]) -> bool:
     parts = Path(path).parts
     return any(
-        fnmatch.fnmatch(path, p) or fnmatch.fnmatch(parts[0], p) or fnmatch.fnmatch(path, p.removeprefix("**/"))
+        fnmatch.fnmatch(path, p)
+        or fnmatch.fnmatch(parts[0], p)
+        or fnmatch.fnmatch(path, p.removeprefix("**/"))
         for p in patterns
     )
 
@@ -148,16 +154,16 @@ def test_dockerfile_copies_what_the_image_needs() -> None:
     ]
     sources = [
         src
-        for line in re.findall(r"^COPY (?:--\S+ )*(.+)$", dockerfile, flags=re.M)
+        for line in re.findall(r"^COPY (?:--\S+ )*(.+)$", dockerfile, flags=re.MULTILINE)
         for src in line.split()[:-1]
     ]
     assert {"pyproject.toml", "serve_app", "serve_config.yaml", "configs"} <= set(sources)
     for src in sources:
         assert (ROOT / src).exists(), src
         assert not _dockerignored(src, ignore), f"{src} is excluded by .dockerignore"
-    users = re.findall(r"^USER (\S+)", dockerfile, flags=re.M)
+    users = re.findall(r"^USER (\S+)", dockerfile, flags=re.MULTILINE)
     assert users and users[-1] not in {"root", "0"}
-    cmd = re.search(r"^CMD (.+)$", dockerfile, flags=re.M)
+    cmd = re.search(r"^CMD (.+)$", dockerfile, flags=re.MULTILINE)
     assert cmd is not None and '"serve", "run", "serve_config.yaml"' in cmd.group(1)
-    assert re.search(r"^FROM \$\{CUDA_IMAGE\}", dockerfile, flags=re.M)
-    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+-runtime-", dockerfile, flags=re.M)
+    assert re.search(r"^FROM \$\{CUDA_IMAGE\}", dockerfile, flags=re.MULTILINE)
+    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+-runtime-", dockerfile, flags=re.MULTILINE)

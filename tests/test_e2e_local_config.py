@@ -4,6 +4,7 @@ The config is the local one with a free port (and a temporary voices directory),
 collides with a developer's server on :8000 nor with the session's in-process Ray. Its own
 RAY_TMPDIR keeps `serve run` from attaching to another Ray instance on this machine.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,7 +50,10 @@ def test_serve_run_local_config(tmp_path: Path) -> None:
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(serve_cli), "run", str(config_path)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:

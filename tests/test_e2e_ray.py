@@ -3,6 +3,7 @@
 One Ray instance serves every test here (tests/support_ray.py). The last two tests change the
 deployment (tighter queue limits; a killed replica) and restore it, so they run last.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -61,7 +62,9 @@ def test_health_and_info(http: httpx.Client) -> None:
 
 
 def test_speak_returns_a_wav_within_the_duration_limit(http: httpx.Client) -> None:
-    response = http.post("/speak", json={"text": "Hello from the cluster.", "speaker": 0, "max_duration_ms": 800})
+    response = http.post(
+        "/speak", json={"text": "Hello from the cluster.", "speaker": 0, "max_duration_ms": 800}
+    )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "audio/wav"
     assert response.headers["x-request-id"]
@@ -71,10 +74,27 @@ def test_speak_returns_a_wav_within_the_duration_limit(http: httpx.Client) -> No
 @pytest.mark.parametrize(
     ("path", "body", "max_ms"),
     [
-        ("/conversation", {"turns": [{"speaker": 0, "text": "Hi there.", "pause_ms": 100},
-                                     {"speaker": 1, "text": "Hello!"}], "max_total_duration_ms": 5000}, 5000),
-        ("/clone_voice", {"text": "Same voice.", "reference_audio_b64": _tone_b64(),
-                          "reference_text": "A reference.", "max_duration_ms": 1000}, 1000),
+        (
+            "/conversation",
+            {
+                "turns": [
+                    {"speaker": 0, "text": "Hi there.", "pause_ms": 100},
+                    {"speaker": 1, "text": "Hello!"},
+                ],
+                "max_total_duration_ms": 5000,
+            },
+            5000,
+        ),
+        (
+            "/clone_voice",
+            {
+                "text": "Same voice.",
+                "reference_audio_b64": _tone_b64(),
+                "reference_text": "A reference.",
+                "max_duration_ms": 1000,
+            },
+            1000,
+        ),
     ],
     ids=["conversation", "clone_voice"],
 )
@@ -86,8 +106,9 @@ def test_generating_endpoints(http: httpx.Client, path: str, body: dict[str, Any
 
 def test_batch_speak_keeps_input_order(http: httpx.Client) -> None:
     texts = ["First one.", "The second text is a little longer."]
-    response = http.post("/batch_speak", json={"texts": texts, "speaker": 0, "seed": 7,
-                                               "max_duration_per_text_ms": 1000})
+    response = http.post(
+        "/batch_speak", json={"texts": texts, "speaker": 0, "seed": 7, "max_duration_per_text_ms": 1000}
+    )
     assert response.status_code == 200, response.text
     batch = [_assert_speech(base64.b64decode(item), 1000) for item in response.json()]
     assert len(batch) == len(texts)
@@ -99,8 +120,10 @@ def test_batch_speak_keeps_input_order(http: httpx.Client) -> None:
 
 def test_sessions_are_isolated_and_resettable(http: httpx.Client) -> None:
     def turn(session: str) -> int:
-        response = http.post("/contextual_speak", json={"text": "Go on.", "speaker": 0, "session_id": session,
-                                                        "max_duration_ms": 400})
+        response = http.post(
+            "/contextual_speak",
+            json={"text": "Go on.", "speaker": 0, "session_id": session, "max_duration_ms": 400},
+        )
         assert response.status_code == 200, response.text
         return int(response.headers["x-session-turns"])
 
@@ -125,8 +148,13 @@ def _streams_incrementally(ray_serve: ServeInstance) -> bool:  # noqa: F811
 
 
 def test_streaming_returns_several_chunks(http: httpx.Client, ray_serve: ServeInstance) -> None:  # noqa: F811
-    body = {"text": "Streaming through Ray.", "speaker": 0, "stream": True, "response_format": "pcm",
-            "max_duration_ms": 800}
+    body = {
+        "text": "Streaming through Ray.",
+        "speaker": 0,
+        "stream": True,
+        "response_format": "pcm",
+        "max_duration_ms": 800,
+    }
     with http.stream("POST", "/speak", json=body) as response:
         assert response.status_code == 200
         chunks = [chunk for chunk in response.iter_raw() if chunk]
@@ -138,7 +166,8 @@ def test_streaming_returns_several_chunks(http: httpx.Client, ray_serve: ServeIn
 
 
 def test_openai_speech_streams_and_stops_when_the_client_leaves(
-    http: httpx.Client, ray_serve: ServeInstance  # noqa: F811
+    http: httpx.Client,
+    ray_serve: ServeInstance,  # noqa: F811
 ) -> None:
     if not _streams_incrementally(ray_serve):
         pytest.skip("the reference engine would generate the whole 60 s utterance before the first byte")
@@ -154,12 +183,16 @@ def test_openai_speech_streams_and_stops_when_the_client_leaves(
 
 
 def test_voices_lifecycle(http: httpx.Client) -> None:
-    created = http.post("/v1/voices", json={"name": "e2e", "audio_b64": _tone_b64(1.0), "transcript": "Hello."})
+    created = http.post(
+        "/v1/voices", json={"name": "e2e", "audio_b64": _tone_b64(1.0), "transcript": "Hello."}
+    )
     assert created.status_code == 201, created.text
     voice = created.json()
     assert voice["frames"] == int(np.ceil(SAMPLE_RATE * 1.0 / 1920))
     assert voice["id"] in {v["id"] for v in http.get("/v1/voices").json()["data"]}
-    spoken = http.post("/speak", json={"text": "In the saved voice.", "voice": voice["id"], "max_duration_ms": 400})
+    spoken = http.post(
+        "/speak", json={"text": "In the saved voice.", "voice": voice["id"], "max_duration_ms": 400}
+    )
     assert spoken.status_code == 200, spoken.text
     assert http.delete(f"/v1/voices/{voice['id']}").status_code == 204
     assert http.get(f"/v1/voices/{voice['id']}").status_code == 404
@@ -168,8 +201,16 @@ def test_voices_lifecycle(http: httpx.Client) -> None:
 
 BAD_INPUT = [
     ("/speak", {"text": "x", "context": [{"text": "c", "speaker": 0, "audio_b64": "***not base64***"}]}, 400),
-    ("/speak", {"text": "x", "context": [{"text": "c", "speaker": 0,
-                                          "audio_b64": base64.b64encode(b"plain text " * 40).decode()}]}, 400),
+    (
+        "/speak",
+        {
+            "text": "x",
+            "context": [
+                {"text": "c", "speaker": 0, "audio_b64": base64.b64encode(b"plain text " * 40).decode()}
+            ],
+        },
+        400,
+    ),
     ("/speak", {"text": "", "speaker": 0}, 422),
     ("/speak", {"text": "x", "speaker": 2}, 422),
     ("/batch_speak", {"texts": ["x"] * 11}, 422),
@@ -189,8 +230,9 @@ def test_bad_input_is_a_4xx_and_the_service_still_answers(http: httpx.Client) ->
 
 
 async def _burst(base_url: str, n: int, body: dict[str, Any]) -> list[httpx.Response]:
-    async with httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT,
-                                 limits=httpx.Limits(max_connections=n)) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=TIMEOUT, limits=httpx.Limits(max_connections=n)
+    ) as client:
         return await asyncio.gather(*(client.post("/speak", json=body) for _ in range(n)))
 
 

@@ -3,10 +3,11 @@
 Validated here, at build time on the controller, so a typo in a config fails the deployment with a
 clear message instead of surfacing later inside a replica.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,8 +18,8 @@ class BuildArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str = Field("tiny-random", min_length=1, description="Engine preset, e.g. csm-1b or tiny-random.")
-    device: Optional[str] = Field(None, description="cuda, cpu, ...; None lets the engine choose.")
-    max_batch_size: Optional[int] = Field(
+    device: str | None = Field(None, description="cuda, cpu, ...; None lets the engine choose.")
+    max_batch_size: int | None = Field(
         None, ge=1, le=1024, description="Engine slots: streams decoded together in one batch."
     )
     engine: dict[str, Any] = Field(default_factory=dict, description="Extra Engine.from_preset options.")
@@ -33,7 +34,7 @@ class BuildArgs(BaseModel):
             kwargs["device"] = self.device
         return kwargs
 
-    def model_max_ongoing_requests(self) -> Optional[int]:
+    def model_max_ongoing_requests(self) -> int | None:
         """Requests Ray may route to one model replica at once: every slot busy plus a quarter more
         waiting in the engine, so a freed slot is refilled at the next frame without a Ray round
         trip. The rest wait in Ray's queue, where any replica (or a new one) can take them."""

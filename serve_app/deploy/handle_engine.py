@@ -7,11 +7,13 @@ ingress replica and reach the model replicas through Ray. It also turns Ray's tr
 Errors raised by the engine itself (bad prompt, engine overload) cross Ray as instances of their
 own class and pass through unchanged.
 """
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator, Awaitable, NoReturn, Optional, TypeVar
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 from ray.exceptions import RayActorError, WorkerCrashedError
@@ -29,7 +31,7 @@ DEFAULT_RETRY_AFTER_S = 1.0
 class ReplicaUnavailableError(EngineOverloadedError):
     """The model replicas cannot take the request now; retrying later may succeed (HTTP 503)."""
 
-    def __init__(self, message: str, retry_after_s: Optional[float] = None) -> None:
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = DEFAULT_RETRY_AFTER_S if retry_after_s is None else retry_after_s
 
@@ -55,7 +57,7 @@ class HandleEngine:
         self._handle = handle
         self._health_timeout_s = health_timeout_s
 
-    async def _call(self, method: str, *args: Any, timeout_s: Optional[float] = None) -> Any:
+    async def _call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         response = getattr(self._handle, method).remote(*args)
         try:
             if timeout_s is None:
@@ -100,4 +102,3 @@ class HandleEngine:
 async def _awaited(awaitable: Awaitable[T]) -> T:
     """Wrap an awaitable object (e.g. `DeploymentResponse`) in a coroutine for `asyncio.wait_for`."""
     return await awaitable
-
