@@ -87,6 +87,9 @@ def test_openai_and_clone_cache_seeded_requests(client) -> None:
     assert client.post("/v1/audio/speech", json=speech).headers["x-cache"] == "miss"
     assert client.post("/v1/audio/speech", json=speech).headers["x-cache"] == "hit"
     assert client.post("/v1/audio/speech", json={**speech, "speed": 1.5}).headers["x-cache"] == "miss"
+    assert (
+        client.post("/v1/audio/speech", json={**speech, "max_duration_ms": 800}).headers["x-cache"] == "miss"
+    )
     clone = {"text": "Hi", "reference_audio_b64": wav_b64(0.5), "reference_text": "ref", "seed": 3}
     assert client.post("/clone_voice", json=clone).headers["x-cache"] == "miss"
     assert client.post("/clone_voice", json=clone).headers["x-cache"] == "hit"

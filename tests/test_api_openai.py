@@ -86,6 +86,12 @@ def test_speed_changes_duration(client, engine, speed) -> None:
     assert abs(len(r.content) / 2 / natural - 1 / speed) < 0.05
 
 
+def test_max_duration_extra_reaches_the_engine(client, engine) -> None:
+    assert _speech(client, max_duration_ms=400).status_code == 200
+    assert engine.requests[0].max_audio_length_ms == 400
+    assert _speech(client, max_duration_ms=70_000).status_code == 422
+
+
 def test_instructions_are_accepted(client) -> None:
     assert _speech(client, instructions="Speak cheerfully.").status_code == 200
 

@@ -43,7 +43,6 @@ OPENAI_VOICES: dict[str, int] = {
 }
 MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 MAX_INPUT_CHARS = 4096  # OpenAI's own limit
-DEFAULT_MAX_DURATION_MS = 60_000  # OpenAI has no length knob; bounded by the model's positions
 
 
 def _speaker_for(voice: str) -> int | None:
@@ -77,7 +76,7 @@ async def create_speech(body: OpenAISpeechRequest, request: Request, svc: Servic
         text=text,
         speaker=speaker,
         context=[synth.voice_reference(saved, True)] if saved else [],
-        max_audio_length_ms=DEFAULT_MAX_DURATION_MS,
+        max_audio_length_ms=body.max_duration_ms,
         sampling=synth.sampling(body.temperature, body.top_k, body.seed),
         request_id=request_id_of(request),
     )
@@ -91,6 +90,7 @@ async def create_speech(body: OpenAISpeechRequest, request: Request, svc: Servic
         text=text,
         speaker=speaker,
         speed=body.speed,
+        max_ms=body.max_duration_ms,
         voice=saved.info.model_dump() if saved else None,
     )
     if key is None:  # nothing to cache: stream, as OpenAI does

@@ -160,7 +160,8 @@ class VoiceRef(BaseModel):
 
 
 class OpenAISpeechRequest(BaseModel):
-    """OpenAI's `POST /v1/audio/speech` body, plus our `seed`/`temperature`/`top_k`/`cache` extras."""
+    """OpenAI's `POST /v1/audio/speech` body, plus our extras (`seed`, `temperature`, `top_k`, `cache`,
+    `max_duration_ms`), which OpenAI SDKs send through `extra_body`."""
 
     model: str = Field(min_length=1, description="Any id from GET /v1/models; tts-1 etc. are accepted.")
     input: Text
@@ -173,3 +174,6 @@ class OpenAISpeechRequest(BaseModel):
     temperature: float | None = Field(None, gt=0, le=2.0)
     top_k: int | None = Field(None, ge=1, le=2051)
     cache: bool = False
+    max_duration_ms: int = Field(
+        60_000, ge=FRAME_MS, le=60_000, description="Longest audio to generate (OpenAI has no such knob)."
+    )
