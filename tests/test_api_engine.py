@@ -1,0 +1,86 @@
+"""The API in-process on the real tiny engine (random weights): every layer together, no fakes."""
+
+import base64
+import io
+
+import av
+import pytest
+from fastapi.testclient import TestClient
+
+from serve_app.api.app import create_app
+from serve_app.api.settings import ApiSettings
+from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE
+from tests.support_api import read_wav, wav_b64
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    from serve_app.engine.engine import Engine
+
+    engine = Engine.from_preset("tiny-random", device="cpu")
+    app = create_app(engine, ApiSettings(voices_dir=tmp_path_factory.mktemp("voices")))
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+    engine.close()
+
+
+def _wav(response, whole_frames: bool = True) -> tuple:
+    assert response.status_code == 200, response.text
+    pcm, rate, channels = read_wav(response.content)
+    assert (rate, channels) == (SAMPLE_RATE, 1)
+    if whole_frames:
+        assert len(pcm) % FRAME_SAMPLES == 0  # whole Mimi frames
+    return pcm, rate
+
+
+def test_health_and_info(client) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    info = client.get("/info").json()
+    assert info["model"] == "tiny-random" and info["sample_rate"] == SAMPLE_RATE
+
+
+def test_speak_within_the_limit_and_cached_by_seed(client) -> None:
+    body = {"text": "Hello from the tiny model.", "max_duration_ms": 400, "seed": 3}
+    first = client.post("/speak", json=body)
+    pcm, rate = _wav(first)
+    assert 0 < len(pcm) / rate <= 0.4
+    second = client.post("/speak", json=body)
+    assert second.headers["x-cache"] == "hit" and second.content == first.content
+
+
+def test_stream(client) -> None:
+    r = client.post("/speak", json={"text": "Streaming now.", "max_duration_ms": 320, "stream": True})
+    assert r.content[40:44] == b"\xff\xff\xff\xff"
+    pcm, rate = _wav(r)
+    assert 0 < len(pcm) / rate <= 0.32
+
+
+def test_conversation_with_generated_codes_as_context(client) -> None:
+    # long pauses keep the speech budget (and the test) short: 5000 - 2 * 2000 ms shared by 3 turns
+    turns = [{"speaker": i % 2, "text": f"Turn {i}.", "pause_ms": 2000} for i in range(3)]
+    response = client.post("/conversation", json={"turns": turns, "max_total_duration_ms": 5000})
+    pcm, rate = _wav(response, whole_frames=False)
+    assert 4.0 < len(pcm) / rate <= 5.0
+
+
+def test_saved_voice_encoded_by_mimi_then_used(client) -> None:
+    created = client.post(
+        "/v1/voices", json={"name": "ref", "audio_b64": wav_b64(0.5), "transcript": "A tone."}
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["frames"] == 7  # ceil(12000 / 1920)
+    voice = created.json()["id"]
+    _wav(client.post("/speak", json={"text": "In that voice.", "voice": voice, "max_duration_ms": 320}))
+
+
+def test_batch_and_openai_mp3(client) -> None:
+    r = client.post("/batch_speak", json={"texts": ["One.", "Two."], "max_duration_per_text_ms": 1000})
+    assert r.status_code == 200 and len(r.json()) == 2
+    for item in r.json():
+        assert read_wav(base64.b64decode(item))[1] == SAMPLE_RATE
+    mp3 = client.post(
+        "/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "voice": "nova", "max_duration_ms": 400}
+    )
+    assert mp3.status_code == 200 and mp3.headers["content-type"] == "audio/mpeg"
+    with av.open(io.BytesIO(mp3.content)) as container:
+        assert container.streams.audio[0].codec_context.sample_rate == SAMPLE_RATE
