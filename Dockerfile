@@ -30,7 +30,8 @@ RUN apt-get update \
     && (userdel --remove ubuntu 2>/dev/null || true) \
     && useradd --create-home --uid 1000 --shell /bin/bash ray \
     && python3 -m venv "$VIRTUAL_ENV" \
-    && chown -R ray:ray "$VIRTUAL_ENV"
+    && mkdir -p /data/voices \
+    && chown -R ray:ray "$VIRTUAL_ENV" /data/voices
 
 USER ray
 WORKDIR /home/ray/app

@@ -108,9 +108,9 @@ def test_build_args_reject_typos_and_bad_values() -> None:
 
 
 def test_rayservice_matches_serve_config() -> None:
-    manifest = _load(KUBERAY)
+    docs = {doc["kind"]: doc for doc in yaml.safe_load_all(KUBERAY.read_text())}
+    manifest = docs["RayService"]
     assert manifest["apiVersion"] == "ray.io/v1"
-    assert manifest["kind"] == "RayService"
     spec = manifest["spec"]
     assert yaml.safe_load(spec["serveConfigV2"]) == _load(PROD)
 
@@ -133,6 +133,18 @@ def test_rayservice_matches_serve_config() -> None:
         for c in g["template"]["spec"]["containers"]
     }
     assert len(images) == 1
+
+    # Saved voices: every pod that can host an ingress replica mounts one shared (RWX) claim at
+    # the serve config's voices_dir, writable by the image's non-root user.
+    claim = docs["PersistentVolumeClaim"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    voices_dir = _app(_load(PROD))["args"]["api"]["voices_dir"]
+    pod = gpu_group["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == voices_dir]
+    assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert pod["securityContext"]["fsGroup"] == 1000
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", "no ingress on the head"
 
 
 def _dockerignored(path: str, patterns: list[str]) -> bool:
@@ -161,6 +173,9 @@ def test_dockerfile_copies_what_the_image_needs() -> None:
     for src in sources:
         assert (ROOT / src).exists(), src
         assert not _dockerignored(src, ignore), f"{src} is excluded by .dockerignore"
+    # serve_config.yaml's voices_dir must exist and belong to the non-root user in the image.
+    voices_dir = _app(_load(PROD))["args"]["api"]["voices_dir"]
+    assert re.search(rf"mkdir -p {voices_dir}\b.*chown [^\n]*{voices_dir}", dockerfile, flags=re.DOTALL)
     users = re.findall(r"^USER (\S+)", dockerfile, flags=re.MULTILINE)
     assert users and users[-1] not in {"root", "0"}
     cmd = re.search(r"^CMD (.+)$", dockerfile, flags=re.MULTILINE)
