@@ -117,7 +117,10 @@ class CsmModel(nn.Module):
 
         `codebook` may be a 1-element long tensor so one captured graph serves every step."""
         b = prev_codes.shape[0]
-        idx = torch.as_tensor(codebook, dtype=torch.long, device=prev_codes.device).reshape(1)
+        if isinstance(codebook, int):  # a fill kernel, not a host-to-device copy: capturable
+            idx = torch.full((1,), codebook, dtype=torch.long, device=prev_codes.device)
+        else:
+            idx = codebook.reshape(1).long()
         x = self._decoder_input(prev_codes, idx - 1).unsqueeze(1)
         positions = idx.view(1, 1).expand(b, 1)
         h = self.decoder(self.projection(x), positions, None, self.cfg.decoder_seq_len)

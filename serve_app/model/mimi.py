@@ -24,6 +24,7 @@ class MimiCodec:
         if num_codebooks > cfg.num_quantizers:
             raise ValueError(f"codec has {cfg.num_quantizers} codebooks, {num_codebooks} requested")
         self.model = model.eval()
+        _drop_codebook_caches(model)
         self.num_codebooks = num_codebooks
         self.codebook_size: int = cfg.codebook_size
         self.sample_rate: int = cfg.sampling_rate
@@ -36,6 +37,7 @@ class MimiCodec:
 
     def to(self, device: torch.device | str) -> "MimiCodec":
         self.model.to(device=device, dtype=torch.float32)
+        _drop_codebook_caches(self.model)
         return self
 
     # ---- encode -------------------------------------------------------------------------------
@@ -100,7 +102,7 @@ class MimiCodec:
 
         model = MimiModel(config)
         model.load_state_dict(dict(state_dict), strict=True)
-        return cls(model.to(device=device or "cpu", dtype=torch.float32))
+        return cls(model).to(device or "cpu")
 
     @classmethod
     @torch.no_grad()
@@ -119,9 +121,7 @@ class MimiCodec:
             for name, buf in model.named_buffers():
                 if name.endswith("codebook.embed_sum"):
                     buf.copy_(torch.randn(buf.shape, generator=gen))
-            for module in model.modules():
-                if hasattr(module, "_embed"):
-                    module._embed = None
+            _drop_codebook_caches(model)
             probe = torch.randint(0, config.codebook_size, (1, config.num_quantizers, 8), generator=gen)
             level = model.decode(probe, return_dict=True).audio_values.abs().max().clamp(min=1e-6)
             last = model.decoder.layers[-1].conv
@@ -129,6 +129,14 @@ class MimiCodec:
             if last.bias is not None:
                 last.bias.mul_(peak / level)
         return cls(model)
+
+
+def _drop_codebook_caches(model: Any) -> None:
+    """transformers' Mimi codebooks cache their table on first use and do not follow `.to()`:
+    drop the caches after weights move or change."""
+    for module in model.modules():
+        if hasattr(module, "_embed"):
+            module._embed = None
 
 
 # ---- Kyutai (moshi) checkpoint layout -> transformers ---------------------------------------------
