@@ -165,6 +165,7 @@ def test_unexpected_engine_failure_is_a_500_with_request_id(tmp_path) -> None:
     )
     assert r.status_code == 500
     assert "req-42" in r.json()["detail"] and "exploded" not in r.text  # no internals leak
+    assert r.headers["x-request-id"] == "req-42"
 
 
 def test_request_id_is_echoed_or_generated(tmp_path) -> None:

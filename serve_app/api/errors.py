@@ -123,4 +123,8 @@ def install_error_handlers(app: FastAPI) -> None:
         logger.exception(
             "unhandled error in %s %s (request %s)", request.method, request.url.path, request_id_of(request)
         )
-        return _error_response(request, 500, f"internal error (request id {request_id_of(request)})")
+        request_id = request_id_of(request)
+        # this handler runs outside all middleware, so the request id header is set here
+        return _error_response(
+            request, 500, f"internal error (request id {request_id})", {"X-Request-ID": request_id}
+        )
