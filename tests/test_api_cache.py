@@ -95,6 +95,21 @@ def test_openai_and_clone_cache_seeded_requests(client) -> None:
     assert client.post("/clone_voice", json=clone).headers["x-cache"] == "hit"
 
 
+def test_seeded_conversation_is_cached(client, engine) -> None:
+    body = {"turns": [{"speaker": 0, "text": "Hi"}, {"speaker": 1, "text": "Hello"}], "seed": 4}
+    miss, hit = client.post("/conversation", json=body), client.post("/conversation", json=body)
+    assert (miss.headers["x-cache"], hit.headers["x-cache"]) == (
+        "miss",
+        "hit",
+    ) and hit.content == miss.content
+    assert len(engine.requests) == 2
+    changed = {
+        **body,
+        "turns": [{"speaker": 0, "text": "Hi", "pause_ms": 900}, {"speaker": 1, "text": "Hello"}],
+    }
+    assert client.post("/conversation", json=changed).headers["x-cache"] == "miss"
+
+
 def test_cache_is_bounded_by_bytes_lru() -> None:
     cache = ResponseCache(max_bytes=250)
     for key in "abc":

@@ -11,6 +11,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Path, Request, Response
 
+from serve_app.api.cache import CachedResponse
 from serve_app.api.deps import ServicesDep
 from serve_app.api.errors import ApiError, request_id_of
 from serve_app.api.responses import AUDIO_RESPONSES, audio_headers, cached_response, encode_response
@@ -42,35 +43,41 @@ async def conversation(body: ConversationRequest, request: Request, svc: Service
             f"max_total_duration_ms={body.max_total_duration_ms}",
         )
 
-    context: list[Segment] = []
-    pieces: list[np.ndarray] = []
-    dropped = 0
-    for i, (turn, text) in enumerate(zip(body.turns, texts)):
-        turn_ms = max(FRAME_MS, budget_ms // (len(body.turns) - i))
-        audio = await synth.generate(
-            GenerationRequest(
-                text=text,
-                speaker=turn.speaker,
-                context=list(context),
-                max_audio_length_ms=turn_ms,
-                sampling=synth.sampling(
-                    body.temperature, body.top_k, None if body.seed is None else body.seed + i
-                ),
-                request_id=f"{request_id_of(request)}-{i}",
+    async def produce() -> CachedResponse:
+        remaining_ms = budget_ms
+        context: list[Segment] = []
+        pieces: list[np.ndarray] = []
+        dropped = 0
+        for i, (turn, text) in enumerate(zip(body.turns, texts)):
+            turn_ms = max(FRAME_MS, remaining_ms // (len(body.turns) - i))
+            seed = None if body.seed is None else body.seed + i
+            audio = await synth.generate(
+                GenerationRequest(
+                    text=text,
+                    speaker=turn.speaker,
+                    context=list(context),
+                    max_audio_length_ms=turn_ms,
+                    sampling=synth.sampling(body.temperature, body.top_k, seed),
+                    request_id=f"{request_id_of(request)}-{i}",
+                )
             )
-        )
-        budget_ms -= len(audio.pcm) * 1000 // SAMPLE_RATE
-        dropped = max(dropped, audio.dropped_context_turns)
-        pieces += [audio.pcm, np.zeros(pauses[i] * SAMPLE_RATE // 1000, np.float32)]
-        context.append(Segment(text=text, speaker=turn.speaker, codes=audio.codes))
+            remaining_ms -= len(audio.pcm) * 1000 // SAMPLE_RATE
+            dropped = max(dropped, audio.dropped_context_turns)
+            pieces += [audio.pcm, np.zeros(pauses[i] * SAMPLE_RATE // 1000, np.float32)]
+            context.append(Segment(text=text, speaker=turn.speaker, codes=audio.codes))
+        headers = {
+            "Content-Disposition": f'attachment; filename="conversation.{body.response_format}"',
+            "X-Context-Dropped-Turns": str(dropped),
+        }
+        return await encode_response(np.concatenate(pieces), body.response_format, headers)
 
-    headers = {
-        "Content-Disposition": f'attachment; filename="conversation.{body.response_format}"',
-        "X-Context-Dropped-Turns": str(dropped),
-    }
-    return await cached_response(
-        svc.cache, None, lambda: encode_response(np.concatenate(pieces), body.response_format, headers)
+    key = await svc.cache_key(
+        "conversation",
+        body,
+        turns=[(text, t.speaker, pause) for text, t, pause in zip(texts, body.turns, pauses)],
+        max_total_ms=body.max_total_duration_ms,
     )
+    return await cached_response(svc.cache, key, produce)
 
 
 @router.post("/contextual_speak", responses=AUDIO_RESPONSES, response_class=Response)

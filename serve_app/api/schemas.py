@@ -21,6 +21,7 @@ __all__ = [
     "ContextualSpeakRequest",
     "ConversationRequest",
     "ConversationTurn",
+    "GenerationOptions",
     "OpenAISpeechRequest",
     "SpeakRequest",
     "SynthesisOptions",
@@ -51,15 +52,20 @@ VoiceId = Annotated[
 SessionId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
-class SynthesisOptions(BaseModel):
+class GenerationOptions(BaseModel):
     """Options shared by the generating endpoints."""
 
     normalize: bool = Field(True, description="Spell out numbers, money, abbreviations before generation.")
-    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Same seed, same audio; enables caching.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Same seed, same audio.")
     temperature: float | None = Field(None, gt=0, le=2.0, description="Sampling temperature (default 0.9).")
     top_k: int | None = Field(None, ge=1, le=2051, description="Top-k sampling (default 50; 1 = greedy).")
-    cache: bool = Field(False, description="Cache this response even without a seed.")
     response_format: AudioFormat = "wav"
+
+
+class SynthesisOptions(GenerationOptions):
+    """Options of the endpoints whose responses can be cached (a seed given, or `cache: true`)."""
+
+    cache: bool = Field(False, description="Cache this response even without a seed.")
 
 
 class ContextSegment(BaseModel):
@@ -126,7 +132,7 @@ class BatchSpeakRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, le=2051)
 
 
-class ContextualSpeakRequest(SynthesisOptions):
+class ContextualSpeakRequest(GenerationOptions):
     text: Text
     speaker: Speaker = 1
     session_id: SessionId
