@@ -3,11 +3,13 @@
 Built-in presets are below; a YAML file with the same fields (see `configs/presets/`) is a
 preset too, so deployments can point at a mirror or a pinned revision without code changes.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -21,16 +23,16 @@ LOCAL_DIR_ENV = "CSM_MODEL_DIR"
 class ModelPreset:
     name: str
     format: CheckpointFormat
-    repo_id: Optional[str] = None
-    revision: Optional[str] = None
+    repo_id: str | None = None
+    revision: str | None = None
     # Original-format extras: the codec and the text tokenizer live in other repositories.
-    codec_repo_id: Optional[str] = None
-    codec_revision: Optional[str] = None
-    codec_filename: Optional[str] = None
-    tokenizer_repo_id: Optional[str] = None
-    tokenizer_revision: Optional[str] = None
-    local_dir: Optional[str] = None  # a local copy of `repo_id` (e.g. a mounted volume): no download
-    dtype: Optional[str] = None  # None: bfloat16 on CUDA, float32 elsewhere
+    codec_repo_id: str | None = None
+    codec_revision: str | None = None
+    codec_filename: str | None = None
+    tokenizer_repo_id: str | None = None
+    tokenizer_revision: str | None = None
+    local_dir: str | None = None  # a local copy of `repo_id` (e.g. a mounted volume): no download
+    dtype: str | None = None  # None: bfloat16 on CUDA, float32 elsewhere
     seed: int = 0  # random weights only
     description: str = ""
 
@@ -41,7 +43,7 @@ class ModelPreset:
             raise ValueError(f"preset {self.name!r}: format {self.format!r} needs repo_id")
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "ModelPreset":
+    def from_mapping(cls, data: Mapping[str, Any]) -> ModelPreset:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -91,7 +93,7 @@ def get_preset(name_or_file: str) -> ModelPreset:
 def load_preset_file(path: str | Path) -> ModelPreset:
     data = yaml.safe_load(Path(path).read_text())
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a preset file holds a mapping of preset fields")
+        raise ValueError(f"{path}: a preset file holds a mapping of preset fields")  # noqa: TRY004
     base = data.pop("base", None)
     if base is not None:  # start from another preset, override some fields
         data = {**asdict(get_preset(base)), **data}

@@ -1,4 +1,5 @@
 """Checkpoint layouts, presets and loading errors (tiny checkpoints written by the tests)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,22 +7,31 @@ from typing import Any
 
 import pytest
 import torch
+from support_checkpoints import (
+    HF_BACKBONE_ROPE,
+    HF_DECODER_ROPE,
+    hf_mimi_to_moshi,
+    reference_model,
+    write_hf_checkpoint,
+    write_sesame_checkpoint,
+)
 
 from serve_app.config import LOCAL_DIR_ENV, PRESETS, get_preset
 from serve_app.engine.prompt import build_prompt
 from serve_app.engine.types import Segment
 from serve_app.model.checkpoint import (
-    hf_to_internal, hf_to_sesame, internal_to_hf, permute_for_rope, sesame_to_hf, unpermute_for_rope,
+    hf_to_internal,
+    hf_to_sesame,
+    internal_to_hf,
+    permute_for_rope,
+    sesame_to_hf,
+    unpermute_for_rope,
 )
 from serve_app.model.config import RopeConfig, from_hf_config
 from serve_app.model.llama import apply_rope, rope_inv_freq, rope_tables
 from serve_app.model.loading import LoadedModel, ModelNotAvailableError, detect_format, load_model
 from serve_app.model.mimi import moshi_to_hf_mimi
 from serve_app.model.tiny import TINY_CONFIG
-from support_checkpoints import (
-    HF_BACKBONE_ROPE, HF_DECODER_ROPE, hf_mimi_to_moshi, reference_model, write_hf_checkpoint,
-    write_sesame_checkpoint,
-)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,12 +58,15 @@ def both_layouts(tied_reference: Any, tmp_path_factory: pytest.TempPathFactory) 
 
 def prompt_logits(loaded: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
     codes = torch.randint(0, 2048, (6, 32), generator=torch.Generator().manual_seed(0)).numpy()
-    prompt = build_prompt(loaded.tokenizer, "the target", 1, [Segment(text="ctx", speaker=0, codes=codes)], 10)
+    prompt = build_prompt(
+        loaded.tokenizer, "the target", 1, [Segment(text="ctx", speaker=0, codes=codes)], 10
+    )
     model = loaded.model
     model.setup_caches(1)
     with torch.no_grad():
-        h = model.backbone_forward(model.embed_rows(prompt.tokens[None], prompt.mask[None]),
-                                   torch.arange(len(prompt))[None])
+        h = model.backbone_forward(
+            model.embed_rows(prompt.tokens[None], prompt.mask[None]), torch.arange(len(prompt))[None]
+        )
         c0 = torch.tensor([5])
         return model.codebook0_logits(h), model.depth_start(h[:, -1], c0)
 
@@ -74,8 +87,9 @@ def test_original_layout_loads_to_the_same_model(both_layouts: tuple[Path, Path]
     assert from_sesame.tokenizer.encode_turn("hi", 0) == from_hf.tokenizer.encode_turn("hi", 0)
 
 
-def test_local_dir_from_environment_replaces_the_download(both_layouts: tuple[Path, Path],
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_dir_from_environment_replaces_the_download(
+    both_layouts: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(LOCAL_DIR_ENV, str(both_layouts[1]))
     loaded = load_model("csm-1b-original", device="cpu")
     assert loaded.info["source"] == str(both_layouts[1])
@@ -91,14 +105,19 @@ def test_rope_permutation_turns_interleaved_rope_into_rotate_half() -> None:
     inv_freq = rope_inv_freq(head_dim, RopeConfig()).double()
     angles = torch.outer(torch.arange(t, dtype=torch.float64), inv_freq)  # (t, head_dim/2)
     q = (x @ w.T).view(t, n_heads, head_dim // 2, 2)
-    rotated = torch.view_as_real(torch.view_as_complex(q.contiguous()) * torch.polar(torch.ones_like(angles), angles)[:, None])
+    rotated = torch.view_as_real(
+        torch.view_as_complex(q.contiguous()) * torch.polar(torch.ones_like(angles), angles)[:, None]
+    )
     interleaved = rotated.reshape(t, n_heads, head_dim)
     cos, sin = (f.double() for f in rope_tables(head_dim, RopeConfig(), t))
     q_half = (x @ permute_for_rope(w, n_heads).T).view(t, n_heads, head_dim).transpose(0, 1)[None]
     ours = apply_rope(q_half, cos[None], sin[None])[0].transpose(0, 1)
     # Same rotation, with each head's dims reordered (pairs (2i, 2i+1) → (i, i + head_dim/2)).
-    assert torch.allclose(permute_for_rope(interleaved.reshape(t, -1).T, n_heads).T.reshape(t, n_heads, head_dim),
-                          ours, atol=1e-10)
+    assert torch.allclose(
+        permute_for_rope(interleaved.reshape(t, -1).T, n_heads).T.reshape(t, n_heads, head_dim),
+        ours,
+        atol=1e-10,
+    )
     assert torch.equal(unpermute_for_rope(permute_for_rope(w, n_heads), n_heads), w)
 
 
@@ -130,12 +149,16 @@ def test_released_rope_parameters_equal_the_original_ones() -> None:
     assert not torch.allclose(rope_inv_freq(64, RopeConfig(kind="default")), original)
 
 
-@pytest.mark.parametrize("preset,repo,revision", [
-    ("csm-1b-original", "chutesai/csm-1b", "01e2ed64be01915391ec7881f666d6dda0e1d509"),
-    ("csm-1b", "sesame/csm-1b", "main"),
-])
-def test_offline_without_weights_names_repo_revision_and_local_copy(preset: str, repo: str, revision: str,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "preset,repo,revision",
+    [
+        ("csm-1b-original", "chutesai/csm-1b", "01e2ed64be01915391ec7881f666d6dda0e1d509"),
+        ("csm-1b", "sesame/csm-1b", "main"),
+    ],
+)
+def test_offline_without_weights_names_repo_revision_and_local_copy(
+    preset: str, repo: str, revision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(LOCAL_DIR_ENV, raising=False)
     with pytest.raises(ModelNotAvailableError) as err:
         load_model(preset, device="cpu")
@@ -163,4 +186,8 @@ def test_preset_files_are_valid_presets() -> None:
 
 
 def test_tiny_config_follows_the_real_audio_geometry() -> None:
-    assert (TINY_CONFIG.audio_vocab_size, TINY_CONFIG.num_codebooks, TINY_CONFIG.max_seq_len) == (2051, 32, 2048)
+    assert (TINY_CONFIG.audio_vocab_size, TINY_CONFIG.num_codebooks, TINY_CONFIG.max_seq_len) == (
+        2051,
+        32,
+        2048,
+    )

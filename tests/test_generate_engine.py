@@ -1,4 +1,5 @@
 """The first Engine (tiny-random preset) through the SpeechEngine interface."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,12 @@ import torch
 from serve_app.engine.engine import Engine
 from serve_app.engine.interface import SpeechEngine
 from serve_app.engine.types import (
-    FRAME_SAMPLES, FinishReason, GenerationRequest, PromptTooLongError, SamplingParams, Segment,
+    FRAME_SAMPLES,
+    FinishReason,
+    GenerationRequest,
+    PromptTooLongError,
+    SamplingParams,
+    Segment,
 )
 
 
@@ -32,8 +38,12 @@ def run(coro):  # each test its own event loop: the engine must not bind to one
 
 
 def req(seed: int = 0, frames: int = 4, **kw) -> GenerationRequest:
-    return GenerationRequest(text=kw.pop("text", "hello"), max_audio_length_ms=frames * 80,
-                             sampling=SamplingParams(seed=seed), **kw)
+    return GenerationRequest(
+        text=kw.pop("text", "hello"),
+        max_audio_length_ms=frames * 80,
+        sampling=SamplingParams(seed=seed),
+        **kw,
+    )
 
 
 def test_engine_satisfies_the_interface_and_reports_itself(engine: Engine) -> None:
@@ -49,9 +59,14 @@ def test_generate_returns_pcm_for_every_frame_and_is_reproducible(engine: Engine
     assert audio.codes.shape == (4, 32) and audio.finish_reason is FinishReason.LENGTH
     assert audio.pcm.dtype == np.float32 and audio.pcm.shape == (4 * FRAME_SAMPLES,)
     assert np.array_equal(run(engine.generate(req(seed=3))).codes, audio.codes)
+    # Streaming delivers the same utterance, in however many chunks; only the last one ends it.
     chunks = run(_collect(engine.stream(req(seed=3))))
-    assert len(chunks) == 1 and chunks[0].is_last and chunks[0].frames == 4
-    assert np.array_equal(chunks[0].codes, audio.codes) and np.array_equal(chunks[0].pcm, audio.pcm)
+    assert [c.is_last for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert chunks[-1].finish_reason is FinishReason.LENGTH
+    assert sum(c.frames for c in chunks) == 4
+    assert np.array_equal(np.concatenate([c.codes for c in chunks]), audio.codes)
+    streamed = np.concatenate([c.pcm for c in chunks])
+    assert streamed.shape == audio.pcm.shape and np.allclose(streamed, audio.pcm, atol=1e-4)
 
 
 async def _collect(agen):

@@ -1,4 +1,5 @@
 """Prompt rows, the CSM text template and context truncation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,7 +33,7 @@ def test_rows_text_then_audio_with_a_zero_eos_frame_and_a_text_only_target() -> 
     assert prompt.tokens[text_rows, 32].tolist() == ctx_text + target_text
     audio = slice(n_ctx, n_ctx + 5)
     assert not bool(text_rows[audio].any()) and bool(prompt.mask[audio, :32].all())
-    assert np.array_equal(prompt.tokens[n_ctx: n_ctx + 4, :32].numpy(), ctx)
+    assert np.array_equal(prompt.tokens[n_ctx : n_ctx + 4, :32].numpy(), ctx)
     assert bool((prompt.tokens[n_ctx + 4, :32] == 0).all())  # the EOS frame
     assert not bool(prompt.mask[text_rows, :32].any())
 
@@ -58,8 +59,15 @@ def test_text_that_cannot_fit_raises_prompt_too_long() -> None:
     assert len(build_prompt(TOK, "x" * 400, 0, [], max_frames=1600, max_positions=2048)) == 405
 
 
-@pytest.mark.parametrize("bad", [np.zeros((3, 8), int), np.full((2, 32), 2048), np.full((2, 32), -1),
-                                 np.zeros((2, 32), np.float32) + 0.5])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((3, 8), int),
+        np.full((2, 32), 2048),
+        np.full((2, 32), -1),
+        np.zeros((2, 32), np.float32) + 0.5,
+    ],
+)
 def test_invalid_context_codes_are_value_errors(bad: np.ndarray) -> None:
     with pytest.raises(ValueError, match="codes"):
         build_prompt(TOK, "t", 0, [Segment(text="c", speaker=0, codes=bad)], max_frames=5)
@@ -67,4 +75,6 @@ def test_invalid_context_codes_are_value_errors(bad: np.ndarray) -> None:
 
 def test_context_audio_must_be_encoded_first() -> None:
     with pytest.raises(ValueError, match="encode"):
-        build_prompt(TOK, "t", 0, [Segment(text="c", speaker=0, audio=np.zeros(100, np.float32))], max_frames=5)
+        build_prompt(
+            TOK, "t", 0, [Segment(text="c", speaker=0, audio=np.zeros(100, np.float32))], max_frames=5
+        )

@@ -1,4 +1,5 @@
 """Sampling: per-row seeded streams, top-k/temperature semantics, reproducible generation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,15 +43,21 @@ def test_int64_hash_matches_the_arbitrary_precision_reference() -> None:
 def test_noise_is_uniform_and_keyed_by_seed_and_counter() -> None:
     u = uniform_noise(torch.tensor([7, 7, 8]), torch.tensor([0, 1, 0]), 50_000)
     assert float(u.min()) > 0 and float(u.max()) < 1
-    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.std()) - 12 ** -0.5) < 0.01
+    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.std()) - 12**-0.5) < 0.01
     assert not torch.equal(u[0], u[1]) and not torch.equal(u[0], u[2])
     assert torch.equal(u[0], uniform_noise(torch.tensor([7]), torch.tensor([0]), 50_000)[0])
 
 
 def draw(logits: torch.Tensor, n: int, temperature: float, top_k: int, **kw: int) -> torch.Tensor:
     rows = logits.expand(n, -1)
-    return sample_top_k(rows, torch.full((n,), temperature), torch.full((n,), top_k, dtype=torch.long),
-                        torch.full((n,), 11), torch.arange(n), **kw)
+    return sample_top_k(
+        rows,
+        torch.full((n,), temperature),
+        torch.full((n,), top_k, dtype=torch.long),
+        torch.full((n,), 11),
+        torch.arange(n),
+        **kw,
+    )
 
 
 def test_draws_follow_the_tempered_top_k_distribution() -> None:
@@ -68,7 +75,9 @@ def test_top_k_one_is_greedy_and_vocab_limit_cuts_the_tail() -> None:
     assert draw(logits, 50, temperature=1.0, top_k=1, vocab_limit=3).unique().tolist() == [2]
     assert set(draw(logits, 200, temperature=1.0, top_k=4, vocab_limit=2).tolist()) == {0, 1}
     # A static bound on top_k (no full sort) gives the same draws.
-    assert torch.equal(draw(logits, 64, temperature=1.0, top_k=2), draw(logits, 64, temperature=1.0, top_k=2, max_top_k=3))
+    assert torch.equal(
+        draw(logits, 64, temperature=1.0, top_k=2), draw(logits, 64, temperature=1.0, top_k=2, max_top_k=3)
+    )
 
 
 def request(seed: int, text: str = "seeded", frames: int = 6) -> GenerationRequest:

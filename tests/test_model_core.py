@@ -1,4 +1,5 @@
 """The model API's batching contract: slots, padding, reused slots and graph-friendly depth steps."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,7 +30,10 @@ def alone(model: CsmModel, x: torch.Tensor, steps: torch.Tensor) -> tuple[torch.
     t = x.shape[0]
     with torch.no_grad():
         h = model.backbone_forward(x[None], torch.arange(t)[None])[0]
-        hs = [model.backbone_forward(s.view(1, 1, D), torch.tensor([[t + i]]))[0, 0] for i, s in enumerate(steps)]
+        hs = [
+            model.backbone_forward(s.view(1, 1, D), torch.tensor([[t + i]]))[0, 0]
+            for i, s in enumerate(steps)
+        ]
     return h, torch.stack(hs)
 
 
@@ -55,8 +59,10 @@ def test_padded_prefill_in_slots_then_steps_match_each_prompt_alone(model: CsmMo
         x[i, cols], positions[i, cols] = p, torch.arange(n)
     with torch.no_grad():
         h = model.backbone_forward(x, positions, slots)
-        got_steps = [model.backbone_forward(steps[:, j, None], torch.tensor(lengths)[:, None] + j, slots)[:, 0]
-                     for j in range(steps.shape[1])]
+        got_steps = [
+            model.backbone_forward(steps[:, j, None], torch.tensor(lengths)[:, None] + j, slots)[:, 0]
+            for j in range(steps.shape[1])
+        ]
     for i, (exp_prefill, exp_steps) in enumerate(expected):
         close(h[i][positions[i] >= 0], exp_prefill)
         close(torch.stack([s[i] for s in got_steps]), exp_steps)

@@ -1,4 +1,5 @@
 """MimiCodec against transformers' MimiModel calls (tiny random codec, real 24 kHz / 12.5 fps geometry)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -4,20 +4,20 @@ The oracle's inputs come from transformers' own CsmProcessor and chat template (
 encoded by its Mimi); ours from our tokenizer, prompt builder and MimiCodec, loaded from the
 `save_pretrained` directory by `load_model`.
 """
+
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from support_checkpoints import reference_model, tiny_processor, write_hf_checkpoint
 
 from serve_app.engine.generator import Generator
 from serve_app.engine.prompt import build_prompt
 from serve_app.engine.types import GenerationRequest, SamplingParams, Segment
 from serve_app.model.loading import LoadedModel, load_model
-from support_checkpoints import reference_model, tiny_processor, write_hf_checkpoint
 
 pytestmark = pytest.mark.parity
 
@@ -46,8 +46,12 @@ def as_chat(turns: list) -> list[dict[str, Any]]:
 def as_request(turns: list, frames: int = 20) -> GenerationRequest:
     *context, (speaker, text, _) = turns
     return GenerationRequest(
-        text=text, speaker=speaker, context=[Segment(text=t, speaker=s, audio=a) for s, t, a in context],
-        max_audio_length_ms=frames * 80, sampling=SamplingParams(top_k=1, seed=0))
+        text=text,
+        speaker=speaker,
+        context=[Segment(text=t, speaker=s, audio=a) for s, t, a in context],
+        max_audio_length_ms=frames * 80,
+        sampling=SamplingParams(top_k=1, seed=0),
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +75,9 @@ def ours(oracle: Any, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 
 def oracle_forward(oracle: Any, convs: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Codebook-0 logits, last hidden states and the attention mask for left-padded chats."""
-    inputs = tiny_processor().apply_chat_template([as_chat(c) for c in convs], tokenize=True, return_dict=True)
+    inputs = tiny_processor().apply_chat_template(
+        [as_chat(c) for c in convs], tokenize=True, return_dict=True
+    )
     mask = inputs["attention_mask"]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
@@ -93,7 +99,9 @@ def our_forward(ours: LoadedModel, convs: list) -> tuple[torch.Tensor, torch.Ten
     valid = steps < lens[:, None]
     slots = torch.arange(len(convs)).flip(0) + 1
     with torch.no_grad():
-        h = ours.model.backbone_forward(ours.model.embed_rows(tokens, mask), torch.where(valid, steps, -1), slots)
+        h = ours.model.backbone_forward(
+            ours.model.embed_rows(tokens, mask), torch.where(valid, steps, -1), slots
+        )
         return ours.model.codebook0_logits(h), h, valid
 
 
@@ -102,7 +110,9 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float = 
 
 
 @pytest.mark.parametrize("batch", [[2], [0, 1, 2]], ids=["batch1", "batch3"])
-def test_parity_codebook0_logits_match_on_every_prompt_row(oracle: Any, ours: LoadedModel, batch: list[int]) -> None:
+def test_parity_codebook0_logits_match_on_every_prompt_row(
+    oracle: Any, ours: LoadedModel, batch: list[int]
+) -> None:
     convs = [CONVERSATIONS[i] for i in batch]
     ref_logits, _, ref_valid = oracle_forward(oracle, convs)
     our_logits, _, our_valid = our_forward(ours, convs)
@@ -112,7 +122,7 @@ def test_parity_codebook0_logits_match_on_every_prompt_row(oracle: Any, ours: Lo
 
 
 def test_parity_depth_decoder_logits_for_all_31_codebooks(oracle: Any, ours: LoadedModel) -> None:
-    _, ref_h, ref_valid = oracle_forward(oracle, CONVERSATIONS)
+    _, ref_h, _ = oracle_forward(oracle, CONVERSATIONS)
     h_last = ref_h[:, -1]  # left padding: the last column is every row's last prompt row
     codes = torch.randint(0, 2048, (len(CONVERSATIONS), 32), generator=torch.Generator().manual_seed(1))
     ids = torch.cat([torch.zeros_like(codes[:, :1]), codes[:, :31]], dim=1)
@@ -127,12 +137,19 @@ def test_parity_depth_decoder_logits_for_all_31_codebooks(oracle: Any, ours: Loa
 def test_parity_prompt_rows_equal_the_processor_sequence(ours: LoadedModel) -> None:
     """Our rows carry the processor's text tokens where it has text, and audio (incl. the zero EOS
     frame) exactly where it has <|AUDIO|>/<|audio_eos|> placeholders."""
-    inputs = tiny_processor().apply_chat_template([as_chat(CONVERSATIONS[2])], tokenize=True, return_dict=True)
+    inputs = tiny_processor().apply_chat_template(
+        [as_chat(CONVERSATIONS[2])], tokenize=True, return_dict=True
+    )
     ids = inputs["input_ids"][0]
     req = as_request(CONVERSATIONS[2])
-    context = [Segment(text=s.text, speaker=s.speaker, codes=ours.codec.encode(s.audio).numpy()) for s in req.context]
+    context = [
+        Segment(text=s.text, speaker=s.speaker, codes=ours.codec.encode(s.audio).numpy()) for s in req.context
+    ]
     prompt = build_prompt(ours.tokenizer, req.text, req.speaker, context, max_frames=20)
-    audio_id, eos_id = ours.tokenizer.backend.token_to_id("<|AUDIO|>"), ours.tokenizer.backend.token_to_id("<|audio_eos|>")
+    audio_id, eos_id = (
+        ours.tokenizer.backend.token_to_id("<|AUDIO|>"),
+        ours.tokenizer.backend.token_to_id("<|audio_eos|>"),
+    )
     is_text = prompt.mask[:, 32]
     assert torch.equal(prompt.tokens[is_text, 32], ids[(ids != audio_id) & (ids != eos_id)])
     assert torch.equal(~is_text, (ids == audio_id) | (ids == eos_id))
@@ -144,7 +161,9 @@ def test_parity_greedy_generation_yields_identical_codes_batch3(oracle: Any, our
     """Three prompts of different lengths (the oracle left-pads, we right-pad), 20 frames each."""
     frames = 20
     convs = CONVERSATIONS
-    inputs = tiny_processor().apply_chat_template([as_chat(c) for c in convs], tokenize=True, return_dict=True)
+    inputs = tiny_processor().apply_chat_template(
+        [as_chat(c) for c in convs], tokenize=True, return_dict=True
+    )
     with torch.no_grad():
         ref = oracle.generate(**inputs, do_sample=False, depth_decoder_do_sample=False, max_new_tokens=frames)
     gen = Generator(ours.model, ours.tokenizer, ours.codec, max_batch_size=3, restrict_to_codec=False)

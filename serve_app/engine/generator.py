@@ -3,10 +3,11 @@
 Kept simple on purpose (one batch at a time, a host check per frame): it is the behaviour the
 continuous-batching engine must reproduce, and what the first `Engine` runs.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,13 +39,20 @@ def resolve_context(codec: MimiCodec, context: Sequence[Segment]) -> list[Segmen
 
 
 class Generator:
-    def __init__(self, model: CsmModel, tokenizer: TextTokenizer, codec: MimiCodec, *,
-                 max_batch_size: int = 4, restrict_to_codec: bool = True) -> None:
+    def __init__(
+        self,
+        model: CsmModel,
+        tokenizer: TextTokenizer,
+        codec: MimiCodec,
+        *,
+        max_batch_size: int = 4,
+        restrict_to_codec: bool = True,
+    ) -> None:
         """`restrict_to_codec` samples only ids the codec can decode (< 2048): ids 2048..2050
         exist in the model's vocabulary but are not Mimi codes. Parity checks turn it off."""
         self.model, self.tokenizer, self.codec = model, tokenizer, codec
         self.max_batch_size = max_batch_size
-        self.vocab_limit: Optional[int] = model.cfg.codec_codebook_size if restrict_to_codec else None
+        self.vocab_limit: int | None = model.cfg.codec_codebook_size if restrict_to_codec else None
         if model.max_batch_size < max_batch_size:
             model.setup_caches(max_batch_size)
 
@@ -54,30 +62,41 @@ class Generator:
 
     def prepare(self, request: GenerationRequest) -> Prompt:
         context = resolve_context(self.codec, request.context)
-        return build_prompt(self.tokenizer, request.text, request.speaker, context, request.max_frames,
-                            self.model.max_seq_len)
+        return build_prompt(
+            self.tokenizer, request.text, request.speaker, context, request.max_frames, self.model.max_seq_len
+        )
 
-    def generate_codes(self, requests: Sequence[GenerationRequest],
-                       seeds: Optional[Sequence[int]] = None) -> list[GeneratedCodes]:
+    def generate_codes(
+        self, requests: Sequence[GenerationRequest], seeds: Sequence[int] | None = None
+    ) -> list[GeneratedCodes]:
         prompts = [self.prepare(r) for r in requests]
         out: list[GeneratedCodes] = []
         for start in range(0, len(requests), self.max_batch_size):
             stop = start + self.max_batch_size
-            out += self._run_batch(requests[start:stop], prompts[start:stop],
-                                   None if seeds is None else seeds[start:stop])
+            out += self._run_batch(
+                requests[start:stop], prompts[start:stop], None if seeds is None else seeds[start:stop]
+            )
         return out
 
-    def generate(self, requests: Sequence[GenerationRequest],
-                 seeds: Optional[Sequence[int]] = None) -> list[Audio]:
+    def generate(
+        self, requests: Sequence[GenerationRequest], seeds: Sequence[int] | None = None
+    ) -> list[Audio]:
         results = self.generate_codes(requests, seeds)
         pcms = self.codec.decode_batch([r.codes for r in results])
-        return [Audio(pcm=pcm.cpu().numpy().astype(np.float32), codes=r.codes.numpy(),
-                      finish_reason=r.finish_reason, dropped_context_turns=r.dropped_context_turns)
-                for pcm, r in zip(pcms, results)]
+        return [
+            Audio(
+                pcm=pcm.cpu().numpy().astype(np.float32),
+                codes=r.codes.numpy(),
+                finish_reason=r.finish_reason,
+                dropped_context_turns=r.dropped_context_turns,
+            )
+            for pcm, r in zip(pcms, results)
+        ]
 
     @torch.inference_mode()
-    def _run_batch(self, requests: Sequence[GenerationRequest], prompts: Sequence[Prompt],
-                   seeds: Optional[Sequence[int]]) -> list[GeneratedCodes]:
+    def _run_batch(
+        self, requests: Sequence[GenerationRequest], prompts: Sequence[Prompt], seeds: Sequence[int] | None
+    ) -> list[GeneratedCodes]:
         model, dev, b = self.model, self.device, len(requests)
         lens = torch.tensor([len(p) for p in prompts], device=dev)
         width = int(lens.max())
@@ -92,7 +111,7 @@ class Generator:
 
         sampler = BatchSampler.from_params([r.sampling for r in requests], dev, self.vocab_limit, seeds)
         frames: list[list[torch.Tensor]] = [[] for _ in range(b)]
-        reasons: list[Optional[FinishReason]] = [None] * b
+        reasons: list[FinishReason | None] = [None] * b
         eos_id = model.cfg.codebook_eos_id
         for f in range(max(r.max_frames for r in requests)):
             sampler.frame.fill_(f)
@@ -113,7 +132,11 @@ class Generator:
             step_pos = torch.where(active, lens + f, -1).unsqueeze(1)
             h_last = model.backbone_forward(model.embed_frame(codes).unsqueeze(1), step_pos)[:, 0]
 
-        return [GeneratedCodes(
-            codes=torch.stack(fr) if fr else torch.zeros(0, model.cfg.num_codebooks, dtype=torch.long),
-            finish_reason=reason or FinishReason.LENGTH, dropped_context_turns=p.dropped_turns)
-            for fr, reason, p in zip(frames, reasons, prompts)]
+        return [
+            GeneratedCodes(
+                codes=torch.stack(fr) if fr else torch.zeros(0, model.cfg.num_codebooks, dtype=torch.long),
+                finish_reason=reason or FinishReason.LENGTH,
+                dropped_context_turns=p.dropped_turns,
+            )
+            for fr, reason, p in zip(frames, reasons, prompts)
+        ]

@@ -7,10 +7,12 @@ text rows only; generation continues from its last row.
 The prompt plus the requested frames must fit the model's positions; the oldest context turns are
 dropped until they do, and `PromptTooLongError` is raised when the target text alone cannot fit.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -76,8 +78,14 @@ def segment_rows(tokenizer: TurnTokenizer, segment: Segment) -> tuple[torch.Tens
     return torch.cat([t_tok, a_tok]), torch.cat([t_mask, a_mask])
 
 
-def build_prompt(tokenizer: TurnTokenizer, text: str, speaker: int, context: Sequence[Segment],
-                 max_frames: int, max_positions: int = MAX_POSITIONS) -> Prompt:
+def build_prompt(
+    tokenizer: TurnTokenizer,
+    text: str,
+    speaker: int,
+    context: Sequence[Segment],
+    max_frames: int,
+    max_positions: int = MAX_POSITIONS,
+) -> Prompt:
     """Rows for `context` turns (oldest first) followed by the target turn's text.
 
     Drops the oldest turns until prompt rows + `max_frames` <= `max_positions`."""
@@ -86,7 +94,8 @@ def build_prompt(tokenizer: TurnTokenizer, text: str, speaker: int, context: Seq
     if target[0].shape[0] > budget:
         raise PromptTooLongError(
             f"the text takes {target[0].shape[0]} positions; with {max_frames} audio frames requested it "
-            f"exceeds the model's {max_positions} positions (shorten the text or max_audio_length_ms)")
+            f"exceeds the model's {max_positions} positions (shorten the text or max_audio_length_ms)"
+        )
     turns = [segment_rows(tokenizer, seg) for seg in context]
     kept_rows = target[0].shape[0] + sum(t.shape[0] for t, _ in turns)
     dropped = 0
@@ -94,5 +103,6 @@ def build_prompt(tokenizer: TurnTokenizer, text: str, speaker: int, context: Seq
         kept_rows -= turns[dropped][0].shape[0]
         dropped += 1
     parts = turns[dropped:] + [target]
-    return Prompt(tokens=torch.cat([t for t, _ in parts]), mask=torch.cat([m for _, m in parts]),
-                  dropped_turns=dropped)
+    return Prompt(
+        tokens=torch.cat([t for t, _ in parts]), mask=torch.cat([m for _, m in parts]), dropped_turns=dropped
+    )

@@ -7,11 +7,12 @@ other requests share the batch, and the whole sampler can run inside a captured 
 (no `torch.Generator` state, no `.item()`). Sampling itself is the exponential-race form of a
 categorical draw used by the original generator: argmax(p / q) with q ~ Exp(1).
 """
+
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 
@@ -48,9 +49,15 @@ def uniform_noise(seeds: torch.Tensor, counters: torch.Tensor, n: int) -> torch.
     return (bits.float() + 0.5) * (1.0 / (1 << 24))
 
 
-def sample_top_k(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, seeds: torch.Tensor,
-                 counters: torch.Tensor, vocab_limit: Optional[int] = None,
-                 max_top_k: Optional[int] = None) -> torch.Tensor:
+def sample_top_k(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    seeds: torch.Tensor,
+    counters: torch.Tensor,
+    vocab_limit: int | None = None,
+    max_top_k: int | None = None,
+) -> torch.Tensor:
     """Sample one id per row of `logits` (B, V).
 
     temperature (B,) float > 0, top_k (B,) long (1 = greedy), seeds/counters (B,) long: the
@@ -88,13 +95,22 @@ class BatchSampler:
     top_k: torch.Tensor
     seeds: torch.Tensor
     frame: torch.Tensor
-    vocab_limit: Optional[int] = None
-    max_top_k: Optional[int] = None
+    vocab_limit: int | None = None
+    max_top_k: int | None = None
 
     @classmethod
-    def from_params(cls, params: Sequence[SamplingParams], device: torch.device | str,
-                    vocab_limit: Optional[int] = None, seeds: Optional[Sequence[int]] = None) -> "BatchSampler":
-        seeds = list(seeds) if seeds is not None else [p.seed if p.seed is not None else fresh_seed() for p in params]
+    def from_params(
+        cls,
+        params: Sequence[SamplingParams],
+        device: torch.device | str,
+        vocab_limit: int | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> BatchSampler:
+        seeds = (
+            list(seeds)
+            if seeds is not None
+            else [p.seed if p.seed is not None else fresh_seed() for p in params]
+        )
         return cls(
             temperature=torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device),
             top_k=torch.tensor([p.top_k for p in params], dtype=torch.long, device=device),
@@ -106,5 +122,6 @@ class BatchSampler:
 
     def __call__(self, logits: torch.Tensor, codebook: int) -> torch.Tensor:
         counters = self.frame * NUM_CODEBOOKS + codebook
-        return sample_top_k(logits, self.temperature, self.top_k, self.seeds, counters, self.vocab_limit,
-                            self.max_top_k)
+        return sample_top_k(
+            logits, self.temperature, self.top_k, self.seeds, counters, self.vocab_limit, self.max_top_k
+        )

@@ -8,12 +8,13 @@ Three layouts, always converted through the transformers one:
   transformers' convert script permutes; one audio embedding table shared with the decoder.
 - ours (`CsmModel`): fused `wqkv` and `w13`.
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
@@ -107,8 +108,10 @@ def sesame_to_hf(sd: Mapping[str, torch.Tensor], cfg: CsmModelConfig) -> dict[st
 def hf_to_sesame(sd: Mapping[str, torch.Tensor], cfg: CsmModelConfig) -> dict[str, torch.Tensor]:
     """transformers layout → original Sesame layout (codec weights dropped)."""
     if _DECODER_EMBED in sd and _AUDIO_EMBED in sd and not torch.equal(sd[_DECODER_EMBED], sd[_AUDIO_EMBED]):
-        raise ValueError("the original layout has one audio embedding table, but the backbone and "
-                         "depth decoder tables of this checkpoint differ")
+        raise ValueError(
+            "the original layout has one audio embedding table, but the backbone and "
+            "depth decoder tables of this checkpoint differ"
+        )
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         if key == _DECODER_EMBED or key.startswith("codec_model."):
@@ -155,9 +158,11 @@ def hf_to_internal(sd: Mapping[str, torch.Tensor], cfg: CsmModelConfig) -> dict[
             for hf, ours in _LAYER_PARAMS.items():
                 out[dst + ours] = sd[src + hf]
             out[dst + "attention.wqkv.weight"] = torch.cat(
-                [sd[src + f"self_attn.{p}_proj.weight"] for p in "qkv"], dim=0)
+                [sd[src + f"self_attn.{p}_proj.weight"] for p in "qkv"], dim=0
+            )
             out[dst + "feed_forward.w13.weight"] = torch.cat(
-                [sd[src + "mlp.gate_proj.weight"], sd[src + "mlp.up_proj.weight"]], dim=0)
+                [sd[src + "mlp.gate_proj.weight"], sd[src + "mlp.up_proj.weight"]], dim=0
+            )
     return out
 
 
@@ -172,11 +177,15 @@ def internal_to_hf(sd: Mapping[str, torch.Tensor], cfg: CsmModelConfig) -> dict[
                 out[dst + hf] = sd[src + ours].contiguous()
             q, k, v = sd[src + "attention.wqkv.weight"].split([stack.q_dim, stack.kv_dim, stack.kv_dim])
             gate, up = sd[src + "feed_forward.w13.weight"].chunk(2)
-            out.update({dst + "self_attn.q_proj.weight": q.contiguous(),
-                        dst + "self_attn.k_proj.weight": k.contiguous(),
-                        dst + "self_attn.v_proj.weight": v.contiguous(),
-                        dst + "mlp.gate_proj.weight": gate.contiguous(),
-                        dst + "mlp.up_proj.weight": up.contiguous()})
+            out.update(
+                {
+                    dst + "self_attn.q_proj.weight": q.contiguous(),
+                    dst + "self_attn.k_proj.weight": k.contiguous(),
+                    dst + "self_attn.v_proj.weight": v.contiguous(),
+                    dst + "mlp.gate_proj.weight": gate.contiguous(),
+                    dst + "mlp.up_proj.weight": up.contiguous(),
+                }
+            )
     return out
 
 
@@ -197,8 +206,11 @@ def read_safetensors_dir(path: Path, skip_prefix: str | None = None) -> dict[str
     out: dict[str, torch.Tensor] = {}
     for name in files:
         tensors = load_file(str(path / name))
-        out.update(tensors if skip_prefix is None else
-                   {k: v for k, v in tensors.items() if not k.startswith(skip_prefix)})
+        out.update(
+            tensors
+            if skip_prefix is None
+            else {k: v for k, v in tensors.items() if not k.startswith(skip_prefix)}
+        )
     return out
 
 

@@ -3,10 +3,12 @@
 One plain dataclass tree describes both checkpoint formats, so the model code never looks at a
 transformers config or at the original Sesame `ModelArgs` directly.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Mapping, Optional
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,7 @@ class RopeConfig:
     original_max_position_embeddings: int = 8192
 
     @classmethod
-    def from_hf(cls, params: Mapping[str, Any]) -> "RopeConfig":
+    def from_hf(cls, params: Mapping[str, Any]) -> RopeConfig:
         """From a transformers `rope_parameters` dict (already standardized by transformers)."""
         kind = params.get("rope_type", "default")
         if kind not in ("default", "llama3"):
@@ -60,7 +62,7 @@ class TransformerConfig:
     n_kv_heads: int
     intermediate_size: int
     norm_eps: float = 1e-5
-    head_dim: Optional[int] = None
+    head_dim: int | None = None
     rope: RopeConfig = field(default_factory=RopeConfig)
 
     def __post_init__(self) -> None:
@@ -100,7 +102,7 @@ class CsmModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CsmModelConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> CsmModelConfig:
         def tc(x: Mapping[str, Any]) -> TransformerConfig:
             x = dict(x)
             x["rope"] = RopeConfig(**x.get("rope", {}))
@@ -109,7 +111,7 @@ class CsmModelConfig:
         rest = {k: v for k, v in d.items() if k not in ("backbone", "decoder")}
         return cls(backbone=tc(d["backbone"]), decoder=tc(d["decoder"]), **rest)
 
-    def with_max_seq_len(self, n: int) -> "CsmModelConfig":
+    def with_max_seq_len(self, n: int) -> CsmModelConfig:
         return replace(self, max_seq_len=n)
 
 
@@ -168,7 +170,9 @@ SESAME_FLAVORS: dict[str, TransformerConfig] = {
 }
 
 
-def from_sesame_args(args: Mapping[str, Any], flavors: Optional[Mapping[str, TransformerConfig]] = None) -> CsmModelConfig:
+def from_sesame_args(
+    args: Mapping[str, Any], flavors: Mapping[str, TransformerConfig] | None = None
+) -> CsmModelConfig:
     """Build from the original Sesame `ModelArgs` (the repo's config.json, optionally under "args")."""
     args = args.get("args", args)
     flavors = dict(SESAME_FLAVORS, **(flavors or {}))
@@ -187,38 +191,38 @@ def from_sesame_args(args: Mapping[str, Any], flavors: Optional[Mapping[str, Tra
     )
 
 
-def to_hf_config_dict(cfg: CsmModelConfig, codec_config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+def to_hf_config_dict(cfg: CsmModelConfig, codec_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The transformers `CsmConfig` keyword arguments describing `cfg` (used to write checkpoints)."""
     b, d = cfg.backbone, cfg.decoder
-    out: dict[str, Any] = dict(
-        hidden_size=b.dim,
-        num_hidden_layers=b.n_layers,
-        num_attention_heads=b.n_heads,
-        num_key_value_heads=b.n_kv_heads,
-        intermediate_size=b.intermediate_size,
-        rms_norm_eps=b.norm_eps,
-        head_dim=b.head_dim,
-        rope_parameters=b.rope.to_hf(),
-        text_vocab_size=cfg.text_vocab_size,
-        vocab_size=cfg.audio_vocab_size,
-        num_codebooks=cfg.num_codebooks,
-        max_position_embeddings=cfg.max_seq_len,
-        codebook_eos_token_id=cfg.codebook_eos_id,
-        depth_decoder_config=dict(
-            hidden_size=d.dim,
-            num_hidden_layers=d.n_layers,
-            num_attention_heads=d.n_heads,
-            num_key_value_heads=d.n_kv_heads,
-            intermediate_size=d.intermediate_size,
-            rms_norm_eps=d.norm_eps,
-            head_dim=d.head_dim,
-            rope_parameters=d.rope.to_hf(),
-            backbone_hidden_size=b.dim,
-            num_codebooks=cfg.num_codebooks,
-            vocab_size=cfg.audio_vocab_size,
-            max_position_embeddings=cfg.num_codebooks + 1,
-        ),
-    )
+    out: dict[str, Any] = {
+        "hidden_size": b.dim,
+        "num_hidden_layers": b.n_layers,
+        "num_attention_heads": b.n_heads,
+        "num_key_value_heads": b.n_kv_heads,
+        "intermediate_size": b.intermediate_size,
+        "rms_norm_eps": b.norm_eps,
+        "head_dim": b.head_dim,
+        "rope_parameters": b.rope.to_hf(),
+        "text_vocab_size": cfg.text_vocab_size,
+        "vocab_size": cfg.audio_vocab_size,
+        "num_codebooks": cfg.num_codebooks,
+        "max_position_embeddings": cfg.max_seq_len,
+        "codebook_eos_token_id": cfg.codebook_eos_id,
+        "depth_decoder_config": {
+            "hidden_size": d.dim,
+            "num_hidden_layers": d.n_layers,
+            "num_attention_heads": d.n_heads,
+            "num_key_value_heads": d.n_kv_heads,
+            "intermediate_size": d.intermediate_size,
+            "rms_norm_eps": d.norm_eps,
+            "head_dim": d.head_dim,
+            "rope_parameters": d.rope.to_hf(),
+            "backbone_hidden_size": b.dim,
+            "num_codebooks": cfg.num_codebooks,
+            "vocab_size": cfg.audio_vocab_size,
+            "max_position_embeddings": cfg.num_codebooks + 1,
+        },
+    }
     if codec_config is not None:
         out["codec_config"] = dict(codec_config)
     return out

@@ -11,9 +11,10 @@ The batched API is what engines build on:
 `depth_start`/`depth_step` expose the 31 depth steps one at a time (with the codebook index as a
 tensor) for engines that capture them in CUDA graphs.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -51,7 +52,7 @@ class CsmModel(nn.Module):
         self.register_buffer("audio_offsets", torch.arange(n, device=device) * v, persistent=False)
 
     # ---- caches -------------------------------------------------------------------------------
-    def setup_caches(self, max_batch_size: int, max_seq_len: Optional[int] = None) -> None:
+    def setup_caches(self, max_batch_size: int, max_seq_len: int | None = None) -> None:
         """Allocate backbone caches for `max_batch_size` slots and a per-frame depth decoder cache.
 
         `max_seq_len` may shrink the backbone cache below the model's 2048 positions."""
@@ -82,8 +83,13 @@ class CsmModel(nn.Module):
         return self.audio_embeddings(codes + self.audio_offsets).sum(dim=-2)
 
     # ---- backbone -----------------------------------------------------------------------------
-    def backbone_forward(self, embeds: torch.Tensor, positions: torch.Tensor,
-                         slots: Optional[torch.Tensor] = None, kv_len: Optional[int] = None) -> torch.Tensor:
+    def backbone_forward(
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor | None = None,
+        kv_len: int | None = None,
+    ) -> torch.Tensor:
         """embeds (B, T, D), positions (B, T) (< 0 = padding), slots (B,) or None for rows 0..B-1.
 
         Serves right- or left-padded prefill and the one-row step alike; returns the normed
@@ -112,7 +118,7 @@ class CsmModel(nn.Module):
         h = self.decoder(self.projection(x), positions, None, self.cfg.decoder_seq_len)
         return self._audio_logits(h[:, -1], zero + 1)
 
-    def depth_step(self, prev_codes: torch.Tensor, codebook: Union[int, torch.Tensor]) -> torch.Tensor:
+    def depth_step(self, prev_codes: torch.Tensor, codebook: int | torch.Tensor) -> torch.Tensor:
         """Feed codebook `codebook - 1` (B,) at position `codebook`; return logits of `codebook` (2..31).
 
         `codebook` may be a 1-element long tensor so one captured graph serves every step."""

@@ -12,10 +12,10 @@ Cache layout and masking, chosen so a whole step can be captured in a CUDA graph
   in a reused slot are never visible: every position <= p was rewritten by the current request.
 No step depends on Python control flow over tensor values and nothing syncs with the host.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -74,15 +74,29 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class KVCache(nn.Module):
     """Static per-layer key/value buffers indexed by (slot, position)."""
 
-    def __init__(self, n_slots: int, n_kv_heads: int, n_positions: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        n_slots: int,
+        n_kv_heads: int,
+        n_positions: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str | None = None,
+    ) -> None:
         super().__init__()
         shape = (n_slots, n_kv_heads, n_positions, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, write_pos: torch.Tensor,
-               slots: Optional[torch.Tensor], kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        rows: torch.Tensor,
+        write_pos: torch.Tensor,
+        slots: torch.Tensor | None,
+        kv_len: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k/v (B, Hkv, T, Dh) at (row, write_pos) and return the rows' first `kv_len` keys/values."""
         # Advanced indices around a slice put the indexed dims first: (B, T, Hkv, Dh).
         self.k[rows[:, None], :, write_pos] = k.transpose(1, 2)
@@ -99,12 +113,20 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.wqkv = nn.Linear(cfg.dim, cfg.q_dim + 2 * cfg.kv_dim, bias=False)
         self.wo = nn.Linear(cfg.q_dim, cfg.dim, bias=False)
-        self.kv_cache: Optional[KVCache] = None
+        self.kv_cache: KVCache | None = None
         self._split = (cfg.q_dim, cfg.kv_dim, cfg.kv_dim)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                rows: torch.Tensor, write_pos: torch.Tensor, slots: Optional[torch.Tensor],
-                kv_len: int) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        rows: torch.Tensor,
+        write_pos: torch.Tensor,
+        slots: torch.Tensor | None,
+        kv_len: int,
+    ) -> torch.Tensor:
         b, t, _ = x.shape
         q, k, v = self.wqkv(x).split(self._split, dim=-1)
         q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
@@ -114,8 +136,9 @@ class Attention(nn.Module):
         if self.kv_cache is None:
             raise RuntimeError("KV caches are not set up: call setup_caches() first")
         k, v = self.kv_cache.update(k, v, rows, write_pos, slots, kv_len)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1),
-                                             enable_gqa=self.n_heads != self.n_kv_heads)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask.unsqueeze(1), enable_gqa=self.n_heads != self.n_kv_heads
+        )
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -163,15 +186,23 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos.to(device), persistent=False)
         self.register_buffer("rope_sin", sin.to(device), persistent=False)
 
-    def setup_caches(self, n_slots: int, dtype: torch.dtype, device: torch.device | str | None = None) -> None:
+    def setup_caches(
+        self, n_slots: int, dtype: torch.dtype, device: torch.device | str | None = None
+    ) -> None:
         """Allocate (or reallocate) caches: one row per slot, `max_seq_len` + 1 scratch positions."""
         for layer in self.layers:
-            layer.attention.kv_cache = KVCache(n_slots, self.cfg.n_kv_heads, self.max_seq_len + 1,
-                                               self.cfg.head_dim, dtype, device)  # type: ignore[arg-type]
+            layer.attention.kv_cache = KVCache(
+                n_slots, self.cfg.n_kv_heads, self.max_seq_len + 1, self.cfg.head_dim, dtype, device
+            )  # type: ignore[arg-type]
         self.n_slots = n_slots
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, slots: Optional[torch.Tensor] = None,
-                kv_len: Optional[int] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor | None = None,
+        kv_len: int | None = None,
+    ) -> torch.Tensor:
         """x: (B, T, D); positions: (B, T) long, < 0 marks padding; slots: (B,) cache rows or None
         for rows 0..B-1; kv_len: attend only the first kv_len positions (must exceed every valid
         position in the batch; default: all). Returns normed hidden states (B, T, D)."""

@@ -8,13 +8,15 @@
 Files come through `huggingface_hub` (its cache, `HF_HUB_OFFLINE`, `HF_TOKEN` apply). Without
 network or cache the error names the repository, the revision and how to point at a local copy.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -27,8 +29,15 @@ from serve_app.model.tokenizer import TextTokenizer
 
 T = TypeVar("T")
 
-HF_MODEL_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
-                  "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+HF_MODEL_FILES = [
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+]
 SESAME_MODEL_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "ckpt.pt"]
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
@@ -45,13 +54,13 @@ class LoadedModel:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_device(device: Optional[str | torch.device] = None) -> torch.device:
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
-def resolve_dtype(dtype: Optional[str | torch.dtype], device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """bfloat16 on CUDA, float32 elsewhere, unless given."""
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -67,7 +76,7 @@ def resolve_dtype(dtype: Optional[str | torch.dtype], device: torch.device) -> t
 
 
 # ---- Hub access -----------------------------------------------------------------------------------
-def _hub_call(repo_id: str, revision: Optional[str], fn: Callable[[], T]) -> T:
+def _hub_call(repo_id: str, revision: str | None, fn: Callable[[], T]) -> T:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     try:
@@ -82,22 +91,28 @@ def _hub_call(repo_id: str, revision: Optional[str], fn: Callable[[], T]) -> T:
         ) from exc
 
 
-def fetch_snapshot(repo_id: str, revision: Optional[str], allow_patterns: list[str]) -> Path:
+def fetch_snapshot(repo_id: str, revision: str | None, allow_patterns: list[str]) -> Path:
     from huggingface_hub import snapshot_download
 
-    return Path(_hub_call(repo_id, revision, lambda: snapshot_download(
-        repo_id, revision=revision, allow_patterns=allow_patterns)))
+    return Path(
+        _hub_call(
+            repo_id,
+            revision,
+            lambda: snapshot_download(repo_id, revision=revision, allow_patterns=allow_patterns),
+        )
+    )
 
 
-def fetch_file(repo_id: str, filename: str, revision: Optional[str]) -> Path:
+def fetch_file(repo_id: str, filename: str, revision: str | None) -> Path:
     from huggingface_hub import hf_hub_download
 
     return Path(_hub_call(repo_id, revision, lambda: hf_hub_download(repo_id, filename, revision=revision)))
 
 
 # ---- building -------------------------------------------------------------------------------------
-def build_model(cfg: CsmModelConfig, state_dict: Mapping[str, torch.Tensor], device: torch.device,
-                dtype: torch.dtype) -> CsmModel:
+def build_model(
+    cfg: CsmModelConfig, state_dict: Mapping[str, torch.Tensor], device: torch.device, dtype: torch.dtype
+) -> CsmModel:
     """A `CsmModel` from our-layout weights without first allocating random ones."""
     with torch.device("meta"):
         model = CsmModel(cfg)
@@ -121,21 +136,24 @@ def detect_format(path: Path) -> str:
     raise ValueError(f"{cfg_file} is neither a transformers CSM config nor an original Sesame config")
 
 
-def _load_hf(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[CsmModel, TextTokenizer, MimiCodec]:
+def _load_hf(
+    path: Path, device: torch.device, dtype: torch.dtype
+) -> tuple[CsmModel, TextTokenizer, MimiCodec]:
     from transformers import CsmConfig
 
     hf_cfg = CsmConfig.from_pretrained(str(path))
     cfg = from_hf_config(hf_cfg)
     weights = read_safetensors_dir(path)
-    codec_sd = {k[len("codec_model."):]: v for k, v in weights.items() if k.startswith("codec_model.")}
+    codec_sd = {k[len("codec_model.") :]: v for k, v in weights.items() if k.startswith("codec_model.")}
     model = build_model(cfg, hf_to_internal(weights, cfg), device, dtype)
     del weights
     codec = MimiCodec.from_state_dict(hf_cfg.codec_config, codec_sd, device)
     return model, TextTokenizer.from_dir(path), codec
 
 
-def _load_sesame(path: Path, preset: ModelPreset, device: torch.device,
-                 dtype: torch.dtype) -> tuple[CsmModel, TextTokenizer, MimiCodec]:
+def _load_sesame(
+    path: Path, preset: ModelPreset, device: torch.device, dtype: torch.dtype
+) -> tuple[CsmModel, TextTokenizer, MimiCodec]:
     from safetensors.torch import load_file
     from transformers import MimiConfig
 
@@ -146,23 +164,28 @@ def _load_sesame(path: Path, preset: ModelPreset, device: torch.device,
     codec_name = preset.codec_filename or "tokenizer-e351c8d8-checkpoint125.safetensors"
     codec_file = path / codec_name
     if not codec_file.exists():
-        codec_file = fetch_file(preset.codec_repo_id or "kyutai/moshiko-pytorch-bf16", codec_name,
-                                preset.codec_revision)
+        codec_file = fetch_file(
+            preset.codec_repo_id or "kyutai/moshiko-pytorch-bf16", codec_name, preset.codec_revision
+        )
     # Kyutai's file carries no config: the released Mimi geometry is transformers' default
     # MimiConfig; a `mimi_config.json` next to the weights overrides it.
     mimi_cfg_file = path / "mimi_config.json"
     mimi_cfg = MimiConfig.from_json_file(str(mimi_cfg_file)) if mimi_cfg_file.exists() else MimiConfig()
-    codec = MimiCodec.from_state_dict(mimi_cfg, moshi_to_hf_mimi(load_file(str(codec_file)), mimi_cfg), device)
+    codec = MimiCodec.from_state_dict(
+        mimi_cfg, moshi_to_hf_mimi(load_file(str(codec_file)), mimi_cfg), device
+    )
 
     tok_dir = path
     if not (path / "tokenizer.json").exists():
-        tok_dir = fetch_snapshot(preset.tokenizer_repo_id or "meta-llama/Llama-3.2-1B",
-                                 preset.tokenizer_revision, TOKENIZER_FILES)
+        tok_dir = fetch_snapshot(
+            preset.tokenizer_repo_id or "meta-llama/Llama-3.2-1B", preset.tokenizer_revision, TOKENIZER_FILES
+        )
     return model, TextTokenizer.from_dir(tok_dir), codec
 
 
-def _load_random(preset: ModelPreset, device: torch.device,
-                 dtype: torch.dtype) -> tuple[CsmModel, TextTokenizer, MimiCodec]:
+def _load_random(
+    preset: ModelPreset, device: torch.device, dtype: torch.dtype
+) -> tuple[CsmModel, TextTokenizer, MimiCodec]:
     from serve_app.model.tiny import TINY_CONFIG, random_model, tiny_mimi_config
 
     model = random_model(TINY_CONFIG, preset.seed).to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -170,9 +193,13 @@ def _load_random(preset: ModelPreset, device: torch.device,
     return model, TextTokenizer.tiny(), codec
 
 
-def load_model(preset_or_path: str, device: Optional[str | torch.device] = None,
-               dtype: Optional[str | torch.dtype] = None, revision: Optional[str] = None,
-               local_dir: Optional[str | Path] = None) -> LoadedModel:
+def load_model(
+    preset_or_path: str,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    revision: str | None = None,
+    local_dir: str | Path | None = None,
+) -> LoadedModel:
     """Load a preset (name or YAML file) or a local checkpoint directory.
 
     `revision` overrides the preset's; `local_dir` (else $CSM_MODEL_DIR, else the preset's

@@ -3,9 +3,11 @@
 Runs transformers' `MimiModel` (the reference implementation) in fp32. Also converts Kyutai's
 original (moshi) Mimi checkpoint, which the original Sesame release loads, to that layout.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,8 +21,10 @@ class MimiCodec:
     def __init__(self, model: Any, num_codebooks: int = NUM_CODEBOOKS) -> None:
         cfg = model.config
         if cfg.sampling_rate != SAMPLE_RATE or cfg.frame_size != FRAME_SAMPLES:
-            raise ValueError(f"codec runs at {cfg.sampling_rate} Hz / {cfg.frame_size} samples per frame; "
-                             f"CSM needs {SAMPLE_RATE} Hz / {FRAME_SAMPLES}")
+            raise ValueError(
+                f"codec runs at {cfg.sampling_rate} Hz / {cfg.frame_size} samples per frame; "
+                f"CSM needs {SAMPLE_RATE} Hz / {FRAME_SAMPLES}"
+            )
         if num_codebooks > cfg.num_quantizers:
             raise ValueError(f"codec has {cfg.num_quantizers} codebooks, {num_codebooks} requested")
         self.model = model.eval()
@@ -35,7 +39,7 @@ class MimiCodec:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def to(self, device: torch.device | str) -> "MimiCodec":
+    def to(self, device: torch.device | str) -> MimiCodec:
         self.model.to(device=device, dtype=torch.float32)
         _drop_codebook_caches(self.model)
         return self
@@ -62,7 +66,9 @@ class MimiCodec:
     def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
         codes = torch.as_tensor(codes)
         if codes.ndim != 2 or codes.shape[1] != self.num_codebooks:
-            raise ValueError(f"expected codes of shape (frames, {self.num_codebooks}), got {tuple(codes.shape)}")
+            raise ValueError(
+                f"expected codes of shape (frames, {self.num_codebooks}), got {tuple(codes.shape)}"
+            )
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
             raise ValueError(f"codes must lie in [0, {self.codebook_size})")
         return codes.long()
@@ -96,8 +102,9 @@ class MimiCodec:
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def from_state_dict(cls, config: Any, state_dict: Mapping[str, torch.Tensor],
-                        device: Optional[torch.device | str] = None) -> "MimiCodec":
+    def from_state_dict(
+        cls, config: Any, state_dict: Mapping[str, torch.Tensor], device: torch.device | str | None = None
+    ) -> MimiCodec:
         from transformers import MimiModel
 
         model = MimiModel(config)
@@ -106,7 +113,7 @@ class MimiCodec:
 
     @classmethod
     @torch.no_grad()
-    def random(cls, config: Any, seed: int = 0, peak: float = 0.5) -> "MimiCodec":
+    def random(cls, config: Any, seed: int = 0, peak: float = 0.5) -> MimiCodec:
         """A seeded random codec (offline tests and the tiny preset).
 
         Codebook entries are randomised (the default initialisation leaves them all zero, so

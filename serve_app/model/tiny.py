@@ -2,6 +2,7 @@
 2048 positions) with tiny transformer widths and seeded random weights. Fully offline, fast on CPU,
 and the source of the tiny checkpoints the tests write.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,12 +20,23 @@ TINY_CONFIG = CsmModelConfig(
     text_vocab_size=TINY_TEXT_VOCAB,
 )
 
-TINY_MIMI_KWARGS: dict[str, Any] = dict(
-    sampling_rate=24_000, frame_rate=12.5, upsampling_ratios=[8, 6, 5, 4], num_quantizers=32,
-    codebook_size=2048, hidden_size=32, num_filters=4, num_hidden_layers=1, num_attention_heads=2,
-    num_key_value_heads=2, head_dim=16, intermediate_size=64, codebook_dim=8,
-    vector_quantization_hidden_dimension=8, upsample_groups=32,
-)
+TINY_MIMI_KWARGS: dict[str, Any] = {
+    "sampling_rate": 24_000,
+    "frame_rate": 12.5,
+    "upsampling_ratios": [8, 6, 5, 4],
+    "num_quantizers": 32,
+    "codebook_size": 2048,
+    "hidden_size": 32,
+    "num_filters": 4,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "intermediate_size": 64,
+    "codebook_dim": 8,
+    "vector_quantization_hidden_dimension": 8,
+    "upsample_groups": 32,
+}
 
 
 def tiny_mimi_config() -> Any:

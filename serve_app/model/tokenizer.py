@@ -4,11 +4,12 @@ This is the template of the original Sesame generator (a `TemplateProcessing` po
 the Llama-3.2 tokenizer) and of transformers' CSM chat template. A byte-level tokenizer with the
 same special tokens serves the offline `tiny-random` preset.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from tokenizers.processors import TemplateProcessing
@@ -51,17 +52,19 @@ class TextTokenizer:
         return self._tok.decode(ids, skip_special_tokens=False)
 
     @classmethod
-    def from_dir(cls, path: str | Path) -> "TextTokenizer":
+    def from_dir(cls, path: str | Path) -> TextTokenizer:
         """Load `tokenizer.json` (+ `tokenizer_config.json` for the BOS/EOS names when present)."""
         path = Path(path)
         tok = Tokenizer.from_file(str(path / "tokenizer.json"))
         cfg: dict[str, Any] = {}
         if (path / "tokenizer_config.json").exists():
             cfg = json.loads((path / "tokenizer_config.json").read_text())
-        return cls(tok, _token_name(cfg.get("bos_token"), BOS_TOKEN), _token_name(cfg.get("eos_token"), EOS_TOKEN))
+        return cls(
+            tok, _token_name(cfg.get("bos_token"), BOS_TOKEN), _token_name(cfg.get("eos_token"), EOS_TOKEN)
+        )
 
     @classmethod
-    def tiny(cls) -> "TextTokenizer":
+    def tiny(cls) -> TextTokenizer:
         """Byte-level tokenizer (256 byte tokens, no merges) + the Llama-3/CSM special tokens."""
         alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
         tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
@@ -75,12 +78,20 @@ class TextTokenizer:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self._tok.save(str(path / "tokenizer.json"))
-        (path / "tokenizer_config.json").write_text(json.dumps(
-            {"bos_token": self.bos_token, "eos_token": self.eos_token, "pad_token": self.eos_token,
-             "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2))
+        (path / "tokenizer_config.json").write_text(
+            json.dumps(
+                {
+                    "bos_token": self.bos_token,
+                    "eos_token": self.eos_token,
+                    "pad_token": self.eos_token,
+                    "tokenizer_class": "PreTrainedTokenizerFast",
+                },
+                indent=2,
+            )
+        )
 
 
-def _token_name(value: Optional[Any], default: str) -> str:
+def _token_name(value: Any | None, default: str) -> str:
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) and value else default
