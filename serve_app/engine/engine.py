@@ -1,69 +1,193 @@
-"""First `SpeechEngine`: the reference generator behind a lock, off the event loop.
+"""The speech engine: continuous batching over KV slots, streamed audio, async and sync front ends.
 
-One utterance runs at a time in a worker thread (`asyncio.to_thread`); the lock is a threading
-lock taken inside that thread, so it works from any event loop and never blocks one. `stream`
-yields the whole utterance as a single chunk. The continuous-batching engine replaces this.
+    engine = Engine.from_preset("tiny-random")           # or "csm-1b" on a GPU
+    audio = await engine.generate(GenerationRequest(text="Hello there."))
+    async for chunk in engine.stream(request): ...       # closing the iterator cancels the request
+    audio = engine.generate_sync(request)                # from plain threads / scripts
+
+The model runs on one loop thread (`EngineLoop`): requests join the running batch at frame
+boundaries and leave when they end, each with its own seed, so a request's audio does not depend on
+what else is running. Results cross to asyncio through `loop.call_soon_threadsafe`, so no event loop
+ever waits on the model; prompt building (and encoding context audio) runs in worker threads.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
+import queue
 import threading
-from typing import Any, AsyncIterator, Callable, Optional, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Union
 
 import numpy as np
 import torch
 
-from serve_app.engine.generator import Generator
+from serve_app.engine.generator import resolve_context
+from serve_app.engine.loop import EngineLoop, SilenceGuard
+from serve_app.engine.prompt import build_prompt
+from serve_app.engine.runner import ModelRunner, slots_for_memory
+from serve_app.engine.sampling import fresh_seed
+from serve_app.engine.scheduler import Scheduler
+from serve_app.engine.sequence import ChunkPolicy, Sequence
 from serve_app.engine.types import (
-    FRAME_MS, FRAME_SAMPLES, MAX_POSITIONS, NUM_CODEBOOKS, SAMPLE_RATE, Audio, AudioChunk, GenerationRequest,
+    FRAME_MS,
+    FRAME_SAMPLES,
+    MAX_POSITIONS,
+    NUM_CODEBOOKS,
+    SAMPLE_RATE,
+    Audio,
+    AudioChunk,
+    FinishReason,
+    GenerationRequest,
 )
 from serve_app.model.loading import LoadedModel, load_model
 
-T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+Item = Union[AudioChunk, BaseException]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Serving knobs; every field is also a keyword of `Engine.from_preset`."""
+
+    max_batch_size: int | None = None  # KV slots cap; None: 128 on CUDA (as memory allows), 8 on CPU
+    max_waiting: int | None = None  # requests queued beyond the slots; None: 2 x slots
+    first_chunk_frames: int = 1  # frames in a stream's first chunk (time to first audio)
+    chunk_frames: int = 8  # frames in each later chunk
+    silence_rms: float = 0.003  # runaway guard: a frame this quiet (RMS, full scale 1.0) is silent
+    silence_seconds: float = 2.4  # ... and this much trailing silence ends the utterance (0: off)
+    cuda_graphs: bool | None = None  # None: on for CUDA
+    compile: bool | None = None  # torch.compile the step functions; None: on for CUDA
+    memory_fraction: float = 0.8  # of free device memory for KV slots
+    max_prefill_rows: int = 8192  # padded prompt rows prefilled together in one iteration
+
+    @classmethod
+    def split(cls, kwargs: dict[str, Any]) -> tuple[EngineConfig, dict[str, Any]]:
+        """(engine options, the rest: model-loading options) from one keyword dict."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in kwargs.items() if k in names}), {k: v for k, v in kwargs.items()
+                                                                          if k not in names}
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, *, max_batch_size: int = 1) -> None:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None, **options: Any) -> None:
         self.loaded = loaded
-        self.generator = Generator(loaded.model, loaded.tokenizer, loaded.codec, max_batch_size=max_batch_size)
-        self._lock = threading.Lock()
+        self.config = config = EngineConfig(**{**asdict(config or EngineConfig()), **options})
+        model = loaded.model
+        cuda = model.codebook0_head.weight.device.type == "cuda"
+        cap = config.max_batch_size or (128 if cuda else 8)
+        n_slots = slots_for_memory(model, cap, config.memory_fraction)
+        chunks = ChunkPolicy(config.first_chunk_frames, config.chunk_frames)
+        runner = ModelRunner(
+            model, loaded.codec.model, n_slots, vocab_limit=model.cfg.codec_codebook_size,
+            cuda_graphs=cuda if config.cuda_graphs is None else config.cuda_graphs,
+            compile=cuda if config.compile is None else config.compile,
+            history=max(16, chunks.largest), audio_chunk_sizes=(chunks.first_frames, chunks.frames))
+        max_waiting = 2 * n_slots if config.max_waiting is None else config.max_waiting
+        self.loop = EngineLoop(runner, Scheduler(n_slots, max_waiting, config.max_prefill_rows), chunks,
+                               SilenceGuard(config.silence_rms, config.silence_seconds), model.cfg.codebook_eos_id)
+        self._encode_lock = threading.Lock()
         self._closed = False
+        self.loop.start()
 
     @classmethod
-    def from_preset(cls, preset: str = "tiny-random", *, device: Optional[str] = None,
-                    max_batch_size: int = 1, **load_kwargs: Any) -> "Engine":
-        """Load `preset` (name, preset file or checkpoint dir; see `load_model`) and wrap it."""
-        return cls(load_model(preset, device=device, **load_kwargs), max_batch_size=max_batch_size)
+    def from_preset(cls, preset: str = "tiny-random", *, device: str | None = None, **kwargs: Any) -> Engine:
+        """Load `preset` (name, preset file or checkpoint dir; see `load_model`) and serve it.
 
-    async def _run(self, fn: Callable[[], T]) -> T:
+        Keywords naming `EngineConfig` fields configure the engine; the rest go to `load_model`."""
+        config, load_kwargs = EngineConfig.split(kwargs)
+        return cls(load_model(preset, device=device, **load_kwargs), config)
+
+    # ---- requests ---------------------------------------------------------------------------------
+    def _sequence(self, request: GenerationRequest, sink: Callable[[Item], None]) -> Sequence:
+        """Validate and build the prompt (encoding context audio once); runs off the event loop."""
         if self._closed:
             raise RuntimeError("engine is closed")
-
-        def locked() -> T:
-            with self._lock:
-                return fn()
-
-        return await asyncio.to_thread(locked)
-
-    async def generate(self, request: GenerationRequest) -> Audio:
         if not request.text.strip():
             raise ValueError("text must not be empty")
-        return (await self._run(lambda: self.generator.generate([request])))[0]
+        model = self.loaded.model
+        if any(seg.codes is None for seg in request.context):
+            with self._encode_lock:
+                context = resolve_context(self.loaded.codec, request.context)
+        else:
+            context = list(request.context)
+        prompt = build_prompt(self.loaded.tokenizer, request.text, request.speaker, context, request.max_frames,
+                              model.max_seq_len)
+        seed = request.sampling.seed if request.sampling.seed is not None else fresh_seed()
+        max_frames = min(request.max_frames, model.max_seq_len - len(prompt) + 1)
+        return Sequence(request, prompt.tokens, prompt.mask, seed, sink, max_frames, prompt.dropped_turns)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[AudioChunk]:
-        audio = await self.generate(request)
-        yield AudioChunk(pcm=audio.pcm, codes=audio.codes, frames=int(audio.codes.shape[0]), is_last=True,
-                         finish_reason=audio.finish_reason, dropped_context_turns=audio.dropped_context_turns)
+        """Yield chunks as frames are generated; leaving early (aclose, cancellation) stops the request
+        at the next frame and frees its slot. Raises `EngineOverloadedError` when the queue is full."""
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[Item] = asyncio.Queue()
+
+        def sink(item: Item) -> None:  # engine thread → this event loop
+            try:
+                loop.call_soon_threadsafe(items.put_nowait, item)
+            except RuntimeError:  # the event loop is gone: nobody listens any more
+                seq.cancel()
+
+        seq = await asyncio.to_thread(self._sequence, request, sink)
+        self.loop.submit(seq)
+        try:
+            while True:
+                item = await items.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.is_last:
+                    return
+        finally:
+            if not seq.finished:
+                self.loop.cancel(seq)
+
+    async def generate(self, request: GenerationRequest) -> Audio:
+        return _join([chunk async for chunk in self.stream(request)])
+
+    def stream_sync(self, request: GenerationRequest) -> Iterator[AudioChunk]:
+        """`stream` for plain threads: a blocking iterator; closing it cancels the request."""
+        items: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        seq = self._sequence(request, items.put)
+        self.loop.submit(seq)
+        try:
+            while True:
+                item = items.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.is_last:
+                    return
+        finally:
+            if not seq.finished:
+                self.loop.cancel(seq)
+
+    def generate_sync(self, request: GenerationRequest) -> Audio:
+        return _join(list(self.stream_sync(request)))
 
     async def encode_audio(self, pcm: np.ndarray) -> np.ndarray:
-        codes = await self._run(lambda: self.loaded.codec.encode(pcm))
-        return codes.cpu().numpy()
+        def encode() -> np.ndarray:
+            with self._encode_lock:
+                return self.loaded.codec.encode(pcm).cpu().numpy().astype(np.int64)
 
+        if self._closed:
+            raise RuntimeError("engine is closed")
+        return await asyncio.to_thread(encode)
+
+    # ---- operations ---------------------------------------------------------------------------
     async def info(self) -> dict[str, Any]:
+        runner, cfg = self.loop.runner, self.config
         return {
             **self.loaded.info,
-            "engine": "reference",
-            "slots": self.generator.max_batch_size,
+            "engine": "continuous-batching",
+            **runner.info(),
+            **self.loop.stats(),
+            "chunk_frames": {"first": cfg.first_chunk_frames, "later": cfg.chunk_frames},
+            "silence_guard": {"rms": cfg.silence_rms, "seconds": cfg.silence_seconds},
+            "max_waiting": self.loop.scheduler.max_waiting,
             "max_positions": min(MAX_POSITIONS, self.loaded.model.max_seq_len),
             "max_audio_length_ms": (self.loaded.model.max_seq_len - 1) * FRAME_MS,
             "frame_ms": FRAME_MS,
@@ -73,12 +197,29 @@ class Engine:
         }
 
     async def check_health(self) -> None:
-        """Raise unless the engine is open and its weights are finite (one cheap read)."""
+        """Raise unless the engine is open, its loop thread alive and its weights finite."""
         if self._closed:
             raise RuntimeError("engine is closed")
+        if not self.loop.alive:
+            raise RuntimeError(f"engine loop is not running: {self.loop.error!r}")
         head = self.loaded.model.codebook0_head.weight
         if not bool(torch.isfinite(head).all()):
             raise RuntimeError("model weights are not finite")
 
     def close(self) -> None:
+        """Stop the loop thread; running and waiting requests end as cancelled."""
+        if self._closed:
+            return
         self._closed = True
+        self.loop.stop()
+        self.loop.abort(RuntimeError("engine closed"))
+
+
+def _join(chunks: list[AudioChunk]) -> Audio:
+    if not chunks:
+        raise RuntimeError("stream ended without a final chunk")
+    last = chunks[-1]
+    return Audio(pcm=np.concatenate([c.pcm for c in chunks]).astype(np.float32, copy=False),
+                 codes=np.concatenate([c.codes for c in chunks]).astype(np.int64, copy=False),
+                 finish_reason=last.finish_reason or FinishReason.LENGTH,
+                 dropped_context_turns=last.dropped_context_turns)

@@ -48,9 +48,9 @@ class SilenceGuard:
 @dataclass
 class _Decoded:
     seqs: list[Sequence]
-    first: list[int]
-    n: int
-    pcm: Any  # device tensor (B, n * frame_samples), then host array
+    first: list[int]  # first frame of each sequence's chunk
+    count: int  # frames of the chunk (the decode may have run on more: the rest is dropped)
+    pcm: Any  # device tensor (B, decoded frames * frame_samples), then host array
 
 
 class EngineLoop:
@@ -58,6 +58,8 @@ class EngineLoop:
                  silence: SilenceGuard = SilenceGuard(), eos_id: int = 0) -> None:
         if chunks.largest > runner.history_len:
             raise ValueError(f"chunks of {chunks.largest} frames exceed the history ring ({runner.history_len})")
+        if set(runner.audio_chunk_sizes) != {chunks.first_frames, chunks.frames}:
+            raise ValueError("the runner's audio chunk sizes must be the chunk policy's")
         self.runner = runner
         self.scheduler = scheduler
         self.chunks = chunks
@@ -106,14 +108,15 @@ class EngineLoop:
                 except BaseException as exc:  # noqa: BLE001 - fail every stream, keep the reason
                     logger.exception("engine loop failed")
                     self.error = exc
-                    self._fail_all(exc)
+                    self.abort(exc)
                     return
 
-    def _fail_all(self, exc: BaseException) -> None:
-        for seq in list(self.scheduler.running.values()) + list(self.scheduler.waiting):
-            self.scheduler.finish(seq, FinishReason.CANCELLED)
+    def abort(self, exc: BaseException) -> None:
+        """End every running and waiting sequence with `exc` (the loop failed or was stopped)."""
+        for seq in self.scheduler.drain():
+            if seq.slot is not None:
+                self.runner.release(seq.slot)
             seq.sink(exc)
-        self.scheduler.waiting.clear()
 
     # ---- one iteration ------------------------------------------------------------------------
     @torch.inference_mode()
@@ -187,7 +190,8 @@ class EngineLoop:
         out = []
         for n, group in sorted(groups.items()):
             first = [s.decoded for s in group]
-            pcm = self.runner.decode_audio([s.slot for s in group], first, n)  # type: ignore[misc]
+            size = n if n in self.runner.audio_chunk_sizes else self.runner.final_chunk_size(n)
+            pcm = self.runner.decode_audio([s.slot for s in group], first, size)  # type: ignore[misc]
             for s in group:
                 s.decoded += n
             out.append(_Decoded(group, first, n, pcm))
@@ -199,7 +203,7 @@ class EngineLoop:
             if seq.finished:
                 continue
             # Frames of this chunk that are audio (the end-of-audio frame, if any, is cut).
-            kept = max(0, min(d.n, len(seq.frames) - d.first[i]))
+            kept = max(0, min(d.count, len(seq.frames) - d.first[i]))
             pcm = np.ascontiguousarray(d.pcm[i, : kept * fs], dtype=np.float32)
             codes = np.stack(seq.frames[d.first[i]: d.first[i] + kept]) if kept else np.zeros((0, 32), np.int64)
             if kept and self._silent_tail(seq, pcm, kept) and seq.finish_reason is None:

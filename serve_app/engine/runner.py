@@ -25,7 +25,7 @@ import torch
 from serve_app.engine.sequence import Sequence
 from serve_app.model.csm import CsmModel
 from serve_app.model.fast_step import FastStep
-from serve_app.model.mimi_stream import MimiStreamDecoder
+from serve_app.model.mimi_stream_graphs import GraphedMimiStreamDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,8 @@ class ModelRunner:
 
     def __init__(self, model: CsmModel, mimi: Any, n_slots: int, *, vocab_limit: Optional[int] = None,
                  cuda_graphs: bool = False, compile: bool = False, compile_mode: Optional[str] = None,
-                 kv_buckets: Seq[int] = DEFAULT_KV_BUCKETS, history: int = 16) -> None:
+                 kv_buckets: Seq[int] = DEFAULT_KV_BUCKETS, history: int = 16,
+                 audio_chunk_sizes: Seq[int] = (1, 8)) -> None:
         self.model = model
         self.device = model.codebook0_head.weight.device
         self.dtype = model.codebook0_head.weight.dtype
@@ -90,12 +91,16 @@ class ModelRunner:
         self.history = torch.zeros(n_slots, history, n, dtype=torch.long, device=dev)
         self._rows = torch.arange(n_slots, device=dev)
         self._codebook_ids = [torch.tensor([i], device=dev) for i in range(n)]
-        self.decoder = MimiStreamDecoder(mimi, n_slots)
+        self.audio_chunk_sizes = tuple(sorted(set(audio_chunk_sizes)))
+        if self.audio_chunk_sizes[-1] > history:
+            raise ValueError(f"audio chunks of {self.audio_chunk_sizes[-1]} frames exceed the history ring ({history})")
+        self.decoder = GraphedMimiStreamDecoder(mimi, n_slots, use_graphs=cuda_graphs)
         self.frame_samples = self.decoder.frame_samples
         self._backbone_graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._depth_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         if cuda_graphs:
             self.capture()
+            self.decoder.warmup(self.audio_chunk_sizes)
 
     # ---- buckets ------------------------------------------------------------------------------
     def batch_bucket(self, rows: int) -> int:
@@ -215,15 +220,20 @@ class ModelRunner:
                     len(self._backbone_graphs) + len(self._depth_graphs), self.batch_buckets, self.kv_buckets)
 
     # ---- audio --------------------------------------------------------------------------------
+    def final_chunk_size(self, frames: int) -> int:
+        """Frames to decode for a stream's last `frames` frames: the smallest warmed chunk size that
+        holds them (its graphs exist; the extra frames' audio is dropped and the stream ends anyway)."""
+        return next((n for n in self.audio_chunk_sizes if n >= frames), frames)
+
     @torch.inference_mode()
     def decode_audio(self, slots: Seq[int], first_frames: Seq[int], n: int) -> torch.Tensor:
         """Decode frames first..first+n-1 of each slot from the history ring: (B, n * 1920) float32."""
         if n > self.history_len:
             raise ValueError(f"cannot decode {n} frames at once (history ring holds {self.history_len})")
         idx = (torch.tensor(list(first_frames), dtype=torch.long)[:, None] + torch.arange(n)) % self.history_len
-        slot_t = self._to_device(torch.tensor(list(slots), dtype=torch.long))
-        codes = self.history[slot_t[:, None], self._to_device(idx)].transpose(1, 2)
-        return self.decoder.decode(codes.contiguous(), slot_t, check=False)
+        slot_cpu = torch.tensor(list(slots), dtype=torch.long)
+        codes = self.history[self._to_device(slot_cpu)[:, None], self._to_device(idx)].transpose(1, 2)
+        return self.decoder.decode(codes.contiguous(), slot_cpu, check=False)
 
     def fetch(self, tensors: Seq[torch.Tensor]) -> list[np.ndarray]:
         """Bring device tensors to the host with a single wait for the device."""

@@ -105,6 +105,15 @@ class Scheduler:
             heapq.heappush(self._free, seq.slot)
         seq.status = SequenceStatus.FINISHED
 
+    def drain(self) -> list[Sequence]:
+        """Finish (as cancelled) and return every running and waiting sequence."""
+        with self._lock:
+            out = list(self.running.values()) + list(self.waiting)
+            self.waiting.clear()
+            for seq in out:
+                self._finish_locked(seq, FinishReason.CANCELLED)
+            return out
+
     def batch_rows(self) -> int:
         """Rows the decode step must cover: 1 + the highest running slot (0 when idle)."""
         with self._lock:

@@ -1,0 +1,116 @@
+"""Tiny engine parts for the engine, scheduler and stream tests: a seeded random CSM, a tiny Mimi,
+the byte-level tokenizer, and a hand-driven `EngineLoop` over them (no thread, one frame per call)."""
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from serve_app.engine.loop import EngineLoop, SilenceGuard
+from serve_app.engine.prompt import build_prompt
+from serve_app.engine.runner import ModelRunner
+from serve_app.engine.scheduler import Scheduler
+from serve_app.engine.sequence import ChunkPolicy, Sequence
+from serve_app.engine.types import AudioChunk, GenerationRequest, SamplingParams
+from serve_app.model.csm import CsmModel
+from serve_app.model.mimi import MimiCodec
+from serve_app.model.tiny import TINY_CONFIG, random_model, tiny_mimi_config
+from serve_app.model.tokenizer import TextTokenizer
+
+NO_SILENCE_GUARD = SilenceGuard(seconds=0)
+
+
+@functools.lru_cache(maxsize=None)
+def codec() -> MimiCodec:
+    return MimiCodec.random(tiny_mimi_config(), seed=0)
+
+
+@functools.lru_cache(maxsize=None)
+def tokenizer() -> TextTokenizer:
+    return TextTokenizer.tiny()
+
+
+@functools.lru_cache(maxsize=None)
+def _base_model(seed: int) -> CsmModel:
+    return random_model(TINY_CONFIG, seed).eval().requires_grad_(False)
+
+
+def model(seed: int = 0) -> CsmModel:
+    """A fresh copy of the tiny model (each runner sets up its own caches on it)."""
+    return copy.deepcopy(_base_model(seed))
+
+
+def make_loop(n_slots: int = 4, chunks: ChunkPolicy = ChunkPolicy(1, 4), silence: SilenceGuard = NO_SILENCE_GUARD,
+              max_waiting: int = 8, csm: Optional[CsmModel] = None) -> EngineLoop:
+    runner = ModelRunner(csm or model(), codec().model, n_slots, vocab_limit=2048,
+                         audio_chunk_sizes=(chunks.first_frames, chunks.frames))
+    return EngineLoop(runner, Scheduler(n_slots, max_waiting), chunks, silence)
+
+
+def request(text: str, frames: int, seed: int = 0, top_k: int = 50) -> GenerationRequest:
+    return GenerationRequest(text=text, max_audio_length_ms=frames * 80,
+                             sampling=SamplingParams(seed=seed, top_k=top_k))
+
+
+@dataclass
+class Collected:
+    """A sequence plus everything its sink received."""
+
+    seq: Sequence
+    items: list[Union[AudioChunk, BaseException]] = field(default_factory=list)
+
+    @property
+    def chunks(self) -> list[AudioChunk]:
+        return [c for c in self.items if isinstance(c, AudioChunk)]
+
+    @property
+    def codes(self) -> np.ndarray:
+        return np.concatenate([c.codes for c in self.chunks]) if self.chunks else np.zeros((0, 32), np.int64)
+
+    @property
+    def pcm(self) -> np.ndarray:
+        return np.concatenate([c.pcm for c in self.chunks]) if self.chunks else np.zeros(0, np.float32)
+
+
+def sequence(req: GenerationRequest) -> Collected:
+    prompt = build_prompt(tokenizer(), req.text, req.speaker, [], req.max_frames)
+    items: list[Union[AudioChunk, BaseException]] = []
+    seq = Sequence(req, prompt.tokens, prompt.mask, req.sampling.seed or 0, items.append, req.max_frames)
+    return Collected(seq, items)
+
+
+def run_until_idle(loop: EngineLoop, limit: int = 200) -> int:
+    steps = 0
+    while loop.run_once():
+        steps += 1
+        assert steps < limit, "engine loop did not go idle"
+    return steps
+
+
+def run_alone(req: GenerationRequest, **loop_kwargs: object) -> Collected:
+    loop = make_loop(**loop_kwargs)  # type: ignore[arg-type]
+    got = sequence(req)
+    loop.submit(got.seq)
+    run_until_idle(loop)
+    return got
+
+
+def one_thread():
+    """Context for CPU tests: one intra-op thread (the machine's cores are shared; tiny ops only
+    lose time to thread hand-offs), restored afterwards."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def _ctx():
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    return _ctx()

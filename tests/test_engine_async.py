@@ -1,0 +1,121 @@
+"""The Engine front end on the tiny preset: async streams off the event loop, cancellation by closing
+the iterator, admission control, sync forms, concurrent requests, info."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from serve_app.engine.engine import Engine
+from serve_app.engine.types import EngineOverloadedError, FinishReason
+from tests import support_engine as se
+
+
+@pytest.fixture(scope="module")
+def engine():
+    with se.one_thread():
+        eng = Engine.from_preset("tiny-random", device="cpu", max_batch_size=2, max_waiting=1,
+                                 first_chunk_frames=1, chunk_frames=3)
+        yield eng
+        eng.close()
+
+
+def wait_idle(engine: Engine, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while engine.loop.scheduler.counts()["running"] or engine.loop.scheduler.counts()["waiting"]:
+        assert time.monotonic() < deadline, "engine did not go idle"
+        time.sleep(0.01)
+
+
+def test_stream_runs_off_the_event_loop_and_equals_generate(engine: Engine) -> None:
+    req = se.request("async words", frames=5, seed=21)
+
+    async def main():
+        ticks, chunks = 0, []
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.002)
+
+        task = asyncio.create_task(ticker())
+        async for chunk in engine.stream(req):
+            chunks.append(chunk)
+        task.cancel()
+        return ticks, chunks, await engine.generate(req)
+
+    ticks, chunks, audio = asyncio.run(main())
+    assert ticks > 10  # the loop kept running while frames were computed
+    assert [c.frames for c in chunks] == [1, 3, 1] and chunks[-1].finish_reason is FinishReason.LENGTH
+    np.testing.assert_array_equal(np.concatenate([c.codes for c in chunks]), audio.codes)
+    np.testing.assert_array_equal(np.concatenate([c.pcm for c in chunks]), audio.pcm)
+    sync = engine.generate_sync(req)  # same seed, other front end, no event loop
+    np.testing.assert_array_equal(sync.codes, audio.codes)
+    assert sync.pcm.shape == (5 * 1920,)
+
+
+def test_closing_the_stream_cancels_at_the_next_frame_and_frees_the_slot(engine: Engine) -> None:
+    async def main():
+        stream = engine.stream(se.request("a long one", frames=200, seed=2))
+        first = await stream.__anext__()
+        await stream.aclose()
+        return first
+
+    first = asyncio.run(main())
+    assert first.frames == 1 and not first.is_last
+    wait_idle(engine)
+    steps = engine.loop.steps
+    time.sleep(0.2)
+    assert engine.loop.steps == steps  # nothing is stepped any more
+    assert engine.loop.scheduler.free_slots == 2
+    assert len(engine.loop.runner.decoder.free_slots) == 2
+    assert bool((engine.loop.runner.positions < 0).all())
+
+    sync = engine.stream_sync(se.request("sync too", frames=200, seed=3))
+    assert next(sync).frames == 1
+    sync.close()
+    wait_idle(engine)
+
+
+def test_concurrent_requests_share_the_batch_and_overflow_is_refused(engine: Engine) -> None:
+    reqs = [se.request(f"voice {i}", frames=4, seed=i) for i in range(3)]
+    solo = [engine.generate_sync(r).codes for r in reqs]
+
+    async def main():
+        # two slots and one waiting place: three fit, a fourth is refused
+        streams = [engine.stream(r) for r in reqs]
+        firsts = [asyncio.ensure_future(s.__anext__()) for s in streams]
+        await asyncio.sleep(0)
+        while len(engine.loop.scheduler.waiting) + len(engine.loop.scheduler.running) < 3:
+            await asyncio.sleep(0.005)
+        with pytest.raises(EngineOverloadedError):
+            await engine.stream(se.request("one too many", frames=2)).__anext__()
+        out = []
+        for s, f in zip(streams, firsts):
+            chunks = [await f] + [c async for c in s]
+            out.append(np.concatenate([c.codes for c in chunks]))
+        return out
+
+    for got, ref in zip(asyncio.run(main()), solo):
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_info_reports_slots_and_streaming_settings(engine: Engine) -> None:
+    info = asyncio.run(engine.info())
+    assert info["engine"] == "continuous-batching" and info["slots"] == 2 and info["max_waiting"] == 1
+    assert info["chunk_frames"] == {"first": 1, "later": 3}
+    assert info["cuda_graphs"] is False and info["device"] == "cpu"
+    asyncio.run(engine.check_health())
+
+
+def test_closed_engine_refuses_work_and_fails_health() -> None:
+    with se.one_thread():
+        eng = Engine.from_preset("tiny-random", device="cpu", max_batch_size=1)
+    eng.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        asyncio.run(eng.check_health())
+    with pytest.raises(RuntimeError, match="closed"):
+        eng.generate_sync(se.request("late", frames=2))

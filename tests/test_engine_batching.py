@@ -1,0 +1,63 @@
+"""Continuous batching changes nothing for a request: it gets the codes it gets alone (and the codes of
+the reference generator), whatever joins or leaves around it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serve_app.engine.generator import Generator
+from tests import support_engine as se
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with se.one_thread():
+        yield
+
+
+@pytest.mark.parametrize("top_k", [1, 50], ids=["greedy", "seeded"])
+def test_joining_and_leaving_requests_get_their_solo_codes(top_k: int) -> None:
+    reqs = [se.request("hello there", frames=5, seed=11, top_k=top_k),
+            se.request("a longer sentence to say", frames=2, seed=22, top_k=top_k),
+            se.request("third", frames=3, seed=33, top_k=top_k)]
+    solo = [se.run_alone(r, n_slots=2).codes for r in reqs]
+
+    loop = se.make_loop(n_slots=2)
+    a, b, c = (se.sequence(r) for r in reqs)
+    loop.submit(a.seq)
+    loop.run_once()
+    loop.run_once()
+    loop.submit(b.seq)  # joins at a's frame 2
+    loop.submit(c.seq)  # no free slot: waits until b leaves, then joins mid-way through a
+    loop.run_once()
+    assert c.seq.slot is None
+    se.run_until_idle(loop)
+    assert c.seq.slot == b.seq.slot == 1 and a.seq.slot == 0
+
+    for got, ref, r in zip((a, b, c), solo, reqs):
+        assert got.codes.shape == (r.max_frames, 32)
+        np.testing.assert_array_equal(got.codes, ref)
+    assert not np.array_equal(a.codes[:2], b.codes)  # distinct requests really differ
+    assert loop.steps == 2 + 2 + 3  # a alone, b alongside a, then c (alongside a's last frame)
+
+
+def test_engine_codes_equal_the_reference_generator() -> None:
+    reqs = [se.request("hello there", frames=4, seed=7), se.request("reference", frames=3, seed=8, top_k=1)]
+    ref = Generator(se.model(), se.tokenizer(), se.codec(), max_batch_size=2).generate_codes(reqs)
+    loop = se.make_loop(n_slots=4)
+    got = [se.sequence(r) for r in reqs]
+    loop.submit(got[0].seq)
+    loop.run_once()
+    loop.submit(got[1].seq)
+    se.run_until_idle(loop)
+    for g, r in zip(got, ref):
+        np.testing.assert_array_equal(g.codes, r.codes.numpy())
+        assert g.chunks[-1].finish_reason is r.finish_reason
+
+
+def test_seed_changes_the_codes() -> None:
+    one = se.run_alone(se.request("same text", frames=3, seed=1)).codes
+    again = se.run_alone(se.request("same text", frames=3, seed=1)).codes
+    other = se.run_alone(se.request("same text", frames=3, seed=2)).codes
+    np.testing.assert_array_equal(one, again)
+    assert not np.array_equal(one, other)

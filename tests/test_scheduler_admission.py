@@ -1,0 +1,89 @@
+"""Scheduler: bounded admission, lowest-slot-first packing, prefill budget, cancellation, slot reuse."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from serve_app.engine.scheduler import Scheduler
+from serve_app.engine.sequence import ChunkPolicy, Sequence, SequenceStatus
+from serve_app.engine.types import EngineOverloadedError, FinishReason, GenerationRequest
+
+
+def seq(rows: int = 5) -> Sequence:
+    tokens = torch.zeros(rows, 33, dtype=torch.long)
+    return Sequence(GenerationRequest(text="x"), tokens, torch.ones_like(tokens, dtype=torch.bool), 0,
+                    lambda _: None, max_frames=10)
+
+
+def test_overload_beyond_free_slots_plus_waiting_queue() -> None:
+    s = Scheduler(n_slots=2, max_waiting=1)
+    for _ in range(3):  # two can take the free slots, one may wait
+        s.add(seq())
+    with pytest.raises(EngineOverloadedError, match="retry later"):
+        s.add(seq())
+    first, _ = s.admit()
+    with pytest.raises(EngineOverloadedError):  # one still waits, no slot is free
+        s.add(seq())
+    s.finish(first, FinishReason.END_OF_AUDIO)
+    s.add(seq())  # a freed slot makes room again
+
+
+def test_admission_fifo_into_lowest_free_slots() -> None:
+    s = Scheduler(n_slots=4, max_waiting=8)
+    seqs = [seq() for _ in range(4)]
+    for x in seqs:
+        s.add(x)
+    assert [x.slot for x in s.admit()] == [0, 1, 2, 3]
+    assert all(x.status is SequenceStatus.RUNNING for x in seqs)
+    s.finish(seqs[2], FinishReason.LENGTH)
+    s.finish(seqs[0], FinishReason.END_OF_AUDIO)
+    assert s.batch_rows() == 4
+    late = [seq(), seq()]
+    for x in late:
+        s.add(x)
+    assert [x.slot for x in s.admit()] == [0, 2]
+    s.finish(seqs[3], FinishReason.LENGTH)
+    assert s.batch_rows() == 3  # rows shrink when the top slot leaves
+
+
+def test_finish_is_idempotent_and_keeps_first_reason() -> None:
+    s = Scheduler(n_slots=1)
+    x = seq()
+    s.add(x)
+    s.admit()
+    s.finish(x, FinishReason.SILENCE)
+    s.finish(x, FinishReason.CANCELLED)
+    assert x.finish_reason is FinishReason.SILENCE and s.free_slots == 1
+    assert s.batch_rows() == 0
+
+
+def test_prefill_row_budget_splits_admission_but_never_starves_a_long_prompt() -> None:
+    s = Scheduler(n_slots=8, max_waiting=8, max_prefill_rows=100)
+    long_one, short = seq(rows=300), [seq(rows=30) for _ in range(5)]
+    for x in [long_one, *short]:
+        s.add(x)
+    assert s.admit() == [long_one]  # over budget alone, admitted alone
+    assert s.admit() == short[:3]  # 30 rows x 3 <= 100 < 30 x 4
+    assert s.admit() == short[3:]
+
+
+def test_cancelled_waiting_requests_are_dropped_and_running_ones_reported() -> None:
+    s = Scheduler(n_slots=1, max_waiting=4)
+    running, waiting = seq(), seq()
+    s.add(running)
+    s.add(waiting)
+    s.admit()
+    waiting.cancel()
+    running.cancel()
+    out = s.cancelled()
+    assert set(out) == {running, waiting}
+    assert waiting.finished and waiting.finish_reason is FinishReason.CANCELLED
+    assert not running.finished  # the engine loop frees its slot and decoder state
+    assert s.counts() == {"running": 1, "waiting": 0, "slots": 1}
+
+
+def test_chunk_policy() -> None:
+    p = ChunkPolicy(first_frames=2, frames=6)
+    assert [p.target(i) for i in range(3)] == [2, 6, 6] and p.largest == 6
+    with pytest.raises(ValueError):
+        ChunkPolicy(0, 4)
