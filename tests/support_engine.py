@@ -1,11 +1,11 @@
 """Tiny engine parts for the engine, scheduler and stream tests: a seeded random CSM, a tiny Mimi,
 the byte-level tokenizer, and a hand-driven `EngineLoop` over them (no thread, one frame per call)."""
+
 from __future__ import annotations
 
 import copy
 import functools
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -22,19 +22,20 @@ from serve_app.model.tiny import TINY_CONFIG, random_model, tiny_mimi_config
 from serve_app.model.tokenizer import TextTokenizer
 
 NO_SILENCE_GUARD = SilenceGuard(seconds=0)
+SMALL_CHUNKS = ChunkPolicy(1, 4)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def codec() -> MimiCodec:
     return MimiCodec.random(tiny_mimi_config(), seed=0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tokenizer() -> TextTokenizer:
     return TextTokenizer.tiny()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _base_model(seed: int) -> CsmModel:
     return random_model(TINY_CONFIG, seed).eval().requires_grad_(False)
 
@@ -44,16 +45,27 @@ def model(seed: int = 0) -> CsmModel:
     return copy.deepcopy(_base_model(seed))
 
 
-def make_loop(n_slots: int = 4, chunks: ChunkPolicy = ChunkPolicy(1, 4), silence: SilenceGuard = NO_SILENCE_GUARD,
-              max_waiting: int = 8, csm: Optional[CsmModel] = None) -> EngineLoop:
-    runner = ModelRunner(csm or model(), codec().model, n_slots, vocab_limit=2048,
-                         audio_chunk_sizes=(chunks.first_frames, chunks.frames))
+def make_loop(
+    n_slots: int = 4,
+    chunks: ChunkPolicy = SMALL_CHUNKS,
+    silence: SilenceGuard = NO_SILENCE_GUARD,
+    max_waiting: int = 8,
+    csm: CsmModel | None = None,
+) -> EngineLoop:
+    runner = ModelRunner(
+        csm or model(),
+        codec().model,
+        n_slots,
+        vocab_limit=2048,
+        audio_chunk_sizes=(chunks.first_frames, chunks.frames),
+    )
     return EngineLoop(runner, Scheduler(n_slots, max_waiting), chunks, silence)
 
 
 def request(text: str, frames: int, seed: int = 0, top_k: int = 50) -> GenerationRequest:
-    return GenerationRequest(text=text, max_audio_length_ms=frames * 80,
-                             sampling=SamplingParams(seed=seed, top_k=top_k))
+    return GenerationRequest(
+        text=text, max_audio_length_ms=frames * 80, sampling=SamplingParams(seed=seed, top_k=top_k)
+    )
 
 
 @dataclass
@@ -61,7 +73,7 @@ class Collected:
     """A sequence plus everything its sink received."""
 
     seq: Sequence
-    items: list[Union[AudioChunk, BaseException]] = field(default_factory=list)
+    items: list[AudioChunk | BaseException] = field(default_factory=list)
 
     @property
     def chunks(self) -> list[AudioChunk]:
@@ -78,7 +90,7 @@ class Collected:
 
 def sequence(req: GenerationRequest) -> Collected:
     prompt = build_prompt(tokenizer(), req.text, req.speaker, [], req.max_frames)
-    items: list[Union[AudioChunk, BaseException]] = []
+    items: list[AudioChunk | BaseException] = []
     seq = Sequence(req, prompt.tokens, prompt.mask, req.sampling.seed or 0, items.append, req.max_frames)
     return Collected(seq, items)
 

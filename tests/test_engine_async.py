@@ -1,5 +1,6 @@
 """The Engine front end on the tiny preset: async streams off the event loop, cancellation by closing
 the iterator, admission control, sync forms, concurrent requests, info."""
+
 from __future__ import annotations
 
 import asyncio
@@ -16,8 +17,9 @@ from tests import support_engine as se
 @pytest.fixture(scope="module")
 def engine():
     with se.one_thread():
-        eng = Engine.from_preset("tiny-random", device="cpu", max_batch_size=2, max_waiting=1,
-                                 first_chunk_frames=1, chunk_frames=3)
+        eng = Engine.from_preset(
+            "tiny-random", device="cpu", max_batch_size=2, max_waiting=1, first_chunk_frames=1, chunk_frames=3
+        )
         yield eng
         eng.close()
 

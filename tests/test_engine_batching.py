@@ -1,5 +1,6 @@
 """Continuous batching changes nothing for a request: it gets the codes it gets alone (and the codes of
 the reference generator), whatever joins or leaves around it."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,9 +18,11 @@ def _one_thread():
 
 @pytest.mark.parametrize("top_k", [1, 50], ids=["greedy", "seeded"])
 def test_joining_and_leaving_requests_get_their_solo_codes(top_k: int) -> None:
-    reqs = [se.request("hello there", frames=5, seed=11, top_k=top_k),
-            se.request("a longer sentence to say", frames=2, seed=22, top_k=top_k),
-            se.request("third", frames=3, seed=33, top_k=top_k)]
+    reqs = [
+        se.request("hello there", frames=5, seed=11, top_k=top_k),
+        se.request("a longer sentence to say", frames=2, seed=22, top_k=top_k),
+        se.request("third", frames=3, seed=33, top_k=top_k),
+    ]
     solo = [se.run_alone(r, n_slots=2).codes for r in reqs]
 
     loop = se.make_loop(n_slots=2)

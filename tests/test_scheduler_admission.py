@@ -1,4 +1,5 @@
 """Scheduler: bounded admission, lowest-slot-first packing, prefill budget, cancellation, slot reuse."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,14 @@ from serve_app.engine.types import EngineOverloadedError, FinishReason, Generati
 
 def seq(rows: int = 5) -> Sequence:
     tokens = torch.zeros(rows, 33, dtype=torch.long)
-    return Sequence(GenerationRequest(text="x"), tokens, torch.ones_like(tokens, dtype=torch.bool), 0,
-                    lambda _: None, max_frames=10)
+    return Sequence(
+        GenerationRequest(text="x"),
+        tokens,
+        torch.ones_like(tokens, dtype=torch.bool),
+        0,
+        lambda _: None,
+        max_frames=10,
+    )
 
 
 def test_overload_beyond_free_slots_plus_waiting_queue() -> None:

@@ -1,5 +1,6 @@
 """Streaming: chunk sizes, exact audio (stream == whole decode == reference generator), the end-of-audio
 frame at any point of a chunk, the silence guard, and cancellation freeing the slot mid-way."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,8 +53,11 @@ def test_stream_chunks_and_audio_equal_the_reference_generator() -> None:
     np.testing.assert_allclose(other.pcm, got.pcm, atol=1e-5)
 
 
-@pytest.mark.parametrize("eos_at, sizes", [(0, [0]), (1, [1, 0]), (3, [1, 2]), (5, [1, 4, 0])],
-                         ids=["first-frame", "after-first-chunk", "mid-chunk", "chunk-boundary"])
+@pytest.mark.parametrize(
+    "eos_at, sizes",
+    [(0, [0]), (1, [1, 0]), (3, [1, 2]), (5, [1, 4, 0])],
+    ids=["first-frame", "after-first-chunk", "mid-chunk", "chunk-boundary"],
+)
 def test_end_of_audio_frame_ends_the_stream_without_its_samples(eos_at: int, sizes: list[int]) -> None:
     loop = se.make_loop(chunks=ChunkPolicy(1, 4))
     force_end_of_audio(loop, eos_at)
@@ -76,8 +80,11 @@ def test_silence_guard_stops_a_quiet_runaway() -> None:
     got = se.run_alone(se.request("quiet", frames=20, seed=1), chunks=ChunkPolicy(1, 2), silence=loud_enough)
     assert got.chunks[-1].finish_reason is FinishReason.SILENCE and got.chunks[-1].is_last
     assert got.codes.shape[0] == 5  # chunks of 1, 2, 2 frames
-    off = se.run_alone(se.request("quiet", frames=6, seed=1), chunks=ChunkPolicy(1, 2),
-                       silence=SilenceGuard(rms=1e3, seconds=0))
+    off = se.run_alone(
+        se.request("quiet", frames=6, seed=1),
+        chunks=ChunkPolicy(1, 2),
+        silence=SilenceGuard(rms=1e3, seconds=0),
+    )
     assert off.chunks[-1].finish_reason is FinishReason.LENGTH and off.codes.shape[0] == 6
 
 

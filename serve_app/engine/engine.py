@@ -10,6 +10,7 @@ boundaries and leave when they end, each with its own seed, so a request's audio
 what else is running. Results cross to asyncio through `loop.call_soon_threadsafe`, so no event loop
 ever waits on the model; prompt building (and encoding context audio) runs in worker threads.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +19,7 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ from serve_app.model.loading import LoadedModel, load_model
 
 logger = logging.getLogger(__name__)
 
-Item = Union[AudioChunk, BaseException]
+Item = AudioChunk | BaseException
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,9 @@ class EngineConfig:
     def split(cls, kwargs: dict[str, Any]) -> tuple[EngineConfig, dict[str, Any]]:
         """(engine options, the rest: model-loading options) from one keyword dict."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in kwargs.items() if k in names}), {k: v for k, v in kwargs.items()
-                                                                          if k not in names}
+        return cls(**{k: v for k, v in kwargs.items() if k in names}), {
+            k: v for k, v in kwargs.items() if k not in names
+        }
 
 
 class Engine:
@@ -81,13 +83,23 @@ class Engine:
         n_slots = slots_for_memory(model, cap, config.memory_fraction)
         chunks = ChunkPolicy(config.first_chunk_frames, config.chunk_frames)
         runner = ModelRunner(
-            model, loaded.codec.model, n_slots, vocab_limit=model.cfg.codec_codebook_size,
+            model,
+            loaded.codec.model,
+            n_slots,
+            vocab_limit=model.cfg.codec_codebook_size,
             cuda_graphs=cuda if config.cuda_graphs is None else config.cuda_graphs,
             compile=cuda if config.compile is None else config.compile,
-            history=max(16, chunks.largest), audio_chunk_sizes=(chunks.first_frames, chunks.frames))
+            history=max(16, chunks.largest),
+            audio_chunk_sizes=(chunks.first_frames, chunks.frames),
+        )
         max_waiting = 2 * n_slots if config.max_waiting is None else config.max_waiting
-        self.loop = EngineLoop(runner, Scheduler(n_slots, max_waiting, config.max_prefill_rows), chunks,
-                               SilenceGuard(config.silence_rms, config.silence_seconds), model.cfg.codebook_eos_id)
+        self.loop = EngineLoop(
+            runner,
+            Scheduler(n_slots, max_waiting, config.max_prefill_rows),
+            chunks,
+            SilenceGuard(config.silence_rms, config.silence_seconds),
+            model.cfg.codebook_eos_id,
+        )
         self._encode_lock = threading.Lock()
         self._closed = False
         self.loop.start()
@@ -113,8 +125,14 @@ class Engine:
                 context = resolve_context(self.loaded.codec, request.context)
         else:
             context = list(request.context)
-        prompt = build_prompt(self.loaded.tokenizer, request.text, request.speaker, context, request.max_frames,
-                              model.max_seq_len)
+        prompt = build_prompt(
+            self.loaded.tokenizer,
+            request.text,
+            request.speaker,
+            context,
+            request.max_frames,
+            model.max_seq_len,
+        )
         seed = request.sampling.seed if request.sampling.seed is not None else fresh_seed()
         max_frames = min(request.max_frames, model.max_seq_len - len(prompt) + 1)
         return Sequence(request, prompt.tokens, prompt.mask, seed, sink, max_frames, prompt.dropped_turns)
@@ -219,7 +237,9 @@ def _join(chunks: list[AudioChunk]) -> Audio:
     if not chunks:
         raise RuntimeError("stream ended without a final chunk")
     last = chunks[-1]
-    return Audio(pcm=np.concatenate([c.pcm for c in chunks]).astype(np.float32, copy=False),
-                 codes=np.concatenate([c.codes for c in chunks]).astype(np.int64, copy=False),
-                 finish_reason=last.finish_reason or FinishReason.LENGTH,
-                 dropped_context_turns=last.dropped_context_turns)
+    return Audio(
+        pcm=np.concatenate([c.pcm for c in chunks]).astype(np.float32, copy=False),
+        codes=np.concatenate([c.codes for c in chunks]).astype(np.int64, copy=False),
+        finish_reason=last.finish_reason or FinishReason.LENGTH,
+        dropped_context_turns=last.dropped_context_turns,
+    )

@@ -9,14 +9,14 @@ frame, its samples are cut from the chunk.
 The loop runs on its own thread (`start`) or is driven by hand (`run_once`, for tests); sequences
 arrive and get cancelled from any thread.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ import torch
 from serve_app.engine.runner import ModelRunner
 from serve_app.engine.scheduler import Scheduler
 from serve_app.engine.sequence import ChunkPolicy, Sequence
-from serve_app.engine.types import AudioChunk, FinishReason, FRAME_MS
+from serve_app.engine.types import FRAME_MS, AudioChunk, FinishReason
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +38,15 @@ class SilenceGuard:
 
     @property
     def frames(self) -> int:
-        return int(round(self.seconds * 1000 / FRAME_MS))
+        return round(self.seconds * 1000 / FRAME_MS)
 
     @property
     def enabled(self) -> bool:
         return self.seconds > 0
+
+
+DEFAULT_CHUNKS = ChunkPolicy()
+DEFAULT_SILENCE_GUARD = SilenceGuard()
 
 
 @dataclass
@@ -54,10 +58,18 @@ class _Decoded:
 
 
 class EngineLoop:
-    def __init__(self, runner: ModelRunner, scheduler: Scheduler, chunks: ChunkPolicy = ChunkPolicy(),
-                 silence: SilenceGuard = SilenceGuard(), eos_id: int = 0) -> None:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        scheduler: Scheduler,
+        chunks: ChunkPolicy = DEFAULT_CHUNKS,
+        silence: SilenceGuard = DEFAULT_SILENCE_GUARD,
+        eos_id: int = 0,
+    ) -> None:
         if chunks.largest > runner.history_len:
-            raise ValueError(f"chunks of {chunks.largest} frames exceed the history ring ({runner.history_len})")
+            raise ValueError(
+                f"chunks of {chunks.largest} frames exceed the history ring ({runner.history_len})"
+            )
         if set(runner.audio_chunk_sizes) != {chunks.first_frames, chunks.frames}:
             raise ValueError("the runner's audio chunk sizes must be the chunk policy's")
         self.runner = runner
@@ -66,8 +78,8 @@ class EngineLoop:
         self.silence = silence
         self.eos_id = eos_id
         self.steps = 0
-        self.error: Optional[BaseException] = None
-        self._thread: Optional[threading.Thread] = None
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
     # ---- thread -------------------------------------------------------------------------------
@@ -105,7 +117,7 @@ class EngineLoop:
                     continue
                 try:
                     self.run_once()
-                except BaseException as exc:  # noqa: BLE001 - fail every stream, keep the reason
+                except BaseException as exc:
                     logger.exception("engine loop failed")
                     self.error = exc
                     self.abort(exc)
@@ -205,21 +217,38 @@ class EngineLoop:
             # Frames of this chunk that are audio (the end-of-audio frame, if any, is cut).
             kept = max(0, min(d.count, len(seq.frames) - d.first[i]))
             pcm = np.ascontiguousarray(d.pcm[i, : kept * fs], dtype=np.float32)
-            codes = np.stack(seq.frames[d.first[i]: d.first[i] + kept]) if kept else np.zeros((0, 32), np.int64)
+            codes = (
+                np.stack(seq.frames[d.first[i] : d.first[i] + kept]) if kept else np.zeros((0, 32), np.int64)
+            )
             if kept and self._silent_tail(seq, pcm, kept) and seq.finish_reason is None:
                 seq.finish_reason = FinishReason.SILENCE
             last = seq.finish_reason is not None and seq.decoded >= seq.steps
-            seq.emit(AudioChunk(pcm=pcm, codes=codes.astype(np.int64), frames=kept, is_last=last,
-                                finish_reason=seq.finish_reason if last else None,
-                                dropped_context_turns=seq.dropped_context_turns))
+            seq.emit(
+                AudioChunk(
+                    pcm=pcm,
+                    codes=codes.astype(np.int64),
+                    frames=kept,
+                    is_last=last,
+                    finish_reason=seq.finish_reason if last else None,
+                    dropped_context_turns=seq.dropped_context_turns,
+                )
+            )
             if last:
                 self._retire(seq, seq.finish_reason, notify=False)  # type: ignore[arg-type]
 
     def _emit_last(self, seq: Sequence) -> None:
         """An empty closing chunk for a sequence whose audio was all sent before it ended."""
         reason = seq.finish_reason or FinishReason.LENGTH
-        seq.emit(AudioChunk(pcm=np.zeros(0, np.float32), codes=np.zeros((0, 32), np.int64), frames=0,
-                            is_last=True, finish_reason=reason, dropped_context_turns=seq.dropped_context_turns))
+        seq.emit(
+            AudioChunk(
+                pcm=np.zeros(0, np.float32),
+                codes=np.zeros((0, 32), np.int64),
+                frames=0,
+                is_last=True,
+                finish_reason=reason,
+                dropped_context_turns=seq.dropped_context_turns,
+            )
+        )
         self._retire(seq, reason, notify=False)
 
     def _silent_tail(self, seq: Sequence, pcm: np.ndarray, frames: int) -> bool:
@@ -237,8 +266,15 @@ class EngineLoop:
         if was_running:
             self.runner.release(slot)  # type: ignore[arg-type]
         if notify:
-            seq.emit(AudioChunk(pcm=np.zeros(0, np.float32), codes=np.zeros((0, 32), np.int64), frames=0,
-                                is_last=True, finish_reason=reason))
+            seq.emit(
+                AudioChunk(
+                    pcm=np.zeros(0, np.float32),
+                    codes=np.zeros((0, 32), np.int64),
+                    frames=0,
+                    is_last=True,
+                    finish_reason=reason,
+                )
+            )
 
     def stats(self) -> dict[str, Any]:
         return {"steps": self.steps, **self.scheduler.counts()}

@@ -13,11 +13,13 @@ A decode step for batch rows 0..B-1 (row = slot):
   positions, frames += 1 for live rows
 New frames are decoded to audio from the history ring by `MimiStreamDecoder`, batched across slots.
 """
+
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Optional, Sequence as Seq
+from collections.abc import Sequence as Seq
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +44,10 @@ def slot_bytes(model: CsmModel) -> int:
     """Device bytes one slot needs: backbone and depth KV caches (the audio decoder's state is small)."""
     dtype_bytes = model.codebook0_head.weight.element_size()
     total = 0
-    for stack, positions in ((model.cfg.backbone, model.max_seq_len + 1), (model.cfg.decoder, model.cfg.decoder_seq_len + 1)):
+    for stack, positions in (
+        (model.cfg.backbone, model.max_seq_len + 1),
+        (model.cfg.decoder, model.cfg.decoder_seq_len + 1),
+    ):
         total += stack.n_layers * 2 * stack.n_kv_heads * positions * stack.head_dim * dtype_bytes  # type: ignore[operator]
     return total
 
@@ -59,10 +64,20 @@ def slots_for_memory(model: CsmModel, cap: int, memory_fraction: float = 0.8) ->
 class ModelRunner:
     """Owns the model's caches and all device state; used by the engine loop thread only."""
 
-    def __init__(self, model: CsmModel, mimi: Any, n_slots: int, *, vocab_limit: Optional[int] = None,
-                 cuda_graphs: bool = False, compile: bool = False, compile_mode: Optional[str] = None,
-                 kv_buckets: Seq[int] = DEFAULT_KV_BUCKETS, history: int = 16,
-                 audio_chunk_sizes: Seq[int] = (1, 8)) -> None:
+    def __init__(
+        self,
+        model: CsmModel,
+        mimi: Any,
+        n_slots: int,
+        *,
+        vocab_limit: int | None = None,
+        cuda_graphs: bool = False,
+        compile: bool = False,
+        compile_mode: str | None = None,
+        kv_buckets: Seq[int] = DEFAULT_KV_BUCKETS,
+        history: int = 16,
+        audio_chunk_sizes: Seq[int] = (1, 8),
+    ) -> None:
         self.model = model
         self.device = model.codebook0_head.weight.device
         self.dtype = model.codebook0_head.weight.dtype
@@ -93,7 +108,9 @@ class ModelRunner:
         self._codebook_ids = [torch.tensor([i], device=dev) for i in range(n)]
         self.audio_chunk_sizes = tuple(sorted(set(audio_chunk_sizes)))
         if self.audio_chunk_sizes[-1] > history:
-            raise ValueError(f"audio chunks of {self.audio_chunk_sizes[-1]} frames exceed the history ring ({history})")
+            raise ValueError(
+                f"audio chunks of {self.audio_chunk_sizes[-1]} frames exceed the history ring ({history})"
+            )
         self.decoder = GraphedMimiStreamDecoder(mimi, n_slots, use_graphs=cuda_graphs)
         self.frame_samples = self.decoder.frame_samples
         self._backbone_graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
@@ -139,16 +156,25 @@ class ModelRunner:
                 tokens[i, :t], mask[i, :t] = s.tokens[:t], s.mask[:t]
                 positions[i, :t] = torch.arange(t)
             kv_len = min(-(-width // 16) * 16, m.max_seq_len)
-            self.fast.prefill(self._to_device(tokens), self._to_device(mask), self._to_device(positions),
-                              self._to_device(torch.tensor([s.slot for s in body], dtype=torch.long)), kv_len)
+            self.fast.prefill(
+                self._to_device(tokens),
+                self._to_device(mask),
+                self._to_device(positions),
+                self._to_device(torch.tensor([s.slot for s in body], dtype=torch.long)),
+                kv_len,
+            )
         last_tokens = torch.stack([s.tokens[-1] for s in seqs])[:, None]
         last_mask = torch.stack([s.mask[-1] for s in seqs])[:, None]
         self.embeds[slots] = m.embed_rows(self._to_device(last_tokens), self._to_device(last_mask))[:, 0]
-        self.positions[slots] = self._to_device(torch.tensor([s.prompt_len - 1 for s in seqs], dtype=torch.long))
+        self.positions[slots] = self._to_device(
+            torch.tensor([s.prompt_len - 1 for s in seqs], dtype=torch.long)
+        )
         self.frame[slots] = 0
         self.seeds[slots] = self._to_device(torch.tensor([s.seed for s in seqs], dtype=torch.long))
         params = [s.request.sampling for s in seqs]
-        self.temperature[slots] = self._to_device(torch.tensor([p.temperature for p in params], dtype=torch.float32))
+        self.temperature[slots] = self._to_device(
+            torch.tensor([p.temperature for p in params], dtype=torch.float32)
+        )
         self.top_k[slots] = self._to_device(torch.tensor([p.top_k for p in params], dtype=torch.long))
         for s in seqs:
             self.decoder.reset(s.slot)  # type: ignore[arg-type]
@@ -165,8 +191,14 @@ class ModelRunner:
 
     def _depth(self, rows: int) -> None:
         frame = self.frame[:rows]
-        codes = self.fast.depth_frame(self.hidden[:rows], self.temperature[:rows], self.top_k[:rows],
-                                      self.seeds[:rows], frame, self._codebook_ids)
+        codes = self.fast.depth_frame(
+            self.hidden[:rows],
+            self.temperature[:rows],
+            self.top_k[:rows],
+            self.seeds[:rows],
+            frame,
+            self._codebook_ids,
+        )
         self.codes[:rows].copy_(codes)
         self.embeds[:rows].copy_(self.model.embed_frame(codes))
         self.history[self._rows[:rows], frame % self.history_len] = codes
@@ -216,8 +248,12 @@ class ModelRunner:
                 self._depth(batch)
             self._depth_graphs[batch] = graph
         torch.cuda.synchronize(self.device)
-        logger.info("captured %d CUDA graphs (batches %s, key windows %s)",
-                    len(self._backbone_graphs) + len(self._depth_graphs), self.batch_buckets, self.kv_buckets)
+        logger.info(
+            "captured %d CUDA graphs (batches %s, key windows %s)",
+            len(self._backbone_graphs) + len(self._depth_graphs),
+            self.batch_buckets,
+            self.kv_buckets,
+        )
 
     # ---- audio --------------------------------------------------------------------------------
     def final_chunk_size(self, frames: int) -> int:
@@ -230,7 +266,9 @@ class ModelRunner:
         """Decode frames first..first+n-1 of each slot from the history ring: (B, n * 1920) float32."""
         if n > self.history_len:
             raise ValueError(f"cannot decode {n} frames at once (history ring holds {self.history_len})")
-        idx = (torch.tensor(list(first_frames), dtype=torch.long)[:, None] + torch.arange(n)) % self.history_len
+        idx = (
+            torch.tensor(list(first_frames), dtype=torch.long)[:, None] + torch.arange(n)
+        ) % self.history_len
         slot_cpu = torch.tensor(list(slots), dtype=torch.long)
         codes = self.history[self._to_device(slot_cpu)[:, None], self._to_device(idx)].transpose(1, 2)
         return self.decoder.decode(codes.contiguous(), slot_cpu, check=False)

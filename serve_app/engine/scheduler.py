@@ -7,12 +7,12 @@ packed at the bottom and the decode step's batch (rows 0..max slot) stays small.
 
 Thread-safe: requests arrive from event-loop or caller threads, the engine loop schedules.
 """
+
 from __future__ import annotations
 
 import heapq
 import threading
 from collections import deque
-from typing import Optional
 
 from serve_app.engine.sequence import Sequence, SequenceStatus
 from serve_app.engine.types import EngineOverloadedError, FinishReason
@@ -41,7 +41,8 @@ class Scheduler:
             if len(self.waiting) >= self.max_waiting + len(self._free):
                 raise EngineOverloadedError(
                     f"engine busy: {len(self.running)} streams running and {len(self.waiting)} waiting "
-                    f"(limit {self.max_waiting}); retry later")
+                    f"(limit {self.max_waiting}); retry later"
+                )
             self.waiting.append(seq)
             self._wakeup.notify_all()
 
@@ -50,7 +51,7 @@ class Scheduler:
         with self._lock:
             self._wakeup.notify_all()
 
-    def wait_for_work(self, timeout: Optional[float] = None) -> bool:
+    def wait_for_work(self, timeout: float | None = None) -> bool:
         """Block until something is waiting or running (or `timeout`); True if there is work."""
         with self._lock:
             if not self.waiting and not self.running:

@@ -3,21 +3,22 @@
 A `Sequence` is created by the engine front end, queued by the scheduler, stepped by the engine loop
 and finished exactly once. Everything here is host-side bookkeeping (no tensors on the device).
 """
+
 from __future__ import annotations
 
 import enum
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 
-from serve_app.engine.types import AudioChunk, FinishReason, GenerationRequest, NUM_CODEBOOKS
+from serve_app.engine.types import NUM_CODEBOOKS, AudioChunk, FinishReason, GenerationRequest
 
-ChunkSink = Callable[[Union[AudioChunk, BaseException]], None]
+ChunkSink = Callable[[AudioChunk | BaseException], None]
 """Receives a sequence's chunks (the last one has `is_last=True`) or the error that ended it.
 Called on the engine loop thread: it must only hand the item over (e.g. to a queue)."""
 
@@ -62,19 +63,23 @@ class Sequence:
     dropped_context_turns: int = 0
     seq_id: int = field(default_factory=lambda: next(_ids))
     status: SequenceStatus = SequenceStatus.WAITING
-    slot: Optional[int] = None
+    slot: int | None = None
     steps: int = 0  # decode steps launched (frames computed, the end-of-audio frame included)
     frames: list[np.ndarray] = field(default_factory=list)  # kept frames (32,), without end-of-audio
     decoded: int = 0  # frames handed to the audio decoder
     chunks_sent: int = 0
     silent_frames: int = 0  # trailing frames whose audio is below the silence threshold
-    finish_reason: Optional[FinishReason] = None
+    finish_reason: FinishReason | None = None
     submitted_at: float = field(default_factory=time.perf_counter)
-    first_chunk_at: Optional[float] = None
+    first_chunk_at: float | None = None
     _cancel: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        if self.tokens.ndim != 2 or self.tokens.shape != self.mask.shape or self.tokens.shape[1] != NUM_CODEBOOKS + 1:
+        if (
+            self.tokens.ndim != 2
+            or self.tokens.shape != self.mask.shape
+            or self.tokens.shape[1] != NUM_CODEBOOKS + 1
+        ):
             raise ValueError(f"prompt rows must be (T, {NUM_CODEBOOKS + 1}), got {tuple(self.tokens.shape)}")
         if self.max_frames < 1:
             raise ValueError("max_frames must be >= 1")

@@ -13,9 +13,10 @@ arranged so the decode step can be compiled and captured in CUDA graphs:
 - The depth loop takes the codebook index as a tensor, so one compiled step serves codebooks 2..31,
   and sampling is the host-sync-free counter-based sampler of `serve_app.engine.sampling`.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,16 @@ from serve_app.model.csm import CsmModel
 from serve_app.model.llama import Block, Transformer, apply_rope
 
 
-def _attend(layer: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, write_pos: torch.Tensor,
-            mask: torch.Tensor, rows: Optional[torch.Tensor], kv_len: int) -> torch.Tensor:
+def _attend(
+    layer: Block,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    write_pos: torch.Tensor,
+    mask: torch.Tensor,
+    rows: torch.Tensor | None,
+    kv_len: int,
+) -> torch.Tensor:
     """One block over x (B, T, D); keys/values written at (row, write_pos), attended over [0, kv_len)."""
     attn = layer.attention
     cache = attn.kv_cache
@@ -53,8 +62,13 @@ def _attend(layer: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     return h + layer.feed_forward(layer.ffn_norm(h))
 
 
-def stack_forward(stack: Transformer, x: torch.Tensor, positions: torch.Tensor, kv_len: int,
-                  rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+def stack_forward(
+    stack: Transformer,
+    x: torch.Tensor,
+    positions: torch.Tensor,
+    kv_len: int,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Run `stack` over x (B, T, D) at `positions` (B, T) (< 0: padding or idle row).
 
     `rows` (B,) are the cache slots of the batch rows (prefill); None means rows 0..B-1 (decode).
@@ -81,7 +95,7 @@ class FastStep:
     Plain PyTorch callables; the runner may wrap `backbone_step`, `frame_start` and `depth_step` in
     `torch.compile` (see `compile`) and capture them in CUDA graphs."""
 
-    def __init__(self, model: CsmModel, vocab_limit: Optional[int] = None) -> None:
+    def __init__(self, model: CsmModel, vocab_limit: int | None = None) -> None:
         self.model = model
         self.vocab_limit = vocab_limit
         self.num_codebooks = model.cfg.num_codebooks
@@ -90,16 +104,22 @@ class FastStep:
         self._frame_start: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self.frame_start
         self._depth_step: Callable[..., torch.Tensor] = self.depth_step
 
-    def compile(self, mode: Optional[str] = None) -> None:
+    def compile(self, mode: str | None = None) -> None:
         """Compile the three step functions (dynamic batch and key window: two compiles each)."""
-        options = dict(dynamic=True, fullgraph=True, mode=mode)
+        options = {"dynamic": True, "fullgraph": True, "mode": mode}
         self._backbone_step = torch.compile(self.backbone_step, **options)  # type: ignore[arg-type]
         self._frame_start = torch.compile(self.frame_start, **options)  # type: ignore[arg-type]
         self._depth_step = torch.compile(self.depth_step, **options)  # type: ignore[arg-type]
 
     # ---- prefill ------------------------------------------------------------------------------
-    def prefill(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
-                kv_len: int) -> torch.Tensor:
+    def prefill(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        kv_len: int,
+    ) -> torch.Tensor:
         """Write the KV of right-padded prompt rows (B, T, 33) into cache `slots`; returns hidden (B, T, D)."""
         m = self.model
         return stack_forward(m.backbone, m.embed_rows(tokens, mask), positions, kv_len, rows=slots)
@@ -110,8 +130,15 @@ class FastStep:
         h = stack_forward(self.model.backbone, embeds.unsqueeze(1), positions.unsqueeze(1), kv_len)
         return h[:, 0]
 
-    def _sample(self, logits: torch.Tensor, codebook: torch.Tensor | int, temperature: torch.Tensor,
-                top_k: torch.Tensor, seeds: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        codebook: torch.Tensor | int,
+        temperature: torch.Tensor,
+        top_k: torch.Tensor,
+        seeds: torch.Tensor,
+        frame: torch.Tensor,
+    ) -> torch.Tensor:
         counters = frame * NUM_CODEBOOKS + codebook
         return sample_top_k(logits, temperature, top_k, seeds, counters, self.vocab_limit)
 
@@ -122,8 +149,14 @@ class FastStep:
         positions = (torch.arange(t, device=x.device) + start).expand(b, t)
         return stack_forward(m.decoder, m.projection(x), positions, m.cfg.decoder_seq_len)
 
-    def frame_start(self, h: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, seeds: torch.Tensor,
-                    frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def frame_start(
+        self,
+        h: torch.Tensor,
+        temperature: torch.Tensor,
+        top_k: torch.Tensor,
+        seeds: torch.Tensor,
+        frame: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Codebook 0 from the backbone state h (B, D), then codebook 1 on a fresh depth cache."""
         m = self.model
         c0 = self._sample(m.codebook0_logits(h), 0, temperature, top_k, seeds, frame)
@@ -132,8 +165,15 @@ class FastStep:
         c1 = self._sample(torch.matmul(out, m.audio_head[0]), 1, temperature, top_k, seeds, frame)
         return c0, c1
 
-    def depth_step(self, prev: torch.Tensor, codebook: torch.Tensor, temperature: torch.Tensor,
-                   top_k: torch.Tensor, seeds: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    def depth_step(
+        self,
+        prev: torch.Tensor,
+        codebook: torch.Tensor,
+        temperature: torch.Tensor,
+        top_k: torch.Tensor,
+        seeds: torch.Tensor,
+        frame: torch.Tensor,
+    ) -> torch.Tensor:
         """Feed codebook `codebook - 1`'s id `prev` (B,) at depth position `codebook` (a 1-element
         long tensor, 2..31) and sample codebook `codebook`."""
         m = self.model
@@ -142,8 +182,15 @@ class FastStep:
         head = m.audio_head.index_select(0, codebook - 1).squeeze(0)
         return self._sample(torch.matmul(out, head), codebook, temperature, top_k, seeds, frame)
 
-    def depth_frame(self, h: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, seeds: torch.Tensor,
-                    frame: torch.Tensor, codebooks: list[torch.Tensor]) -> torch.Tensor:
+    def depth_frame(
+        self,
+        h: torch.Tensor,
+        temperature: torch.Tensor,
+        top_k: torch.Tensor,
+        seeds: torch.Tensor,
+        frame: torch.Tensor,
+        codebooks: list[torch.Tensor],
+    ) -> torch.Tensor:
         """A whole frame from backbone states h (B, D): codes (B, 32).
 
         `codebooks[i]` is a device tensor holding i (kept by the caller so graph capture sees
