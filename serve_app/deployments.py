@@ -61,7 +61,6 @@ class TTSModel:
         from serve_app.engine.engine import Engine
 
         self._engine: SpeechEngine = Engine.from_preset(model, **(engine_kwargs or {}))
-        self._model = model
         logger.info("TTSModel replica ready: preset=%s pid=%d", model, os.getpid())
 
     async def generate(self, request: GenerationRequest) -> Audio:
@@ -94,12 +93,9 @@ class TTSModel:
 
     def __del__(self) -> None:
         """Called by Ray after draining (graceful shutdown): stop the engine's loop thread."""
-        engine = getattr(self, "_engine", None)
-        for name in ("close", "shutdown"):
-            closer = getattr(engine, name, None)
-            if callable(closer):
-                closer()
-                return
+        close = getattr(getattr(self, "_engine", None), "close", None)
+        if callable(close):
+            close()
 
 
 @serve.deployment(

@@ -236,3 +236,15 @@ def test_model_stream_closes_the_engine_stream_when_cancelled() -> None:
         assert engine.closed_streams == 1
 
     asyncio.run(scenario())
+
+
+def test_model_shutdown_closes_the_engine() -> None:
+    class ClosableEngine:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    engine = ClosableEngine()
+    _model_with(engine).__del__()  # Ray calls it once the replica has drained
+    assert engine.closed
