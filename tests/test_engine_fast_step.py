@@ -81,9 +81,8 @@ def test_depth_frame_logits_equal_the_model_depth_decoder() -> None:
         return logits[:, :2048].argmax(-1)
 
     fast._sample = fast_sample  # type: ignore[method-assign]
-    ids = [torch.tensor([i]) for i in range(32)]
     ones = torch.ones(3, dtype=torch.long)
-    codes = fast.depth_frame(h, ones.float(), ones, ones, ones * 0, ids)
+    codes = fast.depth_frame(h, ones.float(), ones, ones, ones * 0)
     assert len(got_logits) == len(ref_logits) == 32
     for got, ref in zip(got_logits, ref_logits):
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
@@ -96,12 +95,11 @@ def test_sampled_frame_is_independent_of_the_rest_of_the_batch() -> None:
     model.setup_caches(4)
     fast = FastStep(model, vocab_limit=2048)
     h = torch.randn(4, model.cfg.backbone.dim, generator=torch.Generator().manual_seed(1))
-    ids = [torch.tensor([i]) for i in range(32)]
     temperature = torch.tensor([0.9, 0.7, 1.0, 0.9])
     top_k = torch.tensor([50, 1, 20, 50])
     seeds = torch.tensor([5, 6, 7, 8])
     frame = torch.tensor([0, 3, 9, 0])
-    batch = fast.depth_frame(h, temperature, top_k, seeds, frame, ids)
+    batch = fast.depth_frame(h, temperature, top_k, seeds, frame)
     for row in range(4):
         alone = fast.depth_frame(
             h[row : row + 1],
@@ -109,7 +107,6 @@ def test_sampled_frame_is_independent_of_the_rest_of_the_batch() -> None:
             top_k[row : row + 1],
             seeds[row : row + 1],
             frame[row : row + 1],
-            ids,
         )
         torch.testing.assert_close(alone[0], batch[row])
     assert not torch.equal(batch[0], batch[3])  # same frame index, other seed: other codes

@@ -27,8 +27,8 @@ def force_end_of_audio(loop: EngineLoop, at_frame: int) -> None:
     fast = loop.runner.fast
     model_frame = fast.depth_frame
 
-    def depth_frame(h, temperature, top_k, seeds, frame, codebooks):  # type: ignore[no-untyped-def]
-        codes = model_frame(h, temperature, top_k, seeds, frame, codebooks)
+    def depth_frame(h, temperature, top_k, seeds, frame):  # type: ignore[no-untyped-def]
+        codes = model_frame(h, temperature, top_k, seeds, frame)
         return torch.where((frame >= at_frame)[:, None], torch.zeros_like(codes), codes)
 
     fast.depth_frame = depth_frame  # type: ignore[method-assign]
@@ -55,8 +55,8 @@ def test_stream_chunks_and_audio_equal_the_reference_generator() -> None:
 
 @pytest.mark.parametrize(
     "eos_at, sizes",
-    [(0, [0]), (1, [1, 0]), (3, [1, 2]), (5, [1, 4, 0])],
-    ids=["first-frame", "after-first-chunk", "mid-chunk", "chunk-boundary"],
+    [(0, [0]), (1, [1, 0]), (3, [1, 2]), (5, [1, 4]), (7, [1, 4, 2])],
+    ids=["first-frame", "after-first-chunk", "mid-chunk", "chunk-boundary", "after-chunks"],
 )
 def test_end_of_audio_frame_ends_the_stream_without_its_samples(eos_at: int, sizes: list[int]) -> None:
     loop = se.make_loop(chunks=ChunkPolicy(1, 4))

@@ -89,7 +89,7 @@ class Engine:
             vocab_limit=model.cfg.codec_codebook_size,
             cuda_graphs=cuda if config.cuda_graphs is None else config.cuda_graphs,
             compile=cuda if config.compile is None else config.compile,
-            history=max(16, chunks.largest),
+            history=max(32, 2 * chunks.largest + 2),
             audio_chunk_sizes=(chunks.first_frames, chunks.frames),
         )
         max_waiting = 2 * n_slots if config.max_waiting is None else config.max_waiting

@@ -1,13 +1,15 @@
 """The continuous-batching loop: one iteration = admit, one decode step for every live slot, decode
 ready audio chunks, then hand chunks to their streams and retire finished sequences.
 
-Per iteration the host waits for the device once (codes and chunk audio come back together). Chunk
-audio is decoded from the device-side history ring right after the step is launched, so a frame's
-audio leaves in the same iteration that computed it. If that frame turns out to be the end-of-audio
-frame, its samples are cut from the chunk.
+Audio chunks are decoded from the device-side history ring in two ways:
+- a stream's first chunk right after the step that completed it (lowest time to first audio); if
+  that step's frame turns out to be the end-of-audio frame, its samples are cut from the chunk;
+- later chunks (their frames already known on the host) on the runner's audio stream during the
+  next iteration's step, so on a GPU the audio decoder overlaps the model instead of following it.
+A finished sequence keeps its slot until its last chunk is out (it is no longer stepped).
 
-The loop runs on its own thread (`start`) or is driven by hand (`run_once`, for tests); sequences
-arrive and get cancelled from any thread.
+Per iteration the host waits for the device once. The loop runs on its own thread (`start`) or is
+driven by hand (`run_once`, for tests); sequences arrive and get cancelled from any thread.
 """
 
 from __future__ import annotations
@@ -50,11 +52,19 @@ DEFAULT_SILENCE_GUARD = SilenceGuard()
 
 
 @dataclass
-class _Decoded:
+class _Chunk:
+    """Audio decode of `count` frames from `first` on, for each sequence of a group."""
+
     seqs: list[Sequence]
-    first: list[int]  # first frame of each sequence's chunk
-    count: int  # frames of the chunk (the decode may have run on more: the rest is dropped)
-    pcm: Any  # device tensor (B, decoded frames * frame_samples), then host array
+    first: list[int]
+    count: int
+    urgent: bool  # decoded right after this iteration's step (its last frame may be end-of-audio)
+    pcm: Any = None  # device tensor (B, decoded frames * frame_samples), then host array
+
+
+def _without_finished(chunk: _Chunk) -> _Chunk:
+    keep = [i for i, s in enumerate(chunk.seqs) if not s.finished]
+    return _Chunk([chunk.seqs[i] for i in keep], [chunk.first[i] for i in keep], chunk.count, chunk.urgent)
 
 
 class EngineLoop:
@@ -66,9 +76,9 @@ class EngineLoop:
         silence: SilenceGuard = DEFAULT_SILENCE_GUARD,
         eos_id: int = 0,
     ) -> None:
-        if chunks.largest > runner.history_len:
+        if 2 * chunks.largest + 2 > runner.history_len:
             raise ValueError(
-                f"chunks of {chunks.largest} frames exceed the history ring ({runner.history_len})"
+                f"chunks of {chunks.largest} frames need a history ring of {2 * chunks.largest + 2}"
             )
         if set(runner.audio_chunk_sizes) != {chunks.first_frames, chunks.frames}:
             raise ValueError("the runner's audio chunk sizes must be the chunk policy's")
@@ -79,6 +89,7 @@ class EngineLoop:
         self.eos_id = eos_id
         self.steps = 0
         self.error: BaseException | None = None
+        self._deferred: list[_Chunk] = []
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -125,6 +136,7 @@ class EngineLoop:
 
     def abort(self, exc: BaseException) -> None:
         """End every running and waiting sequence with `exc` (the loop failed or was stopped)."""
+        self._deferred = []
         for seq in self.scheduler.drain():
             if seq.slot is not None:
                 self.runner.release(seq.slot)
@@ -134,49 +146,52 @@ class EngineLoop:
     @torch.inference_mode()
     def run_once(self) -> bool:
         """One frame for every live sequence; returns False when there was nothing to do."""
-        for seq in self.scheduler.cancelled():
-            self._retire(seq, FinishReason.CANCELLED, notify=False)
-        joined = self.scheduler.admit()
-        if joined:
-            try:
-                self.runner.start(joined)
-            except Exception as exc:  # e.g. out of memory on an unusually long prompt: fail these only
-                logger.exception("prefill failed for %d requests", len(joined))
-                for seq in joined:
-                    self._retire(seq, FinishReason.CANCELLED, notify=False)
-                    seq.sink(exc)
-        live = list(self.scheduler.running.values())
-        if not live:
+        cancelled = self.scheduler.cancelled()
+        for seq in cancelled:
+            self._retire(seq, FinishReason.CANCELLED)
+        if cancelled:  # their slots may be taken right away: no decode may touch them any more
+            self._deferred = [c for c in map(_without_finished, self._deferred) if c.seqs]
+        self._admit()
+        live = [s for s in self.scheduler.running.values() if s.finish_reason is None]
+        launched, self._deferred = self._deferred, []
+        if not live and not launched:
             return False
-        rows = max(s.slot for s in live) + 1  # type: ignore[type-var]
-        self.runner.step(rows, max(s.next_position for s in live) + 1)
-        self.steps += 1
-        for seq in live:
-            seq.steps += 1
-        decoded = self._launch_decodes(live, final=False)
-        host = self.runner.fetch([self.runner.codes[:rows]] + [d.pcm for d in decoded])
-        codes, pcms = host[0], host[1:]
-        for d, pcm in zip(decoded, pcms):
-            d.pcm = pcm
-        ended = [seq for seq in live if self._take_frame(seq, codes[seq.slot])]
-        for d in decoded:
-            self._emit(d)
-        # Sequences that ended with frames still waiting for audio: flush them now.
-        flush = [s for s in ended if not s.finished and s.pending() > 0]
-        if flush:
-            final = self._launch_decodes(flush, final=True)
-            for d, pcm in zip(final, self.runner.fetch([d.pcm for d in final])):
-                d.pcm = pcm
-                self._emit(d)
+        rows = 0
+        if live:
+            rows = max(s.slot for s in live) + 1  # type: ignore[type-var]
+            self.runner.step(rows, max(s.next_position for s in live) + 1)
+            self.steps += 1
+            for seq in live:
+                seq.steps += 1
+        for chunk in launched:  # frames known since the last iteration: overlap with this step
+            self._launch(chunk)
+        launched += self._launch_first_chunks(live)
+        host = self.runner.fetch([self.runner.codes[:rows]] if rows else [], [c.pcm for c in launched])
+        codes = host[0] if rows else None
+        ended = [seq for seq in live if self._take_frame(seq, codes[seq.slot])]  # type: ignore[index]
+        for chunk, pcm in zip(launched, host[1 if rows else 0 :]):
+            chunk.pcm = pcm
+            self._emit(chunk)
         for seq in ended:
             if not seq.finished:
-                self._emit_last(seq)
+                self.runner.deactivate(seq.slot)  # type: ignore[arg-type]
+        self._schedule_chunks()
         return True
+
+    def _admit(self) -> None:
+        joined = self.scheduler.admit()
+        if not joined:
+            return
+        try:
+            self.runner.start(joined)
+        except Exception as exc:  # e.g. out of memory on an unusually long prompt: fail these only
+            logger.exception("prefill failed for %d requests", len(joined))
+            for seq in joined:
+                self._retire(seq, FinishReason.CANCELLED)
+                seq.sink(exc)
 
     def _take_frame(self, seq: Sequence, frame: np.ndarray) -> bool:
         """Record the step's frame; True when the sequence has ended (end of audio or length)."""
-        if seq.finished or seq.finish_reason is not None:
-            return seq.finish_reason is not None
         if bool((frame == self.eos_id).all()):
             seq.finish_reason = FinishReason.END_OF_AUDIO
             seq.steps -= 1  # the end-of-audio frame is not audio
@@ -188,40 +203,60 @@ class EngineLoop:
             return True
         return False
 
-    def _launch_decodes(self, seqs: list[Sequence], final: bool) -> list[_Decoded]:
-        """Group sequences whose pending frames fill a chunk (or all pending frames when `final`, or
-        when this step is a sequence's last by length) by chunk size; launch one decode per group."""
+    def _launch(self, chunk: _Chunk) -> None:
+        size = self.runner.final_chunk_size(chunk.count)
+        slots = [s.slot for s in chunk.seqs]
+        chunk.pcm = self.runner.decode_audio(slots, chunk.first, size, after_step=chunk.urgent)  # type: ignore[arg-type]
+
+    def _launch_first_chunks(self, live: list[Sequence]) -> list[_Chunk]:
+        """First chunks completed by this step, decoded right after it (one launch per size)."""
         groups: dict[int, list[Sequence]] = defaultdict(list)
-        for seq in seqs:
-            pending = seq.pending()
-            if pending <= 0:
-                continue
-            last_by_length = seq.steps >= seq.max_frames
-            if final or last_by_length or pending >= self.chunks.target(seq.chunks_sent):
-                groups[pending].append(seq)
+        for seq in live:
+            if seq.chunks_sent == 0 and seq.decoded == 0:
+                pending = seq.pending()
+                if pending >= self.chunks.first_frames or seq.steps >= seq.max_frames:
+                    groups[pending].append(seq)
         out = []
-        for n, group in sorted(groups.items()):
-            first = [s.decoded for s in group]
-            size = n if n in self.runner.audio_chunk_sizes else self.runner.final_chunk_size(n)
-            pcm = self.runner.decode_audio([s.slot for s in group], first, size)  # type: ignore[misc]
-            for s in group:
-                s.decoded += n
-            out.append(_Decoded(group, first, n, pcm))
+        for count, group in sorted(groups.items()):
+            chunk = _Chunk(group, [0] * len(group), count, urgent=True)
+            for seq in group:
+                seq.decoded = count
+            self._launch(chunk)
+            out.append(chunk)
         return out
 
-    def _emit(self, d: _Decoded) -> None:
-        fs = self.runner.frame_samples
-        for i, seq in enumerate(d.seqs):
+    def _schedule_chunks(self) -> None:
+        """Group running sequences whose known frames fill a chunk (or end the stream) by size, for
+        decoding during the next step; close streams that ended with nothing left to decode."""
+        groups: dict[int, list[Sequence]] = defaultdict(list)
+        for seq in list(self.scheduler.running.values()):
             if seq.finished:
                 continue
-            # Frames of this chunk that are audio (the end-of-audio frame, if any, is cut).
-            kept = max(0, min(d.count, len(seq.frames) - d.first[i]))
-            pcm = np.ascontiguousarray(d.pcm[i, : kept * fs], dtype=np.float32)
-            codes = (
-                np.stack(seq.frames[d.first[i] : d.first[i] + kept]) if kept else np.zeros((0, 32), np.int64)
-            )
+            pending = seq.pending()
+            ended = seq.finish_reason is not None
+            if pending > 0 and (ended or pending >= self.chunks.target(seq.chunks_sent)):
+                groups[pending].append(seq)
+            elif ended and pending <= 0:
+                self._emit_last(seq)
+        for count, group in sorted(groups.items()):
+            self._deferred.append(_Chunk(group, [s.decoded for s in group], count, urgent=False))
+            for seq in group:
+                seq.decoded += count
+
+    def _emit(self, chunk: _Chunk) -> None:
+        fs = self.runner.frame_samples
+        for i, seq in enumerate(chunk.seqs):
+            if seq.finished:
+                continue
+            # Frames of this chunk that are audio (an end-of-audio frame, if any, is cut).
+            kept = max(0, min(chunk.count, len(seq.frames) - chunk.first[i]))
+            pcm = np.ascontiguousarray(chunk.pcm[i, : kept * fs], dtype=np.float32)
+            first = chunk.first[i]
+            codes = np.stack(seq.frames[first : first + kept]) if kept else np.zeros((0, 32), np.int64)
             if kept and self._silent_tail(seq, pcm, kept) and seq.finish_reason is None:
                 seq.finish_reason = FinishReason.SILENCE
+                seq.steps = seq.decoded  # frames computed past the silent tail are dropped
+                del seq.frames[seq.decoded :]
             last = seq.finish_reason is not None and seq.decoded >= seq.steps
             seq.emit(
                 AudioChunk(
@@ -234,7 +269,7 @@ class EngineLoop:
                 )
             )
             if last:
-                self._retire(seq, seq.finish_reason, notify=False)  # type: ignore[arg-type]
+                self._retire(seq, seq.finish_reason)  # type: ignore[arg-type]
 
     def _emit_last(self, seq: Sequence) -> None:
         """An empty closing chunk for a sequence whose audio was all sent before it ended."""
@@ -249,7 +284,7 @@ class EngineLoop:
                 dropped_context_turns=seq.dropped_context_turns,
             )
         )
-        self._retire(seq, reason, notify=False)
+        self._retire(seq, reason)
 
     def _silent_tail(self, seq: Sequence, pcm: np.ndarray, frames: int) -> bool:
         if not self.silence.enabled:
@@ -259,22 +294,13 @@ class EngineLoop:
             seq.silent_frames = seq.silent_frames + 1 if value < self.silence.rms else 0
         return seq.silent_frames >= self.silence.frames
 
-    def _retire(self, seq: Sequence, reason: FinishReason, notify: bool) -> None:
+    def _retire(self, seq: Sequence, reason: FinishReason) -> None:
+        """Finish `seq`, free its slot and audio decoder state."""
         slot = seq.slot
         was_running = slot is not None and self.scheduler.running.get(slot) is seq
         self.scheduler.finish(seq, reason)
         if was_running:
             self.runner.release(slot)  # type: ignore[arg-type]
-        if notify:
-            seq.emit(
-                AudioChunk(
-                    pcm=np.zeros(0, np.float32),
-                    codes=np.zeros((0, 32), np.int64),
-                    frames=0,
-                    is_last=True,
-                    finish_reason=reason,
-                )
-            )
 
     def stats(self) -> dict[str, Any]:
         return {"steps": self.steps, **self.scheduler.counts()}

@@ -16,6 +16,7 @@ New frames are decoded to audio from the history ring by `MimiStreamDecoder`, ba
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Sequence as Seq
@@ -75,7 +76,7 @@ class ModelRunner:
         compile: bool = False,
         compile_mode: str | None = None,
         kv_buckets: Seq[int] = DEFAULT_KV_BUCKETS,
-        history: int = 16,
+        history: int = 32,
         audio_chunk_sizes: Seq[int] = (1, 8),
     ) -> None:
         self.model = model
@@ -105,13 +106,17 @@ class ModelRunner:
         self.codes = torch.zeros(n_slots, n, dtype=torch.long, device=dev)
         self.history = torch.zeros(n_slots, history, n, dtype=torch.long, device=dev)
         self._rows = torch.arange(n_slots, device=dev)
-        self._codebook_ids = [torch.tensor([i], device=dev) for i in range(n)]
         self.audio_chunk_sizes = tuple(sorted(set(audio_chunk_sizes)))
         if self.audio_chunk_sizes[-1] > history:
             raise ValueError(
                 f"audio chunks of {self.audio_chunk_sizes[-1]} frames exceed the history ring ({history})"
             )
         self.decoder = GraphedMimiStreamDecoder(mimi, n_slots, use_graphs=cuda_graphs)
+        # Audio decodes (and decoder state resets) run on their own stream so they can overlap the
+        # next decode step; a first chunk waits for the step that completed it.
+        cuda = self.device.type == "cuda"
+        self.audio_stream = torch.cuda.Stream(self.device) if cuda else None
+        self.step_done = torch.cuda.Event() if cuda else None
         self.frame_samples = self.decoder.frame_samples
         self._backbone_graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._depth_graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -176,13 +181,25 @@ class ModelRunner:
             torch.tensor([p.temperature for p in params], dtype=torch.float32)
         )
         self.top_k[slots] = self._to_device(torch.tensor([p.top_k for p in params], dtype=torch.long))
-        for s in seqs:
-            self.decoder.reset(s.slot)  # type: ignore[arg-type]
+        with self._on_audio_stream():
+            for s in seqs:
+                self.decoder.reset(s.slot)  # type: ignore[arg-type]
+
+    def deactivate(self, slot: int) -> None:
+        """Stop stepping `slot` (its audio decoder state stays for the last chunk)."""
+        self.positions[slot] = -1
 
     def release(self, slot: int) -> None:
         """Stop stepping `slot` and free its audio decoder state."""
         self.positions[slot] = -1
         self.decoder.free(slot)
+
+    def _on_audio_stream(self) -> Any:
+        return (
+            torch.cuda.stream(self.audio_stream)
+            if self.audio_stream is not None
+            else contextlib.nullcontext()
+        )
 
     # ---- decode step --------------------------------------------------------------------------
     def _backbone(self, rows: int, kv_len: int) -> None:
@@ -197,7 +214,6 @@ class ModelRunner:
             self.top_k[:rows],
             self.seeds[:rows],
             frame,
-            self._codebook_ids,
         )
         self.codes[:rows].copy_(codes)
         self.embeds[:rows].copy_(self.model.embed_frame(codes))
@@ -218,6 +234,8 @@ class ModelRunner:
         else:
             self._backbone(batch, kv_len)
             self._depth(batch)
+        if self.step_done is not None:
+            self.step_done.record()
         return batch
 
     @torch.inference_mode()
@@ -262,24 +280,31 @@ class ModelRunner:
         return next((n for n in self.audio_chunk_sizes if n >= frames), frames)
 
     @torch.inference_mode()
-    def decode_audio(self, slots: Seq[int], first_frames: Seq[int], n: int) -> torch.Tensor:
-        """Decode frames first..first+n-1 of each slot from the history ring: (B, n * 1920) float32."""
+    def decode_audio(self, slots: Seq[int], first_frames: Seq[int], n: int, after_step: bool) -> torch.Tensor:
+        """Decode frames first..first+n-1 of each slot from the history ring: (B, n * 1920) float32,
+        on the audio stream. `after_step`: the frames include the step just launched (wait for it);
+        otherwise they are older and the decode may run alongside that step."""
         if n > self.history_len:
             raise ValueError(f"cannot decode {n} frames at once (history ring holds {self.history_len})")
-        idx = (
-            torch.tensor(list(first_frames), dtype=torch.long)[:, None] + torch.arange(n)
-        ) % self.history_len
+        first = torch.tensor(list(first_frames), dtype=torch.long)
+        idx = (first[:, None] + torch.arange(n)) % self.history_len
         slot_cpu = torch.tensor(list(slots), dtype=torch.long)
-        codes = self.history[self._to_device(slot_cpu)[:, None], self._to_device(idx)].transpose(1, 2)
-        return self.decoder.decode(codes.contiguous(), slot_cpu, check=False)
+        with self._on_audio_stream():
+            if after_step and self.audio_stream is not None:
+                self.audio_stream.wait_event(self.step_done)
+            codes = self.history[self._to_device(slot_cpu)[:, None], self._to_device(idx)].transpose(1, 2)
+            return self.decoder.decode(codes.contiguous(), slot_cpu, check=False)
 
-    def fetch(self, tensors: Seq[torch.Tensor]) -> list[np.ndarray]:
-        """Bring device tensors to the host with a single wait for the device."""
-        if self.device.type == "cuda":
-            host = [t.to("cpu", non_blocking=True) for t in tensors]
-            torch.cuda.current_stream(self.device).synchronize()
-            return [h.numpy() for h in host]
-        return [t.cpu().numpy() for t in tensors]
+    def fetch(self, step: Seq[torch.Tensor], audio: Seq[torch.Tensor]) -> list[np.ndarray]:
+        """Bring step outputs and decoded audio to the host with one wait for the device."""
+        if self.audio_stream is None:
+            return [t.cpu().numpy() for t in [*step, *audio]]
+        host = [t.to("cpu", non_blocking=True) for t in step]
+        with self._on_audio_stream():
+            host += [t.to("cpu", non_blocking=True) for t in audio]
+        torch.cuda.current_stream(self.device).synchronize()
+        self.audio_stream.synchronize()
+        return [h.numpy() for h in host]
 
     def info(self) -> dict[str, Any]:
         return {

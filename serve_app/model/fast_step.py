@@ -10,8 +10,10 @@ arranged so the decode step can be compiled and captured in CUDA graphs:
   against the un-expanded cache, so K/V are read once, never repeated per query head.
 - The attended key window `kv_len` is a static bucket (the engine picks the smallest bucket above
   every live position); a per-row mask hides keys past each row's own position.
-- The depth loop takes the codebook index as a tensor, so one compiled step serves codebooks 2..31,
-  and sampling is the host-sync-free counter-based sampler of `serve_app.engine.sampling`.
+- The depth loop reads its inputs from a table of projected embeddings (one gather per step) and
+  its codebook head as a view; the codebook index is a symbolic int under `torch.compile`, so one
+  compiled step serves codebooks 2..31. Sampling is the host-sync-free counter-based sampler of
+  `serve_app.engine.sampling`.
 """
 
 from __future__ import annotations
@@ -100,6 +102,10 @@ class FastStep:
         self.vocab_limit = vocab_limit
         self.num_codebooks = model.cfg.num_codebooks
         self.vocab = model.cfg.audio_vocab_size
+        # Every (codebook, id) input of the depth decoder, already projected to its width: one row
+        # gather per step instead of an embedding lookup plus a matmul.
+        with torch.no_grad():
+            self.depth_inputs = model.projection(model.decoder_embeddings.weight)
         self._backbone_step: Callable[..., torch.Tensor] = self.backbone_step
         self._frame_start: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self.frame_start
         self._depth_step: Callable[..., torch.Tensor] = self.depth_step
@@ -142,12 +148,11 @@ class FastStep:
         counters = frame * NUM_CODEBOOKS + codebook
         return sample_top_k(logits, temperature, top_k, seeds, counters, self.vocab_limit)
 
-    def _depth(self, x: torch.Tensor, start: torch.Tensor | int) -> torch.Tensor:
-        """Depth decoder over x (B, T, backbone dim) at positions start.. (same for all rows)."""
-        m = self.model
+    def _depth(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Depth decoder over projected inputs x (B, T, depth dim) at positions start.. (all rows)."""
         b, t, _ = x.shape
         positions = (torch.arange(t, device=x.device) + start).expand(b, t)
-        return stack_forward(m.decoder, m.projection(x), positions, m.cfg.decoder_seq_len)
+        return stack_forward(self.model.decoder, x, positions, self.model.cfg.decoder_seq_len)
 
     def frame_start(
         self,
@@ -160,7 +165,7 @@ class FastStep:
         """Codebook 0 from the backbone state h (B, D), then codebook 1 on a fresh depth cache."""
         m = self.model
         c0 = self._sample(m.codebook0_logits(h), 0, temperature, top_k, seeds, frame)
-        x = torch.stack([h, m.decoder_embeddings(c0)], dim=1)
+        x = torch.stack([m.projection(h), self.depth_inputs[c0]], dim=1)
         out = self._depth(x, 0)[:, -1]
         c1 = self._sample(torch.matmul(out, m.audio_head[0]), 1, temperature, top_k, seeds, frame)
         return c0, c1
@@ -168,19 +173,20 @@ class FastStep:
     def depth_step(
         self,
         prev: torch.Tensor,
-        codebook: torch.Tensor,
+        codebook: int,
         temperature: torch.Tensor,
         top_k: torch.Tensor,
         seeds: torch.Tensor,
         frame: torch.Tensor,
     ) -> torch.Tensor:
-        """Feed codebook `codebook - 1`'s id `prev` (B,) at depth position `codebook` (a 1-element
-        long tensor, 2..31) and sample codebook `codebook`."""
+        """Feed codebook `codebook - 1`'s ids `prev` (B,) at depth position `codebook` (2..31) and
+        sample codebook `codebook`. Compiled with a symbolic `codebook`, so one graph serves all."""
         m = self.model
-        x = m.decoder_embeddings(prev + (codebook - 1) * self.vocab).unsqueeze(1)
+        x = self.depth_inputs[prev + (codebook - 1) * self.vocab].unsqueeze(1)
         out = self._depth(x, codebook)[:, 0]
-        head = m.audio_head.index_select(0, codebook - 1).squeeze(0)
-        return self._sample(torch.matmul(out, head), codebook, temperature, top_k, seeds, frame)
+        return self._sample(
+            torch.matmul(out, m.audio_head[codebook - 1]), codebook, temperature, top_k, seeds, frame
+        )
 
     def depth_frame(
         self,
@@ -189,15 +195,11 @@ class FastStep:
         top_k: torch.Tensor,
         seeds: torch.Tensor,
         frame: torch.Tensor,
-        codebooks: list[torch.Tensor],
     ) -> torch.Tensor:
-        """A whole frame from backbone states h (B, D): codes (B, 32).
-
-        `codebooks[i]` is a device tensor holding i (kept by the caller so graph capture sees
-        fixed inputs)."""
+        """A whole frame from backbone states h (B, D): codes (B, 32)."""
         c0, c = self._frame_start(h, temperature, top_k, seeds, frame)
         codes = [c0, c]
         for i in range(2, self.num_codebooks):
-            c = self._depth_step(c, codebooks[i], temperature, top_k, seeds, frame)
+            c = self._depth_step(c, i, temperature, top_k, seeds, frame)
             codes.append(c)
         return torch.stack(codes, dim=1)
