@@ -111,3 +111,20 @@ def test_sampled_frame_is_independent_of_the_rest_of_the_batch() -> None:
         torch.testing.assert_close(alone[0], batch[row])
     assert not torch.equal(batch[0], batch[3])  # same frame index, other seed: other codes
     assert batch.max() < 2048 and batch.min() >= 0
+
+
+@pytest.mark.parametrize("vocab_limit", [2048, None])
+def test_compilable_sampler_draws_exactly_the_reference_ids(vocab_limit: int | None) -> None:
+    from serve_app.engine.sampling import sample_top_k as reference
+    from serve_app.model.fast_step import noise_columns, sample_top_k
+
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(64, 2051, generator=gen) * 3
+    temperature = torch.rand(64, generator=gen) + 0.3
+    top_k = torch.randint(1, 2051, (64,), generator=gen)
+    top_k[:8] = 1
+    seeds = torch.randint(-(2**62), 2**62, (64,), generator=gen)
+    counters = torch.randint(0, 4000, (64,), generator=gen)
+    got = sample_top_k(logits, temperature, top_k, seeds, counters, noise_columns(vocab_limit or 2051))
+    want = reference(logits, temperature, top_k, seeds, counters, vocab_limit)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

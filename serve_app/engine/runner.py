@@ -120,8 +120,20 @@ class ModelRunner:
         self.frame_samples = self.decoder.frame_samples
         self._backbone_graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._depth_graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.compile_error: str | None = None
         if cuda_graphs:
-            self.capture()
+            try:
+                self.capture()
+            except Exception as exc:  # a compiler failure must not take the service down
+                if not compile:
+                    raise
+                logger.exception("capturing the compiled step failed; capturing eager kernels instead")
+                self.compile_error = f"{type(exc).__name__}: {exc}"[:500]
+                self.fast, self.compiled = FastStep(model, vocab_limit), False
+                self._backbone_graphs.clear()
+                self._depth_graphs.clear()
+                torch.cuda.synchronize(self.device)
+                self.capture()
             self.decoder.warmup(self.audio_chunk_sizes)
 
     # ---- buckets ------------------------------------------------------------------------------
@@ -313,4 +325,5 @@ class ModelRunner:
             "kv_buckets": list(self.kv_buckets),
             "cuda_graphs": self.cuda_graphs,
             "compiled": self.compiled,
+            **({"compile_error": self.compile_error} if self.compile_error else {}),
         }

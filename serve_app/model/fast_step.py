@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from serve_app.engine.sampling import sample_top_k
+from serve_app.engine.sampling import splitmix64
 from serve_app.engine.types import NUM_CODEBOOKS
 from serve_app.model.csm import CsmModel
 from serve_app.model.llama import Block, Transformer, apply_rope
@@ -59,7 +59,7 @@ def _attend(
         keys, values = cache.k[rows, :, :kv_len], cache.v[rows, :, :kv_len]
     # Query head h uses kv head h // group (transformers' repeat_kv order): fold the group into T.
     out = F.scaled_dot_product_attention(q.reshape(b, hkv, group * t, dh), keys, values, attn_mask=mask)
-    out = out.view(b, attn.n_heads, t, dh).transpose(1, 2).reshape(b, t, -1)
+    out = out.reshape(b, attn.n_heads, t, dh).transpose(1, 2).reshape(b, t, -1)
     h = x + attn.wo(out)
     return h + layer.feed_forward(layer.ffn_norm(h))
 
@@ -91,6 +91,39 @@ def stack_forward(
     return stack.norm(x)
 
 
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)  # SplitMix64's increment as an int64
+
+
+def noise_columns(n: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Per-column hash offsets of the sampler's noise (`column * golden`, wrapping int64)."""
+    return torch.arange(n, dtype=torch.long, device=device) * _GOLDEN
+
+
+def sample_top_k(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    seeds: torch.Tensor,
+    counters: torch.Tensor,
+    columns: torch.Tensor,
+) -> torch.Tensor:
+    """`serve_app.engine.sampling.sample_top_k` with its noise column offsets read from `columns`
+    (`noise_columns(vocab_limit)`), so the same draw compiles: inductor cannot lower a 64-bit
+    constant times a column index. Bit-identical ids (tested)."""
+    logits = logits[:, : columns.shape[0]]
+    scores = logits.float() / temperature.float().unsqueeze(1)
+    v = scores.shape[1]
+    kth = torch.topk(scores, v, dim=-1).values.gather(1, (top_k.clamp(1, v) - 1).unsqueeze(1))
+    scores = scores.masked_fill(scores < kth, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    key = splitmix64(splitmix64(seeds.long()) + counters.long())
+    bits = (splitmix64(key[:, None] + columns[None, :]) >> 40) & ((1 << 24) - 1)
+    race = -torch.log((bits.float() + 0.5) * (1.0 / (1 << 24)))
+    sampled = torch.argmax(probs / race, dim=-1)
+    greedy = torch.argmax(scores, dim=-1)
+    return torch.where(top_k == 1, greedy, sampled)
+
+
 class FastStep:
     """Prefill, backbone decode step and depth frame over one `CsmModel`'s weights and caches.
 
@@ -106,6 +139,8 @@ class FastStep:
         # gather per step instead of an embedding lookup plus a matmul.
         with torch.no_grad():
             self.depth_inputs = model.projection(model.decoder_embeddings.weight)
+        device = model.codebook0_head.weight.device
+        self.noise_columns = noise_columns(vocab_limit or self.vocab, device)
         self._backbone_step: Callable[..., torch.Tensor] = self.backbone_step
         self._frame_start: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self.frame_start
         self._depth_step: Callable[..., torch.Tensor] = self.depth_step
@@ -146,7 +181,7 @@ class FastStep:
         frame: torch.Tensor,
     ) -> torch.Tensor:
         counters = frame * NUM_CODEBOOKS + codebook
-        return sample_top_k(logits, temperature, top_k, seeds, counters, self.vocab_limit)
+        return sample_top_k(logits, temperature, top_k, seeds, counters, self.noise_columns)
 
     def _depth(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """Depth decoder over projected inputs x (B, T, depth dim) at positions start.. (all rows)."""

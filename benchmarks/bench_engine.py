@@ -1,0 +1,606 @@
+"""The engine benchmark: full CSM-1B shapes with random weights (bf16), one GPU, one call does all.
+
+Sections, each written to the JSON as soon as it is done (a cut-off run keeps what it measured):
+  correctness   bf16 logits vs the fp32 path on the same weights (teacher-forced depth decoder), and
+                the engine's compiled, graph-captured step vs the plain eager step (same bf16 weights)
+  step          one decode step replayed from its CUDA graphs, per batch bucket
+  ttfa          time to first audio: 20-word prompt, no context, `Engine.stream` (prefill + first frame
+                + Mimi decode), engine otherwise idle
+  prefill       prefill time for prompts of 500 and 1500 rows
+  bs1           ms per frame of one stream through the engine (steady state, 50 frames)
+  throughput    N concurrent streams through `Engine.stream`: audio seconds per second and the
+                slowest stream's real-time factor (wall / audio; < 1 is faster than real time)
+  hf            transformers' CsmForConditionalGeneration in the same run, same shapes and sampling
+                (top-k 50, T 0.9), eager and static cache + torch.compile, batch 1, 50 frames
+
+    PYTHONPATH=. python3 benchmarks/bench_engine.py            # GPU: writes $OUT/<date>-h100.json + .png
+    PYTHONPATH=. python3 benchmarks/bench_engine.py --smoke    # CPU, tiny preset, the whole script
+
+Random weights sample random codes, so no stream ends early: every stream runs its full length. The
+silence guard is off for the same reason (random Mimi output may be quiet). The prompt text is
+tokenized by a word-level tokenizer, so prompt lengths match the real Llama-3 tokenizer's roughly
+(one token per word); weights and tokenizer are not the released ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import datetime as dt
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from serve_app.engine.engine import Engine
+from serve_app.engine.prompt import build_prompt
+from serve_app.engine.sequence import Sequence
+from serve_app.engine.types import GenerationRequest, SamplingParams, Segment
+from serve_app.model.config import CsmModelConfig, RopeConfig, TransformerConfig, to_hf_config_dict
+from serve_app.model.csm import CsmModel
+from serve_app.model.fast_step import FastStep
+from serve_app.model.loading import LoadedModel
+from serve_app.model.mimi import MimiCodec
+from serve_app.model.tokenizer import BOS_TOKEN, EOS_TOKEN, TextTokenizer
+
+FRAME_S = 0.08
+PROMPT_20_WORDS = (
+    "The quick brown fox jumps over the lazy dog while seven happy children sing songs about "
+    "summer rain falling softly."
+)
+CSM_1B = CsmModelConfig(
+    backbone=TransformerConfig(
+        dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, intermediate_size=8192, rope=RopeConfig()
+    ),
+    decoder=TransformerConfig(
+        dim=1024, n_layers=4, n_heads=8, n_kv_heads=2, intermediate_size=8192, rope=RopeConfig()
+    ),
+)
+
+
+# ---- set-up -----------------------------------------------------------------------------------------
+def word_tokenizer(texts: list[str]) -> TextTokenizer:
+    """One token per word or punctuation mark (like Llama-3 on plain English), offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]+", t)} | set("[]0123456789"))
+    vocab = {w: i for i, w in enumerate(words)}
+    vocab["[UNK]"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens([BOS_TOKEN, EOS_TOKEN])
+    return TextTokenizer(tok)
+
+
+def random_csm(cfg: CsmModelConfig, device: str, seed: int = 0) -> CsmModel:
+    """fp32 random weights initialised on the device (N(0, 0.02), unit norms) — as transformers does."""
+    with torch.device("meta"):
+        model = CsmModel(cfg)
+    model = model.to_empty(device=device)
+    gen = torch.Generator(device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+    model.reset_buffers(device)
+    return model.eval().requires_grad_(False)
+
+
+def mimi_config(smoke: bool) -> Any:
+    from transformers import MimiConfig
+
+    if smoke:
+        from serve_app.model.tiny import tiny_mimi_config
+
+        return tiny_mimi_config()
+    return MimiConfig()
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+# ---- correctness -----------------------------------------------------------------------------------
+class Probe:
+    """Stands in for a FastStep's sampler: records each codebook's logits, returns forced or greedy ids."""
+
+    def __init__(self, fast: FastStep, forced: torch.Tensor | None = None) -> None:
+        self.logits: list[torch.Tensor] = []
+        self.forced = forced
+        fast._sample = self  # type: ignore[method-assign]
+
+    def __call__(self, logits: torch.Tensor, codebook: int, *_: Any) -> torch.Tensor:
+        self.logits.append(logits.float())
+        if self.forced is not None:
+            return self.forced[:, codebook]
+        return logits[:, :2048].argmax(-1)
+
+
+@torch.inference_mode()
+def first_frame(
+    model: CsmModel, tokens: torch.Tensor, mask: torch.Tensor, forced: torch.Tensor | None = None
+):
+    """Plain eager path: prefill, the last prompt row's step, one greedy (or forced) frame."""
+    dev = model.codebook0_head.weight.device
+    model.setup_caches(1)
+    fast = FastStep(model, vocab_limit=2048)
+    probe = Probe(fast, forced)
+    t = tokens.shape[0]
+    kv = min(-(-t // 16) * 16, model.max_seq_len)
+    fast.prefill(
+        tokens[None, :-1].to(dev),
+        mask[None, :-1].to(dev),
+        torch.arange(t - 1, device=dev)[None],
+        torch.zeros(1, dtype=torch.long, device=dev),
+        kv,
+    )
+    embeds = model.embed_rows(tokens[None, -1:].to(dev), mask[None, -1:].to(dev))[:, 0]
+    h = fast.backbone_step(embeds, torch.tensor([t - 1], device=dev), kv)
+    ones = torch.ones(1, dtype=torch.long, device=dev)
+    codes = fast.depth_frame(h, ones.float(), ones, ones, ones * 0)
+    return h.float(), probe.logits, codes
+
+
+@torch.inference_mode()
+def core_frame(model: CsmModel, tokens: torch.Tensor, mask: torch.Tensor, forced: torch.Tensor):
+    """The model core's own forward (`CsmModel`, parity-tested against transformers), teacher-forced."""
+    dev = model.codebook0_head.weight.device
+    model.setup_caches(1)
+    t = tokens.shape[0]
+    h = model.backbone_forward(
+        model.embed_rows(tokens[None].to(dev), mask[None].to(dev)), torch.arange(t, device=dev)[None]
+    )[:, -1]
+    logits: list[torch.Tensor] = []
+
+    def sampler(x: torch.Tensor, codebook: int) -> torch.Tensor:
+        logits.append(x.float())
+        return forced[:, codebook]
+
+    model.generate_frame(h, sampler)
+    return h.float(), logits
+
+
+def precision_errors(
+    h: torch.Tensor, logits: list[torch.Tensor], h_ref: torch.Tensor, logits_ref: list[torch.Tensor]
+) -> dict[str, float]:
+    depth = [rel_err(a, b) for a, b in zip(logits[1:], logits_ref[1:])]
+    return {
+        "hidden_rel_err": rel_err(h, h_ref),
+        "codebook0_logits_rel_err": rel_err(logits[0], logits_ref[0]),
+        "depth_logits_rel_err_max": max(depth),
+        "depth_logits_rel_err_median": statistics.median(depth),
+    }
+
+
+def correctness_precision(model32: CsmModel, model16: CsmModel, tokens, mask) -> dict[str, Any]:
+    """bf16 vs fp32 on the same weights, every codebook fed the fp32 path's codes. The bar: the
+    engine's bf16 error is no worse (within 25%, or under 2e-2) than the model core's own bf16 error."""
+    h32, logits32, codes32 = first_frame(model32, tokens, mask)
+    h16, logits16, _ = first_frame(model16, tokens, mask, forced=codes32)
+    core_h16, core_logits16 = core_frame(model16, tokens, mask, codes32)
+    engine = precision_errors(h16, logits16, h32, logits32)
+    core = precision_errors(core_h16, core_logits16, h32, logits32)
+    ok = all(engine[k] <= max(2e-2, 1.25 * core[k]) for k in engine)
+    return {"engine_bf16": engine, "model_core_bf16": core, "pass": ok}
+
+
+@torch.inference_mode()
+def correctness_fast_path(
+    engine: Engine, plain: CsmModel, tokens, mask, tolerance: float, frames: int = 4
+) -> dict[str, Any]:
+    """The engine's step (compiled + CUDA graphs on GPU) vs the plain eager step on the same weights:
+    both are bf16, rounded at different points, so the bar is twice the bf16-vs-fp32 error (or 2e-2).
+    Greedy code agreement is reported (a near tie flips a code and the frame's later codebooks)."""
+    runner = engine.loop.runner
+    dev = runner.device
+    req = GenerationRequest(text="x", sampling=SamplingParams(top_k=1, seed=0))
+    seq = Sequence(req, tokens, mask, 0, lambda _: None, max_frames=frames)
+    seq.slot = 0
+    runner.start([seq])
+    runner.step(1, tokens.shape[0])
+    h_fast = runner.hidden[:1].float().clone()
+    codes_fast = [runner.codes[:1].clone()]
+    for i in range(1, frames):
+        runner.step(1, tokens.shape[0] + i)
+        codes_fast.append(runner.codes[:1].clone())
+    runner.release(0)
+    h_plain, _logits_plain, codes_plain0 = first_frame(plain, tokens, mask)
+    # Follow the plain path for the same frames (greedy), feeding back its own codes.
+    fast = FastStep(plain, vocab_limit=2048)
+    ones = torch.ones(1, dtype=torch.long, device=dev)
+    codes_plain, codes = [codes_plain0], codes_plain0
+    for i in range(1, frames):
+        h = fast.backbone_step(
+            plain.embed_frame(codes),
+            torch.tensor([tokens.shape[0] - 1 + i], device=dev),
+            min(-(-(tokens.shape[0] + i) // 16) * 16, plain.max_seq_len),
+        )
+        codes = fast.depth_frame(h, ones.float(), ones, ones, ones * i)
+        codes_plain.append(codes)
+    head = plain.codebook0_head.weight.float()
+    agree = float(torch.cat(codes_fast).eq(torch.cat(codes_plain)).float().mean())
+    out = {
+        "hidden_rel_err": rel_err(h_fast, h_plain),
+        "codebook0_logits_rel_err": rel_err(h_fast @ head.T, h_plain @ head.T),
+        "greedy_codes_agreement": agree,
+        "frames": frames,
+        "tolerance": tolerance,
+    }
+    out["pass"] = out["hidden_rel_err"] <= tolerance and out["codebook0_logits_rel_err"] <= tolerance
+    return out
+
+
+# ---- engine timings --------------------------------------------------------------------------------
+def request(text: str, frames: int, seed: int) -> GenerationRequest:
+    return GenerationRequest(text=text, max_audio_length_ms=frames * 80, sampling=SamplingParams(seed=seed))
+
+
+async def time_stream(
+    engine: Engine, req: GenerationRequest, stop_after_first: bool = False
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    arrivals, frames = [], []
+    stream = engine.stream(req)
+    async for chunk in stream:
+        arrivals.append(time.perf_counter() - t0)
+        frames.append(chunk.frames)
+        if stop_after_first:
+            await stream.aclose()
+            break
+    return {"arrivals": arrivals, "frames": frames}
+
+
+def wait_idle(engine: Engine) -> None:
+    while any(engine.loop.scheduler.counts()[k] for k in ("running", "waiting")):
+        time.sleep(0.002)
+
+
+def bench_step(engine: Engine, batches: list[int], kv_len: int, iters: int) -> list[dict[str, Any]]:
+    runner = engine.loop.runner
+    rows = []
+    for b in batches:
+        if b > runner.n_slots:
+            continue
+        for _ in range(3):
+            runner.step(b, kv_len)
+        sync(runner.device.type)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            runner.step(b, kv_len)
+        sync(runner.device.type)
+        ms = (time.perf_counter() - t0) * 1000 / iters
+        rows.append(
+            {
+                "batch": b,
+                "kv_window": runner.kv_bucket(kv_len),
+                "ms_per_step": round(ms, 3),
+                "audio_s_per_s_bound": round(b * FRAME_S * 1000 / ms, 1),
+            }
+        )
+        print("step", rows[-1], flush=True)
+    return rows
+
+
+def bench_prefill(
+    engine: Engine, tokenizer: TextTokenizer, rows: list[int], iters: int
+) -> list[dict[str, Any]]:
+    runner, dev = engine.loop.runner, engine.loop.runner.device.type
+    out = []
+    gen = torch.Generator().manual_seed(0)
+    for n in rows:
+        text_rows = len(tokenizer.encode_turn(PROMPT_20_WORDS, 0))
+        ctx_frames = max(1, n - 2 * text_rows - 1)
+        context = [
+            Segment(
+                text=PROMPT_20_WORDS,
+                speaker=1,
+                codes=torch.randint(0, 2048, (ctx_frames, 32), generator=gen).numpy(),
+            )
+        ]
+        prompt = build_prompt(tokenizer, PROMPT_20_WORDS, 0, context, 10, runner.model.max_seq_len)
+        seq = Sequence(request(PROMPT_20_WORDS, 10, 0), prompt.tokens, prompt.mask, 0, lambda _: None, 10)
+        seq.slot = 0
+        times = []
+        for i in range(iters + 1):
+            sync(dev)
+            t0 = time.perf_counter()
+            runner.start([seq])
+            sync(dev)
+            if i:
+                times.append((time.perf_counter() - t0) * 1000)
+            runner.release(0)
+        out.append({"rows": len(prompt), "prefill_ms": round(statistics.median(times), 2)})
+        print("prefill", out[-1], flush=True)
+    return out
+
+
+def bench_ttfa(engine: Engine, trials: int) -> dict[str, Any]:
+    ttfa = []
+    for i in range(trials + 1):
+        res = asyncio.run(
+            time_stream(engine, request(PROMPT_20_WORDS, 50, seed=100 + i), stop_after_first=True)
+        )
+        wait_idle(engine)
+        if i:
+            ttfa.append(res["arrivals"][0] * 1000)
+    out = {
+        "ttfa_ms_p50": round(statistics.median(ttfa), 2),
+        "ttfa_ms_p90": round(float(np.percentile(ttfa, 90)), 2),
+        "ttfa_ms_min": round(min(ttfa), 2),
+        "trials": trials,
+        "first_chunk_frames": engine.config.first_chunk_frames,
+    }
+    print("ttfa", out, flush=True)
+    return out
+
+
+def bench_bs1(engine: Engine, frames: int) -> dict[str, Any]:
+    res = asyncio.run(time_stream(engine, request(PROMPT_20_WORDS, frames, seed=7)))
+    wait_idle(engine)
+    arrivals, sizes = res["arrivals"], res["frames"]
+    ms = (arrivals[-1] - arrivals[0]) * 1000 / (sum(sizes) - sizes[0])
+    gaps = np.diff(arrivals) * 1000
+    out = {
+        "bs1_ms_per_frame": round(ms, 3),
+        "frames": sum(sizes),
+        "chunk_frames": sizes,
+        "chunk_latency_ms_p50": round(float(np.median(gaps)), 2) if len(gaps) else None,
+        "first_chunk_ms": round(arrivals[0] * 1000, 2),
+    }
+    print("bs1", out, flush=True)
+    return out
+
+
+def bench_throughput(engine: Engine, streams: list[int], frames: int) -> list[dict[str, Any]]:
+    out = []
+    for n in streams:
+        if n > engine.loop.runner.n_slots:
+            continue
+
+        async def run_all(n: int = n) -> tuple[float, list[dict[str, Any]]]:
+            t0 = time.perf_counter()
+            reqs = [request(PROMPT_20_WORDS, frames, seed=1000 + i) for i in range(n)]
+            res = await asyncio.gather(*(time_stream(engine, r) for r in reqs))
+            return time.perf_counter() - t0, res
+
+        wall, res = asyncio.run(run_all())
+        wait_idle(engine)
+        audio_s = sum(sum(r["frames"]) for r in res) * FRAME_S
+        per_stream_rtf = [r["arrivals"][-1] / (sum(r["frames"]) * FRAME_S) for r in res]
+        out.append(
+            {
+                "streams": n,
+                "frames_per_stream": frames,
+                "wall_s": round(wall, 3),
+                "audio_s_per_s": round(audio_s / wall, 1),
+                "slowest_stream_rtf": round(max(per_stream_rtf), 4),
+                "median_stream_rtf": round(statistics.median(per_stream_rtf), 4),
+                "ttfa_ms_p50_under_load": round(statistics.median(r["arrivals"][0] for r in res) * 1000, 1),
+            }
+        )
+        print("throughput", out[-1], flush=True)
+    return out
+
+
+# ---- transformers baseline -------------------------------------------------------------------------
+def bench_hf(cfg: CsmModelConfig, device: str, frames: int, smoke: bool) -> dict[str, Any]:
+    from transformers import CsmConfig, CsmForConditionalGeneration
+
+    hf_cfg = CsmConfig(**to_hf_config_dict(cfg, codec_config=mimi_config(smoke).to_dict()))
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = CsmForConditionalGeneration(hf_cfg)
+    model = model.to(torch.bfloat16 if device == "cuda" else torch.float32).eval()
+    ids = torch.randint(10, min(120_000, cfg.text_vocab_size), (1, 24), device=device)
+    kw = {
+        "do_sample": True,
+        "temperature": 0.9,
+        "top_k": 50,
+        "depth_decoder_do_sample": True,
+        "depth_decoder_temperature": 0.9,
+        "depth_decoder_top_k": 50,
+        "output_audio": False,
+    }
+
+    def run(n: int) -> float:
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, max_new_tokens=n, min_new_tokens=n, **kw)
+        sync(device)
+        seq = out if isinstance(out, torch.Tensor) else out.sequences
+        got = seq.shape[1] if seq.ndim == 3 else n
+        return (time.perf_counter() - t0) * 1000 / max(1, got)
+
+    res: dict[str, Any] = {"frames": frames}
+    run(4)
+    res["hf_eager_bs1_ms_per_frame"] = round(run(frames), 2)
+    print("hf eager", res, flush=True)
+    if smoke:
+        res["hf_compiled_bs1_ms_per_frame"] = None
+        res["note"] = "compile skipped in --smoke (CPU)"
+        return res
+    model.generation_config.cache_implementation = "static"
+    model.depth_decoder.generation_config.cache_implementation = "static"
+    t0 = time.perf_counter()
+    run(frames)
+    res["hf_compile_first_call_s"] = round(time.perf_counter() - t0, 1)
+    res["hf_compiled_bs1_ms_per_frame"] = round(min(run(frames), run(frames)), 2)
+    print("hf compiled", res, flush=True)
+    return res
+
+
+# ---- main ------------------------------------------------------------------------------------------
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--smoke", action="store_true", help="CPU, tiny preset, small sizes: the whole script quickly"
+    )
+    p.add_argument("--max-slots", type=int, default=128)
+    p.add_argument("--streams", default="1,8,16,32,64,128")
+    p.add_argument("--frames", type=int, default=100, help="frames per stream in the throughput runs")
+    p.add_argument("--bs1-frames", type=int, default=50)
+    p.add_argument("--ttfa-trials", type=int, default=20)
+    p.add_argument("--skip", default="", help="comma-separated sections to skip (e.g. hf)")
+    p.add_argument("--no-compile", action="store_true", help="CUDA graphs over eager kernels only")
+    p.add_argument("--out", default=None, help="output directory (default: $OUT, else benchmarks/results)")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    device = "cpu" if args.smoke else "cuda"
+    if args.smoke:
+        torch.set_num_threads(1)
+        args.max_slots, args.streams = min(args.max_slots, 4), "1,2,4"
+        args.frames, args.bs1_frames, args.ttfa_trials = 6, 6, 3
+    from serve_app.model.tiny import TINY_CONFIG
+
+    cfg = TINY_CONFIG if args.smoke else CSM_1B
+    date = dt.date.today().isoformat()
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
+    tag = (
+        "cpu-smoke"
+        if args.smoke
+        else ("h100" if gpu and "H100" in gpu else re.sub(r"\W+", "-", str(gpu)).lower())
+    )
+    out_dir = Path(args.out or os.environ.get("OUT") or ROOT / "benchmarks" / "results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{date}-{tag}.json"
+    import transformers
+
+    res: dict[str, Any] = {
+        "benchmark": "csm-engine",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "PYTHONPATH=. python3 benchmarks/bench_engine.py " + " ".join(sys.argv[1:]),
+        "device": gpu or f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "model": "tiny-random shapes" if args.smoke else "CSM-1B shapes, random weights",
+        "dtype": "float32" if args.smoke else "bfloat16",
+        "notes": "random weights: no early end of audio; silence guard off; word-level tokenizer",
+    }
+
+    def save() -> None:
+        path.write_text(json.dumps(res, indent=1))
+
+    t_start = time.perf_counter()
+    tokenizer = word_tokenizer([PROMPT_20_WORDS])
+    model32 = random_csm(cfg, device)
+    model16 = copy.deepcopy(model32).to(torch.bfloat16)
+    prompt = build_prompt(
+        tokenizer,
+        PROMPT_20_WORDS,
+        0,
+        [
+            Segment(
+                text=PROMPT_20_WORDS, speaker=1, codes=np.random.RandomState(0).randint(0, 2048, (100, 32))
+            )
+        ],
+        10,
+    )
+    if "correctness" not in skip:
+        res["correctness"] = {
+            "bf16_vs_fp32": correctness_precision(model32, model16, prompt.tokens, prompt.mask)
+        }
+        print("correctness", res["correctness"], flush=True)
+        save()
+    del model32
+    serve_dtype = torch.float32 if args.smoke else torch.bfloat16
+    plain = copy.deepcopy(model16).to(serve_dtype)
+    served = copy.deepcopy(model16).to(serve_dtype)
+    del model16
+    codec = MimiCodec.random(mimi_config(args.smoke), seed=0).to(device)
+    loaded = LoadedModel(served, tokenizer, codec, {"model": res["model"], "device": device})
+    t0 = time.perf_counter()
+    engine = Engine(
+        loaded,
+        max_batch_size=args.max_slots,
+        silence_seconds=0.0,
+        compile=False if (args.no_compile or args.smoke) else None,
+    )
+    res["startup_s"] = round(time.perf_counter() - t0, 1)
+    res["engine"] = {k: v for k, v in engine.loop.runner.info().items()}
+    res["engine"]["chunk_frames"] = [engine.config.first_chunk_frames, engine.config.chunk_frames]
+    res["engine"]["dynamo_graphs"] = dict(torch._dynamo.utils.counters["stats"])
+    print("engine ready", res["startup_s"], res["engine"], flush=True)
+    save()
+    try:
+        if "correctness" not in skip:
+            core = res["correctness"]["bf16_vs_fp32"]["model_core_bf16"]
+            tol = max(2e-2, 2 * max(core["hidden_rel_err"], core["codebook0_logits_rel_err"]))
+            res["correctness"]["fast_vs_plain"] = correctness_fast_path(
+                engine, plain, prompt.tokens, prompt.mask, tol
+            )
+            print("correctness", res["correctness"]["fast_vs_plain"], flush=True)
+            save()
+        del plain
+        if "step" not in skip:
+            res["graph_step"] = bench_step(
+                engine, list(engine.loop.runner.batch_buckets), 256, 10 if args.smoke else 50
+            )
+            save()
+        if "ttfa" not in skip:
+            res.update(bench_ttfa(engine, args.ttfa_trials))
+            save()
+        if "prefill" not in skip:
+            res["prefill_ms"] = bench_prefill(
+                engine, tokenizer, [100, 200] if args.smoke else [500, 1500], 2 if args.smoke else 5
+            )
+            save()
+        if "bs1" not in skip:
+            res.update(bench_bs1(engine, args.bs1_frames))
+            save()
+        if "throughput" not in skip:
+            res["throughput"] = bench_throughput(
+                engine, [int(s) for s in args.streams.split(",")], args.frames
+            )
+            save()
+    finally:
+        engine.close()
+    del engine, served, loaded
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    if "hf" not in skip:
+        res.update(bench_hf(cfg, device, args.bs1_frames, args.smoke))
+        if res.get("hf_compiled_bs1_ms_per_frame") and res.get("bs1_ms_per_frame"):
+            res["speedup_vs_hf_compiled"] = round(
+                res["hf_compiled_bs1_ms_per_frame"] / res["bs1_ms_per_frame"], 1
+            )
+        if res.get("hf_eager_bs1_ms_per_frame") and res.get("bs1_ms_per_frame"):
+            res["speedup_vs_hf_eager"] = round(res["hf_eager_bs1_ms_per_frame"] / res["bs1_ms_per_frame"], 1)
+    res["total_s"] = round(time.perf_counter() - t_start, 1)
+    save()
+    if res.get("throughput"):
+        from plot_engine import plot
+
+        res["plot"] = plot(path).name
+        save()
+    print(json.dumps({k: v for k, v in res.items() if k not in ("graph_step", "throughput")}, indent=1))
+    print("throughput", json.dumps(res.get("throughput")))
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
