@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ray.exceptions import ActorDiedError
-from ray.serve.exceptions import BackPressureError
+from ray.exceptions import ActorDiedError, RayTaskError, WorkerCrashedError
+from ray.serve.exceptions import BackPressureError, RayServeException
 
 from serve_app.deploy.handle_engine import HandleEngine, ReplicaUnavailableError
 from serve_app.deployments import TTSModel
@@ -133,8 +133,36 @@ def test_backpressure_becomes_overload_with_retry_after() -> None:
 def test_dead_replica_becomes_overload() -> None:
     async def scenario() -> None:
         engine = _engine(FakeHandle(ActorDiedError()))
-        with pytest.raises(ReplicaUnavailableError, match="replica failed"):
+        with pytest.raises(ReplicaUnavailableError, match="replica unavailable"):
             await engine.encode_audio(np.zeros(1920, np.float32))
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RayTaskError("stream", "tb", ActorDiedError()),  # a lost replica seen through a task error
+        RayServeException("request failed because an upstream actor died"),
+        WorkerCrashedError(),
+    ],
+    ids=["task-error-wrapping-actor-death", "serve-routing-error", "worker-crash"],
+)
+def test_ray_failures_become_overload(error: Exception) -> None:
+    async def scenario() -> None:
+        with pytest.raises(ReplicaUnavailableError) as info:
+            await _engine(FakeHandle(error)).generate(GenerationRequest(text="hi"))
+        assert info.value.__cause__ is error
+
+    asyncio.run(scenario())
+
+
+def test_engine_bug_through_ray_stays_an_engine_error() -> None:
+    async def scenario() -> None:
+        error = RayTaskError("generate", "tb", RuntimeError("shape mismatch")).as_instanceof_cause()
+        with pytest.raises(RuntimeError) as info:
+            await _engine(FakeHandle(error)).generate(GenerationRequest(text="hi"))
+        assert info.value is error and not isinstance(info.value, EngineOverloadedError)
 
     asyncio.run(scenario())
 

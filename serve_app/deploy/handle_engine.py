@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, NoReturn, TypeVar
 
 import numpy as np
-from ray.exceptions import RayActorError, WorkerCrashedError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.exceptions import ObjectLostError, RayActorError, RayError, RayTaskError, WorkerCrashedError
+from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.engine.types import Audio, AudioChunk, EngineOverloadedError, GenerationRequest
@@ -36,17 +36,30 @@ class ReplicaUnavailableError(EngineOverloadedError):
         self.retry_after_s = DEFAULT_RETRY_AFTER_S if retry_after_s is None else retry_after_s
 
 
-_REPLICA_LOST = (RayActorError, WorkerCrashedError)  # RayActorError covers died and unavailable
+def _is_system_failure(exc: BaseException) -> bool:
+    """True for Ray/Serve failures (a replica or worker lost, a Serve routing error), also when
+    wrapped in a task error; False for exceptions raised by the engine's own code."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (RayActorError, WorkerCrashedError, ObjectLostError, RayServeException)):
+            return True
+        if isinstance(current, RayTaskError):
+            current = current.cause  # the remote exception: an engine error or a lost dependency
+        elif isinstance(current, RayError):
+            return True  # a Ray system error that did not come from user code
+        else:
+            current = current.__cause__
+    return False
 
 
 def _raise_mapped(exc: BaseException) -> NoReturn:
-    """Re-raise a Ray transport error as `ReplicaUnavailableError`; anything else unchanged."""
+    """Re-raise a Ray/Serve failure as `ReplicaUnavailableError`; engine errors unchanged."""
     if isinstance(exc, BackPressureError):
         raise ReplicaUnavailableError(exc.message, exc.retry_after_s) from exc
-    if isinstance(exc, DeploymentUnavailableError):
-        raise ReplicaUnavailableError(f"speech model unavailable: {exc.message}") from exc
-    if isinstance(exc, _REPLICA_LOST):
-        raise ReplicaUnavailableError("speech model replica failed while serving the request") from exc
+    if _is_system_failure(exc):
+        raise ReplicaUnavailableError(f"speech model replica unavailable: {type(exc).__name__}") from exc
     raise exc
 
 
