@@ -11,6 +11,7 @@
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 FROM ${CUDA_IMAGE}
 
+ARG RAY_VERSION=2.60.0
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 
@@ -41,7 +42,8 @@ RUN pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"
 
 COPY --chown=ray:ray pyproject.toml README.md ./
 COPY --chown=ray:ray serve_app ./serve_app
-RUN pip install . && mkdir -p "$HF_HOME"
+# Ray pinned: KubeRay's rayVersion and every node of a cluster must run the same Ray.
+RUN pip install . "ray[serve]==${RAY_VERSION}" && mkdir -p "$HF_HOME"
 
 COPY --chown=ray:ray serve_config.yaml ./
 COPY --chown=ray:ray configs ./configs

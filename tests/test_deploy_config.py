@@ -173,6 +173,10 @@ def test_dockerfile_copies_what_the_image_needs() -> None:
     for src in sources:
         assert (ROOT / src).exists(), src
         assert not _dockerignored(src, ignore), f"{src} is excluded by .dockerignore"
+    # The image's Ray is the cluster's Ray (KubeRay rayVersion) and the one tested here.
+    ray_pin = re.search(r"^ARG RAY_VERSION=(\S+)$", dockerfile, flags=re.MULTILINE)
+    assert ray_pin is not None and ray_pin.group(1) == ray.__version__
+    assert '"ray[serve]==${RAY_VERSION}"' in dockerfile
     # serve_config.yaml's voices_dir must exist and belong to the non-root user in the image.
     voices_dir = _app(_load(PROD))["args"]["api"]["voices_dir"]
     assert re.search(rf"mkdir -p {voices_dir}\b.*chown [^\n]*{voices_dir}", dockerfile, flags=re.DOTALL)
