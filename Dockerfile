@@ -2,8 +2,11 @@
 # csm-serve: CUDA runtime + Python + the installed package.
 #
 #   docker build -t csm-serve:0.1.0 .
-#   docker run --gpus all -p 8000:8000 -e HF_TOKEN csm-serve:0.1.0           # serve run serve_config.yaml
-#   docker run -p 8000:8000 csm-serve:0.1.0 serve run configs/serve/local.yaml # CPU, tiny model
+#   docker run --gpus all --shm-size=8g -p 8000:8000 -e HF_TOKEN csm-serve:0.1.0   # serve_config.yaml
+#
+# serve_config.yaml asks for 8 CPUs and 1 GPU at its minimum size (2 ingress replicas of 2 CPUs,
+# one model replica of 4 CPUs). configs/serve/local.yaml listens on 127.0.0.1 only: it is for a
+# laptop, not for a container.
 #
 # As a KubeRay image the operator replaces the command with `ray start ...`: `ray` and `serve` are on
 # PATH, `wget` is present for KubeRay's probes, and the user is non-root uid 1000 like Ray's images.
