@@ -12,6 +12,7 @@ in as few files as possible, all on this one fixture.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import os
@@ -137,6 +138,7 @@ def ray_serve() -> Iterator[ServeInstance]:
     from ray.serve.schema import ServeDeploySchema
 
     tmp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are length-capped
+    atexit.register(shutil.rmtree, tmp_dir, True)  # again at exit: Ray's exiting processes write late
     saved_env = {key: os.environ.get(key) for key in worker_env(tmp_dir)}
     os.environ.update(worker_env(tmp_dir))
     port = free_port()
