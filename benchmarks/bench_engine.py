@@ -383,8 +383,11 @@ def bench_throughput(engine: Engine, streams: list[int], frames: int) -> list[di
             res = await asyncio.gather(*(time_stream(engine, r) for r in reqs))
             return time.perf_counter() - t0, res
 
+        before = dict(engine.loop.timings)
         wall, res = asyncio.run(run_all())
         wait_idle(engine)
+        spent = {k: engine.loop.timings[k] - before[k] for k in before}
+        iters = max(1.0, spent.pop("iterations"))
         audio_s = sum(sum(r["frames"]) for r in res) * FRAME_S
         per_stream_rtf = [r["arrivals"][-1] / (sum(r["frames"]) * FRAME_S) for r in res]
         out.append(
@@ -396,6 +399,10 @@ def bench_throughput(engine: Engine, streams: list[int], frames: int) -> list[di
                 "slowest_stream_rtf": round(max(per_stream_rtf), 4),
                 "median_stream_rtf": round(statistics.median(per_stream_rtf), 4),
                 "ttfa_ms_p50_under_load": round(statistics.median(r["arrivals"][0] for r in res) * 1000, 1),
+                "loop_iterations": int(iters),
+                "loop_ms_per_iteration": {
+                    k.removesuffix("_s"): round(v * 1000 / iters, 3) for k, v in spent.items()
+                },
             }
         )
         print("throughput", out[-1], flush=True)

@@ -1,21 +1,27 @@
-"""The continuous-batching loop: one iteration = admit, one decode step for every live slot, decode
-ready audio chunks, then hand chunks to their streams and retire finished sequences.
+"""The continuous-batching loop: requests join at frame boundaries, every live slot gets one frame
+per decode step, audio chunks stream out, finished sequences leave.
 
-Audio chunks are decoded from the device-side history ring in two ways:
-- a stream's first chunk right after the step that completed it (lowest time to first audio); if
-  that step's frame turns out to be the end-of-audio frame, its samples are cut from the chunk;
-- later chunks (their frames already known on the host) on the runner's audio stream during the
-  next iteration's step, so on a GPU the audio decoder overlaps the model instead of following it.
-A finished sequence keeps its slot until its last chunk is out (it is no longer stepped).
+The loop is pipelined by one step. An iteration:
+  1. waits for the step launched last iteration (and the audio decoded alongside it), records each
+     sequence's frame, and stops sequences that hit end of audio or their length;
+  2. drops cancelled sequences and admits waiting ones (their prefill is queued on the device);
+  3. launches the next decode step (CUDA graphs on a GPU) for every live sequence;
+  4. while the device runs it: hands finished chunks to their streams, then launches the audio
+     decode of every chunk whose frames are complete, on the runner's audio stream.
+So host bookkeeping and the audio decoder overlap the model. A stream's first chunk is decoded
+right after the step that completes it (lowest time to first audio); if that step's frame turns out
+to be the end-of-audio frame, its samples are cut from the chunk. A finished sequence keeps its slot
+(no longer stepped) until its last chunk is out.
 
-Per iteration the host waits for the device once. The loop runs on its own thread (`start`) or is
-driven by hand (`run_once`, for tests); sequences arrive and get cancelled from any thread.
+The loop runs on its own thread (`start`) or is driven by hand (`run_once`, for tests); sequences
+arrive and get cancelled from any thread.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +95,10 @@ class EngineLoop:
         self.eos_id = eos_id
         self.steps = 0
         self.error: BaseException | None = None
-        self._deferred: list[_Chunk] = []
+        self._inflight: tuple[int, list[Sequence], list[_Chunk]] | None = None
+        # Seconds per phase of an iteration: waiting for the device, admission + prefill + step
+        # launch, chunk hand-over + audio decode launches (overlapping the step), for benchmarks.
+        self.timings: dict[str, float] = dict.fromkeys(("iterations", "wait_s", "launch_s", "host_s"), 0.0)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -136,7 +145,7 @@ class EngineLoop:
 
     def abort(self, exc: BaseException) -> None:
         """End every running and waiting sequence with `exc` (the loop failed or was stopped)."""
-        self._deferred = []
+        self._inflight = None
         for seq in self.scheduler.drain():
             if seq.slot is not None:
                 self.runner.release(seq.slot)
@@ -145,17 +154,15 @@ class EngineLoop:
     # ---- one iteration ------------------------------------------------------------------------
     @torch.inference_mode()
     def run_once(self) -> bool:
-        """One frame for every live sequence; returns False when there was nothing to do."""
+        """Finish the step in flight and launch the next; returns False when there was nothing to do."""
+        t0 = time.perf_counter()
+        done = self._collect()
+        t1 = time.perf_counter()
         cancelled = self.scheduler.cancelled()
         for seq in cancelled:
             self._retire(seq, FinishReason.CANCELLED)
-        if cancelled:  # their slots may be taken right away: no decode may touch them any more
-            self._deferred = [c for c in map(_without_finished, self._deferred) if c.seqs]
         self._admit()
         live = [s for s in self.scheduler.running.values() if s.finish_reason is None]
-        launched, self._deferred = self._deferred, []
-        if not live and not launched:
-            return False
         rows = 0
         if live:
             rows = max(s.slot for s in live) + 1  # type: ignore[type-var]
@@ -163,20 +170,33 @@ class EngineLoop:
             self.steps += 1
             for seq in live:
                 seq.steps += 1
-        for chunk in launched:  # frames known since the last iteration: overlap with this step
-            self._launch(chunk)
-        launched += self._launch_first_chunks(live)
-        host = self.runner.fetch([self.runner.codes[:rows]] if rows else [], [c.pcm for c in launched])
-        codes = host[0] if rows else None
-        ended = [seq for seq in live if self._take_frame(seq, codes[seq.slot])]  # type: ignore[index]
-        for chunk, pcm in zip(launched, host[1 if rows else 0 :]):
-            chunk.pcm = pcm
+        t2 = time.perf_counter()
+        for chunk in done:
             self._emit(chunk)
-        for seq in ended:
-            if not seq.finished:
-                self.runner.deactivate(seq.slot)  # type: ignore[arg-type]
-        self._schedule_chunks()
-        return True
+        launched = self._launch_chunks() + self._launch_first_chunks(live)
+        self._inflight = (rows, live, launched) if rows or launched else None
+        t3 = time.perf_counter()
+        for key, value in (("wait_s", t1 - t0), ("launch_s", t2 - t1), ("host_s", t3 - t2)):
+            self.timings[key] += value
+        self.timings["iterations"] += 1
+        return bool(done or self._inflight)
+
+    def _collect(self) -> list[_Chunk]:
+        """Wait for the step and audio decodes in flight; record frames; return the decoded chunks."""
+        if self._inflight is None:
+            return []
+        rows, live, chunks = self._inflight
+        self._inflight = None
+        host = self.runner.fetch([self.runner.codes[:rows]] if rows else [], [c.pcm for c in chunks])
+        if rows:
+            codes = host.pop(0)
+            eos = (codes == self.eos_id).all(axis=1)
+            for seq in live:
+                if seq.finish_reason is None and self._take_frame(seq, codes[seq.slot], bool(eos[seq.slot])):
+                    self.runner.deactivate(seq.slot)  # type: ignore[arg-type]
+        for chunk, pcm in zip(chunks, host):
+            chunk.pcm = pcm
+        return chunks
 
     def _admit(self) -> None:
         joined = self.scheduler.admit()
@@ -190,9 +210,9 @@ class EngineLoop:
                 self._retire(seq, FinishReason.CANCELLED)
                 seq.sink(exc)
 
-    def _take_frame(self, seq: Sequence, frame: np.ndarray) -> bool:
+    def _take_frame(self, seq: Sequence, frame: np.ndarray, end_of_audio: bool) -> bool:
         """Record the step's frame; True when the sequence has ended (end of audio or length)."""
-        if bool((frame == self.eos_id).all()):
+        if end_of_audio:
             seq.finish_reason = FinishReason.END_OF_AUDIO
             seq.steps -= 1  # the end-of-audio frame is not audio
             seq.decoded = min(seq.decoded, seq.steps)
@@ -225,23 +245,27 @@ class EngineLoop:
             out.append(chunk)
         return out
 
-    def _schedule_chunks(self) -> None:
-        """Group running sequences whose known frames fill a chunk (or end the stream) by size, for
-        decoding during the next step; close streams that ended with nothing left to decode."""
+    def _launch_chunks(self) -> list[_Chunk]:
+        """Launch the audio decode of every chunk whose frames are all known (a full chunk, or the
+        rest of an ended stream), grouped by size; close streams that ended with nothing left."""
         groups: dict[int, list[Sequence]] = defaultdict(list)
         for seq in list(self.scheduler.running.values()):
             if seq.finished:
                 continue
-            pending = seq.pending()
+            known = len(seq.frames) - seq.decoded  # frames on the host, not yet decoded
             ended = seq.finish_reason is not None
-            if pending > 0 and (ended or pending >= self.chunks.target(seq.chunks_sent)):
-                groups[pending].append(seq)
-            elif ended and pending <= 0:
+            if known > 0 and (ended or known >= self.chunks.target(seq.chunks_sent)):
+                groups[known].append(seq)
+            elif ended and seq.decoded >= seq.steps:
                 self._emit_last(seq)
+        out = []
         for count, group in sorted(groups.items()):
-            self._deferred.append(_Chunk(group, [s.decoded for s in group], count, urgent=False))
+            chunk = _Chunk(group, [s.decoded for s in group], count, urgent=False)
             for seq in group:
                 seq.decoded += count
+            self._launch(chunk)
+            out.append(chunk)
+        return out
 
     def _emit(self, chunk: _Chunk) -> None:
         fs = self.runner.frame_samples
@@ -303,4 +327,4 @@ class EngineLoop:
             self.runner.release(slot)  # type: ignore[arg-type]
 
     def stats(self) -> dict[str, Any]:
-        return {"steps": self.steps, **self.scheduler.counts()}
+        return {"steps": self.steps, **self.scheduler.counts(), "timings": dict(self.timings)}

@@ -122,19 +122,29 @@ class ModelRunner:
         self._depth_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.compile_error: str | None = None
         if cuda_graphs:
-            try:
-                self.capture()
-            except Exception as exc:  # a compiler failure must not take the service down
-                if not compile:
-                    raise
-                logger.exception("capturing the compiled step failed; capturing eager kernels instead")
-                self.compile_error = f"{type(exc).__name__}: {exc}"[:500]
-                self.fast, self.compiled = FastStep(model, vocab_limit), False
+            self._capture_or_fall_back(vocab_limit)
+            self.decoder.warmup(self.audio_chunk_sizes)
+
+    def _capture_or_fall_back(self, vocab_limit: int | None) -> None:
+        """Capture the step; if the compiler or the Triton kernel fails, fall back to eager kernels,
+        then to the unfused attention, rather than take the service down."""
+        attempts = dict.fromkeys([(self.compiled, self.fast.fused), (False, self.fast.fused), (False, False)])
+        error: Exception | None = None
+        for compiled, fused in attempts:
+            if (compiled, fused) != (self.compiled, self.fast.fused):
+                self.fast = FastStep(self.model, vocab_limit, fused_attention=fused)
+                self.compiled = False
                 self._backbone_graphs.clear()
                 self._depth_graphs.clear()
                 torch.cuda.synchronize(self.device)
+            try:
                 self.capture()
-            self.decoder.warmup(self.audio_chunk_sizes)
+                return
+            except Exception as exc:
+                logger.exception("capturing the decode step failed (compiled=%s, fused=%s)", compiled, fused)
+                self.compile_error = f"{type(exc).__name__}: {exc}"[:500]
+                error = exc
+        raise error  # type: ignore[misc]
 
     # ---- buckets ------------------------------------------------------------------------------
     def batch_bucket(self, rows: int) -> int:
@@ -164,7 +174,8 @@ class ModelRunner:
         slots = self._to_device(torch.tensor([s.slot for s in seqs], dtype=torch.long))
         body = [s for s in seqs if s.prompt_len > 1]
         if body:
-            width = max(s.prompt_len - 1 for s in body)
+            # Widths in multiples of 16: fewer shapes, and no width-1 specialisation of the compiled prefill.
+            width = -(-max(s.prompt_len - 1 for s in body) // 16) * 16
             tokens = torch.zeros(len(body), width, m.cfg.num_codebooks + 1, dtype=torch.long)
             mask = torch.zeros(tokens.shape, dtype=torch.bool)
             positions = torch.full((len(body), width), -1, dtype=torch.long)
@@ -172,8 +183,8 @@ class ModelRunner:
                 t = s.prompt_len - 1
                 tokens[i, :t], mask[i, :t] = s.tokens[:t], s.mask[:t]
                 positions[i, :t] = torch.arange(t)
-            kv_len = min(-(-width // 16) * 16, m.max_seq_len)
-            self.fast.prefill(
+            kv_len = min(width, m.max_seq_len)
+            self.fast._prefill(
                 self._to_device(tokens),
                 self._to_device(mask),
                 self._to_device(positions),
@@ -250,6 +261,17 @@ class ModelRunner:
             self.step_done.record()
         return batch
 
+    def _warm_prefill(self) -> None:
+        """Compile the prefill for one and for several prompts now, not when the first ones arrive
+        (padding rows only: nothing but the scratch column is written)."""
+        width = 16
+        for batch in sorted({1, min(2, self.n_slots)}):
+            shape = (batch, width, self.model.cfg.num_codebooks + 1)
+            tokens = torch.zeros(shape, dtype=torch.long, device=self.device)
+            positions = torch.full((batch, width), -1, dtype=torch.long, device=self.device)
+            slots = torch.arange(batch, device=self.device)
+            self.fast._prefill(tokens, tokens.bool(), positions, slots, width)
+
     @torch.inference_mode()
     def capture(self) -> None:
         """Warm up (and compile) every bucket, then capture one graph per (batch, key window) for the
@@ -260,6 +282,7 @@ class ModelRunner:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
+            self._warm_prefill()
             for batch in self.batch_buckets:
                 for kv_len in self.kv_buckets:
                     self._backbone(batch, kv_len)
@@ -325,5 +348,6 @@ class ModelRunner:
             "kv_buckets": list(self.kv_buckets),
             "cuda_graphs": self.cuda_graphs,
             "compiled": self.compiled,
+            "fused_attention": self.fast.fused,
             **({"compile_error": self.compile_error} if self.compile_error else {}),
         }

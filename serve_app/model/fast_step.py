@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from serve_app.engine.sampling import splitmix64
 from serve_app.engine.types import NUM_CODEBOOKS
 from serve_app.model.csm import CsmModel
+from serve_app.model.kernels import triton_available
 from serve_app.model.llama import Block, Transformer, apply_rope
 
 
@@ -64,18 +65,38 @@ def _attend(
     return h + layer.feed_forward(layer.ffn_norm(h))
 
 
+def _attend_fused(layer: Block, x: torch.Tensor, positions: torch.Tensor, stack: Transformer) -> torch.Tensor:
+    """`_attend` for one token per row through the fused Triton decode-attention kernel."""
+    attn = layer.attention
+    cache = attn.kv_cache
+    assert cache is not None, "KV caches are not set up: call model.setup_caches() first"
+    b = x.shape[0]
+    qkv = attn.wqkv(layer.attention_norm(x)).view(b, -1)
+    out = torch.ops.csm_serve.decode_attention(
+        qkv, positions, stack.rope_cos, stack.rope_sin, cache.k, cache.v, attn.n_heads, attn.n_kv_heads
+    )
+    h = x + attn.wo(out).view(b, 1, -1)
+    return h + layer.feed_forward(layer.ffn_norm(h))
+
+
 def stack_forward(
     stack: Transformer,
     x: torch.Tensor,
     positions: torch.Tensor,
     kv_len: int,
     rows: torch.Tensor | None = None,
+    fused: bool = False,
 ) -> torch.Tensor:
     """Run `stack` over x (B, T, D) at `positions` (B, T) (< 0: padding or idle row).
 
     `rows` (B,) are the cache slots of the batch rows (prefill); None means rows 0..B-1 (decode).
     Every valid position must be < kv_len. Returns the final-normed hidden states (B, T, D)."""
     b, t, _ = x.shape
+    if fused:  # one new token per row = cache slot: the fused kernel reads each row's own prefix
+        assert t == 1 and rows is None, "the fused decode attention takes one token per slot row"
+        for layer in stack.layers:
+            x = _attend_fused(layer, x, positions[:, 0], stack)
+        return stack.norm(x)
     hkv = stack.layers[0].attention.n_kv_heads
     group = stack.layers[0].attention.n_heads // hkv
     valid = positions >= 0
@@ -130,7 +151,10 @@ class FastStep:
     Plain PyTorch callables; the runner may wrap `backbone_step`, `frame_start` and `depth_step` in
     `torch.compile` (see `compile`) and capture them in CUDA graphs."""
 
-    def __init__(self, model: CsmModel, vocab_limit: int | None = None) -> None:
+    def __init__(
+        self, model: CsmModel, vocab_limit: int | None = None, fused_attention: bool | None = None
+    ) -> None:
+        """`fused_attention`: one-token steps through the Triton kernel (default: on CUDA with Triton)."""
         self.model = model
         self.vocab_limit = vocab_limit
         self.num_codebooks = model.cfg.num_codebooks
@@ -141,16 +165,23 @@ class FastStep:
             self.depth_inputs = model.projection(model.decoder_embeddings.weight)
         device = model.codebook0_head.weight.device
         self.noise_columns = noise_columns(vocab_limit or self.vocab, device)
+        if fused_attention is None:
+            fused_attention = device.type == "cuda" and triton_available()
+        if fused_attention:
+            import serve_app.model.kernels.decode_attention  # noqa: F401  (registers the op)
+        self.fused = fused_attention
+        self._prefill: Callable[..., torch.Tensor] = self.prefill
         self._backbone_step: Callable[..., torch.Tensor] = self.backbone_step
         self._frame_start: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self.frame_start
         self._depth_step: Callable[..., torch.Tensor] = self.depth_step
 
     def compile(self, mode: str | None = None) -> None:
-        """Compile the three step functions (dynamic batch and key window: two compiles each)."""
+        """Compile prefill and the three step functions (dynamic batch, length and key window)."""
         options = {"dynamic": True, "fullgraph": True, "mode": mode}
         self._backbone_step = torch.compile(self.backbone_step, **options)  # type: ignore[arg-type]
         self._frame_start = torch.compile(self.frame_start, **options)  # type: ignore[arg-type]
         self._depth_step = torch.compile(self.depth_step, **options)  # type: ignore[arg-type]
+        self._prefill = torch.compile(self.prefill, **options)  # type: ignore[arg-type]
 
     # ---- prefill ------------------------------------------------------------------------------
     def prefill(
@@ -168,7 +199,9 @@ class FastStep:
     # ---- decode step --------------------------------------------------------------------------
     def backbone_step(self, embeds: torch.Tensor, positions: torch.Tensor, kv_len: int) -> torch.Tensor:
         """embeds (B, D) at positions (B,) of slots 0..B-1 → last hidden state (B, D)."""
-        h = stack_forward(self.model.backbone, embeds.unsqueeze(1), positions.unsqueeze(1), kv_len)
+        h = stack_forward(
+            self.model.backbone, embeds.unsqueeze(1), positions.unsqueeze(1), kv_len, fused=self.fused
+        )
         return h[:, 0]
 
     def _sample(
@@ -187,7 +220,8 @@ class FastStep:
         """Depth decoder over projected inputs x (B, T, depth dim) at positions start.. (all rows)."""
         b, t, _ = x.shape
         positions = (torch.arange(t, device=x.device) + start).expand(b, t)
-        return stack_forward(self.model.decoder, x, positions, self.model.cfg.decoder_seq_len)
+        fused = self.fused and t == 1
+        return stack_forward(self.model.decoder, x, positions, self.model.cfg.decoder_seq_len, fused=fused)
 
     def frame_start(
         self,

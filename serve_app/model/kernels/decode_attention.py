@@ -1,0 +1,178 @@
+"""Fused single-token attention for the decode step: RoPE, KV-cache write and grouped-query attention
+over each row's own prefix in one Triton kernel.
+
+In a decode step every layer otherwise launches ~6 small kernels for this (RoPE on q and k, two
+cache scatters, the mask conversion, SDPA, a layout copy); the step is bound by kernel count, not
+bytes, so one launch per layer matters. One program per (row, kv head) handles the `group` query
+heads that share the kv head: it rotates q and the new k, stores k/v at the row's position, and runs
+an online softmax over keys 0..position (the new key from registers, older keys from the cache), so
+a row reads exactly its valid prefix, whatever the batch's longest key window. Rows with position
+< 0 are idle slots: they write nothing and output zeros.
+
+Numerics: RoPE, scores and softmax in fp32, one rounding of the output to the activation dtype
+(the reference rounds after each elementwise op), scale 1/sqrt(head_dim) as SDPA's default.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _decode_attention_kernel(
+    qkv_ptr,  # (B, (H + 2 * HKV) * D)
+    pos_ptr,  # (B,) int64, row stride pos_stride
+    cos_ptr,  # (P, D) fp32
+    sin_ptr,
+    k_cache_ptr,  # (S, HKV, P + 1, D)
+    v_cache_ptr,
+    out_ptr,  # (B, H * D)
+    pos_stride,
+    qkv_stride,
+    cache_s_stride,
+    cache_h_stride,
+    cache_p_stride,
+    scale,
+    H: tl.constexpr,
+    HKV: tl.constexpr,
+    GROUP: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    b = tl.program_id(0)
+    g = tl.program_id(1)
+    half: tl.constexpr = D // 2
+    heads = tl.arange(0, GROUP)
+    dims = tl.arange(0, half)
+    raw_pos = tl.load(pos_ptr + b * pos_stride)
+    live = raw_pos >= 0
+    pos = tl.maximum(raw_pos, 0)
+    n_old = tl.where(live, pos, 0)  # cached keys this row attends besides its new one
+    out_offs = b * (H * D) + (g * GROUP + heads)[:, None] * D
+    row = qkv_ptr + b * qkv_stride
+    c = tl.load(cos_ptr + pos * D + dims)
+    s = tl.load(sin_ptr + pos * D + dims)
+    # q of the GROUP heads served by kv head g, rotated (rotate-half layout): (GROUP, D/2) halves.
+    q_offs = (g * GROUP + heads)[:, None] * D + dims[None, :]
+    q1 = tl.load(row + q_offs).to(tl.float32)
+    q2 = tl.load(row + q_offs + half).to(tl.float32)
+    q1, q2 = q1 * c[None, :] - q2 * s[None, :], q2 * c[None, :] + q1 * s[None, :]
+    k_offs = H * D + g * D + dims
+    k1 = tl.load(row + k_offs).to(tl.float32)
+    k2 = tl.load(row + k_offs + half).to(tl.float32)
+    k1, k2 = k1 * c - k2 * s, k2 * c + k1 * s
+    v_offs = (H + HKV) * D + g * D + dims
+    v1 = tl.load(row + v_offs)
+    v2 = tl.load(row + v_offs + half)
+    cache = b * cache_s_stride + g * cache_h_stride
+    new = cache + pos * cache_p_stride + dims
+    write = (dims < half) & live  # idle rows write nothing
+    tl.store(k_cache_ptr + new, k1.to(k_cache_ptr.dtype.element_ty), mask=write)
+    tl.store(k_cache_ptr + new + half, k2.to(k_cache_ptr.dtype.element_ty), mask=write)
+    tl.store(v_cache_ptr + new, v1, mask=write)
+    tl.store(v_cache_ptr + new + half, v2, mask=write)
+    # Keys stored in the cache are rounded to its dtype: score the new key the same way.
+    k1 = k1.to(k_cache_ptr.dtype.element_ty).to(tl.float32)
+    k2 = k2.to(k_cache_ptr.dtype.element_ty).to(tl.float32)
+    q1 = q1.to(qkv_ptr.dtype.element_ty).to(tl.float32) * scale
+    q2 = q2.to(qkv_ptr.dtype.element_ty).to(tl.float32) * scale
+    # Online softmax, starting from the new key (always visible to its own query).
+    m = tl.sum(q1 * k1[None, :], axis=1) + tl.sum(q2 * k2[None, :], axis=1)  # (GROUP,)
+    denom = tl.full((GROUP,), 1.0, tl.float32)
+    acc1 = tl.broadcast_to(v1.to(tl.float32)[None, :], (GROUP, half))
+    acc2 = tl.broadcast_to(v2.to(tl.float32)[None, :], (GROUP, half))
+    keys = tl.arange(0, BLOCK_N)
+    start = 0
+    while start < n_old:
+        n = start + keys
+        valid = n < n_old
+        kv = cache + n[:, None] * cache_p_stride + dims[None, :]
+        kb1 = tl.load(k_cache_ptr + kv, mask=valid[:, None], other=0.0).to(tl.float32)
+        kb2 = tl.load(k_cache_ptr + kv + half, mask=valid[:, None], other=0.0).to(tl.float32)
+        scores = tl.sum(q1[:, None, :] * kb1[None, :, :], axis=2) + tl.sum(
+            q2[:, None, :] * kb2[None, :, :], axis=2
+        )
+        scores = tl.where(valid[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=1))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(scores - m_new[:, None])
+        vb1 = tl.load(v_cache_ptr + kv, mask=valid[:, None], other=0.0).to(tl.float32)
+        vb2 = tl.load(v_cache_ptr + kv + half, mask=valid[:, None], other=0.0).to(tl.float32)
+        acc1 = acc1 * alpha[:, None] + tl.sum(p[:, :, None] * vb1[None, :, :], axis=1)
+        acc2 = acc2 * alpha[:, None] + tl.sum(p[:, :, None] * vb2[None, :, :], axis=1)
+        denom = denom * alpha + tl.sum(p, axis=1)
+        m = m_new
+        start += BLOCK_N
+    o1 = tl.where(live, acc1 / denom[:, None], 0.0).to(out_ptr.dtype.element_ty)
+    o2 = tl.where(live, acc2 / denom[:, None], 0.0).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + out_offs + dims[None, :], o1)
+    tl.store(out_ptr + out_offs + half + dims[None, :], o2)
+
+
+def launch(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+) -> torch.Tensor:
+    """Run the kernel; see `decode_attention`."""
+    b = qkv.shape[0]
+    d = k_cache.shape[-1]
+    group = n_heads // n_kv_heads
+    out = torch.empty(b, n_heads * d, dtype=qkv.dtype, device=qkv.device)
+    if b == 0:
+        return out
+    _decode_attention_kernel[(b, n_kv_heads)](
+        qkv,
+        positions,
+        cos,
+        sin,
+        k_cache,
+        v_cache,
+        out,
+        positions.stride(0),
+        qkv.stride(0),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        1.0 / math.sqrt(d),
+        H=n_heads,
+        HKV=n_kv_heads,
+        GROUP=group,
+        D=d,
+        BLOCK_N=16 if d > 64 else 32,
+        num_warps=4,
+    )
+    return out
+
+
+@torch.library.custom_op("csm_serve::decode_attention", mutates_args=("k_cache", "v_cache"))
+def decode_attention(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+) -> torch.Tensor:
+    """Attention output (B, n_heads * head_dim) for one new token per row b (= cache slot b).
+
+    qkv (B, (n_heads + 2 n_kv_heads) * head_dim) is the fused projection of the token; positions
+    (B,) long its position (< 0: idle row); cos/sin (P, head_dim) fp32 RoPE tables; k_cache and
+    v_cache (slots, n_kv_heads, P + 1, head_dim) get the new key/value at [b, :, position]."""
+    return launch(qkv, positions, cos, sin, k_cache, v_cache, n_heads, n_kv_heads)
+
+
+@decode_attention.register_fake
+def _(qkv, positions, cos, sin, k_cache, v_cache, n_heads, n_kv_heads):  # type: ignore[no-untyped-def]
+    return qkv.new_empty(qkv.shape[0], n_heads * k_cache.shape[-1])
