@@ -409,6 +409,29 @@ def bench_throughput(engine: Engine, streams: list[int], frames: int) -> list[di
     return out
 
 
+def profile_run(engine: Engine, out_dir: Path, streams: int, frames: int) -> dict[str, Any]:
+    """Kernel time table and a gzipped Chrome trace of `streams` concurrent streams."""
+    import gzip
+    import shutil
+
+    from torch.profiler import ProfilerActivity, profile
+
+    streams = min(streams, engine.loop.runner.n_slots)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        rows = bench_throughput(engine, [streams], frames)
+    table = prof.key_averages().table(
+        sort_by="self_device_time_total", row_limit=45, max_name_column_width=70
+    )
+    (out_dir / "profile.txt").write_text(table)
+    trace = out_dir / "profile-trace.json"
+    prof.export_chrome_trace(str(trace))
+    with trace.open("rb") as src, gzip.open(str(trace) + ".gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    trace.unlink()
+    print(table[:6000], flush=True)
+    return {"streams": streams, "frames": frames, "run": rows, "table": "profile.txt"}
+
+
 # ---- transformers baseline -------------------------------------------------------------------------
 def bench_hf(cfg: CsmModelConfig, device: str, frames: int, smoke: bool) -> dict[str, Any]:
     from transformers import CsmConfig, CsmForConditionalGeneration
@@ -470,6 +493,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ttfa-trials", type=int, default=20)
     p.add_argument("--skip", default="", help="comma-separated sections to skip (e.g. hf)")
     p.add_argument("--no-compile", action="store_true", help="CUDA graphs over eager kernels only")
+    p.add_argument("--profile", action="store_true", help="profile a throughput run (kernel table + trace)")
+    p.add_argument(
+        "--switch-ab", action="store_true", help="also measure the largest runs at a 5 ms GIL interval"
+    )
     p.add_argument("--out", default=None, help="output directory (default: $OUT, else benchmarks/results)")
     return p.parse_args()
 
@@ -580,9 +607,23 @@ def main() -> None:
             res.update(bench_bs1(engine, args.bs1_frames))
             save()
         if "throughput" not in skip:
+            # Warm-up (not reported): first-use costs of new batch shapes (prefill, cuBLAS plans,
+            # pinned host buffers) are paid once per process, not per request.
+            bench_throughput(engine, [min(engine.loop.runner.n_slots, int(args.streams.split(",")[-1]))], 4)
             res["throughput"] = bench_throughput(
                 engine, [int(s) for s in args.streams.split(",")], args.frames
             )
+            save()
+        if args.switch_ab and "throughput" not in skip:
+            # The same runs with CPython's default 5 ms GIL switch interval (the engine lowers it).
+            previous = sys.getswitchinterval()
+            sys.setswitchinterval(0.005)
+            big = [int(s) for s in args.streams.split(",")][-2:]
+            res["throughput_default_switch_interval"] = bench_throughput(engine, big, args.frames)
+            sys.setswitchinterval(previous)
+            save()
+        if args.profile:
+            res["profile"] = profile_run(engine, out_dir, int(args.streams.split(",")[-1]), 30)
             save()
     finally:
         engine.close()

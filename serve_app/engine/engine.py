@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, fields
@@ -63,6 +64,10 @@ class EngineConfig:
     compile: bool | None = None  # torch.compile the step functions; None: on for CUDA
     memory_fraction: float = 0.8  # of free device memory for KV slots
     max_prefill_rows: int = 8192  # padded prompt rows prefilled together in one iteration
+    # The loop thread shares the GIL with event-loop threads streaming the chunks out; CPython lets a
+    # thread that wants the GIL wait up to the switch interval (5 ms by default) before the holder
+    # must drop it, which stalls the device once per frame under load. Lowered to this (None: keep).
+    switch_interval_s: float | None = 0.0005
 
     @classmethod
     def split(cls, kwargs: dict[str, Any]) -> tuple[EngineConfig, dict[str, Any]]:
@@ -102,6 +107,8 @@ class Engine:
         )
         self._encode_lock = threading.Lock()
         self._closed = False
+        if config.switch_interval_s is not None and config.switch_interval_s < sys.getswitchinterval():
+            sys.setswitchinterval(config.switch_interval_s)
         self.loop.start()
 
     @classmethod
