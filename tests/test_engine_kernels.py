@@ -80,6 +80,7 @@ def test_fused_decode_step_equals_the_unfused_step() -> None:
             live = positions >= 0
             torch.testing.assert_close(h_fused[live], h_plain[live], rtol=1e-5, atol=1e-5)
             embeds = h_plain.clone()
+        fused._sample = plain._sample  # type: ignore[method-assign]  # the sampler kernel: own test
         args = (
             torch.tensor([0.9, 0.9, 1.0]),
             torch.tensor([1, 50, 5]),
@@ -87,3 +88,19 @@ def test_fused_decode_step_equals_the_unfused_step() -> None:
             torch.tensor([0, 2, 7]),
         )
         torch.testing.assert_close(fused.depth_frame(h_plain, *args), plain.depth_frame(h_plain, *args))
+
+
+def test_fused_sampler_draws_the_reference_ids() -> None:
+    from serve_app.model.fast_step import noise_columns
+    from serve_app.model.fast_step import sample_top_k as reference
+    from serve_app.model.kernels.sampling import sample_top_k
+
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 300, generator=gen) * 3  # a short vocabulary: the interpreter is slow
+    temperature, top_k = torch.tensor([0.9, 0.5, 1.3]), torch.tensor([1, 50, 200])
+    seeds, frame = torch.tensor([7, -(2**61), 2**62 + 5]), torch.tensor([0, 3, 40])
+    columns = noise_columns(256)
+    for codebook in (0, 31):
+        got = sample_top_k(logits, temperature, top_k, seeds, frame, codebook, columns)
+        want = reference(logits, temperature, top_k, seeds, frame * 32 + codebook, columns)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

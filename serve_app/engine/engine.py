@@ -14,6 +14,7 @@ ever waits on the model; prompt building (and encoding context audio) runs in wo
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import queue
 import sys
@@ -43,7 +44,7 @@ from serve_app.engine.types import (
     FinishReason,
     GenerationRequest,
 )
-from serve_app.model.loading import LoadedModel, load_model
+from serve_app.model.loading import LoadedModel, load_model, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class EngineConfig:
     silence_seconds: float = 2.4  # ... and this much trailing silence ends the utterance (0: off)
     cuda_graphs: bool | None = None  # None: on for CUDA
     compile: bool | None = None  # torch.compile the step functions; None: on for CUDA
+    audio_dtype: str | None = None  # streaming Mimi decode; None: bfloat16 on CUDA, float32 on CPU
     memory_fraction: float = 0.8  # of free device memory for KV slots
     max_prefill_rows: int = 8192  # padded prompt rows prefilled together in one iteration
     # The loop thread shares the GIL with event-loop threads streaming the chunks out; CPython lets a
@@ -89,7 +91,7 @@ class Engine:
         chunks = ChunkPolicy(config.first_chunk_frames, config.chunk_frames)
         runner = ModelRunner(
             model,
-            loaded.codec.model,
+            self._audio_decoder_model(cuda),
             n_slots,
             vocab_limit=model.cfg.codec_codebook_size,
             cuda_graphs=cuda if config.cuda_graphs is None else config.cuda_graphs,
@@ -110,6 +112,17 @@ class Engine:
         if config.switch_interval_s is not None and config.switch_interval_s < sys.getswitchinterval():
             sys.setswitchinterval(config.switch_interval_s)
         self.loop.start()
+
+    def _audio_decoder_model(self, cuda: bool) -> Any:
+        """The Mimi weights the stream decoder runs (a copy in `audio_dtype` if that differs from
+        the codec's, which keeps encoding context audio in its own precision)."""
+        mimi = self.loaded.codec.model
+        dtype = resolve_dtype(
+            self.config.audio_dtype or ("bfloat16" if cuda else "float32"), torch.device("cpu")
+        )
+        if next(mimi.parameters()).dtype == dtype:
+            return mimi
+        return copy.deepcopy(mimi).to(dtype)
 
     @classmethod
     def from_preset(cls, preset: str = "tiny-random", *, device: str | None = None, **kwargs: Any) -> Engine:
@@ -212,6 +225,7 @@ class Engine:
             **self.loop.stats(),
             "chunk_frames": {"first": cfg.first_chunk_frames, "later": cfg.chunk_frames},
             "silence_guard": {"rms": cfg.silence_rms, "seconds": cfg.silence_seconds},
+            "audio_dtype": str(self.loop.runner.decoder.decoder.mimi.dtype).removeprefix("torch."),
             "max_waiting": self.loop.scheduler.max_waiting,
             "max_positions": min(MAX_POSITIONS, self.loaded.model.max_seq_len),
             "max_audio_length_ms": (self.loaded.model.max_seq_len - 1) * FRAME_MS,

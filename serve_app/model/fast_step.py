@@ -154,7 +154,8 @@ class FastStep:
     def __init__(
         self, model: CsmModel, vocab_limit: int | None = None, fused_attention: bool | None = None
     ) -> None:
-        """`fused_attention`: one-token steps through the Triton kernel (default: on CUDA with Triton)."""
+        """`fused_attention`: one-token attention and the sampler through Triton kernels (default: on
+        CUDA with Triton)."""
         self.model = model
         self.vocab_limit = vocab_limit
         self.num_codebooks = model.cfg.num_codebooks
@@ -168,7 +169,8 @@ class FastStep:
         if fused_attention is None:
             fused_attention = device.type == "cuda" and triton_available()
         if fused_attention:
-            import serve_app.model.kernels.decode_attention  # noqa: F401  (registers the op)
+            import serve_app.model.kernels.decode_attention
+            import serve_app.model.kernels.sampling  # noqa: F401
         self.fused = fused_attention
         self._prefill: Callable[..., torch.Tensor] = self.prefill
         self._backbone_step: Callable[..., torch.Tensor] = self.backbone_step
@@ -213,6 +215,10 @@ class FastStep:
         seeds: torch.Tensor,
         frame: torch.Tensor,
     ) -> torch.Tensor:
+        if self.fused:
+            return torch.ops.csm_serve.sample_top_k(
+                logits, temperature, top_k, seeds, frame, codebook, self.noise_columns
+            )
         counters = frame * NUM_CODEBOOKS + codebook
         return sample_top_k(logits, temperature, top_k, seeds, counters, self.noise_columns)
 

@@ -40,77 +40,73 @@ def _decode_attention_kernel(
     H: tl.constexpr,
     HKV: tl.constexpr,
     GROUP: tl.constexpr,
+    GP: tl.constexpr,  # GROUP padded to a tensor-core tile (>= 16 rows)
     D: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     b = tl.program_id(0)
     g = tl.program_id(1)
     half: tl.constexpr = D // 2
-    heads = tl.arange(0, GROUP)
+    dtype = k_cache_ptr.dtype.element_ty
+    heads = tl.arange(0, GP)
+    real = heads < GROUP
     dims = tl.arange(0, half)
     raw_pos = tl.load(pos_ptr + b * pos_stride)
     live = raw_pos >= 0
     pos = tl.maximum(raw_pos, 0)
-    n_old = tl.where(live, pos, 0)  # cached keys this row attends besides its new one
-    out_offs = b * (H * D) + (g * GROUP + heads)[:, None] * D
+    n_keys = tl.where(live, pos + 1, 0)  # keys 0..pos, the new one included
     row = qkv_ptr + b * qkv_stride
     c = tl.load(cos_ptr + pos * D + dims)
     s = tl.load(sin_ptr + pos * D + dims)
-    # q of the GROUP heads served by kv head g, rotated (rotate-half layout): (GROUP, D/2) halves.
+    # q of the GROUP heads served by kv head g, rotated (rotate-half layout), in two halves.
     q_offs = (g * GROUP + heads)[:, None] * D + dims[None, :]
-    q1 = tl.load(row + q_offs).to(tl.float32)
-    q2 = tl.load(row + q_offs + half).to(tl.float32)
-    q1, q2 = q1 * c[None, :] - q2 * s[None, :], q2 * c[None, :] + q1 * s[None, :]
+    q1 = tl.load(row + q_offs, mask=real[:, None], other=0.0).to(tl.float32)
+    q2 = tl.load(row + q_offs + half, mask=real[:, None], other=0.0).to(tl.float32)
+    q1, q2 = (q1 * c[None, :] - q2 * s[None, :]).to(dtype), (q2 * c[None, :] + q1 * s[None, :]).to(dtype)
     k_offs = H * D + g * D + dims
     k1 = tl.load(row + k_offs).to(tl.float32)
     k2 = tl.load(row + k_offs + half).to(tl.float32)
-    k1, k2 = k1 * c - k2 * s, k2 * c + k1 * s
     v_offs = (H + HKV) * D + g * D + dims
-    v1 = tl.load(row + v_offs)
-    v2 = tl.load(row + v_offs + half)
     cache = b * cache_s_stride + g * cache_h_stride
     new = cache + pos * cache_p_stride + dims
     write = (dims < half) & live  # idle rows write nothing
-    tl.store(k_cache_ptr + new, k1.to(k_cache_ptr.dtype.element_ty), mask=write)
-    tl.store(k_cache_ptr + new + half, k2.to(k_cache_ptr.dtype.element_ty), mask=write)
-    tl.store(v_cache_ptr + new, v1, mask=write)
-    tl.store(v_cache_ptr + new + half, v2, mask=write)
-    # Keys stored in the cache are rounded to its dtype: score the new key the same way.
-    k1 = k1.to(k_cache_ptr.dtype.element_ty).to(tl.float32)
-    k2 = k2.to(k_cache_ptr.dtype.element_ty).to(tl.float32)
-    q1 = q1.to(qkv_ptr.dtype.element_ty).to(tl.float32) * scale
-    q2 = q2.to(qkv_ptr.dtype.element_ty).to(tl.float32) * scale
-    # Online softmax, starting from the new key (always visible to its own query).
-    m = tl.sum(q1 * k1[None, :], axis=1) + tl.sum(q2 * k2[None, :], axis=1)  # (GROUP,)
-    denom = tl.full((GROUP,), 1.0, tl.float32)
-    acc1 = tl.broadcast_to(v1.to(tl.float32)[None, :], (GROUP, half))
-    acc2 = tl.broadcast_to(v2.to(tl.float32)[None, :], (GROUP, half))
+    tl.store(k_cache_ptr + new, (k1 * c - k2 * s).to(dtype), mask=write)
+    tl.store(k_cache_ptr + new + half, (k2 * c + k1 * s).to(dtype), mask=write)
+    tl.store(v_cache_ptr + new, tl.load(row + v_offs).to(dtype), mask=write)
+    tl.store(v_cache_ptr + new + half, tl.load(row + v_offs + half).to(dtype), mask=write)
+    tl.debug_barrier()  # the new key/value are read back below by other threads of this program
+    m = tl.full((GP,), float("-inf"), tl.float32)
+    denom = tl.zeros((GP,), tl.float32)
+    acc1 = tl.zeros((GP, half), tl.float32)
+    acc2 = tl.zeros((GP, half), tl.float32)
     keys = tl.arange(0, BLOCK_N)
     start = 0
-    while start < n_old:
+    while start < n_keys:
         n = start + keys
-        valid = n < n_old
+        valid = n < n_keys
         kv = cache + n[:, None] * cache_p_stride + dims[None, :]
-        kb1 = tl.load(k_cache_ptr + kv, mask=valid[:, None], other=0.0).to(tl.float32)
-        kb2 = tl.load(k_cache_ptr + kv + half, mask=valid[:, None], other=0.0).to(tl.float32)
-        scores = tl.sum(q1[:, None, :] * kb1[None, :, :], axis=2) + tl.sum(
-            q2[:, None, :] * kb2[None, :, :], axis=2
-        )
-        scores = tl.where(valid[None, :], scores, float("-inf"))
+        kb1 = tl.load(k_cache_ptr + kv, mask=valid[:, None], other=0.0)
+        kb2 = tl.load(k_cache_ptr + kv + half, mask=valid[:, None], other=0.0)
+        scores = tl.dot(q1, tl.trans(kb1), input_precision=PRECISION)
+        scores += tl.dot(q2, tl.trans(kb2), input_precision=PRECISION)
+        scores = tl.where(valid[None, :], scores * scale, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, axis=1))
         alpha = tl.exp(m - m_new)
         p = tl.exp(scores - m_new[:, None])
-        vb1 = tl.load(v_cache_ptr + kv, mask=valid[:, None], other=0.0).to(tl.float32)
-        vb2 = tl.load(v_cache_ptr + kv + half, mask=valid[:, None], other=0.0).to(tl.float32)
-        acc1 = acc1 * alpha[:, None] + tl.sum(p[:, :, None] * vb1[None, :, :], axis=1)
-        acc2 = acc2 * alpha[:, None] + tl.sum(p[:, :, None] * vb2[None, :, :], axis=1)
         denom = denom * alpha + tl.sum(p, axis=1)
+        vb1 = tl.load(v_cache_ptr + kv, mask=valid[:, None], other=0.0)
+        vb2 = tl.load(v_cache_ptr + kv + half, mask=valid[:, None], other=0.0)
+        acc1 = acc1 * alpha[:, None] + tl.dot(p.to(dtype), vb1, input_precision=PRECISION)
+        acc2 = acc2 * alpha[:, None] + tl.dot(p.to(dtype), vb2, input_precision=PRECISION)
         m = m_new
         start += BLOCK_N
-    o1 = tl.where(live, acc1 / denom[:, None], 0.0).to(out_ptr.dtype.element_ty)
-    o2 = tl.where(live, acc2 / denom[:, None], 0.0).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + out_offs + dims[None, :], o1)
-    tl.store(out_ptr + out_offs + half + dims[None, :], o2)
+    denom = tl.where(live, denom, 1.0)  # idle rows: acc is 0, output 0
+    o1 = (acc1 / denom[:, None]).to(out_ptr.dtype.element_ty)
+    o2 = (acc2 / denom[:, None]).to(out_ptr.dtype.element_ty)
+    out_offs = b * (H * D) + (g * GROUP + heads)[:, None] * D + dims[None, :]
+    tl.store(out_ptr + out_offs, o1, mask=real[:, None])
+    tl.store(out_ptr + out_offs + half, o2, mask=real[:, None])
 
 
 def launch(
@@ -147,8 +143,10 @@ def launch(
         H=n_heads,
         HKV=n_kv_heads,
         GROUP=group,
+        GP=max(16, triton.next_power_of_2(group)),
         D=d,
-        BLOCK_N=16 if d > 64 else 32,
+        BLOCK_N=32 if d > 64 else 64,
+        PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",
         num_warps=4,
     )
     return out

@@ -1,0 +1,99 @@
+"""The engine's sampler as one Triton kernel per codebook: temperature, top-k threshold, softmax and
+the counter-based exponential race of `serve_app.engine.sampling.sample_top_k`, one program per row.
+
+`torch.topk` over the whole vocabulary (the k-th largest score is needed for any k) costs two sort
+kernels of ~20 µs each per codebook at batch 128, 32 times a frame; an in-register bitonic sort of
+the row does the same inside the one kernel that also draws the id.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_GOLDEN: tl.constexpr = tl.constexpr(0x9E3779B97F4A7C15 - (1 << 64))  # SplitMix64 constants, as int64
+_MIX1: tl.constexpr = tl.constexpr(0xBF58476D1CE4E5B9 - (1 << 64))
+_MIX2: tl.constexpr = tl.constexpr(0x94D049BB133111EB - (1 << 64))
+
+
+@triton.jit
+def _splitmix64(x):
+    z = x + _GOLDEN
+    z = (z ^ ((z >> 30) & 0x3FFFFFFFF)) * _MIX1
+    z = (z ^ ((z >> 27) & 0x1FFFFFFFFF)) * _MIX2
+    return z ^ ((z >> 31) & 0x1FFFFFFFF)
+
+
+@triton.jit
+def _sample_kernel(
+    logits_ptr,  # (B, >= V)
+    logits_stride,
+    temperature_ptr,  # (B,) fp32
+    top_k_ptr,  # (B,) int64
+    seeds_ptr,  # (B,) int64
+    frame_ptr,  # (B,) int64
+    columns_ptr,  # (V,) int64: column * golden
+    out_ptr,  # (B,) int64
+    codebook,
+    NUM_CODEBOOKS: tl.constexpr,
+    V: tl.constexpr,
+    VP: tl.constexpr,
+):
+    b = tl.program_id(0)
+    idx = tl.arange(0, VP)
+    valid = idx < V
+    logits = tl.load(logits_ptr + b * logits_stride + idx, mask=valid, other=float("-inf")).to(tl.float32)
+    scores = logits / tl.load(temperature_ptr + b)
+    k = tl.minimum(tl.maximum(tl.load(top_k_ptr + b), 1), V)
+    ranked = tl.sort(scores, descending=True)
+    kth = tl.max(tl.where(idx == k - 1, ranked, float("-inf")), axis=0)
+    kept = tl.where(scores < kth, float("-inf"), scores)
+    top = tl.max(kept, axis=0)
+    e = tl.exp(kept - top)
+    probs = e / tl.sum(e, axis=0)
+    counter = tl.load(frame_ptr + b) * NUM_CODEBOOKS + codebook
+    key = _splitmix64(_splitmix64(tl.load(seeds_ptr + b)) + counter)
+    bits = (_splitmix64(key + tl.load(columns_ptr + idx, mask=valid, other=0)) >> 40) & 0xFFFFFF
+    race = -tl.log((bits.to(tl.float32) + 0.5) * (1.0 / 16777216.0))
+    sampled = tl.argmax(tl.where(valid, probs / race, -1.0), axis=0)
+    greedy = tl.argmax(kept, axis=0)
+    tl.store(out_ptr + b, tl.where(k == 1, greedy, sampled).to(tl.int64))
+
+
+@torch.library.custom_op("csm_serve::sample_top_k", mutates_args=())
+def sample_top_k(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    seeds: torch.Tensor,
+    frame: torch.Tensor,
+    codebook: int,
+    columns: torch.Tensor,
+) -> torch.Tensor:
+    """Ids (B,) long drawn as `serve_app.model.fast_step.sample_top_k` draws them, with the draw
+    counter `frame * 32 + codebook`; only the first `len(columns)` logits are candidates."""
+    b, v = logits.shape[0], columns.shape[0]
+    out = torch.empty(b, dtype=torch.long, device=logits.device)
+    if b:
+        _sample_kernel[(b,)](
+            logits,
+            logits.stride(0),
+            temperature,
+            top_k,
+            seeds,
+            frame,
+            columns,
+            out,
+            codebook,
+            NUM_CODEBOOKS=32,
+            V=v,
+            VP=triton.next_power_of_2(v),
+            num_warps=8,
+        )
+    return out
+
+
+@sample_top_k.register_fake
+def _(logits, temperature, top_k, seeds, frame, codebook, columns):  # type: ignore[no-untyped-def]
+    return logits.new_empty(logits.shape[0], dtype=torch.long)
