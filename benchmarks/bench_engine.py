@@ -515,7 +515,7 @@ def main() -> None:
     date = dt.date.today().isoformat()
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
     tag = (
-        "cpu-smoke"
+        "cpu-engine-smoke"
         if args.smoke
         else ("h100" if gpu and "H100" in gpu else re.sub(r"\W+", "-", str(gpu)).lower())
     )
