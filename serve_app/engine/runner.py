@@ -11,7 +11,8 @@ A decode step for batch rows 0..B-1 (row = slot):
   codes   = depth frame(hidden) with per-row seeds        depth graph (B)
   embeds  = embedding of codes (next step's input); history ring[slot, frame % R] = codes;
   positions, frames += 1 for live rows
-New frames are decoded to audio from the history ring by `MimiStreamDecoder`, batched across slots.
+New frames are decoded to audio from the history ring by the (graphed) streaming Mimi decoder,
+batched across slots, on a separate audio stream so decoding overlaps the next step.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ arranged so the decode step can be compiled and captured in CUDA graphs:
   its codebook head as a view; the codebook index is a symbolic int under `torch.compile`, so one
   compiled step serves codebooks 2..31. Sampling is the host-sync-free counter-based sampler of
   `serve_app.engine.sampling`.
+- On CUDA (with Triton) one-token attention (RoPE, cache write, attention over each row's own
+  prefix) and the sampler are single Triton kernels (`serve_app.model.kernels`): the step is bound by
+  kernel count, not bytes. CPU runs the plain PyTorch path; tests check both agree.
 """
 
 from __future__ import annotations
