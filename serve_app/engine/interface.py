@@ -5,7 +5,8 @@ deployment handle wrapped in an adapter (production); both satisfy `SpeechEngine
 """
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Protocol, runtime_checkable
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 

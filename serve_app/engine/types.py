@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -35,7 +34,7 @@ class SamplingParams:
 
     temperature: float = 0.9
     top_k: int = 50
-    seed: Optional[int] = None
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -55,8 +54,8 @@ class Segment:
 
     text: str
     speaker: int
-    audio: Optional[np.ndarray] = None
-    codes: Optional[np.ndarray] = None
+    audio: np.ndarray | None = None
+    codes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.audio is None and self.codes is None:
@@ -72,7 +71,7 @@ class GenerationRequest:
     context: list[Segment] = field(default_factory=list)
     max_audio_length_ms: int = 10_000
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    request_id: Optional[str] = None
+    request_id: str | None = None
 
     @property
     def max_frames(self) -> int:
@@ -87,7 +86,7 @@ class AudioChunk:
     codes: np.ndarray  # int64 (frames, 32)
     frames: int
     is_last: bool = False
-    finish_reason: Optional[FinishReason] = None
+    finish_reason: FinishReason | None = None
     dropped_context_turns: int = 0
 
 
