@@ -23,8 +23,6 @@ from serve_app.client import TTSClient, UnprocessableEntityError
 from serve_app.engine.types import FRAME_MS, SAMPLE_RATE
 from tests.support_tools import chromium, read_wav
 
-pytest.importorskip("serve_app.engine.engine", reason="the engine has not landed yet")
-
 MAX_MS = 6 * FRAME_MS
 
 

@@ -189,6 +189,7 @@ def test_inside_ray_every_update_is_mirrored_into_ray_metrics(monkeypatch) -> No
         metrics.HTTP_REQUESTS, metrics.TIME_TO_FIRST_AUDIO, metrics.QUEUE_DEPTH)]
     requests, ttfa, queue = twins
 
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # other tests may have started Ray
     requests.inc(method="POST", endpoint="/speak", status="200")  # Ray not initialized: local only
     assert recorded == []
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
