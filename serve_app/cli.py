@@ -94,10 +94,10 @@ def build_preset_app(preset: str, device: Optional[str] = None) -> Any:
     """The API app over an in-process engine, with metrics and the playground in place."""
     from serve_app.api.app import create_app
     from serve_app.engine.engine import Engine
-    from serve_app.metrics import instrument_app, metered
+    from serve_app.metrics import instrument_app, metered, record_engine_step
     from serve_app.web.routes import install_playground
 
-    engine = Engine.from_preset(preset, **({"device": device} if device else {}))
+    engine = Engine.from_preset(preset, on_step=record_engine_step, **({"device": device} if device else {}))
     return install_playground(instrument_app(create_app(metered(engine))))
 
 

@@ -6,8 +6,8 @@ Three ways in, so no layer has to know about the others:
   `/metrics` route to a FastAPI app;
 - `MeteredEngine(engine)` wraps any `SpeechEngine` and records frames, audio seconds, real-time factor
   and generations in progress from what the engine yields;
-- plain functions (`set_queue_depth`, `set_batch_size`, `record_cache`, ...) for code that knows more,
-  such as the scheduler.
+- plain functions for code that knows more: `record_engine_step` (the engine loop's step observer:
+  batch size and queue depth), `record_cache`, ...
 
 Every metric is kept by prometheus_client in the recording process (served at `/metrics`) and, inside a
 Ray worker, mirrored into Ray's metrics (exported as `ray_csm_*` by Ray's metrics agent on every node).
@@ -151,12 +151,10 @@ def record_error(status: int, endpoint: str) -> None:
     HTTP_ERRORS.inc(endpoint=endpoint, status=str(status))
 
 
-def set_queue_depth(depth: int) -> None:
-    QUEUE_DEPTH.set(depth)
-
-
-def set_batch_size(size: int) -> None:
-    BATCH_SIZE.set(size)
+def record_engine_step(batch_size: int, queue_depth: int) -> None:
+    """The engine's step observer: its batch size and waiting queue, as gauges."""
+    BATCH_SIZE.set(batch_size)
+    QUEUE_DEPTH.set(queue_depth)
 
 
 _in_progress = 0

@@ -66,3 +66,18 @@ def test_seed_changes_the_codes() -> None:
     other = se.run_alone(se.request("same text", frames=3, seed=2)).codes
     np.testing.assert_array_equal(one, again)
     assert not np.array_equal(one, other)
+
+
+def test_step_observer_hears_batch_size_and_queue_depth_changes() -> None:
+    """The loop reports each change of its batch size and waiting queue (the metrics gauges' source)."""
+    heard: list[tuple[int, int]] = []
+    loop = se.make_loop(n_slots=1)
+    loop.on_step = lambda batch, queue: heard.append((batch, queue))
+    a, b = (se.sequence(se.request(text, frames=2, seed=i)) for i, text in enumerate(("one", "two")))
+    loop.submit(a.seq)
+    loop.submit(b.seq)  # one slot: b waits behind a
+    se.run_until_idle(loop)
+    assert heard[0] == (1, 1)  # a stepping, b queued
+    assert (1, 0) in heard  # b admitted once a left
+    assert heard[-1] == (0, 0)  # idle again
+    assert all(x != y for x, y in zip(heard, heard[1:]))  # only changes are reported

@@ -99,12 +99,12 @@ def test_cache_hits_and_misses_come_from_the_x_cache_header(http: httpx.Client) 
 
 
 def test_queue_and_batch_gauges_are_exposed(http: httpx.Client) -> None:
-    metrics.set_queue_depth(3)
-    metrics.set_batch_size(7)
+    metrics.record_engine_step(batch_size=7, queue_depth=3)
     samples = scrape(http)
     assert value(samples, "csm_queue_depth") == 3 and value(samples, "csm_batch_size") == 7
-    metrics.set_queue_depth(0)
-    assert value(scrape(http), "csm_queue_depth") == 0
+    metrics.record_engine_step(batch_size=0, queue_depth=0)
+    samples = scrape(http)
+    assert value(samples, "csm_queue_depth") == 0 and value(samples, "csm_batch_size") == 0
 
 
 def test_request_ids_are_echoed_or_made_and_reach_the_json_log(http: httpx.Client) -> None:

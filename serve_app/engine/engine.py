@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from serve_app.engine.generator import resolve_context
-from serve_app.engine.loop import EngineLoop, SilenceGuard
+from serve_app.engine.loop import EngineLoop, SilenceGuard, StepObserver
 from serve_app.engine.prompt import build_prompt
 from serve_app.engine.runner import ModelRunner, slots_for_memory
 from serve_app.engine.sampling import fresh_seed
@@ -81,7 +81,14 @@ class EngineConfig:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        config: EngineConfig | None = None,
+        on_step: StepObserver | None = None,
+        **options: Any,
+    ) -> None:
+        """`on_step` hears each change of batch size and queue depth (from the loop thread)."""
         self.loaded = loaded
         self.config = config = EngineConfig(**{**asdict(config or EngineConfig()), **options})
         model = loaded.model
@@ -106,6 +113,7 @@ class Engine:
             chunks,
             SilenceGuard(config.silence_rms, config.silence_seconds),
             model.cfg.codebook_eos_id,
+            on_step,
         )
         self._encode_lock = threading.Lock()
         self._closed = False
@@ -125,12 +133,19 @@ class Engine:
         return copy.deepcopy(mimi).to(dtype)
 
     @classmethod
-    def from_preset(cls, preset: str = "tiny-random", *, device: str | None = None, **kwargs: Any) -> Engine:
+    def from_preset(
+        cls,
+        preset: str = "tiny-random",
+        *,
+        device: str | None = None,
+        on_step: StepObserver | None = None,
+        **kwargs: Any,
+    ) -> Engine:
         """Load `preset` (name, preset file or checkpoint dir; see `load_model`) and serve it.
 
         Keywords naming `EngineConfig` fields configure the engine; the rest go to `load_model`."""
         config, load_kwargs = EngineConfig.split(kwargs)
-        return cls(load_model(preset, device=device, **load_kwargs), config)
+        return cls(load_model(preset, device=device, **load_kwargs), config, on_step)
 
     # ---- requests ---------------------------------------------------------------------------------
     def _sequence(self, request: GenerationRequest, sink: Callable[[Item], None]) -> Sequence:

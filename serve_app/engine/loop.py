@@ -24,6 +24,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,9 @@ class SilenceGuard:
         return self.seconds > 0
 
 
+StepObserver = Callable[[int, int], None]
+"""Told `(batch_size, queue_depth)` after an iteration that changed either (e.g. metrics gauges)."""
+
 DEFAULT_CHUNKS = ChunkPolicy()
 DEFAULT_SILENCE_GUARD = SilenceGuard()
 
@@ -81,6 +85,7 @@ class EngineLoop:
         chunks: ChunkPolicy = DEFAULT_CHUNKS,
         silence: SilenceGuard = DEFAULT_SILENCE_GUARD,
         eos_id: int = 0,
+        on_step: StepObserver | None = None,
     ) -> None:
         if 2 * chunks.largest + 2 > runner.history_len:
             raise ValueError(
@@ -93,6 +98,8 @@ class EngineLoop:
         self.chunks = chunks
         self.silence = silence
         self.eos_id = eos_id
+        self.on_step = on_step
+        self._observed = (0, 0)
         self.steps = 0
         self.error: BaseException | None = None
         self._inflight: tuple[int, list[Sequence], list[_Chunk]] | None = None
@@ -179,7 +186,17 @@ class EngineLoop:
         for key, value in (("wait_s", t1 - t0), ("launch_s", t2 - t1), ("host_s", t3 - t2)):
             self.timings[key] += value
         self.timings["iterations"] += 1
+        self._observe(len(live))
         return bool(done or self._inflight)
+
+    def _observe(self, batch_size: int) -> None:
+        observed = (batch_size, len(self.scheduler.waiting))
+        if self.on_step is not None and observed != self._observed:
+            self._observed = observed
+            try:
+                self.on_step(*observed)
+            except Exception:  # an observer must never stop generation
+                logger.exception("step observer failed")
 
     def _collect(self) -> list[_Chunk]:
         """Wait for the step and audio decodes in flight; record frames; return the decoded chunks."""
