@@ -16,8 +16,9 @@ import os
 import struct
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Optional
+from typing import Any, BinaryIO
 
 import click
 
@@ -66,7 +67,7 @@ def _client(ctx: click.Context, retries: int = RETRIES) -> TTSClient:
               help="Port for --preset.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(config_path: Optional[str], preset: Optional[str], device: Optional[str], host: str, port: int,
+def serve(config_path: str | None, preset: str | None, device: str | None, host: str, port: int,
           log_level: str) -> None:
     """Start the service: Ray Serve from --config, or one process with --preset."""
     if bool(config_path) == bool(preset):
@@ -90,7 +91,7 @@ def run_serve_config(config_path: str) -> None:
     ray_serve_cli.main(["run", config_path], prog_name="serve")
 
 
-def build_preset_app(preset: str, device: Optional[str] = None) -> Any:
+def build_preset_app(preset: str, device: str | None = None) -> Any:
     """The API app over an in-process engine, with metrics and the playground in place."""
     from serve_app.api.app import create_app
     from serve_app.engine.engine import Engine
@@ -101,7 +102,7 @@ def build_preset_app(preset: str, device: Optional[str] = None) -> Any:
     return install_playground(instrument_app(create_app(metered(engine))))
 
 
-def run_preset(preset: str, *, device: Optional[str], host: str, port: int, log_level: str) -> None:
+def run_preset(preset: str, *, device: str | None, host: str, port: int, log_level: str) -> None:
     import uvicorn
 
     from serve_app.metrics import configure_logging
@@ -134,10 +135,10 @@ def finish_streamed_wav(path: Path) -> None:
             pos += 8 + chunk_size + (chunk_size % 2)
 
 
-def _write(chunks: Iterable[bytes], out: BinaryIO) -> tuple[int, Optional[float]]:
+def _write(chunks: Iterable[bytes], out: BinaryIO) -> tuple[int, float | None]:
     """Copy chunks to `out` as they come; returns bytes written and seconds to the first byte."""
     start = time.perf_counter()
-    first: Optional[float] = None
+    first: float | None = None
     total = 0
     for chunk in chunks:
         if first is None and chunk:
@@ -164,8 +165,8 @@ def _write(chunks: Iterable[bytes], out: BinaryIO) -> tuple[int, Optional[float]
 @click.option("--context-text", default="", help="What --context-audio says.")
 @click.option("--context-speaker", type=click.IntRange(0, 1), default=0, show_default=True)
 @click.pass_context
-def speak(ctx: click.Context, text: str, output: str, speaker: int, voice: Optional[str], stream: bool,
-          max_duration_ms: int, seed: Optional[int], response_format: str, context_audio: Optional[str],
+def speak(ctx: click.Context, text: str, output: str, speaker: int, voice: str | None, stream: bool,
+          max_duration_ms: int, seed: int | None, response_format: str, context_audio: str | None,
           context_text: str, context_speaker: int) -> None:
     """Synthesize TEXT ('-' reads it from stdin) into an audio file."""
     if text == "-":
@@ -291,7 +292,7 @@ def info(ctx: click.Context) -> None:
     click.echo(json.dumps(_client(ctx).info(), indent=2))
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point of the `csm-serve` script."""
     cli.main(args=argv, prog_name="csm-serve")
 

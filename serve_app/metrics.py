@@ -25,7 +25,8 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, AsyncIterator, Optional, TextIO
+from collections.abc import AsyncIterator
+from typing import Any, TextIO
 
 import numpy as np
 from fastapi import APIRouter, FastAPI, Response
@@ -54,7 +55,7 @@ class Metric:
     """
 
     def __init__(self, kind: str, name: str, doc: str, labels: tuple[str, ...] = (),
-                 buckets: Optional[tuple[float, ...]] = None, registry: CollectorRegistry = REGISTRY) -> None:
+                 buckets: tuple[float, ...] | None = None, registry: CollectorRegistry = REGISTRY) -> None:
         self.kind, self.name, self.doc, self.labels, self.buckets = kind, name, doc, labels, buckets
         extra = {"buckets": buckets} if buckets else {}
         self.prom = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}[kind](
@@ -171,16 +172,16 @@ def _generations_in_progress(delta: int) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Request ids and JSON logs
 # ---------------------------------------------------------------------------------------------------
-request_id_var: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("csm_request_id", default=None)
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("csm_request_id", default=None)
 _SAFE_REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")  # the API echoes the same set
 
 
-def current_request_id() -> Optional[str]:
+def current_request_id() -> str | None:
     """The id of the HTTP request being served in this task, if any."""
     return request_id_var.get()
 
 
-def clean_request_id(value: Optional[str]) -> str:
+def clean_request_id(value: str | None) -> str:
     """Keep a caller's id when it is short and log-safe; otherwise make a new one."""
     if value and _SAFE_REQUEST_ID.match(value):
         return value
@@ -212,7 +213,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: int | str = "INFO", stream: Optional[TextIO] = None) -> logging.Handler:
+def configure_logging(level: int | str = "INFO", stream: TextIO | None = None) -> logging.Handler:
     """Send the root logger's records as JSON lines to `stream` (stderr by default); returns the handler."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -311,7 +312,7 @@ class MetricsMiddleware:
         )
 
 
-def _header(scope: Scope, name: bytes) -> Optional[str]:
+def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
         if key == name:
             return value.decode("latin-1")
@@ -347,7 +348,7 @@ def instrument_app(app: FastAPI) -> FastAPI:
 # ---------------------------------------------------------------------------------------------------
 # Engine wrapper
 # ---------------------------------------------------------------------------------------------------
-def metered(engine: Any) -> "MeteredEngine":
+def metered(engine: Any) -> MeteredEngine:
     """`engine` wrapped in `MeteredEngine`, unless it already is (so nothing is counted twice)."""
     return engine if isinstance(engine, MeteredEngine) else MeteredEngine(engine)
 

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from serve_app.model.checkpoint import hf_to_sesame, unpermute_for_rope
 from serve_app.model.config import from_hf_config, to_hf_config_dict
 from serve_app.model.mimi import MimiCodec
+from serve_app.model.mimi_layout import decoder_parts, to_flat_keys
 from serve_app.model.tiny import TINY_CONFIG, TINY_MIMI_KWARGS
 from serve_app.model.tokenizer import AUDIO_EOS_TOKEN, AUDIO_TOKEN, BOS_TOKEN, EOS_TOKEN, TextTokenizer
 
@@ -117,9 +118,10 @@ def hf_mimi_to_moshi(sd: dict[str, torch.Tensor], model: Any) -> dict[str, torch
     """Inverse of `moshi_to_hf_mimi`: transformers Mimi keys → Kyutai's, q/k/v fused and unpermuted."""
     cfg = model.config
     n_heads = cfg.hidden_size // cfg.head_dim
+    sd = to_flat_keys(sd)
     transposed = {
         f"decoder.layers.{i}."
-        for i, layer in enumerate(model.decoder.layers)
+        for i, layer in enumerate(decoder_parts(model).seanet_layers)
         if type(layer).__name__ == "MimiConvTranspose1d"
     }
     out: dict[str, torch.Tensor] = {}

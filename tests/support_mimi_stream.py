@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers import MimiConfig, MimiModel
 
+from serve_app.model.mimi_layout import decoder_parts
+
 
 def tiny_mimi_config(**overrides: Any) -> MimiConfig:
     params: dict[str, Any] = {
@@ -48,7 +50,7 @@ def random_mimi(config: MimiConfig, seed: int = 0) -> MimiModel:
         for module in model.modules():
             if isinstance(module, nn.Linear):
                 module.weight.normal_(0.0, module.in_features**-0.5)
-        last = model.decoder.layers[-1].conv
+        last = decoder_parts(model).seanet_layers[-1].conv
         scale = model.decode(random_codes(2, 4, config, seed=seed))[0].std()
         last.weight.div_(scale)
         last.bias.div_(scale)

@@ -14,8 +14,9 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import numpy as np
 import soundfile as sf

@@ -9,6 +9,7 @@ import torch
 from support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
 from transformers import MimiConfig, MimiModel
 
+from serve_app.model.mimi_layout import decoder_parts
 from serve_app.model.mimi_stream import MimiStreamDecoder
 
 FRAMES = 12  # 24 transformer tokens, four times the tiny sliding window of 6
@@ -150,8 +151,9 @@ def test_uses_the_models_own_weights(mimi):
     decoder = MimiStreamDecoder(model, max_streams=1)
     before = stream_decode(decoder, codes, [2, 4])
     with torch.no_grad():
-        model.decoder_transformer.layers[0].mlp.fc1.weight.mul_(3.0)
-        model.decoder.layers[0].conv.weight.mul_(-1.0)
+        parts = decoder_parts(model)
+        parts.transformer.layers[0].mlp.fc1.weight.mul_(3.0)
+        parts.seanet_layers[0].conv.weight.mul_(-1.0)
     after = stream_decode(decoder, codes, [2, 4])
     assert not torch.allclose(before, after, atol=1e-3)
     torch.testing.assert_close(after, full_decode(model, codes), atol=ATOL, rtol=RTOL)

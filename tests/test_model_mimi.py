@@ -8,6 +8,7 @@ import torch
 
 from serve_app.engine.types import FRAME_SAMPLES
 from serve_app.model.mimi import MimiCodec
+from serve_app.model.mimi_layout import to_flat_keys, to_model_keys
 from serve_app.model.tiny import tiny_mimi_config
 
 
@@ -65,3 +66,20 @@ def test_bad_inputs_are_value_errors(codec: MimiCodec) -> None:
 def test_random_codec_decodes_to_bounded_audio(codec: MimiCodec) -> None:
     pcm = codec.decode(torch.randint(0, 2048, (6, 32), generator=torch.Generator().manual_seed(0)))
     assert 0.01 < float(pcm.abs().max()) <= 1.5
+
+
+def test_hub_names_load_into_the_installed_layout(codec: MimiCodec) -> None:
+    """Hub checkpoints name Mimi's parts flat (`decoder.layers.N`); whichever layout the installed
+    transformers builds, the flat names map onto every one of its weights and back."""
+    own = codec.model.state_dict()
+    flat = to_flat_keys(own)
+    assert any(k.startswith("decoder.layers.") for k in flat)
+    assert any(k.startswith("decoder_transformer.") for k in flat)
+    assert not any("decoder_seanet" in k or "encoder_seanet" in k for k in flat)
+    mapped = to_model_keys(codec.model, flat)
+    assert mapped.keys() == own.keys() and all(mapped[k] is own[k] for k in own)
+    rebuilt = MimiCodec.from_state_dict(codec.model.config, flat)
+    probe = torch.randint(0, codec.model.config.codebook_size, (1, codec.model.config.num_quantizers, 3))
+    torch.testing.assert_close(
+        rebuilt.model.decode(probe).audio_values, codec.model.decode(probe).audio_values
+    )

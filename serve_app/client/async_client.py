@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Mapping, Optional, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import httpx
 
@@ -20,11 +21,11 @@ class AsyncTTSClient:
         base_url: str = DEFAULT_URL,
         *,
         timeout: float = 300.0,
-        api_key: Optional[str] = None,
-        headers: Optional[Mapping[str, str]] = None,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
         max_retries: int = 0,
         max_retry_wait: float = 30.0,
-        transport: Optional[httpx.AsyncBaseTransport] = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
@@ -39,7 +40,7 @@ class AsyncTTSClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> "AsyncTTSClient":
+    async def __aenter__(self) -> AsyncTTSClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -65,7 +66,7 @@ class AsyncTTSClient:
                 await asyncio.sleep(retry_delay(exc, attempt, self.max_retry_wait))
                 attempt += 1
 
-    async def _stream(self, call: Call, chunk_size: Optional[int]) -> AsyncIterator[bytes]:
+    async def _stream(self, call: Call, chunk_size: int | None) -> AsyncIterator[bytes]:
         try:
             async with self._http.stream(call.method, call.path, json=call.json) as response:
                 if response.is_error:
@@ -82,10 +83,10 @@ class AsyncTTSClient:
         speaker: int = 0,
         max_duration_ms: int = 10000,
         *,
-        context: Optional[Sequence[Mapping[str, Any]]] = None,
-        seed: Optional[int] = None,
-        voice: Optional[str] = None,
-        response_format: Optional[str] = None,
+        context: Sequence[Mapping[str, Any]] | None = None,
+        seed: int | None = None,
+        voice: str | None = None,
+        response_format: str | None = None,
         **extra: Any,
     ) -> bytes:
         call = calls.speak(
@@ -116,11 +117,11 @@ class AsyncTTSClient:
         speaker: int = 0,
         max_duration_ms: int = 10000,
         *,
-        context: Optional[Sequence[Mapping[str, Any]]] = None,
-        seed: Optional[int] = None,
-        voice: Optional[str] = None,
-        response_format: Optional[str] = None,
-        chunk_size: Optional[int] = None,
+        context: Sequence[Mapping[str, Any]] | None = None,
+        seed: int | None = None,
+        voice: str | None = None,
+        response_format: str | None = None,
+        chunk_size: int | None = None,
         **extra: Any,
     ) -> AsyncIterator[bytes]:
         """`async for chunk in client.stream_speak(...)`; closing the iterator cancels generation."""

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Literal, Union
 from urllib.parse import quote
 
 AudioSource = Union[str, "os.PathLike[str]", bytes]
@@ -22,7 +23,7 @@ Reader = Literal["bytes", "json", "none", "b64list", "voices"]
 class Call:
     method: str
     path: str
-    json: Optional[dict[str, Any]] = None
+    json: dict[str, Any] | None = None
     read: Reader = "json"
 
 
@@ -32,7 +33,7 @@ def audio_b64(source: AudioSource) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def context_payload(context: Optional[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+def context_payload(context: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
     """Turn `{text, speaker, audio | audio_b64}` items into the wire form `{text, speaker, audio_b64}`."""
     items = []
     for turn in context or ():
@@ -56,12 +57,12 @@ def speak(
     speaker: int,
     max_duration_ms: int,
     *,
-    context: Optional[Sequence[Mapping[str, Any]]] = None,
-    seed: Optional[int] = None,
-    voice: Optional[str] = None,
-    response_format: Optional[str] = None,
+    context: Sequence[Mapping[str, Any]] | None = None,
+    seed: int | None = None,
+    voice: str | None = None,
+    response_format: str | None = None,
     stream: bool = False,
-    extra: Optional[Mapping[str, Any]] = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Call:
     body = _drop_none(
         {
@@ -102,7 +103,7 @@ def batch_speak(texts: Sequence[str], speaker: int, max_duration_per_text_ms: in
 
 
 def contextual_speak(
-    text: str, session_id: str, speaker: int, max_duration_ms: int, extra: Optional[Mapping[str, Any]]
+    text: str, session_id: str, speaker: int, max_duration_ms: int, extra: Mapping[str, Any] | None
 ) -> Call:
     body = {"text": text, "session_id": session_id, "speaker": speaker, "max_duration_ms": max_duration_ms}
     body.update(extra or {})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from typing import Any, Optional
+from typing import Any
 
 import httpx
 
@@ -19,9 +19,9 @@ class TTSError(Exception):
         self,
         message: str,
         *,
-        status_code: Optional[int] = None,
+        status_code: int | None = None,
         detail: Any = None,
-        request_id: Optional[str] = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -61,7 +61,7 @@ class UnprocessableEntityError(TTSError):
 class RetryableError(TTSError):
     """A status worth retrying later; `retry_after` is the server's hint in seconds, if any."""
 
-    def __init__(self, message: str, *, retry_after: Optional[float] = None, **kwargs: Any) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
 
@@ -88,7 +88,7 @@ _BY_STATUS: dict[int, type[TTSError]] = {
 }
 
 
-def parse_retry_after(value: Optional[str]) -> Optional[float]:
+def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header given as delta-seconds or as an HTTP date."""
     if not value:
         return None

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import httpx
 
@@ -32,11 +33,11 @@ class TTSClient:
         base_url: str = DEFAULT_URL,
         *,
         timeout: float = 300.0,
-        api_key: Optional[str] = None,
-        headers: Optional[Mapping[str, str]] = None,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
         max_retries: int = 0,
         max_retry_wait: float = 30.0,
-        transport: Optional[httpx.BaseTransport] = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
@@ -52,7 +53,7 @@ class TTSClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "TTSClient":
+    def __enter__(self) -> TTSClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -78,7 +79,7 @@ class TTSClient:
                 time.sleep(retry_delay(exc, attempt, self.max_retry_wait))
                 attempt += 1
 
-    def _stream(self, call: Call, chunk_size: Optional[int]) -> Iterator[bytes]:
+    def _stream(self, call: Call, chunk_size: int | None) -> Iterator[bytes]:
         try:
             with self._http.stream(call.method, call.path, json=call.json) as response:
                 if response.is_error:
@@ -95,10 +96,10 @@ class TTSClient:
         speaker: int = 0,
         max_duration_ms: int = 10000,
         *,
-        context: Optional[Sequence[Mapping[str, Any]]] = None,
-        seed: Optional[int] = None,
-        voice: Optional[str] = None,
-        response_format: Optional[str] = None,
+        context: Sequence[Mapping[str, Any]] | None = None,
+        seed: int | None = None,
+        voice: str | None = None,
+        response_format: str | None = None,
         **extra: Any,
     ) -> bytes:
         """Whole utterance as audio bytes (WAV unless `response_format` says otherwise).
@@ -137,11 +138,11 @@ class TTSClient:
         speaker: int = 0,
         max_duration_ms: int = 10000,
         *,
-        context: Optional[Sequence[Mapping[str, Any]]] = None,
-        seed: Optional[int] = None,
-        voice: Optional[str] = None,
-        response_format: Optional[str] = None,
-        chunk_size: Optional[int] = None,
+        context: Sequence[Mapping[str, Any]] | None = None,
+        seed: int | None = None,
+        voice: str | None = None,
+        response_format: str | None = None,
+        chunk_size: int | None = None,
         **extra: Any,
     ) -> Iterator[bytes]:
         """Audio bytes as the server produces them (a streaming WAV header first, for WAV).

@@ -147,11 +147,17 @@ def _stack_cfg(our_prefix: str, cfg: CsmModelConfig) -> TransformerConfig:
 
 def hf_to_internal(sd: Mapping[str, torch.Tensor], cfg: CsmModelConfig) -> dict[str, torch.Tensor]:
     """transformers layout → `CsmModel` state dict (codec weights are ignored)."""
-    missing = [k for k in _TOP_LEVEL if k not in sd and k != _DECODER_EMBED]
+    # The two audio embedding tables are tied when `tie_codebooks_embeddings` is set; a
+    # checkpoint may then carry either one of them (recent transformers saves only the decoder's).
+    tied = {_AUDIO_EMBED, _DECODER_EMBED}
+    missing = [k for k in _TOP_LEVEL if k not in sd and k not in tied]
+    if not tied & sd.keys():
+        missing.append(_AUDIO_EMBED)
     if missing:
         raise KeyError(f"checkpoint lacks {missing[:3]}{'...' if len(missing) > 3 else ''}")
     out = {ours: sd[hf] for hf, ours in _TOP_LEVEL.items() if hf in sd}
-    out.setdefault("decoder_embeddings.weight", out["audio_embeddings.weight"])
+    out.setdefault("decoder_embeddings.weight", out.get("audio_embeddings.weight"))
+    out.setdefault("audio_embeddings.weight", out["decoder_embeddings.weight"])
     for hf_prefix, our_prefix in _STACKS:
         for i in range(_stack_cfg(our_prefix, cfg).n_layers):
             src, dst = f"{hf_prefix}.{i}.", f"{our_prefix}.{i}."

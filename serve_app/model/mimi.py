@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from serve_app.engine.types import FRAME_SAMPLES, NUM_CODEBOOKS, SAMPLE_RATE
+from serve_app.model.mimi_layout import decoder_parts, to_model_keys
 
 PcmLike = np.ndarray | torch.Tensor
 
@@ -108,7 +109,7 @@ class MimiCodec:
         from transformers import MimiModel
 
         model = MimiModel(config)
-        model.load_state_dict(dict(state_dict), strict=True)
+        model.load_state_dict(to_model_keys(model, state_dict), strict=True)
         return cls(model).to(device or "cpu")
 
     @classmethod
@@ -131,7 +132,7 @@ class MimiCodec:
             _drop_codebook_caches(model)
             probe = torch.randint(0, config.codebook_size, (1, config.num_quantizers, 8), generator=gen)
             level = model.decode(probe, return_dict=True).audio_values.abs().max().clamp(min=1e-6)
-            last = model.decoder.layers[-1].conv
+            last = decoder_parts(model).seanet_layers[-1].conv
             last.weight.mul_(peak / level)
             if last.bias is not None:
                 last.bias.mul_(peak / level)
@@ -180,7 +181,8 @@ def _rope_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def moshi_to_hf_mimi(sd: Mapping[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
-    """Kyutai's Mimi checkpoint (`tokenizer-e351c8d8-checkpoint125.safetensors`) → `MimiModel` keys.
+    """Kyutai's Mimi checkpoint (`tokenizer-e351c8d8-checkpoint125.safetensors`) → transformers' flat
+    Mimi names (those of Hub checkpoints; `mimi_layout.to_model_keys` adapts them to the model).
 
     Fused `in_proj_weight` is split into q/k/v and q/k rows are permuted to rotate-half RoPE."""
     n_heads = config.hidden_size // config.head_dim

@@ -20,6 +20,7 @@ import torch
 from transformers import MimiModel
 from transformers.models.mimi.modeling_mimi import MimiEuclideanCodebook
 
+from serve_app.model.mimi_layout import decoder_parts
 from serve_app.model.mimi_stream_seanet import StreamingStack
 from serve_app.model.mimi_stream_transformer import StreamingTransformer
 
@@ -45,11 +46,12 @@ class MimiStreamDecoder:
         self.num_codebooks = config.num_quantizers
         self.codebook_size = config.codebook_size
         self.device = device
-        upsample = [mimi.upsample] if mimi.upsample is not None else []
+        parts = decoder_parts(mimi)
+        upsample = [parts.upsample] if parts.upsample is not None else []
         self._upsample = StreamingStack(upsample, max_streams, device, dtype)
-        self._transformer = StreamingTransformer(mimi.decoder_transformer, max_streams, device, dtype)
-        self._seanet = StreamingStack(list(mimi.decoder.layers), max_streams, device, dtype)
-        self.tokens_per_frame = mimi.upsample.conv.stride[0] if mimi.upsample is not None else 1
+        self._transformer = StreamingTransformer(parts.transformer, max_streams, device, dtype)
+        self._seanet = StreamingStack(parts.seanet_layers, max_streams, device, dtype)
+        self.tokens_per_frame = parts.upsample.conv.stride[0] if parts.upsample is not None else 1
         self.frame_samples = self.tokens_per_frame * math.prod(config.upsampling_ratios)
         """PCM samples produced per code frame (1920 for the real Mimi)."""
         self._seen = torch.zeros(max_streams, dtype=torch.long, device=device)

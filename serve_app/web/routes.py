@@ -5,7 +5,7 @@ a reverse proxy path) without configuration.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib.resources import files
 
 from fastapi import APIRouter, FastAPI, HTTPException, Response
@@ -20,7 +20,7 @@ ASSETS = {
 _HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read(name: str) -> str:
     return files("serve_app.web").joinpath(name).read_text(encoding="utf-8")
 
