@@ -9,7 +9,7 @@ setup:
 	$(PIP) install -q -e ".[test]"
 
 serve: setup
-	RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 serve run configs/serve/local.yaml
+	RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 $(PYTHON) -m serve_app.cli serve
 
 test: setup
 	$(PYTHON) -m pytest -q

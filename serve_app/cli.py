@@ -69,13 +69,29 @@ def _client(ctx: click.Context, retries: int = RETRIES) -> TTSClient:
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(config_path: str | None, preset: str | None, device: str | None, host: str, port: int,
           log_level: str) -> None:
-    """Start the service: Ray Serve from --config, or one process with --preset."""
-    if bool(config_path) == bool(preset):
-        raise click.UsageError("give exactly one of --config or --preset")
+    """Start the service: Ray Serve from --config, one process with --preset, or (neither) Ray
+    Serve with the config this machine can run: CSM-1B on its GPUs, else the tiny random model."""
+    if config_path and preset:
+        raise click.UsageError("give at most one of --config or --preset")
+    if not config_path and not preset:
+        config_path = str(choose_local_config())
     if config_path:
         run_serve_config(config_path)
     else:
         run_preset(preset, device=device, host=host, port=port, log_level=log_level)
+
+
+def choose_local_config() -> Path:
+    """Pick and write this machine's config; say loudly when it is the random model."""
+    import tempfile
+
+    from serve_app.deploy.local import choose, write_config
+
+    choice = choose()
+    path = write_config(choice, Path(tempfile.mkdtemp(prefix="csm-serve-")))
+    banner = f"csm-serve: {choice.reason}\ncsm-serve: running {path}"
+    click.secho(banner, err=True, fg="yellow" if choice.random_weights else "green", bold=choice.random_weights)
+    return path
 
 
 def run_serve_config(config_path: str) -> None:

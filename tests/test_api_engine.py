@@ -37,6 +37,7 @@ def test_health_and_info(client) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     info = client.get("/info").json()
     assert info["model"] == "tiny-random" and info["sample_rate"] == SAMPLE_RATE
+    assert info["random_weights"] is True and "noise" in info["notice"]
 
 
 def test_speak_within_the_limit_and_cached_by_seed(client) -> None:

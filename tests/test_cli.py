@@ -133,12 +133,24 @@ def test_unreachable_server_is_a_clean_error() -> None:
     assert result.exit_code == 1 and "cannot reach" in result.output
 
 
-def test_serve_needs_exactly_one_source(tmp_path: Path) -> None:
-    assert CliRunner().invoke(cli, ["serve"]).exit_code == 2
+def test_serve_takes_at_most_one_source(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("applications: []\n")
     both = CliRunner().invoke(cli, ["serve", "--config", str(config), "--preset", "tiny-random"])
-    assert both.exit_code == 2 and "exactly one" in both.output
+    assert both.exit_code == 2 and "at most one" in both.output
+
+
+def test_serve_without_a_source_runs_this_machines_config_and_says_which(monkeypatch) -> None:
+    """No GPU here: the chosen config is the tiny random model's, and the banner says so."""
+    import yaml
+
+    ran: list[str] = []
+    monkeypatch.setattr(cli_module, "run_serve_config", ran.append)
+    monkeypatch.setattr("serve_app.deploy.local.cuda_device_count", lambda: 0)
+    result = CliRunner().invoke(cli, ["serve"])
+    assert result.exit_code == 0, result.output
+    assert "RANDOM" in result.output and "noise" in result.output and "no CUDA GPU" in result.output
+    assert yaml.safe_load(Path(ran[0]).read_text())["applications"][0]["args"]["model"] == "tiny-random"
 
 
 def test_serve_config_runs_ray_serve_run_with_the_package_importable(monkeypatch, tmp_path: Path) -> None:

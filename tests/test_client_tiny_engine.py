@@ -120,6 +120,9 @@ def test_playground_plays_the_real_engine(server, tmp_path: Path) -> None:
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(url + "/")
+        notice = page.locator("#model-notice")
+        notice.wait_for(state="visible", timeout=10_000)
+        assert "tiny-random" in notice.inner_text() and "noise" in notice.inner_text()
         page.evaluate("""() => { window.__events = [];
           const a = document.getElementById('player');
           a.addEventListener('playing', () => window.__events.push('playing')); }""")

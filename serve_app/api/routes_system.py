@@ -13,6 +13,8 @@ from serve_app.engine.types import FRAME_MS, NUM_CODEBOOKS, SAMPLE_RATE
 
 router = APIRouter(tags=["system"])
 
+RANDOM_WEIGHTS_NOTICE = "tiny random model for development: its audio is noise, not speech"
+
 
 @router.get("/health")
 async def health(svc: ServicesDep) -> JSONResponse:
@@ -35,9 +37,12 @@ async def info(svc: ServicesDep) -> dict:
     model = await svc.synth.model()
     async with engine_errors(svc.settings.retry_after_s):
         engine_info = await svc.synth.engine.info()
+    random_weights = engine_info.get("format") == "random"
     return {
         "model": model["name"],
         "revision": model["revision"],
+        "random_weights": random_weights,
+        **({"notice": RANDOM_WEIGHTS_NOTICE} if random_weights else {}),
         "sample_rate": SAMPLE_RATE,
         "frame_ms": FRAME_MS,
         "num_codebooks": NUM_CODEBOOKS,

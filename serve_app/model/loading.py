@@ -12,6 +12,7 @@ network or cache the error names the repository, the revision and how to point a
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from serve_app.model.config import CsmModelConfig, from_hf_config, from_sesame_a
 from serve_app.model.csm import CsmModel
 from serve_app.model.mimi import MimiCodec, moshi_to_hf_mimi
 from serve_app.model.tokenizer import TextTokenizer
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -218,6 +221,7 @@ def load_model(
     if preset.format == "random":
         model, tokenizer, codec = _load_random(preset, dev, torch_dtype)
         source = None
+        logger.warning("model %r has RANDOM weights: its audio is noise, not speech", preset.name)
     else:
         given = local_dir or os.environ.get(LOCAL_DIR_ENV) or preset.local_dir
         path = Path(given) if given else None

@@ -271,6 +271,23 @@ async function speak(event) {
   }
 }
 
+async function showModelNotice() {
+  // The development model speaks noise: say so before anyone judges the audio.
+  try {
+    const response = await fetch(api("info"));
+    if (!response.ok) return;
+    const info = await response.json();
+    const notice = $("model-notice");
+    if (info.random_weights) {
+      notice.textContent = `Model "${info.model}": ${info.notice || "random weights, the audio is noise"}.`;
+      notice.hidden = false;
+    }
+  } catch (_) {
+    // /info is informative only.
+  }
+}
+
 ui.form.addEventListener("submit", speak);
 ui.stop.addEventListener("click", () => controller && controller.abort());
 loadVoices();
+showModelNotice();

@@ -1,0 +1,87 @@
+"""Which Ray Serve config `csm-serve serve` (and `make serve`) runs on this machine when given none.
+
+With a CUDA GPU and CSM-1B weights at hand (`$CSM_MODEL_DIR`, or `sesame/csm-1b` in the Hugging
+Face cache), it is the production `serve_config.yaml`, scaled to one machine: one ingress on
+127.0.0.1, up to one engine replica per local GPU, voices in the user's data directory. Anything
+less gets `configs/serve/local.yaml`: the tiny random model on CPU, whose output is noise. The
+choice and its reason are printed, so nobody mistakes one for the other.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from serve_app.config import LOCAL_DIR_ENV, get_preset
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PRODUCTION_CONFIG = PROJECT_ROOT / "serve_config.yaml"
+TINY_CONFIG = PROJECT_ROOT / "configs" / "serve" / "local.yaml"
+
+
+@dataclass(frozen=True)
+class LocalChoice:
+    config: dict[str, Any]
+    random_weights: bool
+    reason: str
+
+
+def cuda_device_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - a broken CUDA install means "no GPU" here
+        return 0
+
+
+def weights_at_hand(preset_name: str = "csm-1b") -> str | None:
+    """Where the preset's weights are without a download, or None."""
+    local = os.environ.get(LOCAL_DIR_ENV)
+    if local and Path(local).is_dir():
+        return local
+    preset = get_preset(preset_name)
+    if preset.repo_id is None:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(preset.repo_id, "config.json", revision=preset.revision)
+    return str(Path(cached).parent) if isinstance(cached, str) else None
+
+
+def choose(gpus: int | None = None, weights: str | None | bool = False) -> LocalChoice:
+    """The config for this machine. `gpus` and `weights` default to what is found here."""
+    gpus = cuda_device_count() if gpus is None else gpus
+    found = weights_at_hand() if weights is False else weights
+    if gpus and found:
+        return LocalChoice(_one_machine(gpus), False, f"{gpus} CUDA GPU(s) and CSM-1B weights at {found}")
+    missing = "no CUDA GPU" if not gpus else f"no CSM-1B weights (set {LOCAL_DIR_ENV} or fill the HF cache)"
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    return LocalChoice(config, True, f"{missing}: serving the tiny RANDOM model, its audio is noise")
+
+
+def _one_machine(gpus: int) -> dict[str, Any]:
+    config = copy.deepcopy(yaml.safe_load(PRODUCTION_CONFIG.read_text()))
+    config["proxy_location"] = "HeadOnly"
+    config["http_options"]["host"] = "127.0.0.1"
+    app = config["applications"][0]
+    app["args"].get("api", {}).pop("voices_dir", None)  # /data/voices is a cluster volume
+    for deployment in app["deployments"]:
+        if deployment["name"] == "TTSModel":
+            scaling = deployment["autoscaling_config"]
+            scaling["max_replicas"] = gpus
+            scaling["min_replicas"] = scaling["initial_replicas"] = 1
+        else:
+            deployment["num_replicas"] = 1
+    return config
+
+
+def write_config(choice: LocalChoice, directory: Path) -> Path:
+    path = directory / ("csm-local-random.yaml" if choice.random_weights else "csm-local-gpu.yaml")
+    path.write_text(yaml.safe_dump(choice.config, sort_keys=False))
+    return path
