@@ -5,6 +5,7 @@ import asyncio
 import io
 import json
 import logging
+import time
 
 import httpx
 import numpy as np
@@ -114,6 +115,10 @@ def test_request_ids_are_echoed_or_made_and_reach_the_json_log(http: httpx.Clien
         given = http.get("/info", headers={"X-Request-ID": "req-42"})
         made = http.get("/info")
         unsafe = http.get("/info", headers={"X-Request-ID": "bad id\twith spaces"})
+        # The server thread logs after the response has left: give the last line a moment.
+        deadline = time.monotonic() + 5
+        while stream.getvalue().count('"csm_serve.access"') < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
     finally:
         logging.getLogger().removeHandler(handler)
     assert given.headers["x-request-id"] == "req-42"
