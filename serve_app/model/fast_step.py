@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from serve_app.engine.sampling import splitmix64
 from serve_app.engine.types import NUM_CODEBOOKS
 from serve_app.model.csm import CsmModel
-from serve_app.model.kernels import triton_available
+from serve_app.model.kernels import MIN_FUSED_HEAD_DIM, fused_attention_supports, triton_available
 from serve_app.model.llama import Block, Transformer, apply_rope
 
 
@@ -169,8 +169,13 @@ class FastStep:
             self.depth_inputs = model.projection(model.decoder_embeddings.weight)
         device = model.codebook0_head.weight.device
         self.noise_columns = noise_columns(vocab_limit or self.vocab, device)
+        head_dims = (model.cfg.backbone.head_dim, model.cfg.decoder.head_dim)
         if fused_attention is None:
-            fused_attention = device.type == "cuda" and triton_available()
+            fused_attention = (
+                device.type == "cuda" and triton_available() and fused_attention_supports(*head_dims)
+            )
+        elif fused_attention and not fused_attention_supports(*head_dims):
+            raise ValueError(f"fused attention needs even head sizes >= {MIN_FUSED_HEAD_DIM}, got {head_dims}")
         if fused_attention:
             import serve_app.model.kernels.decode_attention
             import serve_app.model.kernels.sampling  # noqa: F401
