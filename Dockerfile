@@ -2,7 +2,8 @@
 # csm-serve: CUDA runtime + Python + the installed package.
 #
 #   docker build -t csm-serve:0.1.0 .
-#   docker run --gpus all --shm-size=8g -p 8000:8000 -e HF_TOKEN csm-serve:0.1.0   # serve_config.yaml
+#   docker run --gpus all --shm-size=8g -p 8000:8000 -e HF_TOKEN -e CSM_API_KEYS=<key> csm-serve:0.1.0
+#   (runs serve_config.yaml, which requires API keys: clients send Authorization: Bearer <key>)
 #
 # serve_config.yaml asks for 8 CPUs and 1 GPU at its minimum size (2 ingress replicas of 2 CPUs,
 # one model replica of 4 CPUs). configs/serve/local.yaml listens on 127.0.0.1 only: it is for a

@@ -42,14 +42,16 @@ class _Group(click.Group):
 @click.option("--url", envvar="CSM_SERVE_URL", default=DEFAULT_URL, show_default=True,
               help="Base URL of the service (env CSM_SERVE_URL).")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for one answer.")
+@click.option("--api-key", envvar="CSM_API_KEY", default=None, show_default=False,
+              help="API key, when the server requires one (env CSM_API_KEY).")
 @click.pass_context
-def cli(ctx: click.Context, url: str, timeout: float) -> None:
+def cli(ctx: click.Context, url: str, timeout: float, api_key: str | None) -> None:
     """Sesame CSM-1B text-to-speech service and its client."""
-    ctx.obj = {"url": url, "timeout": timeout}
+    ctx.obj = {"url": url, "timeout": timeout, "api_key": api_key}
 
 
 def _client(ctx: click.Context, retries: int = RETRIES) -> TTSClient:
-    client = TTSClient(ctx.obj["url"], timeout=ctx.obj["timeout"], max_retries=retries)
+    client = TTSClient(ctx.obj["url"], timeout=ctx.obj["timeout"], api_key=ctx.obj["api_key"], max_retries=retries)
     ctx.call_on_close(client.close)
     return client
 

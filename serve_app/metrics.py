@@ -308,6 +308,7 @@ class MetricsMiddleware:
                 "endpoint": endpoint,
                 "status": status,
                 "duration_ms": round(elapsed * 1000, 2),
+                "client_id": scope.get("state", {}).get("client_id"),  # a key's fingerprint, never the key
             },
         )
 

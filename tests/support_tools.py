@@ -181,12 +181,12 @@ MAX_TEXT_CHARS = 400
 """A low text limit, so 413s are cheap to provoke."""
 
 
-def api_app(engine: Any, voices_dir: Path) -> Any:
+def api_app(engine: Any, voices_dir: Path, **settings: Any) -> Any:
     """The real API app (`create_app`, with its metrics and playground) over `engine`."""
     from serve_app.api.app import create_app
     from serve_app.api.settings import ApiSettings
 
-    return create_app(engine, ApiSettings(voices_dir=voices_dir, max_text_chars=MAX_TEXT_CHARS))
+    return create_app(engine, ApiSettings(voices_dir=voices_dir, max_text_chars=MAX_TEXT_CHARS, **settings))
 
 
 def tiny_engine() -> Any:

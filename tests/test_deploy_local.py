@@ -35,6 +35,8 @@ def test_gpus_and_weights_give_the_production_graph_scaled_to_this_machine() -> 
     assert ingress["num_replicas"] == 1
     assert choice.config["http_options"]["host"] == "127.0.0.1"
     assert "voices_dir" not in app["args"].get("api", {})  # the production path is a cluster volume
+    assert production["applications"][0]["args"]["api"]["auth_required"] is True
+    assert "auth_required" not in app["args"].get("api", {})  # no keys on a developer's machine
     assert _deployments(production)["TTSModel"]["autoscaling_config"]["max_replicas"] != 3  # not edited in place
 
 

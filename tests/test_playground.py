@@ -137,3 +137,26 @@ def test_server_errors_are_shown_to_the_user(page, url: str) -> None:
     page.fill("#text", "please overload")
     page.click("#speak")
     page.wait_for_function("document.getElementById('status').textContent.includes('retry after 1')")
+
+
+def test_a_server_with_api_keys_is_usable_once_the_key_is_entered(browser, tmp_path: Path) -> None:
+    key = "playground-key-0123456789"
+    app = api_app(ToneEngine(), tmp_path / "voices", api_keys=key)
+    with serve_http(app) as keyed_url:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(keyed_url + "/")
+        page.fill("#text", "Hello with a key.")
+        page.click("#speak")
+        page.wait_for_selector("#status.error")
+        assert "API key" in page.inner_text("#status")
+        page.click("#key-box summary")
+        page.fill("#api-key", key)
+        page.dispatch_event("#api-key", "change")
+        with page.expect_request("**/speak") as request_info:
+            page.click("#speak")
+        assert request_info.value.headers["authorization"] == f"Bearer {key}"
+        page.wait_for_function("document.getElementById('player').duration > 0", timeout=20_000)
+        page.reload()  # the key stays for the tab's session
+        assert page.input_value("#api-key") == key
+        context.close()

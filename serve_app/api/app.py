@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 import serve_app
 from serve_app.api import openai_compat, routes_dialogue, routes_speech, routes_system, routes_voices
+from serve_app.api.auth import ApiKeyRing, AuthMiddleware, TokenBucketLimiter
 from serve_app.api.cache import ResponseCache
 from serve_app.api.deps import Services
 from serve_app.api.errors import install_error_handlers
@@ -41,7 +42,16 @@ def create_app(engine: SpeechEngine, settings: ApiSettings | None = None) -> Fas
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestIdMiddleware)  # after the body limit = outside it: a 413 carries an id too
+    keys = settings.load_api_keys()
+    if keys or settings.rate_limit_per_minute:
+        # Outside the body limit: an unknown or throttled client is answered before its body is read.
+        limiter = (
+            TokenBucketLimiter(settings.rate_limit_per_minute, settings.burst())
+            if settings.rate_limit_per_minute
+            else None
+        )
+        app.add_middleware(AuthMiddleware, keys=ApiKeyRing(keys) if keys else None, limiter=limiter)
+    app.add_middleware(RequestIdMiddleware)  # outermost of these: a 401, 413 or 429 carries an id too
     for module in (routes_speech, routes_dialogue, routes_voices, openai_compat, routes_system):
         app.include_router(module.router)
     instrument_app(app)  # outermost: Prometheus metrics, access log, GET /metrics

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ApiSettings"]
@@ -43,9 +43,35 @@ class ApiSettings(BaseSettings):
     # Saved voices: npz (codes) + json (metadata) per voice.
     voices_dir: Path = Field(default_factory=_default_voices_dir)
 
+    # Access control, off by default. Keys: CSM_API_KEYS="key1,key2" and/or a file with one key per
+    # line (a mounted secret); with any key configured, every API route needs `Bearer <key>`.
+    api_keys: SecretStr | None = Field(None, description="Comma-separated API keys (never logged).")
+    api_keys_file: Path | None = Field(None, description="File of API keys, one per line; # comments.")
+    auth_required: bool = Field(False, description="Refuse to start without API keys (production).")
+    rate_limit_per_minute: int = Field(0, ge=0, description="Requests per minute per key (or address); 0 = off.")
+    rate_limit_burst: int | None = Field(None, ge=1, description="Bucket size; default: 10 s worth.")
+
     quality_attempts: int = Field(3, ge=1, le=10, description="Generations tried with quality_check.")
     retry_after_s: int = Field(1, ge=0, description="Retry-After on 503 when the engine gives none.")
     health_timeout_s: float = Field(10.0, gt=0)
+
+    def load_api_keys(self) -> list[str]:
+        """The configured keys, from `api_keys` and `api_keys_file`; raises if auth is required and
+        none are configured, or if the key file cannot be read."""
+        keys = [k.strip() for k in (self.api_keys.get_secret_value() if self.api_keys else "").split(",")]
+        if self.api_keys_file is not None:
+            try:
+                lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ValueError(f"cannot read api_keys_file {self.api_keys_file}: {exc.strerror}") from exc
+            keys += [line.strip() for line in lines if not line.lstrip().startswith("#")]
+        keys = list(dict.fromkeys(k for k in keys if k))
+        if self.auth_required and not keys:
+            raise ValueError("auth_required is set but no API keys are configured (CSM_API_KEYS or api_keys_file)")
+        return keys
+
+    def burst(self) -> int:
+        return self.rate_limit_burst or max(1, -(-self.rate_limit_per_minute // 6))
 
     def limits(self) -> dict[str, float | int]:
         """The limits a client may want to know (GET /info)."""
@@ -58,4 +84,5 @@ class ApiSettings(BaseSettings):
             "max_batch_texts": self.max_batch_texts,
             "max_conversation_turns": self.max_conversation_turns,
             "session_context_turns": self.session_context_turns,
+            "rate_limit_per_minute": self.rate_limit_per_minute,
         }

@@ -6,6 +6,7 @@
 """
 from serve_app.client.async_client import AsyncTTSClient
 from serve_app.client.errors import (
+    AuthenticationError,
     BadRequestError,
     NotFoundError,
     OverloadedError,
@@ -23,6 +24,7 @@ from serve_app.client.sync import DEFAULT_URL, TTSClient
 __all__ = [
     "DEFAULT_URL",
     "AsyncTTSClient",
+    "AuthenticationError",
     "BadRequestError",
     "NotFoundError",
     "OverloadedError",

@@ -46,6 +46,10 @@ class BadRequestError(TTSError):
     """400: the input is wrong (bad base64, not audio, ...)."""
 
 
+class AuthenticationError(TTSError):
+    """401: the server wants an API key (`api_key=` / `--api-key`) and got none or a wrong one."""
+
+
 class NotFoundError(TTSError):
     """404: unknown voice, session or route."""
 
@@ -80,6 +84,7 @@ class ServerError(TTSError):
 
 _BY_STATUS: dict[int, type[TTSError]] = {
     400: BadRequestError,
+    401: AuthenticationError,
     404: NotFoundError,
     413: TooLargeError,
     422: UnprocessableEntityError,

@@ -70,7 +70,11 @@ def _one_machine(gpus: int) -> dict[str, Any]:
     config["proxy_location"] = "HeadOnly"
     config["http_options"]["host"] = "127.0.0.1"
     app = config["applications"][0]
-    app["args"].get("api", {}).pop("voices_dir", None)  # /data/voices is a cluster volume
+    api = app["args"].get("api", {})
+    api.pop("voices_dir", None)  # /data/voices is a cluster volume
+    # A developer's machine: keys and rate limits only when set in the environment (CSM_API_KEYS, ...).
+    for name in ("auth_required", "rate_limit_per_minute"):
+        api.pop(name, None)
     for deployment in app["deployments"]:
         if deployment["name"] == "TTSModel":
             scaling = deployment["autoscaling_config"]

@@ -11,8 +11,15 @@ const ui = {
   form: $("speak-form"), text: $("text"), voice: $("voice"), saved: $("saved-voices"),
   maxDuration: $("max-duration"), seed: $("seed"), stream: $("stream"),
   contextFile: $("context-file"), contextText: $("context-text"), contextSpeaker: $("context-speaker"),
-  speak: $("speak"), stop: $("stop"), status: $("status"), player: $("player"), download: $("download"),
+  apiKey: $("api-key"), speak: $("speak"), stop: $("stop"), status: $("status"), player: $("player"), download: $("download"),
 };
+
+const KEY_STORAGE = "csm-serve.api-key";  // sessionStorage: gone when the tab closes
+
+function authHeaders(extra = {}) {
+  const key = ui.apiKey.value.trim();
+  return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
+}
 
 let audioContext = null;   // one per page; created inside the click so autoplay rules allow it
 let controller = null;     // AbortController of the request in flight
@@ -42,7 +49,7 @@ async function failure(response) {
 
 async function loadVoices() {
   try {
-    const response = await fetch(api("v1/voices"));
+    const response = await fetch(api("v1/voices"), { headers: authHeaders() });
     if (!response.ok) return;
     let voices = await response.json();
     if (!Array.isArray(voices)) voices = voices.data || voices.voices || [];
@@ -250,7 +257,7 @@ async function speak(event) {
     const body = await requestBody();
     body.stream = Boolean(streaming);
     const response = await fetch(api("speak"), {
-      method: "POST", headers: { "Content-Type": "application/json" },
+      method: "POST", headers: authHeaders({ "Content-Type": "application/json" }),
       body: JSON.stringify(body), signal: controller.signal,
     });
     if (!response.ok) { setStatus(await failure(response), true); return; }
@@ -274,7 +281,7 @@ async function speak(event) {
 async function showModelNotice() {
   // The development model speaks noise: say so before anyone judges the audio.
   try {
-    const response = await fetch(api("info"));
+    const response = await fetch(api("info"), { headers: authHeaders() });
     if (!response.ok) return;
     const info = await response.json();
     const notice = $("model-notice");
@@ -289,5 +296,11 @@ async function showModelNotice() {
 
 ui.form.addEventListener("submit", speak);
 ui.stop.addEventListener("click", () => controller && controller.abort());
+ui.apiKey.value = sessionStorage.getItem(KEY_STORAGE) || "";
+ui.apiKey.addEventListener("change", () => {
+  sessionStorage.setItem(KEY_STORAGE, ui.apiKey.value.trim());
+  loadVoices();
+  showModelNotice();
+});
 loadVoices();
 showModelNotice();

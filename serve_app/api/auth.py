@@ -1,0 +1,136 @@
+"""Optional API keys (`Authorization: Bearer <key>`) and per-key rate limits.
+
+Both are off unless configured (`ApiSettings.api_keys` / `api_keys_file`, `rate_limit_per_minute`).
+Keys are compared in constant time and never logged: requests are attributed to a key by its
+fingerprint (`key_id`), which the access log and the rate limiter use. Without keys, a rate limit
+applies per client address. State is per ingress replica: with N replicas a client may get up to N
+times the configured rate.
+
+Pure ASGI, placed outside the body limit, so an unauthenticated or throttled client is answered
+before its body is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["ApiKeyRing", "AuthMiddleware", "TokenBucketLimiter", "key_id"]
+
+OPEN_PATHS = ("/health", "/metrics", "/docs", "/redoc", "/openapi.json", "/favicon.ico")
+"""Paths served without a key: probes, scraping, documentation (the playground page is open too,
+its API calls are not)."""
+
+
+def key_id(key: str) -> str:
+    """A stable, non-reversible name for a key, safe to log."""
+    return "key_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+class ApiKeyRing:
+    """The accepted keys; `match` answers the key's id or None."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._keys = [(key.encode(), key_id(key)) for key in keys]
+        if not self._keys:
+            raise ValueError("an API key ring needs at least one key")
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def match(self, presented: str) -> str | None:
+        candidate = presented.encode()
+        found = None
+        for key, ident in self._keys:  # no early exit: timing says nothing about which key matched
+            if hmac.compare_digest(candidate, key):
+                found = ident
+        return found
+
+
+class TokenBucketLimiter:
+    """`per_minute` requests a minute per client, in bursts of up to `burst`.
+
+    Buckets are kept for the most recently seen `max_clients` clients (LRU), so a flood of distinct
+    addresses cannot grow memory without bound."""
+
+    def __init__(
+        self,
+        per_minute: int,
+        burst: int,
+        max_clients: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if per_minute <= 0 or burst <= 0:
+            raise ValueError("per_minute and burst must be positive")
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self.max_clients = max_clients
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def acquire(self, client: str) -> float:
+        """Take one token for `client`: 0.0 when allowed, else the seconds until one is available."""
+        now = self._clock()
+        tokens, last = self._buckets.pop(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1.0:
+            tokens -= 1.0
+            wait = 0.0
+        else:
+            wait = (1.0 - tokens) / self.rate
+        self._buckets[client] = (tokens, now)
+        if len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
+        return wait
+
+
+class AuthMiddleware:
+    """401 without a valid key (when keys are configured), 429 + Retry-After over the rate limit."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: ApiKeyRing | None,
+        limiter: TokenBucketLimiter | None,
+        open_paths: tuple[str, ...] = OPEN_PATHS,
+    ) -> None:
+        self.app = app
+        self.keys = keys
+        self.limiter = limiter
+        self.open_paths = open_paths
+
+    def _is_open(self, path: str) -> bool:
+        return path == "/" or path.startswith("/playground") or path in self.open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._is_open(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        client = f"addr_{scope['client'][0]}" if scope.get("client") else "addr_unknown"
+        if self.keys is not None:
+            scheme, _, presented = Headers(scope=scope).get("authorization", "").partition(" ")
+            ident = self.keys.match(presented.strip()) if scheme.lower() == "bearer" else None
+            if ident is None:
+                detail = "a valid API key is required: send 'Authorization: Bearer <key>'"
+                response = JSONResponse({"detail": detail}, 401, {"WWW-Authenticate": 'Bearer realm="csm-serve"'})
+                await response(scope, receive, send)
+                return
+            client = ident
+        scope.setdefault("state", {})["client_id"] = client
+        if self.limiter is not None:
+            wait = self.limiter.acquire(client)
+            if wait > 0:
+                per_minute = round(self.limiter.rate * 60)
+                detail = f"rate limit of {per_minute} requests per minute exceeded; retry after {wait:.1f} s"
+                response = JSONResponse({"detail": detail}, 429, {"Retry-After": str(max(1, math.ceil(wait)))})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
