@@ -233,6 +233,8 @@ access_log = logging.getLogger("csm_serve.access")
 # ---------------------------------------------------------------------------------------------------
 QUIET_PATHS = frozenset({"/metrics", "/health", "/-/healthz", "/-/routes"})
 """Probe and scrape paths: counted, but logged at DEBUG so they do not flood the access log."""
+CLIENT_CLOSED_REQUEST = 499
+"""Status logged for a request whose client left before any response (as nginx does)."""
 
 
 def _endpoint(scope: Scope) -> str:
@@ -265,6 +267,7 @@ class MetricsMiddleware:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
+                state["started"] = True
                 headers = list(message.get("headers", []))
                 content_type = _value(headers, b"content-type")
                 state["audio"] = content_type.startswith(AUDIO_CONTENT_TYPES)
@@ -286,6 +289,8 @@ class MetricsMiddleware:
     @staticmethod
     def _record(scope: Scope, state: dict[str, Any], request_id: str, elapsed: float) -> None:
         method, endpoint, status = scope["method"], _endpoint(scope), state["status"]
+        if scope.get("state", {}).get("client_disconnected") and not state.get("started"):
+            status = CLIENT_CLOSED_REQUEST
         HTTP_REQUESTS.inc(method=method, endpoint=endpoint, status=str(status))
         HTTP_LATENCY.observe(elapsed, method=method, endpoint=endpoint)
         if status >= 400:

@@ -14,7 +14,7 @@ from serve_app.api.auth import ApiKeyRing, AuthMiddleware, TokenBucketLimiter
 from serve_app.api.cache import ResponseCache
 from serve_app.api.deps import Services
 from serve_app.api.errors import install_error_handlers
-from serve_app.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from serve_app.api.middleware import BodyLimitMiddleware, CancelOnDisconnectMiddleware, RequestIdMiddleware
 from serve_app.api.sessions import SessionStore
 from serve_app.api.settings import ApiSettings
 from serve_app.api.synthesis import Synthesizer
@@ -41,6 +41,7 @@ def create_app(engine: SpeechEngine, settings: ApiSettings | None = None) -> Fas
         sessions=SessionStore(settings.max_sessions, settings.session_ttl_s, settings.session_context_turns),
     )
     install_error_handlers(app)
+    app.add_middleware(CancelOnDisconnectMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     keys = settings.load_api_keys()
     if keys or settings.rate_limit_per_minute:

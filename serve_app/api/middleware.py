@@ -1,7 +1,10 @@
-"""ASGI middleware: request ids on every response, and early 413s for declared oversized bodies."""
+"""ASGI middleware: request ids on every response, early 413s for oversized bodies, and cancelling the
+work of a client that has gone away."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import uuid
 
@@ -10,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["REQUEST_ID_HEADER", "BodyLimitMiddleware", "RequestIdMiddleware"]
+__all__ = ["REQUEST_ID_HEADER", "BodyLimitMiddleware", "CancelOnDisconnectMiddleware", "RequestIdMiddleware"]
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")  # no spaces or control characters to echo into logs/headers
@@ -70,3 +73,55 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, counted_receive, send)
+
+
+class CancelOnDisconnectMiddleware:
+    """Cancels a request's handler as soon as its client disconnects, streaming or not.
+
+    A plain (non-streaming) endpoint never hears of a disconnect: it would hold its engine slot until
+    the whole utterance is generated for nobody. Once the app has read the whole body, this listens
+    on `receive` for `http.disconnect` (which the server, or Ray Serve's proxy, sends when the client
+    goes) and cancels the handler; the engine frees the slot at its next frame. Later `receive` calls
+    by the app (e.g. a streaming response watching for the disconnect itself) get the same message.
+    The access log records such requests with status 499."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        disconnected = asyncio.Event()
+        listener: asyncio.Task[None] | None = None
+
+        async def listen() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+
+        async def app_receive() -> Message:
+            nonlocal listener
+            if listener is not None:  # the body is read: only a disconnect can come
+                await disconnected.wait()
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected.set()
+            elif not message.get("more_body", False):
+                listener = asyncio.create_task(listen())
+            return message
+
+        handler = asyncio.create_task(self.app(scope, app_receive, send))
+        gone = asyncio.create_task(disconnected.wait())
+        try:
+            await asyncio.wait({handler, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not handler.done():
+                scope.setdefault("state", {})["client_disconnected"] = True
+                handler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await handler
+        finally:
+            gone.cancel()
+            if listener is not None:
+                listener.cancel()
