@@ -2,13 +2,17 @@
 
 import base64
 import io
+import tracemalloc
 
 import av
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
 from serve_app.audio.decode import (
+    MAX_CHANNELS,
+    MAX_SAMPLE_RATE,
     AudioInputError,
     AudioLimits,
     AudioTooLargeError,
@@ -122,4 +126,96 @@ def test_non_finite_float_samples_are_rejected() -> None:
     buf = io.BytesIO()
     sf.write(buf, data, SAMPLE_RATE, format="WAV", subtype="FLOAT")
     with pytest.raises(AudioInputError, match="NaN"):
+        load_audio_b64(_b64(buf.getvalue()), LIMITS)
+
+
+def _silence_file(fmt: str, subtype: str, rate: int, seconds: int, channels: int = 1) -> bytes:
+    """Written a second at a time: libsndfile's Vorbis encoder crashes on one very large write."""
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", rate, channels, format=fmt, subtype=subtype) as f:
+        for _ in range(seconds):
+            f.write(np.zeros((rate, channels), np.float32))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype"), [("FLAC", "PCM_16"), ("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III")]
+)
+def test_long_compressed_silence_is_refused_from_the_header(monkeypatch, fmt: str, subtype: str) -> None:
+    """Ten minutes of silence is a few KB of FLAC/OGG: the byte cap cannot catch it, the header must."""
+    raw = _silence_file(fmt, subtype, 8_000, 600)
+    assert len(raw) < LIMITS.max_bytes
+    frames_read: list[int] = []
+    real_read = sf.SoundFile.read
+
+    def counting_read(self: sf.SoundFile, *args: object, **kwargs: object) -> np.ndarray:
+        data = real_read(self, *args, **kwargs)
+        frames_read.append(len(data))
+        return data
+
+    monkeypatch.setattr(sf.SoundFile, "read", counting_read)
+    with pytest.raises(AudioTooLargeError, match="lasts 600.0 s, over the 5 s limit"):
+        load_audio_b64(_b64(raw), LIMITS)
+    assert sum(frames_read) == 0
+
+
+def test_many_channels_at_a_high_rate_decode_in_bounded_memory() -> None:
+    """8 channels of 192 kHz FLAC silence compress to almost nothing; decoding them whole took
+    rate x channels x 4 bytes per second (6 MB/s, 370 MB for a minute) before the downmix."""
+    raw = _silence_file("FLAC", "PCM_16", 192_000, 5, channels=8)
+    assert len(raw) < 20_000
+    tracemalloc.start()
+    try:
+        pcm = load_audio_b64(_b64(raw), LIMITS)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(pcm) == 5 * SAMPLE_RATE and not pcm.any()
+    whole_input = 5 * 192_000 * 8 * 4
+    assert peak < whole_input / 4, f"peak {peak / 1e6:.1f} MB for a {whole_input / 1e6:.0f} MB input"
+
+
+def test_block_wise_resampling_matches_one_shot_resampling() -> None:
+    """Blocks are resampled as they are decoded: the result must have no seams at block edges."""
+    rng = np.random.default_rng(1)
+    noise = (0.2 * rng.standard_normal(3 * 44_100)).astype(np.float32)  # spans several blocks
+    pcm = load_audio_b64(_b64(_file(noise, 44_100, "FLAC")), LIMITS)
+    stored, _ = sf.read(io.BytesIO(_file(noise, 44_100, "FLAC")), dtype="float32")  # 16-bit rounded
+    reference = soxr.resample(stored, 44_100, SAMPLE_RATE, quality="HQ")
+    assert len(pcm) == len(reference) == 3 * SAMPLE_RATE
+    np.testing.assert_allclose(pcm, reference, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels", "message"),
+    [
+        (MAX_SAMPLE_RATE * 2, 1, f"at most {MAX_SAMPLE_RATE} Hz is supported"),
+        (SAMPLE_RATE, MAX_CHANNELS + 1, f"at most {MAX_CHANNELS} are supported"),
+    ],
+    ids=["rate-over-max", "channels-over-max"],
+)
+def test_unsupported_rates_and_channel_counts_are_input_errors(
+    rate: int, channels: int, message: str
+) -> None:
+    raw = _file(np.zeros((rate // 10, channels), np.float32), rate, "WAV")
+    with pytest.raises(AudioInputError, match=message) as info:
+        load_audio_b64(_b64(raw), LIMITS)
+    assert not isinstance(info.value, AudioTooLargeError)
+
+
+def test_a_sample_too_short_to_survive_resampling_is_an_input_error() -> None:
+    """One sample at 192 kHz resamples to nothing at 24 kHz; that must not pass as usable audio."""
+    raw = _file(np.array([0.5], np.float32), 192_000, "WAV")
+    with pytest.raises(AudioInputError, match="too short"):
+        load_audio_b64(_b64(raw), LIMITS)
+    one = load_audio_b64(_b64(_file(np.array([0.5], np.float32), SAMPLE_RATE, "WAV")), LIMITS)
+    assert len(one) == 1 and abs(one[0] - 0.5) < 1e-3
+
+
+def test_non_finite_samples_past_the_first_block_are_rejected() -> None:
+    data = _tone(SAMPLE_RATE, 4.0)  # several decode blocks
+    data[-5] = np.inf
+    buf = io.BytesIO()
+    sf.write(buf, data, SAMPLE_RATE, format="WAV", subtype="FLOAT")
+    with pytest.raises(AudioInputError, match="NaN or infinite"):
         load_audio_b64(_b64(buf.getvalue()), LIMITS)

@@ -2,7 +2,10 @@
 
 Everything is decoded from bytes in memory (no temp files). Sizes are checked before work is
 done: the base64 length bounds the byte size before decoding it, the container header bounds the
-duration before decoding samples, and decoding stops at the cap in case a header lies.
+duration, sample rate and channel count before decoding samples, and decoding stops at the cap in
+case a header lies. Samples are downmixed and resampled block by block as they are decoded, so
+memory follows the 24 kHz mono result, not the input's rate x channels (a few hundred KB of
+compressed 8-channel silence would otherwise expand to gigabytes of float32).
 WAV/FLAC/OGG/MP3 go through libsndfile (soundfile); anything else libsndfile rejects (AAC/M4A, WebM,
 ...) is tried with FFmpeg through PyAV.
 """
@@ -23,6 +26,8 @@ import soxr
 from serve_app.engine.types import SAMPLE_RATE
 
 __all__ = [
+    "MAX_CHANNELS",
+    "MAX_SAMPLE_RATE",
     "AudioInputError",
     "AudioLimits",
     "AudioTooLargeError",
@@ -33,6 +38,13 @@ __all__ = [
 
 _DATA_URI_RE = re.compile(r"^data:[\w/+.-]*(?:;[\w=.-]+)*;base64,", re.IGNORECASE)
 _WHITESPACE_RE = re.compile(r"\s+")
+
+MAX_SAMPLE_RATE = 192_000
+"""Highest input rate accepted: decoding work grows with rate x channels x seconds, and no voice
+recording needs more."""
+MAX_CHANNELS = 8
+"""Most input channels accepted (7.1 surround)."""
+_BLOCK_FRAMES = 1 << 16
 
 
 class AudioInputError(ValueError):
@@ -68,16 +80,9 @@ def decode_base64(data: str, max_bytes: int, field: str = "audio_b64") -> bytes:
 def decode_audio(raw: bytes, max_seconds: float, target_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Audio file bytes → mono float32 at `target_rate`; raises AudioInputError / AudioTooLargeError."""
     try:
-        pcm, rate = _decode_soundfile(raw, max_seconds)
+        return _decode_soundfile(raw, max_seconds, target_rate)
     except sf.LibsndfileError:
-        pcm, rate = _decode_pyav(raw, max_seconds)
-    if pcm.size == 0:
-        raise AudioInputError("the audio contains no samples")
-    if not np.isfinite(pcm).all():
-        raise AudioInputError("the audio contains NaN or infinite samples")
-    if rate != target_rate:
-        pcm = soxr.resample(pcm, rate, target_rate, quality="HQ")
-    return np.ascontiguousarray(pcm, dtype=np.float32)
+        return _decode_pyav(raw, max_seconds, target_rate)
 
 
 def load_audio_b64(data: str, limits: AudioLimits, field: str = "audio_b64") -> np.ndarray:
@@ -95,23 +100,73 @@ def _too_long(seconds: float, max_seconds: float) -> AudioTooLargeError:
     return AudioTooLargeError(f"the audio lasts {seconds:.1f} s, over the {max_seconds:g} s limit")
 
 
-def _decode_soundfile(raw: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
-    with sf.SoundFile(io.BytesIO(raw)) as f:
-        if f.samplerate <= 0:
+class _MonoOutput:
+    """Collects decoded mono blocks at the target rate, resampling each as it arrives.
+
+    Refuses audio past the duration cap, NaN/Inf samples and unsupported rates or channel counts as
+    soon as a header or block shows them, before more is decoded."""
+
+    def __init__(self, rate: int, channels: int, max_seconds: float, target_rate: int) -> None:
+        if rate <= 0:
             raise AudioInputError("the audio header has no valid sample rate")
-        cap = int(max_seconds * f.samplerate)
-        if f.frames > cap:
+        if rate > MAX_SAMPLE_RATE:
+            raise AudioInputError(
+                f"the audio's sample rate is {rate} Hz; at most {MAX_SAMPLE_RATE} Hz is supported"
+            )
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise AudioInputError(f"the audio has {channels} channels; at most {MAX_CHANNELS} are supported")
+        self.rate = rate
+        self.target_rate = target_rate
+        self.max_seconds = max_seconds
+        self.cap = int(max_seconds * rate)  # input frames
+        self.frames = 0
+        self._resampler = (
+            None
+            if rate == target_rate
+            else soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality="HQ")
+        )
+        self._pieces: list[np.ndarray] = []
+
+    def add(self, mono: np.ndarray) -> None:
+        self.frames += len(mono)
+        if self.frames > self.cap:
+            raise _too_long(self.frames / self.rate, self.max_seconds)
+        if not np.isfinite(mono).all():
+            raise AudioInputError("the audio contains NaN or infinite samples")
+        mono = np.ascontiguousarray(mono, dtype=np.float32)
+        self._pieces.append(mono if self._resampler is None else self._resampler.resample_chunk(mono))
+
+    def finish(self) -> np.ndarray:
+        if self.frames == 0:
+            raise AudioInputError("the audio contains no samples")
+        if self._resampler is not None:
+            self._pieces.append(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+        pcm = np.concatenate(self._pieces)
+        if pcm.size == 0:
+            raise AudioInputError(
+                f"the audio is too short: {self.frames} samples at {self.rate} Hz"
+                f" make no sample at {self.target_rate} Hz"
+            )
+        return np.ascontiguousarray(pcm, dtype=np.float32)
+
+
+def _decode_soundfile(raw: bytes, max_seconds: float, target_rate: int) -> np.ndarray:
+    with sf.SoundFile(io.BytesIO(raw)) as f:
+        if f.samplerate > 0 and f.frames > int(max_seconds * f.samplerate):
             raise _too_long(f.frames / f.samplerate, max_seconds)
+        out = _MonoOutput(f.samplerate, f.channels, max_seconds, target_rate)
         try:
-            data = f.read(frames=cap + 1, dtype="float32", always_2d=True)
+            while True:  # reads stop at the header's frame count (already under the cap)
+                block = f.read(frames=_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                if not len(block):
+                    break
+                out.add(block.mean(axis=1))
         except sf.LibsndfileError as exc:
             raise AudioInputError(f"the audio data is corrupt ({exc})") from None
-        if len(data) > cap:
-            raise _too_long(len(data) / f.samplerate, max_seconds)
-        return data.mean(axis=1), f.samplerate
+        return out.finish()
 
 
-def _decode_pyav(raw: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
+def _decode_pyav(raw: bytes, max_seconds: float, target_rate: int) -> np.ndarray:
     unsupported = AudioInputError(
         "the data is not audio in a supported format (WAV, FLAC, OGG, MP3, AAC/M4A)"
     )
@@ -124,25 +179,16 @@ def _decode_pyav(raw: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
             raise unsupported
         stream = container.streams.audio[0]
         rate = stream.sample_rate or stream.codec_context.sample_rate
-        if not rate:
-            raise AudioInputError("the audio stream has no valid sample rate")
-        if stream.duration is not None and stream.time_base is not None:
+        if stream.duration is not None and stream.time_base is not None and rate:
             seconds = float(stream.duration * stream.time_base)
             if seconds > max_seconds:
                 raise _too_long(seconds, max_seconds)
-        cap = int(max_seconds * rate)
+        out = _MonoOutput(rate or 0, stream.codec_context.channels, max_seconds, target_rate)
         resampler = av.AudioResampler(format="fltp")  # planar float, same layout and rate
-        pieces: list[np.ndarray] = []
-        total = 0
         try:
             for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    mono = out.to_ndarray().mean(axis=0)
-                    pieces.append(mono)
-                    total += len(mono)
-                if total > cap:
-                    raise _too_long(total / rate, max_seconds)
+                for planar in resampler.resample(frame):
+                    out.add(planar.to_ndarray().mean(axis=0))
         except av.FFmpegError as exc:
             raise AudioInputError(f"the audio data is corrupt ({exc})") from None
-    pcm = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    return pcm.astype(np.float32, copy=False), int(rate)
+    return out.finish()
