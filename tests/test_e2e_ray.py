@@ -179,6 +179,24 @@ def test_openai_speech_streams_and_stops_when_the_client_leaves(
     assert info["running"] == info["waiting"] == 0, info
 
 
+def test_the_original_designs_client_works_unchanged(ray_serve: ServeInstance, tmp_path) -> None:  # noqa: F811
+    """Its defaults ask for long audio (10 s speech, 20 s clone, 30 s dialogue): the tiny model, which
+    never ends an utterance early, generates all of it, so this also bounds those lengths."""
+    from tests.original_design_client import TTSClient as OriginalClient
+
+    client = OriginalClient(ray_serve.base_url + "/")
+    _assert_speech(client.speak("Hello, world!"), 10_000)
+    reference = tmp_path / "reference_voice.wav"
+    reference.write_bytes(base64.b64decode(_tone_b64()))
+    _assert_speech(client.clone_voice("In the cloned voice.", str(reference), "The reference text."), 20_000)
+    turns = [{"speaker": 0, "text": "Hello, how are you?", "pause_ms": 1000}, {"speaker": 1, "text": "Great!"}]
+    _assert_speech(client.generate_conversation(turns), 30_000)
+    wavs = client.batch_speak(["One.", "Two."], speaker=1)
+    assert len(wavs) == 2 and all(len(_assert_speech(w, 10_000)) for w in wavs)
+    with pytest.raises(Exception, match="TTS failed: 422"):
+        client.speak("Hi", speaker=2)
+
+
 def test_voices_lifecycle(http: httpx.Client) -> None:
     created = http.post(
         "/v1/voices", json={"name": "e2e", "audio_b64": _tone_b64(1.0), "transcript": "Hello."}
