@@ -9,6 +9,7 @@ show the message. Engine calls go through `engine_errors()`, which maps overload
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -99,6 +100,27 @@ def _error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+MAX_ECHOED_INPUT_CHARS = 256
+
+
+def _renderable(error: dict[str, Any]) -> dict[str, Any]:
+    """A validation error the 422 body can carry: its `input` is echoed only when it is short and
+    valid JSON (NaN, Infinity, lone surrogates or a megabyte of text would break or bloat the answer)."""
+    out = {key: value for key, value in error.items() if key not in ("input", "ctx", "url")}
+    for key in ("input", "ctx"):
+        if key not in error:
+            continue
+        try:
+            value = jsonable_encoder(error[key])
+            text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+            text.encode("utf-8")
+        except (TypeError, ValueError, UnicodeEncodeError):
+            continue
+        if len(text) <= MAX_ECHOED_INPUT_CHARS:
+            out[key] = value
+    return out
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers on `app`."""
 
@@ -112,7 +134,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error_response(request, 422, exc.errors())
+        return _error_response(request, 422, [_renderable(error) for error in exc.errors()])
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

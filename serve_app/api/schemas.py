@@ -32,7 +32,9 @@ __all__ = [
 
 
 def _not_blank(value: str) -> str:
-    if not value.strip():
+    """Speakable text: something printable in it (NULs and other control characters alone count as
+    blank)."""
+    if not any(ch.isprintable() and not ch.isspace() for ch in value):
         raise ValueError("must not be blank")
     return value
 
