@@ -7,7 +7,6 @@ import io
 import logging
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest

@@ -21,8 +21,8 @@ TOL = 1e-5 if DEVICE.type == "cpu" else 1e-4  # compiled: another reduction orde
 
 from serve_app.model.csm import CsmModel
 from serve_app.model.fast_step import FastStep
-from serve_app.model.tiny import TINY_CONFIG, random_model
 from serve_app.model.kernels.decode_attention import launch
+from serve_app.model.tiny import TINY_CONFIG, random_model
 from tests import support_engine as se
 
 
