@@ -49,28 +49,21 @@ def decoder_parts(mimi: Any) -> MimiDecoderParts:
     return MimiDecoderParts(mimi.upsample, mimi.decoder_transformer, list(mimi.decoder.layers))
 
 
-def to_flat_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Mimi state dict in either layout → the flat names that checkpoints use."""
+def _renamed(state_dict: Mapping[str, torch.Tensor], pairs: tuple[tuple[str, str], ...]) -> dict[str, torch.Tensor]:
+    """Keys starting with a pair's first prefix get its second instead (first matching pair wins)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        for flat, split in _FLAT_TO_SPLIT:
-            if key.startswith(split):
-                key = flat + key[len(split) :]
-                break
-        out[key] = value
+        old = next((old for old, _ in pairs if key.startswith(old)), None)
+        out[key if old is None else dict(pairs)[old] + key[len(old) :]] = value
     return out
+
+
+def to_flat_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Mimi state dict in either layout → the flat names that checkpoints use."""
+    return _renamed(state_dict, tuple((split, flat) for flat, split in _FLAT_TO_SPLIT))
 
 
 def to_model_keys(mimi: Any, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Mimi state dict in either layout → the names `mimi.load_state_dict` expects."""
     flat = to_flat_keys(state_dict)
-    if not is_split(mimi):
-        return flat
-    out: dict[str, torch.Tensor] = {}
-    for key, value in flat.items():
-        for flat_prefix, split in _FLAT_TO_SPLIT:
-            if key.startswith(flat_prefix):
-                key = split + key[len(flat_prefix) :]
-                break
-        out[key] = value
-    return out
+    return _renamed(flat, _FLAT_TO_SPLIT) if is_split(mimi) else flat
