@@ -56,8 +56,10 @@ def test_leaving_client_frees_the_slot(engine: Engine, url: str, stream: bool) -
             if stream:
                 with client.stream("POST", "/speak", json={**LONG, "stream": True}) as response:
                     assert response.status_code == 200
-                    next(response.iter_bytes())  # the first audio, then the listener hangs up
+                    audio = response.iter_bytes()  # held: a dropped iterator closes the stream
+                    next(audio)  # the first audio...
                     assert running(engine) == 1
+                # ...then the listener hangs up
             else:
                 with pytest.raises(httpx.ReadTimeout):  # gives up waiting for the whole file
                     client.post("/speak", json=LONG)

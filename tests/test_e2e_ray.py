@@ -169,7 +169,8 @@ def test_openai_speech_streams_and_stops_when_the_client_leaves(
     with http.stream("POST", "/v1/audio/speech", json=body) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("audio/pcm")
-        first = next(chunk for chunk in response.iter_raw() if chunk)
+        raw = response.iter_raw()  # held: a dropped iterator would close the stream at once
+        first = next(chunk for chunk in raw if chunk)
         assert len(first) % 2 == 0
         assert ray_serve.model_info()["running"] == 1
     # Leaving cancels the request down to the engine (proxy → ingress → handle → replica).
