@@ -43,9 +43,6 @@ class ApiKeyRing:
         if not self._keys:
             raise ValueError("an API key ring needs at least one key")
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
     def match(self, presented: str) -> str | None:
         candidate = presented.encode()
         found = None
