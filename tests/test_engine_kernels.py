@@ -1,5 +1,6 @@
 """The fused decode-attention Triton kernel computes the unfused step's attention (RoPE, cache write,
-GQA over each row's prefix, idle rows untouched), and the fused sampler draws the reference ids.
+GQA over each row's prefix, idle rows untouched), the fused projections compute norm/SwiGLU/residual
+around their matmul, and the fused sampler draws the reference ids.
 Where Triton is installed: compiled on a CUDA device, else under Triton's CPU interpreter (skipped
 without Triton)."""
 
@@ -68,7 +69,9 @@ def test_kernel_equals_reference_attention(heads: int, kv_heads: int, dim: int, 
     got = launch(*(t.to(DEVICE) for t in (qkv, pos, emb.cos(), emb.sin())), k_dev, v_dev, heads, kv_heads)
     want = reference(qkv, pos, emb.cos(), emb.sin(), k_ref, v_ref, heads, kv_heads)
     torch.testing.assert_close(got.cpu(), want, rtol=TOL, atol=TOL)
-    torch.testing.assert_close(k_dev.cpu(), k_ref, rtol=TOL, atol=TOL)  # new keys written, idle rows untouched
+    torch.testing.assert_close(
+        k_dev.cpu(), k_ref, rtol=TOL, atol=TOL
+    )  # new keys written, idle rows untouched
     torch.testing.assert_close(v_dev.cpu(), v_ref, rtol=0, atol=0)
 
 
@@ -90,13 +93,62 @@ def test_narrow_heads_take_the_unfused_path() -> None:
     assert FastStep(wide_head_model().to(DEVICE), 2048).fused == (DEVICE.type == "cuda")
 
 
+@pytest.mark.parametrize("rows", [1, 3, 20])
+def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(rows: int) -> None:
+    import torch.nn.functional as F
+
+    from serve_app.model.kernels.fused_linear import fused_linear
+    from serve_app.model.llama import RMSNorm
+
+    gen = torch.Generator().manual_seed(rows)
+    k, n = 96, 70  # not multiples of the tiles: masked edges
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen)
+
+    x, w, res, gate_up, w_kn = rand(rows, k), rand(n, k), rand(rows, n), rand(rows, 2 * k), rand(k, n)
+    norm = RMSNorm(k, eps=1e-5)
+    norm.weight.data = torch.rand(k, generator=gen) + 0.5
+    gate, up = gate_up.chunk(2, dim=-1)
+    cases = {
+        "norm": (
+            fused_linear(*(t.to(DEVICE) for t in (x, w, norm.weight)), None, 1e-5, False),
+            norm(x) @ w.T,
+        ),
+        "residual": (
+            fused_linear(x.to(DEVICE), w.to(DEVICE), None, res.to(DEVICE), 0.0, False),
+            res + x @ w.T,
+        ),
+        "swiglu": (
+            fused_linear(gate_up.to(DEVICE), w.to(DEVICE), None, res.to(DEVICE), 0.0, True),
+            res + (F.silu(gate) * up) @ w.T,
+        ),
+        # the depth heads: a (K, N) tensor read through its transposed view, sliced to a vocabulary limit
+        "transposed": (
+            fused_linear(x.to(DEVICE), w_kn.to(DEVICE).t()[:64], norm.weight.to(DEVICE), None, 1e-5, False),
+            norm(x) @ w_kn[:, :64],
+        ),
+    }
+    for name, (got, want) in cases.items():
+        torch.testing.assert_close(got.cpu(), want, rtol=TOL, atol=10 * TOL, msg=name)
+
+
+def test_fused_projections_need_the_fused_attention() -> None:
+    with pytest.raises(ValueError, match="fused projections"):
+        FastStep(wide_head_model(), 2048, fused_attention=False, linear_max_batch=4)
+    assert FastStep(wide_head_model(), 2048, fused_attention=False).linear_max_batch == 0
+
+
 @torch.inference_mode()
-def test_fused_decode_step_equals_the_unfused_step() -> None:
+@pytest.mark.parametrize("linear_max_batch", [0, 3], ids=["attention-only", "fused-projections"])
+def test_fused_decode_step_equals_the_unfused_step(linear_max_batch: int) -> None:
     with se.one_thread():
         models = [wide_head_model().to(DEVICE), wide_head_model().to(DEVICE)]
         for m in models:
             m.setup_caches(3)
-        plain, fused = FastStep(models[0], 2048, fused_attention=False), FastStep(models[1], 2048, True)
+        plain = FastStep(models[0], 2048, fused_attention=False)
+        fused = FastStep(models[1], 2048, True, linear_max_batch=linear_max_batch)
+        assert fused.fused_linear_for(3) == bool(linear_max_batch)
         gen = torch.Generator().manual_seed(1)
         embeds = torch.randn(3, models[0].cfg.backbone.dim, generator=gen).to(DEVICE)
         for pos in ([0, 4, -1], [1, 5, -1], [2, 6, 0]):  # a few steps, one row joining late
@@ -120,8 +172,13 @@ def test_fused_sampler_draws_the_reference_ids() -> None:
     from serve_app.model.kernels.sampling import sample_top_k
 
     gen = torch.Generator().manual_seed(5)
-    logits = (torch.randn(3, 300, generator=gen) * 3).to(DEVICE)  # a short vocabulary: the interpreter is slow
-    temperature, top_k = torch.tensor([0.9, 0.5, 1.3], device=DEVICE), torch.tensor([1, 50, 200], device=DEVICE)
+    logits = (torch.randn(3, 300, generator=gen) * 3).to(
+        DEVICE
+    )  # a short vocabulary: the interpreter is slow
+    temperature, top_k = (
+        torch.tensor([0.9, 0.5, 1.3], device=DEVICE),
+        torch.tensor([1, 50, 200], device=DEVICE),
+    )
     seeds = torch.tensor([7, -(2**61), 2**62 + 5], device=DEVICE)
     frame = torch.tensor([0, 3, 40], device=DEVICE)
     columns = noise_columns(256, DEVICE)

@@ -16,7 +16,10 @@ arranged so the decode step can be compiled and captured in CUDA graphs:
   `serve_app.engine.sampling`.
 - On CUDA (with Triton) one-token attention (RoPE, cache write, attention over each row's own
   prefix) and the sampler are single Triton kernels (`serve_app.model.kernels`): the step is bound by
-  kernel count, not bytes. CPU runs the plain PyTorch path; tests check both agree.
+  kernel count, not bytes. For batches up to `linear_max_batch` the projections are Triton kernels
+  too, with RMSNorm, SwiGLU and the residual adds fused into them (four launches a layer), and the
+  depth decoder's final norm rides in its codebook head. CPU runs the plain PyTorch path; tests
+  check both agree.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ from serve_app.engine.types import NUM_CODEBOOKS
 from serve_app.model.csm import CsmModel
 from serve_app.model.kernels import MIN_FUSED_HEAD_DIM, fused_attention_supports, triton_available
 from serve_app.model.llama import Block, Transformer, apply_rope
+
+DEFAULT_LINEAR_MAX_BATCH = 32
+"""Largest decode batch whose projections run through the fused Triton matmuls; bigger batches
+use cuBLAS (see `benchmarks/results/*-fused-linear.json` for the crossover)."""
 
 
 def _attend(
@@ -82,6 +89,30 @@ def _attend_fused(layer: Block, x: torch.Tensor, positions: torch.Tensor, stack:
     return h + layer.feed_forward(layer.ffn_norm(h))
 
 
+def _block_fused_linear(
+    layer: Block, x: torch.Tensor, positions: torch.Tensor, stack: Transformer
+) -> torch.Tensor:
+    """One block over x (B, D) in five kernels: norm+QKV, attention, output+residual, norm+gate/up,
+    SwiGLU+down+residual."""
+    attn, ff = layer.attention, layer.feed_forward
+    linear = torch.ops.csm_serve.fused_linear
+    an, fn = layer.attention_norm, layer.ffn_norm
+    qkv = linear(x, attn.wqkv.weight, an.weight, None, an.eps, False)
+    out = torch.ops.csm_serve.decode_attention(
+        qkv,
+        positions,
+        stack.rope_cos,
+        stack.rope_sin,
+        attn.kv_cache.k,
+        attn.kv_cache.v,
+        attn.n_heads,
+        attn.n_kv_heads,
+    )
+    h = linear(out, attn.wo.weight, None, x, 0.0, False)
+    gate_up = linear(h, ff.w13.weight, fn.weight, None, fn.eps, False)
+    return linear(gate_up, ff.w2.weight, None, h, 0.0, True)
+
+
 def stack_forward(
     stack: Transformer,
     x: torch.Tensor,
@@ -89,17 +120,27 @@ def stack_forward(
     kv_len: int,
     rows: torch.Tensor | None = None,
     fused: bool = False,
+    fused_linear: bool = False,
+    final_norm: bool = True,
 ) -> torch.Tensor:
     """Run `stack` over x (B, T, D) at `positions` (B, T) (< 0: padding or idle row).
 
     `rows` (B,) are the cache slots of the batch rows (prefill); None means rows 0..B-1 (decode).
-    Every valid position must be < kv_len. Returns the final-normed hidden states (B, T, D)."""
+    Every valid position must be < kv_len. `fused`: the one-token Triton attention; `fused_linear`:
+    the fused Triton projections too. Returns the hidden states (B, T, D), final-normed unless
+    `final_norm` is False (the caller fuses the norm into its head)."""
     b, t, _ = x.shape
     if fused:  # one new token per row = cache slot: the fused kernel reads each row's own prefix
         assert t == 1 and rows is None, "the fused decode attention takes one token per slot row"
-        for layer in stack.layers:
-            x = _attend_fused(layer, x, positions[:, 0], stack)
-        return stack.norm(x)
+        if fused_linear:
+            h = x[:, 0]
+            for layer in stack.layers:
+                h = _block_fused_linear(layer, h, positions[:, 0], stack)
+            x = h.unsqueeze(1)
+        else:
+            for layer in stack.layers:
+                x = _attend_fused(layer, x, positions[:, 0], stack)
+        return stack.norm(x) if final_norm else x
     hkv = stack.layers[0].attention.n_kv_heads
     group = stack.layers[0].attention.n_heads // hkv
     valid = positions >= 0
@@ -112,7 +153,7 @@ def stack_forward(
     mask = mask.unsqueeze(1).expand(b, group, t, kv_len).reshape(b, 1, group * t, kv_len)
     for layer in stack.layers:
         x = _attend(layer, x, cos, sin, write_pos, mask, rows, kv_len)
-    return stack.norm(x)
+    return stack.norm(x) if final_norm else x
 
 
 _GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)  # SplitMix64's increment as an int64
@@ -155,10 +196,15 @@ class FastStep:
     `torch.compile` (see `compile`) and capture them in CUDA graphs."""
 
     def __init__(
-        self, model: CsmModel, vocab_limit: int | None = None, fused_attention: bool | None = None
+        self,
+        model: CsmModel,
+        vocab_limit: int | None = None,
+        fused_attention: bool | None = None,
+        linear_max_batch: int | None = None,
     ) -> None:
         """`fused_attention`: one-token attention and the sampler through Triton kernels (default: on
-        CUDA with Triton)."""
+        CUDA with Triton). `linear_max_batch`: decode batches up to this size also run the fused
+        Triton projections (default `DEFAULT_LINEAR_MAX_BATCH` with fused attention, else 0)."""
         self.model = model
         self.vocab_limit = vocab_limit
         self.num_codebooks = model.cfg.num_codebooks
@@ -175,11 +221,20 @@ class FastStep:
                 device.type == "cuda" and triton_available() and fused_attention_supports(*head_dims)
             )
         elif fused_attention and not fused_attention_supports(*head_dims):
-            raise ValueError(f"fused attention needs even head sizes >= {MIN_FUSED_HEAD_DIM}, got {head_dims}")
+            raise ValueError(
+                f"fused attention needs even head sizes >= {MIN_FUSED_HEAD_DIM}, got {head_dims}"
+            )
         if fused_attention:
             import serve_app.model.kernels.decode_attention
+            import serve_app.model.kernels.fused_linear
             import serve_app.model.kernels.sampling  # noqa: F401
         self.fused = fused_attention
+        if linear_max_batch is None:
+            linear_max_batch = DEFAULT_LINEAR_MAX_BATCH if fused_attention else 0
+        elif linear_max_batch and not fused_attention:
+            raise ValueError("the fused projections come with the fused attention")
+        self.linear_max_batch = linear_max_batch
+        self.depth_positions = torch.arange(model.cfg.decoder_seq_len, device=device)
         self._prefill: Callable[..., torch.Tensor] = self.prefill
         self._backbone_step: Callable[..., torch.Tensor] = self.backbone_step
         self._frame_start: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self.frame_start
@@ -207,10 +262,19 @@ class FastStep:
         return stack_forward(m.backbone, m.embed_rows(tokens, mask), positions, kv_len, rows=slots)
 
     # ---- decode step --------------------------------------------------------------------------
+    def fused_linear_for(self, batch: int) -> bool:
+        """Whether a decode step of `batch` rows runs the fused Triton projections."""
+        return self.fused and batch <= self.linear_max_batch
+
     def backbone_step(self, embeds: torch.Tensor, positions: torch.Tensor, kv_len: int) -> torch.Tensor:
         """embeds (B, D) at positions (B,) of slots 0..B-1 → last hidden state (B, D)."""
         h = stack_forward(
-            self.model.backbone, embeds.unsqueeze(1), positions.unsqueeze(1), kv_len, fused=self.fused
+            self.model.backbone,
+            embeds.unsqueeze(1),
+            positions.unsqueeze(1),
+            kv_len,
+            fused=self.fused,
+            fused_linear=self.fused_linear_for(embeds.shape[0]),
         )
         return h[:, 0]
 
@@ -266,10 +330,27 @@ class FastStep:
         sample codebook `codebook`. Compiled with a symbolic `codebook`, so one graph serves all."""
         m = self.model
         x = self.depth_inputs[prev + (codebook - 1) * self.vocab].unsqueeze(1)
-        out = self._depth(x, codebook)[:, 0]
-        return self._sample(
-            torch.matmul(out, m.audio_head[codebook - 1]), codebook, temperature, top_k, seeds, frame
-        )
+        b = x.shape[0]
+        if self.fused_linear_for(b):
+            # One step in 22 launches: the depth position is a view of a constant table, and the
+            # final norm runs inside the codebook head (a transposed view of the (dim, vocab) head).
+            positions = self.depth_positions[codebook : codebook + 1].expand(b, 1)
+            out = stack_forward(
+                m.decoder,
+                x,
+                positions,
+                m.cfg.decoder_seq_len,
+                fused=True,
+                fused_linear=True,
+                final_norm=False,
+            )
+            head = m.audio_head[codebook - 1].t()[: self.noise_columns.shape[0]]
+            norm = m.decoder.norm
+            logits = torch.ops.csm_serve.fused_linear(out[:, 0], head, norm.weight, None, norm.eps, False)
+        else:
+            out = self._depth(x, codebook)[:, 0]
+            logits = torch.matmul(out, m.audio_head[codebook - 1])
+        return self._sample(logits, codebook, temperature, top_k, seeds, frame)
 
     def depth_frame(
         self,

@@ -70,7 +70,7 @@ def _decode_attention_kernel(
     v_offs = (H + HKV) * D + g * D + dims
     cache = b * cache_s_stride + g * cache_h_stride
     new = cache + pos * cache_p_stride + dims
-    write = (dims < half) & live  # idle rows write nothing
+    write = (dims * 0 + raw_pos) >= 0  # idle rows write nothing (a vector mask: the interpreter needs one)
     tl.store(k_cache_ptr + new, (k1 * c - k2 * s).to(dtype), mask=write)
     tl.store(k_cache_ptr + new + half, (k2 * c + k1 * s).to(dtype), mask=write)
     tl.store(v_cache_ptr + new, tl.load(row + v_offs).to(dtype), mask=write)
