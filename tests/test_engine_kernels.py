@@ -93,15 +93,21 @@ def test_narrow_heads_take_the_unfused_path() -> None:
     assert FastStep(wide_head_model().to(DEVICE), 2048).fused == (DEVICE.type == "cuda")
 
 
+@pytest.mark.parametrize("split_k", [1, 3, 4], ids=["one-pass", "split-3", "split-4"])
 @pytest.mark.parametrize("rows", [1, 3, 20])
-def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(rows: int) -> None:
+def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
+    rows: int, split_k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch.nn.functional as F
 
+    from serve_app.model.kernels import fused_linear as module
     from serve_app.model.kernels.fused_linear import fused_linear
     from serve_app.model.llama import RMSNorm
 
     gen = torch.Generator().manual_seed(rows)
     k, n = 96, 70  # not multiples of the tiles: masked edges
+    tiles = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "SPLIT_K": split_k, "num_warps": 4, "num_stages": 2}
+    monkeypatch.setattr(module, "tile_config", lambda *_: tiles)  # of 4 splits the last has no K left
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen)

@@ -29,7 +29,7 @@ import triton.language as tl
 def _linear_kernel(
     x_ptr,  # (M, K) or (M, 2K) for SwiGLU, unit stride along K
     w_ptr,  # (N, K) view: element (n, k) at n * stride_wn + k * stride_wk
-    out_ptr,  # (M, N)
+    out_ptr,  # (M, N), or (SPLIT_K, M, N) fp32 partial sums
     res_ptr,  # (M, N) residual (RESIDUAL)
     g_ptr,  # (K,) RMSNorm weight (NORM)
     M,
@@ -47,10 +47,12 @@ def _linear_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     ks = tl.arange(0, BLOCK_K)
@@ -59,7 +61,9 @@ def _linear_kernel(
     dtype = w_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     sumsq = tl.zeros((BLOCK_M,), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_start = pid_k * k_span
+    for k0 in range(k_start, tl.minimum(K, k_start + k_span), BLOCK_K):
         k = k0 + ks
         k_ok = k < K
         x_mask = row_ok[:, None] & k_ok[None, :]
@@ -81,43 +85,93 @@ def _linear_kernel(
             other=0.0,
         )
         acc += tl.dot(a.to(dtype), w, input_precision=PRECISION)
-    if NORM:
-        acc = acc * (1.0 / tl.sqrt(sumsq / K + eps))[:, None]
     out_mask = row_ok[:, None] & col_ok[None, :]
+    if SPLIT_K > 1:  # partial sums; `_reduce_kernel` applies the norm scale and the residual
+        part = out_ptr + pid_k * M * N + rows[:, None] * N + cols[None, :]
+        tl.store(part, acc, mask=out_mask)
+    else:
+        if NORM:
+            acc = acc * (1.0 / tl.sqrt(sumsq / K + eps))[:, None]
+        out = acc.to(out_ptr.dtype.element_ty)
+        if RESIDUAL:
+            r = tl.load(res_ptr + rows[:, None] * stride_rm + cols[None, :], mask=out_mask, other=0.0)
+            out = (r.to(tl.float32) + out.to(tl.float32)).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], out, mask=out_mask)
+
+
+@triton.jit
+def _reduce_kernel(
+    part_ptr,  # (SPLIT_K, M, N) fp32
+    x_ptr,  # (M, K): the norm's input (NORM)
+    out_ptr,  # (M, N)
+    res_ptr,  # (M, N) residual (RESIDUAL)
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_om,
+    stride_rm,
+    eps,
+    NORM: tl.constexpr,
+    RESIDUAL: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Sum split-K partials in a fixed order (deterministic), then the epilogue of `_linear_kernel`."""
+    pid_n = tl.program_id(0)
+    row = tl.program_id(1)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ok = cols < N
+    acc = tl.zeros((BLOCK_N,), tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(part_ptr + s * M * N + row * N + cols, mask=ok, other=0.0)
+    if NORM:
+        sumsq = tl.zeros((BLOCK_K,), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            xk = tl.load(x_ptr + row * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
+            sumsq += xk * xk
+        acc = acc * (1.0 / tl.sqrt(tl.sum(sumsq, axis=0) / K + eps))
     out = acc.to(out_ptr.dtype.element_ty)
     if RESIDUAL:
-        r = tl.load(res_ptr + rows[:, None] * stride_rm + cols[None, :], mask=out_mask, other=0.0)
+        r = tl.load(res_ptr + row * stride_rm + cols, mask=ok, other=0.0)
         out = (r.to(tl.float32) + out.to(tl.float32)).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], out, mask=out_mask)
+    tl.store(out_ptr + row * stride_om + cols, out, mask=ok)
 
 
-SMS_TARGET = 132
-"""Programs the grid should reach before tiles grow (an H100/H200 has 132 SMs)."""
+SMS = 132
+"""Streaming multiprocessors of an H100/H200: the grid should give each a few programs."""
 
 
 def tile_config(m: int, n: int, k: int) -> dict[str, int]:
-    """Tile sizes for an (m x k) @ (k x n) decode matmul: the smallest row tile that holds the
-    batch (tensor-core tiles start at 16 rows), then the widest column tile that still gives
-    every SM a program (narrow tiles otherwise; re-reading x per program is cheap next to W)."""
+    """Tiles for an (m x k) @ (k x n) decode matmul (from sweeps of the CSM-1B shapes on an H200,
+    `benchmarks/bench_fused_linear.py`): the smallest row tile that holds the batch (tensor-core
+    tiles start at 16 rows), wide column tiles only for wide outputs, and the K dimension split
+    across programs until the grid covers the GPU twice: one program streaming a long K alone is
+    latency-bound, not bandwidth-bound."""
     block_m = min(64, max(16, triton.next_power_of_2(m)))
-    row_tiles = triton.cdiv(m, block_m)
-    block_n = 16
-    for candidate in (128, 64, 32):
-        if row_tiles * triton.cdiv(n, candidate) >= SMS_TARGET and candidate * block_m <= 128 * 64:
-            block_n = candidate
-            break
-    block_k = 256 if block_m <= 16 else (128 if block_m <= 32 else 64)
+    block_n = 64 if n >= 8192 else (32 if n >= 2048 else 16)
+    if block_m >= 32 and n >= 8192:
+        block_n = 128
+    block_k = 256 if block_m <= 16 else 128
+    block_k = min(block_k, max(16, triton.next_power_of_2(k)))
+    programs = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+    split = 1
+    while programs * split < 2 * SMS and k // (split * 2) >= 2 * block_k:
+        split *= 2
     return {
         "BLOCK_M": block_m,
         "BLOCK_N": block_n,
-        "BLOCK_K": min(block_k, max(16, triton.next_power_of_2(k))),
+        "BLOCK_K": block_k,
+        "SPLIT_K": split,
         "num_warps": 4,
-        "num_stages": 4 if block_m <= 32 else 3,
+        "num_stages": 3,
     }
 
 
 CONFIG_OVERRIDES: dict[tuple[int, int, int], dict[str, int]] = {}
-"""Per-(m, n, k) tile choices that beat `tile_config` (filled by tuning on the target GPU)."""
+"""Per-(m, n, k) tiles that replace `tile_config`'s (benchmark sweeps)."""
 
 
 def launch(
@@ -127,25 +181,27 @@ def launch(
     residual: torch.Tensor | None = None,
     eps: float = 1e-5,
     swiglu: bool = False,
-    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Run the kernel; see `fused_linear`."""
+    """Run the kernel(s); see `fused_linear`."""
     if x.stride(-1) != 1:
         x = x.contiguous()
     m = x.shape[0]
     n, k = weight.shape
     if x.shape[1] != (2 * k if swiglu else k):
         raise ValueError(f"x has {x.shape[1]} columns for a weight of {k} (swiglu={swiglu})")
-    out = torch.empty(m, n, dtype=out_dtype or x.dtype, device=x.device)
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    cfg = CONFIG_OVERRIDES.get((m, n, k)) or tile_config(m, n, k)
-    grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]))
+    cfg = dict(CONFIG_OVERRIDES.get((m, n, k)) or tile_config(m, n, k))
+    split = cfg["SPLIT_K"]
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]), split)
     res = residual if residual is not None else out
+    dest = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
+    flags = {"NORM": norm_weight is not None, "RESIDUAL": residual is not None}
     _linear_kernel[grid](
         x,
         weight,
-        out,
+        dest,
         res,
         norm_weight if norm_weight is not None else x,
         m,
@@ -157,12 +213,31 @@ def launch(
         out.stride(0),
         res.stride(0),
         eps,
-        NORM=norm_weight is not None,
         SWIGLU=swiglu,
-        RESIDUAL=residual is not None,
         PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
+        **flags,
         **cfg,
     )
+    if split > 1:
+        block_n = min(1024, triton.next_power_of_2(n))
+        _reduce_kernel[(triton.cdiv(n, block_n), m)](
+            dest,
+            x,
+            out,
+            res,
+            m,
+            n,
+            k,
+            x.stride(0),
+            out.stride(0),
+            res.stride(0),
+            eps,
+            SPLIT_K=split,
+            BLOCK_N=block_n,
+            BLOCK_K=min(1024, triton.next_power_of_2(k)),
+            num_warps=4,
+            **flags,
+        )
     return out
 
 
