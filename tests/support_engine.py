@@ -51,15 +51,34 @@ def make_loop(
     silence: SilenceGuard = NO_SILENCE_GUARD,
     max_waiting: int = 8,
     csm: CsmModel | None = None,
+    history: int = 32,
 ) -> EngineLoop:
     runner = ModelRunner(
         csm or model(),
         codec().model,
         n_slots,
         vocab_limit=2048,
+        history=history,
         audio_chunk_sizes=(chunks.first_frames, chunks.frames),
     )
     return EngineLoop(runner, Scheduler(n_slots, max_waiting), chunks, silence)
+
+
+def force_end_of_audio(loop: EngineLoop, at_frame: int, seed: int | None = None) -> None:
+    """Make frame `at_frame` the all-zero end-of-audio frame (as the model would), for every stream or
+    only for those sampled with `seed`. Later frames stay ordinary codes, so any frame the loop took
+    past the end would show."""
+    fast = loop.runner.fast
+    model_frame = fast.depth_frame
+
+    def depth_frame(h, temperature, top_k, seeds, frame):  # type: ignore[no-untyped-def]
+        codes = model_frame(h, temperature, top_k, seeds, frame)
+        hit = frame == at_frame
+        if seed is not None:
+            hit = hit & (seeds == seed)
+        return torch.where(hit[:, None], torch.zeros_like(codes), codes)
+
+    fast.depth_frame = depth_frame  # type: ignore[method-assign]
 
 
 def request(text: str, frames: int, seed: int = 0, top_k: int = 50) -> GenerationRequest:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from serve_app.engine.generator import Generator
-from serve_app.engine.loop import EngineLoop, SilenceGuard
+from serve_app.engine.loop import SilenceGuard
 from serve_app.engine.sequence import ChunkPolicy
 from serve_app.engine.types import FinishReason
 from tests import support_engine as se
@@ -20,18 +20,6 @@ FS = 1920
 def _one_thread():
     with se.one_thread():
         yield
-
-
-def force_end_of_audio(loop: EngineLoop, at_frame: int) -> None:
-    """Make every stream's frame `at_frame` the all-zero end-of-audio frame (as the model would)."""
-    fast = loop.runner.fast
-    model_frame = fast.depth_frame
-
-    def depth_frame(h, temperature, top_k, seeds, frame):  # type: ignore[no-untyped-def]
-        codes = model_frame(h, temperature, top_k, seeds, frame)
-        return torch.where((frame >= at_frame)[:, None], torch.zeros_like(codes), codes)
-
-    fast.depth_frame = depth_frame  # type: ignore[method-assign]
 
 
 def test_stream_chunks_and_audio_equal_the_reference_generator() -> None:
@@ -60,7 +48,7 @@ def test_stream_chunks_and_audio_equal_the_reference_generator() -> None:
 )
 def test_end_of_audio_frame_ends_the_stream_without_its_samples(eos_at: int, sizes: list[int]) -> None:
     loop = se.make_loop(chunks=ChunkPolicy(1, 4))
-    force_end_of_audio(loop, eos_at)
+    se.force_end_of_audio(loop, eos_at)
     got = se.sequence(se.request("stop early", frames=12, seed=3))
     loop.submit(got.seq)
     se.run_until_idle(loop)

@@ -1,17 +1,24 @@
 """The continuous-batching loop: requests join at frame boundaries, every live slot gets one frame
 per decode step, audio chunks stream out, finished sequences leave.
 
-The loop is pipelined by one step. An iteration:
-  1. waits for the step launched last iteration (and the audio decoded alongside it), records each
+Up to two decode steps are in flight, so the device does not sit idle while the host works: a step's
+input (the previous frame's embeddings, positions, frame counters) lives on the device and is
+advanced by the step itself, so step N+1 can be queued before the host has read step N's codes.
+An iteration:
+  1. drops cancelled sequences and admits waiting ones (their prefill is queued on the device);
+  2. launches step N+1 (CUDA graphs on a GPU) for every sequence still generating; its codes are
+     copied to a host buffer of its own behind it;
+  3. waits for step N's codes only (and the audio decoded since last iteration), records each
      sequence's frame, and stops sequences that hit end of audio or their length;
-  2. drops cancelled sequences and admits waiting ones (their prefill is queued on the device);
-  3. launches the next decode step (CUDA graphs on a GPU) for every live sequence;
-  4. while the device runs it: hands finished chunks to their streams, then launches the audio
+  4. while the device runs step N+1: hands finished chunks to their streams, then launches the audio
      decode of every chunk whose frames are complete, on the runner's audio stream.
-So host bookkeeping and the audio decoder overlap the model. A stream's first chunk is decoded
-right after the step that completes it (lowest time to first audio); if that step's frame turns out
-to be the end-of-audio frame, its samples are cut from the chunk. A finished sequence keeps its slot
-(no longer stepped) until its last chunk is out.
+End of audio is thus seen one step late: the frame step N+1 computed past it is discarded and the
+slot stops being stepped. Lengths are known on the host, so no step is launched past one. A step's
+codes go to the sequences it was launched for, and only while they are still generating: a sequence
+cancelled or silenced meanwhile, or admitted into a slot freed meanwhile, gets nothing from it.
+A stream's first chunk is decoded right after the step that completes it (lowest time to first
+audio); if that step's frame turns out to be the end-of-audio frame, its samples are cut from the
+chunk. A finished sequence keeps its slot (no longer stepped) until its last chunk is out.
 
 The loop runs on its own thread (`start`) or is driven by hand (`run_once`, for tests); sequences
 arrive and get cancelled from any thread.
@@ -30,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from serve_app.engine.runner import ModelRunner
+from serve_app.engine.runner import ModelRunner, StepOutput
 from serve_app.engine.scheduler import Scheduler
 from serve_app.engine.sequence import ChunkPolicy, Sequence
 from serve_app.engine.types import FRAME_MS, AudioChunk, FinishReason
@@ -62,19 +69,22 @@ DEFAULT_SILENCE_GUARD = SilenceGuard()
 
 
 @dataclass
+class _Step:
+    """A launched decode step and the sequences it computes a frame for (as of its launch)."""
+
+    seqs: list[Sequence]
+    out: StepOutput
+
+
+@dataclass
 class _Chunk:
     """Audio decode of `count` frames from `first` on, for each sequence of a group."""
 
     seqs: list[Sequence]
     first: list[int]
     count: int
-    urgent: bool  # decoded right after this iteration's step (its last frame may be end-of-audio)
+    after: StepOutput | None = None  # the uncollected step a first chunk waits for (its last frame)
     pcm: Any = None  # device tensor (B, decoded frames * frame_samples), then host array
-
-
-def _without_finished(chunk: _Chunk) -> _Chunk:
-    keep = [i for i, s in enumerate(chunk.seqs) if not s.finished]
-    return _Chunk([chunk.seqs[i] for i in keep], [chunk.first[i] for i in keep], chunk.count, chunk.urgent)
 
 
 class EngineLoop:
@@ -87,6 +97,9 @@ class EngineLoop:
         eos_id: int = 0,
         on_step: StepObserver | None = None,
     ) -> None:
+        # Frames still to decode lie at most `largest` behind the newest frame the host has read, and
+        # neither the steps in flight nor a stopped slot's idle rewrites write more than two frames
+        # past it: `largest + 3` ring frames are enough, within this bound (the engine sizes by it).
         if 2 * chunks.largest + 2 > runner.history_len:
             raise ValueError(
                 f"chunks of {chunks.largest} frames need a history ring of {2 * chunks.largest + 2}"
@@ -102,9 +115,10 @@ class EngineLoop:
         self._observed = (0, 0)
         self.steps = 0
         self.error: BaseException | None = None
-        self._inflight: tuple[int, list[Sequence], list[_Chunk]] | None = None
-        # Seconds per phase of an iteration: waiting for the device, admission + prefill + step
-        # launch, chunk hand-over + audio decode launches (overlapping the step), for benchmarks.
+        self._step: _Step | None = None  # launched, codes not collected yet
+        self._audio: list[_Chunk] = []  # decodes launched last iteration, collected with the step
+        # Seconds per phase of an iteration: admission + prefill + step launch, waiting for the step
+        # before it, chunk hand-over + audio decode launches (overlapping the step), for benchmarks.
         self.timings: dict[str, float] = dict.fromkeys(("iterations", "wait_s", "launch_s", "host_s"), 0.0)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -152,7 +166,7 @@ class EngineLoop:
 
     def abort(self, exc: BaseException) -> None:
         """End every running and waiting sequence with `exc` (the loop failed or was stopped)."""
-        self._inflight = None
+        self._step, self._audio = None, []
         for seq in self.scheduler.drain():
             if seq.slot is not None:
                 self.runner.release(seq.slot)
@@ -161,33 +175,25 @@ class EngineLoop:
     # ---- one iteration ------------------------------------------------------------------------
     @torch.inference_mode()
     def run_once(self) -> bool:
-        """Finish the step in flight and launch the next; returns False when there was nothing to do."""
+        """Launch the next step, then finish the one before it; returns False when there was nothing to do."""
         t0 = time.perf_counter()
-        done = self._collect()
-        t1 = time.perf_counter()
-        cancelled = self.scheduler.cancelled()
-        for seq in cancelled:
+        for seq in self.scheduler.cancelled():
             self._retire(seq, FinishReason.CANCELLED)
         self._admit()
-        live = [s for s in self.scheduler.running.values() if s.finish_reason is None]
-        rows = 0
-        if live:
-            rows = max(s.slot for s in live) + 1  # type: ignore[type-var]
-            self.runner.step(rows, max(s.next_position for s in live) + 1)
-            self.steps += 1
-            for seq in live:
-                seq.steps += 1
+        launched = self._launch_step()
+        t1 = time.perf_counter()
+        previous, self._step = self._step, launched
+        done = self._collect(previous)
         t2 = time.perf_counter()
         for chunk in done:
             self._emit(chunk)
-        launched = self._launch_chunks() + self._launch_first_chunks(live)
-        self._inflight = (rows, live, launched) if rows or launched else None
+        self._audio = self._launch_chunks() + self._launch_first_chunks(launched)
         t3 = time.perf_counter()
-        for key, value in (("wait_s", t1 - t0), ("launch_s", t2 - t1), ("host_s", t3 - t2)):
+        for key, value in (("launch_s", t1 - t0), ("wait_s", t2 - t1), ("host_s", t3 - t2)):
             self.timings[key] += value
         self.timings["iterations"] += 1
-        self._observe(len(live))
-        return bool(done or self._inflight)
+        self._observe(len(launched.seqs) if launched else 0)
+        return bool(launched or previous or done or self._audio)
 
     def _observe(self, batch_size: int) -> None:
         observed = (batch_size, len(self.scheduler.waiting))
@@ -198,21 +204,37 @@ class EngineLoop:
             except Exception:  # an observer must never stop generation
                 logger.exception("step observer failed")
 
-    def _collect(self) -> list[_Chunk]:
-        """Wait for the step and audio decodes in flight; record frames; return the decoded chunks."""
-        if self._inflight is None:
+    def _launch_step(self) -> _Step | None:
+        """Launch a step for every sequence still generating. A sequence's last step (its length) also
+        stops its slot, queued behind the step, so later steps skip the row."""
+        seqs = [s for s in self.scheduler.running.values() if s.stepping]
+        if not seqs:
+            return None
+        rows = max(s.slot for s in seqs) + 1  # type: ignore[type-var]
+        out = self.runner.step(rows, max(s.next_position for s in seqs) + 1)
+        self.steps += 1
+        for seq in seqs:
+            seq.steps += 1
+            if seq.steps >= seq.max_frames:
+                self.runner.deactivate(seq.slot)  # type: ignore[arg-type]
+        return _Step(seqs, out)
+
+    def _collect(self, step: _Step | None) -> list[_Chunk]:
+        """Wait for `step` (not the steps after it) and last iteration's audio decodes; record the
+        step's frames; return the decoded chunks."""
+        chunks, self._audio = self._audio, []
+        if step is None and not chunks:
             return []
-        rows, live, chunks = self._inflight
-        self._inflight = None
-        host = self.runner.fetch([self.runner.codes[:rows]] if rows else [], [c.pcm for c in chunks])
-        if rows:
-            codes = host.pop(0)
+        codes, pcm = self.runner.fetch(step.out if step else None, [c.pcm for c in chunks])
+        if step is not None and codes is not None:
             eos = (codes == self.eos_id).all(axis=1)
-            for seq in live:
-                if seq.finish_reason is None and self._take_frame(seq, codes[seq.slot], bool(eos[seq.slot])):
-                    self.runner.deactivate(seq.slot)  # type: ignore[arg-type]
-        for chunk, pcm in zip(chunks, host):
-            chunk.pcm = pcm
+            for seq in step.seqs:
+                # A sequence that ended since the launch (end of audio seen in the step before,
+                # silence, cancel) gets nothing: this frame is past its end.
+                if seq.finish_reason is None:
+                    self._take_frame(seq, codes[seq.slot], bool(eos[seq.slot]))
+        for chunk, host in zip(chunks, pcm):
+            chunk.pcm = host
         return chunks
 
     def _admit(self) -> None:
@@ -227,35 +249,36 @@ class EngineLoop:
                 self._retire(seq, FinishReason.CANCELLED)
                 seq.sink(exc)
 
-    def _take_frame(self, seq: Sequence, frame: np.ndarray, end_of_audio: bool) -> bool:
-        """Record the step's frame; True when the sequence has ended (end of audio or length)."""
+    def _take_frame(self, seq: Sequence, frame: np.ndarray, end_of_audio: bool) -> None:
+        """Record the step's frame; end the sequence on end of audio or at its length."""
         if end_of_audio:
             seq.finish_reason = FinishReason.END_OF_AUDIO
-            seq.steps -= 1  # the end-of-audio frame is not audio
-            seq.decoded = min(seq.decoded, seq.steps)
-            return True
+            # The step after this one already computed a frame past the end (discarded); stop the slot.
+            self.runner.deactivate(seq.slot)  # type: ignore[arg-type]
+            return
         seq.frames.append(frame.copy())
         if len(seq.frames) >= seq.max_frames:
-            seq.finish_reason = FinishReason.LENGTH
-            return True
-        return False
+            seq.finish_reason = FinishReason.LENGTH  # its slot stopped with its last launch
 
     def _launch(self, chunk: _Chunk) -> None:
         size = self.runner.final_chunk_size(chunk.count)
         slots = [s.slot for s in chunk.seqs]
-        chunk.pcm = self.runner.decode_audio(slots, chunk.first, size, after_step=chunk.urgent)  # type: ignore[arg-type]
+        chunk.pcm = self.runner.decode_audio(slots, chunk.first, size, after=chunk.after)  # type: ignore[arg-type]
 
-    def _launch_first_chunks(self, live: list[Sequence]) -> list[_Chunk]:
-        """First chunks completed by this step, decoded right after it (one launch per size)."""
+    def _launch_first_chunks(self, step: _Step | None) -> list[_Chunk]:
+        """First chunks completed by the step just launched, decoded right after it (one launch per
+        size); their frames reach the host together with the audio, next iteration."""
+        if step is None:
+            return []
         groups: dict[int, list[Sequence]] = defaultdict(list)
-        for seq in live:
-            if seq.chunks_sent == 0 and seq.decoded == 0:
+        for seq in step.seqs:
+            if seq.finish_reason is None and seq.chunks_sent == 0 and seq.decoded == 0:
                 pending = seq.pending()
                 if pending >= self.chunks.first_frames or seq.steps >= seq.max_frames:
                     groups[pending].append(seq)
         out = []
         for count, group in sorted(groups.items()):
-            chunk = _Chunk(group, [0] * len(group), count, urgent=True)
+            chunk = _Chunk(group, [0] * len(group), count, after=step.out)
             for seq in group:
                 seq.decoded = count
             self._launch(chunk)
@@ -269,15 +292,15 @@ class EngineLoop:
         for seq in list(self.scheduler.running.values()):
             if seq.finished:
                 continue
-            known = len(seq.frames) - seq.decoded  # frames on the host, not yet decoded
+            known = seq.undecoded()
             ended = seq.finish_reason is not None
             if known > 0 and (ended or known >= self.chunks.target(seq.chunks_sent)):
                 groups[known].append(seq)
-            elif ended and seq.decoded >= seq.steps:
+            elif ended:
                 self._emit_last(seq)
         out = []
         for count, group in sorted(groups.items()):
-            chunk = _Chunk(group, [s.decoded for s in group], count, urgent=False)
+            chunk = _Chunk(group, [s.decoded for s in group], count)
             for seq in group:
                 seq.decoded += count
             self._launch(chunk)
@@ -296,9 +319,8 @@ class EngineLoop:
             codes = np.stack(seq.frames[first : first + kept]) if kept else np.zeros((0, 32), np.int64)
             if kept and self._silent_tail(seq, pcm, kept) and seq.finish_reason is None:
                 seq.finish_reason = FinishReason.SILENCE
-                seq.steps = seq.decoded  # frames computed past the silent tail are dropped
-                del seq.frames[seq.decoded :]
-            last = seq.finish_reason is not None and seq.decoded >= seq.steps
+                del seq.frames[seq.decoded :]  # frames computed past the silent tail are dropped
+            last = seq.finish_reason is not None and seq.undecoded() <= 0
             seq.emit(
                 AudioChunk(
                     pcm=pcm,

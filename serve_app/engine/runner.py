@@ -11,8 +11,10 @@ A decode step for batch rows 0..B-1 (row = slot):
   codes   = depth frame(hidden) with per-row seeds        depth graph (B)
   embeds  = embedding of codes (next step's input); history ring[slot, frame % R] = codes;
   positions, frames += 1 for live rows
-New frames are decoded to audio from the history ring by the (graphed) streaming Mimi decoder,
-batched across slots, on a separate audio stream so decoding overlaps the next step.
+Each step then copies its codes into a host buffer of its own (a small ring) and records that
+buffer's event, so the host can queue the next step before reading this one's codes and waits for
+this step alone. New frames are decoded to audio from the history ring by the (graphed) streaming
+Mimi decoder, batched across slots, on a separate audio stream so decoding overlaps the next step.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +37,17 @@ from serve_app.model.mimi_stream_graphs import GraphedMimiStreamDecoder
 logger = logging.getLogger(__name__)
 
 DEFAULT_KV_BUCKETS = (128, 256, 512, 1024, 2048)
+STEP_OUTPUT_RING = 3
+"""Host buffers for step codes: a step's codes must be fetched before this many more steps launch."""
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """A launched step's codes for rows 0..rows-1, copied to host buffer `index % STEP_OUTPUT_RING`
+    behind the step (`index`: steps launched before it)."""
+
+    index: int
+    rows: int
 
 
 def buckets_up_to(n: int) -> tuple[int, ...]:
@@ -117,7 +131,13 @@ class ModelRunner:
         # next decode step; a first chunk waits for the step that completed it.
         cuda = self.device.type == "cuda"
         self.audio_stream = torch.cuda.Stream(self.device) if cuda else None
-        self.step_done = torch.cuda.Event() if cuda else None
+        # Per step: its codes land in the next pinned buffer of a ring and that buffer's event marks
+        # the step done, so waiting for one step leaves the steps queued after it running.
+        self._step_codes = [
+            torch.zeros(n_slots, n, dtype=torch.long, pin_memory=cuda) for _ in range(STEP_OUTPUT_RING)
+        ]
+        self._step_events = [torch.cuda.Event() if cuda else None for _ in range(STEP_OUTPUT_RING)]
+        self.steps_launched = 0
         self.frame_samples = self.decoder.frame_samples
         self._backbone_graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._depth_graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -247,10 +267,11 @@ class ModelRunner:
         self.frame[:rows] += live
 
     @torch.inference_mode()
-    def step(self, rows: int, positions: int) -> int:
+    def step(self, rows: int, positions: int) -> StepOutput:
         """Launch one decode step for slots 0..rows-1 whose highest next position is < `positions`.
 
-        Returns the batch bucket used; results land in `codes` and the history ring."""
+        Results land in `codes` (until the next step) and the history ring; the returned handle
+        fetches this step's codes later (`fetch`) without waiting for steps launched after it."""
         batch, kv_len = self.batch_bucket(rows), self.kv_bucket(positions)
         if self.cuda_graphs:
             self._backbone_graphs[(batch, kv_len)].replay()
@@ -258,9 +279,23 @@ class ModelRunner:
         else:
             self._backbone(batch, kv_len)
             self._depth(batch)
-        if self.step_done is not None:
-            self.step_done.record()
-        return batch
+        out = StepOutput(self.steps_launched, rows)
+        ring = out.index % STEP_OUTPUT_RING
+        self._step_codes[ring][:rows].copy_(self.codes[:rows], non_blocking=True)
+        event = self._step_events[ring]
+        if event is not None:
+            event.record()
+        self.steps_launched += 1
+        return out
+
+    def _ring_index(self, out: StepOutput) -> int:
+        """`out`'s host buffer and event, checked not to be reused by a later step yet."""
+        if self.steps_launched - out.index > STEP_OUTPUT_RING:
+            raise RuntimeError(
+                f"step {out.index}'s output was overwritten ({self.steps_launched} steps launched): "
+                f"fetch a step before {STEP_OUTPUT_RING} more are launched"
+            )
+        return out.index % STEP_OUTPUT_RING
 
     def _warm_prefill(self) -> None:
         """Compile the prefill for one and for several prompts now, not when the first ones arrive
@@ -316,31 +351,45 @@ class ModelRunner:
         return next((n for n in self.audio_chunk_sizes if n >= frames), frames)
 
     @torch.inference_mode()
-    def decode_audio(self, slots: Seq[int], first_frames: Seq[int], n: int, after_step: bool) -> torch.Tensor:
+    def decode_audio(
+        self, slots: Seq[int], first_frames: Seq[int], n: int, after: StepOutput | None = None
+    ) -> torch.Tensor:
         """Decode frames first..first+n-1 of each slot from the history ring: (B, n * 1920) float32,
-        on the audio stream. `after_step`: the frames include the step just launched (wait for it);
-        otherwise they are older and the decode may run alongside that step."""
+        on the audio stream. `after`: a step not fetched yet that computed some of these frames (the
+        decode waits for it on the device); without it the frames are older and the decode may run
+        alongside the steps in flight."""
         if n > self.history_len:
             raise ValueError(f"cannot decode {n} frames at once (history ring holds {self.history_len})")
         first = torch.tensor(list(first_frames), dtype=torch.long)
         idx = (first[:, None] + torch.arange(n)) % self.history_len
         slot_cpu = torch.tensor(list(slots), dtype=torch.long)
         with self._on_audio_stream():
-            if after_step and self.audio_stream is not None:
-                self.audio_stream.wait_event(self.step_done)
+            if after is not None and self.audio_stream is not None:
+                self.audio_stream.wait_event(self._step_events[self._ring_index(after)])
             codes = self.history[self._to_device(slot_cpu)[:, None], self._to_device(idx)].transpose(1, 2)
             return self.decoder.decode(codes.contiguous(), slot_cpu, check=False)
 
-    def fetch(self, step: Seq[torch.Tensor], audio: Seq[torch.Tensor]) -> list[np.ndarray]:
-        """Bring step outputs and decoded audio to the host with one wait for the device."""
+    def fetch(
+        self, step: StepOutput | None, audio: Seq[torch.Tensor]
+    ) -> tuple[np.ndarray | None, list[np.ndarray]]:
+        """Bring one step's codes (rows, 32) and decoded audio to the host, waiting for that step
+        alone (steps launched after it keep running) and for the audio stream."""
         if self.audio_stream is None:
-            return [t.cpu().numpy() for t in [*step, *audio]]
-        host = [t.to("cpu", non_blocking=True) for t in step]
-        with self._on_audio_stream():
-            host += [t.to("cpu", non_blocking=True) for t in audio]
-        torch.cuda.current_stream(self.device).synchronize()
-        self.audio_stream.synchronize()
-        return [h.numpy() for h in host]
+            pcm = [t.cpu().numpy() for t in audio]
+        else:
+            with self._on_audio_stream():
+                host = [t.to("cpu", non_blocking=True) for t in audio]
+            if host:
+                self.audio_stream.synchronize()
+            pcm = [h.numpy() for h in host]
+        if step is None:
+            return None, pcm
+        ring = self._ring_index(step)
+        event = self._step_events[ring]
+        if event is not None:
+            event.synchronize()
+        codes = self._step_codes[ring][: step.rows].numpy().copy()  # a later step reuses the buffer
+        return codes, pcm
 
     def info(self) -> dict[str, Any]:
         return {

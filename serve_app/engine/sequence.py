@@ -64,9 +64,11 @@ class Sequence:
     seq_id: int = field(default_factory=lambda: next(_ids))
     status: SequenceStatus = SequenceStatus.WAITING
     slot: int | None = None
-    steps: int = 0  # decode steps launched (frames computed, the end-of-audio frame included)
+    # Decode steps launched: frames computed or in flight, including an end-of-audio frame and the
+    # frame launched before it was seen (both discarded). Never more than `max_frames`.
+    steps: int = 0
     frames: list[np.ndarray] = field(default_factory=list)  # kept frames (32,), without end-of-audio
-    decoded: int = 0  # frames handed to the audio decoder
+    decoded: int = 0  # frames handed to the audio decoder (a first chunk may cover an end-of-audio frame)
     chunks_sent: int = 0
     silent_frames: int = 0  # trailing frames whose audio is below the silence threshold
     finish_reason: FinishReason | None = None
@@ -94,6 +96,11 @@ class Sequence:
         return self.prompt_len - 1 + self.steps
 
     @property
+    def stepping(self) -> bool:
+        """Gets the next decode step: not ended, and fewer steps launched than its length."""
+        return self.finish_reason is None and self.steps < self.max_frames
+
+    @property
     def finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 
@@ -106,8 +113,12 @@ class Sequence:
         self._cancel.set()
 
     def pending(self) -> int:
-        """Frames computed but not yet handed to the audio decoder."""
+        """Frames launched (computed or in flight) but not yet handed to the audio decoder."""
         return self.steps - self.decoded
+
+    def undecoded(self) -> int:
+        """Kept frames on the host not yet handed to the audio decoder."""
+        return len(self.frames) - self.decoded
 
     def emit(self, chunk: AudioChunk) -> None:
         if self.first_chunk_at is None:
