@@ -36,15 +36,15 @@ from bench_engine import CSM_1B, random_csm, rel_err
 from serve_app.model.fast_step import FastStep
 from serve_app.model.kernels import fused_linear as fl
 
-SHAPES = {  # name: (N, K, kind); kind: norm | residual | swiglu (+ residual) | head (norm, (K, N) weight)
+SHAPES = {  # name: (N, K, kind); kind: norm | residual | gate_up (norm, SwiGLU, (2N, K) weight) | head (norm, (K, N) weight)
     "backbone.qkv": (3072, 2048, "norm"),
     "backbone.wo": (2048, 2048, "residual"),
-    "backbone.w13": (16384, 2048, "norm"),
-    "backbone.w2": (2048, 8192, "swiglu"),
+    "backbone.w13": (8192, 2048, "gate_up"),
+    "backbone.w2": (2048, 8192, "residual"),
     "depth.qkv": (1536, 1024, "norm"),
     "depth.wo": (1024, 1024, "residual"),
-    "depth.w13": (16384, 1024, "norm"),
-    "depth.w2": (1024, 8192, "swiglu"),
+    "depth.w13": (8192, 1024, "gate_up"),
+    "depth.w2": (1024, 8192, "residual"),
     "depth.head": (2048, 1024, "head"),
 }
 
@@ -71,8 +71,8 @@ def graph_us(fn: Callable[[], Any], replays: int = 50) -> float:
     return start.elapsed_time(end) * 1000 / replays
 
 
-def sweep_configs(m: int, k: int) -> list[dict[str, int]]:
-    """Candidate tiles for a batch of m rows and a reduction of k."""
+def sweep_configs(m: int, k: int, gate_up: bool) -> list[dict[str, int]]:
+    """Candidate tiles for a batch of m rows and a reduction of k (gate/up: no split-K)."""
     if m <= 16:
         grid = [(16, bn, bk, s, 4) for bn in (16, 32, 64) for bk in (128, 256) for s in (1, 2, 4, 8)]
     elif m <= 64:
@@ -83,7 +83,7 @@ def sweep_configs(m: int, k: int) -> list[dict[str, int]]:
     return [
         {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": s, "num_warps": w, "num_stages": 3}
         for bm, bn, bk, s, w in grid
-        if s * bk <= k
+        if s * bk <= k and not (gate_up and s > 1)
     ]
 
 
@@ -93,38 +93,40 @@ Case = tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]
 def tile_case(m: int, n: int, k: int, kind: str, gen: torch.Generator) -> Case:
     """Random inputs for one projection: (the PyTorch ops it replaces, the fused kernel)."""
     dev, dtype = "cuda", torch.bfloat16
-    x = torch.randn(m, 2 * k if kind == "swiglu" else k, device=dev, dtype=dtype, generator=gen)
+    x = torch.randn(m, k, device=dev, dtype=dtype, generator=gen)
     if kind == "head":
         w = (torch.randn(k, n, device=dev, dtype=dtype, generator=gen) * 0.02).t()
     else:
-        w = torch.randn(n, k, device=dev, dtype=dtype, generator=gen) * 0.02
+        rows = 2 * n if kind == "gate_up" else n
+        w = torch.randn(rows, k, device=dev, dtype=dtype, generator=gen) * 0.02
     g = torch.rand(k, device=dev, dtype=dtype, generator=gen) + 0.5
     res = torch.randn(m, n, device=dev, dtype=dtype, generator=gen)
-    norm = g if kind in ("norm", "head") else None
-    residual = res if kind in ("residual", "swiglu") else None
+    norm = g if kind in ("norm", "head", "gate_up") else None
+    residual = res if kind == "residual" else None
 
     def reference() -> torch.Tensor:
         if norm is not None:
             h = x.float()
             h = g * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
-            return F.linear(h, w)
-        if kind == "residual":
-            return res + F.linear(x, w)
-        gate, up = x.chunk(2, dim=-1)
-        return res + F.linear(F.silu(gate) * up, w)
+            if kind != "gate_up":
+                return F.linear(h, w)
+            gate, up = F.linear(h, w).chunk(2, dim=-1)
+            return F.silu(gate) * up
+        return res + F.linear(x, w)
 
     def fused() -> torch.Tensor:
-        return fl.launch(x, w, norm, residual, 1e-5, kind == "swiglu")
+        return fl.launch(x, w, norm, residual, 1e-5, kind == "gate_up")
 
     return reference, fused
 
 
-def tiles(batches: list[int], budget_s: float) -> list[dict[str, Any]]:
+def tiles(batches: list[int], budget_s: float, shapes: list[str]) -> list[dict[str, Any]]:
     gen = torch.Generator("cuda").manual_seed(0)
     rows: list[dict[str, Any]] = []
     t_end = time.perf_counter() + budget_s
     for m in batches:
-        for name, (n, k, kind) in SHAPES.items():
+        for name in shapes:
+            n, k, kind = SHAPES[name]
             if time.perf_counter() > t_end:
                 return rows
             reference, fused = tile_case(m, n, k, kind, gen)
@@ -137,10 +139,10 @@ def tiles(batches: list[int], budget_s: float) -> list[dict[str, Any]]:
             }
             fl.CONFIG_OVERRIDES.clear()
             row["rel_err"] = rel_err(fused().float(), reference().float())
-            row["heuristic"] = fl.tile_config(m, n, k)
+            row["heuristic"] = fl.tiles_for(m, n, k, kind == "gate_up")
             row["heuristic_us"] = round(graph_us(fused), 2)
             best = (row["heuristic_us"], row["heuristic"])
-            for cfg in sweep_configs(m, k):
+            for cfg in sweep_configs(m, k, kind == "gate_up"):
                 fl.CONFIG_OVERRIDES[(m, n, k)] = cfg
                 try:
                     us = graph_us(fused)
@@ -219,6 +221,7 @@ def main() -> None:
     p.add_argument("--tile-batches", default="1,16,32,64,128")
     p.add_argument("--tile-budget-s", type=float, default=240)
     p.add_argument("--step-batches", default="1,2,4,8,16,32,64,128")
+    p.add_argument("--shapes", default=",".join(SHAPES), help="projections to sweep")
     p.add_argument("--skip", default="")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -243,7 +246,8 @@ def main() -> None:
         res["step"], res["agreement"] = step([int(b) for b in args.step_batches.split(",")], 256)
         save()
     if "tiles" not in skip:
-        res["tiles"] = tiles([int(b) for b in args.tile_batches.split(",")], args.tile_budget_s)
+        batches = [int(b) for b in args.tile_batches.split(",")]
+        res["tiles"] = tiles(batches, args.tile_budget_s, args.shapes.split(","))
         save()
     print("wrote", path)
 

@@ -112,10 +112,10 @@ def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen)
 
-    x, w, res, gate_up, w_kn = rand(rows, k), rand(n, k), rand(rows, n), rand(rows, 2 * k), rand(k, n)
+    x, w, res, w13, w_kn = rand(rows, k), rand(n, k), rand(rows, n), rand(2 * n, k), rand(k, n)
     norm = RMSNorm(k, eps=1e-5)
     norm.weight.data = torch.rand(k, generator=gen) + 0.5
-    gate, up = gate_up.chunk(2, dim=-1)
+    gate, up = (norm(x) @ w13.T).chunk(2, dim=-1)
     cases = {
         "norm": (
             fused_linear(*(t.to(DEVICE) for t in (x, w, norm.weight)), None, 1e-5, False),
@@ -125,9 +125,9 @@ def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
             fused_linear(x.to(DEVICE), w.to(DEVICE), None, res.to(DEVICE), 0.0, False),
             res + x @ w.T,
         ),
-        "swiglu": (
-            fused_linear(gate_up.to(DEVICE), w.to(DEVICE), None, res.to(DEVICE), 0.0, True),
-            res + (F.silu(gate) * up) @ w.T,
+        "norm-gate-up-swiglu": (
+            fused_linear(x.to(DEVICE), w13.to(DEVICE), norm.weight.to(DEVICE), None, 1e-5, True),
+            F.silu(gate) * up,
         ),
         # the depth heads: a (K, N) tensor read through its transposed view, sliced to a vocabulary limit
         "transposed": (

@@ -17,7 +17,7 @@ arranged so the decode step can be compiled and captured in CUDA graphs:
 - On CUDA (with Triton) one-token attention (RoPE, cache write, attention over each row's own
   prefix) and the sampler are single Triton kernels (`serve_app.model.kernels`): the step is bound by
   kernel count, not bytes. For batches up to `linear_max_batch` the projections are Triton kernels
-  too, with RMSNorm, SwiGLU and the residual adds fused into them (four launches a layer), and the
+  too, with RMSNorm, SwiGLU and the residual adds fused into them, and the
   depth decoder's final norm rides in its codebook head. CPU runs the plain PyTorch path; tests
   check both agree.
 """
@@ -92,8 +92,8 @@ def _attend_fused(layer: Block, x: torch.Tensor, positions: torch.Tensor, stack:
 def _block_fused_linear(
     layer: Block, x: torch.Tensor, positions: torch.Tensor, stack: Transformer
 ) -> torch.Tensor:
-    """One block over x (B, D) in five kernels: norm+QKV, attention, output+residual, norm+gate/up,
-    SwiGLU+down+residual."""
+    """One block over x (B, D): norm+QKV, attention, output+residual, norm+gate/up+SwiGLU,
+    down+residual (the long-K matmuls add a split-K reduce)."""
     attn, ff = layer.attention, layer.feed_forward
     linear = torch.ops.csm_serve.fused_linear
     an, fn = layer.attention_norm, layer.ffn_norm
@@ -109,8 +109,8 @@ def _block_fused_linear(
         attn.n_kv_heads,
     )
     h = linear(out, attn.wo.weight, None, x, 0.0, False)
-    gate_up = linear(h, ff.w13.weight, fn.weight, None, fn.eps, False)
-    return linear(gate_up, ff.w2.weight, None, h, 0.0, True)
+    act = linear(h, ff.w13.weight, fn.weight, None, fn.eps, True)
+    return linear(act, ff.w2.weight, None, h, 0.0, False)
 
 
 def stack_forward(

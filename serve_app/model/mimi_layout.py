@@ -49,7 +49,9 @@ def decoder_parts(mimi: Any) -> MimiDecoderParts:
     return MimiDecoderParts(mimi.upsample, mimi.decoder_transformer, list(mimi.decoder.layers))
 
 
-def _renamed(state_dict: Mapping[str, torch.Tensor], pairs: tuple[tuple[str, str], ...]) -> dict[str, torch.Tensor]:
+def _renamed(
+    state_dict: Mapping[str, torch.Tensor], pairs: tuple[tuple[str, str], ...]
+) -> dict[str, torch.Tensor]:
     """Keys starting with a pair's first prefix get its second instead (first matching pair wins)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():

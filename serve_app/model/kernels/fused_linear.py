@@ -7,15 +7,22 @@ are six more launches around the four matmuls. Here they ride inside the matmul 
 - RMSNorm prologue, `rmsnorm(x) @ W^T`: the norm is a per-row scale, so each x tile is multiplied
   by the norm weight on its way into the dot, the row's sum of squares accumulates in the same
   pass, and 1 / rms scales the finished rows.
-- SwiGLU prologue, `(silu(gate) * up) @ W^T` for x = [gate | up] (the fused gate/up projection).
+- Gate/up epilogue, `silu(x W_gate^T) * (x W_up^T)` for the fused (2N, K) gate/up weight: each
+  program accumulates matching gate and up columns side by side and writes the activation, so the
+  down projection reads N columns, not 2N, and no activation kernel runs.
 - Residual epilogue, `residual + x @ W^T`.
+- Split-K: a skinny matmul with a long reduction (the down projection, K = 8192) has too few
+  output tiles to keep the GPU's memory pipes busy, and one program streaming all of K is
+  latency-bound. Such matmuls split K over programs that write fp32 partial sums; a small kernel
+  adds them in a fixed order (deterministic, unlike atomics) and applies the norm scale and the
+  residual.
 
-So a layer is four launches plus attention. W may be any 2-D view (N, K) (the depth decoder's
-per-codebook heads are (K, N) tensors read through a transposed view).
+So a layer is four or five matmul launches (plus the reduces) and attention. W may be any 2-D view
+(N, K): the depth decoder's per-codebook heads are (K, N) tensors read through a transposed view.
 
-Numerics: fp32 accumulation; SwiGLU and the residual add round where the eager model rounds; the
-norm rounds once (x * weight) instead of twice (x / rms, then * weight): within bf16 tolerance of
-the reference, checked by the tests.
+Numerics: fp32 accumulation; the activation and the residual add round where the eager model
+rounds; the norm rounds once (x * weight) instead of twice (x / rms, then * weight): within bf16
+tolerance of the reference, checked by the tests.
 """
 
 from __future__ import annotations
@@ -27,8 +34,8 @@ import triton.language as tl
 
 @triton.jit
 def _linear_kernel(
-    x_ptr,  # (M, K) or (M, 2K) for SwiGLU, unit stride along K
-    w_ptr,  # (N, K) view: element (n, k) at n * stride_wn + k * stride_wk
+    x_ptr,  # (M, K), unit stride along K
+    w_ptr,  # (N, K) view (GATE_UP: (2N, K), gate rows first): element (n, k) at n * stride_wn + k * stride_wk
     out_ptr,  # (M, N), or (SPLIT_K, M, N) fp32 partial sums
     res_ptr,  # (M, N) residual (RESIDUAL)
     g_ptr,  # (K,) RMSNorm weight (NORM)
@@ -42,7 +49,7 @@ def _linear_kernel(
     stride_rm,
     eps,
     NORM: tl.constexpr,
-    SWIGLU: tl.constexpr,
+    GATE_UP: tl.constexpr,
     RESIDUAL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -60,6 +67,7 @@ def _linear_kernel(
     col_ok = cols < N
     dtype = w_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     sumsq = tl.zeros((BLOCK_M,), tl.float32)
     k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
     k_start = pid_k * k_span
@@ -74,25 +82,26 @@ def _linear_kernel(
             sumsq += tl.sum(af * af, axis=1)
             g = tl.load(g_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
             a = (af * g[None, :]).to(dtype)
-        if SWIGLU:
-            up = tl.load(x_ptr + x_offs + K, mask=x_mask, other=0.0).to(tl.float32)
-            gate = a.to(tl.float32)
-            act = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32)
-            a = (act * up).to(dtype)
-        w = tl.load(
-            w_ptr + cols[None, :] * stride_wn + k[:, None] * stride_wk,
-            mask=col_ok[None, :] & k_ok[:, None],
-            other=0.0,
-        )
-        acc += tl.dot(a.to(dtype), w, input_precision=PRECISION)
+        w_offs = cols[None, :] * stride_wn + k[:, None] * stride_wk
+        w_mask = col_ok[None, :] & k_ok[:, None]
+        acc += tl.dot(a, tl.load(w_ptr + w_offs, mask=w_mask, other=0.0), input_precision=PRECISION)
+        if GATE_UP:
+            w_up = tl.load(w_ptr + N * stride_wn + w_offs, mask=w_mask, other=0.0)
+            acc_up += tl.dot(a, w_up, input_precision=PRECISION)
     out_mask = row_ok[:, None] & col_ok[None, :]
     if SPLIT_K > 1:  # partial sums; `_reduce_kernel` applies the norm scale and the residual
         part = out_ptr + pid_k * M * N + rows[:, None] * N + cols[None, :]
         tl.store(part, acc, mask=out_mask)
     else:
         if NORM:
-            acc = acc * (1.0 / tl.sqrt(sumsq / K + eps))[:, None]
+            rstd = 1.0 / tl.sqrt(sumsq / K + eps)
+            acc = acc * rstd[:, None]
+            acc_up = acc_up * rstd[:, None]
         out = acc.to(out_ptr.dtype.element_ty)
+        if GATE_UP:  # silu(gate) * up, rounded as the eager ops round
+            gate = out.to(tl.float32)
+            act = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32)
+            out = (act * acc_up.to(dtype).to(tl.float32)).to(out_ptr.dtype.element_ty)
         if RESIDUAL:
             r = tl.load(res_ptr + rows[:, None] * stride_rm + cols[None, :], mask=out_mask, other=0.0)
             out = (r.to(tl.float32) + out.to(tl.float32)).to(out_ptr.dtype.element_ty)
@@ -144,7 +153,7 @@ SMS = 132
 """Streaming multiprocessors of an H100/H200: the grid should give each a few programs."""
 
 
-def tile_config(m: int, n: int, k: int) -> dict[str, int]:
+def tile_config(m: int, n: int, k: int, gate_up: bool = False) -> dict[str, int]:
     """Tiles for an (m x k) @ (k x n) decode matmul (from sweeps of the CSM-1B shapes on an H200,
     `benchmarks/bench_fused_linear.py`): the smallest row tile that holds the batch (tensor-core
     tiles start at 16 rows), wide column tiles only for wide outputs, and the K dimension split
@@ -158,7 +167,7 @@ def tile_config(m: int, n: int, k: int) -> dict[str, int]:
     block_k = min(block_k, max(16, triton.next_power_of_2(k)))
     programs = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     split = 1
-    while programs * split < 2 * SMS and k // (split * 2) >= 2 * block_k:
+    while not gate_up and programs * split < 2 * SMS and k // (split * 2) >= 2 * block_k:
         split *= 2
     return {
         "BLOCK_M": block_m,
@@ -170,8 +179,62 @@ def tile_config(m: int, n: int, k: int) -> dict[str, int]:
     }
 
 
+TUNED: dict[tuple[int, int, int], tuple[int, int, int, int, int]] = {
+    # (batch class, N, K): (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps)
+    (8, 1024, 1024): (16, 32, 256, 4, 4),  # depth attention output
+    (8, 1536, 1024): (16, 64, 256, 4, 4),  # depth QKV
+    (8, 2048, 1024): (16, 32, 256, 2, 4),  # depth codebook head
+    (8, 8192, 1024): (16, 64, 128, 1, 4),  # depth gate/up
+    (8, 1024, 8192): (16, 64, 128, 8, 4),  # depth down
+    (8, 2048, 2048): (16, 32, 128, 4, 4),  # backbone attention output
+    (8, 3072, 2048): (16, 64, 128, 8, 4),  # backbone QKV
+    (8, 8192, 2048): (16, 64, 256, 1, 4),  # backbone gate/up
+    (8, 2048, 8192): (16, 64, 128, 4, 4),  # backbone down
+    (32, 1024, 1024): (32, 16, 128, 4, 4),
+    (32, 1536, 1024): (32, 128, 64, 4, 4),
+    (32, 2048, 1024): (32, 32, 128, 4, 4),
+    (32, 8192, 1024): (32, 128, 64, 1, 4),
+    (32, 1024, 8192): (32, 32, 128, 4, 4),
+    (32, 2048, 2048): (32, 16, 128, 1, 4),
+    (32, 3072, 2048): (32, 128, 64, 4, 4),
+    (32, 8192, 2048): (32, 128, 64, 1, 4),
+    (32, 2048, 8192): (32, 32, 128, 4, 4),
+    (128, 1024, 1024): (64, 16, 64, 1, 4),
+    (128, 1536, 1024): (64, 128, 64, 4, 4),
+    (128, 2048, 1024): (64, 128, 64, 4, 4),
+    (128, 8192, 1024): (64, 128, 64, 1, 4),
+    (128, 1024, 8192): (64, 64, 64, 4, 4),
+    (128, 2048, 2048): (64, 32, 64, 1, 4),
+    (128, 3072, 2048): (64, 128, 64, 2, 4),
+    (128, 8192, 2048): (64, 128, 64, 1, 4),
+    (128, 2048, 8192): (64, 64, 64, 4, 4),
+}
+"""The fastest tiles of sweeps on an H200 for the CSM-1B decode projections, by batch class
+(`batch_class`), output width N and reduction K (`benchmarks/bench_fused_linear.py`; results in
+`benchmarks/results/*-fused-linear.json`). Other shapes follow `tile_config`'s rule. Tiles swept at
+batch 1 won in isolation (the weights stay in L2 across replays) but lost inside the whole step,
+so the batch-8 tiles serve every batch up to 16."""
+
+
+def batch_class(m: int) -> int:
+    """The swept batch size whose tiles serve a batch of m rows."""
+    return 8 if m <= 16 else 32 if m <= 64 else 128
+
+
+def tiles_for(m: int, n: int, k: int, gate_up: bool = False) -> dict[str, int]:
+    """Swept tiles for this shape if there are any, else `tile_config`'s."""
+    tuned = TUNED.get((batch_class(m), n, k))
+    if tuned is None:
+        return tile_config(m, n, k, gate_up)
+    block_m, block_n, block_k, split, warps = tuned
+    names = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps")
+    return dict(zip(names, (block_m, block_n, block_k, 1 if gate_up else split, warps), strict=True)) | {
+        "num_stages": 3
+    }
+
+
 CONFIG_OVERRIDES: dict[tuple[int, int, int], dict[str, int]] = {}
-"""Per-(m, n, k) tiles that replace `tile_config`'s (benchmark sweeps)."""
+"""Per-(m, n, k) tiles that replace the tuned ones (benchmark sweeps)."""
 
 
 def launch(
@@ -180,19 +243,25 @@ def launch(
     norm_weight: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     eps: float = 1e-5,
-    swiglu: bool = False,
+    gate_up: bool = False,
 ) -> torch.Tensor:
     """Run the kernel(s); see `fused_linear`."""
     if x.stride(-1) != 1:
         x = x.contiguous()
     m = x.shape[0]
     n, k = weight.shape
-    if x.shape[1] != (2 * k if swiglu else k):
-        raise ValueError(f"x has {x.shape[1]} columns for a weight of {k} (swiglu={swiglu})")
+    if gate_up:
+        if n % 2:
+            raise ValueError(f"a gate/up weight has an even number of rows, got {n}")
+        n //= 2
+    if x.shape[1] != k:
+        raise ValueError(f"x has {x.shape[1]} columns for a weight of {k}")
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    cfg = dict(CONFIG_OVERRIDES.get((m, n, k)) or tile_config(m, n, k))
+    cfg = dict(CONFIG_OVERRIDES.get((m, n, k)) or tiles_for(m, n, k, gate_up))
+    if gate_up:
+        cfg["SPLIT_K"] = 1  # the activation needs whole sums
     split = cfg["SPLIT_K"]
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]), split)
     res = residual if residual is not None else out
@@ -213,7 +282,7 @@ def launch(
         out.stride(0),
         res.stride(0),
         eps,
-        SWIGLU=swiglu,
+        GATE_UP=gate_up,
         PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
         **flags,
         **cfg,
@@ -248,15 +317,16 @@ def fused_linear(
     norm_weight: torch.Tensor | None,
     residual: torch.Tensor | None,
     eps: float,
-    swiglu: bool,
+    gate_up: bool,
 ) -> torch.Tensor:
-    """(M, N) = [residual +] prologue(x) @ weight^T for x (M, K) and weight (N, K) (any strides).
+    """(M, N) = [residual +] epilogue(prologue(x) @ weight^T) for x (M, K), weight (N, K), any strides.
 
-    prologue: RMSNorm with `norm_weight` and `eps` when given; with `swiglu`, x is (M, 2K) = [gate |
-    up] and the prologue is silu(gate) * up. The output has x's dtype."""
-    return launch(x, weight, norm_weight, residual, eps, swiglu)
+    prologue: RMSNorm with `norm_weight` and `eps` when given. With `gate_up`, weight is the fused
+    (2N, K) gate/up projection (gate rows first) and the epilogue is silu(gate) * up. The output
+    has x's dtype."""
+    return launch(x, weight, norm_weight, residual, eps, gate_up)
 
 
 @fused_linear.register_fake
-def _(x, weight, norm_weight, residual, eps, swiglu):  # type: ignore[no-untyped-def]
-    return x.new_empty(x.shape[0], weight.shape[0])
+def _(x, weight, norm_weight, residual, eps, gate_up):  # type: ignore[no-untyped-def]
+    return x.new_empty(x.shape[0], weight.shape[0] // 2 if gate_up else weight.shape[0])
