@@ -233,6 +233,27 @@ def tiles_for(m: int, n: int, k: int, gate_up: bool = False) -> dict[str, int]:
     }
 
 
+SHARED_MEMORY_BUDGET = 200 * 1024
+"""Bytes of shared memory a program's pipelined tiles may use (an H100/H200 SM has 227 KiB)."""
+
+
+def fit_shared_memory(cfg: dict[str, int], element_size: int, gate_up: bool) -> dict[str, int]:
+    """Shrink the K tile (then the pipeline depth) until the staged x and W tiles fit: the bf16
+    tiles do; fp32 weights (tests, reference runs) need half the K tile."""
+    cfg = dict(cfg)
+
+    def staged() -> int:
+        w_tiles = 2 if gate_up else 1
+        tile = cfg["BLOCK_M"] * cfg["BLOCK_K"] + w_tiles * cfg["BLOCK_K"] * cfg["BLOCK_N"]
+        return max(1, cfg["num_stages"] - 1) * tile * element_size  # Triton buffers stages - 1 tiles
+
+    while staged() > SHARED_MEMORY_BUDGET and cfg["BLOCK_K"] > 32:
+        cfg["BLOCK_K"] //= 2
+    while staged() > SHARED_MEMORY_BUDGET and cfg["num_stages"] > 1:
+        cfg["num_stages"] -= 1
+    return cfg
+
+
 CONFIG_OVERRIDES: dict[tuple[int, int, int], dict[str, int]] = {}
 """Per-(m, n, k) tiles that replace the tuned ones (benchmark sweeps)."""
 
@@ -259,7 +280,8 @@ def launch(
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    cfg = dict(CONFIG_OVERRIDES.get((m, n, k)) or tiles_for(m, n, k, gate_up))
+    cfg = CONFIG_OVERRIDES.get((m, n, k)) or tiles_for(m, n, k, gate_up)
+    cfg = fit_shared_memory(cfg, weight.element_size(), gate_up)
     if gate_up:
         cfg["SPLIT_K"] = 1  # the activation needs whole sums
     split = cfg["SPLIT_K"]
