@@ -493,6 +493,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ttfa-trials", type=int, default=20)
     p.add_argument("--skip", default="", help="comma-separated sections to skip (e.g. hf)")
     p.add_argument("--no-compile", action="store_true", help="CUDA graphs over eager kernels only")
+    p.add_argument(
+        "--fused-linear-max-batch", type=int, default=None, help="fused Triton projections up to this batch"
+    )
     p.add_argument("--profile", action="store_true", help="profile a throughput run (kernel table + trace)")
     p.add_argument(
         "--switch-ab", action="store_true", help="also measure the largest runs at a 5 ms GIL interval"
@@ -573,6 +576,7 @@ def main() -> None:
         max_batch_size=args.max_slots,
         silence_seconds=0.0,
         compile=False if (args.no_compile or args.smoke) else None,
+        fused_linear_max_batch=args.fused_linear_max_batch,
     )
     res["startup_s"] = round(time.perf_counter() - t0, 1)
     res["engine"] = {k: v for k, v in engine.loop.runner.info().items()}

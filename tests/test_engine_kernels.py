@@ -139,10 +139,10 @@ def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
         torch.testing.assert_close(got.cpu(), want, rtol=TOL, atol=10 * TOL, msg=name)
 
 
-def test_fused_projections_need_the_fused_attention() -> None:
-    with pytest.raises(ValueError, match="fused projections"):
-        FastStep(wide_head_model(), 2048, fused_attention=False, linear_max_batch=4)
-    assert FastStep(wide_head_model(), 2048, fused_attention=False).linear_max_batch == 0
+def test_fused_projections_come_only_with_the_fused_attention() -> None:
+    assert FastStep(wide_head_model(), 2048, fused_attention=False, linear_max_batch=4).linear_max_batch == 0
+    fused = FastStep(wide_head_model(), 2048, fused_attention=True, linear_max_batch=4)
+    assert fused.fused_linear_for(4) and not fused.fused_linear_for(5)
 
 
 @torch.inference_mode()

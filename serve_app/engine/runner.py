@@ -90,6 +90,7 @@ class ModelRunner:
         cuda_graphs: bool = False,
         compile: bool = False,
         compile_mode: str | None = None,
+        linear_max_batch: int | None = None,
         kv_buckets: Seq[int] = DEFAULT_KV_BUCKETS,
         history: int = 32,
         audio_chunk_sizes: Seq[int] = (1, 8),
@@ -101,7 +102,8 @@ class ModelRunner:
             raise ValueError("CUDA graphs need a CUDA device")
         self.n_slots = n_slots
         model.setup_caches(n_slots)
-        self.fast = FastStep(model, vocab_limit)
+        self._linear_max_batch = linear_max_batch
+        self.fast = FastStep(model, vocab_limit, linear_max_batch=linear_max_batch)
         if compile:
             self.fast.compile(compile_mode)
         self.compiled = compile
@@ -153,7 +155,8 @@ class ModelRunner:
         error: Exception | None = None
         for compiled, fused in attempts:
             if (compiled, fused) != (self.compiled, self.fast.fused):
-                self.fast = FastStep(self.model, vocab_limit, fused_attention=fused)
+                limit = self._linear_max_batch if fused else 0
+                self.fast = FastStep(self.model, vocab_limit, fused_attention=fused, linear_max_batch=limit)
                 self.compiled = False
                 self._backbone_graphs.clear()
                 self._depth_graphs.clear()
@@ -399,5 +402,6 @@ class ModelRunner:
             "cuda_graphs": self.cuda_graphs,
             "compiled": self.compiled,
             "fused_attention": self.fast.fused,
+            "fused_linear_max_batch": self.fast.linear_max_batch,
             **({"compile_error": self.compile_error} if self.compile_error else {}),
         }

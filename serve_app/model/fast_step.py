@@ -204,7 +204,7 @@ class FastStep:
     ) -> None:
         """`fused_attention`: one-token attention and the sampler through Triton kernels (default: on
         CUDA with Triton). `linear_max_batch`: decode batches up to this size also run the fused
-        Triton projections (default `DEFAULT_LINEAR_MAX_BATCH` with fused attention, else 0)."""
+        Triton projections (default `DEFAULT_LINEAR_MAX_BATCH`; always 0 without fused attention)."""
         self.model = model
         self.vocab_limit = vocab_limit
         self.num_codebooks = model.cfg.num_codebooks
@@ -230,10 +230,8 @@ class FastStep:
             import serve_app.model.kernels.sampling  # noqa: F401
         self.fused = fused_attention
         if linear_max_batch is None:
-            linear_max_batch = DEFAULT_LINEAR_MAX_BATCH if fused_attention else 0
-        elif linear_max_batch and not fused_attention:
-            raise ValueError("the fused projections come with the fused attention")
-        self.linear_max_batch = linear_max_batch
+            linear_max_batch = DEFAULT_LINEAR_MAX_BATCH
+        self.linear_max_batch = linear_max_batch if fused_attention else 0  # they share the fused step
         self.depth_positions = torch.arange(model.cfg.decoder_seq_len, device=device)
         self._prefill: Callable[..., torch.Tensor] = self.prefill
         self._backbone_step: Callable[..., torch.Tensor] = self.backbone_step
