@@ -183,10 +183,14 @@ def core_frame(model: CsmModel, tokens: torch.Tensor, mask: torch.Tensor, forced
 def precision_errors(
     h: torch.Tensor, logits: list[torch.Tensor], h_ref: torch.Tensor, logits_ref: list[torch.Tensor]
 ) -> dict[str, float]:
-    depth = [rel_err(a, b) for a, b in zip(logits[1:], logits_ref[1:])]
+    def err(a: torch.Tensor, b: torch.Tensor) -> float:  # the fused heads compute the audio ids only
+        width = min(a.shape[-1], b.shape[-1])
+        return rel_err(a[..., :width], b[..., :width])
+
+    depth = [err(a, b) for a, b in zip(logits[1:], logits_ref[1:])]
     return {
         "hidden_rel_err": rel_err(h, h_ref),
-        "codebook0_logits_rel_err": rel_err(logits[0], logits_ref[0]),
+        "codebook0_logits_rel_err": err(logits[0], logits_ref[0]),
         "depth_logits_rel_err_max": max(depth),
         "depth_logits_rel_err_median": statistics.median(depth),
     }
