@@ -62,11 +62,9 @@ class EngineConfig:
     silence_rms: float = 0.003  # runaway guard: a frame this quiet (RMS, full scale 1.0) is silent
     silence_seconds: float = 2.4  # ... and this much trailing silence ends the utterance (0: off)
     cuda_graphs: bool | None = None  # None: on for CUDA
-    # torch.compile the step functions; None: on CUDA, only where the fused Triton projections do not
-    # cover every batch (they leave little for the compiler, which costs minutes at start-up)
-    compile: bool | None = None
-    # Decode batches up to this size run the fused Triton projections (None: the model's default;
-    # 0: cuBLAS for every batch). Needs the fused attention (CUDA, Triton, heads of >= 32 dims).
+    compile: bool | None = None  # torch.compile the step functions; None: on for CUDA
+    # Decode batches up to this size run the fused Triton projections instead of cuBLAS (None: the
+    # model's default, none). Needs the fused attention (CUDA, Triton, heads of >= 32 dims).
     fused_linear_max_batch: int | None = None
     audio_dtype: str | None = None  # streaming Mimi decode; None: bfloat16 on CUDA, float32 on CPU
     memory_fraction: float = 0.8  # of free device memory for KV slots
@@ -107,7 +105,7 @@ class Engine:
             n_slots,
             vocab_limit=model.cfg.codec_codebook_size,
             cuda_graphs=cuda if config.cuda_graphs is None else config.cuda_graphs,
-            compile=(None if cuda else False) if config.compile is None else config.compile,
+            compile=cuda if config.compile is None else config.compile,
             linear_max_batch=config.fused_linear_max_batch,
             history=max(32, 2 * chunks.largest + 2),
             audio_chunk_sizes=(chunks.first_frames, chunks.frames),

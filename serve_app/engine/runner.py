@@ -88,7 +88,7 @@ class ModelRunner:
         *,
         vocab_limit: int | None = None,
         cuda_graphs: bool = False,
-        compile: bool | None = False,
+        compile: bool = False,
         compile_mode: str | None = None,
         linear_max_batch: int | None = None,
         kv_buckets: Seq[int] = DEFAULT_KV_BUCKETS,
@@ -104,8 +104,6 @@ class ModelRunner:
         model.setup_caches(n_slots)
         self._linear_max_batch = linear_max_batch
         self.fast = FastStep(model, vocab_limit, linear_max_batch=linear_max_batch)
-        if compile is None:  # the fused Triton step is already a few kernels a layer: compile the rest only
-            compile = self.device.type == "cuda" and not self.fast.fused_linear_for(n_slots)
         if compile:
             self.fast.compile(compile_mode)
         self.compiled = compile

@@ -16,8 +16,8 @@ arranged so the decode step can be compiled and captured in CUDA graphs:
   `serve_app.engine.sampling`.
 - On CUDA (with Triton) one-token attention (RoPE, cache write, attention over each row's own
   prefix) and the sampler are single Triton kernels (`serve_app.model.kernels`): the step is bound by
-  kernel count, not bytes. For batches up to `linear_max_batch` the projections are Triton kernels
-  too, with RMSNorm, SwiGLU and the residual adds fused into them, and the
+  kernel count, not bytes. Optionally, for batches up to `linear_max_batch`, the projections are
+  Triton kernels too, with RMSNorm, SwiGLU and the residual adds fused into them, and the
   depth decoder's final norm rides in its codebook head. CPU runs the plain PyTorch path; tests
   check both agree.
 """
@@ -35,10 +35,12 @@ from serve_app.model.csm import CsmModel
 from serve_app.model.kernels import MIN_FUSED_HEAD_DIM, fused_attention_supports, triton_available
 from serve_app.model.llama import Block, Transformer, apply_rope
 
-DEFAULT_LINEAR_MAX_BATCH = 1 << 16
-"""Largest decode batch whose projections run through the fused Triton matmuls (default: every
-batch; on an H200 the fused step beat the cuBLAS step at every bucket from 1 to 128 rows,
-`benchmarks/results/2026-12-02-nvidia-h200-fused-linear.json`); bigger batches use cuBLAS."""
+DEFAULT_LINEAR_MAX_BATCH = 0
+"""Largest decode batch whose projections run through the fused Triton matmuls (default: none).
+On an H200 the fused step beat the eager cuBLAS step at every batch from 1 to 128 rows (1.3-1.9x,
+`benchmarks/results/2026-12-02-nvidia-h200-fused-linear.json`), but against the torch.compile'd
+cuBLAS step it has only been compared across GPUs (about even), so it stays opt-in
+(`EngineConfig.fused_linear_max_batch`)."""
 
 
 def _attend(
