@@ -17,7 +17,7 @@ are six more launches around the four matmuls. Here they ride inside the matmul 
   adds them in a fixed order (deterministic, unlike atomics) and applies the norm scale and the
   residual.
 
-So a layer is four or five matmul launches (plus the reduces) and attention. W may be any 2-D view
+So a layer is four matmul launches (plus a reduce per split one) and attention. W may be any 2-D view
 (N, K): the depth decoder's per-codebook heads are (K, N) tensors read through a transposed view.
 
 Numerics: fp32 accumulation; the activation and the residual add round where the eager model
