@@ -101,11 +101,14 @@ def _sse(event: dict) -> bytes:
 async def _sse_events(stream: AudioStream, fmt: AudioFormat, speed: float) -> AsyncIterator[bytes]:
     async for data in _encoded_chunks(stream, fmt, speed):
         yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
-    yield _sse({"type": "speech.audio.done"})
+    done: dict[str, str] = {"type": "speech.audio.done"}
+    if stream.finish_reason is not None:
+        done["finish_reason"] = stream.finish_reason.value
+    yield _sse(done)
 
 
 def sse_response(stream: AudioStream, fmt: AudioFormat, speed: float = 1.0) -> StreamingResponse:
-    """OpenAI's `stream_format: "sse"`: base64 audio deltas, then a done event."""
+    """OpenAI's `stream_format: "sse"`: base64 audio deltas, then a done event with the finish reason."""
     return StreamingResponse(
         _sse_events(stream, fmt, speed),
         media_type="text/event-stream",
