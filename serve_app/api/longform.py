@@ -59,6 +59,8 @@ MS_PER_CHAR = 150
 15 characters a second), so a segment ends by itself (end of audio, or the silence guard), not here."""
 SEGMENT_BASE_MS = 2000
 MAX_SEGMENT_MS = 60_000
+"""The most one segment generates (750 frames): the rest of CSM's 2048 positions hold its text and
+its context."""
 FADE_MS = 10
 SILENCE_RMS = 0.003
 """A frame quieter than this (RMS, full scale 1.0) counts as silence: the engine's guard threshold."""
@@ -290,7 +292,7 @@ class Narration:
         if remaining < FRAME_SAMPLES:
             self.finish_reason, self.out_of_time = FinishReason.LENGTH, True
             return
-        max_ms = remaining * 1000 // SAMPLE_RATE
+        max_ms = min(MAX_SEGMENT_MS, remaining * 1000 // SAMPLE_RATE)
         if self.capped if capped is None else capped:
             max_ms = min(max_ms, segment_cap_ms(line.spoken))
         index = self.requests

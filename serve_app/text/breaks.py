@@ -15,9 +15,9 @@ __all__ = ["DEFAULT_BREAK_MS", "MAX_BREAK_MS", "BreakTag", "BreakTagError", "fin
 DEFAULT_BREAK_MS = 500
 MAX_BREAK_MS = 10_000
 
-_TAG_START = re.compile(r"<\s*break\b", re.IGNORECASE)
+_TAG_START = re.compile(r"<break\b", re.IGNORECASE)
 _TAG = re.compile(
-    r"""<\s*break(?:\s+time\s*=\s*(?P<q>["']?)\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s)\s*(?P=q))?\s*/?\s*>""",
+    r"""<break(?:\s+time\s*=\s*(?P<q>["']?)\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s)\s*(?P=q))?\s*/?\s*>""",
     re.IGNORECASE,
 )
 _PREFIX = "<break"
@@ -67,7 +67,7 @@ def pending_tag_start(text: str, start: int = 0) -> int | None:
     lt = text.rfind("<", start)
     if lt < 0 or ">" in text[lt:]:
         return None
-    tail = re.sub(r"\s+", "", text[lt:]).lower()
+    tail = text[lt:].lower()
     if _PREFIX.startswith(tail) or tail.startswith(_PREFIX):
         return lt
     return None

@@ -102,7 +102,7 @@ def _sentence_ends(text: str, complete: bool, language: str) -> list[int]:
 
 
 def _last_clause_end(text: str, limit: int, minimum: int = 1) -> int | None:
-    ends = [m.end() for m in _CLAUSE_END.finditer(text, 0, limit) if m.end() >= minimum]
+    ends = [m.end() for m in _CLAUSE_END.finditer(text) if minimum <= m.end() <= limit]
     return ends[-1] if ends else None
 
 
@@ -170,7 +170,7 @@ class TextFeed:
             if partial is not None and partial < limit:
                 limit, complete = partial, complete and self._flushed >= partial
             cut = self._cut(cursor, limit, complete)
-            if cut is None:
+            if cut is None or cut <= cursor:
                 return None
             self._cursor = cut
             raw = text[cursor:cut]
