@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from serve_app.text.breaks import BreakTagError, find_break, pending_tag_start
@@ -25,7 +27,7 @@ def test_segments_cover_the_text_in_order_and_respect_the_limit() -> None:
     assert len(segments) > 5
     assert all(len(s.text) <= 150 for s in segments)
     assert all(text[s.start : s.end] == s.text for s in segments)
-    assert all(a.end <= b.start for a, b in zip(segments, segments[1:]))
+    assert all(a.end <= b.start for a, b in itertools.pairwise(segments))
     # Nothing but whitespace is left out.
     covered = "".join(text[s.start : s.end] for s in segments)
     assert covered.replace(" ", "") == text.replace(" ", "")

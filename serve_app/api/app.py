@@ -13,6 +13,7 @@ from serve_app.api import (
     openai_compat,
     routes_dialogue,
     routes_speech,
+    routes_stream,
     routes_system,
     routes_voice_catalog,
     routes_voices,
@@ -60,8 +61,15 @@ def create_app(engine: SpeechEngine, settings: ApiSettings | None = None) -> Fas
         )
         app.add_middleware(AuthMiddleware, keys=ApiKeyRing(keys) if keys else None, limiter=limiter)
     app.add_middleware(RequestIdMiddleware)  # outermost of these: a 401, 413 or 429 carries an id too
-    routers = (routes_speech, routes_dialogue, routes_voices, routes_voice_catalog, openai_compat, routes_system)
-    for module in routers:
+    for module in (
+        routes_speech,
+        routes_stream,
+        routes_dialogue,
+        routes_voices,
+        routes_voice_catalog,
+        openai_compat,
+        routes_system,
+    ):
         app.include_router(module.router)
     instrument_app(app)  # outermost: Prometheus metrics, access log, GET /metrics
     install_playground(app)  # GET / and /playground

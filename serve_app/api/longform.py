@@ -266,8 +266,11 @@ class Narration:
                 if piece is not None:
                     yield piece
                 continue
-            async for piece in self.say(line, speaker, fade_out=speech_after[i], limit=limit, capped=capped):
-                yield piece
+            async with contextlib.aclosing(
+                self.say(line, speaker, fade_out=speech_after[i], limit=limit, capped=capped)
+            ) as pieces:
+                async for piece in pieces:
+                    yield piece
 
     def pause(self, ms: int, start: int = 0, end: int = 0, limit: int | None = None) -> SpeechPiece | None:
         """Silence (clipped to the budget)."""

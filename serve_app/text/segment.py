@@ -68,7 +68,7 @@ ScriptItem = Utterance | Pause
 
 
 @functools.cache
-def _splitter(language: str):  # noqa: ANN202 - sentence_splitter has no type hints
+def _splitter(language: str):  # sentence_splitter has no type hints
     from sentence_splitter import SentenceSplitter
 
     return SentenceSplitter(language=language)
