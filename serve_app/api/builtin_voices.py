@@ -113,7 +113,9 @@ def load_catalog(path: Path) -> list[VoiceSpec]:
         raise ValueError(f"cannot read voices catalogue {path}: {exc}") from exc
     voices = data.get("voices") if isinstance(data, dict) else None
     if not isinstance(voices, dict):
-        raise ValueError(f"voices catalogue {path}: expected a mapping 'voices: {{name: {{speaker, ...}}}}'")
+        raise ValueError(  # noqa: TRY004 - a configuration error, reported like the others
+            f"voices catalogue {path}: expected a mapping 'voices: {{name: {{speaker, ...}}}}'"
+        )
     specs = []
     for name, entry in voices.items():
         if not isinstance(entry, dict) or "speaker" not in entry:
@@ -188,6 +190,10 @@ class BuiltinVoices:
                     ready = SavedVoice(info, codes)
                 self._ready[spec.name] = ready
         return ready
+
+    def prepared(self) -> dict[str, str]:
+        """Fingerprints of the voices this replica holds in memory."""
+        return {name: fingerprint(voice) for name, voice in sorted(self._ready.items())}
 
     async def stored(self, spec: VoiceSpec, synth: Synthesizer) -> SavedVoice | None:
         """The prepared voice if this replica or the shared store has it (nothing is made)."""
