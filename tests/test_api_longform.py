@@ -201,3 +201,12 @@ def test_openai_speech_takes_long_input(client, engine) -> None:
     assert anchor.request_id == "voice-alloy"
     assert len(segments) >= 11
     assert all(q.context[0].text == anchor.text for q in segments)  # the voice's reference comes first
+
+
+def test_a_100000_character_text_is_accepted(client, engine) -> None:
+    text = (LONG_TEXT + " ") * 34
+    text = text[:100_000]
+    r = client.post("/speak", json={"text": text, "max_duration_ms": 1500, "response_format": "pcm"})
+    assert r.status_code == 200 and r.headers["x-finish-reason"] == "length"
+    assert 0 < len(r.content) // 2 <= 1.5 * SAMPLE_RATE
+    assert engine.requests[0].text == normalize_text(SENTENCES[0] + " " + SENTENCES[1] + " " + SENTENCES[2])

@@ -59,8 +59,13 @@ def socket_url(base_url: str) -> str:
     return base_url.rstrip("/").replace("https://", "wss://", 1).replace("http://", "ws://", 1) + STREAM_PATH
 
 
+SESSION_HEADERS = {"x-request-timeout-seconds": "0"}
+"""A socket lives as long as its conversation: Ray Serve's proxy would otherwise end it after its
+`request_timeout_s` (end to end, WebSockets included); this header lifts that for the session."""
+
+
 def _headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return {**SESSION_HEADERS, **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
 
 
 def _event(message: dict[str, Any]) -> AudioEvent | Done | TTSError | None:
