@@ -226,3 +226,34 @@ def test_store_round_trips_codes_and_leaves_no_temp_files(tmp_path) -> None:
     np.testing.assert_array_equal(store.get(info.id).codes, codes)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert store.get("voice_../../x") is None
+
+
+def test_upload_preview_and_refusals_over_real_http(tmp_path) -> None:
+    """A form upload as `curl -F` sends it, its preview, and a silent recording refused, on uvicorn."""
+    import httpx
+
+    from serve_app.api.app import create_app
+    from serve_app.api.settings import ApiSettings
+    from tests.support_api import serve_over_http
+
+    engine = FakeEngine()
+    with serve_over_http(create_app(engine, ApiSettings(voices_dir=tmp_path))) as base_url:
+        r = httpx.post(
+            f"{base_url}/v1/voices",
+            data={"name": "Curl voice", "transcript": "The reference."},
+            files={"audio": ("reference.wav", wav_bytes(1.0), "audio/wav")},
+        )
+        assert r.status_code == 201, r.text
+        voice = r.json()
+        r = httpx.post(f"{base_url}/v1/voices/{voice['id']}/preview", json={"output_format": "pcm_16000"})
+        assert r.status_code == 200 and r.headers["content-type"] == "audio/pcm"
+        samples = engine.frames_for(engine.requests[-1]) * 1920 * 16000 // SAMPLE_RATE
+        assert len(r.content) == 2 * samples  # 16-bit at 16 kHz
+        silence = wav_bytes_of(np.zeros(SAMPLE_RATE, np.float32))
+        r = httpx.post(
+            f"{base_url}/v1/voices",
+            data={"name": "Quiet", "transcript": "Nothing."},
+            files={"audio": ("quiet.wav", silence, "audio/wav")},
+        )
+        assert r.status_code == 400 and r.json()["detail"].startswith("audio is silent")
+        assert [v["id"] for v in httpx.get(f"{base_url}/v1/voices").json()["data"]] == [voice["id"]]
