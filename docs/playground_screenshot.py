@@ -104,7 +104,6 @@ def main() -> None:
         # a short conversation
         page.fill("#turns .turn:nth-child(1) .turn-text", "Did you hear the news?")
         page.fill("#turns .turn:nth-child(2) .turn-text", "No, tell me!")
-        page.click("#more-box summary")
         page.click("#generate-conversation")
         _wait_for_run(page, 1)
         # streamed speech in the saved voice, a little faster
@@ -114,7 +113,6 @@ def main() -> None:
         page.fill("#text", "Hello! This is CSM, speaking to you from the playground.")
         page.click("#speak")
         _wait_for_run(page, 2)
-        page.click("#more-box summary")
         page.wait_for_timeout(1500)  # playback moves the playhead into the waveform
         page.mouse.move(0, 0)
         args.out.parent.mkdir(parents=True, exist_ok=True)
