@@ -4,7 +4,8 @@
 
 Starts `csm-serve serve --preset tiny-random` on a free port (voices in a temporary directory), then
 drives Debian's chromium (Playwright, with a fake microphone playing a tone): records and saves a
-voice, generates a conversation, speaks in the saved voice with streaming, and screenshots the page.
+voice, generates a conversation, speaks in the saved voice with streaming, seeks by clicking the
+waveform, and screenshots the page.
 The tiny model's audio is noise, and the page says so.
 """
 
@@ -113,7 +114,11 @@ def main() -> None:
         page.fill("#text", "Hello! This is CSM, speaking to you from the playground.")
         page.click("#speak")
         _wait_for_run(page, 2)
-        page.wait_for_timeout(1500)  # playback moves the playhead into the waveform
+        # seek by clicking the waveform, as a listener would, and hold still for the picture
+        box = page.locator("#waveform").bounding_box()
+        page.click("#waveform", position={"x": box["width"] * 0.42, "y": box["height"] / 2})
+        page.evaluate("document.getElementById('player').pause()")
+        page.wait_for_timeout(300)
         page.mouse.move(0, 0)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(args.out), full_page=True)

@@ -187,6 +187,11 @@ def test_unstreamed_speech_plays_and_downloads(page, url: str, tmp_path: Path) -
     assert run["ttfaMs"] / 1000 == pytest.approx(_seconds_of(run["stats"]["total"]), abs=0.05)
     pcm, rate = _download(page, tmp_path)
     assert len(pcm) == round(expected * rate)
+    # Clicking the waveform seeks: the view spans 3 s (short audio fills part of it).
+    page.evaluate("document.getElementById('player').pause()")
+    box = page.locator("#waveform").bounding_box()
+    page.click("#waveform", position={"x": box["width"] * 0.5 / 3, "y": box["height"] / 2})
+    assert page.evaluate("document.getElementById('player').currentTime") == pytest.approx(0.5, abs=0.02)
 
 
 def test_speed_control_changes_the_speech_rate(page, url: str, engine: ToneEngine) -> None:
