@@ -177,21 +177,33 @@ def _write(chunks: Iterable[bytes], out: BinaryIO) -> tuple[int, float | None]:
 @click.option("--max-duration-ms", type=int, default=10000, show_default=True)
 @click.option("--seed", type=int, help="Seed for reproducible audio.")
 @click.option("--format", "response_format", default="wav", show_default=True,
-              help="wav, pcm, flac, mp3, opus or aac (as the server offers).")
+              help="wav, pcm, flac, mp3, opus, aac, ulaw or alaw, or a codec_rate[_kbps] name "
+                   "such as mp3_44100_128 or ulaw_8000.")
+@click.option("--sample-rate", type=click.Choice(["8000", "16000", "22050", "24000", "44100", "48000"]),
+              help="Output sample rate in Hz (default: the format's, 24000; 8000 for ulaw/alaw).")
+@click.option("--speed", type=click.FloatRange(0.25, 4.0), default=1.0, show_default=True,
+              help="Speech rate, pitch kept.")
 @click.option("--context-audio", type=click.Path(exists=True, dir_okay=False),
               help="A recording to continue from (with --context-text).")
 @click.option("--context-text", default="", help="What --context-audio says.")
 @click.option("--context-speaker", type=click.IntRange(0, 1), default=0, show_default=True)
 @click.pass_context
 def speak(ctx: click.Context, text: str, output: str, speaker: int, voice: str | None, stream: bool,
-          max_duration_ms: int, seed: int | None, response_format: str, context_audio: str | None,
-          context_text: str, context_speaker: int) -> None:
+          max_duration_ms: int, seed: int | None, response_format: str, sample_rate: str | None,
+          speed: float, context_audio: str | None, context_text: str, context_speaker: int) -> None:
     """Synthesize TEXT ('-' reads it from stdin) into an audio file."""
     if text == "-":
         text = sys.stdin.read().strip()
     context = ([{"text": context_text, "speaker": context_speaker, "audio": context_audio}]
                if context_audio else None)
-    options = dict(context=context, seed=seed, voice=voice, response_format=response_format)
+    named = "_" in response_format  # an ElevenLabs-style output_format name
+    options: dict[str, Any] = {
+        "context": context, "seed": seed, "voice": voice,
+        "response_format": None if named else response_format,
+        **({"output_format": response_format} if named else {}),
+        **({"sample_rate": int(sample_rate)} if sample_rate else {}),
+        **({"speed": speed} if speed != 1.0 else {}),
+    }
     client = _client(ctx)
     chunks = (client.stream_speak(text, speaker, max_duration_ms, **options) if stream
               else iter([client.speak(text, speaker, max_duration_ms, **options)]))

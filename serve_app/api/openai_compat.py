@@ -1,14 +1,20 @@
-"""OpenAI-compatible speech: `POST /v1/audio/speech` and `GET /v1/models`.
+"""OpenAI-compatible speech: `POST /v1/audio/speech`, `GET /v1/models` and `GET /v1/models/{id}`.
 
 OpenAI's voice names map onto CSM's two speakers (CSM has no named voices; the split is arbitrary
 but fixed); "0"/"1" pick a speaker directly and a saved voice id clones that voice. `speed` is
 applied after generation with FFmpeg's atempo (pitch kept). `instructions` is accepted for
 compatibility and ignored: CSM has no style prompt.
+
+Like OpenAI, the audio streams as it is generated, in every format whose streamed bytes are a
+complete file; FLAC is sent whole, since a streamed FLAC header cannot carry its length and
+libsndfile would refuse it. With a seed (or `cache`), the whole file is made and cached.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
 
 from serve_app.api.deps import ServicesDep
 from serve_app.api.errors import ApiError, request_id_of
@@ -80,34 +86,46 @@ async def create_speech(body: OpenAISpeechRequest, request: Request, svc: Servic
         sampling=synth.sampling(body.temperature, body.top_k, body.seed),
         request_id=request_id_of(request),
     )
-    fmt = body.response_format
+    output = body.output
     if body.stream_format == "sse":
-        return sse_response(await synth.stream(generation), fmt, body.speed)
+        return sse_response(await synth.stream(generation), output, len(body.input), body.speed)
 
     key = await svc.cache_key(
         "openai_speech",
         body,
         text=text,
         speaker=speaker,
-        speed=body.speed,
         max_ms=body.max_duration_ms,
         voice=saved.info.model_dump() if saved else None,
     )
-    if key is None:  # nothing to cache: stream, as OpenAI does
-        return streaming_response(await synth.stream(generation), fmt, {}, body.speed)
+    if key is None and output.streams_as_file:  # nothing to cache: stream, as OpenAI does
+        return streaming_response(await synth.stream(generation), output, {}, body.speed)
 
     async def produce():
         audio = await synth.generate(generation)
-        return await encode_response(audio.pcm, fmt, audio_headers(audio), body.speed)
+        return await encode_response(audio.pcm, output, audio_headers(audio), body.speed)
 
     return await cached_response(svc.cache, key, produce)
 
 
+async def _model_ids(svc: ServicesDep) -> list[str]:
+    """The served model's name first, then OpenAI's speech model names, which it answers too."""
+    model = await svc.synth.model()
+    return [model["name"], *(alias for alias in MODEL_ALIASES if alias != model["name"])]
+
+
+def _model(model_id: str) -> dict:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "sesame"}
+
+
 @router.get("/models")
 async def list_models(svc: ServicesDep) -> dict:
-    model = await svc.synth.model()
-    ids = [model["name"], *(alias for alias in MODEL_ALIASES if alias != model["name"])]
-    return {
-        "object": "list",
-        "data": [{"id": i, "object": "model", "created": 0, "owned_by": "sesame"} for i in ids],
-    }
+    return {"object": "list", "data": [_model(i) for i in await _model_ids(svc)]}
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: Annotated[str, Path(max_length=256)], svc: ServicesDep) -> dict:
+    """One model by id (ids may contain slashes, as Hugging Face names do); 404 if not served."""
+    if model_id not in await _model_ids(svc):
+        raise ApiError(404, f"model {model_id!r} not found; GET /v1/models lists the models served")
+    return _model(model_id)

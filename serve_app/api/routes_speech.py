@@ -32,7 +32,7 @@ async def speak(body: SpeakRequest, request: Request, svc: ServicesDep) -> Respo
     text = synth.text(body.text, body.normalize)
     voice = await synth.voice(body.voice) if body.voice else None
     speaker = voice.info.speaker if voice else body.speaker
-    filename = f"speech.{body.response_format}"
+    filename = f"speech.{body.output.extension}"
 
     async def generation() -> GenerationRequest:
         context = await synth.context(body.context, body.normalize)
@@ -50,12 +50,15 @@ async def speak(body: SpeakRequest, request: Request, svc: ServicesDep) -> Respo
     if body.stream:
         stream = await synth.stream(await generation())
         return streaming_response(
-            stream, body.response_format, {"Content-Disposition": f'attachment; filename="{filename}"'}
+            stream,
+            body.output,
+            {"Content-Disposition": f'attachment; filename="{filename}"'},
+            body.speed,
         )
 
     async def produce():
         audio = await synth.generate(await generation(), quality_check=body.quality_check)
-        return await encode_response(audio.pcm, body.response_format, audio_headers(audio, filename))
+        return await encode_response(audio.pcm, body.output, audio_headers(audio, filename), body.speed)
 
     key = await svc.cache_key(
         "speak",
@@ -76,7 +79,7 @@ async def clone_voice(body: CloneVoiceRequest, request: Request, svc: ServicesDe
     synth = svc.synth
     text = synth.text(body.text, body.normalize)
     voice = await synth.voice(body.voice) if body.voice else None
-    filename = f"cloned_voice.{body.response_format}"
+    filename = f"cloned_voice.{body.output.extension}"
 
     async def produce():
         if voice:
@@ -89,6 +92,7 @@ async def clone_voice(body: CloneVoiceRequest, request: Request, svc: ServicesDe
                 body.normalize,
                 "reference_text",
                 "reference_audio_b64",
+                reference=True,
             )
         audio = await synth.generate(
             GenerationRequest(
@@ -100,7 +104,7 @@ async def clone_voice(body: CloneVoiceRequest, request: Request, svc: ServicesDe
                 request_id=request_id_of(request),
             )
         )
-        return await encode_response(audio.pcm, body.response_format, audio_headers(audio, filename))
+        return await encode_response(audio.pcm, body.output, audio_headers(audio, filename), body.speed)
 
     key = await svc.cache_key(
         "clone_voice",
