@@ -358,6 +358,25 @@ def bench_ttfa(engine: Engine, trials: int) -> dict[str, Any]:
     return out
 
 
+def bench_burst(engine: Engine, arrivals: int, frames: int) -> dict[str, Any]:
+    """`arrivals` requests submitted at once to an idle engine: their times to first audio."""
+
+    async def all_at_once() -> list[dict[str, Any]]:
+        reqs = [request(PROMPT_20_WORDS, frames, seed=5000 + i) for i in range(arrivals)]
+        return await asyncio.gather(*(time_stream(engine, r, stop_after_first=True) for r in reqs))
+
+    ttfa = [r["arrivals"][0] * 1000 for r in asyncio.run(all_at_once())]
+    wait_idle(engine)
+    out = {
+        "arrivals": arrivals,
+        "ttfa_ms_p50": round(statistics.median(ttfa), 2),
+        "ttfa_ms_p99": round(float(np.percentile(ttfa, 99)), 2),
+        "ttfa_ms_max": round(max(ttfa), 2),
+    }
+    print("burst", out, flush=True)
+    return out
+
+
 def bench_bs1(engine: Engine, frames: int) -> dict[str, Any]:
     res = asyncio.run(time_stream(engine, request(PROMPT_20_WORDS, frames, seed=7)))
     wait_idle(engine)
@@ -495,6 +514,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=100, help="frames per stream in the throughput runs")
     p.add_argument("--bs1-frames", type=int, default=50)
     p.add_argument("--ttfa-trials", type=int, default=20)
+    p.add_argument("--burst", type=int, default=64, help="arrivals at once for the burst section")
     p.add_argument("--skip", default="", help="comma-separated sections to skip (e.g. hf)")
     p.add_argument("--no-compile", action="store_true", help="CUDA graphs over eager kernels only")
     p.add_argument(
@@ -515,7 +535,7 @@ def main() -> None:
     if args.smoke:
         torch.set_num_threads(1)
         args.max_slots, args.streams = min(args.max_slots, 4), "1,2,4"
-        args.frames, args.bs1_frames, args.ttfa_trials = 6, 6, 3
+        args.frames, args.bs1_frames, args.ttfa_trials, args.burst = 6, 6, 3, 4
     from serve_app.model.tiny import TINY_CONFIG
 
     cfg = TINY_CONFIG if args.smoke else CSM_1B
@@ -605,6 +625,10 @@ def main() -> None:
             save()
         if "ttfa" not in skip:
             res.update(bench_ttfa(engine, args.ttfa_trials))
+            save()
+        if "burst" not in skip:
+            bench_burst(engine, min(args.burst, engine.loop.runner.n_slots), 10)  # warm-up, not reported
+            res[f"burst{args.burst}"] = bench_burst(engine, min(args.burst, engine.loop.runner.n_slots), 10)
             save()
         if "prefill" not in skip:
             res["prefill_ms"] = bench_prefill(

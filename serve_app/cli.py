@@ -178,30 +178,43 @@ def _write(chunks: Iterable[bytes], out: BinaryIO) -> tuple[int, float | None]:
 @click.option("--max-duration-ms", type=int, default=10000, show_default=True)
 @click.option("--seed", type=int, help="Seed for reproducible audio.")
 @click.option("--format", "response_format", default="wav", show_default=True,
-              help="wav, pcm, flac, mp3, opus or aac (as the server offers).")
+              help="wav, pcm, flac, mp3, opus, aac, ulaw or alaw, or a codec_rate[_kbps] name "
+                   "such as mp3_44100_128 or ulaw_8000.")
+@click.option("--sample-rate", type=click.Choice(["8000", "16000", "22050", "24000", "44100", "48000"]),
+              help="Output sample rate in Hz (default: the format's, 24000; 8000 for ulaw/alaw).")
+@click.option("--speed", type=click.FloatRange(0.25, 4.0), default=1.0, show_default=True,
+              help="Speech rate, pitch kept.")
 @click.option("--context-audio", type=click.Path(exists=True, dir_okay=False),
               help="A recording to continue from (with --context-text).")
 @click.option("--context-text", default="", help="What --context-audio says.")
 @click.option("--context-speaker", type=click.IntRange(0, 1), default=0, show_default=True)
 @click.option("--ws", is_flag=True,
               help="Over the WebSocket: with TEXT '-', stdin is sent as it arrives and speech starts at the "
-                   "first sentence (formats: wav, pcm, ulaw, opus).")
+                   "first sentence (any streamed format; not flac).")
 @click.pass_context
 def speak(ctx: click.Context, text: str, output: str, speaker: int, voice: str | None, stream: bool,
-          max_duration_ms: int, seed: int | None, response_format: str, context_audio: str | None,
-          context_text: str, context_speaker: int, ws: bool) -> None:
+          max_duration_ms: int, seed: int | None, response_format: str, sample_rate: str | None,
+          speed: float, context_audio: str | None, context_text: str, context_speaker: int,
+          ws: bool) -> None:
     """Synthesize TEXT ('-' reads it from stdin) into an audio file."""
     if ws:
-        if context_audio:
-            raise click.UsageError("--context-audio cannot be combined with --ws")
+        if context_audio or speed != 1.0:
+            raise click.UsageError("--context-audio and --speed cannot be combined with --ws")
         speak_over_socket(ctx, text, output, speaker=speaker, voice=voice, seed=seed,
-                          max_duration_ms=max_duration_ms, fmt=response_format)
+                          max_duration_ms=max_duration_ms, fmt=response_format, sample_rate=sample_rate)
         return
     if text == "-":
         text = sys.stdin.read().strip()
     context = ([{"text": context_text, "speaker": context_speaker, "audio": context_audio}]
                if context_audio else None)
-    options = dict(context=context, seed=seed, voice=voice, response_format=response_format)
+    named = "_" in response_format  # an ElevenLabs-style output_format name
+    options: dict[str, Any] = {
+        "context": context, "seed": seed, "voice": voice,
+        "response_format": None if named else response_format,
+        **({"output_format": response_format} if named else {}),
+        **({"sample_rate": int(sample_rate)} if sample_rate else {}),
+        **({"speed": speed} if speed != 1.0 else {}),
+    }
     client = _client(ctx)
     chunks = (client.stream_speak(text, speaker, max_duration_ms, **options) if stream
               else iter([client.speak(text, speaker, max_duration_ms, **options)]))
@@ -222,9 +235,6 @@ def speak(ctx: click.Context, text: str, output: str, speaker: int, voice: str |
     click.echo(f"wrote {path} ({size} bytes{latency})", err=True)
 
 
-WS_FORMATS = {"wav": "pcm_24000", "pcm": "pcm_24000", "ulaw": "ulaw_8000", "opus": "opus_24000"}
-
-
 def stdin_pieces(stream: BinaryIO | None = None) -> Iterable[str]:
     """Text from stdin as it arrives (whatever the pipe holds, not line by line), UTF-8 decoded."""
     import codecs
@@ -239,17 +249,24 @@ def stdin_pieces(stream: BinaryIO | None = None) -> Iterable[str]:
 
 
 def speak_over_socket(ctx: click.Context, text: str, output: str, *, speaker: int, voice: str | None,
-                      seed: int | None, max_duration_ms: int, fmt: str) -> None:
+                      seed: int | None, max_duration_ms: int, fmt: str, sample_rate: str | None) -> None:
     from serve_app.audio.encode import wav_stream_header
+    from serve_app.audio.formats import OutputFormat
 
-    if fmt not in WS_FORMATS:
-        raise click.UsageError(f"--ws writes {', '.join(WS_FORMATS)}, not {fmt}")
+    try:
+        out = (OutputFormat.parse(fmt) if "_" in fmt
+               else OutputFormat.default(fmt, int(sample_rate) if sample_rate else None))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if out.codec == "flac":
+        raise click.UsageError("--ws streams audio as it is made: flac cannot be streamed")
+    wire = OutputFormat("pcm", out.sample_rate) if out.codec == "wav" else out  # the header is written here
     pieces = stdin_pieces() if text == "-" else [text]
     options: dict[str, Any] = {"speaker": speaker, "voice": voice, "seed": seed,
-                               "max_duration_ms": max_duration_ms, "output_format": WS_FORMATS[fmt]}
+                               "max_duration_ms": max_duration_ms, "output_format": wire.name}
     if ctx.get_parameter_source("max_duration_ms") is click.core.ParameterSource.DEFAULT:
         options["max_duration_ms"] = None  # the whole of stdin: the server sizes the budget
-    header = wav_stream_header() if fmt == "wav" else b""
+    header = wav_stream_header(out.sample_rate) if out.codec == "wav" else b""
     chunks = _client(ctx, retries=0).speak_streamed(pieces, **options)
     if output == "-":
         sys.stdout.buffer.write(header)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 
 CheckpointFormat = Literal["hf", "sesame", "random"]
+RandomGeometry = Literal["tiny", "csm-1b"]
 
 LOCAL_DIR_ENV = "CSM_MODEL_DIR"
 """Environment variable naming a local copy of the preset's model repository."""
@@ -34,11 +35,14 @@ class ModelPreset:
     local_dir: str | None = None  # a local copy of `repo_id` (e.g. a mounted volume): no download
     dtype: str | None = None  # None: bfloat16 on CUDA, float32 elsewhere
     seed: int = 0  # random weights only
+    geometry: RandomGeometry = "tiny"  # random weights only: tiny widths or CSM-1B's full size
     description: str = ""
 
     def __post_init__(self) -> None:
         if self.format not in ("hf", "sesame", "random"):
             raise ValueError(f"preset {self.name!r}: unknown format {self.format!r}")
+        if self.geometry not in ("tiny", "csm-1b"):
+            raise ValueError(f"preset {self.name!r}: unknown geometry {self.geometry!r}")
         if self.format != "random" and not self.repo_id:
             raise ValueError(f"preset {self.name!r}: format {self.format!r} needs repo_id")
 
@@ -75,6 +79,14 @@ PRESETS: dict[str, ModelPreset] = {
             format="random",
             seed=0,
             description="tiny seeded random weights with the real audio geometry; offline; output is noise",
+        ),
+        ModelPreset(
+            name="csm-1b-random",
+            format="random",
+            geometry="csm-1b",
+            seed=0,
+            description="CSM-1B's full size (backbone, depth decoder, Mimi) with seeded random weights and "
+            "an offline word-level tokenizer: the real model's speed without its weights; output is noise",
         ),
     )
 }

@@ -152,8 +152,8 @@ CHROMIUM_ARGS = [
 
 
 @contextlib.contextmanager
-def chromium() -> Iterator[Any]:
-    """A Playwright browser on Debian's chromium.
+def chromium(extra_args: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A Playwright browser on Debian's chromium (with `extra_args`, e.g. a fake microphone).
 
     Skips the test when either is missing, unless CSM_REQUIRE_BROWSER=1 (set by CI), where a missing
     browser must fail rather than pass silently.
@@ -167,7 +167,7 @@ def chromium() -> Iterator[Any]:
         pytest.skip(message)
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
         try:
             yield browser
         finally:

@@ -45,6 +45,9 @@ def test_unseeded_requests_bypass_unless_opted_in(client, engine) -> None:
         {"top_k": 5},
         {"max_duration_ms": 5000},
         {"response_format": "flac"},
+        {"sample_rate": 16000},
+        {"output_format": "mp3_44100_64"},
+        {"speed": 1.5},
         {"quality_check": True},
         {"context": [{"text": "ctx", "speaker": 0, "audio_b64": wav_b64(0.2)}]},
     ],
@@ -53,6 +56,12 @@ def test_anything_that_changes_audio_changes_the_key(client, change) -> None:
     base = {"text": "Cache me if you can.", "seed": 42}
     client.post("/speak", json=base)
     assert client.post("/speak", json={**base, **change}).headers["x-cache"] == "miss"
+
+
+def test_one_format_spelled_two_ways_is_one_key(client) -> None:
+    base = {"text": "Cache me if you can.", "seed": 42}
+    client.post("/speak", json={**base, "response_format": "pcm", "sample_rate": 16000})
+    assert client.post("/speak", json={**base, "output_format": "pcm_16000"}).headers["x-cache"] == "hit"
 
 
 def test_normalized_text_is_the_key(client) -> None:

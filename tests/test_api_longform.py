@@ -119,7 +119,8 @@ def test_max_duration_applies_to_the_whole_and_the_final_event_says_length(clien
     r = client.post("/speak", json=body)
     events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
     audio = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
-    assert events[-1] == {"type": "speech.audio.done", "finish_reason": "length"}
+    assert events[-1]["type"] == "speech.audio.done" and events[-1]["finish_reason"] == "length"
+    assert events[-1]["usage"] == {"input_characters": 3000, "output_audio_seconds": len(audio) / 2 / SAMPLE_RATE}
     assert 0 < len(audio) // 2 <= 4 * SAMPLE_RATE
     assert sum(q.max_audio_length_ms for q in engine.requests) <= 4000 + 80 * len(engine.requests)
     assert len(engine.requests) < 11  # the text was not all spoken
@@ -128,7 +129,7 @@ def test_max_duration_applies_to_the_whole_and_the_final_event_says_length(clien
 def test_a_finished_stream_reports_its_finish_reason(client) -> None:
     r = client.post("/speak", json={"text": "Short and sweet.", "stream": True, "stream_format": "sse"})
     last = json.loads(r.text.strip().splitlines()[-1][6:])
-    assert last == {"type": "speech.audio.done", "finish_reason": "end_of_audio"}
+    assert last["type"] == "speech.audio.done" and last["finish_reason"] == "end_of_audio"
 
 
 def test_long_silence_at_a_join_is_trimmed_from_audio_and_context(tmp_path) -> None:

@@ -7,6 +7,7 @@ import json
 import av
 import openai
 import pytest
+import soundfile as sf
 
 from serve_app.api.app import create_app
 from serve_app.api.settings import ApiSettings
@@ -99,7 +100,7 @@ def test_instructions_are_accepted(client) -> None:
 def test_sse_stream_has_deltas_then_done(client, engine) -> None:
     r = _speech(client, response_format="pcm", stream_format="sse")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-    events = [json.loads(line[len("data: ") :]) for line in r.text.splitlines() if line.startswith("data: ")]
+    events = _sse_events(r.text)
     assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
     assert events[-1]["type"] == "speech.audio.done"
     assert len(events) - 1 >= 2
@@ -107,9 +108,40 @@ def test_sse_stream_has_deltas_then_done(client, engine) -> None:
     assert len(audio) == engine.frames_for(engine.requests[-1]) * FRAME_SAMPLES * 2
 
 
+def _sse_events(text: str) -> list[dict]:
+    return [json.loads(line[len("data: ") :]) for line in text.splitlines() if line.startswith("data: ")]
+
+
+@pytest.mark.parametrize("speed", [1.0, 2.0])
+def test_sse_done_event_carries_usage(client, engine, speed) -> None:
+    r = _speech(client, response_format="pcm", stream_format="sse", speed=speed)
+    *deltas, done = _sse_events(r.text)
+    audio = b"".join(base64.b64decode(e["audio"]) for e in deltas)
+    assert done["type"] == "speech.audio.done"
+    usage = done["usage"]
+    assert usage["input_characters"] == len(TEXT)
+    assert usage["output_audio_seconds"] == pytest.approx(len(audio) / 2 / SAMPLE_RATE, abs=1e-3)
+    natural = engine.frames_for(engine.requests[-1]) * FRAME_SAMPLES / SAMPLE_RATE
+    assert usage["output_audio_seconds"] == pytest.approx(natural / speed, rel=0.05)
+
+
 def test_models_lists_served_model_and_aliases(client) -> None:
     ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert ids[0] == "fake-csm" and "tts-1" in ids
+
+
+@pytest.mark.parametrize("model_id", ["fake-csm", "tts-1", "gpt-4o-mini-tts"])
+def test_models_by_id(client, model_id) -> None:
+    r = client.get(f"/v1/models/{model_id}")
+    assert r.status_code == 200
+    assert r.json() == {"id": model_id, "object": "model", "created": 0, "owned_by": "sesame"}
+
+
+@pytest.mark.parametrize("model_id", ["whisper-1", "sesame/csm-1b", "tts-1/extra"])
+def test_unknown_model_is_404_with_an_openai_error(client, model_id) -> None:
+    r = client.get(f"/v1/models/{model_id}")
+    assert r.status_code == 404
+    assert r.json()["error"]["type"] == "not_found_error" and model_id in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
@@ -127,6 +159,51 @@ def test_bad_requests_carry_openai_error_objects(client, body, status) -> None:
     assert r.status_code == status
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_official_sdk_formats_usage_and_models(tmp_path) -> None:
+    """The openai package over real HTTP: extras through extra_body, SSE usage, model lookup."""
+    engine = FakeEngine()
+    app = create_app(engine, ApiSettings(voices_dir=tmp_path))
+    with serve_over_http(app) as base_url:
+        sdk = openai.OpenAI(api_key="unused", base_url=f"{base_url}/v1", max_retries=0)
+        # FLAC from the SDK is a complete file: libsndfile reads it with its length
+        audio = sdk.audio.speech.create(model="tts-1", voice="coral", input=TEXT, response_format="flac")
+        pcm, rate = sf.read(io.BytesIO(audio.content))
+        assert rate == SAMPLE_RATE
+        assert len(pcm) == engine.frames_for(engine.requests[-1]) * FRAME_SAMPLES
+        # ElevenLabs-style names and sample rates ride in extra_body
+        audio = sdk.audio.speech.create(
+            model="tts-1", voice="coral", input=TEXT, response_format="mp3",
+            extra_body={"sample_rate": 16000, "seed": 3},
+        )
+        assert _decode(audio.content)[0] == 16000
+        audio = sdk.audio.speech.create(
+            model="tts-1", voice="coral", input=TEXT, extra_body={"output_format": "ulaw_8000"}
+        )
+        assert audio.response.headers["content-type"] == "audio/basic"
+        assert len(audio.content) == engine.frames_for(engine.requests[-1]) * FRAME_SAMPLES // 3
+        # SSE: deltas, then a done event with the usage
+        with sdk.audio.speech.with_streaming_response.create(
+            model="tts-1", voice="echo", input=TEXT, response_format="pcm", stream_format="sse", speed=2.0
+        ) as streamed:
+            events = _sse_events("\n".join(streamed.iter_lines()))
+        *deltas, done = events
+        seconds = len(b"".join(base64.b64decode(e["audio"]) for e in deltas)) / 2 / SAMPLE_RATE
+        assert done == {
+            "type": "speech.audio.done",
+            "usage": {"input_characters": len(TEXT), "output_audio_seconds": round(seconds, 3)},
+            "finish_reason": "end_of_audio",
+        }
+        # models by id
+        assert sdk.models.retrieve("tts-1").id == "tts-1"
+        assert sdk.models.retrieve("fake-csm").owned_by == "sesame"
+        with pytest.raises(openai.NotFoundError, match="model 'whisper-1' not found"):
+            sdk.models.retrieve("whisper-1")
+        with pytest.raises(openai.UnprocessableEntityError, match="opus cannot encode at 44100 Hz"):
+            sdk.audio.speech.create(
+                model="tts-1", voice="coral", input=TEXT, response_format="opus", extra_body={"sample_rate": 44100}
+            )
 
 
 def test_official_sdk_round_trip(tmp_path) -> None:

@@ -1,12 +1,24 @@
 """Saved voices: stored as codes on disk, usable from every endpoint, surviving a restart."""
 
+import base64
+import io
 import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 
+from serve_app.api.schemas import PREVIEW_TEXT
 from serve_app.api.voices import VoiceStore
-from tests.support_api import FakeEngine, make_client, wav_b64
+from serve_app.engine.types import SAMPLE_RATE
+from serve_app.text.normalize import normalize_text
+from tests.support_api import FakeEngine, make_client, read_wav, wav_b64, wav_bytes
+
+
+def wav_bytes_of(pcm: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, pcm, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
 
 
 @pytest.fixture
@@ -91,9 +103,120 @@ def test_unknown_voice_is_404_everywhere(client) -> None:
     assert client.get("/v1/voices/..%2F..%2Fetc").status_code == 404
 
 
-def test_reference_shorter_than_a_frame_is_still_one_frame(client) -> None:
-    r = client.post("/v1/voices", json={"name": "tiny", "audio_b64": wav_b64(0.01), "transcript": "a"})
-    assert r.status_code == 201 and r.json()["frames"] == 1
+def test_a_reference_shorter_than_the_minimum_is_refused_with_its_length(client, engine) -> None:
+    r = client.post("/v1/voices", json={"name": "tiny", "audio_b64": wav_b64(0.3), "transcript": "a"})
+    assert r.status_code == 400
+    assert r.json()["detail"] == (
+        "audio_b64 is too short for a voice reference: 0.30 s of audio, at least 0.5 s is needed"
+    )
+    assert engine.encoded == [] and client.get("/v1/voices").json()["data"] == []
+
+
+def test_a_silent_reference_is_refused(client, engine) -> None:
+    silence = base64.b64encode(wav_bytes_of(np.zeros(SAMPLE_RATE, np.float32))).decode()
+    r = client.post("/v1/voices", json={"name": "quiet", "audio_b64": silence, "transcript": "a"})
+    assert r.status_code == 400 and "audio_b64 is silent" in r.json()["detail"]
+    r = client.post(
+        "/clone_voice",
+        json={"text": "Hi", "reference_audio_b64": silence, "reference_text": "Nothing is said."},
+    )
+    assert r.status_code == 400 and "reference_audio_b64 is silent" in r.json()["detail"]
+    assert engine.encoded == [] and engine.requests == []
+
+
+def test_a_reference_longer_than_the_maximum_is_refused(tmp_path, engine) -> None:
+    client = make_client(tmp_path, engine, reference_max_seconds=2.0)
+    r = client.post("/v1/voices", json={"name": "long", "audio_b64": wav_b64(2.5), "transcript": "a"})
+    assert r.status_code == 413
+    assert "too long for a voice reference: 2.5 s of audio, at most 2 s" in r.json()["detail"]
+    r = client.post(
+        "/clone_voice", json={"text": "Hi", "reference_audio_b64": wav_b64(2.5), "reference_text": "a"}
+    )
+    assert r.status_code == 413 and "reference_audio_b64 is too long" in r.json()["detail"]
+    assert client.get("/health").status_code == 200
+
+
+def test_a_short_clone_reference_is_refused_but_short_context_is_not(client, engine) -> None:
+    r = client.post(
+        "/clone_voice", json={"text": "Hi", "reference_audio_b64": wav_b64(0.2), "reference_text": "a"}
+    )
+    assert r.status_code == 400 and "reference_audio_b64 is too short" in r.json()["detail"]
+    context = [{"text": "Yes.", "speaker": 0, "audio_b64": wav_b64(0.2)}]
+    assert client.post("/speak", json={"text": "Hi", "context": context}).status_code == 200
+
+
+def test_multipart_upload_makes_the_same_voice_as_json(client, engine) -> None:
+    wav = wav_bytes(1.0)
+    r = client.post(
+        "/v1/voices",
+        data={"name": "Form voice", "transcript": "The reference.", "speaker": "1"},
+        files={"audio": ("reference.wav", wav, "audio/wav")},
+    )
+    assert r.status_code == 201, r.text
+    voice = r.json()
+    assert (voice["name"], voice["transcript"], voice["speaker"], voice["frames"]) == (
+        "Form voice", "The reference.", 1, 13,
+    )
+    via_json = _create(client, name="Json voice", seconds=1.0, speaker=1)
+    np.testing.assert_array_equal(engine.encoded[0], engine.encoded[1])  # same audio decoded
+    assert via_json["frames"] == voice["frames"]
+    # other servers' field names work too
+    r = client.post(
+        "/v1/voices",
+        data={"name": "Alias", "reference_text": "The reference."},
+        files={"file": ("reference.wav", wav, "audio/wav")},
+    )
+    assert r.status_code == 201 and r.json()["speaker"] == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "files", "status", "message"),
+    [
+        ({"name": "x", "transcript": "t"}, None, 422, "an audio file is required"),
+        ({"transcript": "t"}, {"audio": ("a.wav", b"", "audio/wav")}, 422, "Field required"),
+        ({"name": "x", "transcript": "t", "speaker": "7"}, {"audio": ("a.wav", b"1", "audio/wav")}, 422,
+         "less than or equal to 1"),
+        ({"name": "x", "transcript": "t"}, {"audio": ("a.wav", b"", "audio/wav")}, 400, "audio is empty"),
+        ({"name": "x", "transcript": "t"}, {"audio": ("a.txt", b"not audio" * 50, "text/plain")}, 400,
+         "not audio in a supported format"),
+    ],
+)
+def test_bad_multipart_uploads_say_what_is_wrong(client, data, files, status, message) -> None:
+    r = client.post("/v1/voices", data=data, files=files or {"unrelated": ("x", b"", "text/plain")})
+    assert r.status_code == status, r.text
+    assert message in json.dumps(r.json()["detail"])
+
+
+def test_a_multipart_file_over_the_audio_limit_is_413(tmp_path, engine) -> None:
+    client = make_client(tmp_path, engine, max_audio_bytes=10_000)
+    r = client.post(
+        "/v1/voices",
+        data={"name": "big", "transcript": "t"},
+        files={"audio": ("a.wav", wav_bytes(1.0), "audio/wav")},
+    )
+    assert r.status_code == 413 and "audio is larger than the 10000-byte limit" in r.json()["detail"]
+
+
+def test_other_content_types_are_415(client) -> None:
+    r = client.post("/v1/voices", content=b"name=x", headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
+
+
+def test_preview_speaks_the_sample_sentence_in_the_voice(client, engine) -> None:
+    voice = _create(client, speaker=1)
+    r = client.post(f"/v1/voices/{voice['id']}/preview")
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+    [request] = engine.requests
+    assert request.text == normalize_text(PREVIEW_TEXT) and request.speaker == 1
+    assert request.context[-1].codes.shape == (13, 32)
+    pcm, rate, _ = read_wav(r.content)
+    assert rate == SAMPLE_RATE and len(pcm) == engine.frames_for(request) * 1920
+    r = client.post(
+        f"/v1/voices/{voice['id']}/preview", json={"text": "Custom line.", "output_format": "mp3_22050_32"}
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/mpeg"
+    assert engine.requests[-1].text == "Custom line."
+    assert client.post("/v1/voices/voice_0000000000000000/preview").status_code == 404
 
 
 def test_store_round_trips_codes_and_leaves_no_temp_files(tmp_path) -> None:
@@ -103,3 +226,34 @@ def test_store_round_trips_codes_and_leaves_no_temp_files(tmp_path) -> None:
     np.testing.assert_array_equal(store.get(info.id).codes, codes)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert store.get("voice_../../x") is None
+
+
+def test_upload_preview_and_refusals_over_real_http(tmp_path) -> None:
+    """A form upload as `curl -F` sends it, its preview, and a silent recording refused, on uvicorn."""
+    import httpx
+
+    from serve_app.api.app import create_app
+    from serve_app.api.settings import ApiSettings
+    from tests.support_api import serve_over_http
+
+    engine = FakeEngine()
+    with serve_over_http(create_app(engine, ApiSettings(voices_dir=tmp_path))) as base_url:
+        r = httpx.post(
+            f"{base_url}/v1/voices",
+            data={"name": "Curl voice", "transcript": "The reference."},
+            files={"audio": ("reference.wav", wav_bytes(1.0), "audio/wav")},
+        )
+        assert r.status_code == 201, r.text
+        voice = r.json()
+        r = httpx.post(f"{base_url}/v1/voices/{voice['id']}/preview", json={"output_format": "pcm_16000"})
+        assert r.status_code == 200 and r.headers["content-type"] == "audio/pcm"
+        samples = engine.frames_for(engine.requests[-1]) * 1920 * 16000 // SAMPLE_RATE
+        assert len(r.content) == 2 * samples  # 16-bit at 16 kHz
+        silence = wav_bytes_of(np.zeros(SAMPLE_RATE, np.float32))
+        r = httpx.post(
+            f"{base_url}/v1/voices",
+            data={"name": "Quiet", "transcript": "Nothing."},
+            files={"audio": ("quiet.wav", silence, "audio/wav")},
+        )
+        assert r.status_code == 400 and r.json()["detail"].startswith("audio is silent")
+        assert [v["id"] for v in httpx.get(f"{base_url}/v1/voices").json()["data"]] == [voice["id"]]

@@ -1,56 +1,117 @@
-"""Every response format decodes with an independent decoder at 24 kHz mono with the right length."""
+"""Every format at every sample rate, whole and streamed, read back by libsndfile and FFmpeg."""
 
 import io
 
-import av
 import numpy as np
 import pytest
 import soundfile as sf
 
 from serve_app.audio.encode import (
-    AUDIO_FORMATS,
     encode_audio,
     open_stream_encoder,
     to_pcm16,
+    wav_header,
     wav_stream_header,
 )
+from serve_app.audio.formats import AUDIO_FORMATS, OPUS_RATES, SAMPLE_RATES, OutputFormat
+from serve_app.audio.resample import resample
 from serve_app.engine.types import SAMPLE_RATE
-
-SECONDS = 1.0
-TONE = (0.4 * np.sin(2 * np.pi * 330 * np.arange(int(SAMPLE_RATE * SECONDS)) / SAMPLE_RATE)).astype(
-    np.float32
+from tests.support_formats import (
+    CODEC_PADDING,
+    SOUNDFILE_UNREADABLE,
+    expected_decoded_rate,
+    read_pyav,
+    read_soundfile,
 )
 
+SECONDS = 1.0
+FREQ = 330.0
+TONE = (0.4 * np.sin(2 * np.pi * FREQ * np.arange(int(SAMPLE_RATE * SECONDS)) / SAMPLE_RATE)).astype(
+    np.float32
+)
+ALL_OUTPUTS = [
+    OutputFormat(codec, rate)  # type: ignore[arg-type]
+    for codec in AUDIO_FORMATS
+    for rate in SAMPLE_RATES
+    if codec != "opus" or rate in OPUS_RATES
+]
+LOSSLESS = ("wav", "pcm", "flac")
 
-def decode_with_pyav(data: bytes) -> tuple[np.ndarray, int, int]:
-    """(samples, sample rate, channels) as FFmpeg sees the file."""
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.audio[0]
-        frames = [f.to_ndarray() for f in container.decode(stream)]
-        rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
-    pcm = np.concatenate(
-        [f.reshape(channels, -1) if f.shape[0] == channels else f.reshape(-1, channels).T for f in frames],
-        axis=1,
-    )
-    return pcm, rate, channels
+
+def _streamed(output: OutputFormat, chunk: int = 1920) -> bytes:
+    encoder = open_stream_encoder(output)
+    data = b"".join(encoder.write(TONE[i : i + chunk]) for i in range(0, len(TONE), chunk))
+    return data + encoder.close()
 
 
-@pytest.mark.parametrize("fmt", [f for f in AUDIO_FORMATS if f != "pcm"])
-@pytest.mark.parametrize("streamed", [False, True])
-def test_format_decodes_with_right_rate_and_duration(fmt: str, streamed: bool) -> None:
-    if streamed:
-        encoder = open_stream_encoder(fmt)
-        data = (
-            b"".join(encoder.write(TONE[i : i + 1920]) for i in range(0, len(TONE), 1920)) + encoder.close()
-        )
+def _dominant_hz(pcm: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
+    return float(np.argmax(spectrum) * rate / len(pcm))
+
+
+def _check(decoded, output: OutputFormat, reader: str, padding: int = 0) -> None:
+    rate = expected_decoded_rate(output, reader)
+    assert decoded.sample_rate == rate
+    expected = round(SECONDS * rate)
+    assert expected <= len(decoded.samples) <= expected + padding * rate // output.sample_rate
+    assert _dominant_hz(decoded.samples, rate) == pytest.approx(FREQ, abs=3)  # the tone, at its pitch
+    if output.codec in LOSSLESS:
+        reference = resample(TONE, SAMPLE_RATE, output.sample_rate)
+        np.testing.assert_allclose(decoded.samples, reference, atol=2 / 32767)
+    elif output.codec in ("ulaw", "alaw"):  # 8-bit companding: about 3 % of the level near 0.4
+        reference = resample(TONE, SAMPLE_RATE, output.sample_rate)
+        np.testing.assert_allclose(decoded.samples, reference, atol=0.02)
+
+
+@pytest.mark.parametrize("output", ALL_OUTPUTS, ids=lambda o: o.name)
+def test_whole_file_reads_with_both_readers_at_its_rate_and_duration(output: OutputFormat) -> None:
+    data = encode_audio(TONE, output)
+    # A complete file lets decoders trim the codec's priming exactly, except ADTS AAC, which has no
+    # field for it.
+    padding = CODEC_PADDING["aac"] if output.codec == "aac" else 0
+    _check(read_pyav(data, output), output, "pyav", padding)
+    if output.codec in SOUNDFILE_UNREADABLE:
+        with pytest.raises(sf.LibsndfileError):
+            read_soundfile(data, output)
     else:
-        data = encode_audio(TONE, fmt)
-    pcm, rate, channels = decode_with_pyav(data)
-    assert channels == 1
-    # Opus always decodes at 48 kHz (the codec's only internal rate); the others keep 24 kHz.
-    assert rate == (48_000 if fmt == "opus" else SAMPLE_RATE)
-    assert abs(pcm.shape[1] / rate - SECONDS) < 0.1
-    assert np.abs(pcm.astype(np.float64)).max() > 0  # not silence
+        _check(read_soundfile(data, output), output, "soundfile", padding)
+
+
+@pytest.mark.parametrize("output", ALL_OUTPUTS, ids=lambda o: o.name)
+def test_streamed_bytes_read_as_documented(output: OutputFormat) -> None:
+    """FFmpeg reads every stream; libsndfile every stream but FLAC's (whose header cannot hold the
+    length) and AAC. MP3 and AAC streams keep the encoder's padding."""
+    data = _streamed(output)
+    padding = CODEC_PADDING.get(output.codec, 0)
+    _check(read_pyav(data, output), output, "pyav", padding)
+    if output.streams_as_file and output.codec not in SOUNDFILE_UNREADABLE:
+        _check(read_soundfile(data, output), output, "soundfile", padding)
+    else:
+        with pytest.raises((sf.LibsndfileError, ValueError)):
+            read_soundfile(data, output)
+
+
+@pytest.mark.parametrize("name", ["pcm_16000", "wav_44100", "ulaw_8000", "flac_22050"])
+def test_stream_in_ragged_chunks_equals_the_whole_encoding(name: str) -> None:
+    """Resampling state crosses chunk joins: the stream's samples are the whole file's, bit for bit."""
+    output = OutputFormat.parse(name)
+    rng = np.random.default_rng(0)
+    encoder = open_stream_encoder(output)
+    pieces, at = [], 0
+    while at < len(TONE):
+        size = int(rng.integers(1, 3000))
+        pieces.append(encoder.write(TONE[at : at + size]))
+        at += size
+    streamed = b"".join(pieces) + encoder.close()
+    whole = encode_audio(TONE, output)
+    if output.codec == "wav":
+        assert streamed[:44] == wav_stream_header(output.sample_rate)
+        streamed, whole = streamed[44:], whole[44:]
+    if output.codec == "flac":
+        streamed, whole = read_pyav(streamed, output).samples, read_pyav(whole, output).samples
+        np.testing.assert_array_equal(streamed, whole)
+    else:
+        assert streamed == whole
 
 
 def test_pcm_is_16_bit_little_endian_and_clipped() -> None:
@@ -58,29 +119,42 @@ def test_pcm_is_16_bit_little_endian_and_clipped() -> None:
     assert np.frombuffer(data, "<i2").tolist() == [0, 16384, -32767, 32767]
 
 
-def test_streamed_wav_has_unknown_sizes_and_parses() -> None:
+def test_wav_headers_say_unknown_when_streamed_and_the_size_when_whole() -> None:
     header = wav_stream_header()
     assert len(header) == 44 and header[4:8] == b"\xff\xff\xff\xff" and header[40:44] == b"\xff\xff\xff\xff"
-    encoder = open_stream_encoder("wav")
-    data = encoder.write(TONE[:1000]) + encoder.write(TONE[1000:]) + encoder.close()
-    assert data[:44] == header
-    pcm, rate = sf.read(io.BytesIO(data), dtype="float32")
-    assert rate == SAMPLE_RATE and len(pcm) == len(TONE)
-    assert data[44:] == to_pcm16(TONE)
+    streamed = _streamed(OutputFormat("wav"))
+    assert streamed[:44] == header and streamed[44:] == to_pcm16(TONE)
+    whole = encode_audio(TONE, "wav")
+    assert whole == wav_header(SAMPLE_RATE, 2 * len(TONE)) + to_pcm16(TONE)
+    with sf.SoundFile(io.BytesIO(whole)) as f:
+        assert (f.frames, f.samplerate, f.subtype) == (len(TONE), SAMPLE_RATE, "PCM_16")
 
 
-def test_whole_wav_matches_streamed_samples() -> None:
-    whole, _ = sf.read(io.BytesIO(encode_audio(TONE, "wav")), dtype="int16")
-    assert whole.tobytes() == to_pcm16(TONE)
-
-
-def test_ffmpeg_stream_emits_bytes_before_close() -> None:
-    encoder = open_stream_encoder("mp3")
+@pytest.mark.parametrize("name", ["mp3", "opus", "aac", "ulaw_8000", "flac"])
+def test_ffmpeg_stream_emits_bytes_before_close(name: str) -> None:
+    encoder = open_stream_encoder(name)
     early = b"".join(encoder.write(TONE[i : i + 1920]) for i in range(0, len(TONE), 1920))
     assert len(early) > 1000  # bytes leave while the stream is still open
+    assert encoder.close()  # and the tail at the end
+    assert encoder.close() == b""  # closing twice is harmless
+
+
+def test_closed_encoder_refuses_more_audio() -> None:
+    encoder = open_stream_encoder("mp3")
     encoder.close()
+    with pytest.raises(ValueError, match="closed"):
+        encoder.write(TONE)
+
+
+@pytest.mark.parametrize("codec", ["mp3", "opus", "aac"])
+def test_bitrate_sets_the_size(codec: str) -> None:
+    rate = 48_000
+    small = encode_audio(TONE, OutputFormat(codec, rate, 32))
+    large = encode_audio(TONE, OutputFormat(codec, rate, 128))
+    assert len(large) / len(small) > 2.5  # about 4x the bits (headers and VBR slack aside)
+    assert len(small) * 8 / SECONDS / 1000 == pytest.approx(32, rel=0.35)
 
 
 def test_unknown_format_is_rejected() -> None:
-    with pytest.raises(ValueError, match="unsupported audio format"):
-        open_stream_encoder("ogg")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown audio format 'ogg'"):
+        open_stream_encoder("ogg")

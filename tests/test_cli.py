@@ -60,6 +60,19 @@ def test_streamed_speak_writes_a_complete_wav(url: str, tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.part"))
 
 
+def test_speak_takes_formats_rates_and_speed(url: str, tmp_path: Path) -> None:
+    text = "Telephone quality, twice as fast."
+    seconds = (2 + len(text) // 4) * 0.08
+    out = tmp_path / "call.ulaw"
+    assert run(url, "speak", text, "-o", str(out), "--format", "ulaw_8000").exit_code == 0
+    assert len(out.read_bytes()) == round(seconds * 8000)  # one byte per 8 kHz sample
+    out = tmp_path / "fast.wav"
+    result = run(url, "speak", text, "-o", str(out), "--sample-rate", "16000", "--speed", "2", "--stream")
+    assert result.exit_code == 0, result.output
+    pcm, rate = read_wav(out.read_bytes())
+    assert rate == 16000 and len(pcm) / rate == pytest.approx(seconds / 2, abs=0.03)
+
+
 def test_speak_reads_stdin_writes_stdout_and_sends_context(url: str, tmp_path: Path) -> None:
     ref = tmp_path / "ref.wav"
     ref.write_bytes(wav_bytes(tone(0.2)))

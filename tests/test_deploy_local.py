@@ -15,13 +15,25 @@ def _deployments(config: dict) -> dict[str, dict]:
     return {d["name"]: d for d in config["applications"][0]["deployments"]}
 
 
-@pytest.mark.parametrize(("gpus", "weights"), [(0, "/models/csm-1b"), (2, None), (0, None)])
-def test_without_gpu_or_weights_it_is_the_random_model_on_cpu(gpus: int, weights: str | None) -> None:
-    choice = choose(gpus=gpus, weights=weights)
+@pytest.mark.parametrize("weights", ["/models/csm-1b", None])
+def test_without_gpu_it_is_the_tiny_random_model_on_cpu(weights: str | None) -> None:
+    choice = choose(gpus=0, weights=weights)
     args = choice.config["applications"][0]["args"]
     assert choice.random_weights and args["model"] == "tiny-random" and args["device"] == "cpu"
-    assert "RANDOM" in choice.reason and ("GPU" in choice.reason) == (gpus == 0)
+    assert "RANDOM" in choice.reason and "no CUDA GPU" in choice.reason
     assert _deployments(choice.config)["TTSModel"]["ray_actor_options"]["num_gpus"] == 0
+
+
+def test_gpus_without_weights_give_the_production_graph_with_the_full_size_random_model() -> None:
+    choice = choose(gpus=2, weights=None)
+    with_weights = choose(gpus=2, weights="/models/csm-1b")
+    app = choice.config["applications"][0]
+    assert choice.random_weights and app["args"]["model"] == "csm-1b-random"
+    assert "RANDOM" in choice.reason and "weights" in choice.reason
+    assert _deployments(choice.config)["TTSModel"]["ray_actor_options"]["num_gpus"] == 1
+    # The same graph as with weights, but for the model.
+    app["args"]["model"] = with_weights.config["applications"][0]["args"]["model"]
+    assert choice.config == with_weights.config
 
 
 def test_gpus_and_weights_give_the_production_graph_scaled_to_this_machine() -> None:

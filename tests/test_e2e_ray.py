@@ -42,7 +42,7 @@ def _assert_speech(data: bytes, max_ms: int) -> np.ndarray:
     return pcm
 
 
-def _tone_b64(seconds: float = 0.4, rate: int = 16_000) -> str:
+def _tone_b64(seconds: float = 1.0, rate: int = 16_000) -> str:
     t = np.arange(int(seconds * rate)) / rate
     buf = io.BytesIO()
     sf.write(buf, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate, format="WAV")

@@ -51,7 +51,7 @@ def test_stream_runs_off_the_event_loop_and_equals_generate(engine: Engine) -> N
 
     ticks, chunks, audio = asyncio.run(main())
     assert ticks > 10  # the loop kept running while frames were computed
-    assert [c.frames for c in chunks] == [1, 3, 1] and chunks[-1].finish_reason is FinishReason.LENGTH
+    assert [c.frames for c in chunks] == [1, 2, 2] and chunks[-1].finish_reason is FinishReason.LENGTH  # ramped
     np.testing.assert_array_equal(np.concatenate([c.codes for c in chunks]), audio.codes)
     np.testing.assert_array_equal(np.concatenate([c.pcm for c in chunks]), audio.pcm)
     sync = engine.generate_sync(req)  # same seed, other front end, no event loop
@@ -108,7 +108,7 @@ def test_concurrent_requests_share_the_batch_and_overflow_is_refused(engine: Eng
 def test_info_reports_slots_and_streaming_settings(engine: Engine) -> None:
     info = asyncio.run(engine.info())
     assert info["engine"] == "continuous-batching" and info["slots"] == 2 and info["max_waiting"] == 1
-    assert info["chunk_frames"] == {"first": 1, "later": 3}
+    assert info["chunk_frames"] == {"first": 1, "later": 3, "ramp": True}
     assert info["cuda_graphs"] is False and info["device"] == "cpu"
     asyncio.run(engine.check_health())
 

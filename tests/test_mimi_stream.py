@@ -236,3 +236,42 @@ def test_cuda_full_size_config_past_the_window(monkeypatch):
     codes = random_codes(2, 140, model.config, seed=14).cuda()
     streamed = stream_decode(decoder, codes, random_split(140, 5))
     torch.testing.assert_close(streamed, full_decode(model, codes), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "kernel", "stride", "groups", "length"),
+    [
+        (32, 32, 4, 2, 32, 8),  # Mimi's depthwise upsampler
+        (32, 16, 16, 8, 1, 5),  # SEANet's transposed convs: kernel = 2 x stride
+        (16, 8, 12, 6, 1, 1),
+        (8, 8, 15, 5, 1, 3),  # three blocks per input
+        (8, 8, 5, 2, 1, 4),  # kernel not a multiple of stride: the cuDNN path
+        (8, 8, 6, 2, 2, 3),  # grouped: the cuDNN path
+    ],
+)
+def test_transposed_conv_as_matmul_equals_conv_transpose(c_in, c_out, kernel, stride, groups, length) -> None:
+    from serve_app.model.mimi_stream_seanet import transposed_conv1d
+
+    gen = torch.Generator().manual_seed(kernel * 100 + length)
+    x = torch.randn(3, c_in, length, generator=gen)
+    weight = torch.randn(c_in, c_out // groups, kernel, generator=gen)
+    expected = torch.nn.functional.conv_transpose1d(x, weight, None, stride, groups=groups)
+    torch.testing.assert_close(transposed_conv1d(x, weight, stride, groups), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_resetting_several_slots_at_once_restarts_exactly_those(mimi) -> None:
+    """A batch of slots reset in one call decodes as fresh streams; an untouched slot carries on."""
+    decoder = MimiStreamDecoder(mimi, max_streams=4)
+    first = random_codes(3, 5, mimi.config, seed=1)
+    second = random_codes(3, 4, mimi.config, seed=2)
+    slots = torch.tensor([0, 1, 3])
+    decoder.reset(0, 1, 3)
+    decoder.decode(first[:, :, :3], slots)
+    carried = decoder.decode(first[1:2, :, 3:], torch.tensor([1]))
+    decoder.reset(0, 3)  # slot 1 keeps its stream
+    again = decoder.decode(second[[0, 2]], torch.tensor([0, 3]))
+    fresh = MimiStreamDecoder(mimi, max_streams=4)
+    fresh.reset(2, 0)
+    expected = fresh.decode(second[[0, 2]], torch.tensor([2, 0]))
+    torch.testing.assert_close(again, expected)
+    torch.testing.assert_close(carried[0], full_decode(mimi, first[1:2])[0, 3 * 1920 :], rtol=1e-4, atol=1e-4)

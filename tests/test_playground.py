@@ -1,30 +1,51 @@
-"""The playground page in headless Chromium against the app on loopback: type, speak, hear, download.
+"""The playground page in headless Chromium against the app on loopback: speak (live waveform, time to
+first audio and real-time factor), speed, conversations, and voices recorded from a fake microphone.
 
 Needs Debian's chromium and Playwright's Python package (never `playwright install`):
     apt-get install -y chromium && pip install playwright
 """
 from __future__ import annotations
 
+import base64
+import re
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
+from serve_app.api.schemas import PREVIEW_TEXT
 from serve_app.engine.types import SAMPLE_RATE
+from serve_app.text.normalize import normalize_text
 from serve_app.web.routes import ASSETS
 from tests.support_tools import ToneEngine, api_app, chromium, read_wav, serve_http, tone, wav_bytes
 
+MICROPHONE_SECONDS = 1.5
+
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory) -> str:
+def engine() -> ToneEngine:
     # Frames trickle out (40 ms each) so streamed playback starts before generation ends.
-    with serve_http(api_app(ToneEngine(frame_delay_s=0.04), tmp_path_factory.mktemp("voices"))) as base:
+    return ToneEngine(frame_delay_s=0.04)
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory, engine) -> str:
+    with serve_http(api_app(engine, tmp_path_factory.mktemp("voices"))) as base:
         yield base
 
 
 @pytest.fixture(scope="module")
-def browser():
-    with chromium() as browser:
+def browser(tmp_path_factory):
+    # The fake microphone plays this tone (looped), so recordings hold a known, audible signal.
+    microphone = tmp_path_factory.mktemp("mic") / "microphone.wav"
+    microphone.write_bytes(wav_bytes(tone(2.0, 330.0)))
+    fake_media = (
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={microphone}",
+    )
+    with chromium(fake_media) as browser:
         yield browser
 
 
@@ -44,9 +65,11 @@ def test_page_and_assets_are_served(url: str) -> None:
         r = httpx.get(url + path)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
         assert 'id="speak"' in r.text and "playground/playground.js" in r.text
+        assert "http://" not in r.text and "https://" not in r.text  # nothing from outside
     for name, media_type in ASSETS.items():
         r = httpx.get(f"{url}/playground/{name}")
         assert r.status_code == 200 and r.headers["content-type"] == media_type and r.text
+        assert not re.search(r"""(import|from)\s*["']https?:""", r.text)
     assert httpx.get(url + "/playground/secrets.txt").status_code == 404
 
 
@@ -63,52 +86,226 @@ PLAYED = """() => {
     && (!a.paused || a.ended);
 }"""
 
+# Drawn waveform pixels (not transparent), off the axis row.
+DRAWN_PIXELS = """() => {
+  const c = document.getElementById('waveform');
+  const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const axis = Math.floor(c.height / 2);
+  let n = 0;
+  for (let i = 3; i < data.length; i += 4) if (data[i] > 0 && Math.floor((i >> 2) / c.width) !== axis) n++;
+  return n;
+}"""
 
-def _speak_and_check(page, url: str, tmp_path: Path, *, stream: bool, expect_seconds: float) -> float:
-    """Speak, check playback and the download; returns where the element started playing (s)."""
-    page.goto(url + "/playground")
-    page.evaluate(PLAY_WATCH)
-    page.fill("#text", "Hello from the playground, streaming speech.")
-    page.select_option("#voice", "speaker:0")
-    if not stream:
-        page.uncheck("#stream")
-    page.click("#speak")
+
+def _frames(text: str) -> int:
+    """The tone engine's length for a text: 2 + len // 4 frames of 80 ms."""
+    return 2 + len(normalize_text(text)) // 4
+
+
+def _wait_played(page, seconds: float) -> None:
     page.wait_for_function(PLAYED, timeout=20_000)
-    duration = page.evaluate("document.getElementById('player').duration")
-    assert duration == pytest.approx(expect_seconds, abs=0.01)
+    assert page.evaluate("document.getElementById('player').duration") == pytest.approx(seconds, abs=0.01)
     assert "error" not in page.evaluate("window.__events")
+
+
+def _download(page, tmp_path: Path) -> tuple[np.ndarray, int]:
     with page.expect_download() as download_info:
         page.click("#download")
     path = tmp_path / "download.wav"
     download_info.value.save_as(path)
-    pcm, rate = read_wav(path.read_bytes())
-    assert rate == SAMPLE_RATE and len(pcm) / rate == pytest.approx(expect_seconds, abs=1e-3)
-    assert float(abs(pcm).max()) > 0.1  # the tone, not silence
-    return page.evaluate("window.__startedAt")
+    return read_wav(path.read_bytes())
 
 
-# The tone engine makes 2 + len(text) // 4 frames of 80 ms: 45 characters -> 13 frames -> 1.04 s.
-EXPECTED_SECONDS = 13 * 0.08
+def _last_run(page) -> dict:
+    return page.evaluate("""() => {
+      const row = document.querySelector('#runs-body tr');
+      const cells = [...row.children].map((c) => c.textContent);
+      const stat = (id) => document.getElementById(id).textContent;
+      return { cells, ttfaMs: Number(row.dataset.ttfaMs), rtf: Number(row.dataset.rtf),
+               stats: { ttfa: stat('stat-ttfa'), audio: stat('stat-audio'), total: stat('stat-total'), rtf: stat('stat-rtf') } };
+    }""")
 
 
-def test_streamed_speech_plays_in_the_audio_element_and_downloads(page, url: str, tmp_path: Path) -> None:
-    started_at = _speak_and_check(page, url, tmp_path, stream=True, expect_seconds=EXPECTED_SECONDS)
+def _seconds_of(text: str) -> float:
+    """'523 ms' or '1.20 s' -> seconds."""
+    value, unit = text.split()
+    return float(value) / (1000 if unit == "ms" else 1)
+
+
+STREAM_TEXT = "Hello from the playground, streaming speech."  # 45 characters: 13 frames, 1.04 s
+
+
+def test_streamed_speech_draws_live_plays_and_reports_its_timing(page, url: str, tmp_path: Path) -> None:
+    page.goto(url + "/playground")
+    page.evaluate(PLAY_WATCH)
+    page.fill("#text", STREAM_TEXT)
+    page.select_option("#voice", "speaker:0")
+    page.click("#speak")
+    # While the stream is still coming in, the waveform already shows what has arrived.
+    page.wait_for_function(
+        "() => Number(document.getElementById('waveform').dataset.samples) > 0"
+        " && document.getElementById('status').textContent.includes('streaming')",
+        timeout=20_000, polling=10,
+    )
+    early_samples = int(page.get_attribute("#waveform", "data-samples"))
+    page.wait_for_timeout(50)  # a frame for the drawing
+    assert page.evaluate(DRAWN_PIXELS) > 50
+    expected = _frames(STREAM_TEXT) * 0.08
+    _wait_played(page, expected)
+    total_samples = int(page.get_attribute("#waveform", "data-samples"))
+    assert total_samples == round(expected * SAMPLE_RATE) and early_samples < total_samples
     assert "s of audio in" in page.inner_text("#status")
-    # Live (Web Audio) playback came first; the element took over where it had got to (13 frames arrive
-    # 40 ms apart, so live playback had reached about 0.45 s).
-    assert 0.15 < started_at < EXPECTED_SECONDS
+    # Live (Web Audio) playback came first; the element took over where it had got to (13 frames
+    # arrive 40 ms apart, so live playback had reached about 0.45 s).
+    assert 0.15 < page.evaluate("window.__startedAt") < expected
+    run = _last_run(page)
+    assert run["cells"][1:3] == ["speak (streamed)", "Speaker 0"]
+    total = _seconds_of(run["stats"]["total"])
+    assert run["stats"]["audio"] == f"{expected:.2f} s"
+    # First audio arrives with the first frame, long before the end of the stream.
+    assert 0 < run["ttfaMs"] / 1000 < 0.6 * total
+    assert run["stats"]["ttfa"] == f"{run['ttfaMs']} ms"
+    assert run["rtf"] == pytest.approx(total / expected, rel=0.02)
+    assert run["stats"]["rtf"] == f"{run['rtf']:.2f}" == run["cells"][5]
+    pcm, rate = _download(page, tmp_path)
+    assert rate == SAMPLE_RATE and len(pcm) / rate == pytest.approx(expected, abs=1e-3)
+    assert float(abs(pcm).max()) > 0.1  # the tone, not silence
 
 
 def test_unstreamed_speech_plays_and_downloads(page, url: str, tmp_path: Path) -> None:
-    assert _speak_and_check(page, url, tmp_path, stream=False, expect_seconds=EXPECTED_SECONDS) < 0.1
-    assert page.inner_text("#status").startswith("done in")
+    page.goto(url + "/")
+    page.evaluate(PLAY_WATCH)
+    page.fill("#text", STREAM_TEXT)
+    page.uncheck("#stream")
+    page.click("#speak")
+    expected = _frames(STREAM_TEXT) * 0.08
+    _wait_played(page, expected)
+    assert page.evaluate("window.__startedAt") < 0.1
+    run = _last_run(page)
+    assert run["cells"][1] == "speak"
+    # Whole-file answers: the first audio is the whole file.
+    assert run["ttfaMs"] / 1000 == pytest.approx(_seconds_of(run["stats"]["total"]), abs=0.05)
+    pcm, rate = _download(page, tmp_path)
+    assert len(pcm) == round(expected * rate)
+    # Clicking the waveform seeks: the view spans 3 s (short audio fills part of it).
+    page.evaluate("document.getElementById('player').pause()")
+    box = page.locator("#waveform").bounding_box()
+    page.click("#waveform", position={"x": box["width"] * 0.5 / 3, "y": box["height"] / 2})
+    assert page.evaluate("document.getElementById('player').currentTime") == pytest.approx(0.5, abs=0.02)
+
+
+def test_speed_control_changes_the_speech_rate(page, url: str, engine: ToneEngine) -> None:
+    page.goto(url + "/")
+    page.evaluate(PLAY_WATCH)
+    page.fill("#text", STREAM_TEXT)
+    page.uncheck("#stream")
+    page.fill("#speed", "2")  # a range input: sets the value and fires input
+    assert page.inner_text("#speed-value") == "2.00×"
+    with page.expect_request("**/speak") as request_info:
+        page.click("#speak")
+    assert request_info.value.post_data_json["speed"] == 2
+    page.wait_for_function(PLAYED, timeout=20_000)
+    natural = _frames(STREAM_TEXT) * 0.08
+    assert page.evaluate("document.getElementById('player').duration") == pytest.approx(natural / 2, abs=0.03)
+
+
+def test_conversation_builder_sends_its_turns_and_plays_one_file(page, url: str) -> None:
+    page.goto(url + "/")
+    page.evaluate(PLAY_WATCH)
+    assert page.locator("#turns .turn").count() == 2  # a starter dialogue
+    page.click("#add-turn")
+    page.click("#add-turn")
+    turns = page.locator("#turns .turn")
+    assert turns.count() == 4
+    assert turns.nth(2).locator(".turn-speaker").input_value() == "0"  # speakers alternate
+    turns.nth(3).locator(".turn-remove").click()
+    texts = ["Did you hear the news?", "No, tell me!", "The playground can talk."]
+    for i, text in enumerate(texts):
+        turns.nth(i).locator(".turn-text").fill(text)
+    turns.nth(1).locator(".turn-pause").fill("200")
+    with page.expect_request("**/conversation") as request_info:
+        page.click("#generate-conversation")
+    sent = request_info.value.post_data_json
+    assert [(t["speaker"], t["text"], t["pause_ms"]) for t in sent["turns"]] == [
+        (0, texts[0], 400), (1, texts[1], 200), (0, texts[2], 400)
+    ]
+    # speech of each turn, plus the pauses between turns (not after the last)
+    expected = sum(_frames(t) for t in texts) * 0.08 + 0.4 + 0.2
+    _wait_played(page, expected)
+    assert _last_run(page)["cells"][1] == "conversation (3 turns)"
+    assert int(page.get_attribute("#waveform", "data-samples")) == round(expected * SAMPLE_RATE)
+    assert page.get_attribute("#download", "download") == "conversation.wav"
+    # an empty turn is caught before any request
+    turns.nth(0).locator(".turn-text").fill("  ")
+    page.click("#generate-conversation")
+    assert page.inner_text("#status") == "turn 1 has no text"
+
+
+def test_voice_recorded_from_the_microphone_is_saved_used_previewed_and_deleted(page, url: str) -> None:
+    page.goto(url + "/")
+    page.evaluate(PLAY_WATCH)
+    page.wait_for_selector("#no-voices", state="visible")
+    page.click("#record")
+    page.wait_for_function("document.getElementById('record').getAttribute('aria-pressed') === 'true'")
+    page.wait_for_timeout(MICROPHONE_SECONDS * 1000)
+    page.click("#record")
+    page.wait_for_selector("#recording", state="visible")
+    page.fill("#voice-name", "Mic voice")
+    page.fill("#voice-transcript", "A tone from the fake microphone.")
+    page.select_option("#voice-speaker", "1")
+    with page.expect_request("**/v1/voices") as request_info:
+        page.click("#save-voice")
+    upload = request_info.value
+    assert upload.headers["content-type"].startswith("multipart/form-data")
+    page.wait_for_selector("#voice-list .voice")
+    assert "saved" in page.inner_text("#voice-status")
+    [voice] = httpx.get(url + "/v1/voices").json()["data"]
+    assert (voice["name"], voice["speaker"]) == ("Mic voice", 1)
+    # the recording reached the server as real audio of about its length
+    assert voice["duration_ms"] / 1000 == pytest.approx(MICROPHONE_SECONDS, abs=0.5)
+    # a new voice is selected for speaking at once, and listed
+    assert page.input_value("#voice") == f"voice:{voice['id']}"
+    item = page.locator(f"#voice-list .voice[data-id='{voice['id']}']")
+    assert "Mic voice" in item.inner_text()
+
+    page.select_option("#voice", "speaker:0")
+    item.locator(".voice-use").click()
+    assert page.input_value("#voice") == f"voice:{voice['id']}"
+    page.fill("#text", "Speaking in the saved voice.")
+    page.uncheck("#stream")
+    with page.expect_request("**/speak") as request_info:
+        page.click("#speak")
+    assert request_info.value.post_data_json["voice"] == voice["id"]
+    page.wait_for_function(PLAYED, timeout=20_000)
+
+    page.evaluate(PLAY_WATCH)
+    with page.expect_request(f"**/v1/voices/{voice['id']}/preview") as request_info:
+        item.locator(".voice-preview").click()
+    _wait_played(page, _frames(PREVIEW_TEXT) * 0.08)
+    assert _last_run(page)["cells"][1:3] == ["preview", "Mic voice"]
+
+    item.locator(".voice-delete").click()
+    page.wait_for_selector("#no-voices", state="visible")
+    assert httpx.get(url + "/v1/voices").json()["data"] == []
+    assert page.locator(f"#voice option[value='voice:{voice['id']}']").count() == 0
+
+
+def test_a_silent_upload_shows_the_servers_reason(page, url: str, tmp_path: Path) -> None:
+    silent = tmp_path / "silent.wav"
+    silent.write_bytes(wav_bytes(np.zeros(SAMPLE_RATE, np.float32)))
+    page.goto(url + "/")
+    page.set_input_files("#voice-file", str(silent))
+    page.fill("#voice-name", "Nobody")
+    page.fill("#voice-transcript", "Nothing at all.")
+    page.click("#save-voice")
+    page.wait_for_selector("#voice-status.error")
+    assert page.inner_text("#voice-status").startswith("audio is silent")
+    assert httpx.get(url + "/v1/voices").json()["data"] == []
 
 
 def test_saved_voices_fill_the_select_and_context_upload_is_sent(page, url: str, tmp_path: Path) -> None:
-    import base64
-
     voice = httpx.post(url + "/v1/voices", json={
-        "name": "narrator", "audio_b64": base64.b64encode(wav_bytes(tone(0.3))).decode(), "transcript": "hi"})
+        "name": "narrator", "audio_b64": base64.b64encode(wav_bytes(tone(1.0))).decode(), "transcript": "hi"})
     voice_id = voice.json()["id"]
     reference = tmp_path / "context.wav"
     reference.write_bytes(wav_bytes(tone(0.3)))
@@ -126,6 +323,7 @@ def test_saved_voices_fill_the_select_and_context_upload_is_sent(page, url: str,
     assert sent["context"][0]["text"] == "What the recording says."
     assert base64.b64decode(sent["context"][0]["audio_b64"]) == reference.read_bytes()
     page.wait_for_function("document.getElementById('player').duration > 0", timeout=20_000)
+    assert httpx.delete(f"{url}/v1/voices/{voice_id}").status_code == 204
 
 
 def test_server_errors_are_shown_to_the_user(page, url: str) -> None:

@@ -41,6 +41,15 @@ def test_stream_chunks_and_audio_equal_the_reference_generator() -> None:
     np.testing.assert_allclose(other.pcm, got.pcm, atol=1e-5)
 
 
+def test_ramped_chunks_double_up_to_the_chunk_size_with_the_same_audio() -> None:
+    req = se.request("streaming words", frames=17, seed=5)
+    plain = se.run_alone(req, chunks=ChunkPolicy(first_frames=1, frames=4))
+    ramped = se.run_alone(req, chunks=ChunkPolicy(first_frames=1, frames=4, ramp=True))
+    assert [c.frames for c in ramped.chunks] == [1, 2, 4, 4, 4, 2]
+    np.testing.assert_array_equal(ramped.codes, plain.codes)
+    np.testing.assert_allclose(ramped.pcm, plain.pcm, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "eos_at, sizes",
     [(0, [0]), (1, [1, 0]), (3, [1, 2]), (5, [1, 4]), (7, [1, 4, 2])],

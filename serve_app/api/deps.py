@@ -11,6 +11,7 @@ from serve_app.api.cache import ResponseCache, cache_key
 from serve_app.api.sessions import SessionStore
 from serve_app.api.settings import ApiSettings
 from serve_app.api.synthesis import Synthesizer
+from serve_app.audio.formats import OutputFormat
 
 __all__ = ["Services", "ServicesDep", "services"]
 
@@ -22,7 +23,8 @@ class CacheableOptions(Protocol):
     temperature: float | None
     top_k: int | None
     cache: bool
-    response_format: str
+    output: OutputFormat
+    speed: float
 
 
 @dataclass
@@ -34,7 +36,8 @@ class Services:
 
     async def cache_key(self, endpoint: str, opts: CacheableOptions, **parts: object) -> str | None:
         """A key only for cacheable requests (a seed makes them deterministic, `cache` opts in); it
-        covers the model and its revision, the sampling options, the format and the given `parts`."""
+        covers the model and its revision, the sampling options, the output format and speed, and the
+        given `parts`."""
         if not self.cache.enabled or (opts.seed is None and not opts.cache):
             return None
         return cache_key(
@@ -43,7 +46,8 @@ class Services:
             seed=opts.seed,
             temperature=opts.temperature,
             top_k=opts.top_k,
-            format=opts.response_format,
+            format=opts.output.name,
+            speed=opts.speed,
             **parts,
         )
 

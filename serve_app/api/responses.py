@@ -13,9 +13,10 @@ from starlette.concurrency import run_in_threadpool
 
 from serve_app.api.cache import CachedResponse, ResponseCache
 from serve_app.api.synthesis import AudioStream
-from serve_app.audio.encode import CONTENT_TYPES, AudioFormat, encode_audio, open_stream_encoder
+from serve_app.audio.encode import encode_audio, open_stream_encoder
+from serve_app.audio.formats import CONTENT_TYPES, OutputFormat
 from serve_app.audio.tempo import TempoStretcher, change_speed
-from serve_app.engine.types import Audio
+from serve_app.engine.types import SAMPLE_RATE, Audio
 
 __all__ = [
     "audio_headers",
@@ -44,14 +45,14 @@ def audio_headers(audio: Audio, attachment: str | None = None) -> dict[str, str]
 
 
 async def encode_response(
-    pcm: np.ndarray, fmt: AudioFormat, headers: dict[str, str], speed: float = 1.0
+    pcm: np.ndarray, output: OutputFormat, headers: dict[str, str], speed: float = 1.0
 ) -> CachedResponse:
-    """Encode a whole utterance (in the thread pool: mp3/aac encoding is CPU work)."""
+    """Encode a whole utterance into a complete file (in the thread pool: encoding is CPU work)."""
 
     def work() -> bytes:
-        return encode_audio(change_speed(pcm, speed), fmt)
+        return encode_audio(change_speed(pcm, speed), output)
 
-    return CachedResponse(await run_in_threadpool(work), CONTENT_TYPES[fmt], headers)
+    return CachedResponse(await run_in_threadpool(work), output.content_type, headers)
 
 
 async def cached_response(
@@ -68,15 +69,33 @@ async def cached_response(
     return Response(entry.body, media_type=entry.media_type, headers={**entry.headers, "X-Cache": state})
 
 
-async def _encoded_chunks(stream: AudioStream, fmt: AudioFormat, speed: float) -> AsyncIterator[bytes]:
-    encoder = open_stream_encoder(fmt)
+class _Tally:
+    """Seconds of audio sent so far (after any speed change)."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def add(self, pcm: np.ndarray) -> np.ndarray:
+        self.samples += len(pcm)
+        return pcm
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / SAMPLE_RATE
+
+
+async def _encoded_chunks(
+    stream: AudioStream, output: OutputFormat, speed: float, tally: _Tally | None = None
+) -> AsyncIterator[bytes]:
+    encoder = open_stream_encoder(output)
     stretcher = TempoStretcher(speed) if speed != 1.0 else None
+    tally = tally or _Tally()
     try:
         async for chunk in stream.chunks():
-            data = encoder.write(stretcher.process(chunk.pcm) if stretcher else chunk.pcm)
+            data = encoder.write(tally.add(stretcher.process(chunk.pcm) if stretcher else chunk.pcm))
             if data:
                 yield data
-        tail = encoder.write(stretcher.flush()) if stretcher else b""
+        tail = encoder.write(tally.add(stretcher.flush())) if stretcher else b""
         if tail := tail + encoder.close():
             yield tail
     finally:
@@ -84,12 +103,12 @@ async def _encoded_chunks(stream: AudioStream, fmt: AudioFormat, speed: float) -
 
 
 def streaming_response(
-    stream: AudioStream, fmt: AudioFormat, headers: dict[str, str], speed: float = 1.0
+    stream: AudioStream, output: OutputFormat, headers: dict[str, str], speed: float = 1.0
 ) -> StreamingResponse:
     """Chunked audio: the first chunk is already there, so bytes leave at once."""
     return StreamingResponse(
-        _encoded_chunks(stream, fmt, speed),
-        media_type=CONTENT_TYPES[fmt],
+        _encoded_chunks(stream, output, speed),
+        media_type=output.content_type,
         headers={**headers, "X-Cache": "bypass"},
     )
 
@@ -98,19 +117,26 @@ def _sse(event: dict) -> bytes:
     return f"data: {json.dumps(event)}\n\n".encode()
 
 
-async def _sse_events(stream: AudioStream, fmt: AudioFormat, speed: float) -> AsyncIterator[bytes]:
-    async for data in _encoded_chunks(stream, fmt, speed):
+async def _sse_events(
+    stream: AudioStream, output: OutputFormat, speed: float, input_characters: int
+) -> AsyncIterator[bytes]:
+    tally = _Tally()
+    async for data in _encoded_chunks(stream, output, speed, tally):
         yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
-    done: dict[str, str] = {"type": "speech.audio.done"}
+    usage = {"input_characters": input_characters, "output_audio_seconds": round(tally.seconds, 3)}
+    done: dict[str, object] = {"type": "speech.audio.done", "usage": usage}
     if stream.finish_reason is not None:
         done["finish_reason"] = stream.finish_reason.value
     yield _sse(done)
 
 
-def sse_response(stream: AudioStream, fmt: AudioFormat, speed: float = 1.0) -> StreamingResponse:
-    """OpenAI's `stream_format: "sse"`: base64 audio deltas, then a done event with the finish reason."""
+def sse_response(
+    stream: AudioStream, output: OutputFormat, input_characters: int, speed: float = 1.0
+) -> StreamingResponse:
+    """OpenAI's `stream_format: "sse"`: base64 audio deltas, then a done event with the usage
+    (characters of input, seconds of audio sent) and the finish reason."""
     return StreamingResponse(
-        _sse_events(stream, fmt, speed),
+        _sse_events(stream, output, speed, input_characters),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Cache": "bypass"},
     )

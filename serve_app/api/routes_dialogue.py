@@ -71,10 +71,10 @@ async def conversation(body: ConversationRequest, request: Request, svc: Service
             if pauses[i] and (pause := narration.pause(pauses[i])) is not None:
                 pieces.append(pause.pcm)
         headers = {
-            "Content-Disposition": f'attachment; filename="conversation.{body.response_format}"',
+            "Content-Disposition": f'attachment; filename="conversation.{body.output.extension}"',
             "X-Context-Dropped-Turns": str(narration.dropped_context_turns),
         }
-        return await encode_response(np.concatenate(pieces), body.response_format, headers)
+        return await encode_response(np.concatenate(pieces), body.output, headers, body.speed)
 
     key = await svc.cache_key(
         "conversation",
@@ -108,11 +108,11 @@ async def contextual_speak(body: ContextualSpeakRequest, request: Request, svc: 
         )
         session.turns.append(Segment(text=text, speaker=body.speaker, codes=audio.codes))
     headers = {
-        **audio_headers(audio, f"speech.{body.response_format}"),
+        **audio_headers(audio, f"speech.{body.output.extension}"),
         "X-Session-Turns": str(len(session.turns)),
     }
     return await cached_response(
-        svc.cache, None, lambda: encode_response(audio.pcm, body.response_format, headers)
+        svc.cache, None, lambda: encode_response(audio.pcm, body.output, headers, body.speed)
     )
 
 

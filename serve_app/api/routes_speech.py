@@ -38,7 +38,7 @@ async def speak(body: SpeakRequest, request: Request, svc: ServicesDep) -> Respo
     voice = await synth.named_voice(body.voice) if body.voice else None
     speaker = voice.info.speaker if voice else body.speaker
     budget_ms = body.max_duration_ms or script.default_budget_ms(DEFAULT_SPEAK_MS, MAX_SPEECH_MS)
-    filename = f"speech.{body.response_format}"
+    filename = f"speech.{body.output.extension}"
 
     async def narration(streaming: bool) -> Narration:
         context = await synth.context(body.context, body.normalize)
@@ -60,14 +60,17 @@ async def speak(body: SpeakRequest, request: Request, svc: ServicesDep) -> Respo
     if body.stream:
         stream = await synth.speech_stream(await narration(True), script.lines, speaker)
         if body.stream_format == "sse":
-            return sse_response(stream, body.response_format)
+            return sse_response(stream, body.output, len(body.text), body.speed)
         return streaming_response(
-            stream, body.response_format, {"Content-Disposition": f'attachment; filename="{filename}"'}
+            stream,
+            body.output,
+            {"Content-Disposition": f'attachment; filename="{filename}"'},
+            body.speed,
         )
 
     async def produce():
         audio = await synth.speech_audio(await narration(False), script.lines, speaker)
-        return await encode_response(audio.pcm, body.response_format, audio_headers(audio, filename))
+        return await encode_response(audio.pcm, body.output, audio_headers(audio, filename), body.speed)
 
     key = await svc.cache_key(
         "speak",
@@ -88,7 +91,7 @@ async def clone_voice(body: CloneVoiceRequest, request: Request, svc: ServicesDe
     synth = svc.synth
     text = synth.text(body.text, body.normalize)
     voice = await synth.named_voice(body.voice) if body.voice else None
-    filename = f"cloned_voice.{body.response_format}"
+    filename = f"cloned_voice.{body.output.extension}"
 
     async def produce():
         if voice:
@@ -101,6 +104,7 @@ async def clone_voice(body: CloneVoiceRequest, request: Request, svc: ServicesDe
                 body.normalize,
                 "reference_text",
                 "reference_audio_b64",
+                reference=True,
             )
         audio = await synth.generate(
             GenerationRequest(
@@ -112,7 +116,7 @@ async def clone_voice(body: CloneVoiceRequest, request: Request, svc: ServicesDe
                 request_id=request_id_of(request),
             )
         )
-        return await encode_response(audio.pcm, body.response_format, audio_headers(audio, filename))
+        return await encode_response(audio.pcm, body.output, audio_headers(audio, filename), body.speed)
 
     key = await svc.cache_key(
         "clone_voice",

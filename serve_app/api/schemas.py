@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, Field, model_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, Field, PrivateAttr, model_validator
 
-from serve_app.audio.encode import AudioFormat
+from serve_app.audio.formats import AudioFormat, OutputFormat, SampleRate
 from serve_app.audio.tempo import MAX_SPEED, MIN_SPEED
 from serve_app.engine.types import FRAME_MS
 
 __all__ = [
+    "AudioOutputOptions",
     "BatchSpeakRequest",
     "CloneVoiceRequest",
     "ContextSegment",
@@ -26,8 +27,10 @@ __all__ = [
     "SpeakRequest",
     "SynthesisOptions",
     "VoiceCreateRequest",
+    "VoiceFields",
     "VoiceInfo",
     "VoiceList",
+    "VoicePreviewRequest",
 ]
 
 
@@ -70,14 +73,47 @@ MAX_SPEECH_MS = 4 * 3600 * 1000
 """The longest audio one request may ask for (a long-form text: four hours)."""
 
 
-class GenerationOptions(BaseModel):
+class AudioOutputOptions(BaseModel):
+    """How the audio comes back: format, sample rate (or both as one `output_format` name), speed.
+
+    `output` is the resolved `OutputFormat`; contradicting fields are a 422."""
+
+    response_format: AudioFormat = "wav"
+    sample_rate: SampleRate | None = Field(
+        None, description="Output sample rate in Hz; default 24000 (8000 for ulaw and alaw)."
+    )
+    output_format: str | None = Field(
+        None,
+        max_length=32,
+        description="ElevenLabs-style codec_rate[_kbps] name instead of response_format + sample_rate: "
+        "mp3_44100_128, opus_48000_64, pcm_16000, ulaw_8000, ...",
+        examples=["mp3_44100_128", "pcm_16000", "ulaw_8000"],
+    )
+    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED, description="Playback speed, pitch kept.")
+    _output: OutputFormat = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _resolve_output(self) -> AudioOutputOptions:
+        self._output = OutputFormat.resolve(
+            self.response_format,
+            self.sample_rate,
+            self.output_format,
+            response_format_given="response_format" in self.model_fields_set,
+        )
+        return self
+
+    @property
+    def output(self) -> OutputFormat:
+        return self._output
+
+
+class GenerationOptions(AudioOutputOptions):
     """Options shared by the generating endpoints."""
 
     normalize: bool = Field(True, description="Spell out numbers, money, abbreviations before generation.")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Same seed, same audio.")
     temperature: float | None = Field(None, gt=0, le=2.0, description="Sampling temperature (default 0.9).")
     top_k: int | None = Field(None, ge=1, le=2051, description="Top-k sampling (default 50; 1 = greedy).")
-    response_format: AudioFormat = "wav"
 
 
 class SynthesisOptions(GenerationOptions):
@@ -170,11 +206,26 @@ class ContextualSpeakRequest(GenerationOptions):
     max_duration_ms: int = Field(10_000, ge=FRAME_MS, le=60_000)
 
 
-class VoiceCreateRequest(BaseModel):
+class VoiceFields(BaseModel):
+    """A saved voice's fields besides its audio (the form fields of a multipart upload)."""
+
     name: str = Field(min_length=1, max_length=100)
-    audio_b64: Base64Audio = Field(validation_alias=AliasChoices("audio_b64", "reference_audio_b64"))
     transcript: Text = Field(validation_alias=AliasChoices("transcript", "reference_text"))
     speaker: Speaker = 0
+
+
+class VoiceCreateRequest(VoiceFields):
+    audio_b64: Base64Audio = Field(validation_alias=AliasChoices("audio_b64", "reference_audio_b64"))
+
+
+PREVIEW_TEXT = "Hello! This is a preview of my voice. How do I sound to you?"
+
+
+class VoicePreviewRequest(SynthesisOptions):
+    """A sample sentence in a saved voice."""
+
+    text: Text = PREVIEW_TEXT
+    max_duration_ms: int = Field(10_000, ge=FRAME_MS, le=30_000)
 
 
 class VoiceInfo(BaseModel):
@@ -196,15 +247,17 @@ class VoiceRef(BaseModel):
     id: VoiceId
 
 
-class OpenAISpeechRequest(BaseModel):
+class OpenAISpeechRequest(AudioOutputOptions):
     """OpenAI's `POST /v1/audio/speech` body, plus our extras (`seed`, `temperature`, `top_k`, `cache`,
-    `max_duration_ms`), which OpenAI SDKs send through `extra_body`."""
+    `max_duration_ms`, `sample_rate`, `output_format`, and the `ulaw`/`alaw` formats), which OpenAI
+    SDKs send through `extra_body`."""
 
     model: str = Field(min_length=1, description="Any id from GET /v1/models; tts-1 etc. are accepted.")
     input: LongText
-    voice: str | VoiceRef = Field(description="A built-in voice (0, 1, an OpenAI voice name, ...) or a saved voice id.")
-    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
-    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
+    voice: str | VoiceRef = Field(
+        description="A built-in voice (0, 1, an OpenAI voice name, ...; GET /v1/audio/voices) or a saved voice id."
+    )
+    response_format: AudioFormat = "mp3"
     instructions: str | None = Field(None, max_length=4096, description="Accepted; CSM has no style prompt.")
     stream_format: Literal["audio", "sse"] = "audio"
     seed: int | None = Field(None, ge=0, le=2**32 - 1)

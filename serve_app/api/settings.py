@@ -42,6 +42,9 @@ class ApiSettings(BaseSettings):
 
     # Saved voices: npz (codes) + json (metadata) per voice.
     voices_dir: Path = Field(default_factory=_default_voices_dir)
+    # Voice references (saved voices, /clone_voice): shorter or silent is a 400, longer a 413.
+    reference_min_seconds: float = Field(0.5, gt=0, description="Shortest voice reference.")
+    reference_max_seconds: float = Field(30.0, gt=0, description="Longest voice reference.")
 
     # Access control, off by default. Keys: CSM_API_KEYS="key1,key2" and/or a file with one key per
     # line (a mounted secret); with any key configured, every API route needs `Bearer <key>`.
@@ -126,6 +129,8 @@ class ApiSettings(BaseSettings):
             "max_conversation_turns": self.max_conversation_turns,
             "max_long_text_chars": self.max_long_text_chars,
             "segment_max_chars": self.segment_max_chars,
+            "reference_min_seconds": self.reference_min_seconds,
+            "reference_max_seconds": self.reference_max_seconds,
             "session_context_turns": self.session_context_turns,
             "rate_limit_per_minute": self.rate_limit_per_minute,
         }

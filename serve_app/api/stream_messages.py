@@ -22,10 +22,10 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from serve_app.api.schemas import MAX_SPEECH_MS, LexiconEntries, Speaker, VoiceId
-from serve_app.audio.stream_formats import OUTPUT_FORMATS
+from serve_app.audio.formats import OutputFormat
 from serve_app.engine.types import FRAME_MS, SAMPLE_RATE
 
 __all__ = [
@@ -41,7 +41,21 @@ __all__ = [
 ]
 
 ContextId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-OutputFormatName = Literal[tuple(OUTPUT_FORMATS)]  # type: ignore[valid-type]
+
+
+def _output_format(name: str) -> str:
+    OutputFormat.parse(name)  # a ValueError names the problem (a 422 for the message)
+    return name
+
+
+OutputFormatName = Annotated[
+    str,
+    Field(
+        max_length=32,
+        description="codec_rate[_kbps]: pcm_24000, pcm_16000, ulaw_8000, opus_24000, mp3_44100_128, ...",
+    ),
+    AfterValidator(_output_format),
+]
 
 
 class _Message(BaseModel):

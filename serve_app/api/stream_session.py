@@ -38,8 +38,8 @@ from serve_app.api.stream_messages import (
     error_message,
 )
 from serve_app.api.synthesis import Synthesizer
-from serve_app.audio.encode import StreamEncoder
-from serve_app.audio.stream_formats import open_output_encoder
+from serve_app.audio.encode import StreamEncoder, open_stream_encoder
+from serve_app.audio.formats import OutputFormat
 from serve_app.engine.types import SAMPLE_RATE, FinishReason
 from serve_app.text.breaks import BreakTagError
 from serve_app.text.lexicon import Lexicon
@@ -106,7 +106,7 @@ class SpeechContext:
         synth = session.synth
         self.feed = TextFeed(synth.segments)
         self.lexicon: Lexicon = synth.lexicon_for(options.lexicon)
-        self.encoder: StreamEncoder = open_output_encoder(options.output_format)
+        self.encoder: StreamEncoder = open_stream_encoder(OutputFormat.parse(options.output_format))
         self.narration: Narration | None = None
         self.speaker = options.speaker
         self.seq = 0

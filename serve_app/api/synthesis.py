@@ -20,8 +20,9 @@ from serve_app.api.longform import Line, Narration, Script, SpeechPiece, SpokenL
 from serve_app.api.schemas import ContextSegment
 from serve_app.api.settings import ApiSettings
 from serve_app.api.voices import SavedVoice, VoiceStore
-from serve_app.audio.decode import AudioLimits, load_audio_b64
+from serve_app.audio.decode import AudioLimits, load_audio_b64, load_audio_bytes
 from serve_app.audio.quality import MIN_SECONDS, check_quality
+from serve_app.audio.reference import ReferenceLimits, check_reference
 from serve_app.engine.interface import SpeechEngine
 from serve_app.engine.types import (
     NUM_CODEBOOKS,
@@ -97,6 +98,7 @@ class Synthesizer:
         self.settings = settings
         self.voices = voices
         self._audio_limits = AudioLimits(settings.max_audio_bytes, settings.max_audio_seconds)
+        self._reference_limits = ReferenceLimits(settings.reference_min_seconds, settings.reference_max_seconds)
         self._model: dict[str, str] | None = None
         self.lexicon = Lexicon(settings.load_lexicon())
         self.segments = SegmentPolicy(settings.segment_max_chars, settings.segment_min_clause_chars)
@@ -113,15 +115,35 @@ class Synthesizer:
             raise ApiError(413, f"{field} has {len(text)} characters, over the {limit}-character limit")
         return normalize_text(text) if normalize else text.strip()
 
-    async def decode_audio(self, audio_b64: str, field: str) -> np.ndarray:
-        return await run_in_threadpool(load_audio_b64, audio_b64, self._audio_limits, field)
+    async def decode_audio(self, audio: str | bytes, field: str, reference: bool = False) -> np.ndarray:
+        """Base64 text or a file's bytes → 24 kHz mono; a voice `reference` must also be long enough,
+        not silent and not too long."""
+
+        def work() -> np.ndarray:
+            if isinstance(audio, str):
+                pcm = load_audio_b64(audio, self._audio_limits, field)
+            else:
+                pcm = load_audio_bytes(audio, self._audio_limits, field)
+            if reference:
+                check_reference(pcm, self._reference_limits, field)
+            return pcm
+
+        return await run_in_threadpool(work)
 
     async def segment(
-        self, text: str, speaker: int, audio_b64: str, normalize: bool, text_field: str, audio_field: str
+        self,
+        text: str,
+        speaker: int,
+        audio_b64: str,
+        normalize: bool,
+        text_field: str,
+        audio_field: str,
+        reference: bool = False,
     ) -> Segment:
         """One user-supplied turn: checked text and decoded audio (the engine encodes it once)."""
         checked = self.text(text, normalize, text_field)
-        return Segment(text=checked, speaker=speaker, audio=await self.decode_audio(audio_b64, audio_field))
+        pcm = await self.decode_audio(audio_b64, audio_field, reference)
+        return Segment(text=checked, speaker=speaker, audio=pcm)
 
     async def context(self, segments: Sequence[ContextSegment], normalize: bool) -> list[Segment]:
         limit = self.settings.max_context_turns
@@ -285,9 +307,9 @@ class Synthesizer:
         async with engine_errors(self.settings.retry_after_s):
             return await self.engine.encode_audio(pcm)
 
-    async def encode_reference(self, audio_b64: str, field: str) -> np.ndarray:
-        """User audio → Mimi codes (frames, 32), for saved voices."""
-        return await self.encode_pcm(await self.decode_audio(audio_b64, field))
+    async def encode_reference(self, audio: str | bytes, field: str) -> np.ndarray:
+        """A checked voice reference (base64 text or file bytes) → Mimi codes (frames, 32)."""
+        return await self.encode_pcm(await self.decode_audio(audio, field, reference=True))
 
     async def model(self) -> dict[str, str]:
         """Model name and revision from the engine (asked once; part of every cache key)."""

@@ -34,6 +34,7 @@ __all__ = [
     "decode_audio",
     "decode_base64",
     "load_audio_b64",
+    "load_audio_bytes",
 ]
 
 _DATA_URI_RE = re.compile(r"^data:[\w/+.-]*(?:;[\w=.-]+)*;base64,", re.IGNORECASE)
@@ -87,7 +88,15 @@ def decode_audio(raw: bytes, max_seconds: float, target_rate: int = SAMPLE_RATE)
 
 def load_audio_b64(data: str, limits: AudioLimits, field: str = "audio_b64") -> np.ndarray:
     """Base64 text → mono float32 PCM at 24 kHz; error messages name `field`."""
-    raw = decode_base64(data, limits.max_bytes, field)
+    return load_audio_bytes(decode_base64(data, limits.max_bytes, field), limits, field)
+
+
+def load_audio_bytes(raw: bytes, limits: AudioLimits, field: str = "audio") -> np.ndarray:
+    """An audio file's bytes (an upload) → mono float32 PCM at 24 kHz; error messages name `field`."""
+    if not raw:
+        raise AudioInputError(f"{field} is empty")
+    if len(raw) > limits.max_bytes:
+        raise AudioTooLargeError(f"{field} is larger than the {limits.max_bytes}-byte limit")
     try:
         return decode_audio(raw, limits.max_seconds)
     except AudioTooLargeError as exc:

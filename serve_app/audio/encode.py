@@ -1,46 +1,46 @@
-"""Mono float32 PCM → the response formats users ask for, whole or as a stream of bytes.
+"""The engine's mono float32 PCM (24 kHz) → the audio a response carries, whole or as a stream.
 
-wav/flac whole files go through libsndfile (soundfile); mp3/opus/aac (and streamed flac) go
-through FFmpeg's encoders via PyAV, muxed into a write-only sink so the bytes of each chunk can
-leave as soon as they are encoded. Streamed WAV uses the "unknown length" header convention
-(RIFF and data sizes 0xFFFFFFFF) that players and soundfile accept.
+One encoder object per response and `OutputFormat`: it resamples with soxr (state kept across
+chunks, so joins do not click) to the format's rate, then encodes, handing out bytes as soon as they
+exist. The same object serves chunked HTTP responses, SSE and any other streaming transport.
+
+`encode_audio` runs that encoder over a whole utterance into a seekable buffer, so every container
+gets its real header back at the end: WAV sizes, FLAC's sample count, MP3's LAME/Xing frame count and
+encoder delay (decoders then trim the codec's padding and report the exact duration). Streamed, the
+header is written before the length is known: WAV says "unknown size" (0xFFFFFFFF, which libsndfile
+and FFmpeg accept), FLAC says "unknown sample count" (which FFmpeg accepts and libsndfile refuses).
+
+pcm and wav are 16-bit little-endian samples written here; mp3 (LAME), opus (in Ogg), aac (ADTS
+frames), flac and G.711 μ-law/A-law (raw bytes, as telephony APIs send them) go through FFmpeg's
+encoders via PyAV, muxed into a write-only sink when streaming.
 """
 
 from __future__ import annotations
 
 import io
 import struct
-from typing import Literal, Protocol, get_args
+from typing import Protocol
 
 import av
 import numpy as np
-import soundfile as sf
 
+from serve_app.audio.formats import AUDIO_FORMATS, CONTENT_TYPES, AudioFormat, OutputFormat
+from serve_app.audio.resample import StreamResampler
 from serve_app.engine.types import SAMPLE_RATE
 
 __all__ = [
     "AUDIO_FORMATS",
     "CONTENT_TYPES",
     "AudioFormat",
+    "OutputFormat",
     "StreamEncoder",
+    "as_output_format",
     "encode_audio",
     "open_stream_encoder",
     "to_pcm16",
+    "wav_header",
     "wav_stream_header",
 ]
-
-AudioFormat = Literal["wav", "pcm", "flac", "mp3", "opus", "aac"]
-AUDIO_FORMATS: tuple[str, ...] = get_args(AudioFormat)
-
-# The content types OpenAI's speech endpoint answers with.
-CONTENT_TYPES: dict[str, str] = {
-    "wav": "audio/wav",
-    "pcm": "audio/pcm",
-    "flac": "audio/flac",
-    "mp3": "audio/mpeg",
-    "opus": "audio/opus",
-    "aac": "audio/aac",
-}
 
 # format → (FFmpeg muxer, encoder, muxer options); Opus lives in Ogg, AAC in ADTS frames.
 _FFMPEG: dict[str, tuple[str, str, dict[str, str]]] = {
@@ -48,8 +48,11 @@ _FFMPEG: dict[str, tuple[str, str, dict[str, str]]] = {
     "opus": ("ogg", "libopus", {"page_duration": "100000"}),  # flush Ogg pages every 100 ms
     "aac": ("adts", "aac", {}),
     "flac": ("flac", "flac", {}),
+    "ulaw": ("mulaw", "pcm_mulaw", {}),
+    "alaw": ("alaw", "pcm_alaw", {}),
 }
 _AVIO_BUFFER = 4096  # small so muxed bytes reach the sink promptly
+_UNKNOWN_SIZE = 0xFFFFFFFF
 
 
 def to_pcm16(pcm: np.ndarray) -> bytes:
@@ -57,54 +60,86 @@ def to_pcm16(pcm: np.ndarray) -> bytes:
     return (np.clip(pcm, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
 
 
-def wav_stream_header(sample_rate: int = SAMPLE_RATE, channels: int = 1) -> bytes:
-    """A 44-byte PCM16 WAV header whose sizes say "unknown" (0xFFFFFFFF), for streaming."""
-    unknown = 0xFFFFFFFF
+def wav_header(sample_rate: int = SAMPLE_RATE, data_bytes: int | None = None, channels: int = 1) -> bytes:
+    """A 44-byte PCM16 WAV header; without `data_bytes` its sizes say "unknown", for streaming."""
     block = channels * 2
+    riff_size = _UNKNOWN_SIZE if data_bytes is None else 36 + data_bytes
+    data_size = _UNKNOWN_SIZE if data_bytes is None else data_bytes
     return (
         b"RIFF"
-        + struct.pack("<I", unknown)
+        + struct.pack("<I", riff_size)
         + b"WAVE"
         + b"fmt "
         + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block, block, 16)
         + b"data"
-        + struct.pack("<I", unknown)
+        + struct.pack("<I", data_size)
     )
 
 
-def encode_audio(pcm: np.ndarray, fmt: AudioFormat, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """Encode a whole utterance into one file of `fmt`."""
-    if fmt == "pcm":
-        return to_pcm16(pcm)
-    if fmt in ("wav", "flac"):
-        buf = io.BytesIO()
-        # the same integer samples as the streamed formats, so a stream and a file agree bit for bit
-        samples = np.frombuffer(to_pcm16(pcm), dtype="<i2")
-        sf.write(buf, samples, sample_rate, format=fmt.upper(), subtype="PCM_16")
-        return buf.getvalue()
-    encoder = open_stream_encoder(fmt, sample_rate)
-    return encoder.write(pcm) + encoder.close()
+def wav_stream_header(sample_rate: int = SAMPLE_RATE, channels: int = 1) -> bytes:
+    """The header a streamed WAV starts with (sizes unknown)."""
+    return wav_header(sample_rate, None, channels)
 
 
 class StreamEncoder(Protocol):
-    """Feeds PCM chunks in, hands encoded bytes out as soon as they exist."""
+    """PCM chunks at the engine's rate in, encoded bytes out as soon as they exist."""
+
+    output: OutputFormat
 
     def write(self, pcm: np.ndarray) -> bytes: ...
 
-    def close(self) -> bytes: ...
+    def close(self) -> bytes:
+        """The trailing bytes; idempotent (later calls return nothing), frees the encoder."""
+        ...
 
 
-class _RawEncoder:
-    """pcm (and wav, after its header): samples as 16-bit LE, nothing buffered."""
+class _Encoder:
+    """Resample to the format's rate, then `_encode`; subclasses add the codec."""
 
-    def __init__(self, header: bytes = b"") -> None:
-        self._pending = header
+    def __init__(self, output: OutputFormat, input_rate: int) -> None:
+        self.output = output
+        self._resampler = StreamResampler(input_rate, output.sample_rate)
+        self._closed = False
 
     def write(self, pcm: np.ndarray) -> bytes:
-        out, self._pending = self._pending + to_pcm16(pcm), b""
-        return out
+        if self._closed:
+            raise ValueError("write to a closed audio encoder")
+        return self._encode(self._resampler.process(pcm))
 
     def close(self) -> bytes:
+        if self._closed:
+            return b""
+        self._closed = True
+        return self._encode(self._resampler.flush()) + self._finish()
+
+    def _encode(self, pcm: np.ndarray) -> bytes:
+        raise NotImplementedError
+
+    def _finish(self) -> bytes:
+        raise NotImplementedError
+
+
+class _Pcm16Encoder(_Encoder):
+    """pcm, and wav: a header, then the samples as 16-bit LE; whole WAVs get the real sizes."""
+
+    def __init__(self, output: OutputFormat, input_rate: int, whole: bool) -> None:
+        super().__init__(output, input_rate)
+        self._buffer_wav = whole and output.codec == "wav"  # the header needs the size first
+        streamed_header = output.codec == "wav" and not whole
+        self._pending = wav_header(output.sample_rate) if streamed_header else b""
+        self._data = bytearray()
+
+    def _encode(self, pcm: np.ndarray) -> bytes:
+        data = to_pcm16(pcm)
+        if self._buffer_wav:
+            self._data += data
+            return b""
+        out, self._pending = self._pending + data, b""
+        return out
+
+    def _finish(self) -> bytes:
+        if self._buffer_wav:
+            return wav_header(self.output.sample_rate, len(self._data)) + bytes(self._data)
         out, self._pending = self._pending, b""
         return out
 
@@ -125,41 +160,55 @@ class _Sink:
         return out
 
 
-class _FFmpegEncoder:
-    """mp3/opus/aac/flac through PyAV; PyAV re-chunks input into the codec's frame size."""
+class _FFmpegEncoder(_Encoder):
+    """Everything FFmpeg encodes; PyAV re-chunks input into the codec's frame size.
 
-    def __init__(self, fmt: str, sample_rate: int) -> None:
-        muxer, codec, options = _FFMPEG[fmt]
-        self._rate = sample_rate
-        self._sink = _Sink()
+    Streaming muxes into a `_Sink` and hands out what each chunk produced; a whole file muxes into a
+    seekable buffer, so the muxer rewrites its header with the real length when it closes."""
+
+    def __init__(self, output: OutputFormat, input_rate: int, whole: bool) -> None:
+        super().__init__(output, input_rate)
+        muxer, codec, options = _FFMPEG[output.codec]
+        self._file: io.BytesIO | _Sink = io.BytesIO() if whole else _Sink()
         self._container = av.open(
-            self._sink, mode="w", format=muxer, options=options, buffer_size=_AVIO_BUFFER
+            self._file, mode="w", format=muxer, options=options, buffer_size=_AVIO_BUFFER
         )
-        self._stream = self._container.add_stream(codec, rate=sample_rate, layout="mono")
-        self._closed = False
+        self._stream = self._container.add_stream(codec, rate=output.sample_rate, layout="mono")
+        if output.bitrate:
+            self._stream.bit_rate = output.bitrate
 
-    def write(self, pcm: np.ndarray) -> bytes:
+    def _encode(self, pcm: np.ndarray) -> bytes:
         if len(pcm):
-            samples = np.clip(pcm, -1.0, 1.0).astype(np.float32, copy=False)[None, :]
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout="mono")
-            frame.sample_rate = self._rate
+            samples = np.ascontiguousarray(np.clip(pcm, -1.0, 1.0)[None, :], dtype=np.float32)
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate = self.output.sample_rate
             self._container.mux(self._stream.encode(frame))
-        return self._sink.drain()
+        return self._file.drain() if isinstance(self._file, _Sink) else b""
 
-    def close(self) -> bytes:
-        if not self._closed:
-            self._closed = True
-            self._container.mux(self._stream.encode(None))
-            self._container.close()
-        return self._sink.drain()
+    def _finish(self) -> bytes:
+        self._container.mux(self._stream.encode(None))
+        self._container.close()
+        return self._file.drain() if isinstance(self._file, _Sink) else self._file.getvalue()
 
 
-def open_stream_encoder(fmt: AudioFormat, sample_rate: int = SAMPLE_RATE) -> StreamEncoder:
-    """A streaming encoder for `fmt`; call `close()` once at the end for the trailing bytes."""
-    if fmt == "pcm":
-        return _RawEncoder()
-    if fmt == "wav":
-        return _RawEncoder(wav_stream_header(sample_rate))
-    if fmt in _FFMPEG:
-        return _FFmpegEncoder(fmt, sample_rate)
-    raise ValueError(f"unsupported audio format {fmt!r}; expected one of {', '.join(AUDIO_FORMATS)}")
+def as_output_format(output: OutputFormat | str) -> OutputFormat:
+    """An `OutputFormat`, or a name: `wav`, `mp3`, ... at their default rates, or `mp3_44100_128`."""
+    return output if isinstance(output, OutputFormat) else OutputFormat.parse(output)
+
+
+def _open(output: OutputFormat | str, input_rate: int, whole: bool) -> _Encoder:
+    output = as_output_format(output)
+    if output.codec in ("pcm", "wav"):
+        return _Pcm16Encoder(output, input_rate, whole)
+    return _FFmpegEncoder(output, input_rate, whole)
+
+
+def open_stream_encoder(output: OutputFormat | str, input_rate: int = SAMPLE_RATE) -> StreamEncoder:
+    """A streaming encoder from `input_rate` PCM to `output`; call `close()` once at the end."""
+    return _open(output, input_rate, whole=False)
+
+
+def encode_audio(pcm: np.ndarray, output: OutputFormat | str, input_rate: int = SAMPLE_RATE) -> bytes:
+    """A whole utterance as one complete file of `output` (headers carry the real length)."""
+    encoder = _open(output, input_rate, whole=True)
+    return encoder.write(pcm) + encoder.close()

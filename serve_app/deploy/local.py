@@ -1,9 +1,10 @@
 """Which Ray Serve config `csm-serve serve` (and `make serve`) runs on this machine when given none.
 
-With a CUDA GPU and CSM-1B weights at hand (`$CSM_MODEL_DIR`, or `sesame/csm-1b` in the Hugging
-Face cache), it is the production `serve_config.yaml`, scaled to one machine: one ingress on
-127.0.0.1, up to one engine replica per local GPU, voices in the user's data directory. Anything
-less gets `configs/serve/local.yaml`: the tiny random model on CPU, whose output is noise. The
+With a CUDA GPU it is the production `serve_config.yaml`, scaled to one machine: one ingress on
+127.0.0.1, up to one engine replica per local GPU, voices in the user's data directory. It serves
+CSM-1B when its weights are at hand (`$CSM_MODEL_DIR`, or `sesame/csm-1b` in the Hugging Face
+cache), else `csm-1b-random`: the same size and speed with random weights, whose output is noise.
+Without a GPU it is `configs/serve/local.yaml`: the tiny random model on CPU, noise as well. The
 choice and its reason are printed, so nobody mistakes one for the other.
 """
 
@@ -60,16 +61,27 @@ def choose(gpus: int | None = None, weights: str | None | bool = False) -> Local
     found = weights_at_hand() if weights is False else weights
     if gpus and found:
         return LocalChoice(_one_machine(gpus), False, f"{gpus} CUDA GPU(s) and CSM-1B weights at {found}")
-    missing = "no CUDA GPU" if not gpus else f"no CSM-1B weights (set {LOCAL_DIR_ENV} or fill the HF cache)"
+    if gpus:
+        return LocalChoice(
+            _one_machine(gpus, model=RANDOM_FULL_SIZE),
+            True,
+            f"{gpus} CUDA GPU(s) but no CSM-1B weights (set {LOCAL_DIR_ENV} or fill the HF cache): serving "
+            f"{RANDOM_FULL_SIZE}, CSM-1B's size with RANDOM weights, its audio is noise",
+        )
     config = yaml.safe_load(TINY_CONFIG.read_text())
-    return LocalChoice(config, True, f"{missing}: serving the tiny RANDOM model, its audio is noise")
+    return LocalChoice(config, True, "no CUDA GPU: serving the tiny RANDOM model, its audio is noise")
 
 
-def _one_machine(gpus: int) -> dict[str, Any]:
+RANDOM_FULL_SIZE = "csm-1b-random"
+
+
+def _one_machine(gpus: int, model: str | None = None) -> dict[str, Any]:
     config = copy.deepcopy(yaml.safe_load(PRODUCTION_CONFIG.read_text()))
     config["proxy_location"] = "HeadOnly"
     config["http_options"]["host"] = "127.0.0.1"
     app = config["applications"][0]
+    if model is not None:
+        app["args"]["model"] = model
     api = app["args"].get("api", {})
     api.pop("voices_dir", None)  # /data/voices is a cluster volume
     # A developer's machine: keys and rate limits only when set in the environment (CSM_API_KEYS, ...).
@@ -86,6 +98,8 @@ def _one_machine(gpus: int) -> dict[str, Any]:
 
 
 def write_config(choice: LocalChoice, directory: Path) -> Path:
-    path = directory / ("csm-local-random.yaml" if choice.random_weights else "csm-local-gpu.yaml")
+    gpu = choice.config["applications"][0]["args"].get("device") != "cpu"
+    name = "csm-local-" + ("gpu" if gpu else "cpu") + ("-random" if choice.random_weights else "")
+    path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(choice.config, sort_keys=False))
     return path

@@ -59,6 +59,7 @@ class EngineConfig:
     max_waiting: int | None = None  # requests queued beyond the slots; None: 2 x slots
     first_chunk_frames: int = 1  # frames in a stream's first chunk (time to first audio)
     chunk_frames: int = 8  # frames in each later chunk
+    chunk_ramp: bool = True  # chunks double from the first up to chunk_frames (no gap after the first)
     silence_rms: float = 0.003  # runaway guard: a frame this quiet (RMS, full scale 1.0) is silent
     silence_seconds: float = 2.4  # ... and this much trailing silence ends the utterance (0: off)
     cuda_graphs: bool | None = None  # None: on for CUDA
@@ -98,7 +99,7 @@ class Engine:
         cuda = model.codebook0_head.weight.device.type == "cuda"
         cap = config.max_batch_size or (128 if cuda else 8)
         n_slots = slots_for_memory(model, cap, config.memory_fraction)
-        chunks = ChunkPolicy(config.first_chunk_frames, config.chunk_frames)
+        chunks = ChunkPolicy(config.first_chunk_frames, config.chunk_frames, config.chunk_ramp)
         runner = ModelRunner(
             model,
             self._audio_decoder_model(cuda),
@@ -108,7 +109,7 @@ class Engine:
             compile=cuda if config.compile is None else config.compile,
             linear_max_batch=config.fused_linear_max_batch,
             history=max(32, 2 * chunks.largest + 2),
-            audio_chunk_sizes=(chunks.first_frames, chunks.frames),
+            audio_chunk_sizes=chunks.sizes,
         )
         max_waiting = 2 * n_slots if config.max_waiting is None else config.max_waiting
         self.loop = EngineLoop(
@@ -242,7 +243,7 @@ class Engine:
             "engine": "continuous-batching",
             **runner.info(),
             **self.loop.stats(),
-            "chunk_frames": {"first": cfg.first_chunk_frames, "later": cfg.chunk_frames},
+            "chunk_frames": {"first": cfg.first_chunk_frames, "later": cfg.chunk_frames, "ramp": cfg.chunk_ramp},
             "silence_guard": {"rms": cfg.silence_rms, "seconds": cfg.silence_seconds},
             "audio_dtype": str(self.loop.runner.decoder.decoder.mimi.dtype).removeprefix("torch."),
             "max_waiting": self.loop.scheduler.max_waiting,

@@ -104,7 +104,7 @@ class EngineLoop:
             raise ValueError(
                 f"chunks of {chunks.largest} frames need a history ring of {2 * chunks.largest + 2}"
             )
-        if set(runner.audio_chunk_sizes) != {chunks.first_frames, chunks.frames}:
+        if set(runner.audio_chunk_sizes) != set(chunks.sizes):
             raise ValueError("the runner's audio chunk sizes must be the chunk policy's")
         self.runner = runner
         self.scheduler = scheduler

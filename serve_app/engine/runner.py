@@ -221,7 +221,7 @@ class ModelRunner:
         self.positions[slots] = self._to_device(
             torch.tensor([s.prompt_len - 1 for s in seqs], dtype=torch.long)
         )
-        self.frame[slots] = 0
+        self.frame.index_fill_(0, slots, 0)
         self.seeds[slots] = self._to_device(torch.tensor([s.seed for s in seqs], dtype=torch.long))
         params = [s.request.sampling for s in seqs]
         self.temperature[slots] = self._to_device(
@@ -229,16 +229,17 @@ class ModelRunner:
         )
         self.top_k[slots] = self._to_device(torch.tensor([p.top_k for p in params], dtype=torch.long))
         with self._on_audio_stream():
-            for s in seqs:
-                self.decoder.reset(s.slot)  # type: ignore[arg-type]
+            self.decoder.reset(*[s.slot for s in seqs])  # type: ignore[misc]
 
     def deactivate(self, slot: int) -> None:
-        """Stop stepping `slot` (its audio decoder state stays for the last chunk)."""
-        self.positions[slot] = -1
+        """Stop stepping `slot` (its audio decoder state stays for the last chunk). A fill kernel
+        queued behind the steps in flight: `positions[slot] = -1` would copy the number from
+        pageable host memory and wait for the device."""
+        self.positions[slot : slot + 1].fill_(-1)
 
     def release(self, slot: int) -> None:
         """Stop stepping `slot` and free its audio decoder state."""
-        self.positions[slot] = -1
+        self.deactivate(slot)
         self.decoder.free(slot)
 
     def _on_audio_stream(self) -> Any:

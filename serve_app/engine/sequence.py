@@ -33,17 +33,36 @@ class SequenceStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class ChunkPolicy:
-    """Frames per streamed chunk: a small first chunk for early audio, larger ones after it."""
+    """Frames per streamed chunk: a small first chunk for early audio, larger ones after it.
+
+    With `ramp`, chunk sizes double from the first up to `frames` (1, 2, 4, 8, 8, ...): each chunk is
+    generated while the one before it plays, even on a loaded engine whose steps take longer than a
+    frame lasts. Without it a 1-frame first chunk (80 ms of audio) is followed by a chunk
+    that needs `frames` steps, and a listener hears a gap whenever those steps take over 80 ms."""
 
     first_frames: int = 1
     frames: int = 8
+    ramp: bool = False
 
     def __post_init__(self) -> None:
         if self.first_frames < 1 or self.frames < 1:
             raise ValueError("chunk sizes must be >= 1 frame")
 
     def target(self, chunks_sent: int) -> int:
-        return self.first_frames if chunks_sent == 0 else self.frames
+        if chunks_sent == 0:
+            return self.first_frames
+        if self.ramp:
+            return max(self.first_frames, min(self.frames, self.first_frames << chunks_sent))
+        return self.frames
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Every chunk size a stream is cut into (the audio decoder prepares one graph for each)."""
+        sizes, n = {self.first_frames, self.frames}, 1
+        while self.ramp and self.target(n) != self.frames:
+            sizes.add(self.target(n))
+            n += 1
+        return tuple(sorted(sizes))
 
     @property
     def largest(self) -> int:

@@ -4,6 +4,7 @@
     loaded = load_model("csm-1b-original")              # original Sesame layout + Kyutai Mimi
     loaded = load_model("/models/csm-1b")               # a local copy (layout detected)
     loaded = load_model("tiny-random")                  # offline, seeded random weights
+    loaded = load_model("csm-1b-random", "cuda")        # offline, CSM-1B's size, random weights
 
 Files come through `huggingface_hub` (its cache, `HF_HUB_OFFLINE`, `HF_TOKEN` apply). Without
 network or cache the error names the repository, the revision and how to point at a local copy.
@@ -26,7 +27,7 @@ from serve_app.model.checkpoint import hf_to_internal, read_safetensors_dir, rea
 from serve_app.model.config import CsmModelConfig, from_hf_config, from_sesame_args
 from serve_app.model.csm import CsmModel
 from serve_app.model.mimi import MimiCodec, moshi_to_hf_mimi
-from serve_app.model.tokenizer import TextTokenizer
+from serve_app.model.tokenizer import HashedWordTokenizer, TextTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class ModelNotAvailableError(RuntimeError):
 @dataclass
 class LoadedModel:
     model: CsmModel
-    tokenizer: TextTokenizer
+    tokenizer: TextTokenizer | HashedWordTokenizer
     codec: MimiCodec
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -188,12 +189,21 @@ def _load_sesame(
 
 def _load_random(
     preset: ModelPreset, device: torch.device, dtype: torch.dtype
-) -> tuple[CsmModel, TextTokenizer, MimiCodec]:
-    from serve_app.model.tiny import TINY_CONFIG, random_model, tiny_mimi_config
+) -> tuple[CsmModel, TextTokenizer | HashedWordTokenizer, MimiCodec]:
+    from serve_app.model.tiny import RANDOM_GEOMETRIES, mimi_config, random_model
 
-    model = random_model(TINY_CONFIG, preset.seed).to(device=device, dtype=dtype).eval().requires_grad_(False)
-    codec = MimiCodec.random(tiny_mimi_config(), preset.seed).to(device)
-    return model, TextTokenizer.tiny(), codec
+    cfg = RANDOM_GEOMETRIES[preset.geometry]
+    # The tiny model keeps its CPU-drawn weights on every device (tests compare against them); the
+    # full-size one is drawn on the device, in seconds rather than minutes.
+    init_device = "cpu" if preset.geometry == "tiny" else device
+    model = random_model(cfg, preset.seed, init_device).to(device=device, dtype=dtype)
+    if preset.geometry != "tiny":  # one audio table for input and depth decoder, as released
+        model.decoder_embeddings.weight = model.audio_embeddings.weight
+    codec = MimiCodec.random(mimi_config(preset.geometry), preset.seed).to(device)
+    tokenizer = (
+        TextTokenizer.tiny() if preset.geometry == "tiny" else HashedWordTokenizer(cfg.text_vocab_size)
+    )
+    return model.eval().requires_grad_(False), tokenizer, codec
 
 
 def load_model(
@@ -218,6 +228,8 @@ def load_model(
     torch_dtype = resolve_dtype(dtype if dtype is not None else preset.dtype, dev)
     rev = revision or preset.revision
 
+    model: CsmModel
+    tokenizer: TextTokenizer | HashedWordTokenizer
     if preset.format == "random":
         model, tokenizer, codec = _load_random(preset, dev, torch_dtype)
         source = None

@@ -9,7 +9,9 @@ rounding), whatever the chunking.
 
 Streams live in slots of preallocated state tensors, so a GPU engine decodes the new frames of all
 its active requests in one call. Lifecycle per stream: `reset(slot)` (or `acquire()`), any number of
-`decode(...)` calls, then `free(slot)`.
+`decode(...)` calls, then `free(slot)`. Resetting clears every state tensor with one indexed fill for
+all the slots given, and never waits for the device (a CUDA element written from a Python number
+would copy from pageable memory and synchronise).
 """
 
 from __future__ import annotations
@@ -69,14 +71,19 @@ class MimiStreamDecoder:
         self.reset(free[0])
         return free[0]
 
-    def reset(self, slot: int) -> None:
-        """Start a new stream in `slot`, forgetting whatever it decoded before."""
-        self._check_slot(slot)
-        self._upsample.reset(slot)
-        self._transformer.reset(slot)
-        self._seanet.reset(slot)
-        self._seen[slot] = 0
-        self._active[slot] = True
+    def reset(self, *slots: int) -> None:
+        """Start new streams in `slots`, forgetting whatever they decoded before."""
+        for slot in slots:
+            self._check_slot(slot)
+        index = torch.tensor(slots, dtype=torch.long)
+        if self.device.type == "cuda":
+            index = index.pin_memory().to(self.device, non_blocking=True)
+        self._upsample.reset(index)
+        self._transformer.reset(index)
+        self._seanet.reset(index)
+        self._seen.index_fill_(0, index, 0)
+        for slot in slots:
+            self._active[slot] = True
 
     def free(self, slot: int) -> None:
         """Release `slot`; it must be reset before it decodes again."""

@@ -77,9 +77,10 @@ class GraphedMimiStreamDecoder:
         self.reset(free[0])
         return free[0]
 
-    def reset(self, slot: int) -> None:
-        self._check_slot(slot)
-        self.decoder.reset(slot)
+    def reset(self, *slots: int) -> None:
+        for slot in slots:
+            self._check_slot(slot)
+        self.decoder.reset(*slots)
 
     def free(self, slot: int) -> None:
         self._check_slot(slot)
@@ -107,7 +108,7 @@ class GraphedMimiStreamDecoder:
             return self.decoder.decode(torch.cat([codes, fill]), padded, check=False)[:batch]
         captured = self._graph(bucket, frames)
         captured.codes[:batch].copy_(codes)
-        captured.slots.copy_(padded)
+        captured.slots.copy_(padded.pin_memory(), non_blocking=True)  # pageable would sync
         captured.graph.replay()
         return captured.pcm[:batch].clone()
 

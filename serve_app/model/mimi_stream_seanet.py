@@ -48,8 +48,9 @@ class StreamingConv1d:
         self.context = int(layer.padding_total)
         self.state = torch.zeros(max_streams, layer.in_channels, self.context, device=device, dtype=dtype)
 
-    def reset(self, slot: int) -> None:
-        self.state[slot].zero_()
+    def reset(self, slots: torch.Tensor) -> None:
+        """Clear the state of `slots` (a device index tensor): one kernel, no host sync."""
+        self.state.index_fill_(0, slots, 0)
 
     def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
         if self.context == 0:
@@ -60,6 +61,33 @@ class StreamingConv1d:
         padded = torch.cat([prev, x], dim=-1)
         self.state[slots] = padded[..., -self.context :]
         return self.layer.conv(padded)
+
+
+def transposed_conv1d(x: torch.Tensor, weight: torch.Tensor, stride: int, groups: int = 1) -> torch.Tensor:
+    """`F.conv_transpose1d(x, weight, None, stride, groups=groups)` as a matmul and an overlap-add.
+
+    cuDNN runs Mimi's transposed convs as a backward-data convolution that costs milliseconds per
+    call even on a few frames (the depthwise upsampler most of all); a matmul (dense) or a broadcast
+    multiply (depthwise) over all taps at once, then adding each input's `kernel / stride` blocks of
+    `stride` outputs into place, is the same sum in a few small kernels. Shapes it does not cover
+    (kernel not a multiple of stride, other groupings) go to `F.conv_transpose1d`."""
+    c_in, c_out_per_group, kernel = weight.shape
+    depthwise = groups == c_in and c_out_per_group == 1
+    if kernel % stride or not (groups == 1 or depthwise):
+        return F.conv_transpose1d(x, weight, None, stride, groups=groups)
+    b, _, length = x.shape
+    c_out = c_out_per_group * groups
+    if depthwise:  # (B, C, L, K): each channel's samples times its own taps
+        taps = x[..., None] * weight[:, 0, None, :]
+    else:  # (B, L, C_out, K) → (B, C_out, L, K)
+        taps = (x.transpose(1, 2) @ weight.reshape(c_in, c_out * kernel)).view(b, length, c_out, kernel)
+        taps = taps.permute(0, 2, 1, 3)
+    blocks = kernel // stride
+    taps = taps.reshape(b, c_out, length, blocks, stride)
+    out = F.pad(taps[..., 0, :], (0, 0, 0, blocks - 1))
+    for j in range(1, blocks):  # block j of input l lands on output block l + j
+        out = out + F.pad(taps[..., j, :], (0, 0, j, blocks - 1 - j))
+    return out.reshape(b, c_out, (length + blocks - 1) * stride)
 
 
 class StreamingConvTranspose1d:
@@ -86,11 +114,11 @@ class StreamingConvTranspose1d:
             raise ValueError("kernel_size smaller than stride is not supported")
         self.state = torch.zeros(max_streams, conv.out_channels, self.overlap, device=device, dtype=dtype)
 
-    def reset(self, slot: int) -> None:
-        self.state[slot].zero_()
+    def reset(self, slots: torch.Tensor) -> None:
+        self.state.index_fill_(0, slots, 0)
 
     def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
-        y = F.conv_transpose1d(x, self.conv.weight, None, self.stride, groups=self.conv.groups)
+        y = transposed_conv1d(x, self.conv.weight, self.stride, self.conv.groups)
         if self.overlap:
             y[..., : self.overlap] += self.state[slots]
         done = x.shape[-1] * self.stride
@@ -122,7 +150,7 @@ def _stateless(module: nn.Module) -> StreamOp:
 class StreamingStack:
     """A sequence of Mimi conv layers (the SEANet decoder, or the frame-rate upsample) made streaming.
 
-    `stateful` lists every op with per-slot state so `reset(slot)` can clear them all.
+    `stateful` lists every op with per-slot state so `reset(slots)` can clear them all.
     """
 
     def __init__(self, layers: list[nn.Module], max_streams: int, device: torch.device, dtype: torch.dtype):
@@ -144,9 +172,9 @@ class StreamingStack:
         self.stateful.append(op)
         return op
 
-    def reset(self, slot: int) -> None:
+    def reset(self, slots: torch.Tensor) -> None:
         for op in self.stateful:
-            op.reset(slot)
+            op.reset(slots)
 
     def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
         for op in self.ops:

@@ -35,9 +35,10 @@ class StreamingTransformer:
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
 
-    def reset(self, slot: int) -> None:
-        self.keys[:, slot].zero_()
-        self.values[:, slot].zero_()
+    def reset(self, slots: torch.Tensor) -> None:
+        """Forget the cached keys/values of `slots` (a device index tensor)."""
+        self.keys.index_fill_(1, slots, 0)
+        self.values.index_fill_(1, slots, 0)
 
     def _mask(self, past: torch.Tensor, length: int) -> torch.Tensor:
         """(B, 1, length, context + length) bool: which cached/new keys each new token may see."""

@@ -2,12 +2,15 @@
 
 This is the template of the original Sesame generator (a `TemplateProcessing` post-processor on
 the Llama-3.2 tokenizer) and of transformers' CSM chat template. A byte-level tokenizer with the
-same special tokens serves the offline `tiny-random` preset.
+same special tokens serves the offline `tiny-random` preset, and a hashed word-level tokenizer the
+offline `csm-1b-random` preset (prompt lengths like Llama-3's on English text).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +92,37 @@ class TextTokenizer:
                 indent=2,
             )
         )
+
+
+LLAMA3_BOS_ID = 128_000
+LLAMA3_EOS_ID = 128_001
+
+
+class HashedWordTokenizer:
+    """Offline stand-in for the Llama-3 tokenizer: one id per word or punctuation mark, from a stable
+    hash (CRC-32) of its text, wrapped in BOS/EOS like `TextTokenizer`.
+
+    English text gets about as many tokens as Llama-3 gives it, so prompts, prefill and position
+    budgets behave as with the real tokenizer; there is no vocabulary file to download. Ids are
+    meaningless beyond that (the `csm-1b-random` preset's weights are random anyway)."""
+
+    _WORDS = re.compile(r"\w+|[^\w\s]")
+
+    def __init__(self, vocab_size: int = 128_256, bos_id: int | None = None, eos_id: int | None = None):
+        """BOS/EOS default to Llama-3's ids, or to the last two ids of a smaller vocabulary."""
+        fits = vocab_size > LLAMA3_EOS_ID
+        bos_id = bos_id if bos_id is not None else LLAMA3_BOS_ID if fits else vocab_size - 2
+        eos_id = eos_id if eos_id is not None else LLAMA3_EOS_ID if fits else vocab_size - 1
+        if min(bos_id, eos_id) < 1 or max(bos_id, eos_id) >= vocab_size:
+            raise ValueError("BOS/EOS ids must lie inside the vocabulary, above id 0")
+        self.vocab_size = vocab_size
+        self.bos_id, self.eos_id = bos_id, eos_id
+        self._word_ids = min(bos_id, eos_id)  # words hash below the special ids
+
+    def encode_turn(self, text: str, speaker: int) -> list[int]:
+        """Token ids of one turn: BOS, one id per word of "[speaker]text", EOS."""
+        words = self._WORDS.findall(f"[{speaker}]{text}")
+        return [self.bos_id, *(zlib.crc32(w.encode()) % self._word_ids for w in words), self.eos_id]
 
 
 def _token_name(value: Any | None, default: str) -> str:

@@ -1,4 +1,4 @@
-"""Serves the playground page at `/` and `/playground`, and its two assets.
+"""Serves the playground page at `/` and `/playground`, and its assets (a stylesheet, ES modules).
 
 The page uses only relative URLs, so it works wherever the app is mounted (Ray Serve route prefix,
 a reverse proxy path) without configuration.
@@ -13,9 +13,18 @@ from fastapi.responses import HTMLResponse
 
 router = APIRouter(include_in_schema=False)
 
+_JS = "text/javascript; charset=utf-8"
 ASSETS = {
-    "playground.js": "text/javascript; charset=utf-8",
     "playground.css": "text/css; charset=utf-8",
+    # ES modules: playground.js imports the others by relative URL
+    "playground.js": _JS,
+    "api.js": _JS,
+    "conversation.js": _JS,
+    "live.js": _JS,
+    "runs.js": _JS,
+    "voices.js": _JS,
+    "wav.js": _JS,
+    "waveform.js": _JS,
 }
 _HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 

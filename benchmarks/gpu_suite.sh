@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# One command that checks and measures the service on a CUDA machine, each part independent of the
+# others (a failed part is reported and the rest still run):
+#
+#   tests    the gpu-marked tests (graph capture and fallback, Mimi graphs, fused step, kernels)
+#   engine   benchmarks/bench_engine.py in-process (extra arguments: $ENGINE_ARGS)
+#   http     `serve run` of serve_config.yaml with the csm-1b-random preset (API keys and the rate
+#            limiter on, as in production, the limit far above the load of the one benchmark key),
+#            then benchmarks/bench_http.py through Ray Serve over HTTP; the replica's
+#            time to ready is recorded; the summary is merged into the engine results as "http"
+#   ws       benchmarks/bench_ws.py against the same server (WebSocket text-in, long-form)
+#
+#   bash benchmarks/gpu_suite.sh OUT_DIR [tests] [engine] [http] [ws]      (default: all four)
+#   SMOKE=1 bash benchmarks/gpu_suite.sh /tmp/suite                       (CPU, tiny model, small)
+#
+# Results land in OUT_DIR as <date>-<gpu>.json (engine, with "http"), <date>-<gpu>-http.json,
+# -ws.json, the plots, and the logs of every part.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?output directory}; shift
+mkdir -p "$OUT"
+PARTS=${*:-tests engine http ws}
+export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+DATE=$(date -u +%F)
+if [ "${SMOKE:-0}" = 1 ]; then
+  TAG=cpu-smoke
+else
+  TAG=$($PY -c "import re, torch; print(re.sub(r'\W+', '-', torch.cuda.get_device_name(0)).strip('-').lower())")
+fi
+ENGINE_JSON="$OUT/$DATE-$TAG.json"
+PORT=${PORT:-8000}
+URL="http://127.0.0.1:$PORT"
+KEY=bench-$RANDOM$RANDOM
+status() { echo "== $1: $2" | tee -a "$OUT/suite-status.txt"; }
+has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
+
+if has tests; then
+  $PY -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
+  status tests "exit ${PIPESTATUS[0]}"
+fi
+
+if has engine; then
+  if [ "${SMOKE:-0}" = 1 ]; then ENGINE_ARGS="--smoke ${ENGINE_ARGS:-}"; fi
+  # shellcheck disable=SC2086
+  $PY benchmarks/bench_engine.py --out "$OUT" ${ENGINE_ARGS:-} 2>&1 | tee "$OUT/engine.log" | tail -25
+  status engine "exit ${PIPESTATUS[0]}"
+  [ "${SMOKE:-0}" = 1 ] && [ -f "$OUT/$DATE-cpu-engine-smoke.json" ] && cp "$OUT/$DATE-cpu-engine-smoke.json" "$ENGINE_JSON"
+fi
+
+start_server() {
+  # serve_config.yaml as shipped, but the random full-size model and a local voices directory
+  # (or, with SMOKE=1, the local CPU config); API keys on, from the environment.
+  $PY - "$OUT/serve-config.yaml" "$PORT" <<'EOF'
+import os, sys, yaml
+path, port = sys.argv[1], int(sys.argv[2])
+smoke = os.environ.get("SMOKE") == "1"
+cfg = yaml.safe_load(open("configs/serve/local.yaml" if smoke else "serve_config.yaml"))
+cfg["http_options"]["port"] = port
+cfg["http_options"]["host"] = "127.0.0.1"
+app = cfg["applications"][0]
+# One client key drives the whole load: keep the limiter in the path, but far above the load.
+app["args"]["api"] = {
+    **app["args"].get("api", {}),
+    "voices_dir": "/tmp/csm-voices",
+    "auth_required": True,
+    "rate_limit_per_minute": 10_000_000,
+}
+if not smoke:
+    app["args"]["model"] = "csm-1b-random"
+    app["args"].update(yaml.safe_load(os.environ.get("SERVE_ARGS", "{}")) or {})
+for d in app["deployments"]:
+    if d["name"] == "APIIngress" and os.environ.get("INGRESS_REPLICAS"):
+        d["num_replicas"] = int(os.environ["INGRESS_REPLICAS"])
+yaml.safe_dump(cfg, open(path, "w"), sort_keys=False)
+print(yaml.safe_dump(app["args"]))
+EOF
+  T0=$(date +%s%N)
+  CSM_API_KEYS=$KEY RAY_TMPDIR=${RAY_TMPDIR:-/tmp/ray} setsid serve run "$OUT/serve-config.yaml" >"$OUT/serve.log" 2>&1 &
+  SERVE_PID=$!
+  for _ in $(seq 1 ${READY_TIMEOUT_S:-400}); do
+    if curl -sf "$URL/health" >/dev/null 2>&1; then break; fi
+    if ! kill -0 $SERVE_PID 2>/dev/null; then break; fi
+    sleep 1
+  done
+  READY_S=$($PY -c "import sys; print(round((int(sys.argv[1]) - int(sys.argv[2])) / 1e9, 1))" "$(date +%s%N)" "$T0")
+  if curl -sf "$URL/health" >/dev/null 2>&1; then
+    status serve "healthy after ${READY_S} s"
+    echo "{\"serve_run_to_healthy_s\": $READY_S}" >"$OUT/ready.json"
+    return 0
+  fi
+  status serve "not healthy after ${READY_S} s"
+  tail -40 "$OUT/serve.log"
+  return 1
+}
+
+stop_server() {
+  [ -n "${SERVE_PID:-}" ] || return 0
+  kill -INT -- -"$SERVE_PID" 2>/dev/null
+  for _ in $(seq 1 30); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 1; done
+  kill -KILL -- -"$SERVE_PID" 2>/dev/null
+  SERVE_PID=
+}
+trap stop_server EXIT
+
+if has http || has ws; then
+  if start_server; then
+    if has http; then
+      if [ "${SMOKE:-0}" = 1 ]; then
+        HTTP_ARGS="--streams 1,2 --window-s 4 --burst 4 --idle-trials 4 --poisson-s 4 --audio-ms 1600 ${HTTP_ARGS:-}"
+      fi
+      # shellcheck disable=SC2086
+      $PY benchmarks/bench_http.py --url "$URL" --api-key "$KEY" --out "$OUT" --name "$DATE-$TAG-http" \
+        --engine-json "$ENGINE_JSON" --merge --notes "serve run of serve_config.yaml, model csm-1b-random" \
+        ${HTTP_ARGS:-} 2>&1 | tee "$OUT/http.log" | tail -12
+      status http "exit ${PIPESTATUS[0]}"
+    fi
+    if has ws && [ -f benchmarks/bench_ws.py ]; then
+      [ "${SMOKE:-0}" = 1 ] && WS_ARGS="--smoke ${WS_ARGS:-}"
+      # shellcheck disable=SC2086
+      $PY benchmarks/bench_ws.py --url "$URL" --api-key "$KEY" --out "$OUT" --name "$DATE-$TAG-ws" \
+        ${WS_ARGS:-} 2>&1 | tee "$OUT/ws.log" | tail -12
+      status ws "exit ${PIPESTATUS[0]}"
+    fi
+    cp "$OUT/ready.json" "$OUT/$DATE-$TAG-ready.json" 2>/dev/null
+  fi
+  stop_server
+fi
+cat "$OUT/suite-status.txt"
