@@ -5,11 +5,10 @@ to the first audio, and the real-time factor of a long-form stream. Writes one J
     PYTHONPATH=. python3 benchmarks/bench_ws.py --serve csm-1b-random --out benchmarks/results   # GPU
     PYTHONPATH=. python3 benchmarks/bench_ws.py --smoke --out /tmp/bench-ws                      # CPU
 
-`--url` measures a running server (e.g. `serve run serve_config.yaml`). `--serve` starts the API in
-this process (uvicorn, no Ray) over an engine of its own: `csm-1b-random` is CSM-1B's shapes with random
-weights in bfloat16 on the GPU (the tokenizer is word-level, built over this benchmark's texts; the
-silence guard is off), `tiny-random` the tiny model. `--smoke` is `--serve tiny-random` on the CPU with
-short runs. Sections:
+`--url` measures a running server (e.g. `serve run` of a config with `model: csm-1b-random`). `--serve`
+starts the API in this process (uvicorn, no Ray) over an engine of its own from a preset: `csm-1b-random`
+(CSM-1B's shapes, random weights, on the GPU) or `tiny-random`; the silence guard is off. `--smoke` is
+`--serve tiny-random` on the CPU with short runs. Sections:
 
   ttfa      N contexts, one after another on one socket: text arrives in pieces, a few tens of ms
             apart, like a language model's; the clock starts when the piece that makes the first
@@ -155,26 +154,11 @@ def local_server(preset: str, smoke: bool):
     from serve_app.engine.engine import Engine
     from tests.support_api import serve_over_http
 
-    if preset == "csm-1b-random":
-        from bench_engine import CSM_1B, mimi_config, random_csm, word_tokenizer
-
-        from serve_app.model.loading import LoadedModel
-        from serve_app.model.mimi import MimiCodec
-
-        device = "cuda"
-        from serve_app.api.builtin_voices import ANCHOR_TRANSCRIPT
-
-        texts = [PARAGRAPH, "".join([*FIRST, BOUNDARY, *REST]), ANCHOR_TRANSCRIPT]
-        model = random_csm(CSM_1B, device).to(torch.bfloat16)
-        codec = MimiCodec.random(mimi_config(False), seed=0).to(device)
-        loaded = LoadedModel(model, word_tokenizer(texts), codec, {"model": "csm-1b-random", "device": device})
-        engine = Engine(loaded, silence_seconds=0.0)
-        described = "CSM-1B shapes, random weights, bfloat16, in-process API (uvicorn, no Ray)"
-    else:
-        if smoke:
-            torch.set_num_threads(1)
-        engine = Engine.from_preset(preset, silence_seconds=0.0)
-        described = f"{preset}, in-process API (uvicorn, no Ray)"
+    if smoke:
+        torch.set_num_threads(1)
+    # Random weights never end an utterance and their audio may be quiet: the silence guard stays off.
+    engine = Engine.from_preset(preset, silence_seconds=0.0)
+    described = f"{preset} ({engine.loaded.info.get('device', 'cpu')}), in-process API (uvicorn, no Ray)"
     import tempfile
 
     settings = ApiSettings(voices_dir=Path(tempfile.mkdtemp(prefix="bench-ws-voices-")),
