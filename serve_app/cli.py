@@ -3,6 +3,7 @@
     csm-serve serve --preset tiny-random               # in-process uvicorn, for development
     csm-serve serve --config configs/serve/local.yaml  # Ray Serve, like `serve run`
     csm-serve speak "Hello there." -o hello.wav --stream
+    my-llm | csm-serve speak --ws - -o reply.wav       # speaks stdin as it arrives
     csm-serve batch lines.txt -o out/
     csm-serve voices add narrator ref.wav --transcript "What the recording says."
 
@@ -187,11 +188,21 @@ def _write(chunks: Iterable[bytes], out: BinaryIO) -> tuple[int, float | None]:
               help="A recording to continue from (with --context-text).")
 @click.option("--context-text", default="", help="What --context-audio says.")
 @click.option("--context-speaker", type=click.IntRange(0, 1), default=0, show_default=True)
+@click.option("--ws", is_flag=True,
+              help="Over the WebSocket: with TEXT '-', stdin is sent as it arrives and speech starts at the "
+                   "first sentence (any streamed format; not flac).")
 @click.pass_context
 def speak(ctx: click.Context, text: str, output: str, speaker: int, voice: str | None, stream: bool,
           max_duration_ms: int, seed: int | None, response_format: str, sample_rate: str | None,
-          speed: float, context_audio: str | None, context_text: str, context_speaker: int) -> None:
+          speed: float, context_audio: str | None, context_text: str, context_speaker: int,
+          ws: bool) -> None:
     """Synthesize TEXT ('-' reads it from stdin) into an audio file."""
+    if ws:
+        if context_audio or speed != 1.0:
+            raise click.UsageError("--context-audio and --speed cannot be combined with --ws")
+        speak_over_socket(ctx, text, output, speaker=speaker, voice=voice, seed=seed,
+                          max_duration_ms=max_duration_ms, fmt=response_format, sample_rate=sample_rate)
+        return
     if text == "-":
         text = sys.stdin.read().strip()
     context = ([{"text": context_text, "speaker": context_speaker, "audio": context_audio}]
@@ -222,6 +233,58 @@ def speak(ctx: click.Context, text: str, output: str, speaker: int, voice: str |
         tmp.unlink(missing_ok=True)
     latency = f", first audio after {first:.2f} s" if stream and first is not None else ""
     click.echo(f"wrote {path} ({size} bytes{latency})", err=True)
+
+
+def stdin_pieces(stream: BinaryIO | None = None) -> Iterable[str]:
+    """Text from stdin as it arrives (whatever the pipe holds, not line by line), UTF-8 decoded."""
+    import codecs
+
+    fd = (stream or sys.stdin.buffer).fileno()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while chunk := os.read(fd, 4096):
+        if text := decoder.decode(chunk):
+            yield text
+    if tail := decoder.decode(b"", final=True):
+        yield tail
+
+
+def speak_over_socket(ctx: click.Context, text: str, output: str, *, speaker: int, voice: str | None,
+                      seed: int | None, max_duration_ms: int, fmt: str, sample_rate: str | None) -> None:
+    from serve_app.audio.encode import wav_stream_header
+    from serve_app.audio.formats import OutputFormat
+
+    try:
+        out = (OutputFormat.parse(fmt) if "_" in fmt
+               else OutputFormat.default(fmt, int(sample_rate) if sample_rate else None))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if out.codec == "flac":
+        raise click.UsageError("--ws streams audio as it is made: flac cannot be streamed")
+    wire = OutputFormat("pcm", out.sample_rate) if out.codec == "wav" else out  # the header is written here
+    pieces = stdin_pieces() if text == "-" else [text]
+    options: dict[str, Any] = {"speaker": speaker, "voice": voice, "seed": seed,
+                               "max_duration_ms": max_duration_ms, "output_format": wire.name}
+    if ctx.get_parameter_source("max_duration_ms") is click.core.ParameterSource.DEFAULT:
+        options["max_duration_ms"] = None  # the whole of stdin: the server sizes the budget
+    header = wav_stream_header(out.sample_rate) if out.codec == "wav" else b""
+    chunks = _client(ctx, retries=0).speak_streamed(pieces, **options)
+    if output == "-":
+        sys.stdout.buffer.write(header)
+        _write(chunks, sys.stdout.buffer)
+        return
+    path = Path(output)
+    tmp = path.with_name(path.name + ".part")
+    try:
+        with tmp.open("wb") as f:
+            f.write(header)
+            size, first = _write(chunks, f)
+        if header:
+            finish_streamed_wav(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    latency = f", first audio after {first:.2f} s" if first is not None else ""
+    click.echo(f"wrote {path} ({size + len(header)} bytes{latency})", err=True)
 
 
 # ---------------------------------------------------------------------------------------------------

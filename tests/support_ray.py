@@ -130,9 +130,17 @@ def wait_running(timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
     raise TimeoutError(f"{APP_NAME} not RUNNING after {timeout_s} s: {status}")
 
 
+_RUNNING: list[ServeInstance] = []
+"""The session's instance: each module importing the fixture gets its own fixture definition, and
+all of them share this one instance (the first to start it stops it)."""
+
+
 @pytest.fixture(scope="session")
 def ray_serve() -> Iterator[ServeInstance]:
     """The local config served by in-process Ray for the whole session; torn down at the end."""
+    if _RUNNING:
+        yield _RUNNING[0]
+        return
     import ray
     from ray.serve._private.api import serve_start
     from ray.serve.schema import ServeDeploySchema
@@ -162,8 +170,10 @@ def ray_serve() -> Iterator[ServeInstance]:
         instance = ServeInstance(base_url=f"http://127.0.0.1:{port}", config=config, client=client)
         instance.deploy(config)
         instance.wait_healthy()
+        _RUNNING.append(instance)
         yield instance
     finally:
+        _RUNNING.clear()
         from ray import serve
 
         with contextlib.suppress(Exception):

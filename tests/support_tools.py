@@ -186,7 +186,8 @@ def api_app(engine: Any, voices_dir: Path, **settings: Any) -> Any:
     from serve_app.api.app import create_app
     from serve_app.api.settings import ApiSettings
 
-    return create_app(engine, ApiSettings(voices_dir=voices_dir, max_text_chars=MAX_TEXT_CHARS, **settings))
+    limits = {"max_text_chars": MAX_TEXT_CHARS, "max_long_text_chars": MAX_TEXT_CHARS, **settings}
+    return create_app(engine, ApiSettings(voices_dir=voices_dir, **limits))
 
 
 def tiny_engine() -> Any:

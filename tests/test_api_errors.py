@@ -81,7 +81,7 @@ CASES = [
 
 @pytest.fixture
 def client(tmp_path):
-    return make_client(tmp_path, FakeEngine(), max_audio_seconds=AUDIO_LIMIT_S, max_text_chars=300)
+    return make_client(tmp_path, FakeEngine(), max_audio_seconds=AUDIO_LIMIT_S, max_text_chars=300, max_long_text_chars=300)
 
 
 @pytest.mark.parametrize(("path", "body", "status", "message"), CASES)

@@ -31,12 +31,14 @@ from tests.support_api import FakeEngine, make_client, serve_over_http, wav_b64
 MAX_AUDIO_BYTES = 10 * 1024 * 1024
 MAX_AUDIO_SECONDS = 60.0
 MAX_TEXT_CHARS = 4096
+MAX_LONG_TEXT_CHARS = 100_000
 MAX_CONTEXT_TURNS = 16
 MAX_BODY_BYTES = 32 * 1024 * 1024
 LIMITS = {
     "max_audio_bytes": MAX_AUDIO_BYTES,
     "max_audio_seconds": MAX_AUDIO_SECONDS,
     "max_text_chars": MAX_TEXT_CHARS,
+    "max_long_text_chars": MAX_LONG_TEXT_CHARS,
     "max_context_turns": MAX_CONTEXT_TURNS,
     "max_body_bytes": MAX_BODY_BYTES,
 }
@@ -267,7 +269,7 @@ JSON_CASES = [
         "/speak",
         {"text": "x" * 1_000_000},
         413,
-        f"text has 1000000 characters, over the {MAX_TEXT_CHARS}-character limit",
+        f"text has 1000000 characters, over the {MAX_LONG_TEXT_CHARS}-character limit",
         id="text-huge",
     ),
     pytest.param(

@@ -230,7 +230,7 @@ BAD_INPUT = [
     ("/speak", {"text": "", "speaker": 0}, 422),
     ("/speak", {"text": "x", "speaker": 2}, 422),
     ("/batch_speak", {"texts": ["x"] * 11}, 422),
-    ("/speak", {"text": "x" * 100_000}, 413),
+    ("/speak", {"text": "x" * 100_001}, 413),
     ("/clone_voice", {"text": "x", "reference_audio_b64": "", "reference_text": "y"}, 422),
     ("/v1/audio/speech", {"model": "tts-1", "input": "x", "voice": "nobody"}, 400),
     ("/v1/voices", {"name": "v", "audio_b64": "%%%", "transcript": "t"}, 400),

@@ -9,7 +9,15 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 import serve_app
-from serve_app.api import openai_compat, routes_dialogue, routes_speech, routes_system, routes_voices
+from serve_app.api import (
+    openai_compat,
+    routes_dialogue,
+    routes_speech,
+    routes_stream,
+    routes_system,
+    routes_voice_catalog,
+    routes_voices,
+)
 from serve_app.api.auth import ApiKeyRing, AuthMiddleware, TokenBucketLimiter
 from serve_app.api.cache import ResponseCache
 from serve_app.api.deps import Services
@@ -53,7 +61,15 @@ def create_app(engine: SpeechEngine, settings: ApiSettings | None = None) -> Fas
         )
         app.add_middleware(AuthMiddleware, keys=ApiKeyRing(keys) if keys else None, limiter=limiter)
     app.add_middleware(RequestIdMiddleware)  # outermost of these: a 401, 413 or 429 carries an id too
-    for module in (routes_speech, routes_dialogue, routes_voices, openai_compat, routes_system):
+    for module in (
+        routes_speech,
+        routes_stream,
+        routes_dialogue,
+        routes_voices,
+        routes_voice_catalog,
+        openai_compat,
+        routes_system,
+    ):
         app.include_router(module.router)
     instrument_app(app)  # outermost: Prometheus metrics, access log, GET /metrics
     install_playground(app)  # GET / and /playground

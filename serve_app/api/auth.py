@@ -7,7 +7,8 @@ applies per client address. State is per ingress replica: with N replicas a clie
 times the configured rate.
 
 Pure ASGI, placed outside the body limit, so an unauthenticated or throttled client is answered
-before its body is read.
+before its body is read. WebSocket handshakes are checked the same way (a key may also come as
+`?api_key=`, since browsers cannot set headers on a WebSocket); each connection counts as one request.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, QueryParams
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -108,17 +109,16 @@ class AuthMiddleware:
         return path == "/" or path.startswith("/playground") or path in self.open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._is_open(scope["path"]):
+        if scope["type"] not in ("http", "websocket") or self._is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         client = f"addr_{scope['client'][0]}" if scope.get("client") else "addr_unknown"
         if self.keys is not None:
-            scheme, _, presented = Headers(scope=scope).get("authorization", "").partition(" ")
-            ident = self.keys.match(presented.strip()) if scheme.lower() == "bearer" else None
+            ident = self.keys.match(_presented_key(scope))
             if ident is None:
                 detail = "a valid API key is required: send 'Authorization: Bearer <key>'"
                 response = JSONResponse({"detail": detail}, 401, {"WWW-Authenticate": 'Bearer realm="csm-serve"'})
-                await response(scope, receive, send)
+                await _refuse(response, scope, receive, send)
                 return
             client = ident
         scope.setdefault("state", {})["client_id"] = client
@@ -128,6 +128,26 @@ class AuthMiddleware:
                 per_minute = round(self.limiter.rate * 60)
                 detail = f"rate limit of {per_minute} requests per minute exceeded; retry after {wait:.1f} s"
                 response = JSONResponse({"detail": detail}, 429, {"Retry-After": str(max(1, math.ceil(wait)))})
-                await response(scope, receive, send)
+                await _refuse(response, scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _presented_key(scope: Scope) -> str:
+    """The bearer token; a WebSocket may instead carry it as `?api_key=` (browsers cannot set headers
+    on one)."""
+    scheme, _, presented = Headers(scope=scope).get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return presented.strip()
+    if scope["type"] == "websocket":
+        return QueryParams(scope.get("query_string", b"")).get("api_key", "")
+    return ""
+
+
+async def _refuse(response: JSONResponse, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer with `response`; a WebSocket handshake gets it as its HTTP answer where the server can
+    send one, else a close with 1008 (policy violation) before the socket is accepted (HTTP 403)."""
+    if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008, "reason": str(response.status_code)})
+        return
+    await response(scope, receive, send)

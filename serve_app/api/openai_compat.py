@@ -1,9 +1,10 @@
 """OpenAI-compatible speech: `POST /v1/audio/speech`, `GET /v1/models` and `GET /v1/models/{id}`.
 
-OpenAI's voice names map onto CSM's two speakers (CSM has no named voices; the split is arbitrary
-but fixed); "0"/"1" pick a speaker directly and a saved voice id clones that voice. `speed` is
-applied after generation with FFmpeg's atempo (pitch kept). `instructions` is accepted for
-compatibility and ignored: CSM has no style prompt.
+OpenAI's voice names are built-in voices (`serve_app.api.builtin_voices`): each is pinned to a
+reference prompt, so a name sounds the same on every request; "0"/"1" are CSM's two speakers as
+built-in voices, and a saved voice id clones that voice. Long inputs are spoken segment by segment
+(`serve_app.api.longform`). `speed` is applied after generation with FFmpeg's atempo (pitch kept).
+`instructions` is accepted for compatibility and ignored: CSM has no style prompt.
 
 Like OpenAI, the audio streams as it is generated, in every format whose streamed bytes are a
 complete file; FLAC is sent whole, since a streamed FLAC header cannot carry its length and
@@ -16,8 +17,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 
+from serve_app.api.builtin_voices import OPENAI_VOICES
 from serve_app.api.deps import ServicesDep
 from serve_app.api.errors import ApiError, request_id_of
+from serve_app.api.longform import Narration, script_key
 from serve_app.api.responses import (
     AUDIO_RESPONSES,
     audio_headers,
@@ -26,83 +29,56 @@ from serve_app.api.responses import (
     sse_response,
     streaming_response,
 )
-from serve_app.api.schemas import OpenAISpeechRequest, VoiceRef
-from serve_app.api.voices import SavedVoice
-from serve_app.engine.types import GenerationRequest
+from serve_app.api.schemas import MAX_SPEECH_MS, OpenAISpeechRequest, VoiceRef
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
-OPENAI_VOICES: dict[str, int] = {
-    "alloy": 0,
-    "ash": 1,
-    "ballad": 0,
-    "coral": 1,
-    "echo": 0,
-    "fable": 1,
-    "onyx": 0,
-    "nova": 1,
-    "sage": 0,
-    "shimmer": 1,
-    "verse": 0,
-    "marin": 1,
-    "cedar": 0,
-}
 MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
-MAX_INPUT_CHARS = 4096  # OpenAI's own limit
-
-
-def _speaker_for(voice: str) -> int | None:
-    name = voice.strip().lower()
-    if name in ("0", "1"):
-        return int(name)
-    return OPENAI_VOICES.get(name)
+DEFAULT_SPEECH_MS = 60_000
 
 
 @router.post("/audio/speech", responses=AUDIO_RESPONSES, response_class=Response)
 async def create_speech(body: OpenAISpeechRequest, request: Request, svc: ServicesDep) -> Response:
     synth = svc.synth
-    if len(body.input) > MAX_INPUT_CHARS:
+    script = await synth.script(body.input, normalize=True, lexicon=body.lexicon, field="input")
+    voice_name = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice.strip()
+    if synth.builtin.spec(voice_name) is None and not voice_name.startswith("voice_"):
         raise ApiError(
-            413, f"input has {len(body.input)} characters, over the {MAX_INPUT_CHARS}-character limit"
+            400,
+            f"unknown voice {voice_name!r}: use 0, 1, one of {', '.join(OPENAI_VOICES)}, "
+            "another name from GET /v1/audio/voices, or a saved voice id from GET /v1/voices",
         )
-    text = synth.text(body.input, normalize=True, field="input")
-    voice_name = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice
-    speaker = None if isinstance(body.voice, VoiceRef) else _speaker_for(voice_name)
-    saved: SavedVoice | None = None
-    if speaker is None:
-        if not voice_name.startswith("voice_"):
-            raise ApiError(
-                400,
-                f"unknown voice {voice_name!r}: use 0, 1, one of {', '.join(OPENAI_VOICES)}, "
-                "or a saved voice id from GET /v1/voices",
-            )
-        saved = await synth.voice(voice_name)
-        speaker = saved.info.speaker
-    generation = GenerationRequest(
-        text=text,
-        speaker=speaker,
-        context=[synth.voice_reference(saved, True)] if saved else [],
-        max_audio_length_ms=body.max_duration_ms,
-        sampling=synth.sampling(body.temperature, body.top_k, body.seed),
-        request_id=request_id_of(request),
-    )
-    output = body.output
+    voice = await synth.named_voice(voice_name)
+    budget_ms = body.max_duration_ms or script.default_budget_ms(DEFAULT_SPEECH_MS, MAX_SPEECH_MS)
+
+    def narration(streaming: bool) -> Narration:
+        return synth.narration(
+            anchor=[synth.voice_reference(voice, True)],
+            sampling=synth.sampling(body.temperature, body.top_k, body.seed),
+            budget_ms=budget_ms,
+            request_id=request_id_of(request),
+            capped=script.utterances > 1,
+            streaming=streaming,
+        )
+
+    output, speaker = body.output, voice.info.speaker
     if body.stream_format == "sse":
-        return sse_response(await synth.stream(generation), output, len(body.input), body.speed)
+        stream = await synth.speech_stream(narration(True), script.lines, speaker)
+        return sse_response(stream, output, len(body.input), body.speed)
 
     key = await svc.cache_key(
         "openai_speech",
         body,
-        text=text,
-        speaker=speaker,
-        max_ms=body.max_duration_ms,
-        voice=saved.info.model_dump() if saved else None,
+        text=script_key(script),
+        max_ms=budget_ms,
+        voice=voice.info.model_dump(),
     )
     if key is None and output.streams_as_file:  # nothing to cache: stream, as OpenAI does
-        return streaming_response(await synth.stream(generation), output, {}, body.speed)
+        stream = await synth.speech_stream(narration(True), script.lines, speaker)
+        return streaming_response(stream, output, {}, body.speed)
 
     async def produce():
-        audio = await synth.generate(generation)
+        audio = await synth.speech_audio(narration(False), script.lines, speaker)
         return await encode_response(audio.pcm, output, audio_headers(audio), body.speed)
 
     return await cached_response(svc.cache, key, produce)

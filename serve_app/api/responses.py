@@ -124,14 +124,17 @@ async def _sse_events(
     async for data in _encoded_chunks(stream, output, speed, tally):
         yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
     usage = {"input_characters": input_characters, "output_audio_seconds": round(tally.seconds, 3)}
-    yield _sse({"type": "speech.audio.done", "usage": usage})
+    done: dict[str, object] = {"type": "speech.audio.done", "usage": usage}
+    if stream.finish_reason is not None:
+        done["finish_reason"] = stream.finish_reason.value
+    yield _sse(done)
 
 
 def sse_response(
     stream: AudioStream, output: OutputFormat, input_characters: int, speed: float = 1.0
 ) -> StreamingResponse:
     """OpenAI's `stream_format: "sse"`: base64 audio deltas, then a done event with the usage
-    (characters of input, seconds of audio sent)."""
+    (characters of input, seconds of audio sent) and the finish reason."""
     return StreamingResponse(
         _sse_events(stream, output, speed, input_characters),
         media_type="text/event-stream",

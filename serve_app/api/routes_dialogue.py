@@ -14,6 +14,7 @@ from fastapi import APIRouter, Path, Request, Response
 from serve_app.api.cache import CachedResponse
 from serve_app.api.deps import ServicesDep
 from serve_app.api.errors import ApiError, request_id_of
+from serve_app.api.longform import script_key
 from serve_app.api.responses import AUDIO_RESPONSES, audio_headers, cached_response, encode_response
 from serve_app.api.schemas import ContextualSpeakRequest, ConversationRequest
 from serve_app.engine.types import FRAME_MS, SAMPLE_RATE, GenerationRequest, Segment
@@ -23,7 +24,8 @@ router = APIRouter(tags=["dialogue"])
 
 @router.post("/conversation", responses=AUDIO_RESPONSES, response_class=Response)
 async def conversation(body: ConversationRequest, request: Request, svc: ServicesDep) -> Response:
-    """All turns in one file; each turn is generated with the earlier turns as context.
+    """All turns in one file; each turn is generated with the earlier turns as context (a long turn
+    segment by segment, each segment hearing the ones before it).
 
     The speech budget (`max_total_duration_ms` minus the pauses) is shared out as it is used: each
     turn may take the remaining budget divided by the turns still to come, so short turns leave
@@ -33,7 +35,10 @@ async def conversation(body: ConversationRequest, request: Request, svc: Service
     limit = svc.settings.max_conversation_turns
     if len(body.turns) > limit:
         raise ApiError(413, f"turns has {len(body.turns)} items, over the {limit}-turn limit")
-    texts = [synth.text(t.text, body.normalize, f"turns[{i}].text") for i, t in enumerate(body.turns)]
+    scripts = [
+        await synth.script(t.text, normalize=body.normalize, lexicon=body.lexicon, field=f"turns[{i}].text")
+        for i, t in enumerate(body.turns)
+    ]
     pauses = [t.pause_ms if i < len(body.turns) - 1 else 0 for i, t in enumerate(body.turns)]
     budget_ms = body.max_total_duration_ms - sum(pauses)
     if budget_ms < FRAME_MS * len(body.turns):
@@ -44,37 +49,37 @@ async def conversation(body: ConversationRequest, request: Request, svc: Service
         )
 
     async def produce() -> CachedResponse:
+        narration = synth.narration(
+            sampling=synth.sampling(body.temperature, body.top_k, body.seed),
+            budget_ms=body.max_total_duration_ms,
+            request_id=request_id_of(request),
+            streaming=False,
+            context_segments=None,  # every earlier turn that fits
+        )
         remaining_ms = budget_ms
-        context: list[Segment] = []
         pieces: list[np.ndarray] = []
-        dropped = 0
-        for i, (turn, text) in enumerate(zip(body.turns, texts)):
+        for i, (turn, script) in enumerate(zip(body.turns, scripts)):
             turn_ms = max(FRAME_MS, remaining_ms // (len(body.turns) - i))
-            seed = None if body.seed is None else body.seed + i
-            audio = await synth.generate(
-                GenerationRequest(
-                    text=text,
-                    speaker=turn.speaker,
-                    context=list(context),
-                    max_audio_length_ms=turn_ms,
-                    sampling=synth.sampling(body.temperature, body.top_k, seed),
-                    request_id=f"{request_id_of(request)}-{i}",
+            before = narration.emitted
+            pieces += [
+                piece.pcm
+                async for piece in narration.run(
+                    script.lines, turn.speaker, limit_ms=turn_ms, capped=script.utterances > 1
                 )
-            )
-            remaining_ms -= len(audio.pcm) * 1000 // SAMPLE_RATE
-            dropped = max(dropped, audio.dropped_context_turns)
-            pieces += [audio.pcm, np.zeros(pauses[i] * SAMPLE_RATE // 1000, np.float32)]
-            context.append(Segment(text=text, speaker=turn.speaker, codes=audio.codes))
+            ]
+            remaining_ms -= (narration.emitted - before) * 1000 // SAMPLE_RATE
+            if pauses[i] and (pause := narration.pause(pauses[i])) is not None:
+                pieces.append(pause.pcm)
         headers = {
             "Content-Disposition": f'attachment; filename="conversation.{body.output.extension}"',
-            "X-Context-Dropped-Turns": str(dropped),
+            "X-Context-Dropped-Turns": str(narration.dropped_context_turns),
         }
         return await encode_response(np.concatenate(pieces), body.output, headers, body.speed)
 
     key = await svc.cache_key(
         "conversation",
         body,
-        turns=[(text, t.speaker, pause) for text, t, pause in zip(texts, body.turns, pauses)],
+        turns=[(script_key(script), t.speaker, pause) for script, t, pause in zip(scripts, body.turns, pauses)],
         max_total_ms=body.max_total_duration_ms,
     )
     return await cached_response(svc.cache, key, produce)

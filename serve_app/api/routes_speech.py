@@ -11,44 +11,56 @@ from starlette.concurrency import run_in_threadpool
 from serve_app.api.cache import digest
 from serve_app.api.deps import ServicesDep
 from serve_app.api.errors import ApiError, request_id_of
+from serve_app.api.longform import Narration, script_key
 from serve_app.api.responses import (
     AUDIO_RESPONSES,
     audio_headers,
     cached_response,
     encode_response,
+    sse_response,
     streaming_response,
 )
-from serve_app.api.schemas import BatchSpeakRequest, CloneVoiceRequest, SpeakRequest
+from serve_app.api.schemas import MAX_SPEECH_MS, BatchSpeakRequest, CloneVoiceRequest, SpeakRequest
 from serve_app.audio.encode import encode_audio
 from serve_app.engine.types import GenerationRequest
 
 router = APIRouter(tags=["speech"])
 
+DEFAULT_SPEAK_MS = 10_000
+
 
 @router.post("/speak", responses=AUDIO_RESPONSES, response_class=Response)
 async def speak(body: SpeakRequest, request: Request, svc: ServicesDep) -> Response:
-    """Speech for `text`, optionally continuing `context` turns or a saved `voice`."""
+    """Speech for `text` (long texts segment by segment), optionally continuing `context` turns or in a
+    built-in or saved `voice`."""
     synth = svc.synth
-    text = synth.text(body.text, body.normalize)
-    voice = await synth.voice(body.voice) if body.voice else None
+    script = await synth.script(body.text, normalize=body.normalize, lexicon=body.lexicon)
+    voice = await synth.named_voice(body.voice) if body.voice else None
     speaker = voice.info.speaker if voice else body.speaker
+    budget_ms = body.max_duration_ms or script.default_budget_ms(DEFAULT_SPEAK_MS, MAX_SPEECH_MS)
     filename = f"speech.{body.output.extension}"
 
-    async def generation() -> GenerationRequest:
+    async def narration(streaming: bool) -> Narration:
         context = await synth.context(body.context, body.normalize)
         if voice:
             context.append(synth.voice_reference(voice, body.normalize))
-        return GenerationRequest(
-            text=text,
-            speaker=speaker,
-            context=context,
-            max_audio_length_ms=body.max_duration_ms,
+        narration = synth.narration(
+            anchor=context,
             sampling=synth.sampling(body.temperature, body.top_k, body.seed),
+            budget_ms=budget_ms,
             request_id=request_id_of(request),
+            capped=script.utterances > 1,
+            streaming=streaming,
+            quality_check=body.quality_check,
         )
+        if script.utterances > 1:
+            await narration.encode_anchor()
+        return narration
 
     if body.stream:
-        stream = await synth.stream(await generation())
+        stream = await synth.speech_stream(await narration(True), script.lines, speaker)
+        if body.stream_format == "sse":
+            return sse_response(stream, body.output, len(body.text), body.speed)
         return streaming_response(
             stream,
             body.output,
@@ -57,15 +69,15 @@ async def speak(body: SpeakRequest, request: Request, svc: ServicesDep) -> Respo
         )
 
     async def produce():
-        audio = await synth.generate(await generation(), quality_check=body.quality_check)
+        audio = await synth.speech_audio(await narration(False), script.lines, speaker)
         return await encode_response(audio.pcm, body.output, audio_headers(audio, filename), body.speed)
 
     key = await svc.cache_key(
         "speak",
         body,
-        text=text,
+        text=script_key(script),
         speaker=speaker,
-        max_ms=body.max_duration_ms,
+        max_ms=budget_ms,
         quality=body.quality_check,
         context=digest([(c.text, c.speaker, c.audio_b64) for c in body.context]) if body.context else None,
         voice=voice.info.model_dump() if voice else None,
@@ -78,7 +90,7 @@ async def clone_voice(body: CloneVoiceRequest, request: Request, svc: ServicesDe
     """Speech for `text` in the voice of a reference recording (inline or a saved voice)."""
     synth = svc.synth
     text = synth.text(body.text, body.normalize)
-    voice = await synth.voice(body.voice) if body.voice else None
+    voice = await synth.named_voice(body.voice) if body.voice else None
     filename = f"cloned_voice.{body.output.extension}"
 
     async def produce():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -49,4 +50,6 @@ async def info(svc: ServicesDep) -> dict:
         "speakers": [0, 1],
         "limits": svc.settings.limits(),
         "engine": engine_info,
+        # this ingress replica, and the built-in voices it has prepared (fingerprints of their prompts)
+        "ingress": {"pid": os.getpid(), "voices": svc.synth.builtin.prepared()},
     }

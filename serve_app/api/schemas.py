@@ -55,6 +55,22 @@ VoiceId = Annotated[
     str, Field(min_length=1, max_length=64, description="A saved voice's id (POST /v1/voices).")
 ]
 SessionId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+LongText = Annotated[
+    str,
+    Field(min_length=1, description="Text to speak, any length up to ApiSettings.max_long_text_chars (100 000)."),
+    AfterValidator(_not_blank),
+]
+LexiconEntries = Annotated[
+    dict[str, str],
+    Field(
+        max_length=1000,
+        description="Word -> how to say it, whole words, case-sensitive, applied after normalization "
+        "(over the server's lexicon).",
+        examples=[{"SQL": "sequel", "Nguyen": "Win"}],
+    ),
+]
+MAX_SPEECH_MS = 4 * 3600 * 1000
+"""The longest audio one request may ask for (a long-form text: four hours)."""
 
 
 class AudioOutputOptions(BaseModel):
@@ -113,15 +129,27 @@ class ContextSegment(BaseModel):
 
 
 class SpeakRequest(SynthesisOptions):
-    text: Text
+    text: LongText
     speaker: Speaker = 1
     context: list[ContextSegment] = Field(default_factory=list)
-    max_duration_ms: int = Field(10_000, ge=FRAME_MS, le=60_000)
+    max_duration_ms: int | None = Field(
+        None,
+        ge=FRAME_MS,
+        le=MAX_SPEECH_MS,
+        description="Longest audio for the whole text. Default: 10 s for a text of one segment, else "
+        "enough for every segment.",
+    )
     quality_check: bool = Field(False, description="Retry silent/clipped/too short audio with new seeds.")
     voice: VoiceId | None = Field(
-        None, description="Saved voice: its reference becomes the last context turn and its speaker is used."
+        None,
+        description="A built-in voice name (GET /v1/audio/voices) or a saved voice id: its reference "
+        "becomes the last context turn and its speaker is used.",
     )
     stream: bool = Field(False, description="Chunked response; first bytes leave with the first audio chunk.")
+    stream_format: Literal["audio", "sse"] = Field(
+        "audio", description="With stream: raw audio, or server-sent events ending in one with the finish reason."
+    )
+    lexicon: LexiconEntries | None = None
 
     @model_validator(mode="after")
     def _stream_excludes_quality_check(self) -> SpeakRequest:
@@ -132,7 +160,7 @@ class SpeakRequest(SynthesisOptions):
 
 class ConversationTurn(BaseModel):
     speaker: Speaker
-    text: Text
+    text: LongText
     pause_ms: int = Field(500, ge=0, le=2000, description="Silence after this turn (not after the last).")
 
 
@@ -140,7 +168,8 @@ class ConversationRequest(SynthesisOptions):
     turns: list[ConversationTurn] = Field(
         min_length=1, description="Limit: ApiSettings.max_conversation_turns."
     )
-    max_total_duration_ms: int = Field(30_000, ge=5_000, le=60_000, description="Speech plus pauses.")
+    max_total_duration_ms: int = Field(30_000, ge=5_000, le=MAX_SPEECH_MS, description="Speech plus pauses.")
+    lexicon: LexiconEntries | None = None
 
 
 class CloneVoiceRequest(SynthesisOptions):
@@ -224,8 +253,10 @@ class OpenAISpeechRequest(AudioOutputOptions):
     SDKs send through `extra_body`."""
 
     model: str = Field(min_length=1, description="Any id from GET /v1/models; tts-1 etc. are accepted.")
-    input: Text
-    voice: str | VoiceRef = Field(description="0, 1, an OpenAI voice name, or a saved voice id.")
+    input: LongText
+    voice: str | VoiceRef = Field(
+        description="A built-in voice (0, 1, an OpenAI voice name, ...; GET /v1/audio/voices) or a saved voice id."
+    )
     response_format: AudioFormat = "mp3"
     instructions: str | None = Field(None, max_length=4096, description="Accepted; CSM has no style prompt.")
     stream_format: Literal["audio", "sse"] = "audio"
@@ -233,6 +264,11 @@ class OpenAISpeechRequest(AudioOutputOptions):
     temperature: float | None = Field(None, gt=0, le=2.0)
     top_k: int | None = Field(None, ge=1, le=2051)
     cache: bool = False
-    max_duration_ms: int = Field(
-        60_000, ge=FRAME_MS, le=60_000, description="Longest audio to generate (OpenAI has no such knob)."
+    max_duration_ms: int | None = Field(
+        None,
+        ge=FRAME_MS,
+        le=MAX_SPEECH_MS,
+        description="Longest audio to generate (OpenAI has no such knob). Default: 60 s, or enough for "
+        "every segment of a longer input.",
     )
+    lexicon: LexiconEntries | None = None

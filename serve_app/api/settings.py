@@ -54,6 +54,32 @@ class ApiSettings(BaseSettings):
     rate_limit_per_minute: int = Field(0, ge=0, description="Requests per minute per key (or address); 0 = off.")
     rate_limit_burst: int | None = Field(None, ge=1, description="Bucket size; default: 10 s worth.")
 
+    # Long-form speech: texts longer than a segment are spoken segment by segment, each segment
+    # hearing the ones before it (their text and generated codes) as context.
+    max_long_text_chars: int = Field(
+        100_000, gt=0, description="/speak text, /v1/audio/speech input, a /conversation turn, a WebSocket context."
+    )
+    segment_max_chars: int = Field(280, ge=20, le=2000, description="Longest segment generated at once.")
+    segment_min_clause_chars: int = Field(
+        40, ge=1, description="Streamed text starts at a clause boundary once this much waits."
+    )
+    context_segments: int = Field(3, ge=0, le=16, description="Earlier segments each segment hears.")
+    join_silence_ms: int = Field(400, ge=0, le=5000, description="Longest silence kept where a segment ends.")
+    # Pronunciation lexicon applied after normalization: word -> spoken form (requests add their own).
+    lexicon: dict[str, str] = Field(default_factory=dict, description='JSON, e.g. {"SQL": "sequel"}.')
+    lexicon_file: Path | None = Field(None, description="YAML or JSON mapping of word -> spoken form.")
+
+    # Built-in voices: names pinned to a stored reference prompt (see serve_app/api/builtin_voices.py).
+    voices_catalog: Path | None = Field(None, description="YAML of extra built-in voices (clips or seeds).")
+    builtin_voice_ms: int = Field(6000, ge=400, le=20_000, description="Longest generated anchor utterance.")
+
+    # WebSocket input streaming (/v1/audio/speech/stream).
+    ws_max_contexts: int = Field(8, ge=1, le=256, description="Contexts open at once on one socket.")
+    ws_max_buffered_s: float = Field(
+        30.0, gt=0, description="Audio waiting for a slow reader before its context is closed."
+    )
+    ws_max_message_chars: int = Field(65_536, ge=1024, description="One client message.")
+
     quality_attempts: int = Field(3, ge=1, le=10, description="Generations tried with quality_check.")
     retry_after_s: int = Field(1, ge=0, description="Retry-After on 503 when the engine gives none.")
     health_timeout_s: float = Field(10.0, gt=0)
@@ -73,6 +99,21 @@ class ApiSettings(BaseSettings):
             raise ValueError("auth_required is set but no API keys are configured (CSM_API_KEYS or api_keys_file)")
         return keys
 
+    def load_lexicon(self) -> dict[str, str]:
+        """The server's lexicon: `lexicon` entries over those of `lexicon_file` (YAML or JSON)."""
+        entries: dict[str, str] = {}
+        if self.lexicon_file is not None:
+            import yaml
+
+            try:
+                data = yaml.safe_load(self.lexicon_file.read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise ValueError(f"cannot read lexicon_file {self.lexicon_file}: {exc}") from exc
+            if not isinstance(data, dict):
+                raise ValueError(f"lexicon_file {self.lexicon_file} must hold a mapping of word -> spoken form")
+            entries.update({str(k): str(v) for k, v in data.items()})
+        return {**entries, **self.lexicon}
+
     def burst(self) -> int:
         return self.rate_limit_burst or max(1, -(-self.rate_limit_per_minute // 6))
 
@@ -86,6 +127,8 @@ class ApiSettings(BaseSettings):
             "max_audio_seconds": self.max_audio_seconds,
             "max_batch_texts": self.max_batch_texts,
             "max_conversation_turns": self.max_conversation_turns,
+            "max_long_text_chars": self.max_long_text_chars,
+            "segment_max_chars": self.segment_max_chars,
             "reference_min_seconds": self.reference_min_seconds,
             "reference_max_seconds": self.reference_max_seconds,
             "session_context_turns": self.session_context_turns,

@@ -8,13 +8,15 @@ thread pool so the event loop keeps streaming other responses.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from serve_app.api.builtin_voices import BuiltinVoices, default_voices, load_catalog
 from serve_app.api.errors import ApiError, engine_errors
+from serve_app.api.longform import Line, Narration, Script, SpeechPiece, SpokenLine
 from serve_app.api.schemas import ContextSegment
 from serve_app.api.settings import ApiSettings
 from serve_app.api.voices import SavedVoice, VoiceStore
@@ -22,20 +24,37 @@ from serve_app.audio.decode import AudioLimits, load_audio_b64, load_audio_bytes
 from serve_app.audio.quality import MIN_SECONDS, check_quality
 from serve_app.audio.reference import ReferenceLimits, check_reference
 from serve_app.engine.interface import SpeechEngine
-from serve_app.engine.types import Audio, AudioChunk, GenerationRequest, SamplingParams, Segment
+from serve_app.engine.types import (
+    NUM_CODEBOOKS,
+    Audio,
+    AudioChunk,
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    Segment,
+)
+from serve_app.text.breaks import BreakTagError
+from serve_app.text.lexicon import Lexicon, LexiconError
 from serve_app.text.normalize import normalize_text
+from serve_app.text.segment import Pause, SegmentPolicy, split_script
 
-__all__ = ["AudioStream", "Synthesizer"]
+__all__ = ["AudioStream", "SpeechStream", "Synthesizer"]
 
 _DEFAULT_SAMPLING = SamplingParams()
 
 
 class AudioStream:
-    """An engine stream whose first chunk has already arrived (so start-up errors got their status)."""
+    """An engine stream whose first chunk has already arrived (so start-up errors got their status).
+    `finish_reason` is known once the last chunk has passed."""
 
     def __init__(self, first: AudioChunk | None, rest: AsyncIterator[AudioChunk]) -> None:
         self._first = first
         self._rest = rest
+        self._finish_reason: FinishReason | None = None
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        return self._finish_reason
 
     async def chunks(self) -> AsyncIterator[AudioChunk]:
         """Yield every chunk; leaving early (client gone) closes the engine stream, freeing its slot."""
@@ -43,13 +62,27 @@ class AudioStream:
             if self._first is None:
                 return
             yield self._first
+            self._finish_reason = getattr(self._first, "finish_reason", None)
             async for chunk in self._rest:
                 yield chunk
+                self._finish_reason = getattr(chunk, "finish_reason", None) or self._finish_reason
         finally:
             await self.aclose()
 
     async def aclose(self) -> None:
         await _aclose(self._rest)
+
+
+class SpeechStream(AudioStream):
+    """A long-form stream of `SpeechPiece`s, first piece already there; its finish reason is the whole's."""
+
+    def __init__(self, narration: Narration, first: SpeechPiece | None, rest: AsyncIterator[SpeechPiece]) -> None:
+        super().__init__(first, rest)  # type: ignore[arg-type]
+        self.narration = narration
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        return self.narration.finish_reason
 
 
 async def _aclose(chunks: AsyncIterator[AudioChunk]) -> None:
@@ -67,6 +100,12 @@ class Synthesizer:
         self._audio_limits = AudioLimits(settings.max_audio_bytes, settings.max_audio_seconds)
         self._reference_limits = ReferenceLimits(settings.reference_min_seconds, settings.reference_max_seconds)
         self._model: dict[str, str] | None = None
+        self.lexicon = Lexicon(settings.load_lexicon())
+        self.segments = SegmentPolicy(settings.segment_max_chars, settings.segment_min_clause_chars)
+        catalog = load_catalog(settings.voices_catalog) if settings.voices_catalog else []
+        self.builtin = BuiltinVoices(
+            [*default_voices(), *catalog], settings.voices_dir / "builtin", settings.builtin_voice_ms
+        )
 
     # -- inputs ---------------------------------------------------------------------------------
     def text(self, text: str, normalize: bool, field: str = "text") -> str:
@@ -128,6 +167,61 @@ class Synthesizer:
             raise ApiError(404, f"voice {voice_id!r} not found")
         return voice
 
+    async def named_voice(self, name: str) -> SavedVoice:
+        """A built-in voice by name (prepared once per replica) or a saved voice by id."""
+        if self.builtin.spec(name) is not None:
+            return await self.builtin.get(name, self)
+        return await self.voice(name)
+
+    def lexicon_for(self, entries: Mapping[str, str] | None, field: str = "lexicon") -> Lexicon:
+        """The server's lexicon with a request's own entries over it (422 for unusable entries)."""
+        try:
+            return self.lexicon.merged(entries)
+        except LexiconError as exc:
+            raise ApiError(422, f"{field}: {exc}") from exc
+
+    def spoken(self, raw: str, normalize: bool, lexicon: Lexicon) -> str:
+        """What the model is given for a piece of text: normalized unless opted out, then the lexicon."""
+        return lexicon.apply(normalize_text(raw) if normalize else raw.strip()).strip()
+
+    async def script(
+        self,
+        text: str,
+        *,
+        normalize: bool,
+        lexicon: Mapping[str, str] | None = None,
+        field: str = "text",
+    ) -> Script:
+        """A long text (413 over `max_long_text_chars`) planned as segments and pauses (422 for a bad
+        break tag or lexicon, or when nothing is left to speak)."""
+        limit = self.settings.max_long_text_chars
+        if len(text) > limit:
+            raise ApiError(413, f"{field} has {len(text)} characters, over the {limit}-character limit")
+        words = self.lexicon_for(lexicon)
+
+        def plan() -> Script:
+            lines: list[Line] = []
+            for item in split_script(text, self.segments):
+                if isinstance(item, Pause):
+                    lines.append(item)
+                elif spoken := self.spoken(item.text, normalize, words):
+                    lines.append(SpokenLine(item, spoken))
+            return Script(tuple(lines))
+
+        try:
+            script = await run_in_threadpool(plan)
+        except BreakTagError as exc:
+            raise ApiError(422, f"{field}: {exc}") from exc
+        if not script.utterances:
+            raise ApiError(422, f"{field} has nothing to speak")
+        return script
+
+    def narration(self, **options: Any) -> Narration:
+        """A `Narration` with this deployment's context and join settings (options override them)."""
+        options.setdefault("context_segments", self.settings.context_segments)
+        options.setdefault("join_silence_ms", self.settings.join_silence_ms)
+        return Narration(self, **options)
+
     def voice_reference(self, voice: SavedVoice, normalize: bool) -> Segment:
         """A saved voice as a context turn (its transcript treated like any user text)."""
         return voice.segment(self.text(voice.info.transcript, normalize, "voice transcript"))
@@ -185,11 +279,37 @@ class Synthesizer:
                 raise
         return AudioStream(first, chunks)
 
-    async def encode_reference(self, audio: str | bytes, field: str) -> np.ndarray:
-        """A checked voice reference (base64 text or file bytes) → Mimi codes (frames, 32)."""
-        pcm = await self.decode_audio(audio, field, reference=True)
+    async def speech_stream(self, narration: Narration, lines: Sequence[Line], speaker: int) -> SpeechStream:
+        """Start speaking `lines`; waits for the first piece so failures to start are HTTP errors."""
+        pieces = aiter(narration.run(lines, speaker))
+        try:
+            first = await anext(pieces)
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await _aclose(pieces)
+            raise
+        return SpeechStream(narration, first, pieces)
+
+    async def speech_audio(self, narration: Narration, lines: Sequence[Line], speaker: int) -> Audio:
+        """All of `lines` as one utterance (the codes: what each segment kept)."""
+        pieces = [piece.pcm async for piece in narration.run(lines, speaker)]
+        codes = [s.codes for s in narration.history if s.codes is not None]
+        return Audio(
+            pcm=np.concatenate(pieces) if pieces else np.zeros(0, np.float32),
+            codes=np.concatenate(codes) if codes else np.zeros((0, NUM_CODEBOOKS), np.int64),
+            finish_reason=narration.finish_reason or FinishReason.END_OF_AUDIO,
+            dropped_context_turns=narration.dropped_context_turns,
+        )
+
+    async def encode_pcm(self, pcm: np.ndarray) -> np.ndarray:
+        """Mono 24 kHz audio → Mimi codes (frames, 32)."""
         async with engine_errors(self.settings.retry_after_s):
             return await self.engine.encode_audio(pcm)
+
+    async def encode_reference(self, audio: str | bytes, field: str) -> np.ndarray:
+        """A checked voice reference (base64 text or file bytes) → Mimi codes (frames, 32)."""
+        return await self.encode_pcm(await self.decode_audio(audio, field, reference=True))
 
     async def model(self) -> dict[str, str]:
         """Model name and revision from the engine (asked once; part of every cache key)."""

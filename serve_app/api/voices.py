@@ -50,12 +50,20 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 
 class VoiceStore:
-    def __init__(self, directory: Path) -> None:
+    """Voices in `directory`; `id_pattern` says which ids it holds (saved voices by default)."""
+
+    def __init__(self, directory: Path, id_pattern: re.Pattern[str] = _ID_RE) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._id_re = id_pattern
 
     def create(self, name: str, transcript: str, speaker: int, codes: np.ndarray) -> VoiceInfo:
-        voice_id = f"voice_{uuid.uuid4().hex[:16]}"
+        return self.put(f"voice_{uuid.uuid4().hex[:16]}", name, transcript, speaker, codes)
+
+    def put(self, voice_id: str, name: str, transcript: str, speaker: int, codes: np.ndarray) -> VoiceInfo:
+        """Store a voice under `voice_id` (replacing one of that id)."""
+        if not self._id_re.match(voice_id):
+            raise ValueError(f"invalid voice id {voice_id!r}")
         info = VoiceInfo(
             id=voice_id,
             name=name,
@@ -83,7 +91,7 @@ class VoiceStore:
         return SavedVoice(info, codes)
 
     def info(self, voice_id: str) -> VoiceInfo | None:
-        if not _ID_RE.match(voice_id):
+        if not self._id_re.match(voice_id):
             return None
         try:
             return VoiceInfo.model_validate_json(self._info_path(voice_id).read_bytes())

@@ -19,18 +19,32 @@ from serve_app.client.errors import (
     TTSTimeoutError,
     UnprocessableEntityError,
 )
+from serve_app.client.stream_input import (
+    AsyncSpeechContext,
+    AsyncSpeechSocket,
+    AudioEvent,
+    Done,
+    SpeechContext,
+    SpeechSocket,
+)
 from serve_app.client.sync import DEFAULT_URL, TTSClient
 
 __all__ = [
     "DEFAULT_URL",
+    "AsyncSpeechContext",
+    "AsyncSpeechSocket",
     "AsyncTTSClient",
+    "AudioEvent",
     "AuthenticationError",
     "BadRequestError",
+    "Done",
     "NotFoundError",
     "OverloadedError",
     "RateLimitError",
     "RetryableError",
     "ServerError",
+    "SpeechContext",
+    "SpeechSocket",
     "TTSClient",
     "TTSConnectionError",
     "TTSError",

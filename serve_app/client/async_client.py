@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -10,6 +10,7 @@ import httpx
 from serve_app.client import calls
 from serve_app.client.calls import AudioSource, Call
 from serve_app.client.errors import RetryableError, error_from_response, error_from_transport
+from serve_app.client.stream_input import AsyncSpeechSocket
 from serve_app.client.sync import DEFAULT_URL, retry_delay
 
 
@@ -28,6 +29,8 @@ class AsyncTTSClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
         all_headers = dict(headers or {})
@@ -153,3 +156,32 @@ class AsyncTTSClient:
 
     async def info(self) -> dict[str, Any]:
         return await self._send(calls.info())
+
+    def speech_socket(self) -> AsyncSpeechSocket:
+        """A WebSocket for text that arrives as it is written (`async with client.speech_socket() as s:`)."""
+        return AsyncSpeechSocket(self.base_url, self.api_key, open_timeout=self.timeout)
+
+    async def speak_streamed(
+        self, pieces: AsyncIterable[str] | Iterable[str], **options: Any
+    ) -> AsyncIterator[bytes]:
+        """Audio for text given piece by piece; pieces are sent as they come, audio yielded as it is
+        made (see `TTSClient.speak_streamed`)."""
+        async with self.speech_socket() as socket:
+            context = socket.context(**options)
+
+            async def feed() -> None:
+                if isinstance(pieces, AsyncIterable):
+                    async for piece in pieces:
+                        await context.send(piece)
+                else:
+                    for piece in pieces:
+                        await context.send(piece)
+                await context.close()
+
+            sender = asyncio.create_task(feed())
+            try:
+                async for chunk in context.audio():
+                    yield chunk
+                await sender
+            finally:
+                sender.cancel()

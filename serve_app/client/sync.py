@@ -1,8 +1,9 @@
 """Blocking client for csm-serve, with the original design's method names and signatures."""
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -10,6 +11,7 @@ import httpx
 from serve_app.client import calls
 from serve_app.client.calls import AudioSource, Call
 from serve_app.client.errors import RetryableError, error_from_response, error_from_transport
+from serve_app.client.stream_input import SpeechSocket
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -40,6 +42,8 @@ class TTSClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
         all_headers = dict(headers or {})
@@ -182,3 +186,36 @@ class TTSClient:
     def info(self) -> dict[str, Any]:
         """Model, revision, sample rate and limits."""
         return self._send(calls.info())
+
+    # -- text streamed in (WebSocket) -------------------------------------------------------------
+    def speech_socket(self) -> SpeechSocket:
+        """A WebSocket for text that arrives as it is written (`with client.speech_socket() as s:`)."""
+        return SpeechSocket(self.base_url, self.api_key, open_timeout=self.timeout)
+
+    def speak_streamed(self, pieces: Iterable[str], **options: Any) -> Iterator[bytes]:
+        """Audio for text given piece by piece (e.g. a language model's output, or stdin as it comes):
+        pieces are sent from a thread as they come, audio is yielded as it is made. `options` are the
+        context's (voice, speaker, output_format (default pcm_24000), seed, ...). Leaving early closes
+        the socket, which stops generation."""
+        with self.speech_socket() as socket:
+            context = socket.context(**options)
+            failure: list[BaseException] = []
+
+            def feed() -> None:
+                try:
+                    for piece in pieces:
+                        context.send(piece)
+                    context.close()
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                    failure.append(exc)
+                    socket.close()
+
+            sender = threading.Thread(target=feed, name="csm-speak-streamed", daemon=True)
+            sender.start()
+            try:
+                yield from context.audio()
+            except Exception:
+                if failure:
+                    raise failure[0] from None
+                raise
+            sender.join(timeout=1)

@@ -1,0 +1,70 @@
+"""`GET /v1/audio/voices`: every voice a request may name, built-in and saved."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from serve_app.api.builtin_voices import fingerprint
+from serve_app.api.deps import ServicesDep
+
+router = APIRouter(prefix="/v1/audio", tags=["voices"])
+
+
+class VoiceEntry(BaseModel):
+    id: str = Field(description="What `voice` takes: a built-in name or a saved voice id.")
+    name: str
+    type: Literal["builtin", "saved"]
+    speaker: int
+    source: Literal["clip", "seeded", "upload"] = Field(
+        description="Where the reference prompt comes from: a shipped clip, an anchor utterance "
+        "generated once with the voice's seed, or a recording saved through /v1/voices."
+    )
+    description: str = ""
+    ready: bool = Field(description="Its reference prompt exists (else it is made on first use).")
+    fingerprint: str | None = Field(
+        None, description="Digest of the reference prompt (codes and transcript): equal on every replica."
+    )
+    duration_ms: int | None = None
+
+
+class VoiceCatalog(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VoiceEntry]
+
+
+@router.get("/voices", response_model=VoiceCatalog)
+async def list_all_voices(svc: ServicesDep) -> VoiceCatalog:
+    synth = svc.synth
+    entries = []
+    for spec in synth.builtin.specs.values():
+        voice = await synth.builtin.stored(spec, synth)
+        entries.append(
+            VoiceEntry(
+                id=spec.name,
+                name=spec.name,
+                type="builtin",
+                speaker=spec.speaker,
+                source="clip" if spec.clip is not None else "seeded",
+                description=spec.description,
+                ready=voice is not None,
+                fingerprint=fingerprint(voice) if voice is not None else None,
+                duration_ms=voice.info.duration_ms if voice is not None else None,
+            )
+        )
+    for info in await run_in_threadpool(synth.voices.list):
+        entries.append(
+            VoiceEntry(
+                id=info.id,
+                name=info.name,
+                type="saved",
+                speaker=info.speaker,
+                source="upload",
+                ready=True,
+                duration_ms=info.duration_ms,
+            )
+        )
+    return VoiceCatalog(data=entries)

@@ -1,0 +1,338 @@
+"""One WebSocket of streamed text in, speech out: its contexts and the queue of messages to the client.
+
+Each context is a task that takes segments from its `TextFeed` as they become certain and speaks them
+through a `Narration` (each segment hearing the earlier ones), encoding the audio in the context's
+output format. The reader (`StreamSession.run`) only parses messages and hands text to contexts, so a
+context waiting for text never blocks the socket, and cancelling one (barge-in) cancels its task: the
+engine stream of the segment in progress is closed at once, which frees its slot at the next frame.
+
+Nothing a context produces waits for the client: messages go to a queue that one writer task drains
+to the socket. The queue is bounded by audio, per context: when more than `ws_max_buffered_s` of a
+context's audio is waiting for a client that does not read, that context is closed with an error
+(its queued audio dropped, its generation stopped) while the engine goes on serving everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from serve_app.api.errors import ApiError
+from serve_app.api.longform import Narration, SpeechPiece, SpokenLine
+from serve_app.api.stream_messages import (
+    CONTEXT_OPTIONS,
+    CancelMessage,
+    ClientMessage,
+    CloseMessage,
+    FlushMessage,
+    TextMessage,
+    audio_message,
+    done_message,
+    error_message,
+)
+from serve_app.api.synthesis import Synthesizer
+from serve_app.audio.encode import StreamEncoder, open_stream_encoder
+from serve_app.audio.formats import OutputFormat
+from serve_app.engine.types import SAMPLE_RATE, FinishReason
+from serve_app.text.breaks import BreakTagError
+from serve_app.text.lexicon import Lexicon
+from serve_app.text.segment import Pause, TextFeed
+
+__all__ = ["StreamSession"]
+
+logger = logging.getLogger("serve_app.api.stream")
+
+_MESSAGES: TypeAdapter[Any] = TypeAdapter(ClientMessage)
+
+
+class SlowReaderError(Exception):
+    """A context's audio piled up beyond the bound: the client is not reading."""
+
+
+class Outbox:
+    """Messages for the socket, in order, with each context's unsent audio counted."""
+
+    def __init__(self, max_buffered_samples: int) -> None:
+        self.max_buffered = max_buffered_samples
+        self._queue: deque[tuple[str | None, dict[str, Any], int]] = deque()
+        self._waiting: dict[str, int] = {}
+        self._ready = asyncio.Event()
+
+    def put(self, context_id: str | None, message: dict[str, Any], samples: int = 0) -> None:
+        """Queue a message; raises `SlowReaderError` when the context's unsent audio would exceed
+        the bound (the message is not queued)."""
+        if context_id is not None and samples:
+            waiting = self._waiting.get(context_id, 0) + samples
+            if waiting > self.max_buffered:
+                raise SlowReaderError
+            self._waiting[context_id] = waiting
+        self._queue.append((context_id, message, samples))
+        self._ready.set()
+
+    def drop(self, context_id: str) -> None:
+        """Forget a context's queued messages (it was cancelled or failed)."""
+        self._queue = deque(item for item in self._queue if item[0] != context_id)
+        self._waiting.pop(context_id, None)
+
+    async def get(self) -> tuple[str | None, dict[str, Any], int]:
+        while not self._queue:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._queue.popleft()
+
+    def sent(self, context_id: str | None, samples: int) -> None:
+        if context_id is not None and context_id in self._waiting:
+            self._waiting[context_id] -= samples
+
+    @property
+    def empty(self) -> bool:
+        return not self._queue
+
+
+class SpeechContext:
+    """One context: its text feed, its narration and the task that speaks it."""
+
+    def __init__(self, session: StreamSession, context_id: str, options: TextMessage) -> None:
+        self.session = session
+        self.id = context_id
+        self.options = options
+        synth = session.synth
+        self.feed = TextFeed(synth.segments)
+        self.lexicon: Lexicon = synth.lexicon_for(options.lexicon)
+        self.encoder: StreamEncoder = open_stream_encoder(OutputFormat.parse(options.output_format))
+        self.narration: Narration | None = None
+        self.speaker = options.speaker
+        self.seq = 0
+        self.flush_pending = False
+        self.finished = False
+        self._wake = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=f"speech-context-{context_id}")
+
+    # -- from the reader ---------------------------------------------------------------------------
+    def push(self, text: str) -> None:
+        if self.feed.closed:
+            raise ApiError(409, f"context {self.id!r} is closed: open a new context for more text")
+        limit = self.session.synth.settings.max_long_text_chars
+        if len(self.feed.text) + len(text) > limit:
+            raise ApiError(413, f"context {self.id!r} would hold more than {limit} characters of text")
+        self.feed.push(text)
+        self._wake.set()
+
+    def flush(self) -> None:
+        self.feed.flush()
+        self.flush_pending = True
+        self._wake.set()
+
+    def close(self) -> None:
+        if not self.feed.closed:
+            self.feed.close()
+        self._wake.set()
+
+    async def cancel(self) -> None:
+        """Stop at once: the segment in progress is closed (its engine slot freed), queued audio dropped."""
+        if self.task.done():
+            return
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        self.session.outbox.drop(self.id)
+        self._done(FinishReason.CANCELLED.value)
+
+    # -- the task ---------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            self.narration = await self._narration()
+            reason = await self._speak()
+            tail = self.encoder.close()
+            if tail:
+                end = len(self.feed.text)
+                self._send_audio(tail, self.narration.emitted, 0, (end, end), self.narration.requests)
+            self._done(reason)
+        except asyncio.CancelledError:
+            raise
+        except SlowReaderError:
+            limit = self.session.synth.settings.ws_max_buffered_s
+            self._fail(
+                f"the client did not read: more than {limit:g} s of audio waited to be sent, so context "
+                f"{self.id!r} was closed; read messages as they arrive",
+                "slow_reader",
+            )
+        except ApiError as exc:
+            self._fail(str(exc.detail), exc.status_code)
+        except BreakTagError as exc:
+            self._fail(str(exc), 422)
+        except Exception:  # one context failing must not take the socket down
+            logger.exception("speech context %s failed", self.id)
+            self._fail("internal error while speaking this context", 500)
+        finally:
+            with contextlib.suppress(Exception):
+                self.encoder.close()
+
+    async def _narration(self) -> Narration:
+        synth, opts = self.session.synth, self.options
+        voice = await synth.named_voice(opts.voice) if opts.voice else None
+        narration = synth.narration(
+            anchor=[synth.voice_reference(voice, opts.normalize)] if voice else [],
+            sampling=synth.sampling(opts.temperature, opts.top_k, opts.seed),
+            budget_ms=opts.max_duration_ms,
+            request_id=f"{self.session.request_id}-{self.id}",
+        )
+        self.speaker = voice.info.speaker if voice else opts.speaker
+        return narration
+
+    async def _speak(self) -> str:
+        narration = self.narration
+        assert narration is not None
+        while True:
+            item = self.feed.next_item()
+            if item is None:
+                if self.feed.exhausted:
+                    return (narration.finish_reason or FinishReason.END_OF_AUDIO).value
+                if self.flush_pending and self.feed.flushed:
+                    self.flush_pending = False
+                    self.session.outbox.put(self.id, {"type": "flushed", "context_id": self.id})
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if isinstance(item, Pause):
+                piece = narration.pause(item.ms, item.start, item.end)
+                if piece is not None:
+                    self._send_piece(piece)
+            else:
+                spoken = self.session.synth.spoken(item.text, self.options.normalize, self.lexicon)
+                if spoken:
+                    line = SpokenLine(item, spoken)
+                    async with contextlib.aclosing(narration.say(line, self.speaker)) as pieces:
+                        async for piece in pieces:
+                            self._send_piece(piece)
+            if narration.out_of_time:
+                return FinishReason.LENGTH.value
+
+    # -- output -----------------------------------------------------------------------------------
+    def _send_piece(self, piece: SpeechPiece) -> None:
+        data = self.encoder.write(piece.pcm)
+        if data:
+            self._send_audio(data, piece.offset, len(piece.pcm), (piece.start, piece.end), piece.segment)
+
+    def _send_audio(self, data: bytes, offset: int, samples: int, span: tuple[int, int], segment: int) -> None:
+        message = audio_message(self.id, self.seq, data, offset, samples, span, segment)
+        self.session.outbox.put(self.id, message, samples)
+        self.seq += 1
+
+    def _fail(self, message: str, code: int | str) -> None:
+        self.session.outbox.drop(self.id)
+        self.session.outbox.put(self.id, error_message(message, code, self.id))
+        self._done("error")
+
+    def _done(self, reason: str) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        narration = self.narration
+        emitted, segments = (narration.emitted, narration.requests) if narration else (0, 0)
+        self.session.outbox.put(self.id, done_message(self.id, reason, emitted, segments))
+        self.session.forget(self)
+
+
+class StreamSession:
+    """The socket's reader, its contexts and its writer."""
+
+    def __init__(self, websocket: WebSocket, synth: Synthesizer, request_id: str) -> None:
+        self.websocket = websocket
+        self.synth = synth
+        self.request_id = request_id
+        settings = synth.settings
+        self.outbox = Outbox(int(settings.ws_max_buffered_s * SAMPLE_RATE))
+        self.contexts: dict[str, SpeechContext] = {}
+        self._closing = False
+
+    def forget(self, context: SpeechContext) -> None:
+        if self.contexts.get(context.id) is context:
+            del self.contexts[context.id]
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._write())
+        try:
+            await self._read()
+            # `close` without a context: let every context finish, send what is queued, then close.
+            await asyncio.gather(*(c.task for c in list(self.contexts.values())), return_exceptions=True)
+            while not self.outbox.empty and not writer.done():
+                await asyncio.sleep(0.01)
+            writer.cancel()
+            with contextlib.suppress(Exception):
+                await self.websocket.close(1000)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            writer.cancel()
+            for context in list(self.contexts.values()):
+                await context.cancel()
+
+    async def _write(self) -> None:
+        while True:
+            context_id, message, samples = await self.outbox.get()
+            await self.websocket.send_text(json.dumps(message))
+            self.outbox.sent(context_id, samples)
+
+    async def _read(self) -> None:
+        limit = self.synth.settings.ws_max_message_chars
+        while not self._closing:
+            raw = await self.websocket.receive_text()
+            if len(raw) > limit:
+                self.outbox.put(None, error_message(f"message over the {limit}-character limit", 413))
+                continue
+            try:
+                message = _MESSAGES.validate_json(raw)
+            except ValidationError as exc:
+                details = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
+                    for e in exc.errors(include_url=False)
+                )
+                self.outbox.put(None, error_message(f"invalid message: {details}", 422))
+                continue
+            try:
+                await self._handle(message)
+            except ApiError as exc:
+                context_id = getattr(message, "context_id", None)
+                self.outbox.put(None, error_message(str(exc.detail), exc.status_code, context_id))
+
+    async def _handle(self, message: Any) -> None:
+        if isinstance(message, CloseMessage) and message.context_id is None:
+            self._closing = True
+            for context in self.contexts.values():
+                context.close()
+            return
+        context = self.contexts.get(message.context_id)
+        if isinstance(message, TextMessage):
+            if context is None:
+                context = self._open(message)
+            elif message.model_fields_set & CONTEXT_OPTIONS:
+                raise ApiError(
+                    422, f"context {message.context_id!r} is open: its options come with its first message only"
+                )
+            context.push(message.text)
+            return
+        if context is None:
+            raise ApiError(404, f"no open context {message.context_id!r}")
+        if isinstance(message, FlushMessage):
+            context.flush()
+        elif isinstance(message, CloseMessage):
+            context.close()
+        elif isinstance(message, CancelMessage):
+            await context.cancel()
+
+    def _open(self, message: TextMessage) -> SpeechContext:
+        limit = self.synth.settings.ws_max_contexts
+        if len(self.contexts) >= limit:
+            raise ApiError(429, f"{limit} contexts are open on this socket; close one first")
+        self.synth.lexicon_for(message.lexicon)  # 422 now for unusable entries
+        context = SpeechContext(self, message.context_id, message)
+        self.contexts[message.context_id] = context
+        return context

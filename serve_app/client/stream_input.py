@@ -1,0 +1,317 @@
+"""Text in as it is written, speech out as it is made: the clients' side of `/v1/audio/speech/stream`.
+
+    with TTSClient(url) as client, client.speech_socket() as socket:
+        context = socket.context(voice="nova", output_format="pcm_24000")
+        for piece in llm_tokens():
+            context.send(piece)
+        context.close()
+        for chunk in context.audio():
+            play(chunk)
+
+`AsyncTTSClient.speech_socket()` is the asyncio twin (`async with`, `await context.send(...)`,
+`async for chunk in context.audio()`). One reader (a thread, or a task) hands each server message to
+its context's queue, so several contexts can be used on one socket at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection as AsyncConnection
+from websockets.asyncio.client import connect as async_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from serve_app.client.errors import AuthenticationError, RateLimitError, TTSConnectionError, TTSError
+
+__all__ = ["AsyncSpeechContext", "AsyncSpeechSocket", "AudioEvent", "Done", "SpeechContext", "SpeechSocket"]
+
+STREAM_PATH = "/v1/audio/speech/stream"
+
+
+@dataclass(frozen=True)
+class AudioEvent:
+    context_id: str
+    seq: int
+    audio: bytes
+    offset_ms: float
+    duration_ms: float
+    text_span: tuple[int, int]
+    segment: int
+
+
+@dataclass(frozen=True)
+class Done:
+    context_id: str
+    finish_reason: str
+    duration_ms: float
+    segments: int
+
+
+def socket_url(base_url: str) -> str:
+    return base_url.rstrip("/").replace("https://", "wss://", 1).replace("http://", "ws://", 1) + STREAM_PATH
+
+
+SESSION_HEADERS = {"x-request-timeout-seconds": "0"}
+"""A socket lives as long as its conversation: Ray Serve's proxy would otherwise end it after its
+`request_timeout_s` (end to end, WebSockets included); this header lifts that for the session."""
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {**SESSION_HEADERS, **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+
+
+def _event(message: dict[str, Any]) -> AudioEvent | Done | TTSError | None:
+    kind = message.get("type")
+    if kind == "audio":
+        return AudioEvent(
+            message["context_id"],
+            message["seq"],
+            base64.b64decode(message["audio"]),
+            message["offset_ms"],
+            message["duration_ms"],
+            tuple(message["text_span"]),  # type: ignore[arg-type]
+            message["segment"],
+        )
+    if kind == "done":
+        return Done(message["context_id"], message["finish_reason"], message["duration_ms"], message["segments"])
+    if kind == "error":
+        code = message.get("code")
+        return TTSError(message.get("message", "error"), status_code=code if isinstance(code, int) else None,
+                        detail=message)
+    return None  # "flushed" and anything newer: nothing to hand over
+
+
+def _handshake_error(exc: Exception, url: str) -> TTSError:
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        body = exc.response.body.decode(errors="replace") if exc.response.body else ""
+        cls = {401: AuthenticationError, 429: RateLimitError}.get(status, TTSError)
+        return cls(f"WebSocket refused ({status}): {body or 'no detail'}", status_code=status)
+    return TTSConnectionError(f"cannot open {url}: {exc}")
+
+
+_ids = itertools.count(1)
+
+
+def _options(context_id: str | None, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return context_id or f"ctx-{next(_ids)}", {k: v for k, v in options.items() if v is not None}
+
+
+# -- blocking ----------------------------------------------------------------------------------------
+class SpeechContext:
+    """One utterance stream on a `SpeechSocket`."""
+
+    def __init__(self, socket: SpeechSocket, context_id: str, options: dict[str, Any]) -> None:
+        self.socket = socket
+        self.id = context_id
+        self._options: dict[str, Any] | None = options
+        self._events: queue.SimpleQueue[AudioEvent | Done | TTSError | None] = queue.SimpleQueue()
+        self.done: Done | None = None
+
+    def send(self, text: str) -> None:
+        """The next piece of text (the context's options go with its first one)."""
+        message = {"type": "text", "context_id": self.id, "text": text, **(self._options or {})}
+        self._options = None
+        self.socket._send(message)
+
+    def flush(self) -> None:
+        if self._options is not None:
+            self.send("")
+        self.socket._send({"type": "flush", "context_id": self.id})
+
+    def close(self) -> None:
+        """No more text: the rest is spoken, then the context ends."""
+        if self._options is not None:
+            self.send("")
+        self.socket._send({"type": "close", "context_id": self.id})
+
+    def cancel(self) -> None:
+        """Stop speaking now (barge-in); `events()` then ends with a cancelled `Done`."""
+        self.socket._send({"type": "cancel", "context_id": self.id})
+
+    def events(self) -> Iterator[AudioEvent]:
+        """Audio events until the context is done (its `Done` is kept in `.done`); raises `TTSError`
+        for an error the server reports for this context, `TTSConnectionError` if the socket drops."""
+        while self.done is None:
+            event = self._events.get()
+            if event is None:
+                raise TTSConnectionError(f"the socket closed before context {self.id!r} was done")
+            if isinstance(event, TTSError):
+                raise event
+            if isinstance(event, Done):
+                self.done = event
+                return
+            yield event
+
+    def audio(self) -> Iterator[bytes]:
+        for event in self.events():
+            yield event.audio
+
+
+class SpeechSocket:
+    """A blocking `/v1/audio/speech/stream` connection; use as a context manager."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, open_timeout: float = 30.0) -> None:
+        url = socket_url(base_url)
+        try:
+            # entered as a context manager (closed in `close`), as websockets wants
+            self._ws: ClientConnection = connect(
+                url, additional_headers=_headers(api_key), open_timeout=open_timeout
+            ).__enter__()
+        except (OSError, InvalidStatus, TimeoutError) as exc:
+            raise _handshake_error(exc, url) from exc
+        self._contexts: dict[str, SpeechContext] = {}
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, name="csm-speech-socket", daemon=True)
+        self._reader.start()
+
+    def context(self, context_id: str | None = None, **options: Any) -> SpeechContext:
+        """A new context; `options` are the server's (voice, speaker, output_format, seed, ...)."""
+        cid, opts = _options(context_id, options)
+        context = SpeechContext(self, cid, opts)
+        self._contexts[cid] = context
+        return context
+
+    def _send(self, message: dict[str, Any]) -> None:
+        try:
+            with self._lock:
+                self._ws.send(json.dumps(message))
+        except ConnectionClosed as exc:
+            raise TTSConnectionError(f"the socket is closed: {exc}") from exc
+
+    def _read(self) -> None:
+        try:
+            for raw in self._ws:
+                message = json.loads(raw)
+                event = _event(message)
+                context = self._contexts.get(message.get("context_id", ""))
+                if event is not None and context is not None:
+                    context._events.put(event)
+        except ConnectionClosed:
+            pass
+        finally:
+            for context in self._contexts.values():
+                context._events.put(None)
+
+    def close(self) -> None:
+        self._ws.close()
+        self._reader.join(timeout=5)
+
+    def __enter__(self) -> SpeechSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- asyncio -----------------------------------------------------------------------------------------
+class AsyncSpeechContext:
+    """One utterance stream on an `AsyncSpeechSocket`."""
+
+    def __init__(self, socket: AsyncSpeechSocket, context_id: str, options: dict[str, Any]) -> None:
+        self.socket = socket
+        self.id = context_id
+        self._options: dict[str, Any] | None = options
+        self._events: asyncio.Queue[AudioEvent | Done | TTSError | None] = asyncio.Queue()
+        self.done: Done | None = None
+
+    async def send(self, text: str) -> None:
+        message = {"type": "text", "context_id": self.id, "text": text, **(self._options or {})}
+        self._options = None
+        await self.socket._send(message)
+
+    async def flush(self) -> None:
+        if self._options is not None:
+            await self.send("")
+        await self.socket._send({"type": "flush", "context_id": self.id})
+
+    async def close(self) -> None:
+        if self._options is not None:
+            await self.send("")
+        await self.socket._send({"type": "close", "context_id": self.id})
+
+    async def cancel(self) -> None:
+        await self.socket._send({"type": "cancel", "context_id": self.id})
+
+    async def events(self) -> AsyncIterator[AudioEvent]:
+        while self.done is None:
+            event = await self._events.get()
+            if event is None:
+                raise TTSConnectionError(f"the socket closed before context {self.id!r} was done")
+            if isinstance(event, TTSError):
+                raise event
+            if isinstance(event, Done):
+                self.done = event
+                return
+            yield event
+
+    async def audio(self) -> AsyncIterator[bytes]:
+        async for event in self.events():
+            yield event.audio
+
+
+class AsyncSpeechSocket:
+    """An asyncio `/v1/audio/speech/stream` connection: `async with AsyncSpeechSocket(url) as s:`."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, open_timeout: float = 30.0) -> None:
+        self._url = socket_url(base_url)
+        self._headers = _headers(api_key)
+        self._open_timeout = open_timeout
+        self._ws: AsyncConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._contexts: dict[str, AsyncSpeechContext] = {}
+
+    async def __aenter__(self) -> AsyncSpeechSocket:
+        try:
+            self._ws = await async_connect(
+                self._url, additional_headers=self._headers, open_timeout=self._open_timeout
+            )
+        except (OSError, InvalidStatus, TimeoutError) as exc:
+            raise _handshake_error(exc, self._url) from exc
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def context(self, context_id: str | None = None, **options: Any) -> AsyncSpeechContext:
+        cid, opts = _options(context_id, options)
+        context = AsyncSpeechContext(self, cid, opts)
+        self._contexts[cid] = context
+        return context
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        assert self._ws is not None, "use the socket as `async with`"
+        try:
+            await self._ws.send(json.dumps(message))
+        except ConnectionClosed as exc:
+            raise TTSConnectionError(f"the socket is closed: {exc}") from exc
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        try:
+            async for raw in self._ws:
+                message = json.loads(raw)
+                event = _event(message)
+                context = self._contexts.get(message.get("context_id", ""))
+                if event is not None and context is not None:
+                    context._events.put_nowait(event)
+        except ConnectionClosed:
+            pass
+        finally:
+            for context in self._contexts.values():
+                context._events.put_nowait(None)
+
+    async def aclose(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            await self._reader

@@ -1,0 +1,252 @@
+"""The WebSocket for streamed text (`/v1/audio/speech/stream`) on the fake engine, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient, WebSocketDenialResponse
+from starlette.websockets import WebSocketDisconnect
+
+from serve_app.api.app import create_app
+from serve_app.api.settings import ApiSettings
+from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE
+from tests.support_api import FakeEngine, make_client
+
+PATH = "/v1/audio/speech/stream"
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def client(tmp_path, engine) -> TestClient:
+    return make_client(tmp_path, engine)
+
+
+def receive_until(ws: Any, kind: str, context_id: str | None = None) -> list[dict[str, Any]]:
+    """Messages up to and including the first of `kind` (for `context_id`, when given)."""
+    out = []
+    while True:
+        message = json.loads(ws.receive_text())
+        out.append(message)
+        if message["type"] == kind and (context_id is None or message.get("context_id") == context_id):
+            return out
+
+
+def audio_of(messages: list[dict[str, Any]], context_id: str = "c1") -> bytes:
+    return b"".join(
+        base64.b64decode(m["audio"]) for m in messages if m["type"] == "audio" and m["context_id"] == context_id
+    )
+
+
+def test_text_pieces_become_speech_from_the_first_boundary_on(client, engine) -> None:
+    pieces = ["Hello", " there", "! How are", " you doing on this", " fine day? I hope", " well."]
+    with client.websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "c1", "text": pieces[0], "speaker": 0, "seed": 9})
+        ws.send_json({"type": "text", "context_id": "c1", "text": pieces[1]})
+        ws.send_json({"type": "text", "context_id": "c1", "text": pieces[2]})
+        # "Hello there!" is certain now: its audio comes without a flush.
+        first = json.loads(ws.receive_text())
+        assert first["type"] == "audio" and first["text_span"] == [0, 12] and first["seq"] == 0
+        for piece in pieces[3:]:
+            ws.send_json({"type": "text", "context_id": "c1", "text": piece})
+        ws.send_json({"type": "flush", "context_id": "c1"})
+        messages = [first, *receive_until(ws, "flushed")]
+        ws.send_json({"type": "close", "context_id": "c1"})
+        messages += receive_until(ws, "done")
+
+    text = "".join(pieces)
+    audio = [m for m in messages if m["type"] == "audio"]
+    assert [m["seq"] for m in audio] == list(range(len(audio)))
+    assert [text[slice(*m["text_span"])] for m in audio if m["segment"] != audio[0]["segment"]][-1] == "I hope well."
+    second_end, third = text.index("?") + 1, text.index("I hope")
+    assert {tuple(m["text_span"]) for m in audio} == {(0, 12), (13, second_end), (third, len(text))}
+    # offsets run on without gaps: each chunk starts where the one before ended
+    for a, b in itertools.pairwise(audio):
+        assert b["offset_ms"] == pytest.approx(a["offset_ms"] + a["duration_ms"], abs=1e-3)
+    done = messages[-1]
+    assert done == {
+        "type": "done",
+        "context_id": "c1",
+        "finish_reason": "end_of_audio",
+        "duration_ms": pytest.approx(audio[-1]["offset_ms"] + audio[-1]["duration_ms"], abs=1e-3),
+        "segments": 3,
+    }
+    pcm = np.frombuffer(audio_of(messages), "<i2")
+    assert len(pcm) == sum(engine.frames_for(q) for q in engine.requests) * FRAME_SAMPLES
+    # Each sentence is generated hearing the ones before it (their generated codes).
+    assert [q.text for q in engine.requests] == ["Hello there!", "How are you doing on this fine day?", "I hope well."]
+    assert engine.requests[0].context == []
+    assert [s.text for s in engine.requests[2].context] == ["Hello there!", "How are you doing on this fine day?"]
+    assert all(s.codes is not None and s.audio is None for q in engine.requests for s in q.context)
+    assert [q.sampling.seed for q in engine.requests] == [9, 10, 11] and engine.requests[0].speaker == 0
+
+
+def test_several_contexts_share_one_socket(client, engine) -> None:
+    with client.websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "a", "text": "First voice speaking.", "speaker": 0})
+        ws.send_json({"type": "text", "context_id": "b", "text": "Second voice here.", "speaker": 1})
+        ws.send_json({"type": "close", "context_id": "a"})
+        ws.send_json({"type": "close", "context_id": "b"})
+        messages = receive_until(ws, "done", "a")
+        if not any(m["type"] == "done" and m["context_id"] == "b" for m in messages):
+            messages += receive_until(ws, "done", "b")
+    assert audio_of(messages, "a") and audio_of(messages, "b")
+    by_text = {q.text: q for q in engine.requests}
+    assert by_text["First voice speaking."].speaker == 0 and by_text["Second voice here."].speaker == 1
+    assert all(q.context == [] for q in engine.requests)  # contexts do not hear each other
+
+
+def test_cancel_stops_the_context_at_once_and_the_socket_goes_on(client, engine) -> None:
+    engine.release_stream.clear()  # streams hold after their first chunk, as if generating
+    with client.websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "c1", "text": "A long answer that the user interrupts"})
+        ws.send_json({"type": "flush", "context_id": "c1"})
+        assert json.loads(ws.receive_text())["type"] == "audio"
+        ws.send_json({"type": "cancel", "context_id": "c1"})
+        messages = receive_until(ws, "done")
+        assert messages[-1]["finish_reason"] == "cancelled"
+        assert engine.streams_closed_early == 1  # the engine stream was closed: its slot is free
+        engine.release_stream.set()
+        ws.send_json({"type": "text", "context_id": "c2", "text": "Next question, please."})
+        ws.send_json({"type": "close", "context_id": "c2"})
+        after = receive_until(ws, "done", "c2")
+    assert after[-1]["finish_reason"] == "end_of_audio" and audio_of(after, "c2")
+
+
+def test_closing_the_socket_finishes_every_context(client) -> None:
+    with client.websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "x", "text": "Finish me"})
+        ws.send_json({"type": "close"})
+        messages = []
+        with pytest.raises(WebSocketDisconnect) as closed:
+            while True:
+                messages.append(json.loads(ws.receive_text()))
+    assert closed.value.code == 1000
+    assert messages[-1]["type"] == "done" and messages[-1]["finish_reason"] == "end_of_audio"
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "needle"),
+    [
+        ("not json", 422, "invalid message"),
+        ({"type": "shout", "context_id": "c1"}, 422, "invalid message"),
+        ({"type": "flush", "context_id": "nobody"}, 404, "no open context"),
+        ({"type": "text", "context_id": "c1", "text": "x", "output_format": "wavy_1"}, 422, "output_format"),
+        ({"type": "text", "context_id": "c1", "text": "x", "lexicon": {"": "y"}}, 422, "lexicon"),
+    ],
+)
+def test_bad_messages_get_an_error_and_the_socket_stays_open(client, message, code, needle) -> None:
+    with client.websocket_connect(PATH) as ws:
+        ws.send_text(message if isinstance(message, str) else json.dumps(message))
+        error = json.loads(ws.receive_text())
+        assert error["type"] == "error" and error["code"] == code and needle in error["message"]
+        ws.send_json({"type": "text", "context_id": "ok", "text": "Still here."})
+        ws.send_json({"type": "close", "context_id": "ok"})
+        assert receive_until(ws, "done")[-1]["finish_reason"] == "end_of_audio"
+
+
+def test_context_errors_end_the_context(client) -> None:
+    with client.websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "c1", "text": "Fine.", "voice": "nobody"})
+        messages = receive_until(ws, "done")
+        assert [m["type"] for m in messages] == ["error", "done"]
+        assert messages[0]["code"] == 404 and messages[1]["finish_reason"] == "error"
+        ws.send_json({"type": "text", "context_id": "c2", "text": 'Wait <break time="forever"/> now.'})
+        messages = receive_until(ws, "done", "c2")
+        assert any(m["type"] == "error" and "unreadable break tag" in m["message"] for m in messages)
+        ws.send_json({"type": "text", "context_id": "c3", "text": "One. ", "seed": 1})
+        ws.send_json({"type": "text", "context_id": "c3", "text": "Two.", "seed": 2})
+        messages = receive_until(ws, "error")
+        assert "first message only" in messages[-1]["message"]
+
+
+def test_context_limit(tmp_path) -> None:
+    client = make_client(tmp_path, ws_max_contexts=1)
+    with client.websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "a", "text": "held open"})
+        ws.send_json({"type": "text", "context_id": "b", "text": "one too many"})
+        error = receive_until(ws, "error")[-1]
+        assert error["code"] == 429 and error["context_id"] == "b"
+
+
+def test_break_tags_and_output_formats(client, engine) -> None:
+    with client.websocket_connect(PATH) as ws:
+        ws.send_json(
+            {"type": "text", "context_id": "c1", "output_format": "ulaw_8000", "text": 'Hi. <break time="250ms"/> Bye.'}
+        )
+        ws.send_json({"type": "close", "context_id": "c1"})
+        messages = receive_until(ws, "done")
+    ulaw = audio_of(messages)
+    samples = sum(engine.frames_for(q) for q in engine.requests) * FRAME_SAMPLES + SAMPLE_RATE // 4
+    assert abs(len(ulaw) - samples // 3) <= 2  # one byte per sample at 8 kHz
+    spans = [m["text_span"] for m in messages if m["type"] == "audio"]
+    assert [4, 25] in spans  # the pause's chunk names the break tag
+
+
+class PacedEngine(FakeEngine):
+    """The fake engine, yielding its chunks a little apart, as a real one does."""
+
+    async def stream(self, request):
+        async for chunk in super().stream(request):
+            yield chunk
+            await asyncio.sleep(0.002)
+
+
+def test_a_slow_reader_gets_its_context_closed_not_the_engine_stalled(tmp_path) -> None:
+    """A client that stops reading: once more than `ws_max_buffered_s` of audio waits for it, the
+    context is closed (its generation stopped) and the error is what it reads next."""
+    engine = PacedEngine()
+    app = create_app(engine, ApiSettings(voices_dir=tmp_path, ws_max_buffered_s=1.0))
+    gate = {"open": True}
+
+    async def slow_network(scope, receive, send):  # the socket stops draining after the first message
+        async def throttled(message):
+            while message["type"] == "websocket.send" and not gate["open"]:
+                await asyncio.sleep(0.01)
+            await send(message)
+            if message["type"] == "websocket.send":
+                gate["open"] = False
+
+        await app(scope, receive, throttled)
+
+    with TestClient(slow_network).websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "c1", "text": "This is a long answer that goes on. " * 12})
+        ws.send_json({"type": "close", "context_id": "c1"})
+        assert json.loads(ws.receive_text())["type"] == "audio"
+        for _ in range(500):
+            if engine.streams_closed_early:
+                break
+            time.sleep(0.01)
+        assert engine.streams_closed_early == 1  # generation stopped while the client was not reading
+        assert engine.chunks_yielded < 20  # ... long before the answer's 60-odd chunks
+        messages = []
+        while not messages or messages[-1]["type"] != "done":
+            gate["open"] = True
+            messages.append(json.loads(ws.receive_text()))
+    types = [m["type"] for m in messages]
+    assert types[-2:] == ["error", "done"] and types.count("audio") <= 1  # queued audio dropped
+    assert messages[-2]["code"] == "slow_reader" and "did not read" in messages[-2]["message"]
+    assert messages[-1]["finish_reason"] == "error"
+
+
+def test_the_api_key_guards_the_socket_too(tmp_path) -> None:
+    client = make_client(tmp_path, api_keys="s3cret")
+    for url, headers in [(PATH, {}), (PATH + "?api_key=wrong", {}), (PATH, {"Authorization": "Bearer wrong"})]:
+        with pytest.raises(WebSocketDenialResponse) as denied, client.websocket_connect(url, headers=headers):
+            pass
+        assert denied.value.status_code == 401 and "API key" in denied.value.json()["detail"]
+    for url, headers in [(PATH, {"Authorization": "Bearer s3cret"}), (PATH + "?api_key=s3cret", {})]:
+        with client.websocket_connect(url, headers=headers) as ws:
+            ws.send_json({"type": "text", "context_id": "c", "text": "Authorized."})
+            ws.send_json({"type": "close", "context_id": "c"})
+            assert receive_until(ws, "done")[-1]["finish_reason"] == "end_of_audio"

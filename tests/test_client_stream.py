@@ -1,0 +1,117 @@
+"""The clients' WebSocket input streaming and `csm-serve speak --ws`, against a server on loopback."""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from serve_app.client import AsyncTTSClient, AuthenticationError, TTSClient, TTSError
+from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE
+from tests.support_tools import ToneEngine, api_app, read_wav, serve_http
+
+ROOT = Path(__file__).resolve().parents[1]
+PIECES = ["The first", " sentence is short. The second", " one takes", " a little longer to write", "."]
+
+
+@pytest.fixture(scope="module")
+def engine() -> ToneEngine:
+    return ToneEngine()
+
+
+@pytest.fixture(scope="module")
+def url(engine, tmp_path_factory) -> str:
+    with serve_http(api_app(engine, tmp_path_factory.mktemp("voices"))) as base:
+        yield base
+
+
+def _frames(text: str) -> int:
+    return 2 + len(text) // 4  # the tone engine's length rule
+
+
+def written(pieces: list[str]):
+    """Pieces as a language model writes them: a little apart."""
+    for piece in pieces:
+        time.sleep(0.05)
+        yield piece
+
+
+def test_sync_client_speaks_pieces_as_they_come(url: str, engine: ToneEngine) -> None:
+    engine.requests.clear()
+    with TTSClient(url) as client:
+        audio = b"".join(client.speak_streamed(written(PIECES), speaker=0, seed=1))
+    texts = [q.text for q in engine.requests]
+    assert texts == ["The first sentence is short.", "The second one takes a little longer to write."]
+    assert len(audio) == sum(_frames(t) for t in texts) * FRAME_SAMPLES * 2
+    assert engine.requests[1].context[-1].text == texts[0]
+
+
+def test_async_client_contexts_events_and_cancel(url: str, engine: ToneEngine) -> None:
+    async def scenario() -> tuple[list, list, str]:
+        async def pieces():
+            for piece in PIECES:
+                await asyncio.sleep(0.05)
+                yield piece
+
+        async with AsyncTTSClient(url) as client:
+            streamed = [chunk async for chunk in client.speak_streamed(pieces(), output_format="ulaw_8000")]
+            async with client.speech_socket() as socket:
+                kept = socket.context("keep", speaker=1)
+                dropped = socket.context("drop")
+                await kept.send("Kept to the end.")
+                await dropped.send("This one is interrupted")
+                await dropped.flush()
+                await kept.close()
+                events = [event async for event in kept.events()]
+                async for _ in dropped.events():
+                    await dropped.cancel()
+                    break
+                async for _ in dropped.events():
+                    pass
+                return streamed, events, dropped.done.finish_reason
+
+    streamed, events, reason = asyncio.run(scenario())
+    total = sum(_frames(t) for t in ["The first sentence is short.", "The second one takes a little longer to write."])
+    assert abs(len(b"".join(streamed)) - total * FRAME_SAMPLES // 3) <= 2  # μ-law: a byte per 8 kHz sample
+    assert [e.seq for e in events] == list(range(len(events))) and events[0].text_span == (0, 16)
+    assert reason == "cancelled"
+
+
+def test_server_errors_become_typed_client_errors(url: str, tmp_path: Path) -> None:
+    with TTSClient(url) as client, pytest.raises(TTSError, match="not found") as err:
+        list(client.speak_streamed(["Hello."], voice="nobody"))
+    assert err.value.status_code == 404
+    with serve_http(api_app(ToneEngine(), tmp_path, api_keys="k1")) as guarded:
+        with pytest.raises(AuthenticationError), TTSClient(guarded) as client:
+            list(client.speak_streamed(["Hello."]))
+        with TTSClient(guarded, api_key="k1") as client:
+            assert b"".join(client.speak_streamed(["Hello."]))
+
+
+def test_cli_speaks_stdin_as_it_arrives(url: str, tmp_path: Path) -> None:
+    out = tmp_path / "reply.wav"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serve_app.cli", "--url", url, "speak", "--ws", "-", "-o", str(out)],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b"Hello from a pipe. And then")
+    proc.stdin.flush()
+    part = out.with_name(out.name + ".part")
+    deadline = time.monotonic() + 30
+    while not (part.exists() and part.stat().st_size > 44) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert part.exists() and part.stat().st_size > 44  # speech before stdin was finished
+    proc.stdin.write(b" more words arrive later.")
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 0, proc.stderr.read().decode() if proc.stderr else ""
+    pcm, rate = read_wav(out.read_bytes())
+    assert rate == SAMPLE_RATE
+    expected = _frames("Hello from a pipe.") + _frames("And then more words arrive later.")
+    assert len(pcm) == expected * FRAME_SAMPLES
+    assert b"first audio after" in (proc.stderr.read() if proc.stderr else b"")

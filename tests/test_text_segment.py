@@ -1,0 +1,149 @@
+"""Long text into segments, streamed text released at certain boundaries, break tags, the lexicon."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from serve_app.text.breaks import BreakTagError, find_break, pending_tag_start
+from serve_app.text.lexicon import Lexicon, LexiconError
+from serve_app.text.segment import Pause, SegmentPolicy, TextFeed, Utterance, split_script
+
+STORY = (
+    "Dr. Smith went to Washington D.C. on a Monday. He said: \"Hello, world!\" Then he left. "
+    "It cost $3.50 per item, e.g. apples. The U.S. is big. Mr. J. R. Tolkien wrote books. "
+)
+
+
+def utterances(items: list) -> list[Utterance]:
+    return [item for item in items if isinstance(item, Utterance)]
+
+
+def test_segments_cover_the_text_in_order_and_respect_the_limit() -> None:
+    text = STORY * 12
+    items = split_script(text, SegmentPolicy(max_chars=150))
+    segments = utterances(items)
+    assert len(segments) > 5
+    assert all(len(s.text) <= 150 for s in segments)
+    assert all(text[s.start : s.end] == s.text for s in segments)
+    assert all(a.end <= b.start for a, b in itertools.pairwise(segments))
+    # Nothing but whitespace is left out.
+    covered = "".join(text[s.start : s.end] for s in segments)
+    assert covered.replace(" ", "") == text.replace(" ", "")
+
+
+def test_segments_end_at_sentences_not_abbreviations() -> None:
+    segments = utterances(split_script(STORY * 4, SegmentPolicy(max_chars=100)))
+    for segment in segments:
+        assert segment.text.endswith((".", '!"')), segment.text
+        assert not segment.text.endswith(("Dr.", "D.C.", "Mr.", "J.", "R.", "e.g.")), segment.text
+    # several short sentences share a segment
+    assert any(segment.text.count(". ") >= 1 for segment in segments)
+
+
+def test_a_sentence_longer_than_a_segment_is_cut_at_a_clause_then_between_words() -> None:
+    long_sentence = "We walked along the river, past the mill and the old bridge, " + "and on " * 40 + "home."
+    segments = utterances(split_script(long_sentence, SegmentPolicy(max_chars=60)))
+    assert segments[0].text == "We walked along the river, past the mill and the old bridge,"
+    assert all(len(s.text) <= 60 for s in segments)
+    assert all(not s.text.startswith(("nd ", "n ")) for s in segments)  # never inside a word
+    assert segments[-1].text.endswith("home.")
+
+
+def test_break_tags_become_pauses_between_segments() -> None:
+    text = 'First part. <break time="700ms"/> Second part.<BREAK time=\'1.5s\' /> Third. <break/>'
+    items = split_script(text)
+    assert [type(i).__name__ for i in items] == ["Utterance", "Pause", "Utterance", "Pause", "Utterance", "Pause"]
+    assert [i.ms for i in items if isinstance(i, Pause)] == [700, 1500, 500]
+    assert [i.text for i in utterances(items)] == ["First part.", "Second part.", "Third."]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('Hi <break time="soon"/> there.', "unreadable break tag"),
+        ('Hi <break time="20s"/> there.', "over the 10000 ms limit"),
+        ("Hi <break strength='x'/>.", "unreadable break tag"),
+    ],
+)
+def test_malformed_break_tags_are_errors(text: str, message: str) -> None:
+    with pytest.raises(BreakTagError, match=message):
+        split_script(text)
+
+
+def test_break_helpers() -> None:
+    tag = find_break('a <break time="2s"/> b')
+    assert tag is not None and (tag.start, tag.end, tag.ms) == (2, 20, 2000)
+    assert find_break("a < b and c > d") is None
+    assert pending_tag_start("Hello <bre") == 6
+    assert pending_tag_start('Hello <break time="5') == 6
+    assert pending_tag_start("if a < b") is None and pending_tag_start("if a <b") == 5
+
+
+def test_streamed_text_is_released_at_certain_boundaries() -> None:
+    feed = TextFeed(SegmentPolicy(max_chars=200, min_clause_chars=30))
+    released: list[tuple[str, str | None]] = []
+    for piece in ["Hello", " there", "! How", " are you", " doing today, my dear friend, in this fine", " weather? I"]:
+        feed.push(piece)
+        item = feed.next_item()
+        released.append((piece, item.text if item else None))
+    assert released == [
+        ("Hello", None),
+        (" there", None),  # "there" may still grow
+        ("! How", "Hello there!"),  # the next sentence has started: the first one is certain
+        (" are you", None),
+        (" doing today, my dear friend, in this fine", "How are you doing today, my dear friend,"),
+        (" weather? I", "in this fine weather?"),
+    ]
+    feed.push(" am fine")
+    assert feed.next_item() is None
+    feed.flush()
+    assert feed.next_item() == Utterance(76, 85, "I am fine")
+    assert feed.next_item() is None and not feed.exhausted
+    feed.close()
+    assert feed.exhausted
+
+
+def test_a_sentence_end_followed_by_a_space_is_certain_but_an_abbreviation_is_not() -> None:
+    feed = TextFeed()
+    feed.push("Thanks for waiting. ")
+    assert feed.next_item() == Utterance(0, 19, "Thanks for waiting.")
+    feed.push("Ask Dr. ")
+    assert feed.next_item() is None  # "Dr." does not end a sentence
+    feed.push("Smith. ")
+    assert feed.next_item() == Utterance(20, 34, "Ask Dr. Smith.")
+
+
+def test_a_break_tag_split_across_pieces_waits_for_its_end() -> None:
+    feed = TextFeed()
+    feed.push("Wait for it <bre")
+    feed.flush()
+    assert feed.next_item() == Utterance(0, 11, "Wait for it")
+    assert feed.next_item() is None  # the tag is not complete yet
+    feed.push('ak time="300ms"/> now.')
+    assert feed.next_item() == Pause(12, 33, 300)
+    feed.close()
+    assert feed.next_item() == Utterance(34, 38, "now.")
+
+
+def test_long_streamed_text_without_any_boundary_is_cut_between_words() -> None:
+    feed = TextFeed(SegmentPolicy(max_chars=40))
+    feed.push("word " * 30)
+    item = feed.next_item()
+    assert item is not None and len(item.text) <= 40 and item.text.endswith("word")
+
+
+def test_lexicon_replaces_whole_words_once_case_sensitively() -> None:
+    lexicon = Lexicon({"SQL": "sequel", "Nguyen": "Win", "New York City": "the Big Apple", "sequel": "X"})
+    assert lexicon.apply("SQL and MySQL; sql. Nguyen's New York City") == (
+        "sequel and MySQL; sql. Win's the Big Apple"
+    )
+    assert lexicon.merged({"SQL": "S Q L"}).apply("SQL") == "S Q L"
+    assert Lexicon().apply("SQL") == "SQL"
+
+
+@pytest.mark.parametrize("entries", [{"": "x"}, {"a" * 101: "x"}, {"w": "x" * 401}])
+def test_lexicon_rejects_unusable_entries(entries: dict[str, str]) -> None:
+    with pytest.raises(LexiconError):
+        Lexicon(entries)
