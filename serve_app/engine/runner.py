@@ -37,8 +37,48 @@ from serve_app.model.mimi_stream_graphs import GraphedMimiStreamDecoder
 logger = logging.getLogger(__name__)
 
 DEFAULT_KV_BUCKETS = (128, 256, 512, 1024, 2048)
+PREFILL_WIDTHS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+"""Prompt widths (rows per prompt, padded) of the captured prefills."""
+PREFILL_TOKEN_BUDGET = 8192
+"""Largest batch x width of a captured prefill: bigger admissions are split into several replays."""
 STEP_OUTPUT_RING = 3
 """Host buffers for step codes: a step's codes must be fetched before this many more steps launch."""
+
+
+@dataclass(frozen=True)
+class PrefillGroup:
+    """Sequences prefilled together: `batch` rows (a captured batch size) of `width` prompt rows."""
+
+    seqs: list[Sequence]
+    batch: int
+    width: int
+
+
+def prefill_groups(
+    seqs: Seq[Sequence], batches: Seq[int], widths: Seq[int], budget: int
+) -> list[PrefillGroup]:
+    """Split prompts into groups that each fit one captured prefill (batch bucket x width bucket
+    within `budget` tokens), longest first, so short prompts are not padded to a long one's width.
+    Every sequence must have at least 2 prompt rows (the last row is the first step's input)."""
+    pending = sorted(seqs, key=lambda s: s.prompt_len, reverse=True)
+    groups: list[PrefillGroup] = []
+    while pending:
+        width = next(w for w in widths if w >= pending[0].prompt_len - 1)
+        fits = [b for b in batches if b * width <= budget] or [batches[0]]  # one prompt always fits
+        count = min(len(pending), fits[-1])
+        batch = next(b for b in batches if b >= count)
+        groups.append(PrefillGroup(pending[:count], batch, width))
+        pending = pending[count:]
+    return groups
+
+
+@dataclass
+class _PrefillGraph:
+    graph: torch.cuda.CUDAGraph
+    tokens: torch.Tensor  # static inputs: (batch, width, 33) long, same-shaped mask, (batch, width)
+    mask: torch.Tensor
+    positions: torch.Tensor
+    slots: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -143,6 +183,8 @@ class ModelRunner:
         self.frame_samples = self.decoder.frame_samples
         self._backbone_graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._depth_graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.prefill_widths = tuple(w for w in PREFILL_WIDTHS if w < limit) + (limit,)
+        self._prefill_graphs: dict[tuple[int, int], _PrefillGraph] = {}
         self.compile_error: str | None = None
         if cuda_graphs:
             self._capture_or_fall_back(vocab_limit)
@@ -160,6 +202,7 @@ class ModelRunner:
                 self.compiled = False
                 self._backbone_graphs.clear()
                 self._depth_graphs.clear()
+                self._prefill_graphs.clear()
                 torch.cuda.synchronize(self.device)
             try:
                 self.capture()
@@ -197,23 +240,19 @@ class ModelRunner:
         m = self.model
         slots = self._to_device(torch.tensor([s.slot for s in seqs], dtype=torch.long))
         body = [s for s in seqs if s.prompt_len > 1]
-        if body:
+        if body and self._prefill_graphs:
+            for group in prefill_groups(body, self.batch_buckets, self.prefill_widths, PREFILL_TOKEN_BUDGET):
+                self._replay_prefill(group)
+        elif body:
             # Widths in multiples of 16: fewer shapes, and no width-1 specialisation of the compiled prefill.
             width = -(-max(s.prompt_len - 1 for s in body) // 16) * 16
-            tokens = torch.zeros(len(body), width, m.cfg.num_codebooks + 1, dtype=torch.long)
-            mask = torch.zeros(tokens.shape, dtype=torch.bool)
-            positions = torch.full((len(body), width), -1, dtype=torch.long)
-            for i, s in enumerate(body):
-                t = s.prompt_len - 1
-                tokens[i, :t], mask[i, :t] = s.tokens[:t], s.mask[:t]
-                positions[i, :t] = torch.arange(t)
-            kv_len = min(width, m.max_seq_len)
+            tokens, mask, positions, rows = self._prefill_inputs(body, len(body), width)
             self.fast._prefill(
                 self._to_device(tokens),
                 self._to_device(mask),
                 self._to_device(positions),
-                self._to_device(torch.tensor([s.slot for s in body], dtype=torch.long)),
-                kv_len,
+                self._to_device(rows),
+                min(width, m.max_seq_len),
             )
         last_tokens = torch.stack([s.tokens[-1] for s in seqs])[:, None]
         last_mask = torch.stack([s.mask[-1] for s in seqs])[:, None]
@@ -230,6 +269,53 @@ class ModelRunner:
         self.top_k[slots] = self._to_device(torch.tensor([p.top_k for p in params], dtype=torch.long))
         with self._on_audio_stream():
             self.decoder.reset(*[s.slot for s in seqs])  # type: ignore[misc]
+
+    def _prefill_inputs(
+        self, seqs: Seq[Sequence], batch: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Host inputs of a prefill: every prompt row but the last, right-padded to `width`, in
+        `batch` rows. Padding (rows and columns) has position -1: it writes only the scratch column
+        of its slot (slot 0 for padding rows), which no query reads."""
+        tokens = torch.zeros(batch, width, self.model.cfg.num_codebooks + 1, dtype=torch.long)
+        mask = torch.zeros(tokens.shape, dtype=torch.bool)
+        positions = torch.full((batch, width), -1, dtype=torch.long)
+        rows = torch.zeros(batch, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            t = s.prompt_len - 1
+            tokens[i, :t], mask[i, :t] = s.tokens[:t], s.mask[:t]
+            positions[i, :t] = torch.arange(t)
+            rows[i] = s.slot  # type: ignore[assignment]
+        return tokens, mask, positions, rows
+
+    def _replay_prefill(self, group: PrefillGroup) -> None:
+        """Copy a group's prompts into its captured prefill's inputs (pinned, queued) and replay it:
+        one launch whatever the prompt count, where an eager prefill launches hundreds of kernels."""
+        captured = self._prefill_graphs[(group.batch, group.width)]
+        host = self._prefill_inputs(group.seqs, group.batch, group.width)
+        for static, values in zip((captured.tokens, captured.mask, captured.positions, captured.slots), host):
+            static.copy_(values.pin_memory(), non_blocking=True)
+        captured.graph.replay()
+
+    def _capture_prefills(self, pool: Any) -> None:
+        """One graph per (batch bucket, width) within the token budget, sharing the step's pool."""
+        m, dev = self.model, self.device
+        for batch in reversed(self.batch_buckets):
+            for width in reversed(self.prefill_widths):
+                if batch * width > PREFILL_TOKEN_BUDGET:
+                    continue
+                tokens = torch.zeros(batch, width, m.cfg.num_codebooks + 1, dtype=torch.long, device=dev)
+                mask = torch.zeros(tokens.shape, dtype=torch.bool, device=dev)
+                positions = torch.full((batch, width), -1, dtype=torch.long, device=dev)
+                slots = torch.zeros(batch, dtype=torch.long, device=dev)
+                side = torch.cuda.Stream(dev)
+                side.wait_stream(torch.cuda.current_stream(dev))
+                with torch.cuda.stream(side):  # warm-up: padding only, the scratch column is written
+                    self.fast._prefill(tokens, mask, positions, slots, width)
+                torch.cuda.current_stream(dev).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self.fast._prefill(tokens, mask, positions, slots, width)
+                self._prefill_graphs[(batch, width)] = _PrefillGraph(graph, tokens, mask, positions, slots)
 
     def deactivate(self, slot: int) -> None:
         """Stop stepping `slot` (its audio decoder state stays for the last chunk). A fill kernel
@@ -340,12 +426,14 @@ class ModelRunner:
             with torch.cuda.graph(graph, pool=pool):
                 self._depth(batch)
             self._depth_graphs[batch] = graph
+        self._capture_prefills(pool)
         torch.cuda.synchronize(self.device)
         logger.info(
-            "captured %d CUDA graphs (batches %s, key windows %s)",
-            len(self._backbone_graphs) + len(self._depth_graphs),
+            "captured %d CUDA graphs (batches %s, key windows %s, %d prefills)",
+            len(self._backbone_graphs) + len(self._depth_graphs) + len(self._prefill_graphs),
             self.batch_buckets,
             self.kv_buckets,
+            len(self._prefill_graphs),
         )
 
     # ---- audio --------------------------------------------------------------------------------
