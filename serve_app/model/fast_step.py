@@ -10,7 +10,7 @@ can be compiled and captured in CUDA graphs:
 - The depth loop reads its inputs from a table of projected embeddings (one gather per step) and
   its codebook head as a view; the codebook index is a symbolic int under `torch.compile`, so one
   compiled step serves codebooks 2..31. Sampling is the host-sync-free counter-based sampler of
-  `serve_app.engine.sampling`.
+  `serve_app.model.sampling`.
 - On CUDA (with Triton) one-token steps run the fused backends (`serve_app.model.kernels.backends`):
   attention (RoPE, cache write, attention over each row's own prefix) and the sampler are single
   Triton kernels, since the step is bound by kernel count, not bytes. Optionally, for batches up to
@@ -25,11 +25,10 @@ from collections.abc import Callable
 
 import torch
 
-from serve_app.engine.sampling import splitmix64
-from serve_app.engine.types import NUM_CODEBOOKS
 from serve_app.model.csm import CsmModel
 from serve_app.model.kernels import MIN_FUSED_HEAD_DIM, fused_attention_supports, triton_available
 from serve_app.model.llama import EAGER, Backend
+from serve_app.model.sampling import draw_counter, noise_columns, sample_top_k
 
 DEFAULT_LINEAR_MAX_BATCH = 0
 """Largest decode batch whose projections run through the fused Triton matmuls (default: none).
@@ -37,39 +36,6 @@ On an H200 the fused step beat the eager cuBLAS step at every batch from 1 to 12
 `benchmarks/results/2026-12-02-nvidia-h200-fused-linear.json`), but against the torch.compile'd
 cuBLAS step it has only been compared across GPUs (about even), so it stays opt-in
 (`EngineConfig.fused_linear_max_batch`)."""
-
-
-_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)  # SplitMix64's increment as an int64
-
-
-def noise_columns(n: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Per-column hash offsets of the sampler's noise (`column * golden`, wrapping int64)."""
-    return torch.arange(n, dtype=torch.long, device=device) * _GOLDEN
-
-
-def sample_top_k(
-    logits: torch.Tensor,
-    temperature: torch.Tensor,
-    top_k: torch.Tensor,
-    seeds: torch.Tensor,
-    counters: torch.Tensor,
-    columns: torch.Tensor,
-) -> torch.Tensor:
-    """`serve_app.engine.sampling.sample_top_k` with its noise column offsets read from `columns`
-    (`noise_columns(vocab_limit)`), so the same draw compiles: inductor cannot lower a 64-bit
-    constant times a column index. Bit-identical ids (tested)."""
-    logits = logits[:, : columns.shape[0]]
-    scores = logits.float() / temperature.float().unsqueeze(1)
-    v = scores.shape[1]
-    kth = torch.topk(scores, v, dim=-1).values.gather(1, (top_k.clamp(1, v) - 1).unsqueeze(1))
-    scores = scores.masked_fill(scores < kth, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    key = splitmix64(splitmix64(seeds.long()) + counters.long())
-    bits = (splitmix64(key[:, None] + columns[None, :]) >> 40) & ((1 << 24) - 1)
-    race = -torch.log((bits.float() + 0.5) * (1.0 / (1 << 24)))
-    sampled = torch.argmax(probs / race, dim=-1)
-    greedy = torch.argmax(scores, dim=-1)
-    return torch.where(top_k == 1, greedy, sampled)
 
 
 class FastStep:
@@ -185,7 +151,7 @@ class FastStep:
             return torch.ops.csm_serve.sample_top_k(
                 logits, temperature, top_k, seeds, frame, codebook, self.noise_columns
             )
-        counters = frame * NUM_CODEBOOKS + codebook
+        counters = draw_counter(frame, codebook)
         return sample_top_k(logits, temperature, top_k, seeds, counters, self.noise_columns)
 
     def _depth(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import serve_app.model.kernels.decode_attention  # noqa: F401 - registers csm_serve::decode_attention
+import serve_app.model.kernels.decode_attention  # registers csm_serve::decode_attention
 import serve_app.model.kernels.fused_linear  # noqa: F401 - registers csm_serve::fused_linear
 from serve_app.model.llama import (
     Attention,
