@@ -16,7 +16,7 @@ import av
 import numpy as np
 import soundfile as sf
 
-from serve_app.engine.types import SAMPLE_RATE
+from serve_app.constants import SAMPLE_RATE
 
 __all__ = [
     "AUDIO_FORMATS",
