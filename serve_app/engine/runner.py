@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from serve_app.engine.cuda_graphs import CudaGraphs, GraphedMimiStreamDecoder, buckets_up_to, smallest_bucket
 from serve_app.engine.sequence import Sequence
 from serve_app.model.csm import CsmModel
 from serve_app.model.fast_step import FastStep
-from serve_app.model.mimi_stream_graphs import GraphedMimiStreamDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +47,6 @@ class StepOutput:
 
     index: int
     rows: int
-
-
-def buckets_up_to(n: int) -> tuple[int, ...]:
-    """Batch buckets 1, 2, 4, ... below n, then n itself."""
-    out = [1 << i for i in range(max(1, math.ceil(math.log2(max(n, 1)))) + 1) if (1 << i) < n]
-    return tuple(out + [n])
 
 
 def slot_bytes(model: CsmModel) -> int:
@@ -141,8 +134,7 @@ class ModelRunner:
         self._step_events = [torch.cuda.Event() if cuda else None for _ in range(STEP_OUTPUT_RING)]
         self.steps_launched = 0
         self.frame_samples = self.decoder.frame_samples
-        self._backbone_graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        self._depth_graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._graphs: CudaGraphs | None = None
         self.compile_error: str | None = None
         if cuda_graphs:
             self._capture_or_fall_back(vocab_limit)
@@ -158,8 +150,7 @@ class ModelRunner:
                 limit = self._linear_max_batch if fused else 0
                 self.fast = FastStep(self.model, vocab_limit, fused_attention=fused, linear_max_batch=limit)
                 self.compiled = False
-                self._backbone_graphs.clear()
-                self._depth_graphs.clear()
+                self._graphs = None
                 torch.cuda.synchronize(self.device)
             try:
                 self.capture()
@@ -172,13 +163,13 @@ class ModelRunner:
 
     # ---- buckets ------------------------------------------------------------------------------
     def batch_bucket(self, rows: int) -> int:
-        return next(b for b in self.batch_buckets if b >= rows)
+        return smallest_bucket(self.batch_buckets, rows)
 
     def kv_bucket(self, positions: int) -> int:
         """Smallest key window holding positions 0..positions-1."""
         if positions > self.kv_buckets[-1]:
             raise ValueError(f"position {positions - 1} is beyond the cache ({self.kv_buckets[-1]})")
-        return next(b for b in self.kv_buckets if b >= positions)
+        return smallest_bucket(self.kv_buckets, positions)
 
     # ---- host -> device -----------------------------------------------------------------------
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,7 +199,7 @@ class ModelRunner:
                 tokens[i, :t], mask[i, :t] = s.tokens[:t], s.mask[:t]
                 positions[i, :t] = torch.arange(t)
             kv_len = min(width, m.max_seq_len)
-            self.fast._prefill(
+            self.fast.prefill(
                 self._to_device(tokens),
                 self._to_device(mask),
                 self._to_device(positions),
@@ -250,7 +241,7 @@ class ModelRunner:
 
     # ---- decode step --------------------------------------------------------------------------
     def _backbone(self, rows: int, kv_len: int) -> None:
-        h = self.fast._backbone_step(self.embeds[:rows], self.positions[:rows], kv_len)
+        h = self.fast.backbone_step(self.embeds[:rows], self.positions[:rows], kv_len)
         self.hidden[:rows].copy_(h)
 
     def _depth(self, rows: int) -> None:
@@ -276,9 +267,9 @@ class ModelRunner:
         Results land in `codes` (until the next step) and the history ring; the returned handle
         fetches this step's codes later (`fetch`) without waiting for steps launched after it."""
         batch, kv_len = self.batch_bucket(rows), self.kv_bucket(positions)
-        if self.cuda_graphs:
-            self._backbone_graphs[(batch, kv_len)].replay()
-            self._depth_graphs[batch].replay()
+        if self._graphs is not None:
+            self._graphs.replay(("backbone", batch, kv_len))
+            self._graphs.replay(("depth", batch))
         else:
             self._backbone(batch, kv_len)
             self._depth(batch)
@@ -309,7 +300,7 @@ class ModelRunner:
             tokens = torch.zeros(shape, dtype=torch.long, device=self.device)
             positions = torch.full((batch, width), -1, dtype=torch.long, device=self.device)
             slots = torch.arange(batch, device=self.device)
-            self.fast._prefill(tokens, tokens.bool(), positions, slots, width)
+            self.fast.prefill(tokens, tokens.bool(), positions, slots, width)
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -317,32 +308,24 @@ class ModelRunner:
         backbone and one per batch for the depth frame, sharing one memory pool."""
         if self.positions.ge(0).any():
             raise RuntimeError("capture CUDA graphs before any slot is live")
-        pool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
+        graphs = CudaGraphs(self.device, shared_pool=True)
+        with graphs.warming_up():
             self._warm_prefill()
             for batch in self.batch_buckets:
                 for kv_len in self.kv_buckets:
                     self._backbone(batch, kv_len)
                 self._depth(batch)
                 self._depth(batch)
-        torch.cuda.current_stream(self.device).wait_stream(side)
         torch.cuda.synchronize(self.device)
         for batch in reversed(self.batch_buckets):
             for kv_len in self.kv_buckets:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self._backbone(batch, kv_len)
-                self._backbone_graphs[(batch, kv_len)] = graph
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self._depth(batch)
-            self._depth_graphs[batch] = graph
+                graphs.capture(("backbone", batch, kv_len), lambda b=batch, k=kv_len: self._backbone(b, k))
+            graphs.capture(("depth", batch), lambda b=batch: self._depth(b))
         torch.cuda.synchronize(self.device)
+        self._graphs = graphs
         logger.info(
             "captured %d CUDA graphs (batches %s, key windows %s)",
-            len(self._backbone_graphs) + len(self._depth_graphs),
+            len(graphs),
             self.batch_buckets,
             self.kv_buckets,
         )
