@@ -240,9 +240,9 @@ class TorchAttention:
         q = apply_rope(q.view(b, t, h, dh).transpose(1, 2), inputs.cos, inputs.sin)
         k = apply_rope(k.view(b, t, hkv, dh).transpose(1, 2), inputs.cos, inputs.sin)
         v = v.view(b, t, hkv, dh).transpose(1, 2)
-        keys, values = attention.cache().update(
-            k, v, inputs.rows, inputs.write_pos, inputs.slots, inputs.kv_len  # type: ignore[arg-type]
-        )
+        rows, write_pos = inputs.rows, inputs.write_pos
+        assert rows is not None and write_pos is not None, "inputs of another attention backend"
+        keys, values = attention.cache().update(k, v, rows, write_pos, inputs.slots, inputs.kv_len)
         # Query head h uses kv head h // group (transformers' repeat_kv order): fold the group into T.
         out = F.scaled_dot_product_attention(
             q.reshape(b, hkv, group * t, dh), keys, values, attn_mask=inputs.mask
