@@ -29,7 +29,7 @@ def runner(graphs: bool) -> ModelRunner:
 
 def test_graphed_prefill_writes_the_eager_prefills_caches() -> None:
     graphed, eager = runner(True), runner(False)
-    assert graphed._prefill_graphs, "prefills were captured"
+    assert graphed._prefill_inputs_of, "prefills were captured"
     texts = ["Hi.", "A somewhat longer prompt, with a clause or two in it.", "Mid length words."] * 2
     seqs = {}
     for name, r in (("graphed", graphed), ("eager", eager)):
