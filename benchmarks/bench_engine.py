@@ -516,9 +516,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ttfa-trials", type=int, default=20)
     p.add_argument("--burst", type=int, default=64, help="arrivals at once for the burst section")
     p.add_argument("--skip", default="", help="comma-separated sections to skip (e.g. hf)")
-    p.add_argument("--no-compile", action="store_true", help="CUDA graphs over eager kernels only")
     p.add_argument(
-        "--fused-linear-max-batch", type=int, default=None, help="fused Triton projections up to this batch"
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the step and prefill (default: the engine's default, off)",
+    )
+    p.add_argument(
+        "--fused-linear-max-batch",
+        type=int,
+        default=None,
+        help="fused Triton projections up to this batch (default: the engine's default, every batch)",
     )
     p.add_argument("--profile", action="store_true", help="profile a throughput run (kernel table + trace)")
     p.add_argument(
@@ -526,6 +534,16 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--out", default=None, help="output directory (default: $OUT, else benchmarks/results)")
     return p.parse_args()
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine options given on the command line; the rest keep the engine's defaults."""
+    options: dict[str, Any] = {}
+    if args.compile is not None and not args.smoke:
+        options["compile"] = args.compile
+    if args.fused_linear_max_batch is not None:
+        options["fused_linear_max_batch"] = args.fused_linear_max_batch
+    return options
 
 
 def main() -> None:
@@ -599,8 +617,7 @@ def main() -> None:
         loaded,
         max_batch_size=args.max_slots,
         silence_seconds=0.0,
-        compile=False if (args.no_compile or args.smoke) else None,
-        fused_linear_max_batch=args.fused_linear_max_batch,
+        **engine_options(args),
     )
     res["startup_s"] = round(time.perf_counter() - t0, 1)
     res["engine"] = {k: v for k, v in engine.loop.runner.info().items()}

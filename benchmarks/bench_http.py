@@ -31,7 +31,6 @@ import math
 import os
 import random
 import resource
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -82,13 +81,13 @@ class Client:
         self.session: aiohttp.ClientSession | None = None
         self.seq = 0
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> Client:  # noqa: PYI034 - a plain class, not subclassed
         connector = aiohttp.TCPConnector(limit=self.max_conn, force_close=False)
         timeout = aiohttp.ClientTimeout(total=600, sock_connect=30)
         self.session = aiohttp.ClientSession(connector=connector, timeout=timeout)
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         assert self.session is not None
         await self.session.close()
 

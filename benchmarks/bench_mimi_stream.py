@@ -33,8 +33,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from support_mimi_stream import random_mimi, tiny_mimi_config
 
+from serve_app.engine.cuda_graphs import GraphedMimiStreamDecoder
 from serve_app.model.mimi_stream import MimiStreamDecoder
-from serve_app.model.mimi_stream_graphs import GraphedMimiStreamDecoder
 
 BATCHES = (1, 16)
 CHUNK_FRAMES = (1, 4)

@@ -37,7 +37,9 @@ status() { echo "== $1: $2" | tee -a "$OUT/suite-status.txt"; }
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 
 if has tests; then
-  $PY -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
+  # Modules that need test-only packages the GPU image may lack (openai, schemathesis, ...) fail to
+  # collect there; the gpu-marked ones run regardless.
+  $PY -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
   status tests "exit ${PIPESTATUS[0]}"
 fi
 

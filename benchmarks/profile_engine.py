@@ -106,12 +106,22 @@ def prefill_device_ms(engine: Engine, batches: list[int], width: int) -> list[di
     return out
 
 
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine options given on the command line; the rest keep the engine's defaults."""
+    options: dict[str, Any] = {}
+    if args.compile is not None and not args.smoke:
+        options["compile"] = args.compile
+    if args.fused_linear_max_batch is not None:
+        options["fused_linear_max_batch"] = args.fused_linear_max_batch
+    return options
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--burst", type=int, default=64)
     p.add_argument("--max-slots", type=int, default=128)
-    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--fused-linear-max-batch", type=int, default=None)
     p.add_argument(
         "--steady", type=int, default=128, help="streams of the steady-state kernel profile (0: skip)"
@@ -134,8 +144,7 @@ def main() -> None:
         loaded,
         max_batch_size=args.max_slots,
         silence_seconds=0.0,
-        compile=False if (args.no_compile or args.smoke) else None,
-        fused_linear_max_batch=args.fused_linear_max_batch,
+        **engine_options(args),
     )
     res["startup_s"] = round(time.perf_counter() - t, 1)
     print("ready", res["startup_s"], flush=True)

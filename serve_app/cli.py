@@ -111,20 +111,19 @@ def run_serve_config(config_path: str) -> None:
 
 
 def build_preset_app(preset: str, device: str | None = None) -> Any:
-    """The API app over an in-process engine, with metrics and the playground in place."""
+    """The API app (`create_app`: metrics and the playground included) over an in-process engine."""
     from serve_app.api.app import create_app
     from serve_app.engine.engine import Engine
-    from serve_app.metrics import instrument_app, metered, record_engine_step
-    from serve_app.web.routes import install_playground
+    from serve_app.observability.metrics import record_engine_step
 
     engine = Engine.from_preset(preset, on_step=record_engine_step, **({"device": device} if device else {}))
-    return install_playground(instrument_app(create_app(metered(engine))))
+    return create_app(engine)
 
 
 def run_preset(preset: str, *, device: str | None, host: str, port: int, log_level: str) -> None:
     import uvicorn
 
-    from serve_app.metrics import configure_logging
+    from serve_app.observability.logs import configure_logging
 
     configure_logging(log_level.upper())
     uvicorn.run(build_preset_app(preset, device), host=host, port=port, log_level=log_level,

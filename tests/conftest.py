@@ -1,7 +1,47 @@
-"""Shared test configuration: environment for Ray and offline model loading."""
+"""Shared test configuration: environment for Ray, offline model loading and Triton, and shared fixtures.
+
+Without a CUDA device, Triton kernels run in Triton's CPU interpreter: `TRITON_INTERPRET` must be set
+before anything imports Triton (any test module may import the kernels), so it is set here."""
+
+import contextlib
 import os
+from collections.abc import Iterator
+
+import pytest
+import torch
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip without a CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """One intra-op thread (the machine's cores are shared; tiny ops only lose time to thread
+    hand-offs), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """`single_thread` for a whole module: `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    with single_thread():
+        yield

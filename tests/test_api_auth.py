@@ -12,9 +12,9 @@ import pytest
 from support_api import make_client
 from support_tools import ToneEngine, serve_http
 
-from serve_app import metrics
 from serve_app.api.auth import TokenBucketLimiter, key_id
 from serve_app.client import AuthenticationError, RateLimitError, TTSClient
+from serve_app.observability.logs import configure_logging
 
 SPEAK = {"text": "Hello there.", "max_duration_ms": 240}
 KEYS = "alpha-key-0123456789,beta-key-9876543210"
@@ -108,7 +108,7 @@ def test_token_bucket_refills_at_the_configured_rate() -> None:
 def test_keys_never_reach_the_logs_but_their_fingerprint_does(tmp_path: Path) -> None:
     client = make_client(tmp_path, api_keys=KEYS)
     stream = io.StringIO()
-    handler = metrics.configure_logging("INFO", stream)
+    handler = configure_logging("INFO", stream)
     try:
         client.post("/speak", json=SPEAK, headers=bearer(ALPHA))
         client.post("/speak", json=SPEAK, headers=bearer("guessed-" + BETA))

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from serve_app import metrics
 from serve_app.engine.engine import Engine
+from serve_app.observability.logs import configure_logging
 from tests.support_tools import api_app, serve_http
 
 LONG = {"text": "A long answer that nobody will hear.", "max_duration_ms": 60_000, "seed": 1}
@@ -50,7 +50,7 @@ def frames_so_far(engine: Engine) -> int:
 @pytest.mark.parametrize("stream", [False, True], ids=["whole-response", "streamed"])
 def test_leaving_client_frees_the_slot(engine: Engine, url: str, stream: bool) -> None:
     stream_log = io.StringIO()
-    handler = metrics.configure_logging("INFO", stream_log)
+    handler = configure_logging("INFO", stream_log)
     try:
         with httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=0.5)) as client:
             if stream:

@@ -8,6 +8,7 @@ import torch
 
 from serve_app.engine.prompt import build_prompt
 from serve_app.model.fast_step import FastStep
+from serve_app.model.sampling import noise_columns
 from tests import support_engine as se
 
 
@@ -113,18 +114,23 @@ def test_sampled_frame_is_independent_of_the_rest_of_the_batch() -> None:
     assert batch.max() < 2048 and batch.min() >= 0
 
 
+@torch.inference_mode()
 @pytest.mark.parametrize("vocab_limit", [2048, None])
-def test_compilable_sampler_draws_exactly_the_reference_ids(vocab_limit: int | None) -> None:
-    from serve_app.engine.sampling import sample_top_k as reference
-    from serve_app.model.fast_step import noise_columns, sample_top_k
+def test_a_sampled_frame_is_the_reference_generators_frame(vocab_limit: int | None) -> None:
+    """The engine's step and the reference generator (`CsmModel.generate_frame` with a `BatchSampler`)
+    draw the same codes for the same seeds, temperatures, top-k and frame counters."""
+    from serve_app.engine.sampling import BatchSampler
 
-    gen = torch.Generator().manual_seed(3)
-    logits = torch.randn(64, 2051, generator=gen) * 3
-    temperature = torch.rand(64, generator=gen) + 0.3
-    top_k = torch.randint(1, 2051, (64,), generator=gen)
-    top_k[:8] = 1
-    seeds = torch.randint(-(2**62), 2**62, (64,), generator=gen)
-    counters = torch.randint(0, 4000, (64,), generator=gen)
-    got = sample_top_k(logits, temperature, top_k, seeds, counters, noise_columns(vocab_limit or 2051))
-    want = reference(logits, temperature, top_k, seeds, counters, vocab_limit)
+    model = se.model()
+    model.setup_caches(4)
+    h = torch.randn(4, model.cfg.backbone.dim, generator=torch.Generator().manual_seed(2))
+    temperature = torch.tensor([0.9, 0.6, 1.2, 0.9])
+    top_k = torch.tensor([50, 1, 2051, 5])
+    seeds = torch.tensor([3, -(2**60), 2**62 + 1, 3])
+    frame = torch.tensor([0, 4, 17, 1])
+    vocab = model.cfg.audio_vocab_size
+    sampler = BatchSampler(temperature, top_k, seeds, frame, noise_columns(vocab_limit or vocab))
+    want = model.generate_frame(h, sampler)
+    got = FastStep(model, vocab_limit=vocab_limit).depth_frame(h, temperature, top_k, seeds, frame)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not torch.equal(got[0], got[3])  # same seed, next frame: other codes

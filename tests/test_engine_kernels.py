@@ -173,22 +173,65 @@ def test_fused_decode_step_equals_the_unfused_step(linear_max_batch: int) -> Non
 
 
 def test_fused_sampler_draws_the_reference_ids() -> None:
-    from serve_app.model.fast_step import noise_columns
-    from serve_app.model.fast_step import sample_top_k as reference
     from serve_app.model.kernels.sampling import sample_top_k
+    from serve_app.model.sampling import draw_counter, noise_columns
+    from serve_app.model.sampling import sample_top_k as reference
 
     gen = torch.Generator().manual_seed(5)
-    logits = (torch.randn(3, 300, generator=gen) * 3).to(
-        DEVICE
-    )  # a short vocabulary: the interpreter is slow
-    temperature, top_k = (
-        torch.tensor([0.9, 0.5, 1.3], device=DEVICE),
-        torch.tensor([1, 50, 200], device=DEVICE),
-    )
+    logits = (torch.randn(3, 300, generator=gen) * 3).to(DEVICE)  # a short vocabulary: the interpreter is slow
+    temperature = torch.tensor([0.9, 0.5, 1.3], device=DEVICE)
+    top_k = torch.tensor([1, 50, 200], device=DEVICE)
     seeds = torch.tensor([7, -(2**61), 2**62 + 5], device=DEVICE)
     frame = torch.tensor([0, 3, 40], device=DEVICE)
     columns = noise_columns(256, DEVICE)
     for codebook in (0, 31):
         got = sample_top_k(logits, temperature, top_k, seeds, frame, codebook, columns)
-        want = reference(logits, temperature, top_k, seeds, frame * 32 + codebook, columns)
+        want = reference(logits, temperature, top_k, seeds, draw_counter(frame, codebook), columns)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_fused_sampler_never_draws_a_masked_id_under_the_largest_noise() -> None:
+    """Each row's seed puts the largest possible noise on an id outside its top k (see the PyTorch
+    sampler's test): with a uniform of 1.0 that id would win."""
+    from serve_app.model.kernels.sampling import sample_top_k
+    from serve_app.model.sampling import noise_columns
+    from tests.support_sampling import seed_with_noise_at
+
+    logits = torch.randn(16, generator=torch.Generator().manual_seed(4)) * 2
+    top = set(torch.topk(logits, 3).indices.tolist())
+    masked = [c for c in range(16) if c not in top]
+    frame, codebook = 5, 7  # the draw counter 5 * 32 + 7
+    seeds = torch.tensor([seed_with_noise_at(column=c, counter=frame * 32 + codebook) for c in masked])
+    n = len(masked)
+    ids = sample_top_k(
+        logits.expand(n, -1).contiguous().to(DEVICE),
+        torch.full((n,), 0.9, device=DEVICE),
+        torch.full((n,), 3, device=DEVICE),
+        seeds.to(DEVICE),
+        torch.full((n,), frame, device=DEVICE),
+        codebook,
+        noise_columns(16, DEVICE),
+    )
+    assert set(ids.tolist()) <= top
+
+
+def test_fused_sampler_draws_follow_the_exact_tempered_top_k_distribution() -> None:
+    """Pearson's chi-square against the exact distribution, with a near miss (another temperature)
+    rejected by the same draws. Few draws: one program per draw is slow in the interpreter."""
+    from serve_app.model.kernels.sampling import sample_top_k
+    from serve_app.model.sampling import noise_columns
+    from tests.support_sampling import chi_square_p, top_k_distribution
+
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.2, 0.0, -1.0, -2.0, -3.0])
+    n = 400
+    draws = sample_top_k(
+        logits.expand(n, -1).contiguous().to(DEVICE),
+        torch.full((n,), 0.6, device=DEVICE),
+        torch.full((n,), 4, device=DEVICE),
+        torch.full((n,), 21, device=DEVICE),
+        torch.arange(n, device=DEVICE),  # each draw its own frame
+        0,
+        noise_columns(8, DEVICE),
+    )
+    assert chi_square_p(draws, top_k_distribution(logits, 0.6, 4)) > 1e-3
+    assert chi_square_p(draws, top_k_distribution(logits, 1.0, 4)) < 1e-6

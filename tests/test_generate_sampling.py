@@ -7,26 +7,26 @@ import pytest
 import torch
 
 from serve_app.engine.generator import Generator
-from serve_app.engine.sampling import sample_top_k, splitmix64, uniform_noise
 from serve_app.engine.types import GenerationRequest, SamplingParams
 from serve_app.model.loading import LoadedModel, load_model
+from serve_app.model.sampling import (
+    NOISE_BITS,
+    bits_to_uniform,
+    noise_bits,
+    noise_columns,
+    sample_top_k,
+    splitmix64,
+    uniform_noise,
+)
+from tests.support_sampling import (
+    MASK64,
+    chi_square_p,
+    seed_with_noise_at,
+    splitmix64_reference,
+    top_k_distribution,
+)
 
-MASK64 = (1 << 64) - 1
-
-
-def splitmix64_reference(x: int) -> int:
-    z = (x + 0x9E3779B97F4A7C15) & MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-    return z ^ (z >> 31)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -41,32 +41,68 @@ def test_int64_hash_matches_the_arbitrary_precision_reference() -> None:
 
 
 def test_noise_is_uniform_and_keyed_by_seed_and_counter() -> None:
-    u = uniform_noise(torch.tensor([7, 7, 8]), torch.tensor([0, 1, 0]), 50_000)
+    columns = noise_columns(50_000)
+    u = uniform_noise(torch.tensor([7, 7, 8]), torch.tensor([0, 1, 0]), columns)
     assert float(u.min()) > 0 and float(u.max()) < 1
     assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.std()) - 12**-0.5) < 0.01
     assert not torch.equal(u[0], u[1]) and not torch.equal(u[0], u[2])
-    assert torch.equal(u[0], uniform_noise(torch.tensor([7]), torch.tensor([0]), 50_000)[0])
+    assert torch.equal(u[0], uniform_noise(torch.tensor([7]), torch.tensor([0]), columns)[0])
 
 
-def draw(logits: torch.Tensor, n: int, temperature: float, top_k: int, **kw: int) -> torch.Tensor:
+def test_the_extreme_noise_values_stay_strictly_inside_zero_and_one() -> None:
+    extremes = bits_to_uniform(torch.tensor([0, 2**NOISE_BITS - 1]))
+    assert extremes.tolist() == [2.0**-24, 1 - 2.0**-24]  # exact in float32
+    race = -torch.log(extremes)
+    assert bool((race > 0).all()) and bool(torch.isfinite(race).all())
+
+
+def test_crafted_seeds_give_the_largest_noise_where_asked() -> None:
+    seeds = torch.tensor([seed_with_noise_at(column=c, counter=k) for c, k in [(3, 0), (40, 7), (2047, 93)]])
+    bits = noise_bits(seeds, torch.tensor([0, 7, 93]), noise_columns(2048))
+    assert [int(bits[i, c]) for i, c in enumerate([3, 40, 2047])] == [2**NOISE_BITS - 1] * 3
+
+
+def draw(logits: torch.Tensor, n: int, temperature: float, top_k: int, vocab_limit: int | None = None,
+         max_top_k: int | None = None, seed: int = 11) -> torch.Tensor:
     rows = logits.expand(n, -1)
     return sample_top_k(
         rows,
         torch.full((n,), temperature),
         torch.full((n,), top_k, dtype=torch.long),
-        torch.full((n,), 11),
+        torch.full((n,), seed),
         torch.arange(n),
-        **kw,
+        noise_columns(vocab_limit or logits.shape[-1]),
+        max_top_k,
     )
 
 
-def test_draws_follow_the_tempered_top_k_distribution() -> None:
-    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
-    n = 20_000
-    counts = torch.bincount(draw(logits, n, temperature=0.7, top_k=4), minlength=6).float() / n
-    expected = torch.softmax(logits[0, :4] / 0.7, dim=0)
-    assert counts[4:].sum() == 0  # outside the top 4: never
-    torch.testing.assert_close(counts[:4], expected, atol=0.015, rtol=0)
+def test_the_largest_noise_on_a_masked_id_never_draws_it() -> None:
+    """Each row's seed puts the largest possible noise on an id outside its top k: were the uniform
+    1.0 there, its race would be 0, its 0 / 0 a NaN, and the argmax would pick it."""
+    logits = torch.randn(64, generator=torch.Generator().manual_seed(4)) * 2
+    top = set(torch.topk(logits, 5).indices.tolist())
+    masked = [c for c in range(64) if c not in top]
+    seeds = torch.tensor([seed_with_noise_at(column=c, counter=i) for i, c in enumerate(masked)])
+    ids = sample_top_k(
+        logits.expand(len(masked), -1),
+        torch.full((len(masked),), 0.9),
+        torch.full((len(masked),), 5),
+        seeds,
+        torch.arange(len(masked)),
+        noise_columns(64),
+    )
+    assert set(ids.tolist()) <= top
+
+
+def test_draws_follow_the_exact_tempered_top_k_distribution() -> None:
+    """Pearson's chi-square against the exact distribution; the same test rejects a near miss (the
+    temperature a fifth off), so it has the power to catch a biased sampler."""
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.2, 0.0, -1.0, -3.0])
+    draws = draw(logits[None], 20_000, temperature=0.8, top_k=5)
+    assert chi_square_p(draws, top_k_distribution(logits, 0.8, 5)) > 1e-3
+    assert set(draws.tolist()) == {0, 1, 2, 3, 4}  # the top 5, every one of them
+    assert chi_square_p(draws, top_k_distribution(logits, 1.0, 5)) < 1e-6
+    assert chi_square_p(draws, top_k_distribution(logits, 0.8, 6)) < 1e-6
 
 
 def test_top_k_one_is_greedy_and_vocab_limit_cuts_the_tail() -> None:

@@ -13,8 +13,13 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve_app import metrics
 from serve_app.engine.types import GenerationRequest
+from serve_app.observability import metrics
+from serve_app.observability.logs import JsonFormatter, configure_logging
+from serve_app.observability.metered_engine import MeteredEngine
+from serve_app.observability.middleware import MetricsMiddleware, RequestIdMiddleware
+from serve_app.observability.request_ids import request_id_var
+from tests.support_api import FakeEngine, make_client
 from tests.support_tools import ToneEngine, api_app, serve_http
 
 
@@ -110,7 +115,7 @@ def test_queue_and_batch_gauges_are_exposed(http: httpx.Client) -> None:
 
 def test_request_ids_are_echoed_or_made_and_reach_the_json_log(http: httpx.Client) -> None:
     stream = io.StringIO()
-    handler = metrics.configure_logging("INFO", stream)
+    handler = configure_logging("INFO", stream)
     try:
         given = http.get("/info", headers={"X-Request-ID": "req-42"})
         made = http.get("/info")
@@ -134,11 +139,11 @@ def test_request_ids_are_echoed_or_made_and_reach_the_json_log(http: httpx.Clien
 def test_json_formatter_includes_extras_and_the_current_request_id() -> None:
     record = logging.makeLogRecord({"name": "x", "levelname": "WARNING", "msg": "slot %d busy", "args": (3,),
                                     "slot": 3})
-    token = metrics.request_id_var.set("rid-1")
+    token = request_id_var.set("rid-1")
     try:
-        entry = json.loads(metrics.JsonFormatter().format(record))
+        entry = json.loads(JsonFormatter().format(record))
     finally:
-        metrics.request_id_var.reset(token)
+        request_id_var.reset(token)
     assert entry["message"] == "slot 3 busy" and entry["slot"] == 3 and entry["request_id"] == "rid-1"
 
 
@@ -154,7 +159,7 @@ def test_metered_stream_closed_early_closes_the_engine_stream_and_counts_what_wa
                 closed.append(True)
 
     async def run() -> None:
-        engine = metrics.MeteredEngine(Engine())
+        engine = MeteredEngine(Engine())
         chunks = engine.stream(GenerationRequest(text="a long enough text for many frames"))
         await chunks.__anext__()
         await chunks.__anext__()
@@ -209,3 +214,38 @@ def test_inside_ray_every_update_is_mirrored_into_ray_metrics(monkeypatch) -> No
     assert registry.get_sample_value("csm_http_requests_total",
                                      {"method": "POST", "endpoint": "/speak", "status": "200"}) == 2
     assert ttfa._ray.info["boundaries"] == list(metrics.TIME_TO_FIRST_AUDIO.buckets)
+
+
+def test_one_middleware_gives_a_request_the_id_the_engine_the_response_and_the_log_see(tmp_path) -> None:
+    engine = FakeEngine()
+    client = make_client(tmp_path, engine)
+    stream = io.StringIO()
+    handler = configure_logging("INFO", stream)
+    try:
+        response = client.post("/speak", json={"text": "Hi"}, headers={"X-Request-ID": "bad id"})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    request_id = response.headers["x-request-id"]
+    assert response.status_code == 200 and len(request_id) == 32
+    assert engine.requests[-1].request_id == request_id
+    access = [json.loads(line) for line in stream.getvalue().splitlines() if '"csm_serve.access"' in line]
+    assert [entry["request_id"] for entry in access] == [request_id]
+    stack = [m.cls for m in client.app.user_middleware]
+    assert stack[0] is RequestIdMiddleware and stack.count(RequestIdMiddleware) == 1
+
+
+def test_the_in_process_server_app_is_wired_once() -> None:
+    """`csm-serve serve --preset` serves `create_app` as it is: one request-id and one metrics
+    middleware, one `/metrics` and one playground route."""
+    from serve_app.cli import build_preset_app
+    from serve_app.observability.http import router as metrics_router
+    from serve_app.web.routes import router as playground_router
+
+    app = build_preset_app("tiny-random", device="cpu")
+    try:
+        stack = [m.cls for m in app.user_middleware]
+        assert stack.count(RequestIdMiddleware) == 1 and stack.count(MetricsMiddleware) == 1
+        included = [getattr(route, "original_router", None) for route in app.routes]
+        assert included.count(metrics_router) == 1 and included.count(playground_router) == 1
+    finally:
+        app.state.services.synth.engine.close()

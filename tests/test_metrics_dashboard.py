@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_app import metrics
+from serve_app.observability import metrics
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "configs" / "grafana" / "csm-serve.json"
 SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}

@@ -8,14 +8,17 @@ import pytest
 import torch
 from support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
 
+from serve_app.engine.cuda_graphs import GraphedMimiStreamDecoder, buckets_up_to, smallest_bucket
 from serve_app.model.mimi_stream import MimiStreamDecoder
-from serve_app.model.mimi_stream_graphs import GraphedMimiStreamDecoder, default_buckets
 
 
-def test_default_buckets():
-    assert default_buckets(1) == [1]
-    assert default_buckets(6) == [1, 2, 4, 6]
-    assert default_buckets(16) == [1, 2, 4, 8, 16]
+def test_buckets_are_powers_of_two_then_the_limit():
+    assert buckets_up_to(1) == (1,)
+    assert buckets_up_to(6) == (1, 2, 4, 6)
+    assert buckets_up_to(16) == (1, 2, 4, 8, 16)
+    assert [smallest_bucket((1, 2, 4, 6), n) for n in (1, 2, 3, 5, 6)] == [1, 2, 4, 6, 6]
+    with pytest.raises(ValueError, match="beyond the largest bucket"):
+        smallest_bucket((1, 2, 4, 6), 7)
 
 
 def run_schedule(decoder, codes: dict[int, torch.Tensor], seed: int) -> dict[int, torch.Tensor]:
@@ -66,14 +69,14 @@ def test_scratch_slot_is_not_handed_out():
         GraphedMimiStreamDecoder(random_mimi(tiny_mimi_config()), max_streams=1, use_graphs=True)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_cuda_graph_replay_matches_eager_decoder():
     model = random_mimi(tiny_mimi_config(), seed=2).cuda()
     codes = stream_codes(model.config, {0: 12, 2: 9, 5: 11, 6: 6, 7: 10})
     graphed = GraphedMimiStreamDecoder(model, max_streams=8)
     graphed.warmup([1])
     got = run_schedule(graphed, codes, seed=4)
-    assert graphed.use_graphs and {n for _, n in graphed._graphs} <= {1, 2, 4}
+    assert graphed.use_graphs and {n for _, n in graphed.captured} <= {1, 2, 4}
     want = run_schedule(MimiStreamDecoder(model, max_streams=8), codes, seed=4)
     for slot in codes:
         torch.testing.assert_close(got[slot], want[slot], atol=1e-4, rtol=1e-4)

@@ -1,7 +1,8 @@
 """`create_app(engine)`: the HTTP API over any `SpeechEngine` (in-process engine or Ray handle adapter).
 
-Besides the API routes it carries the project's Prometheus metrics (`GET /metrics`, request metrics
-middleware, engine metrics through `metered`) and the browser playground (`GET /`).
+Besides the API routes it carries the service's observability (request ids, Prometheus metrics and
+`GET /metrics`, the JSON access log, engine metrics through `MeteredEngine`) and the browser
+playground (`GET /`). This is the one place the app is wired.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from serve_app.api.auth import ApiKeyRing, AuthMiddleware, TokenBucketLimiter
 from serve_app.api.cache import ResponseCache
 from serve_app.api.deps import Services
 from serve_app.api.errors import install_error_handlers
-from serve_app.api.middleware import BodyLimitMiddleware, CancelOnDisconnectMiddleware, RequestIdMiddleware
+from serve_app.api.middleware import BodyLimitMiddleware, CancelOnDisconnectMiddleware
 from serve_app.api.sessions import SessionStore
 from serve_app.api.settings import ApiSettings
 from serve_app.api.synthesis import Synthesizer
 from serve_app.api.voices import VoiceStore
 from serve_app.engine.interface import SpeechEngine
-from serve_app.metrics import instrument_app, metered
+from serve_app.observability.http import instrument_app
+from serve_app.observability.metered_engine import MeteredEngine
 from serve_app.web.routes import install_playground
 
 __all__ = ["create_app"]
@@ -44,7 +46,7 @@ def create_app(engine: SpeechEngine, settings: ApiSettings | None = None) -> Fas
     )
     app.state.services = Services(
         settings=settings,
-        synth=Synthesizer(metered(engine), settings, VoiceStore(settings.voices_dir)),
+        synth=Synthesizer(MeteredEngine(engine), settings, VoiceStore(settings.voices_dir)),
         cache=ResponseCache(settings.cache_max_bytes),
         sessions=SessionStore(settings.max_sessions, settings.session_ttl_s, settings.session_context_turns),
     )
@@ -60,7 +62,6 @@ def create_app(engine: SpeechEngine, settings: ApiSettings | None = None) -> Fas
             else None
         )
         app.add_middleware(AuthMiddleware, keys=ApiKeyRing(keys) if keys else None, limiter=limiter)
-    app.add_middleware(RequestIdMiddleware)  # outermost of these: a 401, 413 or 429 carries an id too
     for module in (
         routes_speech,
         routes_stream,
@@ -71,6 +72,6 @@ def create_app(engine: SpeechEngine, settings: ApiSettings | None = None) -> Fas
         routes_system,
     ):
         app.include_router(module.router)
-    instrument_app(app)  # outermost: Prometheus metrics, access log, GET /metrics
+    instrument_app(app)  # outermost: request ids (a 401, 413 or 429 carries one too), metrics, access log
     install_playground(app)  # GET / and /playground
     return app

@@ -23,7 +23,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from serve_app.engine.types import SAMPLE_RATE
+from serve_app.constants import SAMPLE_RATE
 
 __all__ = [
     "MAX_CHANNELS",

@@ -26,7 +26,7 @@ import numpy as np
 
 from serve_app.audio.formats import AUDIO_FORMATS, CONTENT_TYPES, AudioFormat, OutputFormat
 from serve_app.audio.resample import StreamResampler
-from serve_app.engine.types import SAMPLE_RATE
+from serve_app.constants import SAMPLE_RATE
 
 __all__ = [
     "AUDIO_FORMATS",

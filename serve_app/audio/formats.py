@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from serve_app.engine.types import SAMPLE_RATE
+from serve_app.constants import SAMPLE_RATE
 
 __all__ = [
     "AUDIO_FORMATS",

@@ -13,7 +13,7 @@ import numpy as np
 
 from serve_app.audio.decode import AudioInputError, AudioTooLargeError
 from serve_app.audio.quality import SILENCE_RMS
-from serve_app.engine.types import SAMPLE_RATE
+from serve_app.constants import SAMPLE_RATE
 
 __all__ = ["ReferenceLimits", "check_reference"]
 

@@ -11,7 +11,7 @@ import av
 import av.filter
 import numpy as np
 
-from serve_app.engine.types import SAMPLE_RATE
+from serve_app.constants import SAMPLE_RATE
 
 __all__ = ["MAX_SPEED", "MIN_SPEED", "TempoStretcher", "change_speed"]
 

@@ -63,10 +63,14 @@ class EngineConfig:
     silence_rms: float = 0.003  # runaway guard: a frame this quiet (RMS, full scale 1.0) is silent
     silence_seconds: float = 2.4  # ... and this much trailing silence ends the utterance (0: off)
     cuda_graphs: bool | None = None  # None: on for CUDA
-    compile: bool | None = None  # torch.compile the step functions; None: on for CUDA
-    # Decode batches up to this size run the fused Triton projections instead of cuBLAS (None: the
-    # model's default, none). Needs the fused attention (CUDA, Triton, heads of >= 32 dims).
-    fused_linear_max_batch: int | None = None
+    # torch.compile the step and prefill functions (None: on for CUDA). Off by default: with the
+    # fused projections and graphed prefills it gains little, and compiling took a replica's start
+    # from under a minute to three (benchmarks/results, README Performance).
+    compile: bool | None = False
+    # Decode batches up to this size run the fused Triton projections (RMSNorm, SwiGLU and residual
+    # adds inside the matmuls) instead of cuBLAS; 0: none. Needs the fused attention (CUDA, Triton,
+    # heads of >= 32 dims); elsewhere it is ignored. Default: every batch.
+    fused_linear_max_batch: int | None = 1 << 16
     audio_dtype: str | None = None  # streaming Mimi decode; None: bfloat16 on CUDA, float32 on CPU
     memory_fraction: float = 0.8  # of free device memory for KV slots
     max_prefill_rows: int = 8192  # padded prompt rows prefilled together in one iteration

@@ -109,7 +109,9 @@ class Generator:
         h = model.backbone_forward(model.embed_rows(tokens, mask), positions)
         h_last = h[torch.arange(b, device=dev), lens - 1]
 
-        sampler = BatchSampler.from_params([r.sampling for r in requests], dev, self.vocab_limit, seeds)
+        sampler = BatchSampler.from_params(
+            [r.sampling for r in requests], dev, model.cfg.audio_vocab_size, self.vocab_limit, seeds
+        )
         frames: list[list[torch.Tensor]] = [[] for _ in range(b)]
         reasons: list[FinishReason | None] = [None] * b
         eos_id = model.cfg.codebook_eos_id

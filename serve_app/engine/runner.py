@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Any
@@ -29,16 +28,58 @@ from typing import Any
 import numpy as np
 import torch
 
+from serve_app.engine.cuda_graphs import CudaGraphs, GraphedMimiStreamDecoder, buckets_up_to, smallest_bucket
 from serve_app.engine.sequence import Sequence
 from serve_app.model.csm import CsmModel
 from serve_app.model.fast_step import FastStep
-from serve_app.model.mimi_stream_graphs import GraphedMimiStreamDecoder
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_KV_BUCKETS = (128, 256, 512, 1024, 2048)
+PREFILL_WIDTHS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+"""Prompt widths (rows per prompt, padded) of the captured prefills."""
+PREFILL_TOKEN_BUDGET = 8192
+"""Largest batch x width of a captured prefill: bigger admissions are split into several replays."""
 STEP_OUTPUT_RING = 3
 """Host buffers for step codes: a step's codes must be fetched before this many more steps launch."""
+
+
+@dataclass(frozen=True)
+class PrefillGroup:
+    """Sequences prefilled together: `batch` rows (a captured batch size) of `width` prompt rows."""
+
+    seqs: list[Sequence]
+    batch: int
+    width: int
+
+
+def prefill_groups(
+    seqs: Seq[Sequence], batches: Seq[int], widths: Seq[int], budget: int
+) -> list[PrefillGroup]:
+    """Split prompts into groups that each fit one captured prefill (batch bucket x width bucket
+    within `budget` tokens), longest first, so short prompts are not padded to a long one's width.
+    Every sequence must have at least 2 prompt rows (the last row is the first step's input)."""
+    pending = sorted(seqs, key=lambda s: s.prompt_len, reverse=True)
+    groups: list[PrefillGroup] = []
+    while pending:
+        width = next(w for w in widths if w >= pending[0].prompt_len - 1)
+        fits = [b for b in batches if b * width <= budget] or [batches[0]]  # one prompt always fits
+        count = min(len(pending), fits[-1])
+        batch = next(b for b in batches if b >= count)
+        groups.append(PrefillGroup(pending[:count], batch, width))
+        pending = pending[count:]
+    return groups
+
+
+@dataclass
+class _PrefillInputs:
+    """Static inputs of a captured prefill: (batch, width, 33) tokens and mask, (batch, width)
+    positions, (batch,) slots."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    slots: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -48,12 +89,6 @@ class StepOutput:
 
     index: int
     rows: int
-
-
-def buckets_up_to(n: int) -> tuple[int, ...]:
-    """Batch buckets 1, 2, 4, ... below n, then n itself."""
-    out = [1 << i for i in range(max(1, math.ceil(math.log2(max(n, 1)))) + 1) if (1 << i) < n]
-    return tuple(out + [n])
 
 
 def slot_bytes(model: CsmModel) -> int:
@@ -141,8 +176,9 @@ class ModelRunner:
         self._step_events = [torch.cuda.Event() if cuda else None for _ in range(STEP_OUTPUT_RING)]
         self.steps_launched = 0
         self.frame_samples = self.decoder.frame_samples
-        self._backbone_graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        self._depth_graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._graphs: CudaGraphs | None = None
+        self.prefill_widths = tuple(w for w in PREFILL_WIDTHS if w < limit) + (limit,)
+        self._prefill_inputs_of: dict[tuple[int, int], _PrefillInputs] = {}
         self.compile_error: str | None = None
         if cuda_graphs:
             self._capture_or_fall_back(vocab_limit)
@@ -158,8 +194,8 @@ class ModelRunner:
                 limit = self._linear_max_batch if fused else 0
                 self.fast = FastStep(self.model, vocab_limit, fused_attention=fused, linear_max_batch=limit)
                 self.compiled = False
-                self._backbone_graphs.clear()
-                self._depth_graphs.clear()
+                self._graphs = None
+                self._prefill_inputs_of.clear()
                 torch.cuda.synchronize(self.device)
             try:
                 self.capture()
@@ -172,13 +208,13 @@ class ModelRunner:
 
     # ---- buckets ------------------------------------------------------------------------------
     def batch_bucket(self, rows: int) -> int:
-        return next(b for b in self.batch_buckets if b >= rows)
+        return smallest_bucket(self.batch_buckets, rows)
 
     def kv_bucket(self, positions: int) -> int:
         """Smallest key window holding positions 0..positions-1."""
         if positions > self.kv_buckets[-1]:
             raise ValueError(f"position {positions - 1} is beyond the cache ({self.kv_buckets[-1]})")
-        return next(b for b in self.kv_buckets if b >= positions)
+        return smallest_bucket(self.kv_buckets, positions)
 
     # ---- host -> device -----------------------------------------------------------------------
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,23 +233,19 @@ class ModelRunner:
         m = self.model
         slots = self._to_device(torch.tensor([s.slot for s in seqs], dtype=torch.long))
         body = [s for s in seqs if s.prompt_len > 1]
-        if body:
+        if body and self._prefill_inputs_of:
+            for group in prefill_groups(body, self.batch_buckets, self.prefill_widths, PREFILL_TOKEN_BUDGET):
+                self._replay_prefill(group)
+        elif body:
             # Widths in multiples of 16: fewer shapes, and no width-1 specialisation of the compiled prefill.
             width = -(-max(s.prompt_len - 1 for s in body) // 16) * 16
-            tokens = torch.zeros(len(body), width, m.cfg.num_codebooks + 1, dtype=torch.long)
-            mask = torch.zeros(tokens.shape, dtype=torch.bool)
-            positions = torch.full((len(body), width), -1, dtype=torch.long)
-            for i, s in enumerate(body):
-                t = s.prompt_len - 1
-                tokens[i, :t], mask[i, :t] = s.tokens[:t], s.mask[:t]
-                positions[i, :t] = torch.arange(t)
-            kv_len = min(width, m.max_seq_len)
-            self.fast._prefill(
+            tokens, mask, positions, rows = self._prefill_inputs(body, len(body), width)
+            self.fast.prefill(
                 self._to_device(tokens),
                 self._to_device(mask),
                 self._to_device(positions),
-                self._to_device(torch.tensor([s.slot for s in body], dtype=torch.long)),
-                kv_len,
+                self._to_device(rows),
+                min(width, m.max_seq_len),
             )
         last_tokens = torch.stack([s.tokens[-1] for s in seqs])[:, None]
         last_mask = torch.stack([s.mask[-1] for s in seqs])[:, None]
@@ -230,6 +262,55 @@ class ModelRunner:
         self.top_k[slots] = self._to_device(torch.tensor([p.top_k for p in params], dtype=torch.long))
         with self._on_audio_stream():
             self.decoder.reset(*[s.slot for s in seqs])  # type: ignore[misc]
+
+    def _prefill_inputs(
+        self, seqs: Seq[Sequence], batch: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Host inputs of a prefill: every prompt row but the last, right-padded to `width`, in
+        `batch` rows. Padding (rows and columns) has position -1: it writes only the scratch column
+        of its slot (slot 0 for padding rows), which no query reads."""
+        tokens = torch.zeros(batch, width, self.model.cfg.num_codebooks + 1, dtype=torch.long)
+        mask = torch.zeros(tokens.shape, dtype=torch.bool)
+        positions = torch.full((batch, width), -1, dtype=torch.long)
+        rows = torch.zeros(batch, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            t = s.prompt_len - 1
+            tokens[i, :t], mask[i, :t] = s.tokens[:t], s.mask[:t]
+            positions[i, :t] = torch.arange(t)
+            rows[i] = s.slot  # type: ignore[assignment]
+        return tokens, mask, positions, rows
+
+    def _replay_prefill(self, group: PrefillGroup) -> None:
+        """Copy a group's prompts into its captured prefill's inputs (pinned, queued) and replay it:
+        one launch whatever the prompt count, where an eager prefill launches hundreds of kernels."""
+        key = (group.batch, group.width)
+        static = self._prefill_inputs_of[key]
+        host = self._prefill_inputs(group.seqs, group.batch, group.width)
+        for buffer, values in zip((static.tokens, static.mask, static.positions, static.slots), host):
+            buffer.copy_(values.pin_memory(), non_blocking=True)
+        self._graphs.replay(("prefill", *key))  # type: ignore[union-attr]
+
+    def _capture_prefills(self, graphs: CudaGraphs) -> None:
+        """One graph per (batch bucket, width) within the token budget, in the step's memory pool."""
+        m, dev = self.model, self.device
+        for batch in reversed(self.batch_buckets):
+            for width in reversed(self.prefill_widths):
+                if batch * width > PREFILL_TOKEN_BUDGET:
+                    continue
+                static = _PrefillInputs(
+                    tokens=torch.zeros(batch, width, m.cfg.num_codebooks + 1, dtype=torch.long, device=dev),
+                    mask=torch.zeros(batch, width, m.cfg.num_codebooks + 1, dtype=torch.bool, device=dev),
+                    positions=torch.full((batch, width), -1, dtype=torch.long, device=dev),
+                    slots=torch.zeros(batch, dtype=torch.long, device=dev),
+                )
+
+                def prefill(x: _PrefillInputs = static, w: int = width) -> None:
+                    self.fast.prefill(x.tokens, x.mask, x.positions, x.slots, w)
+
+                with graphs.warming_up():  # padding only: the scratch column is written
+                    prefill()
+                graphs.capture(("prefill", batch, width), prefill)
+                self._prefill_inputs_of[(batch, width)] = static
 
     def deactivate(self, slot: int) -> None:
         """Stop stepping `slot` (its audio decoder state stays for the last chunk). A fill kernel
@@ -251,7 +332,7 @@ class ModelRunner:
 
     # ---- decode step --------------------------------------------------------------------------
     def _backbone(self, rows: int, kv_len: int) -> None:
-        h = self.fast._backbone_step(self.embeds[:rows], self.positions[:rows], kv_len)
+        h = self.fast.backbone_step(self.embeds[:rows], self.positions[:rows], kv_len)
         self.hidden[:rows].copy_(h)
 
     def _depth(self, rows: int) -> None:
@@ -277,9 +358,9 @@ class ModelRunner:
         Results land in `codes` (until the next step) and the history ring; the returned handle
         fetches this step's codes later (`fetch`) without waiting for steps launched after it."""
         batch, kv_len = self.batch_bucket(rows), self.kv_bucket(positions)
-        if self.cuda_graphs:
-            self._backbone_graphs[(batch, kv_len)].replay()
-            self._depth_graphs[batch].replay()
+        if self._graphs is not None:
+            self._graphs.replay(("backbone", batch, kv_len))
+            self._graphs.replay(("depth", batch))
         else:
             self._backbone(batch, kv_len)
             self._depth(batch)
@@ -310,42 +391,37 @@ class ModelRunner:
             tokens = torch.zeros(shape, dtype=torch.long, device=self.device)
             positions = torch.full((batch, width), -1, dtype=torch.long, device=self.device)
             slots = torch.arange(batch, device=self.device)
-            self.fast._prefill(tokens, tokens.bool(), positions, slots, width)
+            self.fast.prefill(tokens, tokens.bool(), positions, slots, width)
 
     @torch.inference_mode()
     def capture(self) -> None:
         """Warm up (and compile) every bucket, then capture one graph per (batch, key window) for the
-        backbone and one per batch for the depth frame, sharing one memory pool."""
+        backbone, one per batch for the depth frame and one per (batch, width) for the prefill, all in
+        one memory pool (they replay one after another on one stream)."""
         if self.positions.ge(0).any():
             raise RuntimeError("capture CUDA graphs before any slot is live")
-        pool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
+        graphs = CudaGraphs(self.device, shared_pool=True)
+        with graphs.warming_up():
             self._warm_prefill()
             for batch in self.batch_buckets:
                 for kv_len in self.kv_buckets:
                     self._backbone(batch, kv_len)
                 self._depth(batch)
                 self._depth(batch)
-        torch.cuda.current_stream(self.device).wait_stream(side)
         torch.cuda.synchronize(self.device)
         for batch in reversed(self.batch_buckets):
             for kv_len in self.kv_buckets:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self._backbone(batch, kv_len)
-                self._backbone_graphs[(batch, kv_len)] = graph
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self._depth(batch)
-            self._depth_graphs[batch] = graph
+                graphs.capture(("backbone", batch, kv_len), lambda b=batch, k=kv_len: self._backbone(b, k))
+            graphs.capture(("depth", batch), lambda b=batch: self._depth(b))
+        self._capture_prefills(graphs)
         torch.cuda.synchronize(self.device)
+        self._graphs = graphs
         logger.info(
-            "captured %d CUDA graphs (batches %s, key windows %s)",
-            len(self._backbone_graphs) + len(self._depth_graphs),
+            "captured %d CUDA graphs (batches %s, key windows %s, %d prefills)",
+            len(graphs),
             self.batch_buckets,
             self.kv_buckets,
+            len(self._prefill_inputs_of),
         )
 
     # ---- audio --------------------------------------------------------------------------------

@@ -10,13 +10,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SAMPLE_RATE = 24_000
-"""Mimi's output sample rate (Hz)."""
-FRAME_SAMPLES = 1_920
-"""Samples in one Mimi frame (80 ms at 24 kHz)."""
-FRAME_MS = 80
-NUM_CODEBOOKS = 32
-MAX_POSITIONS = 2_048
+from serve_app.constants import FRAME_MS, FRAME_SAMPLES, MAX_POSITIONS, NUM_CODEBOOKS, SAMPLE_RATE
+
+__all__ = [
+    "FRAME_MS",
+    "FRAME_SAMPLES",
+    "MAX_POSITIONS",
+    "NUM_CODEBOOKS",
+    "SAMPLE_RATE",
+    "Audio",
+    "AudioChunk",
+    "EngineOverloadedError",
+    "FinishReason",
+    "GenerationRequest",
+    "PromptTooLongError",
+    "SamplingParams",
+    "Segment",
+]
 
 
 class FinishReason(str, enum.Enum):

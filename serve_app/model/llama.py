@@ -1,21 +1,35 @@
-"""Llama-style transformer blocks with a static, slot-indexed KV cache (gpt-fast style).
+"""Llama-style transformer blocks over a static, slot-indexed KV cache (gpt-fast style): one block
+implementation whose attention and projections come from a backend.
 
 Numerics follow transformers' Llama/CSM code (fp32 RMSNorm, fp32 RoPE tables cast to the
 activation dtype, rotate-half RoPE, SDPA); q/k/v and gate/up projections are fused into one
-matmul each.
+matmul each. A block is always
 
-Cache layout and masking, chosen so a whole step can be captured in a CUDA graph:
-- each layer owns `k`/`v` buffers of shape (slots, kv_heads, max_seq_len + 1, head_dim);
-- a row of a batch writes its keys at its own `positions`; padding entries (position < 0) are
-  routed to the extra last position (a scratch column no valid query ever sees);
-- a query at position p attends keys 0..p of its own slot, so stale keys of an earlier request
-  in a reused slot are never visible: every position <= p was rewritten by the current request.
-No step depends on Python control flow over tensor values and nothing syncs with the host.
+    qkv = norm+project(x);  out = attend(qkv);  h = x + project(out);  x' = h + down(swiglu(norm+gate/up(h)))
+
+and a `Backend` says how each piece runs: `EAGER` is plain PyTorch (any number of tokens per row,
+the path the transformers parity tests check); `serve_app.model.kernels.backends` has the Triton
+twins for one-token decode steps. `torch.compile` wraps whichever backend a caller picks.
+
+Cache layout, chosen so a whole step can be captured in a CUDA graph:
+- each layer owns `k`/`v` buffers of shape (slots, kv_heads, max_seq_len + 1, head_dim); the last
+  position is a scratch column that no valid query ever attends;
+- a query at position p attends keys 0..p of its own slot, so stale keys of an earlier request in a
+  reused slot are never visible: every position <= p was rewritten by the current request.
+
+Padding (the one definition every backend honours): a row position < 0 is padding (right- or
+left-padded prefill) or an idle slot (decode). Its output is unspecified but finite, and it writes no
+cache entry that a valid query can read. The eager backend treats such a query as position 0 (RoPE
+of position 0, attends key 0 of its own row) and writes its key/value to the scratch column; the fused
+decode kernel writes nothing and outputs zeros. No step depends on Python control flow over tensor
+values and nothing syncs with the host.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +111,8 @@ class KVCache(nn.Module):
         slots: torch.Tensor | None,
         kv_len: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k/v (B, Hkv, T, Dh) at (row, write_pos) and return the rows' first `kv_len` keys/values."""
+        """Write k/v (B, Hkv, T, Dh) at (row, write_pos) and return the rows' first `kv_len` keys/values
+        (a view of the cache when the batch rows are slots 0..B-1, a gather otherwise)."""
         # Advanced indices around a slice put the indexed dims first: (B, T, Hkv, Dh).
         self.k[rows[:, None], :, write_pos] = k.transpose(1, 2)
         self.v[rows[:, None], :, write_pos] = v.transpose(1, 2)
@@ -108,53 +123,160 @@ class KVCache(nn.Module):
 
 
 class Attention(nn.Module):
+    """Attention weights and cache of one layer; how it attends is the backend's business."""
+
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.wqkv = nn.Linear(cfg.dim, cfg.q_dim + 2 * cfg.kv_dim, bias=False)
         self.wo = nn.Linear(cfg.q_dim, cfg.dim, bias=False)
         self.kv_cache: KVCache | None = None
-        self._split = (cfg.q_dim, cfg.kv_dim, cfg.kv_dim)
+        self.split_sizes = (cfg.q_dim, cfg.kv_dim, cfg.kv_dim)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor,
-        rows: torch.Tensor,
-        write_pos: torch.Tensor,
-        slots: torch.Tensor | None,
-        kv_len: int,
-    ) -> torch.Tensor:
-        b, t, _ = x.shape
-        q, k, v = self.wqkv(x).split(self._split, dim=-1)
-        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    def cache(self) -> KVCache:
         if self.kv_cache is None:
             raise RuntimeError("KV caches are not set up: call setup_caches() first")
-        k, v = self.kv_cache.update(k, v, rows, write_pos, slots, kv_len)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask.unsqueeze(1), enable_gqa=self.n_heads != self.n_kv_heads
-        )
-        return self.wo(out.transpose(1, 2).reshape(b, t, -1))
+        return self.kv_cache
 
 
 class FeedForward(nn.Module):
-    """SwiGLU MLP with gate and up projections fused (gate rows first)."""
+    """SwiGLU MLP weights, gate and up projections fused (gate rows first)."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.w13 = nn.Linear(cfg.dim, 2 * cfg.intermediate_size, bias=False)
         self.w2 = nn.Linear(cfg.intermediate_size, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w13(x).chunk(2, dim=-1)
-        return self.w2(F.silu(gate) * up)
+
+# ---- backends ----------------------------------------------------------------------------------------
+class AttentionInputs(NamedTuple):
+    """What every layer of one stack forward attends with, computed once per forward."""
+
+    positions: torch.Tensor  # (B, T) long, < 0: padding; (B,) for one-token backends
+    cos: torch.Tensor  # eager: (B, T, Dh) in the activation dtype; fused: the fp32 table (P, Dh)
+    sin: torch.Tensor
+    write_pos: torch.Tensor | None = None  # (B, T): cache position written (padding: scratch)
+    mask: torch.Tensor | None = None  # (B, 1, group * T, kv_len) bool: keys each query attends
+    rows: torch.Tensor | None = None  # (B,) cache slot of each batch row
+    slots: torch.Tensor | None = None  # the caller's slots (None: rows 0..B-1, read as a view)
+    kv_len: int = 0
 
 
+class AttentionBackend(Protocol):
+    one_token: bool
+    """True for backends that take exactly one new token per batch row, row b being cache slot b."""
+
+    def inputs(
+        self,
+        stack: Transformer,
+        positions: torch.Tensor,
+        slots: torch.Tensor | None,
+        kv_len: int,
+        dtype: torch.dtype,
+    ) -> AttentionInputs: ...
+
+    def attend(self, attention: Attention, qkv: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
+        """qkv (..., q + 2 kv) → attention output (..., q), writing the new keys/values."""
+        ...
+
+
+class ProjectionBackend(Protocol):
+    def norm_linear(self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear) -> torch.Tensor:
+        """linear(norm(x))."""
+        ...
+
+    def linear_add(self, x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
+        """residual + linear(x)."""
+        ...
+
+    def norm_gate_up(self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear) -> torch.Tensor:
+        """silu(gate) * up of linear(norm(x)) (the fused gate/up weight, gate rows first)."""
+        ...
+
+
+class TorchAttention:
+    """SDPA over the slot cache, any number of tokens per row, rows in any slots.
+
+    Grouped-query attention runs over queries laid out (B, kv_heads, group * T, head_dim) against the
+    un-expanded cache, so K/V are read once, never repeated per query head; a per-row mask hides
+    keys past each query's own position within the static key window `kv_len`."""
+
+    one_token = False
+
+    def inputs(
+        self,
+        stack: Transformer,
+        positions: torch.Tensor,
+        slots: torch.Tensor | None,
+        kv_len: int,
+        dtype: torch.dtype,
+    ) -> AttentionInputs:
+        b, t = positions.shape
+        first = stack.layers[0].attention
+        group = first.n_heads // first.n_kv_heads
+        valid = positions >= 0
+        write_pos = torch.where(valid, positions, stack.max_seq_len)  # padding: the scratch column
+        query_pos = positions.clamp(min=0)  # padding: a query at position 0
+        keys = torch.arange(kv_len, device=positions.device)
+        mask = keys.view(1, 1, -1) <= query_pos.unsqueeze(-1)  # (B, T, L)
+        mask = mask.unsqueeze(1).expand(b, group, t, kv_len).reshape(b, 1, group * t, kv_len)
+        rows = slots if slots is not None else torch.arange(b, device=positions.device)
+        return AttentionInputs(
+            positions,
+            stack.rope_cos[query_pos].to(dtype),
+            stack.rope_sin[query_pos].to(dtype),
+            write_pos,
+            mask,
+            rows,
+            slots,
+            kv_len,
+        )
+
+    def attend(self, attention: Attention, qkv: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
+        b, t, _ = qkv.shape
+        h, hkv, dh = attention.n_heads, attention.n_kv_heads, attention.head_dim
+        group = h // hkv
+        q, k, v = qkv.split(attention.split_sizes, dim=-1)
+        q = apply_rope(q.view(b, t, h, dh).transpose(1, 2), inputs.cos, inputs.sin)
+        k = apply_rope(k.view(b, t, hkv, dh).transpose(1, 2), inputs.cos, inputs.sin)
+        v = v.view(b, t, hkv, dh).transpose(1, 2)
+        rows, write_pos = inputs.rows, inputs.write_pos
+        assert rows is not None and write_pos is not None, "inputs of another attention backend"
+        keys, values = attention.cache().update(k, v, rows, write_pos, inputs.slots, inputs.kv_len)
+        # Query head h uses kv head h // group (transformers' repeat_kv order): fold the group into T.
+        out = F.scaled_dot_product_attention(
+            q.reshape(b, hkv, group * t, dh), keys, values, attn_mask=inputs.mask
+        )
+        return out.reshape(b, h, t, dh).transpose(1, 2).reshape(b, t, -1)
+
+
+class TorchProjections:
+    """nn.Linear matmuls (cuBLAS on a GPU) with separate norm, activation and residual ops."""
+
+    def norm_linear(self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear) -> torch.Tensor:
+        return linear(norm(x))
+
+    def linear_add(self, x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
+        return residual + linear(x)
+
+    def norm_gate_up(self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear) -> torch.Tensor:
+        gate, up = linear(norm(x)).chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How a block runs: its attention and its projections."""
+
+    attention: AttentionBackend
+    projections: ProjectionBackend
+
+
+EAGER = Backend(TorchAttention(), TorchProjections())
+"""Plain PyTorch: the reference numerics, prefill and decode alike, on any device."""
+
+
+# ---- the block and the stack ------------------------------------------------------------------------
 class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
@@ -163,9 +285,11 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, *args: object) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), *args)
-        return h + self.feed_forward(self.ffn_norm(h))
+    def forward(self, x: torch.Tensor, inputs: AttentionInputs, backend: Backend = EAGER) -> torch.Tensor:
+        p, attn, ff = backend.projections, self.attention, self.feed_forward
+        qkv = p.norm_linear(x, self.attention_norm, attn.wqkv)
+        h = p.linear_add(backend.attention.attend(attn, qkv, inputs), attn.wo, x)
+        return p.linear_add(p.norm_gate_up(h, self.ffn_norm, ff.w13), ff.w2, h)
 
 
 class Transformer(nn.Module):
@@ -202,23 +326,24 @@ class Transformer(nn.Module):
         positions: torch.Tensor,
         slots: torch.Tensor | None = None,
         kv_len: int | None = None,
+        backend: Backend = EAGER,
+        final_norm: bool = True,
     ) -> torch.Tensor:
-        """x: (B, T, D); positions: (B, T) long, < 0 marks padding; slots: (B,) cache rows or None
-        for rows 0..B-1; kv_len: attend only the first kv_len positions (must exceed every valid
-        position in the batch; default: all). Returns normed hidden states (B, T, D)."""
-        b = x.shape[0]
-        scratch = self.max_seq_len
-        kv_len = scratch + 1 if kv_len is None else kv_len
-        valid = positions >= 0
-        write_pos = torch.where(valid, positions, scratch)
-        # Padding queries attend the whole window: finite garbage instead of NaN rows.
-        query_pos = torch.where(valid, positions, scratch)
-        key_pos = torch.arange(kv_len, device=x.device)
-        mask = key_pos.view(1, 1, -1) <= query_pos.unsqueeze(-1)
-        table_pos = torch.where(valid, positions, 0)
-        cos = self.rope_cos[table_pos].to(x.dtype)
-        sin = self.rope_sin[table_pos].to(x.dtype)
-        rows = slots if slots is not None else torch.arange(b, device=x.device)
+        """x: (B, T, D); positions: (B, T) long, < 0 marks padding (see the module docstring);
+        slots: (B,) cache rows, or None for rows 0..B-1; kv_len: attend only the first kv_len
+        positions (a static bucket that must exceed every valid position; default: all).
+
+        Returns the hidden states (B, T, D), final-normed unless `final_norm` is False (a caller
+        that fuses the norm into its head)."""
+        kv_len = self.max_seq_len if kv_len is None else kv_len
+        attention = backend.attention
+        if attention.one_token:  # one new token per row = cache slot: rows are (B, D)
+            if x.shape[1] != 1 or slots is not None:
+                raise ValueError("a one-token backend takes one token per row, rows 0..B-1")
+            x, positions = x[:, 0], positions[:, 0]
+        inputs = attention.inputs(self, positions, slots, kv_len, x.dtype)
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, rows, write_pos, slots, kv_len)
-        return self.norm(x)
+            x = layer(x, inputs, backend)
+        if final_norm:
+            x = self.norm(x)
+        return x.unsqueeze(1) if attention.one_token else x

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from serve_app.engine.types import FRAME_SAMPLES, NUM_CODEBOOKS, SAMPLE_RATE
+from serve_app.constants import FRAME_SAMPLES, NUM_CODEBOOKS, SAMPLE_RATE
 from serve_app.model.mimi_layout import decoder_parts, to_model_keys
 
 PcmLike = np.ndarray | torch.Tensor

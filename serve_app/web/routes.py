@@ -48,7 +48,6 @@ def playground_asset(name: str) -> Response:
 
 
 def install_playground(app: FastAPI) -> FastAPI:
-    """Include `router` in `app` unless the page is already served there."""
-    if not any(getattr(route, "path", None) == "/playground" for route in app.routes):
-        app.include_router(router)
+    """Serve the page and its assets from `app` (`create_app` does)."""
+    app.include_router(router)
     return app

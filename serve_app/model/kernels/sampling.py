@@ -1,5 +1,6 @@
-"""The engine's sampler as one Triton kernel per codebook: temperature, top-k threshold, softmax and
-the counter-based exponential race of `serve_app.engine.sampling.sample_top_k`, one program per row.
+"""The sampler as one Triton kernel per codebook: temperature, top-k threshold, softmax and the
+counter-based exponential race of `serve_app.model.sampling.sample_top_k` (the same ids), one program
+per row.
 
 `torch.topk` over the whole vocabulary (the k-th largest score is needed for any k) costs two sort
 kernels of ~20 µs each per codebook at batch 128, 32 times a frame; an in-register bitonic sort of
@@ -12,9 +13,15 @@ import torch
 import triton
 import triton.language as tl
 
+from serve_app.constants import NUM_CODEBOOKS
+from serve_app.model.sampling import NOISE_BITS
+
 _GOLDEN: tl.constexpr = tl.constexpr(0x9E3779B97F4A7C15 - (1 << 64))  # SplitMix64 constants, as int64
 _MIX1: tl.constexpr = tl.constexpr(0xBF58476D1CE4E5B9 - (1 << 64))
 _MIX2: tl.constexpr = tl.constexpr(0x94D049BB133111EB - (1 << 64))
+_NOISE_SHIFT: tl.constexpr = tl.constexpr(64 - NOISE_BITS)  # the hash's top NOISE_BITS bits ...
+_NOISE_MASK: tl.constexpr = tl.constexpr((1 << NOISE_BITS) - 1)
+_NOISE_SCALE: tl.constexpr = tl.constexpr(1.0 / (1 << NOISE_BITS))  # ... and their uniform's step
 
 
 @triton.jit
@@ -54,9 +61,12 @@ def _sample_kernel(
     probs = e / tl.sum(e, axis=0)
     counter = tl.load(frame_ptr + b) * NUM_CODEBOOKS + codebook
     key = _splitmix64(_splitmix64(tl.load(seeds_ptr + b)) + counter)
-    bits = (_splitmix64(key + tl.load(columns_ptr + idx, mask=valid, other=0)) >> 40) & 0xFFFFFF
-    race = -tl.log((bits.to(tl.float32) + 0.5) * (1.0 / 16777216.0))
-    sampled = tl.argmax(tl.where(valid, probs / race, -1.0), axis=0)
+    # The top NOISE_BITS bits of the hash: (bits + 0.5) / 2**NOISE_BITS is exact and strictly inside (0, 1).
+    hashed = _splitmix64(key + tl.load(columns_ptr + idx, mask=valid, other=0))
+    bits = (hashed >> _NOISE_SHIFT) & _NOISE_MASK
+    race = -tl.log((bits.to(tl.float32) + 0.5) * _NOISE_SCALE)
+    # Ids outside the top k (and past the vocabulary) are out of the race, whatever the noise.
+    sampled = tl.argmax(tl.where(valid & (scores >= kth), probs / race, -1.0), axis=0)
     greedy = tl.argmax(kept, axis=0)
     tl.store(out_ptr + b, tl.where(k == 1, greedy, sampled).to(tl.int64))
 
@@ -71,8 +81,8 @@ def sample_top_k(
     codebook: int,
     columns: torch.Tensor,
 ) -> torch.Tensor:
-    """Ids (B,) long drawn as `serve_app.model.fast_step.sample_top_k` draws them, with the draw
-    counter `frame * 32 + codebook`; only the first `len(columns)` logits are candidates."""
+    """Ids (B,) long drawn as `serve_app.model.sampling.sample_top_k` draws them, with the draw
+    counter `draw_counter(frame, codebook)`; only the first `len(columns)` logits are candidates."""
     b, v = logits.shape[0], columns.shape[0]
     out = torch.empty(b, dtype=torch.long, device=logits.device)
     if b:
@@ -86,7 +96,7 @@ def sample_top_k(
             columns,
             out,
             codebook,
-            NUM_CODEBOOKS=32,
+            NUM_CODEBOOKS=NUM_CODEBOOKS,
             V=v,
             VP=triton.next_power_of_2(v),
             num_warps=8,

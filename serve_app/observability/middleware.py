@@ -1,0 +1,143 @@
+"""ASGI middleware (pure ASGI, not BaseHTTPMiddleware, so streamed bodies pass through untouched).
+
+- `RequestIdMiddleware` gives every HTTP request its id (the caller's `X-Request-ID` when log-safe,
+  else a new one), for the whole app: `request.state.request_id`, the contextvar the JSON logs read,
+  the incoming header downstream handlers see, and the response's `X-Request-ID`. It is the
+  outermost middleware, so even a 401, 413 or 429 carries an id.
+- `MetricsMiddleware` records request counts, latency, errors by status, time to the first audio
+  byte and cache hits/misses (from `X-Cache`), and writes one JSON access-log line per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serve_app.observability.logs import access_log
+from serve_app.observability.metrics import (
+    HTTP_LATENCY,
+    HTTP_REQUESTS,
+    observe_time_to_first_audio,
+    record_cache,
+    record_error,
+)
+from serve_app.observability.request_ids import REQUEST_ID_HEADER, clean_request_id, request_id_var
+
+AUDIO_CONTENT_TYPES = ("audio/", "text/event-stream")
+"""Responses whose first body byte counts as 'first audio' (WAV/PCM/MP3..., and OpenAI SSE events)."""
+QUIET_PATHS = frozenset({"/metrics", "/health", "/-/healthz", "/-/routes"})
+"""Probe and scrape paths: counted, but logged at DEBUG so they do not flood the access log."""
+CLIENT_CLOSED_REQUEST = 499
+"""Status logged for a request whose client left before any response (as nginx does)."""
+
+_HEADER = REQUEST_ID_HEADER.lower().encode()
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope["headers"], _HEADER)
+        request_id = clean_request_id(incoming)
+        if incoming != request_id:
+            scope["headers"] = [(k, v) for k, v in scope["headers"] if k != _HEADER]
+            scope["headers"].append((_HEADER, request_id.encode()))
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        token = request_id_var.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        state: dict[str, Any] = {"status": 500, "audio": False, "first_audio": None}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                state["started"] = True
+                headers = message.get("headers", [])
+                state["audio"] = _header(headers, b"content-type").startswith(AUDIO_CONTENT_TYPES)
+                state["cache"] = _header(headers, b"x-cache").lower()
+            elif (
+                message["type"] == "http.response.body"
+                and state["audio"]
+                and state["first_audio"] is None
+                and message.get("body")
+            ):
+                state["first_audio"] = time.perf_counter() - start
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            _record(scope, state, time.perf_counter() - start)
+
+
+def _record(scope: Scope, state: dict[str, Any], elapsed: float) -> None:
+    method, endpoint, status = scope["method"], _endpoint(scope), state["status"]
+    scope_state = scope.get("state", {})
+    if scope_state.get("client_disconnected") and not state.get("started"):
+        status = CLIENT_CLOSED_REQUEST
+    HTTP_REQUESTS.inc(method=method, endpoint=endpoint, status=str(status))
+    HTTP_LATENCY.observe(elapsed, method=method, endpoint=endpoint)
+    if status >= 400:
+        record_error(status, endpoint)
+    if state["first_audio"] is not None and status < 400:
+        observe_time_to_first_audio(state["first_audio"], endpoint)
+    if state.get("cache") in ("hit", "miss"):
+        record_cache(state["cache"] == "hit")
+    level = logging.DEBUG if scope["path"] in QUIET_PATHS else logging.INFO
+    access_log.log(
+        level,
+        "%s %s %s",
+        method,
+        scope["path"],
+        status,
+        extra={
+            "request_id": scope_state.get("request_id"),
+            "method": method,
+            "path": scope["path"],
+            "endpoint": endpoint,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+            "client_id": scope_state.get("client_id"),  # a key's fingerprint, never the key
+        },
+    )
+
+
+def _endpoint(scope: Scope) -> str:
+    """The route template (`/sessions/{session_id}`), so label values stay few; 'unmatched' for 404s."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
