@@ -193,6 +193,7 @@ def main() -> None:
     p.add_argument("--piece-gap-ms", type=float, default=30.0, help="time between text pieces")
     p.add_argument("--longform-s", type=float, default=300.0, help="audio of the long-form stream")
     p.add_argument("--out", default=None, help="output directory (default: $OUT, else benchmarks/results)")
+    p.add_argument("--name", default=None, help="output file name without .json (default: <date>-ws-...)")
     args = p.parse_args()
     if args.smoke:
         args.serve = args.serve or "tiny-random"
@@ -202,7 +203,7 @@ def main() -> None:
     out_dir = Path(args.out or os.environ.get("OUT") or ROOT / "benchmarks" / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = "cpu-ws-smoke" if args.smoke else f"ws-{args.serve or 'url'}"
-    path = out_dir / f"{dt.date.today().isoformat()}-{tag}.json"
+    path = out_dir / f"{args.name or dt.date.today().isoformat() + '-' + tag}.json"
     res: dict[str, Any] = {
         "benchmark": "csm-ws",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

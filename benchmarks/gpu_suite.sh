@@ -119,7 +119,7 @@ if has http || has ws; then
       status http "exit ${PIPESTATUS[0]}"
     fi
     if has ws && [ -f benchmarks/bench_ws.py ]; then
-      [ "${SMOKE:-0}" = 1 ] && WS_ARGS="--smoke ${WS_ARGS:-}"
+      [ "${SMOKE:-0}" = 1 ] && WS_ARGS="--ttfa-trials 2 --longform-s 8 ${WS_ARGS:-}"
       # shellcheck disable=SC2086
       $PY benchmarks/bench_ws.py --url "$URL" --api-key "$KEY" --out "$OUT" --name "$DATE-$TAG-ws" \
         ${WS_ARGS:-} 2>&1 | tee "$OUT/ws.log" | tail -12
