@@ -1,6 +1,7 @@
 """Ray Serve graph: a CPU FastAPI ingress in front of autoscaled GPU replicas of the speech engine.
 
     HTTP ─► APIIngress (FastAPI from `create_app`, CPU) ─handle─► TTSModel (Engine, num_gpus=1)
+                 └─handle─► SharedState (sessions and rate-limit buckets, one replica)
 
 `build_app(args)` is the application builder named by every Serve config
 (`import_path: serve_app.deployments:build_app`). The decorators below hold safe defaults only;
@@ -40,6 +41,7 @@ logger = logging.getLogger("serve_app.deployments")
 
 MODEL_DEPLOYMENT = "TTSModel"
 INGRESS_DEPLOYMENT = "APIIngress"
+STATE_DEPLOYMENT = "SharedState"
 
 
 @serve.deployment(
@@ -102,6 +104,47 @@ class TTSModel:
 
 
 @serve.deployment(
+    name=STATE_DEPLOYMENT,
+    num_replicas=1,
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=4096,
+    graceful_shutdown_wait_loop_s=1,
+    graceful_shutdown_timeout_s=5,
+)
+class SharedState:
+    """The /contextual_speak sessions and rate-limit buckets of every ingress replica, in memory.
+
+    Exactly one replica (two would split the state): it outlives any ingress replica, and when it
+    is itself replaced, sessions and buckets start empty. Turns waiting for their session hold a
+    request slot here, hence the high `max_ongoing_requests`."""
+
+    def __init__(self, api_settings: dict[str, Any] | None = None) -> None:
+        from serve_app.api.settings import ApiSettings
+        from serve_app.api.state import in_memory_backends
+
+        backends = in_memory_backends(_api_settings(api_settings or {}) or ApiSettings())
+        self._sessions = backends.sessions
+        self._limiter = backends.limiter
+
+    async def begin_turn(self, session_id: str) -> Any:
+        return await self._sessions.begin_turn(session_id)
+
+    async def renew_turn(self, session_id: str, lease_id: str) -> bool:
+        return await self._sessions.renew_turn(session_id, lease_id)
+
+    async def end_turn(self, session_id: str, lease_id: str, turn: Any) -> int:
+        return await self._sessions.end_turn(session_id, lease_id, turn)
+
+    async def reset(self, session_id: str) -> bool:
+        return await self._sessions.reset(session_id)
+
+    async def acquire(self, client: str) -> float:
+        if self._limiter is None:
+            raise RuntimeError("rate limits are not configured for this application")
+        return await self._limiter.acquire(client)
+
+
+@serve.deployment(
     name=INGRESS_DEPLOYMENT,
     ray_actor_options={"num_cpus": 1},
     max_ongoing_requests=256,
@@ -110,17 +153,27 @@ class TTSModel:
 )
 @serve.ingress()
 class APIIngress:
-    """HTTP entry point: the API layer's FastAPI app, talking to `TTSModel` through a handle."""
+    """HTTP entry point: the API layer's FastAPI app, talking to `TTSModel` and `SharedState`
+    through handles. It keeps no state of its own that another replica would need."""
 
-    def __init__(self, model: DeploymentHandle, api_settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, model: DeploymentHandle, state: DeploymentHandle, api_settings: dict[str, Any] | None = None
+    ) -> None:
         self._engine = HandleEngine(model)
+        self._state = state
         self._api_settings = dict(api_settings or {})
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Built on the replica after `__init__`, so the app can hold the handle-backed engine."""
         from serve_app.api.app import create_app
+        from serve_app.api.settings import ApiSettings
+        from serve_app.deploy.handle_state import handle_backends
+        from serve_app.deploy.replica_header import ServedByMiddleware
 
-        return create_app(self._engine, _api_settings(self._api_settings))
+        settings = _api_settings(self._api_settings) or ApiSettings()
+        app = create_app(self._engine, settings, handle_backends(self._state, settings))
+        app.add_middleware(ServedByMiddleware, replica_id=_replica_id() or f"pid-{os.getpid()}")
+        return app
 
 
 def build_app(args: dict[str, Any] | BuildArgs | None = None) -> Application:
@@ -131,7 +184,8 @@ def build_app(args: dict[str, Any] | BuildArgs | None = None) -> Application:
     max_ongoing = parsed.model_max_ongoing_requests()
     if max_ongoing is not None:
         model = model.options(max_ongoing_requests=max_ongoing)
-    return APIIngress.bind(model.bind(parsed.model, parsed.engine_kwargs()), parsed.api)
+    state = SharedState.bind(parsed.api)
+    return APIIngress.bind(model.bind(parsed.model, parsed.engine_kwargs()), state, parsed.api)
 
 
 def _api_settings(values: dict[str, Any]) -> Any:
