@@ -201,6 +201,9 @@ def test_dockerfile_copies_what_the_image_needs() -> None:
     users = re.findall(r"^USER (\S+)", dockerfile, flags=re.MULTILINE)
     assert users and users[-1] not in {"root", "0"}
     cmd = re.search(r"^CMD (.+)$", dockerfile, flags=re.MULTILINE)
-    assert cmd is not None and '"serve", "run", "serve_config.yaml"' in cmd.group(1)
+    # The draining runner (SIGTERM from `docker stop` lets streams finish), on the production config.
+    assert cmd is not None and '"csm-serve", "serve", "--config", "serve_config.yaml"' in cmd.group(1)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^csm-serve = "serve_app\.cli:main"$', pyproject, flags=re.MULTILINE)
     assert re.search(r"^FROM \$\{CUDA_IMAGE\}", dockerfile, flags=re.MULTILINE)
     assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+-runtime-", dockerfile, flags=re.MULTILINE)
