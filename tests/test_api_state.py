@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -223,3 +224,22 @@ def test_an_unreachable_redis_is_state_unavailable() -> None:
             await state.limiter.acquire("k")
 
     run(scenario())
+
+
+def test_two_apps_over_one_redis_serve_one_session_and_one_budget(redis_url, tmp_path) -> None:  # noqa: F811
+    """Two servers (as two replicas would be) over real HTTP, configured only with `redis_url`."""
+    import redis
+
+    from serve_app.api.app import create_app
+    from tests.support_tools import ToneEngine, serve_http
+
+    redis.Redis.from_url(redis_url).flushdb()
+    settings = ApiSettings(voices_dir=tmp_path, redis_url=redis_url, rate_limit_per_minute=6, rate_limit_burst=6)
+    body = {"text": "Next line.", "session_id": "talk", "max_duration_ms": 240}
+    with serve_http(create_app(ToneEngine(), settings)) as one, serve_http(create_app(ToneEngine(), settings)) as two:
+        turns = [httpx.post(f"{url}/contextual_speak", json=body, timeout=30) for url in (one, two, one, two)]
+        assert [r.status_code for r in turns] == [200] * 4
+        assert [r.headers["x-session-turns"] for r in turns] == ["1", "2", "3", "4"]
+        assert httpx.delete(f"{two}/sessions/talk", timeout=30).status_code == 204  # the 5th token
+        statuses = [httpx.get(f"{url}/v1/models", timeout=30).status_code for url in (one, two, one)]
+        assert statuses == [200, 429, 429]  # 6 tokens for both servers together, not 6 each
