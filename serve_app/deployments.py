@@ -121,10 +121,12 @@ class SharedState:
     def __init__(self, api_settings: dict[str, Any] | None = None) -> None:
         from serve_app.api.settings import ApiSettings
         from serve_app.api.state import in_memory_backends
+        from serve_app.deploy.draining import DrainBoard
 
         backends = in_memory_backends(_api_settings(api_settings or {}) or ApiSettings())
         self._sessions = backends.sessions
         self._limiter = backends.limiter
+        self._drain = DrainBoard()
 
     async def begin_turn(self, session_id: str) -> Any:
         return await self._sessions.begin_turn(session_id)
@@ -142,6 +144,18 @@ class SharedState:
         if self._limiter is None:
             raise RuntimeError("rate limits are not configured for this application")
         return await self._limiter.acquire(client)
+
+    async def report(self, replica_id: str, in_flight: int) -> bool:
+        """An ingress replica's requests in flight; answers whether it should drain."""
+        return self._drain.report(replica_id, in_flight)
+
+    async def begin_drain(self) -> None:
+        """A stop is coming (`csm-serve serve`): ingress replicas refuse new requests from now on."""
+        self._drain.begin()
+
+    async def in_flight(self) -> int | None:
+        """Requests the ingress replicas still serve since the drain began (None: not known yet)."""
+        return self._drain.in_flight()
 
 
 @serve.deployment(
@@ -167,13 +181,19 @@ class APIIngress:
         """Built on the replica after `__init__`, so the app can hold the handle-backed engine."""
         from serve_app.api.app import create_app
         from serve_app.api.settings import ApiSettings
+        from serve_app.deploy.draining import DrainGate
         from serve_app.deploy.handle_state import handle_backends
         from serve_app.deploy.replica_header import ServedByMiddleware
 
         settings = _api_settings(self._api_settings) or ApiSettings()
         app = create_app(self._engine, settings, handle_backends(self._state, settings))
-        app.add_middleware(ServedByMiddleware, replica_id=_replica_id() or f"pid-{os.getpid()}")
+        replica_id = _replica_id() or f"pid-{os.getpid()}"
+        app.add_middleware(DrainGate, replica_id=replica_id, report=self._report)
+        app.add_middleware(ServedByMiddleware, replica_id=replica_id)  # outermost: on 503s too
         return app
+
+    async def _report(self, replica_id: str, in_flight: int) -> bool:
+        return await self._state.report.remote(replica_id, in_flight)
 
 
 def build_app(args: dict[str, Any] | BuildArgs | None = None) -> Application:

@@ -33,7 +33,7 @@ from tests.support_ray import free_port, local_config, worker_env
 
 STARTUP_TIMEOUT_S = 180
 STOP_TIMEOUT_S = 60
-STREAM_MS = 4000
+STREAM_MS = 8000
 STREAM_BYTES = STREAM_MS * 24 * 2  # 16-bit PCM at 24 kHz
 FORBIDDEN = ("Aborted", "core dumped", "SIGABRT", "*** SIGTERM received", "Traceback (most recent call last)")
 
@@ -70,8 +70,11 @@ def _server(command: list[str], port: int, log: Path, ray_tmp: Path) -> Iterator
         subprocess.run(["rm", "-rf", str(ray_tmp)], check=False)
 
 
-def _stop_during_a_stream(port: int, process: subprocess.Popen, sig: signal.Signals) -> tuple[StreamOutcome, int]:
-    """Start a stream, send `sig` once audio flows, and return how the stream ended and the exit status."""
+def _stop_during_a_stream(
+    port: int, process: subprocess.Popen, sig: signal.Signals
+) -> tuple[StreamOutcome, int, int | str]:
+    """Start a stream, send `sig` once audio flows, try a new request a second later; return how the
+    stream ended, the exit status, and the new request's status (or its error)."""
     outcome, flowing = StreamOutcome(), threading.Event()
     body = {"text": "Speech that is still streaming when the server is told to stop.", "stream": True,
             "response_format": "pcm", "max_duration_ms": STREAM_MS}
@@ -94,9 +97,14 @@ def _stop_during_a_stream(port: int, process: subprocess.Popen, sig: signal.Sign
     reader.start()
     assert flowing.wait(60), "no audio before the signal"
     process.send_signal(sig)
+    time.sleep(1.0)
+    try:
+        late: int | str = httpx.post(f"http://127.0.0.1:{port}/speak", json={"text": "Too late."}, timeout=10).status_code
+    except httpx.HTTPError as exc:
+        late = type(exc).__name__
     reader.join(STOP_TIMEOUT_S)
     assert not reader.is_alive(), "the stream hung after the signal"
-    return outcome, process.wait(timeout=STOP_TIMEOUT_S)
+    return outcome, process.wait(timeout=STOP_TIMEOUT_S), late
 
 
 def _assert_clean_exit(status: int, log: Path, port: int) -> None:
@@ -123,8 +131,9 @@ def test_csm_serve_config_drains_a_stream_on_sigterm(tmp_path: Path) -> None:
     port, log = free_port(), tmp_path / "serve.log"
     command = [sys.executable, "-m", "serve_app.cli", "serve", "--config", str(_config_file(tmp_path, port))]
     with _server(command, port, log, _ray_tmp()) as process:
-        outcome, status = _stop_during_a_stream(port, process, signal.SIGTERM)
+        outcome, status, late = _stop_during_a_stream(port, process, signal.SIGTERM)
     assert (outcome.status, outcome.error, outcome.received) == (200, None, STREAM_BYTES), outcome
+    assert late == 503  # refused with Retry-After while the stream finishes, not the proxy's 404
     _assert_clean_exit(status, log, port)
     assert "drained" in log.read_text()
     print(f"\ncsm-serve --config, SIGTERM mid-stream: the stream completed ({outcome.seconds:.1f} s), exit 0")
@@ -135,7 +144,7 @@ def test_serve_run_stops_on_sigint_and_the_stream_ends(tmp_path: Path) -> None:
     port, log = free_port(), tmp_path / "serve.log"
     command = [str(Path(sys.executable).with_name("serve")), "run", str(_config_file(tmp_path, port))]
     with _server(command, port, log, _ray_tmp()) as process:
-        outcome, status = _stop_during_a_stream(port, process, signal.SIGINT)
+        outcome, status, _ = _stop_during_a_stream(port, process, signal.SIGINT)
     assert outcome.status == 200
     # Ray removes its proxy at once: the stream is cut (no final chunk) unless it had just finished.
     assert outcome.received == STREAM_BYTES or "incomplete chunked read" in (outcome.error or ""), outcome
@@ -148,6 +157,7 @@ def test_csm_serve_preset_drains_a_stream_on_sigterm(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "serve_app.cli", "serve", "--preset", "tiny-random", "--device", "cpu",
                "--port", str(port)]
     with _server(command, port, log, _ray_tmp()) as process:
-        outcome, status = _stop_during_a_stream(port, process, signal.SIGTERM)
+        outcome, status, late = _stop_during_a_stream(port, process, signal.SIGTERM)
     assert (outcome.status, outcome.error, outcome.received) == (200, None, STREAM_BYTES), outcome
+    assert late == "ConnectError"  # uvicorn stopped listening at once
     _assert_clean_exit(status, log, port)

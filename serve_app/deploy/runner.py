@@ -2,10 +2,15 @@
 
 Ray's `serve run` stops its HTTP proxies at once on Ctrl-C, cutting every open stream, and on
 SIGTERM it dies through Ray's native failure handler (a stack trace, exit status 15). Here SIGTERM
-(a container stop) and SIGINT (Ctrl-C) drain instead: the applications are deleted first, while
-the proxies stay up, so each replica finishes its in-flight requests and streams (Ray waits up to
-the deployment's `graceful_shutdown_timeout_s`); only then are Serve and Ray shut down. New
-requests meanwhile are refused. A second signal stops at once. The exit status is 0.
+(a container stop) and SIGINT (Ctrl-C) drain instead, up to a timeout:
+
+1. the ingress replicas are told to drain (`serve_app.deploy.draining`): new requests get 503 +
+   Retry-After, those in flight go on, until none is left;
+2. the applications are deleted while the proxies stay up: each replica finishes what it still
+   serves (Ray waits up to the deployment's `graceful_shutdown_timeout_s`);
+3. Serve and Ray shut down.
+
+A second signal skips what is left of the wait. The exit status is 0.
 """
 
 from __future__ import annotations
@@ -92,12 +97,36 @@ def run_config(config_path: str | Path, drain_timeout_s: float | None = None) ->
         while not stop.requested.wait(1.0):
             pass
         names = [app.name for app in schema.applications]
-        drained = drain(client, names, timeout_s, stop.forced.is_set, serve.status)
+        deadline = time.monotonic() + timeout_s
+        for name in names:
+            drain_ingress(name, deadline, stop.forced.is_set)
+        drained = drain(client, names, max(0.0, deadline - time.monotonic()), stop.forced.is_set, serve.status)
         logger.info("%s; shutting down Serve", "drained" if drained else "drain incomplete")
     finally:
         serve.shutdown()
         ray.shutdown()
     return 0
+
+
+def drain_ingress(app_name: str, deadline: float, forced: Callable[[], bool]) -> bool:
+    """Have the app's ingress replicas refuse new requests, and wait (until `deadline`) for those in
+    flight to finish. True once none is left; False for an app without `SharedState`, or on time-out."""
+    from ray import serve
+
+    from serve_app.deployments import STATE_DEPLOYMENT
+
+    try:
+        board = serve.get_deployment_handle(STATE_DEPLOYMENT, app_name=app_name)
+        board.begin_drain.remote().result(timeout_s=10)
+    except Exception as exc:  # noqa: BLE001 - not our graph, or its state replica is down: skip this step
+        logger.info("%s: no drain board (%s); deleting it directly", app_name, type(exc).__name__)
+        return False
+    while time.monotonic() < deadline and not forced():
+        in_flight = board.in_flight.remote().result(timeout_s=10)
+        if in_flight == 0:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def drain(
