@@ -1,7 +1,11 @@
-"""Shared test configuration: environment for Ray and offline model loading."""
+"""Shared test configuration: environment for Ray and offline model loading, and the one Ray Serve
+instance of the session (`ray_serve`, tests/support_ray.py), registered here so that every Ray test
+module shares it (a fixture imported into two modules would be two fixtures, and two Ray starts)."""
 import os
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tests.support_ray import ray_serve  # noqa: F401 - after the environment above

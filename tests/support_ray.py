@@ -5,8 +5,9 @@ config is deployed through the same controller call `serve run configs/serve/loc
 its `deployments:` overrides (num_gpus: 0, queue limits, ...) apply exactly. Only the HTTP port is
 changed, to a free one, so a developer's `make serve` on :8000 does not collide with the tests.
 
-Use it from a test module with `from tests.support_ray import ray_serve  # noqa: F401` (a fixture
-re-export) and mark Ray tests `@pytest.mark.ray`. Starting Ray costs seconds: keep Ray tests few,
+`tests/conftest.py` registers the `ray_serve` fixture for every module: take it as an argument (do
+not import it into a test module, which would make a second fixture and a second Ray), and mark
+Ray tests `@pytest.mark.ray`. Starting Ray costs seconds: keep Ray tests few,
 in as few files as possible, all on this one fixture.
 """
 

@@ -22,7 +22,7 @@ import soundfile as sf
 
 from serve_app.deployments import MODEL_DEPLOYMENT
 from serve_app.engine.types import SAMPLE_RATE
-from tests.support_ray import ServeInstance, ray_serve  # noqa: F401 - the session fixture
+from tests.support_ray import ServeInstance
 
 pytestmark = pytest.mark.ray
 
@@ -49,7 +49,7 @@ def _tone_b64(seconds: float = 0.4, rate: int = 16_000) -> str:
 
 
 @pytest.fixture(scope="module")
-def http(ray_serve: ServeInstance) -> Iterator[httpx.Client]:  # noqa: F811
+def http(ray_serve: ServeInstance) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=ray_serve.base_url, timeout=TIMEOUT) as client:
         yield client
 
@@ -161,7 +161,7 @@ def test_streaming_returns_several_chunks(http: httpx.Client) -> None:
 
 def test_openai_speech_streams_and_stops_when_the_client_leaves(
     http: httpx.Client,
-    ray_serve: ServeInstance,  # noqa: F811
+    ray_serve: ServeInstance,
 ) -> None:
     # No length given: OpenAI's default allows a 60 s utterance, far more than this test waits for.
     body = {"model": "tts-1", "input": "OpenAI style speech.", "voice": "alloy", "response_format": "pcm"}
@@ -179,7 +179,7 @@ def test_openai_speech_streams_and_stops_when_the_client_leaves(
     assert info["running"] == info["waiting"] == 0, info
 
 
-def test_the_original_designs_client_works_unchanged(ray_serve: ServeInstance, tmp_path) -> None:  # noqa: F811
+def test_the_original_designs_client_works_unchanged(ray_serve: ServeInstance, tmp_path) -> None:
     """Its defaults ask for long audio (10 s speech, 20 s clone, 30 s dialogue): the tiny model, which
     never ends an utterance early, generates all of it, so this also bounds those lengths."""
     from tests.original_design_client import TTSClient as OriginalClient
@@ -251,7 +251,7 @@ async def _burst(base_url: str, n: int, body: dict[str, Any]) -> list[httpx.Resp
         return await asyncio.gather(*(client.post("/speak", json=body) for _ in range(n)))
 
 
-def test_overload_answers_503_with_retry_after(ray_serve: ServeInstance) -> None:  # noqa: F811
+def test_overload_answers_503_with_retry_after(ray_serve: ServeInstance) -> None:
     # One request in the replica and one queued: a burst of 12 must overflow.
     with ray_serve.deployment_options(MODEL_DEPLOYMENT, max_ongoing_requests=1, max_queued_requests=1):
         responses = asyncio.run(_burst(ray_serve.base_url, 12, {"text": "Busy.", "max_duration_ms": 400}))

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from serve_app.deployments import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT, STATE_DEPLOYMENT
-from tests.support_ray import APP_NAME, ServeInstance, deployment_config, ray_serve  # noqa: F401
+from tests.support_ray import APP_NAME, ServeInstance, deployment_config
 
 pytestmark = pytest.mark.ray
 
@@ -37,7 +37,7 @@ FAST_SCALING = {"upscale_delay_s": 1, "downscale_delay_s": 3, "look_back_period_
 
 
 @pytest.fixture(scope="module")
-def scaled(ray_serve: ServeInstance) -> Iterator[ServeInstance]:  # noqa: F811
+def scaled(ray_serve: ServeInstance) -> Iterator[ServeInstance]:
     """Settings reach the ingress and state replicas through their environment (as CSM_API_KEYS does
     in production) and autoscaling delays change in place, so the model replica is not restarted."""
     config = ray_serve.changed_config(INGRESS_DEPLOYMENT, num_replicas=2)
