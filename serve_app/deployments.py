@@ -28,6 +28,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.api.auth import TokenBucketLimiter
 from serve_app.deploy.args import BuildArgs
 from serve_app.deploy.handle_engine import HandleEngine
 from serve_app.engine.types import Audio, AudioChunk, GenerationRequest
@@ -123,9 +124,8 @@ class SharedState:
         from serve_app.api.state import in_memory_backends
         from serve_app.deploy.draining import DrainBoard
 
-        backends = in_memory_backends(_api_settings(api_settings or {}) or ApiSettings())
-        self._sessions = backends.sessions
-        self._limiter = backends.limiter
+        self._sessions = in_memory_backends(_api_settings(api_settings or {}) or ApiSettings()).sessions
+        self._limiters: dict[tuple[int, int], TokenBucketLimiter] = {}
         self._drain = DrainBoard()
 
     async def begin_turn(self, session_id: str) -> Any:
@@ -140,10 +140,13 @@ class SharedState:
     async def reset(self, session_id: str) -> bool:
         return await self._sessions.reset(session_id)
 
-    async def acquire(self, client: str) -> float:
-        if self._limiter is None:
-            raise RuntimeError("rate limits are not configured for this application")
-        return await self._limiter.acquire(client)
+    async def acquire(self, client: str, per_minute: int, burst: int) -> float:
+        """A token from `client`'s bucket. The rate comes with the call, from the ingress, which
+        holds the API settings (keys and limits are often set in its environment only)."""
+        limiter = self._limiters.get((per_minute, burst))
+        if limiter is None:
+            limiter = self._limiters[(per_minute, burst)] = TokenBucketLimiter(per_minute, burst)
+        return await limiter.acquire(client)
 
     async def report(self, replica_id: str, in_flight: int) -> bool:
         """An ingress replica's requests in flight; answers whether it should drain."""

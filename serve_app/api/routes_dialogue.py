@@ -86,7 +86,7 @@ async def contextual_speak(body: ContextualSpeakRequest, request: Request, svc: 
     """Speech that continues a session: its last N turns (text + codes) are the context.
 
     Sessions live in the store every ingress replica shares, so any replica may serve any turn.
-    Requests to one session are served one at a time, in arrival order.
+    Requests to one session are served one at a time (each sees the turns before it).
     """
     synth = svc.synth
     text = synth.text(body.text, body.normalize)

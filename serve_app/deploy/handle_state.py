@@ -25,11 +25,12 @@ class HandleState:
     """`SessionStore` and `RateLimiter` over a handle to the `SharedState` deployment."""
 
     def __init__(
-        self, handle: DeploymentHandle, *, lease_s: float, per_minute: int, timeout_s: float = 10.0
+        self, handle: DeploymentHandle, *, lease_s: float, per_minute: int, burst: int, timeout_s: float = 10.0
     ) -> None:
         self._handle = handle
         self.lease_s = lease_s
         self.per_minute = per_minute
+        self._burst = burst
         self._timeout_s = timeout_s
 
     async def _call(self, method: str, *args: Any, timeout_s: float | None) -> Any:
@@ -58,14 +59,16 @@ class HandleState:
         return await self._call("reset", session_id, timeout_s=self._timeout_s)
 
     async def acquire(self, client: str) -> float:
-        return await self._call("acquire", client, timeout_s=self._timeout_s)
+        return await self._call("acquire", client, self.per_minute, self._burst, timeout_s=self._timeout_s)
 
 
 def handle_backends(handle: DeploymentHandle, settings: ApiSettings) -> StateBackends:
     """The ingress's backends: the shared deployment, or Redis when `redis_url` is configured."""
     if settings.redis_url:
         return local_backends(settings)
-    state = HandleState(handle, lease_s=settings.session_lease_s, per_minute=settings.rate_limit_per_minute)
+    state = HandleState(
+        handle, lease_s=settings.session_lease_s, per_minute=settings.rate_limit_per_minute, burst=settings.burst()
+    )
     return StateBackends(state, state if settings.rate_limit_per_minute else None)
 
 
