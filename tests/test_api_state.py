@@ -87,14 +87,14 @@ def test_a_session_keeps_its_last_turns_as_codes(make_backends) -> None:
 @pytest.mark.parametrize("make_backends", BACKENDS, indirect=True)
 def test_sessions_are_bounded_by_count_lru_first_and_by_idle_time(make_backends) -> None:
     async def scenario() -> None:
-        store = make_backends(max_sessions=2, session_ttl_s=0.6).sessions
+        store = make_backends(max_sessions=2, session_ttl_s=1.5).sessions
         await _turn(store, "a", "a1")
         await _turn(store, "b", "b1")
         await _turn(store, "a", "a2")  # a is now the most recent: c evicts b
         await _turn(store, "c", "c1")
         assert await _context(store, "a") == ["a1", "a2"]
         assert await _context(store, "b") == []
-        await asyncio.sleep(0.8)
+        await asyncio.sleep(1.8)
         assert await _context(store, "c") == []  # idle past the TTL: forgotten
 
     run(scenario())

@@ -122,7 +122,7 @@ def test_two_ingress_replicas_share_sessions_and_rate_limits(scaled: ServeInstan
 
 def test_load_scales_the_model_to_two_replicas_and_back(scaled: ServeInstance) -> None:
     scaling = deployment_config(scaled.config, MODEL_DEPLOYMENT)["autoscaling_config"]
-    body = {"text": "Keep the engine busy for a while.", "max_duration_ms": 2000}
+    body = {"text": "Keep the engine busy for a while.", "max_duration_ms": 4000}
 
     async def load(stop: asyncio.Event, outcomes: list[Any]) -> None:
         headers = _bearer(LOAD_KEY)  # its own budget: the load stays well within the burst
