@@ -68,3 +68,27 @@ def test_the_gate_refuses_new_requests_while_those_in_flight_finish() -> None:
         assert outcome["slow"].status_code == 200 and outcome["slow"].json() == {"released": True}
         time.sleep(2 * POLL_S)
         assert reported[-1] == 0  # the refused request was never counted
+
+
+def test_a_stop_drains_first_and_a_second_signal_cuts_the_wait_short() -> None:
+    import signal
+
+    from serve_app.deploy.runner import DrainingStop
+
+    stop = DrainingStop()
+    stop._handle(signal.SIGTERM, None)
+    assert stop.requested.is_set() and not stop.forced.is_set()
+    stop._handle(signal.SIGINT, None)
+    assert stop.forced.is_set()
+
+
+def test_the_drain_waits_as_long_as_the_longest_graceful_shutdown() -> None:
+    import yaml
+
+    from serve_app.deploy.runner import DRAIN_MARGIN_S, default_drain_timeout_s
+    from tests.support_ray import ROOT
+
+    production = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    longest = max(d["graceful_shutdown_timeout_s"] for d in production["applications"][0]["deployments"])
+    assert default_drain_timeout_s(production) == longest + DRAIN_MARGIN_S
+    assert default_drain_timeout_s({"applications": []}) == 20.0 + DRAIN_MARGIN_S  # Ray's default
