@@ -1,8 +1,8 @@
 """Sessions and rate limits in Redis (`redis_url`): state that outlives every replica of the service.
 
 Keys live under `csm:`. A session is a list of encoded turns (the last `session_context_turns`),
-expiring `session_ttl_s` after its last use; a sorted set of last-use times caps the number of
-sessions at `max_sessions`, dropping the least recently used. A turn's lease is a key set only if
+expiring `session_ttl_s` after its last use; a sorted set of last-use times (Redis's clock, in
+microseconds) caps the number of sessions at `max_sessions`, dropping the least recently used. A turn's lease is a key set only if
 absent, with the lease as its expiry. Each token bucket is a hash updated by one Lua script against
 Redis's clock, so every replica draws from the same bucket; an idle bucket expires once full.
 
@@ -34,18 +34,18 @@ PREFIX = "csm:"
 POLL_S = 0.05
 """How often a turn waiting for its session looks again."""
 
-_NOW_MS = """
-local function now_ms()
+_NOW_US = """
+local function now_us()  -- microseconds: calls a millisecond apart must not tie in the LRU order
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 """
 
-_BEGIN = _NOW_MS + """
+_BEGIN = _NOW_US + """
 -- KEYS: lease, turns, index; ARGV: lease id, lease ms, ttl ms, max sessions, session id, key prefix
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) == false then return false end
-local now, ttl = now_ms(), tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl)
+local now, ttl = now_us(), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl * 1000)
 redis.call('ZADD', KEYS[3], now, ARGV[5])
 local excess = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[4])
 if excess > 0 then  -- the least recently used sessions go: ZPOPMIN answers member, score, ...
@@ -61,14 +61,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
-_END = _NOW_MS + """
+_END = _NOW_US + """
 -- KEYS: lease, turns, index; ARGV: lease id, turns kept, ttl ms, session id, [turn]
 if ARGV[5] then
   redis.call('RPUSH', KEYS[2], ARGV[5])
   redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[3], now_ms(), ARGV[4])
+redis.call('ZADD', KEYS[3], now_us(), ARGV[4])
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return redis.call('LLEN', KEYS[2])
 """
