@@ -2,8 +2,8 @@
 
 Keys live under `csm:`. A session is a list of encoded turns (the last `session_context_turns`),
 expiring `session_ttl_s` after its last use; a sorted set of last-use times (Redis's clock, in
-microseconds) caps the number of sessions at `max_sessions`, dropping the least recently used. A turn's lease is a key set only if
-absent, with the lease as its expiry. Each token bucket is a hash updated by one Lua script against
+microseconds) caps the number of sessions at `max_sessions`, dropping the least recently used. A
+turn's lease is a key set only if absent, with the lease as its expiry. Each token bucket is a hash updated by one Lua script against
 Redis's clock, so every replica draws from the same bucket; an idle bucket expires once full.
 
 Turns are stored as JSON plus the raw codes, never pickled: whatever is in Redis is read as data.
