@@ -70,18 +70,24 @@ def _client(ctx: click.Context, retries: int = RETRIES) -> TTSClient:
               help="Port for --preset.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=None,
+              help="Seconds a stop (SIGTERM, Ctrl-C) waits for in-flight requests and streams. "
+                   "Default: the config's longest graceful_shutdown_timeout_s + 10 (Ray), 30 (--preset).")
 def serve(config_path: str | None, preset: str | None, device: str | None, host: str, port: int,
-          log_level: str) -> None:
+          log_level: str, drain_timeout: float | None) -> None:
     """Start the service: Ray Serve from --config, one process with --preset, or (neither) Ray
-    Serve with the config this machine can run: CSM-1B on its GPUs, else the tiny random model."""
+    Serve with the config this machine can run: CSM-1B on its GPUs, else the tiny random model.
+
+    SIGTERM (as a container stop sends) or Ctrl-C drains: requests and streams in flight finish,
+    up to the drain timeout, new ones are refused, then the server exits with status 0."""
     if config_path and preset:
         raise click.UsageError("give at most one of --config or --preset")
     if not config_path and not preset:
         config_path = str(choose_local_config())
     if config_path:
-        run_serve_config(config_path)
-    else:
-        run_preset(preset, device=device, host=host, port=port, log_level=log_level)
+        sys.exit(run_serve_config(config_path, drain_timeout))
+    run_preset(preset, device=device, host=host, port=port, log_level=log_level,
+               drain_timeout_s=PRESET_DRAIN_TIMEOUT_S if drain_timeout is None else drain_timeout)
 
 
 def choose_local_config() -> Path:
@@ -97,17 +103,21 @@ def choose_local_config() -> Path:
     return path
 
 
-def run_serve_config(config_path: str) -> None:
-    """`serve run CONFIG` in this process, with the package importable by Ray's workers."""
+def run_serve_config(config_path: str, drain_timeout_s: float | None = None) -> int:
+    """`serve run CONFIG` in this process, with the package importable by Ray's workers, and a
+    stop that drains (`serve_app.deploy.runner`); returns the exit status."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     package_root = str(Path(__file__).resolve().parent.parent)
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if package_root not in paths:
         # Ray workers import `serve_app` by name; a source checkout is not on their path otherwise.
         os.environ["PYTHONPATH"] = os.pathsep.join([package_root, *paths])
-    from ray.serve.scripts import cli as ray_serve_cli
+    import logging
 
-    ray_serve_cli.main(["run", config_path], prog_name="serve")
+    from serve_app.deploy.runner import run_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s csm-serve: %(message)s")
+    return run_config(config_path, drain_timeout_s)
 
 
 def build_preset_app(preset: str, device: str | None = None) -> Any:
@@ -120,14 +130,26 @@ def build_preset_app(preset: str, device: str | None = None) -> Any:
     return create_app(engine)
 
 
-def run_preset(preset: str, *, device: str | None, host: str, port: int, log_level: str) -> None:
+PRESET_DRAIN_TIMEOUT_S = 30.0
+
+
+def run_preset(preset: str, *, device: str | None, host: str, port: int, log_level: str,
+               drain_timeout_s: float = PRESET_DRAIN_TIMEOUT_S) -> None:
+    """uvicorn in this process. On SIGTERM/SIGINT uvicorn stops accepting, lets requests in flight
+    finish (at most `drain_timeout_s`) and returns; it then re-raises the signal, which the no-op
+    handlers installed here absorb, so a drained stop exits with status 0."""
+    import signal
+
     import uvicorn
 
     from serve_app.observability.logs import configure_logging
 
     configure_logging(log_level.upper())
-    uvicorn.run(build_preset_app(preset, device), host=host, port=port, log_level=log_level,
-                log_config=None)
+    config = uvicorn.Config(build_preset_app(preset, device), host=host, port=port, log_level=log_level,
+                            log_config=None, timeout_graceful_shutdown=drain_timeout_s)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)  # restored by uvicorn after its own handling, then raised
+    uvicorn.Server(config).run()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Ray Serve graph: a CPU FastAPI ingress in front of autoscaled GPU replicas of the speech engine.
 
     HTTP ─► APIIngress (FastAPI from `create_app`, CPU) ─handle─► TTSModel (Engine, num_gpus=1)
+                 └─handle─► SharedState (sessions and rate-limit buckets, one replica)
 
 `build_app(args)` is the application builder named by every Serve config
 (`import_path: serve_app.deployments:build_app`). The decorators below hold safe defaults only;
@@ -27,6 +28,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.api.auth import TokenBucketLimiter
 from serve_app.deploy.args import BuildArgs
 from serve_app.deploy.handle_engine import HandleEngine
 from serve_app.engine.types import Audio, AudioChunk, GenerationRequest
@@ -40,6 +42,7 @@ logger = logging.getLogger("serve_app.deployments")
 
 MODEL_DEPLOYMENT = "TTSModel"
 INGRESS_DEPLOYMENT = "APIIngress"
+STATE_DEPLOYMENT = "SharedState"
 
 
 @serve.deployment(
@@ -102,6 +105,63 @@ class TTSModel:
 
 
 @serve.deployment(
+    name=STATE_DEPLOYMENT,
+    num_replicas=1,
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=4096,
+    graceful_shutdown_wait_loop_s=1,
+    graceful_shutdown_timeout_s=5,
+)
+class SharedState:
+    """The /contextual_speak sessions and rate-limit buckets of every ingress replica, in memory.
+
+    Exactly one replica (two would split the state): it outlives any ingress replica, and when it
+    is itself replaced, sessions and buckets start empty. Turns waiting for their session hold a
+    request slot here, hence the high `max_ongoing_requests`."""
+
+    def __init__(self, api_settings: dict[str, Any] | None = None) -> None:
+        from serve_app.api.settings import ApiSettings
+        from serve_app.api.state import in_memory_backends
+        from serve_app.deploy.draining import DrainBoard
+
+        self._sessions = in_memory_backends(_api_settings(api_settings or {}) or ApiSettings()).sessions
+        self._limiters: dict[tuple[int, int], TokenBucketLimiter] = {}
+        self._drain = DrainBoard()
+
+    async def begin_turn(self, session_id: str) -> Any:
+        return await self._sessions.begin_turn(session_id)
+
+    async def renew_turn(self, session_id: str, lease_id: str) -> bool:
+        return await self._sessions.renew_turn(session_id, lease_id)
+
+    async def end_turn(self, session_id: str, lease_id: str, turn: Any) -> int:
+        return await self._sessions.end_turn(session_id, lease_id, turn)
+
+    async def reset(self, session_id: str) -> bool:
+        return await self._sessions.reset(session_id)
+
+    async def acquire(self, client: str, per_minute: int, burst: int) -> float:
+        """A token from `client`'s bucket. The rate comes with the call, from the ingress, which
+        holds the API settings (keys and limits are often set in its environment only)."""
+        limiter = self._limiters.get((per_minute, burst))
+        if limiter is None:
+            limiter = self._limiters[(per_minute, burst)] = TokenBucketLimiter(per_minute, burst)
+        return await limiter.acquire(client)
+
+    async def report(self, replica_id: str, in_flight: int) -> bool:
+        """An ingress replica's requests in flight; answers whether it should drain."""
+        return self._drain.report(replica_id, in_flight)
+
+    async def begin_drain(self) -> None:
+        """A stop is coming (`csm-serve serve`): ingress replicas refuse new requests from now on."""
+        self._drain.begin()
+
+    async def in_flight(self) -> int | None:
+        """Requests the ingress replicas still serve since the drain began (None: not known yet)."""
+        return self._drain.in_flight()
+
+
+@serve.deployment(
     name=INGRESS_DEPLOYMENT,
     ray_actor_options={"num_cpus": 1},
     max_ongoing_requests=256,
@@ -110,17 +170,33 @@ class TTSModel:
 )
 @serve.ingress()
 class APIIngress:
-    """HTTP entry point: the API layer's FastAPI app, talking to `TTSModel` through a handle."""
+    """HTTP entry point: the API layer's FastAPI app, talking to `TTSModel` and `SharedState`
+    through handles. It keeps no state of its own that another replica would need."""
 
-    def __init__(self, model: DeploymentHandle, api_settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, model: DeploymentHandle, state: DeploymentHandle, api_settings: dict[str, Any] | None = None
+    ) -> None:
         self._engine = HandleEngine(model)
+        self._state = state
         self._api_settings = dict(api_settings or {})
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Built on the replica after `__init__`, so the app can hold the handle-backed engine."""
         from serve_app.api.app import create_app
+        from serve_app.api.settings import ApiSettings
+        from serve_app.deploy.draining import DrainGate
+        from serve_app.deploy.handle_state import handle_backends
+        from serve_app.deploy.replica_header import ServedByMiddleware
 
-        return create_app(self._engine, _api_settings(self._api_settings))
+        settings = _api_settings(self._api_settings) or ApiSettings()
+        app = create_app(self._engine, settings, handle_backends(self._state, settings))
+        replica_id = _replica_id() or f"pid-{os.getpid()}"
+        app.add_middleware(DrainGate, replica_id=replica_id, report=self._report)
+        app.add_middleware(ServedByMiddleware, replica_id=replica_id)  # outermost: on 503s too
+        return app
+
+    async def _report(self, replica_id: str, in_flight: int) -> bool:
+        return await self._state.report.remote(replica_id, in_flight)
 
 
 def build_app(args: dict[str, Any] | BuildArgs | None = None) -> Application:
@@ -131,7 +207,8 @@ def build_app(args: dict[str, Any] | BuildArgs | None = None) -> Application:
     max_ongoing = parsed.model_max_ongoing_requests()
     if max_ongoing is not None:
         model = model.options(max_ongoing_requests=max_ongoing)
-    return APIIngress.bind(model.bind(parsed.model, parsed.engine_kwargs()), parsed.api)
+    state = SharedState.bind(parsed.api)
+    return APIIngress.bind(model.bind(parsed.model, parsed.engine_kwargs()), state, parsed.api)
 
 
 def _api_settings(values: dict[str, Any]) -> Any:

@@ -1,4 +1,7 @@
-"""Shared test configuration: environment for Ray, offline model loading and Triton, and shared fixtures.
+"""Shared test configuration: environment for Ray, offline model loading and Triton, shared fixtures,
+and the one Ray Serve instance of the session (`ray_serve`, tests/support_ray.py), registered here so
+that every Ray test module shares it (a fixture imported into two modules would be two fixtures, and
+two Ray starts).
 
 Without a CUDA device, Triton kernels run in Triton's CPU interpreter: `TRITON_INTERPRET` must be set
 before anything imports Triton (any test module may import the kernels), so it is set here."""
@@ -45,3 +48,6 @@ def one_thread() -> Iterator[None]:
     """`single_thread` for a whole module: `pytestmark = pytest.mark.usefixtures("one_thread")`."""
     with single_thread():
         yield
+
+
+from tests.support_ray import ray_serve  # noqa: E402, F401 - after the environment above

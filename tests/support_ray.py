@@ -5,8 +5,9 @@ config is deployed through the same controller call `serve run configs/serve/loc
 its `deployments:` overrides (num_gpus: 0, queue limits, ...) apply exactly. Only the HTTP port is
 changed, to a free one, so a developer's `make serve` on :8000 does not collide with the tests.
 
-Use it from a test module with `from tests.support_ray import ray_serve  # noqa: F401` (a fixture
-re-export) and mark Ray tests `@pytest.mark.ray`. Starting Ray costs seconds: keep Ray tests few,
+`tests/conftest.py` registers the `ray_serve` fixture for every module: take it as an argument (do
+not import it into a test module, which would make a second fixture and a second Ray), and mark
+Ray tests `@pytest.mark.ray`. Starting Ray costs seconds: keep Ray tests few,
 in as few files as possible, all on this one fixture.
 """
 
@@ -80,17 +81,38 @@ class ServeInstance:
         self.config = config
 
     @contextlib.contextmanager
-    def deployment_options(self, deployment: str, **options: Any) -> Iterator[None]:
-        """Temporarily override one deployment's options (e.g. queue limits), then restore."""
+    def deployed(self, config: dict[str, Any]) -> Iterator[None]:
+        """Serve a changed config (e.g. more replicas, autoscaling) for a while, then the original."""
         original = copy.deepcopy(self.config)
-        changed = copy.deepcopy(self.config)
-        (app,) = changed["applications"]
-        next(d for d in app["deployments"] if d["name"] == deployment).update(options)
-        self.deploy(changed)
+        self.deploy(config)
         try:
             yield
         finally:
             self.deploy(original)
+            self.wait_healthy()
+
+    def changed_config(self, deployment: str | None = None, **options: Any) -> dict[str, Any]:
+        """A copy of the current config, with `options` merged into one deployment's entry."""
+        changed = copy.deepcopy(self.config)
+        if deployment is not None:
+            deployment_config(changed, deployment).update(options)
+        return changed
+
+    @contextlib.contextmanager
+    def deployment_options(self, deployment: str, **options: Any) -> Iterator[None]:
+        """Temporarily override one deployment's options (e.g. queue limits), then restore."""
+        with self.deployed(self.changed_config(deployment, **options)):
+            yield
+
+    def running_replicas(self, deployment: str) -> int:
+        """How many replicas of `deployment` are RUNNING now, as Serve's status reports."""
+        return self.deployment_status(deployment).replica_states.get("RUNNING", 0)
+
+    def deployment_status(self, deployment: str) -> Any:
+        """Serve's `DeploymentStatusOverview` of `deployment` (status, replica states)."""
+        from ray import serve
+
+        return serve.status().applications[APP_NAME].deployments[deployment]
 
     def model_info(self, timeout_s: float = 30.0) -> dict[str, Any]:
         """`TTSModel.info()` straight from a replica (includes the replica's pid)."""
@@ -112,6 +134,12 @@ class ServeInstance:
                     return
             time.sleep(0.25)
         raise TimeoutError(f"/health not 200 after {timeout_s} s: {last and last.text}")
+
+
+def deployment_config(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The `deployments:` entry called `name` in a config's only application."""
+    (app,) = config["applications"]
+    return next(d for d in app["deployments"] if d["name"] == name)
 
 
 def wait_running(timeout_s: float = DEPLOY_TIMEOUT_S) -> None:

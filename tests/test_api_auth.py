@@ -4,6 +4,7 @@ reach the logs."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from pathlib import Path
@@ -94,15 +95,19 @@ def test_without_keys_the_rate_limit_is_per_client_address(tmp_path: Path) -> No
 def test_token_bucket_refills_at_the_configured_rate() -> None:
     now = [0.0]
     limiter = TokenBucketLimiter(per_minute=60, burst=2, max_clients=2, clock=lambda: now[0])
-    assert [limiter.acquire("a") for _ in range(2)] == [0.0, 0.0]
-    assert limiter.acquire("a") == pytest.approx(1.0)
+
+    def acquire(client: str) -> float:
+        return asyncio.run(limiter.acquire(client))
+
+    assert [acquire("a") for _ in range(2)] == [0.0, 0.0]
+    assert acquire("a") == pytest.approx(1.0)
     now[0] = 0.5
-    assert limiter.acquire("a") == pytest.approx(0.5)  # half a token back, half still owed
+    assert acquire("a") == pytest.approx(0.5)  # half a token back, half still owed
     now[0] = 1.0
-    assert limiter.acquire("a") == 0.0
-    limiter.acquire("b")
-    limiter.acquire("c")  # evicts "a", the least recently seen: memory stays bounded
-    assert limiter.acquire("a") == 0.0 and len(limiter._buckets) == 2
+    assert acquire("a") == 0.0
+    acquire("b")
+    acquire("c")  # evicts "a", the least recently seen: memory stays bounded
+    assert acquire("a") == 0.0 and len(limiter._buckets) == 2
 
 
 def test_keys_never_reach_the_logs_but_their_fingerprint_does(tmp_path: Path) -> None:

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from serve_app.api.sessions import SessionStore
-from serve_app.engine.types import SAMPLE_RATE, Segment
+from serve_app.engine.types import SAMPLE_RATE
 from tests.support_api import FakeEngine, make_client, read_wav
 
 
@@ -101,16 +100,3 @@ def test_sessions_are_isolated_and_resettable(client, engine) -> None:
 def test_session_id_is_validated(client) -> None:
     r = client.post("/contextual_speak", json={"text": "hi", "session_id": "../etc/passwd"})
     assert r.status_code == 422
-
-
-def test_session_store_is_bounded_lru_with_ttl() -> None:
-    now = [0.0]
-    store = SessionStore(max_sessions=2, ttl_s=10, context_turns=3, timer=lambda: now[0])
-    store.open("a").turns.append(Segment("x", 0, codes=np.zeros((1, 32), np.int64)))
-    store.open("b")
-    store.open("a")  # touch a: b is now least recently used
-    store.open("c")
-    assert "a" in store and "c" in store and "b" not in store
-    now[0] = 11.0
-    assert "a" not in store and len(store) == 0
-    assert len(store.open("a").turns) == 0  # expired sessions come back empty

@@ -158,7 +158,7 @@ def test_serve_without_a_source_runs_this_machines_config_and_says_which(monkeyp
     import yaml
 
     ran: list[str] = []
-    monkeypatch.setattr(cli_module, "run_serve_config", ran.append)
+    monkeypatch.setattr(cli_module, "run_serve_config", lambda path, drain_timeout_s: ran.append(path) or 0)
     monkeypatch.setattr("serve_app.deploy.local.cuda_device_count", lambda: 0)
     result = CliRunner().invoke(cli, ["serve"])
     assert result.exit_code == 0, result.output
@@ -166,22 +166,23 @@ def test_serve_without_a_source_runs_this_machines_config_and_says_which(monkeyp
     assert yaml.safe_load(Path(ran[0]).read_text())["applications"][0]["args"]["model"] == "tiny-random"
 
 
-def test_serve_config_runs_ray_serve_run_with_the_package_importable(monkeypatch, tmp_path: Path) -> None:
-    import ray.serve.scripts
+def test_serve_config_runs_the_draining_runner_with_the_package_importable(monkeypatch, tmp_path: Path) -> None:
+    import serve_app.deploy.runner
 
     seen = {}
 
-    def fake_main(args, prog_name):
-        seen["args"] = args
+    def fake_run(path, drain_timeout_s):
+        seen["args"] = (path, drain_timeout_s)
         seen["pythonpath"] = os.environ["PYTHONPATH"]
+        return 0
 
-    monkeypatch.setattr(ray.serve.scripts.cli, "main", fake_main)
+    monkeypatch.setattr(serve_app.deploy.runner, "run_config", fake_run)
     monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
     config = tmp_path / "local.yaml"
     config.write_text("applications: []\n")
-    result = CliRunner().invoke(cli, ["serve", "--config", str(config)])
+    result = CliRunner().invoke(cli, ["serve", "--config", str(config), "--drain-timeout", "7"])
     assert result.exit_code == 0, result.output
-    assert seen["args"] == ["run", str(config)]
+    assert seen["args"] == (str(config), 7.0)
     root = str(Path(cli_module.__file__).resolve().parent.parent)
     assert seen["pythonpath"].split(os.pathsep) == [root, "/somewhere/else"]
 

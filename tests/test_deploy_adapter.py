@@ -1,4 +1,5 @@
-"""HandleEngine (deployment handle → SpeechEngine) and TTSModel's pass-through, without Ray running.
+"""HandleEngine (deployment handle → SpeechEngine), HandleState (→ sessions and rate limits) and
+TTSModel's pass-through, without Ray running.
 
 The fakes mimic what a `DeploymentHandle` returns (awaitable responses and async response
 generators with `.cancel()`); Ray's real behaviour is covered by tests/test_e2e_ray.py.
@@ -276,3 +277,73 @@ def test_model_shutdown_closes_the_engine() -> None:
     engine = ClosableEngine()
     _model_with(engine).__del__()  # Ray calls it once the replica has drained
     assert engine.closed
+
+
+# ---------------------------------------------------------------------------------------------------
+# HandleState: sessions and rate limits through the SharedState deployment's handle
+# ---------------------------------------------------------------------------------------------------
+def _state(handle: FakeHandle, **kw: Any) -> Any:
+    from serve_app.deploy.handle_state import HandleState
+
+    return HandleState(handle, lease_s=30.0, per_minute=60, burst=10, **kw)  # type: ignore[arg-type]
+
+
+def test_state_adapter_satisfies_both_protocols_and_sends_the_rate_with_each_token() -> None:
+    from serve_app.api.state import RateLimiter, SessionStore
+
+    async def scenario() -> None:
+        handle = FakeHandle(0.0)
+        state = _state(handle)
+        assert isinstance(state, SessionStore) and isinstance(state, RateLimiter)
+        assert await state.acquire("key_abc") == 0.0
+        assert handle.calls == [("acquire", ("key_abc", 60, 10))]  # the ingress's rate, not the state's
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "failure", [ActorDiedError(), RayTaskError("acquire", "tb", ActorDiedError()), RayServeException("gone")]
+)
+def test_a_lost_state_replica_is_state_unavailable(failure: BaseException) -> None:
+    from serve_app.api.state import StateUnavailableError
+
+    async def scenario() -> None:
+        with pytest.raises(StateUnavailableError, match="shared state replica unavailable"):
+            await _state(FakeHandle(failure)).acquire("k")
+        with pytest.raises(StateUnavailableError):
+            await _state(FakeHandle(failure)).begin_turn("s")
+
+    asyncio.run(scenario())
+
+
+def test_a_silent_state_replica_times_out_and_its_call_is_cancelled() -> None:
+    from serve_app.api.state import StateUnavailableError
+
+    async def scenario() -> None:
+        handle = FakeHandle(...)
+        with pytest.raises(StateUnavailableError, match="did not answer reset in 0.05 s"):
+            await _state(handle, timeout_s=0.05).reset("s")
+        assert handle.responses[0].cancelled
+
+    asyncio.run(scenario())
+
+
+def test_an_unavailable_rate_limiter_is_a_503_with_retry_after(tmp_path) -> None:
+    """Through the API: the limiter's failure is answered, not a 500 and not a free pass."""
+    from fastapi.testclient import TestClient
+
+    from serve_app.api.app import create_app
+    from serve_app.api.settings import ApiSettings
+    from serve_app.api.state import StateBackends
+    from tests.support_api import FakeEngine
+
+    state = _state(FakeHandle(ActorDiedError()))
+    app = create_app(FakeEngine(), ApiSettings(voices_dir=tmp_path), StateBackends(state, state))
+    client = TestClient(app)
+    speak = client.post("/speak", json={"text": "Hi."})
+    assert speak.status_code == 503 and int(speak.headers["retry-after"]) >= 1
+    assert "rate limiter is unavailable" in speak.json()["detail"]
+    assert client.get("/health").status_code == 200  # open paths take no token
+    turn = TestClient(create_app(FakeEngine(), ApiSettings(voices_dir=tmp_path), StateBackends(state, None)))
+    r = turn.post("/contextual_speak", json={"text": "Hi.", "session_id": "s"})
+    assert r.status_code == 503 and "session state unavailable" in r.json()["detail"]

@@ -47,7 +47,20 @@ def test_config_validates_and_builds(path: Path) -> None:
     assert builder is deployments.build_app
     assert isinstance(builder(app.args), Application)
     # Every `deployments:` entry must name a deployment of the graph, or Ray rejects the config.
-    assert {d.name for d in app.deployments} == {deployments.TTSModel.name, deployments.APIIngress.name}
+    graph = {deployments.TTSModel.name, deployments.APIIngress.name, deployments.SharedState.name}
+    assert {d.name for d in app.deployments} == graph
+
+
+@pytest.mark.parametrize("path", [PROD, LOCAL], ids=["production", "local"])
+def test_shared_state_has_exactly_one_replica_that_never_autoscales(path: Path) -> None:
+    """Two replicas would each hold half of the sessions and buckets."""
+    state = _deployment(_load(path), deployments.STATE_DEPLOYMENT)
+    assert state["num_replicas"] == 1
+    assert "autoscaling_config" not in state
+    assert state["ray_actor_options"]["num_gpus"] == 0
+    ingress = _deployment(_load(path), deployments.INGRESS_DEPLOYMENT)
+    # Every API request takes a token there (with rate limits on): it must not be the bottleneck.
+    assert state["max_ongoing_requests"] >= ingress["max_ongoing_requests"]
 
 
 @pytest.mark.parametrize("path", [PROD, LOCAL], ids=["production", "local"])
@@ -93,7 +106,12 @@ def test_local_config_runs_without_gpu_or_weights() -> None:
     for deployment in app["deployments"]:
         # num_gpus > 0 on a machine without a GPU leaves the replica pending forever.
         assert deployment["ray_actor_options"]["num_gpus"] == 0, deployment["name"]
-    assert sum(d["ray_actor_options"]["num_cpus"] for d in app["deployments"]) <= 2
+    # Every replica it may run fits on a two-core machine, the model's at its autoscaling maximum.
+    replicas = {d["name"]: d.get("autoscaling_config", {}).get("max_replicas", d.get("num_replicas", 1))
+                for d in app["deployments"]}
+    assert sum(d["ray_actor_options"]["num_cpus"] * replicas[d["name"]] for d in app["deployments"]) <= 2
+    scaling = _deployment(config, deployments.MODEL_DEPLOYMENT)["autoscaling_config"]
+    assert scaling["min_replicas"] == 1 < scaling["max_replicas"]
 
 
 def test_build_args_reject_typos_and_bad_values() -> None:
@@ -183,6 +201,9 @@ def test_dockerfile_copies_what_the_image_needs() -> None:
     users = re.findall(r"^USER (\S+)", dockerfile, flags=re.MULTILINE)
     assert users and users[-1] not in {"root", "0"}
     cmd = re.search(r"^CMD (.+)$", dockerfile, flags=re.MULTILINE)
-    assert cmd is not None and '"serve", "run", "serve_config.yaml"' in cmd.group(1)
+    # The draining runner (SIGTERM from `docker stop` lets streams finish), on the production config.
+    assert cmd is not None and '"csm-serve", "serve", "--config", "serve_config.yaml"' in cmd.group(1)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^csm-serve = "serve_app\.cli:main"$', pyproject, flags=re.MULTILINE)
     assert re.search(r"^FROM \$\{CUDA_IMAGE\}", dockerfile, flags=re.MULTILINE)
     assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\S+-runtime-", dockerfile, flags=re.MULTILINE)

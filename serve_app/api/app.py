@@ -19,13 +19,13 @@ from serve_app.api import (
     routes_voice_catalog,
     routes_voices,
 )
-from serve_app.api.auth import ApiKeyRing, AuthMiddleware, TokenBucketLimiter
+from serve_app.api.auth import ApiKeyRing, AuthMiddleware
 from serve_app.api.cache import ResponseCache
 from serve_app.api.deps import Services
 from serve_app.api.errors import install_error_handlers
 from serve_app.api.middleware import BodyLimitMiddleware, CancelOnDisconnectMiddleware
-from serve_app.api.sessions import SessionStore
 from serve_app.api.settings import ApiSettings
+from serve_app.api.state import StateBackends, local_backends
 from serve_app.api.synthesis import Synthesizer
 from serve_app.api.voices import VoiceStore
 from serve_app.engine.interface import SpeechEngine
@@ -36,9 +36,13 @@ from serve_app.web.routes import install_playground
 __all__ = ["create_app"]
 
 
-def create_app(engine: SpeechEngine, settings: ApiSettings | None = None) -> FastAPI:
-    """Build the app; `settings` defaults to `ApiSettings()` (environment variables `CSM_*`)."""
+def create_app(
+    engine: SpeechEngine, settings: ApiSettings | None = None, state: StateBackends | None = None
+) -> FastAPI:
+    """Build the app; `settings` defaults to `ApiSettings()` (environment variables `CSM_*`), `state`
+    (sessions, rate limits) to this process's memory, or Redis when `redis_url` is set."""
     settings = settings or ApiSettings()
+    state = state or local_backends(settings)
     app = FastAPI(
         title="csm-serve",
         version=serve_app.__version__,
@@ -48,20 +52,15 @@ def create_app(engine: SpeechEngine, settings: ApiSettings | None = None) -> Fas
         settings=settings,
         synth=Synthesizer(MeteredEngine(engine), settings, VoiceStore(settings.voices_dir)),
         cache=ResponseCache(settings.cache_max_bytes),
-        sessions=SessionStore(settings.max_sessions, settings.session_ttl_s, settings.session_context_turns),
+        sessions=state.sessions,
     )
     install_error_handlers(app)
     app.add_middleware(CancelOnDisconnectMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     keys = settings.load_api_keys()
-    if keys or settings.rate_limit_per_minute:
+    if keys or state.limiter is not None:
         # Outside the body limit: an unknown or throttled client is answered before its body is read.
-        limiter = (
-            TokenBucketLimiter(settings.rate_limit_per_minute, settings.burst())
-            if settings.rate_limit_per_minute
-            else None
-        )
-        app.add_middleware(AuthMiddleware, keys=ApiKeyRing(keys) if keys else None, limiter=limiter)
+        app.add_middleware(AuthMiddleware, keys=ApiKeyRing(keys) if keys else None, limiter=state.limiter)
     for module in (
         routes_speech,
         routes_stream,

@@ -3,8 +3,8 @@
 Both are off unless configured (`ApiSettings.api_keys` / `api_keys_file`, `rate_limit_per_minute`).
 Keys are compared in constant time and never logged: requests are attributed to a key by its
 fingerprint (`key_id`), which the access log and the rate limiter use. Without keys, a rate limit
-applies per client address. State is per ingress replica: with N replicas a client may get up to N
-times the configured rate.
+applies per client address. The limiter is any `RateLimiter` (serve_app.api.state): in this process,
+or shared by every ingress replica, so the configured rate holds for the whole service.
 
 Pure ASGI, placed outside the body limit, so an unauthenticated or throttled client is answered
 before its body is read. WebSocket handshakes are checked the same way (a key may also come as
@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from starlette.datastructures import Headers, QueryParams
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from serve_app.api.state import RateLimiter, StateUnavailableError
 
 __all__ = ["ApiKeyRing", "AuthMiddleware", "TokenBucketLimiter", "key_id"]
 
@@ -68,13 +70,14 @@ class TokenBucketLimiter:
     ) -> None:
         if per_minute <= 0 or burst <= 0:
             raise ValueError("per_minute and burst must be positive")
+        self.per_minute = per_minute
         self.rate = per_minute / 60.0
         self.burst = float(burst)
         self.max_clients = max_clients
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def acquire(self, client: str) -> float:
+    async def acquire(self, client: str) -> float:
         """Take one token for `client`: 0.0 when allowed, else the seconds until one is available."""
         now = self._clock()
         tokens, last = self._buckets.pop(client, (self.burst, now))
@@ -97,7 +100,7 @@ class AuthMiddleware:
         self,
         app: ASGIApp,
         keys: ApiKeyRing | None,
-        limiter: TokenBucketLimiter | None,
+        limiter: RateLimiter | None,
         open_paths: tuple[str, ...] = OPEN_PATHS,
     ) -> None:
         self.app = app
@@ -123,9 +126,15 @@ class AuthMiddleware:
             client = ident
         scope.setdefault("state", {})["client_id"] = client
         if self.limiter is not None:
-            wait = self.limiter.acquire(client)
+            try:
+                wait = await self.limiter.acquire(client)
+            except StateUnavailableError as exc:
+                detail = f"the rate limiter is unavailable, retry later ({exc})"
+                retry = str(max(1, math.ceil(exc.retry_after_s)))
+                await JSONResponse({"detail": detail}, 503, {"Retry-After": retry})(scope, receive, send)
+                return
             if wait > 0:
-                per_minute = round(self.limiter.rate * 60)
+                per_minute = self.limiter.per_minute
                 detail = f"rate limit of {per_minute} requests per minute exceeded; retry after {wait:.1f} s"
                 response = JSONResponse({"detail": detail}, 429, {"Retry-After": str(max(1, math.ceil(wait)))})
                 await _refuse(response, scope, receive, send)

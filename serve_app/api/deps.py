@@ -8,8 +8,8 @@ from typing import Annotated, Protocol
 from fastapi import Depends, Request
 
 from serve_app.api.cache import ResponseCache, cache_key
-from serve_app.api.sessions import SessionStore
 from serve_app.api.settings import ApiSettings
+from serve_app.api.state import SessionStore
 from serve_app.api.synthesis import Synthesizer
 from serve_app.audio.formats import OutputFormat
 

@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.api.state import StateUnavailableError
 from serve_app.audio.decode import AudioInputError, AudioTooLargeError
 from serve_app.engine.types import EngineOverloadedError, PromptTooLongError
 
@@ -131,6 +132,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AudioInputError)
     async def _audio_error(request: Request, exc: AudioInputError) -> JSONResponse:
         return _error_response(request, 413 if isinstance(exc, AudioTooLargeError) else 400, str(exc))
+
+    @app.exception_handler(StateUnavailableError)
+    async def _state_error(request: Request, exc: StateUnavailableError) -> JSONResponse:
+        retry = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+        return _error_response(request, 503, f"session state unavailable, retry later ({exc})", retry)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

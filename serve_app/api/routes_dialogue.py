@@ -17,6 +17,7 @@ from serve_app.api.errors import ApiError, request_id_of
 from serve_app.api.longform import script_key
 from serve_app.api.responses import AUDIO_RESPONSES, audio_headers, cached_response, encode_response
 from serve_app.api.schemas import ContextualSpeakRequest, ConversationRequest
+from serve_app.api.sessions import session_turn
 from serve_app.engine.types import FRAME_MS, SAMPLE_RATE, GenerationRequest, Segment
 
 router = APIRouter(tags=["dialogue"])
@@ -89,27 +90,26 @@ async def conversation(body: ConversationRequest, request: Request, svc: Service
 async def contextual_speak(body: ContextualSpeakRequest, request: Request, svc: ServicesDep) -> Response:
     """Speech that continues a session: its last N turns (text + codes) are the context.
 
-    Sessions are kept in this ingress process; with several ingress replicas they are per replica.
-    Requests to one session are served one at a time, in arrival order.
+    Sessions live in the store every ingress replica shares, so any replica may serve any turn.
+    Requests to one session are served one at a time (each sees the turns before it).
     """
     synth = svc.synth
     text = synth.text(body.text, body.normalize)
-    session = svc.sessions.open(body.session_id)
-    async with session.lock:
+    async with session_turn(svc.sessions, body.session_id) as turn:
         audio = await synth.generate(
             GenerationRequest(
                 text=text,
                 speaker=body.speaker,
-                context=list(session.turns),
+                context=turn.context,
                 max_audio_length_ms=body.max_duration_ms,
                 sampling=synth.sampling(body.temperature, body.top_k, body.seed),
                 request_id=request_id_of(request),
             )
         )
-        session.turns.append(Segment(text=text, speaker=body.speaker, codes=audio.codes))
+        turn.record(Segment(text=text, speaker=body.speaker, codes=audio.codes))
     headers = {
         **audio_headers(audio, f"speech.{body.output.extension}"),
-        "X-Session-Turns": str(len(session.turns)),
+        "X-Session-Turns": str(turn.turns_kept),
     }
     return await cached_response(
         svc.cache, None, lambda: encode_response(audio.pcm, body.output, headers, body.speed)
@@ -119,5 +119,5 @@ async def contextual_speak(body: ContextualSpeakRequest, request: Request, svc: 
 @router.delete("/sessions/{session_id}", status_code=204, response_class=Response)
 async def reset_session(session_id: Annotated[str, Path(max_length=128)], svc: ServicesDep) -> Response:
     """Forget a session's turns (idempotent: an unknown session is already reset)."""
-    svc.sessions.reset(session_id)
+    await svc.sessions.reset(session_id)
     return Response(status_code=204)

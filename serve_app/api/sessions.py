@@ -1,49 +1,137 @@
 """Conversation sessions for /contextual_speak: the last turns of each session, kept as codes.
 
-Sessions live in the ingress process's memory (LRU over sessions, idle TTL). With several ingress
-replicas each replica has its own sessions, so a session is only continuous when its requests reach
-the same replica (one ingress replica, or sticky routing in front of Ray Serve).
+`InMemorySessions` keeps them in this process (LRU over sessions, idle TTL, last N turns each). It is
+the store of a one-process server, and the store the Ray `SharedState` deployment holds for every
+ingress replica. `session_turn` runs one turn against any `SessionStore`, renewing its lease while
+the turn generates and releasing it however the turn ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from cachetools import TTLCache
 
+from serve_app.api.state import SessionStore, TurnLease
 from serve_app.engine.types import Segment
 
-__all__ = ["Session", "SessionStore"]
+__all__ = ["InMemorySessions", "Turn", "session_turn"]
 
 
 @dataclass
-class Session:
+class _Session:
     turns: deque[Segment]
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one generation at a time per session
+    lease_id: str | None = None
+    lease_expires: float = 0.0
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class SessionStore:
+class InMemorySessions:
+    """Sessions in this process's memory: at most `max_sessions` (least recently used go first),
+    forgotten after `ttl_s` idle, each keeping its last `context_turns` turns."""
+
     def __init__(
-        self, max_sessions: int, ttl_s: float, context_turns: int, timer: Callable[[], float] = time.monotonic
+        self,
+        max_sessions: int,
+        ttl_s: float,
+        context_turns: int,
+        lease_s: float = 30.0,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._sessions: TTLCache[str, Session] = TTLCache(maxsize=max_sessions, ttl=ttl_s, timer=timer)
+        self._sessions: TTLCache[str, _Session] = TTLCache(maxsize=max_sessions, ttl=ttl_s, timer=timer)
         self._context_turns = context_turns
+        self._timer = timer
+        self.lease_s = lease_s
 
-    def open(self, session_id: str) -> Session:
-        """The session, created if new; touching it restarts its idle TTL."""
-        session = self._sessions.get(session_id) or Session(deque(maxlen=self._context_turns))
+    def _open(self, session_id: str) -> _Session:
+        """The session, created if new; touching it restarts its idle TTL and makes it most recent."""
+        session = self._sessions.get(session_id) or _Session(deque(maxlen=self._context_turns))
         self._sessions[session_id] = session
         return session
 
-    def reset(self, session_id: str) -> bool:
-        return self._sessions.pop(session_id, None) is not None
+    async def begin_turn(self, session_id: str) -> TurnLease:
+        while True:
+            session = self._open(session_id)
+            now = self._timer()
+            if session.lease_id is None or now >= session.lease_expires:
+                session.lease_id = uuid.uuid4().hex
+                session.lease_expires = now + self.lease_s
+                session.released.clear()
+                return TurnLease(session.lease_id, list(session.turns))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(session.released.wait(), max(0.01, session.lease_expires - now))
+
+    async def renew_turn(self, session_id: str, lease_id: str) -> bool:
+        session = self._sessions.get(session_id)
+        if session is None or session.lease_id != lease_id:
+            return False
+        session.lease_expires = self._timer() + self.lease_s
+        return True
+
+    async def end_turn(self, session_id: str, lease_id: str, turn: Segment | None) -> int:
+        session = self._open(session_id)
+        if turn is not None:
+            session.turns.append(turn)
+        if session.lease_id == lease_id:
+            session.lease_id = None
+            session.released.set()
+        return len(session.turns)
+
+    async def reset(self, session_id: str) -> bool:
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            session.released.set()  # a waiting turn starts over, on a new empty session
+        return session is not None
 
     def __contains__(self, session_id: str) -> bool:
         return session_id in self._sessions
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+
+@dataclass
+class Turn:
+    """One running turn: the context to generate with, then the turn to record (`record`)."""
+
+    context: list[Segment]
+    recorded: Segment | None = None
+    turns_kept: int = 0
+
+    def record(self, segment: Segment) -> None:
+        self.recorded = segment
+
+
+@contextlib.asynccontextmanager
+async def session_turn(store: SessionStore, session_id: str) -> AsyncIterator[Turn]:
+    """Lease the session, yield its context, and end the turn with what was recorded (nothing if
+    the body failed or was cancelled). The lease is renewed every third of its length meanwhile."""
+    lease = await store.begin_turn(session_id)
+    turn = Turn(lease.context)
+
+    async def keep_alive() -> None:
+        while True:
+            await asyncio.sleep(store.lease_s / 3)
+            await store.renew_turn(session_id, lease.lease_id)
+
+    renewer = asyncio.create_task(keep_alive())
+    succeeded = False
+    try:
+        yield turn
+        succeeded = True
+    finally:
+        renewer.cancel()
+        # Shielded: a cancelled request (client gone) still releases its lease at once.
+        recorded = turn.recorded if succeeded else None
+        end = asyncio.ensure_future(store.end_turn(session_id, lease.lease_id, recorded))
+        try:
+            turn.turns_kept = await asyncio.shield(end)
+        except Exception:
+            if succeeded:
+                raise  # the turn was generated but could not be recorded: the caller must know

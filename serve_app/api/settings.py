@@ -35,10 +35,18 @@ class ApiSettings(BaseSettings):
     # Response cache (bounded LRU by bytes).
     cache_max_bytes: int = Field(256 * 1024 * 1024, ge=0, description="0 disables the cache.")
 
-    # /contextual_speak sessions: per ingress process, LRU + idle TTL.
+    # /contextual_speak sessions (LRU + idle TTL) and rate-limit buckets: held by one store that all
+    # ingress replicas share (Ray: the SharedState deployment; one process: in memory), or by Redis.
     max_sessions: int = Field(1024, ge=1)
     session_ttl_s: float = Field(3600.0, gt=0)
     session_context_turns: int = Field(4, ge=1, description="Last N turns used as context.")
+    session_lease_s: float = Field(
+        30.0, gt=0, description="A turn's hold on its session, renewed while it runs; bounds the wait "
+        "after a replica dies mid-turn."
+    )
+    redis_url: SecretStr | None = Field(
+        None, description="redis://host:6379/0: keep sessions and rate limits in Redis (never logged)."
+    )
 
     # Saved voices: npz (codes) + json (metadata) per voice.
     voices_dir: Path = Field(default_factory=_default_voices_dir)

@@ -36,7 +36,7 @@ class ReplicaUnavailableError(EngineOverloadedError):
         self.retry_after_s = DEFAULT_RETRY_AFTER_S if retry_after_s is None else retry_after_s
 
 
-def _is_system_failure(exc: BaseException) -> bool:
+def is_system_failure(exc: BaseException) -> bool:
     """True for Ray/Serve failures (a replica or worker lost, a Serve routing error), also when
     wrapped in a task error; False for exceptions raised by the engine's own code."""
     seen: set[int] = set()
@@ -58,7 +58,7 @@ def _raise_mapped(exc: BaseException) -> NoReturn:
     """Re-raise a Ray/Serve failure as `ReplicaUnavailableError`; engine errors unchanged."""
     if isinstance(exc, BackPressureError):
         raise ReplicaUnavailableError(exc.message, exc.retry_after_s) from exc
-    if _is_system_failure(exc):
+    if is_system_failure(exc):
         raise ReplicaUnavailableError(f"speech model replica unavailable: {type(exc).__name__}") from exc
     raise exc
 

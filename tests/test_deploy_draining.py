@@ -1,0 +1,94 @@
+"""The drain before a stop: the board in `SharedState` and the gate on each ingress replica."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+from fastapi import FastAPI
+
+from serve_app.deploy.draining import POLL_S, DrainBoard, DrainGate
+from tests.support_tools import serve_http
+
+
+def test_the_board_knows_requests_in_flight_only_once_every_live_replica_reported_after_the_drain() -> None:
+    now = [100.0]
+    board = DrainBoard(clock=lambda: now[0])
+    assert board.report("a", 3) is False and board.report("b", 1) is False
+    assert board.in_flight() is None  # no drain yet
+    board.begin()
+    assert board.report("a", 2) is True
+    assert board.in_flight() is None  # too early: b may not have learnt of it
+    now[0] += 3 * POLL_S
+    board.report("a", 1)
+    board.report("b", 0)
+    assert board.in_flight() == 1
+    now[0] += POLL_S
+    board.report("a", 0)  # b went silent: it died, its last report no longer counts
+    now[0] += 2 * POLL_S
+    board.report("a", 0)
+    assert board.in_flight() == 0
+    board.begin()  # a second stop request does not restart the clock
+    assert board.in_flight() == 0
+
+
+def test_the_gate_refuses_new_requests_while_those_in_flight_finish() -> None:
+    release = threading.Event()
+    draining = threading.Event()
+    reported: list[int] = []
+
+    app = FastAPI()
+
+    @app.get("/slow")
+    def slow() -> dict[str, bool]:
+        return {"released": release.wait(30)}
+
+    async def report(replica_id: str, in_flight: int) -> bool:
+        assert replica_id == "replica-1"
+        reported.append(in_flight)
+        return draining.is_set()
+
+    app.add_middleware(DrainGate, replica_id="replica-1", report=report)
+    with serve_http(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        outcome: dict[str, httpx.Response] = {}
+        worker = threading.Thread(target=lambda: outcome.setdefault("slow", http.get("/slow")))
+        worker.start()
+        deadline = time.monotonic() + 10
+        while not reported or reported[-1] != 1:  # the gate counts the request in flight
+            assert time.monotonic() < deadline, reported
+            time.sleep(0.05)
+        draining.set()
+        time.sleep(2 * POLL_S)  # the next poll learns of the drain
+        refused = httpx.get(f"{url}/slow", timeout=10)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.headers["connection"] == "close" and "shutting down" in refused.json()["detail"]
+        release.set()
+        worker.join(10)
+        assert outcome["slow"].status_code == 200 and outcome["slow"].json() == {"released": True}
+        time.sleep(2 * POLL_S)
+        assert reported[-1] == 0  # the refused request was never counted
+
+
+def test_a_stop_drains_first_and_a_second_signal_cuts_the_wait_short() -> None:
+    import signal
+
+    from serve_app.deploy.runner import DrainingStop
+
+    stop = DrainingStop()
+    stop._handle(signal.SIGTERM, None)
+    assert stop.requested.is_set() and not stop.forced.is_set()
+    stop._handle(signal.SIGINT, None)
+    assert stop.forced.is_set()
+
+
+def test_the_drain_waits_as_long_as_the_longest_graceful_shutdown() -> None:
+    import yaml
+
+    from serve_app.deploy.runner import DRAIN_MARGIN_S, default_drain_timeout_s
+    from tests.support_ray import ROOT
+
+    production = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    longest = max(d["graceful_shutdown_timeout_s"] for d in production["applications"][0]["deployments"])
+    assert default_drain_timeout_s(production) == longest + DRAIN_MARGIN_S
+    assert default_drain_timeout_s({"applications": []}) == 20.0 + DRAIN_MARGIN_S  # Ray's default
