@@ -31,6 +31,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.api.auth import TokenBucketLimiter
 from serve_app.deploy.args import BuildArgs
 from serve_app.deploy.handle_engine import HandleEngine
+from serve_app.deploy.names import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT, STATE_DEPLOYMENT
 from serve_app.engine.types import Audio, AudioChunk, GenerationRequest
 
 if TYPE_CHECKING:
@@ -40,9 +41,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("serve_app.deployments")
 
-MODEL_DEPLOYMENT = "TTSModel"
-INGRESS_DEPLOYMENT = "APIIngress"
-STATE_DEPLOYMENT = "SharedState"
 
 
 @serve.deployment(

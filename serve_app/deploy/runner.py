@@ -113,7 +113,7 @@ def drain_ingress(app_name: str, deadline: float, forced: Callable[[], bool]) ->
     flight to finish. True once none is left; False for an app without `SharedState`, or on time-out."""
     from ray import serve
 
-    from serve_app.deployments import STATE_DEPLOYMENT
+    from serve_app.deploy.names import STATE_DEPLOYMENT
 
     try:
         board = serve.get_deployment_handle(STATE_DEPLOYMENT, app_name=app_name)
