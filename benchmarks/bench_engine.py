@@ -46,7 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from serve_app.engine.engine import Engine
+from serve_app.engine.engine import Engine, lower_switch_interval
 from serve_app.engine.prompt import build_prompt
 from serve_app.engine.sequence import Sequence
 from serve_app.engine.types import GenerationRequest, SamplingParams, Segment
@@ -626,6 +626,7 @@ def main() -> None:
     del model16
     codec = MimiCodec.random(mimi_config(args.smoke), seed=0).to(device)
     loaded = LoadedModel(served, tokenizer, codec, {"model": res["model"], "device": device})
+    lower_switch_interval()  # as a model replica does
     t0 = time.perf_counter()
     engine = Engine(
         loaded,
@@ -675,7 +676,7 @@ def main() -> None:
             )
             save()
         if args.switch_ab and "throughput" not in skip:
-            # The same runs with CPython's default 5 ms GIL switch interval (the engine lowers it).
+            # The same runs with CPython's default 5 ms GIL switch interval (replicas lower it).
             previous = sys.getswitchinterval()
             sys.setswitchinterval(0.005)
             big = [int(s) for s in args.streams.split(",")][-2:]

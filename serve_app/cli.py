@@ -122,9 +122,11 @@ def build_preset_app(preset: str, device: str | None = None) -> Any:
 def run_preset(preset: str, *, device: str | None, host: str, port: int, log_level: str) -> None:
     import uvicorn
 
+    from serve_app.engine.engine import lower_switch_interval
     from serve_app.observability.logs import configure_logging
 
     configure_logging(log_level.upper())
+    lower_switch_interval()  # this process hosts the engine's loop thread
     uvicorn.run(build_preset_app(preset, device), host=host, port=port, log_level=log_level,
                 log_config=None)
 
