@@ -1,4 +1,6 @@
-"""Shared test configuration: environment for Ray, offline model loading and Triton, and shared fixtures.
+"""Shared test configuration: environment for Ray, offline model loading and Triton; shared fixtures.
+
+Test support modules are imported as `tests.support_*` (the repository root is on `pythonpath`).
 
 Without a CUDA device, Triton kernels run in Triton's CPU interpreter: `TRITON_INTERPRET` must be set
 before anything imports Triton (any test module may import the kernels), so it is set here."""
@@ -6,6 +8,8 @@ before anything imports Triton (any test module may import the kernels), so it i
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -45,3 +49,19 @@ def one_thread() -> Iterator[None]:
     """`single_thread` for a whole module: `pytestmark = pytest.mark.usefixtures("one_thread")`."""
     with single_thread():
         yield
+
+
+@pytest.fixture
+def engine() -> Any:
+    """The API tests' scripted engine (`FakeEngine`); modules that need another engine define their own."""
+    from tests.support_api import FakeEngine
+
+    return FakeEngine()
+
+
+@pytest.fixture
+def client(tmp_path: Path, engine: Any) -> Any:
+    """A TestClient over `create_app` and `engine`, with voices under `tmp_path`."""
+    from tests.support_api import make_client
+
+    return make_client(tmp_path, engine)

@@ -138,20 +138,3 @@ def run_alone(req: GenerationRequest, **loop_kwargs: object) -> Collected:
     loop.submit(got.seq)
     run_until_idle(loop)
     return got
-
-
-def one_thread():
-    """Context for CPU tests: one intra-op thread (the machine's cores are shared; tiny ops only
-    lose time to thread hand-offs), restored afterwards."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def _ctx():
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
-
-    return _ctx()

@@ -5,12 +5,7 @@ import pytest
 
 from serve_app.api.sessions import SessionStore
 from serve_app.engine.types import SAMPLE_RATE, Segment
-from tests.support_api import FakeEngine, make_client, read_wav
-
-
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
+from tests.support_api import make_client, read_wav
 
 
 @pytest.fixture

@@ -3,20 +3,9 @@
 import json
 
 import numpy as np
-import pytest
 
 from serve_app.api.voices import VoiceStore
 from tests.support_api import FakeEngine, make_client, wav_b64
-
-
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
-
-
-@pytest.fixture
-def client(tmp_path, engine):
-    return make_client(tmp_path, engine)
 
 
 def _create(client, name="Narrator", seconds=1.0, speaker=0):

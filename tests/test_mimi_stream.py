@@ -6,11 +6,11 @@ import random
 
 import pytest
 import torch
-from support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
 from transformers import MimiConfig, MimiModel
 
 from serve_app.model.mimi_layout import decoder_parts
 from serve_app.model.mimi_stream import MimiStreamDecoder
+from tests.support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
 
 FRAMES = 12  # 24 transformer tokens, four times the tiny sliding window of 6
 ATOL, RTOL = 1e-4, 1e-5
