@@ -142,9 +142,11 @@ def run_preset(preset: str, *, device: str | None, host: str, port: int, log_lev
 
     import uvicorn
 
+    from serve_app.engine.engine import lower_switch_interval
     from serve_app.observability.logs import configure_logging
 
     configure_logging(log_level.upper())
+    lower_switch_interval()  # this process hosts the engine's loop thread
     config = uvicorn.Config(build_preset_app(preset, device), host=host, port=port, log_level=log_level,
                             log_config=None, timeout_graceful_shutdown=drain_timeout_s)
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -59,9 +59,10 @@ class TTSModel:
 
     def __init__(self, model: str = "tiny-random", engine_kwargs: dict[str, Any] | None = None) -> None:
         # Imported here, in the replica, so building the graph on the controller never needs torch.
-        from serve_app.engine.engine import Engine
+        from serve_app.engine.engine import Engine, lower_switch_interval
         from serve_app.observability.metrics import record_engine_step
 
+        lower_switch_interval()  # this process hosts the engine's loop thread
         self._engine: SpeechEngine = Engine.from_preset(
             model, on_step=record_engine_step, **(engine_kwargs or {})
         )

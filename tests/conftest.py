@@ -1,7 +1,9 @@
-"""Shared test configuration: environment for Ray, offline model loading and Triton, shared fixtures,
-and the one Ray Serve instance of the session (`ray_serve`, tests/support_ray.py), registered here so
-that every Ray test module shares it (a fixture imported into two modules would be two fixtures, and
-two Ray starts).
+"""Shared test configuration: environment for Ray, offline model loading and Triton; shared fixtures,
+among them the one Ray Serve instance of the session (`ray_serve`, tests/support_ray.py), registered
+here so that every Ray test module shares it (a fixture imported into two modules would be two
+fixtures, and two Ray starts).
+
+Test support modules are imported as `tests.support_*` (the repository root is on `pythonpath`).
 
 Without a CUDA device, Triton kernels run in Triton's CPU interpreter: `TRITON_INTERPRET` must be set
 before anything imports Triton (any test module may import the kernels), so it is set here."""
@@ -9,6 +11,8 @@ before anything imports Triton (any test module may import the kernels), so it i
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -50,4 +54,20 @@ def one_thread() -> Iterator[None]:
         yield
 
 
-from tests.support_ray import ray_serve  # noqa: E402, F401 - after the environment above
+@pytest.fixture
+def engine() -> Any:
+    """The API tests' scripted engine (`FakeEngine`); modules that need another engine define their own."""
+    from tests.support_api import FakeEngine
+
+    return FakeEngine()
+
+
+@pytest.fixture
+def client(tmp_path: Path, engine: Any) -> Any:
+    """A TestClient over `create_app` and `engine`, with voices under `tmp_path`."""
+    from tests.support_api import make_client
+
+    return make_client(tmp_path, engine)
+
+
+from tests.support_ray import ray_serve  # noqa: F401 - after the environment above

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -43,6 +43,16 @@ def _base_model(seed: int) -> CsmModel:
 def model(seed: int = 0) -> CsmModel:
     """A fresh copy of the tiny model (each runner sets up its own caches on it)."""
     return copy.deepcopy(_base_model(seed))
+
+
+def wide_head_model(seed: int = 0) -> CsmModel:
+    """The tiny model with heads of 32 dims, the fused attention kernel's smallest."""
+    cfg = replace(
+        TINY_CONFIG,
+        backbone=replace(TINY_CONFIG.backbone, n_heads=2, n_kv_heads=1, head_dim=None),
+        decoder=replace(TINY_CONFIG.decoder, n_heads=1, n_kv_heads=1, head_dim=None),
+    )
+    return random_model(cfg, seed=seed).eval().requires_grad_(False)
 
 
 def make_loop(
@@ -128,20 +138,3 @@ def run_alone(req: GenerationRequest, **loop_kwargs: object) -> Collected:
     loop.submit(got.seq)
     run_until_idle(loop)
     return got
-
-
-def one_thread():
-    """Context for CPU tests: one intra-op thread (the machine's cores are shared; tiny ops only
-    lose time to thread hand-offs), restored afterwards."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def _ctx():
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
-
-    return _ctx()

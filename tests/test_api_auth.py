@@ -10,12 +10,12 @@ import logging
 from pathlib import Path
 
 import pytest
-from support_api import make_client
-from support_tools import ToneEngine, serve_http
 
 from serve_app.api.auth import TokenBucketLimiter, key_id
 from serve_app.client import AuthenticationError, RateLimitError, TTSClient
 from serve_app.observability.logs import configure_logging
+from tests.support_api import make_client
+from tests.support_tools import ToneEngine, serve_http
 
 SPEAK = {"text": "Hello there.", "max_duration_ms": 240}
 KEYS = "alpha-key-0123456789,beta-key-9876543210"

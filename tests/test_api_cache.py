@@ -6,16 +6,6 @@ from serve_app.api.cache import CachedResponse, ResponseCache
 from tests.support_api import FakeEngine, make_client, wav_b64
 
 
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
-
-
-@pytest.fixture
-def client(tmp_path, engine):
-    return make_client(tmp_path, engine)
-
-
 def test_seeded_speak_hit_is_byte_identical(client, engine) -> None:
     body = {"text": "Cache me if you can.", "seed": 42}
     miss = client.post("/speak", json=body)

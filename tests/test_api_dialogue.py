@@ -4,12 +4,7 @@ import numpy as np
 import pytest
 
 from serve_app.engine.types import SAMPLE_RATE
-from tests.support_api import FakeEngine, make_client, read_wav
-
-
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
+from tests.support_api import make_client, read_wav
 
 
 @pytest.fixture

@@ -52,11 +52,6 @@ ACCEPTED = {"/speak": 200, "/clone_voice": 200, "/v1/voices": 201}
 
 
 @pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
-
-
-@pytest.fixture
 def client(tmp_path: Path, engine: FakeEngine) -> TestClient:
     return make_client(tmp_path, engine, **LIMITS)
 

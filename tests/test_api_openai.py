@@ -12,19 +12,9 @@ import soundfile as sf
 from serve_app.api.app import create_app
 from serve_app.api.settings import ApiSettings
 from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE
-from tests.support_api import FakeEngine, make_client, serve_over_http
+from tests.support_api import FakeEngine, serve_over_http
 
 TEXT = "The quick brown fox jumps over the lazy dog near the river bank."
-
-
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
-
-
-@pytest.fixture
-def client(tmp_path, engine):
-    return make_client(tmp_path, engine)
 
 
 def _speech(client, **body):

@@ -9,16 +9,6 @@ from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE
 from tests.support_api import FakeEngine, make_client, read_wav, wav_b64
 
 
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
-
-
-@pytest.fixture
-def client(tmp_path, engine):
-    return make_client(tmp_path, engine)
-
-
 def test_speak_returns_24k_mono_wav_attachment(client, engine) -> None:
     r = client.post("/speak", json={"text": "Hello there, how are you?", "max_duration_ms": 800})
     assert r.status_code == 200

@@ -21,16 +21,6 @@ def wav_bytes_of(pcm: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
-
-
-@pytest.fixture
-def client(tmp_path, engine):
-    return make_client(tmp_path, engine)
-
-
 def _create(client, name="Narrator", seconds=1.0, speaker=0):
     r = client.post(
         "/v1/voices",

@@ -7,14 +7,6 @@ from typing import Any
 
 import pytest
 import torch
-from support_checkpoints import (
-    HF_BACKBONE_ROPE,
-    HF_DECODER_ROPE,
-    hf_mimi_to_moshi,
-    reference_model,
-    write_hf_checkpoint,
-    write_sesame_checkpoint,
-)
 
 from serve_app.config import LOCAL_DIR_ENV, PRESETS, get_preset
 from serve_app.engine.prompt import build_prompt
@@ -33,16 +25,18 @@ from serve_app.model.loading import LoadedModel, ModelNotAvailableError, detect_
 from serve_app.model.mimi import moshi_to_hf_mimi
 from serve_app.model.mimi_layout import to_flat_keys
 from serve_app.model.tiny import TINY_CONFIG
+from tests.support_checkpoints import (
+    HF_BACKBONE_ROPE,
+    HF_DECODER_ROPE,
+    hf_mimi_to_moshi,
+    reference_model,
+    write_hf_checkpoint,
+    write_sesame_checkpoint,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -125,6 +125,29 @@ def test_build_args_reject_typos_and_bad_values() -> None:
     assert args.model_max_ongoing_requests() == 10
 
 
+def test_build_args_check_engine_options_by_name_and_type() -> None:
+    with pytest.raises(ValidationError, match="fused_linear_max_bath.*did you mean 'fused_linear_max_batch'"):
+        deployments.build_app({"engine": {"fused_linear_max_bath": 128}})
+    with pytest.raises(ValidationError, match="'chunk_frames'.*integer"):
+        deployments.build_app({"engine": {"chunk_frames": "many"}})
+    with pytest.raises(ValidationError, match="'dtype'.*string"):
+        deployments.build_app({"engine": {"dtype": 16}})
+    args = BuildArgs.model_validate({"engine": {"chunk_frames": "4", "compile": False, "dtype": "bfloat16"}})
+    assert args.engine_kwargs() == {"chunk_frames": 4, "compile": False, "dtype": "bfloat16"}
+
+
+def test_engine_options_are_what_the_engine_and_the_loader_take() -> None:
+    import inspect
+    from dataclasses import fields
+
+    from serve_app.engine.config import EngineConfig, LoadOptions
+    from serve_app.model.loading import load_model
+
+    assert {f.name for f in fields(LoadOptions)} <= set(inspect.signature(load_model).parameters)
+    config, rest = EngineConfig.split({"chunk_frames": 4, "dtype": "float32"})
+    assert config.chunk_frames == 4 and rest == {"dtype": "float32"}
+
+
 def test_rayservice_matches_serve_config() -> None:
     docs = {doc["kind"]: doc for doc in yaml.safe_load_all(KUBERAY.read_text())}
     manifest = docs["RayService"]

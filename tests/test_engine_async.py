@@ -4,24 +4,26 @@ the iterator, admission control, sync forms, concurrent requests, info."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 import numpy as np
 import pytest
 
-from serve_app.engine.engine import Engine
+from serve_app.engine.engine import Engine, lower_switch_interval
 from serve_app.engine.types import EngineOverloadedError, FinishReason
 from tests import support_engine as se
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
-def engine():
-    with se.one_thread():
-        eng = Engine.from_preset(
-            "tiny-random", device="cpu", max_batch_size=2, max_waiting=1, first_chunk_frames=1, chunk_frames=3
-        )
-        yield eng
-        eng.close()
+def engine(one_thread: None):
+    eng = Engine.from_preset(
+        "tiny-random", device="cpu", max_batch_size=2, max_waiting=1, first_chunk_frames=1, chunk_frames=3
+    )
+    yield eng
+    eng.close()
 
 
 def wait_idle(engine: Engine, timeout: float = 20.0) -> None:
@@ -114,10 +116,24 @@ def test_info_reports_slots_and_streaming_settings(engine: Engine) -> None:
 
 
 def test_closed_engine_refuses_work_and_fails_health() -> None:
-    with se.one_thread():
-        eng = Engine.from_preset("tiny-random", device="cpu", max_batch_size=1)
+    eng = Engine.from_preset("tiny-random", device="cpu", max_batch_size=1)
     eng.close()
     with pytest.raises(RuntimeError, match="closed"):
         asyncio.run(eng.check_health())
     with pytest.raises(RuntimeError, match="closed"):
         eng.generate_sync(se.request("late", frames=2))
+
+
+def test_an_engine_leaves_the_process_switch_interval_alone() -> None:
+    """Only the process owner (a model replica, the CLI) lowers it, with `lower_switch_interval`."""
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        Engine.from_preset("tiny-random", device="cpu", max_batch_size=1).close()
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+        lower_switch_interval()
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+        lower_switch_interval(0.002)  # never raised
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(before)

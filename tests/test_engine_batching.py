@@ -9,11 +9,7 @@ import pytest
 from serve_app.engine.generator import Generator
 from tests import support_engine as se
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with se.one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("top_k", [1, 50], ids=["greedy", "seeded"])

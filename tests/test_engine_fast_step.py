@@ -11,11 +11,7 @@ from serve_app.model.fast_step import FastStep
 from serve_app.model.sampling import noise_columns
 from tests import support_engine as se
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with se.one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def prompts() -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,30 +1,24 @@
 """The fused decode-attention Triton kernel computes the unfused step's attention (RoPE, cache write,
 GQA over each row's prefix, idle rows untouched), the fused projections compute norm/SwiGLU/residual
 around their matmul, and the fused sampler draws the reference ids.
-Where Triton is installed: compiled on a CUDA device, else under Triton's CPU interpreter (skipped
-without Triton)."""
+
+Compiled on a CUDA device (where these tests also carry the `gpu` mark), else under Triton's CPU
+interpreter (`TRITON_INTERPRET`, set by conftest before anything imports Triton)."""
 
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import replace
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-pytest.importorskip("triton")
+from serve_app.model.fast_step import FastStep
+from serve_app.model.kernels.decode_attention import launch
+from tests import support_engine as se
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOL = 1e-5 if DEVICE.type == "cpu" else 1e-4  # compiled: another reduction order
-
-from serve_app.model.csm import CsmModel
-from serve_app.model.fast_step import FastStep
-from serve_app.model.kernels.decode_attention import launch
-from serve_app.model.tiny import TINY_CONFIG, random_model
-from tests import support_engine as se
+pytestmark = [pytest.mark.usefixtures("one_thread"), *([pytest.mark.gpu] if DEVICE.type == "cuda" else [])]
 
 
 def reference(qkv, positions, cos, sin, k_cache, v_cache, n_heads, n_kv_heads):  # type: ignore[no-untyped-def]
@@ -75,22 +69,12 @@ def test_kernel_equals_reference_attention(heads: int, kv_heads: int, dim: int, 
     torch.testing.assert_close(v_dev.cpu(), v_ref, rtol=0, atol=0)
 
 
-def wide_head_model() -> CsmModel:
-    """The tiny model with heads of 32 dims, the fused kernel's smallest."""
-    cfg = replace(
-        TINY_CONFIG,
-        backbone=replace(TINY_CONFIG.backbone, n_heads=2, n_kv_heads=1, head_dim=None),
-        decoder=replace(TINY_CONFIG.decoder, n_heads=1, n_kv_heads=1, head_dim=None),
-    )
-    return random_model(cfg, seed=0).eval().requires_grad_(False)
-
-
 def test_narrow_heads_take_the_unfused_path() -> None:
     model = se.model().to(DEVICE)  # heads of 16 and 8 dims
     assert not FastStep(model, 2048).fused
     with pytest.raises(ValueError, match="head sizes"):
         FastStep(model, 2048, fused_attention=True)
-    assert FastStep(wide_head_model().to(DEVICE), 2048).fused == (DEVICE.type == "cuda")
+    assert FastStep(se.wide_head_model().to(DEVICE), 2048).fused == (DEVICE.type == "cuda")
 
 
 @pytest.mark.parametrize("split_k", [1, 3, 4], ids=["one-pass", "split-3", "split-4"])
@@ -140,36 +124,35 @@ def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
 
 
 def test_fused_projections_come_only_with_the_fused_attention() -> None:
-    assert FastStep(wide_head_model(), 2048, fused_attention=False, linear_max_batch=4).linear_max_batch == 0
-    fused = FastStep(wide_head_model(), 2048, fused_attention=True, linear_max_batch=4)
+    assert FastStep(se.wide_head_model(), 2048, fused_attention=False, linear_max_batch=4).linear_max_batch == 0
+    fused = FastStep(se.wide_head_model(), 2048, fused_attention=True, linear_max_batch=4)
     assert fused.fused_linear_for(4) and not fused.fused_linear_for(5)
 
 
 @torch.inference_mode()
 @pytest.mark.parametrize("linear_max_batch", [0, 3], ids=["attention-only", "fused-projections"])
 def test_fused_decode_step_equals_the_unfused_step(linear_max_batch: int) -> None:
-    with se.one_thread():
-        models = [wide_head_model().to(DEVICE), wide_head_model().to(DEVICE)]
-        for m in models:
-            m.setup_caches(3)
-        plain = FastStep(models[0], 2048, fused_attention=False)
-        fused = FastStep(models[1], 2048, True, linear_max_batch=linear_max_batch)
-        assert fused.fused_linear_for(3) == bool(linear_max_batch)
-        gen = torch.Generator().manual_seed(1)
-        embeds = torch.randn(3, models[0].cfg.backbone.dim, generator=gen).to(DEVICE)
-        for pos in ([0, 4, -1], [1, 5, -1], [2, 6, 0]):  # a few steps, one row joining late
-            positions = torch.tensor(pos, device=DEVICE)
-            h_plain = plain.backbone_step(embeds, positions, 128)
-            h_fused = fused.backbone_step(embeds, positions, 128)
-            live = positions >= 0
-            torch.testing.assert_close(h_fused[live], h_plain[live], rtol=TOL, atol=TOL)
-            embeds = h_plain.clone()
-        fused._sample = plain._sample  # type: ignore[method-assign]  # the sampler kernel: own test
-        args = tuple(
-            torch.tensor(values, device=DEVICE)
-            for values in ([0.9, 0.9, 1.0], [1, 50, 5], [3, 4, 5], [0, 2, 7])
-        )
-        torch.testing.assert_close(fused.depth_frame(h_plain, *args), plain.depth_frame(h_plain, *args))
+    models = [se.wide_head_model().to(DEVICE), se.wide_head_model().to(DEVICE)]
+    for m in models:
+        m.setup_caches(3)
+    plain = FastStep(models[0], 2048, fused_attention=False)
+    fused = FastStep(models[1], 2048, True, linear_max_batch=linear_max_batch)
+    assert fused.fused_linear_for(3) == bool(linear_max_batch)
+    gen = torch.Generator().manual_seed(1)
+    embeds = torch.randn(3, models[0].cfg.backbone.dim, generator=gen).to(DEVICE)
+    for pos in ([0, 4, -1], [1, 5, -1], [2, 6, 0]):  # a few steps, one row joining late
+        positions = torch.tensor(pos, device=DEVICE)
+        h_plain = plain.backbone_step(embeds, positions, 128)
+        h_fused = fused.backbone_step(embeds, positions, 128)
+        live = positions >= 0
+        torch.testing.assert_close(h_fused[live], h_plain[live], rtol=TOL, atol=TOL)
+        embeds = h_plain.clone()
+    fused._sample = plain._sample  # type: ignore[method-assign]  # the sampler kernel: own test
+    args = tuple(
+        torch.tensor(values, device=DEVICE)
+        for values in ([0.9, 0.9, 1.0], [1, 50, 5], [3, 4, 5], [0, 2, 7])
+    )
+    torch.testing.assert_close(fused.depth_frame(h_plain, *args), plain.depth_frame(h_plain, *args))
 
 
 def test_fused_sampler_draws_the_reference_ids() -> None:

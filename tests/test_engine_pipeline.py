@@ -14,13 +14,9 @@ from serve_app.engine.sequence import ChunkPolicy
 from serve_app.engine.types import FinishReason
 from tests import support_engine as se
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FS = 1920
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with se.one_thread():
-        yield
 
 
 def trace(loop: EngineLoop) -> list[tuple[str, int]]:

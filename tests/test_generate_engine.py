@@ -6,7 +6,6 @@ import asyncio
 
 import numpy as np
 import pytest
-import torch
 
 from serve_app.engine.engine import Engine
 from serve_app.engine.interface import SpeechEngine
@@ -19,13 +18,7 @@ from serve_app.engine.types import (
     Segment,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,18 +44,15 @@ class Outcome:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of the API over a small engine; the engine is closed and the interpreter's switch
-    interval (which the engine lowers) restored afterwards, so later tests run as before."""
+    """Base URL of the API over a small engine (closed afterwards)."""
     from serve_app.engine.engine import Engine
 
-    switch_interval = sys.getswitchinterval()
     engine = Engine.from_preset("tiny-random", device="cpu", max_batch_size=SLOTS, max_waiting=WAITING)
     try:
         with serve_http(api_app(engine, tmp_path_factory.mktemp("load") / "voices")) as url:
             yield url
     finally:
         engine.close()
-        sys.setswitchinterval(switch_interval)
 
 
 def rss_bytes() -> int:

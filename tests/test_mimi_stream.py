@@ -6,11 +6,11 @@ import random
 
 import pytest
 import torch
-from support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
 from transformers import MimiConfig, MimiModel
 
 from serve_app.model.mimi_layout import decoder_parts
 from serve_app.model.mimi_stream import MimiStreamDecoder
+from tests.support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
 
 FRAMES = 12  # 24 transformer tokens, four times the tiny sliding window of 6
 ATOL, RTOL = 1e-4, 1e-5
@@ -209,7 +209,7 @@ def test_unstreamable_models_are_refused(overrides, max_streams, message):
         MimiStreamDecoder(MimiModel(tiny_mimi_config(**overrides)), max_streams=max_streams)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, ATOL), (torch.bfloat16, None)])
 def test_cuda_stream_matches_full_decode(dtype, atol, monkeypatch):
     # cuDNN convolutions default to TF32, whose 10-bit mantissa differs per chunking at ~1e-2
@@ -226,7 +226,7 @@ def test_cuda_stream_matches_full_decode(dtype, atol, monkeypatch):
         assert torch.nn.functional.cosine_similarity(streamed, ref, dim=-1).min() > 0.99
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_cuda_full_size_config_past_the_window(monkeypatch):
     """The real Mimi shapes (window of 250 tokens = 125 frames), streamed for 140 frames."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)

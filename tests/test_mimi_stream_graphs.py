@@ -6,10 +6,10 @@ import random
 
 import pytest
 import torch
-from support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
 
 from serve_app.engine.cuda_graphs import GraphedMimiStreamDecoder, buckets_up_to, smallest_bucket
 from serve_app.model.mimi_stream import MimiStreamDecoder
+from tests.support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
 
 
 def test_buckets_are_powers_of_two_then_the_limit():

@@ -1,4 +1,4 @@
-"""The model API's batching contract: slots, padding, reused slots and graph-friendly depth steps."""
+"""The model API's batching contract: slots, padding, reused slots, window bounds."""
 
 from __future__ import annotations
 
@@ -8,15 +8,9 @@ import torch
 from serve_app.model.csm import CsmModel
 from serve_app.model.tiny import random_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 D = 64  # tiny backbone width
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -97,25 +91,6 @@ def test_a_reused_slot_does_not_see_the_previous_request(model: CsmModel) -> Non
         s = model.backbone_forward(step.view(1, 1, D), torch.tensor([[5]]), torch.tensor([1]))[0]
     close(h, expected_prefill)
     close(s, expected_step)
-
-
-def test_depth_steps_accept_a_tensor_codebook_index(model: CsmModel) -> None:
-    """One captured graph can serve every depth step: the index may live in a device tensor."""
-    gen = torch.Generator().manual_seed(3)
-    h_last = torch.randn(2, D, generator=gen)
-    codes = torch.randint(0, 2048, (2, 32), generator=gen)
-    model.setup_caches(2)
-    index = torch.zeros(1, dtype=torch.long)
-    with torch.no_grad():
-        model.depth_start(h_last, codes[:, 0])
-        by_int = [model.depth_step(codes[:, i - 1], i) for i in range(2, 6)]
-        model.depth_start(h_last, codes[:, 0])
-        by_tensor = []
-        for i in range(2, 6):
-            index.fill_(i)
-            by_tensor.append(model.depth_step(codes[:, i - 1], index))
-    assert all(torch.equal(a, b) for a, b in zip(by_int, by_tensor))
-    assert not torch.allclose(by_int[0], by_int[1])  # each codebook has its own head
 
 
 def test_embed_rows_sums_only_unmasked_columns(model: CsmModel) -> None:

@@ -11,13 +11,7 @@ from serve_app.model.mimi import MimiCodec
 from serve_app.model.mimi_layout import to_flat_keys, to_model_keys
 from serve_app.model.tiny import tiny_mimi_config
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

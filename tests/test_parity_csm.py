@@ -12,14 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from support_checkpoints import reference_model, tiny_processor, write_hf_checkpoint
 
 from serve_app.engine.generator import Generator
 from serve_app.engine.prompt import build_prompt
 from serve_app.engine.types import GenerationRequest, SamplingParams, Segment
 from serve_app.model.loading import LoadedModel, load_model
+from tests.support_checkpoints import reference_model, tiny_processor, write_hf_checkpoint
 
-pytestmark = pytest.mark.parity
+pytestmark = [pytest.mark.parity, pytest.mark.usefixtures("one_thread")]
 
 RNG = np.random.RandomState(0)
 AUDIO_A = (RNG.randn(1920 * 4 + 300) * 0.1).astype(np.float32)  # not a whole number of frames
@@ -52,14 +52,6 @@ def as_request(turns: list, frames: int = 20) -> GenerationRequest:
         max_audio_length_ms=frames * 80,
         sampling=SamplingParams(top_k=1, seed=0),
     )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: thread hand-offs cost more than they save on shared cores
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

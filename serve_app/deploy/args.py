@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serve_app.engine.config import validate_engine_options
 
 
 class BuildArgs(BaseModel):
@@ -22,8 +24,15 @@ class BuildArgs(BaseModel):
     max_batch_size: int | None = Field(
         None, ge=1, le=1024, description="Engine slots: streams decoded together in one batch."
     )
-    engine: dict[str, Any] = Field(default_factory=dict, description="Extra Engine.from_preset options.")
+    engine: dict[str, Any] = Field(
+        default_factory=dict, description="Extra Engine.from_preset options (EngineConfig, LoadOptions)."
+    )
     api: dict[str, Any] = Field(default_factory=dict, description="ApiSettings fields for the ingress.")
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return validate_engine_options(options)
 
     def engine_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `Engine.from_preset` besides the preset name."""

@@ -20,12 +20,13 @@ import queue
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
 
+from serve_app.engine.config import EngineConfig
 from serve_app.engine.generator import resolve_context
 from serve_app.engine.loop import EngineLoop, SilenceGuard, StepObserver
 from serve_app.engine.prompt import build_prompt
@@ -50,42 +51,23 @@ logger = logging.getLogger(__name__)
 
 Item = AudioChunk | BaseException
 
+__all__ = ["Engine", "EngineConfig", "lower_switch_interval"]
 
-@dataclass(frozen=True)
-class EngineConfig:
-    """Serving knobs; every field is also a keyword of `Engine.from_preset`."""
 
-    max_batch_size: int | None = None  # KV slots cap; None: 128 on CUDA (as memory allows), 8 on CPU
-    max_waiting: int | None = None  # requests queued beyond the slots; None: 2 x slots
-    first_chunk_frames: int = 1  # frames in a stream's first chunk (time to first audio)
-    chunk_frames: int = 8  # frames in each later chunk
-    chunk_ramp: bool = True  # chunks double from the first up to chunk_frames (no gap after the first)
-    silence_rms: float = 0.003  # runaway guard: a frame this quiet (RMS, full scale 1.0) is silent
-    silence_seconds: float = 2.4  # ... and this much trailing silence ends the utterance (0: off)
-    cuda_graphs: bool | None = None  # None: on for CUDA
-    # torch.compile the step and prefill functions (None: on for CUDA). Off by default: with the
-    # fused projections and graphed prefills it gains little, and compiling took a replica's start
-    # from under a minute to three (benchmarks/results, README Performance).
-    compile: bool | None = False
-    # Decode batches up to this size run the fused Triton projections (RMSNorm, SwiGLU and residual
-    # adds inside the matmuls) instead of cuBLAS; 0: none. Needs the fused attention (CUDA, Triton,
-    # heads of >= 32 dims); elsewhere it is ignored. Default: every batch.
-    fused_linear_max_batch: int | None = 1 << 16
-    audio_dtype: str | None = None  # streaming Mimi decode; None: bfloat16 on CUDA, float32 on CPU
-    memory_fraction: float = 0.8  # of free device memory for KV slots
-    max_prefill_rows: int = 8192  # padded prompt rows prefilled together in one iteration
-    # The loop thread shares the GIL with event-loop threads streaming the chunks out; CPython lets a
-    # thread that wants the GIL wait up to the switch interval (5 ms by default) before the holder
-    # must drop it, which stalls the device once per frame under load. Lowered to this (None: keep).
-    switch_interval_s: float | None = 0.0005
+LOOP_SWITCH_INTERVAL_S = 0.0005
+"""The GIL switch interval for a process that hosts an engine (`lower_switch_interval`)."""
 
-    @classmethod
-    def split(cls, kwargs: dict[str, Any]) -> tuple[EngineConfig, dict[str, Any]]:
-        """(engine options, the rest: model-loading options) from one keyword dict."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in kwargs.items() if k in names}), {
-            k: v for k, v in kwargs.items() if k not in names
-        }
+
+def lower_switch_interval(seconds: float = LOOP_SWITCH_INTERVAL_S) -> None:
+    """Lower CPython's GIL switch interval (5 ms by default) to `seconds`, for the whole process.
+
+    The engine's loop thread shares the GIL with the event-loop threads streaming chunks out; a thread
+    that wants the GIL may wait up to the switch interval before the holder must drop it, which stalls
+    the device once per frame under load (the engine benchmark's `--switch-ab` measures it). A
+    process-wide setting, so it is made where the process is owned: the model replica and
+    `csm-serve serve --preset`, not by the engine."""
+    if seconds < sys.getswitchinterval():
+        sys.setswitchinterval(seconds)
 
 
 class Engine:
@@ -126,8 +108,6 @@ class Engine:
         )
         self._encode_lock = threading.Lock()
         self._closed = False
-        if config.switch_interval_s is not None and config.switch_interval_s < sys.getswitchinterval():
-            sys.setswitchinterval(config.switch_interval_s)
         self.loop.start()
 
     def _audio_decoder_model(self, cuda: bool) -> Any:

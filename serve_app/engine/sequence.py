@@ -7,9 +7,7 @@ and finished exactly once. Everything here is host-side bookkeeping (no tensors 
 from __future__ import annotations
 
 import enum
-import itertools
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,9 +19,6 @@ from serve_app.engine.types import NUM_CODEBOOKS, AudioChunk, FinishReason, Gene
 ChunkSink = Callable[[AudioChunk | BaseException], None]
 """Receives a sequence's chunks (the last one has `is_last=True`) or the error that ended it.
 Called on the engine loop thread: it must only hand the item over (e.g. to a queue)."""
-
-_ids = itertools.count()
-
 
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
@@ -80,7 +75,6 @@ class Sequence:
     sink: ChunkSink
     max_frames: int
     dropped_context_turns: int = 0
-    seq_id: int = field(default_factory=lambda: next(_ids))
     status: SequenceStatus = SequenceStatus.WAITING
     slot: int | None = None
     # Decode steps launched: frames computed or in flight, including an end-of-audio frame and the
@@ -91,8 +85,6 @@ class Sequence:
     chunks_sent: int = 0
     silent_frames: int = 0  # trailing frames whose audio is below the silence threshold
     finish_reason: FinishReason | None = None
-    submitted_at: float = field(default_factory=time.perf_counter)
-    first_chunk_at: float | None = None
     _cancel: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -140,7 +132,5 @@ class Sequence:
         return len(self.frames) - self.decoded
 
     def emit(self, chunk: AudioChunk) -> None:
-        if self.first_chunk_at is None:
-            self.first_chunk_at = time.perf_counter()
         self.chunks_sent += 1
         self.sink(chunk)

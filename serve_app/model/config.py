@@ -7,7 +7,7 @@ transformers config or at the original Sesame `ModelArgs` directly.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -97,22 +97,6 @@ class CsmModelConfig:
     def decoder_seq_len(self) -> int:
         """Positions the depth decoder uses per frame: backbone state + codebooks 0..30."""
         return self.num_codebooks
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> CsmModelConfig:
-        def tc(x: Mapping[str, Any]) -> TransformerConfig:
-            x = dict(x)
-            x["rope"] = RopeConfig(**x.get("rope", {}))
-            return TransformerConfig(**x)
-
-        rest = {k: v for k, v in d.items() if k not in ("backbone", "decoder")}
-        return cls(backbone=tc(d["backbone"]), decoder=tc(d["decoder"]), **rest)
-
-    def with_max_seq_len(self, n: int) -> CsmModelConfig:
-        return replace(self, max_seq_len=n)
 
 
 def from_hf_config(cfg: Any) -> CsmModelConfig:

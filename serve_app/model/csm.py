@@ -8,8 +8,7 @@ The batched API is what engines build on:
     codes = model.depth_frame(h_last, c0, sampler)           # (B, 32)
     h = model.backbone_forward(model.embed_frame(codes)[:, None], next_positions, slots)  # step
 
-`depth_start`/`depth_step` expose the 31 depth steps one at a time (with the codebook index as a
-tensor) for engines that capture them in CUDA graphs.
+`depth_start`/`depth_step` expose the 31 depth steps one at a time.
 """
 
 from __future__ import annotations
@@ -52,14 +51,8 @@ class CsmModel(nn.Module):
         self.register_buffer("audio_offsets", torch.arange(n, device=device) * v, persistent=False)
 
     # ---- caches -------------------------------------------------------------------------------
-    def setup_caches(self, max_batch_size: int, max_seq_len: int | None = None) -> None:
-        """Allocate backbone caches for `max_batch_size` slots and a per-frame depth decoder cache.
-
-        `max_seq_len` may shrink the backbone cache below the model's 2048 positions."""
-        if max_seq_len is not None and max_seq_len != self.backbone.max_seq_len:
-            if max_seq_len > self.cfg.max_seq_len:
-                raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's {self.cfg.max_seq_len}")
-            self.backbone.max_seq_len = max_seq_len
+    def setup_caches(self, max_batch_size: int) -> None:
+        """Allocate backbone caches for `max_batch_size` slots and a per-frame depth decoder cache."""
         p = self.codebook0_head.weight
         self.backbone.setup_caches(max_batch_size, p.dtype, p.device)
         self.decoder.setup_caches(max_batch_size, p.dtype, p.device)
@@ -118,15 +111,10 @@ class CsmModel(nn.Module):
         h = self.decoder(self.projection(x), positions, None, self.cfg.decoder_seq_len)
         return self._audio_logits(h[:, -1], zero + 1)
 
-    def depth_step(self, prev_codes: torch.Tensor, codebook: int | torch.Tensor) -> torch.Tensor:
-        """Feed codebook `codebook - 1` (B,) at position `codebook`; return logits of `codebook` (2..31).
-
-        `codebook` may be a 1-element long tensor so one captured graph serves every step."""
+    def depth_step(self, prev_codes: torch.Tensor, codebook: int) -> torch.Tensor:
+        """Feed codebook `codebook - 1` (B,) at position `codebook`; return logits of `codebook` (2..31)."""
         b = prev_codes.shape[0]
-        if isinstance(codebook, int):  # a fill kernel, not a host-to-device copy: capturable
-            idx = torch.full((1,), codebook, dtype=torch.long, device=prev_codes.device)
-        else:
-            idx = codebook.reshape(1).long()
+        idx = torch.full((1,), codebook, dtype=torch.long, device=prev_codes.device)
         x = self._decoder_input(prev_codes, idx - 1).unsqueeze(1)
         positions = idx.view(1, 1).expand(b, 1)
         h = self.decoder(self.projection(x), positions, None, self.cfg.decoder_seq_len)
