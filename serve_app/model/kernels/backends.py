@@ -41,7 +41,7 @@ class TritonDecodeAttention:
         kv_len: int,
         dtype: torch.dtype,
     ) -> AttentionInputs:
-        return AttentionInputs(positions, stack.rope_cos, stack.rope_sin, kv_len=kv_len)
+        return AttentionInputs(positions, stack.rope_cos, stack.rope_sin, None, None, None, None, kv_len)
 
     def attend(self, attention: Attention, qkv: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
         cache = attention.cache()
