@@ -7,6 +7,7 @@ stalls the pipelined loop for a whole step. CUDA's sync debug mode turns any suc
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 
 import pytest
@@ -44,11 +45,12 @@ def guarded(fn):  # type: ignore[no-untyped-def]
     return call
 
 
+@torch.inference_mode()
 def test_admission_steps_stops_and_audio_launches_never_wait_for_the_device() -> None:
     chunks = se.SMALL_CHUNKS
     runner = ModelRunner(
         se.model().cuda(),
-        se.codec().model.cuda(),
+        copy.deepcopy(se.codec().model).cuda(),  # the cached CPU codec stays as it is
         4,
         vocab_limit=2048,
         cuda_graphs=True,

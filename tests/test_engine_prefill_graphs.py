@@ -3,6 +3,8 @@ KV caches they write equal an eager prefill's, and admission never waits for the
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -19,7 +21,7 @@ def runner(graphs: bool) -> ModelRunner:
     chunks = se.SMALL_CHUNKS
     return ModelRunner(
         se.model().cuda(),
-        se.codec().model.cuda(),
+        copy.deepcopy(se.codec().model).cuda(),  # the cached CPU codec stays as it is
         8,
         vocab_limit=2048,
         cuda_graphs=graphs,
@@ -27,6 +29,7 @@ def runner(graphs: bool) -> ModelRunner:
     )
 
 
+@torch.inference_mode()
 def test_graphed_prefill_writes_the_eager_prefills_caches() -> None:
     graphed, eager = runner(True), runner(False)
     assert graphed._prefill_inputs_of, "prefills were captured"
