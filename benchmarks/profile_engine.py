@@ -29,6 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from bench_engine import (
     CSM_1B,
     PROMPT_20_WORDS,
+    engine_options,
     mimi_config,
     random_csm,
     request,
@@ -104,16 +105,6 @@ def prefill_device_ms(engine: Engine, batches: list[int], width: int) -> list[di
         out.append({"batch": b, "width": width, "ms": round(total, 2), "host_launch_ms": round(host, 2)})
         print("prefill", out[-1], flush=True)
     return out
-
-
-def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The engine options given on the command line; the rest keep the engine's defaults."""
-    options: dict[str, Any] = {}
-    if args.compile is not None and not args.smoke:
-        options["compile"] = args.compile
-    if args.fused_linear_max_batch is not None:
-        options["fused_linear_max_batch"] = args.fused_linear_max_batch
-    return options
 
 
 def main() -> None:
