@@ -241,21 +241,7 @@ def speak(ctx: click.Context, text: str, output: str, speaker: int, voice: str |
     client = _client(ctx)
     chunks = (client.stream_speak(text, speaker, max_duration_ms, **options) if stream
               else iter([client.speak(text, speaker, max_duration_ms, **options)]))
-    if output == "-":
-        _write(chunks, sys.stdout.buffer)
-        return
-    path = Path(output)
-    tmp = path.with_name(path.name + ".part")
-    try:
-        with tmp.open("wb") as f:
-            size, first = _write(chunks, f)
-        if stream:
-            finish_streamed_wav(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    latency = f", first audio after {first:.2f} s" if stream and first is not None else ""
-    click.echo(f"wrote {path} ({size} bytes{latency})", err=True)
+    _save(chunks, output, streamed_wav=stream, report_latency=stream)
 
 
 def stdin_pieces(stream: BinaryIO | None = None) -> Iterable[str]:
@@ -291,6 +277,19 @@ def speak_over_socket(ctx: click.Context, text: str, output: str, *, speaker: in
         options["max_duration_ms"] = None  # the whole of stdin: the server sizes the budget
     header = wav_stream_header(out.sample_rate) if out.codec == "wav" else b""
     chunks = _client(ctx, retries=0).speak_streamed(pieces, **options)
+    _save(chunks, output, header=header, streamed_wav=bool(header), report_latency=True)
+
+
+def _save(
+    chunks: Iterable[bytes],
+    output: str,
+    *,
+    header: bytes = b"",
+    streamed_wav: bool = False,
+    report_latency: bool = False,
+) -> None:
+    """Write `header` then the audio chunks to stdout ("-") or, through a `.part` file that replaces
+    `output` only when complete, to a file; a streamed WAV gets its final lengths filled in."""
     if output == "-":
         sys.stdout.buffer.write(header)
         _write(chunks, sys.stdout.buffer)
@@ -301,12 +300,12 @@ def speak_over_socket(ctx: click.Context, text: str, output: str, *, speaker: in
         with tmp.open("wb") as f:
             f.write(header)
             size, first = _write(chunks, f)
-        if header:
+        if streamed_wav:
             finish_streamed_wav(tmp)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-    latency = f", first audio after {first:.2f} s" if first is not None else ""
+    latency = f", first audio after {first:.2f} s" if report_latency and first is not None else ""
     click.echo(f"wrote {path} ({size + len(header)} bytes{latency})", err=True)
 
 
