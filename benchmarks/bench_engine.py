@@ -464,7 +464,8 @@ def bench_throughput(engine: Engine, streams: list[int], frames: int) -> list[di
         spent = {k: engine.loop.timings[k] - before[k] for k in before}
         iters = max(1.0, spent.pop("iterations"))
         audio_s = sum(sum(r["frames"]) for r in res) * FRAME_S
-        per_stream_rtf = [r["arrivals"][-1] / (sum(r["frames"]) * FRAME_S) for r in res]
+        # A stream whose first frame was end-of-audio (random weights, rarely) has no real-time factor.
+        per_stream_rtf = [r["arrivals"][-1] / (sum(r["frames"]) * FRAME_S) for r in res if sum(r["frames"])]
         out.append(
             {
                 "streams": n,

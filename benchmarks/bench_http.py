@@ -59,6 +59,7 @@ class Result:
     max_stall_s: float = 0.0
     arrivals: list[tuple[float, int]] = field(default_factory=list, repr=False)
     error: str | None = None
+    server_ms: dict[str, float] = field(default_factory=dict)  # Server-Timing: first audio at the API, engine
 
     @property
     def ok(self) -> bool:
@@ -107,6 +108,7 @@ class Client:
         try:
             async with self.session.post(f"{self.url}/speak", json=body, headers=self.headers) as resp:
                 res.status = resp.status
+                res.server_ms = server_timing(resp.headers.get("server-timing", ""))
                 if resp.status != 200:
                     await resp.read()
                     res.end = time.perf_counter() - t0
@@ -128,7 +130,23 @@ class Client:
                 res.end = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - counted as an error of this request
             res.error = f"{type(exc).__name__}: {exc}"[:200]
+            res.end = time.perf_counter() - t0
         return res
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """`api;dur=12.5, engine;dur=9.1` -> {"api": 12.5, "engine": 9.1} (malformed parts skipped)."""
+    out = {}
+    for part in header.split(","):
+        name, _, rest = part.strip().partition(";")
+        for param in rest.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "dur" and name:
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    pass
+    return out
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -146,6 +164,11 @@ def summary(results: list[Result], bytes_per_s: int) -> dict[str, Any]:
     rtf = [(r.end - r.start) / (r.audio_bytes / bytes_per_s) for r in done]  # type: ignore[operator]
     stalls = [r.max_stall_s * 1000 for r in done]
     n = len(results)
+    hops: dict[str, Any] = {}
+    for name in ("api", "engine"):  # first audio as the server saw it (Server-Timing)
+        values = [r.server_ms[name] for r in results if name in r.server_ms and r.status == 200]
+        hops[f"{name}_first_audio_ms_p50"] = pct(values, 50)
+        hops[f"{name}_first_audio_ms_p99"] = pct(values, 99)
     return {
         "requests": n,
         "ok": len(done),
@@ -160,6 +183,7 @@ def summary(results: list[Result], bytes_per_s: int) -> dict[str, Any]:
         "rtf_max": round(max(rtf), 3) if rtf else None,
         "stall_ms_p50": pct(stalls, 50),
         "stall_ms_max": round(max(stalls), 1) if stalls else None,
+        **hops,
     }
 
 
@@ -187,7 +211,15 @@ async def closed_loop(client: Client, streams: int, window_s: float) -> dict[str
     await asyncio.gather(*(worker() for _ in range(streams)))
     in_window = sum(b for r in results for t, b in r.arrivals if t <= window_s)
     out = summary(results, client.bytes_per_s)
-    return {"streams": streams, "audio_s_per_s": round(in_window / client.bytes_per_s / window_s, 2), **out}
+    # Share of the window the clients spent inside a request: well below 1, the time went between
+    # requests (a saturated client), not to the server.
+    busy = sum(min(r.end if r.end is not None else window_s, window_s) - r.start for r in results)
+    return {
+        "streams": streams,
+        "audio_s_per_s": round(in_window / client.bytes_per_s / window_s, 2),
+        "client_busy": round(busy / (streams * window_s), 3),
+        **out,
+    }
 
 
 async def poisson(client: Client, rate: float, seconds: float, seed: int = 0) -> dict[str, Any]:

@@ -12,6 +12,8 @@
 #
 #   bash benchmarks/gpu_suite.sh OUT_DIR [tests] [engine] [http] [ws]      (default: all four)
 #   SMOKE=1 bash benchmarks/gpu_suite.sh /tmp/suite                       (CPU, tiny model, small)
+#   VARIANT=name: http/ws results and logs named with it (e.g. with Ray's HAProxy ingress on);
+#   HOLD_S=n: keep the server up n s after the load, watched by the health monitor.
 #
 # Results land in OUT_DIR as <date>-<gpu>.json (engine, with "http"), <date>-<gpu>-http.json,
 # -ws.json, the plots, and the logs of every part.
@@ -78,8 +80,10 @@ for d in app["deployments"]:
 yaml.safe_dump(cfg, open(path, "w"), sort_keys=False)
 print(yaml.safe_dump(app["args"]))
 EOF
+  # A server stopped just before (another variant) may still answer for a few seconds.
+  for _ in $(seq 1 30); do curl -s -m 1 -o /dev/null "$URL/health" || break; sleep 1; done
   T0=$(date +%s%N)
-  CSM_API_KEYS=$KEY RAY_TMPDIR=${RAY_TMPDIR:-/tmp/ray} setsid serve run "$OUT/serve-config.yaml" >"$OUT/serve.log" 2>&1 &
+  CSM_API_KEYS=$KEY RAY_TMPDIR=${RAY_TMPDIR:-/tmp/ray} setsid serve run "$OUT/serve-config.yaml" >"$OUT/serve${VARIANT:+-$VARIANT}.log" 2>&1 &
   SERVE_PID=$!
   for _ in $(seq 1 ${READY_TIMEOUT_S:-400}); do
     if curl -sf "$URL/health" >/dev/null 2>&1; then break; fi
@@ -89,33 +93,64 @@ EOF
   READY_S=$($PY -c "import sys; print(round((int(sys.argv[1]) - int(sys.argv[2])) / 1e9, 1))" "$(date +%s%N)" "$T0")
   if curl -sf "$URL/health" >/dev/null 2>&1; then
     status serve "healthy after ${READY_S} s"
-    echo "{\"serve_run_to_healthy_s\": $READY_S}" >"$OUT/ready.json"
+    echo "{\"serve_run_to_healthy_s\": $READY_S}" >"$OUT/ready${VARIANT:+-$VARIANT}.json"
     return 0
   fi
   status serve "not healthy after ${READY_S} s"
-  tail -40 "$OUT/serve.log"
+  tail -40 "$OUT/serve${VARIANT:+-$VARIANT}.log"
   return 1
 }
 
 stop_server() {
+  [ -n "${MONITOR_PID:-}" ] && kill "$MONITOR_PID" 2>/dev/null
+  MONITOR_PID=
   [ -n "${SERVE_PID:-}" ] || return 0
   kill -INT -- -"$SERVE_PID" 2>/dev/null
   for _ in $(seq 1 30); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 1; done
   kill -KILL -- -"$SERVE_PID" 2>/dev/null
+  pkill -x haproxy 2>/dev/null  # HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1) outlives `serve run`
   SERVE_PID=
 }
 trap stop_server EXIT
 
+monitor_health() {
+  # While the benchmarks run: /health every 2 s; when it fails or takes over 5 s, the model
+  # replica's threads (CPU per thread) and its Python stacks (py-spy, where installed) go to
+  # $OUT/stalls.txt, at most once per 15 s. The replica's own watchdog also dumps its stacks
+  # into serve.log when its event loop blocks for 10 s.
+  local log="$OUT/stalls${VARIANT:+-$VARIANT}.txt" last=0
+  while sleep 2; do
+    local t0 code
+    t0=$(date +%s)
+    code=$(curl -s -o /dev/null -m 5 -w '%{http_code}' "$URL/health")
+    [ "$code" = 200 ] && continue
+    [ $(( $(date +%s) - last )) -lt 15 ] && continue
+    last=$(date +%s)
+    local pid
+    pid=$(pgrep -f 'ServeReplica:csm:TTSModel' | head -1)
+    {
+      echo "== $(date -u +%T) /health answered $code after $(( $(date +%s) - t0 )) s; model replica pid ${pid:-?}"
+      [ -n "$pid" ] && top -b -H -n 1 -p "$pid" | head -25
+      [ -n "$pid" ] && command -v py-spy >/dev/null && timeout 20 py-spy dump --pid "$pid" 2>&1 | head -150
+    } >>"$log" 2>&1
+  done
+}
+
 if has http || has ws; then
   if start_server; then
+    monitor_health &
+    MONITOR_PID=$!
     if has http; then
       if [ "${SMOKE:-0}" = 1 ]; then
         HTTP_ARGS="--streams 1,2 --window-s 4 --burst 4 --idle-trials 4 --poisson-s 4 --audio-ms 1600 ${HTTP_ARGS:-}"
       fi
       # shellcheck disable=SC2086
-      $PY benchmarks/bench_http.py --url "$URL" --api-key "$KEY" --out "$OUT" --name "$DATE-$TAG-http" \
-        --engine-json "$ENGINE_JSON" --merge --notes "serve run of serve_config.yaml, model csm-1b-random" \
-        ${HTTP_ARGS:-} 2>&1 | tee "$OUT/http.log" | tail -12
+      # A variant (VARIANT=haproxy with Ray's HAProxy ingress, ...) gets files of its own and is not
+      # merged into the engine results.
+      MERGE=--merge; [ -n "${VARIANT:-}" ] && MERGE=
+      $PY benchmarks/bench_http.py --url "$URL" --api-key "$KEY" --out "$OUT" --name "$DATE-$TAG-http${VARIANT:+-$VARIANT}" \
+        --engine-json "$ENGINE_JSON" $MERGE --notes "serve run of serve_config.yaml, model csm-1b-random${VARIANT:+, $VARIANT}" \
+        ${HTTP_ARGS:-} 2>&1 | tee "$OUT/http${VARIANT:+-$VARIANT}.log" | tail -12
       status http "exit ${PIPESTATUS[0]}"
     fi
     if has ws && [ -f benchmarks/bench_ws.py ]; then
@@ -125,7 +160,12 @@ if has http || has ws; then
         ${WS_ARGS:-} 2>&1 | tee "$OUT/ws.log" | tail -12
       status ws "exit ${PIPESTATUS[0]}"
     fi
-    cp "$OUT/ready.json" "$OUT/$DATE-$TAG-ready.json" 2>/dev/null
+    if [ "${HOLD_S:-0}" -gt 0 ]; then
+      # Keep the server (and the health monitor) up a while after the load, e.g. to see a replica recover.
+      sleep "$HOLD_S"
+      status hold "after ${HOLD_S} s: /health $(curl -s -o /dev/null -m 10 -w '%{http_code}' "$URL/health")"
+    fi
+    cp "$OUT/ready${VARIANT:+-$VARIANT}.json" "$OUT/$DATE-$TAG-ready${VARIANT:+-$VARIANT}.json" 2>/dev/null
   fi
   stop_server
 fi

@@ -33,6 +33,7 @@ from serve_app.deploy.args import BuildArgs
 from serve_app.deploy.handle_engine import HandleEngine
 from serve_app.deploy.names import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT, STATE_DEPLOYMENT
 from serve_app.engine.types import Audio, AudioChunk, GenerationRequest
+from serve_app.observability.stall_watchdog import LoopStallWatchdog
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -66,6 +67,7 @@ class TTSModel:
         self._engine: SpeechEngine = Engine.from_preset(
             model, on_step=record_engine_step, **(engine_kwargs or {})
         )
+        self._watchdog = LoopStallWatchdog()
         logger.info("TTSModel replica ready: preset=%s pid=%d", model, os.getpid())
 
     async def generate(self, request: GenerationRequest) -> Audio:
@@ -93,7 +95,9 @@ class TTSModel:
 
     async def check_health(self) -> None:
         """Ray's periodic health hook and the API's /health both land here: a broken engine
-        fails the replica's health check, and Ray replaces the replica."""
+        fails the replica's health check, and Ray replaces the replica. The first check starts the
+        event-loop stall watchdog (it needs the replica's running loop)."""
+        self._watchdog.start()
         await self._engine.check_health()
 
     def __del__(self) -> None:
@@ -178,6 +182,11 @@ class APIIngress:
         self._engine = HandleEngine(model)
         self._state = state
         self._api_settings = dict(api_settings or {})
+        self._watchdog = LoopStallWatchdog()
+
+    async def check_health(self) -> None:
+        """Ray's periodic health check: starts the event-loop stall watchdog on the replica's loop."""
+        self._watchdog.start()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Built on the replica after `__init__`, so the app can hold the handle-backed engine."""

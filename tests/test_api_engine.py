@@ -85,3 +85,15 @@ def test_batch_and_openai_mp3(client) -> None:
     assert mp3.status_code == 200 and mp3.headers["content-type"] == "audio/mpeg"
     with av.open(io.BytesIO(mp3.content)) as container:
         assert container.streams.audio[0].codec_context.sample_rate == SAMPLE_RATE
+
+
+def test_a_stream_reports_its_first_audio_times(client) -> None:
+    """Server-Timing: ms to first audio at the API and at the engine (the hop between them is the
+    difference); the API's includes the engine's."""
+    r = client.post("/speak", json={"text": "Timed stream.", "max_duration_ms": 240, "stream": True})
+    assert r.status_code == 200
+    timings = dict(part.strip().split(";dur=") for part in r.headers["server-timing"].split(","))
+    assert set(timings) == {"api", "engine"}
+    assert 0 < float(timings["engine"]) <= float(timings["api"])
+    whole = client.post("/speak", json={"text": "Timed stream.", "max_duration_ms": 240, "seed": 1})
+    assert "server-timing" not in whole.headers  # a whole file has no first audio to time

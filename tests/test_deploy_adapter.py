@@ -26,6 +26,7 @@ from serve_app.engine.types import (
     GenerationRequest,
     PromptTooLongError,
 )
+from serve_app.observability.stall_watchdog import LoopStallWatchdog
 
 
 def _chunk(i: int, last: bool = False) -> AudioChunk:
@@ -245,13 +246,17 @@ def _model_with(engine: Any) -> Any:
     cls = TTSModel.func_or_class
     model = cls.__new__(cls)
     model._engine = engine
+    model._watchdog = LoopStallWatchdog()
     return model
 
 
 def test_model_health_check_fails_with_a_broken_engine() -> None:
     async def scenario() -> None:
+        model = _model_with(BrokenEngine())
         with pytest.raises(RuntimeError, match="device-side assert"):
-            await _model_with(BrokenEngine()).check_health()
+            await model.check_health()
+        assert model._watchdog.running  # the first health check starts the stall watchdog
+        await model._watchdog.stop()
 
     asyncio.run(scenario())
 

@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 import pytest
 
 from serve_app.engine.engine import Engine, lower_switch_interval
@@ -137,3 +138,59 @@ def test_an_engine_leaves_the_process_switch_interval_alone() -> None:
         assert sys.getswitchinterval() == pytest.approx(0.0005)
     finally:
         sys.setswitchinterval(before)
+
+
+def test_a_stuck_loop_iteration_fails_the_health_check(monkeypatch) -> None:
+    """A loop thread wedged inside one iteration (a hung device call) makes the replica unhealthy,
+    so Ray replaces it; the same loop back to normal is healthy again."""
+    import serve_app.engine.engine as engine_module
+
+    eng = Engine.from_preset("tiny-random", device="cpu", max_batch_size=1)
+    release = __import__("threading").Event()
+    real_run_once = eng.loop.run_once
+
+    def stuck_run_once() -> bool:
+        release.wait(10)
+        return real_run_once()
+
+    monkeypatch.setattr(engine_module, "LOOP_STUCK_S", 0.2)
+    monkeypatch.setattr(eng.loop, "run_once", stuck_run_once)
+    try:
+        asyncio.run(eng.check_health())
+        stream = eng.stream_sync(se.request("stuck", frames=2))
+        started = __import__("threading").Thread(target=lambda: list(stream), daemon=True)
+        started.start()
+        deadline = time.monotonic() + 5
+        while eng.loop.iteration_s() <= 0.2:
+            assert time.monotonic() < deadline, "the loop never entered its iteration"
+            time.sleep(0.02)
+        with pytest.raises(RuntimeError, match="stuck in one iteration"):
+            asyncio.run(eng.check_health())
+        release.set()
+        started.join(10)
+        assert not started.is_alive()
+        asyncio.run(eng.check_health())
+    finally:
+        release.set()
+        eng.close()
+
+
+def test_the_first_chunk_says_when_it_reached_the_engine(engine: Engine) -> None:
+    async def main() -> list:
+        return [chunk async for chunk in engine.stream(se.request("timed", frames=4))]
+
+    began = time.perf_counter()
+    chunks = asyncio.run(main())
+    elapsed_ms = (time.perf_counter() - began) * 1000
+    assert 0 < chunks[0].first_audio_ms <= elapsed_ms
+    assert all(chunk.first_audio_ms is None for chunk in chunks[1:])
+
+
+def test_weights_that_are_not_finite_refuse_to_start() -> None:
+    from serve_app.model.loading import load_model
+
+    loaded = load_model("tiny-random", device="cpu")
+    with torch.no_grad():
+        loaded.model.codebook0_head.weight[0, 0] = float("nan")
+    with pytest.raises(RuntimeError, match="not finite"):
+        Engine(loaded)

@@ -109,7 +109,7 @@ def streaming_response(
     return StreamingResponse(
         _encoded_chunks(stream, output, speed),
         media_type=output.content_type,
-        headers={**headers, "X-Cache": "bypass"},
+        headers={**headers, **stream.server_timing(), "X-Cache": "bypass"},
     )
 
 
@@ -138,5 +138,5 @@ def sse_response(
     return StreamingResponse(
         _sse_events(stream, output, speed, input_characters),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Cache": "bypass"},
+        headers={"Cache-Control": "no-cache", **stream.server_timing(), "X-Cache": "bypass"},
     )

@@ -8,6 +8,7 @@ thread pool so the event loop keeps streaming other responses.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -47,14 +48,31 @@ class AudioStream:
     """An engine stream whose first chunk has already arrived (so start-up errors got their status).
     `finish_reason` is known once the last chunk has passed."""
 
-    def __init__(self, first: AudioChunk | None, rest: AsyncIterator[AudioChunk]) -> None:
+    def __init__(
+        self, first: AudioChunk | None, rest: AsyncIterator[AudioChunk], first_audio_ms: float | None = None
+    ) -> None:
+        """`first_audio_ms`: how long the first chunk took to reach the API, from its request."""
         self._first = first
         self._rest = rest
         self._finish_reason: FinishReason | None = None
+        self.first_audio_ms = first_audio_ms
+
+    def server_timing(self) -> dict[str, str]:
+        """A `Server-Timing` header: ms to first audio at the API and at the engine (what the hop
+        between them, e.g. a Ray handle, costs is the difference)."""
+        parts = [
+            f"{name};dur={ms:.1f}"
+            for name, ms in (("api", self.first_audio_ms), ("engine", self._engine_first_audio_ms()))
+            if ms is not None
+        ]
+        return {"Server-Timing": ", ".join(parts)} if parts else {}
 
     @property
     def finish_reason(self) -> FinishReason | None:
         return self._finish_reason
+
+    def _engine_first_audio_ms(self) -> float | None:
+        return getattr(self._first, "first_audio_ms", None)
 
     async def chunks(self) -> AsyncIterator[AudioChunk]:
         """Yield every chunk; leaving early (client gone) closes the engine stream, freeing its slot."""
@@ -76,13 +94,22 @@ class AudioStream:
 class SpeechStream(AudioStream):
     """A long-form stream of `SpeechPiece`s, first piece already there; its finish reason is the whole's."""
 
-    def __init__(self, narration: Narration, first: SpeechPiece | None, rest: AsyncIterator[SpeechPiece]) -> None:
-        super().__init__(first, rest)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        narration: Narration,
+        first: SpeechPiece | None,
+        rest: AsyncIterator[SpeechPiece],
+        first_audio_ms: float | None = None,
+    ) -> None:
+        super().__init__(first, rest, first_audio_ms)  # type: ignore[arg-type]
         self.narration = narration
 
     @property
     def finish_reason(self) -> FinishReason | None:
         return self.narration.finish_reason
+
+    def _engine_first_audio_ms(self) -> float | None:
+        return self.narration.engine_first_audio_ms
 
 
 async def _aclose(chunks: AsyncIterator[AudioChunk]) -> None:
@@ -268,6 +295,7 @@ class Synthesizer:
 
     async def stream(self, request: GenerationRequest) -> AudioStream:
         """Start streaming; waits for the first chunk so failures to start are proper HTTP errors."""
+        began = time.perf_counter()
         chunks = aiter(self.engine.stream(request))
         async with engine_errors(self.settings.retry_after_s):
             try:
@@ -277,10 +305,11 @@ class Synthesizer:
             except BaseException:
                 await _aclose(chunks)
                 raise
-        return AudioStream(first, chunks)
+        return AudioStream(first, chunks, (time.perf_counter() - began) * 1000)
 
     async def speech_stream(self, narration: Narration, lines: Sequence[Line], speaker: int) -> SpeechStream:
         """Start speaking `lines`; waits for the first piece so failures to start are HTTP errors."""
+        began = time.perf_counter()
         pieces = aiter(narration.run(lines, speaker))
         try:
             first = await anext(pieces)
@@ -289,7 +318,7 @@ class Synthesizer:
         except BaseException:
             await _aclose(pieces)
             raise
-        return SpeechStream(narration, first, pieces)
+        return SpeechStream(narration, first, pieces, (time.perf_counter() - began) * 1000)
 
     async def speech_audio(self, narration: Narration, lines: Sequence[Line], speaker: int) -> Audio:
         """All of `lines` as one utterance (the codes: what each segment kept)."""

@@ -15,6 +15,7 @@ A second signal skips what is left of the wait. The exit status is 0.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -85,6 +86,10 @@ def run_config(config_path: str | Path, drain_timeout_s: float | None = None) ->
     stop.install()  # a signal during start-up drains (or stops) too
     ray.init(address=os.environ.get("RAY_ADDRESS"), namespace=SERVE_NAMESPACE)
     stop.install()  # ray.init replaced them: Ray's SIGTERM handler exits at once, its native one prints a trace
+    # Handles are used on one event loop that lives until Serve is shut down: with
+    # RAY_SERVE_THROUGHPUT_OPTIMIZED a handle's router runs on its caller's loop, and shutting Serve
+    # down closes those routers there.
+    loop = asyncio.new_event_loop()
     try:
         client = serve_start(
             http_options=schema.http_options.model_dump(),
@@ -99,16 +104,17 @@ def run_config(config_path: str | Path, drain_timeout_s: float | None = None) ->
         names = [app.name for app in schema.applications]
         deadline = time.monotonic() + timeout_s
         for name in names:
-            drain_ingress(name, deadline, stop.forced.is_set)
+            loop.run_until_complete(drain_ingress(name, deadline, stop.forced.is_set))
         drained = drain(client, names, max(0.0, deadline - time.monotonic()), stop.forced.is_set, serve.status)
         logger.info("%s; shutting down Serve", "drained" if drained else "drain incomplete")
     finally:
-        serve.shutdown()
+        loop.run_until_complete(serve.shutdown_async())
+        loop.close()
         ray.shutdown()
     return 0
 
 
-def drain_ingress(app_name: str, deadline: float, forced: Callable[[], bool]) -> bool:
+async def drain_ingress(app_name: str, deadline: float, forced: Callable[[], bool]) -> bool:
     """Have the app's ingress replicas refuse new requests, and wait (until `deadline`) for those in
     flight to finish. True once none is left; False for an app without `SharedState`, or on time-out."""
     from ray import serve
@@ -117,16 +123,20 @@ def drain_ingress(app_name: str, deadline: float, forced: Callable[[], bool]) ->
 
     try:
         board = serve.get_deployment_handle(STATE_DEPLOYMENT, app_name=app_name)
-        board.begin_drain.remote().result(timeout_s=10)
+        await asyncio.wait_for(_awaited(board.begin_drain.remote()), 10)
     except Exception as exc:  # noqa: BLE001 - not our graph, or its state replica is down: skip this step
-        logger.info("%s: no drain board (%s); deleting it directly", app_name, type(exc).__name__)
+        logger.info("%s: no drain board (%s: %s); deleting it directly", app_name, type(exc).__name__, exc)
         return False
     while time.monotonic() < deadline and not forced():
-        in_flight = board.in_flight.remote().result(timeout_s=10)
+        in_flight = await asyncio.wait_for(_awaited(board.in_flight.remote()), 10)
         if in_flight == 0:
             return True
-        time.sleep(0.2)
+        await asyncio.sleep(0.2)
     return False
+
+
+async def _awaited(response: Any) -> Any:
+    return await response
 
 
 def drain(

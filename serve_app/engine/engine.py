@@ -19,6 +19,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict
 from typing import Any
@@ -54,6 +55,9 @@ Item = AudioChunk | BaseException
 __all__ = ["Engine", "EngineConfig", "lower_switch_interval"]
 
 
+LOOP_STUCK_S = 30.0
+"""An engine loop iteration this long fails the health check (one takes milliseconds)."""
+
 LOOP_SWITCH_INTERVAL_S = 0.0005
 """The GIL switch interval for a process that hosts an engine (`lower_switch_interval`)."""
 
@@ -82,6 +86,8 @@ class Engine:
         self.loaded = loaded
         self.config = config = EngineConfig(**{**asdict(config or EngineConfig()), **options})
         model = loaded.model
+        if not bool(torch.isfinite(model.codebook0_head.weight).all()):
+            raise RuntimeError("model weights are not finite")
         cuda = model.codebook0_head.weight.device.type == "cuda"
         cap = config.max_batch_size or (128 if cuda else 8)
         n_slots = slots_for_memory(model, cap, config.memory_fraction)
@@ -165,6 +171,7 @@ class Engine:
         """Yield chunks as frames are generated; leaving early (aclose, cancellation) stops the request
         at the next frame and frees its slot. Raises `EngineOverloadedError` when the queue is full."""
         loop = asyncio.get_running_loop()
+        began = time.perf_counter()
         items: asyncio.Queue[Item] = asyncio.Queue()
 
         def sink(item: Item) -> None:  # engine thread → this event loop
@@ -176,10 +183,13 @@ class Engine:
         seq = await asyncio.to_thread(self._sequence, request, sink)
         self.loop.submit(seq)
         try:
+            first = True
             while True:
                 item = await items.get()
                 if isinstance(item, BaseException):
                     raise item
+                if first:
+                    item.first_audio_ms, first = (time.perf_counter() - began) * 1000, False
                 yield item
                 if item.is_last:
                     return
@@ -240,14 +250,17 @@ class Engine:
         }
 
     async def check_health(self) -> None:
-        """Raise unless the engine is open, its loop thread alive and its weights finite."""
+        """Raise unless the engine is open and its loop thread alive and not stuck in an iteration.
+
+        No device work here: this runs on the event loop (Ray's periodic health check), and a device
+        sync from that thread would wait behind every kernel queued by the loop thread. The weights
+        are checked once, when the engine starts."""
         if self._closed:
             raise RuntimeError("engine is closed")
         if not self.loop.alive:
             raise RuntimeError(f"engine loop is not running: {self.loop.error!r}")
-        head = self.loaded.model.codebook0_head.weight
-        if not bool(torch.isfinite(head).all()):
-            raise RuntimeError("model weights are not finite")
+        if (stuck := self.loop.iteration_s()) > LOOP_STUCK_S:
+            raise RuntimeError(f"engine loop stuck in one iteration for {stuck:.0f} s")
 
     def close(self) -> None:
         """Stop the loop thread; running and waiting requests end as cancelled."""

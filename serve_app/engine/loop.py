@@ -61,6 +61,9 @@ class SilenceGuard:
         return self.seconds > 0
 
 
+SLOW_ITERATION_S = 1.0
+"""An iteration (milliseconds, normally) this slow is logged."""
+
 StepObserver = Callable[[int, int], None]
 """Told `(batch_size, queue_depth)` after an iteration that changed either (e.g. metrics gauges)."""
 
@@ -122,6 +125,7 @@ class EngineLoop:
         self.timings: dict[str, float] = dict.fromkeys(("iterations", "wait_s", "launch_s", "host_s"), 0.0)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._iteration_began: float | None = None  # monotonic start of the loop thread's iteration
 
     # ---- thread -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -141,6 +145,12 @@ class EngineLoop:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self.error is None
 
+    def iteration_s(self) -> float:
+        """Seconds the loop thread has been in its current iteration (0 between iterations): an
+        iteration takes milliseconds, so seconds mean the loop is stuck."""
+        began = self._iteration_began
+        return 0.0 if began is None else time.monotonic() - began
+
     def submit(self, seq: Sequence) -> None:
         """Queue a sequence (raises `EngineOverloadedError` when the waiting queue is full)."""
         if self.error is not None:
@@ -156,6 +166,7 @@ class EngineLoop:
             while not self._stop.is_set():
                 if not self.scheduler.wait_for_work(timeout=0.5):
                     continue
+                self._iteration_began = began = time.monotonic()
                 try:
                     self.run_once()
                 except BaseException as exc:
@@ -163,6 +174,10 @@ class EngineLoop:
                     self.error = exc
                     self.abort(exc)
                     return
+                finally:
+                    self._iteration_began = None
+                if (took := time.monotonic() - began) > SLOW_ITERATION_S:
+                    logger.warning("engine loop iteration took %.2f s (%s)", took, self.scheduler.counts())
 
     def abort(self, exc: BaseException) -> None:
         """End every running and waiting sequence with `exc` (the loop failed or was stopped)."""

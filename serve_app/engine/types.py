@@ -98,6 +98,7 @@ class AudioChunk:
     is_last: bool = False
     finish_reason: FinishReason | None = None
     dropped_context_turns: int = 0
+    first_audio_ms: float | None = None  # on a stream's first chunk: ms from the request reaching the engine
 
 
 @dataclass
