@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import bench_http  # noqa: E402
+import bench_http
 
 
 def test_server_timing_header_parsed_into_hops() -> None:

@@ -8,8 +8,8 @@ import sys
 import time
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from serve_app.engine.engine import Engine, lower_switch_interval
 from serve_app.engine.types import EngineOverloadedError, FinishReason
