@@ -114,22 +114,29 @@ stop_server() {
 trap stop_server EXIT
 
 monitor_health() {
-  # While the benchmarks run: /health every 2 s; when it fails or takes over 5 s, the model
-  # replica's threads (CPU per thread) and its Python stacks (py-spy, where installed) go to
+  # While the benchmarks run: /health and /info every 2 s; when /health fails or takes over 5 s,
+  # or the engine has been in one loop iteration for over 2 s, the GPU's load
+  # and processes, the model replica's threads (CPU per thread) and its Python stacks (py-spy,
+  # where installed) go to
   # $OUT/stalls.txt, at most once per 15 s. The replica's own watchdog also dumps its stacks
   # into serve.log when its event loop blocks for 10 s.
   local log="$OUT/stalls${VARIANT:+-$VARIANT}.txt" last=0
   while sleep 2; do
-    local t0 code
+    local t0 code stuck
     t0=$(date +%s)
     code=$(curl -s -o /dev/null -m 5 -w '%{http_code}' "$URL/health")
-    [ "$code" = 200 ] && continue
+    # The engine loop's current iteration (milliseconds, normally) from /info.
+    stuck=$(curl -s -m 5 -H "authorization: Bearer $KEY" "$URL/info" | $PY -c \
+      "import json, sys; print(int(json.load(sys.stdin).get('engine', {}).get('iteration_s', 0) > 2))" 2>/dev/null)
+    [ "$code" = 200 ] && [ "${stuck:-0}" = 0 ] && continue
     [ $(( $(date +%s) - last )) -lt 15 ] && continue
     last=$(date +%s)
     local pid
     pid=$(pgrep -f 'ServeReplica:csm:TTSModel' | head -1)
     {
-      echo "== $(date -u +%T) /health answered $code after $(( $(date +%s) - t0 )) s; model replica pid ${pid:-?}"
+      echo "== $(date -u +%T) /health answered $code after $(( $(date +%s) - t0 )) s, engine stuck: ${stuck:-?}; model replica pid ${pid:-?}"
+      command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=utilization.gpu,memory.used,power.draw,clocks.sm --format=csv \
+        && nvidia-smi --query-compute-apps=pid,used_memory --format=csv
       [ -n "$pid" ] && top -b -H -n 1 -p "$pid" | head -25
       [ -n "$pid" ] && command -v py-spy >/dev/null && timeout 20 py-spy dump --pid "$pid" 2>&1 | head -150
     } >>"$log" 2>&1

@@ -166,6 +166,7 @@ def test_a_stuck_loop_iteration_fails_the_health_check(monkeypatch) -> None:
             time.sleep(0.02)
         with pytest.raises(RuntimeError, match="stuck in one iteration"):
             asyncio.run(eng.check_health())
+        assert asyncio.run(eng.info())["iteration_s"] > 0.2  # what operators (and the GPU suite) watch
         release.set()
         started.join(10)
         assert not started.is_alive()

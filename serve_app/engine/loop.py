@@ -381,4 +381,9 @@ class EngineLoop:
             self.runner.release(slot)  # type: ignore[arg-type]
 
     def stats(self) -> dict[str, Any]:
-        return {"steps": self.steps, **self.scheduler.counts(), "timings": dict(self.timings)}
+        return {
+            "steps": self.steps,
+            **self.scheduler.counts(),
+            "timings": dict(self.timings),
+            "iteration_s": round(self.iteration_s(), 3),  # in the current iteration (0: between)
+        }
