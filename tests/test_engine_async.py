@@ -143,9 +143,7 @@ def test_an_engine_leaves_the_process_switch_interval_alone() -> None:
 def test_a_stuck_loop_iteration_fails_the_health_check(monkeypatch) -> None:
     """A loop thread wedged inside one iteration (a hung device call) makes the replica unhealthy,
     so Ray replaces it; the same loop back to normal is healthy again."""
-    import serve_app.engine.engine as engine_module
-
-    eng = Engine.from_preset("tiny-random", device="cpu", max_batch_size=1)
+    eng = Engine.from_preset("tiny-random", device="cpu", max_batch_size=1, stuck_iteration_s=0.2)
     release = __import__("threading").Event()
     real_run_once = eng.loop.run_once
 
@@ -153,7 +151,6 @@ def test_a_stuck_loop_iteration_fails_the_health_check(monkeypatch) -> None:
         release.wait(10)
         return real_run_once()
 
-    monkeypatch.setattr(engine_module, "LOOP_STUCK_S", 0.2)
     monkeypatch.setattr(eng.loop, "run_once", stuck_run_once)
     try:
         asyncio.run(eng.check_health())

@@ -35,6 +35,9 @@ class EngineConfig:
     audio_dtype: str | None = None  # streaming Mimi decode; None: bfloat16 on CUDA, float32 on CPU
     memory_fraction: float = 0.8  # of free device memory for KV slots
     max_prefill_rows: int = 8192  # padded prompt rows prefilled together in one iteration
+    # One loop iteration (milliseconds on a GPU) running this long fails the health check, so Ray
+    # replaces a replica whose device or loop is wedged; 0: never. Raise it for big models on a CPU.
+    stuck_iteration_s: float = 30.0
 
     @classmethod
     def split(cls, kwargs: Mapping[str, Any]) -> tuple[EngineConfig, dict[str, Any]]:
