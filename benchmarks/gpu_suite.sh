@@ -13,7 +13,8 @@
 #   bash benchmarks/gpu_suite.sh OUT_DIR [tests] [engine] [http] [ws]      (default: all four)
 #   SMOKE=1 bash benchmarks/gpu_suite.sh /tmp/suite                       (CPU, tiny model, small)
 #   VARIANT=name: http/ws results and logs named with it (e.g. with Ray's HAProxy ingress on);
-#   HOLD_S=n: keep the server up n s after the load, watched by the health monitor.
+#   HOLD_S=n: keep the server up n s after the load, watched by the health monitor;
+#   ARCHIVE=file.tgz: pack OUT_DIR into one file at the end.
 #
 # Results land in OUT_DIR as <date>-<gpu>.json (engine, with "http"), <date>-<gpu>-http.json,
 # -ws.json, the plots, and the logs of every part.
@@ -177,3 +178,8 @@ if has http || has ws; then
   stop_server
 fi
 cat "$OUT/suite-status.txt"
+# ARCHIVE=file.tgz: the whole output directory packed into one file as well (for transports that
+# bring back a handful of files).
+if [ -n "${ARCHIVE:-}" ]; then
+  tar czf "$ARCHIVE" -C "$(dirname "$OUT")" "$(basename "$OUT")" && echo "packed $OUT into $ARCHIVE"
+fi
