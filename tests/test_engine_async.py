@@ -192,3 +192,27 @@ def test_weights_that_are_not_finite_refuse_to_start() -> None:
         loaded.model.codebook0_head.weight[0, 0] = float("nan")
     with pytest.raises(RuntimeError, match="not finite"):
         Engine(loaded)
+
+
+def test_a_slow_iteration_is_logged_with_what_the_device_was_given(monkeypatch, caplog) -> None:
+    import serve_app.engine.loop as loop_module
+
+    monkeypatch.setattr(loop_module, "SLOW_ITERATION_S", 0.3)
+    eng = Engine.from_preset("tiny-random", device="cpu", max_batch_size=2)
+    real_fetch, slowed = eng.loop.runner.fetch, []
+
+    def slow_fetch(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not slowed:
+            slowed.append(True)
+            time.sleep(0.5)  # the device taking its time with what was queued
+        return real_fetch(*args, **kwargs)
+
+    monkeypatch.setattr(eng.loop.runner, "fetch", slow_fetch)
+    try:
+        with caplog.at_level("WARNING", logger="serve_app.engine.loop"):
+            eng.generate_sync(se.request("slow", frames=3))
+    finally:
+        eng.close()
+    [line] = [r.getMessage() for r in caplog.records if "iteration took" in r.getMessage()]
+    assert "prefill 1 prompts" in line and "step rows=1" in line
+    assert "positions: 1 live" in line  # the one stream, still generating

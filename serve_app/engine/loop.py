@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +62,10 @@ class SilenceGuard:
 
 
 SLOW_ITERATION_S = 1.0
-"""An iteration (milliseconds, normally) this slow is logged."""
+"""An iteration (milliseconds, normally) this slow is logged, with what was launched before it."""
+
+LAUNCH_LOG = 24
+"""Device launches remembered for that log line (a few iterations' worth)."""
 
 StepObserver = Callable[[int, int], None]
 """Told `(batch_size, queue_depth)` after an iteration that changed either (e.g. metrics gauges)."""
@@ -126,6 +129,9 @@ class EngineLoop:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._iteration_began: float | None = None  # monotonic start of the loop thread's iteration
+        # What the last iterations queued on the device, for the log line of a slow iteration (its
+        # wait covers work queued by the iteration before it too).
+        self._launches: deque[str] = deque(maxlen=LAUNCH_LOG)
 
     # ---- thread -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -177,7 +183,21 @@ class EngineLoop:
                 finally:
                     self._iteration_began = None
                 if (took := time.monotonic() - began) > SLOW_ITERATION_S:
-                    logger.warning("engine loop iteration took %.2f s (%s)", took, self.scheduler.counts())
+                    self._log_slow_iteration(took)
+
+    def _log_slow_iteration(self, took: float) -> None:
+        """Say what was queued on the device before a slow iteration, and whether the slots'
+        positions (the attention kernel's loop bounds) were sane."""
+        positions = self.runner.positions.tolist()  # the wait is over: this read costs little
+        live = [p for p in positions if p >= 0]
+        logger.warning(
+            "engine loop iteration took %.2f s (%s); positions: %d live, max %s; launched before it: %s",
+            took,
+            self.scheduler.counts(),
+            len(live),
+            max(live, default=None),
+            "; ".join(self._launches),
+        )
 
     def abort(self, exc: BaseException) -> None:
         """End every running and waiting sequence with `exc` (the loop failed or was stopped)."""
@@ -226,7 +246,9 @@ class EngineLoop:
         if not seqs:
             return None
         rows = max(s.slot for s in seqs) + 1  # type: ignore[type-var]
-        out = self.runner.step(rows, max(s.next_position for s in seqs) + 1)
+        positions = max(s.next_position for s in seqs) + 1
+        out = self.runner.step(rows, positions)
+        self._launches.append(f"#{self.steps} step rows={rows} positions<{positions}")
         self.steps += 1
         for seq in seqs:
             seq.steps += 1
@@ -256,6 +278,7 @@ class EngineLoop:
         joined = self.scheduler.admit()
         if not joined:
             return
+        self._launches.append(f"#{self.steps} prefill {len(joined)} prompts of {[s.prompt_len for s in joined]} rows")
         try:
             self.runner.start(joined)
         except Exception as exc:  # e.g. out of memory on an unusually long prompt: fail these only
@@ -279,6 +302,7 @@ class EngineLoop:
         size = self.runner.final_chunk_size(chunk.count)
         slots = [s.slot for s in chunk.seqs]
         chunk.pcm = self.runner.decode_audio(slots, chunk.first, size, after=chunk.after)  # type: ignore[arg-type]
+        self._launches.append(f"#{self.steps} audio {len(slots)} streams x {size} frames")
 
     def _launch_first_chunks(self, step: _Step | None) -> list[_Chunk]:
         """First chunks completed by the step just launched, decoded right after it (one launch per
