@@ -75,7 +75,7 @@ class HandleEngine:
         try:
             if timeout_s is None:
                 return await response
-            return await asyncio.wait_for(_awaited(response), timeout_s)
+            return await asyncio.wait_for(awaited(response), timeout_s)
         except asyncio.TimeoutError:
             response.cancel()
             raise ReplicaUnavailableError(f"speech model did not answer {method} in {timeout_s:g} s")
@@ -112,6 +112,6 @@ class HandleEngine:
         await self._call("check_health", timeout_s=self._health_timeout_s)
 
 
-async def _awaited(awaitable: Awaitable[T]) -> T:
+async def awaited(awaitable: Awaitable[T]) -> T:
     """Wrap an awaitable object (e.g. `DeploymentResponse`) in a coroutine for `asyncio.wait_for`."""
     return await awaitable

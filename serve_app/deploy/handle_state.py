@@ -15,7 +15,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.settings import ApiSettings
 from serve_app.api.state import StateBackends, StateUnavailableError, TurnLease, local_backends
-from serve_app.deploy.handle_engine import is_system_failure
+from serve_app.deploy.handle_engine import awaited, is_system_failure
 from serve_app.engine.types import Segment
 
 __all__ = ["HandleState", "handle_backends"]
@@ -36,7 +36,7 @@ class HandleState:
     async def _call(self, method: str, *args: Any, timeout_s: float | None) -> Any:
         response = getattr(self._handle, method).remote(*args)
         try:
-            return await asyncio.wait_for(_awaited(response), timeout_s)
+            return await asyncio.wait_for(awaited(response), timeout_s)
         except asyncio.TimeoutError:
             response.cancel()
             raise StateUnavailableError(f"shared state did not answer {method} in {timeout_s:g} s") from None
@@ -70,7 +70,3 @@ def handle_backends(handle: DeploymentHandle, settings: ApiSettings) -> StateBac
         handle, lease_s=settings.session_lease_s, per_minute=settings.rate_limit_per_minute, burst=settings.burst()
     )
     return StateBackends(state, state if settings.rate_limit_per_minute else None)
-
-
-async def _awaited(response: Any) -> Any:
-    return await response

@@ -119,24 +119,21 @@ async def drain_ingress(app_name: str, deadline: float, forced: Callable[[], boo
     flight to finish. True once none is left; False for an app without `SharedState`, or on time-out."""
     from ray import serve
 
+    from serve_app.deploy.handle_engine import awaited
     from serve_app.deploy.names import STATE_DEPLOYMENT
 
     try:
         board = serve.get_deployment_handle(STATE_DEPLOYMENT, app_name=app_name)
-        await asyncio.wait_for(_awaited(board.begin_drain.remote()), 10)
+        await asyncio.wait_for(awaited(board.begin_drain.remote()), 10)
     except Exception as exc:  # noqa: BLE001 - not our graph, or its state replica is down: skip this step
         logger.info("%s: no drain board (%s: %s); deleting it directly", app_name, type(exc).__name__, exc)
         return False
     while time.monotonic() < deadline and not forced():
-        in_flight = await asyncio.wait_for(_awaited(board.in_flight.remote()), 10)
+        in_flight = await asyncio.wait_for(awaited(board.in_flight.remote()), 10)
         if in_flight == 0:
             return True
         await asyncio.sleep(0.2)
     return False
-
-
-async def _awaited(response: Any) -> Any:
-    return await response
 
 
 def drain(
