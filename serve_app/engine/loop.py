@@ -131,7 +131,7 @@ class EngineLoop:
         self._iteration_began: float | None = None  # monotonic start of the loop thread's iteration
         # What the last iterations queued on the device, for the log line of a slow iteration (its
         # wait covers work queued by the iteration before it too).
-        self._launches: deque[str] = deque(maxlen=LAUNCH_LOG)
+        self._launches: deque[tuple[Any, ...]] = deque(maxlen=LAUNCH_LOG)  # (step, format, *values)
 
     # ---- thread -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -196,7 +196,7 @@ class EngineLoop:
             self.scheduler.counts(),
             len(live),
             max(live, default=None),
-            "; ".join(self._launches),
+            "; ".join(f"#{step} " + form.format(*values) for step, form, *values in self._launches),
         )
 
     def abort(self, exc: BaseException) -> None:
@@ -248,7 +248,7 @@ class EngineLoop:
         rows = max(s.slot for s in seqs) + 1  # type: ignore[type-var]
         positions = max(s.next_position for s in seqs) + 1
         out = self.runner.step(rows, positions)
-        self._launches.append(f"#{self.steps} step rows={rows} positions<{positions}")
+        self._launches.append((self.steps, "step rows={} positions<{}", rows, positions))
         self.steps += 1
         for seq in seqs:
             seq.steps += 1
@@ -278,7 +278,7 @@ class EngineLoop:
         joined = self.scheduler.admit()
         if not joined:
             return
-        self._launches.append(f"#{self.steps} prefill {len(joined)} prompts of {[s.prompt_len for s in joined]} rows")
+        self._launches.append((self.steps, "prefill {} prompts of {} rows", len(joined), [s.prompt_len for s in joined]))
         try:
             self.runner.start(joined)
         except Exception as exc:  # e.g. out of memory on an unusually long prompt: fail these only
@@ -302,7 +302,7 @@ class EngineLoop:
         size = self.runner.final_chunk_size(chunk.count)
         slots = [s.slot for s in chunk.seqs]
         chunk.pcm = self.runner.decode_audio(slots, chunk.first, size, after=chunk.after)  # type: ignore[arg-type]
-        self._launches.append(f"#{self.steps} audio {len(slots)} streams x {size} frames")
+        self._launches.append((self.steps, "audio {} streams x {} frames", len(slots), size))
 
     def _launch_first_chunks(self, step: _Step | None) -> list[_Chunk]:
         """First chunks completed by the step just launched, decoded right after it (one launch per
