@@ -104,7 +104,8 @@ EOF
 
 stop_server() {
   [ -n "${MONITOR_PID:-}" ] && kill "$MONITOR_PID" 2>/dev/null
-  MONITOR_PID=
+  [ -n "${SAMPLER_PID:-}" ] && kill "$SAMPLER_PID" 2>/dev/null
+  MONITOR_PID= SAMPLER_PID=
   [ -n "${SERVE_PID:-}" ] || return 0
   kill -INT -- -"$SERVE_PID" 2>/dev/null
   for _ in $(seq 1 30); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 1; done
@@ -140,14 +141,27 @@ monitor_health() {
         && nvidia-smi --query-compute-apps=pid,used_memory --format=csv
       [ -n "$pid" ] && top -b -H -n 1 -p "$pid" | head -25
       [ -n "$pid" ] && command -v py-spy >/dev/null && timeout 20 py-spy dump --pid "$pid" 2>&1 | head -150
+      # Native frames of the engine's loop thread: which CUDA call it waits in.
+      [ -n "$pid" ] && command -v py-spy >/dev/null && timeout 30 py-spy dump --native --pid "$pid" 2>&1 \
+        | awk '/csm-engine-loop|_run_user_code_event_loop/{p=1} /^Thread/ && !/csm-engine-loop|_run_user_code_event_loop/{p=0} p' | head -120
     } >>"$log" 2>&1
   done
+}
+
+gpu_sampler() {
+  # The GPU's utilisation, clocks and power once a second while a server runs (a stall shows as
+  # seconds of 100 % with no progress, or as an idle GPU with the host waiting on it).
+  command -v nvidia-smi >/dev/null || return 0
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,utilization.memory,clocks.sm,power.draw,memory.used,clocks_event_reasons.active \
+    --format=csv -l 1 >"$OUT/gpu-samples${VARIANT:+-$VARIANT}.csv" 2>&1
 }
 
 if has http || has ws; then
   if start_server; then
     monitor_health &
     MONITOR_PID=$!
+    gpu_sampler &
+    SAMPLER_PID=$!
     if has http; then
       if [ "${SMOKE:-0}" = 1 ]; then
         HTTP_ARGS="--streams 1,2 --window-s 4 --burst 4 --idle-trials 4 --poisson-s 4 --audio-ms 1600 ${HTTP_ARGS:-}"

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from serve_app.engine.launch_log import LaunchLog
 from serve_app.engine.runner import ModelRunner, StepOutput
 from serve_app.engine.scheduler import Scheduler
 from serve_app.engine.sequence import ChunkPolicy, Sequence
@@ -130,8 +131,8 @@ class EngineLoop:
         self._stop = threading.Event()
         self._iteration_began: float | None = None  # monotonic start of the loop thread's iteration
         # What the last iterations queued on the device, for the log line of a slow iteration (its
-        # wait covers work queued by the iteration before it too).
-        self._launches: deque[tuple[Any, ...]] = deque(maxlen=LAUNCH_LOG)  # (step, format, *values)
+        # wait covers work queued by the iteration before it too), with the device's time for each.
+        self.launches = LaunchLog(LAUNCH_LOG, timed=runner.device.type == "cuda")
 
     # ---- thread -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -196,7 +197,7 @@ class EngineLoop:
             self.scheduler.counts(),
             len(live),
             max(live, default=None),
-            "; ".join(f"#{step} " + form.format(*values) for step, form, *values in self._launches),
+            self.launches.describe(),
         )
 
     def abort(self, exc: BaseException) -> None:
@@ -247,8 +248,8 @@ class EngineLoop:
             return None
         rows = max(s.slot for s in seqs) + 1  # type: ignore[type-var]
         positions = max(s.next_position for s in seqs) + 1
-        out = self.runner.step(rows, positions)
-        self._launches.append((self.steps, "step rows={} positions<{}", rows, positions))
+        with self.launches.launch(self.steps, "step rows={} positions<{}", rows, positions):
+            out = self.runner.step(rows, positions)
         self.steps += 1
         for seq in seqs:
             seq.steps += 1
@@ -278,9 +279,10 @@ class EngineLoop:
         joined = self.scheduler.admit()
         if not joined:
             return
-        self._launches.append((self.steps, "prefill {} prompts of {} rows", len(joined), [s.prompt_len for s in joined]))
+        lengths = [s.prompt_len for s in joined]
         try:
-            self.runner.start(joined)
+            with self.launches.launch(self.steps, "prefill {} prompts of {} rows", len(joined), lengths):
+                self.runner.start(joined)
         except Exception as exc:  # e.g. out of memory on an unusually long prompt: fail these only
             logger.exception("prefill failed for %d requests", len(joined))
             for seq in joined:
@@ -301,8 +303,9 @@ class EngineLoop:
     def _launch(self, chunk: _Chunk) -> None:
         size = self.runner.final_chunk_size(chunk.count)
         slots = [s.slot for s in chunk.seqs]
-        chunk.pcm = self.runner.decode_audio(slots, chunk.first, size, after=chunk.after)  # type: ignore[arg-type]
-        self._launches.append((self.steps, "audio {} streams x {} frames", len(slots), size))
+        form = "audio {} streams x {} frames"
+        with self.launches.launch(self.steps, form, len(slots), size, stream=self.runner.audio_stream):
+            chunk.pcm = self.runner.decode_audio(slots, chunk.first, size, after=chunk.after)  # type: ignore[arg-type]
 
     def _launch_first_chunks(self, step: _Step | None) -> list[_Chunk]:
         """First chunks completed by the step just launched, decoded right after it (one launch per
