@@ -47,7 +47,8 @@ RUN pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"
 COPY --chown=ray:ray pyproject.toml README.md ./
 COPY --chown=ray:ray serve_app ./serve_app
 # Ray pinned: KubeRay's rayVersion and every node of a cluster must run the same Ray.
-RUN pip install . "ray[serve]==${RAY_VERSION}" && mkdir -p "$HF_HOME"
+# The haproxy extra: `csm-serve serve` puts Ray's HAProxy ingress in front (the fastest measured).
+RUN pip install ".[haproxy]" "ray[serve]==${RAY_VERSION}" && mkdir -p "$HF_HOME"
 
 COPY --chown=ray:ray serve_config.yaml ./
 COPY --chown=ray:ray configs ./configs

@@ -70,11 +70,15 @@ def _client(ctx: click.Context, retries: int = RETRIES) -> TTSClient:
               help="Port for --preset.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--ingress", type=click.Choice(["auto", "haproxy", "proxy"]), default="auto", show_default=True,
+              help="HTTP ingress Ray starts for --config: HAProxy (fastest measured; needs csm-serve[haproxy]) "
+                   "or Ray's Python proxy. auto: HAProxy unless the config listens on loopback only, Ray is "
+                   "already running elsewhere (RAY_ADDRESS), RAY_SERVE_ENABLE_HA_PROXY is set, or no binary.")
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=None,
               help="Seconds a stop (SIGTERM, Ctrl-C) waits for in-flight requests and streams. "
                    "Default: the config's longest graceful_shutdown_timeout_s + 10 (Ray), 30 (--preset).")
 def serve(config_path: str | None, preset: str | None, device: str | None, host: str, port: int,
-          log_level: str, drain_timeout: float | None) -> None:
+          log_level: str, ingress: str, drain_timeout: float | None) -> None:
     """Start the service: Ray Serve from --config, one process with --preset, or (neither) Ray
     Serve with the config this machine can run: CSM-1B on its GPUs, else the tiny random model.
 
@@ -85,7 +89,7 @@ def serve(config_path: str | None, preset: str | None, device: str | None, host:
     if not config_path and not preset:
         config_path = str(choose_local_config())
     if config_path:
-        sys.exit(run_serve_config(config_path, drain_timeout))
+        sys.exit(run_serve_config(config_path, drain_timeout, ingress))
     run_preset(preset, device=device, host=host, port=port, log_level=log_level,
                drain_timeout_s=PRESET_DRAIN_TIMEOUT_S if drain_timeout is None else drain_timeout)
 
@@ -103,9 +107,20 @@ def choose_local_config() -> Path:
     return path
 
 
-def run_serve_config(config_path: str, drain_timeout_s: float | None = None) -> int:
-    """`serve run CONFIG` in this process, with the package importable by Ray's workers, and a
-    stop that drains (`serve_app.deploy.runner`); returns the exit status."""
+def run_serve_config(config_path: str, drain_timeout_s: float | None = None, ingress: str = "auto") -> int:
+    """`serve run CONFIG` in this process, with the package importable by Ray's workers, the HTTP
+    ingress chosen by `serve_app.deploy.ingress`, and a stop that drains (`serve_app.deploy.runner`);
+    returns the exit status."""
+    import yaml
+
+    from serve_app.deploy.ingress import apply_ingress, choose_ingress, haproxy_binary
+
+    try:
+        choice = choose_ingress(ingress, yaml.safe_load(Path(config_path).read_text()) or {}, os.environ, haproxy_binary())
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    apply_ingress(choice)
+    click.echo(f"csm-serve: HTTP ingress: {choice.ingress} ({choice.reason})", err=True)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     package_root = str(Path(__file__).resolve().parent.parent)
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]

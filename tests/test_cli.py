@@ -158,7 +158,7 @@ def test_serve_without_a_source_runs_this_machines_config_and_says_which(monkeyp
     import yaml
 
     ran: list[str] = []
-    monkeypatch.setattr(cli_module, "run_serve_config", lambda path, drain_timeout_s: ran.append(path) or 0)
+    monkeypatch.setattr(cli_module, "run_serve_config", lambda path, drain_timeout_s, ingress: ran.append(path) or 0)
     monkeypatch.setattr("serve_app.deploy.local.cuda_device_count", lambda: 0)
     result = CliRunner().invoke(cli, ["serve"])
     assert result.exit_code == 0, result.output
@@ -178,6 +178,7 @@ def test_serve_config_runs_the_draining_runner_with_the_package_importable(monke
 
     monkeypatch.setattr(serve_app.deploy.runner, "run_config", fake_run)
     monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)  # restored after the test
     config = tmp_path / "local.yaml"
     config.write_text("applications: []\n")
     result = CliRunner().invoke(cli, ["serve", "--config", str(config), "--drain-timeout", "7"])
@@ -185,6 +186,35 @@ def test_serve_config_runs_the_draining_runner_with_the_package_importable(monke
     assert seen["args"] == (str(config), 7.0)
     root = str(Path(cli_module.__file__).resolve().parent.parent)
     assert seen["pythonpath"].split(os.pathsep) == [root, "/somewhere/else"]
+
+
+def test_serve_config_starts_ray_with_the_chosen_ingress(monkeypatch, tmp_path: Path) -> None:
+    import serve_app.deploy.ingress
+    import serve_app.deploy.runner
+
+    seen = {}
+    monkeypatch.setattr(
+        serve_app.deploy.runner, "run_config",
+        lambda path, drain_timeout_s: seen.setdefault("env", os.environ.get("RAY_SERVE_ENABLE_HA_PROXY")) and 0,
+    )
+    for key in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_ADDRESS"):
+        monkeypatch.delenv(key, raising=False)  # restored after the test
+    monkeypatch.setattr(serve_app.deploy.ingress, "haproxy_binary", lambda: "/usr/bin/haproxy")
+    config = tmp_path / "prod.yaml"
+    config.write_text("http_options: {host: 0.0.0.0, port: 8000}\napplications: []\n")
+    result = CliRunner().invoke(cli, ["serve", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "HTTP ingress: haproxy (fastest measured)" in result.output
+    assert seen["env"] == "1" and os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+
+    seen.clear()
+    result = CliRunner().invoke(cli, ["serve", "--config", str(config), "--ingress", "proxy"])
+    assert result.exit_code == 0, result.output
+    assert seen["env"] == "0" and "HTTP ingress: proxy (requested)" in result.output
+
+    monkeypatch.setattr(serve_app.deploy.ingress, "haproxy_binary", lambda: None)
+    result = CliRunner().invoke(cli, ["serve", "--config", str(config), "--ingress", "haproxy"])
+    assert result.exit_code == 2 and "csm-serve[haproxy]" in result.output
 
 
 def test_finish_streamed_wav_fills_in_sizes(tmp_path: Path) -> None:

@@ -48,9 +48,9 @@ class StreamOutcome:
 
 @contextlib.contextmanager
 def _server(
-    command: list[str], port: int, log: Path, ray_tmp: Path, extra_env: dict[str, str] | None = None
+    command: list[str], port: int, log: Path, ray_tmp: Path
 ) -> Iterator[subprocess.Popen]:
-    env = {**os.environ, **worker_env(str(ray_tmp)), "CSM_VOICES_DIR": str(log.parent / "voices"), **(extra_env or {})}
+    env = {**os.environ, **worker_env(str(ray_tmp)), "CSM_VOICES_DIR": str(log.parent / "voices")}
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -128,17 +128,14 @@ def _ray_tmp() -> Path:
     return Path(os.environ.get("TMPDIR", "/tmp")) / f"ray-stop-{os.getpid()}-{time.monotonic_ns() % 10**6}"
 
 
-HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-
-
 @pytest.mark.ray
 @pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
 def test_csm_serve_config_drains_a_stream_on_sigterm(tmp_path: Path, ingress: str) -> None:
     """Behind Ray's Python proxy, and behind its HAProxy ingress (where handles need an event loop)."""
     port, log = free_port(), tmp_path / "serve.log"
-    command = [sys.executable, "-m", "serve_app.cli", "serve", "--config", str(_config_file(tmp_path, port))]
-    extra_env = HAPROXY_ENV if ingress == "haproxy" else None
-    with _server(command, port, log, _ray_tmp(), extra_env) as process:
+    config = str(_config_file(tmp_path, port))
+    command = [sys.executable, "-m", "serve_app.cli", "serve", "--config", config, "--ingress", ingress]
+    with _server(command, port, log, _ray_tmp()) as process:
         outcome, status, late = _stop_during_a_stream(port, process, signal.SIGTERM)
     assert (outcome.status, outcome.error, outcome.received) == (200, None, STREAM_BYTES), outcome
     assert late == 503  # refused with Retry-After while the stream finishes, not the proxy's 404
