@@ -5,20 +5,53 @@ from __future__ import annotations
 
 import copy
 import gc
+from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from serve_app.engine import cuda_graphs
 from serve_app.engine.cuda_graphs import CudaGraphs
 from serve_app.engine.runner import ModelRunner
 from tests import support_engine as se
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+class _Pool:
+    """PyTorch's stream pool as `torch.cuda.Stream` sees it: `size` streams handed out round-robin."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.drawn = size, 0
+
+    def __call__(self, device: object = None) -> SimpleNamespace:
+        self.drawn += 1
+        return SimpleNamespace(cuda_stream=1000 + self.drawn % self.size)
+
+
+def test_sets_hold_distinct_pooled_streams_and_release_them(monkeypatch) -> None:
+    monkeypatch.setattr(cuda_graphs, "_HELD_STREAMS", Counter())
+    monkeypatch.setattr(torch.cuda, "Stream", _Pool(4))
+    held = [cuda_graphs._dedicated_stream(torch.device("cuda")).cuda_stream for _ in range(4)]
+    assert sorted(held) == [1000, 1001, 1002, 1003]
+    cuda_graphs._release_stream(held[1])
+    assert cuda_graphs._dedicated_stream(torch.device("cuda")).cuda_stream == held[1]  # the only free one
+
+
+def test_an_exhausted_pool_shares_a_stream_and_releases_only_its_own_hold(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(cuda_graphs, "_HELD_STREAMS", Counter())
+    monkeypatch.setattr(torch.cuda, "Stream", _Pool(2))
+    first, second = (cuda_graphs._dedicated_stream(torch.device("cuda")).cuda_stream for _ in range(2))
+    with caplog.at_level("WARNING", logger="serve_app.engine.cuda_graphs"):
+        shared = cuda_graphs._dedicated_stream(torch.device("cuda")).cuda_stream
+    assert "sharing one" in caplog.text and shared in (first, second)
+    cuda_graphs._release_stream(shared)  # the sharer goes: the first holder still holds it
+    assert cuda_graphs._HELD_STREAMS[shared] == 1
+
+
+@pytest.mark.gpu
+@requires_cuda
 def test_each_live_set_captures_on_a_stream_of_its_own() -> None:
     device = torch.device("cuda")
     first = [CudaGraphs(device) for _ in range(8)]
@@ -31,6 +64,8 @@ def test_each_live_set_captures_on_a_stream_of_its_own() -> None:
     assert any(CudaGraphs(device).capture_stream.cuda_stream == released for _ in range(32))
 
 
+@pytest.mark.gpu
+@requires_cuda
 @torch.inference_mode()
 def test_the_decode_steps_and_the_audio_decoders_graphs_capture_on_different_streams() -> None:
     runner = ModelRunner(

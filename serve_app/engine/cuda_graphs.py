@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -42,22 +43,29 @@ def smallest_bucket(buckets: Sequence[int], n: int) -> int:
     raise ValueError(f"{n} is beyond the largest bucket ({buckets[-1]})")
 
 
-_HELD_STREAMS: set[int] = set()
-"""CUDA streams held as capture streams by live `CudaGraphs` sets."""
+_HELD_STREAMS: Counter[int] = Counter()
+"""Live `CudaGraphs` sets capturing on each CUDA stream."""
 
 
 def _dedicated_stream(device: torch.device) -> torch.cuda.Stream:
-    """A stream that no other live `CudaGraphs` set captures on. `torch.cuda.Stream()` hands out
-    PyTorch's pooled streams round-robin (32 per device and priority), so two calls can return
-    the same CUDA stream."""
+    """A stream that no other live `CudaGraphs` set captures on, held until the set is gone.
+    `torch.cuda.Stream()` hands out PyTorch's pooled streams round-robin (32 per device and
+    priority), so two calls can return the same CUDA stream."""
     for _ in range(64):
         stream = torch.cuda.Stream(device)
-        if stream.cuda_stream not in _HELD_STREAMS:
-            _HELD_STREAMS.add(stream.cuda_stream)
-            return stream
-    # Only sets replayed side by side must differ; a process with this many sets is not an engine's.
-    logger.warning("every pooled CUDA stream already captures for a live set of graphs: sharing one")
+        if not _HELD_STREAMS[stream.cuda_stream]:
+            break
+    else:
+        # Only sets replayed side by side must differ; a process with this many sets is not an engine's.
+        logger.warning("every pooled CUDA stream already captures for a live set of graphs: sharing one")
+    _HELD_STREAMS[stream.cuda_stream] += 1
     return stream
+
+
+def _release_stream(handle: int) -> None:
+    _HELD_STREAMS[handle] -= 1
+    if _HELD_STREAMS[handle] <= 0:
+        del _HELD_STREAMS[handle]
 
 
 class CudaGraphs:
@@ -75,7 +83,7 @@ class CudaGraphs:
         self.device = device
         self.pool = torch.cuda.graph_pool_handle() if shared_pool else None
         self.capture_stream = _dedicated_stream(device)
-        weakref.finalize(self, _HELD_STREAMS.discard, self.capture_stream.cuda_stream)
+        weakref.finalize(self, _release_stream, self.capture_stream.cuda_stream)
         self._graphs: dict[Hashable, torch.cuda.CUDAGraph] = {}
 
     @contextlib.contextmanager
