@@ -54,7 +54,8 @@ COPY --chown=ray:ray serve_config.yaml ./
 COPY --chown=ray:ray configs ./configs
 
 EXPOSE 8000 8265 6379 10001
-# `serve run`, with a stop that drains: on SIGTERM requests and streams in flight finish (up to the
-# longest graceful_shutdown_timeout_s, 120 s, + 10 s) before Ray stops. Let `docker stop` wait that
-# long: `docker run --stop-timeout 140 ...` (its default, 10 s, would SIGKILL mid-drain).
+# `serve run` behind HAProxy, with a stop that drains: on SIGTERM requests and streams in flight
+# finish (up to the longest graceful_shutdown_timeout_s, 120 s), the ingress replicas wait out Ray's
+# 30 s direct-ingress draining period, then Ray stops (+ 10 s). Let `docker stop` wait that long:
+# `docker run --stop-timeout 170 ...` (its default, 10 s, would SIGKILL mid-drain).
 CMD ["csm-serve", "serve", "--config", "serve_config.yaml"]

@@ -4,7 +4,8 @@
 #
 #   tests    the gpu-marked tests (graph capture and fallback, Mimi graphs, fused step, kernels)
 #   engine   benchmarks/bench_engine.py in-process (extra arguments: $ENGINE_ARGS)
-#   http     `serve run` of serve_config.yaml with the csm-1b-random preset (API keys and the rate
+#   http     `csm-serve serve --config` of serve_config.yaml with the csm-1b-random preset, behind
+#            HAProxy as in production (INGRESS=proxy: Ray's Python proxy) (API keys and the rate
 #            limiter on, as in production, the limit far above the load of the one benchmark key),
 #            then benchmarks/bench_http.py through Ray Serve over HTTP; the replica's
 #            time to ready is recorded; the summary is merged into the engine results as "http"
@@ -12,7 +13,7 @@
 #
 #   bash benchmarks/gpu_suite.sh OUT_DIR [tests] [engine] [http] [ws]      (default: all four)
 #   SMOKE=1 bash benchmarks/gpu_suite.sh /tmp/suite                       (CPU, tiny model, small)
-#   VARIANT=name: http/ws results and logs named with it (e.g. with Ray's HAProxy ingress on);
+#   VARIANT=name: http/ws results and logs named with it (e.g. INGRESS=proxy VARIANT=proxy);
 #   HOLD_S=n: keep the server up n s after the load, watched by the health monitor;
 #   ARCHIVE=file.tgz: pack OUT_DIR into one file at the end.
 #
@@ -84,7 +85,9 @@ EOF
   # A server stopped just before (another variant) may still answer for a few seconds.
   for _ in $(seq 1 30); do curl -s -m 1 -o /dev/null "$URL/health" || break; sleep 1; done
   T0=$(date +%s%N)
-  CSM_API_KEYS=$KEY RAY_TMPDIR=${RAY_TMPDIR:-/tmp/ray} setsid serve run "$OUT/serve-config.yaml" >"$OUT/serve${VARIANT:+-$VARIANT}.log" 2>&1 &
+  # The launcher users run (the draining runner); the config binds loopback, so the ingress is named.
+  CSM_API_KEYS=$KEY RAY_TMPDIR=${RAY_TMPDIR:-/tmp/ray} setsid $PY -m serve_app.cli serve --config "$OUT/serve-config.yaml" \
+    --ingress "${INGRESS:-haproxy}" --drain-timeout 5 >"$OUT/serve${VARIANT:+-$VARIANT}.log" 2>&1 &
   SERVE_PID=$!
   for _ in $(seq 1 ${READY_TIMEOUT_S:-400}); do
     if curl -sf "$URL/health" >/dev/null 2>&1; then break; fi
@@ -110,7 +113,7 @@ stop_server() {
   kill -INT -- -"$SERVE_PID" 2>/dev/null
   for _ in $(seq 1 30); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 1; done
   kill -KILL -- -"$SERVE_PID" 2>/dev/null
-  pkill -x haproxy 2>/dev/null  # HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1) outlives `serve run`
+  pkill -x haproxy 2>/dev/null  # in case HAProxy outlived a killed server
   SERVE_PID=
 }
 trap stop_server EXIT
@@ -167,11 +170,11 @@ if has http || has ws; then
         HTTP_ARGS="--streams 1,2 --window-s 4 --burst 4 --idle-trials 4 --poisson-s 4 --audio-ms 1600 ${HTTP_ARGS:-}"
       fi
       # shellcheck disable=SC2086
-      # A variant (VARIANT=haproxy with Ray's HAProxy ingress, ...) gets files of its own and is not
+      # A variant (INGRESS=proxy VARIANT=proxy, ...) gets files of its own and is not
       # merged into the engine results.
       MERGE=--merge; [ -n "${VARIANT:-}" ] && MERGE=
       $PY benchmarks/bench_http.py --url "$URL" --api-key "$KEY" --out "$OUT" --name "$DATE-$TAG-http${VARIANT:+-$VARIANT}" \
-        --engine-json "$ENGINE_JSON" $MERGE --notes "serve run of serve_config.yaml, model csm-1b-random${VARIANT:+, $VARIANT}" \
+        --engine-json "$ENGINE_JSON" $MERGE --notes "csm-serve serve --config serve_config.yaml --ingress ${INGRESS:-haproxy}, model csm-1b-random" \
         ${HTTP_ARGS:-} 2>&1 | tee "$OUT/http${VARIANT:+-$VARIANT}.log" | tail -12
       status http "exit ${PIPESTATUS[0]}"
     fi

@@ -166,6 +166,14 @@ def test_serve_without_a_source_runs_this_machines_config_and_says_which(monkeyp
     assert yaml.safe_load(Path(ran[0]).read_text())["applications"][0]["args"]["model"] == "tiny-random"
 
 
+def _forget_after_the_test(monkeypatch, *keys: str) -> None:
+    """Unset `keys` now and restore them afterwards, even those the code under test sets (monkeypatch
+    restores only what it recorded: deleting an unset variable records nothing)."""
+    for key in keys:
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+
+
 def test_serve_config_runs_the_draining_runner_with_the_package_importable(monkeypatch, tmp_path: Path) -> None:
     import serve_app.deploy.runner
 
@@ -178,7 +186,7 @@ def test_serve_config_runs_the_draining_runner_with_the_package_importable(monke
 
     monkeypatch.setattr(serve_app.deploy.runner, "run_config", fake_run)
     monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
-    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)  # restored after the test
+    _forget_after_the_test(monkeypatch, "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED")
     config = tmp_path / "local.yaml"
     config.write_text("applications: []\n")
     result = CliRunner().invoke(cli, ["serve", "--config", str(config), "--drain-timeout", "7"])
@@ -197,8 +205,9 @@ def test_serve_config_starts_ray_with_the_chosen_ingress(monkeypatch, tmp_path: 
         serve_app.deploy.runner, "run_config",
         lambda path, drain_timeout_s: seen.setdefault("env", os.environ.get("RAY_SERVE_ENABLE_HA_PROXY")) and 0,
     )
-    for key in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_ADDRESS"):
-        monkeypatch.delenv(key, raising=False)  # restored after the test
+    _forget_after_the_test(
+        monkeypatch, "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_ADDRESS", "PYTHONPATH"
+    )
     monkeypatch.setattr(serve_app.deploy.ingress, "haproxy_binary", lambda: "/usr/bin/haproxy")
     config = tmp_path / "prod.yaml"
     config.write_text("http_options: {host: 0.0.0.0, port: 8000}\napplications: []\n")

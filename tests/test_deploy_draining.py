@@ -6,6 +6,7 @@ import threading
 import time
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from serve_app.deploy.draining import POLL_S, DrainBoard, DrainGate
@@ -90,5 +91,22 @@ def test_the_drain_waits_as_long_as_the_longest_graceful_shutdown() -> None:
 
     production = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     longest = max(d["graceful_shutdown_timeout_s"] for d in production["applications"][0]["deployments"])
-    assert default_drain_timeout_s(production) == longest + DRAIN_MARGIN_S
-    assert default_drain_timeout_s({"applications": []}) == 20.0 + DRAIN_MARGIN_S  # Ray's default
+    assert default_drain_timeout_s(production, {}) == longest + DRAIN_MARGIN_S
+    assert default_drain_timeout_s({"applications": []}, {}) == 20.0 + DRAIN_MARGIN_S  # Ray's default
+
+
+@pytest.mark.parametrize(
+    ("environ", "draining"),
+    [
+        ({}, 0.0),  # Ray's proxy: a stopping ingress replica goes at once
+        ({"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, 30.0),
+        ({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, 30.0),  # direct ingress comes with it
+        ({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}, 0.0),
+        ({"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}, 5.0),
+    ],
+)
+def test_behind_direct_ingress_the_drain_also_waits_out_rays_draining_period(environ, draining) -> None:
+    from serve_app.deploy.runner import DRAIN_MARGIN_S, default_drain_timeout_s
+
+    config = {"applications": [{"deployments": [{"graceful_shutdown_timeout_s": 12}]}]}
+    assert default_drain_timeout_s(config, environ) == 12 + draining + DRAIN_MARGIN_S

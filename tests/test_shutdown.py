@@ -32,7 +32,7 @@ import yaml
 from tests.support_ray import free_port, local_config, worker_env
 
 STARTUP_TIMEOUT_S = 180
-STOP_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 90  # the drain, then the ingress replicas' 30 s direct-ingress draining period
 STREAM_MS = 8000
 STREAM_BYTES = STREAM_MS * 24 * 2  # 16-bit PCM at 24 kHz
 FORBIDDEN = ("Aborted", "core dumped", "SIGABRT", "*** SIGTERM received", "Traceback (most recent call last)")

@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,21 @@ DRAIN_MARGIN_S = 10.0
 """Beyond the longest graceful_shutdown_timeout_s: time for Ray to stop replicas and report it."""
 
 
-def default_drain_timeout_s(config: dict[str, Any]) -> float:
-    """How long a stop may wait for in-flight requests: the config's longest graceful shutdown."""
+def direct_ingress_draining_s(environ: Mapping[str, str] = os.environ) -> float:
+    """How long Ray keeps a stopping ingress replica up when HTTP goes straight to the replicas
+    (HAProxy, or throughput-optimized mode): `RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S`, 30 s
+    by default, so the load balancer stops routing to it first; 0 behind Ray's proxy."""
+    haproxy = environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+    optimized = environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0").lower() in ("1", "true")
+    direct = environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS", "1" if optimized else "0").lower() in ("1", "true")
+    if not (haproxy or direct):
+        return 0.0
+    return float(environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30"))
+
+
+def default_drain_timeout_s(config: dict[str, Any], environ: Mapping[str, str] = os.environ) -> float:
+    """How long a stop may wait: the config's longest graceful shutdown (requests in flight
+    finishing), then the ingress replicas' direct-ingress draining period (deleting the app)."""
     longest = max(
         (
             float(deployment.get("graceful_shutdown_timeout_s", 20.0))  # Ray's default
@@ -45,7 +58,7 @@ def default_drain_timeout_s(config: dict[str, Any]) -> float:
         ),
         default=20.0,
     )
-    return longest + DRAIN_MARGIN_S
+    return longest + direct_ingress_draining_s(environ) + DRAIN_MARGIN_S
 
 
 class DrainingStop:
@@ -86,10 +99,17 @@ def run_config(config_path: str | Path, drain_timeout_s: float | None = None) ->
     stop.install()  # a signal during start-up drains (or stops) too
     ray.init(address=os.environ.get("RAY_ADDRESS"), namespace=SERVE_NAMESPACE)
     stop.install()  # ray.init replaced them: Ray's SIGTERM handler exits at once, its native one prints a trace
-    # Handles are used on one event loop that lives until Serve is shut down: with
-    # RAY_SERVE_THROUGHPUT_OPTIMIZED a handle's router runs on its caller's loop, and shutting Serve
-    # down closes those routers there.
+    # Handles are used on one event loop that runs, on a thread of its own, until Serve is shut
+    # down: with RAY_SERVE_THROUGHPUT_OPTIMIZED a handle's router runs on its caller's loop (whose
+    # long-poll client stops for good if that loop stops running), and shutting Serve down closes
+    # those routers there.
     loop = asyncio.new_event_loop()
+    handles = threading.Thread(target=loop.run_forever, name="csm-serve-handles", daemon=True)
+    handles.start()
+
+    def on_handles_loop(coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
     try:
         client = serve_start(
             http_options=schema.http_options.model_dump(),
@@ -104,12 +124,15 @@ def run_config(config_path: str | Path, drain_timeout_s: float | None = None) ->
         names = [app.name for app in schema.applications]
         deadline = time.monotonic() + timeout_s
         for name in names:
-            loop.run_until_complete(drain_ingress(name, deadline, stop.forced.is_set))
+            on_handles_loop(drain_ingress(name, deadline, stop.forced.is_set))
         drained = drain(client, names, max(0.0, deadline - time.monotonic()), stop.forced.is_set, serve.status)
         logger.info("%s; shutting down Serve", "drained" if drained else "drain incomplete")
     finally:
-        loop.run_until_complete(serve.shutdown_async())
-        loop.close()
+        on_handles_loop(serve.shutdown_async())
+        loop.call_soon_threadsafe(loop.stop)
+        handles.join(10)
+        if not handles.is_alive():
+            loop.close()
         ray.shutdown()
     return 0
 
