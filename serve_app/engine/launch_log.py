@@ -3,7 +3,9 @@
 An iteration normally takes milliseconds; when one takes seconds, its wait covers work queued by
 the iterations before it too. The log keeps the last launches (prefills, steps, audio decodes), each
 bracketed by two timing events on its stream when on a GPU, so the slow iteration's log line says
-which launch the device spent the time on, at the cost of two event records per launch.
+which launch the device spent the time on, at the cost of two event records per launch. A launch's
+time runs from when its stream reached it to when the stream finished it, so an audio decode that
+waits for the step completing its frames includes that wait.
 """
 
 from __future__ import annotations
