@@ -9,7 +9,8 @@ can:
   HTTP ports on every interface, which a laptop's local config must not do;
 - not when joining a running cluster (`RAY_ADDRESS`): its nodes were started with their own setting;
 - not without an HAProxy binary (the `csm-serve[haproxy]` extra).
-An explicit `RAY_SERVE_ENABLE_HA_PROXY` in the environment always wins.
+An explicit `RAY_SERVE_ENABLE_HA_PROXY` in the environment always wins. The ingress also decides
+how long Ray keeps a stopping ingress replica up (`direct_ingress_draining_s`).
 """
 
 from __future__ import annotations
@@ -87,3 +88,15 @@ def apply_ingress(choice: IngressChoice, environ: MutableMapping[str, str] = os.
             environ[key] = value
         else:
             environ.setdefault(key, value)
+
+
+def direct_ingress_draining_s(environ: Mapping[str, str] = os.environ) -> float:
+    """How long Ray keeps a stopping ingress replica up when HTTP goes straight to the replicas
+    (HAProxy, or throughput-optimized mode): `RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S`, 30 s
+    by default, so the load balancer stops routing to it first; 0 behind Ray's proxy."""
+    haproxy = environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+    optimized = environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0").lower() in ("1", "true")
+    direct = environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS", "1" if optimized else "0").lower() in ("1", "true")
+    if not (haproxy or direct):
+        return 0.0
+    return float(environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30"))

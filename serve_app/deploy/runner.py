@@ -27,24 +27,14 @@ from typing import Any
 
 import yaml
 
+from serve_app.deploy.ingress import direct_ingress_draining_s
+
 __all__ = ["DrainingStop", "default_drain_timeout_s", "run_config"]
 
 logger = logging.getLogger("serve_app.runner")
 
 DRAIN_MARGIN_S = 10.0
 """Beyond the longest graceful_shutdown_timeout_s: time for Ray to stop replicas and report it."""
-
-
-def direct_ingress_draining_s(environ: Mapping[str, str] = os.environ) -> float:
-    """How long Ray keeps a stopping ingress replica up when HTTP goes straight to the replicas
-    (HAProxy, or throughput-optimized mode): `RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S`, 30 s
-    by default, so the load balancer stops routing to it first; 0 behind Ray's proxy."""
-    haproxy = environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
-    optimized = environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0").lower() in ("1", "true")
-    direct = environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS", "1" if optimized else "0").lower() in ("1", "true")
-    if not (haproxy or direct):
-        return 0.0
-    return float(environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30"))
 
 
 def default_drain_timeout_s(config: dict[str, Any], environ: Mapping[str, str] = os.environ) -> float:
