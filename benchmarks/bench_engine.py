@@ -508,6 +508,35 @@ def profile_run(engine: Engine, out_dir: Path, streams: int, frames: int) -> dic
     return {"streams": streams, "frames": frames, "run": rows, "table": "profile.txt"}
 
 
+def profile_step(engine: Engine, out_dir: Path, batch: int, iters: int = 20) -> dict[str, Any]:
+    """Kernel time table of `iters` replays of the decode step at `batch` rows (no loop, no audio):
+    where a frame's device time goes, kernel by kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    runner = engine.loop.runner
+    batch = min(batch, runner.n_slots)
+    for _ in range(3):
+        runner.step(batch, 256)
+    sync(runner.device.type)
+    cuda = runner.device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(iters):
+            runner.step(batch, 256)
+        sync(runner.device.type)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key) > 0]
+    table = prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70)
+    name = f"profile-step-b{batch}.txt"
+    (out_dir / name).write_text(table)
+    print(table[:4000], flush=True)
+    return {
+        "batch": batch,
+        "kernels_per_step": round(sum(e.count for e in events) / iters, 1),
+        "device_ms_per_step": round(sum(getattr(e, key) for e in events) / iters / 1000, 3),
+        "table": name,
+    }
+
+
 # ---- transformers baseline -------------------------------------------------------------------------
 def bench_hf(cfg: CsmModelConfig, device: str, frames: int, smoke: bool) -> dict[str, Any]:
     from transformers import CsmConfig, CsmForConditionalGeneration
@@ -582,6 +611,9 @@ def parse_args() -> argparse.Namespace:
         help="fused Triton projections up to this batch (default: the engine's default, every batch)",
     )
     p.add_argument("--profile", action="store_true", help="profile a throughput run (kernel table + trace)")
+    p.add_argument(
+        "--profile-step", default="", help="comma-separated batches whose decode step is profiled kernel by kernel"
+    )
     p.add_argument(
         "--switch-ab", action="store_true", help="also measure the largest runs at a 5 ms GIL interval"
     )
@@ -724,6 +756,9 @@ def main() -> None:
             big = [int(s) for s in args.streams.split(",")][-2:]
             res["throughput_default_switch_interval"] = bench_throughput(engine, big, args.frames)
             sys.setswitchinterval(previous)
+            save()
+        if args.profile_step:
+            res["profile_step"] = [profile_step(engine, out_dir, int(b)) for b in args.profile_step.split(",")]
             save()
         if args.profile:
             res["profile"] = profile_run(engine, out_dir, int(args.streams.split(",")[-1]), 30)

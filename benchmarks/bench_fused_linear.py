@@ -7,6 +7,8 @@ Sections (written to the JSON as each finishes):
   step        one decode step (backbone step + 31-codebook depth frame) per batch bucket, CUDA
               graphs over eager kernels, with the fused projections off and on
   agreement   bf16 hidden state and greedy codes of the fused step vs the cuBLAS step
+  reduce      the fused decode step per batch with split-K sums added inside the matmul kernel
+              (the tile's last program) and by a separate reduce kernel
 
     PYTHONPATH=. python3 benchmarks/bench_fused_linear.py      # writes $OUT/<date>-<gpu>-fused-linear.json
 """
@@ -216,6 +218,33 @@ def step(batches: list[int], kv_len: int) -> tuple[list[dict[str, Any]], dict[st
     return rows, agreement
 
 
+@torch.inference_mode()
+def reduce_strategies(batches: list[int], kv_len: int) -> list[dict[str, Any]]:
+    """The fused step's time with split-K partial sums added in-kernel vs by a reduce kernel."""
+    model = random_csm(CSM_1B, "cuda").to(torch.bfloat16)
+    model.setup_caches(max(batches))
+    gen = torch.Generator("cuda").manual_seed(1)
+    default = fl.IN_KERNEL_REDUCE_MAX_ROWS
+    rows = []
+    try:
+        for b in batches:
+            embeds = torch.randn(b, CSM_1B.backbone.dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+            positions = torch.full((b,), kv_len - 1, device="cuda", dtype=torch.long)
+            ones = torch.ones(b, device="cuda", dtype=torch.long)
+            sampling = (ones.float() * 0.9, ones * 50, torch.arange(b, device="cuda"), ones)
+            row: dict[str, Any] = {"batch": b, "kv_window": kv_len, "default_in_kernel": b <= default}
+            for label, limit in (("in_kernel", 1 << 30), ("reduce_kernel", 0)):
+                fl.IN_KERNEL_REDUCE_MAX_ROWS = limit
+                fast = FastStep(model, 2048, fused_attention=True, linear_max_batch=1 << 16)
+                frame = functools.partial(decode_frame, fast, embeds * 0.02, positions, kv_len, sampling)
+                row[f"{label}_ms"] = round(graph_us(frame, 20) / 1000, 3)
+            rows.append(row)
+            print("reduce", row, flush=True)
+    finally:
+        fl.IN_KERNEL_REDUCE_MAX_ROWS = default
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tile-batches", default="1,16,32,64,128")
@@ -244,6 +273,9 @@ def main() -> None:
 
     if "step" not in skip:
         res["step"], res["agreement"] = step([int(b) for b in args.step_batches.split(",")], 256)
+        save()
+    if "reduce" not in skip:
+        res["reduce"] = reduce_strategies([int(b) for b in args.step_batches.split(",")], 256)
         save()
     if "tiles" not in skip:
         batches = [int(b) for b in args.tile_batches.split(",")]

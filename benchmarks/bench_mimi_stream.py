@@ -83,12 +83,20 @@ def config_summary(config: MimiConfig) -> dict:
     return {key: getattr(config, key) for key in keys}
 
 
-def run_part(name: str, mimi: MimiModel, modes: list[str], iters: int, warmup: int) -> list[dict]:
+def run_part(
+    name: str,
+    mimi: MimiModel,
+    modes: list[str],
+    iters: int,
+    warmup: int,
+    batches: tuple[int, ...] = BATCHES,
+    chunk_frames: tuple[int, ...] = CHUNK_FRAMES,
+) -> list[dict]:
     dtype = str(next(mimi.parameters()).dtype).removeprefix("torch.")
     rows = []
     for mode in modes:
-        for batch in BATCHES:
-            for frames in CHUNK_FRAMES:
+        for batch in batches:
+            for frames in chunk_frames:
                 row = {"part": name, "dtype": dtype, "config": config_summary(mimi.config)}
                 row.update(time_case(mimi, mode, batch, frames, iters, warmup))
                 print(json.dumps(row), flush=True)
@@ -102,6 +110,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     parser.add_argument("--parts", default="tiny-cpu,full-cuda", help="comma list: tiny-cpu, full-cuda")
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="streams per call (CUDA)")
+    parser.add_argument("--frames", default=",".join(map(str, CHUNK_FRAMES)), help="frames per call (CUDA)")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma list: eager, cuda-graphs (CUDA)")
+    parser.add_argument("--dtypes", default="bfloat16,float32", help="comma list (CUDA)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,9 +128,10 @@ def main() -> None:
             )
         if "full-cuda" in parts and cuda:
             full = MimiModel(MimiConfig()).eval()
-            for dtype in (torch.bfloat16, torch.float32):
-                modes = ["eager", "cuda-graphs"]
-                results += run_part("full-cuda", full.to("cuda", dtype), modes, args.iters, args.warmup)
+            grid = tuple(int(b) for b in args.batches.split(",")), tuple(int(f) for f in args.frames.split(","))
+            for dtype in args.dtypes.split(","):
+                mimi = full.to("cuda", getattr(torch, dtype))
+                results += run_part("full-cuda", mimi, args.modes.split(","), args.iters, args.warmup, *grid)
 
     device = "cuda" if cuda and "full-cuda" in parts else "cpu"
     report = {

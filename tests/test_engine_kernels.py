@@ -77,10 +77,14 @@ def test_narrow_heads_take_the_unfused_path() -> None:
     assert FastStep(se.wide_head_model().to(DEVICE), 2048).fused == (DEVICE.type == "cuda")
 
 
-@pytest.mark.parametrize("split_k", [1, 3, 4], ids=["one-pass", "split-3", "split-4"])
+@pytest.mark.parametrize(
+    "split_k, in_kernel",
+    [(1, False), (3, True), (4, True), (3, False)],
+    ids=["one-pass", "split-3-summed-in-kernel", "split-4-summed-in-kernel", "split-3-reduce-kernel"],
+)
 @pytest.mark.parametrize("rows", [1, 3, 20])
 def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
-    rows: int, split_k: int, monkeypatch: pytest.MonkeyPatch
+    rows: int, split_k: int, in_kernel: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch.nn.functional as F
 
@@ -92,6 +96,8 @@ def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
     k, n = 96, 70  # not multiples of the tiles: masked edges
     tiles = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "SPLIT_K": split_k, "num_warps": 4, "num_stages": 2}
     monkeypatch.setattr(module, "tile_config", lambda *_: tiles)  # of 4 splits the last has no K left
+    monkeypatch.setattr(module, "IN_KERNEL_REDUCE_MAX_ROWS", 1 << 20 if in_kernel else 0)
+    module._TILE_LOCKS.clear()
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen)
@@ -121,6 +127,11 @@ def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
     }
     for name, (got, want) in cases.items():
         torch.testing.assert_close(got.cpu(), want, rtol=TOL, atol=10 * TOL, msg=name)
+    if in_kernel:  # the tiles' last programs summed the slices and left their counters zero
+        (locks,) = module._TILE_LOCKS.values()
+        assert not locks.any()
+        again = fused_linear(x.to(DEVICE), w.to(DEVICE), None, res.to(DEVICE), 0.0, False)
+        assert torch.equal(again, cases["residual"][0]), "split-K sums in a fixed order"
 
 
 def test_fused_projections_come_only_with_the_fused_attention() -> None:

@@ -13,11 +13,13 @@ are six more launches around the four matmuls. Here they ride inside the matmul 
 - Residual epilogue, `residual + x @ W^T`.
 - Split-K: a skinny matmul with a long reduction (the down projection, K = 8192) has too few
   output tiles to keep the GPU's memory pipes busy, and one program streaming all of K is
-  latency-bound. Such matmuls split K over programs that write fp32 partial sums; a small kernel
-  adds them in a fixed order (deterministic, unlike atomics) and applies the norm scale and the
-  residual.
+  latency-bound. Such matmuls split K over programs that write fp32 partial sums. At small
+  batches the programs count themselves in on a per-tile counter and the tile's last program adds
+  the partial sums in a fixed order (deterministic, unlike atomic adds) and runs the epilogue; a
+  separate reduce kernel would be one more launch per split matmul, about a third of a frame's
+  launches at batch 1. At large batches a small row-parallel kernel does the same sum after.
 
-So a layer is four matmul launches (plus a reduce per split one) and attention. W may be any 2-D view
+So a layer is four matmul launches (plus a reduce per split one at large batches) and attention. W may be any 2-D view
 (N, K): the depth decoder's per-codebook heads are (K, N) tensors read through a transposed view.
 
 Numerics: fp32 accumulation; the activation and the residual add round where the eager model
@@ -33,10 +35,48 @@ import triton.language as tl
 
 
 @triton.jit
+def _epilogue(
+    acc,
+    acc_up,
+    sumsq,
+    rows,
+    cols,
+    out_mask,
+    out_ptr,
+    res_ptr,
+    K,
+    stride_om,
+    stride_rm,
+    eps,
+    dtype: tl.constexpr,
+    NORM: tl.constexpr,
+    GATE_UP: tl.constexpr,
+    RESIDUAL: tl.constexpr,
+):
+    """Finished fp32 sums of a tile → norm scale, activation, residual, store."""
+    if NORM:
+        rstd = 1.0 / tl.sqrt(sumsq / K + eps)
+        acc = acc * rstd[:, None]
+        acc_up = acc_up * rstd[:, None]
+    out = acc.to(out_ptr.dtype.element_ty)
+    if GATE_UP:  # silu(gate) * up, rounded as the eager ops round
+        gate = out.to(tl.float32)
+        act = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32)
+        out = (act * acc_up.to(dtype).to(tl.float32)).to(out_ptr.dtype.element_ty)
+    if RESIDUAL:
+        r = tl.load(res_ptr + rows[:, None] * stride_rm + cols[None, :], mask=out_mask, other=0.0)
+        out = (r.to(tl.float32) + out.to(tl.float32)).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], out, mask=out_mask)
+
+
+@triton.jit
 def _linear_kernel(
     x_ptr,  # (M, K), unit stride along K
     w_ptr,  # (N, K) view (GATE_UP: (2N, K), gate rows first): element (n, k) at n * stride_wn + k * stride_wk
-    out_ptr,  # (M, N), or (SPLIT_K, M, N) fp32 partial sums
+    out_ptr,  # (M, N)
+    part_ptr,  # (SPLIT_K, M, N) fp32 partial sums (SPLIT_K > 1)
+    lock_ptr,  # int32 per output tile, zero between launches: its split programs that have finished
+    sq_ptr,  # (SPLIT_K, N tiles, M) fp32 partial sums of squares of x (NORM, IN_KERNEL_REDUCE)
     res_ptr,  # (M, N) residual (RESIDUAL)
     g_ptr,  # (K,) RMSNorm weight (NORM)
     M,
@@ -55,6 +95,7 @@ def _linear_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    IN_KERNEL_REDUCE: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -89,23 +130,35 @@ def _linear_kernel(
             w_up = tl.load(w_ptr + N * stride_wn + w_offs, mask=w_mask, other=0.0)
             acc_up += tl.dot(a, w_up, input_precision=PRECISION)
     out_mask = row_ok[:, None] & col_ok[None, :]
-    if SPLIT_K > 1:  # partial sums; `_reduce_kernel` applies the norm scale and the residual
-        part = out_ptr + pid_k * M * N + rows[:, None] * N + cols[None, :]
-        tl.store(part, acc, mask=out_mask)
+    if SPLIT_K == 1:
+        _epilogue(
+            acc, acc_up, sumsq, rows, cols, out_mask, out_ptr, res_ptr, K, stride_om, stride_rm, eps,
+            dtype, NORM, GATE_UP, RESIDUAL,
+        )
     else:
-        if NORM:
-            rstd = 1.0 / tl.sqrt(sumsq / K + eps)
-            acc = acc * rstd[:, None]
-            acc_up = acc_up * rstd[:, None]
-        out = acc.to(out_ptr.dtype.element_ty)
-        if GATE_UP:  # silu(gate) * up, rounded as the eager ops round
-            gate = out.to(tl.float32)
-            act = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32)
-            out = (act * acc_up.to(dtype).to(tl.float32)).to(out_ptr.dtype.element_ty)
-        if RESIDUAL:
-            r = tl.load(res_ptr + rows[:, None] * stride_rm + cols[None, :], mask=out_mask, other=0.0)
-            out = (r.to(tl.float32) + out.to(tl.float32)).to(out_ptr.dtype.element_ty)
-        tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], out, mask=out_mask)
+        tile = part_ptr + rows[:, None] * N + cols[None, :]
+        tl.store(tile + pid_k * M * N, acc, mask=out_mask)
+        if IN_KERNEL_REDUCE:
+            # The tile's last program to finish adds all slices' partial sums in a fixed order
+            # (deterministic, unlike atomic adds) and runs the epilogue: no second launch.
+            sq = sq_ptr + pid_n * M + rows
+            if NORM:
+                tl.store(sq + pid_k * tl.num_programs(0) * M, sumsq, mask=row_ok)
+            tl.debug_barrier()  # every thread's stores are issued before the release below
+            lock = lock_ptr + pid_m * tl.num_programs(0) + pid_n
+            if tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
+                total = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+                sumsq = tl.zeros((BLOCK_M,), tl.float32)
+                for s in tl.static_range(SPLIT_K):  # read from L2 (.cg): other SMs wrote them
+                    total += tl.load(tile + s * M * N, mask=out_mask, other=0.0, cache_modifier=".cg")
+                    if NORM:
+                        step = s * tl.num_programs(0) * M
+                        sumsq += tl.load(sq + step, mask=row_ok, other=0.0, cache_modifier=".cg")
+                tl.store(lock, 0)  # zero again for the next launch
+                _epilogue(
+                    total, acc_up, sumsq, rows, cols, out_mask, out_ptr, res_ptr, K, stride_om, stride_rm, eps,
+                    dtype, NORM, GATE_UP, RESIDUAL,
+                )
 
 
 @triton.jit
@@ -258,6 +311,31 @@ CONFIG_OVERRIDES: dict[tuple[int, int, int], dict[str, int]] = {}
 """Per-(m, n, k) tiles that replace the tuned ones (benchmark sweeps)."""
 
 
+IN_KERNEL_REDUCE_MAX_ROWS = 16
+"""Split matmuls of up to this many rows add their partial sums in the kernel (the tile's last
+program), larger ones in a second, row-parallel reduce kernel. At batch 1 the extra launch was
+about a third of a frame's launches, and folding it in took the step from 7.22 to 6.99 ms on an
+H200; at batch 128 the serial tail of a tile's last program made the step slower (10.22 to
+11.47 ms, that version also re-reading x for the norm), `benchmarks/results/2026-12-03-0703-*`."""
+
+_TILE_LOCKS: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def tile_locks(device: torch.device, tiles: int) -> torch.Tensor:
+    """Zeroed int32 counters for `tiles` output tiles of a split-K launch on the current stream.
+
+    Launches on one stream run one after another and each leaves its counters zero, so one buffer
+    per stream serves them all (and the CUDA graphs captured on that stream: a graph keeps the
+    buffer's address). Launches on two streams at once need two buffers, hence the key."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream)
+    locks = _TILE_LOCKS.get(key)
+    if locks is None or locks.numel() < tiles:
+        locks = torch.zeros(max(tiles, 4096), dtype=torch.int32, device=device)
+        _TILE_LOCKS[key] = locks
+    return locks
+
+
 def launch(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -287,12 +365,22 @@ def launch(
     split = cfg["SPLIT_K"]
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]), split)
     res = residual if residual is not None else out
-    dest = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
+    part = sq = locks = out  # placeholders for pointers the kernel does not read
+    in_kernel = split > 1 and m <= IN_KERNEL_REDUCE_MAX_ROWS
+    if split > 1:
+        part = torch.empty(split, m, n, dtype=torch.float32, device=x.device)
+    if in_kernel:
+        locks = tile_locks(x.device, grid[0] * grid[1])
+        if norm_weight is not None:
+            sq = torch.empty(split, grid[0], m, dtype=torch.float32, device=x.device)
     flags = {"NORM": norm_weight is not None, "RESIDUAL": residual is not None}
     _linear_kernel[grid](
         x,
         weight,
-        dest,
+        out,
+        part,
+        locks,
+        sq,
         res,
         norm_weight if norm_weight is not None else x,
         m,
@@ -305,14 +393,15 @@ def launch(
         res.stride(0),
         eps,
         GATE_UP=gate_up,
+        IN_KERNEL_REDUCE=in_kernel,
         PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
         **flags,
         **cfg,
     )
-    if split > 1:
+    if split > 1 and not in_kernel:
         block_n = min(1024, triton.next_power_of_2(n))
         _reduce_kernel[(triton.cdiv(n, block_n), m)](
-            dest,
+            part,
             x,
             out,
             res,
