@@ -612,7 +612,9 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--profile", action="store_true", help="profile a throughput run (kernel table + trace)")
     p.add_argument(
-        "--profile-step", default="", help="comma-separated batches whose decode step is profiled kernel by kernel"
+        "--profile-step",
+        default="",
+        help="comma-separated batches whose decode step is profiled kernel by kernel",
     )
     p.add_argument(
         "--switch-ab", action="store_true", help="also measure the largest runs at a 5 ms GIL interval"

@@ -74,6 +74,32 @@ def test_chunked_stream_equals_full_decode(mimi, batch, schedule):
     )
 
 
+def test_ragged_calls_decode_each_stream_exactly(mimi):
+    """Each call pads the streams' different chunk sizes to the longest, with junk codes past each
+    stream's own frames: every stream still decodes as the full decode of its frames."""
+    codes = random_codes(3, FRAMES, mimi.config, seed=7)
+    schedules = [[1, 2, 4, 5], [3, 3, 3, 3], [5, 1, 4, 2]]  # every call mixes sizes
+    decoder = MimiStreamDecoder(mimi, max_streams=3)
+    decoder.reset(0, 1, 2)
+    done, pieces = [0, 0, 0], [[], [], []]
+    junk = torch.Generator().manual_seed(3)
+    for call in range(4):
+        sizes = [schedule[call] for schedule in schedules]
+        width = max(sizes)
+        batch = torch.randint(0, mimi.config.codebook_size, (3, codes.shape[1], width), generator=junk)
+        for row, n in enumerate(sizes):
+            batch[row, :, :n] = codes[row, :, done[row] : done[row] + n]
+        out = decoder.decode(batch, torch.arange(3), frames=torch.tensor(sizes))
+        assert out.shape == (3, width * 1920)
+        for row, n in enumerate(sizes):
+            pieces[row].append(out[row, : n * 1920])
+            done[row] += n
+    for row in range(3):
+        torch.testing.assert_close(
+            torch.cat(pieces[row]), full_decode(mimi, codes[row : row + 1])[0], atol=ATOL, rtol=RTOL
+        )
+
+
 def test_interleaved_slots_with_different_histories(mimi):
     """Streams start at different times, are decoded in varying groups and orders, and never mix."""
     lengths = {4: 10, 0: 8, 2: 6}  # slot -> frames of its stream
@@ -191,6 +217,16 @@ def test_bad_input_is_rejected_before_touching_state(mimi, codes, slots, message
     decoder.reset(0)
     with pytest.raises(ValueError, match=message):
         decoder.decode(codes, torch.tensor(slots))
+    assert int(decoder._seen[0]) == 0
+
+
+@pytest.mark.parametrize("frames", [[0], [3], [1, 1]], ids=["none", "beyond-the-codes", "one-per-slot"])
+def test_ragged_frame_counts_are_checked(mimi, frames):
+    decoder = MimiStreamDecoder(mimi, max_streams=2)
+    decoder.reset(0)
+    with pytest.raises(ValueError, match="frames must be"):
+        codes = torch.zeros(1, 32, 2, dtype=torch.long)
+        decoder.decode(codes, torch.tensor([0]), frames=torch.tensor(frames))
     assert int(decoder._seen[0]) == 0
 
 

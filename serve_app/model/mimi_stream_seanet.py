@@ -6,11 +6,18 @@ left context) and each transposed conv remembers the `kernel - stride` output sa
 input frame still adds to (its overlapping tail). Every op keeps that state for `max_streams` streams
 in one preallocated tensor; a call gathers the rows of the streams it decodes and writes them back.
 
+A call may be ragged: every row gets the same number of input samples, but only the first
+`valid[row]` of them are real (`RowLengths`) and the rest are padding. Every op is causal, so real
+outputs never depend on padding; only the state each op keeps must be taken where the row's real
+input ends, not where the padded input does, and a transposed conv must see its padding as zeros
+(else the padding would add into the overlapping tail it keeps).
+
 All ops call the wrapped module's own `nn.Conv1d` / weights, so no parameter is copied.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -22,10 +29,38 @@ _STATELESS = (nn.ELU, nn.Identity)
 """Pointwise modules that need no state and run unchanged."""
 
 
-class StreamOp(Protocol):
-    """One layer of a streaming stack: `(x, slots, fresh) -> y` with y as long as x times its upsampling."""
+@dataclass(frozen=True)
+class RowLengths:
+    """The real frames of each row of a ragged call: `frames` (B,) long, of `total` frames per row."""
 
-    def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor: ...
+    frames: torch.Tensor
+    total: int
+
+    def valid(self, length: int) -> torch.Tensor:
+        """(B,) real samples of each row of a signal `length` samples long (every layer's signal
+        has the same number of samples per frame in each row)."""
+        return self.frames * (length // self.total)
+
+
+def window(x: torch.Tensor, start: torch.Tensor, width: int) -> torch.Tensor:
+    """x[b, ..., start[b] : start[b] + width] along the last dim, for each row b: one gather."""
+    index = start.view(-1, *([1] * (x.dim() - 1))) + torch.arange(width, device=x.device)
+    return x.gather(-1, index.expand(*x.shape[:-1], width))
+
+
+def zero_padding(x: torch.Tensor, rows: RowLengths) -> torch.Tensor:
+    """x (B, C, L) with each row's samples past its real ones set to zero."""
+    real = torch.arange(x.shape[-1], device=x.device) < rows.valid(x.shape[-1])[:, None]
+    return torch.where(real[:, None, :], x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+class StreamOp(Protocol):
+    """One layer of a streaming stack: `(x, slots, fresh, rows) -> y` with y as long as x times its
+    upsampling; `rows`: the real lengths of a ragged call (None: every sample is real)."""
+
+    def __call__(
+        self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor, rows: RowLengths | None
+    ) -> torch.Tensor: ...
 
 
 class StreamingConv1d:
@@ -52,14 +87,20 @@ class StreamingConv1d:
         """Clear the state of `slots` (a device index tensor): one kernel, no host sync."""
         self.state.index_fill_(0, slots, 0)
 
-    def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor, rows: RowLengths | None
+    ) -> torch.Tensor:
         if self.context == 0:
             return self.layer.conv(x)
         prev = self.state[slots]
         if self.replicate:
             prev = torch.where(fresh[:, None, None], x[..., :1].expand_as(prev), prev)
         padded = torch.cat([prev, x], dim=-1)
-        self.state[slots] = padded[..., -self.context :]
+        # The last `context` real inputs: padded[..., real : real + context] ends at the last one.
+        if rows is None:
+            self.state[slots] = padded[..., -self.context :]
+        else:
+            self.state[slots] = window(padded, rows.valid(x.shape[-1]), self.context)
         return self.layer.conv(padded)
 
 
@@ -117,12 +158,19 @@ class StreamingConvTranspose1d:
     def reset(self, slots: torch.Tensor) -> None:
         self.state.index_fill_(0, slots, 0)
 
-    def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor, rows: RowLengths | None
+    ) -> torch.Tensor:
+        if rows is not None:
+            x = zero_padding(x, rows)
         y = transposed_conv1d(x, self.conv.weight, self.stride, self.conv.groups)
         if self.overlap:
             y[..., : self.overlap] += self.state[slots]
         done = x.shape[-1] * self.stride
-        self.state[slots] = y[..., done:]
+        if rows is None:
+            self.state[slots] = y[..., done:]
+        else:  # the tail past each row's last real input
+            self.state[slots] = window(y, rows.valid(x.shape[-1]) * self.stride, self.overlap)
         out = y[..., :done]
         if self.conv.bias is not None:
             out = out + self.conv.bias[:, None]
@@ -136,15 +184,17 @@ class StreamingResnetBlock:
         self.block = block
         self.shortcut = shortcut
 
-    def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor, rows: RowLengths | None
+    ) -> torch.Tensor:
         h = x
         for op in self.block:
-            h = op(h, slots, fresh)
-        return self.shortcut(x, slots, fresh) + h
+            h = op(h, slots, fresh, rows)
+        return self.shortcut(x, slots, fresh, rows) + h
 
 
 def _stateless(module: nn.Module) -> StreamOp:
-    return lambda x, slots, fresh: module(x)
+    return lambda x, slots, fresh, rows: module(x)
 
 
 class StreamingStack:
@@ -176,7 +226,9 @@ class StreamingStack:
         for op in self.stateful:
             op.reset(slots)
 
-    def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor, rows: RowLengths | None = None
+    ) -> torch.Tensor:
         for op in self.ops:
-            x = op(x, slots, fresh)
+            x = op(x, slots, fresh, rows)
         return x

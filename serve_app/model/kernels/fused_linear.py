@@ -156,8 +156,8 @@ def _linear_kernel(
                         sumsq += tl.load(sq + step, mask=row_ok, other=0.0, cache_modifier=".cg")
                 tl.store(lock, 0)  # zero again for the next launch
                 _epilogue(
-                    total, acc_up, sumsq, rows, cols, out_mask, out_ptr, res_ptr, K, stride_om, stride_rm, eps,
-                    dtype, NORM, GATE_UP, RESIDUAL,
+                    total, acc_up, sumsq, rows, cols, out_mask, out_ptr, res_ptr, K, stride_om, stride_rm,
+                    eps, dtype, NORM, GATE_UP, RESIDUAL,
                 )
 
 
