@@ -281,18 +281,33 @@ def test_cuda_full_size_config_past_the_window(monkeypatch):
         (32, 16, 16, 8, 1, 5),  # SEANet's transposed convs: kernel = 2 x stride
         (16, 8, 12, 6, 1, 1),
         (8, 8, 15, 5, 1, 3),  # three blocks per input
-        (8, 8, 5, 2, 1, 4),  # kernel not a multiple of stride: the cuDNN path
-        (8, 8, 6, 2, 2, 3),  # grouped: the cuDNN path
+        (8, 8, 4, 4, 1, 3),  # one block: no state
     ],
 )
-def test_transposed_conv_as_matmul_equals_conv_transpose(c_in, c_out, kernel, stride, groups, length) -> None:
-    from serve_app.model.mimi_stream_seanet import transposed_conv1d
+def test_polyphase_transposed_conv_equals_conv_transpose(c_in, c_out, kernel, stride, groups, length) -> None:
+    """With as many zeros before and after the inputs as the kernel spans, the polyphase outputs are
+    the whole transposed convolution, bias included."""
+    from serve_app.model.mimi_stream_seanet import polyphase_conv_transpose1d
 
     gen = torch.Generator().manual_seed(kernel * 100 + length)
     x = torch.randn(3, c_in, length, generator=gen)
     weight = torch.randn(c_in, c_out // groups, kernel, generator=gen)
-    expected = torch.nn.functional.conv_transpose1d(x, weight, None, stride, groups=groups)
-    torch.testing.assert_close(transposed_conv1d(x, weight, stride, groups), expected, rtol=1e-5, atol=1e-5)
+    bias = torch.randn(c_out, generator=gen)
+    expected = torch.nn.functional.conv_transpose1d(x, weight, bias, stride, groups=groups)
+    edge = torch.zeros(3, c_in, kernel // stride - 1)
+    got = polyphase_conv_transpose1d(torch.cat([edge, x, edge], -1), weight, stride, groups, bias)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "groups"), [(5, 2, 1), (6, 2, 2)], ids=["kernel", "grouped"])
+def test_transposed_convs_it_cannot_stream_are_refused(kernel, stride, groups) -> None:
+    from transformers.models.mimi.modeling_mimi import MimiConvTranspose1d
+
+    from serve_app.model.mimi_stream_seanet import StreamingConvTranspose1d
+
+    layer = MimiConvTranspose1d(tiny_mimi_config(), 8, 8, kernel, stride, groups=groups)
+    with pytest.raises(ValueError, match="multiple of stride"):
+        StreamingConvTranspose1d(layer, 2, torch.device("cpu"), torch.float32)
 
 
 def test_resetting_several_slots_at_once_restarts_exactly_those(mimi) -> None:

@@ -2,15 +2,14 @@
 
 transformers' `MimiConv1d` / `MimiConvTranspose1d` only see whole sequences. Decoding chunk by chunk
 gives the same samples when each causal conv remembers the last `padding_total` inputs it saw (its
-left context) and each transposed conv remembers the `kernel - stride` output samples that the next
-input frame still adds to (its overlapping tail). Every op keeps that state for `max_streams` streams
+left context) and each transposed conv the last `kernel / stride - 1` inputs (the earlier inputs its
+next outputs still depend on). Every op keeps that state for `max_streams` streams
 in one preallocated tensor; a call gathers the rows of the streams it decodes and writes them back.
 
 A call may be ragged: every row gets the same number of input samples, but only the first
 `valid[row]` of them are real (`RowLengths`) and the rest are padding. Every op is causal, so real
-outputs never depend on padding; only the state each op keeps must be taken where the row's real
-input ends, not where the padded input does, and a transposed conv must see its padding as zeros
-(else the padding would add into the overlapping tail it keeps).
+outputs never depend on padding; only the state each op keeps (its last inputs) must be taken where
+the row's real input ends, not where the padded input does.
 
 All ops call the wrapped module's own `nn.Conv1d` / weights, so no parameter is copied.
 """
@@ -21,7 +20,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.models.mimi.modeling_mimi import MimiConv1d, MimiConvTranspose1d, MimiResnetBlock
 
@@ -46,12 +44,6 @@ def window(x: torch.Tensor, start: torch.Tensor, width: int) -> torch.Tensor:
     """x[b, ..., start[b] : start[b] + width] along the last dim, for each row b: one gather."""
     index = start.view(-1, *([1] * (x.dim() - 1))) + torch.arange(width, device=x.device)
     return x.gather(-1, index.expand(*x.shape[:-1], width))
-
-
-def zero_padding(x: torch.Tensor, rows: RowLengths) -> torch.Tensor:
-    """x (B, C, L) with each row's samples past its real ones set to zero."""
-    real = torch.arange(x.shape[-1], device=x.device) < rows.valid(x.shape[-1])[:, None]
-    return torch.where(real[:, None, :], x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 class StreamOp(Protocol):
@@ -104,40 +96,46 @@ class StreamingConv1d:
         return self.layer.conv(padded)
 
 
-def transposed_conv1d(x: torch.Tensor, weight: torch.Tensor, stride: int, groups: int = 1) -> torch.Tensor:
-    """`F.conv_transpose1d(x, weight, None, stride, groups=groups)` as a matmul and an overlap-add.
+def polyphase_conv_transpose1d(
+    padded: torch.Tensor, weight: torch.Tensor, stride: int, groups: int, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """The finished outputs of `F.conv_transpose1d(x, weight, bias, stride, groups=groups)` for
+    inputs `padded[..., blocks - 1:]` (L of them), given the `blocks - 1 = kernel / stride - 1`
+    inputs before them: (B, C_out, L * stride).
 
-    cuDNN runs Mimi's transposed convs as a backward-data convolution that costs milliseconds per
-    call even on a few frames (the depthwise upsampler most of all); a matmul (dense) or a broadcast
-    multiply (depthwise) over all taps at once, then adding each input's `kernel / stride` blocks of
-    `stride` outputs into place, is the same sum in a few small kernels. Shapes it does not cover
-    (kernel not a multiple of stride, other groupings) go to `F.conv_transpose1d`."""
+    With kernel = blocks * stride, output block m (`stride` samples) is the sum over j < blocks of
+    input m - j times the weight's taps j * stride ... (j + 1) * stride - 1: a causal convolution
+    over the inputs with `stride` output phases per channel. So it is one matmul over the stacked
+    shifted inputs (a broadcast multiply for the depthwise upsampler) and one transpose that
+    interleaves the phases, where cuDNN would run a backward-data convolution (milliseconds per call
+    even on a few frames) and an overlap-add would build a `blocks`-times larger tensor."""
     c_in, c_out_per_group, kernel = weight.shape
-    depthwise = groups == c_in and c_out_per_group == 1
-    if kernel % stride or not (groups == 1 or depthwise):
-        return F.conv_transpose1d(x, weight, None, stride, groups=groups)
-    b, _, length = x.shape
-    c_out = c_out_per_group * groups
-    if depthwise:  # (B, C, L, K): each channel's samples times its own taps
-        taps = x[..., None] * weight[:, 0, None, :]
-    else:  # (B, L, C_out, K) → (B, C_out, L, K)
-        taps = (x.transpose(1, 2) @ weight.reshape(c_in, c_out * kernel)).view(b, length, c_out, kernel)
-        taps = taps.permute(0, 2, 1, 3)
     blocks = kernel // stride
-    taps = taps.reshape(b, c_out, length, blocks, stride)
-    out = F.pad(taps[..., 0, :], (0, 0, 0, blocks - 1))
-    for j in range(1, blocks):  # block j of input l lands on output block l + j
-        out = out + F.pad(taps[..., j, :], (0, 0, j, blocks - 1 - j))
-    return out.reshape(b, c_out, (length + blocks - 1) * stride)
+    batch, _, total = padded.shape
+    length = total - (blocks - 1)
+    # (B, blocks, C_in, L): shifted[:, j, :, m] is input m - j.
+    shifted = torch.stack([padded[..., blocks - 1 - j : total - j] for j in range(blocks)], dim=1)
+    if groups == 1:
+        taps = weight.view(c_in, c_out_per_group, blocks, stride).permute(1, 3, 2, 0)
+        phases = taps.reshape(c_out_per_group * stride, blocks * c_in) @ shifted.view(batch, -1, length)
+        c_out = c_out_per_group
+    else:  # depthwise
+        phases = torch.einsum("bjcl,cjp->bcpl", shifted, weight.view(c_in, blocks, stride))
+        c_out = c_in
+    phases = phases.view(batch, c_out, stride, length)
+    if bias is not None:
+        phases = phases + bias[:, None, None]
+    return phases.transpose(2, 3).reshape(batch, c_out, length * stride)
 
 
 class StreamingConvTranspose1d:
     """Causal `MimiConvTranspose1d` that emits only finished samples.
 
     With `trim_right_ratio == 1` the full decode keeps the first `T * stride` samples of T inputs,
-    and exactly those are final once the T-th input is in: the last `kernel - stride` samples still
-    receive contributions from the next input, so they are kept (without bias) and added to the next
-    chunk's head. Other trim ratios drop samples at the start and would shift every chunk boundary.
+    and exactly those are final once the T-th input is in. Each output block depends on the last
+    `kernel / stride` inputs (`polyphase_conv_transpose1d`), so a stream keeps its last
+    `kernel / stride - 1` inputs as its state, like a causal conv. Other trim ratios drop samples at
+    the start and would shift every chunk boundary.
     """
 
     def __init__(
@@ -150,10 +148,14 @@ class StreamingConvTranspose1d:
             raise ValueError("unexpected padding/dilation on a MimiConvTranspose1d")
         self.conv = conv
         self.stride = conv.stride[0]
-        self.overlap = conv.kernel_size[0] - self.stride
-        if self.overlap < 0:
-            raise ValueError("kernel_size smaller than stride is not supported")
-        self.state = torch.zeros(max_streams, conv.out_channels, self.overlap, device=device, dtype=dtype)
+        kernel, groups = conv.kernel_size[0], conv.groups
+        depthwise = groups == conv.in_channels == conv.out_channels
+        if kernel % self.stride or not (groups == 1 or depthwise):
+            raise ValueError(
+                "streaming needs transposed convs, dense or depthwise, with kernel a multiple of stride"
+            )
+        self.context = kernel // self.stride - 1
+        self.state = torch.zeros(max_streams, conv.in_channels, self.context, device=device, dtype=dtype)
 
     def reset(self, slots: torch.Tensor) -> None:
         self.state.index_fill_(0, slots, 0)
@@ -161,20 +163,13 @@ class StreamingConvTranspose1d:
     def __call__(
         self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor, rows: RowLengths | None
     ) -> torch.Tensor:
-        if rows is not None:
-            x = zero_padding(x, rows)
-        y = transposed_conv1d(x, self.conv.weight, self.stride, self.conv.groups)
-        if self.overlap:
-            y[..., : self.overlap] += self.state[slots]
-        done = x.shape[-1] * self.stride
-        if rows is None:
-            self.state[slots] = y[..., done:]
-        else:  # the tail past each row's last real input
-            self.state[slots] = window(y, rows.valid(x.shape[-1]) * self.stride, self.overlap)
-        out = y[..., :done]
-        if self.conv.bias is not None:
-            out = out + self.conv.bias[:, None]
-        return out
+        padded = torch.cat([self.state[slots], x], dim=-1) if self.context else x
+        if self.context and rows is None:
+            self.state[slots] = padded[..., -self.context :]
+        elif self.context:  # the last real inputs of each row
+            self.state[slots] = window(padded, rows.valid(x.shape[-1]), self.context)
+        conv = self.conv
+        return polyphase_conv_transpose1d(padded, conv.weight, self.stride, conv.groups, conv.bias)
 
 
 class StreamingResnetBlock:
