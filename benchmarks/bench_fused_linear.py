@@ -9,6 +9,7 @@ Sections (written to the JSON as each finishes):
   agreement   bf16 hidden state and greedy codes of the fused step vs the cuBLAS step
   reduce      the fused decode step per batch with split-K sums added inside the matmul kernel
               (the tile's last program) and by a separate reduce kernel
+  sampler     the fused sampler kernel per batch and warps per row
 
     PYTHONPATH=. python3 benchmarks/bench_fused_linear.py      # writes $OUT/<date>-<gpu>-fused-linear.json
 """
@@ -245,6 +246,30 @@ def reduce_strategies(batches: list[int], kv_len: int) -> list[dict[str, Any]]:
     return rows
 
 
+def sampler_warps(batches: list[int], vocab: int = 2048) -> list[dict[str, Any]]:
+    """µs per call of the sampler kernel (one codebook) by batch and warps per program."""
+    from serve_app.model.kernels import sampling as ks
+    from serve_app.model.sampling import noise_columns
+
+    gen = torch.Generator("cuda").manual_seed(2)
+    columns = noise_columns(vocab, "cuda")
+    default, rows = ks.NUM_WARPS, []
+    try:
+        for b in batches:
+            logits = torch.randn(b, vocab + 3, device="cuda", dtype=torch.bfloat16, generator=gen)
+            ones = torch.ones(b, device="cuda", dtype=torch.long)
+            args = (logits, ones.float() * 0.9, ones * 50, torch.arange(b, device="cuda"), ones, 5, columns)
+            row: dict[str, Any] = {"batch": b, "default_warps": default}
+            for warps in (1, 2, 4, 8, 16):
+                ks.NUM_WARPS = warps
+                row[f"warps_{warps}_us"] = round(graph_us(lambda: ks.sample_top_k(*args)), 2)
+            rows.append(row)
+            print("sampler", row, flush=True)
+    finally:
+        ks.NUM_WARPS = default
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tile-batches", default="1,16,32,64,128")
@@ -276,6 +301,9 @@ def main() -> None:
         save()
     if "reduce" not in skip:
         res["reduce"] = reduce_strategies([int(b) for b in args.step_batches.split(",")], 256)
+        save()
+    if "sampler" not in skip:
+        res["sampler"] = sampler_warps([int(b) for b in args.step_batches.split(",")])
         save()
     if "tiles" not in skip:
         batches = [int(b) for b in args.tile_batches.split(",")]

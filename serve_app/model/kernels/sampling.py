@@ -24,6 +24,10 @@ _NOISE_MASK: tl.constexpr = tl.constexpr((1 << NOISE_BITS) - 1)
 _NOISE_SCALE: tl.constexpr = tl.constexpr(1.0 / (1 << NOISE_BITS))  # ... and their uniform's step
 
 
+NUM_WARPS = 8
+"""Warps per row's program (the sort's lanes)."""
+
+
 @triton.jit
 def _splitmix64(x):
     z = x + _GOLDEN
@@ -99,7 +103,7 @@ def sample_top_k(
             NUM_CODEBOOKS=NUM_CODEBOOKS,
             V=v,
             VP=triton.next_power_of_2(v),
-            num_warps=8,
+            num_warps=NUM_WARPS,
         )
     return out
 
