@@ -40,10 +40,16 @@ class RowLengths:
         return self.frames * (length // self.total)
 
 
-def window(x: torch.Tensor, start: torch.Tensor, width: int) -> torch.Tensor:
-    """x[b, ..., start[b] : start[b] + width] along the last dim, for each row b: one gather."""
-    index = start.view(-1, *([1] * (x.dim() - 1))) + torch.arange(width, device=x.device)
-    return x.gather(-1, index.expand(*x.shape[:-1], width))
+def window(x: torch.Tensor, start: torch.Tensor, offsets: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """x[b, ..., start[b] + offsets, ...] along `dim`, for each row b: one gather (offsets: an
+    `arange(width)` kept on x's device, so no kernel builds it per call)."""
+    dim %= x.dim()
+    shape = [1] * x.dim()
+    shape[0], shape[dim] = -1, offsets.numel()
+    index = start.view(-1, *([1] * (x.dim() - 1))) + offsets.view(shape[1:] if dim else [-1])
+    size = list(x.shape)
+    size[dim] = offsets.numel()
+    return x.gather(dim, index.view(shape).expand(size))
 
 
 class StreamOp(Protocol):
@@ -74,6 +80,7 @@ class StreamingConv1d:
         self.replicate = layer.pad_mode == "replicate"
         self.context = int(layer.padding_total)
         self.state = torch.zeros(max_streams, layer.in_channels, self.context, device=device, dtype=dtype)
+        self.offsets = torch.arange(self.context, device=device)
 
     def reset(self, slots: torch.Tensor) -> None:
         """Clear the state of `slots` (a device index tensor): one kernel, no host sync."""
@@ -92,7 +99,7 @@ class StreamingConv1d:
         if rows is None:
             self.state[slots] = padded[..., -self.context :]
         else:
-            self.state[slots] = window(padded, rows.valid(x.shape[-1]), self.context)
+            self.state[slots] = window(padded, rows.valid(x.shape[-1]), self.offsets)
         return self.layer.conv(padded)
 
 
@@ -156,6 +163,7 @@ class StreamingConvTranspose1d:
             )
         self.context = kernel // self.stride - 1
         self.state = torch.zeros(max_streams, conv.in_channels, self.context, device=device, dtype=dtype)
+        self.offsets = torch.arange(self.context, device=device)
 
     def reset(self, slots: torch.Tensor) -> None:
         self.state.index_fill_(0, slots, 0)
@@ -167,7 +175,7 @@ class StreamingConvTranspose1d:
         if self.context and rows is None:
             self.state[slots] = padded[..., -self.context :]
         elif self.context:  # the last real inputs of each row
-            self.state[slots] = window(padded, rows.valid(x.shape[-1]), self.context)
+            self.state[slots] = window(padded, rows.valid(x.shape[-1]), self.offsets)
         conv = self.conv
         return polyphase_conv_transpose1d(padded, conv.weight, self.stride, conv.groups, conv.bias)
 

@@ -38,6 +38,7 @@ class StreamingTransformer:
         shape = (len(model.layers), max_streams, config.num_key_value_heads, self.context, self.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.offsets = torch.arange(self.context, device=device)
 
     def reset(self, slots: torch.Tensor) -> None:
         """Forget the cached keys/values of `slots` (a device index tensor)."""
@@ -75,8 +76,8 @@ class StreamingTransformer:
                 self.keys[index, slots] = k[:, :, -self.context :]
                 self.values[index, slots] = v[:, :, -self.context :]
             elif self.context:  # the `context` positions that end at each row's last real token
-                self.keys[index, slots] = window(k.transpose(2, 3), real, self.context).transpose(2, 3)
-                self.values[index, slots] = window(v.transpose(2, 3), real, self.context).transpose(2, 3)
+                self.keys[index, slots] = window(k, real, self.offsets, dim=2)
+                self.values[index, slots] = window(v, real, self.offsets, dim=2)
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, scale=attn.scaling, enable_gqa=self.gqa
             )

@@ -313,10 +313,10 @@ CONFIG_OVERRIDES: dict[tuple[int, int, int], dict[str, int]] = {}
 
 IN_KERNEL_REDUCE_MAX_ROWS = 16
 """Split matmuls of up to this many rows add their partial sums in the kernel (the tile's last
-program), larger ones in a second, row-parallel reduce kernel. At batch 1 the extra launch was
-about a third of a frame's launches, and folding it in took the step from 7.22 to 6.99 ms on an
-H200; at batch 128 the serial tail of a tile's last program made the step slower (10.22 to
-11.47 ms, that version also re-reading x for the norm), `benchmarks/results/2026-12-03-0703-*`."""
+program), larger ones in a second, row-parallel reduce kernel: the extra launch costs more than the
+work at small batches, the serial tail of a tile's last program more at large ones. The whole
+decode step on an H200, in-kernel vs reduce kernel: 7.10 vs 7.36 ms at batch 1, 7.34 vs 7.52 at
+16, 9.53 vs 9.16 at 32, 11.20 vs 10.66 at 128 (`benchmarks/results/2026-12-03-0745-nvidia-h200-fused-linear.json`)."""
 
 _TILE_LOCKS: dict[tuple[torch.device, int], torch.Tensor] = {}
 
