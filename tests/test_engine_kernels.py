@@ -128,10 +128,51 @@ def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
     for name, (got, want) in cases.items():
         torch.testing.assert_close(got.cpu(), want, rtol=TOL, atol=10 * TOL, msg=name)
     if in_kernel:  # the tiles' last programs summed the slices and left their counters zero
-        (locks,) = module._TILE_LOCKS.values()
-        assert not locks.any()
+        assert not module.tile_locks(DEVICE).any()
         again = fused_linear(x.to(DEVICE), w.to(DEVICE), None, res.to(DEVICE), 0.0, False)
         assert torch.equal(again, cases["residual"][0]), "split-K sums in a fixed order"
+
+
+def test_a_step_with_fused_projections_makes_its_split_k_counters_before_any_capture() -> None:
+    from serve_app.model.kernels import fused_linear as module
+
+    module._TILE_LOCKS.clear()
+    FastStep(se.wide_head_model().to(DEVICE), 2048, fused_attention=True, linear_max_batch=4)
+    assert not module._TILE_LOCKS[DEVICE].any()
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs")
+def test_split_k_summed_in_kernel_replays_from_cuda_graphs_in_any_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Graphs replayed in another order than captured share the counters, which stay zero."""
+    from serve_app.model.kernels import fused_linear as module
+
+    tiles = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "SPLIT_K": 4, "num_warps": 4, "num_stages": 2}
+    monkeypatch.setattr(module, "CONFIG_OVERRIDES", {(1, 96, 512): tiles, (2, 96, 512): tiles})
+    gen = torch.Generator().manual_seed(9)
+    w = torch.randn(96, 512, generator=gen).to(DEVICE, torch.bfloat16)
+    g = (torch.rand(512, generator=gen) + 0.5).to(DEVICE, torch.bfloat16)
+    xs = [torch.randn(m, 512, generator=gen).to(DEVICE, torch.bfloat16) for m in (1, 2)]
+    want = [module.fused_linear(x, w, g, None, 1e-5, False) for x in xs]
+    with pytest.raises(RuntimeError, match="before a CUDA-graph capture"):
+        module._TILE_LOCKS.clear()
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            module.fused_linear(xs[0], w, g, None, 1e-5, False)
+    module.reserve_tile_locks(DEVICE)
+    graphs, outs = [], []
+    for x in xs:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs.append(module.fused_linear(x, w, g, None, 1e-5, False))
+        graphs.append(graph)
+    for _ in range(3):
+        for graph in reversed(graphs):
+            graph.replay()
+    torch.cuda.synchronize()
+    for got, expected in zip(outs, want, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert not module.tile_locks(DEVICE).any()
 
 
 def test_fused_projections_come_only_with_the_fused_attention() -> None:

@@ -84,6 +84,10 @@ class FastStep:
         if linear_max_batch is None:
             linear_max_batch = DEFAULT_LINEAR_MAX_BATCH
         self.linear_max_batch = linear_max_batch if fused_attention else 0  # they share the fused step
+        if self.linear_max_batch:
+            from serve_app.model.kernels.fused_linear import reserve_tile_locks
+
+            reserve_tile_locks(device)  # before any CUDA graph of the step is captured
         self.depth_positions = torch.arange(model.cfg.decoder_seq_len, device=device)
         self._prefill: Callable[..., torch.Tensor] = self._prefill_eager
         self._backbone_step: Callable[..., torch.Tensor] = self._backbone_step_eager

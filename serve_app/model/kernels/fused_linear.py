@@ -307,6 +307,10 @@ def fit_shared_memory(cfg: dict[str, int], element_size: int, gate_up: bool) -> 
     return cfg
 
 
+def grid_tiles(n: int, m: int, cfg: dict[str, int]) -> int:
+    return triton.cdiv(n, cfg["BLOCK_N"]) * triton.cdiv(m, cfg["BLOCK_M"])
+
+
 CONFIG_OVERRIDES: dict[tuple[int, int, int], dict[str, int]] = {}
 """Per-(m, n, k) tiles that replace the tuned ones (benchmark sweeps)."""
 
@@ -318,22 +322,31 @@ work at small batches, the serial tail of a tile's last program more at large on
 decode step on an H200, in-kernel vs reduce kernel: 7.10 vs 7.36 ms at batch 1, 7.34 vs 7.52 at
 16, 9.53 vs 9.16 at 32, 11.20 vs 10.66 at 128 (`benchmarks/results/2026-12-03-0745-nvidia-h200-fused-linear.json`)."""
 
-_TILE_LOCKS: dict[tuple[torch.device, int], torch.Tensor] = {}
+MAX_TILES = 1 << 14
+"""Output tiles of one split-K launch that sums in-kernel (at most 8192 / 16 at the CSM shapes)."""
+
+_TILE_LOCKS: dict[torch.device, torch.Tensor] = {}
 
 
-def tile_locks(device: torch.device, tiles: int) -> torch.Tensor:
-    """Zeroed int32 counters for `tiles` output tiles of a split-K launch on the current stream.
+def tile_locks(device: torch.device) -> torch.Tensor:
+    """The device's zeroed int32 counters, one per output tile, of the split-K launches that sum
+    in-kernel. Each launch leaves its counters zero, so launches that run one after another share
+    them; two such launches must not run at once on two streams (an engine runs its steps on one).
 
-    Launches on one stream run one after another and each leaves its counters zero, so one buffer
-    per stream serves them all (and the CUDA graphs captured on that stream: a graph keeps the
-    buffer's address). Launches on two streams at once need two buffers, hence the key."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device, stream)
-    locks = _TILE_LOCKS.get(key)
-    if locks is None or locks.numel() < tiles:
-        locks = torch.zeros(max(tiles, 4096), dtype=torch.int32, device=device)
-        _TILE_LOCKS[key] = locks
+    Made on first use, which must not be inside a CUDA-graph capture: the counters would then be
+    zeroed by that graph's first replay only, and other graphs replayed before it would read
+    whatever the memory held (`reserve_tile_locks` before capturing)."""
+    locks = _TILE_LOCKS.get(device)
+    if locks is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("split-K tile counters must be made before a CUDA-graph capture")
+        locks = _TILE_LOCKS[device] = torch.zeros(MAX_TILES, dtype=torch.int32, device=device)
     return locks
+
+
+def reserve_tile_locks(device: torch.device) -> None:
+    """Make the device's split-K tile counters now (before CUDA graphs that use them are captured)."""
+    tile_locks(torch.device(device))
 
 
 def launch(
@@ -366,11 +379,11 @@ def launch(
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]), split)
     res = residual if residual is not None else out
     part = sq = locks = out  # placeholders for pointers the kernel does not read
-    in_kernel = split > 1 and m <= IN_KERNEL_REDUCE_MAX_ROWS
+    in_kernel = split > 1 and m <= IN_KERNEL_REDUCE_MAX_ROWS and grid_tiles(n, m, cfg) <= MAX_TILES
     if split > 1:
         part = torch.empty(split, m, n, dtype=torch.float32, device=x.device)
     if in_kernel:
-        locks = tile_locks(x.device, grid[0] * grid[1])
+        locks = tile_locks(x.device)
         if norm_weight is not None:
             sq = torch.empty(split, grid[0], m, dtype=torch.float32, device=x.device)
     flags = {"NORM": norm_weight is not None, "RESIDUAL": residual is not None}

@@ -24,10 +24,8 @@ _NOISE_MASK: tl.constexpr = tl.constexpr((1 << NOISE_BITS) - 1)
 _NOISE_SCALE: tl.constexpr = tl.constexpr(1.0 / (1 << NOISE_BITS))  # ... and their uniform's step
 
 
-NUM_WARPS = 16
-"""Warps per row's program (the sort's lanes): of 1 to 16, 16 was fastest at every batch from 1 to
-256 on an H200, 17.0 µs a call at batch 1 where 8 took 23.1
-(`benchmarks/results/2026-12-03-0745-nvidia-h200-fused-linear.json`)."""
+NUM_WARPS = 8
+"""Warps per row's program (the sort's lanes)."""
 
 
 @triton.jit
