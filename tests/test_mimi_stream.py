@@ -74,32 +74,6 @@ def test_chunked_stream_equals_full_decode(mimi, batch, schedule):
     )
 
 
-def test_ragged_calls_decode_each_stream_exactly(mimi):
-    """Each call pads the streams' different chunk sizes to the longest, with junk codes past each
-    stream's own frames: every stream still decodes as the full decode of its frames."""
-    codes = random_codes(3, FRAMES, mimi.config, seed=7)
-    schedules = [[1, 2, 4, 5], [3, 3, 3, 3], [5, 1, 4, 2]]  # every call mixes sizes
-    decoder = MimiStreamDecoder(mimi, max_streams=3)
-    decoder.reset(0, 1, 2)
-    done, pieces = [0, 0, 0], [[], [], []]
-    junk = torch.Generator().manual_seed(3)
-    for call in range(4):
-        sizes = [schedule[call] for schedule in schedules]
-        width = max(sizes)
-        batch = torch.randint(0, mimi.config.codebook_size, (3, codes.shape[1], width), generator=junk)
-        for row, n in enumerate(sizes):
-            batch[row, :, :n] = codes[row, :, done[row] : done[row] + n]
-        out = decoder.decode(batch, torch.arange(3), frames=torch.tensor(sizes))
-        assert out.shape == (3, width * 1920)
-        for row, n in enumerate(sizes):
-            pieces[row].append(out[row, : n * 1920])
-            done[row] += n
-    for row in range(3):
-        torch.testing.assert_close(
-            torch.cat(pieces[row]), full_decode(mimi, codes[row : row + 1])[0], atol=ATOL, rtol=RTOL
-        )
-
-
 def test_interleaved_slots_with_different_histories(mimi):
     """Streams start at different times, are decoded in varying groups and orders, and never mix."""
     lengths = {4: 10, 0: 8, 2: 6}  # slot -> frames of its stream
@@ -220,16 +194,6 @@ def test_bad_input_is_rejected_before_touching_state(mimi, codes, slots, message
     assert int(decoder._seen[0]) == 0
 
 
-@pytest.mark.parametrize("frames", [[0], [3], [1, 1]], ids=["none", "beyond-the-codes", "one-per-slot"])
-def test_ragged_frame_counts_are_checked(mimi, frames):
-    decoder = MimiStreamDecoder(mimi, max_streams=2)
-    decoder.reset(0)
-    with pytest.raises(ValueError, match="frames must be"):
-        codes = torch.zeros(1, 32, 2, dtype=torch.long)
-        decoder.decode(codes, torch.tensor([0]), frames=torch.tensor(frames))
-    assert int(decoder._seen[0]) == 0
-
-
 @pytest.mark.parametrize(
     "overrides, max_streams, message",
     [
@@ -281,33 +245,18 @@ def test_cuda_full_size_config_past_the_window(monkeypatch):
         (32, 16, 16, 8, 1, 5),  # SEANet's transposed convs: kernel = 2 x stride
         (16, 8, 12, 6, 1, 1),
         (8, 8, 15, 5, 1, 3),  # three blocks per input
-        (8, 8, 4, 4, 1, 3),  # one block: no state
+        (8, 8, 5, 2, 1, 4),  # kernel not a multiple of stride: the cuDNN path
+        (8, 8, 6, 2, 2, 3),  # grouped: the cuDNN path
     ],
 )
-def test_polyphase_transposed_conv_equals_conv_transpose(c_in, c_out, kernel, stride, groups, length) -> None:
-    """With as many zeros before and after the inputs as the kernel spans, the polyphase outputs are
-    the whole transposed convolution, bias included."""
-    from serve_app.model.mimi_stream_seanet import polyphase_conv_transpose1d
+def test_transposed_conv_as_matmul_equals_conv_transpose(c_in, c_out, kernel, stride, groups, length) -> None:
+    from serve_app.model.mimi_stream_seanet import transposed_conv1d
 
     gen = torch.Generator().manual_seed(kernel * 100 + length)
     x = torch.randn(3, c_in, length, generator=gen)
     weight = torch.randn(c_in, c_out // groups, kernel, generator=gen)
-    bias = torch.randn(c_out, generator=gen)
-    expected = torch.nn.functional.conv_transpose1d(x, weight, bias, stride, groups=groups)
-    edge = torch.zeros(3, c_in, kernel // stride - 1)
-    got = polyphase_conv_transpose1d(torch.cat([edge, x, edge], -1), weight, stride, groups, bias)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize(("kernel", "stride", "groups"), [(5, 2, 1), (6, 2, 2)], ids=["kernel", "grouped"])
-def test_transposed_convs_it_cannot_stream_are_refused(kernel, stride, groups) -> None:
-    from transformers.models.mimi.modeling_mimi import MimiConvTranspose1d
-
-    from serve_app.model.mimi_stream_seanet import StreamingConvTranspose1d
-
-    layer = MimiConvTranspose1d(tiny_mimi_config(), 8, 8, kernel, stride, groups=groups)
-    with pytest.raises(ValueError, match="multiple of stride"):
-        StreamingConvTranspose1d(layer, 2, torch.device("cpu"), torch.float32)
+    expected = torch.nn.functional.conv_transpose1d(x, weight, None, stride, groups=groups)
+    torch.testing.assert_close(transposed_conv1d(x, weight, stride, groups), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_resetting_several_slots_at_once_restarts_exactly_those(mimi) -> None:

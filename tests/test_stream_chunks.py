@@ -100,34 +100,3 @@ def test_cancel_stops_at_the_next_frame_and_frees_slot_and_decoder_state() -> No
     assert slot in loop.runner.decoder.free_slots and int(loop.runner.positions[slot]) == -1
     assert loop.scheduler.free_slots == 2
     np.testing.assert_array_equal(keep.codes, solo)  # the other stream is untouched
-
-
-def test_chunks_of_different_sizes_decode_in_one_launch_with_each_streams_audio() -> None:
-    """Streams that joined at different steps are at different points of the chunk ramp: their
-    chunks still go to the audio decoder together (one ragged launch, plus one for first chunks),
-    and each stream gets the audio it gets alone."""
-    policy = ChunkPolicy(first_frames=1, frames=4, ramp=True)
-    reqs = [se.request("staggered words", frames=11, seed=seed) for seed in (3, 4, 5)]
-    loop = se.make_loop(chunks=policy)
-    launches: list[list[int]] = []
-    decode = loop.runner.decode_audio
-
-    def recorded(slots, first, counts, after=None):  # type: ignore[no-untyped-def]
-        launches[-1].append(len(set(counts)))
-        return decode(slots, first, counts, after=after)
-
-    loop.runner.decode_audio = recorded  # type: ignore[method-assign]
-    got = [se.sequence(r) for r in reqs]
-    for step in range(60):
-        if step % 4 == 0 and step // 4 < len(got):
-            loop.submit(got[step // 4].seq)  # a stream's 2-frame chunk ends with the 4-frame one before it
-        launches.append([])
-        if not loop.run_once() and step >= 4 * len(got):
-            break
-    assert max(len(per_iteration) for per_iteration in launches) <= 2
-    assert any(sizes > 1 for per_iteration in launches for sizes in per_iteration), "no mixed launch"
-    for req, staggered in zip(reqs, got, strict=True):
-        alone = se.run_alone(req, chunks=policy)
-        assert [c.frames for c in staggered.chunks] == [1, 2, 4, 4]
-        np.testing.assert_array_equal(staggered.codes, alone.codes)
-        np.testing.assert_allclose(staggered.pcm, alone.pcm, atol=1e-5)

@@ -125,7 +125,6 @@ class _MimiShape:
 
     codes: torch.Tensor  # (bucket, K, frames)
     slots: torch.Tensor  # (bucket,)
-    frames: torch.Tensor  # (bucket,): each row's own frames, 1..frames
     pcm: torch.Tensor  # (bucket, frames * frame_samples)
 
 
@@ -137,10 +136,8 @@ class GraphedMimiStreamDecoder:
     layers, the SEANet stack), so a call costs about the same whether it decodes one frame of one
     stream or four frames of sixteen. Padding rows decode into a scratch slot that no stream owns.
     Graphs are captured on the first call of each shape (or ahead of time with `warmup`); each holds
-    its own activation memory, so capture only the frame counts the engine uses. Every graph decodes
-    ragged rows (each row its own number of frames, up to the graph's), so streams whose chunks differ
-    in size share one replay. Without CUDA (or with `use_graphs=False`) the same padded decode runs
-    eagerly.
+    its own activation memory, so capture only the frame counts the engine uses. Without CUDA (or with
+    `use_graphs=False`) the same padded decode runs eagerly.
     """
 
     def __init__(
@@ -197,37 +194,23 @@ class GraphedMimiStreamDecoder:
                 for bucket in self.buckets:
                     self._shape(bucket, n)
 
-    def decode(
-        self,
-        codes: torch.Tensor,
-        slots: torch.Tensor,
-        *,
-        check: bool = True,
-        frames: Sequence[int] | None = None,
-    ) -> torch.Tensor:
-        """See `MimiStreamDecoder.decode`; `slots` is best given as a CPU tensor and `frames` as host
-        ints (no device sync)."""
-        batch, _, width = codes.shape
+    def decode(self, codes: torch.Tensor, slots: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+        """See `MimiStreamDecoder.decode`; `slots` is best given as a CPU tensor (no device sync)."""
+        batch, _, frames = codes.shape
         slot_list = [int(s) for s in slots.tolist()]
-        counts = [width] * batch if frames is None else [int(n) for n in frames]
         if batch > self.max_streams or any(s == self.scratch for s in slot_list):
             raise ValueError(f"at most {self.max_streams} streams, in slots [0, {self.max_streams})")
-        if len(counts) != batch or not all(1 <= n <= width for n in counts):
-            raise ValueError(f"frames must be {batch} counts in [1, {width}]")
         if check:
             self.decoder.validate(codes, torch.tensor(slot_list))
         bucket = smallest_bucket(self.buckets, batch)
         padded = torch.tensor(slot_list + [self.scratch] * (bucket - batch), dtype=torch.long)
-        real = torch.tensor(counts + [width] * (bucket - batch), dtype=torch.long)
         if not self.use_graphs:
             fill = codes.new_zeros(bucket - batch, *codes.shape[1:])
-            pcm = self.decoder.decode(torch.cat([codes, fill]), padded, check=False, frames=real)
-            return pcm[:batch]
-        shape = self._shape(bucket, width)
+            return self.decoder.decode(torch.cat([codes, fill]), padded, check=False)[:batch]
+        shape = self._shape(bucket, frames)
         shape.codes[:batch].copy_(codes)
         shape.slots.copy_(padded.pin_memory(), non_blocking=True)  # pageable would sync
-        shape.frames.copy_(real.pin_memory(), non_blocking=True)
-        self._graphs.replay((bucket, width))  # type: ignore[union-attr]
+        self._graphs.replay((bucket, frames))  # type: ignore[union-attr]
         return shape.pcm[:batch].clone()
 
     def _shape(self, bucket: int, frames: int) -> _MimiShape:
@@ -242,15 +225,14 @@ class GraphedMimiStreamDecoder:
             (bucket, self.decoder.num_codebooks, frames), dtype=torch.long, device=self.device
         )
         slots = torch.full((bucket,), self.scratch, dtype=torch.long, device=self.device)
-        counts = torch.full((bucket,), frames, dtype=torch.long, device=self.device)
 
         def decode() -> torch.Tensor:
-            return self.decoder.decode(codes, slots, check=False, frames=counts)
+            return self.decoder.decode(codes, slots, check=False)
 
         with graphs.warming_up():  # into the scratch slot only
             for _ in range(2):
                 decode()
-        return _MimiShape(codes, slots, counts, graphs.capture((bucket, frames), decode))
+        return _MimiShape(codes, slots, graphs.capture((bucket, frames), decode))
 
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.max_streams:

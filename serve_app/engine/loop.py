@@ -11,9 +11,7 @@ An iteration:
   3. waits for step N's codes only (and the audio decoded since last iteration), records each
      sequence's frame, and stops sequences that hit end of audio or their length;
   4. while the device runs step N+1: hands finished chunks to their streams, then launches the audio
-     decode of every chunk whose frames are complete, on the runner's audio stream: one launch for
-     all of them, whatever their sizes (a ragged decode), and one for the first chunks that step
-     N+1 completes.
+     decode of every chunk whose frames are complete, on the runner's audio stream.
 End of audio is thus seen one step late: the frame step N+1 computed past it is discarded and the
 slot stops being stepped. Lengths are known on the host, so no step is launched past one. A step's
 codes go to the sequences it was launched for, and only while they are still generating: a sequence
@@ -31,6 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -86,13 +85,13 @@ class _Step:
 
 @dataclass
 class _Chunk:
-    """One audio decode: frames first[i]..first[i]+counts[i]-1 of each sequence seqs[i]."""
+    """Audio decode of `count` frames from `first` on, for each sequence of a group."""
 
     seqs: list[Sequence]
     first: list[int]
-    counts: list[int]
-    after: StepOutput | None = None  # the uncollected step first chunks wait for (their last frame)
-    pcm: Any = None  # device tensor (B, width * frame_samples), then host array
+    count: int
+    after: StepOutput | None = None  # the uncollected step a first chunk waits for (its last frame)
+    pcm: Any = None  # device tensor (B, decoded frames * frame_samples), then host array
 
 
 class EngineLoop:
@@ -301,48 +300,54 @@ class EngineLoop:
         if len(seq.frames) >= seq.max_frames:
             seq.finish_reason = FinishReason.LENGTH  # its slot stopped with its last launch
 
-    def _launch(self, chunk: _Chunk) -> _Chunk:
+    def _launch(self, chunk: _Chunk) -> None:
+        size = self.runner.final_chunk_size(chunk.count)
         slots = [s.slot for s in chunk.seqs]
-        width = self.runner.chunk_width(max(chunk.counts))
         form = "audio {} streams x {} frames"
-        with self.launches.launch(self.steps, form, len(slots), width, stream=self.runner.audio_stream):
-            chunk.pcm = self.runner.decode_audio(slots, chunk.first, chunk.counts, after=chunk.after)  # type: ignore[arg-type]
-        return chunk
+        with self.launches.launch(self.steps, form, len(slots), size, stream=self.runner.audio_stream):
+            chunk.pcm = self.runner.decode_audio(slots, chunk.first, size, after=chunk.after)  # type: ignore[arg-type]
 
     def _launch_first_chunks(self, step: _Step | None) -> list[_Chunk]:
-        """First chunks completed by the step just launched, decoded right after it in one launch;
-        their frames reach the host together with the audio, next iteration."""
+        """First chunks completed by the step just launched, decoded right after it (one launch per
+        size); their frames reach the host together with the audio, next iteration."""
         if step is None:
             return []
-        seqs, counts = [], []
+        groups: dict[int, list[Sequence]] = defaultdict(list)
         for seq in step.seqs:
             if seq.finish_reason is None and seq.chunks_sent == 0 and seq.decoded == 0:
                 pending = seq.pending()
                 if pending >= self.chunks.first_frames or seq.steps >= seq.max_frames:
-                    seqs.append(seq)
-                    counts.append(pending)
-                    seq.decoded = pending
-        if not seqs:
-            return []
-        return [self._launch(_Chunk(seqs, [0] * len(seqs), counts, after=step.out))]
+                    groups[pending].append(seq)
+        out = []
+        for count, group in sorted(groups.items()):
+            chunk = _Chunk(group, [0] * len(group), count, after=step.out)
+            for seq in group:
+                seq.decoded = count
+            self._launch(chunk)
+            out.append(chunk)
+        return out
 
     def _launch_chunks(self) -> list[_Chunk]:
         """Launch the audio decode of every chunk whose frames are all known (a full chunk, or the
-        rest of an ended stream), all in one launch; close streams that ended with nothing left."""
-        seqs, first, counts = [], [], []
+        rest of an ended stream), grouped by size; close streams that ended with nothing left."""
+        groups: dict[int, list[Sequence]] = defaultdict(list)
         for seq in list(self.scheduler.running.values()):
             if seq.finished:
                 continue
             known = seq.undecoded()
             ended = seq.finish_reason is not None
             if known > 0 and (ended or known >= self.chunks.target(seq.chunks_sent)):
-                seqs.append(seq)
-                first.append(seq.decoded)
-                counts.append(known)
-                seq.decoded += known
+                groups[known].append(seq)
             elif ended:
                 self._emit_last(seq)
-        return [self._launch(_Chunk(seqs, first, counts))] if seqs else []
+        out = []
+        for count, group in sorted(groups.items()):
+            chunk = _Chunk(group, [s.decoded for s in group], count)
+            for seq in group:
+                seq.decoded += count
+            self._launch(chunk)
+            out.append(chunk)
+        return out
 
     def _emit(self, chunk: _Chunk) -> None:
         fs = self.runner.frame_samples
@@ -350,7 +355,7 @@ class EngineLoop:
             if seq.finished:
                 continue
             # Frames of this chunk that are audio (an end-of-audio frame, if any, is cut).
-            kept = max(0, min(chunk.counts[i], len(seq.frames) - chunk.first[i]))
+            kept = max(0, min(chunk.count, len(seq.frames) - chunk.first[i]))
             pcm = np.ascontiguousarray(chunk.pcm[i, : kept * fs], dtype=np.float32)
             first = chunk.first[i]
             codes = np.stack(seq.frames[first : first + kept]) if kept else np.zeros((0, 32), np.int64)

@@ -424,38 +424,30 @@ class ModelRunner:
             len(self._prefill_inputs_of),
         )
 
-    # ---- audio ----------------------------------------------------------------------------------
-    def chunk_width(self, frames: int) -> int:
-        """Frames a decode of up to `frames` frames per stream runs: the smallest warmed chunk size
-        that holds them (its graphs exist; rows with fewer frames are padded, their padding's audio
-        dropped)."""
+    # ---- audio --------------------------------------------------------------------------------
+    def final_chunk_size(self, frames: int) -> int:
+        """Frames to decode for a stream's last `frames` frames: the smallest warmed chunk size that
+        holds them (its graphs exist; the extra frames' audio is dropped and the stream ends anyway)."""
         return next((n for n in self.audio_chunk_sizes if n >= frames), frames)
 
     @torch.inference_mode()
     def decode_audio(
-        self,
-        slots: Seq[int],
-        first_frames: Seq[int],
-        counts: Seq[int],
-        after: StepOutput | None = None,
+        self, slots: Seq[int], first_frames: Seq[int], n: int, after: StepOutput | None = None
     ) -> torch.Tensor:
-        """Decode frames first..first+count-1 of each slot from the history ring, all slots in one
-        replay whatever their counts: (B, width * 1920) float32 on the audio stream, row b's first
-        `counts[b] * 1920` samples its audio (width: `chunk_width(max(counts))`). `after`: a step
-        not fetched yet that computed some of these frames (the decode waits for it on the device);
-        without it the frames are older and the decode may run alongside the steps in flight."""
-        width = self.chunk_width(max(counts))
-        if width > self.history_len:
-            raise ValueError(f"cannot decode {width} frames at once (history ring holds {self.history_len})")
+        """Decode frames first..first+n-1 of each slot from the history ring: (B, n * 1920) float32,
+        on the audio stream. `after`: a step not fetched yet that computed some of these frames (the
+        decode waits for it on the device); without it the frames are older and the decode may run
+        alongside the steps in flight."""
+        if n > self.history_len:
+            raise ValueError(f"cannot decode {n} frames at once (history ring holds {self.history_len})")
         first = torch.tensor(list(first_frames), dtype=torch.long)
-        # Ring frames past a row's own count are read too (padding: the decoder ignores them).
-        idx = (first[:, None] + torch.arange(width)) % self.history_len
+        idx = (first[:, None] + torch.arange(n)) % self.history_len
         slot_cpu = torch.tensor(list(slots), dtype=torch.long)
         with self._on_audio_stream():
             if after is not None and self.audio_stream is not None:
                 self.audio_stream.wait_event(self._step_events[self._ring_index(after)])
             codes = self.history[self._to_device(slot_cpu)[:, None], self._to_device(idx)].transpose(1, 2)
-            return self.decoder.decode(codes.contiguous(), slot_cpu, check=False, frames=counts)
+            return self.decoder.decode(codes.contiguous(), slot_cpu, check=False)
 
     def fetch(
         self, step: StepOutput | None, audio: Seq[torch.Tensor]

@@ -12,10 +12,6 @@ its active requests in one call. Lifecycle per stream: `reset(slot)` (or `acquir
 `decode(...)` calls, then `free(slot)`. Resetting clears every state tensor with one indexed fill for
 all the slots given, and never waits for the device (a CUDA element written from a Python number
 would copy from pageable memory and synchronise).
-
-One call may also decode a different number of frames per stream (`frames`): the codes are padded
-to the longest, and each stream's state advances by its own frames only, so an engine decodes all
-the chunks that are ready in one call whatever their sizes.
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ from transformers import MimiModel
 from transformers.models.mimi.modeling_mimi import MimiEuclideanCodebook
 
 from serve_app.model.mimi_layout import decoder_parts
-from serve_app.model.mimi_stream_seanet import RowLengths, StreamingStack
+from serve_app.model.mimi_stream_seanet import StreamingStack
 from serve_app.model.mimi_stream_transformer import StreamingTransformer
 
 
@@ -95,50 +91,33 @@ class MimiStreamDecoder:
         self._active[slot] = False
 
     @torch.inference_mode()
-    def decode(
-        self,
-        codes: torch.Tensor,
-        slots: torch.Tensor,
-        *,
-        check: bool = True,
-        frames: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Decode the next frames of each stream in `slots`.
+    def decode(self, codes: torch.Tensor, slots: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+        """Decode the next `n` frames of each stream in `slots`.
 
-        codes: (B, num_codebooks, n) long. slots: (B,) long, distinct, each reset. frames: (B,) long
-        in [1, n], the frames each stream decodes (the first ones of its row of codes; the rest is
-        padding, whatever its value); None: all n.
-        Returns (B, n * frame_samples) float32 PCM: row b's first `frames[b] * frame_samples`
-        samples are the stream's next samples (the rest is padding).
+        codes: (B, num_codebooks, n) long; every stream in one call decodes the same `n >= 1` frames
+        (group streams by `n`, or call once per group). slots: (B,) long, distinct, each reset.
+        Returns (B, n * frame_samples) float32 PCM, the next samples of each stream.
         `check=False` skips the validation (which syncs with the device) for a trusted caller.
         """
         if check:
-            self.validate(codes, slots, frames)
+            self.validate(codes, slots)
         codes = codes.to(self.device)
         slots = slots.to(self.device)
-        rows = None
-        if frames is not None:
-            frames = frames.to(self.device)
-            rows = RowLengths(frames, codes.shape[-1])
-            real = torch.arange(codes.shape[-1], device=self.device) < frames[:, None]
-            codes = torch.where(real[:, None, :], codes, 0)  # padding decodes as code 0, never garbage
         seen = self._seen[slots]
         fresh = seen == 0
         embeddings = self.mimi.quantizer.decode(codes)
-        embeddings = self._upsample(embeddings, slots, fresh, rows)
-        hidden = self._transformer(embeddings.transpose(1, 2), slots, seen, rows)
-        pcm = self._seanet(hidden.transpose(1, 2), slots, fresh, rows)
-        tokens = embeddings.shape[-1]
-        self._seen[slots] = seen + (tokens if rows is None else rows.valid(tokens))
+        embeddings = self._upsample(embeddings, slots, fresh)
+        hidden = self._transformer(embeddings.transpose(1, 2), slots, seen)
+        pcm = self._seanet(hidden.transpose(1, 2), slots, fresh)
+        self._seen[slots] = seen + embeddings.shape[-1]
         return pcm[:, 0].float()
 
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.max_streams:
             raise ValueError(f"slot {slot} out of range [0, {self.max_streams})")
 
-    def validate(self, codes: torch.Tensor, slots: torch.Tensor, frames: torch.Tensor | None = None) -> None:
-        """Raise ValueError unless `decode(codes, slots, frames=frames)` is well-formed for the
-        current slot states."""
+    def validate(self, codes: torch.Tensor, slots: torch.Tensor) -> None:
+        """Raise ValueError unless `decode(codes, slots)` is well-formed for the current slot states."""
         if codes.dim() != 3 or codes.shape[1] != self.num_codebooks or codes.shape[2] < 1:
             raise ValueError(f"codes must be (B, {self.num_codebooks}, n>=1), got {tuple(codes.shape)}")
         if codes.dtype != torch.long:
@@ -147,10 +126,6 @@ class MimiStreamDecoder:
             raise ValueError(f"slots must be ({codes.shape[0]},), got {tuple(slots.shape)}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise ValueError(f"codes must lie in [0, {self.codebook_size})")
-        if frames is not None and (
-            frames.shape != slots.shape or frames.min() < 1 or frames.max() > codes.shape[2]
-        ):
-            raise ValueError(f"frames must be ({codes.shape[0]},) in [1, {codes.shape[2]}]")
         slot_list = slots.tolist()
         if len(set(slot_list)) != len(slot_list):
             raise ValueError("slots in one decode call must be distinct")

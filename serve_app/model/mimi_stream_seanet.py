@@ -2,24 +2,19 @@
 
 transformers' `MimiConv1d` / `MimiConvTranspose1d` only see whole sequences. Decoding chunk by chunk
 gives the same samples when each causal conv remembers the last `padding_total` inputs it saw (its
-left context) and each transposed conv the last `kernel / stride - 1` inputs (the earlier inputs its
-next outputs still depend on). Every op keeps that state for `max_streams` streams
+left context) and each transposed conv remembers the `kernel - stride` output samples that the next
+input frame still adds to (its overlapping tail). Every op keeps that state for `max_streams` streams
 in one preallocated tensor; a call gathers the rows of the streams it decodes and writes them back.
-
-A call may be ragged: every row gets the same number of input samples, but only the first
-`valid[row]` of them are real (`RowLengths`) and the rest are padding. Every op is causal, so real
-outputs never depend on padding; only the state each op keeps (its last inputs) must be taken where
-the row's real input ends, not where the padded input does.
 
 All ops call the wrapped module's own `nn.Conv1d` / weights, so no parameter is copied.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.models.mimi.modeling_mimi import MimiConv1d, MimiConvTranspose1d, MimiResnetBlock
 
@@ -27,38 +22,10 @@ _STATELESS = (nn.ELU, nn.Identity)
 """Pointwise modules that need no state and run unchanged."""
 
 
-@dataclass(frozen=True)
-class RowLengths:
-    """The real frames of each row of a ragged call: `frames` (B,) long, of `total` frames per row."""
-
-    frames: torch.Tensor
-    total: int
-
-    def valid(self, length: int) -> torch.Tensor:
-        """(B,) real samples of each row of a signal `length` samples long (every layer's signal
-        has the same number of samples per frame in each row)."""
-        return self.frames * (length // self.total)
-
-
-def window(x: torch.Tensor, start: torch.Tensor, offsets: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """x[b, ..., start[b] + offsets, ...] along `dim`, for each row b: one gather (offsets: an
-    `arange(width)` kept on x's device, so no kernel builds it per call)."""
-    dim %= x.dim()
-    shape = [1] * x.dim()
-    shape[0], shape[dim] = -1, offsets.numel()
-    index = start.view(-1, *([1] * (x.dim() - 1))) + offsets.view(shape[1:] if dim else [-1])
-    size = list(x.shape)
-    size[dim] = offsets.numel()
-    return x.gather(dim, index.view(shape).expand(size))
-
-
 class StreamOp(Protocol):
-    """One layer of a streaming stack: `(x, slots, fresh, rows) -> y` with y as long as x times its
-    upsampling; `rows`: the real lengths of a ragged call (None: every sample is real)."""
+    """One layer of a streaming stack: `(x, slots, fresh) -> y` with y as long as x times its upsampling."""
 
-    def __call__(
-        self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor, rows: RowLengths | None
-    ) -> torch.Tensor: ...
+    def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor: ...
 
 
 class StreamingConv1d:
@@ -80,69 +47,56 @@ class StreamingConv1d:
         self.replicate = layer.pad_mode == "replicate"
         self.context = int(layer.padding_total)
         self.state = torch.zeros(max_streams, layer.in_channels, self.context, device=device, dtype=dtype)
-        self.offsets = torch.arange(self.context, device=device)
 
     def reset(self, slots: torch.Tensor) -> None:
         """Clear the state of `slots` (a device index tensor): one kernel, no host sync."""
         self.state.index_fill_(0, slots, 0)
 
-    def __call__(
-        self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor, rows: RowLengths | None
-    ) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
         if self.context == 0:
             return self.layer.conv(x)
         prev = self.state[slots]
         if self.replicate:
             prev = torch.where(fresh[:, None, None], x[..., :1].expand_as(prev), prev)
         padded = torch.cat([prev, x], dim=-1)
-        # The last `context` real inputs: padded[..., real : real + context] ends at the last one.
-        if rows is None:
-            self.state[slots] = padded[..., -self.context :]
-        else:
-            self.state[slots] = window(padded, rows.valid(x.shape[-1]), self.offsets)
+        self.state[slots] = padded[..., -self.context :]
         return self.layer.conv(padded)
 
 
-def polyphase_conv_transpose1d(
-    padded: torch.Tensor, weight: torch.Tensor, stride: int, groups: int, bias: torch.Tensor | None
-) -> torch.Tensor:
-    """The finished outputs of `F.conv_transpose1d(x, weight, bias, stride, groups=groups)` for
-    inputs `padded[..., blocks - 1:]` (L of them), given the `blocks - 1 = kernel / stride - 1`
-    inputs before them: (B, C_out, L * stride).
+def transposed_conv1d(x: torch.Tensor, weight: torch.Tensor, stride: int, groups: int = 1) -> torch.Tensor:
+    """`F.conv_transpose1d(x, weight, None, stride, groups=groups)` as a matmul and an overlap-add.
 
-    With kernel = blocks * stride, output block m (`stride` samples) is the sum over j < blocks of
-    input m - j times the weight's taps j * stride ... (j + 1) * stride - 1: a causal convolution
-    over the inputs with `stride` output phases per channel. So it is one matmul over the stacked
-    shifted inputs (a broadcast multiply for the depthwise upsampler) and one transpose that
-    interleaves the phases, where cuDNN would run a backward-data convolution (milliseconds per call
-    even on a few frames) and an overlap-add would build a `blocks`-times larger tensor."""
+    cuDNN runs Mimi's transposed convs as a backward-data convolution that costs milliseconds per
+    call even on a few frames (the depthwise upsampler most of all); a matmul (dense) or a broadcast
+    multiply (depthwise) over all taps at once, then adding each input's `kernel / stride` blocks of
+    `stride` outputs into place, is the same sum in a few small kernels. Shapes it does not cover
+    (kernel not a multiple of stride, other groupings) go to `F.conv_transpose1d`."""
     c_in, c_out_per_group, kernel = weight.shape
+    depthwise = groups == c_in and c_out_per_group == 1
+    if kernel % stride or not (groups == 1 or depthwise):
+        return F.conv_transpose1d(x, weight, None, stride, groups=groups)
+    b, _, length = x.shape
+    c_out = c_out_per_group * groups
+    if depthwise:  # (B, C, L, K): each channel's samples times its own taps
+        taps = x[..., None] * weight[:, 0, None, :]
+    else:  # (B, L, C_out, K) → (B, C_out, L, K)
+        taps = (x.transpose(1, 2) @ weight.reshape(c_in, c_out * kernel)).view(b, length, c_out, kernel)
+        taps = taps.permute(0, 2, 1, 3)
     blocks = kernel // stride
-    batch, _, total = padded.shape
-    length = total - (blocks - 1)
-    # (B, blocks, C_in, L): shifted[:, j, :, m] is input m - j.
-    shifted = torch.stack([padded[..., blocks - 1 - j : total - j] for j in range(blocks)], dim=1)
-    if groups == 1:
-        taps = weight.view(c_in, c_out_per_group, blocks, stride).permute(1, 3, 2, 0)
-        phases = taps.reshape(c_out_per_group * stride, blocks * c_in) @ shifted.view(batch, -1, length)
-        c_out = c_out_per_group
-    else:  # depthwise
-        phases = torch.einsum("bjcl,cjp->bcpl", shifted, weight.view(c_in, blocks, stride))
-        c_out = c_in
-    phases = phases.view(batch, c_out, stride, length)
-    if bias is not None:
-        phases = phases + bias[:, None, None]
-    return phases.transpose(2, 3).reshape(batch, c_out, length * stride)
+    taps = taps.reshape(b, c_out, length, blocks, stride)
+    out = F.pad(taps[..., 0, :], (0, 0, 0, blocks - 1))
+    for j in range(1, blocks):  # block j of input l lands on output block l + j
+        out = out + F.pad(taps[..., j, :], (0, 0, j, blocks - 1 - j))
+    return out.reshape(b, c_out, (length + blocks - 1) * stride)
 
 
 class StreamingConvTranspose1d:
     """Causal `MimiConvTranspose1d` that emits only finished samples.
 
     With `trim_right_ratio == 1` the full decode keeps the first `T * stride` samples of T inputs,
-    and exactly those are final once the T-th input is in. Each output block depends on the last
-    `kernel / stride` inputs (`polyphase_conv_transpose1d`), so a stream keeps its last
-    `kernel / stride - 1` inputs as its state, like a causal conv. Other trim ratios drop samples at
-    the start and would shift every chunk boundary.
+    and exactly those are final once the T-th input is in: the last `kernel - stride` samples still
+    receive contributions from the next input, so they are kept (without bias) and added to the next
+    chunk's head. Other trim ratios drop samples at the start and would shift every chunk boundary.
     """
 
     def __init__(
@@ -155,29 +109,24 @@ class StreamingConvTranspose1d:
             raise ValueError("unexpected padding/dilation on a MimiConvTranspose1d")
         self.conv = conv
         self.stride = conv.stride[0]
-        kernel, groups = conv.kernel_size[0], conv.groups
-        depthwise = groups == conv.in_channels == conv.out_channels
-        if kernel % self.stride or not (groups == 1 or depthwise):
-            raise ValueError(
-                "streaming needs transposed convs, dense or depthwise, with kernel a multiple of stride"
-            )
-        self.context = kernel // self.stride - 1
-        self.state = torch.zeros(max_streams, conv.in_channels, self.context, device=device, dtype=dtype)
-        self.offsets = torch.arange(self.context, device=device)
+        self.overlap = conv.kernel_size[0] - self.stride
+        if self.overlap < 0:
+            raise ValueError("kernel_size smaller than stride is not supported")
+        self.state = torch.zeros(max_streams, conv.out_channels, self.overlap, device=device, dtype=dtype)
 
     def reset(self, slots: torch.Tensor) -> None:
         self.state.index_fill_(0, slots, 0)
 
-    def __call__(
-        self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor, rows: RowLengths | None
-    ) -> torch.Tensor:
-        padded = torch.cat([self.state[slots], x], dim=-1) if self.context else x
-        if self.context and rows is None:
-            self.state[slots] = padded[..., -self.context :]
-        elif self.context:  # the last real inputs of each row
-            self.state[slots] = window(padded, rows.valid(x.shape[-1]), self.offsets)
-        conv = self.conv
-        return polyphase_conv_transpose1d(padded, conv.weight, self.stride, conv.groups, conv.bias)
+    def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+        y = transposed_conv1d(x, self.conv.weight, self.stride, self.conv.groups)
+        if self.overlap:
+            y[..., : self.overlap] += self.state[slots]
+        done = x.shape[-1] * self.stride
+        self.state[slots] = y[..., done:]
+        out = y[..., :done]
+        if self.conv.bias is not None:
+            out = out + self.conv.bias[:, None]
+        return out
 
 
 class StreamingResnetBlock:
@@ -187,17 +136,15 @@ class StreamingResnetBlock:
         self.block = block
         self.shortcut = shortcut
 
-    def __call__(
-        self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor, rows: RowLengths | None
-    ) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
         h = x
         for op in self.block:
-            h = op(h, slots, fresh, rows)
-        return self.shortcut(x, slots, fresh, rows) + h
+            h = op(h, slots, fresh)
+        return self.shortcut(x, slots, fresh) + h
 
 
 def _stateless(module: nn.Module) -> StreamOp:
-    return lambda x, slots, fresh, rows: module(x)
+    return lambda x, slots, fresh: module(x)
 
 
 class StreamingStack:
@@ -229,9 +176,7 @@ class StreamingStack:
         for op in self.stateful:
             op.reset(slots)
 
-    def __call__(
-        self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor, rows: RowLengths | None = None
-    ) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
         for op in self.ops:
-            x = op(x, slots, fresh, rows)
+            x = op(x, slots, fresh)
         return x

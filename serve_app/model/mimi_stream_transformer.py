@@ -7,9 +7,7 @@ keys/values: each slot keeps exactly those, in order, in a fixed-size cache. A c
 young stream has not filled yet. RoPE uses the same absolute positions as the full decode.
 
 The cache size is fixed, so a call costs the same at every point of a stream (and keeps shapes
-static for CUDA graphs). In a ragged call (`RowLengths`) each row keeps the keys/values that end
-at its last real token: padding tokens come after every real one, so causal attention never lets
-a real token see them. Layers are the wrapped model's own modules; no weight is copied.
+static for CUDA graphs). Layers are the wrapped model's own modules; no weight is copied.
 """
 
 from __future__ import annotations
@@ -17,8 +15,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from transformers.models.mimi.modeling_mimi import MimiTransformerModel, apply_rotary_pos_emb
-
-from serve_app.model.mimi_stream_seanet import RowLengths, window
 
 
 class StreamingTransformer:
@@ -38,7 +34,6 @@ class StreamingTransformer:
         shape = (len(model.layers), max_streams, config.num_key_value_heads, self.context, self.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
-        self.offsets = torch.arange(self.context, device=device)
 
     def reset(self, slots: torch.Tensor) -> None:
         """Forget the cached keys/values of `slots` (a device index tensor)."""
@@ -53,13 +48,9 @@ class StreamingTransformer:
         k, q = key_pos[:, None, :], query_pos[:, :, None]
         return ((k >= 0) & (k <= q) & (k > q - self.window))[:, None]
 
-    def __call__(
-        self, x: torch.Tensor, slots: torch.Tensor, past: torch.Tensor, rows: RowLengths | None = None
-    ) -> torch.Tensor:
-        """x: (B, L, hidden) new tokens; past: (B,) tokens each slot has already seen; rows: the
-        real tokens of each row of a ragged call (None: all L)."""
+    def __call__(self, x: torch.Tensor, slots: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, hidden) new tokens; past: (B,) tokens each slot has already seen."""
         batch, length, _ = x.shape
-        real = None if rows is None else rows.valid(length)
         positions = past[:, None] + torch.arange(length, device=x.device)
         cos, sin = self.model.rotary_emb(x, positions)
         mask = self._mask(past, length)
@@ -72,12 +63,9 @@ class StreamingTransformer:
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             k = torch.cat([self.keys[index, slots], k], dim=2)
             v = torch.cat([self.values[index, slots], v], dim=2)
-            if self.context and real is None:
+            if self.context:
                 self.keys[index, slots] = k[:, :, -self.context :]
                 self.values[index, slots] = v[:, :, -self.context :]
-            elif self.context:  # the `context` positions that end at each row's last real token
-                self.keys[index, slots] = window(k, real, self.offsets, dim=2)
-                self.values[index, slots] = window(v, real, self.offsets, dim=2)
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, scale=attn.scaling, enable_gqa=self.gqa
             )

@@ -13,13 +13,14 @@ are six more launches around the four matmuls. Here they ride inside the matmul 
 - Residual epilogue, `residual + x @ W^T`.
 - Split-K: a skinny matmul with a long reduction (the down projection, K = 8192) has too few
   output tiles to keep the GPU's memory pipes busy, and one program streaming all of K is
-  latency-bound. Such matmuls split K over programs that write fp32 partial sums. At small
-  batches the programs count themselves in on a per-tile counter and the tile's last program adds
-  the partial sums in a fixed order (deterministic, unlike atomic adds) and runs the epilogue; a
-  separate reduce kernel would be one more launch per split matmul, about a third of a frame's
-  launches at batch 1. At large batches a small row-parallel kernel does the same sum after.
+  latency-bound. Such matmuls split K over programs that write fp32 partial sums; a small
+  row-parallel kernel adds them in a fixed order (deterministic, unlike atomic adds) and applies
+  the norm scale and the residual. Optionally (`IN_KERNEL_REDUCE_MAX_ROWS`) the programs of a
+  small batch count themselves in on a per-tile counter instead, and the tile's last program adds
+  the partial sums in the same order and runs the epilogue: no second launch, which at batch 1 is
+  about a third of a frame's launches.
 
-So a layer is four matmul launches (plus a reduce per split one at large batches) and attention. W may be any 2-D view
+So a layer is four matmul launches (plus a reduce per split one) and attention. W may be any 2-D view
 (N, K): the depth decoder's per-codebook heads are (K, N) tensors read through a transposed view.
 
 Numerics: fp32 accumulation; the activation and the residual add round where the eager model
@@ -315,12 +316,16 @@ CONFIG_OVERRIDES: dict[tuple[int, int, int], dict[str, int]] = {}
 """Per-(m, n, k) tiles that replace the tuned ones (benchmark sweeps)."""
 
 
-IN_KERNEL_REDUCE_MAX_ROWS = 16
+IN_KERNEL_REDUCE_MAX_ROWS = 0
 """Split matmuls of up to this many rows add their partial sums in the kernel (the tile's last
-program), larger ones in a second, row-parallel reduce kernel: the extra launch costs more than the
-work at small batches, the serial tail of a tile's last program more at large ones. The whole
-decode step on an H200, in-kernel vs reduce kernel: 7.10 vs 7.36 ms at batch 1, 7.34 vs 7.52 at
-16, 9.53 vs 9.16 at 32, 11.20 vs 10.66 at 128 (`benchmarks/results/2026-12-03-0745-nvidia-h200-fused-linear.json`)."""
+program), larger ones in a second, row-parallel reduce kernel. The extra launch costs more than the
+work at small batches, the serial tail of a tile's last program more at large ones: the whole
+decode step on an H200, in-kernel vs reduce kernel, 7.10 vs 7.36 ms at batch 1, 7.34 vs 7.52 at 16,
+9.53 vs 9.16 at 32, 11.20 vs 10.66 at 128 (`benchmarks/results/2026-12-03-0745-nvidia-h200-fused-linear.json`),
+so 16 is the measured best. It stays 0 (off) until the engine has run with it on a GPU: its first
+engine run there made the tile counters inside a CUDA-graph capture, and small-batch steps read
+uninitialised counters (`tile_locks` now refuses that; the GPU test
+`test_split_k_summed_in_kernel_replays_from_cuda_graphs_in_any_order` covers it)."""
 
 MAX_TILES = 1 << 14
 """Output tiles of one split-K launch that sums in-kernel (at most 8192 / 16 at the CSM shapes)."""
