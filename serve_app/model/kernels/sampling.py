@@ -26,7 +26,7 @@ _NOISE_SCALE: tl.constexpr = tl.constexpr(1.0 / (1 << NOISE_BITS))  # ... and th
 
 NUM_WARPS = 8
 """Warps per row's program (the sort's lanes). Timed alone on an H200, 16 warps took 17.0 µs a call
-at batch 1 where 8 took 23.1 (`benchmarks/results/2026-12-03-0745-nvidia-h200-fused-linear.json`),
+at batch 1 where 8 took 23.1 (`benchmarks/results/2026-12-03-0728-nvidia-h200-fused-linear.json`),
 but 16 has not yet run through the engine at the full vocabulary, so 8 stays."""
 
 
