@@ -322,9 +322,9 @@ program), larger ones in a second, row-parallel reduce kernel. The extra launch 
 work at small batches, the serial tail of a tile's last program more at large ones: the whole
 decode step on an H200, in-kernel vs reduce kernel, 7.10 vs 7.36 ms at batch 1, 7.34 vs 7.52 at 16,
 9.53 vs 9.16 at 32, 11.20 vs 10.66 at 128
-(`benchmarks/results/2026-12-03-0728-nvidia-h200-fused-linear.json`), so 16 is the measured best. It stays 0 (off) until the engine has run with it on a GPU: its first
-engine run there made the tile counters inside a CUDA-graph capture, and small-batch steps read
-uninitialised counters (`tile_locks` now refuses that; the GPU test
+(`benchmarks/results/2026-12-03-0728-nvidia-h200-fused-linear.json`), so 16 is the measured best.
+It stays 0 (off) until the engine has run with it on a GPU: its first engine run there made the
+tile counters inside a CUDA-graph capture, and small-batch steps read uninitialised counters (`tile_locks` now refuses that; the GPU test
 `test_split_k_summed_in_kernel_replays_from_cuda_graphs_in_any_order` covers it)."""
 
 MAX_TILES = 1 << 14
