@@ -323,9 +323,12 @@ work at small batches, the serial tail of a tile's last program more at large on
 decode step on an H200, in-kernel vs reduce kernel, 7.10 vs 7.36 ms at batch 1, 7.34 vs 7.52 at 16,
 9.53 vs 9.16 at 32, 11.20 vs 10.66 at 128
 (`benchmarks/results/2026-12-03-0728-nvidia-h200-fused-linear.json`), so 16 is the measured best.
-It stays 0 (off) until the engine has run with it on a GPU: its first engine run there made the
-tile counters inside a CUDA-graph capture, and small-batch steps read uninitialised counters (`tile_locks` now refuses that; the GPU test
-`test_split_k_summed_in_kernel_replays_from_cuda_graphs_in_any_order` covers it)."""
+It stays 0 (off) until the engine has run with it on a GPU. In its first engine run there, streams
+ended at their first frame: the tile counters had been made inside a CUDA-graph capture, so they
+were zeroed only when that graph replayed, and small-batch graphs replayed before it read whatever
+the memory held (the likely cause, not yet confirmed on a GPU). `tile_locks` now refuses to be made
+inside a capture; the GPU test `test_split_k_summed_in_kernel_replays_from_cuda_graphs_in_any_order`
+covers the replay order."""
 
 MAX_TILES = 1 << 14
 """Output tiles of one split-K launch that sums in-kernel (at most 8192 / 16 at the CSM shapes)."""
