@@ -610,6 +610,18 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="fused Triton projections up to this batch (default: the engine's default, every batch)",
     )
+    p.add_argument(
+        "--in-kernel-split-k-rows",
+        type=int,
+        default=None,
+        help="fused projections of up to this many rows sum split-K in-kernel (default: the kernel's, 0)",
+    )
+    p.add_argument(
+        "--sampler-warps",
+        type=int,
+        default=None,
+        help="warps per row of the fused sampler (default: the kernel's)",
+    )
     p.add_argument("--profile", action="store_true", help="profile a throughput run (kernel table + trace)")
     p.add_argument(
         "--profile-step",
@@ -621,6 +633,21 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--out", default=None, help="output directory (default: $OUT, else benchmarks/results)")
     return p.parse_args()
+
+
+def set_kernel_options(args: argparse.Namespace) -> dict[str, int]:
+    """Process-wide kernel settings from the command line (before the engine captures its graphs);
+    returns the settings in force, for the results."""
+    from serve_app.model.kernels import fused_linear, sampling
+
+    if args.in_kernel_split_k_rows is not None:
+        fused_linear.IN_KERNEL_REDUCE_MAX_ROWS = args.in_kernel_split_k_rows
+    if args.sampler_warps is not None:
+        sampling.NUM_WARPS = args.sampler_warps
+    return {
+        "in_kernel_split_k_max_rows": fused_linear.IN_KERNEL_REDUCE_MAX_ROWS,
+        "sampler_warps": sampling.NUM_WARPS,
+    }
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -700,6 +727,7 @@ def main() -> None:
     codec = MimiCodec.random(mimi_config(args.smoke), seed=0).to(device)
     loaded = LoadedModel(served, tokenizer, codec, {"model": res["model"], "device": device})
     lower_switch_interval()  # as a model replica does
+    kernels = set_kernel_options(args) if device == "cuda" else {}
     t0 = time.perf_counter()
     engine = Engine(
         loaded,
@@ -710,6 +738,7 @@ def main() -> None:
     res["startup_s"] = round(time.perf_counter() - t0, 1)
     res["engine"] = {k: v for k, v in engine.loop.runner.info().items()}
     res["engine"]["chunk_frames"] = [engine.config.first_chunk_frames, engine.config.chunk_frames]
+    res["engine"]["kernels"] = kernels
     res["engine"]["dynamo_graphs"] = dict(torch._dynamo.utils.counters["stats"])
     print("engine ready", res["startup_s"], res["engine"], flush=True)
     save()
@@ -760,7 +789,8 @@ def main() -> None:
             sys.setswitchinterval(previous)
             save()
         if args.profile_step:
-            res["profile_step"] = [profile_step(engine, out_dir, int(b)) for b in args.profile_step.split(",")]
+            batches = [int(b) for b in args.profile_step.split(",")]
+            res["profile_step"] = [profile_step(engine, out_dir, b) for b in batches]
             save()
         if args.profile:
             res["profile"] = profile_run(engine, out_dir, int(args.streams.split(",")[-1]), 30)
