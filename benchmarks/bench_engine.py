@@ -433,6 +433,12 @@ def bench_bs1(engine: Engine, frames: int) -> dict[str, Any]:
     res = asyncio.run(time_stream(engine, request(PROMPT_20_WORDS, frames, seed=7)))
     wait_idle(engine)
     arrivals, sizes = res["arrivals"], res["frames"]
+    if sum(sizes) != frames or len(sizes) < 2:
+        # Random weights never end an utterance early: a short stream is a fault, not a timing.
+        error = f"the stream ended after {sum(sizes)} of {frames} frames"
+        out_short = {"bs1_error": error, "chunk_frames": sizes}
+        print("bs1", out_short, flush=True)
+        return out_short
     ms = (arrivals[-1] - arrivals[0]) * 1000 / (sum(sizes) - sizes[0])
     gaps = np.diff(arrivals) * 1000
     out = {
@@ -470,6 +476,7 @@ def bench_throughput(engine: Engine, streams: list[int], frames: int) -> list[di
             {
                 "streams": n,
                 "frames_per_stream": frames,
+                "short_streams": sum(sum(r["frames"]) < frames for r in res),  # ended early: see their count
                 "wall_s": round(wall, 3),
                 "audio_s_per_s": round(audio_s / wall, 1),
                 "slowest_stream_rtf": round(max(per_stream_rtf), 4),
@@ -819,6 +826,8 @@ def main() -> None:
     print("throughput", json.dumps(res.get("throughput")))
     print("wrote", path)
     failed = [name for name, gate in res.get("correctness", {}).items() if not gate.get("pass")]
+    if "bs1_error" in res:
+        failed.append(f"bs1 ({res['bs1_error']})")
     if failed:
         print("correctness gates FAILED:", ", ".join(failed), file=sys.stderr)
         sys.exit(1)
