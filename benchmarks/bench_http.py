@@ -172,6 +172,8 @@ def summary(results: list[Result], bytes_per_s: int) -> dict[str, Any]:
     return {
         "requests": n,
         "ok": len(done),
+        # Finished with a 200 but no audio: an utterance cannot be empty, so these are faults.
+        "empty_audio": sum(1 for r in results if r.ok and not r.audio_bytes),
         "status_503": sum(r.status == 503 for r in results),
         "rate_503": round(sum(r.status == 503 for r in results) / n, 4) if n else None,
         "errors": sum(1 for r in results if r.status not in (200, 503) or (r.error and "cut" not in r.error)),

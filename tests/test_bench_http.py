@@ -26,3 +26,11 @@ def test_summary_reports_first_audio_per_hop_for_answered_requests_only() -> Non
     assert out["api_first_audio_ms_p50"] == 44.5 and out["engine_first_audio_ms_p50"] == 34.5
     assert out["engine_first_audio_ms_p99"] < out["api_first_audio_ms_p99"] <= 49.0
     assert out["status_503"] == 1 and out["ok"] == 10
+
+
+def test_summary_counts_answers_without_audio_apart_from_the_good_ones() -> None:
+    good = bench_http.Result(start=0.0, status=200, first_byte=0.05, end=1.0, audio_bytes=48000)
+    empty = [bench_http.Result(start=0.0, status=200, end=0.02) for _ in range(3)]
+    cut = bench_http.Result(start=0.0, status=200, first_byte=0.05, audio_bytes=960, error="cut at window end")
+    out = bench_http.summary([good, *empty, cut], bytes_per_s=48000)
+    assert out["ok"] == 1 and out["empty_audio"] == 3 and out["errors"] == 0
