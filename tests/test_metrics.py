@@ -173,6 +173,39 @@ def test_metered_stream_closed_early_closes_the_engine_stream_and_counts_what_wa
     assert sample("csm_generations_in_progress") == 0
 
 
+def test_utterances_are_counted_by_end_reason_and_an_empty_one_is_counted_as_a_fault() -> None:
+    from serve_app.engine.types import AudioChunk, FinishReason
+
+    class EmptyEngine(ToneEngine):
+        """Ends every utterance at its first frame, with no audio (the fault to catch)."""
+
+        async def stream(self, request):  # type: ignore[override]
+            yield AudioChunk(
+                pcm=np.zeros(0, np.float32), codes=np.zeros((0, 32), np.int64), frames=0,
+                is_last=True, finish_reason=FinishReason.END_OF_AUDIO,
+            )
+
+    async def drain(engine: MeteredEngine, text: str) -> None:
+        async for _ in engine.stream(GenerationRequest(text=text)):
+            pass
+
+    async def leave_early(engine: MeteredEngine) -> None:
+        chunks = engine.stream(GenerationRequest(text="a long enough text for many frames"))
+        await chunks.__anext__()
+        await chunks.aclose()
+
+    before = {r: sample("csm_generations_finished_total", reason=r) for r in ("end_of_audio", "cancelled")}
+    empty = sample("csm_empty_generations_total")
+    asyncio.run(drain(MeteredEngine(ToneEngine()), "a few words"))
+    asyncio.run(leave_early(MeteredEngine(ToneEngine())))
+    assert sample("csm_generations_finished_total", reason="end_of_audio") == before["end_of_audio"] + 1
+    assert sample("csm_generations_finished_total", reason="cancelled") == before["cancelled"] + 1
+    assert sample("csm_empty_generations_total") == empty  # audio came, or the caller left
+    asyncio.run(drain(MeteredEngine(EmptyEngine()), "words that got no audio"))
+    assert sample("csm_empty_generations_total") == empty + 1
+    assert sample("csm_generations_finished_total", reason="end_of_audio") == before["end_of_audio"] + 2
+
+
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 

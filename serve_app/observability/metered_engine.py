@@ -1,8 +1,9 @@
-"""`MeteredEngine`: a `SpeechEngine` that records frames, audio seconds, real-time factor and
-generations in progress from what another one produces."""
+"""`MeteredEngine`: a `SpeechEngine` that records frames, audio seconds, real-time factor, why each
+utterance ended and generations in progress from what another one produces."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,27 +29,38 @@ class MeteredEngine:
         generations_in_progress(+1)
         try:
             audio = await self._engine.generate(request)
+        except BaseException as exc:
+            reason = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
+            observe_generation(0, 0.0, time.perf_counter() - start, reason)
+            raise
         finally:
             generations_in_progress(-1)
-        observe_generation(len(audio.codes), audio.duration_s, time.perf_counter() - start)
+        wall = time.perf_counter() - start
+        observe_generation(len(audio.codes), audio.duration_s, wall, audio.finish_reason.value)
         return audio
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[AudioChunk]:
         start = time.perf_counter()
         frames = samples = 0
+        reason = "cancelled"  # unless the last chunk or an error says otherwise
         chunks = self._engine.stream(request)
         generations_in_progress(+1)
         try:
             async for chunk in chunks:
                 frames += chunk.frames
                 samples += int(np.asarray(chunk.pcm).shape[-1])
+                if chunk.is_last and chunk.finish_reason is not None:
+                    reason = chunk.finish_reason.value
                 yield chunk
+        except Exception:
+            reason = "error"
+            raise
         finally:
             generations_in_progress(-1)
             closer = getattr(chunks, "aclose", None)
             if closer is not None:
                 await closer()  # cancel the engine's generation promptly when our caller stops early
-            observe_generation(frames, samples / SAMPLE_RATE, time.perf_counter() - start)
+            observe_generation(frames, samples / SAMPLE_RATE, time.perf_counter() - start, reason)
 
     async def encode_audio(self, pcm: np.ndarray) -> np.ndarray:
         return await self._engine.encode_audio(pcm)

@@ -90,14 +90,25 @@ CACHE_MISSES = Metric("counter", "csm_cache_misses", "Cacheable requests that we
 QUEUE_DEPTH = Metric("gauge", "csm_queue_depth", "Requests waiting for an engine slot.")
 BATCH_SIZE = Metric("gauge", "csm_batch_size", "Sequences in the engine's latest batched step.")
 GENERATIONS_IN_PROGRESS = Metric("gauge", "csm_generations_in_progress", "Utterances being generated now.")
+GENERATIONS_FINISHED = Metric(
+    "counter", "csm_generations_finished",
+    "Utterances finished, by why they ended (end_of_audio, length, silence, cancelled, error).", ("reason",))
+EMPTY_GENERATIONS = Metric(
+    "counter", "csm_empty_generations",
+    "Utterances that ended, not cancelled, with no audio at all: a fault (such as a model that ends every "
+    "utterance at its first frame), since every utterance asks for some speech.")
 
 
 def observe_time_to_first_audio(seconds: float, endpoint: str) -> None:
     TIME_TO_FIRST_AUDIO.observe(seconds, endpoint=endpoint)
 
 
-def observe_generation(frames: int, audio_seconds: float, wall_seconds: float) -> None:
-    """Record one finished (or cancelled) utterance: frames, audio length and real-time factor."""
+def observe_generation(frames: int, audio_seconds: float, wall_seconds: float, reason: str) -> None:
+    """Record one finished (or cancelled) utterance: why it ended, frames, audio length and real-time
+    factor."""
+    GENERATIONS_FINISHED.inc(reason=reason)
+    if frames == 0 and reason not in ("cancelled", "error"):
+        EMPTY_GENERATIONS.inc()
     if frames > 0:
         FRAMES_GENERATED.inc(frames)
     if audio_seconds > 0:
