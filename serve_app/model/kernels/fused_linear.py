@@ -308,10 +308,6 @@ def fit_shared_memory(cfg: dict[str, int], element_size: int, gate_up: bool) -> 
     return cfg
 
 
-def grid_tiles(n: int, m: int, cfg: dict[str, int]) -> int:
-    return triton.cdiv(n, cfg["BLOCK_N"]) * triton.cdiv(m, cfg["BLOCK_M"])
-
-
 CONFIG_OVERRIDES: dict[tuple[int, int, int], dict[str, int]] = {}
 """Per-(m, n, k) tiles that replace the tuned ones (benchmark sweeps)."""
 
@@ -387,7 +383,7 @@ def launch(
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]), split)
     res = residual if residual is not None else out
     part = sq = locks = out  # placeholders for pointers the kernel does not read
-    in_kernel = split > 1 and m <= IN_KERNEL_REDUCE_MAX_ROWS and grid_tiles(n, m, cfg) <= MAX_TILES
+    in_kernel = split > 1 and m <= IN_KERNEL_REDUCE_MAX_ROWS and grid[0] * grid[1] <= MAX_TILES
     if split > 1:
         part = torch.empty(split, m, n, dtype=torch.float32, device=x.device)
     if in_kernel:
