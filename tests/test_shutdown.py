@@ -33,6 +33,9 @@ from tests.support_ray import free_port, local_config, worker_env
 
 STARTUP_TIMEOUT_S = 180
 STOP_TIMEOUT_S = 90  # the drain, then the ingress replicas' 30 s direct-ingress draining period
+SERVE_RUN_EXIT_TIMEOUT_S = 180
+"""A bare `serve run` exits through Ray's own shutdown, the replicas' 30 s graceful period included;
+in the full suite, beside the session's in-process Ray on two cores, that took over 90 s."""
 STREAM_MS = 8000
 STREAM_BYTES = STREAM_MS * 24 * 2  # 16-bit PCM at 24 kHz
 FORBIDDEN = ("Aborted", "core dumped", "SIGABRT", "*** SIGTERM received", "Traceback (most recent call last)")
@@ -73,7 +76,11 @@ def _server(
 
 
 def _stop_during_a_stream(
-    port: int, process: subprocess.Popen, sig: signal.Signals
+    port: int,
+    process: subprocess.Popen,
+    sig: signal.Signals,
+    log: Path,
+    exit_timeout_s: float = STOP_TIMEOUT_S,
 ) -> tuple[StreamOutcome, int, int | str]:
     """Start a stream, send `sig` once audio flows, try a new request a second later; return how the
     stream ended, the exit status, and the new request's status (or its error)."""
@@ -106,7 +113,12 @@ def _stop_during_a_stream(
         late = type(exc).__name__
     reader.join(STOP_TIMEOUT_S)
     assert not reader.is_alive(), "the stream hung after the signal"
-    return outcome, process.wait(timeout=STOP_TIMEOUT_S), late
+    signalled = time.monotonic()
+    try:
+        return outcome, process.wait(timeout=exit_timeout_s), late
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {time.monotonic() - signalled:.0f} s after {sig.name}; its log ends:\n"
+                    + log.read_text(errors="replace")[-4000:])
 
 
 def _assert_clean_exit(status: int, log: Path, port: int) -> None:
@@ -136,7 +148,7 @@ def test_csm_serve_config_drains_a_stream_on_sigterm(tmp_path: Path, ingress: st
     config = str(_config_file(tmp_path, port))
     command = [sys.executable, "-m", "serve_app.cli", "serve", "--config", config, "--ingress", ingress]
     with _server(command, port, log, _ray_tmp()) as process:
-        outcome, status, late = _stop_during_a_stream(port, process, signal.SIGTERM)
+        outcome, status, late = _stop_during_a_stream(port, process, signal.SIGTERM, log)
     assert (outcome.status, outcome.error, outcome.received) == (200, None, STREAM_BYTES), outcome
     assert late == 503  # refused with Retry-After while the stream finishes, not the proxy's 404
     _assert_clean_exit(status, log, port)
@@ -151,7 +163,8 @@ def test_serve_run_stops_on_sigint_and_the_stream_ends(tmp_path: Path) -> None:
     port, log = free_port(), tmp_path / "serve.log"
     command = [str(Path(sys.executable).with_name("serve")), "run", str(_config_file(tmp_path, port))]
     with _server(command, port, log, _ray_tmp()) as process:
-        outcome, status, _ = _stop_during_a_stream(port, process, signal.SIGINT)
+        timeout = SERVE_RUN_EXIT_TIMEOUT_S
+        outcome, status, _ = _stop_during_a_stream(port, process, signal.SIGINT, log, timeout)
     assert outcome.status == 200
     # Ray removes its proxy at once: the stream is cut (no final chunk) unless it had just finished.
     assert outcome.received == STREAM_BYTES or "incomplete chunked read" in (outcome.error or ""), outcome
@@ -164,7 +177,7 @@ def test_csm_serve_preset_drains_a_stream_on_sigterm(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "serve_app.cli", "serve", "--preset", "tiny-random", "--device", "cpu",
                "--port", str(port)]
     with _server(command, port, log, _ray_tmp()) as process:
-        outcome, status, late = _stop_during_a_stream(port, process, signal.SIGTERM)
+        outcome, status, late = _stop_during_a_stream(port, process, signal.SIGTERM, log)
     assert (outcome.status, outcome.error, outcome.received) == (200, None, STREAM_BYTES), outcome
     assert late == "ConnectError"  # uvicorn stopped listening at once
     _assert_clean_exit(status, log, port)
