@@ -33,9 +33,6 @@ from tests.support_ray import free_port, local_config, worker_env
 
 STARTUP_TIMEOUT_S = 180
 STOP_TIMEOUT_S = 90  # the drain, then the ingress replicas' 30 s direct-ingress draining period
-SERVE_RUN_EXIT_TIMEOUT_S = 180
-"""A bare `serve run` exits through Ray's own shutdown, the replicas' 30 s graceful period included;
-in the full suite, beside the session's in-process Ray on two cores, that took over 90 s."""
 STREAM_MS = 8000
 STREAM_BYTES = STREAM_MS * 24 * 2  # 16-bit PCM at 24 kHz
 FORBIDDEN = ("Aborted", "core dumped", "SIGABRT", "*** SIGTERM received", "Traceback (most recent call last)")
@@ -80,7 +77,6 @@ def _stop_during_a_stream(
     process: subprocess.Popen,
     sig: signal.Signals,
     log: Path,
-    exit_timeout_s: float = STOP_TIMEOUT_S,
 ) -> tuple[StreamOutcome, int, int | str]:
     """Start a stream, send `sig` once audio flows, try a new request a second later; return how the
     stream ended, the exit status, and the new request's status (or its error)."""
@@ -115,7 +111,7 @@ def _stop_during_a_stream(
     assert not reader.is_alive(), "the stream hung after the signal"
     signalled = time.monotonic()
     try:
-        return outcome, process.wait(timeout=exit_timeout_s), late
+        return outcome, process.wait(timeout=STOP_TIMEOUT_S), late
     except subprocess.TimeoutExpired:
         pytest.fail(f"still running {time.monotonic() - signalled:.0f} s after {sig.name}; its log ends:\n"
                     + log.read_text(errors="replace")[-4000:])
@@ -163,8 +159,7 @@ def test_serve_run_stops_on_sigint_and_the_stream_ends(tmp_path: Path) -> None:
     port, log = free_port(), tmp_path / "serve.log"
     command = [str(Path(sys.executable).with_name("serve")), "run", str(_config_file(tmp_path, port))]
     with _server(command, port, log, _ray_tmp()) as process:
-        timeout = SERVE_RUN_EXIT_TIMEOUT_S
-        outcome, status, _ = _stop_during_a_stream(port, process, signal.SIGINT, log, timeout)
+        outcome, status, _ = _stop_during_a_stream(port, process, signal.SIGINT, log)
     assert outcome.status == 200
     # Ray removes its proxy at once: the stream is cut (no final chunk) unless it had just finished.
     assert outcome.received == STREAM_BYTES or "incomplete chunked read" in (outcome.error or ""), outcome
