@@ -621,13 +621,19 @@ def parse_args() -> argparse.Namespace:
         "--in-kernel-split-k-rows",
         type=int,
         default=None,
-        help="fused projections of up to this many rows sum split-K in-kernel (default: the kernel's, 0)",
+        help="fused projections of up to this many rows sum split-K in-kernel (default: the kernel's)",
     )
     p.add_argument(
         "--sampler-warps",
         type=int,
         default=None,
         help="warps per row of the fused sampler (default: the kernel's)",
+    )
+    p.add_argument(
+        "--pdl",
+        choices=("off", "wait", "early"),
+        default=None,
+        help="programmatic dependent launch of the Triton kernels (default: the kernels')",
     )
     p.add_argument("--profile", action="store_true", help="profile a throughput run (kernel table + trace)")
     p.add_argument(
@@ -642,18 +648,21 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def set_kernel_options(args: argparse.Namespace) -> dict[str, int]:
+def set_kernel_options(args: argparse.Namespace) -> dict[str, Any]:
     """Process-wide kernel settings from the command line (before the engine captures its graphs);
     returns the settings in force, for the results."""
-    from serve_app.model.kernels import fused_linear, sampling
+    from serve_app.model.kernels import fused_linear, pdl, sampling
 
     if args.in_kernel_split_k_rows is not None:
         fused_linear.IN_KERNEL_REDUCE_MAX_ROWS = args.in_kernel_split_k_rows
     if args.sampler_warps is not None:
         sampling.NUM_WARPS = args.sampler_warps
+    if args.pdl is not None:
+        pdl.MODE = args.pdl
     return {
         "in_kernel_split_k_max_rows": fused_linear.IN_KERNEL_REDUCE_MAX_ROWS,
         "sampler_warps": sampling.NUM_WARPS,
+        "pdl": pdl.MODE,
     }
 
 

@@ -10,6 +10,13 @@ Sections (written to the JSON as each finishes):
   reduce      the fused decode step per batch with split-K sums added inside the matmul kernel
               (the tile's last program) and by a separate reduce kernel
   sampler     the fused sampler kernel per batch and warps per row
+  cold        per CSM-1B projection and batch class: every tile of a wide sweep timed as it runs in
+              the step, its weight read from HBM (a graph of launches over copies of the weight that
+              together overflow L2), not replayed from L2 as in `tiles`; the kernels compile first
+              in parallel worker processes
+  variants    the whole decode step per batch under each kernel setting (the shipped tiles or the
+              cold sweep's, split-K sums in-kernel, sampler warps, programmatic dependent launch),
+              with the frame's codes compared to the shipped setting's
 
     PYTHONPATH=. python3 benchmarks/bench_fused_linear.py      # writes $OUT/<date>-<gpu>-fused-linear.json
 """
@@ -17,6 +24,7 @@ Sections (written to the JSON as each finishes):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -24,7 +32,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +172,181 @@ def tiles(batches: list[int], budget_s: float, shapes: list[str]) -> list[dict[s
     return rows
 
 
+L2_OVERFLOW_BYTES = 256 << 20
+"""Weight bytes one timed sequence streams: five times an H100/H200's 50 MB L2, so every launch
+reads its weight from HBM as it does inside the step."""
+
+COLD_CLASSES = {16: 1, 64: 64, 128: 128, 256: 256}
+"""Batch class (`fl.batch_class`) → the batch its tiles are timed at."""
+
+
+def cold_candidates(m: int, k: int, gate_up: bool) -> list[dict[str, int]]:
+    """The sweep's tiles for a batch of m rows and a reduction of k (gate/up: no split-K)."""
+    if m <= 16:
+        bms, bns, bks, splits = (16,), (32, 64, 128), (128, 256), (1, 2, 4, 8, 16)
+        pipes = ((4, 3), (4, 4), (8, 4))
+    elif m <= 64:
+        bms, bns, bks, splits, pipes = (32, 64), (32, 64, 128), (64, 128), (1, 2, 4), ((4, 3), (4, 4))
+    elif m <= 128:
+        bms, bns, bks, splits = (64, 128), (32, 64, 128), (64,), (1, 2, 4)
+        pipes = ((4, 3), (4, 4), (8, 3), (8, 4))
+    else:
+        bms, bns, bks, splits, pipes = (64, 128), (64, 128), (64,), (1, 2), ((4, 3), (8, 3), (8, 4))
+    return [
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": s, "num_warps": w, "num_stages": st}
+        for bm in bms
+        for bn in bns
+        for bk in bks
+        for s in splits
+        for w, st in pipes
+        if s * bk <= k and not (gate_up and s > 1)
+    ]
+
+
+def cold_inputs(m: int, n: int, k: int, kind: str, copies: int, seed: int = 0) -> dict[str, Any]:
+    """x, the norm weight, the residual and `copies` weights of one projection (bf16, on the GPU)."""
+    gen = torch.Generator("cuda").manual_seed(seed)
+    dev, dtype = "cuda", torch.bfloat16
+    rows = 2 * n if kind == "gate_up" else n
+    if kind == "head":
+        ws = [(torch.randn(k, n, device=dev, dtype=dtype, generator=gen) * 0.02).t() for _ in range(copies)]
+    else:
+        ws = [torch.randn(rows, k, device=dev, dtype=dtype, generator=gen) * 0.02 for _ in range(copies)]
+    return {
+        "x": torch.randn(m, k, device=dev, dtype=dtype, generator=gen),
+        "ws": ws,
+        "norm": torch.rand(k, device=dev, dtype=dtype, generator=gen) + 0.5 if kind != "residual" else None,
+        "residual": torch.randn(m, n, device=dev, dtype=dtype, generator=gen) if kind == "residual" else None,
+        "gate_up": kind == "gate_up",
+    }
+
+
+def cold_launches(inputs: dict[str, Any]) -> Callable[[], None]:
+    """One launch per weight copy, as the step launches them."""
+
+    def run() -> None:
+        for w in inputs["ws"]:
+            fl.launch(inputs["x"], w, inputs["norm"], inputs["residual"], 1e-5, inputs["gate_up"])
+
+    return run
+
+
+def cold_tasks(shapes: list[str]) -> list[tuple[int, str, dict[str, int]]]:
+    """Every (batch, shape, tile) the cold sweep times, the shipped tile first for each pair."""
+    tasks = []
+    for cls, m in COLD_CLASSES.items():
+        for name in shapes:
+            n, k, kind = SHAPES[name]
+            shipped = fl.tiles_for(cls, n, k, kind == "gate_up")
+            cands = [shipped] + [c for c in cold_candidates(m, k, kind == "gate_up") if c != shipped]
+            tasks += [(m, name, cfg) for cfg in cands]
+    return tasks
+
+
+def _compile_worker(tasks: list[tuple[int, str, dict[str, int]]]) -> list[int]:
+    """Compile (by running once) each task's kernel; the indices of those that failed."""
+    failed = []
+    cache: dict[tuple[int, str], dict[str, Any]] = {}
+    for i, (m, name, cfg) in enumerate(tasks):
+        n, k, kind = SHAPES[name]
+        inputs = cache.get((m, name))
+        if inputs is None:
+            cache.clear()
+            inputs = cache[(m, name)] = cold_inputs(m, n, k, kind, 1)
+        fl.CONFIG_OVERRIDES[(m, n, k)] = cfg
+        try:
+            cold_launches(inputs)()
+            torch.cuda.synchronize()
+        except Exception:  # noqa: BLE001  # a tile that does not fit: the sweep skips it
+            failed.append(i)
+    return failed
+
+
+def precompile(tasks: list[tuple[int, str, dict[str, int]]], workers: int) -> set[int]:
+    """Compile every task's kernel in worker processes sharing Triton's disk cache (compiling is
+    CPU-bound and serial in one process), each distinct kernel once; the indices of the tasks whose
+    kernel failed to compile or launch."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    def kernel_of(task: tuple[int, str, dict[str, int]]) -> tuple[Any, ...]:
+        m, name, cfg = task  # the shapes differ only in values the kernel is not specialised on
+        return (m, SHAPES[name][2], tuple(sorted(cfg.items())))
+
+    first: dict[tuple[Any, ...], int] = {}
+    for i, task in enumerate(tasks):
+        first.setdefault(kernel_of(task), i)
+    unique = list(first.values())
+    shards = [unique[i::workers] for i in range(workers)]
+    failed_kernels: set[tuple[Any, ...]] = set()
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {
+            pool.submit(_compile_worker, [tasks[i] for i in shard]): shard for shard in shards if shard
+        }
+        for future in cf.as_completed(futures):
+            shard = futures[future]
+            failed_kernels |= {kernel_of(tasks[shard[j]]) for j in future.result()}
+    return {i for i, task in enumerate(tasks) if kernel_of(task) in failed_kernels}
+
+
+def cold(shapes: list[str], budget_s: float, workers: int) -> tuple[list[dict[str, Any]], dict[Any, Any]]:
+    """The cold sweep's rows, and the table of its fastest tiles (`fl.TUNED`'s format)."""
+    tasks = cold_tasks(shapes)
+    t0 = time.perf_counter()
+    failed = precompile(tasks, workers)
+    print(
+        f"cold: compiled {len(tasks)} kernels ({len(failed)} failed) in {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
+    t_end = time.perf_counter() + budget_s
+    by_pair: dict[tuple[int, str], list[tuple[int, dict[str, int]]]] = {}
+    for i, (m, name, cfg) in enumerate(tasks):
+        by_pair.setdefault((m, name), []).append((i, cfg))
+    rows, table = [], {}
+    for (m, name), cands in by_pair.items():
+        if time.perf_counter() > t_end:
+            print("cold: out of time", flush=True)
+            break
+        n, k, kind = SHAPES[name]
+        weight_bytes = (2 * n if kind == "gate_up" else n) * k * 2
+        inputs = cold_inputs(m, n, k, kind, max(4, -(-L2_OVERFLOW_BYTES // weight_bytes)))
+        run = cold_launches(inputs)
+        per_launch = len(inputs["ws"])
+        timed = []
+        for i, cfg in cands:
+            if i in failed:
+                continue
+            fl.CONFIG_OVERRIDES[(m, n, k)] = cfg
+            try:
+                timed.append((graph_us(run, 10) / per_launch, cfg))
+            except Exception as exc:  # noqa: BLE001
+                print("cold: skip", name, m, cfg, type(exc).__name__, flush=True)
+        fl.CONFIG_OVERRIDES.clear()
+        if not timed:
+            continue
+        shipped_us = timed[0][0] if cands[0][0] not in failed else None
+        best_us, best = min(timed, key=lambda t: t[0])
+        cls = next(c for c, mm in COLD_CLASSES.items() if mm == m)
+        table[(cls, n, k)] = tuple(
+            best[key] for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages")
+        )
+        row = {
+            "shape": name,
+            "m": m,
+            "batch_class": cls,
+            "weight_mb": round(weight_bytes / 1e6, 1),
+            "tiles_timed": len(timed),
+            "shipped": cands[0][1],
+            "shipped_us": round(shipped_us, 2) if shipped_us is not None else None,
+            "best": best,
+            "best_us": round(best_us, 2),
+            "best_gb_per_s": round(weight_bytes / (best_us * 1e-6) / 1e9, 1),
+        }
+        rows.append(row)
+        print("cold", row, flush=True)
+    return rows, table
+
+
 def decode_frame(
     fast: FastStep,
     embeds: torch.Tensor,
@@ -262,12 +445,88 @@ def sampler_warps(batches: list[int], vocab: int = 2048) -> list[dict[str, Any]]
             row: dict[str, Any] = {"batch": b, "default_warps": default}
             for warps in (1, 2, 4, 8, 16):
                 ks.NUM_WARPS = warps
-                row[f"warps_{warps}_us"] = round(graph_us(lambda: ks.sample_top_k(*args)), 2)
+                row[f"warps_{warps}_us"] = round(graph_us(functools.partial(ks.sample_top_k, *args)), 2)
             rows.append(row)
             print("sampler", row, flush=True)
     finally:
         ks.NUM_WARPS = default
     return rows
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "shipped": {},
+    "in_kernel_16": {"in_kernel_rows": 16},
+    "sampler_16_warps": {"sampler_warps": 16},
+    "pdl_wait": {"pdl": "wait"},
+    "pdl_early": {"pdl": "early"},
+    "cold_tiles": {"tiles": "cold"},
+    "all_wait": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "wait"},
+    "all_early": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "early"},
+}
+"""Kernel settings the `variants` section times, each against the shipped defaults."""
+
+
+@contextlib.contextmanager
+def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) -> Iterator[None]:
+    """Apply one `VARIANTS` setting to the kernel modules' switches, and restore them after."""
+    from serve_app.model.kernels import pdl
+    from serve_app.model.kernels import sampling as ks
+
+    saved = (fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, ks.NUM_WARPS, pdl.MODE)
+    try:
+        if setting.get("tiles") == "cold":
+            if not cold_table:
+                raise RuntimeError("no cold sweep table")
+            fl.TUNED = {**fl.TUNED, **cold_table}
+        fl.IN_KERNEL_REDUCE_MAX_ROWS = setting.get("in_kernel_rows", fl.IN_KERNEL_REDUCE_MAX_ROWS)
+        ks.NUM_WARPS = setting.get("sampler_warps", ks.NUM_WARPS)
+        pdl.MODE = setting.get("pdl", pdl.MODE)
+        yield
+    finally:
+        fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, ks.NUM_WARPS, pdl.MODE = saved
+
+
+@torch.inference_mode()
+def variants(
+    batches: list[int],
+    kv_len: int,
+    cold_table: dict[Any, Any] | None,
+    names: list[str],
+    rows: list[dict[str, Any]],
+    on_row: Callable[[], None],
+) -> None:
+    """The graphed decode step (backbone step + 31-codebook depth frame) per batch and `VARIANTS`
+    setting, appended to `rows` (`on_row` after each); each setting's codes against the shipped
+    setting's (identical where only the launch mode differs, since no arithmetic changes)."""
+    model = random_csm(CSM_1B, "cuda").to(torch.bfloat16)
+    model.setup_caches(max(batches))
+    gen = torch.Generator("cuda").manual_seed(1)
+    for b in batches:
+        embeds = (
+            torch.randn(b, CSM_1B.backbone.dim, device="cuda", dtype=torch.bfloat16, generator=gen) * 0.02
+        )
+        positions = torch.full((b,), kv_len - 1, device="cuda", dtype=torch.long)
+        ones = torch.ones(b, device="cuda", dtype=torch.long)
+        sampling = (ones.float() * 0.9, ones * 50, torch.arange(b, device="cuda"), ones)
+        row: dict[str, Any] = {"batch": b, "kv_window": kv_len}
+        codes: dict[str, torch.Tensor] = {}
+        for name in ["shipped", *(n for n in names if n != "shipped")]:
+            setting = VARIANTS[name]
+            try:
+                with kernel_settings(setting, cold_table):
+                    fast = FastStep(model, 2048, fused_attention=True, linear_max_batch=1 << 16)
+                    frame = functools.partial(decode_frame, fast, embeds, positions, kv_len, sampling)
+                    row[f"{name}_ms"] = round(graph_us(frame, 20) / 1000, 3)
+                    codes[name] = frame().clone()
+            except Exception as exc:  # noqa: BLE001  # one failed setting must not end the section
+                row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                continue
+            if name != "shipped" and "shipped" in codes:
+                row[f"{name}_codes_equal"] = round(float(codes[name].eq(codes["shipped"]).float().mean()), 4)
+            row[f"{name}_end_codes"] = int(codes[name].eq(0).all(dim=1).sum())
+        rows.append(row)
+        on_row()
+        print("variants", row, flush=True)
 
 
 def main() -> None:
@@ -276,6 +535,11 @@ def main() -> None:
     p.add_argument("--tile-budget-s", type=float, default=240)
     p.add_argument("--step-batches", default="1,2,4,8,16,32,64,128")
     p.add_argument("--shapes", default=",".join(SHAPES), help="projections to sweep")
+    p.add_argument("--variant-batches", default="1,128,256,16,64")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="settings the variants section times")
+    p.add_argument("--cold-table", help="a results file whose cold_table the variants use (no sweep)")
+    p.add_argument("--cold-budget-s", type=float, default=240, help="timing budget of the cold sweep")
+    p.add_argument("--compile-workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     p.add_argument("--skip", default="")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -296,6 +560,18 @@ def main() -> None:
     def save() -> None:
         path.write_text(json.dumps(res, indent=1))
 
+    cold_table = None
+    if args.cold_table:
+        loaded = json.loads(Path(args.cold_table).read_text())["cold_table"]
+        cold_table = {tuple(map(int, key.split("/"))): tuple(v) for key, v in loaded.items()}
+    elif "cold" not in skip:
+        res["cold"], cold_table = cold(args.shapes.split(","), args.cold_budget_s, args.compile_workers)
+        res["cold_table"] = {f"{c}/{n}/{k}": list(v) for (c, n, k), v in sorted(cold_table.items())}
+        save()
+    if "variants" not in skip:
+        batches = [int(b) for b in args.variant_batches.split(",")]
+        res["variants"] = []
+        variants(batches, 256, cold_table, args.variants.split(","), res["variants"], save)
     if "step" not in skip:
         res["step"], res["agreement"] = step([int(b) for b in args.step_batches.split(",")], 256)
         save()

@@ -138,7 +138,8 @@ def test_a_step_with_fused_projections_makes_its_split_k_counters_before_any_cap
 
     module._TILE_LOCKS.clear()
     FastStep(se.wide_head_model().to(DEVICE), 2048, fused_attention=True, linear_max_batch=4)
-    assert not module._TILE_LOCKS[DEVICE].any()
+    (locks,) = module._TILE_LOCKS.values()
+    assert locks is module.tile_locks(DEVICE) and not locks.any()  # "cuda" and "cuda:0" share them
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs")
@@ -150,6 +151,7 @@ def test_split_k_summed_in_kernel_replays_from_cuda_graphs_in_any_order(
 
     tiles = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "SPLIT_K": 4, "num_warps": 4, "num_stages": 2}
     monkeypatch.setattr(module, "CONFIG_OVERRIDES", {(1, 96, 512): tiles, (2, 96, 512): tiles})
+    monkeypatch.setattr(module, "IN_KERNEL_REDUCE_MAX_ROWS", 2)
     gen = torch.Generator().manual_seed(9)
     w = torch.randn(96, 512, generator=gen).to(DEVICE, torch.bfloat16)
     g = (torch.rand(512, generator=gen) + 0.5).to(DEVICE, torch.bfloat16)
@@ -173,6 +175,59 @@ def test_split_k_summed_in_kernel_replays_from_cuda_graphs_in_any_order(
     for got, expected in zip(outs, want, strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert not module.tile_locks(DEVICE).any()
+
+
+def test_dependent_launch_is_off_where_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serve_app.model.kernels import pdl
+
+    for mode in pdl.MODES:
+        monkeypatch.setattr(pdl, "MODE", mode)
+        assert pdl.launch_options(torch.device("cpu")) == {"PDL_WAIT": False, "PDL_EARLY": False}
+    monkeypatch.setattr(pdl, "MODE", "sometimes")
+    with pytest.raises(ValueError, match="not one of"):
+        pdl.launch_options(DEVICE)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="programmatic dependent launch")
+@pytest.mark.parametrize("mode", ["wait", "early"])
+@torch.inference_mode()
+def test_dependent_launches_replay_the_fused_frame_bit_for_bit(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every kernel waits for its predecessor before touching memory, so a graph of the whole fused
+    step (projections, split-K sums, attention, sampler) gives the same bits in every mode."""
+    from serve_app.model.kernels import pdl
+
+    if not pdl.device_supports(DEVICE.index or 0):
+        pytest.skip("this GPU or Triton has no programmatic dependent launch")
+    model = se.wide_head_model().to(DEVICE, torch.bfloat16)
+    model.setup_caches(3)
+    gen = torch.Generator().manual_seed(3)
+    embeds = torch.randn(3, model.cfg.backbone.dim, generator=gen).to(DEVICE, torch.bfloat16)
+    positions = torch.tensor([4, 9, -1], device=DEVICE)
+    sampling = tuple(
+        torch.tensor(values, device=DEVICE) for values in ([0.9, 0.9, 1.0], [1, 50, 5], [3, 4, 5], [0, 2, 7])
+    )
+    outs = {}
+    for current in ("off", mode):
+        monkeypatch.setattr(pdl, "MODE", current)
+        assert pdl.launch_options(DEVICE)["PDL_WAIT"] == (current != "off")
+        fast = FastStep(model, 2048, fused_attention=True, linear_max_batch=4)
+
+        def frame(fast: FastStep = fast) -> tuple[torch.Tensor, torch.Tensor]:
+            h = fast.backbone_step(embeds, positions, 128)
+            return h, fast.depth_frame(h, *sampling)
+
+        frame()  # compiles the kernels outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = frame()
+        for _ in range(3):
+            graph.replay()
+        torch.cuda.synchronize()
+        outs[current] = tuple(t.clone() for t in out)
+    for got, want in zip(outs[mode], outs["off"], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_fused_projections_come_only_with_the_fused_attention() -> None:

@@ -21,6 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
+from serve_app.model.kernels import pdl
+from serve_app.model.kernels.pdl import enter
+
 
 @triton.jit
 def _decode_attention_kernel(
@@ -44,7 +47,10 @@ def _decode_attention_kernel(
     D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PRECISION: tl.constexpr,
+    PDL_WAIT: tl.constexpr,
+    PDL_EARLY: tl.constexpr,
 ):
+    enter(PDL_WAIT, PDL_EARLY)
     b = tl.program_id(0)
     g = tl.program_id(1)
     half: tl.constexpr = D // 2
@@ -148,6 +154,7 @@ def launch(
         BLOCK_N=32 if d > 64 else 64,
         PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",
         num_warps=4,
+        **pdl.launch_options(qkv.device),
     )
     return out
 

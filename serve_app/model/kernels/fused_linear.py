@@ -34,6 +34,9 @@ import torch
 import triton
 import triton.language as tl
 
+from serve_app.model.kernels import pdl
+from serve_app.model.kernels.pdl import enter
+
 
 @triton.jit
 def _epilogue(
@@ -98,7 +101,10 @@ def _linear_kernel(
     SPLIT_K: tl.constexpr,
     IN_KERNEL_REDUCE: tl.constexpr,
     PRECISION: tl.constexpr,
+    PDL_WAIT: tl.constexpr,
+    PDL_EARLY: tl.constexpr,
 ):
+    enter(PDL_WAIT, PDL_EARLY)
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -180,8 +186,11 @@ def _reduce_kernel(
     SPLIT_K: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    PDL_WAIT: tl.constexpr,
+    PDL_EARLY: tl.constexpr,
 ):
     """Sum split-K partials in a fixed order (deterministic), then the epilogue of `_linear_kernel`."""
+    enter(PDL_WAIT, PDL_EARLY)
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -233,46 +242,59 @@ def tile_config(m: int, n: int, k: int, gate_up: bool = False) -> dict[str, int]
     }
 
 
-TUNED: dict[tuple[int, int, int], tuple[int, int, int, int, int]] = {
-    # (batch class, N, K): (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps)
-    (8, 1024, 1024): (16, 32, 256, 4, 4),  # depth attention output
-    (8, 1536, 1024): (16, 64, 256, 4, 4),  # depth QKV
-    (8, 2048, 1024): (16, 32, 256, 2, 4),  # depth codebook head
-    (8, 8192, 1024): (16, 64, 128, 1, 4),  # depth gate/up
-    (8, 1024, 8192): (16, 64, 128, 8, 4),  # depth down
-    (8, 2048, 2048): (16, 32, 128, 4, 4),  # backbone attention output
-    (8, 3072, 2048): (16, 64, 128, 8, 4),  # backbone QKV
-    (8, 8192, 2048): (16, 64, 256, 1, 4),  # backbone gate/up
-    (8, 2048, 8192): (16, 64, 128, 4, 4),  # backbone down
-    (32, 1024, 1024): (32, 16, 128, 4, 4),
-    (32, 1536, 1024): (32, 128, 64, 4, 4),
-    (32, 2048, 1024): (32, 32, 128, 4, 4),
-    (32, 8192, 1024): (32, 128, 64, 1, 4),
-    (32, 1024, 8192): (32, 32, 128, 4, 4),
-    (32, 2048, 2048): (32, 16, 128, 1, 4),
-    (32, 3072, 2048): (32, 128, 64, 4, 4),
-    (32, 8192, 2048): (32, 128, 64, 1, 4),
-    (32, 2048, 8192): (32, 32, 128, 4, 4),
-    (128, 1024, 1024): (64, 16, 64, 1, 4),
-    (128, 1536, 1024): (64, 128, 64, 4, 4),
-    (128, 2048, 1024): (64, 128, 64, 4, 4),
-    (128, 8192, 1024): (64, 128, 64, 1, 4),
-    (128, 1024, 8192): (64, 64, 64, 4, 4),
-    (128, 2048, 2048): (64, 32, 64, 1, 4),
-    (128, 3072, 2048): (64, 128, 64, 2, 4),
-    (128, 8192, 2048): (64, 128, 64, 1, 4),
-    (128, 2048, 8192): (64, 64, 64, 4, 4),
+TUNED: dict[tuple[int, int, int], tuple[int, int, int, int, int, int]] = {
+    # (batches up to, N, K): (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)
+    (16, 1024, 1024): (16, 32, 256, 1, 4, 4),  # depth attention output
+    (16, 1536, 1024): (16, 32, 128, 8, 4, 4),  # depth QKV
+    (16, 2048, 1024): (16, 64, 128, 8, 4, 4),  # depth codebook head
+    (16, 8192, 1024): (16, 64, 256, 1, 4, 3),  # depth gate/up
+    (16, 1024, 8192): (16, 32, 256, 4, 4, 4),  # depth down
+    (16, 2048, 2048): (16, 64, 128, 4, 4, 4),  # backbone attention output
+    (16, 3072, 2048): (16, 128, 128, 4, 8, 4),  # backbone QKV
+    (16, 8192, 2048): (16, 64, 256, 1, 4, 3),  # backbone gate/up
+    (16, 2048, 8192): (16, 32, 128, 4, 4, 4),  # backbone down
+    (64, 1024, 1024): (64, 32, 128, 1, 4, 4),
+    (64, 1536, 1024): (32, 32, 64, 4, 4, 3),
+    (64, 2048, 1024): (32, 128, 64, 4, 4, 4),
+    (64, 8192, 1024): (64, 128, 64, 1, 4, 3),
+    (64, 1024, 8192): (64, 32, 128, 4, 4, 4),
+    (64, 2048, 2048): (64, 64, 128, 4, 4, 4),
+    (64, 3072, 2048): (64, 128, 64, 4, 4, 4),
+    (64, 8192, 2048): (64, 128, 128, 1, 4, 4),
+    (64, 2048, 8192): (64, 64, 128, 4, 4, 4),
+    (128, 1024, 1024): (64, 64, 64, 4, 4, 4),
+    (128, 1536, 1024): (64, 128, 64, 4, 4, 4),
+    (128, 2048, 1024): (64, 128, 64, 4, 4, 4),
+    (128, 8192, 1024): (64, 128, 64, 1, 4, 4),
+    (128, 1024, 8192): (64, 32, 64, 4, 4, 4),
+    (128, 2048, 2048): (128, 64, 64, 4, 8, 4),
+    (128, 3072, 2048): (64, 128, 64, 4, 4, 4),
+    (128, 8192, 2048): (64, 128, 64, 1, 4, 4),
+    (128, 2048, 8192): (128, 64, 64, 4, 8, 4),
+    (256, 1024, 1024): (64, 64, 64, 1, 8, 4),
+    (256, 1536, 1024): (128, 64, 64, 2, 8, 4),
+    (256, 2048, 1024): (128, 64, 64, 2, 8, 4),
+    (256, 8192, 1024): (128, 128, 64, 1, 8, 3),
+    (256, 1024, 8192): (64, 64, 64, 4, 4, 3),
+    (256, 2048, 2048): (128, 64, 64, 2, 8, 4),
+    (256, 3072, 2048): (128, 128, 64, 2, 8, 4),
+    (256, 8192, 2048): (128, 128, 64, 1, 8, 3),
+    (256, 2048, 8192): (128, 64, 64, 2, 8, 4),
 }
-"""The fastest tiles of sweeps on an H200 for the CSM-1B decode projections, by batch class
-(`batch_class`), output width N and reduction K (`benchmarks/bench_fused_linear.py`; results in
-`benchmarks/results/*-fused-linear.json`). Other shapes follow `tile_config`'s rule. Tiles swept at
-batch 1 won in isolation (the weights stay in L2 across replays) but lost inside the whole step,
-so the batch-8 tiles serve every batch up to 16."""
+"""The fastest tiles for the CSM-1B decode projections by batch class (`batch_class`: the table's
+class that holds the batch), output width N and reduction K, from a sweep on an H200 that times
+each tile as the step runs it, its weight streamed from HBM rather than replayed from L2
+(`bench_fused_linear.py` `cold`; `benchmarks/results/2026-12-03-1006-nvidia-h200-fused-linear-cold.json`).
+The whole graphed decode step with them, against the tiles of the earlier L2-resident sweep:
+6.86 vs 7.38 ms at batch 1, 9.78 vs 10.70 at 128, 13.28 vs 13.90 at 256. Other shapes follow
+`tile_config`'s rule."""
 
 
 def batch_class(m: int) -> int:
-    """The swept batch size whose tiles serve a batch of m rows."""
-    return 8 if m <= 16 else 32 if m <= 64 else 128
+    """The batch class whose tiles serve a batch of m rows: the smallest that holds it (the largest
+    serves every larger batch)."""
+    classes = sorted({cls for cls, _, _ in TUNED})
+    return next((cls for cls in classes if m <= cls), classes[-1] if classes else m)
 
 
 def tiles_for(m: int, n: int, k: int, gate_up: bool = False) -> dict[str, int]:
@@ -280,11 +302,9 @@ def tiles_for(m: int, n: int, k: int, gate_up: bool = False) -> dict[str, int]:
     tuned = TUNED.get((batch_class(m), n, k))
     if tuned is None:
         return tile_config(m, n, k, gate_up)
-    block_m, block_n, block_k, split, warps = tuned
-    names = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps")
-    return dict(zip(names, (block_m, block_n, block_k, 1 if gate_up else split, warps), strict=True)) | {
-        "num_stages": 3
-    }
+    block_m, block_n, block_k, split, warps, stages = tuned
+    names = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages")
+    return dict(zip(names, (block_m, block_n, block_k, 1 if gate_up else split, warps, stages), strict=True))
 
 
 SHARED_MEMORY_BUDGET = 200 * 1024
@@ -312,19 +332,14 @@ CONFIG_OVERRIDES: dict[tuple[int, int, int], dict[str, int]] = {}
 """Per-(m, n, k) tiles that replace the tuned ones (benchmark sweeps)."""
 
 
-IN_KERNEL_REDUCE_MAX_ROWS = 0
+IN_KERNEL_REDUCE_MAX_ROWS = 16
 """Split matmuls of up to this many rows add their partial sums in the kernel (the tile's last
 program), larger ones in a second, row-parallel reduce kernel. The extra launch costs more than the
 work at small batches, the serial tail of a tile's last program more at large ones: the whole
 decode step on an H200, in-kernel vs reduce kernel, 7.10 vs 7.36 ms at batch 1, 7.34 vs 7.52 at 16,
 9.53 vs 9.16 at 32, 11.20 vs 10.66 at 128
-(`benchmarks/results/2026-12-03-0728-nvidia-h200-fused-linear.json`), so 16 is the measured best.
-It stays 0 (off) until the engine has run with it on a GPU. In its first engine run there, streams
-ended at their first frame: the tile counters had been made inside a CUDA-graph capture, so they
-were zeroed only when that graph replayed, and small-batch graphs replayed before it read whatever
-the memory held (the likely cause, not yet confirmed on a GPU). `tile_locks` now refuses to be made
-inside a capture; the GPU test `test_split_k_summed_in_kernel_replays_from_cuda_graphs_in_any_order`
-covers the replay order."""
+(`benchmarks/results/2026-12-03-0728-nvidia-h200-fused-linear.json`), so 16. The tile counters
+must exist before any CUDA graph that uses them is captured (`tile_locks`)."""
 
 MAX_TILES = 1 << 14
 """Output tiles of one split-K launch that sums in-kernel (at most 8192 / 16 at the CSM shapes)."""
@@ -340,6 +355,8 @@ def tile_locks(device: torch.device) -> torch.Tensor:
     Made on first use, which must not be inside a CUDA-graph capture: the counters would then be
     zeroed by that graph's first replay only, and other graphs replayed before it would read
     whatever the memory held (`reserve_tile_locks` before capturing)."""
+    if device.type == "cuda" and device.index is None:  # one set per GPU, however it is named
+        device = torch.device("cuda", torch.cuda.current_device())
     locks = _TILE_LOCKS.get(device)
     if locks is None:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -390,7 +407,7 @@ def launch(
         locks = tile_locks(x.device)
         if norm_weight is not None:
             sq = torch.empty(split, grid[0], m, dtype=torch.float32, device=x.device)
-    flags = {"NORM": norm_weight is not None, "RESIDUAL": residual is not None}
+    flags = {"NORM": norm_weight is not None, "RESIDUAL": residual is not None} | pdl.launch_options(x.device)
     _linear_kernel[grid](
         x,
         weight,

@@ -14,6 +14,8 @@ import triton
 import triton.language as tl
 
 from serve_app.constants import NUM_CODEBOOKS
+from serve_app.model.kernels import pdl
+from serve_app.model.kernels.pdl import enter
 from serve_app.model.sampling import NOISE_BITS
 
 _GOLDEN: tl.constexpr = tl.constexpr(0x9E3779B97F4A7C15 - (1 << 64))  # SplitMix64 constants, as int64
@@ -24,10 +26,11 @@ _NOISE_MASK: tl.constexpr = tl.constexpr((1 << NOISE_BITS) - 1)
 _NOISE_SCALE: tl.constexpr = tl.constexpr(1.0 / (1 << NOISE_BITS))  # ... and their uniform's step
 
 
-NUM_WARPS = 8
+NUM_WARPS = 16
 """Warps per row's program (the sort's lanes). Timed alone on an H200, 16 warps took 17.0 µs a call
-at batch 1 where 8 took 23.1 (`benchmarks/results/2026-12-03-0728-nvidia-h200-fused-linear.json`),
-but 16 has not yet run through the engine at the full vocabulary, so 8 stays."""
+at batch 1 where 8 took 23.1 (`benchmarks/results/2026-12-03-0728-nvidia-h200-fused-linear.json`);
+in the whole graphed step, 7.30 vs 7.38 ms a frame at batch 1
+(`benchmarks/results/2026-12-03-1006-nvidia-h200-fused-linear-cold.json`)."""
 
 
 @triton.jit
@@ -52,7 +55,10 @@ def _sample_kernel(
     NUM_CODEBOOKS: tl.constexpr,
     V: tl.constexpr,
     VP: tl.constexpr,
+    PDL_WAIT: tl.constexpr,
+    PDL_EARLY: tl.constexpr,
 ):
+    enter(PDL_WAIT, PDL_EARLY)
     b = tl.program_id(0)
     idx = tl.arange(0, VP)
     valid = idx < V
@@ -106,6 +112,7 @@ def sample_top_k(
             V=v,
             VP=triton.next_power_of_2(v),
             num_warps=NUM_WARPS,
+            **pdl.launch_options(logits.device),
         )
     return out
 
