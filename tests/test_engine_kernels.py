@@ -133,6 +133,20 @@ def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
         assert torch.equal(again, cases["residual"][0]), "split-K sums in a fixed order"
 
 
+def test_each_batch_takes_the_tiles_of_the_smallest_class_that_holds_it() -> None:
+    from serve_app.model.kernels import fused_linear as module
+
+    classes = sorted({cls for cls, _, _ in module.TUNED})
+    assert [module.batch_class(m) for m in (1, classes[0], classes[0] + 1)] == classes[:1] * 2 + classes[1:2]
+    assert module.batch_class(10 * classes[-1]) == classes[-1]  # the largest serves every larger batch
+    shapes = {(n, k) for _, n, k in module.TUNED}
+    assert {(cls, n, k) for cls in classes for n, k in shapes} == set(module.TUNED)  # no shape left to the rule
+    for m in (1, 200):
+        tiles = module.tiles_for(m, 8192, 1024, gate_up=True)
+        assert tiles["BLOCK_M"] >= min(m, 16) and tiles["SPLIT_K"] == 1  # gate/up needs whole sums
+    assert module.tiles_for(3, 96, 40) == module.tile_config(3, 96, 40)  # an unswept shape
+
+
 def test_a_step_with_fused_projections_makes_its_split_k_counters_before_any_capture() -> None:
     from serve_app.model.kernels import fused_linear as module
 
