@@ -15,10 +15,11 @@ are six more launches around the four matmuls. Here they ride inside the matmul 
   output tiles to keep the GPU's memory pipes busy, and one program streaming all of K is
   latency-bound. Such matmuls split K over programs that write fp32 partial sums; a small
   row-parallel kernel adds them in a fixed order (deterministic, unlike atomic adds) and applies
-  the norm scale and the residual. Optionally (`IN_KERNEL_REDUCE_MAX_ROWS`) the programs of a
-  small batch count themselves in on a per-tile counter instead, and the tile's last program adds
+  the norm scale and the residual. For a small batch (up to `IN_KERNEL_REDUCE_MAX_ROWS` rows) the
+  programs count themselves in on a per-tile counter instead, and the tile's last program adds
   the partial sums in the same order and runs the epilogue: no second launch, which at batch 1 is
   about a third of a frame's launches.
+- Launch: every kernel may start as a dependent of the one before (`pdl`), waiting for it first.
 
 So a layer is four matmul launches (plus a reduce per split one) and attention. W may be any 2-D view
 (N, K): the depth decoder's per-codebook heads are (K, N) tensors read through a transposed view.
