@@ -46,15 +46,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from numerics import rel_err
+
 from serve_app.engine.engine import Engine, lower_switch_interval
 from serve_app.engine.prompt import build_prompt
 from serve_app.engine.sequence import Sequence
 from serve_app.engine.types import GenerationRequest, SamplingParams, Segment
-from serve_app.model.config import CsmModelConfig, RopeConfig, TransformerConfig, to_hf_config_dict
+from serve_app.model.config import CsmModelConfig, to_hf_config_dict
 from serve_app.model.csm import CsmModel
 from serve_app.model.fast_step import FastStep
 from serve_app.model.loading import LoadedModel
 from serve_app.model.mimi import MimiCodec
+from serve_app.model.tiny import CSM_1B_CONFIG
 from serve_app.model.tokenizer import BOS_TOKEN, EOS_TOKEN, TextTokenizer
 
 FRAME_S = 0.08
@@ -62,14 +65,7 @@ PROMPT_20_WORDS = (
     "The quick brown fox jumps over the lazy dog while seven happy children sing songs about "
     "summer rain falling softly."
 )
-CSM_1B = CsmModelConfig(
-    backbone=TransformerConfig(
-        dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, intermediate_size=8192, rope=RopeConfig()
-    ),
-    decoder=TransformerConfig(
-        dim=1024, n_layers=4, n_heads=8, n_kv_heads=2, intermediate_size=8192, rope=RopeConfig()
-    ),
-)
+CSM_1B = CSM_1B_CONFIG
 
 
 # ---- set-up -----------------------------------------------------------------------------------------
@@ -115,11 +111,6 @@ def mimi_config(smoke: bool) -> Any:
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 # ---- correctness -----------------------------------------------------------------------------------

@@ -42,10 +42,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from bench_engine import CSM_1B, random_csm, rel_err
+from numerics import rel_err
 
 from serve_app.model.fast_step import FastStep
 from serve_app.model.kernels import fused_linear as fl
+from serve_app.model.tiny import CSM_1B_CONFIG as CSM_1B
+from serve_app.model.tiny import random_model
 
 SHAPES = {  # name: (N, K, kind); kind: norm | residual | gate_up (norm, SwiGLU, (2N, K) weight) | head (norm, (K, N) weight)
     "backbone.qkv": (3072, 2048, "norm"),
@@ -360,7 +362,7 @@ def decode_frame(
 
 @torch.inference_mode()
 def step(batches: list[int], kv_len: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    model = random_csm(CSM_1B, "cuda").to(torch.bfloat16)
+    model = random_model(CSM_1B, device="cuda").eval().to(torch.bfloat16)
     model.setup_caches(max(batches))
     d = CSM_1B.backbone.dim
     gen = torch.Generator("cuda").manual_seed(1)
@@ -405,7 +407,7 @@ def step(batches: list[int], kv_len: int) -> tuple[list[dict[str, Any]], dict[st
 @torch.inference_mode()
 def reduce_strategies(batches: list[int], kv_len: int) -> list[dict[str, Any]]:
     """The fused step's time with split-K partial sums added in-kernel vs by a reduce kernel."""
-    model = random_csm(CSM_1B, "cuda").to(torch.bfloat16)
+    model = random_model(CSM_1B, device="cuda").eval().to(torch.bfloat16)
     model.setup_caches(max(batches))
     gen = torch.Generator("cuda").manual_seed(1)
     default = fl.IN_KERNEL_REDUCE_MAX_ROWS
@@ -498,7 +500,7 @@ def variants(
     """The graphed decode step (backbone step + 31-codebook depth frame) per batch and `VARIANTS`
     setting, appended to `rows` (`on_row` after each); each setting's codes against the shipped
     setting's (identical where only the launch mode differs, since no arithmetic changes)."""
-    model = random_csm(CSM_1B, "cuda").to(torch.bfloat16)
+    model = random_model(CSM_1B, device="cuda").eval().to(torch.bfloat16)
     model.setup_caches(max(batches))
     gen = torch.Generator("cuda").manual_seed(1)
     for b in batches:
