@@ -103,29 +103,20 @@ def sweep_configs(m: int, k: int, gate_up: bool) -> list[dict[str, int]]:
 Case = tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]
 
 
-def tile_case(m: int, n: int, k: int, kind: str, gen: torch.Generator) -> Case:
+def tile_case(m: int, n: int, k: int, kind: str, seed: int) -> Case:
     """Random inputs for one projection: (the PyTorch ops it replaces, the fused kernel)."""
-    dev, dtype = "cuda", torch.bfloat16
-    x = torch.randn(m, k, device=dev, dtype=dtype, generator=gen)
-    if kind == "head":
-        w = (torch.randn(k, n, device=dev, dtype=dtype, generator=gen) * 0.02).t()
-    else:
-        rows = 2 * n if kind == "gate_up" else n
-        w = torch.randn(rows, k, device=dev, dtype=dtype, generator=gen) * 0.02
-    g = torch.rand(k, device=dev, dtype=dtype, generator=gen) + 0.5
-    res = torch.randn(m, n, device=dev, dtype=dtype, generator=gen)
-    norm = g if kind in ("norm", "head", "gate_up") else None
-    residual = res if kind == "residual" else None
+    inputs = cold_inputs(m, n, k, kind, 1, seed)
+    x, (w,), norm, residual = inputs["x"], inputs["ws"], inputs["norm"], inputs["residual"]
 
     def reference() -> torch.Tensor:
         if norm is not None:
             h = x.float()
-            h = g * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
+            h = norm * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)).to(x.dtype)
             if kind != "gate_up":
                 return F.linear(h, w)
             gate, up = F.linear(h, w).chunk(2, dim=-1)
             return F.silu(gate) * up
-        return res + F.linear(x, w)
+        return residual + F.linear(x, w)
 
     def fused() -> torch.Tensor:
         return fl.launch(x, w, norm, residual, 1e-5, kind == "gate_up")
@@ -134,15 +125,14 @@ def tile_case(m: int, n: int, k: int, kind: str, gen: torch.Generator) -> Case:
 
 
 def tiles(batches: list[int], budget_s: float, shapes: list[str]) -> list[dict[str, Any]]:
-    gen = torch.Generator("cuda").manual_seed(0)
     rows: list[dict[str, Any]] = []
     t_end = time.perf_counter() + budget_s
-    for m in batches:
+    for seed, m in enumerate(batches):
         for name in shapes:
             n, k, kind = SHAPES[name]
             if time.perf_counter() > t_end:
                 return rows
-            reference, fused = tile_case(m, n, k, kind, gen)
+            reference, fused = tile_case(m, n, k, kind, seed)
             row: dict[str, Any] = {
                 "shape": name,
                 "m": m,

@@ -21,7 +21,7 @@ are six more launches around the four matmuls. Here they ride inside the matmul 
   about a third of a frame's launches.
 - Launch: every kernel may start as a dependent of the one before (`pdl`), waiting for it first.
 
-So a layer is four matmul launches (plus a reduce per split one) and attention. W may be any 2-D view
+So a layer is four matmul launches (plus a reduce per split one above that size) and attention. W may be any 2-D view
 (N, K): the depth decoder's per-codebook heads are (K, N) tensors read through a transposed view.
 
 Numerics: fp32 accumulation; the activation and the residual add round where the eager model

@@ -42,7 +42,7 @@ MODE = "wait"
 | wait | 7.18 | 7.35 | 9.54 | 10.53 | 13.80 |
 | early | 6.83 | 7.83 | 11.80 | 11.64 | 15.31 |
 
-With this session's tiles, in-kernel split-K sums and 16 sampler warps, wait vs early: 6.80 vs
+With the tiles, in-kernel split-K sums and 16 sampler warps of the defaults, wait vs early: 6.80 vs
 6.80, 6.93 vs 7.21, 8.67 vs 8.42, 9.52 vs 9.69, 13.01 vs 14.34. Early placement helps the small
 batch alone and costs the large ones (the waiting programs hold SM slots), so `wait`."""
 
@@ -57,7 +57,11 @@ def launch_options(device: torch.device) -> dict[str, bool]:
     """The kernel's constexpr flags and launch option for the current `MODE` on `device`."""
     if MODE not in MODES:
         raise ValueError(f"PDL mode {MODE!r} is not one of {MODES}")
-    on = MODE != "off" and device.type == "cuda" and device_supports(device.index or 0)
+    on = (
+        MODE != "off"
+        and device.type == "cuda"
+        and device_supports(torch.cuda.current_device() if device.index is None else device.index)
+    )
     options = {"PDL_WAIT": on, "PDL_EARLY": on and MODE == "early"}
     if on:
         options["launch_pdl"] = True
