@@ -12,6 +12,12 @@ Sections, each written to the JSON as soon as it is done (a cut-off run keeps wh
   bs1           ms per frame of one stream through the engine (steady state, 50 frames)
   throughput    N concurrent streams through `Engine.stream`: audio seconds per second and the
                 slowest stream's real-time factor (wall / audio; < 1 is faster than real time)
+  churn         N closed-loop clients (`--churn`), each asking for a 4-second utterance again as soon as
+                its last one ends, as `bench_http.py`'s throughput levels do: audio s per s within a
+                window, first audio, each request's real-time factor, audio decode launches per loop
+                iteration
+  loop variants `--loop-variants`: the throughput and churn runs again under each setting of the
+                loop's audio path (chunk alignment, the step stream's priority), in the same process
   hf            transformers' CsmForConditionalGeneration in the same run, same shapes and sampling
                 (top-k 50, T 0.9), eager and static cache + torch.compile, batch 1, 50 frames
 
@@ -28,11 +34,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
+import dataclasses
 import datetime as dt
 import json
 import os
 import platform
+import random
 import re
 import statistics
 import sys
@@ -245,11 +254,14 @@ def correctness_fast_path(
     seq.slot = 0
     runner.start([seq])
     h_fast, codes_fast = [], []
-    for i in range(frames):
-        runner.step(1, t + i)
-        h_fast.append(runner.hidden[:1].float().clone())
-        codes_fast.append(runner.codes[:1].clone())
+    on_step_stream = torch.cuda.stream(runner.step_stream) if runner.step_stream else contextlib.nullcontext()
+    with on_step_stream:  # read each step's outputs behind it, on the stream it runs on
+        for i in range(frames):
+            runner.step(1, t + i)
+            h_fast.append(runner.hidden[:1].float().clone())
+            codes_fast.append(runner.codes[:1].clone())
     runner.release(0)
+    sync(dev.type)
 
     plain.setup_caches(1)
     fast = FastStep(plain, vocab_limit=2048, fused_attention=False)
@@ -483,6 +495,98 @@ def bench_throughput(engine: Engine, streams: list[int], frames: int) -> list[di
     return out
 
 
+def bench_churn(
+    engine: Engine, clients: int, frames: int, seconds: float, warmup_s: float = 2.0
+) -> dict[str, Any]:
+    """`clients` closed-loop clients of `frames`-frame requests for `seconds` (plus `warmup_s` before
+    the window): what arrives inside the window, per request and per loop iteration."""
+    runner, loop = engine.loop.runner, engine.loop
+    launches = 0
+    decode = runner.decode_audio
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        nonlocal launches
+        launches += 1
+        return decode(*args, **kwargs)
+
+    async def client(i: int, begin: float, end: float) -> list[tuple[float, dict[str, Any]]]:
+        # Clients join at random times of the warm-up, so their requests are out of phase (as over
+        # HTTP) rather than all starting and ending together.
+        await asyncio.sleep(random.Random(i).uniform(0, warmup_s))
+        done, n = [], 0
+        while time.perf_counter() < end:
+            start = time.perf_counter()
+            res = await time_stream(engine, request(PROMPT_20_WORDS, frames, seed=20_000 + 1000 * i + n))
+            done.append((start, res))
+            n += 1
+        return done
+
+    async def run_all() -> tuple[float, float, list[tuple[float, dict[str, Any]]]]:
+        begin = time.perf_counter() + warmup_s
+        end = begin + seconds
+        per_client = await asyncio.gather(*(client(i, begin, end) for i in range(clients)))
+        return begin, end, [r for c in per_client for r in c]
+
+    runner.decode_audio = counted  # type: ignore[method-assign]
+    before = dict(loop.timings)
+    try:
+        begin, end, done = asyncio.run(run_all())
+    finally:
+        runner.decode_audio = decode  # type: ignore[method-assign]
+    wait_idle(engine)
+    spent = {k: loop.timings[k] - before[k] for k in before}
+    iters = max(1.0, spent.pop("iterations"))
+    in_window = sum(
+        f for start, r in done for a, f in zip(r["arrivals"], r["frames"]) if begin <= start + a <= end
+    )
+    started = [r for start, r in done if begin <= start <= end]
+    ttfa = [r["arrivals"][0] * 1000 for r in started if r["arrivals"]]
+    rtf = [r["arrivals"][-1] / (sum(r["frames"]) * FRAME_S) for r in started if sum(r["frames"])]
+    out = {
+        "clients": clients,
+        "frames_per_request": frames,
+        "window_s": seconds,
+        "requests": len(started),
+        "audio_s_per_s": round(in_window * FRAME_S / seconds, 1),
+        "ttfa_ms_p50": round(statistics.median(ttfa), 1) if ttfa else None,
+        "ttfa_ms_p99": round(float(np.percentile(ttfa, 99)), 1) if ttfa else None,
+        "rtf_p50": round(statistics.median(rtf), 3) if rtf else None,
+        "rtf_max": round(max(rtf), 3) if rtf else None,
+        "loop_iterations": int(iters),
+        "audio_launches_per_iteration": round(launches / iters, 2),
+        "loop_ms_per_iteration": {k.removesuffix("_s"): round(v * 1000 / iters, 3) for k, v in spent.items()},
+    }
+    print("churn", out, flush=True)
+    return out
+
+
+LOOP_VARIANTS = {
+    # name: (chunks aligned on the frame clock, the step stream above the audio stream)
+    "shipped": (True, True),
+    "unaligned": (False, True),
+    "equal_priority": (True, False),
+    "neither": (False, False),
+}
+
+
+def set_loop_variant(engine: Engine, name: str) -> dict[str, Any]:
+    """Switch the idle engine's audio path to `LOOP_VARIANTS[name]`; returns the setting."""
+    from serve_app.engine import runner as runner_module
+
+    align, above = LOOP_VARIANTS[name]
+    wait_idle(engine)
+    loop, runner = engine.loop, engine.loop.runner
+    sync(runner.device.type)
+    loop.chunks = dataclasses.replace(loop.chunks, align=align)
+    if runner.step_stream is not None:
+        priority = runner_module.STEP_STREAM_PRIORITY if above else 0
+        runner.step_stream = torch.cuda.Stream(runner.device, priority=priority)
+    return {
+        "chunk_align": align,
+        "step_stream_priority": runner.step_stream.priority if runner.step_stream else None,
+    }
+
+
 def profile_run(engine: Engine, out_dir: Path, streams: int, frames: int) -> dict[str, Any]:
     """Kernel time table and a gzipped Chrome trace of `streams` concurrent streams."""
     import gzip
@@ -626,6 +730,16 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="programmatic dependent launch of the Triton kernels (default: the kernels')",
     )
+    p.add_argument(
+        "--churn", default="", help="comma-separated client counts of the closed-loop churn section"
+    )
+    p.add_argument("--churn-s", type=float, default=8.0, help="measured window of each churn level")
+    p.add_argument("--churn-frames", type=int, default=50, help="frames per churn request (50: 4 s)")
+    p.add_argument(
+        "--loop-variants",
+        default="",
+        help=f"comma-separated loop settings to repeat throughput and churn under ({', '.join(LOOP_VARIANTS)})",
+    )
     p.add_argument("--profile", action="store_true", help="profile a throughput run (kernel table + trace)")
     p.add_argument(
         "--profile-step",
@@ -745,6 +859,7 @@ def main() -> None:
     res["startup_s"] = round(time.perf_counter() - t0, 1)
     res["engine"] = {k: v for k, v in engine.loop.runner.info().items()}
     res["engine"]["chunk_frames"] = [engine.config.first_chunk_frames, engine.config.chunk_frames]
+    res["engine"]["chunk_align"] = engine.config.chunk_align
     res["engine"]["kernels"] = kernels
     res["engine"]["dynamo_graphs"] = dict(torch._dynamo.utils.counters["stats"])
     print("engine ready", res["startup_s"], res["engine"], flush=True)
@@ -787,6 +902,31 @@ def main() -> None:
                 engine, [int(s) for s in args.streams.split(",")], args.frames
             )
             save()
+        churn = [int(c) for c in args.churn.split(",") if c]
+        if churn:
+            res["churn"] = [
+                bench_churn(engine, c, args.churn_frames, args.churn_s)
+                for c in churn
+                if c <= engine.loop.runner.n_slots
+            ]
+            save()
+        if args.loop_variants:
+            streams = [int(s) for s in args.streams.split(",")]
+            res["loop_variants"] = {}
+            for name in args.loop_variants.split(","):
+                setting = set_loop_variant(engine, name)
+                res["loop_variants"][name] = {
+                    **setting,
+                    "throughput": bench_throughput(engine, streams, args.frames),
+                    "churn": [
+                        bench_churn(engine, c, args.churn_frames, args.churn_s)
+                        for c in churn
+                        if c <= engine.loop.runner.n_slots
+                    ],
+                }
+                print("loop variant", name, res["loop_variants"][name], flush=True)
+                save()
+            set_loop_variant(engine, "shipped")
         if args.switch_ab and "throughput" not in skip:
             # The same runs with CPython's default 5 ms GIL switch interval (replicas lower it).
             previous = sys.getswitchinterval()

@@ -3,6 +3,8 @@ frame at any point of a chunk, the silence guard, and cancellation freeing the s
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,53 @@ def test_cancel_stops_at_the_next_frame_and_frees_slot_and_decoder_state() -> No
     assert slot in loop.runner.decoder.free_slots and int(loop.runner.positions[slot]) == -1
     assert loop.scheduler.free_slots == 2
     np.testing.assert_array_equal(keep.codes, solo)  # the other stream is untouched
+
+
+def _staggered(chunks: ChunkPolicy) -> tuple[list[se.Collected], int]:
+    """Three streams joining at different steps; their chunks and the audio decode launches."""
+    loop = se.make_loop(chunks=chunks)
+    launches = 0
+    decode = loop.runner.decode_audio
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal launches
+        launches += 1
+        return decode(*args, **kwargs)
+
+    loop.runner.decode_audio = counted  # type: ignore[method-assign]
+    got = [se.sequence(se.request(f"stream {i}", frames=21, seed=20 + i)) for i in range(3)]
+    for joins_after, collected in zip((0, 1, 2), got):
+        for _ in range(joins_after):
+            loop.run_once()
+        loop.submit(collected.seq)
+    se.run_until_idle(loop)
+    return got, launches
+
+
+def test_aligned_chunks_end_on_the_frame_clock_with_the_same_audio_in_fewer_launches() -> None:
+    ramp = ChunkPolicy(first_frames=1, frames=4, ramp=True)
+    aligned = ChunkPolicy(first_frames=1, frames=4, ramp=True, align=True)
+    assert aligned.sizes == ramp.sizes == (1, 2, 4)
+    plain, plain_launches = _staggered(ramp)
+    got, launches = _staggered(aligned)
+    assert len({c.seq.first_step % 4 for c in got}) == 3  # they joined out of phase
+    for ours, theirs in zip(got, plain):
+        np.testing.assert_array_equal(ours.codes, theirs.codes)
+        np.testing.assert_allclose(ours.pcm, theirs.pcm, atol=1e-5)
+        sizes = [c.frames for c in ours.chunks]
+        assert sum(sizes) == 21 and sizes[0] == 1
+        start = ours.seq.first_step + 1
+        for before, size in itertools.pairwise(sizes[:-1]):  # every later chunk but the stream's rest
+            assert start % size == 0 and size <= 2 * before, (ours.seq.first_step, sizes)
+            start += size
+        assert sizes.count(4) >= 3
+    assert launches < plain_launches
+
+
+def test_aligned_chunk_sizes_follow_the_lowest_set_bit_of_the_start() -> None:
+    p = ChunkPolicy(first_frames=1, frames=8, ramp=True, align=True)
+    assert p.next_size(0, 5) == 1  # the first chunk is never cut
+    assert [p.next_size(3, g) for g in (8, 12, 6, 7, 16, 0)] == [8, 4, 2, 1, 8, 8]
+    assert [p.next_size(1, g) for g in (8, 6, 3)] == [2, 2, 1]  # the ramp still caps it
+    assert ChunkPolicy(first_frames=2, frames=6, align=True).sizes == (1, 2, 4, 6)
+    assert ChunkPolicy(first_frames=2, frames=6).next_size(1, 3) == 6  # unaligned: the target

@@ -88,7 +88,9 @@ class Engine:
         cuda = model.codebook0_head.weight.device.type == "cuda"
         cap = config.max_batch_size or (128 if cuda else 8)
         n_slots = slots_for_memory(model, cap, config.memory_fraction)
-        chunks = ChunkPolicy(config.first_chunk_frames, config.chunk_frames, config.chunk_ramp)
+        chunks = ChunkPolicy(
+            config.first_chunk_frames, config.chunk_frames, config.chunk_ramp, config.chunk_align
+        )
         runner = ModelRunner(
             model,
             self._audio_decoder_model(cuda),
@@ -234,7 +236,12 @@ class Engine:
             "engine": "continuous-batching",
             **runner.info(),
             **self.loop.stats(),
-            "chunk_frames": {"first": cfg.first_chunk_frames, "later": cfg.chunk_frames, "ramp": cfg.chunk_ramp},
+            "chunk_frames": {
+                "first": cfg.first_chunk_frames,
+                "later": cfg.chunk_frames,
+                "ramp": cfg.chunk_ramp,
+                "align": cfg.chunk_align,
+            },
             "silence_guard": {"rms": cfg.silence_rms, "seconds": cfg.silence_seconds},
             "audio_dtype": str(self.loop.runner.decoder.decoder.mimi.dtype).removeprefix("torch."),
             "max_waiting": self.loop.scheduler.max_waiting,

@@ -189,7 +189,7 @@ class EngineLoop:
     def _log_slow_iteration(self, took: float) -> None:
         """Say what was queued on the device before a slow iteration, and whether the slots'
         positions (the attention kernel's loop bounds) were sane."""
-        positions = self.runner.positions.tolist()  # the wait is over: this read costs little
+        positions = self.runner.slot_positions()  # the wait is over: this read costs little
         live = [p for p in positions if p >= 0]
         logger.warning(
             "engine loop iteration took %.2f s (%s); positions: %d live, max %s; launched before it: %s",
@@ -248,10 +248,13 @@ class EngineLoop:
             return None
         rows = max(s.slot for s in seqs) + 1  # type: ignore[type-var]
         positions = max(s.next_position for s in seqs) + 1
-        with self.launches.launch(self.steps, "step rows={} positions<{}", rows, positions):
+        form, stream = "step rows={} positions<{}", self.runner.step_stream
+        with self.launches.launch(self.steps, form, rows, positions, stream=stream):
             out = self.runner.step(rows, positions)
         self.steps += 1
         for seq in seqs:
+            if seq.steps == 0:
+                seq.first_step = self.steps - 1
             seq.steps += 1
             if seq.steps >= seq.max_frames:
                 self.runner.deactivate(seq.slot)  # type: ignore[arg-type]
@@ -281,7 +284,8 @@ class EngineLoop:
             return
         lengths = [s.prompt_len for s in joined]
         try:
-            with self.launches.launch(self.steps, "prefill {} prompts of {} rows", len(joined), lengths):
+            form, stream = "prefill {} prompts of {} rows", self.runner.step_stream
+            with self.launches.launch(self.steps, form, len(joined), lengths, stream=stream):
                 self.runner.start(joined)
         except Exception as exc:  # e.g. out of memory on an unusually long prompt: fail these only
             logger.exception("prefill failed for %d requests", len(joined))
@@ -329,15 +333,18 @@ class EngineLoop:
 
     def _launch_chunks(self) -> list[_Chunk]:
         """Launch the audio decode of every chunk whose frames are all known (a full chunk, or the
-        rest of an ended stream), grouped by size; close streams that ended with nothing left."""
+        rest of an ended stream), grouped by size; close streams that ended with nothing left.
+        A chunk is `ChunkPolicy.next_size` frames from the stream's global frame clock."""
         groups: dict[int, list[Sequence]] = defaultdict(list)
         for seq in list(self.scheduler.running.values()):
             if seq.finished:
                 continue
             known = seq.undecoded()
             ended = seq.finish_reason is not None
-            if known > 0 and (ended or known >= self.chunks.target(seq.chunks_sent)):
-                groups[known].append(seq)
+            size = self.chunks.next_size(seq.chunks_sent, seq.first_step + seq.decoded)
+            if known > 0 and (ended or known >= size):
+                # An ended stream's rest in pieces of at most the largest size (its decode graphs).
+                groups[min(known, self.chunks.largest) if ended else size].append(seq)
             elif ended:
                 self._emit_last(seq)
         out = []

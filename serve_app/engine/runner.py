@@ -42,6 +42,10 @@ PREFILL_TOKEN_BUDGET = 8192
 """Largest batch x width of a captured prefill: bigger admissions are split into several replays."""
 STEP_OUTPUT_RING = 3
 """Host buffers for step codes: a step's codes must be fetched before this many more steps launch."""
+STEP_STREAM_PRIORITY = -1
+"""CUDA priority of the stream that prefills and steps (lower is higher; the audio stream has the
+default, 0): when both streams have blocks ready, the SMs take the step's first and the audio
+decode fills the gaps of its small kernels, so audio costs the step less than its own run time."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,7 @@ class ModelRunner:
         # next decode step; a first chunk waits for the step that completed it.
         cuda = self.device.type == "cuda"
         self.audio_stream = torch.cuda.Stream(self.device) if cuda else None
+        self.step_stream = torch.cuda.Stream(self.device, priority=STEP_STREAM_PRIORITY) if cuda else None
         # Per step: its codes land in the next pinned buffer of a ring and that buffer's event marks
         # the step done, so waiting for one step leaves the steps queued after it running.
         self._step_codes = [
@@ -230,6 +235,10 @@ class ModelRunner:
         their slots: the last prompt row is the first decode step's input."""
         if not seqs:
             return
+        with self._on_step_stream():
+            self._start(seqs)
+
+    def _start(self, seqs: Seq[Sequence]) -> None:
         m = self.model
         slots = self._to_device(torch.tensor([s.slot for s in seqs], dtype=torch.long))
         body = [s for s in seqs if s.prompt_len > 1]
@@ -316,19 +325,24 @@ class ModelRunner:
         """Stop stepping `slot` (its audio decoder state stays for the last chunk). A fill kernel
         queued behind the steps in flight: `positions[slot] = -1` would copy the number from
         pageable host memory and wait for the device."""
-        self.positions[slot : slot + 1].fill_(-1)
+        with self._on_step_stream():
+            self.positions[slot : slot + 1].fill_(-1)
 
     def release(self, slot: int) -> None:
         """Stop stepping `slot` and free its audio decoder state."""
         self.deactivate(slot)
         self.decoder.free(slot)
 
+    def slot_positions(self) -> list[int]:
+        """Every slot's next position (-1: not stepped), read behind the queued steps (waits)."""
+        with self._on_step_stream():
+            return self.positions.tolist()
+
     def _on_audio_stream(self) -> Any:
-        return (
-            torch.cuda.stream(self.audio_stream)
-            if self.audio_stream is not None
-            else contextlib.nullcontext()
-        )
+        return _on(self.audio_stream)
+
+    def _on_step_stream(self) -> Any:
+        return _on(self.step_stream)
 
     # ---- decode step --------------------------------------------------------------------------
     def _backbone(self, rows: int, kv_len: int) -> None:
@@ -357,6 +371,10 @@ class ModelRunner:
 
         Results land in `codes` (until the next step) and the history ring; the returned handle
         fetches this step's codes later (`fetch`) without waiting for steps launched after it."""
+        with self._on_step_stream():
+            return self._step(rows, positions)
+
+    def _step(self, rows: int, positions: int) -> StepOutput:
         batch, kv_len = self.batch_bucket(rows), self.kv_bucket(positions)
         if self._graphs is not None:
             self._graphs.replay(("backbone", batch, kv_len))
@@ -482,3 +500,8 @@ class ModelRunner:
             "fused_linear_max_batch": self.fast.linear_max_batch,
             **({"compile_error": self.compile_error} if self.compile_error else {}),
         }
+
+
+def _on(stream: torch.cuda.Stream | None) -> Any:
+    """Work queued inside runs on `stream` (no stream: the device's current one, e.g. on a CPU)."""
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()

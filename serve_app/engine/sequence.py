@@ -33,11 +33,19 @@ class ChunkPolicy:
     With `ramp`, chunk sizes double from the first up to `frames` (1, 2, 4, 8, 8, ...): each chunk is
     generated while the one before it plays, even on a loaded engine whose steps take longer than a
     frame lasts. Without it a 1-frame first chunk (80 ms of audio) is followed by a chunk
-    that needs `frames` steps, and a listener hears a gap whenever those steps take over 80 ms."""
+    that needs `frames` steps, and a listener hears a gap whenever those steps take over 80 ms.
+
+    With `align`, a later chunk also ends on the loop's frame clock: one that starts at global frame
+    g is at most `lowbit(g)` frames long (1, 2, 4, ... the largest power of two dividing g), so every
+    stream's 8-frame chunks start on multiples of 8 and complete on the same step. The audio decoder
+    then decodes them in one launch, where streams that joined at different steps would each take a
+    launch of their own (a launch costs about as much as 16 streams' worth of frames). Sizes still
+    at most double from one chunk to the next, so the ramp's no-gap property holds."""
 
     first_frames: int = 1
     frames: int = 8
     ramp: bool = False
+    align: bool = False
 
     def __post_init__(self) -> None:
         if self.first_frames < 1 or self.frames < 1:
@@ -50,13 +58,25 @@ class ChunkPolicy:
             return max(self.first_frames, min(self.frames, self.first_frames << chunks_sent))
         return self.frames
 
+    def next_size(self, chunks_sent: int, start: int) -> int:
+        """Frames in the next chunk of a stream that has sent `chunks_sent` chunks, when that chunk
+        starts at global frame `start` (the loop's step count at the chunk's first frame)."""
+        target = self.target(chunks_sent)
+        if not self.align or chunks_sent == 0 or start <= 0:
+            return target
+        return min(target, start & -start)
+
     @property
     def sizes(self) -> tuple[int, ...]:
         """Every chunk size a stream is cut into (the audio decoder prepares one graph for each)."""
-        sizes, n = {self.first_frames, self.frames}, 1
+        targets, n = {self.first_frames, self.frames}, 1
         while self.ramp and self.target(n) != self.frames:
-            sizes.add(self.target(n))
+            targets.add(self.target(n))
             n += 1
+        sizes = set(targets)
+        if self.align:  # a target cut to a power of two below it
+            for target in targets:
+                sizes.update(1 << i for i in range(target.bit_length()) if 1 << i < target)
         return tuple(sorted(sizes))
 
     @property
@@ -83,6 +103,7 @@ class Sequence:
     frames: list[np.ndarray] = field(default_factory=list)  # kept frames (32,), without end-of-audio
     decoded: int = 0  # frames handed to the audio decoder (a first chunk may cover an end-of-audio frame)
     chunks_sent: int = 0
+    first_step: int = 0  # the loop's step count when this sequence's first frame was launched
     silent_frames: int = 0  # trailing frames whose audio is below the silence threshold
     finish_reason: FinishReason | None = None
     _cancel: threading.Event = field(default_factory=threading.Event)
