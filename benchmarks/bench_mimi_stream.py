@@ -7,6 +7,8 @@ The decoder's cost per call does not depend on how far a stream is (fixed-size w
 streams are timed from their start after a short warm-up.
 
     python benchmarks/bench_mimi_stream.py [--iters 30] [--threads 1] [--parts tiny-cpu,full-cuda]
+        [--attention sdpa,kernel]  # the decoder transformer's attention, each timed in the same run
+        [--profile 128x1,128x8]    # kernel tables of eager decodes (writes <date>-cuda-mimi-profile.txt)
 
 Writes JSON (with the command that made it) to $OUT if set, else to benchmarks/results/.
 """
@@ -34,6 +36,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from support_mimi_stream import random_mimi, tiny_mimi_config
 
 from serve_app.engine.cuda_graphs import GraphedMimiStreamDecoder
+from serve_app.model import mimi_stream_transformer
 from serve_app.model.mimi_stream import MimiStreamDecoder
 
 BATCHES = (1, 16)
@@ -91,17 +94,45 @@ def run_part(
     warmup: int,
     batches: tuple[int, ...] = BATCHES,
     chunk_frames: tuple[int, ...] = CHUNK_FRAMES,
+    attentions: tuple[str, ...] = ("default",),
 ) -> list[dict]:
     dtype = str(next(mimi.parameters()).dtype).removeprefix("torch.")
     rows = []
-    for mode in modes:
-        for batch in batches:
-            for frames in chunk_frames:
-                row = {"part": name, "dtype": dtype, "config": config_summary(mimi.config)}
-                row.update(time_case(mimi, mode, batch, frames, iters, warmup))
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+    for attention in attentions:
+        mimi_stream_transformer.FUSED_ATTENTION = {"default": None, "sdpa": False, "kernel": True}[attention]
+        for mode in modes:
+            for batch in batches:
+                for frames in chunk_frames:
+                    row = {"part": name, "dtype": dtype, "config": config_summary(mimi.config)}
+                    row["attention"] = attention
+                    row.update(time_case(mimi, mode, batch, frames, iters, warmup))
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+    mimi_stream_transformer.FUSED_ATTENTION = None
     return rows
+
+
+def profile_case(mimi: MimiModel, batch: int, frames: int, calls: int = 5) -> str:
+    """Kernel time table of `calls` eager decodes (eager: each kernel shows; a graph replays the same)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    decoder = MimiStreamDecoder(mimi, batch)
+    decoder.reset(*range(batch))
+    slots = torch.arange(batch, device="cuda")
+    codes = torch.randint(
+        0, mimi.config.codebook_size, (batch, mimi.config.num_quantizers, frames), device="cuda"
+    )
+    for _ in range(3):
+        decoder.decode(codes, slots, check=False)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            decoder.decode(codes, slots, check=False)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(
+        sort_by="self_device_time_total", row_limit=30, max_name_column_width=90
+    )
+    return f"==== batch {batch} x {frames} frames, {calls} calls, eager\n{table}\n"
 
 
 def main() -> None:
@@ -114,6 +145,16 @@ def main() -> None:
     parser.add_argument("--frames", default=",".join(map(str, CHUNK_FRAMES)), help="frames per call (CUDA)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma list: eager, cuda-graphs (CUDA)")
     parser.add_argument("--dtypes", default="bfloat16,float32", help="comma list (CUDA)")
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="comma list of BATCHxFRAMES (e.g. 128x1,128x8): kernel tables of eager bf16 decodes (CUDA)",
+    )
+    parser.add_argument(
+        "--attention",
+        default="default",
+        help="comma list: default, sdpa, kernel (the decoder transformer's attention, CUDA)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,10 +169,32 @@ def main() -> None:
             )
         if "full-cuda" in parts and cuda:
             full = MimiModel(MimiConfig()).eval()
-            grid = tuple(int(b) for b in args.batches.split(",")), tuple(int(f) for f in args.frames.split(","))
+            grid = (
+                tuple(int(b) for b in args.batches.split(",")),
+                tuple(int(f) for f in args.frames.split(",")),
+            )
             for dtype in args.dtypes.split(","):
                 mimi = full.to("cuda", getattr(torch, dtype))
-                results += run_part("full-cuda", mimi, args.modes.split(","), args.iters, args.warmup, *grid)
+                results += run_part(
+                    "full-cuda",
+                    mimi,
+                    args.modes.split(","),
+                    args.iters,
+                    args.warmup,
+                    *grid,
+                    tuple(args.attention.split(",")),
+                )
+
+        if args.profile and cuda:
+            mimi = MimiModel(MimiConfig()).eval().to("cuda", torch.bfloat16)
+            tables = [profile_case(mimi, *map(int, case.split("x"))) for case in args.profile.split(",")]
+            command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+            out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "benchmarks" / "results"
+            path = out_dir / f"{dt.date.today().isoformat()}-cuda-mimi-profile.txt"
+            path.write_text(
+                f"{command}\n{torch.cuda.get_device_name(0)}, torch {torch.__version__}\n\n" + "".join(tables)
+            )
+            print(f"wrote {path}")
 
     device = "cuda" if cuda and "full-cuda" in parts else "cpu"
     report = {

@@ -59,6 +59,7 @@ SCHEDULES = {
     "2": split(FRAMES, 2),
     "3": split(FRAMES, 3),
     "7": split(FRAMES, 7),
+    "all": [FRAMES],  # 24 tokens: more than one attention pass takes, so it runs in pieces
     "random-a": random_split(FRAMES, 1),
     "random-b": random_split(FRAMES, 2),
 }

@@ -2,12 +2,16 @@
 
 In the full decode, token q attends to keys k with `q - sliding_window < k <= q` (transformers'
 `sliding_window_causal_mask_function`). So a stream only ever needs its last `sliding_window - 1`
-keys/values: each slot keeps exactly those, in order, in a fixed-size cache. A chunk attends to
-`[cache, new tokens]` under a mask built from absolute positions, which also hides the cache rows a
-young stream has not filled yet. RoPE uses the same absolute positions as the full decode.
+keys/values. Each slot keeps them in a ring of `sliding_window - 1 + chunk_tokens` entries: a chunk
+of up to `chunk_tokens` new tokens writes its keys at `position % ring` (only the new entries are
+written; nothing is shifted), then attends to the ring, each entry's absolute position following
+from its index and the stream's token count. A longer chunk runs in pieces, which is exact (the
+attention is causal). RoPE uses the same absolute positions as the full decode.
 
-The cache size is fixed, so a call costs the same at every point of a stream (and keeps shapes
-static for CUDA graphs). Layers are the wrapped model's own modules; no weight is copied.
+The attention is one Triton kernel on CUDA (`serve_app.model.kernels.window_attention`: it reads
+each stream's ring in place); elsewhere SDPA over the gathered rings under the same mask. The cache
+size is fixed, so a call costs the same at every point of a stream (and keeps shapes static for
+CUDA graphs). Layers are the wrapped model's own modules; no weight is copied.
 """
 
 from __future__ import annotations
@@ -16,12 +20,56 @@ import torch
 import torch.nn.functional as F
 from transformers.models.mimi.modeling_mimi import MimiTransformerModel, apply_rotary_pos_emb
 
+from serve_app.model.kernels import triton_available
+
+CHUNK_TOKENS = 16
+"""New tokens one attention pass takes (16: 8 codec frames at Mimi's two tokens a frame); the ring
+holds this many entries beyond the window's context."""
+
+FUSED_ATTENTION: bool | None = None
+"""Whether decoders built from now on attend with the Triton kernel (None: on CUDA with Triton, for
+heads of a power-of-two size of at least 16)."""
+
+
+def ring_positions(past: torch.Tensor, length: int, ring: int) -> torch.Tensor:
+    """(B, ring): the absolute position each ring entry holds once `length` tokens after `past[b]`
+    have been written (negative: never written)."""
+    newest = past[:, None] + length - 1
+    return newest - torch.remainder(newest - torch.arange(ring, device=past.device), ring)
+
+
+def window_attention_sdpa(
+    q: torch.Tensor,
+    k_ring: torch.Tensor,
+    v_ring: torch.Tensor,
+    slots: torch.Tensor,
+    past: torch.Tensor,
+    window: int,
+    scale: float,
+) -> torch.Tensor:
+    """`kernels.window_attention.window_attention` with SDPA: the rings of `slots` gathered, and a
+    mask of which entries each new token sees (`q - window < p <= q`)."""
+    length, ring = q.shape[2], k_ring.shape[2]
+    key_pos = ring_positions(past, length, ring)[:, None, :]
+    query_pos = (past[:, None] + torch.arange(length, device=past.device))[:, :, None]
+    mask = ((key_pos >= 0) & (key_pos <= query_pos) & (key_pos > query_pos - window))[:, None]
+    gqa = q.shape[1] != k_ring.shape[1]
+    return F.scaled_dot_product_attention(
+        q, k_ring[slots], v_ring[slots], attn_mask=mask, scale=scale, enable_gqa=gqa
+    )
+
 
 class StreamingTransformer:
     """Streaming forward of a `MimiTransformerModel` for up to `max_streams` slots."""
 
     def __init__(
-        self, model: MimiTransformerModel, max_streams: int, device: torch.device, dtype: torch.dtype
+        self,
+        model: MimiTransformerModel,
+        max_streams: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        chunk_tokens: int = CHUNK_TOKENS,
+        fused: bool | None = None,
     ):
         config = model.config
         if not isinstance(config.sliding_window, int) or config.sliding_window < 1:
@@ -29,9 +77,18 @@ class StreamingTransformer:
         self.model = model
         self.window = config.sliding_window
         self.context = self.window - 1
-        self.head_dim = config.head_dim
-        self.gqa = config.num_key_value_heads != config.num_attention_heads
-        shape = (len(model.layers), max_streams, config.num_key_value_heads, self.context, self.head_dim)
+        self.chunk_tokens = chunk_tokens
+        self.ring = self.context + chunk_tokens
+        self.head_dim = dim = config.head_dim
+        kernel_fits = dim >= 16 and dim & (dim - 1) == 0  # the kernel's tiles: a power of two
+        fused = FUSED_ATTENTION if fused is None else fused
+        self.fused = device.type == "cuda" and triton_available() and kernel_fits if fused is None else fused
+        self._attend = window_attention_sdpa
+        if self.fused:
+            from serve_app.model.kernels.window_attention import window_attention
+
+            self._attend = window_attention
+        shape = (len(model.layers), max_streams, config.num_key_value_heads, self.ring, self.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
 
@@ -40,20 +97,20 @@ class StreamingTransformer:
         self.keys.index_fill_(1, slots, 0)
         self.values.index_fill_(1, slots, 0)
 
-    def _mask(self, past: torch.Tensor, length: int) -> torch.Tensor:
-        """(B, 1, length, context + length) bool: which cached/new keys each new token may see."""
-        steps = torch.arange(self.context + length, device=past.device)
-        key_pos = past[:, None] - self.context + steps  # (B, context + length)
-        query_pos = past[:, None] + steps[:length]  # (B, length)
-        k, q = key_pos[:, None, :], query_pos[:, :, None]
-        return ((k >= 0) & (k <= q) & (k > q - self.window))[:, None]
-
     def __call__(self, x: torch.Tensor, slots: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
         """x: (B, L, hidden) new tokens; past: (B,) tokens each slot has already seen."""
+        pieces = x.split(self.chunk_tokens, dim=1)
+        out = []
+        for piece in pieces:
+            out.append(self._forward(piece, slots, past))
+            past = past + piece.shape[1]
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+    def _forward(self, x: torch.Tensor, slots: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
         positions = past[:, None] + torch.arange(length, device=x.device)
         cos, sin = self.model.rotary_emb(x, positions)
-        mask = self._mask(past, length)
+        entries = torch.remainder(positions, self.ring)  # (B, L) ring entries of the new tokens
         for index, layer in enumerate(self.model.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
@@ -61,14 +118,10 @@ class StreamingTransformer:
             k = attn.k_proj(h).view(batch, length, -1, self.head_dim).transpose(1, 2)
             v = attn.v_proj(h).view(batch, length, -1, self.head_dim).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            k = torch.cat([self.keys[index, slots], k], dim=2)
-            v = torch.cat([self.values[index, slots], v], dim=2)
-            if self.context:
-                self.keys[index, slots] = k[:, :, -self.context :]
-                self.values[index, slots] = v[:, :, -self.context :]
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, scale=attn.scaling, enable_gqa=self.gqa
-            )
+            keys, values = self.keys[index], self.values[index]
+            keys[slots[:, None], :, entries] = k.transpose(1, 2)  # (B, L, heads, dim) into the rings
+            values[slots[:, None], :, entries] = v.transpose(1, 2)
+            out = self._attend(q, keys, values, slots, past, self.window, attn.scaling)
             out = attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
             x = x + layer.self_attn_layer_scale(out)
             x = x + layer.mlp_layer_scale(layer.mlp(layer.post_attention_layernorm(x)))
