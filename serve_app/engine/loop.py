@@ -11,7 +11,10 @@ An iteration:
   3. waits for step N's codes only (and the audio decoded since last iteration), records each
      sequence's frame, and stops sequences that hit end of audio or their length;
   4. while the device runs step N+1: hands finished chunks to their streams, then launches the audio
-     decode of every chunk whose frames are complete, on the runner's audio stream.
+     decode of every chunk whose frames are complete, on the runner's audio stream (steps and
+     prefills run on a stream of higher priority). Later chunks end on the loop's frame clock
+     (`ChunkPolicy.align`), so the chunks of streams that joined at different steps complete
+     together and decode in one launch per size.
 End of audio is thus seen one step late: the frame step N+1 computed past it is discarded and the
 slot stops being stepped. Lengths are known on the host, so no step is launched past one. A step's
 codes go to the sequences it was launched for, and only while they are still generating: a sequence
