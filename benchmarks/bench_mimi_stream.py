@@ -159,6 +159,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     parts = set(args.parts.split(","))
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "benchmarks" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
 
     results: list[dict] = []
@@ -188,8 +191,6 @@ def main() -> None:
         if args.profile and cuda:
             mimi = MimiModel(MimiConfig()).eval().to("cuda", torch.bfloat16)
             tables = [profile_case(mimi, *map(int, case.split("x"))) for case in args.profile.split(",")]
-            command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
-            out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "benchmarks" / "results"
             path = out_dir / f"{dt.date.today().isoformat()}-cuda-mimi-profile.txt"
             path.write_text(
                 f"{command}\n{torch.cuda.get_device_name(0)}, torch {torch.__version__}\n\n" + "".join(tables)
@@ -199,7 +200,7 @@ def main() -> None:
     device = "cuda" if cuda and "full-cuda" in parts else "cpu"
     report = {
         "benchmark": "mimi-stream-decode-latency",
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
+        "command": command,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -208,8 +209,6 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
         "results": results,
     }
-    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{dt.date.today().isoformat()}-{device}-mimi-stream.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
