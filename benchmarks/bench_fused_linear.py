@@ -12,10 +12,12 @@ Sections (written to the JSON as each finishes):
   sampler     the fused sampler kernel per batch and warps per row
   cold        per CSM-1B projection and batch class: every tile of a wide sweep timed as it runs in
               the step, its weight read from HBM (a graph of launches over copies of the weight that
-              together overflow L2), not replayed from L2 as in `tiles`; the kernels compile first
-              in parallel worker processes
+              together overflow L2), not replayed from L2 as in `tiles`: the shipped tile with
+              pointer loads and with TMA loads, the sweep's tiles with the loads of `--cold-loads`,
+              and cuBLAS's matmul alone; the kernels compile first in parallel worker processes
   variants    the whole decode step per batch under each kernel setting (the shipped tiles or the
-              cold sweep's, split-K sums in-kernel, sampler warps, programmatic dependent launch),
+              cold sweep's, split-K sums in-kernel, sampler warps, programmatic dependent launch,
+              TMA loads),
               with the frame's codes compared to the shipped setting's
 
     PYTHONPATH=. python3 benchmarks/bench_fused_linear.py      # writes $OUT/<date>-<gpu>-fused-linear.json
@@ -180,10 +182,10 @@ def cold_candidates(m: int, k: int, gate_up: bool) -> list[dict[str, int]]:
     elif m <= 64:
         bms, bns, bks, splits, pipes = (32, 64), (32, 64, 128), (64, 128), (1, 2, 4), ((4, 3), (4, 4))
     elif m <= 128:
-        bms, bns, bks, splits = (64, 128), (32, 64, 128), (64,), (1, 2, 4)
+        bms, bns, bks, splits = (64, 128), (32, 64, 128), (64, 128), (1, 2, 4)
         pipes = ((4, 3), (4, 4), (8, 3), (8, 4))
     else:
-        bms, bns, bks, splits, pipes = (64, 128), (64, 128), (64,), (1, 2), ((4, 3), (8, 3), (8, 4))
+        bms, bns, bks, splits, pipes = (64, 128), (64, 128), (64, 128), (1, 2), ((4, 3), (8, 3), (8, 4))
     return [
         {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": s, "num_warps": w, "num_stages": st}
         for bm in bms
@@ -213,6 +215,10 @@ def cold_inputs(m: int, n: int, k: int, kind: str, copies: int, seed: int = 0) -
     }
 
 
+Task = tuple[int, str, dict[str, int], bool]
+"""(batch, shape, tile, TMA loads) of the cold sweep."""
+
+
 def cold_launches(inputs: dict[str, Any]) -> Callable[[], None]:
     """One launch per weight copy, as the step launches them."""
 
@@ -223,29 +229,44 @@ def cold_launches(inputs: dict[str, Any]) -> Callable[[], None]:
     return run
 
 
-def cold_tasks(shapes: list[str]) -> list[tuple[int, str, dict[str, int]]]:
-    """Every (batch, shape, tile) the cold sweep times, the shipped tile first for each pair."""
-    tasks = []
-    for cls, m in COLD_CLASSES.items():
+def cublas_launches(inputs: dict[str, Any]) -> Callable[[], None]:
+    """cuBLAS's matmul alone (no norm, activation or residual) per weight copy: a floor for the
+    unfused path."""
+
+    def run() -> None:
+        for w in inputs["ws"]:
+            F.linear(inputs["x"], w)
+
+    return run
+
+
+def cold_tasks(shapes: list[str], classes: list[int], tma: bool) -> list[Task]:
+    """Every (batch, shape, tile, TMA loads) the cold sweep times: for each pair the shipped tile
+    first (with the sweep's loads, then with the others), then the sweep's tiles."""
+    tasks: list[Task] = []
+    for cls in classes:
+        m = COLD_CLASSES[cls]
         for name in shapes:
             n, k, kind = SHAPES[name]
             shipped = fl.tiles_for(cls, n, k, kind == "gate_up")
-            cands = [shipped] + [c for c in cold_candidates(m, k, kind == "gate_up") if c != shipped]
-            tasks += [(m, name, cfg) for cfg in cands]
+            cands = [c for c in cold_candidates(m, k, kind == "gate_up") if c != shipped]
+            tasks += [(m, name, shipped, tma), (m, name, shipped, not tma)]
+            tasks += [(m, name, cfg, tma) for cfg in cands]
     return tasks
 
 
-def _compile_worker(tasks: list[tuple[int, str, dict[str, int]]]) -> list[int]:
+def _compile_worker(tasks: list[Task]) -> list[int]:
     """Compile (by running once) each task's kernel; the indices of those that failed."""
     failed = []
     cache: dict[tuple[int, str], dict[str, Any]] = {}
-    for i, (m, name, cfg) in enumerate(tasks):
+    for i, (m, name, cfg, tma) in enumerate(tasks):
         n, k, kind = SHAPES[name]
         inputs = cache.get((m, name))
         if inputs is None:
             cache.clear()
             inputs = cache[(m, name)] = cold_inputs(m, n, k, kind, 1)
         fl.CONFIG_OVERRIDES[(m, n, k)] = cfg
+        fl.TMA_MIN_ROWS = 1 if tma else None
         try:
             cold_launches(inputs)()
             torch.cuda.synchronize()
@@ -254,16 +275,16 @@ def _compile_worker(tasks: list[tuple[int, str, dict[str, int]]]) -> list[int]:
     return failed
 
 
-def precompile(tasks: list[tuple[int, str, dict[str, int]]], workers: int) -> set[int]:
+def precompile(tasks: list[Task], workers: int) -> set[int]:
     """Compile every task's kernel in worker processes sharing Triton's disk cache (compiling is
     CPU-bound and serial in one process), each distinct kernel once; the indices of the tasks whose
     kernel failed to compile or launch."""
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    def kernel_of(task: tuple[int, str, dict[str, int]]) -> tuple[Any, ...]:
-        m, name, cfg = task  # the shapes differ only in values the kernel is not specialised on
-        return (m, SHAPES[name][2], tuple(sorted(cfg.items())))
+    def kernel_of(task: Task) -> tuple[Any, ...]:
+        m, name, cfg, tma = task  # the shapes differ only in values the kernel is not specialised on
+        return (m, SHAPES[name][2], tuple(sorted(cfg.items())), tma, tma and name == "depth.head")
 
     first: dict[tuple[Any, ...], int] = {}
     for i, task in enumerate(tasks):
@@ -281,9 +302,12 @@ def precompile(tasks: list[tuple[int, str, dict[str, int]]], workers: int) -> se
     return {i for i, task in enumerate(tasks) if kernel_of(task) in failed_kernels}
 
 
-def cold(shapes: list[str], budget_s: float, workers: int) -> tuple[list[dict[str, Any]], dict[Any, Any]]:
-    """The cold sweep's rows, and the table of its fastest tiles (`fl.TUNED`'s format)."""
-    tasks = cold_tasks(shapes)
+def cold(
+    shapes: list[str], classes: list[int], tma: bool, budget_s: float, workers: int
+) -> tuple[list[dict[str, Any]], dict[Any, Any]]:
+    """The cold sweep's rows, and the table of its fastest tiles with the sweep's loads
+    (`fl.TUNED`'s format)."""
+    tasks = cold_tasks(shapes, classes, tma)
     t0 = time.perf_counter()
     failed = precompile(tasks, workers)
     print(
@@ -291,9 +315,9 @@ def cold(shapes: list[str], budget_s: float, workers: int) -> tuple[list[dict[st
         flush=True,
     )
     t_end = time.perf_counter() + budget_s
-    by_pair: dict[tuple[int, str], list[tuple[int, dict[str, int]]]] = {}
-    for i, (m, name, cfg) in enumerate(tasks):
-        by_pair.setdefault((m, name), []).append((i, cfg))
+    by_pair: dict[tuple[int, str], list[tuple[int, dict[str, int], bool]]] = {}
+    for i, (m, name, cfg, task_tma) in enumerate(tasks):
+        by_pair.setdefault((m, name), []).append((i, cfg, task_tma))
     rows, table = [], {}
     for (m, name), cands in by_pair.items():
         if time.perf_counter() > t_end:
@@ -304,16 +328,26 @@ def cold(shapes: list[str], budget_s: float, workers: int) -> tuple[list[dict[st
         inputs = cold_inputs(m, n, k, kind, max(4, -(-L2_OVERFLOW_BYTES // weight_bytes)))
         run = cold_launches(inputs)
         per_launch = len(inputs["ws"])
-        timed = []
-        for i, cfg in cands:
+        timed, other_loads_us = [], None
+        saved_tma = fl.TMA_MIN_ROWS
+        for i, cfg, task_tma in cands:
             if i in failed:
                 continue
             fl.CONFIG_OVERRIDES[(m, n, k)] = cfg
+            fl.TMA_MIN_ROWS = 1 if task_tma else None
             try:
-                timed.append((graph_us(run, 10) / per_launch, cfg))
+                us = graph_us(run, 10) / per_launch
             except Exception as exc:  # noqa: BLE001
                 print("cold: skip", name, m, cfg, type(exc).__name__, flush=True)
+                continue
+            finally:
+                fl.TMA_MIN_ROWS = saved_tma
+            if task_tma == tma:
+                timed.append((us, cfg))
+            else:
+                other_loads_us = us
         fl.CONFIG_OVERRIDES.clear()
+        cublas_us = graph_us(cublas_launches(inputs), 10) / per_launch
         if not timed:
             continue
         shipped_us = timed[0][0] if cands[0][0] not in failed else None
@@ -330,6 +364,9 @@ def cold(shapes: list[str], budget_s: float, workers: int) -> tuple[list[dict[st
             "tiles_timed": len(timed),
             "shipped": cands[0][1],
             "shipped_us": round(shipped_us, 2) if shipped_us is not None else None,
+            "tma_loads": tma,
+            "shipped_other_loads_us": round(other_loads_us, 2) if other_loads_us is not None else None,
+            "cublas_matmul_us": round(cublas_us, 2),
             "best": best,
             "best_us": round(best_us, 2),
             "best_gb_per_s": round(weight_bytes / (best_us * 1e-6) / 1e9, 1),
@@ -452,6 +489,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pdl_wait": {"pdl": "wait"},
     "pdl_early": {"pdl": "early"},
     "cold_tiles": {"tiles": "cold"},
+    "tma_32": {"tma_rows": 32},
+    "tma_32_cold_tiles": {"tma_rows": 32, "tiles": "cold"},
     "all_wait": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "wait"},
     "all_early": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "early"},
 }
@@ -464,18 +503,19 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
     from serve_app.model.kernels import pdl
     from serve_app.model.kernels import sampling as ks
 
-    saved = (fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, ks.NUM_WARPS, pdl.MODE)
+    saved = (fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE)
     try:
         if setting.get("tiles") == "cold":
             if not cold_table:
                 raise RuntimeError("no cold sweep table")
             fl.TUNED = {**fl.TUNED, **cold_table}
         fl.IN_KERNEL_REDUCE_MAX_ROWS = setting.get("in_kernel_rows", fl.IN_KERNEL_REDUCE_MAX_ROWS)
+        fl.TMA_MIN_ROWS = setting.get("tma_rows", fl.TMA_MIN_ROWS)
         ks.NUM_WARPS = setting.get("sampler_warps", ks.NUM_WARPS)
         pdl.MODE = setting.get("pdl", pdl.MODE)
         yield
     finally:
-        fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, ks.NUM_WARPS, pdl.MODE = saved
+        fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE = saved
 
 
 @torch.inference_mode()
@@ -531,6 +571,8 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS), help="settings the variants section times")
     p.add_argument("--cold-table", help="a results file whose cold_table the variants use (no sweep)")
     p.add_argument("--cold-budget-s", type=float, default=240, help="timing budget of the cold sweep")
+    p.add_argument("--cold-classes", default=",".join(map(str, COLD_CLASSES)), help="batch classes it sweeps")
+    p.add_argument("--cold-loads", choices=("pointers", "tma"), default="pointers", help="the sweep's loads")
     p.add_argument("--compile-workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     p.add_argument("--skip", default="")
     args = p.parse_args()
@@ -557,7 +599,10 @@ def main() -> None:
         loaded = json.loads(Path(args.cold_table).read_text())["cold_table"]
         cold_table = {tuple(map(int, key.split("/"))): tuple(v) for key, v in loaded.items()}
     elif "cold" not in skip:
-        res["cold"], cold_table = cold(args.shapes.split(","), args.cold_budget_s, args.compile_workers)
+        classes = [int(c) for c in args.cold_classes.split(",")]
+        res["cold"], cold_table = cold(
+            args.shapes.split(","), classes, args.cold_loads == "tma", args.cold_budget_s, args.compile_workers
+        )
         res["cold_table"] = {f"{c}/{n}/{k}": list(v) for (c, n, k), v in sorted(cold_table.items())}
         save()
     if "variants" not in skip:

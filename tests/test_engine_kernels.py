@@ -83,8 +83,9 @@ def test_narrow_heads_take_the_unfused_path() -> None:
     ids=["one-pass", "split-3-summed-in-kernel", "split-4-summed-in-kernel", "split-3-reduce-kernel"],
 )
 @pytest.mark.parametrize("rows", [1, 3, 20])
+@pytest.mark.parametrize("tma", [False, True], ids=["pointer-loads", "tma-loads"])
 def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
-    rows: int, split_k: int, in_kernel: bool, monkeypatch: pytest.MonkeyPatch
+    rows: int, tma: bool, split_k: int, in_kernel: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch.nn.functional as F
 
@@ -93,10 +94,13 @@ def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
     from serve_app.model.llama import RMSNorm
 
     gen = torch.Generator().manual_seed(rows)
-    k, n = 96, 70  # not multiples of the tiles: masked edges
+    k, n = 96, 72  # n not a multiple of the tiles: masked edges; rows of 16-byte multiples (TMA)
     tiles = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "SPLIT_K": split_k, "num_warps": 4, "num_stages": 2}
     monkeypatch.setattr(module, "tile_config", lambda *_: tiles)  # of 4 splits the last has no K left
     monkeypatch.setattr(module, "IN_KERNEL_REDUCE_MAX_ROWS", 1 << 20 if in_kernel else 0)
+    monkeypatch.setattr(module, "TMA_MIN_ROWS", 1 if tma else None)
+    ready, launches = module._tma_ready, []
+    monkeypatch.setattr(module, "_tma_ready", lambda *a: launches.append(ready(*a)) or launches[-1])
     module._TILE_LOCKS.clear()
 
     def rand(*shape: int) -> torch.Tensor:
@@ -127,6 +131,7 @@ def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
     }
     for name, (got, want) in cases.items():
         torch.testing.assert_close(got.cpu(), want, rtol=TOL, atol=10 * TOL, msg=name)
+    assert launches[:4] == [tma] * 4, "every operand, the transposed head's too, can be described to TMA"
     if in_kernel:  # the tiles' last programs summed the slices and left their counters zero
         assert not module.tile_locks(DEVICE).any()
         again = fused_linear(x.to(DEVICE), w.to(DEVICE), None, res.to(DEVICE), 0.0, False)

@@ -20,6 +20,8 @@ are six more launches around the four matmuls. Here they ride inside the matmul 
   the partial sums in the same order and runs the epilogue: no second launch, which at batch 1 is
   about a third of a frame's launches.
 - Launch: every kernel may start as a dependent of the one before (`pdl`), waiting for it first.
+- Loads: batches above 16 rows read their tiles through TMA descriptors (`TMA_MIN_ROWS`), smaller
+  ones through masked pointer loads; the arithmetic is the same.
 
 So a layer is four matmul launches (plus a reduce per split one above that size) and attention. W may be any 2-D view
 (N, K): the depth decoder's per-codebook heads are (K, N) tensors read through a transposed view.
@@ -31,12 +33,21 @@ tolerance of the reference, checked by the tests.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from serve_app.model.kernels import pdl
 from serve_app.model.kernels.pdl import enter
+
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # a Triton without host-side TMA descriptors
+    TensorDescriptor = None
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
@@ -75,9 +86,26 @@ def _epilogue(
 
 
 @triton.jit
+def _weight_tile(
+    w_ptr, n0, k0, cols, col_ok, k, k_ok, stride_wn, stride_wk, TMA: tl.constexpr, W_TRANSPOSED: tl.constexpr
+):
+    """The (BLOCK_K, BLOCK_N) tile of W^T at (k0, n0): through the TMA descriptor or by pointers."""
+    if TMA:
+        if W_TRANSPOSED:
+            tile = w_ptr.load([k0, n0])
+        else:
+            tile = w_ptr.load([n0, k0]).T
+    else:
+        w_offs = cols[None, :] * stride_wn + k[:, None] * stride_wk
+        tile = tl.load(w_ptr + w_offs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+    return tile
+
+
+@triton.jit
 def _linear_kernel(
-    x_ptr,  # (M, K), unit stride along K
-    w_ptr,  # (N, K) view (GATE_UP: (2N, K), gate rows first): element (n, k) at n * stride_wn + k * stride_wk
+    x_ptr,  # (M, K), unit stride along K; TMA: its descriptor, blocks (BLOCK_M, BLOCK_K)
+    w_ptr,  # (N, K) view (GATE_UP: (2N, K), gate rows first): element (n, k) at n * stride_wn + k * stride_wk;
+    # TMA: a descriptor of the (N, K) weight, blocks (BLOCK_N, BLOCK_K), or with W_TRANSPOSED of its (K, N) tensor
     out_ptr,  # (M, N)
     part_ptr,  # (SPLIT_K, M, N) fp32 partial sums (SPLIT_K > 1)
     lock_ptr,  # int32 per output tile, zero between launches: its split programs that have finished
@@ -102,6 +130,8 @@ def _linear_kernel(
     SPLIT_K: tl.constexpr,
     IN_KERNEL_REDUCE: tl.constexpr,
     PRECISION: tl.constexpr,
+    TMA: tl.constexpr,
+    W_TRANSPOSED: tl.constexpr,
     PDL_WAIT: tl.constexpr,
     PDL_EARLY: tl.constexpr,
 ):
@@ -114,7 +144,7 @@ def _linear_kernel(
     ks = tl.arange(0, BLOCK_K)
     row_ok = rows < M
     col_ok = cols < N
-    dtype = w_ptr.dtype.element_ty
+    dtype = out_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     sumsq = tl.zeros((BLOCK_M,), tl.float32)
@@ -123,19 +153,22 @@ def _linear_kernel(
     for k0 in range(k_start, tl.minimum(K, k_start + k_span), BLOCK_K):
         k = k0 + ks
         k_ok = k < K
-        x_mask = row_ok[:, None] & k_ok[None, :]
-        x_offs = rows[:, None] * stride_xm + k[None, :]
-        a = tl.load(x_ptr + x_offs, mask=x_mask, other=0.0)
+        if TMA:  # the copy engine fills shared memory, out-of-range elements as zeros
+            a = x_ptr.load([pid_m * BLOCK_M, k0])
+        else:
+            x_mask = row_ok[:, None] & k_ok[None, :]
+            a = tl.load(x_ptr + rows[:, None] * stride_xm + k[None, :], mask=x_mask, other=0.0)
         if NORM:
             af = a.to(tl.float32)
             sumsq += tl.sum(af * af, axis=1)
             g = tl.load(g_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
             a = (af * g[None, :]).to(dtype)
-        w_offs = cols[None, :] * stride_wn + k[:, None] * stride_wk
-        w_mask = col_ok[None, :] & k_ok[:, None]
-        acc += tl.dot(a, tl.load(w_ptr + w_offs, mask=w_mask, other=0.0), input_precision=PRECISION)
-        if GATE_UP:
-            w_up = tl.load(w_ptr + N * stride_wn + w_offs, mask=w_mask, other=0.0)
+        n0 = pid_n * BLOCK_N
+        w = _weight_tile(w_ptr, n0, k0, cols, col_ok, k, k_ok, stride_wn, stride_wk, TMA, W_TRANSPOSED)
+        acc += tl.dot(a, w, input_precision=PRECISION)
+        if GATE_UP:  # the up rows follow the N gate rows
+            up = N + n0
+            w_up = _weight_tile(w_ptr, up, k0, N + cols, col_ok, k, k_ok, stride_wn, stride_wk, TMA, W_TRANSPOSED)
             acc_up += tl.dot(a, w_up, input_precision=PRECISION)
     out_mask = row_ok[:, None] & col_ok[None, :]
     if SPLIT_K == 1:
@@ -255,40 +288,41 @@ TUNED: dict[tuple[int, int, int], tuple[int, int, int, int, int, int]] = {
     (16, 8192, 2048): (16, 64, 256, 1, 4, 3),  # backbone gate/up
     (16, 2048, 8192): (16, 32, 128, 4, 4, 4),  # backbone down
     (64, 1024, 1024): (64, 32, 128, 1, 4, 4),
-    (64, 1536, 1024): (32, 32, 64, 4, 4, 3),
-    (64, 2048, 1024): (32, 128, 64, 4, 4, 4),
-    (64, 8192, 1024): (64, 128, 64, 1, 4, 3),
+    (64, 1536, 1024): (64, 32, 128, 4, 4, 3),
+    (64, 2048, 1024): (64, 32, 128, 4, 4, 4),
+    (64, 8192, 1024): (64, 64, 128, 1, 4, 3),
     (64, 1024, 8192): (64, 32, 128, 4, 4, 4),
-    (64, 2048, 2048): (64, 64, 128, 4, 4, 4),
-    (64, 3072, 2048): (64, 128, 64, 4, 4, 4),
-    (64, 8192, 2048): (64, 128, 128, 1, 4, 4),
+    (64, 2048, 2048): (64, 32, 128, 4, 4, 4),
+    (64, 3072, 2048): (64, 32, 128, 4, 4, 3),
+    (64, 8192, 2048): (32, 64, 128, 1, 4, 3),
     (64, 2048, 8192): (64, 64, 128, 4, 4, 4),
-    (128, 1024, 1024): (64, 64, 64, 4, 4, 4),
-    (128, 1536, 1024): (64, 128, 64, 4, 4, 4),
-    (128, 2048, 1024): (64, 128, 64, 4, 4, 4),
-    (128, 8192, 1024): (64, 128, 64, 1, 4, 4),
-    (128, 1024, 8192): (64, 32, 64, 4, 4, 4),
-    (128, 2048, 2048): (128, 64, 64, 4, 8, 4),
-    (128, 3072, 2048): (64, 128, 64, 4, 4, 4),
+    (128, 1024, 1024): (64, 32, 128, 1, 4, 4),
+    (128, 1536, 1024): (64, 32, 128, 4, 4, 3),
+    (128, 2048, 1024): (64, 32, 128, 2, 4, 3),
+    (128, 8192, 1024): (64, 128, 64, 1, 4, 3),
+    (128, 1024, 8192): (128, 32, 128, 4, 4, 4),
+    (128, 2048, 2048): (64, 64, 128, 2, 4, 4),
+    (128, 3072, 2048): (64, 64, 64, 4, 4, 3),
     (128, 8192, 2048): (64, 128, 64, 1, 4, 4),
-    (128, 2048, 8192): (128, 64, 64, 4, 8, 4),
-    (256, 1024, 1024): (64, 64, 64, 1, 8, 4),
-    (256, 1536, 1024): (128, 64, 64, 2, 8, 4),
-    (256, 2048, 1024): (128, 64, 64, 2, 8, 4),
-    (256, 8192, 1024): (128, 128, 64, 1, 8, 3),
-    (256, 1024, 8192): (64, 64, 64, 4, 4, 3),
-    (256, 2048, 2048): (128, 64, 64, 2, 8, 4),
-    (256, 3072, 2048): (128, 128, 64, 2, 8, 4),
-    (256, 8192, 2048): (128, 128, 64, 1, 8, 3),
-    (256, 2048, 8192): (128, 64, 64, 2, 8, 4),
+    (128, 2048, 8192): (128, 64, 128, 4, 8, 4),
+    (256, 1024, 1024): (64, 64, 128, 1, 8, 4),
+    (256, 1536, 1024): (64, 64, 128, 2, 4, 3),
+    (256, 2048, 1024): (64, 64, 128, 2, 4, 3),
+    (256, 8192, 1024): (64, 128, 64, 1, 4, 3),
+    (256, 1024, 8192): (64, 64, 128, 2, 8, 4),
+    (256, 2048, 2048): (64, 64, 128, 1, 8, 4),
+    (256, 3072, 2048): (64, 64, 64, 2, 4, 3),
+    (256, 8192, 2048): (64, 128, 64, 1, 4, 3),
+    (256, 2048, 8192): (128, 64, 128, 2, 8, 4),
 }
 """The fastest tiles for the CSM-1B decode projections by batch class (`batch_class`: the table's
 class that holds the batch), output width N and reduction K, from a sweep on an H200 that times
 each tile as the step runs it, its weight streamed from HBM rather than replayed from L2
-(`bench_fused_linear.py` `cold`; `benchmarks/results/2026-12-03-1006-nvidia-h200-fused-linear-cold.json`).
-The whole graphed decode step with them, against the tiles of the earlier L2-resident sweep:
-6.86 vs 7.38 ms at batch 1, 9.78 vs 10.70 at 128, 13.28 vs 13.90 at 256. Other shapes follow
-`tile_config`'s rule."""
+(`bench_fused_linear.py` `cold`). Class 16 with pointer loads
+(`benchmarks/results/2026-12-03-1006-nvidia-h200-fused-linear-cold.json`; the whole graphed decode
+step with them, against the tiles of the earlier L2-resident sweep: 6.86 vs 7.38 ms at batch 1),
+the larger classes with TMA loads (`TMA_MIN_ROWS`; `…-1440-nvidia-h200-fused-linear-tma.json`).
+Other shapes follow `tile_config`'s rule."""
 
 
 def batch_class(m: int) -> int:
@@ -327,6 +361,35 @@ def fit_shared_memory(cfg: dict[str, int], element_size: int, gate_up: bool) -> 
     while staged() > SHARED_MEMORY_BUDGET and cfg["num_stages"] > 1:
         cfg["num_stages"] -= 1
     return cfg
+
+
+TMA_MIN_ROWS: int | None = 17
+"""Batches of at least this many rows (every class above 16) load their x and weight tiles with
+the Hopper copy engine (TMA descriptors) instead of pointer arithmetic; None: never. The gate/up
+projections gain most (depth gate/up at 128 rows, weight from HBM: 19.6 → 16.4 µs). The whole
+graphed decode step on an H200, pointer loads with their tiles vs TMA loads with tiles swept for
+them (`bench_fused_linear.py --cold-classes 64,128,256 --cold-loads tma --variants
+shipped,tma_32,tma_32_cold_tiles`, `benchmarks/results/2026-12-03-1440-nvidia-h200-fused-linear-tma.json`),
+ms per frame: 8.77 vs 7.58 at batch 64, 9.54 vs 8.64 at 128, 13.34 vs 11.49 at 256; batch 1 is
+unchanged (6.93). At 16 rows or fewer a tile is mostly padding and the pointer loads' masks keep
+the copies small."""
+
+
+def _tma_ready(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether both operands can be described to TMA: a CUDA device of compute capability 9 or
+    newer (or Triton's interpreter), one unit-stride dimension per operand, 16-byte aligned."""
+    if TMA_MIN_ROWS is None or x.shape[0] < TMA_MIN_ROWS:
+        return False
+    if x.device.type == "cuda":
+        if TensorDescriptor is None or torch.cuda.get_device_capability(x.device)[0] < 9:
+            return False
+    elif not INTERPRETED:
+        return False
+    w = weight.t() if weight.stride(0) == 1 and weight.stride(1) != 1 else weight
+    return all(
+        t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
+        for t in (x, w)
+    )
 
 
 CONFIG_OVERRIDES: dict[tuple[int, int, int], dict[str, int]] = {}
@@ -409,9 +472,17 @@ def launch(
         if norm_weight is not None:
             sq = torch.empty(split, grid[0], m, dtype=torch.float32, device=x.device)
     flags = {"NORM": norm_weight is not None, "RESIDUAL": residual is not None} | pdl.launch_options(x.device)
+    x_arg, w_arg, tma = x, weight, _tma_ready(x, weight)
+    w_transposed = tma and weight.stride(1) != 1
+    if tma:
+        x_arg = TensorDescriptor.from_tensor(x, [cfg["BLOCK_M"], cfg["BLOCK_K"]])
+        if w_transposed:
+            w_arg = TensorDescriptor.from_tensor(weight.t(), [cfg["BLOCK_K"], cfg["BLOCK_N"]])
+        else:
+            w_arg = TensorDescriptor.from_tensor(weight, [cfg["BLOCK_N"], cfg["BLOCK_K"]])
     _linear_kernel[grid](
-        x,
-        weight,
+        x_arg,
+        w_arg,
         out,
         part,
         locks,
@@ -430,6 +501,8 @@ def launch(
         GATE_UP=gate_up,
         IN_KERNEL_REDUCE=in_kernel,
         PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
+        TMA=tma,
+        W_TRANSPOSED=w_transposed,
         **flags,
         **cfg,
     )
