@@ -731,6 +731,12 @@ def parse_args() -> argparse.Namespace:
         help="programmatic dependent launch of the Triton kernels (default: the kernels')",
     )
     p.add_argument(
+        "--tma-min-rows",
+        type=int,
+        default=None,
+        help="fused projections of at least this many rows load through TMA, 0: never (default: the kernel's)",
+    )
+    p.add_argument(
         "--churn", default="", help="comma-separated client counts of the closed-loop churn section"
     )
     p.add_argument("--churn-s", type=float, default=8.0, help="measured window of each churn level")
@@ -764,10 +770,13 @@ def set_kernel_options(args: argparse.Namespace) -> dict[str, Any]:
         sampling.NUM_WARPS = args.sampler_warps
     if args.pdl is not None:
         pdl.MODE = args.pdl
+    if args.tma_min_rows is not None:
+        fused_linear.TMA_MIN_ROWS = args.tma_min_rows or None
     return {
         "in_kernel_split_k_max_rows": fused_linear.IN_KERNEL_REDUCE_MAX_ROWS,
         "sampler_warps": sampling.NUM_WARPS,
         "pdl": pdl.MODE,
+        "tma_min_rows": fused_linear.TMA_MIN_ROWS,
     }
 
 
