@@ -321,7 +321,7 @@ each tile as the step runs it, its weight streamed from HBM rather than replayed
 (`bench_fused_linear.py` `cold`). Class 16 with pointer loads
 (`benchmarks/results/2026-12-03-1006-nvidia-h200-fused-linear-cold.json`; the whole graphed decode
 step with them, against the tiles of the earlier L2-resident sweep: 6.86 vs 7.38 ms at batch 1),
-the larger classes with TMA loads (`TMA_MIN_ROWS`; `…-1440-nvidia-h200-fused-linear-tma.json`).
+the larger classes with TMA loads (`TMA_MIN_ROWS`; `…-1415-nvidia-h200-fused-linear-tma.json`).
 Other shapes follow `tile_config`'s rule."""
 
 
@@ -369,7 +369,7 @@ the Hopper copy engine (TMA descriptors) instead of pointer arithmetic; None: ne
 projections gain most (depth gate/up at 128 rows, weight from HBM: 19.6 → 16.4 µs). The whole
 graphed decode step on an H200, pointer loads with their tiles vs TMA loads with tiles swept for
 them (`bench_fused_linear.py --cold-classes 64,128,256 --cold-loads tma --variants
-shipped,tma_32,tma_32_cold_tiles`, `benchmarks/results/2026-12-03-1440-nvidia-h200-fused-linear-tma.json`),
+shipped,tma_32,tma_32_cold_tiles`, `benchmarks/results/2026-12-03-1415-nvidia-h200-fused-linear-tma.json`),
 ms per frame: 8.77 vs 7.58 at batch 64, 9.54 vs 8.64 at 128, 13.34 vs 11.49 at 256; batch 1 is
 unchanged (6.93). At 16 rows or fewer a tile is mostly padding and the pointer loads' masks keep
 the copies small."""
