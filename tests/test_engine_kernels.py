@@ -138,6 +138,21 @@ def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
         assert torch.equal(again, cases["residual"][0]), "split-K sums in a fixed order"
 
 
+def test_tma_loads_stage_every_buffer_in_shared_memory() -> None:
+    """TMA loads are counted with a buffer per pipeline stage, pointer loads with one fewer: a tile
+    that fits the pointer count may be shrunk for TMA, and every swept tile fits as it is."""
+    from serve_app.model.kernels import fused_linear as module
+
+    wide = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}
+    assert module.fit_shared_memory(wide, 2, gate_up=True, tma=False) == wide  # 2 x 80 KiB staged
+    assert module.fit_shared_memory(wide, 2, gate_up=True, tma=True)["BLOCK_K"] == 64  # 3 x 80 KiB do not fit
+    for (cls, n, k), _ in module.TUNED.items():
+        gate_up = n == 8192  # the CSM-1B gate/up projections
+        tiles = module.tiles_for(cls, n, k, gate_up)
+        tma = module.TMA_MIN_ROWS is not None and cls >= module.TMA_MIN_ROWS
+        assert module.fit_shared_memory(tiles, 2, gate_up, tma) == tiles, (cls, n, k)
+
+
 def test_each_batch_takes_the_tiles_of_the_smallest_class_that_holds_it() -> None:
     from serve_app.model.kernels import fused_linear as module
 
