@@ -20,6 +20,7 @@ import queue
 import sys
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict
 from typing import Any
@@ -30,6 +31,7 @@ import torch
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.generator import resolve_context
 from serve_app.engine.loop import EngineLoop, SilenceGuard, StepObserver
+from serve_app.engine.mailbox import LoopMailbox
 from serve_app.engine.prompt import build_prompt
 from serve_app.engine.runner import ModelRunner, slots_for_memory
 from serve_app.engine.sampling import fresh_seed
@@ -112,6 +114,9 @@ class Engine:
             on_step,
         )
         self._encode_lock = threading.Lock()
+        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopMailbox] = (
+            weakref.WeakKeyDictionary()
+        )
         self._closed = False
         self.loop.start()
 
@@ -170,12 +175,13 @@ class Engine:
         """Yield chunks as frames are generated; leaving early (aclose, cancellation) stops the request
         at the next frame and frees its slot. Raises `EngineOverloadedError` when the queue is full."""
         loop = asyncio.get_running_loop()
+        mailbox = self._mailboxes.get(loop) or self._mailboxes.setdefault(loop, LoopMailbox(loop))
         began = time.perf_counter()
         items: asyncio.Queue[Item] = asyncio.Queue()
 
-        def sink(item: Item) -> None:  # engine thread → this event loop
+        def sink(item: Item) -> None:  # engine thread → this event loop, one wakeup per burst
             try:
-                loop.call_soon_threadsafe(items.put_nowait, item)
+                mailbox.post(items, item)
             except RuntimeError:  # the event loop is gone: nobody listens any more
                 seq.cancel()
 
