@@ -101,9 +101,11 @@ def run(trees: list[Path], repeats: int, bench_args: list[str], out_dir: Path, t
                     command, check=False, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout_s
                 )
                 code, log = proc.returncode, proc.stdout + proc.stderr
-            except subprocess.TimeoutExpired as exc:
-                code, log = "timeout", f"{exc.stdout or ''}{exc.stderr or ''}"
-            (run_dir / "bench.log").write_text(log if isinstance(log, str) else log.decode(errors="replace"))
+            except subprocess.TimeoutExpired as exc:  # its output may be bytes even with text=True
+                parts = (exc.stdout or "", exc.stderr or "")
+                code = "timeout"
+                log = "".join(p.decode(errors="replace") if isinstance(p, bytes) else p for p in parts)
+            (run_dir / "bench.log").write_text(log)
             results = sorted(run_dir.glob("*.json"))
             result = json.loads(results[0].read_text()) if results else {}
             runs.append(
