@@ -70,7 +70,10 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
         if key in result:
             out[key] = result[key]
     if "burst64" in result:
-        out["burst64_p50"], out["burst64_p99"] = result["burst64"]["ttfa_ms_p50"], result["burst64"]["ttfa_ms_p99"]
+        out["burst64_p50"], out["burst64_p99"] = (
+            result["burst64"]["ttfa_ms_p50"],
+            result["burst64"]["ttfa_ms_p99"],
+        )
     return out
 
 
@@ -111,7 +114,9 @@ def run(trees: list[Path], repeats: int, bench_args: list[str], out_dir: Path, t
             runs.append(
                 {
                     "tree": tree.name,
-                    "revision": (tree / "REVISION").read_text().strip() if (tree / "REVISION").exists() else None,
+                    "revision": (tree / "REVISION").read_text().strip()
+                    if (tree / "REVISION").exists()
+                    else None,
                     "round": round_,
                     "exit": code,
                     "date": result.get("date"),
@@ -146,12 +151,21 @@ def main() -> None:
     rn = sub.add_parser("run", help="bench_engine.py from each tree under .ab/, in turns")
     rn.add_argument("--repeats", type=int, default=2)
     rn.add_argument("--timeout-s", type=float, default=300, help="per run")
+    rn.add_argument(
+        "--reverse",
+        action="store_true",
+        help="trees in reverse order (a second call then balances the first)",
+    )
     rn.add_argument("bench_args", nargs=argparse.REMAINDER, help="after --: bench_engine.py's arguments")
     args = p.parse_args()
     if args.command == "export":
         export(args.revisions)
         return
-    trees = sorted(path for path in TREES.iterdir() if path.is_dir()) if TREES.is_dir() else []
+    trees = (
+        sorted((path for path in TREES.iterdir() if path.is_dir()), reverse=args.reverse)
+        if TREES.is_dir()
+        else []
+    )
     if not trees:
         sys.exit("no trees under .ab/: run `ab_engine.py export REV ...` first (and carry .ab)")
     bench_args = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args

@@ -201,8 +201,50 @@ async def burst(client: Client, n: int) -> dict[str, Any]:
     return {"arrivals": n, **summary(list(results), client.bytes_per_s)}
 
 
+FRAME_S = 0.08
+"""Audio seconds per decode step of a stream (one 80 ms frame)."""
+
+
+async def engine_stats(client: Client) -> dict[str, Any] | None:
+    """The engine loop's counters from `/info` (steps, phase seconds), or None when not given. With
+    several model replicas `/info` answers from one of them."""
+    assert client.session is not None
+    try:
+        async with client.session.get(f"{client.url}/info", headers=client.headers) as r:
+            engine = (await r.json()).get("engine", {}) if r.status == 200 else {}
+    except (aiohttp.ClientError, ValueError):
+        return None
+    if "steps" not in engine or "timings" not in engine:
+        return None
+    return {"steps": engine["steps"], **engine["timings"]}
+
+
+def engine_delta(
+    before: dict[str, Any] | None, after: dict[str, Any] | None, audio_s: float
+) -> dict[str, Any]:
+    """What the engine loop did between two `engine_stats` snapshots while the clients received
+    `audio_s` seconds of audio: its iterations, milliseconds per iteration in each phase, and the
+    rows of a decode step (frames received / steps), to set beside the in-process churn figures."""
+    if not before or not after:
+        return {}
+    iterations = after["iterations"] - before["iterations"]
+    steps = after["steps"] - before["steps"]
+    if iterations <= 0:
+        return {}
+    phases = {
+        k: round((after[f"{k}_s"] - before[f"{k}_s"]) * 1000 / iterations, 3)
+        for k in ("wait", "launch", "host")
+    }
+    return {
+        "loop_iterations": int(iterations),
+        "loop_ms_per_iteration": phases,
+        "rows_per_step": round(audio_s / FRAME_S / steps, 1) if steps > 0 else None,
+    }
+
+
 async def closed_loop(client: Client, streams: int, window_s: float) -> dict[str, Any]:
     """`streams` clients each issuing requests back to back for `window_s` seconds."""
+    before = await engine_stats(client)
     t0 = time.perf_counter()
     results: list[Result] = []
 
@@ -216,11 +258,13 @@ async def closed_loop(client: Client, streams: int, window_s: float) -> dict[str
     # Share of the window the clients spent inside a request: well below 1, the time went between
     # requests (a saturated client), not to the server.
     busy = sum(min(r.end if r.end is not None else window_s, window_s) - r.start for r in results)
+    received_s = sum(r.audio_bytes for r in results) / client.bytes_per_s
     return {
         "streams": streams,
         "audio_s_per_s": round(in_window / client.bytes_per_s / window_s, 2),
         "client_busy": round(busy / (streams * window_s), 3),
         **out,
+        "engine": engine_delta(before, await engine_stats(client), received_s),
     }
 
 
@@ -335,7 +379,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "ttfa_ms_p99": (result.get("idle") or {}).get("ttfa_ms_p99"),
                 "burst": result.get("burst"),
                 "throughput": [
-                    {"streams": r["streams"], "audio_s_per_s": r["audio_s_per_s"]} for r in result["throughput"]
+                    {"streams": r["streams"], "audio_s_per_s": r["audio_s_per_s"]}
+                    for r in result["throughput"]
                 ],
                 "poisson": result.get("poisson"),
                 "details": json_path.name,
@@ -357,7 +402,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-rate", type=int, default=24_000)
     p.add_argument("--idle-trials", type=int, default=20)
     p.add_argument("--burst", type=int, default=64, help="arrivals at once (0: skip)")
-    p.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",") if x], default=[1, 8, 32, 64, 128])
+    p.add_argument(
+        "--streams", type=lambda s: [int(x) for x in s.split(",") if x], default=[1, 8, 32, 64, 128]
+    )
     p.add_argument("--window-s", type=float, default=15.0, help="seconds per closed-loop level")
     p.add_argument("--poisson-rate", type=float, default=None, help="requests per second")
     p.add_argument("--poisson-load", type=float, default=0.8, help="x the best measured capacity (no 503s)")
@@ -385,7 +432,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{row['streams']:>7} " + " ".join(f"{row.get(k)!s:>14}" for k in keys))
     for phase in ("idle", "burst", "poisson"):
         if phase in result:
-            print(phase, {k: result[phase].get(k) for k in ("ttfa_ms_p50", "ttfa_ms_p99", "errors", "rate_503")})
+            print(
+                phase, {k: result[phase].get(k) for k in ("ttfa_ms_p50", "ttfa_ms_p99", "errors", "rate_503")}
+            )
     print("client cpu s", result["client_cpu_s"], "json", Path(args.out) / f"{args.name}.json")
 
 

@@ -34,3 +34,16 @@ def test_summary_counts_answers_without_audio_apart_from_the_good_ones() -> None
     cut = bench_http.Result(start=0.0, status=200, first_byte=0.05, audio_bytes=960, error="cut at window end")
     out = bench_http.summary([good, *empty, cut], bytes_per_s=48000)
     assert out["ok"] == 1 and out["empty_audio"] == 3 and out["errors"] == 0
+
+
+def test_engine_delta_gives_the_loop_per_iteration_and_the_rows_of_a_step() -> None:
+    before = {"steps": 100, "iterations": 100.0, "wait_s": 1.0, "launch_s": 0.2, "host_s": 0.3}
+    after = {"steps": 300, "iterations": 300.0, "wait_s": 2.6, "launch_s": 0.6, "host_s": 1.1}
+    # 200 steps while the clients received 1600 frames (128 s of audio): 8 rows a step.
+    out = bench_http.engine_delta(before, after, audio_s=128.0)
+    assert out == {
+        "loop_iterations": 200,
+        "loop_ms_per_iteration": {"wait": 8.0, "launch": 2.0, "host": 4.0},
+        "rows_per_step": 8.0,
+    }
+    assert bench_http.engine_delta(None, after, 1.0) == {} and bench_http.engine_delta(after, after, 1.0) == {}

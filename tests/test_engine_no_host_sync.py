@@ -24,7 +24,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
-LAUNCH_PHASE = ("start", "step", "deactivate", "release", "decode_audio")
+LAUNCH_PHASE = ("start", "step", "deactivate", "release", "flush_deactivated", "decode_audio")
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import torch
 
 from serve_app.engine.generator import Generator
 from serve_app.engine.loop import SilenceGuard
+from serve_app.engine.runner import frame_rms
 from serve_app.engine.sequence import ChunkPolicy
 from serve_app.engine.types import FinishReason
 from tests import support_engine as se
@@ -81,6 +82,42 @@ def test_silence_guard_stops_a_quiet_runaway() -> None:
         silence=SilenceGuard(rms=1e3, seconds=0),
     )
     assert off.chunks[-1].finish_reason is FinishReason.LENGTH and off.codes.shape[0] == 6
+
+
+def _silence_stop(rms: np.ndarray, threshold: float, frames: int, reset: bool = True) -> int | None:
+    """The frame at which `frames` quiet frames have been counted (a loud one resets the count)."""
+    count = 0
+    for i, value in enumerate(rms):
+        count = count + 1 if value < threshold else (0 if reset else count)
+        if count >= frames:
+            return i
+    return None
+
+
+def test_frame_rms_is_each_frames_loudness() -> None:
+    pcm = torch.randn(3, 4 * FS) * torch.tensor([0.001, 0.1, 1.0, 0.01]).repeat_interleave(FS)
+    expected = np.sqrt(np.mean(np.square(pcm.numpy().reshape(3, 4, FS), dtype=np.float64), axis=-1))
+    np.testing.assert_allclose(frame_rms(pcm, 4).numpy(), expected, rtol=1e-5)
+
+
+def test_silence_guard_counts_each_frames_loudness_and_a_loud_frame_resets_it() -> None:
+    req = se.request("quiet", frames=20, seed=2)  # its loudest frames are not all at the start
+    free = se.run_alone(req, chunks=ChunkPolicy(1, 1), silence=se.NO_SILENCE_GUARD)
+    rms = np.sqrt(np.mean(np.square(free.pcm.reshape(-1, FS), dtype=np.float64), axis=1))
+    guard_frames = 3
+    cases = {}
+    for threshold in np.quantile(rms, [0.3, 0.5, 0.7, 0.9]).tolist():
+        stop = _silence_stop(rms, threshold, guard_frames)
+        if stop is not None:
+            cases[threshold] = stop
+    # At least one case where a loud frame reset the count (without resets it would stop earlier).
+    assert any(_silence_stop(rms, t, guard_frames, reset=False) != stop for t, stop in cases.items())
+    for threshold, stop in cases.items():
+        guard = SilenceGuard(rms=threshold, seconds=guard_frames * 0.08)
+        got = se.run_alone(req, chunks=ChunkPolicy(1, 1), silence=guard)
+        assert got.chunks[-1].finish_reason is FinishReason.SILENCE
+        assert got.codes.shape[0] == stop + 1, threshold
+        np.testing.assert_allclose(got.pcm, free.pcm[: (stop + 1) * FS], atol=1e-5)
 
 
 def test_cancel_stops_at_the_next_frame_and_frees_slot_and_decoder_state() -> None:

@@ -95,6 +95,7 @@ class _Chunk:
     count: int
     after: StepOutput | None = None  # the uncollected step a first chunk waits for (its last frame)
     pcm: Any = None  # device tensor (B, decoded frames * frame_samples), then host array
+    rms: Any = None  # each decoded frame's loudness (B, decoded frames): device tensor, then host array
 
 
 class EngineLoop:
@@ -227,6 +228,7 @@ class EngineLoop:
         for chunk in done:
             self._emit(chunk)
         self._audio = self._launch_chunks() + self._launch_first_chunks(launched)
+        self.runner.flush_deactivated()  # the slots this iteration stopped, in one fill
         t3 = time.perf_counter()
         for key, value in (("launch_s", t1 - t0), ("wait_s", t2 - t1), ("host_s", t3 - t2)):
             self.timings[key] += value
@@ -269,7 +271,9 @@ class EngineLoop:
         chunks, self._audio = self._audio, []
         if step is None and not chunks:
             return []
-        codes, pcm = self.runner.fetch(step.out if step else None, [c.pcm for c in chunks])
+        codes, host = self.runner.fetch(
+            step.out if step else None, [t for c in chunks for t in (c.pcm, c.rms)]
+        )
         if step is not None and codes is not None:
             eos = (codes == self.eos_id).all(axis=1)
             for seq in step.seqs:
@@ -277,8 +281,8 @@ class EngineLoop:
                 # silence, cancel) gets nothing: this frame is past its end.
                 if seq.finish_reason is None:
                     self._take_frame(seq, codes[seq.slot], bool(eos[seq.slot]))
-        for chunk, host in zip(chunks, pcm):
-            chunk.pcm = host
+        for i, chunk in enumerate(chunks):
+            chunk.pcm, chunk.rms = host[2 * i], host[2 * i + 1]
         return chunks
 
     def _admit(self) -> None:
@@ -312,7 +316,7 @@ class EngineLoop:
         slots = [s.slot for s in chunk.seqs]
         form = "audio {} streams x {} frames"
         with self.launches.launch(self.steps, form, len(slots), size, stream=self.runner.audio_stream):
-            chunk.pcm = self.runner.decode_audio(slots, chunk.first, size, after=chunk.after)  # type: ignore[arg-type]
+            chunk.pcm, chunk.rms = self.runner.decode_audio(slots, chunk.first, size, after=chunk.after)  # type: ignore[arg-type]
 
     def _launch_first_chunks(self, step: _Step | None) -> list[_Chunk]:
         """First chunks completed by the step just launched, decoded right after it (one launch per
@@ -369,7 +373,7 @@ class EngineLoop:
             pcm = np.ascontiguousarray(chunk.pcm[i, : kept * fs], dtype=np.float32)
             first = chunk.first[i]
             codes = np.stack(seq.frames[first : first + kept]) if kept else np.zeros((0, 32), np.int64)
-            if kept and self._silent_tail(seq, pcm, kept) and seq.finish_reason is None:
+            if kept and self._silent_tail(seq, chunk.rms[i, :kept]) and seq.finish_reason is None:
                 seq.finish_reason = FinishReason.SILENCE
                 del seq.frames[seq.decoded :]  # frames computed past the silent tail are dropped
             last = seq.finish_reason is not None and seq.undecoded() <= 0
@@ -401,11 +405,11 @@ class EngineLoop:
         )
         self._retire(seq, reason)
 
-    def _silent_tail(self, seq: Sequence, pcm: np.ndarray, frames: int) -> bool:
+    def _silent_tail(self, seq: Sequence, rms: np.ndarray) -> bool:
+        """Count the stream's trailing silent frames, given this chunk's frames' loudness."""
         if not self.silence.enabled:
             return False
-        rms = np.sqrt(np.mean(np.square(pcm.reshape(frames, -1), dtype=np.float64), axis=1))
-        for value in rms:
+        for value in rms.tolist():
             seq.silent_frames = seq.silent_frames + 1 if value < self.silence.rms else 0
         return seq.silent_frames >= self.silence.frames
 

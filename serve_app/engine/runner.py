@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -95,6 +96,24 @@ class StepOutput:
     rows: int
 
 
+class DecodedAudio(NamedTuple):
+    """A chunk decode's output, on the device until fetched: `pcm` (B, n * frame samples) float32
+    and `rms` (B, n), each frame's loudness for the silence guard. The loudness is reduced on the
+    device so the loop thread reads n numbers a stream, not the samples: numpy passes over the
+    samples release and retake the GIL, which under a busy event-loop thread costs far more than the
+    arithmetic."""
+
+    pcm: torch.Tensor
+    rms: torch.Tensor
+
+
+def frame_rms(pcm: torch.Tensor, frames: int) -> torch.Tensor:
+    """Root mean square of each of a (B, frames * samples) batch's frames: (B, frames) float32."""
+    return torch.linalg.vector_norm(pcm.view(pcm.shape[0], frames, -1), dim=-1) / math.sqrt(
+        pcm.shape[-1] // frames
+    )
+
+
 def slot_bytes(model: CsmModel) -> int:
     """Device bytes one slot needs: backbone and depth KV caches (the audio decoder's state is small)."""
     dtype_bytes = model.codebook0_head.weight.element_size()
@@ -155,6 +174,7 @@ class ModelRunner:
         self.embeds = torch.zeros(n_slots, model.cfg.backbone.dim, dtype=self.dtype, device=dev)
         self.hidden = torch.zeros_like(self.embeds)
         self.positions = torch.full((n_slots,), -1, dtype=torch.long, device=dev)
+        self._deactivated: list[int] = []  # slots stopped since the last flush_deactivated
         self.frame = torch.zeros(n_slots, dtype=torch.long, device=dev)
         self.seeds = torch.zeros(n_slots, dtype=torch.long, device=dev)
         self.temperature = torch.ones(n_slots, dtype=torch.float32, device=dev)
@@ -235,6 +255,7 @@ class ModelRunner:
         their slots: the last prompt row is the first decode step's input."""
         if not seqs:
             return
+        self.flush_deactivated()  # a slot stopped this iteration may be the one joining now
         with self._on_step_stream():
             self._start(seqs)
 
@@ -322,11 +343,21 @@ class ModelRunner:
                 self._prefill_inputs_of[(batch, width)] = static
 
     def deactivate(self, slot: int) -> None:
-        """Stop stepping `slot` (its audio decoder state stays for the last chunk). A fill kernel
-        queued behind the steps in flight: `positions[slot] = -1` would copy the number from
-        pageable host memory and wait for the device."""
+        """Stop stepping `slot` from the next step on (its audio decoder state stays for the last
+        chunk). Noted here and written by `flush_deactivated`, which every step and prefill launch
+        calls first: one indexed fill for all the slots an iteration stops, where a fill per slot
+        cost the loop thread a launch each."""
+        self._deactivated.append(slot)
+
+    def flush_deactivated(self) -> None:
+        """Queue `positions[slots] = -1` for the slots deactivated since the last flush, behind the
+        steps in flight (an indexed fill from a pinned index: no host sync)."""
+        if not self._deactivated:
+            return
+        index = self._to_device(torch.tensor(self._deactivated, dtype=torch.long))
+        self._deactivated.clear()
         with self._on_step_stream():
-            self.positions[slot : slot + 1].fill_(-1)
+            self.positions.index_fill_(0, index, -1)
 
     def release(self, slot: int) -> None:
         """Stop stepping `slot` and free its audio decoder state."""
@@ -335,6 +366,7 @@ class ModelRunner:
 
     def slot_positions(self) -> list[int]:
         """Every slot's next position (-1: not stepped), read behind the queued steps (waits)."""
+        self.flush_deactivated()
         with self._on_step_stream():
             return self.positions.tolist()
 
@@ -371,6 +403,7 @@ class ModelRunner:
 
         Results land in `codes` (until the next step) and the history ring; the returned handle
         fetches this step's codes later (`fetch`) without waiting for steps launched after it."""
+        self.flush_deactivated()
         with self._on_step_stream():
             return self._step(rows, positions)
 
@@ -451,11 +484,11 @@ class ModelRunner:
     @torch.inference_mode()
     def decode_audio(
         self, slots: Seq[int], first_frames: Seq[int], n: int, after: StepOutput | None = None
-    ) -> torch.Tensor:
-        """Decode frames first..first+n-1 of each slot from the history ring: (B, n * 1920) float32,
-        on the audio stream. `after`: a step not fetched yet that computed some of these frames (the
-        decode waits for it on the device); without it the frames are older and the decode may run
-        alongside the steps in flight."""
+    ) -> DecodedAudio:
+        """Decode frames first..first+n-1 of each slot from the history ring, on the audio stream.
+        `after`: a step not fetched yet that computed some of these frames (the decode waits for it
+        on the device); without it the frames are older and the decode may run alongside the steps
+        in flight."""
         if n > self.history_len:
             raise ValueError(f"cannot decode {n} frames at once (history ring holds {self.history_len})")
         first = torch.tensor(list(first_frames), dtype=torch.long)
@@ -465,13 +498,15 @@ class ModelRunner:
             if after is not None and self.audio_stream is not None:
                 self.audio_stream.wait_event(self._step_events[self._ring_index(after)])
             codes = self.history[self._to_device(slot_cpu)[:, None], self._to_device(idx)].transpose(1, 2)
-            return self.decoder.decode(codes.contiguous(), slot_cpu, check=False)
+            pcm = self.decoder.decode(codes.contiguous(), slot_cpu, check=False)
+            return DecodedAudio(pcm, frame_rms(pcm, n))
 
     def fetch(
         self, step: StepOutput | None, audio: Seq[torch.Tensor]
     ) -> tuple[np.ndarray | None, list[np.ndarray]]:
-        """Bring one step's codes (rows, 32) and decoded audio to the host, waiting for that step
-        alone (steps launched after it keep running) and for the audio stream."""
+        """Bring one step's codes (rows, 32) and decoded audio tensors (`DecodedAudio` fields) to
+        the host, waiting for that step alone (steps launched after it keep running) and for the
+        audio stream."""
         if self.audio_stream is None:
             pcm = [t.cpu().numpy() for t in audio]
         else:
