@@ -9,7 +9,9 @@ early, so each stream carries its full length. Phases, each written to the JSON 
   streams    N clients in a closed loop for `--window-s` seconds each, for every N in `--streams`:
              audio seconds received per second, time to first byte, each finished stream's
              real-time factor (wall time / audio time) and its worst playback stall (how late a byte
-             arrived against real-time playback that started at the first byte), and the 503 rate
+             arrived against real-time playback that started at the first byte), the 503 rate, and
+             what the engine loop did meanwhile (its `/info` counters before and after the level:
+             ms per iteration in each phase, rows per decode step)
   poisson    open-loop arrivals at `--poisson-rate` requests/s (or `--poisson-load` x the best
              measured capacity) for `--poisson-s` seconds: time to first byte and errors
 
