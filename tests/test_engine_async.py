@@ -145,6 +145,22 @@ def test_an_engine_leaves_the_process_switch_interval_alone() -> None:
         sys.setswitchinterval(before)
 
 
+def test_the_switch_interval_of_an_engine_process_is_set_from_the_environment(monkeypatch) -> None:
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        monkeypatch.setenv("CSM_GIL_SWITCH_INTERVAL_S", "0.0001")
+        lower_switch_interval()
+        assert sys.getswitchinterval() == pytest.approx(0.0001)
+        for bad in ("fast", "0", "-1", "2"):
+            monkeypatch.setenv("CSM_GIL_SWITCH_INTERVAL_S", bad)
+            with pytest.raises(ValueError, match="CSM_GIL_SWITCH_INTERVAL_S"):
+                lower_switch_interval()
+        assert sys.getswitchinterval() == pytest.approx(0.0001)  # a refused value changes nothing
+    finally:
+        sys.setswitchinterval(before)
+
+
 def test_a_stuck_loop_iteration_fails_the_health_check(monkeypatch) -> None:
     """A loop thread wedged inside one iteration (a hung device call) makes the replica unhealthy,
     so Ray replaces it; the same loop back to normal is healthy again."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
 import queue
 import sys
 import threading
@@ -60,15 +61,28 @@ __all__ = ["Engine", "EngineConfig", "lower_switch_interval"]
 LOOP_SWITCH_INTERVAL_S = 0.0005
 """The GIL switch interval for a process that hosts an engine (`lower_switch_interval`)."""
 
+SWITCH_INTERVAL_ENV = "CSM_GIL_SWITCH_INTERVAL_S"
+"""Overrides `LOOP_SWITCH_INTERVAL_S` in the processes that host an engine (seconds, > 0)."""
 
-def lower_switch_interval(seconds: float = LOOP_SWITCH_INTERVAL_S) -> None:
-    """Lower CPython's GIL switch interval (5 ms by default) to `seconds`, for the whole process.
+
+def lower_switch_interval(seconds: float | None = None) -> None:
+    """Lower CPython's GIL switch interval (5 ms by default) to `seconds` (default: $CSM_GIL_SWITCH_INTERVAL_S,
+    else `LOOP_SWITCH_INTERVAL_S`), for the whole process.
 
     The engine's loop thread shares the GIL with the event-loop threads streaming chunks out; a thread
     that wants the GIL may wait up to the switch interval before the holder must drop it, which stalls
-    the device once per frame under load (the engine benchmark's `--switch-ab` measures it). A
-    process-wide setting, so it is made where the process is owned: the model replica and
-    `csm-serve serve --preset`, not by the engine."""
+    the device once per frame under load (the engine benchmark's `--switch-ab` measures it). Every
+    torch call releases the GIL and takes it back, so behind Ray each call of the loop thread may wait
+    for the replica's event-loop thread. A process-wide setting, so it is made where the process is
+    owned: the model replica and `csm-serve serve --preset`, not by the engine."""
+    if seconds is None:
+        raw = os.environ.get(SWITCH_INTERVAL_ENV)
+        try:
+            seconds = LOOP_SWITCH_INTERVAL_S if raw is None else float(raw)
+        except ValueError:
+            raise ValueError(f"{SWITCH_INTERVAL_ENV} must be a number of seconds, got {raw!r}") from None
+        if not 0 < seconds <= 1:
+            raise ValueError(f"{SWITCH_INTERVAL_ENV} must lie in (0, 1] seconds, got {raw!r}")
     if seconds < sys.getswitchinterval():
         sys.setswitchinterval(seconds)
 
