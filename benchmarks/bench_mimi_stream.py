@@ -9,6 +9,7 @@ streams are timed from their start after a short warm-up.
     python benchmarks/bench_mimi_stream.py [--iters 30] [--threads 1] [--parts tiny-cpu,full-cuda]
         [--attention sdpa,kernel]  # the decoder transformer's attention, each timed in the same run
         [--profile 128x1,128x8]    # kernel tables of eager decodes (writes <date>-cuda-mimi-profile.txt)
+    python benchmarks/bench_mimi_stream.py --parts ops --batches 1 --frames 1,8   # ATen ops per decode (CPU)
 
 Writes JSON (with the command that made it) to $OUT if set, else to benchmarks/results/.
 """
@@ -24,10 +25,12 @@ import platform
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
 import transformers
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import MimiConfig, MimiModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,12 +138,80 @@ def profile_case(mimi: MimiModel, batch: int, frames: int, calls: int = 5) -> st
     return f"==== batch {batch} x {frames} frames, {calls} calls, eager\n{table}\n"
 
 
+VIEW_OPS = frozenset(
+    [
+        "view",
+        "_unsafe_view",
+        "transpose",
+        "permute",
+        "t",
+        "numpy_T",
+        "slice",
+        "select",
+        "unsqueeze",
+        "squeeze",
+        "expand",
+        "as_strided",
+        "detach",
+        "alias",
+        "unbind",
+        "split",
+        "split_with_sizes",
+        "narrow",
+        "lift_fresh",
+        "_reshape_alias",
+        "reshape",
+    ]
+)
+"""ATen ops that only make a view (no kernel); everything else dispatched counts as a launch."""
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops dispatched inside it, views left out: on a GPU each is about one kernel,
+    so their number is what a graphed decode's fixed cost grows with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        name = func.overloadpacket.__name__
+        if name not in VIEW_OPS:
+            self.ops[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(mimi: MimiModel, batch: int, frames: int) -> dict:
+    """Ops one eager `decode` of `batch` streams x `frames` frames dispatches (after one warm-up
+    call), on the model's device; on CPU the attention is SDPA with its mask, where CUDA runs one
+    kernel."""
+    decoder = MimiStreamDecoder(mimi, max_streams=batch)
+    slots = torch.arange(batch)
+    decoder.reset(*slots.tolist())
+    codes = torch.randint(0, mimi.config.codebook_size, (batch, mimi.config.num_quantizers, frames))
+    decoder.decode(codes, slots, check=False)
+    with OpCounter() as counter:
+        decoder.decode(codes, slots, check=False)
+    return {
+        "part": "ops-cpu",
+        "config": config_summary(mimi.config),
+        "batch": batch,
+        "chunk_frames": frames,
+        "ops": sum(counter.ops.values()),
+        "by_op": dict(counter.ops.most_common()),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
-    parser.add_argument("--parts", default="tiny-cpu,full-cuda", help="comma list: tiny-cpu, full-cuda")
+    parser.add_argument(
+        "--parts",
+        default="tiny-cpu,full-cuda",
+        help="comma list: tiny-cpu, full-cuda, ops (ATen ops per decode of the full config on CPU)",
+    )
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="streams per call (CUDA)")
     parser.add_argument("--frames", default=",".join(map(str, CHUNK_FRAMES)), help="frames per call (CUDA)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma list: eager, cuda-graphs (CUDA)")
@@ -170,6 +241,12 @@ def main() -> None:
             results += run_part(
                 "tiny-cpu", random_mimi(tiny_mimi_config()), ["eager"], args.iters, args.warmup
             )
+        if "ops" in parts:
+            full_cpu = random_mimi(MimiConfig())
+            for batch in (int(b) for b in args.batches.split(",")):
+                for frames in (int(f) for f in args.frames.split(",")):
+                    results.append(count_ops(full_cpu, batch, frames))
+                    print(json.dumps({k: v for k, v in results[-1].items() if k != "by_op"}), flush=True)
         if "full-cuda" in parts and cuda:
             full = MimiModel(MimiConfig()).eval()
             grid = (
