@@ -354,10 +354,10 @@ class ModelRunner:
         steps in flight (an indexed fill from a pinned index: no host sync)."""
         if not self._deactivated:
             return
-        index = self._to_device(torch.tensor(self._deactivated, dtype=torch.long))
-        self._deactivated.clear()
-        with self._on_step_stream():
+        with self._on_step_stream():  # the index is copied on the stream that reads it
+            index = self._to_device(torch.tensor(self._deactivated, dtype=torch.long))
             self.positions.index_fill_(0, index, -1)
+        self._deactivated.clear()
 
     def release(self, slot: int) -> None:
         """Stop stepping `slot` and free its audio decoder state."""
