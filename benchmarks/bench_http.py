@@ -167,7 +167,7 @@ def summary(results: list[Result], bytes_per_s: int) -> dict[str, Any]:
     stalls = [r.max_stall_s * 1000 for r in done]
     n = len(results)
     hops: dict[str, Any] = {}
-    for name in ("api", "engine"):  # first audio as the server saw it (Server-Timing)
+    for name in ("app", "api", "engine"):  # first audio as the server saw it (Server-Timing)
         values = [r.server_ms[name] for r in results if name in r.server_ms and r.status == 200]
         hops[f"{name}_first_audio_ms_p50"] = pct(values, 50)
         hops[f"{name}_first_audio_ms_p99"] = pct(values, 99)

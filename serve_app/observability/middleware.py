@@ -5,7 +5,9 @@
   the incoming header downstream handlers see, and the response's `X-Request-ID`. It is the
   outermost middleware, so even a 401, 413 or 429 carries an id.
 - `MetricsMiddleware` records request counts, latency, errors by status, time to the first audio
-  byte and cache hits/misses (from `X-Cache`), and writes one JSON access-log line per request.
+  byte and cache hits/misses (from `X-Cache`), and writes one JSON access-log line per request. A
+  response that carries `Server-Timing` (a stream's first audio at the API and at the engine) gets
+  the app's share too (`app;dur=`: from the request's arrival to the response's start).
 """
 
 from __future__ import annotations
@@ -82,6 +84,11 @@ class MetricsMiddleware:
                 headers = message.get("headers", [])
                 state["audio"] = _header(headers, b"content-type").startswith(AUDIO_CONTENT_TYPES)
                 state["cache"] = _header(headers, b"x-cache").lower()
+                if timing := _header(headers, b"server-timing"):
+                    # The app's own share of first audio, from the request's arrival (auth, limits,
+                    # parsing included): the client's time less this is the proxy and the network.
+                    app_ms = (time.perf_counter() - start) * 1000
+                    MutableHeaders(scope=message)["server-timing"] = f"app;dur={app_ms:.1f}, {timing}"
             elif (
                 message["type"] == "http.response.body"
                 and state["audio"]
