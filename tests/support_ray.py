@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import copy
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -36,10 +37,25 @@ APP_NAME = "csm"
 DEPLOY_TIMEOUT_S = 180.0
 
 
+PORT_RANGE = (20_000, 32_000)
+"""Where test servers take their ports: above Ray's worker ports (10002-19999) and below the
+kernel's ephemeral range (32768-60999), from which every socket bound to port 0 (Ray's gRPC
+servers, HAProxy's peers, clients) draws. A port taken from the ephemeral range and released could
+be handed to one of those before the test server binds it ("Address already in use")."""
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nobody listens on now, outside Ray's and the kernel's automatic ranges."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(*PORT_RANGE)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORT_RANGE}")
 
 
 def local_config(port: int, voices_dir: Path) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,10 @@ from click.testing import CliRunner
 from serve_app.cli import cli
 from serve_app.client import TTSClient, UnprocessableEntityError
 from serve_app.engine.types import FRAME_MS, SAMPLE_RATE
+from tests.support_ray import free_port
 from tests.support_tools import chromium, read_wav
 
 MAX_MS = 6 * FRAME_MS
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
