@@ -22,6 +22,7 @@ import torch
 from transformers import MimiModel
 from transformers.models.mimi.modeling_mimi import MimiEuclideanCodebook
 
+from serve_app.model.mimi_codebooks import ProjectedCodebooks
 from serve_app.model.mimi_layout import decoder_parts
 from serve_app.model.mimi_stream_seanet import StreamingStack
 from serve_app.model.mimi_stream_transformer import StreamingTransformer
@@ -48,6 +49,7 @@ class MimiStreamDecoder:
         self.num_codebooks = config.num_quantizers
         self.codebook_size = config.codebook_size
         self.device = device
+        self._codebooks = ProjectedCodebooks(mimi.quantizer)
         parts = decoder_parts(mimi)
         upsample = [parts.upsample] if parts.upsample is not None else []
         self._upsample = StreamingStack(upsample, max_streams, device, dtype)
@@ -105,7 +107,7 @@ class MimiStreamDecoder:
         slots = slots.to(self.device)
         seen = self._seen[slots]
         fresh = seen == 0
-        embeddings = self.mimi.quantizer.decode(codes)
+        embeddings = self._codebooks.decode(codes)
         embeddings = self._upsample(embeddings, slots, fresh)
         hidden = self._transformer(embeddings.transpose(1, 2), slots, seen)
         pcm = self._seanet(hidden.transpose(1, 2), slots, fresh)
