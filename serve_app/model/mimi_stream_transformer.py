@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers.models.mimi.modeling_mimi import MimiTransformerModel, apply_rotary_pos_emb
+from transformers.models.mimi.modeling_mimi import MimiTransformerModel
 
 from serve_app.model.kernels import triton_available
 
@@ -36,6 +36,19 @@ def ring_positions(past: torch.Tensor, length: int, ring: int) -> torch.Tensor:
     have been written (negative: never written)."""
     newest = past[:, None] + length - 1
     return newest - torch.remainder(newest - torch.arange(ring, device=past.device), ring)
+
+
+def rotate_half_sin(sin: torch.Tensor) -> torch.Tensor:
+    """`sin` with its first half negated: with it, transformers' `x * cos + rotate_half(x) * sin`
+    is `x * cos + x.roll(dim / 2) * rotate_half_sin(sin)`, three launches where it takes five."""
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of x (..., dim), as transformers' `apply_rotary_pos_emb` for one
+    tensor; `signed_sin` from `rotate_half_sin`."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
 def window_attention_sdpa(
@@ -88,6 +101,23 @@ class StreamingTransformer:
             from serve_app.model.kernels.window_attention import window_attention
 
             self._attend = window_attention
+        # Each layer's q, k and v projections as one matmul over their weights stacked (copies,
+        # made once; the layers' own modules stay as they are): two launches fewer a layer.
+        with torch.no_grad():
+            self.qkv = [
+                torch.cat(
+                    [
+                        layer.self_attn.q_proj.weight,
+                        layer.self_attn.k_proj.weight,
+                        layer.self_attn.v_proj.weight,
+                    ]
+                )
+                for layer in model.layers
+            ]
+        if any(layer.self_attn.q_proj.bias is not None for layer in model.layers):
+            raise ValueError("the streaming transformer expects bias-free q/k/v projections")
+        self.q_width = config.num_attention_heads * self.head_dim
+        self.kv_width = config.num_key_value_heads * self.head_dim
         shape = (len(model.layers), max_streams, config.num_key_value_heads, self.ring, self.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
@@ -110,17 +140,17 @@ class StreamingTransformer:
         batch, length, _ = x.shape
         positions = past[:, None] + torch.arange(length, device=x.device)
         cos, sin = self.model.rotary_emb(x, positions)
+        cos, sin = cos[:, :, None], rotate_half_sin(sin)[:, :, None]  # (B, L, 1, dim): over the heads
         entries = torch.remainder(positions, self.ring)  # (B, L) ring entries of the new tokens
         for index, layer in enumerate(self.model.layers):
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(batch, length, -1, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(batch, length, -1, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(batch, length, -1, self.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            qkv = F.linear(layer.input_layernorm(x), self.qkv[index])
+            q, k, v = qkv.split((self.q_width, self.kv_width, self.kv_width), dim=-1)
+            q = rotary(q.view(batch, length, -1, self.head_dim), cos, sin).transpose(1, 2)
+            k = rotary(k.view(batch, length, -1, self.head_dim), cos, sin)  # (B, L, heads, dim)
             keys, values = self.keys[index], self.values[index]
-            keys[slots[:, None], :, entries] = k.transpose(1, 2)  # (B, L, heads, dim) into the rings
-            values[slots[:, None], :, entries] = v.transpose(1, 2)
+            keys[slots[:, None], :, entries] = k  # into the rings
+            values[slots[:, None], :, entries] = v.view(batch, length, -1, self.head_dim)
             out = self._attend(q, keys, values, slots, past, self.window, attn.scaling)
             out = attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
             x = x + layer.self_attn_layer_scale(out)
