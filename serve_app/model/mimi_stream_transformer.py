@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers.models.mimi.modeling_mimi import MimiTransformerModel
 
 from serve_app.model.kernels import triton_available
@@ -36,6 +37,16 @@ def ring_positions(past: torch.Tensor, length: int, ring: int) -> torch.Tensor:
     have been written (negative: never written)."""
     newest = past[:, None] + length - 1
     return newest - torch.remainder(newest - torch.arange(ring, device=past.device), ring)
+
+
+def _qkv(layer: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+    attn = layer.self_attn
+    return attn.q_proj, attn.k_proj, attn.v_proj
+
+
+def _scaled(weight: torch.Tensor, scale: torch.Tensor, exact: torch.dtype) -> torch.Tensor:
+    """`weight` (out, in) with row i times `scale[i]`: `F.linear(x, it) == scale * F.linear(x, weight)`."""
+    return (weight.to(exact) * scale.to(exact)[:, None]).to(weight.dtype)
 
 
 def rotate_half_sin(sin: torch.Tensor) -> torch.Tensor:
@@ -101,21 +112,27 @@ class StreamingTransformer:
             from serve_app.model.kernels.window_attention import window_attention
 
             self._attend = window_attention
-        # Each layer's q, k and v projections as one matmul over their weights stacked (copies,
-        # made once; the layers' own modules stay as they are): two launches fewer a layer.
+        # Weights rearranged once (copies; the layers' own modules stay as they are), for fewer
+        # launches a layer: q, k and v as one matmul over their weights stacked, and each layer
+        # scale folded into the projection before it (o_proj, fc2), whose matmul then also adds
+        # the residual (addmm), where projection, scale and add took three launches.
+        projections = [
+            m
+            for layer in model.layers
+            for m in (*_qkv(layer), layer.self_attn.o_proj, layer.mlp.fc1, layer.mlp.fc2)
+        ]
+        if any(m.bias is not None for m in projections):
+            raise ValueError("the streaming transformer expects bias-free projections")
+        exact = torch.promote_types(dtype, torch.float32)
         with torch.no_grad():
-            self.qkv = [
-                torch.cat(
-                    [
-                        layer.self_attn.q_proj.weight,
-                        layer.self_attn.k_proj.weight,
-                        layer.self_attn.v_proj.weight,
-                    ]
-                )
+            self.qkv = [torch.cat([m.weight for m in _qkv(layer)]) for layer in model.layers]
+            self.out_scaled = [
+                _scaled(layer.self_attn.o_proj.weight, layer.self_attn_layer_scale.scale, exact)
                 for layer in model.layers
             ]
-        if any(layer.self_attn.q_proj.bias is not None for layer in model.layers):
-            raise ValueError("the streaming transformer expects bias-free q/k/v projections")
+            self.fc2_scaled = [
+                _scaled(layer.mlp.fc2.weight, layer.mlp_layer_scale.scale, exact) for layer in model.layers
+            ]
         self.q_width = config.num_attention_heads * self.head_dim
         self.kv_width = config.num_key_value_heads * self.head_dim
         shape = (len(model.layers), max_streams, config.num_key_value_heads, self.ring, self.head_dim)
@@ -152,7 +169,9 @@ class StreamingTransformer:
             keys[slots[:, None], :, entries] = k  # into the rings
             values[slots[:, None], :, entries] = v.view(batch, length, -1, self.head_dim)
             out = self._attend(q, keys, values, slots, past, self.window, attn.scaling)
-            out = attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
-            x = x + layer.self_attn_layer_scale(out)
-            x = x + layer.mlp_layer_scale(layer.mlp(layer.post_attention_layernorm(x)))
+            out = out.transpose(1, 2).reshape(batch * length, -1)
+            x = torch.addmm(x.reshape(batch * length, -1), out, self.out_scaled[index].T)
+            h = layer.mlp.activation_fn(F.linear(layer.post_attention_layernorm(x), layer.mlp.fc1.weight))
+            x = torch.addmm(x, h, self.fc2_scaled[index].T)
+            x = x.view(batch, length, -1)
         return x
