@@ -11,7 +11,8 @@ attention is causal). RoPE uses the same absolute positions as the full decode.
 The attention is one Triton kernel on CUDA (`serve_app.model.kernels.window_attention`: it reads
 each stream's ring in place); elsewhere SDPA over the gathered rings under the same mask. The cache
 size is fixed, so a call costs the same at every point of a stream (and keeps shapes static for
-CUDA graphs). Layers are the wrapped model's own modules; no weight is copied.
+CUDA graphs). Layers run the wrapped model's own modules and weights, except three projections
+rearranged once for fewer launches (q/k/v stacked; o_proj and fc2 with their layer scales folded in).
 """
 
 from __future__ import annotations
