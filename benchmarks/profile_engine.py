@@ -2,6 +2,8 @@
 prefill's device time by batch, and a torch profile (kernels and host ops) of one burst.
 
     PYTHONPATH=. python3 benchmarks/profile_engine.py --out /tmp/prof [--burst 64] [--engine-args ...]
+    # the closed loop of 128 clients under the profiler: is the device busy, which stream, the gaps
+    PYTHONPATH=. python3 benchmarks/profile_engine.py --out /tmp/prof --churn 128 --churn-only
 
 CSM-1B shapes with random weights on one GPU, built as in bench_engine.py. Host timestamps only
 around the loop's phases (no extra synchronisation), so the timeline is what a burst really costs.
@@ -72,6 +74,80 @@ class Timeline:
         }
 
 
+def merged_ms(spans: list[tuple[float, float]]) -> float:
+    """Time (ms) covered by the union of (start, end) spans in microseconds."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total / 1000
+
+
+def gpu_timeline(trace: dict[str, Any], gap_us: float = 50.0) -> dict[str, Any]:
+    """From a torch profiler chrome trace: how busy the GPU was, per stream and in all, over the
+    window of its first to last device activity; how much two streams overlapped; and the idle gaps
+    (over `gap_us`) in between. Answers whether a loop is bound by the device or leaves it idle."""
+    device = [
+        e for e in trace.get("traceEvents", [])
+        if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
+    ]
+    if not device:
+        return {"kernels": 0}
+    spans = [(float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0))) for e in device]
+    begin, end = min(s for s, _ in spans), max(e for _, e in spans)
+    window_ms = (end - begin) / 1000
+    by_stream: dict[str, list[tuple[float, float]]] = {}
+    for e, span in zip(device, spans):
+        by_stream.setdefault(str(e.get("args", {}).get("stream", "?")), []).append(span)
+    busy = merged_ms(spans)
+    gaps, reach = [], begin
+    for start, stop in sorted(spans):
+        if start - reach > gap_us:
+            gaps.append(start - reach)
+        reach = max(reach, stop)
+    streams = {
+        k: {"kernels": len(v), "busy_ms": round(merged_ms(v), 2), "busy_frac": round(merged_ms(v) / window_ms, 3)}
+        for k, v in sorted(by_stream.items(), key=lambda kv: -len(kv[1]))
+    }
+    return {
+        "kernels": len(device),
+        "window_ms": round(window_ms, 2),
+        "busy_ms": round(busy, 2),
+        "busy_frac": round(busy / window_ms, 3),
+        "streams_overlap_ms": round(sum(s["busy_ms"] for s in streams.values()) - busy, 2),
+        "idle_gaps": {"over_us": gap_us, "count": len(gaps), "total_ms": round(sum(gaps) / 1000, 2),
+                      "max_ms": round(max(gaps, default=0) / 1000, 3)},
+        "streams": streams,
+    }
+
+
+def profile_churn(
+    engine: Engine, clients: int, out: Path, frames: int = 50, seconds: float = 1.5
+) -> dict[str, Any]:
+    """The closed loop of `clients` (bench_engine's churn) under the profiler, device activity
+    only: the GPU timeline summary, the kernels by device time, and the trace (gzip)."""
+    from bench_engine import bench_churn
+    from torch.profiler import ProfilerActivity, profile
+
+    bench_churn(engine, clients, frames, 2.0, warmup_s=1.0)  # warm-up, out of phase as in the window
+    activities = [ProfilerActivity.CUDA] if torch.cuda.is_available() else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        churn = bench_churn(engine, clients, frames, seconds, warmup_s=0.5)
+    trace = out / f"churn{clients}-trace.json"
+    prof.export_chrome_trace(str(trace))
+    summary = {"churn": churn, "gpu": gpu_timeline(json.loads(trace.read_text()))}
+    with trace.open("rb") as src, gzip.open(str(trace) + ".gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    trace.unlink()
+    (out / f"churn{clients}-kernels.txt").write_text(
+        prof.key_averages().table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=70)
+        if torch.cuda.is_available() else ""
+    )
+    print("churn profile", json.dumps(summary["gpu"]), flush=True)
+    return summary
+
+
 def burst(engine: Engine, n: int, frames: int = 10) -> list[float]:
     async def all_at_once() -> list[dict[str, Any]]:
         reqs = [request(PROMPT_20_WORDS, frames, seed=9000 + i) for i in range(n)]
@@ -117,6 +193,12 @@ def main() -> None:
     p.add_argument(
         "--steady", type=int, default=128, help="streams of the steady-state kernel profile (0: skip)"
     )
+    p.add_argument(
+        "--churn", type=int, default=0,
+        help="closed-loop clients of a profiled churn window, the GPU timeline summarised (0: skip)",
+    )
+    p.add_argument("--churn-frames", type=int, default=50, help="frames per request of the churn profile")
+    p.add_argument("--churn-only", action="store_true", help="only the churn profile (with --churn)")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny model: the whole script quickly")
     args = p.parse_args()
     dev = "cpu" if args.smoke else "cuda"
@@ -140,6 +222,10 @@ def main() -> None:
     res["startup_s"] = round(time.perf_counter() - t, 1)
     print("ready", res["startup_s"], flush=True)
     try:
+        if args.churn:
+            res["churn_profile"] = profile_churn(engine, min(args.churn, args.max_slots), out, args.churn_frames)
+            if args.churn_only:
+                return
         res["prefill"] = prefill_device_ms(engine, [b for b in (1, 8, 64) if b <= args.max_slots], 32)
         burst(engine, args.burst)  # warm-up
         tl = Timeline()
