@@ -151,6 +151,11 @@ class SharedState:
             limiter = self._limiters[(per_minute, burst)] = TokenBucketLimiter(per_minute, burst)
         return await limiter.acquire(client)
 
+    async def acquire_many(self, clients: list[str], per_minute: int, burst: int) -> list[float]:
+        """A token for each of `clients`, in order (an ingress replica's waiting requests in one
+        call: see `HandleState.acquire`)."""
+        return [await self.acquire(client, per_minute, burst) for client in clients]
+
     async def report(self, replica_id: str, in_flight: int) -> bool:
         """An ingress replica's requests in flight; answers whether it should drain."""
         return self._drain.report(replica_id, in_flight)

@@ -297,11 +297,11 @@ def test_state_adapter_satisfies_both_protocols_and_sends_the_rate_with_each_tok
     from serve_app.api.state import RateLimiter, SessionStore
 
     async def scenario() -> None:
-        handle = FakeHandle(0.0)
+        handle = FakeHandle([0.0])
         state = _state(handle)
         assert isinstance(state, SessionStore) and isinstance(state, RateLimiter)
         assert await state.acquire("key_abc") == 0.0
-        assert handle.calls == [("acquire", ("key_abc", 60, 10))]  # the ingress's rate, not the state's
+        assert handle.calls == [("acquire_many", (["key_abc"], 60, 10))]  # the ingress's rate, not the state's
 
     asyncio.run(scenario())
 
@@ -317,6 +317,100 @@ def test_a_lost_state_replica_is_state_unavailable(failure: BaseException) -> No
             await _state(FakeHandle(failure)).acquire("k")
         with pytest.raises(StateUnavailableError):
             await _state(FakeHandle(failure)).begin_turn("s")
+
+    asyncio.run(scenario())
+
+
+class LimiterHandle:
+    """`acquire_many` over one real token bucket, as `SharedState` answers it; each call waits for
+    `gate` (when set) so a test can hold a call in flight."""
+
+    def __init__(self, burst: int, failures: int = 0) -> None:
+        from serve_app.api.auth import TokenBucketLimiter
+
+        self.limiter = TokenBucketLimiter(60, burst, clock=lambda: 0.0)  # no refill during a test
+        self.calls: list[list[str]] = []
+        self.gate: asyncio.Event | None = None
+        self.failures = failures
+
+    @property
+    def acquire_many(self) -> Any:
+        handle = self
+
+        class Method:
+            def remote(self, clients: list[str], per_minute: int, burst: int) -> FakeResponse:
+                handle.calls.append(list(clients))
+
+                async def answer() -> list[float]:
+                    if handle.gate is not None:
+                        await handle.gate.wait()
+                    if handle.failures:
+                        handle.failures -= 1
+                        raise ActorDiedError()
+                    return [await handle.limiter.acquire(c) for c in clients]
+
+                return FakeResponse(answer)
+
+        return Method()
+
+
+def test_a_burst_of_token_requests_is_one_call_with_the_decisions_of_one_call_each() -> None:
+    async def scenario() -> None:
+        handle = LimiterHandle(burst=10)
+        state = _state(handle)  # type: ignore[arg-type]
+        clients = [f"key_{i % 2}" for i in range(64)]
+        waits = await asyncio.gather(*(state.acquire(c) for c in clients))
+        assert handle.calls == [clients]  # one call, in arrival order
+        for key in ("key_0", "key_1"):  # each key's bucket of 10: its first 10 requests pass
+            mine = [w for c, w in zip(clients, waits) if c == key]
+            assert mine[:10] == [0.0] * 10 and all(w > 0 for w in mine[10:])
+
+    asyncio.run(scenario())
+
+
+def test_token_requests_made_while_a_call_is_in_flight_go_in_the_next_call() -> None:
+    async def scenario() -> None:
+        handle = LimiterHandle(burst=100)
+        handle.gate = asyncio.Event()
+        state = _state(handle)  # type: ignore[arg-type]
+        first = asyncio.create_task(state.acquire("a"))
+        await asyncio.sleep(0.01)
+        assert handle.calls == [["a"]]
+        later = [asyncio.create_task(state.acquire(c)) for c in "bcdef"]
+        await asyncio.sleep(0.01)
+        assert handle.calls == [["a"]]  # one call in flight at a time
+        handle.gate.set()
+        assert await asyncio.gather(first, *later) == [0.0] * 6
+        assert handle.calls == [["a"], list("bcdef")]
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_token_call_answers_each_of_its_requests_and_the_next_call_is_made() -> None:
+    from serve_app.api.state import StateUnavailableError
+
+    async def scenario() -> None:
+        handle = LimiterHandle(burst=10, failures=1)
+        state = _state(handle)  # type: ignore[arg-type]
+        results = await asyncio.gather(*(state.acquire("k") for _ in range(3)), return_exceptions=True)
+        assert all(isinstance(r, StateUnavailableError) for r in results)
+        assert await state.acquire("k") == 0.0  # the replica is back: served, not stuck
+        assert handle.calls == [["k"] * 3, ["k"]]
+
+    asyncio.run(scenario())
+
+
+def test_a_token_request_whose_client_left_does_not_stop_the_others() -> None:
+    async def scenario() -> None:
+        handle = LimiterHandle(burst=10)
+        handle.gate = asyncio.Event()
+        state = _state(handle)  # type: ignore[arg-type]
+        gone, stays = asyncio.create_task(state.acquire("a")), asyncio.create_task(state.acquire("b"))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        handle.gate.set()
+        assert await stays == 0.0
+        assert gone.cancelled()
 
     asyncio.run(scenario())
 

@@ -4,6 +4,12 @@ Every ingress replica gets a `HandleState` over the same one-replica deployment,
 turns and a client's token bucket are the same whichever ingress replica serves a request, and an
 ingress replica that dies takes no state with it. A lost or unreachable state replica becomes
 `StateUnavailableError` (503 + Retry-After), never a 500 or a hang.
+
+Every request takes a token, and one call through a Serve handle costs milliseconds of router and
+replica work, so a burst's calls queue behind each other on the way to first audio. An ingress
+replica therefore sends the tokens its requests wait for together: one call in flight, and the
+requests that arrive meanwhile go in the next (`HandleState.acquire`). The bucket stays in one
+place, so the decisions are the ones one call per request would get.
 """
 
 from __future__ import annotations
@@ -21,17 +27,29 @@ from serve_app.engine.types import Segment
 __all__ = ["HandleState", "handle_backends"]
 
 
+MAX_TOKENS_PER_CALL = 512
+"""The most token requests one `acquire_many` call carries (the rest go in the next)."""
+
+
 class HandleState:
     """`SessionStore` and `RateLimiter` over a handle to the `SharedState` deployment."""
 
     def __init__(
-        self, handle: DeploymentHandle, *, lease_s: float, per_minute: int, burst: int, timeout_s: float = 10.0
+        self,
+        handle: DeploymentHandle,
+        *,
+        lease_s: float,
+        per_minute: int,
+        burst: int,
+        timeout_s: float = 10.0,
     ) -> None:
         self._handle = handle
         self.lease_s = lease_s
         self.per_minute = per_minute
         self._burst = burst
         self._timeout_s = timeout_s
+        self._waiting: list[tuple[str, asyncio.Future[float]]] = []
+        self._sender: asyncio.Task[None] | None = None
 
     async def _call(self, method: str, *args: Any, timeout_s: float | None) -> Any:
         response = getattr(self._handle, method).remote(*args)
@@ -42,7 +60,9 @@ class HandleState:
             raise StateUnavailableError(f"shared state did not answer {method} in {timeout_s:g} s") from None
         except Exception as exc:
             if is_system_failure(exc):
-                raise StateUnavailableError(f"shared state replica unavailable: {type(exc).__name__}") from exc
+                raise StateUnavailableError(
+                    f"shared state replica unavailable: {type(exc).__name__}"
+                ) from exc
             raise
 
     async def begin_turn(self, session_id: str) -> TurnLease:
@@ -59,7 +79,32 @@ class HandleState:
         return await self._call("reset", session_id, timeout_s=self._timeout_s)
 
     async def acquire(self, client: str) -> float:
-        return await self._call("acquire", client, self.per_minute, self._burst, timeout_s=self._timeout_s)
+        """A token for `client` (0.0, or the seconds until one): sent with the other tokens this
+        replica's requests wait for, in one call, while no call is in flight; else in the next."""
+        answer: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiting.append((client, answer))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_tokens())
+        return await answer
+
+    async def _send_tokens(self) -> None:
+        """Send the waiting token requests, a call at a time, until none waits."""
+        while self._waiting:
+            batch = self._waiting[:MAX_TOKENS_PER_CALL]
+            del self._waiting[:MAX_TOKENS_PER_CALL]
+            clients = [client for client, _ in batch]
+            try:
+                waits = await self._call(
+                    "acquire_many", clients, self.per_minute, self._burst, timeout_s=self._timeout_s
+                )
+            except Exception as exc:  # noqa: BLE001 - every waiting request gets it (503), none hangs
+                for _, answer in batch:
+                    if not answer.done():
+                        answer.set_exception(exc)
+                continue
+            for (_, answer), wait in zip(batch, waits, strict=True):
+                if not answer.done():  # its request may have gone (client disconnected)
+                    answer.set_result(wait)
 
 
 def handle_backends(handle: DeploymentHandle, settings: ApiSettings) -> StateBackends:
@@ -67,6 +112,9 @@ def handle_backends(handle: DeploymentHandle, settings: ApiSettings) -> StateBac
     if settings.redis_url:
         return local_backends(settings)
     state = HandleState(
-        handle, lease_s=settings.session_lease_s, per_minute=settings.rate_limit_per_minute, burst=settings.burst()
+        handle,
+        lease_s=settings.session_lease_s,
+        per_minute=settings.rate_limit_per_minute,
+        burst=settings.burst(),
     )
     return StateBackends(state, state if settings.rate_limit_per_minute else None)
