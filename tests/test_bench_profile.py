@@ -48,8 +48,21 @@ def test_gpu_timeline_of_a_trace_without_device_activity() -> None:
 
 def test_churn_profile_on_the_tiny_engine_writes_its_summary(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(
-        sys, "argv",
-        ["profile_engine.py", "--out", str(tmp_path), "--smoke", "--max-slots", "4", "--churn", "4", "--churn-frames", "3", "--churn-only"],
+        sys,
+        "argv",
+        [
+            "profile_engine.py",
+            "--out",
+            str(tmp_path),
+            "--smoke",
+            "--max-slots",
+            "4",
+            "--churn",
+            "4",
+            "--churn-frames",
+            "3",
+            "--churn-only",
+        ],
     )
     profile_engine.main()
     import json
