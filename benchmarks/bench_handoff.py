@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import json
-import os
-import platform
 import statistics
 import sys
 import threading
@@ -27,6 +23,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from cpu_results import write_cpu_result
 
 from serve_app.engine.mailbox import LoopMailbox
 
@@ -86,19 +84,7 @@ def main() -> None:
         row["saved_us_per_chunk"] = round((row["per_chunk_ms"] - row["mailbox_ms"]) * 1000 / row["chunks_per_iteration"], 1)
         rows.append(row)
         print(row, flush=True)
-    out_dir = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{dt.date.today().isoformat()}-cpu-handoff.json"
-    result = {
-        "benchmark": "handoff",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/bench_handoff.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "host_work_ms": args.host_work_ms,
-        "rows": rows,
-    }
-    path.write_text(json.dumps(result, indent=1))
-    print("wrote", path)
+    write_cpu_result("handoff", {"host_work_ms": args.host_work_ms, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,6 +21,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from cpu_results import write_cpu_result
 
 RATE_LIMIT = {"rate_limit_per_minute": 10_000_000}
 """Far above the load: every token is granted, so only the path's time is measured."""
@@ -123,18 +122,7 @@ def main() -> None:
     finally:
         serve.shutdown()
         ray.shutdown()
-    out_dir = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{dt.date.today().isoformat()}-cpu-limiter.json"
-    result = {
-        "benchmark": "limiter",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/bench_limiter.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "rows": rows,
-    }
-    path.write_text(json.dumps(result, indent=1))
-    print("wrote", path)
+    write_cpu_result("limiter", {"rows": rows})
 
 
 if __name__ == "__main__":
