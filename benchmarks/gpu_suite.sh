@@ -15,6 +15,8 @@
 #   SMOKE=1 bash benchmarks/gpu_suite.sh /tmp/suite                       (CPU, tiny model, small)
 #   VARIANT=name: http/ws results and logs named with it (e.g. INGRESS=proxy VARIANT=proxy);
 #   HOLD_S=n: keep the server up n s after the load, watched by the health monitor;
+#   PYSPY_S=n (PYSPY_AT_S=m): py-spy records each ingress replica and the model replica for n s, m s
+#   into the load (raw samples, pyspy-<deployment>-<pid>.txt; where py-spy is installed);
 #   ARCHIVE=file.tgz: pack OUT_DIR into one file at the end.
 #
 # Results land in OUT_DIR as <date>-<gpu>.json (engine, with "http"), <date>-<gpu>-http.json,
@@ -159,8 +161,20 @@ gpu_sampler() {
     --format=csv -l 1 >"$OUT/gpu-samples${VARIANT:+-$VARIANT}.csv" 2>&1
 }
 
+record_replicas() {
+  # PYSPY_S=n: where the replicas' threads spend n s of the load (py-spy raw samples, idle included).
+  [ "${PYSPY_S:-0}" -gt 0 ] && command -v py-spy >/dev/null || return 0
+  local pid name
+  for pid in $(pgrep -f 'ServeReplica:csm:(APIIngress|TTSModel)'); do
+    name=$(ps -o args= -p "$pid" | grep -o 'APIIngress\|TTSModel' | head -1)
+    (sleep "${PYSPY_AT_S:-0}"; timeout $((PYSPY_S + 30)) py-spy record --nonblocking --idle --threads -r 200 \
+      -d "$PYSPY_S" -f raw -o "$OUT/pyspy${VARIANT:+-$VARIANT}-$name-$pid.txt" --pid "$pid" >/dev/null 2>&1) &
+  done
+}
+
 if has http || has ws; then
   if start_server; then
+    record_replicas
     monitor_health &
     MONITOR_PID=$!
     gpu_sampler &
