@@ -147,3 +147,33 @@ def test_batch_keeps_input_order_and_runs_concurrently(tmp_path) -> None:
     assert lengths == expected
     assert engine.max_in_flight == len(texts)  # all submitted at once so the engine can batch them
     assert {q.speaker for q in engine.requests} == {1}
+
+
+def test_a_short_text_reaches_the_engine_without_a_thread_pool_hop(client, engine, monkeypatch) -> None:
+    """Each hop to the thread pool and back delays a request's engine call behind the event loop's
+    other work; a short text's planning and the services lookup take none, a long text's planning
+    still runs in the pool (off the event loop)."""
+    import fastapi.dependencies.utils as fastapi_deps
+
+    from serve_app.api import synthesis
+
+    hops: list[str] = []
+
+    def counting(module, name: str):
+        hop = getattr(module, name)
+
+        async def counted(func, *args, **kwargs):
+            hops.append(getattr(getattr(func, "func", func), "__qualname__", "?"))
+            return await hop(func, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+
+    counting(fastapi_deps, "run_in_threadpool")
+    counting(synthesis, "run_in_threadpool")
+    short = "Dr. Smith paid $3.50 for the tea."
+    assert client.post("/speak", json={"text": short, "stream": True, "output": {"format": "pcm"}}).status_code == 200
+    assert hops == []
+    assert engine.requests[-1].text.startswith("Doctor Smith paid three dollars")
+    long = " ".join([short] * (synthesis.INLINE_PLAN_CHARS // len(short) + 1))
+    assert client.post("/speak", json={"text": long, "stream": True, "output": {"format": "pcm"}}).status_code == 200
+    assert [h for h in hops if "plan" in h] == ["Synthesizer.script.<locals>.plan"]

@@ -52,7 +52,9 @@ class Services:
         )
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    """The app's services. `async` so FastAPI calls it on the event loop: a plain `def` dependency
+    costs every request a hop to the thread pool and back before its engine call."""
     return request.app.state.services
 
 
