@@ -27,7 +27,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from cpu_results import write_cpu_result
+from cpu_results import nearest_rank, write_cpu_result
 
 BODY = {
     "text": "The quick brown fox jumps over the lazy dog near the river bank today.",
@@ -90,7 +90,7 @@ async def measure(url: str, serial: int, burst: int, bursts: int) -> dict[str, A
         "app_own_ms_one_at_a_time_p50": round(statistics.median(o for o, _ in alone), 3),
         "burst": burst,
         "app_own_ms_burst_p50": round(statistics.median(own), 2),
-        "app_own_ms_burst_p99": round(own[min(len(own) - 1, int(0.99 * len(own)))], 2),
+        "app_own_ms_burst_p99": round(nearest_rank(own, 0.99), 2),
         "app_own_ms_burst_max": round(own[-1], 2),
         "app_ms_burst_p50": round(statistics.median(a for _, a in together), 2),
     }

@@ -13,6 +13,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def nearest_rank(values: list[float], q: float) -> float:
+    """The `q` quantile (0..1) of `values` by nearest rank: a value that was measured."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def write_cpu_result(name: str, fields: dict[str, Any]) -> Path:
     """`fields` with the benchmark's name, the time, the command and the machine, as
     `<date>-cpu-<name>.json` in $OUT (or benchmarks/results); returns the path."""

@@ -44,8 +44,8 @@ __all__ = ["AudioStream", "SpeechStream", "Synthesizer"]
 _DEFAULT_SAMPLING = SamplingParams()
 
 INLINE_PLAN_CHARS = 200
-"""Texts up to this long are normalized and segmented on the event loop (about 0.1 ms for a plain
-sentence, 1–2 ms at this length full of numbers and dates); longer ones in the thread pool."""
+"""Texts up to this long are normalized and segmented on the event loop; longer ones in the thread
+pool, so a long text never holds the loop."""
 
 
 class AudioStream:
@@ -240,8 +240,8 @@ class Synthesizer:
             return Script(tuple(lines))
 
         try:
-            # A short text is planned in well under a millisecond: less than the thread pool's hop
-            # there and back, which a request would otherwise pay before its engine call.
+            # A short text is planned on the event loop: the thread pool's hop there and back would
+            # delay its engine call behind the loop's other work (bench_app).
             script = plan() if len(text) <= INLINE_PLAN_CHARS else await run_in_threadpool(plan)
         except BreakTagError as exc:
             raise ApiError(422, f"{field}: {exc}") from exc
