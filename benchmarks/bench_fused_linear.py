@@ -17,7 +17,7 @@ Sections (written to the JSON as each finishes):
               and cuBLAS's matmul alone; the kernels compile first in parallel worker processes
   variants    the whole decode step per batch under each kernel setting (the shipped tiles or the
               cold sweep's, split-K sums in-kernel, sampler warps, programmatic dependent launch,
-              TMA loads),
+              TMA loads, L2 warm-up plans),
               with the frame's codes compared to the shipped setting's
 
     PYTHONPATH=. python3 benchmarks/bench_fused_linear.py      # writes $OUT/<date>-<gpu>-fused-linear.json
@@ -493,6 +493,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tma_32_cold_tiles": {"tma_rows": 32, "tiles": "cold"},
     "all_wait": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "wait"},
     "all_early": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "early"},
+    "warm_gate_up": {"l2_plan": "gate_up"},
+    "warm_gate_up_24mb": {"l2_plan": "gate_up", "l2_max_mb": 24},
+    "warm_gate_up_48mb": {"l2_plan": "gate_up", "l2_max_mb": 48},
+    "warm_gate_up_down": {"l2_plan": "gate_up_down"},
+    "warm_gate_up_then_down": {"l2_plan": "gate_up_then_down"},
+    "warm_gate_up_then_down_16mb": {"l2_plan": "gate_up_then_down", "l2_max_mb": 16},
 }
 """Kernel settings the `variants` section times, each against the shipped defaults."""
 
@@ -500,11 +506,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
 @contextlib.contextmanager
 def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) -> Iterator[None]:
     """Apply one `VARIANTS` setting to the kernel modules' switches, and restore them after."""
-    from serve_app.model.kernels import pdl
+    from serve_app.model.kernels import l2_prefetch, pdl
     from serve_app.model.kernels import sampling as ks
 
     saved = (fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE)
+    saved_l2 = (l2_prefetch.PLAN, l2_prefetch.MAX_BYTES)
     try:
+        l2_prefetch.PLAN = setting.get("l2_plan", l2_prefetch.PLAN)
+        if "l2_max_mb" in setting:
+            l2_prefetch.MAX_BYTES = setting["l2_max_mb"] << 20
         if setting.get("tiles") == "cold":
             if not cold_table:
                 raise RuntimeError("no cold sweep table")
@@ -516,6 +526,7 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
         yield
     finally:
         fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE = saved
+        l2_prefetch.PLAN, l2_prefetch.MAX_BYTES = saved_l2
 
 
 @torch.inference_mode()

@@ -246,22 +246,57 @@ def test_dependent_launches_replay_the_fused_frame_bit_for_bit(
     for current in ("off", mode):
         monkeypatch.setattr(pdl, "MODE", current)
         assert pdl.launch_options(DEVICE)["PDL_WAIT"] == (current != "off")
-        fast = FastStep(model, 2048, fused_attention=True, linear_max_batch=4)
-
-        def frame(fast: FastStep = fast) -> tuple[torch.Tensor, torch.Tensor]:
-            h = fast.backbone_step(embeds, positions, 128)
-            return h, fast.depth_frame(h, *sampling)
-
-        frame()  # compiles the kernels outside the capture
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = frame()
-        for _ in range(3):
-            graph.replay()
-        torch.cuda.synchronize()
-        outs[current] = tuple(t.clone() for t in out)
+        outs[current] = graphed_fused_frame(model, embeds, positions, sampling)
     for got, want in zip(outs[mode], outs["off"], strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def graphed_fused_frame(
+    model: torch.nn.Module, embeds: torch.Tensor, positions: torch.Tensor, sampling: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...]:
+    """(hidden state, codes) of one fused step + depth frame captured in a CUDA graph and replayed."""
+    fast = FastStep(model, 2048, fused_attention=True, linear_max_batch=4)
+
+    def frame() -> tuple[torch.Tensor, torch.Tensor]:
+        h = fast.backbone_step(embeds, positions, 128)
+        return h, fast.depth_frame(h, *sampling)
+
+    frame()  # compiles the kernels outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = frame()
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    return tuple(t.clone() for t in out)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the bulk L2 prefetch")
+@pytest.mark.parametrize("plan", ["gate_up", "gate_up_down", "gate_up_then_down"])
+@torch.inference_mode()
+def test_l2_warm_up_plans_replay_the_fused_frame_bit_for_bit(plan: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Warming a later weight in L2 is a hint to the copy engine: the graphed step gives the same
+    bits with every plan, a capped warm-up included."""
+    from serve_app.model.kernels import l2_prefetch
+
+    if not l2_prefetch.device_supports(DEVICE.index or 0):
+        pytest.skip("this GPU has no bulk L2 prefetch")
+    model = se.wide_head_model().to(DEVICE, torch.bfloat16)
+    model.setup_caches(3)
+    gen = torch.Generator().manual_seed(4)
+    embeds = torch.randn(3, model.cfg.backbone.dim, generator=gen).to(DEVICE, torch.bfloat16)
+    positions = torch.tensor([4, 9, -1], device=DEVICE)
+    sampling = tuple(
+        torch.tensor(values, device=DEVICE) for values in ([0.9, 0.9, 1.0], [1, 50, 5], [3, 4, 5], [0, 2, 7])
+    )
+    outs = {}
+    for current, max_bytes in (("off", 1 << 30), (plan, 1 << 30), (plan, 4096)):
+        monkeypatch.setattr(l2_prefetch, "PLAN", current)
+        monkeypatch.setattr(l2_prefetch, "MAX_BYTES", max_bytes)
+        outs[current, max_bytes] = graphed_fused_frame(model, embeds, positions, sampling)
+    for key in ((plan, 1 << 30), (plan, 4096)):
+        for got, want in zip(outs[key], outs["off", 1 << 30], strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_fused_projections_come_only_with_the_fused_attention() -> None:
