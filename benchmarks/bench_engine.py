@@ -777,6 +777,7 @@ def set_kernel_options(args: argparse.Namespace) -> dict[str, Any]:
         "sampler_warps": sampling.NUM_WARPS,
         "pdl": pdl.MODE,
         "tma_min_rows": fused_linear.TMA_MIN_ROWS,
+        "sampler_select": sampling.SELECT,  # CSM_SAMPLER_SELECT
         "l2_prefetch": l2_prefetch.PLAN,  # CSM_L2_PREFETCH, CSM_L2_PREFETCH_MAX_MB
         "l2_prefetch_max_mb": l2_prefetch.MAX_BYTES >> 20,
     }

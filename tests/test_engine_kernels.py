@@ -11,9 +11,12 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from serve_app.model.fast_step import FastStep
 from serve_app.model.kernels.decode_attention import launch
+from serve_app.model.kernels.sampling import _kth_largest_radix
 from tests import support_engine as se
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -331,6 +334,40 @@ def test_fused_decode_step_equals_the_unfused_step(linear_max_batch: int) -> Non
     torch.testing.assert_close(fused.depth_frame(h_plain, *args), plain.depth_frame(h_plain, *args))
 
 
+@pytest.fixture(params=["sort", "radix"])
+def sampler_select(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each sampler test under each way of finding the top-k threshold."""
+    from serve_app.model.kernels import sampling
+
+    monkeypatch.setattr(sampling, "SELECT", request.param)
+    return request.param
+
+
+@triton.jit
+def kth_largest_kernel(scores_ptr, k_ptr, out_ptr, VP: tl.constexpr):
+    row = tl.program_id(0)
+    scores = tl.load(scores_ptr + row * VP + tl.arange(0, VP))
+    tl.store(out_ptr + row, _kth_largest_radix(scores, tl.load(k_ptr + row), VP))
+
+
+def test_radix_select_finds_the_kth_largest_score_ties_and_signed_zeros_included() -> None:
+    gen = torch.Generator().manual_seed(9)
+    vp = 256
+    scores = torch.randn(8, vp, generator=gen) * 4
+    scores[1] = torch.round(scores[1])  # many ties
+    scores[2, :40] = 0.0
+    scores[2, 40:80] = -0.0
+    scores[3, 200:] = float("-inf")  # padding lanes
+    scores[4] = -scores[4].abs()  # all negative
+    scores[5, :] = 1.5  # one value
+    ks = torch.tensor([1, 30, 50, 56, 129, 256, 2, 255], dtype=torch.int32)
+    out = torch.empty(8)
+    kth_largest_kernel[(8,)](scores.to(DEVICE), ks.to(DEVICE), out := out.to(DEVICE), VP=vp)
+    want = torch.stack([row.sort(descending=True).values[k - 1] for row, k in zip(scores, ks.tolist(), strict=True)])
+    torch.testing.assert_close(out.cpu(), want, rtol=0, atol=0)
+
+
+@pytest.mark.usefixtures("sampler_select")
 def test_fused_sampler_draws_the_reference_ids() -> None:
     from serve_app.model.kernels.sampling import sample_top_k
     from serve_app.model.sampling import draw_counter, noise_columns
@@ -349,6 +386,7 @@ def test_fused_sampler_draws_the_reference_ids() -> None:
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+@pytest.mark.usefixtures("sampler_select")
 def test_fused_sampler_never_draws_a_masked_id_under_the_largest_noise() -> None:
     """Each row's seed puts the largest possible noise on an id outside its top k (see the PyTorch
     sampler's test): with a uniform of 1.0 that id would win."""
@@ -374,6 +412,7 @@ def test_fused_sampler_never_draws_a_masked_id_under_the_largest_noise() -> None
     assert set(ids.tolist()) <= top
 
 
+@pytest.mark.usefixtures("sampler_select")
 def test_fused_sampler_draws_follow_the_exact_tempered_top_k_distribution() -> None:
     """Pearson's chi-square against the exact distribution, with a near miss (another temperature)
     rejected by the same draws. Few draws: one program per draw is slow in the interpreter."""
