@@ -762,7 +762,7 @@ def parse_args() -> argparse.Namespace:
 def set_kernel_options(args: argparse.Namespace) -> dict[str, Any]:
     """Process-wide kernel settings from the command line (before the engine captures its graphs);
     returns the settings in force, for the results."""
-    from serve_app.model.kernels import fused_linear, l2_prefetch, pdl, sampling
+    from serve_app.model.kernels import fused_linear, pdl, sampling
 
     if args.in_kernel_split_k_rows is not None:
         fused_linear.IN_KERNEL_REDUCE_MAX_ROWS = args.in_kernel_split_k_rows
@@ -777,9 +777,6 @@ def set_kernel_options(args: argparse.Namespace) -> dict[str, Any]:
         "sampler_warps": sampling.NUM_WARPS,
         "pdl": pdl.MODE,
         "tma_min_rows": fused_linear.TMA_MIN_ROWS,
-        "sampler_select": sampling.SELECT,  # CSM_SAMPLER_SELECT
-        "l2_prefetch": l2_prefetch.PLAN,  # CSM_L2_PREFETCH, CSM_L2_PREFETCH_MAX_MB
-        "l2_prefetch_max_mb": l2_prefetch.MAX_BYTES >> 20,
     }
 
 

@@ -9,7 +9,7 @@ Sections (written to the JSON as each finishes):
   agreement   bf16 hidden state and greedy codes of the fused step vs the cuBLAS step
   reduce      the fused decode step per batch with split-K sums added inside the matmul kernel
               (the tile's last program) and by a separate reduce kernel
-  sampler     the fused sampler kernel per batch, top-k select (sort, radix) and warps per row
+  sampler     the fused sampler kernel per batch and warps per row
   cold        per CSM-1B projection and batch class: every tile of a wide sweep timed as it runs in
               the step, its weight read from HBM (a graph of launches over copies of the weight that
               together overflow L2), not replayed from L2 as in `tiles`: the shipped tile with
@@ -17,7 +17,7 @@ Sections (written to the JSON as each finishes):
               and cuBLAS's matmul alone; the kernels compile first in parallel worker processes
   variants    the whole decode step per batch under each kernel setting (the shipped tiles or the
               cold sweep's, split-K sums in-kernel, sampler warps, programmatic dependent launch,
-              TMA loads, L2 warm-up plans, the sampler's top-k select),
+              TMA loads),
               with the frame's codes compared to the shipped setting's
 
     PYTHONPATH=. python3 benchmarks/bench_fused_linear.py      # writes $OUT/<date>-<gpu>-fused-linear.json
@@ -459,31 +459,26 @@ def reduce_strategies(batches: list[int], kv_len: int) -> list[dict[str, Any]]:
 
 
 def sampler_warps(batches: list[int], vocab: int = 2048) -> list[dict[str, Any]]:
-    """µs per call of the sampler kernel (one codebook) by batch, top-k select and warps per program."""
+    """µs per call of the sampler kernel (one codebook) by batch and warps per program."""
     from serve_app.model.kernels import sampling as ks
     from serve_app.model.sampling import noise_columns
 
     gen = torch.Generator("cuda").manual_seed(2)
     columns = noise_columns(vocab, "cuda")
-    default, default_select, rows = ks.NUM_WARPS, ks.SELECT, []
+    default, rows = ks.NUM_WARPS, []
     try:
         for b in batches:
             logits = torch.randn(b, vocab + 3, device="cuda", dtype=torch.bfloat16, generator=gen)
             ones = torch.ones(b, device="cuda", dtype=torch.long)
             args = (logits, ones.float() * 0.9, ones * 50, torch.arange(b, device="cuda"), ones, 5, columns)
-            row: dict[str, Any] = {"batch": b, "default_warps": default, "default_select": default_select}
-            ids = {}
-            for select in ks.SELECTS:
-                ks.SELECT = select
-                for warps in (1, 2, 4, 8, 16):
-                    ks.NUM_WARPS = warps
-                    row[f"{select}_warps_{warps}_us"] = round(graph_us(functools.partial(ks.sample_top_k, *args)), 2)
-                ids[select] = ks.sample_top_k(*args)
-            row["selects_draw_the_same_ids"] = bool(torch.equal(ids["sort"], ids["radix"]))
+            row: dict[str, Any] = {"batch": b, "default_warps": default}
+            for warps in (1, 2, 4, 8, 16):
+                ks.NUM_WARPS = warps
+                row[f"warps_{warps}_us"] = round(graph_us(functools.partial(ks.sample_top_k, *args)), 2)
             rows.append(row)
             print("sampler", row, flush=True)
     finally:
-        ks.NUM_WARPS, ks.SELECT = default, default_select
+        ks.NUM_WARPS = default
     return rows
 
 
@@ -498,14 +493,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tma_32_cold_tiles": {"tma_rows": 32, "tiles": "cold"},
     "all_wait": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "wait"},
     "all_early": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "early"},
-    "warm_gate_up": {"l2_plan": "gate_up"},
-    "warm_gate_up_24mb": {"l2_plan": "gate_up", "l2_max_mb": 24},
-    "warm_gate_up_48mb": {"l2_plan": "gate_up", "l2_max_mb": 48},
-    "warm_gate_up_down": {"l2_plan": "gate_up_down"},
-    "warm_gate_up_then_down": {"l2_plan": "gate_up_then_down"},
-    "warm_gate_up_then_down_16mb": {"l2_plan": "gate_up_then_down", "l2_max_mb": 16},
-    "radix_select": {"sampler_select": "radix"},
-    "radix_warm_gate_up": {"sampler_select": "radix", "l2_plan": "gate_up"},
 }
 """Kernel settings the `variants` section times, each against the shipped defaults."""
 
@@ -513,16 +500,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
 @contextlib.contextmanager
 def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) -> Iterator[None]:
     """Apply one `VARIANTS` setting to the kernel modules' switches, and restore them after."""
-    from serve_app.model.kernels import l2_prefetch, pdl
+    from serve_app.model.kernels import pdl
     from serve_app.model.kernels import sampling as ks
 
     saved = (fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE)
-    saved_l2 = (l2_prefetch.PLAN, l2_prefetch.MAX_BYTES, ks.SELECT)
     try:
-        ks.SELECT = setting.get("sampler_select", ks.SELECT)
-        l2_prefetch.PLAN = setting.get("l2_plan", l2_prefetch.PLAN)
-        if "l2_max_mb" in setting:
-            l2_prefetch.MAX_BYTES = setting["l2_max_mb"] << 20
         if setting.get("tiles") == "cold":
             if not cold_table:
                 raise RuntimeError("no cold sweep table")
@@ -534,7 +516,6 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
         yield
     finally:
         fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE = saved
-        l2_prefetch.PLAN, l2_prefetch.MAX_BYTES, ks.SELECT = saved_l2
 
 
 @torch.inference_mode()

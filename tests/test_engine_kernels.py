@@ -11,12 +11,9 @@ import math
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 
 from serve_app.model.fast_step import FastStep
 from serve_app.model.kernels.decode_attention import launch
-from serve_app.model.kernels.sampling import _kth_largest_radix
 from tests import support_engine as se
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -249,57 +246,22 @@ def test_dependent_launches_replay_the_fused_frame_bit_for_bit(
     for current in ("off", mode):
         monkeypatch.setattr(pdl, "MODE", current)
         assert pdl.launch_options(DEVICE)["PDL_WAIT"] == (current != "off")
-        outs[current] = graphed_fused_frame(model, embeds, positions, sampling)
+        fast = FastStep(model, 2048, fused_attention=True, linear_max_batch=4)
+
+        def frame(fast: FastStep = fast) -> tuple[torch.Tensor, torch.Tensor]:
+            h = fast.backbone_step(embeds, positions, 128)
+            return h, fast.depth_frame(h, *sampling)
+
+        frame()  # compiles the kernels outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = frame()
+        for _ in range(3):
+            graph.replay()
+        torch.cuda.synchronize()
+        outs[current] = tuple(t.clone() for t in out)
     for got, want in zip(outs[mode], outs["off"], strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
-
-
-def graphed_fused_frame(
-    model: torch.nn.Module, embeds: torch.Tensor, positions: torch.Tensor, sampling: tuple[torch.Tensor, ...]
-) -> tuple[torch.Tensor, ...]:
-    """(hidden state, codes) of one fused step + depth frame captured in a CUDA graph and replayed."""
-    fast = FastStep(model, 2048, fused_attention=True, linear_max_batch=4)
-
-    def frame() -> tuple[torch.Tensor, torch.Tensor]:
-        h = fast.backbone_step(embeds, positions, 128)
-        return h, fast.depth_frame(h, *sampling)
-
-    frame()  # compiles the kernels outside the capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = frame()
-    for _ in range(3):
-        graph.replay()
-    torch.cuda.synchronize()
-    return tuple(t.clone() for t in out)
-
-
-@pytest.mark.skipif(DEVICE.type != "cuda", reason="the bulk L2 prefetch")
-@pytest.mark.parametrize("plan", ["gate_up", "gate_up_down", "gate_up_then_down"])
-@torch.inference_mode()
-def test_l2_warm_up_plans_replay_the_fused_frame_bit_for_bit(plan: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Warming a later weight in L2 is a hint to the copy engine: the graphed step gives the same
-    bits with every plan, a capped warm-up included."""
-    from serve_app.model.kernels import l2_prefetch
-
-    if not l2_prefetch.device_supports(DEVICE.index or 0):
-        pytest.skip("this GPU has no bulk L2 prefetch")
-    model = se.wide_head_model().to(DEVICE, torch.bfloat16)
-    model.setup_caches(3)
-    gen = torch.Generator().manual_seed(4)
-    embeds = torch.randn(3, model.cfg.backbone.dim, generator=gen).to(DEVICE, torch.bfloat16)
-    positions = torch.tensor([4, 9, -1], device=DEVICE)
-    sampling = tuple(
-        torch.tensor(values, device=DEVICE) for values in ([0.9, 0.9, 1.0], [1, 50, 5], [3, 4, 5], [0, 2, 7])
-    )
-    outs = {}
-    for current, max_bytes in (("off", 1 << 30), (plan, 1 << 30), (plan, 4096)):
-        monkeypatch.setattr(l2_prefetch, "PLAN", current)
-        monkeypatch.setattr(l2_prefetch, "MAX_BYTES", max_bytes)
-        outs[current, max_bytes] = graphed_fused_frame(model, embeds, positions, sampling)
-    for key in ((plan, 1 << 30), (plan, 4096)):
-        for got, want in zip(outs[key], outs["off", 1 << 30], strict=True):
-            torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_fused_projections_come_only_with_the_fused_attention() -> None:
@@ -334,40 +296,6 @@ def test_fused_decode_step_equals_the_unfused_step(linear_max_batch: int) -> Non
     torch.testing.assert_close(fused.depth_frame(h_plain, *args), plain.depth_frame(h_plain, *args))
 
 
-@pytest.fixture(params=["sort", "radix"])
-def sampler_select(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each sampler test under each way of finding the top-k threshold."""
-    from serve_app.model.kernels import sampling
-
-    monkeypatch.setattr(sampling, "SELECT", request.param)
-    return request.param
-
-
-@triton.jit
-def kth_largest_kernel(scores_ptr, k_ptr, out_ptr, VP: tl.constexpr):
-    row = tl.program_id(0)
-    scores = tl.load(scores_ptr + row * VP + tl.arange(0, VP))
-    tl.store(out_ptr + row, _kth_largest_radix(scores, tl.load(k_ptr + row), VP))
-
-
-def test_radix_select_finds_the_kth_largest_score_ties_and_signed_zeros_included() -> None:
-    gen = torch.Generator().manual_seed(9)
-    vp = 256
-    scores = torch.randn(8, vp, generator=gen) * 4
-    scores[1] = torch.round(scores[1])  # many ties
-    scores[2, :40] = 0.0
-    scores[2, 40:80] = -0.0
-    scores[3, 200:] = float("-inf")  # padding lanes
-    scores[4] = -scores[4].abs()  # all negative
-    scores[5, :] = 1.5  # one value
-    ks = torch.tensor([1, 30, 50, 56, 129, 256, 2, 255], dtype=torch.int32)
-    out = torch.empty(8)
-    kth_largest_kernel[(8,)](scores.to(DEVICE), ks.to(DEVICE), out := out.to(DEVICE), VP=vp)
-    want = torch.stack([row.sort(descending=True).values[k - 1] for row, k in zip(scores, ks.tolist(), strict=True)])
-    torch.testing.assert_close(out.cpu(), want, rtol=0, atol=0)
-
-
-@pytest.mark.usefixtures("sampler_select")
 def test_fused_sampler_draws_the_reference_ids() -> None:
     from serve_app.model.kernels.sampling import sample_top_k
     from serve_app.model.sampling import draw_counter, noise_columns
@@ -386,7 +314,6 @@ def test_fused_sampler_draws_the_reference_ids() -> None:
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-@pytest.mark.usefixtures("sampler_select")
 def test_fused_sampler_never_draws_a_masked_id_under_the_largest_noise() -> None:
     """Each row's seed puts the largest possible noise on an id outside its top k (see the PyTorch
     sampler's test): with a uniform of 1.0 that id would win."""
@@ -412,7 +339,6 @@ def test_fused_sampler_never_draws_a_masked_id_under_the_largest_noise() -> None
     assert set(ids.tolist()) <= top
 
 
-@pytest.mark.usefixtures("sampler_select")
 def test_fused_sampler_draws_follow_the_exact_tempered_top_k_distribution() -> None:
     """Pearson's chi-square against the exact distribution, with a near miss (another temperature)
     rejected by the same draws. Few draws: one program per draw is slow in the interpreter."""

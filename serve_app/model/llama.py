@@ -181,24 +181,15 @@ class AttentionBackend(Protocol):
 
 
 class ProjectionBackend(Protocol):
-    """The block's projections. `upcoming` names a later projection of the block whose weight the
-    backend may start fetching during this one (a hint: results never depend on it)."""
-
-    def norm_linear(
-        self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear, upcoming: nn.Linear | None = None
-    ) -> torch.Tensor:
+    def norm_linear(self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear) -> torch.Tensor:
         """linear(norm(x))."""
         ...
 
-    def linear_add(
-        self, x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor, upcoming: nn.Linear | None = None
-    ) -> torch.Tensor:
+    def linear_add(self, x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
         """residual + linear(x)."""
         ...
 
-    def norm_gate_up(
-        self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear, upcoming: nn.Linear | None = None
-    ) -> torch.Tensor:
+    def norm_gate_up(self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear) -> torch.Tensor:
         """silu(gate) * up of linear(norm(x)) (the fused gate/up weight, gate rows first)."""
         ...
 
@@ -262,19 +253,13 @@ class TorchAttention:
 class TorchProjections:
     """nn.Linear matmuls (cuBLAS on a GPU) with separate norm, activation and residual ops."""
 
-    def norm_linear(
-        self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear, upcoming: nn.Linear | None = None
-    ) -> torch.Tensor:
+    def norm_linear(self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear) -> torch.Tensor:
         return linear(norm(x))
 
-    def linear_add(
-        self, x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor, upcoming: nn.Linear | None = None
-    ) -> torch.Tensor:
+    def linear_add(self, x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
         return residual + linear(x)
 
-    def norm_gate_up(
-        self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear, upcoming: nn.Linear | None = None
-    ) -> torch.Tensor:
+    def norm_gate_up(self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear) -> torch.Tensor:
         gate, up = linear(norm(x)).chunk(2, dim=-1)
         return F.silu(gate) * up
 
@@ -302,9 +287,9 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, inputs: AttentionInputs, backend: Backend = EAGER) -> torch.Tensor:
         p, attn, ff = backend.projections, self.attention, self.feed_forward
-        qkv = p.norm_linear(x, self.attention_norm, attn.wqkv, upcoming=ff.w13)
-        h = p.linear_add(backend.attention.attend(attn, qkv, inputs), attn.wo, x, upcoming=ff.w2)
-        return p.linear_add(p.norm_gate_up(h, self.ffn_norm, ff.w13, upcoming=ff.w2), ff.w2, h)
+        qkv = p.norm_linear(x, self.attention_norm, attn.wqkv)
+        h = p.linear_add(backend.attention.attend(attn, qkv, inputs), attn.wo, x)
+        return p.linear_add(p.norm_gate_up(h, self.ffn_norm, ff.w13), ff.w2, h)
 
 
 class Transformer(nn.Module):

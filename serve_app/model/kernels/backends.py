@@ -17,7 +17,6 @@ from torch import nn
 
 import serve_app.model.kernels.decode_attention  # registers csm_serve::decode_attention
 import serve_app.model.kernels.fused_linear  # noqa: F401 - registers csm_serve::fused_linear
-from serve_app.model.kernels import l2_prefetch
 from serve_app.model.llama import (
     Attention,
     AttentionInputs,
@@ -58,34 +57,17 @@ class TritonDecodeAttention:
         )
 
 
-def _warm(launch: str, x: torch.Tensor, upcoming: nn.Linear | None) -> tuple[torch.Tensor | None, int]:
-    """The weight this launch warms in L2 under `l2_prefetch.PLAN`, and how many of its bytes."""
-    weight = upcoming.weight if upcoming is not None else None
-    nbytes = l2_prefetch.warm_bytes(launch, weight, x.device)
-    return (weight if nbytes else None), nbytes
-
-
 class TritonProjections:
-    """Rows (B, D) through the fused matmuls: norm prologue, SwiGLU and residual epilogues; a
-    launch may warm the block's upcoming weight in L2 (`l2_prefetch`)."""
+    """Rows (B, D) through the fused matmuls: norm prologue, SwiGLU and residual epilogues."""
 
-    def norm_linear(
-        self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear, upcoming: nn.Linear | None = None
-    ) -> torch.Tensor:
-        warm = _warm("qkv", x, upcoming)
-        return torch.ops.csm_serve.fused_linear(x, linear.weight, norm.weight, None, norm.eps, False, *warm)
+    def norm_linear(self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear) -> torch.Tensor:
+        return torch.ops.csm_serve.fused_linear(x, linear.weight, norm.weight, None, norm.eps, False)
 
-    def linear_add(
-        self, x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor, upcoming: nn.Linear | None = None
-    ) -> torch.Tensor:
-        warm = _warm("attention_output", x, upcoming)
-        return torch.ops.csm_serve.fused_linear(x, linear.weight, None, residual, 0.0, False, *warm)
+    def linear_add(self, x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
+        return torch.ops.csm_serve.fused_linear(x, linear.weight, None, residual, 0.0, False)
 
-    def norm_gate_up(
-        self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear, upcoming: nn.Linear | None = None
-    ) -> torch.Tensor:
-        warm = _warm("gate_up", x, upcoming)
-        return torch.ops.csm_serve.fused_linear(x, linear.weight, norm.weight, None, norm.eps, True, *warm)
+    def norm_gate_up(self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear) -> torch.Tensor:
+        return torch.ops.csm_serve.fused_linear(x, linear.weight, norm.weight, None, norm.eps, True)
 
 
 FUSED_ATTENTION = Backend(TritonDecodeAttention(), TorchProjections())

@@ -40,7 +40,6 @@ import triton
 import triton.language as tl
 
 from serve_app.model.kernels import pdl
-from serve_app.model.kernels.l2_prefetch import prefetch_span
 from serve_app.model.kernels.pdl import enter
 
 try:
@@ -113,8 +112,6 @@ def _linear_kernel(
     sq_ptr,  # (SPLIT_K, N tiles, M) fp32 partial sums of squares of x (NORM, IN_KERNEL_REDUCE)
     res_ptr,  # (M, N) residual (RESIDUAL)
     g_ptr,  # (K,) RMSNorm weight (NORM)
-    warm_ptr,  # a later weight to bring into L2 (WARM_LANES > 0)
-    warm_bytes,
     M,
     N,
     K,
@@ -137,16 +134,11 @@ def _linear_kernel(
     W_TRANSPOSED: tl.constexpr,
     PDL_WAIT: tl.constexpr,
     PDL_EARLY: tl.constexpr,
-    WARM_LANES: tl.constexpr,  # threads per program (0: warm nothing)
 ):
+    enter(PDL_WAIT, PDL_EARLY)
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
-    if WARM_LANES:  # weights are never written, so this need not wait for the kernel before
-        n_prog, m_prog = tl.num_programs(0), tl.num_programs(1)
-        program = pid_n + n_prog * (pid_m + m_prog * pid_k)
-        prefetch_span(warm_ptr, warm_bytes, program, n_prog * m_prog * tl.num_programs(2), WARM_LANES)
-    enter(PDL_WAIT, PDL_EARLY)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     ks = tl.arange(0, BLOCK_K)
@@ -451,8 +443,6 @@ def launch(
     residual: torch.Tensor | None = None,
     eps: float = 1e-5,
     gate_up: bool = False,
-    warm: torch.Tensor | None = None,
-    warm_bytes: int = 0,
 ) -> torch.Tensor:
     """Run the kernel(s); see `fused_linear`."""
     if x.stride(-1) != 1:
@@ -502,8 +492,6 @@ def launch(
         sq,
         res,
         norm_weight if norm_weight is not None else x,
-        warm if warm_bytes else x,
-        warm_bytes,
         m,
         n,
         k,
@@ -518,7 +506,6 @@ def launch(
         PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
         TMA=tma,
         W_TRANSPOSED=w_transposed,
-        WARM_LANES=32 * cfg["num_warps"] if warm_bytes else 0,
         **flags,
         **cfg,
     )
@@ -553,18 +540,15 @@ def fused_linear(
     residual: torch.Tensor | None,
     eps: float,
     gate_up: bool,
-    warm: torch.Tensor | None = None,
-    warm_bytes: int = 0,
 ) -> torch.Tensor:
     """(M, N) = [residual +] epilogue(prologue(x) @ weight^T) for x (M, K), weight (N, K), any strides.
 
     prologue: RMSNorm with `norm_weight` and `eps` when given. With `gate_up`, weight is the fused
     (2N, K) gate/up projection (gate rows first) and the epilogue is silu(gate) * up. The output
-    has x's dtype. `warm`: a contiguous weight whose first `warm_bytes` (a multiple of 16) the
-    launch asks into L2 for a later kernel (`l2_prefetch`); the result does not depend on it."""
-    return launch(x, weight, norm_weight, residual, eps, gate_up, warm, warm_bytes)
+    has x's dtype."""
+    return launch(x, weight, norm_weight, residual, eps, gate_up)
 
 
 @fused_linear.register_fake
-def _(x, weight, norm_weight, residual, eps, gate_up, warm=None, warm_bytes=0):  # type: ignore[no-untyped-def]
+def _(x, weight, norm_weight, residual, eps, gate_up):  # type: ignore[no-untyped-def]
     return x.new_empty(x.shape[0], weight.shape[0] // 2 if gate_up else weight.shape[0])

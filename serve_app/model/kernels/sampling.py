@@ -3,19 +3,11 @@ counter-based exponential race of `serve_app.model.sampling.sample_top_k` (the s
 per row.
 
 `torch.topk` over the whole vocabulary (the k-th largest score is needed for any k) costs two sort
-kernels of ~20 µs each per codebook at batch 128, 32 times a frame; the one kernel that draws the id
-finds the threshold itself (`SELECT`):
-
-- `sort`: an in-register bitonic sort of the row, then its k-th entry;
-- `radix`: a radix select over the scores' order-preserving 32-bit keys, 8 bits a pass from the
-  top: each pass counts the remaining candidates per digit (a 256-bin histogram), keeps the digit
-  that holds the k-th largest and drops the rest. Four passes give the k-th largest key exactly,
-  so both find the same threshold (ties counted alike); radix needs no log²-deep sorting network.
+kernels of ~20 µs each per codebook at batch 128, 32 times a frame; an in-register bitonic sort of
+the row does the same inside the one kernel that also draws the id.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -39,40 +31,6 @@ NUM_WARPS = 16
 at batch 1 where 8 took 23.1 (`benchmarks/results/2026-12-03-0728-nvidia-h200-fused-linear.json`);
 in the whole graphed step, 7.30 vs 7.38 ms a frame at batch 1
 (`benchmarks/results/2026-12-03-1006-nvidia-h200-fused-linear-cold.json`)."""
-
-
-SELECTS = ("sort", "radix")
-
-SELECT_ENV = "CSM_SAMPLER_SELECT"
-
-SELECT = os.environ.get(SELECT_ENV, "sort")
-"""How the kernel finds the k-th largest score (`SELECTS`; from the environment, so a whole service
-can be A/B'd)."""
-
-
-@triton.jit
-def _kth_largest_radix(scores, k, VP: tl.constexpr):
-    """The k-th largest of `scores` (VP fp32 lanes, 1 <= k <= VP), counting equal values apart."""
-    bits = scores.to(tl.int32, bitcast=True)
-    # An int32 whose signed order is the floats' order (negatives: every bit but the sign flipped),
-    # then the sign bit flipped: unsigned order, digits taken from the top.
-    key = (bits ^ ((bits >> 31) & 0x7FFFFFFF)) ^ (-2147483647 - 1)
-    digits = tl.arange(0, 512)
-    candidate = tl.full((VP,), 1, tl.int1)
-    remaining = k  # the rank of the wanted key among the remaining candidates
-    found = tl.zeros((), tl.int32)
-    for shift in tl.static_range(24, -8, -8):
-        digit = (key >> shift) & 0xFF
-        counts = tl.histogram(tl.where(candidate, digit, 256), 512)  # bin 256: not a candidate
-        counts = tl.where(digits < 256, counts, 0)
-        at_or_above = tl.sum(counts, axis=0) - tl.cumsum(counts, axis=0) + counts
-        chosen = tl.sum((at_or_above >= remaining).to(tl.int32), axis=0) - 1
-        above = tl.sum(tl.where(digits > chosen, counts, 0), axis=0)
-        remaining -= above
-        candidate = candidate & (digit == chosen)
-        found = found | (chosen << shift)
-    signed = found ^ (-2147483647 - 1)
-    return (signed ^ ((signed >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -99,7 +57,6 @@ def _sample_kernel(
     VP: tl.constexpr,
     PDL_WAIT: tl.constexpr,
     PDL_EARLY: tl.constexpr,
-    RADIX: tl.constexpr,
 ):
     enter(PDL_WAIT, PDL_EARLY)
     b = tl.program_id(0)
@@ -108,11 +65,8 @@ def _sample_kernel(
     logits = tl.load(logits_ptr + b * logits_stride + idx, mask=valid, other=float("-inf")).to(tl.float32)
     scores = logits / tl.load(temperature_ptr + b)
     k = tl.minimum(tl.maximum(tl.load(top_k_ptr + b), 1), V)
-    if RADIX:
-        kth = _kth_largest_radix(scores, k.to(tl.int32), VP)
-    else:
-        ranked = tl.sort(scores, descending=True)
-        kth = tl.max(tl.where(idx == k - 1, ranked, float("-inf")), axis=0)
+    ranked = tl.sort(scores, descending=True)
+    kth = tl.max(tl.where(idx == k - 1, ranked, float("-inf")), axis=0)
     kept = tl.where(scores < kth, float("-inf"), scores)
     top = tl.max(kept, axis=0)
     e = tl.exp(kept - top)
@@ -127,12 +81,6 @@ def _sample_kernel(
     sampled = tl.argmax(tl.where(valid & (scores >= kth), probs / race, -1.0), axis=0)
     greedy = tl.argmax(kept, axis=0)
     tl.store(out_ptr + b, tl.where(k == 1, greedy, sampled).to(tl.int64))
-
-
-def _radix() -> bool:
-    if SELECT not in SELECTS:
-        raise ValueError(f"{SELECT_ENV}={SELECT!r} is not one of {SELECTS}")
-    return SELECT == "radix"
 
 
 @torch.library.custom_op("csm_serve::sample_top_k", mutates_args=())
@@ -164,7 +112,6 @@ def sample_top_k(
             V=v,
             VP=triton.next_power_of_2(v),
             num_warps=NUM_WARPS,
-            RADIX=_radix(),
             **pdl.launch_options(logits.device),
         )
     return out
