@@ -737,6 +737,9 @@ def parse_args() -> argparse.Namespace:
         help="fused projections of at least this many rows load through TMA, 0: never (default: the kernel's)",
     )
     p.add_argument(
+        "--chunk-frames", type=int, default=None, help="frames per later audio chunk (default: the engine's)"
+    )
+    p.add_argument(
         "--churn", default="", help="comma-separated client counts of the closed-loop churn section"
     )
     p.add_argument("--churn-s", type=float, default=8.0, help="measured window of each churn level")
@@ -787,6 +790,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         options["compile"] = args.compile
     if args.fused_linear_max_batch is not None:
         options["fused_linear_max_batch"] = args.fused_linear_max_batch
+    if args.chunk_frames is not None:
+        options["chunk_frames"] = args.chunk_frames
     return options
 
 
