@@ -82,9 +82,10 @@ class FakeHandle:
         self.stream_error = stream_error
         self.responses: list[Any] = []
         self.calls: list[tuple[str, tuple]] = []
+        self.options_set: dict[str, Any] = {}
 
-    def options(self, *, stream: bool = False) -> FakeHandle:
-        assert stream
+    def options(self, **options: Any) -> FakeHandle:
+        self.options_set.update(options)
         return self
 
     def __getattr__(self, method: str) -> Any:
@@ -116,6 +117,12 @@ def _engine(handle: FakeHandle, **kw: Any) -> HandleEngine:
 
 def test_adapter_satisfies_the_api_protocol() -> None:
     assert isinstance(_engine(FakeHandle()), SpeechEngine)
+
+
+def test_calls_cross_ray_with_plain_pickle_both_ways() -> None:
+    handle = FakeHandle()
+    _engine(handle)
+    assert handle.options_set == {"request_serialization": "pickle", "response_serialization": "pickle"}
 
 
 def test_backpressure_becomes_overload_with_retry_after() -> None:
