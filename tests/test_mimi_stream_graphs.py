@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from serve_app.engine.cuda_graphs import GraphedMimiStreamDecoder, buckets_up_to, smallest_bucket
+from serve_app.engine.cuda_graphs import GraphedMimiStreamDecoder, buckets_up_to, frame_rms, smallest_bucket
 from serve_app.model.mimi_stream import MimiStreamDecoder
 from tests.support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
 
@@ -80,3 +80,93 @@ def test_cuda_graph_replay_matches_eager_decoder():
     want = run_schedule(MimiStreamDecoder(model, max_streams=8), codes, seed=4)
     for slot in codes:
         torch.testing.assert_close(got[slot], want[slot], atol=1e-4, rtol=1e-4)
+
+
+def ring_schedule(decoder, plain, ring: torch.Tensor, lengths: dict[int, int], seed: int) -> None:
+    """Decode each stream's frames from the ring (in random groups, chunk lengths and ring offsets
+    that wrap) with `decoder.decode_ring`, and the same frames gathered by hand with `plain.decode`:
+    the same audio, and each frame's loudness."""
+    rng = random.Random(seed)
+    done = dict.fromkeys(lengths, 0)
+    for slot in lengths:
+        decoder.reset(slot)
+        plain.reset(slot)
+    r = ring.shape[1]
+    while active := [s for s in lengths if done[s] < lengths[s]]:
+        group = sorted(rng.sample(active, rng.randint(1, len(active))))
+        n = min(rng.choice([1, 2, 4]), *(lengths[s] - done[s] for s in group))
+        first = [done[s] + 5 * r for s in group]  # a global frame number: the ring index wraps
+        pcm, rms = decoder.decode_ring(group, first, n)
+        at = (torch.tensor(first)[:, None] + torch.arange(n)) % r
+        codes = ring[torch.tensor(group, device=ring.device)[:, None], at.to(ring.device)].transpose(1, 2)
+        want = plain.decode(codes.contiguous(), torch.tensor(group))
+        torch.testing.assert_close(pcm, want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(rms, frame_rms(want, n), atol=1e-5, rtol=1e-4)
+        for s in group:
+            done[s] += n
+
+
+def random_ring(config, slots: int, frames: int, device: str = "cpu") -> torch.Tensor:
+    gen = torch.Generator().manual_seed(11)
+    return torch.randint(0, config.codebook_size, (slots, frames, config.num_quantizers), generator=gen).to(
+        device
+    )
+
+
+def test_ring_decode_equals_decoding_the_frames_gathered_from_the_ring():
+    """Batches of 3 and 5 run as buckets 4 and 6; their padding reads ring row 0 into the scratch slot."""
+    model = random_mimi(tiny_mimi_config(), seed=1)
+    ring = random_ring(model.config, 6, 8)
+    decoder = GraphedMimiStreamDecoder(model, max_streams=6, use_graphs=False, ring=ring)
+    plain = GraphedMimiStreamDecoder(model, max_streams=6, use_graphs=False)
+    ring_schedule(decoder, plain, ring, {0: 6, 1: 4, 3: 7, 4: 3, 5: 5}, seed=3)
+
+
+def test_ring_decode_checks_its_slots_frames_and_ring():
+    model = random_mimi(tiny_mimi_config())
+    ring = random_ring(model.config, 2, 4)
+    decoder = GraphedMimiStreamDecoder(model, max_streams=2, use_graphs=False, ring=ring)
+    with pytest.raises(ValueError, match="slots"):
+        decoder.decode_ring([2], [0], 1)  # the scratch slot
+    with pytest.raises(ValueError, match="ring holds 4"):
+        decoder.decode_ring([0], [0], 5)
+    with pytest.raises(RuntimeError, match="no ring"):
+        GraphedMimiStreamDecoder(model, max_streams=2, use_graphs=False).decode_ring([0], [0], 1)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_ring_decode_matches_the_eager_decoder():
+    model = random_mimi(tiny_mimi_config(), seed=2).cuda()
+    ring = random_ring(model.config, 8, 16, "cuda")
+    graphed = GraphedMimiStreamDecoder(model, max_streams=8, ring=ring)
+    graphed.warmup([1, 4])
+    assert graphed.use_graphs and {n for _, n in graphed.captured} == {1, 4}
+    with pytest.raises(RuntimeError, match="decode_ring"):
+        graphed.decode(torch.zeros(1, 32, 1, dtype=torch.long, device="cuda"), torch.tensor([0]))
+    ring_schedule(
+        graphed, MimiStreamDecoder(model, max_streams=8), ring, {0: 12, 2: 9, 5: 11, 6: 6, 7: 10}, seed=4
+    )
+    calls = torch_calls(lambda: graphed.decode_ring([0, 2, 5], [3, 4, 5], 4))
+    assert len(calls) <= 8, calls  # an engine loop thread calls this for every chunk
+
+
+def torch_calls(fn) -> list[str]:
+    """The calls into torch's C functions and methods that `fn` makes from Python (each may give up
+    the GIL and wait to take it back)."""
+    import sys
+
+    seen: list[str] = []
+
+    def profile(frame, event, arg):
+        if event == "c_call":
+            owner = getattr(arg, "__self__", None)
+            module = getattr(arg, "__module__", None) or type(owner).__module__ or ""
+            if module.startswith("torch") or isinstance(owner, torch.Tensor):
+                seen.append(getattr(arg, "__qualname__", repr(arg)))
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return seen

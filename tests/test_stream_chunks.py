@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from serve_app.engine.cuda_graphs import frame_rms
 from serve_app.engine.generator import Generator
 from serve_app.engine.loop import SilenceGuard
-from serve_app.engine.runner import frame_rms
 from serve_app.engine.sequence import ChunkPolicy
 from serve_app.engine.types import FinishReason
 from tests import support_engine as se

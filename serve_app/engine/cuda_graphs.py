@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import weakref
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
 import torch
 from transformers import MimiModel
 
@@ -119,13 +121,23 @@ class CudaGraphs:
         return list(self._graphs)
 
 
+def frame_rms(pcm: torch.Tensor, frames: int) -> torch.Tensor:
+    """Root mean square of each of a (B, frames * samples) batch's frames: (B, frames) float32."""
+    return torch.linalg.vector_norm(pcm.view(pcm.shape[0], frames, -1), dim=-1) / math.sqrt(
+        pcm.shape[-1] // frames
+    )
+
+
 @dataclass
 class _MimiShape:
-    """Static inputs and output of one captured (bucket, frames) decode."""
+    """Static inputs and outputs of one captured (bucket, frames) decode: `codes` and `slots` for
+    `decode`; for `decode_ring`, `index` alone, and `rms` beside `pcm`."""
 
     codes: torch.Tensor  # (bucket, K, frames)
     slots: torch.Tensor  # (bucket,)
     pcm: torch.Tensor  # (bucket, frames * frame_samples)
+    index: torch.Tensor | None = None  # (3, bucket): ring rows, decoder slots, first frames
+    rms: torch.Tensor | None = None  # (bucket, frames)
 
 
 class GraphedMimiStreamDecoder:
@@ -138,6 +150,12 @@ class GraphedMimiStreamDecoder:
     Graphs are captured on the first call of each shape (or ahead of time with `warmup`); each holds
     its own activation memory, so capture only the frame counts the engine uses. Without CUDA (or with
     `use_graphs=False`) the same padded decode runs eagerly.
+
+    With a `ring` of codes (slots, R, K), `decode_ring` reads each stream's frames from it inside the
+    graph and also returns each frame's loudness: the caller hands over three integers a stream in
+    one copy. An engine's loop thread calls it for every chunk, and under a busy event loop each
+    torch call it makes may wait to retake the GIL, so the fewer calls the better: a call is a
+    handful, where gathering the codes on the host side took some twenty.
     """
 
     def __init__(
@@ -146,8 +164,10 @@ class GraphedMimiStreamDecoder:
         max_streams: int,
         buckets: Sequence[int] | None = None,
         use_graphs: bool | None = None,
+        ring: torch.Tensor | None = None,
     ):
         self.max_streams = max_streams
+        self.ring = ring
         self.decoder = MimiStreamDecoder(mimi, max_streams + 1)
         self.scratch = max_streams
         self.decoder.reset(self.scratch)
@@ -188,11 +208,49 @@ class GraphedMimiStreamDecoder:
         self.decoder.free(slot)
 
     def warmup(self, frames: Sequence[int]) -> None:
-        """Capture the graphs of every bucket for each chunk length in `frames` now."""
+        """Capture the graphs of every bucket for each chunk length in `frames` now (`decode_ring`'s
+        when there is a ring, else `decode`'s)."""
         if self.use_graphs:
             for n in frames:
                 for bucket in self.buckets:
                     self._shape(bucket, n)
+
+    def decode_ring(
+        self, slots: Sequence[int], first_frames: Sequence[int], frames: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode ring frames first..first+frames-1 (modulo the ring's length) of each of `slots`,
+        streams in the ring's and the decoder's slot of that number: (pcm (B, frames * frame
+        samples) float32, each frame's RMS (B, frames))."""
+        ring = self.ring
+        if ring is None:
+            raise RuntimeError("this decoder has no ring of codes: use decode")
+        batch = len(slots)
+        if batch > self.max_streams or any(not 0 <= s < self.max_streams for s in slots):
+            raise ValueError(f"at most {self.max_streams} streams, in slots [0, {self.max_streams})")
+        if frames > ring.shape[1]:
+            raise ValueError(f"cannot decode {frames} frames at once (the ring holds {ring.shape[1]})")
+        bucket = smallest_bucket(self.buckets, batch)
+        index = np.zeros((3, bucket), dtype=np.int64)  # padding: ring row 0 into the scratch slot
+        index[0, :batch] = slots
+        index[1, :batch] = slots
+        index[1, batch:] = self.scratch
+        index[2, :batch] = first_frames
+        host = torch.from_numpy(index)
+        if not self.use_graphs:
+            pcm, rms = self._decode_ring(host.to(self.device), frames)
+            return pcm[:batch], rms[:batch]
+        shape = self._shape(bucket, frames)
+        shape.index.copy_(host.pin_memory(), non_blocking=True)  # type: ignore[union-attr]  # pageable would sync
+        self._graphs.replay((bucket, frames))  # type: ignore[union-attr]
+        return shape.pcm[:batch].clone(), shape.rms[:batch].clone()  # type: ignore[index]
+
+    def _decode_ring(self, index: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ring: torch.Tensor = self.ring  # type: ignore[assignment]
+        offsets = torch.arange(frames, device=index.device)
+        at = (index[2][:, None] + offsets) % ring.shape[1]
+        codes = ring[index[0][:, None], at].transpose(1, 2).contiguous()  # (bucket, K, frames)
+        pcm = self.decoder.decode(codes, index[1], check=False)
+        return pcm, frame_rms(pcm, frames)
 
     def decode(self, codes: torch.Tensor, slots: torch.Tensor, *, check: bool = True) -> torch.Tensor:
         """See `MimiStreamDecoder.decode`; `slots` is best given as a CPU tensor (no device sync)."""
@@ -207,6 +265,8 @@ class GraphedMimiStreamDecoder:
         if not self.use_graphs:
             fill = codes.new_zeros(bucket - batch, *codes.shape[1:])
             return self.decoder.decode(torch.cat([codes, fill]), padded, check=False)[:batch]
+        if self.ring is not None:
+            raise RuntimeError("this decoder's graphs read their codes from its ring: use decode_ring")
         shape = self._shape(bucket, frames)
         shape.codes[:batch].copy_(codes)
         shape.slots.copy_(padded.pin_memory(), non_blocking=True)  # pageable would sync
@@ -225,6 +285,18 @@ class GraphedMimiStreamDecoder:
             (bucket, self.decoder.num_codebooks, frames), dtype=torch.long, device=self.device
         )
         slots = torch.full((bucket,), self.scratch, dtype=torch.long, device=self.device)
+        if self.ring is not None:
+            index = torch.zeros((3, bucket), dtype=torch.long, device=self.device)
+            index[1] = self.scratch
+
+            def decode_ring() -> tuple[torch.Tensor, torch.Tensor]:
+                return self._decode_ring(index, frames)
+
+            with graphs.warming_up():  # into the scratch slot only
+                for _ in range(2):
+                    decode_ring()
+            pcm, rms = graphs.capture((bucket, frames), decode_ring)
+            return _MimiShape(codes, slots, pcm, index, rms)
 
         def decode() -> torch.Tensor:
             return self.decoder.decode(codes, slots, check=False)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -107,13 +106,6 @@ class DecodedAudio(NamedTuple):
     rms: torch.Tensor
 
 
-def frame_rms(pcm: torch.Tensor, frames: int) -> torch.Tensor:
-    """Root mean square of each of a (B, frames * samples) batch's frames: (B, frames) float32."""
-    return torch.linalg.vector_norm(pcm.view(pcm.shape[0], frames, -1), dim=-1) / math.sqrt(
-        pcm.shape[-1] // frames
-    )
-
-
 def slot_bytes(model: CsmModel) -> int:
     """Device bytes one slot needs: backbone and depth KV caches (the audio decoder's state is small)."""
     dtype_bytes = model.codebook0_head.weight.element_size()
@@ -187,7 +179,7 @@ class ModelRunner:
             raise ValueError(
                 f"audio chunks of {self.audio_chunk_sizes[-1]} frames exceed the history ring ({history})"
             )
-        self.decoder = GraphedMimiStreamDecoder(mimi, n_slots, use_graphs=cuda_graphs)
+        self.decoder = GraphedMimiStreamDecoder(mimi, n_slots, use_graphs=cuda_graphs, ring=self.history)
         # Audio decodes (and decoder state resets) run on their own stream so they can overlap the
         # next decode step; a first chunk waits for the step that completed it.
         cuda = self.device.type == "cuda"
@@ -491,15 +483,10 @@ class ModelRunner:
         in flight."""
         if n > self.history_len:
             raise ValueError(f"cannot decode {n} frames at once (history ring holds {self.history_len})")
-        first = torch.tensor(list(first_frames), dtype=torch.long)
-        idx = (first[:, None] + torch.arange(n)) % self.history_len
-        slot_cpu = torch.tensor(list(slots), dtype=torch.long)
         with self._on_audio_stream():
             if after is not None and self.audio_stream is not None:
                 self.audio_stream.wait_event(self._step_events[self._ring_index(after)])
-            codes = self.history[self._to_device(slot_cpu)[:, None], self._to_device(idx)].transpose(1, 2)
-            pcm = self.decoder.decode(codes.contiguous(), slot_cpu, check=False)
-            return DecodedAudio(pcm, frame_rms(pcm, n))
+            return DecodedAudio(*self.decoder.decode_ring(slots, first_frames, n))
 
     def fetch(
         self, step: StepOutput | None, audio: Seq[torch.Tensor]
