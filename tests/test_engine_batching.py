@@ -77,3 +77,34 @@ def test_step_observer_hears_batch_size_and_queue_depth_changes() -> None:
     assert (1, 0) in heard  # b admitted once a left
     assert heard[-1] == (0, 0)  # idle again
     assert all(x != y for x, y in zip(heard, heard[1:]))  # only changes are reported
+
+
+def test_joining_slots_get_their_prompt_position_seed_and_sampling_settings_exactly() -> None:
+    """The per-slot inputs reach the device together (`arming_rows`); each lands in its own slot
+    bit for bit, a negative seed and a temperature's float32 bits included."""
+    import dataclasses
+
+    import torch
+
+    from serve_app.engine.types import SamplingParams
+
+    loop = se.make_loop(n_slots=4)
+    settings = [(0.7, 50, -(2**61) + 3), (1.3, 1, 2**62 + 5)]
+    joined = []
+    for i, (temperature, top_k, seed) in enumerate(settings):
+        req = dataclasses.replace(
+            se.request(f"hello there number {i}", 4), sampling=SamplingParams(temperature, top_k, seed)
+        )
+        collected = se.sequence(req)
+        collected.seq.slot = 2 - i
+        joined.append(collected.seq)
+    runner = loop.runner
+    runner.start(joined)
+    for seq, (temperature, top_k, seed) in zip(joined, settings, strict=True):
+        slot = seq.slot
+        assert runner.temperature[slot].item() == np.float32(temperature)
+        assert runner.top_k[slot].item() == top_k
+        assert runner.seeds[slot].item() == seed
+        assert runner.positions[slot].item() == seq.prompt_len - 1
+        want = runner.model.embed_rows(seq.tokens[-1:][None], seq.mask[-1:][None])[0, 0]
+        torch.testing.assert_close(runner.embeds[slot], want.to(runner.embeds.dtype))

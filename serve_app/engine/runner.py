@@ -106,6 +106,27 @@ class DecodedAudio(NamedTuple):
     rms: torch.Tensor
 
 
+ARMING_COLUMNS = 5
+"""Columns of `arming_rows` before the last prompt row's tokens and mask."""
+
+
+def arming_rows(seqs: Seq[Sequence]) -> torch.Tensor:
+    """What arming the joining sequences' slots needs, as one (J, 5 + 2 * 33) int64 host tensor, so
+    it reaches the device in one copy: slot, the last prompt row's position, seed, temperature (its
+    float32 bits), top-k, then the last prompt row's tokens and mask. Each torch call of the loop
+    thread may wait for the GIL behind a busy event loop; this replaces a dozen."""
+    width = seqs[0].tokens.shape[1]
+    rows = np.empty((len(seqs), ARMING_COLUMNS + 2 * width), np.int64)
+    rows[:, 0] = [s.slot for s in seqs]
+    rows[:, 1] = [s.prompt_len - 1 for s in seqs]
+    rows[:, 2] = [s.seed for s in seqs]
+    rows[:, 3] = np.array([s.request.sampling.temperature for s in seqs], np.float32).view(np.int32)
+    rows[:, 4] = [s.request.sampling.top_k for s in seqs]
+    rows[:, ARMING_COLUMNS : ARMING_COLUMNS + width] = torch.stack([s.tokens[-1] for s in seqs]).numpy()
+    rows[:, ARMING_COLUMNS + width :] = torch.stack([s.mask[-1] for s in seqs]).numpy()
+    return torch.from_numpy(rows)
+
+
 def slot_bytes(model: CsmModel) -> int:
     """Device bytes one slot needs: backbone and depth KV caches (the audio decoder's state is small)."""
     dtype_bytes = model.codebook0_head.weight.element_size()
@@ -253,7 +274,8 @@ class ModelRunner:
 
     def _start(self, seqs: Seq[Sequence]) -> None:
         m = self.model
-        slots = self._to_device(torch.tensor([s.slot for s in seqs], dtype=torch.long))
+        armed = self._to_device(arming_rows(seqs))  # every per-slot input in one copy
+        slots = armed[:, 0]
         body = [s for s in seqs if s.prompt_len > 1]
         if body and self._prefill_inputs_of:
             for group in prefill_groups(body, self.batch_buckets, self.prefill_widths, PREFILL_TOKEN_BUDGET):
@@ -269,19 +291,15 @@ class ModelRunner:
                 self._to_device(rows),
                 min(width, m.max_seq_len),
             )
-        last_tokens = torch.stack([s.tokens[-1] for s in seqs])[:, None]
-        last_mask = torch.stack([s.mask[-1] for s in seqs])[:, None]
-        self.embeds[slots] = m.embed_rows(self._to_device(last_tokens), self._to_device(last_mask))[:, 0]
-        self.positions[slots] = self._to_device(
-            torch.tensor([s.prompt_len - 1 for s in seqs], dtype=torch.long)
-        )
+        width = m.cfg.num_codebooks + 1
+        tokens = armed[:, None, ARMING_COLUMNS : ARMING_COLUMNS + width]
+        mask = armed[:, None, ARMING_COLUMNS + width :]
+        self.embeds[slots] = m.embed_rows(tokens, mask)[:, 0]
+        self.positions[slots] = armed[:, 1]
         self.frame.index_fill_(0, slots, 0)
-        self.seeds[slots] = self._to_device(torch.tensor([s.seed for s in seqs], dtype=torch.long))
-        params = [s.request.sampling for s in seqs]
-        self.temperature[slots] = self._to_device(
-            torch.tensor([p.temperature for p in params], dtype=torch.float32)
-        )
-        self.top_k[slots] = self._to_device(torch.tensor([p.top_k for p in params], dtype=torch.long))
+        self.seeds[slots] = armed[:, 2]
+        self.temperature[slots] = armed[:, 3].to(torch.int32).view(torch.float32)
+        self.top_k[slots] = armed[:, 4]
         with self._on_audio_stream():
             self.decoder.reset(*[s.slot for s in seqs])  # type: ignore[misc]
 
