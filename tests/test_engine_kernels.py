@@ -359,3 +359,74 @@ def test_fused_sampler_draws_follow_the_exact_tempered_top_k_distribution() -> N
     )
     assert chi_square_p(draws, top_k_distribution(logits, 0.6, 4)) > 1e-3
     assert chi_square_p(draws, top_k_distribution(logits, 1.0, 4)) < 1e-6
+
+
+@torch.inference_mode()
+def test_attend_project_equals_attention_then_the_output_projection() -> None:
+    """One kernel for the depth decoder's attention and output projection: the same output and the
+    same cache writes as `decode_attention` followed by the residual `fused_linear`; an idle row
+    writes nothing and gets its residual back; a row at position 0 attends only its new key."""
+    from serve_app.model.kernels.attend_project import attend_project
+    from serve_app.model.kernels.fused_linear import fused_linear
+
+    heads, kv_heads, d, n, p = 4, 2, 32, 72, 40
+    gen = torch.Generator().manual_seed(6)
+    dtype = torch.float32 if DEVICE.type == "cpu" else torch.bfloat16
+    qkv = torch.randn(3, (heads + 2 * kv_heads) * d, generator=gen)
+    positions = torch.tensor([5, -1, 0])
+    freqs = torch.outer(torch.arange(p, dtype=torch.float32), 1.0 / (10000 ** (torch.arange(0, d, 2) / d)))
+    cos, sin = torch.cat([freqs, freqs], -1).cos(), torch.cat([freqs, freqs], -1).sin()
+    k_cache = torch.randn(3, kv_heads, p + 1, d, generator=gen)
+    v_cache = torch.randn(3, kv_heads, p + 1, d, generator=gen)
+    weight = torch.randn(n, heads * d, generator=gen) / math.sqrt(heads * d)
+    residual = torch.randn(3, n, generator=gen)
+    dev = [t.to(DEVICE) for t in (qkv, positions, cos, sin)]
+    caches = {name: (k_cache.to(DEVICE, dtype), v_cache.to(DEVICE, dtype)) for name in ("two", "one")}
+    attended = launch(dev[0].to(dtype), *dev[1:], *caches["two"], heads, kv_heads)
+    want = fused_linear(attended, weight.to(DEVICE, dtype), None, residual.to(DEVICE, dtype), 0.0, False)
+    got = attend_project(
+        dev[0].to(dtype), *dev[1:], *caches["one"], weight.to(DEVICE, dtype), residual.to(DEVICE, dtype), heads, kv_heads, 16
+    )
+    tol = 10 * TOL if dtype == torch.float32 else 2e-2  # bf16: another summation order, another rounding
+    torch.testing.assert_close(got.float().cpu(), want.float().cpu(), rtol=tol, atol=tol)
+    torch.testing.assert_close(got[1].float().cpu(), residual[1].to(dtype).float(), rtol=0, atol=0)
+    for fused, unfused in zip(caches["one"], caches["two"], strict=True):
+        torch.testing.assert_close(fused.float().cpu(), unfused.float().cpu(), rtol=TOL, atol=TOL)
+    assert torch.equal(caches["one"][0][1].cpu(), k_cache[1].to(dtype)), "the idle row's cache is untouched"
+
+
+@torch.inference_mode()
+def test_a_depth_step_with_attention_and_projection_fused_equals_the_unfused_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The depth decoder's one-token step through the fused backend: the attention and output
+    projection in one kernel (small batch, short key window) or in two, the same hidden states and
+    caches; the backbone's long key windows keep the two launches."""
+    from serve_app.model.kernels import backends
+
+    outs, caches, fused_calls = [], [], []
+    project = backends.TritonDecodeAttention.attend_project
+    for limit in (0, 4):
+        monkeypatch.setattr(backends, "ATTEND_PROJECT_MAX_ROWS", limit)
+        model = se.wide_head_model().to(DEVICE)
+        model.setup_caches(3)
+        stack = model.decoder
+        gen = torch.Generator().manual_seed(2)
+        x = torch.randn(3, 1, stack.cfg.dim, generator=gen).to(DEVICE)
+        positions = torch.tensor([[3], [0], [-1]], device=DEVICE)
+        taken = []
+
+        def spy(self, *args, project=project, taken=taken):  # type: ignore[no-untyped-def]
+            out = project(self, *args)
+            taken.append(out is not None)
+            return out
+
+        monkeypatch.setattr(backends.TritonDecodeAttention, "attend_project", spy)
+        outs.append(stack(x, positions, None, model.cfg.decoder_seq_len, backends.FUSED))
+        caches.append([layer.attention.cache().k.clone() for layer in stack.layers])
+        fused_calls.append(taken)
+    assert fused_calls[0] and not any(fused_calls[0])
+    assert fused_calls[1] and all(fused_calls[1])
+    torch.testing.assert_close(outs[1], outs[0], rtol=10 * TOL, atol=10 * TOL)
+    for got, want in zip(caches[1], caches[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)

@@ -7,7 +7,8 @@ matmul each. A block is always
 
     qkv = norm+project(x);  out = attend(qkv);  h = x + project(out);  x' = h + down(swiglu(norm+gate/up(h)))
 
-and a `Backend` says how each piece runs: `EAGER` is plain PyTorch (any number of tokens per row,
+(an attention backend may do `attend` and the projection after it in one go), and a `Backend` says
+how each piece runs: `EAGER` is plain PyTorch (any number of tokens per row,
 the path the transformers parity tests check); `serve_app.model.kernels.backends` has the Triton
 twins for one-token decode steps. `torch.compile` wraps whichever backend a caller picks.
 
@@ -179,6 +180,13 @@ class AttentionBackend(Protocol):
         """qkv (..., q + 2 kv) → attention output (..., q), writing the new keys/values."""
         ...
 
+    def attend_project(
+        self, attention: Attention, qkv: torch.Tensor, inputs: AttentionInputs, residual: torch.Tensor
+    ) -> torch.Tensor | None:
+        """residual + attend(qkv) @ wo^T in one go where the backend has a fused path for this
+        call, else None (the block then attends and projects in two steps)."""
+        ...
+
 
 class ProjectionBackend(Protocol):
     def norm_linear(self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear) -> torch.Tensor:
@@ -249,6 +257,11 @@ class TorchAttention:
         )
         return out.reshape(b, h, t, dh).transpose(1, 2).reshape(b, t, -1)
 
+    def attend_project(
+        self, attention: Attention, qkv: torch.Tensor, inputs: AttentionInputs, residual: torch.Tensor
+    ) -> torch.Tensor | None:
+        return None
+
 
 class TorchProjections:
     """nn.Linear matmuls (cuBLAS on a GPU) with separate norm, activation and residual ops."""
@@ -288,7 +301,9 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, inputs: AttentionInputs, backend: Backend = EAGER) -> torch.Tensor:
         p, attn, ff = backend.projections, self.attention, self.feed_forward
         qkv = p.norm_linear(x, self.attention_norm, attn.wqkv)
-        h = p.linear_add(backend.attention.attend(attn, qkv, inputs), attn.wo, x)
+        h = backend.attention.attend_project(attn, qkv, inputs, x)
+        if h is None:
+            h = p.linear_add(backend.attention.attend(attn, qkv, inputs), attn.wo, x)
         return p.linear_add(p.norm_gate_up(h, self.ffn_norm, ff.w13), ff.w2, h)
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 import serve_app.model.kernels.decode_attention  # registers csm_serve::decode_attention
 import serve_app.model.kernels.fused_linear  # noqa: F401 - registers csm_serve::fused_linear
+from serve_app.model.kernels import attend_project  # registers csm_serve::attend_project
 from serve_app.model.llama import (
     Attention,
     AttentionInputs,
@@ -25,6 +26,11 @@ from serve_app.model.llama import (
     TorchProjections,
     Transformer,
 )
+
+ATTEND_PROJECT_MAX_ROWS = 0
+"""Batches of up to this many rows, over key windows of up to `attend_project.MAX_KEYS` (the
+depth decoder's), attend and run the output projection in one kernel (`attend_project`); 0: never.
+Off until it is measured against the two launches it replaces."""
 
 
 class TritonDecodeAttention:
@@ -54,6 +60,26 @@ class TritonDecodeAttention:
             cache.v,
             attention.n_heads,
             attention.n_kv_heads,
+        )
+
+    def attend_project(
+        self, attention: Attention, qkv: torch.Tensor, inputs: AttentionInputs, residual: torch.Tensor
+    ) -> torch.Tensor | None:
+        if qkv.shape[0] > ATTEND_PROJECT_MAX_ROWS or inputs.kv_len > attend_project.MAX_KEYS:
+            return None
+        cache = attention.cache()
+        return torch.ops.csm_serve.attend_project(
+            qkv,
+            inputs.positions,
+            inputs.cos,
+            inputs.sin,
+            cache.k,
+            cache.v,
+            attention.wo.weight,
+            residual,
+            attention.n_heads,
+            attention.n_kv_heads,
+            inputs.kv_len,
         )
 
 
