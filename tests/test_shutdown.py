@@ -46,13 +46,36 @@ class StreamOutcome:
     seconds: float = 0.0
 
 
+def _default_stop_signals() -> None:
+    """In the server's process before exec: SIGINT and SIGTERM at their defaults and unblocked, as
+    from a terminal, whatever the test process (and the libraries in it) did with them."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _signal_state(pid: int) -> str:
+    """The process's ignored, blocked and caught signal masks (for a failure message)."""
+    with contextlib.suppress(OSError):
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        return " ".join(line.replace("\t", "") for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+    return "unknown"
+
+
 @contextlib.contextmanager
 def _server(
     command: list[str], port: int, log: Path, ray_tmp: Path
 ) -> Iterator[subprocess.Popen]:
     env = {**os.environ, **worker_env(str(ray_tmp)), "CSM_VOICES_DIR": str(log.parent / "voices")}
     with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_default_stop_signals,  # noqa: PLW1509 - the child runs nothing else before exec
+        )
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:
@@ -101,6 +124,7 @@ def _stop_during_a_stream(
     reader = threading.Thread(target=read)
     reader.start()
     assert flowing.wait(60), "no audio before the signal"
+    state = _signal_state(process.pid)
     process.send_signal(sig)
     time.sleep(1.0)
     try:
@@ -113,7 +137,7 @@ def _stop_during_a_stream(
     try:
         return outcome, process.wait(timeout=STOP_TIMEOUT_S), late
     except subprocess.TimeoutExpired:
-        pytest.fail(f"still running {time.monotonic() - signalled:.0f} s after {sig.name}; its log ends:\n"
+        pytest.fail(f"still running {time.monotonic() - signalled:.0f} s after {sig.name} ({state}); its log ends:\n"
                     + log.read_text(errors="replace")[-4000:])
 
 
