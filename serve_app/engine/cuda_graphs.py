@@ -237,6 +237,8 @@ class GraphedMimiStreamDecoder:
         index[2, :batch] = first_frames
         host = torch.from_numpy(index)
         if not self.use_graphs:
+            if self.device.type == "cuda":  # pinned and queued, as the graphs' copy: no host wait
+                host = host.pin_memory().to(self.device, non_blocking=True)
             pcm, rms = self._decode_ring(host.to(self.device), frames)
             return pcm[:batch], rms[:batch]
         shape = self._shape(bucket, frames)

@@ -291,7 +291,7 @@ class ModelRunner:
                 self._to_device(rows),
                 min(width, m.max_seq_len),
             )
-        width = m.cfg.num_codebooks + 1
+        width = (armed.shape[1] - ARMING_COLUMNS) // 2
         tokens = armed[:, None, ARMING_COLUMNS : ARMING_COLUMNS + width]
         mask = armed[:, None, ARMING_COLUMNS + width :]
         self.embeds[slots] = m.embed_rows(tokens, mask)[:, 0]
@@ -499,8 +499,6 @@ class ModelRunner:
         `after`: a step not fetched yet that computed some of these frames (the decode waits for it
         on the device); without it the frames are older and the decode may run alongside the steps
         in flight."""
-        if n > self.history_len:
-            raise ValueError(f"cannot decode {n} frames at once (history ring holds {self.history_len})")
         with self._on_audio_stream():
             if after is not None and self.audio_stream is not None:
                 self.audio_stream.wait_event(self._step_events[self._ring_index(after)])
