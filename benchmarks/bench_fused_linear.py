@@ -496,6 +496,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "attend_project_1": {"attend_project_rows": 1},
     "attend_project_4": {"attend_project_rows": 4},
     "attend_project_16": {"attend_project_rows": 16},
+    "cublas": {"linear_max_batch": 0},
 }
 """Kernel settings the `variants` section times, each against the shipped defaults."""
 
@@ -552,7 +553,8 @@ def variants(
             setting = VARIANTS[name]
             try:
                 with kernel_settings(setting, cold_table):
-                    fast = FastStep(model, 2048, fused_attention=True, linear_max_batch=1 << 16)
+                    linear_max_batch = setting.get("linear_max_batch", 1 << 16)
+                    fast = FastStep(model, 2048, fused_attention=True, linear_max_batch=linear_max_batch)
                     frame = functools.partial(decode_frame, fast, embeds, positions, kv_len, sampling)
                     row[f"{name}_ms"] = round(graph_us(frame, 20) / 1000, 3)
                     codes[name] = frame().clone()

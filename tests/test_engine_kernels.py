@@ -430,3 +430,73 @@ def test_a_depth_step_with_attention_and_projection_fused_equals_the_unfused_ste
     torch.testing.assert_close(outs[1], outs[0], rtol=10 * TOL, atol=10 * TOL)
     for got, want in zip(caches[1], caches[0], strict=True):
         torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norm_and_activation_kernels_round_where_the_eager_ops_round(dtype: torch.dtype) -> None:
+    """The kernels beside cuBLAS's matmuls in large batches: `rms_norm` is `llama.RMSNorm` (rows of a
+    strided view, a width that is not a power of two) and `silu_mul` is silu(gate) * up."""
+    import torch.nn.functional as F
+
+    from serve_app.model.kernels.norm_act import rms_norm, silu_mul
+    from serve_app.model.llama import RMSNorm
+
+    gen = torch.Generator().manual_seed(3)
+    wide = (torch.randn(5, 200, generator=gen) * 3).to(dtype)
+    x = wide[:, :96]  # row stride 200
+    norm = RMSNorm(96, eps=1e-5).to(dtype)
+    norm.weight.data = (torch.rand(96, generator=gen) + 0.5).to(dtype)
+    gate_up = (torch.randn(5, 2 * 1100, generator=gen) * 4).to(dtype)  # two column blocks, the last masked
+    gate, up = gate_up.chunk(2, dim=-1)
+    # The same roundings: fp32 differs in its last bits (sum order, sqrt), which flips a bf16
+    # rounding now and then (two of them in a row: at most two ulps); nearly every bf16 is equal.
+    tol = 2e-6 if dtype == torch.float32 else 2**-6
+    with torch.inference_mode():
+        cases = {
+            "rms_norm": (rms_norm(x.to(DEVICE), norm.weight.to(DEVICE), norm.eps).cpu(), norm(x)),
+            "silu_mul": (silu_mul(gate_up.to(DEVICE)).cpu(), F.silu(gate) * up),
+        }
+    for name, (got, want) in cases.items():
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=name)
+        if dtype == torch.bfloat16 and DEVICE.type == "cuda":  # the interpreter rounds bf16 toward zero
+            assert got.eq(want).float().mean() > 0.9, name
+    with pytest.raises(ValueError, match="2N"):
+        silu_mul(gate_up[:, :-1].to(DEVICE))
+    with pytest.raises(ValueError, match="unit column stride"):
+        rms_norm(x.t().to(DEVICE), norm.weight.to(DEVICE), norm.eps)
+
+
+@torch.inference_mode()
+def test_large_batches_take_cublas_projections_with_the_same_depth_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above `linear_max_batch` the step's projections leave the fused kernels for cuBLAS's matmuls
+    (the norm and the activation as kernels, the residual in the matmul): the same codes."""
+    from serve_app.model.kernels import backends
+
+    calls: list[str] = []
+    for cls in (backends.TritonProjections, backends.CublasProjections):
+        for name in ("norm_linear", "linear_add", "norm_gate_up"):
+            method = getattr(cls, name)
+
+            def spy(self, *args, method=method, tag=f"{cls.__name__}.{name}"):  # type: ignore[no-untyped-def]
+                calls.append(tag)
+                return method(self, *args)
+
+            monkeypatch.setattr(cls, name, spy)
+    models = [se.wide_head_model().to(DEVICE), se.wide_head_model().to(DEVICE)]
+    for m in models:
+        m.setup_caches(3)
+    gen = torch.Generator().manual_seed(4)
+    h = torch.randn(3, models[0].cfg.backbone.dim, generator=gen).to(DEVICE)
+    args = tuple(
+        torch.tensor(values, device=DEVICE) for values in ([0.9, 0.9, 1.0], [1, 50, 5], [3, 4, 5], [0, 2, 7])
+    )
+    fused = FastStep(models[0], 2048, True, linear_max_batch=3)
+    cublas = FastStep(models[1], 2048, True, linear_max_batch=2)
+    fused._sample = cublas._sample = FastStep(models[0], 2048, False)._sample  # type: ignore[method-assign]
+    want = fused.depth_frame(h, *args)
+    assert calls and all(c.startswith("TritonProjections.") for c in calls)
+    calls.clear()
+    got = cublas.depth_frame(h, *args)
+    assert {c.split(".")[0] for c in calls} == {"CublasProjections"}
+    assert {"CublasProjections.norm_gate_up", "CublasProjections.linear_add"} <= set(calls)
+    torch.testing.assert_close(got, want)

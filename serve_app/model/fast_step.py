@@ -13,9 +13,10 @@ can be compiled and captured in CUDA graphs:
   `serve_app.model.sampling`.
 - On CUDA (with Triton) one-token steps run the fused backends (`serve_app.model.kernels.backends`):
   attention (RoPE, cache write, attention over each row's own prefix) and the sampler are single
-  Triton kernels, since the step is bound by kernel count, not bytes. Optionally, for batches up to
-  `linear_max_batch`, the projections are Triton kernels too, with RMSNorm, SwiGLU and the residual
-  adds fused into them, and the depth decoder's final norm rides in its codebook head. CPU runs the
+  Triton kernels, since the step is bound by kernel count, not bytes. For batches up to
+  `linear_max_batch` the projections are Triton kernels too, with RMSNorm, SwiGLU and the residual
+  adds fused into them; larger batches run cuBLAS's matmuls with the norm and the activation one
+  kernel each. Either way the depth decoder's final norm rides with its codebook head. CPU runs the
   eager backend; tests check both agree.
 """
 
@@ -74,7 +75,7 @@ class FastStep:
                 f"fused attention needs even head sizes >= {MIN_FUSED_HEAD_DIM}, got {head_dims}"
             )
         self.fused = fused_attention
-        self.one_token: Backend = EAGER  # the backend of one-token steps without fused projections
+        self.one_token: Backend = EAGER  # the backend of one-token steps with cuBLAS's projections
         self.fused_projections: Backend = EAGER  # ... and with them
         if fused_attention:
             import serve_app.model.kernels.sampling  # noqa: F401 - registers csm_serve::sample_top_k
@@ -199,14 +200,15 @@ class FastStep:
         m = self.model
         x = self.depth_inputs[prev + (codebook - 1) * self.vocab].unsqueeze(1)
         b = x.shape[0]
-        if self.fused_linear_for(b):
-            # One step in 22 launches: the depth position is a view of a constant table, and the
-            # final norm runs inside the codebook head (a transposed view of the (dim, vocab) head).
+        if self.fused:
+            # The depth position is a view of a constant table, and the final norm runs with the
+            # codebook head (a transposed view of the (dim, vocab) head): one step in 22 launches
+            # through the fused projections.
+            backend = self._step_backend(b)
             positions = self.depth_positions[codebook : codebook + 1].expand(b, 1)
-            out = self._depth(x, positions, self.fused_projections, final_norm=False)[:, 0]
+            out = self._depth(x, positions, backend, final_norm=False)[:, 0]
             head = m.audio_head[codebook - 1].t()[: self.noise_columns.shape[0]]
-            norm = m.decoder.norm
-            logits = torch.ops.csm_serve.fused_linear(out, head, norm.weight, None, norm.eps, False)
+            logits = backend.projections.norm_linear(out, m.decoder.norm, head)
         else:
             out = self._depth(x, self._positions(b, 1, codebook, x.device), self.one_token)[:, 0]
             logits = torch.matmul(out, m.audio_head[codebook - 1])

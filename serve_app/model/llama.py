@@ -189,16 +189,16 @@ class AttentionBackend(Protocol):
 
 
 class ProjectionBackend(Protocol):
-    def norm_linear(self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear) -> torch.Tensor:
-        """linear(norm(x))."""
+    def norm_linear(self, x: torch.Tensor, norm: RMSNorm, weight: torch.Tensor) -> torch.Tensor:
+        """norm(x) @ weight^T for a weight (N, K) of any strides (a head's transposed view too)."""
         ...
 
-    def linear_add(self, x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
-        """residual + linear(x)."""
+    def linear_add(self, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """residual + x @ weight^T."""
         ...
 
-    def norm_gate_up(self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear) -> torch.Tensor:
-        """silu(gate) * up of linear(norm(x)) (the fused gate/up weight, gate rows first)."""
+    def norm_gate_up(self, x: torch.Tensor, norm: RMSNorm, weight: torch.Tensor) -> torch.Tensor:
+        """silu(gate) * up of norm(x) @ weight^T (the fused gate/up weight, gate rows first)."""
         ...
 
 
@@ -266,14 +266,14 @@ class TorchAttention:
 class TorchProjections:
     """nn.Linear matmuls (cuBLAS on a GPU) with separate norm, activation and residual ops."""
 
-    def norm_linear(self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear) -> torch.Tensor:
-        return linear(norm(x))
+    def norm_linear(self, x: torch.Tensor, norm: RMSNorm, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(norm(x), weight)
 
-    def linear_add(self, x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
-        return residual + linear(x)
+    def linear_add(self, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return residual + F.linear(x, weight)
 
-    def norm_gate_up(self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear) -> torch.Tensor:
-        gate, up = linear(norm(x)).chunk(2, dim=-1)
+    def norm_gate_up(self, x: torch.Tensor, norm: RMSNorm, weight: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(norm(x), weight).chunk(2, dim=-1)
         return F.silu(gate) * up
 
 
@@ -300,11 +300,11 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, inputs: AttentionInputs, backend: Backend = EAGER) -> torch.Tensor:
         p, attn, ff = backend.projections, self.attention, self.feed_forward
-        qkv = p.norm_linear(x, self.attention_norm, attn.wqkv)
+        qkv = p.norm_linear(x, self.attention_norm, attn.wqkv.weight)
         h = backend.attention.attend_project(attn, qkv, inputs, x)
         if h is None:
-            h = p.linear_add(backend.attention.attend(attn, qkv, inputs), attn.wo, x)
-        return p.linear_add(p.norm_gate_up(h, self.ffn_norm, ff.w13), ff.w2, h)
+            h = p.linear_add(backend.attention.attend(attn, qkv, inputs), attn.wo.weight, x)
+        return p.linear_add(p.norm_gate_up(h, self.ffn_norm, ff.w13.weight), ff.w2.weight, h)
 
 
 class Transformer(nn.Module):

@@ -5,7 +5,10 @@ bound by kernel count, not bytes:
 - `TritonDecodeAttention`: RoPE, the cache write and grouped-query attention over each row's own
   prefix in one kernel per layer (`decode_attention`);
 - `TritonProjections`: the four matmuls of a layer with RMSNorm, SwiGLU and the residual adds inside
-  them (`fused_linear`), so a layer is five launches (plus a split-K reduce for the long matmuls).
+  them (`fused_linear`), so a layer is five launches (plus a split-K reduce for the long matmuls);
+- `CublasProjections`: cuBLAS's matmuls with the norm and the activation one Triton kernel each
+  (`norm_act`) and the residual added in the matmul's epilogue (`addmm`), eight launches a layer,
+  for large batches, where cuBLAS's matmuls are the faster ones (`FastStep.linear_max_batch`).
 
 Importing this module registers the `csm_serve::` custom ops; it needs Triton.
 """
@@ -13,17 +16,17 @@ Importing this module registers the `csm_serve::` custom ops; it needs Triton.
 from __future__ import annotations
 
 import torch
-from torch import nn
+import torch.nn.functional as F
 
 import serve_app.model.kernels.decode_attention  # registers csm_serve::decode_attention
-import serve_app.model.kernels.fused_linear  # noqa: F401 - registers csm_serve::fused_linear
+import serve_app.model.kernels.fused_linear  # registers csm_serve::fused_linear
+import serve_app.model.kernels.norm_act  # noqa: F401 - registers csm_serve::rms_norm, ::silu_mul
 from serve_app.model.kernels import attend_project  # registers csm_serve::attend_project
 from serve_app.model.llama import (
     Attention,
     AttentionInputs,
     Backend,
     RMSNorm,
-    TorchProjections,
     Transformer,
 )
 
@@ -86,17 +89,31 @@ class TritonDecodeAttention:
 class TritonProjections:
     """Rows (B, D) through the fused matmuls: norm prologue, SwiGLU and residual epilogues."""
 
-    def norm_linear(self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear) -> torch.Tensor:
-        return torch.ops.csm_serve.fused_linear(x, linear.weight, norm.weight, None, norm.eps, False)
+    def norm_linear(self, x: torch.Tensor, norm: RMSNorm, weight: torch.Tensor) -> torch.Tensor:
+        return torch.ops.csm_serve.fused_linear(x, weight, norm.weight, None, norm.eps, False)
 
-    def linear_add(self, x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
-        return torch.ops.csm_serve.fused_linear(x, linear.weight, None, residual, 0.0, False)
+    def linear_add(self, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return torch.ops.csm_serve.fused_linear(x, weight, None, residual, 0.0, False)
 
-    def norm_gate_up(self, x: torch.Tensor, norm: RMSNorm, linear: nn.Linear) -> torch.Tensor:
-        return torch.ops.csm_serve.fused_linear(x, linear.weight, norm.weight, None, norm.eps, True)
+    def norm_gate_up(self, x: torch.Tensor, norm: RMSNorm, weight: torch.Tensor) -> torch.Tensor:
+        return torch.ops.csm_serve.fused_linear(x, weight, norm.weight, None, norm.eps, True)
 
 
-FUSED_ATTENTION = Backend(TritonDecodeAttention(), TorchProjections())
+class CublasProjections:
+    """Rows (B, D) through cuBLAS's matmuls, the norm and the activation one kernel each beside them
+    and the residual in the matmul's epilogue (beta = 1), instead of eager PyTorch's separate ops."""
+
+    def norm_linear(self, x: torch.Tensor, norm: RMSNorm, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(torch.ops.csm_serve.rms_norm(x, norm.weight, norm.eps), weight)
+
+    def linear_add(self, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(residual, x, weight.t())
+
+    def norm_gate_up(self, x: torch.Tensor, norm: RMSNorm, weight: torch.Tensor) -> torch.Tensor:
+        return torch.ops.csm_serve.silu_mul(self.norm_linear(x, norm, weight))
+
+
+FUSED_ATTENTION = Backend(TritonDecodeAttention(), CublasProjections())
 """The Triton decode attention, cuBLAS projections."""
 
 FUSED = Backend(TritonDecodeAttention(), TritonProjections())
