@@ -493,10 +493,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tma_32_cold_tiles": {"tma_rows": 32, "tiles": "cold"},
     "all_wait": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "wait"},
     "all_early": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "early"},
-    "attend_project_1": {"attend_project_rows": 1},
-    "attend_project_4": {"attend_project_rows": 4},
-    "attend_project_16": {"attend_project_rows": 16},
-    "cublas": {"linear_max_batch": 0},
+    "cublas": {"linear_max_batch": 0},  # the fused attention, cuBLAS's matmuls
 }
 """Kernel settings the `variants` section times, each against the shipped defaults."""
 
@@ -504,13 +501,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
 @contextlib.contextmanager
 def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) -> Iterator[None]:
     """Apply one `VARIANTS` setting to the kernel modules' switches, and restore them after."""
-    from serve_app.model.kernels import backends, pdl
+    from serve_app.model.kernels import pdl
     from serve_app.model.kernels import sampling as ks
 
     saved = (fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE)
-    saved_fused_rows = backends.ATTEND_PROJECT_MAX_ROWS
     try:
-        backends.ATTEND_PROJECT_MAX_ROWS = setting.get("attend_project_rows", saved_fused_rows)
         if setting.get("tiles") == "cold":
             if not cold_table:
                 raise RuntimeError("no cold sweep table")
@@ -522,7 +517,6 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
         yield
     finally:
         fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE = saved
-        backends.ATTEND_PROJECT_MAX_ROWS = saved_fused_rows
 
 
 @torch.inference_mode()

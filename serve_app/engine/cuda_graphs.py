@@ -260,6 +260,8 @@ class GraphedMimiStreamDecoder:
         slot_list = [int(s) for s in slots.tolist()]
         if batch > self.max_streams or any(s == self.scratch for s in slot_list):
             raise ValueError(f"at most {self.max_streams} streams, in slots [0, {self.max_streams})")
+        if self.use_graphs and self.ring is not None:
+            raise RuntimeError("this decoder's graphs read their codes from its ring: use decode_ring")
         if check:
             self.decoder.validate(codes, torch.tensor(slot_list))
         bucket = smallest_bucket(self.buckets, batch)
@@ -267,8 +269,6 @@ class GraphedMimiStreamDecoder:
         if not self.use_graphs:
             fill = codes.new_zeros(bucket - batch, *codes.shape[1:])
             return self.decoder.decode(torch.cat([codes, fill]), padded, check=False)[:batch]
-        if self.ring is not None:
-            raise RuntimeError("this decoder's graphs read their codes from its ring: use decode_ring")
         shape = self._shape(bucket, frames)
         shape.codes[:batch].copy_(codes)
         shape.slots.copy_(padded.pin_memory(), non_blocking=True)  # pageable would sync

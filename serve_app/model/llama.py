@@ -180,13 +180,6 @@ class AttentionBackend(Protocol):
         """qkv (..., q + 2 kv) → attention output (..., q), writing the new keys/values."""
         ...
 
-    def attend_project(
-        self, attention: Attention, qkv: torch.Tensor, inputs: AttentionInputs, residual: torch.Tensor
-    ) -> torch.Tensor | None:
-        """residual + attend(qkv) @ wo^T in one go where the backend has a fused path for this
-        call, else None (the block then attends and projects in two steps)."""
-        ...
-
 
 class ProjectionBackend(Protocol):
     def norm_linear(self, x: torch.Tensor, norm: RMSNorm, weight: torch.Tensor) -> torch.Tensor:
@@ -257,11 +250,6 @@ class TorchAttention:
         )
         return out.reshape(b, h, t, dh).transpose(1, 2).reshape(b, t, -1)
 
-    def attend_project(
-        self, attention: Attention, qkv: torch.Tensor, inputs: AttentionInputs, residual: torch.Tensor
-    ) -> torch.Tensor | None:
-        return None
-
 
 class TorchProjections:
     """nn.Linear matmuls (cuBLAS on a GPU) with separate norm, activation and residual ops."""
@@ -301,9 +289,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, inputs: AttentionInputs, backend: Backend = EAGER) -> torch.Tensor:
         p, attn, ff = backend.projections, self.attention, self.feed_forward
         qkv = p.norm_linear(x, self.attention_norm, attn.wqkv.weight)
-        h = backend.attention.attend_project(attn, qkv, inputs, x)
-        if h is None:
-            h = p.linear_add(backend.attention.attend(attn, qkv, inputs), attn.wo.weight, x)
+        h = p.linear_add(backend.attention.attend(attn, qkv, inputs), attn.wo.weight, x)
         return p.linear_add(p.norm_gate_up(h, self.ffn_norm, ff.w13.weight), ff.w2.weight, h)
 
 
