@@ -561,23 +561,19 @@ def bench_churn(
 
 
 LOOP_VARIANTS = {
-    # name: (chunks aligned on the frame clock, the step stream above the audio stream, the audio
-    # decodes on a stream of their own rather than queued between the steps)
-    "shipped": (True, True, True),
-    "unaligned": (False, True, True),
-    "equal_priority": (True, False, True),
-    "neither": (False, False, True),
-    "one_stream": (True, True, False),
+    # name: (chunks aligned on the frame clock, the step stream above the audio stream)
+    "shipped": (True, True),
+    "unaligned": (False, True),
+    "equal_priority": (True, False),
+    "neither": (False, False),
 }
-_AUDIO_STREAMS: dict[int, Any] = {}
-"""Each runner's own audio stream, kept while a variant queues its audio on the step stream."""
 
 
 def set_loop_variant(engine: Engine, name: str) -> dict[str, Any]:
     """Switch the idle engine's audio path to `LOOP_VARIANTS[name]`; returns the setting."""
     from serve_app.engine import runner as runner_module
 
-    align, above, own_audio_stream = LOOP_VARIANTS[name]
+    align, above = LOOP_VARIANTS[name]
     wait_idle(engine)
     loop, runner = engine.loop, engine.loop.runner
     sync(runner.device.type)
@@ -585,12 +581,9 @@ def set_loop_variant(engine: Engine, name: str) -> dict[str, Any]:
     if runner.step_stream is not None:
         priority = runner_module.STEP_STREAM_PRIORITY if above else 0
         runner.step_stream = torch.cuda.Stream(runner.device, priority=priority)
-        audio = _AUDIO_STREAMS.setdefault(id(runner), runner.audio_stream)
-        runner.audio_stream = audio if own_audio_stream else runner.step_stream
     return {
         "chunk_align": align,
         "step_stream_priority": runner.step_stream.priority if runner.step_stream else None,
-        "audio_on_its_own_stream": own_audio_stream,
     }
 
 

@@ -212,7 +212,6 @@ class ModelRunner:
             torch.zeros(n_slots, n, dtype=torch.long, pin_memory=cuda) for _ in range(STEP_OUTPUT_RING)
         ]
         self._step_events = [torch.cuda.Event() if cuda else None for _ in range(STEP_OUTPUT_RING)]
-        self._audio_copied = torch.cuda.Event() if cuda else None  # the audio of one fetch on the host
         self.steps_launched = 0
         self.frame_samples = self.decoder.frame_samples
         self._graphs: CudaGraphs | None = None
@@ -510,16 +509,14 @@ class ModelRunner:
     ) -> tuple[np.ndarray | None, list[np.ndarray]]:
         """Bring one step's codes (rows, 32) and decoded audio tensors (`DecodedAudio` fields) to
         the host, waiting for that step alone (steps launched after it keep running) and for the
-        audio copies alone (so work queued after them, on whichever stream, keeps running too)."""
+        audio stream."""
         if self.audio_stream is None:
             pcm = [t.cpu().numpy() for t in audio]
         else:
             with self._on_audio_stream():
                 host = [t.to("cpu", non_blocking=True) for t in audio]
-                if host:
-                    self._audio_copied.record()  # type: ignore[union-attr]
             if host:
-                self._audio_copied.synchronize()  # type: ignore[union-attr]
+                self.audio_stream.synchronize()
             pcm = [h.numpy() for h in host]
         if step is None:
             return None, pcm
