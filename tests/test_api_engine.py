@@ -38,6 +38,7 @@ def test_health_and_info(client) -> None:
     info = client.get("/info").json()
     assert info["model"] == "tiny-random" and info["sample_rate"] == SAMPLE_RATE
     assert info["random_weights"] is True and "noise" in info["notice"]
+    assert info["model"] in info["notice"], "the notice names the model (tiny or full-size)"
 
 
 def test_speak_within_the_limit_and_cached_by_seed(client) -> None:

@@ -14,7 +14,7 @@ from serve_app.engine.types import FRAME_MS, NUM_CODEBOOKS, SAMPLE_RATE
 
 router = APIRouter(tags=["system"])
 
-RANDOM_WEIGHTS_NOTICE = "tiny random model for development: its audio is noise, not speech"
+RANDOM_WEIGHTS_NOTICE = "{model} has random weights, for development: its audio is noise, not speech"
 
 
 @router.get("/health")
@@ -43,7 +43,7 @@ async def info(svc: ServicesDep) -> dict:
         "model": model["name"],
         "revision": model["revision"],
         "random_weights": random_weights,
-        **({"notice": RANDOM_WEIGHTS_NOTICE} if random_weights else {}),
+        **({"notice": RANDOM_WEIGHTS_NOTICE.format(model=model["name"])} if random_weights else {}),
         "sample_rate": SAMPLE_RATE,
         "frame_ms": FRAME_MS,
         "num_codebooks": NUM_CODEBOOKS,

@@ -225,7 +225,7 @@ async function showModel() {
     badge.hidden = false;
     const notice = $("model-notice");
     if (info.random_weights) {
-      notice.textContent = `Model "${info.model}": ${info.notice || "random weights, the audio is noise"}.`;
+      notice.textContent = `${info.notice || `${info.model} has random weights: its audio is noise`}.`;
       notice.hidden = false;
     }
   } catch (_) {
