@@ -8,6 +8,7 @@ streams are timed from their start after a short warm-up.
 
     python benchmarks/bench_mimi_stream.py [--iters 30] [--threads 1] [--parts tiny-cpu,full-cuda]
         [--attention sdpa,kernel]  # the decoder transformer's attention, each timed in the same run
+        [--transposed overlap,history]  # the SEANet transposed convs' streaming form, likewise
         [--profile 128x1,128x8]    # kernel tables of eager decodes (writes <date>-cuda-mimi-profile.txt)
     python benchmarks/bench_mimi_stream.py --parts ops --batches 1 --frames 1,8   # ATen ops per decode (CPU)
 
@@ -39,7 +40,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from support_mimi_stream import random_mimi, tiny_mimi_config
 
 from serve_app.engine.cuda_graphs import GraphedMimiStreamDecoder
-from serve_app.model import mimi_stream_transformer
+from serve_app.model import mimi_stream_seanet, mimi_stream_transformer
 from serve_app.model.mimi_stream import MimiStreamDecoder
 
 BATCHES = (1, 16)
@@ -103,20 +104,27 @@ def run_part(
     batches: tuple[int, ...] = BATCHES,
     chunk_frames: tuple[int, ...] = CHUNK_FRAMES,
     attentions: tuple[str, ...] = ("default",),
+    transposed: tuple[str, ...] = ("default",),
 ) -> list[dict]:
     dtype = str(next(mimi.parameters()).dtype).removeprefix("torch.")
     rows = []
-    for attention in attentions:
-        mimi_stream_transformer.FUSED_ATTENTION = {"default": None, "sdpa": False, "kernel": True}[attention]
-        for mode in modes:
-            for batch in batches:
-                for frames in chunk_frames:
-                    row = {"part": name, "dtype": dtype, "config": config_summary(mimi.config)}
-                    row["attention"] = attention
-                    row.update(time_case(mimi, mode, batch, frames, iters, warmup))
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
+    shipped = mimi_stream_seanet.INPUT_HISTORY
+    for form in transposed:
+        mimi_stream_seanet.INPUT_HISTORY = {"default": shipped, "overlap": False, "history": True}[form]
+        for attention in attentions:
+            mimi_stream_transformer.FUSED_ATTENTION = {"default": None, "sdpa": False, "kernel": True}[
+                attention
+            ]
+            for mode in modes:
+                for batch in batches:
+                    for frames in chunk_frames:
+                        row = {"part": name, "dtype": dtype, "config": config_summary(mimi.config)}
+                        row["attention"], row["transposed"] = attention, form
+                        row.update(time_case(mimi, mode, batch, frames, iters, warmup))
+                        print(json.dumps(row), flush=True)
+                        rows.append(row)
     mimi_stream_transformer.FUSED_ATTENTION = None
+    mimi_stream_seanet.INPUT_HISTORY = shipped
     return rows
 
 
@@ -231,6 +239,12 @@ def main() -> None:
         default="default",
         help="comma list: default, sdpa, kernel (the decoder transformer's attention, CUDA)",
     )
+    parser.add_argument(
+        "--transposed",
+        default="default",
+        help="comma list: default, overlap, history (the transposed convs' streaming state: output tails"
+        " added to the next chunk, or the last inputs with each block computed whole)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -268,6 +282,7 @@ def main() -> None:
                     args.warmup,
                     *grid,
                     tuple(args.attention.split(",")),
+                    tuple(args.transposed.split(",")),
                 )
 
         if args.profile and cuda:

@@ -10,6 +10,7 @@ from transformers import MimiConfig, MimiModel
 
 from serve_app.model.mimi_layout import decoder_parts
 from serve_app.model.mimi_stream import MimiStreamDecoder
+from serve_app.model.mimi_stream_seanet import StreamingConvTranspose1d
 from tests.support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
 
 FRAMES = 12  # 24 transformer tokens, four times the tiny sliding window of 6
@@ -211,8 +212,12 @@ def test_unstreamable_models_are_refused(overrides, max_streams, message):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("input_history", [False, True], ids=["overlap-add", "input-history"])
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, ATOL), (torch.bfloat16, None)])
-def test_cuda_stream_matches_full_decode(dtype, atol, monkeypatch):
+def test_cuda_stream_matches_full_decode(dtype, atol, input_history, monkeypatch):
+    from serve_app.model import mimi_stream_seanet
+
+    monkeypatch.setattr(mimi_stream_seanet, "INPUT_HISTORY", input_history)
     # cuDNN convolutions default to TF32, whose 10-bit mantissa differs per chunking at ~1e-2
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
@@ -276,3 +281,57 @@ def test_resetting_several_slots_at_once_restarts_exactly_those(mimi) -> None:
     expected = fresh.decode(second[[0, 2]], torch.tensor([2, 0]))
     torch.testing.assert_close(again, expected)
     torch.testing.assert_close(carried[0], full_decode(mimi, first[1:2])[0, 3 * 1920 :], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "kernel", "stride", "depthwise", "length"),
+    [
+        (32, 32, 4, 2, True, 8),  # Mimi's depthwise upsampler
+        (32, 16, 16, 8, False, 5),  # SEANet's transposed convs: kernel = 2 x stride
+        (8, 8, 15, 5, False, 3),  # three blocks per input
+        (6, 6, 9, 3, True, 2),
+    ],
+)
+def test_transposed_conv_blocks_from_inputs_equal_conv_transpose(
+    c_in, c_out, kernel, stride, depthwise, length
+) -> None:
+    """Each output block computed whole from its window of inputs (the input-history form): with
+    b - 1 zero inputs on each side it is the whole transposed conv, bias included."""
+    from serve_app.model.mimi_stream_seanet import transposed_conv_blocks, window_taps
+
+    gen = torch.Generator().manual_seed(kernel * 10 + length)
+    groups = c_in if depthwise else 1
+    x = torch.randn(2, c_in, length, generator=gen)
+    weight = torch.randn(c_in, c_out // groups, kernel, generator=gen)
+    bias = torch.randn(c_out, generator=gen)
+    expected = torch.nn.functional.conv_transpose1d(x, weight, bias, stride, groups=groups)
+    pad = kernel // stride - 1
+    got = transposed_conv_blocks(
+        torch.nn.functional.pad(x, (pad, pad)),
+        window_taps(weight, stride, depthwise),
+        stride,
+        depthwise,
+        bias,
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch, schedule", [(1, [1, 1, 1, 1, 1, 1]), (3, [2, 3, 1, 2]), (2, [6])])
+def test_transposed_convs_keeping_their_inputs_stream_the_full_decode(
+    mimi, batch, schedule, monkeypatch
+) -> None:
+    """The input-history form of the streaming transposed convs: any chunking gives the full decode,
+    and its state is the last input frames (input channels wide), not the output tails."""
+    from serve_app.model import mimi_stream_seanet
+
+    monkeypatch.setattr(mimi_stream_seanet, "INPUT_HISTORY", True)
+    decoder = MimiStreamDecoder(mimi, max_streams=batch)
+    convs = [
+        op
+        for op in decoder._seanet.stateful + decoder._upsample.stateful
+        if isinstance(op, StreamingConvTranspose1d)
+    ]
+    assert convs and all(op.history and op.state.shape[1] == op.conv.in_channels for op in convs)
+    codes = random_codes(batch, sum(schedule), mimi.config, seed=batch)
+    streamed = stream_decode(decoder, codes, schedule)
+    torch.testing.assert_close(streamed, full_decode(mimi, codes), atol=ATOL, rtol=RTOL)

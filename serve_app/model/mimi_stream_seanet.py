@@ -90,6 +90,51 @@ def transposed_conv1d(x: torch.Tensor, weight: torch.Tensor, stride: int, groups
     return out.reshape(b, c_out, (length + blocks - 1) * stride)
 
 
+INPUT_HISTORY = False
+"""Whether the streaming transposed convs keep their last input frames rather than their output
+tails (`StreamingConvTranspose1d`); off until it is measured against the overlap-add on a GPU."""
+
+
+def transposed_conv_blocks(
+    x: torch.Tensor, taps: torch.Tensor, stride: int, depthwise: bool, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The output blocks of a transposed conv whose kernel spans `b` strides, from its inputs alone.
+
+    x: (B, C_in, b - 1 + L), the b - 1 inputs before the L new ones first. Output block l (`stride`
+    samples) is the sum over i < b of input l + i times taps block b - 1 - i, so each block is one
+    matmul row over a window of b inputs (dense) or a b-term product per channel (depthwise), with no
+    overlap-add pass over the output. taps: `window_taps(weight, stride, depthwise)`; a bias (C_out)
+    is added in the matmul. Returns (B, C_out, L * stride)."""
+    batch, c_in, n = x.shape
+    if depthwise:  # taps (C, b, stride); windows (B, C, L, b), oldest input first
+        blocks = taps.shape[1]
+        length = n - blocks + 1
+        out = (x.unfold(-1, blocks, 1)[..., None] * taps[:, None]).sum(-2)  # (B, C, L, stride)
+        out = out.reshape(batch, c_in, length * stride)
+        return out if bias is None else out + bias[:, None]
+    blocks = taps.shape[0] // c_in  # taps (b * C_in, C_out * stride)
+    length = n - blocks + 1
+    rows = x.transpose(1, 2)  # (B, b - 1 + L, C_in)
+    windows = torch.cat([rows[:, i : i + length] for i in range(blocks)], dim=-1).view(batch * length, -1)
+    c_out = taps.shape[1] // stride
+    if bias is None:
+        out = windows @ taps
+    else:  # output column co * stride + t carries channel co's bias
+        out = torch.addmm(bias.repeat_interleave(stride), windows, taps)
+    return out.view(batch, length, c_out, stride).permute(0, 2, 1, 3).reshape(batch, c_out, length * stride)
+
+
+def window_taps(weight: torch.Tensor, stride: int, depthwise: bool) -> torch.Tensor:
+    """A transposed conv's weight (C_in, C_out, b * stride) arranged for `transposed_conv_blocks`:
+    window entry i (the input b - 1 - i strides back) meets taps block b - 1 - i."""
+    c_in, c_out, kernel = weight.shape
+    blocks = kernel // stride
+    if depthwise:
+        return weight[:, 0].reshape(c_in, blocks, stride).flip(1).contiguous()
+    per_block = weight.reshape(c_in, c_out, blocks, stride).permute(2, 0, 1, 3)  # (b, C_in, C_out, s)
+    return per_block.flip(0).reshape(blocks * c_in, c_out * stride).contiguous()
+
+
 class StreamingConvTranspose1d:
     """Causal `MimiConvTranspose1d` that emits only finished samples.
 
@@ -97,6 +142,8 @@ class StreamingConvTranspose1d:
     and exactly those are final once the T-th input is in: the last `kernel - stride` samples still
     receive contributions from the next input, so they are kept (without bias) and added to the next
     chunk's head. Other trim ratios drop samples at the start and would shift every chunk boundary.
+    With `INPUT_HISTORY` (kernels of whole strides, dense or depthwise) the state is instead the last
+    `kernel / stride - 1` inputs, from which the next chunk's blocks are computed whole.
     """
 
     def __init__(
@@ -112,12 +159,27 @@ class StreamingConvTranspose1d:
         self.overlap = conv.kernel_size[0] - self.stride
         if self.overlap < 0:
             raise ValueError("kernel_size smaller than stride is not supported")
-        self.state = torch.zeros(max_streams, conv.out_channels, self.overlap, device=device, dtype=dtype)
+        depthwise = conv.groups == conv.in_channels and conv.out_channels == conv.groups
+        self.history = 0
+        if INPUT_HISTORY and self.overlap % self.stride == 0 and (conv.groups == 1 or depthwise):
+            # The blocks' form: the last kernel / stride - 1 inputs are the state, and every output
+            # block is computed whole from its window of inputs.
+            self.history = self.overlap // self.stride
+            self.depthwise = depthwise
+            with torch.no_grad():
+                self.taps = window_taps(conv.weight, self.stride, depthwise)
+            self.state = torch.zeros(max_streams, conv.in_channels, self.history, device=device, dtype=dtype)
+        else:
+            self.state = torch.zeros(max_streams, conv.out_channels, self.overlap, device=device, dtype=dtype)
 
     def reset(self, slots: torch.Tensor) -> None:
         self.state.index_fill_(0, slots, 0)
 
     def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+        if self.history:
+            inputs = torch.cat([self.state[slots], x], dim=-1)
+            self.state[slots] = inputs[..., -self.history :]
+            return transposed_conv_blocks(inputs, self.taps, self.stride, self.depthwise, self.conv.bias)
         y = transposed_conv1d(x, self.conv.weight, self.stride, self.conv.groups)
         if self.overlap:
             y[..., : self.overlap] += self.state[slots]
