@@ -740,6 +740,13 @@ def parse_args() -> argparse.Namespace:
         "--chunk-frames", type=int, default=None, help="frames per later audio chunk (default: the engine's)"
     )
     p.add_argument(
+        "--mimi-transposed",
+        choices=("overlap", "history"),
+        default=None,
+        help="the streaming Mimi decoder's transposed convs: output tails added to the next chunk, or"
+        " their last inputs with each block computed whole (mimi_stream_seanet.INPUT_HISTORY)",
+    )
+    p.add_argument(
         "--churn", default="", help="comma-separated client counts of the closed-loop churn section"
     )
     p.add_argument("--churn-s", type=float, default=8.0, help="measured window of each churn level")
@@ -783,6 +790,12 @@ def set_kernel_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def mimi_input_history() -> bool:
+    from serve_app.model import mimi_stream_seanet
+
+    return mimi_stream_seanet.INPUT_HISTORY
+
+
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     """The engine options given on the command line; the rest keep the engine's defaults."""
     options: dict[str, Any] = {}
@@ -798,6 +811,10 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     args = parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    if args.mimi_transposed is not None:
+        from serve_app.model import mimi_stream_seanet
+
+        mimi_stream_seanet.INPUT_HISTORY = args.mimi_transposed == "history"
     device = "cpu" if args.smoke else "cuda"
     if args.smoke:
         torch.set_num_threads(1)
@@ -874,6 +891,7 @@ def main() -> None:
     res["engine"] = {k: v for k, v in engine.loop.runner.info().items()}
     res["engine"]["chunk_frames"] = [engine.config.first_chunk_frames, engine.config.chunk_frames]
     res["engine"]["chunk_align"] = engine.config.chunk_align
+    res["engine"]["mimi_input_history"] = mimi_input_history()
     res["engine"]["kernels"] = kernels
     res["engine"]["dynamo_graphs"] = dict(torch._dynamo.utils.counters["stats"])
     print("engine ready", res["startup_s"], res["engine"], flush=True)
