@@ -181,17 +181,33 @@ VIEW_OPS = frozenset(
 
 class OpCounter(TorchDispatchMode):
     """Counts the ATen ops dispatched inside it, views left out: on a GPU each is about one kernel,
-    so their number is what a graphed decode's fixed cost grows with."""
+    so their number is what a graphed decode's fixed cost grows with. Also sums the bytes those ops
+    write (their tensor outputs; an in-place op its whole destination), the memory traffic that
+    grows with streams x frames."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ops: Counter[str] = Counter()
+        self.written: Counter[str] = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         name = func.overloadpacket.__name__
+        out = func(*args, **(kwargs or {}))
+        if name in VIEW_OPS and not _shares_storage(out, args[0] if args else None):
+            name += " (copy)"  # a reshape that could not be a view (inference mode dispatches it whole)
         if name not in VIEW_OPS:
             self.ops[name] += 1
-        return func(*args, **(kwargs or {}))
+            outs = out if isinstance(out, (tuple, list)) else [out]
+            self.written[name] += sum(
+                t.numel() * t.element_size() for t in outs if isinstance(t, torch.Tensor)
+            )
+        return out
+
+
+def _shares_storage(out: object, source: object) -> bool:
+    if not isinstance(out, torch.Tensor) or not isinstance(source, torch.Tensor):
+        return True
+    return out.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
 
 
 def count_ops(mimi: MimiModel, batch: int, frames: int) -> dict:
@@ -210,8 +226,11 @@ def count_ops(mimi: MimiModel, batch: int, frames: int) -> dict:
         "config": config_summary(mimi.config),
         "batch": batch,
         "chunk_frames": frames,
+        "transposed": "history" if mimi_stream_seanet.INPUT_HISTORY else "overlap",
         "ops": sum(counter.ops.values()),
+        "written_mb": round(sum(counter.written.values()) / 2**20, 2),
         "by_op": dict(counter.ops.most_common()),
+        "written_mb_by_op": {k: round(v / 2**20, 2) for k, v in counter.written.most_common()},
     }
 
 
@@ -262,10 +281,17 @@ def main() -> None:
             )
         if "ops" in parts:
             full_cpu = random_mimi(MimiConfig())
-            for batch in (int(b) for b in args.batches.split(",")):
-                for frames in (int(f) for f in args.frames.split(",")):
-                    results.append(count_ops(full_cpu, batch, frames))
-                    print(json.dumps({k: v for k, v in results[-1].items() if k != "by_op"}), flush=True)
+            shipped = mimi_stream_seanet.INPUT_HISTORY
+            for form in args.transposed.split(","):
+                mimi_stream_seanet.INPUT_HISTORY = {"default": shipped, "overlap": False, "history": True}[
+                    form
+                ]
+                for batch in (int(b) for b in args.batches.split(",")):
+                    for frames in (int(f) for f in args.frames.split(",")):
+                        results.append(count_ops(full_cpu, batch, frames))
+                        brief = {k: v for k, v in results[-1].items() if not k.endswith("by_op")}
+                        print(json.dumps(brief), flush=True)
+            mimi_stream_seanet.INPUT_HISTORY = shipped
         if "full-cuda" in parts and cuda:
             full = MimiModel(MimiConfig()).eval()
             grid = (
