@@ -27,3 +27,14 @@ def test_count_ops_of_a_decode_sums_its_ops() -> None:
         row = bench_mimi_stream.count_ops(random_mimi(tiny_mimi_config()), batch=2, frames=1)
     assert row["ops"] == sum(row["by_op"].values()) > 50
     assert "embedding" in row["by_op"] or "index" in row["by_op"]  # the quantizer's lookups
+
+
+def test_op_counter_sums_written_bytes_and_counts_a_reshape_that_copies() -> None:
+    """Under inference mode a reshape arrives whole: a copy when the result cannot be a view."""
+    x = torch.randn(2, 3, 4)
+    with torch.inference_mode(), bench_mimi_stream.OpCounter() as counter:
+        x.reshape(6, 4)  # a view
+        x.transpose(1, 2).reshape(2, 12)  # a copy
+        x + 1
+    assert counter.ops == {"reshape (copy)": 1, "add": 1}
+    assert counter.written == {"reshape (copy)": 24 * 4, "add": 24 * 4}
