@@ -740,11 +740,10 @@ def parse_args() -> argparse.Namespace:
         "--chunk-frames", type=int, default=None, help="frames per later audio chunk (default: the engine's)"
     )
     p.add_argument(
-        "--mimi-transposed",
-        choices=("overlap", "history"),
+        "--mimi-seanet",
+        choices=("conv", "history", "pointwise", "matmul"),
         default=None,
-        help="the streaming Mimi decoder's transposed convs: output tails added to the next chunk, or"
-        " their last inputs with each block computed whole (mimi_stream_seanet.INPUT_HISTORY)",
+        help="the streaming Mimi decoder's SEANet form (bench_mimi_stream.SEANET_FORMS; default: as shipped)",
     )
     p.add_argument(
         "--churn", default="", help="comma-separated client counts of the closed-loop churn section"
@@ -790,10 +789,10 @@ def set_kernel_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def mimi_input_history() -> bool:
-    from serve_app.model import mimi_stream_seanet
+def mimi_seanet_form() -> str:
+    from bench_mimi_stream import seanet_form
 
-    return mimi_stream_seanet.INPUT_HISTORY
+    return seanet_form()
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -811,10 +810,10 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     args = parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    if args.mimi_transposed is not None:
-        from serve_app.model import mimi_stream_seanet
+    if args.mimi_seanet is not None:
+        from bench_mimi_stream import set_seanet_form
 
-        mimi_stream_seanet.INPUT_HISTORY = args.mimi_transposed == "history"
+        set_seanet_form(args.mimi_seanet)
     device = "cpu" if args.smoke else "cuda"
     if args.smoke:
         torch.set_num_threads(1)
@@ -891,7 +890,7 @@ def main() -> None:
     res["engine"] = {k: v for k, v in engine.loop.runner.info().items()}
     res["engine"]["chunk_frames"] = [engine.config.first_chunk_frames, engine.config.chunk_frames]
     res["engine"]["chunk_align"] = engine.config.chunk_align
-    res["engine"]["mimi_input_history"] = mimi_input_history()
+    res["engine"]["mimi_seanet"] = mimi_seanet_form()
     res["engine"]["kernels"] = kernels
     res["engine"]["dynamo_graphs"] = dict(torch._dynamo.utils.counters["stats"])
     print("engine ready", res["startup_s"], res["engine"], flush=True)

@@ -10,7 +10,7 @@ from transformers import MimiConfig, MimiModel
 
 from serve_app.model.mimi_layout import decoder_parts
 from serve_app.model.mimi_stream import MimiStreamDecoder
-from serve_app.model.mimi_stream_seanet import StreamingConvTranspose1d
+from serve_app.model.mimi_stream_seanet import StreamingConvTranspose1d, StreamingResnetBlock
 from tests.support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
 
 FRAMES = 12  # 24 transformer tokens, four times the tiny sliding window of 6
@@ -212,12 +212,13 @@ def test_unstreamable_models_are_refused(overrides, max_streams, message):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("input_history", [False, True], ids=["overlap-add", "input-history"])
+@pytest.mark.parametrize("matmul_forms", [False, True], ids=["shipped", "matmul-forms"])
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, ATOL), (torch.bfloat16, None)])
-def test_cuda_stream_matches_full_decode(dtype, atol, input_history, monkeypatch):
+def test_cuda_stream_matches_full_decode(dtype, atol, matmul_forms, monkeypatch):
     from serve_app.model import mimi_stream_seanet
 
-    monkeypatch.setattr(mimi_stream_seanet, "INPUT_HISTORY", input_history)
+    monkeypatch.setattr(mimi_stream_seanet, "INPUT_HISTORY", matmul_forms)
+    monkeypatch.setattr(mimi_stream_seanet, "POINTWISE_MATMUL", matmul_forms)
     # cuDNN convolutions default to TF32, whose 10-bit mantissa differs per chunking at ~1e-2
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
@@ -317,21 +318,29 @@ def test_transposed_conv_blocks_from_inputs_equal_conv_transpose(
 
 
 @pytest.mark.parametrize("batch, schedule", [(1, [1, 1, 1, 1, 1, 1]), (3, [2, 3, 1, 2]), (2, [6])])
-def test_transposed_convs_keeping_their_inputs_stream_the_full_decode(
-    mimi, batch, schedule, monkeypatch
+@pytest.mark.parametrize(
+    "input_history, pointwise_matmul",
+    [(True, False), (False, True), (True, True)],
+    ids=["history", "pointwise", "both"],
+)
+def test_seanet_matmul_forms_stream_the_full_decode(
+    mimi, batch, schedule, input_history, pointwise_matmul, monkeypatch
 ) -> None:
-    """The input-history form of the streaming transposed convs: any chunking gives the full decode,
-    and its state is the last input frames (input channels wide), not the output tails."""
+    """The SEANet's matmul forms: transposed convs that keep their last inputs (input channels wide,
+    not the output tails) and residual blocks whose 1x1 conv adds the shortcut in its matmul. Any
+    chunking gives the full decode."""
     from serve_app.model import mimi_stream_seanet
 
-    monkeypatch.setattr(mimi_stream_seanet, "INPUT_HISTORY", True)
+    monkeypatch.setattr(mimi_stream_seanet, "INPUT_HISTORY", input_history)
+    monkeypatch.setattr(mimi_stream_seanet, "POINTWISE_MATMUL", pointwise_matmul)
     decoder = MimiStreamDecoder(mimi, max_streams=batch)
-    convs = [
-        op
-        for op in decoder._seanet.stateful + decoder._upsample.stateful
-        if isinstance(op, StreamingConvTranspose1d)
-    ]
-    assert convs and all(op.history and op.state.shape[1] == op.conv.in_channels for op in convs)
+    ops = decoder._seanet.stateful + decoder._upsample.stateful
+    convs = [op for op in ops if isinstance(op, StreamingConvTranspose1d)]
+    assert convs and all(bool(op.history) == input_history for op in convs)
+    if input_history:
+        assert all(op.state.shape[1] == op.conv.in_channels for op in convs)
+    blocks = [op for op in decoder._seanet.ops if isinstance(op, StreamingResnetBlock)]
+    assert blocks and all((op.pointwise is not None) == pointwise_matmul for op in blocks)
     codes = random_codes(batch, sum(schedule), mimi.config, seed=batch)
     streamed = stream_decode(decoder, codes, schedule)
     torch.testing.assert_close(streamed, full_decode(mimi, codes), atol=ATOL, rtol=RTOL)

@@ -46,6 +46,9 @@ class StreamingConv1d:
         self.layer = layer
         self.replicate = layer.pad_mode == "replicate"
         self.context = int(layer.padding_total)
+        conv = layer.conv
+        # A 1x1 conv over each sample: no state, and a matmul over the channels.
+        self.pointwise = self.context == 0 and conv.kernel_size == (1,) and conv.groups == 1
         self.state = torch.zeros(max_streams, layer.in_channels, self.context, device=device, dtype=dtype)
 
     def reset(self, slots: torch.Tensor) -> None:
@@ -93,6 +96,11 @@ def transposed_conv1d(x: torch.Tensor, weight: torch.Tensor, stride: int, groups
 INPUT_HISTORY = False
 """Whether the streaming transposed convs keep their last input frames rather than their output
 tails (`StreamingConvTranspose1d`); off until it is measured against the overlap-add on a GPU."""
+
+POINTWISE_MATMUL = False
+"""Whether a residual block's closing 1x1 conv runs as one batched matmul that also adds the block's
+identity shortcut (`StreamingResnetBlock`), rather than a cuDNN conv (which converts the layout on
+the way in and out) and an add; off until it is measured on a GPU."""
 
 
 def transposed_conv_blocks(
@@ -192,17 +200,31 @@ class StreamingConvTranspose1d:
 
 
 class StreamingResnetBlock:
-    """`MimiResnetBlock`: streaming branch plus (identity or 1x1 conv) shortcut."""
+    """`MimiResnetBlock`: streaming branch plus (identity or 1x1 conv) shortcut.
 
-    def __init__(self, block: list[StreamOp], shortcut: StreamOp):
+    With `POINTWISE_MATMUL`, an identity shortcut and a branch that ends in a 1x1 conv, that conv and
+    the shortcut's add are one batched matmul over the (B, C, T) rows as they lie (the shortcut in
+    its epilogue), then the bias."""
+
+    def __init__(self, block: list[StreamOp], shortcut: StreamOp, identity_shortcut: bool = False):
         self.block = block
         self.shortcut = shortcut
+        self.pointwise: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        last = block[-1] if block else None
+        if POINTWISE_MATMUL and identity_shortcut and isinstance(last, StreamingConv1d) and last.pointwise:
+            conv = last.layer.conv
+            self.pointwise = conv.weight[:, :, 0], conv.bias
+            self.block = block[:-1]
 
     def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
         h = x
         for op in self.block:
             h = op(h, slots, fresh)
-        return self.shortcut(x, slots, fresh) + h
+        if self.pointwise is None:
+            return self.shortcut(x, slots, fresh) + h
+        weight, bias = self.pointwise
+        out = torch.baddbmm(x, weight.expand(x.shape[0], -1, -1), h)
+        return out if bias is None else out + bias[:, None]
 
 
 def _stateless(module: nn.Module) -> StreamOp:
@@ -226,7 +248,10 @@ class StreamingStack:
         elif isinstance(layer, MimiConvTranspose1d):
             op = StreamingConvTranspose1d(layer, *self._args)
         elif isinstance(layer, MimiResnetBlock):
-            return StreamingResnetBlock([self._wrap(m) for m in layer.block], self._wrap(layer.shortcut))
+            block = [self._wrap(m) for m in layer.block]
+            return StreamingResnetBlock(
+                block, self._wrap(layer.shortcut), isinstance(layer.shortcut, nn.Identity)
+            )
         elif isinstance(layer, _STATELESS):
             return _stateless(layer)
         else:
