@@ -149,7 +149,9 @@ def test_engine_options_are_what_the_engine_and_the_loader_take() -> None:
 
 
 def test_rayservice_matches_serve_config() -> None:
-    docs = {doc["kind"]: doc for doc in yaml.safe_load_all(KUBERAY.read_text())}
+    all_docs = list(yaml.safe_load_all(KUBERAY.read_text()))
+    docs = {doc["kind"]: doc for doc in all_docs}
+    claims = {d["metadata"]["name"]: d for d in all_docs if d["kind"] == "PersistentVolumeClaim"}
     manifest = docs["RayService"]
     assert manifest["apiVersion"] == "ray.io/v1"
     spec = manifest["spec"]
@@ -177,13 +179,21 @@ def test_rayservice_matches_serve_config() -> None:
 
     # Saved voices: every pod that can host an ingress replica mounts one shared (RWX) claim at
     # the serve config's voices_dir, writable by the image's non-root user.
-    claim = docs["PersistentVolumeClaim"]
-    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert all(c["spec"]["accessModes"] == ["ReadWriteMany"] for c in claims.values())
     voices_dir = _app(_load(PROD))["args"]["api"]["voices_dir"]
     pod = gpu_group["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == voices_dir]
-    assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+
+    def claim_at(path: str) -> str:
+        """The claim mounted at `path` or at a folder above it, in the GPU worker's container."""
+        mounts = [m for m in pod["containers"][0]["volumeMounts"] if Path(path).is_relative_to(m["mountPath"])]
+        (mount,) = mounts
+        return volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+
+    assert claim_at(voices_dir) == "csm-voices" in claims
+    # Triton's kernel cache: on a claim every GPU worker shares, so a new pod skips the compiling.
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert claim_at(env["TRITON_CACHE_DIR"]) == "csm-kernel-cache" in claims
     assert pod["securityContext"]["fsGroup"] == 1000
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", "no ingress on the head"
 
