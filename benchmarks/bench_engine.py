@@ -789,12 +789,6 @@ def set_kernel_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def mimi_seanet_form() -> str:
-    from bench_mimi_stream import seanet_form
-
-    return seanet_form()
-
-
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     """The engine options given on the command line; the rest keep the engine's defaults."""
     options: dict[str, Any] = {}
@@ -810,9 +804,9 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     args = parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    if args.mimi_seanet is not None:
-        from bench_mimi_stream import set_seanet_form
+    from bench_mimi_stream import seanet_form, set_seanet_form
 
+    if args.mimi_seanet is not None:
         set_seanet_form(args.mimi_seanet)
     device = "cpu" if args.smoke else "cuda"
     if args.smoke:
@@ -890,7 +884,7 @@ def main() -> None:
     res["engine"] = {k: v for k, v in engine.loop.runner.info().items()}
     res["engine"]["chunk_frames"] = [engine.config.first_chunk_frames, engine.config.chunk_frames]
     res["engine"]["chunk_align"] = engine.config.chunk_align
-    res["engine"]["mimi_seanet"] = mimi_seanet_form()
+    res["engine"]["mimi_seanet"] = seanet_form()
     res["engine"]["kernels"] = kernels
     res["engine"]["dynamo_graphs"] = dict(torch._dynamo.utils.counters["stats"])
     print("engine ready", res["startup_s"], res["engine"], flush=True)

@@ -17,7 +17,7 @@ Sections (written to the JSON as each finishes):
               and cuBLAS's matmul alone; the kernels compile first in parallel worker processes
   variants    the whole decode step per batch under each kernel setting (the shipped tiles or the
               cold sweep's, split-K sums in-kernel, sampler warps, programmatic dependent launch,
-              TMA loads, the depth decoder's attention and output projection in one kernel),
+              TMA loads, cuBLAS's matmuls instead of the fused projections),
               with the frame's codes compared to the shipped setting's
 
     PYTHONPATH=. python3 benchmarks/bench_fused_linear.py      # writes $OUT/<date>-<gpu>-fused-linear.json

@@ -7,8 +7,7 @@ matmul each. A block is always
 
     qkv = norm+project(x);  out = attend(qkv);  h = x + project(out);  x' = h + down(swiglu(norm+gate/up(h)))
 
-(an attention backend may do `attend` and the projection after it in one go), and a `Backend` says
-how each piece runs: `EAGER` is plain PyTorch (any number of tokens per row,
+and a `Backend` says how each piece runs: `EAGER` is plain PyTorch (any number of tokens per row,
 the path the transformers parity tests check); `serve_app.model.kernels.backends` has the Triton
 twins for one-token decode steps. `torch.compile` wraps whichever backend a caller picks.
 
