@@ -740,12 +740,6 @@ def parse_args() -> argparse.Namespace:
         "--chunk-frames", type=int, default=None, help="frames per later audio chunk (default: the engine's)"
     )
     p.add_argument(
-        "--mimi-seanet",
-        choices=("conv", "history", "pointwise", "matmul"),
-        default=None,
-        help="the streaming Mimi decoder's SEANet form (bench_mimi_stream.SEANET_FORMS; default: as shipped)",
-    )
-    p.add_argument(
         "--churn", default="", help="comma-separated client counts of the closed-loop churn section"
     )
     p.add_argument("--churn-s", type=float, default=8.0, help="measured window of each churn level")
@@ -804,10 +798,6 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     args = parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    from bench_mimi_stream import seanet_form, set_seanet_form
-
-    if args.mimi_seanet is not None:
-        set_seanet_form(args.mimi_seanet)
     device = "cpu" if args.smoke else "cuda"
     if args.smoke:
         torch.set_num_threads(1)
@@ -884,7 +874,6 @@ def main() -> None:
     res["engine"] = {k: v for k, v in engine.loop.runner.info().items()}
     res["engine"]["chunk_frames"] = [engine.config.first_chunk_frames, engine.config.chunk_frames]
     res["engine"]["chunk_align"] = engine.config.chunk_align
-    res["engine"]["mimi_seanet"] = seanet_form()
     res["engine"]["kernels"] = kernels
     res["engine"]["dynamo_graphs"] = dict(torch._dynamo.utils.counters["stats"])
     print("engine ready", res["startup_s"], res["engine"], flush=True)

@@ -8,7 +8,6 @@ streams are timed from their start after a short warm-up.
 
     python benchmarks/bench_mimi_stream.py [--iters 30] [--threads 1] [--parts tiny-cpu,full-cuda]
         [--attention sdpa,kernel]  # the decoder transformer's attention, each timed in the same run
-        [--seanet conv,history,pointwise,matmul]  # the SEANet's forms (SEANET_FORMS), likewise
         [--profile 128x1,128x8]    # kernel tables of eager decodes (writes <date>-cuda-mimi-profile.txt)
     python benchmarks/bench_mimi_stream.py --parts ops --batches 1 --frames 1,8   # ATen ops per decode (CPU)
 
@@ -40,7 +39,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from support_mimi_stream import random_mimi, tiny_mimi_config
 
 from serve_app.engine.cuda_graphs import GraphedMimiStreamDecoder
-from serve_app.model import mimi_stream_seanet, mimi_stream_transformer
+from serve_app.model import mimi_stream_transformer
 from serve_app.model.mimi_stream import MimiStreamDecoder
 
 BATCHES = (1, 16)
@@ -49,27 +48,6 @@ FRAME_MS = 80
 
 
 MODES = {"eager": MimiStreamDecoder, "cuda-graphs": GraphedMimiStreamDecoder}
-
-SEANET_FORMS = {
-    # name: (transposed convs keep their last inputs, residual blocks' 1x1 conv as a matmul)
-    "conv": (False, False),
-    "history": (True, False),
-    "pointwise": (False, True),
-    "matmul": (True, True),
-}
-"""The streaming SEANet's forms (`mimi_stream_seanet.INPUT_HISTORY`, `POINTWISE_MATMUL`)."""
-_SHIPPED_FORM = (mimi_stream_seanet.INPUT_HISTORY, mimi_stream_seanet.POINTWISE_MATMUL)
-
-
-def set_seanet_form(name: str) -> None:
-    """Switch the SEANet form of decoders built from now on ("default": as shipped)."""
-    form = _SHIPPED_FORM if name == "default" else SEANET_FORMS[name]
-    mimi_stream_seanet.INPUT_HISTORY, mimi_stream_seanet.POINTWISE_MATMUL = form
-
-
-def seanet_form() -> str:
-    current = (mimi_stream_seanet.INPUT_HISTORY, mimi_stream_seanet.POINTWISE_MATMUL)
-    return next(name for name, form in SEANET_FORMS.items() if form == current)
 
 
 def time_case(mimi: MimiModel, mode: str, batch: int, frames: int, iters: int, warmup: int) -> dict:
@@ -125,26 +103,20 @@ def run_part(
     batches: tuple[int, ...] = BATCHES,
     chunk_frames: tuple[int, ...] = CHUNK_FRAMES,
     attentions: tuple[str, ...] = ("default",),
-    seanet_forms: tuple[str, ...] = ("default",),
 ) -> list[dict]:
     dtype = str(next(mimi.parameters()).dtype).removeprefix("torch.")
     rows = []
-    for form in seanet_forms:
-        set_seanet_form(form)
-        for attention in attentions:
-            mimi_stream_transformer.FUSED_ATTENTION = {"default": None, "sdpa": False, "kernel": True}[
-                attention
-            ]
-            for mode in modes:
-                for batch in batches:
-                    for frames in chunk_frames:
-                        row = {"part": name, "dtype": dtype, "config": config_summary(mimi.config)}
-                        row["attention"], row["seanet"] = attention, form
-                        row.update(time_case(mimi, mode, batch, frames, iters, warmup))
-                        print(json.dumps(row), flush=True)
-                        rows.append(row)
+    for attention in attentions:
+        mimi_stream_transformer.FUSED_ATTENTION = {"default": None, "sdpa": False, "kernel": True}[attention]
+        for mode in modes:
+            for batch in batches:
+                for frames in chunk_frames:
+                    row = {"part": name, "dtype": dtype, "config": config_summary(mimi.config)}
+                    row["attention"] = attention
+                    row.update(time_case(mimi, mode, batch, frames, iters, warmup))
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
     mimi_stream_transformer.FUSED_ATTENTION = None
-    set_seanet_form("default")
     return rows
 
 
@@ -246,7 +218,6 @@ def count_ops(mimi: MimiModel, batch: int, frames: int) -> dict:
         "config": config_summary(mimi.config),
         "batch": batch,
         "chunk_frames": frames,
-        "seanet": seanet_form(),
         "ops": sum(counter.ops.values()),
         "written_mb": round(sum(counter.written.values()) / 2**20, 2),
         "by_op": dict(counter.ops.most_common()),
@@ -278,11 +249,6 @@ def main() -> None:
         default="default",
         help="comma list: default, sdpa, kernel (the decoder transformer's attention, CUDA)",
     )
-    parser.add_argument(
-        "--seanet",
-        default="default",
-        help=f"comma list of the SEANet's forms: default, {', '.join(SEANET_FORMS)}",
-    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -300,14 +266,11 @@ def main() -> None:
             )
         if "ops" in parts:
             full_cpu = random_mimi(MimiConfig())
-            for form in args.seanet.split(","):
-                set_seanet_form(form)
-                for batch in (int(b) for b in args.batches.split(",")):
-                    for frames in (int(f) for f in args.frames.split(",")):
-                        results.append(count_ops(full_cpu, batch, frames))
-                        brief = {k: v for k, v in results[-1].items() if not k.endswith("by_op")}
-                        print(json.dumps(brief), flush=True)
-            set_seanet_form("default")
+            for batch in (int(b) for b in args.batches.split(",")):
+                for frames in (int(f) for f in args.frames.split(",")):
+                    results.append(count_ops(full_cpu, batch, frames))
+                    brief = {k: v for k, v in results[-1].items() if not k.endswith("by_op")}
+                    print(json.dumps(brief), flush=True)
         if "full-cuda" in parts and cuda:
             full = MimiModel(MimiConfig()).eval()
             grid = (
@@ -324,7 +287,6 @@ def main() -> None:
                     args.warmup,
                     *grid,
                     tuple(args.attention.split(",")),
-                    tuple(args.seanet.split(",")),
                 )
 
         if args.profile and cuda:

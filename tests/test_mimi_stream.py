@@ -10,7 +10,7 @@ from transformers import MimiConfig, MimiModel
 
 from serve_app.model.mimi_layout import decoder_parts
 from serve_app.model.mimi_stream import MimiStreamDecoder
-from serve_app.model.mimi_stream_seanet import StreamingConvTranspose1d, StreamingResnetBlock
+from serve_app.model.mimi_stream_seanet import StreamingConvTranspose1d
 from tests.support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
 
 FRAMES = 12  # 24 transformer tokens, four times the tiny sliding window of 6
@@ -212,13 +212,8 @@ def test_unstreamable_models_are_refused(overrides, max_streams, message):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("matmul_forms", [False, True], ids=["shipped", "matmul-forms"])
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, ATOL), (torch.bfloat16, None)])
-def test_cuda_stream_matches_full_decode(dtype, atol, matmul_forms, monkeypatch):
-    from serve_app.model import mimi_stream_seanet
-
-    monkeypatch.setattr(mimi_stream_seanet, "INPUT_HISTORY", matmul_forms)
-    monkeypatch.setattr(mimi_stream_seanet, "POINTWISE_MATMUL", matmul_forms)
+def test_cuda_stream_matches_full_decode(dtype, atol, monkeypatch):
     # cuDNN convolutions default to TF32, whose 10-bit mantissa differs per chunking at ~1e-2
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
@@ -245,25 +240,34 @@ def test_cuda_full_size_config_past_the_window(monkeypatch):
     torch.testing.assert_close(streamed, full_decode(model, codes), atol=ATOL, rtol=RTOL)
 
 
-@pytest.mark.parametrize(
-    ("c_in", "c_out", "kernel", "stride", "groups", "length"),
-    [
-        (32, 32, 4, 2, 32, 8),  # Mimi's depthwise upsampler
-        (32, 16, 16, 8, 1, 5),  # SEANet's transposed convs: kernel = 2 x stride
-        (16, 8, 12, 6, 1, 1),
-        (8, 8, 15, 5, 1, 3),  # three blocks per input
-        (8, 8, 5, 2, 1, 4),  # kernel not a multiple of stride: the cuDNN path
-        (8, 8, 6, 2, 2, 3),  # grouped: the cuDNN path
-    ],
-)
-def test_transposed_conv_as_matmul_equals_conv_transpose(c_in, c_out, kernel, stride, groups, length) -> None:
-    from serve_app.model.mimi_stream_seanet import transposed_conv1d
+@pytest.mark.parametrize(("kernel", "stride"), [(5, 2), (2, 4)])
+def test_transposed_convs_of_part_strides_are_refused(kernel, stride) -> None:
+    """A kernel of part strides has no whole output blocks to compute from the last inputs."""
+    from transformers.models.mimi.modeling_mimi import MimiConvTranspose1d
 
-    gen = torch.Generator().manual_seed(kernel * 100 + length)
-    x = torch.randn(3, c_in, length, generator=gen)
-    weight = torch.randn(c_in, c_out // groups, kernel, generator=gen)
-    expected = torch.nn.functional.conv_transpose1d(x, weight, None, stride, groups=groups)
-    torch.testing.assert_close(transposed_conv1d(x, weight, stride, groups), expected, rtol=1e-5, atol=1e-5)
+    layer = MimiConvTranspose1d(tiny_mimi_config(), 8, 8, kernel, stride)
+    with pytest.raises(ValueError, match="whole strides"):
+        StreamingConvTranspose1d(layer, 1, torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize(("groups", "schedule"), [(4, [1, 2, 1]), (8, [3, 1]), (1, [4])])
+def test_grouped_transposed_convs_stream_the_whole_conv(groups, schedule) -> None:
+    """Grouped (not depthwise, as a small Mimi's upsampler can be), depthwise and dense transposed
+    convs, fed chunk by chunk, give the whole conv's samples, bias included."""
+    from transformers.models.mimi.modeling_mimi import MimiConvTranspose1d
+
+    torch.manual_seed(groups)
+    layer = MimiConvTranspose1d(tiny_mimi_config(), 8, 8, 4, 2, groups=groups, bias=True)
+    stream = StreamingConvTranspose1d(layer, 2, torch.device("cpu"), torch.float32)
+    x = torch.randn(2, 8, sum(schedule))
+    slots, fresh = torch.arange(2), torch.ones(2, dtype=torch.bool)
+    pieces, start = [], 0
+    with torch.no_grad():
+        for n in schedule:
+            pieces.append(stream(x[..., start : start + n], slots, fresh))
+            start += n
+        whole = layer.conv(x)[..., : x.shape[-1] * 2]
+    torch.testing.assert_close(torch.cat(pieces, dim=-1), whole, rtol=1e-5, atol=1e-5)
 
 
 def test_resetting_several_slots_at_once_restarts_exactly_those(mimi) -> None:
@@ -317,30 +321,13 @@ def test_transposed_conv_blocks_from_inputs_equal_conv_transpose(
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("batch, schedule", [(1, [1, 1, 1, 1, 1, 1]), (3, [2, 3, 1, 2]), (2, [6])])
-@pytest.mark.parametrize(
-    "input_history, pointwise_matmul",
-    [(True, False), (False, True), (True, True)],
-    ids=["history", "pointwise", "both"],
-)
-def test_seanet_matmul_forms_stream_the_full_decode(
-    mimi, batch, schedule, input_history, pointwise_matmul, monkeypatch
-) -> None:
-    """The SEANet's matmul forms: transposed convs that keep their last inputs (input channels wide,
-    not the output tails) and residual blocks whose 1x1 conv adds the shortcut in its matmul. Any
-    chunking gives the full decode."""
-    from serve_app.model import mimi_stream_seanet
-
-    monkeypatch.setattr(mimi_stream_seanet, "INPUT_HISTORY", input_history)
-    monkeypatch.setattr(mimi_stream_seanet, "POINTWISE_MATMUL", pointwise_matmul)
-    decoder = MimiStreamDecoder(mimi, max_streams=batch)
+def test_transposed_convs_keep_their_last_inputs(mimi) -> None:
+    """The transposed convs' state is their last kernel / stride - 1 inputs (input channels wide),
+    not the output tails: the upsamplers write no taps wider than their output."""
+    decoder = MimiStreamDecoder(mimi, max_streams=2)
     ops = decoder._seanet.stateful + decoder._upsample.stateful
     convs = [op for op in ops if isinstance(op, StreamingConvTranspose1d)]
-    assert convs and all(bool(op.history) == input_history for op in convs)
-    if input_history:
-        assert all(op.state.shape[1] == op.conv.in_channels for op in convs)
-    blocks = [op for op in decoder._seanet.ops if isinstance(op, StreamingResnetBlock)]
-    assert blocks and all((op.pointwise is not None) == pointwise_matmul for op in blocks)
-    codes = random_codes(batch, sum(schedule), mimi.config, seed=batch)
-    streamed = stream_decode(decoder, codes, schedule)
-    torch.testing.assert_close(streamed, full_decode(mimi, codes), atol=ATOL, rtol=RTOL)
+    assert len(convs) == len(mimi.config.upsampling_ratios) + 1
+    for op in convs:
+        kernel, stride = op.conv.kernel_size[0], op.conv.stride[0]
+        assert op.state.shape == (2, op.conv.in_channels, kernel // stride - 1)

@@ -2,9 +2,10 @@
 
 transformers' `MimiConv1d` / `MimiConvTranspose1d` only see whole sequences. Decoding chunk by chunk
 gives the same samples when each causal conv remembers the last `padding_total` inputs it saw (its
-left context) and each transposed conv remembers the `kernel - stride` output samples that the next
-input frame still adds to (its overlapping tail). Every op keeps that state for `max_streams` streams
-in one preallocated tensor; a call gathers the rows of the streams it decodes and writes them back.
+left context) and each transposed conv remembers its last `kernel / stride - 1` input frames, from
+which the next chunk's output blocks are computed whole. Every op keeps that state for `max_streams`
+streams in one preallocated tensor; a call gathers the rows of the streams it decodes and writes them
+back.
 
 All ops call the wrapped module's own `nn.Conv1d` / weights, so no parameter is copied.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.models.mimi.modeling_mimi import MimiConv1d, MimiConvTranspose1d, MimiResnetBlock
 
@@ -46,9 +46,6 @@ class StreamingConv1d:
         self.layer = layer
         self.replicate = layer.pad_mode == "replicate"
         self.context = int(layer.padding_total)
-        conv = layer.conv
-        # A 1x1 conv over each sample: no state, and a matmul over the channels.
-        self.pointwise = self.context == 0 and conv.kernel_size == (1,) and conv.groups == 1
         self.state = torch.zeros(max_streams, layer.in_channels, self.context, device=device, dtype=dtype)
 
     def reset(self, slots: torch.Tensor) -> None:
@@ -66,47 +63,13 @@ class StreamingConv1d:
         return self.layer.conv(padded)
 
 
-def transposed_conv1d(x: torch.Tensor, weight: torch.Tensor, stride: int, groups: int = 1) -> torch.Tensor:
-    """`F.conv_transpose1d(x, weight, None, stride, groups=groups)` as a matmul and an overlap-add.
-
-    cuDNN runs Mimi's transposed convs as a backward-data convolution that costs milliseconds per
-    call even on a few frames (the depthwise upsampler most of all); a matmul (dense) or a broadcast
-    multiply (depthwise) over all taps at once, then adding each input's `kernel / stride` blocks of
-    `stride` outputs into place, is the same sum in a few small kernels. Shapes it does not cover
-    (kernel not a multiple of stride, other groupings) go to `F.conv_transpose1d`."""
-    c_in, c_out_per_group, kernel = weight.shape
-    depthwise = groups == c_in and c_out_per_group == 1
-    if kernel % stride or not (groups == 1 or depthwise):
-        return F.conv_transpose1d(x, weight, None, stride, groups=groups)
-    b, _, length = x.shape
-    c_out = c_out_per_group * groups
-    if depthwise:  # (B, C, L, K): each channel's samples times its own taps
-        taps = x[..., None] * weight[:, 0, None, :]
-    else:  # (B, L, C_out, K) → (B, C_out, L, K)
-        taps = (x.transpose(1, 2) @ weight.reshape(c_in, c_out * kernel)).view(b, length, c_out, kernel)
-        taps = taps.permute(0, 2, 1, 3)
-    blocks = kernel // stride
-    taps = taps.reshape(b, c_out, length, blocks, stride)
-    out = F.pad(taps[..., 0, :], (0, 0, 0, blocks - 1))
-    for j in range(1, blocks):  # block j of input l lands on output block l + j
-        out = out + F.pad(taps[..., j, :], (0, 0, j, blocks - 1 - j))
-    return out.reshape(b, c_out, (length + blocks - 1) * stride)
-
-
-INPUT_HISTORY = False
-"""Whether the streaming transposed convs keep their last input frames rather than their output
-tails (`StreamingConvTranspose1d`); off until it is measured against the overlap-add on a GPU."""
-
-POINTWISE_MATMUL = False
-"""Whether a residual block's closing 1x1 conv runs as one batched matmul that also adds the block's
-identity shortcut (`StreamingResnetBlock`), rather than a cuDNN conv (which converts the layout on
-the way in and out) and an add; off until it is measured on a GPU."""
-
-
 def transposed_conv_blocks(
     x: torch.Tensor, taps: torch.Tensor, stride: int, depthwise: bool, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The output blocks of a transposed conv whose kernel spans `b` strides, from its inputs alone.
+
+    cuDNN runs Mimi's transposed convs as a backward-data convolution that costs milliseconds per
+    call even on a few frames; a matmul per output block is the same sum in a few small kernels.
 
     x: (B, C_in, b - 1 + L), the b - 1 inputs before the L new ones first. Output block l (`stride`
     samples) is the sum over i < b of input l + i times taps block b - 1 - i, so each block is one
@@ -132,6 +95,18 @@ def transposed_conv_blocks(
     return out.view(batch, length, c_out, stride).permute(0, 2, 1, 3).reshape(batch, c_out, length * stride)
 
 
+def dense_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A grouped transposed conv's weight (C_in, C_out / groups, K) as the dense (C_in, C_out, K) one
+    with zeros between the groups: the same conv, so grouped layers share the dense matmul."""
+    if groups == 1:
+        return weight
+    c_in, per_group, kernel = weight.shape
+    dense = weight.new_zeros(c_in, per_group * groups, kernel)
+    for g, block in enumerate(weight.split(c_in // groups)):
+        dense[g * block.shape[0] : (g + 1) * block.shape[0], g * per_group : (g + 1) * per_group] = block
+    return dense
+
+
 def window_taps(weight: torch.Tensor, stride: int, depthwise: bool) -> torch.Tensor:
     """A transposed conv's weight (C_in, C_out, b * stride) arranged for `transposed_conv_blocks`:
     window entry i (the input b - 1 - i strides back) meets taps block b - 1 - i."""
@@ -147,11 +122,11 @@ class StreamingConvTranspose1d:
     """Causal `MimiConvTranspose1d` that emits only finished samples.
 
     With `trim_right_ratio == 1` the full decode keeps the first `T * stride` samples of T inputs,
-    and exactly those are final once the T-th input is in: the last `kernel - stride` samples still
-    receive contributions from the next input, so they are kept (without bias) and added to the next
-    chunk's head. Other trim ratios drop samples at the start and would shift every chunk boundary.
-    With `INPUT_HISTORY` (kernels of whole strides, dense or depthwise) the state is instead the last
-    `kernel / stride - 1` inputs, from which the next chunk's blocks are computed whole.
+    and exactly those are final once the T-th input is in. Output block l sums inputs l - b + 1 .. l
+    (b = kernel / stride), so the state is the last b - 1 inputs and each chunk's blocks are computed
+    whole from them (`transposed_conv_blocks`; grouped convs other than depthwise as the dense one).
+    Other trim ratios drop samples at the start and would shift every chunk boundary; kernels of
+    part strides (none in Mimi) are refused.
     """
 
     def __init__(
@@ -164,67 +139,40 @@ class StreamingConvTranspose1d:
             raise ValueError("unexpected padding/dilation on a MimiConvTranspose1d")
         self.conv = conv
         self.stride = conv.stride[0]
-        self.overlap = conv.kernel_size[0] - self.stride
-        if self.overlap < 0:
-            raise ValueError("kernel_size smaller than stride is not supported")
-        depthwise = conv.groups == conv.in_channels and conv.out_channels == conv.groups
-        self.history = 0
-        if INPUT_HISTORY and self.overlap % self.stride == 0 and (conv.groups == 1 or depthwise):
-            # The blocks' form: the last kernel / stride - 1 inputs are the state, and every output
-            # block is computed whole from its window of inputs.
-            self.history = self.overlap // self.stride
-            self.depthwise = depthwise
-            with torch.no_grad():
-                self.taps = window_taps(conv.weight, self.stride, depthwise)
-            self.state = torch.zeros(max_streams, conv.in_channels, self.history, device=device, dtype=dtype)
-        else:
-            self.state = torch.zeros(max_streams, conv.out_channels, self.overlap, device=device, dtype=dtype)
+        kernel = conv.kernel_size[0]
+        if kernel < self.stride or kernel % self.stride:
+            raise ValueError(
+                f"streaming needs a kernel of whole strides (kernel {kernel}, stride {self.stride})"
+            )
+        self.depthwise = conv.groups == conv.in_channels and conv.out_channels == conv.groups
+        self.history = kernel // self.stride - 1
+        with torch.no_grad():
+            weight = conv.weight if self.depthwise else dense_weight(conv.weight, conv.groups)
+            self.taps = window_taps(weight, self.stride, self.depthwise)
+        self.state = torch.zeros(max_streams, conv.in_channels, self.history, device=device, dtype=dtype)
 
     def reset(self, slots: torch.Tensor) -> None:
         self.state.index_fill_(0, slots, 0)
 
     def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
         if self.history:
-            inputs = torch.cat([self.state[slots], x], dim=-1)
-            self.state[slots] = inputs[..., -self.history :]
-            return transposed_conv_blocks(inputs, self.taps, self.stride, self.depthwise, self.conv.bias)
-        y = transposed_conv1d(x, self.conv.weight, self.stride, self.conv.groups)
-        if self.overlap:
-            y[..., : self.overlap] += self.state[slots]
-        done = x.shape[-1] * self.stride
-        self.state[slots] = y[..., done:]
-        out = y[..., :done]
-        if self.conv.bias is not None:
-            out = out + self.conv.bias[:, None]
-        return out
+            x = torch.cat([self.state[slots], x], dim=-1)
+            self.state[slots] = x[..., -self.history :]
+        return transposed_conv_blocks(x, self.taps, self.stride, self.depthwise, self.conv.bias)
 
 
 class StreamingResnetBlock:
-    """`MimiResnetBlock`: streaming branch plus (identity or 1x1 conv) shortcut.
+    """`MimiResnetBlock`: streaming branch plus (identity or 1x1 conv) shortcut."""
 
-    With `POINTWISE_MATMUL`, an identity shortcut and a branch that ends in a 1x1 conv, that conv and
-    the shortcut's add are one batched matmul over the (B, C, T) rows as they lie (the shortcut in
-    its epilogue), then the bias."""
-
-    def __init__(self, block: list[StreamOp], shortcut: StreamOp, identity_shortcut: bool = False):
+    def __init__(self, block: list[StreamOp], shortcut: StreamOp):
         self.block = block
         self.shortcut = shortcut
-        self.pointwise: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        last = block[-1] if block else None
-        if POINTWISE_MATMUL and identity_shortcut and isinstance(last, StreamingConv1d) and last.pointwise:
-            conv = last.layer.conv
-            self.pointwise = conv.weight[:, :, 0], conv.bias
-            self.block = block[:-1]
 
     def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
         h = x
         for op in self.block:
             h = op(h, slots, fresh)
-        if self.pointwise is None:
-            return self.shortcut(x, slots, fresh) + h
-        weight, bias = self.pointwise
-        out = torch.baddbmm(x, weight.expand(x.shape[0], -1, -1), h)
-        return out if bias is None else out + bias[:, None]
+        return self.shortcut(x, slots, fresh) + h
 
 
 def _stateless(module: nn.Module) -> StreamOp:
@@ -249,9 +197,7 @@ class StreamingStack:
             op = StreamingConvTranspose1d(layer, *self._args)
         elif isinstance(layer, MimiResnetBlock):
             block = [self._wrap(m) for m in layer.block]
-            return StreamingResnetBlock(
-                block, self._wrap(layer.shortcut), isinstance(layer.shortcut, nn.Identity)
-            )
+            return StreamingResnetBlock(block, self._wrap(layer.shortcut))
         elif isinstance(layer, _STATELESS):
             return _stateless(layer)
         else:
