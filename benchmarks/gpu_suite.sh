@@ -88,7 +88,10 @@ EOF
   for _ in $(seq 1 30); do curl -s -m 1 -o /dev/null "$URL/health" || break; sleep 1; done
   T0=$(date +%s%N)
   # The launcher users run (the draining runner); the config binds loopback, so the ingress is named.
-  CSM_API_KEYS=$KEY RAY_TMPDIR=${RAY_TMPDIR:-/tmp/ray} setsid $PY -m serve_app.cli serve --config "$OUT/serve-config.yaml" \
+  # The ingress replicas' draining period at a stop (30 s by default, for a load balancer to stop
+  # routing to them) only delays the next variant here: nothing routes to a benchmark's server then.
+  CSM_API_KEYS=$KEY RAY_TMPDIR=${RAY_TMPDIR:-/tmp/ray} \
+    RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=${RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S:-2} setsid $PY -m serve_app.cli serve --config "$OUT/serve-config.yaml" \
     --ingress "${INGRESS:-haproxy}" --drain-timeout 5 >"$OUT/serve${VARIANT:+-$VARIANT}.log" 2>&1 &
   SERVE_PID=$!
   for _ in $(seq 1 ${READY_TIMEOUT_S:-400}); do
@@ -113,9 +116,14 @@ stop_server() {
   MONITOR_PID= SAMPLER_PID=
   [ -n "${SERVE_PID:-}" ] || return 0
   kill -INT -- -"$SERVE_PID" 2>/dev/null
-  for _ in $(seq 1 30); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 1; done
+  for _ in $(seq 1 60); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 1; done
   kill -KILL -- -"$SERVE_PID" 2>/dev/null
   pkill -x haproxy 2>/dev/null  # in case HAProxy outlived a killed server
+  # Ray's workers (the Serve controller, the replicas) run in process groups of their own: after a
+  # killed launcher they lived on for up to a minute, holding the GPU and CPU while the next
+  # variant started. `ray stop` ends every Ray process on the machine.
+  $PY -m ray.scripts.scripts stop --force >/dev/null 2>&1
+  for _ in $(seq 1 30); do pgrep -f '^ray::' >/dev/null || break; sleep 1; done
   SERVE_PID=
 }
 trap stop_server EXIT
