@@ -8,7 +8,8 @@
 #            HAProxy as in production (INGRESS=proxy: Ray's Python proxy) (API keys and the rate
 #            limiter on, as in production, the limit far above the load of the one benchmark key),
 #            then benchmarks/bench_http.py through Ray Serve over HTTP; the replica's
-#            time to ready is recorded; the summary is merged into the engine results as "http"
+#            time to ready is recorded; the summary is merged into the engine results as "http";
+#            each server's stop ends with `ray stop --force` (every Ray process on the machine)
 #   ws       benchmarks/bench_ws.py against the same server (WebSocket text-in, long-form)
 #
 #   bash benchmarks/gpu_suite.sh OUT_DIR [tests] [engine] [http] [ws]      (default: all four)
