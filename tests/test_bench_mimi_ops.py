@@ -10,6 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import bench_mimi_stream
+
 from tests.support_mimi_stream import random_mimi, tiny_mimi_config
 
 

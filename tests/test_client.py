@@ -222,9 +222,8 @@ def test_plain_text_overload_keeps_the_message_when_retries_run_out() -> None:
     seen: list[httpx.Request] = []
     body = "Request dropped due to backpressure (num_queued_requests=3, max_queued_requests=2)."
     transport = _mock([httpx.Response(503, text=body, headers={"Retry-After": "0"})] * 2, seen)
-    with TTSClient("http://tts.test", transport=transport, max_retries=1) as c:
-        with pytest.raises(OverloadedError) as err:
-            c.speak("hi")
+    with TTSClient("http://tts.test", transport=transport, max_retries=1) as c, pytest.raises(OverloadedError) as err:
+        c.speak("hi")
     assert err.value.message == body and err.value.retry_after == 0.0 and len(seen) == 2
 
 

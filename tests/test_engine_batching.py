@@ -3,6 +3,8 @@ the reference generator), whatever joins or leaves around it."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -76,7 +78,7 @@ def test_step_observer_hears_batch_size_and_queue_depth_changes() -> None:
     assert heard[0] == (1, 1)  # a stepping, b queued
     assert (1, 0) in heard  # b admitted once a left
     assert heard[-1] == (0, 0)  # idle again
-    assert all(x != y for x, y in zip(heard, heard[1:]))  # only changes are reported
+    assert all(x != y for x, y in itertools.pairwise(heard))  # only changes are reported
 
 
 def test_joining_slots_get_their_prompt_position_seed_and_sampling_settings_exactly() -> None:

@@ -146,7 +146,7 @@ def test_tma_loads_stage_every_buffer_in_shared_memory() -> None:
     wide = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}
     assert module.fit_shared_memory(wide, 2, gate_up=True, tma=False) == wide  # 2 x 80 KiB staged
     assert module.fit_shared_memory(wide, 2, gate_up=True, tma=True)["BLOCK_K"] == 64  # 3 x 80 KiB do not fit
-    for (cls, n, k), _ in module.TUNED.items():
+    for cls, n, k in module.TUNED:
         gate_up = n == 8192  # the CSM-1B gate/up projections
         tiles = module.tiles_for(cls, n, k, gate_up)
         tma = module.TMA_MIN_ROWS is not None and cls >= module.TMA_MIN_ROWS

@@ -40,9 +40,11 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def http(tmp_path_factory) -> httpx.Client:
-    with serve_http(api_app(ToneEngine(), tmp_path_factory.mktemp("voices"))) as url:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            yield client
+    with (
+        serve_http(api_app(ToneEngine(), tmp_path_factory.mktemp("voices"))) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        yield client
 
 
 def test_a_speak_request_moves_request_frame_audio_and_latency_metrics(http: httpx.Client) -> None:
