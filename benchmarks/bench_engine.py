@@ -61,6 +61,7 @@ from serve_app.engine.engine import Engine, lower_switch_interval
 from serve_app.engine.prompt import build_prompt
 from serve_app.engine.sequence import Sequence
 from serve_app.engine.types import GenerationRequest, SamplingParams, Segment
+from serve_app.model import mimi_stream_seanet
 from serve_app.model.config import CsmModelConfig, to_hf_config_dict
 from serve_app.model.csm import CsmModel
 from serve_app.model.fast_step import FastStep
@@ -740,6 +741,12 @@ def parse_args() -> argparse.Namespace:
         "--chunk-frames", type=int, default=None, help="frames per later audio chunk (default: the engine's)"
     )
     p.add_argument(
+        "--mimi-seanet",
+        choices=("stack", "kernel"),
+        default=None,
+        help="the streaming Mimi decoder's SEANet: StreamingStack or channels-last KernelSeanet (default: as shipped)",
+    )
+    p.add_argument(
         "--churn", default="", help="comma-separated client counts of the closed-loop churn section"
     )
     p.add_argument("--churn-s", type=float, default=8.0, help="measured window of each churn level")
@@ -798,6 +805,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     args = parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    if args.mimi_seanet is not None:
+        mimi_stream_seanet.SEANET_KERNEL = args.mimi_seanet == "kernel"
     device = "cpu" if args.smoke else "cuda"
     if args.smoke:
         torch.set_num_threads(1)
@@ -874,6 +883,7 @@ def main() -> None:
     res["engine"] = {k: v for k, v in engine.loop.runner.info().items()}
     res["engine"]["chunk_frames"] = [engine.config.first_chunk_frames, engine.config.chunk_frames]
     res["engine"]["chunk_align"] = engine.config.chunk_align
+    res["engine"]["mimi_seanet"] = type(engine.loop.runner.decoder.decoder._seanet).__name__
     res["engine"]["kernels"] = kernels
     res["engine"]["dynamo_graphs"] = dict(torch._dynamo.utils.counters["stats"])
     print("engine ready", res["startup_s"], res["engine"], flush=True)

@@ -8,6 +8,7 @@ streams are timed from their start after a short warm-up.
 
     python benchmarks/bench_mimi_stream.py [--iters 30] [--threads 1] [--parts tiny-cpu,full-cuda]
         [--attention sdpa,kernel]  # the decoder transformer's attention, each timed in the same run
+        [--seanet stack,kernel]    # the SEANet as StreamingStack runs it, or channels-last (KernelSeanet), likewise
         [--profile 128x1,128x8]    # kernel tables of eager decodes (writes <date>-cuda-mimi-profile.txt)
     python benchmarks/bench_mimi_stream.py --parts ops --batches 1 --frames 1,8   # ATen ops per decode (CPU)
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import math
 import os
@@ -39,7 +41,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from support_mimi_stream import random_mimi, tiny_mimi_config
 
 from serve_app.engine.cuda_graphs import GraphedMimiStreamDecoder
-from serve_app.model import mimi_stream_transformer
+from serve_app.model import mimi_stream_seanet, mimi_stream_transformer
 from serve_app.model.mimi_stream import MimiStreamDecoder
 
 BATCHES = (1, 16)
@@ -103,20 +105,24 @@ def run_part(
     batches: tuple[int, ...] = BATCHES,
     chunk_frames: tuple[int, ...] = CHUNK_FRAMES,
     attentions: tuple[str, ...] = ("default",),
+    seanets: tuple[str, ...] = ("default",),
 ) -> list[dict]:
     dtype = str(next(mimi.parameters()).dtype).removeprefix("torch.")
     rows = []
-    for attention in attentions:
+    shipped = mimi_stream_seanet.SEANET_KERNEL
+    for seanet, attention in itertools.product(seanets, attentions):
         mimi_stream_transformer.FUSED_ATTENTION = {"default": None, "sdpa": False, "kernel": True}[attention]
+        mimi_stream_seanet.SEANET_KERNEL = {"default": shipped, "stack": False, "kernel": True}[seanet]
         for mode in modes:
             for batch in batches:
                 for frames in chunk_frames:
                     row = {"part": name, "dtype": dtype, "config": config_summary(mimi.config)}
-                    row["attention"] = attention
+                    row["attention"], row["seanet"] = attention, seanet
                     row.update(time_case(mimi, mode, batch, frames, iters, warmup))
                     print(json.dumps(row), flush=True)
                     rows.append(row)
     mimi_stream_transformer.FUSED_ATTENTION = None
+    mimi_stream_seanet.SEANET_KERNEL = shipped
     return rows
 
 
@@ -249,6 +255,11 @@ def main() -> None:
         default="default",
         help="comma list: default, sdpa, kernel (the decoder transformer's attention, CUDA)",
     )
+    parser.add_argument(
+        "--seanet",
+        default="default",
+        help="comma list: default, stack, kernel (the SEANet as StreamingStack runs it, or KernelSeanet; CUDA)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -287,6 +298,7 @@ def main() -> None:
                     args.warmup,
                     *grid,
                     tuple(args.attention.split(",")),
+                    tuple(args.seanet.split(",")),
                 )
 
         if args.profile and cuda:

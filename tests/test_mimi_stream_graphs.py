@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from serve_app.engine.cuda_graphs import GraphedMimiStreamDecoder, buckets_up_to, frame_rms, smallest_bucket
+from serve_app.model import mimi_stream_seanet
 from serve_app.model.mimi_stream import MimiStreamDecoder
 from tests.support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
 
@@ -70,14 +71,20 @@ def test_scratch_slot_is_not_handed_out():
 
 
 @pytest.mark.gpu
-def test_cuda_graph_replay_matches_eager_decoder():
+@pytest.mark.parametrize("seanet_kernel", [False, True], ids=["stack", "kernel-seanet"])
+def test_cuda_graph_replay_matches_eager_decoder(seanet_kernel, monkeypatch):
+    """Replayed graphs decode as the eager decoder does, with the SEANet as `StreamingStack` runs it
+    or channels-last through the `stream_conv` kernel (against the eager stack, without TF32)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     model = random_mimi(tiny_mimi_config(), seed=2).cuda()
     codes = stream_codes(model.config, {0: 12, 2: 9, 5: 11, 6: 6, 7: 10})
+    want = run_schedule(MimiStreamDecoder(model, max_streams=8), codes, seed=4)
+    monkeypatch.setattr(mimi_stream_seanet, "SEANET_KERNEL", seanet_kernel)
     graphed = GraphedMimiStreamDecoder(model, max_streams=8)
     graphed.warmup([1])
     got = run_schedule(graphed, codes, seed=4)
     assert graphed.use_graphs and {n for _, n in graphed.captured} <= {1, 2, 4}
-    want = run_schedule(MimiStreamDecoder(model, max_streams=8), codes, seed=4)
     for slot in codes:
         torch.testing.assert_close(got[slot], want[slot], atol=1e-4, rtol=1e-4)
 

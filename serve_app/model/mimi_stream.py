@@ -16,16 +16,25 @@ would copy from pageable memory and synchronise).
 
 from __future__ import annotations
 
+import logging
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import MimiModel
 from transformers.models.mimi.modeling_mimi import MimiEuclideanCodebook
 
+from serve_app.model import mimi_stream_seanet
+from serve_app.model.kernels import triton_runs_on
 from serve_app.model.mimi_codebooks import ProjectedCodebooks
 from serve_app.model.mimi_layout import decoder_parts
 from serve_app.model.mimi_stream_seanet import StreamingStack
 from serve_app.model.mimi_stream_transformer import StreamingTransformer
+
+if TYPE_CHECKING:
+    from serve_app.model.mimi_stream_seanet_kernel import KernelSeanet
+
+logger = logging.getLogger(__name__)
 
 
 class MimiStreamDecoder:
@@ -54,7 +63,7 @@ class MimiStreamDecoder:
         upsample = [parts.upsample] if parts.upsample is not None else []
         self._upsample = StreamingStack(upsample, max_streams, device, dtype)
         self._transformer = StreamingTransformer(parts.transformer, max_streams, device, dtype)
-        self._seanet = StreamingStack(parts.seanet_layers, max_streams, device, dtype)
+        self._seanet = self._seanet_stack(parts.seanet_layers, max_streams, device, dtype)
         self.tokens_per_frame = parts.upsample.conv.stride[0] if parts.upsample is not None else 1
         self.frame_samples = self.tokens_per_frame * math.prod(config.upsampling_ratios)
         """PCM samples produced per code frame (1920 for the real Mimi)."""
@@ -110,9 +119,27 @@ class MimiStreamDecoder:
         embeddings = self._codebooks.decode(codes)
         embeddings = self._upsample(embeddings, slots, fresh)
         hidden = self._transformer(embeddings.transpose(1, 2), slots, seen)
-        pcm = self._seanet(hidden.transpose(1, 2), slots, fresh)
+        if self._seanet.channels_last:  # (B, T, 1)
+            pcm = self._seanet(hidden, slots, fresh)[..., 0]
+        else:  # (B, 1, T)
+            pcm = self._seanet(hidden.transpose(1, 2), slots, fresh)[:, 0]
         self._seen[slots] = seen + embeddings.shape[-1]
-        return pcm[:, 0].float()
+        return pcm.float()
+
+    @staticmethod
+    def _seanet_stack(
+        layers: list, max_streams: int, device: torch.device, dtype: torch.dtype
+    ) -> StreamingStack | KernelSeanet:
+        """`KernelSeanet` where it is switched on, Triton runs and it takes these layers, else
+        `StreamingStack`."""
+        if mimi_stream_seanet.SEANET_KERNEL and triton_runs_on(device):
+            from serve_app.model.mimi_stream_seanet_kernel import KernelSeanet
+
+            try:
+                return KernelSeanet(layers, max_streams, device, dtype)
+            except ValueError as exc:
+                logger.info("streaming SEANet: %s; decoding through StreamingStack", exc)
+        return StreamingStack(layers, max_streams, device, dtype)
 
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.max_streams:

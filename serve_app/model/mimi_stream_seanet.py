@@ -19,6 +19,11 @@ import torch
 from torch import nn
 from transformers.models.mimi.modeling_mimi import MimiConv1d, MimiConvTranspose1d, MimiResnetBlock
 
+SEANET_KERNEL = False
+"""Whether streaming Mimi decoders built from now on run the SEANet channels-last through one Triton
+kernel per conv (`mimi_stream_seanet_kernel.KernelSeanet`, where Triton runs and the layers allow)
+rather than `StreamingStack`; off until it is measured against it on a GPU."""
+
 _STATELESS = (nn.ELU, nn.Identity)
 """Pointwise modules that need no state and run unchanged."""
 
@@ -108,15 +113,36 @@ def dense_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return dense
 
 
-def window_taps(weight: torch.Tensor, stride: int, depthwise: bool) -> torch.Tensor:
+def window_taps(
+    weight: torch.Tensor, stride: int, depthwise: bool, channels_last: bool = False
+) -> torch.Tensor:
     """A transposed conv's weight (C_in, C_out, b * stride) arranged for `transposed_conv_blocks`:
-    window entry i (the input b - 1 - i strides back) meets taps block b - 1 - i."""
+    window entry i (the input b - 1 - i strides back) meets taps block b - 1 - i. Dense columns are
+    channel-major (co * stride + t), or with `channels_last` sample-major (t * C_out + co), so that
+    a block's output rows lie channels-last."""
     c_in, c_out, kernel = weight.shape
     blocks = kernel // stride
     if depthwise:
         return weight[:, 0].reshape(c_in, blocks, stride).flip(1).contiguous()
     per_block = weight.reshape(c_in, c_out, blocks, stride).permute(2, 0, 1, 3)  # (b, C_in, C_out, s)
+    if channels_last:
+        per_block = per_block.transpose(2, 3)  # (b, C_in, s, C_out)
     return per_block.flip(0).reshape(blocks * c_in, c_out * stride).contiguous()
+
+
+def transposed_conv_blocks_of(layer: MimiConvTranspose1d) -> tuple[int, int]:
+    """(stride, blocks) of a transposed conv that streams as whole output blocks; raises ValueError
+    for the ones that cannot: not causal with trim_right_ratio 1 (other ratios drop samples at the
+    start and would shift every chunk boundary), padded or dilated, or a kernel of part strides."""
+    conv = layer.conv
+    if not layer.causal or layer.padding_left != 0:
+        raise ValueError("streaming needs causal transposed convs with trim_right_ratio=1.0")
+    if conv.padding[0] != 0 or conv.output_padding[0] != 0 or conv.dilation[0] != 1:
+        raise ValueError("unexpected padding/dilation on a MimiConvTranspose1d")
+    stride, kernel = conv.stride[0], conv.kernel_size[0]
+    if kernel < stride or kernel % stride:
+        raise ValueError(f"streaming needs a kernel of whole strides (kernel {kernel}, stride {stride})")
+    return stride, kernel // stride
 
 
 class StreamingConvTranspose1d:
@@ -126,27 +152,17 @@ class StreamingConvTranspose1d:
     and exactly those are final once the T-th input is in. Output block l sums inputs l - b + 1 .. l
     (b = kernel / stride), so the state is the last b - 1 inputs and each chunk's blocks are computed
     whole from them (`transposed_conv_blocks`; grouped convs other than depthwise as the dense one).
-    Other trim ratios drop samples at the start and would shift every chunk boundary; kernels of
-    part strides (none in Mimi) are refused.
+    `transposed_conv_blocks_of` says which layers cannot stream so (none in Mimi).
     """
 
     def __init__(
         self, layer: MimiConvTranspose1d, max_streams: int, device: torch.device, dtype: torch.dtype
     ):
         conv = layer.conv
-        if not layer.causal or layer.padding_left != 0:
-            raise ValueError("streaming needs causal transposed convs with trim_right_ratio=1.0")
-        if conv.padding[0] != 0 or conv.output_padding[0] != 0 or conv.dilation[0] != 1:
-            raise ValueError("unexpected padding/dilation on a MimiConvTranspose1d")
         self.conv = conv
-        self.stride = conv.stride[0]
-        kernel = conv.kernel_size[0]
-        if kernel < self.stride or kernel % self.stride:
-            raise ValueError(
-                f"streaming needs a kernel of whole strides (kernel {kernel}, stride {self.stride})"
-            )
+        self.stride, blocks = transposed_conv_blocks_of(layer)
         self.depthwise = conv.groups == conv.in_channels and conv.out_channels == conv.groups
-        self.history = kernel // self.stride - 1
+        self.history = blocks - 1
         with torch.no_grad():
             weight = conv.weight if self.depthwise else dense_weight(conv.weight, conv.groups)
             self.taps = window_taps(weight, self.stride, self.depthwise)
@@ -183,8 +199,11 @@ def _stateless(module: nn.Module) -> StreamOp:
 class StreamingStack:
     """A sequence of Mimi conv layers (the SEANet decoder, or the frame-rate upsample) made streaming.
 
-    `stateful` lists every op with per-slot state so `reset(slots)` can clear them all.
+    `stateful` lists every op with per-slot state so `reset(slots)` can clear them all. Its
+    activations are (B, C, T), as transformers lays them out.
     """
+
+    channels_last = False
 
     def __init__(self, layers: list[nn.Module], max_streams: int, device: torch.device, dtype: torch.dtype):
         self._args = (max_streams, device, dtype)

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+
+import torch
 
 
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    """Whether Triton kernels can run for tensors on `device`: compiled on CUDA, or on CPU under
+    Triton's interpreter (`TRITON_INTERPRET=1`, as the tests run them)."""
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    return triton_available() and (device.type == "cuda" or interpreted)
 
 
 MIN_FUSED_HEAD_DIM = 32
