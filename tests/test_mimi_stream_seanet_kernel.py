@@ -40,6 +40,7 @@ def kernel_seanet(monkeypatch):
         (1, 1, 4, 8, 5, True, True, True),  # its 1x1 conv, adding the shortcut
         (3, 2, 8, 4, 2, True, False, False),  # dilated, a chunk shorter than the context
         (7, 1, 40, 1, 70, False, True, False),  # the last conv: one output channel, two row tiles
+        (2, 1, 16, 144, 3, True, True, True),  # wide: shorter row tiles, two column tiles
     ],
 )
 def test_stream_conv_is_the_conv_over_the_stored_rows_and_the_new_ones(

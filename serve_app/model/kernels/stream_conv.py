@@ -39,7 +39,6 @@ def _stream_conv_kernel(
     out_ptr,  # (B, T, N)
     rows_total,
     length,
-    c_in,
     n,
     k_total,
     context,
@@ -52,6 +51,7 @@ def _stream_conv_kernel(
     o_sb,
     o_st,
     alpha,
+    C_IN: tl.constexpr,  # a constant: the window's (tap, channel) split divides by it
     DILATION: tl.constexpr,
     ELU_IN: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -73,8 +73,8 @@ def _stream_conv_kernel(
     for k0 in range(0, k_total, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         k_ok = kk < k_total
-        tap = kk // c_in
-        channel = kk % c_in
+        tap = kk // C_IN
+        channel = kk % C_IN
         r = t[:, None] + tap[None, :] * DILATION  # row of the context-then-x sequence
         ok = row_ok[:, None] & k_ok[None, :]
         from_state = r < context
@@ -139,7 +139,9 @@ def stream_conv(
     state_view = state if state.numel() else x  # a conv without context never reads it
     res = residual if residual is not None else out
     block_n = max(16, min(128, triton.next_power_of_2(n)))
-    block_m = 64
+    # Narrow outputs (the full-rate convs: many rows, few channels) take taller tiles, so each
+    # program loads the weight once for more rows.
+    block_m = 128 if n <= 64 else 64
     grid = (triton.cdiv(batch * length, block_m), triton.cdiv(n, block_n))
     _stream_conv_kernel[grid](
         x,
@@ -151,7 +153,6 @@ def stream_conv(
         out,
         batch * length,
         length,
-        c_in,
         n,
         k_total,
         context,
@@ -164,6 +165,7 @@ def stream_conv(
         out.stride(0),
         out.stride(1),
         float(elu_alpha if elu_alpha is not None else 1.0),
+        C_IN=c_in,
         DILATION=dilation,
         ELU_IN=elu_alpha is not None,
         HAS_BIAS=bias is not None,
