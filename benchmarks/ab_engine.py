@@ -1,15 +1,20 @@
-"""A/B of the engine between code trees, on one machine, runs alternating.
+"""A/B of the engine on one machine, runs alternating: between code trees, or between settings.
 
 Two machines of the same kind can differ by a fifth in host speed (the loop's host time, the
 transformers port's compiled frame), so a change is measured against the code before it in the same
-call: each tree's `bench_engine.py` runs in a fresh process from that tree, in turns (A, B, A, B,
-...), and the summary lists every run's figures side by side.
+call: each arm's `bench_engine.py` runs in a fresh process, in turns (A, B, A, B, ...), and the
+summary lists every run's figures side by side. An arm is a code tree (`run`) or a set of
+`bench_engine.py` arguments on this tree (`flags`, for a switch such as `--mimi-seanet`). The summary
+is rewritten after every run, so a call cut short keeps the runs that finished.
 
     # here, with git: one tree per revision (untracked, ignored by .gitignore's `.ab/`; pass it in `carry`)
     python benchmarks/ab_engine.py export main seanet-channels-last
     # on the GPU machine: the trees in turns, then the summary
     python benchmarks/ab_engine.py run --repeats 2 -- --max-slots 256 --streams 64,128,256 \\
         --churn 128,256 --skip correctness,ttfa,burst,prefill,bs1,hf
+    # or two settings of this tree
+    python benchmarks/ab_engine.py flags --arm stack="--mimi-seanet stack" --arm kernel="--mimi-seanet kernel" \\
+        --repeats 2 -- --max-slots 256 --streams 128,256 --churn 128,256 --skip correctness,ttfa,burst,prefill,bs1,hf,step
 
 Writes `<date>-<gpu>-ab.json` (and each run's own results under `ab/`) to $OUT, else benchmarks/results.
 """
@@ -21,9 +26,11 @@ import datetime as dt
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,32 @@ TREES = ROOT / ".ab"
 
 TREE_PATHS = ("serve_app", "benchmarks", "pyproject.toml")
 """What a tree needs to run `bench_engine.py` (its helpers and the package it measures)."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One side of the A/B: the tree `bench_engine.py` runs from, and arguments of its own."""
+
+    name: str
+    tree: Path
+    args: tuple[str, ...] = ()
+
+
+def tree_arms(trees: list[Path]) -> list[Arm]:
+    return [Arm(tree.name, tree) for tree in trees]
+
+
+def flag_arms(specs: list[str]) -> list[Arm]:
+    """`name=ARGS` specs (ARGS as a shell would split them) as arms on this tree."""
+    arms = []
+    for spec in specs:
+        name, sep, args = spec.partition("=")
+        if not sep or not name:
+            raise ValueError(f"an arm is NAME=ARGS, got {spec!r}")
+        arms.append(Arm(name, ROOT, tuple(shlex.split(args))))
+    if len({arm.name for arm in arms}) != len(arms):
+        raise ValueError("arm names must differ")
+    return arms
 
 
 def export(revisions: list[str]) -> list[Path]:
@@ -78,30 +111,48 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, list[Any]]]:
-    """measure → tree → its values in run order (a tree missing a measure gets None there)."""
-    trees = list(dict.fromkeys(run["tree"] for run in runs))
+    """measure → arm → its values in run order (an arm missing a measure gets None there)."""
+    arms = list(dict.fromkeys(run["arm"] for run in runs))
     measures = list(dict.fromkeys(key for run in runs for key in run["figures"]))
     return {
-        measure: {tree: [r["figures"].get(measure) for r in runs if r["tree"] == tree] for tree in trees}
+        measure: {arm: [r["figures"].get(measure) for r in runs if r["arm"] == arm] for arm in arms}
         for measure in measures
     }
 
 
-def run(trees: list[Path], repeats: int, bench_args: list[str], out_dir: Path, timeout_s: float) -> Path:
-    """Each tree's `bench_engine.py bench_args` in turns, `repeats` rounds; the summary's path."""
+def run(arms: list[Arm], repeats: int, bench_args: list[str], out_dir: Path, timeout_s: float) -> Path:
+    """Each arm's `bench_engine.py bench_args ARM_ARGS` in turns, `repeats` rounds; the summary's
+    path (rewritten after every run)."""
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    path = (
+        out_dir
+        / f"{dt.date.today().isoformat()}-{re.sub(r'[^a-z0-9]+', '-', gpu.lower()).strip('-')}-ab.json"
+    )
     runs: list[dict[str, Any]] = []
     for round_ in range(repeats):
-        for tree in trees:
-            run_dir = out_dir / "ab" / f"{tree.name}-{round_}"
+        for arm in arms:
+            run_dir = out_dir / "ab" / f"{arm.name}-{round_}"
             run_dir.mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, "benchmarks/bench_engine.py", "--out", str(run_dir), *bench_args]
-            env = {**os.environ, "PYTHONPATH": str(tree)}
+            command = [
+                sys.executable,
+                "benchmarks/bench_engine.py",
+                "--out",
+                str(run_dir),
+                *bench_args,
+                *arm.args,
+            ]
+            env = {**os.environ, "PYTHONPATH": str(arm.tree)}
             try:
                 proc = subprocess.run(
-                    command, check=False, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout_s
+                    command,
+                    check=False,
+                    cwd=arm.tree,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout_s,
                 )
                 code, log = proc.returncode, proc.stdout + proc.stderr
             except subprocess.TimeoutExpired as exc:  # its output may be bytes even with text=True
@@ -111,12 +162,12 @@ def run(trees: list[Path], repeats: int, bench_args: list[str], out_dir: Path, t
             (run_dir / "bench.log").write_text(log)
             results = sorted(run_dir.glob("*.json"))
             result = json.loads(results[0].read_text()) if results else {}
+            revision = arm.tree / "REVISION"
             runs.append(
                 {
-                    "tree": tree.name,
-                    "revision": (tree / "REVISION").read_text().strip()
-                    if (tree / "REVISION").exists()
-                    else None,
+                    "arm": arm.name,
+                    "args": list(arm.args),
+                    "revision": revision.read_text().strip() if revision.exists() else None,
                     "round": round_,
                     "exit": code,
                     "date": result.get("date"),
@@ -124,23 +175,25 @@ def run(trees: list[Path], repeats: int, bench_args: list[str], out_dir: Path, t
                 }
             )
             print("run", json.dumps(runs[-1]), flush=True)
-    tag = re.sub(r"\W+", "-", gpu).lower()
-    path = out_dir / f"{dt.date.today().isoformat()}-{tag}-ab.json"
+            write_summary(path, gpu, runs)
+    print("wrote", path, flush=True)
+    return path
+
+
+def write_summary(path: Path, gpu: str, runs: list[dict[str, Any]]) -> None:
     path.write_text(
         json.dumps(
             {
                 "benchmark": "csm-engine A/B",
                 "device": gpu,
-                "command": "python benchmarks/ab_engine.py " + " ".join(sys.argv[1:]),
-                "note": "each tree's bench_engine.py in a fresh process, trees in turns; values in run order",
+                "command": "python benchmarks/ab_engine.py " + shlex.join(sys.argv[1:]),
+                "note": "each arm's bench_engine.py in a fresh process, arms in turns; values in run order",
                 "summary": summary(runs),
                 "runs": runs,
             },
             indent=1,
         )
     )
-    print("wrote", path, flush=True)
-    return path
 
 
 def main() -> None:
@@ -149,28 +202,37 @@ def main() -> None:
     ex = sub.add_parser("export", help="one tree per git revision under .ab/")
     ex.add_argument("revisions", nargs="+")
     rn = sub.add_parser("run", help="bench_engine.py from each tree under .ab/, in turns")
-    rn.add_argument("--repeats", type=int, default=2)
-    rn.add_argument("--timeout-s", type=float, default=300, help="per run")
     rn.add_argument(
         "--reverse",
         action="store_true",
         help="trees in reverse order (a second call then balances the first)",
     )
-    rn.add_argument("bench_args", nargs=argparse.REMAINDER, help="after --: bench_engine.py's arguments")
+    fl = sub.add_parser("flags", help="bench_engine.py from this tree with each arm's arguments, in turns")
+    fl.add_argument("--arm", action="append", required=True, help='NAME="ARGS" (repeat: two or more)')
+    for parser in (rn, fl):
+        parser.add_argument("--repeats", type=int, default=2)
+        parser.add_argument("--timeout-s", type=float, default=300, help="per run")
+        parser.add_argument(
+            "bench_args", nargs=argparse.REMAINDER, help="after --: bench_engine.py's arguments"
+        )
     args = p.parse_args()
     if args.command == "export":
         export(args.revisions)
         return
-    trees = (
-        sorted((path for path in TREES.iterdir() if path.is_dir()), reverse=args.reverse)
-        if TREES.is_dir()
-        else []
-    )
-    if not trees:
-        sys.exit("no trees under .ab/: run `ab_engine.py export REV ...` first (and carry .ab)")
+    if args.command == "flags":
+        arms = flag_arms(args.arm)
+    else:
+        trees = (
+            sorted((path for path in TREES.iterdir() if path.is_dir()), reverse=args.reverse)
+            if TREES.is_dir()
+            else []
+        )
+        if not trees:
+            sys.exit("no trees under .ab/: run `ab_engine.py export REV ...` first (and carry .ab)")
+        arms = tree_arms(trees)
     bench_args = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
     out_dir = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results")
-    run(trees, args.repeats, bench_args, out_dir, args.timeout_s)
+    run(arms, args.repeats, bench_args, out_dir, args.timeout_s)
 
 
 if __name__ == "__main__":
