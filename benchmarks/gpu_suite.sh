@@ -18,7 +18,7 @@
 #   HOLD_S=n: keep the server up n s after the load, watched by the health monitor;
 #   PYSPY_S=n (PYSPY_AT_S=m): py-spy records each ingress replica and the model replica for n s, m s
 #   into the load (raw samples, pyspy-<deployment>-<pid>.txt; where py-spy is installed);
-#   ARCHIVE=file.tgz: pack OUT_DIR into one file at the end.
+#   ARCHIVE=file.tgz: pack OUT_DIR into one file after every part (a run cut short keeps what finished).
 #
 # Results land in OUT_DIR as <date>-<gpu>.json (engine, with "http"), <date>-<gpu>-http.json,
 # -ws.json, the plots, and the logs of every part.
@@ -40,7 +40,13 @@ ENGINE_JSON="$OUT/$DATE-$TAG.json"
 PORT=${PORT:-8000}
 URL="http://127.0.0.1:$PORT"
 KEY=bench-$RANDOM$RANDOM
-status() { echo "== $1: $2" | tee -a "$OUT/suite-status.txt"; }
+# ARCHIVE=file.tgz: the whole output directory packed into one file as well (for transports that
+# bring back a handful of files), again after every part, so a run cut short keeps what finished.
+pack() {
+  [ -n "${ARCHIVE:-}" ] || return 0
+  tar czf "$ARCHIVE.part" -C "$(dirname "$OUT")" "$(basename "$OUT")" && mv "$ARCHIVE.part" "$ARCHIVE"
+}
+status() { echo "== $1: $2" | tee -a "$OUT/suite-status.txt"; pack; }
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 
 if has tests; then
@@ -218,8 +224,6 @@ if has http || has ws; then
   stop_server
 fi
 cat "$OUT/suite-status.txt"
-# ARCHIVE=file.tgz: the whole output directory packed into one file as well (for transports that
-# bring back a handful of files).
 if [ -n "${ARCHIVE:-}" ]; then
-  tar czf "$ARCHIVE" -C "$(dirname "$OUT")" "$(basename "$OUT")" && echo "packed $OUT into $ARCHIVE"
+  pack && echo "packed $OUT into $ARCHIVE"
 fi
