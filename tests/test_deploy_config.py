@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PROD = ROOT / "serve_config.yaml"
 LOCAL = ROOT / "configs/serve/local.yaml"
 KUBERAY = ROOT / "configs/kuberay/rayservice.yaml"
+REPLICA_READY_S = 60.0
+"""The time a new model replica may take to become ready (the service's target): what a draining
+node waits for before its replicas stop."""
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -196,6 +199,13 @@ def test_rayservice_matches_serve_config() -> None:
     assert claim_at(env["TRITON_CACHE_DIR"]) == "csm-kernel-cache" in claims
     assert pod["securityContext"]["fsGroup"] == 1000
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", "no ingress on the head"
+
+    # A deleted GPU pod drains (Ray's SIGTERM drain) long enough for a replacement replica to start
+    # and for its replicas' streams to finish, and Kubernetes waits out that drain before its SIGKILL.
+    drain_s = float(env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"])
+    longest = max(d.get("graceful_shutdown_timeout_s", 20.0) for d in _app(_load(PROD))["deployments"])
+    assert drain_s >= longest + REPLICA_READY_S
+    assert pod["terminationGracePeriodSeconds"] > drain_s
 
 
 def _dockerignored(path: str, patterns: list[str]) -> bool:
