@@ -60,3 +60,9 @@ def random_mimi(config: MimiConfig, seed: int = 0) -> MimiModel:
 def random_codes(batch: int, frames: int, config: MimiConfig, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, config.codebook_size, (batch, config.num_quantizers, frames), generator=generator)
+
+
+def full_decode(mimi: MimiModel, codes: torch.Tensor) -> torch.Tensor:
+    """transformers' whole-sequence decode of codes (B, K, T): the reference every stream must equal."""
+    with torch.no_grad():
+        return mimi.decode(codes)[0][:, 0]

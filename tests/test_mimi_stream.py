@@ -11,7 +11,7 @@ from transformers import MimiConfig, MimiModel
 from serve_app.model.mimi_layout import decoder_parts
 from serve_app.model.mimi_stream import MimiStreamDecoder
 from serve_app.model.mimi_stream_seanet import StreamingConvTranspose1d
-from tests.support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
+from tests.support_mimi_stream import full_decode, random_codes, random_mimi, tiny_mimi_config
 
 FRAMES = 12  # 24 transformer tokens, four times the tiny sliding window of 6
 ATOL, RTOL = 1e-4, 1e-5
@@ -21,10 +21,6 @@ ATOL, RTOL = 1e-4, 1e-5
 def mimi():
     return random_mimi(tiny_mimi_config())
 
-
-def full_decode(mimi, codes: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return mimi.decode(codes)[0][:, 0]
 
 
 def stream_decode(decoder: MimiStreamDecoder, codes: torch.Tensor, chunks: list[int], slot: int = 0):

@@ -19,7 +19,7 @@ from serve_app.model.mimi_layout import decoder_parts
 from serve_app.model.mimi_stream import MimiStreamDecoder
 from serve_app.model.mimi_stream_seanet import StreamingStack, window_taps
 from serve_app.model.mimi_stream_seanet_kernel import KernelSeanet
-from tests.support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
+from tests.support_mimi_stream import full_decode, random_codes, random_mimi, tiny_mimi_config
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 pytestmark = [pytest.mark.usefixtures("one_thread"), *([pytest.mark.gpu] if DEVICE.type == "cuda" else [])]
@@ -92,11 +92,6 @@ def test_stream_conv_refuses_a_state_of_the_wrong_width() -> None:
             torch.zeros(1, dtype=torch.long, device=DEVICE),
             torch.zeros(24, 4, device=DEVICE),
         )
-
-
-def full_decode(mimi: MimiModel, codes: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return mimi.decode(codes)[0][:, 0]
 
 
 @pytest.mark.parametrize("schedule", [[1, 2, 3], [6]], ids=["1-2-3", "6"])
