@@ -714,6 +714,18 @@ def parse_args() -> argparse.Namespace:
         help="fused Triton projections up to this batch (default: the engine's default, every batch)",
     )
     p.add_argument(
+        "--depth-kernel-max-batch",
+        type=int,
+        default=None,
+        help="depth steps up to this batch run as one persistent Triton kernel (default: the engine's, none)",
+    )
+    p.add_argument(
+        "--depth-kernel-mode",
+        choices=("persistent", "phases"),
+        default=None,
+        help="that kernel in one launch with grid barriers, or one launch per phase (default: the kernel's)",
+    )
+    p.add_argument(
         "--in-kernel-split-k-rows",
         type=int,
         default=None,
@@ -772,8 +784,10 @@ def parse_args() -> argparse.Namespace:
 def set_kernel_options(args: argparse.Namespace) -> dict[str, Any]:
     """Process-wide kernel settings from the command line (before the engine captures its graphs);
     returns the settings in force, for the results."""
-    from serve_app.model.kernels import fused_linear, pdl, sampling
+    from serve_app.model.kernels import depth_layers, fused_linear, pdl, sampling
 
+    if args.depth_kernel_mode is not None:
+        depth_layers.MODE = args.depth_kernel_mode
     if args.in_kernel_split_k_rows is not None:
         fused_linear.IN_KERNEL_REDUCE_MAX_ROWS = args.in_kernel_split_k_rows
     if args.sampler_warps is not None:
@@ -787,6 +801,7 @@ def set_kernel_options(args: argparse.Namespace) -> dict[str, Any]:
         "sampler_warps": sampling.NUM_WARPS,
         "pdl": pdl.MODE,
         "tma_min_rows": fused_linear.TMA_MIN_ROWS,
+        "depth_kernel_mode": depth_layers.MODE,
     }
 
 
@@ -799,6 +814,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         options["fused_linear_max_batch"] = args.fused_linear_max_batch
     if args.chunk_frames is not None:
         options["chunk_frames"] = args.chunk_frames
+    if args.depth_kernel_max_batch is not None:
+        options["depth_kernel_max_batch"] = args.depth_kernel_max_batch
     return options
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from serve_app.model.fast_step import FastStep
+from serve_app.model.kernels import counters
 from serve_app.model.kernels.decode_attention import launch
 from tests import support_engine as se
 
@@ -101,7 +102,7 @@ def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
     monkeypatch.setattr(module, "TMA_MIN_ROWS", 1 if tma else None)
     ready, launches = module._tma_ready, []
     monkeypatch.setattr(module, "_tma_ready", lambda *a: launches.append(ready(*a)) or launches[-1])
-    module._TILE_LOCKS.clear()
+    counters._COUNTERS.clear()
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen)
@@ -170,9 +171,9 @@ def test_each_batch_takes_the_tiles_of_the_smallest_class_that_holds_it() -> Non
 def test_a_step_with_fused_projections_makes_its_split_k_counters_before_any_capture() -> None:
     from serve_app.model.kernels import fused_linear as module
 
-    module._TILE_LOCKS.clear()
+    counters._COUNTERS.clear()
     FastStep(se.wide_head_model().to(DEVICE), 2048, fused_attention=True, linear_max_batch=4)
-    (locks,) = module._TILE_LOCKS.values()
+    (locks,) = counters._COUNTERS.values()
     assert locks is module.tile_locks(DEVICE) and not locks.any()  # "cuda" and "cuda:0" share them
 
 
@@ -192,7 +193,7 @@ def test_split_k_summed_in_kernel_replays_from_cuda_graphs_in_any_order(
     xs = [torch.randn(m, 512, generator=gen).to(DEVICE, torch.bfloat16) for m in (1, 2)]
     want = [module.fused_linear(x, w, g, None, 1e-5, False) for x in xs]
     with pytest.raises(RuntimeError, match="before a CUDA-graph capture"):
-        module._TILE_LOCKS.clear()
+        counters._COUNTERS.clear()
         with torch.cuda.graph(torch.cuda.CUDAGraph()):
             module.fused_linear(xs[0], w, g, None, 1e-5, False)
     module.reserve_tile_locks(DEVICE)

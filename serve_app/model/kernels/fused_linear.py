@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 
 from serve_app.model.kernels import pdl
+from serve_app.model.kernels.counters import device_counters
 from serve_app.model.kernels.pdl import enter
 
 try:
@@ -410,25 +411,10 @@ must exist before any CUDA graph that uses them is captured (`tile_locks`)."""
 MAX_TILES = 1 << 14
 """Output tiles of one split-K launch that sums in-kernel (at most 8192 / 16 at the CSM shapes)."""
 
-_TILE_LOCKS: dict[torch.device, torch.Tensor] = {}
-
-
 def tile_locks(device: torch.device) -> torch.Tensor:
     """The device's zeroed int32 counters, one per output tile, of the split-K launches that sum
-    in-kernel. Each launch leaves its counters zero, so launches that run one after another share
-    them; two such launches must not run at once on two streams (an engine runs its steps on one).
-
-    Made on first use, which must not be inside a CUDA-graph capture: the counters would then be
-    zeroed by that graph's first replay only, and other graphs replayed before it would read
-    whatever the memory held (`reserve_tile_locks` before capturing)."""
-    if device.type == "cuda" and device.index is None:  # one set per GPU, however it is named
-        device = torch.device("cuda", torch.cuda.current_device())
-    locks = _TILE_LOCKS.get(device)
-    if locks is None:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("split-K tile counters must be made before a CUDA-graph capture")
-        locks = _TILE_LOCKS[device] = torch.zeros(MAX_TILES, dtype=torch.int32, device=device)
-    return locks
+    in-kernel (`counters`: made before any CUDA-graph capture that uses them)."""
+    return device_counters("split-K tile", device, MAX_TILES)
 
 
 def reserve_tile_locks(device: torch.device) -> None:
