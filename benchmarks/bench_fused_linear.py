@@ -494,6 +494,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "all_wait": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "wait"},
     "all_early": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "early"},
     "cublas": {"linear_max_batch": 0},  # the fused attention, cuBLAS's matmuls
+    # the depth decoder's layers in one persistent launch (batches up to 16), or one launch a phase
+    "depth_kernel": {"depth_kernel_max_batch": 16},
+    "depth_kernel_8_warps": {"depth_kernel_max_batch": 16, "depth_warps": 8},
+    "depth_kernel_phases": {"depth_kernel_max_batch": 16, "depth_mode": "phases"},
 }
 """Kernel settings the `variants` section times, each against the shipped defaults."""
 
@@ -501,10 +505,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
 @contextlib.contextmanager
 def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) -> Iterator[None]:
     """Apply one `VARIANTS` setting to the kernel modules' switches, and restore them after."""
-    from serve_app.model.kernels import pdl
+    from serve_app.model.kernels import depth_layers, pdl
     from serve_app.model.kernels import sampling as ks
 
     saved = (fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE)
+    saved_depth = (depth_layers.MODE, depth_layers.NUM_WARPS)
     try:
         if setting.get("tiles") == "cold":
             if not cold_table:
@@ -514,9 +519,12 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
         fl.TMA_MIN_ROWS = setting.get("tma_rows", fl.TMA_MIN_ROWS)
         ks.NUM_WARPS = setting.get("sampler_warps", ks.NUM_WARPS)
         pdl.MODE = setting.get("pdl", pdl.MODE)
+        depth_layers.MODE = setting.get("depth_mode", depth_layers.MODE)
+        depth_layers.NUM_WARPS = setting.get("depth_warps", depth_layers.NUM_WARPS)
         yield
     finally:
         fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE = saved
+        depth_layers.MODE, depth_layers.NUM_WARPS = saved_depth
 
 
 @torch.inference_mode()
@@ -548,7 +556,13 @@ def variants(
             try:
                 with kernel_settings(setting, cold_table):
                     linear_max_batch = setting.get("linear_max_batch", 1 << 16)
-                    fast = FastStep(model, 2048, fused_attention=True, linear_max_batch=linear_max_batch)
+                    fast = FastStep(
+                        model,
+                        2048,
+                        fused_attention=True,
+                        linear_max_batch=linear_max_batch,
+                        depth_kernel_max_batch=setting.get("depth_kernel_max_batch", 0),
+                    )
                     frame = functools.partial(decode_frame, fast, embeds, positions, kv_len, sampling)
                     row[f"{name}_ms"] = round(graph_us(frame, 20) / 1000, 3)
                     codes[name] = frame().clone()

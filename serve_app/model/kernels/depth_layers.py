@@ -48,6 +48,11 @@ MODE = "persistent"
 """`persistent`: one launch a step, grid barriers between phases (CUDA only); `phases`: one launch
 per phase (Triton's interpreter always runs this way)."""
 
+NUM_WARPS = 4
+"""Warps per program. Compiled for sm_90 at CSM-1B's widths, the gate/up phase (two 16 x 64
+accumulators over 128-wide K tiles) takes every register at 4 warps and at 8, spilling some 500 to
+700 bytes (`tests/support_kernel_compile.py`); which is faster is for a GPU to say."""
+
 
 @triton.jit
 def _grid_barrier(sync_ptr, target):
@@ -507,7 +512,7 @@ def launch(
     persistent = MODE == "persistent" and x.device.type == "cuda"
     if programs is None:
         programs = torch.cuda.get_device_properties(x.device).multi_processor_count if x.device.type == "cuda" else 4
-    sync = barrier_counters(x.device) if persistent else out
+    sync = barrier_counters(x.device)
     phases = PHASES_PER_LAYER * n_layers + 1
     group = n_heads // n_kv_heads
     spans = [(0, phases)] if persistent else [(p, p + 1) for p in range(phases)]
@@ -521,7 +526,7 @@ def launch(
             GP=max(16, triton.next_power_of_2(group)), DH=head_dim, BLOCK_M=MAX_ROWS,
             BLOCK_N=32 if head_dim > 64 else 64, GRID_SYNC=persistent,
             PRECISION="ieee" if wqkv.dtype == torch.float32 else "tf32",
-            num_warps=4, num_stages=3, **plan, **pdl.launch_options(x.device),
+            num_warps=NUM_WARPS, num_stages=3, **plan, **pdl.launch_options(x.device),
         )
     return out
 
