@@ -11,8 +11,13 @@
 #            time to ready is recorded; the summary is merged into the engine results as "http";
 #            each server's stop ends with `ray stop --force` (every Ray process on the machine)
 #   ws       benchmarks/bench_ws.py against the same server (WebSocket text-in, long-form)
+#   kernels  the kernels still off until measured (not in the default parts): their gpu-marked tests,
+#            then the graphed decode step with and without the persistent depth kernel
+#            (bench_fused_linear.py variants) and the Mimi decode with and without the channels-last
+#            SEANet kernel (bench_mimi_stream.py); each under a timeout, since a kernel whose grid
+#            barrier never opened would hang rather than fail
 #
-#   bash benchmarks/gpu_suite.sh OUT_DIR [tests] [engine] [http] [ws]      (default: all four)
+#   bash benchmarks/gpu_suite.sh OUT_DIR [tests] [engine] [http] [ws] [kernels]  (default: the first four)
 #   SMOKE=1 bash benchmarks/gpu_suite.sh /tmp/suite                       (CPU, tiny model, small)
 #   VARIANT=name: http/ws results and logs named with it (e.g. INGRESS=proxy VARIANT=proxy);
 #   HOLD_S=n: keep the server up n s after the load, watched by the health monitor;
@@ -54,6 +59,22 @@ if has tests; then
   # collect there; the gpu-marked ones run regardless.
   $PY -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
   status tests "exit ${PIPESTATUS[0]}"
+fi
+
+if has kernels; then
+  timeout -s KILL "${KERNEL_TESTS_TIMEOUT_S:-420}" $PY -m pytest -q -m gpu -p no:cacheprovider \
+    tests/test_depth_layers_kernel.py tests/test_engine_kernels.py tests/test_window_attention.py \
+    tests/test_mimi_stream.py tests/test_mimi_stream_graphs.py tests/test_mimi_stream_seanet_kernel.py \
+    2>&1 | tee "$OUT/kernel-tests.log" | tail -15
+  status kernel-tests "exit ${PIPESTATUS[0]}"
+  OUT="$OUT" timeout -s KILL "${KERNEL_BENCH_TIMEOUT_S:-300}" $PY benchmarks/bench_fused_linear.py \
+    --skip cold,step,reduce,sampler,tiles --variant-batches 1,4,16 \
+    --variants shipped,depth_kernel,depth_kernel_8_warps,depth_kernel_phases 2>&1 | tee "$OUT/depth-kernel.log" | tail -8
+  status depth-kernel "exit ${PIPESTATUS[0]}"
+  OUT="$OUT" timeout -s KILL "${KERNEL_BENCH_TIMEOUT_S:-300}" $PY benchmarks/bench_mimi_stream.py --parts full-cuda \
+    --modes cuda-graphs --dtypes bfloat16 --batches 1,128,256 --frames 1,8 --seanet stack,kernel 2>&1 \
+    | tee "$OUT/seanet-kernel.log" | tail -8
+  status seanet-kernel "exit ${PIPESTATUS[0]}"
 fi
 
 if has engine; then
