@@ -498,6 +498,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "depth_kernel": {"depth_kernel_max_batch": 16},
     "depth_kernel_8_warps": {"depth_kernel_max_batch": 16, "depth_warps": 8},
     "depth_kernel_phases": {"depth_kernel_max_batch": 16, "depth_mode": "phases"},
+    # fewer, longer items (pipelined K loops) / more, narrower ones
+    "depth_kernel_fewer_splits": {
+        "depth_kernel_max_batch": 16,
+        "depth_plan": {"SPLIT_QKV": 2, "SPLIT_O": 2, "SPLIT_DOWN": 4},
+    },
+    "depth_kernel_narrow": {"depth_kernel_max_batch": 16, "depth_plan": {"BN_GU": 32, "BN_DOWN": 32}},
 }
 """Kernel settings the `variants` section times, each against the shipped defaults."""
 
@@ -509,7 +515,7 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
     from serve_app.model.kernels import sampling as ks
 
     saved = (fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE)
-    saved_depth = (depth_layers.MODE, depth_layers.NUM_WARPS)
+    saved_depth = (depth_layers.MODE, depth_layers.NUM_WARPS, depth_layers.PLAN_OVERRIDES)
     try:
         if setting.get("tiles") == "cold":
             if not cold_table:
@@ -521,10 +527,11 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
         pdl.MODE = setting.get("pdl", pdl.MODE)
         depth_layers.MODE = setting.get("depth_mode", depth_layers.MODE)
         depth_layers.NUM_WARPS = setting.get("depth_warps", depth_layers.NUM_WARPS)
+        depth_layers.PLAN_OVERRIDES = setting.get("depth_plan", depth_layers.PLAN_OVERRIDES)
         yield
     finally:
         fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE = saved
-        depth_layers.MODE, depth_layers.NUM_WARPS = saved_depth
+        depth_layers.MODE, depth_layers.NUM_WARPS, depth_layers.PLAN_OVERRIDES = saved_depth
 
 
 @torch.inference_mode()

@@ -102,6 +102,10 @@ def test_widths_the_kernel_cannot_tile_are_refused() -> None:
     assert not depth_layers.supports(64, 4, 2, 16, 128)  # heads below the attention's 32 dims
     assert not depth_layers.supports(120, 4, 2, 30, 128)  # no power-of-two K tile divides 120
     ours, _ = stacks(GROUPED, torch.float32)
+    x, positions = torch.zeros(1, GROUPED.dim, device=DEVICE), torch.zeros(1, dtype=torch.long, device=DEVICE)
+    for bad in ({**SPLITS, "SPLIT_QKV": 16}, {**SPLITS, "BN_GU": 48}):  # a split past K; not a power of two
+        with pytest.raises(ValueError, match="do not fit"):
+            run_kernel(ours, x, positions, plan=bad)
     rows = depth_layers.MAX_ROWS + 1
     with pytest.raises(ValueError, match="up to 16 rows"):
         run_kernel(ours, torch.zeros(rows, GROUPED.dim, device=DEVICE), torch.zeros(rows, dtype=torch.long, device=DEVICE))

@@ -446,6 +446,30 @@ def tiles(dim: int, q_dim: int, qkv_dim: int, ffn_dim: int) -> dict[str, int] | 
     return plan
 
 
+PLAN_OVERRIDES: dict[str, int] = {}
+"""Tiles and splits that replace `tiles`' (benchmark sweeps); `launch` checks that they fit."""
+
+
+def fits(plan: dict[str, int], dim: int, q_dim: int, qkv_dim: int, ffn_dim: int) -> bool:
+    """Whether every tile is a power of two >= 16 and every width divides into whole tiles and splits."""
+    k = plan["BLOCK_K"]
+    tiles_ok = all(
+        plan[name] >= 16 and plan[name] & (plan[name] - 1) == 0
+        for name in ("BLOCK_K", "BN_QKV", "BN_O", "BN_GU", "BN_DOWN")
+    )
+    return (
+        tiles_ok
+        and all(plan[name] >= 1 for name in ("SPLIT_QKV", "SPLIT_O", "SPLIT_DOWN"))
+        and qkv_dim % plan["BN_QKV"] == 0
+        and dim % plan["BN_O"] == 0
+        and ffn_dim % plan["BN_GU"] == 0
+        and dim % plan["BN_DOWN"] == 0
+        and dim % (plan["SPLIT_QKV"] * k) == 0
+        and q_dim % (plan["SPLIT_O"] * k) == 0
+        and ffn_dim % (plan["SPLIT_DOWN"] * k) == 0
+    )
+
+
 def supports(dim: int, n_heads: int, n_kv_heads: int, head_dim: int, ffn_dim: int) -> bool:
     """Whether the kernel runs a stack of these widths (heads as the fused attention needs them)."""
     q_dim = n_heads * head_dim
@@ -487,9 +511,11 @@ def launch(
     n_layers, n_qkv, _ = wqkv.shape
     head_dim, ffn_dim = k_stack.shape[-1], w2.shape[-1]
     q_dim = n_heads * head_dim
-    plan = plan or tiles(dim, q_dim, n_qkv, ffn_dim)
-    if plan is None or not supports(dim, n_heads, n_kv_heads, head_dim, ffn_dim):
+    if not supports(dim, n_heads, n_kv_heads, head_dim, ffn_dim):
         raise ValueError(f"the depth-layers kernel does not fit widths {dim}, {q_dim}, {n_qkv}, {ffn_dim}")
+    plan = plan or {**tiles(dim, q_dim, n_qkv, ffn_dim), **PLAN_OVERRIDES}  # type: ignore[dict-item]
+    if not fits(plan, dim, q_dim, n_qkv, ffn_dim):
+        raise ValueError(f"tiles {plan} do not fit widths {dim}, {q_dim}, {n_qkv}, {ffn_dim}")
     if b > MAX_ROWS:
         raise ValueError(f"the depth-layers kernel serves up to {MAX_ROWS} rows, got {b}")
     if x.stride(-1) != 1:
