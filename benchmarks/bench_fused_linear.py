@@ -498,6 +498,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "depth_kernel": {"depth_kernel_max_batch": 16},
     "depth_kernel_8_warps": {"depth_kernel_max_batch": 16, "depth_warps": 8},
     "depth_kernel_phases": {"depth_kernel_max_batch": 16, "depth_mode": "phases"},
+    "depth_kernel_no_prefetch": {"depth_kernel_max_batch": 16, "depth_prefetch": False},
     # fewer, longer items (pipelined K loops) / more, narrower ones
     "depth_kernel_fewer_splits": {
         "depth_kernel_max_batch": 16,
@@ -515,7 +516,7 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
     from serve_app.model.kernels import sampling as ks
 
     saved = (fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE)
-    saved_depth = (depth_layers.MODE, depth_layers.NUM_WARPS, depth_layers.PLAN_OVERRIDES)
+    saved_depth = (depth_layers.MODE, depth_layers.NUM_WARPS, depth_layers.PLAN_OVERRIDES, depth_layers.PREFETCH)
     try:
         if setting.get("tiles") == "cold":
             if not cold_table:
@@ -528,10 +529,11 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
         depth_layers.MODE = setting.get("depth_mode", depth_layers.MODE)
         depth_layers.NUM_WARPS = setting.get("depth_warps", depth_layers.NUM_WARPS)
         depth_layers.PLAN_OVERRIDES = setting.get("depth_plan", depth_layers.PLAN_OVERRIDES)
+        depth_layers.PREFETCH = setting.get("depth_prefetch", depth_layers.PREFETCH)
         yield
     finally:
         fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE = saved
-        depth_layers.MODE, depth_layers.NUM_WARPS, depth_layers.PLAN_OVERRIDES = saved_depth
+        depth_layers.MODE, depth_layers.NUM_WARPS, depth_layers.PLAN_OVERRIDES, depth_layers.PREFETCH = saved_depth
 
 
 @torch.inference_mode()

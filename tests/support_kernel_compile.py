@@ -5,7 +5,8 @@ Triton's CPU interpreter runs the kernels' arithmetic, but it accepts code the G
 makes is caught before it would run (`JITFunction.run`), and the kernel is compiled as that launch
 would compile it, through Triton's own compiler down to a cubin (PTX, then `ptxas`), for sm_90, as
 production launches it: every kernel waiting on its predecessor (programmatic dependent launch,
-`pdl.MODE = "wait"`), the depth kernel both with its grid barriers and phase by phase.
+`pdl.MODE = "wait"`), the depth kernel both with its grid barriers (and L2 prefetches) and phase
+by phase.
 
 Run as a script with `TRITON_INTERPRET` unset (the kernels must be JIT functions, not interpreted
 ones): prints one JSON list of launches, each with its kernel, whether it compiled (or the error),
@@ -192,8 +193,9 @@ def main() -> None:
     seen: set[str] = set()
     for kernel, bound, options in caught_launches(service_launches):
         variants = [{"PDL_WAIT": True}] if "PDL_WAIT" in kernel.arg_names else [{}]
-        if "GRID_SYNC" in kernel.arg_names:  # the persistent launch and the phase-by-phase one
-            variants = [{**v, "GRID_SYNC": sync} for v in variants for sync in (True, False)]
+        if "GRID_SYNC" in kernel.arg_names:  # the persistent launch (prefetching) and the phase-by-phase one
+            modes = ({"GRID_SYNC": True, "PREFETCH": True}, {"GRID_SYNC": False, "PREFETCH": False})
+            variants = [{**v, **mode} for v in variants for mode in modes]
         for overrides in variants:
             report = compile_launch(kernel, bound, options, overrides)
             key = json.dumps({k: report.get(k) for k in ("kernel", "constexprs", *_OPTIONS)}, sort_keys=True)

@@ -16,7 +16,9 @@ global memory), so a phase may read what any program wrote in the phase before. 
 5. `down`: split-K partial sums of act @ W2^T;
 
 and a last phase writes the output, h + the summed down partials (before the final norm, which
-rides with the codebook head). Partial sums are added in a fixed order: deterministic.
+rides with the codebook head). Partial sums are added in a fixed order: deterministic. A program
+that has counted itself in at a barrier asks L2 for the weights of its items of the next phase
+before it waits (`PREFETCH`), so they stream in while the slowest programs finish.
 
 The kernel also runs one phase per launch, without barriers (`MODE = "phases"`): Triton's
 interpreter runs a grid's programs one after another, where a barrier would never open, so the CPU
@@ -48,6 +50,11 @@ MODE = "persistent"
 """`persistent`: one launch a step, grid barriers between phases (CUDA only); `phases`: one launch
 per phase (Triton's interpreter always runs this way)."""
 
+PREFETCH = True
+"""In the persistent launch, each program asks L2 for the weights of its first item of the next
+phase between counting itself in at a barrier and waiting there (`_prefetch_l2`), so they stream in
+while the slowest programs finish."""
+
 NUM_WARPS = 4
 """Warps per program. Compiled for sm_90 at CSM-1B's widths, the gate/up phase (two 16 x 64
 accumulators over 128-wide K tiles) takes every register at 4 warps and at 8, spilling some 500 to
@@ -55,10 +62,15 @@ accumulators over 128-wide K tiles) takes every register at 4 warps and at 8, sp
 
 
 @triton.jit
-def _grid_barrier(sync_ptr, target):
-    """Count this program in, then wait until `target` programs have been counted."""
+def _grid_arrive(sync_ptr):
+    """Count this program in at the barrier (its stores of the phase released with it)."""
     tl.debug_barrier()  # every thread's stores of the phase are issued before the release
     tl.atomic_add(sync_ptr, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def _grid_wait(sync_ptr, target):
+    """Wait until `target` programs have been counted in."""
     while tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu") < target:
         pass
     tl.debug_barrier()
@@ -72,6 +84,74 @@ def _grid_exit(sync_ptr, programs):
     if tl.atomic_add(sync_ptr + 1, 1, sem="acq_rel", scope="gpu") == programs - 1:
         tl.atomic_xchg(sync_ptr, 0, sem="relaxed", scope="gpu")
         tl.atomic_xchg(sync_ptr + 1, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def _prefetch_l2(w_ptr, row0, ROWS: tl.constexpr, col0, COLS: tl.constexpr, ROW_LEN: tl.constexpr):
+    """Ask L2 for the (ROWS x COLS) block of a row-major bf16/fp32 matrix at (row0, col0), one
+    request per 128-byte line: a hint with no result, which lets the weights of a program's next
+    phase stream in while it waits at the barrier."""
+    size: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
+    PER_LINE: tl.constexpr = 128 // size
+    LINES: tl.constexpr = (COLS + PER_LINE - 1) // PER_LINE
+    rows = row0 + tl.arange(0, ROWS)
+    cols = col0 + tl.arange(0, LINES) * PER_LINE
+    lines = w_ptr + rows[:, None] * ROW_LEN + cols[None, :]
+    tl.inline_asm_elementwise(
+        "prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [lines], dtype=tl.int32, is_pure=False, pack=1
+    )
+
+
+@triton.jit
+def _prefetch_phase(
+    phase,
+    wqkv_ptr,
+    wo_ptr,
+    w13_ptr,
+    w2_ptr,
+    pid,
+    programs,
+    L: tl.constexpr,
+    D: tl.constexpr,
+    NQKV: tl.constexpr,
+    F: tl.constexpr,
+    QD: tl.constexpr,
+    BN_QKV: tl.constexpr,
+    SPLIT_QKV: tl.constexpr,
+    BN_O: tl.constexpr,
+    SPLIT_O: tl.constexpr,
+    BN_GU: tl.constexpr,
+    BN_DOWN: tl.constexpr,
+    SPLIT_DOWN: tl.constexpr,
+):
+    """Prefetch the weights of this program's items of `phase` (the split-K phases' items are
+    (column tile, K slice) blocks, the gate/up phase's its gate and up rows)."""
+    layer = phase // 5
+    kind = phase % 5
+    if layer < L:
+        if kind == 0:
+            span: tl.constexpr = D // SPLIT_QKV
+            for item in range(pid, (NQKV // BN_QKV) * SPLIT_QKV, programs):
+                tile = item % (NQKV // BN_QKV)
+                start = (item // (NQKV // BN_QKV)) * span
+                _prefetch_l2(wqkv_ptr + layer * NQKV * D, tile * BN_QKV, BN_QKV, start, span, D)
+        elif kind == 2:
+            span_o: tl.constexpr = QD // SPLIT_O
+            for item in range(pid, (D // BN_O) * SPLIT_O, programs):
+                tile = item % (D // BN_O)
+                start = (item // (D // BN_O)) * span_o
+                _prefetch_l2(wo_ptr + layer * D * QD, tile * BN_O, BN_O, start, span_o, QD)
+        elif kind == 3:
+            w = w13_ptr + layer * 2 * F * D
+            for item in range(pid, F // BN_GU, programs):
+                _prefetch_l2(w, item * BN_GU, BN_GU, 0, D, D)
+                _prefetch_l2(w, F + item * BN_GU, BN_GU, 0, D, D)
+        elif kind == 4:
+            span_d: tl.constexpr = F // SPLIT_DOWN
+            for item in range(pid, (D // BN_DOWN) * SPLIT_DOWN, programs):
+                tile = item % (D // BN_DOWN)
+                start = (item // (D // BN_DOWN)) * span_d
+                _prefetch_l2(w2_ptr + layer * D * F, tile * BN_DOWN, BN_DOWN, start, span_d, F)
 
 
 @triton.jit
@@ -359,6 +439,7 @@ def _depth_layers_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_N: tl.constexpr,
     GRID_SYNC: tl.constexpr,
+    PREFETCH: tl.constexpr,
     PRECISION: tl.constexpr,
     PDL_WAIT: tl.constexpr,
     PDL_EARLY: tl.constexpr,
@@ -402,7 +483,13 @@ def _depth_layers_kernel(
             )
         if GRID_SYNC:  # noqa: SIM102 - a constexpr test alone: no barrier is compiled without it
             if phase + 1 < last_phase:
-                _grid_barrier(sync_ptr, (phase + 1 - first_phase) * programs)
+                _grid_arrive(sync_ptr)
+                if PREFETCH:
+                    _prefetch_phase(
+                        phase + 1, wqkv_ptr, wo_ptr, w13_ptr, w2_ptr, pid, programs, L, D, NQKV, F, QD,
+                        BN_QKV, SPLIT_QKV, BN_O, SPLIT_O, BN_GU, BN_DOWN, SPLIT_DOWN,
+                    )
+                _grid_wait(sync_ptr, (phase + 1 - first_phase) * programs)
     if GRID_SYNC:
         _grid_exit(sync_ptr, programs)
 
@@ -550,7 +637,7 @@ def launch(
             eps, 1.0 / math.sqrt(head_dim),
             L=n_layers, D=dim, NQKV=n_qkv, F=ffn_dim, H=n_heads, HKV=n_kv_heads, GROUP=group,
             GP=max(16, triton.next_power_of_2(group)), DH=head_dim, BLOCK_M=MAX_ROWS,
-            BLOCK_N=32 if head_dim > 64 else 64, GRID_SYNC=persistent,
+            BLOCK_N=32 if head_dim > 64 else 64, GRID_SYNC=persistent, PREFETCH=persistent and PREFETCH,
             PRECISION="ieee" if wqkv.dtype == torch.float32 else "tf32",
             num_warps=NUM_WARPS, num_stages=3, **plan, **pdl.launch_options(x.device),
         )
