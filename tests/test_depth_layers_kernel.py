@@ -32,8 +32,11 @@ STEPS = ([0, 0, -1], [1, 1, 0], [2, -1, 1], [3, 2, 2])
 """Positions of three rows over four steps: one row joining late, one idle for a step."""
 
 
-def stacks(cfg: TransformerConfig, dtype: torch.dtype, n: int = 2, seed: int = 0) -> list[Transformer]:
-    """`n` stacks with the same random weights and fresh caches for three slots."""
+def stacks(
+    cfg: TransformerConfig, dtype: torch.dtype, n: int = 2, seed: int = 0, slots: int = 3
+) -> list[Transformer]:
+    """`n` stacks with the same random weights and fresh caches for `slots` slots (row b of a step
+    is slot b, so a step has at most `slots` rows)."""
     gen = torch.Generator().manual_seed(seed)
     first = Transformer(cfg, 8).eval().requires_grad_(False)
     for p in first.parameters():
@@ -43,9 +46,16 @@ def stacks(cfg: TransformerConfig, dtype: torch.dtype, n: int = 2, seed: int = 0
         stack = Transformer(cfg, 8).eval().requires_grad_(False)
         stack.load_state_dict(first.state_dict())
         stack = stack.to(DEVICE, dtype)
-        stack.setup_caches(3, dtype, DEVICE)
+        stack.setup_caches(slots, dtype, DEVICE)
         out.append(stack)
     return out
+
+
+def assert_near(got: torch.Tensor, want: torch.Tensor, rel: float) -> None:
+    """Within `rel` of `want` in norm: bf16 sums added in another order differ by a share of the
+    values' scale, not of each element (an element near zero may differ by more than itself)."""
+    error = (got.float() - want.float()).norm() / want.float().norm()
+    assert error <= rel, f"relative error {float(error):.3g} > {rel}"
 
 
 def run_kernel(stack: Transformer, x: torch.Tensor, positions: torch.Tensor, **options: object) -> torch.Tensor:
@@ -63,7 +73,7 @@ def run_kernel(stack: Transformer, x: torch.Tensor, positions: torch.Tensor, **o
 def test_kernel_equals_the_eager_layers_step_after_step(plan: dict[str, int] | None) -> None:
     ours, eager = stacks(GROUPED, torch.float32)
     gen = torch.Generator().manual_seed(1)
-    tol = 1e-5 if not CUDA else 2e-3  # the GPU's fp32 matmuls run on tf32 tensor cores
+    tol = 1e-5 if not CUDA else 2e-3  # compiled: other summation orders
     for pos in STEPS:
         positions = torch.tensor(pos, device=DEVICE)
         x = torch.randn(3, GROUPED.dim, generator=gen).to(DEVICE)
@@ -82,15 +92,18 @@ def test_kernel_equals_the_eager_layers_step_after_step(plan: dict[str, int] | N
 def test_bf16_kernel_rounds_where_the_fused_layer_kernels_round() -> None:
     ours, fused = stacks(GROUPED, torch.bfloat16)
     gen = torch.Generator().manual_seed(2)
-    tol = 0 if not CUDA else 2e-2  # the same sums in another order on a GPU
     for pos in STEPS:
         positions = torch.tensor(pos, device=DEVICE)
         x = torch.randn(3, GROUPED.dim, generator=gen).to(DEVICE, torch.bfloat16)
         got = run_kernel(ours, x, positions, plan=SPLITS)
         want = fused(x[:, None], positions[:, None], None, 8, FUSED, final_norm=False)[:, 0]
         live = positions >= 0
-        torch.testing.assert_close(got[live], want[live], rtol=tol, atol=tol)
-        torch.testing.assert_close(ours.k_stack[..., :8, :], fused.k_stack[..., :8, :], rtol=tol, atol=tol)
+        if CUDA:  # the same sums in other orders (the layer kernels' own splits and tiles)
+            assert_near(got[live], want[live], 2e-2)
+            assert_near(ours.k_stack[..., :8, :], fused.k_stack[..., :8, :], 2e-2)
+        else:  # the interpreter adds in the order written: the same bits
+            torch.testing.assert_close(got[live], want[live], rtol=0, atol=0)
+            torch.testing.assert_close(ours.k_stack[..., :8, :], fused.k_stack[..., :8, :], rtol=0, atol=0)
 
 
 def test_widths_the_kernel_cannot_tile_are_refused() -> None:
@@ -101,11 +114,14 @@ def test_widths_the_kernel_cannot_tile_are_refused() -> None:
     }
     assert not depth_layers.supports(64, 4, 2, 16, 128)  # heads below the attention's 32 dims
     assert not depth_layers.supports(120, 4, 2, 30, 128)  # no power-of-two K tile divides 120
-    ours, _ = stacks(GROUPED, torch.float32)
+    ours, _ = stacks(GROUPED, torch.float32, slots=depth_layers.MAX_ROWS + 1)
     x, positions = torch.zeros(1, GROUPED.dim, device=DEVICE), torch.zeros(1, dtype=torch.long, device=DEVICE)
     for bad in ({**SPLITS, "SPLIT_QKV": 16}, {**SPLITS, "BN_GU": 48}):  # a split past K; not a power of two
         with pytest.raises(ValueError, match="do not fit"):
             run_kernel(ours, x, positions, plan=bad)
+    few = stacks(GROUPED, torch.float32, n=1, slots=2)[0]
+    with pytest.raises(ValueError, match="caches of 2 slots"):
+        run_kernel(few, torch.zeros(3, GROUPED.dim, device=DEVICE), torch.zeros(3, dtype=torch.long, device=DEVICE))
     rows = depth_layers.MAX_ROWS + 1
     with pytest.raises(ValueError, match="up to 16 rows"):
         run_kernel(ours, torch.zeros(rows, GROUPED.dim, device=DEVICE), torch.zeros(rows, dtype=torch.long, device=DEVICE))
@@ -161,7 +177,7 @@ def test_persistent_launch_gives_the_phases_bits_and_replays_from_cuda_graphs(
     """CSM-1B's depth widths in bf16: the one-launch kernel with its grid barriers equals the
     kernel run phase by phase, eagerly and replayed from a CUDA graph, and leaves its counters zero."""
     cfg = TransformerConfig(dim=1024, n_layers=4, n_heads=8, n_kv_heads=2, intermediate_size=8192)
-    persistent, phased = stacks(cfg, torch.bfloat16)
+    persistent, phased = stacks(cfg, torch.bfloat16, slots=depth_layers.MAX_ROWS)
     gen = torch.Generator().manual_seed(5)
     xs = [torch.randn(b, cfg.dim, generator=gen).to(DEVICE, torch.bfloat16) for b in (1, 16)]
     depth_layers.barrier_counters(DEVICE)
@@ -188,7 +204,7 @@ def test_persistent_launch_gives_the_phases_bits_and_replays_from_cuda_graphs(
 @torch.inference_mode()
 def test_full_size_kernel_stays_within_bf16_of_the_layer_kernels() -> None:
     cfg = TransformerConfig(dim=1024, n_layers=4, n_heads=8, n_kv_heads=2, intermediate_size=8192)
-    ours, fused = stacks(cfg, torch.bfloat16)
+    ours, fused = stacks(cfg, torch.bfloat16, slots=4)
     gen = torch.Generator().manual_seed(6)
     for step in range(4):
         x = torch.randn(4, cfg.dim, generator=gen).to(DEVICE, torch.bfloat16)
@@ -196,4 +212,5 @@ def test_full_size_kernel_stays_within_bf16_of_the_layer_kernels() -> None:
         got = run_kernel(ours, x, positions)
         want = fused(x[:, None], positions[:, None], None, 8, FUSED, final_norm=False)[:, 0]
         live = positions >= 0
-        torch.testing.assert_close(got[live].float(), want[live].float(), rtol=2e-2, atol=2e-2)
+        assert_near(got[live], want[live], 2e-2)
+        assert_near(ours.k_stack, fused.k_stack, 2e-2)

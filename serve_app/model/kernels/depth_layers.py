@@ -605,6 +605,8 @@ def launch(
         raise ValueError(f"tiles {plan} do not fit widths {dim}, {q_dim}, {n_qkv}, {ffn_dim}")
     if b > MAX_ROWS:
         raise ValueError(f"the depth-layers kernel serves up to {MAX_ROWS} rows, got {b}")
+    if b > k_stack.shape[1]:
+        raise ValueError(f"{b} rows for caches of {k_stack.shape[1]} slots (row b is slot b)")
     if x.stride(-1) != 1:
         x = x.contiguous()
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
