@@ -51,14 +51,15 @@ MODE = "persistent"
 per phase (Triton's interpreter always runs this way)."""
 
 PREFETCH = True
-"""In the persistent launch, each program asks L2 for the weights of its first item of the next
-phase between counting itself in at a barrier and waiting there (`_prefetch_l2`), so they stream in
-while the slowest programs finish."""
+"""In the persistent launch, each program asks L2 for the weights of its items of the next phase
+between counting itself in at a barrier and waiting there (`_prefetch_l2`), so they stream in while
+the slowest programs finish."""
 
 NUM_WARPS = 4
 """Warps per program. Compiled for sm_90 at CSM-1B's widths, the gate/up phase (two 16 x 64
-accumulators over 128-wide K tiles) takes every register at 4 warps and at 8, spilling some 500 to
-700 bytes (`tests/support_kernel_compile.py`); which is faster is for a GPU to say."""
+accumulators over 128-wide K tiles) takes every register at 4 warps and at 8; the kernel spills some
+100 (Triton 3.9) to 700 bytes (3.6) (`tests/support_kernel_compile.py`). Which is faster is for a GPU
+to say."""
 
 
 @triton.jit
@@ -126,7 +127,7 @@ def _prefetch_phase(
 ):
     """Prefetch the weights of this program's items of `phase` (the split-K phases' items are
     (column tile, K slice) blocks, the gate/up phase's its gate and up rows)."""
-    layer = phase // 5
+    layer = phase // 5  # PHASES_PER_LAYER
     kind = phase % 5
     if layer < L:
         if kind == 0:
@@ -449,7 +450,7 @@ def _depth_layers_kernel(
     programs = tl.num_programs(0)
     QD: tl.constexpr = H * DH
     for phase in range(first_phase, last_phase):
-        layer = phase // 5
+        layer = phase // 5  # PHASES_PER_LAYER
         kind = phase % 5
         if kind == 0:
             if layer < L:
