@@ -11,13 +11,15 @@
 #            time to ready is recorded; the summary is merged into the engine results as "http";
 #            each server's stop ends with `ray stop --force` (every Ray process on the machine)
 #   ws       benchmarks/bench_ws.py against the same server (WebSocket text-in, long-form)
-#   kernels  the kernels still off until measured (not in the default parts): their gpu-marked tests,
-#            then the graphed decode step with and without the persistent depth kernel
+#   kernel-tests  the gpu-marked tests of the kernels still off until measured (not a default part)
+#   kernel-bench  the graphed decode step with and without the persistent depth kernel
 #            (bench_fused_linear.py variants) and the Mimi decode with and without the channels-last
-#            SEANet kernel (bench_mimi_stream.py); each under a timeout, since a kernel whose grid
-#            barrier never opened would hang rather than fail
+#            SEANet kernel (bench_mimi_stream.py) (not a default part)
+#            Each of the two runs under a timeout, since a kernel whose grid barrier never opened would
+#            hang rather than fail.
 #
-#   bash benchmarks/gpu_suite.sh OUT_DIR [tests] [engine] [http] [ws] [kernels]  (default: the first four)
+#   bash benchmarks/gpu_suite.sh OUT_DIR [tests] [engine] [http] [ws] [kernel-tests] [kernel-bench]
+#   (default: the first four)
 #   SMOKE=1 bash benchmarks/gpu_suite.sh /tmp/suite                       (CPU, tiny model, small)
 #   VARIANT=name: http/ws results and logs named with it (e.g. INGRESS=proxy VARIANT=proxy);
 #   HOLD_S=n: keep the server up n s after the load, watched by the health monitor;
@@ -61,17 +63,21 @@ if has tests; then
   status tests "exit ${PIPESTATUS[0]}"
 fi
 
-if has kernels; then
+if has kernel-tests; then
   timeout -s KILL "${KERNEL_TESTS_TIMEOUT_S:-420}" $PY -m pytest -q -m gpu -p no:cacheprovider \
     tests/test_depth_layers_kernel.py tests/test_engine_kernels.py tests/test_window_attention.py \
     tests/test_mimi_stream.py tests/test_mimi_stream_graphs.py tests/test_mimi_stream_seanet_kernel.py \
     2>&1 | tee "$OUT/kernel-tests.log" | tail -15
   status kernel-tests "exit ${PIPESTATUS[0]}"
-  OUT="$OUT" timeout -s KILL "${KERNEL_BENCH_TIMEOUT_S:-300}" $PY benchmarks/bench_fused_linear.py \
+fi
+
+if has kernel-bench; then
+  # the two together under a device call's 10 minutes
+  OUT="$OUT" timeout -s KILL "${DEPTH_BENCH_TIMEOUT_S:-330}" $PY benchmarks/bench_fused_linear.py \
     --skip cold,step,reduce,sampler,tiles --variant-batches 1,4,16 \
     --variants shipped,depth_kernel,depth_kernel_8_warps,depth_kernel_phases,depth_kernel_no_prefetch,depth_kernel_fewer_splits,depth_kernel_narrow 2>&1 | tee "$OUT/depth-kernel.log" | tail -8
   status depth-kernel "exit ${PIPESTATUS[0]}"
-  OUT="$OUT" timeout -s KILL "${KERNEL_BENCH_TIMEOUT_S:-300}" $PY benchmarks/bench_mimi_stream.py --parts full-cuda \
+  OUT="$OUT" timeout -s KILL "${SEANET_BENCH_TIMEOUT_S:-240}" $PY benchmarks/bench_mimi_stream.py --parts full-cuda \
     --modes cuda-graphs --dtypes bfloat16 --batches 1,128,256 --frames 1,8 --seanet stack,kernel 2>&1 \
     | tee "$OUT/seanet-kernel.log" | tail -8
   status seanet-kernel "exit ${PIPESTATUS[0]}"
