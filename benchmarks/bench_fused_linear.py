@@ -15,6 +15,9 @@ Sections (written to the JSON as each finishes):
               together overflow L2), not replayed from L2 as in `tiles`: the shipped tile with
               pointer loads and with TMA loads, the sweep's tiles with the loads of `--cold-loads`,
               and cuBLAS's matmul alone; the kernels compile first in parallel worker processes
+  depth_phases  the persistent depth kernel's own clock (`depth_layers` `times`): microseconds per
+              phase (QKV, attention, output projection, gate/up, down, each with its barrier) per
+              batch, summed over the layers, against the launch's time from CUDA events
   variants    the whole decode step per batch under each kernel setting (the shipped tiles or the
               cold sweep's, split-K sums in-kernel, sampler warps, programmatic dependent launch,
               TMA loads, cuBLAS's matmuls instead of the fused projections),
@@ -586,6 +589,59 @@ def variants(
         print("variants", row, flush=True)
 
 
+@torch.inference_mode()
+def depth_phases(batches: list[int], repeats: int = 5) -> list[dict[str, Any]]:
+    """Per batch: the persistent depth kernel over a frame's depth positions (2..31), each launch
+    stamping the GPU clock as each phase's barrier opens; mean microseconds per phase kind."""
+    from serve_app.model.kernels import depth_layers
+
+    model = random_model(CSM_1B, device="cuda").eval().to(torch.bfloat16)
+    stack = model.decoder
+    stack.setup_caches(max(batches), torch.bfloat16, "cuda")
+    w = stack.stacked_weights()
+    names = depth_layers.phase_names(len(stack.layers))
+    times = torch.zeros(len(names) + 1, dtype=torch.long, device="cuda")
+    gen = torch.Generator("cuda").manual_seed(3)
+    rows = []
+    for b in batches:
+        x = torch.randn(b, stack.cfg.dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+        per_phase = torch.zeros(len(names), dtype=torch.float64)
+        kernel_us, event_us, n = 0.0, 0.0, 0
+        for rep in range(repeats + 1):  # the first round compiles and warms
+            for position in range(2, CSM_1B.num_codebooks):
+                positions = torch.full((b,), position, device="cuda", dtype=torch.long)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                depth_layers.launch(
+                    x, positions, w.attention_norm, w.wqkv, w.wo, w.ffn_norm, w.w13, w.w2, stack.rope_cos,
+                    stack.rope_sin, stack.k_stack, stack.v_stack, stack.cfg.n_heads, stack.cfg.n_kv_heads,
+                    stack.cfg.norm_eps, times=times,
+                )
+                end.record()
+                end.synchronize()
+                if rep:
+                    stamps = times.cpu().double()
+                    per_phase += stamps.diff() / 1000
+                    kernel_us += float(stamps[-1] - stamps[0]) / 1000
+                    event_us += start.elapsed_time(end) * 1000
+                    n += 1
+        kinds: dict[str, float] = {}
+        for name, us in zip(names, (per_phase / n).tolist(), strict=True):
+            kind = name.split(".")[-1]
+            kinds[kind] = kinds.get(kind, 0.0) + us
+        row = {
+            "batch": b,
+            "launches": n,
+            "kernel_us": round(kernel_us / n, 2),
+            "launch_event_us": round(event_us / n, 2),
+            "per_kind_us": {k: round(v, 2) for k, v in kinds.items()},
+            "per_phase_us": {name: round(v, 2) for name, v in zip(names, (per_phase / n).tolist(), strict=True)},
+        }
+        rows.append(row)
+        print("depth_phases", {k: v for k, v in row.items() if k != "per_phase_us"}, flush=True)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tile-batches", default="1,16,32,64,128")
@@ -593,6 +649,7 @@ def main() -> None:
     p.add_argument("--step-batches", default="1,2,4,8,16,32,64,128")
     p.add_argument("--shapes", default=",".join(SHAPES), help="projections to sweep")
     p.add_argument("--variant-batches", default="1,128,256,16,64")
+    p.add_argument("--depth-batches", default="1,4,16", help="batches of the depth_phases section")
     p.add_argument("--variants", default=",".join(VARIANTS), help="settings the variants section times")
     p.add_argument("--cold-table", help="a results file whose cold_table the variants use (no sweep)")
     p.add_argument("--cold-budget-s", type=float, default=240, help="timing budget of the cold sweep")
@@ -629,6 +686,9 @@ def main() -> None:
             args.shapes.split(","), classes, args.cold_loads == "tma", args.cold_budget_s, args.compile_workers
         )
         res["cold_table"] = {f"{c}/{n}/{k}": list(v) for (c, n, k), v in sorted(cold_table.items())}
+        save()
+    if "depth_phases" not in skip:
+        res["depth_phases"] = depth_phases([int(b) for b in args.depth_batches.split(",")])
         save()
     if "variants" not in skip:
         batches = [int(b) for b in args.variant_batches.split(",")]

@@ -194,7 +194,11 @@ def main() -> None:
     for kernel, bound, options in caught_launches(service_launches):
         variants = [{"PDL_WAIT": True}] if "PDL_WAIT" in kernel.arg_names else [{}]
         if "GRID_SYNC" in kernel.arg_names:  # the persistent launch (prefetching) and the phase-by-phase one
-            modes = ({"GRID_SYNC": True, "PREFETCH": True}, {"GRID_SYNC": False, "PREFETCH": False})
+            modes = (
+                {"GRID_SYNC": True, "PREFETCH": True, "TIMED": False},
+                {"GRID_SYNC": True, "PREFETCH": True, "TIMED": True},  # with its phase timer
+                {"GRID_SYNC": False, "PREFETCH": False, "TIMED": False},
+            )
             variants = [{**v, **mode} for v in variants for mode in modes]
         for overrides in variants:
             report = compile_launch(kernel, bound, options, overrides)

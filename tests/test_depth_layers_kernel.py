@@ -119,6 +119,9 @@ def test_widths_the_kernel_cannot_tile_are_refused() -> None:
     for bad in ({**SPLITS, "SPLIT_QKV": 16}, {**SPLITS, "BN_GU": 48}):  # a split past K; not a power of two
         with pytest.raises(ValueError, match="do not fit"):
             run_kernel(ours, x, positions, plan=bad)
+    if not CUDA:  # the timer reads the GPU's clock inside a persistent launch
+        with pytest.raises(ValueError, match="persistent launch"):
+            run_kernel(ours, x, positions, times=torch.zeros(12, dtype=torch.long))
     few = stacks(GROUPED, torch.float32, n=1, slots=2)[0]
     with pytest.raises(ValueError, match="caches of 2 slots"):
         run_kernel(few, torch.zeros(3, GROUPED.dim, device=DEVICE), torch.zeros(3, dtype=torch.long, device=DEVICE))
@@ -197,6 +200,12 @@ def test_persistent_launch_gives_the_phases_bits_and_replays_from_cuda_graphs(
         torch.cuda.synchronize()
         monkeypatch.setattr(depth_layers, "MODE", "phases")
         torch.testing.assert_close(out, run_kernel(phased, x, positions + 1), rtol=0, atol=0)
+        monkeypatch.setattr(depth_layers, "MODE", "persistent")
+        times = torch.zeros(len(depth_layers.phase_names(cfg.n_layers)) + 1, dtype=torch.long, device=DEVICE)
+        timed = run_kernel(persistent, x, positions + 1, times=times)  # the timer changes no result
+        torch.testing.assert_close(timed, out, rtol=0, atol=0)
+        # a clock stamp as each phase's barrier opened, in order
+        assert bool((times.diff() >= 0).all()) and times[-1] > times[0], times
     assert not counters._COUNTERS[("depth-layers barrier", torch.device("cuda", torch.cuda.current_device()))].any()
 
 

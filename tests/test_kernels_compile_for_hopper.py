@@ -54,8 +54,9 @@ def test_every_kernel_the_service_launches_compiles_for_hopper() -> None:
     assert {r["kernel"] for r in reports} == kernels_in_the_package()  # none left out
     assert all(r["shared"] <= MAX_SHARED_BYTES for r in reports)
     depth = [r for r in reports if r["kernel"] == "_depth_layers_kernel"]
-    assert {(r["constexprs"]["GRID_SYNC"], r["constexprs"]["PREFETCH"]) for r in depth} == {
-        ("True", "True"),  # the persistent launch: barriers and prefetches compiled too
-        ("False", "False"),
+    assert {tuple(r["constexprs"][k] for k in ("GRID_SYNC", "PREFETCH", "TIMED")) for r in depth} == {
+        ("True", "True", "False"),  # the persistent launch: barriers and prefetches compiled too
+        ("True", "True", "True"),  # ... and with its phase timer
+        ("False", "False", "False"),
     }
     assert all(r["constexprs"].get("PDL_WAIT", "True") == "True" for r in reports)  # as launched on Hopper

@@ -88,6 +88,14 @@ def _grid_exit(sync_ptr, programs):
 
 
 @triton.jit
+def _stamp(times_ptr, index, pid):
+    """Program 0 records the GPU's nanosecond clock (`%globaltimer`) at `index` (the phase timer)."""
+    now = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
+    if pid == 0:
+        tl.store(times_ptr + index, now)
+
+
+@triton.jit
 def _prefetch_l2(w_ptr, row0, ROWS: tl.constexpr, col0, COLS: tl.constexpr, ROW_LEN: tl.constexpr):
     """Ask L2 for the (ROWS x COLS) block of a row-major bf16/fp32 matrix at (row0, col0), one
     request per 128-byte line: a hint with no result, which lets the weights of a program's next
@@ -409,6 +417,7 @@ def _depth_layers_kernel(
     act_ptr,  # scratch (B, F)
     d_part_ptr,  # scratch (SPLIT_DOWN, B, D) fp32
     sync_ptr,  # (2,) int32: barrier arrivals, exits; zero between launches
+    times_ptr,  # (phases + 1,) int64 (TIMED): the clock at the start and as each phase's barrier opens
     B,
     first_phase,
     last_phase,
@@ -441,6 +450,7 @@ def _depth_layers_kernel(
     BLOCK_N: tl.constexpr,
     GRID_SYNC: tl.constexpr,
     PREFETCH: tl.constexpr,
+    TIMED: tl.constexpr,
     PRECISION: tl.constexpr,
     PDL_WAIT: tl.constexpr,
     PDL_EARLY: tl.constexpr,
@@ -448,6 +458,8 @@ def _depth_layers_kernel(
     enter(PDL_WAIT, PDL_EARLY)
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
+    if TIMED:
+        _stamp(times_ptr, 0, pid)
     QD: tl.constexpr = H * DH
     for phase in range(first_phase, last_phase):
         layer = phase // 5  # PHASES_PER_LAYER
@@ -491,6 +503,8 @@ def _depth_layers_kernel(
                         BN_QKV, SPLIT_QKV, BN_O, SPLIT_O, BN_GU, BN_DOWN, SPLIT_DOWN,
                     )
                 _grid_wait(sync_ptr, (phase + 1 - first_phase) * programs)
+        if TIMED:  # after the barrier (the last phase: after program 0's own part)
+            _stamp(times_ptr, phase + 1 - first_phase, pid)
     if GRID_SYNC:
         _grid_exit(sync_ptr, programs)
 
@@ -569,6 +583,12 @@ def supports(dim: int, n_heads: int, n_kv_heads: int, head_dim: int, ffn_dim: in
     )
 
 
+def phase_names(n_layers: int) -> list[str]:
+    """The kernel's phases in order, e.g. `layer0.qkv`, ..., `output` (the phase timer's labels)."""
+    kinds = ("qkv", "attention", "out", "gate_up", "down")
+    return [f"layer{layer}.{kind}" for layer in range(n_layers) for kind in kinds] + ["output"]
+
+
 def barrier_counters(device: torch.device) -> torch.Tensor:
     """The device's grid-barrier counters (made before any CUDA-graph capture that uses them)."""
     return device_counters("depth-layers barrier", device, 2)
@@ -592,9 +612,12 @@ def launch(
     eps: float,
     programs: int | None = None,
     plan: dict[str, int] | None = None,
+    times: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the kernel (see `depth_layers`); `programs`: the grid (default: one per SM); `plan`:
-    tiles and splits other than `tiles`' (tests)."""
+    tiles and splits other than `tiles`' (tests). `times` (phases + 1 int64, a persistent launch
+    only): the GPU clock in ns at its start and as each phase's barrier opens, for a per-phase
+    profile (`phase_names` labels them)."""
     b, dim = x.shape
     n_layers, n_qkv, _ = wqkv.shape
     head_dim, ffn_dim = k_stack.shape[-1], w2.shape[-1]
@@ -629,18 +652,22 @@ def launch(
     if programs is None:
         programs = torch.cuda.get_device_properties(x.device).multi_processor_count if x.device.type == "cuda" else 4
     sync = barrier_counters(x.device)
+    if times is not None and not persistent:
+        raise ValueError("the phase timer times a persistent launch (CUDA, MODE 'persistent')")
     phases = PHASES_PER_LAYER * n_layers + 1
+    if times is not None and (times.dtype != torch.int64 or times.numel() < phases + 1):
+        raise ValueError(f"the phase timer needs {phases + 1} int64 slots")
     group = n_heads // n_kv_heads
     spans = [(0, phases)] if persistent else [(p, p + 1) for p in range(phases)]
     for first, last in spans:
         _depth_layers_kernel[(programs,)](
             x, out, positions, attention_norm, wqkv, wo, ffn_norm, w13, w2, cos, sin, k_stack, v_stack,
-            *scratch, sync, b, first, last, x.stride(0), positions.stride(0),
+            *scratch, sync, times if times is not None else sync, b, first, last, x.stride(0), positions.stride(0),
             k_stack.stride(0), k_stack.stride(1), k_stack.stride(2), k_stack.stride(3),
             eps, 1.0 / math.sqrt(head_dim),
             L=n_layers, D=dim, NQKV=n_qkv, F=ffn_dim, H=n_heads, HKV=n_kv_heads, GROUP=group,
             GP=max(16, triton.next_power_of_2(group)), DH=head_dim, BLOCK_M=MAX_ROWS,
-            BLOCK_N=32 if head_dim > 64 else 64, GRID_SYNC=persistent, PREFETCH=persistent and PREFETCH,
+            BLOCK_N=32 if head_dim > 64 else 64, GRID_SYNC=persistent, PREFETCH=persistent and PREFETCH, TIMED=times is not None,
             PRECISION="ieee" if wqkv.dtype == torch.float32 else "tf32",
             num_warps=NUM_WARPS, num_stages=3, **plan, **pdl.launch_options(x.device),
         )
