@@ -193,6 +193,8 @@ def main() -> None:
     seen: set[str] = set()
     for kernel, bound, options in caught_launches(service_launches):
         variants = [{"PDL_WAIT": True}] if "PDL_WAIT" in kernel.arg_names else [{}]
+        if "FAST" in kernel.arg_names:  # the sampler: sorted rows, and the bitonic top-64 before them
+            variants = [{**v, "FAST": fast} for v in variants for fast in (0, 64)]
         if "GRID_SYNC" in kernel.arg_names:  # the persistent launch (prefetching) and the phase-by-phase one
             modes = (
                 {"GRID_SYNC": True, "PREFETCH": True, "TIMED": False},

@@ -297,11 +297,16 @@ def test_fused_decode_step_equals_the_unfused_step(linear_max_batch: int) -> Non
     torch.testing.assert_close(fused.depth_frame(h_plain, *args), plain.depth_frame(h_plain, *args))
 
 
-def test_fused_sampler_draws_the_reference_ids() -> None:
+@pytest.mark.parametrize("top_k_fast", [0, 64], ids=["sorted-rows", "bitonic-top-64"])
+def test_fused_sampler_draws_the_reference_ids(top_k_fast: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows of k 1, 50 and 200: with the top-64 path on, two find their k-th score by it and one by
+    the sort."""
+    from serve_app.model.kernels import sampling as kernel
     from serve_app.model.kernels.sampling import sample_top_k
     from serve_app.model.sampling import draw_counter, noise_columns
     from serve_app.model.sampling import sample_top_k as reference
 
+    monkeypatch.setattr(kernel, "TOP_K_FAST", top_k_fast)
     gen = torch.Generator().manual_seed(5)
     logits = (torch.randn(3, 300, generator=gen) * 3).to(DEVICE)  # a short vocabulary: the interpreter is slow
     temperature = torch.tensor([0.9, 0.5, 1.3], device=DEVICE)
@@ -315,10 +320,16 @@ def test_fused_sampler_draws_the_reference_ids() -> None:
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-def test_fused_sampler_never_draws_a_masked_id_under_the_largest_noise() -> None:
+@pytest.mark.parametrize("top_k_fast", [0, 8], ids=["sorted-rows", "bitonic-top-8-of-16"])
+def test_fused_sampler_never_draws_a_masked_id_under_the_largest_noise(
+    top_k_fast: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each row's seed puts the largest possible noise on an id outside its top k (see the PyTorch
-    sampler's test): with a uniform of 1.0 that id would win."""
+    sampler's test): with a uniform of 1.0 that id would win. A threshold one place too low lets it."""
+    from serve_app.model.kernels import sampling as kernel
     from serve_app.model.kernels.sampling import sample_top_k
+
+    monkeypatch.setattr(kernel, "TOP_K_FAST", top_k_fast)
     from serve_app.model.sampling import noise_columns
     from tests.support_sampling import seed_with_noise_at
 

@@ -60,3 +60,4 @@ def test_every_kernel_the_service_launches_compiles_for_hopper() -> None:
         ("False", "False", "False"),
     }
     assert all(r["constexprs"].get("PDL_WAIT", "True") == "True" for r in reports)  # as launched on Hopper
+    assert {r["constexprs"]["FAST"] for r in reports if r["kernel"] == "_sample_kernel"} == {"0", "64"}

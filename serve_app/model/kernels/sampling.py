@@ -33,6 +33,31 @@ in the whole graphed step, 7.30 vs 7.38 ms a frame at batch 1
 (`benchmarks/results/2026-12-03-1006-nvidia-h200-fused-linear-cold.json`)."""
 
 
+TOP_K_FAST = 0
+"""Rows whose top_k is at most this (a power of two; 0: none) find their k-th score by a bitonic
+top-k of this many (`tl.topk`: the full sort's first log2(TOP_K_FAST) merge stages, then halving
+merges of the survivors) instead of sorting the whole row; larger top_k still sort it. Same ids
+either way (the tests check both paths). Off until measured on a GPU (`bench_fused_linear.py`
+`sampler` section: 16 warps took 17 µs a call at batch 1, the sort being most of it)."""
+
+
+@triton.jit
+def _kth_largest(scores, idx, k, VP: tl.constexpr, FAST: tl.constexpr):
+    """The k-th largest of a row's scores (padding is -inf): a bitonic top-FAST when k <= FAST,
+    else the sorted row."""
+    if FAST > 0:
+        if k <= FAST:
+            top = tl.topk(scores, FAST)
+            kth = tl.max(tl.where(tl.arange(0, FAST) == k - 1, top, float("-inf")), axis=0)
+        else:
+            ranked = tl.sort(scores, descending=True)
+            kth = tl.max(tl.where(idx == k - 1, ranked, float("-inf")), axis=0)
+    else:
+        ranked = tl.sort(scores, descending=True)
+        kth = tl.max(tl.where(idx == k - 1, ranked, float("-inf")), axis=0)
+    return kth
+
+
 @triton.jit
 def _splitmix64(x):
     z = x + _GOLDEN
@@ -55,6 +80,7 @@ def _sample_kernel(
     NUM_CODEBOOKS: tl.constexpr,
     V: tl.constexpr,
     VP: tl.constexpr,
+    FAST: tl.constexpr,
     PDL_WAIT: tl.constexpr,
     PDL_EARLY: tl.constexpr,
 ):
@@ -65,8 +91,7 @@ def _sample_kernel(
     logits = tl.load(logits_ptr + b * logits_stride + idx, mask=valid, other=float("-inf")).to(tl.float32)
     scores = logits / tl.load(temperature_ptr + b)
     k = tl.minimum(tl.maximum(tl.load(top_k_ptr + b), 1), V)
-    ranked = tl.sort(scores, descending=True)
-    kth = tl.max(tl.where(idx == k - 1, ranked, float("-inf")), axis=0)
+    kth = _kth_largest(scores, idx, k, VP, FAST)
     kept = tl.where(scores < kth, float("-inf"), scores)
     top = tl.max(kept, axis=0)
     e = tl.exp(kept - top)
@@ -111,6 +136,7 @@ def sample_top_k(
             NUM_CODEBOOKS=NUM_CODEBOOKS,
             V=v,
             VP=triton.next_power_of_2(v),
+            FAST=min(TOP_K_FAST, triton.next_power_of_2(v)),
             num_warps=NUM_WARPS,
             **pdl.launch_options(logits.device),
         )
