@@ -121,6 +121,8 @@ def sample_top_k(
     """Ids (B,) long drawn as `serve_app.model.sampling.sample_top_k` draws them, with the draw
     counter `draw_counter(frame, codebook)`; only the first `len(columns)` logits are candidates."""
     b, v = logits.shape[0], columns.shape[0]
+    if TOP_K_FAST & (TOP_K_FAST - 1):
+        raise ValueError(f"TOP_K_FAST must be 0 or a power of two, got {TOP_K_FAST}")
     out = torch.empty(b, dtype=torch.long, device=logits.device)
     if b:
         _sample_kernel[(b,)](
