@@ -112,6 +112,15 @@ def _prefetch_l2(w_ptr, row0, ROWS: tl.constexpr, col0, COLS: tl.constexpr, ROW_
 
 
 @triton.jit
+def _prefetch_split(w_ptr, pid, programs, N: tl.constexpr, K: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr):
+    """Prefetch this program's (column tile, K slice) blocks of a split-K phase's (N, K) weight, the
+    items `_split_matmul` and `_qkv_phase` give it."""
+    span: tl.constexpr = K // SPLIT
+    for item in range(pid, (N // BN) * SPLIT, programs):
+        _prefetch_l2(w_ptr, (item % (N // BN)) * BN, BN, (item // (N // BN)) * span, span, K)
+
+
+@triton.jit
 def _prefetch_phase(
     phase,
     wqkv_ptr,
@@ -139,28 +148,16 @@ def _prefetch_phase(
     kind = phase % 5
     if layer < L:
         if kind == 0:
-            span: tl.constexpr = D // SPLIT_QKV
-            for item in range(pid, (NQKV // BN_QKV) * SPLIT_QKV, programs):
-                tile = item % (NQKV // BN_QKV)
-                start = (item // (NQKV // BN_QKV)) * span
-                _prefetch_l2(wqkv_ptr + layer * NQKV * D, tile * BN_QKV, BN_QKV, start, span, D)
+            _prefetch_split(wqkv_ptr + layer * NQKV * D, pid, programs, NQKV, D, BN_QKV, SPLIT_QKV)
         elif kind == 2:
-            span_o: tl.constexpr = QD // SPLIT_O
-            for item in range(pid, (D // BN_O) * SPLIT_O, programs):
-                tile = item % (D // BN_O)
-                start = (item // (D // BN_O)) * span_o
-                _prefetch_l2(wo_ptr + layer * D * QD, tile * BN_O, BN_O, start, span_o, QD)
+            _prefetch_split(wo_ptr + layer * D * QD, pid, programs, D, QD, BN_O, SPLIT_O)
         elif kind == 3:
             w = w13_ptr + layer * 2 * F * D
             for item in range(pid, F // BN_GU, programs):
                 _prefetch_l2(w, item * BN_GU, BN_GU, 0, D, D)
                 _prefetch_l2(w, F + item * BN_GU, BN_GU, 0, D, D)
         elif kind == 4:
-            span_d: tl.constexpr = F // SPLIT_DOWN
-            for item in range(pid, (D // BN_DOWN) * SPLIT_DOWN, programs):
-                tile = item % (D // BN_DOWN)
-                start = (item // (D // BN_DOWN)) * span_d
-                _prefetch_l2(w2_ptr + layer * D * F, tile * BN_DOWN, BN_DOWN, start, span_d, F)
+            _prefetch_split(w2_ptr + layer * D * F, pid, programs, D, F, BN_DOWN, SPLIT_DOWN)
 
 
 @triton.jit
@@ -509,11 +506,11 @@ def _depth_layers_kernel(
         _grid_exit(sync_ptr, programs)
 
 
-def _fit(width: int, size: int, divides: int) -> int:
-    """The largest power of two <= `size` (and >= 16) that divides `divides`, or 0."""
-    while size >= 16 and divides % size:
+def _fit(width: int, size: int) -> int:
+    """The largest power of two <= `size` that divides `width` (below 16 where none does)."""
+    while size >= 16 and width % size:
         size //= 2
-    return size if size >= 16 and width % size == 0 else 0
+    return size
 
 
 def _split(k: int, block_k: int, most: int) -> int:
@@ -524,8 +521,8 @@ def _split(k: int, block_k: int, most: int) -> int:
     return split
 
 
-def tiles(dim: int, q_dim: int, qkv_dim: int, ffn_dim: int) -> dict[str, int] | None:
-    """The kernel's tiles and splits for a stack's widths, or None where they do not divide.
+def tiles(dim: int, q_dim: int, qkv_dim: int, ffn_dim: int) -> dict[str, int]:
+    """The kernel's tiles and splits for a stack's widths (`fits` says whether they divide them).
 
     Column tiles of 32 (64 for the wide gate/up and down outputs) and K splits so that each phase
     has about as many items as an H100/H200 has SMs at CSM-1B's depth decoder (qkv 384, out 128,
@@ -533,19 +530,16 @@ def tiles(dim: int, q_dim: int, qkv_dim: int, ffn_dim: int) -> dict[str, int] | 
     block_k = 128
     while block_k >= 16 and (dim % block_k or q_dim % block_k or ffn_dim % block_k):
         block_k //= 2
-    plan = {
+    return {
         "BLOCK_K": block_k,
-        "BN_QKV": _fit(qkv_dim, 32, qkv_dim),
-        "BN_O": _fit(dim, 32, dim),
-        "BN_GU": _fit(ffn_dim, 64, ffn_dim),
-        "BN_DOWN": _fit(dim, 64, dim),
+        "BN_QKV": _fit(qkv_dim, 32),
+        "BN_O": _fit(dim, 32),
+        "BN_GU": _fit(ffn_dim, 64),
+        "BN_DOWN": _fit(dim, 64),
+        "SPLIT_QKV": _split(dim, block_k, 8),
+        "SPLIT_O": _split(q_dim, block_k, 4),
+        "SPLIT_DOWN": _split(ffn_dim, block_k, 8),
     }
-    if block_k < 16 or not all(plan.values()):
-        return None
-    plan["SPLIT_QKV"] = _split(dim, block_k, 8)
-    plan["SPLIT_O"] = _split(q_dim, block_k, 4)
-    plan["SPLIT_DOWN"] = _split(ffn_dim, block_k, 8)
-    return plan
 
 
 PLAN_OVERRIDES: dict[str, int] = {}
@@ -574,12 +568,12 @@ def fits(plan: dict[str, int], dim: int, q_dim: int, qkv_dim: int, ffn_dim: int)
 
 def supports(dim: int, n_heads: int, n_kv_heads: int, head_dim: int, ffn_dim: int) -> bool:
     """Whether the kernel runs a stack of these widths (heads as the fused attention needs them)."""
-    q_dim = n_heads * head_dim
+    q_dim, qkv_dim = n_heads * head_dim, (n_heads + 2 * n_kv_heads) * head_dim
     return (
         head_dim >= 32
         and head_dim & (head_dim - 1) == 0
         and n_heads % n_kv_heads == 0
-        and tiles(dim, q_dim, q_dim + 2 * n_kv_heads * head_dim, ffn_dim) is not None
+        and fits(tiles(dim, q_dim, qkv_dim, ffn_dim), dim, q_dim, qkv_dim, ffn_dim)
     )
 
 
@@ -624,7 +618,7 @@ def launch(
     q_dim = n_heads * head_dim
     if not supports(dim, n_heads, n_kv_heads, head_dim, ffn_dim):
         raise ValueError(f"the depth-layers kernel does not fit widths {dim}, {q_dim}, {n_qkv}, {ffn_dim}")
-    plan = plan or {**tiles(dim, q_dim, n_qkv, ffn_dim), **PLAN_OVERRIDES}  # type: ignore[dict-item]
+    plan = plan or {**tiles(dim, q_dim, n_qkv, ffn_dim), **PLAN_OVERRIDES}
     if not fits(plan, dim, q_dim, n_qkv, ffn_dim):
         raise ValueError(f"tiles {plan} do not fit widths {dim}, {q_dim}, {n_qkv}, {ffn_dim}")
     if b > MAX_ROWS:
@@ -636,15 +630,14 @@ def launch(
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     if b == 0:
         return out
-    f32 = {"dtype": torch.float32, "device": x.device}
-    scratch = (
-        torch.empty(b, dim, dtype=x.dtype, device=x.device),  # x
-        torch.empty(b, dim, dtype=x.dtype, device=x.device),  # h
-        torch.empty(plan["SPLIT_QKV"], b, n_qkv, **f32),
-        torch.empty(b, q_dim, dtype=x.dtype, device=x.device),  # o
-        torch.empty(plan["SPLIT_O"], b, dim, **f32),
-        torch.empty(b, ffn_dim, dtype=x.dtype, device=x.device),  # act
-        torch.empty(plan["SPLIT_DOWN"], b, dim, **f32),
+    scratch = (  # x, h, the QKV partial sums, o, its partial sums, act, the down partial sums
+        x.new_empty(b, dim),
+        x.new_empty(b, dim),
+        x.new_empty(plan["SPLIT_QKV"], b, n_qkv, dtype=torch.float32),
+        x.new_empty(b, q_dim),
+        x.new_empty(plan["SPLIT_O"], b, dim, dtype=torch.float32),
+        x.new_empty(b, ffn_dim),
+        x.new_empty(plan["SPLIT_DOWN"], b, dim, dtype=torch.float32),
     )
     if MODE not in MODES:
         raise ValueError(f"depth-layers mode {MODE!r} is not one of {MODES}")
