@@ -187,11 +187,22 @@ def service_launches() -> None:
 
 
 def main() -> None:
+    """`[--num-warps N] [--out FILE]`: every launch at N warps instead of its own; the report also
+    written to FILE with the command and the Triton version (a results file)."""
+    import argparse
+
+    import triton
+
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("run with TRITON_INTERPRET unset: the kernels must be compiled, not interpreted")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-warps", type=int, default=None)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
     reports = []
     seen: set[str] = set()
-    for kernel, bound, options in caught_launches(service_launches):
+    for kernel, bound, launch_options in caught_launches(service_launches):
+        options = launch_options if args.num_warps is None else {**launch_options, "num_warps": args.num_warps}
         variants = [{"PDL_WAIT": True}] if "PDL_WAIT" in kernel.arg_names else [{}]
         if "FAST" in kernel.arg_names:  # the sampler: sorted rows, and the bitonic top-64 before them
             variants = [{**v, "FAST": fast} for v in variants for fast in (0, 64)]
@@ -209,6 +220,19 @@ def main() -> None:
                 seen.add(key)
                 reports.append(report)
     print(json.dumps(reports))
+    if args.out:
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "benchmark": "kernels-compiled-for-sm90",
+                    "command": "python tests/support_kernel_compile.py " + " ".join(sys.argv[1:]),
+                    "triton": triton.__version__,
+                    "target": f"cuda sm_{TARGET_ARCH}",
+                    "launches": reports,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

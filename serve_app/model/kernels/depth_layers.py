@@ -56,10 +56,9 @@ between counting itself in at a barrier and waiting there (`_prefetch_l2`), so t
 the slowest programs finish."""
 
 NUM_WARPS = 4
-"""Warps per program. Compiled for sm_90 at CSM-1B's widths, the gate/up phase (two 16 x 64
-accumulators over 128-wide K tiles) takes every register at 4 warps and at 8; the kernel spills some
-100 (Triton 3.9) to 700 bytes (3.6) (`tests/support_kernel_compile.py`). Which is faster is for a GPU
-to say."""
+"""Warps per program. Compiled for sm_90 at CSM-1B's widths, the kernel takes 255 registers at 4
+warps and at 8 and spills 96-116 bytes (Triton 3.9) or 660 (3.6; 520-572 at 8 warps)
+(`benchmarks/results/2026-12-04-cpu-kernels-sm90-triton-*.json`). Which is faster is for a GPU to say."""
 
 
 @triton.jit

@@ -144,7 +144,7 @@ def stream_conv(
     block_m = 128 if n <= 64 else 64
     # 8 warps: compiled for sm_90 at the full-size Mimi's convs, 4 warps took every register and
     # spilled up to 1.4 KB in the convs that add a shortcut; 8 spill nothing
-    # (`tests/support_kernel_compile.py`).
+    # (`benchmarks/results/2026-12-04-cpu-kernels-sm90-triton-3.6-{4,8}-warps.json`).
     grid = (triton.cdiv(batch * length, block_m), triton.cdiv(n, block_n))
     _stream_conv_kernel[grid](
         x,
