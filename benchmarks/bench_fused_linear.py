@@ -502,17 +502,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "all_wait": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "wait"},
     "all_early": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "early"},
     "cublas": {"linear_max_batch": 0},  # the fused attention, cuBLAS's matmuls
-    # the depth decoder's layers in one persistent launch (batches up to 16), or one launch a phase
-    "depth_kernel": {"depth_kernel_max_batch": 16},
-    "depth_kernel_8_warps": {"depth_kernel_max_batch": 16, "depth_warps": 8},
-    "depth_kernel_phases": {"depth_kernel_max_batch": 16, "depth_mode": "phases"},
-    "depth_kernel_no_prefetch": {"depth_kernel_max_batch": 16, "depth_prefetch": False},
-    # fewer, longer items (pipelined K loops) / more, narrower ones
+    # the depth decoder's layers in one persistent launch (every batch), or one launch a phase
+    "depth_kernel": {"depth_kernel_max_batch": 256},
+    "depth_kernel_8_warps": {"depth_kernel_max_batch": 256, "depth_warps": 8},
+    "depth_kernel_phases": {"depth_kernel_max_batch": 256, "depth_mode": "phases"},
+    "depth_kernel_no_prefetch": {"depth_kernel_max_batch": 256, "depth_prefetch": False},
+    # fewer, longer items (pipelined K loops); the wider tiles that spill at 16 rows; row tiles of 128
     "depth_kernel_fewer_splits": {
-        "depth_kernel_max_batch": 16,
+        "depth_kernel_max_batch": 256,
         "depth_plan": {"SPLIT_QKV": 2, "SPLIT_O": 2, "SPLIT_DOWN": 4},
     },
-    "depth_kernel_narrow": {"depth_kernel_max_batch": 16, "depth_plan": {"BN_GU": 32, "BN_DOWN": 32}},
+    "depth_kernel_wide_tiles": {"depth_kernel_max_batch": 256, "depth_plan": {"BLOCK_K": 128, "BN_GU": 64}},
+    "depth_kernel_row_tile_128": {"depth_kernel_max_batch": 256, "depth_m_tile": 128},
 }
 """Kernel settings the `variants` section times, each against the shipped defaults."""
 
@@ -524,7 +525,9 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
     from serve_app.model.kernels import sampling as ks
 
     saved = (fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST)
-    saved_depth = (depth_layers.MODE, depth_layers.NUM_WARPS, depth_layers.PLAN_OVERRIDES, depth_layers.PREFETCH)
+    saved_depth = (
+        depth_layers.MODE, depth_layers.NUM_WARPS, depth_layers.PLAN_OVERRIDES, depth_layers.PREFETCH, depth_layers.M_TILE
+    )
     try:
         if setting.get("tiles") == "cold":
             if not cold_table:
@@ -539,10 +542,14 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
         depth_layers.NUM_WARPS = setting.get("depth_warps", depth_layers.NUM_WARPS)
         depth_layers.PLAN_OVERRIDES = setting.get("depth_plan", depth_layers.PLAN_OVERRIDES)
         depth_layers.PREFETCH = setting.get("depth_prefetch", depth_layers.PREFETCH)
+        depth_layers.M_TILE = setting.get("depth_m_tile", depth_layers.M_TILE)
         yield
     finally:
         fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST = saved
-        depth_layers.MODE, depth_layers.NUM_WARPS, depth_layers.PLAN_OVERRIDES, depth_layers.PREFETCH = saved_depth
+        (
+            depth_layers.MODE, depth_layers.NUM_WARPS, depth_layers.PLAN_OVERRIDES, depth_layers.PREFETCH,
+            depth_layers.M_TILE,
+        ) = saved_depth
 
 
 @torch.inference_mode()
@@ -655,7 +662,7 @@ def main() -> None:
     p.add_argument("--step-batches", default="1,2,4,8,16,32,64,128")
     p.add_argument("--shapes", default=",".join(SHAPES), help="projections to sweep")
     p.add_argument("--variant-batches", default="1,128,256,16,64")
-    p.add_argument("--depth-batches", default="1,4,16", help="batches of the depth_phases section")
+    p.add_argument("--depth-batches", default="1,4,16,64,128", help="batches of the depth_phases section")
     p.add_argument("--variants", default=",".join(VARIANTS), help="settings the variants section times")
     p.add_argument("--cold-table", help="a results file whose cold_table the variants use (no sweep)")
     p.add_argument("--cold-budget-s", type=float, default=240, help="timing budget of the cold sweep")

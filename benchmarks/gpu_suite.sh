@@ -74,8 +74,8 @@ fi
 if has kernel-bench; then
   # the two together under a device call's 10 minutes
   OUT="$OUT" timeout -s KILL "${DEPTH_BENCH_TIMEOUT_S:-330}" $PY benchmarks/bench_fused_linear.py \
-    --skip cold,step,reduce,tiles --step-batches 1,16,128 --variant-batches 1,4,16 \
-    --variants shipped,sampler_top64,depth_kernel,depth_kernel_8_warps,depth_kernel_phases,depth_kernel_no_prefetch,depth_kernel_fewer_splits,depth_kernel_narrow 2>&1 | tee "$OUT/depth-kernel.log" | tail -8
+    --skip cold,step,reduce,tiles --step-batches 1,16,128 --variant-batches 1,16,128 \
+    --variants shipped,sampler_top64,depth_kernel,depth_kernel_8_warps,depth_kernel_phases,depth_kernel_no_prefetch,depth_kernel_wide_tiles,depth_kernel_row_tile_128 2>&1 | tee "$OUT/depth-kernel.log" | tail -8
   status depth-kernel "exit ${PIPESTATUS[0]}"
   OUT="$OUT" timeout -s KILL "${SEANET_BENCH_TIMEOUT_S:-240}" $PY benchmarks/bench_mimi_stream.py --parts full-cuda \
     --modes cuda-graphs --dtypes bfloat16 --batches 1,128,256 --frames 1,8 --seanet stack,kernel 2>&1 \

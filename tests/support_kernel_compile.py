@@ -112,7 +112,9 @@ def ptxas_report(ptx: str) -> dict[str, int]:
     raise RuntimeError(f"no ptxas took the PTX: {errors}")
 
 
-def compile_launch(kernel: Any, bound: dict[str, Any], options: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def compile_launch(
+    kernel: Any, bound: dict[str, Any], options: dict[str, Any], overrides: dict[str, Any]
+) -> dict[str, Any]:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -144,7 +146,7 @@ def service_launches() -> None:
     """Every kernel's host wrapper, at the shapes and settings the service runs them with."""
     from transformers import MimiConfig, MimiModel
 
-    from serve_app.model.kernels import decode_attention, depth_layers, fused_linear, window_attention
+    from serve_app.model.kernels import decode_attention, fused_linear, window_attention
     from serve_app.model.kernels.sampling import sample_top_k
     from serve_app.model.mimi_layout import decoder_parts
     from serve_app.model.mimi_stream_seanet_kernel import KernelSeanet
@@ -158,8 +160,14 @@ def service_launches() -> None:
     for heads, kv_heads, dim in ((32, 8, 64), (8, 2, 128)):  # backbone, depth decoder
         cache = empty(4, kv_heads, 2049, dim)
         decode_attention.launch(
-            empty(4, (heads + 2 * kv_heads) * dim), positions, empty(2048, dim, dtype=torch.float32),
-            empty(2048, dim, dtype=torch.float32), cache, cache, heads, kv_heads,
+            empty(4, (heads + 2 * kv_heads) * dim),
+            positions,
+            empty(2048, dim, dtype=torch.float32),
+            empty(2048, dim, dtype=torch.float32),
+            cache,
+            cache,
+            heads,
+            kv_heads,
         )
     for rows in (1, 64):  # in-kernel split-K sums; the reduce kernel
         for n, k, gate_up in ((1536, 1024, False), (16384, 1024, True), (1024, 8192, False)):
@@ -170,39 +178,116 @@ def service_launches() -> None:
     ones = torch.ones(2, dtype=torch.long)
     sample_top_k(logits, torch.ones(2), ones, ones, ones, 3, torch.arange(2048))
     window_attention.window_attention(
-        empty(4, 8, 8, 64), empty(4, 8, 250, 64), empty(4, 8, 250, 64), empty(4, dtype=torch.long),
-        empty(4, dtype=torch.long), 250, 0.125,
+        empty(4, 8, 8, 64),
+        empty(4, 8, 250, 64),
+        empty(4, 8, 250, 64),
+        empty(4, dtype=torch.long),
+        empty(4, dtype=torch.long),
+        250,
+        0.125,
     )
     mimi = MimiModel(MimiConfig()).to(bf16)  # on the CPU: its layers read their padding as numbers
     seanet = KernelSeanet(decoder_parts(mimi).seanet_layers, 2, torch.device("cpu"), bf16)
     channels = seanet.steps[0].state.shape[-1]
     seanet(torch.zeros(2, 2, channels, dtype=bf16), torch.arange(2), torch.zeros(2, dtype=torch.bool))
+    for rows in (1, 128):  # one row tile of 16; two of 64
+        depth_launch(rows)
+
+
+def depth_launch(rows: int) -> None:
+    """The depth kernel's launch for `rows` rows at CSM-1B's depth-decoder widths."""
+    from serve_app.model.kernels import depth_layers
+
+    meta, bf16 = torch.device("meta"), torch.bfloat16
+
+    def empty(*shape: int, dtype: torch.dtype = bf16) -> torch.Tensor:
+        return torch.empty(*shape, dtype=dtype, device=meta)
+
     dim, ffn, layers = 1024, 8192, 4
     depth_layers.launch(
-        empty(1, dim), empty(1, dtype=torch.long), empty(layers, dim), empty(layers, 1536, dim),
-        empty(layers, dim, dim), empty(layers, dim), empty(layers, 2 * ffn, dim), empty(layers, dim, ffn),
-        empty(33, 128, dtype=torch.float32), empty(33, 128, dtype=torch.float32),
-        empty(layers, 4, 2, 34, 128), empty(layers, 4, 2, 34, 128), 8, 2, 1e-5,
+        empty(rows, dim),
+        empty(rows, dtype=torch.long),
+        empty(layers, dim),
+        empty(layers, 1536, dim),
+        empty(layers, dim, dim),
+        empty(layers, dim),
+        empty(layers, 2 * ffn, dim),
+        empty(layers, dim, ffn),
+        empty(33, 128, dtype=torch.float32),
+        empty(33, 128, dtype=torch.float32),
+        empty(layers, rows, 2, 34, 128),
+        empty(layers, rows, 2, 34, 128),
+        8,
+        2,
+        1e-5,
     )
 
 
+def depth_tile_sweep() -> list[dict[str, Any]]:
+    """The persistent depth kernel (barriers and prefetches) per row tile (1, 32 and 128 rows: tiles
+    of 16, 32 and 64), K tile, gate/up column tile and warps: registers and spills, against which
+    `depth_layers.ROW_TILE_PLANS` was chosen."""
+    from serve_app.model.kernels import depth_layers
+
+    reports = []
+    for rows in (1, 32, 128):
+        for block_k, gate_up in ((128, 64), (64, 64), (64, 32), (32, 32)):
+            depth_layers.PLAN_OVERRIDES = {"BLOCK_K": block_k, "BN_GU": gate_up}
+            try:
+                # off a GPU the host launches it phase by phase: one launch, compiled persistent
+                kernel, bound, options = caught_launches(lambda rows=rows: depth_launch(rows))[0]
+            finally:
+                depth_layers.PLAN_OVERRIDES = {}
+            for warps in (4, 8):
+                report = compile_launch(
+                    kernel,
+                    bound,
+                    {**options, "num_warps": warps},
+                    {"PDL_WAIT": True, "GRID_SYNC": True, "PREFETCH": True, "TIMED": False},
+                )
+                shown = {
+                    k: report["constexprs"][k]
+                    for k in ("BLOCK_M", "BLOCK_K", "BN_GU", "SPLIT_QKV", "SPLIT_O", "SPLIT_DOWN")
+                }
+                reports.append(
+                    {
+                        "rows": rows,
+                        **shown,
+                        "num_warps": warps,
+                        **{
+                            k: report.get(k)
+                            for k in ("ok", "registers", "spill_bytes", "shared", "error")
+                            if k in report
+                        },
+                    }
+                )
+    return reports
+
+
 def main() -> None:
-    """`[--num-warps N] [--out FILE]`: every launch at N warps instead of its own; the report also
+    """`[--num-warps N] [--depth-tiles] [--out FILE]`: every launch at N warps instead of its own, or
+    (`--depth-tiles`) the depth kernel's row-tile sweep (`depth_tile_sweep`); the report also
     written to FILE with the command and the Triton version (a results file)."""
     import argparse
 
-    import triton
-
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("run with TRITON_INTERPRET unset: the kernels must be compiled, not interpreted")
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num-warps", type=int, default=None)
+    parser.add_argument("--depth-tiles", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.depth_tiles:
+        write_report(depth_tile_sweep(), "depth-kernel-row-tiles-for-sm90", args.out)
+        return
     reports = []
     seen: set[str] = set()
     for kernel, bound, launch_options in caught_launches(service_launches):
-        options = launch_options if args.num_warps is None else {**launch_options, "num_warps": args.num_warps}
+        options = (
+            launch_options if args.num_warps is None else {**launch_options, "num_warps": args.num_warps}
+        )
         variants = [{"PDL_WAIT": True}] if "PDL_WAIT" in kernel.arg_names else [{}]
         if "FAST" in kernel.arg_names:  # the sampler: sorted rows, and the bitonic top-64 before them
             variants = [{**v, "FAST": fast} for v in variants for fast in (0, 64)]
@@ -219,12 +304,20 @@ def main() -> None:
             if key not in seen:
                 seen.add(key)
                 reports.append(report)
+    write_report(reports, "kernels-compiled-for-sm90", args.out)
+
+
+def write_report(reports: list[dict[str, Any]], benchmark: str, out: str | None) -> None:
+    """Print the reports as one JSON list; with `out`, also a results file with the command and the
+    Triton version."""
+    import triton
+
     print(json.dumps(reports))
-    if args.out:
-        Path(args.out).write_text(
+    if out:
+        Path(out).write_text(
             json.dumps(
                 {
-                    "benchmark": "kernels-compiled-for-sm90",
+                    "benchmark": benchmark,
                     "command": "python tests/support_kernel_compile.py " + " ".join(sys.argv[1:]),
                     "triton": triton.__version__,
                     "target": f"cuda sm_{TARGET_ARCH}",

@@ -86,6 +86,29 @@ def test_kernel_equals_the_eager_layers_step_after_step(plan: dict[str, int] | N
         torch.testing.assert_close(ours.k_stack[..., :8, :], eager.k_stack[..., :8, :], rtol=tol, atol=tol)
         torch.testing.assert_close(ours.v_stack[..., :8, :], eager.v_stack[..., :8, :], rtol=tol, atol=tol)
     assert not ours.k_stack[..., 8, :].any()  # the kernel writes nothing for an idle row
+    assert not depth_layers.barrier_counters(DEVICE).any()  # split-K tile locks zero again
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("plan", [None, SPLITS], ids=["default-tiles", "split-sums"])
+def test_rows_over_several_row_tiles_equal_the_eager_layers(monkeypatch: pytest.MonkeyPatch, plan: dict[str, int] | None) -> None:
+    """40 rows in tiles of 16: three row tiles, the last part-filled, rows idle here and there."""
+    monkeypatch.setattr(depth_layers, "M_TILE", 16)
+    rows = 40
+    ours, eager = stacks(GROUPED, torch.float32, slots=rows)
+    gen = torch.Generator().manual_seed(7)
+    start = torch.arange(rows) % 3
+    for step in range(3):
+        positions = torch.where((torch.arange(rows) + step) % 7 == 0, -1, start + step).to(DEVICE)
+        x = torch.randn(rows, GROUPED.dim, generator=gen).to(DEVICE)
+        got = run_kernel(ours, x, positions, programs=5, plan=plan)
+        want = eager(x[:, None], positions[:, None], None, 8, EAGER, final_norm=False)[:, 0]
+        live = positions >= 0
+        tol = 1e-5 if not CUDA else 2e-3
+        torch.testing.assert_close(got[live], want[live], rtol=tol, atol=tol)
+        torch.testing.assert_close(ours.k_stack[..., :8, :], eager.k_stack[..., :8, :], rtol=tol, atol=tol)
+        torch.testing.assert_close(ours.v_stack[..., :8, :], eager.v_stack[..., :8, :], rtol=tol, atol=tol)
+    assert not ours.k_stack[..., 8, :].any()
 
 
 @torch.inference_mode()
@@ -109,9 +132,14 @@ def test_bf16_kernel_rounds_where_the_fused_layer_kernels_round() -> None:
 def test_widths_the_kernel_cannot_tile_are_refused() -> None:
     assert depth_layers.supports(1024, 8, 2, 128, 8192)  # CSM-1B's depth decoder
     assert depth_layers.tiles(1024, 1024, 1536, 8192) == {
-        "BLOCK_K": 128, "BN_QKV": 32, "BN_O": 32, "BN_GU": 64, "BN_DOWN": 64,
+        "BLOCK_K": 64, "BN_QKV": 32, "BN_O": 32, "BN_GU": 32, "BN_DOWN": 64,
         "SPLIT_QKV": 8, "SPLIT_O": 4, "SPLIT_DOWN": 8,
     }
+    assert depth_layers.tiles(1024, 1024, 1536, 8192, rows=128) == {  # two row tiles of 64: half the splits
+        "BLOCK_K": 32, "BN_QKV": 32, "BN_O": 32, "BN_GU": 32, "BN_DOWN": 64,
+        "SPLIT_QKV": 4, "SPLIT_O": 2, "SPLIT_DOWN": 4,
+    }
+    assert [depth_layers.row_tile(rows) for rows in (1, 16, 17, 64, 128)] == [16, 16, 32, 64, 64]
     assert not depth_layers.supports(64, 4, 2, 16, 128)  # heads below the attention's 32 dims
     assert not depth_layers.supports(120, 4, 2, 30, 128)  # no power-of-two K tile divides 120
     ours, _ = stacks(GROUPED, torch.float32, slots=depth_layers.MAX_ROWS + 1)
@@ -126,7 +154,7 @@ def test_widths_the_kernel_cannot_tile_are_refused() -> None:
     with pytest.raises(ValueError, match="caches of 2 slots"):
         run_kernel(few, torch.zeros(3, GROUPED.dim, device=DEVICE), torch.zeros(3, dtype=torch.long, device=DEVICE))
     rows = depth_layers.MAX_ROWS + 1
-    with pytest.raises(ValueError, match="up to 16 rows"):
+    with pytest.raises(ValueError, match=f"up to {depth_layers.MAX_ROWS} rows"):
         run_kernel(ours, torch.zeros(rows, GROUPED.dim, device=DEVICE), torch.zeros(rows, dtype=torch.long, device=DEVICE))
 
 
@@ -168,7 +196,7 @@ def test_fast_step_with_the_depth_kernel_draws_the_frame_it_draws_without() -> N
 def test_the_depth_kernel_comes_only_with_the_fused_attention_and_fitting_widths() -> None:
     assert FastStep(se.wide_head_model(), 2048, fused_attention=False, depth_kernel_max_batch=4).depth_kernel_max_batch == 0
     assert FastStep(se.model(), 2048, depth_kernel_max_batch=4).depth_kernel_max_batch == 0  # heads of 8 dims
-    wide = FastStep(se.wide_head_model(), 2048, fused_attention=True, depth_kernel_max_batch=64)
+    wide = FastStep(se.wide_head_model(), 2048, fused_attention=True, depth_kernel_max_batch=1000)
     assert wide.depth_kernel_max_batch == depth_layers.MAX_ROWS
 
 
@@ -182,7 +210,7 @@ def test_persistent_launch_gives_the_phases_bits_and_replays_from_cuda_graphs(
     cfg = TransformerConfig(dim=1024, n_layers=4, n_heads=8, n_kv_heads=2, intermediate_size=8192)
     persistent, phased = stacks(cfg, torch.bfloat16, slots=depth_layers.MAX_ROWS)
     gen = torch.Generator().manual_seed(5)
-    xs = [torch.randn(b, cfg.dim, generator=gen).to(DEVICE, torch.bfloat16) for b in (1, 16)]
+    xs = [torch.randn(b, cfg.dim, generator=gen).to(DEVICE, torch.bfloat16) for b in (1, 16, 100)]  # 100: two row tiles
     depth_layers.barrier_counters(DEVICE)
     for x in xs:
         positions = torch.arange(x.shape[0], device=DEVICE) % 7
@@ -211,13 +239,14 @@ def test_persistent_launch_gives_the_phases_bits_and_replays_from_cuda_graphs(
 
 @pytest.mark.skipif(not CUDA, reason="CSM-1B widths compiled")
 @torch.inference_mode()
-def test_full_size_kernel_stays_within_bf16_of_the_layer_kernels() -> None:
+@pytest.mark.parametrize("rows", [4, 128])
+def test_full_size_kernel_stays_within_bf16_of_the_layer_kernels(rows: int) -> None:
     cfg = TransformerConfig(dim=1024, n_layers=4, n_heads=8, n_kv_heads=2, intermediate_size=8192)
-    ours, fused = stacks(cfg, torch.bfloat16, slots=4)
+    ours, fused = stacks(cfg, torch.bfloat16, slots=rows)
     gen = torch.Generator().manual_seed(6)
     for step in range(4):
-        x = torch.randn(4, cfg.dim, generator=gen).to(DEVICE, torch.bfloat16)
-        positions = torch.tensor([step, step, -1, step + 2], device=DEVICE)
+        x = torch.randn(rows, cfg.dim, generator=gen).to(DEVICE, torch.bfloat16)
+        positions = torch.tensor([step, step, -1, step + 2] * (rows // 4), device=DEVICE)
         got = run_kernel(ours, x, positions)
         want = fused(x[:, None], positions[:, None], None, 8, FUSED, final_norm=False)[:, 0]
         live = positions >= 0

@@ -1,24 +1,27 @@
-"""The depth decoder's layers in one persistent launch: a depth step at small batches.
+"""The depth decoder's layers in one persistent launch: a depth step in one kernel, not twenty.
 
-At batch 1 a frame is 31 depth steps of about 22 kernels each, and the small projections are bound
-by their launch and ramp, not by their bytes (README, *What bounds the misses*). Here one launch runs
-every layer of a step. Its programs (one per SM) walk through the phases below, each spreading its
-work items over all programs; between phases every program waits at a grid barrier (a counter in
-global memory), so a phase may read what any program wrote in the phase before. Per layer:
+A frame is 31 depth steps of about 22 kernels each. At batch 1 the small projections are bound by
+their launch and ramp, not by their bytes (README, *What bounds the misses*); at 128 rows each kernel
+still pays its ramp and tail (the 2-3 MB projections take 4-7 us for about 1 us of bytes,
+`benchmarks/results/2026-12-03-1415-nvidia-h200-fused-linear-tma.json`). Here one launch runs every
+layer of a step. Its programs (one per SM) walk through the phases below, each spreading its work
+items (row tile x column tile x K slice) over all programs; between phases every program waits at a
+grid barrier (a counter in global memory), so a phase may read what any program wrote in the phase
+before. Per layer:
 
-1. `qkv`: split-K partial sums of (x * g) @ Wqkv^T. x, the layer's input, is formed as it is read
-   (the step's input for the first layer, else h plus the last layer's summed down partials) and
-   stored once for the phases after;
+1. `qkv`: split-K partial sums of (x * g) @ Wqkv^T, x the layer's input;
 2. `attention`, per (row, kv head): the partial sums added and scaled by the row's 1 / rms, then
    RoPE, the cache write and attention over the row's prefix (`decode_attention.attend_one_token`);
-3. `out`: split-K partial sums of o @ Wo^T;
-4. `gate/up`: h = x + o Wo^T formed as it is read, its norm, silu(gate) * up (whole sums);
-5. `down`: split-K partial sums of act @ W2^T;
+3. `out`: h = x + o Wo^T;
+4. `gate/up`: silu(gate) * up of norm(h) (whole sums);
+5. `down`: h + act W2^T, the next layer's input (the last layer's: the output, before the final
+   norm, which rides with the codebook head).
 
-and a last phase writes the output, h + the summed down partials (before the final norm, which
-rides with the codebook head). Partial sums are added in a fixed order: deterministic. A program
-that has counted itself in at a barrier asks L2 for the weights of its items of the next phase
-before it waits (`PREFETCH`), so they stream in while the slowest programs finish.
+The out and down projections split K too: each item stores its slice's partial sums, and the last
+slice of a tile to finish (counted at the tile's lock) adds them in a fixed order (deterministic)
+and writes the residual stream, so the phases after read it once formed. A program that has
+counted itself in at a barrier asks L2 for the weights of its items of the next phase before it
+waits (`PREFETCH`), so they stream in while the slowest programs finish.
 
 The kernel also runs one phase per launch, without barriers (`MODE = "phases"`): Triton's
 interpreter runs a grid's programs one after another, where a barrier would never open, so the CPU
@@ -42,8 +45,13 @@ from serve_app.model.kernels.decode_attention import attend_one_token
 from serve_app.model.kernels.pdl import enter
 
 PHASES_PER_LAYER = 5
-MAX_ROWS = 16
-"""Rows a launch serves: one tensor-core row tile (the kernel is for small batches)."""
+MAX_ROWS = 256
+"""Rows a launch serves (at most the caches' slots: row b is slot b)."""
+
+M_TILE = 64
+"""Rows of a work item's tile at most (a power of two >= 16): a launch of more rows splits each
+phase's items into row tiles too, the tiles of one weight block on neighbouring programs, so the
+block is read from memory once and from L2 for the others."""
 
 MODES = ("persistent", "phases")
 MODE = "persistent"
@@ -55,10 +63,15 @@ PREFETCH = True
 between counting itself in at a barrier and waiting there (`_prefetch_l2`), so they stream in while
 the slowest programs finish."""
 
-NUM_WARPS = 4
-"""Warps per program. Compiled for sm_90 at CSM-1B's widths, the kernel takes 255 registers at 4
-warps and at 8 and spills 96-116 bytes (Triton 3.9) or 660 (3.6; 520-572 at 8 warps)
-(`benchmarks/results/2026-12-04-cpu-kernels-sm90-triton-*.json`). Which is faster is for a GPU to say."""
+ROW_TILE_PLANS: dict[int, tuple[int, int, int]] = {16: (64, 32, 4), 32: (64, 32, 8), 64: (32, 32, 8), 128: (32, 32, 8)}
+"""Rows per tile → (largest K tile, largest gate/up column tile, warps). Compiled for sm_90 at CSM-1B's
+widths, the persistent launch spills nothing with these under Triton 3.6 and 3.9, where wider tiles
+spilled tens of bytes (tiles of 16 rows) to kilobytes (64) (`python tests/support_kernel_compile.py
+--depth-tiles`: `benchmarks/results/2026-12-05-cpu-depth-kernel-row-tiles-sm90-triton-*.json`; 128:
+12 bytes, untabled). Which is fastest is for a GPU to say (`bench_fused_linear.py`'s depth variants)."""
+
+NUM_WARPS: int | None = None
+"""Warps per program instead of the row tile's own (`ROW_TILE_PLANS`; benchmark sweeps)."""
 
 
 @triton.jit
@@ -111,12 +124,15 @@ def _prefetch_l2(w_ptr, row0, ROWS: tl.constexpr, col0, COLS: tl.constexpr, ROW_
 
 
 @triton.jit
-def _prefetch_split(w_ptr, pid, programs, N: tl.constexpr, K: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr):
-    """Prefetch this program's (column tile, K slice) blocks of a split-K phase's (N, K) weight, the
-    items `_split_matmul` and `_qkv_phase` give it."""
+def _prefetch_split(
+    w_ptr, pid, programs, m_tiles, N: tl.constexpr, K: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr
+):
+    """Prefetch the (column tile, K slice) blocks of a split-K phase's (N, K) weight that this
+    program's items (`_split_item`) of `_split_matmul` or `_qkv_phase` read."""
     span: tl.constexpr = K // SPLIT
-    for item in range(pid, (N // BN) * SPLIT, programs):
-        _prefetch_l2(w_ptr, (item % (N // BN)) * BN, BN, (item // (N // BN)) * span, span, K)
+    for item in range(pid, m_tiles * (N // BN) * SPLIT, programs):
+        rest = item // m_tiles
+        _prefetch_l2(w_ptr, (rest % (N // BN)) * BN, BN, (rest // (N // BN)) * span, span, K)
 
 
 @triton.jit
@@ -128,6 +144,7 @@ def _prefetch_phase(
     w2_ptr,
     pid,
     programs,
+    m_tiles,
     L: tl.constexpr,
     D: tl.constexpr,
     NQKV: tl.constexpr,
@@ -147,30 +164,59 @@ def _prefetch_phase(
     kind = phase % 5
     if layer < L:
         if kind == 0:
-            _prefetch_split(wqkv_ptr + layer * NQKV * D, pid, programs, NQKV, D, BN_QKV, SPLIT_QKV)
+            _prefetch_split(wqkv_ptr + layer * NQKV * D, pid, programs, m_tiles, NQKV, D, BN_QKV, SPLIT_QKV)
         elif kind == 2:
-            _prefetch_split(wo_ptr + layer * D * QD, pid, programs, D, QD, BN_O, SPLIT_O)
+            _prefetch_split(wo_ptr + layer * D * QD, pid, programs, m_tiles, D, QD, BN_O, SPLIT_O)
         elif kind == 3:
             w = w13_ptr + layer * 2 * F * D
-            for item in range(pid, F // BN_GU, programs):
-                _prefetch_l2(w, item * BN_GU, BN_GU, 0, D, D)
-                _prefetch_l2(w, F + item * BN_GU, BN_GU, 0, D, D)
+            for item in range(pid, m_tiles * (F // BN_GU), programs):
+                tile = item // m_tiles
+                _prefetch_l2(w, tile * BN_GU, BN_GU, 0, D, D)
+                _prefetch_l2(w, F + tile * BN_GU, BN_GU, 0, D, D)
         elif kind == 4:
-            _prefetch_split(w2_ptr + layer * D * F, pid, programs, D, F, BN_DOWN, SPLIT_DOWN)
+            _prefetch_split(w2_ptr + layer * D * F, pid, programs, m_tiles, D, F, BN_DOWN, SPLIT_DOWN)
 
 
 @triton.jit
-def _residual(base_ptr, part_ptr, rows, cols, row_ok, B, N: tl.constexpr, SPLIT: tl.constexpr):
-    """base + (the SPLIT partial sums of a projection, added in order), for a (rows, cols) tile of
-    (B, N) tensors, each rounded as the eager residual add rounds. Read through L2 (`.cg`): other
-    SMs wrote them during this launch."""
+def _split_item(item, m_tiles, B, n_tiles: tl.constexpr, BLOCK_M: tl.constexpr):
+    """A work item's row tile (its rows and which are real), column tile and K slice. Row tiles
+    vary fastest, so the programs that share a weight block run side by side."""
+    rows = (item % m_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rest = item // m_tiles
+    return rows, rows < B, rest % n_tiles, rest // n_tiles
+
+
+@triton.jit
+def _round_add(base, total, dtype: tl.constexpr):
+    """base + a projection's fp32 sums, each rounded as the eager residual add rounds."""
+    return (base.to(tl.float32) + total.to(dtype).to(tl.float32)).to(dtype)
+
+
+@triton.jit
+def _finish_tile(
+    acc, part_ptr, lock_ptr, base_ptr, dst_ptr, rows, cols, row_ok, split, B, N: tl.constexpr, SPLIT: tl.constexpr
+):
+    """An item's sums of a (row tile, column tile) of the output projection or down projection:
+    dst = base + the tile's sums (the residual stream). With K split, each item stores its slice's
+    partial sums and counts itself in at the tile's lock; the tile's last slice adds them all in a
+    fixed order (deterministic, unlike atomic adds) and writes dst. So the next phases read the
+    residual stream once formed, not every partial sum again in each of their items. Partial sums
+    and base are read through L2 (`.cg`): other SMs wrote them during this launch."""
     dtype = base_ptr.dtype.element_ty
     offs = rows[:, None] * N + cols[None, :]
-    total = tl.zeros((rows.shape[0], cols.shape[0]), tl.float32)
-    for s in tl.static_range(SPLIT):
-        total += tl.load(part_ptr + s * B * N + offs, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
-    base = tl.load(base_ptr + offs, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
-    return (base.to(tl.float32) + total.to(dtype).to(tl.float32)).to(dtype)
+    if SPLIT == 1:
+        base = tl.load(base_ptr + offs, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+        tl.store(dst_ptr + offs, _round_add(base, acc, dtype), mask=row_ok[:, None])
+    else:
+        tl.store(part_ptr + split * B * N + offs, acc, mask=row_ok[:, None])
+        tl.debug_barrier()  # every thread's stores are issued before the release below
+        if tl.atomic_add(lock_ptr, 1, sem="acq_rel", scope="gpu") == SPLIT - 1:
+            total = tl.zeros((rows.shape[0], cols.shape[0]), tl.float32)
+            for s in range(SPLIT):  # a loop, not unrolled: one partial tile live at a time
+                total += tl.load(part_ptr + s * B * N + offs, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+            base = tl.load(base_ptr + offs, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+            tl.store(dst_ptr + offs, _round_add(base, total, dtype), mask=row_ok[:, None])
+            tl.store(lock_ptr, 0)  # zero again for the next phase (a barrier away) or launch
 
 
 @triton.jit
@@ -178,6 +224,9 @@ def _split_matmul(
     a_ptr,  # (B, K) activations
     w_ptr,  # (N, K) this layer's weight
     part_ptr,  # (SPLIT, B, N) fp32 partial sums
+    lock_ptr,  # (row tiles x N / BN) int32 tile counters, zero
+    base_ptr,  # (B, N) the residual stream before
+    dst_ptr,  # (B, N) the residual stream after
     B,
     pid,
     programs,
@@ -189,20 +238,22 @@ def _split_matmul(
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """The out and down phases: each item is one (column tile, K slice) of a @ W^T."""
-    rows = tl.arange(0, BLOCK_M)
-    row_ok = rows < B
+    """The out and down phases, dst = base + a @ W^T: each item is one (row tile, column tile,
+    K slice)."""
+    m_tiles = tl.cdiv(B, BLOCK_M)
     n_tiles: tl.constexpr = N // BN
     span: tl.constexpr = K // SPLIT
-    for item in range(pid, n_tiles * SPLIT, programs):
-        cols = (item % n_tiles) * BN + tl.arange(0, BN)
-        start = (item // n_tiles) * span
+    for item in range(pid, m_tiles * n_tiles * SPLIT, programs):
+        rows, row_ok, tile, split = _split_item(item, m_tiles, B, n_tiles, BLOCK_M)
+        cols = tile * BN + tl.arange(0, BN)
+        start = split * span
         acc = tl.zeros((BLOCK_M, BN), tl.float32)
         for k0 in range(start, start + span, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             a = tl.load(a_ptr + rows[:, None] * K + ks[None, :], mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
             acc += tl.dot(a, tl.load(w_ptr + cols[None, :] * K + ks[:, None]), input_precision=PRECISION)
-        tl.store(part_ptr + (item // n_tiles) * B * N + rows[:, None] * N + cols[None, :], acc, mask=row_ok[:, None])
+        lock = lock_ptr + (item % m_tiles) * n_tiles + tile
+        _finish_tile(acc, part_ptr, lock, base_ptr, dst_ptr, rows, cols, row_ok, split, B, N, SPLIT)
 
 
 @triton.jit
@@ -211,8 +262,6 @@ def _qkv_phase(
     x0_ptr,
     x0_stride,
     x_ptr,
-    h_ptr,
-    d_part_ptr,
     g_ptr,
     w_ptr,
     part_ptr,
@@ -223,34 +272,33 @@ def _qkv_phase(
     NQKV: tl.constexpr,
     BN: tl.constexpr,
     SPLIT: tl.constexpr,
-    SPLIT_DOWN: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """Split-K partial sums of (x * g) @ Wqkv^T; the items of the first column tile store x."""
+    """Split-K partial sums of (x * g) @ Wqkv^T. x: the step's input for the first layer (which the
+    items of the first column tile store for the phases after), else what the down phase wrote."""
     dtype = x_ptr.dtype.element_ty
-    rows = tl.arange(0, BLOCK_M)
-    row_ok = rows < B
+    m_tiles = tl.cdiv(B, BLOCK_M)
     n_tiles: tl.constexpr = NQKV // BN
     span: tl.constexpr = D // SPLIT
-    for item in range(pid, n_tiles * SPLIT, programs):
-        tile = item % n_tiles
+    for item in range(pid, m_tiles * n_tiles * SPLIT, programs):
+        rows, row_ok, tile, split = _split_item(item, m_tiles, B, n_tiles, BLOCK_M)
         cols = tile * BN + tl.arange(0, BN)
-        start = (item // n_tiles) * span
+        start = split * span
         acc = tl.zeros((BLOCK_M, BN), tl.float32)
         for k0 in range(start, start + span, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             if layer == 0:
                 x = tl.load(x0_ptr + rows[:, None] * x0_stride + ks[None, :], mask=row_ok[:, None], other=0.0)
+                if tile == 0:
+                    tl.store(x_ptr + rows[:, None] * D + ks[None, :], x, mask=row_ok[:, None])
             else:
-                x = _residual(h_ptr, d_part_ptr, rows, ks, row_ok, B, D, SPLIT_DOWN)
-            if tile == 0:
-                tl.store(x_ptr + rows[:, None] * D + ks[None, :], x, mask=row_ok[:, None])
+                x = tl.load(x_ptr + rows[:, None] * D + ks[None, :], mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
             g = tl.load(g_ptr + ks).to(tl.float32)
             a = (x.to(tl.float32) * g[None, :]).to(dtype)
             acc += tl.dot(a, tl.load(w_ptr + cols[None, :] * D + ks[:, None]), input_precision=PRECISION)
-        tl.store(part_ptr + (item // n_tiles) * B * NQKV + rows[:, None] * NQKV + cols[None, :], acc, mask=row_ok[:, None])
+        tl.store(part_ptr + split * B * NQKV + rows[:, None] * NQKV + cols[None, :], acc, mask=row_ok[:, None])
 
 
 @triton.jit
@@ -331,8 +379,6 @@ def _attention_phase(
 
 @triton.jit
 def _gate_up_phase(
-    x_ptr,
-    o_part_ptr,
     h_ptr,
     g_ptr,
     w_ptr,  # (2F, D), gate rows first
@@ -344,25 +390,23 @@ def _gate_up_phase(
     D: tl.constexpr,
     F: tl.constexpr,
     BN: tl.constexpr,
-    SPLIT_O: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """silu(gate) * up of norm(h) for one column tile per item; h = x + o Wo^T, stored by item 0."""
-    dtype = x_ptr.dtype.element_ty
-    rows = tl.arange(0, BLOCK_M)
-    row_ok = rows < B
-    for item in range(pid, F // BN, programs):
-        cols = item * BN + tl.arange(0, BN)
+    """silu(gate) * up of norm(h) for one (row tile, column tile) per item (h = x + o Wo^T, which
+    the out phase wrote)."""
+    dtype = h_ptr.dtype.element_ty
+    m_tiles = tl.cdiv(B, BLOCK_M)
+    for item in range(pid, m_tiles * (F // BN), programs):
+        rows, row_ok, tile, _ = _split_item(item, m_tiles, B, F // BN, BLOCK_M)
+        cols = tile * BN + tl.arange(0, BN)
         acc = tl.zeros((BLOCK_M, BN), tl.float32)
         acc_up = tl.zeros((BLOCK_M, BN), tl.float32)
         sumsq = tl.zeros((BLOCK_M,), tl.float32)
         for k0 in range(0, D, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
-            h = _residual(x_ptr, o_part_ptr, rows, ks, row_ok, B, D, SPLIT_O)
-            if item == 0:
-                tl.store(h_ptr + rows[:, None] * D + ks[None, :], h, mask=row_ok[:, None])
+            h = tl.load(h_ptr + rows[:, None] * D + ks[None, :], mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
             hf = h.to(tl.float32)
             sumsq += tl.sum(hf * hf, axis=1)
             g = tl.load(g_ptr + ks).to(tl.float32)
@@ -374,20 +418,6 @@ def _gate_up_phase(
         act = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32)
         out = (act * (acc_up * rstd[:, None]).to(dtype).to(tl.float32)).to(dtype)
         tl.store(act_ptr + rows[:, None] * F + cols[None, :], out, mask=row_ok[:, None])
-
-
-@triton.jit
-def _output_phase(
-    h_ptr, d_part_ptr, out_ptr, B, pid, programs, D: tl.constexpr, SPLIT_DOWN: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """The last layer's output: h + its summed down partials."""
-    rows = tl.arange(0, BLOCK_M)
-    row_ok = rows < B
-    for item in range(pid, D // BLOCK_K, programs):
-        ks = item * BLOCK_K + tl.arange(0, BLOCK_K)
-        out = _residual(h_ptr, d_part_ptr, rows, ks, row_ok, B, D, SPLIT_DOWN)
-        tl.store(out_ptr + rows[:, None] * D + ks[None, :], out, mask=row_ok[:, None])
 
 
 @triton.jit
@@ -412,7 +442,7 @@ def _depth_layers_kernel(
     o_part_ptr,  # scratch (SPLIT_O, B, D) fp32
     act_ptr,  # scratch (B, F)
     d_part_ptr,  # scratch (SPLIT_DOWN, B, D) fp32
-    sync_ptr,  # (2,) int32: barrier arrivals, exits; zero between launches
+    sync_ptr,  # (2 + tiles,) int32: barrier arrivals, exits, then the split-K tiles' locks; zero between launches
     times_ptr,  # (phases + 1,) int64 (TIMED): the clock at the start and as each phase's barrier opens
     B,
     first_phase,
@@ -461,14 +491,10 @@ def _depth_layers_kernel(
         layer = phase // 5  # PHASES_PER_LAYER
         kind = phase % 5
         if kind == 0:
-            if layer < L:
-                _qkv_phase(
-                    layer, x0_ptr, x0_stride, x_ptr, h_ptr, d_part_ptr, attn_norm_ptr + layer * D,
-                    wqkv_ptr + layer * NQKV * D, qkv_part_ptr, B, pid, programs,
-                    D, NQKV, BN_QKV, SPLIT_QKV, SPLIT_DOWN, BLOCK_M, BLOCK_K, PRECISION,
-                )
-            else:
-                _output_phase(h_ptr, d_part_ptr, out_ptr, B, pid, programs, D, SPLIT_DOWN, BLOCK_M, BLOCK_K)
+            _qkv_phase(
+                layer, x0_ptr, x0_stride, x_ptr, attn_norm_ptr + layer * D, wqkv_ptr + layer * NQKV * D,
+                qkv_part_ptr, B, pid, programs, D, NQKV, BN_QKV, SPLIT_QKV, BLOCK_M, BLOCK_K, PRECISION,
+            )
         elif kind == 1:
             _attention_phase(
                 x_ptr, qkv_part_ptr, pos_ptr, pos_stride, cos_ptr, sin_ptr, k_ptr, v_ptr,
@@ -476,18 +502,19 @@ def _depth_layers_kernel(
                 programs, eps, scale, D, NQKV, SPLIT_QKV, H, HKV, GROUP, GP, DH, BLOCK_K, BLOCK_N, PRECISION,
             )
         elif kind == 2:
-            _split_matmul(
-                o_ptr, wo_ptr + layer * D * QD, o_part_ptr, B, pid, programs,
+            _split_matmul(  # h = x + o Wo^T
+                o_ptr, wo_ptr + layer * D * QD, o_part_ptr, sync_ptr + 2, x_ptr, h_ptr, B, pid, programs,
                 D, QD, BN_O, SPLIT_O, BLOCK_M, BLOCK_K, PRECISION,
             )
         elif kind == 3:
             _gate_up_phase(
-                x_ptr, o_part_ptr, h_ptr, ffn_norm_ptr + layer * D, w13_ptr + layer * 2 * F * D, act_ptr,
-                B, pid, programs, eps, D, F, BN_GU, SPLIT_O, BLOCK_M, BLOCK_K, PRECISION,
+                h_ptr, ffn_norm_ptr + layer * D, w13_ptr + layer * 2 * F * D, act_ptr,
+                B, pid, programs, eps, D, F, BN_GU, BLOCK_M, BLOCK_K, PRECISION,
             )
-        else:
+        else:  # the next layer's input, or the last layer's output: h + act W2^T
+            dst = out_ptr if layer == L - 1 else x_ptr
             _split_matmul(
-                act_ptr, w2_ptr + layer * D * F, d_part_ptr, B, pid, programs,
+                act_ptr, w2_ptr + layer * D * F, d_part_ptr, sync_ptr + 2, h_ptr, dst, B, pid, programs,
                 D, F, BN_DOWN, SPLIT_DOWN, BLOCK_M, BLOCK_K, PRECISION,
             )
         if GRID_SYNC:  # noqa: SIM102 - a constexpr test alone: no barrier is compiled without it
@@ -495,7 +522,8 @@ def _depth_layers_kernel(
                 _grid_arrive(sync_ptr)
                 if PREFETCH:
                     _prefetch_phase(
-                        phase + 1, wqkv_ptr, wo_ptr, w13_ptr, w2_ptr, pid, programs, L, D, NQKV, F, QD,
+                        phase + 1, wqkv_ptr, wo_ptr, w13_ptr, w2_ptr, pid, programs, tl.cdiv(B, BLOCK_M),
+                        L, D, NQKV, F, QD,
                         BN_QKV, SPLIT_QKV, BN_O, SPLIT_O, BN_GU, BN_DOWN, SPLIT_DOWN,
                     )
                 _grid_wait(sync_ptr, (phase + 1 - first_phase) * programs)
@@ -520,25 +548,38 @@ def _split(k: int, block_k: int, most: int) -> int:
     return split
 
 
-def tiles(dim: int, q_dim: int, qkv_dim: int, ffn_dim: int) -> dict[str, int]:
-    """The kernel's tiles and splits for a stack's widths (`fits` says whether they divide them).
+def tiles(dim: int, q_dim: int, qkv_dim: int, ffn_dim: int, rows: int = 1) -> dict[str, int]:
+    """The kernel's tiles and splits for a stack's widths and a launch's rows (`fits` says whether
+    they divide the widths).
 
-    Column tiles of 32 (64 for the wide gate/up and down outputs) and K splits so that each phase
-    has about as many items as an H100/H200 has SMs at CSM-1B's depth decoder (qkv 384, out 128,
-    gate/up 128, down 128)."""
-    block_k = 128
+    K and gate/up column tiles as large as the row tile allows (`ROW_TILE_PLANS`), column tiles of 32
+    for the other outputs (64 for down), and K splits so that each phase has about as many items as
+    an H100/H200 has SMs at CSM-1B's depth decoder in one row tile (qkv 384, out 128, gate/up 256,
+    down 128); more row tiles take fewer splits, down to one."""
+    block_m = row_tile(rows)
+    m_tiles = -(-rows // block_m)
+    largest_k, largest_gate_up, _ = ROW_TILE_PLANS[block_m]
+    block_k = largest_k
     while block_k >= 16 and (dim % block_k or q_dim % block_k or ffn_dim % block_k):
         block_k //= 2
     return {
         "BLOCK_K": block_k,
         "BN_QKV": _fit(qkv_dim, 32),
         "BN_O": _fit(dim, 32),
-        "BN_GU": _fit(ffn_dim, 64),
+        "BN_GU": _fit(ffn_dim, largest_gate_up),
         "BN_DOWN": _fit(dim, 64),
-        "SPLIT_QKV": _split(dim, block_k, 8),
-        "SPLIT_O": _split(q_dim, block_k, 4),
-        "SPLIT_DOWN": _split(ffn_dim, block_k, 8),
+        "SPLIT_QKV": _split(dim, block_k, max(1, 8 // m_tiles)),
+        "SPLIT_O": _split(q_dim, block_k, max(1, 4 // m_tiles)),
+        "SPLIT_DOWN": _split(ffn_dim, block_k, max(1, 8 // m_tiles)),
     }
+
+
+def row_tile(rows: int) -> int:
+    """A launch's rows per tile: the next power of two (16 at least: the tensor cores' smallest),
+    up to `M_TILE`."""
+    if M_TILE not in ROW_TILE_PLANS:
+        raise ValueError(f"M_TILE must be one of {sorted(ROW_TILE_PLANS)}, got {M_TILE}")
+    return min(max(16, triton.next_power_of_2(rows)), M_TILE)
 
 
 PLAN_OVERRIDES: dict[str, int] = {}
@@ -577,14 +618,20 @@ def supports(dim: int, n_heads: int, n_kv_heads: int, head_dim: int, ffn_dim: in
 
 
 def phase_names(n_layers: int) -> list[str]:
-    """The kernel's phases in order, e.g. `layer0.qkv`, ..., `output` (the phase timer's labels)."""
+    """The kernel's phases in order, `layer0.qkv` ... `layer{n-1}.down` (the phase timer's labels)."""
     kinds = ("qkv", "attention", "out", "gate_up", "down")
-    return [f"layer{layer}.{kind}" for layer in range(n_layers) for kind in kinds] + ["output"]
+    return [f"layer{layer}.{kind}" for layer in range(n_layers) for kind in kinds]
+
+
+TILE_LOCKS = 4096
+"""Split-K tile counters of the out and down phases (row tiles x column tiles, 64 at most at CSM-1B's
+widths in one row tile)."""
 
 
 def barrier_counters(device: torch.device) -> torch.Tensor:
-    """The device's grid-barrier counters (made before any CUDA-graph capture that uses them)."""
-    return device_counters("depth-layers barrier", device, 2)
+    """The device's grid-barrier counters, then the split-K tiles' (made before any CUDA-graph
+    capture that uses them)."""
+    return device_counters("depth-layers barrier", device, 2 + TILE_LOCKS)
 
 
 def launch(
@@ -617,7 +664,8 @@ def launch(
     q_dim = n_heads * head_dim
     if not supports(dim, n_heads, n_kv_heads, head_dim, ffn_dim):
         raise ValueError(f"the depth-layers kernel does not fit widths {dim}, {q_dim}, {n_qkv}, {ffn_dim}")
-    plan = plan or {**tiles(dim, q_dim, n_qkv, ffn_dim), **PLAN_OVERRIDES}
+    block_m = row_tile(b)
+    plan = plan or {**tiles(dim, q_dim, n_qkv, ffn_dim, b), **PLAN_OVERRIDES}
     if not fits(plan, dim, q_dim, n_qkv, ffn_dim):
         raise ValueError(f"tiles {plan} do not fit widths {dim}, {q_dim}, {n_qkv}, {ffn_dim}")
     if b > MAX_ROWS:
@@ -646,7 +694,10 @@ def launch(
     sync = barrier_counters(x.device)
     if times is not None and not persistent:
         raise ValueError("the phase timer times a persistent launch (CUDA, MODE 'persistent')")
-    phases = PHASES_PER_LAYER * n_layers + 1
+    phases = PHASES_PER_LAYER * n_layers
+    tile_locks = -(-b // block_m) * dim // min(plan["BN_O"], plan["BN_DOWN"])
+    if tile_locks > TILE_LOCKS:
+        raise ValueError(f"{tile_locks} split-K tiles for {TILE_LOCKS} tile counters")
     if times is not None and (times.dtype != torch.int64 or times.numel() < phases + 1):
         raise ValueError(f"the phase timer needs {phases + 1} int64 slots")
     group = n_heads // n_kv_heads
@@ -658,10 +709,10 @@ def launch(
             k_stack.stride(0), k_stack.stride(1), k_stack.stride(2), k_stack.stride(3),
             eps, 1.0 / math.sqrt(head_dim),
             L=n_layers, D=dim, NQKV=n_qkv, F=ffn_dim, H=n_heads, HKV=n_kv_heads, GROUP=group,
-            GP=max(16, triton.next_power_of_2(group)), DH=head_dim, BLOCK_M=MAX_ROWS,
+            GP=max(16, triton.next_power_of_2(group)), DH=head_dim, BLOCK_M=block_m,
             BLOCK_N=32 if head_dim > 64 else 64, GRID_SYNC=persistent, PREFETCH=persistent and PREFETCH, TIMED=times is not None,
             PRECISION="ieee" if wqkv.dtype == torch.float32 else "tf32",
-            num_warps=NUM_WARPS, num_stages=3, **plan, **pdl.launch_options(x.device),
+            num_warps=NUM_WARPS or ROW_TILE_PLANS[block_m][2], num_stages=3, **plan, **pdl.launch_options(x.device),
         )
     return out
 
