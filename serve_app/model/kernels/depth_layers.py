@@ -128,11 +128,13 @@ def _prefetch_split(
     w_ptr, pid, programs, m_tiles, N: tl.constexpr, K: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr
 ):
     """Prefetch the (column tile, K slice) blocks of a split-K phase's (N, K) weight that this
-    program's items (`_split_item`) of `_split_matmul` or `_qkv_phase` read."""
+    program's items (`_split_item`) of `_split_matmul` or `_qkv_phase` read: a block once, by the
+    item of its first row tile."""
     span: tl.constexpr = K // SPLIT
     for item in range(pid, m_tiles * (N // BN) * SPLIT, programs):
-        rest = item // m_tiles
-        _prefetch_l2(w_ptr, (rest % (N // BN)) * BN, BN, (rest // (N // BN)) * span, span, K)
+        if item % m_tiles == 0:
+            rest = item // m_tiles
+            _prefetch_l2(w_ptr, (rest % (N // BN)) * BN, BN, (rest // (N // BN)) * span, span, K)
 
 
 @triton.jit
@@ -145,7 +147,6 @@ def _prefetch_phase(
     pid,
     programs,
     m_tiles,
-    L: tl.constexpr,
     D: tl.constexpr,
     NQKV: tl.constexpr,
     F: tl.constexpr,
@@ -162,19 +163,19 @@ def _prefetch_phase(
     (column tile, K slice) blocks, the gate/up phase's its gate and up rows)."""
     layer = phase // 5  # PHASES_PER_LAYER
     kind = phase % 5
-    if layer < L:
-        if kind == 0:
-            _prefetch_split(wqkv_ptr + layer * NQKV * D, pid, programs, m_tiles, NQKV, D, BN_QKV, SPLIT_QKV)
-        elif kind == 2:
-            _prefetch_split(wo_ptr + layer * D * QD, pid, programs, m_tiles, D, QD, BN_O, SPLIT_O)
-        elif kind == 3:
-            w = w13_ptr + layer * 2 * F * D
-            for item in range(pid, m_tiles * (F // BN_GU), programs):
+    if kind == 0:
+        _prefetch_split(wqkv_ptr + layer * NQKV * D, pid, programs, m_tiles, NQKV, D, BN_QKV, SPLIT_QKV)
+    elif kind == 2:
+        _prefetch_split(wo_ptr + layer * D * QD, pid, programs, m_tiles, D, QD, BN_O, SPLIT_O)
+    elif kind == 3:
+        w = w13_ptr + layer * 2 * F * D
+        for item in range(pid, m_tiles * (F // BN_GU), programs):
+            if item % m_tiles == 0:  # a block once, by the item of its first row tile
                 tile = item // m_tiles
                 _prefetch_l2(w, tile * BN_GU, BN_GU, 0, D, D)
                 _prefetch_l2(w, F + tile * BN_GU, BN_GU, 0, D, D)
-        elif kind == 4:
-            _prefetch_split(w2_ptr + layer * D * F, pid, programs, m_tiles, D, F, BN_DOWN, SPLIT_DOWN)
+    elif kind == 4:
+        _prefetch_split(w2_ptr + layer * D * F, pid, programs, m_tiles, D, F, BN_DOWN, SPLIT_DOWN)
 
 
 @triton.jit
@@ -523,7 +524,7 @@ def _depth_layers_kernel(
                 if PREFETCH:
                     _prefetch_phase(
                         phase + 1, wqkv_ptr, wo_ptr, w13_ptr, w2_ptr, pid, programs, tl.cdiv(B, BLOCK_M),
-                        L, D, NQKV, F, QD,
+                        D, NQKV, F, QD,
                         BN_QKV, SPLIT_QKV, BN_O, SPLIT_O, BN_GU, BN_DOWN, SPLIT_DOWN,
                     )
                 _grid_wait(sync_ptr, (phase + 1 - first_phase) * programs)
