@@ -714,18 +714,6 @@ def parse_args() -> argparse.Namespace:
         help="fused Triton projections up to this batch (default: the engine's default, every batch)",
     )
     p.add_argument(
-        "--depth-kernel-max-batch",
-        type=int,
-        default=None,
-        help="depth steps up to this batch run as one persistent Triton kernel (default: the engine's, none)",
-    )
-    p.add_argument(
-        "--depth-kernel-mode",
-        choices=("persistent", "phases"),
-        default=None,
-        help="that kernel in one launch with grid barriers, or one launch per phase (default: the kernel's)",
-    )
-    p.add_argument(
         "--in-kernel-split-k-rows",
         type=int,
         default=None,
@@ -736,6 +724,12 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=None,
         help="warps per row of the fused sampler (default: the kernel's)",
+    )
+    p.add_argument(
+        "--sampler-top-k-fast",
+        type=int,
+        default=None,
+        help="rows with top_k up to this take the sampler's bitonic top-k, 0: every row sorts (default: the kernel's)",
     )
     p.add_argument(
         "--pdl",
@@ -784,14 +778,14 @@ def parse_args() -> argparse.Namespace:
 def set_kernel_options(args: argparse.Namespace) -> dict[str, Any]:
     """Process-wide kernel settings from the command line (before the engine captures its graphs);
     returns the settings in force, for the results."""
-    from serve_app.model.kernels import depth_layers, fused_linear, pdl, sampling
+    from serve_app.model.kernels import fused_linear, pdl, sampling
 
-    if args.depth_kernel_mode is not None:
-        depth_layers.MODE = args.depth_kernel_mode
     if args.in_kernel_split_k_rows is not None:
         fused_linear.IN_KERNEL_REDUCE_MAX_ROWS = args.in_kernel_split_k_rows
     if args.sampler_warps is not None:
         sampling.NUM_WARPS = args.sampler_warps
+    if args.sampler_top_k_fast is not None:
+        sampling.TOP_K_FAST = args.sampler_top_k_fast
     if args.pdl is not None:
         pdl.MODE = args.pdl
     if args.tma_min_rows is not None:
@@ -801,7 +795,7 @@ def set_kernel_options(args: argparse.Namespace) -> dict[str, Any]:
         "sampler_warps": sampling.NUM_WARPS,
         "pdl": pdl.MODE,
         "tma_min_rows": fused_linear.TMA_MIN_ROWS,
-        "depth_kernel_mode": depth_layers.MODE,
+        "sampler_top_k_fast": sampling.TOP_K_FAST,
     }
 
 
@@ -814,8 +808,6 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         options["fused_linear_max_batch"] = args.fused_linear_max_batch
     if args.chunk_frames is not None:
         options["chunk_frames"] = args.chunk_frames
-    if args.depth_kernel_max_batch is not None:
-        options["depth_kernel_max_batch"] = args.depth_kernel_max_batch
     return options
 
 

@@ -15,9 +15,6 @@ Sections (written to the JSON as each finishes):
               together overflow L2), not replayed from L2 as in `tiles`: the shipped tile with
               pointer loads and with TMA loads, the sweep's tiles with the loads of `--cold-loads`,
               and cuBLAS's matmul alone; the kernels compile first in parallel worker processes
-  depth_phases  the persistent depth kernel's own clock (`depth_layers` `times`): microseconds per
-              phase (QKV, attention, output projection, gate/up, down, each with its barrier) per
-              batch, summed over the layers, against the launch's time from CUDA events
   variants    the whole decode step per batch under each kernel setting (the shipped tiles or the
               cold sweep's, split-K sums in-kernel, sampler warps, programmatic dependent launch,
               TMA loads, cuBLAS's matmuls instead of the fused projections),
@@ -475,13 +472,12 @@ def sampler_warps(batches: list[int], vocab: int = 2048) -> list[dict[str, Any]]
             ones = torch.ones(b, device="cuda", dtype=torch.long)
             args = (logits, ones.float() * 0.9, ones * 50, torch.arange(b, device="cuda"), ones, 5, columns)
             row: dict[str, Any] = {"batch": b, "default_warps": default}
-            for warps in (1, 2, 4, 8, 16):
-                ks.NUM_WARPS = warps
+            for warps in (1, 2, 4, 8, 16):  # k = 50 through the sorted row
+                ks.NUM_WARPS, ks.TOP_K_FAST = warps, 0
                 row[f"warps_{warps}_us"] = round(graph_us(functools.partial(ks.sample_top_k, *args)), 2)
-            for warps in (4, 8, 16):  # k = 50 through the bitonic top-64 instead of the sorted row
+            for warps in (4, 8, 16):  # ... and through the bitonic top-64
                 ks.NUM_WARPS, ks.TOP_K_FAST = warps, 64
                 row[f"top64_warps_{warps}_us"] = round(graph_us(functools.partial(ks.sample_top_k, *args)), 2)
-                ks.TOP_K_FAST = fast
             rows.append(row)
             print("sampler", row, flush=True)
     finally:
@@ -493,7 +489,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "shipped": {},
     "in_kernel_16": {"in_kernel_rows": 16},
     "sampler_16_warps": {"sampler_warps": 16},
-    "sampler_top64": {"sampler_top_k_fast": 64},  # k <= 64 through a bitonic top-64, not a sorted row
+    "sampler_sorted": {"sampler_top_k_fast": 0},  # every row's k-th score from the sorted row
     "pdl_wait": {"pdl": "wait"},
     "pdl_early": {"pdl": "early"},
     "cold_tiles": {"tiles": "cold"},
@@ -502,18 +498,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "all_wait": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "wait"},
     "all_early": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "early"},
     "cublas": {"linear_max_batch": 0},  # the fused attention, cuBLAS's matmuls
-    # the depth decoder's layers in one persistent launch (every batch), or one launch a phase
-    "depth_kernel": {"depth_kernel_max_batch": 256},
-    "depth_kernel_8_warps": {"depth_kernel_max_batch": 256, "depth_warps": 8},
-    "depth_kernel_phases": {"depth_kernel_max_batch": 256, "depth_mode": "phases"},
-    "depth_kernel_no_prefetch": {"depth_kernel_max_batch": 256, "depth_prefetch": False},
-    # fewer, longer items (pipelined K loops); the wider tiles that spill at 16 rows; row tiles of 128
-    "depth_kernel_fewer_splits": {
-        "depth_kernel_max_batch": 256,
-        "depth_plan": {"SPLIT_QKV": 2, "SPLIT_O": 2, "SPLIT_DOWN": 4},
-    },
-    "depth_kernel_wide_tiles": {"depth_kernel_max_batch": 256, "depth_plan": {"BLOCK_K": 128, "BN_GU": 64}},
-    "depth_kernel_row_tile_128": {"depth_kernel_max_batch": 256, "depth_m_tile": 128},
 }
 """Kernel settings the `variants` section times, each against the shipped defaults."""
 
@@ -521,13 +505,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 @contextlib.contextmanager
 def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) -> Iterator[None]:
     """Apply one `VARIANTS` setting to the kernel modules' switches, and restore them after."""
-    from serve_app.model.kernels import depth_layers, pdl
+    from serve_app.model.kernels import pdl
     from serve_app.model.kernels import sampling as ks
 
     saved = (fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST)
-    saved_depth = (
-        depth_layers.MODE, depth_layers.NUM_WARPS, depth_layers.PLAN_OVERRIDES, depth_layers.PREFETCH, depth_layers.M_TILE
-    )
     try:
         if setting.get("tiles") == "cold":
             if not cold_table:
@@ -538,18 +519,9 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
         ks.NUM_WARPS = setting.get("sampler_warps", ks.NUM_WARPS)
         ks.TOP_K_FAST = setting.get("sampler_top_k_fast", ks.TOP_K_FAST)
         pdl.MODE = setting.get("pdl", pdl.MODE)
-        depth_layers.MODE = setting.get("depth_mode", depth_layers.MODE)
-        depth_layers.NUM_WARPS = setting.get("depth_warps", depth_layers.NUM_WARPS)
-        depth_layers.PLAN_OVERRIDES = setting.get("depth_plan", depth_layers.PLAN_OVERRIDES)
-        depth_layers.PREFETCH = setting.get("depth_prefetch", depth_layers.PREFETCH)
-        depth_layers.M_TILE = setting.get("depth_m_tile", depth_layers.M_TILE)
         yield
     finally:
         fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST = saved
-        (
-            depth_layers.MODE, depth_layers.NUM_WARPS, depth_layers.PLAN_OVERRIDES, depth_layers.PREFETCH,
-            depth_layers.M_TILE,
-        ) = saved_depth
 
 
 @torch.inference_mode()
@@ -586,7 +558,6 @@ def variants(
                         2048,
                         fused_attention=True,
                         linear_max_batch=linear_max_batch,
-                        depth_kernel_max_batch=setting.get("depth_kernel_max_batch", 0),
                     )
                     frame = functools.partial(decode_frame, fast, embeds, positions, kv_len, sampling)
                     row[f"{name}_ms"] = round(graph_us(frame, 20) / 1000, 3)
@@ -602,59 +573,6 @@ def variants(
         print("variants", row, flush=True)
 
 
-@torch.inference_mode()
-def depth_phases(batches: list[int], repeats: int = 5) -> list[dict[str, Any]]:
-    """Per batch: the persistent depth kernel over a frame's depth positions (2..31), each launch
-    stamping the GPU clock as each phase's barrier opens; mean microseconds per phase kind."""
-    from serve_app.model.kernels import depth_layers
-
-    model = random_model(CSM_1B, device="cuda").eval().to(torch.bfloat16)
-    stack = model.decoder
-    stack.setup_caches(max(batches), torch.bfloat16, "cuda")
-    w = stack.stacked_weights()
-    names = depth_layers.phase_names(len(stack.layers))
-    times = torch.zeros(len(names) + 1, dtype=torch.long, device="cuda")
-    gen = torch.Generator("cuda").manual_seed(3)
-    rows = []
-    for b in batches:
-        x = torch.randn(b, stack.cfg.dim, device="cuda", dtype=torch.bfloat16, generator=gen)
-        per_phase = torch.zeros(len(names), dtype=torch.float64)
-        kernel_us, event_us, n = 0.0, 0.0, 0
-        for rep in range(repeats + 1):  # the first round compiles and warms
-            for position in range(2, CSM_1B.num_codebooks):
-                positions = torch.full((b,), position, device="cuda", dtype=torch.long)
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                depth_layers.launch(
-                    x, positions, w.attention_norm, w.wqkv, w.wo, w.ffn_norm, w.w13, w.w2, stack.rope_cos,
-                    stack.rope_sin, stack.k_stack, stack.v_stack, stack.cfg.n_heads, stack.cfg.n_kv_heads,
-                    stack.cfg.norm_eps, times=times,
-                )
-                end.record()
-                end.synchronize()
-                if rep:
-                    stamps = times.cpu().double()
-                    per_phase += stamps.diff() / 1000
-                    kernel_us += float(stamps[-1] - stamps[0]) / 1000
-                    event_us += start.elapsed_time(end) * 1000
-                    n += 1
-        kinds: dict[str, float] = {}
-        for name, us in zip(names, (per_phase / n).tolist(), strict=True):
-            kind = name.split(".")[-1]
-            kinds[kind] = kinds.get(kind, 0.0) + us
-        row = {
-            "batch": b,
-            "launches": n,
-            "kernel_us": round(kernel_us / n, 2),
-            "launch_event_us": round(event_us / n, 2),
-            "per_kind_us": {k: round(v, 2) for k, v in kinds.items()},
-            "per_phase_us": {name: round(v, 2) for name, v in zip(names, (per_phase / n).tolist(), strict=True)},
-        }
-        rows.append(row)
-        print("depth_phases", {k: v for k, v in row.items() if k != "per_phase_us"}, flush=True)
-    return rows
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tile-batches", default="1,16,32,64,128")
@@ -662,7 +580,6 @@ def main() -> None:
     p.add_argument("--step-batches", default="1,2,4,8,16,32,64,128")
     p.add_argument("--shapes", default=",".join(SHAPES), help="projections to sweep")
     p.add_argument("--variant-batches", default="1,128,256,16,64")
-    p.add_argument("--depth-batches", default="1,4,16,64,128", help="batches of the depth_phases section")
     p.add_argument("--variants", default=",".join(VARIANTS), help="settings the variants section times")
     p.add_argument("--cold-table", help="a results file whose cold_table the variants use (no sweep)")
     p.add_argument("--cold-budget-s", type=float, default=240, help="timing budget of the cold sweep")
@@ -699,9 +616,6 @@ def main() -> None:
             args.shapes.split(","), classes, args.cold_loads == "tma", args.cold_budget_s, args.compile_workers
         )
         res["cold_table"] = {f"{c}/{n}/{k}": list(v) for (c, n, k), v in sorted(cold_table.items())}
-        save()
-    if "depth_phases" not in skip:
-        res["depth_phases"] = depth_phases([int(b) for b in args.depth_batches.split(",")])
         save()
     if "variants" not in skip:
         batches = [int(b) for b in args.variant_batches.split(",")]

@@ -11,12 +11,11 @@
 #            time to ready is recorded; the summary is merged into the engine results as "http";
 #            each server's stop ends with `ray stop --force` (every Ray process on the machine)
 #   ws       benchmarks/bench_ws.py against the same server (WebSocket text-in, long-form)
-#   kernel-tests  the gpu-marked tests of the kernels still off until measured (not a default part)
-#   kernel-bench  the graphed decode step with and without the persistent depth kernel
-#            (bench_fused_linear.py variants) and the Mimi decode with and without the channels-last
-#            SEANet kernel (bench_mimi_stream.py) (not a default part)
-#            Each of the two runs under a timeout, since a kernel whose grid barrier never opened would
-#            hang rather than fail.
+#   kernel-tests  the gpu-marked tests of the Triton kernels alone (not a default part)
+#   kernel-bench  the graphed decode step under its kernel settings (bench_fused_linear.py variants
+#            and sampler sections) and the Mimi decode with the channels-last SEANet kernel and with
+#            StreamingStack (bench_mimi_stream.py) (not a default part); `step-bench` and
+#            `seanet-bench` run one of the two. Each runs under a timeout.
 #
 #   bash benchmarks/gpu_suite.sh OUT_DIR [tests] [engine] [http] [ws] [kernel-tests] [kernel-bench]
 #   (default: the first four)
@@ -65,18 +64,20 @@ fi
 
 if has kernel-tests; then
   timeout -s KILL "${KERNEL_TESTS_TIMEOUT_S:-420}" $PY -m pytest -q -m gpu -p no:cacheprovider \
-    tests/test_depth_layers_kernel.py tests/test_engine_kernels.py tests/test_window_attention.py \
+    tests/test_engine_kernels.py tests/test_window_attention.py \
     tests/test_mimi_stream.py tests/test_mimi_stream_graphs.py tests/test_mimi_stream_seanet_kernel.py \
     2>&1 | tee "$OUT/kernel-tests.log" | tail -15
   status kernel-tests "exit ${PIPESTATUS[0]}"
 fi
 
-if has kernel-bench; then
-  # the two together under a device call's 10 minutes
-  OUT="$OUT" timeout -s KILL "${DEPTH_BENCH_TIMEOUT_S:-330}" $PY benchmarks/bench_fused_linear.py \
+if has kernel-bench || has step-bench; then
+  OUT="$OUT" timeout -s KILL "${STEP_BENCH_TIMEOUT_S:-330}" $PY benchmarks/bench_fused_linear.py \
     --skip cold,step,reduce,tiles --step-batches 1,16,128 --variant-batches 1,16,128 \
-    --variants shipped,sampler_top64,depth_kernel,depth_kernel_8_warps,depth_kernel_phases,depth_kernel_no_prefetch,depth_kernel_wide_tiles,depth_kernel_row_tile_128 2>&1 | tee "$OUT/depth-kernel.log" | tail -8
-  status depth-kernel "exit ${PIPESTATUS[0]}"
+    --variants shipped,sampler_sorted,cublas 2>&1 | tee "$OUT/step-variants.log" | tail -8
+  status step-variants "exit ${PIPESTATUS[0]}"
+fi
+
+if has kernel-bench || has seanet-bench; then
   OUT="$OUT" timeout -s KILL "${SEANET_BENCH_TIMEOUT_S:-240}" $PY benchmarks/bench_mimi_stream.py --parts full-cuda \
     --modes cuda-graphs --dtypes bfloat16 --batches 1,128,256 --frames 1,8 --seanet stack,kernel 2>&1 \
     | tee "$OUT/seanet-kernel.log" | tail -8

@@ -190,7 +190,6 @@ def main() -> None:
     p.add_argument("--max-slots", type=int, default=128)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--fused-linear-max-batch", type=int, default=None)
-    p.add_argument("--depth-kernel-max-batch", type=int, default=None)
     p.add_argument("--chunk-frames", type=int, default=None, help="frames per later audio chunk")
     p.add_argument(
         "--steady", type=int, default=128, help="streams of the steady-state kernel profile (0: skip)"

@@ -1,12 +1,11 @@
 """Compile the service's Triton kernels for a Hopper GPU (sm_90) on a machine without one.
 
-Triton's CPU interpreter runs the kernels' arithmetic, but it accepts code the GPU compiler refuses
-(and it never runs the grid barriers of the persistent depth kernel). Here every launch the host code
+Triton's CPU interpreter runs the kernels' arithmetic, but it accepts code the GPU compiler refuses.
+Here every launch the host code
 makes is caught before it would run (`JITFunction.run`), and the kernel is compiled as that launch
 would compile it, through Triton's own compiler down to a cubin (PTX, then `ptxas`), for sm_90, as
 production launches it: every kernel waiting on its predecessor (programmatic dependent launch,
-`pdl.MODE = "wait"`), the depth kernel both with its grid barriers (and L2 prefetches) and phase
-by phase.
+`pdl.MODE = "wait"`).
 
 Run as a script with `TRITON_INTERPRET` unset (the kernels must be JIT functions, not interpreted
 ones): prints one JSON list of launches, each with its kernel, whether it compiled (or the error),
@@ -190,83 +189,10 @@ def service_launches() -> None:
     seanet = KernelSeanet(decoder_parts(mimi).seanet_layers, 2, torch.device("cpu"), bf16)
     channels = seanet.steps[0].state.shape[-1]
     seanet(torch.zeros(2, 2, channels, dtype=bf16), torch.arange(2), torch.zeros(2, dtype=torch.bool))
-    for rows in (1, 128):  # one row tile of 16; two of 64
-        depth_launch(rows)
-
-
-def depth_launch(rows: int) -> None:
-    """The depth kernel's launch for `rows` rows at CSM-1B's depth-decoder widths."""
-    from serve_app.model.kernels import depth_layers
-
-    meta, bf16 = torch.device("meta"), torch.bfloat16
-
-    def empty(*shape: int, dtype: torch.dtype = bf16) -> torch.Tensor:
-        return torch.empty(*shape, dtype=dtype, device=meta)
-
-    dim, ffn, layers = 1024, 8192, 4
-    depth_layers.launch(
-        empty(rows, dim),
-        empty(rows, dtype=torch.long),
-        empty(layers, dim),
-        empty(layers, 1536, dim),
-        empty(layers, dim, dim),
-        empty(layers, dim),
-        empty(layers, 2 * ffn, dim),
-        empty(layers, dim, ffn),
-        empty(33, 128, dtype=torch.float32),
-        empty(33, 128, dtype=torch.float32),
-        empty(layers, rows, 2, 34, 128),
-        empty(layers, rows, 2, 34, 128),
-        8,
-        2,
-        1e-5,
-    )
-
-
-def depth_tile_sweep() -> list[dict[str, Any]]:
-    """The persistent depth kernel (barriers and prefetches) per row tile (1, 32 and 128 rows: tiles
-    of 16, 32 and 64), K tile, gate/up column tile and warps: registers and spills, against which
-    `depth_layers.ROW_TILE_PLANS` was chosen."""
-    from serve_app.model.kernels import depth_layers
-
-    reports = []
-    for rows in (1, 32, 128):
-        for block_k, gate_up in ((128, 64), (64, 64), (64, 32), (32, 32)):
-            depth_layers.PLAN_OVERRIDES = {"BLOCK_K": block_k, "BN_GU": gate_up}
-            try:
-                # off a GPU the host launches it phase by phase: one launch, compiled persistent
-                kernel, bound, options = caught_launches(lambda rows=rows: depth_launch(rows))[0]
-            finally:
-                depth_layers.PLAN_OVERRIDES = {}
-            for warps in (4, 8):
-                report = compile_launch(
-                    kernel,
-                    bound,
-                    {**options, "num_warps": warps},
-                    {"PDL_WAIT": True, "GRID_SYNC": True, "PREFETCH": True, "TIMED": False},
-                )
-                shown = {
-                    k: report["constexprs"][k]
-                    for k in ("BLOCK_M", "BLOCK_K", "BN_GU", "SPLIT_QKV", "SPLIT_O", "SPLIT_DOWN")
-                }
-                reports.append(
-                    {
-                        "rows": rows,
-                        **shown,
-                        "num_warps": warps,
-                        **{
-                            k: report.get(k)
-                            for k in ("ok", "registers", "spill_bytes", "shared", "error")
-                            if k in report
-                        },
-                    }
-                )
-    return reports
 
 
 def main() -> None:
-    """`[--num-warps N] [--depth-tiles] [--out FILE]`: every launch at N warps instead of its own, or
-    (`--depth-tiles`) the depth kernel's row-tile sweep (`depth_tile_sweep`); the report also
+    """`[--num-warps N] [--out FILE]`: every launch at N warps instead of its own; the report also
     written to FILE with the command and the Triton version (a results file)."""
     import argparse
 
@@ -276,12 +202,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--num-warps", type=int, default=None)
-    parser.add_argument("--depth-tiles", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    if args.depth_tiles:
-        write_report(depth_tile_sweep(), "depth-kernel-row-tiles-for-sm90", args.out)
-        return
     reports = []
     seen: set[str] = set()
     for kernel, bound, launch_options in caught_launches(service_launches):
@@ -291,13 +213,6 @@ def main() -> None:
         variants = [{"PDL_WAIT": True}] if "PDL_WAIT" in kernel.arg_names else [{}]
         if "FAST" in kernel.arg_names:  # the sampler: sorted rows, and the bitonic top-64 before them
             variants = [{**v, "FAST": fast} for v in variants for fast in (0, 64)]
-        if "GRID_SYNC" in kernel.arg_names:  # the persistent launch (prefetching) and the phase-by-phase one
-            modes = (
-                {"GRID_SYNC": True, "PREFETCH": True, "TIMED": False},
-                {"GRID_SYNC": True, "PREFETCH": True, "TIMED": True},  # with its phase timer
-                {"GRID_SYNC": False, "PREFETCH": False, "TIMED": False},
-            )
-            variants = [{**v, **mode} for v in variants for mode in modes]
         for overrides in variants:
             report = compile_launch(kernel, bound, options, overrides)
             key = json.dumps({k: report.get(k) for k in ("kernel", "constexprs", *_OPTIONS)}, sort_keys=True)

@@ -79,6 +79,7 @@ def test_cuda_graph_replay_matches_eager_decoder(seanet_kernel, monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     model = random_mimi(tiny_mimi_config(), seed=2).cuda()
     codes = stream_codes(model.config, {0: 12, 2: 9, 5: 11, 6: 6, 7: 10})
+    monkeypatch.setattr(mimi_stream_seanet, "SEANET_KERNEL", False)
     want = run_schedule(MimiStreamDecoder(model, max_streams=8), codes, seed=4)
     monkeypatch.setattr(mimi_stream_seanet, "SEANET_KERNEL", seanet_kernel)
     graphed = GraphedMimiStreamDecoder(model, max_streams=8)

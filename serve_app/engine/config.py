@@ -34,9 +34,6 @@ class EngineConfig:
     # adds inside the matmuls) instead of cuBLAS; 0: none. Needs the fused attention (CUDA, Triton,
     # heads of >= 32 dims); elsewhere it is ignored. Default: every batch.
     fused_linear_max_batch: int | None = 1 << 16
-    # Depth steps of batches up to this size (at most 256) run every depth layer in one persistent
-    # Triton kernel instead of five launches a layer; 0: never. Off until measured on a GPU.
-    depth_kernel_max_batch: int = 0
     audio_dtype: str | None = None  # streaming Mimi decode; None: bfloat16 on CUDA, float32 on CPU
     memory_fraction: float = 0.8  # of free device memory for KV slots
     max_prefill_rows: int = 8192  # padded prompt rows prefilled together in one iteration

@@ -162,7 +162,6 @@ class ModelRunner:
         compile: bool = False,
         compile_mode: str | None = None,
         linear_max_batch: int | None = None,
-        depth_kernel_max_batch: int = 0,
         kv_buckets: Seq[int] = DEFAULT_KV_BUCKETS,
         history: int = 32,
         audio_chunk_sizes: Seq[int] = (1, 8),
@@ -175,10 +174,7 @@ class ModelRunner:
         self.n_slots = n_slots
         model.setup_caches(n_slots)
         self._linear_max_batch = linear_max_batch
-        self._depth_kernel_max_batch = depth_kernel_max_batch
-        self.fast = FastStep(
-            model, vocab_limit, linear_max_batch=linear_max_batch, depth_kernel_max_batch=depth_kernel_max_batch
-        )
+        self.fast = FastStep(model, vocab_limit, linear_max_batch=linear_max_batch)
         if compile:
             self.fast.compile(compile_mode)
         self.compiled = compile
@@ -234,13 +230,7 @@ class ModelRunner:
         for compiled, fused in attempts:
             if (compiled, fused) != (self.compiled, self.fast.fused):
                 limit = self._linear_max_batch if fused else 0
-                self.fast = FastStep(
-                    self.model,
-                    vocab_limit,
-                    fused_attention=fused,
-                    linear_max_batch=limit,
-                    depth_kernel_max_batch=self._depth_kernel_max_batch if fused else 0,
-                )
+                self.fast = FastStep(self.model, vocab_limit, fused_attention=fused, linear_max_batch=limit)
                 self.compiled = False
                 self._graphs = None
                 self._prefill_inputs_of.clear()
@@ -546,7 +536,6 @@ class ModelRunner:
             "compiled": self.compiled,
             "fused_attention": self.fast.fused,
             "fused_linear_max_batch": self.fast.linear_max_batch,
-            "depth_kernel_max_batch": self.fast.depth_kernel_max_batch,
             **({"compile_error": self.compile_error} if self.compile_error else {}),
         }
 

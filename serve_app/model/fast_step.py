@@ -18,9 +18,6 @@ can be compiled and captured in CUDA graphs:
   adds fused into them (larger batches: cuBLAS's matmuls and eager PyTorch around them). Either way
   the depth decoder's final norm rides with its codebook head. CPU runs the eager backend; tests
   check both agree.
-- Depth steps of batches up to `depth_kernel_max_batch` (off by default) run every depth layer in
-  one persistent Triton launch (`serve_app.model.kernels.depth_layers`), the frame's first two
-  depth positions as two such launches.
 """
 
 from __future__ import annotations
@@ -42,12 +39,6 @@ cuBLAS step it has only been compared across GPUs (about even), so it stays opt-
 (`EngineConfig.fused_linear_max_batch`)."""
 
 
-DEFAULT_DEPTH_KERNEL_MAX_BATCH = 0
-"""Largest decode batch whose depth steps run every depth layer in one persistent launch
-(`kernels.depth_layers`) instead of five launches a layer (default: none, until it is measured
-against them on a GPU; `EngineConfig.depth_kernel_max_batch`)."""
-
-
 class FastStep:
     """Prefill, backbone decode step and depth frame over one `CsmModel`'s weights and caches.
 
@@ -60,14 +51,10 @@ class FastStep:
         vocab_limit: int | None = None,
         fused_attention: bool | None = None,
         linear_max_batch: int | None = None,
-        depth_kernel_max_batch: int | None = None,
     ) -> None:
         """`fused_attention`: one-token attention and the sampler through Triton kernels (default: on
         CUDA with Triton). `linear_max_batch`: decode batches up to this size also run the fused
-        Triton projections (default `DEFAULT_LINEAR_MAX_BATCH`; always 0 without fused attention).
-        `depth_kernel_max_batch`: depth steps of batches up to this size (at most
-        `depth_layers.MAX_ROWS`) run as one persistent kernel (default
-        `DEFAULT_DEPTH_KERNEL_MAX_BATCH`; 0 without fused attention or where the widths do not fit)."""
+        Triton projections (default `DEFAULT_LINEAR_MAX_BATCH`; always 0 without fused attention)."""
         self.model = model
         self.vocab_limit = vocab_limit
         self.num_codebooks = model.cfg.num_codebooks
@@ -102,28 +89,11 @@ class FastStep:
             from serve_app.model.kernels.fused_linear import reserve_tile_locks
 
             reserve_tile_locks(device)  # before any CUDA graph of the step is captured
-        self.depth_kernel_max_batch = self._depth_kernel_limit(depth_kernel_max_batch)
-        if self.depth_kernel_max_batch:
-            from serve_app.model.kernels import depth_layers
-
-            self.depth_weights = model.decoder.stacked_weights()
-            depth_layers.barrier_counters(device)  # before any CUDA graph of the step is captured
         self.depth_positions = torch.arange(model.cfg.decoder_seq_len, device=device)
         self._prefill: Callable[..., torch.Tensor] = self._prefill_eager
         self._backbone_step: Callable[..., torch.Tensor] = self._backbone_step_eager
         self._frame_start: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._frame_start_eager
         self._depth_step: Callable[..., torch.Tensor] = self._depth_step_eager
-
-    def _depth_kernel_limit(self, requested: int | None) -> int:
-        if requested is None:
-            requested = DEFAULT_DEPTH_KERNEL_MAX_BATCH
-        if not requested or not self.fused:
-            return 0
-        from serve_app.model.kernels import depth_layers
-
-        d = self.model.cfg.decoder
-        widths = (d.dim, d.n_heads, d.n_kv_heads, d.head_dim, d.intermediate_size)
-        return min(requested, depth_layers.MAX_ROWS) if depth_layers.supports(*widths) else 0
 
     def compile(self, mode: str | None = None) -> None:
         """Compile prefill and the three step functions (dynamic batch, length and key window)."""
@@ -211,17 +181,9 @@ class FastStep:
         """Codebook 0 from the backbone state h (B, D), then codebook 1 on a fresh depth cache."""
         m = self.model
         c0 = self._sample(m.codebook0_logits(h), 0, temperature, top_k, seeds, frame)
-        b = h.shape[0]
-        if b <= self.depth_kernel_max_batch:  # the two positions as two one-token launches
-            self._depth_layers(m.projection(h), self.depth_positions[0:1].expand(b))
-            out = self._depth_layers(self.depth_inputs[c0], self.depth_positions[1:2].expand(b))
-            head = m.audio_head[0].t()[: self.noise_columns.shape[0]]
-            logits = self.fused_projections.projections.norm_linear(out, m.decoder.norm, head)
-        else:
-            x = torch.stack([m.projection(h), self.depth_inputs[c0]], dim=1)
-            out = self._depth(x, self._positions(b, 2, 0, x.device))[:, -1]
-            logits = torch.matmul(out, m.audio_head[0])
-        c1 = self._sample(logits, 1, temperature, top_k, seeds, frame)
+        x = torch.stack([m.projection(h), self.depth_inputs[c0]], dim=1)
+        out = self._depth(x, self._positions(x.shape[0], 2, 0, x.device))[:, -1]
+        c1 = self._sample(torch.matmul(out, m.audio_head[0]), 1, temperature, top_k, seeds, frame)
         return c0, c1
 
     def _depth_step_eager(
@@ -244,24 +206,13 @@ class FastStep:
             # through the fused projections.
             backend = self._step_backend(b)
             positions = self.depth_positions[codebook : codebook + 1].expand(b, 1)
-            if b <= self.depth_kernel_max_batch:
-                out = self._depth_layers(x[:, 0], positions[:, 0])
-            else:
-                out = self._depth(x, positions, backend, final_norm=False)[:, 0]
+            out = self._depth(x, positions, backend, final_norm=False)[:, 0]
             head = m.audio_head[codebook - 1].t()[: self.noise_columns.shape[0]]
             logits = backend.projections.norm_linear(out, m.decoder.norm, head)
         else:
             out = self._depth(x, self._positions(b, 1, codebook, x.device), self.one_token)[:, 0]
             logits = torch.matmul(out, m.audio_head[codebook - 1])
         return self._sample(logits, codebook, temperature, top_k, seeds, frame)
-
-    def _depth_layers(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Every depth layer for rows x (B, dim) at positions (B,) in one launch, before the final norm."""
-        d, w = self.model.decoder, self.depth_weights
-        return torch.ops.csm_serve.depth_layers(
-            x, positions, w.attention_norm, w.wqkv, w.wo, w.ffn_norm, w.w13, w.w2, d.rope_cos,
-            d.rope_sin, d.k_stack, d.v_stack, d.cfg.n_heads, d.cfg.n_kv_heads, d.cfg.norm_eps,
-        )
 
     def depth_frame(
         self,

@@ -85,22 +85,22 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + _rotate_half(x) * sin
 
 
-class KVCache:
-    """One layer's static key/value buffers (slots, kv heads, positions, head dim), indexed by (slot,
-    position): views of its slice of the stack's buffers (`Transformer.setup_caches`), taken when
-    read, so they follow the buffers wherever the module is moved."""
+class KVCache(nn.Module):
+    """Static per-layer key/value buffers indexed by (slot, position)."""
 
-    def __init__(self, stack: Transformer, layer: int) -> None:
-        self._stack = stack
-        self._layer = layer
-
-    @property
-    def k(self) -> torch.Tensor:
-        return self._stack.k_stack[self._layer]
-
-    @property
-    def v(self) -> torch.Tensor:
-        return self._stack.v_stack[self._layer]
+    def __init__(
+        self,
+        n_slots: int,
+        n_kv_heads: int,
+        n_positions: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        shape = (n_slots, n_kv_heads, n_positions, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(
         self,
@@ -292,17 +292,6 @@ class Block(nn.Module):
         return p.linear_add(p.norm_gate_up(h, self.ffn_norm, ff.w13.weight), ff.w2.weight, h)
 
 
-class StackedWeights(NamedTuple):
-    """A stack's layer weights, each kind one tensor with the layer first (`Transformer.stacked_weights`)."""
-
-    attention_norm: torch.Tensor  # (L, dim)
-    wqkv: torch.Tensor  # (L, q + 2 kv, dim)
-    wo: torch.Tensor  # (L, dim, q)
-    ffn_norm: torch.Tensor  # (L, dim)
-    w13: torch.Tensor  # (L, 2 intermediate, dim), gate rows first
-    w2: torch.Tensor  # (L, dim, intermediate)
-
-
 class Transformer(nn.Module):
     """Decoder stack + final norm over a static cache of `max_seq_len` positions per slot."""
 
@@ -313,7 +302,6 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.n_slots = 0
-        self._stacked: StackedWeights | None = None
         self.reset_rope()
 
     def reset_rope(self, device: torch.device | str | None = None) -> None:
@@ -325,46 +313,12 @@ class Transformer(nn.Module):
     def setup_caches(
         self, n_slots: int, dtype: torch.dtype, device: torch.device | str | None = None
     ) -> None:
-        """Allocate (or reallocate) caches: one row per slot, `max_seq_len` + 1 scratch positions.
-
-        All layers' keys are one tensor (`k_stack`, (layers, slots, kv heads, positions, head dim)),
-        and so are their values, each layer's cache a view of its slice: a kernel that runs every
-        layer in one launch (`kernels.depth_layers`) indexes the layer."""
-        shape = (len(self.layers), n_slots, self.cfg.n_kv_heads, self.max_seq_len + 1, self.cfg.head_dim)
-        self.register_buffer("k_stack", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v_stack", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        for i, layer in enumerate(self.layers):
-            layer.attention.kv_cache = KVCache(self, i)
+        """Allocate (or reallocate) caches: one row per slot, `max_seq_len` + 1 scratch positions."""
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(
+                n_slots, self.cfg.n_kv_heads, self.max_seq_len + 1, self.cfg.head_dim, dtype, device
+            )  # type: ignore[arg-type]
         self.n_slots = n_slots
-
-    def stacked_weights(self) -> StackedWeights:
-        """Each kind of layer weight as one (layers, ...) tensor, for kernels that run every layer in
-        one launch. The first call moves the layers' parameters into the stacks (each parameter
-        becomes a view of its layer's slice, so no second copy is kept); later calls return them."""
-        kinds = (
-            lambda b: b.attention_norm.weight,
-            lambda b: b.attention.wqkv.weight,
-            lambda b: b.attention.wo.weight,
-            lambda b: b.ffn_norm.weight,
-            lambda b: b.feed_forward.w13.weight,
-            lambda b: b.feed_forward.w2.weight,
-        )
-        stacked = self._stacked
-        if stacked is not None and all(  # still the parameters' storage (not moved or cast since)
-            kind(layer).data_ptr() == stack[i].data_ptr() and kind(layer).dtype == stack.dtype
-            for kind, stack in zip(kinds, stacked, strict=True)
-            for i, layer in enumerate(self.layers)
-        ):
-            return stacked
-        stacks = []
-        with torch.no_grad():
-            for kind in kinds:
-                stack = torch.stack([kind(layer).data for layer in self.layers])
-                for i, layer in enumerate(self.layers):
-                    kind(layer).data = stack[i]
-                stacks.append(stack)
-        self._stacked = StackedWeights(*stacks)
-        return self._stacked
 
     def forward(
         self,

@@ -130,9 +130,9 @@ class MimiStreamDecoder:
     def _seanet_stack(
         layers: list, max_streams: int, device: torch.device, dtype: torch.dtype
     ) -> StreamingStack | KernelSeanet:
-        """`KernelSeanet` where it is switched on, Triton runs and it takes these layers, else
-        `StreamingStack`."""
-        if mimi_stream_seanet.SEANET_KERNEL and triton_runs_on(device):
+        """`KernelSeanet` where `SEANET_KERNEL` asks for it, Triton runs and it takes these layers,
+        else `StreamingStack`."""
+        if mimi_stream_seanet.seanet_kernel_on(device) and triton_runs_on(device):
             from serve_app.model.mimi_stream_seanet_kernel import KernelSeanet
 
             try:

@@ -1,9 +1,8 @@
-"""Zeroed int32 counters that kernels share across launches: split-K tile counts, grid barriers.
+"""Zeroed int32 counters that kernels share across launches (split-K tile counts).
 
-A kernel that counts its programs in (the split-K tiles of `fused_linear`, the grid barriers of
-`depth_layers`) leaves its counters zero when it ends, so launches that run one after another share
-one set per device. Two such launches must not run at once on two streams (an engine runs its steps
-on one).
+A kernel that counts its programs in (the split-K tiles of `fused_linear`) leaves its counters zero
+when it ends, so launches that run one after another share one set per device. Two such launches
+must not run at once on two streams (an engine runs its steps on one).
 
 A set is made on first use, which must not be inside a CUDA-graph capture: the counters would then
 be zeroed by that graph's first replay only, and other graphs replayed before it would read whatever

@@ -54,70 +54,33 @@ def _decode_attention_kernel(
     b = tl.program_id(0)
     g = tl.program_id(1)
     half: tl.constexpr = D // 2
+    dtype = k_cache_ptr.dtype.element_ty
     heads = tl.arange(0, GP)
     real = heads < GROUP
     dims = tl.arange(0, half)
     raw_pos = tl.load(pos_ptr + b * pos_stride)
+    live = raw_pos >= 0
+    pos = tl.maximum(raw_pos, 0)
+    n_keys = tl.where(live, pos + 1, 0)  # keys 0..pos, the new one included
     row = qkv_ptr + b * qkv_stride
-    # q of the GROUP heads served by kv head g, k and v, each in its two rotary halves.
+    c = tl.load(cos_ptr + pos * D + dims)
+    s = tl.load(sin_ptr + pos * D + dims)
+    # q of the GROUP heads served by kv head g, rotated (rotate-half layout), in two halves.
     q_offs = (g * GROUP + heads)[:, None] * D + dims[None, :]
     q1 = tl.load(row + q_offs, mask=real[:, None], other=0.0).to(tl.float32)
     q2 = tl.load(row + q_offs + half, mask=real[:, None], other=0.0).to(tl.float32)
+    q1, q2 = (q1 * c[None, :] - q2 * s[None, :]).to(dtype), (q2 * c[None, :] + q1 * s[None, :]).to(dtype)
     k_offs = H * D + g * D + dims
     k1 = tl.load(row + k_offs).to(tl.float32)
     k2 = tl.load(row + k_offs + half).to(tl.float32)
     v_offs = (H + HKV) * D + g * D + dims
-    v1 = tl.load(row + v_offs)
-    v2 = tl.load(row + v_offs + half)
-    o1, o2 = attend_one_token(
-        q1, q2, k1, k2, v1, v2, raw_pos, cos_ptr, sin_ptr, k_cache_ptr, v_cache_ptr,
-        b * cache_s_stride + g * cache_h_stride, cache_p_stride, scale, GP, D, BLOCK_N, PRECISION,
-    )
-    out_offs = b * (H * D) + (g * GROUP + heads)[:, None] * D + dims[None, :]
-    tl.store(out_ptr + out_offs, o1.to(out_ptr.dtype.element_ty), mask=real[:, None])
-    tl.store(out_ptr + out_offs + half, o2.to(out_ptr.dtype.element_ty), mask=real[:, None])
-
-
-@triton.jit
-def attend_one_token(
-    q1,  # (GP, D / 2) fp32: the first halves of the query heads that share one kv head
-    q2,  # ... their second halves (rows past the group: zeros)
-    k1,  # (D / 2,) fp32: the new key's halves, not yet rotated
-    k2,
-    v1,  # (D / 2,): the new value's halves
-    v2,
-    raw_pos,  # the token's position; < 0: an idle row (writes nothing, outputs zeros)
-    cos_ptr,  # (P, D) fp32 RoPE tables
-    sin_ptr,
-    k_cache_ptr,  # the caches; `cache` is the offset of this (slot, kv head)
-    v_cache_ptr,
-    cache,
-    cache_p_stride,
-    scale,
-    GP: tl.constexpr,
-    D: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    """RoPE on q and k, the new key/value stored at the position, and an online softmax over keys
-    0..position (older keys from the cache): the attention outputs (o1, o2) in fp32, one row per
-    query head. The one token attention of `_decode_attention_kernel` and of the persistent depth
-    layers (`depth_layers`)."""
-    half: tl.constexpr = D // 2
-    dtype = k_cache_ptr.dtype.element_ty
-    dims = tl.arange(0, half)
-    live = raw_pos >= 0
-    pos = tl.maximum(raw_pos, 0)
-    n_keys = tl.where(live, pos + 1, 0)  # keys 0..pos, the new one included
-    c = tl.load(cos_ptr + pos * D + dims)
-    s = tl.load(sin_ptr + pos * D + dims)
-    q1, q2 = (q1 * c[None, :] - q2 * s[None, :]).to(dtype), (q2 * c[None, :] + q1 * s[None, :]).to(dtype)
+    cache = b * cache_s_stride + g * cache_h_stride
     new = cache + pos * cache_p_stride + dims
     write = (dims * 0 + raw_pos) >= 0  # idle rows write nothing (a vector mask: the interpreter needs one)
     tl.store(k_cache_ptr + new, (k1 * c - k2 * s).to(dtype), mask=write)
     tl.store(k_cache_ptr + new + half, (k2 * c + k1 * s).to(dtype), mask=write)
-    tl.store(v_cache_ptr + new, v1.to(dtype), mask=write)
-    tl.store(v_cache_ptr + new + half, v2.to(dtype), mask=write)
+    tl.store(v_cache_ptr + new, tl.load(row + v_offs).to(dtype), mask=write)
+    tl.store(v_cache_ptr + new + half, tl.load(row + v_offs + half).to(dtype), mask=write)
     tl.debug_barrier()  # the new key/value are read back below by other threads of this program
     m = tl.full((GP,), float("-inf"), tl.float32)
     denom = tl.zeros((GP,), tl.float32)
@@ -145,7 +108,11 @@ def attend_one_token(
         m = m_new
         start += BLOCK_N
     denom = tl.where(live, denom, 1.0)  # idle rows: acc is 0, output 0
-    return acc1 / denom[:, None], acc2 / denom[:, None]
+    o1 = (acc1 / denom[:, None]).to(out_ptr.dtype.element_ty)
+    o2 = (acc2 / denom[:, None]).to(out_ptr.dtype.element_ty)
+    out_offs = b * (H * D) + (g * GROUP + heads)[:, None] * D + dims[None, :]
+    tl.store(out_ptr + out_offs, o1, mask=real[:, None])
+    tl.store(out_ptr + out_offs + half, o2, mask=real[:, None])
 
 
 def launch(
