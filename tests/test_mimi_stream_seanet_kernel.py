@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import MimiModel
 
-from serve_app.model import mimi_stream_seanet
+from serve_app.model import mimi_stream_seanet, mimi_stream_seanet_kernel
 from serve_app.model.kernels.stream_conv import stream_conv
 from serve_app.model.mimi_layout import decoder_parts
 from serve_app.model.mimi_stream import MimiStreamDecoder
@@ -120,6 +120,33 @@ def test_kernel_seanet_restarts_a_reset_slot(kernel_seanet) -> None:
     decoder.decode(first, slot)
     decoder.reset(1)
     torch.testing.assert_close(decoder.decode(second, slot), full_decode(mimi, second).float(), **TOL)
+
+
+def test_each_conv_runs_once_as_the_decoder_is_built_leaving_no_state(kernel_seanet, monkeypatch) -> None:
+    runs, real = [], mimi_stream_seanet_kernel.stream_conv
+    monkeypatch.setattr(
+        mimi_stream_seanet_kernel, "stream_conv", lambda *a, **k: runs.append(1) or real(*a, **k)
+    )
+    decoder = MimiStreamDecoder(random_mimi(tiny_mimi_config(), seed=5).to(DEVICE), max_streams=2)
+    assert isinstance(decoder._seanet, KernelSeanet)
+    assert len(runs) == len(decoder._seanet.steps)
+    assert not any(step.state.any() for step in decoder._seanet.steps)
+
+
+def test_a_kernel_that_fails_its_first_run_leaves_the_decoder_on_the_stack(
+    kernel_seanet, monkeypatch
+) -> None:
+    def no_kernel(*args, **kwargs):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(mimi_stream_seanet_kernel, "stream_conv", no_kernel)
+    mimi = random_mimi(tiny_mimi_config(), seed=5).to(DEVICE)
+    decoder = MimiStreamDecoder(mimi, max_streams=1)
+    assert isinstance(decoder._seanet, StreamingStack)
+    codes = random_codes(1, 3, mimi.config, seed=6).to(DEVICE)
+    decoder.reset(0)
+    got = decoder.decode(codes, torch.tensor([0], device=DEVICE))
+    torch.testing.assert_close(got, full_decode(mimi, codes).float(), **TOL)
 
 
 def test_the_kernel_seanet_takes_the_real_mimis_layers() -> None:

@@ -130,15 +130,23 @@ class MimiStreamDecoder:
     def _seanet_stack(
         layers: list, max_streams: int, device: torch.device, dtype: torch.dtype
     ) -> StreamingStack | KernelSeanet:
-        """`KernelSeanet` where `SEANET_KERNEL` asks for it, Triton runs and it takes these layers,
-        else `StreamingStack`."""
+        """`KernelSeanet` where `SEANET_KERNEL` asks for it, Triton runs, it takes these layers and
+        its first run works, else `StreamingStack`."""
         if mimi_stream_seanet.seanet_kernel_on(device) and triton_runs_on(device):
             from serve_app.model.mimi_stream_seanet_kernel import KernelSeanet
 
             try:
-                return KernelSeanet(layers, max_streams, device, dtype)
+                seanet = KernelSeanet(layers, max_streams, device, dtype)
             except ValueError as exc:
                 logger.info("streaming SEANet: %s; decoding through StreamingStack", exc)
+            else:
+                try:
+                    seanet.probe()
+                    return seanet
+                except Exception:  # a GPU or Triton that cannot run it: the stack serves instead
+                    logger.exception(
+                        "the streaming SEANet kernel failed on %s; decoding through StreamingStack", device
+                    )
         return StreamingStack(layers, max_streams, device, dtype)
 
     def _check_slot(self, slot: int) -> None:

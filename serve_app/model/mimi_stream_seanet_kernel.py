@@ -12,7 +12,7 @@ the per-slot state: each conv keeps its last `(K - 1) * dilation` raw input rows
 
 Only the layer patterns Mimi uses are taken (ELU before a conv, identity shortcuts, dense transposed
 convs of whole strides, zero padding); `KernelSeanet` raises ValueError for anything else, and the
-decoder then keeps `StreamingStack`. Imported only where Triton runs (`mimi_stream_seanet.SEANET_KERNEL`).
+decoder then keeps `StreamingStack`, as it does when the kernel fails its first run (`probe`). Imported only where Triton runs (`mimi_stream_seanet.SEANET_KERNEL`).
 """
 
 from __future__ import annotations
@@ -145,6 +145,17 @@ class KernelSeanet:
     def reset(self, slots: torch.Tensor) -> None:
         for step in self.steps:
             step.state.index_fill_(0, slots, 0)
+
+    @torch.no_grad()
+    def probe(self) -> None:
+        """One frame of zeros through every conv on slot 0, which is then cleared: the kernels
+        compile now, so a GPU or Triton that cannot run them shows while the decoder is built (and
+        it falls back to `StreamingStack`), not at a stream's first chunk."""
+        _, device, dtype = self._args
+        slot = torch.zeros(1, dtype=torch.long, device=device)
+        channels = self.steps[0].state.shape[-1]  # the first conv's inputs
+        self(torch.zeros(1, 1, channels, device=device, dtype=dtype), slot, torch.ones(1, dtype=torch.bool))
+        self.reset(slot)
 
     def __call__(self, x: torch.Tensor, slots: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
         shortcut = None
