@@ -328,10 +328,10 @@ def test_fused_sampler_never_draws_a_masked_id_under_the_largest_noise(
     sampler's test): with a uniform of 1.0 that id would win. A threshold one place too low lets it."""
     from serve_app.model.kernels import sampling as kernel
     from serve_app.model.kernels.sampling import sample_top_k
-
-    monkeypatch.setattr(kernel, "TOP_K_FAST", top_k_fast)
     from serve_app.model.sampling import noise_columns
     from tests.support_sampling import seed_with_noise_at
+
+    monkeypatch.setattr(kernel, "TOP_K_FAST", top_k_fast)
 
     logits = torch.randn(16, generator=torch.Generator().manual_seed(4)) * 2
     top = set(torch.topk(logits, 3).indices.tolist())

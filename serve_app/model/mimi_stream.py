@@ -137,16 +137,14 @@ class MimiStreamDecoder:
 
             try:
                 seanet = KernelSeanet(layers, max_streams, device, dtype)
-            except ValueError as exc:
+                seanet.probe()
+                return seanet
+            except ValueError as exc:  # layers it does not take
                 logger.info("streaming SEANet: %s; decoding through StreamingStack", exc)
-            else:
-                try:
-                    seanet.probe()
-                    return seanet
-                except Exception:  # a GPU or Triton that cannot run it: the stack serves instead
-                    logger.exception(
-                        "the streaming SEANet kernel failed on %s; decoding through StreamingStack", device
-                    )
+            except Exception:  # a GPU or Triton that cannot run it: the stack serves instead
+                logger.exception(
+                    "the streaming SEANet kernel failed on %s; decoding through StreamingStack", device
+                )
         return StreamingStack(layers, max_streams, device, dtype)
 
     def _check_slot(self, slot: int) -> None:

@@ -12,7 +12,8 @@ the per-slot state: each conv keeps its last `(K - 1) * dilation` raw input rows
 
 Only the layer patterns Mimi uses are taken (ELU before a conv, identity shortcuts, dense transposed
 convs of whole strides, zero padding); `KernelSeanet` raises ValueError for anything else, and the
-decoder then keeps `StreamingStack`, as it does when the kernel fails its first run (`probe`). Imported only where Triton runs (`mimi_stream_seanet.SEANET_KERNEL`).
+decoder then keeps `StreamingStack`, as it does when the kernel fails its first run (`probe`).
+Imported only where Triton runs (`mimi_stream_seanet.SEANET_KERNEL`).
 """
 
 from __future__ import annotations
