@@ -143,3 +143,31 @@ def test_a_slot_reused_while_its_old_sequence_is_in_flight_gets_none_of_its_resu
     assert old.seq.finish_reason is expected.get(reason, FinishReason.SILENCE)
     assert old.codes.shape == (1, 32) and old.chunks[-1].is_last is (reason != "cancel")
     assert loop.scheduler.free_slots == 1 and bool((loop.runner.positions < 0).all())
+
+
+@pytest.mark.parametrize("end", ["length", "end_of_audio"])
+def test_a_streams_rest_is_decoded_behind_its_last_step(end: str) -> None:
+    """The rest of a stream whose last step (its length) was just launched is decoded behind that
+    step: the last chunk is handed over, and the slot freed, in the iteration that fetches the step.
+    A chunk launched in the same iteration before it is not taken for the last one."""
+    chunks = ChunkPolicy(first_frames=1, frames=2)
+    req = se.request("ends on its length", frames=4, seed=61)
+    solo = se.run_alone(req, chunks=chunks)
+    loop = se.make_loop(n_slots=1, chunks=chunks)
+    if end == "end_of_audio":
+        se.force_end_of_audio(loop, at_frame=3, seed=61)  # the last step's frame ends the audio
+    log = trace(loop)
+    got = se.sequence(req)
+    loop.submit(got.seq)
+    while ("fetch", 3) not in log:
+        loop.run_once()
+    assert got.chunks and got.chunks[-1].is_last  # in the iteration that read the last step
+    assert loop.scheduler.free_slots == 1
+    assert [c.frames for c in got.chunks] == ([1, 2, 1] if end == "length" else [1, 2, 0])
+    assert [c.is_last for c in got.chunks] == [False, False, True]
+    expected = FinishReason.LENGTH if end == "length" else FinishReason.END_OF_AUDIO
+    assert got.chunks[-1].finish_reason is expected
+    kept = 4 if end == "length" else 3
+    np.testing.assert_array_equal(got.codes, solo.codes[:kept])
+    np.testing.assert_allclose(got.pcm, solo.pcm[: kept * FS], atol=1e-5)
+    assert not loop.run_once()  # nothing left to do

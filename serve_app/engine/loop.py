@@ -19,8 +19,9 @@ End of audio is thus seen one step late: the frame step N+1 computed past it is 
 slot stops being stepped. Lengths are known on the host, so no step is launched past one. A step's
 codes go to the sequences it was launched for, and only while they are still generating: a sequence
 cancelled or silenced meanwhile, or admitted into a slot freed meanwhile, gets nothing from it.
-A stream's first chunk is decoded right after the step that completes it (lowest time to first
-audio); if that step's frame turns out to be the end-of-audio frame, its samples are cut from the
+A stream's first chunk, and the rest of a stream at its last step (its length), are decoded right
+after the step that completes them (lowest time to first audio; the end, and the slot, an iteration
+sooner); if that step's frame turns out to be the end-of-audio frame, its samples are cut from the
 chunk. A finished sequence keeps its slot (no longer stepped) until its last chunk is out.
 
 The loop runs on its own thread (`start`) or is driven by hand (`run_once`, for tests); sequences
@@ -227,7 +228,7 @@ class EngineLoop:
         t2 = time.perf_counter()
         for chunk in done:
             self._emit(chunk)
-        self._audio = self._launch_chunks() + self._launch_first_chunks(launched)
+        self._audio = self._launch_chunks() + self._launch_behind_step(launched)
         self.runner.flush_deactivated()  # the slots this iteration stopped, in one fill
         t3 = time.perf_counter()
         for key, value in (("launch_s", t1 - t0), ("wait_s", t2 - t1), ("host_s", t3 - t2)):
@@ -318,22 +319,31 @@ class EngineLoop:
         with self.launches.launch(self.steps, form, len(slots), size, stream=self.runner.audio_stream):
             chunk.pcm, chunk.rms = self.runner.decode_audio(slots, chunk.first, size, after=chunk.after)  # type: ignore[arg-type]
 
-    def _launch_first_chunks(self, step: _Step | None) -> list[_Chunk]:
-        """First chunks completed by the step just launched, decoded right after it (one launch per
-        size); their frames reach the host together with the audio, next iteration."""
+    def _launch_behind_step(self, step: _Step | None) -> list[_Chunk]:
+        """Chunks that the step just launched completes, decoded right behind it (one launch per
+        size); their frames reach the host together with the audio, next iteration:
+        - a stream's first chunk (lowest time to first audio);
+        - the rest of a stream whose last step this is (its length is known on the host): its end
+          reaches the client, and its slot is freed, an iteration sooner than if the rest waited
+          for the step's codes. Each request of a client that speaks turn after turn then starts
+          sooner, so a slot spends less of its time idle between requests."""
         if step is None:
             return []
         groups: dict[int, list[Sequence]] = defaultdict(list)
         for seq in step.seqs:
-            if seq.finish_reason is None and seq.chunks_sent == 0 and seq.decoded == 0:
-                pending = seq.pending()
-                if pending >= self.chunks.first_frames or seq.steps >= seq.max_frames:
+            if seq.finish_reason is not None:
+                continue
+            pending, last_step = seq.pending(), seq.steps >= seq.max_frames
+            if seq.chunks_sent == 0 and seq.decoded == 0:
+                if pending >= self.chunks.first_frames or last_step:
                     groups[pending].append(seq)
+            elif last_step and 0 < pending <= self.chunks.largest:
+                groups[pending].append(seq)
         out = []
         for count, group in sorted(groups.items()):
-            chunk = _Chunk(group, [0] * len(group), count, after=step.out)
+            chunk = _Chunk(group, [s.decoded for s in group], count, after=step.out)
             for seq in group:
-                seq.decoded = count
+                seq.decoded += count
             self._launch(chunk)
             out.append(chunk)
         return out
@@ -376,7 +386,10 @@ class EngineLoop:
             if kept and self._silent_tail(seq, chunk.rms[i, :kept]) and seq.finish_reason is None:
                 seq.finish_reason = FinishReason.SILENCE
                 del seq.frames[seq.decoded :]  # frames computed past the silent tail are dropped
-            last = seq.finish_reason is not None and seq.undecoded() <= 0
+            # The last chunk covers the stream's end (a chunk launched after it may still be
+            # in flight when this one is handed over: the rest launched behind the last step).
+            covers_end = first + chunk.count >= seq.decoded
+            last = seq.finish_reason is not None and seq.undecoded() <= 0 and covers_end
             seq.emit(
                 AudioChunk(
                     pcm=pcm,
