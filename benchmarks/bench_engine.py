@@ -744,6 +744,12 @@ def parse_args() -> argparse.Namespace:
         help="fused projections of at least this many rows load through TMA, 0: never (default: the kernel's)",
     )
     p.add_argument(
+        "--prefill-fused-rows",
+        type=int,
+        default=None,
+        help="prefills of up to this many prompt rows run the fused projections, 0: none (default: FastStep's)",
+    )
+    p.add_argument(
         "--chunk-frames", type=int, default=None, help="frames per later audio chunk (default: the engine's)"
     )
     p.add_argument(
@@ -778,6 +784,7 @@ def parse_args() -> argparse.Namespace:
 def set_kernel_options(args: argparse.Namespace) -> dict[str, Any]:
     """Process-wide kernel settings from the command line (before the engine captures its graphs);
     returns the settings in force, for the results."""
+    from serve_app.model import fast_step
     from serve_app.model.kernels import fused_linear, pdl, sampling
 
     if args.in_kernel_split_k_rows is not None:
@@ -790,12 +797,15 @@ def set_kernel_options(args: argparse.Namespace) -> dict[str, Any]:
         pdl.MODE = args.pdl
     if args.tma_min_rows is not None:
         fused_linear.TMA_MIN_ROWS = args.tma_min_rows or None
+    if args.prefill_fused_rows is not None:
+        fast_step.PREFILL_FUSED_MAX_ROWS = args.prefill_fused_rows
     return {
         "in_kernel_split_k_max_rows": fused_linear.IN_KERNEL_REDUCE_MAX_ROWS,
         "sampler_warps": sampling.NUM_WARPS,
         "pdl": pdl.MODE,
         "tma_min_rows": fused_linear.TMA_MIN_ROWS,
         "sampler_top_k_fast": sampling.TOP_K_FAST,
+        "prefill_fused_rows": fast_step.PREFILL_FUSED_MAX_ROWS,
     }
 
 

@@ -297,6 +297,54 @@ def test_fused_decode_step_equals_the_unfused_step(linear_max_batch: int) -> Non
     torch.testing.assert_close(fused.depth_frame(h_plain, *args), plain.depth_frame(h_plain, *args))
 
 
+@torch.inference_mode()
+def test_a_short_prompts_prefill_with_fused_projections_writes_the_eager_prefills_caches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Prompts within `prefill_fused_rows` go through the fused projections (3-D rows flattened),
+    longer ones through cuBLAS: either way the caches and hidden states are the eager prefill's."""
+    models = [se.wide_head_model().to(DEVICE), se.wide_head_model().to(DEVICE)]
+    for m in models:
+        m.setup_caches(3)
+    plain = FastStep(models[0], 2048, fused_attention=False)
+    fused = FastStep(models[1], 2048, True, linear_max_batch=3, prefill_fused_rows=2 * 8)
+    assert fused.prefill_fused_for(2, 8) and not fused.prefill_fused_for(2, 9)
+    assert not plain.prefill_fused_for(1, 1)  # no fused step, no fused prefill
+    assert FastStep(models[1], 2048, True, linear_max_batch=0).prefill_fused_rows == 0
+    gen = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 200, (2, 8, 33), generator=gen)
+    mask = torch.rand(2, 8, 33, generator=gen) > 0.3
+    positions = torch.stack([torch.arange(8), torch.tensor([0, 1, 2, 3, 4, -1, -1, -1])])  # padding
+    slots = torch.tensor([2, 0])
+    from serve_app.model.kernels.backends import TritonProjections
+
+    shapes: list[tuple[int, ...]] = []
+    norm_linear = TritonProjections.norm_linear
+
+    def counted(self, x, norm, weight):  # type: ignore[no-untyped-def]
+        shapes.append(tuple(x.shape))
+        return norm_linear(self, x, norm, weight)
+
+    monkeypatch.setattr(TritonProjections, "norm_linear", counted)
+    hidden = []
+    for fast in (plain, fused):
+        args = (tokens.to(DEVICE), mask.to(DEVICE), positions.to(DEVICE), slots.to(DEVICE))
+        hidden.append(fast.prefill(*args, kv_len=8))
+    layers = len(models[0].backbone.layers)
+    assert shapes == [(2, 8, models[0].cfg.backbone.dim)] * layers  # the fused prefill's QKV, a layer each
+    valid = positions.to(DEVICE) >= 0
+    torch.testing.assert_close(hidden[1][valid], hidden[0][valid], rtol=TOL, atol=TOL)
+    for layer in (0, -1):
+        caches = [m.backbone.layers[layer].attention.kv_cache for m in models]
+        for slot, written in ((2, 8), (0, 5)):
+            torch.testing.assert_close(
+                caches[1].k[slot, :, :written], caches[0].k[slot, :, :written], rtol=TOL, atol=TOL
+            )
+            torch.testing.assert_close(
+                caches[1].v[slot, :, :written], caches[0].v[slot, :, :written], rtol=TOL, atol=TOL
+            )
+
+
 @pytest.mark.parametrize("top_k_fast", [0, 64], ids=["sorted-rows", "bitonic-top-64"])
 def test_fused_sampler_draws_the_reference_ids(top_k_fast: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows of k 1, 50 and 200: with the top-64 path on, two find their k-th score by it and one by

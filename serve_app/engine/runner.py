@@ -536,6 +536,7 @@ class ModelRunner:
             "compiled": self.compiled,
             "fused_attention": self.fast.fused,
             "fused_linear_max_batch": self.fast.linear_max_batch,
+            "fused_prefill_max_rows": self.fast.prefill_fused_rows,
             **({"compile_error": self.compile_error} if self.compile_error else {}),
         }
 

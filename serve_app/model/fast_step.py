@@ -39,6 +39,13 @@ cuBLAS step it has only been compared across GPUs (about even), so it stays opt-
 (`EngineConfig.fused_linear_max_batch`)."""
 
 
+PREFILL_FUSED_MAX_ROWS = 256
+"""Prefills of up to this many prompt rows (batch x width, padding included) run the fused Triton
+projections when the decode step does (`linear_max_batch`): RMSNorm, SwiGLU and the residual adds
+inside the matmuls, as in the step, where cuBLAS's matmuls left five more kernels a norm and two a
+layer around them. The kernels' tiles are swept for up to 256 rows; longer prompts keep cuBLAS."""
+
+
 class FastStep:
     """Prefill, backbone decode step and depth frame over one `CsmModel`'s weights and caches.
 
@@ -51,10 +58,13 @@ class FastStep:
         vocab_limit: int | None = None,
         fused_attention: bool | None = None,
         linear_max_batch: int | None = None,
+        prefill_fused_rows: int | None = None,
     ) -> None:
         """`fused_attention`: one-token attention and the sampler through Triton kernels (default: on
         CUDA with Triton). `linear_max_batch`: decode batches up to this size also run the fused
-        Triton projections (default `DEFAULT_LINEAR_MAX_BATCH`; always 0 without fused attention)."""
+        Triton projections (default `DEFAULT_LINEAR_MAX_BATCH`; always 0 without fused attention),
+        and so do prefills of up to `prefill_fused_rows` prompt rows (default `PREFILL_FUSED_MAX_ROWS`;
+        0: none)."""
         self.model = model
         self.vocab_limit = vocab_limit
         self.num_codebooks = model.cfg.num_codebooks
@@ -77,14 +87,19 @@ class FastStep:
         self.fused = fused_attention
         self.one_token: Backend = EAGER  # the backend of one-token steps with cuBLAS's projections
         self.fused_projections: Backend = EAGER  # ... and with them
+        self.fused_prefill: Backend = EAGER  # prompts with them
         if fused_attention:
             import serve_app.model.kernels.sampling  # noqa: F401 - registers csm_serve::sample_top_k
-            from serve_app.model.kernels.backends import FUSED, FUSED_ATTENTION
+            from serve_app.model.kernels.backends import FUSED, FUSED_ATTENTION, FUSED_PREFILL
 
             self.one_token, self.fused_projections = FUSED_ATTENTION, FUSED
+            self.fused_prefill = FUSED_PREFILL
         if linear_max_batch is None:
             linear_max_batch = DEFAULT_LINEAR_MAX_BATCH
         self.linear_max_batch = linear_max_batch if fused_attention else 0  # they share the fused step
+        if prefill_fused_rows is None:
+            prefill_fused_rows = PREFILL_FUSED_MAX_ROWS
+        self.prefill_fused_rows = prefill_fused_rows if self.linear_max_batch else 0
         if self.linear_max_batch:
             from serve_app.model.kernels.fused_linear import reserve_tile_locks
 
@@ -124,7 +139,12 @@ class FastStep:
         kv_len: int,
     ) -> torch.Tensor:
         m = self.model
-        return m.backbone_forward(m.embed_rows(tokens, mask), positions, slots, kv_len)
+        backend = self.fused_prefill if self.prefill_fused_for(*tokens.shape[:2]) else EAGER
+        return m.backbone(m.embed_rows(tokens, mask), positions, slots, kv_len, backend)
+
+    def prefill_fused_for(self, batch: int, width: int) -> bool:
+        """Whether a prefill of `batch` prompts padded to `width` rows runs the fused projections."""
+        return batch * width <= self.prefill_fused_rows
 
     # ---- decode step --------------------------------------------------------------------------
     def fused_linear_for(self, batch: int) -> bool:

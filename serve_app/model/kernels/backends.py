@@ -1,4 +1,5 @@
-"""The Triton twins of the eager block backends (`serve_app.model.llama`), for one-token decode steps.
+"""The Triton twins of the eager block backends (`serve_app.model.llama`), for one-token decode steps
+(and the projections of short prompts' prefill).
 
 In a decode step every row is one new token in its own cache slot (row b = slot b), and the step is
 bound by kernel count, not bytes:
@@ -21,6 +22,7 @@ from serve_app.model.llama import (
     AttentionInputs,
     Backend,
     RMSNorm,
+    TorchAttention,
     TorchProjections,
     Transformer,
 )
@@ -57,16 +59,25 @@ class TritonDecodeAttention:
 
 
 class TritonProjections:
-    """Rows (B, D) through the fused matmuls: norm prologue, SwiGLU and residual epilogues."""
+    """Rows (..., D) through the fused matmuls: norm prologue, SwiGLU and residual epilogues. A
+    decode step's rows are (B, D); a prompt's (B, T, D) go through as B * T rows."""
 
     def norm_linear(self, x: torch.Tensor, norm: RMSNorm, weight: torch.Tensor) -> torch.Tensor:
-        return torch.ops.csm_serve.fused_linear(x, weight, norm.weight, None, norm.eps, False)
+        out = torch.ops.csm_serve.fused_linear(_rows(x), weight, norm.weight, None, norm.eps, False)
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     def linear_add(self, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return torch.ops.csm_serve.fused_linear(x, weight, None, residual, 0.0, False)
+        out = torch.ops.csm_serve.fused_linear(_rows(x), weight, None, _rows(residual), 0.0, False)
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     def norm_gate_up(self, x: torch.Tensor, norm: RMSNorm, weight: torch.Tensor) -> torch.Tensor:
-        return torch.ops.csm_serve.fused_linear(x, weight, norm.weight, None, norm.eps, True)
+        out = torch.ops.csm_serve.fused_linear(_rows(x), weight, norm.weight, None, norm.eps, True)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """(..., D) as (rows, D): a view for a decode step's (B, D) and a contiguous prompt's (B, T, D)."""
+    return x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
 
 
 FUSED_ATTENTION = Backend(TritonDecodeAttention(), TorchProjections())
@@ -74,3 +85,6 @@ FUSED_ATTENTION = Backend(TritonDecodeAttention(), TorchProjections())
 
 FUSED = Backend(TritonDecodeAttention(), TritonProjections())
 """The Triton decode attention and the fused Triton projections."""
+
+FUSED_PREFILL = Backend(TorchAttention(), TritonProjections())
+"""Prompts: SDPA over the slot cache (many tokens a row), the fused Triton projections."""
