@@ -15,9 +15,9 @@ can be compiled and captured in CUDA graphs:
   attention (RoPE, cache write, attention over each row's own prefix) and the sampler are single
   Triton kernels, since the step is bound by kernel count, not bytes. For batches up to
   `linear_max_batch` the projections are Triton kernels too, with RMSNorm, SwiGLU and the residual
-  adds fused into them (larger batches: cuBLAS's matmuls and eager PyTorch around them). Either way
-  the depth decoder's final norm rides with its codebook head. CPU runs the eager backend; tests
-  check both agree.
+  adds fused into them (larger batches: cuBLAS's matmuls and eager PyTorch around them), and so do
+  prefills of up to `PREFILL_FUSED_MAX_ROWS` prompt rows. Either way the depth decoder's final norm
+  rides with its codebook head. CPU runs the eager backend; tests check both agree.
 """
 
 from __future__ import annotations
