@@ -4,6 +4,7 @@ the iterator, admission control, sync forms, concurrent requests, info."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import sys
 import time
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from serve_app.engine import engine as engine_module
 from serve_app.engine.engine import Engine, lower_switch_interval
-from serve_app.engine.types import EngineOverloadedError, FinishReason
+from serve_app.engine.types import EngineOverloadedError, FinishReason, GenerationRequest, Segment
 from tests import support_engine as se
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,6 +35,49 @@ def wait_idle(engine: Engine, timeout: float = 20.0) -> None:
     while engine.loop.scheduler.counts()["running"] or engine.loop.scheduler.counts()["waiting"]:
         assert time.monotonic() < deadline, "engine did not go idle"
         time.sleep(0.01)
+
+
+def test_a_short_prompt_is_built_on_the_event_loop_and_a_costly_one_in_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No thread-pool hop before a short request's engine call; a long text, context audio to encode
+    or a long context still leave the event loop; every form streams."""
+    hops: list[str] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(func, *args, **kwargs):  # type: ignore[no-untyped-def]
+        hops.append(func.__name__)
+        return await to_thread(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    def request(text: str, *context: Segment) -> GenerationRequest:
+        return dataclasses.replace(se.request(text, frames=2, seed=5), context=list(context))
+
+    codes = np.zeros((3, 32), np.int64)
+    long_text = "word " * (engine_module.INLINE_PROMPT_CHARS // 5 + 1)
+    many_frames = np.zeros((engine_module.INLINE_PROMPT_CONTEXT_FRAMES + 1, 32), np.int64)
+    cases = {
+        "short": (request("short words"), []),
+        "short, context codes": (request("short words", Segment("hi", 0, codes=codes)), []),
+        "long text": (request(long_text), ["_sequence"]),
+        "context audio": (
+            request("short words", Segment("hi", 0, audio=np.zeros(1920, np.float32))),
+            ["_sequence"],
+        ),
+        "long context": (request("short words", Segment("hi", 0, codes=many_frames)), ["_sequence"]),
+    }
+    engine = Engine.from_preset("tiny-random", device="cpu", max_batch_size=2)  # the module's keeps its clock
+    for name, (request, expected) in cases.items():
+        hops.clear()
+        assert engine_module.builds_inline(request) is not expected, name
+
+        async def run(request=request):  # type: ignore[no-untyped-def]
+            return [chunk async for chunk in engine.stream(request)]
+
+        chunks = asyncio.run(run())
+        assert hops == expected, name
+        assert chunks[-1].is_last and sum(c.frames for c in chunks) == 2, name
+    engine.close()
 
 
 def test_stream_runs_off_the_event_loop_and_equals_generate(engine: Engine) -> None:

@@ -65,6 +65,23 @@ SWITCH_INTERVAL_ENV = "CSM_GIL_SWITCH_INTERVAL_S"
 """Overrides `LOOP_SWITCH_INTERVAL_S` in the processes that host an engine (seconds, > 0)."""
 
 
+INLINE_PROMPT_CHARS = 200
+"""A request whose text is up to this long and whose context needs no audio encoded (codes only, up
+to `INLINE_PROMPT_CONTEXT_FRAMES` frames) has its prompt built on the event loop (tens of
+microseconds); others in a worker thread. Under load the thread pool's hop there and back waits for
+the GIL behind the engine's loop thread and the event loop's own work, on the way to first audio."""
+
+INLINE_PROMPT_CONTEXT_FRAMES = 1024
+"""Context frames (about 80 s of audio) up to which a prompt is still built on the event loop."""
+
+
+def builds_inline(request: GenerationRequest) -> bool:
+    """Whether `request`'s prompt is cheap enough to build on the event loop (`INLINE_PROMPT_CHARS`)."""
+    if len(request.text) > INLINE_PROMPT_CHARS or any(seg.codes is None for seg in request.context):
+        return False
+    return sum(len(seg.codes) for seg in request.context) <= INLINE_PROMPT_CONTEXT_FRAMES  # type: ignore[arg-type]
+
+
 def lower_switch_interval(seconds: float | None = None) -> None:
     """Lower CPython's GIL switch interval (5 ms by default) to `seconds` (default: $CSM_GIL_SWITCH_INTERVAL_S,
     else `LOOP_SWITCH_INTERVAL_S`), for the whole process.
@@ -162,7 +179,8 @@ class Engine:
 
     # ---- requests ---------------------------------------------------------------------------------
     def _sequence(self, request: GenerationRequest, sink: Callable[[Item], None]) -> Sequence:
-        """Validate and build the prompt (encoding context audio once); runs off the event loop."""
+        """Validate and build the prompt (encoding context audio once); off the event loop unless
+        `builds_inline`."""
         if self._closed:
             raise RuntimeError("engine is closed")
         if not request.text.strip():
@@ -199,7 +217,10 @@ class Engine:
             except RuntimeError:  # the event loop is gone: nobody listens any more
                 seq.cancel()
 
-        seq = await asyncio.to_thread(self._sequence, request, sink)
+        if builds_inline(request):
+            seq = self._sequence(request, sink)
+        else:
+            seq = await asyncio.to_thread(self._sequence, request, sink)
         self.loop.submit(seq)
         try:
             first = True
