@@ -171,6 +171,9 @@ def summary(results: list[Result], bytes_per_s: int) -> dict[str, Any]:
         values = [r.server_ms[name] for r in results if name in r.server_ms and r.status == 200]
         hops[f"{name}_first_audio_ms_p50"] = pct(values, 50)
         hops[f"{name}_first_audio_ms_p99"] = pct(values, 99)
+    # The engine's share before the request's first step: its prompt, the wait for an iteration.
+    admitted = [r.server_ms["admit"] for r in results if "admit" in r.server_ms and r.status == 200]
+    hops["engine_admitted_ms_p50"], hops["engine_admitted_ms_p99"] = pct(admitted, 50), pct(admitted, 99)
     return {
         "requests": n,
         "ok": len(done),

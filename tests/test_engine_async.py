@@ -247,7 +247,8 @@ def test_the_first_chunk_says_when_it_reached_the_engine(engine: Engine) -> None
     chunks = asyncio.run(main())
     elapsed_ms = (time.perf_counter() - began) * 1000
     assert 0 < chunks[0].first_audio_ms <= elapsed_ms
-    assert all(chunk.first_audio_ms is None for chunk in chunks[1:])
+    assert 0 < chunks[0].admitted_ms < chunks[0].first_audio_ms  # its first step, then its audio
+    assert all(chunk.first_audio_ms is None and chunk.admitted_ms is None for chunk in chunks[1:])
 
 
 def test_weights_that_are_not_finite_refuse_to_start() -> None:

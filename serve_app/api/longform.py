@@ -232,7 +232,7 @@ class Narration:
         self.dropped_context_turns = 0
         self.finish_reason: FinishReason | None = None
         self.out_of_time = False
-        self.engine_first_audio_ms: float | None = None  # the first engine stream's, for Server-Timing
+        self.engine_first_chunk: AudioChunk | None = None  # the first engine stream's, for Server-Timing
 
     async def encode_anchor(self) -> None:
         """Encode anchor turns given as audio once, so the segments after the first do not each
@@ -314,8 +314,8 @@ class Narration:
         reason: FinishReason | None = None
         async with self._chunks(request) as chunks:
             async for chunk in chunks:
-                if self.engine_first_audio_ms is None:
-                    self.engine_first_audio_ms = getattr(chunk, "first_audio_ms", None)
+                if self.engine_first_chunk is None:
+                    self.engine_first_chunk = chunk
                 self.dropped_context_turns = max(self.dropped_context_turns, chunk.dropped_context_turns)
                 if chunk.is_last:
                     reason = chunk.finish_reason

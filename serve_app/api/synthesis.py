@@ -63,20 +63,24 @@ class AudioStream:
 
     def server_timing(self) -> dict[str, str]:
         """A `Server-Timing` header: ms to first audio at the API and at the engine (what the hop
-        between them, e.g. a Ray handle, costs is the difference)."""
-        parts = [
-            f"{name};dur={ms:.1f}"
-            for name, ms in (("api", self.first_audio_ms), ("engine", self._engine_first_audio_ms()))
-            if ms is not None
-        ]
+        between them, e.g. a Ray handle, costs is the difference), and the engine's share of it
+        before the request's first step (`admit`)."""
+        engine = self._engine_first_chunk()
+        timings = (
+            ("api", self.first_audio_ms),
+            ("engine", getattr(engine, "first_audio_ms", None)),
+            ("admit", getattr(engine, "admitted_ms", None)),
+        )
+        parts = [f"{name};dur={ms:.1f}" for name, ms in timings if ms is not None]
         return {"Server-Timing": ", ".join(parts)} if parts else {}
 
     @property
     def finish_reason(self) -> FinishReason | None:
         return self._finish_reason
 
-    def _engine_first_audio_ms(self) -> float | None:
-        return getattr(self._first, "first_audio_ms", None)
+    def _engine_first_chunk(self) -> AudioChunk | None:
+        """The engine's first chunk of this stream (its timings)."""
+        return self._first
 
     async def chunks(self) -> AsyncIterator[AudioChunk]:
         """Yield every chunk; leaving early (client gone) closes the engine stream, freeing its slot."""
@@ -112,8 +116,8 @@ class SpeechStream(AudioStream):
     def finish_reason(self) -> FinishReason | None:
         return self.narration.finish_reason
 
-    def _engine_first_audio_ms(self) -> float | None:
-        return self.narration.engine_first_audio_ms
+    def _engine_first_chunk(self) -> AudioChunk | None:
+        return self.narration.engine_first_chunk
 
 
 async def _aclose(chunks: AsyncIterator[AudioChunk]) -> None:

@@ -230,6 +230,8 @@ class Engine:
                     raise item
                 if first:
                     item.first_audio_ms, first = (time.perf_counter() - began) * 1000, False
+                    if seq.admitted_at is not None:
+                        item.admitted_ms = (seq.admitted_at - began) * 1000
                 yield item
                 if item.is_last:
                     return

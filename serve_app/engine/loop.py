@@ -295,6 +295,9 @@ class EngineLoop:
             form, stream = "prefill {} prompts of {} rows", self.runner.step_stream
             with self.launches.launch(self.steps, form, len(joined), lengths, stream=stream):
                 self.runner.start(joined)
+            admitted = time.perf_counter()  # their first step is launched next, in this iteration
+            for seq in joined:
+                seq.admitted_at = admitted
         except Exception as exc:  # e.g. out of memory on an unusually long prompt: fail these only
             logger.exception("prefill failed for %d requests", len(joined))
             for seq in joined:

@@ -104,6 +104,7 @@ class Sequence:
     decoded: int = 0  # frames handed to the audio decoder (a first chunk may cover an end-of-audio frame)
     chunks_sent: int = 0
     first_step: int = 0  # the loop's step count when this sequence's first frame was launched
+    admitted_at: float | None = None  # perf_counter() when its prefill and first step were queued
     silent_frames: int = 0  # trailing frames whose audio is below the silence threshold
     finish_reason: FinishReason | None = None
     _cancel: threading.Event = field(default_factory=threading.Event)

@@ -99,6 +99,10 @@ class AudioChunk:
     finish_reason: FinishReason | None = None
     dropped_context_turns: int = 0
     first_audio_ms: float | None = None  # on a stream's first chunk: ms from the request reaching the engine
+    # ... and ms from the request reaching the engine to its prefill and first step queued (its way
+    # in: the prompt built, the wait for the loop's next iteration); the rest of first_audio_ms is
+    # the device's steps and the chunk's way back out
+    admitted_ms: float | None = None
 
 
 @dataclass
