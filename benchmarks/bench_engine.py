@@ -319,15 +319,16 @@ async def time_stream(
     engine: Engine, req: GenerationRequest, stop_after_first: bool = False
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    arrivals, frames = [], []
+    arrivals, frames, admitted_ms = [], [], None
     stream = engine.stream(req)
     async for chunk in stream:
         arrivals.append(time.perf_counter() - t0)
         frames.append(chunk.frames)
+        admitted_ms = chunk.admitted_ms if admitted_ms is None else admitted_ms
         if stop_after_first:
             await stream.aclose()
             break
-    return {"arrivals": arrivals, "frames": frames}
+    return {"arrivals": arrivals, "frames": frames, "admitted_ms": admitted_ms}
 
 
 def wait_idle(engine: Engine) -> None:
@@ -542,6 +543,7 @@ def bench_churn(
     )
     started = [r for start, r in done if begin <= start <= end]
     ttfa = [r["arrivals"][0] * 1000 for r in started if r["arrivals"]]
+    admitted = [r["admitted_ms"] for r in started if r.get("admitted_ms") is not None]
     rtf = [r["arrivals"][-1] / (sum(r["frames"]) * FRAME_S) for r in started if sum(r["frames"])]
     out = {
         "clients": clients,
@@ -551,6 +553,8 @@ def bench_churn(
         "audio_s_per_s": round(in_window * FRAME_S / seconds, 1),
         "ttfa_ms_p50": round(statistics.median(ttfa), 1) if ttfa else None,
         "ttfa_ms_p99": round(float(np.percentile(ttfa, 99)), 1) if ttfa else None,
+        # its part before the request's first step (Server-Timing's `admit` over HTTP)
+        "admitted_ms_p50": round(statistics.median(admitted), 1) if admitted else None,
         "rtf_p50": round(statistics.median(rtf), 3) if rtf else None,
         "rtf_max": round(max(rtf), 3) if rtf else None,
         "loop_iterations": int(iters),
