@@ -20,20 +20,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from bench_engine import request
 from cpu_results import nearest_rank, write_cpu_result
 
 from serve_app.engine import engine as engine_module
 from serve_app.engine.engine import Engine, lower_switch_interval
-from serve_app.engine.sampling import SamplingParams
-from serve_app.engine.types import GenerationRequest
 
 TEXT = "Hello there, a short sentence for the speech engine."
-
-
-def request(text: str, frames: int, seed: int) -> GenerationRequest:
-    return GenerationRequest(text=text, max_audio_length_ms=frames * 80, sampling=SamplingParams(seed=seed))
+BUILDS_INLINE = engine_module.builds_inline
+"""The engine's own choice (a round of the other form replaces it with `False`)."""
 
 
 async def time_to_queue(engine: Engine, queued: dict[int, float], seed: int) -> float:
@@ -66,9 +63,6 @@ async def round_of(
     stop.set()
     await others
     return times
-
-
-BUILDS_INLINE = engine_module.builds_inline
 
 
 def main() -> None:
