@@ -17,7 +17,7 @@ Sections, each written to the JSON as soon as it is done (a cut-off run keeps wh
                 window, first audio, each request's real-time factor, audio decode launches per loop
                 iteration
   loop variants `--loop-variants`: the throughput and churn runs again under each setting of the
-                loop's audio path (the step stream's priority over the audio stream), in the same process
+                loop's audio path (chunk alignment, the step stream's priority), in the same process
   hf            transformers' CsmForConditionalGeneration in the same run, same shapes and sampling
                 (top-k 50, T 0.9), eager and static cache + torch.compile, batch 1, 50 frames
 
@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -565,9 +566,11 @@ def bench_churn(
 
 
 LOOP_VARIANTS = {
-    # name: whether the step stream runs above the audio stream
-    "shipped": True,
-    "equal_priority": False,
+    # name: (chunks aligned on the frame clock, the step stream above the audio stream)
+    "shipped": (True, True),
+    "unaligned": (False, True),
+    "equal_priority": (True, False),
+    "neither": (False, False),
 }
 
 
@@ -575,14 +578,18 @@ def set_loop_variant(engine: Engine, name: str) -> dict[str, Any]:
     """Switch the idle engine's audio path to `LOOP_VARIANTS[name]`; returns the setting."""
     from serve_app.engine import runner as runner_module
 
-    above = LOOP_VARIANTS[name]
+    align, above = LOOP_VARIANTS[name]
     wait_idle(engine)
-    runner = engine.loop.runner
+    loop, runner = engine.loop, engine.loop.runner
     sync(runner.device.type)
+    loop.chunks = dataclasses.replace(loop.chunks, align=align)
     if runner.step_stream is not None:
         priority = runner_module.STEP_STREAM_PRIORITY if above else 0
         runner.step_stream = torch.cuda.Stream(runner.device, priority=priority)
-    return {"step_stream_priority": runner.step_stream.priority if runner.step_stream else None}
+    return {
+        "chunk_align": align,
+        "step_stream_priority": runner.step_stream.priority if runner.step_stream else None,
+    }
 
 
 def profile_run(engine: Engine, out_dir: Path, streams: int, frames: int) -> dict[str, Any]:
@@ -898,6 +905,7 @@ def main() -> None:
     res["startup_s"] = round(time.perf_counter() - t0, 1)
     res["engine"] = {k: v for k, v in engine.loop.runner.info().items()}
     res["engine"]["chunk_frames"] = [engine.config.first_chunk_frames, engine.config.chunk_frames]
+    res["engine"]["chunk_align"] = engine.config.chunk_align
     res["engine"]["mimi_seanet"] = type(engine.loop.runner.decoder.decoder._seanet).__name__
     res["engine"]["kernels"] = kernels
     res["engine"]["dynamo_graphs"] = dict(torch._dynamo.utils.counters["stats"])

@@ -69,6 +69,7 @@ def make_loop(
         n_slots,
         vocab_limit=2048,
         history=history,
+        audio_chunk_sizes=chunks.sizes,
     )
     return EngineLoop(runner, Scheduler(n_slots, max_waiting), chunks, silence)
 

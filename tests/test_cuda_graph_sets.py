@@ -74,6 +74,7 @@ def test_the_decode_steps_and_the_audio_decoders_graphs_capture_on_different_str
         2,
         vocab_limit=2048,
         cuda_graphs=True,
+        audio_chunk_sizes=se.SMALL_CHUNKS.sizes,
     )
     step_graphs, audio_graphs = runner._graphs, runner.decoder._graphs
     assert step_graphs is not None and audio_graphs is not None and len(audio_graphs) > 0

@@ -26,11 +26,13 @@ TEXTS = ("first stream of words", "second", "a third and longer stream of words"
 
 def runner(model: CsmModel, **options: Any) -> ModelRunner:
     mimi = copy.deepcopy(se.codec().model).to(CUDA)
+    chunks = se.SMALL_CHUNKS
     return ModelRunner(
         model.to(CUDA),
         mimi,
         4,
         vocab_limit=2048,
+        audio_chunk_sizes=(chunks.first_frames, chunks.frames),
         **options,
     )
 

@@ -54,6 +54,7 @@ def test_admission_steps_stops_and_audio_launches_never_wait_for_the_device() ->
         4,
         vocab_limit=2048,
         cuda_graphs=True,
+        audio_chunk_sizes=chunks.sizes,
     )
     for name in LAUNCH_PHASE:
         setattr(runner, name, guarded(getattr(runner, name)))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app.engine.loop import MIN_HISTORY, EngineLoop, SilenceGuard
+from serve_app.engine.loop import EngineLoop, SilenceGuard
 from serve_app.engine.runner import StepOutput
 from serve_app.engine.sequence import ChunkPolicy
 from serve_app.engine.types import FinishReason
@@ -67,7 +67,7 @@ def test_end_of_audio_seen_a_step_late_drops_the_extra_frame_and_spares_the_neig
     other_req = se.request("keeps talking", frames=9, seed=42)
     solo_ending, solo_other = (se.run_alone(r, chunks=chunks).codes for r in (ending_req, other_req))
     # The tightest history ring the loop accepts: the extra frame must not overwrite undecoded ones.
-    loop = se.make_loop(n_slots=2, chunks=chunks, history=MIN_HISTORY)
+    loop = se.make_loop(n_slots=2, chunks=chunks, history=2 * chunks.largest + 2)
     se.force_end_of_audio(loop, at_frame=3, seed=41)
     ending, other = se.sequence(ending_req), se.sequence(other_req)
     loop.submit(ending.seq)
@@ -75,8 +75,7 @@ def test_end_of_audio_seen_a_step_late_drops_the_extra_frame_and_spares_the_neig
     while ending.seq.finish_reason is None:
         loop.run_once()
     slot = ending.seq.slot
-    assert ending.seq.finished and ending.chunks[-1].is_last  # ended, and handed over, as soon as seen
-    assert int(loop.runner.positions[slot]) == -1
+    assert not ending.seq.finished and int(loop.runner.positions[slot]) == -1  # stopped as soon as seen
     se.run_until_idle(loop)
 
     assert ending.seq.steps == 3 + 2  # the end-of-audio step and the one launched before it was seen
@@ -147,9 +146,10 @@ def test_a_slot_reused_while_its_old_sequence_is_in_flight_gets_none_of_its_resu
 
 
 @pytest.mark.parametrize("end", ["length", "end_of_audio"])
-def test_a_streams_last_chunk_comes_with_its_last_step(end: str) -> None:
-    """Every frame is decoded behind the step that computes it, so a stream's last chunk is handed
-    over, and its slot freed, in the iteration that fetches its last step."""
+def test_a_streams_rest_is_decoded_behind_its_last_step(end: str) -> None:
+    """The rest of a stream whose last step (its length) was just launched is decoded behind that
+    step: the last chunk is handed over, and the slot freed, in the iteration that fetches the step.
+    A chunk launched in the same iteration before it is not taken for the last one."""
     chunks = ChunkPolicy(first_frames=1, frames=2)
     req = se.request("ends on its length", frames=4, seed=61)
     solo = se.run_alone(req, chunks=chunks)

@@ -18,12 +18,14 @@ pytestmark = [
 
 
 def runner(graphs: bool) -> ModelRunner:
+    chunks = se.SMALL_CHUNKS
     return ModelRunner(
         se.model().cuda(),
         copy.deepcopy(se.codec().model).cuda(),  # the cached CPU codec stays as it is
         8,
         vocab_limit=2048,
         cuda_graphs=graphs,
+        audio_chunk_sizes=chunks.sizes,
     )
 
 

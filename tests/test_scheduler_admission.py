@@ -91,10 +91,10 @@ def test_cancelled_waiting_requests_are_dropped_and_running_ones_reported() -> N
 
 def test_chunk_policy() -> None:
     p = ChunkPolicy(first_frames=2, frames=6)
-    assert [p.target(i) for i in range(3)] == [2, 6, 6]
+    assert [p.target(i) for i in range(3)] == [2, 6, 6] and p.largest == 6 and p.sizes == (2, 6)
     ramp = ChunkPolicy(first_frames=1, frames=8, ramp=True)
-    assert [ramp.target(i) for i in range(6)] == [1, 2, 4, 8, 8, 8]
+    assert [ramp.target(i) for i in range(6)] == [1, 2, 4, 8, 8, 8] and ramp.sizes == (1, 2, 4, 8)
     odd = ChunkPolicy(first_frames=3, frames=10, ramp=True)
-    assert [odd.target(i) for i in range(4)] == [3, 6, 10, 10]
+    assert [odd.target(i) for i in range(4)] == [3, 6, 10, 10] and odd.sizes == (3, 6, 10)
     with pytest.raises(ValueError):
         ChunkPolicy(0, 4)

@@ -3,6 +3,8 @@ frame at any point of a chunk, the silence guard, and cancellation freeing the s
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -49,7 +51,7 @@ def test_ramped_chunks_double_up_to_the_chunk_size_with_the_same_audio() -> None
 
 @pytest.mark.parametrize(
     "eos_at, sizes",
-    [(0, [0]), (1, [1, 0]), (3, [1, 2]), (5, [1, 4, 0]), (7, [1, 4, 2])],
+    [(0, [0]), (1, [1, 0]), (3, [1, 2]), (5, [1, 4]), (7, [1, 4, 2])],
     ids=["first-frame", "after-first-chunk", "mid-chunk", "chunk-boundary", "after-chunks"],
 )
 def test_end_of_audio_frame_ends_the_stream_without_its_samples(eos_at: int, sizes: list[int]) -> None:
@@ -139,9 +141,8 @@ def test_cancel_stops_at_the_next_frame_and_frees_slot_and_decoder_state() -> No
     np.testing.assert_array_equal(keep.codes, solo)  # the other stream is untouched
 
 
-def _staggered(chunks: ChunkPolicy) -> tuple[list[se.Collected], int, int]:
-    """Three streams joining at different steps; their chunks, the audio decode launches and the
-    decode steps."""
+def _staggered(chunks: ChunkPolicy) -> tuple[list[se.Collected], int]:
+    """Three streams joining at different steps; their chunks and the audio decode launches."""
     loop = se.make_loop(chunks=chunks)
     launches = 0
     decode = loop.runner.decode_audio
@@ -158,17 +159,33 @@ def _staggered(chunks: ChunkPolicy) -> tuple[list[se.Collected], int, int]:
             loop.run_once()
         loop.submit(collected.seq)
     se.run_until_idle(loop)
-    return got, launches, loop.steps
+    return got, launches
 
 
-def test_staggered_streams_decode_once_a_step_in_one_launch_with_their_solo_audio() -> None:
-    """Streams that joined at different steps still share one audio decode a step (each frame
-    decoded behind the step that computed it), and get the chunks and audio they get alone."""
+def test_aligned_chunks_end_on_the_frame_clock_with_the_same_audio_in_fewer_launches() -> None:
     ramp = ChunkPolicy(first_frames=1, frames=4, ramp=True)
-    got, launches, steps = _staggered(ramp)
-    for ours in got:
-        alone = se.run_alone(ours.seq.request, chunks=ramp)
-        np.testing.assert_array_equal(ours.codes, alone.codes)
-        np.testing.assert_allclose(ours.pcm, alone.pcm, atol=1e-5)
-        assert [c.frames for c in ours.chunks] == [1, 2, 4, 4, 4, 4, 2]
-    assert steps == 21 + 3 and launches == steps  # one decode per step, however many streams
+    aligned = ChunkPolicy(first_frames=1, frames=4, ramp=True, align=True)
+    assert aligned.sizes == ramp.sizes == (1, 2, 4)
+    plain, plain_launches = _staggered(ramp)
+    got, launches = _staggered(aligned)
+    assert len({c.seq.first_step % 4 for c in got}) == 3  # they joined out of phase
+    for ours, theirs in zip(got, plain):
+        np.testing.assert_array_equal(ours.codes, theirs.codes)
+        np.testing.assert_allclose(ours.pcm, theirs.pcm, atol=1e-5)
+        sizes = [c.frames for c in ours.chunks]
+        assert sum(sizes) == 21 and sizes[0] == 1
+        start = ours.seq.first_step + 1
+        for before, size in itertools.pairwise(sizes[:-1]):  # every later chunk but the stream's rest
+            assert start % size == 0 and size <= 2 * before, (ours.seq.first_step, sizes)
+            start += size
+        assert sizes.count(4) >= 3
+    assert launches < plain_launches
+
+
+def test_aligned_chunk_sizes_follow_the_lowest_set_bit_of_the_start() -> None:
+    p = ChunkPolicy(first_frames=1, frames=8, ramp=True, align=True)
+    assert p.next_size(0, 5) == 1  # the first chunk is never cut
+    assert [p.next_size(3, g) for g in (8, 12, 6, 7, 16, 0)] == [8, 4, 2, 1, 8, 8]
+    assert [p.next_size(1, g) for g in (8, 6, 3)] == [2, 2, 1]  # the ramp still caps it
+    assert ChunkPolicy(first_frames=2, frames=6, align=True).sizes == (1, 2, 4, 6)
+    assert ChunkPolicy(first_frames=2, frames=6).next_size(1, 3) == 6  # unaligned: the target

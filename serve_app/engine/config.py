@@ -21,6 +21,8 @@ class EngineConfig:
     first_chunk_frames: int = 1  # frames in a stream's first chunk (time to first audio)
     chunk_frames: int = 8  # frames in each later chunk
     chunk_ramp: bool = True  # chunks double from the first up to chunk_frames (no gap after the first)
+    # Later chunks end on the loop's frame clock, so concurrent streams' chunks decode in one launch.
+    chunk_align: bool = True
     silence_rms: float = 0.003  # runaway guard: a frame this quiet (RMS, full scale 1.0) is silent
     silence_seconds: float = 2.4  # ... and this much trailing silence ends the utterance (0: off)
     cuda_graphs: bool | None = None  # None: on for CUDA

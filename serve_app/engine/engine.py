@@ -121,7 +121,9 @@ class Engine:
         cuda = model.codebook0_head.weight.device.type == "cuda"
         cap = config.max_batch_size or (128 if cuda else 8)
         n_slots = slots_for_memory(model, cap, config.memory_fraction)
-        chunks = ChunkPolicy(config.first_chunk_frames, config.chunk_frames, config.chunk_ramp)
+        chunks = ChunkPolicy(
+            config.first_chunk_frames, config.chunk_frames, config.chunk_ramp, config.chunk_align
+        )
         runner = ModelRunner(
             model,
             self._audio_decoder_model(cuda),
@@ -130,6 +132,8 @@ class Engine:
             cuda_graphs=cuda if config.cuda_graphs is None else config.cuda_graphs,
             compile=cuda if config.compile is None else config.compile,
             linear_max_batch=config.fused_linear_max_batch,
+            history=max(32, 2 * chunks.largest + 2),
+            audio_chunk_sizes=chunks.sizes,
         )
         max_waiting = 2 * n_slots if config.max_waiting is None else config.max_waiting
         self.loop = EngineLoop(
@@ -279,6 +283,7 @@ class Engine:
                 "first": cfg.first_chunk_frames,
                 "later": cfg.chunk_frames,
                 "ramp": cfg.chunk_ramp,
+                "align": cfg.chunk_align,
             },
             "silence_guard": {"rms": cfg.silence_rms, "seconds": cfg.silence_seconds},
             "audio_dtype": str(self.loop.runner.decoder.decoder.mimi.dtype).removeprefix("torch."),

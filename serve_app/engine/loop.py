@@ -8,23 +8,21 @@ An iteration:
   1. drops cancelled sequences and admits waiting ones (their prefill is queued on the device);
   2. launches step N+1 (CUDA graphs on a GPU) for every sequence still generating; its codes are
      copied to a host buffer of its own behind it;
-  3. waits for step N's codes and the audio decoded behind it, records each sequence's frame and its
-     audio, and stops sequences that hit end of audio, their length or a silent tail;
-  4. hands each stream its chunk once it holds enough audio (`ChunkPolicy`: a small first chunk,
-     larger ones after it), then launches one audio decode of step N+1's frame for every sequence
-     it computed a frame for, right behind that step on the runner's audio stream (steps and
-     prefills run on a stream of higher priority), so it overlaps step N+2.
-Every frame is thus decoded in the iteration that launched its step, in one launch for all streams:
-a stream's first audio comes as early as it can, its end (and its slot) as soon as its last step,
-and the device runs one decode an iteration, however many streams joined or ended, where decoding
-whole chunks took a launch for each chunk size due (most of them for a handful of streams, each
-costing about as much as a full batch's one frame). The chunk size only sets how often a stream's
-audio is handed over (and crosses the serving layers), not how it is decoded.
-End of audio is seen one step late: the frame step N+1 computed past it is discarded, its audio is
-never decoded and the slot stops being stepped. Lengths are known on the host, so no step is
-launched past one. A step's codes go to the sequences it was launched for, and only while they are
-still generating: a sequence cancelled or silenced meanwhile, or admitted into a slot freed
-meanwhile, gets nothing from it. A finished sequence leaves as its last chunk is handed over.
+  3. waits for step N's codes only (and the audio decoded since last iteration), records each
+     sequence's frame, and stops sequences that hit end of audio or their length;
+  4. while the device runs step N+1: hands finished chunks to their streams, then launches the audio
+     decode of every chunk whose frames are complete, on the runner's audio stream (steps and
+     prefills run on a stream of higher priority). Later chunks end on the loop's frame clock
+     (`ChunkPolicy.align`), so the chunks of streams that joined at different steps complete
+     together and decode in one launch per size.
+End of audio is thus seen one step late: the frame step N+1 computed past it is discarded and the
+slot stops being stepped. Lengths are known on the host, so no step is launched past one. A step's
+codes go to the sequences it was launched for, and only while they are still generating: a sequence
+cancelled or silenced meanwhile, or admitted into a slot freed meanwhile, gets nothing from it.
+A stream's first chunk, and the rest of a stream at its last step (its length), are decoded right
+after the step that completes them (lowest time to first audio; the end, and the slot, an iteration
+sooner); if that step's frame turns out to be the end-of-audio frame, its samples are cut from the
+chunk. A finished sequence keeps its slot (no longer stepped) until its last chunk is out.
 
 The loop runs on its own thread (`start`) or is driven by hand (`run_once`, for tests); sequences
 arrive and get cancelled from any thread.
@@ -35,6 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -77,8 +76,6 @@ StepObserver = Callable[[int, int], None]
 """Told `(batch_size, queue_depth)` after an iteration that changed either (e.g. metrics gauges)."""
 
 DEFAULT_CHUNKS = ChunkPolicy()
-MIN_HISTORY = 3
-"""Frames the runner's history ring must hold (see `EngineLoop.__init__`)."""
 DEFAULT_SILENCE_GUARD = SilenceGuard()
 
 
@@ -91,14 +88,15 @@ class _Step:
 
 
 @dataclass
-class _Decode:
-    """The audio of one step's frame for each of `seqs` (frame `frames[i]` of `seqs[i]`), decoded
-    behind that step."""
+class _Chunk:
+    """Audio decode of `count` frames from `first` on, for each sequence of a group."""
 
     seqs: list[Sequence]
-    frames: list[int]
-    pcm: Any = None  # device tensor (B, frame samples), then host array
-    rms: Any = None  # each frame's loudness (B, 1): device tensor, then host array
+    first: list[int]
+    count: int
+    after: StepOutput | None = None  # the uncollected step a first chunk waits for (its last frame)
+    pcm: Any = None  # device tensor (B, decoded frames * frame_samples), then host array
+    rms: Any = None  # each decoded frame's loudness (B, decoded frames): device tensor, then host array
 
 
 class EngineLoop:
@@ -111,10 +109,15 @@ class EngineLoop:
         eos_id: int = 0,
         on_step: StepObserver | None = None,
     ) -> None:
-        # A frame's ring entry is decoded behind its step; the next two steps (at most in flight
-        # before the host collects that decode) write the two entries after it.
-        if runner.history_len < MIN_HISTORY:
-            raise ValueError(f"the history ring needs at least {MIN_HISTORY} frames")
+        # Frames still to decode lie at most `largest` behind the newest frame the host has read, and
+        # neither the steps in flight nor a stopped slot's idle rewrites write more than two frames
+        # past it: `largest + 3` ring frames are enough, within this bound (the engine sizes by it).
+        if 2 * chunks.largest + 2 > runner.history_len:
+            raise ValueError(
+                f"chunks of {chunks.largest} frames need a history ring of {2 * chunks.largest + 2}"
+            )
+        if set(runner.audio_chunk_sizes) != set(chunks.sizes):
+            raise ValueError("the runner's audio chunk sizes must be the chunk policy's")
         self.runner = runner
         self.scheduler = scheduler
         self.chunks = chunks
@@ -125,7 +128,7 @@ class EngineLoop:
         self.steps = 0
         self.error: BaseException | None = None
         self._step: _Step | None = None  # launched, codes not collected yet
-        self._audio: _Decode | None = None  # launched behind the uncollected step, collected with it
+        self._audio: list[_Chunk] = []  # decodes launched last iteration, collected with the step
         # Seconds per phase of an iteration: admission + prefill + step launch, waiting for the step
         # before it, chunk hand-over + audio decode launches (overlapping the step), for benchmarks.
         self.timings: dict[str, float] = dict.fromkeys(("iterations", "wait_s", "launch_s", "host_s"), 0.0)
@@ -204,7 +207,7 @@ class EngineLoop:
 
     def abort(self, exc: BaseException) -> None:
         """End every running and waiting sequence with `exc` (the loop failed or was stopped)."""
-        self._step, self._audio = None, None
+        self._step, self._audio = None, []
         for seq in self.scheduler.drain():
             if seq.slot is not None:
                 self.runner.release(seq.slot)
@@ -223,9 +226,9 @@ class EngineLoop:
         previous, self._step = self._step, launched
         done = self._collect(previous)
         t2 = time.perf_counter()
-        if done is not None:
-            self._deliver(done)
-        self._audio = self._launch_decode(launched)
+        for chunk in done:
+            self._emit(chunk)
+        self._audio = self._launch_chunks() + self._launch_behind_step(launched)
         self.runner.flush_deactivated()  # the slots this iteration stopped, in one fill
         t3 = time.perf_counter()
         for key, value in (("launch_s", t1 - t0), ("wait_s", t2 - t1), ("host_s", t3 - t2)):
@@ -256,19 +259,21 @@ class EngineLoop:
             out = self.runner.step(rows, positions)
         self.steps += 1
         for seq in seqs:
+            if seq.steps == 0:
+                seq.first_step = self.steps - 1
             seq.steps += 1
             if seq.steps >= seq.max_frames:
                 self.runner.deactivate(seq.slot)  # type: ignore[arg-type]
         return _Step(seqs, out)
 
-    def _collect(self, step: _Step | None) -> _Decode | None:
-        """Wait for `step` (not the steps after it) and the audio decoded behind it; record the
-        step's frames; return the decoded audio."""
-        decode, self._audio = self._audio, None
-        if step is None and decode is None:
-            return None
+    def _collect(self, step: _Step | None) -> list[_Chunk]:
+        """Wait for `step` (not the steps after it) and last iteration's audio decodes; record the
+        step's frames; return the decoded chunks."""
+        chunks, self._audio = self._audio, []
+        if step is None and not chunks:
+            return []
         codes, host = self.runner.fetch(
-            step.out if step else None, [decode.pcm, decode.rms] if decode else []
+            step.out if step else None, [t for c in chunks for t in (c.pcm, c.rms)]
         )
         if step is not None and codes is not None:
             eos = (codes == self.eos_id).all(axis=1)
@@ -277,9 +282,9 @@ class EngineLoop:
                 # silence, cancel) gets nothing: this frame is past its end.
                 if seq.finish_reason is None:
                     self._take_frame(seq, codes[seq.slot], bool(eos[seq.slot]))
-        if decode is not None:
-            decode.pcm, decode.rms = host
-        return decode
+        for i, chunk in enumerate(chunks):
+            chunk.pcm, chunk.rms = host[2 * i], host[2 * i + 1]
+        return chunks
 
     def _admit(self) -> None:
         joined = self.scheduler.admit()
@@ -310,61 +315,118 @@ class EngineLoop:
         if len(seq.frames) >= seq.max_frames:
             seq.finish_reason = FinishReason.LENGTH  # its slot stopped with its last launch
 
-    def _launch_decode(self, step: _Step | None) -> _Decode | None:
-        """Decode the frame `step` computes for each of its sequences still generating, in one
-        launch queued behind the step on the audio stream."""
-        if step is None:
-            return None
-        seqs = [s for s in step.seqs if s.finish_reason is None and not s.finished]
-        if not seqs:
-            return None
-        frames = [s.steps - 1 for s in seqs]  # the frame this step computes: the ring's entry
-        slots = [s.slot for s in seqs]
-        with self.launches.launch(
-            self.steps, "audio {} streams", len(slots), stream=self.runner.audio_stream
-        ):
-            pcm, rms = self.runner.decode_audio(slots, frames, after=step.out)  # type: ignore[arg-type]
-        return _Decode(seqs, frames, pcm, rms)
+    def _launch(self, chunk: _Chunk) -> None:
+        size = self.runner.final_chunk_size(chunk.count)
+        slots = [s.slot for s in chunk.seqs]
+        form = "audio {} streams x {} frames"
+        with self.launches.launch(self.steps, form, len(slots), size, stream=self.runner.audio_stream):
+            chunk.pcm, chunk.rms = self.runner.decode_audio(slots, chunk.first, size, after=chunk.after)  # type: ignore[arg-type]
 
-    def _deliver(self, decode: _Decode) -> None:
-        """Add each sequence's decoded frame to its unsent audio (an end-of-audio frame's is cut),
-        watch for a silent tail, and hand over a chunk when the stream holds enough audio or ended."""
-        for i, seq in enumerate(decode.seqs):
+    def _launch_behind_step(self, step: _Step | None) -> list[_Chunk]:
+        """Chunks that the step just launched completes, decoded right behind it (one launch per
+        size); their frames reach the host together with the audio, next iteration:
+        - a stream's first chunk (lowest time to first audio);
+        - the rest of a stream whose last step this is (its length is known on the host): its end
+          reaches the client, and its slot is freed, an iteration sooner than if the rest waited
+          for the step's codes. Each request of a client that speaks turn after turn then starts
+          sooner, so a slot spends less of its time idle between requests."""
+        if step is None:
+            return []
+        groups: dict[int, list[Sequence]] = defaultdict(list)
+        for seq in step.seqs:
+            if seq.finish_reason is not None:
+                continue
+            pending, last_step = seq.pending(), seq.steps >= seq.max_frames
+            if seq.chunks_sent == 0 and seq.decoded == 0:
+                if pending >= self.chunks.first_frames or last_step:
+                    groups[pending].append(seq)
+            elif last_step and 0 < pending <= self.chunks.largest:
+                groups[pending].append(seq)
+        out = []
+        for count, group in sorted(groups.items()):
+            chunk = _Chunk(group, [s.decoded for s in group], count, after=step.out)
+            for seq in group:
+                seq.decoded += count
+            self._launch(chunk)
+            out.append(chunk)
+        return out
+
+    def _launch_chunks(self) -> list[_Chunk]:
+        """Launch the audio decode of every chunk whose frames are all known (a full chunk, or the
+        rest of an ended stream), grouped by size; close streams that ended with nothing left.
+        A chunk is `ChunkPolicy.next_size` frames from the stream's global frame clock."""
+        groups: dict[int, list[Sequence]] = defaultdict(list)
+        for seq in list(self.scheduler.running.values()):
             if seq.finished:
                 continue
-            if decode.frames[i] < len(seq.frames):  # kept: not the end-of-audio frame
-                seq.unsent.append(decode.pcm[i])
-                if self._silent_tail(seq, float(decode.rms[i, 0])) and seq.finish_reason is None:
-                    seq.finish_reason = FinishReason.SILENCE
+            known = seq.undecoded()
             ended = seq.finish_reason is not None
-            if ended or len(seq.unsent) >= self.chunks.target(seq.chunks_sent):
-                self._send(seq, last=ended)
+            size = self.chunks.next_size(seq.chunks_sent, seq.first_step + seq.decoded)
+            if known > 0 and (ended or known >= size):
+                # An ended stream's rest in pieces of at most the largest size (its decode graphs).
+                groups[min(known, self.chunks.largest) if ended else size].append(seq)
+            elif ended:
+                self._emit_last(seq)
+        out = []
+        for count, group in sorted(groups.items()):
+            chunk = _Chunk(group, [s.decoded for s in group], count)
+            for seq in group:
+                seq.decoded += count
+            self._launch(chunk)
+            out.append(chunk)
+        return out
 
-    def _send(self, seq: Sequence, last: bool) -> None:
-        """Hand `seq` its unsent audio (and those frames' codes) as one chunk; the last one retires it."""
-        n, first = len(seq.unsent), seq.sent_frames
-        pcm = np.concatenate(seq.unsent) if n else np.zeros(0, np.float32)
-        codes = np.stack(seq.frames[first : first + n]) if n else np.zeros((0, 32), np.int64)
-        seq.unsent, seq.sent_frames = [], first + n
-        reason = (seq.finish_reason or FinishReason.LENGTH) if last else None
+    def _emit(self, chunk: _Chunk) -> None:
+        fs = self.runner.frame_samples
+        for i, seq in enumerate(chunk.seqs):
+            if seq.finished:
+                continue
+            # Frames of this chunk that are audio (an end-of-audio frame, if any, is cut).
+            kept = max(0, min(chunk.count, len(seq.frames) - chunk.first[i]))
+            pcm = np.ascontiguousarray(chunk.pcm[i, : kept * fs], dtype=np.float32)
+            first = chunk.first[i]
+            codes = np.stack(seq.frames[first : first + kept]) if kept else np.zeros((0, 32), np.int64)
+            if kept and self._silent_tail(seq, chunk.rms[i, :kept]) and seq.finish_reason is None:
+                seq.finish_reason = FinishReason.SILENCE
+                del seq.frames[seq.decoded :]  # frames computed past the silent tail are dropped
+            # The last chunk covers the stream's end (a chunk launched after it may still be
+            # in flight when this one is handed over: the rest launched behind the last step).
+            covers_end = first + chunk.count >= seq.decoded
+            last = seq.finish_reason is not None and seq.undecoded() <= 0 and covers_end
+            seq.emit(
+                AudioChunk(
+                    pcm=pcm,
+                    codes=codes.astype(np.int64),
+                    frames=kept,
+                    is_last=last,
+                    finish_reason=seq.finish_reason if last else None,
+                    dropped_context_turns=seq.dropped_context_turns,
+                )
+            )
+            if last:
+                self._retire(seq, seq.finish_reason)  # type: ignore[arg-type]
+
+    def _emit_last(self, seq: Sequence) -> None:
+        """An empty closing chunk for a sequence whose audio was all sent before it ended."""
+        reason = seq.finish_reason or FinishReason.LENGTH
         seq.emit(
             AudioChunk(
-                pcm=pcm,
-                codes=codes.astype(np.int64),
-                frames=n,
-                is_last=last,
+                pcm=np.zeros(0, np.float32),
+                codes=np.zeros((0, 32), np.int64),
+                frames=0,
+                is_last=True,
                 finish_reason=reason,
                 dropped_context_turns=seq.dropped_context_turns,
             )
         )
-        if last:
-            self._retire(seq, reason)  # type: ignore[arg-type]
+        self._retire(seq, reason)
 
-    def _silent_tail(self, seq: Sequence, rms: float) -> bool:
-        """Count the stream's trailing silent frames, given its newest frame's loudness."""
+    def _silent_tail(self, seq: Sequence, rms: np.ndarray) -> bool:
+        """Count the stream's trailing silent frames, given this chunk's frames' loudness."""
         if not self.silence.enabled:
             return False
-        seq.silent_frames = seq.silent_frames + 1 if rms < self.silence.rms else 0
+        for value in rms.tolist():
+            seq.silent_frames = seq.silent_frames + 1 if value < self.silence.rms else 0
         return seq.silent_frames >= self.silence.frames
 
     def _retire(self, seq: Sequence, reason: FinishReason) -> None:

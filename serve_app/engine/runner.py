@@ -164,6 +164,7 @@ class ModelRunner:
         linear_max_batch: int | None = None,
         kv_buckets: Seq[int] = DEFAULT_KV_BUCKETS,
         history: int = 32,
+        audio_chunk_sizes: Seq[int] = (1, 8),
     ) -> None:
         self.model = model
         self.device = model.codebook0_head.weight.device
@@ -194,6 +195,11 @@ class ModelRunner:
         self.codes = torch.zeros(n_slots, n, dtype=torch.long, device=dev)
         self.history = torch.zeros(n_slots, history, n, dtype=torch.long, device=dev)
         self._rows = torch.arange(n_slots, device=dev)
+        self.audio_chunk_sizes = tuple(sorted(set(audio_chunk_sizes)))
+        if self.audio_chunk_sizes[-1] > history:
+            raise ValueError(
+                f"audio chunks of {self.audio_chunk_sizes[-1]} frames exceed the history ring ({history})"
+            )
         self.decoder = GraphedMimiStreamDecoder(mimi, n_slots, use_graphs=cuda_graphs, ring=self.history)
         # Audio decodes (and decoder state resets) run on their own stream so they can overlap the
         # next decode step; a first chunk waits for the step that completed it.
@@ -214,7 +220,7 @@ class ModelRunner:
         self.compile_error: str | None = None
         if cuda_graphs:
             self._capture_or_fall_back(vocab_limit)
-            self.decoder.warmup([1])
+            self.decoder.warmup(self.audio_chunk_sizes)
 
     def _capture_or_fall_back(self, vocab_limit: int | None) -> None:
         """Capture the step; if the compiler or the Triton kernel fails, fall back to eager kernels,
@@ -480,17 +486,23 @@ class ModelRunner:
         )
 
     # ---- audio --------------------------------------------------------------------------------
+    def final_chunk_size(self, frames: int) -> int:
+        """Frames to decode for a stream's last `frames` frames: the smallest warmed chunk size that
+        holds them (its graphs exist; the extra frames' audio is dropped and the stream ends anyway)."""
+        return next((n for n in self.audio_chunk_sizes if n >= frames), frames)
+
     @torch.inference_mode()
     def decode_audio(
-        self, slots: Seq[int], frames: Seq[int], after: StepOutput | None = None
+        self, slots: Seq[int], first_frames: Seq[int], n: int, after: StepOutput | None = None
     ) -> DecodedAudio:
-        """Decode frame `frames[i]` of each slot `slots[i]` from the history ring, on the audio
-        stream: (pcm (B, frame samples), rms (B, 1)). `after`: a step not fetched yet that computed
-        these frames (the decode waits for it on the device)."""
+        """Decode frames first..first+n-1 of each slot from the history ring, on the audio stream.
+        `after`: a step not fetched yet that computed some of these frames (the decode waits for it
+        on the device); without it the frames are older and the decode may run alongside the steps
+        in flight."""
         with self._on_audio_stream():
             if after is not None and self.audio_stream is not None:
                 self.audio_stream.wait_event(self._step_events[self._ring_index(after)])
-            return DecodedAudio(*self.decoder.decode_ring(slots, frames, 1))
+            return DecodedAudio(*self.decoder.decode_ring(slots, first_frames, n))
 
     def fetch(
         self, step: StepOutput | None, audio: Seq[torch.Tensor]
