@@ -757,6 +757,12 @@ def parse_args() -> argparse.Namespace:
         "--chunk-frames", type=int, default=None, help="frames per later audio chunk (default: the engine's)"
     )
     p.add_argument(
+        "--prefill-attention",
+        choices=("sdpa", "kernel"),
+        default=None,
+        help="how short prompts' fused prefill attends (default: the engine's)",
+    )
+    p.add_argument(
         "--mimi-seanet",
         choices=("stack", "kernel"),
         default=None,
@@ -822,6 +828,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         options["fused_linear_max_batch"] = args.fused_linear_max_batch
     if args.chunk_frames is not None:
         options["chunk_frames"] = args.chunk_frames
+    if args.prefill_attention is not None:
+        options["prefill_attention"] = args.prefill_attention
     return options
 
 

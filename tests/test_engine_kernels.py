@@ -70,6 +70,50 @@ def test_kernel_equals_reference_attention(heads: int, kv_heads: int, dim: int, 
     torch.testing.assert_close(v_dev.cpu(), v_ref, rtol=0, atol=0)
 
 
+def test_prompt_rows_attend_as_their_tokens_would_one_decode_step_at_a_time() -> None:
+    """Two right-padded prompts in slots 2 and 0, flattened into rows (later tokens first, so no
+    order of the programs hides a missing write): every row's key is written before any row attends,
+    so each token sees the tokens before it in its prompt, as it would have as a decode step of its
+    own; padding writes nothing and outputs zeros; slot 1 stays untouched."""
+    import serve_app.model.kernels.decode_attention  # noqa: F401 - registers csm_serve::prompt_attention
+
+    heads, kv_heads, dim, n_pos = 8, 2, 64, 40
+    gen = torch.Generator().manual_seed(5)
+    positions = torch.tensor([[0, 1, 2, 3, 4], [0, 1, 2, -1, -1]])
+    slots = torch.tensor([2, 0])
+    qkv = torch.randn(2, 5, (heads + 2 * kv_heads) * dim, generator=gen)
+    freqs = torch.outer(torch.arange(n_pos).float(), 1 / 500_000 ** (torch.arange(0, dim, 2).float() / dim))
+    cos, sin = torch.cat([freqs, freqs], -1).cos(), torch.cat([freqs, freqs], -1).sin()
+    k_cache = torch.randn(3, kv_heads, n_pos + 1, dim, generator=gen)  # stale keys past each prompt
+    v_cache = torch.randn(3, kv_heads, n_pos + 1, dim, generator=gen)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    want = torch.zeros(2, 5, heads * dim)
+    for t in range(5):  # token by token, as decode steps would write and attend
+        for i, slot in enumerate(slots.tolist()):
+            if positions[i, t] >= 0:
+                view = slice(slot, slot + 1)
+                want[i, t] = reference(
+                    qkv[i, t][None], positions[i, t][None], cos, sin, k_ref[view], v_ref[view], heads, kv_heads
+                )[0]
+    k_dev, v_dev = k_cache.to(DEVICE), v_cache.to(DEVICE)
+    order = torch.arange(10).flip(0)  # row r holds token (r // 5, r % 5) of the flattened prompts
+    got = torch.ops.csm_serve.prompt_attention(
+        qkv.reshape(10, -1)[order].to(DEVICE),
+        positions.reshape(-1)[order].to(DEVICE),
+        slots.repeat_interleave(5)[order].to(DEVICE),
+        cos.to(DEVICE),
+        sin.to(DEVICE),
+        k_dev,
+        v_dev,
+        heads,
+        kv_heads,
+    )
+    torch.testing.assert_close(got.cpu()[order.argsort()].view(2, 5, -1), want, rtol=TOL, atol=TOL)
+    torch.testing.assert_close(k_dev.cpu(), k_ref, rtol=TOL, atol=TOL)
+    torch.testing.assert_close(v_dev.cpu(), v_ref, rtol=0, atol=0)
+    torch.testing.assert_close(k_dev[1].cpu(), k_cache[1], rtol=0, atol=0)
+
+
 def test_narrow_heads_take_the_unfused_path() -> None:
     model = se.model().to(DEVICE)  # heads of 16 and 8 dims
     assert not FastStep(model, 2048).fused
@@ -297,41 +341,55 @@ def test_fused_decode_step_equals_the_unfused_step(linear_max_batch: int) -> Non
     torch.testing.assert_close(fused.depth_frame(h_plain, *args), plain.depth_frame(h_plain, *args))
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "kernel"])
 @torch.inference_mode()
 def test_a_short_prompts_prefill_with_fused_projections_writes_the_eager_prefills_caches(
-    monkeypatch: pytest.MonkeyPatch,
+    attention: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Prompts within `prefill_fused_rows` go through the fused projections (3-D rows flattened),
-    longer ones through cuBLAS: either way the caches and hidden states are the eager prefill's."""
+    attending through SDPA or the decode-attention kernel, longer ones through cuBLAS: either way
+    the caches and hidden states are the eager prefill's."""
     models = [se.wide_head_model().to(DEVICE), se.wide_head_model().to(DEVICE)]
     for m in models:
         m.setup_caches(3)
     plain = FastStep(models[0], 2048, fused_attention=False)
-    fused = FastStep(models[1], 2048, True, linear_max_batch=3, prefill_fused_rows=2 * 8)
+    fused = FastStep(
+        models[1], 2048, True, linear_max_batch=3, prefill_fused_rows=2 * 8, prefill_attention=attention
+    )
     assert fused.prefill_fused_for(2, 8) and not fused.prefill_fused_for(2, 9)
     assert not plain.prefill_fused_for(1, 1)  # no fused step, no fused prefill
     assert FastStep(models[1], 2048, True, linear_max_batch=0).prefill_fused_rows == 0
+    with pytest.raises(ValueError, match="prefill_attention"):
+        FastStep(models[1], 2048, True, prefill_attention="flash")
     gen = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, 200, (2, 8, 33), generator=gen)
     mask = torch.rand(2, 8, 33, generator=gen) > 0.3
     positions = torch.stack([torch.arange(8), torch.tensor([0, 1, 2, 3, 4, -1, -1, -1])])  # padding
     slots = torch.tensor([2, 0])
-    from serve_app.model.kernels.backends import TritonProjections
+    from serve_app.model.kernels.backends import TritonProjections, TritonPromptAttention
 
     shapes: list[tuple[int, ...]] = []
     norm_linear = TritonProjections.norm_linear
+    kernel_attends = []
+    prompt_attend = TritonPromptAttention.attend
 
     def counted(self, x, norm, weight):  # type: ignore[no-untyped-def]
         shapes.append(tuple(x.shape))
         return norm_linear(self, x, norm, weight)
 
+    def counted_attend(self, attention, qkv, inputs):  # type: ignore[no-untyped-def]
+        kernel_attends.append(tuple(qkv.shape))
+        return prompt_attend(self, attention, qkv, inputs)
+
     monkeypatch.setattr(TritonProjections, "norm_linear", counted)
+    monkeypatch.setattr(TritonPromptAttention, "attend", counted_attend)
     hidden = []
     for fast in (plain, fused):
         args = (tokens.to(DEVICE), mask.to(DEVICE), positions.to(DEVICE), slots.to(DEVICE))
         hidden.append(fast.prefill(*args, kv_len=8))
     layers = len(models[0].backbone.layers)
     assert shapes == [(2, 8, models[0].cfg.backbone.dim)] * layers  # the fused prefill's QKV, a layer each
+    assert len(kernel_attends) == (layers if attention == "kernel" else 0)
     valid = positions.to(DEVICE) >= 0
     torch.testing.assert_close(hidden[1][valid], hidden[0][valid], rtol=TOL, atol=TOL)
     for layer in (0, -1):

@@ -4,11 +4,13 @@ KV caches they write equal an eager prefill's, and admission never waits for the
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
 
 from serve_app.engine.runner import ModelRunner
+from serve_app.model.csm import CsmModel
 from tests import support_engine as se
 
 pytestmark = [
@@ -17,22 +19,37 @@ pytestmark = [
 ]
 
 
-def runner(graphs: bool) -> ModelRunner:
+def runner(graphs: bool, model: CsmModel | None = None, **options: Any) -> ModelRunner:
     chunks = se.SMALL_CHUNKS
     return ModelRunner(
-        se.model().cuda(),
+        (model or se.model()).cuda(),
         copy.deepcopy(se.codec().model).cuda(),  # the cached CPU codec stays as it is
         8,
         vocab_limit=2048,
         cuda_graphs=graphs,
         audio_chunk_sizes=chunks.sizes,
+        **options,
     )
 
 
+@pytest.mark.parametrize(
+    "fused",
+    [None, "sdpa", "kernel"],
+    ids=["cublas-sdpa", "fused-projections-sdpa", "fused-projections-kernel-attention"],
+)
 @torch.inference_mode()
-def test_graphed_prefill_writes_the_eager_prefills_caches() -> None:
-    graphed, eager = runner(True), runner(False)
+def test_graphed_prefill_writes_the_eager_prefills_caches(fused: str | None) -> None:
+    """Captured prefills (for a fused prefill: the heads wide enough for the Triton kernels, its
+    projections and the way it attends) write the caches and first-step inputs of an eager prefill
+    through cuBLAS and SDPA."""
+    if fused is None:
+        graphed, eager = runner(True), runner(False)
+    else:
+        graphed = runner(True, se.wide_head_model(), linear_max_batch=1 << 16, prefill_attention=fused)
+        eager = runner(False, se.wide_head_model(), linear_max_batch=0)
+        assert graphed.fast.prefill_fused_rows and not eager.fast.prefill_fused_rows
     assert graphed._prefill_inputs_of, "prefills were captured"
+    tol = 1e-4 if fused is None else 1e-3  # the Triton kernels round in another order
     texts = ["Hi.", "A somewhat longer prompt, with a clause or two in it.", "Mid length words."] * 2
     seqs = {}
     for name, r in (("graphed", graphed), ("eager", eager)):
@@ -52,7 +69,7 @@ def test_graphed_prefill_writes_the_eager_prefills_caches() -> None:
         for seq in seqs["graphed"]:
             rows = seq.prompt_len - 1
             torch.testing.assert_close(
-                k_graph[seq.slot, :, :rows], k_eager[seq.slot, :, :rows], rtol=1e-4, atol=1e-4
+                k_graph[seq.slot, :, :rows], k_eager[seq.slot, :, :rows], rtol=tol, atol=tol
             )
     # The admitted slots' first step inputs (the other rows hold what capture warm-ups left there).
     used = torch.tensor([seq.slot for seq in seqs["graphed"]], device=graphed.embeds.device)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -34,6 +34,9 @@ class EngineConfig:
     # adds inside the matmuls) instead of cuBLAS; 0: none. Needs the fused attention (CUDA, Triton,
     # heads of >= 32 dims); elsewhere it is ignored. Default: every batch.
     fused_linear_max_batch: int | None = 1 << 16
+    # How short prompts' fused prefill attends (`model/fast_step.py` PREFILL_ATTENTIONS): "sdpa", or
+    # "kernel" (the decode-attention kernel, each token a row over its slot: two launches a layer).
+    prefill_attention: Literal["sdpa", "kernel"] = "sdpa"
     audio_dtype: str | None = None  # streaming Mimi decode; None: bfloat16 on CUDA, float32 on CPU
     memory_fraction: float = 0.8  # of free device memory for KV slots
     max_prefill_rows: int = 8192  # padded prompt rows prefilled together in one iteration

@@ -132,6 +132,7 @@ class Engine:
             cuda_graphs=cuda if config.cuda_graphs is None else config.cuda_graphs,
             compile=cuda if config.compile is None else config.compile,
             linear_max_batch=config.fused_linear_max_batch,
+            prefill_attention=config.prefill_attention,
             history=max(32, 2 * chunks.largest + 2),
             audio_chunk_sizes=chunks.sizes,
         )

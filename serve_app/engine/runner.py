@@ -165,6 +165,7 @@ class ModelRunner:
         kv_buckets: Seq[int] = DEFAULT_KV_BUCKETS,
         history: int = 32,
         audio_chunk_sizes: Seq[int] = (1, 8),
+        prefill_attention: str = "sdpa",
     ) -> None:
         self.model = model
         self.device = model.codebook0_head.weight.device
@@ -174,7 +175,10 @@ class ModelRunner:
         self.n_slots = n_slots
         model.setup_caches(n_slots)
         self._linear_max_batch = linear_max_batch
-        self.fast = FastStep(model, vocab_limit, linear_max_batch=linear_max_batch)
+        self._prefill_attention = prefill_attention
+        self.fast = FastStep(
+            model, vocab_limit, linear_max_batch=linear_max_batch, prefill_attention=prefill_attention
+        )
         if compile:
             self.fast.compile(compile_mode)
         self.compiled = compile
@@ -230,7 +234,13 @@ class ModelRunner:
         for compiled, fused in attempts:
             if (compiled, fused) != (self.compiled, self.fast.fused):
                 limit = self._linear_max_batch if fused else 0
-                self.fast = FastStep(self.model, vocab_limit, fused_attention=fused, linear_max_batch=limit)
+                self.fast = FastStep(
+                    self.model,
+                    vocab_limit,
+                    fused_attention=fused,
+                    linear_max_batch=limit,
+                    prefill_attention=self._prefill_attention,
+                )
                 self.compiled = False
                 self._graphs = None
                 self._prefill_inputs_of.clear()
@@ -537,6 +547,7 @@ class ModelRunner:
             "fused_attention": self.fast.fused,
             "fused_linear_max_batch": self.fast.linear_max_batch,
             "fused_prefill_max_rows": self.fast.prefill_fused_rows,
+            "prefill_attention": self.fast.prefill_attention,
             **({"compile_error": self.compile_error} if self.compile_error else {}),
         }
 

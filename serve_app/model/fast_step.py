@@ -46,6 +46,11 @@ inside the matmuls, as in the step, where cuBLAS's matmuls left five more kernel
 layer around them. The kernels' tiles are swept for up to 256 rows; longer prompts keep cuBLAS."""
 
 
+PREFILL_ATTENTIONS = ("sdpa", "kernel")
+"""How a fused prefill attends: SDPA over the slot cache (with the RoPE, scatter and gather pieces
+around it), or the decode-attention kernel, each token a row over its slot (two launches a layer)."""
+
+
 class FastStep:
     """Prefill, backbone decode step and depth frame over one `CsmModel`'s weights and caches.
 
@@ -59,12 +64,15 @@ class FastStep:
         fused_attention: bool | None = None,
         linear_max_batch: int | None = None,
         prefill_fused_rows: int | None = None,
+        prefill_attention: str = "sdpa",
     ) -> None:
         """`fused_attention`: one-token attention and the sampler through Triton kernels (default: on
         CUDA with Triton). `linear_max_batch`: decode batches up to this size also run the fused
         Triton projections (default `DEFAULT_LINEAR_MAX_BATCH`; always 0 without fused attention),
         and so do prefills of up to `prefill_fused_rows` prompt rows (default `PREFILL_FUSED_MAX_ROWS`;
-        0: none)."""
+        0: none), attending as `prefill_attention` says (`PREFILL_ATTENTIONS`)."""
+        if prefill_attention not in PREFILL_ATTENTIONS:
+            raise ValueError(f"prefill_attention must be one of {PREFILL_ATTENTIONS}, got {prefill_attention!r}")
         self.model = model
         self.vocab_limit = vocab_limit
         self.num_codebooks = model.cfg.num_codebooks
@@ -90,10 +98,16 @@ class FastStep:
         self.fused_prefill: Backend = EAGER  # prompts with them
         if fused_attention:
             import serve_app.model.kernels.sampling  # noqa: F401 - registers csm_serve::sample_top_k
-            from serve_app.model.kernels.backends import FUSED, FUSED_ATTENTION, FUSED_PREFILL
+            from serve_app.model.kernels.backends import (
+                FUSED,
+                FUSED_ATTENTION,
+                FUSED_PREFILL,
+                FUSED_PREFILL_KERNELS,
+            )
 
             self.one_token, self.fused_projections = FUSED_ATTENTION, FUSED
-            self.fused_prefill = FUSED_PREFILL
+            self.fused_prefill = FUSED_PREFILL_KERNELS if prefill_attention == "kernel" else FUSED_PREFILL
+        self.prefill_attention = prefill_attention
         if linear_max_batch is None:
             linear_max_batch = DEFAULT_LINEAR_MAX_BATCH
         self.linear_max_batch = linear_max_batch if fused_attention else 0  # they share the fused step

@@ -2,9 +2,10 @@
 (and the projections of short prompts' prefill).
 
 In a decode step every row is one new token in its own cache slot (row b = slot b), and the step is
-bound by kernel count, not bytes:
+bound by kernel count, not bytes (and so are short prompts' prefills):
 - `TritonDecodeAttention`: RoPE, the cache write and grouped-query attention over each row's own
-  prefix in one kernel per layer (`decode_attention`);
+  prefix in one kernel per layer (`decode_attention`); `TritonPromptAttention` runs a prompt's tokens
+  through the same kernel, two launches a layer;
 - `TritonProjections`: the four matmuls of a layer with RMSNorm, SwiGLU and the residual adds inside
   them (`fused_linear`), so a layer is five launches (plus a split-K reduce for the long matmuls).
 
@@ -58,6 +59,50 @@ class TritonDecodeAttention:
         )
 
 
+class TritonPromptAttention:
+    """Prompt rows (B, T) in slots (B,): each token is a row of the decode-attention kernel over its
+    own slot, every row's key/value written in one launch before the rows attend in another
+    (`prompt_attention`); padding (position < 0) writes nothing and outputs zeros."""
+
+    one_token = False
+
+    def inputs(
+        self,
+        stack: Transformer,
+        positions: torch.Tensor,
+        slots: torch.Tensor | None,
+        kv_len: int,
+        dtype: torch.dtype,
+    ) -> AttentionInputs:
+        b, t = positions.shape
+        rows = slots if slots is not None else torch.arange(b, device=positions.device)
+        return AttentionInputs(
+            positions.reshape(-1),
+            stack.rope_cos,
+            stack.rope_sin,
+            None,
+            None,
+            rows.repeat_interleave(t),
+            slots,
+            kv_len,
+        )
+
+    def attend(self, attention: Attention, qkv: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
+        cache = attention.cache()
+        out = torch.ops.csm_serve.prompt_attention(
+            _rows(qkv),
+            inputs.positions,
+            inputs.rows,
+            inputs.cos,
+            inputs.sin,
+            cache.k,
+            cache.v,
+            attention.n_heads,
+            attention.n_kv_heads,
+        )
+        return out.view(*qkv.shape[:-1], out.shape[-1])
+
+
 class TritonProjections:
     """Rows (..., D) through the fused matmuls: norm prologue, SwiGLU and residual epilogues. A
     decode step's rows are (B, D); a prompt's (B, T, D) go through as B * T rows."""
@@ -88,3 +133,6 @@ FUSED = Backend(TritonDecodeAttention(), TritonProjections())
 
 FUSED_PREFILL = Backend(TorchAttention(), TritonProjections())
 """Prompts: SDPA over the slot cache (many tokens a row), the fused Triton projections."""
+
+FUSED_PREFILL_KERNELS = Backend(TritonPromptAttention(), TritonProjections())
+"""Prompts: the decode-attention kernel over each token's slot, the fused Triton projections."""

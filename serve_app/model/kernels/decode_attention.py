@@ -9,6 +9,12 @@ an online softmax over keys 0..position (the new key from registers, older keys 
 a row reads exactly its valid prefix, whatever the batch's longest key window. Rows with position
 < 0 are idle slots: they write nothing and output zeros.
 
+The same kernel serves a prompt's rows (`prompt_attention`): rows in any slots (a row-to-slot map),
+each at its own position, in two launches, one that writes every row's key/value and one that
+attends, since a row reads the keys other programs of the launch write. A prompt's attention is
+then two launches a layer, where SDPA over the slot cache takes a dozen small kernels around it
+(RoPE pieces, cache scatters and gathers, layout copies).
+
 Numerics: RoPE, scores and softmax in fp32, one rounding of the output to the activation dtype
 (the reference rounds after each elementwise op), scale 1/sqrt(head_dim) as SDPA's default.
 """
@@ -29,6 +35,7 @@ from serve_app.model.kernels.pdl import enter
 def _decode_attention_kernel(
     qkv_ptr,  # (B, (H + 2 * HKV) * D)
     pos_ptr,  # (B,) int64, row stride pos_stride
+    slot_ptr,  # (B,) int64 cache slot of each row (read when HAS_SLOTS; else row b is slot b)
     cos_ptr,  # (P, D) fp32
     sin_ptr,
     k_cache_ptr,  # (S, HKV, P + 1, D)
@@ -47,12 +54,19 @@ def _decode_attention_kernel(
     D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PRECISION: tl.constexpr,
+    HAS_SLOTS: tl.constexpr,
+    WRITE: tl.constexpr,  # store the row's rotated key and its value at its position
+    ATTEND: tl.constexpr,  # attend keys 0..position and store the output
     PDL_WAIT: tl.constexpr,
     PDL_EARLY: tl.constexpr,
 ):
     enter(PDL_WAIT, PDL_EARLY)
     b = tl.program_id(0)
     g = tl.program_id(1)
+    if HAS_SLOTS:
+        slot = tl.load(slot_ptr + b)
+    else:
+        slot = b
     half: tl.constexpr = D // 2
     dtype = k_cache_ptr.dtype.element_ty
     heads = tl.arange(0, GP)
@@ -65,54 +79,60 @@ def _decode_attention_kernel(
     row = qkv_ptr + b * qkv_stride
     c = tl.load(cos_ptr + pos * D + dims)
     s = tl.load(sin_ptr + pos * D + dims)
-    # q of the GROUP heads served by kv head g, rotated (rotate-half layout), in two halves.
-    q_offs = (g * GROUP + heads)[:, None] * D + dims[None, :]
-    q1 = tl.load(row + q_offs, mask=real[:, None], other=0.0).to(tl.float32)
-    q2 = tl.load(row + q_offs + half, mask=real[:, None], other=0.0).to(tl.float32)
-    q1, q2 = (q1 * c[None, :] - q2 * s[None, :]).to(dtype), (q2 * c[None, :] + q1 * s[None, :]).to(dtype)
-    k_offs = H * D + g * D + dims
-    k1 = tl.load(row + k_offs).to(tl.float32)
-    k2 = tl.load(row + k_offs + half).to(tl.float32)
-    v_offs = (H + HKV) * D + g * D + dims
-    cache = b * cache_s_stride + g * cache_h_stride
-    new = cache + pos * cache_p_stride + dims
-    write = (dims * 0 + raw_pos) >= 0  # idle rows write nothing (a vector mask: the interpreter needs one)
-    tl.store(k_cache_ptr + new, (k1 * c - k2 * s).to(dtype), mask=write)
-    tl.store(k_cache_ptr + new + half, (k2 * c + k1 * s).to(dtype), mask=write)
-    tl.store(v_cache_ptr + new, tl.load(row + v_offs).to(dtype), mask=write)
-    tl.store(v_cache_ptr + new + half, tl.load(row + v_offs + half).to(dtype), mask=write)
-    tl.debug_barrier()  # the new key/value are read back below by other threads of this program
-    m = tl.full((GP,), float("-inf"), tl.float32)
-    denom = tl.zeros((GP,), tl.float32)
-    acc1 = tl.zeros((GP, half), tl.float32)
-    acc2 = tl.zeros((GP, half), tl.float32)
-    keys = tl.arange(0, BLOCK_N)
-    start = 0
-    while start < n_keys:
-        n = start + keys
-        valid = n < n_keys
-        kv = cache + n[:, None] * cache_p_stride + dims[None, :]
-        kb1 = tl.load(k_cache_ptr + kv, mask=valid[:, None], other=0.0)
-        kb2 = tl.load(k_cache_ptr + kv + half, mask=valid[:, None], other=0.0)
-        scores = tl.dot(q1, tl.trans(kb1), input_precision=PRECISION)
-        scores += tl.dot(q2, tl.trans(kb2), input_precision=PRECISION)
-        scores = tl.where(valid[None, :], scores * scale, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, axis=1))
-        alpha = tl.exp(m - m_new)
-        p = tl.exp(scores - m_new[:, None])
-        denom = denom * alpha + tl.sum(p, axis=1)
-        vb1 = tl.load(v_cache_ptr + kv, mask=valid[:, None], other=0.0)
-        vb2 = tl.load(v_cache_ptr + kv + half, mask=valid[:, None], other=0.0)
-        acc1 = acc1 * alpha[:, None] + tl.dot(p.to(dtype), vb1, input_precision=PRECISION)
-        acc2 = acc2 * alpha[:, None] + tl.dot(p.to(dtype), vb2, input_precision=PRECISION)
-        m = m_new
-        start += BLOCK_N
-    denom = tl.where(live, denom, 1.0)  # idle rows: acc is 0, output 0
-    o1 = (acc1 / denom[:, None]).to(out_ptr.dtype.element_ty)
-    o2 = (acc2 / denom[:, None]).to(out_ptr.dtype.element_ty)
-    out_offs = b * (H * D) + (g * GROUP + heads)[:, None] * D + dims[None, :]
-    tl.store(out_ptr + out_offs, o1, mask=real[:, None])
-    tl.store(out_ptr + out_offs + half, o2, mask=real[:, None])
+    cache = slot * cache_s_stride + g * cache_h_stride
+    if WRITE:
+        k_offs = H * D + g * D + dims
+        k1 = tl.load(row + k_offs).to(tl.float32)
+        k2 = tl.load(row + k_offs + half).to(tl.float32)
+        v_offs = (H + HKV) * D + g * D + dims
+        new = cache + pos * cache_p_stride + dims
+        write = (dims * 0 + raw_pos) >= 0  # idle rows write nothing (a vector mask: the interpreter needs one)
+        tl.store(k_cache_ptr + new, (k1 * c - k2 * s).to(dtype), mask=write)
+        tl.store(k_cache_ptr + new + half, (k2 * c + k1 * s).to(dtype), mask=write)
+        tl.store(v_cache_ptr + new, tl.load(row + v_offs).to(dtype), mask=write)
+        tl.store(v_cache_ptr + new + half, tl.load(row + v_offs + half).to(dtype), mask=write)
+        if ATTEND:
+            tl.debug_barrier()  # the new key/value are read back below by other threads of this program
+    if ATTEND:
+        # q of the GROUP heads served by kv head g, rotated (rotate-half layout), in two halves.
+        q_offs = (g * GROUP + heads)[:, None] * D + dims[None, :]
+        q1 = tl.load(row + q_offs, mask=real[:, None], other=0.0).to(tl.float32)
+        q2 = tl.load(row + q_offs + half, mask=real[:, None], other=0.0).to(tl.float32)
+        q1, q2 = (
+            (q1 * c[None, :] - q2 * s[None, :]).to(dtype),
+            (q2 * c[None, :] + q1 * s[None, :]).to(dtype),
+        )
+        m = tl.full((GP,), float("-inf"), tl.float32)
+        denom = tl.zeros((GP,), tl.float32)
+        acc1 = tl.zeros((GP, half), tl.float32)
+        acc2 = tl.zeros((GP, half), tl.float32)
+        keys = tl.arange(0, BLOCK_N)
+        start = 0
+        while start < n_keys:
+            n = start + keys
+            valid = n < n_keys
+            kv = cache + n[:, None] * cache_p_stride + dims[None, :]
+            kb1 = tl.load(k_cache_ptr + kv, mask=valid[:, None], other=0.0)
+            kb2 = tl.load(k_cache_ptr + kv + half, mask=valid[:, None], other=0.0)
+            scores = tl.dot(q1, tl.trans(kb1), input_precision=PRECISION)
+            scores += tl.dot(q2, tl.trans(kb2), input_precision=PRECISION)
+            scores = tl.where(valid[None, :], scores * scale, float("-inf"))
+            m_new = tl.maximum(m, tl.max(scores, axis=1))
+            alpha = tl.exp(m - m_new)
+            p = tl.exp(scores - m_new[:, None])
+            denom = denom * alpha + tl.sum(p, axis=1)
+            vb1 = tl.load(v_cache_ptr + kv, mask=valid[:, None], other=0.0)
+            vb2 = tl.load(v_cache_ptr + kv + half, mask=valid[:, None], other=0.0)
+            acc1 = acc1 * alpha[:, None] + tl.dot(p.to(dtype), vb1, input_precision=PRECISION)
+            acc2 = acc2 * alpha[:, None] + tl.dot(p.to(dtype), vb2, input_precision=PRECISION)
+            m = m_new
+            start += BLOCK_N
+        denom = tl.where(live, denom, 1.0)  # idle rows: acc is 0, output 0
+        o1 = (acc1 / denom[:, None]).to(out_ptr.dtype.element_ty)
+        o2 = (acc2 / denom[:, None]).to(out_ptr.dtype.element_ty)
+        out_offs = b * (H * D) + (g * GROUP + heads)[:, None] * D + dims[None, :]
+        tl.store(out_ptr + out_offs, o1, mask=real[:, None])
+        tl.store(out_ptr + out_offs + half, o2, mask=real[:, None])
 
 
 def launch(
@@ -124,17 +144,22 @@ def launch(
     v_cache: torch.Tensor,
     n_heads: int,
     n_kv_heads: int,
+    slots: torch.Tensor | None = None,
+    write: bool = True,
+    attend: bool = True,
 ) -> torch.Tensor:
-    """Run the kernel; see `decode_attention`."""
+    """Run the kernel (one program per row and kv head); see `decode_attention` and
+    `prompt_attention`. Without `attend` the returned output is left unwritten."""
     b = qkv.shape[0]
     d = k_cache.shape[-1]
     group = n_heads // n_kv_heads
-    out = torch.empty(b, n_heads * d, dtype=qkv.dtype, device=qkv.device)
+    out = torch.empty(b if attend else 0, n_heads * d, dtype=qkv.dtype, device=qkv.device)
     if b == 0:
         return out
     _decode_attention_kernel[(b, n_kv_heads)](
         qkv,
         positions,
+        positions if slots is None else slots,
         cos,
         sin,
         k_cache,
@@ -153,6 +178,9 @@ def launch(
         D=d,
         BLOCK_N=32 if d > 64 else 64,
         PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",
+        HAS_SLOTS=slots is not None,
+        WRITE=write,
+        ATTEND=attend,
         num_warps=4,
         **pdl.launch_options(qkv.device),
     )
@@ -180,4 +208,29 @@ def decode_attention(
 
 @decode_attention.register_fake
 def _(qkv, positions, cos, sin, k_cache, v_cache, n_heads, n_kv_heads):  # type: ignore[no-untyped-def]
+    return qkv.new_empty(qkv.shape[0], n_heads * k_cache.shape[-1])
+
+
+@torch.library.custom_op("csm_serve::prompt_attention", mutates_args=("k_cache", "v_cache"))
+def prompt_attention(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    slots: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+) -> torch.Tensor:
+    """Attention output (R, n_heads * head_dim) for prompt rows: row r is a token at `positions[r]`
+    (< 0: padding, which writes nothing and outputs zeros) of cache slot `slots[r]`, attending keys
+    0..position of its slot, those of the rows before it in the same prompt included. Every row's
+    key/value is written first, in a launch of its own; then every row attends."""
+    launch(qkv, positions, cos, sin, k_cache, v_cache, n_heads, n_kv_heads, slots, attend=False)
+    return launch(qkv, positions, cos, sin, k_cache, v_cache, n_heads, n_kv_heads, slots, write=False)
+
+
+@prompt_attention.register_fake
+def _(qkv, positions, slots, cos, sin, k_cache, v_cache, n_heads, n_kv_heads):  # type: ignore[no-untyped-def]
     return qkv.new_empty(qkv.shape[0], n_heads * k_cache.shape[-1])
