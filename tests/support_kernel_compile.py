@@ -168,6 +168,23 @@ def service_launches() -> None:
             heads,
             kv_heads,
         )
+    # A short prompt's prefill through the same kernel: the writes, then the attention (backbone).
+    prompt_rows, slots = empty(64, dtype=torch.long), empty(64, dtype=torch.long)
+    cache = empty(4, 8, 2049, 64)
+    for write, attend in ((True, False), (False, True)):
+        decode_attention.launch(
+            empty(64, 48 * 64),
+            prompt_rows,
+            empty(2048, 64, dtype=torch.float32),
+            empty(2048, 64, dtype=torch.float32),
+            cache,
+            cache,
+            32,
+            8,
+            slots,
+            write=write,
+            attend=attend,
+        )
     for rows in (1, 64):  # in-kernel split-K sums; the reduce kernel
         for n, k, gate_up in ((1536, 1024, False), (16384, 1024, True), (1024, 8192, False)):
             norm = None if k == 8192 else empty(k)
