@@ -192,6 +192,9 @@ def main() -> None:
     p.add_argument("--fused-linear-max-batch", type=int, default=None)
     p.add_argument("--chunk-frames", type=int, default=None, help="frames per later audio chunk")
     p.add_argument(
+        "--prefill-attention", choices=("sdpa", "kernel"), default=None, help="how short prompts' prefill attends"
+    )
+    p.add_argument(
         "--steady", type=int, default=128, help="streams of the steady-state kernel profile (0: skip)"
     )
     p.add_argument(
