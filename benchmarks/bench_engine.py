@@ -763,6 +763,12 @@ def parse_args() -> argparse.Namespace:
         help="how short prompts' fused prefill attends (default: the engine's)",
     )
     p.add_argument(
+        "--prefill-in-step",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="joining prompts ride in the next step's backbone pass (default: the engine's)",
+    )
+    p.add_argument(
         "--mimi-seanet",
         choices=("stack", "kernel"),
         default=None,
@@ -830,6 +836,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         options["chunk_frames"] = args.chunk_frames
     if args.prefill_attention is not None:
         options["prefill_attention"] = args.prefill_attention
+    if args.prefill_in_step is not None:
+        options["prefill_in_step"] = args.prefill_in_step
     return options
 
 

@@ -195,6 +195,12 @@ def main() -> None:
         "--prefill-attention", choices=("sdpa", "kernel"), default=None, help="how short prompts' prefill attends"
     )
     p.add_argument(
+        "--prefill-in-step",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="joining prompts ride in the next step's backbone pass",
+    )
+    p.add_argument(
         "--steady", type=int, default=128, help="streams of the steady-state kernel profile (0: skip)"
     )
     p.add_argument(

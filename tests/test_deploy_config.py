@@ -137,8 +137,10 @@ def test_build_args_check_engine_options_by_name_and_type() -> None:
         deployments.build_app({"engine": {"dtype": 16}})
     with pytest.raises(ValidationError, match="'prefill_attention'.*'sdpa' or 'kernel'"):
         deployments.build_app({"engine": {"prefill_attention": "flash"}})
-    assert BuildArgs.model_validate({"engine": {"prefill_attention": "kernel"}}).engine_kwargs() == {
-        "prefill_attention": "kernel"
+    engine = {"prefill_attention": "kernel", "prefill_in_step": "true"}  # as `serve run` passes them
+    assert BuildArgs.model_validate({"engine": engine}).engine_kwargs() == {
+        "prefill_attention": "kernel",
+        "prefill_in_step": True,
     }
     args = BuildArgs.model_validate({"engine": {"chunk_frames": "4", "compile": False, "dtype": "bfloat16"}})
     assert args.engine_kwargs() == {"chunk_frames": 4, "compile": False, "dtype": "bfloat16"}

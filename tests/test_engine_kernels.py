@@ -403,6 +403,56 @@ def test_a_short_prompts_prefill_with_fused_projections_writes_the_eager_prefill
             )
 
 
+@torch.inference_mode()
+def test_prompts_in_the_step_write_and_attend_as_a_prefill_then_a_step() -> None:
+    """Slots 0 and 2 are mid-utterance, slot 1 idle, slot 3 joins with a prompt of 6 rows: its first
+    5 rows as prompt rows of the step's pass (padded with 3 rows of position -1), its last as its
+    step row. The step's hidden states and every cache written equal a prefill and then a step."""
+    models = [se.wide_head_model().to(DEVICE), se.wide_head_model().to(DEVICE)]
+    for m in models:
+        m.setup_caches(4)
+    steps = [FastStep(m, 2048, True, linear_max_batch=1 << 16, prefill_attention="kernel") for m in models]
+    assert all(f.prompts_in_step for f in steps)
+    assert not FastStep(models[0], 2048, True, linear_max_batch=0).prompts_in_step
+    gen = torch.Generator().manual_seed(11)
+
+    def rows(b: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = torch.randint(0, 200, (b, t, 33), generator=gen).to(DEVICE)
+        return tokens, (torch.rand(b, t, 33, generator=gen) > 0.3).to(DEVICE)
+
+    history, history_mask = rows(2, 7)  # slots 0 and 2: 7 and 4 positions already written
+    history_positions = torch.stack([torch.arange(7), torch.tensor([0, 1, 2, 3, -1, -1, -1])]).to(DEVICE)
+    for fast in steps:
+        fast.prefill(history, history_mask, history_positions, torch.tensor([0, 2], device=DEVICE), 8)
+    prompt, prompt_mask = rows(1, 5)
+    embeds = torch.randn(4, models[0].cfg.backbone.dim, generator=gen).to(DEVICE)
+    positions = torch.tensor([7, -1, 4, 5], device=DEVICE)
+
+    steps[0].prefill(prompt, prompt_mask, torch.arange(5, device=DEVICE)[None], torch.tensor([3], device=DEVICE), 8)
+    want = steps[0].backbone_step(embeds, positions, 16)
+    pad = torch.zeros(3, 33, dtype=torch.long, device=DEVICE)
+    got = steps[1].backbone_step_with_prompts(
+        embeds,
+        positions,
+        torch.cat([prompt[0], pad]),
+        torch.cat([prompt_mask[0], pad.bool()]),
+        torch.tensor([0, 1, 2, 3, 4, -1, -1, -1], device=DEVICE),
+        torch.tensor([3, 3, 3, 3, 3, 0, 0, 0], device=DEVICE),
+    )
+    live = positions >= 0
+    torch.testing.assert_close(got[live], want[live], rtol=TOL, atol=TOL)
+    for layer in range(len(models[0].backbone.layers)):
+        caches = [m.backbone.layers[layer].attention.kv_cache for m in models]
+        for slot, written in ((0, 8), (2, 5), (3, 6)):
+            for name in ("k", "v"):
+                torch.testing.assert_close(
+                    getattr(caches[1], name)[slot, :, :written],
+                    getattr(caches[0], name)[slot, :, :written],
+                    rtol=TOL,
+                    atol=TOL,
+                )
+
+
 @pytest.mark.parametrize("top_k_fast", [0, 64], ids=["sorted-rows", "bitonic-top-64"])
 def test_fused_sampler_draws_the_reference_ids(top_k_fast: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows of k 1, 50 and 200: with the top-64 path on, two find their k-th score by it and one by
@@ -477,3 +527,56 @@ def test_fused_sampler_draws_follow_the_exact_tempered_top_k_distribution() -> N
     )
     assert chi_square_p(draws, top_k_distribution(logits, 0.6, 4)) > 1e-3
     assert chi_square_p(draws, top_k_distribution(logits, 1.0, 4)) < 1e-6
+
+
+@torch.inference_mode()
+def test_a_loop_whose_steps_carry_the_prompts_streams_the_codes_of_one_that_prefills() -> None:
+    """Three requests, one joining while the others speak, through the engine loop: with their
+    prompts in the steps' backbone pass (and no prefill launched), every stream gets the codes it
+    gets with a prefill of its own. (The depth frames run the unfused path here, the interpreter
+    being slow; the fused one has its own tests.)"""
+    import copy
+
+    from serve_app.engine.loop import EngineLoop
+    from serve_app.engine.runner import ModelRunner
+    from serve_app.engine.scheduler import Scheduler
+
+    codes, prefills, carried = [], [], []
+    for in_step in (False, True):
+        runner = ModelRunner(
+            se.wide_head_model().to(DEVICE),
+            copy.deepcopy(se.codec().model).to(DEVICE),
+            4,
+            vocab_limit=2048,
+            audio_chunk_sizes=se.SMALL_CHUNKS.sizes,
+            prompts_in_step=in_step,
+        )
+        runner.fast = FastStep(runner.model, 2048, True, linear_max_batch=1 << 16, prefill_attention="kernel")
+        runner.fast.depth_frame = FastStep(runner.model, 2048, fused_attention=False).depth_frame  # type: ignore[method-assign]
+        assert runner.prompts_in_step is in_step
+        calls = {"prefill": 0, "carried": 0}
+        prefill, carry = runner.fast.prefill, runner._backbone_with_prompts
+
+        def counted_prefill(*args, _p=prefill, _c=calls):  # type: ignore[no-untyped-def]
+            _c["prefill"] += 1
+            return _p(*args)
+
+        def counted_carry(*args, _f=carry, _c=calls):  # type: ignore[no-untyped-def]
+            _c["carried"] += 1
+            return _f(*args)
+
+        runner.fast.prefill, runner._backbone_with_prompts = counted_prefill, counted_carry  # type: ignore[method-assign]
+        loop = EngineLoop(runner, Scheduler(4, 8), se.SMALL_CHUNKS, se.NO_SILENCE_GUARD)
+        got = [se.sequence(se.request(t, frames=2, seed=i)) for i, t in enumerate(("one", "two words", "three"))]
+        loop.submit(got[0].seq)
+        loop.submit(got[1].seq)
+        loop.run_once()
+        loop.submit(got[2].seq)
+        se.run_until_idle(loop)
+        assert all(g.chunks and g.chunks[-1].is_last for g in got)
+        codes.append([g.codes for g in got])
+        prefills.append(calls["prefill"])
+        carried.append(calls["carried"])
+    assert prefills == [2, 0] and carried == [0, 2]  # two admissions: the first two together, then one
+    for with_prefill, in_step in zip(*codes):
+        torch.testing.assert_close(torch.as_tensor(in_step), torch.as_tensor(with_prefill), rtol=0, atol=0)

@@ -75,3 +75,43 @@ def test_graphed_prefill_writes_the_eager_prefills_caches(fused: str | None) -> 
     used = torch.tensor([seq.slot for seq in seqs["graphed"]], device=graphed.embeds.device)
     torch.testing.assert_close(graphed.embeds[used], eager.embeds[used])
     torch.testing.assert_close(graphed.positions[used], eager.positions[used])
+
+
+@torch.inference_mode()
+def test_a_graphed_step_carrying_the_prompts_writes_the_caches_and_codes_of_a_prefill_then_a_step() -> None:
+    """Six prompts admitted together ride in the first step's captured backbone pass (no prefill
+    graph replayed); after that step the caches and the step's hidden states are what an eager
+    prefill then step wrote."""
+    carried = runner(True, se.wide_head_model(), linear_max_batch=1 << 16, prompts_in_step=True)
+    eager = runner(False, se.wide_head_model(), linear_max_batch=1 << 16)
+    assert carried.prompts_in_step and not eager.prompts_in_step
+    captured = carried._graphs.keys()  # type: ignore[union-attr]
+    assert any(key[0] == "step_prompts" for key in captured)  # type: ignore[index]
+    texts = ["Hi.", "A somewhat longer prompt, with a clause or two in it.", "Mid length words."] * 2
+    replays: list[tuple[object, ...]] = []
+    replay = carried._graphs.replay  # type: ignore[union-attr]
+    carried._graphs.replay = lambda key: (replays.append(key), replay(key))[1]  # type: ignore[union-attr,method-assign]
+    seqs = {}
+    for name, r in (("carried", carried), ("eager", eager)):
+        batch = [se.sequence(se.request(t, frames=4, seed=i)).seq for i, t in enumerate(texts)]
+        for slot, seq in zip((5, 0, 2, 7, 1, 3), batch):
+            seq.slot = slot
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            r.start(batch)
+            out = r.step(8, max(s.prompt_len for s in batch))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        r.fetch(out, [])
+        seqs[name] = batch
+    assert [key[0] for key in replays] == ["step_prompts", "depth"]
+    for layer in (0, -1):
+        k_carried = carried.model.backbone.layers[layer].attention.kv_cache.k
+        k_eager = eager.model.backbone.layers[layer].attention.kv_cache.k
+        for seq in seqs["carried"]:
+            written = seq.prompt_len  # the prompt's rows and the first step's
+            torch.testing.assert_close(
+                k_carried[seq.slot, :, :written], k_eager[seq.slot, :, :written], rtol=1e-3, atol=1e-3
+            )
+    used = [seq.slot for seq in seqs["carried"]]
+    torch.testing.assert_close(carried.hidden[used], eager.hidden[used], rtol=1e-3, atol=1e-3)

@@ -37,6 +37,11 @@ class EngineConfig:
     # How short prompts' fused prefill attends (`model/fast_step.py` PREFILL_ATTENTIONS): "sdpa", or
     # "kernel" (the decode-attention kernel, each token a row over its slot: two launches a layer).
     prefill_attention: Literal["sdpa", "kernel"] = "sdpa"
+    # A joining request's prompt rides in the next decode step's backbone pass (one read of the
+    # backbone's weights for both; up to 256 prompt rows an admission) instead of a prefill of its
+    # own. Needs the fused kernels (else ignored); it captures a backbone graph per batch and row
+    # bucket more at start.
+    prefill_in_step: bool = False
     audio_dtype: str | None = None  # streaming Mimi decode; None: bfloat16 on CUDA, float32 on CPU
     memory_fraction: float = 0.8  # of free device memory for KV slots
     max_prefill_rows: int = 8192  # padded prompt rows prefilled together in one iteration

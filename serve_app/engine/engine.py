@@ -133,6 +133,7 @@ class Engine:
             compile=cuda if config.compile is None else config.compile,
             linear_max_batch=config.fused_linear_max_batch,
             prefill_attention=config.prefill_attention,
+            prompts_in_step=config.prefill_in_step,
             history=max(32, 2 * chunks.largest + 2),
             audio_chunk_sizes=chunks.sizes,
         )

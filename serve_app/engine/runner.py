@@ -40,6 +40,9 @@ PREFILL_WIDTHS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 """Prompt widths (rows per prompt, padded) of the captured prefills."""
 PREFILL_TOKEN_BUDGET = 8192
 """Largest batch x width of a captured prefill: bigger admissions are split into several replays."""
+PROMPT_ROW_BUCKETS = (16, 32, 64, 128, 256)
+"""Prompt rows (padded) that a decode step can carry in its backbone pass (`prompts_in_step`);
+admissions with more go through a prefill of their own."""
 STEP_OUTPUT_RING = 3
 """Host buffers for step codes: a step's codes must be fetched before this many more steps launch."""
 STEP_STREAM_PRIORITY = -1
@@ -84,6 +87,26 @@ class _PrefillInputs:
     mask: torch.Tensor
     positions: torch.Tensor
     slots: torch.Tensor
+
+
+@dataclass
+class _PromptRows:
+    """Static inputs of a step's prompt rows: (P, 33) tokens and mask, (P,) positions and slots."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    slots: torch.Tensor
+
+    @classmethod
+    def padding(cls, rows: int, width: int, device: torch.device) -> _PromptRows:
+        """Rows of position -1 (they write and read nothing) in slot 0."""
+        return cls(
+            torch.zeros(rows, width, dtype=torch.long, device=device),
+            torch.zeros(rows, width, dtype=torch.bool, device=device),
+            torch.full((rows,), -1, dtype=torch.long, device=device),
+            torch.zeros(rows, dtype=torch.long, device=device),
+        )
 
 
 @dataclass(frozen=True)
@@ -166,7 +189,11 @@ class ModelRunner:
         history: int = 32,
         audio_chunk_sizes: Seq[int] = (1, 8),
         prefill_attention: str = "sdpa",
+        prompts_in_step: bool = False,
     ) -> None:
+        """`prompts_in_step`: a joining request's prompt rows (up to `PROMPT_ROW_BUCKETS[-1]` in one
+        admission) ride in the next decode step's backbone pass instead of a prefill of their own,
+        where the fused kernels allow it (`FastStep.backbone_step_with_prompts`)."""
         self.model = model
         self.device = model.codebook0_head.weight.device
         self.dtype = model.codebook0_head.weight.dtype
@@ -221,6 +248,10 @@ class ModelRunner:
         self._graphs: CudaGraphs | None = None
         self.prefill_widths = tuple(w for w in PREFILL_WIDTHS if w < limit) + (limit,)
         self._prefill_inputs_of: dict[tuple[int, int], _PrefillInputs] = {}
+        self._wants_prompts_in_step = prompts_in_step
+        self._prompt_rows_of: dict[int, _PromptRows] = {}  # by padded row count
+        self._pending_prompts: int | None = None  # padded prompt rows staged for the next step
+        self._pending_slots: set[int] = set()
         self.compile_error: str | None = None
         if cuda_graphs:
             self._capture_or_fall_back(vocab_limit)
@@ -244,6 +275,7 @@ class ModelRunner:
                 self.compiled = False
                 self._graphs = None
                 self._prefill_inputs_of.clear()
+                self._prompt_rows_of.clear()
                 torch.cuda.synchronize(self.device)
             try:
                 self.capture()
@@ -287,7 +319,11 @@ class ModelRunner:
         armed = self._to_device(arming_rows(seqs))  # every per-slot input in one copy
         slots = armed[:, 0]
         body = [s for s in seqs if s.prompt_len > 1]
-        if body and self._prefill_inputs_of:
+        prompt_rows = sum(s.prompt_len - 1 for s in body)
+        in_step = self.prompts_in_step and self._pending_prompts is None
+        if body and in_step and prompt_rows <= PROMPT_ROW_BUCKETS[-1]:
+            self._stage_prompt_rows(body, prompt_rows)
+        elif body and self._prefill_inputs_of:
             for group in prefill_groups(body, self.batch_buckets, self.prefill_widths, PREFILL_TOKEN_BUDGET):
                 self._replay_prefill(group)
         elif body:
@@ -330,6 +366,34 @@ class ModelRunner:
             rows[i] = s.slot  # type: ignore[assignment]
         return tokens, mask, positions, rows
 
+    @property
+    def prompts_in_step(self) -> bool:
+        """Whether joining prompts ride in the next step's backbone pass (asked, and supported)."""
+        return self._wants_prompts_in_step and self.fast.prompts_in_step
+
+    def _stage_prompt_rows(self, seqs: Seq[Sequence], rows: int) -> None:
+        """Every prompt row but the last of each of `seqs`, flattened and padded to a row bucket,
+        into that bucket's static inputs (pinned, queued): the next `step` writes them."""
+        bucket = smallest_bucket(PROMPT_ROW_BUCKETS, rows)
+        static = self._prompt_rows_of.get(bucket) or self._prompt_rows_of.setdefault(
+            bucket, _PromptRows.padding(bucket, self.model.cfg.num_codebooks + 1, self.device)
+        )
+        host = _PromptRows.padding(bucket, self.model.cfg.num_codebooks + 1, torch.device("cpu"))
+        at = 0
+        for s in seqs:
+            t = s.prompt_len - 1
+            host.tokens[at : at + t], host.mask[at : at + t] = s.tokens[:t], s.mask[:t]
+            host.positions[at : at + t] = torch.arange(t)
+            host.slots[at : at + t] = s.slot  # type: ignore[assignment]
+            at += t
+        for name in ("tokens", "mask", "positions", "slots"):
+            getattr(static, name).copy_(self._pinned(getattr(host, name)), non_blocking=True)
+        self._pending_prompts = bucket
+        self._pending_slots = {s.slot for s in seqs}  # type: ignore[misc]
+
+    def _pinned(self, x: torch.Tensor) -> torch.Tensor:
+        return x.pin_memory() if self.device.type == "cuda" else x
+
     def _replay_prefill(self, group: PrefillGroup) -> None:
         """Copy a group's prompts into its captured prefill's inputs (pinned, queued) and replay it:
         one launch whatever the prompt count, where an eager prefill launches hundreds of kernels."""
@@ -362,6 +426,21 @@ class ModelRunner:
                 graphs.capture(("prefill", batch, width), prefill)
                 self._prefill_inputs_of[(batch, width)] = static
 
+    def _capture_steps_with_prompts(self, graphs: CudaGraphs) -> None:
+        """One backbone graph per (batch bucket, prompt row bucket), reading the bucket's static
+        prompt rows (padding while captured: nothing is written)."""
+        width = self.model.cfg.num_codebooks + 1
+        for prompt_rows in reversed(PROMPT_ROW_BUCKETS):
+            self._prompt_rows_of[prompt_rows] = _PromptRows.padding(prompt_rows, width, self.device)
+            for batch in reversed(self.batch_buckets):
+
+                def step(b: int = batch, p: int = prompt_rows) -> None:
+                    self._backbone_with_prompts(b, p)
+
+                with graphs.warming_up():
+                    step()
+                graphs.capture(("step_prompts", batch, prompt_rows), step)
+
     def deactivate(self, slot: int) -> None:
         """Stop stepping `slot` from the next step on (its audio decoder state stays for the last
         chunk). Noted here and written by `flush_deactivated`, which every step and prefill launch
@@ -380,7 +459,10 @@ class ModelRunner:
         self._deactivated.clear()
 
     def release(self, slot: int) -> None:
-        """Stop stepping `slot` and free its audio decoder state."""
+        """Stop stepping `slot` and free its audio decoder state (and drop prompt rows staged for
+        the next step, if they were its: their admission failed or was abandoned)."""
+        if slot in self._pending_slots:
+            self._pending_prompts, self._pending_slots = None, set()
         self.deactivate(slot)
         self.decoder.free(slot)
 
@@ -399,6 +481,13 @@ class ModelRunner:
     # ---- decode step --------------------------------------------------------------------------
     def _backbone(self, rows: int, kv_len: int) -> None:
         h = self.fast.backbone_step(self.embeds[:rows], self.positions[:rows], kv_len)
+        self.hidden[:rows].copy_(h)
+
+    def _backbone_with_prompts(self, rows: int, prompt_rows: int) -> None:
+        x = self._prompt_rows_of[prompt_rows]
+        h = self.fast.backbone_step_with_prompts(
+            self.embeds[:rows], self.positions[:rows], x.tokens, x.mask, x.positions, x.slots
+        )
         self.hidden[:rows].copy_(h)
 
     def _depth(self, rows: int) -> None:
@@ -429,11 +518,16 @@ class ModelRunner:
 
     def _step(self, rows: int, positions: int) -> StepOutput:
         batch, kv_len = self.batch_bucket(rows), self.kv_bucket(positions)
+        prompts, self._pending_prompts, self._pending_slots = self._pending_prompts, None, set()
         if self._graphs is not None:
-            self._graphs.replay(("backbone", batch, kv_len))
+            backbone = ("backbone", batch, kv_len) if prompts is None else ("step_prompts", batch, prompts)
+            self._graphs.replay(backbone)
             self._graphs.replay(("depth", batch))
         else:
-            self._backbone(batch, kv_len)
+            if prompts is None:
+                self._backbone(batch, kv_len)
+            else:
+                self._backbone_with_prompts(batch, prompts)
             self._depth(batch)
         out = StepOutput(self.steps_launched, rows)
         ring = out.index % STEP_OUTPUT_RING
@@ -485,6 +579,8 @@ class ModelRunner:
                 graphs.capture(("backbone", batch, kv_len), lambda b=batch, k=kv_len: self._backbone(b, k))
             graphs.capture(("depth", batch), lambda b=batch: self._depth(b))
         self._capture_prefills(graphs)
+        if self.prompts_in_step:
+            self._capture_steps_with_prompts(graphs)
         torch.cuda.synchronize(self.device)
         self._graphs = graphs
         logger.info(
@@ -548,6 +644,7 @@ class ModelRunner:
             "fused_linear_max_batch": self.fast.linear_max_batch,
             "fused_prefill_max_rows": self.fast.prefill_fused_rows,
             "prefill_attention": self.fast.prefill_attention,
+            "prompts_in_step": self.prompts_in_step,
             **({"compile_error": self.compile_error} if self.compile_error else {}),
         }
 

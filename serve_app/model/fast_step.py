@@ -96,6 +96,7 @@ class FastStep:
         self.one_token: Backend = EAGER  # the backend of one-token steps with cuBLAS's projections
         self.fused_projections: Backend = EAGER  # ... and with them
         self.fused_prefill: Backend = EAGER  # prompts with them
+        self._rows_backend: Backend | None = None  # rows in any slots (`backbone_step_with_prompts`)
         if fused_attention:
             import serve_app.model.kernels.sampling  # noqa: F401 - registers csm_serve::sample_top_k
             from serve_app.model.kernels.backends import (
@@ -107,6 +108,7 @@ class FastStep:
 
             self.one_token, self.fused_projections = FUSED_ATTENTION, FUSED
             self.fused_prefill = FUSED_PREFILL_KERNELS if prefill_attention == "kernel" else FUSED_PREFILL
+            self._rows_backend = FUSED_PREFILL_KERNELS
         self.prefill_attention = prefill_attention
         if linear_max_batch is None:
             linear_max_batch = DEFAULT_LINEAR_MAX_BATCH
@@ -176,6 +178,36 @@ class FastStep:
         backend = self._step_backend(embeds.shape[0])
         h = self.model.backbone(embeds.unsqueeze(1), positions.unsqueeze(1), None, kv_len, backend)
         return h[:, 0]
+
+    @property
+    def prompts_in_step(self) -> bool:
+        """Whether `backbone_step_with_prompts` can run: it needs the fused attention kernel and
+        projections (a CUDA device with Triton, or Triton's interpreter)."""
+        return self._rows_backend is not None and self.linear_max_batch > 0
+
+    def backbone_step_with_prompts(
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        prompt_positions: torch.Tensor,
+        prompt_slots: torch.Tensor,
+    ) -> torch.Tensor:
+        """`backbone_step` of slots 0..B-1 (embeds (B, D) at positions (B,)) in one pass with prompt
+        rows (tokens, mask (P, 33) at prompt_positions (P,) of prompt_slots (P,); position < 0:
+        padding): the prompts' keys and values are written, and the step's rows attend, as a
+        prefill then a step would, but the backbone's weights are read once for both. Every row's
+        key/value is written before any row attends, so a sequence joining in this step attends
+        over its prompt written in the same pass. Returns the step rows' last hidden state (B, D)."""
+        if not self.prompts_in_step:
+            raise RuntimeError("prompts in the step need the fused attention kernel and projections")
+        m, b = self.model, embeds.shape[0]
+        x = torch.cat([embeds, m.embed_rows(tokens[:, None], mask[:, None])[:, 0]])
+        rows_positions = torch.cat([positions, prompt_positions])
+        slots = torch.cat([torch.arange(b, device=embeds.device), prompt_slots])
+        h = m.backbone(x[:, None], rows_positions[:, None], slots, m.max_seq_len, self._rows_backend)
+        return h[:b, 0]
 
     def _sample(
         self,
