@@ -11,6 +11,8 @@ A decode step for batch rows 0..B-1 (row = slot):
   codes   = depth frame(hidden) with per-row seeds        depth graph (B)
   embeds  = embedding of codes (next step's input); history ring[slot, frame % R] = codes;
   positions, frames += 1 for live rows
+With `prompts_in_step`, the step after an admission carries the joining prompts' rows in its backbone
+pass (a graph per batch bucket and prompt row bucket) instead of a prefill launched before it.
 Each step then copies its codes into a host buffer of its own (a small ring) and records that
 buffer's event, so the host can queue the next step before reading this one's codes and waits for
 this step alone. New frames are decoded to audio from the history ring by the (graphed) streaming
@@ -561,7 +563,8 @@ class ModelRunner:
     @torch.inference_mode()
     def capture(self) -> None:
         """Warm up (and compile) every bucket, then capture one graph per (batch, key window) for the
-        backbone, one per batch for the depth frame and one per (batch, width) for the prefill, all in
+        backbone, one per batch for the depth frame, one per (batch, width) for the prefill and, with
+        `prompts_in_step`, one per (batch, prompt rows) for a backbone pass carrying prompts, all in
         one memory pool (they replay one after another on one stream)."""
         if self.positions.ge(0).any():
             raise RuntimeError("capture CUDA graphs before any slot is live")

@@ -164,7 +164,7 @@ def launch(
         sin,
         k_cache,
         v_cache,
-        out,
+        out if attend else qkv,  # not written without `attend`: any tensor of the dtype
         positions.stride(0),
         qkv.stride(0),
         k_cache.stride(0),
