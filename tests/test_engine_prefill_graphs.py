@@ -3,13 +3,16 @@ KV caches they write equal an eager prefill's, and admission never waits for the
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 
 from serve_app.engine.runner import ModelRunner
+from serve_app.engine.sequence import Sequence
 from serve_app.model.csm import CsmModel
 from tests import support_engine as se
 
@@ -32,6 +35,29 @@ def runner(graphs: bool, model: CsmModel | None = None, **options: Any) -> Model
     )
 
 
+TEXTS = ["Hi.", "A somewhat longer prompt, with a clause or two in it.", "Mid length words."] * 2
+
+
+@contextlib.contextmanager
+def no_device_sync() -> Iterator[None]:
+    """Any wait for the device inside raises."""
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def admitted(r: ModelRunner) -> list[Sequence]:
+    """`TEXTS`' sequences admitted together in slots 5, 0, 2, 7, 1, 3, without waiting for the device."""
+    batch = [se.sequence(se.request(t, frames=4, seed=i)).seq for i, t in enumerate(TEXTS)]
+    for slot, seq in zip((5, 0, 2, 7, 1, 3), batch):
+        seq.slot = slot
+    with no_device_sync():
+        r.start(batch)
+    return batch
+
+
 @pytest.mark.parametrize(
     "fused",
     [None, "sdpa", "kernel"],
@@ -50,18 +76,7 @@ def test_graphed_prefill_writes_the_eager_prefills_caches(fused: str | None) -> 
         assert graphed.fast.prefill_fused_rows and not eager.fast.prefill_fused_rows
     assert graphed._prefill_inputs_of, "prefills were captured"
     tol = 1e-4 if fused is None else 1e-3  # the Triton kernels round in another order
-    texts = ["Hi.", "A somewhat longer prompt, with a clause or two in it.", "Mid length words."] * 2
-    seqs = {}
-    for name, r in (("graphed", graphed), ("eager", eager)):
-        batch = [se.sequence(se.request(t, frames=4, seed=i)).seq for i, t in enumerate(texts)]
-        for slot, seq in zip((5, 0, 2, 7, 1, 3), batch):
-            seq.slot = slot
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            r.start(batch)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        seqs[name] = batch
+    seqs = {name: admitted(r) for name, r in (("graphed", graphed), ("eager", eager))}
     torch.cuda.synchronize()
     for layer in (0, -1):
         k_graph = graphed.model.backbone.layers[layer].attention.kv_cache.k
@@ -87,23 +102,15 @@ def test_a_graphed_step_carrying_the_prompts_writes_the_caches_and_codes_of_a_pr
     assert carried.prompts_in_step and not eager.prompts_in_step
     captured = carried._graphs.keys()  # type: ignore[union-attr]
     assert any(key[0] == "step_prompts" for key in captured)  # type: ignore[index]
-    texts = ["Hi.", "A somewhat longer prompt, with a clause or two in it.", "Mid length words."] * 2
     replays: list[tuple[object, ...]] = []
     replay = carried._graphs.replay  # type: ignore[union-attr]
     carried._graphs.replay = lambda key: (replays.append(key), replay(key))[1]  # type: ignore[union-attr,method-assign]
     seqs = {}
     for name, r in (("carried", carried), ("eager", eager)):
-        batch = [se.sequence(se.request(t, frames=4, seed=i)).seq for i, t in enumerate(texts)]
-        for slot, seq in zip((5, 0, 2, 7, 1, 3), batch):
-            seq.slot = slot
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            r.start(batch)
-            out = r.step(8, max(s.prompt_len for s in batch))
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+        seqs[name] = admitted(r)
+        with no_device_sync():
+            out = r.step(8, max(s.prompt_len for s in seqs[name]))
         r.fetch(out, [])
-        seqs[name] = batch
     assert [key[0] for key in replays] == ["step_prompts", "depth"]
     for layer in (0, -1):
         k_carried = carried.model.backbone.layers[layer].attention.kv_cache.k

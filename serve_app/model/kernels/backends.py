@@ -82,7 +82,7 @@ class TritonPromptAttention:
             stack.rope_sin,
             None,
             None,
-            rows.repeat_interleave(t),
+            rows[:, None].expand(b, t).reshape(-1),  # each token's slot (no host sync: capturable)
             slots,
             kv_len,
         )
