@@ -82,7 +82,7 @@ class TritonPromptAttention:
             stack.rope_sin,
             None,
             None,
-            rows[:, None].expand(b, t).reshape(-1),  # each token's slot (no host sync: capturable)
+            rows[:, None].expand(b, t).clone().reshape(-1),  # each token's slot, a tensor of its own
             slots,
             kv_len,
         )
