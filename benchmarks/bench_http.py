@@ -174,6 +174,9 @@ def summary(results: list[Result], bytes_per_s: int) -> dict[str, Any]:
     # The engine's share before the request's first step: its prompt, the wait for an iteration.
     admitted = [r.server_ms["admit"] for r in results if "admit" in r.server_ms and r.status == 200]
     hops["engine_admitted_ms_p50"], hops["engine_admitted_ms_p99"] = pct(admitted, 50), pct(admitted, 99)
+    # ... and of it, the part before its sequence was queued for the loop (its prompt built).
+    queued = [r.server_ms["queue"] for r in results if "queue" in r.server_ms and r.status == 200]
+    hops["engine_queued_ms_p50"], hops["engine_queued_ms_p99"] = pct(queued, 50), pct(queued, 99)
     return {
         "requests": n,
         "ok": len(done),

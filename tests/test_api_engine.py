@@ -90,12 +90,14 @@ def test_batch_and_openai_mp3(client) -> None:
 
 def test_a_stream_reports_its_first_audio_times(client) -> None:
     """Server-Timing: ms to first audio in the app (from the request's arrival), at the API and at
-    the engine (the hops between them are the differences), and the engine's time to the request's
-    first step (`admit`); each includes the next."""
+    the engine (the hops between them are the differences), the engine's time to the request's
+    first step (`admit`) and, of it, to its sequence queued for the loop (`queue`); each includes
+    the next."""
     r = client.post("/speak", json={"text": "Timed stream.", "max_duration_ms": 240, "stream": True})
     assert r.status_code == 200
     timings = dict(part.strip().split(";dur=") for part in r.headers["server-timing"].split(","))
-    assert set(timings) == {"app", "api", "engine", "admit"}
+    assert set(timings) == {"app", "api", "engine", "admit", "queue"}
     assert 0 < float(timings["admit"]) <= float(timings["engine"]) <= float(timings["api"]) <= float(timings["app"])
+    assert 0 <= float(timings["queue"]) <= float(timings["admit"])
     whole = client.post("/speak", json={"text": "Timed stream.", "max_duration_ms": 240, "seed": 1})
     assert "server-timing" not in whole.headers  # a whole file has no first audio to time

@@ -248,7 +248,9 @@ def test_the_first_chunk_says_when_it_reached_the_engine(engine: Engine) -> None
     elapsed_ms = (time.perf_counter() - began) * 1000
     assert 0 < chunks[0].first_audio_ms <= elapsed_ms
     assert 0 < chunks[0].admitted_ms < chunks[0].first_audio_ms  # its first step, then its audio
-    assert all(chunk.first_audio_ms is None and chunk.admitted_ms is None for chunk in chunks[1:])
+    assert 0 <= chunks[0].queued_ms <= chunks[0].admitted_ms  # queued for the loop, then admitted
+    later = chunks[1:]
+    assert all(c.first_audio_ms is None and c.admitted_ms is None and c.queued_ms is None for c in later)
 
 
 def test_weights_that_are_not_finite_refuse_to_start() -> None:

@@ -63,13 +63,15 @@ class AudioStream:
 
     def server_timing(self) -> dict[str, str]:
         """A `Server-Timing` header: ms to first audio at the API and at the engine (what the hop
-        between them, e.g. a Ray handle, costs is the difference), and the engine's share of it
-        before the request's first step (`admit`)."""
+        between them, e.g. a Ray handle, costs is the difference), the engine's share of it before
+        the request's first step (`admit`), and of that, the part before its sequence was queued
+        for the loop (`queue`: its prompt built; the rest is the wait for the loop's iteration)."""
         engine = self._engine_first_chunk()
         timings = (
             ("api", self.first_audio_ms),
             ("engine", getattr(engine, "first_audio_ms", None)),
             ("admit", getattr(engine, "admitted_ms", None)),
+            ("queue", getattr(engine, "queued_ms", None)),
         )
         parts = [f"{name};dur={ms:.1f}" for name, ms in timings if ms is not None]
         return {"Server-Timing": ", ".join(parts)} if parts else {}

@@ -224,6 +224,7 @@ class Engine:
         else:
             seq = await asyncio.to_thread(self._sequence, request, sink)
         self.loop.submit(seq)
+        queued = time.perf_counter()
         try:
             first = True
             while True:
@@ -232,6 +233,7 @@ class Engine:
                     raise item
                 if first:
                     item.first_audio_ms, first = (time.perf_counter() - began) * 1000, False
+                    item.queued_ms = (queued - began) * 1000
                     if seq.admitted_at is not None:
                         item.admitted_ms = (seq.admitted_at - began) * 1000
                 yield item

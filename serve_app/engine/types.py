@@ -103,6 +103,8 @@ class AudioChunk:
     # in: the prompt built, the wait for the loop's next iteration); the rest of first_audio_ms is
     # the device's steps and the chunk's way back out
     admitted_ms: float | None = None
+    # ... and its first part: ms to the request's sequence queued for the loop (its prompt built)
+    queued_ms: float | None = None
 
 
 @dataclass
