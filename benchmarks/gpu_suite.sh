@@ -16,6 +16,9 @@
 #            and sampler sections) and the Mimi decode with the channels-last SEANet kernel and with
 #            StreamingStack (bench_mimi_stream.py) (not a default part); `step-bench` and
 #            `seanet-bench` run one of the two. Each runs under a timeout.
+#   prefill-ab  the engine with its prompts carried in the step (`--prefill-in-step`) and with its
+#            prefills attending through the decode kernel (`--prefill-attention kernel`) against the
+#            defaults, in turns (ab_engine.py flags; not a default part; AB_REPEATS, default 1)
 #
 #   bash benchmarks/gpu_suite.sh OUT_DIR [tests] [engine] [http] [ws] [kernel-tests] [kernel-bench]
 #   (default: the first four)
@@ -82,6 +85,14 @@ if has kernel-bench || has seanet-bench; then
     --modes cuda-graphs --dtypes bfloat16 --batches 1,128,256 --frames 1,8 --seanet stack,kernel 2>&1 \
     | tee "$OUT/seanet-kernel.log" | tail -8
   status seanet-kernel "exit ${PIPESTATUS[0]}"
+fi
+
+if has prefill-ab; then
+  OUT="$OUT" timeout -s KILL "${PREFILL_AB_TIMEOUT_S:-560}" $PY benchmarks/ab_engine.py flags \
+    --repeats "${AB_REPEATS:-1}" --arm shipped="" --arm in_step="--prefill-in-step" \
+    --arm kernel="--prefill-attention kernel" -- --max-slots 256 --streams 128 --churn 128,256 \
+    --churn-s 6 --skip correctness,prefill,bs1,hf,step 2>&1 | tee "$OUT/prefill-ab.log" | tail -12
+  status prefill-ab "exit ${PIPESTATUS[0]}"
 fi
 
 if has engine; then
