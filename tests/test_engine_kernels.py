@@ -580,3 +580,36 @@ def test_a_loop_whose_steps_carry_the_prompts_streams_the_codes_of_one_that_pref
     assert prefills == [2, 0] and carried == [0, 2]  # two admissions: the first two together, then one
     for with_prefill, in_step in zip(*codes):
         torch.testing.assert_close(torch.as_tensor(in_step), torch.as_tensor(with_prefill), rtol=0, atol=0)
+
+
+@torch.inference_mode()
+def test_prompts_staged_for_the_step_are_dropped_when_their_admission_is_abandoned() -> None:
+    """A failed admission releases its slots before any step: the prompt rows staged for the next
+    step go with them, so that step writes nothing into a slot that is free again (a later request
+    there would otherwise find another's prompt)."""
+    import copy
+
+    from serve_app.engine.runner import ModelRunner
+
+    runner = ModelRunner(
+        se.wide_head_model().to(DEVICE),
+        copy.deepcopy(se.codec().model).to(DEVICE),
+        2,
+        vocab_limit=2048,
+        audio_chunk_sizes=se.SMALL_CHUNKS.sizes,
+        prompts_in_step=True,
+    )
+    runner.fast = FastStep(runner.model, 2048, True, linear_max_batch=1 << 16)
+    runner.fast.depth_frame = FastStep(runner.model, 2048, fused_attention=False).depth_frame  # type: ignore[method-assign]
+    carried = []
+    carry = runner._backbone_with_prompts
+    runner._backbone_with_prompts = lambda *a: (carried.append(a), carry(*a))[1]  # type: ignore[method-assign]
+    seq = se.sequence(se.request("an abandoned admission", frames=2)).seq
+    seq.slot = 1
+    runner.start([seq])
+    keys = runner.model.backbone.layers[0].attention.kv_cache.k
+    before = keys[1].clone()
+    runner.release(1)
+    runner.fetch(runner.step(1, 1), [])  # slot 0 idle, slot 1 released: nothing to write
+    assert carried == []
+    torch.testing.assert_close(keys[1], before, rtol=0, atol=0)
