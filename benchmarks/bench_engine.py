@@ -64,7 +64,7 @@ from serve_app.engine.types import GenerationRequest, SamplingParams, Segment
 from serve_app.model import mimi_stream_seanet
 from serve_app.model.config import CsmModelConfig, to_hf_config_dict
 from serve_app.model.csm import CsmModel
-from serve_app.model.fast_step import FastStep
+from serve_app.model.fast_step import PREFILL_ATTENTIONS, FastStep
 from serve_app.model.loading import LoadedModel
 from serve_app.model.mimi import MimiCodec
 from serve_app.model.tiny import CSM_1B_CONFIG
@@ -758,7 +758,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument(
         "--prefill-attention",
-        choices=("sdpa", "kernel"),
+        choices=PREFILL_ATTENTIONS,
         default=None,
         help="how short prompts' fused prefill attends (default: the engine's)",
     )

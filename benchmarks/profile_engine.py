@@ -41,6 +41,7 @@ from bench_engine import (
 )
 
 from serve_app.engine.engine import Engine
+from serve_app.model.fast_step import PREFILL_ATTENTIONS
 from serve_app.model.loading import LoadedModel
 from serve_app.model.mimi import MimiCodec
 
@@ -192,7 +193,7 @@ def main() -> None:
     p.add_argument("--fused-linear-max-batch", type=int, default=None)
     p.add_argument("--chunk-frames", type=int, default=None, help="frames per later audio chunk")
     p.add_argument(
-        "--prefill-attention", choices=("sdpa", "kernel"), default=None, help="how short prompts' prefill attends"
+        "--prefill-attention", choices=PREFILL_ATTENTIONS, default=None, help="how short prompts' prefill attends"
     )
     p.add_argument(
         "--prefill-in-step",

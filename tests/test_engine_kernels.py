@@ -529,30 +529,37 @@ def test_fused_sampler_draws_follow_the_exact_tempered_top_k_distribution() -> N
     assert chi_square_p(draws, top_k_distribution(logits, 1.0, 4)) < 1e-6
 
 
+def fused_runner(slots: int, prompts_in_step: bool, prefill_attention: str = "sdpa"):  # type: ignore[no-untyped-def]
+    """A runner of the wide-head model on the fused kernels (under the interpreter on a CPU), its
+    depth frames on the unfused path (the interpreter is slow; the fused one has its own tests)."""
+    import copy
+
+    from serve_app.engine.runner import ModelRunner
+
+    runner = ModelRunner(
+        se.wide_head_model().to(DEVICE),
+        copy.deepcopy(se.codec().model).to(DEVICE),
+        slots,
+        vocab_limit=2048,
+        audio_chunk_sizes=se.SMALL_CHUNKS.sizes,
+        prompts_in_step=prompts_in_step,
+    )
+    runner.fast = FastStep(runner.model, 2048, True, linear_max_batch=1 << 16, prefill_attention=prefill_attention)
+    runner.fast.depth_frame = FastStep(runner.model, 2048, fused_attention=False).depth_frame  # type: ignore[method-assign]
+    return runner
+
+
 @torch.inference_mode()
 def test_a_loop_whose_steps_carry_the_prompts_streams_the_codes_of_one_that_prefills() -> None:
     """Three requests, one joining while the others speak, through the engine loop: with their
     prompts in the steps' backbone pass (and no prefill launched), every stream gets the codes it
-    gets with a prefill of its own. (The depth frames run the unfused path here, the interpreter
-    being slow; the fused one has its own tests.)"""
-    import copy
-
+    gets with a prefill of its own."""
     from serve_app.engine.loop import EngineLoop
-    from serve_app.engine.runner import ModelRunner
     from serve_app.engine.scheduler import Scheduler
 
     codes, prefills, carried = [], [], []
     for in_step in (False, True):
-        runner = ModelRunner(
-            se.wide_head_model().to(DEVICE),
-            copy.deepcopy(se.codec().model).to(DEVICE),
-            4,
-            vocab_limit=2048,
-            audio_chunk_sizes=se.SMALL_CHUNKS.sizes,
-            prompts_in_step=in_step,
-        )
-        runner.fast = FastStep(runner.model, 2048, True, linear_max_batch=1 << 16, prefill_attention="kernel")
-        runner.fast.depth_frame = FastStep(runner.model, 2048, fused_attention=False).depth_frame  # type: ignore[method-assign]
+        runner = fused_runner(4, in_step, prefill_attention="kernel")
         assert runner.prompts_in_step is in_step
         calls = {"prefill": 0, "carried": 0}
         prefill, carry = runner.fast.prefill, runner._backbone_with_prompts
@@ -587,20 +594,7 @@ def test_prompts_staged_for_the_step_are_dropped_when_their_admission_is_abandon
     """A failed admission releases its slots before any step: the prompt rows staged for the next
     step go with them, so that step writes nothing into a slot that is free again (a later request
     there would otherwise find another's prompt)."""
-    import copy
-
-    from serve_app.engine.runner import ModelRunner
-
-    runner = ModelRunner(
-        se.wide_head_model().to(DEVICE),
-        copy.deepcopy(se.codec().model).to(DEVICE),
-        2,
-        vocab_limit=2048,
-        audio_chunk_sizes=se.SMALL_CHUNKS.sizes,
-        prompts_in_step=True,
-    )
-    runner.fast = FastStep(runner.model, 2048, True, linear_max_batch=1 << 16)
-    runner.fast.depth_frame = FastStep(runner.model, 2048, fused_attention=False).depth_frame  # type: ignore[method-assign]
+    runner = fused_runner(2, True)
     carried = []
     carry = runner._backbone_with_prompts
     runner._backbone_with_prompts = lambda *a: (carried.append(a), carry(*a))[1]  # type: ignore[method-assign]
