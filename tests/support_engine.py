@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -138,3 +140,23 @@ def run_alone(req: GenerationRequest, **loop_kwargs: object) -> Collected:
     loop.submit(got.seq)
     run_until_idle(loop)
     return got
+
+
+def torch_calls(fn: Callable[[], object]) -> list[str]:
+    """The calls into torch's C functions and methods that `fn` makes from Python (each may give up
+    the GIL and wait to take it back)."""
+    seen: list[str] = []
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        if event == "c_call":
+            owner = getattr(arg, "__self__", None)
+            module = getattr(arg, "__module__", None) or type(owner).__module__ or ""
+            if module.startswith("torch") or isinstance(owner, torch.Tensor):
+                seen.append(getattr(arg, "__qualname__", repr(arg)))
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return seen

@@ -7,9 +7,16 @@ import random
 import pytest
 import torch
 
-from serve_app.engine.cuda_graphs import GraphedMimiStreamDecoder, buckets_up_to, frame_rms, smallest_bucket
+from serve_app.engine.cuda_graphs import (
+    GraphedMimiStreamDecoder,
+    buckets_up_to,
+    frame_rms,
+    smallest_bucket,
+    split_ring_decode,
+)
 from serve_app.model import mimi_stream_seanet
 from serve_app.model.mimi_stream import MimiStreamDecoder
+from tests.support_engine import torch_calls
 from tests.support_mimi_stream import random_codes, random_mimi, tiny_mimi_config
 
 
@@ -104,7 +111,11 @@ def ring_schedule(decoder, plain, ring: torch.Tensor, lengths: dict[int, int], s
         group = sorted(rng.sample(active, rng.randint(1, len(active))))
         n = min(rng.choice([1, 2, 4]), *(lengths[s] - done[s] for s in group))
         first = [done[s] + 5 * r for s in group]  # a global frame number: the ring index wraps
-        pcm, rms = decoder.decode_ring(group, first, n)
+        samples = decoder.decode_ring(group, first, n)
+        if ring.is_cuda:
+            torch.cuda.current_stream().synchronize()  # the copy to the host is queued, not done
+        assert samples.device.type == "cpu"
+        pcm, rms = (x.to(ring.device) for x in split_ring_decode(samples, n))
         at = (torch.tensor(first)[:, None] + torch.arange(n)) % r
         codes = ring[torch.tensor(group, device=ring.device)[:, None], at.to(ring.device)].transpose(1, 2)
         want = plain.decode(codes.contiguous(), torch.tensor(group))
@@ -155,26 +166,4 @@ def test_cuda_graph_ring_decode_matches_the_eager_decoder():
         graphed, MimiStreamDecoder(model, max_streams=8), ring, {0: 12, 2: 9, 5: 11, 6: 6, 7: 10}, seed=4
     )
     calls = torch_calls(lambda: graphed.decode_ring([0, 2, 5], [3, 4, 5], 4))
-    assert len(calls) <= 8, calls  # an engine loop thread calls this for every chunk
-
-
-def torch_calls(fn) -> list[str]:
-    """The calls into torch's C functions and methods that `fn` makes from Python (each may give up
-    the GIL and wait to take it back)."""
-    import sys
-
-    seen: list[str] = []
-
-    def profile(frame, event, arg):
-        if event == "c_call":
-            owner = getattr(arg, "__self__", None)
-            module = getattr(arg, "__module__", None) or type(owner).__module__ or ""
-            if module.startswith("torch") or isinstance(owner, torch.Tensor):
-                seen.append(getattr(arg, "__qualname__", repr(arg)))
-
-    sys.setprofile(profile)
-    try:
-        fn()
-    finally:
-        sys.setprofile(None)
-    return seen
+    assert len(calls) <= 6, calls  # an engine loop thread calls this for every chunk

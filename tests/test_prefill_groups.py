@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serve_app.engine.runner import PREFILL_WIDTHS, prefill_groups
+from serve_app.engine.prompt_rows import PREFILL_WIDTHS, prefill_groups
 from serve_app.engine.sequence import Sequence
 from tests import support_engine as se
 

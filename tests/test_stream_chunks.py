@@ -100,6 +100,22 @@ def test_frame_rms_is_each_frames_loudness() -> None:
     np.testing.assert_allclose(frame_rms(pcm, 4).numpy(), expected, rtol=1e-5)
 
 
+def test_fetched_decodes_split_into_pcm_and_loudness_with_no_torch_call_per_chunk() -> None:
+    """A decode comes back as one tensor (its copy to the host queued behind it); fetching hands each
+    chunk's pcm and frame loudness over as numpy views, with no torch call of its own."""
+    loop = se.make_loop(n_slots=4)
+    runner = loop.runner
+    runner.history.random_(0, 64)
+    decoded = [runner.decode_audio([0, 1], [0, 0], 1), runner.decode_audio([2], [3], 4)]
+    calls = se.torch_calls(lambda: runner.fetch(None, decoded))
+    assert [c for c in calls if c != "Tensor.numpy"] == []
+    _, host = runner.fetch(None, decoded)
+    for (pcm, rms), streams, frames in zip(host, (2, 1), (1, 4), strict=True):
+        assert pcm.shape == (streams, frames * FS) and rms.shape == (streams, frames)
+        np.testing.assert_allclose(rms, frame_rms(torch.from_numpy(pcm.copy()), frames).numpy(), rtol=1e-5)
+        assert np.abs(pcm).max() > 0
+
+
 def test_silence_guard_counts_each_frames_loudness_and_a_loud_frame_resets_it() -> None:
     req = se.request("quiet", frames=20, seed=2)  # its loudest frames are not all at the start
     free = se.run_alone(req, chunks=ChunkPolicy(1, 1), silence=se.NO_SILENCE_GUARD)

@@ -25,6 +25,7 @@ from transformers import MimiModel
 from serve_app.model.mimi_stream import MimiStreamDecoder
 
 T = TypeVar("T")
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 logger = logging.getLogger(__name__)
 
 
@@ -128,16 +129,22 @@ def frame_rms(pcm: torch.Tensor, frames: int) -> torch.Tensor:
     )
 
 
+def split_ring_decode(samples: ArrayT, frames: int) -> tuple[ArrayT, ArrayT]:
+    """`decode_ring`'s output (B, frames * frame samples + frames) → its pcm (B, frames * frame
+    samples) and each frame's RMS (B, frames), as views."""
+    cut = samples.shape[1] - frames
+    return samples[:, :cut], samples[:, cut:]
+
+
 @dataclass
 class _MimiShape:
     """Static inputs and outputs of one captured (bucket, frames) decode: `codes` and `slots` for
-    `decode`; for `decode_ring`, `index` alone, and `rms` beside `pcm`."""
+    `decode`; for `decode_ring`, `index` alone, and its output holds each frame's RMS after the pcm."""
 
     codes: torch.Tensor  # (bucket, K, frames)
     slots: torch.Tensor  # (bucket,)
-    pcm: torch.Tensor  # (bucket, frames * frame_samples)
+    out: torch.Tensor  # (bucket, frames * frame_samples), for `decode_ring` (..., + frames)
     index: torch.Tensor | None = None  # (3, bucket): ring rows, decoder slots, first frames
-    rms: torch.Tensor | None = None  # (bucket, frames)
 
 
 class GraphedMimiStreamDecoder:
@@ -152,10 +159,12 @@ class GraphedMimiStreamDecoder:
     `use_graphs=False`) the same padded decode runs eagerly.
 
     With a `ring` of codes (slots, R, K), `decode_ring` reads each stream's frames from it inside the
-    graph and also returns each frame's loudness: the caller hands over three integers a stream in
-    one copy. An engine's loop thread calls it for every chunk, and under a busy event loop each
-    torch call it makes may wait to retake the GIL, so the fewer calls the better: a call is a
-    handful, where gathering the codes on the host side took some twenty.
+    graph and also returns each frame's loudness, both in one tensor that it copies to the host: the
+    caller hands over three integers a stream in one copy and gets the audio back in one. An engine's
+    loop thread calls it for every chunk, and under a busy event loop each torch call it makes may
+    wait to retake the GIL, so the fewer calls the better: a call is a handful, where gathering the
+    codes on the host side took some twenty (and a clone of each output and its own copy to the
+    host four more).
     """
 
     def __init__(
@@ -215,12 +224,12 @@ class GraphedMimiStreamDecoder:
                 for bucket in self.buckets:
                     self._shape(bucket, n)
 
-    def decode_ring(
-        self, slots: Sequence[int], first_frames: Sequence[int], frames: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_ring(self, slots: Sequence[int], first_frames: Sequence[int], frames: int) -> torch.Tensor:
         """Decode ring frames first..first+frames-1 (modulo the ring's length) of each of `slots`,
-        streams in the ring's and the decoder's slot of that number: (pcm (B, frames * frame
-        samples) float32, each frame's RMS (B, frames))."""
+        streams in the ring's and the decoder's slot of that number, into one float32 host tensor
+        (B, frames * frame samples + frames): the pcm, then each frame's RMS (`split_ring_decode`).
+        On CUDA it is a pinned copy queued on the current stream: read it once that stream has been
+        synchronized."""
         ring = self.ring
         if ring is None:
             raise RuntimeError("this decoder has no ring of codes: use decode")
@@ -239,20 +248,20 @@ class GraphedMimiStreamDecoder:
         if not self.use_graphs:
             if self.device.type == "cuda":  # pinned and queued, as the graphs' copy: no host wait
                 host = host.pin_memory().to(self.device, non_blocking=True)
-            pcm, rms = self._decode_ring(host.to(self.device), frames)
-            return pcm[:batch], rms[:batch]
+            return self._decode_ring(host.to(self.device), frames)[:batch].to("cpu", non_blocking=True)
         shape = self._shape(bucket, frames)
         shape.index.copy_(host.pin_memory(), non_blocking=True)  # type: ignore[union-attr]  # pageable would sync
         self._graphs.replay((bucket, frames))  # type: ignore[union-attr]
-        return shape.pcm[:batch].clone(), shape.rms[:batch].clone()  # type: ignore[index]
+        # Queued before any later replay can overwrite the graph's output: no clone needed.
+        return shape.out[:batch].to("cpu", non_blocking=True)
 
-    def _decode_ring(self, index: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode_ring(self, index: torch.Tensor, frames: int) -> torch.Tensor:
         ring: torch.Tensor = self.ring  # type: ignore[assignment]
         offsets = torch.arange(frames, device=index.device)
         at = (index[2][:, None] + offsets) % ring.shape[1]
         codes = ring[index[0][:, None], at].transpose(1, 2).contiguous()  # (bucket, K, frames)
         pcm = self.decoder.decode(codes, index[1], check=False)
-        return pcm, frame_rms(pcm, frames)
+        return torch.cat([pcm, frame_rms(pcm, frames)], dim=1)
 
     def decode(self, codes: torch.Tensor, slots: torch.Tensor, *, check: bool = True) -> torch.Tensor:
         """See `MimiStreamDecoder.decode`; `slots` is best given as a CPU tensor (no device sync)."""
@@ -273,7 +282,7 @@ class GraphedMimiStreamDecoder:
         shape.codes[:batch].copy_(codes)
         shape.slots.copy_(padded.pin_memory(), non_blocking=True)  # pageable would sync
         self._graphs.replay((bucket, frames))  # type: ignore[union-attr]
-        return shape.pcm[:batch].clone()
+        return shape.out[:batch].clone()
 
     def _shape(self, bucket: int, frames: int) -> _MimiShape:
         key = (bucket, frames)
@@ -291,14 +300,13 @@ class GraphedMimiStreamDecoder:
             index = torch.zeros((3, bucket), dtype=torch.long, device=self.device)
             index[1] = self.scratch
 
-            def decode_ring() -> tuple[torch.Tensor, torch.Tensor]:
+            def decode_ring() -> torch.Tensor:
                 return self._decode_ring(index, frames)
 
             with graphs.warming_up():  # into the scratch slot only
                 for _ in range(2):
                     decode_ring()
-            pcm, rms = graphs.capture((bucket, frames), decode_ring)
-            return _MimiShape(codes, slots, pcm, index, rms)
+            return _MimiShape(codes, slots, graphs.capture((bucket, frames), decode_ring), index)
 
         def decode() -> torch.Tensor:
             return self.decoder.decode(codes, slots, check=False)

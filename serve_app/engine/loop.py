@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from serve_app.engine.launch_log import LaunchLog
-from serve_app.engine.runner import ModelRunner, StepOutput
+from serve_app.engine.runner import DecodedAudio, ModelRunner, StepOutput
 from serve_app.engine.scheduler import Scheduler
 from serve_app.engine.sequence import ChunkPolicy, Sequence
 from serve_app.engine.types import FRAME_MS, AudioChunk, FinishReason
@@ -95,8 +95,9 @@ class _Chunk:
     first: list[int]
     count: int
     after: StepOutput | None = None  # the uncollected step a first chunk waits for (its last frame)
-    pcm: Any = None  # device tensor (B, decoded frames * frame_samples), then host array
-    rms: Any = None  # each decoded frame's loudness (B, decoded frames): device tensor, then host array
+    decoded: DecodedAudio | None = None  # the decode launched, until fetched
+    pcm: Any = None  # host array (B, decoded frames * frame_samples), once fetched
+    rms: Any = None  # each decoded frame's loudness (B, decoded frames), once fetched
 
 
 class EngineLoop:
@@ -272,9 +273,7 @@ class EngineLoop:
         chunks, self._audio = self._audio, []
         if step is None and not chunks:
             return []
-        codes, host = self.runner.fetch(
-            step.out if step else None, [t for c in chunks for t in (c.pcm, c.rms)]
-        )
+        codes, host = self.runner.fetch(step.out if step else None, [c.decoded for c in chunks])  # type: ignore[misc]
         if step is not None and codes is not None:
             eos = (codes == self.eos_id).all(axis=1)
             for seq in step.seqs:
@@ -282,8 +281,8 @@ class EngineLoop:
                 # silence, cancel) gets nothing: this frame is past its end.
                 if seq.finish_reason is None:
                     self._take_frame(seq, codes[seq.slot], bool(eos[seq.slot]))
-        for i, chunk in enumerate(chunks):
-            chunk.pcm, chunk.rms = host[2 * i], host[2 * i + 1]
+        for chunk, (pcm, rms) in zip(chunks, host, strict=True):
+            chunk.pcm, chunk.rms = pcm, rms
         return chunks
 
     def _admit(self) -> None:
@@ -320,7 +319,7 @@ class EngineLoop:
         slots = [s.slot for s in chunk.seqs]
         form = "audio {} streams x {} frames"
         with self.launches.launch(self.steps, form, len(slots), size, stream=self.runner.audio_stream):
-            chunk.pcm, chunk.rms = self.runner.decode_audio(slots, chunk.first, size, after=chunk.after)  # type: ignore[arg-type]
+            chunk.decoded = self.runner.decode_audio(slots, chunk.first, size, after=chunk.after)  # type: ignore[arg-type]
 
     def _launch_behind_step(self, step: _Step | None) -> list[_Chunk]:
         """Chunks that the step just launched completes, decoded right behind it (one launch per

@@ -30,7 +30,28 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from serve_app.engine.cuda_graphs import CudaGraphs, GraphedMimiStreamDecoder, buckets_up_to, smallest_bucket
+from serve_app.engine.cuda_graphs import (
+    CudaGraphs,
+    GraphedMimiStreamDecoder,
+    buckets_up_to,
+    smallest_bucket,
+    split_ring_decode,
+)
+from serve_app.engine.prompt_rows import (
+    ARMING_COLUMNS,
+    PREFILL_TOKEN_BUDGET,
+    PREFILL_WIDTHS,
+    PROMPT_ROW_BUCKETS,
+    ROW_COLUMNS,
+    PrefillGroup,
+    arming_rows,
+    flat_rows,
+    padding_rows,
+    prefill_groups,
+    prefill_rows,
+    prompt_row_count,
+    unpack_rows,
+)
 from serve_app.engine.sequence import Sequence
 from serve_app.model.csm import CsmModel
 from serve_app.model.fast_step import FastStep
@@ -38,77 +59,12 @@ from serve_app.model.fast_step import FastStep
 logger = logging.getLogger(__name__)
 
 DEFAULT_KV_BUCKETS = (128, 256, 512, 1024, 2048)
-PREFILL_WIDTHS = (16, 32, 64, 128, 256, 512, 1024, 2048)
-"""Prompt widths (rows per prompt, padded) of the captured prefills."""
-PREFILL_TOKEN_BUDGET = 8192
-"""Largest batch x width of a captured prefill: bigger admissions are split into several replays."""
-PROMPT_ROW_BUCKETS = (16, 32, 64, 128, 256)
-"""Prompt rows (padded) that a decode step can carry in its backbone pass (`prompts_in_step`);
-admissions with more go through a prefill of their own."""
 STEP_OUTPUT_RING = 3
 """Host buffers for step codes: a step's codes must be fetched before this many more steps launch."""
 STEP_STREAM_PRIORITY = -1
 """CUDA priority of the stream that prefills and steps (lower is higher; the audio stream has the
 default, 0): when both streams have blocks ready, the SMs take the step's first and the audio
 decode fills the gaps of its small kernels, so audio costs the step less than its own run time."""
-
-
-@dataclass(frozen=True)
-class PrefillGroup:
-    """Sequences prefilled together: `batch` rows (a captured batch size) of `width` prompt rows."""
-
-    seqs: list[Sequence]
-    batch: int
-    width: int
-
-
-def prefill_groups(
-    seqs: Seq[Sequence], batches: Seq[int], widths: Seq[int], budget: int
-) -> list[PrefillGroup]:
-    """Split prompts into groups that each fit one captured prefill (batch bucket x width bucket
-    within `budget` tokens), longest first, so short prompts are not padded to a long one's width.
-    Every sequence must have at least 2 prompt rows (the last row is the first step's input)."""
-    pending = sorted(seqs, key=lambda s: s.prompt_len, reverse=True)
-    groups: list[PrefillGroup] = []
-    while pending:
-        width = next(w for w in widths if w >= pending[0].prompt_len - 1)
-        fits = [b for b in batches if b * width <= budget] or [batches[0]]  # one prompt always fits
-        count = min(len(pending), fits[-1])
-        batch = next(b for b in batches if b >= count)
-        groups.append(PrefillGroup(pending[:count], batch, width))
-        pending = pending[count:]
-    return groups
-
-
-@dataclass
-class _PrefillInputs:
-    """Static inputs of a captured prefill: (batch, width, 33) tokens and mask, (batch, width)
-    positions, (batch,) slots."""
-
-    tokens: torch.Tensor
-    mask: torch.Tensor
-    positions: torch.Tensor
-    slots: torch.Tensor
-
-
-@dataclass
-class _PromptRows:
-    """Static inputs of a step's prompt rows: (P, 33) tokens and mask, (P,) positions and slots."""
-
-    tokens: torch.Tensor
-    mask: torch.Tensor
-    positions: torch.Tensor
-    slots: torch.Tensor
-
-    @classmethod
-    def padding(cls, rows: int, width: int, device: torch.device) -> _PromptRows:
-        """Rows of position -1 (they write and read nothing) in slot 0."""
-        return cls(
-            torch.zeros(rows, width, dtype=torch.long, device=device),
-            torch.zeros(rows, width, dtype=torch.bool, device=device),
-            torch.full((rows,), -1, dtype=torch.long, device=device),
-            torch.zeros(rows, dtype=torch.long, device=device),
-        )
 
 
 @dataclass(frozen=True)
@@ -121,35 +77,14 @@ class StepOutput:
 
 
 class DecodedAudio(NamedTuple):
-    """A chunk decode's output, on the device until fetched: `pcm` (B, n * frame samples) float32
-    and `rms` (B, n), each frame's loudness for the silence guard. The loudness is reduced on the
-    device so the loop thread reads n numbers a stream, not the samples: numpy passes over the
-    samples release and retake the GIL, which under a busy event-loop thread costs far more than the
-    arithmetic."""
+    """A chunk decode of `frames` frames a stream, on its way to the host until fetched: `samples`
+    (B, frames * frame samples + frames) float32, each stream's pcm then each frame's loudness for
+    the silence guard. The loudness is reduced on the device so the loop thread reads n numbers a
+    stream, not the samples: numpy passes over the samples release and retake the GIL, which under
+    a busy event-loop thread costs far more than the arithmetic."""
 
-    pcm: torch.Tensor
-    rms: torch.Tensor
-
-
-ARMING_COLUMNS = 5
-"""Columns of `arming_rows` before the last prompt row's tokens and mask."""
-
-
-def arming_rows(seqs: Seq[Sequence]) -> torch.Tensor:
-    """What arming the joining sequences' slots needs, as one (J, 5 + 2 * 33) int64 host tensor, so
-    it reaches the device in one copy: slot, the last prompt row's position, seed, temperature (its
-    float32 bits), top-k, then the last prompt row's tokens and mask. Each torch call of the loop
-    thread may wait for the GIL behind a busy event loop; this replaces a dozen."""
-    width = seqs[0].tokens.shape[1]
-    rows = np.empty((len(seqs), ARMING_COLUMNS + 2 * width), np.int64)
-    rows[:, 0] = [s.slot for s in seqs]
-    rows[:, 1] = [s.prompt_len - 1 for s in seqs]
-    rows[:, 2] = [s.seed for s in seqs]
-    rows[:, 3] = np.array([s.request.sampling.temperature for s in seqs], np.float32).view(np.int32)
-    rows[:, 4] = [s.request.sampling.top_k for s in seqs]
-    rows[:, ARMING_COLUMNS : ARMING_COLUMNS + width] = torch.stack([s.tokens[-1] for s in seqs]).numpy()
-    rows[:, ARMING_COLUMNS + width :] = torch.stack([s.mask[-1] for s in seqs]).numpy()
-    return torch.from_numpy(rows)
+    samples: torch.Tensor
+    frames: int
 
 
 def slot_bytes(model: CsmModel) -> int:
@@ -249,9 +184,11 @@ class ModelRunner:
         self.frame_samples = self.decoder.frame_samples
         self._graphs: CudaGraphs | None = None
         self.prefill_widths = tuple(w for w in PREFILL_WIDTHS if w < limit) + (limit,)
-        self._prefill_inputs_of: dict[tuple[int, int], _PrefillInputs] = {}
+        # Static inputs of the captured prefills and of the steps carrying prompts: packed prompt
+        # rows (`prompt_rows`), by (batch, width) and by padded row count.
+        self._prefill_inputs_of: dict[tuple[int, int], torch.Tensor] = {}
         self._wants_prompts_in_step = prompts_in_step
-        self._prompt_rows_of: dict[int, _PromptRows] = {}  # by padded row count
+        self._prompt_rows_of: dict[int, torch.Tensor] = {}
         self._pending_prompts: int | None = None  # padded prompt rows staged for the next step
         self._pending_slots: set[int] = set()
         self.compile_error: str | None = None
@@ -321,7 +258,7 @@ class ModelRunner:
         armed = self._to_device(arming_rows(seqs))  # every per-slot input in one copy
         slots = armed[:, 0]
         body = [s for s in seqs if s.prompt_len > 1]
-        prompt_rows = sum(s.prompt_len - 1 for s in body)
+        prompt_rows = prompt_row_count(body)
         in_step = self.prompts_in_step and self._pending_prompts is None
         if body and in_step and prompt_rows <= PROMPT_ROW_BUCKETS[-1]:
             self._stage_prompt_rows(body, prompt_rows)
@@ -331,14 +268,8 @@ class ModelRunner:
         elif body:
             # Widths in multiples of 16: fewer shapes, and no width-1 specialisation of the compiled prefill.
             width = -(-max(s.prompt_len - 1 for s in body) // 16) * 16
-            tokens, mask, positions, rows = self._prefill_inputs(body, len(body), width)
-            self.fast.prefill(
-                self._to_device(tokens),
-                self._to_device(mask),
-                self._to_device(positions),
-                self._to_device(rows),
-                min(width, m.max_seq_len),
-            )
+            rows = self._to_device(torch.from_numpy(prefill_rows(body, len(body), width)))
+            self._prefill_packed(rows, min(width, m.max_seq_len))
         width = (armed.shape[1] - ARMING_COLUMNS) // 2
         tokens = armed[:, None, ARMING_COLUMNS : ARMING_COLUMNS + width]
         mask = armed[:, None, ARMING_COLUMNS + width :]
@@ -351,22 +282,11 @@ class ModelRunner:
         with self._on_audio_stream():
             self.decoder.reset(*[s.slot for s in seqs])  # type: ignore[misc]
 
-    def _prefill_inputs(
-        self, seqs: Seq[Sequence], batch: int, width: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Host inputs of a prefill: every prompt row but the last, right-padded to `width`, in
-        `batch` rows. Padding (rows and columns) has position -1: it writes only the scratch column
-        of its slot (slot 0 for padding rows), which no query reads."""
-        tokens = torch.zeros(batch, width, self.model.cfg.num_codebooks + 1, dtype=torch.long)
-        mask = torch.zeros(tokens.shape, dtype=torch.bool)
-        positions = torch.full((batch, width), -1, dtype=torch.long)
-        rows = torch.zeros(batch, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            t = s.prompt_len - 1
-            tokens[i, :t], mask[i, :t] = s.tokens[:t], s.mask[:t]
-            positions[i, :t] = torch.arange(t)
-            rows[i] = s.slot  # type: ignore[assignment]
-        return tokens, mask, positions, rows
+    def _prefill_packed(self, rows: torch.Tensor, kv_len: int) -> None:
+        """Prefill packed prompt rows (batch, width, ROW_COLUMNS) on the device; a row's slot is
+        its first column's."""
+        tokens, mask, positions, slots = unpack_rows(rows)
+        self.fast.prefill(tokens, mask, positions, slots[:, 0], kv_len)
 
     @property
     def prompts_in_step(self) -> bool:
@@ -374,22 +294,15 @@ class ModelRunner:
         return self._wants_prompts_in_step and self.fast.prompts_in_step
 
     def _stage_prompt_rows(self, seqs: Seq[Sequence], rows: int) -> None:
-        """Every prompt row but the last of each of `seqs`, flattened and padded to a row bucket,
-        into that bucket's static inputs (pinned, queued): the next `step` writes them."""
+        """Every prompt row but the last of each of `seqs`, packed one after another and padded to a
+        row bucket, into that bucket's static input (pinned, queued): the next `step` reads them."""
         bucket = smallest_bucket(PROMPT_ROW_BUCKETS, rows)
-        static = self._prompt_rows_of.get(bucket) or self._prompt_rows_of.setdefault(
-            bucket, _PromptRows.padding(bucket, self.model.cfg.num_codebooks + 1, self.device)
-        )
-        host = _PromptRows.padding(bucket, self.model.cfg.num_codebooks + 1, torch.device("cpu"))
-        at = 0
-        for s in seqs:
-            t = s.prompt_len - 1
-            host.tokens[at : at + t], host.mask[at : at + t] = s.tokens[:t], s.mask[:t]
-            host.positions[at : at + t] = torch.arange(t)
-            host.slots[at : at + t] = s.slot  # type: ignore[assignment]
-            at += t
-        for name in ("tokens", "mask", "positions", "slots"):
-            getattr(static, name).copy_(self._pinned(getattr(host, name)), non_blocking=True)
+        static = self._prompt_rows_of.get(bucket)
+        if static is None:  # no graphs: a buffer of its own, written whole by the copy below
+            static = self._prompt_rows_of.setdefault(
+                bucket, torch.empty(bucket, ROW_COLUMNS, dtype=torch.long, device=self.device)
+            )
+        static.copy_(self._pinned(torch.from_numpy(flat_rows(seqs, bucket))), non_blocking=True)
         self._pending_prompts = bucket
         self._pending_slots = {s.slot for s in seqs}  # type: ignore[misc]
 
@@ -397,31 +310,24 @@ class ModelRunner:
         return x.pin_memory() if self.device.type == "cuda" else x
 
     def _replay_prefill(self, group: PrefillGroup) -> None:
-        """Copy a group's prompts into its captured prefill's inputs (pinned, queued) and replay it:
-        one launch whatever the prompt count, where an eager prefill launches hundreds of kernels."""
+        """Copy a group's packed prompts into its captured prefill's input (pinned, queued, one copy)
+        and replay it: one launch whatever the prompt count, where an eager prefill launches hundreds
+        of kernels."""
         key = (group.batch, group.width)
-        static = self._prefill_inputs_of[key]
-        host = self._prefill_inputs(group.seqs, group.batch, group.width)
-        for buffer, values in zip((static.tokens, static.mask, static.positions, static.slots), host):
-            buffer.copy_(values.pin_memory(), non_blocking=True)
+        rows = prefill_rows(group.seqs, group.batch, group.width)
+        self._prefill_inputs_of[key].copy_(self._pinned(torch.from_numpy(rows)), non_blocking=True)
         self._graphs.replay(("prefill", *key))  # type: ignore[union-attr]
 
     def _capture_prefills(self, graphs: CudaGraphs) -> None:
         """One graph per (batch bucket, width) within the token budget, in the step's memory pool."""
-        m, dev = self.model, self.device
         for batch in reversed(self.batch_buckets):
             for width in reversed(self.prefill_widths):
                 if batch * width > PREFILL_TOKEN_BUDGET:
                     continue
-                static = _PrefillInputs(
-                    tokens=torch.zeros(batch, width, m.cfg.num_codebooks + 1, dtype=torch.long, device=dev),
-                    mask=torch.zeros(batch, width, m.cfg.num_codebooks + 1, dtype=torch.bool, device=dev),
-                    positions=torch.full((batch, width), -1, dtype=torch.long, device=dev),
-                    slots=torch.zeros(batch, dtype=torch.long, device=dev),
-                )
+                static = torch.from_numpy(padding_rows(batch, width)).to(self.device)
 
-                def prefill(x: _PrefillInputs = static, w: int = width) -> None:
-                    self.fast.prefill(x.tokens, x.mask, x.positions, x.slots, w)
+                def prefill(x: torch.Tensor = static, w: int = width) -> None:
+                    self._prefill_packed(x, w)
 
                 with graphs.warming_up():  # padding only: the scratch column is written
                     prefill()
@@ -431,9 +337,8 @@ class ModelRunner:
     def _capture_steps_with_prompts(self, graphs: CudaGraphs) -> None:
         """One backbone graph per (batch bucket, prompt row bucket), reading the bucket's static
         prompt rows (padding while captured: nothing is written)."""
-        width = self.model.cfg.num_codebooks + 1
         for prompt_rows in reversed(PROMPT_ROW_BUCKETS):
-            self._prompt_rows_of[prompt_rows] = _PromptRows.padding(prompt_rows, width, self.device)
+            self._prompt_rows_of[prompt_rows] = torch.from_numpy(padding_rows(prompt_rows)).to(self.device)
             for batch in reversed(self.batch_buckets):
 
                 def step(b: int = batch, p: int = prompt_rows) -> None:
@@ -486,9 +391,9 @@ class ModelRunner:
         self.hidden[:rows].copy_(h)
 
     def _backbone_with_prompts(self, rows: int, prompt_rows: int) -> None:
-        x = self._prompt_rows_of[prompt_rows]
+        tokens, mask, positions, slots = unpack_rows(self._prompt_rows_of[prompt_rows])
         h = self.fast.backbone_step_with_prompts(
-            self.embeds[:rows], self.positions[:rows], x.tokens, x.mask, x.positions, x.slots
+            self.embeds[:rows], self.positions[:rows], tokens, mask, positions, slots
         )
         self.hidden[:rows].copy_(h)
 
@@ -611,22 +516,17 @@ class ModelRunner:
         with self._on_audio_stream():
             if after is not None and self.audio_stream is not None:
                 self.audio_stream.wait_event(self._step_events[self._ring_index(after)])
-            return DecodedAudio(*self.decoder.decode_ring(slots, first_frames, n))
+            return DecodedAudio(self.decoder.decode_ring(slots, first_frames, n), n)
 
     def fetch(
-        self, step: StepOutput | None, audio: Seq[torch.Tensor]
-    ) -> tuple[np.ndarray | None, list[np.ndarray]]:
-        """Bring one step's codes (rows, 32) and decoded audio tensors (`DecodedAudio` fields) to
-        the host, waiting for that step alone (steps launched after it keep running) and for the
-        audio stream."""
-        if self.audio_stream is None:
-            pcm = [t.cpu().numpy() for t in audio]
-        else:
-            with self._on_audio_stream():
-                host = [t.to("cpu", non_blocking=True) for t in audio]
-            if host:
-                self.audio_stream.synchronize()
-            pcm = [h.numpy() for h in host]
+        self, step: StepOutput | None, audio: Seq[DecodedAudio]
+    ) -> tuple[np.ndarray | None, list[tuple[np.ndarray, np.ndarray]]]:
+        """Bring one step's codes (rows, 32) and decoded audio (each decode's pcm (B, n * frame
+        samples) and frame loudness (B, n)) to the host, waiting for that step alone (steps
+        launched after it keep running) and for the audio stream."""
+        if audio and self.audio_stream is not None:
+            self.audio_stream.synchronize()
+        pcm = [split_ring_decode(a.samples.numpy(), a.frames) for a in audio]
         if step is None:
             return None, pcm
         ring = self._ring_index(step)
