@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
 from serve_app.engine.cuda_graphs import (
     GraphedMimiStreamDecoder,
+    HostStaging,
     buckets_up_to,
     frame_rms,
     smallest_bucket,
@@ -141,6 +143,33 @@ def test_ring_decode_equals_decoding_the_frames_gathered_from_the_ring():
     ring_schedule(decoder, plain, ring, {0: 6, 1: 4, 3: 7, 4: 3, 5: 5}, seed=3)
 
 
+def test_host_staging_hands_a_buffer_out_again_only_after_its_copies_are_done():
+    staging = HostStaging(entries=2, size=12, pinned=False)
+    first, first_tensor = staging.take(3, 4)
+    second, _ = staging.take(3, 2)
+    assert first_tensor.shape == (3, 4) and np.shares_memory(first, first_tensor.numpy())
+    assert not np.shares_memory(first, second)
+    third, _ = staging.take(3, 4)  # both are in flight: a buffer of its own
+    assert not np.shares_memory(third, first) and not np.shares_memory(third, second)
+    big, _ = staging.take(3, 5)  # larger than an entry
+    assert big.shape == (3, 5)
+    staging.done()
+    again, again_tensor = staging.take(3, 4)
+    assert np.shares_memory(again, first) and again_tensor.data_ptr() == first_tensor.data_ptr()
+
+
+def test_ring_decodes_reuse_the_index_buffers_only_once_they_are_done():
+    """A reused index buffer holds the last decode's values: each decode writes all of it, padding
+    included (a larger group, then a smaller one in the same bucket)."""
+    model = random_mimi(tiny_mimi_config(), seed=1)
+    ring = random_ring(model.config, 6, 8)
+    decoder = GraphedMimiStreamDecoder(model, max_streams=6, use_graphs=False, ring=ring)
+    plain = GraphedMimiStreamDecoder(model, max_streams=6, use_graphs=False)
+    for group in ([0, 1, 3, 4, 5], [1, 2, 3]):  # buckets 6 and 4, each with padding
+        ring_schedule(decoder, plain, ring, dict.fromkeys(group, 3), seed=len(group))
+        decoder.decodes_done()
+
+
 def test_ring_decode_checks_its_slots_frames_and_ring():
     model = random_mimi(tiny_mimi_config())
     ring = random_ring(model.config, 2, 4)
@@ -165,5 +194,8 @@ def test_cuda_graph_ring_decode_matches_the_eager_decoder():
     ring_schedule(
         graphed, MimiStreamDecoder(model, max_streams=8), ring, {0: 12, 2: 9, 5: 11, 6: 6, 7: 10}, seed=4
     )
-    calls = torch_calls(lambda: graphed.decode_ring([0, 2, 5], [3, 4, 5], 4))
-    assert len(calls) <= 6, calls  # an engine loop thread calls this for every chunk
+    for _ in range(2):  # the second time, the pinned index buffer's views exist
+        torch.cuda.synchronize()
+        graphed.decodes_done()
+        calls = torch_calls(lambda: graphed.decode_ring([0, 2, 5], [3, 4, 5], 4))
+    assert len(calls) <= 4, calls  # an engine loop thread calls this for every chunk

@@ -136,6 +136,44 @@ def split_ring_decode(samples: ArrayT, frames: int) -> tuple[ArrayT, ArrayT]:
     return samples[:, :cut], samples[:, cut:]
 
 
+class HostStaging:
+    """Pinned host buffers for small host-to-device copies that must not wait for the device, reused
+    without a torch call: `take` hands out the next of `entries` buffers, and a buffer is handed out
+    again only after the caller's `done` says every copy queued so far has completed. Past `entries`
+    takes between two `done`s, each take pins a buffer of its own (the caching host allocator's
+    call, which is what every copy paid before)."""
+
+    def __init__(self, entries: int, size: int, pinned: bool) -> None:
+        self._pinned = pinned
+        self._buffers = torch.zeros(entries, size, dtype=torch.long, pin_memory=pinned)
+        self._views: dict[tuple[int, tuple[int, ...]], tuple[np.ndarray, torch.Tensor]] = {}
+        self._taken = 0
+
+    def take(self, *shape: int) -> tuple[np.ndarray, torch.Tensor]:
+        """A free int64 host buffer of `shape`, as a numpy array to fill and the tensor to copy from
+        (the same memory; its contents are stale: write all of it)."""
+        entries, size = self._buffers.shape
+        if self._taken >= entries or math.prod(shape) > size:
+            fresh = torch.empty(shape, dtype=torch.long, pin_memory=self._pinned)
+            return fresh.numpy(), fresh
+        key = (self._taken, shape)
+        self._taken += 1
+        view = self._views.get(key)
+        if view is None:
+            tensor = self._buffers[key[0], : math.prod(shape)].view(shape)
+            view = self._views[key] = (tensor.numpy(), tensor)
+        return view
+
+    def done(self) -> None:
+        """Every copy queued from a taken buffer has completed: all of them are free again."""
+        self._taken = 0
+
+
+INDEX_STAGING_ENTRIES = 16
+"""Pinned index buffers of a ring decoder: the chunk decodes an engine launches between two fetches
+(a few an iteration) take one each."""
+
+
 @dataclass
 class _MimiShape:
     """Static inputs and outputs of one captured (bucket, frames) decode: `codes` and `slots` for
@@ -189,6 +227,10 @@ class GraphedMimiStreamDecoder:
             raise ValueError("CUDA graphs need the Mimi model on a CUDA device")
         self.frame_samples = self.decoder.frame_samples
         self._graphs = CudaGraphs(self.device) if self.use_graphs else None
+        # decode_ring's (3, bucket) index: ring rows, decoder slots, first frames.
+        self._index_staging = HostStaging(
+            INDEX_STAGING_ENTRIES, 3 * self.buckets[-1], pinned=self.device.type == "cuda"
+        )
         self._shapes: dict[tuple[int, int], _MimiShape] = {}
 
     @property
@@ -229,7 +271,7 @@ class GraphedMimiStreamDecoder:
         streams in the ring's and the decoder's slot of that number, into one float32 host tensor
         (B, frames * frame samples + frames): the pcm, then each frame's RMS (`split_ring_decode`).
         On CUDA it is a pinned copy queued on the current stream: read it once that stream has been
-        synchronized."""
+        synchronized, and then say so (`decodes_done`), which frees the pinned index buffers."""
         ring = self.ring
         if ring is None:
             raise RuntimeError("this decoder has no ring of codes: use decode")
@@ -239,21 +281,23 @@ class GraphedMimiStreamDecoder:
         if frames > ring.shape[1]:
             raise ValueError(f"cannot decode {frames} frames at once (the ring holds {ring.shape[1]})")
         bucket = smallest_bucket(self.buckets, batch)
-        index = np.zeros((3, bucket), dtype=np.int64)  # padding: ring row 0 into the scratch slot
+        index, host = self._index_staging.take(3, bucket)  # pinned: a pageable copy would sync
+        index[:, batch:] = 0  # padding: ring row 0 into the scratch slot
         index[0, :batch] = slots
         index[1, :batch] = slots
         index[1, batch:] = self.scratch
         index[2, :batch] = first_frames
-        host = torch.from_numpy(index)
-        if not self.use_graphs:
-            if self.device.type == "cuda":  # pinned and queued, as the graphs' copy: no host wait
-                host = host.pin_memory().to(self.device, non_blocking=True)
-            return self._decode_ring(host.to(self.device), frames)[:batch].to("cpu", non_blocking=True)
+        if not self.use_graphs:  # queued, as the graphs' copy: no host wait
+            return self._decode_ring(host.to(self.device, non_blocking=True), frames)[:batch].to("cpu", non_blocking=True)
         shape = self._shape(bucket, frames)
-        shape.index.copy_(host.pin_memory(), non_blocking=True)  # type: ignore[union-attr]  # pageable would sync
+        shape.index.copy_(host, non_blocking=True)  # type: ignore[union-attr]
         self._graphs.replay((bucket, frames))  # type: ignore[union-attr]
         # Queued before any later replay can overwrite the graph's output: no clone needed.
         return shape.out[:batch].to("cpu", non_blocking=True)
+
+    def decodes_done(self) -> None:
+        """Every `decode_ring` queued so far has completed (its stream was synchronized)."""
+        self._index_staging.done()
 
     def _decode_ring(self, index: torch.Tensor, frames: int) -> torch.Tensor:
         ring: torch.Tensor = self.ring  # type: ignore[assignment]

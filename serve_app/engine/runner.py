@@ -524,8 +524,10 @@ class ModelRunner:
         """Bring one step's codes (rows, 32) and decoded audio (each decode's pcm (B, n * frame
         samples) and frame loudness (B, n)) to the host, waiting for that step alone (steps
         launched after it keep running) and for the audio stream."""
-        if audio and self.audio_stream is not None:
-            self.audio_stream.synchronize()
+        if audio:
+            if self.audio_stream is not None:
+                self.audio_stream.synchronize()
+            self.decoder.decodes_done()  # the stream every decode is queued on has caught up
         pcm = [split_ring_decode(a.samples.numpy(), a.frames) for a in audio]
         if step is None:
             return None, pcm
