@@ -42,6 +42,18 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("serve_app.deployments")
 
+LOG_LEVEL_ENV = "CSM_LOG_LEVEL"
+"""Level of the JSON logs a replica writes (default INFO: one line per HTTP request)."""
+
+
+def _log_as_json() -> None:
+    """Ray leaves a replica's root logger bare (WARNING, no handler), so the app's JSON lines (one
+    per request) and the engine's would go nowhere: send them to the replica's stderr, which Ray
+    writes to the replica's log file and `serve run` prints."""
+    from serve_app.observability.logs import configure_logging
+
+    configure_logging(os.environ.get(LOG_LEVEL_ENV, "INFO").upper())
+
 
 
 @serve.deployment(
@@ -63,6 +75,7 @@ class TTSModel:
         from serve_app.engine.engine import Engine, lower_switch_interval
         from serve_app.observability.metrics import record_engine_step
 
+        _log_as_json()
         lower_switch_interval()  # this process hosts the engine's loop thread
         self._engine: SpeechEngine = Engine.from_preset(
             model, on_step=record_engine_step, **(engine_kwargs or {})
@@ -114,6 +127,8 @@ class TTSModel:
     max_ongoing_requests=4096,
     graceful_shutdown_wait_loop_s=1,
     graceful_shutdown_timeout_s=5,
+    # Every ingress replica reports its requests in flight about once a second: no access-log line each.
+    logging_config={"enable_access_log": False},
 )
 class SharedState:
     """The /contextual_speak sessions and rate-limit buckets of every ingress replica, in memory.
@@ -127,6 +142,7 @@ class SharedState:
         from serve_app.api.state import in_memory_backends
         from serve_app.deploy.draining import DrainBoard
 
+        _log_as_json()
         self._sessions = in_memory_backends(_api_settings(api_settings or {}) or ApiSettings()).sessions
         self._limiters: dict[tuple[int, int], TokenBucketLimiter] = {}
         self._drain = DrainBoard()
@@ -184,6 +200,7 @@ class APIIngress:
     def __init__(
         self, model: DeploymentHandle, state: DeploymentHandle, api_settings: dict[str, Any] | None = None
     ) -> None:
+        _log_as_json()
         self._engine = HandleEngine(model)
         self._state = state
         self._api_settings = dict(api_settings or {})
@@ -202,7 +219,10 @@ class APIIngress:
         from serve_app.deploy.replica_header import ServedByMiddleware
 
         settings = _api_settings(self._api_settings) or ApiSettings()
-        app = create_app(self._engine, settings, handle_backends(self._state, settings))
+        # Ray's HTTP servers answer with X-Request-ID (the id they gave the request, which the app uses).
+        app = create_app(
+            self._engine, settings, handle_backends(self._state, settings), request_id_header=False
+        )
         replica_id = _replica_id() or f"pid-{os.getpid()}"
         app.add_middleware(DrainGate, replica_id=replica_id, report=self._report)
         app.add_middleware(ServedByMiddleware, replica_id=replica_id)  # outermost: on 503s too

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -69,6 +72,29 @@ def test_speak_returns_a_wav_within_the_duration_limit(http: httpx.Client) -> No
     assert response.headers["content-type"] == "audio/wav"
     assert response.headers["x-request-id"]
     _assert_speech(response.content, 800)
+
+
+def test_one_request_id_per_response_and_a_json_log_line_for_each_request(http: httpx.Client) -> None:
+    """Ray's HTTP proxy answers with `X-Request-ID` itself: the app adds no second one. The ingress
+    replica writes its JSON access line to its log (Ray's log files of this session)."""
+    request_id = f"e2e-{time.monotonic_ns()}"
+    response = http.post("/speak", json={"text": "Logged.", "max_duration_ms": 400},
+                         headers={"X-Request-ID": request_id})
+    assert response.status_code == 200, response.text
+    assert response.headers.get_list("x-request-id") == [request_id]
+    assert len(http.get("/health").headers.get_list("x-request-id")) == 1  # none sent: Ray's own
+    logs = Path(os.environ["RAY_TMPDIR"]) / "session_latest" / "logs"
+    deadline, found = time.monotonic() + 20, []
+    while not found and time.monotonic() < deadline:
+        time.sleep(0.5)
+        found = [
+            json.loads(line)
+            for path in logs.glob("worker-*.err")
+            for line in path.read_text(errors="replace").splitlines()
+            if request_id in line and line.startswith("{")
+        ]
+    access = [entry for entry in found if entry.get("logger") == "csm_serve.access"]
+    assert [(e["request_id"], e["path"], e["status"]) for e in access] == [(request_id, "/speak", 200)], found
 
 
 @pytest.mark.parametrize(

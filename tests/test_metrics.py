@@ -269,6 +269,24 @@ def test_one_middleware_gives_a_request_the_id_the_engine_the_response_and_the_l
     assert stack[0] is RequestIdMiddleware and stack.count(RequestIdMiddleware) == 1
 
 
+def test_behind_a_server_that_answers_with_the_id_the_app_adds_none_but_still_uses_it(tmp_path) -> None:
+    """Ray Serve's HTTP servers put `X-Request-ID` on the request (the caller's, or one of theirs) and
+    on the response: the app behind them (`request_id_header=False`) uses that id and adds no second
+    header."""
+    from fastapi.testclient import TestClient
+
+    from serve_app.api.app import create_app
+    from serve_app.api.settings import ApiSettings
+
+    engine = FakeEngine()
+    app = create_app(engine, ApiSettings(voices_dir=tmp_path / "voices"), request_id_header=False)
+    with TestClient(app) as client:
+        response = client.post("/speak", json={"text": "Hi"}, headers={"X-Request-ID": "from-the-proxy"})
+    assert response.status_code == 200
+    assert "x-request-id" not in response.headers
+    assert engine.requests[-1].request_id == "from-the-proxy"
+
+
 def test_the_in_process_server_app_is_wired_once() -> None:
     """`csm-serve serve --preset` serves `create_app` as it is: one request-id and one metrics
     middleware, one `/metrics` and one playground route."""

@@ -37,10 +37,16 @@ __all__ = ["create_app"]
 
 
 def create_app(
-    engine: SpeechEngine, settings: ApiSettings | None = None, state: StateBackends | None = None
+    engine: SpeechEngine,
+    settings: ApiSettings | None = None,
+    state: StateBackends | None = None,
+    *,
+    request_id_header: bool = True,
 ) -> FastAPI:
     """Build the app; `settings` defaults to `ApiSettings()` (environment variables `CSM_*`), `state`
-    (sessions, rate limits) to this process's memory, or Redis when `redis_url` is set."""
+    (sessions, rate limits) to this process's memory, or Redis when `redis_url` is set.
+    `request_id_header=False` behind Ray Serve's HTTP servers, which answer with `X-Request-ID`
+    themselves."""
     settings = settings or ApiSettings()
     state = state or local_backends(settings)
     app = FastAPI(
@@ -71,6 +77,6 @@ def create_app(
         routes_system,
     ):
         app.include_router(module.router)
-    instrument_app(app)  # outermost: request ids (a 401, 413 or 429 carries one too), metrics, access log
+    instrument_app(app, request_id_header)  # outermost: request ids (a 401, 413 or 429 carries one too), metrics, access log
     install_playground(app)  # GET / and /playground
     return app

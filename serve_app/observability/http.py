@@ -16,10 +16,11 @@ def metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-def instrument_app(app: FastAPI) -> FastAPI:
+def instrument_app(app: FastAPI, request_id_header: bool = True) -> FastAPI:
     """Add the middleware (outermost, request ids outside metrics) and `GET /metrics`, once, before
-    the app starts (`create_app` does)."""
+    the app starts (`create_app` does). `request_id_header=False`: the HTTP server in front answers
+    with `X-Request-ID` itself (`RequestIdMiddleware`)."""
     app.add_middleware(MetricsMiddleware)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, set_header=request_id_header)
     app.include_router(router)
     return app

@@ -3,7 +3,9 @@
 - `RequestIdMiddleware` gives every HTTP request its id (the caller's `X-Request-ID` when log-safe,
   else a new one), for the whole app: `request.state.request_id`, the contextvar the JSON logs read,
   the incoming header downstream handlers see, and the response's `X-Request-ID`. It is the
-  outermost middleware, so even a 401, 413 or 429 carries an id.
+  outermost middleware, so even a 401, 413 or 429 carries an id. Behind an HTTP server that answers
+  with `X-Request-ID` itself (Ray Serve's proxy and a replica's direct ingress both do, with the id
+  they put on the request), it leaves that header to the server: two would reach the client.
 - `MetricsMiddleware` records request counts, latency, errors by status, time to the first audio
   byte and cache hits/misses (from `X-Cache`), and writes one JSON access-log line per request. A
   response that carries `Server-Timing` (a stream's first audio at the API and at the engine) gets
@@ -40,8 +42,9 @@ _HEADER = REQUEST_ID_HEADER.lower().encode()
 
 
 class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, set_header: bool = True) -> None:
         self.app = app
+        self.set_header = set_header
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,7 +58,7 @@ class RequestIdMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and self.set_header:
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
