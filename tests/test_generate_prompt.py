@@ -78,3 +78,17 @@ def test_context_audio_must_be_encoded_first() -> None:
         build_prompt(
             TOK, "t", 0, [Segment(text="c", speaker=0, audio=np.zeros(100, np.float32))], max_frames=5
         )
+
+
+def test_context_codes_that_arrive_read_only_are_copied_without_a_warning() -> None:
+    """Arrays that crossed Ray are read-only: the prompt keeps its own copy, and torch has nothing
+    to warn about."""
+    import warnings
+
+    ctx = codes(3)
+    ctx.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prompt = build_prompt(TOK, "target", 0, [Segment(text="ctx", speaker=1, codes=ctx)], max_frames=10)
+    start = len(TOK.encode_turn("ctx", 1))
+    assert torch.equal(prompt.tokens[start : start + 3, :32], torch.from_numpy(ctx.copy()))

@@ -48,7 +48,8 @@ def text_rows(token_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def audio_rows(codes: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Frames (F, 32) → F + 1 rows: the frames and the all-zero EOS frame after them."""
-    codes = torch.as_tensor(np.asarray(codes) if isinstance(codes, np.ndarray) else codes).long().cpu()
+    # A copy: codes that crossed Ray arrive as read-only arrays, which torch would only wrap (with a warning).
+    codes = torch.tensor(codes, dtype=torch.long) if isinstance(codes, np.ndarray) else codes.long().cpu()
     n = codes.shape[0] + 1
     tokens = torch.zeros(n, COLUMNS, dtype=torch.long)
     mask = torch.zeros(n, COLUMNS, dtype=torch.bool)
