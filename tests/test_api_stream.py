@@ -189,8 +189,16 @@ def test_break_tags_and_output_formats(client, engine) -> None:
     ulaw = audio_of(messages)
     samples = sum(engine.frames_for(q) for q in engine.requests) * FRAME_SAMPLES + SAMPLE_RATE // 4
     assert abs(len(ulaw) - samples // 3) <= 2  # one byte per sample at 8 kHz
-    spans = [m["text_span"] for m in messages if m["type"] == "audio"]
-    assert [4, 25] in spans  # the pause's chunk names the break tag
+    audio = [m for m in messages if m["type"] == "audio"]
+    assert any(start <= 4 and end >= 25 for start, end in (m["text_span"] for m in audio))  # the break tag's
+    # The 8 kHz encoder holds samples back (the first piece gives no bytes yet): the timeline still
+    # starts at 0 and runs on without gaps to the total, and every chunk names a segment that exists.
+    done = messages[-1]
+    assert audio[0]["offset_ms"] == 0
+    for a, b in itertools.pairwise(audio):
+        assert b["offset_ms"] == pytest.approx(a["offset_ms"] + a["duration_ms"], abs=1e-3)
+    assert done["duration_ms"] == pytest.approx(audio[-1]["offset_ms"] + audio[-1]["duration_ms"], abs=1e-3)
+    assert all(0 <= m["segment"] < done["segments"] for m in audio)
 
 
 class PacedEngine(FakeEngine):
@@ -200,6 +208,18 @@ class PacedEngine(FakeEngine):
         async for chunk in super().stream(request):
             yield chunk
             await asyncio.sleep(0.002)
+
+
+def test_a_flush_straight_before_a_close_is_answered_before_done(tmp_path) -> None:
+    """The close arrives while the flushed text is still being spoken (a paced engine): the context
+    runs out of text and ends, and still answers the flush first."""
+    with make_client(tmp_path, PacedEngine()).websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "c1", "text": "Hello"})
+        ws.send_json({"type": "flush", "context_id": "c1"})
+        ws.send_json({"type": "close", "context_id": "c1"})
+        messages = receive_until(ws, "done")
+    kinds = [m["type"] for m in messages]
+    assert kinds.count("flushed") == 1 and kinds.index("flushed") < kinds.index("done")
 
 
 def test_a_slow_reader_gets_its_context_closed_not_the_engine_stalled(tmp_path) -> None:

@@ -110,6 +110,12 @@ class SpeechContext:
         self.narration: Narration | None = None
         self.speaker = options.speaker
         self.seq = 0
+        # The context's timeline in 24 kHz samples: what the messages sent so far covered, and the
+        # pieces written to the encoder since (a resampling or compressing encoder holds some back).
+        self.sent_samples = 0
+        self.pending_samples = 0
+        self.pending_span: tuple[int, int] | None = None
+        self.segment = 0
         self.flush_pending = False
         self.finished = False
         self._wake = asyncio.Event()
@@ -152,8 +158,7 @@ class SpeechContext:
             reason = await self._speak()
             tail = self.encoder.close()
             if tail:
-                end = len(self.feed.text)
-                self._send_audio(tail, self.narration.emitted, 0, (end, end), self.narration.requests)
+                self._send_audio(tail)
             self._done(reason)
         except asyncio.CancelledError:
             raise
@@ -193,11 +198,11 @@ class SpeechContext:
         while True:
             item = self.feed.next_item()
             if item is None:
-                if self.feed.exhausted:
-                    return (narration.finish_reason or FinishReason.END_OF_AUDIO).value
-                if self.flush_pending and self.feed.flushed:
+                if self.flush_pending and self.feed.flushed:  # before the end: a flush then a close gets both
                     self.flush_pending = False
                     self.session.outbox.put(self.id, {"type": "flushed", "context_id": self.id})
+                if self.feed.exhausted:
+                    return (narration.finish_reason or FinishReason.END_OF_AUDIO).value
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -217,13 +222,24 @@ class SpeechContext:
 
     # -- output -----------------------------------------------------------------------------------
     def _send_piece(self, piece: SpeechPiece) -> None:
+        if self.pending_span is None:
+            self.pending_span, self.segment = (piece.start, piece.end), piece.segment
+        else:
+            self.pending_span = (self.pending_span[0], piece.end)
+        self.pending_samples += len(piece.pcm)
         data = self.encoder.write(piece.pcm)
         if data:
-            self._send_audio(data, piece.offset, len(piece.pcm), (piece.start, piece.end), piece.segment)
+            self._send_audio(data)
 
-    def _send_audio(self, data: bytes, offset: int, samples: int, span: tuple[int, int], segment: int) -> None:
-        message = audio_message(self.id, self.seq, data, offset, samples, span, segment)
-        self.session.outbox.put(self.id, message, samples)
+    def _send_audio(self, data: bytes) -> None:
+        """A message with the encoder's bytes, covering the pieces written since the last message:
+        the timeline has no gap and starts at 0 even where the encoder held the first piece back. The
+        encoder's tail at the end covers no new piece (its samples were counted with theirs)."""
+        span = self.pending_span or (len(self.feed.text),) * 2
+        message = audio_message(self.id, self.seq, data, self.sent_samples, self.pending_samples, span, self.segment)
+        self.session.outbox.put(self.id, message, self.pending_samples)
+        self.sent_samples += self.pending_samples
+        self.pending_samples, self.pending_span = 0, None
         self.seq += 1
 
     def _fail(self, message: str, code: int | str) -> None:
