@@ -74,6 +74,18 @@ def test_voice_is_used_by_speak_clone_and_openai(client, engine) -> None:
     assert len(engine.encoded) == 1  # encoded once at creation, never again
 
 
+def test_a_saved_voice_answers_to_its_name_where_no_other_has_it(client, engine) -> None:
+    _create(client, name="Narrator", speaker=1)
+    _create(client, name="Host")
+    _create(client, name="host")
+    assert client.post("/speak", json={"text": "Hi", "voice": "narrator", "speaker": 0}).status_code == 200
+    assert engine.requests[-1].speaker == 1 and engine.requests[-1].context[-1].codes.shape == (13, 32)
+    ambiguous = client.post("/speak", json={"text": "Hi", "voice": "Host"})
+    assert ambiguous.status_code == 409 and "2 saved voices are named 'Host'" in ambiguous.json()["detail"]
+    assert client.post("/speak", json={"text": "Hi", "voice": "nobody"}).status_code == 404
+    assert client.get("/v1/voices/narrator").status_code == 404  # managing a voice takes its id
+
+
 def test_voices_survive_recreating_the_app(tmp_path, engine) -> None:
     voice = _create(make_client(tmp_path, engine))
     fresh = make_client(tmp_path, FakeEngine())

@@ -52,7 +52,12 @@ Base64Audio = Annotated[
     str, Field(min_length=1, description="Base64 WAV/FLAC/OGG/MP3/M4A (data: URI allowed).")
 ]
 VoiceId = Annotated[
-    str, Field(min_length=1, max_length=64, description="A saved voice's id (POST /v1/voices).")
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="A saved voice's id (POST /v1/voices), or its name where no other saved voice has it.",
+    ),
 ]
 SessionId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 LongText = Annotated[
