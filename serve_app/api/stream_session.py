@@ -111,11 +111,11 @@ class SpeechContext:
         self.speaker = options.speaker
         self.seq = 0
         # The context's timeline in 24 kHz samples: what the messages sent so far covered, and the
-        # pieces written to the encoder since (a resampling or compressing encoder holds some back).
+        # pieces written to the encoder since (a resampling or compressing encoder holds some back);
+        # the text span and segment of the last piece written.
         self.sent_samples = 0
         self.pending_samples = 0
-        self.pending_span: tuple[int, int] | None = None
-        self.segment = 0
+        self.span, self.segment = (0, 0), 0
         self.flush_pending = False
         self.finished = False
         self._wake = asyncio.Event()
@@ -222,24 +222,21 @@ class SpeechContext:
 
     # -- output -----------------------------------------------------------------------------------
     def _send_piece(self, piece: SpeechPiece) -> None:
-        if self.pending_span is None:
-            self.pending_span, self.segment = (piece.start, piece.end), piece.segment
-        else:
-            self.pending_span = (self.pending_span[0], piece.end)
+        self.span, self.segment = (piece.start, piece.end), piece.segment
         self.pending_samples += len(piece.pcm)
         data = self.encoder.write(piece.pcm)
         if data:
             self._send_audio(data)
 
     def _send_audio(self, data: bytes) -> None:
-        """A message with the encoder's bytes, covering the pieces written since the last message:
-        the timeline has no gap and starts at 0 even where the encoder held the first piece back. The
-        encoder's tail at the end covers no new piece (its samples were counted with theirs)."""
-        span = self.pending_span or (len(self.feed.text),) * 2
-        message = audio_message(self.id, self.seq, data, self.sent_samples, self.pending_samples, span, self.segment)
+        """A message with the encoder's bytes, named after the piece whose write gave them, its time
+        covering every piece written since the last message: the timeline starts at 0 and has no gap
+        even where the encoder held a piece back. The encoder's tail at the end covers no new time
+        (its samples were counted with their pieces) and is named after the last piece."""
+        message = audio_message(self.id, self.seq, data, self.sent_samples, self.pending_samples, self.span, self.segment)
         self.session.outbox.put(self.id, message, self.pending_samples)
         self.sent_samples += self.pending_samples
-        self.pending_samples, self.pending_span = 0, None
+        self.pending_samples = 0
         self.seq += 1
 
     def _fail(self, message: str, code: int | str) -> None:
