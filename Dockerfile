@@ -2,16 +2,17 @@
 # csm-serve: CUDA runtime + Python + the installed package.
 #
 #   docker build -t csm-serve:0.1.0 .
-#   docker run --gpus all --shm-size=8g -p 8000:8000 -e HF_TOKEN -e CSM_API_KEYS=<key> csm-serve:0.1.0
+#   docker run --gpus all --shm-size=8g --stop-timeout 170 -p 8000:8000 -e HF_TOKEN -e CSM_API_KEYS=<key> csm-serve:0.1.0
 #   (runs serve_config.yaml, which requires API keys: clients send Authorization: Bearer <key>)
 #
 # serve_config.yaml asks for 8 CPUs and 1 GPU at its minimum size (2 ingress replicas of 2 CPUs,
-# one model replica of 4 CPUs). configs/serve/local.yaml listens on 127.0.0.1 only: it is for a
+# one model replica of 3.5, the shared state's 0.5). configs/serve/local.yaml listens on 127.0.0.1 only: it is for a
 # laptop, not for a container.
 #
 # As a KubeRay image the operator replaces the command with `ray start ...`: `ray` and `serve` are on
 # PATH, `wget` is present for KubeRay's probes, and the user is non-root uid 1000 like Ray's images.
-# The torch wheel comes from the CUDA index matching the base image; keep the two in step.
+# The torch wheel comes from the CUDA index matching the base image; keep the two in step. Triton
+# builds its launcher stubs with a C compiler and Python's headers on a replica's first kernel.
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 FROM ${CUDA_IMAGE}
 
@@ -30,7 +31,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     TOKENIZERS_PARALLELISM=false
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates wget \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev \
+       ca-certificates wget \
     && rm -rf /var/lib/apt/lists/* \
     && (userdel --remove ubuntu 2>/dev/null || true) \
     && useradd --create-home --uid 1000 --shell /bin/bash ray \

@@ -76,7 +76,8 @@ def _client(ctx: click.Context, retries: int = RETRIES) -> TTSClient:
                    "already running elsewhere (RAY_ADDRESS), RAY_SERVE_ENABLE_HA_PROXY is set, or no binary.")
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=None,
               help="Seconds a stop (SIGTERM, Ctrl-C) waits for in-flight requests and streams. "
-                   "Default: the config's longest graceful_shutdown_timeout_s + 10 (Ray), 30 (--preset).")
+                   "Default: the config's longest graceful_shutdown_timeout_s, plus Ray's direct-ingress "
+                   "draining period (30 s) and 10 (Ray); 30 (--preset).")
 def serve(config_path: str | None, preset: str | None, device: str | None, host: str, port: int,
           log_level: str, ingress: str, drain_timeout: float | None) -> None:
     """Start the service: Ray Serve from --config, one process with --preset, or (neither) Ray

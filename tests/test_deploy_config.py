@@ -206,6 +206,14 @@ def test_rayservice_matches_serve_config() -> None:
     assert claim_at(env["TRITON_CACHE_DIR"]) == "csm-kernel-cache" in claims
     assert pod["securityContext"]["fsGroup"] == 1000
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", "no ingress on the head"
+    # The smallest deployment (every replica on the one GPU worker, the head takes none) fits that
+    # worker's CPUs, or a replica waits for a second GPU pod that it then keeps from scaling down.
+    worker_cpus = float(pod["containers"][0]["resources"]["limits"]["cpu"])
+    smallest = sum(
+        d["ray_actor_options"]["num_cpus"] * d.get("autoscaling_config", {}).get("min_replicas", d.get("num_replicas", 1))
+        for d in _app(_load(PROD))["deployments"]
+    )
+    assert smallest <= worker_cpus, (smallest, worker_cpus)
 
     # A deleted GPU pod drains (Ray's SIGTERM drain) long enough for a replacement replica to start
     # and for its replicas' streams to finish, and Kubernetes waits out that drain before its SIGKILL.

@@ -73,3 +73,22 @@ def test_written_config_is_what_serve_run_reads(tmp_path: Path) -> None:
     choice = choose(gpus=0, weights=None)
     path = write_config(choice, tmp_path)
     assert yaml.safe_load(path.read_text()) == choice.config
+
+
+def test_an_installed_package_reads_the_configs_in_the_current_directory(tmp_path, monkeypatch) -> None:
+    """Installed without its tree (as in the image), the package finds serve_config.yaml and
+    configs/ in the directory it runs from, or says to pass --config."""
+    from serve_app.deploy import local
+
+    shipped = local.TINY_CONFIG.read_text()
+    tree = tmp_path / "site-packages"
+    tree.mkdir()
+    monkeypatch.setattr(local, "PROJECT_ROOT", tree)
+    monkeypatch.setattr(local, "TINY_CONFIG", tree / "configs" / "serve" / "local.yaml")
+    workdir = tmp_path / "app"
+    (workdir / "configs" / "serve").mkdir(parents=True)
+    monkeypatch.chdir(workdir)
+    with pytest.raises(FileNotFoundError, match="pass --config"):
+        local.choose(gpus=0, weights=None)
+    (workdir / "configs" / "serve" / "local.yaml").write_text(shipped)
+    assert local.choose(gpus=0, weights=None).config["applications"][0]["args"]["model"] == "tiny-random"

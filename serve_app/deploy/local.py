@@ -10,7 +10,6 @@ choice and its reason are printed, so nobody mistakes one for the other.
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,18 @@ from serve_app.config import LOCAL_DIR_ENV, get_preset
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION_CONFIG = PROJECT_ROOT / "serve_config.yaml"
 TINY_CONFIG = PROJECT_ROOT / "configs" / "serve" / "local.yaml"
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A config of the project tree, or of the current directory where the package was installed
+    without its tree (the image runs from a directory holding serve_config.yaml and configs/)."""
+    for candidate in (path, Path.cwd() / path.relative_to(PROJECT_ROOT)):
+        if candidate.is_file():
+            return yaml.safe_load(candidate.read_text())
+    raise FileNotFoundError(
+        f"{path.relative_to(PROJECT_ROOT)} is neither in the project tree ({PROJECT_ROOT}) nor in the current "
+        "directory: run from a checkout, or pass --config"
+    )
 
 
 @dataclass(frozen=True)
@@ -68,7 +79,7 @@ def choose(gpus: int | None = None, weights: str | None | bool = False) -> Local
             f"{gpus} CUDA GPU(s) but no CSM-1B weights (set {LOCAL_DIR_ENV} or fill the HF cache): serving "
             f"{RANDOM_FULL_SIZE}, CSM-1B's size with RANDOM weights, its audio is noise",
         )
-    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config = read_config(TINY_CONFIG)
     return LocalChoice(config, True, "no CUDA GPU: serving the tiny RANDOM model, its audio is noise")
 
 
@@ -76,7 +87,7 @@ RANDOM_FULL_SIZE = "csm-1b-random"
 
 
 def _one_machine(gpus: int, model: str | None = None) -> dict[str, Any]:
-    config = copy.deepcopy(yaml.safe_load(PRODUCTION_CONFIG.read_text()))
+    config = read_config(PRODUCTION_CONFIG)
     config["proxy_location"] = "HeadOnly"
     config["http_options"]["host"] = "127.0.0.1"
     app = config["applications"][0]
