@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.client import AsyncTTSClient, AuthenticationError, TTSClient, TTSError
+from serve_app.client import (
+    AsyncTTSClient,
+    AuthenticationError,
+    NotFoundError,
+    TTSClient,
+    TTSConnectionError,
+    TTSError,
+    UnprocessableEntityError,
+)
 from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE
 from tests.support_tools import ToneEngine, api_app, read_wav, serve_http
 
@@ -82,14 +90,34 @@ def test_async_client_contexts_events_and_cancel(url: str, engine: ToneEngine) -
 
 
 def test_server_errors_become_typed_client_errors(url: str, tmp_path: Path) -> None:
-    with TTSClient(url) as client, pytest.raises(TTSError, match="not found") as err:
+    with TTSClient(url) as client, pytest.raises(NotFoundError, match="not found") as err:
         list(client.speak_streamed(["Hello."], voice="nobody"))
     assert err.value.status_code == 404
+    # A first message the server refuses outright (its options invalid) fails that context, with the
+    # server's reason, instead of a later "no open context".
+    with TTSClient(url) as client, pytest.raises(UnprocessableEntityError, match="temperature"):
+        list(client.speak_streamed(["Hello."], temperature=-5))
+    with TTSClient(url.removeprefix("http://")) as client, pytest.raises(TTSConnectionError, match="needs http"):
+        list(client.speak_streamed(["Hello."]))
     with serve_http(api_app(ToneEngine(), tmp_path, api_keys="k1")) as guarded:
         with pytest.raises(AuthenticationError), TTSClient(guarded) as client:
             list(client.speak_streamed(["Hello."]))
         with TTSClient(guarded, api_key="k1") as client:
             assert b"".join(client.speak_streamed(["Hello."]))
+
+
+def test_the_async_client_raises_the_text_sources_error_instead_of_waiting(url: str) -> None:
+    async def pieces():
+        yield "Hello. "
+        raise RuntimeError("the language model broke")
+
+    async def scenario() -> None:
+        async with AsyncTTSClient(url) as client:
+            async for _ in client.speak_streamed(pieces()):
+                pass
+
+    with pytest.raises(RuntimeError, match="language model broke"):
+        asyncio.run(asyncio.wait_for(scenario(), timeout=20))
 
 
 def test_cli_speaks_stdin_as_it_arrives(url: str, tmp_path: Path) -> None:

@@ -299,7 +299,8 @@ class StreamSession:
         while not self._closing:
             raw = await self.websocket.receive_text()
             if len(raw) > limit:
-                self.outbox.put(None, error_message(f"message over the {limit}-character limit", 413))
+                error = error_message(f"message over the {limit}-character limit", 413, _context_id_in(raw))
+                self.outbox.put(None, error)
                 continue
             try:
                 message = _MESSAGES.validate_json(raw)
@@ -308,7 +309,7 @@ class StreamSession:
                     f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
                     for e in exc.errors(include_url=False)
                 )
-                self.outbox.put(None, error_message(f"invalid message: {details}", 422))
+                self.outbox.put(None, error_message(f"invalid message: {details}", 422, _context_id_in(raw)))
                 continue
             try:
                 await self._handle(message)
@@ -349,3 +350,14 @@ class StreamSession:
         context = SpeechContext(self, message.context_id, message)
         self.contexts[message.context_id] = context
         return context
+
+
+def _context_id_in(raw: str) -> str | None:
+    """The `context_id` of a message refused before it was validated, where it names one: the client
+    then hears of the fault on that context (its first message invalid, its text too long)."""
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return None
+    context_id = message.get("context_id") if isinstance(message, dict) else None
+    return context_id if isinstance(context_id, str) else None

@@ -170,18 +170,27 @@ class AsyncTTSClient:
             context = socket.context(**options)
 
             async def feed() -> None:
-                if isinstance(pieces, AsyncIterable):
-                    async for piece in pieces:
-                        await context.send(piece)
-                else:
-                    for piece in pieces:
-                        await context.send(piece)
-                await context.close()
+                try:
+                    if isinstance(pieces, AsyncIterable):
+                        async for piece in pieces:
+                            await context.send(piece)
+                    else:
+                        for piece in pieces:
+                            await context.send(piece)
+                    await context.close()
+                except BaseException:
+                    await socket.aclose()  # ends the audio below; this error is the one raised
+                    raise
 
             sender = asyncio.create_task(feed())
             try:
                 async for chunk in context.audio():
                     yield chunk
                 await sender
+            except Exception:
+                await asyncio.wait({sender}, timeout=5)
+                if sender.done() and not sender.cancelled() and sender.exception() is not None:
+                    raise sender.exception() from None  # type: ignore[misc]
+                raise
             finally:
                 sender.cancel()

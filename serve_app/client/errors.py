@@ -93,6 +93,14 @@ _BY_STATUS: dict[int, type[TTSError]] = {
 }
 
 
+def error_for_status(message: str, status: int | None, **kwargs: Any) -> TTSError:
+    """The typed error for an HTTP status (or a WebSocket error message's code, the same statuses)."""
+    cls = _BY_STATUS.get(status) if status is not None else None
+    if cls is None:
+        cls = ServerError if status is not None and status >= 500 else TTSError
+    return cls(message, status_code=status, **kwargs)
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header given as delta-seconds or as an HTTP date."""
     if not value:
@@ -137,17 +145,10 @@ def error_from_response(response: httpx.Response) -> TTSError:
     except ValueError:
         detail = response.text.strip() or response.reason_phrase
     message = _format_detail(detail) or response.reason_phrase
-    kwargs: dict[str, Any] = {
-        "status_code": status,
-        "detail": detail,
-        "request_id": response.headers.get("x-request-id"),
-    }
-    cls = _BY_STATUS.get(status)
-    if cls is None:
-        cls = ServerError if status >= 500 else TTSError
-    if issubclass(cls, RetryableError):
-        return cls(message, retry_after=parse_retry_after(response.headers.get("retry-after")), **kwargs)
-    return cls(message, **kwargs)
+    kwargs: dict[str, Any] = {"detail": detail, "request_id": response.headers.get("x-request-id")}
+    if issubclass(_BY_STATUS.get(status, TTSError), RetryableError):
+        kwargs["retry_after"] = parse_retry_after(response.headers.get("retry-after"))
+    return error_for_status(message, status, **kwargs)
 
 
 def error_from_transport(exc: httpx.TransportError, url: str) -> TTSError:

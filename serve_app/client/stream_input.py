@@ -29,7 +29,13 @@ from websockets.asyncio.client import connect as async_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from serve_app.client.errors import AuthenticationError, RateLimitError, TTSConnectionError, TTSError
+from serve_app.client.errors import (
+    AuthenticationError,
+    RateLimitError,
+    TTSConnectionError,
+    TTSError,
+    error_for_status,
+)
 
 __all__ = ["AsyncSpeechContext", "AsyncSpeechSocket", "AudioEvent", "Done", "SpeechContext", "SpeechSocket"]
 
@@ -56,6 +62,9 @@ class Done:
 
 
 def socket_url(base_url: str) -> str:
+    """The WebSocket URL of a server's HTTP base URL (`TTSConnectionError` for one without a scheme)."""
+    if not base_url.startswith(("http://", "https://", "ws://", "wss://")):
+        raise TTSConnectionError(f"{base_url!r} is not a URL: it needs http:// or https://")
     return base_url.rstrip("/").replace("https://", "wss://", 1).replace("http://", "ws://", 1) + STREAM_PATH
 
 
@@ -82,10 +91,10 @@ def _event(message: dict[str, Any]) -> AudioEvent | Done | TTSError | None:
         )
     if kind == "done":
         return Done(message["context_id"], message["finish_reason"], message["duration_ms"], message["segments"])
-    if kind == "error":
+    if kind == "error":  # the HTTP API's typed errors for the same statuses ("slow_reader": TTSError)
         code = message.get("code")
-        return TTSError(message.get("message", "error"), status_code=code if isinstance(code, int) else None,
-                        detail=message)
+        return error_for_status(message.get("message", "error"), code if isinstance(code, int) else None,
+                                detail=message)
     return None  # "flushed" and anything newer: nothing to hand over
 
 
