@@ -42,7 +42,8 @@ class _Group(click.Group):
 @click.group(cls=_Group)
 @click.option("--url", envvar="CSM_SERVE_URL", default=DEFAULT_URL, show_default=True,
               help="Base URL of the service (env CSM_SERVE_URL).")
-@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for one answer.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+              help="Seconds to wait for one answer.")
 @click.option("--api-key", envvar="CSM_API_KEY", default=None, show_default=False,
               help="API key, when the server requires one (env CSM_API_KEY).")
 @click.pass_context
@@ -212,7 +213,8 @@ def _write(chunks: Iterable[bytes], out: BinaryIO) -> tuple[int, float | None]:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="Where to write the audio ('-' for stdout).")
 @click.option("--speaker", type=click.IntRange(0, 1), default=0, show_default=True)
-@click.option("--voice", help="Saved voice id (see `voices list`) instead of a speaker.")
+@click.option("--voice", help="A voice instead of a speaker: built-in (alloy, nova, ...), a saved voice's id, "
+                              "or its name where no other saved voice has it (see `voices list`).")
 @click.option("--stream/--no-stream", default=False, help="Write audio as it is generated.")
 @click.option("--max-duration-ms", type=int, default=10000, show_default=True)
 @click.option("--seed", type=int, help="Seed for reproducible audio.")
@@ -236,6 +238,7 @@ def speak(ctx: click.Context, text: str, output: str, speaker: int, voice: str |
           speed: float, context_audio: str | None, context_text: str, context_speaker: int,
           ws: bool) -> None:
     """Synthesize TEXT ('-' reads it from stdin) into an audio file."""
+    _check_output(output)
     if ws:
         if context_audio or speed != 1.0:
             raise click.UsageError("--context-audio and --speed cannot be combined with --ws")
@@ -285,6 +288,8 @@ def speak_over_socket(ctx: click.Context, text: str, output: str, *, speaker: in
         raise click.UsageError(str(exc)) from exc
     if out.codec == "flac":
         raise click.UsageError("--ws streams audio as it is made: flac cannot be streamed")
+    if sample_rate and int(sample_rate) != out.sample_rate:
+        raise click.UsageError(f"--sample-rate {sample_rate} contradicts --format {fmt} ({out.sample_rate} Hz)")
     wire = OutputFormat("pcm", out.sample_rate) if out.codec == "wav" else out  # the header is written here
     pieces = stdin_pieces() if text == "-" else [text]
     options: dict[str, Any] = {"speaker": speaker, "voice": voice, "seed": seed,
@@ -294,6 +299,12 @@ def speak_over_socket(ctx: click.Context, text: str, output: str, *, speaker: in
     header = wav_stream_header(out.sample_rate) if out.codec == "wav" else b""
     chunks = _client(ctx, retries=0).speak_streamed(pieces, **options)
     _save(chunks, output, header=header, streamed_wav=bool(header), report_latency=True)
+
+
+def _check_output(output: str) -> None:
+    """Refuse an output file whose folder does not exist before any audio is generated."""
+    if output != "-" and not Path(output).resolve().parent.is_dir():
+        raise click.UsageError(f"cannot write {output}: its folder does not exist")
 
 
 def _save(
@@ -375,10 +386,12 @@ def voices() -> None:
 @click.argument("name")
 @click.argument("audio", type=click.Path(exists=True, dir_okay=False))
 @click.option("--transcript", required=True, help="What the recording says.")
+@click.option("--speaker", type=click.IntRange(0, 1), default=0, show_default=True,
+              help="CSM's speaker the voice is spoken as.")
 @click.pass_context
-def voices_add(ctx: click.Context, name: str, audio: str, transcript: str) -> None:
+def voices_add(ctx: click.Context, name: str, audio: str, transcript: str, speaker: int) -> None:
     """Save AUDIO as voice NAME; prints the new voice id."""
-    voice = _client(ctx).add_voice(name, audio, transcript)
+    voice = _client(ctx).add_voice(name, audio, transcript, speaker)
     click.echo(voice["id"])
 
 

@@ -84,6 +84,10 @@ def test_a_saved_voice_answers_to_its_name_where_no_other_has_it(client, engine)
     assert ambiguous.status_code == 409 and "2 saved voices are named 'Host'" in ambiguous.json()["detail"]
     assert client.post("/speak", json={"text": "Hi", "voice": "nobody"}).status_code == 404
     assert client.get("/v1/voices/narrator").status_code == 404  # managing a voice takes its id
+    openai = client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi", "voice": "Narrator"})
+    assert openai.status_code == 200
+    unknown = client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi", "voice": "nobody"})
+    assert unknown.status_code == 400 and "unknown voice" in unknown.json()["error"]["message"]
 
 
 def test_voices_survive_recreating_the_app(tmp_path, engine) -> None:

@@ -120,13 +120,13 @@ def test_batch_rejects_an_empty_file(url: str, tmp_path: Path) -> None:
 def test_voices_add_list_rm(url: str, tmp_path: Path) -> None:
     ref = tmp_path / "ref.wav"
     ref.write_bytes(wav_bytes(tone(0.5)))
-    added = run(url, "voices", "add", "narrator", str(ref), "--transcript", "Some words.")
+    added = run(url, "voices", "add", "narrator", str(ref), "--transcript", "Some words.", "--speaker", "1")
     assert added.exit_code == 0, added.output
     voice_id = added.stdout.strip()
     listed = run(url, "voices", "list")
     assert f"{voice_id}\tnarrator" in listed.stdout
     as_json = json.loads(run(url, "voices", "list", "--json").stdout)
-    assert voice_id in [v["id"] for v in as_json]
+    assert [v["speaker"] for v in as_json if v["id"] == voice_id] == [1]
     out = tmp_path / "v.wav"
     assert run(url, "speak", "In the saved voice.", "-o", str(out), "--voice", voice_id).exit_code == 0
     removed = run(url, "voices", "rm", voice_id)
@@ -144,6 +144,19 @@ def test_health_info_and_url_from_the_environment(url: str) -> None:
 def test_unreachable_server_is_a_clean_error() -> None:
     result = run("http://127.0.0.1:9", "health")
     assert result.exit_code == 1 and "cannot reach" in result.output
+    for url in ("127.0.0.1:9", "http://127.0.0.1:9"):  # no scheme: one line, not a traceback
+        over_socket = run(url, "speak", "hi", "--ws", "-o", "-")
+        assert over_socket.exit_code == 1 and "Traceback" not in over_socket.output, over_socket.output
+
+
+def test_usage_errors_come_before_any_audio_is_made(tmp_path: Path) -> None:
+    """The server is not even reachable: each of these is refused first, as a usage error."""
+    url = "http://127.0.0.1:9"
+    missing = run(url, "speak", "hi", "-o", str(tmp_path / "no" / "such" / "x.wav"))
+    assert missing.exit_code == 2 and "folder does not exist" in missing.output
+    assert run(url, "--timeout", "-1", "health").exit_code == 2
+    rates = run(url, "speak", "hi", "--ws", "--format", "mp3_44100_128", "--sample-rate", "16000", "-o", "-")
+    assert rates.exit_code == 2 and "contradicts" in rates.output
 
 
 def test_serve_takes_at_most_one_source(tmp_path: Path) -> None:

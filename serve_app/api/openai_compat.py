@@ -42,13 +42,16 @@ async def create_speech(body: OpenAISpeechRequest, request: Request, svc: Servic
     synth = svc.synth
     script = await synth.script(body.input, normalize=True, lexicon=body.lexicon, field="input")
     voice_name = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice.strip()
-    if synth.builtin.spec(voice_name) is None and not voice_name.startswith("voice_"):
-        raise ApiError(
+    try:
+        voice = await synth.named_voice(voice_name)
+    except ApiError as exc:
+        if exc.status_code != 404 or voice_name.startswith("voice_"):
+            raise  # a saved voice's id that is gone: 404
+        raise ApiError(  # as OpenAI answers an unknown voice name: 400
             400,
-            f"unknown voice {voice_name!r}: use 0, 1, one of {', '.join(OPENAI_VOICES)}, "
-            "another name from GET /v1/audio/voices, or a saved voice id from GET /v1/voices",
-        )
-    voice = await synth.named_voice(voice_name)
+            f"unknown voice {voice_name!r}: use 0, 1, one of {', '.join(OPENAI_VOICES)}, another name from "
+            "GET /v1/audio/voices, or a saved voice's id (or name) from GET /v1/voices",
+        ) from exc
     budget_ms = body.max_duration_ms or script.default_budget_ms(DEFAULT_SPEECH_MS, MAX_SPEECH_MS)
 
     def narration(streaming: bool) -> Narration:

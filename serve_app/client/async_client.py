@@ -142,8 +142,8 @@ class AsyncTTSClient:
     async def reset_session(self, session_id: str) -> None:
         await self._send(calls.reset_session(session_id))
 
-    async def add_voice(self, name: str, audio: AudioSource, transcript: str) -> dict[str, Any]:
-        return await self._send(calls.add_voice(name, audio, transcript))
+    async def add_voice(self, name: str, audio: AudioSource, transcript: str, speaker: int = 0) -> dict[str, Any]:
+        return await self._send(calls.add_voice(name, audio, transcript, speaker))
 
     async def list_voices(self) -> list[dict[str, Any]]:
         return await self._send(calls.list_voices())

@@ -114,8 +114,8 @@ def reset_session(session_id: str) -> Call:
     return Call("DELETE", f"/sessions/{quote(session_id, safe='')}", None, "none")
 
 
-def add_voice(name: str, audio: AudioSource, transcript: str) -> Call:
-    body = {"name": name, "audio_b64": audio_b64(audio), "transcript": transcript}
+def add_voice(name: str, audio: AudioSource, transcript: str, speaker: int = 0) -> Call:
+    body = {"name": name, "audio_b64": audio_b64(audio), "transcript": transcript, "speaker": speaker}
     return Call("POST", "/v1/voices", body, "json")
 
 

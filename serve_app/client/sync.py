@@ -169,9 +169,10 @@ class TTSClient:
         """Forget a session's context."""
         self._send(calls.reset_session(session_id))
 
-    def add_voice(self, name: str, audio: AudioSource, transcript: str) -> dict[str, Any]:
-        """Save a reference voice on the server; the answer carries its `id` for `voice=`."""
-        return self._send(calls.add_voice(name, audio, transcript))
+    def add_voice(self, name: str, audio: AudioSource, transcript: str, speaker: int = 0) -> dict[str, Any]:
+        """Save a reference voice (spoken as CSM's `speaker`) on the server; the answer carries its
+        `id` for `voice=` (its name works too where no other saved voice has it)."""
+        return self._send(calls.add_voice(name, audio, transcript, speaker))
 
     def list_voices(self) -> list[dict[str, Any]]:
         return self._send(calls.list_voices())

@@ -38,10 +38,12 @@ class Scheduler:
         """Queue a sequence; raises `EngineOverloadedError` when more than `max_waiting` requests
         would wait beyond the free slots."""
         with self._lock:
-            if len(self.waiting) >= self.max_waiting + len(self._free):
+            limit = self.max_waiting + len(self._free)
+            if len(self.waiting) >= limit:
                 raise EngineOverloadedError(
                     f"engine busy: {len(self.running)} streams running and {len(self.waiting)} waiting "
-                    f"(limit {self.max_waiting}); retry later"
+                    f"(at most {limit} may wait: {len(self._free)} for the free slots, {self.max_waiting} "
+                    "beyond them); retry later"
                 )
             self.waiting.append(seq)
             self._wakeup.notify_all()
