@@ -326,6 +326,21 @@ def test_saved_voices_fill_the_select_and_context_upload_is_sent(page, url: str,
     assert httpx.delete(f"{url}/v1/voices/{voice_id}").status_code == 204
 
 
+def test_built_in_voices_are_offered_and_a_round_duration_submits(page, url: str) -> None:
+    page.goto(url + "/")
+    page.wait_for_selector("#builtin-voices option[value='voice:nova']", state="attached")
+    assert page.locator("#builtin-voices option[value='voice:0']").count() == 0  # the speakers are above
+    page.select_option("#voice", "voice:nova")
+    page.fill("#max-duration", "1000")  # not a multiple of a frame: the server rounds it
+    page.uncheck("#stream")
+    page.fill("#text", "In a built-in voice.")
+    with page.expect_request("**/speak") as request_info:
+        page.click("#speak")
+    sent = request_info.value.post_data_json
+    assert sent["voice"] == "nova" and sent["max_duration_ms"] == 1000
+    page.wait_for_function("document.getElementById('player').duration > 0", timeout=20_000)
+
+
 def test_server_errors_are_shown_to_the_user(page, url: str) -> None:
     page.goto(url + "/playground")
     page.fill("#text", "x" * 1000)

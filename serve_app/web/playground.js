@@ -19,6 +19,7 @@ const $ = (id) => document.getElementById(id);
 
 const ui = {
   form: $("speak-form"), text: $("text"), voice: $("voice"), saved: $("saved-voices"),
+  builtin: $("builtin-voices"),
   speed: $("speed"), speedValue: $("speed-value"), maxDuration: $("max-duration"), seed: $("seed"),
   stream: $("stream"), contextFile: $("context-file"), contextText: $("context-text"),
   contextSpeaker: $("context-speaker"), speak: $("speak"), stop: $("stop"), status: $("status"),
@@ -50,15 +51,29 @@ function setStatus(message, isError = false) {
 
 const speed = () => Number(ui.speed.value);
 
-function fillVoiceSelect(list) {
+function fillVoiceGroup(group, list) {
   const selected = ui.voice.value;
-  ui.saved.replaceChildren(...list.map((v) => {
+  group.replaceChildren(...list.map((v) => {
     const option = document.createElement("option");
     option.value = `voice:${v.id}`;
     option.textContent = v.name || v.id;
     return option;
   }));
   if ([...ui.voice.options].some((o) => o.value === selected)) ui.voice.value = selected;
+}
+
+function fillVoiceSelect(list) {
+  fillVoiceGroup(ui.saved, list);
+}
+
+// The named built-in voices (alloy, nova, ...); "0" and "1" are the speakers above, pinned.
+async function fillBuiltinVoices() {
+  try {
+    const body = await (await call("v1/audio/voices")).json();
+    fillVoiceGroup(ui.builtin, (body.data || []).filter((v) => v.type === "builtin" && !/^[01]$/.test(v.id)));
+  } catch (_) {
+    // Optional (or it needs a key not entered yet): the speakers still work.
+  }
 }
 
 function selectedVoiceLabel() {
@@ -238,7 +253,8 @@ ui.stop.addEventListener("click", () => controller && controller.abort());
 ui.speed.addEventListener("input", () => { ui.speedValue.textContent = `${speed().toFixed(2)}×`; });
 ui.addTurn.addEventListener("click", () => conversation.add().querySelector(".turn-text").focus());
 ui.generateConversation.addEventListener("click", generateConversation);
-rememberKey(() => { voices.refresh(); showModel(); });
+rememberKey(() => { voices.refresh(); fillBuiltinVoices(); showModel(); });
 voices.refresh();
+fillBuiltinVoices();
 showModel();
 requestAnimationFrame(followPlayback);
