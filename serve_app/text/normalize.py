@@ -1,4 +1,5 @@
-"""Spell out what a speech model reads badly: numbers, money, ordinals, years, abbreviations.
+"""Spell out what a speech model reads badly: numbers, money, times, dates, phone numbers, ordinals,
+years, units and abbreviations.
 
 CSM reads raw text; "$3.50" or "5th" tokenize into pieces the model never learned to voice, so the
 API rewrites them into words before generation (`normalize: false` opts out). The rules are
@@ -37,7 +38,15 @@ _ANYWHERE = {
     "Jr.": "Junior",
     "Sr.": "Senior",
 }
-_SYMBOLS = {"&": " and ", "%": " percent", "+": " plus ", "=": " equals ", "@": " at "}
+# Abbreviations expanded before a number ("Jan. 5", "vol. 2", "pp. 10") or, for "Mt.", a name.
+_BEFORE_NUMBER = {"Jan": "January", "Feb": "February", "Mar": "March", "Apr": "April", "Jun": "June",
+                  "Jul": "July", "Aug": "August", "Sep": "September", "Sept": "September", "Oct": "October",
+                  "Nov": "November", "Dec": "December", "vol": "volume", "Vol": "volume", "pp": "pages",
+                  "p": "page", "ch": "chapter", "Ch": "chapter", "fig": "figure", "Fig": "figure"}
+_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+           "October", "November", "December"]
+_SYMBOLS = {"&": " and ", "%": " percent", "+": " plus ", "=": " equals ", "@": " at ",
+            "°C": " degrees Celsius", "°F": " degrees Fahrenheit", "°": " degrees"}
 
 # symbol → (singular, plural, cent singular, cent plural)
 _CURRENCIES = {
@@ -47,12 +56,26 @@ _CURRENCIES = {
     "¥": ("yen", "yen", "sen", "sen"),
 }
 _SCALES = {"thousand", "million", "billion", "trillion"}
+_SCALE_SUFFIXES = {"k": "thousand", "m": "million", "mm": "million", "mn": "million", "b": "billion",
+                   "bn": "billion", "t": "trillion", "tn": "trillion"}
+_CODES = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}  # "3.50 USD" reads as "$3.50"
 
 _NUM = r"\d{1,3}(?:,\d{3})+|\d+"  # 1,234,567 or 1234567
 _TITLE_RE = re.compile(r"\b(" + "|".join(_TITLES) + r")\.\s+(?=[A-Z])")
 _ANYWHERE_RE = re.compile("|".join(r"(?<!\w)" + re.escape(k) for k in _ANYWHERE))
 _NO_RE = re.compile(r"\b(No|no)\.\s*(?=\d)")
-_MONEY_RE = re.compile(r"([$€£¥])\s?(" + _NUM + r")(?:\.(\d+))?(?:\s+(" + "|".join(_SCALES) + r")\b)?")
+_MONEY_RE = re.compile(
+    r"([$€£¥])\s?(" + _NUM + r")(?:\.(\d+))?(?:\s+(" + "|".join(_SCALES) + r")\b|(?i:(mm|mn|bn|tn|[kmbt]))\b)?"
+)
+_CODE_RE = re.compile(r"(?<![\d.])(" + _NUM + r")(?:\.(\d+))?\s?(" + "|".join(_CODES) + r")\b")
+_TIME_RE = re.compile(r"(?<![\d:])([01]?\d|2[0-3]):([0-5]\d)(?![\d:])(\s*(?:[AaPp]\.?[Mm]\b\.?))?")
+_ISO_DATE_RE = re.compile(r"(?<![\d-])(1[1-9]\d\d|20\d\d)-(0?[1-9]|1[0-2])-(0?[1-9]|[12]\d|3[01])(?![\d-])")
+_SLASH_DATE_RE = re.compile(r"(?<![\d/])(\d{1,2})/(\d{1,2})/(\d{4})(?![\d/])")
+_PHONE_RE = re.compile(r"(?<![\d\w])(\+1[\s.-]?)?\(?(\d{3})\)?[\s.-](\d{3})[\s.-](\d{4})(?![\d\w])")
+_BEFORE_NUMBER_RE = re.compile(r"\b(" + "|".join(_BEFORE_NUMBER) + r")\.\s*(?=\d)")
+_MONTH_DAY_RE = re.compile(r"\b(" + "|".join(_MONTHS) + r")\s+([12]?\d|3[01])\b(?![:.,]?\d)")
+_RATIO_RE = re.compile(r"(?<![\d:])(\d+):(\d+)(?![\d:])")
+_MOUNT_RE = re.compile(r"\bMt\.\s+(?=[A-Z])")
 _ORDINAL_RE = re.compile(r"\b(" + _NUM + r")(st|nd|rd|th)\b", re.IGNORECASE)
 _DECADE_RE = re.compile(r"\b(1[1-9]|20)(\d)0'?s\b")
 _YEAR_RE = re.compile(r"(?<![\d,.$€£¥-])\b(1[1-9]\d\d|20\d\d)\b(?![\d,]|\.\d|\s*%)")
@@ -71,8 +94,8 @@ def _words(number: str | int) -> str:
 
 def _money(m: re.Match[str]) -> str:
     one, many, cent, cents = _CURRENCIES[m.group(1)]
-    whole, frac, scale = m.group(2), m.group(3), m.group(4)
-    if scale:  # "$1.5 million" → "one point five million dollars"
+    whole, frac, scale = m.group(2), m.group(3), m.group(4) or _SCALE_SUFFIXES.get((m.group(5) or "").lower())
+    if scale:  # "$1.5 million", "$1.5M" → "one point five million dollars"
         amount = _words(whole) + (" point " + " ".join(num2words(int(d)) for d in frac) if frac else "")
         return f"{amount} {scale} {many}"
     units = int(whole.replace(",", ""))
@@ -83,6 +106,49 @@ def _money(m: re.Match[str]) -> str:
     if hundredths:
         parts.append(f"{_words(hundredths)} {cent if hundredths == 1 else cents}")
     return " and ".join(parts)
+
+
+def _money_code(m: re.Match[str]) -> str:
+    """"3.50 USD" read as "$3.50"."""
+    amount = _CODES[m.group(3)] + m.group(1) + (f".{m.group(2)}" if m.group(2) else "")
+    match = _MONEY_RE.fullmatch(amount)
+    return _money(match) if match else m.group(0)
+
+
+def _time(m: re.Match[str]) -> str:
+    """"3:45 p.m." → "three forty-five p.m.", "10:00" → "ten o'clock", "9:05" → "nine oh five"."""
+    hours, minutes, suffix = int(m.group(1)), int(m.group(2)), (m.group(3) or "").strip()
+    if minutes == 0:
+        spoken = _words(hours) + ("" if suffix else " o'clock")
+    else:
+        spoken = f"{_words(hours)} {'oh ' if minutes < 10 else ''}{_words(minutes)}"
+    return f"{spoken} {suffix}" if suffix else spoken
+
+
+def _date(year: int, month: int, day: int) -> str:
+    return f"{_MONTHS[month - 1]} {num2words(day, to='ordinal')}, {num2words(year, to='year')}"
+
+
+def _iso_date(m: re.Match[str]) -> str:
+    return _date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+
+
+def _slash_date(m: re.Match[str]) -> str:
+    """Month first, as in American English, unless the first number cannot be a month (31/12/2025)."""
+    first, second, year = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    month, day = (second, first) if first > 12 else (first, second)
+    if not (1 <= month <= 12 and 1 <= day <= 31):
+        return m.group(0)
+    return _date(year, month, day)
+
+
+def _phone(m: re.Match[str]) -> str:
+    """Digit by digit, a pause between the groups: "five five five, one two three, four five six seven"."""
+    groups = ([m.group(1).strip(" .-")] if m.group(1) else []) + [m.group(2), m.group(3), m.group(4)]
+    return ", ".join(" ".join(_DIGITS.get(d, d) for d in group) for group in groups)
+
+
+_DIGITS = {str(d): num2words(d) for d in range(10)} | {"+": "plus"}
 
 
 def _ordinal(m: re.Match[str]) -> str:
@@ -116,8 +182,17 @@ def _punctuation(text: str) -> str:
 
 _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     (_TITLE_RE, lambda m: _TITLES[m.group(1)] + " "),
+    (_MOUNT_RE, "Mount "),
     (_ANYWHERE_RE, lambda m: _ANYWHERE[m.group(0)]),
     (_NO_RE, "number "),
+    (_BEFORE_NUMBER_RE, lambda m: _BEFORE_NUMBER[m.group(1)] + " "),
+    (_PHONE_RE, _phone),
+    (_ISO_DATE_RE, _iso_date),
+    (_SLASH_DATE_RE, _slash_date),
+    (_TIME_RE, _time),
+    (_RATIO_RE, lambda m: f"{_words(m.group(1))} to {_words(m.group(2))}"),
+    (_MONTH_DAY_RE, lambda m: f"{m.group(1)} {num2words(int(m.group(2)), to='ordinal')}"),
+    (_CODE_RE, _money_code),
     (_MONEY_RE, _money),
     (_ORDINAL_RE, _ordinal),
     (_DECADE_RE, _decade),
