@@ -106,6 +106,31 @@ def test_server_errors_become_typed_client_errors(url: str, tmp_path: Path) -> N
             assert b"".join(client.speak_streamed(["Hello."]))
 
 
+def test_a_context_counts_answered_flushes_keeps_its_error_and_cancels_unsent(url: str) -> None:
+    with TTSClient(url) as client, client.speech_socket() as socket:
+        spoken = socket.context(speaker=0)
+        spoken.send("Spoken up to here")
+        spoken.flush()
+        events = spoken.events()
+        next(events)  # the flushed text's audio
+        deadline = time.monotonic() + 10
+        while spoken.flushed == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert spoken.flushed == 1
+        spoken.close()
+        assert list(events) and spoken.done is not None and spoken.done.finish_reason == "end_of_audio"
+
+        failed = socket.context(voice="nobody")
+        failed.send("Hello.")
+        for _ in range(2):  # the second call raises the same error rather than waiting
+            with pytest.raises(NotFoundError):
+                list(failed.events())
+
+        unsent = socket.context()
+        unsent.cancel()  # nothing reached the server: it ends here, with no error
+        assert list(unsent.events()) == [] and unsent.done.finish_reason == "cancelled"
+
+
 def test_the_async_client_raises_the_text_sources_error_instead_of_waiting(url: str) -> None:
     async def pieces():
         yield "Hello. "

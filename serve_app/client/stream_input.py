@@ -114,22 +114,62 @@ def _options(context_id: str | None, options: dict[str, Any]) -> tuple[str, dict
     return context_id or f"ctx-{next(_ids)}", {k: v for k, v in options.items() if v is not None}
 
 
+class _ContextState:
+    """What a context keeps, blocking or asyncio: its options until its first message, its `done`,
+    the first error (raised again by any later `events()`), and `flushed`, the flushes the server
+    has answered (everything before them spoken)."""
+
+    def __init__(self, context_id: str, options: dict[str, Any]) -> None:
+        self.id = context_id
+        self._options: dict[str, Any] | None = options
+        self.done: Done | None = None
+        self.error: TTSError | None = None
+        self.flushed = 0
+
+    def _text_message(self, text: str) -> dict[str, Any]:
+        message = {"type": "text", "context_id": self.id, "text": text, **(self._options or {})}
+        self._options = None
+        return message
+
+    def _cancelled_before_sending(self) -> bool:
+        """A context that sent nothing has nothing on the server to cancel: it ends here."""
+        if self._options is None:
+            return False
+        self.done = Done(self.id, "cancelled", 0.0, 0)
+        return True
+
+    def _take(self, event: AudioEvent | Done | TTSError | None) -> AudioEvent | None:
+        """The next audio event, or None at the context's end; raises its error (and keeps it)."""
+        if isinstance(event, AudioEvent):
+            return event
+        if isinstance(event, Done):
+            self.done = event
+            return None
+        self.error = event or TTSConnectionError(f"the socket closed before context {self.id!r} was done")
+        raise self.error
+
+
+def _route(contexts: dict[str, Any], message: dict[str, Any]) -> tuple[Any, AudioEvent | Done | TTSError | None]:
+    """The context a server message is for and its event (None: nothing to queue; a `flushed` is
+    counted on the context here)."""
+    context = contexts.get(message.get("context_id", ""))
+    if context is not None and message.get("type") == "flushed":
+        context.flushed += 1
+    return context, _event(message)
+
+
 # -- blocking ----------------------------------------------------------------------------------------
-class SpeechContext:
+class SpeechContext(_ContextState):
     """One utterance stream on a `SpeechSocket`."""
 
     def __init__(self, socket: SpeechSocket, context_id: str, options: dict[str, Any]) -> None:
+        super().__init__(context_id, options)
         self.socket = socket
-        self.id = context_id
-        self._options: dict[str, Any] | None = options
         self._events: queue.SimpleQueue[AudioEvent | Done | TTSError | None] = queue.SimpleQueue()
-        self.done: Done | None = None
 
     def send(self, text: str) -> None:
         """The next piece of text (the context's options go with its first one)."""
-        message = {"type": "text", "context_id": self.id, "text": text, **(self._options or {})}
-        self._options = None
-        self.socket._send(message)
+        self.socket._send(self._text_message(text))
 
     def flush(self) -> None:
         if self._options is not None:
@@ -144,19 +184,18 @@ class SpeechContext:
 
     def cancel(self) -> None:
         """Stop speaking now (barge-in); `events()` then ends with a cancelled `Done`."""
-        self.socket._send({"type": "cancel", "context_id": self.id})
+        if not self._cancelled_before_sending():
+            self.socket._send({"type": "cancel", "context_id": self.id})
 
     def events(self) -> Iterator[AudioEvent]:
         """Audio events until the context is done (its `Done` is kept in `.done`); raises `TTSError`
-        for an error the server reports for this context, `TTSConnectionError` if the socket drops."""
+        for an error the server reports for this context, `TTSConnectionError` if the socket drops
+        (and the same error again if called after it)."""
         while self.done is None:
-            event = self._events.get()
+            if self.error is not None:
+                raise self.error
+            event = self._take(self._events.get())
             if event is None:
-                raise TTSConnectionError(f"the socket closed before context {self.id!r} was done")
-            if isinstance(event, TTSError):
-                raise event
-            if isinstance(event, Done):
-                self.done = event
                 return
             yield event
 
@@ -199,9 +238,7 @@ class SpeechSocket:
     def _read(self) -> None:
         try:
             for raw in self._ws:
-                message = json.loads(raw)
-                event = _event(message)
-                context = self._contexts.get(message.get("context_id", ""))
+                context, event = _route(self._contexts, json.loads(raw))
                 if event is not None and context is not None:
                     context._events.put(event)
         except ConnectionClosed:
@@ -222,20 +259,16 @@ class SpeechSocket:
 
 
 # -- asyncio -----------------------------------------------------------------------------------------
-class AsyncSpeechContext:
+class AsyncSpeechContext(_ContextState):
     """One utterance stream on an `AsyncSpeechSocket`."""
 
     def __init__(self, socket: AsyncSpeechSocket, context_id: str, options: dict[str, Any]) -> None:
+        super().__init__(context_id, options)
         self.socket = socket
-        self.id = context_id
-        self._options: dict[str, Any] | None = options
         self._events: asyncio.Queue[AudioEvent | Done | TTSError | None] = asyncio.Queue()
-        self.done: Done | None = None
 
     async def send(self, text: str) -> None:
-        message = {"type": "text", "context_id": self.id, "text": text, **(self._options or {})}
-        self._options = None
-        await self.socket._send(message)
+        await self.socket._send(self._text_message(text))
 
     async def flush(self) -> None:
         if self._options is not None:
@@ -248,17 +281,15 @@ class AsyncSpeechContext:
         await self.socket._send({"type": "close", "context_id": self.id})
 
     async def cancel(self) -> None:
-        await self.socket._send({"type": "cancel", "context_id": self.id})
+        if not self._cancelled_before_sending():
+            await self.socket._send({"type": "cancel", "context_id": self.id})
 
     async def events(self) -> AsyncIterator[AudioEvent]:
         while self.done is None:
-            event = await self._events.get()
+            if self.error is not None:
+                raise self.error
+            event = self._take(await self._events.get())
             if event is None:
-                raise TTSConnectionError(f"the socket closed before context {self.id!r} was done")
-            if isinstance(event, TTSError):
-                raise event
-            if isinstance(event, Done):
-                self.done = event
                 return
             yield event
 
@@ -308,9 +339,7 @@ class AsyncSpeechSocket:
         assert self._ws is not None
         try:
             async for raw in self._ws:
-                message = json.loads(raw)
-                event = _event(message)
-                context = self._contexts.get(message.get("context_id", ""))
+                context, event = _route(self._contexts, json.loads(raw))
                 if event is not None and context is not None:
                     context._events.put_nowait(event)
         except ConnectionClosed:
