@@ -286,7 +286,8 @@ class ModelRunner:
         """Prefill packed prompt rows (batch, width, ROW_COLUMNS) on the device; a row's slot is
         its first column's."""
         tokens, mask, positions, slots = unpack_rows(rows)
-        self.fast.prefill(tokens, mask, positions, slots[:, 0], kv_len)
+        # Contiguous, as the warm-up's: the compiled prefill is specialised on its inputs' strides.
+        self.fast.prefill(tokens, mask, positions, slots[:, 0].contiguous(), kv_len)
 
     @property
     def prompts_in_step(self) -> bool:
