@@ -152,6 +152,39 @@ def test_a_dead_holders_lease_expires_and_a_live_one_is_renewed(make_backends) -
     run(scenario())
 
 
+def test_a_turn_ends_outside_its_requests_context() -> None:
+    """Ray Serve cancels the handle calls a cancelled request made (found through the request's
+    context variable): the call that ends a turn is started in a context of its own, so a turn whose
+    client left still frees its session."""
+    import contextvars
+
+    request = contextvars.ContextVar("request", default=None)
+    seen: list[object] = []
+
+    class Store:
+        lease_s = 30.0
+
+        async def begin_turn(self, session_id: str):
+            from serve_app.api.state import TurnLease
+
+            return TurnLease("lease", [])
+
+        async def renew_turn(self, session_id: str, lease_id: str) -> bool:
+            return True
+
+        async def end_turn(self, session_id: str, lease_id: str, turn) -> int:
+            seen.append(request.get())
+            return 0
+
+    async def scenario() -> None:
+        request.set("parent-request")
+        async with session_turn(Store(), "s"):
+            pass
+
+    run(scenario())
+    assert seen == [None]
+
+
 @pytest.mark.parametrize("make_backends", BACKENDS, indirect=True)
 def test_a_failed_or_cancelled_turn_records_nothing_and_frees_the_session(make_backends) -> None:
     async def scenario() -> None:

@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -158,6 +159,22 @@ def test_sessions_are_isolated_and_resettable(http: httpx.Client) -> None:
     assert http.delete("/sessions/e2e-a").status_code == 204
     assert turn("e2e-a") == 1
     assert turn("e2e-b") == 2
+
+
+def test_a_turn_whose_client_left_frees_its_session_at_once(http: httpx.Client) -> None:
+    """The left turn releases the session's lease although Ray cancels what its request started:
+    the next turn, sent at once, does not wait out the lease (30 s)."""
+    body = json.dumps({"text": "Abandoned.", "session_id": "e2e-left", "max_duration_ms": 30_000}).encode()
+    host, port = httpx.URL(str(http.base_url)).host, httpx.URL(str(http.base_url)).port
+    with socket.create_connection((host, port)) as raw:
+        raw.sendall(b"POST /contextual_speak HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        time.sleep(1.5)  # generating
+    started = time.monotonic()
+    response = http.post("/contextual_speak", json={"text": "Next.", "session_id": "e2e-left", "max_duration_ms": 400})
+    assert response.status_code == 200, response.text
+    assert time.monotonic() - started < 10
+    assert response.headers["x-session-turns"] == "1"  # the left turn was not recorded
 
 
 def test_seeded_request_is_cached_byte_identical(http: httpx.Client) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 import uuid
 from collections import deque
@@ -127,9 +128,13 @@ async def session_turn(store: SessionStore, session_id: str) -> AsyncIterator[Tu
         succeeded = True
     finally:
         renewer.cancel()
-        # Shielded: a cancelled request (client gone) still releases its lease at once.
+        # Shielded: a cancelled request (client gone) still releases its lease at once. And started
+        # in a context of its own: Ray Serve cancels the handle calls a cancelled request has made
+        # (its child requests), and a lost end_turn would make the next turn wait out the lease.
         recorded = turn.recorded if succeeded else None
-        end = asyncio.ensure_future(store.end_turn(session_id, lease.lease_id, recorded))
+        end = contextvars.Context().run(
+            asyncio.ensure_future, store.end_turn(session_id, lease.lease_id, recorded)
+        )
         try:
             turn.turns_kept = await asyncio.shield(end)
         except Exception:
