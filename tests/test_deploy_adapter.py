@@ -135,6 +135,15 @@ def test_backpressure_becomes_overload_with_retry_after() -> None:
         assert isinstance(info.value, EngineOverloadedError)  # the API answers these with 503
         assert info.value.retry_after_s == 3
         assert "backpressure" in str(info.value)
+        await engine.check_health()  # a full queue: the replicas are up and busy, not unhealthy
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_replica_fails_the_health_check() -> None:
+    async def scenario() -> None:
+        with pytest.raises(ReplicaUnavailableError):
+            await _engine(FakeHandle(ActorDiedError())).check_health()
 
     asyncio.run(scenario())
 

@@ -118,7 +118,13 @@ class HandleEngine:
         return await self._call("info", timeout_s=self._health_timeout_s)
 
     async def check_health(self) -> None:
-        await self._call("check_health", timeout_s=self._health_timeout_s)
+        """The model replicas' health. A full queue (Ray's backpressure) means they are up and busy:
+        healthy, so a readiness probe does not take the service out of rotation under load."""
+        try:
+            await self._call("check_health", timeout_s=self._health_timeout_s)
+        except ReplicaUnavailableError as exc:
+            if not isinstance(exc.__cause__, BackPressureError):
+                raise
 
 
 async def awaited(awaitable: Awaitable[T]) -> T:
