@@ -287,6 +287,33 @@ def test_behind_a_server_that_answers_with_the_id_the_app_adds_none_but_still_us
     assert engine.requests[-1].request_id == "from-the-proxy"
 
 
+def test_a_request_cancelled_from_outside_is_logged_as_the_client_leaving() -> None:
+    """Ray Serve's proxy cancels the app's task when a client leaves: 499, not a 500."""
+    from starlette.routing import Route
+
+    async def endless(scope, receive, send) -> None:
+        await asyncio.sleep(3600)
+
+    scope = {"type": "http", "method": "POST", "path": "/cancel-me", "headers": [],
+             "route": Route("/cancel-me", endpoint=lambda request: None)}
+    before = value(metrics_samples(), "csm_http_requests_total", method="POST", endpoint="/cancel-me", status="499")
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(MetricsMiddleware(endless)(scope, None, None))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    after = value(metrics_samples(), "csm_http_requests_total", method="POST", endpoint="/cancel-me", status="499")
+    assert after == before + 1
+
+
+def metrics_samples() -> dict:
+    return {(s.name, frozenset(s.labels.items())): s.value for family in REGISTRY.collect() for s in family.samples}
+
+
 def test_the_in_process_server_app_is_wired_once() -> None:
     """`csm-serve serve --preset` serves `create_app` as it is: one request-id and one metrics
     middleware, one `/metrics` and one playground route."""

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -103,6 +104,10 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            # Cancelled from outside the app: Ray Serve's proxy cancels a request whose client left.
+            scope.setdefault("state", {})["client_disconnected"] = True
+            raise
         finally:
             _record(scope, state, time.perf_counter() - start)
 
