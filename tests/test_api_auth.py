@@ -43,6 +43,8 @@ def test_a_missing_or_wrong_key_is_401(tmp_path: Path, headers: dict[str, str]) 
     assert r.headers["www-authenticate"].startswith("Bearer") and "Bearer <key>" in r.json()["detail"]
     assert r.headers["x-request-id"]
     assert client.get("/v1/voices", headers=headers).status_code == 401
+    openai = client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi", "voice": "nova"}, headers=headers)
+    assert openai.status_code == 401 and openai.json()["error"]["type"] == "authentication_error"  # OpenAI's shape
 
 
 def test_every_configured_key_works_and_open_paths_need_none(tmp_path: Path) -> None:
@@ -82,6 +84,8 @@ def test_each_key_has_its_own_rate_limit(tmp_path: Path) -> None:
     limited = client.post("/speak", json=SPEAK, headers=bearer(ALPHA))
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
     assert "6 requests per minute" in limited.json()["detail"]
+    openai = client.get("/v1/models", headers=bearer(ALPHA))
+    assert openai.status_code == 429 and "per minute" in openai.json()["error"]["message"]
     assert client.post("/speak", json=SPEAK, headers=bearer(BETA)).status_code == 200
     assert all(client.get("/health").status_code == 200 for _ in range(5))  # probes are never limited
 

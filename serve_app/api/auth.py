@@ -24,6 +24,7 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from serve_app.api.errors import error_body
 from serve_app.api.state import RateLimiter, StateUnavailableError
 
 __all__ = ["ApiKeyRing", "AuthMiddleware", "TokenBucketLimiter", "key_id"]
@@ -120,7 +121,9 @@ class AuthMiddleware:
             ident = self.keys.match(_presented_key(scope))
             if ident is None:
                 detail = "a valid API key is required: send 'Authorization: Bearer <key>'"
-                response = JSONResponse({"detail": detail}, 401, {"WWW-Authenticate": 'Bearer realm="csm-serve"'})
+                response = JSONResponse(
+                    error_body(scope["path"], 401, detail), 401, {"WWW-Authenticate": 'Bearer realm="csm-serve"'}
+                )
                 await _refuse(response, scope, receive, send)
                 return
             client = ident
@@ -131,12 +134,15 @@ class AuthMiddleware:
             except StateUnavailableError as exc:
                 detail = f"the rate limiter is unavailable, retry later ({exc})"
                 retry = str(max(1, math.ceil(exc.retry_after_s)))
-                await JSONResponse({"detail": detail}, 503, {"Retry-After": retry})(scope, receive, send)
+                await JSONResponse(error_body(scope["path"], 503, detail), 503, {"Retry-After": retry})(
+                    scope, receive, send
+                )
                 return
             if wait > 0:
                 per_minute = self.limiter.per_minute
                 detail = f"rate limit of {per_minute} requests per minute exceeded; retry after {wait:.1f} s"
-                response = JSONResponse({"detail": detail}, 429, {"Retry-After": str(max(1, math.ceil(wait)))})
+                retry = str(max(1, math.ceil(wait)))
+                response = JSONResponse(error_body(scope["path"], 429, detail), 429, {"Retry-After": retry})
                 await _refuse(response, scope, receive, send)
                 return
         await self.app(scope, receive, send)

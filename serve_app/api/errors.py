@@ -25,13 +25,15 @@ from serve_app.api.state import StateUnavailableError
 from serve_app.audio.decode import AudioInputError, AudioTooLargeError
 from serve_app.engine.types import EngineOverloadedError, PromptTooLongError
 
-__all__ = ["ApiError", "engine_errors", "install_error_handlers", "request_id_of"]
+__all__ = ["ApiError", "engine_errors", "error_body", "install_error_handlers", "request_id_of"]
 
 logger = logging.getLogger("serve_app.api")
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",
+    401: "authentication_error",
     404: "not_found_error",
+    429: "rate_limit_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     503: "server_error",
@@ -85,8 +87,13 @@ async def engine_errors(retry_after_s: int) -> AsyncIterator[None]:
 def _error_response(
     request: Request, status: int, detail: Any, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    return JSONResponse(error_body(request.url.path, status, detail), status_code=status, headers=headers)
+
+
+def error_body(path: str, status: int, detail: Any) -> dict[str, Any]:
+    """`{"detail": ...}`, with OpenAI's error object too under `/v1/`."""
     body: dict[str, Any] = {"detail": jsonable_encoder(detail)}
-    if request.url.path.startswith("/v1/"):
+    if path.startswith("/v1/"):
         message = (
             detail
             if isinstance(detail, str)
@@ -98,7 +105,7 @@ def _error_response(
             "param": None,
             "code": None,
         }
-    return JSONResponse(body, status_code=status, headers=headers)
+    return body
 
 
 MAX_ECHOED_INPUT_CHARS = 256
