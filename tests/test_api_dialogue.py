@@ -40,6 +40,7 @@ def test_conversation_audio_is_turns_with_pauses_between(client, engine) -> None
     assert len(pcm) == sum(speech) + sum(pauses)
     first_pause = pcm[speech[0] : speech[0] + pauses[0]]
     assert np.all(first_pause == 0)
+    assert r.headers["x-finish-reason"] == "end_of_audio"  # every turn ended by itself
 
 
 def test_conversation_stays_within_total_duration(client, engine) -> None:
@@ -48,6 +49,7 @@ def test_conversation_stays_within_total_duration(client, engine) -> None:
     pcm, rate, _ = read_wav(r.content)
     assert len(pcm) / rate <= 5.0
     assert all(q.max_audio_length_ms <= 5000 - 3 * 500 for q in engine.requests)
+    assert r.headers["x-finish-reason"] == "length"
 
 
 def test_conversation_pauses_must_leave_room_for_speech(client) -> None:

@@ -18,7 +18,7 @@ from serve_app.api.longform import script_key
 from serve_app.api.responses import AUDIO_RESPONSES, audio_headers, cached_response, encode_response
 from serve_app.api.schemas import ContextualSpeakRequest, ConversationRequest
 from serve_app.api.sessions import session_turn
-from serve_app.engine.types import FRAME_MS, SAMPLE_RATE, GenerationRequest, Segment
+from serve_app.engine.types import FRAME_MS, SAMPLE_RATE, FinishReason, GenerationRequest, Segment
 
 router = APIRouter(tags=["dialogue"])
 
@@ -74,6 +74,7 @@ async def conversation(body: ConversationRequest, request: Request, svc: Service
         headers = {
             "Content-Disposition": f'attachment; filename="conversation.{body.output.extension}"',
             "X-Context-Dropped-Turns": str(narration.dropped_context_turns),
+            "X-Finish-Reason": (narration.finish_reason or FinishReason.END_OF_AUDIO).value,
         }
         return await encode_response(np.concatenate(pieces), body.output, headers, body.speed)
 
