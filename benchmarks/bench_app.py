@@ -32,7 +32,7 @@ from cpu_results import nearest_rank, write_cpu_result
 BODY = {
     "text": "The quick brown fox jumps over the lazy dog near the river bank today.",
     "stream": True,
-    "output": {"format": "pcm"},
+    "response_format": "pcm",
 }
 KEY = "bench-key"
 

@@ -76,6 +76,10 @@ CASES = [
     ("/conversation", {"turns": [{"speaker": 0, "text": "x" * 301}]}, 413, "turns[0].text"),
     # not JSON
     ("/speak", "not json", 422, "JSON"),
+    # a field the endpoint does not have: misspelt, or from another endpoint
+    ("/contextual_speak", {"text": "Hi", "session_id": "s1", "stream": True}, 422, "stream"),
+    ("/conversation", {"turns": [{"speaker": 0, "text": "Hi", "pause": 300}]}, 422, "\"turns\",0,\"pause\""),
+    ("/speak", {**GOOD["/speak"], "output": {"format": "pcm"}}, 422, "Extra inputs are not permitted"),
 ]
 
 

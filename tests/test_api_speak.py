@@ -171,9 +171,9 @@ def test_a_short_text_reaches_the_engine_without_a_thread_pool_hop(client, engin
     counting(fastapi_deps, "run_in_threadpool")
     counting(synthesis, "run_in_threadpool")
     short = "Dr. Smith paid $3.50 for the tea."
-    assert client.post("/speak", json={"text": short, "stream": True, "output": {"format": "pcm"}}).status_code == 200
+    assert client.post("/speak", json={"text": short, "stream": True, "response_format": "pcm"}).status_code == 200
     assert hops == []
     assert engine.requests[-1].text.startswith("Doctor Smith paid three dollars")
     long = " ".join([short] * (synthesis.INLINE_PLAN_CHARS // len(short) + 1))
-    assert client.post("/speak", json={"text": long, "stream": True, "output": {"format": "pcm"}}).status_code == 200
+    assert client.post("/speak", json={"text": long, "stream": True, "response_format": "pcm"}).status_code == 200
     assert [h for h in hops if "plan" in h] == ["Synthesizer.script.<locals>.plan"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, Field, PrivateAttr, model_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from serve_app.audio.formats import AudioFormat, OutputFormat, SampleRate
 from serve_app.audio.tempo import MAX_SPEED, MIN_SPEED
@@ -78,10 +78,18 @@ MAX_SPEECH_MS = 4 * 3600 * 1000
 """The longest audio one request may ask for (a long-form text: four hours)."""
 
 
+STRICT = ConfigDict(extra="forbid")
+"""The native endpoints' bodies refuse fields they do not know (a 422 naming them): a misspelt or
+misplaced option (`pause` for `pause_ms`, `stream` on `/contextual_speak`) would otherwise pass
+unnoticed. OpenAI's body stays lenient, as OpenAI's SDKs may send fields newer than this API."""
+
+
 class AudioOutputOptions(BaseModel):
     """How the audio comes back: format, sample rate (or both as one `output_format` name), speed.
 
     `output` is the resolved `OutputFormat`; contradicting fields are a 422."""
+
+    model_config = STRICT
 
     response_format: AudioFormat = "wav"
     sample_rate: SampleRate | None = Field(
@@ -128,6 +136,8 @@ class SynthesisOptions(GenerationOptions):
 
 
 class ContextSegment(BaseModel):
+    model_config = STRICT
+
     text: Text
     speaker: Speaker = 0
     audio_b64: Base64Audio
@@ -164,6 +174,8 @@ class SpeakRequest(SynthesisOptions):
 
 
 class ConversationTurn(BaseModel):
+    model_config = STRICT
+
     speaker: Speaker
     text: LongText
     pause_ms: int = Field(500, ge=0, le=2000, description="Silence after this turn (not after the last).")
@@ -195,6 +207,8 @@ class CloneVoiceRequest(SynthesisOptions):
 
 
 class BatchSpeakRequest(BaseModel):
+    model_config = STRICT
+
     texts: list[Text] = Field(min_length=1, max_length=10)
     speaker: Speaker = 0
     max_duration_per_text_ms: int = Field(10_000, ge=1_000, le=20_000)
@@ -220,6 +234,8 @@ class VoiceFields(BaseModel):
 
 
 class VoiceCreateRequest(VoiceFields):
+    model_config = STRICT
+
     audio_b64: Base64Audio = Field(validation_alias=AliasChoices("audio_b64", "reference_audio_b64"))
 
 
@@ -256,6 +272,8 @@ class OpenAISpeechRequest(AudioOutputOptions):
     """OpenAI's `POST /v1/audio/speech` body, plus our extras (`seed`, `temperature`, `top_k`, `cache`,
     `max_duration_ms`, `sample_rate`, `output_format`, and the `ulaw`/`alaw` formats), which OpenAI
     SDKs send through `extra_body`."""
+
+    model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, description="Any id from GET /v1/models; tts-1 etc. are accepted.")
     input: LongText
