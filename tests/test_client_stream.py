@@ -16,7 +16,6 @@ from serve_app.client import (
     NotFoundError,
     TTSClient,
     TTSConnectionError,
-    TTSError,
     UnprocessableEntityError,
 )
 from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE

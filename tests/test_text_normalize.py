@@ -31,11 +31,11 @@ from serve_app.text.normalize import normalize_text
         ("Meet at 3:45 p.m. or 10:00 AM, not 9:05.", "Meet at three forty-five p.m. or ten AM, not nine oh five."),
         ("The train leaves at 15:30; lunch at 12:00.", "The train leaves at fifteen thirty; lunch at twelve o'clock."),
         ("Due 12/31/2025, 31/12/2025 or 2025-12-31.",
-         "Due December thirty-first, twenty twenty-five, December thirty-first, twenty twenty-five or "
-         "December thirty-first, twenty twenty-five."),
+         ("Due December thirty-first, twenty twenty-five, December thirty-first, twenty twenty-five or "
+          "December thirty-first, twenty twenty-five.")),
         ("Call (555) 123-4567 or +1 555-123-4567.",
-         "Call five five five, one two three, four five six seven or plus one, five five five, one two three, "
-         "four five six seven."),
+         ("Call five five five, one two three, four five six seven or plus one, five five five, one two three, "
+          "four five six seven.")),
         ("On Jan. 5 and May 31 see pp. 10.", "On January fifth and May thirty-first see pages ten."),
         ("Mt. Everest is -20°C; the score was 3:2.", "Mount Everest is minus twenty degrees Celsius; the score was three to two."),
     ],
