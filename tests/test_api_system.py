@@ -9,8 +9,10 @@ def test_health_is_503_until_the_engine_is_healthy(tmp_path) -> None:
     r = client.get("/health")
     assert r.status_code == 503 and r.headers["retry-after"] == "2"
     assert "warming up" in r.json()["detail"]
+    assert client.head("/health").status_code == 503  # load balancers probe with HEAD too
     engine.healthy = True
     assert client.get("/health").json() == {"status": "ok"}
+    assert client.head("/health").status_code == 200
 
 
 def test_health_times_out_on_a_hung_engine(tmp_path) -> None:

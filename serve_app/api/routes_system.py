@@ -17,7 +17,7 @@ router = APIRouter(tags=["system"])
 RANDOM_WEIGHTS_NOTICE = "{model} has random weights, for development: its audio is noise, not speech"
 
 
-@router.get("/health")
+@router.api_route("/health", methods=["GET", "HEAD"])  # load balancers probe with either
 async def health(svc: ServicesDep) -> JSONResponse:
     """200 once the engine's own health check passes, 503 (with Retry-After) until then."""
     try:
