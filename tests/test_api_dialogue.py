@@ -97,3 +97,5 @@ def test_sessions_are_isolated_and_resettable(client, engine) -> None:
 def test_session_id_is_validated(client) -> None:
     r = client.post("/contextual_speak", json={"text": "hi", "session_id": "../etc/passwd"})
     assert r.status_code == 422
+    assert client.delete("/sessions/has%20space").status_code == 422  # as for a turn
+    assert client.delete("/sessions/call-42").status_code == 204

@@ -16,7 +16,7 @@ from serve_app.api.deps import ServicesDep
 from serve_app.api.errors import ApiError, request_id_of
 from serve_app.api.longform import script_key
 from serve_app.api.responses import AUDIO_RESPONSES, audio_headers, cached_response, encode_response
-from serve_app.api.schemas import ContextualSpeakRequest, ConversationRequest
+from serve_app.api.schemas import SESSION_ID_PATTERN, ContextualSpeakRequest, ConversationRequest
 from serve_app.api.sessions import session_turn
 from serve_app.engine.types import FRAME_MS, SAMPLE_RATE, FinishReason, GenerationRequest, Segment
 
@@ -118,7 +118,10 @@ async def contextual_speak(body: ContextualSpeakRequest, request: Request, svc: 
 
 
 @router.delete("/sessions/{session_id}", status_code=204, response_class=Response)
-async def reset_session(session_id: Annotated[str, Path(max_length=128)], svc: ServicesDep) -> Response:
-    """Forget a session's turns (idempotent: an unknown session is already reset)."""
+async def reset_session(
+    session_id: Annotated[str, Path(max_length=128, pattern=SESSION_ID_PATTERN)], svc: ServicesDep
+) -> Response:
+    """Forget a session's turns (idempotent: an unknown session is already reset); an id no turn
+    could have used is a 422, as it is for the turns."""
     await svc.sessions.reset(session_id)
     return Response(status_code=204)

@@ -59,7 +59,8 @@ VoiceId = Annotated[
         description="A saved voice's id (POST /v1/voices), or its name where no other saved voice has it.",
     ),
 ]
-SessionId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+SessionId = Annotated[str, Field(min_length=1, max_length=128, pattern=SESSION_ID_PATTERN)]
 LongText = Annotated[
     str,
     Field(min_length=1, description="Text to speak, any length up to ApiSettings.max_long_text_chars (100 000)."),
