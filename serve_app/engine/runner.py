@@ -236,11 +236,17 @@ class ModelRunner:
         return smallest_bucket(self.kv_buckets, positions)
 
     # ---- host -> device -----------------------------------------------------------------------
+    def _pinned(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` staged for a copy that does not wait for the device (a pageable one would sync)."""
+        return x.pin_memory() if self.device.type == "cuda" else x
+
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         """Copy without waiting for the device: pinned staging, so queued steps keep running."""
-        if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device)
+        return self._pinned(x).to(self.device, non_blocking=True)
+
+    def _stage(self, static: torch.Tensor, rows: np.ndarray) -> None:
+        """Copy packed host rows into a static device input, pinned and queued."""
+        static.copy_(self._pinned(torch.from_numpy(rows)), non_blocking=True)
 
     # ---- join / leave -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -303,12 +309,9 @@ class ModelRunner:
             static = self._prompt_rows_of.setdefault(
                 bucket, torch.empty(bucket, ROW_COLUMNS, dtype=torch.long, device=self.device)
             )
-        static.copy_(self._pinned(torch.from_numpy(flat_rows(seqs, bucket))), non_blocking=True)
+        self._stage(static, flat_rows(seqs, bucket))
         self._pending_prompts = bucket
         self._pending_slots = {s.slot for s in seqs}  # type: ignore[misc]
-
-    def _pinned(self, x: torch.Tensor) -> torch.Tensor:
-        return x.pin_memory() if self.device.type == "cuda" else x
 
     def _replay_prefill(self, group: PrefillGroup) -> None:
         """Copy a group's packed prompts into its captured prefill's input (pinned, queued, one copy)
@@ -316,7 +319,7 @@ class ModelRunner:
         of kernels."""
         key = (group.batch, group.width)
         rows = prefill_rows(group.seqs, group.batch, group.width)
-        self._prefill_inputs_of[key].copy_(self._pinned(torch.from_numpy(rows)), non_blocking=True)
+        self._stage(self._prefill_inputs_of[key], rows)
         self._graphs.replay(("prefill", *key))  # type: ignore[union-attr]
 
     def _capture_prefills(self, graphs: CudaGraphs) -> None:

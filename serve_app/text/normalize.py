@@ -96,7 +96,7 @@ def _money(m: re.Match[str]) -> str:
     one, many, cent, cents = _CURRENCIES[m.group(1)]
     whole, frac, scale = m.group(2), m.group(3), m.group(4) or _SCALE_SUFFIXES.get((m.group(5) or "").lower())
     if scale:  # "$1.5 million", "$1.5M" → "one point five million dollars"
-        amount = _words(whole) + (" point " + " ".join(num2words(int(d)) for d in frac) if frac else "")
+        amount = _words(whole) + (" point " + _digit_words(frac) if frac else "")
         return f"{amount} {scale} {many}"
     units = int(whole.replace(",", ""))
     hundredths = int((frac or "0")[:2].ljust(2, "0"))
@@ -145,10 +145,15 @@ def _slash_date(m: re.Match[str]) -> str:
 def _phone(m: re.Match[str]) -> str:
     """Digit by digit, a pause between the groups: "five five five, one two three, four five six seven"."""
     groups = ([m.group(1).strip(" .-")] if m.group(1) else []) + [m.group(2), m.group(3), m.group(4)]
-    return ", ".join(" ".join(_DIGITS.get(d, d) for d in group) for group in groups)
+    return ", ".join(_digit_words(group) for group in groups)
 
 
 _DIGITS = {str(d): num2words(d) for d in range(10)} | {"+": "plus"}
+
+
+def _digit_words(digits: str) -> str:
+    """Each character on its own: "305" → "three zero five"."""
+    return " ".join(_DIGITS.get(d, d) for d in digits)
 
 
 def _ordinal(m: re.Match[str]) -> str:
@@ -167,7 +172,7 @@ def _year(m: re.Match[str]) -> str:
 
 def _decimal(m: re.Match[str]) -> str:
     sign = "minus " if m.group(1) else ""
-    digits = " ".join(num2words(int(d)) for d in m.group(3))
+    digits = _digit_words(m.group(3))
     return f"{sign}{_words(m.group(2))} point {digits}"
 
 
