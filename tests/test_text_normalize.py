@@ -44,6 +44,38 @@ def test_normalizes_real_sentences(raw: str, expected: str) -> None:
     assert normalize_text(raw) == expected
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Upgrade to v2.13.0 today.", "Upgrade to version two point thirteen point zero today."),
+        ("See section 1.2.3 and API v2.", "See section one point two point three and API version two."),
+        ("Ping 192.168.0.1 now.", "Ping one nine two dot one six eight dot zero dot one now."),
+        ("Call 555-1234 or 1-800-555-1234.",
+         "Call five five five, one two three four or one, eight zero zero, five five five, one two three four."),
+        ("COVID-19 and F-16 jets", "COVID-nineteen and F-sixteen jets"),
+        ("10-20 people in 2020-2024, pages 3 \u2013 5",
+         "ten to twenty people in twenty twenty to twenty twenty-four, pages three to five"),
+        ("Compute 5 - 3.", "Compute five - three."),
+        ("Run 5 km, lift 1 kg, store 2.5GB at 100 mph.",
+         "Run five kilometers, lift one kilogram, store two point five gigabytes at one hundred miles per hour."),
+        ("3x faster on a 1920x1080 screen", "three times faster on a one thousand nine hundred and twenty by one thousand and eighty screen"),
+        ("Add 1/2 cup, 3/4 of them, 2/3 done, open 24/7.",
+         "Add one half cup, three quarters of them, two thirds done, open twenty-four seven."),
+        ("Our #1 fan", "Our number one fan"),
+        ("In 2024, we won; 2,024 votes.", "In twenty twenty-four, we won; two thousand and twenty-four votes."),
+        ("Wake at 9am, sleep at 11 PM, eat at 3:45pm.", "Wake at nine a.m., sleep at eleven PM, eat at three forty-five p.m."),
+        ("Due 31.12.2025.", "Due December thirty-first, twenty twenty-five."),
+        ("He lives on Main St. in town near 5th Ave., not St. John's.",
+         "He lives on Main Street in town near fifth Avenue, not Saint John's."),
+        ("Go to 12 Elm Rd.", "Go to twelve Elm Road."),
+        ("Apples, pears, etc. Then more etc. and so on.", "Apples, pears, et cetera. Then more et cetera and so on."),
+        ("the 5G network, 0x1F and 5 min later", "the 5G network, 0x1F and five minutes later"),
+    ],
+)
+def test_versions_units_ranges_and_abbreviations(raw: str, expected: str) -> None:
+    assert normalize_text(raw) == expected
+
+
 def test_title_abbreviation_at_sentence_end_is_left_alone() -> None:
     # "Dr." not followed by a name is not a title; expanding it would change the meaning.
     assert normalize_text("He went to see the Dr.") == "He went to see the Dr."

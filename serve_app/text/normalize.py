@@ -38,6 +38,26 @@ _ANYWHERE = {
     "Jr.": "Junior",
     "Sr.": "Senior",
 }
+# Street types after a capitalised name or an ordinal ("Main St.", "5th Ave.") where no name follows:
+# "St. John" is "Saint John".
+_STREETS = {"St": "Street", "Ave": "Avenue", "Rd": "Road", "Blvd": "Boulevard", "Ln": "Lane"}
+# Units after a number: abbreviation → (singular, plural). Case matters ("5 g" grams, "5G" a network).
+_UNITS = {
+    "km": ("kilometer", "kilometers"), "cm": ("centimeter", "centimeters"), "mm": ("millimeter", "millimeters"),
+    "mi": ("mile", "miles"), "ft": ("foot", "feet"), "kg": ("kilogram", "kilograms"), "g": ("gram", "grams"),
+    "mg": ("milligram", "milligrams"), "lb": ("pound", "pounds"), "lbs": ("pound", "pounds"),
+    "oz": ("ounce", "ounces"), "ml": ("milliliter", "milliliters"), "mL": ("milliliter", "milliliters"),
+    "mph": ("mile per hour", "miles per hour"), "km/h": ("kilometer per hour", "kilometers per hour"),
+    "kph": ("kilometer per hour", "kilometers per hour"), "KB": ("kilobyte", "kilobytes"),
+    "kB": ("kilobyte", "kilobytes"), "MB": ("megabyte", "megabytes"), "GB": ("gigabyte", "gigabytes"),
+    "TB": ("terabyte", "terabytes"), "Hz": ("hertz", "hertz"), "kHz": ("kilohertz", "kilohertz"),
+    "MHz": ("megahertz", "megahertz"), "GHz": ("gigahertz", "gigahertz"), "kW": ("kilowatt", "kilowatts"),
+    "kWh": ("kilowatt hour", "kilowatt hours"), "ms": ("millisecond", "milliseconds"),
+    "sec": ("second", "seconds"), "secs": ("second", "seconds"), "min": ("minute", "minutes"),
+    "mins": ("minute", "minutes"), "hr": ("hour", "hours"), "hrs": ("hour", "hours"),
+    "yr": ("year", "years"), "yrs": ("year", "years"),
+}
+_FRACTIONS = {2: ("half", "halves"), 4: ("quarter", "quarters")}  # others: "third", "thirds", ...
 # Abbreviations expanded before a number ("Jan. 5", "vol. 2", "pp. 10") or, for "Mt.", a name.
 _BEFORE_NUMBER = {"Jan": "January", "Feb": "February", "Mar": "March", "Apr": "April", "Jun": "June",
                   "Jul": "July", "Aug": "August", "Sep": "September", "Sept": "September", "Oct": "October",
@@ -63,6 +83,20 @@ _CODES = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}  # "3.50 USD" read
 _NUM = r"\d{1,3}(?:,\d{3})+|\d+"  # 1,234,567 or 1234567
 _TITLE_RE = re.compile(r"\b(" + "|".join(_TITLES) + r")\.\s+(?=[A-Z])")
 _ANYWHERE_RE = re.compile("|".join(r"(?<!\w)" + re.escape(k) for k in _ANYWHERE))
+_STREET_RE = re.compile(
+    r"\b([A-Z][a-z]+|\d+(?:st|nd|rd|th))\s+(" + "|".join(_STREETS) + r")\.(?=\s*$|\s*[,;:!?)]|\s+[a-z\d])"
+)
+_VERSION_RE = re.compile(r"(?<![\w.])(?:(v)(\d+(?:\.\d+)*)|(\d+(?:\.\d+){2,}))(?![\w]|\.\d)")
+_HASH_NUMBER_RE = re.compile(r"#(?=\d)")
+_UNIT_RE = re.compile(
+    r"(?<![\w.])(-?)(" + _NUM + r")(?:\.(\d+))?\s?("
+    + "|".join(re.escape(u) for u in sorted(_UNITS, key=len, reverse=True)) + r")(?![\w/])"
+)
+_TIMES_RE = re.compile(r"(?<![\w.])(\d+)x(?:(\d+)\b|(?![\w]))")
+_CLOCK_HOUR_RE = re.compile(r"(?<![\w:.])(1[0-2]|0?[1-9])\s?([AaPp]\.?[Mm]\b\.?)")
+_FRACTION_RE = re.compile(r"(?<![\w/.])(\d{1,2})/(\d{1,2})(?![\w/]|\.\d)")
+_RANGE_RE = re.compile(r"(?<![\w.,-])(" + _NUM + r")(?:-|\s?\u2013\s?)(" + _NUM + r")(?![\w-]|[.,]\d)")
+_DOTTED_DATE_RE = re.compile(r"(?<![\d.])(0?[1-9]|[12]\d|3[01])\.(0?[1-9]|1[0-2])\.(1[1-9]\d\d|20\d\d)(?![\d]|\.\d)")
 _NO_RE = re.compile(r"\b(No|no)\.\s*(?=\d)")
 _MONEY_RE = re.compile(
     r"([$€£¥])\s?(" + _NUM + r")(?:\.(\d+))?(?:\s+(" + "|".join(_SCALES) + r")\b|(?i:(mm|mn|bn|tn|[kmbt]))\b)?"
@@ -71,16 +105,19 @@ _CODE_RE = re.compile(r"(?<![\d.])(" + _NUM + r")(?:\.(\d+))?\s?(" + "|".join(_C
 _TIME_RE = re.compile(r"(?<![\d:])([01]?\d|2[0-3]):([0-5]\d)(?![\d:])(\s*(?:[AaPp]\.?[Mm]\b\.?))?")
 _ISO_DATE_RE = re.compile(r"(?<![\d-])(1[1-9]\d\d|20\d\d)-(0?[1-9]|1[0-2])-(0?[1-9]|[12]\d|3[01])(?![\d-])")
 _SLASH_DATE_RE = re.compile(r"(?<![\d/])(\d{1,2})/(\d{1,2})/(\d{4})(?![\d/])")
-_PHONE_RE = re.compile(r"(?<![\d\w])(\+1[\s.-]?)?\(?(\d{3})\)?[\s.-](\d{3})[\s.-](\d{4})(?![\d\w])")
+_PHONE_RE = re.compile(
+    r"(?<![\w+])(\+?1[\s.-]?)?\(?(\d{3})\)?[\s.-](\d{3})[\s.-](\d{4})(?![\w]|[-.]\d)"  # (555) 123-4567
+    r"|(?<![\w+().-])()()(\d{3})-(\d{4})(?![\w]|[-.]\d)"  # 555-1234
+)
 _BEFORE_NUMBER_RE = re.compile(r"\b(" + "|".join(_BEFORE_NUMBER) + r")\.\s*(?=\d)")
 _MONTH_DAY_RE = re.compile(r"\b(" + "|".join(_MONTHS) + r")\s+([12]?\d|3[01])\b(?![:.,]?\d)")
 _RATIO_RE = re.compile(r"(?<![\d:])(\d+):(\d+)(?![\d:])")
 _MOUNT_RE = re.compile(r"\bMt\.\s+(?=[A-Z])")
 _ORDINAL_RE = re.compile(r"\b(" + _NUM + r")(st|nd|rd|th)\b", re.IGNORECASE)
 _DECADE_RE = re.compile(r"\b(1[1-9]|20)(\d)0'?s\b")
-_YEAR_RE = re.compile(r"(?<![\d,.$€£¥-])\b(1[1-9]\d\d|20\d\d)\b(?![\d,]|\.\d|\s*%)")
-_DECIMAL_RE = re.compile(r"(?<![\d.])(-?)(" + _NUM + r")\.(\d+)\b")
-_INTEGER_RE = re.compile(r"(?<![\d.])(-?)\b(" + _NUM + r")\b(?!\.\d)")
+_YEAR_RE = re.compile(r"(?<![\d,.$€£¥-])\b(1[1-9]\d\d|20\d\d)\b(?!\d|[.,]\d|\s*%)")
+_DECIMAL_RE = re.compile(r"(?<![\w.])(-?)(" + _NUM + r")\.(\d+)\b")
+_INTEGER_RE = re.compile(r"(?<![\w.])(-?)(" + _NUM + r")\b(?!\.\d)")
 _REPEAT_RE = re.compile(r"([!?.,;:])\1+")
 _MIXED_RE = re.compile(r"[!?]{2,}")
 _SPACE_RE = re.compile(r"\s+")
@@ -122,7 +159,7 @@ def _time(m: re.Match[str]) -> str:
         spoken = _words(hours) + ("" if suffix else " o'clock")
     else:
         spoken = f"{_words(hours)} {'oh ' if minutes < 10 else ''}{_words(minutes)}"
-    return f"{spoken} {suffix}" if suffix else spoken
+    return f"{spoken} {_meridiem(suffix)}" if suffix else spoken
 
 
 def _date(year: int, month: int, day: int) -> str:
@@ -144,8 +181,72 @@ def _slash_date(m: re.Match[str]) -> str:
 
 def _phone(m: re.Match[str]) -> str:
     """Digit by digit, a pause between the groups: "five five five, one two three, four five six seven"."""
-    groups = ([m.group(1).strip(" .-")] if m.group(1) else []) + [m.group(2), m.group(3), m.group(4)]
+    prefix, area, exchange, line = m.group(1), m.group(2), m.group(3) or m.group(7), m.group(4) or m.group(8)
+    groups = ([prefix.strip(" .-")] if prefix else []) + ([area] if area else []) + [exchange, line]
     return ", ".join(_digit_words(group) for group in groups)
+
+
+def _version(m: re.Match[str]) -> str:
+    """"v2.13.0" → "version two point thirteen point zero"; four parts of at most 255 are an IP
+    address, read digit by digit ("one nine two dot one six eight dot zero dot one")."""
+    parts = (m.group(2) or m.group(3)).split(".")
+    if not m.group(1) and len(parts) == 4 and all(int(p) <= 255 for p in parts):
+        return " dot ".join(_digit_words(p) for p in parts)
+    return ("version " if m.group(1) else "") + " point ".join(_words(p) for p in parts)
+
+
+def _unit(m: re.Match[str]) -> str:
+    """"5 km" → "five kilometers", "1 kg" → "one kilogram", "2.5GB" → "two point five gigabytes"."""
+    sign, whole, frac, unit = m.group(1), m.group(2), m.group(3), m.group(4)
+    one, many = _UNITS[unit]
+    amount = ("minus " if sign else "") + _words(whole) + (" point " + _digit_words(frac) if frac else "")
+    return f"{amount} {one if whole == '1' and not frac else many}"
+
+
+def _times(m: re.Match[str]) -> str:
+    """"3x faster" → "three times faster"; "1920x1080" → "... by ..."."""
+    if m.group(2):
+        return f"{_words(m.group(1))} by {_words(m.group(2))}"
+    return f"{_words(m.group(1))} times"
+
+
+def _fraction(m: re.Match[str]) -> str:
+    """Proper fractions in words ("3/4" → "three quarters"); "24/7" as said; others as they were."""
+    numerator, denominator = int(m.group(1)), int(m.group(2))
+    if (numerator, denominator) == (24, 7):
+        return "twenty-four seven"
+    if not 0 < numerator < denominator <= 16:
+        return m.group(0)
+    one, many = _FRACTIONS.get(denominator) or (
+        num2words(denominator, to="ordinal"), num2words(denominator, to="ordinal") + "s"
+    )
+    return f"{_words(numerator)} {one if numerator == 1 else many}"
+
+
+def _meridiem(suffix: str) -> str:
+    """"pm" reads as a word; written "p.m." (as given otherwise: "PM", "p.m.")."""
+    return f"{suffix[0]}.m." if suffix.rstrip(".") in ("am", "pm") else suffix
+
+
+def _clock_hour(m: re.Match[str]) -> str:
+    """"9am" → "nine a.m.", "11 PM" → "eleven PM"."""
+    return f"{_words(m.group(1))} {_meridiem(m.group(2))}"
+
+
+def _street(m: re.Match[str]) -> str:
+    """"Main St." → "Main Street", its full stop kept where it also ends the text."""
+    stop = "." if not m.string[m.end():].strip() else ""
+    return f"{m.group(1)} {_STREETS[m.group(2)]}{stop}"
+
+
+def _range(m: re.Match[str]) -> str:
+    """"10-20" → "10 to 20" (each number read by the rules after this one: years as years)."""
+    return f"{m.group(1)} to {m.group(2)}"
+
+
+def _dotted_date(m: re.Match[str]) -> str:
+    """Day first, as dotted dates are written ("31.12.2025")."""
+    return _date(int(m.group(3)), int(m.group(2)), int(m.group(1)))
 
 
 _DIGITS = {str(d): num2words(d) for d in range(10)} | {"+": "plus"}
@@ -180,26 +281,43 @@ def _integer(m: re.Match[str]) -> str:
     return ("minus " if m.group(1) else "") + _words(m.group(2))
 
 
+def _anywhere(m: re.Match[str]) -> str:
+    """"etc." → "et cetera", keeping the full stop where it also ends the sentence."""
+    words = _ANYWHERE[m.group(0)]
+    end = m.string[m.end():]
+    sentence_end = m.group(0) in ("etc.", "Jr.", "Sr.") and (not end.strip() or re.match(r"\s+[A-Z]", end))
+    return words + ("." if sentence_end else "")
+
+
 def _punctuation(text: str) -> str:
     text = _REPEAT_RE.sub(r"\1", text)  # "!!!" → "!", "..." → "."
     return _MIXED_RE.sub(lambda m: "?" if "?" in m.group(0) else "!", text)  # "?!?" → "?"
 
 
 _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
+    (_STREET_RE, _street),
     (_TITLE_RE, lambda m: _TITLES[m.group(1)] + " "),
     (_MOUNT_RE, "Mount "),
-    (_ANYWHERE_RE, lambda m: _ANYWHERE[m.group(0)]),
+    (_ANYWHERE_RE, _anywhere),
     (_NO_RE, "number "),
+    (_HASH_NUMBER_RE, "number "),
     (_BEFORE_NUMBER_RE, lambda m: _BEFORE_NUMBER[m.group(1)] + " "),
+    (_DOTTED_DATE_RE, _dotted_date),
+    (_VERSION_RE, _version),
     (_PHONE_RE, _phone),
     (_ISO_DATE_RE, _iso_date),
     (_SLASH_DATE_RE, _slash_date),
+    (_FRACTION_RE, _fraction),
     (_TIME_RE, _time),
+    (_CLOCK_HOUR_RE, _clock_hour),
     (_RATIO_RE, lambda m: f"{_words(m.group(1))} to {_words(m.group(2))}"),
     (_MONTH_DAY_RE, lambda m: f"{m.group(1)} {num2words(int(m.group(2)), to='ordinal')}"),
     (_CODE_RE, _money_code),
     (_MONEY_RE, _money),
+    (_UNIT_RE, _unit),
+    (_TIMES_RE, _times),
     (_ORDINAL_RE, _ordinal),
+    (_RANGE_RE, _range),
     (_DECADE_RE, _decade),
     (_YEAR_RE, _year),
     (_DECIMAL_RE, _decimal),
