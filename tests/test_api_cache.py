@@ -48,6 +48,18 @@ def test_anything_that_changes_audio_changes_the_key(client, change) -> None:
     assert client.post("/speak", json={**base, **change}).headers["x-cache"] == "miss"
 
 
+def test_normalize_changes_the_key_of_what_the_model_hears_besides_the_text(client) -> None:
+    """The text here reads the same either way, but the context's transcript (and a reference's) does
+    not: the engine is given a different prompt, so the cached audio must not be reused."""
+    turn = {"text": "Dr. Smith paid $5.", "speaker": 0, "audio_b64": wav_b64(0.2)}
+    base = {"text": "Hello there.", "seed": 31, "context": [turn]}
+    assert client.post("/speak", json={**base, "normalize": False}).headers["x-cache"] == "miss"
+    assert client.post("/speak", json={**base, "normalize": True}).headers["x-cache"] == "miss"
+    clone = {"text": "Hi", "reference_audio_b64": wav_b64(0.5), "reference_text": "It costs $5.", "seed": 3}
+    assert client.post("/clone_voice", json={**clone, "normalize": False}).headers["x-cache"] == "miss"
+    assert client.post("/clone_voice", json={**clone, "normalize": True}).headers["x-cache"] == "miss"
+
+
 def test_one_format_spelled_two_ways_is_one_key(client) -> None:
     base = {"text": "Cache me if you can.", "seed": 42}
     client.post("/speak", json={**base, "response_format": "pcm", "sample_rate": 16000})

@@ -5,6 +5,7 @@ import io
 
 import av
 import pytest
+import soundfile as sf
 from fastapi.testclient import TestClient
 
 from serve_app.api.app import create_app
@@ -73,6 +74,18 @@ def test_saved_voice_encoded_by_mimi_then_used(client) -> None:
     assert created.json()["frames"] == 7  # ceil(12000 / 1920)
     voice = created.json()["id"]
     _wav(client.post("/speak", json={"text": "In that voice.", "voice": voice, "max_duration_ms": 320}))
+
+
+def test_batch_speak_takes_the_output_options(client) -> None:
+    """As every endpoint that returns audio: format, rate and speed apply to each item."""
+    body = {"texts": ["One.", "Two."], "max_duration_per_text_ms": 1000}
+    plain = client.post("/batch_speak", json=body).json()
+    r = client.post("/batch_speak", json={**body, "response_format": "flac", "sample_rate": 16000, "speed": 2.0})
+    assert r.status_code == 200, r.text
+    for item, wav in zip(r.json(), plain):
+        pcm, rate = sf.read(io.BytesIO(base64.b64decode(item)))
+        assert rate == 16000
+        assert abs(len(pcm) / rate - read_wav(base64.b64decode(wav))[0].size / SAMPLE_RATE / 2) < 0.02
 
 
 def test_batch_and_openai_mp3(client) -> None:

@@ -36,6 +36,13 @@ def test_sampling_options_reach_the_engine(client, engine) -> None:
     assert request.speaker == 0 and request.request_id
 
 
+def test_null_context_is_no_context(client, engine) -> None:
+    """The original design's client defaults `context` to None and may send it as null."""
+    r = client.post("/speak", json={"text": "Hello", "context": None})
+    assert r.status_code == 200, r.text
+    assert engine.requests[-1].context == []
+
+
 def test_context_audio_is_decoded_to_24k_mono(client, engine) -> None:
     context = [{"text": "Earlier turn", "speaker": 0, "audio_b64": wav_b64(0.5, rate=16_000, channels=2)}]
     assert client.post("/speak", json={"text": "Reply", "context": context}).status_code == 200
@@ -67,7 +74,7 @@ def test_quality_check_gives_up_with_an_explanation(tmp_path, kind) -> None:
     engine = FakeEngine(bad_attempts=10, bad_kind=kind)
     client = make_client(tmp_path, engine)
     r = client.post("/speak", json={"text": "Hello there", "quality_check": True})
-    assert r.status_code == 422
+    assert r.status_code == 500
     assert "3 attempts" in r.json()["detail"] and kind in r.json()["detail"]
     assert len(engine.requests) == 3
 

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import struct
 
 import httpx
 import numpy as np
 import pytest
+import soundfile as sf
 
 from serve_app.client import (
     AsyncTTSClient,
@@ -139,6 +141,8 @@ def test_clone_voice_conversation_and_batch(client: TTSClient, ref_wav: str) -> 
     wavs = client.batch_speak(texts, speaker=1)
     lengths = [seconds(w) for w in wavs]
     assert len(wavs) == 3 and lengths == sorted(lengths) and lengths[0] < lengths[2]
+    [flac] = client.batch_speak(["One."], response_format="flac", sample_rate=16000)
+    assert sf.info(io.BytesIO(flac)).samplerate == 16000
 
 
 def test_contextual_speak_and_reset_session(client: TTSClient) -> None:

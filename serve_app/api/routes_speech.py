@@ -22,6 +22,7 @@ from serve_app.api.responses import (
 )
 from serve_app.api.schemas import MAX_SPEECH_MS, BatchSpeakRequest, CloneVoiceRequest, SpeakRequest
 from serve_app.audio.encode import encode_audio
+from serve_app.audio.tempo import change_speed
 from serve_app.engine.types import GenerationRequest
 
 router = APIRouter(tags=["speech"])
@@ -79,6 +80,7 @@ async def speak(body: SpeakRequest, request: Request, svc: ServicesDep) -> Respo
         speaker=speaker,
         max_ms=budget_ms,
         quality=body.quality_check,
+        normalize=body.normalize,  # the context's and the voice's transcripts are normalized too
         context=digest([(c.text, c.speaker, c.audio_b64) for c in body.context]) if body.context else None,
         voice=voice.info.model_dump() if voice else None,
     )
@@ -123,6 +125,7 @@ async def clone_voice(body: CloneVoiceRequest, request: Request, svc: ServicesDe
         body,
         text=text,
         max_ms=body.max_duration_ms,
+        normalize=body.normalize,  # the reference's transcript is normalized too
         reference=digest(body.reference_text, body.reference_audio_b64) if not voice else None,
         voice=voice.info.model_dump() if voice else None,
     )
@@ -155,6 +158,6 @@ async def batch_speak(body: BatchSpeakRequest, request: Request, svc: ServicesDe
         raise
 
     def encode_all() -> list[str]:
-        return [base64.b64encode(encode_audio(a.pcm, "wav")).decode() for a in audios]
+        return [base64.b64encode(encode_audio(change_speed(a.pcm, body.speed), body.output)).decode() for a in audios]
 
     return await run_in_threadpool(encode_all)

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    model_validator,
+)
 
 from serve_app.audio.formats import AudioFormat, OutputFormat, SampleRate
 from serve_app.audio.tempo import MAX_SPEED, MIN_SPEED
@@ -40,6 +49,11 @@ def _not_blank(value: str) -> str:
     if not any(ch.isprintable() and not ch.isspace() for ch in value):
         raise ValueError("must not be blank")
     return value
+
+
+def _none_as_empty(value: object) -> object:
+    """`null` for a list the original design's client defaults to empty."""
+    return [] if value is None else value
 
 
 Text = Annotated[
@@ -147,7 +161,9 @@ class ContextSegment(BaseModel):
 class SpeakRequest(SynthesisOptions):
     text: LongText
     speaker: Speaker = 1
-    context: list[ContextSegment] = Field(default_factory=list)
+    context: Annotated[list[ContextSegment], BeforeValidator(_none_as_empty)] = Field(
+        default_factory=list, description="Earlier turns, oldest first (null: none, as the original design's client sends)."
+    )
     max_duration_ms: int | None = Field(
         None,
         ge=FRAME_MS,
@@ -207,16 +223,12 @@ class CloneVoiceRequest(SynthesisOptions):
         return self
 
 
-class BatchSpeakRequest(BaseModel):
-    model_config = STRICT
+class BatchSpeakRequest(GenerationOptions):
+    """Every text with the same options; `seed` is used for every text."""
 
     texts: list[Text] = Field(min_length=1, max_length=10)
     speaker: Speaker = 0
     max_duration_per_text_ms: int = Field(10_000, ge=1_000, le=20_000)
-    normalize: bool = True
-    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Used for every text.")
-    temperature: float | None = Field(None, gt=0, le=2.0)
-    top_k: int | None = Field(None, ge=1, le=2051)
 
 
 class ContextualSpeakRequest(GenerationOptions):

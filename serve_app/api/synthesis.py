@@ -312,8 +312,8 @@ class Synthesizer:
             if report.ok:
                 return audio
             failures.append(f"attempt {attempt + 1}: {report.describe()}")
-        raise ApiError(
-            422,
+        raise ApiError(  # the model's failure, not the input's: 500, as in the original design
+            500,
             f"the generated audio failed quality checks in {attempts} attempts ({'; '.join(failures)}); "
             "try a different text, speaker or seed",
         )

@@ -110,9 +110,9 @@ class AsyncTTSClient:
         return await self._send(calls.conversation(turns, max_total_duration_ms))
 
     async def batch_speak(
-        self, texts: Sequence[str], speaker: int = 0, max_duration_per_text_ms: int = 10000
+        self, texts: Sequence[str], speaker: int = 0, max_duration_per_text_ms: int = 10000, **extra: Any
     ) -> list[bytes]:
-        return await self._send(calls.batch_speak(texts, speaker, max_duration_per_text_ms))
+        return await self._send(calls.batch_speak(texts, speaker, max_duration_per_text_ms, extra))
 
     def stream_speak(
         self,

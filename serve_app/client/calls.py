@@ -97,8 +97,11 @@ def conversation(turns: Sequence[Mapping[str, Any]], max_total_duration_ms: int)
     return Call("POST", "/conversation", body, "bytes")
 
 
-def batch_speak(texts: Sequence[str], speaker: int, max_duration_per_text_ms: int) -> Call:
+def batch_speak(
+    texts: Sequence[str], speaker: int, max_duration_per_text_ms: int, extra: Mapping[str, Any] | None = None
+) -> Call:
     body = {"texts": list(texts), "speaker": speaker, "max_duration_per_text_ms": max_duration_per_text_ms}
+    body.update(extra or {})
     return Call("POST", "/batch_speak", body, "b64list")
 
 

@@ -130,10 +130,10 @@ class TTSClient:
         return self._send(calls.conversation(turns, max_total_duration_ms))
 
     def batch_speak(
-        self, texts: Sequence[str], speaker: int = 0, max_duration_per_text_ms: int = 10000
+        self, texts: Sequence[str], speaker: int = 0, max_duration_per_text_ms: int = 10000, **extra: Any
     ) -> list[bytes]:
-        """One WAV per text, in input order."""
-        return self._send(calls.batch_speak(texts, speaker, max_duration_per_text_ms))
+        """One WAV per text, in input order (`extra`: `seed`, `response_format`, `speed`, ...)."""
+        return self._send(calls.batch_speak(texts, speaker, max_duration_per_text_ms, extra))
 
     # -- additions ----------------------------------------------------------------------------------
     def stream_speak(
