@@ -155,6 +155,18 @@ def test_bad_messages_get_an_error_and_the_socket_stays_open(client, message, co
         assert receive_until(ws, "done")[-1]["finish_reason"] == "end_of_audio"
 
 
+def test_a_binary_frame_is_read_as_utf8_json_and_a_bad_one_keeps_the_socket(client) -> None:
+    """Some WebSocket libraries send JSON as binary frames: read as UTF-8; bytes that are not UTF-8
+    get an error and the socket serves on (before, the socket dropped with 1006)."""
+    with client.websocket_connect(PATH) as ws:
+        ws.send_bytes(b"\xff\xfe")
+        error = json.loads(ws.receive_text())
+        assert error["type"] == "error" and error["code"] == 400 and "UTF-8" in error["message"]
+        ws.send_bytes(json.dumps({"type": "text", "context_id": "b", "text": "Sent as bytes."}).encode())
+        ws.send_bytes(json.dumps({"type": "close", "context_id": "b"}).encode())
+        assert receive_until(ws, "done")[-1]["finish_reason"] == "end_of_audio"
+
+
 def test_context_errors_end_the_context(client) -> None:
     with client.websocket_connect(PATH) as ws:
         ws.send_json({"type": "text", "context_id": "c1", "text": "Fine.", "voice": "nobody"})

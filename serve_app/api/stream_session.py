@@ -297,7 +297,10 @@ class StreamSession:
     async def _read(self) -> None:
         limit = self.synth.settings.ws_max_message_chars
         while not self._closing:
-            raw = await self.websocket.receive_text()
+            raw = await self._receive()
+            if raw is None:
+                self.outbox.put(None, error_message("invalid message: a binary frame must be UTF-8 JSON", 400))
+                continue
             if len(raw) > limit:
                 error = error_message(f"message over the {limit}-character limit", 413, _context_id_in(raw))
                 self.outbox.put(None, error)
@@ -316,6 +319,19 @@ class StreamSession:
             except ApiError as exc:
                 context_id = getattr(message, "context_id", None)
                 self.outbox.put(None, error_message(str(exc.detail), exc.status_code, context_id))
+
+    async def _receive(self) -> str | None:
+        """The next message's text; a binary frame counts as its UTF-8 text (None: not UTF-8), as
+        some WebSocket libraries send JSON that way."""
+        message = await self.websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+        if message.get("text") is not None:
+            return message["text"]
+        try:
+            return (message.get("bytes") or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            return None
 
     async def _handle(self, message: Any) -> None:
         if isinstance(message, CloseMessage) and message.context_id is None:
