@@ -126,6 +126,36 @@ def test_max_duration_applies_to_the_whole_and_the_final_event_says_length(clien
     assert len(engine.requests) < 11  # the text was not all spoken
 
 
+def test_a_lexicon_entry_that_stands_for_a_paragraph_is_spoken_in_segments(tmp_path) -> None:
+    """The lexicon may turn a short segment into thousands of characters: it is cut again, so no
+    segment is over the model's limit (before, the second one failed after the stream began)."""
+    engine = FakeEngine(max_prompt_chars=600)
+    client = make_client(tmp_path, engine)
+    paragraph = " ".join(SENTENCES)  # 400 characters
+    body = {"text": 'Hi there. <break time="100ms"/> Q Q Q Q Q.', "lexicon": {"Q": paragraph}, "stream": True}
+    with client.stream("POST", "/speak", json=body) as r:
+        assert r.status_code == 200
+        b"".join(r.iter_bytes())
+    spoken = [q.text for q in engine.requests]
+    assert spoken[0] == "Hi there." and max(len(t) for t in spoken) <= 600 and len(spoken) >= 4
+    assert " ".join(spoken[1:]).split() == " ".join([paragraph] * 5 + ["."]).replace(" .", ".").split()
+
+
+def test_a_segment_that_fails_after_the_first_audio_ends_the_sse_stream_with_its_error(tmp_path) -> None:
+    """Once the first event is sent, the status cannot change: the error comes as an event, and the
+    done event says `error`."""
+    engine = FakeEngine(max_prompt_chars=60)
+    client = make_client(tmp_path, engine)
+    body = {"text": f'Short one. <break time="100ms"/> {SENTENCES[0]}', "stream": True, "stream_format": "sse"}
+    r = client.post("/speak", json=body)
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert r.status_code == 200 and events[0]["type"] == "speech.audio.delta"
+    error, done = events[-2:]
+    assert error["type"] == "error" and error["error"]["code"] == 413 and "too long" in error["error"]["message"]
+    assert done["type"] == "speech.audio.done" and done["finish_reason"] == "error"
+    assert client.get("/health").status_code == 200
+
+
 def test_a_finished_stream_reports_its_finish_reason(client) -> None:
     r = client.post("/speak", json={"text": "Short and sweet.", "stream": True, "stream_format": "sse"})
     last = json.loads(r.text.strip().splitlines()[-1][6:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import numpy as np
@@ -12,11 +13,14 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from serve_app.api.cache import CachedResponse, ResponseCache
+from serve_app.api.errors import ApiError, error_body
 from serve_app.api.synthesis import AudioStream
 from serve_app.audio.encode import encode_audio, open_stream_encoder
 from serve_app.audio.formats import CONTENT_TYPES, OutputFormat
 from serve_app.audio.tempo import TempoStretcher, change_speed
 from serve_app.engine.types import SAMPLE_RATE, Audio
+
+logger = logging.getLogger("serve_app.api")
 
 __all__ = [
     "audio_headers",
@@ -121,12 +125,25 @@ async def _sse_events(
     stream: AudioStream, output: OutputFormat, speed: float, input_characters: int
 ) -> AsyncIterator[bytes]:
     tally = _Tally()
-    async for data in _encoded_chunks(stream, output, speed, tally):
-        yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+    finish_reason: str | None = None
+    try:
+        async for data in _encoded_chunks(stream, output, speed, tally):
+            yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+    except Exception as exc:  # after the first event, the stream is the only way to say it
+        # A later segment failed (over the model's limit, the engine overloaded, a replica lost):
+        # the client gets the reason in the stream, and a done event that says so.
+        status, detail = (exc.status_code, exc.detail) if isinstance(exc, ApiError) else (500, "generation failed")
+        if status >= 500:
+            logger.error("stream failed after its first audio", exc_info=exc)
+        error = error_body("/v1/", status, detail)["error"]
+        yield _sse({"type": "error", "error": {**error, "code": status}})
+        finish_reason = "error"
+    else:
+        finish_reason = stream.finish_reason.value if stream.finish_reason is not None else None
     usage = {"input_characters": input_characters, "output_audio_seconds": round(tally.seconds, 3)}
     done: dict[str, object] = {"type": "speech.audio.done", "usage": usage}
-    if stream.finish_reason is not None:
-        done["finish_reason"] = stream.finish_reason.value
+    if finish_reason is not None:
+        done["finish_reason"] = finish_reason
     yield _sse(done)
 
 

@@ -37,7 +37,7 @@ from serve_app.engine.types import (
 from serve_app.text.breaks import BreakTagError
 from serve_app.text.lexicon import Lexicon, LexiconError
 from serve_app.text.normalize import normalize_text
-from serve_app.text.segment import Pause, SegmentPolicy, split_script
+from serve_app.text.segment import Pause, SegmentPolicy, Utterance, split_script
 
 __all__ = ["AudioStream", "SpeechStream", "Synthesizer"]
 
@@ -234,6 +234,14 @@ class Synthesizer:
         """What the model is given for a piece of text: normalized unless opted out, then the lexicon."""
         return lexicon.apply(normalize_text(raw) if normalize else raw.strip()).strip()
 
+    def _recut(self, spoken: str) -> list[str]:
+        """A segment that normalization or the lexicon made much longer than a segment (an entry may
+        stand for a paragraph) cut again, so each part fits the model's prompt as any segment does;
+        otherwise a later segment would fail after the response had started."""
+        if len(spoken) <= 2 * self.segments.max_chars:
+            return [spoken]
+        return [item.text for item in split_script(spoken, self.segments) if isinstance(item, Utterance)]
+
     async def script(
         self,
         text: str,
@@ -255,7 +263,7 @@ class Synthesizer:
                 if isinstance(item, Pause):
                     lines.append(item)
                 elif spoken := self.spoken(item.text, normalize, words):
-                    lines.append(SpokenLine(item, spoken))
+                    lines.extend(SpokenLine(item, part) for part in self._recut(spoken))
             return Script(tuple(lines))
 
         try:
