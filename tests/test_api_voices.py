@@ -90,6 +90,14 @@ def test_a_saved_voice_answers_to_its_name_where_no_other_has_it(client, engine)
     assert unknown.status_code == 400 and "unknown voice" in unknown.json()["error"]["message"]
 
 
+def test_a_built_in_voice_name_cannot_be_taken_by_a_saved_voice(client) -> None:
+    """A request naming it would always get the built-in voice: refused at creation instead."""
+    r = client.post(
+        "/v1/voices", json={"name": "Nova", "audio_b64": wav_b64(1.0), "transcript": "The reference."}
+    )
+    assert r.status_code == 409 and "built-in voice" in r.json()["detail"]
+
+
 def test_voices_survive_recreating_the_app(tmp_path, engine) -> None:
     voice = _create(make_client(tmp_path, engine))
     fresh = make_client(tmp_path, FakeEngine())
@@ -183,6 +191,8 @@ def test_multipart_upload_makes_the_same_voice_as_json(client, engine) -> None:
         ({"name": "x", "transcript": "t", "speaker": "7"}, {"audio": ("a.wav", b"1", "audio/wav")}, 422,
          "less than or equal to 1"),
         ({"name": "x", "transcript": "t"}, {"audio": ("a.wav", b"", "audio/wav")}, 400, "audio is empty"),
+        ({"name": "x", "transcript": "t", "speakr": "1"}, {"audio": ("a.wav", b"1", "audio/wav")}, 422,
+         "Extra inputs are not permitted"),
         ({"name": "x", "transcript": "t"}, {"audio": ("a.txt", b"not audio" * 50, "text/plain")}, 400,
          "not audio in a supported format"),
     ],

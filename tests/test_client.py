@@ -14,6 +14,7 @@ import soundfile as sf
 from serve_app.client import (
     AsyncTTSClient,
     BadRequestError,
+    ConflictError,
     NotFoundError,
     OverloadedError,
     TooLargeError,
@@ -161,6 +162,8 @@ def test_voices_add_list_use_delete(client: TTSClient, ref_wav: str) -> None:
     assert voice["id"] not in [v["id"] for v in client.list_voices()]
     with pytest.raises(NotFoundError, match=voice["id"]):
         client.delete_voice(voice["id"])
+    with pytest.raises(ConflictError, match="built-in voice"):
+        client.add_voice("alloy", ref_wav, "Reference words.")
 
 
 def test_health_and_info(client: TTSClient) -> None:
@@ -232,12 +235,12 @@ def test_plain_text_overload_keeps_the_message_when_retries_run_out() -> None:
 
 
 def test_unknown_status_is_a_generic_error_with_request_id() -> None:
-    transport = _mock([httpx.Response(409, json={"detail": "voice name taken"},
+    transport = _mock([httpx.Response(418, json={"detail": "a teapot"},
                                       headers={"X-Request-ID": "abc"})], [])
     with TTSClient("http://tts.test", transport=transport) as c, pytest.raises(TTSError) as err:
         c.add_voice("n", b"RIFF", "t")
     assert type(err.value) is TTSError
-    assert err.value.status_code == 409 and err.value.message == "voice name taken"
+    assert err.value.status_code == 418 and err.value.message == "a teapot"
     assert err.value.request_id == "abc"
 
 

@@ -69,7 +69,7 @@ async def _json_upload(request: Request) -> tuple[VoiceFields, str, str]:
 
 async def _form_upload(request: Request, max_bytes: int) -> tuple[VoiceFields, bytes, str]:
     async with request.form(max_files=1, max_fields=16) as form:
-        text_fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        text_fields = {k: v for k, v in form.multi_items() if isinstance(v, str) and k not in AUDIO_FILE_FIELDS}
         try:
             fields = VoiceFields.model_validate(text_fields)
         except ValidationError as exc:
@@ -93,6 +93,8 @@ async def create_voice(request: Request, svc: ServicesDep) -> VoiceInfo:
         fields, audio, field = await _json_upload(request)
     else:
         raise ApiError(415, f"send the voice as application/json or multipart/form-data, not {media_type}")
+    if svc.synth.builtin.spec(fields.name) is not None:  # a request naming it would get the built-in
+        raise ApiError(409, f"{fields.name!r} is a built-in voice's name (GET /v1/audio/voices): choose another")
     svc.synth.text(fields.transcript, normalize=False, field="transcript")  # length check only
     codes = await svc.synth.encode_reference(audio, field)
     if len(codes) == 0:

@@ -239,7 +239,10 @@ class ContextualSpeakRequest(GenerationOptions):
 
 
 class VoiceFields(BaseModel):
-    """A saved voice's fields besides its audio (the form fields of a multipart upload)."""
+    """A saved voice's fields besides its audio (the form fields of a multipart upload: a misspelt
+    one is refused there too)."""
+
+    model_config = STRICT
 
     name: str = Field(min_length=1, max_length=100)
     transcript: Text = Field(validation_alias=AliasChoices("transcript", "reference_text"))
@@ -247,8 +250,6 @@ class VoiceFields(BaseModel):
 
 
 class VoiceCreateRequest(VoiceFields):
-    model_config = STRICT
-
     audio_b64: Base64Audio = Field(validation_alias=AliasChoices("audio_b64", "reference_audio_b64"))
 
 

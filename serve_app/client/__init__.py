@@ -8,6 +8,7 @@ from serve_app.client.async_client import AsyncTTSClient
 from serve_app.client.errors import (
     AuthenticationError,
     BadRequestError,
+    ConflictError,
     NotFoundError,
     OverloadedError,
     RateLimitError,
@@ -37,6 +38,7 @@ __all__ = [
     "AudioEvent",
     "AuthenticationError",
     "BadRequestError",
+    "ConflictError",
     "Done",
     "NotFoundError",
     "OverloadedError",

@@ -54,6 +54,10 @@ class NotFoundError(TTSError):
     """404: unknown voice, session or route."""
 
 
+class ConflictError(TTSError):
+    """409: a voice name that is ambiguous or taken by a built-in voice, or a closed stream context."""
+
+
 class TooLargeError(TTSError):
     """413: text, body or audio over the server's limits."""
 
@@ -86,6 +90,7 @@ _BY_STATUS: dict[int, type[TTSError]] = {
     400: BadRequestError,
     401: AuthenticationError,
     404: NotFoundError,
+    409: ConflictError,
     413: TooLargeError,
     422: UnprocessableEntityError,
     429: RateLimitError,
