@@ -239,6 +239,10 @@ def speak(ctx: click.Context, text: str, output: str, speaker: int, voice: str |
           ws: bool) -> None:
     """Synthesize TEXT ('-' reads it from stdin) into an audio file."""
     _check_output(output)
+    response_format = response_format.strip().lower()
+    if stream and not ws and response_format.split("_")[0] == "flac":
+        # A streamed FLAC's header cannot say its length, and libsndfile refuses such a file.
+        raise click.UsageError("flac is written whole: drop --stream, or stream another format")
     if ws:
         if context_audio or speed != 1.0:
             raise click.UsageError("--context-audio and --speed cannot be combined with --ws")

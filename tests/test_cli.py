@@ -64,8 +64,11 @@ def test_speak_takes_formats_rates_and_speed(url: str, tmp_path: Path) -> None:
     text = "Telephone quality, twice as fast."
     seconds = (2 + len(text) // 4) * 0.08
     out = tmp_path / "call.ulaw"
-    assert run(url, "speak", text, "-o", str(out), "--format", "ulaw_8000").exit_code == 0
+    assert run(url, "speak", text, "-o", str(out), "--format", "ULAW_8000").exit_code == 0
     assert len(out.read_bytes()) == round(seconds * 8000)  # one byte per 8 kHz sample
+    out = tmp_path / "call.mp3"
+    assert run(url, "speak", text, "-o", str(out), "--format", "MP3").exit_code == 0  # any case
+    assert out.read_bytes()[:3] in (b"ID3", b"\xff\xfb", b"\xff\xf3")
     out = tmp_path / "fast.wav"
     result = run(url, "speak", text, "-o", str(out), "--sample-rate", "16000", "--speed", "2", "--stream")
     assert result.exit_code == 0, result.output
@@ -157,6 +160,8 @@ def test_usage_errors_come_before_any_audio_is_made(tmp_path: Path) -> None:
     assert run(url, "--timeout", "-1", "health").exit_code == 2
     rates = run(url, "speak", "hi", "--ws", "--format", "mp3_44100_128", "--sample-rate", "16000", "-o", "-")
     assert rates.exit_code == 2 and "contradicts" in rates.output
+    flac = run(url, "speak", "hi", "--stream", "--format", "flac", "-o", str(tmp_path / "x.flac"))
+    assert flac.exit_code == 2 and "flac is written whole" in flac.output
 
 
 def test_serve_takes_at_most_one_source(tmp_path: Path) -> None:
