@@ -60,6 +60,7 @@ CASES = [
         "speaker",
     ),
     ("/conversation", {"turns": [{"speaker": 2, "text": "Hi"}]}, 422, "speaker"),
+    ("/speak", {"text": "Hi", "stream_format": "sse"}, 422, "is a streamed response"),
     ("/batch_speak", {"texts": ["Hi"], "speaker": 2}, 422, "speaker"),
     ("/contextual_speak", {"text": "Hi", "speaker": 2, "session_id": "s1"}, 422, "speaker"),
     ("/v1/voices", {**GOOD["/v1/voices"], "speaker": 2}, 422, "speaker"),

@@ -184,9 +184,11 @@ class SpeakRequest(SynthesisOptions):
     lexicon: LexiconEntries | None = None
 
     @model_validator(mode="after")
-    def _stream_excludes_quality_check(self) -> SpeakRequest:
+    def _stream_options_agree(self) -> SpeakRequest:
         if self.stream and self.quality_check:
             raise ValueError("quality_check needs the whole utterance and cannot be combined with stream")
+        if self.stream_format == "sse" and not self.stream:
+            raise ValueError('stream_format "sse" is a streamed response: add "stream": true')
         return self
 
 

@@ -27,14 +27,22 @@ def _atempo_factors(speed: float) -> list[float]:
     return factors + [speed]
 
 
+_FLUSH_PAD_S = 0.1
+"""Silence pushed through at the end: `atempo` keeps its last partial window (20-40 ms of the
+signal's end) unless more input follows; the output is then cut to the stretched length."""
+
+
 class TempoStretcher:
-    """Streaming time-stretch: `process(chunk)` returns what is ready, `flush()` the rest."""
+    """Streaming time-stretch: `process(chunk)` returns what is ready, `flush()` the rest; all of it
+    together is the input's length divided by the speed, to the sample."""
 
     def __init__(self, speed: float, sample_rate: int = SAMPLE_RATE) -> None:
         if not MIN_SPEED <= speed <= MAX_SPEED:
             raise ValueError(f"speed must be within {MIN_SPEED}..{MAX_SPEED}, got {speed}")
         self._rate = sample_rate
-        self._pts = 0
+        self._speed = speed
+        self._pts = 0  # input samples pushed
+        self._emitted = 0  # output samples returned
         self._graph = av.filter.Graph()
         node = self._graph.add_abuffer(
             format="flt", sample_rate=sample_rate, layout="mono", time_base=f"1/{sample_rate}"
@@ -47,8 +55,22 @@ class TempoStretcher:
         self._graph.configure()
 
     def process(self, pcm: np.ndarray) -> np.ndarray:
+        self._push(pcm)
+        out = self._pull()
+        self._emitted += len(out)
+        return out
+
+    def flush(self) -> np.ndarray:
+        expected = round(self._pts / self._speed)
+        self._push(np.zeros(int(self._rate * _FLUSH_PAD_S), np.float32))
+        self._graph.push(None)
+        tail = self._pull()[: max(0, expected - self._emitted)]
+        self._emitted += len(tail)
+        return tail
+
+    def _push(self, pcm: np.ndarray) -> None:
         if len(pcm) == 0:
-            return np.zeros(0, np.float32)
+            return
         frame = av.AudioFrame.from_ndarray(
             np.ascontiguousarray(pcm, dtype=np.float32)[None, :], format="flt", layout="mono"
         )
@@ -56,11 +78,6 @@ class TempoStretcher:
         frame.pts = self._pts
         self._pts += frame.samples
         self._graph.push(frame)
-        return self._pull()
-
-    def flush(self) -> np.ndarray:
-        self._graph.push(None)
-        return self._pull()
 
     def _pull(self) -> np.ndarray:
         out: list[np.ndarray] = []
