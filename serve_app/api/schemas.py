@@ -139,7 +139,7 @@ class GenerationOptions(AudioOutputOptions):
     """Options shared by the generating endpoints."""
 
     normalize: bool = Field(True, description="Spell out numbers, money, abbreviations before generation.")
-    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Same seed, same audio.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Fixes the sampling's random draws (batched arithmetic may still round differently); cached answers repeat exactly.")
     temperature: float | None = Field(None, gt=0, le=2.0, description="Sampling temperature (default 0.9).")
     top_k: int | None = Field(None, ge=1, le=2051, description="Top-k sampling (default 50; 1 = greedy).")
 
