@@ -1,5 +1,5 @@
-"""Spell out what a speech model reads badly: numbers, money, times, dates, phone numbers, ordinals,
-years, units and abbreviations.
+"""Spell out what a speech model reads badly: Markdown (`serve_app.text.markdown`), numbers, money,
+times, dates, phone numbers, ordinals, years, units and abbreviations.
 
 CSM reads raw text; "$3.50" or "5th" tokenize into pieces the model never learned to voice, so the
 API rewrites them into words before generation (`normalize: false` opts out). The rules are
@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 
 from num2words import num2words
+
+from serve_app.text.markdown import speakable_markdown
 
 __all__ = ["normalize_text"]
 
@@ -326,7 +328,9 @@ _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
 
 
 def normalize_text(text: str) -> str:
-    """Rewrite `text` into speakable words; the order of rules matters (money before numbers)."""
+    """Rewrite `text` into speakable words; the order of rules matters (Markdown first, money
+    before numbers)."""
+    text = speakable_markdown(text)
     for pattern, repl in _RULES:
         text = pattern.sub(repl, text)
     for symbol, words in _SYMBOLS.items():
