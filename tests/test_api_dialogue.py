@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from serve_app.engine.types import SAMPLE_RATE
-from tests.support_api import make_client, read_wav
+from tests.support_api import make_client, read_wav, wav_b64
 
 
 @pytest.fixture
@@ -92,6 +92,30 @@ def test_sessions_are_isolated_and_resettable(client, engine) -> None:
     _say(client, "beta", "beta two")
     assert [s.text for s in engine.requests[3].context] == []
     assert [s.text for s in engine.requests[4].context] == ["beta one"]
+
+
+def test_a_turn_without_a_session_id_continues_its_callers_own_session(tmp_path, engine) -> None:
+    """The original design's body (no session_id, an empty context): one session per API key, never
+    one shared by every caller; its id comes back to reset it with."""
+    client = make_client(tmp_path, engine, api_keys="key-one,key-two", session_context_turns=2)
+    one, two = ({"authorization": f"Bearer {key}"} for key in ("key-one", "key-two"))
+    design = {"text": "First.", "speaker": 1, "context": [], "max_duration_ms": 800}
+    first = client.post("/contextual_speak", json=design, headers=one)
+    assert first.status_code == 200, first.text
+    assert client.post("/contextual_speak", json={"text": "Other caller."}, headers=two).status_code == 200
+    again = client.post("/contextual_speak", json={"text": "Second.", "context": None}, headers=one)
+    assert [[s.text for s in q.context] for q in engine.requests] == [[], [], ["First."]]
+    session = again.headers["x-session-id"]
+    assert session == first.headers["x-session-id"] != client.post(
+        "/contextual_speak", json={"text": "Again."}, headers=two
+    ).headers["x-session-id"]
+    assert "key-one" not in session  # the key's fingerprint, never the key
+    assert client.delete(f"/sessions/{session}", headers=one).status_code == 204
+    client.post("/contextual_speak", json={"text": "Fresh."}, headers=one)
+    assert engine.requests[-1].context == []
+    turn = {"text": "c", "speaker": 0, "audio_b64": wav_b64(0.2)}
+    refused = client.post("/contextual_speak", json={"text": "Hi", "context": [turn]}, headers=one)
+    assert refused.status_code == 422 and "send earlier turns to /speak" in refused.text
 
 
 def test_session_id_is_validated(client) -> None:

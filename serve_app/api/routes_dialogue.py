@@ -6,6 +6,7 @@ audio is never decoded and re-encoded to be used as context.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import numpy as np
@@ -96,7 +97,8 @@ async def contextual_speak(body: ContextualSpeakRequest, request: Request, svc: 
     """
     synth = svc.synth
     text = synth.text(body.text, body.normalize)
-    async with session_turn(svc.sessions, body.session_id) as turn:
+    session_id = body.session_id or default_session_id(request)
+    async with session_turn(svc.sessions, session_id) as turn:
         audio = await synth.generate(
             GenerationRequest(
                 text=text,
@@ -111,10 +113,20 @@ async def contextual_speak(body: ContextualSpeakRequest, request: Request, svc: 
     headers = {
         **audio_headers(audio, f"speech.{body.output.extension}"),
         "X-Session-Turns": str(turn.turns_kept),
+        "X-Session-ID": session_id,
     }
     return await cached_response(
         svc.cache, None, lambda: encode_response(audio.pcm, body.output, headers, body.speed)
     )
+
+
+def default_session_id(request: Request) -> str:
+    """The session of a turn that names none: the caller's own (its API key's fingerprint, or its
+    address), never one shared by every caller."""
+    client = request.scope.get("state", {}).get("client_id") or (
+        f"addr_{request.client.host}" if request.client else "anonymous"
+    )
+    return re.sub(r"[^A-Za-z0-9_.:-]", "_", f"default-{client}")[:128]
 
 
 @router.delete("/sessions/{session_id}", status_code=204, response_class=Response)

@@ -236,8 +236,22 @@ class BatchSpeakRequest(GenerationOptions):
 class ContextualSpeakRequest(GenerationOptions):
     text: Text
     speaker: Speaker = 1
-    session_id: SessionId
+    session_id: SessionId | None = Field(
+        None,
+        description="The session this turn continues. Default: the caller's own session (one per API "
+        "key, or per client address without keys), as the original design kept one context.",
+    )
     max_duration_ms: int = Field(10_000, ge=FRAME_MS, le=60_000)
+    context: Annotated[list[ContextSegment], BeforeValidator(_none_as_empty)] = Field(
+        default_factory=list,
+        description="Accepted empty (the original design's body has it): a session's own turns are its context.",
+    )
+
+    @model_validator(mode="after")
+    def _session_is_the_context(self) -> ContextualSpeakRequest:
+        if self.context:
+            raise ValueError("a session's own turns are its context: send earlier turns to /speak instead")
+        return self
 
 
 class VoiceFields(BaseModel):
