@@ -56,6 +56,8 @@ def test_normalizes_real_sentences(raw: str, expected: str) -> None:
         ("10-20 people in 2020-2024, pages 3 \u2013 5",
          "ten to twenty people in twenty twenty to twenty twenty-four, pages three to five"),
         ("Compute 5 - 3.", "Compute five - three."),
+        ("Wait 10-20 min, walk 5-10 km, come 3-4pm, from 3:45-4:15.",
+         "Wait ten to twenty minutes, walk five to ten kilometers, come three to four p.m., from three forty-five to four fifteen."),
         ("Run 5 km, lift 1 kg, store 2.5GB at 100 mph.",
          "Run five kilometers, lift one kilogram, store two point five gigabytes at one hundred miles per hour."),
         ("3x faster on a 1920x1080 screen", "three times faster on a one thousand nine hundred and twenty by one thousand and eighty screen"),

@@ -105,6 +105,40 @@ def test_streamed_text_is_released_at_certain_boundaries() -> None:
     assert feed.exhausted
 
 
+MARKDOWN_REPLY = (
+    "Here is your order.\n\n## Next steps\n1. Check the tracking page\n2. Call us if it is late\n"
+    "10. Enjoy!\n\nYou can:\n- reset your password\n- contact support\n\nAnything else? Two-day - fast."
+)
+
+
+@pytest.mark.parametrize("piece_chars", [0, 1, 3, 7])  # 0: the whole text at once
+def test_markdown_blocks_start_segments_and_keep_their_markers(piece_chars: int) -> None:
+    """A list item's number or bullet begins its own line's segment: the sentence splitter took
+    "\n2." for the end of the line before, and a bullet's dash for a clause's end, so both were
+    spoken at the end of the wrong segment."""
+    from serve_app.text.normalize import normalize_text
+
+    policy = SegmentPolicy(max_chars=40)
+    if piece_chars:
+        feed, items = TextFeed(policy), []
+        for i in range(0, len(MARKDOWN_REPLY), piece_chars):
+            feed.push(MARKDOWN_REPLY[i : i + piece_chars])
+            while (item := feed.next_item()) is not None:
+                items.append(item)
+        feed.close()
+        while (item := feed.next_item()) is not None:
+            items.append(item)
+    else:
+        items = split_script(MARKDOWN_REPLY, policy)
+    texts = [item.text for item in items if isinstance(item, Utterance)]
+    assert not any(t.rstrip().endswith(("1.", "2.", "10.", "-")) for t in texts), texts
+    spoken = " ".join(normalize_text(t) for t in texts)
+    assert spoken == (
+        "Here is your order. Next steps. Check the tracking page. Call us if it is late. Enjoy! "
+        "You can: reset your password. contact support. Anything else? Two-day - fast."
+    )
+
+
 def test_a_sentence_end_followed_by_a_space_is_certain_but_an_abbreviation_is_not() -> None:
     feed = TextFeed()
     feed.push("Thanks for waiting. ")

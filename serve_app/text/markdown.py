@@ -69,8 +69,6 @@ def _table_row(line: str) -> str | None:
 
 def speakable_markdown(text: str) -> str:
     """`text` with Markdown's markup dropped and its structure kept as sentences."""
-    if not any(ch in text for ch in "*_#`[>|~-+\n") and not _EMOJI_RE.search(text):
-        return text  # nothing Markdown could have written
     lines = []
     for line in text.split("\n"):
         if _FENCE_RE.match(line) or _RULE_RE.match(line) or _TABLE_RULE_RE.match(line):

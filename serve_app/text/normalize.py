@@ -97,7 +97,7 @@ _UNIT_RE = re.compile(
 _TIMES_RE = re.compile(r"(?<![\w.])(\d+)x(?:(\d+)\b|(?![\w]))")
 _CLOCK_HOUR_RE = re.compile(r"(?<![\w:.])(1[0-2]|0?[1-9])\s?([AaPp]\.?[Mm]\b\.?)")
 _FRACTION_RE = re.compile(r"(?<![\w/.])(\d{1,2})/(\d{1,2})(?![\w/]|\.\d)")
-_RANGE_RE = re.compile(r"(?<![\w.,-])(" + _NUM + r")(?:-|\s?\u2013\s?)(" + _NUM + r")(?![\w-]|[.,]\d)")
+_RANGE_RE = re.compile(r"(?<![\w.,-])(" + _NUM + r")(?:-|\s?\u2013\s?)(" + _NUM + r")(?![\d_-]|[.,]\d)")
 _DOTTED_DATE_RE = re.compile(r"(?<![\d.])(0?[1-9]|[12]\d|3[01])\.(0?[1-9]|1[0-2])\.(1[1-9]\d\d|20\d\d)(?![\d]|\.\d)")
 _NO_RE = re.compile(r"\b(No|no)\.\s*(?=\d)")
 _MONEY_RE = re.compile(
@@ -310,6 +310,7 @@ _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     (_ISO_DATE_RE, _iso_date),
     (_SLASH_DATE_RE, _slash_date),
     (_FRACTION_RE, _fraction),
+    (_RANGE_RE, _range),  # before the rules that read a number with what follows it ("10-20 min")
     (_TIME_RE, _time),
     (_CLOCK_HOUR_RE, _clock_hour),
     (_RATIO_RE, lambda m: f"{_words(m.group(1))} to {_words(m.group(2))}"),
@@ -319,7 +320,6 @@ _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     (_UNIT_RE, _unit),
     (_TIMES_RE, _times),
     (_ORDINAL_RE, _ordinal),
-    (_RANGE_RE, _range),
     (_DECADE_RE, _decade),
     (_YEAR_RE, _year),
     (_DECIMAL_RE, _decimal),

@@ -24,7 +24,12 @@ from serve_app.text.breaks import find_break, pending_tag_start
 
 __all__ = ["Pause", "ScriptItem", "SegmentPolicy", "TextFeed", "Utterance", "split_script"]
 
-_CLAUSE_END = re.compile(r"[,;:\u2014\u2013](?=\s)|\s-(?=\s)")
+_CLAUSE_END = re.compile(r"[,;:\u2014\u2013](?=\s)|[ \t]-(?=\s)")
+# A line that starts a Markdown block (a list item, heading, quote or table row) starts a sentence:
+# the line before it has ended, whatever its punctuation. `_ITEM_NUMBER` is a numbered item's marker,
+# whose full stop the sentence splitter would otherwise take for the end of the line before.
+_BLOCK_START = re.compile(r"^[ \t]{0,3}(?:[-*+]|\d{1,3}[.)]|#{1,6}|>)(?:[ \t]+|$)|^[ \t]*\|", re.MULTILINE)
+_ITEM_NUMBER = re.compile(r"^([ \t]{0,3}\d{1,3})\.(?=[ \t]|$)", re.MULTILINE)
 _SENTENCE_TAIL = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*\s+$")
 _LONE_NEWLINE = re.compile(r"(?<!\n)\n(?!\n)")
 _LOOKAHEAD = 100  # characters past max_chars the sentence splitter sees, to confirm a boundary
@@ -75,8 +80,11 @@ def _splitter(language: str):  # sentence_splitter has no type hints
 
 
 def _sentence_ends(text: str, complete: bool, language: str) -> list[int]:
-    """Offsets just past each certain sentence end in `text` (the last one too when `complete`)."""
-    prepared = _LONE_NEWLINE.sub(" ", text)  # hard-wrapped lines are not sentences; same length
+    """Offsets just past each certain sentence end in `text` (the last one too when `complete`);
+    a Markdown block's first line starts a sentence (`_BLOCK_START`)."""
+    blocks = [m.start() for m in _BLOCK_START.finditer(text)]
+    prepared = _ITEM_NUMBER.sub(r"\1)", text)  # "\n2. Call" is an item, not "... 2." ending a sentence
+    prepared = _LONE_NEWLINE.sub(" ", prepared)  # hard-wrapped lines are not sentences; same length
     confirm_tail = not complete and _SENTENCE_TAIL.search(prepared) is not None
     # A sentence end followed by a space is certain if a capital letter there would start a sentence.
     sentences = _splitter(language).split(prepared + "A" if confirm_tail else prepared)
@@ -98,7 +106,10 @@ def _sentence_ends(text: str, complete: bool, language: str) -> list[int]:
         ends.append(pos)
     if not complete and not (confirm_tail and sentences and sentences[-1] == ""):
         ends = ends[:-1]  # the last sentence may still be growing
-    return ends
+    # A block's marker proves the line before it ended (streamed text too); no end falls inside a marker.
+    markers = [(m.start(), m.end()) for m in _BLOCK_START.finditer(text)]
+    ends = [end for end in ends if not any(start < end < stop for start, stop in markers)]
+    return sorted(set(ends) | {start for start in blocks if text[:start].strip()})
 
 
 def _last_clause_end(text: str, limit: int, minimum: int = 1) -> int | None:
