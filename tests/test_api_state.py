@@ -211,6 +211,22 @@ def test_a_failed_or_cancelled_turn_records_nothing_and_frees_the_session(make_b
 
 
 @pytest.mark.parametrize("make_backends", BACKENDS, indirect=True)
+def test_a_reset_during_a_turn_keeps_that_turn_out_of_the_new_session(make_backends) -> None:
+    """A call ends (DELETE /sessions/{id}) while its last turn is still generating: the next call on
+    the same id must start empty, not hear the old call's turn."""
+
+    async def scenario() -> None:
+        store = make_backends().sessions
+        await _turn(store, "call", "before")
+        lease = await store.begin_turn("call")
+        assert await store.reset("call")
+        assert await store.end_turn("call", lease.lease_id, _segment("in flight")) == 0
+        assert await asyncio.wait_for(_context(store, "call"), 1.0) == []
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("make_backends", BACKENDS, indirect=True)
 def test_the_token_bucket_refills_per_client(make_backends) -> None:
     async def scenario() -> None:
         limiter = make_backends(rate_limit_per_minute=60, rate_limit_burst=3).limiter

@@ -63,13 +63,15 @@ return 0
 
 _END = _NOW_US + """
 -- KEYS: lease, turns, index; ARGV: lease id, turns kept, ttl ms, session id, [turn]
+-- The turn is recorded only while the lease is still this turn's (not after a reset or a lost lease).
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.call('LLEN', KEYS[2]) end
 if ARGV[5] then
   redis.call('RPUSH', KEYS[2], ARGV[5])
   redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], now_us(), ARGV[4])
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('DEL', KEYS[1])
 return redis.call('LLEN', KEYS[2])
 """
 
@@ -151,13 +153,14 @@ class RedisSessions:
         return int(await _guarded(lambda: self._end(keys=self._keys(session_id), args=args)))
 
     async def reset(self, session_id: str) -> bool:
-        _, turns, index = self._keys(session_id)
+        lease, turns, index = self._keys(session_id)
 
         async def drop() -> bool:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(turns)
                 pipe.zrem(index, session_id)
-                existed, _ = await pipe.execute()
+                pipe.delete(lease)  # a turn in progress then records nothing when it ends
+                existed, _, _ = await pipe.execute()
             return bool(existed)
 
         return await _guarded(drop)

@@ -76,12 +76,15 @@ class InMemorySessions:
         return True
 
     async def end_turn(self, session_id: str, lease_id: str, turn: Segment | None) -> int:
-        session = self._open(session_id)
+        """Record `turn` only while the lease is still this turn's: a session reset (or a lease
+        lost) meanwhile must not bring the old call's turn back into the new one."""
+        session = self._sessions.get(session_id)
+        if session is None or session.lease_id != lease_id:
+            return len(session.turns) if session is not None else 0
         if turn is not None:
             session.turns.append(turn)
-        if session.lease_id == lease_id:
-            session.lease_id = None
-            session.released.set()
+        session.lease_id = None
+        session.released.set()
         return len(session.turns)
 
     async def reset(self, session_id: str) -> bool:
