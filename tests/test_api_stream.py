@@ -123,6 +123,62 @@ def test_cancel_stops_the_context_at_once_and_the_socket_goes_on(client, engine)
     assert after[-1]["finish_reason"] == "end_of_audio" and audio_of(after, "c2")
 
 
+def test_late_text_after_a_barge_in_is_dropped_not_spoken_under_the_old_id(client, engine) -> None:
+    """A language model's tokens still in flight after `cancel` must not reopen the context (before,
+    they were spoken in the default voice and held a context slot for good)."""
+    engine.release_stream.clear()
+    with client.websocket_connect(PATH) as ws:
+        for turn in range(10):  # more barge-ins than the socket has context slots (8)
+            context_id = f"turn{turn}"
+            ws.send_json({"type": "text", "context_id": context_id, "text": "A long answer", "voice": "alloy"})
+            ws.send_json({"type": "flush", "context_id": context_id})
+            assert json.loads(ws.receive_text())["type"] == "audio"
+            ws.send_json({"type": "cancel", "context_id": context_id})
+            assert receive_until(ws, "done")[-1]["finish_reason"] == "cancelled"
+            for late in ("And more. ", "Still more. "):
+                ws.send_json({"type": "text", "context_id": context_id, "text": late})
+            ws.send_json({"type": "flush", "context_id": context_id})
+            ws.send_json({"type": "close", "context_id": context_id})
+            error = json.loads(ws.receive_text())  # one error for the late text, nothing else
+            assert error["type"] == "error" and error["code"] == 409 and error["context_id"] == context_id
+            assert "has ended (cancelled)" in error["message"]
+        engine.release_stream.set()
+        ws.send_json({"type": "text", "context_id": "next", "text": "Next question."})
+        ws.send_json({"type": "close", "context_id": "next"})
+        messages = receive_until(ws, "done", "next")
+    assert {m["context_id"] for m in messages} == {"next"}
+    assert not any(q.text in ("And more.", "Still more.") for q in engine.requests)
+
+
+def test_every_flush_is_answered(tmp_path) -> None:
+    """Clients count the flushes answered: three flushes while speaking get three `flushed`."""
+    with make_client(tmp_path, PacedEngine()).websocket_connect(PATH) as ws:
+        for piece in ("One. ", "Two. ", "Three."):
+            ws.send_json({"type": "text", "context_id": "c1", "text": piece})
+            ws.send_json({"type": "flush", "context_id": "c1"})
+        ws.send_json({"type": "close", "context_id": "c1"})
+        messages = receive_until(ws, "done")
+    assert [m["type"] for m in messages].count("flushed") == 3
+
+
+def test_a_client_that_leaves_after_a_socket_wide_close_stops_its_contexts(client, engine) -> None:
+    """After `{"type": "close"}` the server no longer reads messages, but still notices the client
+    leaving: its generation stops instead of running to the end of the text."""
+    engine.release_stream.clear()
+    with client.websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "c1", "text": "A long answer that nobody hears"})
+        ws.send_json({"type": "flush", "context_id": "c1"})
+        assert json.loads(ws.receive_text())["type"] == "audio"
+        ws.send_json({"type": "close"})
+        time.sleep(0.05)
+    for _ in range(200):
+        if engine.streams_closed_early:
+            break
+        time.sleep(0.01)
+    engine.release_stream.set()
+    assert engine.streams_closed_early == 1
+
+
 def test_closing_the_socket_finishes_every_context(client) -> None:
     with client.websocket_connect(PATH) as ws:
         ws.send_json({"type": "text", "context_id": "x", "text": "Finish me"})

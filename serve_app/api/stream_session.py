@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -50,6 +50,8 @@ __all__ = ["StreamSession"]
 logger = logging.getLogger("serve_app.api.stream")
 
 _MESSAGES: TypeAdapter[Any] = TypeAdapter(ClientMessage)
+_ENDED_KEPT = 1024
+"""Ended contexts remembered per socket (their late text dropped); the oldest are forgotten first."""
 
 
 class SlowReaderError(Exception):
@@ -116,7 +118,7 @@ class SpeechContext:
         self.sent_samples = 0
         self.pending_samples = 0
         self.span, self.segment = (0, 0), 0
-        self.flush_pending = False
+        self.flushes_pending = 0  # each flush is answered by its own `flushed`
         self.finished = False
         self._wake = asyncio.Event()
         self.task = asyncio.create_task(self._run(), name=f"speech-context-{context_id}")
@@ -133,7 +135,7 @@ class SpeechContext:
 
     def flush(self) -> None:
         self.feed.flush()
-        self.flush_pending = True
+        self.flushes_pending += 1
         self._wake.set()
 
     def close(self) -> None:
@@ -198,8 +200,10 @@ class SpeechContext:
         while True:
             item = self.feed.next_item()
             if item is None:
-                if self.flush_pending and self.feed.flushed:  # before the end: a flush then a close gets both
-                    self.flush_pending = False
+                # Before the end: a flush then a close gets both. Every flush so far asked for a prefix
+                # of what has now been spoken, so each is answered.
+                while self.flushes_pending and self.feed.flushed:
+                    self.flushes_pending -= 1
                     self.session.outbox.put(self.id, {"type": "flushed", "context_id": self.id})
                 if self.feed.exhausted:
                     return (narration.finish_reason or FinishReason.END_OF_AUDIO).value
@@ -248,6 +252,8 @@ class SpeechContext:
         if self.finished:
             return
         self.finished = True
+        if not self.feed.closed:  # ended before its close: text still on its way for it is late
+            self.session.ended[self.id] = reason
         narration = self.narration
         emitted, segments = (narration.emitted, narration.requests) if narration else (0, 0)
         self.session.outbox.put(self.id, done_message(self.id, reason, emitted, segments))
@@ -264,6 +270,10 @@ class StreamSession:
         settings = synth.settings
         self.outbox = Outbox(int(settings.ws_max_buffered_s * SAMPLE_RATE))
         self.contexts: dict[str, SpeechContext] = {}
+        # Contexts that ended before the client closed them (cancelled, out of time, failed) → why.
+        # Text still in flight for one (a language model's next tokens after a barge-in) is dropped
+        # with one error, instead of opening a new context under the old id.
+        self.ended: OrderedDict[str, str] = OrderedDict()
         self._closing = False
 
     def forget(self, context: SpeechContext) -> None:
@@ -274,8 +284,17 @@ class StreamSession:
         writer = asyncio.create_task(self._write())
         try:
             await self._read()
-            # `close` without a context: let every context finish, send what is queued, then close.
-            await asyncio.gather(*(c.task for c in list(self.contexts.values())), return_exceptions=True)
+            # `close` without a context: let every context finish, send what is queued, then close;
+            # the socket is still watched, so a client that leaves meanwhile stops its contexts.
+            watcher = asyncio.create_task(self._until_disconnect())
+            finishing = asyncio.ensure_future(
+                asyncio.gather(*(c.task for c in list(self.contexts.values())), return_exceptions=True)
+            )
+            await asyncio.wait([watcher, finishing, writer], return_when=asyncio.FIRST_COMPLETED)
+            if not finishing.done():  # the client left (or the socket failed): nobody to speak to
+                finishing.cancel()
+                raise WebSocketDisconnect(1001)
+            watcher.cancel()
             while not self.outbox.empty and not writer.done():
                 await asyncio.sleep(0.01)
             writer.cancel()
@@ -287,6 +306,11 @@ class StreamSession:
             writer.cancel()
             for context in list(self.contexts.values()):
                 await context.cancel()
+
+    async def _until_disconnect(self) -> None:
+        """After a socket-wide `close`: messages are ignored, a disconnect returns."""
+        while (await self.websocket.receive())["type"] != "websocket.disconnect":
+            pass
 
     async def _write(self) -> None:
         while True:
@@ -340,6 +364,9 @@ class StreamSession:
                 context.close()
             return
         context = self.contexts.get(message.context_id)
+        if context is None and message.context_id in self.ended:
+            self._late(message)
+            return
         if isinstance(message, TextMessage):
             if context is None:
                 context = self._open(message)
@@ -358,6 +385,18 @@ class StreamSession:
         elif isinstance(message, CancelMessage):
             await context.cancel()
 
+    def _late(self, message: Any) -> None:
+        """A message for a context that ended before its close: dropped. Its first late text gets an
+        error; flushes, closes and cancels in flight need no answer."""
+        reason = self.ended[message.context_id]
+        if isinstance(message, TextMessage) and reason != "late":
+            self.ended[message.context_id] = "late"
+            raise ApiError(
+                409,
+                f"context {message.context_id!r} has ended ({reason}): its later text is dropped; "
+                "open a new context_id for more",
+            )
+
     def _open(self, message: TextMessage) -> SpeechContext:
         limit = self.synth.settings.ws_max_contexts
         if len(self.contexts) >= limit:
@@ -365,6 +404,8 @@ class StreamSession:
         self.synth.lexicon_for(message.lexicon)  # 422 now for unusable entries
         context = SpeechContext(self, message.context_id, message)
         self.contexts[message.context_id] = context
+        while len(self.ended) > _ENDED_KEPT:
+            self.ended.popitem(last=False)
         return context
 
 
