@@ -30,7 +30,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.auth import TokenBucketLimiter
 from serve_app.deploy.args import BuildArgs
-from serve_app.deploy.handle_engine import HandleEngine
+from serve_app.deploy.handle_engine import HandleEngine, serve_deployment_health
 from serve_app.deploy.names import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT, STATE_DEPLOYMENT
 from serve_app.engine.types import Audio, AudioChunk, GenerationRequest
 from serve_app.observability.stall_watchdog import LoopStallWatchdog
@@ -201,7 +201,14 @@ class APIIngress:
         self, model: DeploymentHandle, state: DeploymentHandle, api_settings: dict[str, Any] | None = None
     ) -> None:
         _log_as_json()
-        self._engine = HandleEngine(model)
+        from serve_app.api.settings import ApiSettings
+
+        settings = _api_settings(dict(api_settings or {})) or ApiSettings()
+        self._engine = HandleEngine(
+            model,
+            health_timeout_s=settings.health_timeout_s,
+            deployment_health=serve_deployment_health(MODEL_DEPLOYMENT),
+        )
         self._state = state
         self._api_settings = dict(api_settings or {})
         self._watchdog = LoopStallWatchdog()

@@ -206,6 +206,34 @@ def test_health_check_times_out_instead_of_hanging() -> None:
     asyncio.run(scenario())
 
 
+def test_a_probe_queued_behind_speech_asks_ray_whether_a_replica_runs() -> None:
+    """The probe waits in the speech requests' queue: no answer in time is healthy where Ray's own
+    health checks find a running replica, and not where they find none."""
+
+    async def scenario() -> None:
+        asked: list[bool] = []
+
+        def ray_says(answer: bool | None):
+            async def healthy() -> bool | None:
+                asked.append(True)
+                return answer
+
+            return healthy
+
+        busy = _engine(FakeHandle(...), health_timeout_s=0.05, deployment_health=ray_says(True))
+        await asyncio.wait_for(busy.check_health(), 2)  # healthy: a replica runs, the queue is long
+        for answer in (False, None):
+            gone = _engine(FakeHandle(...), health_timeout_s=0.05, deployment_health=ray_says(answer))
+            with pytest.raises(ReplicaUnavailableError, match="check_health"):
+                await asyncio.wait_for(gone.check_health(), 2)
+        dead = _engine(FakeHandle(ActorDiedError()), deployment_health=ray_says(True))
+        with pytest.raises(ReplicaUnavailableError):  # a failed call is not a slow one: Ray not asked
+            await dead.check_health()
+        assert len(asked) == 3
+
+    asyncio.run(scenario())
+
+
 def test_stream_relays_chunks_in_order_without_cancelling() -> None:
     async def scenario() -> None:
         handle = FakeHandle(chunks=4)

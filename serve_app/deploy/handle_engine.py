@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import numpy as np
@@ -43,6 +44,10 @@ class ReplicaUnavailableError(EngineOverloadedError):
         self.retry_after_s = DEFAULT_RETRY_AFTER_S if retry_after_s is None else retry_after_s
 
 
+class _ProbeTimeoutError(ReplicaUnavailableError):
+    """A call with a deadline got no answer in time (the replica may be busy, or gone)."""
+
+
 def is_system_failure(exc: BaseException) -> bool:
     """True for Ray/Serve failures (a replica or worker lost, a Serve routing error), also when
     wrapped in a task error; False for exceptions raised by the engine's own code."""
@@ -70,14 +75,54 @@ def _raise_mapped(exc: BaseException) -> NoReturn:
     raise exc
 
 
+DeploymentHealth = Callable[[], Awaitable[bool | None]]
+"""Whether a deployment has a replica that passes Ray's own health checks (None: not known)."""
+
+PROBE_TIMEOUT_S = 2.0
+"""How long a health probe waits for a model replica's own answer before asking Ray instead."""
+
+
+def serve_deployment_health(deployment: str, cache_s: float = 2.0) -> DeploymentHealth:
+    """Ray's view of `deployment` in this replica's application: its controller calls each
+    replica's `check_health` directly, not through the request queue, so the answer stays right
+    while the queue is long. Cached for `cache_s` (one controller call per probe burst)."""
+    from ray import serve
+
+    cached: dict[str, Any] = {"at": -cache_s, "healthy": None}
+
+    def ask() -> bool | None:
+        app = serve.status().applications.get(serve.get_replica_context().app_name)
+        overview = app.deployments.get(deployment) if app is not None else None
+        if overview is None:
+            return None
+        return any(str(getattr(state, "value", state)) == "RUNNING" and n > 0 for state, n in overview.replica_states.items())
+
+    async def healthy() -> bool | None:
+        if time.monotonic() - cached["at"] >= cache_s:
+            cached["healthy"] = await asyncio.to_thread(ask)
+            cached["at"] = time.monotonic()
+        return cached["healthy"]
+
+    return healthy
+
+
 class HandleEngine:
     """`SpeechEngine` over a `DeploymentHandle` to the `TTSModel` deployment."""
 
-    def __init__(self, handle: DeploymentHandle, *, health_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        handle: DeploymentHandle,
+        *,
+        health_timeout_s: float = 10.0,
+        deployment_health: DeploymentHealth | None = None,
+    ) -> None:
+        """`deployment_health`: asked when a health probe gets no answer in time (the probe waits in
+        the same queue as the speech requests, so a busy deployment answers it late)."""
         self._handle = handle.options(
             request_serialization=SERIALIZATION, response_serialization=SERIALIZATION
         )
         self._health_timeout_s = health_timeout_s
+        self._deployment_health = deployment_health
 
     async def _call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         response = getattr(self._handle, method).remote(*args)
@@ -87,7 +132,7 @@ class HandleEngine:
             return await asyncio.wait_for(awaited(response), timeout_s)
         except asyncio.TimeoutError:
             response.cancel()
-            raise ReplicaUnavailableError(f"speech model did not answer {method} in {timeout_s:g} s")
+            raise _ProbeTimeoutError(f"speech model did not answer {method} in {timeout_s:g} s") from None
         except Exception as exc:  # noqa: BLE001 - mapped or re-raised unchanged
             _raise_mapped(exc)
 
@@ -119,12 +164,19 @@ class HandleEngine:
 
     async def check_health(self) -> None:
         """The model replicas' health. A full queue (Ray's backpressure) means they are up and busy:
-        healthy, so a readiness probe does not take the service out of rotation under load."""
+        healthy, so a readiness probe does not take the service out of rotation under load. So is
+        a probe that waited its turn too long behind the speech requests, where Ray's own health
+        checks (`deployment_health`) find a running replica."""
+        probe_s = min(PROBE_TIMEOUT_S, self._health_timeout_s) if self._deployment_health else self._health_timeout_s
         try:
-            await self._call("check_health", timeout_s=self._health_timeout_s)
+            await self._call("check_health", timeout_s=probe_s)
         except ReplicaUnavailableError as exc:
-            if not isinstance(exc.__cause__, BackPressureError):
-                raise
+            if isinstance(exc.__cause__, BackPressureError):
+                return
+            slow = isinstance(exc, _ProbeTimeoutError) and self._deployment_health is not None
+            if slow and await self._deployment_health():  # type: ignore[misc]
+                return
+            raise
 
 
 async def awaited(awaitable: Awaitable[T]) -> T:
