@@ -142,6 +142,14 @@ def test_load_scales_the_model_to_two_replicas_and_back(scaled: ServeInstance) -
         stop, outcomes = asyncio.Event(), []
         started = time.monotonic()
         loader = asyncio.ensure_future(load(stop, outcomes))
+        await asyncio.sleep(1.0)
+        # The model's queue is long now; a readiness probe still finds the service healthy, at once
+        # (it waited its turn behind the speech and answered 503 after 10 s).
+        async with httpx.AsyncClient(base_url=scaled.base_url, timeout=TIMEOUT) as probe:
+            for _ in range(3):
+                began = time.monotonic()
+                health = await probe.get("/health")
+                assert health.status_code == 200 and time.monotonic() - began < 5, health.text
         decided = None
         while True:
             assert time.monotonic() - started < 120, "load did not add a replica"
