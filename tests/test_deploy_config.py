@@ -123,6 +123,9 @@ def test_build_args_reject_typos_and_bad_values() -> None:
     with pytest.raises(ValidationError, match="max_batch_size"):
         deployments.build_app({"max_batch_size": 0})
     # `serve run ... max_batch_size=8` passes strings: they are coerced.
+    # A misspelt api setting would be ignored: `auth_requird: true` left the API open.
+    with pytest.raises(ValidationError, match="auth_requird.*did you mean 'auth_required'"):
+        deployments.build_app({"api": {"auth_requird": True}})
     args = BuildArgs.model_validate({"model": "tiny-random", "max_batch_size": "8", "device": "cpu"})
     assert args.engine_kwargs() == {"max_batch_size": 8, "device": "cpu"}
     assert args.model_max_ongoing_requests() == 10

@@ -6,6 +6,7 @@ clear message instead of surfacing later inside a replica.
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any
 
@@ -33,6 +34,20 @@ class BuildArgs(BaseModel):
     @classmethod
     def _known_engine_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         return validate_engine_options(options)
+
+    @field_validator("api")
+    @classmethod
+    def _known_api_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        """A misspelt key would be ignored, silently (`auth_requird: true` left the API open)."""
+        from serve_app.api.settings import ApiSettings
+
+        names = list(ApiSettings.model_fields)
+        for name in settings:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown api setting {name!r}{hint}")
+        return settings
 
     def engine_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `Engine.from_preset` besides the preset name."""
