@@ -179,6 +179,34 @@ def test_a_client_that_leaves_after_a_socket_wide_close_stops_its_contexts(clien
     assert engine.streams_closed_early == 1
 
 
+def test_a_draining_server_finishes_open_contexts_refuses_new_ones_then_goes_away(tmp_path, engine) -> None:
+    """Under Ray the drain gate tells an open socket that the server stops: the context being spoken
+    finishes, a new one is refused (503), and the socket closes (1001) once nothing is left."""
+    app = create_app(engine, ApiSettings(voices_dir=tmp_path))
+    drain = {"on": False}
+
+    async def gate(scope, receive, send):  # as serve_app.deploy.draining.DrainGate marks a socket
+        scope.setdefault("state", {})["draining"] = lambda: drain["on"]
+        await app(scope, receive, send)
+
+    with TestClient(gate).websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "open", "text": "Being spoken as the stop comes. "})
+        messages = [json.loads(ws.receive_text())]  # its first audio: the context is open
+        drain["on"] = True
+        ws.send_json({"type": "text", "context_id": "new", "text": "Too late."})
+        ws.send_json({"type": "text", "context_id": "open", "text": "And its last words."})
+        ws.send_json({"type": "close", "context_id": "open"})
+        with pytest.raises(WebSocketDisconnect) as closed:
+            while True:
+                messages.append(json.loads(ws.receive_text()))
+    assert closed.value.code == 1001 and messages[0]["type"] == "audio"
+    refused = [m for m in messages if m["type"] == "error"]
+    assert [(m["context_id"], m["code"]) for m in refused] == [("new", 503)]
+    done = [m for m in messages if m["type"] == "done"]
+    assert [(m["context_id"], m["finish_reason"]) for m in done] == [("open", "end_of_audio")]
+    assert " ".join(q.text for q in engine.requests) == "Being spoken as the stop comes. And its last words."
+
+
 def test_closing_the_socket_finishes_every_context(client) -> None:
     with client.websocket_connect(PATH) as ws:
         ws.send_json({"type": "text", "context_id": "x", "text": "Finish me"})

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from serve_app.deploy.draining import POLL_S, DrainBoard, DrainGate
 from tests.support_tools import serve_http
@@ -69,6 +72,40 @@ def test_the_gate_refuses_new_requests_while_those_in_flight_finish() -> None:
         assert outcome["slow"].status_code == 200 and outcome["slow"].json() == {"released": True}
         time.sleep(2 * POLL_S)
         assert reported[-1] == 0  # the refused request was never counted
+
+
+def test_the_gate_counts_an_open_websocket_and_refuses_one_opened_during_a_drain() -> None:
+    draining, reported = threading.Event(), []
+    app = FastAPI()
+
+    @app.websocket("/ws")
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        told = websocket.scope["state"]["draining"]  # how an open socket learns of the drain
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                await websocket.send_text(f"{await websocket.receive_text()} draining={told()}")
+
+    async def report(replica_id: str, in_flight: int) -> bool:
+        reported.append(in_flight)
+        return draining.is_set()
+
+    app.add_middleware(DrainGate, replica_id="replica-1", report=report)
+    client = TestClient(app)
+    with client.websocket_connect("/ws") as ws:
+        ws.send_text("hi")
+        assert ws.receive_text() == "hi draining=False"
+        deadline = time.monotonic() + 5
+        while not reported or reported[-1] != 1:  # the open socket is in flight
+            assert time.monotonic() < deadline, reported
+            time.sleep(0.05)
+        draining.set()
+        time.sleep(2 * POLL_S)
+        ws.send_text("still")
+        assert ws.receive_text() == "still draining=True"
+        with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/ws"):
+            pass
+        assert refused.value.code == 1013
 
 
 def test_a_stop_drains_first_and_a_second_signal_cuts_the_wait_short() -> None:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -50,6 +51,8 @@ __all__ = ["StreamSession"]
 logger = logging.getLogger("serve_app.api.stream")
 
 _MESSAGES: TypeAdapter[Any] = TypeAdapter(ClientMessage)
+DRAIN_POLL_S = 0.25
+"""How often a socket of a draining server looks whether it can close."""
 _ENDED_KEPT = 1024
 """Ended contexts remembered per socket (their late text dropped); the oldest are forgotten first."""
 
@@ -275,6 +278,9 @@ class StreamSession:
         # with one error, instead of opening a new context under the old id.
         self.ended: OrderedDict[str, str] = OrderedDict()
         self._closing = False
+        # Set by the ingress's drain gate under Ray: a stopping server takes no new contexts, and
+        # closes the socket (1001, going away) once the open ones are done.
+        self._draining: Callable[[], bool] = websocket.scope.get("state", {}).get("draining") or (lambda: False)
 
     def forget(self, context: SpeechContext) -> None:
         if self.contexts.get(context.id) is context:
@@ -282,6 +288,7 @@ class StreamSession:
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._write())
+        closer = asyncio.create_task(self._close_when_drained())
         try:
             await self._read()
             # `close` without a context: let every context finish, send what is queued, then close;
@@ -304,8 +311,16 @@ class StreamSession:
             pass
         finally:
             writer.cancel()
+            closer.cancel()
             for context in list(self.contexts.values()):
                 await context.cancel()
+
+    async def _close_when_drained(self) -> None:
+        """While the server drains: once no context is open and nothing waits to be sent, go away."""
+        while not (self._draining() and not self.contexts and self.outbox.empty):
+            await asyncio.sleep(DRAIN_POLL_S)
+        with contextlib.suppress(Exception):
+            await self.websocket.close(1001, "the server is shutting down")
 
     async def _until_disconnect(self) -> None:
         """After a socket-wide `close`: messages are ignored, a disconnect returns."""
@@ -398,6 +413,8 @@ class StreamSession:
             )
 
     def _open(self, message: TextMessage) -> SpeechContext:
+        if self._draining():
+            raise ApiError(503, "the server is shutting down: open new contexts on a new socket")
         limit = self.synth.settings.ws_max_contexts
         if len(self.contexts) >= limit:
             raise ApiError(429, f"{limit} contexts are open on this socket; close one first")

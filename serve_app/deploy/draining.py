@@ -5,6 +5,7 @@ Deleting a Serve application removes its HTTP route at once (new requests would 
 (`DrainBoard`); each ingress replica polls it, and once it is up answers new requests with 503 +
 Retry-After + `Connection: close` (/health too, so load balancers look elsewhere), while it reports
 how many requests it still has in flight. When every replica reports none, the application can go.
+An open WebSocket counts as in flight: it refuses new contexts, finishes those open, then closes.
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ class DrainGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._poller is None or self._poller.done():
             self._poller = asyncio.ensure_future(self._poll())
+        if scope["type"] == "websocket":
+            await self._socket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -91,6 +95,19 @@ class DrainGate:
             )
             await response(scope, receive, send)
             return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _socket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket is in flight while it is open; one opened during a drain is refused (1013, try
+        again later), and an open one learns of the drain through `scope["state"]["draining"]`."""
+        if self.draining:
+            await send({"type": "websocket.close", "code": 1013, "reason": "the server is shutting down"})
+            return
+        scope.setdefault("state", {})["draining"] = lambda: self.draining
         self.in_flight += 1
         try:
             await self.app(scope, receive, send)
