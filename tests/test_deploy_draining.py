@@ -147,3 +147,24 @@ def test_behind_direct_ingress_the_drain_also_waits_out_rays_draining_period(env
 
     config = {"applications": [{"deployments": [{"graceful_shutdown_timeout_s": 12}]}]}
     assert default_drain_timeout_s(config, environ) == 12 + draining + DRAIN_MARGIN_S
+
+
+def test_a_failed_deployment_is_named_for_the_runner_to_exit_on() -> None:
+    """`csm-serve serve --config` exits 1 when Ray reports an application DEPLOY_FAILED (Ray itself
+    keeps running, and a container would look alive forever)."""
+    from types import SimpleNamespace
+
+    from ray.serve.schema import ApplicationStatus
+
+    from serve_app.deploy.runner import failed_apps
+
+    def status(**apps: tuple[ApplicationStatus, str]) -> SimpleNamespace:
+        return SimpleNamespace(
+            applications={name: SimpleNamespace(status=s, message=m) for name, (s, m) in apps.items()}
+        )
+
+    running = status(csm=(ApplicationStatus.RUNNING, ""), other=(ApplicationStatus.DEPLOY_FAILED, "x"))
+    assert failed_apps(running, ["csm"]) == {}
+    assert failed_apps(status(), ["csm"]) == {}  # not deployed yet
+    failed = status(csm=(ApplicationStatus.DEPLOY_FAILED, "auth_required is set but no API keys"))
+    assert failed_apps(failed, ["csm"]) == {"csm": "auth_required is set but no API keys"}

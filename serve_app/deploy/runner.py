@@ -74,6 +74,20 @@ class DrainingStop:
         self.requested.set()
 
 
+STATUS_CHECK_S = 5.0
+"""How often a running `serve --config` asks Ray whether its applications failed to deploy."""
+
+
+def failed_apps(status: Any, names: list[str]) -> dict[str, str]:
+    """The applications of `names` that Ray reports DEPLOY_FAILED, with Ray's message."""
+    failed = {}
+    for name in names:
+        app = status.applications.get(name)
+        if app is not None and str(getattr(app.status, "value", app.status)) == "DEPLOY_FAILED":
+            failed[name] = app.message
+    return failed
+
+
 def run_config(config_path: str | Path, drain_timeout_s: float | None = None) -> int:
     """Serve `config_path` until SIGTERM or SIGINT, then drain and stop; returns the exit status."""
     import ray
@@ -109,9 +123,16 @@ def run_config(config_path: str | Path, drain_timeout_s: float | None = None) ->
         )
         client.deploy_apps(schema, _blocking=False)
         logger.info("deployed %s; SIGTERM or Ctrl-C drains and stops", config_path)
-        while not stop.requested.wait(1.0):
-            pass
         names = [app.name for app in schema.applications]
+        checked = time.monotonic()
+        while not stop.requested.wait(1.0):
+            if time.monotonic() - checked >= STATUS_CHECK_S:
+                checked = time.monotonic()
+                if failed := failed_apps(serve.status(), names):
+                    # Exit, so a container's restart policy or a supervisor sees it (Ray keeps going).
+                    for name, message in failed.items():
+                        logger.error("application %s failed to deploy: %s", name, message)
+                    return 1
         deadline = time.monotonic() + timeout_s
         for name in names:
             on_handles_loop(drain_ingress(name, deadline, stop.forced.is_set))
