@@ -70,7 +70,7 @@ def _client(ctx: click.Context, retries: int = RETRIES) -> TTSClient:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="Port for --preset.")
 @click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+              type=click.Choice(["debug", "info", "warning", "error"]), help="Log level for --preset.")
 @click.option("--ingress", type=click.Choice(["auto", "haproxy", "proxy"]), default="auto", show_default=True,
               help="HTTP ingress Ray starts for --config: HAProxy (fastest measured; needs csm-serve[haproxy]) "
                    "or Ray's Python proxy. auto: HAProxy unless the config listens on loopback only, Ray is "
@@ -88,6 +88,13 @@ def serve(config_path: str | None, preset: str | None, device: str | None, host:
     up to the drain timeout, new ones are refused, then the server exits with status 0."""
     if config_path and preset:
         raise click.UsageError("give at most one of --config or --preset")
+    if not preset:  # a Ray Serve config: its http_options and logging_config decide these
+        ctx = click.get_current_context()
+        given = [f"--{name.replace('_', '-')}" for name in ("host", "port", "log_level", "device")
+                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} apply to --preset only; a Serve config sets them "
+                                   "(http_options.host/port, logging_config, args.device)")
     if not config_path and not preset:
         config_path = str(choose_local_config())
     if config_path:

@@ -169,6 +169,8 @@ def test_serve_takes_at_most_one_source(tmp_path: Path) -> None:
     config.write_text("applications: []\n")
     both = CliRunner().invoke(cli, ["serve", "--config", str(config), "--preset", "tiny-random"])
     assert both.exit_code == 2 and "at most one" in both.output
+    port = CliRunner().invoke(cli, ["serve", "--config", str(config), "--port", "8123", "--host", "0.0.0.0"])
+    assert port.exit_code == 2 and "--host, --port apply to --preset only" in port.output  # not ignored
 
 
 def test_serve_without_a_source_runs_this_machines_config_and_says_which(monkeypatch) -> None:
