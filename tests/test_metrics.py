@@ -76,6 +76,20 @@ def test_streamed_audio_records_time_to_first_audio(http: httpx.Client) -> None:
     assert value(after, name, endpoint="/speak") == value(before, name, endpoint="/speak") + 1
 
 
+def test_requests_refused_before_routing_count_under_their_endpoint(tmp_path) -> None:
+    """The auth middleware answers 401 before the router runs: counted under `/speak` and the
+    voice's template, not `unmatched`."""
+    client = make_client(tmp_path, api_keys="metrics-key-0123456789")
+    before = scrape(client)
+    assert client.post("/speak", json={"text": "no key"}).status_code == 401
+    assert client.delete("/v1/voices/some-id").status_code == 401
+    after = scrape(client)
+    for endpoint in ("/speak", "/v1/voices/{voice_id}"):
+        labels = {"endpoint": endpoint, "status": "401"}
+        assert value(after, "csm_http_errors_total", **labels) == value(
+            before, "csm_http_errors_total", **labels) + 1, labels
+
+
 def test_errors_are_counted_by_route_template_and_status(http: httpx.Client) -> None:
     before = scrape(http)
     assert http.post("/speak", json={"text": "x", "speaker": 2}).status_code == 422

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.observability.logs import access_log
@@ -145,10 +146,29 @@ def _record(scope: Scope, state: dict[str, Any], elapsed: float) -> None:
 
 
 def _endpoint(scope: Scope) -> str:
-    """The route template (`/sessions/{session_id}`), so label values stay few; 'unmatched' for 404s."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    """The route template (`/sessions/{session_id}`), so label values stay few; 'unmatched' for 404s.
+    A request refused before routing (401, 429, 413, a drain's 503) is matched here against the
+    app's routes, so it counts under its endpoint too."""
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str):
+        return path
+    routes = getattr(getattr(scope.get("app"), "router", None), "routes", None)
+    return (_route_template(routes, scope) if routes else None) or "unmatched"
+
+
+def _route_template(routes: list[Any], scope: Scope) -> str | None:
+    """The path template of the route that fully matches `scope` (FastAPI's included routers are
+    searched through)."""
+    for route in routes:
+        nested = getattr(route, "original_router", None)
+        if nested is not None:
+            if found := _route_template(nested.routes, scope):
+                return found
+            continue
+        path = getattr(route, "path", None)
+        if isinstance(path, str) and route.matches(scope)[0] is Match.FULL:
+            return path
+    return None
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
