@@ -118,6 +118,21 @@ def test_a_turn_without_a_session_id_continues_its_callers_own_session(tmp_path,
     assert refused.status_code == 422 and "send earlier turns to /speak" in refused.text
 
 
+def test_a_session_speaks_in_a_saved_voice(client, engine) -> None:
+    """An agent's turns keep its voice: the reference comes after the session's turns, every turn."""
+    voice = client.post(
+        "/v1/voices", json={"name": "Agent", "audio_b64": wav_b64(0.5), "transcript": "Agent voice.", "speaker": 1}
+    ).json()["id"]
+    for text in ("Hello.", "How can I help?"):
+        r = client.post("/contextual_speak", json={"text": text, "session_id": "agent", "voice": voice, "speaker": 0})
+        assert r.status_code == 200, r.text
+    first, second = engine.requests
+    assert [s.text for s in first.context] == ["Agent voice."]
+    assert [s.text for s in second.context] == ["Hello.", "Agent voice."]
+    assert first.speaker == second.speaker == 1 and second.context[0].speaker == 1
+    assert client.post("/contextual_speak", json={"text": "Hi", "voice": "nobody"}).status_code == 404
+
+
 def test_session_id_is_validated(client) -> None:
     r = client.post("/contextual_speak", json={"text": "hi", "session_id": "../etc/passwd"})
     assert r.status_code == 422

@@ -98,18 +98,23 @@ async def contextual_speak(body: ContextualSpeakRequest, request: Request, svc: 
     synth = svc.synth
     text = synth.text(body.text, body.normalize)
     session_id = body.session_id or default_session_id(request)
+    voice = await synth.named_voice(body.voice) if body.voice else None
+    # A voice's reference comes last, as on /speak: the nearest context, and the last to be dropped
+    # when a long session no longer fits the prompt.
+    anchor = [synth.voice_reference(voice, body.normalize)] if voice else []
+    speaker = voice.info.speaker if voice else body.speaker
     async with session_turn(svc.sessions, session_id) as turn:
         audio = await synth.generate(
             GenerationRequest(
                 text=text,
-                speaker=body.speaker,
-                context=turn.context,
+                speaker=speaker,
+                context=[*turn.context, *anchor],
                 max_audio_length_ms=body.max_duration_ms,
                 sampling=synth.sampling(body.temperature, body.top_k, body.seed),
                 request_id=request_id_of(request),
             )
         )
-        turn.record(Segment(text=text, speaker=body.speaker, codes=audio.codes))
+        turn.record(Segment(text=text, speaker=speaker, codes=audio.codes))
     headers = {
         **audio_headers(audio, f"speech.{body.output.extension}"),
         "X-Session-Turns": str(turn.turns_kept),

@@ -242,6 +242,11 @@ class ContextualSpeakRequest(GenerationOptions):
         "key, or per client address without keys), as the original design kept one context.",
     )
     max_duration_ms: int = Field(10_000, ge=FRAME_MS, le=60_000)
+    voice: VoiceId | None = Field(
+        None,
+        description="A built-in or saved voice: its reference joins the session's turns as the last "
+        "context turn, and its speaker is used (the session's turns stay as spoken).",
+    )
     context: Annotated[list[ContextSegment], BeforeValidator(_none_as_empty)] = Field(
         default_factory=list,
         description="Accepted empty (the original design's body has it): a session's own turns are its context.",
