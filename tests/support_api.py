@@ -125,6 +125,7 @@ class FakeEngine:
         await self._admit(request)
         pcm, codes = self._make(request)
         frames = len(codes)
+        reason = FinishReason.LENGTH if frames == request.max_frames else FinishReason.END_OF_AUDIO  # as generate
         finished = False
         try:
             for start in range(0, frames, self.chunk_frames):
@@ -136,7 +137,7 @@ class FakeEngine:
                     codes=codes[start:stop],
                     frames=stop - start,
                     is_last=last,
-                    finish_reason=FinishReason.END_OF_AUDIO if last else None,
+                    finish_reason=reason if last else None,
                 )
                 while not self.release_stream.is_set():
                     await asyncio.sleep(0.005)

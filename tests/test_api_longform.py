@@ -189,6 +189,34 @@ def test_break_tags_are_silence_between_segments(client, engine) -> None:
     assert engine.requests[1].context[-1].text == "One thing first."  # the pause does not break the context
 
 
+def test_a_break_is_the_silence_asked_for_not_added_to_the_segments_own(tmp_path) -> None:
+    """The segment before a break keeps none of its trailing silence: 500 ms is 500 ms (it was the
+    join silence, 400 ms, more)."""
+    engine = RecordingEngine(silent_tail_frames=8)
+    client = make_client(tmp_path, engine, join_silence_ms=400)
+    text = 'One thing first. <break time="500ms"/> Then the other.'
+    pcm = _pcm16(client.post("/speak", json={"text": text, "response_format": "pcm"}).content)
+    first = engine.frames_for(engine.requests[0]) * FRAME_SAMPLES
+    zeros = np.flatnonzero(pcm[first - 1 :] != 0)[1] - 1  # the exact-zero run after the first speech
+    assert SAMPLE_RATE // 2 <= zeros < SAMPLE_RATE // 2 + 24  # (the fade-out's last samples round to 0)
+
+
+class RunawayEngine(FakeEngine):
+    """A segment that says "runaway" never ends by itself: it runs to its cap."""
+
+    def frames_for(self, request: GenerationRequest) -> int:
+        return request.max_frames if "runaway" in request.text else super().frames_for(request)
+
+
+def test_a_segment_cut_at_its_cap_is_the_whole_texts_finish_reason(tmp_path) -> None:
+    """A later segment ending normally must not hide an earlier one cut short (`length`)."""
+    client = make_client(tmp_path, RunawayEngine())
+    text = 'A runaway clause. <break time="100ms"/> A calm ending.'
+    assert client.post("/speak", json={"text": text}).headers["x-finish-reason"] == "length"
+    sse = client.post("/speak", json={"text": text, "stream": True, "stream_format": "sse"})
+    assert json.loads(sse.text.strip().splitlines()[-1][6:])["finish_reason"] == "length"
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [

@@ -258,6 +258,8 @@ class Narration:
         speech_after = [False] * len(lines)
         for i in range(len(lines) - 2, -1, -1):
             speech_after[i] = speech_after[i + 1] or isinstance(lines[i + 1], SpokenLine)
+        # A break tag's pause is the whole silence asked for: the segment before it keeps none of its own.
+        pause_next = [isinstance(after, Pause) for after in [*lines[1:], None]]
         for i, line in enumerate(lines):
             if self.remaining(limit) < FRAME_SAMPLES:
                 self.finish_reason, self.out_of_time = FinishReason.LENGTH, True
@@ -267,8 +269,9 @@ class Narration:
                 if piece is not None:
                     yield piece
                 continue
+            keep = 0 if pause_next[i] else None
             async with contextlib.aclosing(
-                self.say(line, speaker, fade_out=speech_after[i], limit=limit, capped=capped)
+                self.say(line, speaker, fade_out=speech_after[i], limit=limit, capped=capped, keep_frames=keep)
             ) as pieces:
                 async for piece in pieces:
                     yield piece
@@ -290,8 +293,10 @@ class Narration:
         fade_out: bool = True,
         limit: int | None = None,
         capped: bool | None = None,
+        keep_frames: int | None = None,
     ) -> AsyncIterator[SpeechPiece]:
-        """One utterance as one engine stream; the segment joins the context of those after it."""
+        """One utterance as one engine stream; the segment joins the context of those after it.
+        `keep_frames`: frames of its trailing silence kept (default: the narration's join silence)."""
         remaining = self.remaining(limit)
         if remaining < FRAME_SAMPLES:
             self.finish_reason, self.out_of_time = FinishReason.LENGTH, True
@@ -309,7 +314,7 @@ class Narration:
             sampling=self._sampling(index),
             request_id=self.request_id if index == 0 else f"{self.request_id}-{index}",
         )
-        shaper = JoinShaper(self.keep_frames, fade_in=self.emitted > 0)
+        shaper = JoinShaper(self.keep_frames if keep_frames is None else keep_frames, fade_in=self.emitted > 0)
         start, end = line.utterance.start, line.utterance.end
         reason: FinishReason | None = None
         async with self._chunks(request) as chunks:
@@ -326,7 +331,8 @@ class Narration:
         if len(tail):
             yield self._piece(tail, start, end, index)
         self.history.append(Segment(text=line.spoken, speaker=speaker, codes=shaper.codes))
-        self.finish_reason = reason or FinishReason.END_OF_AUDIO
+        if self.finish_reason in (None, FinishReason.END_OF_AUDIO):  # a segment cut short stays reported
+            self.finish_reason = reason or FinishReason.END_OF_AUDIO
 
     # -- helpers ----------------------------------------------------------------------------------
     def _piece(self, pcm: np.ndarray, start: int, end: int, index: int) -> SpeechPiece:
