@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE, AudioChunk, GenerationRequest
+from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE, AudioChunk, EngineOverloadedError, GenerationRequest
 from serve_app.text.normalize import normalize_text
 from tests.support_api import FakeEngine, make_client, read_wav
 
@@ -154,6 +154,26 @@ def test_a_segment_that_fails_after_the_first_audio_ends_the_sse_stream_with_its
     assert error["type"] == "error" and error["error"]["code"] == 413 and "too long" in error["error"]["message"]
     assert done["type"] == "speech.audio.done" and done["finish_reason"] == "error"
     assert client.get("/health").status_code == 200
+
+
+class LostReplicaEngine(FakeEngine):
+    """The second segment's stream fails after its first chunk, as when Ray loses the model replica."""
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[AudioChunk]:
+        async for chunk in super().stream(request):
+            yield chunk
+            if len(self.requests) > 1:  # (the handle engine's ReplicaUnavailableError is one of these)
+                raise EngineOverloadedError("speech model replica unavailable: ActorDiedError")
+
+
+def test_a_replica_lost_mid_stream_is_a_503_in_the_stream(tmp_path) -> None:
+    """The same fault before the response began is a 503: in the stream it says so too, not 500."""
+    client = make_client(tmp_path, LostReplicaEngine())
+    body = {"text": f'Short one. <break time="100ms"/> {SENTENCES[0]}', "stream": True, "stream_format": "sse"}
+    events = [json.loads(line[6:]) for line in client.post("/speak", json=body).text.splitlines() if line]
+    error, done = events[-2:]
+    assert error["type"] == "error" and error["error"]["code"] == 503 and error["error"]["type"] == "server_error"
+    assert done["finish_reason"] == "error"
 
 
 def test_a_finished_stream_reports_its_finish_reason(client) -> None:

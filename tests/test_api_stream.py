@@ -251,6 +251,17 @@ def test_a_binary_frame_is_read_as_utf8_json_and_a_bad_one_keeps_the_socket(clie
         assert receive_until(ws, "done")[-1]["finish_reason"] == "end_of_audio"
 
 
+def test_a_replica_lost_mid_context_is_a_503(tmp_path) -> None:
+    from tests.test_api_longform import LostReplicaEngine
+
+    with make_client(tmp_path, LostReplicaEngine()).websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "c1", "text": "First sentence here. Second one follows."})
+        ws.send_json({"type": "close", "context_id": "c1"})
+        messages = receive_until(ws, "done")
+    error = next(m for m in messages if m["type"] == "error")
+    assert error["code"] == 503 and messages[-1]["finish_reason"] == "error"
+
+
 def test_context_errors_end_the_context(client) -> None:
     with client.websocket_connect(PATH) as ws:
         ws.send_json({"type": "text", "context_id": "c1", "text": "Fine.", "voice": "nobody"})

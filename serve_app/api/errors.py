@@ -25,7 +25,7 @@ from serve_app.api.state import StateUnavailableError
 from serve_app.audio.decode import AudioInputError, AudioTooLargeError
 from serve_app.engine.types import EngineOverloadedError, PromptTooLongError
 
-__all__ = ["ApiError", "engine_errors", "error_body", "install_error_handlers", "request_id_of"]
+__all__ = ["ApiError", "engine_error", "engine_errors", "error_body", "install_error_handlers", "request_id_of"]
 
 logger = logging.getLogger("serve_app.api")
 
@@ -67,21 +67,36 @@ def _overload_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def engine_error(exc: BaseException, retry_after_s: int) -> ApiError | None:
+    """The API error for one of the engine's expected failures (None: not one of them): also for a
+    failure that comes after a response began (a stream's later chunk), where it is sent in-band."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, PromptTooLongError):
+        return ApiError(413, f"text too long for the model: {exc}")
+    if isinstance(exc, _overload_types()):
+        retry = getattr(exc, "retry_after_s", None)
+        retry = retry_after_s if retry is None else retry
+        return ApiError(
+            503,
+            f"the speech engine is overloaded, retry later ({exc})",
+            {"Retry-After": str(max(0, round(retry)))},
+        )
+    return None
+
+
 @contextlib.asynccontextmanager
 async def engine_errors(retry_after_s: int) -> AsyncIterator[None]:
     """Map the engine's expected failures to API errors around an engine call."""
     try:
         yield
-    except PromptTooLongError as exc:
-        raise ApiError(413, f"text too long for the model: {exc}") from exc
-    except _overload_types() as exc:
-        retry = getattr(exc, "retry_after_s", None)
-        retry = retry_after_s if retry is None else retry
-        raise ApiError(
-            503,
-            f"the speech engine is overloaded, retry later ({exc})",
-            {"Retry-After": str(max(0, round(retry)))},
-        ) from exc
+    except ApiError:
+        raise
+    except Exception as exc:
+        mapped = engine_error(exc, retry_after_s)
+        if mapped is None:
+            raise
+        raise mapped from exc
 
 
 def _error_response(

@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from serve_app.api.cache import CachedResponse, ResponseCache
-from serve_app.api.errors import ApiError, error_body
+from serve_app.api.errors import engine_error, error_body
 from serve_app.api.synthesis import AudioStream
 from serve_app.audio.encode import encode_audio, open_stream_encoder
 from serve_app.audio.formats import CONTENT_TYPES, OutputFormat
@@ -21,6 +21,9 @@ from serve_app.audio.tempo import TempoStretcher, change_speed
 from serve_app.engine.types import SAMPLE_RATE, Audio
 
 logger = logging.getLogger("serve_app.api")
+
+DEFAULT_RETRY_AFTER_S = 1
+"""Retry-After, in seconds, named in an overload error sent inside a stream."""
 
 __all__ = [
     "audio_headers",
@@ -132,7 +135,8 @@ async def _sse_events(
     except Exception as exc:  # after the first event, the stream is the only way to say it
         # A later segment failed (over the model's limit, the engine overloaded, a replica lost):
         # the client gets the reason in the stream, and a done event that says so.
-        status, detail = (exc.status_code, exc.detail) if isinstance(exc, ApiError) else (500, "generation failed")
+        mapped = engine_error(exc, DEFAULT_RETRY_AFTER_S)  # a replica lost mid-way: 503, as before the start
+        status, detail = (mapped.status_code, mapped.detail) if mapped else (500, "generation failed")
         if status >= 500:
             logger.error("stream failed after its first audio", exc_info=exc)
         error = error_body("/v1/", status, detail)["error"]

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from serve_app.api.errors import ApiError
+from serve_app.api.errors import ApiError, engine_error
 from serve_app.api.longform import Narration, SpeechPiece, SpokenLine
 from serve_app.api.stream_messages import (
     CONTEXT_OPTIONS,
@@ -174,13 +174,15 @@ class SpeechContext:
                 f"{self.id!r} was closed; read messages as they arrive",
                 "slow_reader",
             )
-        except ApiError as exc:
-            self._fail(str(exc.detail), exc.status_code)
         except BreakTagError as exc:
             self._fail(str(exc), 422)
-        except Exception:  # one context failing must not take the socket down
-            logger.exception("speech context %s failed", self.id)
-            self._fail("internal error while speaking this context", 500)
+        except Exception as exc:  # one context failing must not take the socket down
+            mapped = engine_error(exc, self.session.synth.settings.retry_after_s)  # a replica lost: 503
+            if mapped is None:
+                logger.exception("speech context %s failed", self.id)
+                self._fail("internal error while speaking this context", 500)
+            else:
+                self._fail(str(mapped.detail), mapped.status_code)
         finally:
             with contextlib.suppress(Exception):
                 self.encoder.close()
