@@ -9,7 +9,13 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE, AudioChunk, EngineOverloadedError, GenerationRequest
+from serve_app.engine.types import (
+    FRAME_SAMPLES,
+    SAMPLE_RATE,
+    AudioChunk,
+    EngineOverloadedError,
+    GenerationRequest,
+)
 from serve_app.text.normalize import normalize_text
 from tests.support_api import FakeEngine, make_client, read_wav
 
