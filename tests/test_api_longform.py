@@ -276,6 +276,24 @@ def test_conversation_turns_are_long_form(client, engine) -> None:
     assert reply.speaker == 1 and reply.context[-1].text == first_turn[-1].text
 
 
+def test_a_conversation_without_a_length_limit_speaks_every_turn(tmp_path) -> None:
+    """The default limit covers the text (the original design's 30 s dropped most of a long turn
+    unasked); a limit given is kept, and says `length` where it cuts."""
+    engine = RunawayEngine()  # every segment of the long turn runs to its cap
+    client = make_client(tmp_path, engine)
+    long_turn = " runaway ".join(SENTENCES * 2)
+    turns = [{"speaker": 0, "text": long_turn, "pause_ms": 300}, {"speaker": 1, "text": "Okay."}]
+    r = client.post("/conversation", json={"turns": turns})
+    assert r.status_code == 200
+    segments = len(engine.requests)
+    assert engine.requests[-1].text == "Okay." and segments >= 3
+    spoken = " ".join(q.text for q in engine.requests[:-1])
+    assert spoken.split() == long_turn.split()
+    engine.requests.clear()
+    capped = client.post("/conversation", json={"turns": turns, "max_total_duration_ms": 30_000})
+    assert capped.headers["x-finish-reason"] == "length" and len(engine.requests) < segments
+
+
 def test_openai_speech_takes_long_input(client, engine) -> None:
     r = client.post(
         "/v1/audio/speech",

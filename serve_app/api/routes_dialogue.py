@@ -15,13 +15,21 @@ from fastapi import APIRouter, Path, Request, Response
 from serve_app.api.cache import CachedResponse
 from serve_app.api.deps import ServicesDep
 from serve_app.api.errors import ApiError, request_id_of
-from serve_app.api.longform import script_key
+from serve_app.api.longform import Script, SpokenLine, script_key, segment_cap_ms
 from serve_app.api.responses import AUDIO_RESPONSES, audio_headers, cached_response, encode_response
-from serve_app.api.schemas import SESSION_ID_PATTERN, ContextualSpeakRequest, ConversationRequest
+from serve_app.api.schemas import (
+    MAX_SPEECH_MS,
+    SESSION_ID_PATTERN,
+    ContextualSpeakRequest,
+    ConversationRequest,
+)
 from serve_app.api.sessions import session_turn
 from serve_app.engine.types import FRAME_MS, SAMPLE_RATE, FinishReason, GenerationRequest, Segment
 
 router = APIRouter(tags=["dialogue"])
+
+DEFAULT_CONVERSATION_MS = 30_000
+"""The original design's default length of a conversation: the least a default limit allows."""
 
 
 @router.post("/conversation", responses=AUDIO_RESPONSES, response_class=Response)
@@ -30,8 +38,9 @@ async def conversation(body: ConversationRequest, request: Request, svc: Service
     segment by segment, each segment hearing the ones before it).
 
     The speech budget (`max_total_duration_ms` minus the pauses) is shared out as it is used: each
-    turn may take the remaining budget divided by the turns still to come, so short turns leave
-    more to later ones.
+    turn may take its share of the remaining budget, in proportion to its text's need among the
+    turns still to come (`text_need_ms`), so a long turn gets more, and a turn that ends early
+    leaves its rest to the later ones.
     """
     synth = svc.synth
     limit = svc.settings.max_conversation_turns
@@ -42,18 +51,19 @@ async def conversation(body: ConversationRequest, request: Request, svc: Service
         for i, t in enumerate(body.turns)
     ]
     pauses = [t.pause_ms if i < len(body.turns) - 1 else 0 for i, t in enumerate(body.turns)]
-    budget_ms = body.max_total_duration_ms - sum(pauses)
+    needs = [text_need_ms(script) for script in scripts]
+    total_ms = body.max_total_duration_ms or min(MAX_SPEECH_MS, max(DEFAULT_CONVERSATION_MS, sum(needs) + sum(pauses)))
+    budget_ms = total_ms - sum(pauses)
     if budget_ms < FRAME_MS * len(body.turns):
         raise ApiError(
             422,
-            f"the pauses ({sum(pauses)} ms) leave no time for speech within "
-            f"max_total_duration_ms={body.max_total_duration_ms}",
+            f"the pauses ({sum(pauses)} ms) leave no time for speech within max_total_duration_ms={total_ms}",
         )
 
     async def produce() -> CachedResponse:
         narration = synth.narration(
             sampling=synth.sampling(body.temperature, body.top_k, body.seed),
-            budget_ms=body.max_total_duration_ms,
+            budget_ms=total_ms,
             request_id=request_id_of(request),
             streaming=False,
             context_segments=None,  # every earlier turn that fits
@@ -61,7 +71,7 @@ async def conversation(body: ConversationRequest, request: Request, svc: Service
         remaining_ms = budget_ms
         pieces: list[np.ndarray] = []
         for i, (turn, script) in enumerate(zip(body.turns, scripts)):
-            turn_ms = max(FRAME_MS, remaining_ms // (len(body.turns) - i))
+            turn_ms = max(FRAME_MS, remaining_ms * needs[i] // max(1, sum(needs[i:])))
             before = narration.emitted
             pieces += [
                 piece.pcm
@@ -83,7 +93,7 @@ async def conversation(body: ConversationRequest, request: Request, svc: Service
         "conversation",
         body,
         turns=[(script_key(script), t.speaker, pause) for script, t, pause in zip(scripts, body.turns, pauses)],
-        max_total_ms=body.max_total_duration_ms,
+        max_total_ms=total_ms,
     )
     return await cached_response(svc.cache, key, produce)
 
@@ -123,6 +133,13 @@ async def contextual_speak(body: ContextualSpeakRequest, request: Request, svc: 
     return await cached_response(
         svc.cache, None, lambda: encode_response(audio.pcm, body.output, headers, body.speed)
     )
+
+
+def text_need_ms(script: Script) -> int:
+    """The most a turn's text may take: each segment at its cap, and its break tags' pauses. The
+    default limit of a conversation is every turn's need and the pauses (at least the original
+    design's 30 s), so no text is dropped unasked."""
+    return sum(segment_cap_ms(line.spoken) if isinstance(line, SpokenLine) else line.ms for line in script.lines)
 
 
 def default_session_id(request: Request) -> str:

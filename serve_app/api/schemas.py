@@ -204,7 +204,12 @@ class ConversationRequest(SynthesisOptions):
     turns: list[ConversationTurn] = Field(
         min_length=1, description="Limit: ApiSettings.max_conversation_turns."
     )
-    max_total_duration_ms: int = Field(30_000, ge=5_000, le=MAX_SPEECH_MS, description="Speech plus pauses.")
+    max_total_duration_ms: int | None = Field(
+        None,
+        ge=5_000,
+        le=MAX_SPEECH_MS,
+        description="Speech plus pauses. Default: enough for every turn's text and the pauses, at least 30 s.",
+    )
     lexicon: LexiconEntries | None = None
 
 
