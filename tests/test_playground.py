@@ -284,6 +284,7 @@ def test_voice_recorded_from_the_microphone_is_saved_used_previewed_and_deleted(
     _wait_played(page, _frames(PREVIEW_TEXT) * 0.08)
     assert _last_run(page)["cells"][1:3] == ["preview", "Mic voice"]
 
+    assert item.locator(".voice-delete").get_attribute("aria-label") == "Delete voice Mic voice"  # which one
     item.locator(".voice-delete").click()
     page.wait_for_selector("#no-voices", state="visible")
     assert httpx.get(url + "/v1/voices").json()["data"] == []
@@ -341,6 +342,22 @@ def test_built_in_voices_are_offered_and_a_round_duration_submits(page, url: str
     page.wait_for_function("document.getElementById('player').duration > 0", timeout=20_000)
 
 
+def test_the_page_fits_a_phone_and_names_its_controls(browser, url: str) -> None:
+    """At 375 px the conversation's turns stay readable and nothing scrolls sideways; typed values
+    are not drawn in the placeholder grey; the speed slider has a name for screen readers."""
+    context = browser.new_context(viewport={"width": 375, "height": 800})
+    page = context.new_page()
+    page.goto(url + "/")
+    width = page.evaluate("document.querySelector('#turns .turn-text').getBoundingClientRect().width")
+    assert width > 250
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    colors = page.evaluate("""() => ['max-duration', 'text'].map(
+        (id) => getComputedStyle(document.getElementById(id)).color)""")
+    assert colors[0] == colors[1]  # a typed Max ms looks like typed text, not like a hint
+    assert page.get_by_role("slider", name="Speed").count() == 1
+    context.close()
+
+
 def test_server_errors_are_shown_to_the_user(page, url: str) -> None:
     page.goto(url + "/playground")
     page.fill("#text", "x" * 1000)
@@ -362,8 +379,12 @@ def test_a_server_with_api_keys_is_usable_once_the_key_is_entered(browser, tmp_p
         page.fill("#text", "Hello with a key.")
         page.click("#speak")
         page.wait_for_selector("#status.error")
-        assert "API key" in page.inner_text("#status")
-        page.click("#key-box summary")
+        assert "needs an API key: enter it above" in page.inner_text("#status")
+        assert page.is_hidden("#no-voices")  # the list could not be read: not "no saved voices"
+        assert "couldn't load saved voices" in page.inner_text("#voice-status")
+        # The page opens its key field and puts the cursor there, rather than naming an HTTP header.
+        assert page.evaluate("document.getElementById('key-box').open")
+        assert page.evaluate("document.activeElement.id") == "api-key"
         page.fill("#api-key", key)
         page.dispatch_event("#api-key", "change")
         with page.expect_request("**/speak") as request_info:

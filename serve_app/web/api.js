@@ -37,14 +37,30 @@ export async function failure(response) {
   return errorMessage(body, response.status) + (retry ? ` (retry after ${retry} s)` : "");
 }
 
-export class ApiError extends Error {}
+export class ApiError extends Error {
+  constructor(message, status = null) { super(message); this.status = status; }
+}
+
+// A 401: the server wants a key. Open the key field and say so in the page's own terms.
+function askForKey() {
+  document.getElementById("key-box").open = true;
+  keyInput.focus();
+  return keyInput.value.trim() ? "the API key is not accepted: check it above" : "this server needs an API key: enter it above";
+}
 
 // fetch + error handling: resolves to the response when it is OK, throws ApiError with the
-// server's message otherwise.
+// server's message otherwise (and a plain one when the server cannot be reached).
 export async function call(path, { method = "GET", json, form, signal } = {}) {
   const headers = authHeaders(json === undefined ? {} : { "Content-Type": "application/json" });
   const body = json !== undefined ? JSON.stringify(json) : form;
-  const response = await fetch(apiUrl(path), { method, headers, body, signal });
-  if (!response.ok) throw new ApiError(await failure(response));
+  let response;
+  try {
+    response = await fetch(apiUrl(path), { method, headers, body, signal });
+  } catch (e) {
+    if (e.name === "AbortError") throw e;
+    throw new ApiError("can't reach the server: is it running?");
+  }
+  if (response.status === 401) throw new ApiError(askForKey(), 401);
+  if (!response.ok) throw new ApiError(await failure(response), response.status);
   return response;
 }

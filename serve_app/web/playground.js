@@ -109,7 +109,17 @@ async function speakBody(streaming) {
 // ---- playback ---------------------------------------------------------------------------------------
 // `position` (seconds, or a function giving them when the file is ready) is where playback starts;
 // `handover` runs once the element really plays, so live playback can stop without a gap.
-function showResult(blob, filename, { position = 0, handover = () => {} } = {}) {
+function clearResult() {
+  if (resultUrl) URL.revokeObjectURL(resultUrl);
+  resultUrl = null;
+  ui.player.removeAttribute("src");
+  ui.player.load();
+  ui.download.removeAttribute("href");
+  ui.download.classList.add("disabled");
+  ui.download.setAttribute("aria-disabled", "true");
+}
+
+function showResult(blob, filename, { position = 0, handover = () => {}, autoplay = true } = {}) {
   if (resultUrl) URL.revokeObjectURL(resultUrl);
   resultUrl = URL.createObjectURL(blob);
   ui.download.href = resultUrl;
@@ -126,6 +136,7 @@ function showResult(blob, filename, { position = 0, handover = () => {} } = {}) 
       return;
     }
     if (at > 0) ui.player.currentTime = at;
+    if (!autoplay) return;
     ui.player.play().catch((e) => { handover(); setStatus(`press play to listen (${e.message})`); });
   }, { once: true });
 }
@@ -154,15 +165,16 @@ async function run({ kind, voiceLabel, path, body, streaming = false, filename }
   }
   if (live) { live.stop(); live = null; }
   ui.player.pause();
+  clearResult();  // the output shows this run only: no earlier audio to download by mistake
   setBusy(true);
   setStatus(streaming ? "generating…" : "generating the whole file…");
   ui.outputLabel.textContent = `· ${kind}`;
   waveform.reset();
   const started = performance.now();
   let firstAudio = null;
+  const wav = new WavStream();
   try {
     const response = await call(path, { method: "POST", json: body, signal: own.signal });
-    const wav = new WavStream();
     const player = streaming ? new LivePlayer(audioContext) : null;
     live = player;
     const reader = response.body.getReader();
@@ -200,6 +212,7 @@ async function run({ kind, voiceLabel, path, body, streaming = false, filename }
     if (live) { live.stop(); live = null; }
     if (e.name === "AbortError") setStatus("stopped");
     else setStatus(e instanceof ApiError ? e.message : `error: ${e.message}`, true);
+    if (firstAudio !== null && wav.format) showResult(wav.toBlob(), filename, { autoplay: false });  // what came
   } finally {
     if (controller === own) { controller = null; setBusy(false); }
   }
@@ -214,10 +227,23 @@ function setBusy(busy) {
 async function speak(event) {
   event.preventDefault();
   if (!ui.text.value.trim()) { setStatus("type some text first", true); return; }
+  if (ui.contextFile.files[0] && !ui.contextText.value.trim()) {
+    setStatus("type what the context recording says (its transcript)", true);
+    return;
+  }
   const streaming = ui.stream.checked && "ReadableStream" in window && Boolean(window.AudioContext || window.webkitAudioContext);
+  setBusy(true);  // reading a context file takes a moment: no second request meanwhile
+  let body;
+  try {
+    body = await speakBody(streaming);
+  } catch (e) {
+    setBusy(false);
+    setStatus(`context file: ${e.message}`, true);
+    return;
+  }
   await run({
     kind: streaming ? "speak (streamed)" : "speak", voiceLabel: selectedVoiceLabel(), path: "speak",
-    body: await speakBody(streaming), streaming, filename: "speech.wav",
+    body, streaming, filename: "speech.wav",
   });
 }
 

@@ -89,6 +89,14 @@ export class VoiceManager {
     this.recordingUrl = blob ? URL.createObjectURL(blob) : null;
     this.ui.recording.hidden = !blob;
     if (blob) this.ui.recording.src = this.recordingUrl; else this.ui.recording.removeAttribute("src");
+    // MediaRecorder writes WebM without its length (duration Infinity: no scrubbing); seeking past
+    // the end makes the browser find it.
+    const player = this.ui.recording;
+    player.addEventListener("loadedmetadata", () => {
+      if (player.duration !== Infinity) return;
+      player.addEventListener("durationchange", () => { player.currentTime = 0; }, { once: true });
+      player.currentTime = 1e101;
+    }, { once: true });
   }
 
   // The recording or the chosen file, as a form part.
@@ -127,13 +135,17 @@ export class VoiceManager {
   }
 
   async refresh() {
-    let voices = [];
+    let voices;
     try {
       const body = await (await call("v1/voices")).json();
       voices = Array.isArray(body) ? body : body.data || [];
-    } catch (_) {
-      // Saved voices are optional (or need a key not entered yet): the speakers still work.
+    } catch (e) {
+      // Not "no voices": the list could not be read (a key not entered yet, the server away).
+      // Keep what was shown, and say why it may be stale.
+      this.setStatus(`couldn't load saved voices: ${e.message}`, true);
+      return this.voices || [];
     }
+    this.voices = voices;
     this.ui.list.replaceChildren(...voices.map((v) => this.item(v)));
     this.ui.empty.hidden = voices.length > 0;
     this.handlers.onList(voices);
@@ -154,6 +166,7 @@ export class VoiceManager {
     const button = (label, cls, action) => {
       const b = document.createElement("button");
       b.type = "button"; b.className = cls; b.textContent = label;
+      b.setAttribute("aria-label", `${label} voice ${voice.name}`);  // each row's buttons, told apart
       b.addEventListener("click", action);
       return b;
     };
