@@ -90,6 +90,8 @@ _STREET_RE = re.compile(
 )
 _VERSION_RE = re.compile(r"(?<![\w.])(?:(v)(\d+(?:\.\d+)*)|(\d+(?:\.\d+){2,}))(?![\w]|\.\d)")
 _HASH_NUMBER_RE = re.compile(r"#(?=\d)")
+_URL_RE = re.compile(r"\bhttps?://(?:www\.)?([^\s/?#]+)((?:/[^\s?#]*)?)(?:[?#]\S*)?")
+_EMAIL_RE = re.compile(r"\b([\w.+-]+)@((?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,})\b")
 _UNIT_RE = re.compile(
     r"(?<![\w.])(-?)(" + _NUM + r")(?:\.(\d+))?\s?("
     + "|".join(re.escape(u) for u in sorted(_UNITS, key=len, reverse=True)) + r")(?![\w/])"
@@ -197,6 +199,27 @@ def _version(m: re.Match[str]) -> str:
     return ("version " if m.group(1) else "") + " point ".join(_words(p) for p in parts)
 
 
+def _url(m: re.Match[str]) -> str:
+    """"https://www.example.com/docs/api" → "example dot com slash docs slash api" (the scheme,
+    "www", the query and the fragment are not read; a sentence's closing mark stays)."""
+    url, trailing = m.group(0), ""
+    while url and url[-1] in ".,;:!?)]'\"":
+        url, trailing = url[:-1], url[-1] + trailing
+    parsed = _URL_RE.match(url)
+    if parsed is None:
+        return m.group(0)
+    host, path = parsed.group(1), parsed.group(2).strip("/")
+    spoken = host.replace(".", " dot ")
+    if path:
+        spoken += " slash " + " slash ".join(part for part in path.split("/") if part)
+    return spoken + trailing
+
+
+def _email(m: re.Match[str]) -> str:
+    """"ana.b@example.co.uk" → "ana dot b at example dot co dot uk"."""
+    return f"{m.group(1).replace('.', ' dot ')} at {m.group(2).replace('.', ' dot ')}"
+
+
 def _unit(m: re.Match[str]) -> str:
     """"5 km" → "five kilometers", "1 kg" → "one kilogram", "2.5GB" → "two point five gigabytes"."""
     sign, whole, frac, unit = m.group(1), m.group(2), m.group(3), m.group(4)
@@ -297,6 +320,8 @@ def _punctuation(text: str) -> str:
 
 
 _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
+    (_URL_RE, _url),
+    (_EMAIL_RE, _email),
     (_STREET_RE, _street),
     (_TITLE_RE, lambda m: _TITLES[m.group(1)] + " "),
     (_MOUNT_RE, "Mount "),
