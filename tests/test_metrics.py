@@ -118,6 +118,9 @@ def test_cache_hits_and_misses_come_from_the_x_cache_header(http: httpx.Client) 
         before, "csm_cache_hits_total", cache="response") + 1
     assert value(after, "csm_cache_misses_total", cache="response") == value(
         before, "csm_cache_misses_total", cache="response") + 1
+    # The miss generated audio: one first-audio sample; the hit generated none, so none.
+    name = "csm_time_to_first_audio_seconds_count"
+    assert value(after, name, endpoint="/speak") == value(before, name, endpoint="/speak") + 1
 
 
 def test_queue_and_batch_gauges_are_exposed(http: httpx.Client) -> None:

@@ -122,7 +122,8 @@ def _record(scope: Scope, state: dict[str, Any], elapsed: float) -> None:
     HTTP_LATENCY.observe(elapsed, method=method, endpoint=endpoint)
     if status >= 400:
         record_error(status, endpoint)
-    if state["first_audio"] is not None and status < 400:
+    if state["first_audio"] is not None and status < 400 and state.get("cache") != "hit":
+        # A cache hit's first byte is no generation's: counted as a hit, not as first audio.
         observe_time_to_first_audio(state["first_audio"], endpoint)
     if state.get("cache") in ("hit", "miss"):
         record_cache(state["cache"] == "hit")
