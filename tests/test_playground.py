@@ -285,8 +285,15 @@ def test_voice_recorded_from_the_microphone_is_saved_used_previewed_and_deleted(
     assert _last_run(page)["cells"][1:3] == ["preview", "Mic voice"]
 
     assert item.locator(".voice-delete").get_attribute("aria-label") == "Delete voice Mic voice"  # which one
+    page.once("dialog", lambda dialog: dialog.dismiss())  # asked first: a dismissed question deletes nothing
+    item.locator(".voice-delete").click()
+    assert len(httpx.get(url + "/v1/voices").json()["data"]) == 1
+    page.select_option("#voice", f"voice:{voice['id']}")
+    page.once("dialog", lambda dialog: dialog.accept())
     item.locator(".voice-delete").click()
     page.wait_for_selector("#no-voices", state="visible")
+    assert page.input_value("#voice") == "speaker:1"  # the selected voice went: back to the default, said
+    assert "no longer exists" in page.inner_text("#status")
     assert httpx.get(url + "/v1/voices").json()["data"] == []
     assert page.locator(f"#voice option[value='voice:{voice['id']}']").count() == 0
 

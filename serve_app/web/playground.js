@@ -50,16 +50,24 @@ function setStatus(message, isError = false) {
 }
 
 const speed = () => Number(ui.speed.value);
+const DEFAULT_VOICE = "speaker:1";  // the API's default speaker
 
 function fillVoiceGroup(group, list) {
   const selected = ui.voice.value;
-  group.replaceChildren(...list.map((v) => {
+  const names = list.map((v) => v.name || v.id);
+  group.replaceChildren(...list.map((v, i) => {
     const option = document.createElement("option");
     option.value = `voice:${v.id}`;
-    option.textContent = v.name || v.id;
+    // Names need not be unique: a repeated one shows the start of its id.
+    option.textContent = names.indexOf(names[i]) !== names.lastIndexOf(names[i]) ? `${names[i]} (${v.id.slice(0, 8)})` : names[i];
     return option;
   }));
-  if ([...ui.voice.options].some((o) => o.value === selected)) ui.voice.value = selected;
+  if ([...ui.voice.options].some((o) => o.value === selected)) {
+    ui.voice.value = selected;
+  } else if (selected.startsWith("voice:")) {  // the selected voice is gone: back to the default, saying so
+    ui.voice.value = DEFAULT_VOICE;
+    setStatus("the selected voice no longer exists: back to Speaker 1", true);
+  }
 }
 
 function fillVoiceSelect(list) {

@@ -180,6 +180,7 @@ export class VoiceManager {
   }
 
   async remove(voice) {
+    if (!window.confirm(`Delete the saved voice “${voice.name}”? Requests naming it will fail.`)) return;
     try {
       await call(`v1/voices/${encodeURIComponent(voice.id)}`, { method: "DELETE" });
       this.setStatus(`deleted “${voice.name}”`);
