@@ -43,6 +43,18 @@ def test_conversation_audio_is_turns_with_pauses_between(client, engine) -> None
     assert r.headers["x-finish-reason"] == "end_of_audio"  # every turn ended by itself
 
 
+def test_a_pause_between_turns_is_the_silence_asked_for(tmp_path) -> None:
+    """A turn's own trailing silence is not kept before its pause (1000 ms came out as 1400)."""
+    from tests.test_api_longform import RecordingEngine
+
+    engine = RecordingEngine(silent_tail_frames=5)
+    client = make_client(tmp_path, engine, join_silence_ms=400)
+    pcm, _, _ = read_wav(client.post("/conversation", json={"turns": TURNS[:2]}).content)
+    first = engine.frames_for(engine.requests[0]) * 1920
+    zeros = np.flatnonzero(pcm[first - 1 :] != 0)[1] - 1  # the exact-zero run after the first turn's speech
+    assert SAMPLE_RATE <= zeros < SAMPLE_RATE + 24  # 1000 ms (the fade-out's last samples round to 0)
+
+
 def test_conversation_stays_within_total_duration(client, engine) -> None:
     turns = [{"speaker": i % 2, "text": "word " * 40, "pause_ms": 500} for i in range(4)]
     r = client.post("/conversation", json={"turns": turns, "max_total_duration_ms": 5000})

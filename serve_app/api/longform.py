@@ -250,9 +250,15 @@ class Narration:
 
     # -- lines ------------------------------------------------------------------------------------
     async def run(
-        self, lines: Sequence[Line], speaker: int, limit_ms: int | None = None, capped: bool | None = None
+        self,
+        lines: Sequence[Line],
+        speaker: int,
+        limit_ms: int | None = None,
+        capped: bool | None = None,
+        pause_after: bool = False,
     ) -> AsyncIterator[SpeechPiece]:
         """Speak `lines` (within `limit_ms` more audio, when given); sets `finish_reason`.
+        `pause_after`: the caller adds a pause after the last line (it keeps no silence of its own).
         `capped` (default: the narration's) limits each segment by its text (`segment_cap_ms`)."""
         limit = None if limit_ms is None else self.emitted + limit_ms * SAMPLE_RATE // 1000
         speech_after = [False] * len(lines)
@@ -260,6 +266,7 @@ class Narration:
             speech_after[i] = speech_after[i + 1] or isinstance(lines[i + 1], SpokenLine)
         # A break tag's pause is the whole silence asked for: the segment before it keeps none of its own.
         pause_next = [isinstance(after, Pause) for after in [*lines[1:], None]]
+        pause_next[-1:] = [pause_after] if lines else []
         for i, line in enumerate(lines):
             if self.remaining(limit) < FRAME_SAMPLES:
                 self.finish_reason, self.out_of_time = FinishReason.LENGTH, True

@@ -76,7 +76,8 @@ async def conversation(body: ConversationRequest, request: Request, svc: Service
             pieces += [
                 piece.pcm
                 async for piece in narration.run(
-                    script.lines, turn.speaker, limit_ms=turn_ms, capped=script.utterances > 1
+                    script.lines, turn.speaker, limit_ms=turn_ms, capped=script.utterances > 1,
+                    pause_after=pauses[i] > 0,  # the pause asked for is the whole silence between turns
                 )
             ]
             remaining_ms -= (narration.emitted - before) * 1000 // SAMPLE_RATE
