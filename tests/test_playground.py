@@ -365,6 +365,14 @@ def test_the_page_fits_a_phone_and_names_its_controls(browser, url: str) -> None
     context.close()
 
 
+def test_ctrl_enter_in_the_text_speaks(page, url: str) -> None:
+    page.goto(url + "/")
+    page.fill("#text", "Spoken from the keyboard.")
+    with page.expect_request("**/speak") as request_info:
+        page.press("#text", "Control+Enter")
+    assert request_info.value.post_data_json["text"] == "Spoken from the keyboard."
+
+
 def test_server_errors_are_shown_to_the_user(page, url: str) -> None:
     page.goto(url + "/playground")
     page.fill("#text", "x" * 1000)

@@ -283,6 +283,9 @@ async function showModel() {
 }
 
 ui.form.addEventListener("submit", speak);
+ui.text.addEventListener("keydown", (e) => {  // Enter is a new line in the text; Ctrl/⌘+Enter speaks
+  if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); ui.form.requestSubmit(); }
+});
 ui.stop.addEventListener("click", () => controller && controller.abort());
 ui.speed.addEventListener("input", () => { ui.speedValue.textContent = `${speed().toFixed(2)}×`; });
 ui.addTurn.addEventListener("click", () => conversation.add().querySelector(".turn-text").focus());
