@@ -203,14 +203,13 @@ class APIIngress:
         _log_as_json()
         from serve_app.api.settings import ApiSettings
 
-        settings = _api_settings(dict(api_settings or {})) or ApiSettings()
+        self._settings = _api_settings(dict(api_settings or {})) or ApiSettings()
         self._engine = HandleEngine(
             model,
-            health_timeout_s=settings.health_timeout_s,
+            health_timeout_s=self._settings.health_timeout_s,
             deployment_health=serve_deployment_health(MODEL_DEPLOYMENT),
         )
         self._state = state
-        self._api_settings = dict(api_settings or {})
         self._watchdog = LoopStallWatchdog()
 
     async def check_health(self) -> None:
@@ -220,12 +219,11 @@ class APIIngress:
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Built on the replica after `__init__`, so the app can hold the handle-backed engine."""
         from serve_app.api.app import create_app
-        from serve_app.api.settings import ApiSettings
         from serve_app.deploy.draining import DrainGate
         from serve_app.deploy.handle_state import handle_backends
         from serve_app.deploy.replica_header import ServedByMiddleware
 
-        settings = _api_settings(self._api_settings) or ApiSettings()
+        settings = self._settings
         # Ray's HTTP servers answer with X-Request-ID (the id they gave the request, which the app uses).
         app = create_app(
             self._engine, settings, handle_backends(self._state, settings), request_id_header=False

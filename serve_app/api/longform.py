@@ -87,12 +87,14 @@ class Script:
     def utterances(self) -> int:
         return sum(isinstance(line, SpokenLine) for line in self.lines)
 
+    @property
+    def need_ms(self) -> int:
+        """The most the whole may take: each segment at its cap, and its break tags' pauses."""
+        return sum(segment_cap_ms(line.spoken) if isinstance(line, SpokenLine) else line.ms for line in self.lines)
+
     def default_budget_ms(self, floor_ms: int, ceiling_ms: int) -> int:
         """The whole's length limit when the caller gives none: enough for every segment."""
-        need = sum(
-            segment_cap_ms(line.spoken) if isinstance(line, SpokenLine) else line.ms for line in self.lines
-        )
-        return min(ceiling_ms, max(floor_ms, need if self.utterances > 1 else 0))
+        return min(ceiling_ms, max(floor_ms, self.need_ms if self.utterances > 1 else 0))
 
 
 def script_key(script: Script) -> list[str | int]:

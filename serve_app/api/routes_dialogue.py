@@ -15,7 +15,7 @@ from fastapi import APIRouter, Path, Request, Response
 from serve_app.api.cache import CachedResponse
 from serve_app.api.deps import ServicesDep
 from serve_app.api.errors import ApiError, request_id_of
-from serve_app.api.longform import Script, SpokenLine, script_key, segment_cap_ms
+from serve_app.api.longform import script_key
 from serve_app.api.responses import AUDIO_RESPONSES, audio_headers, cached_response, encode_response
 from serve_app.api.schemas import (
     MAX_SPEECH_MS,
@@ -39,7 +39,7 @@ async def conversation(body: ConversationRequest, request: Request, svc: Service
 
     The speech budget (`max_total_duration_ms` minus the pauses) is shared out as it is used: each
     turn may take its share of the remaining budget, in proportion to its text's need among the
-    turns still to come (`text_need_ms`), so a long turn gets more, and a turn that ends early
+    turns still to come (`Script.need_ms`), so a long turn gets more, and a turn that ends early
     leaves its rest to the later ones.
     """
     synth = svc.synth
@@ -51,7 +51,9 @@ async def conversation(body: ConversationRequest, request: Request, svc: Service
         for i, t in enumerate(body.turns)
     ]
     pauses = [t.pause_ms if i < len(body.turns) - 1 else 0 for i, t in enumerate(body.turns)]
-    needs = [text_need_ms(script) for script in scripts]
+    # Each turn's need (`Script.need_ms`); without a limit given, every need and the pauses (at least
+    # the original design's 30 s), so no text is dropped unasked.
+    needs = [script.need_ms for script in scripts]
     total_ms = body.max_total_duration_ms or min(MAX_SPEECH_MS, max(DEFAULT_CONVERSATION_MS, sum(needs) + sum(pauses)))
     budget_ms = total_ms - sum(pauses)
     if budget_ms < FRAME_MS * len(body.turns):
@@ -134,13 +136,6 @@ async def contextual_speak(body: ContextualSpeakRequest, request: Request, svc: 
     return await cached_response(
         svc.cache, None, lambda: encode_response(audio.pcm, body.output, headers, body.speed)
     )
-
-
-def text_need_ms(script: Script) -> int:
-    """The most a turn's text may take: each segment at its cap, and its break tags' pauses. The
-    default limit of a conversation is every turn's need and the pauses (at least the original
-    design's 30 s), so no text is dropped unasked."""
-    return sum(segment_cap_ms(line.spoken) if isinstance(line, SpokenLine) else line.ms for line in script.lines)
 
 
 def default_session_id(request: Request) -> str:

@@ -82,7 +82,7 @@ def _splitter(language: str):  # sentence_splitter has no type hints
 def _sentence_ends(text: str, complete: bool, language: str) -> list[int]:
     """Offsets just past each certain sentence end in `text` (the last one too when `complete`);
     a Markdown block's first line starts a sentence (`_BLOCK_START`)."""
-    blocks = [m.start() for m in _BLOCK_START.finditer(text)]
+    markers = [(m.start(), m.end()) for m in _BLOCK_START.finditer(text)]
     prepared = _ITEM_NUMBER.sub(r"\1)", text)  # "\n2. Call" is an item, not "... 2." ending a sentence
     prepared = _LONE_NEWLINE.sub(" ", prepared)  # hard-wrapped lines are not sentences; same length
     confirm_tail = not complete and _SENTENCE_TAIL.search(prepared) is not None
@@ -107,9 +107,8 @@ def _sentence_ends(text: str, complete: bool, language: str) -> list[int]:
     if not complete and not (confirm_tail and sentences and sentences[-1] == ""):
         ends = ends[:-1]  # the last sentence may still be growing
     # A block's marker proves the line before it ended (streamed text too); no end falls inside a marker.
-    markers = [(m.start(), m.end()) for m in _BLOCK_START.finditer(text)]
     ends = [end for end in ends if not any(start < end < stop for start, stop in markers)]
-    return sorted(set(ends) | {start for start in blocks if text[:start].strip()})
+    return sorted(set(ends) | {start for start, _ in markers if text[:start].strip()})
 
 
 def _last_clause_end(text: str, limit: int, minimum: int = 1) -> int | None:
