@@ -79,6 +79,13 @@ def test_quality_check_gives_up_with_an_explanation(tmp_path, kind) -> None:
     assert len(engine.requests) == 3
 
 
+def test_quality_check_accepts_a_one_word_text_shorter_than_half_a_second(tmp_path) -> None:
+    engine = FakeEngine()
+    r = make_client(tmp_path, engine).post("/speak", json={"text": "0", "quality_check": True})
+    assert r.status_code == 200, r.text
+    assert len(read_wav(r.content)[0]) / SAMPLE_RATE < 0.5 and len(engine.requests) == 1
+
+
 def test_without_quality_check_bad_audio_is_returned(tmp_path) -> None:
     engine = FakeEngine(bad_attempts=1)
     assert make_client(tmp_path, engine).post("/speak", json={"text": "Hello"}).status_code == 200

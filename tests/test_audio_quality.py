@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from serve_app.audio.quality import check_quality
+from serve_app.audio.quality import MIN_SECONDS, check_quality, shortest_plausible_seconds
 from serve_app.audio.tempo import TempoStretcher, change_speed
 from serve_app.engine.types import SAMPLE_RATE
 
@@ -43,6 +43,19 @@ def test_single_full_scale_peak_is_not_clipping() -> None:
 
 def test_min_duration_is_configurable() -> None:
     assert check_quality(_tone(0.2), min_seconds=0.1).ok
+
+
+@pytest.mark.parametrize(
+    ("text", "limit_ms", "expected"),
+    [
+        ("A whole sentence that takes a while to say.", 30_000, MIN_SECONDS),
+        ("Zero.", 30_000, 0.1),  # one word may be shorter than half a second
+        ("A whole sentence that takes a while to say.", 400, 0.2),  # never more than half the limit
+    ],
+)
+def test_shortest_plausible_duration_follows_text_and_limit(text: str, limit_ms: int, expected: float) -> None:
+    assert shortest_plausible_seconds(text, limit_ms) == pytest.approx(expected)
+    assert check_quality(_tone(0.4), min_seconds=shortest_plausible_seconds("Zero.", 30_000)).ok
 
 
 @pytest.mark.parametrize("speed", [0.25, 0.5, 1.5, 4.0])

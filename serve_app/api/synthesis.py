@@ -22,7 +22,7 @@ from serve_app.api.schemas import ContextSegment
 from serve_app.api.settings import ApiSettings
 from serve_app.api.voices import SavedVoice, VoiceStore
 from serve_app.audio.decode import AudioLimits, load_audio_b64, load_audio_bytes
-from serve_app.audio.quality import MIN_SECONDS, check_quality
+from serve_app.audio.quality import check_quality, shortest_plausible_seconds
 from serve_app.audio.reference import ReferenceLimits, check_reference
 from serve_app.engine.interface import SpeechEngine
 from serve_app.engine.types import (
@@ -298,7 +298,7 @@ class Synthesizer:
     async def generate(self, request: GenerationRequest, quality_check: bool = False) -> Audio:
         """One utterance; with `quality_check`, bad audio is regenerated with new seeds (seed+1, ...)."""
         attempts = self.settings.quality_attempts if quality_check else 1
-        min_seconds = min(MIN_SECONDS, request.max_audio_length_ms / 2000)
+        min_seconds = shortest_plausible_seconds(request.text, request.max_audio_length_ms)
         failures = []
         for attempt in range(attempts):
             seed = request.sampling.seed

@@ -12,12 +12,15 @@ import numpy as np
 
 from serve_app.constants import SAMPLE_RATE
 
-__all__ = ["QualityReport", "check_quality"]
+__all__ = ["QualityReport", "check_quality", "shortest_plausible_seconds"]
 
 SILENCE_RMS = 1e-3  # -60 dBFS
 CLIP_LEVEL = 0.99
 CLIP_FRACTION = 1e-3  # 0.1 % of samples at full scale
 MIN_SECONDS = 0.5
+SECONDS_PER_CHAR_FLOOR = 0.02
+"""A third of CSM's usual pace (some 15 characters a second): audio shorter than this for its text
+stopped early. A one-word text ("Zero.") is legitimately shorter than MIN_SECONDS."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,11 @@ class QualityReport:
             f"{', '.join(self.problems) or 'ok'} (duration {self.duration_s:.2f} s, rms {self.rms:.4f}, "
             f"peak {self.peak:.3f}, {self.clipped_fraction:.2%} of samples at full scale)"
         )
+
+
+def shortest_plausible_seconds(text: str, max_audio_length_ms: int) -> float:
+    """The least audio that can hold `text`: MIN_SECONDS, less for a short text or a short limit."""
+    return min(MIN_SECONDS, SECONDS_PER_CHAR_FLOOR * len(text.strip()), max_audio_length_ms / 2000)
 
 
 def check_quality(
