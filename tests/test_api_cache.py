@@ -136,3 +136,58 @@ def test_cache_is_bounded_by_bytes_lru() -> None:
 def test_disabled_cache_bypasses(tmp_path) -> None:
     client = make_client(tmp_path, cache_max_bytes=0)
     assert client.post("/speak", json={"text": "Hi", "seed": 1}).headers["x-cache"] == "bypass"
+
+
+def _concurrently(app, bodies: list[dict]) -> list:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    import httpx
+
+    async def scenario() -> list:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await asyncio.gather(*(client.post("/speak", json=body) for body in bodies))
+
+    return asyncio.run(scenario())
+
+
+def test_identical_requests_at_once_share_one_generation_and_its_bytes(tmp_path) -> None:
+    from serve_app.api.app import create_app
+    from serve_app.api.settings import ApiSettings
+
+    engine = FakeEngine(delay_s=0.2)
+    app = create_app(engine, ApiSettings(voices_dir=tmp_path / "voices"))
+    body = {"text": "Everyone asks for this at once.", "seed": 5}
+    responses = _concurrently(app, [body] * 6 + [{**body, "seed": 6}])
+    assert [r.status_code for r in responses] == [200] * 7
+    assert len(engine.requests) == 2  # one per distinct request, not one per client
+    assert len({r.content for r in responses[:6]}) == 1
+    assert sorted(r.headers["x-cache"] for r in responses[:6]) == ["hit"] * 5 + ["miss"]
+    assert responses[6].content != responses[0].content
+
+
+def test_a_shared_generation_goes_on_for_those_still_waiting() -> None:
+    import asyncio
+
+    async def scenario() -> None:
+        cache = ResponseCache(max_bytes=1000)
+        made = []
+
+        async def produce() -> CachedResponse:
+            made.append(1)
+            await asyncio.sleep(0.1)
+            return CachedResponse(b"audio", "audio/wav")
+
+        first = asyncio.ensure_future(cache.produce_once("k", produce))
+        second = asyncio.ensure_future(cache.produce_once("k", produce))
+        await asyncio.sleep(0.01)
+        first.cancel()  # its client left: the other still gets the audio, made once
+        assert await second == (CachedResponse(b"audio", "audio/wav"), True)
+        assert made == [1] and cache.get("k") is not None
+        alone = asyncio.ensure_future(cache.produce_once("j", produce))
+        await asyncio.sleep(0.01)
+        alone.cancel()  # nobody waits any more: the work stops
+        await asyncio.sleep(0.15)
+        assert cache.get("j") is None
+
+    asyncio.run(scenario())

@@ -294,3 +294,36 @@ def test_two_apps_over_one_redis_serve_one_session_and_one_budget(redis_url, tmp
         assert httpx.delete(f"{two}/sessions/talk", timeout=30).status_code == 204  # the 5th token
         statuses = [httpx.get(f"{url}/v1/models", timeout=30).status_code for url in (one, two, one)]
         assert statuses == [200, 429, 429]  # 6 tokens for both servers together, not 6 each
+
+
+@pytest.mark.parametrize("make_backends", BACKENDS, indirect=True)
+def test_a_session_dropped_by_the_lru_during_a_turn_keeps_the_turn_and_its_order(make_backends) -> None:
+    """More sessions than `max_sessions` are used while one session's turn runs: that turn is still
+    recorded, its next turn waits for it (no two at once) and starts as soon as it ends."""
+
+    async def scenario() -> None:
+        store = make_backends(max_sessions=2).sessions
+        await _turn(store, "s", "before")
+        running = 0
+
+        async def caller(text: str, seconds: float) -> float:
+            nonlocal running
+            async with session_turn(store, "s") as turn:
+                running += 1
+                assert running == 1
+                await asyncio.sleep(seconds)
+                running -= 1
+                turn.record(_segment(text))
+            return time.monotonic()
+
+        first = asyncio.ensure_future(caller("during", 0.3))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(caller("next", 0.0))
+        await asyncio.sleep(0.05)
+        for other in ("a", "b", "c"):  # the LRU drops "s" meanwhile
+            await _turn(store, other, other)
+        ended = await asyncio.wait_for(first, 5.0)
+        assert await asyncio.wait_for(second, 5.0) - ended < 1.0  # not after the 30 s lease
+        assert (await _context(store, "s"))[-2:] == ["during", "next"]  # "before" may have gone
+
+    run(scenario())

@@ -8,6 +8,7 @@ generators with `.cancel()`); Ray's real behaviour is covered by tests/test_e2e_
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from ray.exceptions import ActorDiedError, RayTaskError, WorkerCrashedError
 from ray.serve.exceptions import BackPressureError, RayServeException
 
-from serve_app.deploy.handle_engine import HandleEngine, ReplicaUnavailableError
+from serve_app.deploy.handle_engine import HandleEngine, ReplicaUnavailableError, awaited
 from serve_app.deployments import TTSModel
 from serve_app.engine.interface import SpeechEngine
 from serve_app.engine.types import (
@@ -490,3 +491,57 @@ def test_an_unavailable_rate_limiter_is_a_503_with_retry_after(tmp_path) -> None
     turn = TestClient(create_app(FakeEngine(), ApiSettings(voices_dir=tmp_path), StateBackends(state, None)))
     r = turn.post("/contextual_speak", json={"text": "Hi.", "session_id": "s"})
     assert r.status_code == 503 and "session state unavailable" in r.json()["detail"]
+
+
+_SERVED_REQUEST: contextvars.ContextVar[str | None] = contextvars.ContextVar("served_request", default=None)
+"""The request a coroutine serves, as Ray Serve's request context says it on a replica."""
+
+
+class ChildCancellingHandle(LimiterHandle):
+    """Ray Serve's way with child calls: a handle call made while serving a request belongs to that
+    request, and when the request is cancelled (its client left) the call is cancelled too, its
+    await raising `asyncio.CancelledError` (ray/serve/_private/replica.py `_on_request_cancelled`)."""
+
+    def __init__(self, burst: int) -> None:
+        super().__init__(burst)
+        self.children: dict[str | None, list[asyncio.Future[Any]]] = {}
+
+    @property
+    def acquire_many(self) -> Any:
+        handle, inner = self, super().acquire_many
+
+        class Method:
+            def remote(self, clients: list[str], per_minute: int, burst: int) -> FakeResponse:
+                call = asyncio.ensure_future(awaited(inner.remote(clients, per_minute, burst)))
+                handle.children.setdefault(_SERVED_REQUEST.get(), []).append(call)
+                return FakeResponse(lambda: call)
+
+        return Method()
+
+    def cancel_request(self, request: str) -> None:
+        for call in self.children.get(request, []):
+            call.cancel()
+
+
+def test_a_token_call_is_not_cancelled_with_the_request_that_sent_it() -> None:
+    """The first request of a burst sends the burst's tokens; its client leaving must not leave the
+    other requests of the burst waiting for ever."""
+
+    async def scenario() -> None:
+        handle = ChildCancellingHandle(burst=10)
+        handle.gate = asyncio.Event()
+        state = _state(handle)  # type: ignore[arg-type]
+
+        async def request(name: str) -> float:
+            _SERVED_REQUEST.set(name)
+            return await state.acquire(name)
+
+        gone, stays = asyncio.create_task(request("a")), asyncio.create_task(request("b"))
+        await asyncio.sleep(0.01)
+        assert handle.calls == [["a", "b"]]
+        gone.cancel()
+        handle.cancel_request("a")  # what Ray does to the calls made under a cancelled request
+        handle.gate.set()
+        assert await asyncio.wait_for(stays, 2.0) == 0.0
+
+    asyncio.run(scenario())

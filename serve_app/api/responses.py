@@ -71,8 +71,8 @@ async def cached_response(
     elif (hit := cache.get(key)) is not None:
         entry, state = hit, "hit"
     else:
-        entry, state = await produce(), "miss"
-        cache.put(key, entry)
+        entry, joined = await cache.produce_once(key, produce)
+        state = "hit" if joined else "miss"
     return Response(entry.body, media_type=entry.media_type, headers={**entry.headers, "X-Cache": state})
 
 

@@ -46,13 +46,20 @@ class InMemorySessions:
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessions: TTLCache[str, _Session] = TTLCache(maxsize=max_sessions, ttl=ttl_s, timer=timer)
+        # Sessions with a turn running, kept also when the LRU or the TTL drops them meanwhile: the
+        # turn is still recorded and the next turn still waits for it (as Redis's lease keys do).
+        self._leased: dict[str, _Session] = {}
         self._context_turns = context_turns
         self._timer = timer
         self.lease_s = lease_s
 
     def _open(self, session_id: str) -> _Session:
         """The session, created if new; touching it restarts its idle TTL and makes it most recent."""
-        session = self._sessions.get(session_id) or _Session(deque(maxlen=self._context_turns))
+        session = (
+            self._sessions.get(session_id)
+            or self._leased.get(session_id)
+            or _Session(deque(maxlen=self._context_turns))
+        )
         self._sessions[session_id] = session
         return session
 
@@ -64,34 +71,53 @@ class InMemorySessions:
                 session.lease_id = uuid.uuid4().hex
                 session.lease_expires = now + self.lease_s
                 session.released.clear()
+                self._forget_expired_leases(now)
+                self._leased[session_id] = session
                 return TurnLease(session.lease_id, list(session.turns))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(session.released.wait(), max(0.01, session.lease_expires - now))
 
+    def _forget_expired_leases(self, now: float) -> None:
+        """Forget the leases of holders gone mid-turn (no end_turn will come for them)."""
+        for session_id, session in list(self._leased.items()):
+            if now >= session.lease_expires:
+                del self._leased[session_id]
+
+    def _held(self, session_id: str, lease_id: str) -> _Session | None:
+        """The session while `lease_id` is its lease (evicted from the LRU or not), else None."""
+        session = self._leased.get(session_id) or self._sessions.get(session_id)
+        return session if session is not None and session.lease_id == lease_id else None
+
     async def renew_turn(self, session_id: str, lease_id: str) -> bool:
-        session = self._sessions.get(session_id)
-        if session is None or session.lease_id != lease_id:
+        session = self._held(session_id, lease_id)
+        if session is None:
             return False
         session.lease_expires = self._timer() + self.lease_s
+        self._leased[session_id] = session
         return True
 
     async def end_turn(self, session_id: str, lease_id: str, turn: Segment | None) -> int:
         """Record `turn` only while the lease is still this turn's: a session reset (or a lease
         lost) meanwhile must not bring the old call's turn back into the new one."""
-        session = self._sessions.get(session_id)
-        if session is None or session.lease_id != lease_id:
-            return len(session.turns) if session is not None else 0
+        session = self._held(session_id, lease_id)
+        if session is None:
+            current = self._sessions.get(session_id)
+            return len(current.turns) if current is not None else 0
         if turn is not None:
             session.turns.append(turn)
+        self._leased.pop(session_id, None)
+        self._sessions[session_id] = session  # just used: most recent (back, if the LRU dropped it)
         session.lease_id = None
         session.released.set()
         return len(session.turns)
 
     async def reset(self, session_id: str) -> bool:
         session = self._sessions.pop(session_id, None)
-        if session is not None:
-            session.released.set()  # a waiting turn starts over, on a new empty session
-        return session is not None
+        leased = self._leased.pop(session_id, None)
+        for dropped in (session, leased):
+            if dropped is not None:
+                dropped.released.set()  # a waiting turn starts over, on a new empty session
+        return session is not None or leased is not None
 
     def __contains__(self, session_id: str) -> bool:
         return session_id in self._sessions

@@ -15,6 +15,7 @@ place, so the decisions are the ones one call per request would get.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
 from ray.serve.handle import DeploymentHandle
@@ -84,7 +85,9 @@ class HandleState:
         answer: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._waiting.append((client, answer))
         if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send_tokens())
+            # In a context of its own: Ray Serve cancels the handle calls a cancelled request has
+            # made (its child requests), and this call carries other requests' tokens too.
+            self._sender = contextvars.Context().run(asyncio.ensure_future, self._send_tokens())
         return await answer
 
     async def _send_tokens(self) -> None:
@@ -97,10 +100,14 @@ class HandleState:
                 waits = await self._call(
                     "acquire_many", clients, self.per_minute, self._burst, timeout_s=self._timeout_s
                 )
-            except Exception as exc:  # noqa: BLE001 - every waiting request gets it (503), none hangs
+            except BaseException as exc:  # every waiting request gets an answer (503), none hangs
+                cancelled = StateUnavailableError("shared state call cancelled")
+                failure = exc if isinstance(exc, Exception) else cancelled
                 for _, answer in batch:
                     if not answer.done():
-                        answer.set_exception(exc)
+                        answer.set_exception(failure)
+                if not isinstance(exc, Exception):
+                    raise
                 continue
             for (_, answer), wait in zip(batch, waits, strict=True):
                 if not answer.done():  # its request may have gone (client disconnected)
