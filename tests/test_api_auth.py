@@ -152,3 +152,53 @@ def test_python_client_and_cli_send_the_key_and_get_typed_errors(tmp_path: Path,
         monkeypatch.delenv("CSM_API_KEY")
         refused = CliRunner().invoke(cli, ["--url", url, "speak", "Hi.", "-o", str(out)])
         assert refused.exit_code == 1 and "HTTP 401" in refused.output
+
+
+def test_a_websocket_key_in_the_query_string_never_reaches_the_logs(tmp_path: Path) -> None:
+    """Browsers send a WebSocket's key as `?api_key=`; uvicorn logs the socket's path with its query,
+    through the JSON log as `csm-serve serve` configures it (`log_config=None`)."""
+    import threading
+    import time
+
+    import uvicorn
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from serve_app.api.app import create_app
+    from serve_app.api.settings import ApiSettings
+    from tests.support_api import FakeEngine
+
+    app = create_app(FakeEngine(), ApiSettings(voices_dir=tmp_path / "voices", api_keys=KEYS))
+    stream = io.StringIO()
+    handler = configure_logging("INFO", stream)
+    # As in a fresh `csm-serve serve` process: an earlier test's uvicorn may have configured its loggers.
+    uvicorn_loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error")]
+    saved = [(log.handlers[:], log.propagate, log.level) for log in uvicorn_loggers]
+    for log in uvicorn_loggers:
+        log.handlers.clear()
+        log.propagate = True
+        log.setLevel(logging.NOTSET)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive()
+            time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        url = f"ws://127.0.0.1:{port}/v1/audio/speech/stream?api_key="
+        with connect(url + ALPHA):
+            pass
+        with pytest.raises(InvalidStatus):
+            connect(url + "guessed-" + BETA)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        logging.getLogger().removeHandler(handler)
+        for log, (handlers, propagate, level) in zip(uvicorn_loggers, saved):
+            log.handlers[:] = handlers
+            log.propagate = propagate
+            log.setLevel(level)
+    logged = stream.getvalue()
+    assert "/v1/audio/speech/stream?api_key=[redacted]" in logged
+    assert ALPHA not in logged and BETA not in logged

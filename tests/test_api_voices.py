@@ -138,6 +138,23 @@ def test_a_silent_reference_is_refused(client, engine) -> None:
     assert engine.encoded == [] and engine.requests == []
 
 
+def test_a_silent_reference_with_a_dc_offset_is_refused(client, engine) -> None:
+    """A muted input on an interface with a DC bias: a constant level, no sound, no voice."""
+    rng = np.random.default_rng(0)
+    offset = (0.05 + 1e-4 * rng.standard_normal(SAMPLE_RATE)).astype(np.float32)
+    biased = base64.b64encode(wav_bytes_of(offset)).decode()
+    r = client.post("/v1/voices", json={"name": "quiet", "audio_b64": biased, "transcript": "a"})
+    assert r.status_code == 400 and "audio_b64 is silent" in r.json()["detail"]
+    assert engine.encoded == []
+    tone = 0.1 * np.sin(2 * np.pi * 220 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)
+    speech = base64.b64encode(wav_bytes_of((offset + tone).astype(np.float32))).decode()
+    r = client.post(
+        "/v1/voices",
+        json={"name": "biased", "audio_b64": speech, "transcript": "a"},
+    )
+    assert r.status_code == 201, r.text
+
+
 def test_a_reference_longer_than_the_maximum_is_refused(tmp_path, engine) -> None:
     client = make_client(tmp_path, engine, reference_max_seconds=2.0)
     r = client.post("/v1/voices", json={"name": "long", "audio_b64": wav_b64(2.5), "transcript": "a"})

@@ -219,3 +219,107 @@ def test_non_finite_samples_past_the_first_block_are_rejected() -> None:
     sf.write(buf, data, SAMPLE_RATE, format="WAV", subtype="FLOAT")
     with pytest.raises(AudioInputError, match="NaN or infinite"):
         load_audio_b64(_b64(buf.getvalue()), LIMITS)
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "webm"])
+def test_a_tag_that_is_not_utf8_does_not_refuse_the_audio(fmt: str) -> None:
+    """M4A/WebM from other tools may carry Latin-1 tags (a title "Café"): the audio is still audio."""
+    buf = io.BytesIO()
+    codec, rate, size = ("aac", 48_000, 1024) if fmt == "mp4" else ("libopus", 48_000, 960)
+    data = _tone(rate, 1.0)
+    with av.open(buf, "w", format=fmt) as container:
+        container.metadata["title"] = "TITLE-PLACEHOLDER"
+        stream = container.add_stream(codec, rate=rate, layout="mono")
+        for start in range(0, len(data), size):
+            block = data[None, start : start + size].copy()
+            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="mono")
+            frame.sample_rate = rate
+            frame.pts = start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    raw = buf.getvalue()
+    assert raw.count(b"TITLE-PLACEHOLDER") == 1
+    raw = raw.replace(b"TITLE-PLACEHOLDER", "Café au lait 1234".encode("latin-1").ljust(17))
+    pcm = load_audio_b64(_b64(raw), LIMITS)
+    assert abs(len(pcm) / SAMPLE_RATE - 1.0) < 0.1
+    assert np.abs(pcm).max() > 0.3
+
+
+def _matroska_pcm(rate: int, seconds: float, samples_per_frame: int) -> bytes:
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as container:
+        stream = container.add_stream("pcm_s16le", rate=rate, layout="mono")
+        pcm = (_tone(rate, seconds) * 32767).astype(np.int16)
+        for start in range(0, len(pcm), samples_per_frame):
+            frame = av.AudioFrame.from_ndarray(
+                pcm[None, start : start + samples_per_frame].copy(), format="s16", layout="mono"
+            )
+            frame.sample_rate = rate
+            frame.pts = start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def test_audio_cut_into_tiny_frames_is_refused_before_it_costs_minutes_of_cpu() -> None:
+    """One-sample frames cost ~20 µs of Python each: 10 MB of them would be ~20 s of CPU (and GIL)."""
+    tiny = _matroska_pcm(8000, 1.0, samples_per_frame=1)  # 8000 frames for 1 s, under the 5 s cap
+    with pytest.raises(AudioInputError, match="more than 5000 frames") as info:
+        load_audio_b64(_b64(tiny), LIMITS)
+    assert not isinstance(info.value, AudioTooLargeError)
+    usual = load_audio_b64(_b64(_matroska_pcm(48_000, 4.0, samples_per_frame=120)), LIMITS)  # 2.5 ms frames
+    assert abs(len(usual) / SAMPLE_RATE - 4.0) < 0.01
+
+
+def _webm(data: np.ndarray, seekable: bool) -> bytes:
+    """Opus in WebM as a browser's MediaRecorder makes it (not seekable: no duration anywhere)."""
+
+    class Sink:
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def write(self, chunk: bytes) -> int:
+            self.data += chunk
+            return len(chunk)
+
+    out = io.BytesIO() if seekable else Sink()
+    with av.open(out, "w", format="webm") as container:
+        stream = container.add_stream("libopus", rate=48_000, layout="mono")
+        for start in range(0, len(data), 960):
+            block = data[None, start : start + 960].copy()
+            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="mono")
+            frame.sample_rate = 48_000
+            frame.pts = start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return bytes(out.getvalue() if seekable else out.data)
+
+
+def test_webm_over_the_duration_cap_says_how_long_it_is_or_that_it_is_longer() -> None:
+    tone = _tone(48_000, 8.0)  # 8 s, over the 5 s cap
+    with pytest.raises(AudioTooLargeError, match=r"lasts 8\.0 s, over the 5 s limit"):
+        load_audio_b64(_b64(_webm(tone, seekable=True)), LIMITS)  # the Segment's duration
+    with pytest.raises(AudioTooLargeError, match="lasts more than 5 s, over the 5 s limit"):
+        load_audio_b64(_b64(_webm(tone, seekable=False)), LIMITS)  # found while decoding
+
+
+def test_a_sample_rate_change_mid_stream_is_refused_not_played_at_the_wrong_speed() -> None:
+    """Two ADTS AAC files joined (44.1 then 16 kHz): the second part must not pass as 44.1 kHz."""
+
+    def adts(rate: int) -> bytes:
+        buf = io.BytesIO()
+        with av.open(buf, "w", format="adts") as container:
+            stream = container.add_stream("aac", rate=rate, layout="mono")
+            data = _tone(rate, 1.0)
+            for start in range(0, len(data), 1024):
+                block = data[None, start : start + 1024].copy()
+                frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="mono")
+                frame.sample_rate = rate
+                frame.pts = start
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+        return buf.getvalue()
+
+    with pytest.raises(AudioInputError, match="changes sample rate mid-stream"):
+        load_audio_b64(_b64(adts(44_100) + adts(16_000)), LIMITS)
+    assert abs(len(load_audio_b64(_b64(adts(16_000)), LIMITS)) / SAMPLE_RATE - 1.0) < 0.2

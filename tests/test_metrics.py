@@ -346,3 +346,14 @@ def test_the_in_process_server_app_is_wired_once() -> None:
         assert included.count(metrics_router) == 1 and included.count(playground_router) == 1
     finally:
         app.state.services.synth.engine.close()
+
+
+def test_invented_methods_do_not_invent_metric_series(tmp_path) -> None:
+    """h11 (uvicorn without httptools) and HAProxy pass any method token through to the app."""
+    client = make_client(tmp_path)
+    for method in ("XMETHOD1", "XMETHOD2", "XMETHOD3"):
+        assert client.request(method, "/speak").status_code == 405
+    samples = scrape(client)
+    assert not [key for key in samples if ("method", "XMETHOD1") in key[1]]
+    other = {"method": "OTHER", "endpoint": "/speak", "status": "405"}
+    assert value(samples, "csm_http_requests_total", **other) >= 3

@@ -11,6 +11,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve_app.api.errors import error_body
+
 __all__ = ["BodyLimitMiddleware", "CancelOnDisconnectMiddleware"]
 
 
@@ -32,7 +34,7 @@ class BodyLimitMiddleware:
         detail = f"request body is larger than the {self.max_body_bytes}-byte limit"
         length = Headers(scope=scope).get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
-            await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+            await JSONResponse(error_body(scope["path"], 413, detail), status_code=413)(scope, receive, send)
             return
         received = 0
 

@@ -46,6 +46,9 @@ recording needs more."""
 MAX_CHANNELS = 8
 """Most input channels accepted (7.1 surround)."""
 _BLOCK_FRAMES = 1 << 16
+MAX_PACKETS_PER_SECOND = 1000
+"""Most decoded frames per second of the duration cap (FFmpeg path). Codecs frame 2.5 ms or more;
+frames of a sample or two cost Python work each, so a few MB of them would cost a minute of CPU."""
 
 
 class AudioInputError(ValueError):
@@ -105,8 +108,10 @@ def load_audio_bytes(raw: bytes, limits: AudioLimits, field: str = "audio") -> n
         raise AudioInputError(f"{field}: {exc}") from None
 
 
-def _too_long(seconds: float, max_seconds: float) -> AudioTooLargeError:
-    return AudioTooLargeError(f"the audio lasts {seconds:.1f} s, over the {max_seconds:g} s limit")
+def _too_long(seconds: float | None, max_seconds: float) -> AudioTooLargeError:
+    """`seconds`: the length its header gives; None where decoding ran past the limit (no length given)."""
+    lasts = f"more than {max_seconds:g} s" if seconds is None else f"{seconds:.1f} s"
+    return AudioTooLargeError(f"the audio lasts {lasts}, over the {max_seconds:g} s limit")
 
 
 class _MonoOutput:
@@ -125,6 +130,7 @@ class _MonoOutput:
         if not 1 <= channels <= MAX_CHANNELS:
             raise AudioInputError(f"the audio has {channels} channels; at most {MAX_CHANNELS} are supported")
         self.rate = rate
+        self.channels = channels
         self.target_rate = target_rate
         self.max_seconds = max_seconds
         self.cap = int(max_seconds * rate)  # input frames
@@ -139,7 +145,7 @@ class _MonoOutput:
     def add(self, mono: np.ndarray) -> None:
         self.frames += len(mono)
         if self.frames > self.cap:
-            raise _too_long(self.frames / self.rate, self.max_seconds)
+            raise _too_long(None, self.max_seconds)
         if not np.isfinite(mono).all():
             raise AudioInputError("the audio contains NaN or infinite samples")
         mono = np.ascontiguousarray(mono, dtype=np.float32)
@@ -180,7 +186,8 @@ def _decode_pyav(raw: bytes, max_seconds: float, target_rate: int) -> np.ndarray
         "the data is not audio in a supported format (WAV, FLAC, OGG, MP3, AAC/M4A)"
     )
     try:
-        container = av.open(io.BytesIO(raw), mode="r")
+        # Tags are not ours to judge: a Latin-1 title (older taggers) must not refuse the audio.
+        container = av.open(io.BytesIO(raw), mode="r", metadata_errors="replace")
     except (av.FFmpegError, ValueError, OSError):
         raise unsupported from None
     with container:
@@ -188,14 +195,30 @@ def _decode_pyav(raw: bytes, max_seconds: float, target_rate: int) -> np.ndarray
             raise unsupported
         stream = container.streams.audio[0]
         rate = stream.sample_rate or stream.codec_context.sample_rate
+        seconds = None
         if stream.duration is not None and stream.time_base is not None and rate:
             seconds = float(stream.duration * stream.time_base)
-            if seconds > max_seconds:
-                raise _too_long(seconds, max_seconds)
+        elif container.duration is not None:  # WebM and Matroska give only the whole file's
+            seconds = container.duration / av.time_base
+        if seconds is not None and seconds > max_seconds:
+            raise _too_long(seconds, max_seconds)
         out = _MonoOutput(rate or 0, stream.codec_context.channels, max_seconds, target_rate)
         resampler = av.AudioResampler(format="fltp")  # planar float, same layout and rate
+        max_frames = int(max_seconds * MAX_PACKETS_PER_SECOND)
         try:
-            for frame in container.decode(stream):
+            for count, frame in enumerate(container.decode(stream), 1):
+                if count > max_frames:
+                    raise AudioInputError(
+                        f"the audio is cut into more than {max_frames} frames (at most "
+                        f"{MAX_PACKETS_PER_SECOND} a second of the {max_seconds:g} s limit): re-encode it"
+                    )
+                # The resampler keeps its first rate: a later frame at another would change speed.
+                if frame.sample_rate != out.rate:
+                    if out.frames:
+                        raise AudioInputError(
+                            f"the audio changes sample rate mid-stream ({out.rate} to {frame.sample_rate} Hz)"
+                        )
+                    out = _MonoOutput(frame.sample_rate, out.channels, max_seconds, target_rate)
                 for planar in resampler.resample(frame):
                     out.add(planar.to_ndarray().mean(axis=0))
         except av.FFmpegError as exc:

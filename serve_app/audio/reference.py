@@ -44,7 +44,8 @@ def check_reference(
             f"{field} is too long for a voice reference: {seconds:.1f} s of audio, at most "
             f"{limits.max_seconds:g} s (it shares the model's prompt with the new speech)"
         )
-    rms = float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64))))
+    # Around the mean: a constant offset (a DC-biased interface, a muted channel) is no sound.
+    rms = float(np.std(pcm, dtype=np.float64))
     if rms < SILENCE_RMS:
         raise AudioInputError(
             f"{field} is silent (level {_dbfs(rms):.0f} dBFS, below {_dbfs(SILENCE_RMS):.0f} dBFS): "

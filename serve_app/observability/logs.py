@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import re
 import sys
 from typing import Any, TextIO
 
@@ -16,6 +17,14 @@ _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", 
 access_log = logging.getLogger("csm_serve.access")
 """One line per HTTP request (`MetricsMiddleware`)."""
 
+_API_KEY_PARAM = re.compile(r"([?&]api_key=)[^&\s\"']*", re.IGNORECASE)
+"""A key in a query string (WebSockets may send one so): uvicorn logs a socket's path with its query."""
+
+
+def redact(message: str) -> str:
+    """`message` with any `api_key=` query parameter's value hidden."""
+    return _API_KEY_PARAM.sub(r"\1[redacted]", message)
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request_id and any `extra=` fields."""
@@ -25,7 +34,7 @@ class JsonFormatter(logging.Formatter):
             "ts": _dt.datetime.fromtimestamp(record.created, _UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         request_id = getattr(record, "request_id", None) or current_request_id()
         if request_id:

@@ -39,6 +39,9 @@ QUIET_PATHS = frozenset({"/metrics", "/health", "/-/healthz", "/-/routes"})
 """Probe and scrape paths: counted, but logged at DEBUG so they do not flood the access log."""
 CLIENT_CLOSED_REQUEST = 499
 """Status logged for a request whose client left before any response (as nginx does)."""
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods that label metrics as themselves; any other token a server lets through counts as OTHER
+(a client inventing methods must not invent time series)."""
 
 _HEADER = REQUEST_ID_HEADER.lower().encode()
 
@@ -115,6 +118,7 @@ class MetricsMiddleware:
 
 def _record(scope: Scope, state: dict[str, Any], elapsed: float) -> None:
     method, endpoint, status = scope["method"], _endpoint(scope), state["status"]
+    method = method if method in METHODS else "OTHER"
     scope_state = scope.get("state", {})
     if scope_state.get("client_disconnected") and not state.get("started"):
         status = CLIENT_CLOSED_REQUEST
