@@ -366,6 +366,40 @@ def test_a_slow_reader_gets_its_context_closed_not_the_engine_stalled(tmp_path) 
     assert messages[-1]["finish_reason"] == "error"
 
 
+def test_a_client_that_sends_and_never_reads_is_disconnected(tmp_path, monkeypatch) -> None:
+    """Every bad message is answered by an error: a client that never reads them must not grow the
+    server's queue without end; past the bound its socket is closed (1008) and its contexts stopped."""
+    from serve_app.api import stream_session
+
+    monkeypatch.setattr(stream_session, "MAX_QUEUED_MESSAGES", 20)
+    engine = PacedEngine()
+    app = create_app(engine, ApiSettings(voices_dir=tmp_path))
+    sent = []
+
+    async def stalled_network(scope, receive, send):  # nothing the server sends reaches the client
+        async def stalled(message):
+            if message["type"] == "websocket.send":
+                sent.append(message)
+                await asyncio.Event().wait()
+            await send(message)
+
+        await app(scope, receive, stalled)
+
+    with TestClient(stalled_network).websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "c1", "text": "A long answer that goes on. " * 20})
+        for _ in range(40):
+            ws.send_text("not json")
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+    assert closed.value.code == 1008
+    assert len(sent) == 1  # the writer was stuck on the first message all along
+    for _ in range(200):
+        if engine.in_flight == 0:
+            break
+        time.sleep(0.01)
+    assert engine.in_flight == 0  # the context's generation stopped with the socket
+
+
 def test_the_api_key_guards_the_socket_too(tmp_path) -> None:
     client = make_client(tmp_path, api_keys="s3cret")
     for url, headers in [(PATH, {}), (PATH + "?api_key=wrong", {}), (PATH, {"Authorization": "Bearer wrong"})]:

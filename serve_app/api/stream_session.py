@@ -10,6 +10,8 @@ Nothing a context produces waits for the client: messages go to a queue that one
 to the socket. The queue is bounded by audio, per context: when more than `ws_max_buffered_s` of a
 context's audio is waiting for a client that does not read, that context is closed with an error
 (its queued audio dropped, its generation stopped) while the engine goes on serving everyone else.
+A client that keeps sending without reading (each bad message is answered by an error) has its socket
+closed (1008) once `MAX_QUEUED_MESSAGES` wait to be sent.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ logger = logging.getLogger("serve_app.api.stream")
 _MESSAGES: TypeAdapter[Any] = TypeAdapter(ClientMessage)
 DRAIN_POLL_S = 0.25
 """How often a socket of a draining server looks whether it can close."""
+MAX_QUEUED_MESSAGES = 10_000
+"""Messages waiting for the client before its socket is closed: far above what the audio bound lets
+contexts queue (8 contexts of 30 s in 80 ms chunks is 3000), so only a client that never reads meets it."""
 _ENDED_KEPT = 1024
 """Ended contexts remembered per socket (their late text dropped); the oldest are forgotten first."""
 
@@ -99,6 +104,9 @@ class Outbox:
     @property
     def empty(self) -> bool:
         return not self._queue
+
+    def __len__(self) -> int:
+        return len(self._queue)
 
 
 class SpeechContext:
@@ -338,6 +346,10 @@ class StreamSession:
     async def _read(self) -> None:
         limit = self.synth.settings.ws_max_message_chars
         while not self._closing:
+            if len(self.outbox) > MAX_QUEUED_MESSAGES:
+                with contextlib.suppress(Exception):
+                    await self.websocket.close(1008, "the client does not read its messages")
+                raise WebSocketDisconnect(1008)
             raw = await self._receive()
             if raw is None:
                 self.outbox.put(None, error_message("invalid message: a binary frame must be UTF-8 JSON", 400))
