@@ -261,6 +261,40 @@ def test_store_round_trips_codes_and_leaves_no_temp_files(tmp_path) -> None:
     assert store.get("voice_../../x") is None
 
 
+def test_a_full_voice_store_refuses_new_voices_until_one_is_deleted(tmp_path, engine) -> None:
+    client = make_client(tmp_path, engine, max_saved_voices=2)
+    first, _ = _create(client, "A"), _create(client, "B")
+    r = client.post("/v1/voices", json={"name": "C", "audio_b64": wav_b64(1.0), "transcript": "t"})
+    assert r.status_code == 409 and "2 voices are saved" in r.json()["detail"]
+    assert len(engine.encoded) == 2  # refused before its audio was encoded
+    assert client.delete(f"/v1/voices/{first['id']}").status_code == 204
+    _create(client, "C")
+
+
+def test_the_listing_follows_other_replicas_and_is_read_once_while_unchanged(tmp_path, monkeypatch) -> None:
+    import os
+    import time
+
+    mine, theirs = VoiceStore(tmp_path), VoiceStore(tmp_path)  # two replicas sharing one directory
+    codes = np.zeros((2, 32), dtype=np.int64)
+    assert mine.list() == []
+    voice = theirs.create("x", "text", 1, codes)
+    assert [v.id for v in mine.list()] == [voice.id]  # the directory changed: read again
+    reads = []
+    read = VoiceStore.info
+    monkeypatch.setattr(VoiceStore, "info", lambda self, voice_id: reads.append(voice_id) or read(self, voice_id))
+    mine.list()
+    assert reads == [voice.id]  # changed within the mtime's granularity: not trusted yet
+    past = time.time_ns() - 10_000_000_000
+    os.utime(tmp_path, ns=(past, past))
+    mine.list()
+    reads.clear()
+    assert [v.id for v in mine.list()] == [voice.id] and reads == []  # unchanged: from memory
+    monkeypatch.undo()
+    theirs.delete(voice.id)
+    assert mine.list() == []
+
+
 def test_upload_preview_and_refusals_over_real_http(tmp_path) -> None:
     """A form upload as `curl -F` sends it, its preview, and a silent recording refused, on uvicorn."""
     import httpx

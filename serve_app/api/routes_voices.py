@@ -96,6 +96,9 @@ async def create_voice(request: Request, svc: ServicesDep) -> VoiceInfo:
     if svc.synth.builtin.spec(fields.name) is not None:  # a request naming it would get the built-in
         raise ApiError(409, f"{fields.name!r} is a built-in voice's name (GET /v1/audio/voices): choose another")
     svc.synth.text(fields.transcript, normalize=False, field="transcript")  # length check only
+    limit = svc.settings.max_saved_voices
+    if len(await run_in_threadpool(svc.synth.voices.list)) >= limit:
+        raise ApiError(409, f"{limit} voices are saved, the most this server keeps: delete one first")
     codes = await svc.synth.encode_reference(audio, field)
     if len(codes) == 0:
         raise ApiError(400, f"{field} is too short to hold one audio frame (80 ms)")

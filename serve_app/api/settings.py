@@ -50,6 +50,9 @@ class ApiSettings(BaseSettings):
 
     # Saved voices: npz (codes) + json (metadata) per voice.
     voices_dir: Path = Field(default_factory=_default_voices_dir)
+    max_saved_voices: int = Field(
+        10_000, ge=1, description="Saved voices kept at most; creating one more is a 409 until one is deleted."
+    )
     # Voice references (saved voices, /clone_voice): shorter or silent is a 400, longer a 413.
     reference_min_seconds: float = Field(0.5, gt=0, description="Shortest voice reference.")
     reference_max_seconds: float = Field(30.0, gt=0, description="Longest voice reference.")

@@ -2,8 +2,10 @@
 
 Each voice is `<id>.npz` (codes) plus `<id>.json` (metadata), both written atomically (temp file in
 the same directory, then rename); the json is written last, so a voice exists once its json does.
-Nothing is held in memory, so replicas sharing the directory see each other's voices and a restart
-loses nothing. Calls do blocking file I/O: run them in a thread from async code.
+Nothing but a listing is held in memory, so replicas sharing the directory see each other's voices
+and a restart loses nothing. The listing (what naming a voice searches) is read again whenever the
+directory changes: every create and delete renames or removes a file in it, which updates its mtime.
+Calls do blocking file I/O: run them in a thread from async code.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from serve_app.engine.types import FRAME_MS, Segment
 __all__ = ["SavedVoice", "VoiceStore"]
 
 _ID_RE = re.compile(r"^voice_[0-9a-f]{16}$")
+_MTIME_TRUSTED_AFTER_NS = 2_000_000_000
+"""A directory changed more recently than this may change again within its mtime's granularity (a
+second or two on some filesystems) without a new mtime: its listing is read again each time."""
 
 
 class SavedVoice:
@@ -56,6 +61,7 @@ class VoiceStore:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._id_re = id_pattern
+        self._listing: tuple[int, list[VoiceInfo]] | None = None  # (directory mtime, voices)
 
     def create(self, name: str, transcript: str, speaker: int, codes: np.ndarray) -> VoiceInfo:
         return self.put(f"voice_{uuid.uuid4().hex[:16]}", name, transcript, speaker, codes)
@@ -99,12 +105,19 @@ class VoiceStore:
             return None
 
     def list(self) -> list[VoiceInfo]:
+        """Every voice, oldest first; read from disk only when the directory changed since."""
+        stamp = self.directory.stat().st_mtime_ns
+        listing = self._listing
+        if listing is not None and listing[0] == stamp and time.time_ns() - stamp > _MTIME_TRUSTED_AFTER_NS:
+            return list(listing[1])
         voices = []
         for path in self.directory.glob("voice_*.json"):
             info = self.info(path.stem)
             if info is not None:
                 voices.append(info)
-        return sorted(voices, key=lambda v: v.created_at)
+        voices.sort(key=lambda v: v.created_at)
+        self._listing = (stamp, voices)
+        return list(voices)
 
     def delete(self, voice_id: str) -> bool:
         if self.info(voice_id) is None:
