@@ -171,8 +171,9 @@ def run_preset(preset: str, *, device: str | None, host: str, port: int, log_lev
 
     configure_logging(log_level.upper())
     lower_switch_interval()  # this process hosts the engine's loop thread
+    # access_log off: the app logs each request once itself (csm_serve.access, with its request id)
     config = uvicorn.Config(build_preset_app(preset, device), host=host, port=port, log_level=log_level,
-                            log_config=None, timeout_graceful_shutdown=drain_timeout_s)
+                            log_config=None, access_log=False, timeout_graceful_shutdown=drain_timeout_s)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)  # restored by uvicorn after its own handling, then raised
     uvicorn.Server(config).run()
@@ -223,7 +224,8 @@ def _write(chunks: Iterable[bytes], out: BinaryIO) -> tuple[int, float | None]:
 @click.option("--voice", help="A voice instead of a speaker: built-in (alloy, nova, ...), a saved voice's id, "
                               "or its name where no other saved voice has it (see `voices list`).")
 @click.option("--stream/--no-stream", default=False, help="Write audio as it is generated.")
-@click.option("--max-duration-ms", type=int, default=10000, show_default=True)
+@click.option("--max-duration-ms", type=click.IntRange(min=1),
+              help="Longest audio. Default: the server sizes it for the text.")
 @click.option("--seed", type=int, help="Seed for reproducible audio.")
 @click.option("--format", "response_format", default="wav", show_default=True,
               help="wav, pcm, flac, mp3, opus, aac, ulaw or alaw, or a codec_rate[_kbps] name "
@@ -241,7 +243,7 @@ def _write(chunks: Iterable[bytes], out: BinaryIO) -> tuple[int, float | None]:
                    "first sentence (any streamed format; not flac).")
 @click.pass_context
 def speak(ctx: click.Context, text: str, output: str, speaker: int, voice: str | None, stream: bool,
-          max_duration_ms: int, seed: int | None, response_format: str, sample_rate: str | None,
+          max_duration_ms: int | None, seed: int | None, response_format: str, sample_rate: str | None,
           speed: float, context_audio: str | None, context_text: str, context_speaker: int,
           ws: bool) -> None:
     """Synthesize TEXT ('-' reads it from stdin) into an audio file."""
@@ -288,7 +290,8 @@ def stdin_pieces(stream: BinaryIO | None = None) -> Iterable[str]:
 
 
 def speak_over_socket(ctx: click.Context, text: str, output: str, *, speaker: int, voice: str | None,
-                      seed: int | None, max_duration_ms: int, fmt: str, sample_rate: str | None) -> None:
+                      seed: int | None, max_duration_ms: int | None, fmt: str,
+                      sample_rate: str | None) -> None:
     from serve_app.audio.encode import wav_stream_header
     from serve_app.audio.formats import OutputFormat
 
@@ -305,8 +308,6 @@ def speak_over_socket(ctx: click.Context, text: str, output: str, *, speaker: in
     pieces = stdin_pieces() if text == "-" else [text]
     options: dict[str, Any] = {"speaker": speaker, "voice": voice, "seed": seed,
                                "max_duration_ms": max_duration_ms, "output_format": wire.name}
-    if ctx.get_parameter_source("max_duration_ms") is click.core.ParameterSource.DEFAULT:
-        options["max_duration_ms"] = None  # the whole of stdin: the server sizes the budget
     header = wav_stream_header(out.sample_rate) if out.codec == "wav" else b""
     chunks = _client(ctx, retries=0).speak_streamed(pieces, **options)
     _save(chunks, output, header=header, streamed_wav=bool(header), report_latency=True)

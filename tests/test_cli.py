@@ -87,6 +87,20 @@ def test_speak_reads_stdin_writes_stdout_and_sends_context(url: str, tmp_path: P
     assert result.stdout_bytes[:4] == b"RIFF"
 
 
+def test_speak_lets_the_server_size_a_long_text(tmp_path: Path) -> None:
+    """Without --max-duration-ms a text of several segments (a chapter from stdin) is spoken whole,
+    as /speak sizes it, not cut at 10 s; the option still caps it."""
+    text = " ".join(f"This is sentence number {i} of a text that runs well past one segment." for i in range(16))
+    with serve_http(api_app(ToneEngine(), tmp_path / "voices", max_long_text_chars=5000)) as base:
+        for stream in ([], ["--stream"]):
+            out = tmp_path / "chapter.wav"
+            result = CliRunner().invoke(cli, ["--url", base, "speak", "-", "-o", str(out), *stream], input=text)
+            assert result.exit_code == 0, result.output
+            assert duration(out) > 10
+            capped = run(base, "speak", text, "-o", str(out), "--max-duration-ms", "2000", *stream)
+            assert capped.exit_code == 0 and duration(out) <= 2.0
+
+
 def test_speak_errors_print_the_server_message_and_exit_1(url: str, tmp_path: Path) -> None:
     out = tmp_path / "never.wav"
     result = run(url, "speak", "x" * 1000, "-o", str(out))
@@ -244,6 +258,34 @@ def test_serve_config_starts_ray_with_the_chosen_ingress(monkeypatch, tmp_path: 
     monkeypatch.setattr(serve_app.deploy.ingress, "haproxy_binary", lambda: None)
     result = CliRunner().invoke(cli, ["serve", "--config", str(config), "--ingress", "haproxy"])
     assert result.exit_code == 2 and "csm-serve[haproxy]" in result.output
+
+
+def test_serve_preset_logs_each_request_once(monkeypatch) -> None:
+    """The app's access log line (request id, key fingerprint) is the only one: uvicorn's own access
+    log, which would repeat each request with the client's address and the URL's query, is off."""
+    import signal
+
+    import uvicorn
+
+    import serve_app.engine.engine as engine_module
+    import serve_app.observability.logs as logs_module
+
+    started: list[uvicorn.Config] = []
+
+    class FakeServer:
+        def __init__(self, config: uvicorn.Config) -> None:
+            started.append(config)
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(cli_module, "build_preset_app", lambda preset, device=None: object())
+    monkeypatch.setattr(uvicorn, "Server", FakeServer)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    monkeypatch.setattr(logs_module, "configure_logging", lambda level: None)
+    monkeypatch.setattr(engine_module, "lower_switch_interval", lambda: None)
+    cli_module.run_preset("tiny-random", device=None, host="127.0.0.1", port=0, log_level="info")
+    assert len(started) == 1 and started[0].access_log is False
 
 
 def test_finish_streamed_wav_fills_in_sizes(tmp_path: Path) -> None:
