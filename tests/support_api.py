@@ -98,6 +98,8 @@ class FakeEngine:
     async def _admit(self, request: GenerationRequest) -> None:
         if self.overloaded:
             raise EngineOverloadedError("no free slot")
+        if not request.text.strip():
+            raise ValueError("text must not be empty")  # as the engine
         prompt = len(request.text) + sum(len(s.text) for s in request.context)
         if len(request.text) > self.max_prompt_chars:
             raise PromptTooLongError(f"{prompt} characters do not fit")

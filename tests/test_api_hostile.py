@@ -94,6 +94,13 @@ def _lying_sizes() -> bytes:
     return bytes(raw)
 
 
+def _unknown_codec() -> bytes:
+    """Half a second whose WAV format tag (0x1234) names no codec: FFmpeg opens it without a decoder."""
+    raw = bytearray(_half_second())
+    raw[20:22] = struct.pack("<H", 0x1234)
+    return bytes(raw)
+
+
 def _float_wav_with(value: float) -> bytes:
     data = np.full(SAMPLE_RATE // 10, 0.1, np.float32)
     data[len(data) // 2] = value
@@ -161,6 +168,7 @@ AUDIO_CORPUS: dict[str, tuple[Callable[[], bytes], int | None, str]] = {
         f"at most {MAX_SAMPLE_RATE} Hz is supported",
     ),
     "mp3-header-then-garbage": (_mp3_garbage, 400, NOT_AUDIO),
+    "wav-unknown-codec": (_unknown_codec, 400, NOT_AUDIO),
     "silence-10min-flac": (lambda: _ten_minutes_of_silence("FLAC", "PCM_16"), 413, LASTS_10_MINUTES),
     "silence-10min-ogg": (lambda: _ten_minutes_of_silence("OGG", "VORBIS"), 413, LASTS_10_MINUTES),
     "silence-10min-mp3": (lambda: _ten_minutes_of_silence("MP3", "MPEG_LAYER_III"), 413, LASTS_10_MINUTES),
@@ -359,6 +367,24 @@ def test_hostile_json_is_a_clear_4xx(
     assert r.status_code == status, r.text
     assert named in detail_of(r)
     assert_still_serves(client, path)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/clone_voice", {**GOOD["/clone_voice"], "text": "\U0001f600"}, "text"),
+        ("/contextual_speak", {"text": "\U0001f600\U0001f600"}, "text"),
+        ("/batch_speak", {"texts": ["One.", "\U0001f600 \U0001f44d"]}, "texts[1]"),
+    ],
+)
+def test_text_that_normalizes_to_nothing_is_a_422(
+    client: TestClient, engine: FakeEngine, path: str, body: dict[str, Any], field: str
+) -> None:
+    """Emoji are left out by normalization: nothing is left for the engine, which
+    refuses an empty text (a 500 before)."""
+    r = client.post(path, json=body)
+    assert r.status_code == 422 and detail_of(r) == f"{field} has nothing to speak", r.text
+    assert engine.requests == []
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -248,6 +248,7 @@ def test_a_segment_cut_at_its_cap_is_the_whole_texts_finish_reason(tmp_path) -> 
     [
         ({"text": 'Hi <break time="later"/> there.'}, 422, "unreadable break tag"),
         ({"text": '<break time="1s"/>'}, 422, "nothing to speak"),
+        ({"text": 'Hi <break time="' + "9" * 320 + 'ms"/> there.'}, 422, "over the 10000 ms limit"),
         ({"text": "Hi", "lexicon": {"": "x"}}, 422, "lexicon"),
         ({"text": "x" * 100_001}, 413, "over the 100000-character limit"),
     ],

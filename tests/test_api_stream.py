@@ -223,6 +223,9 @@ def test_closing_the_socket_finishes_every_context(client) -> None:
     ("message", "code", "needle"),
     [
         ("not json", 422, "invalid message"),
+        # too deep for json.loads, which looks for the context_id of a refused message
+        pytest.param("[" * 30_000 + "]" * 30_000, 422, "invalid message", id="nested-arrays"),
+        pytest.param("[" * 40_000 + "]" * 40_000, 413, "character limit", id="nested-arrays-too-long"),
         ({"type": "shout", "context_id": "c1"}, 422, "invalid message"),
         ({"type": "flush", "context_id": "nobody"}, 404, "no open context"),
         ({"type": "text", "context_id": "c1", "text": "x", "output_format": "wavy_1"}, 422, "output_format"),
@@ -364,6 +367,26 @@ def test_a_slow_reader_gets_its_context_closed_not_the_engine_stalled(tmp_path) 
     assert types[-2:] == ["error", "done"] and types.count("audio") <= 1  # queued audio dropped
     assert messages[-2]["code"] == "slow_reader" and "did not read" in messages[-2]["message"]
     assert messages[-1]["finish_reason"] == "error"
+
+
+def test_a_message_being_sent_when_the_socket_closes_still_arrives(tmp_path) -> None:
+    """After a socket-wide close the server waits for its queue to empty: the message the writer has
+    taken but not yet put on a slow network (the last `done`) is not cut off."""
+    app = create_app(FakeEngine(), ApiSettings(voices_dir=tmp_path))
+
+    async def slow_network(scope, receive, send):
+        async def delayed(message):
+            if message["type"] == "websocket.send":
+                await asyncio.sleep(0.05)
+            await send(message)
+
+        await app(scope, receive, delayed)
+
+    with TestClient(slow_network).websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "c1", "text": "Hello there."})
+        ws.send_json({"type": "close"})
+        messages = receive_until(ws, "done")
+    assert messages[-1]["type"] == "done" and messages[-1]["context_id"] == "c1"
 
 
 def test_a_client_that_sends_and_never_reads_is_disconnected(tmp_path, monkeypatch) -> None:

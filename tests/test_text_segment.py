@@ -64,6 +64,9 @@ def test_break_tags_become_pauses_between_segments() -> None:
     [
         ('Hi <break time="soon"/> there.', "unreadable break tag"),
         ('Hi <break time="20s"/> there.', "over the 10000 ms limit"),
+        # hundreds of digits: an infinite float, which round() cannot take
+        ('Hi <break time="' + "9" * 320 + 'ms"/> there.', "over the 10000 ms limit"),
+        ('Hi <break time="' + "9" * 308 + 's"/> there.', "over the 10000 ms limit"),
         ("Hi <break strength='x'/>.", "unreadable break tag"),
     ],
 )

@@ -90,7 +90,8 @@ async def conversation(body: ConversationRequest, request: Request, svc: Service
             "X-Context-Dropped-Turns": str(narration.dropped_context_turns),
             "X-Finish-Reason": (narration.finish_reason or FinishReason.END_OF_AUDIO).value,
         }
-        return await encode_response(np.concatenate(pieces), body.output, headers, body.speed)
+        pcm = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)  # no turn made a frame
+        return await encode_response(pcm, body.output, headers, body.speed)
 
     key = await svc.cache_key(
         "conversation",
@@ -109,7 +110,7 @@ async def contextual_speak(body: ContextualSpeakRequest, request: Request, svc: 
     Requests to one session are served one at a time (each sees the turns before it).
     """
     synth = svc.synth
-    text = synth.text(body.text, body.normalize)
+    text = synth.target_text(body.text, body.normalize)
     session_id = body.session_id or default_session_id(request)
     voice = await synth.named_voice(body.voice) if body.voice else None
     # A voice's reference comes last, as on /speak: the nearest context, and the last to be dropped

@@ -91,7 +91,7 @@ async def speak(body: SpeakRequest, request: Request, svc: ServicesDep) -> Respo
 async def clone_voice(body: CloneVoiceRequest, request: Request, svc: ServicesDep) -> Response:
     """Speech for `text` in the voice of a reference recording (inline or a saved voice)."""
     synth = svc.synth
-    text = synth.text(body.text, body.normalize)
+    text = synth.target_text(body.text, body.normalize)
     voice = await synth.named_voice(body.voice) if body.voice else None
     filename = f"cloned_voice.{body.output.extension}"
 
@@ -141,7 +141,7 @@ async def batch_speak(body: BatchSpeakRequest, request: Request, svc: ServicesDe
         raise ApiError(413, f"texts has {len(body.texts)} items, over the {limit}-item limit")
     requests = [
         GenerationRequest(
-            text=synth.text(t, body.normalize, f"texts[{i}]"),
+            text=synth.target_text(t, body.normalize, f"texts[{i}]"),
             speaker=body.speaker,
             max_audio_length_ms=body.max_duration_per_text_ms,
             sampling=synth.sampling(body.temperature, body.top_k, body.seed),

@@ -74,6 +74,7 @@ class Outbox:
         self._queue: deque[tuple[str | None, dict[str, Any], int]] = deque()
         self._waiting: dict[str, int] = {}
         self._ready = asyncio.Event()
+        self._sending = 0  # taken by the writer, not yet on the socket
 
     def put(self, context_id: str | None, message: dict[str, Any], samples: int = 0) -> None:
         """Queue a message; raises `SlowReaderError` when the context's unsent audio would exceed
@@ -95,15 +96,19 @@ class Outbox:
         while not self._queue:
             self._ready.clear()
             await self._ready.wait()
+        self._sending += 1
         return self._queue.popleft()
 
     def sent(self, context_id: str | None, samples: int) -> None:
+        """The message `get` gave is on the socket."""
+        self._sending -= 1
         if context_id is not None and context_id in self._waiting:
             self._waiting[context_id] -= samples
 
     @property
     def empty(self) -> bool:
-        return not self._queue
+        """Nothing queued and nothing being sent: stopping the writer now loses no message."""
+        return not self._queue and not self._sending
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -445,7 +450,7 @@ def _context_id_in(raw: str) -> str | None:
     then hears of the fault on that context (its first message invalid, its text too long)."""
     try:
         message = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested arrays fit in a message
         return None
     context_id = message.get("context_id") if isinstance(message, dict) else None
     return context_id if isinstance(context_id, str) else None

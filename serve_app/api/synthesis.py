@@ -152,6 +152,14 @@ class Synthesizer:
             raise ApiError(413, f"{field} has {len(text)} characters, over the {limit}-character limit")
         return normalize_text(text) if normalize else text.strip()
 
+    def target_text(self, text: str, normalize: bool, field: str = "text") -> str:
+        """Text to generate: `text()`, with something left to speak (422 where normalization leaves
+        nothing, e.g. only emoji: the engine refuses an empty text)."""
+        checked = self.text(text, normalize, field)
+        if not checked:
+            raise ApiError(422, f"{field} has nothing to speak")
+        return checked
+
     async def decode_audio(self, audio: str | bytes, field: str, reference: bool = False) -> np.ndarray:
         """Base64 text or a file's bytes → 24 kHz mono; a voice `reference` must also be long enough,
         not silent and not too long."""

@@ -194,6 +194,8 @@ def _decode_pyav(raw: bytes, max_seconds: float, target_rate: int) -> np.ndarray
         if not container.streams.audio:
             raise unsupported
         stream = container.streams.audio[0]
+        if stream.codec_context is None:  # a codec FFmpeg has no decoder for (a WAV's unknown format tag)
+            raise unsupported
         rate = stream.sample_rate or stream.codec_context.sample_rate
         seconds = None
         if stream.duration is not None and stream.time_base is not None and rate:

@@ -48,6 +48,8 @@ TELEPHONY: tuple[str, ...] = ("ulaw", "alaw")
 OPUS_RATES: tuple[int, ...] = (8000, 16000, 24000, 48000)
 """The rates of ours that libopus encodes at (Opus has no 22.05 or 44.1 kHz mode)."""
 MIN_KBPS, MAX_KBPS = 8, 320
+MAX_OPUS_KBPS = 256
+"""libopus takes at most 256 kbit/s a channel, and the audio is mono: more fails to open the encoder."""
 
 _NAME_RE = re.compile(r"^(?P<codec>[a-z0-9]+)(?:_(?P<rate>\d+))?(?:_(?P<kbps>\d+))?$")
 
@@ -82,6 +84,8 @@ class OutputFormat:
                 raise ValueError(f"{self.codec} has no bitrate; only {', '.join(LOSSY)} take one")
             if not MIN_KBPS <= self.kbps <= MAX_KBPS:
                 raise ValueError(f"bitrate {self.kbps} kbit/s is outside {MIN_KBPS}..{MAX_KBPS}")
+            if self.codec == "opus" and self.kbps > MAX_OPUS_KBPS:
+                raise ValueError(f"opus encodes mono at most at {MAX_OPUS_KBPS} kbit/s, not {self.kbps}")
 
     # -- the spellings ----------------------------------------------------------------------------
     @classmethod

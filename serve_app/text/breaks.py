@@ -54,10 +54,12 @@ def find_break(text: str, start: int = 0, end: int | None = None) -> BreakTag | 
         )
     ms = DEFAULT_BREAK_MS
     if match.group("value") is not None:
-        value = float(match.group("value"))
-        ms = round(value * (1000 if match.group("unit").lower() == "s" else 1))
-    if ms > MAX_BREAK_MS:
-        raise BreakTagError(f"break of {ms} ms at character {opened.start()} is over the {MAX_BREAK_MS} ms limit")
+        value = float(match.group("value")) * (1000 if match.group("unit").lower() == "s" else 1)
+        if value > MAX_BREAK_MS:  # checked before round(): a value of hundreds of digits is infinite
+            raise BreakTagError(
+                f"break tag {tag[:80]!r} at character {opened.start()} is over the {MAX_BREAK_MS} ms limit"
+            )
+        ms = round(value)
     return BreakTag(opened.start(), close + 1, ms)
 
 
