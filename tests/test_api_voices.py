@@ -80,6 +80,7 @@ def test_a_saved_voice_answers_to_its_name_where_no_other_has_it(client, engine)
     _create(client, name="host")
     assert client.post("/speak", json={"text": "Hi", "voice": "narrator", "speaker": 0}).status_code == 200
     assert engine.requests[-1].speaker == 1 and engine.requests[-1].context[-1].codes.shape == (13, 32)
+    assert client.post("/speak", json={"text": "Hi", "voice": " NARRATOR "}).status_code == 200  # as " alloy"
     ambiguous = client.post("/speak", json={"text": "Hi", "voice": "Host"})
     assert ambiguous.status_code == 409 and "2 saved voices are named 'Host'" in ambiguous.json()["detail"]
     assert client.post("/speak", json={"text": "Hi", "voice": "nobody"}).status_code == 404

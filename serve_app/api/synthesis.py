@@ -215,10 +215,11 @@ class Synthesizer:
         return voice
 
     def _saved_voice(self, name: str, by_name: bool) -> SavedVoice | None:
-        voice = self.voices.get(name)
+        voice = self.voices.get(name.strip())
         if voice is not None or not by_name:
             return voice
-        named = [info for info in self.voices.list() if info.name.casefold() == name.casefold()]
+        wanted = name.strip().casefold()  # as built-in names are matched: case and edge spaces aside
+        named = [info for info in self.voices.list() if info.name.strip().casefold() == wanted]
         if len(named) > 1:
             ids = ", ".join(info.id for info in named)
             raise ApiError(409, f"{len(named)} saved voices are named {name!r}: give one's id ({ids})")
