@@ -320,6 +320,27 @@ class PacedEngine(FakeEngine):
             await asyncio.sleep(0.002)
 
 
+def test_a_lexicon_entry_that_stands_for_a_paragraph_is_spoken_in_segments(tmp_path) -> None:
+    """As on /speak: a segment the lexicon makes longer than the model takes is cut again (before, the
+    context failed with a 413 at that segment)."""
+    from tests.test_api_longform import SENTENCES
+
+    engine = FakeEngine(max_prompt_chars=600)
+    client = make_client(tmp_path, engine)
+    paragraph = " ".join(SENTENCES)  # 400 characters
+    with client.websocket_connect(PATH) as ws:
+        first = {"type": "text", "context_id": "c1", "text": "Hi there. Q Q.", "lexicon": {"Q": paragraph}}
+        ws.send_json(first)
+        ws.send_json({"type": "close", "context_id": "c1"})
+        messages = receive_until(ws, "done")
+    assert not [m for m in messages if m["type"] == "error"]
+    assert messages[-1]["finish_reason"] == "end_of_audio"
+    spoken = [q.text for q in engine.requests]
+    assert max(len(t) for t in spoken) <= 600 and len(spoken) >= 3
+    expected = " ".join(["Hi there.", paragraph, paragraph, "."]).replace(" .", ".")
+    assert " ".join(spoken).split() == expected.split()
+
+
 def test_a_flush_straight_before_a_close_is_answered_before_done(tmp_path) -> None:
     """The close arrives while the flushed text is still being spoken (a paced engine): the context
     runs out of text and ends, and still answers the flush first."""

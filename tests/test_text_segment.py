@@ -142,6 +142,22 @@ def test_markdown_blocks_start_segments_and_keep_their_markers(piece_chars: int)
     )
 
 
+@pytest.mark.parametrize("line", ["-5 degrees", "1.5 times", "#1 priority", "+1 555 0100", "**bold** words"])
+def test_a_line_that_only_starts_like_a_markdown_block_does_not_end_the_line_before(line: str) -> None:
+    """Streamed, "\n-", "\n1." or "\n#" looked like a list item or heading before the rest of the
+    line came, and the sentence was cut at the newline; the whole text is not cut there."""
+    text = f"It said\n{line} for us. Done."
+    feed, texts = TextFeed(), []
+    for char in text:
+        feed.push(char)
+        while (item := feed.next_item()) is not None:
+            texts.append(item.text)
+    feed.close()
+    while (item := feed.next_item()) is not None:
+        texts.append(item.text)
+    assert texts == [f"It said\n{line} for us.", "Done."]
+
+
 def test_a_sentence_end_followed_by_a_space_is_certain_but_an_abbreviation_is_not() -> None:
     feed = TextFeed()
     feed.push("Thanks for waiting. ")
@@ -150,6 +166,28 @@ def test_a_sentence_end_followed_by_a_space_is_certain_but_an_abbreviation_is_no
     assert feed.next_item() is None  # "Dr." does not end a sentence
     feed.push("Smith. ")
     assert feed.next_item() == Utterance(20, 34, "Ask Dr. Smith.")
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("The store opens at 9 a.m. tomorrow. Come early. ", "The store opens at 9 a.m. tomorrow."),
+        ("Wait... what? That is odd. ", "Wait... what?"),
+        ('"Are you sure?" she asked. Then she left. ', '"Are you sure?" she asked.'),
+        ("Your room is No. 5 on the left. Enjoy. ", "Your room is No. 5 on the left."),
+    ],
+)
+def test_an_end_a_lower_case_word_or_a_number_may_go_on_from_waits_for_it(text: str, first: str) -> None:
+    """Words sent with their trailing space, as many clients send them: the space does not make
+    "a.m.", "..." or "No." end a sentence, as the next word may go on with it (the whole text is
+    not cut there either)."""
+    feed, texts = TextFeed(), []
+    for word in text.split(" ")[:-1]:
+        feed.push(word + " ")
+        while (item := feed.next_item()) is not None:
+            texts.append(item.text)
+    assert texts[0] == first
+    assert utterances(split_script(text, SegmentPolicy(max_chars=max(20, len(first)))))[0].text == first
 
 
 def test_a_break_tag_split_across_pieces_waits_for_its_end() -> None:
@@ -169,6 +207,23 @@ def test_long_streamed_text_without_any_boundary_is_cut_between_words() -> None:
     feed.push("word " * 30)
     item = feed.next_item()
     assert item is not None and len(item.text) <= 40 and item.text.endswith("word")
+
+
+def test_chinese_japanese_and_arabic_sentence_ends_end_sentences() -> None:
+    """The sentence splitter knows only ASCII punctuation: streamed Chinese was spoken only at its close
+    (or after 280 characters), and a long text was cut in the middle of a sentence."""
+    feed = TextFeed()
+    feed.push("你好！我")
+    assert feed.next_item() == Utterance(0, 3, "你好！")
+    feed.push("可以帮你什么？")
+    assert feed.next_item() is None  # a closing quote may still follow
+    feed.push("今天")
+    assert feed.next_item() == Utterance(3, 11, "我可以帮你什么？")
+    feed = TextFeed()
+    feed.push("هل يمكنني مساعدتك؟ نعم")
+    assert feed.next_item() == Utterance(0, 18, "هل يمكنني مساعدتك؟")
+    segments = utterances(split_script("こんにちは。元気ですか？" * 30))
+    assert len(segments) == 2 and all(s.text.endswith("？") and len(s.text) <= 280 for s in segments)
 
 
 def test_lexicon_replaces_whole_words_once_case_sensitively() -> None:

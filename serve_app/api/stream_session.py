@@ -234,8 +234,8 @@ class SpeechContext:
                     self._send_piece(piece)
             else:
                 spoken = self.session.synth.spoken(item.text, self.options.normalize, self.lexicon)
-                if spoken:
-                    line = SpokenLine(item, spoken)
+                for part in self.session.synth.recut(spoken) if spoken else []:  # as a whole text's are
+                    line = SpokenLine(item, part)
                     async with contextlib.aclosing(narration.say(line, self.speaker)) as pieces:
                         async for piece in pieces:
                             self._send_piece(piece)

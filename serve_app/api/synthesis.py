@@ -243,7 +243,7 @@ class Synthesizer:
         """What the model is given for a piece of text: normalized unless opted out, then the lexicon."""
         return lexicon.apply(normalize_text(raw) if normalize else raw.strip()).strip()
 
-    def _recut(self, spoken: str) -> list[str]:
+    def recut(self, spoken: str) -> list[str]:
         """A segment that normalization or the lexicon made much longer than a segment (an entry may
         stand for a paragraph) cut again, so each part fits the model's prompt as any segment does;
         otherwise a later segment would fail after the response had started."""
@@ -272,7 +272,7 @@ class Synthesizer:
                 if isinstance(item, Pause):
                     lines.append(item)
                 elif spoken := self.spoken(item.text, normalize, words):
-                    lines.extend(SpokenLine(item, part) for part in self._recut(spoken))
+                    lines.extend(SpokenLine(item, part) for part in self.recut(spoken))
             return Script(tuple(lines))
 
         try:

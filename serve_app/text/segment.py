@@ -25,12 +25,19 @@ from serve_app.text.breaks import find_break, pending_tag_start
 __all__ = ["Pause", "ScriptItem", "SegmentPolicy", "TextFeed", "Utterance", "split_script"]
 
 _CLAUSE_END = re.compile(r"[,;:\u2014\u2013](?=\s)|[ \t]-(?=\s)")
+# Full stops and question and exclamation marks the sentence splitter does not know: Chinese and
+# Japanese ones (no space follows them) and the Arabic question mark. Such an end is certain once any
+# character follows it.
+_WIDE_END = re.compile(r"[\u3002\uff0e\uff01\uff1f\u061f][\"'\u201d\u2019\u300d\u300f\uff09)\]]*")
 # A line that starts a Markdown block (a list item, heading, quote or table row) starts a sentence:
 # the line before it has ended, whatever its punctuation. `_ITEM_NUMBER` is a numbered item's marker,
 # whose full stop the sentence splitter would otherwise take for the end of the line before.
 _BLOCK_START = re.compile(r"^[ \t]{0,3}(?:[-*+]|\d{1,3}[.)]|#{1,6}|>)(?:[ \t]+|$)|^[ \t]*\|", re.MULTILINE)
 _ITEM_NUMBER = re.compile(r"^([ \t]{0,3}\d{1,3})\.(?=[ \t]|$)", re.MULTILINE)
-_SENTENCE_TAIL = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*\s+$")
+# A streamed sentence end followed by a space is certain if a capital letter or a digit there would
+# start a sentence, and the sentence could hardly go on in lower case: an abbreviation ("9 a.m. today"),
+# an ellipsis ("Wait... what?") or a closing quote or bracket ('"Sure?" she asked') waits for the next word.
+_SENTENCE_TAIL = re.compile(r"(?:^|\s)[^\s.]+[.!?]\s+$")
 _LONE_NEWLINE = re.compile(r"(?<!\n)\n(?!\n)")
 _LOOKAHEAD = 100  # characters past max_chars the sentence splitter sees, to confirm a boundary
 
@@ -82,17 +89,19 @@ def _splitter(language: str):  # sentence_splitter has no type hints
 def _sentence_ends(text: str, complete: bool, language: str) -> list[int]:
     """Offsets just past each certain sentence end in `text` (the last one too when `complete`);
     a Markdown block's first line starts a sentence (`_BLOCK_START`)."""
-    markers = [(m.start(), m.end()) for m in _BLOCK_START.finditer(text)]
+    # A marker that ends streamed text may still grow into a word: "\n1." into "1.5", "\n-" into "-5".
+    markers = [
+        (m.start(), m.end())
+        for m in _BLOCK_START.finditer(text)
+        if complete or m.end() < len(text) or text[m.end() - 1] in " \t"
+    ]
     prepared = _ITEM_NUMBER.sub(r"\1)", text)  # "\n2. Call" is an item, not "... 2." ending a sentence
     prepared = _LONE_NEWLINE.sub(" ", prepared)  # hard-wrapped lines are not sentences; same length
     confirm_tail = not complete and _SENTENCE_TAIL.search(prepared) is not None
-    # A sentence end followed by a space is certain if a capital letter there would start a sentence.
-    sentences = _splitter(language).split(prepared + "A" if confirm_tail else prepared)
-    if confirm_tail:
-        if sentences and sentences[-1] == "A":
-            sentences[-1:] = [""]  # the probe: the text before it is a complete sentence
-        elif sentences:
-            sentences[-1] = sentences[-1][:-1]
+    if confirm_tail:  # the probes: "No. 5" and "pp. 12" are not sentence ends, "Dr. Smith" neither
+        probes = ("A", "1") if prepared.rstrip().endswith(".") else ("A",)
+        confirm_tail = all(_splitter(language).split(prepared + probe)[-1] == probe for probe in probes)
+    sentences = _splitter(language).split(prepared)
     ends: list[int] = []
     pos = 0
     for sentence in sentences:
@@ -104,10 +113,11 @@ def _sentence_ends(text: str, complete: bool, language: str) -> list[int]:
             break
         pos = found.end()
         ends.append(pos)
-    if not complete and not (confirm_tail and sentences and sentences[-1] == ""):
+    if not complete and not confirm_tail:
         ends = ends[:-1]  # the last sentence may still be growing
     # A block's marker proves the line before it ended (streamed text too); no end falls inside a marker.
     ends = [end for end in ends if not any(start < end < stop for start, stop in markers)]
+    ends += [m.end() for m in _WIDE_END.finditer(text) if complete or m.end() < len(text)]
     return sorted(set(ends) | {start for start, _ in markers if text[:start].strip()})
 
 
