@@ -196,6 +196,7 @@ def test_a_break_tag_split_across_pieces_waits_for_its_end() -> None:
     feed.flush()
     assert feed.next_item() == Utterance(0, 11, "Wait for it")
     assert feed.next_item() is None  # the tag is not complete yet
+    assert feed.flushed  # ... and the flush is answered: the rest of the tag may come after it
     feed.push('ak time="300ms"/> now.')
     assert feed.next_item() == Pause(12, 33, 300)
     feed.close()

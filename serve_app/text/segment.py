@@ -164,8 +164,13 @@ class TextFeed:
 
     @property
     def flushed(self) -> bool:
-        """Everything up to the last flush has been handed out."""
-        return self._cursor >= self._flushed or not self.text[self._cursor : self._flushed].strip()
+        """Everything up to the last flush has been handed out, but for an unfinished break tag at
+        its end ("... <br"): that waits for the rest of the tag, and the flush is answered meanwhile."""
+        end = self._flushed
+        partial = None if self.closed else pending_tag_start(self.text, self._cursor)
+        if partial is not None:
+            end = min(end, partial)
+        return self._cursor >= end or not self.text[self._cursor : end].strip()
 
     def next_item(self) -> ScriptItem | None:
         """The next utterance or pause whose end is certain, or None until more text (or a flush)
