@@ -19,6 +19,12 @@ from serve_app.text.normalize import normalize_text
         ("| Name | Age |\n|:---|---:|\n| Bob | 42 |", "Name, Age. Bob, forty-two."),
         ("Before\n```python\nx = 1\n```\n---\nAfter", "Before x equals one After"),
         ("Great job 👍🏽! 🇺🇸 Thanks ❤️", "Great job! Thanks"),
+        ("**Today in Boston** 🌦️\n- High: 72°F\n- Low: 58°F", "Today in Boston. High: seventy-two degrees Fahrenheit. Low: fifty-eight degrees Fahrenheit."),
+        ("Thanks for asking\n\nHere is why\n\n", "Thanks for asking. Here is why"),
+        ("### Install\n```bash\npip install x\n```\n### Run\nDone", "Install. pip install x. Run. Done"),
+        ("Setext Title\n============\nText", "Setext Title. Text"),
+        ("- [ ] pack bags\n- [x] book hotel", "pack bags. book hotel."),
+        ("Status: Processing ⏳ ⌛ ⭐⭐⭐ ▶️ ‼️", "Status: Processing"),
     ],
 )
 def test_markdown_is_read_as_its_words(raw: str, expected: str) -> None:

@@ -1,5 +1,7 @@
 """Text normalization on sentences users actually send."""
 
+import time
+
 import pytest
 
 from serve_app.text.normalize import normalize_text
@@ -17,6 +19,8 @@ from serve_app.text.normalize import normalize_text
         ("The budget is $1.5 million.", "The budget is one point five million dollars."),
         ("£3 and €2.5", "three pounds and two euros and fifty cents"),
         ("In the 1990s, 50% agreed.", "In the nineteen nineties, fifty percent agreed."),
+        ("Back in the '90s and '80s; now in her 30s, highs in the mid-60s.",
+         "Back in the nineties and eighties; now in her thirties, highs in the mid-sixties."),
         (
             "He was 21st of 2,000 runners in 2024.",
             "He was twenty-first of two thousand runners in twenty twenty-four.",
@@ -37,6 +41,15 @@ from serve_app.text.normalize import normalize_text
          ("Call five five five, one two three, four five six seven or plus one, five five five, one two three, "
           "four five six seven.")),
         ("On Jan. 5 and May 31 see pp. 10.", "On January fifth and May thirty-first see pages ten."),
+        ("Shipped Dec 5th; arrives Jan 8, from Oct 2025.",
+         "Shipped December fifth; arrives January eighth, from October twenty twenty-five."),
+        ("The fair runs Dec 5-7 and March 10\u201312.", "The fair runs December fifth to seventh and March tenth to twelfth."),
+        ("Room 1 12/25/2025, lot 2 2025-12-31.",
+         "Room one December twenty-fifth, twenty twenty-five, lot two December thirty-first, twenty twenty-five."),
+        ("It is on 3 March 2026 or 21 June; 5 may go, 3 May 2026.",
+         "It is on the third of March twenty twenty-six or the twenty-first of June; five may go, the third of May twenty twenty-six."),
+        ("Open Mon\u2013Fri and Sat 9am; see you Tue, Jan 9. The Sun 5 times.",
+         "Open Monday to Friday and Saturday nine a.m.; see you Tuesday, January ninth. The Sun five times."),
         ("Mt. Everest is -20°C; the score was 3:2.", "Mount Everest is minus twenty degrees Celsius; the score was three to two."),
     ],
 )
@@ -52,6 +65,10 @@ def test_normalizes_real_sentences(raw: str, expected: str) -> None:
         ("Ping 192.168.0.1 now.", "Ping one nine two dot one six eight dot zero dot one now."),
         ("Call 555-1234 or 1-800-555-1234.",
          "Call five five five, one two three four or one, eight zero zero, five five five, one two three four."),
+        ("Call 555.123.4567, 1.555.123.4567 or (555)123-4567.",
+         ("Call five five five, one two three, four five six seven, one, five five five, one two three, "
+          "four five six seven or five five five, one two three, four five six seven.")),
+        ("Ping 10.0.0.1 on v1.2.3 or 2.31.0.", "Ping one zero dot zero dot zero dot one on version one point two point three or two point thirty-one point zero."),
         ("COVID-19 and F-16 jets", "COVID-nineteen and F-sixteen jets"),
         ("10-20 people in 2020-2024, pages 3 \u2013 5",
          "ten to twenty people in twenty twenty to twenty twenty-four, pages three to five"),
@@ -63,6 +80,15 @@ def test_normalizes_real_sentences(raw: str, expected: str) -> None:
         ("3x faster on a 1920x1080 screen", "three times faster on a one thousand nine hundred and twenty by one thousand and eighty screen"),
         ("Add 1/2 cup, 3/4 of them, 2/3 done, open 24/7.",
          "Add one half cup, three quarters of them, two thirds done, open twenty-four seven."),
+        ("Add 1 1/2 cups flour, 2 3/4 tsp salt, ½ cup milk, 1¼ cups and 1 ¾ cups.",
+         ("Add one and one half cups flour, two and three quarters tsp salt, one half cup milk, one and one quarter "
+          "cups and one and three quarters cups.")),
+        ("Room 1 12/25/2025 and 3 24/7", "Room one December twenty-fifth, twenty twenty-five and three twenty-four seven"),
+        ("Wait ~30 sec for ~$76k, \u00b15 or +/- 2.", "Wait about thirty seconds for about seventy-six thousand dollars, plus or minus five or plus or minus two."),
+        ("E=mc^2, x^3 and 3 \u00d7 10^8 m/s.", "E equals mc squared, x cubed and three times ten to the power of eight m/s."),
+        ("It is 1.6e-19 C or 6.02E23, not 0x1e5.",
+         "It is one point six times ten to the power of minus nineteen C or six point zero two times ten to the power of twenty-three, not 0x1e5."),
+        ("Price: $1,299 \u2192 $999.", "Price: one thousand two hundred and ninety-nine dollars to nine hundred and ninety-nine dollars."),
         ("Our #1 fan", "Our number one fan"),
         ("See https://www.example.com/docs/api?x=1. Or (http://foo.io/a).",
          "See example dot com slash docs slash api. Or (foo dot io slash a)."),
@@ -81,9 +107,49 @@ def test_versions_units_ranges_and_abbreviations(raw: str, expected: str) -> Non
     assert normalize_text(raw) == expected
 
 
+@pytest.mark.parametrize("unit", [" ", "\t ", "a.", "1.", "a-", "[", "**a ", "__a ", "~~a "])
+def test_long_runs_are_normalized_in_linear_time(unit: str) -> None:
+    # A request may carry 100 000 characters; a pattern that rescans a run from each of its
+    # characters took seconds here (16 s for 40 000 spaces).
+    text = unit * (40_000 // len(unit)) + "x"
+    start = time.perf_counter()
+    normalize_text(text)
+    assert time.perf_counter() - start < 1.0
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Your balance is -$12.40 after a -$5 fee.",
+         "Your balance is minus twelve dollars and forty cents after a minus five dollars fee."),
+        ("Net loss was -$3.2 million vs. -£1.1M.",
+         "Net loss was minus three point two million dollars versus minus one point one million pounds."),
+        ("Down \u22122.3% to \u22125°C and \u2212$4.", "Down minus two point three percent to minus five degrees Celsius and minus four dollars."),
+        ("That's USD 30 per person, or EUR 28.50.", "That's thirty dollars per person, or twenty-eight euros and fifty cents."),
+        ("Pay 5 - $3 now.", "Pay five - three dollars now."),
+    ],
+)
+def test_signed_money_and_leading_currency_codes(raw: str, expected: str) -> None:
+    assert normalize_text(raw) == expected
+
+
 def test_title_abbreviation_at_sentence_end_is_left_alone() -> None:
     # "Dr." not followed by a name is not a title; expanding it would change the meaning.
     assert normalize_text("He went to see the Dr.") == "He went to see the Dr."
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Normal is 18.5–24.9; 5.7-6.4% is prediabetes.",
+         "Normal is eighteen point five to twenty-four point nine; five point seven to six point four percent is prediabetes."),
+        ("Rates of 5.25%-5.50% APR.", "Rates of five point two five percent to five point five zero percent APR."),
+        ("Tickets cost €45–€60 or $10-$20.", "Tickets cost forty-five euros to sixty euros or ten dollars to twenty dollars."),
+        ("Open 9 a.m.–6 p.m., then 10am-2pm, or 9:00 AM - 5:00 PM.",
+         "Open nine a.m. to six p.m., then ten a.m. to two p.m., or nine AM to five PM."),
+        ("Version 3.12-slim, 1.5-inch, COVID-19, 5 - 3.", "Version three point one two-slim, one point five-inch, COVID-nineteen, five - three."),
+    ],
+)
+def test_ranges_of_decimals_percentages_money_and_clock_hours(raw: str, expected: str) -> None:
+    assert normalize_text(raw) == expected
 
 
 def test_non_year_numbers_read_as_cardinals() -> None:
@@ -92,6 +158,17 @@ def test_non_year_numbers_read_as_cardinals() -> None:
         == "five hundred and fifty-five and twelve thousand three hundred and forty-five"
     )
     assert normalize_text("1999%") == "one thousand nine hundred and ninety-nine percent"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["9" * 400, "9" * 5000, "$" + "9" * 5000, "$" + "9" * 400 + ".5M", "9" * 5000 + "th", "9" * 400 + " km",
+     "9" * 400 + "x", "9" * 5000 + ".5", "1.2.3." + "9" * 5000, "v1." + "9" * 400],
+)
+def test_numbers_too_long_to_name_are_read_digit_by_digit(raw: str) -> None:
+    # num2words names numbers below 10**306 and int() parses at most 4300 digits; past that, digits.
+    spoken = normalize_text(raw)
+    assert "nine nine nine nine" in spoken and not any(c.isdigit() for c in spoken)
 
 
 def test_plain_text_is_unchanged() -> None:

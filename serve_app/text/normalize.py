@@ -65,9 +65,12 @@ _BEFORE_NUMBER = {"Jan": "January", "Feb": "February", "Mar": "March", "Apr": "A
                   "Jul": "July", "Aug": "August", "Sep": "September", "Sept": "September", "Oct": "October",
                   "Nov": "November", "Dec": "December", "vol": "volume", "Vol": "volume", "pp": "pages",
                   "p": "page", "ch": "chapter", "Ch": "chapter", "fig": "figure", "Fig": "figure"}
+_WEEKDAYS = {"Mon": "Monday", "Tue": "Tuesday", "Tues": "Tuesday", "Wed": "Wednesday", "Thu": "Thursday",
+             "Thur": "Thursday", "Thurs": "Thursday", "Fri": "Friday", "Sat": "Saturday", "Sun": "Sunday"}
 _MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
            "October", "November", "December"]
-_SYMBOLS = {"&": " and ", "%": " percent", "+": " plus ", "=": " equals ", "@": " at ",
+_SYMBOLS = {"&": " and ", "%": " percent", "+/-": " plus or minus ", "\u00b1": " plus or minus ", "+": " plus ",
+            "\u00d7": " times ", "\u2192": " to ", "=": " equals ", "@": " at ",
             "°C": " degrees Celsius", "°F": " degrees Fahrenheit", "°": " degrees"}
 
 # symbol → (singular, plural, cent singular, cent plural)
@@ -90,8 +93,11 @@ _STREET_RE = re.compile(
 )
 _VERSION_RE = re.compile(r"(?<![\w.])(?:(v)(\d+(?:\.\d+)*)|(\d+(?:\.\d+){2,}))(?![\w]|\.\d)")
 _HASH_NUMBER_RE = re.compile(r"#(?=\d)")
+_ABOUT_RE = re.compile(r"~\s?(?=[$€£¥]?\d)")  # "~30 sec" → "about 30 sec"
+_SCIENTIFIC_RE = re.compile(r"(?<![\w.#])(\d+(?:\.\d+)?)[eE]([+-]?)(\d+)\b")  # "1.6e-19"
+_POWER_RE = re.compile(r"(?<=[\w)])\^(\d+)\b")  # "x^2", "10^8"
 _URL_RE = re.compile(r"\bhttps?://(?:www\.)?([^\s/?#]+)((?:/[^\s?#]*)?)(?:[?#]\S*)?")
-_EMAIL_RE = re.compile(r"\b([\w.+-]+)@((?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,})\b")
+_EMAIL_RE = re.compile(r"(?<![\w.+-])([\w.+-]+)@((?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,})\b")
 _UNIT_RE = re.compile(
     r"(?<![\w.])(-?)(" + _NUM + r")(?:\.(\d+))?\s?("
     + "|".join(re.escape(u) for u in sorted(_UNITS, key=len, reverse=True)) + r")(?![\w/])"
@@ -99,38 +105,73 @@ _UNIT_RE = re.compile(
 _TIMES_RE = re.compile(r"(?<![\w.])(\d+)x(?:(\d+)\b|(?![\w]))")
 _CLOCK_HOUR_RE = re.compile(r"(?<![\w:.])(1[0-2]|0?[1-9])\s?([AaPp]\.?[Mm]\b\.?)")
 _FRACTION_RE = re.compile(r"(?<![\w/.])(\d{1,2})/(\d{1,2})(?![\w/]|\.\d)")
-_RANGE_RE = re.compile(r"(?<![\w.,-])(" + _NUM + r")(?:-|\s?\u2013\s?)(" + _NUM + r")(?![\d_-]|[.,]\d)")
+_RANGE_RE = re.compile(  # "10-20", "5.7-6.4", "5%-10%", "$10-$20"
+    r"(?<![\w.,-])((?:" + _NUM + r")(?:\.\d+)?%?)(?:-|\s?\u2013\s?)([$€£¥]?(?:" + _NUM + r")(?:\.\d+)?)(?![\d_-]|[.,]\d)"
+)
+_MERIDIEM_RANGE_RE = re.compile(r"((?:(?<=\d)|(?<=\d\s))[AaPp]\.?[Mm]\b\.?)\s?(?:-|\u2013)\s?(?=\d)")  # "9am-5pm"
+_MIXED_FRACTION_RE = re.compile(r"(?<![\w/.])(" + _NUM + r") (\d{1,2})/(\d{1,2})(?![\w/]|\.\d)")  # "1 1/2"
+_VULGAR = {"½": (1, 2), "⅓": (1, 3), "⅔": (2, 3), "¼": (1, 4), "¾": (3, 4), "⅕": (1, 5), "⅖": (2, 5), "⅗": (3, 5),
+           "⅘": (4, 5), "⅙": (1, 6), "⅚": (5, 6), "⅛": (1, 8), "⅜": (3, 8), "⅝": (5, 8), "⅞": (7, 8)}
+_VULGAR_RE = re.compile(r"(?<![\w.])(?:(" + _NUM + r") ?)?([" + "".join(_VULGAR) + r"])")  # "1½", "¾"
 _DOTTED_DATE_RE = re.compile(r"(?<![\d.])(0?[1-9]|[12]\d|3[01])\.(0?[1-9]|1[0-2])\.(1[1-9]\d\d|20\d\d)(?![\d]|\.\d)")
 _NO_RE = re.compile(r"\b(No|no)\.\s*(?=\d)")
 _MONEY_RE = re.compile(
     r"([$€£¥])\s?(" + _NUM + r")(?:\.(\d+))?(?:\s+(" + "|".join(_SCALES) + r")\b|(?i:(mm|mn|bn|tn|[kmbt]))\b)?"
 )
+_UNICODE_MINUS_RE = re.compile(r"\u2212(?=[$€£¥]?\d)")  # "−5" as "-5"
+_NEGATIVE_MONEY_RE = re.compile(r"(?<![\w.])-(?=[$€£¥]\s?\d)")  # "-$5" → "minus $5"
+_CODE_FIRST_RE = re.compile(r"\b(" + "|".join(_CODES) + r")\s?(?=\d)")  # "USD 30" as "$30"
 _CODE_RE = re.compile(r"(?<![\d.])(" + _NUM + r")(?:\.(\d+))?\s?(" + "|".join(_CODES) + r")\b")
 _TIME_RE = re.compile(r"(?<![\d:])([01]?\d|2[0-3]):([0-5]\d)(?![\d:])(\s*(?:[AaPp]\.?[Mm]\b\.?))?")
 _ISO_DATE_RE = re.compile(r"(?<![\d-])(1[1-9]\d\d|20\d\d)-(0?[1-9]|1[0-2])-(0?[1-9]|[12]\d|3[01])(?![\d-])")
 _SLASH_DATE_RE = re.compile(r"(?<![\d/])(\d{1,2})/(\d{1,2})/(\d{4})(?![\d/])")
 _PHONE_RE = re.compile(
-    r"(?<![\w+])(\+?1[\s.-]?)?\(?(\d{3})\)?[\s.-](\d{3})[\s.-](\d{4})(?![\w]|[-.]\d)"  # (555) 123-4567
+    r"(?<![\w+])(\+?1[\s.-]?)?\(?(\d{3})(?:\)[\s.-]?|[\s.-])(\d{3})[\s.-](\d{4})(?![\w]|[-.]\d)"  # (555) 123-4567
     r"|(?<![\w+().-])()()(\d{3})-(\d{4})(?![\w]|[-.]\d)"  # 555-1234
 )
 _BEFORE_NUMBER_RE = re.compile(r"\b(" + "|".join(_BEFORE_NUMBER) + r")\.\s*(?=\d)")
-_MONTH_DAY_RE = re.compile(r"\b(" + "|".join(_MONTHS) + r")\s+([12]?\d|3[01])\b(?![:.,]?\d)")
+_MONTH_ABBR_RE = re.compile(  # "Dec 5" (with a full stop, "Dec. 5", `_BEFORE_NUMBER_RE`)
+    r"\b(" + "|".join(k for k in _BEFORE_NUMBER if k[0].isupper() and k not in ("Vol", "Ch", "Fig")) + r")\s+(?=\d)"
+)
+_DAY = r"([12]?\d|3[01])"
+_MONTH_DAY_RE = re.compile(  # "December 5", "December 5 to 7" (a range already read)
+    r"\b(" + "|".join(_MONTHS) + r")\s+" + _DAY + r"(?:\s+to\s+" + _DAY + r")?\b(?![:.,]?\d)"
+)
+_DAY_MONTH_RE = re.compile(  # "3 March 2026" (May only before a year: "3 may go")
+    r"(?<![\d,.])\b" + _DAY + r"\s+(" + "|".join(m for m in _MONTHS if m != "May") + r"|May(?=,?\s+\d{4}\b))\b"
+)
+_WEEKDAY = r"(" + "|".join(sorted(_WEEKDAYS, key=len, reverse=True)) + r")"
+_WEEKDAY_RANGE_RE = re.compile(r"\b" + _WEEKDAY + r"\.?\s?[-\u2013]\s?" + _WEEKDAY + r"\b")  # "Mon-Fri"
+_WEEKDAY_DATE_RE = re.compile(  # "Mon, Jan 8", "Sat 10am" (not "the Sun 5 times")
+    r"\b(?!Sun\b)" + _WEEKDAY + r"\b\.?(?=,?\s+(?:\d|(?:" + "|".join(_MONTHS) + r"|" + "|".join(_BEFORE_NUMBER) + r")\b))"
+)
 _RATIO_RE = re.compile(r"(?<![\d:])(\d+):(\d+)(?![\d:])")
 _MOUNT_RE = re.compile(r"\bMt\.\s+(?=[A-Z])")
 _ORDINAL_RE = re.compile(r"\b(" + _NUM + r")(st|nd|rd|th)\b", re.IGNORECASE)
 _DECADE_RE = re.compile(r"\b(1[1-9]|20)(\d)0'?s\b")
+_SHORT_DECADE_RE = re.compile(  # "the '90s", "the 90s", "in her 30s", "highs in the mid-60s"
+    r"(?:(?<![\w'])'|(?<=\bthe )|(?<=\bher )|(?<=\bhis )|(?<=\btheir )|(?<=\bmid-)|(?<=\bearly )|(?<=\blate )"
+    r"|(?<=\blow )|(?<=\bhigh )|(?<=\bupper ))([2-9]0)s\b"
+)
 _YEAR_RE = re.compile(r"(?<![\d,.$€£¥-])\b(1[1-9]\d\d|20\d\d)\b(?!\d|[.,]\d|\s*%)")
 _DECIMAL_RE = re.compile(r"(?<![\w.])(-?)(" + _NUM + r")\.(\d+)\b")
 _INTEGER_RE = re.compile(r"(?<![\w.])(-?)(" + _NUM + r")\b(?!\.\d)")
 _REPEAT_RE = re.compile(r"([!?.,;:])\1+")
 _MIXED_RE = re.compile(r"[!?]{2,}")
 _SPACE_RE = re.compile(r"\s+")
-_SPACE_BEFORE_PUNCT_RE = re.compile(r"\s+([!?.,;:])")
+_SPACE_BEFORE_PUNCT_RE = re.compile(r"(?<!\s)\s+([!?.,;:])")
+
+
+# num2words names numbers below 10**306; a longer run of digits is read digit by digit.
+_MAX_NAMED_DIGITS = 300
 
 
 def _words(number: str | int) -> str:
     """Cardinal words without num2words' commas ("one thousand two hundred"), which read as pauses."""
-    return num2words(int(str(number).replace(",", ""))).replace(",", "")
+    digits = str(number).replace(",", "")
+    if len(digits) > _MAX_NAMED_DIGITS:
+        return _digit_words(digits)
+    return num2words(int(digits)).replace(",", "")
 
 
 def _money(m: re.Match[str]) -> str:
@@ -139,11 +180,11 @@ def _money(m: re.Match[str]) -> str:
     if scale:  # "$1.5 million", "$1.5M" → "one point five million dollars"
         amount = _words(whole) + (" point " + _digit_words(frac) if frac else "")
         return f"{amount} {scale} {many}"
-    units = int(whole.replace(",", ""))
+    units = whole.replace(",", "").lstrip("0") or "0"
     hundredths = int((frac or "0")[:2].ljust(2, "0"))
     parts = []
-    if units or not hundredths:
-        parts.append(f"{_words(units)} {one if units == 1 else many}")
+    if units != "0" or not hundredths:
+        parts.append(f"{_words(units)} {one if units == '1' else many}")
     if hundredths:
         parts.append(f"{_words(hundredths)} {cent if hundredths == 1 else cents}")
     return " and ".join(parts)
@@ -183,6 +224,12 @@ def _slash_date(m: re.Match[str]) -> str:
     return _date(year, month, day)
 
 
+def _month_day(m: re.Match[str]) -> str:
+    """"December 5" → "December fifth", "December 5 to 7" → "December fifth to seventh"."""
+    last = f" to {num2words(int(m.group(3)), to='ordinal')}" if m.group(3) else ""
+    return f"{m.group(1)} {num2words(int(m.group(2)), to='ordinal')}{last}"
+
+
 def _phone(m: re.Match[str]) -> str:
     """Digit by digit, a pause between the groups: "five five five, one two three, four five six seven"."""
     prefix, area, exchange, line = m.group(1), m.group(2), m.group(3) or m.group(7), m.group(4) or m.group(8)
@@ -194,7 +241,7 @@ def _version(m: re.Match[str]) -> str:
     """"v2.13.0" → "version two point thirteen point zero"; four parts of at most 255 are an IP
     address, read digit by digit ("one nine two dot one six eight dot zero dot one")."""
     parts = (m.group(2) or m.group(3)).split(".")
-    if not m.group(1) and len(parts) == 4 and all(int(p) <= 255 for p in parts):
+    if not m.group(1) and len(parts) == 4 and all(len(p) <= 3 and int(p) <= 255 for p in parts):
         return " dot ".join(_digit_words(p) for p in parts)
     return ("version " if m.group(1) else "") + " point ".join(_words(p) for p in parts)
 
@@ -242,10 +289,28 @@ def _fraction(m: re.Match[str]) -> str:
         return "twenty-four seven"
     if not 0 < numerator < denominator <= 16:
         return m.group(0)
+    return _fraction_words(numerator, denominator)
+
+
+def _fraction_words(numerator: int, denominator: int) -> str:
     one, many = _FRACTIONS.get(denominator) or (
         num2words(denominator, to="ordinal"), num2words(denominator, to="ordinal") + "s"
     )
     return f"{_words(numerator)} {one if numerator == 1 else many}"
+
+
+def _mixed_fraction(m: re.Match[str]) -> str:
+    """"1 1/2" → "one and one half" (not a proper fraction after the number: as it was)."""
+    numerator, denominator = int(m.group(2)), int(m.group(3))
+    if not 0 < numerator < denominator <= 16:
+        return m.group(0)
+    return f"{_words(m.group(1))} and {_fraction_words(numerator, denominator)}"
+
+
+def _vulgar(m: re.Match[str]) -> str:
+    """"½" → "one half", "1¼" → "one and one quarter"."""
+    fraction = _fraction_words(*_VULGAR[m.group(2)])
+    return f"{_words(m.group(1))} and {fraction}" if m.group(1) else fraction
 
 
 def _meridiem(suffix: str) -> str:
@@ -265,7 +330,8 @@ def _street(m: re.Match[str]) -> str:
 
 
 def _range(m: re.Match[str]) -> str:
-    """"10-20" → "10 to 20" (each number read by the rules after this one: years as years)."""
+    """"10-20" → "10 to 20", "$10-$20" → "$10 to $20" (each number read by the rules after this one:
+    years as years)."""
     return f"{m.group(1)} to {m.group(2)}"
 
 
@@ -283,7 +349,10 @@ def _digit_words(digits: str) -> str:
 
 
 def _ordinal(m: re.Match[str]) -> str:
-    return num2words(int(m.group(1).replace(",", "")), to="ordinal").replace(",", "")
+    digits = m.group(1).replace(",", "")
+    if len(digits) > _MAX_NAMED_DIGITS:
+        return _digit_words(digits)
+    return num2words(int(digits), to="ordinal").replace(",", "")
 
 
 def _decade(m: re.Match[str]) -> str:
@@ -320,6 +389,7 @@ def _punctuation(text: str) -> str:
 
 
 _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
+    (_UNICODE_MINUS_RE, "-"),
     (_URL_RE, _url),
     (_EMAIL_RE, _email),
     (_STREET_RE, _street),
@@ -328,24 +398,37 @@ _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     (_ANYWHERE_RE, _anywhere),
     (_NO_RE, "number "),
     (_HASH_NUMBER_RE, "number "),
+    (_ABOUT_RE, "about "),
+    (_SCIENTIFIC_RE, lambda m: f"{m.group(1)} times ten to the power of {'minus ' if m.group(2) == '-' else ''}{m.group(3)}"),
+    (_POWER_RE, lambda m: {"2": " squared", "3": " cubed"}.get(m.group(1), f" to the power of {m.group(1)}")),
     (_BEFORE_NUMBER_RE, lambda m: _BEFORE_NUMBER[m.group(1)] + " "),
+    (_MONTH_ABBR_RE, lambda m: _BEFORE_NUMBER[m.group(1)] + " "),
+    (_WEEKDAY_RANGE_RE, lambda m: f"{_WEEKDAYS[m.group(1)]} to {_WEEKDAYS[m.group(2)]}"),
+    (_WEEKDAY_DATE_RE, lambda m: _WEEKDAYS[m.group(1)]),
+    (_DAY_MONTH_RE, lambda m: f"the {num2words(int(m.group(1)), to='ordinal')} of {m.group(2)}"),  # before dates
     (_DOTTED_DATE_RE, _dotted_date),
+    (_PHONE_RE, _phone),  # before versions: "555.123.4567" is a phone number
     (_VERSION_RE, _version),
-    (_PHONE_RE, _phone),
     (_ISO_DATE_RE, _iso_date),
     (_SLASH_DATE_RE, _slash_date),
+    (_MIXED_FRACTION_RE, _mixed_fraction),
+    (_VULGAR_RE, _vulgar),
     (_FRACTION_RE, _fraction),
     (_RANGE_RE, _range),  # before the rules that read a number with what follows it ("10-20 min")
+    (_MERIDIEM_RANGE_RE, r"\1 to "),
     (_TIME_RE, _time),
     (_CLOCK_HOUR_RE, _clock_hour),
     (_RATIO_RE, lambda m: f"{_words(m.group(1))} to {_words(m.group(2))}"),
-    (_MONTH_DAY_RE, lambda m: f"{m.group(1)} {num2words(int(m.group(2)), to='ordinal')}"),
+    (_CODE_FIRST_RE, lambda m: _CODES[m.group(1)]),
+    (_MONTH_DAY_RE, _month_day),
     (_CODE_RE, _money_code),
+    (_NEGATIVE_MONEY_RE, "minus "),
     (_MONEY_RE, _money),
     (_UNIT_RE, _unit),
     (_TIMES_RE, _times),
     (_ORDINAL_RE, _ordinal),
     (_DECADE_RE, _decade),
+    (_SHORT_DECADE_RE, lambda m: _words(m.group(1))[:-1] + "ies"),
     (_YEAR_RE, _year),
     (_DECIMAL_RE, _decimal),
     (_INTEGER_RE, _integer),
