@@ -85,7 +85,7 @@ def test_normalizes_real_sentences(raw: str, expected: str) -> None:
           "cups and one and three quarters cups.")),
         ("Room 1 12/25/2025 and 3 24/7", "Room one December twenty-fifth, twenty twenty-five and three twenty-four seven"),
         ("Wait ~30 sec for ~$76k, \u00b15 or +/- 2.", "Wait about thirty seconds for about seventy-six thousand dollars, plus or minus five or plus or minus two."),
-        ("E=mc^2, x^3 and 3 \u00d7 10^8 m/s.", "E equals mc squared, x cubed and three times ten to the power of eight m/s."),
+        ("E=mc^2, x^3 and 3 \u00d7 10^8 m/s.", "E equals mc squared, x cubed and three times ten to the power of eight m per second."),
         ("It is 1.6e-19 C or 6.02E23, not 0x1e5.",
          "It is one point six times ten to the power of minus nineteen C or six point zero two times ten to the power of twenty-three, not 0x1e5."),
         ("Price: $1,299 \u2192 $999.", "Price: one thousand two hundred and ninety-nine dollars to nine hundred and ninety-nine dollars."),
@@ -174,3 +174,19 @@ def test_numbers_too_long_to_name_are_read_digit_by_digit(raw: str) -> None:
 def test_plain_text_is_unchanged() -> None:
     text = "Hello there, how are you today?"
     assert normalize_text(text) == text
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Plans start at $5/mo or $50/yr.", "Plans start at five dollars per month or fifty dollars per year."),
+        ("Take 500 mg/day.", "Take five hundred milligrams per day."),
+        ("It costs $30/person/night.", "It costs thirty dollars per person per night."),
+        ("Open 24/7, and/or later, a day/night cycle.", "Open twenty-four seven, and/or later, a day/night cycle."),
+        ("Rated 4.5/5, or 4/5 stars, with 3/4 cup.", "Rated four point five out of five, or four out of five stars, with three quarters cup."),
+        ("In an emergency, call 911. We sold 911 units.",
+         "In an emergency, call nine one one. We sold nine hundred and eleven units."),
+    ],
+)
+def test_rates_ratings_and_emergency_numbers(raw: str, expected: str) -> None:
+    assert normalize_text(raw) == expected

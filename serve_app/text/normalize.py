@@ -93,6 +93,16 @@ _STREET_RE = re.compile(
 )
 _VERSION_RE = re.compile(r"(?<![\w.])(?:(v)(\d+(?:\.\d+)*)|(\d+(?:\.\d+){2,}))(?![\w]|\.\d)")
 _HASH_NUMBER_RE = re.compile(r"#(?=\d)")
+_PER = {"mo": "month", "month": "month", "wk": "week", "week": "week", "day": "day", "hr": "hour",
+        "hour": "hour", "yr": "year", "year": "year", "night": "night", "person": "person", "user": "user",
+        "seat": "seat", "s": "second", "sec": "second", "min": "minute", "kg": "kilogram", "lb": "pound"}
+_PER_RE = re.compile(  # "$5/mo", "500 mg/day", "$30/person/night": after a number (and its unit)
+    r"(\d%?\s?(?:[A-Za-z]{1,5})?)((?:/(?:" + "|".join(sorted(_PER, key=len, reverse=True)) + r")\b)+)"
+)
+_RATING_RE = re.compile(  # "4.5/5", "4/5 stars" (a plain "4/5" is a fraction)
+    r"(?<![\w./])(\d{1,2}\.\d|\d{1,2}(?=/(?:5|10) stars?\b))/(5|10)(?![\w/]|\.\d)"
+)
+_EMERGENCY_RE = re.compile(r"\b((?:call|dial|text|Call|Dial|Text)\s+)(911|999|112)\b")  # "call 911"
 _ABOUT_RE = re.compile(r"~\s?(?=[$€£¥]?\d)")  # "~30 sec" → "about 30 sec"
 _SCIENTIFIC_RE = re.compile(r"(?<![\w.#])(\d+(?:\.\d+)?)[eE]([+-]?)(\d+)\b")  # "1.6e-19"
 _POWER_RE = re.compile(r"(?<=[\w)])\^(\d+)\b")  # "x^2", "10^8"
@@ -398,6 +408,9 @@ _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     (_ANYWHERE_RE, _anywhere),
     (_NO_RE, "number "),
     (_HASH_NUMBER_RE, "number "),
+    (_PER_RE, lambda m: m.group(1) + "".join(" per " + _PER[unit] for unit in m.group(2).split("/")[1:])),
+    (_RATING_RE, r"\1 out of \2"),
+    (_EMERGENCY_RE, lambda m: m.group(1) + _digit_words(m.group(2))),
     (_ABOUT_RE, "about "),
     (_SCIENTIFIC_RE, lambda m: f"{m.group(1)} times ten to the power of {'minus ' if m.group(2) == '-' else ''}{m.group(3)}"),
     (_POWER_RE, lambda m: {"2": " squared", "3": " cubed"}.get(m.group(1), f" to the power of {m.group(1)}")),
