@@ -1,5 +1,7 @@
 """Response cache: deterministic or opted-in requests only, keyed by everything that changes the audio."""
 
+import asyncio
+
 import pytest
 
 from serve_app.api.cache import CachedResponse, ResponseCache
@@ -191,3 +193,33 @@ def test_a_shared_generation_goes_on_for_those_still_waiting() -> None:
         assert cache.get("j") is None
 
     asyncio.run(scenario())
+
+
+def test_uploaded_audio_is_hashed_only_for_a_cacheable_request_and_off_the_event_loop(client, monkeypatch) -> None:
+    """A cache key over a reference recording or context turns hashes megabytes of base64 (tens of ms):
+    never for a request that is not cached, and in the thread pool for one that is."""
+    from serve_app.api import cache
+
+    hashed: list[bool] = []  # each hash of over a MB: made on the event loop?
+    sha256 = cache.hashlib.sha256
+
+    def recording(data: bytes = b"", **kwargs):
+        if len(data) > 1_000_000:
+            hashed.append(_on_event_loop())
+        return sha256(data, **kwargs)
+
+    monkeypatch.setattr(cache.hashlib, "sha256", recording)
+    body = {"text": "Hello.", "reference_text": "A reference.", "reference_audio_b64": wav_b64(20.0)}
+    assert client.post("/clone_voice", json=body).headers["x-cache"] == "bypass"
+    assert hashed == []
+    assert client.post("/clone_voice", json={**body, "seed": 3}).headers["x-cache"] == "miss"
+    assert client.post("/clone_voice", json={**body, "seed": 3}).headers["x-cache"] == "hit"
+    assert hashed == [False, False]
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -314,3 +315,37 @@ def test_a_100000_character_text_is_accepted(client, engine) -> None:
     assert r.status_code == 200 and r.headers["x-finish-reason"] == "length"
     assert 0 < len(r.content) // 2 <= 1.5 * SAMPLE_RATE
     assert engine.requests[0].text == normalize_text(SENTENCES[0] + " " + SENTENCES[1] + " " + SENTENCES[2])
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/speak", {"text": LONG_TEXT}),
+        ("/conversation", {"turns": [{"text": LONG_TEXT[:1500], "speaker": 0}, {"text": LONG_TEXT[1500:], "speaker": 1}]}),
+    ],
+)
+def test_minutes_of_whole_file_audio_are_joined_off_the_event_loop(client, monkeypatch, path, body) -> None:
+    """Joining a long-form file's segments copies all of its audio (an hour of it: hundreds of MB, most of
+    a second): done on the event loop, every other client's stream would stop meanwhile."""
+    joins: list[bool] = []  # each join of over a minute of audio: was it made on the event loop?
+    concatenate = np.concatenate
+
+    def recording(arrays, *args, **kwargs):
+        joined = concatenate(arrays, *args, **kwargs)
+        if joined.ndim == 1 and len(joined) > 60 * SAMPLE_RATE:
+            joins.append(_on_event_loop())
+        return joined
+
+    monkeypatch.setattr(np, "concatenate", recording)
+    r = client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    assert len(read_wav(r.content)[0]) > 60 * SAMPLE_RATE
+    assert joins == [False]
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -1,5 +1,6 @@
 """/speak, /clone_voice and /batch_speak on the fake engine: what comes back and what the engine was asked."""
 
+import asyncio
 import base64
 
 import numpy as np
@@ -161,6 +162,38 @@ def test_batch_keeps_input_order_and_runs_concurrently(tmp_path) -> None:
     assert lengths == expected
     assert engine.max_in_flight == len(texts)  # all submitted at once so the engine can batch them
     assert {q.speaker for q in engine.requests} == {1}
+
+
+def test_ten_long_batch_texts_are_normalized_off_the_event_loop(tmp_path, monkeypatch) -> None:
+    """Ten texts near the limit take tens of ms to normalize: in the thread pool, as a long /speak text's
+    plan; a short batch stays on the loop (the hop would only delay its engine calls)."""
+    from serve_app.api import synthesis
+
+    on_loop: list[bool] = []
+    normalize = synthesis.normalize_text
+
+    def recording(text: str) -> str:
+        on_loop.append(_on_event_loop())
+        return normalize(text)
+
+    monkeypatch.setattr(synthesis, "normalize_text", recording)
+    client = make_client(tmp_path, FakeEngine(max_prompt_chars=100_000))
+    long = "Dr. Smith paid $3.50 for 12 teas on Jan. 5th, at 10:30 am. " * 60
+    r = client.post("/batch_speak", json={"texts": [long] * 10, "max_duration_per_text_ms": 1000})
+    assert r.status_code == 200, r.text
+    assert len(r.json()) == 10 and read_wav(base64.b64decode(r.json()[0]))[1] == SAMPLE_RATE
+    assert on_loop == [False] * 10
+    on_loop.clear()
+    assert client.post("/batch_speak", json={"texts": ["One.", "Two."]}).status_code == 200
+    assert on_loop == [True, True]
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def test_a_short_text_reaches_the_engine_without_a_thread_pool_hop(client, engine, monkeypatch) -> None:

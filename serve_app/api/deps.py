@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from serve_app.api.cache import ResponseCache, cache_key
 from serve_app.api.settings import ApiSettings
@@ -37,10 +39,11 @@ class Services:
     async def cache_key(self, endpoint: str, opts: CacheableOptions, **parts: object) -> str | None:
         """A key only for cacheable requests (a seed makes them deterministic, `cache` opts in); it
         covers the model and its revision, the sampling options, the output format and speed, and the
-        given `parts`."""
+        given `parts` (the request's own data, hashed only when the request is cacheable)."""
         if not self.cache.enabled or (opts.seed is None and not opts.cache):
             return None
-        return cache_key(
+        key = functools.partial(
+            cache_key,
             endpoint,
             model=await self.synth.model(),
             seed=opts.seed,
@@ -50,6 +53,24 @@ class Services:
             speed=opts.speed,
             **parts,
         )
+        # Parts with uploaded audio (a reference, context turns) hash megabytes: in the thread pool.
+        return key() if _chars(parts) <= INLINE_KEY_CHARS else await run_in_threadpool(key)
+
+
+INLINE_KEY_CHARS = 100_000
+"""Key parts up to this much text (a long-form script) are hashed on the event loop; more (base64
+audio: 10 MB takes some 35 ms) in the thread pool."""
+
+
+def _chars(value: object) -> int:
+    """Characters of text in a key part (its strings, through lists, tuples and dicts)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list | tuple):
+        return sum(map(_chars, value))
+    if isinstance(value, dict):
+        return sum(map(_chars, value.values()))
+    return 0
 
 
 async def services(request: Request) -> Services:

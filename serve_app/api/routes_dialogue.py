@@ -24,6 +24,7 @@ from serve_app.api.schemas import (
     ConversationRequest,
 )
 from serve_app.api.sessions import session_turn
+from serve_app.api.synthesis import join_pcm
 from serve_app.engine.types import FRAME_MS, SAMPLE_RATE, FinishReason, GenerationRequest, Segment
 
 router = APIRouter(tags=["dialogue"])
@@ -90,8 +91,7 @@ async def conversation(body: ConversationRequest, request: Request, svc: Service
             "X-Context-Dropped-Turns": str(narration.dropped_context_turns),
             "X-Finish-Reason": (narration.finish_reason or FinishReason.END_OF_AUDIO).value,
         }
-        pcm = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)  # no turn made a frame
-        return await encode_response(pcm, body.output, headers, body.speed)
+        return await encode_response(await join_pcm(pieces), body.output, headers, body.speed)
 
     key = await svc.cache_key(
         "conversation",

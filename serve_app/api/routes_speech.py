@@ -6,9 +6,9 @@ import asyncio
 import base64
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from serve_app.api.cache import digest
 from serve_app.api.deps import ServicesDep
 from serve_app.api.errors import ApiError, request_id_of
 from serve_app.api.longform import Narration, script_key
@@ -21,6 +21,7 @@ from serve_app.api.responses import (
     streaming_response,
 )
 from serve_app.api.schemas import MAX_SPEECH_MS, BatchSpeakRequest, CloneVoiceRequest, SpeakRequest
+from serve_app.api.synthesis import INLINE_PLAN_CHARS
 from serve_app.audio.encode import encode_audio
 from serve_app.audio.tempo import change_speed
 from serve_app.engine.types import GenerationRequest
@@ -81,7 +82,7 @@ async def speak(body: SpeakRequest, request: Request, svc: ServicesDep) -> Respo
         max_ms=budget_ms,
         quality=body.quality_check,
         normalize=body.normalize,  # the context's and the voice's transcripts are normalized too
-        context=digest([(c.text, c.speaker, c.audio_b64) for c in body.context]) if body.context else None,
+        context=[(c.text, c.speaker, c.audio_b64) for c in body.context] if body.context else None,
         voice=voice.info.model_dump() if voice else None,
     )
     return await cached_response(svc.cache, key, produce)
@@ -126,28 +127,35 @@ async def clone_voice(body: CloneVoiceRequest, request: Request, svc: ServicesDe
         text=text,
         max_ms=body.max_duration_ms,
         normalize=body.normalize,  # the reference's transcript is normalized too
-        reference=digest(body.reference_text, body.reference_audio_b64) if not voice else None,
+        reference=(body.reference_text, body.reference_audio_b64) if not voice else None,
         voice=voice.info.model_dump() if voice else None,
     )
     return await cached_response(svc.cache, key, produce)
 
 
 @router.post("/batch_speak", response_model=list[str])
-async def batch_speak(body: BatchSpeakRequest, request: Request, svc: ServicesDep) -> list[str]:
+async def batch_speak(body: BatchSpeakRequest, request: Request, svc: ServicesDep) -> Response:
     """Base64 WAVs in input order; all texts go to the engine at once so it can batch them."""
     synth = svc.synth
     limit = svc.settings.max_batch_texts
     if len(body.texts) > limit:
         raise ApiError(413, f"texts has {len(body.texts)} items, over the {limit}-item limit")
+
+    def checked() -> list[str]:
+        return [synth.target_text(t, body.normalize, f"texts[{i}]") for i, t in enumerate(body.texts)]
+
+    # Ten texts near the limit take tens of ms to normalize: as for /speak, only short ones on the loop.
+    short = sum(map(len, body.texts)) <= INLINE_PLAN_CHARS
+    texts = checked() if short else await run_in_threadpool(checked)
     requests = [
         GenerationRequest(
-            text=synth.target_text(t, body.normalize, f"texts[{i}]"),
+            text=text,
             speaker=body.speaker,
             max_audio_length_ms=body.max_duration_per_text_ms,
             sampling=synth.sampling(body.temperature, body.top_k, body.seed),
             request_id=f"{request_id_of(request)}-{i}",
         )
-        for i, t in enumerate(body.texts)
+        for i, text in enumerate(texts)
     ]
     tasks = [asyncio.ensure_future(synth.generate(r)) for r in requests]
     try:
@@ -157,7 +165,13 @@ async def batch_speak(body: BatchSpeakRequest, request: Request, svc: ServicesDe
             task.cancel()
         raise
 
-    def encode_all() -> list[str]:
-        return [base64.b64encode(encode_audio(change_speed(a.pcm, body.speed), body.output)).decode() for a in audios]
+    def encode_all() -> JSONResponse:
+        # Rendered here too: tens of MB of base64 serialized on the event loop would stall every stream.
+        return JSONResponse(
+            [
+                base64.b64encode(encode_audio(change_speed(a.pcm, body.speed), body.output)).decode()
+                for a in audios
+            ]
+        )
 
     return await run_in_threadpool(encode_all)

@@ -55,8 +55,9 @@ async def list_all_voices(svc: ServicesDep) -> VoiceCatalog:
                 duration_ms=voice.info.duration_ms if voice is not None else None,
             )
         )
-    for info in await run_in_threadpool(synth.voices.list):
-        entries.append(
+
+    def saved() -> list[VoiceEntry]:  # up to max_saved_voices (10 000): tens of ms, off the event loop
+        return [
             VoiceEntry(
                 id=info.id,
                 name=info.name,
@@ -66,5 +67,7 @@ async def list_all_voices(svc: ServicesDep) -> VoiceCatalog:
                 ready=True,
                 duration_ms=info.duration_ms,
             )
-        )
-    return VoiceCatalog(data=entries)
+            for info in synth.voices.list()
+        ]
+
+    return VoiceCatalog(data=entries + await run_in_threadpool(saved))

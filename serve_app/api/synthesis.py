@@ -27,6 +27,7 @@ from serve_app.audio.reference import ReferenceLimits, check_reference
 from serve_app.engine.interface import SpeechEngine
 from serve_app.engine.types import (
     NUM_CODEBOOKS,
+    SAMPLE_RATE,
     Audio,
     AudioChunk,
     FinishReason,
@@ -39,13 +40,26 @@ from serve_app.text.lexicon import Lexicon, LexiconError
 from serve_app.text.normalize import normalize_text
 from serve_app.text.segment import Pause, SegmentPolicy, Utterance, split_script
 
-__all__ = ["AudioStream", "SpeechStream", "Synthesizer"]
+__all__ = ["AudioStream", "SpeechStream", "Synthesizer", "join_pcm"]
 
 _DEFAULT_SAMPLING = SamplingParams()
 
 INLINE_PLAN_CHARS = 200
 """Texts up to this long are normalized and segmented on the event loop; longer ones in the thread
 pool, so a long text never holds the loop."""
+
+INLINE_JOIN_SAMPLES = 60 * SAMPLE_RATE
+"""Whole-file audio up to a minute long is joined into one array on the event loop; longer in the
+thread pool: copying an hour of long-form speech (hundreds of MB) holds the loop for most of a second."""
+
+
+async def join_pcm(pieces: Sequence[np.ndarray]) -> np.ndarray:
+    """`pieces` as one array (a long whole copied in the thread pool)."""
+    if not pieces:
+        return np.zeros(0, np.float32)
+    if sum(len(piece) for piece in pieces) <= INLINE_JOIN_SAMPLES:
+        return np.concatenate(pieces)
+    return await run_in_threadpool(np.concatenate, pieces)
 
 
 class AudioStream:
@@ -367,7 +381,7 @@ class Synthesizer:
         pieces = [piece.pcm async for piece in narration.run(lines, speaker)]
         codes = [s.codes for s in narration.history if s.codes is not None]
         return Audio(
-            pcm=np.concatenate(pieces) if pieces else np.zeros(0, np.float32),
+            pcm=await join_pcm(pieces),
             codes=np.concatenate(codes) if codes else np.zeros((0, NUM_CODEBOOKS), np.int64),
             finish_reason=narration.finish_reason or FinishReason.END_OF_AUDIO,
             dropped_context_turns=narration.dropped_context_turns,
