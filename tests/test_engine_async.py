@@ -285,3 +285,25 @@ def test_a_slow_iteration_is_logged_with_what_the_device_was_given(monkeypatch, 
     [line] = [r.getMessage() for r in caplog.records if "iteration took" in r.getMessage()]
     assert "prefill 1 prompts" in line and "step rows=1" in line
     assert "positions: 1 live" in line  # the one stream, still generating
+
+
+def test_a_request_whose_prompt_was_being_built_when_the_engine_closed_is_refused_not_left_waiting() -> None:
+    """`close` ran while a request's prompt was built (in a worker thread for a long text): its
+    sequence reached the drained scheduler afterwards and waited for ever, its stream with it."""
+    eng = Engine.from_preset("tiny-random", device="cpu", max_batch_size=1)
+    build = eng._sequence
+
+    def build_then_close(request, sink):  # type: ignore[no-untyped-def]
+        seq = build(request, sink)
+        eng.close()  # the replica stops meanwhile
+        return seq
+
+    eng._sequence = build_then_close  # type: ignore[method-assign]
+    long_text = "word " * (engine_module.INLINE_PROMPT_CHARS // 5 + 1)
+
+    async def first_chunk():  # type: ignore[no-untyped-def]
+        return await asyncio.wait_for(eng.stream(se.request(long_text, frames=2)).__anext__(), 10)
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        asyncio.run(first_chunk())
+    assert eng.loop.scheduler.counts()["waiting"] == 0

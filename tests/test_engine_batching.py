@@ -3,6 +3,7 @@ the reference generator), whatever joins or leaves around it."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -111,3 +112,28 @@ def test_joining_slots_get_their_prompt_position_seed_and_sampling_settings_exac
         assert runner.positions[slot].item() == seq.prompt_len - 1
         want = runner.model.embed_rows(seq.tokens[-1:][None], seq.mask[-1:][None])[0, 0]
         torch.testing.assert_close(runner.embeds[slot], want.to(runner.embeds.dtype))
+
+
+@pytest.mark.parametrize(
+    "bad", [{"seed": 2**63}, {"seed": -(2**63) - 1}, {"top_k": 2**63}, {"temperature": float("nan")}]
+)
+def test_sampling_settings_the_engine_cannot_hold_are_refused_before_they_reach_an_admission(
+    bad: dict[str, float],
+) -> None:
+    """A seed or top-k beyond 64 bits used to pass, then fail the whole admission it joined (its
+    neighbours got its OverflowError); a NaN temperature passed `temperature > 0`'s check."""
+    from serve_app.engine.types import SamplingParams
+
+    with pytest.raises(ValueError):
+        SamplingParams(**bad)
+    edge = SamplingParams(seed=2**63 - 1, top_k=2**63 - 1)  # the largest that fit still do
+    neighbour = se.request("a neighbour", frames=3, seed=4)
+    loop = se.make_loop(n_slots=2)
+    first, second = se.sequence(neighbour), se.sequence(dataclasses.replace(neighbour, sampling=edge))
+    second.seq.seed = edge.seed  # type: ignore[assignment]
+    loop.submit(first.seq)
+    loop.submit(second.seq)  # admitted together with the neighbour
+    se.run_until_idle(loop)
+    assert all(not isinstance(item, BaseException) for item in first.items + second.items)
+    np.testing.assert_array_equal(first.codes, se.run_alone(neighbour).codes)
+    assert second.codes.shape == (3, 32)

@@ -89,6 +89,16 @@ def test_cancelled_waiting_requests_are_dropped_and_running_ones_reported() -> N
     assert s.counts() == {"running": 1, "waiting": 0, "slots": 1}
 
 
+def test_a_drained_scheduler_refuses_new_sequences() -> None:
+    """Drained (the engine closed, or its loop failed): a sequence added afterwards would never run."""
+    s = Scheduler(n_slots=1, max_waiting=1)
+    s.add(seq())
+    assert len(s.drain()) == 1
+    with pytest.raises(RuntimeError, match="stopped"):
+        s.add(seq())
+    assert s.counts()["waiting"] == 0
+
+
 def test_chunk_policy() -> None:
     p = ChunkPolicy(first_frames=2, frames=6)
     assert [p.target(i) for i in range(3)] == [2, 6, 6] and p.largest == 6 and p.sizes == (2, 6)
@@ -98,3 +108,15 @@ def test_chunk_policy() -> None:
     assert [odd.target(i) for i in range(4)] == [3, 6, 10, 10] and odd.sizes == (3, 6, 10)
     with pytest.raises(ValueError):
         ChunkPolicy(0, 4)
+
+
+@pytest.mark.timeout(10)
+def test_chunk_policy_sizes_with_a_first_chunk_larger_than_the_later_ones() -> None:
+    """A ramped policy whose first chunk is the larger (the engine's default ramp with, say,
+    `first_chunk_frames=4, chunk_frames=2`) used to spin for ever listing its sizes, so the engine
+    never started."""
+    ramp = ChunkPolicy(first_frames=4, frames=2, ramp=True)
+    assert ramp.sizes == (2, 4) and [ramp.target(i) for i in range(3)] == [4, 4, 4]
+    aligned = ChunkPolicy(first_frames=5, frames=1, ramp=True, align=True)
+    assert aligned.sizes == (1, 2, 4, 5)
+    assert ChunkPolicy(first_frames=1, frames=8, ramp=True, align=True).sizes == (1, 2, 4, 8)

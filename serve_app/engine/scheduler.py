@@ -32,12 +32,15 @@ class Scheduler:
         self._free = list(range(n_slots))
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
+        self._closed = False  # drained: the loop has stopped, nothing is scheduled any more
 
     # ---- from any thread -----------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
         """Queue a sequence; raises `EngineOverloadedError` when more than `max_waiting` requests
-        would wait beyond the free slots."""
+        would wait beyond the free slots; RuntimeError once drained (nothing would ever run it)."""
         with self._lock:
+            if self._closed:
+                raise RuntimeError("engine loop stopped (engine closed or loop failed)")
             limit = self.max_waiting + len(self._free)
             if len(self.waiting) >= limit:
                 raise EngineOverloadedError(
@@ -109,8 +112,10 @@ class Scheduler:
         seq.status = SequenceStatus.FINISHED
 
     def drain(self) -> list[Sequence]:
-        """Finish (as cancelled) and return every running and waiting sequence."""
+        """Finish (as cancelled) and return every running and waiting sequence, and refuse any
+        added after: the loop has stopped (closed or failed), so a later one would wait for ever."""
         with self._lock:
+            self._closed = True
             out = list(self.running.values()) + list(self.waiting)
             self.waiting.clear()
             for seq in out:

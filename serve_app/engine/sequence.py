@@ -70,7 +70,8 @@ class ChunkPolicy:
     def sizes(self) -> tuple[int, ...]:
         """Every chunk size a stream is cut into (the audio decoder prepares one graph for each)."""
         targets, n = {self.first_frames, self.frames}, 1
-        while self.ramp and self.target(n) != self.frames:
+        # Ramped targets grow until they repeat (`frames`, or `first_frames` when that is the larger).
+        while self.ramp and self.target(n) not in targets:
             targets.add(self.target(n))
             n += 1
         sizes = set(targets)

@@ -6,6 +6,7 @@ never pin GPU memory outside the engine.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,10 +48,14 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0")
-        if self.top_k < 1:
-            raise ValueError("top_k must be >= 1")
+        # The engine arms a slot with these as int64 (and float32) values for the whole admission at
+        # once: a value that does not fit would fail every request admitted beside it.
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ValueError("temperature must be a finite number > 0")
+        if not 1 <= self.top_k < 1 << 63:
+            raise ValueError("top_k must be >= 1 (and fit 64 bits)")
+        if self.seed is not None and not -(1 << 63) <= self.seed < 1 << 63:
+            raise ValueError("seed must fit a signed 64-bit integer")
 
 
 @dataclass
