@@ -201,3 +201,42 @@ def test_oversized_body_without_length_is_413(tmp_path) -> None:
 
     r = client.post("/speak", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "10000-byte limit" in r.json()["detail"]
+
+
+def test_an_unexpected_failure_is_logged_once_with_its_request_id_not_raised_on(tmp_path) -> None:
+    """A server logs the traceback of whatever the app raises (uvicorn's "Exception in ASGI
+    application", Ray Serve's replica log), without the request id: the app logs the failure itself,
+    once, with the id as a field, and answers the 500 without raising it on."""
+    import io
+    import json
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from serve_app.api.app import create_app
+    from serve_app.api.settings import ApiSettings
+    from serve_app.observability.logs import configure_logging
+
+    class Broken(FakeEngine):
+        async def generate(self, request):
+            raise RuntimeError("kernel exploded")
+
+    stream = io.StringIO()
+    handler = configure_logging("INFO", stream)
+    try:
+        for request_id_header in (True, False):
+            settings = ApiSettings(voices_dir=tmp_path / "voices")
+            app = create_app(Broken(), settings, request_id_header=request_id_header)
+            with TestClient(app) as client:  # raises what the app raises: what a server would log again
+                r = client.post("/speak", json={"text": "Hi"}, headers={"X-Request-ID": "req-43"})
+            assert r.status_code == 500 and "req-43" in r.json()["detail"]
+            # Behind Ray Serve's HTTP servers (`request_id_header=False`) they add the header: one only.
+            assert r.headers.get_list("x-request-id") == (["req-43"] if request_id_header else [])
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    errors = [entry for entry in lines if entry["level"] == "ERROR"]
+    assert len(errors) == 2, errors  # one per request
+    assert all("kernel exploded" in e["exc_info"] and e["request_id"] == "req-43" for e in errors)
+    access = [entry for entry in lines if entry["logger"] == "csm_serve.access"]
+    assert [entry["status"] for entry in access] == [500, 500]

@@ -307,3 +307,22 @@ def test_a_request_whose_prompt_was_being_built_when_the_engine_closed_is_refuse
     with pytest.raises(RuntimeError, match="stopped"):
         asyncio.run(first_chunk())
     assert eng.loop.scheduler.counts()["waiting"] == 0
+
+
+def test_a_failed_prefill_is_logged_with_the_request_ids_it_failed(caplog: pytest.LogCaptureFixture) -> None:
+    """The engine's log line names the API's request ids, so an operator can find the requests (and
+    their access-log lines) that a prefill failure ended."""
+    eng = Engine.from_preset("tiny-random", device="cpu", max_batch_size=2)
+    try:
+        def fail(seqs):  # type: ignore[no-untyped-def]
+            raise RuntimeError("out of memory on a long prompt")
+
+        eng.loop.runner.start = fail
+        request = dataclasses.replace(se.request("hello there", frames=2), request_id="req-prefill-1")
+        with caplog.at_level("ERROR", logger="serve_app.engine.loop"), pytest.raises(RuntimeError):
+            eng.generate_sync(request)
+    finally:
+        eng.close()
+    failed = [r for r in caplog.records if r.getMessage().startswith("prefill failed")]
+    assert len(failed) == 1 and failed[0].request_ids == ["req-prefill-1"]
+    assert "req-prefill-1" in failed[0].getMessage()

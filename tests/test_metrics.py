@@ -357,3 +357,53 @@ def test_invented_methods_do_not_invent_metric_series(tmp_path) -> None:
     assert not [key for key in samples if ("method", "XMETHOD1") in key[1]]
     other = {"method": "OTHER", "endpoint": "/speak", "status": "405"}
     assert value(samples, "csm_http_requests_total", **other) >= 3
+
+
+def test_a_websocket_is_counted_logged_and_given_a_request_id(tmp_path) -> None:
+    """A speech WebSocket counts as one GET of its route (101 once accepted; a refused handshake its
+    401), with an access-log line and a request id that its contexts' engine requests carry."""
+    from fastapi.testclient import TestClient
+    from starlette.testclient import WebSocketDenialResponse
+
+    from serve_app.api.app import create_app
+    from serve_app.api.settings import ApiSettings
+
+    engine = FakeEngine()
+    settings = ApiSettings(voices_dir=tmp_path / "voices", api_keys="ws-metrics-key-0123456789")
+    app = create_app(engine, settings)
+    route = "/v1/audio/speech/stream"
+    stream = io.StringIO()
+    handler = configure_logging("INFO", stream)
+    try:
+        with TestClient(app) as client:
+            before = scrape_with(client, {"Authorization": "Bearer ws-metrics-key-0123456789"})
+            url = f"{route}?api_key=ws-metrics-key-0123456789"
+            with client.websocket_connect(url, headers={"X-Request-ID": "ws-req-1"}) as ws:
+                ws.send_json({"type": "text", "context_id": "c1", "text": "Hello there."})
+                ws.send_json({"type": "close", "context_id": "c1"})
+                while ws.receive_json()["type"] != "done":
+                    pass
+            with pytest.raises(WebSocketDenialResponse), client.websocket_connect(f"{route}?api_key=wrong"):
+                pass
+            after = scrape_with(client, {"Authorization": "Bearer ws-metrics-key-0123456789"})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    for status in ("101", "401"):
+        labels = {"method": "GET", "endpoint": route, "status": status}
+        assert value(after, "csm_http_requests_total", **labels) == value(
+            before, "csm_http_requests_total", **labels) + 1, labels
+    refused = {"endpoint": route, "status": "401"}
+    assert value(after, "csm_http_errors_total", **refused) == value(
+        before, "csm_http_errors_total", **refused) + 1
+    access = [json.loads(line) for line in stream.getvalue().splitlines() if '"csm_serve.access"' in line]
+    sockets = [entry for entry in access if entry["endpoint"] == route]
+    assert [(entry["status"], entry["request_id"]) for entry in sockets[:1]] == [(101, "ws-req-1")]
+    assert len(sockets) == 2 and sockets[1]["status"] == 401
+    assert engine.requests[-1].request_id == "ws-req-1-c1"
+
+
+def scrape_with(client, headers: dict[str, str]) -> dict[tuple[str, frozenset], float]:
+    response = client.get("/metrics", headers=headers)
+    assert response.status_code == 200
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}

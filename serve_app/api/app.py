@@ -23,7 +23,11 @@ from serve_app.api.auth import ApiKeyRing, AuthMiddleware
 from serve_app.api.cache import ResponseCache
 from serve_app.api.deps import Services
 from serve_app.api.errors import install_error_handlers
-from serve_app.api.middleware import BodyLimitMiddleware, CancelOnDisconnectMiddleware
+from serve_app.api.middleware import (
+    BodyLimitMiddleware,
+    CancelOnDisconnectMiddleware,
+    UnexpectedErrorMiddleware,
+)
 from serve_app.api.settings import ApiSettings
 from serve_app.api.state import StateBackends, local_backends
 from serve_app.api.synthesis import Synthesizer
@@ -67,6 +71,7 @@ def create_app(
     if keys or state.limiter is not None:
         # Outside the body limit: an unknown or throttled client is answered before its body is read.
         app.add_middleware(AuthMiddleware, keys=ApiKeyRing(keys) if keys else None, limiter=state.limiter)
+    app.add_middleware(UnexpectedErrorMiddleware)  # inside the request id: a 500 logged once, with its id
     for module in (
         routes_speech,
         routes_stream,

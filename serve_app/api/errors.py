@@ -170,10 +170,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception(
-            "unhandled error in %s %s (request %s)", request.method, request.url.path, request_id_of(request)
-        )
+        # What `UnexpectedErrorMiddleware` raised on (a response already started) or never saw (an
+        # error in the middleware outside it). The request-id context has ended here: name it.
         request_id = request_id_of(request)
+        logger.exception(
+            "unhandled error in %s %s (request %s)", request.method, request.url.path, request_id,
+            extra={"request_id": request_id},
+        )
         # this handler runs outside all middleware, so the request id header is set here
         return _error_response(
             request, 500, f"internal error (request id {request_id})", {"X-Request-ID": request_id}

@@ -1,10 +1,11 @@
-"""ASGI middleware: early 413s for oversized bodies, and cancelling the work of a client that has gone
-away (request ids: `serve_app.observability.middleware`)."""
+"""ASGI middleware: early 413s for oversized bodies, cancelling the work of a client that has gone
+away, and the 500 of an unexpected error (request ids: `serve_app.observability.middleware`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -13,7 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.api.errors import error_body
 
-__all__ = ["BodyLimitMiddleware", "CancelOnDisconnectMiddleware"]
+__all__ = ["BodyLimitMiddleware", "CancelOnDisconnectMiddleware", "UnexpectedErrorMiddleware"]
+
+logger = logging.getLogger("serve_app.api")
 
 
 class BodyLimitMiddleware:
@@ -100,3 +103,37 @@ class CancelOnDisconnectMiddleware:
             gone.cancel()
             if listener is not None:
                 listener.cancel()
+
+
+class UnexpectedErrorMiddleware:
+    """A 500 (the API's JSON error, naming the request id) for an exception no handler answered,
+    logged once with its traceback and the request id.
+
+    Inside the request-id middleware, so the log line and the response carry the id. The error is not
+    raised on: Starlette's last-resort handler would re-raise it, and the server (uvicorn, Ray Serve)
+    would log its traceback a second time, without the id. An error after the response has started
+    is raised on, since only the server can cut the response short."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception:
+            if started:
+                raise
+            request_id = scope.get("state", {}).get("request_id", "")
+            logger.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            detail = f"internal error (request id {request_id})"
+            await JSONResponse(error_body(scope["path"], 500, detail), status_code=500)(scope, receive, send)

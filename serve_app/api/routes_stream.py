@@ -20,4 +20,6 @@ router = APIRouter(tags=["streaming"])
 async def speech_stream(websocket: WebSocket) -> None:
     await websocket.accept()
     synth = websocket.app.state.services.synth
-    await StreamSession(websocket, synth, f"ws-{uuid.uuid4().hex[:12]}").run()
+    # The socket's request id (its access-log line's) names its contexts' engine requests too.
+    request_id = getattr(websocket.state, "request_id", None) or f"ws-{uuid.uuid4().hex[:12]}"
+    await StreamSession(websocket, synth, request_id).run()

@@ -298,7 +298,9 @@ class EngineLoop:
             for seq in joined:
                 seq.admitted_at = admitted
         except Exception as exc:  # e.g. out of memory on an unusually long prompt: fail these only
-            logger.exception("prefill failed for %d requests", len(joined))
+            ids = [seq.request.request_id for seq in joined]  # the API's request ids: which requests failed
+            logger.exception("prefill failed for %d requests (%s)", len(joined), ", ".join(map(str, ids)),
+                             extra={"request_ids": ids})
             for seq in joined:
                 self._retire(seq, FinishReason.CANCELLED)
                 seq.sink(exc)

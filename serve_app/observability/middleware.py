@@ -3,13 +3,16 @@
 - `RequestIdMiddleware` gives every HTTP request its id (the caller's `X-Request-ID` when log-safe,
   else a new one), for the whole app: `request.state.request_id`, the contextvar the JSON logs read,
   the incoming header downstream handlers see, and the response's `X-Request-ID`. It is the
-  outermost middleware, so even a 401, 413 or 429 carries an id. Behind an HTTP server that answers
+  outermost middleware, so even a 401, 413 or 429 carries an id. A WebSocket gets one the same way
+  (its handshake's answer carries it). Behind an HTTP server that answers
   with `X-Request-ID` itself (Ray Serve's proxy and a replica's direct ingress both do, with the id
   they put on the request), it leaves that header to the server: two would reach the client.
 - `MetricsMiddleware` records request counts, latency, errors by status, time to the first audio
   byte and cache hits/misses (from `X-Cache`), and writes one JSON access-log line per request. A
   response that carries `Server-Timing` (a stream's first audio at the API and at the engine) gets
-  the app's share too (`app;dur=`: from the request's arrival to the response's start).
+  the app's share too (`app;dur=`: from the request's arrival to the response's start). A WebSocket
+  counts as one GET request: 101 once accepted (its access-log line written when it closes, its
+  lifetime no latency sample), else the status its handshake was refused with.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ QUIET_PATHS = frozenset({"/metrics", "/health", "/-/healthz", "/-/routes"})
 """Probe and scrape paths: counted, but logged at DEBUG so they do not flood the access log."""
 CLIENT_CLOSED_REQUEST = 499
 """Status logged for a request whose client left before any response (as nginx does)."""
+SWITCHING_PROTOCOLS = 101
+"""Status of an accepted WebSocket."""
+WEBSOCKET_DENIED = 403
+"""Status of a WebSocket handshake closed before it was accepted (the server answers 403)."""
+_SCOPES = ("http", "websocket")
+_ANSWERS = ("http.response.start", "websocket.accept", "websocket.http.response.start")
+"""Messages that start the answer to a request or a WebSocket handshake (they carry its headers)."""
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 """Methods that label metrics as themselves; any other token a server lets through counts as OTHER
 (a client inventing methods must not invent time series)."""
@@ -52,7 +62,7 @@ class RequestIdMiddleware:
         self.set_header = set_header
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in _SCOPES:
             await self.app(scope, receive, send)
             return
         incoming = _header(scope["headers"], _HEADER)
@@ -63,7 +73,8 @@ class RequestIdMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start" and self.set_header:
+            if message["type"] in _ANSWERS and self.set_header:
+                message.setdefault("headers", [])
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
@@ -79,14 +90,18 @@ class MetricsMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in _SCOPES:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
         state: dict[str, Any] = {"status": 500, "audio": False, "first_audio": None}
 
         async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "websocket.accept":
+                state["status"], state["started"] = SWITCHING_PROTOCOLS, True
+            elif message["type"] == "websocket.close" and not state.get("started"):
+                state["status"], state["started"] = WEBSOCKET_DENIED, True
+            elif message["type"] in ("http.response.start", "websocket.http.response.start"):
                 state["status"] = message["status"]
                 state["started"] = True
                 headers = message.get("headers", [])
@@ -117,13 +132,15 @@ class MetricsMiddleware:
 
 
 def _record(scope: Scope, state: dict[str, Any], elapsed: float) -> None:
-    method, endpoint, status = scope["method"], _endpoint(scope), state["status"]
+    # A WebSocket's handshake is a GET.
+    method, endpoint, status = scope.get("method", "GET"), _endpoint(scope), state["status"]
     method = method if method in METHODS else "OTHER"
     scope_state = scope.get("state", {})
     if scope_state.get("client_disconnected") and not state.get("started"):
         status = CLIENT_CLOSED_REQUEST
     HTTP_REQUESTS.inc(method=method, endpoint=endpoint, status=str(status))
-    HTTP_LATENCY.observe(elapsed, method=method, endpoint=endpoint)
+    if status != SWITCHING_PROTOCOLS:  # an open socket's lifetime is no latency
+        HTTP_LATENCY.observe(elapsed, method=method, endpoint=endpoint)
     if status >= 400:
         record_error(status, endpoint)
     if state["first_audio"] is not None and status < 400 and state.get("cache") != "hit":
