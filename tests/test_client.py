@@ -17,6 +17,7 @@ from serve_app.client import (
     ConflictError,
     NotFoundError,
     OverloadedError,
+    ServerError,
     TooLargeError,
     TTSClient,
     TTSConnectionError,
@@ -209,6 +210,16 @@ def _mock(responses: list[httpx.Response], seen: list[httpx.Request]) -> httpx.M
     return httpx.MockTransport(handler)
 
 
+def test_a_proxys_html_error_page_is_one_line() -> None:
+    page = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>nginx</body>\r\n</html>"
+    bad_gateway = httpx.Response(502, text=page, headers={"content-type": "text/html"})
+    with TTSClient("http://tts.test", transport=_mock([bad_gateway], [])) as c, \
+            pytest.raises(ServerError) as err:
+        c.speak("hi")
+    assert str(err.value) == "HTTP 502: Bad Gateway (an HTML page, from a proxy in front of the service?)"
+    assert err.value.detail == page
+
+
 def test_retries_follow_retry_after_then_succeed() -> None:
     seen: list[httpx.Request] = []
     wav = wav_bytes(np.zeros(FRAME_SAMPLES, dtype=np.float32))
@@ -225,6 +236,30 @@ def test_retries_follow_retry_after_then_succeed() -> None:
     assert len(seen) == 2
 
 
+def test_a_stream_is_retried_before_its_first_audio_only() -> None:
+    seen: list[httpx.Request] = []
+
+    def busy() -> httpx.Response:
+        return httpx.Response(503, json={"detail": "no free slot"}, headers={"Retry-After": "0"})
+
+    def audio() -> httpx.Response:
+        return httpx.Response(200, content=b"RIFF....WAVE", headers={"content-type": "audio/wav"})
+
+    with TTSClient("http://tts.test", transport=_mock([busy(), audio()], seen), max_retries=2) as c:
+        assert b"".join(c.stream_speak("hi")) == b"RIFF....WAVE"
+    assert len(seen) == 2
+
+    async def run() -> bytes:
+        transport = _mock([busy(), busy(), audio()], seen)
+        async with AsyncTTSClient("http://tts.test", transport=transport, max_retries=2) as c:
+            return b"".join([chunk async for chunk in c.stream_speak("hi")])
+
+    assert asyncio.run(run()) == b"RIFF....WAVE" and len(seen) == 5
+    with TTSClient("http://tts.test", transport=_mock([busy()], []), max_retries=0) as c, \
+            pytest.raises(OverloadedError):
+        b"".join(c.stream_speak("hi"))
+
+
 def test_plain_text_overload_keeps_the_message_when_retries_run_out() -> None:
     seen: list[httpx.Request] = []
     body = "Request dropped due to backpressure (num_queued_requests=3, max_queued_requests=2)."
@@ -232,6 +267,15 @@ def test_plain_text_overload_keeps_the_message_when_retries_run_out() -> None:
     with TTSClient("http://tts.test", transport=transport, max_retries=1) as c, pytest.raises(OverloadedError) as err:
         c.speak("hi")
     assert err.value.message == body and err.value.retry_after == 0.0 and len(seen) == 2
+
+
+def test_a_2xx_answer_that_is_not_json_is_a_tts_error() -> None:
+    page = httpx.Response(200, text="<html>Sign in to continue</html>", headers={"content-type": "text/html"})
+    with TTSClient("http://tts.test", transport=_mock([page] * 2, [])) as c:
+        with pytest.raises(TTSError, match="/info answered with something other than JSON"):
+            c.info()
+        with pytest.raises(TTSError, match="Sign in"):
+            c.batch_speak(["x"])
 
 
 def test_unknown_status_is_a_generic_error_with_request_id() -> None:
@@ -242,6 +286,24 @@ def test_unknown_status_is_a_generic_error_with_request_id() -> None:
     assert type(err.value) is TTSError
     assert err.value.status_code == 418 and err.value.message == "a teapot"
     assert err.value.request_id == "abc"
+
+
+def test_a_redirect_is_an_error_naming_the_new_url_not_empty_audio() -> None:
+    moved = httpx.Response(301, headers={"Location": "https://tts.test/speak"})
+    with TTSClient("http://tts.test", transport=_mock([moved] * 2, [])) as c:
+        with pytest.raises(TTSError, match="https://tts.test/speak") as err:
+            c.speak("hi")
+        assert err.value.status_code == 301
+        with pytest.raises(TTSError, match="redirected"):
+            b"".join(c.stream_speak("hi"))
+
+    async def run() -> None:
+        transport = httpx.MockTransport(lambda request: httpx.Response(308, headers={"Location": "/tts/info"}))
+        async with AsyncTTSClient("http://tts.test", transport=transport) as c:
+            with pytest.raises(TTSError, match="/tts/info"):
+                await c.info()
+
+    asyncio.run(run())
 
 
 def test_wire_bodies_follow_the_contract() -> None:

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ from serve_app.client import (
     AsyncTTSClient,
     AuthenticationError,
     NotFoundError,
+    OverloadedError,
     TTSClient,
     TTSConnectionError,
     UnprocessableEntityError,
@@ -103,6 +108,58 @@ def test_server_errors_become_typed_client_errors(url: str, tmp_path: Path) -> N
             list(client.speak_streamed(["Hello."]))
         with TTSClient(guarded, api_key="k1") as client:
             assert b"".join(client.speak_streamed(["Hello."]))
+        # headers given to the client (a proxy's, or the key as a header) go on the handshake too
+        with TTSClient(guarded, headers={"Authorization": "Bearer k1"}) as client:
+            assert client.info()["sample_rate"] == SAMPLE_RATE
+            assert b"".join(client.speak_streamed(["Hello."]))
+
+        async def async_headers() -> bytes:
+            async with AsyncTTSClient(guarded, headers={"Authorization": "Bearer k1"}) as client:
+                return b"".join([chunk async for chunk in client.speak_streamed(["Hello."])])
+
+        assert asyncio.run(async_headers())
+
+
+@contextlib.contextmanager
+def answering(answer: bytes) -> Iterator[str]:
+    """A server that reads one request per connection, writes `answer` (b"": nothing) and hangs up."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+def test_a_refused_or_dropped_handshake_is_a_typed_error() -> None:
+    body = b'{"detail": "the server is draining"}'
+    draining = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 3\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    with answering(draining) as refusing:
+        with TTSClient(refusing) as client, pytest.raises(OverloadedError) as err:
+            client.speech_socket()
+        assert err.value.message == "the server is draining" and err.value.retry_after == 3.0
+
+        async def refused_async() -> None:
+            async with AsyncTTSClient(refusing) as client, client.speech_socket():
+                pass
+
+        with pytest.raises(OverloadedError, match="draining"):
+            asyncio.run(refused_async())
+    with answering(b"") as hanging_up, TTSClient(hanging_up) as client, \
+            pytest.raises(TTSConnectionError, match="cannot open"):
+        client.speech_socket()
 
 
 def test_a_context_counts_answered_flushes_keeps_its_error_and_cancels_unsent(url: str) -> None:
@@ -142,6 +199,23 @@ def test_the_async_client_raises_the_text_sources_error_instead_of_waiting(url: 
 
     with pytest.raises(RuntimeError, match="language model broke"):
         asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+
+
+def test_the_async_client_raises_the_servers_error_without_waiting_for_the_text_source(url: str) -> None:
+    async def pieces():
+        yield "Hello. "
+        await asyncio.sleep(30)  # a language model still writing
+        yield "More."
+
+    async def scenario() -> float:
+        start = time.monotonic()
+        async with AsyncTTSClient(url) as client:
+            with pytest.raises(NotFoundError, match="not found"):
+                async for _ in client.speak_streamed(pieces(), voice="nobody"):
+                    pass
+        return time.monotonic() - start
+
+    assert asyncio.run(asyncio.wait_for(scenario(), timeout=20)) < 2
 
 
 def test_cli_speaks_stdin_as_it_arrives(url: str, tmp_path: Path) -> None:

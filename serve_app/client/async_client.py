@@ -33,7 +33,8 @@ class AsyncTTSClient:
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
-        all_headers = dict(headers or {})
+        self.headers = dict(headers or {})
+        all_headers = dict(self.headers)
         if api_key:
             all_headers["Authorization"] = f"Bearer {api_key}"
         self._http = httpx.AsyncClient(
@@ -54,7 +55,7 @@ class AsyncTTSClient:
             response = await self._http.request(call.method, call.path, json=call.json)
         except httpx.TransportError as exc:
             raise error_from_transport(exc, self.base_url + call.path) from exc
-        if response.is_error:
+        if not response.is_success:
             raise error_from_response(response)
         return calls.read_reply(call, response.content, response.json)
 
@@ -70,9 +71,23 @@ class AsyncTTSClient:
                 attempt += 1
 
     async def _stream(self, call: Call, chunk_size: int | None) -> AsyncIterator[bytes]:
+        attempt, yielded = 0, False
+        while True:
+            try:
+                async for chunk in self._stream_once(call, chunk_size):
+                    yielded = True
+                    yield chunk
+                return
+            except RetryableError as exc:  # its status, before any audio: retried as `_send` does
+                if yielded or attempt >= self.max_retries:
+                    raise
+                await asyncio.sleep(retry_delay(exc, attempt, self.max_retry_wait))
+                attempt += 1
+
+    async def _stream_once(self, call: Call, chunk_size: int | None) -> AsyncIterator[bytes]:
         try:
             async with self._http.stream(call.method, call.path, json=call.json) as response:
-                if response.is_error:
+                if not response.is_success:
                     await response.aread()
                     raise error_from_response(response)
                 async for chunk in response.aiter_bytes(chunk_size):
@@ -159,7 +174,7 @@ class AsyncTTSClient:
 
     def speech_socket(self) -> AsyncSpeechSocket:
         """A WebSocket for text that arrives as it is written (`async with client.speech_socket() as s:`)."""
-        return AsyncSpeechSocket(self.base_url, self.api_key, open_timeout=self.timeout)
+        return AsyncSpeechSocket(self.base_url, self.api_key, open_timeout=self.timeout, headers=self.headers)
 
     async def speak_streamed(
         self, pieces: AsyncIterable[str] | Iterable[str], **options: Any
@@ -168,6 +183,7 @@ class AsyncTTSClient:
         made (see `TTSClient.speak_streamed`)."""
         async with self.speech_socket() as socket:
             context = socket.context(**options)
+            failure: list[BaseException] = []
 
             async def feed() -> None:
                 try:
@@ -178,9 +194,9 @@ class AsyncTTSClient:
                         for piece in pieces:
                             await context.send(piece)
                     await context.close()
-                except BaseException:
+                except Exception as exc:  # noqa: BLE001 - re-raised below, in the caller's task
+                    failure.append(exc)
                     await socket.aclose()  # ends the audio below; this error is the one raised
-                    raise
 
             sender = asyncio.create_task(feed())
             try:
@@ -188,9 +204,10 @@ class AsyncTTSClient:
                     yield chunk
                 await sender
             except Exception:
-                await asyncio.wait({sender}, timeout=5)
-                if sender.done() and not sender.cancelled() and sender.exception() is not None:
-                    raise sender.exception() from None  # type: ignore[misc]
-                raise
+                if failure:  # set before the socket closed, so before the audio could end
+                    raise failure[0] from None
+                raise  # the server's error: raised now, the text source may still be writing
             finally:
                 sender.cancel()
+            if failure:
+                raise failure[0]

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Literal, Union
 from urllib.parse import quote
 
+from serve_app.client.errors import TTSError
+
 AudioSource = Union[str, "os.PathLike[str]", bytes]
 """A path to an audio file, or the file's bytes."""
 
@@ -144,7 +146,10 @@ def read_reply(call: Call, content: bytes, json_body: Any) -> Any:
         return content
     if call.read == "none":
         return None
-    data = json_body()
+    try:
+        data = json_body()
+    except ValueError as exc:  # a proxy's or captive portal's page answering in the service's place
+        raise TTSError(f"{call.path} answered with something other than JSON: {content[:80]!r}") from exc
     if call.read == "b64list":
         return [base64.b64decode(item) for item in data]
     if call.read == "voices":

@@ -150,9 +150,13 @@ def error_from_response(response: httpx.Response) -> TTSError:
     except ValueError:
         detail = response.text.strip() or response.reason_phrase
     message = _format_detail(detail) or response.reason_phrase
+    if "html" in response.headers.get("content-type", ""):  # a proxy's error page: `detail` keeps it
+        message = f"{response.reason_phrase} (an HTML page, from a proxy in front of the service?)"
     kwargs: dict[str, Any] = {"detail": detail, "request_id": response.headers.get("x-request-id")}
     if issubclass(_BY_STATUS.get(status, TTSError), RetryableError):
         kwargs["retry_after"] = parse_retry_after(response.headers.get("retry-after"))
+    if response.is_redirect:  # not followed: a POST would be re-sent as a GET, or its body twice
+        message = f"redirected to {response.headers.get('location')}: use that URL as the base URL"
     return error_for_status(message, status, **kwargs)
 
 

@@ -20,22 +20,17 @@ import itertools
 import json
 import queue
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from websockets.asyncio.client import ClientConnection as AsyncConnection
 from websockets.asyncio.client import connect as async_connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from serve_app.client.errors import (
-    AuthenticationError,
-    RateLimitError,
-    TTSConnectionError,
-    TTSError,
-    error_for_status,
-)
+from serve_app.client.errors import TTSConnectionError, TTSError, error_for_status, error_from_response
 
 __all__ = ["AsyncSpeechContext", "AsyncSpeechSocket", "AudioEvent", "Done", "SpeechContext", "SpeechSocket"]
 
@@ -73,8 +68,9 @@ SESSION_HEADERS = {"x-request-timeout-seconds": "0"}
 `request_timeout_s` (end to end, WebSockets included); this header lifts that for the session."""
 
 
-def _headers(api_key: str | None) -> dict[str, str]:
-    return {**SESSION_HEADERS, **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+def _headers(api_key: str | None, headers: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The client's own headers (a proxy's, a key given as a header), then the key, on the handshake."""
+    return {**SESSION_HEADERS, **(headers or {}), **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
 
 
 def _event(message: dict[str, Any]) -> AudioEvent | Done | TTSError | None:
@@ -99,11 +95,13 @@ def _event(message: dict[str, Any]) -> AudioEvent | Done | TTSError | None:
 
 
 def _handshake_error(exc: Exception, url: str) -> TTSError:
+    """A refused handshake as the HTTP API's typed error for its status (message, Retry-After); any
+    other failure to open (refused, dropped, not a WebSocket server) as `TTSConnectionError`."""
     if isinstance(exc, InvalidStatus):
-        status = exc.response.status_code
-        body = exc.response.body.decode(errors="replace") if exc.response.body else ""
-        cls = {401: AuthenticationError, 429: RateLimitError}.get(status, TTSError)
-        return cls(f"WebSocket refused ({status}): {body or 'no detail'}", status_code=status)
+        refused = exc.response
+        headers = list(refused.headers.raw_items())
+        response = httpx.Response(refused.status_code, headers=headers, content=bytes(refused.body))
+        return error_from_response(response)
     return TTSConnectionError(f"cannot open {url}: {exc}")
 
 
@@ -207,14 +205,20 @@ class SpeechContext(_ContextState):
 class SpeechSocket:
     """A blocking `/v1/audio/speech/stream` connection; use as a context manager."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, open_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        open_timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         url = socket_url(base_url)
         try:
             # entered as a context manager (closed in `close`), as websockets wants
             self._ws: ClientConnection = connect(
-                url, additional_headers=_headers(api_key), open_timeout=open_timeout
+                url, additional_headers=_headers(api_key, headers), open_timeout=open_timeout
             ).__enter__()
-        except (OSError, InvalidStatus, TimeoutError) as exc:
+        except (OSError, WebSocketException, TimeoutError) as exc:
             raise _handshake_error(exc, url) from exc
         self._contexts: dict[str, SpeechContext] = {}
         self._lock = threading.Lock()
@@ -301,9 +305,15 @@ class AsyncSpeechContext(_ContextState):
 class AsyncSpeechSocket:
     """An asyncio `/v1/audio/speech/stream` connection: `async with AsyncSpeechSocket(url) as s:`."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, open_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        open_timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self._url = socket_url(base_url)
-        self._headers = _headers(api_key)
+        self._headers = _headers(api_key, headers)
         self._open_timeout = open_timeout
         self._ws: AsyncConnection | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -314,7 +324,7 @@ class AsyncSpeechSocket:
             self._ws = await async_connect(
                 self._url, additional_headers=self._headers, open_timeout=self._open_timeout
             )
-        except (OSError, InvalidStatus, TimeoutError) as exc:
+        except (OSError, WebSocketException, TimeoutError) as exc:
             raise _handshake_error(exc, self._url) from exc
         self._reader = asyncio.create_task(self._read())
         return self

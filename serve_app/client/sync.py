@@ -26,8 +26,8 @@ class TTSClient:
     """Talks to one csm-serve deployment over HTTP.
 
     Non-2xx answers raise the typed errors of `serve_app.client.errors` with the server's message.
-    `max_retries` retries 429/503 answers after the server's Retry-After (streams are never retried,
-    since part of the audio may already have been consumed).
+    `max_retries` retries 429/503 answers after the server's Retry-After (a stream only while no audio
+    has come, since the caller may already have used part of it).
     """
 
     def __init__(
@@ -46,7 +46,8 @@ class TTSClient:
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
-        all_headers = dict(headers or {})
+        self.headers = dict(headers or {})
+        all_headers = dict(self.headers)
         if api_key:
             all_headers["Authorization"] = f"Bearer {api_key}"
         self._http = httpx.Client(
@@ -68,7 +69,7 @@ class TTSClient:
             response = self._http.request(call.method, call.path, json=call.json)
         except httpx.TransportError as exc:
             raise error_from_transport(exc, self.base_url + call.path) from exc
-        if response.is_error:
+        if not response.is_success:
             raise error_from_response(response)
         return calls.read_reply(call, response.content, response.json)
 
@@ -84,9 +85,23 @@ class TTSClient:
                 attempt += 1
 
     def _stream(self, call: Call, chunk_size: int | None) -> Iterator[bytes]:
+        attempt, yielded = 0, False
+        while True:
+            try:
+                for chunk in self._stream_once(call, chunk_size):
+                    yielded = True
+                    yield chunk
+                return
+            except RetryableError as exc:  # its status, before any audio: retried as `_send` does
+                if yielded or attempt >= self.max_retries:
+                    raise
+                time.sleep(retry_delay(exc, attempt, self.max_retry_wait))
+                attempt += 1
+
+    def _stream_once(self, call: Call, chunk_size: int | None) -> Iterator[bytes]:
         try:
             with self._http.stream(call.method, call.path, json=call.json) as response:
-                if response.is_error:
+                if not response.is_success:
                     response.read()
                     raise error_from_response(response)
                 yield from response.iter_bytes(chunk_size)
@@ -191,7 +206,7 @@ class TTSClient:
     # -- text streamed in (WebSocket) -------------------------------------------------------------
     def speech_socket(self) -> SpeechSocket:
         """A WebSocket for text that arrives as it is written (`with client.speech_socket() as s:`)."""
-        return SpeechSocket(self.base_url, self.api_key, open_timeout=self.timeout)
+        return SpeechSocket(self.base_url, self.api_key, open_timeout=self.timeout, headers=self.headers)
 
     def speak_streamed(self, pieces: Iterable[str], **options: Any) -> Iterator[bytes]:
         """Audio for text given piece by piece (e.g. a language model's output, or stdin as it comes):
