@@ -210,3 +210,12 @@ def serve_over_http(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def on_event_loop() -> bool:
+    """Whether the caller runs on an event loop's thread (not in the thread pool)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

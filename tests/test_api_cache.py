@@ -1,11 +1,10 @@
 """Response cache: deterministic or opted-in requests only, keyed by everything that changes the audio."""
 
-import asyncio
 
 import pytest
 
 from serve_app.api.cache import CachedResponse, ResponseCache
-from tests.support_api import FakeEngine, make_client, wav_b64
+from tests.support_api import FakeEngine, make_client, on_event_loop, wav_b64
 
 
 def test_seeded_speak_hit_is_byte_identical(client, engine) -> None:
@@ -205,7 +204,7 @@ def test_uploaded_audio_is_hashed_only_for_a_cacheable_request_and_off_the_event
 
     def recording(data: bytes = b"", **kwargs):
         if len(data) > 1_000_000:
-            hashed.append(_on_event_loop())
+            hashed.append(on_event_loop())
         return sha256(data, **kwargs)
 
     monkeypatch.setattr(cache.hashlib, "sha256", recording)
@@ -215,11 +214,3 @@ def test_uploaded_audio_is_hashed_only_for_a_cacheable_request_and_off_the_event
     assert client.post("/clone_voice", json={**body, "seed": 3}).headers["x-cache"] == "miss"
     assert client.post("/clone_voice", json={**body, "seed": 3}).headers["x-cache"] == "hit"
     assert hashed == [False, False]
-
-
-def _on_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -18,7 +17,7 @@ from serve_app.engine.types import (
     GenerationRequest,
 )
 from serve_app.text.normalize import normalize_text
-from tests.support_api import FakeEngine, make_client, read_wav
+from tests.support_api import FakeEngine, make_client, on_event_loop, read_wav
 
 SENTENCES = [
     "The lighthouse keeper climbed the stairs at dusk, as he had done for forty years.",
@@ -333,7 +332,7 @@ def test_minutes_of_whole_file_audio_are_joined_off_the_event_loop(client, monke
     def recording(arrays, *args, **kwargs):
         joined = concatenate(arrays, *args, **kwargs)
         if joined.ndim == 1 and len(joined) > 60 * SAMPLE_RATE:
-            joins.append(_on_event_loop())
+            joins.append(on_event_loop())
         return joined
 
     monkeypatch.setattr(np, "concatenate", recording)
@@ -341,11 +340,3 @@ def test_minutes_of_whole_file_audio_are_joined_off_the_event_loop(client, monke
     assert r.status_code == 200, r.text
     assert len(read_wav(r.content)[0]) > 60 * SAMPLE_RATE
     assert joins == [False]
-
-
-def _on_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True

@@ -1,13 +1,12 @@
 """/speak, /clone_voice and /batch_speak on the fake engine: what comes back and what the engine was asked."""
 
-import asyncio
 import base64
 
 import numpy as np
 import pytest
 
 from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE
-from tests.support_api import FakeEngine, make_client, read_wav, wav_b64
+from tests.support_api import FakeEngine, make_client, on_event_loop, read_wav, wav_b64
 
 
 def test_speak_returns_24k_mono_wav_attachment(client, engine) -> None:
@@ -173,7 +172,7 @@ def test_ten_long_batch_texts_are_normalized_off_the_event_loop(tmp_path, monkey
     normalize = synthesis.normalize_text
 
     def recording(text: str) -> str:
-        on_loop.append(_on_event_loop())
+        on_loop.append(on_event_loop())
         return normalize(text)
 
     monkeypatch.setattr(synthesis, "normalize_text", recording)
@@ -186,14 +185,6 @@ def test_ten_long_batch_texts_are_normalized_off_the_event_loop(tmp_path, monkey
     on_loop.clear()
     assert client.post("/batch_speak", json={"texts": ["One.", "Two."]}).status_code == 200
     assert on_loop == [True, True]
-
-
-def _on_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 def test_a_short_text_reaches_the_engine_without_a_thread_pool_hop(client, engine, monkeypatch) -> None:
