@@ -225,6 +225,16 @@ def test_utterances_are_counted_by_end_reason_and_an_empty_one_is_counted_as_a_f
     assert sample("csm_generations_finished_total", reason="end_of_audio") == before["end_of_audio"] + 2
 
 
+def test_an_overload_refusal_is_counted_apart_from_faults(tmp_path) -> None:
+    """A full engine's 503 is capacity, not a fault: an alert on reason="error" must not fire on it."""
+    client = make_client(tmp_path, FakeEngine(overloaded=True))
+    before = {r: sample("csm_generations_finished_total", reason=r) for r in ("overloaded", "error")}
+    assert client.post("/speak", json={"text": "Hello."}).status_code == 503
+    assert client.post("/speak", json={"text": "Hello.", "stream": True}).status_code == 503
+    assert sample("csm_generations_finished_total", reason="overloaded") == before["overloaded"] + 2
+    assert sample("csm_generations_finished_total", reason="error") == before["error"]
+
+
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 

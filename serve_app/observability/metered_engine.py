@@ -11,8 +11,16 @@ from typing import Any
 import numpy as np
 
 from serve_app.constants import SAMPLE_RATE
-from serve_app.engine.types import Audio, AudioChunk, GenerationRequest
+from serve_app.engine.types import Audio, AudioChunk, EngineOverloadedError, GenerationRequest
 from serve_app.observability.metrics import generations_in_progress, observe_generation
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """Why an utterance ended without its audio: an overload refusal (capacity, a 503) is no fault,
+    so an alert on `error` does not fire when the service is merely full."""
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return "overloaded" if isinstance(exc, EngineOverloadedError) else "error"
 
 
 class MeteredEngine:
@@ -30,7 +38,7 @@ class MeteredEngine:
         try:
             audio = await self._engine.generate(request)
         except BaseException as exc:
-            reason = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
+            reason = _failure_reason(exc)
             observe_generation(0, 0.0, time.perf_counter() - start, reason)
             raise
         finally:
@@ -52,8 +60,8 @@ class MeteredEngine:
                 if chunk.is_last and chunk.finish_reason is not None:
                     reason = chunk.finish_reason.value
                 yield chunk
-        except Exception:
-            reason = "error"
+        except Exception as exc:
+            reason = _failure_reason(exc)
             raise
         finally:
             generations_in_progress(-1)

@@ -92,7 +92,8 @@ BATCH_SIZE = Metric("gauge", "csm_batch_size", "Sequences in the engine's latest
 GENERATIONS_IN_PROGRESS = Metric("gauge", "csm_generations_in_progress", "Utterances being generated now.")
 GENERATIONS_FINISHED = Metric(
     "counter", "csm_generations_finished",
-    "Utterances finished, by why they ended (end_of_audio, length, silence, cancelled, error).", ("reason",))
+    "Utterances finished, by why they ended (end_of_audio, length, silence, cancelled, overloaded, error).",
+    ("reason",))
 EMPTY_GENERATIONS = Metric(
     "counter", "csm_empty_generations",
     "Utterances that ended, not cancelled, with no audio at all: a fault (such as a model that ends every "
@@ -107,7 +108,7 @@ def observe_generation(frames: int, audio_seconds: float, wall_seconds: float, r
     """Record one finished (or cancelled) utterance: why it ended, frames, audio length and real-time
     factor."""
     GENERATIONS_FINISHED.inc(reason=reason)
-    if frames == 0 and reason not in ("cancelled", "error"):
+    if frames == 0 and reason not in ("cancelled", "overloaded", "error"):
         EMPTY_GENERATIONS.inc()
     if frames > 0:
         FRAMES_GENERATED.inc(frames)
