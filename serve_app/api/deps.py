@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
-from starlette.concurrency import run_in_threadpool
 
 from serve_app.api.cache import ResponseCache, cache_key
 from serve_app.api.settings import ApiSettings
 from serve_app.api.state import SessionStore
-from serve_app.api.synthesis import Synthesizer
+from serve_app.api.synthesis import Synthesizer, run_sized
 from serve_app.audio.formats import OutputFormat
 
 __all__ = ["Services", "ServicesDep", "services"]
@@ -54,7 +53,7 @@ class Services:
             **parts,
         )
         # Parts with uploaded audio (a reference, context turns) hash megabytes: in the thread pool.
-        return key() if _chars(parts) <= INLINE_KEY_CHARS else await run_in_threadpool(key)
+        return await run_sized(key, heavy=_chars(parts) > INLINE_KEY_CHARS)
 
 
 INLINE_KEY_CHARS = 100_000

@@ -21,7 +21,7 @@ from serve_app.api.responses import (
     streaming_response,
 )
 from serve_app.api.schemas import MAX_SPEECH_MS, BatchSpeakRequest, CloneVoiceRequest, SpeakRequest
-from serve_app.api.synthesis import INLINE_PLAN_CHARS
+from serve_app.api.synthesis import INLINE_PLAN_CHARS, run_sized
 from serve_app.audio.encode import encode_audio
 from serve_app.audio.tempo import change_speed
 from serve_app.engine.types import GenerationRequest
@@ -145,8 +145,7 @@ async def batch_speak(body: BatchSpeakRequest, request: Request, svc: ServicesDe
         return [synth.target_text(t, body.normalize, f"texts[{i}]") for i, t in enumerate(body.texts)]
 
     # Ten texts near the limit take tens of ms to normalize: as for /speak, only short ones on the loop.
-    short = sum(map(len, body.texts)) <= INLINE_PLAN_CHARS
-    texts = checked() if short else await run_in_threadpool(checked)
+    texts = await run_sized(checked, heavy=sum(map(len, body.texts)) > INLINE_PLAN_CHARS)
     requests = [
         GenerationRequest(
             text=text,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -40,7 +40,7 @@ from serve_app.text.lexicon import Lexicon, LexiconError
 from serve_app.text.normalize import normalize_text
 from serve_app.text.segment import Pause, SegmentPolicy, Utterance, split_script
 
-__all__ = ["AudioStream", "SpeechStream", "Synthesizer", "join_pcm"]
+__all__ = ["AudioStream", "SpeechStream", "Synthesizer", "join_pcm", "run_sized"]
 
 _DEFAULT_SAMPLING = SamplingParams()
 
@@ -53,13 +53,22 @@ INLINE_JOIN_SAMPLES = 60 * SAMPLE_RATE
 thread pool: copying an hour of long-form speech (hundreds of MB) holds the loop for most of a second."""
 
 
+_T = TypeVar("_T")
+
+
+async def run_sized(work: Callable[[], _T], *, heavy: bool) -> _T:
+    """`work` in the thread pool when `heavy` (it would hold the event loop, and every stream on it),
+    else on the loop: the thread pool's hop there and back delays small work behind the loop's other
+    work (bench_app)."""
+    return await run_in_threadpool(work) if heavy else work()
+
+
 async def join_pcm(pieces: Sequence[np.ndarray]) -> np.ndarray:
     """`pieces` as one array (a long whole copied in the thread pool)."""
     if not pieces:
         return np.zeros(0, np.float32)
-    if sum(len(piece) for piece in pieces) <= INLINE_JOIN_SAMPLES:
-        return np.concatenate(pieces)
-    return await run_in_threadpool(np.concatenate, pieces)
+    heavy = sum(len(piece) for piece in pieces) > INLINE_JOIN_SAMPLES
+    return await run_sized(lambda: np.concatenate(pieces), heavy=heavy)
 
 
 class AudioStream:
@@ -290,9 +299,7 @@ class Synthesizer:
             return Script(tuple(lines))
 
         try:
-            # A short text is planned on the event loop: the thread pool's hop there and back would
-            # delay its engine call behind the loop's other work (bench_app).
-            script = plan() if len(text) <= INLINE_PLAN_CHARS else await run_in_threadpool(plan)
+            script = await run_sized(plan, heavy=len(text) > INLINE_PLAN_CHARS)
         except BreakTagError as exc:
             raise ApiError(422, f"{field}: {exc}") from exc
         if not script.utterances:

@@ -125,8 +125,13 @@ _MEASURE_NOT_ADJECTIVE = {
 _OF_A_FRACTION = {"of", "the", "a", "an", "cup", "cups", "inch", "inches", "mile", "miles", "pound", "pounds"}
 _LABELS = {"W": "wide", "H": "high", "D": "deep", "L": "long"}  # "36\" W x 70\" H"
 _SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻", "0123456789-")
+# What an amount is counted per, after a slash ("$5/mo", "500 mg/day"): abbreviation → word.
+_PER = {"mo": "month", "month": "month", "wk": "week", "week": "week", "day": "day", "hr": "hour",
+        "hour": "hour", "yr": "year", "year": "year", "night": "night", "person": "person", "user": "user",
+        "seat": "seat", "s": "second", "sec": "second", "min": "minute", "kg": "kilogram", "lb": "pound"}
+_TIME_UNITS = ("second", "minute", "hour", "day", "week", "month", "year")
 # Time units that a plural before a slash is counted per ("requests/day"; "day/night" is a choice).
-_PER_TIME = {"second", "sec", "minute", "min", "hour", "hr", "day", "week", "wk", "month", "mo", "year", "yr"}
+_PER_TIME = {unit for unit, word in _PER.items() if word in _TIME_UNITS} | set(_TIME_UNITS)
 
 _NUM = r"\d{1,3}(?:,\d{3})+|\d+"  # 1,234,567 or 1234567
 _TITLE_RE = re.compile(r"\b(" + "|".join(_TITLES) + r")\.\s+(?=[A-Z])")
@@ -156,9 +161,6 @@ _SIZES_RE = re.compile(
 _SLASH_WORDS_RE = re.compile(r"(?<![\w/.@:~-])[A-Za-z]{2,}+(?:/[A-Za-z]{2,}+)++(?![\w/]|\.\w)")  # "black/white"
 _VERSION_RE = re.compile(r"(?<![\w.])(?:(v)(\d+(?:\.\d+)*)|(\d+(?:\.\d+){2,}))(?![\w]|\.\d)")
 _HASH_NUMBER_RE = re.compile(r"#(?=\d)")
-_PER = {"mo": "month", "month": "month", "wk": "week", "week": "week", "day": "day", "hr": "hour",
-        "hour": "hour", "yr": "year", "year": "year", "night": "night", "person": "person", "user": "user",
-        "seat": "seat", "s": "second", "sec": "second", "min": "minute", "kg": "kilogram", "lb": "pound"}
 _PER_RE = re.compile(  # "$5/mo", "500 mg/day", "$30/person/night": after a number (and its unit)
     r"(\d%?\s?(?:[A-Za-z]{1,5})?)((?:/(?:" + "|".join(sorted(_PER, key=len, reverse=True)) + r")\b)+)"
 )
