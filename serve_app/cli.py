@@ -253,9 +253,9 @@ def speak(ctx: click.Context, text: str, output: str, speaker: int, voice: str |
         # A streamed FLAC's header cannot say its length, and libsndfile refuses such a file.
         raise click.UsageError("flac is written whole: drop --stream, or stream another format")
     if ws:
-        if context_audio or speed != 1.0:
-            raise click.UsageError("--context-audio and --speed cannot be combined with --ws")
-        speak_over_socket(ctx, text, output, speaker=speaker, voice=voice, seed=seed,
+        if context_audio:
+            raise click.UsageError("--context-audio cannot be combined with --ws")
+        speak_over_socket(ctx, text, output, speaker=speaker, voice=voice, seed=seed, speed=speed,
                           max_duration_ms=max_duration_ms, fmt=response_format, sample_rate=sample_rate)
         return
     if text == "-":
@@ -291,7 +291,7 @@ def stdin_pieces(stream: BinaryIO | None = None) -> Iterable[str]:
 
 def speak_over_socket(ctx: click.Context, text: str, output: str, *, speaker: int, voice: str | None,
                       seed: int | None, max_duration_ms: int | None, fmt: str,
-                      sample_rate: str | None) -> None:
+                      sample_rate: str | None, speed: float = 1.0) -> None:
     from serve_app.audio.encode import wav_stream_header
     from serve_app.audio.formats import OutputFormat
 
@@ -307,7 +307,8 @@ def speak_over_socket(ctx: click.Context, text: str, output: str, *, speaker: in
     wire = OutputFormat("pcm", out.sample_rate) if out.codec == "wav" else out  # the header is written here
     pieces = stdin_pieces() if text == "-" else [text]
     options: dict[str, Any] = {"speaker": speaker, "voice": voice, "seed": seed,
-                               "max_duration_ms": max_duration_ms, "output_format": wire.name}
+                               "max_duration_ms": max_duration_ms, "output_format": wire.name,
+                               "speed": speed if speed != 1.0 else None}  # None: not sent
     header = wav_stream_header(out.sample_rate) if out.codec == "wav" else b""
     chunks = _client(ctx, retries=0).speak_streamed(pieces, **options)
     _save(chunks, output, header=header, streamed_wav=bool(header), report_latency=True)

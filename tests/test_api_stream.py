@@ -455,3 +455,107 @@ def test_the_api_key_guards_the_socket_too(tmp_path) -> None:
             ws.send_json({"type": "text", "context_id": "c", "text": "Authorized."})
             ws.send_json({"type": "close", "context_id": "c"})
             assert receive_until(ws, "done")[-1]["finish_reason"] == "end_of_audio"
+
+
+SPOKEN = ["Hello there! How are", " you doing on this fine day?", " I hope", " well."]
+
+
+def speak_context(ws: Any, context_id: str, **options: Any) -> list[dict[str, Any]]:
+    """`SPOKEN` on a new context with `options`, closed, up to its `done`."""
+    ws.send_json({"type": "text", "context_id": context_id, "text": SPOKEN[0], "seed": 5, **options})
+    for piece in SPOKEN[1:]:
+        ws.send_json({"type": "text", "context_id": context_id, "text": piece})
+    ws.send_json({"type": "close", "context_id": context_id})
+    return [m for m in receive_until(ws, "done", context_id) if m.get("context_id") == context_id]
+
+
+def samples_at(ms: float) -> int:
+    """24 kHz samples of a time the messages give in ms (rounded to the µs)."""
+    return round(ms * SAMPLE_RATE / 1000)
+
+
+def assert_gapless(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The audio messages' timeline starts at 0, runs on without gaps (to the sample) and ends at
+    `done`'s duration."""
+    audio, done = [m for m in messages if m["type"] == "audio"], messages[-1]
+    assert audio[0]["offset_ms"] == 0 and done["type"] == "done"
+    ends = [samples_at(m["offset_ms"]) + samples_at(m["duration_ms"]) for m in audio]
+    assert [samples_at(m["offset_ms"]) for m in audio[1:]] == ends[:-1]
+    assert samples_at(done["duration_ms"]) == ends[-1]
+    assert all(0 <= m["segment"] < done["segments"] for m in audio)
+    return audio
+
+
+def test_speed_stretches_a_contexts_audio_and_its_timeline(client) -> None:
+    """The same text and seed at 2.0 and 0.5: half and twice the audio, to the sample (one stretcher
+    for the whole context), and every time the messages give is that of the audio sent."""
+    with client.websocket_connect(PATH) as ws:
+        runs = {speed: speak_context(ws, f"s{speed}", speed=speed) for speed in (1.0, 2.0, 0.5)}
+    samples = {speed: len(audio_of(messages, f"s{speed}")) // 2 for speed, messages in runs.items()}
+    assert samples[2.0] == round(samples[1.0] / 2) and samples[0.5] == samples[1.0] * 2
+    for speed, messages in runs.items():
+        audio = assert_gapless(messages)
+        assert samples_at(messages[-1]["duration_ms"]) == samples[speed]
+        assert messages[-1]["finish_reason"] == "end_of_audio" and messages[-1]["segments"] == 3
+        assert [m["seq"] for m in audio] == list(range(len(audio)))
+        # Each message names a piece it came after; the held-back rest is sent with the last piece's.
+        spans = {tuple(m["text_span"]) for m in runs[1.0] if m["type"] == "audio"}
+        assert {tuple(m["text_span"]) for m in audio} <= spans
+        assert audio[-1]["text_span"] == runs[1.0][-2]["text_span"] and audio[-1]["segment"] == 2
+
+
+def test_speed_keeps_a_resampled_formats_timeline_gapless(client, engine) -> None:
+    """μ-law at 8 kHz holds samples back too: the timeline still covers exactly the stretched audio."""
+    with client.websocket_connect(PATH) as ws:
+        messages = speak_context(ws, "c1", speed=1.5, output_format="ulaw_8000")
+    assert_gapless(messages)
+    stretched = round(sum(engine.frames_for(q) for q in engine.requests) * FRAME_SAMPLES / 1.5)
+    assert samples_at(messages[-1]["duration_ms"]) == stretched
+    assert abs(len(audio_of(messages)) - stretched // 3) <= 2  # one byte per sample at 8 kHz
+
+
+def test_a_flush_at_a_slow_speed_sends_all_of_the_flushed_texts_audio(client, engine) -> None:
+    """The stretcher holds up to 160 ms back; a flush sends it before `flushed`, so the text flushed
+    is heard in full while the context stays open."""
+    with client.websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "c1", "text": "Hello there", "speed": 0.5})
+        ws.send_json({"type": "flush", "context_id": "c1"})
+        before = [json.loads(ws.receive_text())]
+        while before[-1]["type"] not in ("flushed", "error"):
+            before.append(json.loads(ws.receive_text()))
+        assert before[-1]["type"] == "flushed"
+        flushed = sum(engine.frames_for(q) for q in engine.requests) * FRAME_SAMPLES * 2
+        assert len(audio_of(before)) // 2 == flushed
+        ws.send_json({"type": "text", "context_id": "c1", "text": "and goodbye."})
+        ws.send_json({"type": "close", "context_id": "c1"})
+        messages = before + receive_until(ws, "done")
+    assert_gapless(messages)
+    generated = sum(engine.frames_for(q) for q in engine.requests) * FRAME_SAMPLES
+    assert len(audio_of(messages)) // 2 == generated * 2
+
+
+def test_speed_1_is_the_unstretched_path(client, monkeypatch) -> None:
+    """At 1.0, given or not, no stretcher is made and the bytes and timeline are the same."""
+    from serve_app.api import stream_session
+
+    def no_stretcher(speed: float) -> None:
+        raise AssertionError(f"a stretcher at speed {speed}")
+
+    monkeypatch.setattr(stream_session, "TempoStretcher", no_stretcher)
+    with client.websocket_connect(PATH) as ws:
+        given, default = speak_context(ws, "a", speed=1.0), speak_context(ws, "b")
+    assert [{**m, "context_id": "b"} for m in given] == default
+
+
+@pytest.mark.parametrize(
+    ("speed", "bound"), [(0.2, "greater than or equal to 0.25"), (4.5, "less than or equal to 4")]
+)
+def test_an_out_of_range_speed_is_refused_and_the_socket_serves_on(client, speed, bound) -> None:
+    with client.websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "c1", "text": "Too fast or too slow.", "speed": speed})
+        error = json.loads(ws.receive_text())
+        assert error == {"type": "error", "code": 422, "context_id": "c1", "message": error["message"]}
+        assert error["message"].startswith("invalid message: text.speed: Input should be")
+        assert bound in error["message"]
+        messages = speak_context(ws, "c1", speed=4.0)  # the refused context never opened: its id is free
+    assert assert_gapless(messages) and messages[-1]["finish_reason"] == "end_of_audio"

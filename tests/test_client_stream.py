@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from serve_app.cli import cli
 from serve_app.client import (
     AsyncTTSClient,
     AuthenticationError,
@@ -241,3 +243,36 @@ def test_cli_speaks_stdin_as_it_arrives(url: str, tmp_path: Path) -> None:
     expected = _frames("Hello from a pipe.") + _frames("And then more words arrive later.")
     assert len(pcm) == expected * FRAME_SAMPLES
     assert b"first audio after" in (proc.stderr.read() if proc.stderr else b"")
+
+
+def test_speed_goes_through_the_clients_and_the_cli(url: str, engine: ToneEngine, tmp_path: Path) -> None:
+    """`speed` is a context option like any other: the clients pass it on, `speak --ws` takes --speed."""
+
+    def generated() -> int:  # samples the engine made since the last call
+        made = sum(_frames(q.text) for q in engine.requests) * FRAME_SAMPLES
+        engine.requests.clear()
+        return made
+
+    engine.requests.clear()
+    with TTSClient(url) as client:
+        fast = b"".join(client.speak_streamed(PIECES, speed=2.0))
+    assert len(fast) == generated()  # half the samples, at 2 bytes each
+
+    async def slow() -> tuple[int, float]:
+        async with AsyncTTSClient(url) as client, client.speech_socket() as socket:
+            context = socket.context(speed=0.5)
+            for piece in PIECES:
+                await context.send(piece)
+            await context.close()
+            events = [event async for event in context.events()]
+            return sum(len(e.audio) for e in events), context.done.duration_ms
+
+    size, duration_ms = asyncio.run(slow())
+    made = generated()
+    assert size == made * 4 and duration_ms == pytest.approx(made * 2 * 1000 / SAMPLE_RATE, abs=1e-3)
+    out = tmp_path / "fast.wav"
+    result = CliRunner().invoke(cli, ["--url", url, "speak", "Hello from a pipe.", "--ws", "--speed", "2",
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    pcm, rate = read_wav(out.read_bytes())
+    assert rate == SAMPLE_RATE and len(pcm) == generated() // 2

@@ -62,6 +62,8 @@ Text = Annotated[
     AfterValidator(_not_blank),
 ]
 Speaker = Annotated[int, Field(ge=0, le=1, description="CSM speaker id.")]
+Speed = Annotated[float, Field(ge=MIN_SPEED, le=MAX_SPEED, description="Playback speed, pitch kept.")]
+"""The range `TempoStretcher` takes: the HTTP endpoints and the WebSocket share it."""
 Base64Audio = Annotated[
     str, Field(min_length=1, description="Base64 WAV/FLAC/OGG/MP3/M4A (data: URI allowed).")
 ]
@@ -117,7 +119,7 @@ class AudioOutputOptions(BaseModel):
         "mp3_44100_128, opus_48000_64, pcm_16000, ulaw_8000, ...",
         examples=["mp3_44100_128", "pcm_16000", "ulaw_8000"],
     )
-    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED, description="Playback speed, pitch kept.")
+    speed: Speed = 1.0
     _output: OutputFormat = PrivateAttr()
 
     @model_validator(mode="after")

@@ -10,11 +10,11 @@ open on one socket):
     {"type": "cancel", "context_id": "c1"}    # stop now (barge-in): `done` with finish_reason cancelled
     {"type": "close"}                         # no context: finish every context, then close the socket
 
-A context's options (voice, speaker, output_format, sampling, lexicon, ...) come with its first
+A context's options (voice, speaker, output_format, speed, sampling, lexicon, ...) come with its first
 message; later messages carry text only. Server → client: `audio` (base64 bytes of `output_format`
 with the context id, a sequence number, the audio's offset and duration in ms and the span of the
 context's text it speaks), `flushed`, `done` (exactly one per context, with its finish reason) and
-`error`.
+`error`. Times are those of the audio sent, after any speed change.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from serve_app.api.schemas import MAX_SPEECH_MS, LexiconEntries, Speaker, VoiceId
+from serve_app.api.schemas import MAX_SPEECH_MS, LexiconEntries, Speaker, Speed, VoiceId
 from serve_app.audio.formats import OutputFormat
 from serve_app.engine.types import FRAME_MS, SAMPLE_RATE
 
@@ -70,6 +70,7 @@ class TextMessage(_Message):
     voice: VoiceId | None = Field(None, description="A built-in voice name or a saved voice id.")
     speaker: Speaker = 1
     output_format: OutputFormatName = "pcm_24000"
+    speed: Speed = 1.0
     normalize: bool = True
     lexicon: LexiconEntries | None = None
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
@@ -104,7 +105,7 @@ ClientMessage = Annotated[
 def audio_message(
     context_id: str, seq: int, data: bytes, offset: int, samples: int, span: tuple[int, int], segment: int
 ) -> dict[str, Any]:
-    """`offset` and `samples` count 24 kHz samples of the context's audio."""
+    """`offset` and `samples` count 24 kHz samples of the context's audio as sent (after any speed change)."""
     return {
         "type": "audio",
         "context_id": context_id,

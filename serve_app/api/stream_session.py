@@ -2,9 +2,10 @@
 
 Each context is a task that takes segments from its `TextFeed` as they become certain and speaks them
 through a `Narration` (each segment hearing the earlier ones), encoding the audio in the context's
-output format. The reader (`StreamSession.run`) only parses messages and hands text to contexts, so a
-context waiting for text never blocks the socket, and cancelling one (barge-in) cancels its task: the
-engine stream of the segment in progress is closed at once, which frees its slot at the next frame.
+output format (time-stretched first where the context asks for a speed other than 1.0). The reader
+(`StreamSession.run`) only parses messages and hands text to contexts, so a context waiting for text
+never blocks the socket, and cancelling one (barge-in) cancels its task: the engine stream of the
+segment in progress is closed at once, which frees its slot at the next frame.
 
 Nothing a context produces waits for the client: messages go to a queue that one writer task drains
 to the socket. The queue is bounded by audio, per context: when more than `ws_max_buffered_s` of a
@@ -24,6 +25,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from pydantic import TypeAdapter, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -43,6 +45,7 @@ from serve_app.api.stream_messages import (
 from serve_app.api.synthesis import Synthesizer
 from serve_app.audio.encode import StreamEncoder, open_stream_encoder
 from serve_app.audio.formats import OutputFormat
+from serve_app.audio.tempo import TempoStretcher
 from serve_app.engine.types import SAMPLE_RATE, FinishReason
 from serve_app.text.breaks import BreakTagError
 from serve_app.text.lexicon import Lexicon
@@ -125,12 +128,15 @@ class SpeechContext:
         self.feed = TextFeed(synth.segments)
         self.lexicon: Lexicon = synth.lexicon_for(options.lexicon)
         self.encoder: StreamEncoder = open_stream_encoder(OutputFormat.parse(options.output_format))
+        # One stretcher for the whole context, so its pieces are stretched as one signal (no clicks).
+        self.stretcher = TempoStretcher(options.speed) if options.speed != 1.0 else None
         self.narration: Narration | None = None
         self.speaker = options.speaker
         self.seq = 0
-        # The context's timeline in 24 kHz samples: what the messages sent so far covered, and the
-        # pieces written to the encoder since (a resampling or compressing encoder holds some back);
-        # the text span and segment of the last piece written.
+        # The context's timeline in 24 kHz samples of the audio sent (after any speed change): what the
+        # messages sent so far covered, and the audio written to the encoder since (the stretcher and
+        # a resampling or compressing encoder hold some back); the text span and segment of the last
+        # piece written.
         self.sent_samples = 0
         self.pending_samples = 0
         self.span, self.segment = (0, 0), 0
@@ -174,9 +180,7 @@ class SpeechContext:
         try:
             self.narration = await self._narration()
             reason = await self._speak()
-            tail = self.encoder.close()
-            if tail:
-                self._send_audio(tail)
+            self._send_tail()
             self._done(reason)
         except asyncio.CancelledError:
             raise
@@ -218,11 +222,7 @@ class SpeechContext:
         while True:
             item = self.feed.next_item()
             if item is None:
-                # Before the end: a flush then a close gets both. Every flush so far asked for a prefix
-                # of what has now been spoken, so each is answered.
-                while self.flushes_pending and self.feed.flushed:
-                    self.flushes_pending -= 1
-                    self.session.outbox.put(self.id, {"type": "flushed", "context_id": self.id})
+                self._answer_flushes()
                 if self.feed.exhausted:
                     return (narration.finish_reason or FinishReason.END_OF_AUDIO).value
                 self._wake.clear()
@@ -242,13 +242,42 @@ class SpeechContext:
             if narration.out_of_time:
                 return FinishReason.LENGTH.value
 
+    def _answer_flushes(self) -> None:
+        """Before the end: a flush then a close gets both. Every flush so far asked for a prefix of
+        what has now been spoken, so each is answered, after the audio the stretcher held of it."""
+        if not (self.flushes_pending and self.feed.flushed):
+            return
+        self._drain_stretcher(again=True)
+        for _ in range(self.flushes_pending):
+            self.session.outbox.put(self.id, {"type": "flushed", "context_id": self.id})
+        self.flushes_pending = 0
+
     # -- output -----------------------------------------------------------------------------------
     def _send_piece(self, piece: SpeechPiece) -> None:
         self.span, self.segment = (piece.start, piece.end), piece.segment
-        self.pending_samples += len(piece.pcm)
-        data = self.encoder.write(piece.pcm)
+        self._write(self.stretcher.process(piece.pcm) if self.stretcher else piece.pcm)
+
+    def _write(self, pcm: np.ndarray) -> None:
+        self.pending_samples += len(pcm)
+        data = self.encoder.write(pcm)
         if data:
             self._send_audio(data)
+
+    def _drain_stretcher(self, *, again: bool) -> None:
+        """Send what the stretcher holds back (40-160 ms of stretched audio: new time, named after the
+        last piece). `again`: more audio may follow, through a new stretcher; it starts at a segment's
+        end (a fade-out), so without a click."""
+        if self.stretcher:
+            self._write(self.stretcher.flush())
+            self.stretcher = TempoStretcher(self.options.speed) if again else None
+
+    def _send_tail(self) -> None:
+        """At the context's end, what was held back, named after the last piece: the stretcher's rest,
+        then the encoder's tail."""
+        self._drain_stretcher(again=False)
+        tail = self.encoder.close()
+        if tail:
+            self._send_audio(tail)
 
     def _send_audio(self, data: bytes) -> None:
         """A message with the encoder's bytes, named after the piece whose write gave them, its time
@@ -261,6 +290,12 @@ class SpeechContext:
         self.pending_samples = 0
         self.seq += 1
 
+    @property
+    def written_samples(self) -> int:
+        """The context's audio so far as sent (after any speed change), whether its messages went out,
+        are queued, or were dropped: at 1.0, every sample the narration gave."""
+        return self.sent_samples + self.pending_samples
+
     def _fail(self, message: str, code: int | str) -> None:
         self.session.outbox.drop(self.id)
         self.session.outbox.put(self.id, error_message(message, code, self.id))
@@ -272,9 +307,8 @@ class SpeechContext:
         self.finished = True
         if not self.feed.closed:  # ended before its close: text still on its way for it is late
             self.session.ended[self.id] = reason
-        narration = self.narration
-        emitted, segments = (narration.emitted, narration.requests) if narration else (0, 0)
-        self.session.outbox.put(self.id, done_message(self.id, reason, emitted, segments))
+        segments = self.narration.requests if self.narration else 0
+        self.session.outbox.put(self.id, done_message(self.id, reason, self.written_samples, segments))
         self.session.forget(self)
 
 

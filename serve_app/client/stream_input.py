@@ -1,7 +1,7 @@
 """Text in as it is written, speech out as it is made: the clients' side of `/v1/audio/speech/stream`.
 
     with TTSClient(url) as client, client.speech_socket() as socket:
-        context = socket.context(voice="nova", output_format="pcm_24000")
+        context = socket.context(voice="nova", output_format="pcm_24000", speed=1.2)
         for piece in llm_tokens():
             context.send(piece)
         context.close()
@@ -226,7 +226,7 @@ class SpeechSocket:
         self._reader.start()
 
     def context(self, context_id: str | None = None, **options: Any) -> SpeechContext:
-        """A new context; `options` are the server's (voice, speaker, output_format, seed, ...)."""
+        """A new context; `options` are the server's (voice, speaker, output_format, speed, seed, ...)."""
         cid, opts = _options(context_id, options)
         context = SpeechContext(self, cid, opts)
         self._contexts[cid] = context

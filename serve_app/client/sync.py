@@ -211,7 +211,7 @@ class TTSClient:
     def speak_streamed(self, pieces: Iterable[str], **options: Any) -> Iterator[bytes]:
         """Audio for text given piece by piece (e.g. a language model's output, or stdin as it comes):
         pieces are sent from a thread as they come, audio is yielded as it is made. `options` are the
-        context's (voice, speaker, output_format (default pcm_24000), seed, ...). Leaving early closes
+        context's (voice, speaker, output_format (default pcm_24000), speed, seed, ...). Leaving early closes
         the socket, which stops generation."""
         with self.speech_socket() as socket:
             context = socket.context(**options)
