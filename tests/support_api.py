@@ -162,6 +162,13 @@ class FakeEngine:
             raise RuntimeError("engine still warming up")
 
 
+class SilentModel(FakeEngine):
+    """A model that ends every utterance at once (its end-of-audio frame first): no audio at all."""
+
+    def frames_for(self, request: GenerationRequest) -> int:
+        return 0
+
+
 def make_client(tmp_path: Path, engine: Any | None = None, **settings: Any) -> TestClient:
     """A TestClient over `create_app` with voices under `tmp_path` (server errors become 500s, not raises)."""
     app = create_app(engine or FakeEngine(), ApiSettings(voices_dir=tmp_path / "voices", **settings))

@@ -23,6 +23,18 @@ SOUNDFILE_UNREADABLE = {"aac"}
 # which only a complete file's header lets the decoder trim. One MP3 frame is 1152 samples, AAC
 # primes 1024 and pads to a 1024-sample frame.
 CODEC_PADDING = {"mp3": 2 * 1152, "aac": 2 * 1024}
+OPUS_PRE_SKIP_S = 312 / 48_000
+"""Opus's priming, which FFmpeg and libsndfile leave in a file of one Ogg page (under 100 ms)."""
+
+
+def longest_silence_s(output: OutputFormat) -> float:
+    """What an utterance with no audio may decode to: nothing for raw formats and WAV, else the one
+    silent sample a compressed file gets plus the codec's padding (see serve_app/audio/encode.py)."""
+    if output.codec in (*RAW_FORMATS, "wav"):
+        return 0.0
+    if output.codec == "opus":
+        return 1 / output.sample_rate + OPUS_PRE_SKIP_S
+    return (1 + CODEC_PADDING.get(output.codec, 0)) / output.sample_rate
 
 
 class Decoded(NamedTuple):
@@ -55,6 +67,8 @@ def read_pyav(data: bytes, output: OutputFormat) -> Decoded:
         assert stream.codec_context.channels == 1, "mono"
         frames = [f.to_ndarray().reshape(-1) for f in container.decode(stream)]
         rate = stream.codec_context.sample_rate
+    if not frames:
+        return Decoded(np.zeros(0, np.float32), rate)
     pcm = np.concatenate(frames).astype(np.float32)
     if np.issubdtype(frames[0].dtype, np.integer):
         pcm /= float(np.iinfo(frames[0].dtype).max)

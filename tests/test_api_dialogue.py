@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from serve_app.engine.types import SAMPLE_RATE
-from tests.support_api import FakeEngine, make_client, read_wav, wav_b64
+from tests.support_api import SilentModel, make_client, read_wav, wav_b64
 
 
 @pytest.fixture
@@ -68,13 +68,6 @@ def test_conversation_pauses_must_leave_room_for_speech(client) -> None:
     turns = [{"speaker": 0, "text": "hi", "pause_ms": 2000}] * 4
     r = client.post("/conversation", json={"turns": turns, "max_total_duration_ms": 5000})
     assert r.status_code == 422 and "pauses" in r.json()["detail"]
-
-
-class SilentModel(FakeEngine):
-    """A model that ends every utterance at once (its end-of-audio frame first): no audio at all."""
-
-    def frames_for(self, request) -> int:
-        return 0
 
 
 def test_a_conversation_whose_turns_make_no_audio_is_an_empty_file(tmp_path) -> None:

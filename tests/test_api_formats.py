@@ -1,15 +1,19 @@
 """Every output format at every sample rate through the API: complete files when not streamed, streams
 read as documented, ElevenLabs-style names, and contradictions refused."""
 
+import io
+
+import av
 import pytest
 
 from serve_app.audio.formats import AUDIO_FORMATS, OPUS_RATES, SAMPLE_RATES, OutputFormat
 from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE
-from tests.support_api import FakeEngine, make_client, wav_b64
+from tests.support_api import FakeEngine, SilentModel, make_client, wav_b64
 from tests.support_formats import (
     CODEC_PADDING,
     SOUNDFILE_UNREADABLE,
     expected_decoded_rate,
+    longest_silence_s,
     read_pyav,
     read_soundfile,
 )
@@ -160,3 +164,21 @@ def test_every_audio_endpoint_takes_formats_and_speed(client, engine, path) -> N
     assert r.headers["content-type"] == "audio/pcm"
     samples = len(r.content) // 2
     assert samples / 16000 == pytest.approx(_seconds(engine) / 2, rel=0.05)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("codec", ["mp3", "opus", "aac", "flac"])
+def test_an_utterance_with_no_audio_is_a_file_ffmpeg_decodes(tmp_path, codec, stream) -> None:
+    """A model may end an utterance at its first frame: mp3, opus and aac bodies were 0 bytes, which no
+    decoder opens, and libsndfile refused the FLAC (its sample count of 0 means "unknown")."""
+    client = make_client(tmp_path, SilentModel())
+    r = client.post("/speak", json={"text": "Hm.", "response_format": codec, "stream": stream})
+    assert r.status_code == 200, r.text
+    output = OutputFormat.default(codec)
+    if not stream and codec not in SOUNDFILE_UNREADABLE:  # libsndfile refused an empty FLAC too
+        assert len(read_soundfile(r.content, output).samples) > 0
+    with av.open(io.BytesIO(r.content)) as container:
+        audio = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(audio))
+        rate = audio.codec_context.sample_rate
+    assert 0 < samples / rate <= longest_silence_s(output) + 1e-9

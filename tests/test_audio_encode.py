@@ -20,6 +20,7 @@ from tests.support_formats import (
     CODEC_PADDING,
     SOUNDFILE_UNREADABLE,
     expected_decoded_rate,
+    longest_silence_s,
     read_pyav,
     read_soundfile,
 )
@@ -36,6 +37,7 @@ ALL_OUTPUTS = [
     if codec != "opus" or rate in OPUS_RATES
 ]
 LOSSLESS = ("wav", "pcm", "flac")
+NO_AUDIO = np.zeros(0, np.float32)
 
 
 def _streamed(output: OutputFormat, chunk: int = 1920) -> bytes:
@@ -112,6 +114,48 @@ def test_stream_in_ragged_chunks_equals_the_whole_encoding(name: str) -> None:
         np.testing.assert_array_equal(streamed, whole)
     else:
         assert streamed == whole
+
+
+def _encoded_nothing(output: OutputFormat, streamed: bool) -> bytes:
+    """An utterance that ended before its first sample, as a whole file or as a stream."""
+    if not streamed:
+        return encode_audio(NO_AUDIO, output)
+    encoder = open_stream_encoder(output)
+    return encoder.write(NO_AUDIO) + encoder.close()
+
+
+def _check_silence(data: bytes, output: OutputFormat, streamed: bool) -> None:
+    """Both readers (where they read the format) open it and find at most the documented silence."""
+    readers = [("pyav", read_pyav)]
+    if output.codec not in SOUNDFILE_UNREADABLE and (output.streams_as_file or not streamed):
+        readers.append(("soundfile", read_soundfile))
+    for name, read in readers:
+        decoded = read(data, output)
+        assert decoded.sample_rate == expected_decoded_rate(output, name), name
+        assert len(decoded.samples) / decoded.sample_rate <= longest_silence_s(output) + 1e-9, name
+        assert np.abs(decoded.samples).max(initial=0) <= 1e-6, name
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("output", [o for o in ALL_OUTPUTS if o.codec in ("flac", "mp3", "opus", "aac")],
+                         ids=lambda o: o.name)
+def test_no_audio_is_still_a_compressed_file_that_decodes(output: OutputFormat, streamed: bool) -> None:
+    """0 bytes (or a bare header) before: decoders refused it. Now one silent sample, and its padding."""
+    data = _encoded_nothing(output, streamed)
+    _check_silence(data, output, streamed)
+    assert read_pyav(data, output).samples.size > 0
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("name", ["wav", "pcm", "ulaw_8000", "alaw_8000"])
+def test_no_audio_is_a_bare_wav_header_or_no_raw_bytes(name: str, streamed: bool) -> None:
+    output = OutputFormat.parse(name)
+    data = _encoded_nothing(output, streamed)
+    if output.codec == "wav":
+        assert data == (wav_stream_header() if streamed else wav_header(SAMPLE_RATE, 0))
+    else:
+        assert data == b""
+    _check_silence(data, output, streamed)
 
 
 def test_pcm_is_16_bit_little_endian_and_clipped() -> None:

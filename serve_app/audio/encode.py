@@ -13,6 +13,13 @@ and FFmpeg accept), FLAC says "unknown sample count" (which FFmpeg accepts and l
 pcm and wav are 16-bit little-endian samples written here; mp3 (LAME), opus (in Ogg), aac (ADTS
 frames), flac and G.711 μ-law/A-law (raw bytes, as telephony APIs send them) go through FFmpeg's
 encoders via PyAV, muxed into a write-only sink when streaming.
+
+An utterance with no audio is still a file a decoder opens. WAV is a header alone and the raw formats
+are 0 bytes, as they should be. FLAC, MP3, Opus and AAC cannot be empty: with no frames FFmpeg's
+muxers give nothing decoders accept (no bytes at all, a bare ID3 tag, bare Ogg headers), and FLAC's
+sample count of 0 means "unknown", which libsndfile refuses. They get one sample of silence, the
+least a codec can be handed; decoders read it back with the padding nothing trims: none for FLAC,
+under a frame for a whole MP3, under 3 frames for a streamed MP3 and for AAC, 6.5 ms for Opus.
 """
 
 from __future__ import annotations
@@ -51,6 +58,9 @@ _FFMPEG: dict[str, tuple[str, str, dict[str, str]]] = {
     "ulaw": ("mulaw", "pcm_mulaw", {}),
     "alaw": ("alaw", "pcm_alaw", {}),
 }
+_NEVER_EMPTY = frozenset({"flac", "mp3", "opus", "aac"})
+"""Formats whose file needs a sample to decode (see the module's docstring)."""
+_SILENCE = np.zeros(1, np.float32)
 _AVIO_BUFFER = 4096  # small so muxed bytes reach the sink promptly
 _UNKNOWN_SIZE = 0xFFFFFFFF
 
@@ -176,16 +186,26 @@ class _FFmpegEncoder(_Encoder):
         self._stream = self._container.add_stream(codec, rate=output.sample_rate, layout="mono")
         if output.bitrate:
             self._stream.bit_rate = output.bitrate
+        self._samples = 0  # handed to the codec, at the output rate
 
     def _encode(self, pcm: np.ndarray) -> bytes:
-        if len(pcm):
-            samples = np.ascontiguousarray(np.clip(pcm, -1.0, 1.0)[None, :], dtype=np.float32)
-            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
-            frame.sample_rate = self.output.sample_rate
-            self._container.mux(self._stream.encode(frame))
+        self._feed(pcm)
         return self._file.drain() if isinstance(self._file, _Sink) else b""
 
+    def _feed(self, pcm: np.ndarray) -> None:
+        if not len(pcm):
+            return
+        self._samples += len(pcm)
+        samples = np.ascontiguousarray(np.clip(pcm, -1.0, 1.0)[None, :], dtype=np.float32)
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.sample_rate = self.output.sample_rate
+        self._container.mux(self._stream.encode(frame))
+
     def _finish(self) -> bytes:
+        """Flush the codec and close the container; an empty `_NEVER_EMPTY` file gets one silent
+        sample first, so it still decodes."""
+        if not self._samples and self.output.codec in _NEVER_EMPTY:
+            self._feed(_SILENCE)
         self._container.mux(self._stream.encode(None))
         self._container.close()
         return self._file.drain() if isinstance(self._file, _Sink) else self._file.getvalue()
