@@ -110,7 +110,8 @@ def test_versions_units_ranges_and_abbreviations(raw: str, expected: str) -> Non
 @pytest.mark.parametrize(
     "unit",
     [" ", "\t ", "a.", "1.", "a-", "[", "**a ", "__a ", "~~a ", "'", '"', "/", ">", "#a", "x\u00b2", "1'", '1"',
-     '9" x ', "aa/", "Aa > ", " 'a", "+44 1", "on 1/2 "],
+     '9" x ', "aa/", "Aa > ", " 'a", "+44 1", "on 1/2 ", "CA ", "zip ", "ZIP code is ", "ext. ", "@a_", "#1",
+     "No. 1", "1:00:0", "1:00:00.", "555-1234 x", "+44 20 x"],
 )
 def test_long_runs_are_normalized_in_linear_time(unit: str) -> None:
     # A request may carry 100 000 characters; a pattern that rescans a run from each of its
@@ -266,6 +267,17 @@ def test_dates_without_a_year(raw: str, expected: str) -> None:
         ("The record is 2:00:35; it took 1:00:00.", "The record is two hours and thirty-five seconds; it took one hour."),
         ("A time of 0:45:01.", "A time of forty-five minutes and one second."),
         ("Meet at 3:05 or 15:30.", "Meet at three oh five or fifteen thirty."),
+        # h:mm:ss is a duration, except after "at" or before am/pm: a time of day with its seconds.
+        ("The timer ran 1:02:03.", "The timer ran one hour, two minutes and three seconds."),
+        ("Set it to 0:05:00, then 2:00:00.", "Set it to five minutes, then two hours."),
+        ("Her split was 12:30:45.5; it took 1:00:01.25.",
+         ("Her split was twelve hours, thirty minutes and forty-five point five seconds; it took one hour "
+          "and one point two five seconds.")),
+        ("Meet at 3:30 or 12:45.", "Meet at three thirty or twelve forty-five."),
+        ("The error came at 14:32:07; at 10:00:00 it stopped.",
+         "The error came at fourteen thirty-two and seven seconds; at ten o'clock it stopped."),
+        ("It ends 10:30:15 PM, or at 9:05:01 am.",
+         "It ends ten thirty and fifteen seconds PM, or at nine oh five and one second a.m."),
     ],
 )
 def test_durations(raw: str, expected: str) -> None:
@@ -328,4 +340,63 @@ def test_hashtags_menu_paths_and_slashes(raw: str, expected: str) -> None:
     ],
 )
 def test_addresses_business_abbreviations_and_spacing(raw: str, expected: str) -> None:
+    assert normalize_text(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Send it to 1600 Amphitheatre Pkwy, Mountain View, CA 94043.",
+         "Send it to sixteen hundred Amphitheatre Parkway, Mountain View, CA nine four zero four three."),
+        ("Write to Washington, DC 20500-0003.",
+         "Write to Washington, DC two zero five zero zero, zero zero zero three."),
+        ("My ZIP code is 94043-1351; ZIP: 10001, postal code 02139, zipcode 60614.",
+         ("My ZIP code is nine four zero four three, one three five one; ZIP: one zero zero zero one, "
+          "postal code zero two one three nine, zipcode six zero six one four.")),
+        # Five digits elsewhere are a number: no state (or not one in capitals), or not five digits.
+        ("A population of 94043, CAT 94043, ca 94043 and CA 940431.",
+         ("A population of ninety-four thousand and forty-three, CAT ninety-four thousand and forty-three, "
+          "ca ninety-four thousand and forty-three and CA nine hundred and forty thousand four hundred and "
+          "thirty-one.")),
+    ],
+)
+def test_zip_codes_are_read_digit_by_digit(raw: str, expected: str) -> None:
+    assert normalize_text(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Call 1-800-555-0199 ext. 42",
+         "Call one, eight zero zero, five five five, zero one nine nine extension four two"),
+        ("Dial (555) 123-4567 x204 or 555-1234x7, Ext. 15.",
+         ("Dial five five five, one two three, four five six seven extension two zero four or five five "
+          "five, one two three four extension seven, extension one five.")),
+        ("Call +44 20 7946 0958 x12.",
+         "Call plus four four, two zero, seven nine four six, zero nine five eight extension one two."),
+        # An "x" is an extension only when digits follow it right after a phone number.
+        ("A 1920x1080 screen, 3x faster, call 555-1234 x 42 or buy the x2 model.",
+         ("A one thousand nine hundred and twenty by one thousand and eighty screen, three times faster, "
+          "call five five five, one two three four x forty-two or buy the x2 model.")),
+    ],
+)
+def test_phone_extensions(raw: str, expected: str) -> None:
+    assert normalize_text(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Follow @sam_altman and @OpenAI on X.", "Follow at sam altman and at OpenAI on X."),
+        ("Order #12345 shipped.", "Order number one two three four five shipped."),
+        ("Ref No. 987654, order number 55501, ticket #204981.",
+         ("Ref number nine eight seven six five four, order number five five five zero one, ticket number "
+          "two zero four nine eight one.")),
+        # Fewer than five digits are an amount.
+        ("Our #1 fan, #4321, No. 42 and order number 77.",
+         ("Our number one fan, number four thousand three hundred and twenty-one, number forty-two and "
+          "order number seventy-seven.")),
+    ],
+)
+def test_handles_and_identifiers(raw: str, expected: str) -> None:
     assert normalize_text(raw) == expected

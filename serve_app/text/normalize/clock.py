@@ -1,20 +1,23 @@
 """Clock times ("3:45 p.m.", "10:00"), clock hours ("9am"), their ranges ("9am-5pm") and durations
-("finished in 3:05:42"): the colon and "am"/"pm" forms a speech model would read as digits and letters.
+("finished in 3:05:42", "1:02:03.5"): the colon and "am"/"pm" forms a speech model would read as digits
+and letters. Two parts are a clock time; three are hours, minutes and seconds, except after "at" or
+before "am"/"pm", where they are a time of day with its seconds ("at 14:32:07").
 """
 
 from __future__ import annotations
 
 import re
 
-from serve_app.text.normalize.numbers import cardinal
+from serve_app.text.normalize.numbers import cardinal, digit_words
 
-__all__ = ["CLOCK_HOUR", "DURATION", "MERIDIEM_RANGE", "TIME"]
+__all__ = ["CLOCK_HOUR", "CLOCK_SECONDS", "DURATION", "MERIDIEM_RANGE", "TIME"]
 
-_DURATION_RE = re.compile(  # "finished in 3:05:42", "a time of 2:00:35"
-    r"\b((?i:in|took|takes|take|taking|lasted|lasts|lasting|clocked(?:\s+in\s+at)?"
-    r"|(?:time|record|duration|runtime|length)(?:\s+(?:of|was|is))?:?)"
-    r"(?:\s+(?:just|about|under|over|around|only|roughly))?\s+)"
-    r"(\d{1,2}):([0-5]\d):([0-5]\d)(?![\d:]|\.\d|\s+format\b)"
+_DURATION_RE = re.compile(  # "finished in 3:05:42", "the timer ran 1:02:03", "a lap of 0:01:05.3"
+    r"(?<![\w:.])(\d{1,2}):([0-5]\d):([0-5]\d)(?:\.(\d+))?(?![\d:]|\.\d)"
+)
+_CLOCK_SECONDS_RE = re.compile(  # "at 14:32:07", "10:30:15 PM"
+    r"(?:(?<=\b[Aa]t )|(?<![\w:.])(?=\d{1,2}:\d\d:\d\d\s*[AaPp]\.?[Mm]\b))"
+    r"([01]?\d|2[0-3]):([0-5]\d):([0-5]\d)(?![\d:]|\.\d)(\s*[AaPp]\.?[Mm]\b\.?)?"
 )
 _CLOCK_HOUR_RE = re.compile(r"(?<![\w:.])(1[0-2]|0?[1-9])\s?([AaPp]\.?[Mm]\b\.?)")
 _MERIDIEM_RANGE_RE = re.compile(r"((?:(?<=\d)|(?<=\d\s))[AaPp]\.?[Mm]\b\.?)\s?(?:-|\u2013)\s?(?=\d)")  # "9am-5pm"
@@ -24,22 +27,37 @@ _TIME_RE = re.compile(r"(?<![\d:])([01]?\d|2[0-3]):([0-5]\d)(?![\d:])(\s*(?:[AaP
 def _time(m: re.Match[str]) -> str:
     """"3:45 p.m." → "three forty-five p.m.", "10:00" → "ten o'clock", "9:05" → "nine oh five"."""
     hours, minutes, suffix = int(m.group(1)), int(m.group(2)), (m.group(3) or "").strip()
+    spoken = _clock(hours, minutes, o_clock=not suffix)
+    return f"{spoken} {_meridiem(suffix)}" if suffix else spoken
+
+
+def _clock(hours: int, minutes: int, *, o_clock: bool) -> str:
     if minutes == 0:
-        spoken = cardinal(hours) + ("" if suffix else " o'clock")
-    else:
-        spoken = f"{cardinal(hours)} {'oh ' if minutes < 10 else ''}{cardinal(minutes)}"
+        return cardinal(hours) + (" o'clock" if o_clock else "")
+    return f"{cardinal(hours)} {'oh ' if minutes < 10 else ''}{cardinal(minutes)}"
+
+
+def _clock_seconds(m: re.Match[str]) -> str:
+    """"at 14:32:07" → "at fourteen thirty-two and seven seconds"; "10:30:15 pm" → "ten thirty and
+    fifteen seconds p.m." (a time of day, not a duration)."""
+    hours, minutes, seconds, suffix = int(m.group(1)), int(m.group(2)), int(m.group(3)), (m.group(4) or "").strip()
+    spoken = _clock(hours, minutes, o_clock=not suffix)
+    if seconds:
+        spoken += f" and {cardinal(seconds)} {'second' if seconds == 1 else 'seconds'}"
     return f"{spoken} {_meridiem(suffix)}" if suffix else spoken
 
 
 def _duration(m: re.Match[str]) -> str:
-    """"in 3:05:42" → "in three hours, five minutes and forty-two seconds" (zero parts not read)."""
-    parts = [
-        f"{cardinal(value)} {name if value == 1 else name + 's'}"
-        for value, name in zip((int(m.group(2)), int(m.group(3)), int(m.group(4))), ("hour", "minute", "second"))
-        if value
-    ] or ["zero seconds"]
-    spoken = parts[-1] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return m.group(1) + spoken
+    """"3:05:42" → "three hours, five minutes and forty-two seconds", "0:01:05.3" → "one minute and five
+    point three seconds" (zero parts not read)."""
+    hours, minutes, seconds, fraction = int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4) or ""
+    parts = [f"{cardinal(value)} {name if value == 1 else name + 's'}"
+             for value, name in ((hours, "hour"), (minutes, "minute")) if value]
+    if seconds or fraction.strip("0"):
+        spoken_seconds = cardinal(seconds) + (f" point {digit_words(fraction)}" if fraction else "")
+        parts.append(f"{spoken_seconds} {'second' if seconds == 1 and not fraction else 'seconds'}")
+    parts = parts or ["zero seconds"]
+    return parts[-1] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def _meridiem(suffix: str) -> str:
@@ -53,6 +71,7 @@ def _clock_hour(m: re.Match[str]) -> str:
 
 
 MERIDIEM_RANGE = (_MERIDIEM_RANGE_RE, r"\1 to ")
+CLOCK_SECONDS = (_CLOCK_SECONDS_RE, _clock_seconds)
 DURATION = (_DURATION_RE, _duration)
 TIME = (_TIME_RE, _time)
 CLOCK_HOUR = (_CLOCK_HOUR_RE, _clock_hour)

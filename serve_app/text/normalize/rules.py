@@ -31,10 +31,12 @@ _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     contacts.URL,
     contacts.EMAIL,
     contacts.HASHTAG,
+    contacts.HANDLE,
     words.MENU_PATH,
     words.STREET,
     words.OTHER_STREET,
     words.APARTMENT,
+    words.ZIP_CODE,  # before ranges and phone numbers: "94043-1351"
     words.CIRCA,
     dates.QUARTER,
     dates.FISCAL_YEAR,
@@ -44,6 +46,7 @@ _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     words.ANYWHERE,
     words.NO,
     words.HASH_NUMBER,
+    words.ORDER_NUMBER,
     measures.PER,
     words.SIZES,
     words.SLASH_WORDS,
@@ -58,6 +61,7 @@ _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     dates.WEEKDAY_DATE,
     dates.DAY_MONTH,  # before dates
     dates.DOTTED_DATE,
+    contacts.EXTENSION,
     contacts.PHONE,  # before versions: "555.123.4567" is a phone number
     contacts.INTERNATIONAL_PHONE,
     numbers.VERSION,
@@ -73,6 +77,7 @@ _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     clock.MERIDIEM_RANGE,
     measures.FEET_INCHES,  # after ranges ("2-3\" thick"), before "x" as "times"
     measures.INCHES_ABBR,
+    clock.CLOCK_SECONDS,  # before durations
     clock.DURATION,  # before clock times
     clock.TIME,
     clock.CLOCK_HOUR,

@@ -1,5 +1,6 @@
-"""Abbreviations and notation between words: titles ("Dr. Smith"), streets and addresses, "e.g.",
-"YoY", "No. 5", menu paths ("Settings > Billing") and words joined by slashes ("black/white", "S/M/L").
+"""Abbreviations and notation between words: titles ("Dr. Smith"), streets and addresses ("CA 94043",
+a ZIP code read digit by digit), "e.g.", "YoY", "No. 5" and "#12345" (an identifier, read digit by digit),
+menu paths ("Settings > Billing") and words joined by slashes ("black/white", "S/M/L").
 
 Each abbreviation is expanded only where what surrounds it says which word it is ("St. John" is
 Saint, "Main St." Street); anywhere else it is left as written.
@@ -11,10 +12,11 @@ import re
 
 from serve_app.text.normalize.dates import WEEKDAYS
 from serve_app.text.normalize.measures import COUNTED_PER, PER_TIME, UNITS
+from serve_app.text.normalize.numbers import digit_words
 
 __all__ = [
-    "ANYWHERE", "APARTMENT", "BUSINESS", "CIRCA", "HASH_NUMBER", "MENU_PATH", "MOUNT", "NO", "OTHER_STREET",
-    "SIZES", "SLASH_WORDS", "STREET", "TITLE",
+    "ANYWHERE", "APARTMENT", "BUSINESS", "CIRCA", "HASH_NUMBER", "MENU_PATH", "MOUNT", "NO", "ORDER_NUMBER",
+    "OTHER_STREET", "SIZES", "SLASH_WORDS", "STREET", "TITLE", "ZIP_CODE",
 ]
 
 # Title abbreviations are only expanded before a capitalised word ("Dr. Smith"), so "Dr." ending a
@@ -47,6 +49,11 @@ _STREETS = {"St": "Street", "Ave": "Avenue", "Rd": "Road", "Blvd": "Boulevard", 
 _OTHER_STREETS = {"Ave": "Avenue", "Rd": "Road", "Blvd": "Boulevard", "Ln": "Lane", "Hwy": "Highway",
                   "Pkwy": "Parkway", "Ct": "Court", "Pl": "Place"}
 _COMPASS = {"NW": "Northwest", "NE": "Northeast", "SW": "Southwest", "SE": "Southeast"}
+# The states' postal abbreviations (and DC's): "Mountain View, CA 94043".
+_STATES = ("AL", "AK", "AZ", "AR", "CA", "CO", "CT", "DE", "DC", "FL", "GA", "HI", "ID", "IL", "IN", "IA",
+           "KS", "KY", "LA", "ME", "MD", "MA", "MI", "MN", "MS", "MO", "MT", "NE", "NV", "NH", "NJ", "NM",
+           "NY", "NC", "ND", "OH", "OK", "OR", "PA", "RI", "SC", "SD", "TN", "TX", "UT", "VT", "VA", "WA",
+           "WV", "WI", "WY")
 _BUSINESS = {"YoY": "year over year", "MoM": "month over month", "QoQ": "quarter over quarter"}
 # Clothing sizes, read as a list ("S/M/L/XL" → "S, M, L or XL").
 _SIZES = ("XXS", "XS", "S", "M", "L", "XL", "XXL", "XXXL", "2XL", "3XL", "4XL")
@@ -58,6 +65,10 @@ _STREET_RE = re.compile(
 _OTHER_STREET_RE = re.compile(  # "Pennsylvania Ave. NW", "5th Ave", "Elm Rd."
     r"\b([A-Z][a-z]+|\d+(?:st|nd|rd|th))\s+(" + "|".join(_OTHER_STREETS) + r")\b(\.?)(?:\s+(" + "|".join(_COMPASS)
     + r")\b)?"
+)
+_ZIP_CODE_RE = re.compile(  # "CA 94043", "ZIP code: 94043-1351" (not "population 94043")
+    r"(\b(?:" + "|".join(_STATES) + r")\s+|\b(?i:zip\s*code|zip|postal\s+code)(?:\s+is)?(?::\s*|\s+))"
+    r"(\d{5})(?:-(\d{4}))?(?![\w]|[-.,]\d)"
 )
 _APARTMENT_RE = re.compile(r"\b(Apt|Ste)\.?\s*(?=#?\d|[A-Z]\d)")  # "Apt. 4B", "Ste 200"
 _CIRCA_RE = re.compile(r"(?<![\w.])(?:c|ca)\.\s?(?=\d{3,4}s?\b)")  # "c. 1920"
@@ -71,10 +82,14 @@ _SIZES_RE = re.compile(
     r"(?<![\w/])(?:" + "|".join(_SIZES) + r")(?:/(?:" + "|".join(_SIZES) + r")){2,}+(?![\w/])"
 )
 _SLASH_WORDS_RE = re.compile(r"(?<![\w/.@:~-])[A-Za-z]{2,}+(?:/[A-Za-z]{2,}+)++(?![\w/]|\.\w)")  # "black/white"
-_HASH_NUMBER_RE = re.compile(r"#(?=\d)")
+# Five digits or more after "#", "No." or "order number" are an identifier, read digit by digit ("#12345");
+# fewer are an amount ("#1", "No. 7").
+_IDENTIFIER = r"(\d{5,}+)(?![\w]|[.,]\d)"
+_HASH_NUMBER_RE = re.compile(r"#(?=\d)(?:" + _IDENTIFIER + ")?")
+_ORDER_NUMBER_RE = re.compile(r"\b([Oo]rder\s+number(?:\s+is)?:?\s+)" + _IDENTIFIER)
 _SENTENCE_END_RE = re.compile(r"\s*\Z|\s+[A-Z]")
 _NAME_FOLLOWS_RE = re.compile(r"\s+[A-Z][a-z]")
-_NO_RE = re.compile(r"\b(No|no)\.\s*(?=\d)")
+_NO_RE = re.compile(r"\b(?:No|no)\.\s*(?=\d)(?:" + _IDENTIFIER + ")?")
 _MOUNT_RE = re.compile(r"\bMt\.\s+(?=[A-Z])")
 
 
@@ -116,6 +131,18 @@ def _street(m: re.Match[str]) -> str:
     return f"{m.group(1)} {_STREETS[m.group(2)]}{stop}"
 
 
+def _zip_code(m: re.Match[str]) -> str:
+    """"CA 94043-1351" → "CA nine four zero four three, one three five one"; "ZIP:94043" → "ZIP: nine
+    four zero four three"."""
+    spoken = digit_words(m.group(2)) + (", " + digit_words(m.group(3)) if m.group(3) else "")
+    return m.group(1) + ("" if m.group(1)[-1].isspace() else " ") + spoken
+
+
+def _number_sign(m: re.Match[str]) -> str:
+    """"#12345" → "number one two three four five"; "#1" → "number " (the amount read by a later rule)."""
+    return "number " + (digit_words(m.group(1)) if m.group(1) else "")
+
+
 def _anywhere(m: re.Match[str]) -> str:
     """"etc." → "et cetera", keeping the full stop where it also ends the sentence."""
     words = _ANYWHERE[m.group(0)]
@@ -133,7 +160,9 @@ BUSINESS = (_BUSINESS_RE, lambda m: _BUSINESS[m.group(1)])
 TITLE = (_TITLE_RE, lambda m: _TITLES[m.group(1)] + " ")
 MOUNT = (_MOUNT_RE, "Mount ")
 ANYWHERE = (_ANYWHERE_RE, _anywhere)
-NO = (_NO_RE, "number ")
-HASH_NUMBER = (_HASH_NUMBER_RE, "number ")
+NO = (_NO_RE, _number_sign)
+HASH_NUMBER = (_HASH_NUMBER_RE, _number_sign)
+ORDER_NUMBER = (_ORDER_NUMBER_RE, lambda m: m.group(1) + digit_words(m.group(2)))
+ZIP_CODE = (_ZIP_CODE_RE, _zip_code)
 SIZES = (_SIZES_RE, lambda m: ", ".join(m.group(0).split("/")[:-1]) + " or " + m.group(0).rsplit("/", 1)[1])
 SLASH_WORDS = (_SLASH_WORDS_RE, _slash_words)
