@@ -16,9 +16,9 @@
 #            and sampler sections) and the Mimi decode with the channels-last SEANet kernel and with
 #            StreamingStack (bench_mimi_stream.py) (not a default part); `step-bench` and
 #            `seanet-bench` run one of the two. Each runs under a timeout.
-#   prefill-ab  the engine with its prompts carried in the step (`--prefill-in-step`) and with its
-#            prefills attending through the decode kernel (`--prefill-attention kernel`) against the
-#            defaults, in turns (ab_engine.py flags; not a default part; AB_REPEATS, default 1)
+#   prefill-ab  the engine with its prompts prefilled apart (`--no-prefill-in-step`, the default carries
+#            them in the step) and with its prefills attending through the decode kernel
+#            (`--no-prefill-in-step --prefill-attention kernel`) against the defaults, in turns (ab_engine.py flags; not a default part; AB_REPEATS, default 1)
 #
 #   bash benchmarks/gpu_suite.sh OUT_DIR [tests] [engine] [http] [ws] [kernel-tests] [kernel-bench]
 #   (default: the first four)
@@ -89,8 +89,8 @@ fi
 
 if has prefill-ab; then
   OUT="$OUT" timeout -s KILL "${PREFILL_AB_TIMEOUT_S:-560}" $PY benchmarks/ab_engine.py flags \
-    --repeats "${AB_REPEATS:-1}" --arm shipped="" --arm in_step="--prefill-in-step" \
-    --arm kernel="--prefill-attention kernel" -- --max-slots 256 --streams 128 --churn 128,256 \
+    --repeats "${AB_REPEATS:-1}" --arm shipped="" --arm apart="--no-prefill-in-step" \
+    --arm kernel="--no-prefill-in-step --prefill-attention kernel" -- --max-slots 256 --streams 128 --churn 128,256 \
     --churn-s 6 --skip correctness,prefill,bs1,hf,step 2>&1 | tee "$OUT/prefill-ab.log" | tail -12
   status prefill-ab "exit ${PIPESTATUS[0]}"
 fi
