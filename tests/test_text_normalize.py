@@ -111,7 +111,8 @@ def test_versions_units_ranges_and_abbreviations(raw: str, expected: str) -> Non
     "unit",
     [" ", "\t ", "a.", "1.", "a-", "[", "**a ", "__a ", "~~a ", "'", '"', "/", ">", "#a", "x\u00b2", "1'", '1"',
      '9" x ', "aa/", "Aa > ", " 'a", "+44 1", "on 1/2 ", "CA ", "zip ", "ZIP code is ", "ext. ", "@a_", "#1",
-     "No. 1", "1:00:0", "1:00:00.", "555-1234 x", "+44 20 x"],
+     "No. 1", "1:00:0", "1:00:00.", "555-1234 x", "+44 20 x", "2025-12-31T", "2025-12-31 ", "2025-12-31T12:30",
+     "2025-12-31 1:00 ", "3:45.", "1:45.1", "a_@"],
 )
 def test_long_runs_are_normalized_in_linear_time(unit: str) -> None:
     # A request may carry 100 000 characters; a pattern that rescans a run from each of its
@@ -278,9 +279,44 @@ def test_dates_without_a_year(raw: str, expected: str) -> None:
          "The error came at fourteen thirty-two and seven seconds; at ten o'clock it stopped."),
         ("It ends 10:30:15 PM, or at 9:05:01 am.",
          "It ends ten thirty and fifteen seconds PM, or at nine oh five and one second a.m."),
+        # m:ss.s, seconds with a decimal fraction, is minutes and seconds; without one, a clock time.
+        ("Her lap 3:45.2 beat 03:45.25 and 0:59.9.",
+         ("Her lap three minutes and forty-five point two seconds beat three minutes and forty-five point two five "
+          "seconds and fifty-nine point nine seconds.")),
+        ("At 12:01.5 in the video, 1:00.0 in.",
+         "At twelve minutes and one point five seconds in the video, one minute in."),
+        ("Lap 3:45, then 3:45. Or 16:9.", "Lap three forty-five, then three forty-five. Or sixteen to nine."),
+        ("See section 1.2.3 at 3:45.", "See section one point two point three at three forty-five."),
     ],
 )
 def test_durations(raw: str, expected: str) -> None:
+    assert normalize_text(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Logged 2025-12-31T12:30:45Z.",
+         "Logged December thirty-first, twenty twenty-five at twelve thirty and forty-five seconds UTC."),
+        ("At 2025-12-31T12:30:45.123+02:00 it began.",
+         ("At December thirty-first, twenty twenty-five at twelve thirty and forty-five seconds UTC plus two it "
+          "began.")),
+        ("Runs 2026-01-05T09:00-0500, 2026-01-05T09:00:00+05:30 and 2026-01-05T09:00:00+00:00.",
+         ("Runs January fifth, twenty twenty-six at nine o'clock UTC minus five, January fifth, twenty twenty-six "
+          "at nine o'clock UTC plus five thirty and January fifth, twenty twenty-six at nine o'clock UTC.")),
+        ("Booked for 2025-12-31 12:30, or 2025-12-31 9:00 PM.",
+         ("Booked for December thirty-first, twenty twenty-five at twelve thirty, or December thirty-first, "
+          "twenty twenty-five at nine PM.")),
+        ("Saved 2025-12-31 12:30:05-05:00.",
+         "Saved December thirty-first, twenty twenty-five at twelve thirty and five seconds UTC minus five."),
+        # A date alone, a date then a number, and a space-separated time then a range keep their readings.
+        ("Due 2025-12-31, 2025-12-31 12 items.",
+         "Due December thirty-first, twenty twenty-five, December thirty-first, twenty twenty-five twelve items."),
+        ("On 2025-12-31 12:30-13:00.",
+         "On December thirty-first, twenty twenty-five twelve thirty to thirteen o'clock."),
+    ],
+)
+def test_iso_date_times(raw: str, expected: str) -> None:
     assert normalize_text(raw) == expected
 
 
@@ -388,6 +424,10 @@ def test_phone_extensions(raw: str, expected: str) -> None:
     ("raw", "expected"),
     [
         ("Follow @sam_altman and @OpenAI on X.", "Follow at sam altman and at OpenAI on X."),
+        # In an e-mail address every character counts: its underscores are read.
+        ("Mail sam_altman@example.com or first_last.x@mail.example.org, not @sam_altman.",
+         ("Mail sam underscore altman at example dot com or first underscore last dot x at mail dot example dot "
+          "org, not at sam altman.")),
         ("Order #12345 shipped.", "Order number one two three four five shipped."),
         ("Ref No. 987654, order number 55501, ticket #204981.",
          ("Ref number nine eight seven six five four, order number five five five zero one, ticket number "

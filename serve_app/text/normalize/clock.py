@@ -1,7 +1,9 @@
 """Clock times ("3:45 p.m.", "10:00"), clock hours ("9am"), their ranges ("9am-5pm") and durations
-("finished in 3:05:42", "1:02:03.5"): the colon and "am"/"pm" forms a speech model would read as digits
-and letters. Two parts are a clock time; three are hours, minutes and seconds, except after "at" or
-before "am"/"pm", where they are a time of day with its seconds ("at 14:32:07").
+("finished in 3:05:42", "1:02:03.5", "lap 3:45.2"): the colon and "am"/"pm" forms a speech model would
+read as digits and letters. Two parts are a clock time, unless the seconds have a decimal fraction
+("3:45.2", minutes and seconds); three are hours, minutes and seconds, except after "at" or before
+"am"/"pm", where they are a time of day with its seconds ("at 14:32:07"). `time_of_day` and `time_zone`
+also read the time of an ISO 8601 date-time (`dates`).
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import re
 
 from serve_app.text.normalize.numbers import cardinal, digit_words
 
-__all__ = ["CLOCK_HOUR", "CLOCK_SECONDS", "DURATION", "MERIDIEM_RANGE", "TIME"]
+__all__ = ["CLOCK_HOUR", "CLOCK_SECONDS", "DURATION", "MERIDIEM_RANGE", "TIME", "time_of_day", "time_zone"]
 
-_DURATION_RE = re.compile(  # "finished in 3:05:42", "the timer ran 1:02:03", "a lap of 0:01:05.3"
-    r"(?<![\w:.])(\d{1,2}):([0-5]\d):([0-5]\d)(?:\.(\d+))?(?![\d:]|\.\d)"
+# "finished in 3:05:42", "a lap of 0:01:05.3"; without hours, only with a fraction ("lap 3:45.2": "3:45" is a time)
+_DURATION_RE = re.compile(
+    r"(?<![\w:.])(?:(\d{1,2}):(?=[0-5]\d:)|(?=\d{1,2}:[0-5]\d\.\d))(\d{1,2}):([0-5]\d)(?:\.(\d+))?(?![\d:]|\.\d)"
 )
 _CLOCK_SECONDS_RE = re.compile(  # "at 14:32:07", "10:30:15 PM"
     r"(?:(?<=\b[Aa]t )|(?<![\w:.])(?=\d{1,2}:\d\d:\d\d\s*[AaPp]\.?[Mm]\b))"
@@ -40,17 +43,34 @@ def _clock(hours: int, minutes: int, *, o_clock: bool) -> str:
 def _clock_seconds(m: re.Match[str]) -> str:
     """"at 14:32:07" → "at fourteen thirty-two and seven seconds"; "10:30:15 pm" → "ten thirty and
     fifteen seconds p.m." (a time of day, not a duration)."""
-    hours, minutes, seconds, suffix = int(m.group(1)), int(m.group(2)), int(m.group(3)), (m.group(4) or "").strip()
+    return time_of_day(int(m.group(1)), int(m.group(2)), int(m.group(3)), (m.group(4) or "").strip())
+
+
+def time_of_day(hours: int, minutes: int, seconds: int = 0, suffix: str = "") -> str:
+    """A time of day with its seconds (none read when zero): (14, 32, 7) → "fourteen thirty-two and seven
+    seconds", (10, 30, 15, "pm") → "ten thirty and fifteen seconds p.m.", (12, 0) → "twelve o'clock"."""
     spoken = _clock(hours, minutes, o_clock=not suffix)
     if seconds:
         spoken += f" and {cardinal(seconds)} {'second' if seconds == 1 else 'seconds'}"
     return f"{spoken} {_meridiem(suffix)}" if suffix else spoken
 
 
+def time_zone(designator: str) -> str:
+    """An ISO 8601 zone designator: "Z" → "UTC", "+02:00" → "UTC plus two", "-0500" → "UTC minus five",
+    "+05:30" → "UTC plus five thirty" ("+00:00" is "UTC")."""
+    if designator == "Z":
+        return "UTC"
+    hours, minutes = int(designator[1:3]), int(designator[-2:])
+    if not hours and not minutes:
+        return "UTC"
+    return f"UTC {'plus' if designator[0] == '+' else 'minus'} {_clock(hours, minutes, o_clock=False)}"
+
+
 def _duration(m: re.Match[str]) -> str:
     """"3:05:42" → "three hours, five minutes and forty-two seconds", "0:01:05.3" → "one minute and five
-    point three seconds" (zero parts not read)."""
-    hours, minutes, seconds, fraction = int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4) or ""
+    point three seconds", "3:45.2" (no hours) → "three minutes and forty-five point two seconds" (zero
+    parts not read)."""
+    hours, minutes, seconds, fraction = int(m.group(1) or 0), int(m.group(2)), int(m.group(3)), m.group(4) or ""
     parts = [f"{cardinal(value)} {name if value == 1 else name + 's'}"
              for value, name in ((hours, "hour"), (minutes, "minute")) if value]
     if seconds or fraction.strip("0"):

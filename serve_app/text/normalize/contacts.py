@@ -65,8 +65,10 @@ def _url(m: re.Match[str]) -> str:
 
 
 def _email(m: re.Match[str]) -> str:
-    """"ana.b@example.co.uk" → "ana dot b at example dot co dot uk"."""
-    return f"{m.group(1).replace('.', ' dot ')} at {m.group(2).replace('.', ' dot ')}"
+    """"ana.b@example.co.uk" → "ana dot b at example dot co dot uk"; every character of the address
+    counts, so an underscore is read ("a_b@example.com" → "a underscore b at ...", unlike a handle's)."""
+    local = m.group(1).replace(".", " dot ").replace("_", " underscore ")
+    return f"{' '.join(local.split())} at {m.group(2).replace('.', ' dot ')}"
 
 
 def _international_phone(m: re.Match[str]) -> str:
@@ -91,8 +93,8 @@ def _hashtag(m: re.Match[str]) -> str:
 
 
 def _handle(m: re.Match[str]) -> str:
-    """"@sam_altman" → "@sam altman": its underscores read as spaces; the "@" is read as "at" with the
-    other symbols (`symbols.SYMBOLS`)."""
+    """"@sam_altman" → "@sam altman": its underscores read as spaces (an e-mail address's are read,
+    `_email`); the "@" is read as "at" with the other symbols (`symbols.SYMBOLS`)."""
     return "@" + m.group(1).replace("_", " ")
 
 

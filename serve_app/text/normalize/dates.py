@@ -1,5 +1,6 @@
-"""Dates ("2026-12-05", "12/05/2026", "31.12.2025", "due 3/15", "December 5", "3 March"), month and
-weekday abbreviations, quarters ("Q3") and fiscal years ("FY24").
+"""Dates ("2026-12-05", "12/05/2026", "31.12.2025", "due 3/15", "December 5", "3 March"), ISO 8601
+date-times ("2025-12-31T12:30:45Z": the date, then the time of day and its zone), month and weekday
+abbreviations, quarters ("Q3") and fiscal years ("FY24").
 
 Months are named and days read as ordinals, as dates are said; a month and day that may be a fraction
 ("through 3/4 of the book") stay one.
@@ -11,11 +12,12 @@ import re
 
 from num2words import num2words
 
+from serve_app.text.normalize.clock import time_of_day, time_zone
 from serve_app.text.normalize.measures import NEXT_WORD_RE, UNITS
 from serve_app.text.normalize.numbers import cardinal
 
 __all__ = [
-    "BEFORE_NUMBER", "DAY_MONTH", "DOTTED_DATE", "FISCAL_YEAR", "ISO_DATE", "MONTH_ABBR", "MONTH_DAY",
+    "BEFORE_NUMBER", "DAY_MONTH", "DOTTED_DATE", "FISCAL_YEAR", "ISO_DATE", "ISO_DATE_TIME", "MONTH_ABBR", "MONTH_DAY",
     "QUARTER", "SHORT_DATE", "SLASH_DATE", "WEEKDAYS", "WEEKDAY_DATE", "WEEKDAY_RANGE",
 ]
 
@@ -39,7 +41,14 @@ _SHORT_DATE_RE = re.compile(  # "due 3/15", "from 12/22 to 1/2" (a plain "3/15" 
     + _MONTH_DAY_NUMBER + r"(?:(\s*(?:-|\u2013|to|through|until|thru)\s*)(?<![\w/])" + _MONTH_DAY_NUMBER + ")?"
 )
 _DOTTED_DATE_RE = re.compile(r"(?<![\d.])(0?[1-9]|[12]\d|3[01])\.(0?[1-9]|1[0-2])\.(1[1-9]\d\d|20\d\d)(?![\d]|\.\d)")
-_ISO_DATE_RE = re.compile(r"(?<![\d-])(1[1-9]\d\d|20\d\d)-(0?[1-9]|1[0-2])-(0?[1-9]|[12]\d|3[01])(?![\d-])")
+_ISO_DAY = r"(?<![\d-])(1[1-9]\d\d|20\d\d)-(0?[1-9]|1[0-2])-(0?[1-9]|[12]\d|3[01])"
+_ISO_DATE_RE = re.compile(_ISO_DAY + r"(?![\d-])")
+_ISO_DATE_TIME_RE = re.compile(  # "2025-12-31T12:30:45.123Z", "2025-12-31 12:30", "2025-12-31T09:00-05:00"
+    _ISO_DAY + r"[T ]([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d)(?:\.\d+)?)?"  # fractional seconds not read
+    # A zone: "Z", or an offset, except right after a space-separated "12:30" ("2025-12-31 12:30-13:00" is a
+    # range); or "am"/"pm" ("2025-12-31 9:00 PM").
+    r"(?:(Z|(?<! \d:\d\d)(?<! \d\d:\d\d)[+-](?:0\d|1[0-4]):?[0-5]\d)|(\s*[AaPp]\.?[Mm]\b\.?))?(?![\w:+-]|\.\d)"
+)
 _SLASH_DATE_RE = re.compile(r"(?<![\d/])(\d{1,2})/(\d{1,2})/(\d{4})(?![\d/])")
 _BEFORE_NUMBER_RE = re.compile(r"\b(" + "|".join(_BEFORE_NUMBER) + r")\.\s*(?=\d)")
 _MONTH_ABBR_RE = re.compile(  # "Dec 5" (with a full stop, "Dec. 5", `_BEFORE_NUMBER_RE`)
@@ -65,6 +74,14 @@ def _date(year: int, month: int, day: int) -> str:
 
 def _iso_date(m: re.Match[str]) -> str:
     return _date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+
+
+def _iso_date_time(m: re.Match[str]) -> str:
+    """"2025-12-31T12:30:45Z" → "December thirty-first, twenty twenty-five at twelve thirty and forty-five
+    seconds UTC", "2025-12-31 9:00 PM" → "December thirty-first, twenty twenty-five at nine PM"."""
+    spoken = f"{_date(int(m.group(1)), int(m.group(2)), int(m.group(3)))} at "
+    spoken += time_of_day(int(m.group(4)), int(m.group(5)), int(m.group(6) or 0), (m.group(8) or "").strip())
+    return f"{spoken} {time_zone(m.group(7))}" if m.group(7) else spoken
 
 
 def _slash_date(m: re.Match[str]) -> str:
@@ -130,6 +147,7 @@ WEEKDAY_DATE = (_WEEKDAY_DATE_RE, lambda m: WEEKDAYS[m.group(1)])
 DAY_MONTH = (_DAY_MONTH_RE, lambda m: f"the {num2words(int(m.group(1)), to='ordinal')} of {m.group(2)}")
 DOTTED_DATE = (_DOTTED_DATE_RE, _dotted_date)
 ISO_DATE = (_ISO_DATE_RE, _iso_date)
+ISO_DATE_TIME = (_ISO_DATE_TIME_RE, _iso_date_time)
 SLASH_DATE = (_SLASH_DATE_RE, _slash_date)
 SHORT_DATE = (_SHORT_DATE_RE, _short_date)
 MONTH_DAY = (_MONTH_DAY_RE, _month_day)

@@ -38,6 +38,7 @@ _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     words.APARTMENT,
     words.ZIP_CODE,  # before ranges and phone numbers: "94043-1351"
     words.CIRCA,
+    dates.ISO_DATE_TIME,  # before anything reads its parts: the date, its "12:30" or the zone's "-05:00"
     dates.QUARTER,
     dates.FISCAL_YEAR,
     words.BUSINESS,
