@@ -1,5 +1,6 @@
 """The playground page in headless Chromium against the app on loopback: speak (live waveform, time to
-first audio and real-time factor), speed, conversations, and voices recorded from a fake microphone.
+first audio and real-time factor), speed, output formats, conversations, and voices recorded from a
+fake microphone.
 
 Needs Debian's chromium and Playwright's Python package (never `playwright install`):
     apt-get install -y chromium && pip install playwright
@@ -7,9 +8,11 @@ Needs Debian's chromium and Playwright's Python package (never `playwright insta
 from __future__ import annotations
 
 import base64
+import io
 import re
 from pathlib import Path
 
+import av
 import httpx
 import numpy as np
 import pytest
@@ -209,6 +212,135 @@ def test_speed_control_changes_the_speech_rate(page, url: str, engine: ToneEngin
     assert page.evaluate("document.getElementById('player').duration") == pytest.approx(natural / 2, abs=0.03)
 
 
+# What the page's download holds: its object URL's type, and its bytes as PyAV reads them.
+DOWNLOAD_TYPE = "() => fetch(document.getElementById('download').href).then((r) => r.blob()).then((b) => b.type)"
+
+
+def _download_file(page) -> tuple[str, bytes]:
+    with page.expect_download() as download_info:
+        page.click("#download")
+    download = download_info.value
+    return download.suggested_filename, Path(download.path()).read_bytes()
+
+
+def _decoded(data: bytes) -> tuple[str, str, float]:
+    """(container, decoder, seconds) of an audio file, as FFmpeg reads it."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(stream))
+        return container.format.name, stream.codec_context.name, samples / stream.rate
+
+
+# `slack`: how far the decoded length may be off. ADTS (aac) holds no length: decoders give 1024 samples
+# of priming and whole 1024-sample frames (the last one padded).
+@pytest.mark.parametrize(("fmt", "container", "media_type", "slack"), [
+    ("mp3", "mp3", "audio/mpeg", 0.02), ("opus", "ogg", "audio/ogg", 0.02), ("flac", "flac", "audio/flac", 0.02),
+    ("aac", "aac", "audio/aac", 0.1),
+])
+def test_unstreamed_speech_in_a_chosen_format_plays_draws_and_downloads(
+    page, url: str, fmt: str, container: str, media_type: str, slack: float
+) -> None:
+    page.goto(url + "/")
+    page.evaluate(PLAY_WATCH)
+    page.fill("#text", STREAM_TEXT)
+    assert page.is_disabled("#format")  # streaming by default: streamed speech is WAV
+    page.uncheck("#stream")
+    assert page.is_enabled("#format") and page.get_attribute("#format", "title") == ""
+    page.select_option("#format", fmt)
+    with page.expect_request("**/speak") as request_info:
+        page.click("#speak")
+    sent = request_info.value.post_data_json
+    assert sent["response_format"] == fmt and sent["stream"] is False
+    expected = _frames(STREAM_TEXT) * 0.08
+    page.wait_for_function(PLAYED, timeout=20_000)
+    assert page.evaluate("document.getElementById('player').currentSrc").startswith("blob:")
+    assert page.evaluate("document.getElementById('player').duration") == pytest.approx(expected, abs=slack)
+    assert "error" not in page.evaluate("window.__events")
+    # the browser decoded the file to draw it: a waveform of its length (at the decoder's rate)
+    assert float(page.get_attribute("#waveform", "data-seconds")) == pytest.approx(expected, abs=slack)
+    page.wait_for_timeout(50)  # a frame for the drawing
+    assert page.evaluate(DRAWN_PIXELS) > 50
+    run = _last_run(page)
+    assert run["cells"][1] == "speak" and _seconds_of(run["stats"]["audio"]) == pytest.approx(expected, abs=slack)
+    assert "s of audio in" in page.inner_text("#status")
+    assert page.inner_text("#download") == f"Download {fmt.upper()}"
+    assert page.evaluate(DOWNLOAD_TYPE) == media_type
+    filename, data = _download_file(page)
+    assert filename == f"speech.{fmt}"
+    found, decoder, seconds = _decoded(data)
+    assert found == container and decoder.startswith(fmt)  # FFmpeg's mp3 decoder is "mp3float"
+    assert seconds == pytest.approx(expected, abs=slack)
+
+
+def test_a_file_the_browser_cannot_decode_still_plays_without_a_waveform(page, url: str) -> None:
+    page.add_init_script("AudioContext.prototype.decodeAudioData = () => Promise.reject(new DOMException('no', 'EncodingError'))")
+    page.goto(url + "/")
+    page.evaluate(PLAY_WATCH)
+    page.fill("#text", STREAM_TEXT)
+    page.uncheck("#stream")
+    page.select_option("#format", "flac")
+    page.click("#speak")
+    page.wait_for_function(PLAYED, timeout=20_000)
+    assert page.get_attribute("#waveform", "data-samples") == "0"
+    assert page.inner_text("#status").startswith("done in") and not page.is_visible("#status.error")
+    run = _last_run(page)
+    assert run["stats"]["audio"] == run["stats"]["rtf"] == "–"
+    assert page.get_attribute("#download", "download") == "speech.flac"
+
+
+def test_streamed_speech_stays_wav_and_says_the_format_is_for_unstreamed_output(page, url: str) -> None:
+    page.goto(url + "/")
+    page.evaluate(PLAY_WATCH)
+    page.uncheck("#stream")
+    page.select_option("#format", "mp3")
+    page.check("#stream")
+    assert page.is_disabled("#format")
+    assert page.input_value("#format") == "mp3"  # kept for unstreamed speech and conversations
+    for hint in (page.get_attribute("#format", "title"), page.get_attribute("#format-label", "title")):
+        assert "Streamed speech is WAV" in hint and "Stream off" in hint
+    page.fill("#text", STREAM_TEXT)
+    with page.expect_request("**/speak") as request_info:
+        page.click("#speak")
+    sent = request_info.value.post_data_json
+    assert sent["response_format"] == "wav" and sent["stream"] is True
+    _wait_played(page, _frames(STREAM_TEXT) * 0.08)
+    assert page.get_attribute("#download", "download") == "speech.wav"
+    assert page.inner_text("#download") == "Download WAV"
+    assert page.evaluate(DOWNLOAD_TYPE) == "audio/wav"
+    page.uncheck("#stream")
+    assert page.is_enabled("#format") and page.get_attribute("#format", "title") == ""
+
+
+def test_conversations_use_the_chosen_format_and_previews_stay_wav(page, url: str) -> None:
+    voice_id = httpx.post(url + "/v1/voices", json={
+        "name": "previewed", "audio_b64": base64.b64encode(wav_bytes(tone(1.0))).decode(), "transcript": "hi",
+    }).json()["id"]
+    try:
+        page.goto(url + "/")
+        page.evaluate(PLAY_WATCH)
+        page.uncheck("#stream")
+        page.select_option("#format", "opus")
+        page.check("#stream")  # streaming is for speech: a conversation is one file either way
+        with page.expect_request("**/conversation") as request_info:
+            page.click("#generate-conversation")
+        assert request_info.value.post_data_json["response_format"] == "opus"
+        page.wait_for_function(PLAYED, timeout=20_000)
+        assert _last_run(page)["cells"][1] == "conversation (2 turns)"
+        assert page.evaluate(DOWNLOAD_TYPE) == "audio/ogg"
+        filename, data = _download_file(page)
+        assert filename == "conversation.opus" and _decoded(data)[:2] == ("ogg", "opus")
+
+        page.evaluate(PLAY_WATCH)
+        item = page.locator(f"#voice-list .voice[data-id='{voice_id}']")
+        with page.expect_request(f"**/v1/voices/{voice_id}/preview") as request_info:
+            item.locator(".voice-preview").click()
+        assert request_info.value.post_data_json["response_format"] == "wav"
+        _wait_played(page, _frames(PREVIEW_TEXT) * 0.08)
+        assert page.get_attribute("#download", "download") == "preview.wav"
+    finally:
+        assert httpx.delete(f"{url}/v1/voices/{voice_id}").status_code == 204
+
+
 def test_conversation_builder_sends_its_turns_and_plays_one_file(page, url: str) -> None:
     page.goto(url + "/")
     page.evaluate(PLAY_WATCH)
@@ -351,7 +483,8 @@ def test_built_in_voices_are_offered_and_a_round_duration_submits(page, url: str
 
 def test_the_page_fits_a_phone_and_names_its_controls(browser, url: str) -> None:
     """At 375 px the conversation's turns stay readable and nothing scrolls sideways; typed values
-    are not drawn in the placeholder grey; the speed slider has a name for screen readers."""
+    are not drawn in the placeholder grey; the speed slider and the format select have names for screen
+    readers."""
     context = browser.new_context(viewport={"width": 375, "height": 800})
     page = context.new_page()
     page.goto(url + "/")
@@ -362,6 +495,7 @@ def test_the_page_fits_a_phone_and_names_its_controls(browser, url: str) -> None
         (id) => getComputedStyle(document.getElementById(id)).color)""")
     assert colors[0] == colors[1]  # a typed Max ms looks like typed text, not like a hint
     assert page.get_by_role("slider", name="Speed").count() == 1
+    assert page.get_by_role("combobox", name="Format").count() == 1
     context.close()
 
 

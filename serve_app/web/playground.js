@@ -6,6 +6,10 @@
 // it goes to the <audio> element (seek, replay) and the download link; live playback hands over to
 // the element where it has got to, without a gap. Browsers' MediaSource cannot play WAV, hence the
 // hand-made PCM path.
+//
+// Unstreamed speech and conversations can ask for another format (MP3, Opus, FLAC, AAC): that file
+// comes whole, goes to the element and the download as sent, and its waveform is drawn once the
+// browser has decoded it. Streamed speech stays WAV, the format live playback reads.
 
 import { ApiError, call, rememberKey } from "./api.js";
 import { ConversationBuilder } from "./conversation.js";
@@ -21,6 +25,7 @@ const ui = {
   form: $("speak-form"), text: $("text"), voice: $("voice"), saved: $("saved-voices"),
   builtin: $("builtin-voices"),
   speed: $("speed"), speedValue: $("speed-value"), maxDuration: $("max-duration"), seed: $("seed"),
+  format: $("format"), formatLabel: $("format-label"),
   stream: $("stream"), contextFile: $("context-file"), contextText: $("context-text"),
   contextSpeaker: $("context-speaker"), speak: $("speak"), stop: $("stop"), status: $("status"),
   player: $("player"), download: $("download"), outputLabel: $("output-label"),
@@ -35,14 +40,20 @@ const voices = new VoiceManager({
   onUse: (voice) => { ui.voice.value = `voice:${voice.id}`; ui.text.focus(); },
   onPreview: (voice) => run({
     kind: "preview", voiceLabel: voice.name, path: `v1/voices/${encodeURIComponent(voice.id)}/preview`,
-    body: { response_format: "wav", speed: speed() }, filename: "preview.wav",
+    body: { response_format: "wav", speed: speed() }, name: "preview",
   }),
 });
 
-let audioContext = null;   // one per page; created inside a click so autoplay rules allow it
+let audioContext = null;   // one per page: plays streams (resumed inside a click, as autoplay rules
+                           // ask) and decodes files to draw them
 let controller = null;     // AbortController of the run in flight
 let live = null;           // LivePlayer of the run being streamed, until the element takes over
-let resultUrl = null;      // object URL of the latest WAV
+let resultUrl = null;      // object URL of the latest audio file
+
+// The formats offered, by response_format: the type the file is played and downloaded as. Opus comes
+// in Ogg (the server says audio/opus, OpenAI's name). The API's pcm, ulaw and alaw are raw samples
+// that no browser plays.
+const FORMATS = { wav: "audio/wav", mp3: "audio/mpeg", opus: "audio/ogg", flac: "audio/flac", aac: "audio/aac" };
 
 function setStatus(message, isError = false) {
   ui.status.textContent = message;
@@ -51,6 +62,16 @@ function setStatus(message, isError = false) {
 
 const speed = () => Number(ui.speed.value);
 const DEFAULT_VOICE = "speaker:1";  // the API's default speaker
+const streams = () => ui.stream.checked && "ReadableStream" in window && Boolean(window.AudioContext || window.webkitAudioContext);
+
+// Streamed speech is WAV: the format applies to unstreamed speech and conversations, so with Stream on
+// the select is disabled (still showing the format conversations get) and says why.
+function showFormatScope() {
+  const streamed = streams();
+  ui.format.disabled = streamed;
+  const why = streamed ? "Streamed speech is WAV, played as it arrives: turn Stream off for another format. Conversations use this one." : "";
+  ui.formatLabel.title = ui.format.title = why;  // the label too: a disabled control may show no tooltip
+}
 
 function fillVoiceGroup(group, list) {
   const selected = ui.voice.value;
@@ -98,7 +119,7 @@ function readBase64(file) {
 }
 
 async function speakBody(streaming) {
-  const body = { text: ui.text.value.trim(), stream: streaming, response_format: "wav", speed: speed() };
+  const body = { text: ui.text.value.trim(), stream: streaming, response_format: streaming ? "wav" : ui.format.value, speed: speed() };
   const [kind, value] = ui.voice.value.split(/:(.*)/s);
   if (kind === "voice") body.voice = value; else body.speaker = Number(value);
   if (ui.maxDuration.value) body.max_duration_ms = Number(ui.maxDuration.value);
@@ -132,6 +153,7 @@ function showResult(blob, filename, { position = 0, handover = () => {}, autopla
   resultUrl = URL.createObjectURL(blob);
   ui.download.href = resultUrl;
   ui.download.download = filename;
+  ui.download.textContent = `Download ${filename.split(".").pop().toUpperCase()}`;
   ui.download.classList.remove("disabled");
   ui.download.removeAttribute("aria-disabled");
   ui.player.src = resultUrl;
@@ -162,15 +184,33 @@ function followPlayback() {
   requestAnimationFrame(followPlayback);
 }
 
+function pageAudioContext() {
+  if (!audioContext) audioContext = new (window.AudioContext || window.webkitAudioContext)();
+  return audioContext;
+}
+
+// A whole encoded file's samples, or null where the browser cannot decode it (the element may still
+// play it: the run then has no waveform and no length).
+async function decode(blob) {
+  try {
+    return await pageAudioContext().decodeAudioData(await blob.arrayBuffer());
+  } catch (_) {
+    return null;
+  }
+}
+
 // ---- one run: request, read, draw, play, measure ----------------------------------------------------
-async function run({ kind, voiceLabel, path, body, streaming = false, filename }) {
+// `name` is the download's name without its extension, which comes from body.response_format.
+async function run({ kind, voiceLabel, path, body, streaming = false, name }) {
   if (controller) controller.abort();
   const own = new AbortController();
   controller = own;
   if (streaming) {
-    if (!audioContext) audioContext = new (window.AudioContext || window.webkitAudioContext)();
-    if (audioContext.state === "suspended") audioContext.resume();
+    const context = pageAudioContext();
+    if (context.state === "suspended") context.resume();
   }
+  const format = body.response_format;
+  const filename = `${name}.${format}`;
   if (live) { live.stop(); live = null; }
   ui.player.pause();
   clearResult();  // the output shows this run only: no earlier audio to download by mistake
@@ -185,8 +225,8 @@ async function run({ kind, voiceLabel, path, body, streaming = false, filename }
     const response = await call(path, { method: "POST", json: body, signal: own.signal });
     const player = streaming ? new LivePlayer(audioContext) : null;
     live = player;
-    const reader = response.body.getReader();
-    for (;;) {
+    const reader = format === "wav" ? response.body.getReader() : null;
+    while (reader) {
       const { done, value } = await reader.read();
       if (done) break;
       const bytes = wav.push(value);
@@ -200,21 +240,32 @@ async function run({ kind, voiceLabel, path, body, streaming = false, filename }
       waveform.append(channels[0]);
       if (player) player.schedule(channels, wav.format.sampleRate);
     }
-    if (!wav.format || firstAudio === null) throw new Error("the response ended before any audio");
-    const seconds = wav.seconds();
+    let blob, seconds;
+    if (reader) {
+      if (!wav.format || firstAudio === null) throw new Error("the response ended before any audio");
+      [blob, seconds] = [wav.toBlob(), wav.seconds()];
+    } else {
+      blob = new Blob([await response.arrayBuffer()], { type: FORMATS[format] });
+      if (!blob.size) throw new Error("the response ended before any audio");
+      firstAudio = performance.now();  // a whole file: its first audio is all of it
+      const audio = await decode(blob);
+      own.signal.throwIfAborted();  // stopped, or a newer run owns the output now
+      if (audio) { waveform.start(audio.sampleRate); waveform.append(audio.getChannelData(0)); }
+      seconds = audio ? audio.duration : NaN;
+    }
     const { total } = runs.add({
       kind, voice: voiceLabel, startedAt: started, firstAudioAt: firstAudio, doneAt: performance.now(), seconds,
     });
-    setStatus(`${seconds.toFixed(2)} s of audio in ${formatMs(total)}`);
+    setStatus(Number.isFinite(seconds) ? `${seconds.toFixed(2)} s of audio in ${formatMs(total)}` : `done in ${formatMs(total)}`);
     if (player) {
       // Hand over to the element where live playback has got to; live playback goes on until the
       // element actually plays, so there is no silent gap.
-      showResult(wav.toBlob(), filename, {
+      showResult(blob, filename, {
         position: () => player.position() + 0.02,
         handover: () => { player.stop(); if (live === player) live = null; },
       });
     } else {
-      showResult(wav.toBlob(), filename);
+      showResult(blob, filename);
     }
   } catch (e) {
     if (live) { live.stop(); live = null; }
@@ -239,7 +290,7 @@ async function speak(event) {
     setStatus("type what the context recording says (its transcript)", true);
     return;
   }
-  const streaming = ui.stream.checked && "ReadableStream" in window && Boolean(window.AudioContext || window.webkitAudioContext);
+  const streaming = streams();
   setBusy(true);  // reading a context file takes a moment: no second request meanwhile
   let body;
   try {
@@ -251,7 +302,7 @@ async function speak(event) {
   }
   await run({
     kind: streaming ? "speak (streamed)" : "speak", voiceLabel: selectedVoiceLabel(), path: "speak",
-    body, streaming, filename: "speech.wav",
+    body, streaming, name: "speech",
   });
 }
 
@@ -261,7 +312,7 @@ function generateConversation() {
   const speakers = [...new Set(turns.map((t) => t.speaker))].join(" & ");
   run({
     kind: `conversation (${turns.length} turns)`, voiceLabel: `speakers ${speakers}`, path: "conversation",
-    body: { turns, response_format: "wav", speed: speed() }, filename: "conversation.wav",
+    body: { turns, response_format: ui.format.value, speed: speed() }, name: "conversation",
   });
 }
 
@@ -288,6 +339,8 @@ ui.text.addEventListener("keydown", (e) => {  // Enter is a new line in the text
 });
 ui.stop.addEventListener("click", () => controller && controller.abort());
 ui.speed.addEventListener("input", () => { ui.speedValue.textContent = `${speed().toFixed(2)}×`; });
+ui.stream.addEventListener("change", showFormatScope);
+showFormatScope();
 ui.addTurn.addEventListener("click", () => conversation.add().querySelector(".turn-text").focus());
 ui.generateConversation.addEventListener("click", generateConversation);
 rememberKey(() => { voices.refresh(); fillBuiltinVoices(); showModel(); });

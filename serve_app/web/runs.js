@@ -15,7 +15,8 @@ export class RunLog {
     this.body = $("runs-body");
   }
 
-  // `run`: {kind, voice, startedAt, firstAudioAt, doneAt (performance.now() values), seconds}
+  // `run`: {kind, voice, startedAt, firstAudioAt, doneAt (performance.now() values), seconds (NaN
+  // where the browser could not decode the audio)}
   add(run) {
     this.count += 1;
     const ttfa = run.firstAudioAt - run.startedAt;
@@ -23,7 +24,7 @@ export class RunLog {
     const rtf = run.seconds > 0 ? total / 1000 / run.seconds : NaN;
     const values = {
       ttfa: formatMs(ttfa),
-      audio: `${run.seconds.toFixed(2)} s`,
+      audio: Number.isFinite(run.seconds) ? `${run.seconds.toFixed(2)} s` : "–",
       total: formatMs(total),
       rtf: Number.isFinite(rtf) ? rtf.toFixed(2) : "–",
     };
