@@ -29,9 +29,7 @@ _TIME_RE = re.compile(r"(?<![\d:])([01]?\d|2[0-3]):([0-5]\d)(?![\d:])(\s*(?:[AaP
 
 def _time(m: re.Match[str]) -> str:
     """"3:45 p.m." → "three forty-five p.m.", "10:00" → "ten o'clock", "9:05" → "nine oh five"."""
-    hours, minutes, suffix = int(m.group(1)), int(m.group(2)), (m.group(3) or "").strip()
-    spoken = _clock(hours, minutes, o_clock=not suffix)
-    return f"{spoken} {_meridiem(suffix)}" if suffix else spoken
+    return time_of_day(int(m.group(1)), int(m.group(2)), suffix=(m.group(3) or "").strip())
 
 
 def _clock(hours: int, minutes: int, *, o_clock: bool) -> str:
