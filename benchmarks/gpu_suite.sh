@@ -15,7 +15,8 @@
 #   kernel-bench  the graphed decode step under its kernel settings (bench_fused_linear.py variants
 #            and sampler sections) and the Mimi decode with the channels-last SEANet kernel and with
 #            StreamingStack (bench_mimi_stream.py) (not a default part); `step-bench` and
-#            `seanet-bench` run one of the two. Each runs under a timeout.
+#            `seanet-bench` run one of the two. Each runs under a timeout. STEP_VARIANTS: the
+#            settings step-bench times (bench_fused_linear.py VARIANTS, comma-separated).
 #   prefill-ab  the engine with its prompts prefilled apart (`--no-prefill-in-step`, the default carries
 #            them in the step) and with its prefills attending through the decode kernel
 #            (`--no-prefill-in-step --prefill-attention kernel`) against the defaults, in turns (ab_engine.py flags; not a default part; AB_REPEATS, default 1)
@@ -76,7 +77,7 @@ fi
 if has kernel-bench || has step-bench; then
   OUT="$OUT" timeout -s KILL "${STEP_BENCH_TIMEOUT_S:-330}" $PY benchmarks/bench_fused_linear.py \
     --skip cold,step,reduce,tiles --step-batches 1,16,128 --variant-batches 1,16,128 \
-    --variants shipped,sampler_sorted,cublas 2>&1 | tee "$OUT/step-variants.log" | tail -8
+    --variants "${STEP_VARIANTS:-shipped,sampler_sorted,cublas}" 2>&1 | tee "$OUT/step-variants.log" | tail -8
   status step-variants "exit ${PIPESTATUS[0]}"
 fi
 

@@ -141,7 +141,7 @@ def sample_top_k(
             VP=triton.next_power_of_2(v),
             FAST=min(TOP_K_FAST, triton.next_power_of_2(v)),
             num_warps=NUM_WARPS,
-            **pdl.launch_options(logits.device),
+            **pdl.launch_options(logits.device, b),
         )
     return out
 
