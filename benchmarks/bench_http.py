@@ -177,6 +177,9 @@ def summary(results: list[Result], bytes_per_s: int) -> dict[str, Any]:
     # ... and of it, the part before its sequence was queued for the loop (its prompt built).
     queued = [r.server_ms["queue"] for r in results if "queue" in r.server_ms and r.status == 200]
     hops["engine_queued_ms_p50"], hops["engine_queued_ms_p99"] = pct(queued, 50), pct(queued, 99)
+    # The app's wait for a rate-limit token (a hop to the shared state), part of its share.
+    limit = [r.server_ms["limit"] for r in results if "limit" in r.server_ms and r.status == 200]
+    hops["app_limit_ms_p50"], hops["app_limit_ms_p99"] = pct(limit, 50), pct(limit, 99)
     return {
         "requests": n,
         "ok": len(done),

@@ -90,6 +90,17 @@ def test_each_key_has_its_own_rate_limit(tmp_path: Path) -> None:
     assert all(client.get("/health").status_code == 200 for _ in range(5))  # probes are never limited
 
 
+def test_a_streams_server_timing_says_how_long_it_waited_for_its_token(tmp_path: Path) -> None:
+    client = make_client(tmp_path, rate_limit_per_minute=600, rate_limit_burst=5)
+    r = client.post("/speak", json={**SPEAK, "stream": True})
+    assert r.status_code == 200
+    timings = {k.strip(): float(v) for k, v in (p.split(";dur=") for p in r.headers["server-timing"].split(","))}
+    assert 0 <= timings["limit"] <= timings["app"]
+    plain = make_client(tmp_path / "plain")
+    r = plain.post("/speak", json={**SPEAK, "stream": True})
+    assert "limit;" not in r.headers["server-timing"]  # no limiter, no wait for a token
+
+
 def test_without_keys_the_rate_limit_is_per_client_address(tmp_path: Path) -> None:
     client = make_client(tmp_path, rate_limit_per_minute=60, rate_limit_burst=1)
     assert client.post("/speak", json=SPEAK).status_code == 200

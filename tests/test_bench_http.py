@@ -19,14 +19,14 @@ def test_summary_reports_first_audio_per_hop_for_answered_requests_only() -> Non
     ok = [
         bench_http.Result(start=0.0, status=200, first_byte=0.05 + i / 1000, end=1.0, audio_bytes=48000,
                           server_ms={"app": 45.0 + i, "api": 40.0 + i, "engine": 30.0 + i, "admit": 5.0 + i,
-                                     "queue": 1.0 + i})
+                                     "queue": 1.0 + i, "limit": 2.0 + i})
         for i in range(10)
     ]
     refused = bench_http.Result(start=0.0, status=503, end=0.01, server_ms={"api": 1.0})
     out = bench_http.summary([*ok, refused], bytes_per_s=48000)
     assert out["api_first_audio_ms_p50"] == 44.5 and out["engine_first_audio_ms_p50"] == 34.5
     assert out["app_first_audio_ms_p50"] == 49.5 and out["engine_admitted_ms_p50"] == 9.5
-    assert out["engine_queued_ms_p50"] == 5.5
+    assert out["engine_queued_ms_p50"] == 5.5 and out["app_limit_ms_p50"] == 6.5
     assert out["engine_first_audio_ms_p99"] < out["api_first_audio_ms_p99"] <= 49.0
     assert out["status_503"] == 1 and out["ok"] == 10
 

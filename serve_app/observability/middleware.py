@@ -10,7 +10,8 @@
 - `MetricsMiddleware` records request counts, latency, errors by status, time to the first audio
   byte and cache hits/misses (from `X-Cache`), and writes one JSON access-log line per request. A
   response that carries `Server-Timing` (a stream's first audio at the API and at the engine) gets
-  the app's share too (`app;dur=`: from the request's arrival to the response's start). A WebSocket
+  the app's share too (`app;dur=`: from the request's arrival to the response's start), and the
+  part of it spent waiting for a rate-limit token (`limit;dur=`, where a limiter is on). A WebSocket
   counts as one GET request: 101 once accepted (its access-log line written when it closes, its
   lifetime no latency sample), else the status its handshake was refused with.
 """
@@ -111,7 +112,9 @@ class MetricsMiddleware:
                     # The app's own share of first audio, from the request's arrival (auth, limits,
                     # parsing included): the client's time less this is the proxy and the network.
                     app_ms = (time.perf_counter() - start) * 1000
-                    MutableHeaders(scope=message)["server-timing"] = f"app;dur={app_ms:.1f}, {timing}"
+                    limit_ms = scope.get("state", {}).get("limit_ms")  # its wait for a rate-limit token
+                    limit = "" if limit_ms is None else f", limit;dur={limit_ms:.1f}"
+                    MutableHeaders(scope=message)["server-timing"] = f"app;dur={app_ms:.1f}, {timing}{limit}"
             elif (
                 message["type"] == "http.response.body"
                 and state["audio"]
