@@ -46,6 +46,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from numerics import rel_err
 
+from serve_app.model import fast_step
 from serve_app.model.fast_step import FastStep
 from serve_app.model.kernels import fused_linear as fl
 from serve_app.model.tiny import CSM_1B_CONFIG as CSM_1B
@@ -502,6 +503,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "early_16": {"pdl_early_rows": 16},  # launches of up to 16 rows release the next kernel early
     "early_16_preload": {"pdl_early_rows": 16, "preload": True},
     "early_preload": {"pdl": "early", "preload": True},
+    "gathered_inputs": {"sampler_copies_inputs": False},  # the depth step gathers its inputs itself
 }
 """Kernel settings the `variants` section times, each against the shipped defaults."""
 
@@ -514,7 +516,7 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
 
     saved = (
         fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST,
-        pdl.EARLY_MAX_ROWS, fl.PRELOAD_WEIGHTS,
+        pdl.EARLY_MAX_ROWS, fl.PRELOAD_WEIGHTS, fast_step.SAMPLER_COPIES_INPUTS,
     )
     try:
         if setting.get("tiles") == "cold":
@@ -528,11 +530,12 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
         pdl.MODE = setting.get("pdl", pdl.MODE)
         pdl.EARLY_MAX_ROWS = setting.get("pdl_early_rows", pdl.EARLY_MAX_ROWS)
         fl.PRELOAD_WEIGHTS = setting.get("preload", fl.PRELOAD_WEIGHTS)
+        fast_step.SAMPLER_COPIES_INPUTS = setting.get("sampler_copies_inputs", fast_step.SAMPLER_COPIES_INPUTS)
         yield
     finally:
         (
             fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST,
-            pdl.EARLY_MAX_ROWS, fl.PRELOAD_WEIGHTS,
+            pdl.EARLY_MAX_ROWS, fl.PRELOAD_WEIGHTS, fast_step.SAMPLER_COPIES_INPUTS,
         ) = saved
 
 

@@ -146,7 +146,7 @@ def service_launches() -> None:
     from transformers import MimiConfig, MimiModel
 
     from serve_app.model.kernels import decode_attention, fused_linear, window_attention
-    from serve_app.model.kernels.sampling import sample_top_k
+    from serve_app.model.kernels.sampling import sample_top_k, sample_top_k_embed
     from serve_app.model.mimi_layout import decoder_parts
     from serve_app.model.mimi_stream_seanet_kernel import KernelSeanet
 
@@ -193,6 +193,7 @@ def service_launches() -> None:
     logits = torch.zeros(2, 2051)
     ones = torch.ones(2, dtype=torch.long)
     sample_top_k(logits, torch.ones(2), ones, ones, ones, 3, torch.arange(2048))
+    sample_top_k_embed(logits, torch.ones(2), ones, ones, ones, 3, torch.arange(2048), torch.zeros(2051, 1024, dtype=bf16))
     window_attention.window_attention(
         empty(4, 8, 8, 64),
         empty(4, 8, 250, 64),

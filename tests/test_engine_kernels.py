@@ -366,7 +366,14 @@ def test_fused_decode_step_equals_the_unfused_step(linear_max_batch: int) -> Non
         live = positions >= 0
         torch.testing.assert_close(h_fused[live], h_plain[live], rtol=TOL, atol=TOL)
         embeds = h_plain.clone()
-    fused._sample = plain._sample  # type: ignore[method-assign]  # the sampler kernel: own test
+    fused._sample = plain._sample  # type: ignore[method-assign]  # the sampler kernel: own tests
+
+    def sample_for_next(logits: torch.Tensor, codebook: int, *sampling: torch.Tensor) -> tuple:
+        ids = plain._sample(logits, codebook, *sampling)  # the copied rows as the kernel copies them
+        last = codebook + 1 == fused.num_codebooks
+        return ids, None if last else fused.depth_inputs[ids + codebook * fused.vocab]
+
+    fused._sample_for_next = sample_for_next  # type: ignore[method-assign]
     args = tuple(
         torch.tensor(values, device=DEVICE)
         for values in ([0.9, 0.9, 1.0], [1, 50, 5], [3, 4, 5], [0, 2, 7])
@@ -507,6 +514,42 @@ def test_fused_sampler_draws_the_reference_ids(top_k_fast: int, monkeypatch: pyt
         got = sample_top_k(logits, temperature, top_k, seeds, frame, codebook, columns)
         want = reference(logits, temperature, top_k, seeds, draw_counter(frame, codebook), columns)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_the_sampler_copies_each_drawn_ids_row_of_the_next_inputs_table() -> None:
+    """The depth loop's next inputs come from the kernel that drew the ids: each row's own id's row
+    of the codebook's block of the table (rows drawing different ids, two blocks)."""
+    from serve_app.model.kernels.sampling import sample_top_k, sample_top_k_embed
+    from serve_app.model.sampling import noise_columns
+
+    gen = torch.Generator().manual_seed(11)
+    logits = (torch.randn(4, 300, generator=gen) * 3).to(DEVICE)
+    temperature = torch.tensor([0.9, 0.5, 1.3, 1.0], device=DEVICE)
+    top_k = torch.tensor([1, 50, 200, 5], device=DEVICE)
+    seeds = torch.tensor([7, 8, 9, 10], device=DEVICE)
+    frame = torch.tensor([0, 3, 40, 2], device=DEVICE)
+    columns = noise_columns(256, DEVICE)
+    table = torch.randn(3 * 256, 32, generator=gen).to(DEVICE, torch.bfloat16)
+    for codebook in (1, 2):
+        block = table[codebook * 256 : (codebook + 1) * 256]
+        ids, rows = sample_top_k_embed(logits, temperature, top_k, seeds, frame, codebook, columns, block)
+        assert torch.equal(ids, sample_top_k(logits, temperature, top_k, seeds, frame, codebook, columns))
+        assert len(set(ids.tolist())) > 1
+        assert torch.equal(rows, table[ids + codebook * 256])
+    with pytest.raises(ValueError, match="power of two"):
+        sample_top_k_embed(logits, temperature, top_k, seeds, frame, 1, columns, table[:, :24].contiguous())
+
+
+def test_the_fused_depth_loops_sampler_hands_each_step_the_next_codebooks_inputs() -> None:
+    fast = FastStep(se.wide_head_model().to(DEVICE), 2048, fused_attention=True)
+    gen = torch.Generator().manual_seed(4)
+    logits = (torch.randn(2, fast.vocab, generator=gen) * 3).to(DEVICE)
+    sampling = tuple(torch.tensor(v, device=DEVICE) for v in ([0.9, 1.0], [50, 5], [3, 4], [0, 2]))
+    ids, inputs = fast._sample_for_next(logits, 5, *sampling)
+    assert torch.equal(inputs, fast.depth_inputs[ids + 5 * fast.vocab])  # codebook 5's ids feed step 6
+    assert torch.equal(fast._next_inputs(ids, None, 6), inputs.unsqueeze(1))  # as the step would gather
+    last, none = fast._sample_for_next(logits, fast.num_codebooks - 1, *sampling)
+    assert none is None and last.shape == ids.shape  # the frame's last codebook feeds no step
 
 
 @pytest.mark.parametrize("top_k_fast", [0, 8], ids=["sorted-rows", "bitonic-top-8-of-16"])

@@ -7,8 +7,8 @@ can be compiled and captured in CUDA graphs:
   cache (no gather copy); rows whose position is < 0 are idle slots (padding, as `llama` defines it).
 - The attended key window `kv_len` is a static bucket (the engine picks the smallest bucket above
   every live position).
-- The depth loop reads its inputs from a table of projected embeddings (one gather per step) and
-  its codebook head as a view; the codebook index is a symbolic int under `torch.compile`, so one
+- The depth loop reads its inputs from a table of projected embeddings (one gather per step, which
+  the fused sampler does itself as it draws the ids) and its codebook head as a view; the codebook index is a symbolic int under `torch.compile`, so one
   compiled step serves codebooks 2..31. Sampling is the host-sync-free counter-based sampler of
   `serve_app.model.sampling`.
 - On CUDA (with Triton) one-token steps run the fused backends (`serve_app.model.kernels.backends`):
@@ -44,6 +44,12 @@ PREFILL_FUSED_MAX_ROWS = 256
 projections when the decode step does (`linear_max_batch`): RMSNorm, SwiGLU and the residual adds
 inside the matmuls, as in the step, where cuBLAS's matmuls left five more kernels a norm and two a
 layer around them. The kernels' tiles are swept for up to 256 rows; longer prompts keep cuBLAS."""
+
+
+SAMPLER_COPIES_INPUTS = True
+"""Whether the fused sampler copies the next depth step's input rows as it draws the ids
+(`kernels.sampling.sample_top_k_embed`), instead of an offset add and a gather launched between it
+and the step's first projection: two launches fewer a depth step, 60 a frame."""
 
 
 PREFILL_ATTENTIONS = ("sdpa", "kernel")
@@ -123,8 +129,10 @@ class FastStep:
         self.depth_positions = torch.arange(model.cfg.decoder_seq_len, device=device)
         self._prefill: Callable[..., torch.Tensor] = self._prefill_eager
         self._backbone_step: Callable[..., torch.Tensor] = self._backbone_step_eager
-        self._frame_start: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._frame_start_eager
-        self._depth_step: Callable[..., torch.Tensor] = self._depth_step_eager
+        self._frame_start: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = (
+            self._frame_start_eager
+        )
+        self._depth_step: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] = self._depth_step_eager
 
     def compile(self, mode: str | None = None) -> None:
         """Compile prefill and the three step functions (dynamic batch, length and key window)."""
@@ -225,6 +233,32 @@ class FastStep:
         counters = draw_counter(frame, codebook)
         return sample_top_k(logits, temperature, top_k, seeds, counters, self.noise_columns)
 
+    def _sample_for_next(
+        self,
+        logits: torch.Tensor,
+        codebook: int,
+        temperature: torch.Tensor,
+        top_k: torch.Tensor,
+        seeds: torch.Tensor,
+        frame: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Codebook `codebook`'s ids, and, where the fused sampler copies them, the next depth
+        step's inputs (their rows of `depth_inputs`; else None: the next step gathers them)."""
+        if self.fused and SAMPLER_COPIES_INPUTS and codebook + 1 < self.num_codebooks:
+            table = self.depth_inputs[codebook * self.vocab : (codebook + 1) * self.vocab]  # the next codebook's
+            ids, rows = torch.ops.csm_serve.sample_top_k_embed(
+                logits, temperature, top_k, seeds, frame, codebook, self.noise_columns, table
+            )
+            return ids, rows
+        return self._sample(logits, codebook, temperature, top_k, seeds, frame), None
+
+    def _next_inputs(self, prev: torch.Tensor, inputs: torch.Tensor | None, codebook: int) -> torch.Tensor:
+        """Depth step `codebook`'s inputs (B, 1, dim): the rows the sampler copied, else gathered
+        from codebook `codebook - 1`'s ids `prev`."""
+        if inputs is None:
+            inputs = self.depth_inputs[prev + (codebook - 1) * self.vocab]
+        return inputs.unsqueeze(1)
+
     def _depth(
         self, x: torch.Tensor, positions: torch.Tensor, backend: Backend = EAGER, final_norm: bool = True
     ) -> torch.Tensor:
@@ -243,28 +277,32 @@ class FastStep:
         top_k: torch.Tensor,
         seeds: torch.Tensor,
         frame: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codebook 0 from the backbone state h (B, D), then codebook 1 on a fresh depth cache."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Codebook 0 from the backbone state h (B, D), then codebook 1 on a fresh depth cache; and
+        the next step's inputs where the sampler copied them (`_sample_for_next`)."""
         m = self.model
         c0 = self._sample(m.codebook0_logits(h), 0, temperature, top_k, seeds, frame)
         x = torch.stack([m.projection(h), self.depth_inputs[c0]], dim=1)
         out = self._depth(x, self._positions(x.shape[0], 2, 0, x.device))[:, -1]
-        c1 = self._sample(torch.matmul(out, m.audio_head[0]), 1, temperature, top_k, seeds, frame)
-        return c0, c1
+        c1, inputs = self._sample_for_next(torch.matmul(out, m.audio_head[0]), 1, temperature, top_k, seeds, frame)
+        return c0, c1, inputs
 
     def _depth_step_eager(
         self,
         prev: torch.Tensor,
+        inputs: torch.Tensor | None,
         codebook: int,
         temperature: torch.Tensor,
         top_k: torch.Tensor,
         seeds: torch.Tensor,
         frame: torch.Tensor,
-    ) -> torch.Tensor:
-        """Feed codebook `codebook - 1`'s ids `prev` (B,) at depth position `codebook` (2..31) and
-        sample codebook `codebook`. Compiled with a symbolic `codebook`, so one graph serves all."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Feed codebook `codebook - 1`'s ids `prev` (B,) (their input rows, where the sampler
+        copied them) at depth position `codebook` (2..31) and sample codebook `codebook`; returns
+        its ids and the next step's inputs (or None). Compiled with a symbolic `codebook`, so one
+        graph serves all."""
         m = self.model
-        x = self.depth_inputs[prev + (codebook - 1) * self.vocab].unsqueeze(1)
+        x = self._next_inputs(prev, inputs, codebook)
         b = x.shape[0]
         if self.fused:
             # The depth position is a view of a constant table, and the final norm runs with the
@@ -278,7 +316,7 @@ class FastStep:
         else:
             out = self._depth(x, self._positions(b, 1, codebook, x.device), self.one_token)[:, 0]
             logits = torch.matmul(out, m.audio_head[codebook - 1])
-        return self._sample(logits, codebook, temperature, top_k, seeds, frame)
+        return self._sample_for_next(logits, codebook, temperature, top_k, seeds, frame)
 
     def depth_frame(
         self,
@@ -289,9 +327,9 @@ class FastStep:
         frame: torch.Tensor,
     ) -> torch.Tensor:
         """A whole frame from backbone states h (B, D): codes (B, 32)."""
-        c0, c = self._frame_start(h, temperature, top_k, seeds, frame)
+        c0, c, inputs = self._frame_start(h, temperature, top_k, seeds, frame)
         codes = [c0, c]
         for i in range(2, self.num_codebooks):
-            c = self._depth_step(c, i, temperature, top_k, seeds, frame)
+            c, inputs = self._depth_step(c, inputs, i, temperature, top_k, seeds, frame)
             codes.append(c)
         return torch.stack(codes, dim=1)

@@ -5,6 +5,10 @@ per row.
 `torch.topk` over the whole vocabulary (the k-th largest score is needed for any k) costs two sort
 kernels of ~20 µs each per codebook at batch 128, 32 times a frame; an in-register bitonic sort of
 the row does the same inside the one kernel that also draws the id.
+
+In the depth loop the drawn id picks the next step's input, a row of a table of projected
+embeddings; `sample_top_k_embed` copies that row in the same kernel, so a depth step launches no
+gather (nor the offset add before it) between its sampler and its first projection.
 """
 
 from __future__ import annotations
@@ -77,11 +81,15 @@ def _sample_kernel(
     frame_ptr,  # (B,) int64
     columns_ptr,  # (V,) int64: column * golden
     out_ptr,  # (B,) int64
+    table_ptr,  # (>= V, D) the next inputs' table, row id for id (EMBED)
+    next_ptr,  # (B, D) the drawn ids' rows of the table (EMBED)
     codebook,
     NUM_CODEBOOKS: tl.constexpr,
     V: tl.constexpr,
     VP: tl.constexpr,
     FAST: tl.constexpr,
+    EMBED: tl.constexpr,
+    D: tl.constexpr,
     PDL_WAIT: tl.constexpr,
     PDL_EARLY: tl.constexpr,
 ):
@@ -106,7 +114,54 @@ def _sample_kernel(
     # Ids outside the top k (and past the vocabulary) are out of the race, whatever the noise.
     sampled = tl.argmax(tl.where(valid & (scores >= kth), probs / race, -1.0), axis=0)
     greedy = tl.argmax(kept, axis=0)
-    tl.store(out_ptr + b, tl.where(k == 1, greedy, sampled).to(tl.int64))
+    drawn = tl.where(k == 1, greedy, sampled).to(tl.int64)
+    tl.store(out_ptr + b, drawn)
+    if EMBED:
+        dims = tl.arange(0, D)
+        tl.store(next_ptr + b * D + dims, tl.load(table_ptr + drawn * D + dims))
+
+
+def launch(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    seeds: torch.Tensor,
+    frame: torch.Tensor,
+    codebook: int,
+    columns: torch.Tensor,
+    table: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The drawn ids (B,), and with `table` (rows, D) their rows `table[id]` (B, D)."""
+    b, v = logits.shape[0], columns.shape[0]
+    if TOP_K_FAST & (TOP_K_FAST - 1):
+        raise ValueError(f"TOP_K_FAST must be 0 or a power of two, got {TOP_K_FAST}")
+    if table is not None and (not table.is_contiguous() or table.shape[1] & (table.shape[1] - 1)):
+        raise ValueError("the table must be contiguous and its rows a power of two wide")
+    out = torch.empty(b, dtype=torch.long, device=logits.device)
+    rows = None if table is None else table.new_empty(b, table.shape[1])
+    if b:
+        _sample_kernel[(b,)](
+            logits,
+            logits.stride(0),
+            temperature,
+            top_k,
+            seeds,
+            frame,
+            columns,
+            out,
+            out if table is None else table,
+            out if rows is None else rows,
+            codebook,
+            NUM_CODEBOOKS=NUM_CODEBOOKS,
+            V=v,
+            VP=triton.next_power_of_2(v),
+            FAST=min(TOP_K_FAST, triton.next_power_of_2(v)),
+            EMBED=table is not None,
+            D=1 if table is None else table.shape[1],
+            num_warps=NUM_WARPS,
+            **pdl.launch_options(logits.device, b),
+        )
+    return out, rows
 
 
 @torch.library.custom_op("csm_serve::sample_top_k", mutates_args=())
@@ -121,31 +176,32 @@ def sample_top_k(
 ) -> torch.Tensor:
     """Ids (B,) long drawn as `serve_app.model.sampling.sample_top_k` draws them, with the draw
     counter `draw_counter(frame, codebook)`; only the first `len(columns)` logits are candidates."""
-    b, v = logits.shape[0], columns.shape[0]
-    if TOP_K_FAST & (TOP_K_FAST - 1):
-        raise ValueError(f"TOP_K_FAST must be 0 or a power of two, got {TOP_K_FAST}")
-    out = torch.empty(b, dtype=torch.long, device=logits.device)
-    if b:
-        _sample_kernel[(b,)](
-            logits,
-            logits.stride(0),
-            temperature,
-            top_k,
-            seeds,
-            frame,
-            columns,
-            out,
-            codebook,
-            NUM_CODEBOOKS=NUM_CODEBOOKS,
-            V=v,
-            VP=triton.next_power_of_2(v),
-            FAST=min(TOP_K_FAST, triton.next_power_of_2(v)),
-            num_warps=NUM_WARPS,
-            **pdl.launch_options(logits.device, b),
-        )
-    return out
+    return launch(logits, temperature, top_k, seeds, frame, codebook, columns)[0]
 
 
 @sample_top_k.register_fake
 def _(logits, temperature, top_k, seeds, frame, codebook, columns):  # type: ignore[no-untyped-def]
     return logits.new_empty(logits.shape[0], dtype=torch.long)
+
+
+@torch.library.custom_op("csm_serve::sample_top_k_embed", mutates_args=())
+def sample_top_k_embed(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    seeds: torch.Tensor,
+    frame: torch.Tensor,
+    codebook: int,
+    columns: torch.Tensor,
+    table: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample_top_k`'s ids, and their rows `table[id]` (B, D): the next depth step's inputs,
+    copied by the kernel that drew them."""
+    ids, rows = launch(logits, temperature, top_k, seeds, frame, codebook, columns, table)
+    assert rows is not None
+    return ids, rows
+
+
+@sample_top_k_embed.register_fake
+def _(logits, temperature, top_k, seeds, frame, codebook, columns, table):  # type: ignore[no-untyped-def]
+    return logits.new_empty(logits.shape[0], dtype=torch.long), table.new_empty(logits.shape[0], table.shape[1])
