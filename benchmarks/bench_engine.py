@@ -21,7 +21,7 @@ Sections, each written to the JSON as soon as it is done (a cut-off run keeps wh
   hf            transformers' CsmForConditionalGeneration in the same run, same shapes and sampling
                 (top-k 50, T 0.9), eager and static cache + torch.compile, batch 1, 50 frames
 
-    PYTHONPATH=. python3 benchmarks/bench_engine.py            # GPU: writes $OUT/<date>-h100.json + .png
+    PYTHONPATH=. python3 benchmarks/bench_engine.py            # GPU: writes $OUT/<date>-<gpu>.json + .png
     PYTHONPATH=. python3 benchmarks/bench_engine.py --smoke    # CPU, tiny preset, the whole script
 
 Random weights sample random codes, so no stream ends early: every stream runs its full length. The
@@ -859,7 +859,7 @@ def main() -> None:
     tag = (
         "cpu-engine-smoke"
         if args.smoke
-        else ("h100" if gpu and "H100" in gpu else re.sub(r"\W+", "-", str(gpu)).lower())
+        else re.sub(r"\W+", "-", str(gpu)).strip("-").lower()  # the name gpu_suite.sh merges HTTP into
     )
     out_dir = Path(args.out or os.environ.get("OUT") or ROOT / "benchmarks" / "results")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -499,10 +499,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "all_wait": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "wait"},
     "all_early": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "early"},
     "cublas": {"linear_max_batch": 0},  # the fused attention, cuBLAS's matmuls
-    "preload": {"preload": True},  # each projection's first weight tile loaded before its wait
-    "early_16": {"pdl_early_rows": 16},  # launches of up to 16 rows release the next kernel early
-    "early_16_preload": {"pdl_early_rows": 16, "preload": True},
-    "early_preload": {"pdl": "early", "preload": True},
     "gathered_inputs": {"sampler_copies_inputs": False},  # the depth step gathers its inputs itself
 }
 """Kernel settings the `variants` section times, each against the shipped defaults."""
@@ -516,7 +512,7 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
 
     saved = (
         fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST,
-        pdl.EARLY_MAX_ROWS, fl.PRELOAD_WEIGHTS, fast_step.SAMPLER_COPIES_INPUTS,
+        fast_step.SAMPLER_COPIES_INPUTS,
     )
     try:
         if setting.get("tiles") == "cold":
@@ -528,14 +524,12 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
         ks.NUM_WARPS = setting.get("sampler_warps", ks.NUM_WARPS)
         ks.TOP_K_FAST = setting.get("sampler_top_k_fast", ks.TOP_K_FAST)
         pdl.MODE = setting.get("pdl", pdl.MODE)
-        pdl.EARLY_MAX_ROWS = setting.get("pdl_early_rows", pdl.EARLY_MAX_ROWS)
-        fl.PRELOAD_WEIGHTS = setting.get("preload", fl.PRELOAD_WEIGHTS)
         fast_step.SAMPLER_COPIES_INPUTS = setting.get("sampler_copies_inputs", fast_step.SAMPLER_COPIES_INPUTS)
         yield
     finally:
         (
             fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST,
-            pdl.EARLY_MAX_ROWS, fl.PRELOAD_WEIGHTS, fast_step.SAMPLER_COPIES_INPUTS,
+            fast_step.SAMPLER_COPIES_INPUTS,
         ) = saved
 
 

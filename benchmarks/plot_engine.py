@@ -1,7 +1,7 @@
 """Plot an engine benchmark's throughput runs: audio seconds per second and per-stream real-time factor
 against the number of concurrent streams.
 
-    python3 benchmarks/plot_engine.py benchmarks/results/<date>-h100.json   # writes <same name>.png
+    python3 benchmarks/plot_engine.py benchmarks/results/<date>-<gpu>.json   # writes <same name>.png
 """
 
 from __future__ import annotations

@@ -231,8 +231,6 @@ def main() -> None:
         variants = [{"PDL_WAIT": True}] if "PDL_WAIT" in kernel.arg_names else [{}]
         if "FAST" in kernel.arg_names:  # the sampler: sorted rows, and the bitonic top-64 before them
             variants = [{**v, "FAST": fast} for v in variants for fast in (0, 64)]
-        if "PRELOAD" in kernel.arg_names:  # the projections: also first weights before an early wait
-            variants = [*variants, *({**v, "PRELOAD": True, "PDL_EARLY": True} for v in variants)]
         for overrides in variants:
             report = compile_launch(kernel, bound, options, overrides)
             key = json.dumps({k: report.get(k) for k in ("kernel", "constexprs", *_OPTIONS)}, sort_keys=True)

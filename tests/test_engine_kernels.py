@@ -129,9 +129,8 @@ def test_narrow_heads_take_the_unfused_path() -> None:
 )
 @pytest.mark.parametrize("rows", [1, 3, 20])
 @pytest.mark.parametrize("tma", [False, True], ids=["pointer-loads", "tma-loads"])
-@pytest.mark.parametrize("preload", [False, True], ids=["weights-after-wait", "first-weights-before-wait"])
 def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
-    rows: int, tma: bool, split_k: int, in_kernel: bool, preload: bool, monkeypatch: pytest.MonkeyPatch
+    rows: int, tma: bool, split_k: int, in_kernel: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch.nn.functional as F
 
@@ -145,7 +144,6 @@ def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
     monkeypatch.setattr(module, "tile_config", lambda *_: tiles)  # of 4 splits the last has no K left
     monkeypatch.setattr(module, "IN_KERNEL_REDUCE_MAX_ROWS", 1 << 20 if in_kernel else 0)
     monkeypatch.setattr(module, "TMA_MIN_ROWS", 1 if tma else None)
-    monkeypatch.setattr(module, "PRELOAD_WEIGHTS", preload)
     ready, launches = module._tma_ready, []
     monkeypatch.setattr(module, "_tma_ready", lambda *a: launches.append(ready(*a)) or launches[-1])
     counters._COUNTERS.clear()
@@ -183,13 +181,6 @@ def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
         assert not module.tile_locks(DEVICE).any()
         again = fused_linear(x.to(DEVICE), w.to(DEVICE), None, res.to(DEVICE), 0.0, False)
         assert torch.equal(again, cases["residual"][0]), "split-K sums in a fixed order"
-    # The first tile loaded before the wait is summed where the loop would sum it: the same bits
-    # (of 4 splits the last has no K left, so its preloaded tile is all masked).
-    monkeypatch.setattr(module, "PRELOAD_WEIGHTS", not preload)
-    other = fused_linear(x.to(DEVICE), w13.to(DEVICE), norm.weight.to(DEVICE), None, 1e-5, True)
-    assert torch.equal(other, cases["norm-gate-up-swiglu"][0])
-    other = fused_linear(x.to(DEVICE), w.to(DEVICE), None, res.to(DEVICE), 0.0, False)
-    assert torch.equal(other, cases["residual"][0])
 
 
 def test_tma_loads_stage_every_buffer_in_shared_memory() -> None:
@@ -276,34 +267,14 @@ def test_dependent_launch_is_off_where_it_cannot_run(monkeypatch: pytest.MonkeyP
         pdl.launch_options(DEVICE)
 
 
-def test_small_launches_release_the_next_kernel_early_and_large_ones_wait(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from serve_app.model.kernels import pdl
-
-    monkeypatch.setattr(pdl, "device_supports", lambda index: True)
-    gpu = torch.device("cuda", 0)
-    monkeypatch.setattr(pdl, "EARLY_MAX_ROWS", 16)
-    monkeypatch.setattr(pdl, "MODE", "wait")
-    early = {"PDL_WAIT": True, "PDL_EARLY": True, "launch_pdl": True}
-    wait = {"PDL_WAIT": True, "PDL_EARLY": False, "launch_pdl": True}
-    assert [pdl.launch_options(gpu, rows) for rows in (1, 16, 17, None)] == [early, early, wait, wait]
-    monkeypatch.setattr(pdl, "MODE", "early")
-    assert pdl.launch_options(gpu, 256) == early
-    monkeypatch.setattr(pdl, "MODE", "off")
-    assert pdl.launch_options(gpu, 1) == {"PDL_WAIT": False, "PDL_EARLY": False}
-
-
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="programmatic dependent launch")
-@pytest.mark.parametrize("mode", ["wait", "early", "early-small-preloaded"])
+@pytest.mark.parametrize("mode", ["wait", "early"])
 @torch.inference_mode()
 def test_dependent_launches_replay_the_fused_frame_bit_for_bit(
     mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every kernel waits for its predecessor before touching memory another kernel writes, so a
-    graph of the whole fused step (projections, split-K sums, attention, sampler) gives the same
-    bits in every mode, with the projections' first weight tiles loaded before the wait too."""
-    from serve_app.model.kernels import fused_linear as module
+    """Every kernel waits for its predecessor before touching memory, so a graph of the whole fused
+    step (projections, split-K sums, attention, sampler) gives the same bits in every mode."""
     from serve_app.model.kernels import pdl
 
     if not pdl.device_supports(DEVICE.index or 0):
@@ -318,12 +289,8 @@ def test_dependent_launches_replay_the_fused_frame_bit_for_bit(
     )
     outs = {}
     for current in ("off", mode):
-        small_early = current == "early-small-preloaded"
-        monkeypatch.setattr(pdl, "MODE", "wait" if small_early else current)
-        monkeypatch.setattr(pdl, "EARLY_MAX_ROWS", 16 if small_early else 0)
-        monkeypatch.setattr(module, "PRELOAD_WEIGHTS", small_early)
-        assert pdl.launch_options(DEVICE, 3)["PDL_WAIT"] == (current != "off")
-        assert pdl.launch_options(DEVICE, 3)["PDL_EARLY"] == (current in ("early", "early-small-preloaded"))
+        monkeypatch.setattr(pdl, "MODE", current)
+        assert pdl.launch_options(DEVICE)["PDL_WAIT"] == (current != "off")
         fast = FastStep(model, 2048, fused_attention=True, linear_max_batch=4)
 
         def frame(fast: FastStep = fast) -> tuple[torch.Tensor, torch.Tensor]:

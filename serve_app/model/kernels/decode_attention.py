@@ -182,7 +182,7 @@ def launch(
         WRITE=write,
         ATTEND=attend,
         num_warps=4,
-        **pdl.launch_options(qkv.device, b),
+        **pdl.launch_options(qkv.device),
     )
     return out
 

@@ -19,8 +19,7 @@ are six more launches around the four matmuls. Here they ride inside the matmul 
   programs count themselves in on a per-tile counter instead, and the tile's last program adds
   the partial sums in the same order and runs the epilogue: no second launch, which at batch 1 is
   about a third of a frame's launches.
-- Launch: every kernel may start as a dependent of the one before (`pdl`), waiting for it first;
-  optionally with its first weight tile loaded before the wait (`PRELOAD_WEIGHTS`).
+- Launch: every kernel may start as a dependent of the one before (`pdl`), waiting for it first.
 - Loads: batches above 16 rows read their tiles through TMA descriptors (`TMA_MIN_ROWS`), smaller
   ones through masked pointer loads; the arithmetic is the same.
 
@@ -104,34 +103,6 @@ def _weight_tile(
 
 
 @triton.jit
-def _x_tile(x_ptr, pid_m, rows, row_ok, k0, k, k_ok, stride_xm, BLOCK_M: tl.constexpr, TMA: tl.constexpr):
-    """The (BLOCK_M, BLOCK_K) tile of x at column k0: the copy engine fills out-of-range elements
-    with zeros (TMA), or masked pointer loads do."""
-    if TMA:
-        a = x_ptr.load([pid_m * BLOCK_M, k0])
-    else:
-        a = tl.load(x_ptr + rows[:, None] * stride_xm + k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-    return a
-
-
-@triton.jit
-def _accumulate(
-    acc, acc_up, sumsq, a, w, w_up, g_ptr, k, k_ok, dtype: tl.constexpr, NORM: tl.constexpr,
-    GATE_UP: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """One K tile into the sums: the norm's sum of squares and scale of x, then the dot(s)."""
-    if NORM:
-        af = a.to(tl.float32)
-        sumsq += tl.sum(af * af, axis=1)
-        g = tl.load(g_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-        a = (af * g[None, :]).to(dtype)
-    acc += tl.dot(a, w, input_precision=PRECISION)
-    if GATE_UP:
-        acc_up += tl.dot(a, w_up, input_precision=PRECISION)
-    return acc, acc_up, sumsq
-
-
-@triton.jit
 def _linear_kernel(
     x_ptr,  # (M, K), unit stride along K; TMA: its descriptor, blocks (BLOCK_M, BLOCK_K)
     w_ptr,  # (N, K) view (GATE_UP: (2N, K), gate rows first): element (n, k) at n * stride_wn + k * stride_wk;
@@ -162,10 +133,10 @@ def _linear_kernel(
     PRECISION: tl.constexpr,
     TMA: tl.constexpr,
     W_TRANSPOSED: tl.constexpr,
-    PRELOAD: tl.constexpr,
     PDL_WAIT: tl.constexpr,
     PDL_EARLY: tl.constexpr,
 ):
+    enter(PDL_WAIT, PDL_EARLY)
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -175,41 +146,31 @@ def _linear_kernel(
     row_ok = rows < M
     col_ok = cols < N
     dtype = out_ptr.dtype.element_ty
-    n0 = pid_n * BLOCK_N
-    k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
-    k_start = pid_k * k_span
-    k_end = tl.minimum(K, k_start + k_span)
-    if PRELOAD:  # no kernel writes weights: the first tile may load before the wait
-        first_w = _weight_tile(w_ptr, n0, k_start, cols, col_ok, k_start + ks, k_start + ks < k_end,
-                               stride_wn, stride_wk, TMA, W_TRANSPOSED)
-        first_w_up = first_w
-        if GATE_UP:
-            first_w_up = _weight_tile(w_ptr, N + n0, k_start, N + cols, col_ok, k_start + ks,
-                                      k_start + ks < k_end, stride_wn, stride_wk, TMA, W_TRANSPOSED)
-    enter(PDL_WAIT, PDL_EARLY)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     sumsq = tl.zeros((BLOCK_M,), tl.float32)
-    loop_start = k_start
-    if PRELOAD:
-        k = k_start + ks
-        k_ok = k < k_end
-        a = _x_tile(x_ptr, pid_m, rows, row_ok, k_start, k, k_ok, stride_xm, BLOCK_M, TMA)
-        acc, acc_up, sumsq = _accumulate(
-            acc, acc_up, sumsq, a, first_w, first_w_up, g_ptr, k, k_ok, dtype, NORM, GATE_UP, PRECISION
-        )
-        loop_start = k_start + BLOCK_K
-    for k0 in range(loop_start, k_end, BLOCK_K):
+    k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_start = pid_k * k_span
+    for k0 in range(k_start, tl.minimum(K, k_start + k_span), BLOCK_K):
         k = k0 + ks
         k_ok = k < K
-        a = _x_tile(x_ptr, pid_m, rows, row_ok, k0, k, k_ok, stride_xm, BLOCK_M, TMA)
+        if TMA:  # the copy engine fills shared memory, out-of-range elements as zeros
+            a = x_ptr.load([pid_m * BLOCK_M, k0])
+        else:
+            x_mask = row_ok[:, None] & k_ok[None, :]
+            a = tl.load(x_ptr + rows[:, None] * stride_xm + k[None, :], mask=x_mask, other=0.0)
+        if NORM:
+            af = a.to(tl.float32)
+            sumsq += tl.sum(af * af, axis=1)
+            g = tl.load(g_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+            a = (af * g[None, :]).to(dtype)
+        n0 = pid_n * BLOCK_N
         w = _weight_tile(w_ptr, n0, k0, cols, col_ok, k, k_ok, stride_wn, stride_wk, TMA, W_TRANSPOSED)
-        w_up = w
+        acc += tl.dot(a, w, input_precision=PRECISION)
         if GATE_UP:  # the up rows follow the N gate rows
-            w_up = _weight_tile(w_ptr, N + n0, k0, N + cols, col_ok, k, k_ok, stride_wn, stride_wk, TMA, W_TRANSPOSED)
-        acc, acc_up, sumsq = _accumulate(
-            acc, acc_up, sumsq, a, w, w_up, g_ptr, k, k_ok, dtype, NORM, GATE_UP, PRECISION
-        )
+            up = N + n0
+            w_up = _weight_tile(w_ptr, up, k0, N + cols, col_ok, k, k_ok, stride_wn, stride_wk, TMA, W_TRANSPOSED)
+            acc_up += tl.dot(a, w_up, input_precision=PRECISION)
     out_mask = row_ok[:, None] & col_ok[None, :]
     if SPLIT_K == 1:
         _epilogue(
@@ -434,13 +395,6 @@ def _tma_ready(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-PRELOAD_WEIGHTS = False
-"""Whether each program loads its first weight tile before waiting for the kernel before it
-(`pdl`): weights are never written, so this is safe, and a program placed while the previous
-kernel still runs (an early release, `pdl.EARLY_MAX_ROWS`) then has its weights in flight. The
-arithmetic is unchanged (the same tiles summed in the same order)."""
-
-
 CONFIG_OVERRIDES: dict[tuple[int, int, int], dict[str, int]] = {}
 """Per-(m, n, k) tiles that replace the tuned ones (benchmark sweeps)."""
 
@@ -506,7 +460,7 @@ def launch(
         locks = tile_locks(x.device)
         if norm_weight is not None:
             sq = torch.empty(split, grid[0], m, dtype=torch.float32, device=x.device)
-    flags = {"NORM": norm_weight is not None, "RESIDUAL": residual is not None} | pdl.launch_options(x.device, m)
+    flags = {"NORM": norm_weight is not None, "RESIDUAL": residual is not None} | pdl.launch_options(x.device)
     x_arg, w_arg = x, weight
     w_transposed = tma and weight.stride(1) != 1
     if tma:
@@ -538,7 +492,6 @@ def launch(
         PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
         TMA=tma,
         W_TRANSPOSED=w_transposed,
-        PRELOAD=PRELOAD_WEIGHTS,
         **flags,
         **cfg,
     )

@@ -12,10 +12,8 @@ it touches anything the previous kernel writes or reads. Modes:
 - `early`: as `wait`, and each kernel, once its own wait returns, lets the next one launch at
   once (`gdc_launch_dependents`), so the next kernel's programs are placed while this one runs.
 
-Every kernel waits before any load or store of memory another kernel writes, so the result is the
-same in every mode (bit for bit: no kernel's arithmetic changes). The projections may load their
-first weight tile before the wait (`fused_linear.PRELOAD_WEIGHTS`): no kernel writes weights, and a
-program placed early then has its weights in flight while the kernel before it finishes. Kernels of other libraries in between (cuBLAS, ATen) launch
+Every kernel waits before any load or store, so the result is the same in every mode (bit for
+bit: no kernel's arithmetic changes). Kernels of other libraries in between (cuBLAS, ATen) launch
 in plain stream order; a dependent after them simply starts when they end.
 """
 
@@ -48,10 +46,6 @@ With the tiles, in-kernel split-K sums and 16 sampler warps of the defaults, wai
 6.80, 6.93 vs 7.21, 8.67 vs 8.42, 9.52 vs 9.69, 13.01 vs 14.34. Early placement helps the small
 batch alone and costs the large ones (the waiting programs hold SM slots), so `wait`."""
 
-EARLY_MAX_ROWS = 0
-"""In `wait` mode, launches of at most this many rows release the next kernel early, as `early`
-does (0: none), so the small batches that early placement helps get it and the large ones do not."""
-
 
 @functools.cache
 def device_supports(index: int) -> bool:
@@ -59,9 +53,8 @@ def device_supports(index: int) -> bool:
     return gdc_wait is not None and torch.cuda.get_device_capability(index)[0] >= 9
 
 
-def launch_options(device: torch.device, rows: int | None = None) -> dict[str, bool]:
-    """The kernel's constexpr flags and launch option for the current `MODE` on `device`, for a
-    launch over `rows` rows (None: not known, no early release by `EARLY_MAX_ROWS`)."""
+def launch_options(device: torch.device) -> dict[str, bool]:
+    """The kernel's constexpr flags and launch option for the current `MODE` on `device`."""
     if MODE not in MODES:
         raise ValueError(f"PDL mode {MODE!r} is not one of {MODES}")
     on = (
@@ -69,8 +62,7 @@ def launch_options(device: torch.device, rows: int | None = None) -> dict[str, b
         and device.type == "cuda"
         and device_supports(torch.cuda.current_device() if device.index is None else device.index)
     )
-    early = MODE == "early" or (rows is not None and rows <= EARLY_MAX_ROWS)
-    options = {"PDL_WAIT": on, "PDL_EARLY": on and early}
+    options = {"PDL_WAIT": on, "PDL_EARLY": on and MODE == "early"}
     if on:
         options["launch_pdl"] = True
     return options

@@ -159,7 +159,7 @@ def launch(
             EMBED=table is not None,
             D=1 if table is None else table.shape[1],
             num_warps=NUM_WARPS,
-            **pdl.launch_options(logits.device, b),
+            **pdl.launch_options(logits.device),
         )
     return out, rows
 
