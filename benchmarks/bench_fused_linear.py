@@ -500,6 +500,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "all_early": {"tiles": "cold", "in_kernel_rows": 16, "sampler_warps": 16, "pdl": "early"},
     "cublas": {"linear_max_batch": 0},  # the fused attention, cuBLAS's matmuls
     "gathered_inputs": {"sampler_copies_inputs": False},  # the depth step gathers its inputs itself
+    "eager_frame_start": {"fused_frame_start": False},  # the frame's first depth pass eager
 }
 """Kernel settings the `variants` section times, each against the shipped defaults."""
 
@@ -512,7 +513,7 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
 
     saved = (
         fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST,
-        fast_step.SAMPLER_COPIES_INPUTS,
+        fast_step.SAMPLER_COPIES_INPUTS, fast_step.FUSED_FRAME_START,
     )
     try:
         if setting.get("tiles") == "cold":
@@ -525,11 +526,12 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
         ks.TOP_K_FAST = setting.get("sampler_top_k_fast", ks.TOP_K_FAST)
         pdl.MODE = setting.get("pdl", pdl.MODE)
         fast_step.SAMPLER_COPIES_INPUTS = setting.get("sampler_copies_inputs", fast_step.SAMPLER_COPIES_INPUTS)
+        fast_step.FUSED_FRAME_START = setting.get("fused_frame_start", fast_step.FUSED_FRAME_START)
         yield
     finally:
         (
             fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST,
-            fast_step.SAMPLER_COPIES_INPUTS,
+            fast_step.SAMPLER_COPIES_INPUTS, fast_step.FUSED_FRAME_START,
         ) = saved
 
 

@@ -168,23 +168,25 @@ def service_launches() -> None:
             heads,
             kv_heads,
         )
-    # A short prompt's prefill through the same kernel: the writes, then the attention (backbone).
+    # Prompt rows through the same kernel: the writes, then the attention (a short prompt's prefill
+    # in the backbone; a frame's first depth pass, two positions of each slot, in the depth decoder).
     prompt_rows, slots = empty(64, dtype=torch.long), empty(64, dtype=torch.long)
-    cache = empty(4, 8, 2049, 64)
-    for write, attend in ((True, False), (False, True)):
-        decode_attention.launch(
-            empty(64, 48 * 64),
-            prompt_rows,
-            empty(2048, 64, dtype=torch.float32),
-            empty(2048, 64, dtype=torch.float32),
-            cache,
-            cache,
-            32,
-            8,
-            slots,
-            write=write,
-            attend=attend,
-        )
+    for heads, kv_heads, dim in ((32, 8, 64), (8, 2, 128)):
+        cache = empty(4, kv_heads, 2049, dim)
+        for write, attend in ((True, False), (False, True)):
+            decode_attention.launch(
+                empty(64, (heads + 2 * kv_heads) * dim),
+                prompt_rows,
+                empty(2048, dim, dtype=torch.float32),
+                empty(2048, dim, dtype=torch.float32),
+                cache,
+                cache,
+                heads,
+                kv_heads,
+                slots,
+                write=write,
+                attend=attend,
+            )
     for rows in (1, 64):  # in-kernel split-K sums; the reduce kernel
         for n, k, gate_up in ((1536, 1024, False), (16384, 1024, True), (1024, 8192, False)):
             norm = None if k == 8192 else empty(k)

@@ -316,8 +316,19 @@ def test_fused_projections_come_only_with_the_fused_attention() -> None:
 
 
 @torch.inference_mode()
-@pytest.mark.parametrize("linear_max_batch", [0, 3], ids=["attention-only", "fused-projections"])
-def test_fused_decode_step_equals_the_unfused_step(linear_max_batch: int) -> None:
+@pytest.mark.parametrize(
+    "linear_max_batch, frame_start",
+    [(0, False), (3, False), (6, True)],
+    ids=["attention-only", "fused-projections", "fused-projections-and-frame-start"],
+)
+def test_fused_decode_step_equals_the_unfused_step(
+    linear_max_batch: int, frame_start: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fused step and frame give the unfused one's states and codes; with the fused frame start
+    (6 rows: both positions of 3 slots) its first depth pass runs as prompt rows too."""
+    from serve_app.model import fast_step
+
+    monkeypatch.setattr(fast_step, "FUSED_FRAME_START", frame_start)
     models = [se.wide_head_model().to(DEVICE), se.wide_head_model().to(DEVICE)]
     for m in models:
         m.setup_caches(3)
@@ -345,7 +356,15 @@ def test_fused_decode_step_equals_the_unfused_step(linear_max_batch: int) -> Non
         torch.tensor(values, device=DEVICE)
         for values in ([0.9, 0.9, 1.0], [1, 50, 5], [3, 4, 5], [0, 2, 7])
     )
+    passes: list[tuple[int, str]] = []  # (positions per row, attention) of each depth pass
+
+    def record(module: torch.nn.Module, a: tuple) -> None:
+        passes.append((a[1].shape[1], type(a[4].attention if len(a) > 4 else None).__name__))
+
+    fused.model.decoder.register_forward_pre_hook(record)
     torch.testing.assert_close(fused.depth_frame(h_plain, *args), plain.depth_frame(h_plain, *args))
+    first = "TritonPromptAttention" if frame_start else "TorchAttention"  # the fused or the eager pass
+    assert passes[0] == (2, first) and len(passes) == fused.num_codebooks - 1
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "kernel"])

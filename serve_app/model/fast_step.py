@@ -52,6 +52,14 @@ SAMPLER_COPIES_INPUTS = True
 and the step's first projection: two launches fewer a depth step, 60 a frame."""
 
 
+FUSED_FRAME_START = True
+"""Whether a frame's first depth pass (codebook 0's projected state and its ids' row, positions 0
+and 1) runs through the fused kernels as two prompt rows of each slot (the projections, the
+prompt-attention kernel, the final norm with the codebook head: about 26 launches), where the fused
+projections run, instead of the eager depth decoder over two positions (cuBLAS, SDPA and the
+norm, RoPE and cache pieces around them: about a hundred small kernels)."""
+
+
 PREFILL_ATTENTIONS = ("sdpa", "kernel")
 """How a fused prefill attends: SDPA over the slot cache (with the RoPE, scatter and gather pieces
 around it), or the decode-attention kernel, each token a row over its slot (two launches a layer)."""
@@ -283,8 +291,16 @@ class FastStep:
         m = self.model
         c0 = self._sample(m.codebook0_logits(h), 0, temperature, top_k, seeds, frame)
         x = torch.stack([m.projection(h), self.depth_inputs[c0]], dim=1)
-        out = self._depth(x, self._positions(x.shape[0], 2, 0, x.device))[:, -1]
-        c1, inputs = self._sample_for_next(torch.matmul(out, m.audio_head[0]), 1, temperature, top_k, seeds, frame)
+        positions = self._positions(x.shape[0], 2, 0, x.device)
+        rows = self._rows_backend
+        if FUSED_FRAME_START and rows is not None and self.fused_linear_for(2 * x.shape[0]):
+            # Both positions of each slot as prompt rows: written, then attended, in one pass.
+            out = m.decoder(x, positions, None, m.cfg.decoder_seq_len, rows, final_norm=False)[:, -1]
+            head = m.audio_head[0].t()[: self.noise_columns.shape[0]]
+            logits = rows.projections.norm_linear(out, m.decoder.norm, head)
+        else:
+            logits = torch.matmul(self._depth(x, positions)[:, -1], m.audio_head[0])
+        c1, inputs = self._sample_for_next(logits, 1, temperature, top_k, seeds, frame)
         return c0, c1, inputs
 
     def _depth_step_eager(
