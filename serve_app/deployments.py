@@ -159,18 +159,15 @@ class SharedState:
     async def reset(self, session_id: str) -> bool:
         return await self._sessions.reset(session_id)
 
-    async def acquire(self, client: str, per_minute: int, burst: int) -> float:
-        """A token from `client`'s bucket. The rate comes with the call, from the ingress, which
-        holds the API settings (keys and limits are often set in its environment only)."""
+    async def acquire_many(self, clients: list[str], per_minute: int, burst: int) -> list[tuple[float, float]]:
+        """A token for each of `clients`, in order (an ingress replica's waiting requests in one
+        call: see `HandleState.acquire`): each answer's wait (0.0: allowed) and the tokens its
+        client has left after it. The rate comes with the call, from the ingress, which holds the
+        API settings (keys and limits are often set in its environment only)."""
         limiter = self._limiters.get((per_minute, burst))
         if limiter is None:
             limiter = self._limiters[(per_minute, burst)] = TokenBucketLimiter(per_minute, burst)
-        return await limiter.acquire(client)
-
-    async def acquire_many(self, clients: list[str], per_minute: int, burst: int) -> list[float]:
-        """A token for each of `clients`, in order (an ingress replica's waiting requests in one
-        call: see `HandleState.acquire`)."""
-        return [await self.acquire(client, per_minute, burst) for client in clients]
+        return [limiter.take(client) for client in clients]
 
     async def report(self, replica_id: str, in_flight: int) -> bool:
         """An ingress replica's requests in flight; answers whether it should drain."""

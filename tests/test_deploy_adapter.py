@@ -342,7 +342,7 @@ def test_state_adapter_satisfies_both_protocols_and_sends_the_rate_with_each_tok
     from serve_app.api.state import RateLimiter, SessionStore
 
     async def scenario() -> None:
-        handle = FakeHandle([0.0])
+        handle = FakeHandle([(0.0, 9.0)])  # allowed, 9 tokens left
         state = _state(handle)
         assert isinstance(state, SessionStore) and isinstance(state, RateLimiter)
         assert await state.acquire("key_abc") == 0.0
@@ -386,13 +386,13 @@ class LimiterHandle:
             def remote(self, clients: list[str], per_minute: int, burst: int) -> FakeResponse:
                 handle.calls.append(list(clients))
 
-                async def answer() -> list[float]:
+                async def answer() -> list[tuple[float, float]]:
                     if handle.gate is not None:
                         await handle.gate.wait()
                     if handle.failures:
                         handle.failures -= 1
                         raise ActorDiedError()
-                    return [await handle.limiter.acquire(c) for c in clients]
+                    return [handle.limiter.take(c) for c in clients]
 
                 return FakeResponse(answer)
 
@@ -427,6 +427,53 @@ def test_token_requests_made_while_a_call_is_in_flight_go_in_the_next_call() -> 
         handle.gate.set()
         assert await asyncio.gather(first, *later) == [0.0] * 6
         assert handle.calls == [["a"], list("bcdef")]
+
+    asyncio.run(scenario())
+
+
+def test_a_client_with_credit_is_admitted_without_waiting_and_its_token_is_still_taken() -> None:
+    async def scenario() -> None:
+        handle = LimiterHandle(burst=4)
+        state = _state(handle)  # type: ignore[arg-type]
+        assert await state.acquire("k") == 0.0  # no credit yet: the bucket's answer (3 left)
+        handle.gate = asyncio.Event()  # the shared state stops answering
+        on_credit = [await asyncio.wait_for(state.acquire("k"), 0.1) for _ in range(3)]
+        assert on_credit == [0.0] * 3  # the credit of 3, spent without an answer
+        near_limit = asyncio.create_task(state.acquire("k"))  # no credit left: it waits
+        await asyncio.sleep(0.02)
+        assert not near_limit.done()
+        handle.gate.set()
+        assert await near_limit > 0  # the bucket's 4 tokens went to the four admitted before it
+        assert sum(len(call) for call in handle.calls) == 5  # every request took its token
+        assert await state.acquire("other") == 0.0  # credit is per client
+
+    asyncio.run(scenario())
+
+
+def test_credit_lasts_its_time_to_live_and_a_failed_call_leaves_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serve_app.deploy import handle_state
+
+    async def scenario() -> None:
+        handle = LimiterHandle(burst=10)
+        state = _state(handle)  # type: ignore[arg-type]
+        await state.acquire("k")
+        monkeypatch.setattr(handle_state, "CREDIT_TTL_S", 0.0)  # the credit is stale
+        handle.gate = asyncio.Event()
+        stale = asyncio.create_task(state.acquire("k"))
+        await asyncio.sleep(0.02)
+        assert not stale.done()  # waits for the bucket
+        handle.gate.set()
+        assert await stale == 0.0
+        monkeypatch.setattr(handle_state, "CREDIT_TTL_S", 60.0)
+        handle.failures = 1
+        assert await state.acquire("k") == 0.0  # on credit; the call taking its token fails
+        await asyncio.sleep(0.02)
+        handle.gate = asyncio.Event()
+        after = asyncio.create_task(state.acquire("k"))
+        await asyncio.sleep(0.02)
+        assert not after.done()  # a failed call leaves no credit: it waits for the bucket
+        handle.gate.set()
+        assert await after == 0.0
 
     asyncio.run(scenario())
 

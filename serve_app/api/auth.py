@@ -80,6 +80,10 @@ class TokenBucketLimiter:
 
     async def acquire(self, client: str) -> float:
         """Take one token for `client`: 0.0 when allowed, else the seconds until one is available."""
+        return self.take(client)[0]
+
+    def take(self, client: str) -> tuple[float, float]:
+        """`acquire`'s answer, and the tokens `client` has left after it."""
         now = self._clock()
         tokens, last = self._buckets.pop(client, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
@@ -91,7 +95,7 @@ class TokenBucketLimiter:
         self._buckets[client] = (tokens, now)
         if len(self._buckets) > self.max_clients:
             self._buckets.popitem(last=False)
-        return wait
+        return wait, tokens
 
 
 class AuthMiddleware:

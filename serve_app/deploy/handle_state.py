@@ -9,13 +9,24 @@ Every request takes a token, and one call through a Serve handle costs milliseco
 replica work, so a burst's calls queue behind each other on the way to first audio. An ingress
 replica therefore sends the tokens its requests wait for together: one call in flight, and the
 requests that arrive meanwhile go in the next (`HandleState.acquire`). The bucket stays in one
-place, so the decisions are the ones one call per request would get.
+place, and every request takes its token from it.
+
+A client whose last answer left it tokens does not wait for the call at all: each answer says how
+many tokens its client has left, the replica keeps that credit for `CREDIT_TTL_S` less the
+requests it has admitted on it since, and while the credit lasts a request is admitted at once,
+its token sent in the next call as before. A client near its limit has no credit, so its requests
+wait for the bucket's own answer. The bucket is only ever read after takes and refills only add,
+so one ingress replica never admits more than the bucket would; with several, each may spend the
+credit it last saw once more before the bucket's answers reach it (at most one answer's credit
+per replica, within the TTL).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
+from collections import Counter, OrderedDict
 from typing import Any
 
 from ray.serve.handle import DeploymentHandle
@@ -30,6 +41,13 @@ __all__ = ["HandleState", "handle_backends"]
 
 MAX_TOKENS_PER_CALL = 512
 """The most token requests one `acquire_many` call carries (the rest go in the next)."""
+
+CREDIT_TTL_S = 1.0
+"""How long a client's credit (the tokens the bucket last said it had left) admits its requests
+without waiting for the bucket's answer."""
+
+MAX_CREDITS = 100_000
+"""Clients whose credit a replica keeps (the most recently answered; the rest wait for answers)."""
 
 
 class HandleState:
@@ -49,8 +67,11 @@ class HandleState:
         self.per_minute = per_minute
         self._burst = burst
         self._timeout_s = timeout_s
-        self._waiting: list[tuple[str, asyncio.Future[float]]] = []
+        # Token requests to send; a request admitted on credit waits for no answer (None).
+        self._waiting: list[tuple[str, asyncio.Future[float] | None]] = []
         self._sender: asyncio.Task[None] | None = None
+        self._credit: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client: (tokens, when)
+        self._unanswered: Counter[str] = Counter()  # each client's token requests not answered yet
 
     async def _call(self, method: str, *args: Any, timeout_s: float | None) -> Any:
         response = getattr(self._handle, method).remote(*args)
@@ -81,14 +102,35 @@ class HandleState:
 
     async def acquire(self, client: str) -> float:
         """A token for `client` (0.0, or the seconds until one): sent with the other tokens this
-        replica's requests wait for, in one call, while no call is in flight; else in the next."""
-        answer: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        replica's requests wait for, in one call, while no call is in flight; else in the next.
+        While the client has credit, 0.0 at once (its token still goes in the call)."""
+        tokens, when = self._credit.get(client, (0.0, 0.0))
+        on_credit = tokens >= 1.0 and time.monotonic() - when <= CREDIT_TTL_S
+        answer = None if on_credit else asyncio.get_running_loop().create_future()
+        if on_credit:
+            self._credit[client] = (tokens - 1.0, when)
         self._waiting.append((client, answer))
+        self._unanswered[client] += 1
         if self._sender is None or self._sender.done():
             # In a context of its own: Ray Serve cancels the handle calls a cancelled request has
             # made (its child requests), and this call carries other requests' tokens too.
             self._sender = contextvars.Context().run(asyncio.ensure_future, self._send_tokens())
-        return await answer
+        return 0.0 if answer is None else await answer
+
+    def _answered(self, client: str, left: float | None) -> None:
+        """One of `client`'s token requests answered: its credit is what the bucket has left less
+        the client's requests still unanswered (each will take one); None: no answer, no credit."""
+        self._unanswered[client] -= 1
+        pending = self._unanswered[client]
+        if pending <= 0:
+            del self._unanswered[client]
+        if left is None or left - pending < 1.0:
+            self._credit.pop(client, None)
+            return
+        self._credit[client] = (left - pending, time.monotonic())
+        self._credit.move_to_end(client)
+        if len(self._credit) > MAX_CREDITS:
+            self._credit.popitem(last=False)
 
     async def _send_tokens(self) -> None:
         """Send the waiting token requests, a call at a time, until none waits."""
@@ -97,20 +139,22 @@ class HandleState:
             del self._waiting[:MAX_TOKENS_PER_CALL]
             clients = [client for client, _ in batch]
             try:
-                waits = await self._call(
+                answers = await self._call(
                     "acquire_many", clients, self.per_minute, self._burst, timeout_s=self._timeout_s
                 )
             except BaseException as exc:  # every waiting request gets an answer (503), none hangs
                 cancelled = StateUnavailableError("shared state call cancelled")
                 failure = exc if isinstance(exc, Exception) else cancelled
-                for _, answer in batch:
-                    if not answer.done():
+                for client, answer in batch:
+                    self._answered(client, None)
+                    if answer is not None and not answer.done():
                         answer.set_exception(failure)
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            for (_, answer), wait in zip(batch, waits, strict=True):
-                if not answer.done():  # its request may have gone (client disconnected)
+            for (client, answer), (wait, left) in zip(batch, answers, strict=True):
+                self._answered(client, left)
+                if answer is not None and not answer.done():  # its request may have gone
                     answer.set_result(wait)
 
 
