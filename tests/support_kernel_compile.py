@@ -155,30 +155,23 @@ def service_launches() -> None:
     def empty(*shape: int, dtype: torch.dtype = bf16) -> torch.Tensor:
         return torch.empty(*shape, dtype=dtype, device=meta)
 
+    # A decode step's attention (one token a row, row = slot), then prompt rows through the same
+    # kernel: the writes, then the attention (a short prompt's prefill in the backbone; a frame's
+    # first depth pass, two positions of each slot, in the depth decoder).
     positions = empty(4, dtype=torch.long)
+    prompt_rows, slots = empty(64, dtype=torch.long), empty(64, dtype=torch.long)
     for heads, kv_heads, dim in ((32, 8, 64), (8, 2, 128)):  # backbone, depth decoder
         cache = empty(4, kv_heads, 2049, dim)
+        rope = empty(2048, dim, dtype=torch.float32)
         decode_attention.launch(
-            empty(4, (heads + 2 * kv_heads) * dim),
-            positions,
-            empty(2048, dim, dtype=torch.float32),
-            empty(2048, dim, dtype=torch.float32),
-            cache,
-            cache,
-            heads,
-            kv_heads,
+            empty(4, (heads + 2 * kv_heads) * dim), positions, rope, rope, cache, cache, heads, kv_heads
         )
-    # Prompt rows through the same kernel: the writes, then the attention (a short prompt's prefill
-    # in the backbone; a frame's first depth pass, two positions of each slot, in the depth decoder).
-    prompt_rows, slots = empty(64, dtype=torch.long), empty(64, dtype=torch.long)
-    for heads, kv_heads, dim in ((32, 8, 64), (8, 2, 128)):
-        cache = empty(4, kv_heads, 2049, dim)
         for write, attend in ((True, False), (False, True)):
             decode_attention.launch(
                 empty(64, (heads + 2 * kv_heads) * dim),
                 prompt_rows,
-                empty(2048, dim, dtype=torch.float32),
-                empty(2048, dim, dtype=torch.float32),
+                rope,
+                rope,
                 cache,
                 cache,
                 heads,
