@@ -8,8 +8,8 @@ can be compiled and captured in CUDA graphs:
 - The attended key window `kv_len` is a static bucket (the engine picks the smallest bucket above
   every live position).
 - The depth loop reads its inputs from a table of projected embeddings (one gather per step, which
-  the fused sampler does itself as it draws the ids) and its codebook head as a view; the codebook index is a symbolic int under `torch.compile`, so one
-  compiled step serves codebooks 2..31. Sampling is the host-sync-free counter-based sampler of
+  the fused sampler does itself as it draws the ids) and its codebook head as a view; the codebook
+  index is a symbolic int under `torch.compile`, so one compiled step serves codebooks 2..31. Sampling is the host-sync-free counter-based sampler of
   `serve_app.model.sampling`.
 - On CUDA (with Triton) one-token steps run the fused backends (`serve_app.model.kernels.backends`):
   attention (RoPE, cache write, attention over each row's own prefix) and the sampler are single
@@ -254,10 +254,9 @@ class FastStep:
         step's inputs (their rows of `depth_inputs`; else None: the next step gathers them)."""
         if self.fused and SAMPLER_COPIES_INPUTS and codebook + 1 < self.num_codebooks:
             table = self.depth_inputs[codebook * self.vocab : (codebook + 1) * self.vocab]  # the next codebook's
-            ids, rows = torch.ops.csm_serve.sample_top_k_embed(
+            return torch.ops.csm_serve.sample_top_k_embed(
                 logits, temperature, top_k, seeds, frame, codebook, self.noise_columns, table
             )
-            return ids, rows
         return self._sample(logits, codebook, temperature, top_k, seeds, frame), None
 
     def _next_inputs(self, prev: torch.Tensor, inputs: torch.Tensor | None, codebook: int) -> torch.Tensor:
@@ -266,6 +265,12 @@ class FastStep:
         if inputs is None:
             inputs = self.depth_inputs[prev + (codebook - 1) * self.vocab]
         return inputs.unsqueeze(1)
+
+    def _head_logits(self, out: torch.Tensor, codebook: int, backend: Backend) -> torch.Tensor:
+        """Codebook `codebook`'s logits from the depth decoder's un-normed states out (B, dim): the
+        final norm inside the fused head projection, over the sampled vocabulary only."""
+        head = self.model.audio_head[codebook - 1].t()[: self.noise_columns.shape[0]]
+        return backend.projections.norm_linear(out, self.model.decoder.norm, head)
 
     def _depth(
         self, x: torch.Tensor, positions: torch.Tensor, backend: Backend = EAGER, final_norm: bool = True
@@ -296,8 +301,7 @@ class FastStep:
         if FUSED_FRAME_START and rows is not None and self.fused_linear_for(2 * x.shape[0]):
             # Both positions of each slot as prompt rows: written, then attended, in one pass.
             out = m.decoder(x, positions, None, m.cfg.decoder_seq_len, rows, final_norm=False)[:, -1]
-            head = m.audio_head[0].t()[: self.noise_columns.shape[0]]
-            logits = rows.projections.norm_linear(out, m.decoder.norm, head)
+            logits = self._head_logits(out, 1, rows)
         else:
             logits = torch.matmul(self._depth(x, positions)[:, -1], m.audio_head[0])
         c1, inputs = self._sample_for_next(logits, 1, temperature, top_k, seeds, frame)
@@ -327,8 +331,7 @@ class FastStep:
             backend = self._step_backend(b)
             positions = self.depth_positions[codebook : codebook + 1].expand(b, 1)
             out = self._depth(x, positions, backend, final_norm=False)[:, 0]
-            head = m.audio_head[codebook - 1].t()[: self.noise_columns.shape[0]]
-            logits = backend.projections.norm_linear(out, m.decoder.norm, head)
+            logits = self._head_logits(out, codebook, backend)
         else:
             out = self._depth(x, self._positions(b, 1, codebook, x.device), self.one_token)[:, 0]
             logits = torch.matmul(out, m.audio_head[codebook - 1])
