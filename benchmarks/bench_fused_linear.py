@@ -501,6 +501,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cublas": {"linear_max_batch": 0},  # the fused attention, cuBLAS's matmuls
     "gathered_inputs": {"sampler_copies_inputs": False},  # the depth step gathers its inputs itself
     "eager_frame_start": {"fused_frame_start": False},  # the frame's first depth pass eager
+    "unfolded_attention": {"fold_rows": 0},  # every decode attention in a launch of its own
+    "folded_attention_2": {"fold_rows": 2},  # attention inside the QKV launch up to 2 rows
+    "folded_attention_4": {"fold_rows": 4},
 }
 """Kernel settings the `variants` section times, each against the shipped defaults."""
 
@@ -513,7 +516,7 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
 
     saved = (
         fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST,
-        fast_step.SAMPLER_COPIES_INPUTS, fast_step.FUSED_FRAME_START,
+        fast_step.SAMPLER_COPIES_INPUTS, fast_step.FUSED_FRAME_START, fl.FOLD_ATTENTION_MAX_ROWS,
     )
     try:
         if setting.get("tiles") == "cold":
@@ -527,11 +530,12 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
         pdl.MODE = setting.get("pdl", pdl.MODE)
         fast_step.SAMPLER_COPIES_INPUTS = setting.get("sampler_copies_inputs", fast_step.SAMPLER_COPIES_INPUTS)
         fast_step.FUSED_FRAME_START = setting.get("fused_frame_start", fast_step.FUSED_FRAME_START)
+        fl.FOLD_ATTENTION_MAX_ROWS = setting.get("fold_rows", fl.FOLD_ATTENTION_MAX_ROWS)
         yield
     finally:
         (
             fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST,
-            fast_step.SAMPLER_COPIES_INPUTS, fast_step.FUSED_FRAME_START,
+            fast_step.SAMPLER_COPIES_INPUTS, fast_step.FUSED_FRAME_START, fl.FOLD_ATTENTION_MAX_ROWS,
         ) = saved
 
 

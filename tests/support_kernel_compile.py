@@ -185,6 +185,10 @@ def service_launches() -> None:
             norm = None if k == 8192 else empty(k)
             residual = empty(rows, n) if k == 8192 else None
             fused_linear.launch(empty(rows, k), empty(n, k), norm, residual, 1e-5, gate_up)
+    # a one-row decode step's depth QKV with its attention folded into the launch
+    cache, rope = empty(4, 2, 2049, 128), empty(2048, 128, dtype=torch.float32)
+    folded = fused_linear.DecodeAttention(empty(1, dtype=torch.long), rope, rope, cache, cache, 8, 2)
+    fused_linear.launch(empty(1, 1024), empty(1536, 1024), empty(1024), None, 1e-5, False, folded)
     logits = torch.zeros(2, 2051)
     ones = torch.ones(2, dtype=torch.long)
     sample_top_k(logits, torch.ones(2), ones, ones, ones, 3, torch.arange(2048))

@@ -183,6 +183,43 @@ def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
         assert torch.equal(again, cases["residual"][0]), "split-K sums in a fixed order"
 
 
+@pytest.mark.parametrize("split_k", [1, 4])
+@pytest.mark.parametrize("positions", [[7], [3, -1, 12]], ids=["one-row", "three-rows-one-idle"])
+def test_attention_folded_into_the_qkv_launch_equals_the_two_launches(
+    positions: list[int], split_k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kv heads' last tiles attend inside the QKV projection: the same output and caches, bit
+    for bit, as the projection followed by the attention kernel, and the head counters left zero."""
+    from serve_app.model.kernels import fused_linear as module
+
+    heads, kv_heads, dim, k, n_pos = 4, 2, 32, 64, 16
+    gen = torch.Generator().manual_seed(len(positions) + split_k)
+    n = (heads + 2 * kv_heads) * dim
+    tiles = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "SPLIT_K": split_k, "num_warps": 4, "num_stages": 2}
+    monkeypatch.setattr(module, "CONFIG_OVERRIDES", {(len(positions), n, k): tiles})
+    counters._COUNTERS.clear()
+    x, w = torch.randn(len(positions), k, generator=gen), torch.randn(n, k, generator=gen) / 8
+    g = torch.rand(k, generator=gen) + 0.5
+    freqs = torch.outer(torch.arange(n_pos).float(), 1 / 10_000 ** (torch.arange(0, dim, 2).float() / dim))
+    cos, sin = torch.cat([freqs, freqs], -1).cos(), torch.cat([freqs, freqs], -1).sin()
+    caches = torch.randn(2, len(positions), kv_heads, n_pos + 1, dim, generator=gen)
+    args = [t.to(DEVICE) for t in (x, w, g)]
+    rope = [t.to(DEVICE) for t in (torch.tensor(positions), cos, sin)]
+    results = []
+    for fold_rows in (0, 4):
+        monkeypatch.setattr(module, "FOLD_ATTENTION_MAX_ROWS", fold_rows)
+        launched = []
+        monkeypatch.setattr(module, "decode_attention_launch", lambda *a: launched.append(1) or launch(*a))
+        k_cache, v_cache = caches[0].clone().to(DEVICE), caches[1].clone().to(DEVICE)
+        out = module.fused_qkv_attention(*args, 1e-5, *rope, k_cache, v_cache, heads, kv_heads)
+        assert len(launched) == (0 if fold_rows else 1), "one launch when folded, two otherwise"
+        results.append((out.cpu(), k_cache.cpu(), v_cache.cpu()))
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert results[0][0].abs().sum() > 0 and not results[0][0][[p < 0 for p in positions]].any()
+    assert not module.head_locks(DEVICE).any() and not module.tile_locks(DEVICE).any()
+
+
 def test_tma_loads_stage_every_buffer_in_shared_memory() -> None:
     """TMA loads are counted with a buffer per pipeline stage, pointer loads with one fewer: a tile
     that fits the pointer count may be shrunk for TMA, and every swept tile fits as it is."""
@@ -317,18 +354,23 @@ def test_fused_projections_come_only_with_the_fused_attention() -> None:
 
 @torch.inference_mode()
 @pytest.mark.parametrize(
-    "linear_max_batch, frame_start",
-    [(0, False), (3, False), (6, True)],
-    ids=["attention-only", "fused-projections", "fused-projections-and-frame-start"],
+    "linear_max_batch, frame_start, fold_rows",
+    [(0, False, 0), (3, False, 0), (6, True, 3)],
+    ids=["attention-only", "fused-projections", "fused-projections-frame-start-folded-attention"],
 )
 def test_fused_decode_step_equals_the_unfused_step(
-    linear_max_batch: int, frame_start: bool, monkeypatch: pytest.MonkeyPatch
+    linear_max_batch: int, frame_start: bool, fold_rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fused step and frame give the unfused one's states and codes; with the fused frame start
-    (6 rows: both positions of 3 slots) its first depth pass runs as prompt rows too."""
+    (6 rows: both positions of 3 slots) its first depth pass runs as prompt rows too, and with the
+    attention folded into the QKV launch every one-token layer attends there."""
     from serve_app.model import fast_step
+    from serve_app.model.kernels import fused_linear
 
     monkeypatch.setattr(fast_step, "FUSED_FRAME_START", frame_start)
+    monkeypatch.setattr(fused_linear, "FOLD_ATTENTION_MAX_ROWS", fold_rows)
+    can_fold, folds = fused_linear._can_fold, []
+    monkeypatch.setattr(fused_linear, "_can_fold", lambda *a: folds.append(can_fold(*a)) or folds[-1])
     models = [se.wide_head_model().to(DEVICE), se.wide_head_model().to(DEVICE)]
     for m in models:
         m.setup_caches(3)
@@ -365,6 +407,7 @@ def test_fused_decode_step_equals_the_unfused_step(
     torch.testing.assert_close(fused.depth_frame(h_plain, *args), plain.depth_frame(h_plain, *args))
     first = "TritonPromptAttention" if frame_start else "TorchAttention"  # the fused or the eager pass
     assert passes[0] == (2, first) and len(passes) == fused.num_codebooks - 1
+    assert any(folds) == bool(fold_rows) and (all(folds) or not fold_rows), "every layer folded, or none"
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "kernel"])

@@ -62,3 +62,5 @@ def test_every_kernel_the_service_launches_compiles_for_hopper() -> None:
         if r["kernel"] == "_decode_attention_kernel"
     }  # a decode step's; a prompt's writes, then its attention
     assert attention_modes == {("True", "True", "False"), ("True", "False", "True"), ("False", "True", "True")}
+    folded = [r for r in reports if r["kernel"] == "_linear_kernel" and r["constexprs"].get("ATTEND") == "True"]
+    assert len(folded) == 1, "the depth QKV with its attention folded in"

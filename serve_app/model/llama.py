@@ -264,12 +264,29 @@ class TorchProjections:
         return F.silu(gate) * up
 
 
+class QkvAttention(Protocol):
+    def __call__(self, attention: Attention, norm: RMSNorm, x: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
+        """x (..., D) → attention output (..., q) of norm(x)'s QKV projection, writing the new keys/values."""
+        ...
+
+
 @dataclass(frozen=True)
 class Backend:
-    """How a block runs: its attention and its projections."""
+    """How a block runs: its attention and its projections, and optionally the QKV projection and
+    the attention as one call."""
 
     attention: AttentionBackend
     projections: ProjectionBackend
+    fused_qkv_attention: QkvAttention | None = None
+
+    def qkv_attention(
+        self, attention: Attention, norm: RMSNorm, x: torch.Tensor, inputs: AttentionInputs
+    ) -> torch.Tensor:
+        """The attention output of a block's input x: its normed QKV projection, then the attention."""
+        if self.fused_qkv_attention is not None:
+            return self.fused_qkv_attention(attention, norm, x, inputs)
+        qkv = self.projections.norm_linear(x, norm, attention.wqkv.weight)
+        return self.attention.attend(attention, qkv, inputs)
 
 
 EAGER = Backend(TorchAttention(), TorchProjections())
@@ -287,8 +304,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, inputs: AttentionInputs, backend: Backend = EAGER) -> torch.Tensor:
         p, attn, ff = backend.projections, self.attention, self.feed_forward
-        qkv = p.norm_linear(x, self.attention_norm, attn.wqkv.weight)
-        h = p.linear_add(backend.attention.attend(attn, qkv, inputs), attn.wo.weight, x)
+        h = p.linear_add(backend.qkv_attention(attn, self.attention_norm, x, inputs), attn.wo.weight, x)
         return p.linear_add(p.norm_gate_up(h, self.ffn_norm, ff.w13.weight), ff.w2.weight, h)
 
 

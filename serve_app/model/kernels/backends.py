@@ -128,8 +128,29 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 FUSED_ATTENTION = Backend(TritonDecodeAttention(), TorchProjections())
 """The Triton decode attention, cuBLAS projections."""
 
-FUSED = Backend(TritonDecodeAttention(), TritonProjections())
-"""The Triton decode attention and the fused Triton projections."""
+def fused_qkv_attention(attention: Attention, norm: RMSNorm, x: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
+    """A decode step's QKV projection and attention through `fused_qkv_attention`: one launch for
+    both at the smallest batches (`fused_linear.FOLD_ATTENTION_MAX_ROWS`), else the two kernels."""
+    cache = attention.cache()
+    out = torch.ops.csm_serve.fused_qkv_attention(
+        _rows(x),
+        attention.wqkv.weight,
+        norm.weight,
+        norm.eps,
+        inputs.positions,
+        inputs.cos,
+        inputs.sin,
+        cache.k,
+        cache.v,
+        attention.n_heads,
+        attention.n_kv_heads,
+    )
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+FUSED = Backend(TritonDecodeAttention(), TritonProjections(), fused_qkv_attention)
+"""The Triton decode attention and the fused Triton projections (the attention inside the QKV
+projection's launch at the smallest batches)."""
 
 FUSED_PREFILL = Backend(TorchAttention(), TritonProjections())
 """Prompts: SDPA over the slot cache (many tokens a row), the fused Triton projections."""

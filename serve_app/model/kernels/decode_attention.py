@@ -32,10 +32,12 @@ from serve_app.model.kernels.pdl import enter
 
 
 @triton.jit
-def _decode_attention_kernel(
+def attend_row(
     qkv_ptr,  # (B, (H + 2 * HKV) * D)
+    b,  # the row
+    g,  # the kv head
+    slot,  # the row's cache slot
     pos_ptr,  # (B,) int64, row stride pos_stride
-    slot_ptr,  # (B,) int64 cache slot of each row (read when HAS_SLOTS; else row b is slot b)
     cos_ptr,  # (P, D) fp32
     sin_ptr,
     k_cache_ptr,  # (S, HKV, P + 1, D)
@@ -54,19 +56,12 @@ def _decode_attention_kernel(
     D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PRECISION: tl.constexpr,
-    HAS_SLOTS: tl.constexpr,
     WRITE: tl.constexpr,  # store the row's rotated key and its value at its position
     ATTEND: tl.constexpr,  # attend keys 0..position and store the output
-    PDL_WAIT: tl.constexpr,
-    PDL_EARLY: tl.constexpr,
 ):
-    enter(PDL_WAIT, PDL_EARLY)
-    b = tl.program_id(0)
-    g = tl.program_id(1)
-    if HAS_SLOTS:
-        slot = tl.load(slot_ptr + b)
-    else:
-        slot = b
+    """One row's token and one kv head: RoPE, the cache write, attention over keys 0..position for
+    the GROUP query heads of kv head g. Reads the row's qkv from L2 (.cg): the kernel that folds
+    this into its QKV projection reads values other programs of the launch wrote."""
     half: tl.constexpr = D // 2
     dtype = k_cache_ptr.dtype.element_ty
     heads = tl.arange(0, GP)
@@ -82,22 +77,22 @@ def _decode_attention_kernel(
     cache = slot * cache_s_stride + g * cache_h_stride
     if WRITE:
         k_offs = H * D + g * D + dims
-        k1 = tl.load(row + k_offs).to(tl.float32)
-        k2 = tl.load(row + k_offs + half).to(tl.float32)
+        k1 = tl.load(row + k_offs, cache_modifier=".cg").to(tl.float32)
+        k2 = tl.load(row + k_offs + half, cache_modifier=".cg").to(tl.float32)
         v_offs = (H + HKV) * D + g * D + dims
         new = cache + pos * cache_p_stride + dims
         write = (dims * 0 + raw_pos) >= 0  # idle rows write nothing (a vector mask: the interpreter needs one)
         tl.store(k_cache_ptr + new, (k1 * c - k2 * s).to(dtype), mask=write)
         tl.store(k_cache_ptr + new + half, (k2 * c + k1 * s).to(dtype), mask=write)
-        tl.store(v_cache_ptr + new, tl.load(row + v_offs).to(dtype), mask=write)
-        tl.store(v_cache_ptr + new + half, tl.load(row + v_offs + half).to(dtype), mask=write)
+        tl.store(v_cache_ptr + new, tl.load(row + v_offs, cache_modifier=".cg").to(dtype), mask=write)
+        tl.store(v_cache_ptr + new + half, tl.load(row + v_offs + half, cache_modifier=".cg").to(dtype), mask=write)
         if ATTEND:
             tl.debug_barrier()  # the new key/value are read back below by other threads of this program
     if ATTEND:
         # q of the GROUP heads served by kv head g, rotated (rotate-half layout), in two halves.
         q_offs = (g * GROUP + heads)[:, None] * D + dims[None, :]
-        q1 = tl.load(row + q_offs, mask=real[:, None], other=0.0).to(tl.float32)
-        q2 = tl.load(row + q_offs + half, mask=real[:, None], other=0.0).to(tl.float32)
+        q1 = tl.load(row + q_offs, mask=real[:, None], other=0.0, cache_modifier=".cg").to(tl.float32)
+        q2 = tl.load(row + q_offs + half, mask=real[:, None], other=0.0, cache_modifier=".cg").to(tl.float32)
         q1, q2 = (
             (q1 * c[None, :] - q2 * s[None, :]).to(dtype),
             (q2 * c[None, :] + q1 * s[None, :]).to(dtype),
@@ -135,6 +130,62 @@ def _decode_attention_kernel(
         tl.store(out_ptr + out_offs + half, o2, mask=real[:, None])
 
 
+@triton.jit
+def _decode_attention_kernel(
+    qkv_ptr,  # (B, (H + 2 * HKV) * D)
+    pos_ptr,  # (B,) int64, row stride pos_stride
+    slot_ptr,  # (B,) int64 cache slot of each row (read when HAS_SLOTS; else row b is slot b)
+    cos_ptr,  # (P, D) fp32
+    sin_ptr,
+    k_cache_ptr,  # (S, HKV, P + 1, D)
+    v_cache_ptr,
+    out_ptr,  # (B, H * D)
+    pos_stride,
+    qkv_stride,
+    cache_s_stride,
+    cache_h_stride,
+    cache_p_stride,
+    scale,
+    H: tl.constexpr,
+    HKV: tl.constexpr,
+    GROUP: tl.constexpr,
+    GP: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+    HAS_SLOTS: tl.constexpr,
+    WRITE: tl.constexpr,
+    ATTEND: tl.constexpr,
+    PDL_WAIT: tl.constexpr,
+    PDL_EARLY: tl.constexpr,
+):
+    enter(PDL_WAIT, PDL_EARLY)
+    b = tl.program_id(0)
+    if HAS_SLOTS:
+        slot = tl.load(slot_ptr + b)
+    else:
+        slot = b
+    attend_row(
+        qkv_ptr, b, tl.program_id(1), slot, pos_ptr, cos_ptr, sin_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
+        pos_stride, qkv_stride, cache_s_stride, cache_h_stride, cache_p_stride, scale,
+        H, HKV, GROUP, GP, D, BLOCK_N, PRECISION, WRITE, ATTEND,
+    )
+
+
+def kernel_constants(n_heads: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype) -> dict[str, object]:
+    """`attend_row`'s constexprs for a geometry and cache dtype."""
+    group = n_heads // n_kv_heads
+    return {
+        "H": n_heads,
+        "HKV": n_kv_heads,
+        "GROUP": group,
+        "GP": max(16, triton.next_power_of_2(group)),
+        "D": head_dim,
+        "BLOCK_N": 32 if head_dim > 64 else 64,
+        "PRECISION": "ieee" if dtype == torch.float32 else "tf32",
+    }
+
+
 def launch(
     qkv: torch.Tensor,
     positions: torch.Tensor,
@@ -152,7 +203,6 @@ def launch(
     `prompt_attention`. Without `attend` the returned output is left unwritten."""
     b = qkv.shape[0]
     d = k_cache.shape[-1]
-    group = n_heads // n_kv_heads
     out = torch.empty(b if attend else 0, n_heads * d, dtype=qkv.dtype, device=qkv.device)
     if b == 0:
         return out
@@ -171,17 +221,11 @@ def launch(
         k_cache.stride(1),
         k_cache.stride(2),
         1.0 / math.sqrt(d),
-        H=n_heads,
-        HKV=n_kv_heads,
-        GROUP=group,
-        GP=max(16, triton.next_power_of_2(group)),
-        D=d,
-        BLOCK_N=32 if d > 64 else 64,
-        PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",
         HAS_SLOTS=slots is not None,
         WRITE=write,
         ATTEND=attend,
         num_warps=4,
+        **kernel_constants(n_heads, n_kv_heads, d, k_cache.dtype),
         **pdl.launch_options(qkv.device),
     )
     return out

@@ -33,7 +33,9 @@ tolerance of the reference, checked by the tests.
 
 from __future__ import annotations
 
+import math
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -41,6 +43,8 @@ import triton.language as tl
 
 from serve_app.model.kernels import pdl
 from serve_app.model.kernels.counters import device_counters
+from serve_app.model.kernels.decode_attention import attend_row, kernel_constants
+from serve_app.model.kernels.decode_attention import launch as decode_attention_launch
 from serve_app.model.kernels.pdl import enter
 
 try:
@@ -103,6 +107,55 @@ def _weight_tile(
 
 
 @triton.jit
+def _fold_attention(
+    pid_n,
+    pid_m,
+    M,
+    qkv_ptr,
+    qkv_stride,
+    head_lock_ptr,
+    pos_ptr,
+    cos_ptr,
+    sin_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    attn_ptr,
+    pos_stride,
+    cache_s_stride,
+    cache_h_stride,
+    cache_p_stride,
+    scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    H: tl.constexpr,
+    HKV: tl.constexpr,
+    GROUP: tl.constexpr,
+    GP: tl.constexpr,
+    HEAD_D: tl.constexpr,
+    KEYS_BLOCK: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """After a QKV tile is stored: count it in on its kv head's counter; the head's last tile (its
+    query heads', key's and value's columns all written) runs the decode attention of that kv head
+    for the tile's rows (`decode_attention.attend_row`), so no attention kernel is launched."""
+    tl.debug_barrier()  # every thread's stores are issued before the release below
+    col = pid_n * BLOCK_N  # a tile lies inside one head: HEAD_D is a multiple of BLOCK_N
+    q_width: tl.constexpr = H * HEAD_D
+    head = tl.where(col < q_width, col // (GROUP * HEAD_D), ((col - q_width) // HEAD_D) % HKV)
+    lock = head_lock_ptr + pid_m * HKV + head
+    tiles_per_head: tl.constexpr = (GROUP + 2) * (HEAD_D // BLOCK_N)
+    if tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu") == tiles_per_head - 1:
+        tl.store(lock, 0)  # zero again for the next launch
+        first = pid_m * BLOCK_M
+        for b in range(first, tl.minimum(first + BLOCK_M, M)):
+            attend_row(
+                qkv_ptr, b, head, b, pos_ptr, cos_ptr, sin_ptr, k_cache_ptr, v_cache_ptr, attn_ptr,
+                pos_stride, qkv_stride, cache_s_stride, cache_h_stride, cache_p_stride, scale,
+                H, HKV, GROUP, GP, HEAD_D, KEYS_BLOCK, PRECISION, True, True,
+            )
+
+
+@triton.jit
 def _linear_kernel(
     x_ptr,  # (M, K), unit stride along K; TMA: its descriptor, blocks (BLOCK_M, BLOCK_K)
     w_ptr,  # (N, K) view (GATE_UP: (2N, K), gate rows first): element (n, k) at n * stride_wn + k * stride_wk;
@@ -113,6 +166,13 @@ def _linear_kernel(
     sq_ptr,  # (SPLIT_K, N tiles, M) fp32 partial sums of squares of x (NORM, IN_KERNEL_REDUCE)
     res_ptr,  # (M, N) residual (RESIDUAL)
     g_ptr,  # (K,) RMSNorm weight (NORM)
+    pos_ptr,  # ATTEND: (M,) int64 each row's position (< 0: idle), row m being cache slot m
+    cos_ptr,  # ATTEND: (P, HEAD_D) fp32 RoPE tables
+    sin_ptr,
+    k_cache_ptr,  # ATTEND: (S, HKV, P + 1, HEAD_D)
+    v_cache_ptr,
+    attn_ptr,  # ATTEND: (M, H * HEAD_D) the attention output
+    head_lock_ptr,  # ATTEND: int32 per (row tile, kv head), zero between launches
     M,
     N,
     K,
@@ -122,6 +182,11 @@ def _linear_kernel(
     stride_om,
     stride_rm,
     eps,
+    pos_stride,
+    cache_s_stride,
+    cache_h_stride,
+    cache_p_stride,
+    attn_scale,
     NORM: tl.constexpr,
     GATE_UP: tl.constexpr,
     RESIDUAL: tl.constexpr,
@@ -135,6 +200,13 @@ def _linear_kernel(
     W_TRANSPOSED: tl.constexpr,
     PDL_WAIT: tl.constexpr,
     PDL_EARLY: tl.constexpr,
+    ATTEND: tl.constexpr = False,  # the output is a decode step's QKV: fold its attention in
+    H: tl.constexpr = 1,
+    HKV: tl.constexpr = 1,
+    GROUP: tl.constexpr = 1,
+    GP: tl.constexpr = 16,
+    HEAD_D: tl.constexpr = 2,
+    KEYS_BLOCK: tl.constexpr = 16,
 ):
     enter(PDL_WAIT, PDL_EARLY)
     pid_n = tl.program_id(0)
@@ -177,6 +249,12 @@ def _linear_kernel(
             acc, acc_up, sumsq, rows, cols, out_mask, out_ptr, res_ptr, K, stride_om, stride_rm, eps,
             dtype, NORM, GATE_UP, RESIDUAL,
         )
+        if ATTEND:
+            _fold_attention(
+                pid_n, pid_m, M, out_ptr, stride_om, head_lock_ptr, pos_ptr, cos_ptr, sin_ptr, k_cache_ptr,
+                v_cache_ptr, attn_ptr, pos_stride, cache_s_stride, cache_h_stride, cache_p_stride,
+                attn_scale, BLOCK_M, BLOCK_N, H, HKV, GROUP, GP, HEAD_D, KEYS_BLOCK, PRECISION,
+            )
     else:
         tile = part_ptr + rows[:, None] * N + cols[None, :]
         tl.store(tile + pid_k * M * N, acc, mask=out_mask)
@@ -201,6 +279,13 @@ def _linear_kernel(
                     total, acc_up, sumsq, rows, cols, out_mask, out_ptr, res_ptr, K, stride_om, stride_rm,
                     eps, dtype, NORM, GATE_UP, RESIDUAL,
                 )
+                if ATTEND:
+                    _fold_attention(
+                        pid_n, pid_m, M, out_ptr, stride_om, head_lock_ptr, pos_ptr, cos_ptr, sin_ptr,
+                        k_cache_ptr, v_cache_ptr, attn_ptr, pos_stride, cache_s_stride, cache_h_stride,
+                        cache_p_stride, attn_scale, BLOCK_M, BLOCK_N, H, HKV, GROUP, GP, HEAD_D, KEYS_BLOCK,
+                        PRECISION,
+                    )
 
 
 @triton.jit
@@ -418,8 +503,49 @@ def tile_locks(device: torch.device) -> torch.Tensor:
 
 
 def reserve_tile_locks(device: torch.device) -> None:
-    """Make the device's split-K tile counters now (before CUDA graphs that use them are captured)."""
+    """Make the device's split-K tile counters, and the folded attention's, now (before CUDA graphs
+    that use them are captured)."""
     tile_locks(torch.device(device))
+    head_locks(torch.device(device))
+
+
+class DecodeAttention(NamedTuple):
+    """A decode step's attention to fold into its QKV projection (`decode_attention`'s inputs but
+    the qkv): row m of the projection is the token of cache slot m."""
+
+    positions: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    n_heads: int
+    n_kv_heads: int
+
+
+FOLD_ATTENTION_MAX_ROWS = 1
+"""Decode steps of up to this many rows run their attention inside the QKV projection's launch
+(`_fold_attention`: each kv head's last tile attends for every row, one row after another), larger
+ones in a launch of their own (a program per row and kv head); 0: never."""
+
+MAX_HEAD_LOCKS = 1 << 10
+"""Counters of the folded attention: one per (row tile, kv head) of a launch."""
+
+
+def head_locks(device: torch.device) -> torch.Tensor:
+    """The device's zeroed int32 counters of the folded attention's kv heads (`counters`)."""
+    return device_counters("qkv attention head", device, MAX_HEAD_LOCKS)
+
+
+def _can_fold(attention: DecodeAttention, m: int, cfg: dict[str, int], in_kernel: bool) -> bool:
+    """Whether this launch can run the attention itself: a small decode batch whose column tiles
+    each lie inside one head, every tile's sums finished inside the kernel."""
+    head_dim = attention.k_cache.shape[-1]
+    return (
+        m <= FOLD_ATTENTION_MAX_ROWS
+        and (cfg["SPLIT_K"] == 1 or in_kernel)
+        and head_dim % cfg["BLOCK_N"] == 0
+        and triton.cdiv(m, cfg["BLOCK_M"]) * attention.n_kv_heads <= MAX_HEAD_LOCKS
+    )
 
 
 def launch(
@@ -429,8 +555,10 @@ def launch(
     residual: torch.Tensor | None = None,
     eps: float = 1e-5,
     gate_up: bool = False,
+    attention: DecodeAttention | None = None,
 ) -> torch.Tensor:
-    """Run the kernel(s); see `fused_linear`."""
+    """Run the kernel(s); see `fused_linear`. With `attention` the projection is a decode step's
+    QKV and the result its attention output (`fused_qkv_attention`)."""
     if x.stride(-1) != 1:
         x = x.contiguous()
     m = x.shape[0]
@@ -443,7 +571,7 @@ def launch(
         raise ValueError(f"x has {x.shape[1]} columns for a weight of {k}")
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
-        return out
+        return out if attention is None else _attend(out, attention)
     cfg = CONFIG_OVERRIDES.get((m, n, k)) or tiles_for(m, n, k, gate_up)
     tma = _tma_ready(x, weight)
     cfg = fit_shared_memory(cfg, weight.element_size(), gate_up, tma)
@@ -454,6 +582,7 @@ def launch(
     res = residual if residual is not None else out
     part = sq = locks = out  # placeholders for pointers the kernel does not read
     in_kernel = split > 1 and m <= IN_KERNEL_REDUCE_MAX_ROWS and grid[0] * grid[1] <= MAX_TILES
+    fold = attention is not None and _can_fold(attention, m, cfg, in_kernel)
     if split > 1:
         part = torch.empty(split, m, n, dtype=torch.float32, device=x.device)
     if in_kernel:
@@ -461,6 +590,22 @@ def launch(
         if norm_weight is not None:
             sq = torch.empty(split, grid[0], m, dtype=torch.float32, device=x.device)
     flags = {"NORM": norm_weight is not None, "RESIDUAL": residual is not None} | pdl.launch_options(x.device)
+    attended = out
+    fold_args: tuple = (out,) * 7 + (0, 0, 0, 0, 1.0)  # placeholders: the kernel reads none of them
+    if fold:
+        assert attention is not None
+        cache, head_dim = attention.k_cache, attention.k_cache.shape[-1]
+        attended = torch.empty(m, attention.n_heads * head_dim, dtype=x.dtype, device=x.device)
+        fold_args = (
+            attention.positions, attention.cos, attention.sin, cache, attention.v_cache, attended,
+            head_locks(x.device), attention.positions.stride(0), cache.stride(0), cache.stride(1),
+            cache.stride(2), 1.0 / math.sqrt(head_dim),
+        )
+        constants = kernel_constants(attention.n_heads, attention.n_kv_heads, head_dim, cache.dtype)
+        flags |= {
+            "ATTEND": True, "H": constants["H"], "HKV": constants["HKV"], "GROUP": constants["GROUP"],
+            "GP": constants["GP"], "HEAD_D": head_dim, "KEYS_BLOCK": constants["BLOCK_N"],
+        }
     x_arg, w_arg = x, weight
     w_transposed = tma and weight.stride(1) != 1
     if tma:
@@ -478,6 +623,7 @@ def launch(
         sq,
         res,
         norm_weight if norm_weight is not None else x,
+        *fold_args[:7],
         m,
         n,
         k,
@@ -487,6 +633,7 @@ def launch(
         out.stride(0),
         res.stride(0),
         eps,
+        *fold_args[7:],
         GATE_UP=gate_up,
         IN_KERNEL_REDUCE=in_kernel,
         PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
@@ -513,9 +660,18 @@ def launch(
             BLOCK_N=block_n,
             BLOCK_K=min(1024, triton.next_power_of_2(k)),
             num_warps=4,
-            **flags,
+            NORM=flags["NORM"],
+            RESIDUAL=flags["RESIDUAL"],
+            **pdl.launch_options(x.device),
         )
-    return out
+    if attention is not None and not fold:
+        return _attend(out, attention)
+    return attended
+
+
+def _attend(qkv: torch.Tensor, attention: DecodeAttention) -> torch.Tensor:
+    """The decode attention in a launch of its own."""
+    return decode_attention_launch(qkv, *attention)
 
 
 @torch.library.custom_op("csm_serve::fused_linear", mutates_args=())
@@ -538,3 +694,29 @@ def fused_linear(
 @fused_linear.register_fake
 def _(x, weight, norm_weight, residual, eps, gate_up):  # type: ignore[no-untyped-def]
     return x.new_empty(x.shape[0], weight.shape[0] // 2 if gate_up else weight.shape[0])
+
+
+@torch.library.custom_op("csm_serve::fused_qkv_attention", mutates_args=("k_cache", "v_cache"))
+def fused_qkv_attention(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+) -> torch.Tensor:
+    """A decode step's attention output (M, n_heads * head_dim) from its layer input x (M, K):
+    `decode_attention` of `fused_linear(x, weight, norm_weight)`, the QKV projection. Batches of up
+    to `FOLD_ATTENTION_MAX_ROWS` rows attend inside the projection's launch, larger ones after it."""
+    attention = DecodeAttention(positions, cos, sin, k_cache, v_cache, n_heads, n_kv_heads)
+    return launch(x, weight, norm_weight, None, eps, False, attention)
+
+
+@fused_qkv_attention.register_fake
+def _(x, weight, norm_weight, eps, positions, cos, sin, k_cache, v_cache, n_heads, n_kv_heads):  # type: ignore[no-untyped-def]
+    return x.new_empty(x.shape[0], n_heads * k_cache.shape[-1])
