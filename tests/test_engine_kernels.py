@@ -205,11 +205,11 @@ def test_attention_folded_into_the_qkv_launch_equals_the_two_launches(
     caches = torch.randn(2, len(positions), kv_heads, n_pos + 1, dim, generator=gen)
     args = [t.to(DEVICE) for t in (x, w, g)]
     rope = [t.to(DEVICE) for t in (torch.tensor(positions), cos, sin)]
-    results = []
+    results, launched = [], []
+    monkeypatch.setattr(module, "decode_attention_launch", lambda *a: launched.append(1) or launch(*a))
     for fold_rows in (0, 4):
         monkeypatch.setattr(module, "FOLD_ATTENTION_MAX_ROWS", fold_rows)
-        launched = []
-        monkeypatch.setattr(module, "decode_attention_launch", lambda *a: launched.append(1) or launch(*a))
+        launched.clear()
         k_cache, v_cache = caches[0].clone().to(DEVICE), caches[1].clone().to(DEVICE)
         out = module.fused_qkv_attention(*args, 1e-5, *rope, k_cache, v_cache, heads, kv_heads)
         assert len(launched) == (0 if fold_rows else 1), "one launch when folded, two otherwise"
