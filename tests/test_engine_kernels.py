@@ -250,12 +250,14 @@ def test_each_batch_takes_the_tiles_of_the_smallest_class_that_holds_it() -> Non
 
 
 def test_a_step_with_fused_projections_makes_its_split_k_counters_before_any_capture() -> None:
+    """The split-K tile counters and the folded attention's head counters, one set each."""
     from serve_app.model.kernels import fused_linear as module
 
     counters._COUNTERS.clear()
     FastStep(se.wide_head_model().to(DEVICE), 2048, fused_attention=True, linear_max_batch=4)
-    (locks,) = counters._COUNTERS.values()
-    assert locks is module.tile_locks(DEVICE) and not locks.any()  # "cuda" and "cuda:0" share them
+    tiles, heads = counters._COUNTERS.values()
+    assert tiles is module.tile_locks(DEVICE) and not tiles.any()  # "cuda" and "cuda:0" share them
+    assert heads is module.head_locks(DEVICE) and not heads.any()
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs")
