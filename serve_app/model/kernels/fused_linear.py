@@ -19,11 +19,15 @@ are six more launches around the four matmuls. Here they ride inside the matmul 
   programs count themselves in on a per-tile counter instead, and the tile's last program adds
   the partial sums in the same order and runs the epilogue: no second launch, which at batch 1 is
   about a third of a frame's launches.
+- Attention fold, a one-row decode step's QKV projection (`fused_qkv_attention`): each kv head's
+  last finished column tile runs that head's decode attention (`decode_attention.attend_row`) in
+  the same launch, so no attention kernel follows.
 - Launch: every kernel may start as a dependent of the one before (`pdl`), waiting for it first.
 - Loads: batches above 16 rows read their tiles through TMA descriptors (`TMA_MIN_ROWS`), smaller
   ones through masked pointer loads; the arithmetic is the same.
 
-So a layer is four matmul launches (plus a reduce per split one above that size) and attention. W may be any 2-D view
+So a layer is four matmul launches (plus a reduce per split one above that size) and attention (inside
+the QKV launch at one row). W may be any 2-D view
 (N, K): the depth decoder's per-codebook heads are (K, N) tensors read through a transposed view.
 
 Numerics: fp32 accumulation; the activation and the residual add round where the eager model
@@ -525,7 +529,11 @@ class DecodeAttention(NamedTuple):
 FOLD_ATTENTION_MAX_ROWS = 1
 """Decode steps of up to this many rows run their attention inside the QKV projection's launch
 (`_fold_attention`: each kv head's last tile attends for every row, one row after another), larger
-ones in a launch of their own (a program per row and kv head); 0: never."""
+ones in a launch of their own (a program per row and kv head); 0: never. The whole graphed decode
+step on an H100, separate → folded: 6.65 → 6.39 ms a frame at one row
+(`benchmarks/results/2026-12-06-0437-nvidia-h100-80gb-hbm3-fold-variants.json`), but 6.46 → 7.07 at
+two rows and 6.76 → 7.87 at four (`…-0448-…-fold-rows-variants.json`): the serial rows cost more
+than the launch saved."""
 
 MAX_HEAD_LOCKS = 1 << 10
 """Counters of the folded attention: one per (row tile, kv head) of a launch."""
