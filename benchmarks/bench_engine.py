@@ -55,6 +55,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+import host_probe
 from numerics import rel_err
 
 from serve_app.engine.engine import Engine, lower_switch_interval
@@ -881,6 +882,8 @@ def main() -> None:
     def save() -> None:
         path.write_text(json.dumps(res, indent=1))
 
+    res["host"] = host_probe.probe()  # the host's speed, to compare runs on other machines
+    print("host", res["host"], flush=True)
     t_start = time.perf_counter()
     tokenizer = word_tokenizer([PROMPT_20_WORDS])
     model32 = random_csm(cfg, device)

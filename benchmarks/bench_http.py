@@ -41,6 +41,9 @@ from typing import Any
 
 import aiohttp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import host_probe  # a sibling module, importable once its folder is on the path
+
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog while seven happy children sing songs about summer rain.",
     "Thanks for calling, I can help you with that order right away if you give me its number.",
@@ -346,6 +349,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "url": args.url,
         "audio_ms_per_request": args.audio_ms,
         "notes": args.notes,
+        "host": host_probe.probe(),  # the client machine's speed, to compare runs on other machines
     }
 
     def save() -> None:
