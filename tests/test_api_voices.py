@@ -325,3 +325,54 @@ def test_upload_preview_and_refusals_over_real_http(tmp_path) -> None:
         )
         assert r.status_code == 400 and r.json()["detail"].startswith("audio is silent")
         assert [v["id"] for v in httpx.get(f"{base_url}/v1/voices").json()["data"]] == [voice["id"]]
+
+
+def test_with_api_keys_each_key_sees_uses_and_deletes_only_its_own_voices(tmp_path) -> None:
+    """A voice saved with one key is not listed, named, used (HTTP or WebSocket) or deleted with
+    another: each key's voices are a store of their own; without keys every caller shares one."""
+    alpha, beta = "alpha-key-0123456789", "beta-key-9876543210"
+    client = make_client(tmp_path, api_keys=f"{alpha},{beta}")
+    as_alpha, as_beta = {"Authorization": f"Bearer {alpha}"}, {"Authorization": f"Bearer {beta}"}
+    created = client.post(
+        "/v1/voices",
+        headers=as_alpha,
+        json={"name": "Narrator", "audio_b64": wav_b64(1.0), "transcript": "The reference.", "speaker": 1},
+    )
+    assert created.status_code == 201, created.text
+    voice = created.json()
+
+    def ids(headers: dict[str, str], path: str = "/v1/voices") -> list[str]:
+        return [v["id"] for v in client.get(path, headers=headers).json()["data"] if v["id"].startswith("voice_")]
+
+    assert ids(as_alpha) == [voice["id"]] and ids(as_beta) == []
+    assert ids(as_alpha, "/v1/audio/voices") == [voice["id"]] and ids(as_beta, "/v1/audio/voices") == []
+    for name in (voice["id"], "Narrator"):  # neither its id nor its name reaches another key's voices
+        assert client.post("/speak", headers=as_beta, json={"text": "Hi", "voice": name}).status_code == 404
+        assert client.post("/speak", headers=as_alpha, json={"text": "Hi", "voice": name}).status_code == 200
+    r = client.post("/v1/audio/speech", headers=as_beta, json={"model": "tts-1", "input": "Hi", "voice": voice["id"]})
+    assert r.status_code == 404
+    assert client.get(f"/v1/voices/{voice['id']}", headers=as_beta).status_code == 404
+    assert client.post(f"/v1/voices/{voice['id']}/preview", headers=as_beta).status_code == 404
+    with client.websocket_connect(f"/v1/audio/speech/stream?api_key={beta}") as ws:
+        ws.send_json({"type": "text", "context_id": "c", "text": "Hello there.", "voice": voice["id"]})
+        ws.send_json({"type": "close", "context_id": "c"})
+        reply = ws.receive_json()
+    assert reply["type"] == "error" and "not found" in reply["message"], reply
+    assert client.delete(f"/v1/voices/{voice['id']}", headers=as_beta).status_code == 404
+    assert ids(as_alpha) == [voice["id"]], "another key's delete left it in place"
+    assert client.delete(f"/v1/voices/{voice['id']}", headers=as_alpha).status_code == 204
+    assert ids(as_alpha) == []
+
+
+def test_a_store_files_each_owners_voices_apart_and_rejects_other_names(tmp_path) -> None:
+    store = VoiceStore(tmp_path / "voices")
+    codes = np.zeros((2, 32), dtype=np.int64)
+    mine = store.owned_by("key_0123456789ab").create("Mine", "t", 0, codes)
+    shared = store.create("Shared", "t", 0, codes)
+    assert [v.id for v in store.list()] == [shared.id]
+    assert [v.id for v in store.owned_by("key_0123456789ab").list()] == [mine.id]
+    assert store.owned_by("key_0123456789ab") is store.owned_by("key_0123456789ab")
+    assert store.owned_by(None) is store
+    for bad in ("../x", "key_0123", "addr_1.2.3.4"):
+        with pytest.raises(ValueError, match="invalid voice owner"):
+            store.owned_by(bad)

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serve_app.api.errors import error_body
 from serve_app.api.state import RateLimiter, StateUnavailableError
 
-__all__ = ["ApiKeyRing", "AuthMiddleware", "TokenBucketLimiter", "key_id"]
+__all__ = ["ApiKeyRing", "AuthMiddleware", "TokenBucketLimiter", "key_id", "key_of"]
 
 OPEN_PATHS = ("/health", "/metrics", "/docs", "/redoc", "/openapi.json", "/favicon.ico")
 """Paths served without a key: probes, scraping, documentation (the playground page is open too,
@@ -37,6 +37,13 @@ its API calls are not)."""
 def key_id(key: str) -> str:
     """A stable, non-reversible name for a key, safe to log."""
     return "key_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def key_of(scope: Scope) -> str | None:
+    """The id of the API key a request came with (`key_id`), or None where the server takes no keys:
+    what the caller's own data (saved voices) is filed under."""
+    client = scope.get("state", {}).get("client_id")
+    return client if isinstance(client, str) and client.startswith("key_") else None
 
 
 class ApiKeyRing:

@@ -17,6 +17,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 
+from serve_app.api.auth import key_of
 from serve_app.api.builtin_voices import OPENAI_VOICES
 from serve_app.api.deps import ServicesDep
 from serve_app.api.errors import ApiError, request_id_of
@@ -43,7 +44,7 @@ async def create_speech(body: OpenAISpeechRequest, request: Request, svc: Servic
     script = await synth.script(body.input, normalize=True, lexicon=body.lexicon, field="input")
     voice_name = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice.strip()
     try:
-        voice = await synth.named_voice(voice_name)
+        voice = await synth.named_voice(voice_name, key_of(request.scope))
     except ApiError as exc:
         if exc.status_code != 404 or voice_name.startswith("voice_"):
             raise  # a saved voice's id that is gone: 404

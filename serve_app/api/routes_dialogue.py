@@ -12,6 +12,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Path, Request, Response
 
+from serve_app.api.auth import key_of
 from serve_app.api.cache import CachedResponse
 from serve_app.api.deps import ServicesDep
 from serve_app.api.errors import ApiError, request_id_of
@@ -112,7 +113,7 @@ async def contextual_speak(body: ContextualSpeakRequest, request: Request, svc: 
     synth = svc.synth
     text = synth.target_text(body.text, body.normalize)
     session_id = body.session_id or default_session_id(request)
-    voice = await synth.named_voice(body.voice) if body.voice else None
+    voice = await synth.named_voice(body.voice, key_of(request.scope)) if body.voice else None
     # A voice's reference comes last, as on /speak: the nearest context, and the last to be dropped
     # when a long session no longer fits the prompt.
     anchor = [synth.voice_reference(voice, body.normalize)] if voice else []

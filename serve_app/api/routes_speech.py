@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from serve_app.api.auth import key_of
 from serve_app.api.deps import ServicesDep
 from serve_app.api.errors import ApiError, request_id_of
 from serve_app.api.longform import Narration, script_key
@@ -37,7 +38,7 @@ async def speak(body: SpeakRequest, request: Request, svc: ServicesDep) -> Respo
     built-in or saved `voice`."""
     synth = svc.synth
     script = await synth.script(body.text, normalize=body.normalize, lexicon=body.lexicon)
-    voice = await synth.named_voice(body.voice) if body.voice else None
+    voice = await synth.named_voice(body.voice, key_of(request.scope)) if body.voice else None
     speaker = voice.info.speaker if voice else body.speaker
     budget_ms = body.max_duration_ms or script.default_budget_ms(DEFAULT_SPEAK_MS, MAX_SPEECH_MS)
     filename = f"speech.{body.output.extension}"
@@ -93,7 +94,7 @@ async def clone_voice(body: CloneVoiceRequest, request: Request, svc: ServicesDe
     """Speech for `text` in the voice of a reference recording (inline or a saved voice)."""
     synth = svc.synth
     text = synth.target_text(body.text, body.normalize)
-    voice = await synth.named_voice(body.voice) if body.voice else None
+    voice = await synth.named_voice(body.voice, key_of(request.scope)) if body.voice else None
     filename = f"cloned_voice.{body.output.extension}"
 
     async def produce():

@@ -1,13 +1,14 @@
-"""`GET /v1/audio/voices`: every voice a request may name, built-in and saved."""
+"""`GET /v1/audio/voices`: every voice a request may name, built-in and saved (with the caller's key)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from serve_app.api.auth import key_of
 from serve_app.api.builtin_voices import fingerprint
 from serve_app.api.deps import ServicesDep
 
@@ -37,8 +38,9 @@ class VoiceCatalog(BaseModel):
 
 
 @router.get("/voices", response_model=VoiceCatalog)
-async def list_all_voices(svc: ServicesDep) -> VoiceCatalog:
+async def list_all_voices(request: Request, svc: ServicesDep) -> VoiceCatalog:
     synth = svc.synth
+    saved_voices = synth.voices.owned_by(key_of(request.scope))
     entries = []
     for spec in synth.builtin.specs.values():
         voice = await synth.builtin.stored(spec, synth)
@@ -67,7 +69,7 @@ async def list_all_voices(svc: ServicesDep) -> VoiceCatalog:
                 ready=True,
                 duration_ms=info.duration_ms,
             )
-            for info in synth.voices.list()
+            for info in saved_voices.list()
         ]
 
     return VoiceCatalog(data=entries + await run_in_threadpool(saved))

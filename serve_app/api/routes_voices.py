@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from serve_app.api.auth import key_of
 from serve_app.api.deps import ServicesDep
 from serve_app.api.errors import ApiError
 from serve_app.api.responses import AUDIO_RESPONSES
@@ -96,25 +97,25 @@ async def create_voice(request: Request, svc: ServicesDep) -> VoiceInfo:
     if svc.synth.builtin.spec(fields.name) is not None:  # a request naming it would get the built-in
         raise ApiError(409, f"{fields.name!r} is a built-in voice's name (GET /v1/audio/voices): choose another")
     svc.synth.text(fields.transcript, normalize=False, field="transcript")  # length check only
+    voices = svc.synth.voices.owned_by(key_of(request.scope))
     limit = svc.settings.max_saved_voices
-    if len(await run_in_threadpool(svc.synth.voices.list)) >= limit:
+    if len(await run_in_threadpool(voices.list)) >= limit:
         raise ApiError(409, f"{limit} voices are saved, the most this server keeps: delete one first")
     codes = await svc.synth.encode_reference(audio, field)
     if len(codes) == 0:
         raise ApiError(400, f"{field} is too short to hold one audio frame (80 ms)")
-    return await run_in_threadpool(
-        svc.synth.voices.create, fields.name, fields.transcript, fields.speaker, codes
-    )
+    return await run_in_threadpool(voices.create, fields.name, fields.transcript, fields.speaker, codes)
 
 
 @router.get("", response_model=VoiceList)
-async def list_voices(svc: ServicesDep) -> VoiceList:
-    return VoiceList(data=await run_in_threadpool(svc.synth.voices.list))
+async def list_voices(request: Request, svc: ServicesDep) -> VoiceList:
+    """The voices saved with the caller's API key (every saved voice where the server takes none)."""
+    return VoiceList(data=await run_in_threadpool(svc.synth.voices.owned_by(key_of(request.scope)).list))
 
 
 @router.get("/{voice_id}", response_model=VoiceInfo)
-async def get_voice(voice_id: str, svc: ServicesDep) -> VoiceInfo:
-    return (await svc.synth.voice(voice_id)).info
+async def get_voice(voice_id: str, request: Request, svc: ServicesDep) -> VoiceInfo:
+    return (await svc.synth.voice(voice_id, key_of(request.scope))).info
 
 
 @router.post("/{voice_id}/preview", responses=AUDIO_RESPONSES, response_class=Response)
@@ -125,14 +126,14 @@ async def preview_voice(
     body: Annotated[VoicePreviewRequest | None, Body()] = None,
 ) -> Response:
     """A sample sentence (or `text`) in the voice: `/speak` with this voice, whole, not streamed."""
-    await svc.synth.voice(voice_id)  # 404 before anything else
+    await svc.synth.voice(voice_id, key_of(request.scope))  # 404 before anything else
     options = (body or VoicePreviewRequest()).model_dump(exclude_unset=True)
     options.setdefault("text", VoicePreviewRequest.model_fields["text"].default)
     return await speak(SpeakRequest(**options, voice=voice_id), request, svc)
 
 
 @router.delete("/{voice_id}", status_code=204, response_class=Response)
-async def delete_voice(voice_id: str, svc: ServicesDep) -> Response:
-    if not await run_in_threadpool(svc.synth.voices.delete, voice_id):
+async def delete_voice(voice_id: str, request: Request, svc: ServicesDep) -> Response:
+    if not await run_in_threadpool(svc.synth.voices.owned_by(key_of(request.scope)).delete, voice_id):
         raise ApiError(404, f"voice {voice_id!r} not found")
     return Response(status_code=204)

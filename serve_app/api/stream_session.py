@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import TypeAdapter, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from serve_app.api.auth import key_of
 from serve_app.api.errors import ApiError, engine_error
 from serve_app.api.longform import Narration, SpeechPiece, SpokenLine
 from serve_app.api.stream_messages import (
@@ -206,7 +207,7 @@ class SpeechContext:
 
     async def _narration(self) -> Narration:
         synth, opts = self.session.synth, self.options
-        voice = await synth.named_voice(opts.voice) if opts.voice else None
+        voice = await synth.named_voice(opts.voice, key_of(self.session.websocket.scope)) if opts.voice else None
         narration = synth.narration(
             anchor=[synth.voice_reference(voice, opts.normalize)] if voice else [],
             sampling=synth.sampling(opts.temperature, opts.top_k, opts.seed),

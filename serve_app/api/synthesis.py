@@ -229,31 +229,34 @@ class Synthesizer:
             for i, seg in enumerate(segments)
         ]
 
-    async def voice(self, voice_id: str, *, by_name: bool = False) -> SavedVoice:
-        """A saved voice by id; `by_name`: else the one saved voice with that name (any case; 409
-        where several have it: names need not be unique)."""
-        voice = await run_in_threadpool(self._saved_voice, voice_id, by_name)
+    async def voice(self, voice_id: str, owner: str | None, *, by_name: bool = False) -> SavedVoice:
+        """A saved voice of `owner` (an API key's id, None without keys: `VoiceStore.owned_by`) by
+        id; `by_name`: else the one such voice with that name (any case; 409 where several have it:
+        names need not be unique)."""
+        voice = await run_in_threadpool(self._saved_voice, voice_id, self.voices.owned_by(owner), by_name)
         if voice is None:
             raise ApiError(404, f"voice {voice_id!r} not found")
         return voice
 
-    def _saved_voice(self, name: str, by_name: bool) -> SavedVoice | None:
-        voice = self.voices.get(name.strip())
+    @staticmethod
+    def _saved_voice(name: str, voices: VoiceStore, by_name: bool) -> SavedVoice | None:
+        voice = voices.get(name.strip())
         if voice is not None or not by_name:
             return voice
         wanted = name.strip().casefold()  # as built-in names are matched: case and edge spaces aside
-        named = [info for info in self.voices.list() if info.name.strip().casefold() == wanted]
+        named = [info for info in voices.list() if info.name.strip().casefold() == wanted]
         if len(named) > 1:
             ids = ", ".join(info.id for info in named)
             raise ApiError(409, f"{len(named)} saved voices are named {name!r}: give one's id ({ids})")
-        return self.voices.get(named[0].id) if named else None
+        return voices.get(named[0].id) if named else None
 
-    async def named_voice(self, name: str) -> SavedVoice:
-        """A built-in voice by name (prepared once per replica), a saved voice by id, or the one saved
-        voice with that name (any case; 409 where several have it: names need not be unique)."""
+    async def named_voice(self, name: str, owner: str | None) -> SavedVoice:
+        """A built-in voice by name (prepared once per replica), a saved voice of `owner` by id, or
+        the one such voice with that name (any case; 409 where several have it: names need not be
+        unique)."""
         if self.builtin.spec(name) is not None:
             return await self.builtin.get(name, self)
-        return await self.voice(name, by_name=True)
+        return await self.voice(name, owner, by_name=True)
 
     def lexicon_for(self, entries: Mapping[str, str] | None, field: str = "lexicon") -> Lexicon:
         """The server's lexicon with a request's own entries over it (422 for unusable entries)."""

@@ -6,6 +6,10 @@ Nothing but a listing is held in memory, so replicas sharing the directory see e
 and a restart loses nothing. The listing (what naming a voice searches) is read again whenever the
 directory changes: every create and delete renames or removes a file in it, which updates its mtime.
 Calls do blocking file I/O: run them in a thread from async code.
+
+Where the server takes API keys, each key's voices are a store of their own (`owned_by`: a
+subdirectory named after the key's id): a caller lists, uses and deletes only the voices saved with
+its key. Voices saved without keys stay in the directory itself.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from serve_app.engine.types import FRAME_MS, Segment
 __all__ = ["SavedVoice", "VoiceStore"]
 
 _ID_RE = re.compile(r"^voice_[0-9a-f]{16}$")
+_OWNER_RE = re.compile(r"^key_[0-9a-f]{12}$")  # `auth.key_id`: a safe directory name
 _MTIME_TRUSTED_AFTER_NS = 2_000_000_000
 """A directory changed more recently than this may change again within its mtime's granularity (a
 second or two on some filesystems) without a new mtime: its listing is read again each time."""
@@ -62,6 +67,18 @@ class VoiceStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._id_re = id_pattern
         self._listing: tuple[int, list[VoiceInfo]] | None = None  # (directory mtime, voices)
+        self._owners: dict[str, VoiceStore] = {}
+
+    def owned_by(self, owner: str | None) -> VoiceStore:
+        """The voices of API key `owner` (its id, `auth.key_id`); None: this store's own."""
+        if owner is None:
+            return self
+        if not _OWNER_RE.match(owner):
+            raise ValueError(f"invalid voice owner {owner!r}")
+        store = self._owners.get(owner)
+        if store is None:
+            store = self._owners[owner] = VoiceStore(self.directory / "keys" / owner, self._id_re)
+        return store
 
     def create(self, name: str, transcript: str, speaker: int, codes: np.ndarray) -> VoiceInfo:
         return self.put(f"voice_{uuid.uuid4().hex[:16]}", name, transcript, speaker, codes)
