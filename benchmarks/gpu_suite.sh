@@ -2,7 +2,8 @@
 # One command that checks and measures the service on a CUDA machine, each part independent of the
 # others (a failed part is reported and the rest still run):
 #
-#   tests    the gpu-marked tests (graph capture and fallback, Mimi graphs, fused step, kernels)
+#   tests    the gpu-marked tests (graph capture and fallback, Mimi graphs, fused step, kernels), in
+#            TEST_WORKERS processes (default 4) where pytest-xdist is installed
 #   engine   benchmarks/bench_engine.py in-process (extra arguments: $ENGINE_ARGS)
 #   http     `csm-serve serve --config` of serve_config.yaml with the csm-1b-random preset, behind
 #            HAProxy as in production (INGRESS=proxy: Ray's Python proxy) (API keys and the rate
@@ -59,15 +60,23 @@ pack() {
 status() { echo "== $1: $2" | tee -a "$OUT/suite-status.txt"; pack; }
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 
+# The gpu-marked tests spend most of their time compiling kernels on the host, so they run in
+# TEST_WORKERS processes sharing the GPU (default 4) where pytest-xdist is installed, else in one.
+WORKERS=()
+if [ "${TEST_WORKERS:-4}" -gt 1 ] && $PY -c "import xdist" 2>/dev/null; then
+  WORKERS=(-n "${TEST_WORKERS:-4}")
+fi
+
 if has tests; then
   # Modules that need test-only packages the GPU image may lack (openai, schemathesis, ...) fail to
-  # collect there; the gpu-marked ones run regardless.
-  $PY -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
+  # collect there; the gpu-marked ones run regardless. -rA names every test and its outcome.
+  $PY -m pytest -q -rA "${WORKERS[@]}" -m gpu -p no:cacheprovider --continue-on-collection-errors tests 2>&1 \
+    | tee "$OUT/gpu-tests.log" | tail -15
   status tests "exit ${PIPESTATUS[0]}"
 fi
 
 if has kernel-tests; then
-  timeout -s KILL "${KERNEL_TESTS_TIMEOUT_S:-420}" $PY -m pytest -q -m gpu -p no:cacheprovider \
+  timeout -s KILL "${KERNEL_TESTS_TIMEOUT_S:-420}" $PY -m pytest -q -rA "${WORKERS[@]}" -m gpu -p no:cacheprovider \
     tests/test_engine_kernels.py tests/test_window_attention.py \
     tests/test_mimi_stream.py tests/test_mimi_stream_graphs.py tests/test_mimi_stream_seanet_kernel.py \
     2>&1 | tee "$OUT/kernel-tests.log" | tail -15
