@@ -137,3 +137,35 @@ def test_sampling_settings_the_engine_cannot_hold_are_refused_before_they_reach_
     assert all(not isinstance(item, BaseException) for item in first.items + second.items)
     np.testing.assert_array_equal(first.codes, se.run_alone(neighbour).codes)
     assert second.codes.shape == (3, 32)
+
+
+def test_a_prefill_that_fails_for_one_prompt_of_an_admission_fails_that_request_only(caplog) -> None:
+    """Prompts admitted together are prefilled together; where that fails (out of memory on one long
+    prompt, say), each is started alone, so only the request whose own prefill fails gets the
+    error, and the others stream the codes they would have had alone."""
+    reqs = [se.request("hello there", frames=3, seed=1), se.request("poison", frames=3, seed=2),
+            se.request("third one", frames=3, seed=3)]
+    solo = [se.run_alone(r, n_slots=3).codes for r in reqs]
+    loop = se.make_loop(n_slots=3)
+    start, attempts = loop.runner.start, []
+
+    def start_unless_poisoned(seqs):  # type: ignore[no-untyped-def]
+        attempts.append([s.request.text for s in seqs])
+        if any(s.request.text == "poison" for s in seqs):
+            raise RuntimeError("CUDA out of memory (a stand-in)")
+        return start(seqs)
+
+    loop.runner.start = start_unless_poisoned  # type: ignore[method-assign]
+    got = [se.sequence(r) for r in reqs]
+    for g in got:
+        loop.submit(g.seq)
+    with caplog.at_level("WARNING", logger="serve_app.engine.loop"):
+        se.run_until_idle(loop)
+    assert attempts == [["hello there", "poison", "third one"], ["hello there"], ["poison"], ["third one"]]
+    for g, ref in ((got[0], solo[0]), (got[2], solo[2])):
+        np.testing.assert_array_equal(g.codes, ref)
+    [error] = got[1].items
+    assert isinstance(error, RuntimeError) and "out of memory" in str(error)
+    failed = [r for r in caplog.records if r.getMessage().startswith("prefill failed")]
+    assert [r.request_ids for r in failed] == [[reqs[1].request_id]]
+    assert loop.scheduler.counts()["running"] == 0 and loop.scheduler.free_slots == 3

@@ -31,6 +31,7 @@ arrive and get cancelled from any thread.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -289,21 +290,41 @@ class EngineLoop:
         joined = self.scheduler.admit()
         if not joined:
             return
-        lengths = [s.prompt_len for s in joined]
         try:
-            form, stream = "prefill {} prompts of {} rows", self.runner.step_stream
-            with self.launches.launch(self.steps, form, len(joined), lengths, stream=stream):
-                self.runner.start(joined)
-            admitted = time.perf_counter()  # their first step is launched next, in this iteration
+            self._start(joined)
+        except Exception:  # e.g. out of memory on one unusually long prompt: the others may fit alone
+            if len(joined) == 1:
+                self._fail_admission(joined)
+                return
+            logger.warning("prefill of %d prompts together failed; starting them one at a time", len(joined),
+                           exc_info=True)
             for seq in joined:
-                seq.admitted_at = admitted
-        except Exception as exc:  # e.g. out of memory on an unusually long prompt: fail these only
-            ids = [seq.request.request_id for seq in joined]  # the API's request ids: which requests failed
-            logger.exception("prefill failed for %d requests (%s)", len(joined), ", ".join(map(str, ids)),
-                             extra={"request_ids": ids})
+                self.runner.release(seq.slot)  # type: ignore[arg-type]  # drops what the failed start staged
             for seq in joined:
-                self._retire(seq, FinishReason.CANCELLED)
-                seq.sink(exc)
+                try:
+                    self._start([seq])
+                except Exception:
+                    self._fail_admission([seq])
+
+    def _start(self, seqs: list[Sequence]) -> None:
+        """Prefill and arm `seqs`; they are admitted once it returns."""
+        form, stream = "prefill {} prompts of {} rows", self.runner.step_stream
+        with self.launches.launch(self.steps, form, len(seqs), [s.prompt_len for s in seqs], stream=stream):
+            self.runner.start(seqs)
+        admitted = time.perf_counter()  # their first step is launched next, in this iteration
+        for seq in seqs:
+            seq.admitted_at = admitted
+
+    def _fail_admission(self, seqs: list[Sequence]) -> None:
+        """End `seqs`, whose prefill raised (the exception being handled), with that error."""
+        exc = sys.exc_info()[1]
+        assert exc is not None, "called while handling the prefill's exception"
+        ids = [seq.request.request_id for seq in seqs]  # the API's request ids: which requests failed
+        logger.exception("prefill failed for %d requests (%s)", len(seqs), ", ".join(map(str, ids)),
+                         extra={"request_ids": ids})
+        for seq in seqs:
+            self._retire(seq, FinishReason.CANCELLED)
+            seq.sink(exc)
 
     def _take_frame(self, seq: Sequence, frame: np.ndarray, end_of_audio: bool) -> None:
         """Record the step's frame; end the sequence on end of audio or at its length."""
