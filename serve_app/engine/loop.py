@@ -303,7 +303,7 @@ class EngineLoop:
             for seq in joined:
                 try:
                     self._start([seq])
-                except Exception:
+                except Exception:  # noqa: BLE001 - its own prefill failed: logged and ended alone
                     self._fail_admission([seq])
 
     def _start(self, seqs: list[Sequence]) -> None:
