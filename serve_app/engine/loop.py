@@ -31,7 +31,6 @@ arrive and get cancelled from any thread.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -292,9 +291,9 @@ class EngineLoop:
             return
         try:
             self._start(joined)
-        except Exception:  # e.g. out of memory on one unusually long prompt: the others may fit alone
+        except Exception as exc:  # e.g. out of memory on one unusually long prompt: the others may fit alone
             if len(joined) == 1:
-                self._fail_admission(joined)
+                self._fail_admission(joined, exc)
                 return
             logger.warning("prefill of %d prompts together failed; starting them one at a time", len(joined),
                            exc_info=True)
@@ -303,8 +302,8 @@ class EngineLoop:
             for seq in joined:
                 try:
                     self._start([seq])
-                except Exception:  # noqa: BLE001 - its own prefill failed: logged and ended alone
-                    self._fail_admission([seq])
+                except Exception as exc:  # noqa: BLE001 - its own prefill failed: logged and ended alone
+                    self._fail_admission([seq], exc)
 
     def _start(self, seqs: list[Sequence]) -> None:
         """Prefill and arm `seqs`; they are admitted once it returns."""
@@ -315,10 +314,9 @@ class EngineLoop:
         for seq in seqs:
             seq.admitted_at = admitted
 
-    def _fail_admission(self, seqs: list[Sequence]) -> None:
-        """End `seqs`, whose prefill raised (the exception being handled), with that error."""
-        exc = sys.exc_info()[1]
-        assert exc is not None, "called while handling the prefill's exception"
+    def _fail_admission(self, seqs: list[Sequence], exc: Exception) -> None:
+        """End `seqs`, whose prefill raised `exc`, with that error (logged with its traceback: called
+        while it is handled)."""
         ids = [seq.request.request_id for seq in seqs]  # the API's request ids: which requests failed
         logger.exception("prefill failed for %d requests (%s)", len(seqs), ", ".join(map(str, ids)),
                          extra={"request_ids": ids})

@@ -599,15 +599,20 @@ def launch(
             sq = torch.empty(split, grid[0], m, dtype=torch.float32, device=x.device)
     flags = {"NORM": norm_weight is not None, "RESIDUAL": residual is not None} | pdl.launch_options(x.device)
     attended = out
-    fold_args: tuple = (out,) * 7 + (0, 0, 0, 0, 1.0)  # placeholders: the kernel reads none of them
+    # The folded attention's pointers and scalars; placeholders where it is off (the kernel reads none).
+    fold_tensors: tuple[torch.Tensor, ...] = (out,) * 7
+    fold_scalars: tuple[float, ...] = (0, 0, 0, 0, 1.0)
     if fold:
         assert attention is not None
         cache, head_dim = attention.k_cache, attention.k_cache.shape[-1]
         attended = torch.empty(m, attention.n_heads * head_dim, dtype=x.dtype, device=x.device)
-        fold_args = (
+        fold_tensors = (
             attention.positions, attention.cos, attention.sin, cache, attention.v_cache, attended,
-            head_locks(x.device), attention.positions.stride(0), cache.stride(0), cache.stride(1),
-            cache.stride(2), 1.0 / math.sqrt(head_dim),
+            head_locks(x.device),
+        )
+        fold_scalars = (
+            attention.positions.stride(0), cache.stride(0), cache.stride(1), cache.stride(2),
+            1.0 / math.sqrt(head_dim),
         )
         constants = kernel_constants(attention.n_heads, attention.n_kv_heads, head_dim, cache.dtype)
         flags |= {
@@ -631,7 +636,7 @@ def launch(
         sq,
         res,
         norm_weight if norm_weight is not None else x,
-        *fold_args[:7],
+        *fold_tensors,
         m,
         n,
         k,
@@ -641,7 +646,7 @@ def launch(
         out.stride(0),
         res.stride(0),
         eps,
-        *fold_args[7:],
+        *fold_scalars,
         GATE_UP=gate_up,
         IN_KERNEL_REDUCE=in_kernel,
         PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
