@@ -18,9 +18,10 @@ with Retry-After.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,13 +47,16 @@ LOG_LEVEL_ENV = "CSM_LOG_LEVEL"
 """Level of the JSON logs a replica writes (default INFO: one line per HTTP request)."""
 
 
-def _log_as_json() -> None:
+def _log_as_json() -> Callable[[], None]:
     """Ray leaves a replica's root logger bare (WARNING, no handler), so the app's JSON lines (one
     per request) and the engine's would go nowhere: send them to the replica's stderr, which Ray
-    writes to the replica's log file and `serve run` prints."""
+    writes to the replica's log file and `serve run` prints. Returns the same set-up as a picklable
+    call, for the engine's child process (whose stderr is the replica's)."""
     from serve_app.observability.logs import configure_logging
 
-    configure_logging(os.environ.get(LOG_LEVEL_ENV, "INFO").upper())
+    setup = functools.partial(configure_logging, os.environ.get(LOG_LEVEL_ENV, "INFO").upper())
+    setup()
+    return setup
 
 
 
@@ -70,18 +74,28 @@ def _log_as_json() -> None:
 class TTSModel:
     """One speech engine per replica (one GPU in production); a thin pass-through to it."""
 
-    def __init__(self, model: str = "tiny-random", engine_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, model: str = "tiny-random", engine_kwargs: dict[str, Any] | None = None, engine_process: bool = True
+    ) -> None:
+        """`engine_process`: run the engine in a child process (`ProcessEngine`), whose GIL the
+        replica's event loop does not share; else in this process."""
         # Imported here, in the replica, so building the graph on the controller never needs torch.
-        from serve_app.engine.engine import Engine, lower_switch_interval
         from serve_app.observability.metrics import record_engine_step
 
-        _log_as_json()
-        lower_switch_interval()  # this process hosts the engine's loop thread
-        self._engine: SpeechEngine = Engine.from_preset(
-            model, on_step=record_engine_step, **(engine_kwargs or {})
-        )
+        log_setup = _log_as_json()
+        if engine_process:
+            from serve_app.engine.process import ProcessEngine
+
+            self._engine: SpeechEngine = ProcessEngine(
+                model, engine_kwargs, on_step=record_engine_step, child_setup=log_setup
+            )
+        else:
+            from serve_app.engine.engine import Engine, lower_switch_interval
+
+            lower_switch_interval()  # this process hosts the engine's loop thread
+            self._engine = Engine.from_preset(model, on_step=record_engine_step, **(engine_kwargs or {}))
         self._watchdog = LoopStallWatchdog()
-        logger.info("TTSModel replica ready: preset=%s pid=%d", model, os.getpid())
+        logger.info("TTSModel replica ready: preset=%s pid=%d engine_process=%s", model, os.getpid(), engine_process)
 
     async def generate(self, request: GenerationRequest) -> Audio:
         return await self._engine.generate(request)
@@ -243,7 +257,7 @@ def build_app(args: dict[str, Any] | BuildArgs | None = None) -> Application:
     if max_ongoing is not None:
         model = model.options(max_ongoing_requests=max_ongoing)
     state = SharedState.bind(parsed.api)
-    return APIIngress.bind(model.bind(parsed.model, parsed.engine_kwargs()), state, parsed.api)
+    return APIIngress.bind(model.bind(parsed.model, parsed.engine_kwargs(), parsed.engine_process), state, parsed.api)
 
 
 def _api_settings(values: dict[str, Any]) -> Any:

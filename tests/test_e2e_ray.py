@@ -63,6 +63,8 @@ def test_health_and_info(http: httpx.Client) -> None:
     info = http.get("/info").json()
     assert info["sample_rate"] == SAMPLE_RATE
     assert info["engine"]["replica"]["pid"] > 0  # answered by a TTSModel replica through the handle
+    # ... whose engine runs in a child process of its own (the default)
+    assert info["engine"]["engine_process"]["pid"] not in (info["engine"]["replica"]["pid"], 0)
 
 
 def test_speak_returns_a_wav_within_the_duration_limit(http: httpx.Client) -> None:

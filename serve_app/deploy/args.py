@@ -29,6 +29,11 @@ class BuildArgs(BaseModel):
         default_factory=dict, description="Extra Engine.from_preset options (EngineConfig, LoadOptions)."
     )
     api: dict[str, Any] = Field(default_factory=dict, description="ApiSettings fields for the ingress.")
+    engine_process: bool = Field(
+        True,
+        description="Run each model replica's engine in a child process of its own (its own GIL, away "
+        "from the replica's event loop); false runs it in the replica's process.",
+    )
 
     @field_validator("engine")
     @classmethod

@@ -1,0 +1,396 @@
+"""The engine in a child process of its own: `ProcessEngine`, a `SpeechEngine` over a socket pair.
+
+A model replica's process hosts two busy threads: the engine's loop thread, which launches the
+device's work and makes dozens of torch calls an iteration, and the replica's event loop, which
+runs Ray's streaming of every chunk. Each torch call gives the GIL up and must take it back from
+the other thread, so under load the loop's host work and launches took about twice as long behind
+Ray as in-process, and the device waited on them. Here the engine runs in a spawned child process
+with a GIL of its own; the replica's event loop only relays pickled messages.
+
+Messages are tuples sent with `multiprocessing.connection` (pickle, length-prefixed) both ways:
+
+    parent → child   (CALL, id, method, args)   method: stream, generate, encode_audio, info, check_health
+                     (CANCEL, id)                stop a call (a stream frees its slot at the next frame)
+                     (CLOSE,)                    cancel everything, close the engine, exit
+    child → parent   (READY, pid) | (FAILED, exc)   once, when the engine is built (or could not be)
+                     (CHUNK, id, chunk)          a stream's chunk
+                     (RESULT, id, value)         a call's answer; a stream's end (value None)
+                     (ERROR, id, exc)            a call's exception, re-raised in the parent as itself
+                     (STEP, batch, queue)        the loop's batch size and queue depth, when they change
+
+Each side reads on a thread of its own and hands a burst of messages to its event loop in one
+callback. The child exits when its socket closes (the parent died), so it never outlives the replica
+holding the GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from serve_app.engine.types import Audio, AudioChunk, GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EngineProcessError", "ProcessEngine"]
+
+CALL, CANCEL, CLOSE = "call", "cancel", "close"
+READY, FAILED, CHUNK, RESULT, ERROR, STEP = "ready", "failed", "chunk", "result", "error", "step"
+
+METHODS = frozenset({"stream", "generate", "encode_audio", "info", "check_health"})
+
+STEP_REPORT_S = 0.25
+"""How often the child reports a changed batch size and queue depth (the replica's gauges)."""
+
+EXIT_GRACE_S = 10.0
+"""How long a child whose parent went away may take to close its engine before it exits anyway."""
+
+
+class EngineProcessError(RuntimeError):
+    """The engine's process failed to start, or exited: no request can be served by it."""
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    """`exc` if it survives pickling, else a RuntimeError that names it (the parent re-raises it)."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - any failure to round-trip
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+class _Sender:
+    """`Connection.send` from any thread, whole messages at a time."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def __call__(self, message: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._conn.send(message)
+
+
+def _read_bursts(conn: Connection, deliver: Callable[[list[tuple[Any, ...]]], None]) -> None:
+    """Read messages until the socket closes, handing each burst (all that had arrived) to
+    `deliver`; an empty burst means the other side is gone."""
+    while True:
+        try:
+            burst = [conn.recv()]
+            while conn.poll():
+                burst.append(conn.recv())
+        except (EOFError, OSError):
+            deliver([])
+            return
+        deliver(burst)
+
+
+# ---- parent ------------------------------------------------------------------------------------
+
+
+class ProcessEngine:
+    """`SpeechEngine` whose `Engine` runs in a spawned child process (see the module's docstring).
+
+    Built like `Engine.from_preset`: `preset` and `engine_kwargs` go to the child, which loads the
+    model there (the parent never touches the device). `on_step` hears the loop's batch size and
+    queue depth in this process; `child_setup`, a picklable callable, runs first in the child (its
+    logging). Blocks until the child's engine is ready; raises `EngineProcessError` if it fails."""
+
+    def __init__(
+        self,
+        preset: str = "tiny-random",
+        engine_kwargs: dict[str, Any] | None = None,
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        child_setup: Callable[[], None] | None = None,
+        start_timeout_s: float = 900.0,
+        call_timeout_s: float = 30.0,
+    ) -> None:
+        """`call_timeout_s`: the longest `info` and `check_health` wait for the child's answer."""
+        context = multiprocessing.get_context("spawn")  # CUDA cannot live in a forked child
+        self._conn, child_conn = context.Pipe(duplex=True)
+        self._process = context.Process(
+            target=_child_main,
+            args=(child_conn, preset, dict(engine_kwargs or {}), child_setup),
+            name="csm-engine",
+            daemon=True,
+        )
+        self._process.start()
+        child_conn.close()
+        self._send = _Sender(self._conn)
+        self._on_step = on_step
+        self._call_timeout_s = call_timeout_s
+        self._ids = itertools.count()
+        self._calls: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue[tuple[Any, ...]]]] = {}
+        self._calls_lock = threading.Lock()
+        self._gone: str | None = None
+        self._closed = False
+        self.pid = self._await_ready(start_timeout_s)
+        self._reader = threading.Thread(
+            target=_read_bursts, args=(self._conn, self._deliver), name="csm-engine-replies", daemon=True
+        )
+        self._reader.start()
+
+    def _await_ready(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while not self._conn.poll(1.0):
+            if not self._process.is_alive():
+                raise EngineProcessError(f"engine process exited with code {self._process.exitcode} while starting")
+            if time.monotonic() > deadline:
+                self._kill()
+                raise EngineProcessError(f"engine process not ready after {timeout_s:g} s")
+        try:
+            kind, value = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            self._kill()
+            raise EngineProcessError("engine process exited while starting") from exc
+        if kind == FAILED:
+            self._kill()
+            raise EngineProcessError(f"engine failed to start: {value!r}") from value
+        return int(value)
+
+    # -- replies (reader thread → the calls' event loops) --
+    def _deliver(self, burst: list[tuple[Any, ...]]) -> None:
+        if not burst:
+            self._fail_all(f"engine process exited (code {self._process.exitcode})" if not self._closed else "engine closed")
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[tuple[Any, ...]], tuple[Any, ...]]]] = {}
+        for message in burst:
+            if message[0] == STEP:
+                if self._on_step is not None:
+                    self._on_step(message[1], message[2])
+                continue
+            with self._calls_lock:
+                call = self._calls.get(message[1])
+            if call is not None:
+                by_loop.setdefault(call[0], []).append((call[1], message))
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there any more
+                loop.call_soon_threadsafe(_put_all, items)
+
+    def _fail_all(self, reason: str) -> None:
+        self._gone = reason
+        with self._calls_lock:
+            calls = list(self._calls.items())
+        for call_id, (loop, replies) in calls:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(replies.put_nowait, (ERROR, call_id, EngineProcessError(reason)))
+
+    # -- calls --
+    def _open(self, method: str, args: tuple[Any, ...]) -> tuple[int, asyncio.Queue[tuple[Any, ...]]]:
+        if self._gone is not None:
+            raise EngineProcessError(self._gone)
+        call_id = next(self._ids)
+        replies: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        with self._calls_lock:
+            self._calls[call_id] = (asyncio.get_running_loop(), replies)
+        try:
+            self._send((CALL, call_id, method, args))
+        except (OSError, ValueError) as exc:
+            self._forget(call_id)
+            raise EngineProcessError(f"engine process unreachable: {exc}") from exc
+        return call_id, replies
+
+    def _forget(self, call_id: int) -> None:
+        with self._calls_lock:
+            self._calls.pop(call_id, None)
+
+    async def _call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        call_id, replies = self._open(method, args)
+        try:
+            kind, _, value = await asyncio.wait_for(replies.get(), timeout_s)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self._cancel(call_id)
+            raise
+        finally:
+            self._forget(call_id)
+        if kind == ERROR:
+            raise value
+        return value
+
+    def _cancel(self, call_id: int) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._send((CANCEL, call_id))
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[AudioChunk]:
+        """The child's chunks as they come; leaving early cancels the stream there."""
+        call_id, replies = self._open("stream", (request,))
+        finished = False
+        try:
+            while True:
+                kind, _, value = await replies.get()
+                if kind == CHUNK:
+                    yield value
+                    continue
+                finished = True
+                if kind == ERROR:
+                    raise value
+                return
+        finally:
+            self._forget(call_id)
+            if not finished:
+                self._cancel(call_id)
+
+    async def generate(self, request: GenerationRequest) -> Audio:
+        return await self._call("generate", request)
+
+    async def encode_audio(self, pcm: np.ndarray) -> np.ndarray:
+        return await self._call("encode_audio", pcm)
+
+    async def info(self) -> dict[str, Any]:
+        info = dict(await self._call("info", timeout_s=self._call_timeout_s))
+        info["engine_process"] = {"pid": self.pid}
+        return info
+
+    async def check_health(self) -> None:
+        """Raise if the child exited, answers late, or its engine is unhealthy."""
+        if self._gone is not None or not self._process.is_alive():
+            raise EngineProcessError(self._gone or f"engine process exited (code {self._process.exitcode})")
+        try:
+            await self._call("check_health", timeout_s=self._call_timeout_s)
+        except asyncio.TimeoutError:
+            raise EngineProcessError(f"engine process did not answer in {self._call_timeout_s:g} s") from None
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Ask the child to cancel its requests, close its engine and exit; kill it if it will not."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError, ValueError):
+            self._send((CLOSE,))
+        self._process.join(timeout_s)
+        self._kill()
+        with contextlib.suppress(OSError):
+            self._conn.close()
+
+    def _kill(self) -> None:
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(5.0)
+
+
+def _put_all(items: list[tuple[asyncio.Queue[tuple[Any, ...]], tuple[Any, ...]]]) -> None:
+    for replies, message in items:
+        replies.put_nowait(message)
+
+
+# ---- child -------------------------------------------------------------------------------------
+
+
+def _child_main(
+    conn: Connection,
+    preset: str,
+    engine_kwargs: dict[str, Any],
+    setup: Callable[[], None] | None,
+) -> None:
+    """The child's entry point: build the engine, answer READY (or FAILED), serve until CLOSE or EOF."""
+    from serve_app.engine.engine import Engine, lower_switch_interval
+
+    send = _Sender(conn)
+    try:
+        if setup is not None:
+            setup()
+        lower_switch_interval()  # this process hosts the engine's loop thread
+        steps = _StepReport()
+        engine = Engine.from_preset(preset, on_step=steps.update, **engine_kwargs)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        logger.exception("engine process failed to start")
+        send((FAILED, _picklable(exc)))
+        return
+    send((READY, os.getpid()))
+    try:
+        asyncio.run(_ChildServer(engine, conn, send, steps).serve())
+    finally:
+        engine.close()
+
+
+class _StepReport:
+    """The loop's latest batch size and queue depth (written by its thread, read by the reporter)."""
+
+    def __init__(self) -> None:
+        self.latest: tuple[int, int] | None = None
+
+    def update(self, batch_size: int, queue_depth: int) -> None:
+        self.latest = (batch_size, queue_depth)
+
+
+class _ChildServer:
+    """Runs the parent's calls on the child's event loop, one task each."""
+
+    def __init__(self, engine: Any, conn: Connection, send: _Sender, steps: _StepReport) -> None:
+        self.engine, self.conn, self.send, self.steps = engine, conn, send, steps
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.done = asyncio.Event()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def deliver(burst: list[tuple[Any, ...]]) -> None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.handle, burst)
+
+        threading.Thread(target=_read_bursts, args=(self.conn, deliver), name="csm-engine-calls", daemon=True).start()
+        reporter = asyncio.create_task(self.report_steps())
+        await self.done.wait()
+        reporter.cancel()
+        for task in list(self.tasks.values()):
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks.values()), timeout=EXIT_GRACE_S)
+
+    def handle(self, burst: list[tuple[Any, ...]]) -> None:
+        if not burst:  # the parent is gone: stop, and exit even if closing hangs
+            threading.Timer(EXIT_GRACE_S, os._exit, args=(1,)).start()
+            self.done.set()
+            return
+        for message in burst:
+            if message[0] == CALL:
+                _, call_id, method, args = message
+                self.tasks[call_id] = asyncio.create_task(self.run(call_id, method, args))
+            elif message[0] == CANCEL:
+                task = self.tasks.get(message[1])
+                if task is not None:
+                    task.cancel()
+            elif message[0] == CLOSE:
+                self.done.set()
+
+    async def run(self, call_id: int, method: str, args: tuple[Any, ...]) -> None:
+        try:
+            if method not in METHODS:
+                raise ValueError(f"unknown engine method {method!r}")
+            if method == "stream":
+                async for chunk in self.engine.stream(*args):
+                    self.send((CHUNK, call_id, chunk))
+                value = None
+            else:
+                value = await getattr(self.engine, method)(*args)
+            self.send((RESULT, call_id, value))
+        except asyncio.CancelledError:
+            pass  # the parent cancelled it and waits for nothing
+        except Exception as exc:  # noqa: BLE001 - re-raised in the parent
+            with contextlib.suppress(OSError, ValueError):
+                self.send((ERROR, call_id, _picklable(exc)))
+        finally:
+            self.tasks.pop(call_id, None)
+
+    async def report_steps(self) -> None:
+        sent = None
+        while True:
+            await asyncio.sleep(STEP_REPORT_S)
+            latest = self.steps.latest
+            if latest is not None and latest != sent:
+                with contextlib.suppress(OSError, ValueError):
+                    self.send((STEP, *latest))
+                sent = latest

@@ -1,0 +1,163 @@
+"""`ProcessEngine`: the tiny engine in a spawned child process, reached over its socket pair. Its
+streams equal the in-process engine's, errors cross as their own class, leaving a stream frees the
+child's slot, and a child that dies or fails to start is an error in the parent, never a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serve_app.engine.engine import Engine
+from serve_app.engine.process import EngineProcessError, ProcessEngine
+from serve_app.engine.types import AudioChunk, EngineOverloadedError
+from tests import support_engine as se
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CONFIG: dict[str, Any] = {
+    "device": "cpu",
+    "max_batch_size": 1,
+    "max_waiting": 0,
+    "first_chunk_frames": 1,
+    "chunk_frames": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def steps() -> list[tuple[int, int]]:
+    return []
+
+
+@pytest.fixture(scope="module")
+def engine(one_thread: None, steps: list[tuple[int, int]]) -> Iterator[ProcessEngine]:
+    eng = ProcessEngine("tiny-random", CONFIG, on_step=lambda batch, queue: steps.append((batch, queue)))
+    yield eng
+    eng.close()
+
+
+async def _chunks(engine: Any, frames: int, seed: int) -> list[AudioChunk]:
+    return [chunk async for chunk in engine.stream(se.request("a few words to say", frames=frames, seed=seed))]
+
+
+def _wait_idle(engine: ProcessEngine, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while asyncio.run(engine.info())["running"]:
+        assert time.monotonic() < deadline, "the child kept a stream running"
+        time.sleep(0.05)
+
+
+def test_streams_what_the_in_process_engine_streams(engine: ProcessEngine) -> None:
+    """Same seed, same config: the same chunk sizes, samples and codes, and the first chunk carries
+    the child engine's own first-audio timing."""
+    local = Engine.from_preset("tiny-random", **CONFIG)
+    try:
+        expected = asyncio.run(_chunks(local, frames=5, seed=11))
+    finally:
+        local.close()
+    got = asyncio.run(_chunks(engine, frames=5, seed=11))
+    assert [len(c.pcm) for c in got] == [len(c.pcm) for c in expected]
+    np.testing.assert_array_equal(np.concatenate([c.codes for c in got]), np.concatenate([c.codes for c in expected]))
+    # The child's torch may use more threads than this process: sums round apart in the last bits.
+    np.testing.assert_allclose(
+        np.concatenate([c.pcm for c in got]), np.concatenate([c.pcm for c in expected]), rtol=0, atol=1e-6
+    )
+    assert got[-1].is_last and not any(c.is_last for c in got[:-1])
+    assert got[0].first_audio_ms is not None and got[0].first_audio_ms > 0
+
+
+def test_generate_encode_info_and_health_answer(engine: ProcessEngine, steps: list[tuple[int, int]]) -> None:
+    audio = asyncio.run(engine.generate(se.request("a few words to say", frames=4, seed=2)))
+    chunks = asyncio.run(_chunks(engine, frames=4, seed=2))
+    np.testing.assert_array_equal(audio.codes, np.concatenate([c.codes for c in chunks]))
+    codes = asyncio.run(engine.encode_audio(np.zeros(24_000 // 2, np.float32)))
+    assert codes.ndim == 2 and codes.shape[1] == 32 and codes.dtype == np.int64
+    info = asyncio.run(engine.info())
+    assert info["engine_process"]["pid"] == engine.pid != os.getpid()
+    assert info["slots"] == 1 and info["steps"] > 0
+    asyncio.run(engine.check_health())
+    deadline = time.monotonic() + 5
+    while (1, 0) not in steps:  # the child reports its loop's batch as it changes
+        assert time.monotonic() < deadline, steps
+        time.sleep(0.05)
+
+
+def test_engine_errors_cross_as_their_own_class(engine: ProcessEngine) -> None:
+    with pytest.raises(ValueError, match="text must not be empty"):
+        asyncio.run(engine.generate(se.request("   ", frames=2)))
+
+    async def two_at_once() -> None:  # one slot, no waiting room: the second is refused
+        first = engine.stream(se.request("a long one", frames=400, seed=1))
+        await anext(first)
+        try:
+            with pytest.raises(EngineOverloadedError):
+                await _chunks(engine, frames=2, seed=1)
+        finally:
+            await first.aclose()
+
+    _wait_idle(engine)
+    asyncio.run(two_at_once())
+    asyncio.run(engine.check_health())  # and the child serves on
+
+
+def test_leaving_a_stream_frees_the_childs_slot(engine: ProcessEngine) -> None:
+    _wait_idle(engine)
+
+    async def leave_early() -> None:
+        stream = engine.stream(se.request("a long one", frames=400, seed=4))
+        await anext(stream)
+        assert (await engine.info())["running"] == 1
+        await stream.aclose()
+
+    asyncio.run(leave_early())
+    _wait_idle(engine)
+    assert len(asyncio.run(_chunks(engine, frames=2, seed=4))) >= 1  # the slot serves again
+
+
+def test_a_child_that_dies_fails_its_streams_and_health() -> None:
+    eng = ProcessEngine("tiny-random", CONFIG)
+    try:
+
+        async def killed_mid_stream() -> None:
+            stream = eng.stream(se.request("a long one", frames=400, seed=4))
+            await anext(stream)
+            os.kill(eng.pid, signal.SIGKILL)
+            with pytest.raises(EngineProcessError, match="exited"):
+                async for _ in stream:
+                    pass
+            with pytest.raises(EngineProcessError):
+                await eng.check_health()
+            with pytest.raises(EngineProcessError):
+                await eng.generate(se.request("more", frames=2))
+
+        asyncio.run(asyncio.wait_for(killed_mid_stream(), 30))
+    finally:
+        eng.close()
+
+
+def test_a_child_that_cannot_start_is_an_error_at_once() -> None:
+    began = time.monotonic()
+    with pytest.raises(EngineProcessError, match="failed to start"):
+        ProcessEngine("no-such-preset-anywhere", {"device": "cpu"})
+    assert time.monotonic() - began < 60
+
+
+def test_close_ends_the_child_and_its_streams() -> None:
+    eng = ProcessEngine("tiny-random", CONFIG)
+
+    async def closed_mid_stream() -> None:
+        stream = eng.stream(se.request("a long one", frames=400, seed=4))
+        await anext(stream)
+        await asyncio.to_thread(eng.close)
+        with pytest.raises(EngineProcessError):
+            async for _ in stream:
+                pass
+
+    asyncio.run(asyncio.wait_for(closed_mid_stream(), 60))
+    assert eng._process.exitcode == 0
