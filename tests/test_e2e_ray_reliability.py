@@ -56,6 +56,15 @@ def scaled(ray_serve: ServeInstance) -> Iterator[ServeInstance]:
         yield ray_serve
 
 
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -193,7 +202,8 @@ def test_killed_model_replica_fails_fast_and_is_replaced(scaled: ServeInstance) 
     while scaled.running_replicas(MODEL_DEPLOYMENT) != 1:  # one replica: the kill takes all capacity
         assert time.monotonic() < deadline
         time.sleep(0.25)
-    old_pid = scaled.model_info()["replica"]["pid"]
+    old_info = scaled.model_info()
+    old_pid, old_engine_pid = old_info["replica"]["pid"], old_info["engine_process"]["pid"]
     whole = {"text": "This one is interrupted.", "max_duration_ms": 20_000}
     streamed = {**whole, "stream": True, "response_format": "pcm"}
 
@@ -250,6 +260,11 @@ def test_killed_model_replica_fails_fast_and_is_replaced(scaled: ServeInstance) 
     assert set(meanwhile) <= {503}, meanwhile
     assert scaled.model_info()["replica"]["pid"] != old_pid
     assert scaled.running_replicas(MODEL_DEPLOYMENT) == 1
+    # The dead replica's engine process saw its socket close and exited: nothing holds the GPU.
+    deadline = time.monotonic() + 30
+    while _alive(old_engine_pid):
+        assert time.monotonic() < deadline, "the killed replica's engine process lives on"
+        time.sleep(0.25)
     print(
         f"\nreplica kill: in-flight requests ended {ended:.2f} s after the kill (503, stream cut); "
         f"first 200 again after {recovered:.1f} s ({len(meanwhile)} requests answered 503 meanwhile)"

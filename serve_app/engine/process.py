@@ -4,12 +4,13 @@ A model replica's process hosts two busy threads: the engine's loop thread, whic
 device's work and makes dozens of torch calls an iteration, and the replica's event loop, which
 runs Ray's streaming of every chunk. Each torch call gives the GIL up and must take it back from
 the other thread, so under load the loop's host work and launches took about twice as long behind
-Ray as in-process, and the device waited on them. Here the engine runs in a spawned child process
+Ray as in-process, and the device waited on them. Here the engine runs in a child interpreter
 with a GIL of its own; the replica's event loop only relays pickled messages.
 
 Messages are tuples sent with `multiprocessing.connection` (pickle, length-prefixed) both ways:
 
-    parent → child   (CALL, id, method, args)   method: stream, generate, encode_audio, info, check_health
+    parent → child   (preset, engine_kwargs, setup) first: what to build
+                     (CALL, id, method, args)   method: stream, generate, encode_audio, info, check_health
                      (CANCEL, id)                stop a call (a stream frees its slot at the next frame)
                      (CLOSE,)                    cancel everything, close the engine, exit
     child → parent   (READY, pid) | (FAILED, exc)   once, when the engine is built (or could not be)
@@ -27,11 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
-import multiprocessing
 import os
 import pickle
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -101,7 +105,7 @@ def _read_bursts(conn: Connection, deliver: Callable[[list[tuple[Any, ...]]], No
 
 
 class ProcessEngine:
-    """`SpeechEngine` whose `Engine` runs in a spawned child process (see the module's docstring).
+    """`SpeechEngine` whose `Engine` runs in a child process (see the module's docstring).
 
     Built like `Engine.from_preset`: `preset` and `engine_kwargs` go to the child, which loads the
     model there (the parent never touches the device). `on_step` hears the loop's batch size and
@@ -119,16 +123,18 @@ class ProcessEngine:
         call_timeout_s: float = 30.0,
     ) -> None:
         """`call_timeout_s`: the longest `info` and `check_health` wait for the child's answer."""
-        context = multiprocessing.get_context("spawn")  # CUDA cannot live in a forked child
-        self._conn, child_conn = context.Pipe(duplex=True)
-        self._process = context.Process(
-            target=_child_main,
-            args=(child_conn, preset, dict(engine_kwargs or {}), child_setup),
-            name="csm-engine",
-            daemon=True,
+        # A fresh interpreter (CUDA cannot live in a forked child), started with `-c`, so nothing of
+        # this process's `__main__` (a Ray worker's script) is imported there again.
+        parent_socket, child_socket = socket.socketpair()
+        self._conn = Connection(parent_socket.detach())
+        fd = child_socket.fileno()
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", f"from serve_app.engine.process import child_main; child_main({fd})"],
+            pass_fds=(fd,),
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
         )
-        self._process.start()
-        child_conn.close()
+        child_socket.close()
+        self._conn.send((preset, dict(engine_kwargs or {}), child_setup))
         self._send = _Sender(self._conn)
         self._on_step = on_step
         self._call_timeout_s = call_timeout_s
@@ -146,8 +152,8 @@ class ProcessEngine:
     def _await_ready(self, timeout_s: float) -> int:
         deadline = time.monotonic() + timeout_s
         while not self._conn.poll(1.0):
-            if not self._process.is_alive():
-                raise EngineProcessError(f"engine process exited with code {self._process.exitcode} while starting")
+            if self._process.poll() is not None:
+                raise EngineProcessError(f"engine process exited with code {self._process.returncode} while starting")
             if time.monotonic() > deadline:
                 self._kill()
                 raise EngineProcessError(f"engine process not ready after {timeout_s:g} s")
@@ -164,7 +170,7 @@ class ProcessEngine:
     # -- replies (reader thread → the calls' event loops) --
     def _deliver(self, burst: list[tuple[Any, ...]]) -> None:
         if not burst:
-            self._fail_all(f"engine process exited (code {self._process.exitcode})" if not self._closed else "engine closed")
+            self._fail_all(f"engine process exited (code {self._process.poll()})" if not self._closed else "engine closed")
             return
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[tuple[Any, ...]], tuple[Any, ...]]]] = {}
         for message in burst:
@@ -250,14 +256,13 @@ class ProcessEngine:
         return await self._call("encode_audio", pcm)
 
     async def info(self) -> dict[str, Any]:
-        info = dict(await self._call("info", timeout_s=self._call_timeout_s))
-        info["engine_process"] = {"pid": self.pid}
-        return info
+        """The child engine's info, with its process (`engine_process`: pid, objects kept out of the GC)."""
+        return await self._call("info", timeout_s=self._call_timeout_s)
 
     async def check_health(self) -> None:
         """Raise if the child exited, answers late, or its engine is unhealthy."""
-        if self._gone is not None or not self._process.is_alive():
-            raise EngineProcessError(self._gone or f"engine process exited (code {self._process.exitcode})")
+        if self._gone is not None or self._process.poll() is not None:
+            raise EngineProcessError(self._gone or f"engine process exited (code {self._process.returncode})")
         try:
             await self._call("check_health", timeout_s=self._call_timeout_s)
         except asyncio.TimeoutError:
@@ -270,15 +275,16 @@ class ProcessEngine:
         self._closed = True
         with contextlib.suppress(OSError, ValueError):
             self._send((CLOSE,))
-        self._process.join(timeout_s)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout_s)
         self._kill()
         with contextlib.suppress(OSError):
             self._conn.close()
 
     def _kill(self) -> None:
-        if self._process.is_alive():
+        if self._process.poll() is None:
             self._process.kill()
-            self._process.join(5.0)
+            self._process.wait(5.0)
 
 
 def _put_all(items: list[tuple[asyncio.Queue[tuple[Any, ...]], tuple[Any, ...]]]) -> None:
@@ -289,15 +295,13 @@ def _put_all(items: list[tuple[asyncio.Queue[tuple[Any, ...]], tuple[Any, ...]]]
 # ---- child -------------------------------------------------------------------------------------
 
 
-def _child_main(
-    conn: Connection,
-    preset: str,
-    engine_kwargs: dict[str, Any],
-    setup: Callable[[], None] | None,
-) -> None:
-    """The child's entry point: build the engine, answer READY (or FAILED), serve until CLOSE or EOF."""
+def child_main(fd: int) -> None:
+    """The child's entry point (`python -c`): read what to build from the socket `fd`, build the
+    engine, answer READY (or FAILED), serve until CLOSE or EOF."""
     from serve_app.engine.engine import Engine, lower_switch_interval
 
+    conn = Connection(fd)
+    preset, engine_kwargs, setup = conn.recv()
     send = _Sender(conn)
     try:
         if setup is not None:
@@ -309,6 +313,11 @@ def _child_main(
         logger.exception("engine process failed to start")
         send((FAILED, _picklable(exc)))
         return
+    # What the engine built (weights, graphs, compiled code) lives as long as the process: keep it out
+    # of every later collection, whose full passes over it would stall the loop thread mid-stream.
+    # Ray Serve does the same for a replica's own process once its constructor returns.
+    gc.collect()
+    gc.freeze()
     send((READY, os.getpid()))
     try:
         asyncio.run(_ChildServer(engine, conn, send, steps).serve())
@@ -376,6 +385,8 @@ class _ChildServer:
                 value = None
             else:
                 value = await getattr(self.engine, method)(*args)
+            if method == "info":
+                value = {**value, "engine_process": {"pid": os.getpid(), "gc_frozen_objects": gc.get_freeze_count()}}
             self.send((RESULT, call_id, value))
         except asyncio.CancelledError:
             pass  # the parent cancelled it and waits for nothing
