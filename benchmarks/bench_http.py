@@ -183,6 +183,12 @@ def summary(results: list[Result], bytes_per_s: int) -> dict[str, Any]:
     # The app's wait for a rate-limit token (a hop to the shared state), part of its share.
     limit = [r.server_ms["limit"] for r in results if "limit" in r.server_ms and r.status == 200]
     hops["app_limit_ms_p50"], hops["app_limit_ms_p99"] = pct(limit, 50), pct(limit, 99)
+    # The first chunk's way between the server's layers (`trace_hops`): in_relay / out_relay the API
+    # to a model replica through Ray and back, in_engine / out_engine on to the engine and back.
+    names = sorted({k for r in results for k in r.server_ms if k.startswith(("in_", "out_"))})
+    for name in names:
+        values = [r.server_ms[name] for r in results if name in r.server_ms and r.status == 200]
+        hops[f"hop_{name}_ms_p50"], hops[f"hop_{name}_ms_p99"] = pct(values, 50), pct(values, 99)
     return {
         "requests": n,
         "ok": len(done),

@@ -204,14 +204,19 @@ monitor_health() {
     last=$(date +%s)
     local pid
     pid=$(pgrep -f 'ServeReplica:csm:TTSModel' | head -1)
+    # The engine's loop thread runs in the replica's child process (engine_process: true), else in it.
+    local engine_pid
+    engine_pid=$([ -n "$pid" ] && pgrep -P "$pid" -f 'serve_app.engine.process' | head -1)
     {
       echo "== $(date -u +%T) /health answered $code after $(( $(date +%s) - t0 )) s, engine stuck: ${stuck:-?}; model replica pid ${pid:-?}"
       command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=utilization.gpu,memory.used,power.draw,clocks.sm --format=csv \
         && nvidia-smi --query-compute-apps=pid,used_memory --format=csv
-      [ -n "$pid" ] && top -b -H -n 1 -p "$pid" | head -25
-      [ -n "$pid" ] && command -v py-spy >/dev/null && timeout 20 py-spy dump --pid "$pid" 2>&1 | head -150
+      [ -n "$pid" ] && top -b -H -n 1 -p "$pid${engine_pid:+,$engine_pid}" | head -35
+      for p in $pid $engine_pid; do
+        command -v py-spy >/dev/null && timeout 20 py-spy dump --pid "$p" 2>&1 | head -150
+      done
       # Native frames of the engine's loop thread: which CUDA call it waits in.
-      [ -n "$pid" ] && command -v py-spy >/dev/null && timeout 30 py-spy dump --native --pid "$pid" 2>&1 \
+      [ -n "$pid" ] && command -v py-spy >/dev/null && timeout 30 py-spy dump --native --pid "${engine_pid:-$pid}" 2>&1 \
         | awk '/csm-engine-loop|_run_user_code_event_loop/{p=1} /^Thread/ && !/csm-engine-loop|_run_user_code_event_loop/{p=0} p' | head -120
     } >>"$log" 2>&1
   done
@@ -226,12 +231,13 @@ gpu_sampler() {
 }
 
 record_replicas() {
-  # PYSPY_S=n: where the replicas' threads spend n s of the load (py-spy raw samples, idle included).
+  # PYSPY_S=n: where the replicas' threads spend n s of the load (py-spy raw samples, idle included;
+  # a model replica's engine child process with it).
   [ "${PYSPY_S:-0}" -gt 0 ] && command -v py-spy >/dev/null || return 0
   local pid name
   for pid in $(pgrep -f 'ServeReplica:csm:(APIIngress|TTSModel)'); do
     name=$(ps -o args= -p "$pid" | grep -o 'APIIngress\|TTSModel' | head -1)
-    (sleep "${PYSPY_AT_S:-0}"; timeout $((PYSPY_S + 30)) py-spy record --nonblocking --idle --threads -r 200 \
+    (sleep "${PYSPY_AT_S:-0}"; timeout $((PYSPY_S + 30)) py-spy record --nonblocking --idle --threads --subprocesses -r 200 \
       -d "$PYSPY_S" -f raw -o "$OUT/pyspy${VARIANT:+-$VARIANT}-$name-$pid.txt" --pid "$pid" >/dev/null 2>&1) &
   done
 }

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from serve_app.api.app import create_app
 from serve_app.api.settings import ApiSettings
-from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE
+from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE, trace_hops
 from tests.support_api import read_wav, wav_b64
 
 
@@ -109,8 +109,22 @@ def test_a_stream_reports_its_first_audio_times(client) -> None:
     r = client.post("/speak", json={"text": "Timed stream.", "max_duration_ms": 240, "stream": True})
     assert r.status_code == 200
     timings = dict(part.strip().split(";dur=") for part in r.headers["server-timing"].split(","))
-    assert set(timings) == {"app", "api", "engine", "admit", "queue"}
-    assert 0 < float(timings["admit"]) <= float(timings["engine"]) <= float(timings["api"]) <= float(timings["app"])
-    assert 0 <= float(timings["queue"]) <= float(timings["admit"])
+    assert set(timings) == {"app", "api", "engine", "admit", "queue", "in_engine", "out_engine"}
+    ms = {name: float(value) for name, value in timings.items()}
+    assert 0 < ms["admit"] <= ms["engine"] <= ms["api"] <= ms["app"]
+    assert 0 <= ms["queue"] <= ms["admit"]
+    # The API's first audio is the way into the engine, the engine's own and the first chunk's way out.
+    assert ms["in_engine"] >= 0 and ms["out_engine"] >= 0
+    assert ms["in_engine"] + ms["engine"] + ms["out_engine"] == pytest.approx(ms["api"], abs=1.0)
     whole = client.post("/speak", json={"text": "Timed stream.", "max_duration_ms": 240, "seed": 1})
     assert "server-timing" not in whole.headers  # a whole file has no first audio to time
+
+
+def test_trace_hops_are_the_gaps_between_consecutive_layers() -> None:
+    """engine → relay → api: the request's way in to each layer and the first chunk's way out."""
+    trace = (("engine", 10.010, 10.040), ("relay", 10.004, 10.043), ("api", 10.000, 10.050))
+    hops = trace_hops(trace)
+    assert hops.keys() == {"in_engine", "out_engine", "in_relay", "out_relay"}
+    assert hops["in_relay"] == pytest.approx(4.0) and hops["out_relay"] == pytest.approx(7.0)
+    assert hops["in_engine"] == pytest.approx(6.0) and hops["out_engine"] == pytest.approx(3.0)
+    assert trace_hops(trace[:1]) == {} and trace_hops(()) == {}

@@ -19,7 +19,7 @@ def test_summary_reports_first_audio_per_hop_for_answered_requests_only() -> Non
     ok = [
         bench_http.Result(start=0.0, status=200, first_byte=0.05 + i / 1000, end=1.0, audio_bytes=48000,
                           server_ms={"app": 45.0 + i, "api": 40.0 + i, "engine": 30.0 + i, "admit": 5.0 + i,
-                                     "queue": 1.0 + i, "limit": 2.0 + i})
+                                     "queue": 1.0 + i, "limit": 2.0 + i, "in_relay": 3.0 + i, "out_engine": 0.5})
         for i in range(10)
     ]
     refused = bench_http.Result(start=0.0, status=503, end=0.01, server_ms={"api": 1.0})
@@ -29,6 +29,9 @@ def test_summary_reports_first_audio_per_hop_for_answered_requests_only() -> Non
     assert out["engine_queued_ms_p50"] == 5.5 and out["app_limit_ms_p50"] == 6.5
     assert out["engine_first_audio_ms_p99"] < out["api_first_audio_ms_p99"] <= 49.0
     assert out["status_503"] == 1 and out["ok"] == 10
+    # The first chunk's hops between the server's layers, by the names the server gave them.
+    assert out["hop_in_relay_ms_p50"] == 7.5 and out["hop_out_engine_ms_p99"] == 0.5
+    assert not any(key.startswith("hop_in_engine") for key in out)  # not reported: not summarised
 
 
 def test_summary_counts_answers_without_audio_apart_from_the_good_ones() -> None:

@@ -202,6 +202,15 @@ def test_streaming_returns_several_chunks(http: httpx.Client) -> None:
     pcm = np.frombuffer(b"".join(chunks), dtype="<i2")
     assert 0 < len(pcm) <= 0.8 * SAMPLE_RATE
     assert len(chunks) >= 2
+    # The first chunk's way, hop by hop: the ingress's API → Ray → the replica's relay → its engine
+    # process, and back; on one host every hop is a non-negative wall-clock gap.
+    ms = {
+        name.strip(): float(value)
+        for name, value in (part.split(";dur=") for part in response.headers["server-timing"].split(","))
+    }
+    hops = ("in_relay", "in_engine", "out_engine", "out_relay")
+    assert all(ms[hop] >= 0 for hop in hops), ms
+    assert sum(ms[hop] for hop in hops) + ms["engine"] == pytest.approx(ms["api"], abs=2.0)
 
 
 def test_openai_speech_streams_and_stops_when_the_client_leaves(

@@ -55,7 +55,7 @@ def _wait_idle(engine: ProcessEngine, timeout_s: float = 10.0) -> None:
 
 def test_streams_what_the_in_process_engine_streams(engine: ProcessEngine) -> None:
     """Same seed, same config: the same chunk sizes, samples and codes, and the first chunk carries
-    the child engine's own first-audio timing."""
+    the child engine's own first-audio timing and its way: into the relay, the engine, and out."""
     local = Engine.from_preset("tiny-random", **CONFIG)
     try:
         expected = asyncio.run(_chunks(local, frames=5, seed=11))
@@ -70,6 +70,11 @@ def test_streams_what_the_in_process_engine_streams(engine: ProcessEngine) -> No
     )
     assert got[-1].is_last and not any(c.is_last for c in got[:-1])
     assert got[0].first_audio_ms is not None and got[0].first_audio_ms > 0
+    (engine_layer, engine_in, engine_out), (relay_layer, relay_in, relay_out) = got[0].trace
+    assert (engine_layer, relay_layer) == ("engine", "relay")
+    assert relay_in <= engine_in < engine_out <= relay_out
+    assert (engine_out - engine_in) * 1000 == pytest.approx(got[0].first_audio_ms, abs=5.0)
+    assert all(c.trace == () for c in got[1:])
 
 
 def test_generate_encode_info_and_health_answer(engine: ProcessEngine, steps: list[tuple[int, int]]) -> None:
@@ -83,10 +88,20 @@ def test_generate_encode_info_and_health_answer(engine: ProcessEngine, steps: li
     assert info["engine_process"]["gc_frozen_objects"] > 10_000  # the engine's start-up objects, out of the GC
     assert info["slots"] == 1 and info["steps"] > 0
     asyncio.run(engine.check_health())
-    deadline = time.monotonic() + 5
-    while (1, 0) not in steps:  # the child reports its loop's batch as it changes
-        assert time.monotonic() < deadline, steps
-        time.sleep(0.05)
+
+    async def batch_seen_while_streaming() -> None:  # the child reports its loop's batch as it changes
+        stream = engine.stream(se.request("a long one", frames=400, seed=3))
+        await anext(stream)
+        try:
+            deadline = time.monotonic() + 10
+            while (1, 0) not in steps:
+                assert time.monotonic() < deadline, steps
+                await asyncio.sleep(0.05)
+        finally:
+            await stream.aclose()
+
+    _wait_idle(engine)
+    asyncio.run(batch_seen_while_streaming())
 
 
 def test_engine_errors_cross_as_their_own_class(engine: ProcessEngine) -> None:

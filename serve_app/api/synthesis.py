@@ -34,6 +34,7 @@ from serve_app.engine.types import (
     GenerationRequest,
     SamplingParams,
     Segment,
+    trace_hops,
 )
 from serve_app.text.breaks import BreakTagError
 from serve_app.text.lexicon import Lexicon, LexiconError
@@ -88,7 +89,9 @@ class AudioStream:
         """A `Server-Timing` header: ms to first audio at the API and at the engine (what the hop
         between them, e.g. a Ray handle, costs is the difference), the engine's share of it before
         the request's first step (`admit`), and of that, the part before its sequence was queued
-        for the loop (`queue`: its prompt built; the rest is the wait for the loop's iteration)."""
+        for the loop (`queue`: its prompt built; the rest is the wait for the loop's iteration); then
+        the hops of the first chunk's `trace` (`in_relay` / `out_relay`: the API to a model replica's
+        relay and back, through Ray; `in_engine` / `out_engine`: to the engine and back)."""
         engine = self._engine_first_chunk()
         timings = (
             ("api", self.first_audio_ms),
@@ -96,7 +99,8 @@ class AudioStream:
             ("admit", getattr(engine, "admitted_ms", None)),
             ("queue", getattr(engine, "queued_ms", None)),
         )
-        parts = [f"{name};dur={ms:.1f}" for name, ms in timings if ms is not None]
+        hops = tuple(trace_hops(getattr(engine, "trace", ())).items())
+        parts = [f"{name};dur={ms:.1f}" for name, ms in timings + hops if ms is not None]
         return {"Server-Timing": ", ".join(parts)} if parts else {}
 
     @property
@@ -361,7 +365,7 @@ class Synthesizer:
 
     async def stream(self, request: GenerationRequest) -> AudioStream:
         """Start streaming; waits for the first chunk so failures to start are proper HTTP errors."""
-        began = time.perf_counter()
+        began, called = time.perf_counter(), time.time()
         chunks = aiter(self.engine.stream(request))
         async with engine_errors(self.settings.retry_after_s):
             try:
@@ -371,6 +375,8 @@ class Synthesizer:
             except BaseException:
                 await _aclose(chunks)
                 raise
+        if first is not None and hasattr(first, "trace"):
+            first.trace = (*first.trace, ("api", called, time.time()))
         return AudioStream(first, chunks, (time.perf_counter() - began) * 1000)
 
     async def speech_stream(self, narration: Narration, lines: Sequence[Line], speaker: int) -> SpeechStream:

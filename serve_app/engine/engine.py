@@ -210,7 +210,7 @@ class Engine:
         at the next frame and frees its slot. Raises `EngineOverloadedError` when the queue is full."""
         loop = asyncio.get_running_loop()
         mailbox = self._mailboxes.get(loop) or self._mailboxes.setdefault(loop, LoopMailbox(loop))
-        began = time.perf_counter()
+        began, entered = time.perf_counter(), time.time()
         items: asyncio.Queue[Item] = asyncio.Queue()
 
         def sink(item: Item) -> None:  # engine thread → this event loop, one wakeup per burst
@@ -236,6 +236,7 @@ class Engine:
                     item.queued_ms = (queued - began) * 1000
                     if seq.admitted_at is not None:
                         item.admitted_ms = (seq.admitted_at - began) * 1000
+                    item.trace = (("engine", entered, time.time()),)
                 yield item
                 if item.is_last:
                     return

@@ -232,12 +232,15 @@ class ProcessEngine:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[AudioChunk]:
         """The child's chunks as they come; leaving early cancels the stream there."""
+        entered = time.time()
         call_id, replies = self._open("stream", (request,))
-        finished = False
+        finished, first = False, True
         try:
             while True:
                 kind, _, value = await replies.get()
                 if kind == CHUNK:
+                    if first:
+                        value.trace, first = (*value.trace, ("relay", entered, time.time())), False
                     yield value
                     continue
                 finished = True

@@ -110,6 +110,22 @@ class AudioChunk:
     admitted_ms: float | None = None
     # ... and its first part: ms to the request's sequence queued for the loop (its prompt built)
     queued_ms: float | None = None
+    # On a stream's first chunk: the layers the request crossed, innermost first, each as (name,
+    # wall-clock time the request entered it, wall-clock time it handed the first chunk on); the
+    # API's `Server-Timing` turns consecutive layers into the hops between them (`trace_hops`).
+    trace: tuple[tuple[str, float, float], ...] = ()
+
+
+def trace_hops(trace: tuple[tuple[str, float, float], ...]) -> dict[str, float]:
+    """Ms of each hop between consecutive layers of a first chunk's `trace`: `in_<inner>` (the
+    request from the outer layer's entry to the inner's) and `out_<inner>` (the first chunk from the
+    inner layer to the outer). Wall clocks: across hosts their skew moves `in` and `out` in opposite
+    directions, and only their sum is exact."""
+    hops = {}
+    for (inner, entered, left), (_, outer_entered, outer_left) in zip(trace, trace[1:]):
+        hops[f"in_{inner}"] = (entered - outer_entered) * 1000
+        hops[f"out_{inner}"] = (outer_left - left) * 1000
+    return hops
 
 
 @dataclass
