@@ -177,3 +177,10 @@ def test_close_ends_the_child_and_its_streams() -> None:
 
     asyncio.run(asyncio.wait_for(closed_mid_stream(), 60))
     assert eng._process.returncode == 0
+
+
+def test_a_child_slower_than_its_start_timeout_is_killed() -> None:
+    began = time.monotonic()
+    with pytest.raises(EngineProcessError, match="not ready after 0.5 s"):
+        ProcessEngine("tiny-random", CONFIG, start_timeout_s=0.5)  # importing torch alone takes longer
+    assert time.monotonic() - began < 30

@@ -119,10 +119,12 @@ class ProcessEngine:
         *,
         on_step: Callable[[int, int], None] | None = None,
         child_setup: Callable[[], None] | None = None,
-        start_timeout_s: float = 900.0,
+        start_timeout_s: float | None = None,
         call_timeout_s: float = 30.0,
     ) -> None:
-        """`call_timeout_s`: the longest `info` and `check_health` wait for the child's answer."""
+        """`start_timeout_s`: how long the child may take to build its engine (None: as long as it
+        lives; a first start may download the weights). `call_timeout_s`: the longest `info` and
+        `check_health` wait for the child's answer."""
         # A fresh interpreter (CUDA cannot live in a forked child), started with `-c`, so nothing of
         # this process's `__main__` (a Ray worker's script) is imported there again.
         parent_socket, child_socket = socket.socketpair()
@@ -149,12 +151,12 @@ class ProcessEngine:
         )
         self._reader.start()
 
-    def _await_ready(self, timeout_s: float) -> int:
-        deadline = time.monotonic() + timeout_s
+    def _await_ready(self, timeout_s: float | None) -> int:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not self._conn.poll(1.0):
             if self._process.poll() is not None:
                 raise EngineProcessError(f"engine process exited with code {self._process.returncode} while starting")
-            if time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() > deadline:
                 self._kill()
                 raise EngineProcessError(f"engine process not ready after {timeout_s:g} s")
         try:
