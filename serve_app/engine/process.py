@@ -314,7 +314,7 @@ def child_main(fd: int) -> None:
         lower_switch_interval()  # this process hosts the engine's loop thread
         steps = _StepReport()
         engine = Engine.from_preset(preset, on_step=steps.update, **engine_kwargs)
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+    except Exception as exc:  # reported to the parent, which raises it
         logger.exception("engine process failed to start")
         send((FAILED, _picklable(exc)))
         return

@@ -6,6 +6,7 @@ never pin GPU memory outside the engine.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -122,7 +123,7 @@ def trace_hops(trace: tuple[tuple[str, float, float], ...]) -> dict[str, float]:
     inner layer to the outer). Wall clocks: across hosts their skew moves `in` and `out` in opposite
     directions, and only their sum is exact."""
     hops = {}
-    for (inner, entered, left), (_, outer_entered, outer_left) in zip(trace, trace[1:]):
+    for (inner, entered, left), (_, outer_entered, outer_left) in itertools.pairwise(trace):
         hops[f"in_{inner}"] = (entered - outer_entered) * 1000
         hops[f"out_{inner}"] = (outer_left - left) * 1000
     return hops
