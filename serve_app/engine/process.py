@@ -145,7 +145,11 @@ class ProcessEngine:
         self._calls_lock = threading.Lock()
         self._gone: str | None = None
         self._closed = False
-        self.pid = self._await_ready(start_timeout_s)
+        try:
+            self.pid = self._await_ready(start_timeout_s)
+        except BaseException:
+            self._conn.close()
+            raise
         self._reader = threading.Thread(
             target=_read_bursts, args=(self._conn, self._deliver), name="csm-engine-replies", daemon=True
         )
@@ -204,6 +208,9 @@ class ProcessEngine:
         replies: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         with self._calls_lock:
             self._calls[call_id] = (asyncio.get_running_loop(), replies)
+        if self._gone is not None:  # it went while this call registered: `_fail_all` may have missed it
+            self._forget(call_id)
+            raise EngineProcessError(self._gone)
         try:
             self._send((CALL, call_id, method, args))
         except (OSError, ValueError) as exc:
