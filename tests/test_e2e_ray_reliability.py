@@ -65,6 +65,26 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _engine_processes() -> list[int]:
+    """Pids of the running engine processes (`ProcessEngine`'s children) whose parent is a model
+    replica of this application, or that lost their parent (an orphan would hold the GPU)."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if b"serve_app.engine.process import child_main" not in cmdline.read() or not _alive(int(entry)):
+                    continue
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = stat.read().rsplit(")", 1)[1].split()[1]
+            with open(f"/proc/{parent}/cmdline", "rb") as cmdline:
+                parent_cmdline = cmdline.read()
+        except OSError:
+            continue
+        if MODEL_DEPLOYMENT.encode() in parent_cmdline or not parent_cmdline.startswith(b"ray::"):
+            pids.append(int(entry))
+    return pids
+
+
 def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -190,6 +210,11 @@ def test_load_scales_the_model_to_two_replicas_and_back(scaled: ServeInstance) -
 
     assert scaled.running_replicas(MODEL_DEPLOYMENT) == scaling["min_replicas"]
     figures = asyncio.run(scenario())
+    # The replica scaled away took its engine process with it: one engine process per running replica.
+    deadline = time.monotonic() + 30
+    while len(_engine_processes()) != scaling["min_replicas"]:
+        assert time.monotonic() < deadline, _engine_processes()
+        time.sleep(0.25)
     print(
         f"\nautoscaling: upscale decided {figures['decided_s']:.1f} s into the load, 2 replicas running at "
         f"{figures['up_s']:.1f} s, {figures['requests']:.0f} requests all 200, back to 1 replica "
