@@ -451,6 +451,10 @@ def main(argv: list[str] | None = None) -> None:
     print("\nstreams " + " ".join(f"{k:>14}" for k in keys))
     for row in result["throughput"]:
         print(f"{row['streams']:>7} " + " ".join(f"{row.get(k)!s:>14}" for k in keys))
+    for row in result["throughput"]:  # where each level's first audio went, p50 ms
+        way = ("app", "api", "engine")
+        hops = {k.removeprefix("hop_").removesuffix("_ms_p50"): v for k, v in row.items() if k.startswith("hop_") and k.endswith("_p50")}
+        print(f"{row['streams']:>7} first audio p50:", {name: row.get(f"{name}_first_audio_ms_p50") for name in way}, hops)
     for phase in ("idle", "burst", "poisson"):
         if phase in result:
             print(
