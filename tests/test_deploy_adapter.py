@@ -432,20 +432,39 @@ def test_token_requests_made_while_a_call_is_in_flight_go_in_the_next_call() -> 
 
 
 def test_a_client_with_credit_is_admitted_without_waiting_and_its_token_is_still_taken() -> None:
+    from serve_app.deploy.handle_state import credit_reserve
+
     async def scenario() -> None:
-        handle = LimiterHandle(burst=4)
+        handle = LimiterHandle(burst=12)
         state = _state(handle)  # type: ignore[arg-type]
-        assert await state.acquire("k") == 0.0  # no credit yet: the bucket's answer (3 left)
+        assert credit_reserve(12) == 3.0
+        assert await state.acquire("k") == 0.0  # no credit yet: the bucket's answer (11 left)
         handle.gate = asyncio.Event()  # the shared state stops answering
-        on_credit = [await asyncio.wait_for(state.acquire("k"), 0.1) for _ in range(3)]
-        assert on_credit == [0.0] * 3  # the credit of 3, spent without an answer
-        near_limit = asyncio.create_task(state.acquire("k"))  # no credit left: it waits
+        on_credit = [await asyncio.wait_for(state.acquire("k"), 0.1) for _ in range(8)]
+        assert on_credit == [0.0] * 8  # the credit of 11 spent without an answer, down to the reserve of 3
+        near_limit = asyncio.create_task(state.acquire("k"))  # within the reserve: it waits
         await asyncio.sleep(0.02)
         assert not near_limit.done()
         handle.gate.set()
-        assert await near_limit > 0  # the bucket's 4 tokens went to the four admitted before it
-        assert sum(len(call) for call in handle.calls) == 5  # every request took its token
+        assert await near_limit == 0.0  # the bucket still had tokens: the reserve is not refused, only waited for
+        assert sum(len(call) for call in handle.calls) == 10  # every request took its token
         assert await state.acquire("other") == 0.0  # credit is per client
+
+    asyncio.run(scenario())
+
+
+def test_near_its_limit_a_client_waits_for_the_bucket_so_two_replicas_admit_only_the_burst() -> None:
+    """Two ingress replicas over one bucket, a client taking turns between them: its credit on one
+    does not know of its takes on the other, but within the reserve every request asks the bucket."""
+
+    async def scenario() -> None:
+        handle = LimiterHandle(burst=20)
+        first, second = _state(handle), _state(handle)  # type: ignore[arg-type]
+        waits = []
+        for i in range(40):
+            waits.append(await (first if i % 2 else second).acquire("k"))
+            await asyncio.sleep(0)  # the request's own work: the token calls of those on credit go out
+        assert waits[:20] == [0.0] * 20 and all(wait > 0 for wait in waits[20:]), waits
 
     asyncio.run(scenario())
 

@@ -14,11 +14,12 @@ place, and every request takes its token from it.
 A client whose last answer left it tokens does not wait for the call at all: each answer says how
 many tokens its client has left, the replica keeps that credit for `CREDIT_TTL_S` less the
 requests it has admitted on it since, and while the credit lasts a request is admitted at once,
-its token sent in the next call as before. A client near its limit has no credit, so its requests
-wait for the bucket's own answer. The bucket is only ever read after takes and refills only add,
-so one ingress replica never admits more than the bucket would; with several, each may spend the
-credit it last saw once more before the bucket's answers reach it (at most one answer's credit
-per replica, within the TTL).
+its token sent in the next call as before. A client near its limit (within `credit_reserve` of its
+burst) has no credit, so its requests wait for the bucket's own answer. The bucket is only ever
+read after takes and refills only add, so one ingress replica never admits more than the bucket
+would; with several, a replica's credit overstates the bucket by the others' takes since its last
+answer, so a client passes its limit only if the other replicas admit more than the reserve of its
+requests in that time.
 """
 
 from __future__ import annotations
@@ -46,6 +47,19 @@ CREDIT_TTL_S = 1.0
 """How long a client's credit (the tokens the bucket last said it had left) admits its requests
 without waiting for the bucket's answer."""
 
+CREDIT_RESERVE_FRACTION = 0.25
+"""The part of a client's burst never spent on credit (`credit_reserve`)."""
+
+
+def credit_reserve(burst: int) -> float:
+    """Tokens a client's credit must exceed before a request is admitted on it: near its limit every
+    request waits for the bucket, so the other ingress replicas' takes since this replica's last
+    answer (which its credit does not know of) cannot carry the client past its limit unless they
+    number more than this. A client taking turns between two replicas would need that many in a row
+    on the other one."""
+    return max(2.0, CREDIT_RESERVE_FRACTION * burst)
+
+
 MAX_CREDITS = 100_000
 """Clients whose credit a replica keeps (the most recently answered; the rest wait for answers)."""
 
@@ -66,6 +80,7 @@ class HandleState:
         self.lease_s = lease_s
         self.per_minute = per_minute
         self._burst = burst
+        self._reserve = credit_reserve(burst)
         self._timeout_s = timeout_s
         # Token requests to send; a request admitted on credit waits for no answer (None).
         self._waiting: list[tuple[str, asyncio.Future[float] | None]] = []
@@ -105,7 +120,7 @@ class HandleState:
         replica's requests wait for, in one call, while no call is in flight; else in the next.
         While the client has credit, 0.0 at once (its token still goes in the call)."""
         tokens, when = self._credit.get(client, (0.0, 0.0))
-        on_credit = tokens >= 1.0 and time.monotonic() - when <= CREDIT_TTL_S
+        on_credit = tokens >= 1.0 + self._reserve and time.monotonic() - when <= CREDIT_TTL_S
         answer = None if on_credit else asyncio.get_running_loop().create_future()
         if on_credit:
             self._credit[client] = (tokens - 1.0, when)
@@ -124,7 +139,7 @@ class HandleState:
         pending = self._unanswered[client]
         if pending <= 0:
             del self._unanswered[client]
-        if left is None or left - pending < 1.0:
+        if left is None or left - pending < 1.0 + self._reserve:
             self._credit.pop(client, None)
             return
         self._credit[client] = (left - pending, time.monotonic())
