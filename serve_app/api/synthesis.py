@@ -375,7 +375,7 @@ class Synthesizer:
             except BaseException:
                 await _aclose(chunks)
                 raise
-        if first is not None and hasattr(first, "trace"):
+        if first is not None:
             first.trace = (*first.trace, ("api", called, time.time()))
         return AudioStream(first, chunks, (time.perf_counter() - began) * 1000)
 

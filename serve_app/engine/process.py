@@ -38,12 +38,14 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
+from serve_app.engine.mailbox import LoopMailbox
 from serve_app.engine.types import Audio, AudioChunk, GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -141,7 +143,10 @@ class ProcessEngine:
         self._on_step = on_step
         self._call_timeout_s = call_timeout_s
         self._ids = itertools.count()
-        self._calls: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue[tuple[Any, ...]]]] = {}
+        self._calls: dict[int, tuple[LoopMailbox, asyncio.Queue[tuple[Any, ...]]]] = {}
+        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopMailbox] = (
+            weakref.WeakKeyDictionary()
+        )
         self._calls_lock = threading.Lock()
         self._gone: str | None = None
         self._closed = False
@@ -178,7 +183,6 @@ class ProcessEngine:
         if not burst:
             self._fail_all(f"engine process exited (code {self._process.poll()})" if not self._closed else "engine closed")
             return
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[tuple[Any, ...]], tuple[Any, ...]]]] = {}
         for message in burst:
             if message[0] == STEP:
                 if self._on_step is not None:
@@ -187,18 +191,20 @@ class ProcessEngine:
             with self._calls_lock:
                 call = self._calls.get(message[1])
             if call is not None:
-                by_loop.setdefault(call[0], []).append((call[1], message))
-        for loop, items in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there any more
-                loop.call_soon_threadsafe(_put_all, items)
+                self._post(*call, message)
 
     def _fail_all(self, reason: str) -> None:
         self._gone = reason
         with self._calls_lock:
             calls = list(self._calls.items())
-        for call_id, (loop, replies) in calls:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(replies.put_nowait, (ERROR, call_id, EngineProcessError(reason)))
+        for call_id, (mailbox, replies) in calls:
+            self._post(mailbox, replies, (ERROR, call_id, EngineProcessError(reason)))
+
+    @staticmethod
+    def _post(mailbox: LoopMailbox, replies: asyncio.Queue[tuple[Any, ...]], message: tuple[Any, ...]) -> None:
+        """Hand `message` to its call's event loop (a burst's messages in one wakeup)."""
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there any more
+            mailbox.post(replies, message)
 
     # -- calls --
     def _open(self, method: str, args: tuple[Any, ...]) -> tuple[int, asyncio.Queue[tuple[Any, ...]]]:
@@ -206,8 +212,10 @@ class ProcessEngine:
             raise EngineProcessError(self._gone)
         call_id = next(self._ids)
         replies: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        mailbox = self._mailboxes.get(loop) or self._mailboxes.setdefault(loop, LoopMailbox(loop))
         with self._calls_lock:
-            self._calls[call_id] = (asyncio.get_running_loop(), replies)
+            self._calls[call_id] = (mailbox, replies)
         if self._gone is not None:  # it went while this call registered: `_fail_all` may have missed it
             self._forget(call_id)
             raise EngineProcessError(self._gone)
@@ -297,11 +305,6 @@ class ProcessEngine:
         if self._process.poll() is None:
             self._process.kill()
             self._process.wait(5.0)
-
-
-def _put_all(items: list[tuple[asyncio.Queue[tuple[Any, ...]], tuple[Any, ...]]]) -> None:
-    for replies, message in items:
-        replies.put_nowait(message)
 
 
 # ---- child -------------------------------------------------------------------------------------
