@@ -1,0 +1,505 @@
+"""Probe: a frame's depth-decoder projections as one dataflow launch, against a launch each.
+
+Not the model, and nothing in the service uses it: it measures the lever the batch-1 target needs
+before the engine is built around it. At batch 1 a frame is 31 depth-decoder steps, each 17
+projections (per layer QKV, attention output, gate/up, down; the codebook head) that each need the
+whole row of the one before, so the step is a chain of small launches: every boundary drains the
+GPU and fills it again, and the small projections (2-4 MB) never reach the bandwidth the large
+ones do. A persistent kernel with grid barriers between the phases lost on bandwidth (one program
+per SM streams too little at a time; docs/performance.md).
+
+Here every (phase, column tile) of the whole frame is one program of one launch. A program takes a
+ticket (so every program with a smaller ticket has started: the lowest unfinished ticket never
+waits on anything unstarted, so the launch cannot deadlock however many programs it has), loads its
+first weight tile (no phase writes weights), then waits on the counter of the phase whose output it
+reads, reads that output, finishes its dot products, stores its columns and counts itself in. The
+phases run as a pipeline: while one phase computes, the programs of the phases after it are already
+placed with their first weights in flight.
+
+Arms, timed as CUDA graphs replayed with the weights streamed from HBM (217 MB a step):
+- `dataflow`: the frame in one launch;
+- `per_phase`: the same kernel, one launch per phase (programmatic dependent launch as shipped);
+- `shipped`: the service's fused projections (`fused_linear.launch`: norm prologue, gate/up and
+  residual epilogues, split-K sums in the kernel), one launch per projection.
+
+What it leaves out (the same for every arm): the attention (inside the QKV launch at one row), the
+sampler and the next codebook's embedding (the next step reads the head's first 1024 outputs), the
+residual adds (`dataflow` and `per_phase`; their norms have unit weights). So it times the
+projections' chain, not a frame.
+
+    python benchmarks/probe_dataflow_step.py                     # full size, on the GPU
+    python benchmarks/probe_dataflow_step.py --variants 8x1024x4-pid-r128-s8,16x256x4
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from serve_app.model.kernels import pdl
+
+QKV, OUT, GATE_UP, DOWN, HEAD = range(5)
+"""A phase's kind: a layer's four projections, then the codebook head after the last layer."""
+
+EPS = tl.constexpr(1e-5)
+"""RMSNorm's epsilon."""
+
+
+@triton.jit
+def _where5(i, a, b, c, d, e):
+    """(a, b, c, d, e)[i] for a scalar i in 0..4."""
+    return tl.where(i == 0, a, tl.where(i == 1, b, tl.where(i == 2, c, tl.where(i == 3, d, e))))
+
+
+@triton.jit
+def _frame_kernel(
+    w_ptr,  # bf16: per layer its QKV, output, gate/up (each column's gate and up rows side by
+    # side) and down weights, (N, K) each; then each step's head (V, D)
+    act_ptr,  # fp32: slot 0 the input row; phase p's output (SPLIT, N) partial sums in slot p + 1
+    ticket_ptr,  # int32 [1], zero between launches
+    done_ptr,  # int32 per phase: its programs that have finished; zero between launches
+    first_program,  # per_phase: this launch's first program
+    num_phases,
+    D: tl.constexpr,  # the depth decoder's width
+    Q: tl.constexpr,  # queries' width (the output projection's input)
+    KV: tl.constexpr,  # a key's (and a value's) width
+    INTER: tl.constexpr,  # the MLP's width
+    V: tl.constexpr,  # a codebook's size (the head's columns)
+    LAYERS: tl.constexpr,
+    SPLIT: tl.constexpr,  # the down projection's split-K parts
+    ACT_SLOT: tl.constexpr,  # elements between activation slots
+    DATAFLOW: tl.constexpr,
+    TICKET: tl.constexpr,  # dataflow: programs ordered by an atomic ticket, else by program id
+    SLEEP_NS: tl.constexpr,  # dataflow: a waiting program's pause between polls (0: none)
+    BLOCK_N: tl.constexpr,  # weight rows a program (gate/up: BLOCK_N // 2 columns)
+    BLOCK_K: tl.constexpr,
+    PDL_WAIT: tl.constexpr,
+    PDL_EARLY: tl.constexpr,
+):
+    if DATAFLOW and TICKET:
+        g = tl.atomic_add(ticket_ptr, 1, sem="relaxed", scope="gpu")
+    else:
+        pdl.enter(PDL_WAIT, PDL_EARLY)
+        g = first_program + tl.program_id(0)
+    # The program's phase and tile from its number alone: the frame's layout is fixed, so no table
+    # is read before the weights are requested.
+    QKV_N: tl.constexpr = Q + 2 * KV
+    T_QKV: tl.constexpr = (QKV_N + BLOCK_N - 1) // BLOCK_N
+    T_OUT: tl.constexpr = (D + BLOCK_N - 1) // BLOCK_N
+    T_GU: tl.constexpr = (2 * INTER + BLOCK_N - 1) // BLOCK_N
+    T_DOWN: tl.constexpr = T_OUT * SPLIT
+    T_HEAD: tl.constexpr = (V + BLOCK_N - 1) // BLOCK_N
+    T_LAYER: tl.constexpr = T_QKV + T_OUT + T_GU + T_DOWN
+    T_STEP: tl.constexpr = LAYERS * T_LAYER + T_HEAD
+    W_LAYER: tl.constexpr = QKV_N * D + D * Q + 2 * INTER * D + D * INTER
+    step = g // T_STEP
+    r = g % T_STEP
+    layer = tl.minimum(r // T_LAYER, LAYERS)  # LAYERS: the head
+    q = r - layer * T_LAYER
+    kind = tl.where(
+        layer == LAYERS,
+        4,
+        tl.where(q < T_QKV, 0, tl.where(q < T_QKV + T_OUT, 1, tl.where(q < T_QKV + T_OUT + T_GU, 2, 3))),
+    )
+    tile = q - _where5(kind, 0, T_QKV, T_QKV + T_OUT, T_QKV + T_OUT + T_GU, 0)
+    n = _where5(kind, QKV_N, D, INTER, D, V)
+    k = _where5(kind, D, Q, D, INTER, D)
+    split = tl.where(kind == 3, SPLIT, 1)
+    w_off = tl.where(
+        kind == 4,
+        LAYERS * W_LAYER + step * (V * D),
+        layer * W_LAYER + _where5(kind, 0, QKV_N * D, QKV_N * D + D * Q, QKV_N * D + D * Q + 2 * INTER * D, 0),
+    )
+    phase = step * (4 * LAYERS + 1) + tl.where(kind == 4, 4 * LAYERS, layer * 4 + kind)
+    # The phase before: a layer's QKV reads the down projection before it (or, in layer 0, the
+    # head of the step before, or the input); the head reads the last layer's down projection.
+    prev_tiles = _where5(kind, tl.where(layer == 0, T_HEAD, T_DOWN), T_QKV, T_OUT, T_GU, T_DOWN)
+    in_split = tl.where(((kind == 0) & (layer > 0)) | (kind == 4), SPLIT, 1)
+    in_off = phase * ACT_SLOT
+    out_off = in_off + ACT_SLOT
+
+    part = tile % split
+    gate_up = kind == 2
+    rows = (tile // split) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < tl.where(gate_up, 2 * n, n)
+    k_len = k // split
+    k_lo = tl.multiple_of(part * k_len, BLOCK_K)
+    offs_k = tl.arange(0, BLOCK_K)
+    w_rows = w_ptr + w_off + rows[:, None] * k  # int32: a frame's weights are < 2**31 elements
+    # The first weight tile is in flight before the wait: no phase writes weights.
+    w = tl.load(w_rows + (k_lo + offs_k)[None, :], mask=row_ok[:, None], other=0.0)
+
+    if DATAFLOW:
+        if phase > 0:
+            # Polled with plain reads (hundreds of waiting programs would queue their atomics on
+            # one address in L2), then one acquiring read-modify-write orders the input's reads
+            # after the producers' releases.
+            while tl.load(done_ptr + phase - 1, volatile=True) < prev_tiles:
+                if SLEEP_NS > 0:  # back off: the waiting programs' reads share L2 with the loads
+                    tl.inline_asm_elementwise(
+                        f"nanosleep.u32 {SLEEP_NS}; mov.u32 $0, $1;", "=r,r", [prev_tiles], dtype=tl.int32,
+                        is_pure=False, pack=1,
+                    )
+            tl.atomic_add(done_ptr + phase - 1, 0, sem="acquire", scope="gpu")
+        tl.debug_barrier()
+
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    sumsq = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for k0 in range(k_lo, k_lo + k_len, BLOCK_K):
+        kk = tl.multiple_of(k0, BLOCK_K) + offs_k
+        if k0 > k_lo:
+            w = tl.load(w_rows + kk[None, :], mask=row_ok[:, None], other=0.0)
+        x = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for s in range(in_split):  # the input's split-K parts, summed in a fixed order
+            x += tl.load(act_ptr + in_off + s * D + kk, cache_modifier=".cg")
+        x = x.to(tl.bfloat16).to(tl.float32)  # the input rounds as a bf16 activation would
+        acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+        sumsq += x * x
+    # RMSNorm before the QKV, gate/up and head projections (unit weights), as a per-row scale of
+    # the finished sums: those phases are not split, so the loop saw the whole row.
+    normed = (kind == 0) | (kind == 2) | (kind == 4)
+    acc = tl.where(normed, acc / tl.sqrt(tl.sum(sumsq) / k + EPS), acc)
+    if gate_up:  # silu(gate) * up, rounded where the eager ops round
+        gate, up = tl.split(tl.reshape(acc, (BLOCK_N // 2, 2)))
+        gate = gate.to(tl.bfloat16).to(tl.float32)
+        act = (gate * tl.sigmoid(gate)).to(tl.bfloat16).to(tl.float32)
+        out = (act * up.to(tl.bfloat16).to(tl.float32)).to(tl.bfloat16).to(tl.float32)
+        cols = (tile // split) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        tl.store(act_ptr + out_off + cols, out, mask=cols < n)
+    else:
+        tl.store(act_ptr + out_off + part * n + rows, acc, mask=row_ok)
+
+    tl.debug_barrier()  # every thread's stores are issued before the release below
+    finished = tl.atomic_add(done_ptr + phase, 1, sem="release", scope="gpu")
+    if (phase == num_phases - 1) & (finished == T_HEAD - 1):
+        # The last phase's last program: every program has counted itself in and none reads the
+        # counters any more, so they are zeroed for the next launch here.
+        for p in range(num_phases):
+            tl.store(done_ptr + p, 0)
+        tl.store(ticket_ptr, 0)
+
+
+@dataclass
+class Geometry:
+    """The depth decoder's shapes (CSM-1B: a Llama of 4 layers, 1024 wide, 8192 in its MLP)."""
+
+    dim: int = 1024
+    q_dim: int = 1024
+    kv_dim: int = 256
+    inter: int = 8192
+    vocab: int = 2051
+    layers: int = 4
+    down_split: int = 4
+
+    def act_slot(self) -> int:
+        """Elements between activation slots: the widest output (split parts included), to 64."""
+        widest = max(self.q_dim + 2 * self.kv_dim, self.dim * self.down_split, self.inter, self.vocab)
+        return -(-widest // 64) * 64
+
+
+@dataclass
+class Frame:
+    """`steps` depth steps' weights, activations and counters, and their phases (the kernel's
+    layout, mirrored for the reference)."""
+
+    geo: Geometry
+    steps: int
+    block_n: int
+    weights: torch.Tensor  # bf16, flat
+    acts: torch.Tensor  # fp32, (phases + 1) slots of `act_slot`; the input row in slot 0
+    ticket: torch.Tensor
+    done: torch.Tensor
+    phases: list[dict[str, int]] = field(default_factory=list)
+    programs: int = 0
+    weight_bytes_per_step: int = 0
+    layer_weights: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    heads: list[torch.Tensor] = field(default_factory=list)
+
+
+def build_frame(geo: Geometry, steps: int, block_n: int, device: torch.device, seed: int = 0) -> Frame:
+    """Random weights (scaled to keep activations near 1) laid out as the kernel reads them."""
+    gen = torch.Generator(device).manual_seed(seed)
+
+    def weight(n: int, k: int) -> torch.Tensor:
+        return (torch.randn(n, k, generator=gen, device=device) / k**0.5).to(torch.bfloat16)
+
+    shipped = [
+        {
+            "qkv": weight(geo.q_dim + 2 * geo.kv_dim, geo.dim),
+            "o": weight(geo.dim, geo.q_dim),
+            "gate_up": weight(2 * geo.inter, geo.dim),  # the model's layout: gate rows, then up rows
+            "down": weight(geo.dim, geo.inter),
+        }
+        for _ in range(geo.layers)
+    ]
+    heads = [weight(geo.vocab, geo.dim) for _ in range(steps)]
+    pieces: list[torch.Tensor] = []
+    for layer in shipped:
+        pairs = torch.stack(layer["gate_up"].chunk(2), 1).reshape(2 * geo.inter, geo.dim)
+        pieces += [layer["qkv"], layer["o"], pairs, layer["down"]]
+    flat = torch.cat([w.reshape(-1) for w in pieces + heads])
+    layer_bytes = sum(w.numel() for w in pieces) * 2
+    slot = geo.act_slot()
+
+    phases: list[dict[str, int]] = []
+    w_cursor = 0
+
+    def add(kind: int, n: int, k: int, w_rows: int) -> None:
+        nonlocal w_cursor
+        split = geo.down_split if kind == DOWN else 1
+        tiles = triton.cdiv(w_rows, block_n) * split
+        index = len(phases)
+        phases.append({"kind": kind, "n": n, "k": k, "split": split, "tiles": tiles, "w_off": w_cursor,
+                       "in_off": index * slot, "out_off": (index + 1) * slot})
+        w_cursor += w_rows * k
+
+    layer_size = sum(w.numel() for w in pieces[:4])
+    heads_base = geo.layers * layer_size
+    for step in range(steps):
+        for layer in range(geo.layers):
+            w_cursor = layer * layer_size
+            add(QKV, geo.q_dim + 2 * geo.kv_dim, geo.dim, geo.q_dim + 2 * geo.kv_dim)
+            add(OUT, geo.dim, geo.q_dim, geo.dim)
+            add(GATE_UP, geo.inter, geo.dim, 2 * geo.inter)
+            add(DOWN, geo.dim, geo.inter, geo.dim)
+        w_cursor = heads_base + step * geo.vocab * geo.dim
+        add(HEAD, geo.vocab, geo.dim, geo.vocab)
+    acts = torch.zeros((len(phases) + 1) * slot, dtype=torch.float32, device=device)
+    acts[: geo.dim] = torch.randn(geo.dim, generator=gen, device=device).to(torch.bfloat16).float()
+    frame = Frame(
+        geo=geo, steps=steps, block_n=block_n, weights=flat, acts=acts,
+        ticket=torch.zeros(1, dtype=torch.int32, device=device),
+        done=torch.zeros(len(phases), dtype=torch.int32, device=device),
+        phases=phases, programs=sum(p["tiles"] for p in phases),
+        weight_bytes_per_step=layer_bytes + heads[0].numel() * 2,
+        layer_weights=shipped, heads=heads,
+    )
+    return frame
+
+
+class Variant(NamedTuple):
+    """A kernel configuration: `BNxBKxWARPS[-pid][-rREGS][-sSPLIT][-zNS]`, e.g. `8x1024x4-pid-r128-s8`."""
+
+    block_n: int
+    block_k: int
+    num_warps: int
+    ticket: bool = True  # `-pid`: order programs by program id (the hardware places them in order)
+    maxnreg: int | None = None  # `-r128`: cap the registers (more programs resident an SM)
+    down_split: int = 4  # `-s8`: the down projection's split-K parts
+    sleep_ns: int = 0  # `-z200`: a waiting program's pause between polls, in nanoseconds
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        head, *flags = text.split("-")
+        block_n, block_k, warps = (int(v) for v in head.split("x"))
+        variant = cls(block_n, block_k, warps)
+        for flag in flags:
+            if flag == "pid":
+                variant = variant._replace(ticket=False)
+            elif flag.startswith("r"):
+                variant = variant._replace(maxnreg=int(flag[1:]))
+            elif flag.startswith("z"):
+                variant = variant._replace(sleep_ns=int(flag[1:]))
+            elif flag.startswith("s"):
+                variant = variant._replace(down_split=int(flag[1:]))
+            else:
+                raise ValueError(f"unknown variant flag {flag!r} in {text!r}")
+        return variant
+
+
+def _launch(frame: Frame, variant: Variant, grid: int, first: int, dataflow: bool, **options: object) -> None:
+    geo = frame.geo
+    if variant.maxnreg:
+        options["maxnreg"] = variant.maxnreg
+    _frame_kernel[(grid,)](
+        frame.weights, frame.acts, frame.ticket, frame.done, first, len(frame.phases),
+        D=geo.dim, Q=geo.q_dim, KV=geo.kv_dim, INTER=geo.inter, V=geo.vocab, LAYERS=geo.layers,
+        SPLIT=geo.down_split, ACT_SLOT=geo.act_slot(), DATAFLOW=dataflow, TICKET=variant.ticket, SLEEP_NS=variant.sleep_ns,
+        BLOCK_N=variant.block_n, BLOCK_K=variant.block_k, num_warps=variant.num_warps, **options,
+    )
+
+
+def launch_dataflow(frame: Frame, variant: Variant) -> None:
+    """The whole frame in one launch."""
+    _launch(frame, variant, frame.programs, 0, True, PDL_WAIT=False, PDL_EARLY=False)
+
+
+def launch_per_phase(frame: Frame, variant: Variant) -> None:
+    """The same kernel, a launch per phase, each a dependent of the one before (as shipped)."""
+    options = pdl.launch_options(frame.acts.device)
+    options.setdefault("PDL_WAIT", False)
+    first = 0
+    for phase in frame.phases:
+        _launch(frame, variant, phase["tiles"], first, False, **options)
+        first += phase["tiles"]
+
+
+def phase_output(frame: Frame, index: int) -> torch.Tensor:
+    """Phase `index`'s output row: its split parts summed, rounded as the next phase reads it."""
+    p = frame.phases[index]
+    parts = frame.acts[p["out_off"] : p["out_off"] + p["split"] * p["n"]].view(p["split"], p["n"])
+    total = parts[0].clone()
+    for s in range(1, p["split"]):
+        total += parts[s]
+    return total.to(torch.bfloat16).float()
+
+
+def phase_reference(frame: Frame, index: int, x: torch.Tensor) -> torch.Tensor:
+    """Phase `index`'s output for the input row x, in plain PyTorch (fp32 sums of bf16 values)."""
+    p = frame.phases[index]
+    rows = p["n"] * (2 if p["kind"] == GATE_UP else 1)
+    w = frame.weights[p["w_off"] : p["w_off"] + rows * p["k"]].view(rows, p["k"]).float()
+    x = x[: p["k"]].to(torch.bfloat16).float()  # the output projection reads the queries' columns
+    scale = torch.rsqrt(x.pow(2).mean() + EPS.value) if p["kind"] in (QKV, GATE_UP, HEAD) else 1.0
+    y = (w @ x) * scale
+    if p["kind"] == GATE_UP:
+        gate, up = y[0::2].to(torch.bfloat16).float(), y[1::2].to(torch.bfloat16).float()
+        act = torch.nn.functional.silu(gate).to(torch.bfloat16).float()
+        return (act * up).to(torch.bfloat16).float()
+    return y.to(torch.bfloat16).float()
+
+
+def phase_input(frame: Frame, index: int) -> torch.Tensor:
+    """What phase `index` read: the output of the phase before, or the input row."""
+    return phase_output(frame, index - 1) if index else frame.acts[: frame.geo.dim]
+
+
+def max_phase_error(frame: Frame) -> float:
+    """The largest difference of a phase's output from PyTorch's on the same input, against the
+    output's largest value, over every phase."""
+    worst = 0.0
+    for index in range(len(frame.phases)):
+        want = phase_reference(frame, index, phase_input(frame, index))
+        worst = max(worst, float((phase_output(frame, index) - want).abs().max() / want.abs().max()))
+    return worst
+
+
+def reference(frame: Frame) -> list[torch.Tensor]:
+    """Every phase's output from the input row, in plain PyTorch."""
+    outs: list[torch.Tensor] = []
+    x = frame.acts[: frame.geo.dim]
+    for index in range(len(frame.phases)):
+        x = phase_reference(frame, index, x)
+        outs.append(x)
+    return outs
+
+
+def shipped_chain(frame: Frame, geo: Geometry, steps: int) -> torch.Tensor:
+    """The same chain through the service's fused projections (norms and residuals included)."""
+    from serve_app.model.kernels import fused_linear
+
+    norm = torch.ones(geo.dim, dtype=torch.bfloat16, device=frame.weights.device)
+    x = frame.acts[: geo.dim].to(torch.bfloat16)[None, :].contiguous()
+    for step in range(steps):
+        for layer in frame.layer_weights:
+            qkv = fused_linear.launch(x, layer["qkv"], norm_weight=norm)
+            h = fused_linear.launch(qkv[:, : geo.q_dim], layer["o"], residual=x)
+            act = fused_linear.launch(h, layer["gate_up"], norm_weight=norm, gate_up=True)
+            x = fused_linear.launch(act, layer["down"], residual=h)
+        logits = fused_linear.launch(x, frame.heads[step], norm_weight=norm)
+        x = logits[:, : geo.dim]
+    return x
+
+
+def time_graph(fn, replays: int) -> float:  # type: ignore[no-untyped-def]
+    """Milliseconds a replay of `fn` captured as a CUDA graph."""
+    fn()
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        fn()  # the capture stream's first use
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph, stream=stream):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=31)
+    parser.add_argument("--variants", default="16x256x4,8x512x4,4x1024x4", help="Variant.parse, comma-separated")
+    parser.add_argument("--replays", type=int, default=20)
+    parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("a CUDA device is needed (the kernel's tests run it under Triton's interpreter)")
+        return 2
+    device = torch.device("cuda")
+    geo = Geometry()
+    variants = [Variant.parse(text) for text in args.variants.split(",") if text]
+    gpu = torch.cuda.get_device_name().lower().replace(" ", "-")
+    path = Path(args.out) / f"{dt.date.today().isoformat()}-{gpu}-dataflow-step-probe.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    argv_shown = argv if argv is not None else sys.argv[1:]
+    fields: dict[str, object] = {
+        "benchmark": "dataflow-step-probe",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python benchmarks/probe_dataflow_step.py", *argv_shown]),
+        "device": torch.cuda.get_device_name(),
+        "steps": args.steps,
+        "weight_mb_per_step": round(frame_bytes_mb(geo), 1),
+        "variants": [],
+    }
+    frames: dict[tuple[int, int], Frame] = {}
+    for variant in variants:
+        key = (variant.block_n, variant.down_split)
+        if key not in frames:
+            frames.clear()  # one frame's weights on the device at a time
+            torch.cuda.empty_cache()
+            frames[key] = build_frame(replace(geo, down_split=variant.down_split), args.steps, variant.block_n, device)
+        frame = frames[key]
+        if "shipped_us_per_step" not in fields:
+            ms = time_graph(lambda frame=frame: shipped_chain(frame, geo, args.steps), args.replays)
+            fields["shipped_us_per_step"] = round(ms * 1000 / args.steps, 2)
+            fields["shipped_tb_per_s"] = round(frame.weight_bytes_per_step * args.steps / (ms / 1000) / 1e12, 2)
+            print(json.dumps({k: v for k, v in fields.items() if k != "variants"}), flush=True)
+        row: dict[str, object] = {"variant": variant._asdict(), "programs": frame.programs, "phases": len(frame.phases)}
+        for arm, launcher in (("dataflow", launch_dataflow), ("per_phase", launch_per_phase)):
+            frame.acts[geo.dim :].zero_()
+            launcher(frame, variant)
+            torch.cuda.synchronize()
+            row[f"{arm}_max_phase_relative_err"] = round(max_phase_error(frame), 4)
+            row[f"{arm}_counters_zero"] = bool(frame.done.eq(0).all() and frame.ticket.eq(0).all())
+            ms = time_graph(lambda f=frame, v=variant, run=launcher: run(f, v), args.replays)
+            row[f"{arm}_us_per_step"] = round(ms * 1000 / args.steps, 2)
+            row[f"{arm}_tb_per_s"] = round(frame.weight_bytes_per_step * args.steps / (ms / 1000) / 1e12, 2)
+        print(json.dumps(row), flush=True)
+        fields["variants"].append(row)  # type: ignore[attr-defined]
+        path.write_text(json.dumps(fields, indent=1))  # after every variant: a hang keeps the rest
+    print(f"wrote {path}")
+    return 0
+
+
+def frame_bytes_mb(geo: Geometry) -> float:
+    """Weight megabytes a depth step streams (4 layers and one head)."""
+    layer = (geo.q_dim + 2 * geo.kv_dim) * geo.dim + geo.dim * geo.q_dim + 3 * geo.inter * geo.dim
+    return (layer * geo.layers + geo.vocab * geo.dim) * 2 / 1e6
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

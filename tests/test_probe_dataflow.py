@@ -1,0 +1,94 @@
+"""The dataflow probe's kernel (benchmarks/probe_dataflow_step.py) computes the chain it times: every
+phase's output from the one before, whether the frame runs as one launch whose programs wait on
+counters or as a launch per phase, and it leaves its counters zero for the next launch.
+
+Compiled on a CUDA device, else under Triton's CPU interpreter (which runs a launch's programs in
+ticket order, so its waits are already met; the GPU run checks the same outputs under real waits)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import probe_dataflow_step as probe
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = [pytest.mark.usefixtures("one_thread"), *([pytest.mark.gpu] if DEVICE.type == "cuda" else [])]
+
+SMALL = probe.Geometry(dim=32, q_dim=32, kv_dim=16, inter=64, vocab=40, layers=2, down_split=2)
+VARIANT = probe.Variant(block_n=16, block_k=16, num_warps=4)
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The largest difference against the largest value (the chain has no norms: its scale drifts)."""
+    return float((got - want).abs().max() / want.abs().max())
+
+
+@pytest.mark.parametrize("launcher", [probe.launch_dataflow, probe.launch_per_phase], ids=["dataflow", "per_phase"])
+def test_every_phase_equals_the_reference_chain(launcher) -> None:  # type: ignore[no-untyped-def]
+    """Each phase against PyTorch on the row it read (bf16 roundings one place apart would drift
+    through a chain without norms), and the whole chain's end against PyTorch's chain."""
+    frame = probe.build_frame(SMALL, steps=2, block_n=16, device=DEVICE)
+    launcher(frame, VARIANT)
+    for index in range(len(frame.phases)):
+        want = probe.phase_reference(frame, index, probe.phase_input(frame, index))
+        assert relative_error(probe.phase_output(frame, index), want) < 5e-2, f"phase {index}"
+    assert relative_error(probe.phase_output(frame, len(frame.phases) - 1), probe.reference(frame)[-1]) < 0.15
+    assert int(frame.done.abs().sum()) == 0 and int(frame.ticket[0]) == 0
+
+
+def test_a_second_launch_repeats_the_first() -> None:
+    """The counters the last program zeroes let the next launch wait again from zero."""
+    frame = probe.build_frame(SMALL, steps=2, block_n=16, device=DEVICE)
+    probe.launch_dataflow(frame, VARIANT)
+    first = frame.acts.clone()
+    frame.acts[SMALL.dim :].zero_()
+    probe.launch_dataflow(frame, VARIANT)
+    assert torch.equal(frame.acts, first)
+
+
+def test_the_one_launch_and_the_launches_per_phase_agree_bit_for_bit() -> None:
+    frame = probe.build_frame(SMALL, steps=2, block_n=16, device=DEVICE)
+    probe.launch_per_phase(frame, VARIANT)
+    apart = frame.acts.clone()
+    frame.acts[SMALL.dim :].zero_()
+    probe.launch_dataflow(frame, VARIANT)
+    assert torch.equal(frame.acts, apart)
+
+
+def test_the_layout_mirrors_the_kernels_program_map() -> None:
+    """Each step is the layers' four projections and a head, each phase's tiles counted as the
+    kernel counts them (gate/up: a column's two rows), weights where the kernel finds them."""
+    frame = probe.build_frame(SMALL, steps=3, block_n=16, device=DEVICE)
+    kinds = [probe.QKV, probe.OUT, probe.GATE_UP, probe.DOWN] * SMALL.layers + [probe.HEAD]
+    assert [p["kind"] for p in frame.phases] == kinds * 3
+    down = next(p for p in frame.phases if p["kind"] == probe.DOWN)
+    assert down["tiles"] == SMALL.dim // 16 * SMALL.down_split
+    assert next(p["tiles"] for p in frame.phases if p["kind"] == probe.GATE_UP) == 2 * SMALL.inter // 16
+    heads = [p["w_off"] for p in frame.phases if p["kind"] == probe.HEAD]
+    assert heads[1] - heads[0] == SMALL.vocab * SMALL.dim
+    assert frame.programs == sum(p["tiles"] for p in frame.phases)
+
+
+@pytest.mark.parametrize("flags", ["pid", "r128-s4"])
+def test_the_variants_compute_the_same_chain(flags: str) -> None:
+    """Programs by program id instead of tickets, capped registers, another split of the down
+    projection: the same outputs."""
+    variant = probe.Variant.parse(f"16x16x4-{flags}")
+    frame = probe.build_frame(replace(SMALL, down_split=variant.down_split), steps=1, block_n=16, device=DEVICE)
+    probe.launch_dataflow(frame, variant)
+    for index in range(len(frame.phases)):
+        want = probe.phase_reference(frame, index, probe.phase_input(frame, index))
+        assert relative_error(probe.phase_output(frame, index), want) < 5e-2, f"phase {index}"
+
+
+def test_a_variant_names_its_settings() -> None:
+    assert probe.Variant.parse("8x1024x4-pid-r128-s8-z200") == probe.Variant(8, 1024, 4, False, 128, 8, 200)
+    with pytest.raises(ValueError, match="unknown variant flag"):
+        probe.Variant.parse("8x1024x4-fast")
