@@ -16,8 +16,10 @@ reads, reads that output, finishes its dot products, stores its columns and coun
 phases run as a pipeline: while one phase computes, the programs of the phases after it are already
 placed with their first weights in flight.
 
-Arms, timed as CUDA graphs replayed with the weights streamed from HBM (217 MB a step):
+Arms, timed as CUDA graphs replayed with the weights streamed from HBM (226.5 MB a step):
 - `dataflow`: the frame in one launch;
+- `persistent` (variants with `-resN`): N resident programs an SM take the tiles in turn, each
+  loading its next tile's weights before it waits for the current tile's input;
 - `per_phase`: the same kernel, one launch per phase (programmatic dependent launch as shipped);
 - `shipped`: the service's fused projections (`fused_linear.launch`: norm prologue, gate/up and
   residual epilogues, split-K sums in the kernel), one launch per projection.
@@ -65,6 +67,125 @@ def _where5(i, a, b, c, d, e):
 
 
 @triton.jit
+def _item(g, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N: tl.constexpr):
+    """Program g's projection and tile, from its number alone: the frame's layout is fixed, so no
+    table is read before the weights are requested. Items run phase by phase, column tile by tile."""
+    QKV_N = Q + 2 * KV
+    T_QKV = (QKV_N + BLOCK_N - 1) // BLOCK_N
+    T_OUT = (D + BLOCK_N - 1) // BLOCK_N
+    T_GU = (2 * INTER + BLOCK_N - 1) // BLOCK_N
+    T_DOWN = T_OUT * SPLIT
+    T_HEAD = (V + BLOCK_N - 1) // BLOCK_N
+    T_LAYER = T_QKV + T_OUT + T_GU + T_DOWN
+    T_STEP = LAYERS * T_LAYER + T_HEAD
+    W_LAYER = QKV_N * D + D * Q + 2 * INTER * D + D * INTER
+    step = g // T_STEP
+    r = g % T_STEP
+    layer = tl.minimum(r // T_LAYER, LAYERS)  # LAYERS: the head
+    q = r - layer * T_LAYER
+    kind = tl.where(
+        layer == LAYERS,
+        4,
+        tl.where(q < T_QKV, 0, tl.where(q < T_QKV + T_OUT, 1, tl.where(q < T_QKV + T_OUT + T_GU, 2, 3))),
+    )
+    tile = q - _where5(kind, 0, T_QKV, T_QKV + T_OUT, T_QKV + T_OUT + T_GU, 0)
+    n = _where5(kind, QKV_N, D, INTER, D, V)
+    k = _where5(kind, D, Q, D, INTER, D)
+    split = tl.where(kind == 3, SPLIT, 1)
+    w_off = tl.where(
+        kind == 4,
+        LAYERS * W_LAYER + step * (V * D),
+        layer * W_LAYER + _where5(kind, 0, QKV_N * D, QKV_N * D + D * Q, QKV_N * D + D * Q + 2 * INTER * D, 0),
+    )
+    phase = step * (4 * LAYERS + 1) + tl.where(kind == 4, 4 * LAYERS, layer * 4 + kind)
+    # The phase before: a layer's QKV reads the down projection before it (or, in layer 0, the
+    # head of the step before, or the input); the head reads the last layer's down projection.
+    prev_tiles = _where5(kind, tl.where(layer == 0, T_HEAD, T_DOWN), T_QKV, T_OUT, T_GU, T_DOWN)
+    in_split = tl.where(((kind == 0) & (layer > 0)) | (kind == 4), SPLIT, 1)
+    part = tile % split
+    # A tile is BLOCK_N weight rows: BLOCK_N output columns, or for gate/up, whose weight holds
+    # each column's gate and up rows side by side, BLOCK_N // 2 columns.
+    rows = (tile // split) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < tl.where(kind == 2, 2 * n, n)
+    k_len = k // split
+    return phase, kind, tile, part, n, k, k_len, part * k_len, w_off, prev_tiles, in_split, rows, row_ok
+
+
+@triton.jit
+def _columns(k0, BLOCK_K: tl.constexpr):
+    """Columns k0 .. k0 + BLOCK_K of a chunk. k0 is a multiple of 16 (every K and offset is:
+    `build_frame` checks), which `// 16 * 16` tells the compiler where a hint on a helper's argument
+    would not reach its body: the loads become 16-byte vectors."""
+    return k0 // 16 * 16 + tl.arange(0, BLOCK_K)
+
+
+@triton.jit
+def _weights(w_ptr, w_off, rows, row_ok, k, k0, BLOCK_K: tl.constexpr, ok=True):
+    """A (BLOCK_N, BLOCK_K) weight tile: rows × columns k0.. of the (N, K) weight at w_off."""
+    starts = tl.multiple_of(w_off + rows * k, 16)
+    kk = _columns(k0, BLOCK_K)
+    return tl.load(w_ptr + starts[:, None] + kk[None, :], mask=row_ok[:, None] & ok, other=0.0)
+
+
+@triton.jit
+def _wait(done_ptr, phase, prev_tiles, SLEEP_NS: tl.constexpr):
+    """Until the phase before has counted in all its programs."""
+    if phase > 0:
+        # Polled with plain reads (hundreds of waiting programs would queue their atomics on one
+        # address in L2), then one acquiring read-modify-write orders the input's reads after the
+        # producers' releases.
+        while tl.load(done_ptr + phase - 1, volatile=True) < prev_tiles:
+            if SLEEP_NS > 0:  # back off: the waiting programs' reads share L2 with the loads
+                tl.inline_asm_elementwise(
+                    f"nanosleep.u32 {SLEEP_NS}; mov.u32 $0, $1;", "=r,r", [prev_tiles], dtype=tl.int32,
+                    is_pure=False, pack=1,
+                )
+        tl.atomic_add(done_ptr + phase - 1, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
+
+
+@triton.jit
+def _chunk(w, act_ptr, in_off, in_split, D, k0, BLOCK_K: tl.constexpr):
+    """One K chunk: the partial sums of w with the input's columns k0.., and their squares."""
+    kk = _columns(k0, BLOCK_K)
+    x = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for s in range(in_split):  # the input's split-K parts, summed in a fixed order
+        x += tl.load(act_ptr + in_off + s * D + kk, cache_modifier=".cg")
+    x = x.to(tl.bfloat16).to(tl.float32)  # the input rounds as a bf16 activation would
+    return tl.sum(w.to(tl.float32) * x[None, :], axis=1), x * x
+
+
+@triton.jit
+def _finish(acc, sumsq, kind, tile, part, n, k, rows, row_ok, act_ptr, out_off, split, BLOCK_N: tl.constexpr):
+    """Norm scale, SwiGLU, store."""
+    # RMSNorm before the QKV, gate/up and head projections (unit weights), as a per-row scale of
+    # the finished sums: those phases are not split, so the chunks saw the whole row.
+    normed = (kind == 0) | (kind == 2) | (kind == 4)
+    acc = tl.where(normed, acc / tl.sqrt(tl.sum(sumsq) / k + EPS), acc)
+    if kind == 2:  # silu(gate) * up, rounded where the eager ops round
+        gate, up = tl.split(tl.reshape(acc, (BLOCK_N // 2, 2)))
+        gate = gate.to(tl.bfloat16).to(tl.float32)
+        act = (gate * tl.sigmoid(gate)).to(tl.bfloat16).to(tl.float32)
+        out = (act * up.to(tl.bfloat16).to(tl.float32)).to(tl.bfloat16).to(tl.float32)
+        cols = (tile // split) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        tl.store(act_ptr + out_off + cols, out, mask=cols < n)
+    else:
+        tl.store(act_ptr + out_off + part * n + rows, acc, mask=row_ok)
+
+
+@triton.jit
+def _count_in(done_ptr, ticket_ptr, phase, num_phases, last_tiles):
+    """This program's tile is stored: count it in; the last phase's last program zeroes the counters."""
+    tl.debug_barrier()  # every thread's stores are issued before the release below
+    finished = tl.atomic_add(done_ptr + phase, 1, sem="release", scope="gpu")
+    if (phase == num_phases - 1) & (finished == last_tiles - 1):
+        # Every program has counted itself in and none reads the counters any more.
+        for p in range(num_phases):
+            tl.store(done_ptr + p, 0)
+        tl.store(ticket_ptr, 0)
+
+
+@triton.jit
 def _frame_kernel(
     w_ptr,  # bf16: per layer its QKV, output, gate/up (each column's gate and up rows side by
     # side) and down weights, (N, K) each; then each step's head (V, D)
@@ -89,107 +210,78 @@ def _frame_kernel(
     PDL_WAIT: tl.constexpr,
     PDL_EARLY: tl.constexpr,
 ):
+    """A program per (phase, tile): one launch for the frame (DATAFLOW), or one per phase."""
     if DATAFLOW and TICKET:
         g = tl.atomic_add(ticket_ptr, 1, sem="relaxed", scope="gpu")
     else:
         pdl.enter(PDL_WAIT, PDL_EARLY)
         g = first_program + tl.program_id(0)
-    # The program's phase and tile from its number alone: the frame's layout is fixed, so no table
-    # is read before the weights are requested.
-    QKV_N: tl.constexpr = Q + 2 * KV
-    T_QKV: tl.constexpr = (QKV_N + BLOCK_N - 1) // BLOCK_N
-    T_OUT: tl.constexpr = (D + BLOCK_N - 1) // BLOCK_N
-    T_GU: tl.constexpr = (2 * INTER + BLOCK_N - 1) // BLOCK_N
-    T_DOWN: tl.constexpr = T_OUT * SPLIT
-    T_HEAD: tl.constexpr = (V + BLOCK_N - 1) // BLOCK_N
-    T_LAYER: tl.constexpr = T_QKV + T_OUT + T_GU + T_DOWN
-    T_STEP: tl.constexpr = LAYERS * T_LAYER + T_HEAD
-    W_LAYER: tl.constexpr = QKV_N * D + D * Q + 2 * INTER * D + D * INTER
-    step = g // T_STEP
-    r = g % T_STEP
-    layer = tl.minimum(r // T_LAYER, LAYERS)  # LAYERS: the head
-    q = r - layer * T_LAYER
-    kind = tl.where(
-        layer == LAYERS,
-        4,
-        tl.where(q < T_QKV, 0, tl.where(q < T_QKV + T_OUT, 1, tl.where(q < T_QKV + T_OUT + T_GU, 2, 3))),
+    phase, kind, tile, part, n, k, k_len, k_lo, w_off, prev_tiles, in_split, rows, row_ok = _item(
+        g, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N
     )
-    tile = q - _where5(kind, 0, T_QKV, T_QKV + T_OUT, T_QKV + T_OUT + T_GU, 0)
-    n = _where5(kind, QKV_N, D, INTER, D, V)
-    k = _where5(kind, D, Q, D, INTER, D)
-    split = tl.where(kind == 3, SPLIT, 1)
-    w_off = tl.where(
-        kind == 4,
-        LAYERS * W_LAYER + step * (V * D),
-        layer * W_LAYER + _where5(kind, 0, QKV_N * D, QKV_N * D + D * Q, QKV_N * D + D * Q + 2 * INTER * D, 0),
-    )
-    phase = step * (4 * LAYERS + 1) + tl.where(kind == 4, 4 * LAYERS, layer * 4 + kind)
-    # The phase before: a layer's QKV reads the down projection before it (or, in layer 0, the
-    # head of the step before, or the input); the head reads the last layer's down projection.
-    prev_tiles = _where5(kind, tl.where(layer == 0, T_HEAD, T_DOWN), T_QKV, T_OUT, T_GU, T_DOWN)
-    in_split = tl.where(((kind == 0) & (layer > 0)) | (kind == 4), SPLIT, 1)
-    in_off = phase * ACT_SLOT
-    out_off = in_off + ACT_SLOT
-
-    part = tile % split
-    gate_up = kind == 2
-    rows = (tile // split) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < tl.where(gate_up, 2 * n, n)
-    k_len = k // split
-    k_lo = tl.multiple_of(part * k_len, BLOCK_K)
-    offs_k = tl.arange(0, BLOCK_K)
-    w_rows = w_ptr + w_off + rows[:, None] * k  # int32: a frame's weights are < 2**31 elements
     # The first weight tile is in flight before the wait: no phase writes weights.
-    w = tl.load(w_rows + (k_lo + offs_k)[None, :], mask=row_ok[:, None], other=0.0)
-
+    w = _weights(w_ptr, w_off, rows, row_ok, k, k_lo, BLOCK_K)
     if DATAFLOW:
-        if phase > 0:
-            # Polled with plain reads (hundreds of waiting programs would queue their atomics on
-            # one address in L2), then one acquiring read-modify-write orders the input's reads
-            # after the producers' releases.
-            while tl.load(done_ptr + phase - 1, volatile=True) < prev_tiles:
-                if SLEEP_NS > 0:  # back off: the waiting programs' reads share L2 with the loads
-                    tl.inline_asm_elementwise(
-                        f"nanosleep.u32 {SLEEP_NS}; mov.u32 $0, $1;", "=r,r", [prev_tiles], dtype=tl.int32,
-                        is_pure=False, pack=1,
-                    )
-            tl.atomic_add(done_ptr + phase - 1, 0, sem="acquire", scope="gpu")
-        tl.debug_barrier()
-
+        _wait(done_ptr, phase, prev_tiles, SLEEP_NS)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     sumsq = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range(k_lo, k_lo + k_len, BLOCK_K):
-        kk = tl.multiple_of(k0, BLOCK_K) + offs_k
         if k0 > k_lo:
-            w = tl.load(w_rows + kk[None, :], mask=row_ok[:, None], other=0.0)
-        x = tl.zeros([BLOCK_K], dtype=tl.float32)
-        for s in range(in_split):  # the input's split-K parts, summed in a fixed order
-            x += tl.load(act_ptr + in_off + s * D + kk, cache_modifier=".cg")
-        x = x.to(tl.bfloat16).to(tl.float32)  # the input rounds as a bf16 activation would
-        acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-        sumsq += x * x
-    # RMSNorm before the QKV, gate/up and head projections (unit weights), as a per-row scale of
-    # the finished sums: those phases are not split, so the loop saw the whole row.
-    normed = (kind == 0) | (kind == 2) | (kind == 4)
-    acc = tl.where(normed, acc / tl.sqrt(tl.sum(sumsq) / k + EPS), acc)
-    if gate_up:  # silu(gate) * up, rounded where the eager ops round
-        gate, up = tl.split(tl.reshape(acc, (BLOCK_N // 2, 2)))
-        gate = gate.to(tl.bfloat16).to(tl.float32)
-        act = (gate * tl.sigmoid(gate)).to(tl.bfloat16).to(tl.float32)
-        out = (act * up.to(tl.bfloat16).to(tl.float32)).to(tl.bfloat16).to(tl.float32)
-        cols = (tile // split) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-        tl.store(act_ptr + out_off + cols, out, mask=cols < n)
-    else:
-        tl.store(act_ptr + out_off + part * n + rows, acc, mask=row_ok)
+            w = _weights(w_ptr, w_off, rows, row_ok, k, k0, BLOCK_K)
+        part_acc, part_sq = _chunk(w, act_ptr, phase * ACT_SLOT, in_split, D, k0, BLOCK_K)
+        acc += part_acc
+        sumsq += part_sq
+    _finish(acc, sumsq, kind, tile, part, n, k, rows, row_ok, act_ptr, (phase + 1) * ACT_SLOT,
+            tl.where(kind == 3, SPLIT, 1), BLOCK_N)
+    _count_in(done_ptr, ticket_ptr, phase, num_phases, (V + BLOCK_N - 1) // BLOCK_N)
 
-    tl.debug_barrier()  # every thread's stores are issued before the release below
-    finished = tl.atomic_add(done_ptr + phase, 1, sem="release", scope="gpu")
-    if (phase == num_phases - 1) & (finished == T_HEAD - 1):
-        # The last phase's last program: every program has counted itself in and none reads the
-        # counters any more, so they are zeroed for the next launch here.
-        for p in range(num_phases):
-            tl.store(done_ptr + p, 0)
-        tl.store(ticket_ptr, 0)
+
+@triton.jit
+def _persistent_kernel(
+    w_ptr,
+    act_ptr,
+    ticket_ptr,
+    done_ptr,
+    num_items,
+    num_phases,
+    D: tl.constexpr,
+    Q: tl.constexpr,
+    KV: tl.constexpr,
+    INTER: tl.constexpr,
+    V: tl.constexpr,
+    LAYERS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    ACT_SLOT: tl.constexpr,
+    SLEEP_NS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,  # every item's whole K (each item is one tile)
+):
+    """Resident programs that take the frame's items in turn (program p: p, p + P, ...), each
+    loading its next item's weights before it waits for the current item's input. Every program
+    must be resident at once (the host sizes the grid to the GPU), and items run in order on each, so
+    the lowest unfinished item never waits on anything unstarted."""
+    step_size = tl.num_programs(0)
+    g = tl.program_id(0)
+    _, _, _, _, _, k, _, k_lo, w_off, _, _, rows, row_ok = _item(
+        g, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N
+    )
+    w_next = _weights(w_ptr, w_off, rows, row_ok, k, k_lo, BLOCK_K, g < num_items)
+    while g < num_items:
+        w = w_next
+        phase, kind, tile, part, n, k, _, k_lo, w_off, prev_tiles, in_split, rows, row_ok = _item(
+            g, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N
+        )
+        g_next = g + step_size
+        _, _, _, _, _, nk, _, nk_lo, nw_off, _, _, nrows, nrow_ok = _item(
+            g_next, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N
+        )
+        w_next = _weights(w_ptr, nw_off, nrows, nrow_ok, nk, nk_lo, BLOCK_K, g_next < num_items)
+        _wait(done_ptr, phase, prev_tiles, SLEEP_NS)
+        acc, sumsq = _chunk(w, act_ptr, phase * ACT_SLOT, in_split, D, k_lo, BLOCK_K)
+        _finish(acc, sumsq, kind, tile, part, n, k, rows, row_ok, act_ptr, (phase + 1) * ACT_SLOT,
+                tl.where(kind == 3, SPLIT, 1), BLOCK_N)
+        _count_in(done_ptr, ticket_ptr, phase, num_phases, (V + BLOCK_N - 1) // BLOCK_N)
+        g = g_next
 
 
 @dataclass
@@ -291,7 +383,8 @@ def build_frame(geo: Geometry, steps: int, block_n: int, device: torch.device, s
 
 
 class Variant(NamedTuple):
-    """A kernel configuration: `BNxBKxWARPS[-pid][-rREGS][-sSPLIT][-zNS]`, e.g. `8x1024x4-pid-r128-s8`."""
+    """A kernel configuration: `BNxBKxWARPS[-pid][-rREGS][-sSPLIT][-zNS][-resN]`, e.g.
+    `8x1024x4-pid-r128-s8`, or `8x1024x4-s8-res2` for the persistent kernel (BK: every item's K)."""
 
     block_n: int
     block_k: int
@@ -300,6 +393,7 @@ class Variant(NamedTuple):
     maxnreg: int | None = None  # `-r128`: cap the registers (more programs resident an SM)
     down_split: int = 4  # `-s8`: the down projection's split-K parts
     sleep_ns: int = 0  # `-z200`: a waiting program's pause between polls, in nanoseconds
+    resident: int = 0  # `-res2`: the persistent kernel, with 2 programs an SM (0: a program per tile)
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -307,7 +401,9 @@ class Variant(NamedTuple):
         block_n, block_k, warps = (int(v) for v in head.split("x"))
         variant = cls(block_n, block_k, warps)
         for flag in flags:
-            if flag == "pid":
+            if flag.startswith("res"):
+                variant = variant._replace(resident=int(flag[3:]))
+            elif flag == "pid":
                 variant = variant._replace(ticket=False)
             elif flag.startswith("r"):
                 variant = variant._replace(maxnreg=int(flag[1:]))
@@ -326,8 +422,7 @@ def _launch(frame: Frame, variant: Variant, grid: int, first: int, dataflow: boo
         options["maxnreg"] = variant.maxnreg
     _frame_kernel[(grid,)](
         frame.weights, frame.acts, frame.ticket, frame.done, first, len(frame.phases),
-        D=geo.dim, Q=geo.q_dim, KV=geo.kv_dim, INTER=geo.inter, V=geo.vocab, LAYERS=geo.layers,
-        SPLIT=geo.down_split, ACT_SLOT=geo.act_slot(), DATAFLOW=dataflow, TICKET=variant.ticket, SLEEP_NS=variant.sleep_ns,
+        **_geometry_args(geo), DATAFLOW=dataflow, TICKET=variant.ticket, SLEEP_NS=variant.sleep_ns,
         BLOCK_N=variant.block_n, BLOCK_K=variant.block_k, num_warps=variant.num_warps, **options,
     )
 
@@ -345,6 +440,37 @@ def launch_per_phase(frame: Frame, variant: Variant) -> None:
     for phase in frame.phases:
         _launch(frame, variant, phase["tiles"], first, False, **options)
         first += phase["tiles"]
+
+
+def _geometry_args(geo: Geometry) -> dict[str, int]:
+    return {"D": geo.dim, "Q": geo.q_dim, "KV": geo.kv_dim, "INTER": geo.inter, "V": geo.vocab,
+            "LAYERS": geo.layers, "SPLIT": geo.down_split, "ACT_SLOT": geo.act_slot()}
+
+
+def launch_persistent(frame: Frame, variant: Variant) -> int:
+    """The persistent kernel over the whole frame; returns its grid. Every item must be one tile
+    (its K, split parts included, equal to BLOCK_K), and every program resident: the grid is
+    `resident` programs per SM, refused above what the compiled kernel's registers allow (one
+    program on Triton's interpreter, which runs programs one after another)."""
+    if any(p["k"] // p["split"] != variant.block_k for p in frame.phases):
+        raise ValueError(f"the persistent kernel needs every item's K to be BLOCK_K = {variant.block_k}")
+    args = (frame.weights, frame.acts, frame.ticket, frame.done, frame.programs, len(frame.phases))
+    kwargs = {**_geometry_args(frame.geo), "SLEEP_NS": variant.sleep_ns, "BLOCK_N": variant.block_n,
+              "BLOCK_K": variant.block_k, "num_warps": variant.num_warps}
+    if variant.maxnreg:
+        kwargs["maxnreg"] = variant.maxnreg
+    grid = 1
+    if frame.acts.device.type == "cuda":
+        compiled = _persistent_kernel.warmup(*args, grid=(1,), **kwargs)
+        compiled._init_handles()
+        props = torch.cuda.get_device_properties(frame.acts.device)
+        threads = 32 * variant.num_warps
+        fits = min(65536 // max(1, compiled.n_regs * threads), 2048 // threads, 32)
+        if variant.resident > fits:
+            raise ValueError(f"{variant.resident} programs an SM do not fit ({fits} do: {compiled.n_regs} registers)")
+        grid = props.multi_processor_count * variant.resident
+    _persistent_kernel[(grid,)](*args, **kwargs)
+    return grid
 
 
 def phase_output(frame: Frame, index: int) -> torch.Tensor:
@@ -444,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=31)
     parser.add_argument("--variants", default="16x256x4,8x512x4,4x1024x4", help="Variant.parse, comma-separated")
     parser.add_argument("--replays", type=int, default=20)
+    parser.add_argument("--no-shipped", action="store_true", help="skip the shipped kernels' arm")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -473,13 +600,18 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
             frames[key] = build_frame(replace(geo, down_split=variant.down_split), args.steps, variant.block_n, device)
         frame = frames[key]
-        if "shipped_us_per_step" not in fields:
+        if "shipped_us_per_step" not in fields and not args.no_shipped:
             ms = time_graph(lambda frame=frame: shipped_chain(frame, geo, args.steps), args.replays)
             fields["shipped_us_per_step"] = round(ms * 1000 / args.steps, 2)
             fields["shipped_tb_per_s"] = round(frame.weight_bytes_per_step * args.steps / (ms / 1000) / 1e12, 2)
             print(json.dumps({k: v for k, v in fields.items() if k != "variants"}), flush=True)
         row: dict[str, object] = {"variant": variant._asdict(), "programs": frame.programs, "phases": len(frame.phases)}
-        for arm, launcher in (("dataflow", launch_dataflow), ("per_phase", launch_per_phase)):
+        arms = (
+            (("persistent", launch_persistent),)
+            if variant.resident
+            else (("dataflow", launch_dataflow), ("per_phase", launch_per_phase))
+        )
+        for arm, launcher in arms:
             frame.acts[geo.dim :].zero_()
             launcher(frame, variant)
             torch.cuda.synchronize()

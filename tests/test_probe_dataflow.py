@@ -88,7 +88,24 @@ def test_the_variants_compute_the_same_chain(flags: str) -> None:
         assert relative_error(probe.phase_output(frame, index), want) < 5e-2, f"phase {index}"
 
 
+def test_the_persistent_kernel_computes_the_same_chain() -> None:
+    """Resident programs taking the items in turn, each loading its next item's weights before its
+    wait: every phase as PyTorch computes it (one program here: the interpreter runs programs one
+    after another, and a program waiting on another's item would wait forever)."""
+    geo = replace(SMALL, down_split=SMALL.inter // SMALL.dim)  # every item one tile of K = dim
+    frame = probe.build_frame(geo, steps=2, block_n=16, device=DEVICE)
+    variant = probe.Variant.parse(f"16x{geo.dim}x4-res1")
+    probe.launch_persistent(frame, variant)
+    for index in range(len(frame.phases)):
+        want = probe.phase_reference(frame, index, probe.phase_input(frame, index))
+        assert relative_error(probe.phase_output(frame, index), want) < 5e-2, f"phase {index}"
+    assert int(frame.done.abs().sum()) == 0
+    with pytest.raises(ValueError, match="every item's K"):
+        probe.launch_persistent(frame, variant._replace(block_k=geo.dim // 2))
+
+
 def test_a_variant_names_its_settings() -> None:
     assert probe.Variant.parse("8x1024x4-pid-r128-s8-z200") == probe.Variant(8, 1024, 4, False, 128, 8, 200)
+    assert probe.Variant.parse("8x1024x4-s8-res2").resident == 2
     with pytest.raises(ValueError, match="unknown variant flag"):
         probe.Variant.parse("8x1024x4-fast")
