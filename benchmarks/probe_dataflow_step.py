@@ -53,6 +53,11 @@ sys.path.insert(0, str(ROOT))
 
 from serve_app.model.kernels import pdl
 
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # a Triton without host-side TMA descriptors
+    TensorDescriptor = None
+
 QKV, OUT, GATE_UP, DOWN, HEAD = range(5)
 """A phase's kind: a layer's four projections, then the codebook head after the last layer."""
 
@@ -108,7 +113,10 @@ def _item(g, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N: tl.constexpr)
     rows = (tile // split) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < tl.where(kind == 2, 2 * n, n)
     k_len = k // split
-    return phase, kind, tile, part, n, k, k_len, part * k_len, w_off, prev_tiles, in_split, rows, row_ok
+    # A split weight is stored part by part, each an (N, K / SPLIT) matrix: a tile's rows are
+    # whole rows of its part.
+    w_base = w_off + part * n * k_len
+    return phase, kind, tile, part, n, k, k_len, part * k_len, w_base, prev_tiles, in_split, rows, row_ok
 
 
 @triton.jit
@@ -120,10 +128,10 @@ def _columns(k0, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _weights(w_ptr, w_off, rows, row_ok, k, k0, BLOCK_K: tl.constexpr, ok=True):
-    """A (BLOCK_N, BLOCK_K) weight tile: rows × columns k0.. of the (N, K) weight at w_off."""
-    starts = tl.multiple_of(w_off + rows * k, 16)
-    kk = _columns(k0, BLOCK_K)
+def _weights(w_ptr, w_base, rows, row_ok, row_len, c0, BLOCK_K: tl.constexpr, ok=True):
+    """A (BLOCK_N, BLOCK_K) weight tile: rows × columns c0.. of the (N, row_len) matrix at w_base."""
+    starts = tl.multiple_of(w_base + rows * row_len, 16)
+    kk = _columns(c0, BLOCK_K)
     return tl.load(w_ptr + starts[:, None] + kk[None, :], mask=row_ok[:, None] & ok, other=0.0)
 
 
@@ -216,18 +224,18 @@ def _frame_kernel(
     else:
         pdl.enter(PDL_WAIT, PDL_EARLY)
         g = first_program + tl.program_id(0)
-    phase, kind, tile, part, n, k, k_len, k_lo, w_off, prev_tiles, in_split, rows, row_ok = _item(
+    phase, kind, tile, part, n, k, k_len, k_lo, w_base, prev_tiles, in_split, rows, row_ok = _item(
         g, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N
     )
     # The first weight tile is in flight before the wait: no phase writes weights.
-    w = _weights(w_ptr, w_off, rows, row_ok, k, k_lo, BLOCK_K)
+    w = _weights(w_ptr, w_base, rows, row_ok, k_len, 0, BLOCK_K)
     if DATAFLOW:
         _wait(done_ptr, phase, prev_tiles, SLEEP_NS)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     sumsq = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range(k_lo, k_lo + k_len, BLOCK_K):
         if k0 > k_lo:
-            w = _weights(w_ptr, w_off, rows, row_ok, k, k0, BLOCK_K)
+            w = _weights(w_ptr, w_base, rows, row_ok, k_len, k0 - k_lo, BLOCK_K)
         part_acc, part_sq = _chunk(w, act_ptr, phase * ACT_SLOT, in_split, D, k0, BLOCK_K)
         acc += part_acc
         sumsq += part_sq
@@ -238,7 +246,7 @@ def _frame_kernel(
 
 @triton.jit
 def _persistent_kernel(
-    w_ptr,
+    w_ptr,  # TMA: a descriptor of the weights as rows of 256, blocks (BLOCK_N * BLOCK_K // 256, 256)
     act_ptr,
     ticket_ptr,
     done_ptr,
@@ -255,33 +263,32 @@ def _persistent_kernel(
     SLEEP_NS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,  # every item's whole K (each item is one tile)
+    STAGES: tl.constexpr,  # the loop's software pipeline: weight tiles in flight ahead of the wait
+    TMA: tl.constexpr,  # bulk tensor copies into shared memory, else pointer loads
 ):
-    """Resident programs that take the frame's items in turn (program p: p, p + P, ...), each
-    loading its next item's weights before it waits for the current item's input. Every program
-    must be resident at once (the host sizes the grid to the GPU), and items run in order on each, so
-    the lowest unfinished item never waits on anything unstarted."""
-    step_size = tl.num_programs(0)
-    g = tl.program_id(0)
-    _, _, _, _, _, k, _, k_lo, w_off, _, _, rows, row_ok = _item(
-        g, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N
-    )
-    w_next = _weights(w_ptr, w_off, rows, row_ok, k, k_lo, BLOCK_K, g < num_items)
-    while g < num_items:
-        w = w_next
-        phase, kind, tile, part, n, k, _, k_lo, w_off, prev_tiles, in_split, rows, row_ok = _item(
+    """Resident programs that take the frame's items in turn (program p: p, p + P, ...). The loop
+    is software-pipelined: the weight tiles of the next STAGES - 1 items are loaded while the
+    current item waits for its input. Every program must be resident at once (the host sizes the
+    grid to the GPU), and items run in order on each, so the lowest unfinished item never waits on
+    anything unstarted."""
+    for g in tl.range(tl.program_id(0), num_items, tl.num_programs(0), num_stages=STAGES):
+        phase, kind, tile, part, n, k, k_len, k_lo, w_base, prev_tiles, in_split, rows, row_ok = _item(
             g, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N
         )
-        g_next = g + step_size
-        _, _, _, _, _, nk, _, nk_lo, nw_off, _, _, nrows, nrow_ok = _item(
-            g_next, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N
-        )
-        w_next = _weights(w_ptr, nw_off, nrows, nrow_ok, nk, nk_lo, BLOCK_K, g_next < num_items)
+        if TMA:
+            # The tile's rows of 1024 as rows of 256 of the whole buffer (every weight starts at a
+            # multiple of 256 elements; rows past a weight's end read the next one's or zeros, and
+            # their sums are not stored).
+            first_row = (tile // tl.where(kind == 3, SPLIT, 1)) * BLOCK_N
+            w = w_ptr.load([w_base // 256 + first_row * (BLOCK_K // 256), 0])
+            w = tl.reshape(w, [BLOCK_N, BLOCK_K])
+        else:
+            w = _weights(w_ptr, w_base, rows, row_ok, k_len, 0, BLOCK_K)
         _wait(done_ptr, phase, prev_tiles, SLEEP_NS)
         acc, sumsq = _chunk(w, act_ptr, phase * ACT_SLOT, in_split, D, k_lo, BLOCK_K)
         _finish(acc, sumsq, kind, tile, part, n, k, rows, row_ok, act_ptr, (phase + 1) * ACT_SLOT,
                 tl.where(kind == 3, SPLIT, 1), BLOCK_N)
         _count_in(done_ptr, ticket_ptr, phase, num_phases, (V + BLOCK_N - 1) // BLOCK_N)
-        g = g_next
 
 
 @dataclass
@@ -341,7 +348,9 @@ def build_frame(geo: Geometry, steps: int, block_n: int, device: torch.device, s
     pieces: list[torch.Tensor] = []
     for layer in shipped:
         pairs = torch.stack(layer["gate_up"].chunk(2), 1).reshape(2 * geo.inter, geo.dim)
-        pieces += [layer["qkv"], layer["o"], pairs, layer["down"]]
+        # the down projection part by part: each split part's (N, K / SPLIT) matrix in turn
+        parts = layer["down"].view(geo.dim, geo.down_split, -1).transpose(0, 1)
+        pieces += [layer["qkv"], layer["o"], pairs, parts]
     flat = torch.cat([w.reshape(-1) for w in pieces + heads])
     layer_bytes = sum(w.numel() for w in pieces) * 2
     slot = geo.act_slot()
@@ -383,8 +392,9 @@ def build_frame(geo: Geometry, steps: int, block_n: int, device: torch.device, s
 
 
 class Variant(NamedTuple):
-    """A kernel configuration: `BNxBKxWARPS[-pid][-rREGS][-sSPLIT][-zNS][-resN]`, e.g.
-    `8x1024x4-pid-r128-s8`, or `8x1024x4-s8-res2` for the persistent kernel (BK: every item's K)."""
+    """A kernel configuration: `BNxBKxWARPS[-pid][-rREGS][-sSPLIT][-zNS][-resN[-stN][-tma]]`, e.g.
+    `8x1024x4-pid-r128-s8`, or `8x1024x4-s8-res2-st3-tma` for the persistent kernel (BK: every
+    item's K)."""
 
     block_n: int
     block_k: int
@@ -394,6 +404,8 @@ class Variant(NamedTuple):
     down_split: int = 4  # `-s8`: the down projection's split-K parts
     sleep_ns: int = 0  # `-z200`: a waiting program's pause between polls, in nanoseconds
     resident: int = 0  # `-res2`: the persistent kernel, with 2 programs an SM (0: a program per tile)
+    stages: int = 2  # `-st3`: the persistent loop's pipeline stages (weight tiles in flight + 1)
+    tma: bool = False  # `-tma`: the persistent kernel's weights by bulk tensor copies
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -401,7 +413,11 @@ class Variant(NamedTuple):
         block_n, block_k, warps = (int(v) for v in head.split("x"))
         variant = cls(block_n, block_k, warps)
         for flag in flags:
-            if flag.startswith("res"):
+            if flag == "tma":
+                variant = variant._replace(tma=True)
+            elif flag.startswith("st"):
+                variant = variant._replace(stages=int(flag[2:]))
+            elif flag.startswith("res"):
                 variant = variant._replace(resident=int(flag[3:]))
             elif flag == "pid":
                 variant = variant._replace(ticket=False)
@@ -454,9 +470,16 @@ def launch_persistent(frame: Frame, variant: Variant) -> int:
     program on Triton's interpreter, which runs programs one after another)."""
     if any(p["k"] // p["split"] != variant.block_k for p in frame.phases):
         raise ValueError(f"the persistent kernel needs every item's K to be BLOCK_K = {variant.block_k}")
-    args = (frame.weights, frame.acts, frame.ticket, frame.done, frame.programs, len(frame.phases))
+    weights: object = frame.weights
+    if variant.tma:
+        if TensorDescriptor is None or variant.block_k % 256 or frame.weights.numel() % 256:
+            raise ValueError("bulk tensor copies need Triton's TensorDescriptor and rows of 256")
+        rows = frame.weights.view(-1, 256)
+        weights = TensorDescriptor.from_tensor(rows, [variant.block_n * variant.block_k // 256, 256])
+    args = (weights, frame.acts, frame.ticket, frame.done, frame.programs, len(frame.phases))
     kwargs = {**_geometry_args(frame.geo), "SLEEP_NS": variant.sleep_ns, "BLOCK_N": variant.block_n,
-              "BLOCK_K": variant.block_k, "num_warps": variant.num_warps}
+              "BLOCK_K": variant.block_k, "STAGES": variant.stages, "TMA": variant.tma,
+              "num_warps": variant.num_warps}
     if variant.maxnreg:
         kwargs["maxnreg"] = variant.maxnreg
     grid = 1
@@ -487,7 +510,8 @@ def phase_reference(frame: Frame, index: int, x: torch.Tensor) -> torch.Tensor:
     """Phase `index`'s output for the input row x, in plain PyTorch (fp32 sums of bf16 values)."""
     p = frame.phases[index]
     rows = p["n"] * (2 if p["kind"] == GATE_UP else 1)
-    w = frame.weights[p["w_off"] : p["w_off"] + rows * p["k"]].view(rows, p["k"]).float()
+    w = frame.weights[p["w_off"] : p["w_off"] + rows * p["k"]]
+    w = w.view(p["split"], rows, p["k"] // p["split"]).transpose(0, 1).reshape(rows, p["k"]).float()
     x = x[: p["k"]].to(torch.bfloat16).float()  # the output projection reads the queries' columns
     scale = torch.rsqrt(x.pow(2).mean() + EPS.value) if p["kind"] in (QKV, GATE_UP, HEAD) else 1.0
     y = (w @ x) * scale

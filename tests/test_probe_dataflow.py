@@ -88,13 +88,20 @@ def test_the_variants_compute_the_same_chain(flags: str) -> None:
         assert relative_error(probe.phase_output(frame, index), want) < 5e-2, f"phase {index}"
 
 
-def test_the_persistent_kernel_computes_the_same_chain() -> None:
-    """Resident programs taking the items in turn, each loading its next item's weights before its
-    wait: every phase as PyTorch computes it (one program here: the interpreter runs programs one
-    after another, and a program waiting on another's item would wait forever)."""
-    geo = replace(SMALL, down_split=SMALL.inter // SMALL.dim)  # every item one tile of K = dim
+# Rows of 512 (two of 256 for the bulk tensor copies); every item one tile of K = dim (the down
+# projection split).
+WIDE = probe.Geometry(dim=512, q_dim=512, kv_dim=128, inter=1024, vocab=600, layers=1, down_split=2)
+
+
+@pytest.mark.parametrize("flags", ["res1-st1", "res1-st3", "res1-st2-tma"])
+def test_the_persistent_kernel_computes_the_same_chain(flags: str) -> None:
+    """Resident programs taking the items in turn, the loop pipelined (weights of later items
+    loaded before the current item's wait), by pointers or bulk tensor copies: every phase as
+    PyTorch computes it (one program on the interpreter, which runs programs one after another: a
+    program waiting on another's item would wait forever)."""
+    geo = WIDE
     frame = probe.build_frame(geo, steps=2, block_n=16, device=DEVICE)
-    variant = probe.Variant.parse(f"16x{geo.dim}x4-res1")
+    variant = probe.Variant.parse(f"16x{geo.dim}x4-{flags}")
     probe.launch_persistent(frame, variant)
     for index in range(len(frame.phases)):
         want = probe.phase_reference(frame, index, probe.phase_input(frame, index))
@@ -106,6 +113,6 @@ def test_the_persistent_kernel_computes_the_same_chain() -> None:
 
 def test_a_variant_names_its_settings() -> None:
     assert probe.Variant.parse("8x1024x4-pid-r128-s8-z200") == probe.Variant(8, 1024, 4, False, 128, 8, 200)
-    assert probe.Variant.parse("8x1024x4-s8-res2").resident == 2
+    assert probe.Variant.parse("8x1024x4-s8-res2-st3-tma")[-3:] == (2, 3, True)
     with pytest.raises(ValueError, match="unknown variant flag"):
         probe.Variant.parse("8x1024x4-fast")
