@@ -18,8 +18,8 @@ placed with their first weights in flight.
 
 Arms, timed as CUDA graphs replayed with the weights streamed from HBM (226.5 MB a step):
 - `dataflow`: the frame in one launch;
-- `persistent` (variants with `-resN`): N resident programs an SM take the tiles in turn, each
-  loading its next tile's weights before it waits for the current tile's input;
+- `persistent` (variants with `-resN`): N resident programs an SM take the tiles in turn, in a loop
+  Triton may software-pipeline (`-stN`), the weights by pointer loads or bulk tensor copies (`-tma`);
 - `per_phase`: the same kernel, one launch per phase (programmatic dependent launch as shipped);
 - `shipped`: the service's fused projections (`fused_linear.launch`: norm prologue, gate/up and
   residual epilogues, split-K sums in the kernel), one launch per projection.
