@@ -391,6 +391,10 @@ def build_frame(geo: Geometry, steps: int, block_n: int, device: torch.device, s
     return frame
 
 
+_NUMERIC_FLAGS = {"st": "stages", "res": "resident", "r": "maxnreg", "z": "sleep_ns", "s": "down_split"}
+"""A variant's numeric flags: the prefix, then the setting it gives (`-res2`: resident=2)."""
+
+
 class Variant(NamedTuple):
     """A kernel configuration: `BNxBKxWARPS[-pid][-rREGS][-sSPLIT][-zNS][-resN[-stN][-tma]]`, e.g.
     `8x1024x4-pid-r128-s8`, or `8x1024x4-s8-res2-st3-tma` for the persistent kernel (BK: every
@@ -413,22 +417,13 @@ class Variant(NamedTuple):
         block_n, block_k, warps = (int(v) for v in head.split("x"))
         variant = cls(block_n, block_k, warps)
         for flag in flags:
-            if flag == "tma":
-                variant = variant._replace(tma=True)
-            elif flag.startswith("st"):
-                variant = variant._replace(stages=int(flag[2:]))
-            elif flag.startswith("res"):
-                variant = variant._replace(resident=int(flag[3:]))
-            elif flag == "pid":
-                variant = variant._replace(ticket=False)
-            elif flag.startswith("r"):
-                variant = variant._replace(maxnreg=int(flag[1:]))
-            elif flag.startswith("z"):
-                variant = variant._replace(sleep_ns=int(flag[1:]))
-            elif flag.startswith("s"):
-                variant = variant._replace(down_split=int(flag[1:]))
-            else:
+            if flag in ("tma", "pid"):
+                variant = variant._replace(**({"tma": True} if flag == "tma" else {"ticket": False}))
+                continue
+            prefix = next((p for p in _NUMERIC_FLAGS if flag.startswith(p) and flag[len(p) :].isdigit()), None)
+            if prefix is None:
                 raise ValueError(f"unknown variant flag {flag!r} in {text!r}")
+            variant = variant._replace(**{_NUMERIC_FLAGS[prefix]: int(flag[len(prefix) :])})
         return variant
 
 
