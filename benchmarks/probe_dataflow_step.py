@@ -20,6 +20,8 @@ Arms, timed as CUDA graphs replayed with the weights streamed from HBM (226.5 MB
 - `dataflow`: the frame in one launch;
 - `persistent` (variants with `-resN`): N resident programs an SM take the tiles in turn, in a loop
   Triton may software-pipeline (`-stN`), the weights by pointer loads or bulk tensor copies (`-tma`);
+- `gluon` (`-resN-stN-gluon`, `probe_dataflow_gluon.py`): the same, each program keeping N - 1
+  tiles in flight by bulk copies into a ring of shared-memory buffers across its waits;
 - `per_phase`: the same kernel, one launch per phase (programmatic dependent launch as shipped);
 - `shipped`: the service's fused projections (`fused_linear.launch`: norm prologue, gate/up and
   residual epilogues, split-K sums in the kernel), one launch per projection.
@@ -72,9 +74,10 @@ def _where5(i, a, b, c, d, e):
 
 
 @triton.jit
-def _item(g, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N: tl.constexpr):
-    """Program g's projection and tile, from its number alone: the frame's layout is fixed, so no
-    table is read before the weights are requested. Items run phase by phase, column tile by tile."""
+def _item_scalars(g, D, Q, KV, INTER, V, LAYERS, SPLIT, BLOCK_N):
+    """Item g's projection and tile, from its number alone: the frame's layout is fixed, so no
+    table is read before the weights are requested. Items run phase by phase, column tile by tile.
+    Scalars only, so that kernels of either language call it."""
     QKV_N = Q + 2 * KV
     T_QKV = (QKV_N + BLOCK_N - 1) // BLOCK_N
     T_OUT = (D + BLOCK_N - 1) // BLOCK_N
@@ -99,7 +102,7 @@ def _item(g, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N: tl.constexpr)
     split = tl.where(kind == 3, SPLIT, 1)
     w_off = tl.where(
         kind == 4,
-        LAYERS * W_LAYER + step * (V * D),
+        LAYERS * W_LAYER + step * (_padded_rows(V) * D),
         layer * W_LAYER + _where5(kind, 0, QKV_N * D, QKV_N * D + D * Q, QKV_N * D + D * Q + 2 * INTER * D, 0),
     )
     phase = step * (4 * LAYERS + 1) + tl.where(kind == 4, 4 * LAYERS, layer * 4 + kind)
@@ -108,15 +111,31 @@ def _item(g, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N: tl.constexpr)
     prev_tiles = _where5(kind, tl.where(layer == 0, T_HEAD, T_DOWN), T_QKV, T_OUT, T_GU, T_DOWN)
     in_split = tl.where(((kind == 0) & (layer > 0)) | (kind == 4), SPLIT, 1)
     part = tile % split
-    # A tile is BLOCK_N weight rows: BLOCK_N output columns, or for gate/up, whose weight holds
-    # each column's gate and up rows side by side, BLOCK_N // 2 columns.
-    rows = (tile // split) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < tl.where(kind == 2, 2 * n, n)
     k_len = k // split
     # A split weight is stored part by part, each an (N, K / SPLIT) matrix: a tile's rows are
-    # whole rows of its part.
+    # whole rows of its part. A tile is BLOCK_N weight rows: BLOCK_N output columns, or for
+    # gate/up, whose weight holds each column's gate and up rows side by side, BLOCK_N // 2.
     w_base = w_off + part * n * k_len
-    return phase, kind, tile, part, n, k, k_len, part * k_len, w_base, prev_tiles, in_split, rows, row_ok
+    first_row = (tile // split) * BLOCK_N
+    row_end = tl.where(kind == 2, 2 * n, n)
+    return phase, kind, tile, part, n, k, k_len, part * k_len, w_base, prev_tiles, in_split, first_row, row_end
+
+
+@triton.jit
+def _item(g, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N: tl.constexpr):
+    """`_item_scalars`, with the tile's weight rows and which of them the weight has."""
+    phase, kind, tile, part, n, k, k_len, k_lo, w_base, prev_tiles, in_split, first_row, row_end = _item_scalars(
+        g, D, Q, KV, INTER, V, LAYERS, SPLIT, BLOCK_N
+    )
+    rows = first_row + tl.arange(0, BLOCK_N)
+    return phase, kind, tile, part, n, k, k_len, k_lo, w_base, prev_tiles, in_split, rows, rows < row_end
+
+
+@triton.jit
+def _padded_rows(rows):
+    """A head's rows in the frame's weights, padded to 64: every weight starts on a 64-row boundary
+    (whole tiles of any BLOCK_N up to 64 for the bulk copies)."""
+    return (rows + 63) // 64 * 64
 
 
 @triton.jit
@@ -351,7 +370,9 @@ def build_frame(geo: Geometry, steps: int, block_n: int, device: torch.device, s
         # the down projection part by part: each split part's (N, K / SPLIT) matrix in turn
         parts = layer["down"].view(geo.dim, geo.down_split, -1).transpose(0, 1)
         pieces += [layer["qkv"], layer["o"], pairs, parts]
-    flat = torch.cat([w.reshape(-1) for w in pieces + heads])
+    head_rows = -(-geo.vocab // 64) * 64  # `_padded_rows`: each head on a 64-row boundary
+    padded_heads = [torch.cat([h, h.new_zeros(head_rows - geo.vocab, geo.dim)]) for h in heads]
+    flat = torch.cat([w.reshape(-1) for w in pieces + padded_heads])
     layer_bytes = sum(w.numel() for w in pieces) * 2
     slot = geo.act_slot()
 
@@ -376,7 +397,7 @@ def build_frame(geo: Geometry, steps: int, block_n: int, device: torch.device, s
             add(OUT, geo.dim, geo.q_dim, geo.dim)
             add(GATE_UP, geo.inter, geo.dim, 2 * geo.inter)
             add(DOWN, geo.dim, geo.inter, geo.dim)
-        w_cursor = heads_base + step * geo.vocab * geo.dim
+        w_cursor = heads_base + step * head_rows * geo.dim
         add(HEAD, geo.vocab, geo.dim, geo.vocab)
     acts = torch.zeros((len(phases) + 1) * slot, dtype=torch.float32, device=device)
     acts[: geo.dim] = torch.randn(geo.dim, generator=gen, device=device).to(torch.bfloat16).float()
@@ -396,9 +417,9 @@ _NUMERIC_FLAGS = {"st": "stages", "res": "resident", "r": "maxnreg", "z": "sleep
 
 
 class Variant(NamedTuple):
-    """A kernel configuration: `BNxBKxWARPS[-pid][-rREGS][-sSPLIT][-zNS][-resN[-stN][-tma]]`, e.g.
-    `8x1024x4-pid-r128-s8`, or `8x1024x4-s8-res2-st3-tma` for the persistent kernel (BK: every
-    item's K)."""
+    """A kernel configuration: `BNxBKxWARPS[-pid][-rREGS][-sSPLIT][-zNS][-resN[-stN][-tma|-gluon]]`,
+    e.g. `8x1024x4-pid-r128-s8`, or `8x1024x4-s8-res2-st3-tma` for the persistent kernel and
+    `16x1024x4-s8-res2-st3-gluon` for the Gluon one (BK: every item's K)."""
 
     block_n: int
     block_k: int
@@ -410,6 +431,7 @@ class Variant(NamedTuple):
     resident: int = 0  # `-res2`: the persistent kernel, with 2 programs an SM (0: a program per tile)
     stages: int = 2  # `-st3`: the persistent loop's pipeline stages (weight tiles in flight + 1)
     tma: bool = False  # `-tma`: the persistent kernel's weights by bulk tensor copies
+    gluon: bool = False  # `-gluon`: the Gluon kernel, a ring of `stages` buffers a program
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -417,8 +439,8 @@ class Variant(NamedTuple):
         block_n, block_k, warps = (int(v) for v in head.split("x"))
         variant = cls(block_n, block_k, warps)
         for flag in flags:
-            if flag in ("tma", "pid"):
-                variant = variant._replace(**({"tma": True} if flag == "tma" else {"ticket": False}))
+            if flag in ("tma", "pid", "gluon"):
+                variant = variant._replace(**{"tma": {"tma": True}, "pid": {"ticket": False}, "gluon": {"gluon": True}}[flag])
                 continue
             prefix = next((p for p in _NUMERIC_FLAGS if flag.startswith(p) and flag[len(p) :].isdigit()), None)
             if prefix is None:
@@ -477,18 +499,26 @@ def launch_persistent(frame: Frame, variant: Variant) -> int:
               "num_warps": variant.num_warps}
     if variant.maxnreg:
         kwargs["maxnreg"] = variant.maxnreg
-    grid = 1
-    if frame.acts.device.type == "cuda":
-        compiled = _persistent_kernel.warmup(*args, grid=(1,), **kwargs)
-        compiled._init_handles()
-        props = torch.cuda.get_device_properties(frame.acts.device)
-        threads = 32 * variant.num_warps
-        fits = min(65536 // max(1, compiled.n_regs * threads), 2048 // threads, 32)
-        if variant.resident > fits:
-            raise ValueError(f"{variant.resident} programs an SM do not fit ({fits} do: {compiled.n_regs} registers)")
-        grid = props.multi_processor_count * variant.resident
+    grid = resident_programs(_persistent_kernel, args, kwargs, variant) if frame.acts.device.type == "cuda" else 1
     _persistent_kernel[(grid,)](*args, **kwargs)
     return grid
+
+
+def resident_programs(kernel, args: tuple[object, ...], kwargs: dict[str, object], variant: Variant) -> int:  # type: ignore[no-untyped-def]
+    """The grid of `variant.resident` programs an SM, refused above what the compiled kernel's
+    registers and shared memory let be resident at once (a program not yet placed would leave the
+    others waiting on its items forever)."""
+    compiled = kernel.warmup(*args, grid=(1,), **kwargs)
+    compiled._init_handles()
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    threads = 32 * variant.num_warps
+    shared = max(1, compiled.metadata.shared)
+    fits = min(65536 // max(1, compiled.n_regs * threads), 2048 // threads, 32, 232_448 // shared)
+    if variant.resident > fits:
+        raise ValueError(
+            f"{variant.resident} programs an SM do not fit ({fits} do: {compiled.n_regs} registers, {shared} B shared)"
+        )
+    return props.multi_processor_count * variant.resident
 
 
 def phase_output(frame: Frame, index: int) -> torch.Tensor:
@@ -625,11 +655,14 @@ def main(argv: list[str] | None = None) -> int:
             fields["shipped_tb_per_s"] = round(frame.weight_bytes_per_step * args.steps / (ms / 1000) / 1e12, 2)
             print(json.dumps({k: v for k, v in fields.items() if k != "variants"}), flush=True)
         row: dict[str, object] = {"variant": variant._asdict(), "programs": frame.programs, "phases": len(frame.phases)}
-        arms = (
-            (("persistent", launch_persistent),)
-            if variant.resident
-            else (("dataflow", launch_dataflow), ("per_phase", launch_per_phase))
-        )
+        if variant.gluon:
+            from probe_dataflow_gluon import launch_gluon  # Hopper and a Triton with Gluon only
+
+            arms: tuple[tuple[str, object], ...] = (("gluon", launch_gluon),)
+        elif variant.resident:
+            arms = (("persistent", launch_persistent),)
+        else:
+            arms = (("dataflow", launch_dataflow), ("per_phase", launch_per_phase))
         for arm, launcher in arms:
             frame.acts[geo.dim :].zero_()
             launcher(frame, variant)
