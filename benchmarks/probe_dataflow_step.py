@@ -20,6 +20,8 @@ Arms, timed as CUDA graphs replayed with the weights streamed from HBM (226.5 MB
 - `dataflow`: the frame in one launch;
 - `persistent` (variants with `-resN`): N resident programs an SM take the tiles in turn, in a loop
   Triton may software-pipeline (`-stN`), the weights by pointer loads or bulk tensor copies (`-tma`);
+  with `-reuse`, a program's consecutive tiles of one projection (and input part) share one wait, one
+  read of the input and one count-in, at the last of them;
 - `gluon` (`-resN-stN-gluon`, `probe_dataflow_gluon.py`): the same, each program keeping N - 1
   tiles in flight by bulk copies into a ring of shared-memory buffers across its waits;
 - `per_phase`: the same kernel, one launch per phase (programmatic dependent launch as shipped);
@@ -172,13 +174,20 @@ def _wait(done_ptr, phase, prev_tiles, SLEEP_NS: tl.constexpr):
 
 
 @triton.jit
-def _chunk(w, act_ptr, in_off, in_split, D, k0, BLOCK_K: tl.constexpr):
-    """One K chunk: the partial sums of w with the input's columns k0.., and their squares."""
+def _input(act_ptr, in_off, in_split, D, k0, BLOCK_K: tl.constexpr):
+    """The input's columns k0..: its split-K parts summed in a fixed order, rounded as a bf16
+    activation would be."""
     kk = _columns(k0, BLOCK_K)
     x = tl.zeros([BLOCK_K], dtype=tl.float32)
-    for s in range(in_split):  # the input's split-K parts, summed in a fixed order
+    for s in range(in_split):
         x += tl.load(act_ptr + in_off + s * D + kk, cache_modifier=".cg")
-    x = x.to(tl.bfloat16).to(tl.float32)  # the input rounds as a bf16 activation would
+    return x.to(tl.bfloat16).to(tl.float32)
+
+
+@triton.jit
+def _chunk(w, act_ptr, in_off, in_split, D, k0, BLOCK_K: tl.constexpr):
+    """One K chunk: the partial sums of w with the input's columns k0.., and their squares."""
+    x = _input(act_ptr, in_off, in_split, D, k0, BLOCK_K)
     return tl.sum(w.to(tl.float32) * x[None, :], axis=1), x * x
 
 
@@ -201,11 +210,12 @@ def _finish(acc, sumsq, kind, tile, part, n, k, rows, row_ok, act_ptr, out_off, 
 
 
 @triton.jit
-def _count_in(done_ptr, ticket_ptr, phase, num_phases, last_tiles):
-    """This program's tile is stored: count it in; the last phase's last program zeroes the counters."""
+def _count_in(done_ptr, ticket_ptr, phase, num_phases, last_tiles, tiles=1):
+    """This program's tiles of the phase are stored: count them in; the last phase's last program
+    zeroes the counters."""
     tl.debug_barrier()  # every thread's stores are issued before the release below
-    finished = tl.atomic_add(done_ptr + phase, 1, sem="release", scope="gpu")
-    if (phase == num_phases - 1) & (finished == last_tiles - 1):
+    finished = tl.atomic_add(done_ptr + phase, tiles, sem="release", scope="gpu")
+    if (phase == num_phases - 1) & (finished + tiles == last_tiles):
         # Every program has counted itself in and none reads the counters any more.
         for p in range(num_phases):
             tl.store(done_ptr + p, 0)
@@ -284,13 +294,19 @@ def _persistent_kernel(
     BLOCK_K: tl.constexpr,  # every item's whole K (each item is one tile)
     STAGES: tl.constexpr,  # the loop's software pipeline: weight tiles in flight ahead of the wait
     TMA: tl.constexpr,  # bulk tensor copies into shared memory, else pointer loads
+    REUSE: tl.constexpr,  # consecutive tiles of one projection and input part: one wait, one input
+    # read, one count-in (at the last of them)
 ):
     """Resident programs that take the frame's items in turn (program p: p, p + P, ...). The loop
     is software-pipelined: the weight tiles of the next STAGES - 1 items are loaded while the
     current item waits for its input. Every program must be resident at once (the host sizes the
     grid to the GPU), and items run in order on each, so the lowest unfinished item never waits on
     anything unstarted."""
-    for g in tl.range(tl.program_id(0), num_items, tl.num_programs(0), num_stages=STAGES):
+    programs = tl.num_programs(0)
+    held = -1  # REUSE: the projection and input part of the row in x (phase * 65536 + k_lo)
+    x = tl.zeros([BLOCK_K], dtype=tl.float32)
+    pending = 0  # REUSE: this program's tiles of the projection not yet counted in
+    for g in tl.range(tl.program_id(0), num_items, programs, num_stages=STAGES):
         phase, kind, tile, part, n, k, k_len, k_lo, w_base, prev_tiles, in_split, rows, row_ok = _item(
             g, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N
         )
@@ -303,11 +319,23 @@ def _persistent_kernel(
             w = tl.reshape(w, [BLOCK_N, BLOCK_K])
         else:
             w = _weights(w_ptr, w_base, rows, row_ok, k_len, 0, BLOCK_K)
-        _wait(done_ptr, phase, prev_tiles, SLEEP_NS)
-        acc, sumsq = _chunk(w, act_ptr, phase * ACT_SLOT, in_split, D, k_lo, BLOCK_K)
-        _finish(acc, sumsq, kind, tile, part, n, k, rows, row_ok, act_ptr, (phase + 1) * ACT_SLOT,
+        key = phase * 65536 + k_lo
+        if (key != held) | (not REUSE):
+            _wait(done_ptr, phase, prev_tiles, SLEEP_NS)
+            x = _input(act_ptr, phase * ACT_SLOT, in_split, D, k_lo, BLOCK_K)
+        held = key
+        acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+        _finish(acc, x * x, kind, tile, part, n, k, rows, row_ok, act_ptr, (phase + 1) * ACT_SLOT,
                 tl.where(kind == 3, SPLIT, 1), BLOCK_N)
-        _count_in(done_ptr, ticket_ptr, phase, num_phases, (V + BLOCK_N - 1) // BLOCK_N)
+        pending += 1
+        if REUSE:
+            next_phase = _item_scalars(g + programs, D, Q, KV, INTER, V, LAYERS, SPLIT, BLOCK_N)[0]
+            if (next_phase != phase) | (g + programs >= num_items):
+                _count_in(done_ptr, ticket_ptr, phase, num_phases, (V + BLOCK_N - 1) // BLOCK_N, pending)
+                pending = 0
+        else:
+            _count_in(done_ptr, ticket_ptr, phase, num_phases, (V + BLOCK_N - 1) // BLOCK_N)
+            pending = 0
 
 
 @dataclass
@@ -412,6 +440,9 @@ def build_frame(geo: Geometry, steps: int, block_n: int, device: torch.device, s
     return frame
 
 
+_SWITCH_FLAGS = {"tma": {"tma": True}, "pid": {"ticket": False}, "gluon": {"gluon": True}, "reuse": {"reuse": True}}
+"""A variant's switches: the flag, then the setting it gives."""
+
 _NUMERIC_FLAGS = {"st": "stages", "res": "resident", "r": "maxnreg", "z": "sleep_ns", "s": "down_split"}
 """A variant's numeric flags: the prefix, then the setting it gives (`-res2`: resident=2)."""
 
@@ -432,6 +463,8 @@ class Variant(NamedTuple):
     stages: int = 2  # `-st3`: the persistent loop's pipeline stages (weight tiles in flight + 1)
     tma: bool = False  # `-tma`: the persistent kernel's weights by bulk tensor copies
     gluon: bool = False  # `-gluon`: the Gluon kernel, a ring of `stages` buffers a program
+    reuse: bool = False  # `-reuse`: the persistent kernel's consecutive tiles of one projection share
+    # one wait, one input read and one count-in
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -439,8 +472,8 @@ class Variant(NamedTuple):
         block_n, block_k, warps = (int(v) for v in head.split("x"))
         variant = cls(block_n, block_k, warps)
         for flag in flags:
-            if flag in ("tma", "pid", "gluon"):
-                variant = variant._replace(**{"tma": {"tma": True}, "pid": {"ticket": False}, "gluon": {"gluon": True}}[flag])
+            if flag in _SWITCH_FLAGS:
+                variant = variant._replace(**_SWITCH_FLAGS[flag])
                 continue
             prefix = next((p for p in _NUMERIC_FLAGS if flag.startswith(p) and flag[len(p) :].isdigit()), None)
             if prefix is None:
@@ -495,7 +528,7 @@ def launch_persistent(frame: Frame, variant: Variant) -> int:
         weights = TensorDescriptor.from_tensor(rows, [variant.block_n * variant.block_k // 256, 256])
     args = (weights, frame.acts, frame.ticket, frame.done, frame.programs, len(frame.phases))
     kwargs = {**_geometry_args(frame.geo), "SLEEP_NS": variant.sleep_ns, "BLOCK_N": variant.block_n,
-              "BLOCK_K": variant.block_k, "STAGES": variant.stages, "TMA": variant.tma,
+              "BLOCK_K": variant.block_k, "STAGES": variant.stages, "TMA": variant.tma, "REUSE": variant.reuse,
               "num_warps": variant.num_warps}
     if variant.maxnreg:
         kwargs["maxnreg"] = variant.maxnreg

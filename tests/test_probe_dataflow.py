@@ -91,7 +91,7 @@ def test_the_variants_compute_the_same_chain(flags: str) -> None:
 WIDE = probe.Geometry(dim=512, q_dim=512, kv_dim=128, inter=1024, vocab=600, layers=1, down_split=2)
 
 
-@pytest.mark.parametrize("flags", ["res1-st1", "res1-st3", "res1-st2-tma"])
+@pytest.mark.parametrize("flags", ["res1-st1", "res1-st3", "res1-st2-tma", "res1-st1-reuse", "res1-st2-tma-reuse"])
 def test_the_persistent_kernel_computes_the_same_chain(flags: str) -> None:
     """Resident programs taking the items in turn, the loop pipelined (weights of later items
     loaded before the current item's wait), by pointers or bulk tensor copies: every phase as
@@ -121,7 +121,8 @@ def test_the_gluon_kernel_computes_the_same_chain() -> None:
 
 def test_a_variant_names_its_settings() -> None:
     assert probe.Variant.parse("8x1024x4-pid-r128-s8-z200") == probe.Variant(8, 1024, 4, False, 128, 8, 200)
-    assert probe.Variant.parse("8x1024x4-s8-res2-st3-tma")[-4:] == (2, 3, True, False)
+    persistent = probe.Variant.parse("8x1024x4-s8-res2-st3-tma-reuse")
+    assert (persistent.resident, persistent.stages, persistent.tma, persistent.reuse, persistent.gluon) == (2, 3, True, True, False)
     assert probe.Variant.parse("16x1024x4-s8-res2-st3-gluon").gluon
     with pytest.raises(ValueError, match="unknown variant flag"):
         probe.Variant.parse("8x1024x4-fast")
