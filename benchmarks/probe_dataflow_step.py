@@ -22,7 +22,7 @@ Arms, timed as CUDA graphs replayed with the weights streamed from HBM (226.5 MB
   Triton may software-pipeline (`-stN`), the weights by pointer loads or bulk tensor copies (`-tma`);
   with `-reuse`, a program's consecutive tiles of one projection (and input part) share one wait, one
   read of the input and one count-in, at the last of them;
-- `gluon` (`-resN-stN-gluon`, `probe_dataflow_gluon.py`): the same, each program keeping N - 1
+- `gluon` (`-resN-stS-gluon`, `probe_dataflow_gluon.py`): the same, each program keeping S - 1
   tiles in flight by bulk copies into a ring of shared-memory buffers across its waits;
 - `per_phase`: the same kernel, one launch per phase (programmatic dependent launch as shipped);
 - `shipped`: the service's fused projections (`fused_linear.launch`: norm prologue, gate/up and
@@ -35,6 +35,9 @@ projections' chain, not a frame.
 
     python benchmarks/probe_dataflow_step.py                     # full size, on the GPU
     python benchmarks/probe_dataflow_step.py --variants 8x1024x4-pid-r128-s8,16x256x4
+    python benchmarks/probe_dataflow_step.py --variants 16x1024x4-s8-res2-tma,16x1024x4-s8-res2-st3-gluon
+
+What it found, and the design it points to: docs/performance.md, *One stream*.
 """
 
 from __future__ import annotations
