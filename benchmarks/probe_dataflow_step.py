@@ -127,13 +127,10 @@ def _item_scalars(g, D, Q, KV, INTER, V, LAYERS, SPLIT, BLOCK_N):
 
 
 @triton.jit
-def _item(g, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N: tl.constexpr):
-    """`_item_scalars`, with the tile's weight rows and which of them the weight has."""
-    phase, kind, tile, part, n, k, k_len, k_lo, w_base, prev_tiles, in_split, first_row, row_end = _item_scalars(
-        g, D, Q, KV, INTER, V, LAYERS, SPLIT, BLOCK_N
-    )
+def _rows(first_row, row_end, BLOCK_N: tl.constexpr):
+    """A tile's weight rows (from `_item_scalars`), and which of them the weight has."""
     rows = first_row + tl.arange(0, BLOCK_N)
-    return phase, kind, tile, part, n, k, k_len, k_lo, w_base, prev_tiles, in_split, rows, rows < row_end
+    return rows, rows < row_end
 
 
 @triton.jit
@@ -195,7 +192,7 @@ def _chunk(w, act_ptr, in_off, in_split, D, k0, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _finish(acc, sumsq, kind, tile, part, n, k, rows, row_ok, act_ptr, out_off, split, BLOCK_N: tl.constexpr):
+def _finish(acc, sumsq, kind, tile, part, n, k, rows, row_ok, act_ptr, out_off, BLOCK_N: tl.constexpr):
     """Norm scale, SwiGLU, store."""
     # RMSNorm before the QKV, gate/up and head projections (unit weights), as a per-row scale of
     # the finished sums: those phases are not split, so the chunks saw the whole row.
@@ -206,7 +203,7 @@ def _finish(acc, sumsq, kind, tile, part, n, k, rows, row_ok, act_ptr, out_off, 
         gate = gate.to(tl.bfloat16).to(tl.float32)
         act = (gate * tl.sigmoid(gate)).to(tl.bfloat16).to(tl.float32)
         out = (act * up.to(tl.bfloat16).to(tl.float32)).to(tl.bfloat16).to(tl.float32)
-        cols = (tile // split) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        cols = tile * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)  # gate/up is not split
         tl.store(act_ptr + out_off + cols, out, mask=cols < n)
     else:
         tl.store(act_ptr + out_off + part * n + rows, acc, mask=row_ok)
@@ -256,9 +253,10 @@ def _frame_kernel(
     else:
         pdl.enter(PDL_WAIT, PDL_EARLY)
         g = first_program + tl.program_id(0)
-    phase, kind, tile, part, n, k, k_len, k_lo, w_base, prev_tiles, in_split, rows, row_ok = _item(
-        g, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N
+    phase, kind, tile, part, n, k, k_len, k_lo, w_base, prev_tiles, in_split, first_row, row_end = _item_scalars(
+        g, D, Q, KV, INTER, V, LAYERS, SPLIT, BLOCK_N
     )
+    rows, row_ok = _rows(first_row, row_end, BLOCK_N)
     # The first weight tile is in flight before the wait: no phase writes weights.
     w = _weights(w_ptr, w_base, rows, row_ok, k_len, 0, BLOCK_K)
     if DATAFLOW:
@@ -271,8 +269,7 @@ def _frame_kernel(
         part_acc, part_sq = _chunk(w, act_ptr, phase * ACT_SLOT, in_split, D, k0, BLOCK_K)
         acc += part_acc
         sumsq += part_sq
-    _finish(acc, sumsq, kind, tile, part, n, k, rows, row_ok, act_ptr, (phase + 1) * ACT_SLOT,
-            tl.where(kind == 3, SPLIT, 1), BLOCK_N)
+    _finish(acc, sumsq, kind, tile, part, n, k, rows, row_ok, act_ptr, (phase + 1) * ACT_SLOT, BLOCK_N)
     _count_in(done_ptr, ticket_ptr, phase, num_phases, (V + BLOCK_N - 1) // BLOCK_N)
 
 
@@ -310,14 +307,14 @@ def _persistent_kernel(
     x = tl.zeros([BLOCK_K], dtype=tl.float32)
     pending = 0  # REUSE: this program's tiles of the projection not yet counted in
     for g in tl.range(tl.program_id(0), num_items, programs, num_stages=STAGES):
-        phase, kind, tile, part, n, k, k_len, k_lo, w_base, prev_tiles, in_split, rows, row_ok = _item(
-            g, D, Q, KV, INTER, V, LAYERS, SPLIT, ACT_SLOT, BLOCK_N
+        phase, kind, tile, part, n, k, k_len, k_lo, w_base, prev_tiles, in_split, first_row, row_end = (
+            _item_scalars(g, D, Q, KV, INTER, V, LAYERS, SPLIT, BLOCK_N)
         )
+        rows, row_ok = _rows(first_row, row_end, BLOCK_N)
         if TMA:
             # The tile's rows of 1024 as rows of 256 of the whole buffer (every weight starts at a
             # multiple of 256 elements; rows past a weight's end read the next one's or zeros, and
             # their sums are not stored).
-            first_row = (tile // tl.where(kind == 3, SPLIT, 1)) * BLOCK_N
             w = w_ptr.load([w_base // 256 + first_row * (BLOCK_K // 256), 0])
             w = tl.reshape(w, [BLOCK_N, BLOCK_K])
         else:
@@ -328,8 +325,7 @@ def _persistent_kernel(
             x = _input(act_ptr, phase * ACT_SLOT, in_split, D, k_lo, BLOCK_K)
         held = key
         acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-        _finish(acc, x * x, kind, tile, part, n, k, rows, row_ok, act_ptr, (phase + 1) * ACT_SLOT,
-                tl.where(kind == 3, SPLIT, 1), BLOCK_N)
+        _finish(acc, x * x, kind, tile, part, n, k, rows, row_ok, act_ptr, (phase + 1) * ACT_SLOT, BLOCK_N)
         pending += 1
         if REUSE:
             next_phase = _item_scalars(g + programs, D, Q, KV, INTER, V, LAYERS, SPLIT, BLOCK_N)[0]
@@ -366,7 +362,6 @@ class Frame:
 
     geo: Geometry
     steps: int
-    block_n: int
     weights: torch.Tensor  # bf16, flat
     acts: torch.Tensor  # fp32, (phases + 1) slots of `act_slot`; the input row in slot 0
     ticket: torch.Tensor
@@ -433,7 +428,7 @@ def build_frame(geo: Geometry, steps: int, block_n: int, device: torch.device, s
     acts = torch.zeros((len(phases) + 1) * slot, dtype=torch.float32, device=device)
     acts[: geo.dim] = torch.randn(geo.dim, generator=gen, device=device).to(torch.bfloat16).float()
     frame = Frame(
-        geo=geo, steps=steps, block_n=block_n, weights=flat, acts=acts,
+        geo=geo, steps=steps, weights=flat, acts=acts,
         ticket=torch.zeros(1, dtype=torch.int32, device=device),
         done=torch.zeros(len(phases), dtype=torch.int32, device=device),
         phases=phases, programs=sum(p["tiles"] for p in phases),
@@ -504,7 +499,6 @@ def launch_dataflow(frame: Frame, variant: Variant) -> None:
 def launch_per_phase(frame: Frame, variant: Variant) -> None:
     """The same kernel, a launch per phase, each a dependent of the one before (as shipped)."""
     options = pdl.launch_options(frame.acts.device)
-    options.setdefault("PDL_WAIT", False)
     first = 0
     for phase in frame.phases:
         _launch(frame, variant, phase["tiles"], first, False, **options)
@@ -608,13 +602,14 @@ def reference(frame: Frame) -> list[torch.Tensor]:
     return outs
 
 
-def shipped_chain(frame: Frame, geo: Geometry, steps: int) -> torch.Tensor:
+def shipped_chain(frame: Frame) -> torch.Tensor:
     """The same chain through the service's fused projections (norms and residuals included)."""
     from serve_app.model.kernels import fused_linear
 
+    geo = frame.geo
     norm = torch.ones(geo.dim, dtype=torch.bfloat16, device=frame.weights.device)
     x = frame.acts[: geo.dim].to(torch.bfloat16)[None, :].contiguous()
-    for step in range(steps):
+    for step in range(frame.steps):
         for layer in frame.layer_weights:
             qkv = fused_linear.launch(x, layer["qkv"], norm_weight=norm)
             h = fused_linear.launch(qkv[:, : geo.q_dim], layer["o"], residual=x)
@@ -674,19 +669,18 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python benchmarks/probe_dataflow_step.py", *argv_shown]),
         "device": torch.cuda.get_device_name(),
         "steps": args.steps,
-        "weight_mb_per_step": round(frame_bytes_mb(geo), 1),
         "variants": [],
     }
-    frames: dict[tuple[int, int], Frame] = {}
+    frame, built_for = None, None
     for variant in variants:
-        key = (variant.block_n, variant.down_split)
-        if key not in frames:
-            frames.clear()  # one frame's weights on the device at a time
+        if (variant.block_n, variant.down_split) != built_for:
+            frame = None  # one frame's weights on the device at a time
             torch.cuda.empty_cache()
-            frames[key] = build_frame(replace(geo, down_split=variant.down_split), args.steps, variant.block_n, device)
-        frame = frames[key]
+            frame = build_frame(replace(geo, down_split=variant.down_split), args.steps, variant.block_n, device)
+            built_for = (variant.block_n, variant.down_split)
+            fields["weight_mb_per_step"] = round(frame.weight_bytes_per_step / 1e6, 1)
         if "shipped_us_per_step" not in fields and not args.no_shipped:
-            ms = time_graph(lambda frame=frame: shipped_chain(frame, geo, args.steps), args.replays)
+            ms = time_graph(lambda frame=frame: shipped_chain(frame), args.replays)
             fields["shipped_us_per_step"] = round(ms * 1000 / args.steps, 2)
             fields["shipped_tb_per_s"] = round(frame.weight_bytes_per_step * args.steps / (ms / 1000) / 1e12, 2)
             print(json.dumps({k: v for k, v in fields.items() if k != "variants"}), flush=True)
@@ -713,12 +707,6 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps(fields, indent=1))  # after every variant: a hang keeps the rest
     print(f"wrote {path}")
     return 0
-
-
-def frame_bytes_mb(geo: Geometry) -> float:
-    """Weight megabytes a depth step streams (4 layers and one head)."""
-    layer = (geo.q_dim + 2 * geo.kv_dim) * geo.dim + geo.dim * geo.q_dim + 3 * geo.inter * geo.dim
-    return (layer * geo.layers + geo.vocab * geo.dim) * 2 / 1e6
 
 
 if __name__ == "__main__":
