@@ -193,6 +193,7 @@ def service_launches() -> None:
     ones = torch.ones(2, dtype=torch.long)
     sample_top_k(logits, torch.ones(2), ones, ones, ones, 3, torch.arange(2048))
     sample_top_k_embed(logits, torch.ones(2), ones, ones, ones, 3, torch.arange(2048), torch.zeros(2051, 1024, dtype=bf16))
+    depth_loop_launch(empty)
     window_attention.window_attention(
         empty(4, 8, 8, 64),
         empty(4, 8, 250, 64),
@@ -206,6 +207,22 @@ def service_launches() -> None:
     seanet = KernelSeanet(decoder_parts(mimi).seanet_layers, 2, torch.device("cpu"), bf16)
     channels = seanet.steps[0].state.shape[-1]
     seanet(torch.zeros(2, 2, channels, dtype=bf16), torch.arange(2), torch.zeros(2, dtype=torch.bool))
+
+
+def depth_loop_launch(empty: Callable[..., torch.Tensor]) -> None:
+    """The one-row frame's persistent depth loop over CSM-1B's depth decoder (on the meta device)."""
+    from serve_app.model.config import SESAME_FLAVORS
+    from serve_app.model.kernels.depth_loop import DepthLoop
+    from serve_app.model.llama import Transformer
+
+    with torch.device("meta"):
+        decoder = Transformer(SESAME_FLAVORS["llama-100M"], 32).to(torch.bfloat16)
+    decoder.setup_caches(1, torch.bfloat16, "meta")
+    one = empty(1, dtype=torch.long)
+    loop = DepthLoop(decoder, empty(31, 1024, 2051), empty(32 * 2051, 1024), empty(2048, dtype=torch.long))
+    loop.run(empty(1, 1024), empty(1, dtype=torch.float32), one, one, one)
+    loop.trace_phases()
+    loop.run(empty(1, 1024), empty(1, dtype=torch.float32), one, one, one)
 
 
 def main() -> None:

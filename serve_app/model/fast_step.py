@@ -60,6 +60,11 @@ projections run, instead of the eager depth decoder over two positions (cuBLAS, 
 norm, RoPE and cache pieces around them: about a hundred small kernels)."""
 
 
+DEPTH_LOOP = True
+"""Whether a one-row frame runs codebooks 2..31 as one persistent launch (`kernels.depth_loop`)
+where the fused kernels run, instead of 30 depth steps of 18 launches each."""
+
+
 PREFILL_ATTENTIONS = ("sdpa", "kernel")
 """How a fused prefill attends: SDPA over the slot cache (with the RoPE, scatter and gather pieces
 around it), or the decode-attention kernel, each token a row over its slot (two launches a layer)."""
@@ -135,12 +140,26 @@ class FastStep:
 
             reserve_tile_locks(device)  # before any CUDA graph of the step is captured
         self.depth_positions = torch.arange(model.cfg.decoder_seq_len, device=device)
+        self._depth_loop = self._make_depth_loop()
         self._prefill: Callable[..., torch.Tensor] = self._prefill_eager
         self._backbone_step: Callable[..., torch.Tensor] = self._backbone_step_eager
         self._frame_start: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = (
             self._frame_start_eager
         )
         self._depth_step: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] = self._depth_step_eager
+
+    def _make_depth_loop(self):  # type: ignore[no-untyped-def]
+        """The one-row frame's persistent depth loop, where it runs (`DEPTH_LOOP`): the fused
+        kernels at one row and the frame start's two, the sampler copying the next inputs."""
+        if not (DEPTH_LOOP and SAMPLER_COPIES_INPUTS and self.fused and self.fused_linear_for(2)):
+            return None
+        from serve_app.model.kernels import depth_loop
+
+        m = self.model
+        geo = depth_loop.geometry(m.decoder, self.vocab, self.noise_columns.shape[0])
+        if not depth_loop.supports(geo):
+            return None
+        return depth_loop.DepthLoop(m.decoder, m.audio_head, self.depth_inputs, self.noise_columns)
 
     def compile(self, mode: str | None = None) -> None:
         """Compile prefill and the three step functions (dynamic batch, length and key window)."""
@@ -347,6 +366,9 @@ class FastStep:
     ) -> torch.Tensor:
         """A whole frame from backbone states h (B, D): codes (B, 32)."""
         c0, c, inputs = self._frame_start(h, temperature, top_k, seeds, frame)
+        if self._depth_loop is not None and h.shape[0] == 1 and inputs is not None:
+            rest = self._depth_loop.run(inputs, temperature, top_k, seeds, frame)
+            return torch.cat([c0[:, None], c[:, None], rest], dim=1)
         codes = [c0, c]
         for i in range(2, self.num_codebooks):
             c, inputs = self._depth_step(c, inputs, i, temperature, top_k, seeds, frame)

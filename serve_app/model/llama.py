@@ -96,11 +96,16 @@ class KVCache(nn.Module):
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device | str | None = None,
+        storage: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
+        """`storage`: the (k, v) tensors to use (views of a stack's caches), else zeros of their own."""
         super().__init__()
         shape = (n_slots, n_kv_heads, n_positions, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        if storage is None:
+            storage = tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in "kv")  # type: ignore[assignment]
+        assert storage is not None and all(t.shape == shape for t in storage)
+        self.register_buffer("k", storage[0], persistent=False)
+        self.register_buffer("v", storage[1], persistent=False)
 
     def update(
         self,
@@ -318,6 +323,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.n_slots = 0
+        self.caches: tuple[torch.Tensor, ...] = ()  # (k, v), each (layers, slots, kv heads, positions, head dim)
         self.reset_rope()
 
     def reset_rope(self, device: torch.device | str | None = None) -> None:
@@ -329,10 +335,15 @@ class Transformer(nn.Module):
     def setup_caches(
         self, n_slots: int, dtype: torch.dtype, device: torch.device | str | None = None
     ) -> None:
-        """Allocate (or reallocate) caches: one row per slot, `max_seq_len` + 1 scratch positions."""
-        for layer in self.layers:
+        """Allocate (or reallocate) caches: one row per slot, `max_seq_len` + 1 scratch positions.
+        The layers' keys (and values) are views of one tensor, `caches` (layers first), so a kernel
+        that runs every layer finds a layer's cache at a fixed stride."""
+        shape = (len(self.layers), n_slots, self.cfg.n_kv_heads, self.max_seq_len + 1, self.cfg.head_dim)
+        self.caches = tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in "kv")
+        for i, layer in enumerate(self.layers):
             layer.attention.kv_cache = KVCache(
-                n_slots, self.cfg.n_kv_heads, self.max_seq_len + 1, self.cfg.head_dim, dtype, device
+                n_slots, self.cfg.n_kv_heads, self.max_seq_len + 1, self.cfg.head_dim, dtype, device,
+                storage=(self.caches[0][i], self.caches[1][i]),
             )  # type: ignore[arg-type]
         self.n_slots = n_slots
 

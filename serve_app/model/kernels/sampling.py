@@ -72,6 +72,38 @@ def _splitmix64(x):
 
 
 @triton.jit
+def race_noise(seed, frame, codebook, columns_ptr, cols, valid, NUM_CODEBOOKS: tl.constexpr):
+    """The exponential race's noise of columns `cols` in the draw with counter
+    `frame * NUM_CODEBOOKS + codebook`: it depends on no logit, so it may be drawn before them."""
+    counter = frame * NUM_CODEBOOKS + codebook
+    key = _splitmix64(_splitmix64(seed) + counter)
+    # The top NOISE_BITS bits of the hash: (bits + 0.5) / 2**NOISE_BITS is exact and strictly inside (0, 1).
+    hashed = _splitmix64(key + tl.load(columns_ptr + cols, mask=valid, other=0))
+    bits = (hashed >> _NOISE_SHIFT) & _NOISE_MASK
+    return -tl.log((bits.to(tl.float32) + 0.5) * _NOISE_SCALE)
+
+
+@triton.jit
+def draw_row(row_ptr, temperature, top_k, race, V: tl.constexpr, VP: tl.constexpr, FAST: tl.constexpr):
+    """One row's id from its logits (>= V at `row_ptr`) and its race noise (VP,): the tempered
+    top-k race of `sample_top_k` (greedy when k is 1)."""
+    idx = tl.arange(0, VP)
+    valid = idx < V
+    logits = tl.load(row_ptr + idx, mask=valid, other=float("-inf"), cache_modifier=".cg").to(tl.float32)
+    scores = logits / temperature
+    k = tl.minimum(tl.maximum(top_k, 1), V)
+    kth = _kth_largest(scores, idx, k, VP, FAST)
+    kept = tl.where(scores < kth, float("-inf"), scores)
+    top = tl.max(kept, axis=0)
+    e = tl.exp(kept - top)
+    probs = e / tl.sum(e, axis=0)
+    # Ids outside the top k (and past the vocabulary) are out of the race, whatever the noise.
+    sampled = tl.argmax(tl.where(valid & (scores >= kth), probs / race, -1.0), axis=0)
+    greedy = tl.argmax(kept, axis=0)
+    return tl.where(k == 1, greedy, sampled).to(tl.int64)
+
+
+@triton.jit
 def _sample_kernel(
     logits_ptr,  # (B, >= V)
     logits_stride,
@@ -96,25 +128,12 @@ def _sample_kernel(
     enter(PDL_WAIT, PDL_EARLY)
     b = tl.program_id(0)
     idx = tl.arange(0, VP)
-    valid = idx < V
-    logits = tl.load(logits_ptr + b * logits_stride + idx, mask=valid, other=float("-inf")).to(tl.float32)
-    scores = logits / tl.load(temperature_ptr + b)
-    k = tl.minimum(tl.maximum(tl.load(top_k_ptr + b), 1), V)
-    kth = _kth_largest(scores, idx, k, VP, FAST)
-    kept = tl.where(scores < kth, float("-inf"), scores)
-    top = tl.max(kept, axis=0)
-    e = tl.exp(kept - top)
-    probs = e / tl.sum(e, axis=0)
-    counter = tl.load(frame_ptr + b) * NUM_CODEBOOKS + codebook
-    key = _splitmix64(_splitmix64(tl.load(seeds_ptr + b)) + counter)
-    # The top NOISE_BITS bits of the hash: (bits + 0.5) / 2**NOISE_BITS is exact and strictly inside (0, 1).
-    hashed = _splitmix64(key + tl.load(columns_ptr + idx, mask=valid, other=0))
-    bits = (hashed >> _NOISE_SHIFT) & _NOISE_MASK
-    race = -tl.log((bits.to(tl.float32) + 0.5) * _NOISE_SCALE)
-    # Ids outside the top k (and past the vocabulary) are out of the race, whatever the noise.
-    sampled = tl.argmax(tl.where(valid & (scores >= kth), probs / race, -1.0), axis=0)
-    greedy = tl.argmax(kept, axis=0)
-    drawn = tl.where(k == 1, greedy, sampled).to(tl.int64)
+    race = race_noise(
+        tl.load(seeds_ptr + b), tl.load(frame_ptr + b), codebook, columns_ptr, idx, idx < V, NUM_CODEBOOKS
+    )
+    drawn = draw_row(
+        logits_ptr + b * logits_stride, tl.load(temperature_ptr + b), tl.load(top_k_ptr + b), race, V, VP, FAST
+    )
     tl.store(out_ptr + b, drawn)
     if EMBED:
         dims = tl.arange(0, D)

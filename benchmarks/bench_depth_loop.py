@@ -1,0 +1,143 @@
+"""The one-row frame's persistent depth loop (`serve_app.model.kernels.depth_loop`) on the GPU.
+
+Random CSM-1B weights (bf16). For each setting (programs an SM x warps a program, with or without the gate/up L2 prefetch):
+- the loop's launch alone, replayed as a CUDA graph: µs a frame and a depth step;
+- a traced launch (each phase's end read from the GPU's clock as its last item counts in): the
+  chain's time by phase kind, µs a step, summed over the layers;
+and the whole graphed frame at one row (`FastStep.depth_frame` after the backbone state), with the
+loop and with the depth steps as launches (`fast_step.DEPTH_LOOP` off), with their codes' agreement.
+
+    python benchmarks/bench_depth_loop.py --settings 2x4,1x4 --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from serve_app.model import fast_step  # noqa: E402
+from serve_app.model.fast_step import FastStep  # noqa: E402
+from serve_app.model.kernels import depth_loop  # noqa: E402
+from serve_app.model.tiny import CSM_1B_CONFIG, random_model  # noqa: E402
+
+KINDS = ("qkv", "attention", "output", "gate_up", "down")
+
+
+def graph_us(fn, replays: int = 50) -> float:  # type: ignore[no-untyped-def]
+    """Mean µs of `fn` replayed from a CUDA graph (captured after two warm-up calls)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000 / replays
+
+
+def phase_profile(loop: depth_loop.DepthLoop, run) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """µs a step by phase kind (the layers' phases summed), median over the traced launch's steps."""
+    loop.trace_phases()
+    run()
+    torch.cuda.synchronize()
+    ns = loop.phase_ns().double()  # (steps, phases)
+    loop.trace_phases(False)
+    layers = loop.geo.layers
+    profile = {kind: float(ns[:, i : 5 * layers : 5].sum(1).median()) / 1000 for i, kind in enumerate(KINDS)}
+    profile["head"] = float(ns[:, 5 * layers].median()) / 1000
+    profile["draw"] = float(ns[:, 5 * layers + 1].median()) / 1000
+    profile["step"] = float(ns.sum(1).median()) / 1000
+    profile["first_step"] = float(ns[0].sum()) / 1000
+    return {k: round(v, 2) for k, v in profile.items()}
+
+
+@torch.inference_mode()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--settings", default="2x4,2x4-noprefetch", help="programs an SM x warps[-noprefetch], comma-separated"
+    )
+    parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    device = torch.device("cuda")
+    model = random_model(CSM_1B_CONFIG, device="cuda").eval().to(torch.bfloat16)
+    model.setup_caches(1)
+    gen = torch.Generator("cuda").manual_seed(1)
+    h = torch.randn(1, CSM_1B_CONFIG.backbone.dim, device=device, dtype=torch.bfloat16, generator=gen) * 0.5
+    ones = torch.ones(1, device=device, dtype=torch.long)
+    sampling = (ones.float() * 0.9, ones * 50, ones * 7, ones)
+    gpu = torch.cuda.get_device_name(0)
+    result: dict[str, Any] = {
+        "benchmark": "depth-loop",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python benchmarks/bench_depth_loop.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "device": gpu,
+        "torch": torch.__version__,
+        "settings": [],
+    }
+    frames: dict[str, torch.Tensor] = {}
+    saved = (depth_loop.RESIDENT, depth_loop.NUM_WARPS, depth_loop.PREFETCH_GATE_UP)
+    for setting in args.settings.split(","):
+        shape, _, flag = setting.partition("-")
+        resident, warps = (int(v) for v in shape.split("x"))
+        prefetch = flag != "noprefetch"
+        depth_loop.RESIDENT, depth_loop.NUM_WARPS, depth_loop.PREFETCH_GATE_UP = resident, warps, prefetch
+        row: dict[str, Any] = {"resident": resident, "warps": warps, "prefetch_gate_up": prefetch}
+        try:
+            fast = FastStep(model, 2048, True, linear_max_batch=1 << 16)
+            loop = fast._depth_loop
+            assert loop is not None
+            _, _, inputs = fast._frame_start(h, *sampling)
+            run = lambda: loop.run(inputs, *sampling)  # noqa: E731
+            us = graph_us(run)
+            row |= {"programs": loop.grid, "loop_us": round(us, 1), "us_per_step": round(us / loop.steps, 2)}
+            row["traced_us_per_step"] = phase_profile(loop, run)
+            row["frame_ms"] = round(graph_us(lambda: fast.depth_frame(h, *sampling)) / 1000, 3)
+            frames[setting] = fast.depth_frame(h, *sampling).clone()
+        except Exception as exc:  # noqa: BLE001  # one setting that does not fit must not end the run
+            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        result["settings"].append(row)
+        print(json.dumps(row), flush=True)
+    depth_loop.RESIDENT, depth_loop.NUM_WARPS, depth_loop.PREFETCH_GATE_UP = saved
+    fast_step.DEPTH_LOOP = False
+    try:
+        launches = FastStep(model, 2048, True, linear_max_batch=1 << 16)
+        result["step_launches_frame_ms"] = round(graph_us(lambda: launches.depth_frame(h, *sampling)) / 1000, 3)
+        codes = launches.depth_frame(h, *sampling)
+    finally:
+        fast_step.DEPTH_LOOP = True
+    result["codes_equal_to_step_launches"] = {
+        s: round(float(c.eq(codes).float().mean()), 4) for s, c in frames.items()
+    }
+    print(json.dumps({k: result[k] for k in ("step_launches_frame_ms", "codes_equal_to_step_launches")}))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{dt.date.today().isoformat()}-{re.sub(r'[^a-z0-9]+', '-', gpu.lower()).strip('-')}-depth-loop.json"
+    path.write_text(json.dumps(result, indent=1))
+    print("wrote", path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,616 @@
+"""A frame's depth steps at batch 1 in one persistent launch (`csm_serve::depth_loop`).
+
+At batch 1 a frame is, after the backbone step and the frame's first depth pass, 30 depth steps of
+18 launches each (per layer the QKV projection with its attention, the output projection, gate/up,
+down; the codebook head; the sampler), every one needing the whole row of the one before: a chain
+of small launches, each boundary draining the GPU and filling it again. Here codebooks 2..31 are one
+launch of resident programs (`RESIDENT` an SM) that take the steps' items in turn: program p runs
+items p, p + P, p + 2P, … An item is
+
+- a tile of `BLOCK_N` weight rows of one projection (QKV, output, gate/up, down, or the codebook
+  head) over the whole input row (K = the decoder's width; the down projection's K in parts of it);
+- one kv head's attention (`decode_attention.attend_row`: RoPE, the cache write, attention);
+- the draw (`sampling.draw_row`), which writes the codebook's id and copies the next step's input
+  row from the table of projected embeddings.
+
+Items wait on per-phase counters, not grid barriers: an item polls the counter of the phase whose
+output it reads until every item of that phase has counted in. An item's weight tile is requested
+before its wait (no phase writes weights), so the weights stream while the chain advances; a
+program's consecutive items of one phase (and input part) share one wait, one read of the input
+row and one count-in, after the last of them. Every program is resident and runs its items in
+order, and an item waits only on items numbered below it, so the launch cannot deadlock.
+
+The design was chosen by `benchmarks/probe_dataflow_step.py` (the projections' chain alone, on an
+H100: 116.96 µs a depth step against the shipped launches' 143.68, `-reuse` by pointer loads,
+`benchmarks/results/2026-12-06-0926-nvidia-h100-80gb-hbm3-dataflow-step-probe-reuse.json`).
+
+Layout: the decoder's layers' weights are views of one flat buffer (`pack_decoder`), a layer's
+QKV, output, gate/up and down weights and its two norms at fixed offsets, so an item finds its
+weight from its number; the layers' key/value caches are views of one tensor each
+(`Transformer.setup_caches`).
+
+Numerics: as the fused projections (`fused_linear`): fp32 sums, the norm's x * weight rounded to
+bf16 once and 1 / rms applied to the finished sums, SwiGLU and the residual adds rounded where the
+eager ops round, the down projection's parts summed in a fixed order. The sums run in another
+order than the launches' (within bf16 tolerance of them, checked by the tests); the attention and
+the draw are the launches' own code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from serve_app.constants import NUM_CODEBOOKS
+from serve_app.model.kernels.decode_attention import attend_row, kernel_constants
+from serve_app.model.kernels.sampling import TOP_K_FAST, draw_row, race_noise
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+BLOCK_N = 16
+"""Weight rows an item (gate/up: 8 gate and 8 up rows, 8 output columns)."""
+
+NUM_WARPS = 4
+
+RESIDENT = 2
+"""Programs an SM. The probe at 16 rows and 4 warps: 2 an SM 116.96 µs a step; 8 rows, 2 warps,
+4 an SM 114.33; 16 rows, 8 warps 125.57."""
+
+PREFETCH_GATE_UP = True
+"""Whether each program, at its first item of a layer, asks the copy engine to bring its gate/up
+tiles of that layer into L2 (`cp.async.bulk.prefetch.L2`, Hopper and newer): they then stream
+during the layer's latency-bound QKV, attention and output phases instead of after them."""
+
+FIRST_CODEBOOK = 2
+"""The loop's first codebook: codebooks 0 and 1 come from the frame's first depth pass."""
+
+QKV, ATTEND, OUT, GATE_UP, DOWN, HEAD, DRAW = range(7)
+"""Item kinds. A layer's phases are its first five, in order; a step ends with the head and the draw."""
+
+EPS_DEFAULT = 1e-5
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The decoder's shapes as the kernel needs them."""
+
+    dim: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    inter: int
+    layers: int
+    vocab: int  # the codebook head's columns (the whole audio vocabulary)
+    vocab_limit: int  # columns drawn from (the first vocab_limit)
+    positions: int  # the decoder's cache positions per slot (+ 1 scratch)
+
+    @property
+    def qkv_dim(self) -> int:
+        return (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+
+    @property
+    def split(self) -> int:
+        """The down projection's K parts, each the decoder's width."""
+        return self.inter // self.dim
+
+
+def _pad(n: int) -> int:
+    return -(-n // 64) * 64
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Element offsets of one layer's weights in the flat buffer, its stride, the final norm's."""
+
+    qkv: int
+    out: int
+    gate_up: int
+    down: int
+    attention_norm: int
+    ffn_norm: int
+    layer: int
+    final_norm: int
+
+    @classmethod
+    def of(cls, geo: Geometry) -> Layout:
+        sizes = [
+            geo.qkv_dim * geo.dim,
+            geo.dim * geo.n_heads * geo.head_dim,
+            2 * geo.inter * geo.dim,
+            geo.dim * geo.inter,
+            geo.dim,
+            geo.dim,
+        ]
+        offsets = [0]
+        for size in sizes[:-1]:
+            offsets.append(offsets[-1] + _pad(size))
+        layer = offsets[-1] + _pad(sizes[-1])
+        return cls(*offsets, layer=layer, final_norm=geo.layers * layer)
+
+
+def supports(geo: Geometry) -> bool:
+    """Whether the kernel runs this geometry: every projection's K is the decoder's width (the
+    queries' width too, the MLP's a multiple of it), a power of two, and the attention kernel's
+    head size."""
+    return (
+        geo.n_heads * geo.head_dim == geo.dim
+        and geo.inter % geo.dim == 0
+        and geo.dim & (geo.dim - 1) == 0
+        and geo.dim >= 16
+        and geo.head_dim % BLOCK_N == 0
+        and geo.head_dim >= 32
+    )
+
+
+def geometry(decoder: torch.nn.Module, vocab: int, vocab_limit: int) -> Geometry:
+    cfg = decoder.cfg
+    return Geometry(
+        dim=cfg.dim, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+        inter=cfg.intermediate_size, layers=cfg.n_layers, vocab=vocab, vocab_limit=vocab_limit,
+        positions=decoder.max_seq_len + 1,
+    )
+
+
+def pack_decoder(decoder: torch.nn.Module, geo: Geometry) -> torch.Tensor:
+    """Move the decoder's layer weights and norms into one flat buffer (`Layout`) and make the
+    modules' parameters views of it (no copy is left behind); returns the buffer."""
+    layout = Layout.of(geo)
+    first = decoder.layers[0].attention.wqkv.weight
+    packed = getattr(decoder, "_packed_weights", None)
+    if packed is not None and first.data_ptr() == packed.data_ptr() + layout.qkv * packed.element_size():
+        return packed  # packed already (another step function over the same model)
+    flat = torch.zeros(layout.final_norm + _pad(geo.dim), dtype=first.dtype, device=first.device)
+
+    def place(param: torch.nn.Parameter, offset: int) -> None:
+        view = flat[offset : offset + param.numel()].view(param.shape)
+        view.copy_(param.data)
+        param.data = view
+
+    for i, layer in enumerate(decoder.layers):
+        base = i * layout.layer
+        place(layer.attention.wqkv.weight, base + layout.qkv)
+        place(layer.attention.wo.weight, base + layout.out)
+        place(layer.feed_forward.w13.weight, base + layout.gate_up)
+        place(layer.feed_forward.w2.weight, base + layout.down)
+        place(layer.attention_norm.weight, base + layout.attention_norm)
+        place(layer.ffn_norm.weight, base + layout.ffn_norm)
+    place(decoder.norm.weight, layout.final_norm)
+    decoder._packed_weights = flat
+    return flat
+
+
+# ---- the item map ------------------------------------------------------------------------------
+@triton.jit
+def _item(g, QKV_N: tl.constexpr, D: tl.constexpr, INTER: tl.constexpr, HKV: tl.constexpr, V: tl.constexpr,
+          LAYERS: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Item g's step, layer (LAYERS: the head and the draw), kind, index within its phase, phase
+    number, and the item count of the phase before (which it waits on)."""
+    T_QKV: tl.constexpr = (QKV_N + BLOCK_N - 1) // BLOCK_N
+    T_OUT: tl.constexpr = (D + BLOCK_N - 1) // BLOCK_N
+    T_GU: tl.constexpr = 2 * INTER // BLOCK_N
+    T_DOWN: tl.constexpr = T_OUT * SPLIT
+    T_HEAD: tl.constexpr = (V + BLOCK_N - 1) // BLOCK_N
+    T_LAYER: tl.constexpr = T_QKV + HKV + T_OUT + T_GU + T_DOWN
+    T_STEP: tl.constexpr = LAYERS * T_LAYER + T_HEAD + 1
+    PHASES: tl.constexpr = 5 * LAYERS + 2
+    step = g // T_STEP
+    r = g % T_STEP
+    layer = tl.minimum(r // T_LAYER, LAYERS)
+    q = r - layer * T_LAYER
+    in_layer = layer < LAYERS
+    e1 = T_QKV
+    e2 = e1 + HKV
+    e3 = e2 + T_OUT
+    e4 = e3 + T_GU
+    kind = tl.where(
+        in_layer,
+        tl.where(q < e1, 0, tl.where(q < e2, 1, tl.where(q < e3, 2, tl.where(q < e4, 3, 4)))),
+        tl.where(q < T_HEAD, 5, 6),
+    )
+    start = tl.where(
+        in_layer,
+        tl.where(kind == 0, 0, tl.where(kind == 1, e1, tl.where(kind == 2, e2, tl.where(kind == 3, e3, e4)))),
+        tl.where(kind == 5, 0, T_HEAD),
+    )
+    index = q - start
+    phase = step * PHASES + layer * 5 + kind - tl.where(in_layer, 0, 5)
+    # QKV of layer 0 reads the draw before it (one item), of a later layer the down projection;
+    # each other phase the phase before it in the list.
+    prev = tl.where(
+        kind == 0,
+        tl.where(layer == 0, 1, T_DOWN),
+        tl.where(kind == 1, T_QKV, tl.where(kind == 2, HKV, tl.where(kind == 3, T_OUT, tl.where(
+            kind == 4, T_GU, tl.where(kind == 5, T_DOWN, T_HEAD))))),
+    )
+    return step, layer, kind, index, phase, prev
+
+
+@triton.jit
+def _wait(done_ptr, phase, prev):
+    """Until the phase before `phase` has counted in all `prev` of its items."""
+    if phase > 0:
+        # Polled with plain reads (waiting programs would queue their atomics on one address in
+        # L2), then one acquiring read-modify-write orders the input's reads after the producers'.
+        while tl.load(done_ptr + phase - 1, volatile=True) < prev:
+            pass
+        tl.atomic_add(done_ptr + phase - 1, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
+
+
+@triton.jit
+def _now():
+    """The GPU's global nanosecond clock."""
+    return tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
+
+
+@triton.jit
+def _count_in(done_ptr, phase, items, trace_ptr, TRACE: tl.constexpr):
+    """`items` of this program's items of `phase` are stored: count them in (with TRACE, the time
+    too: each phase's slot ends up holding when its last item finished)."""
+    tl.debug_barrier()  # every thread's stores are issued before the release below
+    tl.atomic_add(done_ptr + phase, items, sem="release", scope="gpu")
+    if TRACE:
+        tl.atomic_max(trace_ptr + 1 + phase, _now(), sem="relaxed")
+
+
+@triton.jit
+def _prefetch_gate_up(w_ptr, base, first, programs, INTER: tl.constexpr, D: tl.constexpr, T_GU: tl.constexpr,
+                      BLOCK_N: tl.constexpr, LANES: tl.constexpr):
+    """Ask for this program's gate/up tiles of a layer in L2 (their items first, first + programs,
+    ... of the phase), a weight row a thread (LANES: the program's threads). Returns at once."""
+    lanes = tl.arange(0, LANES)
+    tile = first + (lanes // BLOCK_N) * programs
+    r = lanes % BLOCK_N
+    row = (r % 2) * INTER + tile * (BLOCK_N // 2) + r // 2
+    size = tl.where(tile < T_GU, D * (w_ptr.dtype.element_ty.primitive_bitwidth // 8), 0)
+    address = (w_ptr + base + row.to(tl.int64) * D).to(tl.int64, bitcast=True)
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.gt.s32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.b32 $0, 0; }",
+        "=r,l,r",
+        [address, size.to(tl.int32)],
+        dtype=tl.int32,
+        is_pure=False,
+        pack=1,
+    )
+
+
+@triton.jit
+def _stream(act_ptr, part_ptr, layer, cols, mask, LAYER0: tl.constexpr, A_H: tl.constexpr,
+            ACT_LAYER: tl.constexpr, D: tl.constexpr, SPLIT: tl.constexpr):
+    """The residual stream entering `layer` (LAYERS: the final norm's input) at `cols`, fp32 of
+    its bf16 values: the step's input row (at the workspace's start) for layer 0, else the layer
+    before's attention-added row h plus its down projection (the parts summed in order and
+    rounded, then added and rounded, as the fused down projection's residual epilogue does)."""
+    prev = tl.maximum(layer - 1, 0)
+    h = tl.load(act_ptr + LAYER0 + prev * ACT_LAYER + A_H + cols, mask=mask, other=0.0, cache_modifier=".cg")
+    h = h.to(tl.float32)
+    total = tl.zeros_like(h)
+    for s in tl.static_range(SPLIT):
+        total += tl.load(part_ptr + (prev * SPLIT + s) * D + cols, mask=mask, other=0.0, cache_modifier=".cg")
+    dtype = act_ptr.dtype.element_ty
+    added = (h + total.to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+    first = tl.load(act_ptr + cols, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+    return tl.where(layer == 0, first, added)
+
+
+@triton.jit
+def _depth_loop_kernel(
+    w_ptr,  # the flat layer weights and norms (`Layout`)
+    head_ptr,  # bf16 (codebooks - 1, D, VOCAB): the codebook heads
+    act_ptr,  # bf16 workspace (`workspace_size`): the step's input row, then per layer qkv, attention, h, activation
+    part_ptr,  # fp32 (LAYERS, SPLIT, D): the down projections' parts
+    logits_ptr,  # bf16 (STEPS, V): each step's logits
+    race_ptr,  # fp32 (STEPS, V): each step's race noise, drawn by the head's items before their wait
+    codes_ptr,  # int64 (STEPS,)
+    table_ptr,  # bf16 (codebooks * VOCAB, D): the projected input embeddings
+    temperature_ptr,  # fp32 (1,)
+    top_k_ptr,  # int64 (1,)
+    seed_ptr,  # int64 (1,)
+    frame_ptr,  # int64 (1,)
+    columns_ptr,  # int64 (V,): the draw's column keys
+    positions_ptr,  # int64: depth position p at p
+    cos_ptr,  # fp32 (P, HEAD_D)
+    sin_ptr,
+    k_cache_ptr,  # (LAYERS, S, HKV, P, HEAD_D); slot 0 is the row's
+    v_cache_ptr,
+    done_ptr,  # int32 (STEPS * PHASES,): items counted in, zero between launches
+    trace_ptr,  # TRACE: int64 (1 + STEPS * PHASES,): the launch's start, then each phase's end (ns)
+    cache_layer_stride,
+    cache_s_stride,
+    cache_h_stride,
+    cache_p_stride,
+    scale,
+    eps,
+    D: tl.constexpr,
+    H: tl.constexpr,
+    HKV: tl.constexpr,
+    GROUP: tl.constexpr,
+    GP: tl.constexpr,
+    HEAD_D: tl.constexpr,
+    KEYS_BLOCK: tl.constexpr,
+    PRECISION: tl.constexpr,
+    INTER: tl.constexpr,
+    LAYERS: tl.constexpr,
+    VOCAB: tl.constexpr,
+    V: tl.constexpr,
+    VP: tl.constexpr,
+    FAST: tl.constexpr,
+    STEPS: tl.constexpr,
+    FIRST: tl.constexpr,
+    NUM_CODEBOOKS: tl.constexpr,
+    L_QKV: tl.constexpr,
+    L_OUT: tl.constexpr,
+    L_GU: tl.constexpr,
+    L_DOWN: tl.constexpr,
+    L_ANORM: tl.constexpr,
+    L_FNORM: tl.constexpr,
+    L_STRIDE: tl.constexpr,
+    L_FINAL: tl.constexpr,
+    LAYER0: tl.constexpr,
+    A_ATT: tl.constexpr,
+    A_H: tl.constexpr,
+    A_ACT: tl.constexpr,
+    ACT_LAYER: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    TRACE: tl.constexpr,
+    PREFETCH: tl.constexpr,  # PREFETCH_GATE_UP where the GPU has the bulk L2 prefetch
+    LANES: tl.constexpr,  # the program's threads
+):
+    QKV_N: tl.constexpr = (H + 2 * HKV) * HEAD_D
+    SPLIT: tl.constexpr = INTER // D
+    PHASES: tl.constexpr = 5 * LAYERS + 2
+    T_OUT: tl.constexpr = (D + BLOCK_N - 1) // BLOCK_N
+    T_LAYER: tl.constexpr = (QKV_N + BLOCK_N - 1) // BLOCK_N + HKV + T_OUT + 2 * INTER // BLOCK_N + T_OUT * SPLIT
+    T_STEP: tl.constexpr = LAYERS * T_LAYER + (V + BLOCK_N - 1) // BLOCK_N + 1
+    dtype = act_ptr.dtype.element_ty  # the model's: activations round to it where eager ops round
+    programs = tl.num_programs(0)
+    num_items = STEPS * T_STEP
+    ks = tl.arange(0, D)
+    lane = tl.arange(0, BLOCK_N)
+    held = -1  # the (phase, input part) whose input row x holds
+    x = tl.zeros([D], dtype=tl.float32)  # the input row, times the norm's weight where the phase norms
+    rstd = 1.0
+    pending = 0  # this program's items of the current phase not yet counted in
+    seen = -1  # PREFETCH: the (step, layer) of this program's last item
+    if TRACE:
+        if tl.program_id(0) == 0:
+            tl.store(trace_ptr, _now())
+    for g in range(tl.program_id(0), num_items, programs):
+        step, layer, kind, index, phase, prev = _item(g, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, BLOCK_N)
+        if PREFETCH:
+            here = step * (LAYERS + 1) + layer
+            if (here != seen) & (layer < LAYERS):
+                T_GU: tl.constexpr = 2 * INTER // BLOCK_N
+                start = step * T_STEP + layer * T_LAYER + (QKV_N + BLOCK_N - 1) // BLOCK_N + HKV + T_OUT
+                first = ((tl.program_id(0) - start) % programs + programs) % programs
+                _prefetch_gate_up(w_ptr, layer * L_STRIDE + L_GU, first, programs, INTER, D, T_GU, BLOCK_N, LANES)
+            seen = here
+        acts = act_ptr + LAYER0 + tl.minimum(layer, LAYERS - 1) * ACT_LAYER  # the layer's slots
+        if kind == 1:
+            _wait(done_ptr, phase, prev)
+            attend_row(
+                acts, 0, index, 0, positions_ptr + FIRST + step, cos_ptr, sin_ptr,
+                k_cache_ptr + layer * cache_layer_stride, v_cache_ptr + layer * cache_layer_stride, acts + A_ATT,
+                0, 0, cache_s_stride, cache_h_stride, cache_p_stride, scale,
+                H, HKV, GROUP, GP, HEAD_D, KEYS_BLOCK, PRECISION, True, True,
+            )
+            _count_in(done_ptr, phase, 1, trace_ptr, TRACE)
+        elif kind == 6:
+            _wait(done_ptr, phase, prev)
+            codebook = FIRST + step
+            idx = tl.arange(0, VP)
+            race = tl.load(race_ptr + step * V + idx, mask=idx < V, other=1.0, cache_modifier=".cg")
+            drawn = draw_row(logits_ptr + step * V, tl.load(temperature_ptr), tl.load(top_k_ptr), race, V, VP, FAST)
+            tl.store(codes_ptr + step, drawn)
+            if step + 1 < STEPS:  # the next step's input: codebook `codebook`'s row of the table
+                tl.store(act_ptr + ks, tl.load(table_ptr + (codebook * VOCAB + drawn) * D + ks))
+                _count_in(done_ptr, phase, 1, trace_ptr, TRACE)
+            else:  # the launch's last item: every other has counted in; zero the counters
+                if TRACE:
+                    tl.store(trace_ptr + 1 + phase, _now())
+                tl.debug_barrier()
+                for p in range(STEPS * PHASES):
+                    tl.store(done_ptr + p, 0)
+        else:
+            # The weight tile first: no phase writes weights, so it streams while this item waits.
+            tile = tl.where(kind == 4, index % T_OUT, index)
+            part = tl.where(kind == 4, index // T_OUT, 0)
+            if kind == 5:  # the head is (D, VOCAB): a tile's rows are columns of it
+                cols = tile * BLOCK_N + lane
+                row_ok = cols < V
+                w = tl.load(
+                    head_ptr + (FIRST - 1 + step) * D * VOCAB + ks[None, :] * VOCAB + cols[:, None],
+                    mask=row_ok[:, None], other=0.0,
+                )
+                # The draw's noise of these columns: it needs no logit, so not the draw's time.
+                noise = race_noise(
+                    tl.load(seed_ptr), tl.load(frame_ptr), FIRST + step, columns_ptr, cols, row_ok, NUM_CODEBOOKS
+                )
+                tl.store(race_ptr + step * V + cols, noise, mask=row_ok)
+            else:
+                base = layer * L_STRIDE + tl.where(
+                    kind == 0, L_QKV, tl.where(kind == 2, L_OUT, tl.where(kind == 3, L_GU, L_DOWN))
+                )
+                if kind == 3:  # gate and up rows alternate, so a tile's sums pair up column by column
+                    cols = tile * (BLOCK_N // 2) + lane // 2
+                    rows = (lane % 2) * INTER + cols
+                    row_ok = cols < INTER
+                else:
+                    cols = tile * BLOCK_N + lane
+                    rows = cols
+                    row_ok = cols < tl.where(kind == 0, QKV_N, D)
+                starts = tl.multiple_of(base + rows * tl.where(kind == 4, INTER, D) + part * D, 16)
+                w = tl.load(w_ptr + starts[:, None] + ks[None, :], mask=row_ok[:, None], other=0.0)
+            key = phase * SPLIT + part
+            if key != held:
+                _wait(done_ptr, phase, prev)
+                # The input row: the residual stream (QKV, head), the attention output (output
+                # projection), h (gate/up) or the activation's part (down).
+                if (kind == 0) | (kind == 5):
+                    x = _stream(act_ptr, part_ptr, layer, ks, ks < D, LAYER0, A_H, ACT_LAYER, D, SPLIT)
+                else:
+                    src = tl.where(kind == 2, A_ATT, tl.where(kind == 3, A_H, A_ACT + part * D))
+                    x = tl.load(acts + src + ks, cache_modifier=".cg").to(tl.float32)
+                if (kind == 0) | (kind == 3) | (kind == 5):  # RMSNorm: x * weight, 1 / rms on the sums
+                    norm = tl.where(kind == 5, L_FINAL, layer * L_STRIDE + tl.where(kind == 0, L_ANORM, L_FNORM))
+                    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
+                    x = (x * tl.load(w_ptr + norm + ks).to(tl.float32)).to(dtype).to(tl.float32)
+                else:
+                    rstd = 1.0
+            held = key
+            acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1) * rstd
+            if kind == 0:
+                tl.store(acts + cols, acc.to(dtype), mask=row_ok)
+            elif kind == 2:  # + the residual stream entering the layer
+                r = _stream(act_ptr, part_ptr, layer, cols, row_ok, LAYER0, A_H, ACT_LAYER, D, SPLIT)
+                tl.store(acts + A_H + cols, (r + acc.to(dtype).to(tl.float32)).to(dtype), mask=row_ok)
+            elif kind == 3:  # silu(gate) * up, rounded as the eager ops round
+                gate, up = tl.split(tl.reshape(acc, (BLOCK_N // 2, 2)))
+                gate = gate.to(dtype).to(tl.float32)
+                act = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32)
+                out = (act * up.to(dtype).to(tl.float32)).to(dtype)
+                out_cols = tile * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+                tl.store(acts + A_ACT + out_cols, out, mask=out_cols < INTER)
+            elif kind == 4:
+                tl.store(part_ptr + (layer * SPLIT + part) * D + cols, acc, mask=row_ok)
+            else:
+                tl.store(logits_ptr + step * V + cols, acc.to(dtype), mask=row_ok)
+            pending += 1
+            next_phase = _item(g + programs, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, BLOCK_N)[4]
+            if (next_phase != phase) | (g + programs >= num_items):
+                _count_in(done_ptr, phase, pending, trace_ptr, TRACE)
+                pending = 0
+
+
+# ---- the host side -----------------------------------------------------------------------------
+class DepthLoop:
+    """The kernel's buffers and launch for one model's decoder (batch 1, cache slot 0).
+
+    Made before any CUDA-graph capture (it allocates its counters, zero between launches, and
+    packs the decoder's weights into one buffer); `run` may then be captured."""
+
+    def __init__(self, decoder: torch.nn.Module, head: torch.Tensor, table: torch.Tensor, columns: torch.Tensor) -> None:
+        """`head` (codebooks - 1, D, vocab) the codebook heads; `table` (codebooks * vocab, D) the
+        projected input embeddings; `columns` the draw's column keys (its length: the vocabulary
+        drawn from)."""
+        vocab = head.shape[-1]
+        self.geo = geometry(decoder, vocab, columns.shape[0])
+        if not supports(self.geo):
+            raise ValueError(f"the depth loop kernel does not run this decoder: {self.geo}")
+        self.decoder, self.head, self.table, self.columns = decoder, head, table, columns
+        self.layout = Layout.of(self.geo)
+        self.weights = pack_decoder(decoder, self.geo)
+        device = head.device
+        geo = self.geo
+        self.steps = NUM_CODEBOOKS - FIRST_CODEBOOK
+        self.slots = {
+            "LAYER0": _pad(geo.dim),
+            "A_ATT": _pad(geo.qkv_dim),
+            "A_H": _pad(geo.qkv_dim) + _pad(geo.dim),
+            "A_ACT": _pad(geo.qkv_dim) + 2 * _pad(geo.dim),
+        }
+        self.slots["ACT_LAYER"] = self.slots["A_ACT"] + _pad(geo.inter)
+        self.acts = torch.zeros(self.slots["LAYER0"] + geo.layers * self.slots["ACT_LAYER"], dtype=head.dtype, device=device)
+        self.parts = torch.zeros(geo.layers, geo.split, geo.dim, dtype=torch.float32, device=device)
+        self.logits = torch.zeros(self.steps, geo.vocab_limit, dtype=head.dtype, device=device)
+        self.race = torch.zeros(self.steps, geo.vocab_limit, dtype=torch.float32, device=device)
+        self.done = torch.zeros(self.steps * (5 * geo.layers + 2), dtype=torch.int32, device=device)
+        self.positions = torch.arange(geo.positions, device=device)
+        self.grids: dict[tuple[int, int, bool, bool], int] = {}  # (RESIDENT, NUM_WARPS, TRACE, PREFETCH)
+        self.trace: torch.Tensor | None = None  # `trace()`: each phase's end, from the launch's start
+
+    def run(
+        self,
+        inputs: torch.Tensor,
+        temperature: torch.Tensor,
+        top_k: torch.Tensor,
+        seeds: torch.Tensor,
+        frame: torch.Tensor,
+    ) -> torch.Tensor:
+        """Codebooks 2..31's ids (1, 30) of the frame whose first depth pass wrote positions 0 and
+        1 of cache slot 0 and drew codebook 1, whose input row for codebook 2 is `inputs` (1, D)."""
+        geo, layout = self.geo, self.layout
+        k_all, v_all = self.decoder.caches
+        if k_all.data_ptr() != self.decoder.layers[0].attention.cache().k.data_ptr():
+            raise RuntimeError("the decoder's layer caches are not views of its stacked caches")
+        self.acts[: geo.dim].copy_(inputs[0])
+        codes = torch.empty(self.steps, dtype=torch.long, device=inputs.device)
+        attention = kernel_constants(geo.n_heads, geo.n_kv_heads, geo.head_dim, k_all.dtype)
+        args = (
+            self.weights, self.head, self.acts, self.parts, self.logits, self.race, codes, self.table, temperature, top_k,
+            seeds, frame, self.columns, self.positions, self.decoder.rope_cos, self.decoder.rope_sin, k_all, v_all,
+            self.done, self.done if self.trace is None else self.trace, k_all.stride(0), k_all.stride(1), k_all.stride(2), k_all.stride(3),
+            1.0 / math.sqrt(geo.head_dim), self.decoder.norm.eps,
+        )
+        kwargs = {
+            "D": geo.dim, "H": geo.n_heads, "HKV": geo.n_kv_heads, "GROUP": attention["GROUP"],
+            "GP": attention["GP"], "HEAD_D": geo.head_dim, "KEYS_BLOCK": attention["BLOCK_N"],
+            "PRECISION": attention["PRECISION"], "INTER": geo.inter, "LAYERS": geo.layers, "VOCAB": geo.vocab,
+            "V": geo.vocab_limit, "VP": triton.next_power_of_2(geo.vocab_limit),
+            "FAST": min(TOP_K_FAST, triton.next_power_of_2(geo.vocab_limit)), "STEPS": self.steps,
+            "FIRST": FIRST_CODEBOOK, "NUM_CODEBOOKS": NUM_CODEBOOKS,
+            "L_QKV": layout.qkv, "L_OUT": layout.out, "L_GU": layout.gate_up, "L_DOWN": layout.down,
+            "L_ANORM": layout.attention_norm, "L_FNORM": layout.ffn_norm, "L_STRIDE": layout.layer,
+            "L_FINAL": layout.final_norm, **self.slots, "BLOCK_N": BLOCK_N, "TRACE": self.trace is not None,
+            "PREFETCH": PREFETCH_GATE_UP and _bulk_prefetch(inputs.device), "LANES": 32 * NUM_WARPS,
+            "num_warps": NUM_WARPS,
+        }
+        key = (RESIDENT, NUM_WARPS, self.trace is not None, PREFETCH_GATE_UP)
+        if key not in self.grids:
+            cuda = inputs.device.type == "cuda" and not INTERPRETED
+            self.grids[key] = _resident_grid(args, kwargs, inputs.device) if cuda else 1
+        if self.trace is not None:
+            self.trace.zero_()
+        _depth_loop_kernel[(self.grids[key],)](*args, **kwargs)
+        return codes.unsqueeze(0)
+
+    @property
+    def grid(self) -> int:
+        """The shipped setting's programs (0 before its first launch)."""
+        return self.grids.get((RESIDENT, NUM_WARPS, False, PREFETCH_GATE_UP), 0)
+
+    @property
+    def phases(self) -> int:
+        return 5 * self.geo.layers + 2
+
+    def trace_phases(self, on: bool = True) -> None:
+        """Record when each phase's last item finishes (the GPU's clock) in later launches: a
+        profile of the chain, not the service's setting (the clock reads and atomics cost time)."""
+        self.trace = torch.zeros(1 + self.steps * self.phases, dtype=torch.long, device=self.acts.device) if on else None
+
+    def phase_ns(self) -> torch.Tensor:
+        """The last traced launch's phases' durations (steps, phases), ns: each from the end of the
+        phase before (the first from the launch's first program's start)."""
+        assert self.trace is not None, "trace_phases() first"
+        return self.trace.diff().view(self.steps, self.phases)
+
+
+def _bulk_prefetch(device: torch.device) -> bool:
+    """The bulk L2 prefetch needs a CUDA GPU of compute capability 9.0 or newer (not the interpreter)."""
+    return device.type == "cuda" and not INTERPRETED and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _resident_grid(args: tuple, kwargs: dict, device: torch.device) -> int:  # type: ignore[type-arg]
+    """`RESIDENT` programs an SM, refused above what the compiled kernel's registers and shared
+    memory let be resident at once: a program not yet placed would leave the others waiting on
+    its items forever."""
+    compiled = _depth_loop_kernel.warmup(*args, grid=(1,), **kwargs)
+    compiled._init_handles()
+    props = torch.cuda.get_device_properties(device)
+    threads = 32 * NUM_WARPS
+    fits = min(
+        getattr(props, "regs_per_multiprocessor", 65536) // max(1, compiled.n_regs * threads),
+        getattr(props, "max_threads_per_multi_processor", 2048) // threads,
+        getattr(props, "shared_memory_per_multiprocessor", 232_448) // max(1, compiled.metadata.shared),
+    )
+    if fits < RESIDENT:
+        raise RuntimeError(
+            f"{RESIDENT} depth-loop programs an SM do not fit ({fits} do: {compiled.n_regs} registers, "
+            f"{compiled.metadata.shared} B shared)"
+        )
+    return props.multi_processor_count * RESIDENT

@@ -1,0 +1,122 @@
+"""The one-row frame's persistent depth loop (`kernels.depth_loop`): its logits are the depth
+decoder's over the codes it drew, each code is the reference sampler's draw from them, it leaves its
+counters zero for the next launch, and it runs only where it should.
+
+Compiled on a CUDA device (where these tests carry the `gpu` mark, and the full-size decoder's
+check runs too), else under Triton's CPU interpreter, one program taking every item in order."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from serve_app.model import fast_step
+from serve_app.model.fast_step import FastStep
+from serve_app.model.kernels import depth_loop
+from serve_app.model.sampling import draw_counter, sample_top_k
+from tests import support_engine as se
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = [pytest.mark.usefixtures("one_thread"), *([pytest.mark.gpu] if DEVICE.type == "cuda" else [])]
+
+
+def reference_logits(model, h: torch.Tensor, codes: torch.Tensor, fast: FastStep) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Codebooks 2..31's logits (30, V) of the eager depth decoder fed the frame's codes, every
+    position in one pass over a fresh cache (on a copy of the model: it writes its caches)."""
+    model = copy.deepcopy(model)
+    vocab, n = fast.vocab, fast.num_codebooks
+    rows = [model.projection(h)] + [fast.depth_inputs[codes[:, i] + i * vocab] for i in range(n - 1)]
+    x = torch.stack(rows, dim=1).float()
+    model.float()
+    positions = torch.arange(n, device=h.device)[None]
+    out = model.decoder(x, positions, None, n)[0]
+    limit = fast.noise_columns.shape[0]
+    return torch.stack([out[c] @ model.audio_head[c - 1][:, :limit] for c in range(2, n)])
+
+
+def run_frames(model, vocab_limit: int, frames: int, temperature: float, top_k: int):  # type: ignore[no-untyped-def]
+    fast = FastStep(model, vocab_limit, True, linear_max_batch=1 << 16)
+    assert fast._depth_loop is not None
+    gen = torch.Generator().manual_seed(3)
+    results = []
+    for f in range(frames):
+        h = (torch.randn(1, model.cfg.backbone.dim, generator=gen) * 0.5).to(DEVICE, model.audio_head.dtype)
+        sampling = tuple(
+            torch.tensor(v, device=DEVICE) for v in ([temperature], [top_k], [11], [f])
+        )
+        codes = fast.depth_frame(h, *sampling)
+        results.append((h, sampling, codes.clone(), fast._depth_loop.logits.clone()))
+        assert not fast._depth_loop.done.any(), "the launch leaves its counters zero"
+    return fast, results
+
+
+def check_frames(model, fast: FastStep, results, atol: float, rtol: float) -> None:  # type: ignore[no-untyped-def]
+    for h, (temperature, top_k, seeds, frame), codes, logits in results:
+        assert codes.shape == (1, fast.num_codebooks)
+        expected = reference_logits(model, h, codes, fast)
+        torch.testing.assert_close(logits.float(), expected, atol=atol, rtol=rtol)
+        for i, c in enumerate(range(2, fast.num_codebooks)):
+            drawn = sample_top_k(
+                logits[i : i + 1].float(), temperature, top_k, seeds, draw_counter(frame, c), fast.noise_columns
+            )
+            assert int(drawn) == int(codes[0, c]), f"codebook {c}: the draw from the loop's logits"
+
+
+@torch.inference_mode()
+def test_the_loops_logits_are_the_decoders_over_its_codes_and_its_codes_their_draws() -> None:
+    model = se.wide_head_model().to(DEVICE)
+    model.setup_caches(2)
+    fast, results = run_frames(model, 64, 2, 0.9, 8)
+    check_frames(model, fast, results, atol=1e-4, rtol=1e-4)
+    # Greedy rows draw the largest logit.
+    fast, results = run_frames(model, 64, 1, 1.0, 1)
+    _, _, codes, logits = results[0]
+    assert torch.equal(codes[0, 2:], logits.float().argmax(dim=1))
+
+
+@torch.inference_mode()
+def test_the_loop_leaves_the_models_weights_and_caches_where_other_steps_read_them() -> None:
+    """Packing moves the decoder's weights into one buffer, its modules' parameters views of it:
+    the same values, packed once however many step functions share the model."""
+    model = se.wide_head_model().to(DEVICE)
+    model.setup_caches(2)
+    before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    first = FastStep(model, 64, True, linear_max_batch=1 << 16)
+    second = FastStep(model, 64, True, linear_max_batch=1 << 16)
+    assert first._depth_loop.weights is second._depth_loop.weights
+    for key, value in model.decoder.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    wqkv = model.decoder.layers[1].attention.wqkv.weight
+    layout = first._depth_loop.layout
+    start = (layout.layer + layout.qkv) * wqkv.element_size()
+    assert wqkv.data_ptr() == first._depth_loop.weights.data_ptr() + start
+    k_all = model.decoder.caches[0]
+    assert model.decoder.layers[1].attention.cache().k.data_ptr() == k_all[1].data_ptr()
+
+
+def test_the_loop_runs_only_one_row_frames_of_the_fused_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = se.wide_head_model().to(DEVICE)
+    model.setup_caches(2)
+    assert FastStep(model, 64, fused_attention=False)._depth_loop is None
+    assert FastStep(model, 64, True, linear_max_batch=0)._depth_loop is None  # cuBLAS's projections
+    monkeypatch.setattr(fast_step, "DEPTH_LOOP", False)
+    assert FastStep(model, 64, True, linear_max_batch=1 << 16)._depth_loop is None
+    narrow = se.model()  # heads of 16 dims: the attention kernel's are 32 and up
+    geo = depth_loop.geometry(narrow.decoder, narrow.cfg.audio_vocab_size, 64)
+    assert not depth_loop.supports(geo)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the full-size decoder: on the GPU")
+@torch.inference_mode()
+def test_the_full_size_decoders_loop_in_bf16() -> None:
+    """CSM-1B's depth decoder (random weights, bf16), every program resident and waiting on the
+    others: the logits within bf16's tolerance of the eager decoder's over the same codes."""
+    from serve_app.model.tiny import CSM_1B_CONFIG, random_model
+
+    model = random_model(CSM_1B_CONFIG, device="cuda").eval().to(torch.bfloat16)
+    model.setup_caches(1)
+    fast, results = run_frames(model, 2048, 2, 0.9, 50)
+    assert fast._depth_loop.grid > 1
+    check_frames(model, fast, results, atol=0.08, rtol=0.05)
