@@ -1,13 +1,13 @@
 """The one-row frame's persistent depth loop (`serve_app.model.kernels.depth_loop`) on the GPU.
 
-Random CSM-1B weights (bf16). For each setting (programs an SM x warps a program, with or without the gate/up L2 prefetch):
+Random CSM-1B weights (bf16). For each setting (programs an SM x warps a program):
 - the loop's launch alone, replayed as a CUDA graph: µs a frame and a depth step;
 - a traced launch (each phase's end read from the GPU's clock as its last item counts in): the
   chain's time by phase kind, µs a step, summed over the layers;
 and the whole graphed frame at one row (`FastStep.depth_frame` after the backbone state), with the
 loop and with the depth steps as launches (`fast_step.DEPTH_LOOP` off), with their codes' agreement.
 
-    python benchmarks/bench_depth_loop.py --settings 2x4,1x4 --out benchmarks/results
+    python benchmarks/bench_depth_loop.py --settings 2x4,1x8 --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from serve_app.model import fast_step  # noqa: E402
-from serve_app.model.fast_step import FastStep  # noqa: E402
-from serve_app.model.kernels import depth_loop  # noqa: E402
-from serve_app.model.tiny import CSM_1B_CONFIG, random_model  # noqa: E402
+from serve_app.model import fast_step
+from serve_app.model.fast_step import FastStep
+from serve_app.model.kernels import depth_loop
+from serve_app.model.tiny import CSM_1B_CONFIG, random_model
 
 KINDS = ("qkv", "attention", "output", "gate_up", "down")
 
@@ -72,12 +72,35 @@ def phase_profile(loop: depth_loop.DepthLoop, run) -> dict[str, float]:  # type:
     return {k: round(v, 2) for k, v in profile.items()}
 
 
+def time_setting(model, h: torch.Tensor, sampling: tuple[torch.Tensor, ...]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The loop's launch (graphed, and traced) and the one-row depth frame under the current setting."""
+    fast = FastStep(model, 2048, True, linear_max_batch=1 << 16)
+    loop = fast._depth_loop
+    assert loop is not None
+    _, _, inputs = fast._frame_start(h, *sampling)
+
+    def run() -> torch.Tensor:
+        return loop.run(inputs, *sampling)
+
+    us = graph_us(run)
+    return {
+        "programs": loop.grid,
+        "loop_us": round(us, 1),
+        "us_per_step": round(us / loop.steps, 2),
+        "traced_us_per_step": phase_profile(loop, run),
+        "frame_ms": round(graph_us(lambda: fast.depth_frame(h, *sampling)) / 1000, 3),
+    }
+
+
+def model_frames(model, h: torch.Tensor, sampling: tuple[torch.Tensor, ...]) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """One one-row depth frame's codes under the current settings."""
+    return FastStep(model, 2048, True, linear_max_batch=1 << 16).depth_frame(h, *sampling).clone()
+
+
 @torch.inference_mode()
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--settings", default="2x4,2x4-noprefetch", help="programs an SM x warps[-noprefetch], comma-separated"
-    )
+    parser.add_argument("--settings", default="2x4,1x8", help="programs an SM x warps, comma-separated")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     device = torch.device("cuda")
@@ -97,34 +120,24 @@ def main(argv: list[str] | None = None) -> int:
         "settings": [],
     }
     frames: dict[str, torch.Tensor] = {}
-    saved = (depth_loop.RESIDENT, depth_loop.NUM_WARPS, depth_loop.PREFETCH_GATE_UP)
+    saved = (depth_loop.RESIDENT, depth_loop.NUM_WARPS)
     for setting in args.settings.split(","):
-        shape, _, flag = setting.partition("-")
-        resident, warps = (int(v) for v in shape.split("x"))
-        prefetch = flag != "noprefetch"
-        depth_loop.RESIDENT, depth_loop.NUM_WARPS, depth_loop.PREFETCH_GATE_UP = resident, warps, prefetch
-        row: dict[str, Any] = {"resident": resident, "warps": warps, "prefetch_gate_up": prefetch}
+        resident, warps = (int(v) for v in setting.split("x"))
+        depth_loop.RESIDENT, depth_loop.NUM_WARPS = resident, warps
+        row: dict[str, Any] = {"resident": resident, "warps": warps}
         try:
-            fast = FastStep(model, 2048, True, linear_max_batch=1 << 16)
-            loop = fast._depth_loop
-            assert loop is not None
-            _, _, inputs = fast._frame_start(h, *sampling)
-            run = lambda: loop.run(inputs, *sampling)  # noqa: E731
-            us = graph_us(run)
-            row |= {"programs": loop.grid, "loop_us": round(us, 1), "us_per_step": round(us / loop.steps, 2)}
-            row["traced_us_per_step"] = phase_profile(loop, run)
-            row["frame_ms"] = round(graph_us(lambda: fast.depth_frame(h, *sampling)) / 1000, 3)
-            frames[setting] = fast.depth_frame(h, *sampling).clone()
+            row |= time_setting(model, h, sampling)
+            frames[setting] = model_frames(model, h, sampling)
         except Exception as exc:  # noqa: BLE001  # one setting that does not fit must not end the run
             row["error"] = f"{type(exc).__name__}: {exc}"[:300]
         result["settings"].append(row)
         print(json.dumps(row), flush=True)
-    depth_loop.RESIDENT, depth_loop.NUM_WARPS, depth_loop.PREFETCH_GATE_UP = saved
+    depth_loop.RESIDENT, depth_loop.NUM_WARPS = saved
     fast_step.DEPTH_LOOP = False
     try:
         launches = FastStep(model, 2048, True, linear_max_batch=1 << 16)
         result["step_launches_frame_ms"] = round(graph_us(lambda: launches.depth_frame(h, *sampling)) / 1000, 3)
-        codes = launches.depth_frame(h, *sampling)
+        codes = model_frames(model, h, sampling)
     finally:
         fast_step.DEPTH_LOOP = True
     result["codes_equal_to_step_launches"] = {

@@ -1,4 +1,4 @@
-"""A frame's depth steps at batch 1 in one persistent launch (`csm_serve::depth_loop`).
+"""A frame's depth steps at batch 1 in one persistent launch (`DepthLoop`, run by `FastStep.depth_frame`).
 
 At batch 1 a frame is, after the backbone step and the frame's first depth pass, 30 depth steps of
 18 launches each (per layer the QKV projection with its attention, the output projection, gate/up,
@@ -11,7 +11,8 @@ items p, p + P, p + 2P, … An item is
   head) over the whole input row (K = the decoder's width; the down projection's K in parts of it);
 - one kv head's attention (`decode_attention.attend_row`: RoPE, the cache write, attention);
 - the draw (`sampling.draw_row`), which writes the codebook's id and copies the next step's input
-  row from the table of projected embeddings.
+  row from the table of projected embeddings; its race noise needs no logit, so the head's items
+  draw it (`sampling.race_noise`) before their wait.
 
 Items wait on per-phase counters, not grid barriers: an item polls the counter of the phase whose
 output it reads until every item of that phase has counted in. An item's weight tile is requested
@@ -22,7 +23,13 @@ order, and an item waits only on items numbered below it, so the launch cannot d
 
 The design was chosen by `benchmarks/probe_dataflow_step.py` (the projections' chain alone, on an
 H100: 116.96 µs a depth step against the shipped launches' 143.68, `-reuse` by pointer loads,
-`benchmarks/results/2026-12-06-0926-nvidia-h100-80gb-hbm3-dataflow-step-probe-reuse.json`).
+`benchmarks/results/2026-12-06-0926-nvidia-h100-80gb-hbm3-dataflow-step-probe-reuse.json`). Measured
+here (`benchmarks/bench_depth_loop.py`, H100, `…-1004-nvidia-h100-80gb-hbm3-depth-loop.json`): 156.3
+µs a depth step, by phase (the layers summed) QKV 15.2, attention 21.2, output 9.7, gate/up 61.6,
+down 32.8, head 4.9, draw 11.1; the one-row depth frame 4.97 ms against 5.49 as launches, the same
+codes. Asking each program's gate/up tiles into L2 at a layer's start (bulk prefetch) made gate/up
+faster (53.7) and everything else slower (174.6 a step): not kept (the code is in the history at
+56ce807).
 
 Layout: the decoder's layers' weights are views of one flat buffer (`pack_decoder`), a layer's
 QKV, output, gate/up and down weights and its two norms at fixed offsets, so an item finds its
@@ -58,13 +65,17 @@ BLOCK_N = 16
 NUM_WARPS = 4
 
 RESIDENT = 2
-"""Programs an SM. The probe at 16 rows and 4 warps: 2 an SM 116.96 µs a step; 8 rows, 2 warps,
-4 an SM 114.33; 16 rows, 8 warps 125.57."""
+"""Programs an SM (at 4 warps the kernel takes 255 registers a thread: 2 fit). µs a depth step on an
+H100 (`…-0942-nvidia-h100-80gb-hbm3-depth-loop-settings.json`, the first form, its draw hashing its
+noise itself), programs an SM x warps: 2 x 4 159.1, 1 x 4 187.4, 1 x 8 184.1, 2 x 2 346.2, 3 x 2 352.9,
+4 x 2 343.1."""
 
-PREFETCH_GATE_UP = True
-"""Whether each program, at its first item of a layer, asks the copy engine to bring its gate/up
-tiles of that layer into L2 (`cp.async.bulk.prefetch.L2`, Hopper and newer): they then stream
-during the layer's latency-bound QKV, attention and output phases instead of after them."""
+SPARE_PROGRAMS = 0
+"""Program slots of the GPU the launch leaves free, for kernels on other streams. Resident programs
+fill every SM, so the streaming audio decode queued beside a frame waits for the loop's end: a
+stream's first chunk came later (H100, `bench_engine.py`, time to first audio p50 / one-row frame:
+loop off 14.4 ms / 6.55 ms; 0 spare 17.84 / 5.96; 32 spare 15.91 / 6.38; 132 spare 16.08 / 6.95,
+`benchmarks/results/2026-12-06-1009-…-engine-depth-loop-{off,on}.json`, `…-1010-…-spare-*.json`)."""
 
 FIRST_CODEBOOK = 2
 """The loop's first codebook: codebooks 0 and 1 come from the frame's first depth pass."""
@@ -259,27 +270,6 @@ def _count_in(done_ptr, phase, items, trace_ptr, TRACE: tl.constexpr):
 
 
 @triton.jit
-def _prefetch_gate_up(w_ptr, base, first, programs, INTER: tl.constexpr, D: tl.constexpr, T_GU: tl.constexpr,
-                      BLOCK_N: tl.constexpr, LANES: tl.constexpr):
-    """Ask for this program's gate/up tiles of a layer in L2 (their items first, first + programs,
-    ... of the phase), a weight row a thread (LANES: the program's threads). Returns at once."""
-    lanes = tl.arange(0, LANES)
-    tile = first + (lanes // BLOCK_N) * programs
-    r = lanes % BLOCK_N
-    row = (r % 2) * INTER + tile * (BLOCK_N // 2) + r // 2
-    size = tl.where(tile < T_GU, D * (w_ptr.dtype.element_ty.primitive_bitwidth // 8), 0)
-    address = (w_ptr + base + row.to(tl.int64) * D).to(tl.int64, bitcast=True)
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.gt.s32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.b32 $0, 0; }",
-        "=r,l,r",
-        [address, size.to(tl.int32)],
-        dtype=tl.int32,
-        is_pure=False,
-        pack=1,
-    )
-
-
-@triton.jit
 def _stream(act_ptr, part_ptr, layer, cols, mask, LAYER0: tl.constexpr, A_H: tl.constexpr,
             ACT_LAYER: tl.constexpr, D: tl.constexpr, SPLIT: tl.constexpr):
     """The residual stream entering `layer` (LAYERS: the final norm's input) at `cols`, fp32 of
@@ -358,8 +348,6 @@ def _depth_loop_kernel(
     ACT_LAYER: tl.constexpr,
     BLOCK_N: tl.constexpr,
     TRACE: tl.constexpr,
-    PREFETCH: tl.constexpr,  # PREFETCH_GATE_UP where the GPU has the bulk L2 prefetch
-    LANES: tl.constexpr,  # the program's threads
 ):
     QKV_N: tl.constexpr = (H + 2 * HKV) * HEAD_D
     SPLIT: tl.constexpr = INTER // D
@@ -376,20 +364,11 @@ def _depth_loop_kernel(
     x = tl.zeros([D], dtype=tl.float32)  # the input row, times the norm's weight where the phase norms
     rstd = 1.0
     pending = 0  # this program's items of the current phase not yet counted in
-    seen = -1  # PREFETCH: the (step, layer) of this program's last item
-    if TRACE:
+    if TRACE:  # noqa: SIM102 - a constexpr branch: the trace's code is compiled only with it
         if tl.program_id(0) == 0:
             tl.store(trace_ptr, _now())
     for g in range(tl.program_id(0), num_items, programs):
         step, layer, kind, index, phase, prev = _item(g, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, BLOCK_N)
-        if PREFETCH:
-            here = step * (LAYERS + 1) + layer
-            if (here != seen) & (layer < LAYERS):
-                T_GU: tl.constexpr = 2 * INTER // BLOCK_N
-                start = step * T_STEP + layer * T_LAYER + (QKV_N + BLOCK_N - 1) // BLOCK_N + HKV + T_OUT
-                first = ((tl.program_id(0) - start) % programs + programs) % programs
-                _prefetch_gate_up(w_ptr, layer * L_STRIDE + L_GU, first, programs, INTER, D, T_GU, BLOCK_N, LANES)
-            seen = here
         acts = act_ptr + LAYER0 + tl.minimum(layer, LAYERS - 1) * ACT_LAYER  # the layer's slots
         if kind == 1:
             _wait(done_ptr, phase, prev)
@@ -521,7 +500,7 @@ class DepthLoop:
         self.race = torch.zeros(self.steps, geo.vocab_limit, dtype=torch.float32, device=device)
         self.done = torch.zeros(self.steps * (5 * geo.layers + 2), dtype=torch.int32, device=device)
         self.positions = torch.arange(geo.positions, device=device)
-        self.grids: dict[tuple[int, int, bool, bool], int] = {}  # (RESIDENT, NUM_WARPS, TRACE, PREFETCH)
+        self.grids: dict[tuple[int, int, int, bool], int] = {}  # (RESIDENT, NUM_WARPS, SPARE_PROGRAMS, TRACE)
         self.trace: torch.Tensor | None = None  # `trace()`: each phase's end, from the launch's start
 
     def run(
@@ -557,10 +536,9 @@ class DepthLoop:
             "L_QKV": layout.qkv, "L_OUT": layout.out, "L_GU": layout.gate_up, "L_DOWN": layout.down,
             "L_ANORM": layout.attention_norm, "L_FNORM": layout.ffn_norm, "L_STRIDE": layout.layer,
             "L_FINAL": layout.final_norm, **self.slots, "BLOCK_N": BLOCK_N, "TRACE": self.trace is not None,
-            "PREFETCH": PREFETCH_GATE_UP and _bulk_prefetch(inputs.device), "LANES": 32 * NUM_WARPS,
             "num_warps": NUM_WARPS,
         }
-        key = (RESIDENT, NUM_WARPS, self.trace is not None, PREFETCH_GATE_UP)
+        key = (RESIDENT, NUM_WARPS, SPARE_PROGRAMS, self.trace is not None)
         if key not in self.grids:
             cuda = inputs.device.type == "cuda" and not INTERPRETED
             self.grids[key] = _resident_grid(args, kwargs, inputs.device) if cuda else 1
@@ -572,7 +550,7 @@ class DepthLoop:
     @property
     def grid(self) -> int:
         """The shipped setting's programs (0 before its first launch)."""
-        return self.grids.get((RESIDENT, NUM_WARPS, False, PREFETCH_GATE_UP), 0)
+        return self.grids.get((RESIDENT, NUM_WARPS, SPARE_PROGRAMS, False), 0)
 
     @property
     def phases(self) -> int:
@@ -588,11 +566,6 @@ class DepthLoop:
         phase before (the first from the launch's first program's start)."""
         assert self.trace is not None, "trace_phases() first"
         return self.trace.diff().view(self.steps, self.phases)
-
-
-def _bulk_prefetch(device: torch.device) -> bool:
-    """The bulk L2 prefetch needs a CUDA GPU of compute capability 9.0 or newer (not the interpreter)."""
-    return device.type == "cuda" and not INTERPRETED and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def _resident_grid(args: tuple, kwargs: dict, device: torch.device) -> int:  # type: ignore[type-arg]
@@ -613,4 +586,4 @@ def _resident_grid(args: tuple, kwargs: dict, device: torch.device) -> int:  # t
             f"{RESIDENT} depth-loop programs an SM do not fit ({fits} do: {compiled.n_regs} registers, "
             f"{compiled.metadata.shared} B shared)"
         )
-    return props.multi_processor_count * RESIDENT
+    return props.multi_processor_count * RESIDENT - SPARE_PROGRAMS
