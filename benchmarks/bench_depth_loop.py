@@ -1,6 +1,6 @@
 """The one-row frame's persistent depth loop (`serve_app.model.kernels.depth_loop`) on the GPU.
 
-Random CSM-1B weights (bf16). For each setting (programs an SM x warps a program):
+Random CSM-1B weights (bf16). For each setting (programs an SM x warps a program, optionally a register cap: `3x4r168`):
 - the loop's launch alone, replayed as a CUDA graph: µs a frame and a depth step;
 - a traced launch (each phase's end read from the GPU's clock as its last item counts in): the
   chain's time by phase kind, µs a step, summed over the layers;
@@ -100,7 +100,9 @@ def model_frames(model, h: torch.Tensor, sampling: tuple[torch.Tensor, ...]) -> 
 @torch.inference_mode()
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--settings", default="2x4,1x8", help="programs an SM x warps, comma-separated")
+    parser.add_argument(
+        "--settings", default="2x4,3x4r168,4x4r128", help="programs an SM x warps[rREGISTERS], comma-separated"
+    )
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     device = torch.device("cuda")
@@ -120,11 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         "settings": [],
     }
     frames: dict[str, torch.Tensor] = {}
-    saved = (depth_loop.RESIDENT, depth_loop.NUM_WARPS)
+    saved = (depth_loop.RESIDENT, depth_loop.NUM_WARPS, depth_loop.MAX_REGISTERS)
     for setting in args.settings.split(","):
-        resident, warps = (int(v) for v in setting.split("x"))
-        depth_loop.RESIDENT, depth_loop.NUM_WARPS = resident, warps
-        row: dict[str, Any] = {"resident": resident, "warps": warps}
+        shape, _, cap = setting.partition("r")
+        resident, warps = (int(v) for v in shape.split("x"))
+        registers = int(cap) if cap else None
+        depth_loop.RESIDENT, depth_loop.NUM_WARPS, depth_loop.MAX_REGISTERS = resident, warps, registers
+        row: dict[str, Any] = {"resident": resident, "warps": warps, "max_registers": registers}
         try:
             row |= time_setting(model, h, sampling)
             frames[setting] = model_frames(model, h, sampling)
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             row["error"] = f"{type(exc).__name__}: {exc}"[:300]
         result["settings"].append(row)
         print(json.dumps(row), flush=True)
-    depth_loop.RESIDENT, depth_loop.NUM_WARPS = saved
+    depth_loop.RESIDENT, depth_loop.NUM_WARPS, depth_loop.MAX_REGISTERS = saved
     fast_step.DEPTH_LOOP = False
     try:
         launches = FastStep(model, 2048, True, linear_max_batch=1 << 16)

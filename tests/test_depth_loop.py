@@ -120,3 +120,18 @@ def test_the_full_size_decoders_loop_in_bf16() -> None:
     fast, results = run_frames(model, 2048, 2, 0.9, 50)
     assert fast._depth_loop.grid > 1
     check_frames(model, fast, results, atol=0.08, rtol=0.05)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="residency: on the GPU (the interpreter runs one program)")
+@torch.inference_mode()
+def test_more_programs_an_sm_than_fit_are_refused_not_launched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program not resident would leave the others waiting on its items for ever: the launch is
+    refused instead, and a setting that fits runs after it."""
+    model = se.wide_head_model().to(DEVICE)
+    model.setup_caches(2)
+    monkeypatch.setattr(depth_loop, "RESIDENT", 64)  # 64 x 128 threads: more than an SM holds
+    with pytest.raises(RuntimeError, match="do not fit"):
+        run_frames(model, 64, 1, 0.9, 8)
+    monkeypatch.setattr(depth_loop, "RESIDENT", 2)
+    fast, results = run_frames(model, 64, 1, 0.9, 8)
+    check_frames(model, fast, results, atol=1e-4, rtol=1e-4)

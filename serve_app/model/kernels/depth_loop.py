@@ -70,6 +70,11 @@ H100 (`…-0942-nvidia-h100-80gb-hbm3-depth-loop-settings.json`, the first form,
 noise itself), programs an SM x warps: 2 x 4 159.1, 1 x 4 187.4, 1 x 8 184.1, 2 x 2 346.2, 3 x 2 352.9,
 4 x 2 343.1."""
 
+MAX_REGISTERS: int | None = None
+"""A cap on the kernel's registers a thread (Triton's `maxnreg`), so more programs fit an SM; the
+excess spills to local memory. Uncapped it takes 255 at 4 warps (2 programs an SM); compiled for sm_90
+offline, a cap of 168 (3 an SM) spills 556 bytes a thread and one of 128 (4 an SM) 768."""
+
 SPARE_PROGRAMS = 0
 """Program slots of the GPU the launch leaves free, for kernels on other streams. Resident programs
 fill every SM, so the streaming audio decode queued beside a frame waits for the loop's end: a
@@ -500,7 +505,7 @@ class DepthLoop:
         self.race = torch.zeros(self.steps, geo.vocab_limit, dtype=torch.float32, device=device)
         self.done = torch.zeros(self.steps * (5 * geo.layers + 2), dtype=torch.int32, device=device)
         self.positions = torch.arange(geo.positions, device=device)
-        self.grids: dict[tuple[int, int, int, bool], int] = {}  # (RESIDENT, NUM_WARPS, SPARE_PROGRAMS, TRACE)
+        self.grids: dict[tuple[object, ...], int] = {}  # (RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, TRACE)
         self.trace: torch.Tensor | None = None  # `trace()`: each phase's end, from the launch's start
 
     def run(
@@ -538,7 +543,9 @@ class DepthLoop:
             "L_FINAL": layout.final_norm, **self.slots, "BLOCK_N": BLOCK_N, "TRACE": self.trace is not None,
             "num_warps": NUM_WARPS,
         }
-        key = (RESIDENT, NUM_WARPS, SPARE_PROGRAMS, self.trace is not None)
+        if MAX_REGISTERS:
+            kwargs["maxnreg"] = MAX_REGISTERS
+        key = (RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, self.trace is not None)
         if key not in self.grids:
             cuda = inputs.device.type == "cuda" and not INTERPRETED
             self.grids[key] = _resident_grid(args, kwargs, inputs.device) if cuda else 1
@@ -550,7 +557,7 @@ class DepthLoop:
     @property
     def grid(self) -> int:
         """The shipped setting's programs (0 before its first launch)."""
-        return self.grids.get((RESIDENT, NUM_WARPS, SPARE_PROGRAMS, False), 0)
+        return self.grids.get((RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, False), 0)
 
     @property
     def phases(self) -> int:
