@@ -85,7 +85,7 @@ loop off 14.4 ms / 6.55 ms; 0 spare 17.84 / 5.96; 32 spare 15.91 / 6.38; 132 spa
 FIRST_CODEBOOK = 2
 """The loop's first codebook: codebooks 0 and 1 come from the frame's first depth pass."""
 
-QKV, ATTEND, OUT, GATE_UP, DOWN, HEAD, DRAW = range(7)
+QKV, ATTEND, OUT, GATE_UP, DOWN, HEAD, DRAW = (tl.constexpr(kind) for kind in range(7))
 """Item kinds. A layer's phases are its first five, in order; a step ends with the head and the draw."""
 
 EPS_DEFAULT = 1e-5
@@ -225,23 +225,24 @@ def _item(g, QKV_N: tl.constexpr, D: tl.constexpr, INTER: tl.constexpr, HKV: tl.
     e4 = e3 + T_GU
     kind = tl.where(
         in_layer,
-        tl.where(q < e1, 0, tl.where(q < e2, 1, tl.where(q < e3, 2, tl.where(q < e4, 3, 4)))),
-        tl.where(q < T_HEAD, 5, 6),
+        tl.where(q < e1, QKV, tl.where(q < e2, ATTEND, tl.where(q < e3, OUT, tl.where(q < e4, GATE_UP, DOWN)))),
+        tl.where(q < T_HEAD, HEAD, DRAW),
     )
     start = tl.where(
         in_layer,
-        tl.where(kind == 0, 0, tl.where(kind == 1, e1, tl.where(kind == 2, e2, tl.where(kind == 3, e3, e4)))),
-        tl.where(kind == 5, 0, T_HEAD),
+        tl.where(kind == QKV, 0, tl.where(kind == ATTEND, e1, tl.where(kind == OUT, e2, tl.where(
+            kind == GATE_UP, e3, e4)))),
+        tl.where(kind == HEAD, 0, T_HEAD),
     )
     index = q - start
-    phase = step * PHASES + layer * 5 + kind - tl.where(in_layer, 0, 5)
+    phase = step * PHASES + layer * 5 + kind - tl.where(in_layer, 0, 5)  # a layer's kinds are its phases
     # QKV of layer 0 reads the draw before it (one item), of a later layer the down projection;
     # each other phase the phase before it in the list.
     prev = tl.where(
-        kind == 0,
+        kind == QKV,
         tl.where(layer == 0, 1, T_DOWN),
-        tl.where(kind == 1, T_QKV, tl.where(kind == 2, HKV, tl.where(kind == 3, T_OUT, tl.where(
-            kind == 4, T_GU, tl.where(kind == 5, T_DOWN, T_HEAD))))),
+        tl.where(kind == ATTEND, T_QKV, tl.where(kind == OUT, HKV, tl.where(kind == GATE_UP, T_OUT, tl.where(
+            kind == DOWN, T_GU, tl.where(kind == HEAD, T_DOWN, T_HEAD))))),
     )
     return step, layer, kind, index, phase, prev
 
@@ -375,7 +376,7 @@ def _depth_loop_kernel(
     for g in range(tl.program_id(0), num_items, programs):
         step, layer, kind, index, phase, prev = _item(g, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, BLOCK_N)
         acts = act_ptr + LAYER0 + tl.minimum(layer, LAYERS - 1) * ACT_LAYER  # the layer's slots
-        if kind == 1:
+        if kind == ATTEND:
             _wait(done_ptr, phase, prev)
             attend_row(
                 acts, 0, index, 0, positions_ptr + FIRST + step, cos_ptr, sin_ptr,
@@ -384,7 +385,7 @@ def _depth_loop_kernel(
                 H, HKV, GROUP, GP, HEAD_D, KEYS_BLOCK, PRECISION, True, True,
             )
             _count_in(done_ptr, phase, 1, trace_ptr, TRACE)
-        elif kind == 6:
+        elif kind == DRAW:
             _wait(done_ptr, phase, prev)
             codebook = FIRST + step
             idx = tl.arange(0, VP)
@@ -402,9 +403,9 @@ def _depth_loop_kernel(
                     tl.store(done_ptr + p, 0)
         else:
             # The weight tile first: no phase writes weights, so it streams while this item waits.
-            tile = tl.where(kind == 4, index % T_OUT, index)
-            part = tl.where(kind == 4, index // T_OUT, 0)
-            if kind == 5:  # the head is (D, VOCAB): a tile's rows are columns of it
+            tile = tl.where(kind == DOWN, index % T_OUT, index)
+            part = tl.where(kind == DOWN, index // T_OUT, 0)
+            if kind == HEAD:  # the head is (D, VOCAB): a tile's rows are columns of it
                 cols = tile * BLOCK_N + lane
                 row_ok = cols < V
                 w = tl.load(
@@ -418,49 +419,49 @@ def _depth_loop_kernel(
                 tl.store(race_ptr + step * V + cols, noise, mask=row_ok)
             else:
                 base = layer * L_STRIDE + tl.where(
-                    kind == 0, L_QKV, tl.where(kind == 2, L_OUT, tl.where(kind == 3, L_GU, L_DOWN))
+                    kind == QKV, L_QKV, tl.where(kind == OUT, L_OUT, tl.where(kind == GATE_UP, L_GU, L_DOWN))
                 )
-                if kind == 3:  # gate and up rows alternate, so a tile's sums pair up column by column
+                if kind == GATE_UP:  # gate and up rows alternate, so a tile's sums pair up column by column
                     cols = tile * (BLOCK_N // 2) + lane // 2
                     rows = (lane % 2) * INTER + cols
                     row_ok = cols < INTER
                 else:
                     cols = tile * BLOCK_N + lane
                     rows = cols
-                    row_ok = cols < tl.where(kind == 0, QKV_N, D)
-                starts = tl.multiple_of(base + rows * tl.where(kind == 4, INTER, D) + part * D, 16)
+                    row_ok = cols < tl.where(kind == QKV, QKV_N, D)
+                starts = tl.multiple_of(base + rows * tl.where(kind == DOWN, INTER, D) + part * D, 16)
                 w = tl.load(w_ptr + starts[:, None] + ks[None, :], mask=row_ok[:, None], other=0.0)
             key = phase * SPLIT + part
             if key != held:
                 _wait(done_ptr, phase, prev)
                 # The input row: the residual stream (QKV, head), the attention output (output
                 # projection), h (gate/up) or the activation's part (down).
-                if (kind == 0) | (kind == 5):
+                if (kind == QKV) | (kind == HEAD):
                     x = _stream(act_ptr, part_ptr, layer, ks, ks < D, LAYER0, A_H, ACT_LAYER, D, SPLIT)
                 else:
-                    src = tl.where(kind == 2, A_ATT, tl.where(kind == 3, A_H, A_ACT + part * D))
+                    src = tl.where(kind == OUT, A_ATT, tl.where(kind == GATE_UP, A_H, A_ACT + part * D))
                     x = tl.load(acts + src + ks, cache_modifier=".cg").to(tl.float32)
-                if (kind == 0) | (kind == 3) | (kind == 5):  # RMSNorm: x * weight, 1 / rms on the sums
-                    norm = tl.where(kind == 5, L_FINAL, layer * L_STRIDE + tl.where(kind == 0, L_ANORM, L_FNORM))
+                if (kind == QKV) | (kind == GATE_UP) | (kind == HEAD):  # RMSNorm: x * weight, 1 / rms on the sums
+                    norm = tl.where(kind == HEAD, L_FINAL, layer * L_STRIDE + tl.where(kind == QKV, L_ANORM, L_FNORM))
                     rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
                     x = (x * tl.load(w_ptr + norm + ks).to(tl.float32)).to(dtype).to(tl.float32)
                 else:
                     rstd = 1.0
             held = key
             acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1) * rstd
-            if kind == 0:
+            if kind == QKV:
                 tl.store(acts + cols, acc.to(dtype), mask=row_ok)
-            elif kind == 2:  # + the residual stream entering the layer
+            elif kind == OUT:  # + the residual stream entering the layer
                 r = _stream(act_ptr, part_ptr, layer, cols, row_ok, LAYER0, A_H, ACT_LAYER, D, SPLIT)
                 tl.store(acts + A_H + cols, (r + acc.to(dtype).to(tl.float32)).to(dtype), mask=row_ok)
-            elif kind == 3:  # silu(gate) * up, rounded as the eager ops round
+            elif kind == GATE_UP:  # silu(gate) * up, rounded as the eager ops round
                 gate, up = tl.split(tl.reshape(acc, (BLOCK_N // 2, 2)))
                 gate = gate.to(dtype).to(tl.float32)
                 act = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32)
                 out = (act * up.to(dtype).to(tl.float32)).to(dtype)
                 out_cols = tile * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
                 tl.store(acts + A_ACT + out_cols, out, mask=out_cols < INTER)
-            elif kind == 4:
+            elif kind == DOWN:
                 tl.store(part_ptr + (layer * SPLIT + part) * D + cols, acc, mask=row_ok)
             else:
                 tl.store(logits_ptr + step * V + cols, acc.to(dtype), mask=row_ok)
