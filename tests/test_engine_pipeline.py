@@ -171,3 +171,30 @@ def test_a_streams_rest_is_decoded_behind_its_last_step(end: str) -> None:
     np.testing.assert_array_equal(got.codes, solo.codes[:kept])
     np.testing.assert_allclose(got.pcm, solo.pcm[: kept * FS], atol=1e-5)
     assert not loop.run_once()  # nothing left to do
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_a_one_launch_frame_waits_for_a_first_chunk_queued_before_it_only_when_asked(
+    on: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `FIRST_AUDIO_BEFORE_ONE_LAUNCH_FRAME`, the step launched right after a stream's first-chunk
+    decode waits for it (where its frame is one persistent launch): once a stream, and never for its
+    later chunks."""
+    from serve_app.engine import loop as engine_loop
+
+    monkeypatch.setattr(engine_loop, "FIRST_AUDIO_BEFORE_ONE_LAUNCH_FRAME", on)
+    loop = se.make_loop()
+    log = trace(loop)
+    runner = loop.runner
+    runner.one_launch_frame = lambda rows: rows == 1  # type: ignore[method-assign]
+    runner.step_after_audio = lambda: log.append(("wait for audio", runner.steps_launched))  # type: ignore[method-assign]
+    for name in ("first", "second"):
+        got = se.sequence(se.request(name, frames=12, seed=3))
+        loop.submit(got.seq)
+        se.run_until_idle(loop)
+        assert got.chunks, name
+    waits = [entry for entry in log if entry[0] == "wait for audio"]
+    assert [log[log.index(w) + 1][0] for w in waits] == ["launch"] * len(waits)  # right before a step
+    assert len(waits) == (2 if on else 0)  # one a stream: its first chunk's
+    if on:
+        assert waits[0] == ("wait for audio", 1)  # the step after the first (whose frame is the first chunk)

@@ -66,6 +66,13 @@ class SilenceGuard:
         return self.seconds > 0
 
 
+FIRST_AUDIO_BEFORE_ONE_LAUNCH_FRAME = False
+"""Whether a step whose frame runs as one persistent launch (one row: `ModelRunner.one_launch_frame`)
+waits on the device for a stream's first-chunk decode queued before it. The loop's programs fill every
+SM, so that decode, queued beside the frame, otherwise waits for the loop's end: on an H100 the idle
+first audio rose 14.4 → 17.9 ms with the loop (`benchmarks/results/2026-12-06-1009-…`). Waiting
+delays that frame by the decode instead. Not measured yet: off."""
+
 SLOW_ITERATION_S = 1.0
 """An iteration (milliseconds, normally) this slow is logged, with what was launched before it."""
 
@@ -95,6 +102,7 @@ class _Chunk:
     first: list[int]
     count: int
     after: StepOutput | None = None  # the uncollected step a first chunk waits for (its last frame)
+    opening: bool = False  # some stream's first chunk
     decoded: DecodedAudio | None = None  # the decode launched, until fetched
     pcm: Any = None  # host array (B, decoded frames * frame_samples), once fetched
     rms: Any = None  # each decoded frame's loudness (B, decoded frames), once fetched
@@ -256,6 +264,12 @@ class EngineLoop:
         rows = max(s.slot for s in seqs) + 1  # type: ignore[type-var]
         positions = max(s.next_position for s in seqs) + 1
         form, stream = "step rows={} positions<{}", self.runner.step_stream
+        if (
+            FIRST_AUDIO_BEFORE_ONE_LAUNCH_FRAME
+            and any(c.opening for c in self._audio)
+            and self.runner.one_launch_frame(rows)
+        ):
+            self.runner.step_after_audio()
         with self.launches.launch(self.steps, form, rows, positions, stream=stream):
             out = self.runner.step(rows, positions)
         self.steps += 1
@@ -364,7 +378,8 @@ class EngineLoop:
                 groups[pending].append(seq)
         out = []
         for count, group in sorted(groups.items()):
-            chunk = _Chunk(group, [s.decoded for s in group], count, after=step.out)
+            opening = any(s.chunks_sent == 0 and s.decoded == 0 for s in group)
+            chunk = _Chunk(group, [s.decoded for s in group], count, after=step.out, opening=opening)
             for seq in group:
                 seq.decoded += count
             self._launch(chunk)

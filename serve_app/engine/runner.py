@@ -509,6 +509,15 @@ class ModelRunner:
         holds them (its graphs exist; the extra frames' audio is dropped and the stream ends anyway)."""
         return next((n for n in self.audio_chunk_sizes if n >= frames), frames)
 
+    def one_launch_frame(self, rows: int) -> bool:
+        """Whether a step of `rows` rows runs its frame's depth steps as one persistent launch."""
+        return self.fast.one_launch_frame(self.batch_bucket(rows))
+
+    def step_after_audio(self) -> None:
+        """Make the next step wait, on the device, for the audio decodes queued so far."""
+        if self.audio_stream is not None and self.step_stream is not None:
+            self.step_stream.wait_stream(self.audio_stream)
+
     @torch.inference_mode()
     def decode_audio(
         self, slots: Seq[int], first_frames: Seq[int], n: int, after: StepOutput | None = None

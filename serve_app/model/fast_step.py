@@ -166,6 +166,10 @@ class FastStep:
             return None
         return depth_loop.DepthLoop(m.decoder, m.audio_head, self.depth_inputs, self.noise_columns)
 
+    def one_launch_frame(self, batch: int) -> bool:
+        """Whether a frame of `batch` rows runs codebooks 2..31 as one persistent launch."""
+        return self._depth_loop is not None and batch == 1
+
     def compile(self, mode: str | None = None) -> None:
         """Compile prefill and the three step functions (dynamic batch, length and key window)."""
         options = {"dynamic": True, "fullgraph": True, "mode": mode}
@@ -371,7 +375,7 @@ class FastStep:
     ) -> torch.Tensor:
         """A whole frame from backbone states h (B, D): codes (B, 32)."""
         c0, c, inputs = self._frame_start(h, temperature, top_k, seeds, frame)
-        if self._depth_loop is not None and h.shape[0] == 1 and inputs is not None:
+        if self.one_launch_frame(h.shape[0]) and inputs is not None:
             rest = self._depth_loop.run(inputs, temperature, top_k, seeds, frame)
             return torch.cat([c0[:, None], c[:, None], rest], dim=1)
         codes = [c0, c]
