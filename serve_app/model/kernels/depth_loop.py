@@ -19,7 +19,12 @@ output it reads until every item of that phase has counted in. An item's weight 
 before its wait (no phase writes weights), so the weights stream while the chain advances; a
 program's consecutive items of one phase (and input part) share one wait, one read of the input
 row and one count-in, after the last of them. Every program is resident and runs its items in
-order, and an item waits only on items numbered below it, so the launch cannot deadlock.
+order, and an item waits only on items numbered below it, so the launch cannot deadlock. Residency is
+checked against the compiled kernel (`_resident_grid`), not granted by the runtime: programs not yet
+placed are placed as other kernels end, so one loop at a time on a GPU (one engine a GPU, as deployed).
+Two loops at once on one GPU (two engines of one process, or processes sharing it through MPS) could
+each hold SM slots the other's unplaced programs need; handing items out by an atomic ticket instead
+of by program number would lift that, at an atomic an item (not measured).
 
 The design was chosen by `benchmarks/probe_dataflow_step.py` (the projections' chain alone, on an
 H100: 116.96 µs a depth step against the shipped launches' 143.68, `-reuse` by pointer loads,
