@@ -64,11 +64,16 @@ def check_frames(model, fast: FastStep, results, atol: float, rtol: float) -> No
             assert int(drawn) == int(codes[0, c]), f"codebook {c}: the draw from the loop's logits"
 
 
+@pytest.mark.parametrize(
+    "vocab_limit, top_k", [(64, 8), (70, 80)], ids=["bitonic-top-k", "sorted-rows-and-a-partial-head-tile"]
+)
 @torch.inference_mode()
-def test_the_loops_logits_are_the_decoders_over_its_codes_and_its_codes_their_draws() -> None:
+def test_the_loops_logits_are_the_decoders_over_its_codes_and_its_codes_their_draws(
+    vocab_limit: int, top_k: int
+) -> None:
     model = se.wide_head_model().to(DEVICE)
     model.setup_caches(2)
-    fast, results = run_frames(model, 64, 2, 0.9, 8)
+    fast, results = run_frames(model, vocab_limit, 2, 0.9, top_k)
     check_frames(model, fast, results, atol=1e-4, rtol=1e-4)
     # Greedy rows draw the largest logit.
     fast, results = run_frames(model, 64, 1, 1.0, 1)
