@@ -212,6 +212,7 @@ def service_launches() -> None:
 def depth_loop_launch(empty: Callable[..., torch.Tensor]) -> None:
     """The one-row frame's persistent depth loop over CSM-1B's depth decoder (on the meta device)."""
     from serve_app.model.config import SESAME_FLAVORS
+    from serve_app.model.kernels import depth_loop
     from serve_app.model.kernels.depth_loop import DepthLoop
     from serve_app.model.llama import Transformer
 
@@ -223,6 +224,12 @@ def depth_loop_launch(empty: Callable[..., torch.Tensor]) -> None:
     loop.run(empty(1, 1024), empty(1, dtype=torch.float32), one, one, one)
     loop.trace_phases()
     loop.run(empty(1, 1024), empty(1, dtype=torch.float32), one, one, one)
+    loop.trace_phases(False)
+    depth_loop.KEYS_BEFORE_WAIT = True  # the attention with its older keys loaded ahead
+    try:
+        loop.run(empty(1, 1024), empty(1, dtype=torch.float32), one, one, one)
+    finally:
+        depth_loop.KEYS_BEFORE_WAIT = False
 
 
 def main() -> None:

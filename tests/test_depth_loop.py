@@ -140,3 +140,28 @@ def test_more_programs_an_sm_than_fit_are_refused_not_launched(monkeypatch: pyte
     monkeypatch.setattr(depth_loop, "RESIDENT", 2)
     fast, results = run_frames(model, 64, 1, 0.9, 8)
     check_frames(model, fast, results, atol=1e-4, rtol=1e-4)
+
+
+@torch.inference_mode()
+def test_attention_with_its_older_keys_loaded_before_the_wait_gives_the_same_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`KEYS_BEFORE_WAIT`: the older keys loaded ahead and the new key from registers
+    (`attend_new_row`) give `attend_row`'s logits and codes bit for bit (on the GPU at full size,
+    where every program has a gate/up item in every layer, as the switch needs)."""
+    if DEVICE.type == "cuda":
+        from serve_app.model.tiny import CSM_1B_CONFIG, random_model
+
+        model, vocab_limit = random_model(CSM_1B_CONFIG, device="cuda").eval().to(torch.bfloat16), 2048
+    else:
+        model, vocab_limit = se.wide_head_model(), 64
+    model.setup_caches(1)
+    runs = {}
+    for ahead in (False, True):
+        monkeypatch.setattr(depth_loop, "KEYS_BEFORE_WAIT", ahead)
+        fast, results = run_frames(model, vocab_limit, 2, 0.9, 8)
+        assert fast._depth_loop.keys_ahead is ahead  # the switch ran where asked
+        runs[ahead] = [(codes, logits) for _, _, codes, logits in results]
+    for (codes, logits), (codes_ahead, logits_ahead) in zip(runs[False], runs[True], strict=True):
+        assert torch.equal(logits_ahead, logits)
+        assert torch.equal(codes_ahead, codes)

@@ -59,7 +59,13 @@ import triton
 import triton.language as tl
 
 from serve_app.constants import NUM_CODEBOOKS
-from serve_app.model.kernels.decode_attention import attend_row, kernel_constants
+from serve_app.model.kernels.decode_attention import (
+    attend_new_row,
+    attend_row,
+    cached_keys,
+    kernel_constants,
+    rope_at,
+)
 from serve_app.model.kernels.sampling import TOP_K_FAST, draw_row, race_noise
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -74,6 +80,14 @@ RESIDENT = 2
 H100 (`…-0942-nvidia-h100-80gb-hbm3-depth-loop-settings.json`, the first form, its draw hashing its
 noise itself), programs an SM x warps: 2 x 4 159.1, 1 x 4 187.4, 1 x 8 184.1, 2 x 2 346.2, 3 x 2 352.9,
 4 x 2 343.1."""
+
+KEYS_BEFORE_WAIT = False
+"""Whether an attention item loads its kv head's older keys and values (and the position's RoPE)
+before its wait, then takes the new key and value from registers (`decode_attention.attend_new_row`:
+`attend_row`'s numbers, bit for bit) instead of writing them and reading the block back after it:
+two dependent memory trips fewer on the chain. It runs where every program has a gate/up item in
+every layer (so the older keys are final when it gets there) and the frame's positions fit one key
+block. Not measured yet: off."""
 
 MAX_REGISTERS: int | None = None
 """A cap on the kernel's registers a thread (Triton's `maxnreg`), so more programs fit an SM; the
@@ -359,6 +373,7 @@ def _depth_loop_kernel(
     ACT_LAYER: tl.constexpr,
     BLOCK_N: tl.constexpr,
     TRACE: tl.constexpr,
+    KEYS_AHEAD: tl.constexpr,  # KEYS_BEFORE_WAIT where it runs (`DepthLoop.run`)
 ):
     QKV_N: tl.constexpr = (H + 2 * HKV) * HEAD_D
     SPLIT: tl.constexpr = INTER // D
@@ -382,13 +397,25 @@ def _depth_loop_kernel(
         step, layer, kind, index, phase, prev = _item(g, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, BLOCK_N)
         acts = act_ptr + LAYER0 + tl.minimum(layer, LAYERS - 1) * ACT_LAYER  # the layer's slots
         if kind == ATTEND:
-            _wait(done_ptr, phase, prev)
-            attend_row(
-                acts, 0, index, 0, positions_ptr + FIRST + step, cos_ptr, sin_ptr,
-                k_cache_ptr + layer * cache_layer_stride, v_cache_ptr + layer * cache_layer_stride, acts + A_ATT,
-                0, 0, cache_s_stride, cache_h_stride, cache_p_stride, scale,
-                H, HKV, GROUP, GP, HEAD_D, KEYS_BLOCK, PRECISION, True, True,
-            )
+            k_layer = k_cache_ptr + layer * cache_layer_stride
+            v_layer = v_cache_ptr + layer * cache_layer_stride
+            if KEYS_AHEAD:  # the older keys are final: every program waited on this layer's step before
+                pos = FIRST + step
+                head = index * cache_h_stride  # slot 0's
+                c, s = rope_at(cos_ptr, sin_ptr, pos, HEAD_D)
+                kb1, kb2, vb1, vb2 = cached_keys(k_layer, v_layer, head, pos, cache_p_stride, HEAD_D, KEYS_BLOCK)
+                _wait(done_ptr, phase, prev)
+                attend_new_row(
+                    acts, index, pos, c, s, kb1, kb2, vb1, vb2, k_layer, v_layer, head, acts + A_ATT,
+                    cache_p_stride, scale, H, HKV, GROUP, GP, HEAD_D, KEYS_BLOCK, PRECISION,
+                )
+            else:
+                _wait(done_ptr, phase, prev)
+                attend_row(
+                    acts, 0, index, 0, positions_ptr + FIRST + step, cos_ptr, sin_ptr, k_layer, v_layer,
+                    acts + A_ATT, 0, 0, cache_s_stride, cache_h_stride, cache_p_stride, scale,
+                    H, HKV, GROUP, GP, HEAD_D, KEYS_BLOCK, PRECISION, True, True,
+                )
             _count_in(done_ptr, phase, 1, trace_ptr, TRACE)
         elif kind == DRAW:
             _wait(done_ptr, phase, prev)
@@ -511,8 +538,9 @@ class DepthLoop:
         self.race = torch.zeros(self.steps, geo.vocab_limit, dtype=torch.float32, device=device)
         self.done = torch.zeros(self.steps * (5 * geo.layers + 2), dtype=torch.int32, device=device)
         self.positions = torch.arange(geo.positions, device=device)
-        self.grids: dict[tuple[object, ...], int] = {}  # (RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, TRACE)
-        self.trace: torch.Tensor | None = None  # `trace()`: each phase's end, from the launch's start
+        self.grids: dict[tuple[object, ...], int] = {}  # the settings (`run`'s key): their grid
+        self.trace: torch.Tensor | None = None  # `trace_phases()`: each phase's end, from the launch's start
+        self.keys_ahead = False  # whether the last launch ran `KEYS_BEFORE_WAIT`
 
     def run(
         self,
@@ -551,10 +579,18 @@ class DepthLoop:
         }
         if MAX_REGISTERS:
             kwargs["maxnreg"] = MAX_REGISTERS
-        key = (RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, self.trace is not None)
+        key = (RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, self.trace is not None, KEYS_BEFORE_WAIT)
+        cuda = inputs.device.type == "cuda" and not INTERPRETED
+        programs = torch.cuda.get_device_properties(inputs.device).multi_processor_count * RESIDENT if cuda else 1
+        programs -= SPARE_PROGRAMS if cuda else 0
+        # The older keys are final when an attention item is reached if every program has a gate/up
+        # item in every layer (each waits on the layer before, after the last step's attention).
+        kwargs["KEYS_AHEAD"] = (
+            KEYS_BEFORE_WAIT and 2 * geo.inter // BLOCK_N >= programs and NUM_CODEBOOKS - 1 < attention["BLOCK_N"]
+        )
+        self.keys_ahead = bool(kwargs["KEYS_AHEAD"])
         if key not in self.grids:
-            cuda = inputs.device.type == "cuda" and not INTERPRETED
-            self.grids[key] = _resident_grid(args, kwargs, inputs.device) if cuda else 1
+            self.grids[key] = _resident_grid(args, kwargs, inputs.device, programs) if cuda else 1
         if self.trace is not None:
             self.trace.zero_()
         _depth_loop_kernel[(self.grids[key],)](*args, **kwargs)
@@ -563,7 +599,7 @@ class DepthLoop:
     @property
     def grid(self) -> int:
         """The shipped setting's programs (0 before its first launch)."""
-        return self.grids.get((RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, False), 0)
+        return self.grids.get((RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, False, KEYS_BEFORE_WAIT), 0)
 
     @property
     def phases(self) -> int:
@@ -581,10 +617,10 @@ class DepthLoop:
         return self.trace.diff().view(self.steps, self.phases)
 
 
-def _resident_grid(args: tuple, kwargs: dict, device: torch.device) -> int:  # type: ignore[type-arg]
-    """`RESIDENT` programs an SM, refused above what the compiled kernel's registers and shared
-    memory let be resident at once: a program not yet placed would leave the others waiting on
-    its items forever."""
+def _resident_grid(args: tuple, kwargs: dict, device: torch.device, programs: int) -> int:  # type: ignore[type-arg]
+    """`programs` (`RESIDENT` an SM, less `SPARE_PROGRAMS`), refused where more than the compiled
+    kernel's registers and shared memory let be resident at once: a program not yet placed would leave
+    the others waiting on its items for ever."""
     compiled = _depth_loop_kernel.warmup(*args, grid=(1,), **kwargs)
     compiled._init_handles()
     props = torch.cuda.get_device_properties(device)
@@ -599,4 +635,4 @@ def _resident_grid(args: tuple, kwargs: dict, device: torch.device) -> int:  # t
             f"{RESIDENT} depth-loop programs an SM do not fit ({fits} do: {compiled.n_regs} registers, "
             f"{compiled.metadata.shared} B shared)"
         )
-    return props.multi_processor_count * RESIDENT - SPARE_PROGRAMS
+    return programs
