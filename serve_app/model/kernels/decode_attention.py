@@ -16,7 +16,7 @@ then two launches a layer, where SDPA over the slot cache takes a dozen small ke
 (RoPE pieces, cache scatters and gathers, layout copies).
 
 Its pieces serve the depth loop too (`depth_loop`): `attend_new_row` takes a row's older keys loaded
-ahead (`cached_keys`) and its new key and value from registers, with `attend_row`'s numbers.
+ahead (`cached_rows`) and its new key and value from registers, with `attend_row`'s numbers.
 
 Numerics: RoPE, scores and softmax in fp32, one rounding of the output to the activation dtype
 (the reference rounds after each elementwise op), scale 1/sqrt(head_dim) as SDPA's default.
@@ -42,19 +42,14 @@ def rope_at(cos_ptr, sin_ptr, pos, D: tl.constexpr):
 
 
 @triton.jit
-def cached_keys(k_cache_ptr, v_cache_ptr, cache, n_keys, cache_p_stride, D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Keys and values 0..n_keys-1 of one slot's kv head (its cache from element `cache`) as one block
-    of BLOCK_N positions, halves apart: (k1, k2, v1, v2), rows from n_keys on zero."""
+def cached_rows(cache_ptr, cache, n_keys, cache_p_stride, D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Positions 0..n_keys-1 of one slot's kv head in a key or value cache (from element `cache`) as
+    one block of BLOCK_N positions, in two halves; rows from n_keys on zero."""
     half: tl.constexpr = D // 2
     n = tl.arange(0, BLOCK_N)
     valid = (n < n_keys)[:, None]
-    kv = cache + n[:, None] * cache_p_stride + tl.arange(0, half)[None, :]
-    return (
-        tl.load(k_cache_ptr + kv, mask=valid, other=0.0),
-        tl.load(k_cache_ptr + kv + half, mask=valid, other=0.0),
-        tl.load(v_cache_ptr + kv, mask=valid, other=0.0),
-        tl.load(v_cache_ptr + kv + half, mask=valid, other=0.0),
-    )
+    at = cache + n[:, None] * cache_p_stride + tl.arange(0, half)[None, :]
+    return tl.load(cache_ptr + at, mask=valid, other=0.0), tl.load(cache_ptr + at + half, mask=valid, other=0.0)
 
 
 @triton.jit
@@ -70,18 +65,24 @@ def _rotated_queries(row, g, c, s, dtype, GROUP: tl.constexpr, GP: tl.constexpr,
 
 
 @triton.jit
-def _attend_block(q1, q2, kb1, kb2, vb1, vb2, valid, m, denom, acc1, acc2, scale, dtype, PRECISION: tl.constexpr):
-    """One block of keys in the online softmax: the running max, denominator and sums, updated."""
+def _scores(q1, q2, kb1, kb2, valid, m, denom, scale, PRECISION: tl.constexpr):
+    """One block of keys in the online softmax: the new running max and denominator, the old sums'
+    rescale and the block's weights."""
     scores = tl.dot(q1, tl.trans(kb1), input_precision=PRECISION)
     scores += tl.dot(q2, tl.trans(kb2), input_precision=PRECISION)
     scores = tl.where(valid[None, :], scores * scale, float("-inf"))
     m_new = tl.maximum(m, tl.max(scores, axis=1))
     alpha = tl.exp(m - m_new)
     p = tl.exp(scores - m_new[:, None])
-    denom = denom * alpha + tl.sum(p, axis=1)
+    return m_new, denom * alpha + tl.sum(p, axis=1), alpha, p
+
+
+@triton.jit
+def _values(acc1, acc2, alpha, p, vb1, vb2, dtype, PRECISION: tl.constexpr):
+    """The block's values added to the rescaled sums."""
     acc1 = acc1 * alpha[:, None] + tl.dot(p.to(dtype), vb1, input_precision=PRECISION)
     acc2 = acc2 * alpha[:, None] + tl.dot(p.to(dtype), vb2, input_precision=PRECISION)
-    return m_new, denom, acc1, acc2
+    return acc1, acc2
 
 
 @triton.jit
@@ -131,13 +132,16 @@ def attend_row(
     this into its QKV projection reads values other programs of the launch wrote."""
     half: tl.constexpr = D // 2
     dtype = k_cache_ptr.dtype.element_ty
+    heads = tl.arange(0, GP)
+    real = heads < GROUP
     dims = tl.arange(0, half)
     raw_pos = tl.load(pos_ptr + b * pos_stride)
     live = raw_pos >= 0
     pos = tl.maximum(raw_pos, 0)
     n_keys = tl.where(live, pos + 1, 0)  # keys 0..pos, the new one included
     row = qkv_ptr + b * qkv_stride
-    c, s = rope_at(cos_ptr, sin_ptr, pos, D)
+    c = tl.load(cos_ptr + pos * D + dims)
+    s = tl.load(sin_ptr + pos * D + dims)
     cache = slot * cache_s_stride + g * cache_h_stride
     if WRITE:
         k_offs = H * D + g * D + dims
@@ -153,7 +157,14 @@ def attend_row(
         if ATTEND:
             tl.debug_barrier()  # the new key/value are read back below by other threads of this program
     if ATTEND:
-        q1, q2 = _rotated_queries(row, g, c, s, dtype, GROUP, GP, D)
+        # q of the GROUP heads served by kv head g, rotated (rotate-half layout), in two halves.
+        q_offs = (g * GROUP + heads)[:, None] * D + dims[None, :]
+        q1 = tl.load(row + q_offs, mask=real[:, None], other=0.0, cache_modifier=".cg").to(tl.float32)
+        q2 = tl.load(row + q_offs + half, mask=real[:, None], other=0.0, cache_modifier=".cg").to(tl.float32)
+        q1, q2 = (
+            (q1 * c[None, :] - q2 * s[None, :]).to(dtype),
+            (q2 * c[None, :] + q1 * s[None, :]).to(dtype),
+        )
         m = tl.full((GP,), float("-inf"), tl.float32)
         denom = tl.zeros((GP,), tl.float32)
         acc1 = tl.zeros((GP, half), tl.float32)
@@ -161,15 +172,22 @@ def attend_row(
         keys = tl.arange(0, BLOCK_N)
         start = 0
         while start < n_keys:
-            kb1, kb2, vb1, vb2 = cached_keys(
-                k_cache_ptr, v_cache_ptr, cache + start * cache_p_stride, n_keys - start, cache_p_stride, D, BLOCK_N
-            )
-            m, denom, acc1, acc2 = _attend_block(
-                q1, q2, kb1, kb2, vb1, vb2, start + keys < n_keys, m, denom, acc1, acc2, scale, dtype, PRECISION
-            )
+            n = start + keys
+            valid = n < n_keys
+            kv = cache + n[:, None] * cache_p_stride + dims[None, :]
+            kb1 = tl.load(k_cache_ptr + kv, mask=valid[:, None], other=0.0)
+            kb2 = tl.load(k_cache_ptr + kv + half, mask=valid[:, None], other=0.0)
+            m, denom, alpha, p = _scores(q1, q2, kb1, kb2, valid, m, denom, scale, PRECISION)
+            vb1 = tl.load(v_cache_ptr + kv, mask=valid[:, None], other=0.0)
+            vb2 = tl.load(v_cache_ptr + kv + half, mask=valid[:, None], other=0.0)
+            acc1, acc2 = _values(acc1, acc2, alpha, p, vb1, vb2, dtype, PRECISION)
             start += BLOCK_N
         denom = tl.where(live, denom, 1.0)  # idle rows: acc is 0, output 0
-        _store_heads(out_ptr, b, g, acc1, acc2, denom, H, GROUP, GP, D)
+        o1 = (acc1 / denom[:, None]).to(out_ptr.dtype.element_ty)
+        o2 = (acc2 / denom[:, None]).to(out_ptr.dtype.element_ty)
+        out_offs = b * (H * D) + (g * GROUP + heads)[:, None] * D + dims[None, :]
+        tl.store(out_ptr + out_offs, o1, mask=real[:, None])
+        tl.store(out_ptr + out_offs + half, o2, mask=real[:, None])
 
 
 @triton.jit
@@ -179,7 +197,7 @@ def attend_new_row(
     pos,  # the row's position (live)
     c,  # `rope_at(pos)`
     s,
-    kb1,  # `cached_keys` of keys 0..pos-1, one block (pos < BLOCK_N), loaded before the row's qkv was
+    kb1,  # `cached_rows` of keys and values 0..pos-1, one block (pos < BLOCK_N), loaded before the row's qkv was
     kb2,
     vb1,
     vb2,
@@ -222,10 +240,12 @@ def attend_new_row(
     vb1 = tl.where(at, v1[None, :], vb1)
     vb2 = tl.where(at, v2[None, :], vb2)
     q1, q2 = _rotated_queries(qkv_ptr, g, c, s, dtype, GROUP, GP, D)
-    _, denom, acc1, acc2 = _attend_block(
-        q1, q2, kb1, kb2, vb1, vb2, tl.arange(0, BLOCK_N) <= pos, tl.full((GP,), float("-inf"), tl.float32),
-        tl.zeros((GP,), tl.float32), tl.zeros((GP, half), tl.float32), tl.zeros((GP, half), tl.float32), scale,
-        dtype, PRECISION,
+    _, denom, alpha, p = _scores(
+        q1, q2, kb1, kb2, tl.arange(0, BLOCK_N) <= pos, tl.full((GP,), float("-inf"), tl.float32),
+        tl.zeros((GP,), tl.float32), scale, PRECISION,
+    )
+    acc1, acc2 = _values(
+        tl.zeros((GP, half), tl.float32), tl.zeros((GP, half), tl.float32), alpha, p, vb1, vb2, dtype, PRECISION
     )
     _store_heads(out_ptr, 0, g, acc1, acc2, denom, H, GROUP, GP, D)
 

@@ -62,7 +62,7 @@ from serve_app.constants import NUM_CODEBOOKS
 from serve_app.model.kernels.decode_attention import (
     attend_new_row,
     attend_row,
-    cached_keys,
+    cached_rows,
     kernel_constants,
     rope_at,
 )
@@ -403,7 +403,8 @@ def _depth_loop_kernel(
                 pos = FIRST + step
                 head = index * cache_h_stride  # slot 0's
                 c, s = rope_at(cos_ptr, sin_ptr, pos, HEAD_D)
-                kb1, kb2, vb1, vb2 = cached_keys(k_layer, v_layer, head, pos, cache_p_stride, HEAD_D, KEYS_BLOCK)
+                kb1, kb2 = cached_rows(k_layer, head, pos, cache_p_stride, HEAD_D, KEYS_BLOCK)
+                vb1, vb2 = cached_rows(v_layer, head, pos, cache_p_stride, HEAD_D, KEYS_BLOCK)
                 _wait(done_ptr, phase, prev)
                 attend_new_row(
                     acts, index, pos, c, s, kb1, kb2, vb1, vb2, k_layer, v_layer, head, acts + A_ATT,
