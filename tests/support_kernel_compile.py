@@ -225,11 +225,12 @@ def depth_loop_launch(empty: Callable[..., torch.Tensor]) -> None:
     loop.trace_phases()
     loop.run(empty(1, 1024), empty(1, dtype=torch.float32), one, one, one)
     loop.trace_phases(False)
-    depth_loop.KEYS_BEFORE_WAIT = True  # the attention with its older keys loaded ahead
-    try:
-        loop.run(empty(1, 1024), empty(1, dtype=torch.float32), one, one, one)
-    finally:
-        depth_loop.KEYS_BEFORE_WAIT = False
+    for switch in ("KEYS_BEFORE_WAIT", "TICKETS"):  # the attention with its older keys ahead; items by ticket
+        setattr(depth_loop, switch, True)
+        try:
+            loop.run(empty(1, 1024), empty(1, dtype=torch.float32), one, one, one)
+        finally:
+            setattr(depth_loop, switch, False)
 
 
 def main() -> None:

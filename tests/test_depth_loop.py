@@ -165,3 +165,24 @@ def test_attention_with_its_older_keys_loaded_before_the_wait_gives_the_same_bit
     for (codes, logits), (codes_ahead, logits_ahead) in zip(runs[False], runs[True], strict=True):
         assert torch.equal(logits_ahead, logits)
         assert torch.equal(codes_ahead, codes)
+
+
+@torch.inference_mode()
+def test_items_handed_out_by_ticket_give_the_same_bits_however_few_programs_are_resident(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`TICKETS`: the same logits and codes as items by program number; on the GPU with far more
+    programs than can be resident at once, which by program number would never finish."""
+    model = se.wide_head_model().to(DEVICE)
+    model.setup_caches(1)
+    runs = {}
+    for tickets in (False, True):
+        monkeypatch.setattr(depth_loop, "TICKETS", tickets)
+        if tickets and DEVICE.type == "cuda":
+            monkeypatch.setattr(depth_loop, "RESIDENT", 64)  # 64 x 128 threads an SM: most wait their turn
+        fast, results = run_frames(model, 64, 2, 0.9, 8)
+        runs[tickets] = [(codes, logits) for _, _, codes, logits in results]
+        assert not fast._depth_loop.done.any()
+    for (codes, logits), (codes_t, logits_t) in zip(runs[False], runs[True], strict=True):
+        assert torch.equal(logits_t, logits)
+        assert torch.equal(codes_t, codes)

@@ -23,8 +23,8 @@ order, and an item waits only on items numbered below it, so the launch cannot d
 checked against the compiled kernel (`_resident_grid`), not granted by the runtime: programs not yet
 placed are placed as other kernels end, so one loop at a time on a GPU (one engine a GPU, as deployed).
 Two loops at once on one GPU (two engines of one process, or processes sharing it through MPS) could
-each hold SM slots the other's unplaced programs need; handing items out by an atomic ticket instead
-of by program number would lift that, at an atomic an item (not measured).
+each hold SM slots the other's unplaced programs need; items handed out by an atomic ticket instead of
+by program number (`TICKETS`) lift that, at an atomic an item (not measured yet).
 
 The design was chosen by `benchmarks/probe_dataflow_step.py` (the projections' chain alone, on an
 H100: 116.96 µs a depth step against the shipped launches' 143.68, `-reuse` by pointer loads,
@@ -80,6 +80,12 @@ RESIDENT = 2
 H100 (`…-0942-nvidia-h100-80gb-hbm3-depth-loop-settings.json`, the first form, its draw hashing its
 noise itself), programs an SM x warps: 2 x 4 159.1, 1 x 4 187.4, 1 x 8 184.1, 2 x 2 346.2, 3 x 2 352.9,
 4 x 2 343.1."""
+
+TICKETS = False
+"""Whether programs take items by an atomic ticket (the next unhanded item) instead of by their number
+(program p: p, p + P, ...). Then the lowest unfinished item is always held by a running program, so
+the launch finishes however few of its programs are resident (another loop on the GPU, processes
+sharing it through MPS); it costs an atomic an item, taken one item ahead. Not measured yet: off."""
 
 KEYS_BEFORE_WAIT = False
 """Whether an attention item loads its kv head's older keys and values (and the position's RoPE)
@@ -334,6 +340,7 @@ def _depth_loop_kernel(
     k_cache_ptr,  # (LAYERS, S, HKV, P, HEAD_D); slot 0 is the row's
     v_cache_ptr,
     done_ptr,  # int32 (STEPS * PHASES,): items counted in, zero between launches
+    ticket_ptr,  # TICKETS: int32 (1,), the next item to hand out, zeroed before each launch
     trace_ptr,  # TRACE: int64 (1 + STEPS * PHASES,): the launch's start, then each phase's end (ns)
     cache_layer_stride,
     cache_s_stride,
@@ -374,6 +381,7 @@ def _depth_loop_kernel(
     BLOCK_N: tl.constexpr,
     TRACE: tl.constexpr,
     KEYS_AHEAD: tl.constexpr,  # KEYS_BEFORE_WAIT where it runs (`DepthLoop.run`)
+    TICKETS: tl.constexpr,  # items handed out by `ticket_ptr`, else program p takes p, p + P, ...
 ):
     QKV_N: tl.constexpr = (H + 2 * HKV) * HEAD_D
     SPLIT: tl.constexpr = INTER // D
@@ -393,7 +401,10 @@ def _depth_loop_kernel(
     if TRACE:  # noqa: SIM102 - a constexpr branch: the trace's code is compiled only with it
         if tl.program_id(0) == 0:
             tl.store(trace_ptr, _now())
-    for g in range(tl.program_id(0), num_items, programs):
+    g = tl.atomic_add(ticket_ptr, 1, sem="relaxed", scope="gpu") if TICKETS else tl.program_id(0)
+    while g < num_items:
+        # The next item, known ahead: whether this one's count-in can wait to share the next one's.
+        after = tl.atomic_add(ticket_ptr, 1, sem="relaxed", scope="gpu") if TICKETS else g + programs
         step, layer, kind, index, phase, prev = _item(g, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, BLOCK_N)
         acts = act_ptr + LAYER0 + tl.minimum(layer, LAYERS - 1) * ACT_LAYER  # the layer's slots
         if kind == ATTEND:
@@ -499,10 +510,11 @@ def _depth_loop_kernel(
             else:
                 tl.store(logits_ptr + step * V + cols, acc.to(dtype), mask=row_ok)
             pending += 1
-            next_phase = _item(g + programs, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, BLOCK_N)[4]
-            if (next_phase != phase) | (g + programs >= num_items):
+            next_phase = _item(after, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, BLOCK_N)[4]
+            if (next_phase != phase) | (after >= num_items):
                 _count_in(done_ptr, phase, pending, trace_ptr, TRACE)
                 pending = 0
+        g = after
 
 
 # ---- the host side -----------------------------------------------------------------------------
@@ -538,6 +550,7 @@ class DepthLoop:
         self.logits = torch.zeros(self.steps, geo.vocab_limit, dtype=head.dtype, device=device)
         self.race = torch.zeros(self.steps, geo.vocab_limit, dtype=torch.float32, device=device)
         self.done = torch.zeros(self.steps * (5 * geo.layers + 2), dtype=torch.int32, device=device)
+        self.ticket = torch.zeros(1, dtype=torch.int32, device=device)
         self.positions = torch.arange(geo.positions, device=device)
         self.grids: dict[tuple[object, ...], int] = {}  # the settings (`run`'s key): their grid
         self.trace: torch.Tensor | None = None  # `trace_phases()`: each phase's end, from the launch's start
@@ -563,7 +576,7 @@ class DepthLoop:
         args = (
             self.weights, self.head, self.acts, self.parts, self.logits, self.race, codes, self.table, temperature, top_k,
             seeds, frame, self.columns, self.positions, self.decoder.rope_cos, self.decoder.rope_sin, k_all, v_all,
-            self.done, self.done if self.trace is None else self.trace, k_all.stride(0), k_all.stride(1), k_all.stride(2), k_all.stride(3),
+            self.done, self.ticket, self.done if self.trace is None else self.trace, k_all.stride(0), k_all.stride(1), k_all.stride(2), k_all.stride(3),
             1.0 / math.sqrt(geo.head_dim), self.decoder.norm.eps,
         )
         kwargs = {
@@ -576,31 +589,40 @@ class DepthLoop:
             "L_QKV": layout.qkv, "L_OUT": layout.out, "L_GU": layout.gate_up, "L_DOWN": layout.down,
             "L_ANORM": layout.attention_norm, "L_FNORM": layout.ffn_norm, "L_STRIDE": layout.layer,
             "L_FINAL": layout.final_norm, **self.slots, "BLOCK_N": BLOCK_N, "TRACE": self.trace is not None,
-            "num_warps": NUM_WARPS,
+            "TICKETS": TICKETS, "num_warps": NUM_WARPS,
         }
         if MAX_REGISTERS:
             kwargs["maxnreg"] = MAX_REGISTERS
-        key = (RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, self.trace is not None, KEYS_BEFORE_WAIT)
+        key = (RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, self.trace is not None, KEYS_BEFORE_WAIT, TICKETS)
         cuda = inputs.device.type == "cuda" and not INTERPRETED
         programs = torch.cuda.get_device_properties(inputs.device).multi_processor_count * RESIDENT if cuda else 1
         programs -= SPARE_PROGRAMS if cuda else 0
         # The older keys are final when an attention item is reached if every program has a gate/up
-        # item in every layer (each waits on the layer before, after the last step's attention).
+        # item in every layer (each waits on the layer before, after the last step's attention): so
+        # with items handed out by program number, not by ticket.
         kwargs["KEYS_AHEAD"] = (
-            KEYS_BEFORE_WAIT and 2 * geo.inter // BLOCK_N >= programs and NUM_CODEBOOKS - 1 < attention["BLOCK_N"]
+            KEYS_BEFORE_WAIT
+            and not TICKETS
+            and 2 * geo.inter // BLOCK_N >= programs
+            and NUM_CODEBOOKS - 1 < attention["BLOCK_N"]
         )
         self.keys_ahead = bool(kwargs["KEYS_AHEAD"])
-        if key not in self.grids:
-            self.grids[key] = _resident_grid(args, kwargs, inputs.device, programs) if cuda else 1
+        if key not in self.grids:  # by ticket, programs need not all be resident at once
+            resident = TICKETS or not cuda
+            self.grids[key] = programs if resident else _resident_grid(args, kwargs, inputs.device, programs)
         if self.trace is not None:
             self.trace.zero_()
+        if TICKETS:
+            self.ticket.zero_()
         _depth_loop_kernel[(self.grids[key],)](*args, **kwargs)
         return codes.unsqueeze(0)
 
     @property
     def grid(self) -> int:
         """The shipped setting's programs (0 before its first launch)."""
-        return self.grids.get((RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, False, KEYS_BEFORE_WAIT), 0)
+        return self.grids.get(
+            (RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, False, KEYS_BEFORE_WAIT, TICKETS), 0
+        )
 
     @property
     def phases(self) -> int:
