@@ -1,6 +1,6 @@
 """The one-row frame's persistent depth loop (`serve_app.model.kernels.depth_loop`) on the GPU.
 
-Random CSM-1B weights (bf16). For each setting (programs an SM x warps a program, optionally a register cap: `3x4r168`):
+Random CSM-1B weights (bf16). For each setting (programs an SM x warps a program, then the switches of `SETTING`: `3x4r168`, `2x4k`):
 - the loop's launch alone, replayed as a CUDA graph: µs a frame and a depth step;
 - a traced launch (each phase's end read from the GPU's clock as its last item counts in): the
   chain's time by phase kind, µs a step, summed over the layers;
@@ -32,6 +32,10 @@ from serve_app.model.kernels import depth_loop
 from serve_app.model.tiny import CSM_1B_CONFIG, random_model
 
 KINDS = ("qkv", "attention", "output", "gate_up", "down")
+
+SETTING = re.compile(r"(?P<resident>\d+)x(?P<warps>\d+)(?:r(?P<registers>\d+))?(?P<keys>k)?(?P<tickets>t)?")
+"""Programs an SM x warps, then optionally a register cap (`r168`), the attention's older keys loaded
+before its wait (`k`, `depth_loop.KEYS_BEFORE_WAIT`) and items by ticket (`t`, `depth_loop.TICKETS`)."""
 
 
 def graph_us(fn, replays: int = 50) -> float:  # type: ignore[no-untyped-def]
@@ -101,7 +105,7 @@ def model_frames(model, h: torch.Tensor, sampling: tuple[torch.Tensor, ...]) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--settings", default="2x4,3x4r168,4x4r128", help="programs an SM x warps[rREGISTERS], comma-separated"
+        "--settings", default="2x4,2x4k,2x4t,3x4r168,4x4r128", help="RxW[rREGISTERS][k][t], comma-separated"
     )
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
@@ -122,13 +126,21 @@ def main(argv: list[str] | None = None) -> int:
         "settings": [],
     }
     frames: dict[str, torch.Tensor] = {}
-    saved = (depth_loop.RESIDENT, depth_loop.NUM_WARPS, depth_loop.MAX_REGISTERS)
+    switches = ("RESIDENT", "NUM_WARPS", "MAX_REGISTERS", "KEYS_BEFORE_WAIT", "TICKETS")
+    saved = {name: getattr(depth_loop, name) for name in switches}
     for setting in args.settings.split(","):
-        shape, _, cap = setting.partition("r")
-        resident, warps = (int(v) for v in shape.split("x"))
-        registers = int(cap) if cap else None
-        depth_loop.RESIDENT, depth_loop.NUM_WARPS, depth_loop.MAX_REGISTERS = resident, warps, registers
-        row: dict[str, Any] = {"resident": resident, "warps": warps, "max_registers": registers}
+        parsed = SETTING.fullmatch(setting)
+        if parsed is None:
+            raise SystemExit(f"a setting is RxW[rREGISTERS][k][t], not {setting!r}")
+        row: dict[str, Any] = {
+            "resident": int(parsed["resident"]),
+            "warps": int(parsed["warps"]),
+            "max_registers": int(parsed["registers"]) if parsed["registers"] else None,
+            "keys_before_wait": bool(parsed["keys"]),
+            "tickets": bool(parsed["tickets"]),
+        }
+        for name, value in zip(switches, row.values(), strict=True):
+            setattr(depth_loop, name, value)
         try:
             row |= time_setting(model, h, sampling)
             frames[setting] = model_frames(model, h, sampling)
@@ -136,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             row["error"] = f"{type(exc).__name__}: {exc}"[:300]
         result["settings"].append(row)
         print(json.dumps(row), flush=True)
-    depth_loop.RESIDENT, depth_loop.NUM_WARPS, depth_loop.MAX_REGISTERS = saved
+    for name, value in saved.items():
+        setattr(depth_loop, name, value)
     fast_step.DEPTH_LOOP = False
     try:
         launches = FastStep(model, 2048, True, linear_max_batch=1 << 16)
