@@ -78,7 +78,9 @@ def test_streams_what_the_in_process_engine_streams(engine: ProcessEngine) -> No
 
 
 def test_generate_encode_info_and_health_answer(engine: ProcessEngine, steps: list[tuple[int, int]]) -> None:
+    _wait_idle(engine)  # the test before's stream, if its slot is not freed yet
     audio = asyncio.run(engine.generate(se.request("a few words to say", frames=4, seed=2)))
+    _wait_idle(engine)  # its slot is freed in the child just after the last chunk: one slot, none waiting
     chunks = asyncio.run(_chunks(engine, frames=4, seed=2))
     np.testing.assert_array_equal(audio.codes, np.concatenate([c.codes for c in chunks]))
     codes = asyncio.run(engine.encode_audio(np.zeros(24_000 // 2, np.float32)))
