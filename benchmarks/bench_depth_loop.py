@@ -101,6 +101,24 @@ def model_frames(model, h: torch.Tensor, sampling: tuple[torch.Tensor, ...]) -> 
     return FastStep(model, 2048, True, linear_max_batch=1 << 16).depth_frame(h, *sampling).clone()
 
 
+SWITCHES = ("RESIDENT", "NUM_WARPS", "MAX_REGISTERS", "KEYS_BEFORE_WAIT", "TICKETS")
+"""The `depth_loop` module's settings a `SETTING` gives, in its order."""
+
+
+def parse_setting(text: str) -> dict[str, Any]:
+    """One `--settings` entry as its row's fields (`SWITCHES` in order), or SystemExit."""
+    parsed = SETTING.fullmatch(text)
+    if parsed is None:
+        raise SystemExit(f"a setting is RxW[rREGISTERS][k][t], not {text!r}")
+    return {
+        "resident": int(parsed["resident"]),
+        "warps": int(parsed["warps"]),
+        "max_registers": int(parsed["registers"]) if parsed["registers"] else None,
+        "keys_before_wait": bool(parsed["keys"]),
+        "tickets": bool(parsed["tickets"]),
+    }
+
+
 @torch.inference_mode()
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -109,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
+    settings = {text: parse_setting(text) for text in args.settings.split(",")}  # before the GPU's minutes
     device = torch.device("cuda")
     model = random_model(CSM_1B_CONFIG, device="cuda").eval().to(torch.bfloat16)
     model.setup_caches(1)
@@ -126,20 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         "settings": [],
     }
     frames: dict[str, torch.Tensor] = {}
-    switches = ("RESIDENT", "NUM_WARPS", "MAX_REGISTERS", "KEYS_BEFORE_WAIT", "TICKETS")
-    saved = {name: getattr(depth_loop, name) for name in switches}
-    for setting in args.settings.split(","):
-        parsed = SETTING.fullmatch(setting)
-        if parsed is None:
-            raise SystemExit(f"a setting is RxW[rREGISTERS][k][t], not {setting!r}")
-        row: dict[str, Any] = {
-            "resident": int(parsed["resident"]),
-            "warps": int(parsed["warps"]),
-            "max_registers": int(parsed["registers"]) if parsed["registers"] else None,
-            "keys_before_wait": bool(parsed["keys"]),
-            "tickets": bool(parsed["tickets"]),
-        }
-        for name, value in zip(switches, row.values(), strict=True):
+    saved = {name: getattr(depth_loop, name) for name in SWITCHES}
+    for setting, fields in settings.items():
+        row: dict[str, Any] = dict(fields)
+        for name, value in zip(SWITCHES, fields.values(), strict=True):
             setattr(depth_loop, name, value)
         try:
             row |= time_setting(model, h, sampling)
