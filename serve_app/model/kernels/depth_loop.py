@@ -545,7 +545,8 @@ class DepthLoop:
             "A_ACT": _pad(geo.qkv_dim) + 2 * _pad(geo.dim),
         }
         self.slots["ACT_LAYER"] = self.slots["A_ACT"] + _pad(geo.inter)
-        self.acts = torch.zeros(self.slots["LAYER0"] + geo.layers * self.slots["ACT_LAYER"], dtype=head.dtype, device=device)
+        acts = self.slots["LAYER0"] + geo.layers * self.slots["ACT_LAYER"]
+        self.acts = torch.zeros(acts, dtype=head.dtype, device=device)
         self.parts = torch.zeros(geo.layers, geo.split, geo.dim, dtype=torch.float32, device=device)
         self.logits = torch.zeros(self.steps, geo.vocab_limit, dtype=head.dtype, device=device)
         self.race = torch.zeros(self.steps, geo.vocab_limit, dtype=torch.float32, device=device)
@@ -566,20 +567,66 @@ class DepthLoop:
     ) -> torch.Tensor:
         """Codebooks 2..31's ids (1, 30) of the frame whose first depth pass wrote positions 0 and
         1 of cache slot 0 and drew codebook 1, whose input row for codebook 2 is `inputs` (1, D)."""
-        geo, layout = self.geo, self.layout
-        k_all, v_all = self.decoder.caches
+        k_all = self.decoder.caches[0]
         if k_all.data_ptr() != self.decoder.layers[0].attention.cache().k.data_ptr():
             raise RuntimeError("the decoder's layer caches are not views of its stacked caches")
-        self.acts[: geo.dim].copy_(inputs[0])
+        self.acts[: self.geo.dim].copy_(inputs[0])
         codes = torch.empty(self.steps, dtype=torch.long, device=inputs.device)
-        attention = kernel_constants(geo.n_heads, geo.n_kv_heads, geo.head_dim, k_all.dtype)
-        args = (
-            self.weights, self.head, self.acts, self.parts, self.logits, self.race, codes, self.table, temperature, top_k,
-            seeds, frame, self.columns, self.positions, self.decoder.rope_cos, self.decoder.rope_sin, k_all, v_all,
-            self.done, self.ticket, self.done if self.trace is None else self.trace, k_all.stride(0), k_all.stride(1), k_all.stride(2), k_all.stride(3),
-            1.0 / math.sqrt(geo.head_dim), self.decoder.norm.eps,
+        args = self._arguments(codes, temperature, top_k, seeds, frame)
+        kwargs = self._constants()
+        cuda = inputs.device.type == "cuda" and not INTERPRETED
+        programs = torch.cuda.get_device_properties(inputs.device).multi_processor_count * RESIDENT if cuda else 1
+        programs -= SPARE_PROGRAMS if cuda else 0
+        # The older keys are final when an attention item is reached if every program has a gate/up
+        # item in every layer (each waits on the layer before, after the last step's attention): so
+        # with items handed out by program number, not by ticket.
+        kwargs["KEYS_AHEAD"] = (
+            KEYS_BEFORE_WAIT
+            and not TICKETS
+            and 2 * self.geo.inter // BLOCK_N >= programs
+            and NUM_CODEBOOKS - 1 < kwargs["KEYS_BLOCK"]
         )
-        kwargs = {
+        self.keys_ahead = bool(kwargs["KEYS_AHEAD"])
+        key = self._setting(self.trace is not None)
+        if key not in self.grids:  # by ticket, programs need not all be resident at once
+            resident = TICKETS or not cuda
+            self.grids[key] = programs if resident else _resident_grid(args, kwargs, inputs.device, programs)
+        if self.trace is not None:
+            self.trace.zero_()
+        if TICKETS:
+            self.ticket.zero_()
+        _depth_loop_kernel[(self.grids[key],)](*args, **kwargs)
+        return codes.unsqueeze(0)
+
+    @staticmethod
+    def _setting(traced: bool) -> tuple[object, ...]:
+        """The module's settings a launch's grid depends on."""
+        return (RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, traced, KEYS_BEFORE_WAIT, TICKETS)
+
+    def _arguments(
+        self,
+        codes: torch.Tensor,
+        temperature: torch.Tensor,
+        top_k: torch.Tensor,
+        seeds: torch.Tensor,
+        frame: torch.Tensor,
+    ) -> tuple[object, ...]:
+        """The kernel's runtime arguments, in its order."""
+        k_all, v_all = self.decoder.caches
+        trace = self.done if self.trace is None else self.trace
+        return (
+            self.weights, self.head, self.acts, self.parts, self.logits, self.race, codes, self.table,
+            temperature, top_k, seeds, frame, self.columns, self.positions,
+            self.decoder.rope_cos, self.decoder.rope_sin, k_all, v_all, self.done, self.ticket, trace,
+            k_all.stride(0), k_all.stride(1), k_all.stride(2), k_all.stride(3),
+            1.0 / math.sqrt(self.geo.head_dim), self.decoder.norm.eps,
+        )
+
+    def _constants(self) -> dict[str, object]:
+        """The kernel's constexprs and launch options under the module's settings (KEYS_AHEAD aside)."""
+        geo, layout = self.geo, self.layout
+        attention = kernel_constants(geo.n_heads, geo.n_kv_heads, geo.head_dim, self.decoder.caches[0].dtype)
+        constants: dict[str, object] = {
             "D": geo.dim, "H": geo.n_heads, "HKV": geo.n_kv_heads, "GROUP": attention["GROUP"],
             "GP": attention["GP"], "HEAD_D": geo.head_dim, "KEYS_BLOCK": attention["BLOCK_N"],
             "PRECISION": attention["PRECISION"], "INTER": geo.inter, "LAYERS": geo.layers, "VOCAB": geo.vocab,
@@ -592,37 +639,13 @@ class DepthLoop:
             "TICKETS": TICKETS, "num_warps": NUM_WARPS,
         }
         if MAX_REGISTERS:
-            kwargs["maxnreg"] = MAX_REGISTERS
-        key = (RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, self.trace is not None, KEYS_BEFORE_WAIT, TICKETS)
-        cuda = inputs.device.type == "cuda" and not INTERPRETED
-        programs = torch.cuda.get_device_properties(inputs.device).multi_processor_count * RESIDENT if cuda else 1
-        programs -= SPARE_PROGRAMS if cuda else 0
-        # The older keys are final when an attention item is reached if every program has a gate/up
-        # item in every layer (each waits on the layer before, after the last step's attention): so
-        # with items handed out by program number, not by ticket.
-        kwargs["KEYS_AHEAD"] = (
-            KEYS_BEFORE_WAIT
-            and not TICKETS
-            and 2 * geo.inter // BLOCK_N >= programs
-            and NUM_CODEBOOKS - 1 < attention["BLOCK_N"]
-        )
-        self.keys_ahead = bool(kwargs["KEYS_AHEAD"])
-        if key not in self.grids:  # by ticket, programs need not all be resident at once
-            resident = TICKETS or not cuda
-            self.grids[key] = programs if resident else _resident_grid(args, kwargs, inputs.device, programs)
-        if self.trace is not None:
-            self.trace.zero_()
-        if TICKETS:
-            self.ticket.zero_()
-        _depth_loop_kernel[(self.grids[key],)](*args, **kwargs)
-        return codes.unsqueeze(0)
+            constants["maxnreg"] = MAX_REGISTERS
+        return constants
 
     @property
     def grid(self) -> int:
-        """The shipped setting's programs (0 before its first launch)."""
-        return self.grids.get(
-            (RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, False, KEYS_BEFORE_WAIT, TICKETS), 0
-        )
+        """The current setting's programs (0 before its first launch)."""
+        return self.grids.get(self._setting(False), 0)
 
     @property
     def phases(self) -> int:
