@@ -26,6 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_fused_linear import graph_us  # a sibling module: its folder is on the path when run
+
 from serve_app.model import fast_step
 from serve_app.model.fast_step import FastStep
 from serve_app.model.kernels import depth_loop
@@ -36,28 +38,6 @@ KINDS = ("qkv", "attention", "output", "gate_up", "down")
 SETTING = re.compile(r"(?P<resident>\d+)x(?P<warps>\d+)(?:r(?P<registers>\d+))?(?P<keys>k)?(?P<tickets>t)?")
 """Programs an SM x warps, then optionally a register cap (`r168`), the attention's older keys loaded
 before its wait (`k`, `depth_loop.KEYS_BEFORE_WAIT`) and items by ticket (`t`, `depth_loop.TICKETS`)."""
-
-
-def graph_us(fn, replays: int = 50) -> float:  # type: ignore[no-untyped-def]
-    """Mean µs of `fn` replayed from a CUDA graph (captured after two warm-up calls)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / replays
 
 
 def phase_profile(loop: depth_loop.DepthLoop, run) -> dict[str, float]:  # type: ignore[no-untyped-def]

@@ -3,26 +3,17 @@ run before any GPU work (the benchmark itself runs on the GPU)."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-
-def bench():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_depth_loop", ROOT / "benchmarks" / "bench_depth_loop.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_depth_loop", module)
-    spec.loader.exec_module(module)
-    return module
+import bench_depth_loop as b
 
 
 def test_a_setting_names_each_switch_of_the_loop() -> None:
-    b = bench()
     assert b.parse_setting("2x4") == {
         "resident": 2, "warps": 4, "max_registers": None, "keys_before_wait": False, "tickets": False,
     }
@@ -37,6 +28,5 @@ def test_a_setting_names_each_switch_of_the_loop() -> None:
 
 @pytest.mark.parametrize("text", ["2x", "2x4q", "x4", "2x4tk"])
 def test_a_malformed_setting_stops_the_run_before_the_gpu(text: str) -> None:
-    b = bench()
     with pytest.raises(SystemExit, match="RxW"):
         b.main(["--settings", f"2x4,{text}"])

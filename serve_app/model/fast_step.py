@@ -23,6 +23,7 @@ can be compiled and captured in CUDA graphs:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,6 +31,9 @@ from serve_app.model.csm import CsmModel
 from serve_app.model.kernels import MIN_FUSED_HEAD_DIM, fused_attention_supports, triton_available
 from serve_app.model.llama import EAGER, Backend
 from serve_app.model.sampling import draw_counter, noise_columns, sample_top_k
+
+if TYPE_CHECKING:
+    from serve_app.model.kernels.depth_loop import DepthLoop
 
 DEFAULT_LINEAR_MAX_BATCH = 0
 """Largest decode batch whose projections run through the fused Triton matmuls (default: none).
@@ -153,7 +157,7 @@ class FastStep:
         )
         self._depth_step: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] = self._depth_step_eager
 
-    def _make_depth_loop(self):  # type: ignore[no-untyped-def]
+    def _make_depth_loop(self) -> DepthLoop | None:
         """The one-row frame's persistent depth loop, where it runs (`DEPTH_LOOP`): the fused
         kernels at one row and the frame start's two, the sampler copying the next inputs."""
         if not (DEPTH_LOOP and SAMPLER_COPIES_INPUTS and self.fused and self.fused_linear_for(2)):

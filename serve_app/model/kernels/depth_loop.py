@@ -97,8 +97,8 @@ block. Not measured yet: off."""
 
 MAX_REGISTERS: int | None = None
 """A cap on the kernel's registers a thread (Triton's `maxnreg`), so more programs fit an SM; the
-excess spills to local memory. Uncapped it takes 255 at 4 warps (2 programs an SM); compiled for sm_90
-offline, a cap of 168 (3 an SM) spills 556 bytes a thread and one of 128 (4 an SM) 768."""
+excess spills to local memory. Uncapped it takes 255 at 4 warps, 2 programs an SM
+(`benchmarks/results/2026-12-06-1130-cpu-kernels-sm90-triton-3.8.json`); 168 fits 3, 128 fits 4."""
 
 SPARE_PROGRAMS = 0
 """Program slots of the GPU the launch leaves free, for kernels on other streams. Resident programs
@@ -112,8 +112,6 @@ FIRST_CODEBOOK = 2
 
 QKV, ATTEND, OUT, GATE_UP, DOWN, HEAD, DRAW = (tl.constexpr(kind) for kind in range(7))
 """Item kinds. A layer's phases are its first five, in order; a step ends with the head and the draw."""
-
-EPS_DEFAULT = 1e-5
 
 
 @dataclass(frozen=True)
