@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -12,6 +12,9 @@ from serve_app.client.calls import AudioSource, Call
 from serve_app.client.errors import RetryableError, error_from_response, error_from_transport
 from serve_app.client.stream_input import AsyncSpeechSocket
 from serve_app.client.sync import DEFAULT_URL, retry_delay
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 class AsyncTTSClient:
@@ -44,7 +47,7 @@ class AsyncTTSClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> AsyncTTSClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

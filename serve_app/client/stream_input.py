@@ -22,7 +22,7 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection as AsyncConnection
@@ -31,6 +31,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from websockets.sync.client import ClientConnection, connect
 
 from serve_app.client.errors import TTSConnectionError, TTSError, error_for_status, error_from_response
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["AsyncSpeechContext", "AsyncSpeechSocket", "AudioEvent", "Done", "SpeechContext", "SpeechSocket"]
 
@@ -255,7 +258,7 @@ class SpeechSocket:
         self._ws.close()
         self._reader.join(timeout=5)
 
-    def __enter__(self) -> SpeechSocket:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -319,7 +322,7 @@ class AsyncSpeechSocket:
         self._reader: asyncio.Task[None] | None = None
         self._contexts: dict[str, AsyncSpeechContext] = {}
 
-    async def __aenter__(self) -> AsyncSpeechSocket:
+    async def __aenter__(self) -> Self:
         try:
             self._ws = await async_connect(
                 self._url, additional_headers=self._headers, open_timeout=self._open_timeout

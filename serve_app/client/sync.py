@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -12,6 +12,9 @@ from serve_app.client import calls
 from serve_app.client.calls import AudioSource, Call
 from serve_app.client.errors import RetryableError, error_from_response, error_from_transport
 from serve_app.client.stream_input import SpeechSocket
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -58,7 +61,7 @@ class TTSClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> TTSClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
