@@ -103,7 +103,7 @@ def parse_setting(text: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--settings", default="2x4,2x4k,2x4t,3x4r168,4x4r128", help="RxW[rREGISTERS][k][t], comma-separated"
+        "--settings", default="2x4k,2x4,2x4kt", help="RxW[rREGISTERS][k][t], comma-separated"
     )
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)

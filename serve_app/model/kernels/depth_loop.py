@@ -79,26 +79,33 @@ RESIDENT = 2
 """Programs an SM (at 4 warps the kernel takes 255 registers a thread: 2 fit). µs a depth step on an
 H100 (`…-0942-nvidia-h100-80gb-hbm3-depth-loop-settings.json`, the first form, its draw hashing its
 noise itself), programs an SM x warps: 2 x 4 159.1, 1 x 4 187.4, 1 x 8 184.1, 2 x 2 346.2, 3 x 2 352.9,
-4 x 2 343.1."""
+4 x 2 343.1; with `MAX_REGISTERS` (`…-1219-…-depth-loop-settings.json`): 3 x 4 at 168 registers 327.3,
+4 x 4 at 128 474.6, against 156.3 uncapped."""
 
 TICKETS = False
 """Whether programs take items by an atomic ticket (the next unhanded item) instead of by their number
 (program p: p, p + P, ...). Then the lowest unfinished item is always held by a running program, so
 the launch finishes however few of its programs are resident (another loop on the GPU, processes
-sharing it through MPS); it costs an atomic an item, taken one item ahead. Not measured yet: off."""
+sharing it through MPS); it costs an atomic an item, taken one item ahead. Off: on an H100 it cost
+2.6 µs a depth step (158.9 against 156.3) and took the whole gain of `KEYS_BEFORE_WAIT` with it (159.2
+with both; `benchmarks/results/2026-12-06-1219-nvidia-h100-80gb-hbm3-depth-loop-settings.json`), so
+the loop assumes it is the only one on its GPU (one engine a GPU, as deployed)."""
 
-KEYS_BEFORE_WAIT = False
+KEYS_BEFORE_WAIT = True
 """Whether an attention item loads its kv head's older keys and values (and the position's RoPE)
 before its wait, then takes the new key and value from registers (`decode_attention.attend_new_row`:
 `attend_row`'s numbers, bit for bit) instead of writing them and reading the block back after it:
 two dependent memory trips fewer on the chain. It runs where every program has a gate/up item in
 every layer (so the older keys are final when it gets there) and the frame's positions fit one key
-block. Not measured yet: off."""
+block. On: on an H100 the attention's phase took 14.3 µs a depth step against 21.5, the step 148.9
+against 156.3, the one-row depth frame 4.77 ms against 4.96, the same codes
+(`benchmarks/results/2026-12-06-1219-nvidia-h100-80gb-hbm3-depth-loop-settings.json`)."""
 
 MAX_REGISTERS: int | None = None
 """A cap on the kernel's registers a thread (Triton's `maxnreg`), so more programs fit an SM; the
 excess spills to local memory. Uncapped it takes 255 at 4 warps, 2 programs an SM
-(`benchmarks/results/2026-12-06-1130-cpu-kernels-sm90-triton-3.8.json`); 168 fits 3, 128 fits 4."""
+(`benchmarks/results/2026-12-06-1130-cpu-kernels-sm90-triton-3.8.json`); 168 fits 3, 128 fits 4. Both
+were slower on an H100, the spills costing more than the programs gain (`RESIDENT`)."""
 
 SPARE_PROGRAMS = 0
 """Program slots of the GPU the launch leaves free, for kernels on other streams. Resident programs
