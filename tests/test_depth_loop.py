@@ -168,29 +168,6 @@ def test_attention_with_its_older_keys_loaded_before_the_wait_gives_the_same_bit
 
 
 @torch.inference_mode()
-def test_the_next_items_weight_tile_requested_ahead_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`NEXT_TILE_AHEAD`: each weight item's tile requested by the item before (and the first by the
-    launch's start) gives the same logits and codes as each requested by its own item; over a wide
-    head, attention and draw items among the weight items (on the GPU at full size, every program
-    resident)."""
-    if DEVICE.type == "cuda":
-        from serve_app.model.tiny import CSM_1B_CONFIG, random_model
-
-        model, vocab_limit = random_model(CSM_1B_CONFIG, device="cuda").eval().to(torch.bfloat16), 2048
-    else:
-        model, vocab_limit = se.wide_head_model(), 64
-    model.setup_caches(1)
-    runs = {}
-    for ahead in (False, True):
-        monkeypatch.setattr(depth_loop, "NEXT_TILE_AHEAD", ahead)
-        _, results = run_frames(model, vocab_limit, 2, 0.9, 8)
-        runs[ahead] = [(codes, logits) for _, _, codes, logits in results]
-    for (codes, logits), (codes_ahead, logits_ahead) in zip(runs[False], runs[True], strict=True):
-        assert torch.equal(logits_ahead, logits)
-        assert torch.equal(codes_ahead, codes)
-
-
-@torch.inference_mode()
 def test_items_handed_out_by_ticket_give_the_same_bits_however_few_programs_are_resident(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

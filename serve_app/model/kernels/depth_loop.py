@@ -101,14 +101,6 @@ block. On: on an H100 the attention's phase took 14.3 µs a depth step against 2
 against 156.3, the one-row depth frame 4.77 ms against 4.96, the same codes
 (`benchmarks/results/2026-12-06-1219-nvidia-h100-80gb-hbm3-depth-loop-settings.json`)."""
 
-NEXT_TILE_AHEAD = False
-"""Whether a weight item requests the weight tile of the program's next item before its own wait, so
-each program has two tiles in flight (its next item's and its own) instead of one: the MLP's phases
-(gate/up and down, 94 of a depth step's 149 µs on an H100) read their 50 MB a layer at 2.0–2.2 TB/s
-of 3.35 with one tile in flight a program. Costs 64 registers a thread more where both are held (an
-attention or draw item holds none: it requests the next tile after its work, as without it). Not
-measured yet: off."""
-
 MAX_REGISTERS: int | None = None
 """A cap on the kernel's registers a thread (Triton's `maxnreg`), so more programs fit an SM; the
 excess spills to local memory. Uncapped it takes 255 at 4 warps, 2 programs an SM
@@ -286,70 +278,6 @@ def _item(g, QKV_N: tl.constexpr, D: tl.constexpr, INTER: tl.constexpr, HKV: tl.
 
 
 @triton.jit
-def _tile_rows(kind, layer, index, QKV_N: tl.constexpr, D: tl.constexpr, INTER: tl.constexpr, V: tl.constexpr,
-               BLOCK_N: tl.constexpr):
-    """A weight item's output columns, the weight rows it reads, which of them exist, and its
-    input part (down: the activation's part; else 0)."""
-    T_OUT: tl.constexpr = (D + BLOCK_N - 1) // BLOCK_N
-    lane = tl.arange(0, BLOCK_N)
-    tile = tl.where(kind == DOWN, index % T_OUT, index)
-    part = tl.where(kind == DOWN, index // T_OUT, 0)
-    if kind == GATE_UP:  # gate and up rows alternate, so a tile's sums pair up column by column
-        cols = tile * (BLOCK_N // 2) + lane // 2
-        rows = (lane % 2) * INTER + cols
-        row_ok = cols < INTER
-    else:
-        cols = tile * BLOCK_N + lane
-        rows = cols
-        row_ok = cols < tl.where(kind == QKV, QKV_N, tl.where(kind == HEAD, V, D))
-    return cols, rows, row_ok, part
-
-
-@triton.jit
-def _weight_tile(w_ptr, head_ptr, step, layer, kind, index, wanted, QKV_N: tl.constexpr, D: tl.constexpr,
-                 INTER: tl.constexpr, V: tl.constexpr, VOCAB: tl.constexpr, FIRST: tl.constexpr,
-                 L_QKV: tl.constexpr, L_OUT: tl.constexpr, L_GU: tl.constexpr, L_DOWN: tl.constexpr,
-                 L_STRIDE: tl.constexpr, BLOCK_N: tl.constexpr):
-    """A weight item's tile (BLOCK_N, D): its rows of the layer's projection, or its columns of the
-    step's codebook head; nothing is read where not `wanted` (an attention or draw item, or past
-    the last item)."""
-    ks = tl.arange(0, D)
-    cols, rows, row_ok, part = _tile_rows(kind, layer, index, QKV_N, D, INTER, V, BLOCK_N)
-    row_ok = row_ok & wanted
-    if kind == HEAD:  # the head is (D, VOCAB): a tile's rows are columns of it
-        w = tl.load(
-            head_ptr + (FIRST - 1 + step) * D * VOCAB + ks[None, :] * VOCAB + cols[:, None],
-            mask=row_ok[:, None], other=0.0,
-        )
-    else:
-        base = layer * L_STRIDE + tl.where(
-            kind == QKV, L_QKV, tl.where(kind == OUT, L_OUT, tl.where(kind == GATE_UP, L_GU, L_DOWN))
-        )
-        starts = tl.multiple_of(base + rows * tl.where(kind == DOWN, INTER, D) + part * D, 16)
-        w = tl.load(w_ptr + starts[:, None] + ks[None, :], mask=row_ok[:, None], other=0.0)
-    return w
-
-
-@triton.jit
-def _is_weight_item(kind, g, num_items):
-    """Whether item g exists and reads a weight tile (not an attention or draw item)."""
-    return (g < num_items) & (kind != ATTEND) & (kind != DRAW)
-
-
-@triton.jit
-def _next_tile(w_ptr, head_ptr, after, num_items, QKV_N: tl.constexpr, D: tl.constexpr, INTER: tl.constexpr,
-               HKV: tl.constexpr, V: tl.constexpr, VOCAB: tl.constexpr, LAYERS: tl.constexpr,
-               SPLIT: tl.constexpr, FIRST: tl.constexpr, L_QKV: tl.constexpr, L_OUT: tl.constexpr,
-               L_GU: tl.constexpr, L_DOWN: tl.constexpr, L_STRIDE: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Item `after`'s weight tile (NEXT_TILE_AHEAD), requested now."""
-    step, layer, kind, index, _, _ = _item(after, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, BLOCK_N)
-    return _weight_tile(
-        w_ptr, head_ptr, step, layer, kind, index, _is_weight_item(kind, after, num_items),
-        QKV_N, D, INTER, V, VOCAB, FIRST, L_QKV, L_OUT, L_GU, L_DOWN, L_STRIDE, BLOCK_N,
-    )
-
-
-@triton.jit
 def _wait(done_ptr, phase, prev):
     """Until the phase before `phase` has counted in all `prev` of its items."""
     if phase > 0:
@@ -459,7 +387,6 @@ def _depth_loop_kernel(
     TRACE: tl.constexpr,
     KEYS_AHEAD: tl.constexpr,  # KEYS_BEFORE_WAIT where it runs (`DepthLoop.run`)
     TICKETS: tl.constexpr,  # items handed out by `ticket_ptr`, else program p takes p, p + P, ...
-    NEXT_TILE_AHEAD: tl.constexpr,
 ):
     QKV_N: tl.constexpr = (H + 2 * HKV) * HEAD_D
     SPLIT: tl.constexpr = INTER // D
@@ -471,6 +398,7 @@ def _depth_loop_kernel(
     programs = tl.num_programs(0)
     num_items = STEPS * T_STEP
     ks = tl.arange(0, D)
+    lane = tl.arange(0, BLOCK_N)
     held = -1  # the (phase, input part) whose input row x holds
     x = tl.zeros([D], dtype=tl.float32)  # the input row, times the norm's weight where the phase norms
     rstd = 1.0
@@ -479,12 +407,6 @@ def _depth_loop_kernel(
         if tl.program_id(0) == 0:
             tl.store(trace_ptr, _now())
     g = tl.atomic_add(ticket_ptr, 1, sem="relaxed", scope="gpu") if TICKETS else tl.program_id(0)
-    if NEXT_TILE_AHEAD:  # the first item's tile
-        first = _item(g, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, BLOCK_N)
-        w_next = _weight_tile(
-            w_ptr, head_ptr, first[0], first[1], first[2], first[3], _is_weight_item(first[2], g, num_items),
-            QKV_N, D, INTER, V, VOCAB, FIRST, L_QKV, L_OUT, L_GU, L_DOWN, L_STRIDE, BLOCK_N,
-        )
     while g < num_items:
         # The next item, known ahead: whether this one's count-in can wait to share the next one's.
         after = tl.atomic_add(ticket_ptr, 1, sem="relaxed", scope="gpu") if TICKETS else g + programs
@@ -512,9 +434,6 @@ def _depth_loop_kernel(
                     H, HKV, GROUP, GP, HEAD_D, KEYS_BLOCK, PRECISION, True, True,
                 )
             _count_in(done_ptr, phase, 1, trace_ptr, TRACE)
-            if NEXT_TILE_AHEAD:
-                w_next = _next_tile(w_ptr, head_ptr, after, num_items, QKV_N, D, INTER, HKV, V, VOCAB, LAYERS,
-                                    SPLIT, FIRST, L_QKV, L_OUT, L_GU, L_DOWN, L_STRIDE, BLOCK_N)
         elif kind == DRAW:
             _wait(done_ptr, phase, prev)
             codebook = FIRST + step
@@ -531,26 +450,36 @@ def _depth_loop_kernel(
                 tl.debug_barrier()
                 for p in range(STEPS * PHASES):
                     tl.store(done_ptr + p, 0)
-            if NEXT_TILE_AHEAD:
-                w_next = _next_tile(w_ptr, head_ptr, after, num_items, QKV_N, D, INTER, HKV, V, VOCAB, LAYERS,
-                                    SPLIT, FIRST, L_QKV, L_OUT, L_GU, L_DOWN, L_STRIDE, BLOCK_N)
         else:
-            # The weight tile first: no phase writes weights, so it streams while this item waits
-            # (NEXT_TILE_AHEAD: requested by the item before, and the next item's requested now).
-            if NEXT_TILE_AHEAD:
-                w = w_next
-                w_next = _next_tile(w_ptr, head_ptr, after, num_items, QKV_N, D, INTER, HKV, V, VOCAB, LAYERS,
-                                    SPLIT, FIRST, L_QKV, L_OUT, L_GU, L_DOWN, L_STRIDE, BLOCK_N)
-            else:
-                w = _weight_tile(w_ptr, head_ptr, step, layer, kind, index, True, QKV_N, D, INTER, V, VOCAB,
-                                 FIRST, L_QKV, L_OUT, L_GU, L_DOWN, L_STRIDE, BLOCK_N)
-            cols, rows, row_ok, part = _tile_rows(kind, layer, index, QKV_N, D, INTER, V, BLOCK_N)
+            # The weight tile first: no phase writes weights, so it streams while this item waits.
             tile = tl.where(kind == DOWN, index % T_OUT, index)
-            if kind == HEAD:  # the draw's noise of these columns: it needs no logit, so not the draw's time
+            part = tl.where(kind == DOWN, index // T_OUT, 0)
+            if kind == HEAD:  # the head is (D, VOCAB): a tile's rows are columns of it
+                cols = tile * BLOCK_N + lane
+                row_ok = cols < V
+                w = tl.load(
+                    head_ptr + (FIRST - 1 + step) * D * VOCAB + ks[None, :] * VOCAB + cols[:, None],
+                    mask=row_ok[:, None], other=0.0,
+                )
+                # The draw's noise of these columns: it needs no logit, so not the draw's time.
                 noise = race_noise(
                     tl.load(seed_ptr), tl.load(frame_ptr), FIRST + step, columns_ptr, cols, row_ok, NUM_CODEBOOKS
                 )
                 tl.store(race_ptr + step * V + cols, noise, mask=row_ok)
+            else:
+                base = layer * L_STRIDE + tl.where(
+                    kind == QKV, L_QKV, tl.where(kind == OUT, L_OUT, tl.where(kind == GATE_UP, L_GU, L_DOWN))
+                )
+                if kind == GATE_UP:  # gate and up rows alternate, so a tile's sums pair up column by column
+                    cols = tile * (BLOCK_N // 2) + lane // 2
+                    rows = (lane % 2) * INTER + cols
+                    row_ok = cols < INTER
+                else:
+                    cols = tile * BLOCK_N + lane
+                    rows = cols
+                    row_ok = cols < tl.where(kind == QKV, QKV_N, D)
+                starts = tl.multiple_of(base + rows * tl.where(kind == DOWN, INTER, D) + part * D, 16)
+                w = tl.load(w_ptr + starts[:, None] + ks[None, :], mask=row_ok[:, None], other=0.0)
             key = phase * SPLIT + part
             if key != held:
                 _wait(done_ptr, phase, prev)
@@ -677,7 +606,7 @@ class DepthLoop:
     @staticmethod
     def _setting(traced: bool) -> tuple[object, ...]:
         """The module's settings a launch's grid depends on."""
-        return (RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, traced, KEYS_BEFORE_WAIT, TICKETS, NEXT_TILE_AHEAD)
+        return (RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, traced, KEYS_BEFORE_WAIT, TICKETS)
 
     def _arguments(
         self,
@@ -712,7 +641,7 @@ class DepthLoop:
             "L_QKV": layout.qkv, "L_OUT": layout.out, "L_GU": layout.gate_up, "L_DOWN": layout.down,
             "L_ANORM": layout.attention_norm, "L_FNORM": layout.ffn_norm, "L_STRIDE": layout.layer,
             "L_FINAL": layout.final_norm, **self.slots, "BLOCK_N": BLOCK_N, "TRACE": self.trace is not None,
-            "TICKETS": TICKETS, "NEXT_TILE_AHEAD": NEXT_TILE_AHEAD, "num_warps": NUM_WARPS,
+            "TICKETS": TICKETS, "num_warps": NUM_WARPS,
         }
         if MAX_REGISTERS:
             constants["maxnreg"] = MAX_REGISTERS
