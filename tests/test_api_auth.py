@@ -14,7 +14,7 @@ import pytest
 from serve_app.api.auth import TokenBucketLimiter, key_id
 from serve_app.client import AuthenticationError, RateLimitError, TTSClient
 from serve_app.observability.logs import configure_logging
-from tests.support_api import make_client
+from tests.support_api import FakeEngine, make_client
 from tests.support_tools import ToneEngine, serve_http
 
 SPEAK = {"text": "Hello there.", "max_duration_ms": 240}
@@ -213,3 +213,32 @@ def test_a_websocket_key_in_the_query_string_never_reaches_the_logs(tmp_path: Pa
     logged = stream.getvalue()
     assert "/v1/audio/speech/stream?api_key=[redacted]" in logged
     assert ALPHA not in logged and BETA not in logged
+
+
+def test_each_request_reaches_the_engine_as_its_callers(tmp_path: Path) -> None:
+    """The engine shares its slots among callers: every engine request a call makes is filed under
+    the key it came with (its id, never the key), whatever the endpoint."""
+    engine = FakeEngine()
+    client = make_client(tmp_path, engine, api_keys=KEYS)
+    calls = [
+        ("/speak", SPEAK),
+        ("/speak", {**SPEAK, "stream": True}),
+        ("/batch_speak", {"texts": ["One.", "Two."], "max_duration_per_text_ms": 1000}),
+        ("/conversation", {"turns": [{"speaker": 0, "text": "Hi."}, {"speaker": 1, "text": "Hello."}]}),
+        ("/v1/audio/speech", {"model": "tts-1", "input": "Hi there.", "voice": "nova"}),
+    ]
+    for key in (ALPHA, BETA):
+        for path, body in calls:
+            before = len(engine.requests)
+            assert client.post(path, json=body, headers=bearer(key)).status_code == 200, path
+            made = engine.requests[before:]
+            assert made and {r.caller for r in made} == {key_id(key)}, path
+
+
+def test_without_keys_callers_are_their_addresses_where_a_rate_limit_runs_else_anonymous(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    assert make_client(tmp_path, engine).post("/speak", json=SPEAK).status_code == 200
+    assert engine.requests[-1].caller is None  # no keys, no limiter: one anonymous caller
+    limited = make_client(tmp_path, engine, rate_limit_per_minute=600)
+    assert limited.post("/speak", json=SPEAK).status_code == 200
+    assert engine.requests[-1].caller == "addr_testclient"

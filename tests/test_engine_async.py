@@ -326,3 +326,31 @@ def test_a_failed_prefill_is_logged_with_the_request_ids_it_failed(caplog: pytes
     failed = [r for r in caplog.records if r.getMessage().startswith("prefill failed")]
     assert len(failed) == 1 and failed[0].request_ids == ["req-prefill-1"]
     assert "req-prefill-1" in failed[0].getMessage()
+
+
+def test_one_callers_queue_does_not_hold_back_another_callers_stream(one_thread: None) -> None:
+    """One slot; a caller queues three streams, another caller one after them: the second caller's
+    stream runs right after the first caller's running one, not behind its whole queue (callers take
+    turns at a free slot), and the first caller's streams keep their order."""
+    eng = Engine.from_preset(
+        "tiny-random", device="cpu", max_batch_size=1, max_waiting=8, first_chunk_frames=1, chunk_frames=3
+    )
+    heavy = [dataclasses.replace(se.request(f"heavy {i}", frames=3, seed=i), caller="key_heavy") for i in range(3)]
+    light = dataclasses.replace(se.request("light", frames=3, seed=9), caller="key_light")
+    started: list[str] = []
+
+    async def speak(req: GenerationRequest) -> None:
+        stream = eng.stream(req)
+        await stream.__anext__()
+        started.append(req.text)  # one slot: streams start one at a time, in admission order
+        async for _ in stream:
+            pass
+
+    async def main() -> None:
+        await asyncio.gather(*(speak(req) for req in [*heavy, light]))
+
+    try:
+        asyncio.run(main())
+    finally:
+        eng.close()
+    assert started == ["heavy 0", "light", "heavy 1", "heavy 2"]

@@ -19,6 +19,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 
 from starlette.datastructures import Headers, QueryParams
 from starlette.responses import JSONResponse
@@ -27,11 +28,18 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serve_app.api.errors import error_body
 from serve_app.api.state import RateLimiter, StateUnavailableError
 
-__all__ = ["ApiKeyRing", "AuthMiddleware", "TokenBucketLimiter", "key_id", "key_of"]
+__all__ = ["CALLER", "ApiKeyRing", "AuthMiddleware", "TokenBucketLimiter", "key_id", "key_of"]
 
 OPEN_PATHS = ("/health", "/metrics", "/docs", "/redoc", "/openapi.json", "/favicon.ico")
 """Paths served without a key: probes, scraping, documentation (the playground page is open too,
 its API calls are not)."""
+
+
+CALLER: ContextVar[str | None] = ContextVar("csm_serve_caller", default=None)
+"""Who the request being served came from (its `client_id`: an API key's id, or the client's
+address), set by `AuthMiddleware` for the request's whole handling: the synthesizer puts it on the
+engine's requests, whose scheduler shares slots among callers. None where the middleware is off (no
+keys, no rate limit): every request is then one anonymous caller's."""
 
 
 def key_id(key: str) -> str:
@@ -160,7 +168,11 @@ class AuthMiddleware:
                 response = JSONResponse(error_body(scope["path"], 429, detail), 429, {"Retry-After": retry})
                 await _refuse(response, scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+        token = CALLER.set(client)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            CALLER.reset(token)
 
 
 def _presented_key(scope: Scope) -> str:

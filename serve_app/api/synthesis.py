@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from serve_app.api.auth import CALLER
 from serve_app.api.builtin_voices import BuiltinVoices, default_voices, load_catalog
 from serve_app.api.errors import ApiError, engine_errors
 from serve_app.api.longform import Line, Narration, Script, SpeechPiece, SpokenLine
@@ -70,6 +71,12 @@ async def join_pcm(pieces: Sequence[np.ndarray]) -> np.ndarray:
         return np.zeros(0, np.float32)
     heavy = sum(len(piece) for piece in pieces) > INLINE_JOIN_SAMPLES
     return await run_sized(lambda: np.concatenate(pieces), heavy=heavy)
+
+
+def from_caller(request: GenerationRequest) -> GenerationRequest:
+    """`request` filed under the caller being served (`CALLER`), unless it names one already."""
+    caller = CALLER.get()
+    return request if caller is None or request.caller is not None else dataclasses.replace(request, caller=caller)
 
 
 class AudioStream:
@@ -334,6 +341,7 @@ class Synthesizer:
     # -- engine calls ---------------------------------------------------------------------------
     async def generate(self, request: GenerationRequest, quality_check: bool = False) -> Audio:
         """One utterance; with `quality_check`, bad audio is regenerated with new seeds (seed+1, ...)."""
+        request = from_caller(request)
         attempts = self.settings.quality_attempts if quality_check else 1
         min_seconds = shortest_plausible_seconds(request.text, request.max_audio_length_ms)
         failures = []
@@ -366,7 +374,7 @@ class Synthesizer:
     async def stream(self, request: GenerationRequest) -> AudioStream:
         """Start streaming; waits for the first chunk so failures to start are proper HTTP errors."""
         began, called = time.perf_counter(), time.time()
-        chunks = aiter(self.engine.stream(request))
+        chunks = aiter(self.engine.stream(from_caller(request)))
         async with engine_errors(self.settings.retry_after_s):
             try:
                 first = await anext(chunks)

@@ -1,9 +1,15 @@
 """Admission and slot bookkeeping for continuous batching.
 
-Requests wait in a bounded FIFO queue (beyond it: `EngineOverloadedError`, a 503 for the API),
-join the running batch at a frame boundary when a KV slot is free, and leave it on end of audio,
-length, silence or cancellation. Free slots are handed out lowest first, so the live slots stay
-packed at the bottom and the decode step's batch (rows 0..max slot) stays small.
+Requests wait in a bounded queue (beyond it: `EngineOverloadedError`, a 503 for the API), join
+the running batch at a frame boundary when a KV slot is free, and leave it on end of audio, length,
+silence or cancellation. Free slots are handed out lowest first, so the live slots stay packed at
+the bottom and the decode step's batch (rows 0..max slot) stays small.
+
+The queue is first come, first served among one caller's requests (`GenerationRequest.caller`: the
+API key, or the client's address). Where several callers wait, a free slot goes to the caller with
+the fewest streams running, ties to the one served least recently, so a caller with hundreds of
+requests queued cannot hold back another's one: callers take turns, and each caller's first audio
+waits on its own share of the queue, not on the whole of it.
 
 Thread-safe: requests arrive from event-loop or caller threads, the engine loop schedules.
 """
@@ -12,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections import deque
+from collections import Counter, deque
 
 from serve_app.engine.sequence import Sequence, SequenceStatus
 from serve_app.engine.types import EngineOverloadedError, FinishReason
@@ -29,6 +35,10 @@ class Scheduler:
         self.max_prefill_rows = max_prefill_rows
         self.waiting: deque[Sequence] = deque()
         self.running: dict[int, Sequence] = {}
+        self._waiting_by_caller: Counter[str | None] = Counter()
+        self._running_by_caller: Counter[str | None] = Counter()
+        self._served: dict[str | None, int] = {}  # each present caller's last admission (`_admissions`)
+        self._admissions = 0
         self._free = list(range(n_slots))
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
@@ -49,6 +59,7 @@ class Scheduler:
                     "beyond them); retry later"
                 )
             self.waiting.append(seq)
+            self._waiting_by_caller[seq.request.caller] += 1
             self._wakeup.notify_all()
 
     def notify(self) -> None:
@@ -65,26 +76,69 @@ class Scheduler:
 
     # ---- engine loop ---------------------------------------------------------------------------
     def admit(self) -> list[Sequence]:
-        """Move waiting sequences into free slots (FIFO) within the prefill row budget.
+        """Move waiting sequences into free slots within the prefill row budget: each caller's in
+        arrival order, the callers by fewest running (`_next_locked`).
 
-        The first waiting sequence is always admitted when a slot is free, however long its prompt."""
+        The first sequence chosen is always admitted when a slot is free, however long its prompt."""
         admitted: list[Sequence] = []
         with self._lock:
             while self.waiting and self._free:
-                seq = self.waiting[0]
+                seq = self._next_locked()
                 if seq.cancelled:
-                    self.waiting.popleft()
+                    self._leave_waiting_locked(seq)
                     self._finish_locked(seq, FinishReason.CANCELLED)
                     continue
                 longest = max([s.prompt_len for s in admitted] + [seq.prompt_len])
                 if admitted and longest * (len(admitted) + 1) > self.max_prefill_rows:
                     break
-                self.waiting.popleft()
+                self._leave_waiting_locked(seq)
                 seq.slot = heapq.heappop(self._free)
                 seq.status = SequenceStatus.RUNNING
                 self.running[seq.slot] = seq
+                self._running_by_caller[seq.request.caller] += 1
+                self._admissions += 1
+                self._served[seq.request.caller] = self._admissions
                 admitted.append(seq)
         return admitted
+
+    def _next_locked(self) -> Sequence:
+        """The waiting sequence a free slot goes to: the oldest, where one caller waits; else the
+        oldest of the caller with the fewest streams running, ties to the caller served least
+        recently (one not served while present first)."""
+        if len(self._waiting_by_caller) == 1:
+            return self.waiting[0]
+        best, best_key = self.waiting[0], (1 << 62, 1 << 62)
+        seen: set[str | None] = set()
+        for seq in self.waiting:
+            caller = seq.request.caller
+            if caller in seen:
+                continue
+            seen.add(caller)
+            key = (self._running_by_caller[caller], self._served.get(caller, -1))
+            if key < best_key:
+                best, best_key = seq, key
+                if key == (0, -1):  # nothing can come before it
+                    break
+            if len(seen) == len(self._waiting_by_caller):
+                break
+        return best
+
+    def _leave_waiting_locked(self, seq: Sequence) -> None:
+        if self.waiting[0] is seq:
+            self.waiting.popleft()
+        else:
+            self.waiting.remove(seq)
+        self._count_out_locked(self._waiting_by_caller, seq.request.caller)
+
+    def _count_out_locked(self, counts: Counter[str | None], caller: str | None) -> None:
+        """One of `caller`'s sequences left `counts` (waiting or running); a caller with nothing
+        waiting or running is forgotten, so what is kept per caller stays as small as the callers
+        present."""
+        counts[caller] -= 1
+        if counts[caller] <= 0:
+            del counts[caller]
+            if caller not in self._waiting_by_caller and caller not in self._running_by_caller:
+                self._served.pop(caller, None)
 
     def cancelled(self) -> list[Sequence]:
         """Remove and return cancelled sequences (running ones keep their slot until `finish`)."""
@@ -92,7 +146,7 @@ class Scheduler:
             out = [s for s in self.running.values() if s.cancelled]
             dropped = [s for s in self.waiting if s.cancelled]
             for seq in dropped:
-                self.waiting.remove(seq)
+                self._leave_waiting_locked(seq)
                 self._finish_locked(seq, FinishReason.CANCELLED)
             return out + dropped
 
@@ -109,6 +163,7 @@ class Scheduler:
         if seq.slot is not None and self.running.get(seq.slot) is seq:
             del self.running[seq.slot]
             heapq.heappush(self._free, seq.slot)
+            self._count_out_locked(self._running_by_caller, seq.request.caller)
         seq.status = SequenceStatus.FINISHED
 
     def drain(self) -> list[Sequence]:
@@ -118,6 +173,8 @@ class Scheduler:
             self._closed = True
             out = list(self.running.values()) + list(self.waiting)
             self.waiting.clear()
+            self._waiting_by_caller.clear()
+            self._served.clear()
             for seq in out:
                 self._finish_locked(seq, FinishReason.CANCELLED)
             return out

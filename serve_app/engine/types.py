@@ -88,6 +88,9 @@ class GenerationRequest:
     max_audio_length_ms: int = 10_000
     sampling: SamplingParams = field(default_factory=SamplingParams)
     request_id: str | None = None
+    caller: str | None = None
+    """Who asked (an API key's id, or a client's address): the engine shares its slots among the
+    callers waiting (`Scheduler`). None: anonymous, one caller with every other None."""
 
     @property
     def max_frames(self) -> int:
