@@ -15,6 +15,7 @@ from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
 from serve_app.api.app import create_app
+from serve_app.api.auth import key_id
 from serve_app.api.settings import ApiSettings
 from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE
 from tests.support_api import FakeEngine, make_client
@@ -445,7 +446,8 @@ def test_a_client_that_sends_and_never_reads_is_disconnected(tmp_path, monkeypat
 
 
 def test_the_api_key_guards_the_socket_too(tmp_path) -> None:
-    client = make_client(tmp_path, api_keys="s3cret")
+    engine = FakeEngine()
+    client = make_client(tmp_path, engine, api_keys="s3cret")
     for url, headers in [(PATH, {}), (PATH + "?api_key=wrong", {}), (PATH, {"Authorization": "Bearer wrong"})]:
         with pytest.raises(WebSocketDenialResponse) as denied, client.websocket_connect(url, headers=headers):
             pass
@@ -455,6 +457,8 @@ def test_the_api_key_guards_the_socket_too(tmp_path) -> None:
             ws.send_json({"type": "text", "context_id": "c", "text": "Authorized."})
             ws.send_json({"type": "close", "context_id": "c"})
             assert receive_until(ws, "done")[-1]["finish_reason"] == "end_of_audio"
+    # the socket's speech is filed under its key, as a request's is (the engine shares slots by caller)
+    assert engine.requests and {r.caller for r in engine.requests} == {key_id("s3cret")}
 
 
 SPOKEN = ["Hello there! How are", " you doing on this fine day?", " I hope", " well."]
