@@ -8,6 +8,9 @@ Sections, each written to the JSON as soon as it is done (a cut-off run keeps wh
   step          one decode step replayed from its CUDA graphs, per batch bucket
   ttfa          time to first audio: 20-word prompt, no context, `Engine.stream` (prefill + first frame
                 + Mimi decode), engine otherwise idle
+  neighbour     one caller floods the engine (a stream a slot and as many queued), then another asks for
+                one stream: its first audio as a caller of its own, and as one more request of the
+                flooding caller (behind its queue), 25-frame streams
   prefill       prefill time for prompts of 500 and 1500 rows
   bs1           ms per frame of one stream through the engine (steady state, 50 frames)
   throughput    N concurrent streams through `Engine.stream`: audio seconds per second and the
@@ -432,6 +435,40 @@ def bench_burst(engine: Engine, arrivals: int, frames: int) -> dict[str, Any]:
         "ttfa_ms_max": round(max(ttfa), 2),
     }
     print("burst", out, flush=True)
+    return out
+
+
+def bench_neighbour(engine: Engine, frames: int) -> dict[str, Any]:
+    """One caller floods the engine (a stream for every slot and as many again queued), then another
+    caller asks for one stream: its time to first audio as a caller of its own (the scheduler shares
+    slots among callers) and, in a second arm, as one more request of the flooding caller (first come,
+    first served behind its queue). Each arm from an idle engine."""
+    slots = engine.loop.runner.n_slots
+    queued = min(slots, engine.loop.scheduler.max_waiting)
+
+    async def arm(light_caller: str) -> tuple[float, list[float]]:
+        heavy = [
+            dataclasses.replace(request(PROMPT_20_WORDS, frames, seed=6000 + i), caller="flooding")
+            for i in range(slots + queued)
+        ]
+        tasks = [asyncio.ensure_future(time_stream(engine, r)) for r in heavy]
+        while sum(engine.loop.scheduler.counts()[k] for k in ("running", "waiting")) < len(heavy):
+            await asyncio.sleep(0.001)
+        light = dataclasses.replace(request(PROMPT_20_WORDS, frames, seed=6999), caller=light_caller)
+        first = (await time_stream(engine, light, stop_after_first=True))["arrivals"][0] * 1000
+        flooded = [r["arrivals"][0] * 1000 for r in await asyncio.gather(*tasks)]
+        return first, flooded
+
+    out: dict[str, Any] = {"slots": slots, "flooding_requests": slots + queued, "frames": frames}
+    for name, caller in (("own_caller", "asking"), ("flooding_callers_queue", "flooding")):
+        first, flooded = asyncio.run(arm(caller))
+        wait_idle(engine)
+        out[name] = {
+            "ttfa_ms": round(first, 2),
+            "flooding_ttfa_ms_p50": round(statistics.median(flooded), 2),
+            "flooding_ttfa_ms_max": round(max(flooded), 2),
+        }
+    print("neighbour", out, flush=True)
     return out
 
 
@@ -951,6 +988,9 @@ def main() -> None:
         if "burst" not in skip:
             bench_burst(engine, min(args.burst, engine.loop.runner.n_slots), 10)  # warm-up, not reported
             res[f"burst{args.burst}"] = bench_burst(engine, min(args.burst, engine.loop.runner.n_slots), 10)
+            save()
+        if "neighbour" not in skip:
+            res["neighbour"] = bench_neighbour(engine, 10 if args.smoke else 25)
             save()
         if "prefill" not in skip:
             res["prefill_ms"] = bench_prefill(

@@ -32,4 +32,7 @@ def test_bench_engine_smoke_writes_every_section_and_the_host(tmp_path: Path) ->
     assert [t["streams"] for t in res["throughput"]] == [1, 2, 4]
     assert all(t["audio_s_per_s"] > 0 and t["short_streams"] == 0 for t in res["throughput"])
     assert res["hf_eager_bs1_ms_per_frame"] > 0  # the transformers port, measured in the same run
+    neighbour = res["neighbour"]
+    assert neighbour["flooding_requests"] == 2 * neighbour["slots"]  # a stream a slot and as many queued
+    assert all(neighbour[arm]["ttfa_ms"] > 0 for arm in ("own_caller", "flooding_callers_queue"))
     assert (tmp_path / res["plot"]).stat().st_size > 0
