@@ -221,6 +221,24 @@ async def burst(client: Client, n: int) -> dict[str, Any]:
     return {"arrivals": n, **summary(list(results), client.bytes_per_s)}
 
 
+async def neighbour(client: Client, other: Client, flood: int, after_s: float) -> dict[str, Any]:
+    """`flood` streams at once from `client`'s key; `after_s` later, when they wait in the queues, one
+    stream from `other`'s key (a caller of its own) and one more from `client`'s (behind its own
+    queue), at the same moment: what each waits for its first audio."""
+    t0 = time.perf_counter()
+    flooding = [asyncio.ensure_future(client.speak(t0)) for _ in range(flood)]
+    await asyncio.sleep(after_s)
+    own, behind = await asyncio.gather(other.speak(t0), client.speak(t0))
+    flooded = list(await asyncio.gather(*flooding))
+    return {
+        "flooding_requests": flood,
+        "after_s": after_s,
+        "own_caller": summary([own], client.bytes_per_s),
+        "flooding_callers_queue": summary([behind], client.bytes_per_s),
+        "flooding": summary(flooded, client.bytes_per_s),
+    }
+
+
 FRAME_S = 0.08
 """Audio seconds per decode step of a stream (one 80 ms frame)."""
 
@@ -391,6 +409,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result["poisson"] = await poisson(client, rate, args.poisson_s)
             save()
             print("poisson", result["poisson"], flush=True)
+        if args.neighbour:
+            async with Client(args.url, args.neighbour_key, args.audio_ms, args.sample_rate, 4) as other:
+                result["neighbour"] = await neighbour(client, other, args.neighbour, args.neighbour_after_s)
+            save()
+            print("neighbour", result["neighbour"], flush=True)
     if args.engine_json and Path(args.engine_json).exists():
         engine = json.loads(Path(args.engine_json).read_text())
         result["vs_engine"] = ratios(result, engine)
@@ -430,12 +453,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--poisson-rate", type=float, default=None, help="requests per second")
     p.add_argument("--poisson-load", type=float, default=0.8, help="x the best measured capacity (no 503s)")
     p.add_argument("--poisson-s", type=float, default=30.0)
+    p.add_argument(
+        "--neighbour", type=int, default=0,
+        help="streams one key sends at once before another key's one stream (0: skip; needs --neighbour-key)",
+    )
+    p.add_argument("--neighbour-key", default=os.environ.get("CSM_NEIGHBOUR_API_KEY"), help="the other caller's key")
+    p.add_argument("--neighbour-after-s", type=float, default=1.0, help="seconds after the flood it asks")
     p.add_argument("--engine-json", help="the in-process engine results of the same run")
     p.add_argument("--merge", action="store_true", help="write the summary into --engine-json as 'http'")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--name", default=f"{dt.date.today().isoformat()}-http")
     p.add_argument("--notes", default="")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.neighbour and not args.neighbour_key:
+        p.error("--neighbour needs --neighbour-key: the other caller's key")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

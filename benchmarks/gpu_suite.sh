@@ -51,6 +51,7 @@ ENGINE_JSON="$OUT/$DATE-$TAG.json"
 PORT=${PORT:-8000}
 URL="http://127.0.0.1:$PORT"
 KEY=bench-$RANDOM$RANDOM
+KEY2=neighbour-$RANDOM$RANDOM  # a second caller, for bench_http's --neighbour phase
 # ARCHIVE=file.tgz: the whole output directory packed into one file as well (for transports that
 # bring back a handful of files), again after every part, so a run cut short keeps what finished.
 pack() {
@@ -146,7 +147,7 @@ EOF
   # The launcher users run (the draining runner); the config binds loopback, so the ingress is named.
   # The ingress replicas' draining period at a stop (30 s by default, for a load balancer to stop
   # routing to them) only delays the next variant here: nothing routes to a benchmark's server then.
-  CSM_API_KEYS=$KEY RAY_TMPDIR=${RAY_TMPDIR:-/tmp/ray} \
+  CSM_API_KEYS=$KEY,$KEY2 RAY_TMPDIR=${RAY_TMPDIR:-/tmp/ray} \
     RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=${RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S:-2} setsid $PY -m serve_app.cli serve --config "$OUT/serve-config.yaml" \
     --ingress "${INGRESS:-haproxy}" --drain-timeout 5 >"$OUT/serve${VARIANT:+-$VARIANT}.log" 2>&1 &
   SERVE_PID=$!
@@ -257,7 +258,7 @@ if has http || has ws; then
       # A variant (INGRESS=proxy VARIANT=proxy, ...) gets files of its own and is not
       # merged into the engine results.
       MERGE=--merge; [ -n "${VARIANT:-}" ] && MERGE=
-      $PY benchmarks/bench_http.py --url "$URL" --api-key "$KEY" --out "$OUT" --name "$DATE-$TAG-http${VARIANT:+-$VARIANT}" \
+      $PY benchmarks/bench_http.py --url "$URL" --api-key "$KEY" --neighbour-key "$KEY2" --out "$OUT" --name "$DATE-$TAG-http${VARIANT:+-$VARIANT}" \
         --engine-json "$ENGINE_JSON" $MERGE --notes "csm-serve serve --config serve_config.yaml --ingress ${INGRESS:-haproxy}, model csm-1b-random" \
         ${HTTP_ARGS:-} 2>&1 | tee "$OUT/http${VARIANT:+-$VARIANT}.log" | tail -12
       status http "exit ${PIPESTATUS[0]}"

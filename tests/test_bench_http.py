@@ -7,6 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import bench_http
+import pytest
 
 
 def test_server_timing_header_parsed_into_hops() -> None:
@@ -53,3 +54,36 @@ def test_engine_delta_gives_the_loop_per_iteration_and_the_rows_of_a_step() -> N
         "rows_per_step": 8.0,
     }
     assert bench_http.engine_delta(None, after, 1.0) == {} and bench_http.engine_delta(after, after, 1.0) == {}
+
+
+def test_the_neighbour_phase_asks_as_two_callers_of_a_live_server(tmp_path: Path) -> None:
+    """`--neighbour`: a flood from one key, then one stream from another key and one more from the
+    first, over real HTTP; the server files them under their two keys."""
+    import asyncio
+
+    from serve_app.api.app import create_app
+    from serve_app.api.auth import key_id
+    from serve_app.api.settings import ApiSettings
+    from tests.support_tools import ToneEngine, serve_http
+
+    engine = ToneEngine(frame_delay_s=0.005)
+    app = create_app(engine, ApiSettings(voices_dir=tmp_path / "voices", api_keys="flood-key,other-key"))
+    argv = [
+        "--api-key", "flood-key", "--neighbour", "6", "--neighbour-key", "other-key", "--neighbour-after-s", "0.2",
+        "--idle-trials", "0", "--burst", "0", "--streams", "", "--poisson-load", "0", "--audio-ms", "800",
+        "--out", str(tmp_path), "--name", "neighbour",
+    ]
+    with serve_http(app) as url:
+        result = asyncio.run(bench_http.run(bench_http.parse_args(["--url", url, *argv])))
+    phase = result["neighbour"]
+    assert phase["flooding_requests"] == 6 and phase["flooding"]["ok"] == 6
+    for arm in ("own_caller", "flooding_callers_queue"):
+        assert phase[arm]["ok"] == 1 and phase[arm]["errors"] == 0 and phase[arm]["ttfa_ms_p50"] > 0
+    callers = [r.caller for r in engine.requests]
+    # the flood, the one behind it, and the two warm-up requests every run starts with
+    assert callers.count(key_id("flood-key")) == 6 + 1 + 2 and callers.count(key_id("other-key")) == 1
+
+
+def test_the_neighbour_phase_needs_the_other_callers_key() -> None:
+    with pytest.raises(SystemExit):
+        bench_http.parse_args(["--neighbour", "4"])
