@@ -547,54 +547,6 @@ def test_fused_sampler_draws_the_reference_ids(top_k_fast: int, monkeypatch: pyt
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("vocab", [259, 300], ids=["3-past-256", "44-past-256"])
-def test_the_sampler_with_the_columns_past_a_power_of_two_apart_draws_the_same_ids(
-    vocab: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`TAIL_APART` (CSM's 2051 columns: 2048, then 3): the top-64 of the first 256 columns, then of
-    those and the rest, gives the padded row's k-th score, so the reference's ids, also where the
-    columns past 256 hold the row's largest scores, its k-th, or all of its top k."""
-    from serve_app.model.kernels import sampling as kernel
-    from serve_app.model.kernels.sampling import sample_top_k, tail_apart
-    from serve_app.model.sampling import draw_counter, noise_columns
-    from serve_app.model.sampling import sample_top_k as reference
-
-    assert tail_apart(vocab, 64) == vocab - 256
-    gen = torch.Generator().manual_seed(9)
-    logits = torch.randn(5, vocab, generator=gen) * 3
-    logits[1, 256:] += 20  # the tail holds the largest scores
-    logits[2, 256:] = torch.sort(logits[2, :256], descending=True).values[: vocab - 256] * 1.0001  # near the k-th
-    logits[3, 256:] += 9
-    logits[4, 256:258] = logits[4, :256].max()  # ties with the largest
-    logits = logits.to(DEVICE)
-    temperature = torch.tensor([0.9, 0.5, 1.3, 1.0, 0.7], device=DEVICE)
-    top_k = torch.tensor([50, 3, 64, 2, 1], device=DEVICE)
-    seeds = torch.tensor([7, 11, 2**62 + 5, -(2**61), 3], device=DEVICE)
-    frame = torch.tensor([0, 3, 40, 2, 9], device=DEVICE)
-    columns = noise_columns(vocab, DEVICE)
-    draws = {}
-    for apart in (True, False):
-        monkeypatch.setattr(kernel, "TAIL_APART", apart)
-        draws[apart] = [sample_top_k(logits, temperature, top_k, seeds, frame, c, columns) for c in (0, 17)]
-    for codebook, got in zip((0, 17), draws[True], strict=True):
-        want = reference(logits, temperature, top_k, seeds, draw_counter(frame, codebook), columns)
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
-    assert all(torch.equal(a, b) for a, b in zip(draws[True], draws[False], strict=True))
-    assert (torch.cat(draws[True]) >= 256).any()  # some draws come from the tail
-
-
-def test_the_columns_taken_apart_are_those_past_a_power_of_two_that_fit_the_top_k(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from serve_app.model.kernels import sampling as kernel
-    from serve_app.model.kernels.sampling import tail_apart
-
-    assert [tail_apart(v, 64) for v in (2051, 2048, 2049, 2113, 2112, 300, 200, 65)] == [3, 0, 1, 0, 64, 44, 0, 1]
-    assert tail_apart(2051, 0) == 0  # no top-k path: the padded row is sorted
-    monkeypatch.setattr(kernel, "TAIL_APART", False)
-    assert tail_apart(2051, 64) == 0
-
-
 def test_the_sampler_copies_each_drawn_ids_row_of_the_next_inputs_table() -> None:
     """The depth loop's next inputs come from the kernel that drew the ids: each row's own id's row
     of the codebook's block of the table (rows drawing different ids, two blocks)."""

@@ -66,7 +66,7 @@ from serve_app.model.kernels.decode_attention import (
     kernel_constants,
     rope_at,
 )
-from serve_app.model.kernels.sampling import TOP_K_FAST, draw_row, race_noise, tail_apart
+from serve_app.model.kernels.sampling import TOP_K_FAST, draw_row, race_noise
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -367,7 +367,6 @@ def _depth_loop_kernel(
     V: tl.constexpr,
     VP: tl.constexpr,
     FAST: tl.constexpr,
-    TAIL: tl.constexpr,  # `sampling.tail_apart`
     STEPS: tl.constexpr,
     FIRST: tl.constexpr,
     NUM_CODEBOOKS: tl.constexpr,
@@ -440,9 +439,7 @@ def _depth_loop_kernel(
             codebook = FIRST + step
             idx = tl.arange(0, VP)
             race = tl.load(race_ptr + step * V + idx, mask=idx < V, other=1.0, cache_modifier=".cg")
-            drawn = draw_row(
-                logits_ptr + step * V, tl.load(temperature_ptr), tl.load(top_k_ptr), race, V, VP, FAST, TAIL
-            )
+            drawn = draw_row(logits_ptr + step * V, tl.load(temperature_ptr), tl.load(top_k_ptr), race, V, VP, FAST)
             tl.store(codes_ptr + step, drawn)
             if step + 1 < STEPS:  # the next step's input: codebook `codebook`'s row of the table
                 tl.store(act_ptr + ks, tl.load(table_ptr + (codebook * VOCAB + drawn) * D + ks))
@@ -633,14 +630,13 @@ class DepthLoop:
     def _constants(self) -> dict[str, object]:
         """The kernel's constexprs and launch options under the module's settings (KEYS_AHEAD aside)."""
         geo, layout = self.geo, self.layout
-        fast = min(TOP_K_FAST, triton.next_power_of_2(geo.vocab_limit))
         attention = kernel_constants(geo.n_heads, geo.n_kv_heads, geo.head_dim, self.decoder.caches[0].dtype)
         constants: dict[str, object] = {
             "D": geo.dim, "H": geo.n_heads, "HKV": geo.n_kv_heads, "GROUP": attention["GROUP"],
             "GP": attention["GP"], "HEAD_D": geo.head_dim, "KEYS_BLOCK": attention["BLOCK_N"],
             "PRECISION": attention["PRECISION"], "INTER": geo.inter, "LAYERS": geo.layers, "VOCAB": geo.vocab,
             "V": geo.vocab_limit, "VP": triton.next_power_of_2(geo.vocab_limit),
-            "FAST": fast, "TAIL": tail_apart(geo.vocab_limit, fast), "STEPS": self.steps,
+            "FAST": min(TOP_K_FAST, triton.next_power_of_2(geo.vocab_limit)), "STEPS": self.steps,
             "FIRST": FIRST_CODEBOOK, "NUM_CODEBOOKS": NUM_CODEBOOKS,
             "L_QKV": layout.qkv, "L_OUT": layout.out, "L_GU": layout.gate_up, "L_DOWN": layout.down,
             "L_ANORM": layout.attention_norm, "L_FNORM": layout.ffn_norm, "L_STRIDE": layout.layer,

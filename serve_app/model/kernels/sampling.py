@@ -46,49 +46,13 @@ either way (the tests check both paths). On an H200 at 16 warps a call took 9.6 
 128 and 6.79 against 6.98 at 16 (`benchmarks/results/2026-12-05-0139-nvidia-h200-kernel-variants.json`)."""
 
 
-TAIL_APART = True
-"""Whether a row whose vocabulary passes a power of two by at most `TOP_K_FAST` (CSM's 2051: 2048 + 3)
-finds its top-FAST over the power of two alone, then over those and the few past it, instead of over
-the row padded to the next power of two (4096, half of it padding). Same k-th score, so the same ids.
-On an H100 the depth loop's draw took 11.2 µs a step either way (11.14 off, 11.23 on:
-`benchmarks/results/2026-12-06-1448-nvidia-h100-80gb-hbm3-depth-loop-tail-apart-{off,on}.json`): the
-draw's time is not its top-k's arithmetic."""
-
-
-def tail_apart(vocab: int, fast: int) -> int:
-    """How many of a row's columns, past the largest power of two below its vocabulary, its top-`fast`
-    takes apart (0: none, the whole padded row goes through it): where `TAIL_APART` and they fit."""
-    padded = triton.next_power_of_2(vocab)
-    tail = vocab - padded // 2
-    return tail if TAIL_APART and 0 < tail <= fast <= padded // 2 else 0
-
-
 @triton.jit
-def _top_scores(row_ptr, temperature, scores, V: tl.constexpr, VP: tl.constexpr, FAST: tl.constexpr,
-                TAIL: tl.constexpr):
-    """A row's FAST largest scores, largest first: of the padded row, or (TAIL) of its first VP / 2
-    columns, then of those and its last TAIL (each score the one `draw_row` computes)."""
-    if TAIL > 0:
-        half = tl.arange(0, VP // 2)
-        head = tl.load(row_ptr + half, cache_modifier=".cg").to(tl.float32) / temperature
-        lanes = tl.arange(0, FAST)
-        last = VP // 2 + lanes
-        tail = tl.load(row_ptr + last, mask=last < V, other=float("-inf"), cache_modifier=".cg").to(tl.float32)
-        both = tl.reshape(tl.join(tl.topk(head, FAST), tail / temperature), (2 * FAST,))
-        top = tl.topk(both, FAST)
-    else:
-        top = tl.topk(scores, FAST)
-    return top
-
-
-@triton.jit
-def _kth_largest(row_ptr, temperature, scores, idx, k, V: tl.constexpr, VP: tl.constexpr, FAST: tl.constexpr,
-                 TAIL: tl.constexpr):
+def _kth_largest(scores, idx, k, VP: tl.constexpr, FAST: tl.constexpr):
     """The k-th largest of a row's scores (padding is -inf): a bitonic top-FAST when k <= FAST,
     else the sorted row."""
     if FAST > 0:
         if k <= FAST:
-            top = _top_scores(row_ptr, temperature, scores, V, VP, FAST, TAIL)
+            top = tl.topk(scores, FAST)
             kth = tl.max(tl.where(tl.arange(0, FAST) == k - 1, top, float("-inf")), axis=0)
         else:
             ranked = tl.sort(scores, descending=True)
@@ -120,8 +84,7 @@ def race_noise(seed, frame, codebook, columns_ptr, cols, valid, NUM_CODEBOOKS: t
 
 
 @triton.jit
-def draw_row(row_ptr, temperature, top_k, race, V: tl.constexpr, VP: tl.constexpr, FAST: tl.constexpr,
-             TAIL: tl.constexpr):
+def draw_row(row_ptr, temperature, top_k, race, V: tl.constexpr, VP: tl.constexpr, FAST: tl.constexpr):
     """One row's id from its logits (>= V at `row_ptr`) and its race noise (VP,): the tempered
     top-k race of `sample_top_k` (greedy when k is 1)."""
     idx = tl.arange(0, VP)
@@ -129,7 +92,7 @@ def draw_row(row_ptr, temperature, top_k, race, V: tl.constexpr, VP: tl.constexp
     logits = tl.load(row_ptr + idx, mask=valid, other=float("-inf"), cache_modifier=".cg").to(tl.float32)
     scores = logits / temperature
     k = tl.minimum(tl.maximum(top_k, 1), V)
-    kth = _kth_largest(row_ptr, temperature, scores, idx, k, V, VP, FAST, TAIL)
+    kth = _kth_largest(scores, idx, k, VP, FAST)
     kept = tl.where(scores < kth, float("-inf"), scores)
     top = tl.max(kept, axis=0)
     e = tl.exp(kept - top)
@@ -157,7 +120,6 @@ def _sample_kernel(
     V: tl.constexpr,
     VP: tl.constexpr,
     FAST: tl.constexpr,
-    TAIL: tl.constexpr,
     EMBED: tl.constexpr,
     D: tl.constexpr,
     PDL_WAIT: tl.constexpr,
@@ -170,7 +132,7 @@ def _sample_kernel(
         tl.load(seeds_ptr + b), tl.load(frame_ptr + b), codebook, columns_ptr, idx, idx < V, NUM_CODEBOOKS
     )
     drawn = draw_row(
-        logits_ptr + b * logits_stride, tl.load(temperature_ptr + b), tl.load(top_k_ptr + b), race, V, VP, FAST, TAIL
+        logits_ptr + b * logits_stride, tl.load(temperature_ptr + b), tl.load(top_k_ptr + b), race, V, VP, FAST
     )
     tl.store(out_ptr + b, drawn)
     if EMBED:
@@ -195,7 +157,6 @@ def launch(
     if table is not None and (not table.is_contiguous() or table.shape[1] & (table.shape[1] - 1)):
         raise ValueError("the table must be contiguous and its rows a power of two wide")
     out = torch.empty(b, dtype=torch.long, device=logits.device)
-    fast = min(TOP_K_FAST, triton.next_power_of_2(v))
     rows = None if table is None else table.new_empty(b, table.shape[1])
     if b:
         _sample_kernel[(b,)](
@@ -213,8 +174,7 @@ def launch(
             NUM_CODEBOOKS=NUM_CODEBOOKS,
             V=v,
             VP=triton.next_power_of_2(v),
-            FAST=fast,
-            TAIL=tail_apart(v, fast),
+            FAST=min(TOP_K_FAST, triton.next_power_of_2(v)),
             EMBED=table is not None,
             D=1 if table is None else table.shape[1],
             num_warps=NUM_WARPS,
