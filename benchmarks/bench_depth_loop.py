@@ -35,9 +35,12 @@ from serve_app.model.tiny import CSM_1B_CONFIG, random_model
 
 KINDS = ("qkv", "attention", "output", "gate_up", "down")
 
-SETTING = re.compile(r"(?P<resident>\d+)x(?P<warps>\d+)(?:r(?P<registers>\d+))?(?P<keys>k)?(?P<tickets>t)?")
+SETTING = re.compile(
+    r"(?P<resident>\d+)x(?P<warps>\d+)(?:r(?P<registers>\d+))?(?P<keys>k)?(?P<tickets>t)?(?P<same>s)?"
+)
 """Programs an SM x warps, then optionally a register cap (`r168`), the attention's older keys loaded
-before its wait (`k`, `depth_loop.KEYS_BEFORE_WAIT`) and items by ticket (`t`, `depth_loop.TICKETS`)."""
+before its wait (`k`, `depth_loop.KEYS_BEFORE_WAIT`), items by ticket (`t`, `depth_loop.TICKETS`) and
+each program's same items every step (`s`, `depth_loop.SAME_ITEMS_EACH_STEP`)."""
 
 
 def phase_profile(loop: depth_loop.DepthLoop, run) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -81,7 +84,7 @@ def model_frames(model, h: torch.Tensor, sampling: tuple[torch.Tensor, ...]) -> 
     return FastStep(model, 2048, True, linear_max_batch=1 << 16).depth_frame(h, *sampling).clone()
 
 
-SWITCHES = ("RESIDENT", "NUM_WARPS", "MAX_REGISTERS", "KEYS_BEFORE_WAIT", "TICKETS")
+SWITCHES = ("RESIDENT", "NUM_WARPS", "MAX_REGISTERS", "KEYS_BEFORE_WAIT", "TICKETS", "SAME_ITEMS_EACH_STEP")
 """The `depth_loop` module's settings a `SETTING` gives, in its order."""
 
 
@@ -89,13 +92,14 @@ def parse_setting(text: str) -> dict[str, Any]:
     """One `--settings` entry as its row's fields (`SWITCHES` in order), or SystemExit."""
     parsed = SETTING.fullmatch(text)
     if parsed is None:
-        raise SystemExit(f"a setting is RxW[rREGISTERS][k][t], not {text!r}")
+        raise SystemExit(f"a setting is RxW[rREGISTERS][k][t][s], not {text!r}")
     return {
         "resident": int(parsed["resident"]),
         "warps": int(parsed["warps"]),
         "max_registers": int(parsed["registers"]) if parsed["registers"] else None,
         "keys_before_wait": bool(parsed["keys"]),
         "tickets": bool(parsed["tickets"]),
+        "same_items_each_step": bool(parsed["same"]),
     }
 
 
@@ -103,7 +107,7 @@ def parse_setting(text: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--settings", default="2x4k,2x4,2x4kt", help="RxW[rREGISTERS][k][t], comma-separated"
+        "--settings", default="2x4k,2x4ks", help="RxW[rREGISTERS][k][t][s], comma-separated"
     )
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)

@@ -186,3 +186,30 @@ def test_items_handed_out_by_ticket_give_the_same_bits_however_few_programs_are_
     for (codes, logits), (codes_t, logits_t) in zip(runs[False], runs[True], strict=True):
         assert torch.equal(logits_t, logits)
         assert torch.equal(codes_t, codes)
+
+
+@pytest.mark.parametrize("size", ["tiny", "csm-1b"])
+@torch.inference_mode()
+def test_each_programs_same_items_every_step_give_the_same_bits(monkeypatch: pytest.MonkeyPatch, size: str) -> None:
+    """`SAME_ITEMS_EACH_STEP`: the same logits and codes as items by launch numbering. On the GPU at
+    full size a step's items are no multiple of the programs (each program's share of a step
+    differs), and the tiny decoder's step has fewer items than there are programs (the rest have
+    none); the interpreter runs one program."""
+    if size == "csm-1b":
+        if DEVICE.type != "cuda":
+            pytest.skip("the full-size decoder on the GPU only")
+        from serve_app.model.tiny import CSM_1B_CONFIG, random_model
+
+        model = random_model(CSM_1B_CONFIG, device="cuda").eval().to(torch.bfloat16)
+        vocab_limit, top_k = 2048, 50
+    else:
+        model, vocab_limit, top_k = se.wide_head_model().to(DEVICE), 64, 8
+    model.setup_caches(1)
+    runs = {}
+    for same in (False, True):
+        monkeypatch.setattr(depth_loop, "SAME_ITEMS_EACH_STEP", same)
+        _, results = run_frames(model, vocab_limit, 3, 0.9, top_k)
+        runs[same] = [(codes, logits) for _, _, codes, logits in results]
+    for (codes, logits), (codes_same, logits_same) in zip(runs[False], runs[True], strict=True):
+        assert torch.equal(logits_same, logits)
+        assert torch.equal(codes_same, codes)

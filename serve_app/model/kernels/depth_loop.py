@@ -91,6 +91,18 @@ sharing it through MPS); it costs an atomic an item, taken one item ahead. Off: 
 with both; `benchmarks/results/2026-12-06-1219-nvidia-h100-80gb-hbm3-depth-loop-settings.json`), so
 the loop assumes it is the only one on its GPU (one engine a GPU, as deployed)."""
 
+SAME_ITEMS_EACH_STEP = False
+"""Whether program p runs items p, p + P, ... of every step (each step's items numbered from 0)
+instead of of the whole launch. CSM-1B's step has 6922 items, not a multiple of an H100's 264
+programs, so by launch numbering the rare items (a layer's 96 QKV, 64 output and 2 attention items,
+the head's 129, the one draw) move to other programs every step: the draw's code (its top-k unrolled,
+thousands of instructions) runs on a different SM each step, most likely fetched from L2 or memory
+after the step's 200 MB of weights went through L2. With the same items every step, a program runs
+the same code every step (the draw always on one program), which its SM's instruction cache can
+keep. The short phases that one chain runs at a time (the draw 11 µs, QKV 15, output 10) got slower
+whenever the kernel grew, and the draw did not change when its sort's work was halved
+(`docs/performance.md`). Not measured yet: off."""
+
 KEYS_BEFORE_WAIT = True
 """Whether an attention item loads its kv head's older keys and values (and the position's RoPE)
 before its wait, then takes the new key and value from registers (`decode_attention.attend_new_row`:
@@ -387,6 +399,7 @@ def _depth_loop_kernel(
     TRACE: tl.constexpr,
     KEYS_AHEAD: tl.constexpr,  # KEYS_BEFORE_WAIT where it runs (`DepthLoop.run`)
     TICKETS: tl.constexpr,  # items handed out by `ticket_ptr`, else program p takes p, p + P, ...
+    SAME_ITEMS: tl.constexpr,  # SAME_ITEMS_EACH_STEP: ... of each step's items
 ):
     QKV_N: tl.constexpr = (H + 2 * HKV) * HEAD_D
     SPLIT: tl.constexpr = INTER // D
@@ -406,10 +419,21 @@ def _depth_loop_kernel(
     if TRACE:  # noqa: SIM102 - a constexpr branch: the trace's code is compiled only with it
         if tl.program_id(0) == 0:
             tl.store(trace_ptr, _now())
-    g = tl.atomic_add(ticket_ptr, 1, sem="relaxed", scope="gpu") if TICKETS else tl.program_id(0)
+    if TICKETS:
+        g = tl.atomic_add(ticket_ptr, 1, sem="relaxed", scope="gpu")
+    elif SAME_ITEMS:  # a program past a step's items has none
+        g = tl.where(tl.program_id(0) < T_STEP, tl.program_id(0), num_items)
+    else:
+        g = tl.program_id(0)
     while g < num_items:
         # The next item, known ahead: whether this one's count-in can wait to share the next one's.
-        after = tl.atomic_add(ticket_ptr, 1, sem="relaxed", scope="gpu") if TICKETS else g + programs
+        if TICKETS:
+            after = tl.atomic_add(ticket_ptr, 1, sem="relaxed", scope="gpu")
+        elif SAME_ITEMS:  # the step's next item of this program's, else the next step's first
+            within = g % T_STEP
+            after = tl.where(within + programs < T_STEP, g + programs, g - within + T_STEP + tl.program_id(0))
+        else:
+            after = g + programs
         step, layer, kind, index, phase, prev = _item(g, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, BLOCK_N)
         acts = act_ptr + LAYER0 + tl.minimum(layer, LAYERS - 1) * ACT_LAYER  # the layer's slots
         if kind == ATTEND:
@@ -606,7 +630,9 @@ class DepthLoop:
     @staticmethod
     def _setting(traced: bool) -> tuple[object, ...]:
         """The module's settings a launch's grid depends on."""
-        return (RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, traced, KEYS_BEFORE_WAIT, TICKETS)
+        return (
+            RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, traced, KEYS_BEFORE_WAIT, TICKETS, SAME_ITEMS_EACH_STEP
+        )
 
     def _arguments(
         self,
@@ -641,7 +667,7 @@ class DepthLoop:
             "L_QKV": layout.qkv, "L_OUT": layout.out, "L_GU": layout.gate_up, "L_DOWN": layout.down,
             "L_ANORM": layout.attention_norm, "L_FNORM": layout.ffn_norm, "L_STRIDE": layout.layer,
             "L_FINAL": layout.final_norm, **self.slots, "BLOCK_N": BLOCK_N, "TRACE": self.trace is not None,
-            "TICKETS": TICKETS, "num_warps": NUM_WARPS,
+            "TICKETS": TICKETS, "SAME_ITEMS": SAME_ITEMS_EACH_STEP, "num_warps": NUM_WARPS,
         }
         if MAX_REGISTERS:
             constants["maxnreg"] = MAX_REGISTERS
