@@ -36,11 +36,12 @@ from serve_app.model.tiny import CSM_1B_CONFIG, random_model
 KINDS = ("qkv", "attention", "output", "gate_up", "down")
 
 SETTING = re.compile(
-    r"(?P<resident>\d+)x(?P<warps>\d+)(?:r(?P<registers>\d+))?(?P<keys>k)?(?P<tickets>t)?(?P<same>s)?"
+    r"(?P<resident>\d+)x(?P<warps>\d+)(?:r(?P<registers>\d+))?(?P<keys>k)?(?P<tickets>t)?(?P<same>s)?(?P<bits>b)?"
 )
 """Programs an SM x warps, then optionally a register cap (`r168`), the attention's older keys loaded
-before its wait (`k`, `depth_loop.KEYS_BEFORE_WAIT`), items by ticket (`t`, `depth_loop.TICKETS`) and
-each program's same items every step (`s`, `depth_loop.SAME_ITEMS_EACH_STEP`)."""
+before its wait (`k`, `depth_loop.KEYS_BEFORE_WAIT`), items by ticket (`t`, `depth_loop.TICKETS`),
+each program's same items every step (`s`, `depth_loop.SAME_ITEMS_EACH_STEP`) and the draw's k-th
+score bit by bit (`b`, `depth_loop.DRAW_KTH_BY_BITS`)."""
 
 
 def phase_profile(loop: depth_loop.DepthLoop, run) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -84,7 +85,9 @@ def model_frames(model, h: torch.Tensor, sampling: tuple[torch.Tensor, ...]) -> 
     return FastStep(model, 2048, True, linear_max_batch=1 << 16).depth_frame(h, *sampling).clone()
 
 
-SWITCHES = ("RESIDENT", "NUM_WARPS", "MAX_REGISTERS", "KEYS_BEFORE_WAIT", "TICKETS", "SAME_ITEMS_EACH_STEP")
+SWITCHES = (
+    "RESIDENT", "NUM_WARPS", "MAX_REGISTERS", "KEYS_BEFORE_WAIT", "TICKETS", "SAME_ITEMS_EACH_STEP", "DRAW_KTH_BY_BITS"
+)
 """The `depth_loop` module's settings a `SETTING` gives, in its order."""
 
 
@@ -92,7 +95,7 @@ def parse_setting(text: str) -> dict[str, Any]:
     """One `--settings` entry as its row's fields (`SWITCHES` in order), or SystemExit."""
     parsed = SETTING.fullmatch(text)
     if parsed is None:
-        raise SystemExit(f"a setting is RxW[rREGISTERS][k][t][s], not {text!r}")
+        raise SystemExit(f"a setting is RxW[rREGISTERS][k][t][s][b], not {text!r}")
     return {
         "resident": int(parsed["resident"]),
         "warps": int(parsed["warps"]),
@@ -100,6 +103,7 @@ def parse_setting(text: str) -> dict[str, Any]:
         "keys_before_wait": bool(parsed["keys"]),
         "tickets": bool(parsed["tickets"]),
         "same_items_each_step": bool(parsed["same"]),
+        "draw_kth_by_bits": bool(parsed["bits"]),
     }
 
 
@@ -107,7 +111,7 @@ def parse_setting(text: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--settings", default="2x4k,2x4ks", help="RxW[rREGISTERS][k][t][s], comma-separated"
+        "--settings", default="2x4k,2x4ks,2x4kb,2x4ksb", help="RxW[rREGISTERS][k][t][s][b], comma-separated"
     )
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)

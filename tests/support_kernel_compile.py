@@ -226,8 +226,8 @@ def depth_loop_launch(empty: Callable[..., torch.Tensor]) -> None:
     loop.run(empty(1, 1024), empty(1, dtype=torch.float32), one, one, one)
     loop.trace_phases(False)
     # its switches flipped one at a time: the attention's older keys ahead (on by default), items by
-    # ticket, each program's same items every step
-    for switch in ("KEYS_BEFORE_WAIT", "TICKETS", "SAME_ITEMS_EACH_STEP"):
+    # ticket, each program's same items every step, the draw's k-th score bit by bit
+    for switch in ("KEYS_BEFORE_WAIT", "TICKETS", "SAME_ITEMS_EACH_STEP", "DRAW_KTH_BY_BITS"):
         shipped = getattr(depth_loop, switch)
         setattr(depth_loop, switch, not shipped)
         try:

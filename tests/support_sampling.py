@@ -1,10 +1,15 @@
 """Sampler test helpers: the SplitMix64 reference in Python integers, its inverse (to craft seeds whose
-noise hits a chosen value), and a chi-square check of draws against the exact distribution."""
+noise hits a chosen value), a chi-square check of draws against the exact distribution, and a kernel
+around the draw's bit-by-bit k-th score."""
 
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 from scipy.stats import chisquare
+
+from serve_app.model.kernels.sampling import _kth_by_bits
 
 MASK64 = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
@@ -66,3 +71,10 @@ def chi_square_p(draws: torch.Tensor, expected: torch.Tensor) -> float:
         return 0.0
     n = counts.sum()
     return float(chisquare(counts[support].numpy(), (expected[support] * n).numpy()).pvalue)
+
+
+@triton.jit
+def kth_by_bits_kernel(x_ptr, out_ptr, N: tl.constexpr):
+    """Program i writes the (i + 1)-th largest of the N values at `x_ptr` (`_kth_by_bits`)."""
+    x = tl.load(x_ptr + tl.arange(0, N))
+    tl.store(out_ptr + tl.program_id(0), _kth_by_bits(x, tl.program_id(0) + 1))

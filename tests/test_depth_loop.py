@@ -213,3 +213,17 @@ def test_each_programs_same_items_every_step_give_the_same_bits(monkeypatch: pyt
     for (codes, logits), (codes_same, logits_same) in zip(runs[False], runs[True], strict=True):
         assert torch.equal(logits_same, logits)
         assert torch.equal(codes_same, codes)
+
+
+@pytest.mark.parametrize("vocab_limit, top_k", [(64, 8), (70, 80), (64, 1)], ids=["k-8", "k-80", "greedy"])
+@torch.inference_mode()
+def test_the_draw_finding_its_kth_score_bit_by_bit_draws_the_reference_ids(
+    monkeypatch: pytest.MonkeyPatch, vocab_limit: int, top_k: int
+) -> None:
+    """`DRAW_KTH_BY_BITS`: the loop's logits are still the decoder's and each code the reference
+    sampler's draw from them, for k within the top-64 path's reach, past it, and greedy."""
+    monkeypatch.setattr(depth_loop, "DRAW_KTH_BY_BITS", True)
+    model = se.wide_head_model().to(DEVICE)
+    model.setup_caches(1)
+    fast, results = run_frames(model, vocab_limit, 2, 0.9, top_k)
+    check_frames(model, fast, results, atol=1e-4, rtol=1e-4)

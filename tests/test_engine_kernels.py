@@ -547,6 +547,23 @@ def test_fused_sampler_draws_the_reference_ids(top_k_fast: int, monkeypatch: pyt
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+def test_the_kth_largest_found_bit_by_bit_is_the_kth_largest_for_every_k() -> None:
+    """`sampling._kth_by_bits` (the depth loop's draw with `DRAW_KTH_BY_BITS`): negative and positive
+    scores, both zeros, ties, and the row's -inf padding; every k from 1 to the row's length."""
+    from tests.support_sampling import kth_by_bits_kernel
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(64, generator=gen) * 4
+    x[:6] = torch.tensor([0.0, -0.0, 0.0, 3.5, 3.5, -1e-30])
+    x[6:9] = x[10]  # a three-way tie
+    x[-5:] = float("-inf")  # padding past the vocabulary
+    x = x[torch.randperm(64, generator=gen)].to(DEVICE)
+    out = torch.empty(64, device=DEVICE)
+    kth_by_bits_kernel[(64,)](x, out, N=64)
+    want = torch.sort(x, descending=True).values
+    assert torch.equal(out, want)  # -0.0 and 0.0 compare equal, as they do against the scores
+
+
 def test_the_sampler_copies_each_drawn_ids_row_of_the_next_inputs_table() -> None:
     """The depth loop's next inputs come from the kernel that drew the ids: each row's own id's row
     of the codebook's block of the table (rows drawing different ids, two blocks)."""

@@ -103,6 +103,14 @@ keep. The short phases that one chain runs at a time (the draw 11 µs, QKV 15, o
 whenever the kernel grew, and the draw did not change when its sort's work was halved
 (`docs/performance.md`). Not measured yet: off."""
 
+DRAW_KTH_BY_BITS = False
+"""Whether the draw finds its k-th score bit by bit (`sampling._kth_by_bits`: 32 counts of the row
+in a loop of a few instructions) instead of by a bitonic top-64 (or, for larger k, a sort) that
+unrolls into some 5600 of the kernel's 16k instructions. The same k-th score, so the same ids. The
+draw (11 µs a step, one program, every other waiting) did not change when the top-64's work was
+halved (`docs/performance.md`), which points at its code's fetch rather than its arithmetic; this
+also drops the sort from the kernel. Not measured yet: off."""
+
 KEYS_BEFORE_WAIT = True
 """Whether an attention item loads its kv head's older keys and values (and the position's RoPE)
 before its wait, then takes the new key and value from registers (`decode_attention.attend_new_row`:
@@ -400,6 +408,7 @@ def _depth_loop_kernel(
     KEYS_AHEAD: tl.constexpr,  # KEYS_BEFORE_WAIT where it runs (`DepthLoop.run`)
     TICKETS: tl.constexpr,  # items handed out by `ticket_ptr`, else program p takes p, p + P, ...
     SAME_ITEMS: tl.constexpr,  # SAME_ITEMS_EACH_STEP: ... of each step's items
+    BY_BITS: tl.constexpr,  # DRAW_KTH_BY_BITS
 ):
     QKV_N: tl.constexpr = (H + 2 * HKV) * HEAD_D
     SPLIT: tl.constexpr = INTER // D
@@ -463,7 +472,9 @@ def _depth_loop_kernel(
             codebook = FIRST + step
             idx = tl.arange(0, VP)
             race = tl.load(race_ptr + step * V + idx, mask=idx < V, other=1.0, cache_modifier=".cg")
-            drawn = draw_row(logits_ptr + step * V, tl.load(temperature_ptr), tl.load(top_k_ptr), race, V, VP, FAST)
+            drawn = draw_row(
+                logits_ptr + step * V, tl.load(temperature_ptr), tl.load(top_k_ptr), race, V, VP, FAST, BY_BITS
+            )
             tl.store(codes_ptr + step, drawn)
             if step + 1 < STEPS:  # the next step's input: codebook `codebook`'s row of the table
                 tl.store(act_ptr + ks, tl.load(table_ptr + (codebook * VOCAB + drawn) * D + ks))
@@ -631,7 +642,8 @@ class DepthLoop:
     def _setting(traced: bool) -> tuple[object, ...]:
         """The module's settings a launch's grid depends on."""
         return (
-            RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, traced, KEYS_BEFORE_WAIT, TICKETS, SAME_ITEMS_EACH_STEP
+            RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, traced, KEYS_BEFORE_WAIT, TICKETS,
+            SAME_ITEMS_EACH_STEP, DRAW_KTH_BY_BITS,
         )
 
     def _arguments(
@@ -667,7 +679,8 @@ class DepthLoop:
             "L_QKV": layout.qkv, "L_OUT": layout.out, "L_GU": layout.gate_up, "L_DOWN": layout.down,
             "L_ANORM": layout.attention_norm, "L_FNORM": layout.ffn_norm, "L_STRIDE": layout.layer,
             "L_FINAL": layout.final_norm, **self.slots, "BLOCK_N": BLOCK_N, "TRACE": self.trace is not None,
-            "TICKETS": TICKETS, "SAME_ITEMS": SAME_ITEMS_EACH_STEP, "num_warps": NUM_WARPS,
+            "TICKETS": TICKETS, "SAME_ITEMS": SAME_ITEMS_EACH_STEP,
+            "BY_BITS": DRAW_KTH_BY_BITS, "num_warps": NUM_WARPS,
         }
         if MAX_REGISTERS:
             constants["maxnreg"] = MAX_REGISTERS

@@ -47,10 +47,32 @@ either way (the tests check both paths). On an H200 at 16 warps a call took 9.6 
 
 
 @triton.jit
-def _kth_largest(scores, idx, k, VP: tl.constexpr, FAST: tl.constexpr):
-    """The k-th largest of a row's scores (padding is -inf): a bitonic top-FAST when k <= FAST,
-    else the sorted row."""
-    if FAST > 0:
+def _kth_by_bits(scores, k):
+    """The k-th largest of a row's scores, bit by bit over order-keeping 32-bit keys (a float's bits
+    with the sign bit set where it is non-negative, all bits flipped where negative): from the top
+    bit down, a bit is kept where at least k keys reach the threshold with it. Exact for any k, in
+    32 counts of the row by a loop of a few instructions, where a bitonic network unrolls into
+    thousands."""
+    bits = scores.to(tl.uint32, bitcast=True)
+    keys = tl.where((bits >> 31) == 0, bits | 0x80000000, bits ^ 0xFFFFFFFF)
+    threshold = tl.full([], 0, tl.uint32)
+    bit = tl.full([], 0x80000000, tl.uint32)
+    for _ in tl.range(0, 32, loop_unroll_factor=1):
+        wanted = threshold | bit
+        reached = tl.sum((keys >= wanted).to(tl.int32), axis=0)
+        threshold = tl.where(reached >= k, wanted, threshold)
+        bit = bit >> 1
+    kth_bits = tl.where((threshold >> 31) == 1, threshold & 0x7FFFFFFF, threshold ^ 0xFFFFFFFF)
+    return kth_bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _kth_largest(scores, idx, k, VP: tl.constexpr, FAST: tl.constexpr, BY_BITS: tl.constexpr):
+    """The k-th largest of a row's scores (padding is -inf): bit by bit (BY_BITS), a bitonic
+    top-FAST when k <= FAST, else the sorted row."""
+    if BY_BITS:
+        kth = _kth_by_bits(scores, k)
+    elif FAST > 0:
         if k <= FAST:
             top = tl.topk(scores, FAST)
             kth = tl.max(tl.where(tl.arange(0, FAST) == k - 1, top, float("-inf")), axis=0)
@@ -84,15 +106,16 @@ def race_noise(seed, frame, codebook, columns_ptr, cols, valid, NUM_CODEBOOKS: t
 
 
 @triton.jit
-def draw_row(row_ptr, temperature, top_k, race, V: tl.constexpr, VP: tl.constexpr, FAST: tl.constexpr):
+def draw_row(row_ptr, temperature, top_k, race, V: tl.constexpr, VP: tl.constexpr, FAST: tl.constexpr,
+             BY_BITS: tl.constexpr = False):
     """One row's id from its logits (>= V at `row_ptr`) and its race noise (VP,): the tempered
-    top-k race of `sample_top_k` (greedy when k is 1)."""
+    top-k race of `sample_top_k` (greedy when k is 1); its k-th score as `_kth_largest` finds it."""
     idx = tl.arange(0, VP)
     valid = idx < V
     logits = tl.load(row_ptr + idx, mask=valid, other=float("-inf"), cache_modifier=".cg").to(tl.float32)
     scores = logits / temperature
     k = tl.minimum(tl.maximum(top_k, 1), V)
-    kth = _kth_largest(scores, idx, k, VP, FAST)
+    kth = _kth_largest(scores, idx, k, VP, FAST, BY_BITS)
     kept = tl.where(scores < kth, float("-inf"), scores)
     top = tl.max(kept, axis=0)
     e = tl.exp(kept - top)
