@@ -106,7 +106,7 @@ whenever the kernel grew, and the draw did not change when its sort's work was h
 DRAW_KTH_BY_BITS = False
 """Whether the draw finds its k-th score bit by bit (`sampling._kth_by_bits`: 32 counts of the row
 in a loop of a few instructions) instead of by a bitonic top-64 (or, for larger k, a sort) that
-unrolls into some 5600 of the kernel's 16k instructions. The same k-th score, so the same ids. The
+unrolls into some 7.6k of the kernel's 12k instructions. The same k-th score, so the same ids. The
 draw (11 µs a step, one program, every other waiting) did not change when the top-64's work was
 halved (`docs/performance.md`), which points at its code's fetch rather than its arithmetic; this
 also drops the sort from the kernel. Not measured yet: off."""
