@@ -466,7 +466,7 @@ def sampler_warps(batches: list[int], vocab: int = 2048) -> list[dict[str, Any]]
 
     gen = torch.Generator("cuda").manual_seed(2)
     columns = noise_columns(vocab, "cuda")
-    default, fast, rows = ks.NUM_WARPS, ks.TOP_K_FAST, []
+    default, fast, by_bits, rows = ks.NUM_WARPS, ks.TOP_K_FAST, ks.KTH_BY_BITS, []
     try:
         for b in batches:
             logits = torch.randn(b, vocab + 3, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -479,10 +479,14 @@ def sampler_warps(batches: list[int], vocab: int = 2048) -> list[dict[str, Any]]
             for warps in (4, 8, 16):  # ... and through the bitonic top-64
                 ks.NUM_WARPS, ks.TOP_K_FAST = warps, 64
                 row[f"top64_warps_{warps}_us"] = round(graph_us(functools.partial(ks.sample_top_k, *args)), 2)
+            for warps in (4, 8, 16):  # ... and bit by bit
+                ks.NUM_WARPS, ks.TOP_K_FAST, ks.KTH_BY_BITS = warps, 64, True
+                row[f"bits_warps_{warps}_us"] = round(graph_us(functools.partial(ks.sample_top_k, *args)), 2)
+                ks.KTH_BY_BITS = by_bits
             rows.append(row)
             print("sampler", row, flush=True)
     finally:
-        ks.NUM_WARPS, ks.TOP_K_FAST = default, fast
+        ks.NUM_WARPS, ks.TOP_K_FAST, ks.KTH_BY_BITS = default, fast, by_bits
     return rows
 
 
@@ -491,6 +495,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "in_kernel_16": {"in_kernel_rows": 16},
     "sampler_16_warps": {"sampler_warps": 16},
     "sampler_sorted": {"sampler_top_k_fast": 0},  # every row's k-th score from the sorted row
+    "sampler_bits": {"sampler_kth_by_bits": True},  # ... bit by bit
     "pdl_wait": {"pdl": "wait"},
     "pdl_early": {"pdl": "early"},
     "cold_tiles": {"tiles": "cold"},
@@ -518,7 +523,7 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
     saved = (
         fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST,
         fast_step.SAMPLER_COPIES_INPUTS, fast_step.FUSED_FRAME_START, fl.FOLD_ATTENTION_MAX_ROWS,
-        fast_step.DEPTH_LOOP,
+        fast_step.DEPTH_LOOP, ks.KTH_BY_BITS,
     )
     try:
         if setting.get("tiles") == "cold":
@@ -529,6 +534,7 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
         fl.TMA_MIN_ROWS = setting.get("tma_rows", fl.TMA_MIN_ROWS)
         ks.NUM_WARPS = setting.get("sampler_warps", ks.NUM_WARPS)
         ks.TOP_K_FAST = setting.get("sampler_top_k_fast", ks.TOP_K_FAST)
+        ks.KTH_BY_BITS = setting.get("sampler_kth_by_bits", ks.KTH_BY_BITS)
         pdl.MODE = setting.get("pdl", pdl.MODE)
         fast_step.SAMPLER_COPIES_INPUTS = setting.get("sampler_copies_inputs", fast_step.SAMPLER_COPIES_INPUTS)
         fast_step.FUSED_FRAME_START = setting.get("fused_frame_start", fast_step.FUSED_FRAME_START)
@@ -539,7 +545,7 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
         (
             fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST,
             fast_step.SAMPLER_COPIES_INPUTS, fast_step.FUSED_FRAME_START, fl.FOLD_ATTENTION_MAX_ROWS,
-            fast_step.DEPTH_LOOP,
+            fast_step.DEPTH_LOOP, ks.KTH_BY_BITS,
         ) = saved
 
 

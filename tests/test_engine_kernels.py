@@ -524,16 +524,21 @@ def test_prompts_in_the_step_write_and_attend_as_a_prefill_then_a_step() -> None
                 )
 
 
-@pytest.mark.parametrize("top_k_fast", [0, 64], ids=["sorted-rows", "bitonic-top-64"])
-def test_fused_sampler_draws_the_reference_ids(top_k_fast: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "top_k_fast, by_bits", [(0, False), (64, False), (64, True)], ids=["sorted-rows", "bitonic-top-64", "bit-by-bit"]
+)
+def test_fused_sampler_draws_the_reference_ids(
+    top_k_fast: int, by_bits: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Rows of k 1, 50 and 200: with the top-64 path on, two find their k-th score by it and one by
-    the sort."""
+    the sort; bit by bit (`KTH_BY_BITS`), all three."""
     from serve_app.model.kernels import sampling as kernel
     from serve_app.model.kernels.sampling import sample_top_k
     from serve_app.model.sampling import draw_counter, noise_columns
     from serve_app.model.sampling import sample_top_k as reference
 
     monkeypatch.setattr(kernel, "TOP_K_FAST", top_k_fast)
+    monkeypatch.setattr(kernel, "KTH_BY_BITS", by_bits)
     gen = torch.Generator().manual_seed(5)
     logits = (torch.randn(3, 300, generator=gen) * 3).to(DEVICE)  # a short vocabulary: the interpreter is slow
     temperature = torch.tensor([0.9, 0.5, 1.3], device=DEVICE)
@@ -600,9 +605,11 @@ def test_the_fused_depth_loops_sampler_hands_each_step_the_next_codebooks_inputs
     assert none is None and last.shape == ids.shape  # the frame's last codebook feeds no step
 
 
-@pytest.mark.parametrize("top_k_fast", [0, 8], ids=["sorted-rows", "bitonic-top-8-of-16"])
+@pytest.mark.parametrize(
+    "top_k_fast, by_bits", [(0, False), (8, False), (8, True)], ids=["sorted-rows", "bitonic-top-8-of-16", "bit-by-bit"]
+)
 def test_fused_sampler_never_draws_a_masked_id_under_the_largest_noise(
-    top_k_fast: int, monkeypatch: pytest.MonkeyPatch
+    top_k_fast: int, by_bits: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each row's seed puts the largest possible noise on an id outside its top k (see the PyTorch
     sampler's test): with a uniform of 1.0 that id would win. A threshold one place too low lets it."""
@@ -612,6 +619,7 @@ def test_fused_sampler_never_draws_a_masked_id_under_the_largest_noise(
     from tests.support_sampling import seed_with_noise_at
 
     monkeypatch.setattr(kernel, "TOP_K_FAST", top_k_fast)
+    monkeypatch.setattr(kernel, "KTH_BY_BITS", by_bits)
 
     logits = torch.randn(16, generator=torch.Generator().manual_seed(4)) * 2
     top = set(torch.topk(logits, 3).indices.tolist())

@@ -46,6 +46,13 @@ either way (the tests check both paths). On an H200 at 16 warps a call took 9.6 
 128 and 6.79 against 6.98 at 16 (`benchmarks/results/2026-12-05-0139-nvidia-h200-kernel-variants.json`)."""
 
 
+KTH_BY_BITS = False
+"""Whether each row's k-th score is found bit by bit (`_kth_by_bits`, any k, a short loop) instead of
+by the bitonic top-`TOP_K_FAST` or the sorted row. The same ids. Not measured yet for this kernel
+(`bench_fused_linear.py`'s sampler section times it by warps, its `sampler_bits` variant in the
+step): off."""
+
+
 @triton.jit
 def _kth_by_bits(scores, k):
     """The k-th largest of a row's scores, bit by bit over order-keeping 32-bit keys (a float's bits
@@ -143,6 +150,7 @@ def _sample_kernel(
     V: tl.constexpr,
     VP: tl.constexpr,
     FAST: tl.constexpr,
+    BY_BITS: tl.constexpr,
     EMBED: tl.constexpr,
     D: tl.constexpr,
     PDL_WAIT: tl.constexpr,
@@ -155,7 +163,8 @@ def _sample_kernel(
         tl.load(seeds_ptr + b), tl.load(frame_ptr + b), codebook, columns_ptr, idx, idx < V, NUM_CODEBOOKS
     )
     drawn = draw_row(
-        logits_ptr + b * logits_stride, tl.load(temperature_ptr + b), tl.load(top_k_ptr + b), race, V, VP, FAST
+        logits_ptr + b * logits_stride, tl.load(temperature_ptr + b), tl.load(top_k_ptr + b), race, V, VP, FAST,
+        BY_BITS,
     )
     tl.store(out_ptr + b, drawn)
     if EMBED:
@@ -198,6 +207,7 @@ def launch(
             V=v,
             VP=triton.next_power_of_2(v),
             FAST=min(TOP_K_FAST, triton.next_power_of_2(v)),
+            BY_BITS=KTH_BY_BITS,
             EMBED=table is not None,
             D=1 if table is None else table.shape[1],
             num_warps=NUM_WARPS,
