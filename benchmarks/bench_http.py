@@ -365,7 +365,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{args.name}.json"
-    max_streams = max([*args.streams, args.burst, 1])
+    max_streams = max([*args.streams, args.burst, args.neighbour + 1, 1])  # the flood and its caller's one more
     result: dict[str, Any] = {
         "benchmark": "csm-http",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -101,6 +101,8 @@ class ToneEngine:
     def __init__(self, frame_delay_s: float = 0.0) -> None:
         self.frame_delay_s = frame_delay_s
         self.requests: list[GenerationRequest] = []
+        self.streaming = 0  # streams running now, and the most at once
+        self.most_streaming = 0
 
     def _frames(self, request: GenerationRequest) -> int:
         return max(1, min(request.max_frames, 2 + len(request.text) // 4))
@@ -111,17 +113,22 @@ class ToneEngine:
         self.requests.append(request)
         total = self._frames(request)
         pcm = tone(total * FRAME_SAMPLES / SAMPLE_RATE, 200.0 + 40 * request.speaker)
-        for i in range(total):
-            if self.frame_delay_s:
-                await asyncio.sleep(self.frame_delay_s)
-            last = i == total - 1
-            yield AudioChunk(
-                pcm=pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES],
-                codes=np.full((1, 32), i + 1, dtype=np.int64),
-                frames=1,
-                is_last=last,
-                finish_reason=FinishReason.END_OF_AUDIO if last else None,
-            )
+        self.streaming += 1
+        self.most_streaming = max(self.most_streaming, self.streaming)
+        try:
+            for i in range(total):
+                if self.frame_delay_s:
+                    await asyncio.sleep(self.frame_delay_s)
+                last = i == total - 1
+                yield AudioChunk(
+                    pcm=pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES],
+                    codes=np.full((1, 32), i + 1, dtype=np.int64),
+                    frames=1,
+                    is_last=last,
+                    finish_reason=FinishReason.END_OF_AUDIO if last else None,
+                )
+        finally:
+            self.streaming -= 1
 
     async def generate(self, request: GenerationRequest) -> Audio:
         chunks = [c async for c in self.stream(request)]

@@ -79,6 +79,7 @@ def test_the_neighbour_phase_asks_as_two_callers_of_a_live_server(tmp_path: Path
     assert phase["flooding_requests"] == 6 and phase["flooding"]["ok"] == 6
     for arm in ("own_caller", "flooding_callers_queue"):
         assert phase[arm]["ok"] == 1 and phase[arm]["errors"] == 0 and phase[arm]["ttfa_ms_p50"] > 0
+    assert engine.most_streaming >= 6, "the flood's streams run at once (the client opens enough connections)"
     callers = [r.caller for r in engine.requests]
     # the flood, the one behind it, and the two warm-up requests every run starts with
     assert callers.count(key_id("flood-key")) == 6 + 1 + 2 and callers.count(key_id("other-key")) == 1
