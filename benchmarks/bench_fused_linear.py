@@ -482,7 +482,7 @@ def sampler_warps(batches: list[int], vocab: int = 2048) -> list[dict[str, Any]]
             for warps in (4, 8, 16):  # ... and bit by bit
                 ks.NUM_WARPS, ks.TOP_K_FAST, ks.KTH_BY_BITS = warps, 64, True
                 row[f"bits_warps_{warps}_us"] = round(graph_us(functools.partial(ks.sample_top_k, *args)), 2)
-                ks.KTH_BY_BITS = by_bits
+            ks.KTH_BY_BITS = by_bits  # the next batch's rows above run without it
             rows.append(row)
             print("sampler", row, flush=True)
     finally:

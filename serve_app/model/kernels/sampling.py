@@ -114,7 +114,7 @@ def race_noise(seed, frame, codebook, columns_ptr, cols, valid, NUM_CODEBOOKS: t
 
 @triton.jit
 def draw_row(row_ptr, temperature, top_k, race, V: tl.constexpr, VP: tl.constexpr, FAST: tl.constexpr,
-             BY_BITS: tl.constexpr = False):
+             BY_BITS: tl.constexpr):
     """One row's id from its logits (>= V at `row_ptr`) and its race noise (VP,): the tempered
     top-k race of `sample_top_k` (greedy when k is 1); its k-th score as `_kth_largest` finds it."""
     idx = tl.arange(0, VP)
