@@ -26,6 +26,8 @@
 #   (default: the first four)
 #   SMOKE=1 bash benchmarks/gpu_suite.sh /tmp/suite                       (CPU, tiny model, small)
 #   VARIANT=name: http/ws results and logs named with it (e.g. INGRESS=proxy VARIANT=proxy);
+#   SERVE_ARGS / SERVE_DEPLOYMENTS: YAML replacing the application's args / a deployment's options
+#   (e.g. SERVE_DEPLOYMENTS='{TTSModel: {max_ongoing_requests: 384}}' SERVE_ARGS='{engine: {max_waiting: 256}}');
 #   HOLD_S=n: keep the server up n s after the load, watched by the health monitor;
 #   PYSPY_S=n (PYSPY_AT_S=m): py-spy records each ingress replica and the model replica for n s, m s
 #   into the load (raw samples, pyspy-<deployment>-<pid>.txt; where py-spy is installed);
@@ -135,9 +137,12 @@ app["args"]["api"] = {
 if not smoke:
     app["args"]["model"] = "csm-1b-random"
     app["args"].update(yaml.safe_load(os.environ.get("SERVE_ARGS", "{}")) or {})
+# SERVE_DEPLOYMENTS: a YAML mapping of deployment name to options replacing the shipped ones.
+overrides = yaml.safe_load(os.environ.get("SERVE_DEPLOYMENTS", "{}")) or {}
 for d in app["deployments"]:
     if d["name"] == "APIIngress" and os.environ.get("INGRESS_REPLICAS"):
         d["num_replicas"] = int(os.environ["INGRESS_REPLICAS"])
+    d.update(overrides.get(d["name"], {}))
 yaml.safe_dump(cfg, open(path, "w"), sort_keys=False)
 print(yaml.safe_dump(app["args"]))
 EOF
