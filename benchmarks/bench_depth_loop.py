@@ -37,11 +37,13 @@ KINDS = ("qkv", "attention", "output", "gate_up", "down")
 
 SETTING = re.compile(
     r"(?P<resident>\d+)x(?P<warps>\d+)(?:r(?P<registers>\d+))?(?P<keys>k)?(?P<tickets>t)?(?P<same>s)?(?P<bits>b)?"
+    r"(?P<next>n)?"
 )
 """Programs an SM x warps, then optionally a register cap (`r168`), the attention's older keys loaded
 before its wait (`k`, `depth_loop.KEYS_BEFORE_WAIT`), items by ticket (`t`, `depth_loop.TICKETS`),
-each program's same items every step (`s`, `depth_loop.SAME_ITEMS_EACH_STEP`) and the draw's k-th
-score bit by bit (`b`, `depth_loop.DRAW_KTH_BY_BITS`)."""
+each program's same items every step (`s`, `depth_loop.SAME_ITEMS_EACH_STEP`), the draw's k-th
+score bit by bit (`b`, `depth_loop.DRAW_KTH_BY_BITS`) and the next projection tile requested ahead
+(`n`, `depth_loop.NEXT_TILE_AHEAD`)."""
 
 
 def phase_profile(loop: depth_loop.DepthLoop, run) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -86,7 +88,8 @@ def model_frames(model, h: torch.Tensor, sampling: tuple[torch.Tensor, ...]) -> 
 
 
 SWITCHES = (
-    "RESIDENT", "NUM_WARPS", "MAX_REGISTERS", "KEYS_BEFORE_WAIT", "TICKETS", "SAME_ITEMS_EACH_STEP", "DRAW_KTH_BY_BITS"
+    "RESIDENT", "NUM_WARPS", "MAX_REGISTERS", "KEYS_BEFORE_WAIT", "TICKETS", "SAME_ITEMS_EACH_STEP", "DRAW_KTH_BY_BITS",
+    "NEXT_TILE_AHEAD",
 )
 """The `depth_loop` module's settings a `SETTING` gives, in its order."""
 
@@ -95,7 +98,7 @@ def parse_setting(text: str) -> dict[str, Any]:
     """One `--settings` entry as its row's fields (`SWITCHES` in order), or SystemExit."""
     parsed = SETTING.fullmatch(text)
     if parsed is None:
-        raise SystemExit(f"a setting is RxW[rREGISTERS][k][t][s][b], not {text!r}")
+        raise SystemExit(f"a setting is RxW[rREGISTERS][k][t][s][b][n], not {text!r}")
     return {
         "resident": int(parsed["resident"]),
         "warps": int(parsed["warps"]),
@@ -104,6 +107,7 @@ def parse_setting(text: str) -> dict[str, Any]:
         "tickets": bool(parsed["tickets"]),
         "same_items_each_step": bool(parsed["same"]),
         "draw_kth_by_bits": bool(parsed["bits"]),
+        "next_tile_ahead": bool(parsed["next"]),
     }
 
 
@@ -111,7 +115,7 @@ def parse_setting(text: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--settings", default="2x4k,2x4ks,2x4kb,2x4ksb", help="RxW[rREGISTERS][k][t][s][b], comma-separated"
+        "--settings", default="2x4ksbn,2x4kbn,2x4k", help="RxW[rREGISTERS][k][t][s][b][n], comma-separated"
     )
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)

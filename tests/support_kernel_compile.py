@@ -225,9 +225,10 @@ def depth_loop_launch(empty: Callable[..., torch.Tensor]) -> None:
     loop.trace_phases()
     loop.run(empty(1, 1024), empty(1, dtype=torch.float32), one, one, one)
     loop.trace_phases(False)
-    # its switches flipped one at a time: the attention's older keys ahead (on by default), items by
-    # ticket, each program's same items every step, the draw's k-th score bit by bit
-    for switch in ("KEYS_BEFORE_WAIT", "TICKETS", "SAME_ITEMS_EACH_STEP", "DRAW_KTH_BY_BITS"):
+    # its switches flipped one at a time from their defaults: the attention's older keys ahead, items
+    # by ticket (off by default), each program's same items every step, the draw's k-th score bit by
+    # bit, the next projection tile ahead
+    for switch in ("KEYS_BEFORE_WAIT", "TICKETS", "SAME_ITEMS_EACH_STEP", "DRAW_KTH_BY_BITS", "NEXT_TILE_AHEAD"):
         shipped = getattr(depth_loop, switch)
         setattr(depth_loop, switch, not shipped)
         try:

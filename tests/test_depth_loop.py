@@ -167,6 +167,49 @@ def test_attention_with_its_older_keys_loaded_before_the_wait_gives_the_same_bit
         assert torch.equal(codes_ahead, codes)
 
 
+@pytest.mark.parametrize("keys_ahead", [False, True], ids=["keys-after-the-wait", "keys-before-the-wait"])
+@torch.inference_mode()
+def test_with_the_next_projection_tile_ahead_the_loops_logits_are_the_decoders(
+    monkeypatch: pytest.MonkeyPatch, keys_ahead: bool
+) -> None:
+    """`NEXT_TILE_AHEAD`: each projection's tile carried in from the item before as 32-bit words:
+    the logits are still the eager decoder's over the codes the loop drew, each code the reference
+    sampler's draw (on the CPU in fp32, a weight a word; on the GPU at full size in bf16, two a
+    word, every program resident)."""
+    monkeypatch.setattr(depth_loop, "NEXT_TILE_AHEAD", True)
+    monkeypatch.setattr(depth_loop, "KEYS_BEFORE_WAIT", keys_ahead)
+    if DEVICE.type == "cuda":
+        from serve_app.model.tiny import CSM_1B_CONFIG, random_model
+
+        model = random_model(CSM_1B_CONFIG, device="cuda").eval().to(torch.bfloat16)
+        model.setup_caches(1)
+        fast, results = run_frames(model, 2048, 2, 0.9, 50)
+        check_frames(model, fast, results, atol=0.08, rtol=0.05)
+    else:
+        model = se.wide_head_model()
+        model.setup_caches(1)
+        fast, results = run_frames(model, 64, 2, 0.9, 8)
+        check_frames(model, fast, results, atol=1e-4, rtol=1e-4)
+    assert not fast._depth_loop.done.any()
+
+
+@torch.inference_mode()
+def test_bf16_weights_two_to_a_word_give_the_loops_logits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`NEXT_TILE_AHEAD` over bf16 weights, two to a 32-bit word (the even column in the low half,
+    the even and odd columns summed apart): the logits of the loop without it, to fp32 rounding,
+    and so its codes."""
+    model = se.wide_head_model().to(DEVICE).to(torch.bfloat16)
+    model.setup_caches(1)
+    runs = {}
+    for ahead in (False, True):
+        monkeypatch.setattr(depth_loop, "NEXT_TILE_AHEAD", ahead)
+        _, results = run_frames(model, 64, 2, 0.9, 8)
+        runs[ahead] = [(codes, logits) for _, _, codes, logits in results]
+    for (codes, logits), (codes_ahead, logits_ahead) in zip(runs[False], runs[True], strict=True):
+        torch.testing.assert_close(logits_ahead.float(), logits.float(), atol=1e-2, rtol=1e-2)
+        assert torch.equal(codes_ahead, codes)
+
+
 @torch.inference_mode()
 def test_items_handed_out_by_ticket_give_the_same_bits_however_few_programs_are_resident(
     monkeypatch: pytest.MonkeyPatch,
@@ -215,14 +258,16 @@ def test_each_programs_same_items_every_step_give_the_same_bits(monkeypatch: pyt
         assert torch.equal(codes_same, codes)
 
 
+@pytest.mark.parametrize("by_bits", [True, False], ids=["kth-by-bits", "kth-by-sort"])
 @pytest.mark.parametrize("vocab_limit, top_k", [(64, 8), (70, 80), (64, 1)], ids=["k-8", "k-80", "greedy"])
 @torch.inference_mode()
-def test_the_draw_finding_its_kth_score_bit_by_bit_draws_the_reference_ids(
-    monkeypatch: pytest.MonkeyPatch, vocab_limit: int, top_k: int
+def test_the_draws_kth_score_bit_by_bit_or_by_sort_draws_the_reference_ids(
+    monkeypatch: pytest.MonkeyPatch, vocab_limit: int, top_k: int, by_bits: bool
 ) -> None:
-    """`DRAW_KTH_BY_BITS`: the loop's logits are still the decoder's and each code the reference
-    sampler's draw from them, for k within the top-64 path's reach, past it, and greedy."""
-    monkeypatch.setattr(depth_loop, "DRAW_KTH_BY_BITS", True)
+    """`DRAW_KTH_BY_BITS` (on by default) and the bitonic top-64 / sort it replaces: the loop's logits
+    are still the decoder's and each code the reference sampler's draw from them, for k within the
+    top-64 path's reach, past it, and greedy."""
+    monkeypatch.setattr(depth_loop, "DRAW_KTH_BY_BITS", by_bits)
     model = se.wide_head_model().to(DEVICE)
     model.setup_caches(1)
     fast, results = run_frames(model, vocab_limit, 2, 0.9, top_k)

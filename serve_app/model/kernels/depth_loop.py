@@ -5,7 +5,7 @@ At batch 1 a frame is, after the backbone step and the frame's first depth pass,
 down; the codebook head; the sampler), every one needing the whole row of the one before: a chain
 of small launches, each boundary draining the GPU and filling it again. Here codebooks 2..31 are one
 launch of resident programs (`RESIDENT` an SM) that take the steps' items in turn: program p runs
-items p, p + P, p + 2P, … An item is
+items p, p + P, p + 2P, … of each step (`SAME_ITEMS_EACH_STEP`). An item is
 
 - a tile of `BLOCK_N` weight rows of one projection (QKV, output, gate/up, down, or the codebook
   head) over the whole input row (K = the decoder's width; the down projection's K in parts of it);
@@ -69,6 +69,7 @@ from serve_app.model.kernels.decode_attention import (
 from serve_app.model.kernels.sampling import TOP_K_FAST, draw_row, race_noise
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+_INTERPRETED = tl.constexpr(INTERPRETED)
 
 BLOCK_N = 16
 """Weight rows an item (gate/up: 8 gate and 8 up rows, 8 output columns)."""
@@ -91,25 +92,23 @@ sharing it through MPS); it costs an atomic an item, taken one item ahead. Off: 
 with both; `benchmarks/results/2026-12-06-1219-nvidia-h100-80gb-hbm3-depth-loop-settings.json`), so
 the loop assumes it is the only one on its GPU (one engine a GPU, as deployed)."""
 
-SAME_ITEMS_EACH_STEP = False
+SAME_ITEMS_EACH_STEP = True
 """Whether program p runs items p, p + P, ... of every step (each step's items numbered from 0)
 instead of of the whole launch. CSM-1B's step has 6922 items, not a multiple of an H100's 264
 programs, so by launch numbering the rare items (a layer's 96 QKV, 64 output and 2 attention items,
-the head's 129, the one draw) move to other programs every step: the draw's code (its top-k unrolled,
-thousands of instructions) runs on a different SM each step, most likely fetched from L2 or memory
-after the step's 200 MB of weights went through L2. With the same items every step, a program runs
-the same code every step (the draw always on one program), which its SM's instruction cache can
-keep. The short phases that one chain runs at a time (the draw 11 µs, QKV 15, output 10) got slower
-whenever the kernel grew, and the draw did not change when its sort's work was halved
-(`docs/performance.md`). Not measured yet: off."""
+the head's 129, the one draw) move to other programs every step; with the same items every step a
+program runs the same code every step (the draw always on one program). On, as part of the fastest
+measured setting (with `DRAW_KTH_BY_BITS` and `NEXT_TILE_AHEAD`, below); alone it changed nothing on an
+H100 (148.96 µs a step against 148.75; with the bit-by-bit draw 148.98 against 147.18: the setting
+without it and with the tile ahead was not measured; `benchmarks/results/2026-12-06-1655-nvidia-h100-80gb-hbm3-depth-loop-same-items-bits-next.json`)."""
 
-DRAW_KTH_BY_BITS = False
+DRAW_KTH_BY_BITS = True
 """Whether the draw finds its k-th score bit by bit (`sampling._kth_by_bits`: 32 counts of the row
 in a loop of a few instructions) instead of by a bitonic top-64 (or, for larger k, a sort) that
-unrolls into some 7.6k of the kernel's 12k instructions. The same k-th score, so the same ids. The
-draw (11 µs a step, one program, every other waiting) did not change when the top-64's work was
-halved (`docs/performance.md`), which points at its code's fetch rather than its arithmetic; this
-also drops the sort from the kernel. Not measured yet: off."""
+unrolls into some 7.6k of the kernel's 12k sm_90 instructions. The same k-th score, so the same ids.
+The kernel compiles to 4.4k instructions with it, which is what lets `NEXT_TILE_AHEAD` pay: on an
+H100 alone 147.18 µs a step against 148.75 (the draw 9.9 µs against 11.2, the first step 153 against
+168); with the other two switches 140.99 (`benchmarks/results/2026-12-06-1655-nvidia-h100-80gb-hbm3-depth-loop-same-items-bits-next.json`)."""
 
 KEYS_BEFORE_WAIT = True
 """Whether an attention item loads its kv head's older keys and values (and the position's RoPE)
@@ -120,6 +119,24 @@ every layer (so the older keys are final when it gets there) and the frame's pos
 block. On: on an H100 the attention's phase took 14.3 µs a depth step against 21.5, the step 148.9
 against 156.3, the one-row depth frame 4.77 ms against 4.96, the same codes
 (`benchmarks/results/2026-12-06-1219-nvidia-h100-80gb-hbm3-depth-loop-settings.json`)."""
+
+NEXT_TILE_AHEAD = True
+"""Whether a projection item (not the head's) whose program's next item is of its own phase requests
+that item's weight tile once its own wait is over, so a program streaming a phase's tiles always has
+one requested: the MLP's phases (94 of a depth step's 149 µs on an H100) read their 50 MB a layer at
+2.0–2.2 TB/s of 3.35 with a gap between tiles. The tile is carried to the next turn of the loop as
+int32 words of two bf16 weights each, in the registers its load fills (`_projection_words`,
+`_words_dot`, `_held`); an item whose tile was not requested for it requests its own before its wait.
+The sums run in another order than the path without it (the even and odd columns apart).
+On, with `SAME_ITEMS_EACH_STEP` and `DRAW_KTH_BY_BITS`: on an H100 140.99 µs a step against 148.75
+(gate/up 52.9 against 60.0, down 31.2 against 32.2, the draw 10.1 against 11.2), the one-row depth
+frame 4.45 ms against 4.76 (`benchmarks/results/2026-12-06-1655-nvidia-h100-80gb-hbm3-depth-loop-same-items-bits-next.json`), the engine's one stream
+5.58 ms a frame against 5.86 (two runs each, in turn,
+`…-1657-nvidia-h100-80gb-hbm3-engine-one-stream-loop-switches.json`). With the draw's sort in the kernel
+it did not pay: 148.5 µs against 149.5, the short phases slower as the kernel grew (the draw 14.7
+against 11.3, `…-1425-…-depth-loop-next-tile-in-phase.json`); earlier forms, every item requesting its
+program's next projection tile (before its wait: 155.8 against 148.6, after it: 155.4 against 148.8)
+and a bf16 tile carried across the loop (212.8 against 150.7), were slower still."""
 
 MAX_REGISTERS: int | None = None
 """A cap on the kernel's registers a thread (Triton's `maxnreg`), so more programs fit an SM; the
@@ -298,6 +315,162 @@ def _item(g, QKV_N: tl.constexpr, D: tl.constexpr, INTER: tl.constexpr, HKV: tl.
 
 
 @triton.jit
+def _is_projection(kind, g, num_items):
+    """Whether item g exists and is a layer's projection item (NEXT_TILE_AHEAD's tiles)."""
+    return (g < num_items) & (kind != ATTEND) & (kind != DRAW) & (kind != HEAD)
+
+
+@triton.jit
+def _projection_words(w_ptr, g, num_items, QKV_N: tl.constexpr, D: tl.constexpr, INTER: tl.constexpr,
+                      HKV: tl.constexpr, V: tl.constexpr, LAYERS: tl.constexpr, SPLIT: tl.constexpr,
+                      L_QKV: tl.constexpr, L_OUT: tl.constexpr, L_GU: tl.constexpr, L_DOWN: tl.constexpr,
+                      L_STRIDE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Item g's weight tile as 32-bit words where g is a projection item (nothing is read where not):
+    (BLOCK_N, D // 2) of two 16-bit weights each (the even column in the low half), or (BLOCK_N, D)
+    of one 32-bit weight each."""
+    PER_WORD: tl.constexpr = 32 // w_ptr.dtype.element_ty.primitive_bitwidth
+    _, layer, kind, index, _, _ = _item(g, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, BLOCK_N)
+    _, rows, row_ok, part = _tile_rows(kind, index, QKV_N, D, INTER, V, BLOCK_N)
+    base = layer * L_STRIDE + tl.where(
+        kind == QKV, L_QKV, tl.where(kind == OUT, L_OUT, tl.where(kind == GATE_UP, L_GU, L_DOWN))
+    )
+    starts = tl.multiple_of((base + rows * tl.where(kind == DOWN, INTER, D) + part * D) // PER_WORD, 8)
+    words = w_ptr.to(tl.pointer_type(tl.int32))
+    wanted = (row_ok & _is_projection(kind, g, num_items)) != 0  # a bool mask under the interpreter too
+    return tl.load(words + starts[:, None] + tl.arange(0, D // PER_WORD)[None, :], mask=wanted[:, None], other=0)
+
+
+@triton.jit
+def _words_dot(words, x, D: tl.constexpr):
+    """Each row's sum of weight * x over a tile of `_projection_words` (16-bit weights: bf16, the
+    even and odd columns summed apart)."""
+    if words.shape[1] == D:  # one fp32 weight a word
+        total = tl.sum(words.to(tl.float32, bitcast=True) * x[None, :], axis=1)
+    else:
+        even, odd = tl.split(tl.reshape(x, (D // 2, 2)))
+        low = (words << 16).to(tl.float32, bitcast=True)
+        high = (words & -65536).to(tl.float32, bitcast=True)
+        total = tl.sum(low * even[None, :] + high * odd[None, :], axis=1)
+    return total
+
+
+@triton.jit
+def _tile_rows(kind, index, QKV_N: tl.constexpr, D: tl.constexpr, INTER: tl.constexpr, V: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+    """A weight item's output columns, the weight rows it reads (the head's: its columns), which of
+    them exist, and its input part (down: the activation's part; else 0)."""
+    T_OUT: tl.constexpr = (D + BLOCK_N - 1) // BLOCK_N
+    lane = tl.arange(0, BLOCK_N)
+    tile = tl.where(kind == DOWN, index % T_OUT, index)
+    part = tl.where(kind == DOWN, index // T_OUT, 0)
+    if kind == GATE_UP:  # gate and up rows alternate, so a tile's sums pair up column by column
+        cols = tile * (BLOCK_N // 2) + lane // 2
+        rows = (lane % 2) * INTER + cols
+        row_ok = cols < INTER
+    else:
+        cols = tile * BLOCK_N + lane
+        rows = cols
+        row_ok = cols < tl.where(kind == QKV, QKV_N, tl.where(kind == HEAD, V, D))
+    return cols, rows, row_ok, part
+
+
+@triton.jit
+def _input_row(act_ptr, part_ptr, w_ptr, acts, done_ptr, phase, prev, kind, layer, part, eps,
+               D: tl.constexpr, SPLIT: tl.constexpr, LAYER0: tl.constexpr, A_ATT: tl.constexpr,
+               A_H: tl.constexpr, A_ACT: tl.constexpr, ACT_LAYER: tl.constexpr, L_ANORM: tl.constexpr,
+               L_FNORM: tl.constexpr, L_FINAL: tl.constexpr, L_STRIDE: tl.constexpr):
+    """After the phase before has counted in, a weight item's input row (fp32) and its 1 / rms: the
+    residual stream (QKV, head), the attention output (output projection), h (gate/up) or the
+    activation's part (down), times the norm's weight where the phase norms (rounded as eager)."""
+    dtype = act_ptr.dtype.element_ty
+    ks = tl.arange(0, D)
+    _wait(done_ptr, phase, prev)
+    if (kind == QKV) | (kind == HEAD):
+        x = _stream(act_ptr, part_ptr, layer, ks, ks < D, LAYER0, A_H, ACT_LAYER, D, SPLIT)
+    else:
+        src = tl.where(kind == OUT, A_ATT, tl.where(kind == GATE_UP, A_H, A_ACT + part * D))
+        x = tl.load(acts + src + ks, cache_modifier=".cg").to(tl.float32)
+    if (kind == QKV) | (kind == GATE_UP) | (kind == HEAD):  # RMSNorm: x * weight, 1 / rms on the sums
+        norm = tl.where(kind == HEAD, L_FINAL, layer * L_STRIDE + tl.where(kind == QKV, L_ANORM, L_FNORM))
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
+        x = (x * tl.load(w_ptr + norm + ks).to(tl.float32)).to(dtype).to(tl.float32)
+    else:
+        rstd = 1.0
+    return x, rstd
+
+
+@triton.jit
+def _store_projection(acc, kind, step, layer, part, tile, cols, row_ok, acts, act_ptr, part_ptr, logits_ptr,
+                      D: tl.constexpr, INTER: tl.constexpr, V: tl.constexpr, SPLIT: tl.constexpr,
+                      LAYER0: tl.constexpr, A_H: tl.constexpr, A_ACT: tl.constexpr, ACT_LAYER: tl.constexpr,
+                      BLOCK_N: tl.constexpr):
+    """A weight item's sums `acc` stored where its phase writes: QKV, h (the output projection plus
+    the residual stream), the activation (silu(gate) * up), the down projection's part, the logits."""
+    dtype = act_ptr.dtype.element_ty
+    if kind == QKV:
+        tl.store(acts + cols, acc.to(dtype), mask=row_ok)
+    elif kind == OUT:  # + the residual stream entering the layer
+        r = _stream(act_ptr, part_ptr, layer, cols, row_ok, LAYER0, A_H, ACT_LAYER, D, SPLIT)
+        tl.store(acts + A_H + cols, (r + acc.to(dtype).to(tl.float32)).to(dtype), mask=row_ok)
+    elif kind == GATE_UP:  # silu(gate) * up, rounded as the eager ops round
+        gate, up = tl.split(tl.reshape(acc, (BLOCK_N // 2, 2)))
+        gate = gate.to(dtype).to(tl.float32)
+        act = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32)
+        out = (act * up.to(dtype).to(tl.float32)).to(dtype)
+        out_cols = tile * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        tl.store(acts + A_ACT + out_cols, out, mask=out_cols < INTER)
+    elif kind == DOWN:
+        tl.store(part_ptr + (layer * SPLIT + part) * D + cols, acc, mask=row_ok)
+    else:
+        tl.store(logits_ptr + step * V + cols, acc.to(dtype), mask=row_ok)
+
+
+@triton.jit
+def _head_tile(head_ptr, race_ptr, seed_ptr, frame_ptr, columns_ptr, step, cols, row_ok, D: tl.constexpr,
+               V: tl.constexpr, VOCAB: tl.constexpr, FIRST: tl.constexpr, NUM_CODEBOOKS: tl.constexpr):
+    """A head item's tile (BLOCK_N, D): its columns of the step's codebook head, which is (D, VOCAB)
+    so a tile's rows are columns of it. The draw's noise of these columns is drawn and stored here:
+    it needs no logit, so it is not the draw's time."""
+    ks = tl.arange(0, D)
+    w = tl.load(
+        head_ptr + (FIRST - 1 + step) * D * VOCAB + ks[None, :] * VOCAB + cols[:, None],
+        mask=row_ok[:, None], other=0.0,
+    )
+    noise = race_noise(tl.load(seed_ptr), tl.load(frame_ptr), FIRST + step, columns_ptr, cols, row_ok, NUM_CODEBOOKS)
+    tl.store(race_ptr + step * V + cols, noise, mask=row_ok)
+    return w
+
+
+@triton.jit
+def _finish_item(acc, kind, step, layer, part, tile, cols, row_ok, acts, act_ptr, part_ptr, logits_ptr, done_ptr,
+                 trace_ptr, phase, pending, after, num_items, QKV_N: tl.constexpr, D: tl.constexpr,
+                 INTER: tl.constexpr, HKV: tl.constexpr, V: tl.constexpr, LAYERS: tl.constexpr, SPLIT: tl.constexpr,
+                 LAYER0: tl.constexpr, A_H: tl.constexpr, A_ACT: tl.constexpr, ACT_LAYER: tl.constexpr,
+                 BLOCK_N: tl.constexpr, TRACE: tl.constexpr):
+    """A weight item's sums stored, then counted in with the program's other items of its phase
+    when the program's next item (`after`) is of another phase: the items not yet counted in."""
+    _store_projection(acc, kind, step, layer, part, tile, cols, row_ok, acts, act_ptr, part_ptr, logits_ptr,
+                      D, INTER, V, SPLIT, LAYER0, A_H, A_ACT, ACT_LAYER, BLOCK_N)
+    pending += 1
+    next_phase = _item(after, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, BLOCK_N)[4]
+    if (next_phase != phase) | (after >= num_items):
+        _count_in(done_ptr, phase, pending, trace_ptr, TRACE)
+        pending = 0
+    return pending
+
+
+@triton.jit
+def _held(words):
+    """`words` copied into registers of their own, here: the tile carried in is moved out of the
+    registers the loop carries it in before the next tile is requested into them."""
+    if _INTERPRETED:  # the interpreter runs no PTX, and has no registers to place
+        held = words
+    else:
+        held = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [words], dtype=tl.int32, is_pure=False, pack=1)
+    return held
+
+
+@triton.jit
 def _wait(done_ptr, phase, prev):
     """Until the phase before `phase` has counted in all `prev` of its items."""
     if phase > 0:
@@ -409,6 +582,7 @@ def _depth_loop_kernel(
     TICKETS: tl.constexpr,  # items handed out by `ticket_ptr`, else program p takes p, p + P, ...
     SAME_ITEMS: tl.constexpr,  # SAME_ITEMS_EACH_STEP: ... of each step's items
     BY_BITS: tl.constexpr,  # DRAW_KTH_BY_BITS
+    NEXT_TILE_AHEAD: tl.constexpr,
 ):
     QKV_N: tl.constexpr = (H + 2 * HKV) * HEAD_D
     SPLIT: tl.constexpr = INTER // D
@@ -416,11 +590,9 @@ def _depth_loop_kernel(
     T_OUT: tl.constexpr = (D + BLOCK_N - 1) // BLOCK_N
     T_LAYER: tl.constexpr = (QKV_N + BLOCK_N - 1) // BLOCK_N + HKV + T_OUT + 2 * INTER // BLOCK_N + T_OUT * SPLIT
     T_STEP: tl.constexpr = LAYERS * T_LAYER + (V + BLOCK_N - 1) // BLOCK_N + 1
-    dtype = act_ptr.dtype.element_ty  # the model's: activations round to it where eager ops round
     programs = tl.num_programs(0)
     num_items = STEPS * T_STEP
     ks = tl.arange(0, D)
-    lane = tl.arange(0, BLOCK_N)
     held = -1  # the (phase, input part) whose input row x holds
     x = tl.zeros([D], dtype=tl.float32)  # the input row, times the norm's weight where the phase norms
     rstd = 1.0
@@ -434,6 +606,9 @@ def _depth_loop_kernel(
         g = tl.where(tl.program_id(0) < T_STEP, tl.program_id(0), num_items)
     else:
         g = tl.program_id(0)
+    if NEXT_TILE_AHEAD:  # the tile the program's item before requested for its next item, and that item
+        ahead = tl.zeros([BLOCK_N, D // (32 // w_ptr.dtype.element_ty.primitive_bitwidth)], dtype=tl.int32)
+        ahead_for = -1
     while g < num_items:
         # The next item, known ahead: whether this one's count-in can wait to share the next one's.
         if TICKETS:
@@ -486,74 +661,74 @@ def _depth_loop_kernel(
                 for p in range(STEPS * PHASES):
                     tl.store(done_ptr + p, 0)
         else:
-            # The weight tile first: no phase writes weights, so it streams while this item waits.
+            cols, rows, row_ok, part = _tile_rows(kind, index, QKV_N, D, INTER, V, BLOCK_N)
             tile = tl.where(kind == DOWN, index % T_OUT, index)
-            part = tl.where(kind == DOWN, index // T_OUT, 0)
-            if kind == HEAD:  # the head is (D, VOCAB): a tile's rows are columns of it
-                cols = tile * BLOCK_N + lane
-                row_ok = cols < V
-                w = tl.load(
-                    head_ptr + (FIRST - 1 + step) * D * VOCAB + ks[None, :] * VOCAB + cols[:, None],
-                    mask=row_ok[:, None], other=0.0,
-                )
-                # The draw's noise of these columns: it needs no logit, so not the draw's time.
-                noise = race_noise(
-                    tl.load(seed_ptr), tl.load(frame_ptr), FIRST + step, columns_ptr, cols, row_ok, NUM_CODEBOOKS
-                )
-                tl.store(race_ptr + step * V + cols, noise, mask=row_ok)
-            else:
-                base = layer * L_STRIDE + tl.where(
-                    kind == QKV, L_QKV, tl.where(kind == OUT, L_OUT, tl.where(kind == GATE_UP, L_GU, L_DOWN))
-                )
-                if kind == GATE_UP:  # gate and up rows alternate, so a tile's sums pair up column by column
-                    cols = tile * (BLOCK_N // 2) + lane // 2
-                    rows = (lane % 2) * INTER + cols
-                    row_ok = cols < INTER
-                else:
-                    cols = tile * BLOCK_N + lane
-                    rows = cols
-                    row_ok = cols < tl.where(kind == QKV, QKV_N, D)
-                starts = tl.multiple_of(base + rows * tl.where(kind == DOWN, INTER, D) + part * D, 16)
-                w = tl.load(w_ptr + starts[:, None] + ks[None, :], mask=row_ok[:, None], other=0.0)
             key = phase * SPLIT + part
-            if key != held:
-                _wait(done_ptr, phase, prev)
-                # The input row: the residual stream (QKV, head), the attention output (output
-                # projection), h (gate/up) or the activation's part (down).
-                if (kind == QKV) | (kind == HEAD):
-                    x = _stream(act_ptr, part_ptr, layer, ks, ks < D, LAYER0, A_H, ACT_LAYER, D, SPLIT)
+            # The weight tile first: no phase writes weights, so it streams while this item waits
+            # (NEXT_TILE_AHEAD: a projection's was requested by the item before, and the next
+            # projection item's is requested once this one's wait is over: requested before it, a
+            # tile more a program in flight through the waits slowed the attention, head and draw)
+            if NEXT_TILE_AHEAD:
+                if kind == HEAD:
+                    w = _head_tile(head_ptr, race_ptr, seed_ptr, frame_ptr, columns_ptr, step, cols, row_ok,
+                                   D, V, VOCAB, FIRST, NUM_CODEBOOKS)
+                    if key != held:
+                        x, rstd = _input_row(act_ptr, part_ptr, w_ptr, acts, done_ptr, phase, prev, kind, layer, part,
+                                             eps, D, SPLIT, LAYER0, A_ATT, A_H, A_ACT, ACT_LAYER, L_ANORM, L_FNORM,
+                                             L_FINAL, L_STRIDE)
+                    acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1) * rstd
+                    pending = _finish_item(
+                        acc, kind, step, layer, part, tile, cols, row_ok, acts, act_ptr, part_ptr, logits_ptr, done_ptr,
+                        trace_ptr, phase, pending, after, num_items, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, LAYER0,
+                        A_H, A_ACT, ACT_LAYER, BLOCK_N, TRACE,
+                    )
                 else:
-                    src = tl.where(kind == OUT, A_ATT, tl.where(kind == GATE_UP, A_H, A_ACT + part * D))
-                    x = tl.load(acts + src + ks, cache_modifier=".cg").to(tl.float32)
-                if (kind == QKV) | (kind == GATE_UP) | (kind == HEAD):  # RMSNorm: x * weight, 1 / rms on the sums
-                    norm = tl.where(kind == HEAD, L_FINAL, layer * L_STRIDE + tl.where(kind == QKV, L_ANORM, L_FNORM))
-                    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
-                    x = (x * tl.load(w_ptr + norm + ks).to(tl.float32)).to(dtype).to(tl.float32)
-                else:
-                    rstd = 1.0
-            held = key
-            acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1) * rstd
-            if kind == QKV:
-                tl.store(acts + cols, acc.to(dtype), mask=row_ok)
-            elif kind == OUT:  # + the residual stream entering the layer
-                r = _stream(act_ptr, part_ptr, layer, cols, row_ok, LAYER0, A_H, ACT_LAYER, D, SPLIT)
-                tl.store(acts + A_H + cols, (r + acc.to(dtype).to(tl.float32)).to(dtype), mask=row_ok)
-            elif kind == GATE_UP:  # silu(gate) * up, rounded as the eager ops round
-                gate, up = tl.split(tl.reshape(acc, (BLOCK_N // 2, 2)))
-                gate = gate.to(dtype).to(tl.float32)
-                act = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32)
-                out = (act * up.to(dtype).to(tl.float32)).to(dtype)
-                out_cols = tile * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-                tl.store(acts + A_ACT + out_cols, out, mask=out_cols < INTER)
-            elif kind == DOWN:
-                tl.store(part_ptr + (layer * SPLIT + part) * D + cols, acc, mask=row_ok)
+                    if ahead_for != g:  # not requested by the item before: requested now, before the wait
+                        ahead = _projection_words(
+                            w_ptr, g, num_items, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, L_QKV, L_OUT, L_GU, L_DOWN,
+                            L_STRIDE, BLOCK_N,
+                        )
+                    words = _held(ahead)
+                    if key != held:
+                        x, rstd = _input_row(act_ptr, part_ptr, w_ptr, acts, done_ptr, phase, prev, kind, layer, part,
+                                             eps, D, SPLIT, LAYER0, A_ATT, A_H, A_ACT, ACT_LAYER, L_ANORM, L_FNORM,
+                                             L_FINAL, L_STRIDE)
+                    # the next item's tile where it is of this phase
+                    same = (_item(after, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, BLOCK_N)[4] == phase) & (after < num_items)
+                    ahead_for = tl.where(same, after, -1)
+                    ahead = _projection_words(
+                        w_ptr, tl.where(same, after, num_items), num_items, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT,
+                        L_QKV, L_OUT, L_GU, L_DOWN, L_STRIDE, BLOCK_N,
+                    )
+                    acc = _words_dot(words, x, D) * rstd
+                    # stored and counted in before this branch ends, where the next tile is
+                    # moved into the registers the loop carries it in (which waits for it)
+                    pending = _finish_item(
+                        acc, kind, step, layer, part, tile, cols, row_ok, acts, act_ptr, part_ptr, logits_ptr, done_ptr,
+                        trace_ptr, phase, pending, after, num_items, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, LAYER0,
+                        A_H, A_ACT, ACT_LAYER, BLOCK_N, TRACE,
+                    )
             else:
-                tl.store(logits_ptr + step * V + cols, acc.to(dtype), mask=row_ok)
-            pending += 1
-            next_phase = _item(after, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, BLOCK_N)[4]
-            if (next_phase != phase) | (after >= num_items):
-                _count_in(done_ptr, phase, pending, trace_ptr, TRACE)
-                pending = 0
+                if kind == HEAD:
+                    w = _head_tile(head_ptr, race_ptr, seed_ptr, frame_ptr, columns_ptr, step, cols, row_ok,
+                                   D, V, VOCAB, FIRST, NUM_CODEBOOKS)
+                else:
+                    base = layer * L_STRIDE + tl.where(
+                        kind == QKV, L_QKV, tl.where(kind == OUT, L_OUT, tl.where(kind == GATE_UP, L_GU, L_DOWN))
+                    )
+                    starts = tl.multiple_of(base + rows * tl.where(kind == DOWN, INTER, D) + part * D, 16)
+                    w = tl.load(w_ptr + starts[:, None] + ks[None, :], mask=row_ok[:, None], other=0.0)
+                if key != held:
+                    x, rstd = _input_row(act_ptr, part_ptr, w_ptr, acts, done_ptr, phase, prev, kind, layer, part,
+                                         eps, D, SPLIT, LAYER0, A_ATT, A_H, A_ACT, ACT_LAYER, L_ANORM, L_FNORM,
+                                         L_FINAL, L_STRIDE)
+                acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1) * rstd
+                pending = _finish_item(
+                    acc, kind, step, layer, part, tile, cols, row_ok, acts, act_ptr, part_ptr, logits_ptr, done_ptr,
+                    trace_ptr, phase, pending, after, num_items, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, LAYER0,
+                    A_H, A_ACT, ACT_LAYER, BLOCK_N, TRACE,
+                )
+            held = key
         g = after
 
 
@@ -643,7 +818,7 @@ class DepthLoop:
         """The module's settings a launch's grid depends on."""
         return (
             RESIDENT, NUM_WARPS, MAX_REGISTERS, SPARE_PROGRAMS, traced, KEYS_BEFORE_WAIT, TICKETS,
-            SAME_ITEMS_EACH_STEP, DRAW_KTH_BY_BITS,
+            SAME_ITEMS_EACH_STEP, DRAW_KTH_BY_BITS, NEXT_TILE_AHEAD,
         )
 
     def _arguments(
@@ -680,7 +855,7 @@ class DepthLoop:
             "L_ANORM": layout.attention_norm, "L_FNORM": layout.ffn_norm, "L_STRIDE": layout.layer,
             "L_FINAL": layout.final_norm, **self.slots, "BLOCK_N": BLOCK_N, "TRACE": self.trace is not None,
             "TICKETS": TICKETS, "SAME_ITEMS": SAME_ITEMS_EACH_STEP,
-            "BY_BITS": DRAW_KTH_BY_BITS, "num_warps": NUM_WARPS,
+            "BY_BITS": DRAW_KTH_BY_BITS, "NEXT_TILE_AHEAD": NEXT_TILE_AHEAD, "num_warps": NUM_WARPS,
         }
         if MAX_REGISTERS:
             constants["maxnreg"] = MAX_REGISTERS
