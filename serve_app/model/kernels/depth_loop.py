@@ -460,6 +460,28 @@ def _finish_item(acc, kind, step, layer, part, tile, cols, row_ok, acts, act_ptr
 
 
 @triton.jit
+def _tile_item(w, x, rstd, pending, key, held, act_ptr, part_ptr, w_ptr, acts, done_ptr, phase, prev, kind, step,
+               layer, part, tile, cols, row_ok, logits_ptr, trace_ptr, after, num_items, eps, QKV_N: tl.constexpr,
+               D: tl.constexpr, INTER: tl.constexpr, HKV: tl.constexpr, V: tl.constexpr, LAYERS: tl.constexpr,
+               SPLIT: tl.constexpr, LAYER0: tl.constexpr, A_ATT: tl.constexpr, A_H: tl.constexpr,
+               A_ACT: tl.constexpr, ACT_LAYER: tl.constexpr, L_ANORM: tl.constexpr, L_FNORM: tl.constexpr,
+               L_FINAL: tl.constexpr, L_STRIDE: tl.constexpr, BLOCK_N: tl.constexpr, TRACE: tl.constexpr):
+    """A weight item over its tile `w` (BLOCK_N, D): the input row read where the program does not
+    hold it yet, the sums stored and counted in (`_finish_item`): (x, rstd, pending) after it."""
+    if key != held:
+        x, rstd = _input_row(act_ptr, part_ptr, w_ptr, acts, done_ptr, phase, prev, kind, layer, part,
+                             eps, D, SPLIT, LAYER0, A_ATT, A_H, A_ACT, ACT_LAYER, L_ANORM, L_FNORM,
+                             L_FINAL, L_STRIDE)
+    acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1) * rstd
+    pending = _finish_item(
+        acc, kind, step, layer, part, tile, cols, row_ok, acts, act_ptr, part_ptr, logits_ptr, done_ptr,
+        trace_ptr, phase, pending, after, num_items, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, LAYER0,
+        A_H, A_ACT, ACT_LAYER, BLOCK_N, TRACE,
+    )
+    return x, rstd, pending
+
+
+@triton.jit
 def _held(words):
     """`words` copied into registers of their own, here: the tile carried in is moved out of the
     registers the loop carries it in before the next tile is requested into them."""
@@ -672,15 +694,11 @@ def _depth_loop_kernel(
                 if kind == HEAD:
                     w = _head_tile(head_ptr, race_ptr, seed_ptr, frame_ptr, columns_ptr, step, cols, row_ok,
                                    D, V, VOCAB, FIRST, NUM_CODEBOOKS)
-                    if key != held:
-                        x, rstd = _input_row(act_ptr, part_ptr, w_ptr, acts, done_ptr, phase, prev, kind, layer, part,
-                                             eps, D, SPLIT, LAYER0, A_ATT, A_H, A_ACT, ACT_LAYER, L_ANORM, L_FNORM,
-                                             L_FINAL, L_STRIDE)
-                    acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1) * rstd
-                    pending = _finish_item(
-                        acc, kind, step, layer, part, tile, cols, row_ok, acts, act_ptr, part_ptr, logits_ptr, done_ptr,
-                        trace_ptr, phase, pending, after, num_items, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, LAYER0,
-                        A_H, A_ACT, ACT_LAYER, BLOCK_N, TRACE,
+                    x, rstd, pending = _tile_item(
+                        w, x, rstd, pending, key, held, act_ptr, part_ptr, w_ptr, acts, done_ptr, phase, prev, kind,
+                        step, layer, part, tile, cols, row_ok, logits_ptr, trace_ptr, after, num_items, eps, QKV_N, D,
+                        INTER, HKV, V, LAYERS, SPLIT, LAYER0, A_ATT, A_H, A_ACT, ACT_LAYER, L_ANORM, L_FNORM, L_FINAL,
+                        L_STRIDE, BLOCK_N, TRACE,
                     )
                 else:
                     if ahead_for != g:  # not requested by the item before: requested now, before the wait
@@ -718,15 +736,11 @@ def _depth_loop_kernel(
                     )
                     starts = tl.multiple_of(base + rows * tl.where(kind == DOWN, INTER, D) + part * D, 16)
                     w = tl.load(w_ptr + starts[:, None] + ks[None, :], mask=row_ok[:, None], other=0.0)
-                if key != held:
-                    x, rstd = _input_row(act_ptr, part_ptr, w_ptr, acts, done_ptr, phase, prev, kind, layer, part,
-                                         eps, D, SPLIT, LAYER0, A_ATT, A_H, A_ACT, ACT_LAYER, L_ANORM, L_FNORM,
-                                         L_FINAL, L_STRIDE)
-                acc = tl.sum(w.to(tl.float32) * x[None, :], axis=1) * rstd
-                pending = _finish_item(
-                    acc, kind, step, layer, part, tile, cols, row_ok, acts, act_ptr, part_ptr, logits_ptr, done_ptr,
-                    trace_ptr, phase, pending, after, num_items, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, LAYER0,
-                    A_H, A_ACT, ACT_LAYER, BLOCK_N, TRACE,
+                x, rstd, pending = _tile_item(
+                    w, x, rstd, pending, key, held, act_ptr, part_ptr, w_ptr, acts, done_ptr, phase, prev, kind,
+                    step, layer, part, tile, cols, row_ok, logits_ptr, trace_ptr, after, num_items, eps, QKV_N, D,
+                    INTER, HKV, V, LAYERS, SPLIT, LAYER0, A_ATT, A_H, A_ACT, ACT_LAYER, L_ANORM, L_FNORM, L_FINAL,
+                    L_STRIDE, BLOCK_N, TRACE,
                 )
             held = key
         g = after
