@@ -64,9 +64,7 @@ def check_frames(model, fast: FastStep, results, atol: float, rtol: float) -> No
             assert int(drawn) == int(codes[0, c]), f"codebook {c}: the draw from the loop's logits"
 
 
-@pytest.mark.parametrize(
-    "vocab_limit, top_k", [(64, 8), (70, 80)], ids=["bitonic-top-k", "sorted-rows-and-a-partial-head-tile"]
-)
+@pytest.mark.parametrize("vocab_limit, top_k", [(64, 8), (70, 80)], ids=["k-8", "k-80-and-a-partial-head-tile"])
 @torch.inference_mode()
 def test_the_loops_logits_are_the_decoders_over_its_codes_and_its_codes_their_draws(
     vocab_limit: int, top_k: int
@@ -258,16 +256,16 @@ def test_each_programs_same_items_every_step_give_the_same_bits(monkeypatch: pyt
         assert torch.equal(codes_same, codes)
 
 
-@pytest.mark.parametrize("by_bits", [True, False], ids=["kth-by-bits", "kth-by-sort"])
 @pytest.mark.parametrize("vocab_limit, top_k", [(64, 8), (70, 80), (64, 1)], ids=["k-8", "k-80", "greedy"])
 @torch.inference_mode()
-def test_the_draws_kth_score_bit_by_bit_or_by_sort_draws_the_reference_ids(
-    monkeypatch: pytest.MonkeyPatch, vocab_limit: int, top_k: int, by_bits: bool
+def test_the_draws_other_kth_score_path_draws_the_reference_ids(
+    monkeypatch: pytest.MonkeyPatch, vocab_limit: int, top_k: int
 ) -> None:
-    """`DRAW_KTH_BY_BITS` (on by default) and the bitonic top-64 / sort it replaces: the loop's logits
-    are still the decoder's and each code the reference sampler's draw from them, for k within the
-    top-64 path's reach, past it, and greedy."""
-    monkeypatch.setattr(depth_loop, "DRAW_KTH_BY_BITS", by_bits)
+    """The draw's k-th score by the path `DRAW_KTH_BY_BITS` does not ship (bit by bit, or the bitonic
+    top-64 / sort; the shipped one is the other tests'): the loop's logits are still the decoder's
+    and each code the reference sampler's draw from them, for k within the top-64 path's reach, past
+    it, and greedy."""
+    monkeypatch.setattr(depth_loop, "DRAW_KTH_BY_BITS", not depth_loop.DRAW_KTH_BY_BITS)
     model = se.wide_head_model().to(DEVICE)
     model.setup_caches(1)
     fast, results = run_frames(model, vocab_limit, 2, 0.9, top_k)
