@@ -330,11 +330,9 @@ def _projection_words(w_ptr, g, num_items, QKV_N: tl.constexpr, D: tl.constexpr,
     of one 32-bit weight each."""
     PER_WORD: tl.constexpr = 32 // w_ptr.dtype.element_ty.primitive_bitwidth
     _, layer, kind, index, _, _ = _item(g, QKV_N, D, INTER, HKV, V, LAYERS, SPLIT, BLOCK_N)
-    _, rows, row_ok, part = _tile_rows(kind, index, QKV_N, D, INTER, V, BLOCK_N)
-    base = layer * L_STRIDE + tl.where(
-        kind == QKV, L_QKV, tl.where(kind == OUT, L_OUT, tl.where(kind == GATE_UP, L_GU, L_DOWN))
-    )
-    starts = tl.multiple_of((base + rows * tl.where(kind == DOWN, INTER, D) + part * D) // PER_WORD, 8)
+    _, rows, row_ok, part, _ = _tile_rows(kind, index, QKV_N, D, INTER, V, BLOCK_N)
+    starts = _row_starts(kind, layer, rows, part, D, INTER, L_QKV, L_OUT, L_GU, L_DOWN, L_STRIDE)
+    starts = tl.multiple_of(starts // PER_WORD, 8)
     words = w_ptr.to(tl.pointer_type(tl.int32))
     wanted = (row_ok & _is_projection(kind, g, num_items)) != 0  # a bool mask under the interpreter too
     return tl.load(words + starts[:, None] + tl.arange(0, D // PER_WORD)[None, :], mask=wanted[:, None], other=0)
@@ -358,7 +356,7 @@ def _words_dot(words, x, D: tl.constexpr):
 def _tile_rows(kind, index, QKV_N: tl.constexpr, D: tl.constexpr, INTER: tl.constexpr, V: tl.constexpr,
                BLOCK_N: tl.constexpr):
     """A weight item's output columns, the weight rows it reads (the head's: its columns), which of
-    them exist, and its input part (down: the activation's part; else 0)."""
+    them exist, its input part (down: the activation's part; else 0) and its tile of the output."""
     T_OUT: tl.constexpr = (D + BLOCK_N - 1) // BLOCK_N
     lane = tl.arange(0, BLOCK_N)
     tile = tl.where(kind == DOWN, index % T_OUT, index)
@@ -371,7 +369,18 @@ def _tile_rows(kind, index, QKV_N: tl.constexpr, D: tl.constexpr, INTER: tl.cons
         cols = tile * BLOCK_N + lane
         rows = cols
         row_ok = cols < tl.where(kind == QKV, QKV_N, tl.where(kind == HEAD, V, D))
-    return cols, rows, row_ok, part
+    return cols, rows, row_ok, part, tile
+
+
+@triton.jit
+def _row_starts(kind, layer, rows, part, D: tl.constexpr, INTER: tl.constexpr, L_QKV: tl.constexpr,
+                L_OUT: tl.constexpr, L_GU: tl.constexpr, L_DOWN: tl.constexpr, L_STRIDE: tl.constexpr):
+    """Where each of a projection item's weight rows starts in the packed weights (elements; the
+    down projection's rows from its input part on)."""
+    base = layer * L_STRIDE + tl.where(
+        kind == QKV, L_QKV, tl.where(kind == OUT, L_OUT, tl.where(kind == GATE_UP, L_GU, L_DOWN))
+    )
+    return base + rows * tl.where(kind == DOWN, INTER, D) + part * D
 
 
 @triton.jit
@@ -683,8 +692,7 @@ def _depth_loop_kernel(
                 for p in range(STEPS * PHASES):
                     tl.store(done_ptr + p, 0)
         else:
-            cols, rows, row_ok, part = _tile_rows(kind, index, QKV_N, D, INTER, V, BLOCK_N)
-            tile = tl.where(kind == DOWN, index % T_OUT, index)
+            cols, rows, row_ok, part, tile = _tile_rows(kind, index, QKV_N, D, INTER, V, BLOCK_N)
             key = phase * SPLIT + part
             # The weight tile first: no phase writes weights, so it streams while this item waits
             # (NEXT_TILE_AHEAD: a projection's was requested by the item before, and the next
@@ -731,10 +739,8 @@ def _depth_loop_kernel(
                     w = _head_tile(head_ptr, race_ptr, seed_ptr, frame_ptr, columns_ptr, step, cols, row_ok,
                                    D, V, VOCAB, FIRST, NUM_CODEBOOKS)
                 else:
-                    base = layer * L_STRIDE + tl.where(
-                        kind == QKV, L_QKV, tl.where(kind == OUT, L_OUT, tl.where(kind == GATE_UP, L_GU, L_DOWN))
-                    )
-                    starts = tl.multiple_of(base + rows * tl.where(kind == DOWN, INTER, D) + part * D, 16)
+                    starts = _row_starts(kind, layer, rows, part, D, INTER, L_QKV, L_OUT, L_GU, L_DOWN, L_STRIDE)
+                    starts = tl.multiple_of(starts, 16)
                     w = tl.load(w_ptr + starts[:, None] + ks[None, :], mask=row_ok[:, None], other=0.0)
                 x, rstd, pending = _tile_item(
                     w, x, rstd, pending, key, held, act_ptr, part_ptr, w_ptr, acts, done_ptr, phase, prev, kind,
