@@ -49,6 +49,7 @@ from serve_app.engine.types import (
     FinishReason,
     GenerationRequest,
 )
+from serve_app.model.kernels.ahead import AheadReport, geometry_key, start_shipped
 from serve_app.model.loading import LoadedModel, load_model, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -119,11 +120,14 @@ class Engine:
         if not bool(torch.isfinite(model.codebook0_head.weight).all()):
             raise RuntimeError("model weights are not finite")
         cuda = model.codebook0_head.weight.device.type == "cuda"
+        compiling = start_shipped(geometry_key(model.cfg)) if cuda else None
         cap = config.max_batch_size or (128 if cuda else 8)
         n_slots = slots_for_memory(model, cap, config.memory_fraction)
         chunks = ChunkPolicy(
             config.first_chunk_frames, config.chunk_frames, config.chunk_ramp, config.chunk_align
         )
+        # Before capture's first launch, which would compile its kernel itself.
+        self.kernels_ahead: AheadReport | None = compiling.wait() if compiling is not None else None
         runner = ModelRunner(
             model,
             self._audio_decoder_model(cuda),

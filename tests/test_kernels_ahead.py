@@ -1,0 +1,249 @@
+"""Compiling the engine's kernels ahead (`serve_app.model.kernels.ahead`): the model's key, the pool,
+the shipped lists against the kernels as they are now, and (on a GPU) a start that compiles every
+kernel it launches ahead."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from serve_app.model.kernels import ahead
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_csm_1b_preset_shares_one_key_and_another_geometry_has_its_own() -> None:
+    from dataclasses import replace
+
+    from transformers import CsmConfig
+
+    from serve_app.model.config import from_hf_config
+    from serve_app.model.tiny import CSM_1B_CONFIG, TINY_CONFIG
+
+    hub = from_hf_config(CsmConfig())  # the transformers layout's config: other rotary settings
+    assert hub.backbone.rope != CSM_1B_CONFIG.backbone.rope
+    assert ahead.geometry_key(hub) == ahead.geometry_key(CSM_1B_CONFIG)
+    assert ahead.geometry_key(TINY_CONFIG) != ahead.geometry_key(CSM_1B_CONFIG)
+    fewer_layers = replace(CSM_1B_CONFIG, decoder=replace(CSM_1B_CONFIG.decoder, n_layers=3))
+    assert ahead.geometry_key(fewer_layers) != ahead.geometry_key(CSM_1B_CONFIG)
+
+
+def _meet_the_others(spec: str) -> None:
+    """Stands in for a compile: meets the others at a barrier (so it passes only if they run at
+    once), or raises for a spec named "stale"."""
+    if json.loads(spec)["name"] == "stale":
+        raise RuntimeError("signature changed")
+    _BARRIER.wait(timeout=10)
+
+
+_BARRIER = threading.Barrier(3)
+
+
+def _leave_a_mark(spec: str) -> None:
+    """Stands in for a compile in a pool process: leaves a file named by its process id."""
+    data = json.loads(spec)
+    if data["name"] == "stale":
+        raise RuntimeError("signature changed")
+    (Path(data["dir"]) / f"{os.getpid()}-{data['name']}").touch()
+
+
+def test_the_thread_pool_compiles_side_by_side_and_counts_a_stale_entry() -> None:
+    specs = [json.dumps({"name": name}) for name in ("a", "b", "stale", "c")]
+    report = ahead.CompileAhead(specs, workers=4, processes=False, compile_one=_meet_the_others).wait()
+    assert (report.total, report.compiled, report.failed) == (4, 3, 1)
+    assert report.errors == ["RuntimeError: signature changed"]
+
+
+def test_the_process_pool_compiles_in_other_processes_and_counts_a_stale_entry(tmp_path: Path) -> None:
+    names = ("a", "b", "stale", "c", "d", "e")
+    specs = [json.dumps({"name": name, "dir": str(tmp_path)}) for name in names]
+    report = ahead.CompileAhead(specs, workers=2, processes=True, compile_one=_leave_a_mark).wait()
+    assert (report.total, report.compiled, report.failed) == (6, 5, 1)
+    assert report.errors == ["RuntimeError: signature changed"]
+    marks = [p.name.split("-") for p in tmp_path.iterdir()]
+    assert sorted(name for _, name in marks) == ["a", "b", "c", "d", "e"]
+    pids = {int(pid) for pid, _ in marks}
+    assert pids and os.getpid() not in pids
+
+
+def test_a_pool_that_compiled_everything_leaves_its_marker_and_one_with_a_failure_does_not(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "cache" / "done.json"
+    specs = [json.dumps({"name": name}) for name in ("a", "b")]
+    ahead.CompileAhead(specs[:1], processes=False, compile_one=len, done_marker=marker).wait()
+    assert json.loads(marker.read_text())["compiled"] == 1
+    marker.unlink()
+    stale = [*specs, json.dumps({"name": "stale"})]
+    report = ahead.CompileAhead(stale, processes=False, compile_one=_fail_if_stale, done_marker=marker).wait()
+    assert report.failed == 1 and not marker.exists()
+
+
+def _fail_if_stale(spec: str) -> None:
+    if json.loads(spec)["name"] == "stale":
+        raise RuntimeError("signature changed")
+
+
+MARKERS = """
+import json, sys
+from serve_app.model.kernels import ahead
+specs = next(iter(json.load(open(ahead.SHIPPED))["lists"].values()))["specializations"]
+json.dump([str(ahead.done_marker(specs)), str(ahead.done_marker(specs[1:]))], sys.stdout)
+"""
+
+
+def test_the_marker_lies_in_tritons_cache_and_names_the_list(tmp_path: Path) -> None:
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # JIT functions' hashes
+    run = subprocess.run(
+        [sys.executable, "-c", MARKERS],
+        cwd=ROOT,
+        env={
+            **env,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
+            "TRITON_CACHE_DIR": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    whole, shorter = (Path(p) for p in json.loads(run.stdout))
+    assert whole.parent == tmp_path == shorter.parent and whole != shorter
+
+
+def test_a_list_file_is_read_by_its_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from serve_app.engine.kernel_list import merge
+
+    path = tmp_path / "lists.json"
+    path.write_text(json.dumps(merge(path, "cuda:90/a", ["y", "x", "y"], "3.6.0")))
+    path.write_text(json.dumps(merge(path, "cuda:80/a", ["z"], "3.6.0")))
+    assert ahead.shipped_specializations("cuda:90/a", path) == ["x", "y"]
+    assert ahead.shipped_specializations("cuda:80/a", path) == ["z"]
+    assert ahead.shipped_specializations("cuda:90/b", path) == []
+    monkeypatch.setenv(ahead.LIST_ENV, str(path))
+    assert ahead.shipped_specializations("cuda:80/a") == ["z"]
+    assert ahead.shipped_specializations("cuda:80/a", tmp_path / "absent.json") == []
+
+
+SIGNATURES = """
+import json, sys
+from serve_app.model.kernels import ahead
+out = []
+for key, entry in json.load(open(ahead.SHIPPED))["lists"].items():
+    for spec in entry["specializations"]:
+        data = json.loads(spec)
+        kernel = ahead.kernel_of(spec)
+        constexprs = [p.name for p in kernel.params if p.is_constexpr]
+        out.append({"key": key, "name": data["name"], "recorded": list(data["signature"]),
+                    "now": kernel.arg_names, "constexprs": constexprs,
+                    "recorded_constexprs": [n for n, t in data["signature"].items() if t == "constexpr"]})
+json.dump(out, sys.stdout)
+"""
+
+
+def test_every_shipped_specialization_fits_its_kernel_as_it_is_now() -> None:
+    """A kernel renamed, or given or relieved of a parameter, since the list was recorded would make
+    its entries compile nothing a launch takes: record the list again
+    (`python -m serve_app.engine.kernel_list` on the GPU)."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # JIT functions, by name
+    run = subprocess.run(
+        [sys.executable, "-c", SIGNATURES],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    entries: list[dict[str, Any]] = json.loads(run.stdout)
+    from serve_app.model.tiny import CSM_1B_CONFIG
+
+    csm_1b = ahead.list_key("cuda:90", ahead.geometry_key(CSM_1B_CONFIG))
+    assert sum(e["key"] == csm_1b for e in entries) > 10  # the H100 / H200 list of CSM-1B is shipped
+    stale = [e["name"] for e in entries if e["recorded"] != e["now"]]
+    assert not stale, f"recorded with other parameters than the kernels have now: {sorted(set(stale))}"
+    # a constant parameter now was one then (the recorded ones include arguments specialised as 1)
+    assert all(set(e["constexprs"]) <= set(e["recorded_constexprs"]) for e in entries)
+
+
+START = """
+import asyncio, json, os, sys
+from dataclasses import asdict
+from pathlib import Path
+from serve_app.engine.engine import Engine
+from serve_app.engine.kernel_list import _requests
+from serve_app.model.kernels import ahead
+from serve_app.model.loading import load_model
+from serve_app.model.tiny import TINY_CONFIG
+
+def cubins():
+    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*.cubin"))
+
+cache = Path(os.environ["TRITON_CACHE_DIR"])
+key = ahead.list_key(ahead.target_name(ahead.current_target()), ahead.geometry_key(TINY_CONFIG))
+processes = os.environ["AHEAD_PROCESSES"] == "1"
+report = ahead.CompileAhead(ahead.shipped_specializations(key), processes=processes).wait()
+compiled = cubins()
+os.environ["CSM_COMPILE_AHEAD"] = "0"
+engine = Engine(load_model("tiny-random", device="cuda"), max_batch_size=8)
+asyncio.run(_requests(engine))
+engine.close()
+json.dump({"report": asdict(report), "ahead": compiled, "after": cubins()}, sys.stdout)
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_a_start_finds_every_kernel_it_launches_compiled_ahead(tmp_path: Path, processes: bool) -> None:
+    """Recorded by one start (an empty Triton cache), the list compiled ahead by the pool (an empty
+    cache again) holds every kernel the next start launches, at capture and at its first requests:
+    the start compiles none itself (no new cubin in the cache)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    lists = tmp_path / "lists.json"
+    recorded = subprocess.run(
+        [sys.executable, "-m", "serve_app.engine.kernel_list", "--model", "tiny-random", "--max-batch-size", "8",
+         "--out", str(lists)],
+        cwd=ROOT, env={**env, "TRITON_CACHE_DIR": str(tmp_path / "cache-a")},
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert recorded.returncode == 0, recorded.stderr[-3000:]
+    started = subprocess.run(
+        [sys.executable, "-c", START],
+        cwd=ROOT,
+        env={
+            **env,
+            "TRITON_CACHE_DIR": str(tmp_path / "cache-b"),
+            ahead.LIST_ENV: str(lists),
+            "AHEAD_PROCESSES": str(int(processes)),
+        },
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert started.returncode == 0, started.stderr[-3000:]
+    got = json.loads(started.stdout)
+    listed = next(iter(json.loads(lists.read_text())["lists"].values()))["specializations"]
+    assert got["report"]["total"] == len(listed) > 0
+    assert got["report"]["compiled"] == len(listed), got["report"]["errors"]
+    assert 0 < len(got["ahead"]) <= len(listed)  # a cubin a compile
+    assert got["after"] == got["ahead"], "compiled by the start itself: " + str(
+        set(got["after"]) - set(got["ahead"])
+    )
