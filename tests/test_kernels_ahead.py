@@ -19,6 +19,22 @@ from serve_app.model.kernels import ahead
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def python(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    """`python args` from the project root, its kernels JIT functions (not the interpreter's: they
+    have names and source hashes), with `env` added; its output as text."""
+    base = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    base["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), base.get("PYTHONPATH")) if p)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
 def test_every_csm_1b_preset_shares_one_key_and_another_geometry_has_its_own() -> None:
     from dataclasses import replace
 
@@ -101,20 +117,7 @@ json.dump([str(ahead.done_marker(specs)), str(ahead.done_marker(specs[1:]))], sy
 
 def test_the_marker_lies_in_tritons_cache_and_names_the_list(tmp_path: Path) -> None:
     pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # JIT functions' hashes
-    run = subprocess.run(
-        [sys.executable, "-c", MARKERS],
-        cwd=ROOT,
-        env={
-            **env,
-            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
-            "TRITON_CACHE_DIR": str(tmp_path),
-        },
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    run = python(["-c", MARKERS], TRITON_CACHE_DIR=str(tmp_path))
     assert run.returncode == 0, run.stderr[-3000:]
     whole, shorter = (Path(p) for p in json.loads(run.stdout))
     assert whole.parent == tmp_path == shorter.parent and whole != shorter
@@ -155,16 +158,7 @@ def test_every_shipped_specialization_fits_its_kernel_as_it_is_now() -> None:
     its entries compile nothing a launch takes: record the list again
     (`python -m serve_app.engine.kernel_list` on the GPU)."""
     pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # JIT functions, by name
-    run = subprocess.run(
-        [sys.executable, "-c", SIGNATURES],
-        cwd=ROOT,
-        env={**env, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    run = python(["-c", SIGNATURES])
     assert run.returncode == 0, run.stderr[-3000:]
     entries: list[dict[str, Any]] = json.loads(run.stdout)
     from serve_app.model.tiny import CSM_1B_CONFIG
@@ -214,29 +208,15 @@ def test_a_start_finds_every_kernel_it_launches_compiled_ahead(tmp_path: Path, p
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     lists = tmp_path / "lists.json"
-    recorded = subprocess.run(
-        [sys.executable, "-m", "serve_app.engine.kernel_list", "--model", "tiny-random", "--max-batch-size", "8",
-         "--out", str(lists)],
-        cwd=ROOT, env={**env, "TRITON_CACHE_DIR": str(tmp_path / "cache-a")},
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+    record = "-m serve_app.engine.kernel_list --model tiny-random --max-batch-size 8 --out".split()
+    recorded = python([*record, str(lists)], TRITON_CACHE_DIR=str(tmp_path / "cache-a"))
     assert recorded.returncode == 0, recorded.stderr[-3000:]
-    started = subprocess.run(
-        [sys.executable, "-c", START],
-        cwd=ROOT,
-        env={
-            **env,
-            "TRITON_CACHE_DIR": str(tmp_path / "cache-b"),
-            ahead.LIST_ENV: str(lists),
-            "AHEAD_PROCESSES": str(int(processes)),
-        },
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    started = python(
+        ["-c", START],
+        TRITON_CACHE_DIR=str(tmp_path / "cache-b"),
+        AHEAD_PROCESSES=str(int(processes)),
+        **{ahead.LIST_ENV: str(lists)},
     )
     assert started.returncode == 0, started.stderr[-3000:]
     got = json.loads(started.stdout)
@@ -244,6 +224,5 @@ def test_a_start_finds_every_kernel_it_launches_compiled_ahead(tmp_path: Path, p
     assert got["report"]["total"] == len(listed) > 0
     assert got["report"]["compiled"] == len(listed), got["report"]["errors"]
     assert 0 < len(got["ahead"]) <= len(listed)  # a cubin a compile
-    assert got["after"] == got["ahead"], "compiled by the start itself: " + str(
-        set(got["after"]) - set(got["ahead"])
-    )
+    compiled_by_the_start = set(got["after"]) - set(got["ahead"])
+    assert got["after"] == got["ahead"], compiled_by_the_start
