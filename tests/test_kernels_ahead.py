@@ -209,7 +209,15 @@ def test_a_start_finds_every_kernel_it_launches_compiled_ahead(tmp_path: Path, p
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     lists = tmp_path / "lists.json"
-    record = "-m serve_app.engine.kernel_list --model tiny-random --max-batch-size 8 --out".split()
+    record = [
+        "-m",
+        "serve_app.engine.kernel_list",
+        "--model",
+        "tiny-random",
+        "--max-batch-size",
+        "8",
+        "--out",
+    ]
     recorded = python([*record, str(lists)], TRITON_CACHE_DIR=str(tmp_path / "cache-a"))
     assert recorded.returncode == 0, recorded.stderr[-3000:]
     started = python(
