@@ -162,10 +162,12 @@ class CompileAhead:
             self._pool = ThreadPoolExecutor(workers, thread_name_prefix="compile-ahead")
             compile_one = compile_one or compile_here
         self._futures = [self._pool.submit(_attempt, compile_one, spec) for spec in specs]
+        self._joined = False
 
     def wait(self) -> AheadReport:
-        if self.report.seconds:
+        if self._joined:
             return self.report
+        self._joined = True
         for future in self._futures:
             try:
                 error = future.result()
