@@ -1,82 +1,42 @@
-"""Where a replica's start goes, and what compiling its kernels ahead saves: the engine built as a
-model replica builds it (`Engine(load_model(...))`), each start in a fresh process with its own
-Triton cache, every Triton compile timed.
+"""Where a replica's start goes, and what compiling its kernels ahead saves: the engine started as a
+model replica starts it (`ProcessEngine`: a process of its own, which starts the compile-ahead before
+its imports and the model's load), each start in a fresh process with its own Triton cache.
 
     python benchmarks/bench_startup.py --out /tmp/startup [--list FILE] [--model csm-1b-random]
 
 Starts, in order: `cold` (an empty cache, nothing compiled ahead), `warm` (the cold start's cache),
-`ahead` (an empty cache, the list compiled ahead: `--list`, else the shipped one), `ahead-warm` (the
-ahead start's cache, whose marker skips the pool: `ahead.done_marker`), `ahead-processes` (an empty cache, compiled ahead
-on processes instead of threads: `ahead.PROCESSES` on). Writes `startup.json` under `--out`."""
+`ahead` (an empty cache, the list compiled ahead on threads: `--list`, else the shipped one),
+`ahead-warm` (the ahead start's cache, whose marker skips the pool: `ahead.done_marker`),
+`ahead-processes` (an empty cache, compiled ahead on processes). Each records the time to a ready
+engine and the engine's own account (`info()["startup"]`: imports, load, the wait for the pool,
+capture; the pool's report). Writes `startup.json` under `--out`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 PHASES = ("cold", "warm", "ahead", "ahead-warm", "ahead-processes")
-
-
-def _time_compiles() -> list[dict[str, Any]]:
-    """Every Triton compile from here on: its kernel and seconds (on whichever thread)."""
-    from triton import compiler
-
-    timings: list[dict[str, Any]] = []
-    lock = threading.Lock()
-    original = compiler.compile
-
-    def timed(src: Any, *args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        out = original(src, *args, **kwargs)
-        name = getattr(getattr(src, "fn", None), "__name__", type(src).__name__)
-        with lock:
-            timings.append({"kernel": name, "s": time.perf_counter() - t0})
-        return out
-
-    compiler.compile = timed  # type: ignore[assignment]
-    return timings
+POOL = {"cold": "0", "warm": "0", "ahead": "threads", "ahead-warm": "threads", "ahead-processes": "processes"}
 
 
 def run_phase(phase: str, model: str, max_batch_size: int) -> dict[str, Any]:
     t0 = time.perf_counter()
-    import torch
+    from serve_app.engine.process import ProcessEngine
 
-    from serve_app.engine.engine import Engine, lower_switch_interval
-    from serve_app.model.kernels import ahead
-    from serve_app.model.loading import load_model
-
-    ahead.PROCESSES = phase == "ahead-processes"
-    res: dict[str, Any] = {"phase": phase, "imports_s": round(time.perf_counter() - t0, 1)}
-    timings = _time_compiles()
-    torch.cuda.init()
-    lower_switch_interval()
-    t1 = time.perf_counter()
-    loaded = load_model(model, device="cuda")
-    res["load_s"] = round(time.perf_counter() - t1, 1)
-    t1 = time.perf_counter()
-    engine = Engine(loaded, max_batch_size=max_batch_size)
-    res["engine_s"] = round(time.perf_counter() - t1, 1)
-    res["total_s"] = round(time.perf_counter() - t0, 1)
-    if engine.kernels_ahead is not None:
-        res["ahead"] = asdict(engine.kernels_ahead)
-    engine.close()
-    res["compiles"] = len(timings)
-    res["compile_sum_s"] = round(sum(t["s"] for t in timings), 1)
-    by_kernel: dict[str, list[float]] = {}
-    for t in timings:
-        by_kernel.setdefault(t["kernel"], []).append(t["s"])
-    res["compile_by_kernel"] = {
-        k: {"n": len(v), "sum_s": round(sum(v), 1), "max_s": round(max(v), 1)}
-        for k, v in sorted(by_kernel.items(), key=lambda kv: -sum(kv[1]))
-    }
+    engine = ProcessEngine(model, {"max_batch_size": max_batch_size})
+    res: dict[str, Any] = {"phase": phase, "pool": POOL[phase], "ready_s": round(time.perf_counter() - t0, 1)}
+    try:
+        res["startup"] = asyncio.run(engine.info()).get("startup")
+    finally:
+        engine.close()
     return res
 
 
@@ -98,7 +58,7 @@ def main() -> None:
     for phase in args.phases.split(","):
         cache = args.out / ("cache-" + {"warm": "cold", "ahead-warm": "ahead"}.get(phase, phase))
         env = {**os.environ, "TRITON_CACHE_DIR": str(cache)}
-        env["CSM_COMPILE_AHEAD"] = "1" if phase.startswith("ahead") else "0"
+        env["CSM_COMPILE_AHEAD"] = POOL[phase]
         if args.list:
             env["CSM_KERNEL_LIST"] = str(args.list)
         cmd = [
@@ -119,7 +79,7 @@ def main() -> None:
         res = json.loads(path.read_text()) if proc.returncode == 0 and path.exists() else {"phase": phase}
         res.update(process_wall_s=round(time.perf_counter() - t0, 1), returncode=proc.returncode)
         results.append(res)
-        print(json.dumps({k: v for k, v in res.items() if k != "compile_by_kernel"}), flush=True)
+        print(json.dumps(res), flush=True)
         (args.out / "startup.json").write_text(
             json.dumps({"command": " ".join(sys.argv), "runs": results}, indent=1)
         )

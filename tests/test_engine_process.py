@@ -89,6 +89,11 @@ def test_generate_encode_info_and_health_answer(engine: ProcessEngine, steps: li
     assert info["engine_process"]["pid"] == engine.pid != os.getpid()
     assert info["engine_process"]["gc_frozen_objects"] > 10_000  # the engine's start-up objects, out of the GC
     assert info["slots"] == 1 and info["steps"] > 0
+    startup = info["startup"]  # where the child's start went, phase by phase
+    assert 0 < startup["imports_s"] < startup["process_s"]
+    assert startup["load_s"] > 0 and startup["capture_s"] > 0
+    assert startup["imports_s"] + startup["load_s"] + startup["engine_s"] <= startup["process_s"] + 0.01
+    assert startup["kernels_ahead"] is None  # a CPU engine compiles nothing ahead
     asyncio.run(engine.check_health())
 
     async def batch_seen_while_streaming() -> None:  # the child reports its loop's batch as it changes

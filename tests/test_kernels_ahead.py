@@ -80,13 +80,92 @@ def test_the_thread_pool_compiles_side_by_side_and_counts_a_stale_entry() -> Non
 def test_the_process_pool_compiles_in_other_processes_and_counts_a_stale_entry(tmp_path: Path) -> None:
     names = ("a", "b", "stale", "c", "d", "e")
     specs = [json.dumps({"name": name, "dir": str(tmp_path)}) for name in names]
-    report = ahead.CompileAhead(specs, workers=2, processes=True, compile_one=_leave_a_mark).wait()
+    report = ahead.CompileAhead(specs, workers=2, processes=True, compile_one=_leave_a_mark, adopt_one=len).wait()
     assert (report.total, report.compiled, report.failed) == (6, 5, 1)
     assert report.errors == ["RuntimeError: signature changed"]
     marks = [p.name.split("-") for p in tmp_path.iterdir()]
     assert sorted(name for _, name in marks) == ["a", "b", "c", "d", "e"]
     pids = {int(pid) for pid, _ in marks}
     assert pids and os.getpid() not in pids
+
+
+def _note_the_load(spec: str) -> None:
+    """Stands in for loading a compiled kernel into this process: leaves a file named by its pid."""
+    data = json.loads(spec)
+    (Path(data["dir"]) / f"{os.getpid()}-loaded-{data['name']}").touch()
+
+
+def test_on_processes_each_compiled_kernel_is_loaded_into_this_process(tmp_path: Path) -> None:
+    names = ("a", "stale", "b", "c")
+    specs = [json.dumps({"name": name, "dir": str(tmp_path)}) for name in names]
+    report = ahead.CompileAhead(
+        specs, workers=2, processes=True, compile_one=_leave_a_mark, adopt_one=_note_the_load
+    ).wait()
+    assert (report.pool, report.compiled, report.failed) == ("processes", 3, 1)
+    loaded = sorted(p.name for p in tmp_path.iterdir() if "-loaded-" in p.name)
+    assert loaded == [f"{os.getpid()}-loaded-{name}" for name in ("a", "b", "c")]  # not the stale one
+    compiled_elsewhere = {p.name.split("-")[0] for p in tmp_path.iterdir() if "-loaded-" not in p.name}
+    assert str(os.getpid()) not in compiled_elsewhere
+
+
+def test_a_failed_load_is_counted_like_a_failed_compile(tmp_path: Path) -> None:
+    specs = [json.dumps({"name": name, "dir": str(tmp_path)}) for name in ("a", "b")]
+    report = ahead.CompileAhead(
+        specs, workers=2, processes=True, compile_one=_leave_a_mark, adopt_one=_fail_to_load_b
+    ).wait()
+    assert (report.compiled, report.failed) == (1, 1)
+    assert report.errors == ["RuntimeError: load b"]
+
+
+def _fail_to_load_b(spec: str) -> None:
+    if json.loads(spec)["name"] == "b":
+        raise RuntimeError("load b")
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [(None, "threads"), ("1", "threads"), ("0", None), ("off", None), ("threads", "threads"), ("processes", "processes")],
+)
+def test_the_pool_kind_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, raw: str | None, kind: str | None
+) -> None:
+    if raw is None:
+        monkeypatch.delenv(ahead.POOL_ENV, raising=False)
+    else:
+        monkeypatch.setenv(ahead.POOL_ENV, raw)
+    monkeypatch.setattr(ahead, "DEFAULT_POOL", "threads")
+    assert ahead.pool_kind() == kind
+
+
+def test_an_unknown_pool_kind_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ahead.POOL_ENV, "fibers")
+    with pytest.raises(ValueError, match="CSM_COMPILE_AHEAD"):
+        ahead.pool_kind()
+    with pytest.raises(ValueError, match="CSM_COMPILE_AHEAD"):  # a start fails on it, saying why
+        ahead.start_for_preset("csm-1b-random")
+
+
+def test_a_shipped_specialization_leaves_its_recording_machines_paths_behind() -> None:
+    spec = ahead.shipped_specializations(next(iter(json.loads(ahead.SHIPPED.read_text())["lists"])))[0]
+    assert "extern_libs" in json.loads(spec)["options"]  # the recording machine's libdevice path
+    cleaned = json.loads(ahead.portable(spec))
+    assert "extern_libs" not in cleaned["options"]
+    assert {k: v for k, v in cleaned.items() if k != "options"} == {
+        k: v for k, v in json.loads(spec).items() if k != "options"
+    }
+    assert ahead.portable(json.dumps({"name": "x"})) == json.dumps({"name": "x"})
+
+
+def test_a_presets_geometry_is_known_before_it_loads(tmp_path: Path) -> None:
+    from serve_app.model.tiny import CSM_1B_CONFIG, TINY_CONFIG
+
+    full, tiny = ahead.geometry_key(CSM_1B_CONFIG), ahead.geometry_key(TINY_CONFIG)
+    assert ahead.preset_geometry_key("csm-1b-random") == full
+    assert ahead.preset_geometry_key("tiny-random") == tiny
+    assert ahead.preset_geometry_key("csm-1b") == full  # the released weights
+    assert ahead.preset_geometry_key(str(tmp_path)) == full  # a local checkpoint directory
+    with pytest.raises(ValueError):
+        ahead.preset_geometry_key("no-such-preset")
 
 
 def test_a_pool_that_compiled_everything_leaves_its_marker_and_one_with_a_failure_does_not(
@@ -188,6 +267,7 @@ cache = Path(os.environ["TRITON_CACHE_DIR"])
 key = ahead.list_key(ahead.target_name(ahead.current_target()), ahead.geometry_key(TINY_CONFIG))
 processes = os.environ["AHEAD_PROCESSES"] == "1"
 report = ahead.CompileAhead(ahead.shipped_specializations(key), processes=processes).wait()
+assert report.compiled_again == [], report  # on processes: every kernel loaded from the disk cache
 compiled = cubins()
 os.environ["CSM_COMPILE_AHEAD"] = "0"
 engine = Engine(load_model("tiny-random", device="cuda"), max_batch_size=8)

@@ -49,8 +49,15 @@ from serve_app.engine.types import (
     FinishReason,
     GenerationRequest,
 )
-from serve_app.model.kernels.ahead import AheadReport, geometry_key, start_shipped
-from serve_app.model.loading import LoadedModel, load_model, resolve_dtype
+from serve_app.model.config import CsmModelConfig
+from serve_app.model.kernels.ahead import (
+    AheadReport,
+    CompileAhead,
+    geometry_key,
+    start_for_preset,
+    start_shipped,
+)
+from serve_app.model.loading import LoadedModel, load_model, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -111,23 +118,31 @@ class Engine:
         loaded: LoadedModel,
         config: EngineConfig | None = None,
         on_step: StepObserver | None = None,
+        *,
+        kernels_ahead: CompileAhead | None = None,
         **options: Any,
     ) -> None:
-        """`on_step` hears each change of batch size and queue depth (from the loop thread)."""
+        """`on_step` hears each change of batch size and queue depth (from the loop thread).
+        `kernels_ahead`: a compile-ahead started before the model loaded (`start_for_preset`); else
+        one starts here."""
+        t0 = time.perf_counter()
         self.loaded = loaded
         self.config = config = EngineConfig(**{**asdict(config or EngineConfig()), **options})
         model = loaded.model
         if not bool(torch.isfinite(model.codebook0_head.weight).all()):
             raise RuntimeError("model weights are not finite")
         cuda = model.codebook0_head.weight.device.type == "cuda"
-        compiling = start_shipped(geometry_key(model.cfg)) if cuda else None
+        compiling = self._kernels_ahead_for(model.cfg, kernels_ahead) if cuda else kernels_ahead
         cap = config.max_batch_size or (128 if cuda else 8)
         n_slots = slots_for_memory(model, cap, config.memory_fraction)
         chunks = ChunkPolicy(
             config.first_chunk_frames, config.chunk_frames, config.chunk_ramp, config.chunk_align
         )
         # Before capture's first launch, which would compile its kernel itself.
+        t1 = time.perf_counter()
         self.kernels_ahead: AheadReport | None = compiling.wait() if compiling is not None else None
+        self.startup: dict[str, float] = {"kernels_ahead_wait_s": round(time.perf_counter() - t1, 2)}
+        t1 = time.perf_counter()
         runner = ModelRunner(
             model,
             self._audio_decoder_model(cuda),
@@ -156,6 +171,20 @@ class Engine:
         )
         self._closed = False
         self.loop.start()
+        self.startup["capture_s"] = round(time.perf_counter() - t1, 2)
+        self.startup["engine_s"] = round(time.perf_counter() - t0, 2)
+        logger.info("engine started: %s", self.startup)
+
+    @staticmethod
+    def _kernels_ahead_for(cfg: CsmModelConfig, started: CompileAhead | None) -> CompileAhead | None:
+        """The compile-ahead for the loaded model: `started` if it compiles for its geometry, else
+        one started now (a `started` for another geometry is joined first: it would compete)."""
+        key = geometry_key(cfg)
+        if started is not None and started.model_key == key:
+            return started
+        if started is not None:
+            started.wait()
+        return start_shipped(key)
 
     def _audio_decoder_model(self, cuda: bool) -> Any:
         """The Mimi weights the stream decoder runs (a copy in `audio_dtype` if that differs from
@@ -175,13 +204,23 @@ class Engine:
         *,
         device: str | None = None,
         on_step: StepObserver | None = None,
+        kernels_ahead: CompileAhead | None = None,
         **kwargs: Any,
     ) -> Engine:
         """Load `preset` (name, preset file or checkpoint dir; see `load_model`) and serve it.
 
-        Keywords naming `EngineConfig` fields configure the engine; the rest go to `load_model`."""
+        Keywords naming `EngineConfig` fields configure the engine; the rest go to `load_model`. On a
+        GPU the kernels' compile-ahead starts before the load (unless `kernels_ahead` was started
+        earlier still), so it runs while the weights load."""
         config, load_kwargs = EngineConfig.split(kwargs)
-        return cls(load_model(preset, device=device, **load_kwargs), config, on_step)
+        if kernels_ahead is None and resolve_device(device).type == "cuda":
+            kernels_ahead = start_for_preset(preset)
+        t0 = time.perf_counter()
+        loaded = load_model(preset, device=device, **load_kwargs)
+        load_s = round(time.perf_counter() - t0, 2)
+        engine = cls(loaded, config, on_step, kernels_ahead=kernels_ahead)
+        engine.startup["load_s"] = load_s
+        return engine
 
     # ---- requests ---------------------------------------------------------------------------------
     def _sequence(self, request: GenerationRequest, sink: Callable[[Item], None]) -> Sequence:
@@ -286,6 +325,12 @@ class Engine:
         return {
             **self.loaded.info,
             "engine": "continuous-batching",
+            # Where this engine's start went (seconds; imports_s and process_s where it runs in a
+            # process of its own), and what its kernels' compile-ahead did.
+            "startup": {
+                **self.startup,
+                "kernels_ahead": asdict(self.kernels_ahead) if self.kernels_ahead is not None else None,
+            },
             **runner.info(),
             **self.loop.stats(),
             "chunk_frames": {

@@ -312,18 +312,27 @@ class ProcessEngine:
 
 def child_main(fd: int) -> None:
     """The child's entry point (`python -c`): read what to build from the socket `fd`, build the
-    engine, answer READY (or FAILED), serve until CLOSE or EOF."""
-    from serve_app.engine.engine import Engine, lower_switch_interval
+    engine, answer READY (or FAILED), serve until CLOSE or EOF.
 
+    The kernels' compile-ahead starts first, before the engine's imports (torch, transformers: some
+    10 s on a GPU host) and the model's load, so that on a start with no kernel cache it compiles
+    behind them."""
+    t0 = time.perf_counter()
     conn = Connection(fd)
     preset, engine_kwargs, setup = conn.recv()
     send = _Sender(conn)
     try:
         if setup is not None:
             setup()
+        kernels_ahead = _start_kernels_ahead(preset, engine_kwargs)
+        from serve_app.engine.engine import Engine, lower_switch_interval
+
+        imports_s = round(time.perf_counter() - t0, 2)
         lower_switch_interval()  # this process hosts the engine's loop thread
         steps = _StepReport()
-        engine = Engine.from_preset(preset, on_step=steps.update, **engine_kwargs)
+        engine = Engine.from_preset(preset, on_step=steps.update, kernels_ahead=kernels_ahead, **engine_kwargs)
+        engine.startup = {"imports_s": imports_s, **engine.startup, "process_s": round(time.perf_counter() - t0, 2)}
+        logger.info("engine process started: %s", engine.startup)
     except Exception as exc:  # reported to the parent, which raises it
         logger.exception("engine process failed to start")
         send((FAILED, _picklable(exc)))
@@ -338,6 +347,18 @@ def child_main(fd: int) -> None:
         asyncio.run(_ChildServer(engine, conn, send, steps).serve())
     finally:
         engine.close()
+
+
+def _start_kernels_ahead(preset: str, engine_kwargs: dict[str, Any]) -> Any:
+    """`ahead.start_for_preset` where the engine will run on CUDA (None elsewhere)."""
+    import torch
+
+    device = engine_kwargs.get("device")
+    if not torch.cuda.is_available() or (device is not None and not str(device).startswith("cuda")):
+        return None
+    from serve_app.model.kernels.ahead import start_for_preset
+
+    return start_for_preset(preset)
 
 
 class _StepReport:

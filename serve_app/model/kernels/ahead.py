@@ -12,7 +12,10 @@ A recorded specialization names a kernel, its arguments' types, alignments and c
 compile options, not its code: compiled ahead, it is the current code's kernel for exactly the launch
 that was recorded, so a list older than the code costs time (a kernel compiled that no launch takes,
 or one compiled twice), never a wrong kernel. One that no longer fits its kernel's signature fails to
-compile and is counted (`AheadReport.failed`)."""
+compile and is counted (`AheadReport.failed`).
+
+A model replica's engine process starts the pool first, before its heavy imports and the model's load
+(`start_for_preset`: the geometry follows from the preset), so the compiles run behind them."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -89,18 +92,34 @@ def kernel_of(spec: str) -> object:
 
 @dataclass
 class AheadReport:
-    """What a compile-ahead did: its specializations compiled and failed, and its wall time."""
+    """What a compile-ahead did: its specializations compiled and failed, its wall time and pool.
+    `compiled_again`: on processes, those whose load into this process took over a second (a miss
+    of the disk cache the pool wrote: compiled again here), by kernel name."""
 
     total: int
     compiled: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    pool: str = "threads"
+    compiled_again: list[str] = field(default_factory=list)
+
+
+def portable(spec: str) -> str:
+    """`spec` without the recording machine's file paths (its libdevice's): this machine's own are
+    used, as a launch here uses them (the path is part of Triton's disk-cache key, not the kernel)."""
+    data = json.loads(spec)
+    options = data.get("options")
+    if not isinstance(options, dict) or "extern_libs" not in options:
+        return spec
+    data["options"] = {k: v for k, v in options.items() if k != "extern_libs"}
+    return json.dumps(data)
 
 
 def compile_here(spec: str) -> None:
-    """Compile one specialization in this process (its JIT cache and Triton's disk cache)."""
-    kernel_of(spec).preload(spec)  # type: ignore[attr-defined]
+    """Compile one specialization in this process (its JIT cache and Triton's disk cache; a disk
+    hit only loads it)."""
+    kernel_of(spec).preload(portable(spec))  # type: ignore[attr-defined]
 
 
 def compile_to_disk(spec: str, target: object) -> None:
@@ -123,22 +142,43 @@ def _attempt(compile_one: Callable[[str], None], spec: str) -> str | None:
     return None
 
 
-PROCESSES = False
-"""Whether the pool is of processes (each compiling into Triton's disk cache, where the launches find
-them) rather than threads (into this process's JIT cache, and the disk cache). Triton's compile holds
-the GIL for much of its time: with an empty cache, CSM-1B's 117 specializations took 58.8 s one after
-another in an H200 machine's start, 21.1 s ahead on 16 threads (each compile 4.6x slower there; the
-engine's start 40.1 s against 73.6); on an H100 machine 16.6 s on threads (start 30.4 s), 9.5 s on 16
-processes, but the start took 38.9 s: the sampler kernel's 5 specializations missed the disk cache
-the processes had filled and were compiled again, one after another (14.5 s; why is not known yet).
+POOL_ENV = "CSM_COMPILE_AHEAD"
+"""`threads` or `processes` (the pool's kind; `1`: the default, `DEFAULT_POOL`), or `0` (off)."""
+
+DEFAULT_POOL = "threads"
+"""The pool a start uses unless `CSM_COMPILE_AHEAD` names one. Triton's compile holds the GIL for much
+of its time: with an empty cache, CSM-1B's 117 specializations took 58.8 s one after another in an
+H200 machine's start, 21.1 s ahead on 16 threads (each compile 4.6x slower there; the engine's start
+40.1 s against 73.6); on an H100 machine 16.6 s on threads (start 30.4 s), 9.5 s on 16 processes
+writing Triton's disk cache, which the launches then read, except the sampler kernel's 5, which they
+compiled again (14.5 s). Processes now hand each compiled kernel to this process's JIT cache through
+the same load as the compile (`compile_here`, a disk hit), so the launches find it in memory.
 `benchmarks/bench_startup.py`, `benchmarks/results/2026-12-06-*-startup-kernels-ahead.json`."""
 
 
-class CompileAhead:
-    """Compiles a list of specializations on a pool (`PROCESSES`), started at once; `wait()` joins it.
+def pool_kind() -> str | None:
+    """The pool `CSM_COMPILE_AHEAD` asks for: `threads`, `processes`, or None (off)."""
+    raw = os.environ.get(POOL_ENV, "1").strip().lower()
+    if raw in ("0", "off", "false", "no"):
+        return None
+    if raw in ("1", "on", "true", "yes", ""):
+        return DEFAULT_POOL
+    if raw not in ("threads", "processes"):
+        raise ValueError(f"{POOL_ENV} must be 0, 1, threads or processes, got {raw!r}")
+    return raw
 
-    Wait before the first launch (graph capture): a launch whose kernel is not compiled yet compiles it
-    again itself."""
+
+SLOW_LOAD_S = 1.0
+"""A load of a kernel the process pool compiled that took longer compiled it again (`compiled_again`)."""
+
+
+class CompileAhead:
+    """Compiles a list of specializations on a pool, started at once; `wait()` joins it.
+
+    On threads, each compile lands in this process's JIT cache. On processes (spawned: no fork of a
+    process holding CUDA state), each lands in Triton's disk cache, and as each finishes a thread
+    here loads it into this process's JIT cache (`adopt_one`). Wait before the first launch (graph
+    capture): a launch whose kernel is not compiled yet compiles it again itself."""
 
     def __init__(
         self,
@@ -147,22 +187,72 @@ class CompileAhead:
         processes: bool | None = None,
         compile_one: Callable[[str], None] | None = None,
         done_marker: Path | None = None,
+        adopt_one: Callable[[str], None] | None = None,
     ) -> None:
-        """`done_marker`: a file written once every specialization compiled (`start_shipped`)."""
-        self.report = AheadReport(total=len(specs))
+        """`processes`: None asks `CSM_COMPILE_AHEAD` (`pool_kind`). `done_marker`: a file written
+        once every specialization compiled (`start_shipped`). `adopt_one`: on processes, what loads
+        a compiled one here (default `compile_here`)."""
+        if processes is None:
+            processes = pool_kind() == "processes"
+        self.report = AheadReport(total=len(specs), pool="processes" if processes else "threads")
         self._done_marker = done_marker
         self._t0 = time.perf_counter()
         workers = max(1, min(workers or len(os.sched_getaffinity(0)), 16, len(specs) or 1))
-        self._pool: Executor
-        if PROCESSES if processes is None else processes:
-            spawn = multiprocessing.get_context("spawn")  # no fork of a process holding CUDA state
-            self._pool = ProcessPoolExecutor(workers, mp_context=spawn)
+        self._pools: list[Executor] = []
+        self._lock = threading.Lock()
+        self._futures: list[Future[str | None]]
+        if processes:
+            spawn = multiprocessing.get_context("spawn")
+            compiling = ProcessPoolExecutor(workers, mp_context=spawn)
+            loading = ThreadPoolExecutor(4, thread_name_prefix="compile-ahead-load")
+            self._pools = [compiling, loading]
             compile_one = compile_one or functools.partial(compile_to_disk, target=current_target())
+            adopt = adopt_one or compile_here
+            self._futures = [
+                self._then_adopt(compiling.submit(_attempt, compile_one, spec), spec, adopt, loading)
+                for spec in specs
+            ]
         else:
-            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="compile-ahead")
+            threads = ThreadPoolExecutor(workers, thread_name_prefix="compile-ahead")
+            self._pools = [threads]
             compile_one = compile_one or compile_here
-        self._futures = [self._pool.submit(_attempt, compile_one, spec) for spec in specs]
+            self._futures = [threads.submit(_attempt, compile_one, spec) for spec in specs]
         self._joined = False
+        self.model_key: str | None = None  # the geometry it compiles for (`start_shipped`)
+
+    def _then_adopt(
+        self,
+        compiled: Future[str | None],
+        spec: str,
+        adopt: Callable[[str], None],
+        loading: Executor,
+    ) -> Future[str | None]:
+        """A future of `spec`'s outcome: its compile's error, else its load's (on `loading`)."""
+        outcome: Future[str | None] = Future()
+
+        def load() -> None:
+            t0 = time.perf_counter()
+            error = _attempt(adopt, spec)
+            if time.perf_counter() - t0 > SLOW_LOAD_S:
+                with self._lock:
+                    self.report.compiled_again.append(json.loads(spec).get("name", "?").rpartition(".")[2])
+            outcome.set_result(error)
+
+        def compiled_then(done: Future[str | None]) -> None:
+            try:
+                error = done.result()
+            except Exception as exc:  # noqa: BLE001 - the pool itself broke (a process died)
+                error = f"{type(exc).__name__}: {exc}"[:300]
+            if error is not None:
+                outcome.set_result(error)
+                return
+            try:
+                loading.submit(load)
+            except RuntimeError as exc:  # shut down: the launch compiles it itself
+                outcome.set_result(f"{type(exc).__name__}: {exc}"[:300])
+
+        compiled.add_done_callback(compiled_then)
+        return outcome
 
     def wait(self) -> AheadReport:
         if self._joined:
@@ -179,19 +269,23 @@ class CompileAhead:
             self.report.failed += 1
             if len(self.report.errors) < 5:
                 self.report.errors.append(error)
-        self._pool.shutdown()
+        for pool in self._pools:
+            pool.shutdown()
         self.report.seconds = round(time.perf_counter() - self._t0, 2)
         if self._done_marker is not None and not self.report.failed:
             with contextlib.suppress(OSError):  # a read-only cache: compiled ahead again next time
                 self._done_marker.parent.mkdir(parents=True, exist_ok=True)
                 self._done_marker.write_text(json.dumps(asdict(self.report)))
         logger.info(
-            "compiled %d of %d Triton kernel specializations ahead in %.1f s (%d failed: %s)",
+            "compiled %d of %d Triton kernel specializations ahead on %s in %.1f s (%d failed: %s; "
+            "compiled again on loading: %s)",
             self.report.compiled,
             self.report.total,
+            self.report.pool,
             self.report.seconds,
             self.report.failed,
             self.report.errors,
+            self.report.compiled_again,
         )
         return self.report
 
@@ -220,27 +314,41 @@ def shipped_specializations(key: str, path: Path | None = None) -> list[str]:
     return list(entry.get("specializations", []))
 
 
+def _kernel_sources(specs: list[str]) -> list[str]:
+    """A hash of each source file the listed kernels live in, with every file of this kernels
+    package (what they call), read without importing them: an engine process checks its marker
+    before its heavy imports."""
+    import importlib.util
+
+    files = set(Path(__file__).parent.glob("*.py"))
+    for module in {json.loads(spec)["name"].rpartition(".")[0] for spec in specs}:
+        found = importlib.util.find_spec(module)
+        if found is not None and found.origin:
+            files.add(Path(found.origin))
+    return [f"{f.name}:{hashlib.sha1(f.read_bytes()).hexdigest()}" for f in sorted(files)]
+
+
 def done_marker(specs: list[str]) -> Path:
     """The file in Triton's cache directory that says `specs` were compiled into it, for this
-    Triton and these kernels' code (each JIT function's source hash, with what it calls): with it
-    there, a start skips the pool (a warm cache's start pays nothing for it). A kernel whose code
-    changed gets another marker; a cache emptied around a marker costs launches compiling again."""
+    Triton and these kernels' code (their source files): with it there, a start skips the pool (a
+    warm cache's start pays nothing for it). Kernel code changed gets another marker; a cache emptied
+    around a marker costs launches compiling again."""
     import triton
 
-    kernels = sorted({kernel_of(spec).cache_key for spec in specs})  # type: ignore[attr-defined]
-    digest = hashlib.sha1(json.dumps([triton.__version__, kernels, specs]).encode()).hexdigest()[:20]
+    sources = _kernel_sources(specs)
+    digest = hashlib.sha1(json.dumps([triton.__version__, sources, specs]).encode()).hexdigest()[:20]
     return Path(triton.knobs.cache.dir) / f"csm-serve-compiled-ahead-{digest}.json"
 
 
 def start_shipped(model_key: str) -> CompileAhead | None:
-    """Start compiling the list shipped for this GPU and `model_key` (None without CUDA or Triton,
-    with no list for them, with the list compiled into the cache before (`done_marker`), or with
-    `CSM_COMPILE_AHEAD=0`)."""
+    """Start compiling the list shipped for this GPU and `model_key` on the pool `CSM_COMPILE_AHEAD`
+    names (None without CUDA or Triton, with no list for them, with the list compiled into the cache
+    before (`done_marker`), or with `CSM_COMPILE_AHEAD=0`)."""
     import torch
 
     from serve_app.model.kernels import triton_available
 
-    if os.environ.get("CSM_COMPILE_AHEAD", "1") == "0" or not torch.cuda.is_available():
+    if pool_kind() is None or not torch.cuda.is_available():
         return None
     if not triton_available() or os.environ.get("TRITON_INTERPRET") == "1":
         return None
@@ -249,9 +357,35 @@ def start_shipped(model_key: str) -> CompileAhead | None:
         return None
     try:
         marker = done_marker(specs)
-    except Exception:  # noqa: BLE001 - a kernel renamed since the list: compile, counting it
+    except Exception:  # noqa: BLE001 - a module moved since the list: compile, counting it
         marker = None
     if marker is not None and marker.exists():
         logger.info("Triton kernels compiled ahead before (%s): nothing to compile", marker.name)
         return None
-    return CompileAhead(specs, done_marker=marker)
+    pool = CompileAhead(specs, done_marker=marker)
+    pool.model_key = model_key
+    return pool
+
+
+def preset_geometry_key(preset_or_path: str) -> str:
+    """The geometry key of the model `preset_or_path` will load, known before its weights are:
+    a random preset's own geometry, else CSM-1B's (the released checkpoints; a local directory is
+    assumed to hold one too, and checked once loaded)."""
+    from serve_app.config import get_preset
+    from serve_app.model.tiny import CSM_1B_CONFIG, RANDOM_GEOMETRIES
+
+    if Path(preset_or_path).is_dir():
+        return geometry_key(CSM_1B_CONFIG)
+    preset = get_preset(preset_or_path)
+    return geometry_key(RANDOM_GEOMETRIES[preset.geometry] if preset.format == "random" else CSM_1B_CONFIG)
+
+
+def start_for_preset(preset_or_path: str) -> CompileAhead | None:
+    """`start_shipped` for the model a preset will load, before it loads (its `model_key` says which
+    geometry it compiles for; the engine checks it against the loaded model's)."""
+    try:
+        model_key = preset_geometry_key(preset_or_path)
+    except Exception:  # an unknown preset fails at its load, with its own error
+        logger.debug("no compile-ahead for %r", preset_or_path, exc_info=True)
+        return None
+    return start_shipped(model_key)
