@@ -7,7 +7,8 @@ its imports and the model's load), each start in a fresh process with its own Tr
 Starts, in order: `cold` (an empty cache, nothing compiled ahead), `warm` (the cold start's cache),
 `ahead` (an empty cache, the list compiled ahead on threads: `--list`, else the shipped one),
 `ahead-warm` (the ahead start's cache, whose marker skips the pool: `ahead.done_marker`),
-`ahead-processes` (an empty cache, compiled ahead on processes). Each records the time to a ready
+`ahead-processes` (an empty cache, compiled ahead on processes); `ahead-late`, `ahead-processes-late`:
+the same with the pool started once the model has loaded (`compile_ahead_early` off). Each records the time to a ready
 engine and the engine's own account (`info()["startup"]`: imports, load, the wait for the pool,
 capture; the pool's report). Writes `startup.json` under `--out`."""
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import subprocess
@@ -23,15 +25,67 @@ import time
 from pathlib import Path
 from typing import Any
 
-PHASES = ("cold", "warm", "ahead", "ahead-warm", "ahead-processes")
-POOL = {"cold": "0", "warm": "0", "ahead": "threads", "ahead-warm": "threads", "ahead-processes": "processes"}
+PHASES = ("cold", "warm", "ahead", "ahead-warm", "ahead-processes", "ahead-late", "ahead-processes-late")
+POOL = {
+    "cold": "0",
+    "warm": "0",
+    "ahead": "threads",
+    "ahead-warm": "threads",
+    "ahead-processes": "processes",
+    "ahead-late": "threads",
+    "ahead-processes-late": "processes",
+}
 
 
-def run_phase(phase: str, model: str, max_batch_size: int) -> dict[str, Any]:
+def log_compiles(path: str) -> None:
+    """In the engine's process: append each Triton compile (a disk-cache hit too) to `path` as a
+    JSON line: kernel, thread, seconds, and Triton's disk-cache key in its parts (why a kernel
+    compiled in one process is or is not found by another)."""
+    import threading
+
+    import triton.compiler as tc
+    from triton.compiler.compiler import get_cache_invalidating_env_vars, make_backend
+    from triton.runtime.driver import driver
+
+    original = tc.compile
+    lock = threading.Lock()
+
+    def logged(src: Any, target: Any = None, options: Any = None, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        out = original(src, target, options, *args, **kwargs)
+        row: dict[str, Any] = {"s": round(time.perf_counter() - t0, 3), "thread": threading.current_thread().name}
+        try:
+            backend = make_backend(target or driver.active.get_current_target())
+            parsed = backend.parse_options(dict(options or {}))
+            row.update(
+                kernel=getattr(src.fn, "__name__", "?"),
+                fn_key=src.fn.cache_key,
+                src_hash=src.hash(),
+                options_hash=parsed.hash(),
+                env=str(sorted(get_cache_invalidating_env_vars().items())),
+                attrs=str(src.attrs),
+                constants=str(sorted((str(k), repr(v), type(v).__name__) for k, v in src.constants.items())),
+                signature=str(src.signature),
+                options={k: str(v) for k, v in sorted(parsed.__dict__.items())},
+            )
+        except Exception as exc:  # noqa: BLE001 - a diagnostic only
+            row["error"] = repr(exc)
+        with lock, open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        return out
+
+    tc.compile = logged
+
+
+def run_phase(phase: str, model: str, max_batch_size: int, compile_log: str | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
+    import bench_startup  # by its module name, which the engine's process can import (not __main__)
+
     from serve_app.engine.process import ProcessEngine
 
-    engine = ProcessEngine(model, {"max_batch_size": max_batch_size})
+    setup = functools.partial(bench_startup.log_compiles, compile_log) if compile_log else None
+    options = {"max_batch_size": max_batch_size, "compile_ahead_early": not phase.endswith("-late")}
+    engine = ProcessEngine(model, options, child_setup=setup)
     res: dict[str, Any] = {"phase": phase, "pool": POOL[phase], "ready_s": round(time.perf_counter() - t0, 1)}
     try:
         res["startup"] = asyncio.run(engine.info()).get("startup")
@@ -48,10 +102,14 @@ def main() -> None:
     ap.add_argument("--list", type=Path, help="lists to compile ahead (default: the shipped file)")
     ap.add_argument("--phases", default=",".join(PHASES))
     ap.add_argument("--phase", choices=PHASES, help="run one start in this process (internal)")
+    ap.add_argument(
+        "--compile-log", action="store_true", help="each start's Triton compiles as compiles-PHASE.jsonl"
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.phase:
-        res = run_phase(args.phase, args.model, args.max_batch_size)
+        log = str(args.out / f"compiles-{args.phase}.jsonl") if args.compile_log else None
+        res = run_phase(args.phase, args.model, args.max_batch_size, log)
         (args.out / f"{args.phase}.json").write_text(json.dumps(res, indent=1))
         return
     results = []
@@ -72,6 +130,7 @@ def main() -> None:
             str(args.max_batch_size),
             "--phase",
             phase,
+            *(["--compile-log"] if args.compile_log else []),
         ]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, check=False)

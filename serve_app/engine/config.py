@@ -49,6 +49,10 @@ class EngineConfig:
     # One loop iteration (milliseconds on a GPU) running this long fails the health check, so Ray
     # replaces a replica whose device or loop is wedged; 0: never. Raise it for big models on a CPU.
     stuck_iteration_s: float = 30.0
+    # On a GPU with no kernel cache, start compiling the shipped kernel list (`model/kernels/ahead.py`)
+    # before the engine process's imports and the model's load, so the compiles run behind them;
+    # False: once the model has loaded, with the host's cores to itself.
+    compile_ahead_early: bool = True
 
     @classmethod
     def split(cls, kwargs: Mapping[str, Any]) -> tuple[EngineConfig, dict[str, Any]]:

@@ -213,7 +213,7 @@ class Engine:
         GPU the kernels' compile-ahead starts before the load (unless `kernels_ahead` was started
         earlier still), so it runs while the weights load."""
         config, load_kwargs = EngineConfig.split(kwargs)
-        if kernels_ahead is None and resolve_device(device).type == "cuda":
+        if kernels_ahead is None and config.compile_ahead_early and resolve_device(device).type == "cuda":
             kernels_ahead = start_for_preset(preset)
         t0 = time.perf_counter()
         loaded = load_model(preset, device=device, **load_kwargs)

@@ -356,6 +356,8 @@ def _start_kernels_ahead(preset: str, engine_kwargs: dict[str, Any]) -> Any:
     device = engine_kwargs.get("device")
     if not torch.cuda.is_available() or (device is not None and not str(device).startswith("cuda")):
         return None
+    if not engine_kwargs.get("compile_ahead_early", True):
+        return None
     from serve_app.model.kernels.ahead import start_for_preset
 
     return start_for_preset(preset)
