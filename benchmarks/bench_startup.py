@@ -1,14 +1,13 @@
 """Where a replica's start goes, and what compiling its kernels ahead saves: the engine started as a
-model replica starts it (`ProcessEngine`: a process of its own, which starts the compile-ahead before
-its imports and the model's load), each start in a fresh process with its own Triton cache.
+model replica starts it (`ProcessEngine`: a process of its own), each start with its own Triton cache.
 
     python benchmarks/bench_startup.py --out /tmp/startup [--list FILE] [--model csm-1b-random]
 
 Starts, in order: `cold` (an empty cache, nothing compiled ahead), `warm` (the cold start's cache),
 `ahead` (an empty cache, the list compiled ahead on threads: `--list`, else the shipped one),
 `ahead-warm` (the ahead start's cache, whose marker skips the pool: `ahead.done_marker`),
-`ahead-processes` (an empty cache, compiled ahead on processes); `ahead-late`, `ahead-processes-late`:
-the same with the pool started once the model has loaded (`compile_ahead_early` off). Each records the time to a ready
+`ahead-processes` (an empty cache, compiled ahead on processes); `ahead-early`, `ahead-processes-early`:
+the same with the pool started before the engine process's imports (`compile_ahead_early`). Each records the time to a ready
 engine and the engine's own account (`info()["startup"]`: imports, load, the wait for the pool,
 capture; the pool's report). Writes `startup.json` under `--out`."""
 
@@ -25,15 +24,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-PHASES = ("cold", "warm", "ahead", "ahead-warm", "ahead-processes", "ahead-late", "ahead-processes-late")
+PHASES = ("cold", "warm", "ahead", "ahead-warm", "ahead-processes", "ahead-early", "ahead-processes-early")
 POOL = {
     "cold": "0",
     "warm": "0",
     "ahead": "threads",
     "ahead-warm": "threads",
     "ahead-processes": "processes",
-    "ahead-late": "threads",
-    "ahead-processes-late": "processes",
+    "ahead-early": "threads",
+    "ahead-processes-early": "processes",
 }
 
 
@@ -84,7 +83,7 @@ def run_phase(phase: str, model: str, max_batch_size: int, compile_log: str | No
     from serve_app.engine.process import ProcessEngine
 
     setup = functools.partial(bench_startup.log_compiles, compile_log) if compile_log else None
-    options = {"max_batch_size": max_batch_size, "compile_ahead_early": not phase.endswith("-late")}
+    options = {"max_batch_size": max_batch_size, "compile_ahead_early": phase.endswith("-early")}
     engine = ProcessEngine(model, options, child_setup=setup)
     res: dict[str, Any] = {"phase": phase, "pool": POOL[phase], "ready_s": round(time.perf_counter() - t0, 1)}
     try:

@@ -314,3 +314,32 @@ def test_a_start_finds_every_kernel_it_launches_compiled_ahead(tmp_path: Path, p
     assert 0 < len(got["ahead"]) <= len(listed)  # a cubin a compile
     compiled_by_the_start = set(got["after"]) - set(got["ahead"])
     assert got["after"] == got["ahead"], compiled_by_the_start
+
+
+class _StartedPool:
+    """Stands in for a `CompileAhead` started before the model loaded."""
+
+    def __init__(self, model_key: str) -> None:
+        self.model_key = model_key
+        self.joined = False
+
+    def wait(self) -> None:
+        self.joined = True
+
+
+def test_the_engine_keeps_a_pool_started_for_its_geometry_and_replaces_one_for_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from serve_app.engine import engine as engine_module
+    from serve_app.model.tiny import CSM_1B_CONFIG, TINY_CONFIG
+
+    started: list[str] = []
+    monkeypatch.setattr(engine_module, "start_shipped", lambda key: started.append(key) or f"pool for {key}")
+    tiny = ahead.geometry_key(TINY_CONFIG)
+    right = _StartedPool(tiny)
+    assert engine_module.Engine._kernels_ahead_for(TINY_CONFIG, right) is right  # type: ignore[arg-type]
+    assert started == [] and not right.joined
+    wrong = _StartedPool(ahead.geometry_key(CSM_1B_CONFIG))
+    assert engine_module.Engine._kernels_ahead_for(TINY_CONFIG, wrong) == f"pool for {tiny}"  # type: ignore[arg-type]
+    assert wrong.joined and started == [tiny]  # the other geometry's pool finished first, not left competing
+    assert engine_module.Engine._kernels_ahead_for(TINY_CONFIG, None) == f"pool for {tiny}"

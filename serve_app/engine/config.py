@@ -51,8 +51,10 @@ class EngineConfig:
     stuck_iteration_s: float = 30.0
     # On a GPU with no kernel cache, start compiling the shipped kernel list (`model/kernels/ahead.py`)
     # before the engine process's imports and the model's load, so the compiles run behind them;
-    # False: once the model has loaded, with the host's cores to itself.
-    compile_ahead_early: bool = True
+    # False (default): once the model has loaded, with the host's cores to itself. Early, on one H100
+    # machine, the imports took 28.7-32.5 s instead of 13.4 and the start 53.9 s on processes, 57.0 on
+    # threads; the start after the load measured 42.3 s on another H100 (README, Performance).
+    compile_ahead_early: bool = False
 
     @classmethod
     def split(cls, kwargs: Mapping[str, Any]) -> tuple[EngineConfig, dict[str, Any]]:

@@ -314,9 +314,8 @@ def child_main(fd: int) -> None:
     """The child's entry point (`python -c`): read what to build from the socket `fd`, build the
     engine, answer READY (or FAILED), serve until CLOSE or EOF.
 
-    The kernels' compile-ahead starts first, before the engine's imports (torch, transformers: some
-    10 s on a GPU host) and the model's load, so that on a start with no kernel cache it compiles
-    behind them."""
+    With `compile_ahead_early`, the kernels' compile-ahead starts first, before the engine's imports
+    (torch, transformers: some 13 s on a GPU host) and the model's load, to compile behind them."""
     t0 = time.perf_counter()
     conn = Connection(fd)
     preset, engine_kwargs, setup = conn.recv()
@@ -350,13 +349,16 @@ def child_main(fd: int) -> None:
 
 
 def _start_kernels_ahead(preset: str, engine_kwargs: dict[str, Any]) -> Any:
-    """`ahead.start_for_preset` where the engine will run on CUDA (None elsewhere)."""
+    """`ahead.start_for_preset` where the engine will run on CUDA with `compile_ahead_early` (None
+    elsewhere: the engine starts its own once the model has loaded)."""
     import torch
 
+    from serve_app.engine.config import EngineConfig
+
+    if not engine_kwargs.get("compile_ahead_early", EngineConfig.compile_ahead_early):
+        return None
     device = engine_kwargs.get("device")
     if not torch.cuda.is_available() or (device is not None and not str(device).startswith("cuda")):
-        return None
-    if not engine_kwargs.get("compile_ahead_early", True):
         return None
     from serve_app.model.kernels.ahead import start_for_preset
 

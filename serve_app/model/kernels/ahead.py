@@ -14,8 +14,9 @@ that was recorded, so a list older than the code costs time (a kernel compiled t
 or one compiled twice), never a wrong kernel. One that no longer fits its kernel's signature fails to
 compile and is counted (`AheadReport.failed`).
 
-A model replica's engine process starts the pool first, before its heavy imports and the model's load
-(`start_for_preset`: the geometry follows from the preset), so the compiles run behind them."""
+With the engine's `compile_ahead_early`, its process starts the pool before its heavy imports and the
+model's load (`start_for_preset`: the geometry follows from the preset); by default the engine
+starts it once the model has loaded."""
 
 from __future__ import annotations
 
@@ -150,10 +151,12 @@ DEFAULT_POOL = "threads"
 of its time: with an empty cache, CSM-1B's 117 specializations took 58.8 s one after another in an
 H200 machine's start, 21.1 s ahead on 16 threads (each compile 4.6x slower there; the engine's start
 40.1 s against 73.6); on an H100 machine 16.6 s on threads (start 30.4 s), 9.5 s on 16 processes
-writing Triton's disk cache, which the launches then read, except the sampler kernel's 5, which they
-compiled again (14.5 s). Processes now hand each compiled kernel to this process's JIT cache through
-the same load as the compile (`compile_here`, a disk hit), so the launches find it in memory.
-`benchmarks/bench_startup.py`, `benchmarks/results/2026-12-06-*-startup-kernels-ahead.json`."""
+writing Triton's disk cache (start 38.9 s: the sampler kernel's 5 missed that cache and compiled
+again at their launches). Processes now hand each compiled kernel to this process's JIT cache through
+the same load as the compile (`compile_here`, a disk hit); started early (`compile_ahead_early`) on
+one H100 machine, processes gave a 53.9 s engine process start and threads 57.0, with 9 of the loads
+still slow (`AheadReport.compiled_again`). Not compared after the load on one machine yet: threads
+stay. `benchmarks/bench_startup.py`, `benchmarks/results/2026-12-0[67]-*-startup-*.json`."""
 
 
 def pool_kind() -> str | None:
