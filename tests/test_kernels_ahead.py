@@ -343,3 +343,19 @@ def test_the_engine_keeps_a_pool_started_for_its_geometry_and_replaces_one_for_a
     assert engine_module.Engine._kernels_ahead_for(TINY_CONFIG, wrong) == f"pool for {tiny}"  # type: ignore[arg-type]
     assert wrong.joined and started == [tiny]  # the other geometry's pool finished first, not left competing
     assert engine_module.Engine._kernels_ahead_for(TINY_CONFIG, None) == f"pool for {tiny}"
+
+
+def _slow_compile(spec: str) -> None:
+    import time
+
+    time.sleep(0.2)
+
+
+def test_a_cancelled_pool_drops_what_had_not_started_and_leaves_no_marker(tmp_path: Path) -> None:
+    marker = tmp_path / "done.json"
+    specs = [json.dumps({"name": str(i)}) for i in range(20)]
+    pool = ahead.CompileAhead(specs, workers=2, processes=False, compile_one=_slow_compile, done_marker=marker)
+    pool.cancel()
+    report = pool.wait()
+    assert report.compiled < len(specs) and report.compiled + report.failed == len(specs)
+    assert not marker.exists()

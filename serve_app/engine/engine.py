@@ -209,14 +209,19 @@ class Engine:
     ) -> Engine:
         """Load `preset` (name, preset file or checkpoint dir; see `load_model`) and serve it.
 
-        Keywords naming `EngineConfig` fields configure the engine; the rest go to `load_model`. On a
-        GPU the kernels' compile-ahead starts before the load (unless `kernels_ahead` was started
-        earlier still), so it runs while the weights load."""
+        Keywords naming `EngineConfig` fields configure the engine; the rest go to `load_model`. With
+        `compile_ahead_early` on a GPU, the kernels' compile-ahead starts before the load (unless
+        `kernels_ahead` was started earlier still), so it runs while the weights load."""
         config, load_kwargs = EngineConfig.split(kwargs)
         if kernels_ahead is None and config.compile_ahead_early and resolve_device(device).type == "cuda":
             kernels_ahead = start_for_preset(preset)
         t0 = time.perf_counter()
-        loaded = load_model(preset, device=device, **load_kwargs)
+        try:
+            loaded = load_model(preset, device=device, **load_kwargs)
+        except BaseException:
+            if kernels_ahead is not None:
+                kernels_ahead.cancel()  # else the process's exit would wait for the whole list
+            raise
         load_s = round(time.perf_counter() - t0, 2)
         engine = cls(loaded, config, on_step, kernels_ahead=kernels_ahead)
         engine.startup["load_s"] = load_s

@@ -257,6 +257,12 @@ class CompileAhead:
         compiled.add_done_callback(compiled_then)
         return outcome
 
+    def cancel(self) -> None:
+        """Drop what has not started compiling (the start it was for failed); no marker is left."""
+        self._done_marker = None
+        for pool in self._pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+
     def wait(self) -> AheadReport:
         if self._joined:
             return self.report
