@@ -95,7 +95,7 @@ def kernel_of(spec: str) -> object:
 class AheadReport:
     """What a compile-ahead did: its specializations compiled and failed, its wall time and pool.
     `compiled_again`: on processes, those whose load into this process took over a second (a miss
-    of the disk cache the pool wrote: compiled again here), by kernel name."""
+    of the disk cache the pool wrote, compiled again here, or a load kept waiting), by kernel name."""
 
     total: int
     compiled: int = 0
@@ -154,9 +154,9 @@ H200 machine's start, 21.1 s ahead on 16 threads (each compile 4.6x slower there
 writing Triton's disk cache (start 38.9 s: the sampler kernel's 5 missed that cache and compiled
 again at their launches). Processes now hand each compiled kernel to this process's JIT cache through
 the same load as the compile (`compile_here`, a disk hit); started early (`compile_ahead_early`) on
-one H100 machine, processes gave a 53.9 s engine process start and threads 57.0, with 9 of the loads
-still slow (`AheadReport.compiled_again`). Not compared after the load on one machine yet: threads
-stay. `benchmarks/bench_startup.py`, `benchmarks/results/2026-12-0[67]-*-startup-*.json`."""
+one H100 machine, processes gave a 53.9 s engine process start and threads 57.0; 9 of the loads took
+over a second (`AheadReport.compiled_again`; a load waiting for its module while the process imports
+looks the same). Not compared after the load on one machine yet: threads stay. `benchmarks/bench_startup.py`, `benchmarks/results/2026-12-0[67]-*-startup-*.json`."""
 
 
 def pool_kind() -> str | None:
