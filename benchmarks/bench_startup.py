@@ -137,7 +137,7 @@ def main() -> None:
         res = json.loads(path.read_text()) if proc.returncode == 0 and path.exists() else {"phase": phase}
         res.update(process_wall_s=round(time.perf_counter() - t0, 1), returncode=proc.returncode)
         results.append(res)
-        print(json.dumps(res), flush=True)
+        print("\n" + json.dumps(res), flush=True)  # on a line of its own, after any child output
         (args.out / "startup.json").write_text(
             json.dumps({"command": " ".join(sys.argv), "runs": results}, indent=1)
         )

@@ -18,6 +18,12 @@
 #            StreamingStack (bench_mimi_stream.py) (not a default part); `step-bench` and
 #            `seanet-bench` run one of the two. Each runs under a timeout. STEP_VARIANTS: the
 #            settings step-bench times (bench_fused_linear.py VARIANTS, comma-separated).
+#   startup  benchmarks/bench_startup.py: engine-process starts with empty Triton caches, the kernels
+#            compiled ahead on threads and processes, after the load and early, each start's
+#            compiles logged (STARTUP_PHASES; not a default part)
+#   ready-cold  `csm-serve serve` as for http, with Triton's and torch's caches emptied first: the
+#            seconds to a healthy /health and the engine's own account of its start (/info's
+#            engine.startup), then stop (not a default part)
 #   prefill-ab  the engine with its prompts prefilled apart (`--no-prefill-in-step`, the default carries
 #            them in the step) and with its prefills attending through the decode kernel
 #            (`--no-prefill-in-step --prefill-attention kernel`) against the defaults, in turns (ab_engine.py flags; not a default part; AB_REPEATS, default 1)
@@ -108,6 +114,15 @@ if has prefill-ab; then
   status prefill-ab "exit ${PIPESTATUS[0]}"
 fi
 
+if has startup; then
+  STARTUP_ARGS=(--phases "${STARTUP_PHASES:-ahead,ahead-warm,ahead-processes,ahead-early}")
+  [ "${SMOKE:-0}" = 1 ] && STARTUP_ARGS=(--model tiny-random --max-batch-size 4 --phases "${STARTUP_PHASES:-cold,warm}")
+  OUT="$OUT" timeout -s KILL "${STARTUP_TIMEOUT_S:-500}" $PY benchmarks/bench_startup.py --out "$OUT/startup" --compile-log \
+    "${STARTUP_ARGS[@]}" 2>&1 | tee "$OUT/startup.log" | grep '^{' | cut -c1-600
+  status startup "exit ${PIPESTATUS[0]}"
+  cp "$OUT/startup/startup.json" "$OUT/$DATE-$TAG-startup.json" 2>/dev/null
+fi
+
 if has engine; then
   if [ "${SMOKE:-0}" = 1 ]; then ENGINE_ARGS="--smoke ${ENGINE_ARGS:-}"; fi
   # shellcheck disable=SC2086
@@ -164,7 +179,15 @@ EOF
   READY_S=$($PY -c "import sys; print(round((int(sys.argv[1]) - int(sys.argv[2])) / 1e9, 1))" "$(date +%s%N)" "$T0")
   if curl -sf "$URL/health" >/dev/null 2>&1; then
     status serve "healthy after ${READY_S} s"
-    echo "{\"serve_run_to_healthy_s\": $READY_S}" >"$OUT/ready${VARIANT:+-$VARIANT}.json"
+    # With the engine's own account of its start (imports, load, compile-ahead, capture).
+    curl -s -m 10 -H "authorization: Bearer $KEY" "$URL/info" | $PY -c "
+import json, sys
+try:
+    startup = json.load(sys.stdin).get('engine', {}).get('startup')
+except ValueError:
+    startup = None
+print(json.dumps({'serve_run_to_healthy_s': float(sys.argv[1]), 'engine_startup': startup}))" "$READY_S" \
+      >"$OUT/ready${VARIANT:+-$VARIANT}.json"
     return 0
   fi
   status serve "not healthy after ${READY_S} s"
@@ -247,6 +270,15 @@ record_replicas() {
       -d "$PYSPY_S" -f raw -o "$OUT/pyspy${VARIANT:+-$VARIANT}-$name-$pid.txt" --pid "$pid" >/dev/null 2>&1) &
   done
 }
+
+if has ready-cold; then
+  rm -rf "${TRITON_CACHE_DIR:-$HOME/.triton/cache}" "/tmp/torchinductor_$(id -un)"
+  if VARIANT=cold start_server; then
+    cp "$OUT/ready-cold.json" "$OUT/$DATE-$TAG-ready-cold.json"
+    cat "$OUT/ready-cold.json"
+  fi
+  stop_server
+fi
 
 if has http || has ws; then
   if start_server; then
