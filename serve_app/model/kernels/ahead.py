@@ -134,12 +134,17 @@ def compile_to_disk(spec: str, target: object) -> None:
     compile_here(spec)
 
 
+def _error_text(exc: BaseException) -> str:
+    """An error as short text (picklable from a pool process, kept in the report)."""
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
 def _attempt(compile_one: Callable[[str], None], spec: str) -> str | None:
     """Run `compile_one(spec)`; its error as text (picklable from a pool process), or None."""
     try:
         compile_one(spec)
     except Exception as exc:  # noqa: BLE001 - a stale entry: the launch compiles it itself
-        return f"{type(exc).__name__}: {exc}"[:300]
+        return _error_text(exc)
     return None
 
 
@@ -156,7 +161,8 @@ again at their launches). Processes now hand each compiled kernel to this proces
 the same load as the compile (`compile_here`, a disk hit); started early (`compile_ahead_early`) on
 one H100 machine, processes gave a 53.9 s engine process start and threads 57.0; 9 of the loads took
 over a second (`AheadReport.compiled_again`; a load waiting for its module while the process imports
-looks the same). Not compared after the load on one machine yet: threads stay. `benchmarks/bench_startup.py`, `benchmarks/results/2026-12-0[67]-*-startup-*.json`."""
+looks the same). Not compared after the load on one machine yet: threads stay.
+`benchmarks/bench_startup.py`, `benchmarks/results/2026-12-0[67]-*-startup-*.json`."""
 
 
 def pool_kind() -> str | None:
@@ -172,7 +178,8 @@ def pool_kind() -> str | None:
 
 
 SLOW_LOAD_S = 1.0
-"""A load of a kernel the process pool compiled that took longer compiled it again (`compiled_again`)."""
+"""A load of a kernel the process pool compiled that takes longer is reported (`compiled_again`): it
+compiled again here, or waited (for its module's import, say)."""
 
 
 class CompileAhead:
@@ -191,10 +198,11 @@ class CompileAhead:
         compile_one: Callable[[str], None] | None = None,
         done_marker: Path | None = None,
         adopt_one: Callable[[str], None] | None = None,
+        model_key: str | None = None,
     ) -> None:
         """`processes`: None asks `CSM_COMPILE_AHEAD` (`pool_kind`). `done_marker`: a file written
         once every specialization compiled (`start_shipped`). `adopt_one`: on processes, what loads
-        a compiled one here (default `compile_here`)."""
+        a compiled one here (default `compile_here`). `model_key`: the geometry it compiles for."""
         if processes is None:
             processes = pool_kind() == "processes"
         self.report = AheadReport(total=len(specs), pool="processes" if processes else "threads")
@@ -221,7 +229,7 @@ class CompileAhead:
             compile_one = compile_one or compile_here
             self._futures = [threads.submit(_attempt, compile_one, spec) for spec in specs]
         self._joined = False
-        self.model_key: str | None = None  # the geometry it compiles for (`start_shipped`)
+        self.model_key = model_key
 
     def _then_adopt(
         self,
@@ -245,14 +253,14 @@ class CompileAhead:
             try:
                 error = done.result()
             except Exception as exc:  # noqa: BLE001 - the pool itself broke (a process died)
-                error = f"{type(exc).__name__}: {exc}"[:300]
+                error = _error_text(exc)
             if error is not None:
                 outcome.set_result(error)
                 return
             try:
                 loading.submit(load)
             except RuntimeError as exc:  # shut down: the launch compiles it itself
-                outcome.set_result(f"{type(exc).__name__}: {exc}"[:300])
+                outcome.set_result(_error_text(exc))
 
         compiled.add_done_callback(compiled_then)
         return outcome
@@ -271,7 +279,7 @@ class CompileAhead:
             try:
                 error = future.result()
             except Exception as exc:  # noqa: BLE001 - the pool itself broke (a process died)
-                error = f"{type(exc).__name__}: {exc}"[:300]
+                error = _error_text(exc)
             if error is None:
                 self.report.compiled += 1
                 continue
@@ -371,9 +379,7 @@ def start_shipped(model_key: str) -> CompileAhead | None:
     if marker is not None and marker.exists():
         logger.info("Triton kernels compiled ahead before (%s): nothing to compile", marker.name)
         return None
-    pool = CompileAhead(specs, done_marker=marker)
-    pool.model_key = model_key
-    return pool
+    return CompileAhead(specs, done_marker=marker, model_key=model_key)
 
 
 def preset_geometry_key(preset_or_path: str) -> str:
