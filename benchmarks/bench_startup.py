@@ -109,7 +109,8 @@ def run_phase(phase: str, model: str, max_batch_size: int, compile_log: str | No
     engine = ProcessEngine(model, options, child_setup=setup)
     res: dict[str, Any] = {"phase": phase, "pool": POOL[phase], "ready_s": round(time.perf_counter() - t0, 1)}
     try:
-        res["startup"] = asyncio.run(engine.info()).get("startup")
+        info = asyncio.run(engine.info())
+        res.update(startup=info.get("startup"), engine_pid=info.get("engine_process", {}).get("pid"))
     finally:
         engine.close()
     return res
