@@ -6,8 +6,6 @@ model replica starts it (`ProcessEngine`: a process of its own), each start with
 Starts, in order: `cold` (an empty cache, nothing compiled ahead), `warm` (the cold start's cache),
 `ahead` (an empty cache, the list compiled ahead on threads: `--list`, else the shipped one),
 `ahead-warm` (the ahead start's cache, whose marker skips the pool: `ahead.done_marker`),
-`ahead-warm-low-switch` (the same, but the engine built under the loop's low GIL switch interval, as
-engine processes were before they lowered it only once built: `engine.lower_switch_interval`),
 `ahead-processes` (an empty cache, compiled ahead on processes); `ahead-early`, `ahead-processes-early`:
 the same with the pool started before the engine process's imports (`compile_ahead_early`). Each records the time to a ready
 engine and the engine's own account (`info()["startup"]`: imports, load, the wait for the pool,
@@ -26,22 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-PHASES = (
-    "cold",
-    "warm",
-    "ahead",
-    "ahead-warm",
-    "ahead-warm-low-switch",
-    "ahead-processes",
-    "ahead-early",
-    "ahead-processes-early",
-)
+PHASES = ("cold", "warm", "ahead", "ahead-warm", "ahead-processes", "ahead-early", "ahead-processes-early")
 POOL = {
     "cold": "0",
     "warm": "0",
     "ahead": "threads",
     "ahead-warm": "threads",
-    "ahead-warm-low-switch": "threads",
     "ahead-processes": "processes",
     "ahead-early": "threads",
     "ahead-processes-early": "processes",
@@ -88,23 +76,13 @@ def log_compiles(path: str) -> None:
     tc.compile = logged
 
 
-def child_setup(compile_log: str | None, switch_interval_s: float | None) -> None:
-    """In the engine's process, before its imports: log its compiles, set its GIL switch interval."""
-    if compile_log:
-        log_compiles(compile_log)
-    if switch_interval_s is not None:
-        sys.setswitchinterval(switch_interval_s)
-
-
 def run_phase(phase: str, model: str, max_batch_size: int, compile_log: str | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     import bench_startup  # by its module name, which the engine's process can import (not __main__)
 
-    from serve_app.engine.engine import LOOP_SWITCH_INTERVAL_S
     from serve_app.engine.process import ProcessEngine
 
-    low = LOOP_SWITCH_INTERVAL_S if phase.endswith("-low-switch") else None
-    setup = functools.partial(bench_startup.child_setup, compile_log, low) if compile_log or low else None
+    setup = functools.partial(bench_startup.log_compiles, compile_log) if compile_log else None
     options = {"max_batch_size": max_batch_size, "compile_ahead_early": phase.endswith("-early")}
     engine = ProcessEngine(model, options, child_setup=setup)
     res: dict[str, Any] = {"phase": phase, "pool": POOL[phase], "ready_s": round(time.perf_counter() - t0, 1)}
@@ -136,8 +114,7 @@ def main() -> None:
         return
     results = []
     for phase in args.phases.split(","):
-        warm_of = {"warm": "cold", "ahead-warm": "ahead", "ahead-warm-low-switch": "ahead"}
-        cache = args.out / ("cache-" + warm_of.get(phase, phase))
+        cache = args.out / ("cache-" + {"warm": "cold", "ahead-warm": "ahead"}.get(phase, phase))
         env = {**os.environ, "TRITON_CACHE_DIR": str(cache)}
         env["CSM_COMPILE_AHEAD"] = POOL[phase]
         if args.list:

@@ -92,8 +92,8 @@ class TTSModel:
         else:
             from serve_app.engine.engine import Engine, lower_switch_interval
 
+            lower_switch_interval()  # this process hosts the engine's loop thread
             self._engine = Engine.from_preset(model, on_step=record_engine_step, **(engine_kwargs or {}))
-            lower_switch_interval()  # this process hosts the engine's loop thread; once built (see its doc)
         self._watchdog = LoopStallWatchdog()
         logger.info("TTSModel replica ready: preset=%s pid=%d engine_process=%s", model, os.getpid(), engine_process)
 

@@ -99,9 +99,7 @@ def lower_switch_interval(seconds: float | None = None) -> None:
     the device once per frame under load (the engine benchmark's `--switch-ab` measures it). Every
     torch call releases the GIL and takes it back, so behind Ray each call of the loop thread may wait
     for the replica's event-loop thread. A process-wide setting, so it is made where the process is
-    owned: the model replica and `csm-serve serve --preset`, not by the engine; and once the engine is
-    built, not before: its build compiles and captures with other threads beside it (the kernels'
-    compile-ahead, torch.compile's workers), where a low interval trades the GIL ten times as often."""
+    owned: the model replica and `csm-serve serve --preset`, not by the engine."""
     if seconds is None:
         raw = os.environ.get(SWITCH_INTERVAL_ENV)
         try:

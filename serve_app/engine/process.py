@@ -327,16 +327,10 @@ def child_main(fd: int) -> None:
         from serve_app.engine.engine import Engine, lower_switch_interval
 
         imports_s = round(time.perf_counter() - t0, 2)
+        lower_switch_interval()  # this process hosts the engine's loop thread
         steps = _StepReport()
-        build_switch_interval_s = sys.getswitchinterval()
         engine = Engine.from_preset(preset, on_step=steps.update, kernels_ahead=kernels_ahead, **engine_kwargs)
-        lower_switch_interval()  # this process hosts the engine's loop thread; once built (see its doc)
-        engine.startup = {
-            "imports_s": imports_s,
-            **engine.startup,
-            "process_s": round(time.perf_counter() - t0, 2),
-            "switch_interval_s": {"build": build_switch_interval_s, "serve": sys.getswitchinterval()},
-        }
+        engine.startup = {"imports_s": imports_s, **engine.startup, "process_s": round(time.perf_counter() - t0, 2)}
         logger.info("engine process started: %s", engine.startup)
     except Exception as exc:  # reported to the parent, which raises it
         logger.exception("engine process failed to start")
