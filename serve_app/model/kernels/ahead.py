@@ -157,7 +157,7 @@ of its time: with an empty cache, CSM-1B's 117 specializations took 58.8 s one a
 H200 machine's start, 21.1 s ahead on 16 threads (each compile 4.6x slower there; the engine's start
 40.1 s against 73.6); on an H100 machine 16.6 s on threads (start 30.4 s), 9.5 s on 16 processes
 writing Triton's disk cache (start 38.9 s: the sampler kernel's 5 missed that cache and compiled
-again at their launches). Processes now hand each compiled kernel to this process's JIT cache through
+again at their launches, their keys then depending on which kernel a process keyed first: `keys`). Processes now hand each compiled kernel to this process's JIT cache through
 the same load as the compile (`compile_here`, a disk hit); started early (`compile_ahead_early`) on
 one H100 machine, processes gave a 53.9 s engine process start and threads 57.0; 9 of the loads took
 over a second (`AheadReport.compiled_again`; a load waiting for its module while the process imports

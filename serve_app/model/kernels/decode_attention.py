@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from serve_app.model.kernels import pdl
+from serve_app.model.kernels.keys import settle
 from serve_app.model.kernels.pdl import enter
 
 
@@ -398,3 +399,6 @@ def prompt_attention(
 @prompt_attention.register_fake
 def _(qkv, positions, slots, cos, sin, k_cache, v_cache, n_heads, n_kv_heads):  # type: ignore[no-untyped-def]
     return qkv.new_empty(qkv.shape[0], n_heads * k_cache.shape[-1])
+
+
+settle(globals())  # every key the same in every process (see `keys`)

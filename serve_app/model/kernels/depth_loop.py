@@ -66,6 +66,7 @@ from serve_app.model.kernels.decode_attention import (
     kernel_constants,
     rope_at,
 )
+from serve_app.model.kernels.keys import settle
 from serve_app.model.kernels.sampling import TOP_K_FAST, draw_row, race_noise
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -921,3 +922,6 @@ def _resident_grid(args: tuple, kwargs: dict, device: torch.device, programs: in
             f"{compiled.metadata.shared} B shared)"
         )
     return programs
+
+
+settle(globals())  # every key the same in every process (see `keys`)

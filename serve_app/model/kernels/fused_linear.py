@@ -49,6 +49,7 @@ from serve_app.model.kernels import pdl
 from serve_app.model.kernels.counters import device_counters
 from serve_app.model.kernels.decode_attention import attend_row, kernel_constants
 from serve_app.model.kernels.decode_attention import launch as decode_attention_launch
+from serve_app.model.kernels.keys import settle
 from serve_app.model.kernels.pdl import enter
 
 try:
@@ -733,3 +734,6 @@ def fused_qkv_attention(
 @fused_qkv_attention.register_fake
 def _(x, weight, norm_weight, eps, positions, cos, sin, k_cache, v_cache, n_heads, n_kv_heads):  # type: ignore[no-untyped-def]
     return x.new_empty(x.shape[0], n_heads * k_cache.shape[-1])
+
+
+settle(globals())  # every key the same in every process (see `keys`)

@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from serve_app.model.kernels.keys import settle
+
 try:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 except ImportError:  # a Triton without grid-dependency control
@@ -75,3 +77,6 @@ def enter(PDL_WAIT: tl.constexpr, PDL_EARLY: tl.constexpr):
         gdc_wait()
     if PDL_EARLY:
         gdc_launch_dependents()
+
+
+settle(globals())  # every key the same in every process (see `keys`)

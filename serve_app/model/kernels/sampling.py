@@ -19,6 +19,7 @@ import triton.language as tl
 
 from serve_app.constants import NUM_CODEBOOKS
 from serve_app.model.kernels import pdl
+from serve_app.model.kernels.keys import settle
 from serve_app.model.kernels.pdl import enter
 from serve_app.model.sampling import NOISE_BITS
 
@@ -257,3 +258,6 @@ def sample_top_k_embed(
 @sample_top_k_embed.register_fake
 def _(logits, temperature, top_k, seeds, frame, codebook, columns, table):  # type: ignore[no-untyped-def]
     return logits.new_empty(logits.shape[0], dtype=torch.long), table.new_empty(logits.shape[0], table.shape[1])
+
+
+settle(globals())  # every key the same in every process (see `keys`)

@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from serve_app.model.kernels.keys import settle
+
 
 @triton.jit
 def _stream_conv_kernel(
@@ -180,3 +182,6 @@ def stream_conv(
         num_warps=8,
     )
     return out
+
+
+settle(globals())  # every key the same in every process (see `keys`)

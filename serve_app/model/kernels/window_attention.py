@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from serve_app.model.kernels.keys import settle
+
 
 @triton.jit
 def _window_attention_kernel(
@@ -139,3 +141,6 @@ def window_attention(
         num_warps=4,
     )
     return out
+
+
+settle(globals())  # every key the same in every process (see `keys`)
