@@ -4,26 +4,14 @@ starts it, with its own Triton cache and pool setting, and its result is the eng
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support_subprocess import python
 
 
 def test_each_phase_starts_an_engine_process_and_keeps_its_account(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     args = ["--model", "tiny-random", "--max-batch-size", "2", "--phases", "cold,ahead-early"]
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_startup.py"), "--out", str(tmp_path), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    run = python(["benchmarks/bench_startup.py", "--out", str(tmp_path), *args], timeout_s=300)
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads((tmp_path / "startup.json").read_text())
     assert "--phases cold,ahead-early" in result["command"]

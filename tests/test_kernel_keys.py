@@ -6,12 +6,8 @@ that it alone makes the keys depend on the order, and that settled modules' keys
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support_subprocess import python
 
 KEYS_IN_ORDER = """
 import json, sys
@@ -36,17 +32,7 @@ print(json.dumps({name: kernel.cache_key for name, kernel in kernels.items()}))
 
 
 def _keys(order: str, settled: bool) -> dict[str, str]:
-    # Real JIT functions (not the interpreter's): keys need no GPU.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    run = subprocess.run(
-        [sys.executable, "-c", KEYS_IN_ORDER, order, "settled" if settled else "unsettled"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    run = python(["-c", KEYS_IN_ORDER, order, "settled" if settled else "unsettled"], timeout_s=300)
     assert run.returncode == 0, run.stderr[-2000:]
     return json.loads(run.stdout.splitlines()[-1])
 

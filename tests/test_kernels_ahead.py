@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,24 +13,7 @@ from typing import Any
 import pytest
 
 from serve_app.model.kernels import ahead
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def python(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
-    """`python args` from the project root, its kernels JIT functions (not the interpreter's: they
-    have names and source hashes), with `env` added; its output as text."""
-    base = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    base["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), base.get("PYTHONPATH")) if p)
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=ROOT,
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+from tests.support_subprocess import python
 
 
 def test_every_csm_1b_preset_shares_one_key_and_another_geometry_has_its_own() -> None:
