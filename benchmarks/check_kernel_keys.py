@@ -6,7 +6,9 @@ GPU: run with the Triton the GPU image has on the path.
     PYTHONPATH=/path/to/triton-3.6:$PWD python benchmarks/check_kernel_keys.py
 
 Prints one JSON line: specializations checked, those whose in-memory key, source key or options
-differ, and the Triton version."""
+differ, and the Triton version. Both sides run in this one process, where a JIT function's key, once
+computed, is kept: whether a key depends on which kernel a process keys first is another question
+(`serve_app/model/kernels/keys.py`, `tests/test_kernel_keys.py`)."""
 
 from __future__ import annotations
 
