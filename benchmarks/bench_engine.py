@@ -41,6 +41,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime as dt
+import gc
 import json
 import os
 import platform
@@ -61,7 +62,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import host_probe
 from numerics import rel_err
 
-from serve_app.engine.engine import Engine, lower_switch_interval
+from serve_app.engine.engine import Engine, freeze_built_objects, lower_switch_interval
 from serve_app.engine.prompt import build_prompt
 from serve_app.engine.sequence import Sequence
 from serve_app.engine.types import GenerationRequest, SamplingParams, Segment
@@ -419,6 +420,38 @@ def bench_ttfa(engine: Engine, trials: int) -> dict[str, Any]:
     return out
 
 
+class CollectionLog:
+    """CPython's garbage collections as they happen (`gc.callbacks`): generation and milliseconds.
+    Every thread waits out a collection, the engine's loop included, so a section that met a full
+    one (generation 2) says so in its results instead of passing it off as the engine's time."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, float]] = []
+        self._started = 0.0
+        gc.callbacks.append(self._on_collection)
+
+    def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.rows.append((info["generation"], (time.perf_counter() - self._started) * 1000))
+
+    @contextlib.contextmanager
+    def section(self, out: dict[str, Any]) -> Any:
+        """Add to `out` the collections made while the block runs: how many were full, their longest."""
+        first = len(self.rows)
+        yield
+        rows = self.rows[first:]
+        out["gc"] = {
+            "collections": len(rows),
+            "full": sum(1 for gen, _ in rows if gen == 2),
+            "ms_max": round(max((ms for _, ms in rows), default=0.0), 2),
+        }
+
+
+COLLECTIONS = CollectionLog()
+
+
 def bench_burst(engine: Engine, arrivals: int, frames: int) -> dict[str, Any]:
     """`arrivals` requests submitted at once to an idle engine: their times to first audio."""
 
@@ -426,13 +459,16 @@ def bench_burst(engine: Engine, arrivals: int, frames: int) -> dict[str, Any]:
         reqs = [request(PROMPT_20_WORDS, frames, seed=5000 + i) for i in range(arrivals)]
         return await asyncio.gather(*(time_stream(engine, r, stop_after_first=True) for r in reqs))
 
-    ttfa = [r["arrivals"][0] * 1000 for r in asyncio.run(all_at_once())]
+    collections: dict[str, Any] = {}
+    with COLLECTIONS.section(collections):
+        ttfa = [r["arrivals"][0] * 1000 for r in asyncio.run(all_at_once())]
     wait_idle(engine)
     out = {
         "arrivals": arrivals,
         "ttfa_ms_p50": round(statistics.median(ttfa), 2),
         "ttfa_ms_p99": round(float(np.percentile(ttfa, 99)), 2),
         "ttfa_ms_max": round(max(ttfa), 2),
+        **collections,
     }
     print("burst", out, flush=True)
     return out
@@ -461,12 +497,15 @@ def bench_neighbour(engine: Engine, frames: int) -> dict[str, Any]:
 
     out: dict[str, Any] = {"slots": slots, "flooding_requests": slots + queued, "frames": frames}
     for name, caller in (("own_caller", "asking"), ("flooding_callers_queue", "flooding")):
-        first, flooded = asyncio.run(arm(caller))
+        collections: dict[str, Any] = {}
+        with COLLECTIONS.section(collections):
+            first, flooded = asyncio.run(arm(caller))
         wait_idle(engine)
         out[name] = {
             "ttfa_ms": round(first, 2),
             "flooding_ttfa_ms_p50": round(statistics.median(flooded), 2),
             "flooding_ttfa_ms_max": round(max(flooded), 2),
+            **collections,
         }
     print("neighbour", out, flush=True)
     return out
@@ -977,6 +1016,8 @@ def main() -> None:
             print("correctness", res["correctness"]["fast_vs_plain"], flush=True)
             save()
         del plain
+        freeze_built_objects()  # as the engine's own process does once its engine is built
+        res["engine"]["gc_frozen_objects"] = gc.get_freeze_count()
         if "step" not in skip:
             res["graph_step"] = bench_step(
                 engine, list(engine.loop.runner.batch_buckets), 256, 10 if args.smoke else 50

@@ -236,7 +236,19 @@ async def neighbour(client: Client, other: Client, flood: int, after_s: float) -
         "own_caller": summary([own], client.bytes_per_s),
         "flooding_callers_queue": summary([behind], client.bytes_per_s),
         "flooding": summary(flooded, client.bytes_per_s),
+        # when the flood's streams began and finished, by second from its start: a gap with none of
+        # either is time the service left its slots empty while requests waited
+        "flooding_first_audio_per_s": per_second([r.first_byte for r in flooded if r.first_byte is not None]),
+        "flooding_ends_per_s": per_second([r.end for r in flooded if r.end is not None]),
     }
+
+
+def per_second(times: list[float]) -> dict[str, int]:
+    """How many of `times` (seconds) fall in each whole second, keyed by the second, in order."""
+    counts: dict[int, int] = {}
+    for t in times:
+        counts[int(t)] = counts.get(int(t), 0) + 1
+    return {str(second): counts[second] for second in sorted(counts)}
 
 
 FRAME_S = 0.08

@@ -166,13 +166,15 @@ def run_preset(preset: str, *, device: str | None, host: str, port: int, log_lev
 
     import uvicorn
 
-    from serve_app.engine.engine import lower_switch_interval
+    from serve_app.engine.engine import freeze_built_objects, lower_switch_interval
     from serve_app.observability.logs import configure_logging
 
     configure_logging(log_level.upper())
     lower_switch_interval()  # this process hosts the engine's loop thread
+    app = build_preset_app(preset, device)
+    freeze_built_objects()  # ... and what it built lives as long as the process
     # access_log off: the app logs each request once itself (csm_serve.access, with its request id)
-    config = uvicorn.Config(build_preset_app(preset, device), host=host, port=port, log_level=log_level,
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             log_config=None, access_log=False, timeout_graceful_shutdown=drain_timeout_s)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)  # restored by uvicorn after its own handling, then raised

@@ -35,4 +35,25 @@ def test_bench_engine_smoke_writes_every_section_and_the_host(tmp_path: Path) ->
     neighbour = res["neighbour"]
     assert neighbour["flooding_requests"] == 2 * neighbour["slots"]  # a stream a slot and as many queued
     assert all(neighbour[arm]["ttfa_ms"] > 0 for arm in ("own_caller", "flooding_callers_queue"))
+    # measured as the engine's own process serves: what the build left frozen out of the collector,
+    # and each latency section says which collections it met
+    assert res["engine"]["gc_frozen_objects"] > 10_000
+    assert {"collections", "full", "ms_max"} <= set(res["burst4"]["gc"])
+    assert all("gc" in neighbour[arm] for arm in ("own_caller", "flooding_callers_queue"))
     assert (tmp_path / res["plot"]).stat().st_size > 0
+
+
+def test_a_section_reports_the_full_collection_it_met() -> None:
+    sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+    import gc
+
+    import bench_engine
+
+    quiet: dict = {}
+    with bench_engine.COLLECTIONS.section(quiet):
+        pass
+    met: dict = {}
+    with bench_engine.COLLECTIONS.section(met):
+        gc.collect()
+    assert quiet["gc"]["full"] == 0
+    assert met["gc"]["full"] >= 1 and met["gc"]["collections"] >= 1 and met["gc"]["ms_max"] >= 0

@@ -77,6 +77,8 @@ def test_the_neighbour_phase_asks_as_two_callers_of_a_live_server(tmp_path: Path
         result = asyncio.run(bench_http.run(bench_http.parse_args(["--url", url, *argv])))
     phase = result["neighbour"]
     assert phase["flooding_requests"] == 6 and phase["flooding"]["ok"] == 6
+    # every flooding stream counted once in the timeline of its first audio and of its end
+    assert sum(phase["flooding_first_audio_per_s"].values()) == 6 and sum(phase["flooding_ends_per_s"].values()) == 6
     for arm in ("own_caller", "flooding_callers_queue"):
         assert phase[arm]["ok"] == 1 and phase[arm]["errors"] == 0 and phase[arm]["ttfa_ms_p50"] > 0
     assert engine.most_streaming >= 6, "the flood's streams run at once (the client opens enough connections)"
@@ -88,3 +90,8 @@ def test_the_neighbour_phase_asks_as_two_callers_of_a_live_server(tmp_path: Path
 def test_the_neighbour_phase_needs_the_other_callers_key() -> None:
     with pytest.raises(SystemExit):
         bench_http.parse_args(["--neighbour", "4"])
+
+
+def test_per_second_counts_by_whole_second_in_order() -> None:
+    assert bench_http.per_second([2.5, 0.1, 0.9, 2.0, 11.2]) == {"0": 2, "2": 2, "11": 1}
+    assert list(bench_http.per_second([12.0, 3.0])) == ["3", "12"]

@@ -284,8 +284,13 @@ def test_serve_preset_logs_each_request_once(monkeypatch) -> None:
     monkeypatch.setattr(signal, "signal", lambda *args: None)
     monkeypatch.setattr(logs_module, "configure_logging", lambda level: None)
     monkeypatch.setattr(engine_module, "lower_switch_interval", lambda: None)
+    # the process owns its engine: what the build left is frozen out of later collections, after the build
+    order: list[str] = []
+    monkeypatch.setattr(cli_module, "build_preset_app", lambda preset, device=None: order.append("build") or object())
+    monkeypatch.setattr(engine_module, "freeze_built_objects", lambda: order.append("freeze"))
     cli_module.run_preset("tiny-random", device=None, host="127.0.0.1", port=0, log_level="info")
     assert len(started) == 1 and started[0].access_log is False
+    assert order == ["build", "freeze"]
 
 
 def test_finish_streamed_wav_fills_in_sizes(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import logging
 import os
 import queue
@@ -63,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 Item = AudioChunk | BaseException
 
-__all__ = ["Engine", "EngineConfig", "lower_switch_interval"]
+__all__ = ["Engine", "EngineConfig", "freeze_built_objects", "lower_switch_interval"]
 
 
 LOOP_SWITCH_INTERVAL_S = 0.0005
@@ -110,6 +111,20 @@ def lower_switch_interval(seconds: float | None = None) -> None:
             raise ValueError(f"{SWITCH_INTERVAL_ENV} must lie in (0, 1] seconds, got {raw!r}")
     if seconds < sys.getswitchinterval():
         sys.setswitchinterval(seconds)
+
+
+def freeze_built_objects() -> None:
+    """Collect once, then hide every object alive now from later collections (`gc.freeze`).
+
+    A full collection walks every object the collector tracks while every thread of the process
+    waits, the engine's loop thread included; over what building an engine leaves (modules, the
+    model, captured graphs, compiled code) that is a stall of some 200 ms in every stream
+    (`benchmarks/bench_gc_pause.py`). Called where the process is owned, once its engine is built:
+    the engine's child process, `csm-serve serve --preset`, the engine benchmark. Ray Serve does the
+    same for a replica's own process after its constructor. Frozen objects are still freed when
+    their last reference goes; only cycles among them are never collected."""
+    gc.collect()
+    gc.freeze()
 
 
 class Engine:

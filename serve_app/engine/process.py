@@ -324,7 +324,7 @@ def child_main(fd: int) -> None:
         if setup is not None:
             setup()
         kernels_ahead = _start_kernels_ahead(preset, engine_kwargs)
-        from serve_app.engine.engine import Engine, lower_switch_interval
+        from serve_app.engine.engine import Engine, freeze_built_objects, lower_switch_interval
 
         imports_s = round(time.perf_counter() - t0, 2)
         lower_switch_interval()  # this process hosts the engine's loop thread
@@ -336,11 +336,7 @@ def child_main(fd: int) -> None:
         logger.exception("engine process failed to start")
         send((FAILED, _picklable(exc)))
         return
-    # What the engine built (weights, graphs, compiled code) lives as long as the process: keep it out
-    # of every later collection, whose full passes over it would stall the loop thread mid-stream.
-    # Ray Serve does the same for a replica's own process once its constructor returns.
-    gc.collect()
-    gc.freeze()
+    freeze_built_objects()  # what the engine built lives as long as the process: out of every collection
     send((READY, os.getpid()))
     try:
         asyncio.run(_ChildServer(engine, conn, send, steps).serve())
