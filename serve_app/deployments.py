@@ -59,6 +59,15 @@ def _log_as_json() -> Callable[[], None]:
     return setup
 
 
+MODEL_ROUTING_BACKOFF_S = 0.02
+"""How long a router waits before trying a full model replica again (Ray's default backs off from
+25 ms to 0.5 s). A handle routes through at most two tasks per replica, and each, once it found the
+replica full, routes one request per backoff: when a full replica's streams end together, the
+requests queued in Ray drained at about four a second behind two ingress replicas while the
+replica's slots stood empty (a 600-request flood through Ray Serve, ~23 s; the same on a CPU with a
+stand-in deployment, `benchmarks/bench_ray_routing.py`). At 20 ms they drain at the pace the slots
+free; the cost is a queue-length probe per task every 20 ms while the replica stays full."""
+
 
 @serve.deployment(
     name=MODEL_DEPLOYMENT,
@@ -66,6 +75,7 @@ def _log_as_json() -> Callable[[], None]:
     max_ongoing_requests=16,
     max_queued_requests=64,
     backpressure_config={"retry_after_s": 1},
+    request_router_config={"initial_backoff_s": MODEL_ROUTING_BACKOFF_S, "max_backoff_s": MODEL_ROUTING_BACKOFF_S},
     health_check_period_s=10,
     health_check_timeout_s=30,
     graceful_shutdown_wait_loop_s=1,

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serve_app.deployments import MODEL_DEPLOYMENT
+from serve_app.deployments import MODEL_DEPLOYMENT, MODEL_ROUTING_BACKOFF_S
 from serve_app.engine.types import SAMPLE_RATE
 from tests.support_ray import ServeInstance
 
@@ -303,6 +303,15 @@ async def _burst(base_url: str, n: int, body: dict[str, Any]) -> list[httpx.Resp
         base_url=base_url, timeout=TIMEOUT, limits=httpx.Limits(max_connections=n)
     ) as client:
         return await asyncio.gather(*(client.post("/speak", json=body) for _ in range(n)))
+
+
+def test_routers_retry_a_full_model_replica_within_the_shipped_backoff(ray_serve: ServeInstance) -> None:
+    """The config names no router options, so the model deployment's own hold: Ray's default backoff
+    (up to 0.5 s) drains its queue at a few requests a second once a full replica frees its slots."""
+    details = ray_serve.client.get_serve_details()
+    (app,) = details["applications"].values()
+    router = app["deployments"][MODEL_DEPLOYMENT]["deployment_config"]["request_router_config"]
+    assert router["max_backoff_s"] == router["initial_backoff_s"] == MODEL_ROUTING_BACKOFF_S
 
 
 def test_overload_answers_503_with_retry_after(ray_serve: ServeInstance) -> None:
