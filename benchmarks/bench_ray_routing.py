@@ -72,13 +72,16 @@ def run_arm(args: argparse.Namespace, router: dict[str, float] | None) -> dict[s
     import ray
     from ray import serve
 
+    # A Ray of its own (`local`: never one already running here), no HTTP proxy: handles only.
     ray.init(
+        address="local",
         num_cpus=max(2, args.cpus),
         include_dashboard=False,
         object_store_memory=150_000_000,
         log_to_driver=False,
     )
     try:
+        serve.start(proxy_location="Disabled")
         handle = serve.run(
             build(args.slots, args.chunks, args.chunk_s, router), name="routing", blocking=False
         )
