@@ -2,9 +2,9 @@
 
 With no Triton cache on the machine (a cluster's first GPU pod, a fresh host), a replica compiles
 every kernel specialization it launches one after another as graph capture reaches it: on an H200
-machine 117 of them, 58.8 s of a 73.6 s engine start. A pool (`PROCESSES`) compiles them side by side
-before capture instead: each lands in Triton's in-memory cache (and its disk cache), and capture then
-finds it there; the start took 40.1 s. Which specializations a start needs is recorded on a GPU, by building
+machine 117 of them, 58.8 s of a 73.6 s engine start. A pool (`DEFAULT_POOL`: processes, or threads)
+compiles them side by side before capture instead: each lands in Triton's in-memory cache (and its
+disk cache), and capture then finds it there; the engine process's start took 35.1 s on processes. Which specializations a start needs is recorded on a GPU, by building
 the engine with `recording()` on (`python -m serve_app.engine.kernel_list`), and shipped per GPU
 target and model geometry in `specializations.json`.
 
@@ -151,18 +151,18 @@ def _attempt(compile_one: Callable[[str], None], spec: str) -> str | None:
 POOL_ENV = "CSM_COMPILE_AHEAD"
 """`threads` or `processes` (the pool's kind; `1`: the default, `DEFAULT_POOL`), or `0` (off)."""
 
-DEFAULT_POOL = "threads"
+DEFAULT_POOL = "processes"
 """The pool a start uses unless `CSM_COMPILE_AHEAD` names one. Triton's compile holds the GIL for much
 of its time: with an empty cache, CSM-1B's 117 specializations took 58.8 s one after another in an
-H200 machine's start, 21.1 s ahead on 16 threads (each compile 4.6x slower there; the engine's start
-40.1 s against 73.6); on an H100 machine 16.6 s on threads (start 30.4 s), 9.5 s on 16 processes
-writing Triton's disk cache (start 38.9 s: the sampler kernel's 5 missed that cache and compiled
-again at their launches, their keys then depending on which kernel a process keyed first: `keys`). Processes now hand each compiled kernel to this process's JIT cache through
-the same load as the compile (`compile_here`, a disk hit); started early (`compile_ahead_early`) on
-one H100 machine, processes gave a 53.9 s engine process start and threads 57.0; 9 of the loads took
-over a second (`AheadReport.compiled_again`; a load waiting for its module while the process imports
-looks the same). Not compared after the load on one machine yet: threads stay.
-`benchmarks/bench_startup.py`, `benchmarks/results/2026-12-0[67]-*-startup-*.json`."""
+H200 machine's start, 21.1 s ahead on 16 threads (each compile 4.6x slower there). Processes compile
+side by side into Triton's disk cache, and a thread here loads each into this process's JIT cache as
+it lands (`compile_here`, a disk hit). They once lost their gain (the sampler's 5 compiled again at
+launch: their keys depended on which kernel a process keyed first, settled now by `keys`). With the
+keys settled, one H200 machine, the engine's process as a replica starts it, one start each: 35.1 s
+on processes (the pool 9.5 s, nothing compiled again) against 46.3 s on threads (16.5 s).
+Up to 16 processes (the CPUs this process may run on) compile for those seconds: on a node whose
+other GPU replicas are serving, `CSM_COMPILE_AHEAD=threads` keeps a start off their cores.
+`benchmarks/bench_startup.py`, `benchmarks/results/2026-12-07-0553-nvidia-h200-startup.json`."""
 
 
 def pool_kind() -> str | None:
