@@ -63,9 +63,9 @@ MODEL_ROUTING_BACKOFF_S = 0.02
 """How long a router waits before trying a full model replica again (Ray's default backs off from
 25 ms to 0.5 s). A handle routes through at most two tasks per replica, and each, once it found the
 replica full, routes one request per backoff: when a full replica's streams end together, the
-requests queued in Ray drained at about four a second behind two ingress replicas while the
-replica's slots stood empty (a 600-request flood through Ray Serve, ~23 s; the same on a CPU with a
-stand-in deployment, `benchmarks/bench_ray_routing.py`). At 20 ms they drain at the pace the slots
+requests queued in Ray drained at four to eight a second behind two ingress replicas while the
+replica's slots stood empty (a 600-request flood through Ray Serve on an H200, ~23 s; the same on a
+CPU with a stand-in deployment, `benchmarks/bench_ray_routing.py`). At 20 ms they drain at the pace the slots
 free; the cost is a queue-length probe per task every 20 ms while the replica stays full."""
 
 
