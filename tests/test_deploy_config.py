@@ -140,6 +140,10 @@ def test_build_args_check_engine_options_by_name_and_type() -> None:
         deployments.build_app({"engine": {"dtype": 16}})
     with pytest.raises(ValidationError, match="'prefill_attention'.*'sdpa' or 'kernel'"):
         deployments.build_app({"engine": {"prefill_attention": "flash"}})
+    # the slots (and the device) are the application's own fields, which would silently win
+    for name, value in (("max_batch_size", 256), ("device", "cpu")):
+        with pytest.raises(ValidationError, match=f"set '{name}' at the top of the application's args"):
+            deployments.build_app({"max_batch_size": 128, "engine": {name: value}})
     engine = {"prefill_attention": "kernel", "prefill_in_step": "true"}  # as `serve run` passes them
     assert BuildArgs.model_validate({"engine": engine}).engine_kwargs() == {
         "prefill_attention": "kernel",

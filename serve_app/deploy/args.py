@@ -38,6 +38,11 @@ class BuildArgs(BaseModel):
     @field_validator("engine")
     @classmethod
     def _known_engine_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        for name in ("max_batch_size", "device"):
+            if name in options:
+                # Both are the application's own fields, which win over `engine:`: one set there
+                # was silently replaced (and the slots also size Ray's `max_ongoing_requests`).
+                raise ValueError(f"set {name!r} at the top of the application's args, not under 'engine'")
         return validate_engine_options(options)
 
     @field_validator("api")
