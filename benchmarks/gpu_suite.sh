@@ -24,6 +24,10 @@
 #   ready-cold  `csm-serve serve` as for http, with Triton's and torch's caches emptied first: the
 #            seconds to a healthy /health and the engine's own account of its start (/info's
 #            engine.startup), then stop (not a default part)
+#   routing-ab  a flood through the whole service (bench_http.py --neighbour ROUTING_FLOOD, default 600:
+#            one key's streams at once, then another key's one) with the model deployment's router
+#            backoff as shipped and with Ray's default (25 ms to 0.5 s), each a fresh server, in turns
+#            (ROUTING_REPEATS, default 1; more bench_http.py arguments: ROUTING_ARGS; not a default part)
 #   prefill-ab  the engine with its prompts prefilled apart (`--no-prefill-in-step`, the default carries
 #            them in the step) and with its prefills attending through the decode kernel
 #            (`--no-prefill-in-step --prefill-attention kernel`) against the defaults, in turns (ab_engine.py flags; not a default part; AB_REPEATS, default 1)
@@ -316,6 +320,27 @@ if has http || has ws; then
   fi
   stop_server
 fi
+if has routing-ab; then
+  # Ray's default backoff put back on the model deployment (`request_router_config`) in one arm.
+  RAY_DEFAULT_ROUTER='{TTSModel: {request_router_config: {initial_backoff_s: 0.025, max_backoff_s: 0.5}}}'
+  [ "${SMOKE:-0}" = 1 ] && ROUTING_ARGS="--audio-ms 800 ${ROUTING_ARGS:-}"
+  for rep in $(seq 1 "${ROUTING_REPEATS:-1}"); do
+    suffix=""; [ "${ROUTING_REPEATS:-1}" -gt 1 ] && suffix="-$rep"
+    for arm in ray-default shipped; do
+      overrides="{}"; [ "$arm" = ray-default ] && overrides=$RAY_DEFAULT_ROUTER
+      if VARIANT=routing-$arm SERVE_DEPLOYMENTS=$overrides start_server; then
+        $PY benchmarks/bench_http.py --url "$URL" --api-key "$KEY" --neighbour-key "$KEY2" --out "$OUT" \
+          --name "$DATE-$TAG-http-routing-$arm$suffix" --idle-trials 2 --burst 0 --streams= \
+          --neighbour "${ROUTING_FLOOD:-600}" --neighbour-after-s 0.3 \
+          --notes "routing-ab $arm: csm-serve serve --config serve_config.yaml, model csm-1b-random" \
+          ${ROUTING_ARGS:-} 2>&1 | tee -a "$OUT/http-routing-$arm.log" | grep '^neighbour' | cut -c1-400
+        status "routing-ab $arm" "exit ${PIPESTATUS[0]}"
+      fi
+      stop_server
+    done
+  done
+fi
+
 cat "$OUT/suite-status.txt"
 if [ -n "${ARCHIVE:-}" ]; then
   pack && echo "packed $OUT into $ARCHIVE"
