@@ -61,9 +61,9 @@ def _log_as_json() -> Callable[[], None]:
 
 MODEL_ROUTING_BACKOFF_S = 0.02
 """How long a router waits before trying a full model replica again (Ray's default backs off from
-25 ms to 0.5 s). A handle routes through at most two tasks per replica, and each, once it found the
-replica full, routes one request per backoff: when a full replica's streams end together, the
-requests queued in Ray drained at four to eight a second behind two ingress replicas while the
+25 ms to 0.5 s). A handle routes through at most two tasks per replica, and a task that found the
+replica full sleeps its backoff: when a full replica's streams ended together, the requests queued
+in Ray drained at four to eight a second (one per task per backoff) behind two ingress replicas while the
 replica's slots stood empty (a 600-request flood through Ray Serve on an H200, ~23 s; the same on a
 CPU with a stand-in deployment, `benchmarks/bench_ray_routing.py`). At 20 ms they drain at the pace the slots
 free; the cost is a queue-length probe per task every 20 ms while the replica stays full."""
