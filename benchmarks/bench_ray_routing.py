@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import host_probe
+from bench_http import per_second
 
 
 def build(slots: int, chunks: int, chunk_s: float, router: dict[str, float] | None) -> Any:
@@ -89,12 +90,9 @@ def run_arm(args: argparse.Namespace, router: dict[str, float] | None) -> dict[s
     finally:
         serve.shutdown()
         ray.shutdown()
-    starts: dict[str, int] = {}
-    for _, started, _ in sorted(rows, key=lambda r: r[1]):
-        starts[str(int(started))] = starts.get(str(int(started)), 0) + 1
     return {
         "router": router or "Ray's default",
-        "model_starts_per_s": starts,
+        "model_starts_per_s": per_second([started for _, started, _ in rows]),
         "longest_wait_in_ray_s": round(max(started - sent for sent, started, _ in rows), 2),
         "last_end_s": round(max(end for *_, end in rows), 2),
     }
