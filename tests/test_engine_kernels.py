@@ -249,6 +249,76 @@ def test_each_batch_takes_the_tiles_of_the_smallest_class_that_holds_it() -> Non
     assert module.tiles_for(3, 96, 40) == module.tile_config(3, 96, 40)  # an unswept shape
 
 
+def test_only_launches_of_a_few_rows_reading_aligned_weight_rows_ask_for_them_early(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bulk prefetch needs each span on 16 bytes, a weight read by rows (not a transposed head)
+    and pointer loads; launches of more rows than `EARLY_MAX_ROWS` and GPUs without it ask for nothing."""
+    from serve_app.model.kernels import fused_linear as module
+
+    x, weight = torch.zeros(1, 2048, dtype=torch.bfloat16), torch.zeros(3072, 2048, dtype=torch.bfloat16)
+    monkeypatch.setattr(module, "EARLY_MAX_ROWS", 16)
+    monkeypatch.setattr(module, "PREFETCH_K", 256)
+    assert module.prefetch_columns(x, weight, tma=False) == 0  # no bulk prefetch on this device
+    monkeypatch.setattr(module, "_bulk_prefetch", lambda device: True)
+    assert module.prefetch_columns(x, weight, tma=False) == 256
+    assert module.prefetch_columns(torch.zeros(17, 2048, dtype=torch.bfloat16), weight, tma=False) == 0
+    assert module.prefetch_columns(x, weight, tma=True) == 0
+    assert module.prefetch_columns(x, torch.zeros(2048, 3072, dtype=torch.bfloat16).t(), tma=False) == 0
+    assert module.prefetch_columns(x[:, :2044], weight[:, :2044], tma=False) == 0  # rows of 4088 bytes
+    assert module.prefetch_columns(x[:, 8:], weight[:, 8:], tma=False) == 256  # rows start 16 bytes in
+    assert module.prefetch_columns(x[:, 4:], weight[:, 4:], tma=False) == 0  # ... or 8
+    monkeypatch.setattr(module, "PREFETCH_K", 4)  # 8 bytes a row
+    assert module.prefetch_columns(x, weight, tma=False) == 0
+    monkeypatch.setattr(module, "EARLY_MAX_ROWS", 0)
+    monkeypatch.setattr(module, "PREFETCH_K", 256)
+    assert module.prefetch_columns(x, weight, tma=False) == 0
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the bulk L2 prefetch and dependent launch")
+@torch.inference_mode()
+def test_early_launches_asking_for_their_weights_replay_the_fused_frame_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Asking L2 for weights before the wait and starting the next launch early change when loads
+    are issued, not what any kernel computes: the graphed step gives the same bits."""
+    from serve_app.model.kernels import fused_linear as module
+    from serve_app.model.kernels import pdl
+
+    if not (pdl.device_supports(DEVICE.index or 0) and module._bulk_prefetch(DEVICE)):
+        pytest.skip("this GPU or Triton has no dependent launch or bulk prefetch")
+    model = se.wide_head_model().to(DEVICE, torch.bfloat16)
+    model.setup_caches(2)
+    gen = torch.Generator().manual_seed(5)
+    outs = {}
+    for rows, prefetch_k in ((0, 0), (16, 0), (16, 64), (16, 1 << 16)):
+        monkeypatch.setattr(module, "EARLY_MAX_ROWS", rows)
+        monkeypatch.setattr(module, "PREFETCH_K", prefetch_k)
+        fast = FastStep(model, 2048, fused_attention=True, linear_max_batch=4)
+        for batch in (1, 2):
+            gen.manual_seed(5 + batch)
+            embeds = torch.randn(batch, model.cfg.backbone.dim, generator=gen).to(DEVICE, torch.bfloat16)
+            positions = torch.tensor([4, 9][:batch], device=DEVICE)
+            ones = torch.ones(batch, device=DEVICE, dtype=torch.long)
+            sampling = (ones.float() * 0.9, ones * 50, ones * 3, ones)
+
+            def frame(fast: FastStep = fast, e: torch.Tensor = embeds, p: torch.Tensor = positions, s: tuple = sampling) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[type-arg]
+                h = fast.backbone_step(e, p, 128)
+                return h, fast.depth_frame(h, *s)
+
+            frame()  # compiles the kernels outside the capture
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = frame()
+            for _ in range(3):
+                graph.replay()
+            torch.cuda.synchronize()
+            outs[rows, prefetch_k, batch] = tuple(t.clone() for t in out)
+    for (rows, prefetch_k, batch), got in outs.items():
+        for g, want in zip(got, outs[0, 0, batch], strict=True):
+            torch.testing.assert_close(g, want, rtol=0, atol=0)
+
+
 def test_a_step_with_fused_projections_makes_its_split_k_counters_before_any_capture() -> None:
     """The split-K tile counters and the folded attention's head counters, one set each."""
     from serve_app.model.kernels import fused_linear as module
