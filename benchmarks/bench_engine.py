@@ -825,15 +825,6 @@ def parse_args() -> argparse.Namespace:
         help="fused projections of at least this many rows load through TMA, 0: never (default: the kernel's)",
     )
     p.add_argument(
-        "--early-rows",
-        type=int,
-        default=None,
-        help="projections of up to this many rows start their successor early and ask L2 for their weights first, 0: none (default: the kernel's)",
-    )
-    p.add_argument(
-        "--prefetch-k", type=int, default=None, help="weight columns a row those launches ask into L2 (default: the kernel's)"
-    )
-    p.add_argument(
         "--prefill-fused-rows",
         type=int,
         default=None,
@@ -901,10 +892,6 @@ def set_kernel_options(args: argparse.Namespace) -> dict[str, Any]:
         fused_linear.TMA_MIN_ROWS = args.tma_min_rows or None
     if args.prefill_fused_rows is not None:
         fast_step.PREFILL_FUSED_MAX_ROWS = args.prefill_fused_rows
-    if args.early_rows is not None:
-        fused_linear.EARLY_MAX_ROWS = args.early_rows
-    if args.prefetch_k is not None:
-        fused_linear.PREFETCH_K = args.prefetch_k
     return {
         "in_kernel_split_k_max_rows": fused_linear.IN_KERNEL_REDUCE_MAX_ROWS,
         "sampler_warps": sampling.NUM_WARPS,
@@ -912,8 +899,6 @@ def set_kernel_options(args: argparse.Namespace) -> dict[str, Any]:
         "tma_min_rows": fused_linear.TMA_MIN_ROWS,
         "sampler_top_k_fast": sampling.TOP_K_FAST,
         "prefill_fused_rows": fast_step.PREFILL_FUSED_MAX_ROWS,
-        "early_max_rows": fused_linear.EARLY_MAX_ROWS,
-        "prefetch_k": fused_linear.PREFETCH_K,
     }
 
 

@@ -510,12 +510,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "folded_attention_2": {"fold_rows": 2},  # attention inside the QKV launch up to 2 rows
     "folded_attention_4": {"fold_rows": 4},
     "step_launches": {"depth_loop": False},  # a one-row frame's depth steps as launches, not one loop
-    # launches of up to 16 rows let the next start early, and ask L2 for their weights before their wait
-    "early_16": {"early_rows": 16, "prefetch_k": 0},
-    "prefetch_256": {"early_rows": 16, "prefetch_k": 256},
-    "prefetch_1024": {"early_rows": 16, "prefetch_k": 1024},
-    "prefetch_span": {"early_rows": 16, "prefetch_k": 1 << 16},  # a program's whole K span
-    "no_early": {"early_rows": 0},
 }
 """Kernel settings the `variants` section times, each against the shipped defaults."""
 
@@ -529,7 +523,7 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
     saved = (
         fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST,
         fast_step.SAMPLER_COPIES_INPUTS, fast_step.FUSED_FRAME_START, fl.FOLD_ATTENTION_MAX_ROWS,
-        fast_step.DEPTH_LOOP, ks.KTH_BY_BITS, fl.EARLY_MAX_ROWS, fl.PREFETCH_K,
+        fast_step.DEPTH_LOOP, ks.KTH_BY_BITS,
     )
     try:
         if setting.get("tiles") == "cold":
@@ -546,14 +540,12 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
         fast_step.FUSED_FRAME_START = setting.get("fused_frame_start", fast_step.FUSED_FRAME_START)
         fl.FOLD_ATTENTION_MAX_ROWS = setting.get("fold_rows", fl.FOLD_ATTENTION_MAX_ROWS)
         fast_step.DEPTH_LOOP = setting.get("depth_loop", fast_step.DEPTH_LOOP)
-        fl.EARLY_MAX_ROWS = setting.get("early_rows", fl.EARLY_MAX_ROWS)
-        fl.PREFETCH_K = setting.get("prefetch_k", fl.PREFETCH_K)
         yield
     finally:
         (
             fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST,
             fast_step.SAMPLER_COPIES_INPUTS, fast_step.FUSED_FRAME_START, fl.FOLD_ATTENTION_MAX_ROWS,
-            fast_step.DEPTH_LOOP, ks.KTH_BY_BITS, fl.EARLY_MAX_ROWS, fl.PREFETCH_K,
+            fast_step.DEPTH_LOOP, ks.KTH_BY_BITS,
         ) = saved
 
 

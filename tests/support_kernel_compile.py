@@ -259,9 +259,6 @@ def main() -> None:
         variants = [{"PDL_WAIT": True}] if "PDL_WAIT" in kernel.arg_names else [{}]
         if "FAST" in kernel.arg_names:  # the sampler: sorted rows, and the bitonic top-64 before them
             variants = [{**v, "FAST": fast} for v in variants for fast in (0, 64)]
-        if "PREFETCH_K" in kernel.arg_names and bound["M"] <= 16:  # a few rows: early, weights asked ahead
-            lanes = 32 * options.get("num_warps", 4)
-            variants += [{**v, "PDL_EARLY": True, "PREFETCH_K": 256, "LANES": lanes} for v in variants]
         for overrides in variants:
             report = compile_launch(kernel, bound, options, overrides)
             key = json.dumps({k: report.get(k) for k in ("kernel", "constexprs", *_OPTIONS)}, sort_keys=True)

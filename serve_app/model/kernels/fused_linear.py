@@ -23,9 +23,6 @@ are six more launches around the four matmuls. Here they ride inside the matmul 
   last finished column tile runs that head's decode attention (`decode_attention.attend_row`) in
   the same launch, so no attention kernel follows.
 - Launch: every kernel may start as a dependent of the one before (`pdl`), waiting for it first.
-  A launch of a few rows (`EARLY_MAX_ROWS`) lets the next one start as soon as its own wait returns,
-  and asks L2 for the first `PREFETCH_K` columns of its weight rows before it waits (no kernel
-  writes weights): the next projection's weights start streaming during this one's tail.
 - Loads: batches above 16 rows read their tiles through TMA descriptors (`TMA_MIN_ROWS`), smaller
   ones through masked pointer loads; the arithmetic is the same.
 
@@ -164,32 +161,6 @@ def _fold_attention(
 
 
 @triton.jit
-def _prefetch_weight_rows(
-    w_ptr, n0, N, k_start, k_stop, stride_wn, GATE_UP: tl.constexpr, BLOCK_N: tl.constexpr,
-    PREFETCH_K: tl.constexpr, LANES: tl.constexpr,
-):
-    """Ask L2 for the first `PREFETCH_K` columns of this program's weight rows in [k_start, k_stop)
-    (GATE_UP: its gate rows and the matching up rows), a row a thread, by the bulk prefetch
-    (Hopper and newer). Returns at once; the loads after the wait then find the bytes on their way."""
-    ROWS: tl.constexpr = 2 * BLOCK_N if GATE_UP else BLOCK_N
-    cols = tl.minimum(k_stop - k_start, PREFETCH_K)
-    for first in tl.static_range(0, ROWS, LANES):
-        r = first + tl.arange(0, LANES)
-        in_tile = r % BLOCK_N
-        row = tl.where(r < BLOCK_N, n0 + in_tile, N + n0 + in_tile)
-        size = tl.where((r < ROWS) & (n0 + in_tile < N), cols * (w_ptr.dtype.element_ty.primitive_bitwidth // 8), 0)
-        address = (w_ptr + row.to(tl.int64) * stride_wn + k_start).to(tl.int64, bitcast=True)
-        tl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.gt.s32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.b32 $0, 0; }",
-            "=r,l,r",
-            [address, size.to(tl.int32)],
-            dtype=tl.int32,
-            is_pure=False,
-            pack=1,
-        )
-
-
-@triton.jit
 def _linear_kernel(
     x_ptr,  # (M, K), unit stride along K; TMA: its descriptor, blocks (BLOCK_M, BLOCK_K)
     w_ptr,  # (N, K) view (GATE_UP: (2N, K), gate rows first): element (n, k) at n * stride_wn + k * stride_wk;
@@ -241,20 +212,11 @@ def _linear_kernel(
     GP: tl.constexpr = 16,
     HEAD_D: tl.constexpr = 2,
     KEYS_BLOCK: tl.constexpr = 16,
-    PREFETCH_K: tl.constexpr = 0,  # weight columns a row asked into L2 before the wait (0: none)
-    LANES: tl.constexpr = 128,  # the program's threads (PREFETCH_K)
 ):
+    enter(PDL_WAIT, PDL_EARLY)
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
-    k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
-    k_start = pid_k * k_span
-    if PREFETCH_K > 0:
-        _prefetch_weight_rows(
-            w_ptr, pid_n * BLOCK_N, N, k_start, tl.minimum(K, k_start + k_span), stride_wn, GATE_UP, BLOCK_N,
-            PREFETCH_K, LANES,
-        )
-    enter(PDL_WAIT, PDL_EARLY)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     ks = tl.arange(0, BLOCK_K)
@@ -264,6 +226,8 @@ def _linear_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     sumsq = tl.zeros((BLOCK_M,), tl.float32)
+    k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_start = pid_k * k_span
     for k0 in range(k_start, tl.minimum(K, k_start + k_span), BLOCK_K):
         k = k0 + ks
         k_ok = k < K
@@ -537,34 +501,6 @@ must exist before any CUDA graph that uses them is captured (`tile_locks`)."""
 MAX_TILES = 1 << 14
 """Output tiles of one split-K launch that sums in-kernel (at most 8192 / 16 at the CSM shapes)."""
 
-EARLY_MAX_ROWS = 0
-"""Launches of at most this many rows (pointer loads: at most 16) let the launch after them start once
-their own wait returns (PDL's early trigger, whatever `pdl.MODE` says), and each of their programs asks
-L2 for the first `PREFETCH_K` columns of its weight rows before its wait (`_prefetch_weight_rows`), so a
-projection's weights start streaming while the one before it finishes. 0: off. The arithmetic is the
-same either way (bit for bit: only when loads are issued changes)."""
-
-PREFETCH_K = 0
-"""Weight columns a row that `EARLY_MAX_ROWS` launches ask into L2 before their wait (0: none; the
-early launch alone)."""
-
-
-def _bulk_prefetch(device: torch.device) -> bool:
-    """The bulk L2 prefetch needs a CUDA GPU of compute capability 9.0 or newer (not the interpreter)."""
-    return device.type == "cuda" and not INTERPRETED and torch.cuda.get_device_capability(device)[0] >= 9
-
-
-def prefetch_columns(x: torch.Tensor, weight: torch.Tensor, tma: bool) -> int:
-    """`PREFETCH_K` where this launch may ask for its weight rows before its wait, else 0: a launch of
-    at most `EARLY_MAX_ROWS` rows loading its weight by pointers from rows whose every prefetched span
-    starts and ends on 16 bytes (the bulk prefetch's rule), on a GPU that has it."""
-    if PREFETCH_K <= 0 or x.shape[0] > EARLY_MAX_ROWS or tma or weight.stride(1) != 1:
-        return 0
-    size = weight.element_size()
-    aligned = all(v % 16 == 0 for v in (weight.data_ptr(), weight.stride(0) * size, weight.shape[1] * size))
-    return PREFETCH_K if aligned and PREFETCH_K * size % 16 == 0 and _bulk_prefetch(x.device) else 0
-
-
 def tile_locks(device: torch.device) -> torch.Tensor:
     """The device's zeroed int32 counters, one per output tile, of the split-K launches that sum
     in-kernel (`counters`: made before any CUDA-graph capture that uses them)."""
@@ -663,11 +599,6 @@ def launch(
         if norm_weight is not None:
             sq = torch.empty(split, grid[0], m, dtype=torch.float32, device=x.device)
     flags = {"NORM": norm_weight is not None, "RESIDUAL": residual is not None} | pdl.launch_options(x.device)
-    if flags["PDL_WAIT"] and m <= EARLY_MAX_ROWS:
-        flags["PDL_EARLY"] = True
-        prefetch = prefetch_columns(x, weight, tma)
-        if prefetch:
-            flags |= {"PREFETCH_K": prefetch, "LANES": 32 * cfg["num_warps"]}
     attended = out
     # The folded attention's pointers and scalars; placeholders where it is off (the kernel reads none).
     fold_tensors: tuple[torch.Tensor, ...] = (out,) * 7
