@@ -510,7 +510,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "folded_attention_2": {"fold_rows": 2},  # attention inside the QKV launch up to 2 rows
     "folded_attention_4": {"fold_rows": 4},
     "step_launches": {"depth_loop": False},  # a one-row frame's depth steps as launches, not one loop
-    "unfolded_backbone": {"fold_head_tiles": False},  # the backbone's QKV tile over two heads: no fold
 }
 """Kernel settings the `variants` section times, each against the shipped defaults."""
 
@@ -524,7 +523,7 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
     saved = (
         fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST,
         fast_step.SAMPLER_COPIES_INPUTS, fast_step.FUSED_FRAME_START, fl.FOLD_ATTENTION_MAX_ROWS,
-        fast_step.DEPTH_LOOP, ks.KTH_BY_BITS, fl.FOLD_WITH_HEAD_TILES,
+        fast_step.DEPTH_LOOP, ks.KTH_BY_BITS,
     )
     try:
         if setting.get("tiles") == "cold":
@@ -541,13 +540,12 @@ def kernel_settings(setting: dict[str, Any], cold_table: dict[Any, Any] | None) 
         fast_step.FUSED_FRAME_START = setting.get("fused_frame_start", fast_step.FUSED_FRAME_START)
         fl.FOLD_ATTENTION_MAX_ROWS = setting.get("fold_rows", fl.FOLD_ATTENTION_MAX_ROWS)
         fast_step.DEPTH_LOOP = setting.get("depth_loop", fast_step.DEPTH_LOOP)
-        fl.FOLD_WITH_HEAD_TILES = setting.get("fold_head_tiles", fl.FOLD_WITH_HEAD_TILES)
         yield
     finally:
         (
             fl.TUNED, fl.IN_KERNEL_REDUCE_MAX_ROWS, fl.TMA_MIN_ROWS, ks.NUM_WARPS, pdl.MODE, ks.TOP_K_FAST,
             fast_step.SAMPLER_COPIES_INPUTS, fast_step.FUSED_FRAME_START, fl.FOLD_ATTENTION_MAX_ROWS,
-            fast_step.DEPTH_LOOP, ks.KTH_BY_BITS, fl.FOLD_WITH_HEAD_TILES,
+            fast_step.DEPTH_LOOP, ks.KTH_BY_BITS,
         ) = saved
 
 

@@ -185,13 +185,10 @@ def service_launches() -> None:
             norm = None if k == 8192 else empty(k)
             residual = empty(rows, n) if k == 8192 else None
             fused_linear.launch(empty(rows, k), empty(n, k), norm, residual, 1e-5, gate_up)
-    # a one-row decode step's QKV with its attention folded into the launch: the depth decoder's, and
-    # the backbone's (its column tile narrowed to a head of 64)
-    for heads, kv_heads, dim, k in ((8, 2, 128, 1024), (32, 8, 64, 2048)):
-        cache, rope = empty(4, kv_heads, 2049, dim), empty(2048, dim, dtype=torch.float32)
-        folded = fused_linear.DecodeAttention(empty(1, dtype=torch.long), rope, rope, cache, cache, heads, kv_heads)
-        n = (heads + 2 * kv_heads) * dim
-        fused_linear.launch(empty(1, k), empty(n, k), empty(k), None, 1e-5, False, folded)
+    # a one-row decode step's depth QKV with its attention folded into the launch
+    cache, rope = empty(4, 2, 2049, 128), empty(2048, 128, dtype=torch.float32)
+    folded = fused_linear.DecodeAttention(empty(1, dtype=torch.long), rope, rope, cache, cache, 8, 2)
+    fused_linear.launch(empty(1, 1024), empty(1536, 1024), empty(1024), None, 1e-5, False, folded)
     logits = torch.zeros(2, 2051)
     ones = torch.ones(2, dtype=torch.long)
     sample_top_k(logits, torch.ones(2), ones, ones, ones, 3, torch.arange(2048))

@@ -185,19 +185,17 @@ def test_fused_linear_equals_norm_swiglu_residual_around_a_matmul(
 
 @pytest.mark.parametrize("split_k", [1, 4])
 @pytest.mark.parametrize("positions", [[7], [3, -1, 12]], ids=["one-row", "three-rows-one-idle"])
-@pytest.mark.parametrize("block_n", [16, 64], ids=["tiles-inside-a-head", "tiles-over-two-heads"])
 def test_attention_folded_into_the_qkv_launch_equals_the_two_launches(
-    positions: list[int], split_k: int, block_n: int, monkeypatch: pytest.MonkeyPatch
+    positions: list[int], split_k: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The kv heads' last tiles attend inside the QKV projection: the same output and caches, bit
-    for bit, as the projection followed by the attention kernel, and the head counters left zero. A
-    column tile wider than a head is narrowed to one so the launch still folds."""
+    for bit, as the projection followed by the attention kernel, and the head counters left zero."""
     from serve_app.model.kernels import fused_linear as module
 
     heads, kv_heads, dim, k, n_pos = 4, 2, 32, 64, 16
     gen = torch.Generator().manual_seed(len(positions) + split_k)
     n = (heads + 2 * kv_heads) * dim
-    tiles = {"BLOCK_M": 16, "BLOCK_N": block_n, "BLOCK_K": 16, "SPLIT_K": split_k, "num_warps": 4, "num_stages": 2}
+    tiles = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "SPLIT_K": split_k, "num_warps": 4, "num_stages": 2}
     monkeypatch.setattr(module, "CONFIG_OVERRIDES", {(len(positions), n, k): tiles})
     counters._COUNTERS.clear()
     x, w = torch.randn(len(positions), k, generator=gen), torch.randn(n, k, generator=gen) / 8
@@ -235,15 +233,6 @@ def test_tma_loads_stage_every_buffer_in_shared_memory() -> None:
         tiles = module.tiles_for(cls, n, k, gate_up)
         tma = module.TMA_MIN_ROWS is not None and cls >= module.TMA_MIN_ROWS
         assert module.fit_shared_memory(tiles, 2, gate_up, tma) == tiles, (cls, n, k)
-
-
-def test_a_column_tile_is_narrowed_to_a_head_only_where_it_spans_more() -> None:
-    from serve_app.model.kernels import fused_linear as module
-
-    wide = {"BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 4, "num_warps": 8, "num_stages": 4}
-    assert module.head_tiles(wide, 64) == {**wide, "BLOCK_N": 64}  # CSM-1B's backbone QKV at one row
-    assert module.head_tiles(wide, 128) is wide
-    assert module.head_tiles(wide, 96)["BLOCK_N"] == 32
 
 
 def test_each_batch_takes_the_tiles_of_the_smallest_class_that_holds_it() -> None:

@@ -536,13 +536,6 @@ step on an H100, separate → folded: 6.65 → 6.39 ms a frame at one row
 two rows and 6.76 → 7.87 at four (`…-0448-…-fold-rows-variants.json`): the serial rows cost more
 than the launch saved."""
 
-FOLD_WITH_HEAD_TILES = True
-"""Whether a QKV launch that may fold its attention (`FOLD_ATTENTION_MAX_ROWS`) but whose tuned column
-tile spans more than one head narrows that tile to a head (`head_tiles`), so it folds: CSM-1B's
-backbone QKV tile is 128 columns over heads of 64, so its one-row step launched the attention kernel
-after every layer's QKV, 16 launches a frame. The column tiling leaves each column's sums unchanged
-(the same bits either way)."""
-
 MAX_HEAD_LOCKS = 1 << 10
 """Counters of the folded attention: one per (row tile, kv head) of a launch."""
 
@@ -550,15 +543,6 @@ MAX_HEAD_LOCKS = 1 << 10
 def head_locks(device: torch.device) -> torch.Tensor:
     """The device's zeroed int32 counters of the folded attention's kv heads (`counters`)."""
     return device_counters("qkv attention head", device, MAX_HEAD_LOCKS)
-
-
-def head_tiles(cfg: dict[str, int], head_dim: int) -> dict[str, int]:
-    """`cfg` with its column tile narrowed to the largest power of two that divides `head_dim`, where it
-    is wider (a folded attention needs every column tile inside one head)."""
-    block_n = cfg["BLOCK_N"]
-    while block_n > 1 and head_dim % block_n:
-        block_n //= 2
-    return cfg if block_n == cfg["BLOCK_N"] else {**cfg, "BLOCK_N": block_n}
 
 
 def _can_fold(attention: DecodeAttention, m: int, cfg: dict[str, int], in_kernel: bool) -> bool:
@@ -598,8 +582,6 @@ def launch(
     if m == 0:
         return out if attention is None else _attend(out, attention)
     cfg = CONFIG_OVERRIDES.get((m, n, k)) or tiles_for(m, n, k, gate_up)
-    if attention is not None and FOLD_WITH_HEAD_TILES and m <= FOLD_ATTENTION_MAX_ROWS:
-        cfg = head_tiles(cfg, attention.k_cache.shape[-1])
     tma = _tma_ready(x, weight)
     cfg = fit_shared_memory(cfg, weight.element_size(), gate_up, tma)
     if gate_up:
