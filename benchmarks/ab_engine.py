@@ -143,7 +143,7 @@ def run(arms: list[Arm], repeats: int, bench_args: list[str], out_dir: Path, tim
                 *bench_args,
                 *arm.args,
             ]
-            env = {**os.environ, "PYTHONPATH": str(arm.tree)}
+            env = {**os.environ, "PYTHONPATH": python_path(arm.tree, os.environ.get("PYTHONPATH"))}
             try:
                 proc = subprocess.run(
                     command,
@@ -178,6 +178,12 @@ def run(arms: list[Arm], repeats: int, bench_args: list[str], out_dir: Path, tim
             write_summary(path, gpu, runs)
     print("wrote", path, flush=True)
     return path
+
+
+def python_path(tree: Path, inherited: str | None) -> str:
+    """The arm's tree first (its `serve_app` is the one imported), then the caller's path: packages
+    installed to a folder of their own (`pip install --target`) stay importable in the run."""
+    return os.pathsep.join([str(tree), *filter(None, (inherited or "").split(os.pathsep))])
 
 
 def write_summary(path: Path, gpu: str, runs: list[dict[str, Any]]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -62,7 +63,8 @@ def test_flag_arms_split_their_arguments_as_a_shell_would() -> None:
 
 
 FAKE_BENCH = """
-import json, sys, pathlib
+import json, os, sys, pathlib
+import site_only_package  # installed outside the tree, on the caller's PYTHONPATH
 args = sys.argv[1:]
 out = pathlib.Path(args[args.index("--out") + 1])
 speed = 1000.0 if "--fast" in args else 900.0
@@ -79,6 +81,10 @@ def test_run_takes_the_arms_in_turns_with_their_own_arguments(tmp_path: Path, mo
     tree = tmp_path / "tree"
     (tree / "benchmarks").mkdir(parents=True)
     (tree / "benchmarks" / "bench_engine.py").write_text(FAKE_BENCH)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "site_only_package.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(site))
     arms = [ab_engine.Arm("slow", tree), ab_engine.Arm("fast", tree, ("--fast",))]
     written: list[int] = []
     real_write = ab_engine.write_summary
@@ -94,3 +100,10 @@ def test_run_takes_the_arms_in_turns_with_their_own_arguments(tmp_path: Path, mo
     saved = json.loads(path.read_text())
     assert saved["summary"]["throughput_128"] == {"slow": [900.0, 900.0], "fast": [1000.0, 1000.0]}
     assert [r["arm"] for r in saved["runs"]] == ["slow", "fast", "slow", "fast"]
+    assert [r["exit"] for r in saved["runs"]] == [0, 0, 0, 0]
+
+
+def test_a_run_imports_the_arms_tree_before_the_callers_path(tmp_path: Path) -> None:
+    assert ab_engine.python_path(tmp_path, None) == str(tmp_path)
+    inherited = os.pathsep.join(["/site", "", "/repo"])
+    assert ab_engine.python_path(tmp_path, inherited).split(os.pathsep) == [str(tmp_path), "/site", "/repo"]
