@@ -36,6 +36,9 @@ projections' chain, not a frame.
     python benchmarks/probe_dataflow_step.py                     # full size, on the GPU
     python benchmarks/probe_dataflow_step.py --variants 8x1024x4-pid-r128-s8,16x256x4
     python benchmarks/probe_dataflow_step.py --variants 16x1024x4-s8-res2-tma,16x1024x4-s8-res2-st3-gluon
+    # the backbone's 16 layers and codebook 0's head (a decode step's projections), 4 steps chained;
+    # the persistent kernel's items take a whole K (the backbone's 2048, its down projection split 4)
+    python benchmarks/probe_dataflow_step.py --stack backbone --variants 16x2048x4-s4-res2-reuse,8x2048x4-s4-res2-reuse
 
 What it found, and the design it points to: docs/performance.md, *One stream*.
 """
@@ -339,7 +342,8 @@ def _persistent_kernel(
 
 @dataclass
 class Geometry:
-    """The depth decoder's shapes (CSM-1B: a Llama of 4 layers, 1024 wide, 8192 in its MLP)."""
+    """A stack's shapes; the defaults are the depth decoder's (CSM-1B: a Llama of 4 layers, 1024
+    wide, 8192 in its MLP). `stack_geometry` gives either of CSM-1B's stacks."""
 
     dim: int = 1024
     q_dim: int = 1024
@@ -353,6 +357,30 @@ class Geometry:
         """Elements between activation slots: the widest output (split parts included), to 64."""
         widest = max(self.q_dim + 2 * self.kv_dim, self.dim * self.down_split, self.inter, self.vocab)
         return -(-widest // 64) * 64
+
+
+STACKS = ("depth", "backbone")
+"""The CSM-1B stacks the probe can lay out: the depth decoder (a frame: 31 steps, each ending in a
+codebook head) or the backbone (a step: its 16 layers, then codebook 0's head)."""
+
+
+def stack_geometry(stack: str, down_split: int = 4) -> Geometry:
+    """The geometry of one of CSM-1B's stacks (`STACKS`), from the model's own config."""
+    from serve_app.model.tiny import CSM_1B_CONFIG
+
+    if stack not in STACKS:
+        raise ValueError(f"a stack is one of {STACKS}, got {stack!r}")
+    cfg = CSM_1B_CONFIG.decoder if stack == "depth" else CSM_1B_CONFIG.backbone
+    head_dim = cfg.head_dim or cfg.dim // cfg.n_heads
+    return Geometry(
+        dim=cfg.dim,
+        q_dim=cfg.n_heads * head_dim,
+        kv_dim=cfg.n_kv_heads * head_dim,
+        inter=cfg.intermediate_size,
+        vocab=CSM_1B_CONFIG.audio_vocab_size,
+        layers=cfg.n_layers,
+        down_split=down_split,
+    )
 
 
 @dataclass
@@ -647,7 +675,8 @@ def time_graph(fn, replays: int) -> float:  # type: ignore[no-untyped-def]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=31)
+    parser.add_argument("--stack", choices=STACKS, default="depth", help="which of CSM-1B's stacks to lay out")
+    parser.add_argument("--steps", type=int, default=None, help="passes chained (default: depth 31, backbone 4)")
     parser.add_argument("--variants", default="16x256x4,8x512x4,4x1024x4", help="Variant.parse, comma-separated")
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--no-shipped", action="store_true", help="skip the shipped kernels' arm")
@@ -657,10 +686,13 @@ def main(argv: list[str] | None = None) -> int:
         print("a CUDA device is needed (the kernel's tests run it under Triton's interpreter)")
         return 2
     device = torch.device("cuda")
-    geo = Geometry()
+    geo = stack_geometry(args.stack)
+    if args.steps is None:
+        args.steps = 31 if args.stack == "depth" else 4
     variants = [Variant.parse(text) for text in args.variants.split(",") if text]
     gpu = torch.cuda.get_device_name().lower().replace(" ", "-")
-    path = Path(args.out) / f"{dt.date.today().isoformat()}-{gpu}-dataflow-step-probe.json"
+    name = "dataflow-step-probe" if args.stack == "depth" else "dataflow-backbone-probe"
+    path = Path(args.out) / f"{dt.date.today().isoformat()}-{gpu}-{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     argv_shown = argv if argv is not None else sys.argv[1:]
     fields: dict[str, object] = {
@@ -668,6 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python benchmarks/probe_dataflow_step.py", *argv_shown]),
         "device": torch.cuda.get_device_name(),
+        "stack": args.stack,
         "steps": args.steps,
         "variants": [],
     }

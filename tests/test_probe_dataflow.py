@@ -126,3 +126,15 @@ def test_a_variant_names_its_settings() -> None:
     assert probe.Variant.parse("16x1024x4-s8-res2-st3-gluon").gluon
     with pytest.raises(ValueError, match="unknown variant flag"):
         probe.Variant.parse("8x1024x4-fast")
+
+
+def test_the_stacks_take_csm_1bs_shapes() -> None:
+    """The depth decoder's stack is the probe's own default geometry (what every earlier run
+    measured); the backbone's is CSM-1B's Llama-1B, its head codebook 0's."""
+    assert probe.stack_geometry("depth") == probe.Geometry()
+    assert probe.stack_geometry("backbone", down_split=2) == probe.Geometry(
+        dim=2048, q_dim=2048, kv_dim=512, inter=8192, vocab=2051, layers=16, down_split=2
+    )
+    with pytest.raises(ValueError, match="one of"):
+        probe.stack_geometry("decoder")
+
