@@ -371,11 +371,10 @@ def stack_geometry(stack: str, down_split: int = 4) -> Geometry:
     if stack not in STACKS:
         raise ValueError(f"a stack is one of {STACKS}, got {stack!r}")
     cfg = CSM_1B_CONFIG.decoder if stack == "depth" else CSM_1B_CONFIG.backbone
-    head_dim = cfg.head_dim or cfg.dim // cfg.n_heads
     return Geometry(
         dim=cfg.dim,
-        q_dim=cfg.n_heads * head_dim,
-        kv_dim=cfg.n_kv_heads * head_dim,
+        q_dim=cfg.n_heads * cfg.head_dim,
+        kv_dim=cfg.n_kv_heads * cfg.head_dim,
         inter=cfg.intermediate_size,
         vocab=CSM_1B_CONFIG.audio_vocab_size,
         layers=cfg.n_layers,

@@ -137,4 +137,3 @@ def test_the_stacks_take_csm_1bs_shapes() -> None:
     )
     with pytest.raises(ValueError, match="one of"):
         probe.stack_geometry("decoder")
-
