@@ -190,8 +190,8 @@ try:
     startup = json.load(sys.stdin).get('engine', {}).get('startup')
 except ValueError:
     startup = None
-print(json.dumps({'serve_run_to_healthy_s': float(sys.argv[1]), 'engine_startup': startup}))" "$READY_S" \
-      >"$OUT/ready${VARIANT:+-$VARIANT}.json"
+print(json.dumps({'command': sys.argv[2], 'serve_run_to_healthy_s': float(sys.argv[1]), 'engine_startup': startup}))" \
+      "$READY_S" "bash benchmarks/gpu_suite.sh OUT $PARTS" >"$OUT/ready${VARIANT:+-$VARIANT}.json"
     return 0
   fi
   status serve "not healthy after ${READY_S} s"
