@@ -74,7 +74,8 @@ def chi_square_p(draws: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 @triton.jit
-def kth_by_bits_kernel(x_ptr, out_ptr, N: tl.constexpr):
-    """Program i writes the (i + 1)-th largest of the N values at `x_ptr` (`_kth_by_bits`)."""
-    x = tl.load(x_ptr + tl.arange(0, N))
-    tl.store(out_ptr + tl.program_id(0), _kth_by_bits(x, tl.program_id(0) + 1))
+def kth_by_bits_kernel(x_ptr, out_ptr, N: tl.constexpr, KEY_BITS: tl.constexpr):
+    """Program i writes the (i + 1)-th largest of the N values at `x_ptr` (`_kth_by_bits` over
+    their keys' top KEY_BITS bits; the values widened to fp32)."""
+    x = tl.load(x_ptr + tl.arange(0, N)).to(tl.float32)
+    tl.store(out_ptr + tl.program_id(0), _kth_by_bits(x, tl.program_id(0) + 1, KEY_BITS))

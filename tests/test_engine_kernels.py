@@ -525,13 +525,16 @@ def test_prompts_in_the_step_write_and_attend_as_a_prefill_then_a_step() -> None
 
 
 @pytest.mark.parametrize(
-    "top_k_fast, by_bits", [(0, False), (64, False), (64, True)], ids=["sorted-rows", "bitonic-top-64", "bit-by-bit"]
+    "top_k_fast, by_bits, dtype",
+    [(0, False, torch.float32), (64, False, torch.float32), (64, True, torch.float32), (64, True, torch.bfloat16)],
+    ids=["sorted-rows", "bitonic-top-64", "bit-by-bit", "bit-by-bit-bf16-logits"],
 )
 def test_fused_sampler_draws_the_reference_ids(
-    top_k_fast: int, by_bits: bool, monkeypatch: pytest.MonkeyPatch
+    top_k_fast: int, by_bits: bool, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rows of k 1, 50 and 200: with the top-64 path on, two find their k-th score by it and one by
-    the sort; bit by bit (`KTH_BY_BITS`), all three."""
+    the sort; bit by bit (`KTH_BY_BITS`), all three, over the scores' keys, or over bf16 logits' 16
+    bits (the depth loop's draw: its logits are bf16)."""
     from serve_app.model.kernels import sampling as kernel
     from serve_app.model.kernels.sampling import sample_top_k
     from serve_app.model.sampling import draw_counter, noise_columns
@@ -540,7 +543,7 @@ def test_fused_sampler_draws_the_reference_ids(
     monkeypatch.setattr(kernel, "TOP_K_FAST", top_k_fast)
     monkeypatch.setattr(kernel, "KTH_BY_BITS", by_bits)
     gen = torch.Generator().manual_seed(5)
-    logits = (torch.randn(3, 300, generator=gen) * 3).to(DEVICE)  # a short vocabulary: the interpreter is slow
+    logits = (torch.randn(3, 300, generator=gen) * 3).to(dtype).to(DEVICE)  # a short vocabulary: the interpreter is slow
     temperature = torch.tensor([0.9, 0.5, 1.3], device=DEVICE)
     top_k = torch.tensor([1, 50, 200], device=DEVICE)
     seeds = torch.tensor([7, -(2**61), 2**62 + 5], device=DEVICE)
@@ -552,20 +555,23 @@ def test_fused_sampler_draws_the_reference_ids(
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-def test_the_kth_largest_found_bit_by_bit_is_the_kth_largest_for_every_k() -> None:
+@pytest.mark.parametrize("dtype, key_bits", [(torch.float32, 32), (torch.bfloat16, 16)], ids=["fp32", "bf16"])
+def test_the_kth_largest_found_bit_by_bit_is_the_kth_largest_for_every_k(dtype: torch.dtype, key_bits: int) -> None:
     """`sampling._kth_by_bits` (the depth loop's draw with `DRAW_KTH_BY_BITS`): negative and positive
-    scores, both zeros, ties, and the row's -inf padding; every k from 1 to the row's length."""
+    scores, both zeros, ties, the smallest and largest magnitudes, and the row's -inf padding; every k
+    from 1 to the row's length; fp32 values over their whole keys, bf16 logits over their 16 bits
+    (a wrong low half of a negative key gives a different float)."""
     from tests.support_sampling import kth_by_bits_kernel
 
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(64, generator=gen) * 4
-    x[:6] = torch.tensor([0.0, -0.0, 0.0, 3.5, 3.5, -1e-30])
-    x[6:9] = x[10]  # a three-way tie
+    x[:8] = torch.tensor([0.0, -0.0, 0.0, 3.5, 3.5, -1e-30, 1e-30, -3e38])
+    x[8:11] = x[12]  # a three-way tie
     x[-5:] = float("-inf")  # padding past the vocabulary
-    x = x[torch.randperm(64, generator=gen)].to(DEVICE)
+    x = x[torch.randperm(64, generator=gen)].to(dtype).to(DEVICE)
     out = torch.empty(64, device=DEVICE)
-    kth_by_bits_kernel[(64,)](x, out, N=64)
-    want = torch.sort(x, descending=True).values
+    kth_by_bits_kernel[(64,)](x, out, N=64, KEY_BITS=key_bits)
+    want = torch.sort(x.float(), descending=True).values
     assert torch.equal(out, want)  # -0.0 and 0.0 compare equal, as they do against the scores
 
 
@@ -606,10 +612,12 @@ def test_the_fused_depth_loops_sampler_hands_each_step_the_next_codebooks_inputs
 
 
 @pytest.mark.parametrize(
-    "top_k_fast, by_bits", [(0, False), (8, False), (8, True)], ids=["sorted-rows", "bitonic-top-8-of-16", "bit-by-bit"]
+    "top_k_fast, by_bits, dtype",
+    [(0, False, torch.float32), (8, False, torch.float32), (8, True, torch.float32), (8, True, torch.bfloat16)],
+    ids=["sorted-rows", "bitonic-top-8-of-16", "bit-by-bit", "bit-by-bit-bf16-logits"],
 )
 def test_fused_sampler_never_draws_a_masked_id_under_the_largest_noise(
-    top_k_fast: int, by_bits: bool, monkeypatch: pytest.MonkeyPatch
+    top_k_fast: int, by_bits: bool, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each row's seed puts the largest possible noise on an id outside its top k (see the PyTorch
     sampler's test): with a uniform of 1.0 that id would win. A threshold one place too low lets it."""
@@ -621,8 +629,8 @@ def test_fused_sampler_never_draws_a_masked_id_under_the_largest_noise(
     monkeypatch.setattr(kernel, "TOP_K_FAST", top_k_fast)
     monkeypatch.setattr(kernel, "KTH_BY_BITS", by_bits)
 
-    logits = torch.randn(16, generator=torch.Generator().manual_seed(4)) * 2
-    top = set(torch.topk(logits, 3).indices.tolist())
+    logits = (torch.randn(16, generator=torch.Generator().manual_seed(4)) * 2).to(dtype)
+    top = set(torch.topk(logits.float(), 3).indices.tolist())
     masked = [c for c in range(16) if c not in top]
     frame, codebook = 5, 7  # the draw counter 5 * 32 + 7
     seeds = torch.tensor([seed_with_noise_at(column=c, counter=frame * 32 + codebook) for c in masked])

@@ -55,22 +55,39 @@ step): off."""
 
 
 @triton.jit
-def _kth_by_bits(scores, k):
-    """The k-th largest of a row's scores, bit by bit over order-keeping 32-bit keys (a float's bits
-    with the sign bit set where it is non-negative, all bits flipped where negative): from the top
-    bit down, a bit is kept where at least k keys reach the threshold with it. Exact for any k, in
-    32 counts of the row by a loop of a few instructions, where a bitonic network unrolls into
-    thousands."""
-    bits = scores.to(tl.uint32, bitcast=True)
-    keys = tl.where((bits >> 31) == 0, bits | 0x80000000, bits ^ 0xFFFFFFFF)
+def _kth_by_bits(values, k, KEY_BITS: tl.constexpr):
+    """The k-th largest of a row's values, over order-keeping 32-bit keys (a float's bits with the
+    sign bit set where it is non-negative, all bits flipped where negative): from the top, two bits
+    at a time, the digit kept is the largest with which at least k keys reach the threshold, so the
+    threshold ends as the k-th key. A turn counts the row against all three nonzero digits in one
+    sum (three 16-bit counts packed in an int64; rows shorter than 2**16), so it takes KEY_BITS / 2
+    sums of the row, each a reduction across the program's warps, where a bit a turn took KEY_BITS.
+    KEY_BITS 16 searches only the top half of the keys: exact for bf16 values widened to fp32,
+    whose low 16 bits are zero (the key's low half then follows from its sign). Exact for any k,
+    in a loop of a few instructions, where a bitonic network unrolls into thousands."""
+    bits = values.to(tl.uint32, bitcast=True)
+    keys = tl.where((bits >> 31) == 0, bits | 0x80000000, bits ^ 0xFFFFFFFF) >> (32 - KEY_BITS)
     threshold = tl.full([], 0, tl.uint32)
-    bit = tl.full([], 0x80000000, tl.uint32)
-    for _ in tl.range(0, 32, loop_unroll_factor=1):
-        wanted = threshold | bit
-        reached = tl.sum((keys >= wanted).to(tl.int32), axis=0)
-        threshold = tl.where(reached >= k, wanted, threshold)
-        bit = bit >> 1
-    kth_bits = tl.where((threshold >> 31) == 1, threshold & 0x7FFFFFFF, threshold ^ 0xFFFFFFFF)
+    unit = tl.full([], 1 << (KEY_BITS - 2), tl.uint32)
+    for _ in tl.range(0, KEY_BITS // 2, loop_unroll_factor=1):
+        packed = (
+            (keys >= threshold + unit).to(tl.int64)
+            + ((keys >= threshold + 2 * unit).to(tl.int64) << 16)
+            + ((keys >= threshold + 3 * unit).to(tl.int64) << 32)
+        )
+        counts = tl.sum(packed, axis=0)
+        # The counts fall as the digit grows, so the digit is how many of them reach k.
+        digit = (
+            ((counts & 0xFFFF) >= k).to(tl.uint32)
+            + (((counts >> 16) & 0xFFFF) >= k).to(tl.uint32)
+            + ((counts >> 32) >= k).to(tl.uint32)
+        )
+        threshold = threshold + digit * unit
+        unit = unit >> 2
+    key = threshold << (32 - KEY_BITS)
+    if KEY_BITS < 32:  # a widened bf16's low key bits: zeros where it is non-negative, ones where negative
+        key = tl.where((key >> 31) == 1, key, key | ((1 << (32 - KEY_BITS)) - 1))
+    kth_bits = tl.where((key >> 31) == 1, key & 0x7FFFFFFF, key ^ 0xFFFFFFFF)
     return kth_bits.to(tl.float32, bitcast=True)
 
 
@@ -79,7 +96,7 @@ def _kth_largest(scores, idx, k, VP: tl.constexpr, FAST: tl.constexpr, BY_BITS: 
     """The k-th largest of a row's scores (padding is -inf): bit by bit (BY_BITS), a bitonic
     top-FAST when k <= FAST, else the sorted row."""
     if BY_BITS:
-        kth = _kth_by_bits(scores, k)
+        kth = _kth_by_bits(scores, k, 32)
     elif FAST > 0:
         if k <= FAST:
             top = tl.topk(scores, FAST)
@@ -117,21 +134,34 @@ def race_noise(seed, frame, codebook, columns_ptr, cols, valid, NUM_CODEBOOKS: t
 def draw_row(row_ptr, temperature, top_k, race, V: tl.constexpr, VP: tl.constexpr, FAST: tl.constexpr,
              BY_BITS: tl.constexpr):
     """One row's id from its logits (>= V at `row_ptr`) and its race noise (VP,): the tempered
-    top-k race of `sample_top_k` (greedy when k is 1); its k-th score as `_kth_largest` finds it."""
+    top-k race of `sample_top_k` (greedy when k is 1); its k-th score as `_kth_largest` finds it,
+    or, bit by bit over bf16 logits, the k-th logit (`_kth_by_bits` over their 16 bits): distinct
+    bf16 values lie 2**16 fp32 steps apart, so no rounding of the division by the temperature
+    merges or reorders them, and the logits at or above the k-th are the scores at or above the
+    k-th score, the same ids."""
+    tl.static_assert(VP < 65536, "the k-th search packs 16-bit counts of the row")
     idx = tl.arange(0, VP)
     valid = idx < V
-    logits = tl.load(row_ptr + idx, mask=valid, other=float("-inf"), cache_modifier=".cg").to(tl.float32)
+    row = tl.load(row_ptr + idx, mask=valid, other=float("-inf"), cache_modifier=".cg")
+    logits = row.to(tl.float32)
     scores = logits / temperature
     k = tl.minimum(tl.maximum(top_k, 1), V)
-    kth = _kth_largest(scores, idx, k, VP, FAST, BY_BITS)
-    kept = tl.where(scores < kth, float("-inf"), scores)
-    top = tl.max(kept, axis=0)
-    e = tl.exp(kept - top)
-    probs = e / tl.sum(e, axis=0)
-    # Ids outside the top k (and past the vocabulary) are out of the race, whatever the noise.
-    sampled = tl.argmax(tl.where(valid & (scores >= kth), probs / race, -1.0), axis=0)
-    greedy = tl.argmax(kept, axis=0)
-    return tl.where(k == 1, greedy, sampled).to(tl.int64)
+    if BY_BITS and row_ptr.dtype.element_ty == tl.bfloat16:
+        ranked = logits  # the values the k-th is of
+        kth = _kth_by_bits(logits, k, 16)
+    else:
+        ranked = scores
+        kth = _kth_largest(scores, idx, k, VP, FAST, BY_BITS)
+    kept = tl.where(ranked < kth, float("-inf"), scores)
+    if k == 1:  # greedy: the softmax and the race are not needed
+        drawn = tl.argmax(kept, axis=0)
+    else:
+        top = tl.max(kept, axis=0)
+        e = tl.exp(kept - top)
+        probs = e / tl.sum(e, axis=0)
+        # Ids outside the top k (and past the vocabulary) are out of the race, whatever the noise.
+        drawn = tl.argmax(tl.where(valid & (ranked >= kth), probs / race, -1.0), axis=0)
+    return drawn.to(tl.int64)
 
 
 @triton.jit
