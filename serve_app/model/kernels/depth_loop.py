@@ -84,6 +84,14 @@ noise itself), programs an SM x warps: 2 x 4 159.1, 1 x 4 187.4, 1 x 8 184.1, 2 
 4 x 2 343.1; with `MAX_REGISTERS` (`…-1219-…-depth-loop-settings.json`): 3 x 4 at 168 registers 327.3,
 4 x 4 at 128 474.6, against 156.3 uncapped."""
 
+WAIT_BY_ACQUIRING_READS = True
+"""Whether an item's wait polls its phase counter with acquiring reads (`ld.acquire.gpu`), the read
+that sees the count being the acquire, instead of plain reads followed by one acquiring
+read-modify-write (an atomic add of 0): one round trip to L2 fewer on every phase boundary of the
+chain, 22 a depth step. Read at import; the interpreter, which runs no PTX, takes the plain reads."""
+
+_ACQUIRING_READS = tl.constexpr(WAIT_BY_ACQUIRING_READS and not INTERPRETED)
+
 TICKETS = False
 """Whether programs take items by an atomic ticket (the next unhanded item) instead of by their number
 (program p: p, p + P, ...). Then the lowest unfinished item is always held by a running program, so
@@ -506,12 +514,25 @@ def _held(words):
 def _wait(done_ptr, phase, prev):
     """Until the phase before `phase` has counted in all `prev` of its items."""
     if phase > 0:
-        # Polled with plain reads (waiting programs would queue their atomics on one address in
-        # L2), then one acquiring read-modify-write orders the input's reads after the producers'.
-        while tl.load(done_ptr + phase - 1, volatile=True) < prev:
-            pass
-        tl.atomic_add(done_ptr + phase - 1, 0, sem="acquire", scope="gpu")
+        if _ACQUIRING_READS:  # the read that sees the count orders the input's reads after the producers'
+            while _acquiring_read(done_ptr + phase - 1) < prev:
+                pass
+        else:
+            # Polled with plain reads (waiting programs would queue their atomics on one address in
+            # L2), then one acquiring read-modify-write orders the input's reads after the producers'.
+            while tl.load(done_ptr + phase - 1, volatile=True) < prev:
+                pass
+            tl.atomic_add(done_ptr + phase - 1, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()
+
+
+@triton.jit
+def _acquiring_read(ptr):
+    """The int32 at `ptr`, read with acquire semantics at GPU scope (`ld.acquire.gpu`): no later
+    read of this thread is performed before it."""
+    return tl.inline_asm_elementwise(
+        "ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32, is_pure=False, pack=1
+    )
 
 
 @triton.jit
