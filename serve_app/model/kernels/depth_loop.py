@@ -88,7 +88,10 @@ WAIT_BY_ACQUIRING_READS = True
 """Whether an item's wait polls its phase counter with acquiring reads (`ld.acquire.gpu`), the read
 that sees the count being the acquire, instead of plain reads followed by one acquiring
 read-modify-write (an atomic add of 0): one round trip to L2 fewer on every phase boundary of the
-chain, 22 a depth step. Read at import; the interpreter, which runs no PTX, takes the plain reads."""
+chain, 22 a depth step. On one H100, in one call, with the draw's search above: 137.96 µs a depth step
+against 139.52 without it, the one-row depth frame 4.360 ms against 4.411, the same codes
+(`benchmarks/results/2026-12-07-1310-nvidia-h100-80gb-hbm3-depth-loop-kth-acquire.json`, `…-1311-…-depth-loop-kth.json`).
+Read at import; the interpreter, which runs no PTX, takes the plain reads."""
 
 _ACQUIRING_READS = tl.constexpr(WAIT_BY_ACQUIRING_READS and not INTERPRETED)
 
@@ -117,7 +120,12 @@ in a loop of a few instructions) instead of by a bitonic top-64 (or, for larger 
 unrolls into some 7.6k of the kernel's 12k sm_90 instructions. The same k-th score, so the same ids.
 The kernel compiles to 4.4k instructions with it, which is what lets `NEXT_TILE_AHEAD` pay: on an
 H100 alone 147.18 µs a step against 148.75 (the draw 9.9 µs against 11.2, the first step 153 against
-168); with the other two switches 140.99 (`benchmarks/results/2026-12-06-1655-nvidia-h100-80gb-hbm3-depth-loop-same-items-bits-next.json`)."""
+168); with the other two switches 140.99 (`benchmarks/results/2026-12-06-1655-nvidia-h100-80gb-hbm3-depth-loop-same-items-bits-next.json`).
+Since, the search takes two bits a turn (three counts packed in one sum) over the bf16 logits' 16
+bits (the k-th logit: `sampling.draw_row`), 8 sums of the row where it took 32: on one H100, in one
+call, the traced draw 6.78 µs a depth step against 10.18, the step 139.52 against 141.24, the one-row
+depth frame 4.411 ms against 4.457, the same codes
+(`benchmarks/results/2026-12-07-1311-nvidia-h100-80gb-hbm3-depth-loop-kth.json` against `…-1309-…-depth-loop-base.json`)."""
 
 KEYS_BEFORE_WAIT = True
 """Whether an attention item loads its kv head's older keys and values (and the position's RoPE)

@@ -49,7 +49,8 @@ either way (the tests check both paths). On an H200 at 16 warps a call took 9.6 
 
 KTH_BY_BITS = False
 """Whether each row's k-th score is found bit by bit (`_kth_by_bits`, any k, a short loop) instead of
-by the bitonic top-`TOP_K_FAST` or the sorted row. The same ids. Not measured yet for this kernel
+by the bitonic top-`TOP_K_FAST` or the sorted row (over bf16 logits, two bits a turn of their 16, as
+the depth loop's draw finds it). The same ids. Not measured yet for this kernel
 (`bench_fused_linear.py`'s sampler section times it by warps, its `sampler_bits` variant in the
 step): off."""
 
@@ -64,7 +65,9 @@ def _kth_by_bits(values, k, KEY_BITS: tl.constexpr):
     sums of the row, each a reduction across the program's warps, where a bit a turn took KEY_BITS.
     KEY_BITS 16 searches only the top half of the keys: exact for bf16 values widened to fp32,
     whose low 16 bits are zero (the key's low half then follows from its sign). Exact for any k,
-    in a loop of a few instructions, where a bitonic network unrolls into thousands."""
+    in a loop of a few instructions, where a bitonic network unrolls into thousands. In the depth
+    loop's draw (bf16 logits, 8 sums where a bit a turn over the scores took 32) on one H100: 6.78 µs
+    a depth step against 10.18 (`benchmarks/results/2026-12-07-1311-nvidia-h100-80gb-hbm3-depth-loop-kth.json`)."""
     bits = values.to(tl.uint32, bitcast=True)
     keys = tl.where((bits >> 31) == 0, bits | 0x80000000, bits ^ 0xFFFFFFFF) >> (32 - KEY_BITS)
     threshold = tl.full([], 0, tl.uint32)
