@@ -92,7 +92,8 @@ def test_generate_encode_info_and_health_answer(engine: ProcessEngine, steps: li
     startup = info["startup"]  # where the child's start went, phase by phase
     assert 0 < startup["imports_s"] < startup["process_s"]
     assert startup["load_s"] > 0 and startup["capture_s"] > 0
-    assert startup["imports_s"] + startup["load_s"] + startup["engine_s"] <= startup["process_s"] + 0.01
+    # each phase is rounded to 0.01 s on its own: four roundings, each off by at most 0.005
+    assert startup["imports_s"] + startup["load_s"] + startup["engine_s"] <= startup["process_s"] + 0.02
     assert startup["kernels_ahead"] is None  # a CPU engine compiles nothing ahead
     asyncio.run(engine.check_health())
 
