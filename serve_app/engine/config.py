@@ -28,7 +28,7 @@ class EngineConfig:
     cuda_graphs: bool | None = None  # None: on for CUDA
     # torch.compile the step and prefill functions (None: on for CUDA). Off by default: with the
     # fused projections and graphed prefills it gains little, and compiling took a replica's start
-    # from under a minute to three (benchmarks/results, README Performance).
+    # from under a minute to three (docs/performance.md, *Defaults*).
     compile: bool | None = False
     # Decode batches up to this size run the fused Triton projections (RMSNorm, SwiGLU and residual
     # adds inside the matmuls) instead of cuBLAS; 0: none. Needs the fused attention (CUDA, Triton,
@@ -41,7 +41,7 @@ class EngineConfig:
     # backbone's weights for both; up to 256 prompt rows an admission) instead of a prefill of its
     # own. Needs the fused kernels (else ignored); it captures a backbone graph per batch and row
     # bucket more at start. On: the closed loop of 4 s requests gained 16 % at 128 clients and 7 %
-    # at 256 in an A/B on one H100 (README, Performance).
+    # at 256 in an A/B on one H100 (docs/runs.md).
     prefill_in_step: bool = True
     audio_dtype: str | None = None  # streaming Mimi decode; None: bfloat16 on CUDA, float32 on CPU
     memory_fraction: float = 0.8  # of free device memory for KV slots
@@ -53,7 +53,7 @@ class EngineConfig:
     # before the engine process's imports and the model's load, so the compiles run behind them;
     # False (default): once the model has loaded, with the host's cores to itself. Early, on one H100
     # machine, the imports took 28.7-32.5 s instead of 13.4 and the start 53.9 s on processes, 57.0 on
-    # threads; the start after the load measured 42.3 s on another H100 (README, Performance).
+    # threads; the start after the load measured 42.3 s on another H100 (docs/runs.md).
     compile_ahead_early: bool = False
 
     @classmethod
