@@ -76,6 +76,23 @@ def test_saved_voice_encoded_by_mimi_then_used(client) -> None:
     _wav(client.post("/speak", json={"text": "In that voice.", "voice": voice, "max_duration_ms": 320}))
 
 
+def test_a_reference_the_prompt_cannot_hold_is_413_not_another_voice(client) -> None:
+    """The model's 2048 positions hold the reference's text and frames, the text and the audio asked
+    for: a reference that leaves no room is refused, where the engine would once have dropped it and
+    answered 200 in a voice of its own."""
+    transcript = "word " * 380  # a position a byte for the tiny model's tokenizer
+    body = {"text": "Hello there.", "reference_text": transcript, "reference_audio_b64": wav_b64(5.0)}
+    r = client.post("/clone_voice", json={**body, "max_duration_ms": 10_000})
+    assert r.status_code == 413 and "reference takes" in r.json()["detail"], r.text
+    long_voice = {"name": "long", "audio_b64": wav_b64(5.0), "transcript": transcript}
+    voice = client.post("/v1/voices", json=long_voice).json()["id"]
+    r = client.post("/speak", json={"text": "Hello there.", "voice": voice, "max_duration_ms": 10_000})
+    assert r.status_code == 413 and "reference takes" in r.json()["detail"], r.text
+    ok = client.post("/clone_voice", json={**body, "max_duration_ms": 1000})  # room once less audio is asked
+    _wav(ok)
+    assert ok.headers["x-context-dropped-turns"] == "0"
+
+
 def test_batch_speak_takes_the_output_options(client) -> None:
     """As every endpoint that returns audio: format, rate and speed apply to each item."""
     body = {"texts": ["One.", "Two."], "max_duration_per_text_ms": 1000}

@@ -75,6 +75,13 @@ CASES = [
     ("/speak", {"text": "x" * 301}, 413, "over the 300-character limit"),
     ("/batch_speak", {"texts": ["ok", "x" * 301]}, 413, "texts[1]"),
     ("/conversation", {"turns": [{"speaker": 0, "text": "x" * 301}]}, 413, "turns[0].text"),
+    # a break tag where one utterance has no pause to render it as: refused, not read aloud
+    ("/batch_speak", {"texts": ["Hi", 'a <break time="1s"/> b']}, 422, "texts[1]: break tags are rendered by"),
+    ("/clone_voice", {**GOOD["/clone_voice"], "text": "Hi <break/>"}, 422, "not by this endpoint"),
+    ("/contextual_speak", {"text": 'Hi <break time="1s"', "session_id": "s1"}, 422, "unclosed break tag"),
+    # a voice's name that is blank (printable characters none)
+    ("/v1/voices", {**GOOD["/v1/voices"], "name": "   "}, 422, "blank"),
+    ("/v1/voices", {**GOOD["/v1/voices"], "name": "\x00"}, 422, "blank"),
     # not JSON
     ("/speak", "not json", 422, "JSON"),
     # a field the endpoint does not have: misspelt, or from another endpoint
@@ -152,6 +159,14 @@ def test_engine_retry_hint_is_used(tmp_path) -> None:
 
     r = make_client(tmp_path, Backpressured()).post("/speak", json={"text": "Hi"})
     assert r.status_code == 503 and r.headers["retry-after"] == "7"
+
+
+def test_a_lexicon_that_makes_the_text_too_long_is_413_before_it_is_planned(tmp_path) -> None:
+    client = make_client(tmp_path, FakeEngine(), max_long_text_chars=1000)
+    body = {"text": "a " * 400, "lexicon": {"a": "word " * 80}, "max_duration_ms": 1000}
+    r = client.post("/speak", json=body)
+    assert r.status_code == 413 and "with the lexicon applied is over the 1000-character limit" in r.text
+    assert client.post("/speak", json={**body, "text": "a a"}).status_code == 200  # 810 characters to speak
 
 
 def test_prompt_too_long_for_the_model_is_413(tmp_path) -> None:

@@ -258,6 +258,27 @@ def test_bad_long_form_input_is_a_clear_4xx(client, body, status, message) -> No
     assert r.status_code == status and message in json.dumps(r.json()["detail"])
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/speak", '"text": "Hi"'),
+        ("/speak", '"text": "Hi", "stream": true'),
+        ("/speak", '"text": "Hi", "stream": true, "stream_format": "sse"'),
+        ("/v1/audio/speech", '"model": "tts-1", "input": "Hi", "voice": "alloy"'),
+        ("/v1/audio/speech", '"model": "tts-1", "input": "Hi", "voice": "alloy", "stream_format": "sse"'),
+        ("/conversation", '"turns": [{"speaker": 0, "text": "Hi"}]'),
+    ],
+)
+@pytest.mark.parametrize("entry", [r'"Hi": "\ud800"', r'"\udfff": "x"'])
+def test_a_lone_surrogate_in_the_lexicon_is_a_422(client, engine, path, body, entry) -> None:
+    """JSON's escapes let a lexicon hold a lone surrogate, which no prompt can be encoded from (a 500
+    before); the raw body is sent, as a client's JSON encoder would refuse it."""
+    raw = f'{{{body}, "lexicon": {{{entry}}}}}'.encode()
+    r = client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "lone surrogate" in json.dumps(r.json()["detail"]), r.text
+    assert engine.requests == []
+
+
 def test_lexicon_applies_after_normalization_over_the_servers(tmp_path) -> None:
     engine = FakeEngine()
     client = make_client(tmp_path, engine, lexicon={"SQL": "sequel", "Kubernetes": "koo-ber-net-eez"})

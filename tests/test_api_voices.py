@@ -74,6 +74,36 @@ def test_voice_is_used_by_speak_clone_and_openai(client, engine) -> None:
     assert len(engine.encoded) == 1  # encoded once at creation, never again
 
 
+def test_a_voices_reference_is_required_and_the_callers_context_is_not(client, engine) -> None:
+    """The engine drops the turns that do not fit its prompt, oldest first, but never a required one:
+    a request that cannot hold its voice fails instead of speaking in another."""
+    voice = _create(client)
+    context = [{"text": "Earlier.", "speaker": 1, "audio_b64": wav_b64(0.5)}]
+    r = client.post("/speak", json={"text": "Hi", "voice": voice["id"], "context": context})
+    assert r.status_code == 200
+    r = client.post("/contextual_speak", json={"text": "Hi", "voice": voice["id"], "session_id": "s"})
+    assert r.status_code == 200
+    r = client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi", "voice": voice["id"]})
+    assert r.status_code == 200
+    inline = {"text": "Hi", "reference_audio_b64": wav_b64(1.0), "reference_text": "The reference."}
+    assert client.post("/clone_voice", json=inline).status_code == 200
+    assert client.post("/clone_voice", json={"text": "Hi", "voice": voice["id"]}).status_code == 200
+    speak, contextual, openai, clone, saved_clone = engine.requests
+    assert [turn.required for turn in speak.context] == [False, True]  # the caller's turn, then the voice
+    for request in (contextual, openai, clone, saved_clone):
+        assert request.context[-1].required and request.context[-1].text == "The reference."
+
+
+def test_a_voice_id_with_edge_spaces_is_previewed_and_deleted_as_it_is_found(client, engine) -> None:
+    voice = _create(client)
+    padded = "%20" * 60 + voice["id"] + "%20"
+    assert client.get(f"/v1/voices/{padded}").json()["id"] == voice["id"]
+    r = client.post(f"/v1/voices/{padded}/preview")
+    assert r.status_code == 200 and engine.requests[-1].context[-1].codes.shape == (13, 32)
+    assert client.delete(f"/v1/voices/{padded}").status_code == 204
+    assert client.get(f"/v1/voices/{voice['id']}").status_code == 404
+
+
 def test_a_saved_voice_answers_to_its_name_where_no_other_has_it(client, engine) -> None:
     _create(client, name="Narrator", speaker=1)
     _create(client, name="Host")

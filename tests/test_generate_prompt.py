@@ -53,6 +53,33 @@ def test_oldest_turns_are_dropped_first_and_counted() -> None:
     assert fits.dropped_turns == 1
 
 
+def test_a_required_turn_is_kept_while_the_oldest_others_are_dropped() -> None:
+    turns = [Segment(text=f"turn {i}", speaker=i % 2, codes=codes(30, i)) for i in range(4)]
+    turns[0].required = True  # a voice's reference, oldest of all
+    row_counts = [len(TOK.encode_turn(t.text, t.speaker)) + 31 for t in turns]
+    target = len(TOK.encode_turn("now", 0))
+    # Room for two turns: the required one and the newest.
+    max_positions = target + 100 + row_counts[0] + row_counts[3]
+    prompt = build_prompt(TOK, "now", 0, turns, max_frames=100, max_positions=max_positions)
+    assert prompt.dropped_turns == 2
+    expected = build_prompt(TOK, "now", 0, [turns[0], turns[3]], max_frames=100, max_positions=max_positions)
+    assert torch.equal(prompt.tokens, expected.tokens) and torch.equal(prompt.mask, expected.mask)
+
+
+def test_a_required_turn_that_cannot_fit_raises_instead_of_being_dropped() -> None:
+    reference = Segment(text="a reference", speaker=0, codes=codes(60), required=True)
+    newer = Segment(text="newer", speaker=1, codes=codes(5, 1))
+    rows = len(TOK.encode_turn(reference.text, 0)) + 61
+    target = len(TOK.encode_turn("now", 0))
+    fits = build_prompt(TOK, "now", 0, [reference, newer], max_frames=100, max_positions=target + 100 + rows)
+    assert fits.dropped_turns == 1  # the newer, unrequired turn went; the reference stayed
+    with pytest.raises(PromptTooLongError, match="reference takes"):
+        build_prompt(TOK, "now", 0, [reference, newer], max_frames=100, max_positions=target + 100 + rows - 1)
+    unrequired = Segment(text=reference.text, speaker=0, codes=reference.codes)
+    dropped = build_prompt(TOK, "now", 0, [unrequired], max_frames=100, max_positions=target + 100 + rows - 1)
+    assert dropped.dropped_turns == 1 and len(dropped) == target
+
+
 def test_text_that_cannot_fit_raises_prompt_too_long() -> None:
     with pytest.raises(PromptTooLongError, match="positions"):
         build_prompt(TOK, "x" * 500, 0, [], max_frames=1600, max_positions=2048)

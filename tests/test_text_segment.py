@@ -68,6 +68,11 @@ def test_break_tags_become_pauses_between_segments() -> None:
         ('Hi <break time="' + "9" * 320 + 'ms"/> there.', "over the 10000 ms limit"),
         ('Hi <break time="' + "9" * 308 + 's"/> there.', "over the 10000 ms limit"),
         ("Hi <break strength='x'/>.", "unreadable break tag"),
+        # a tag the text never closes would be read aloud ("break time equals ...")
+        ('Hi <break time="1s" there', "unclosed break tag"),
+        ('Hi there <break time="1s"/', "unclosed break tag"),
+        ("Hi <break", "unclosed break tag"),
+        ('Hi <break time="1s" if a < b', "unclosed break tag"),
     ],
 )
 def test_malformed_break_tags_are_errors(text: str, message: str) -> None:
@@ -82,6 +87,26 @@ def test_break_helpers() -> None:
     assert pending_tag_start("Hello <bre") == 6
     assert pending_tag_start('Hello <break time="5') == 6
     assert pending_tag_start("if a < b") is None and pending_tag_start("if a <b") == 5
+    assert pending_tag_start('Hi <break time="1s" if a < b') == 3  # not only at the very end
+    assert pending_tag_start('Hi <break time="1s"/> if a < b') is None
+    assert find_break("if a < b, x<y", complete=True) is None
+
+
+@pytest.mark.parametrize("text", ["if a < b, then x<y.", "x<y", "a <", "<b> and <br> stay words."])
+def test_a_lone_angle_bracket_is_text_in_complete_and_streamed_text(text: str) -> None:
+    assert [i.text for i in utterances(split_script(text))] == [text.strip()]
+    feed = TextFeed()
+    feed.push(text)
+    feed.close()
+    assert feed.next_item() == Utterance(0, len(text), text)
+
+
+def test_a_tag_longer_than_the_lookahead_is_read_whole() -> None:
+    """A tag that starts inside a segment but closes past the text looked at was cut between its words
+    and read aloud ("... <break"); it is read whole (here: refused)."""
+    text = "word " * 50 + '<break time="' + "9" * 320 + 'ms"/> there.'
+    with pytest.raises(BreakTagError, match="over the 10000 ms limit"):
+        split_script(text)
 
 
 def test_streamed_text_is_released_at_certain_boundaries() -> None:
@@ -203,6 +228,31 @@ def test_a_break_tag_split_across_pieces_waits_for_its_end() -> None:
     assert feed.next_item() == Utterance(34, 38, "now.")
 
 
+def test_an_unclosed_break_tag_waits_while_the_feed_is_open() -> None:
+    feed = TextFeed()
+    feed.push('Hi <break time="1s"')
+    assert feed.next_item() is None
+    feed.flush()
+    assert feed.next_item() == Utterance(0, 2, "Hi")
+    assert feed.next_item() is None and feed.flushed  # the tag's ">" may still come
+    feed.push(" />")
+    assert feed.next_item() == Pause(3, 22, 1000)
+    feed.push(" there.")
+    feed.close()
+    assert feed.next_item() == Utterance(23, 29, "there.")
+
+
+def test_an_unclosed_break_tag_is_an_error_once_the_feed_closes() -> None:
+    feed = TextFeed()
+    feed.push('Hi <break time="1s" there, if a < b')
+    feed.flush()
+    assert feed.next_item() == Utterance(0, 2, "Hi")
+    assert feed.next_item() is None  # never spoken: a later "<" does not hide the open tag
+    feed.close()
+    with pytest.raises(BreakTagError, match="unclosed break tag"):
+        feed.next_item()
+
+
 def test_long_streamed_text_without_any_boundary_is_cut_between_words() -> None:
     feed = TextFeed(SegmentPolicy(max_chars=40))
     feed.push("word " * 30)
@@ -236,7 +286,20 @@ def test_lexicon_replaces_whole_words_once_case_sensitively() -> None:
     assert Lexicon().apply("SQL") == "SQL"
 
 
-@pytest.mark.parametrize("entries", [{"": "x"}, {"a" * 101: "x"}, {"w": "x" * 401}])
+@pytest.mark.parametrize(
+    "entries",
+    [
+        {"": "x"},
+        {"a" * 101: "x"},
+        {"w": "x" * 401},
+        # a lone surrogate (JSON's "\ud800") cannot be encoded into the model's prompt
+        {"Hi": "\ud800"},
+        {"Hi": "say \udfff"},
+        {"\ud800": "x"},
+    ],
+)
 def test_lexicon_rejects_unusable_entries(entries: dict[str, str]) -> None:
     with pytest.raises(LexiconError):
         Lexicon(entries)
+    with pytest.raises(LexiconError):
+        Lexicon({"SQL": "sequel"}).merged(entries)  # a request's entries over the server's

@@ -33,8 +33,10 @@ _OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
-    429: "rate_limit_error",
+    409: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
     422: "invalid_request_error",
     503: "server_error",
 }
@@ -73,7 +75,7 @@ def engine_error(exc: BaseException, retry_after_s: int) -> ApiError | None:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, PromptTooLongError):
-        return ApiError(413, f"text too long for the model: {exc}")
+        return ApiError(413, f"too long for the model: {exc}")
     if isinstance(exc, _overload_types()):
         retry = getattr(exc, "retry_after_s", None)
         retry = retry_after_s if retry is None else retry

@@ -242,7 +242,7 @@ class Narration:
         for i, segment in enumerate(self.anchor):
             if segment.codes is None and segment.audio is not None:
                 codes = await self.synth.encode_pcm(segment.audio)
-                self.anchor[i] = Segment(text=segment.text, speaker=segment.speaker, codes=codes)
+                self.anchor[i] = dataclasses.replace(segment, audio=None, codes=codes)
 
     # -- budget -----------------------------------------------------------------------------------
     def remaining(self, limit: int | None = None) -> int:

@@ -126,14 +126,16 @@ async def preview_voice(
     body: Annotated[VoicePreviewRequest | None, Body()] = None,
 ) -> Response:
     """A sample sentence (or `text`) in the voice: `/speak` with this voice, whole, not streamed."""
-    await svc.synth.voice(voice_id, key_of(request.scope))  # 404 before anything else
+    voice = await svc.synth.voice(voice_id, key_of(request.scope))  # 404 before anything else
     options = (body or VoicePreviewRequest()).model_dump(exclude_unset=True)
     options.setdefault("text", VoicePreviewRequest.model_fields["text"].default)
-    return await speak(SpeakRequest(**options, voice=voice_id), request, svc)
+    return await speak(SpeakRequest(**options, voice=voice.info.id), request, svc)
 
 
 @router.delete("/{voice_id}", status_code=204, response_class=Response)
 async def delete_voice(voice_id: str, request: Request, svc: ServicesDep) -> Response:
-    if not await run_in_threadpool(svc.synth.voices.owned_by(key_of(request.scope)).delete, voice_id):
+    voices = svc.synth.voices.owned_by(key_of(request.scope))
+    # the id as every lookup takes it (edge spaces aside): what GET finds, DELETE deletes
+    if not await run_in_threadpool(voices.delete, voice_id.strip()):
         raise ApiError(404, f"voice {voice_id!r} not found")
     return Response(status_code=204)

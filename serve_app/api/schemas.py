@@ -272,7 +272,7 @@ class VoiceFields(BaseModel):
 
     model_config = STRICT
 
-    name: str = Field(min_length=1, max_length=100)
+    name: Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_not_blank)]
     transcript: Text = Field(validation_alias=AliasChoices("transcript", "reference_text"))
     speaker: Speaker = 0
 

@@ -37,7 +37,7 @@ from serve_app.engine.types import (
     Segment,
     trace_hops,
 )
-from serve_app.text.breaks import BreakTagError
+from serve_app.text.breaks import BreakTagError, find_break
 from serve_app.text.lexicon import Lexicon, LexiconError
 from serve_app.text.normalize import normalize_text
 from serve_app.text.segment import Pause, SegmentPolicy, Utterance, split_script
@@ -187,9 +187,20 @@ class Synthesizer:
         return normalize_text(text) if normalize else text.strip()
 
     def target_text(self, text: str, normalize: bool, field: str = "text") -> str:
-        """Text to generate: `text()`, with something left to speak (422 where normalization leaves
-        nothing, e.g. only emoji: the engine refuses an empty text)."""
+        """Text to generate as one utterance: `text()`, with something left to speak (422 where
+        normalization leaves nothing, e.g. only emoji: the engine refuses an empty text) and no break
+        tag (422: one utterance has no pause to render it as, and it must not be read aloud)."""
         checked = self.text(text, normalize, field)
+        try:
+            tag = find_break(text, complete=True)  # in the text as sent: normalization rewrites a tag
+        except BreakTagError as exc:
+            raise ApiError(422, f"{field}: {exc}") from exc
+        if tag is not None:
+            raise ApiError(
+                422,
+                f"{field}: break tags are rendered by /speak, /conversation, /v1/audio/speech and the "
+                "WebSocket, not by this endpoint (for a saved voice with pauses: /speak with its voice)",
+            )
         if not checked:
             raise ApiError(422, f"{field} has nothing to speak")
         return checked
@@ -219,10 +230,11 @@ class Synthesizer:
         audio_field: str,
         reference: bool = False,
     ) -> Segment:
-        """One user-supplied turn: checked text and decoded audio (the engine encodes it once)."""
+        """One user-supplied turn: checked text and decoded audio (the engine encodes it once); a
+        voice's `reference` is a turn the utterance requires (never dropped to fit the prompt)."""
         checked = self.text(text, normalize, text_field)
         pcm = await self.decode_audio(audio_b64, audio_field, reference)
-        return Segment(text=checked, speaker=speaker, audio=pcm)
+        return Segment(text=checked, speaker=speaker, audio=pcm, required=reference)
 
     async def context(self, segments: Sequence[ContextSegment], normalize: bool) -> list[Segment]:
         limit = self.settings.max_context_turns
@@ -255,6 +267,8 @@ class Synthesizer:
         if voice is not None or not by_name:
             return voice
         wanted = name.strip().casefold()  # as built-in names are matched: case and edge spaces aside
+        if not wanted:
+            return None
         named = [info for info in voices.list() if info.name.strip().casefold() == wanted]
         if len(named) > 1:
             ids = ", ".join(info.id for info in named)
@@ -305,10 +319,16 @@ class Synthesizer:
 
         def plan() -> Script:
             lines: list[Line] = []
+            spoken_chars = 0  # the limit holds for what is spoken: a lexicon entry may stand for a paragraph
             for item in split_script(text, self.segments):
                 if isinstance(item, Pause):
                     lines.append(item)
                 elif spoken := self.spoken(item.text, normalize, words):
+                    spoken_chars += len(spoken)
+                    if spoken_chars > limit:
+                        raise ApiError(
+                            413, f"{field} with the lexicon applied is over the {limit}-character limit"
+                        )
                     lines.extend(SpokenLine(item, part) for part in self.recut(spoken))
             return Script(tuple(lines))
 
@@ -327,7 +347,8 @@ class Synthesizer:
         return Narration(self, **options)
 
     def voice_reference(self, voice: SavedVoice, normalize: bool) -> Segment:
-        """A saved voice as a context turn (its transcript treated like any user text)."""
+        """A saved voice as a context turn (its transcript treated like any user text), one the
+        utterance requires: a request that cannot hold it fails (413) rather than speak in another voice."""
         return voice.segment(self.text(voice.info.transcript, normalize, "voice transcript"))
 
     @staticmethod

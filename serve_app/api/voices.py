@@ -43,7 +43,7 @@ class SavedVoice:
         self.codes = codes
 
     def segment(self, text: str) -> Segment:
-        return Segment(text=text, speaker=self.info.speaker, codes=self.codes)
+        return Segment(text=text, speaker=self.info.speaker, codes=self.codes, required=True)
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:

@@ -6,6 +6,7 @@ continuous-batching engine must reproduce, and what the first `Engine` runs.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ def resolve_context(codec: MimiCodec, context: Sequence[Segment]) -> list[Segmen
     for seg in context:
         if seg.codes is None:
             codes = codec.encode(seg.audio).cpu().numpy()  # type: ignore[arg-type]
-            seg = Segment(text=seg.text, speaker=seg.speaker, codes=codes)
+            seg = dataclasses.replace(seg, audio=None, codes=codes)
         out.append(seg)
     return out
 

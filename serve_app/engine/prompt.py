@@ -5,7 +5,8 @@ per Mimi frame of its audio (32 audio columns), then an all-zero EOS frame. The 
 text rows only; generation continues from its last row.
 
 The prompt plus the requested frames must fit the model's positions; the oldest context turns are
-dropped until they do, and `PromptTooLongError` is raised when the target text alone cannot fit.
+dropped until they do (a `required` turn, a voice's reference, never), and `PromptTooLongError` is
+raised when the target text and the required turns cannot fit.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def build_prompt(
 ) -> Prompt:
     """Rows for `context` turns (oldest first) followed by the target turn's text.
 
-    Drops the oldest turns until prompt rows + `max_frames` <= `max_positions`."""
+    Drops the oldest turns that are not `required` until prompt rows + `max_frames` <= `max_positions`."""
     target = text_rows(tokenizer.encode_turn(text, speaker))
     budget = max_positions - max_frames
     if target[0].shape[0] > budget:
@@ -98,12 +99,23 @@ def build_prompt(
             f"exceeds the model's {max_positions} positions (shorten the text or max_audio_length_ms)"
         )
     turns = [segment_rows(tokenizer, seg) for seg in context]
+    kept = [True] * len(turns)
     kept_rows = target[0].shape[0] + sum(t.shape[0] for t, _ in turns)
-    dropped = 0
+    droppable = (i for i, seg in enumerate(context) if not seg.required)
     while kept_rows > budget:
-        kept_rows -= turns[dropped][0].shape[0]
-        dropped += 1
-    parts = turns[dropped:] + [target]
+        i = next(droppable, None)
+        if i is None:
+            raise PromptTooLongError(
+                f"the voice's reference takes {kept_rows - target[0].shape[0]} positions; with the text's "
+                f"{target[0].shape[0]} and {max_frames} audio frames requested it exceeds the model's "
+                f"{max_positions} positions (use a shorter reference recording and transcript, or ask for "
+                "less audio)"
+            )
+        kept_rows -= turns[i][0].shape[0]
+        kept[i] = False
+    parts = [turn for turn, keep in zip(turns, kept) if keep] + [target]
     return Prompt(
-        tokens=torch.cat([t for t, _ in parts]), mask=torch.cat([m for _, m in parts]), dropped_turns=dropped
+        tokens=torch.cat([t for t, _ in parts]),
+        mask=torch.cat([m for _, m in parts]),
+        dropped_turns=kept.count(False),
     )

@@ -72,6 +72,10 @@ class Segment:
     speaker: int
     audio: np.ndarray | None = None
     codes: np.ndarray | None = None
+    required: bool = False
+    """A turn the utterance must hear (a voice's reference): where the prompt cannot hold it, the
+    request fails (`PromptTooLongError`) instead of speaking in another voice. Other turns are
+    dropped, oldest first, before it."""
 
     def __post_init__(self) -> None:
         if self.audio is None and self.codes is None:
@@ -148,7 +152,8 @@ class Audio:
 
 
 class PromptTooLongError(ValueError):
-    """The text alone cannot fit the model's positions together with the requested length."""
+    """The text (with the turns it requires) cannot fit the model's positions together with the
+    requested length."""
 
 
 class EngineOverloadedError(RuntimeError):

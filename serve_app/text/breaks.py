@@ -2,7 +2,7 @@
 
 A break ends the segment before it and is rendered as that much silence before the next one. A bare
 `<break/>` pauses for `DEFAULT_BREAK_MS`. Anything else that starts with `<break` is an error, so a
-typo is reported instead of being read aloud.
+typo (or a tag the text never closes) is reported instead of being read aloud.
 """
 
 from __future__ import annotations
@@ -34,16 +34,24 @@ class BreakTag:
     ms: int
 
 
-def find_break(text: str, start: int = 0, end: int | None = None) -> BreakTag | None:
-    """The first complete break tag in `text[start:end]`; raises `BreakTagError` for a malformed one.
+def find_break(
+    text: str, start: int = 0, end: int | None = None, *, complete: bool = False
+) -> BreakTag | None:
+    """The first break tag that starts in `text[start:end]`; raises `BreakTagError` for a malformed one.
 
-    A tag that starts but is not closed before `end` is not returned (see `pending_tag_start`)."""
+    A tag whose `>` has not come yet is not returned (see `pending_tag_start`), unless the text is
+    `complete`: then none will come, and the tag is malformed rather than words to read aloud."""
     end = len(text) if end is None else end
-    opened = _TAG_START.search(text, start, end)
-    if opened is None:
+    opened = _TAG_START.search(text, start)  # not bounded by `end`: a tag is read whole or not at all
+    if opened is None or opened.start() >= end:
         return None
-    close = text.find(">", opened.start(), end)
+    close = text.find(">", opened.start())
     if close < 0:
+        if complete:
+            raise BreakTagError(
+                f"unclosed break tag {text[opened.start() : opened.start() + 80]!r} at character "
+                f'{opened.start()}: end it with ">", as in <break time="500ms"/>'
+            )
         return None
     match = _TAG.fullmatch(text, opened.start(), close + 1)
     tag = text[opened.start() : close + 1]
@@ -64,8 +72,13 @@ def find_break(text: str, start: int = 0, end: int | None = None) -> BreakTag | 
 
 
 def pending_tag_start(text: str, start: int = 0) -> int | None:
-    """Where an unfinished break tag begins at the end of streamed `text` (more text may close it),
-    or None. Such a tail must not be spoken yet: the rest of the tag may still arrive."""
+    """Where an unfinished break tag begins in streamed `text` (more text may close it), or None: a
+    `<break` no `>` has followed yet, or the start of one at the very end ("<bre"). Text from there
+    must not be spoken yet: the rest of the tag may still arrive."""
+    after_close = max(start, text.rfind(">", start) + 1)  # any tag opened before it is closed
+    opened = _TAG_START.search(text, after_close)
+    if opened is not None:
+        return opened.start()
     lt = text.rfind("<", start)
     if lt < 0 or ">" in text[lt:]:
         return None

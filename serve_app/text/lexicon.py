@@ -17,7 +17,17 @@ MAX_SPOKEN_CHARS = 400
 
 
 class LexiconError(ValueError):
-    """An entry that cannot be used (empty, too long, or too many entries)."""
+    """An entry that cannot be used (empty, too long, not valid Unicode, or too many entries)."""
+
+
+def _is_utf8(text: str) -> bool:
+    """False for text holding a lone surrogate (JSON's escape "\\ud800" decodes to one): no prompt
+    could be encoded from it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Lexicon:
@@ -30,6 +40,8 @@ class Lexicon:
                 raise LexiconError(f"lexicon word {word[:40]!r} must be 1 to {MAX_WORD_CHARS} characters")
             if len(spoken) > MAX_SPOKEN_CHARS:
                 raise LexiconError(f"spoken form of {word[:40]!r} is over {MAX_SPOKEN_CHARS} characters")
+            if not _is_utf8(word) or not _is_utf8(spoken):
+                raise LexiconError(f"lexicon entry {word[:40]!r} holds a lone surrogate, which is not text")
         self.entries = {word.strip(): spoken for word, spoken in entries.items()}
         self._pattern = (
             re.compile(

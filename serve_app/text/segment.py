@@ -182,7 +182,7 @@ class TextFeed:
             if cursor >= len(text):
                 return None
             window_end = min(len(text), cursor + self.policy.max_chars + _LOOKAHEAD)
-            tag = find_break(text, cursor, window_end)
+            tag = find_break(text, cursor, window_end, complete=self.closed)
             if tag is not None and tag.start == cursor:
                 self._cursor = tag.end
                 return Pause(tag.start, tag.end, tag.ms)
