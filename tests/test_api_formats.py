@@ -115,6 +115,7 @@ def test_telephony_formats_default_to_8_khz(client, engine) -> None:
         ({"output_format": "opus_44100"}, "opus cannot encode at 44100 Hz"),
         ({"response_format": "opus", "sample_rate": 22050}, "opus cannot encode at 22050 Hz"),
         ({"output_format": "wav_11025"}, "11025 Hz is not offered"),
+        ({"output_format": "pcm_0"}, "0 Hz is not offered"),
         ({"output_format": "pcm_16000_64"}, "pcm has no bitrate"),
         ({"output_format": "opus_48000_320"}, "opus encodes mono at most at 256 kbit/s"),  # not a 500
         ({"sample_rate": 11025}, "sample_rate"),

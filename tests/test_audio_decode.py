@@ -2,6 +2,7 @@
 
 import base64
 import io
+import time
 import tracemalloc
 
 import av
@@ -10,6 +11,7 @@ import pytest
 import soundfile as sf
 import soxr
 
+from serve_app.audio import decode
 from serve_app.audio.decode import (
     MAX_CHANNELS,
     MAX_SAMPLE_RATE,
@@ -323,3 +325,69 @@ def test_a_sample_rate_change_mid_stream_is_refused_not_played_at_the_wrong_spee
     with pytest.raises(AudioInputError, match="changes sample rate mid-stream"):
         load_audio_b64(_b64(adts(44_100) + adts(16_000)), LIMITS)
     assert abs(len(load_audio_b64(_b64(adts(16_000)), LIMITS)) / SAMPLE_RATE - 1.0) < 0.2
+
+
+def _ffmpeg_file(fmt: str, codec: str, rate: int = 48_000) -> bytes:
+    """A second of tone as FFmpeg muxes `codec` in `fmt`."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(_tone(rate, 1.0)[None, :], format="fltp", layout="mono")
+        frame.sample_rate = rate
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def _libsndfile_refuses(raw: bytes, max_seconds: float, target_rate: int) -> np.ndarray:
+    raise sf.LibsndfileError(0, "refused here: ")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "codec"),
+    [
+        ("adts", "aac"),
+        ("mp4", "aac"),
+        ("webm", "libopus"),
+        ("ogg", "libopus"),
+        ("mpegts", "aac"),
+        ("mpegts", "mp2"),
+        ("mp3", "libmp3lame"),
+        ("flac", "flac"),
+        ("wav", "pcm_s16le"),
+        ("caf", "pcm_s16le"),
+    ],
+)
+def test_ffmpeg_decodes_the_audio_containers_it_is_allowed(monkeypatch, fmt: str, codec: str) -> None:
+    """Each through FFmpeg, even those libsndfile reads first."""
+    monkeypatch.setattr(decode, "_decode_soundfile", _libsndfile_refuses)
+    pcm = load_audio_b64(_b64(_ffmpeg_file(fmt, codec)), LIMITS)
+    assert abs(len(pcm) / SAMPLE_RATE - 1.0) < 0.1
+    assert np.abs(pcm).max() > 0.3
+
+
+@pytest.mark.parametrize("fmt", ["nut", "avi"])
+def test_audio_in_a_container_outside_the_allowed_demuxers_is_refused(fmt: str) -> None:
+    raw = _ffmpeg_file(fmt, "pcm_s16le")
+    with av.open(io.BytesIO(raw)) as container:  # FFmpeg itself reads the audio
+        assert container.format.name == fmt and container.streams.audio
+    with pytest.raises(AudioInputError, match="not audio in a supported format"):
+        load_audio_b64(_b64(raw), LIMITS)
+
+
+def test_an_sdp_description_is_refused_at_once_not_listened_on() -> None:
+    """FFmpeg would open the UDP port it names and wait ~20 s for RTP, holding a worker thread."""
+    sdp = b"v=0\nc=IN IP4 127.0.0.1\nm=audio 21000 RTP/AVP 0\n"
+    start = time.monotonic()
+    with pytest.raises(AudioInputError, match="not audio in a supported format") as info:
+        load_audio_b64(_b64(sdp), LIMITS)
+    assert time.monotonic() - start < 2.0
+    assert not isinstance(info.value, AudioTooLargeError)
+
+
+def test_a_concat_list_cannot_read_a_file_on_the_server(tmp_path, monkeypatch) -> None:
+    """FFmpeg's concat demuxer would decode a file the list names (here a WAV in the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "private.wav").write_bytes(_file(_tone(SAMPLE_RATE, 0.5), SAMPLE_RATE, "WAV"))
+    with pytest.raises(AudioInputError, match="not audio in a supported format"):
+        load_audio_b64(_b64(b"ffconcat version 1.0\nfile private.wav\n"), LIMITS)

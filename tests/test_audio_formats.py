@@ -32,6 +32,10 @@ def test_elevenlabs_names_parse(name, codec, rate, kbps, content_type) -> None:
     [
         ("ogg_24000", "unknown audio format 'ogg'"),
         ("mp3_11025", "11025 Hz is not offered"),
+        ("pcm_0", "0 Hz is not offered"),  # not the default rate
+        ("mp3_0_128", "0 Hz is not offered"),
+        ("ulaw_0", "0 Hz is not offered"),
+        ("opus_0", "0 Hz is not offered"),
         ("opus_44100", "opus cannot encode at 44100 Hz"),
         ("pcm_16000_128", "pcm has no bitrate"),
         ("mp3_44100_1000", "outside 8..320"),
@@ -64,6 +68,8 @@ def test_resolve_combines_response_format_sample_rate_and_output_format() -> Non
         OutputFormat.resolve("wav", None, "mp3_44100_128")
     with pytest.raises(ValueError, match="sample_rate 48000 contradicts"):
         OutputFormat.resolve("pcm", 48000, "pcm_16000", response_format_given=False)
+    with pytest.raises(ValueError, match="0 Hz is not offered"):
+        OutputFormat.resolve("ulaw", 0)
 
 
 def test_only_flac_streams_into_an_incomplete_file() -> None:

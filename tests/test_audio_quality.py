@@ -77,6 +77,18 @@ def test_streamed_stretch_matches_whole_length() -> None:
     assert total == len(change_speed(pcm, 1.5)) == round(len(pcm) / 1.5)
 
 
+@pytest.mark.parametrize("sizes", [[1, 1920], [1920] + [1] * 1500], ids=["first", "after-output"])
+@pytest.mark.parametrize("speed", [2.5, 4.0])
+def test_chunks_too_short_to_stretch_wait_for_more_input(speed: float, sizes: list[int]) -> None:
+    """Above 2x a lone sample stretches to less than one, which `atempo` fails on (ENOMEM) when it
+    has no output frame open (at the start, or right after one fills): it waits, and none is lost."""
+    chunks = np.split(_tone(1.0)[: sum(sizes)], np.cumsum(sizes)[:-1])
+    stretcher = TempoStretcher(speed)
+    total = sum(len(stretcher.process(chunk)) for chunk in chunks) + len(stretcher.flush())
+    assert total == round(sum(sizes) / speed)
+    assert len(change_speed(chunks[0][:1], speed)) == 0  # one sample, whole
+
+
 def test_speed_out_of_range_is_rejected() -> None:
     with pytest.raises(ValueError):
         TempoStretcher(5.0)

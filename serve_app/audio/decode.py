@@ -7,7 +7,8 @@ case a header lies. Samples are downmixed and resampled block by block as they a
 memory follows the 24 kHz mono result, not the input's rate x channels (a few hundred KB of
 compressed 8-channel silence would otherwise expand to gigabytes of float32).
 WAV/FLAC/OGG/MP3 go through libsndfile (soundfile); anything else libsndfile rejects (AAC/M4A, WebM,
-...) is tried with FFmpeg through PyAV.
+...) is tried with FFmpeg through PyAV, limited to audio demuxers and to the bytes given: no protocol
+(file, network) may be opened, as SDP, HLS or concat playlists would otherwise have FFmpeg do.
 """
 
 from __future__ import annotations
@@ -49,6 +50,34 @@ _BLOCK_FRAMES = 1 << 16
 MAX_PACKETS_PER_SECOND = 1000
 """Most decoded frames per second of the duration cap (FFmpeg path). Codecs frame 2.5 ms or more;
 frames of a sample or two cost Python work each, so a few MB of them would cost a minute of CPU."""
+FFMPEG_DEMUXERS = frozenset(
+    {
+        "wav",
+        "w64",  # Sony Wave64
+        "aiff",
+        "caf",  # Apple Core Audio
+        "au",
+        "flac",
+        "ogg",  # Vorbis, Opus
+        "mp3",
+        "aac",  # ADTS
+        "ac3",
+        "eac3",
+        "amr",
+        "wv",  # WavPack
+        "asf",  # WMA
+        "mov,mp4,m4a,3gp,3g2,mj2",
+        "matroska,webm",
+        "mpegts",
+    }
+)
+"""The FFmpeg demuxers (`format.name`) uploads may use: audio files and the containers audio comes in.
+Others are refused before their header is read: some open what the data names (SDP and RTP a UDP port,
+HLS and concat other files or URLs), and no voice recording needs the rest (images, video formats)."""
+_FFMPEG_OPTIONS = {
+    "format_whitelist": ",".join(sorted(FFMPEG_DEMUXERS)),
+    "protocol_whitelist": "none",  # nothing outside the given bytes, whatever a demuxer asks for
+}
 
 
 class AudioInputError(ValueError):
@@ -187,11 +216,14 @@ def _decode_pyav(raw: bytes, max_seconds: float, target_rate: int) -> np.ndarray
     )
     try:
         # Tags are not ours to judge: a Latin-1 title (older taggers) must not refuse the audio.
-        container = av.open(io.BytesIO(raw), mode="r", metadata_errors="replace")
+        container = av.open(
+            io.BytesIO(raw), mode="r", container_options=_FFMPEG_OPTIONS, metadata_errors="replace"
+        )
     except (av.FFmpegError, ValueError, OSError):
         raise unsupported from None
     with container:
-        if not container.streams.audio:
+        # The whitelist option already refused other demuxers; this holds should FFmpeg ignore it.
+        if container.format.name not in FFMPEG_DEMUXERS or not container.streams.audio:
             raise unsupported
         stream = container.streams.audio[0]
         if stream.codec_context is None:  # a codec FFmpeg has no decoder for (a WAV's unknown format tag)

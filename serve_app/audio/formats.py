@@ -91,8 +91,9 @@ class OutputFormat:
     @classmethod
     def default(cls, codec: str, sample_rate: int | None = None) -> OutputFormat:
         """`codec` at `sample_rate`, or at its default rate (24 kHz, 8 kHz for μ-law and A-law)."""
-        rate = sample_rate or (8000 if codec in TELEPHONY else SAMPLE_RATE)
-        return cls(codec, rate)  # type: ignore[arg-type]
+        if sample_rate is None:  # not `or`: a rate of 0 is refused as unoffered, not defaulted
+            sample_rate = 8000 if codec in TELEPHONY else SAMPLE_RATE
+        return cls(codec, sample_rate)  # type: ignore[arg-type]
 
     @classmethod
     def parse(cls, name: str) -> OutputFormat:

@@ -31,6 +31,8 @@ _FLUSH_PAD_S = 0.1
 """Silence pushed through at the end: `atempo` keeps its last partial window (20-40 ms of the
 signal's end) unless more input follows; the output is then cut to the stretched length."""
 
+_NO_SAMPLES = np.zeros(0, np.float32)
+
 
 class TempoStretcher:
     """Streaming time-stretch: `process(chunk)` returns what is ready, `flush()` the rest; all of it
@@ -43,6 +45,7 @@ class TempoStretcher:
         self._speed = speed
         self._pts = 0  # input samples pushed
         self._emitted = 0  # output samples returned
+        self._held = _NO_SAMPLES  # input too short to push yet
         self._graph = av.filter.Graph()
         node = self._graph.add_abuffer(
             format="flt", sample_rate=sample_rate, layout="mono", time_base=f"1/{sample_rate}"
@@ -55,14 +58,23 @@ class TempoStretcher:
         self._graph.configure()
 
     def process(self, pcm: np.ndarray) -> np.ndarray:
+        if len(self._held):
+            pcm = np.concatenate([self._held, pcm])
+        # `atempo` fails (ENOMEM) on a frame that stretches to less than one sample: hold it back
+        # until more input comes or the flush's padding carries it.
+        if len(pcm) < self._speed:
+            self._held = np.array(pcm, np.float32)  # a copy: the caller may reuse its buffer
+            return _NO_SAMPLES
+        self._held = _NO_SAMPLES
         self._push(pcm)
         out = self._pull()
         self._emitted += len(out)
         return out
 
     def flush(self) -> np.ndarray:
-        expected = round(self._pts / self._speed)
-        self._push(np.zeros(int(self._rate * _FLUSH_PAD_S), np.float32))
+        expected = round((self._pts + len(self._held)) / self._speed)
+        self._push(np.concatenate([self._held, np.zeros(int(self._rate * _FLUSH_PAD_S), np.float32)]))
+        self._held = _NO_SAMPLES
         self._graph.push(None)
         tail = self._pull()[: max(0, expected - self._emitted)]
         self._emitted += len(tail)
