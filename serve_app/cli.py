@@ -157,6 +157,18 @@ def build_preset_app(preset: str, device: str | None = None) -> Any:
 PRESET_DRAIN_TIMEOUT_S = 30.0
 
 
+def preset_server_config(app: Any, *, host: str, port: int, log_level: str,
+                         drain_timeout_s: float = PRESET_DRAIN_TIMEOUT_S) -> Any:
+    """uvicorn's config for `app` served by `--preset`. Access log off: the app logs each request
+    once itself (csm_serve.access, with its request id). Proxy headers off: a client's address (what
+    a per-address rate limit counts) is its connection's, not an X-Forwarded-For any local client
+    may set (uvicorn trusts 127.0.0.1's by default)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, proxy_headers=False,
+                          log_config=None, access_log=False, timeout_graceful_shutdown=drain_timeout_s)
+
+
 def run_preset(preset: str, *, device: str | None, host: str, port: int, log_level: str,
                drain_timeout_s: float = PRESET_DRAIN_TIMEOUT_S) -> None:
     """uvicorn in this process. On SIGTERM/SIGINT uvicorn stops accepting, lets requests in flight
@@ -173,9 +185,8 @@ def run_preset(preset: str, *, device: str | None, host: str, port: int, log_lev
     lower_switch_interval()  # this process hosts the engine's loop thread
     app = build_preset_app(preset, device)
     freeze_built_objects()  # ... and what it built lives as long as the process
-    # access_log off: the app logs each request once itself (csm_serve.access, with its request id)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                            log_config=None, access_log=False, timeout_graceful_shutdown=drain_timeout_s)
+    config = preset_server_config(app, host=host, port=port, log_level=log_level,
+                                  drain_timeout_s=drain_timeout_s)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)  # restored by uvicorn after its own handling, then raised
     uvicorn.Server(config).run()

@@ -199,10 +199,11 @@ def not_audio_b64() -> str:
 
 
 @contextlib.contextmanager
-def serve_over_http(app: Any) -> Iterator[str]:
-    """Run `app` with uvicorn on a free loopback port in a thread; yields the base URL."""
+def serve_over_http(app: Any, config: uvicorn.Config | None = None) -> Iterator[str]:
+    """Run `app` with uvicorn (`config`, by default a plain one on a free loopback port) in a thread;
+    yields the base URL."""
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        config or uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

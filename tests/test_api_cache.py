@@ -49,6 +49,17 @@ def test_anything_that_changes_audio_changes_the_key(client, change) -> None:
     assert client.post("/speak", json={**base, **change}).headers["x-cache"] == "miss"
 
 
+def test_a_keys_cached_answers_are_its_own(tmp_path) -> None:
+    """Where the server takes API keys, a hit would tell one key what another asked for."""
+    client = make_client(tmp_path, FakeEngine(), api_keys="key-one,key-two")
+    one, two = ({"authorization": f"Bearer {key}"} for key in ("key-one", "key-two"))
+    body = {"text": "My PIN is four three two one.", "seed": 7}
+    assert client.post("/speak", json=body, headers=one).headers["x-cache"] == "miss"
+    assert client.post("/speak", json=body, headers=two).headers["x-cache"] == "miss"
+    assert client.post("/speak", json=body, headers=one).headers["x-cache"] == "hit"
+    assert client.post("/speak", json=body, headers=two).headers["x-cache"] == "hit"
+
+
 def test_normalize_changes_the_key_of_what_the_model_hears_besides_the_text(client) -> None:
     """The text here reads the same either way, but the context's transcript (and a reference's) does
     not: the engine is given a different prompt, so the cached audio must not be reused."""

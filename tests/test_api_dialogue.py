@@ -139,6 +139,26 @@ def test_a_turn_without_a_session_id_continues_its_callers_own_session(tmp_path,
     assert refused.status_code == 422 and "send earlier turns to /speak" in refused.text
 
 
+def test_an_api_keys_sessions_are_its_own_whatever_id_another_key_sends(tmp_path, engine) -> None:
+    """Session ids are the callers' to choose (and a default one holds a key's public fingerprint):
+    where the server takes keys, another key naming the same id gets a session of its own, and
+    cannot reset this one."""
+    client = make_client(tmp_path, engine, api_keys="key-one,key-two", session_context_turns=2)
+    one, two = ({"authorization": f"Bearer {key}"} for key in ("key-one", "key-two"))
+    turn = {"text": "A private line.", "session_id": "call-42", "max_duration_ms": 800}
+    first = client.post("/contextual_speak", json=turn, headers=one)
+    assert first.status_code == 200 and first.headers["x-session-id"] == "call-42"
+    other = client.post("/contextual_speak", json={**turn, "text": "Someone else."}, headers=two)
+    assert other.status_code == 200 and other.headers["x-session-turns"] == "1"
+    assert engine.requests[-1].context == []  # nothing of key one's turn
+    default = client.post("/contextual_speak", json={"text": "Mine."}, headers=one).headers["x-session-id"]
+    client.post("/contextual_speak", json={"text": "Theirs.", "session_id": default}, headers=two)
+    assert engine.requests[-1].context == []
+    assert client.delete("/sessions/call-42", headers=two).status_code == 204  # resets key two's only
+    client.post("/contextual_speak", json={**turn, "text": "Still here?"}, headers=one)
+    assert [s.text for s in engine.requests[-1].context] == ["A private line."]
+
+
 def test_a_session_speaks_in_a_saved_voice(client, engine) -> None:
     """An agent's turns keep its voice: the reference comes after the session's turns, every turn."""
     voice = client.post(

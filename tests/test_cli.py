@@ -306,3 +306,24 @@ def test_module_entry_point_prints_help() -> None:
     assert result.returncode == 0
     for command in ("serve", "speak", "batch", "voices"):
         assert command in result.stdout
+
+
+def test_the_preset_server_counts_a_clients_own_address_not_its_forwarded_for() -> None:
+    """A per-address rate limit counts `request.client`: an X-Forwarded-For a local client sets must
+    not choose it (uvicorn would trust 127.0.0.1's header by default)."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from tests.support_api import serve_over_http
+
+    async def address(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(request.client.host if request.client else "")
+
+    app = Starlette(routes=[Route("/", address)])
+    config = cli_module.preset_server_config(app, host="127.0.0.1", port=0, log_level="warning")
+    with serve_over_http(app, config) as base_url:
+        r = httpx.get(base_url, headers={"x-forwarded-for": "203.0.113.9"})
+    assert r.text == "127.0.0.1"

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serve_app.api.errors import error_body
 from serve_app.api.state import RateLimiter, StateUnavailableError
 
-__all__ = ["CALLER", "ApiKeyRing", "AuthMiddleware", "TokenBucketLimiter", "key_id", "key_of"]
+__all__ = ["CALLER", "ApiKeyRing", "AuthMiddleware", "TokenBucketLimiter", "calling_key", "key_id", "key_of"]
 
 OPEN_PATHS = ("/health", "/metrics", "/docs", "/redoc", "/openapi.json", "/favicon.ico")
 """Paths served without a key: probes, scraping, documentation (the playground page is open too,
@@ -49,8 +49,16 @@ def key_id(key: str) -> str:
 
 def key_of(scope: Scope) -> str | None:
     """The id of the API key a request came with (`key_id`), or None where the server takes no keys:
-    what the caller's own data (saved voices) is filed under."""
-    client = scope.get("state", {}).get("client_id")
+    what the caller's own data (saved voices, sessions, cached answers) is filed under."""
+    return _as_key_id(scope.get("state", {}).get("client_id"))
+
+
+def calling_key() -> str | None:
+    """`key_of` the request being served, from `CALLER` (for code that has no request at hand)."""
+    return _as_key_id(CALLER.get())
+
+
+def _as_key_id(client: object) -> str | None:
     return client if isinstance(client, str) and client.startswith("key_") else None
 
 

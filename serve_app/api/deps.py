@@ -8,6 +8,7 @@ from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
 
+from serve_app.api.auth import calling_key
 from serve_app.api.cache import ResponseCache, cache_key
 from serve_app.api.settings import ApiSettings
 from serve_app.api.state import SessionStore
@@ -37,8 +38,9 @@ class Services:
 
     async def cache_key(self, endpoint: str, opts: CacheableOptions, **parts: object) -> str | None:
         """A key only for cacheable requests (a seed makes them deterministic, `cache` opts in); it
-        covers the model and its revision, the sampling options, the output format and speed, and the
-        given `parts` (the request's own data, hashed only when the request is cacheable)."""
+        covers the model and its revision, the sampling options, the output format and speed, the
+        given `parts` (the request's own data, hashed only when the request is cacheable) and, where
+        the server takes API keys, the caller's key: a hit must not tell one key what another asked."""
         if not self.cache.enabled or (opts.seed is None and not opts.cache):
             return None
         key = functools.partial(
@@ -50,6 +52,7 @@ class Services:
             top_k=opts.top_k,
             format=opts.output.name,
             speed=opts.speed,
+            owner=calling_key(),
             **parts,
         )
         # Parts with uploaded audio (a reference, context turns) hash megabytes: in the thread pool.

@@ -118,7 +118,7 @@ async def contextual_speak(body: ContextualSpeakRequest, request: Request, svc: 
     # when a long session no longer fits the prompt.
     anchor = [synth.voice_reference(voice, body.normalize)] if voice else []
     speaker = voice.info.speaker if voice else body.speaker
-    async with session_turn(svc.sessions, session_id) as turn:
+    async with session_turn(svc.sessions, stored_session_id(request, session_id)) as turn:
         audio = await synth.generate(
             GenerationRequest(
                 text=text,
@@ -149,11 +149,21 @@ def default_session_id(request: Request) -> str:
     return re.sub(r"[^A-Za-z0-9_.:-]", "_", f"default-{client}")[:128]
 
 
+def stored_session_id(request: Request, session_id: str) -> str:
+    """The id a session is stored under: where the server takes API keys, filed under the caller's
+    key (as saved voices are), so a caller reads, extends and resets only its own sessions whatever
+    ids another key's callers choose."""
+    owner = key_of(request.scope)
+    return session_id if owner is None else f"{owner}/{session_id}"
+
+
 @router.delete("/sessions/{session_id}", status_code=204, response_class=Response)
 async def reset_session(
-    session_id: Annotated[str, Path(max_length=128, pattern=SESSION_ID_PATTERN)], svc: ServicesDep
+    session_id: Annotated[str, Path(max_length=128, pattern=SESSION_ID_PATTERN)],
+    request: Request,
+    svc: ServicesDep,
 ) -> Response:
     """Forget a session's turns (idempotent: an unknown session is already reset); an id no turn
     could have used is a 422, as it is for the turns."""
-    await svc.sessions.reset(session_id)
+    await svc.sessions.reset(stored_session_id(request, session_id))
     return Response(status_code=204)
