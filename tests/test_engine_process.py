@@ -192,3 +192,45 @@ def test_a_child_slower_than_its_start_timeout_is_killed() -> None:
     with pytest.raises(EngineProcessError, match="not ready after 0.5 s"):
         ProcessEngine("tiny-random", CONFIG, start_timeout_s=0.5)  # importing torch alone takes longer
     assert time.monotonic() - began < 30
+
+
+def test_a_call_cancelled_in_the_burst_that_brought_it_is_forgotten_by_the_child() -> None:
+    """A client that leaves at once sends the call and its cancel together: the child's task is then
+    cancelled before it starts, and must not stay behind holding the request."""
+    from serve_app.engine.process import CALL, CANCEL, _ChildServer, _StepReport
+
+    class NeverDone:
+        async def generate(self, request: Any) -> None:
+            await asyncio.Event().wait()
+
+    async def leftover_tasks() -> dict[int, Any]:
+        server = _ChildServer(NeverDone(), None, lambda message: None, _StepReport())  # type: ignore[arg-type]
+        request = se.request("hi", frames=1, seed=0)
+        server.handle([(CALL, 1, "generate", (request,)), (CANCEL, 1)])  # one burst
+        server.handle([(CALL, 2, "generate", (request,))])
+        await asyncio.sleep(0)  # call 2 has started ...
+        server.handle([(CANCEL, 2)])  # ... and is cancelled in a later burst
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return dict(server.tasks)
+
+    assert asyncio.run(leftover_tasks()) == {}
+
+
+def test_a_failing_step_observer_does_not_stop_the_replies() -> None:
+    calls = []
+
+    def observer(batch: int, queue: int) -> None:
+        calls.append(batch)
+        raise RuntimeError("an observer's own failure")
+
+    eng = ProcessEngine("tiny-random", CONFIG, on_step=observer)
+    try:
+        for seed in (1, 2):
+            request = se.request("a few words", frames=4, seed=seed)
+            audio = asyncio.run(asyncio.wait_for(eng.generate(request), 60))
+            assert len(audio.codes) == 4
+        assert calls  # it was called, and failed, while the calls were answered
+        asyncio.run(eng.check_health())
+    finally:
+        eng.close()

@@ -91,13 +91,19 @@ class _Sender:
 
 def _read_bursts(conn: Connection, deliver: Callable[[list[tuple[Any, ...]]], None]) -> None:
     """Read messages until the socket closes, handing each burst (all that had arrived) to
-    `deliver`; an empty burst means the other side is gone."""
+    `deliver`; an empty burst means the other side is gone. A message that cannot be read (one
+    that does not unpickle) ends the reading as a closed socket does: the calls waiting on it fail
+    rather than wait for replies no thread reads any more."""
     while True:
         try:
             burst = [conn.recv()]
             while conn.poll():
                 burst.append(conn.recv())
         except (EOFError, OSError):
+            deliver([])
+            return
+        except Exception:
+            logger.exception("engine process message could not be read")
             deliver([])
             return
         deliver(burst)
@@ -186,7 +192,10 @@ class ProcessEngine:
         for message in burst:
             if message[0] == STEP:
                 if self._on_step is not None:
-                    self._on_step(message[1], message[2])
+                    try:
+                        self._on_step(message[1], message[2])
+                    except Exception:  # an observer must never stop the replies (as in the engine's loop)
+                        logger.exception("step observer failed")
                 continue
             with self._calls_lock:
                 call = self._calls.get(message[1])
@@ -403,7 +412,10 @@ class _ChildServer:
         for message in burst:
             if message[0] == CALL:
                 _, call_id, method, args = message
-                self.tasks[call_id] = asyncio.create_task(self.run(call_id, method, args))
+                task = self.tasks[call_id] = asyncio.create_task(self.run(call_id, method, args))
+                # forgotten when done, not in `run`'s finally: a call cancelled in the same burst that
+                # brought it is cancelled before `run` starts, and its body (finally included) never runs
+                task.add_done_callback(lambda _, call_id=call_id: self.tasks.pop(call_id, None))
             elif message[0] == CANCEL:
                 task = self.tasks.get(message[1])
                 if task is not None:
@@ -429,8 +441,6 @@ class _ChildServer:
         except Exception as exc:  # noqa: BLE001 - re-raised in the parent
             with contextlib.suppress(OSError, ValueError):
                 self.send((ERROR, call_id, _picklable(exc)))
-        finally:
-            self.tasks.pop(call_id, None)
 
     async def report_steps(self) -> None:
         sent = None
