@@ -9,7 +9,9 @@ The queue is first come, first served among one caller's requests (`GenerationRe
 API key, or the client's address). Where several callers wait, a free slot goes to the caller with
 the fewest streams running, ties to the one served least recently, so a caller with hundreds of
 requests queued cannot hold back another's one: callers take turns, and each caller's first audio
-waits on its own share of the queue, not on the whole of it.
+waits on its own share of the queue, not on the whole of it. The queue's bound is one for all
+callers, though: a caller that fills it makes the others' new requests 503s until it drains (what
+bounds one caller is the API's per-key rate limit).
 
 Thread-safe: requests arrive from event-loop or caller threads, the engine loop schedules.
 """
