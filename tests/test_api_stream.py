@@ -6,7 +6,9 @@ import asyncio
 import base64
 import itertools
 import json
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ from starlette.websockets import WebSocketDisconnect
 from serve_app.api.app import create_app
 from serve_app.api.auth import key_id
 from serve_app.api.settings import ApiSettings
-from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE
+from serve_app.engine.types import FRAME_SAMPLES, SAMPLE_RATE, EngineOverloadedError
 from tests.support_api import FakeEngine, make_client
 
 PATH = "/v1/audio/speech/stream"
@@ -281,6 +283,20 @@ def test_context_errors_end_the_context(client) -> None:
         assert "first message only" in messages[-1]["message"]
 
 
+def test_a_refused_first_message_opens_no_context(tmp_path) -> None:
+    """Text over the context's limit in its first message is refused before the context opens, so
+    it holds no slot and the id stays free."""
+    client = make_client(tmp_path, ws_max_contexts=1, max_long_text_chars=100)
+    with client.websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "c1", "text": "x" * 150})
+        error = json.loads(ws.receive_text())
+        assert error["type"] == "error" and error["code"] == 413 and error["context_id"] == "c1"
+        ws.send_json({"type": "text", "context_id": "c2", "text": "Hi."})
+        ws.send_json({"type": "close", "context_id": "c2"})
+        assert json.loads(ws.receive_text())["type"] == "audio"  # not a 429: c1 holds no slot
+        assert receive_until(ws, "done")[-1]["finish_reason"] == "end_of_audio"
+
+
 def test_context_limit(tmp_path) -> None:
     client = make_client(tmp_path, ws_max_contexts=1)
     with client.websocket_connect(PATH) as ws:
@@ -374,7 +390,8 @@ def test_a_slow_reader_gets_its_context_closed_not_the_engine_stalled(tmp_path) 
     with TestClient(slow_network).websocket_connect(PATH) as ws:
         ws.send_json({"type": "text", "context_id": "c1", "text": "This is a long answer that goes on. " * 12})
         ws.send_json({"type": "close", "context_id": "c1"})
-        assert json.loads(ws.receive_text())["type"] == "audio"
+        first = json.loads(ws.receive_text())
+        assert first["type"] == "audio"
         for _ in range(500):
             if engine.streams_closed_early:
                 break
@@ -389,6 +406,126 @@ def test_a_slow_reader_gets_its_context_closed_not_the_engine_stalled(tmp_path) 
     assert types[-2:] == ["error", "done"] and types.count("audio") <= 1  # queued audio dropped
     assert messages[-2]["code"] == "slow_reader" and "did not read" in messages[-2]["message"]
     assert messages[-1]["finish_reason"] == "error"
+    sent = [first] + [m for m in messages if m["type"] == "audio"]
+    assert messages[-1]["duration_ms"] == pytest.approx(sum(m["duration_ms"] for m in sent))  # not the dropped
+
+
+def held_network(app: Any, gate: threading.Event) -> Any:
+    """`app` behind a network that holds every message to the client until `gate` is set: the
+    writer waits on the first, the rest stay queued on the server."""
+
+    async def network(scope, receive, send):
+        async def held(message):
+            while message["type"] == "websocket.send" and not gate.is_set():
+                await asyncio.sleep(0.01)
+            await send(message)
+
+        await app(scope, receive, held)
+
+    return network
+
+
+@pytest.fixture
+def dones(monkeypatch) -> list[tuple[str, str]]:
+    """(context_id, finish_reason) of each context's end, as the server queues its `done`."""
+    from serve_app.api import stream_session
+
+    ended: list[tuple[str, str]] = []
+    done = stream_session.SpeechContext._done
+
+    def recorded(context: Any, reason: str) -> None:
+        if not context.finished:
+            ended.append((context.id, reason))
+        done(context, reason)
+
+    monkeypatch.setattr(stream_session.SpeechContext, "_done", recorded)
+    return ended
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def audio_ms(messages: list[dict[str, Any]]) -> float:
+    return sum(m["duration_ms"] for m in messages if m["type"] == "audio")
+
+
+def test_an_id_reused_after_close_names_a_new_context_and_its_cancel_spares_the_earlier_one(
+    tmp_path, dones
+) -> None:
+    """The first c1 is spoken, its messages still on their way over a slow network, when a new c1
+    opens and is cancelled: only the new one's queue is dropped; each gets its own `done`."""
+    gate = threading.Event()
+    app = create_app(FakeEngine(), ApiSettings(voices_dir=tmp_path))
+    with TestClient(held_network(app, gate)).websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "c1", "text": "First utterance here. Second one too."})
+        ws.send_json({"type": "close", "context_id": "c1"})
+        wait_until(lambda: ("c1", "end_of_audio") in dones)
+        ws.send_json({"type": "text", "context_id": "c1", "text": "A new utterance under the same id. "})
+        ws.send_json({"type": "cancel", "context_id": "c1"})
+        wait_until(lambda: ("c1", "cancelled") in dones)
+        gate.set()
+        ws.send_json({"type": "text", "context_id": "last", "text": "Marker."})
+        ws.send_json({"type": "close", "context_id": "last"})
+        messages = [m for m in receive_until(ws, "done", "last") if m["context_id"] == "c1"]
+    first, second = (m for m in messages if m["type"] == "done")
+    assert first["finish_reason"] == "end_of_audio" and first["segments"] == 2
+    spoken = messages[: messages.index(first)]
+    assert [m["seq"] for m in spoken] == list(range(len(spoken))) and {m["segment"] for m in spoken} == {0, 1}
+    assert first["duration_ms"] == pytest.approx(audio_ms(spoken))
+    assert messages[-1] is second and second["finish_reason"] == "cancelled" and second["duration_ms"] == 0
+
+
+def test_cancel_drops_the_queued_audio_and_done_counts_what_was_sent(tmp_path, dones) -> None:
+    engine = FakeEngine()
+    gate = threading.Event()
+    app = create_app(engine, ApiSettings(voices_dir=tmp_path))
+    with TestClient(held_network(app, gate)).websocket_connect(PATH) as ws:
+        ws.send_json({"type": "text", "context_id": "c1", "text": "An answer the user interrupts. " * 3})
+        ws.send_json({"type": "flush", "context_id": "c1"})
+        wait_until(lambda: engine.chunks_yielded >= 4)
+        ws.send_json({"type": "cancel", "context_id": "c1"})
+        wait_until(lambda: ("c1", "cancelled") in dones)
+        gate.set()
+        messages = receive_until(ws, "done")
+    assert [m["type"] for m in messages] == ["audio", "done"]  # the message on its way, then done
+    assert messages[-1]["finish_reason"] == "cancelled"
+    assert messages[-1]["duration_ms"] == pytest.approx(audio_ms(messages))
+
+
+class FailingLaterEngine(FakeEngine):
+    """The fake engine, overloaded from its second request on: a context's later segment fails."""
+
+    async def stream(self, request):
+        if self.requests:
+            raise EngineOverloadedError("no free slot")
+        async for chunk in super().stream(request):
+            yield chunk
+
+
+@pytest.mark.parametrize("speed", [1.0, 2.0])
+def test_a_context_that_fails_later_still_sends_the_audio_it_made(tmp_path, dones, speed) -> None:
+    """As over HTTP: the audio made before the failure goes out (here still queued when it failed,
+    with what the stretcher held back), then the error, then `done`, which counts that audio."""
+    engine = FailingLaterEngine()
+    gate = threading.Event()
+    app = create_app(engine, ApiSettings(voices_dir=tmp_path))
+    with TestClient(held_network(app, gate)).websocket_connect(PATH) as ws:
+        text = "The first sentence is spoken in full. The second one fails."
+        ws.send_json({"type": "text", "context_id": "c1", "text": text, "speed": speed})
+        ws.send_json({"type": "close", "context_id": "c1"})
+        wait_until(lambda: ("c1", "error") in dones)
+        gate.set()
+        messages = receive_until(ws, "done")
+    assert [m["type"] for m in messages[-2:]] == ["error", "done"] and messages[-2]["code"] == 503
+    done = messages[-1]
+    assert done["finish_reason"] == "error" and done["duration_ms"] == pytest.approx(audio_ms(messages))
+    made = engine.frames_for(engine.requests[0]) * FRAME_SAMPLES / speed  # samples, after the speed
+    assert len(audio_of(messages)) // 2 == samples_at(done["duration_ms"])
+    assert samples_at(done["duration_ms"]) == pytest.approx(made, abs=SAMPLE_RATE // 100)  # all of it
 
 
 def test_a_message_being_sent_when_the_socket_closes_still_arrives(tmp_path) -> None:

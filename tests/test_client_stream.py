@@ -9,8 +9,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -21,6 +22,7 @@ from serve_app.client import (
     AuthenticationError,
     NotFoundError,
     OverloadedError,
+    TooLargeError,
     TTSClient,
     TTSConnectionError,
     UnprocessableEntityError,
@@ -187,6 +189,93 @@ def test_a_context_counts_answered_flushes_keeps_its_error_and_cancels_unsent(ur
         unsent = socket.context()
         unsent.cancel()  # nothing reached the server: it ends here, with no error
         assert list(unsent.events()) == [] and unsent.done.finish_reason == "cancelled"
+
+
+def test_an_error_about_one_message_is_raised_once_and_the_context_speaks_on(
+    url: str, engine: ToneEngine
+) -> None:
+    """The server refuses one piece (over the context's 400 characters, or over the size of one
+    message) and speaks the others: `events()` raises each refusal once, then goes on to `done`."""
+    engine.requests.clear()
+    with TTSClient(url) as client, client.speech_socket() as socket:
+        context = socket.context(speaker=0)
+        context.send("The first piece is fine. ")
+        context.send("x" * 500)
+        context.send("y" * 70_000)
+        context.send("So is the last one.")
+        context.close()
+        events: list[Any] = []
+        for refused in (TooLargeError, TooLargeError):
+            with pytest.raises(refused):
+                events.extend(context.events())  # the audio before the error is kept
+        events += context.events()
+        assert context.done is not None and context.done.finish_reason == "end_of_audio"
+        assert list(context.events()) == []  # done: nothing more, nothing raised
+    assert [q.text for q in engine.requests] == ["The first piece is fine.", "So is the last one."]
+    assert [e.seq for e in events] == list(range(len(events)))
+    assert context.done.duration_ms == pytest.approx(sum(e.duration_ms for e in events))
+
+
+def test_the_async_client_ends_a_context_only_at_its_end(url: str) -> None:
+    """A refused piece is raised once; a context that failed, or that the server never opened (its
+    first message refused), raises its error on every call rather than waiting."""
+
+    async def raised(context: Any) -> type[BaseException] | None:
+        try:
+            async for _ in context.events():
+                pass
+        except Exception as exc:  # noqa: BLE001 - its type is the answer
+            return type(exc)
+        return None
+
+    async def scenario() -> list[list[type[BaseException] | None]]:
+        async with AsyncTTSClient(url) as client, client.speech_socket() as socket:
+            refused_piece, failed = socket.context(), socket.context()
+            never_opened = socket.context(temperature=-5)
+            for context, pieces in [
+                (refused_piece, ["Spoken. ", "x" * 500, "Spoken too."]),
+                (failed, ["Spoken first. Then an overload."]),  # the tone engine fails a segment saying so
+                (never_opened, ["Hello."]),
+            ]:
+                for piece in pieces:
+                    await context.send(piece)
+                await context.close()
+            contexts = (refused_piece, failed, never_opened)
+            calls = [[await raised(context) for _ in range(3)] for context in contexts]
+            assert refused_piece.done.finish_reason == "end_of_audio" and failed.done.finish_reason == "error"
+            return calls
+
+    calls = asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+    assert calls == [
+        [TooLargeError, None, None],
+        [OverloadedError] * 3,
+        [UnprocessableEntityError] * 3,
+    ]
+
+
+def on_time(call: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+    """`call()` in a thread: its result or its exception, or a failure if it blocks."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    assert outcome, f"blocked for {timeout_s} s"
+    return outcome[0]
+
+
+def test_a_context_made_after_the_socket_closed_ends_at_once(url: str) -> None:
+    with TTSClient(url) as client:
+        socket = client.speech_socket()
+        socket.close()
+        late = socket.context()
+        assert isinstance(on_time(lambda: list(late.events())), TTSConnectionError)
 
 
 def test_the_async_client_raises_the_text_sources_error_instead_of_waiting(url: str) -> None:

@@ -11,6 +11,8 @@ Nothing a context produces waits for the client: messages go to a queue that one
 to the socket. The queue is bounded by audio, per context: when more than `ws_max_buffered_s` of a
 context's audio is waiting for a client that does not read, that context is closed with an error
 (its queued audio dropped, its generation stopped) while the engine goes on serving everyone else.
+Queued messages belong to the context object, not its id: an id reused after `close` names a new
+context, and cancelling that one leaves the earlier one's audio and `done` to be sent.
 A client that keeps sending without reading (each bad message is answered by an error) has its socket
 closed (1008) once `MAX_QUEUED_MESSAGES` wait to be sent.
 """
@@ -71,43 +73,50 @@ class SlowReaderError(Exception):
 
 
 class Outbox:
-    """Messages for the socket, in order, with each context's unsent audio counted."""
+    """Messages for the socket, in order, with each context's unsent audio counted. Messages are
+    filed under their context object (None: the socket's own), so two contexts that share an id
+    one after the other never touch each other's messages."""
 
     def __init__(self, max_buffered_samples: int) -> None:
         self.max_buffered = max_buffered_samples
-        self._queue: deque[tuple[str | None, dict[str, Any], int]] = deque()
-        self._waiting: dict[str, int] = {}
+        self._queue: deque[tuple[SpeechContext | None, dict[str, Any], int]] = deque()
+        self._waiting: dict[SpeechContext, int] = {}  # audio not yet on the socket; ended contexts leave
         self._ready = asyncio.Event()
         self._sending = 0  # taken by the writer, not yet on the socket
 
-    def put(self, context_id: str | None, message: dict[str, Any], samples: int = 0) -> None:
+    def put(self, context: SpeechContext | None, message: dict[str, Any], samples: int = 0) -> None:
         """Queue a message; raises `SlowReaderError` when the context's unsent audio would exceed
         the bound (the message is not queued)."""
-        if context_id is not None and samples:
-            waiting = self._waiting.get(context_id, 0) + samples
+        if context is not None and samples:
+            waiting = self._waiting.get(context, 0) + samples
             if waiting > self.max_buffered:
                 raise SlowReaderError
-            self._waiting[context_id] = waiting
-        self._queue.append((context_id, message, samples))
+            self._waiting[context] = waiting
+        self._queue.append((context, message, samples))
         self._ready.set()
 
-    def drop(self, context_id: str) -> None:
-        """Forget a context's queued messages (it was cancelled or failed)."""
-        self._queue = deque(item for item in self._queue if item[0] != context_id)
-        self._waiting.pop(context_id, None)
+    def drop(self, context: SpeechContext) -> int:
+        """Forget a context's queued messages (it was cancelled, or its client does not read); the
+        samples of audio they held. The message the writer has taken still goes out."""
+        dropped = sum(samples for owner, _, samples in self._queue if owner is context)
+        self._queue = deque(item for item in self._queue if item[0] is not context)
+        self._waiting.pop(context, None)
+        return dropped
 
-    async def get(self) -> tuple[str | None, dict[str, Any], int]:
+    async def get(self) -> tuple[SpeechContext | None, dict[str, Any], int]:
         while not self._queue:
             self._ready.clear()
             await self._ready.wait()
         self._sending += 1
         return self._queue.popleft()
 
-    def sent(self, context_id: str | None, samples: int) -> None:
+    def sent(self, context: SpeechContext | None, samples: int) -> None:
         """The message `get` gave is on the socket."""
         self._sending -= 1
-        if context_id is not None and context_id in self._waiting:
-            self._waiting[context_id] -= samples
+        if context is not None and context in self._waiting:
+            self._waiting[context] -= samples
+            if self._waiting[context] <= 0:
+                del self._waiting[context]
 
     @property
     def empty(self) -> bool:
@@ -151,8 +160,7 @@ class SpeechContext:
         if self.feed.closed:
             raise ApiError(409, f"context {self.id!r} is closed: open a new context for more text")
         limit = self.session.synth.settings.max_long_text_chars
-        if len(self.feed.text) + len(text) > limit:
-            raise ApiError(413, f"context {self.id!r} would hold more than {limit} characters of text")
+        _check_length(limit, self.id, len(self.feed.text) + len(text))
         self.feed.push(text)
         self._wake.set()
 
@@ -173,7 +181,7 @@ class SpeechContext:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
-        self.session.outbox.drop(self.id)
+        self._drop_queued()
         self._done(FinishReason.CANCELLED.value)
 
     # -- the task ---------------------------------------------------------------------------------
@@ -191,6 +199,7 @@ class SpeechContext:
                 f"the client did not read: more than {limit:g} s of audio waited to be sent, so context "
                 f"{self.id!r} was closed; read messages as they arrive",
                 "slow_reader",
+                reading=False,
             )
         except BreakTagError as exc:
             self._fail(str(exc), 422)
@@ -250,7 +259,7 @@ class SpeechContext:
             return
         self._drain_stretcher(again=True)
         for _ in range(self.flushes_pending):
-            self.session.outbox.put(self.id, {"type": "flushed", "context_id": self.id})
+            self.session.outbox.put(self, {"type": "flushed", "context_id": self.id})
         self.flushes_pending = 0
 
     # -- output -----------------------------------------------------------------------------------
@@ -286,30 +295,38 @@ class SpeechContext:
         even where the encoder held a piece back. The encoder's tail at the end covers no new time
         (its samples were counted with their pieces) and is named after the last piece."""
         message = audio_message(self.id, self.seq, data, self.sent_samples, self.pending_samples, self.span, self.segment)
-        self.session.outbox.put(self.id, message, self.pending_samples)
+        self.session.outbox.put(self, message, self.pending_samples)
         self.sent_samples += self.pending_samples
         self.pending_samples = 0
         self.seq += 1
 
-    @property
-    def written_samples(self) -> int:
-        """The context's audio so far as sent (after any speed change), whether its messages went out,
-        are queued, or were dropped: at 1.0, every sample the narration gave."""
-        return self.sent_samples + self.pending_samples
+    def _drop_queued(self) -> None:
+        """Forget the context's messages still queued (cancelled, or its client not reading): its
+        timeline, and so its `done`, ends with the audio that goes out."""
+        self.sent_samples -= self.session.outbox.drop(self)
 
-    def _fail(self, message: str, code: int | str) -> None:
-        self.session.outbox.drop(self.id)
-        self.session.outbox.put(self.id, error_message(message, code, self.id))
+    def _fail(self, message: str, code: int | str, *, reading: bool = True) -> None:
+        """The error, then `done`. Audio made before the failure is sent first, as over HTTP, with
+        what the stretcher and encoder held back (the stream ends well formed); a client that is
+        not `reading` gets none of the audio still queued for it."""
+        if not reading:
+            self._drop_queued()
+        elif self.sent_samples or self.pending_samples:
+            with contextlib.suppress(Exception):  # the encoder may be what failed
+                self._send_tail()
+        self.session.outbox.put(self, error_message(message, code, self.id))
         self._done("error")
 
     def _done(self, reason: str) -> None:
+        """`done`, its `duration_ms` the end of the audio messages sent (audio written but never
+        sent, held back by a failed encoder or dropped, is not counted)."""
         if self.finished:
             return
         self.finished = True
         if not self.feed.closed:  # ended before its close: text still on its way for it is late
             self.session.ended[self.id] = reason
         segments = self.narration.requests if self.narration else 0
-        self.session.outbox.put(self.id, done_message(self.id, reason, self.written_samples, segments))
+        self.session.outbox.put(self, done_message(self.id, reason, self.sent_samples, segments))
         self.session.forget(self)
 
 
@@ -472,12 +489,20 @@ class StreamSession:
         limit = self.synth.settings.ws_max_contexts
         if len(self.contexts) >= limit:
             raise ApiError(429, f"{limit} contexts are open on this socket; close one first")
+        # Every check of the first message before the context exists: a refused one opens nothing.
+        _check_length(self.synth.settings.max_long_text_chars, message.context_id, len(message.text))
         self.synth.lexicon_for(message.lexicon)  # 422 now for unusable entries
         context = SpeechContext(self, message.context_id, message)
         self.contexts[message.context_id] = context
         while len(self.ended) > _ENDED_KEPT:
             self.ended.popitem(last=False)
         return context
+
+
+def _check_length(limit: int, context_id: str, length: int) -> None:
+    """413 for text that would make a context hold more than `limit` characters."""
+    if length > limit:
+        raise ApiError(413, f"context {context_id!r} would hold more than {limit} characters of text")
 
 
 def _context_id_in(raw: str) -> str | None:

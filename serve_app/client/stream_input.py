@@ -117,8 +117,8 @@ def _options(context_id: str | None, options: dict[str, Any]) -> tuple[str, dict
 
 class _ContextState:
     """What a context keeps, blocking or asyncio: its options until its first message, its `done`,
-    the first error (raised again by any later `events()`), and `flushed`, the flushes the server
-    has answered (everything before them spoken)."""
+    the error that ended it (raised again by any later `events()`), and `flushed`, the flushes the
+    server has answered (everything before them spoken)."""
 
     def __init__(self, context_id: str, options: dict[str, Any]) -> None:
         self.id = context_id
@@ -126,6 +126,7 @@ class _ContextState:
         self.done: Done | None = None
         self.error: TTSError | None = None
         self.flushed = 0
+        self._last_error: TTSError | None = None
 
     def _text_message(self, text: str) -> dict[str, Any]:
         message = {"type": "text", "context_id": self.id, "text": text, **(self._options or {})}
@@ -139,15 +140,32 @@ class _ContextState:
         self.done = Done(self.id, "cancelled", 0.0, 0)
         return True
 
+    def _finished(self) -> bool:
+        """Whether the context has ended; raises the error that ended it, on every call."""
+        if self.error is not None:
+            raise self.error
+        return self.done is not None
+
     def _take(self, event: AudioEvent | Done | TTSError | None) -> AudioEvent | None:
-        """The next audio event, or None at the context's end; raises its error (and keeps it)."""
+        """An audio event, or None once `event` ended the context: its `done` (one that says
+        "error" keeps the error sent before it), a 404 (the server has no such context, as its first
+        message was refused, whose error is kept; or its voice does not exist) or the socket
+        closing: nothing comes after those. Any other error is about one message: raised once, and
+        the context speaks on to its `done`."""
         if isinstance(event, AudioEvent):
             return event
         if isinstance(event, Done):
             self.done = event
-            return None
-        self.error = event or TTSConnectionError(f"the socket closed before context {self.id!r} was done")
-        raise self.error
+            if event.finish_reason == "error":
+                self.error = self._last_error
+        elif event is None:
+            self.error = TTSConnectionError(f"the socket closed before context {self.id!r} was done")
+        elif event.status_code == 404:
+            self.error = self._last_error or event
+        else:
+            self._last_error = event
+            raise event
+        return None
 
 
 def _route(contexts: dict[str, Any], message: dict[str, Any]) -> tuple[Any, AudioEvent | Done | TTSError | None]:
@@ -189,16 +207,14 @@ class SpeechContext(_ContextState):
             self.socket._send({"type": "cancel", "context_id": self.id})
 
     def events(self) -> Iterator[AudioEvent]:
-        """Audio events until the context is done (its `Done` is kept in `.done`); raises `TTSError`
-        for an error the server reports for this context, `TTSConnectionError` if the socket drops
-        (and the same error again if called after it)."""
-        while self.done is None:
-            if self.error is not None:
-                raise self.error
+        """Audio events until the context is done (its `Done` is kept in `.done`). Raises `TTSError`
+        for an error the server reports for this context: one about a single message (a piece over
+        the size limit) once, and calling `events()` again goes on to the context's end; one that
+        ended the context (it failed), or `TTSConnectionError` if the socket drops, on every call."""
+        while not self._finished():
             event = self._take(self._events.get())
-            if event is None:
-                return
-            yield event
+            if event is not None:
+                yield event
 
     def audio(self) -> Iterator[bytes]:
         for event in self.events():
@@ -224,7 +240,11 @@ class SpeechSocket:
         except (OSError, WebSocketException, TimeoutError) as exc:
             raise _handshake_error(exc, url) from exc
         self._contexts: dict[str, SpeechContext] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one send at a time
+        # `_contexts` between the reader thread and `context()`: every context, one made as the
+        # reader ends included, hears that the socket closed.
+        self._contexts_lock = threading.Lock()
+        self._read_ended = False
         self._reader = threading.Thread(target=self._read, name="csm-speech-socket", daemon=True)
         self._reader.start()
 
@@ -232,7 +252,10 @@ class SpeechSocket:
         """A new context; `options` are the server's (voice, speaker, output_format, speed, seed, ...)."""
         cid, opts = _options(context_id, options)
         context = SpeechContext(self, cid, opts)
-        self._contexts[cid] = context
+        with self._contexts_lock:
+            self._contexts[cid] = context
+            if self._read_ended:  # no message will come: its events end at once
+                context._events.put(None)
         return context
 
     def _send(self, message: dict[str, Any]) -> None:
@@ -251,7 +274,10 @@ class SpeechSocket:
         except ConnectionClosed:
             pass
         finally:
-            for context in self._contexts.values():
+            with self._contexts_lock:
+                self._read_ended = True
+                contexts = list(self._contexts.values())
+            for context in contexts:
                 context._events.put(None)
 
     def close(self) -> None:
@@ -292,13 +318,12 @@ class AsyncSpeechContext(_ContextState):
             await self.socket._send({"type": "cancel", "context_id": self.id})
 
     async def events(self) -> AsyncIterator[AudioEvent]:
-        while self.done is None:
-            if self.error is not None:
-                raise self.error
+        """As `SpeechContext.events`: an error about one message is raised once, then iteration
+        may go on to the context's end."""
+        while not self._finished():
             event = self._take(await self._events.get())
-            if event is None:
-                return
-            yield event
+            if event is not None:
+                yield event
 
     async def audio(self) -> AsyncIterator[bytes]:
         async for event in self.events():
