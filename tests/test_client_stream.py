@@ -278,6 +278,19 @@ def test_a_context_made_after_the_socket_closed_ends_at_once(url: str) -> None:
         assert isinstance(on_time(lambda: list(late.events())), TTSConnectionError)
 
 
+def test_an_async_context_made_after_the_socket_closed_ends_at_once(url: str) -> None:
+    async def scenario() -> None:
+        async with AsyncTTSClient(url) as client:
+            async with client.speech_socket() as speech_socket:
+                pass
+            late = speech_socket.context()
+            with pytest.raises(TTSConnectionError):
+                async for _ in late.events():
+                    pass
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+
+
 def test_the_async_client_raises_the_text_sources_error_instead_of_waiting(url: str) -> None:
     async def pieces():
         yield "Hello. "

@@ -346,6 +346,7 @@ class AsyncSpeechSocket:
         self._ws: AsyncConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._contexts: dict[str, AsyncSpeechContext] = {}
+        self._read_ended = False
 
     async def __aenter__(self) -> Self:
         try:
@@ -364,6 +365,8 @@ class AsyncSpeechSocket:
         cid, opts = _options(context_id, options)
         context = AsyncSpeechContext(self, cid, opts)
         self._contexts[cid] = context
+        if self._read_ended:  # no message will come: its events end at once, as the blocking socket's
+            context._events.put_nowait(None)
         return context
 
     async def _send(self, message: dict[str, Any]) -> None:
@@ -383,6 +386,7 @@ class AsyncSpeechSocket:
         except ConnectionClosed:
             pass
         finally:
+            self._read_ended = True
             for context in self._contexts.values():
                 context._events.put_nowait(None)
 
